@@ -1,0 +1,137 @@
+"""The Envoy bootstrap the agent writes: ADS to the control plane over mTLS, identity from file SDS.
+
+:func:`render_bootstrap` is pure (same input, same dict); :func:`write_bootstrap` writes it
+atomically and only when its content changes, so an unchanged restart leaves the file alone.
+The control plane reads ``node.metadata.secrets_dir`` to point every listener's TLS context at the
+same secret files the agent keeps current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from meshcore import naming
+from meshcore.agent._fs import write_if_changed
+from meshcore.agent._net import is_ip, split_host_port
+
+CLUSTER_NAME = "meshcore"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def file_sds_config(secret_name: str, secrets_dir: Path) -> dict[str, Any]:
+    """An SDS secret config that reads ``secret_name`` from its file and reloads it on rename."""
+    return {
+        "name": secret_name,
+        "sds_config": {
+            "path_config_source": {
+                "path": str(secrets_dir / naming.secret_file(secret_name)),
+                "watched_directory": {"path": str(secrets_dir)},
+            },
+            "resource_api_version": "V3",
+        },
+    }
+
+
+def render_bootstrap(
+    *,
+    node: str,
+    trust_domain: str,
+    xds_address: str,
+    secrets_dir: Path,
+    admin_address: str,
+) -> dict[str, Any]:
+    """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
+
+    ``xds_address`` is the control plane's ``host:port``; an IP makes a STATIC cluster, a DNS
+    name a LOGICAL_DNS one. Envoy authenticates with the node identity and accepts only the
+    control plane's SPIFFE ID, validated against the trust bundle, both from file SDS.
+    """
+    secrets_dir = Path(secrets_dir).absolute()
+    admin_host, admin_port = split_host_port(admin_address, what="admin address")
+    xds_host, xds_port = split_host_port(xds_address, what="xDS address")
+    bundle_secret = naming.trust_bundle_secret(trust_domain)
+
+    tls_context: dict[str, Any] = {
+        "@type": UPSTREAM_TLS_TYPE,
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "tls_certificate_sds_secret_configs": [file_sds_config(naming.node_secret(), secrets_dir)],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": naming.control_plane_spiffe_id(trust_domain)}},
+                    ],
+                },
+                "validation_context_sds_secret_config": file_sds_config(bundle_secret, secrets_dir),
+            },
+        },
+    }
+    if not is_ip(xds_host):
+        tls_context["sni"] = xds_host
+
+    xds_cluster: dict[str, Any] = {
+        "name": naming.XDS_CLUSTER,
+        "type": "STATIC" if is_ip(xds_host) else "LOGICAL_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": naming.XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(xds_host, xds_port)}}]}],
+        },
+        "typed_extension_protocol_options": {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    },
+                },
+            },
+        },
+        "upstream_connection_options": {
+            "tcp_keepalive": {"keepalive_probes": 3, "keepalive_time": 30, "keepalive_interval": 10},
+        },
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls_context},
+    }
+    if not is_ip(xds_host):
+        xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
+
+    return {
+        "node": {
+            "id": node,
+            "cluster": CLUSTER_NAME,
+            "metadata": {
+                "secrets_dir": str(secrets_dir),
+                "admin": admin_address,
+                "trust_domain": trust_domain,
+            },
+        },
+        "admin": {"address": _socket_address(admin_host, admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": naming.XDS_CLUSTER}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+    }
+
+
+def render_bootstrap_json(bootstrap: dict[str, Any]) -> str:
+    return json.dumps(bootstrap, indent=2, sort_keys=True) + "\n"
+
+
+def write_bootstrap(path: Path, bootstrap: dict[str, Any]) -> bool:
+    """Write the bootstrap atomically (0644) when its content differs; True when written."""
+    return write_if_changed(path, render_bootstrap_json(bootstrap), 0o644)
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}

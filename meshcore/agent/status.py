@@ -1,0 +1,119 @@
+"""``<state>/status.json``: what the agent holds and how it is doing, for ``meshctl`` and fleet tooling.
+
+:func:`build_status` is pure; the daemon writes its result atomically once per loop (only when it
+changed, so an idle agent does not rewrite the file every few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from meshcore.agent._fs import read_text, write_if_changed
+from meshcore.agent.identity import CertSummary, rfc3339
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    ids: tuple[str, ...]
+    spiffe_id: str
+    cert: CertSummary | None = None
+    renew_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvoyStatus:
+    pid: int | None = None
+    starts: int = 0
+    restarts: int = 0
+    last_exit_code: int | None = None
+    ready: bool = False
+    admin: str = ""
+
+
+@dataclass(frozen=True)
+class ControlPlaneStatus:
+    address: str
+    last_contact: datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    xds_address: str = ""
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    node: str
+    trust_domain: str
+    state: str
+    node_cert: CertSummary | None
+    node_renew_at: datetime | None
+    services: tuple[ServiceStatus, ...]
+    envoy: EnvoyStatus
+    control_plane: ControlPlaneStatus
+    pid: int
+    consul: dict[str, Any] = field(default_factory=dict)
+
+
+def build_status(status: AgentStatus) -> dict[str, Any]:
+    """The JSON document for ``status.json`` (stable key order, RFC 3339 times)."""
+    return {
+        "node": status.node,
+        "trust_domain": status.trust_domain,
+        "state": status.state,
+        "agent_pid": status.pid,
+        "node_certificate": _cert(status.node_cert, status.node_renew_at),
+        "services": [
+            {
+                "name": s.name,
+                "ids": list(s.ids),
+                "spiffe_id": s.spiffe_id,
+                **(_cert(s.cert, s.renew_at) or {"serial": None, "not_after": None}),
+                "error": s.error,
+            }
+            for s in sorted(status.services, key=lambda s: s.name)
+        ],
+        "envoy": {
+            "pid": status.envoy.pid,
+            "running": status.envoy.pid is not None,
+            "ready": status.envoy.ready,
+            "starts": status.envoy.starts,
+            "restarts": status.envoy.restarts,
+            "last_exit_code": status.envoy.last_exit_code,
+            "admin": status.envoy.admin,
+        },
+        "control_plane": {
+            "address": status.control_plane.address,
+            "xds_address": status.control_plane.xds_address,
+            "last_contact": _time(status.control_plane.last_contact),
+            "last_error": status.control_plane.last_error,
+            "consecutive_failures": status.control_plane.consecutive_failures,
+        },
+        "consul": status.consul,
+    }
+
+
+def write_status(state_dir: Path, document: dict[str, Any]) -> bool:
+    return write_if_changed(state_dir / STATUS_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n", 0o644)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last status the agent wrote (for ``meshctl``), or None."""
+    text = read_text(state_dir / STATUS_FILE)
+    return json.loads(text) if text else None
+
+
+def _cert(cert: CertSummary | None, renew_at: datetime | None) -> dict[str, Any] | None:
+    if cert is None:
+        return None
+    return {**cert.to_json(), "renew_at": _time(renew_at)}
+
+
+def _time(value: datetime | None) -> str | None:
+    return rfc3339(value) if value is not None else None

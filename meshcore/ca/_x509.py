@@ -1,0 +1,132 @@
+"""Private: building the CA certificates and X509-SVID leaves (pure, given keys and times)."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ORGANIZATION = "meshcore"
+
+
+def random_serial() -> int:
+    """A random positive 128-bit serial (never zero)."""
+    return secrets.randbits(128) or 1
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+    )
+
+
+def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
+    # X509-SVID spec 4.3: leaves MUST set digitalSignature; keyEncipherment only makes sense for RSA.
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+        encipher_only=False, decipher_only=False,
+    )
+
+
+def ca_name(trust_domain: str, role: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"meshcore {role} CA {trust_domain}"),
+    ])
+
+
+def build_ca_cert(
+    *,
+    trust_domain: str,
+    role: str,
+    key: ec.EllipticCurvePrivateKey,
+    not_before: datetime,
+    not_after: datetime,
+    path_length: int,
+    issuer_cert: x509.Certificate | None = None,
+    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+) -> x509.Certificate:
+    """A SPIFFE signing certificate: URI SAN ``spiffe://<td>``, CA:true with ``path_length``,
+    keyCertSign+cRLSign. Self-signed when ``issuer_cert`` is None."""
+    subject = ca_name(trust_domain, role)
+    public_key = key.public_key()
+    if issuer_cert is None:
+        issuer_name, signer, aki = subject, key, x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
+    else:
+        assert issuer_key is not None
+        issuer_name, signer = issuer_cert.subject, issuer_key
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(aki, critical=False)
+    )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def build_leaf_cert(
+    *,
+    spiffe_id: str,
+    public_key: object,
+    not_before: datetime,
+    not_after: datetime,
+    issuer_cert: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    serial: int | None = None,
+) -> x509.Certificate:
+    """An X509-SVID leaf: exactly one URI SAN (plus DNS/IP SANs when given), CA:false critical,
+    keyUsage critical, extKeyUsage serverAuth+clientAuth, SKI and AKI."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    names += [x509.DNSName(d) for d in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "workload"),
+    ])
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+        issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(serial if serial is not None else random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(public_key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+        .add_extension(aki, critical=False)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())

@@ -1,0 +1,146 @@
+"""Pure: turn Consul's catalog and health responses into a meshcore :class:`Catalog`.
+
+Input is exactly what Consul's HTTP API returns: ``/v1/catalog/nodes``, ``/v1/catalog/service/<name>``
+for every service, and ``/v1/health/state/any``. Rules:
+
+* the ``consul`` service and ``connect-proxy`` registrations are not services of their own;
+  each sidecar proxy is folded into the instance it fronts (``Proxy.DestinationServiceID`` on
+  the same node, else a unique ``Proxy.DestinationServiceName`` on that node);
+* ``mesh_address``/``mesh_port`` come from the sidecar registration (its address, else its node's);
+  upstreams from the sidecar's ``Proxy.Upstreams``; ``local_service_address``/``port`` from
+  ``Proxy.LocalServiceAddress``/``LocalServicePort`` (default 127.0.0.1 and the service port);
+* an instance without a sidecar is not in the mesh (it has no mesh port) and is left out, except
+  an ``ingress-gateway``, which is its own proxy (mesh port = its service port);
+* ``healthy`` means every check of the instance and of its node is passing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping
+
+from .model import DEFAULT_DATACENTER, Catalog, Node, ServiceInstance, Upstream
+
+log = logging.getLogger("meshcore.catalog.consul")
+
+IGNORED_SERVICES = frozenset({"consul"})
+PROXY_KIND = "connect-proxy"
+SELF_PROXIED_KINDS = frozenset({"ingress-gateway"})
+
+
+def _meta(raw: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (raw or {}).items()))
+
+
+def upstreams_of(proxy: Mapping | None) -> tuple[Upstream, ...]:
+    """``Proxy.Upstreams`` of a proxy registration -> sorted Upstreams (service upstreams only)."""
+    out = []
+    for u in (proxy or {}).get("Upstreams") or ():
+        if (u.get("DestinationType") or "service") != "service" or not u.get("DestinationName"):
+            continue
+        out.append(Upstream(
+            destination_name=u["DestinationName"],
+            local_bind_port=int(u.get("LocalBindPort") or 0),
+            local_bind_address=u.get("LocalBindAddress") or "127.0.0.1",
+            datacenter=u.get("Datacenter") or None,
+        ))
+    return tuple(sorted(out))
+
+
+def _health(checks: Iterable[Mapping]) -> tuple[dict[tuple[str, str], bool], dict[str, bool]]:
+    """(node, service id) -> all passing; node -> all node-level checks passing."""
+    per_service: dict[tuple[str, str], bool] = {}
+    per_node: dict[str, bool] = {}
+    for c in checks:
+        ok = c.get("Status") == "passing"
+        node = c.get("Node") or ""
+        sid = c.get("ServiceID") or ""
+        if sid:
+            per_service[(node, sid)] = per_service.get((node, sid), True) and ok
+        else:
+            per_node[node] = per_node.get(node, True) and ok
+    return per_service, per_node
+
+
+def _sidecar_index(entries: Iterable[Mapping]) -> tuple[dict[tuple[str, str], Mapping], dict[tuple[str, str], list[Mapping]]]:
+    by_id: dict[tuple[str, str], Mapping] = {}
+    by_name: dict[tuple[str, str], list[Mapping]] = {}
+    for e in sorted(entries, key=lambda e: (e.get("Node", ""), e.get("ServiceID", ""))):
+        if (e.get("ServiceKind") or "") != PROXY_KIND:
+            continue
+        proxy = e.get("ServiceProxy") or {}
+        node = e.get("Node", "")
+        if proxy.get("DestinationServiceID"):
+            key = (node, proxy["DestinationServiceID"])
+            if key in by_id:
+                log.warning("two sidecar proxies front one instance; using the first node=%s service_id=%s "
+                            "proxies=%s,%s", node, key[1], by_id[key].get("ServiceID"), e.get("ServiceID"))
+                continue
+            by_id[key] = e
+        if proxy.get("DestinationServiceName"):
+            by_name.setdefault((node, proxy["DestinationServiceName"]), []).append(e)
+    return by_id, by_name
+
+
+def assemble_catalog(
+    nodes: Iterable[Mapping],
+    services: Mapping[str, Iterable[Mapping]],
+    checks: Iterable[Mapping],
+) -> Catalog:
+    """Build the catalog (see module docstring). ``services`` maps service name -> catalog entries."""
+    node_objs: dict[str, Node] = {}
+    for n in nodes:
+        node_objs[n["Node"]] = Node(name=n["Node"], address=n.get("Address") or "",
+                                    datacenter=n.get("Datacenter") or DEFAULT_DATACENTER, meta=_meta(n.get("Meta")))
+    entries = [e for name, lst in services.items() for e in (lst or ()) if name not in IGNORED_SERVICES]
+    for e in entries:  # a node registered between our reads: take it from the service entry
+        if e.get("Node") and e["Node"] not in node_objs:
+            node_objs[e["Node"]] = Node(name=e["Node"], address=e.get("Address") or "",
+                                        datacenter=e.get("Datacenter") or DEFAULT_DATACENTER, meta=_meta(e.get("NodeMeta")))
+    per_service, per_node = _health(checks)
+    by_id, by_name = _sidecar_index(entries)
+
+    instances = []
+    for e in entries:
+        kind = e.get("ServiceKind") or ""
+        name = e.get("ServiceName") or ""
+        if kind == PROXY_KIND or name in IGNORED_SERVICES:
+            continue
+        node = e.get("Node") or ""
+        node_address = e.get("Address") or node_objs[node].address
+        address = e.get("ServiceAddress") or node_address
+        if kind in SELF_PROXIED_KINDS:
+            proxy = e.get("ServiceProxy") or {}
+            mesh_address, mesh_port = address, int(e.get("ServicePort") or 0)
+        elif kind == "":
+            sidecar = by_id.get((node, e.get("ServiceID", "")))
+            if sidecar is None:
+                candidates = by_name.get((node, name), [])
+                sidecar = candidates[0] if len(candidates) == 1 else None
+            if sidecar is None:
+                log.debug("instance has no sidecar proxy; not in the mesh node=%s service=%s id=%s",
+                          node, name, e.get("ServiceID"))
+                continue
+            proxy = sidecar.get("ServiceProxy") or {}
+            mesh_address = sidecar.get("ServiceAddress") or node_address
+            mesh_port = int(sidecar.get("ServicePort") or 0)
+        else:
+            continue  # mesh/terminating/api gateways are not meshcore workloads
+        healthy = per_service.get((node, e.get("ServiceID", "")), True) and per_node.get(node, True)
+        instances.append(ServiceInstance(
+            service=name,
+            id=e.get("ServiceID") or name,
+            node=node,
+            port=int(proxy.get("LocalServicePort") or e.get("ServicePort") or 0),
+            mesh_address=mesh_address,
+            mesh_port=mesh_port,
+            local_service_address=proxy.get("LocalServiceAddress") or "127.0.0.1",
+            address=address,
+            kind=kind,
+            tags=tuple(e.get("ServiceTags") or ()),
+            meta=_meta(e.get("ServiceMeta")),
+            healthy=healthy,
+            upstreams=upstreams_of(proxy),
+            datacenter=e.get("Datacenter") or node_objs[node].datacenter,
+        ))
+    return Catalog.of(node_objs.values(), instances)

@@ -1,0 +1,271 @@
+"""The Consul catalog source: the mesh's services, sidecars and health, via blocking queries.
+
+How it wakes on *any* catalog or health change
+----------------------------------------------
+No single Consul endpoint's index covers everything the mesh needs: ``/v1/catalog/services``
+moves when a service instance is registered, changed or removed; ``/v1/health/state/any`` when a
+check is added, removed or changes status (a TTL check turning critical); ``/v1/catalog/nodes``
+when a node joins, leaves or changes address. :meth:`ConsulCatalogSource.poll` therefore runs
+one blocking query on each of the three *concurrently* (one daemon thread each, each with its
+own index) and returns as soon as any of them reports a new index. It then does a full read
+(nodes, service list, all checks, then ``/v1/catalog/service/<name>`` per service) and returns
+the whole catalog. Blocking queries still pending from the previous poll are reused when they
+wait on the same index, so a quiet mesh costs three open requests, not a growing pile.
+
+The index handed to callers is the largest of the three endpoint indexes. Consul's raft index
+is global, so any later change gets a larger index and that number is a valid index for every
+endpoint; the source remembers the per-endpoint indexes behind the index it handed out.
+
+Index handling follows Consul's blocking-query rules: an index that goes backwards (a snapshot
+restore, ...) or is 0 means "reset": do a full read and start over from what it returned; an
+index below 1 is used as 1, so a query never turns into a non-blocking busy loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Callable
+
+import consul
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+
+from ..errors import ConsulAuthError, ConsulError
+from ._consul_assemble import IGNORED_SERVICES, assemble_catalog
+from ._consul_calls import consul_errors
+from ._consul_settings import ConsulSettings
+from .model import Catalog, CatalogUpdate
+
+__all__ = ["ConsulCatalogSource", "ConsulSettings", "assemble_catalog"]
+
+log = logging.getLogger("meshcore.catalog.consul")
+
+WATCHED = ("nodes", "services", "checks")
+_SLICE = 0.25  # how often a blocked poll looks at its interrupt event
+_GRACE = 0.5  # extra seconds a poll waits for Consul's answer beyond wait + jitter
+
+
+@dataclass
+class _Watch:
+    index: int
+    future: Future
+
+
+def _spawn(fn: Callable[..., int], *args) -> Future:
+    """Run ``fn`` in a daemon thread (a pending blocking query must never delay process exit)."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the poller, which re-raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="consul-watch", daemon=True).start()
+    return future
+
+
+class ConsulCatalogSource:
+    """A :class:`~meshcore.catalog.source.CatalogSource` reading Consul (see the module docstring)."""
+
+    def __init__(self, settings: ConsulSettings):
+        self.settings = settings
+        self._local = threading.local()
+        self._client_generation = 0
+        self._lock = threading.Lock()
+        self._indexes: dict[str, int] | None = None
+        self._combined: int | None = None
+        self._catalog: Catalog | None = None
+        self._watches: dict[str, _Watch] = {}
+        self._interrupt: threading.Event | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ clients
+    def _client(self) -> consul.Consul:
+        """One py-consul client per thread (requests sessions are not shared across threads)."""
+        cached = getattr(self._local, "client", None)
+        if cached is None or cached[0] != self._client_generation:
+            cached = (self._client_generation, self.settings.client())
+            self._local.client = cached
+        return cached[1]
+
+    def _forget_clients(self) -> None:
+        """After a 403, build new clients so a rotated CONSUL_HTTP_TOKEN_FILE is re-read."""
+        self._client_generation += 1
+
+    # ------------------------------------------------------------------ reads
+    def _read(self, doing: str, fn: Callable[[consul.Consul], tuple]) -> tuple[int, object]:
+        try:
+            with consul_errors(self.settings, doing):
+                idx, data = fn(self._client())
+        except ConsulAuthError:
+            self._forget_clients()
+            raise
+        return int(idx), data
+
+    def read_catalog(self) -> tuple[Catalog, dict[str, int]]:
+        """One full, non-blocking read of the catalog; returns it and the per-endpoint indexes."""
+        n_idx, nodes = self._read("reading the node list (/v1/catalog/nodes)", lambda c: c.catalog.nodes())
+        s_idx, names = self._read("reading the service list (/v1/catalog/services)", lambda c: c.catalog.services())
+        c_idx, checks = self._read("reading health checks (/v1/health/state/any)", lambda c: c.health.state("any"))
+        services = {}
+        for name in sorted(names or {}):
+            if name in IGNORED_SERVICES:
+                continue
+            _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})",
+                                           lambda c, n=name: c.catalog.service(n))
+        catalog = assemble_catalog(nodes or [], services, checks or [])
+        return catalog, {"nodes": n_idx, "services": s_idx, "checks": c_idx}
+
+    def _blocking_index(self, endpoint: str, index: int, wait: float) -> int:
+        """One blocking query on ``endpoint``; returns the index Consul answered with."""
+        wait_arg = f"{max(1, int(wait * 1000))}ms"
+        calls = {
+            "nodes": lambda c: c.catalog.nodes(index=index, wait=wait_arg),
+            "services": lambda c: c.catalog.services(index=index, wait=wait_arg),
+            "checks": lambda c: c.health.state("any", index=index, wait=wait_arg),
+        }
+        new, _ = self._read(f"watching {endpoint} (blocking query at index {index})", calls[endpoint])
+        return new
+
+    # ------------------------------------------------------------------ CatalogSource
+    def poll(self, index: int | None, wait: float) -> CatalogUpdate:
+        """Block until the catalog changed past ``index`` (or ``wait`` s passed); return the full catalog.
+
+        ``index=None`` (or 0) reads at once. Raises ConsulError / ConsulAuthError.
+        """
+        if self._closed:
+            raise ConsulError("this ConsulCatalogSource is closed")
+        if not index or index <= 0:
+            return self._refresh(None, reason="initial read" if index is None else "index 0: full read")
+        with self._lock:
+            ours = bool(self._indexes) and index == self._combined
+            known = dict(self._indexes) if ours else {e: index for e in WATCHED}
+        # Consul holds a blocking query for wait plus up to wait/16 of jitter: allow for that (and a
+        # little transport time) so the answer - possibly "index went backwards" - is not missed.
+        wait = max(0.0, wait)
+        grace = min(_GRACE, 0.05 + wait / 4)
+        outcome = self._wait_for_change(known, wait, time.monotonic() + wait + wait / 16 + grace)
+        if outcome == "timeout" and ours and self._catalog is not None:
+            return CatalogUpdate(self._catalog, index, extra={"changed": False, "indexes": dict(known)})
+        return self._refresh(known if ours else None, reason=outcome, previous_index=index)
+
+    def _refresh(self, previous: dict[str, int] | None, reason: str, previous_index: int | None = None) -> CatalogUpdate:
+        """Full read. ``previous``: our per-endpoint indexes before it (None if the caller's index was not ours)."""
+        catalog, indexes = self.read_catalog()
+        went_back = (any(indexes[e] < previous[e] for e in WATCHED) if previous is not None
+                     else previous_index is not None and max(indexes.values()) < previous_index)
+        reset = reason == "reset" or went_back
+        if reset:
+            log.warning("Consul index went backwards (snapshot restore or Consul upgrade?); did a full read and "
+                        "restarted blocking from the new indexes consul=%s previous=%s now=%s",
+                        self.settings.address, previous or previous_index, indexes)
+        indexes = {e: max(1, i) for e, i in indexes.items()}  # never block on an index < 1
+        combined = max(indexes.values())
+        with self._lock:
+            self._indexes, self._combined, self._catalog = indexes, combined, catalog
+        log.debug("catalog read consul=%s index=%d reason=%s instances=%d", self.settings.address, combined,
+                  reason, len(catalog.instances))
+        return CatalogUpdate(catalog, combined, extra={"changed": True, "reset": reset, "reason": reason,
+                                                       "indexes": dict(indexes)})
+
+    def _wait_for_change(self, known: dict[str, int], wait: float, deadline: float) -> str:
+        """Block on all watched endpoints; "changed", "reset" (an index went backwards) or "timeout"."""
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0 or (self._interrupt is not None and self._interrupt.is_set()):
+                return "timeout"
+            pending: dict[Future, str] = {}
+            consul_wait = wait - (now - started)
+            for endpoint, index in known.items():
+                w = self._watches.get(endpoint)
+                if w is None or w.index != index:
+                    if consul_wait < 0.05:
+                        continue  # past the wait: only answers already on their way count
+                    w = _Watch(index, _spawn(self._blocking_index, endpoint, index, consul_wait))
+                    self._watches[endpoint] = w
+                pending[w.future] = endpoint
+            if not pending:
+                return "timeout"
+            done, _ = wait_futures(pending, timeout=min(remaining, _SLICE), return_when=FIRST_COMPLETED)
+            for future in done:
+                endpoint = pending[future]
+                del self._watches[endpoint]
+                new = future.result()  # raises the translated ConsulError
+                if new > known[endpoint]:
+                    return "changed"
+                if new < known[endpoint]:
+                    return "reset"
+                # same index: that query's wait ran out; the loop starts a fresh one
+
+    def close(self) -> None:
+        """Stop using Consul. Pending blocking queries run out on their own (daemon threads)."""
+        self._closed = True
+        self._watches.clear()
+
+    # ------------------------------------------------------------------ watch loop
+    def watch(self, on_change: Callable[[Catalog], None], stop_event: threading.Event, *,
+              wait: float = 30.0, max_backoff: float = 30.0) -> None:
+        """Loop :meth:`poll` until ``stop_event`` is set, calling ``on_change(catalog)`` when it changed.
+
+        Failures are retried with jittered exponential backoff (tenacity ``wait_random_exponential``);
+        a refused ACL token is retried too (the token file may be fixed) but logged as an error.
+        An exception from ``on_change`` is logged and the same catalog is offered again next poll.
+        """
+        return watch_catalog(self, on_change, stop_event, wait=wait, max_backoff=max_backoff)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    if isinstance(exc, ConsulAuthError):
+        log.error("CONSUL ACL TOKEN REFUSED; mesh catalog updates are stopped until it is fixed. "
+                  "attempt=%d retry_in=%.1fs error=%s", state.attempt_number, delay, exc)
+    else:
+        log.warning("Consul catalog poll failed; retrying attempt=%d retry_in=%.1fs error=%s",
+                    state.attempt_number, delay, exc)
+
+
+def watch_catalog(source, on_change: Callable[[Catalog], None], stop_event: threading.Event, *,
+                  wait: float = 30.0, max_backoff: float = 30.0) -> None:
+    """Run ``source.poll`` in a loop (see :meth:`ConsulCatalogSource.watch`); works for any CatalogSource."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(ConsulError),
+        wait=wait_random_exponential(multiplier=0.5, max=max_backoff),
+        stop=lambda _state: stop_event.is_set(),
+        sleep=stop_event.wait,
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    if hasattr(source, "_interrupt"):
+        source._interrupt = stop_event
+    index: int | None = None
+    delivered: Catalog | None = None
+    try:
+        while not stop_event.is_set():
+            try:
+                update = retrying(source.poll, index, wait)
+            except ConsulError:
+                if stop_event.is_set():
+                    return
+                raise
+            index = update.index
+            if stop_event.is_set():
+                return
+            if update.catalog != delivered:
+                try:
+                    on_change(update.catalog)
+                    delivered = update.catalog
+                except Exception:
+                    log.exception("catalog on_change callback failed; will offer this catalog again index=%s", index)
+    finally:
+        if hasattr(source, "_interrupt"):
+            source._interrupt = None

@@ -1,0 +1,334 @@
+"""meshctl: the operator's command line for meshcore."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import MeshError, ValidationError
+from ._client import DEMO_STATE_DIR, ApiError, Client, discover_server
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+def _out(data, fmt: str, table=None) -> None:
+    if fmt == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        table(data) if table else print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    for row in [headers] + rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _client(args) -> Client:
+    return Client(discover_server(args.server, getattr(args, "state_dir", None)))
+
+
+def _read_files(paths: list[str]) -> list[dict]:
+    files = []
+    for p in paths:
+        if p == "-":
+            files.append({"name": "<stdin>", "content": sys.stdin.read()})
+            continue
+        path = Path(p)
+        if path.is_dir():
+            members = sorted(q for q in path.iterdir() if q.suffix in (".yaml", ".yml", ".json"))
+        else:
+            members = [path]
+        for m in members:
+            try:
+                files.append({"name": str(m), "content": m.read_text()})
+            except OSError as exc:
+                raise MeshError(f"{m}: cannot read: {exc.strerror}") from exc
+    return files
+
+
+def _validate_locally(paths: list[str]):
+    from ..resources.loader import load_files
+
+    return load_files(paths)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+def cmd_validate(args) -> int:
+    resources = _validate_locally(args.filename)
+    data = [{"resource": str(r.key), "valid": True} for r in resources]
+    _out(data, args.output, lambda d: [print(f"{x['resource']} valid") for x in d])
+    return 0
+
+
+def cmd_apply(args) -> int:
+    _validate_locally(args.filename)  # fail fast, offline, with file and field paths
+    result = _client(args).post("/v1/resources", {"files": _read_files(args.filename), "dry_run": args.dry_run})
+    if args.dry_run:
+        _out(result, args.output, lambda d: [print(f"{k} valid (dry run, nothing applied)") for k in d["valid"]])
+    else:
+        _out(result, args.output, lambda d: [print(f"{x['resource']} {x['result']}") for x in d["applied"]])
+    return 0
+
+
+def cmd_delete(args) -> int:
+    client = _client(args)
+    if args.filename:
+        body = {"files": _read_files(args.filename)}
+    elif args.kind and args.name:
+        body = {"keys": [f"{_kind(args.kind)}/{args.namespace}/{n}" for n in args.name]}
+    else:
+        raise MeshError("say what to delete: -f FILE, or KIND NAME")
+    result = client.post("/v1/resources/delete", body)
+    _out(result, args.output, lambda d: ([print(f"{k} deleted") for k in d["deleted"]],
+                                         [print(f"{k} not found") for k in d["not_found"]]))
+    return 0 if not result["not_found"] or args.ignore_not_found else 1
+
+
+def _kind(text: str) -> str:
+    from ..resources.registry import KINDS
+
+    for k in KINDS:
+        if k.lower() in (text.lower(), text.lower().rstrip("s")):
+            return k
+    raise MeshError(f"unknown kind {text!r}; known kinds: {', '.join(KINDS)}, proxies")
+
+
+def cmd_get(args) -> int:
+    client = _client(args)
+    if args.kind.lower() in ("proxies", "proxy"):
+        proxies = client.get("/v1/proxies")
+        _out(proxies, args.output, lambda d: _table(
+            [[p["node"], ",".join(s["name"] for s in p["services"]), p.get("admin", ""),
+              "yes" if p["synced"] else "no", p.get("version", "")[:12], p.get("error", "")[:60]] for p in d],
+            ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
+        return 0
+    kind = _kind(args.kind)
+    query = f"?kind={kind}" + (f"&name={args.name}" if args.name else "")
+    items = client.get("/v1/resources" + query)
+    if args.name and not items:
+        print(f"{kind} {args.name!r} not found", file=sys.stderr)
+        return 1
+    if args.output == "table":
+        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]] for d in items],
+               ["KIND", "NAMESPACE", "NAME"])
+    elif args.output == "yaml":
+        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+    else:
+        _out(items, "json")
+    return 0
+
+
+def cmd_status(args) -> int:
+    status = _client(args).get("/v1/status")
+
+    def table(s):
+        cp = s["control_plane"]
+        print(f"control plane  http {cp.get('http')}  xds {cp.get('xds')}  trust domain {cp.get('trust_domain')}  "
+              f"snapshot {cp.get('snapshot')}")
+        for key in ("catalog_error", "store_error"):
+            if cp.get(key):
+                print(f"  {key.replace('_', ' ')}: {cp[key]}")
+        print()
+        rows = []
+        for p in s["proxies"]:
+            for svc in p["services"] or [{"name": "-", "spiffe_id": "", "inbound": ""}]:
+                rows.append([p["node"], svc["name"], svc.get("inbound") or ",".join(svc.get("listeners", [])),
+                             svc.get("spiffe_id", ""), "yes" if p["synced"] else "no"])
+        _table(rows, ["NODE", "SERVICE", "LISTENS", "SPIFFE ID", "SYNCED"])
+
+    _out(status, args.output, table)
+    return 0
+
+
+def cmd_proxy_config(args) -> int:
+    client = _client(args)
+    if args.envoy:
+        from ..demo.launcher import http_get
+
+        proxies = {p["node"]: p for p in client.get("/v1/proxies")}
+        admin = proxies.get(args.node, {}).get("admin")
+        if not admin:
+            raise MeshError(f"no admin address known for node {args.node!r}; see `meshctl get proxies`")
+        status, body = http_get(f"http://{admin}/config_dump", timeout=10)
+        print(body.decode())
+        return 0 if status == 200 else 1
+    data = client.get(f"/v1/proxies/{args.node}/config")
+    if args.type:
+        wanted = {t.lower().rstrip("s") for t in args.type}
+        data["resources"] = {k: v for k, v in data["resources"].items()
+                             if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+
+    def table(d):
+        rows = []
+        for type_name, items in d["resources"].items():
+            for item in items:
+                rows.append([_short(type_name), item.get("name") or item.get("clusterName", "")])
+        print(f"node {d['node']}  version {d.get('version') or '-'}")
+        _table(rows, ["TYPE", "NAME"])
+
+    _out(data, args.output, table)
+    return 0
+
+
+def _short(type_name: str) -> str:
+    return {"Listener": "listener", "RouteConfiguration": "route", "Cluster": "cluster",
+            "ClusterLoadAssignment": "endpoint", "Secret": "secret"}.get(type_name, type_name.lower())
+
+
+def cmd_token_create(args) -> int:
+    result = _client(args).post("/v1/tokens", {"node": args.node, "ttl": args.ttl})
+    _out(result, args.output, lambda d: print(d["token"]))
+    return 0
+
+
+def cmd_certs_list(args) -> int:
+    certs = _client(args).get("/v1/certs")
+    _out(certs, args.output, lambda d: _table(
+        [[c["spiffe_id"], c.get("node") or "", c["serial"][:16], c["not_after"]] for c in d],
+        ["SPIFFE ID", "NODE", "SERIAL", "NOT AFTER"]))
+    return 0
+
+
+def cmd_demo_up(args) -> int:
+    from ..demo.launcher import LocalMesh, demo_layout, stop_processes
+
+    state = Path(args.state_dir)
+    stop_processes(state)
+    mesh = LocalMesh(demo_layout(state), progress=lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+    started = time.monotonic()
+    try:
+        status = mesh.up(wait_url="http://127.0.0.1:8080/productpage?format=json")
+    except BaseException:
+        print(f"demo failed to start; logs are in {state / 'logs'}; stopping what started", file=sys.stderr)
+        mesh.down()
+        raise
+    print(f"==> the mesh serves ({time.monotonic() - started:.1f}s)", file=sys.stderr)
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+    else:
+        print(DEMO_BANNER.format(state=state))
+    if not args.foreground:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\n==> stopping the demo", file=sys.stderr)
+    finally:
+        mesh.down()
+    return 0
+
+
+DEMO_BANNER = """
+meshcore demo is up.
+  productpage through the ingress gateway:  curl http://127.0.0.1:8080/productpage
+  the same as JSON:                        curl http://127.0.0.1:8080/productpage?format=json
+  mesh status:                             meshctl status
+  proxies and their config:                meshctl get proxies; meshctl proxy-config vm1
+  apply a policy:                          meshctl apply -f examples/policies/permissive.yaml
+  stop it:                                 meshctl demo down
+State and logs: {state}/
+"""
+
+
+def cmd_demo_down(args) -> int:
+    from ..demo.launcher import stop_processes
+
+    n = stop_processes(Path(args.state_dir))
+    print(f"stopped {n} process group(s)" if n else "no demo processes were running")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+                                         "./.meshcore-demo, then http://127.0.0.1:15000)")
+    common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
+
+    p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_text, **kw):
+        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("apply", cmd_apply, "Validate and apply resources from YAML files (all or nothing).")
+    sp.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)")
+    sp.add_argument("--dry-run", action="store_true", help="validate on the server, apply nothing")
+
+    sp = add("validate", cmd_validate, "Validate resource files offline; report every error with its field path.")
+    sp.add_argument("-f", "--filename", action="append", required=True)
+
+    sp = add("delete", cmd_delete, "Delete resources named in files, or KIND NAME...")
+    sp.add_argument("kind", nargs="?")
+    sp.add_argument("name", nargs="*")
+    sp.add_argument("-f", "--filename", action="append")
+    sp.add_argument("-n", "--namespace", default="default")
+    sp.add_argument("--ignore-not-found", action="store_true")
+
+    sp = add("get", cmd_get, "List resources of a kind, or the proxies (`meshctl get proxies`).")
+    sp.add_argument("kind", help="a resource kind (e.g. PeerAuthentication) or 'proxies'")
+    sp.add_argument("name", nargs="?")
+
+    add("status", cmd_status, "Show the control plane and every proxy with its services and sync state.")
+
+    sp = add("proxy-config", cmd_proxy_config, "Show the configuration the control plane serves a node's Envoy.")
+    sp.add_argument("node")
+    sp.add_argument("--type", action="append", help="only this type: listener, route, cluster, endpoint")
+    sp.add_argument("--envoy", action="store_true", help="ask the Envoy itself (admin /config_dump)")
+
+    sp = add("token", None, "Join tokens for VMs.")
+    tsub = sp.add_subparsers(dest="token_command", required=True)
+    tc = tsub.add_parser("create", parents=[common], help="Create a one-time join token scoped to one node.")
+    tc.add_argument("--node", required=True)
+    tc.add_argument("--ttl", default="1h", help="how long it stays valid (default %(default)s)")
+    tc.set_defaults(fn=cmd_token_create)
+
+    sp = add("certs", None, "Certificates the CA issued.")
+    csub = sp.add_subparsers(dest="certs_command", required=True)
+    cl = csub.add_parser("list", parents=[common], help="Every SVID: identity, serial, not-after, node.")
+    cl.set_defaults(fn=cmd_certs_list)
+
+    sp = add("demo", None, "Run the whole mesh on this machine (no root, no Consul).")
+    dsub = sp.add_subparsers(dest="demo_command", required=True)
+    du = dsub.add_parser("up", parents=[common], help="Start the demo mesh; returns once it serves.")
+    du.add_argument("--state-dir", default=DEMO_STATE_DIR)
+    du.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops everything")
+    du.set_defaults(fn=cmd_demo_up)
+    dd = dsub.add_parser("down", parents=[common], help="Stop every process the demo started.")
+    dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
+    dd.set_defaults(fn=cmd_demo_down)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except ValidationError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    except MeshError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

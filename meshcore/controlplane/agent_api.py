@@ -1,0 +1,151 @@
+"""The API VM agents call (HTTPS): join with a one-time token, get SVIDs signed, fetch the bundle.
+
+Every call but ``join`` is authenticated by the node's client certificate (URI SAN
+``spiffe://<td>/meshcore/node/<node>``), and a node can only ask about itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from cryptography import x509
+
+from .. import naming
+from ..ca import CertificateAuthority, JoinTokenStore, check_workload_request
+from ..catalog.model import Catalog
+from ..errors import CAError, JoinTokenError, SigningRefused
+from ._http import HttpError, Request, Router
+
+log = logging.getLogger("meshcore.controlplane.agent_api")
+
+
+def _csr_uri(csr_pem: str) -> str:
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as exc:
+        raise HttpError(400, f"csr is not a PEM certificate signing request: {exc}") from exc
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise HttpError(400, "csr has no subjectAltName; put the SPIFFE ID in a URI SAN") from exc
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        raise HttpError(400, f"csr must carry exactly one URI SAN (the SPIFFE ID), found {len(uris)}")
+    return uris[0]
+
+
+class AgentApi:
+    def __init__(self, ca: CertificateAuthority, tokens: JoinTokenStore, catalog: Callable[[], Catalog | None],
+                 xds_address: str, metrics=None):
+        self.ca = ca
+        self.tokens = tokens
+        self.catalog = catalog
+        self.xds_address = xds_address
+        self.metrics = metrics
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("POST", "/v1/agent/join", self.join)
+        r.add("POST", "/v1/agent/renew-node", self.renew_node)
+        r.add("GET", "/v1/agent/services", self.services)
+        r.add("POST", "/v1/agent/sign", self.sign)
+        r.add("GET", "/v1/agent/bundle", self.bundle)
+        return r
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _issued(self, cert) -> dict:
+        return {
+            "certificate": cert.cert_pem,
+            "chain": cert.chain_pem,
+            "bundle": self.ca.bundle_pem(),
+            "spiffe_id": cert.spiffe_id,
+            "serial": cert.serial,
+            "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
+            "trust_domain": self.ca.trust_domain,
+            "xds_address": self.xds_address,
+        }
+
+    def _node_of(self, req: Request) -> str:
+        for uri in req.peer_uri_sans():
+            parsed = naming.parse_node_spiffe_id(uri)
+            if parsed and parsed[0] == self.ca.trust_domain:
+                return parsed[1]
+        raise HttpError(401, "this call needs the node's client certificate (join first with a token)")
+
+    def _count(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.certs_issued.labels(kind=kind, outcome=outcome).inc()
+
+    # --- endpoints -------------------------------------------------------------------------
+    def join(self, req: Request) -> dict:
+        body = req.json()
+        node, token, csr = body.get("node"), body.get("token"), body.get("csr")
+        if not node or not token or not csr:
+            raise HttpError(400, "join needs node, token and csr")
+        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
+        uri = _csr_uri(csr)
+        if uri != expected:
+            raise HttpError(403, f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+        try:
+            self.tokens.consume(token, node)
+        except JoinTokenError as exc:
+            self._count("node", "refused")
+            log.warning("join refused node=%s: %s", node, exc)
+            raise HttpError(403, f"join refused: {exc}") from exc
+        cert = self.ca.sign_csr(csr, spiffe_id=expected, node=node)
+        self._count("node", "issued")
+        log.info("node joined node=%s serial=%s", node, cert.serial)
+        return self._issued(cert)
+
+    def renew_node(self, req: Request) -> dict:
+        node = self._node_of(req)
+        csr = req.json().get("csr") or ""
+        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
+        if _csr_uri(csr) != expected:
+            raise HttpError(403, f"node {node!r} may only renew {expected}")
+        cert = self.ca.sign_csr(csr, spiffe_id=expected, node=node)
+        self._count("node", "issued")
+        return self._issued(cert)
+
+    def services(self, req: Request) -> dict:
+        node = self._node_of(req)
+        catalog = self.catalog()
+        if catalog is None:
+            raise HttpError(503, "the control plane has not read the catalog yet; retry shortly")
+        td = self.ca.trust_domain
+        return {
+            "node": node,
+            "trust_domain": td,
+            "xds_address": self.xds_address,
+            "services": [
+                {"name": i.service, "id": i.id, "kind": i.kind,
+                 "spiffe_id": naming.workload_spiffe_id(td, i.namespace, i.service_account)}
+                for i in catalog.on_node(node)
+            ],
+        }
+
+    def sign(self, req: Request) -> dict:
+        node = self._node_of(req)
+        csr = req.json().get("csr") or ""
+        spiffe_id = _csr_uri(csr)
+        catalog = self.catalog()
+        if catalog is None:
+            raise HttpError(503, "the control plane has not read the catalog yet; retry shortly")
+        try:
+            check_workload_request(catalog, node, spiffe_id, self.ca.trust_domain)
+            cert = self.ca.sign_csr(csr, spiffe_id=spiffe_id, node=node)
+        except SigningRefused as exc:
+            self._count("workload", "refused")
+            log.warning("signing refused node=%s spiffe_id=%s: %s", node, spiffe_id, exc)
+            raise HttpError(403, str(exc)) from exc
+        except CAError as exc:
+            self._count("workload", "refused")
+            raise HttpError(400, str(exc)) from exc
+        self._count("workload", "issued")
+        log.info("svid issued node=%s spiffe_id=%s serial=%s", node, spiffe_id, cert.serial)
+        return self._issued(cert)
+
+    def bundle(self, req: Request) -> dict:
+        self._node_of(req)
+        return {"trust_domain": self.ca.trust_domain, "bundle": self.ca.bundle_pem()}

@@ -1,0 +1,353 @@
+"""``meshcore-control-plane``: reads the catalog, runs the CA, serves every Envoy over ADS.
+
+Three listeners: xDS (gRPC, mTLS, agents' Envoys), the agent API (HTTPS, join and SVIDs),
+and the operator API (HTTP, for ``meshctl``; loopback by default). Once all three serve, it
+writes ``<state-dir>/controlplane.json`` with their addresses and tells systemd it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+
+from .. import naming
+from ..ca import CertificateAuthority, JoinTokenStore, load_kek, make_csr, new_private_key
+from ..durations import parse_duration
+from ..errors import ConfigError, MeshError
+from ..logs import setup_logging
+from ..snapshot import ProxyInfo
+from ..xds.cache import SnapshotCache
+from ..xds.server import AdsServicer, mtls_node_authorizer, serve_ads
+from ._http import JsonServer
+from .agent_api import AgentApi
+from .engine import MeshEngine
+from .metrics import ControlPlaneMetrics
+from .operator_api import OperatorApi
+
+log = logging.getLogger("meshcore.controlplane")
+
+STATE_FILE = "controlplane.json"
+
+
+@dataclass
+class Settings:
+    state_dir: Path
+    trust_domain: str = naming.DEFAULT_TRUST_DOMAIN
+    catalog: str = "files:/etc/consul.d"
+    store: str = ""
+    xds_bind: str = "127.0.0.1:15012"
+    api_bind: str = "127.0.0.1:15443"
+    http_bind: str = "127.0.0.1:15000"
+    advertise: str = ""
+    kek_file: str | None = None
+    leaf_ttl: timedelta = timedelta(hours=24)
+
+
+def _split_source(spec: str, what: str) -> tuple[str, str]:
+    kind, _, arg = spec.partition(":")
+    if kind not in ("files", "consul", "dir"):
+        raise ConfigError(f"--{what} {spec!r}: use files:DIR or consul (catalog), dir:DIR or consul (store)")
+    return kind, arg
+
+
+def open_catalog(spec: str):
+    kind, arg = _split_source(spec, "catalog")
+    if kind == "consul":
+        from ..catalog.consul import ConsulCatalogSource, ConsulSettings
+
+        return ConsulCatalogSource(ConsulSettings.from_env())
+    if kind != "files" or not arg:
+        raise ConfigError(f"--catalog {spec!r}: use files:DIR (Consul service-definition files) or consul")
+    from ..catalog.files import FileCatalogSource
+
+    return FileCatalogSource(Path(arg))
+
+
+def open_store(spec: str, state_dir: Path):
+    kind, arg = _split_source(spec or f"dir:{state_dir / 'resources'}", "store")
+    if kind == "consul":
+        from ..catalog.consul import ConsulSettings
+        from ..resources.consul_store import ConsulKVStore
+
+        return ConsulKVStore(ConsulSettings.from_env())
+    if kind != "dir" or not arg:
+        raise ConfigError(f"--store {spec!r}: use dir:DIR or consul")
+    from ..resources.dir_store import DirectoryStore
+
+    return DirectoryStore(Path(arg))
+
+
+def _host_of(bind: str) -> str:
+    return bind.rpartition(":")[0].strip("[]")
+
+
+class ControlPlane:
+    """All the control plane's parts, wired; ``start()`` serves, ``stop()`` stops."""
+
+    def __init__(self, settings: Settings, kek: bytes, *, catalog_source=None, store=None):
+        self.settings = settings
+        state = settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        self.metrics = ControlPlaneMetrics()
+        self.ca = CertificateAuthority.open(state / "ca", trust_domain=settings.trust_domain, kek=kek,
+                                            leaf_ttl=settings.leaf_ttl)
+        self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
+        self.source = catalog_source or open_catalog(settings.catalog)
+        self.store = store or open_store(settings.store, state)
+        self.cache = SnapshotCache()
+        self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
+                                 on_snapshot=self._on_snapshot)
+        self._servers: list = []
+        self._grpc = None
+        self.addresses: dict[str, str] = {}
+        self._stopped = threading.Event()
+
+    # --- serving identity ------------------------------------------------------------------
+    def _serving_identity(self) -> tuple[str, str, float]:
+        """A key made here, in memory, and a certificate for it with the control plane's SPIFFE ID.
+
+        Returns the key, the chain and the time (epoch seconds) at which to renew: half its life."""
+        key = new_private_key()
+        hosts = {_host_of(b) for b in (self.settings.xds_bind, self.settings.api_bind)}
+        if self.settings.advertise:
+            hosts.add(self.settings.advertise)
+        ips, dns = [], ["localhost"]
+        for h in sorted(hosts):
+            try:
+                ipaddress.ip_address(h)
+                ips.append(h)
+            except ValueError:
+                if h:
+                    dns.append(h)
+        spiffe_id = naming.control_plane_spiffe_id(self.ca.trust_domain)
+        issued = self.ca.sign_csr(make_csr(key, spiffe_id), spiffe_id=spiffe_id,
+                                  dns_names=dns, ip_addresses=ips or ["127.0.0.1"])
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        renew_at = issued.not_before.timestamp() + (issued.not_after - issued.not_before).total_seconds() / 2
+        return key_pem, issued.chain_pem, renew_at
+
+    def _https_context(self, key_pem: str, chain_pem: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # ssl wants files: hand it the key encrypted with a throw-away passphrase, in a private temp dir.
+        passphrase = os.urandom(24).hex().encode()
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        enc = load_pem_private_key(key_pem.encode(), None).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase))
+        with tempfile.TemporaryDirectory(prefix="meshcore-tls-") as tmp:
+            kp, cp = Path(tmp, "key.pem"), Path(tmp, "chain.pem")
+            kp.write_bytes(enc)
+            cp.write_text(chain_pem)
+            ctx.load_cert_chain(str(cp), str(kp), password=passphrase)
+        ctx.load_verify_locations(cadata=self.ca.bundle_pem())
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    def _rotate_serving_identity(self) -> None:
+        """Renew the serving certificate at half life; new connections get the new one (no restart)."""
+        while not self._stopped.wait(max(0.5, min(60.0, self._renew_at - time.time()))):
+            if time.time() < self._renew_at:
+                continue
+            try:
+                key_pem, chain_pem, self._renew_at = self._serving_identity()
+                self._grpc_identity = (key_pem, chain_pem, self.ca.bundle_pem())
+                self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+                log.info("control plane serving certificate renewed")
+            except MeshError as exc:
+                log.error("renewing the control plane's serving certificate failed, retrying in 10s: %s", exc)
+                self._renew_at = time.time() + 10
+
+    def _grpc_credentials(self) -> grpc.ServerCredentials:
+        served = {"identity": None}
+
+        def current():
+            identity = self._grpc_identity
+            if identity is served["identity"]:
+                return None  # unchanged: keep serving the current certificate
+            served["identity"] = identity
+            key_pem, chain_pem, bundle = identity
+            return grpc.ssl_server_certificate_configuration(
+                [(key_pem.encode(), chain_pem.encode())], root_certificates=bundle.encode())
+
+        return grpc.dynamic_ssl_server_credentials(current(), current, require_client_authentication=True)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        key_pem, chain_pem, self._renew_at = self._serving_identity()
+        self._grpc_identity = (key_pem, chain_pem, self.ca.bundle_pem())
+        authorize = mtls_node_authorizer(self.ca.trust_domain)
+
+        def authorize_and_register(context, node):
+            authorize(context, node)
+            md = node.metadata.fields
+            secrets_dir = md["secrets_dir"].string_value if "secrets_dir" in md else ""
+            if not secrets_dir:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "node metadata lacks secrets_dir; start Envoy with the bootstrap meshcore-agent writes")
+            admin = md["admin"].string_value if "admin" in md else ""
+            self.engine.proxy_connected(ProxyInfo(node=node.id, secrets_dir=secrets_dir, admin=admin))
+
+        servicer = AdsServicer(self.cache, authorize_and_register)
+        self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
+        xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
+
+        agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr, metrics=self.metrics)
+        self._api_server = JsonServer(agent_api.router(), self.settings.api_bind,
+                                      tls=self._https_context(key_pem, chain_pem), name="meshcore-agent-api").start()
+        http = JsonServer(OperatorApi(self).router(), self.settings.http_bind, name="meshcore-http").start()
+        self._servers = [self._api_server, http]
+        self.engine.start()
+        threading.Thread(target=self._rotate_serving_identity, name="serving-cert", daemon=True).start()
+        self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
+        self._write_state_file()
+        log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
+                 self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
+
+    def _write_state_file(self) -> None:
+        data = {**self.addresses, "trust_domain": self.ca.trust_domain, "pid": os.getpid(),
+                "ca_file": str(self.settings.state_dir / "ca" / "bundle.pem")}
+        bundle = Path(data["ca_file"])
+        bundle.write_text(self.ca.bundle_pem())
+        tmp = self.settings.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.settings.state_dir / STATE_FILE)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.engine.stop()
+        for s in self._servers:
+            s.stop()
+        if self._grpc is not None:
+            self._grpc.stop(grace=1).wait(2)
+        try:
+            (self.settings.state_dir / STATE_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    # --- views -----------------------------------------------------------------------------
+    def _on_snapshot(self, snap) -> None:
+        self.metrics.snapshots.inc()
+        self.metrics.catalog_instances.set(len(snap.catalog.instances))
+
+    def cache_status(self, node: str) -> dict:
+        try:
+            return self.cache.status(node) or {}
+        except KeyError:
+            return {}
+
+    def status(self) -> dict:
+        catalog = self.engine.catalog()
+        td = self.ca.trust_domain
+        nodes = {}
+        if catalog is not None:
+            for inst in catalog.instances:
+                entry = nodes.setdefault(inst.node, {"node": inst.node, "services": []})
+                svc = {"name": inst.service, "id": inst.id, "kind": inst.kind or "service",
+                       "spiffe_id": naming.workload_spiffe_id(td, inst.namespace, inst.service_account),
+                       "healthy": inst.healthy}
+                if inst.kind == "":
+                    svc["inbound"] = f"{inst.mesh_address}:{inst.mesh_port}"
+                else:
+                    svc["listeners"] = [f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams]
+                entry["services"].append(svc)
+        for node in self.engine.proxies:
+            nodes.setdefault(node, {"node": node, "services": []})
+        proxies = []
+        for node in sorted(nodes):
+            state = self.engine.proxies.get(node)
+            cs = self.cache_status(node)
+            proxies.append({
+                **nodes[node],
+                "admin": state.info.admin if state else "",
+                "connected": bool(cs.get("connected_streams")),
+                "synced": bool(self.cache.synced(node)),
+                "version": cs.get("version", ""),
+                "error": state.error if state else "",
+            })
+        snap = self.engine.snapshot
+        return {
+            "control_plane": {**self.addresses, "trust_domain": td,
+                              "snapshot": snap.hash if snap else "",
+                              "catalog_error": self.engine.source_error, "store_error": self.engine.store_error},
+            "proxies": proxies,
+        }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="meshcore-control-plane", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state-dir", default=env.get("MESHCORE_STATE_DIR", "/var/lib/meshcore"),
+                   help="where the CA, join tokens and (by default) resources live (default %(default)s)")
+    p.add_argument("--trust-domain", default=env.get("MESHCORE_TRUST_DOMAIN", naming.DEFAULT_TRUST_DOMAIN))
+    p.add_argument("--catalog", default=env.get("MESHCORE_CATALOG", "files:/etc/consul.d"),
+                   help="files:DIR (Consul service-definition files, one sub-directory per node) or consul "
+                        "(uses CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) (default %(default)s)")
+    p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
+                   help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
+                        "(default dir:<state-dir>/resources)")
+    p.add_argument("--xds-bind", default=env.get("MESHCORE_XDS_BIND", "127.0.0.1:15012"))
+    p.add_argument("--api-bind", default=env.get("MESHCORE_API_BIND", "127.0.0.1:15443"))
+    p.add_argument("--http-bind", default=env.get("MESHCORE_HTTP_BIND", "127.0.0.1:15000"))
+    p.add_argument("--advertise", default=env.get("MESHCORE_ADVERTISE", ""),
+                   help="address agents use to reach this control plane (default: the bind host)")
+    p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
+                   help="key-encryption key file (0600); or set MESHCORE_KEK (base64)")
+    p.add_argument("--leaf-ttl", default=env.get("MESHCORE_LEAF_TTL", "24h"), help="SVID lifetime (default %(default)s)")
+    p.add_argument("--log-level", default=env.get("MESHCORE_LOG_LEVEL", "info"))
+    p.add_argument("--log-format", choices=("text", "json"), default=env.get("MESHCORE_LOG_FORMAT", "text"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings = Settings(
+            state_dir=Path(args.state_dir).absolute(), trust_domain=args.trust_domain, catalog=args.catalog,
+            store=args.store, xds_bind=args.xds_bind, api_bind=args.api_bind, http_bind=args.http_bind,
+            advertise=args.advertise, kek_file=args.kek_file, leaf_ttl=parse_duration(args.leaf_ttl),
+        )
+        kek = load_kek(settings.kek_file)
+        cp = ControlPlane(settings, kek)
+        cp.start()
+    except (MeshError, ValueError, OSError) as exc:
+        print(f"meshcore-control-plane: {exc}", file=sys.stderr)
+        return 2
+    from ..agent.notify import notify
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    notify("READY=1\nSTATUS=serving xds on " + cp.addresses["xds"])
+    watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+    while not stop.wait(watchdog / 2 if watchdog else 3600):
+        notify("WATCHDOG=1")
+    notify("STOPPING=1")
+    cp.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The control plane's core loop: sources in, one MeshSnapshot, per-proxy builds out.
+
+Two watcher threads (catalog, resources) feed the engine; every change builds a new
+:class:`MeshSnapshot`; when its hash differs, every connected proxy's resources are built
+(pure) and published (validated, cross-checked, then set in the cache). A proxy whose build
+fails keeps its last good config and the error is kept for ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
+
+from ..catalog.model import Catalog
+from ..catalog.source import CatalogSource
+from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
+from ..resources.store import ResourceStore
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..xds.build import build_proxy
+from ..xds.cache import SnapshotCache
+from ..xds.validate import publish
+
+log = logging.getLogger("meshcore.controlplane")
+
+POLL_WAIT_S = 30.0
+
+
+@dataclass
+class ProxyState:
+    info: ProxyInfo
+    error: str = ""
+    built_hash: str = ""
+    published_at: float = 0.0
+    last_change_at: float = field(default=0.0)
+
+
+class MeshEngine:
+    def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
+                 trust_domain: str, on_snapshot: Callable[[MeshSnapshot], None] | None = None):
+        self._source = catalog_source
+        self._store = store
+        self.cache = cache
+        self.trust_domain = trust_domain
+        self._on_snapshot = on_snapshot
+        self._lock = threading.RLock()
+        self._catalog: Catalog | None = None
+        self._resources: list = []
+        self._resources_loaded = False
+        self.snapshot: MeshSnapshot | None = None
+        self.proxies: dict[str, ProxyState] = {}
+        self.source_error = ""
+        self.store_error = ""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ready = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for target, name in ((self._catalog_loop, "catalog-watch"), (self._store_loop, "resource-watch")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def _retrying(self, what: str, errors):
+        def before_sleep(state):
+            exc = state.outcome.exception()
+            log.warning("%s failed, retrying: %s", what, exc)
+
+        return Retrying(
+            wait=wait_random_exponential(multiplier=0.2, max=15), stop=stop_never,
+            retry=retry_if_exception_type(errors), sleep=self._stop.wait, before_sleep=before_sleep, reraise=True,
+        )
+
+    def _catalog_loop(self) -> None:
+        index = None
+        while not self._stop.is_set():
+            try:
+                for attempt in self._retrying("catalog watch", (CatalogError, ValidationError)):
+                    with attempt:
+                        if self._stop.is_set():
+                            return
+                        try:
+                            update = self._source.poll(index, POLL_WAIT_S)
+                        except (CatalogError, ValidationError) as exc:
+                            self.source_error = str(exc)
+                            raise
+            except (CatalogError, ValidationError):
+                continue
+            self.source_error = ""
+            if index is None or update.index != index:
+                with self._lock:
+                    self._catalog = update.catalog
+                self._rebuild("catalog")
+            index = update.index
+
+    def _store_loop(self) -> None:
+        index = None
+        while not self._stop.is_set():
+            try:
+                for attempt in self._retrying("resource store watch", StoreError):
+                    with attempt:
+                        if self._stop.is_set():
+                            return
+                        try:
+                            resources, new_index = self._store.watch(index, POLL_WAIT_S)
+                        except StoreError as exc:
+                            self.store_error = str(exc)
+                            raise
+            except StoreError:
+                continue
+            self.store_error = ""
+            if index is None or new_index != index:
+                with self._lock:
+                    self._resources = resources
+                    self._resources_loaded = True
+                self._rebuild("resources")
+            index = new_index
+
+    # --- snapshot and publishing -----------------------------------------------------------
+    def _rebuild(self, reason: str) -> None:
+        with self._lock:
+            if self._catalog is None or not self._resources_loaded:
+                return
+            snap = MeshSnapshot.build(self._catalog, self._resources, self.trust_domain)
+            if self.snapshot is not None and snap.hash == self.snapshot.hash:
+                return
+            self.snapshot = snap
+            log.info("new mesh snapshot version=%s reason=%s instances=%d resources=%d",
+                     snap.hash, reason, len(snap.catalog.instances), len(snap.resources))
+            for node in list(self.proxies):
+                self._publish(node)
+            self.ready.set()
+        if self._on_snapshot:
+            self._on_snapshot(snap)
+
+    def _publish(self, node: str) -> None:
+        state = self.proxies[node]
+        snap = self.snapshot
+        if snap is None:
+            return
+        started = time.monotonic()
+        try:
+            resources = build_proxy(snap, state.info)
+            publish(self.cache, node, resources)
+        except (XdsError, MeshError) as exc:
+            state.error = str(exc)
+            log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
+            return
+        state.error = ""
+        state.built_hash = snap.hash
+        state.published_at = time.time()
+        log.debug("published node=%s version=%s in %.1f ms", node, snap.hash, (time.monotonic() - started) * 1e3)
+
+    def proxy_connected(self, info: ProxyInfo) -> None:
+        """An Envoy opened an ADS stream: remember what it told us and build its config now."""
+        with self._lock:
+            current = self.proxies.get(info.node)
+            if current is not None and current.info == info and current.built_hash:
+                return
+            self.proxies[info.node] = ProxyState(info=info)
+            self._publish(info.node)
+
+    def build_for(self, node: str) -> dict | None:
+        """The resources the engine would publish for ``node`` now (for ``meshctl proxy-config``)."""
+        with self._lock:
+            state = self.proxies.get(node)
+            if state is None or self.snapshot is None:
+                return None
+            return build_proxy(self.snapshot, state.info)
+
+    def catalog(self) -> Catalog | None:
+        with self._lock:
+            return self._catalog

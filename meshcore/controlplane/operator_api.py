@@ -1,0 +1,153 @@
+"""The operator-facing HTTP API that ``meshctl`` talks to: status, resources, proxies, tokens, metrics."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import naming
+from ..durations import parse_duration
+from ..errors import StoreError, ValidationError
+from ..resources.loader import load_documents
+from ..resources.model import ResourceKey
+from ._http import HttpError, Request, Response, Router
+
+if TYPE_CHECKING:
+    from .daemon import ControlPlane
+
+log = logging.getLogger("meshcore.controlplane.api")
+
+
+def _validation_error(exc: ValidationError) -> HttpError:
+    return HttpError(422, str(exc), {"errors": [
+        {"source": e.source, "document": e.document, "path": e.path, "message": e.message} for e in exc.errors
+    ]})
+
+
+class OperatorApi:
+    def __init__(self, cp: "ControlPlane"):
+        self.cp = cp
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/v1/status", lambda req: self.cp.status())
+        r.add("GET", "/v1/proxies", lambda req: self.cp.status()["proxies"])
+        r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)
+        r.add("GET", "/v1/resources", self.list_resources)
+        r.add("POST", "/v1/resources", self.apply)
+        r.add("POST", "/v1/resources/delete", self.delete)
+        r.add("POST", "/v1/tokens", self.create_token)
+        r.add("GET", "/v1/tokens", lambda req: self.cp.tokens.list())
+        r.add("GET", "/v1/certs", self.certs)
+        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": self.cp.ca.trust_domain,
+                                                      "bundle": self.cp.ca.bundle_pem()})
+        r.add("GET", "/metrics", self.metrics)
+        r.add("GET", "/healthz", lambda req: {"ok": True})
+        return r
+
+    def _parse(self, req: Request):
+        body = req.json()
+        files = body.get("files")
+        if not isinstance(files, list) or not files:
+            raise HttpError(400, 'body needs "files": [{"name": ..., "content": ...}]')
+        resources, errors = [], []
+        for f in files:
+            try:
+                resources.extend(load_documents(str(f.get("content", "")), str(f.get("name", "<api>"))))
+            except ValidationError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise _validation_error(ValidationError(errors, "nothing applied"))
+        return body, resources
+
+    def apply(self, req: Request) -> dict:
+        body, resources = self._parse(req)
+        keys = [str(r.key) for r in resources]
+        if body.get("dry_run"):
+            return {"applied": [], "valid": keys, "dry_run": True}
+        existing = {r.key: r for r in self.cp.store.list()}
+        result = []
+        for r in resources:
+            old = existing.get(r.key)
+            state = "created" if old is None else ("unchanged" if old.canonical_json() == r.canonical_json() else "configured")
+            result.append({"resource": str(r.key), "result": state})
+        try:
+            self.cp.store.apply(resources)
+        except StoreError as exc:
+            raise HttpError(503, f"nothing applied: {exc}") from exc
+        log.info("applied %d resource(s): %s", len(resources), ", ".join(keys))
+        return {"applied": result}
+
+    def delete(self, req: Request) -> dict:
+        body = req.json()
+        if "keys" in body:
+            keys = []
+            for k in body["keys"]:
+                parts = str(k).split("/")
+                if len(parts) != 3:
+                    raise HttpError(400, f"key {k!r} must be Kind/namespace/name")
+                keys.append(ResourceKey(*parts))
+        else:
+            _, resources = self._parse(req)
+            keys = [r.key for r in resources]
+        try:
+            removed = self.cp.store.delete(keys)
+        except StoreError as exc:
+            raise HttpError(503, f"nothing deleted: {exc}") from exc
+        return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
+
+    def list_resources(self, req: Request) -> list:
+        kind = req.query.get("kind")
+        name = req.query.get("name")
+        out = []
+        for r in sorted(self.cp.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
+            if kind and r.kind.lower() != kind.lower():
+                continue
+            if name and r.name != name:
+                continue
+            out.append(r.to_document())
+        return out
+
+    def proxy_config(self, req: Request) -> dict:
+        node = req.params["node"]
+        built = self.cp.engine.build_for(node)
+        if built is None:
+            raise HttpError(404, f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
+        return {
+            "node": node,
+            "version": self.cp.cache_status(node).get("version"),
+            "resources": {
+                type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
+                for type_url, msgs in built.items()
+            },
+        }
+
+    def create_token(self, req: Request) -> dict:
+        body = req.json()
+        node = body.get("node")
+        if not node:
+            raise HttpError(400, "token create needs a node name")
+        try:
+            ttl = parse_duration(body.get("ttl", "1h"))
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+        if ttl <= timedelta(0) or ttl > timedelta(days=7):
+            raise HttpError(400, "ttl must be between 1s and 7d")
+        token = self.cp.tokens.create(node, ttl=ttl)
+        return {"node": node, "token": token, "ttl_seconds": int(ttl.total_seconds()),
+                "node_spiffe_id": naming.node_spiffe_id(self.cp.ca.trust_domain, node)}
+
+    def certs(self, req: Request) -> list:
+        out = []
+        for c in self.cp.ca.issued():
+            out.append({"spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
+                        "not_before": c.not_before.isoformat().replace("+00:00", "Z"),
+                        "not_after": c.not_after.isoformat().replace("+00:00", "Z")})
+        return out
+
+    def metrics(self, req: Request) -> Response:
+        return Response(generate_latest(self.cp.metrics.registry), content_type=CONTENT_TYPE_LATEST)

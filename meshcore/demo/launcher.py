@@ -1,0 +1,243 @@
+"""Run a whole mesh on this one machine: a control plane, one agent + Envoy per node, the sample apps.
+
+The same processes and code paths as on VMs: the control plane reads Consul service-definition
+files (one directory per node), each node's agent joins with a one-time token, gets its SVIDs
+and runs its Envoy on the node's own loopback address. Used by ``meshctl demo`` and by the
+end-to-end tests (which pass their own addresses and free ports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..ca import generate_kek_file
+from ..catalog.files import FileCatalogSource
+from ..catalog.model import Catalog
+from ..errors import MeshError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
+PROCESSES_FILE = "processes.json"
+
+
+class DemoError(MeshError):
+    pass
+
+
+@dataclass
+class MeshLayout:
+    state_dir: Path
+    catalog_dir: Path
+    xds_bind: str = "127.0.0.1:15012"
+    api_bind: str = "127.0.0.1:15443"
+    http_bind: str = "127.0.0.1:15000"
+    admin: dict[str, str] = field(default_factory=dict)  # node -> Envoy admin host:port
+    leaf_ttl: str = "24h"
+    app_script: Path = BOOKINFO / "app.py"
+    agent_refresh: str = "5s"
+
+
+def http_get(url: str, timeout: float = 3.0, headers: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # the thing we wait for is not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class LocalMesh:
+    def __init__(self, layout: MeshLayout, progress: Callable[[str], None] = lambda msg: None):
+        self.layout = layout
+        self.progress = progress
+        self.state = layout.state_dir.absolute()
+        self.logs = self.state / "logs"
+        self.processes: list[dict] = []
+        self.cp_info: dict = {}
+
+    # --- processes -------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})}, cwd=self.state)
+        log.close()
+        self.processes.append({"name": name, "pid": proc.pid, "argv": argv})
+        self._save()
+        return proc
+
+    def _save(self) -> None:
+        (self.state / PROCESSES_FILE).write_text(json.dumps(self.processes, indent=2) + "\n")
+
+    def catalog(self) -> Catalog:
+        return FileCatalogSource(self.layout.catalog_dir).poll(None, 0).catalog
+
+    # --- steps -----------------------------------------------------------------------------
+    def start_control_plane(self) -> dict:
+        cp_dir = self.state / "controlplane"
+        cp_dir.mkdir(parents=True, exist_ok=True)
+        kek = self.state / "kek"
+        if not kek.exists():
+            generate_kek_file(kek)
+        state_file = cp_dir / "controlplane.json"
+        if state_file.exists():
+            state_file.unlink()
+        self._spawn("controlplane", [
+            sys.executable, "-m", "meshcore.controlplane", "--state-dir", str(cp_dir),
+            "--catalog", f"files:{self.layout.catalog_dir}", "--kek-file", str(kek),
+            "--xds-bind", self.layout.xds_bind, "--api-bind", self.layout.api_bind,
+            "--http-bind", self.layout.http_bind, "--leaf-ttl", self.layout.leaf_ttl,
+        ])
+        wait_until(state_file.exists, 30, "the control plane to start (see logs/controlplane.log)")
+        self.cp_info = json.loads(state_file.read_text())
+        return self.cp_info
+
+    def _post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(self.cp_info["http"] + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def start_agent(self, node: str) -> None:
+        token = self._post("/v1/tokens", {"node": node, "ttl": "10m"})["token"]
+        node_dir = self.state / "nodes" / node
+        node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token_file = node_dir / "join-token"
+        token_file.write_text(token)
+        os.chmod(token_file, 0o600)
+        argv = [sys.executable, "-m", "meshcore.agent", "--node", node,
+                "--control-plane", self.cp_info["api"], "--ca-file", self.cp_info["ca_file"],
+                "--join-token-file", str(token_file), "--state-dir", str(node_dir),
+                "--envoy-log", str(self.logs / f"envoy-{node}.log"), "--refresh-interval", self.layout.agent_refresh]
+        if node in self.layout.admin:
+            argv += ["--admin", self.layout.admin[node]]
+        self._spawn(f"agent-{node}", argv)
+
+    def start_apps(self, node: str) -> None:
+        for inst in self.catalog().on_node(node):
+            if inst.kind:
+                continue
+            argv = [sys.executable, str(self.layout.app_script), "--service", inst.service,
+                    "--version", inst.meta_dict.get("version", "v1"), "--instance", inst.id,
+                    "--listen", f"{inst.local_service_address}:{inst.port}"]
+            for up in inst.upstreams:
+                argv += ["--upstream", f"{up.destination_name}=http://{up.local_bind_address}:{up.local_bind_port}"]
+            self._spawn(f"app-{inst.id}", argv)
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(self.cp_info["http"] + "/v1/status", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def wait_synced(self, timeout: float = 60) -> None:
+        nodes = {i.node for i in self.catalog().instances}
+
+        def all_synced():
+            proxies = {p["node"]: p for p in self.status()["proxies"]}
+            return all(proxies.get(n, {}).get("synced") for n in nodes)
+
+        wait_until(all_synced, timeout, f"every proxy ({', '.join(sorted(nodes))}) to receive and ACK its config")
+
+    def up(self, wait_url: str | None = None) -> dict:
+        self.state.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state, 0o700)
+        catalog = self.catalog()
+        nodes = sorted({i.node for i in catalog.instances})
+        self.progress(f"starting the control plane ({self.layout.http_bind})")
+        self.start_control_plane()
+        for node in nodes:
+            self.progress(f"starting {node}: sample apps, agent and Envoy")
+            self.start_apps(node)
+            self.start_agent(node)
+        self.progress("waiting for every Envoy to join, get its certificates and ACK its config")
+        self.wait_synced()
+        if wait_url:
+            self.progress(f"waiting for {wait_url} to answer through the mesh")
+
+            def serving():
+                status, body = http_get(wait_url)
+                if status != 200:
+                    return False
+                data = json.loads(body)
+                return "error" not in data.get("details", {}) and "error" not in data.get("reviews", {})
+
+            wait_until(serving, 60, f"{wait_url} to serve details and reviews")
+        return self.status()
+
+    def down(self) -> int:
+        return stop_processes(self.state)
+
+
+def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
+    """Stop every process a mesh started from ``state_dir`` (TERM, then KILL); returns how many were running."""
+    path = Path(state_dir) / PROCESSES_FILE
+    try:
+        procs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    running = []
+    for p in reversed(procs):
+        try:
+            os.killpg(p["pid"], signal.SIGTERM)
+            running.append(p)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.monotonic() + grace
+    for p in running:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(p["pid"], 0)
+            except ProcessLookupError:
+                break
+            _reap(p["pid"])
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(p["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(p["pid"])
+    path.unlink(missing_ok=True)
+    return len(running)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def demo_layout(state_dir: Path) -> MeshLayout:
+    """The demo: fixed, well-known addresses (the README and the docs name them)."""
+    catalog = Path(state_dir).absolute() / "consul.d"
+    if not catalog.exists():
+        shutil.copytree(BOOKINFO / "consul.d", catalog)
+    return MeshLayout(
+        state_dir=Path(state_dir), catalog_dir=catalog,
+        admin={"vm1": "127.0.0.11:19000", "vm2": "127.0.0.12:19000", "vm3": "127.0.0.13:19000",
+               "gateway": "127.0.0.1:19000"},
+    )

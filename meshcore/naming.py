@@ -1,0 +1,92 @@
+"""Every name meshcore gives to something: SPIFFE IDs and xDS resource names.
+
+Nothing else in meshcore formats these strings; change a scheme here and everything follows.
+"""
+
+from __future__ import annotations
+
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_NAMESPACE = "default"
+
+
+# --- SPIFFE identities -------------------------------------------------------------------
+
+def workload_spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def node_spiffe_id(trust_domain: str, node: str) -> str:
+    """Identity of a VM's agent (used for the ADS connection and the agent API)."""
+    return f"spiffe://{trust_domain}/meshcore/node/{node}"
+
+
+def control_plane_spiffe_id(trust_domain: str) -> str:
+    return f"spiffe://{trust_domain}/meshcore/control-plane"
+
+
+def parse_node_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:
+    """``spiffe://td/meshcore/node/<node>`` -> ``(td, node)``; anything else -> None."""
+    if not spiffe_id.startswith("spiffe://"):
+        return None
+    td, _, path = spiffe_id[len("spiffe://"):].partition("/")
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] == "meshcore" and parts[1] == "node" and parts[2]:
+        return td, parts[2]
+    return None
+
+
+def principal_of(spiffe_id: str) -> str:
+    """Istio-style principal: the SPIFFE ID without its scheme (``cluster.local/ns/default/sa/x``)."""
+    return spiffe_id[len("spiffe://"):] if spiffe_id.startswith("spiffe://") else spiffe_id
+
+
+# --- xDS resource names ------------------------------------------------------------------
+
+def inbound_listener(instance_id: str) -> str:
+    return f"inbound:{instance_id}"
+
+
+def outbound_listener(upstream: str, port: int) -> str:
+    return f"outbound:{upstream}:{port}"
+
+
+def local_app_cluster(instance_id: str) -> str:
+    return f"local_app:{instance_id}"
+
+
+def upstream_cluster(upstream: str, source_service: str) -> str:
+    """Cluster a local service uses to reach ``upstream``; it presents ``source_service``'s SVID."""
+    return f"outbound:{upstream}|{source_service}"
+
+
+def upstream_endpoints(upstream: str, datacenter: str | None = None) -> str:
+    """EDS name (ClusterLoadAssignment) shared by every cluster that reaches ``upstream``."""
+    return f"outbound:{upstream}" + (f".{datacenter}" if datacenter else "")
+
+
+def inbound_route(instance_id: str) -> str:
+    return f"inbound:{instance_id}"
+
+
+def outbound_route(upstream: str, port: int) -> str:
+    return f"outbound:{upstream}:{port}"
+
+
+def svid_secret(service: str) -> str:
+    return f"svid:{service}"
+
+
+def trust_bundle_secret(trust_domain: str) -> str:
+    return f"bundle:{trust_domain}"
+
+
+def node_secret() -> str:
+    return "node-identity"
+
+
+def secret_file(secret_name: str) -> str:
+    """File (inside the agent's secrets directory) that holds a file-based SDS secret."""
+    return secret_name.replace(":", "_").replace("/", "_") + ".yaml"
+
+
+XDS_CLUSTER = "meshcore_xds"

@@ -1,0 +1,39 @@
+"""PeerAuthentication: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext on one port), DISABLE.
+
+Inbound listeners are built STRICT; this plugin relaxes them where a policy says so. PERMISSIVE
+keeps the mTLS chain (matched when the client speaks TLS, found by the TLS inspector) and adds a
+plaintext chain with the same filters, so a VM can move into the mesh without breaking old clients.
+"""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2
+
+from .. import naming
+from ..resources.kinds.peer_authentication import effective_mtls
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..xds.build import _common as c
+from ..xds.build.listeners import MTLS_CHAIN, PLAINTEXT_CHAIN, inbound_filters
+
+KIND = "PeerAuthentication"
+
+
+def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
+    from ..xds.build import LISTENER
+
+    policies = snapshot.resources_of(KIND)
+    by_name = {l.name: l for l in resources[LISTENER]}
+    for inst in c.sidecar_instances(snapshot, proxy):
+        listener = by_name.get(naming.inbound_listener(inst.id))
+        if listener is None:
+            continue
+        mode = effective_mtls(policies, inst.labels, inst.namespace, inst.port)
+        if mode == "STRICT":
+            continue
+        plaintext = listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN, filters=inbound_filters(inst))
+        if mode == "PERMISSIVE":
+            plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+            listener.filter_chains.append(plaintext)
+        elif mode == "DISABLE":
+            del listener.filter_chains[:]
+            listener.filter_chains.append(plaintext)

@@ -1,0 +1,1 @@
+"""One module per resource kind; each defines ``KIND: KindSpec`` (registered in :mod:`..registry`)."""

@@ -1,0 +1,144 @@
+"""PeerAuthentication: which mTLS mode a workload's inbound side accepts (spelled like Istio's).
+
+```yaml
+apiVersion: security.mesh.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: reviews-permissive, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}   # optional
+  mtls: {mode: PERMISSIVE}                    # STRICT (default) | PERMISSIVE | DISABLE | UNSET
+  portLevelMtls:                              # optional, needs a selector
+    "9080": {mode: DISABLE}
+```
+
+Scope of a policy:
+
+* in namespace :data:`ROOT_NAMESPACE` (``meshcore-system``) without a selector: **mesh-wide**;
+* in any other namespace without a selector (or with an empty ``matchLabels``): every workload
+  of **that namespace**;
+* with a selector: the workloads of its namespace whose labels contain every ``matchLabels`` pair.
+
+Differences from Istio, on purpose: an omitted ``mtls.mode`` means ``STRICT`` (meshcore is strict by
+default; write ``UNSET`` to inherit), and the mesh default with no policy at all is ``STRICT``.
+As in Istio, ``portLevelMtls`` is only accepted together with a selector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from meshcore.resources._kindspec import KindSpec
+from meshcore.resources.model import Resource
+from meshcore.resources.schema import Context, Enum, LabelSelector, MapOf, Obj, Path, PortKey
+
+API_VERSION = "security.mesh.io/v1beta1"
+KIND_NAME = "PeerAuthentication"
+ROOT_NAMESPACE = "meshcore-system"
+"""Policies without a selector in this namespace apply to the whole mesh."""
+
+STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
+MODES = (STRICT, PERMISSIVE, DISABLE, UNSET)
+DEFAULT_MODE = STRICT
+
+
+def _port_level_needs_selector(spec: dict, path: Path, ctx: Context) -> None:
+    if spec.get("portLevelMtls") and not (spec.get("selector") or {}).get("matchLabels"):
+        ctx.add(
+            path.field("portLevelMtls"),
+            "requires spec.selector.matchLabels (port-level settings apply to selected workloads only)",
+        )
+
+
+MTLS = Obj({"mode": Enum(*MODES)})
+
+SPEC = Obj(
+    {
+        "selector": LabelSelector(),
+        "mtls": MTLS,
+        "portLevelMtls": MapOf(MTLS, key=PortKey()),
+    },
+    rules=[_port_level_needs_selector],
+)
+
+KIND = KindSpec.from_schema(
+    API_VERSION,
+    KIND_NAME,
+    SPEC,
+    summary="mTLS mode (STRICT, PERMISSIVE, DISABLE) accepted by workloads, mesh-wide, per namespace or per workload",
+)
+
+
+# --- resolution (pure) --------------------------------------------------------------------
+
+
+def _match_labels(spec: Mapping[str, Any]) -> dict[str, str]:
+    return dict(((spec or {}).get("selector") or {}).get("matchLabels") or {})
+
+
+def _mode(block: Any) -> str:
+    """A policy's mode as written; omitted means STRICT (see module docstring)."""
+    if not isinstance(block, Mapping):
+        return DEFAULT_MODE
+    return block.get("mode") or DEFAULT_MODE
+
+
+def _first(policies: list[Resource]) -> Resource | None:
+    return min(policies, key=lambda r: r.name) if policies else None
+
+
+def effective_mtls(resources: Sequence[Resource], labels: Mapping[str, str], namespace: str, port: int) -> str:
+    """The mTLS mode (``STRICT``, ``PERMISSIVE`` or ``DISABLE``) for inbound traffic to ``port`` of a workload.
+
+    Precedence, narrowest wins, as in Istio: port-level of the workload policy > workload policy >
+    namespace policy > mesh-wide policy > ``STRICT``. ``UNSET`` at any level inherits from the
+    next broader one. ``resources`` may contain other kinds; they are ignored. ``labels`` and
+    ``namespace`` are the workload's (``ServiceInstance.labels``/``.namespace``); ``port`` is the
+    workload's own port (``ServiceInstance.port``), which is what ``portLevelMtls`` keys name.
+
+    When several policies compete at the same level (two selector policies matching the workload,
+    two namespace-wide policies, two mesh-wide ones), the one whose name sorts first wins.
+    Istio picks the oldest; meshcore resources carry no creation time, so the lexical order is
+    the deterministic stand-in.
+    """
+    pas = [r for r in resources if r.kind == KIND_NAME]
+    mesh = _first([r for r in pas if r.namespace == ROOT_NAMESPACE and not _match_labels(r.spec)])
+    ns = _first([r for r in pas if r.namespace == namespace and not _match_labels(r.spec)])
+    workload = _first(
+        [
+            r
+            for r in pas
+            if r.namespace == namespace
+            and (sel := _match_labels(r.spec))
+            and all(labels.get(k) == v for k, v in sel.items())
+        ]
+    )
+
+    mode = DEFAULT_MODE
+    for level in (mesh, ns, workload):
+        if level is None:
+            continue
+        m = _mode((level.spec or {}).get("mtls"))
+        if m != UNSET:
+            mode = m
+    if workload is not None:
+        port_level = (workload.spec or {}).get("portLevelMtls") or {}
+        block = port_level.get(str(port), port_level.get(port))  # type: ignore[call-overload]
+        if isinstance(block, Mapping):
+            m = _mode(block)
+            if m != UNSET:
+                mode = m
+    return mode
+
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "KIND_NAME",
+    "ROOT_NAMESPACE",
+    "STRICT",
+    "PERMISSIVE",
+    "DISABLE",
+    "UNSET",
+    "MODES",
+    "effective_mtls",
+]

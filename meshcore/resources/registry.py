@@ -1,0 +1,32 @@
+"""The explicit, ordered registry of resource kinds.
+
+Adding a kind is one new module under :mod:`meshcore.resources.kinds` that defines a
+``KIND: KindSpec``, plus one line in ``_ORDER`` below. Order matters to consumers that apply
+policies in sequence (the xDS build applies policy kinds in this order), so it is spelled out
+here rather than discovered.
+"""
+
+from __future__ import annotations
+
+from meshcore.errors import ConfigError
+
+from ._kindspec import KindSpec, Validator
+from .kinds import peer_authentication
+
+_ORDER: tuple[KindSpec, ...] = (
+    peer_authentication.KIND,
+)
+
+KINDS: dict[str, KindSpec] = {k.kind: k for k in _ORDER}
+"""Every known kind by name, in registration order."""
+
+
+def get_kind(kind: str) -> KindSpec:
+    """The :class:`KindSpec` for ``kind``; :class:`ConfigError` listing the known kinds otherwise."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}") from None
+
+
+__all__ = ["KindSpec", "Validator", "KINDS", "get_kind"]

@@ -1,0 +1,49 @@
+"""MeshSnapshot: one immutable, content-hashed picture of the whole mesh.
+
+Built (purely) from the catalog, the mesh resources and the trust settings every time any of
+them changes. Two snapshots with the same content have the same ``hash``; the control plane
+pushes nothing when the hash has not changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .catalog.model import Catalog, ServiceInstance
+from .naming import DEFAULT_TRUST_DOMAIN, workload_spiffe_id
+from .resources.model import Resource
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    catalog: Catalog
+    resources: tuple[Resource, ...] = ()
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    hash: str = field(default="", compare=False)
+
+    @classmethod
+    def build(cls, catalog: Catalog, resources: Iterable[Resource] = (), trust_domain: str = DEFAULT_TRUST_DOMAIN) -> "MeshSnapshot":
+        ordered = tuple(sorted(resources, key=lambda r: (r.kind, r.namespace, r.name)))
+        digest = hashlib.sha256()
+        digest.update(trust_domain.encode())
+        digest.update(repr(catalog).encode())
+        for r in ordered:
+            digest.update(r.canonical_json().encode())
+        return cls(catalog=catalog, resources=ordered, trust_domain=trust_domain, hash=digest.hexdigest()[:16])
+
+    def spiffe_id(self, instance: ServiceInstance) -> str:
+        return workload_spiffe_id(self.trust_domain, instance.namespace, instance.service_account)
+
+    def resources_of(self, kind: str) -> tuple[Resource, ...]:
+        return tuple(r for r in self.resources if r.kind == kind)
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """What the control plane knows of one connected Envoy (from its xDS node metadata)."""
+
+    node: str
+    secrets_dir: str
+    admin: str = ""

@@ -1,0 +1,377 @@
+"""Per-node xDS snapshots and the bookkeeping of what each proxy was sent and accepted.
+
+The split follows go-control-plane: the *cache* holds one immutable :class:`ProxySnapshot` per
+node and knows nothing about gRPC; the *server* (:mod:`meshcore.xds.server`) watches the cache and
+speaks the protocol. The cache also keeps each node's delivery status (streams, sent/ACKed versions,
+NACKs) so that operators and tests can ask "is vm1 running the config we built for it?".
+
+Versions are content hashes: the same resources in any order give the same version, so republishing
+an unchanged build wakes nobody and pushes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any as _AnyT
+
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+from meshcore.errors import XdsError
+from meshcore.xds._typeurls import MESSAGE_CLASS, PUSH_ORDER, SERVED_TYPES, resource_name
+
+__all__ = ["ProxySnapshot", "SnapshotCache"]
+
+_VERSION_CHARS = 16
+_ANY_FULL_NAME = "google.protobuf.Any"
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+def _canonical_copy(message: Message) -> Message:
+    """A copy of ``message`` whose nested ``Any`` payloads are re-serialized deterministically.
+
+    ``SerializeToString(deterministic=True)`` orders map keys, but an ``Any`` holds opaque bytes
+    packed by whoever built it; two equal configs packed with different map orders would hash
+    differently. Types unknown to the default descriptor pool are left as they are.
+    """
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _repack_anys(copy)
+    return copy
+
+
+def _repack_anys(message: Message) -> None:
+    for fd, value in message.ListFields():
+        if fd.type != fd.TYPE_MESSAGE:
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            if value_fd.type == value_fd.TYPE_MESSAGE:
+                for item in value.values():
+                    _repack_anys(item)
+        elif fd.is_repeated:
+            for item in value:
+                _repack_anys(item)
+        else:
+            _repack_anys(value)
+    if message.DESCRIPTOR.full_name == _ANY_FULL_NAME:
+        _repack_any(message)  # type: ignore[arg-type]
+
+
+def _repack_any(packed: any_pb2.Any) -> None:
+    type_name = packed.type_url.rsplit("/", 1)[-1]
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    except KeyError:
+        return
+    inner = message_factory.GetMessageClass(descriptor)()
+    try:
+        inner.ParseFromString(packed.value)
+    except Exception:  # noqa: BLE001 - undecodable payloads hash as the bytes they are
+        return
+    _repack_anys(inner)
+    packed.value = inner.SerializeToString(deterministic=True)
+
+
+def _hash_resources(named: Iterable[tuple[str, Message]]) -> str:
+    digest = hashlib.sha256()
+    for name, message in named:
+        body = _canonical_copy(message).SerializeToString(deterministic=True)
+        encoded_name = name.encode()
+        # Length prefixes keep the framing unambiguous ("ab"+"c" != "a"+"bc").
+        digest.update(len(encoded_name).to_bytes(4, "big") + encoded_name)
+        digest.update(len(body).to_bytes(8, "big") + body)
+    return digest.hexdigest()[:_VERSION_CHARS]
+
+
+# --- the snapshot -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProxySnapshot:
+    """Everything one proxy should run, by type URL; immutable and content-versioned.
+
+    ``resources[type_url]`` is sorted by resource name. ``versions[type_url]`` is the first 16 hex
+    chars of a sha256 over the deterministic serialization of those resources; ``version`` hashes
+    the per-type versions. Every served type is present (possibly empty), so a proxy subscribing to
+    a type the build left empty still gets an answer it can ACK.
+    """
+
+    resources: Mapping[str, tuple[Message, ...]]
+    versions: Mapping[str, str]
+    version: str
+    _packed: Mapping[str, tuple[tuple[str, any_pb2.Any], ...]] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, resources_by_type: Mapping[str, Iterable[Message]]) -> "ProxySnapshot":
+        """Build a snapshot; raises :class:`XdsError` for an unknown type URL or a wrong message class."""
+        resources: dict[str, tuple[Message, ...]] = {}
+        versions: dict[str, str] = {}
+        packed: dict[str, tuple[tuple[str, any_pb2.Any], ...]] = {}
+        unknown = set(resources_by_type) - SERVED_TYPES
+        if unknown:
+            raise XdsError(f"snapshot has unsupported type URL(s) {sorted(unknown)}; served: {sorted(SERVED_TYPES)}")
+        for type_url in PUSH_ORDER:
+            items = list(resources_by_type.get(type_url, ()))
+            expected = MESSAGE_CLASS[type_url]
+            for item in items:
+                if not isinstance(item, expected):
+                    raise XdsError(
+                        f"snapshot resource of type {type(item).__name__} listed under {type_url}; "
+                        f"expected {expected.__name__}"
+                    )
+            named = sorted(((resource_name(m), m) for m in items), key=lambda pair: pair[0])
+            resources[type_url] = tuple(m for _, m in named)
+            versions[type_url] = _hash_resources(named)
+            packed[type_url] = tuple((name, _pack(type_url, m)) for name, m in named)
+        overall = hashlib.sha256(
+            "".join(f"{t}={versions[t]}\n" for t in sorted(versions)).encode()
+        ).hexdigest()[:_VERSION_CHARS]
+        return cls(
+            resources=MappingProxyType(resources),
+            versions=MappingProxyType(versions),
+            version=overall,
+            _packed=MappingProxyType(packed),
+        )
+
+    def names(self, type_url: str) -> tuple[str, ...]:
+        """Resource names of one type, sorted."""
+        return tuple(name for name, _ in self._packed.get(type_url, ()))
+
+    def packed(self, type_url: str, names: Iterable[str] | None = None) -> list[any_pb2.Any]:
+        """Resources of one type packed for a DiscoveryResponse; all of them, or only ``names`` that exist."""
+        entries = self._packed.get(type_url, ())
+        if names is None:
+            return [p for _, p in entries]
+        wanted = set(names)
+        return [p for name, p in entries if name in wanted]
+
+
+def _pack(type_url: str, message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.type_url = type_url
+    packed.value = message.SerializeToString(deterministic=True)
+    return packed
+
+
+# --- delivery status --------------------------------------------------------------------------
+
+@dataclass
+class _StreamStatus:
+    subscribed: dict[str, bool] = field(default_factory=dict)  # type_url -> counts for "synced"
+    acked: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _NodeStatus:
+    streams: dict[str, _StreamStatus] = field(default_factory=dict)
+    sent: dict[str, str] = field(default_factory=dict)
+    acked: dict[str, str] = field(default_factory=dict)
+    pushes: dict[str, int] = field(default_factory=dict)
+    nacks: dict[str, int] = field(default_factory=dict)
+    last_nack: dict[str, _AnyT] | None = None
+
+
+Watcher = Callable[[], None]
+
+
+class SnapshotCache:
+    """Thread-safe map ``node id -> ProxySnapshot`` plus per-node delivery status.
+
+    Stream handlers learn about changes either with :meth:`watch` (a callback run after each
+    effective :meth:`set`/:meth:`remove`, outside the lock; it must be quick, e.g. ``queue.put``)
+    or by blocking in :meth:`wait_for_change` on the node's generation counter.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._snapshots: dict[str, ProxySnapshot] = {}
+        self._generation: dict[str, int] = {}
+        self._watchers: dict[str, dict[int, Watcher]] = {}
+        self._next_watch = 0
+        self._status: dict[str, _NodeStatus] = {}
+
+    # -- snapshots --
+
+    def set(self, node_id: str, snapshot: ProxySnapshot) -> bool:
+        """Store ``snapshot`` for ``node_id``; False (and nobody woken) when its version is unchanged."""
+        with self._lock:
+            current = self._snapshots.get(node_id)
+            if current is not None and current.version == snapshot.version:
+                return False
+            self._snapshots[node_id] = snapshot
+            watchers = self._bump(node_id)
+        _notify(watchers)
+        return True
+
+    def get(self, node_id: str) -> ProxySnapshot | None:
+        with self._lock:
+            return self._snapshots.get(node_id)
+
+    def remove(self, node_id: str) -> bool:
+        """Forget a node's snapshot (its open streams keep what they have); False if there was none."""
+        with self._lock:
+            if self._snapshots.pop(node_id, None) is None:
+                return False
+            watchers = self._bump(node_id)
+            status = self._status.get(node_id)
+            if status is not None and not status.streams:
+                del self._status[node_id]
+        _notify(watchers)
+        return True
+
+    def nodes(self) -> list[str]:
+        """Nodes that have a snapshot, sorted."""
+        with self._lock:
+            return sorted(self._snapshots)
+
+    def _bump(self, node_id: str) -> list[Watcher]:
+        self._generation[node_id] = self._generation.get(node_id, 0) + 1
+        self._changed.notify_all()
+        return list(self._watchers.get(node_id, {}).values())
+
+    # -- waiting for change --
+
+    def watch(self, node_id: str, callback: Watcher) -> Callable[[], None]:
+        """Call ``callback()`` after every change of ``node_id``'s snapshot; returns an unsubscribe function."""
+        with self._lock:
+            key = self._next_watch
+            self._next_watch += 1
+            self._watchers.setdefault(node_id, {})[key] = callback
+
+        def cancel() -> None:
+            with self._lock:
+                watchers = self._watchers.get(node_id)
+                if watchers is not None:
+                    watchers.pop(key, None)
+                    if not watchers:
+                        del self._watchers[node_id]
+
+        return cancel
+
+    def generation(self, node_id: str) -> int:
+        """Counter bumped on every change of ``node_id``'s snapshot (0 before the first)."""
+        with self._lock:
+            return self._generation.get(node_id, 0)
+
+    def wait_for_change(self, node_id: str, generation: int, timeout: float | None = None) -> int:
+        """Block until ``node_id``'s generation differs from ``generation`` (or timeout); return it."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._generation.get(node_id, 0) != generation, timeout)
+            return self._generation.get(node_id, 0)
+
+    # -- delivery status (written by the server) --
+
+    def _node(self, node_id: str) -> _NodeStatus:
+        return self._status.setdefault(node_id, _NodeStatus())
+
+    def stream_opened(self, node_id: str, stream_id: str) -> None:
+        with self._lock:
+            self._node(node_id).streams[stream_id] = _StreamStatus()
+            self._changed.notify_all()
+
+    def stream_closed(self, node_id: str, stream_id: str) -> None:
+        with self._lock:
+            status = self._status.get(node_id)
+            if status is not None:
+                status.streams.pop(stream_id, None)
+            self._changed.notify_all()
+
+    def record_subscription(self, node_id: str, stream_id: str, type_url: str, active: bool) -> None:
+        """``active``: the stream wants something of this type (wildcard or a non-empty name list)."""
+        with self._lock:
+            stream = self._node(node_id).streams.get(stream_id)
+            if stream is not None:
+                stream.subscribed[type_url] = active
+
+    def record_sent(self, node_id: str, type_url: str, version: str) -> None:
+        with self._lock:
+            status = self._node(node_id)
+            status.sent[type_url] = version
+            status.pushes[type_url] = status.pushes.get(type_url, 0) + 1
+
+    def record_ack(self, node_id: str, stream_id: str, type_url: str, version: str) -> None:
+        with self._lock:
+            status = self._node(node_id)
+            status.acked[type_url] = version
+            stream = status.streams.get(stream_id)
+            if stream is not None:
+                stream.acked[type_url] = version
+            self._changed.notify_all()
+
+    def record_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        """Envoy rejected ``version`` of ``type_url`` with ``message`` (its ``error_detail``)."""
+        with self._lock:
+            status = self._node(node_id)
+            status.nacks[type_url] = status.nacks.get(type_url, 0) + 1
+            now = time.time()
+            status.last_nack = {
+                "type_url": type_url,
+                "version": version,
+                "message": message,
+                "timestamp": now,
+                "time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+            }
+            self._changed.notify_all()
+
+    def connected_nodes(self) -> list[str]:
+        """Nodes with at least one open, authorized stream."""
+        with self._lock:
+            return sorted(n for n, s in self._status.items() if s.streams)
+
+    def status(self, node_id: str) -> dict[str, _AnyT]:
+        """JSON-friendly delivery status of one node (also for nodes without a snapshot yet)."""
+        with self._lock:
+            snapshot = self._snapshots.get(node_id)
+            status = self._status.get(node_id, _NodeStatus())
+            subscribed = sorted({t for s in status.streams.values() for t, active in s.subscribed.items() if active})
+            return {
+                "node": node_id,
+                "version": snapshot.version if snapshot else None,
+                "versions": dict(snapshot.versions) if snapshot else {},
+                "connected_streams": len(status.streams),
+                "subscribed": subscribed,
+                "sent": dict(status.sent),
+                "acked": dict(status.acked),
+                "pushes": dict(status.pushes),
+                "nacks": dict(status.nacks),
+                "last_nack": dict(status.last_nack) if status.last_nack else None,
+                "synced": self._synced_locked(node_id),
+            }
+
+    def synced(self, node_id: str) -> bool:
+        """True when the node is connected and has ACKed the current version of every type it subscribed to."""
+        with self._lock:
+            return self._synced_locked(node_id)
+
+    def wait_synced(self, node_id: str, timeout: float) -> bool:
+        """Block until :meth:`synced` is true or ``timeout`` seconds pass; returns the final answer."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._synced_locked(node_id), timeout)
+
+    def _synced_locked(self, node_id: str) -> bool:
+        snapshot = self._snapshots.get(node_id)
+        status = self._status.get(node_id)
+        if snapshot is None or status is None or not status.streams:
+            return False
+        any_subscription = False
+        for stream in status.streams.values():
+            for type_url, active in stream.subscribed.items():
+                if not active:
+                    continue
+                any_subscription = True
+                if stream.acked.get(type_url) != snapshot.versions.get(type_url):
+                    return False
+        return any_subscription
+
+
+def _notify(watchers: list[Watcher]) -> None:
+    for callback in watchers:
+        callback()

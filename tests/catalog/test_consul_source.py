@@ -1,0 +1,389 @@
+"""ConsulSettings (env parsing) and ConsulCatalogSource against the Consul double (or a real Consul)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from meshcore.catalog.consul import ConsulCatalogSource, ConsulSettings
+from meshcore.catalog.model import Catalog, Upstream
+from meshcore.errors import ConfigError, ConsulAuthError, ConsulError
+from tests.consul_double import ConsulDouble
+
+
+# ---------------------------------------------------------------------------- settings (no server)
+def test_settings_defaults_to_local_agent():
+    s = ConsulSettings.from_env({})
+    assert (s.address, s.token, s.verify, s.datacenter) == ("http://127.0.0.1:8500", None, True, None)
+
+
+@pytest.mark.parametrize("addr, expected", [
+    ("consul.example:8501", "http://consul.example:8501"),
+    ("http://10.0.0.1:8500", "http://10.0.0.1:8500"),
+    ("https://consul.example:8501", "https://consul.example:8501"),
+    ("https://consul.example", "https://consul.example:443"),
+    ("[::1]:8500", "http://[::1]:8500"),
+])
+def test_settings_parse_consul_http_addr(addr, expected):
+    assert ConsulSettings.from_env({"CONSUL_HTTP_ADDR": addr}).address == expected
+
+
+def test_settings_ssl_verify_datacenter_and_overrides():
+    s = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "c:8501", "CONSUL_HTTP_SSL": "true",
+                                 "CONSUL_HTTP_SSL_VERIFY": "false", "CONSUL_DATACENTER": "eu1"})
+    assert (s.scheme, s.verify, s.datacenter) == ("https", False, "eu1")
+    o = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "c:8501"}, address="https://other:9", token="t")
+    assert (o.address, o.token) == ("https://other:9", "t")
+    with pytest.raises(ConfigError, match="CONSUL_HTTP_SSL"):
+        ConsulSettings.from_env({"CONSUL_HTTP_SSL": "maybe"})
+    with pytest.raises(ConfigError, match="unknown Consul setting"):
+        ConsulSettings.from_env({}, tokn="x")
+    with pytest.raises(ConfigError, match="host:port"):
+        ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "http://:8500"})
+
+
+def test_settings_token_and_token_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    from_file = ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+    assert from_file.effective_token() == "from-file"
+    assert "CONSUL_HTTP_TOKEN_FILE" in from_file.token_source
+    both = ConsulSettings.from_env({"CONSUL_HTTP_TOKEN": "direct", "CONSUL_HTTP_TOKEN_FILE": str(token_file)})
+    assert both.effective_token() == "direct"  # as in Consul's CLI, the token wins over the file
+    missing = ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="CONSUL_HTTP_TOKEN_FILE"):
+        missing.effective_token()
+
+
+def test_settings_tls_files(tmp_path):
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    for f in (ca, cert, key):
+        f.write_text("x")
+    s = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "https://c:8501", "CONSUL_CACERT": str(ca),
+                                 "CONSUL_CLIENT_CERT": str(cert), "CONSUL_CLIENT_KEY": str(key)})
+    client = s.client()
+    assert client.http.verify == str(ca)
+    assert client.http.cert == (str(cert), str(key))
+    assert client.http.base_uri == "https://c:8501"
+    with pytest.raises(ConfigError, match="together"):
+        ConsulSettings.from_env({"CONSUL_CLIENT_CERT": str(cert)})
+    with pytest.raises(ConfigError, match="does not exist"):
+        ConsulSettings.from_env({"CONSUL_CACERT": str(tmp_path / "missing.pem")})
+
+
+def test_client_uses_settings_not_process_environment(monkeypatch):
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-process-env")
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "elsewhere:1")
+    client = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "127.0.0.1:8500", "CONSUL_HTTP_TOKEN": "mine"}).client()
+    assert client.token == "mine"
+    assert client.http.base_uri == "http://127.0.0.1:8500"
+
+
+# ---------------------------------------------------------------------------- helpers
+def _settings(endpoint, **overrides) -> ConsulSettings:
+    return ConsulSettings.from_env(endpoint.env(), **overrides)
+
+
+def _register(endpoint, definition: dict) -> None:
+    endpoint.put("/v1/agent/service/register", definition)
+
+
+def _node_address(endpoint) -> str:
+    node = endpoint.node
+    return requests.get(f"{endpoint.address}/v1/catalog/node/{node}", headers=endpoint._headers(), timeout=5).json()["Node"]["Address"]
+
+
+def _poll_in_thread(source, index, wait) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run():
+        started = time.monotonic()
+        try:
+            out["update"] = source.poll(index, wait)
+        except Exception as exc:  # surfaced by the test
+            out["error"] = exc
+        out["elapsed"] = time.monotonic() - started
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _mine(catalog: Catalog, endpoint) -> list:
+    return [i for i in catalog.instances if endpoint.run_id in i.service]
+
+
+@pytest.fixture
+def source(consul_http):
+    s = ConsulCatalogSource(_settings(consul_http))
+    yield s
+    s.close()
+
+
+# ---------------------------------------------------------------------------- catalog contents
+def test_source_folds_sidecar_into_instance(consul_http, source):
+    web = consul_http.unique("web")
+    _register(consul_http, {
+        "Name": web, "ID": f"{web}-1", "Port": 8080, "Tags": ["canary"],
+        "Meta": {"version": "v2", "service-account": "web-sa"},
+        "Connect": {"SidecarService": {"Port": 21500, "Proxy": {
+            "LocalServicePort": 8081,
+            "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191},
+                          {"DestinationName": "cache", "LocalBindPort": 9292, "LocalBindAddress": "127.0.0.2",
+                           "Datacenter": "dc2"}]}}},
+    })
+    _register(consul_http, {"Name": consul_http.unique("plain"), "Port": 7000})  # no sidecar: not in the mesh
+
+    update = source.poll(None, 0)
+    (inst,) = _mine(update.catalog, consul_http)
+    node_address = _node_address(consul_http)
+    assert (inst.service, inst.id, inst.node) == (web, f"{web}-1", consul_http.node)
+    assert (inst.mesh_address, inst.mesh_port) == (node_address, 21500)
+    assert (inst.port, inst.local_service_address) == (8081, "127.0.0.1")
+    assert inst.upstreams == (Upstream("cache", 9292, "127.0.0.2", "dc2"), Upstream("db", 9191, "127.0.0.1", None))
+    assert inst.labels == {"app": web, "version": "v2", "service-account": "web-sa", "tag:canary": "true"}
+    assert inst.service_account == "web-sa" and inst.healthy
+    assert update.catalog.node(consul_http.node).address == node_address
+    assert "consul" not in update.catalog.service_names()
+    assert not any(i.service.endswith("-sidecar-proxy") for i in update.catalog.instances)
+    assert update.index >= 1
+
+
+def test_source_reads_other_nodes_and_ingress_gateways(consul_http, source):
+    vm, api, gw = consul_http.unique("vm"), consul_http.unique("api"), consul_http.unique("ingress")
+    consul_http.put("/v1/catalog/register", {
+        "Node": vm, "Address": "10.20.0.7", "NodeMeta": {"zone": "a"},
+        "Service": {"ID": f"{api}-1", "Service": api, "Port": 9000, "Address": "10.20.0.8"}})
+    consul_http.put("/v1/catalog/register", {
+        "Node": vm, "Address": "10.20.0.7", "SkipNodeUpdate": True,
+        "Service": {"ID": f"{api}-1-sidecar-proxy", "Service": f"{api}-sidecar-proxy", "Kind": "connect-proxy",
+                    "Port": 21000, "Proxy": {"DestinationServiceName": api, "DestinationServiceID": f"{api}-1"}}})
+    consul_http.put("/v1/catalog/register", {
+        "Node": vm, "Address": "10.20.0.7", "SkipNodeUpdate": True,
+        "Service": {"ID": gw, "Service": gw, "Kind": "ingress-gateway", "Port": 8443,
+                    "Proxy": {"Upstreams": [{"DestinationName": api, "LocalBindPort": 9000}]}}})
+    consul_http.put("/v1/catalog/register", {
+        "Node": vm, "Address": "10.20.0.7", "SkipNodeUpdate": True,
+        "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "critical"}})
+
+    catalog = source.poll(None, 0).catalog
+    by_service = {i.service: i for i in _mine(catalog, consul_http)}
+    assert set(by_service) == {api, gw}
+    a = by_service[api]
+    assert (a.address, a.mesh_address, a.mesh_port, a.port) == ("10.20.0.8", "10.20.0.7", 21000, 9000)
+    assert a.healthy is False, "a critical node check makes the node's instances unhealthy"
+    g = by_service[gw]
+    assert (g.kind, g.mesh_port, g.mesh_address) == ("ingress-gateway", 8443, "10.20.0.7")
+    assert g.upstreams == (Upstream(api, 9000),)
+    assert catalog.node(vm).meta == (("zone", "a"),)
+
+
+# ---------------------------------------------------------------------------- blocking
+def test_poll_wakes_on_registration(consul_http, source):
+    first = source.poll(None, 0)
+    web = consul_http.unique("late")
+    t, out = _poll_in_thread(source, first.index, 10)
+    time.sleep(0.3)
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
+    t.join(timeout=5)
+    assert "error" not in out, out.get("error")
+    assert out["elapsed"] < 2.0, f"poll took {out['elapsed']:.1f}s to see a registration"
+    assert out["update"].index > first.index
+    assert [i.service for i in _mine(out["update"].catalog, consul_http)] == [web]
+
+
+def test_poll_wakes_when_ttl_check_turns_critical(consul_http, source):
+    web = consul_http.unique("ttl")
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}},
+                            "Checks": [{"CheckID": f"{web}-ttl", "TTL": "60s", "Status": "passing"}]})
+    first = source.poll(None, 0)
+    assert [i.healthy for i in _mine(first.catalog, consul_http)] == [True]
+    t, out = _poll_in_thread(source, first.index, 10)
+    time.sleep(0.3)
+    consul_http.put(f"/v1/agent/check/fail/{web}-ttl?note=boom")
+    t.join(timeout=5)
+    assert "error" not in out, out.get("error")
+    assert out["elapsed"] < 2.0, f"poll took {out['elapsed']:.1f}s to see a health change"
+    assert [i.healthy for i in _mine(out["update"].catalog, consul_http)] == [False]
+    assert out["update"].catalog.healthy(web) == ()
+
+
+def test_poll_wakes_on_node_address_change(consul_http, source):
+    vm, api = consul_http.unique("vm"), consul_http.unique("api")
+    consul_http.put("/v1/catalog/register", {"Node": vm, "Address": "10.30.0.1", "Service": {"Service": api, "Port": 1}})
+    first = source.poll(None, 0)
+    t, out = _poll_in_thread(source, first.index, 10)
+    time.sleep(0.3)
+    consul_http.put("/v1/catalog/register", {"Node": vm, "Address": "10.30.0.2"})
+    t.join(timeout=5)
+    assert out["elapsed"] < 2.0
+    assert out["update"].catalog.node(vm).address == "10.30.0.2"
+
+
+def test_poll_without_change_waits_and_keeps_the_index(consul_http, source):
+    first = source.poll(None, 0)
+    started = time.monotonic()
+    again = source.poll(first.index, 1.0)
+    assert time.monotonic() - started >= 0.9
+    assert again.index == first.index and again.catalog == first.catalog
+
+
+def test_poll_with_an_index_from_another_source_blocks_from_it(consul_http):
+    first = ConsulCatalogSource(_settings(consul_http)).poll(None, 0)
+    fresh = ConsulCatalogSource(_settings(consul_http))  # e.g. a restarted control plane
+    t, out = _poll_in_thread(fresh, first.index, 10)
+    time.sleep(0.3)
+    assert t.is_alive(), "an index from elsewhere is still a valid raft index to block on"
+    _register(consul_http, {"Name": consul_http.unique("new"), "Port": 80, "Connect": {"SidecarService": {}}})
+    t.join(timeout=5)
+    assert out["elapsed"] < 2.0
+    assert out["update"].extra["reset"] is False and out["update"].index > first.index
+
+
+def test_quiet_polls_do_not_pile_up_blocking_queries(consul_http, source):
+    def watchers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "consul-watch")
+
+    before = watchers()  # leftovers of earlier tests only ever go away
+    update = source.poll(None, 0)
+    for _ in range(5):
+        update = source.poll(update.index, 0.2)
+    time.sleep(0.3)
+    assert watchers() <= before + 3, f"{watchers() - before} blocking queries outstanding"
+
+
+def test_index_reset_triggers_full_read_and_keeps_working(consul_http, source):
+    double = consul_http.require_double("needs reset_index() to move Consul's index backwards")
+    web = consul_http.unique("web")
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
+    for i in range(5):
+        consul_http.put(f"/v1/kv/{consul_http.kv_prefix}{i}", {"n": i})  # push the raft index up
+    first = source.poll(None, 0)
+    assert first.index > 1
+
+    # A snapshot restore while a poll is blocked: the poll wakes, sees the index go backwards, re-reads.
+    t, out = _poll_in_thread(source, first.index, 10)
+    time.sleep(0.3)
+    double.reset_index()
+    t.join(timeout=5)
+    assert out["elapsed"] < 2.0
+    reset = out["update"]
+    assert reset.extra["reset"] is True and reset.index == 1
+    assert [i.service for i in _mine(reset.catalog, consul_http)] == [web]
+
+    # Later changes are still seen promptly from the lower index.
+    t, out = _poll_in_thread(source, reset.index, 10)
+    time.sleep(0.3)
+    _register(consul_http, {"Name": consul_http.unique("after"), "Port": 81, "Connect": {"SidecarService": {}}})
+    t.join(timeout=5)
+    assert out["elapsed"] < 2.0
+    assert {i.service for i in _mine(out["update"].catalog, consul_http)} == {web, consul_http.unique("after")}
+
+
+def test_index_reset_seen_after_wait_when_nothing_was_blocked(consul_http, source):
+    double = consul_http.require_double("needs reset_index()")
+    for i in range(3):
+        _register(consul_http, {"Name": consul_http.unique(f"s{i}"), "Port": 80 + i})
+    first = source.poll(None, 0)
+    assert first.index > 1
+    double.reset_index()
+    update = source.poll(first.index, 1.0)  # Consul answers after the wait with a lower index
+    assert update.extra["reset"] is True and update.index == 1
+    assert source.poll(update.index, 0.3).index == 1  # and blocks normally afterwards
+
+
+# ---------------------------------------------------------------------------- errors
+def test_missing_token_raises_auth_error_naming_the_env_var(consul_acl):
+    src = ConsulCatalogSource(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": consul_acl.address}))
+    with pytest.raises(ConsulAuthError, match="CONSUL_HTTP_TOKEN") as info:
+        src.poll(None, 0)
+    assert "Permission denied" in str(info.value) and consul_acl.address in str(info.value)
+
+
+def test_wrong_token_raises_auth_error(consul_acl, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("not-a-real-token")
+    src = ConsulCatalogSource(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": consul_acl.address,
+                                                       "CONSUL_HTTP_TOKEN_FILE": str(token_file)}))
+    with pytest.raises(ConsulAuthError, match="ACL not found") as info:
+        src.poll(None, 0)
+    assert "CONSUL_HTTP_TOKEN_FILE" in str(info.value)
+    token_file.write_text(consul_acl.read_token)  # a fixed token file is picked up without a restart
+    assert src.poll(None, 0).index >= 1
+
+
+def test_unreachable_consul_raises_consul_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = ConsulCatalogSource(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": f"127.0.0.1:{port}"}))
+    with pytest.raises(ConsulError, match="cannot reach Consul") as info:
+        src.poll(None, 0)
+    assert not isinstance(info.value, ConsulAuthError)
+
+
+# ---------------------------------------------------------------------------- watch loop
+def test_watch_calls_on_change_only_when_the_catalog_changed(consul_http):
+    src = ConsulCatalogSource(_settings(consul_http))
+    seen: list[Catalog] = []
+    changed = threading.Event()
+
+    def on_change(catalog: Catalog) -> None:
+        seen.append(catalog)
+        changed.set()
+
+    stop = threading.Event()
+    t = threading.Thread(target=src.watch, args=(on_change, stop), kwargs={"wait": 0.5}, daemon=True)
+    t.start()
+    assert changed.wait(5)
+    changed.clear()
+    time.sleep(1.2)  # a few empty polls: no new callbacks
+    assert len(seen) == 1
+    web = consul_http.unique("watched")
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
+    assert changed.wait(5)
+    assert [i.service for i in _mine(seen[-1], consul_http)] == [web]
+    stop.set()
+    t.join(timeout=5)
+    assert not t.is_alive()
+
+
+def test_watch_retries_until_consul_is_back(caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = ConsulCatalogSource(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": f"127.0.0.1:{port}"}))
+    got = threading.Event()
+    stop = threading.Event()
+    caplog.set_level(logging.WARNING, logger="meshcore.catalog.consul")
+    t = threading.Thread(target=src.watch, args=(lambda c: got.set(), stop),
+                         kwargs={"wait": 0.5, "max_backoff": 0.3}, daemon=True)
+    t.start()
+    time.sleep(0.8)
+    assert not got.is_set()
+    with ConsulDouble(port=port):
+        assert got.wait(5), "watch did not recover once Consul came up"
+        stop.set()
+        t.join(timeout=5)
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_poll_after_close_is_an_error(consul_http):
+    src = ConsulCatalogSource(_settings(consul_http))
+    src.close()
+    with pytest.raises(ConsulError, match="closed"):
+        src.poll(None, 0)
+
+
+def test_catalog_entries_are_json_compatible(consul_http, source):
+    """The catalog built from Consul is plain data (strings, ints, tuples) all the way down."""
+    _register(consul_http, {"Name": consul_http.unique("j"), "Port": 80, "Connect": {"SidecarService": {}}})
+    catalog = source.poll(None, 0).catalog
+    for inst in _mine(catalog, consul_http):
+        json.dumps(inst.__dict__, default=list)

@@ -1,0 +1,151 @@
+"""FileCatalogSource: sees added/removed/edited files quickly, keeps the last good catalog on a broken file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meshcore.catalog.files import FileCatalogSource
+from meshcore.errors import CatalogError, ValidationError
+
+
+def service(name: str, port: int, version: str = "v1", upstreams: list | None = None) -> dict:
+    return {
+        "service": {
+            "name": name,
+            "port": port,
+            "meta": {"version": version},
+            "connect": {"sidecar_service": {"proxy": {"upstreams": upstreams or []}}},
+        }
+    }
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "vm1").mkdir()
+    (tmp_path / "vm1" / "agent.hcl").write_text('node_name = "node-one"\nadvertise_addr = "10.0.0.11"\n')
+    (tmp_path / "vm1" / "productpage.json").write_text(
+        json.dumps(service("productpage", 9080, upstreams=[{"destination_name": "reviews", "local_bind_port": 9081}]))
+    )
+    (tmp_path / "vm2").mkdir()
+    (tmp_path / "vm2" / "reviews.hcl").write_text(
+        'advertise_addr = "10.0.0.12"\nservice {\n  name = "reviews"\n  port = 9080\n  meta = { version = "v1" }\n'
+        "  connect { sidecar_service {} }\n}\n"
+    )
+    (tmp_path / "empty-dir").mkdir()
+    return tmp_path
+
+
+def later(delay: float, fn) -> threading.Timer:
+    t = threading.Timer(delay, fn)
+    t.start()
+    return t
+
+
+def test_initial_poll_returns_the_catalog(root):
+    src = FileCatalogSource(root)
+    update = src.poll(None, 30)
+    assert update.index == 1
+    assert [(n.name, n.address) for n in update.catalog.nodes] == [("node-one", "10.0.0.11"), ("vm2", "10.0.0.12")]
+    pp = update.catalog.instances_of("productpage")[0]
+    assert (pp.node, pp.mesh_address, pp.mesh_port, pp.healthy) == ("node-one", "10.0.0.11", 21000, True)
+    assert [u.destination_name for u in pp.upstreams] == ["reviews"]
+    assert src.errors == () and update.extra["errors"] == ()
+    assert [n.name for n in src.definitions] == ["node-one", "vm2"]
+
+
+def test_poll_without_change_waits_and_keeps_the_index(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    start = time.monotonic()
+    again = src.poll(first.index, 0.5)
+    assert again.index == first.index and again.catalog == first.catalog
+    assert time.monotonic() - start >= 0.45
+
+
+def test_added_file_is_seen_within_two_seconds(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    t = later(0.3, lambda: (root / "vm2" / "ratings.json").write_text(json.dumps(service("ratings", 9090))))
+    start = time.monotonic()
+    update = src.poll(first.index, 10)
+    t.join()
+    assert time.monotonic() - start < 2
+    assert update.index == first.index + 1
+    assert update.catalog.service_names() == ("productpage", "ratings", "reviews")
+
+
+def test_removed_file_is_seen_within_two_seconds(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    t = later(0.3, lambda: (root / "vm1" / "productpage.json").unlink())
+    start = time.monotonic()
+    update = src.poll(first.index, 10)
+    t.join()
+    assert time.monotonic() - start < 2
+    assert update.catalog.service_names() == ("reviews",)
+    assert update.catalog.node("node-one") is not None  # the node stays, without services
+
+
+def test_edited_meta_is_seen_within_two_seconds(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    f = root / "vm2" / "reviews.hcl"
+    t = later(0.3, lambda: f.write_text(f.read_text().replace('version = "v1"', 'version = "v2"')))
+    start = time.monotonic()
+    update = src.poll(first.index, 10)
+    t.join()
+    assert time.monotonic() - start < 2
+    assert update.catalog.instances_of("reviews")[0].labels["version"] == "v2"
+
+
+def test_broken_file_keeps_the_last_good_catalog(root, caplog):
+    src = FileCatalogSource(root)
+    good = src.poll(None, 0)
+    bad = service("productpage", 9080, upstreams=[{"destination_name": "reviews", "local_bind_port": 70000}])
+    caplog.set_level(logging.ERROR, logger="meshcore.catalog.files")
+    (root / "vm1" / "productpage.json").write_text(json.dumps(bad))
+    (root / "vm2" / "ratings.json").write_text(json.dumps(service("ratings", 9090)))  # a valid change, held back too
+    update = src.poll(good.index, 1.0)
+    assert update.index == good.index and update.catalog == good.catalog
+    assert [(e.source, e.path) for e in src.errors] == [
+        ("vm1/productpage.json", "service.connect.sidecar_service.proxy.upstreams[0].local_bind_port")
+    ]
+    assert update.extra["errors"] == src.errors
+    assert "source=vm1/productpage.json path=service.connect.sidecar_service.proxy.upstreams[0].local_bind_port" in caplog.text
+
+    # fixing the file publishes everything that changed meanwhile, and clears the errors
+    (root / "vm1" / "productpage.json").write_text(json.dumps(service("productpage", 9080)))
+    fixed = src.poll(good.index, 10)
+    assert fixed.index == good.index + 1 and src.errors == ()
+    assert fixed.catalog.service_names() == ("productpage", "ratings", "reviews")
+
+
+def test_no_good_catalog_yet_raises_validation_error(root):
+    (root / "vm2" / "reviews.hcl").write_text("service {\n  name = \n}\n")
+    src = FileCatalogSource(root)
+    with pytest.raises(ValidationError) as exc:
+        src.poll(None, 0)
+    assert exc.value.errors[0].source == "vm2/reviews.hcl"
+    assert "HCL syntax error at line 2" in exc.value.errors[0].message
+
+
+def test_duplicate_node_names_are_an_error(root):
+    (root / "vm2" / "agent.hcl").write_text('node_name = "node-one"\n')
+    src = FileCatalogSource(root)
+    with pytest.raises(ValidationError, match="node name 'node-one' is also used by directory 'vm1'"):
+        src.poll(None, 0)
+
+
+def test_missing_root_and_close(tmp_path):
+    src = FileCatalogSource(tmp_path / "nope")
+    with pytest.raises(ValidationError, match="catalog directory does not exist"):
+        src.poll(None, 0)
+    src.close()
+    with pytest.raises(CatalogError):
+        src.poll(None, 0)

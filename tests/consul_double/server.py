@@ -1,0 +1,120 @@
+"""``ConsulDouble``: a Consul HTTP API test double on loopback.
+
+No open-source Consul binary can be installed where meshcore's tests run, so this double serves
+the part of Consul's documented HTTP API that meshcore uses, with Consul's semantics: catalog,
+health, the local agent (service definitions with ``Connect.SidecarService``, TTL checks),
+KV with CAS, ``/v1/txn``, blocking queries with ``X-Consul-Index``, and ACL tokens.
+
+Deliberate differences from a real Consul (documented so nobody trips on them):
+
+* with ACLs on, a request without a token is refused with 403 ``Permission denied`` on every
+  endpoint (a real Consul filters list results for the anonymous token instead);
+* active checks (HTTP, TCP, gRPC, script...) are recorded but never executed: they keep their
+  declared ``Status`` (``passing`` when none is declared). TTL and alias checks behave as in
+  Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
+* one server, one datacenter, no sessions, no ``?filter`` expressions, no prepared queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from ._http import AclConfig, DoubleHTTPServer
+from ._state import ConsulState
+
+log = logging.getLogger("consul_double")
+
+
+class ConsulDouble:
+    """One Consul server + agent for node ``node``; ``start()`` returns ``http://127.0.0.1:<port>``.
+
+    The agent endpoints act on ``node``; ``/v1/catalog/register`` can add any node.
+    With ``acl_token`` set, every request needs that token (or ``read_token`` for reads).
+    """
+
+    def __init__(
+        self,
+        node: str = "node1",
+        datacenter: str = "dc1",
+        acl_token: str | None = None,
+        *,
+        read_token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        node_address: str = "127.0.0.1",
+        verbose: bool = False,
+    ):
+        self.node = node
+        self.datacenter = datacenter
+        self.acl_token = acl_token
+        self.read_token = read_token
+        self.host = host
+        self.port = port
+        self.state = ConsulState(node, datacenter, node_address)
+        self._acl = AclConfig(management=acl_token, read_only=read_token)
+        self._verbose = verbose
+        self._server: DoubleHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    @property
+    def address(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8500`` (only valid once started)."""
+        if self._server is None:
+            raise RuntimeError("ConsulDouble is not started; call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        if self._server is not None:
+            return self.address
+        self._server = DoubleHTTPServer((self.host, self.port), self.state, self._acl, verbose=self._verbose)
+        self._stopping.clear()
+        serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                 name=f"consul-double-{self.node}", daemon=True)
+        ticker = threading.Thread(target=self._tick, name=f"consul-double-ttl-{self.node}", daemon=True)
+        self._threads = [serve, ticker]
+        for t in self._threads:
+            t.start()
+        log.info("consul double node=%s dc=%s listening on %s acl=%s", self.node, self.datacenter, self.address,
+                 "on" if self.acl_token else "off")
+        return self.address
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(0.1):
+            self.state.expire_ttls()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()
+        self.state.close()  # wakes blocked queries so their threads finish
+        self._server.shutdown()
+        self._server.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._server = None
+        self.state.closed = False  # a restarted double serves the same data again
+
+    def __enter__(self) -> "ConsulDouble":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ test hooks
+    def reset_index(self, to: int = 1) -> int:
+        """Make the raft index go backwards (as after a snapshot restore); returns the new index."""
+        return self.state.reset_index(to)
+
+    def set_check_status(self, check_id: str, status: str, output: str = "", node: str | None = None) -> None:
+        """Set any check's status (the double never runs HTTP/TCP checks itself)."""
+        self.state.set_check_status(check_id, status, output, node)
+
+    @property
+    def index(self) -> int:
+        """The current raft index."""
+        return self.state.index

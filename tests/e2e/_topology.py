@@ -1,0 +1,54 @@
+"""A bookinfo mesh for tests: the demo's shape, on test-only loopback addresses and free ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+# Test-only loopback addresses (all of 127/8 is loopback on Linux); the demo uses 127.0.0.11-13.
+NODES = {"n1": "127.0.0.21", "n2": "127.0.0.22", "n3": "127.0.0.23", "gw": "127.0.0.24"}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def service(name, sid, node, version, upstreams=(), kind=""):
+    """One Consul JSON service definition (the format of /etc/consul.d) plus the ports it took."""
+    addr = NODES[node]
+    port = free_port(addr)
+    svc = {"name": name, "id": sid, "port": port, "meta": {"version": version}}
+    ups = [{"destination_name": u, "local_bind_address": addr, "local_bind_port": free_port(addr)} for u in upstreams]
+    if kind:
+        svc["kind"] = kind
+        svc["proxy"] = {"upstreams": ups}
+    else:
+        svc["connect"] = {"sidecar_service": {"port": free_port(addr),
+                                               "proxy": {"local_service_address": addr, "upstreams": ups}}}
+        svc["check"] = {"id": f"{sid}-http", "name": "http", "http": f"http://{addr}:{port}/health", "interval": "5s"}
+    return node, svc
+
+
+def write_catalog(root: Path) -> dict:
+    """Write the topology as per-node directories; return {service id: definition}."""
+    defs = [
+        service("productpage", "productpage-v1", "n1", "v1", ["details", "reviews"]),
+        service("reviews", "reviews-v1", "n1", "v1"),
+        service("details", "details-v1", "n2", "v1"),
+        service("reviews", "reviews-v2", "n2", "v2", ["ratings"]),
+        service("ratings", "ratings-v1", "n3", "v1"),
+        service("reviews", "reviews-v3", "n3", "v3", ["ratings"]),
+        service("ingress-gateway", "ingress-gateway", "gw", "v1", ["productpage"], kind="ingress-gateway"),
+    ]
+    out = {}
+    for node, addr in NODES.items():
+        d = root / node
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": addr, "datacenter": "dc1"}))
+    for node, svc in defs:
+        (root / node / f"{svc['id']}.json").write_text(json.dumps({"service": svc}, indent=2))
+        out[svc["id"]] = {"node": node, **svc}
+    return out

@@ -1,0 +1,147 @@
+"""ConsulKVStore against the Consul double (or a real Consul when CONSUL_HTTP_ADDR is set)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from meshcore.catalog.consul import ConsulSettings
+from meshcore.errors import StoreError
+from meshcore.resources.consul_store import ConsulKVStore
+from meshcore.resources.model import Resource, ResourceKey
+
+
+def _policy(name: str, namespace: str = "default", methods=("GET",)) -> Resource:
+    return Resource(
+        api_version="security.mesh.io/v1beta1",
+        kind="AuthorizationPolicy",
+        name=name,
+        namespace=namespace,
+        spec={"selector": {"matchLabels": {"app": "frontend"}},
+              "rules": [{"to": [{"operation": {"methods": list(methods)}}]}]},
+        labels=(("team", "web"),),
+    )
+
+
+@pytest.fixture
+def store(consul_http):
+    s = ConsulKVStore(ConsulSettings.from_env(consul_http.env()), prefix=consul_http.kv_prefix + "resources/")
+    yield s
+    s.close()
+
+
+def _raw_get(consul_http, key: str, **params) -> requests.Response:
+    return requests.get(f"{consul_http.address}/v1/kv/{key}", params=params, headers=consul_http._headers(), timeout=10)
+
+
+def test_apply_stores_canonical_json_and_lists_it_back(consul_http, store):
+    a, b = _policy("a"), _policy("b", namespace="shop")
+    store.apply([a, b])
+    raw = _raw_get(consul_http, store.prefix + "AuthorizationPolicy/default/a", raw="")
+    assert raw.content.decode() == a.canonical_json()
+    assert store.list() == [a, b]
+
+
+def test_apply_overwrites_and_delete_reports_what_existed(store):
+    store.apply([_policy("a"), _policy("b")])
+    changed = _policy("a", methods=("GET", "POST"))
+    store.apply([changed])
+    assert store.list() == [changed, _policy("b")]
+    gone = store.delete([ResourceKey("AuthorizationPolicy", "default", "b"),
+                         ResourceKey("AuthorizationPolicy", "default", "never-existed")])
+    assert gone == [ResourceKey("AuthorizationPolicy", "default", "b")]
+    assert store.list() == [changed]
+    assert store.delete([]) == [] and store.apply([]) is None
+
+
+def test_watch_blocks_until_a_change(store):
+    store.apply([_policy("a")])
+    resources, index = store.watch(None, 0)
+    assert resources == [_policy("a")]
+
+    started = time.monotonic()
+    same, same_index = store.watch(index, 0.5)
+    assert time.monotonic() - started >= 0.45
+    assert (same, same_index) == (resources, index)
+
+    threading.Timer(0.3, lambda: store.apply([_policy("b")])).start()
+    started = time.monotonic()
+    updated, new_index = store.watch(index, 10)
+    assert time.monotonic() - started < 2.0, "watch did not wake on apply"
+    assert new_index > index and [r.name for r in updated] == ["a", "b"]
+
+    threading.Timer(0.3, lambda: store.delete([_policy("a").key])).start()
+    after_delete, last = store.watch(new_index, 10)
+    assert last > new_index and [r.name for r in after_delete] == ["b"]
+
+
+def test_apply_is_all_or_nothing(consul_http, store):
+    store.apply([_policy("keep")])
+    too_big = Resource("security.mesh.io/v1beta1", "AuthorizationPolicy", "huge", "default", {"blob": "x" * 600_000})
+    with pytest.raises(StoreError):
+        store.apply([_policy("new"), too_big])  # Consul refuses the whole transaction
+    assert [r.name for r in store.list()] == ["keep"]
+
+
+def test_apply_refuses_more_than_one_transaction(store):
+    many = [_policy(f"p{i}") for i in range(129)]
+    with pytest.raises(StoreError, match="128"):
+        store.apply(many)
+    assert store.list() == []
+    with pytest.raises(StoreError, match="twice"):
+        store.apply([_policy("a"), _policy("a")])
+
+
+def test_cas_conflict_inside_a_transaction_writes_nothing(consul_http, store):
+    """The guarantee apply/delete build on: one failing operation rolls back the whole /v1/txn."""
+    store.apply([_policy("a")])
+    key = store.prefix + "AuthorizationPolicy/default/a"
+    stale = _raw_get(consul_http, key).json()[0]["ModifyIndex"] - 1
+    ops = [{"KV": {"Verb": "set", "Key": store.prefix + "AuthorizationPolicy/default/b",
+                   "Value": base64.b64encode(_policy("b").canonical_json().encode()).decode()}},
+           {"KV": {"Verb": "delete-cas", "Key": key, "Index": stale}}]
+    response = requests.put(f"{consul_http.address}/v1/txn", json=ops, headers=consul_http._headers(), timeout=10)
+    assert response.status_code == 409
+    assert [r.name for r in store.list()] == ["a"]
+
+
+def test_unparseable_document_names_its_key(consul_http, store):
+    bad_key = store.prefix + "AuthorizationPolicy/default/broken"
+    requests.put(f"{consul_http.address}/v1/kv/{bad_key}", data=b"{not json", headers=consul_http._headers(), timeout=10)
+    with pytest.raises(StoreError, match="broken"):
+        store.list()
+
+
+def test_document_at_the_wrong_key_is_refused(consul_http, store):
+    misplaced = store.prefix + "AuthorizationPolicy/default/other-name"
+    requests.put(f"{consul_http.address}/v1/kv/{misplaced}", data=_policy("a").canonical_json().encode(),
+                 headers=consul_http._headers(), timeout=10)
+    with pytest.raises(StoreError, match="other-name"):
+        store.list()
+
+
+def test_refused_token_is_a_store_error_naming_the_env_var(consul_acl):
+    anonymous = ConsulKVStore(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": consul_acl.address}))
+    with pytest.raises(StoreError, match="CONSUL_HTTP_TOKEN"):
+        anonymous.list()
+    reader = ConsulKVStore(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": consul_acl.address,
+                                                    "CONSUL_HTTP_TOKEN": consul_acl.read_token}))
+    assert reader.list() == []
+    with pytest.raises(StoreError, match="refused the ACL token"):
+        reader.apply([_policy("a")])
+    writer = ConsulKVStore(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": consul_acl.address,
+                                                    "CONSUL_HTTP_TOKEN": consul_acl.token}))
+    writer.apply([_policy("a")])
+    assert reader.list() == [_policy("a")]
+
+
+def test_stored_value_is_the_documented_shape(consul_http, store):
+    store.apply([_policy("a")])
+    doc = json.loads(_raw_get(consul_http, store.prefix + "AuthorizationPolicy/default/a", raw="").content)
+    assert doc["apiVersion"] == "security.mesh.io/v1beta1"
+    assert doc["metadata"] == {"name": "a", "namespace": "default", "labels": {"team": "web"}}

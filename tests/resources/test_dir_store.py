@@ -1,0 +1,192 @@
+"""DirectoryStore: layout, all-or-nothing apply, watch, corrupt files, two writers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meshcore.errors import StoreError
+from meshcore.resources import DirectoryStore, Resource, ResourceKey
+
+
+def pa(name: str, mode: str = "STRICT", namespace: str = "default") -> Resource:
+    return Resource(
+        api_version="security.mesh.io/v1beta1",
+        kind="PeerAuthentication",
+        name=name,
+        namespace=namespace,
+        spec={"mtls": {"mode": mode}},
+    )
+
+
+def files_under(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_apply_writes_one_canonical_file_per_resource(tmp_path):
+    store = DirectoryStore(tmp_path)
+    a, b = pa("a"), pa("b", "PERMISSIVE", namespace="shop")
+    store.apply([a, b])
+    f = tmp_path / "PeerAuthentication" / "default" / "a.json"
+    assert f.read_text() == a.canonical_json() + "\n"
+    assert (tmp_path / "PeerAuthentication" / "shop" / "b.json").exists()
+    assert store.list() == [a, b]
+    assert store.get(ResourceKey("PeerAuthentication", "shop", "b")) == b
+    labelled = Resource("security.mesh.io/v1beta1", "PeerAuthentication", "l", "default", {}, (("a", "1"), ("b", "2")))
+    store.apply([labelled])
+    assert store.get(labelled.key) == labelled
+
+
+def test_index_moves_only_on_change(tmp_path):
+    store = DirectoryStore(tmp_path)
+    _, i0 = store.watch(None, 0)
+    store.apply([pa("a")])
+    _, i1 = store.watch(None, 0)
+    store.apply([pa("a")])  # same content: nothing to do
+    _, i2 = store.watch(None, 0)
+    store.apply([pa("a", "DISABLE")])
+    _, i3 = store.watch(None, 0)
+    assert i0 < i1 == i2 < i3
+    assert json.loads((tmp_path / ".index").read_text())["index"] == i3
+
+
+def test_failed_rename_rolls_back_everything(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("existing", "STRICT")])
+    before = files_under(tmp_path)
+    _, index_before = store.watch(None, 0)
+    # A directory where the last file must go makes its rename fail (even for root).
+    (tmp_path / "PeerAuthentication" / "default" / "blocked.json").mkdir()
+    batch = [pa("existing", "DISABLE"), pa("new-one"), pa("blocked")]
+    with pytest.raises(StoreError, match=r"apply failed, nothing was changed: cannot write .*blocked\.json"):
+        store.apply(batch)
+    (tmp_path / "PeerAuthentication" / "default" / "blocked.json").rmdir()
+    assert files_under(tmp_path) == before  # old content restored, new file gone, no temp files left
+    assert store.list() == [pa("existing", "STRICT")]
+    assert store.watch(None, 0)[1] == index_before
+
+
+def test_failed_temp_write_changes_nothing(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    before = files_under(tmp_path)
+    (tmp_path / "PeerAuthentication" / "blocked").write_text("a file where a namespace directory must go")
+    with pytest.raises(StoreError, match="nothing was changed"):
+        store.apply([pa("a", "DISABLE"), pa("x", namespace="blocked")])
+    (tmp_path / "PeerAuthentication" / "blocked").unlink()
+    assert files_under(tmp_path) == before
+
+
+def test_delete_returns_existing_keys_and_cleans_up(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a"), pa("b", namespace="shop")])
+    _, i1 = store.watch(None, 0)
+    gone = store.delete([pa("b", namespace="shop").key, ResourceKey("PeerAuthentication", "default", "nope")])
+    assert gone == [pa("b", namespace="shop").key]
+    assert store.list() == [pa("a")]
+    assert not (tmp_path / "PeerAuthentication" / "shop").exists()
+    _, i2 = store.watch(None, 0)
+    assert i2 == i1 + 1
+    assert store.delete([ResourceKey("PeerAuthentication", "default", "nope")]) == []
+    assert store.watch(None, 0)[1] == i2
+
+
+def test_duplicate_keys_in_one_batch_are_refused(tmp_path):
+    store = DirectoryStore(tmp_path)
+    with pytest.raises(StoreError, match="twice"):
+        store.apply([pa("a"), pa("a", "DISABLE")])
+    assert store.list() == []
+
+
+def test_corrupt_file_names_the_file(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    bad = tmp_path / "PeerAuthentication" / "default" / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(StoreError, match=r"resource file .*broken\.json is corrupt"):
+        store.list()
+    bad.write_text(pa("other").canonical_json())
+    with pytest.raises(StoreError, match=r"holds PeerAuthentication/default/other, which belongs in"):
+        store.list()
+
+
+def test_watch_returns_at_once_for_none_and_after_wait_without_change(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    resources, index = store.watch(None, 30)
+    assert resources == [pa("a")]
+    start = time.monotonic()
+    resources2, index2 = store.watch(index, 0.3)
+    assert (resources2, index2) == (resources, index)
+    assert time.monotonic() - start >= 0.25
+
+
+def test_watch_wakes_on_apply_from_another_thread(tmp_path):
+    store = DirectoryStore(tmp_path)
+    _, index = store.watch(None, 0)
+    timer = threading.Timer(0.3, lambda: DirectoryStore(tmp_path).apply([pa("late", "DISABLE")]))
+    timer.start()
+    try:
+        start = time.monotonic()
+        resources, new_index = store.watch(index, 10)
+        assert time.monotonic() - start < 2
+        assert new_index > index and resources == [pa("late", "DISABLE")]
+    finally:
+        timer.join()
+
+
+def test_watch_notices_hand_edits(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    _, index = store.watch(None, 0)
+    f = tmp_path / "PeerAuthentication" / "default" / "a.json"
+    threading.Timer(0.2, lambda: f.write_text(pa("a", "PERMISSIVE").canonical_json())).start()
+    resources, new_index = store.watch(index, 10)
+    # (write_text truncates first, so the watcher may count the empty file as one more change)
+    assert new_index > index and resources == [pa("a", "PERMISSIVE")]
+
+
+def test_watch_raises_on_a_file_that_stays_corrupt(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    (tmp_path / "PeerAuthentication" / "default" / "a.json").write_text("{")
+    with pytest.raises(StoreError, match="a.json is corrupt"):
+        store.watch(None, 0)
+
+
+def test_stale_index_returns_at_once(tmp_path):
+    store = DirectoryStore(tmp_path)
+    start = time.monotonic()
+    _, index = store.watch(12345, 10)
+    assert index != 12345 and time.monotonic() - start < 2
+
+
+WRITER = """
+import sys
+from meshcore.resources import DirectoryStore, Resource
+store = DirectoryStore(sys.argv[1])
+for i in range(15):
+    batch = [Resource("security.mesh.io/v1beta1", "PeerAuthentication", f"{sys.argv[2]}-{i}-{j}", "default", {"n": i})
+             for j in range(3)]
+    store.apply(batch)
+"""
+
+
+def test_two_processes_do_not_interleave(tmp_path):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name], cwd=Path(__file__).parents[2])
+        for name in ("p", "q")
+    ]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    store = DirectoryStore(tmp_path)
+    resources, index = store.watch(None, 0)
+    assert len(resources) == 2 * 15 * 3
+    assert index == 30  # one bump per batch, none lost
+    assert not [p for p in tmp_path.rglob(".*") if p.name not in (".index", ".lock")]
