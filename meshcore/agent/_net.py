@@ -37,6 +37,3 @@ def is_ip(host: str) -> bool:
         return False
     return True
 
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

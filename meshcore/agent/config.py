@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,11 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         problems.append("ca_file: required (--ca-file FILE with the mesh trust bundle PEM)")
     elif not ca_file.is_file():
         problems.append(f"ca_file: {ca_file} does not exist or is not a file")
+    else:
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"ca_file: {ca_file} is not a PEM bundle of CA certificates ({exc})")
 
     admin = text("admin") or DEFAULT_ADMIN
     try:

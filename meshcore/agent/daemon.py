@@ -11,25 +11,23 @@ valid node certificate and no join token, join refused), 1 on an unexpected erro
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import tenacity
 
 from meshcore import naming
 from meshcore.agent._consul import ConsulSync
-from meshcore.agent._net import join_host_port, split_host_port
+from meshcore.agent._net import split_host_port
 from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
 from meshcore.agent.client import AgentClient, AgentRequestError, IssuedIdentity, NodeService
 from meshcore.agent.config import AgentConfig, load_config
@@ -62,6 +60,7 @@ log = logging.getLogger("meshcore.agent")
 
 MAX_RETRY_DELAY = 30.0
 READY_POLL = 0.5
+LOCAL_ERROR_DELAY = 5.0
 USED_TOKENS_KEPT = 5
 
 
@@ -168,8 +167,12 @@ class Agent:
         self.store.prepare()
         self.secrets.prepare()
         self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.meta = self.store.load_meta()
-        self.node = self.store.load_node(random_jitter())
+        self._schedule_consul(self.clock())  # registering in Consul needs no mesh identity: start at once
+        try:
+            self.meta = self.store.load_meta()
+            self.node = self.store.load_node(random_jitter())
+        except AgentError as exc:
+            raise OperatorActionRequired(str(exc)) from exc
         self.bundle = self.store.load_bundle()
         self._load_existing_svids()
         now = self.clock()
@@ -185,17 +188,25 @@ class Agent:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self._reload_requested:
-                self._reload_requested = False
-                self._apply_reload()
-            now = self.clock()
-            if self._control_plane_due(now):
-                self._sync_control_plane(now)
-            self._schedule_consul(now)
-            self._maintain_envoy()
-            self._report()
+            delay = LOCAL_ERROR_DELAY
+            try:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._apply_reload()
+                now = self.clock()
+                if self._control_plane_due(now):
+                    self._sync_control_plane(now)
+                self._schedule_consul(now)
+                self._maintain_envoy()
+                self._report()
+                delay = self._sleep_seconds()
+            except MeshError as exc:
+                # e.g. a full disk: keep Envoy running with what it has rather than exit and take it down
+                log.error("agent loop error (retrying in %.0fs): %s", delay, exc)
+                self.notifier.status(f"error: {exc}")
+                self._watchdog()
             self._wake.clear()
-            self._wake.wait(self._sleep_seconds())
+            self._wake.wait(delay)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -551,11 +562,14 @@ class Agent:
             return False
         host, port = split_host_port(self.config.admin)
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        conn = http.client.HTTPConnection(host, port, timeout=1)  # direct: never through an HTTP proxy
         try:
-            with urllib.request.urlopen(f"http://{join_host_port(host, port)}/ready", timeout=1) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
+            conn.request("GET", "/ready")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            conn.close()
 
     # ---------------------------------------------------------------- reporting
 

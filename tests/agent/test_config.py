@@ -14,9 +14,9 @@ from meshcore.errors import ConfigError
 
 
 @pytest.fixture
-def ca_file(tmp_path) -> Path:
+def ca_file(tmp_path, ca) -> Path:
     path = tmp_path / "bundle.pem"
-    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    path.write_text(ca.bundle_pem())
     return path
 
 
@@ -60,6 +60,13 @@ def test_every_problem_is_reported(tmp_path):
     for expected in ("must be an https://host:port URL", "none.pem does not exist", "'nowhere' is not host:port",
                      "'soon' is not a duration", "'loud' is not one of"):
         assert expected in text
+
+
+def test_ca_file_must_hold_certificates(tmp_path):
+    bad = tmp_path / "bundle.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="is not a PEM bundle of CA certificates"):
+        load_config(["--node", "vm1", "--control-plane", "https://cp:1", "--ca-file", str(bad)], {})
 
 
 def test_unknown_file_setting(tmp_path, ca_file):

@@ -367,8 +367,11 @@ class ConsulState(KVMixin):
         kind = ctype["_type"]
         definition = {k: ctype[k] for k in ("HTTP", "TCP", "UDP", "GRPC", "H2PING", "Args", "ScriptArgs",
                                             "AliasService", "AliasNode", "Method", "Header", "TLSSkipVerify") if ctype.get(k)}
-        interval = format_duration(parse_duration(str(ctype["Interval"]))) if ctype.get("Interval") else ""
-        timeout = format_duration(parse_duration(str(ctype["Timeout"]))) if ctype.get("Timeout") else ""
+        try:
+            interval = format_duration(parse_duration(str(ctype["Interval"]))) if ctype.get("Interval") else ""
+            timeout = format_duration(parse_duration(str(ctype["Timeout"]))) if ctype.get("Timeout") else ""
+        except ValueError as exc:
+            raise DoubleError(400, f"Invalid check {cid!r}: {exc}") from exc
         agent = _AgentCheck()
         output = ""
         if kind == "ttl":

@@ -1,0 +1,141 @@
+"""Small pure helpers shared by the per-type builders (no IO, no clock, no logging)."""
+
+from __future__ import annotations
+
+import posixpath
+
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import extension_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+
+from ... import naming
+from ...catalog.model import ServiceInstance, Upstream
+from ...errors import SnapshotInvalid
+from ...snapshot import MeshSnapshot, ProxyInfo
+
+
+def type_url(message_cls) -> str:
+    return "type.googleapis.com/" + message_cls.DESCRIPTOR.full_name
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def socket_address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def file_sds(secret_name: str, proxy: ProxyInfo) -> secret_pb2.SdsSecretConfig:
+    """A secret the VM agent writes on the VM (private keys never leave it); Envoy watches the directory."""
+    path = posixpath.join(proxy.secrets_dir, naming.secret_file(secret_name))
+    return secret_pb2.SdsSecretConfig(
+        name=secret_name,
+        sds_config=config_source_pb2.ConfigSource(
+            path_config_source=config_source_pb2.PathConfigSource(
+                path=path, watched_directory=base_pb2.WatchedDirectory(path=proxy.secrets_dir)
+            ),
+            resource_api_version=config_source_pb2.V3,
+        ),
+    )
+
+
+def uri_san(exact: str | None = None, prefix: str | None = None) -> common_pb2.SubjectAltNameMatcher:
+    matcher = string_pb2.StringMatcher(exact=exact) if exact is not None else string_pb2.StringMatcher(prefix=prefix)
+    return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
+
+
+def common_tls(snapshot: MeshSnapshot, proxy: ProxyInfo, own_service: str,
+               peer_sans: list[common_pb2.SubjectAltNameMatcher]) -> tls_pb2.CommonTlsContext:
+    """Present ``own_service``'s SVID; accept peers chaining to the trust bundle whose URI SAN matches."""
+    return tls_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+        tls_certificate_sds_secret_configs=[file_sds(naming.svid_secret(own_service), proxy)],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(match_typed_subject_alt_names=peer_sans),
+            validation_context_sds_secret_config=file_sds(naming.trust_bundle_secret(snapshot.trust_domain), proxy),
+        ),
+    )
+
+
+def downstream_mtls(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> tls_pb2.DownstreamTlsContext:
+    # Any workload of the trust domain may connect; which ones may call what is AuthorizationPolicy's job.
+    peers = [uri_san(prefix=f"spiffe://{snapshot.trust_domain}/")]
+    return tls_pb2.DownstreamTlsContext(
+        common_tls_context=common_tls(snapshot, proxy, instance.service, peers),
+        require_client_certificate=wrappers_pb2.BoolValue(value=True),
+    )
+
+
+def transport_socket(name: str, config: Message):
+    return base_pb2.TransportSocket(name=name, typed_config=pack(config))
+
+
+def typed_extension(name: str, config: Message) -> extension_pb2.TypedExtensionConfig:
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config))
+
+
+# --- what lives on a proxy -----------------------------------------------------------------
+
+def local_instances(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[ServiceInstance, ...]:
+    """Instances whose Envoy is this proxy: everything registered on its node."""
+    return snapshot.catalog.on_node(proxy.node)
+
+
+def sidecar_instances(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[ServiceInstance, ...]:
+    return tuple(i for i in local_instances(snapshot, proxy) if i.kind == "")
+
+
+def outbound_bindings(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[tuple[ServiceInstance, Upstream], ...]:
+    """Every (local instance, declared upstream) pair, one per bind address.
+
+    Two local services may declare the same upstream on the same address and port (one
+    listener serves both); two different upstreams on one address are a configuration error.
+    """
+    seen: dict[tuple[str, int], tuple[ServiceInstance, Upstream]] = {}
+    problems = []
+    for inst in local_instances(snapshot, proxy):
+        for up in inst.upstreams:
+            key = (up.local_bind_address, up.local_bind_port)
+            if key in seen:
+                other_inst, other_up = seen[key]
+                if other_up.destination_name != up.destination_name or other_up.datacenter != up.datacenter:
+                    problems.append(
+                        f"upstreams {other_up.destination_name!r} (service {other_inst.id}) and "
+                        f"{up.destination_name!r} (service {inst.id}) both bind {key[0]}:{key[1]}"
+                    )
+                continue
+            seen[key] = (inst, up)
+    if problems:
+        raise SnapshotInvalid(proxy.node, problems)
+    return tuple(seen[k] for k in sorted(seen))
+
+
+def upstream_protocol(snapshot: MeshSnapshot, upstream: Upstream) -> str:
+    instances = snapshot.catalog.instances_of(upstream.destination_name)
+    protocols = {i.protocol for i in instances}
+    return protocols.pop() if len(protocols) == 1 else "http"
+
+
+def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]:
+    """Identities the upstream may present: those of its registered instances (or its default one)."""
+    ids = sorted({snapshot.spiffe_id(i) for i in snapshot.catalog.instances_of(upstream.destination_name)})
+    return ids or [naming.workload_spiffe_id(snapshot.trust_domain, naming.DEFAULT_NAMESPACE, upstream.destination_name)]

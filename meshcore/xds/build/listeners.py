@@ -1,0 +1,101 @@
+"""Listeners: one mTLS inbound listener per local service, one outbound listener per declared upstream."""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from ... import naming
+from ...catalog.model import ServiceInstance, Upstream
+from ...snapshot import MeshSnapshot, ProxyInfo
+from . import _common as c
+
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+ROUTER = "envoy.filters.http.router"
+MTLS_CHAIN = "mtls"
+PLAINTEXT_CHAIN = "plaintext"
+
+
+def _stat(name: str) -> str:
+    return name.replace(":", "_").replace("|", "_").replace(".", "_")
+
+
+def http_connection_manager(stat_prefix: str, route_name: str, *, inbound: bool) -> hcm_pb2.HttpConnectionManager:
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=_stat(stat_prefix),
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=c.ads_source(), route_config_name=route_name),
+        http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=c.pack(router_pb2.Router()))],
+        normalize_path=c.wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+    )
+    if inbound:
+        # Tell the app who called: the peer's SPIFFE ID in x-forwarded-client-cert, never a client-supplied one.
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        hcm.set_current_client_cert_details.uri = True
+    return hcm
+
+
+def _filters(stat_prefix: str, protocol: str, route_name: str, cluster: str, *, inbound: bool):
+    if protocol == "tcp":
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=_stat(stat_prefix), cluster=cluster)
+        return [listener_components_pb2.Filter(name=TCP_PROXY, typed_config=c.pack(proxy))]
+    hcm = http_connection_manager(stat_prefix, route_name, inbound=inbound)
+    return [listener_components_pb2.Filter(name=HCM, typed_config=c.pack(hcm))]
+
+
+def inbound_filters(instance: ServiceInstance):
+    return _filters(
+        naming.inbound_listener(instance.id), instance.protocol,
+        naming.inbound_route(instance.id), naming.local_app_cluster(instance.id), inbound=True,
+    )
+
+
+def inbound_listener(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> listener_pb2.Listener:
+    """mTLS only (STRICT); the PeerAuthentication plugin relaxes it per workload and port."""
+    tls = c.downstream_mtls(snapshot, proxy, instance)
+    chain = listener_components_pb2.FilterChain(
+        name=MTLS_CHAIN,
+        filter_chain_match=listener_components_pb2.FilterChainMatch(transport_protocol="tls"),
+        filters=inbound_filters(instance),
+        transport_socket=c.transport_socket("envoy.transport_sockets.tls", tls),
+    )
+    return listener_pb2.Listener(
+        name=naming.inbound_listener(instance.id),
+        address=c.socket_address(instance.mesh_address, instance.mesh_port),
+        traffic_direction=base_pb2.INBOUND,
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=c.pack(tls_inspector_pb2.TlsInspector())
+            )
+        ],
+        filter_chains=[chain],
+    )
+
+
+def outbound_listener(snapshot: MeshSnapshot, source: ServiceInstance, upstream: Upstream) -> listener_pb2.Listener:
+    name = naming.outbound_listener(upstream.destination_name, upstream.local_bind_port)
+    filters = _filters(
+        name, c.upstream_protocol(snapshot, upstream),
+        naming.outbound_route(upstream.destination_name, upstream.local_bind_port),
+        naming.upstream_cluster(upstream.destination_name, source.service), inbound=False,
+    )
+    return listener_pb2.Listener(
+        name=name,
+        address=c.socket_address(upstream.local_bind_address, upstream.local_bind_port),
+        traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
+    )
+
+
+def build_listeners(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[listener_pb2.Listener]:
+    listeners = [inbound_listener(snapshot, proxy, i) for i in c.sidecar_instances(snapshot, proxy)]
+    listeners += [outbound_listener(snapshot, src, up) for src, up in c.outbound_bindings(snapshot, proxy)]
+    return sorted(listeners, key=lambda l: l.name)
