@@ -65,6 +65,11 @@ def consul_syncer(env: Mapping[str, str] | None = None) -> Syncer:
     return registrar.sync
 
 
+def _in_mesh(payload: dict[str, Any]) -> bool:
+    """A sidecar-proxied service or a gateway: the control plane lists it for this node's SVIDs."""
+    return bool((payload.get("Connect") or {}).get("SidecarService")) or payload.get("Kind") == "ingress-gateway"
+
+
 class ConsulSync:
     """Keeps the local Consul agent's registrations equal to the definitions directory."""
 
@@ -79,6 +84,7 @@ class ConsulSync:
         self.last_sync: datetime | None = None
         self.last_error: str | None = None
         self.registered: tuple[str, ...] = ()
+        self.mesh_services: frozenset[str] = frozenset()  # names of registered services that join the mesh
 
     @property
     def enabled(self) -> bool:
@@ -114,6 +120,7 @@ class ConsulSync:
         if self.last_error is not None or not self.last_sync:
             log.info("consul registrations in sync services=%s", ",".join(p.get("ID", "") for p in payloads))
         self.registered = tuple(str(p.get("ID", "")) for p in payloads)
+        self.mesh_services = frozenset(str(p["Name"]) for p in payloads if _in_mesh(p))
         self.last_error = None
         self.last_sync = datetime.now(timezone.utc)
         return True

@@ -34,6 +34,7 @@ from meshcore.agent.config import AgentConfig, load_config
 from meshcore.agent.identity import (
     AgentMeta,
     Credential,
+    bundle_trust_domain,
     file_mtime,
     NodeIdentityStore,
     key_matches_cert,
@@ -61,6 +62,7 @@ log = logging.getLogger("meshcore.agent")
 MAX_RETRY_DELAY = 30.0
 READY_POLL = 0.5
 LOCAL_ERROR_DELAY = 5.0
+ENVOY_START_WAIT = 30.0
 USED_TOKENS_KEPT = 5
 
 
@@ -122,7 +124,6 @@ class Agent:
         self.instance_ids: dict[str, tuple[str, ...]] = {}
         self.svid_due: dict[str, datetime] = {}
         self.svid_errors: dict[str, str] = {}
-        self.services_known = False
         self.next_poll: datetime | None = None
         self.retry_at: datetime | None = None
         self.backoff = RetryBackoff()
@@ -136,6 +137,7 @@ class Agent:
         self._wake = threading.Event()  # set to cut the loop's sleep short
         self._reload_requested = False
         self._last_watchdog = 0.0
+        self._started_at = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -289,23 +291,33 @@ class Agent:
     def _join(self, token: str) -> None:
         key = new_private_key()
         key_pem = key_to_pem(key)
-        expected = self._node_spiffe_id(self.meta.trust_domain or naming.DEFAULT_TRUST_DOMAIN)
+        expected = self._node_spiffe_id(self._expected_trust_domain())
         issued = self._client(authenticated=False).join(self.config.node, token, make_csr(key, expected))
         if issued.spiffe_id != naming.node_spiffe_id(issued.trust_domain, self.config.node):
             raise AgentError(f"join: the control plane issued {issued.spiffe_id}, expected the node identity of "
                              f"{self.config.node!r} in trust domain {issued.trust_domain!r}")
-        self._install_node(issued, key_pem)
         self.bundle = issued.bundle
         self.store.save_bundle(issued.bundle)
         self.meta.trust_domain = issued.trust_domain
         if issued.xds_address:
             self.meta.xds_address = issued.xds_address
         self.meta.used_token_sha256 = (self.meta.used_token_sha256 + [token_digest(token)])[-USED_TOKENS_KEPT:]
+        self._install_node(issued, key_pem)  # also writes the node and bundle secret files
         self.store.save_meta(self.meta)
         self._retire_token_file()
         self.last_contact = self.clock()
         log.info("joined the mesh node=%s spiffe_id=%s not_after=%s xds=%s", self.config.node, issued.spiffe_id,
                  issued.not_after, self.meta.xds_address)
+
+    def _expected_trust_domain(self) -> str:
+        """The trust domain to join: known from a previous join, else named by the --ca-file root."""
+        if self.meta.trust_domain:
+            return self.meta.trust_domain
+        try:
+            from_bundle = bundle_trust_domain(self.config.ca_file.read_text())
+        except OSError:
+            from_bundle = None
+        return from_bundle or naming.DEFAULT_TRUST_DOMAIN
 
     def _node_spiffe_id(self, trust_domain: str) -> str:
         return naming.node_spiffe_id(trust_domain, self.config.node)
@@ -340,7 +352,7 @@ class Agent:
     def _control_plane_due(self, now: datetime) -> bool:
         if self.retry_at is not None:
             return now >= self.retry_at
-        return bool([d for d in self._deadlines() if d <= now])
+        return any(deadline <= now for deadline in self._deadlines())
 
     def _deadlines(self) -> list[datetime]:
         deadlines = [self.next_poll or datetime.min.replace(tzinfo=timezone.utc)]
@@ -362,7 +374,7 @@ class Agent:
             log.warning("control plane sync failed, envoy keeps its current config; retrying in %.1fs "
                         "failures=%d: %s", delay, self.backoff.failures, exc,
                         extra={"node": self.config.node, "failures": self.backoff.failures})
-            self.notifier.status(f"control plane unreachable ({self.backoff.failures} failures): {exc}")
+            self.notifier.status(f"control plane sync failing ({self.backoff.failures} failures): {exc}")
             return
         if self.backoff.failures:
             log.info("control plane reachable again after %d failed attempts", self.backoff.failures)
@@ -451,7 +463,6 @@ class Agent:
                 self.svid_due[name] = held.renew_at
         self.desired = desired
         self.instance_ids = {name: tuple(v) for name, v in ids.items()}
-        self.services_known = True
         keep = {naming.node_secret(), naming.trust_bundle_secret(self.meta.trust_domain)}
         keep |= {naming.svid_secret(name) for name in set(self.svids) | set(desired)}
         for removed in self.secrets.remove_except(keep):
@@ -540,7 +551,7 @@ class Agent:
         ready_to_start = self.secrets.exists(naming.node_secret()) and self.secrets.exists(
             naming.trust_bundle_secret(td))
         if self.supervisor is None:
-            if not ready_to_start:
+            if not ready_to_start or not self._workload_secrets_ready():
                 return
             if self.config.envoy_log is not None:
                 self.config.envoy_log.parent.mkdir(parents=True, exist_ok=True)
@@ -556,6 +567,27 @@ class Agent:
         if self.envoy_ready and not self.notifier.ready_sent:
             log.info("envoy is ready admin=%s", self.config.admin)
             self.notifier.ready(self._status_line())
+
+    def _workload_secrets_ready(self) -> bool:
+        """Hold Envoy's first start until the local services' SVID files exist.
+
+        The control plane's listeners name those files; Envoy rejects a listener whose secret file
+        is missing and would not ask again until the next push. With ``--consul-services-dir`` the
+        agent also waits for the control plane to list the services it just registered in Consul.
+        Bounded by ``ENVOY_START_WAIT`` so one refused identity cannot keep Envoy down.
+        """
+        if time.monotonic() - self._started_at > ENVOY_START_WAIT:
+            return True
+        if self.next_poll is None:  # no answer from the control plane yet in this run
+            return self.backoff.failures > 0  # unreachable: run Envoy with what it has, nothing gets pushed
+        missing = {name for name in self.desired if name not in self.svids and name not in self.svid_errors}
+        if self.consul.enabled:
+            if self.consul.last_sync is None and self.consul.last_error is None:
+                return False  # first Consul sync still running
+            missing |= set(self.consul.mesh_services) - set(self.desired)
+        if missing:
+            log.debug("envoy start waits for SVIDs services=%s", ",".join(sorted(missing)))
+        return not missing
 
     def _envoy_is_ready(self) -> bool:
         if self.supervisor is None or not self.supervisor.running:
@@ -579,7 +611,7 @@ class Agent:
         if self.node is not None:
             parts.append(f"node cert until {rfc3339(self.node.summary.not_after)}")
         if self.backoff.failures:
-            parts.append(f"control plane unreachable ({self.backoff.failures} failures)")
+            parts.append(f"control plane sync failing ({self.backoff.failures} failures)")
         return "; ".join(parts)
 
     def _state(self) -> str:

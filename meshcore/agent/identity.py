@@ -116,6 +116,29 @@ class CertSummary:
                 "not_before": rfc3339(self.not_before), "not_after": rfc3339(self.not_after)}
 
 
+def bundle_trust_domain(bundle_pem: str) -> str | None:
+    """The trust domain named by a SPIFFE CA certificate in ``bundle_pem`` (URI SAN ``spiffe://<td>``).
+
+    Lets the agent ask for the right node identity on its first join, before the control plane
+    has told it the trust domain. None when no certificate carries one.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(bundle_pem.encode())
+    except ValueError:
+        return None
+    for cert in certs:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            continue
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith("spiffe://"):
+                td = uri[len("spiffe://"):].split("/", 1)[0]
+                if td:
+                    return td
+    return None
+
+
 def key_matches_cert(key_pem: str, cert_pem: str) -> bool:
     """True when ``key_pem`` is the private key of the first certificate in ``cert_pem``."""
     try:

@@ -9,6 +9,7 @@ reloads them); only a changed bootstrap does (:meth:`EnvoySupervisor.restart`).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import threading
@@ -23,6 +24,7 @@ INITIAL_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 RESET_AFTER = 60.0
 STOP_GRACE = 10.0
+SYSTEMD_ONLY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
 def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "info",
@@ -140,6 +142,7 @@ class EnvoySupervisor:
                     stderr=self._output,
                     start_new_session=True,  # our signals (Ctrl-C in a terminal) do not hit it directly
                     close_fds=True,
+                    env=child_environment(),
                 )
             except OSError as exc:
                 log.error("cannot start %s argv=%s: %s", self.name, self.argv[0], exc)
@@ -194,6 +197,11 @@ class EnvoySupervisor:
             return proc.wait()
         except ProcessLookupError:
             return proc.poll()
+
+
+def child_environment() -> dict[str, str]:
+    """The agent's environment without systemd's notify/watchdog variables: those are the agent's."""
+    return {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_VARS}
 
 
 def _describe(code: int | None) -> str:

@@ -97,9 +97,12 @@ class MeshEngine:
             except (CatalogError, ValidationError):
                 continue
             self.source_error = ""
-            if index is None or update.index != index:
-                with self._lock:
-                    self._catalog = update.catalog
+            # Compare content, not indexes: a source may hand out a newer catalog under the same index
+            # (Consul's index can stay put while a read catches up); the snapshot hash dedupes.
+            with self._lock:
+                changed = update.catalog != self._catalog
+                self._catalog = update.catalog
+            if changed:
                 self._rebuild("catalog")
             index = update.index
 
@@ -119,10 +122,11 @@ class MeshEngine:
             except StoreError:
                 continue
             self.store_error = ""
-            if index is None or new_index != index:
-                with self._lock:
-                    self._resources = resources
-                    self._resources_loaded = True
+            with self._lock:
+                changed = not self._resources_loaded or resources != self._resources
+                self._resources = resources
+                self._resources_loaded = True
+            if changed:
                 self._rebuild("resources")
             index = new_index
 

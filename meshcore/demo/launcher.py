@@ -46,6 +46,10 @@ class MeshLayout:
     leaf_ttl: str = "24h"
     app_script: Path = BOOKINFO / "app.py"
     agent_refresh: str = "5s"
+    # Where the control plane reads the catalog: "" = the definition files in catalog_dir; "consul" =
+    # Consul (CONSUL_HTTP_ADDR in env), each agent then registering its node's files there itself.
+    catalog_source: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def http_get(url: str, timeout: float = 3.0, headers: dict | None = None) -> tuple[int, bytes]:
@@ -80,11 +84,12 @@ class LocalMesh:
         self.cp_info: dict = {}
 
     # --- processes -------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})}, cwd=self.state)
+                                start_new_session=True, env={**os.environ, **self.layout.env},
+                                cwd=self.state)
         log.close()
         self.processes.append({"name": name, "pid": proc.pid, "argv": argv})
         self._save()
@@ -108,7 +113,7 @@ class LocalMesh:
             state_file.unlink()
         self._spawn("controlplane", [
             sys.executable, "-m", "meshcore.controlplane", "--state-dir", str(cp_dir),
-            "--catalog", f"files:{self.layout.catalog_dir}", "--kek-file", str(kek),
+            "--catalog", self.layout.catalog_source or f"files:{self.layout.catalog_dir}", "--kek-file", str(kek),
             "--xds-bind", self.layout.xds_bind, "--api-bind", self.layout.api_bind,
             "--http-bind", self.layout.http_bind, "--leaf-ttl", self.layout.leaf_ttl,
         ])
@@ -135,6 +140,8 @@ class LocalMesh:
                 "--envoy-log", str(self.logs / f"envoy-{node}.log"), "--refresh-interval", self.layout.agent_refresh]
         if node in self.layout.admin:
             argv += ["--admin", self.layout.admin[node]]
+        if self.layout.catalog_source == "consul":
+            argv += ["--consul-services-dir", str(self.layout.catalog_dir / node)]
         self._spawn(f"agent-{node}", argv)
 
     def start_apps(self, node: str) -> None:

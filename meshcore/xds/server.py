@@ -147,6 +147,7 @@ class _TypeState:
     last_nonce: str | None = None  # nonce of the most recent response of this type
     sent_version: str | None = None
     sent_names: frozenset[str] | None = None  # None: sent as wildcard
+    nacks_in_row: int = 0  # consecutive NACKs of this type; drives the resend backoff
 
     @property
     def active(self) -> bool:
@@ -156,6 +157,18 @@ class _TypeState:
 _CHANGED = object()
 _CLOSED = object()
 
+# After a NACK the same version is offered again after a backoff (1 s, 2 s, 4 s ... 60 s): a NACK is
+# often transient on a VM (a certificate file the agent is writing right now), and without a resend
+# the proxy would wait for the next unrelated change of the mesh.
+NACK_RESEND_BASE_S = 1.0
+NACK_RESEND_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Resend:
+    type_url: str
+    version: str
+
 
 @dataclass
 class _Stream:
@@ -163,6 +176,7 @@ class _Stream:
     node_id: str | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
     nonces: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    events: "queue.Queue[object] | None" = None
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -184,8 +198,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def StreamAggregatedResources(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest], context: grpc.ServicerContext
     ) -> Iterator[discovery_pb2.DiscoveryResponse]:
-        stream = _Stream(stream_id=uuid.uuid4().hex[:12])
         events: queue.Queue[object] = queue.Queue()
+        stream = _Stream(stream_id=uuid.uuid4().hex[:12], events=events)
         context.add_callback(lambda: events.put(_CLOSED))
         reader = threading.Thread(
             target=_read_requests,
@@ -202,6 +216,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     return
                 if event is _CHANGED:
                     responses = self._on_change(stream)
+                elif isinstance(event, _Resend):
+                    responses = self._on_resend(stream, event)
                 else:
                     assert isinstance(event, discovery_pb2.DiscoveryRequest)
                     if stream.node_id is None:
@@ -270,8 +286,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if state.nonce is not None:  # the reply to the response in flight
                 state.nonce = None
                 if request.HasField("error_detail"):
-                    self._nack(node_id, type_url, state, request)
+                    self._nack(stream, type_url, state, request)
                 else:
+                    state.nacks_in_row = 0
                     self.cache.record_ack(node_id, stream.stream_id, type_url, request.version_info)
                     self._metrics.acks.labels(short_name(type_url)).inc()
                     log.debug("ACK node=%s type_url=%s version=%s", node_id, type_url, request.version_info)
@@ -283,17 +300,33 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         response = self._respond(stream, type_url, self.cache.get(node_id))
         return [response] if response is not None else []
 
-    def _nack(self, node_id: str, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _nack(self, stream: _Stream, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+        node_id = stream.node_id
         rejected = state.sent_version or ""
         message = request.error_detail.message
         self.cache.record_nack(node_id, type_url, rejected, message)
         self._metrics.nacks.labels(short_name(type_url)).inc()
+        delay = min(NACK_RESEND_MAX_S, NACK_RESEND_BASE_S * 2 ** state.nacks_in_row)
+        state.nacks_in_row += 1
         log.warning(
             "xDS NACK node=%s type_url=%s version=%s accepted_version=%s error=%r; "
-            "the proxy keeps its last good config until the next change",
-            node_id, type_url, rejected, request.version_info, message,
+            "the proxy keeps its last good config; offering it again in %.0fs unless the mesh changes first",
+            node_id, type_url, rejected, request.version_info, message, delay,
             extra={"node": node_id, "type_url": type_url, "version": rejected, "error": message},
         )
+        if stream.events is not None:
+            timer = threading.Timer(delay, stream.events.put, args=(_Resend(type_url, rejected),))
+            timer.daemon = True
+            timer.start()
+
+    def _on_resend(self, stream: _Stream, event: _Resend) -> list[discovery_pb2.DiscoveryResponse]:
+        """Offer a NACKed version again, unless something newer was sent meanwhile."""
+        state = stream.types.get(event.type_url)
+        if state is None or state.nonce is not None or state.sent_version != event.version:
+            return []
+        state.sent_version = None
+        response = self._respond(stream, event.type_url, self.cache.get(stream.node_id))
+        return [response] if response is not None else []
 
     def _on_change(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
         assert stream.node_id is not None

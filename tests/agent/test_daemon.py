@@ -82,8 +82,8 @@ class NotifySocket:
 class AgentProcess:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        full_env.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in (env or {}) else None
+        inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        full_env = {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
         with open(log_path, "ab") as log:
             self.popen = subprocess.Popen([sys.executable, "-m", "meshcore.agent", *args], stdout=log, stderr=log,
                                           env=full_env, cwd=ROOT)

@@ -11,6 +11,7 @@ import pytest
 from meshcore import naming
 from meshcore.agent.identity import (
     AgentMeta,
+    bundle_trust_domain,
     CertSummary,
     Credential,
     NodeIdentityStore,
@@ -141,3 +142,13 @@ def test_interrupted_rotation_is_completed_on_start(tmp_path, ca):
     store.prepare()
     assert store.load_node(0.0).key_pem == new_key
     assert not store.key_path.with_name("node.key.pending").exists()
+
+
+def test_trust_domain_named_by_the_ca_bundle(tmp_path, ca):
+    from meshcore.ca import CertificateAuthority, generate_kek_file
+
+    assert bundle_trust_domain(ca.bundle_pem()) == TD
+    other = CertificateAuthority.open(tmp_path / "other", trust_domain="prod.example",
+                                      kek=generate_kek_file(tmp_path / "other.kek"))
+    assert bundle_trust_domain(other.bundle_pem() + ca.bundle_pem()) == "prod.example"
+    assert bundle_trust_domain("not a pem") is None

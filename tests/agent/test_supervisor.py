@@ -3,6 +3,7 @@ runs under the supervisor in test_envoy_sds.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -110,3 +111,21 @@ def test_a_missing_binary_is_retried_not_fatal(tmp_path):
     finally:
         sup.stop()
     assert sup.starts == 0 and sup.pid is None
+
+
+def test_child_does_not_inherit_systemd_notify_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("MESHCORE_TEST_MARKER", "kept")
+    out = tmp_path / "env.json"
+    child = (f"import json, os; open({str(out)!r} + '.tmp', 'w').write(json.dumps(dict(os.environ))); "
+             f"os.replace({str(out)!r} + '.tmp', {str(out)!r})")
+    sup = EnvoySupervisor([sys.executable, "-c", child], initial_backoff=5)
+    sup.start()
+    try:
+        _wait(out.exists, 10, "the child to write its environment")
+    finally:
+        sup.stop()
+    env = json.loads(out.read_text())
+    assert env["MESHCORE_TEST_MARKER"] == "kept"
+    assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
