@@ -387,6 +387,10 @@ def test_disconnect_cleans_up_streams_and_threads(ads):
     for c in clients:
         c.close()
     assert wait_no_reader_threads() == []
+    # The stream handler closes its books just after its reader thread ends: give it a moment.
+    deadline = time.monotonic() + WAIT
+    while cache.status("vm1")["connected_streams"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert cache.status("vm1")["connected_streams"] == 0
     assert metric(servicer, "meshcore_xds_connected_proxies") == 0
     assert cache.synced("vm1") is False
