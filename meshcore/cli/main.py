@@ -107,7 +107,7 @@ def cmd_get(args) -> int:
     if args.kind.lower() in ("proxies", "proxy"):
         proxies = client.get("/v1/proxies")
         _out(proxies, args.output, lambda d: _table(
-            [[p["node"], ",".join(s["name"] for s in p["services"]), p.get("admin", ""),
+            [[p["node"], ",".join(s["name"] for s in p["services"] + p.get("gateways", [])), p.get("admin", ""),
               "yes" if p["synced"] else "no", p.get("version", "")[:12], p.get("error", "")[:60]] for p in d],
             ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
         return 0
@@ -140,7 +140,8 @@ def cmd_status(args) -> int:
         print()
         rows = []
         for p in s["proxies"]:
-            for svc in p["services"] or [{"name": "-", "spiffe_id": "", "inbound": ""}]:
+            entries = p["services"] + p.get("gateways", [])
+            for svc in entries or [{"name": "-", "spiffe_id": "", "inbound": ""}]:
                 rows.append([p["node"], svc["name"], svc.get("inbound") or ",".join(svc.get("listeners", [])),
                              svc.get("spiffe_id", ""), "yes" if p["synced"] else "no"])
         _table(rows, ["NODE", "SERVICE", "LISTENS", "SPIFFE ID", "SYNCED"])

@@ -262,17 +262,18 @@ class ControlPlane:
         nodes = {}
         if catalog is not None:
             for inst in catalog.instances:
-                entry = nodes.setdefault(inst.node, {"node": inst.node, "services": []})
-                svc = {"name": inst.service, "id": inst.id, "kind": inst.kind or "service",
-                       "spiffe_id": naming.workload_spiffe_id(td, inst.namespace, inst.service_account),
-                       "healthy": inst.healthy}
+                entry = nodes.setdefault(inst.node, {"node": inst.node, "services": [], "gateways": []})
+                item = {"name": inst.service, "id": inst.id,
+                        "spiffe_id": naming.workload_spiffe_id(td, inst.namespace, inst.service_account),
+                        "healthy": inst.healthy}
                 if inst.kind == "":
-                    svc["inbound"] = f"{inst.mesh_address}:{inst.mesh_port}"
+                    # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
+                    entry["services"].append({**item, "inbound": f"{inst.mesh_address}:{inst.mesh_port}"})
                 else:
-                    svc["listeners"] = [f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams]
-                entry["services"].append(svc)
+                    entry["gateways"].append({**item, "kind": inst.kind, "listeners": [
+                        f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams]})
         for node in self.engine.proxies:
-            nodes.setdefault(node, {"node": node, "services": []})
+            nodes.setdefault(node, {"node": node, "services": [], "gateways": []})
         proxies = []
         for node in sorted(nodes):
             state = self.engine.proxies.get(node)

@@ -95,6 +95,15 @@ class LocalMesh:
         self._save()
         return proc
 
+    def stop(self, name: str, grace: float = 8.0) -> bool:
+        """Stop one process this mesh started (e.g. ``controlplane``, ``agent-vm1``); False if not running."""
+        for p in list(self.processes):
+            if p["name"] == name:
+                self.processes.remove(p)
+                self._save()
+                return _stop_group(p["pid"], grace)
+        return False
+
     def _save(self) -> None:
         (self.state / PROCESSES_FILE).write_text(json.dumps(self.processes, indent=2) + "\n")
 
@@ -214,21 +223,35 @@ def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
             continue
     deadline = time.monotonic() + grace
     for p in running:
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(p["pid"], 0)
-            except ProcessLookupError:
-                break
-            _reap(p["pid"])
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(p["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _reap(p["pid"])
+        _wait_group(p["pid"], deadline)
     path.unlink(missing_ok=True)
     return len(running)
+
+
+def _stop_group(pid: int, grace: float) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    _wait_group(pid, time.monotonic() + grace)
+    return True
+
+
+def _wait_group(pid: int, deadline: float) -> None:
+    """Wait for a signalled process group to end; KILL it at the deadline."""
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        _reap(pid)
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(pid)
 
 
 def _reap(pid: int) -> None:

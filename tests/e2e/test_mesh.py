@@ -142,7 +142,9 @@ def test_status_contract(mesh):
         assert p["synced"] is True and p["admin"]
         for svc in p["services"]:
             assert svc["spiffe_id"].startswith("spiffe://cluster.local/ns/default/sa/")
-    inbound = {s["id"]: s["inbound"] for p in status["proxies"] for s in p["services"] if "inbound" in s}
+    inbound = {s["id"]: s["inbound"] for p in status["proxies"] for s in p["services"]}
+    gateways = {g["id"]: g for p in status["proxies"] for g in p["gateways"]}
+    assert gateways["ingress-gateway"]["spiffe_id"] == "spiffe://cluster.local/ns/default/sa/ingress-gateway"
     for sid, (host, port) in _inbounds(mesh).items():
         assert inbound[sid] == f"{host}:{port}"
 
@@ -277,3 +279,21 @@ def test_rotation_under_steady_traffic_loses_no_request(mesh, mesh_client_cert, 
     assert second.serial_number != first.serial_number, "the inbound certificate was not rotated"
     assert results["ok"] > 100
     assert results["failed"] == []
+
+
+def test_mesh_keeps_serving_while_the_control_plane_is_away(mesh):
+    """Envoys keep their last config without the control plane; after it restarts (same CA, from its
+    encrypted state) every agent reconnects with its node certificate, no new join token."""
+    assert mesh.stop("controlplane")
+    failures = 0
+    deadline = time.monotonic() + 4
+    count = 0
+    while time.monotonic() < deadline:
+        status, body = http_get(mesh.url)
+        data = json.loads(body) if status == 200 else {}
+        failures += status != 200 or "error" in data.get("details", {}) or "error" in data.get("reviews", {})
+        count += 1
+    assert count > 20 and failures == 0
+    mesh.start_control_plane()
+    mesh.wait_synced(timeout=60)
+    assert http_get(mesh.url)[0] == 200
