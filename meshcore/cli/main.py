@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,13 +221,18 @@ def cmd_demo_up(args) -> int:
         print(DEMO_BANNER.format(state=state))
     if not args.foreground:
         return 0
+    stop = threading.Event()
+    # Ctrl-C, `kill` and a closed terminal all stop the demo, even where SIGINT arrived ignored
+    # (a shell's background job): install the handlers explicitly.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(1):
+            pass
         print("\n==> stopping the demo", file=sys.stderr)
     finally:
-        mesh.down()
+        n = mesh.down()
+        print(f"==> stopped {n} process group(s)", file=sys.stderr)
     return 0
 
 

@@ -297,3 +297,38 @@ def test_mesh_keeps_serving_while_the_control_plane_is_away(mesh):
     mesh.start_control_plane()
     mesh.wait_synced(timeout=60)
     assert http_get(mesh.url)[0] == 200
+
+
+def _meshctl(mesh, *args, check=True):
+    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
+                          capture_output=True, text=True, check=check, timeout=60)
+
+
+def test_cli_get_proxy_config_and_all_or_nothing_apply(mesh, tmp_path):
+    proxies = json.loads(_meshctl(mesh, "get", "proxies", "-o", "json").stdout)
+    assert {p["node"] for p in proxies} >= set(NODES)
+    config = json.loads(_meshctl(mesh, "proxy-config", "n1", "-o", "json").stdout)
+    listeners = {l["name"] for l in config["resources"]["Listener"]}
+    assert {"inbound:productpage-v1", "inbound:reviews-v1"} <= listeners
+    dump = json.loads(_meshctl(mesh, "proxy-config", "n1", "--envoy").stdout)
+    assert any("ListenersConfigDump" in c["@type"] for c in dump["configs"])
+    missing = _meshctl(mesh, "proxy-config", "nope", check=False)
+    assert missing.returncode == 1 and "no proxy for node 'nope'" in missing.stderr
+
+    # One good and one bad document: the error names file, document and field; nothing is applied.
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(
+        "apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: good\nspec:\n"
+        "  mtls:\n    mode: STRICT\n---\n"
+        "apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: bad\nspec:\n"
+        "  mtls:\n    mode: SOMETIMES\n")
+    for cmd in ("validate", "apply"):
+        out = _meshctl(mesh, cmd, "-f", str(mixed), check=False)
+        assert out.returncode == 1
+        assert f"{mixed} (document 2): spec.mtls.mode" in out.stderr
+    assert json.loads(_meshctl(mesh, "get", "PeerAuthentication", "-o", "json").stdout) == []
+    good = tmp_path / "good.yaml"
+    good.write_text(mixed.read_text().split("---")[0])
+    dry = json.loads(_meshctl(mesh, "apply", "--dry-run", "-f", str(good), "-o", "json").stdout)
+    assert dry["dry_run"] is True and dry["valid"] == ["PeerAuthentication/default/good"]
+    assert json.loads(_meshctl(mesh, "get", "PeerAuthentication", "-o", "json").stdout) == []
