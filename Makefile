@@ -28,3 +28,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .meshcore-demo .pytest_cache test-artifacts
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_build
+	$(BIN)/python -m tests.benchmarks.bench_convergence

@@ -7,6 +7,7 @@ Consul's service definitions where Consul has the concept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 DEFAULT_DATACENTER = "dc1"
 
@@ -96,17 +97,33 @@ class Catalog:
                 return n
         return None
 
+    # Indexes, built once per (immutable) catalog: every proxy's build looks things up here.
+    @cached_property
+    def _by_node(self) -> dict[str, tuple[ServiceInstance, ...]]:
+        return _group(self.instances, lambda i: i.node)
+
+    @cached_property
+    def _by_service(self) -> dict[str, tuple[ServiceInstance, ...]]:
+        return _group(self.instances, lambda i: i.service)
+
     def on_node(self, node: str) -> tuple[ServiceInstance, ...]:
-        return tuple(i for i in self.instances if i.node == node)
+        return self._by_node.get(node, ())
 
     def healthy(self, service: str) -> tuple[ServiceInstance, ...]:
-        return tuple(i for i in self.instances if i.service == service and i.healthy)
+        return tuple(i for i in self.instances_of(service) if i.healthy)
 
     def instances_of(self, service: str) -> tuple[ServiceInstance, ...]:
-        return tuple(i for i in self.instances if i.service == service)
+        return self._by_service.get(service, ())
 
     def service_names(self) -> tuple[str, ...]:
-        return tuple(sorted({i.service for i in self.instances}))
+        return tuple(sorted(self._by_service))
+
+
+def _group(instances, key) -> dict:
+    groups: dict = {}
+    for inst in instances:
+        groups.setdefault(key(inst), []).append(inst)
+    return {k: tuple(v) for k, v in groups.items()}
 
 
 @dataclass(frozen=True)
