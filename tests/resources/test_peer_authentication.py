@@ -79,12 +79,14 @@ def test_unset_inherits_through_every_level():
     assert effective_mtls(res, REVIEWS, "default", 9080) == "DISABLE"
 
 
-def test_omitted_mode_means_strict():
+def test_omitted_mode_inherits_as_in_istio():
     res = policies(
         pa("ns", "default", "{mtls: {mode: PERMISSIVE}}"),
-        pa("reviews", "default", "{selector: {matchLabels: {app: reviews}}}"),
+        pa("reviews", "default", "{selector: {matchLabels: {app: reviews}}, portLevelMtls: {'9999': {mode: STRICT}}}"),
     )
-    assert effective_mtls(res, REVIEWS, "default", 9080) == "STRICT"
+    assert effective_mtls(res, REVIEWS, "default", 9080) == "PERMISSIVE"
+    assert effective_mtls(res, REVIEWS, "default", 9999) == "STRICT"
+    assert effective_mtls(policies(pa("bare", "default", "{}")), REVIEWS, "default", 9080) == "STRICT"
 
 
 @pytest.mark.parametrize("order", [0, 1])

@@ -18,9 +18,9 @@ Scope of a policy:
   of **that namespace**;
 * with a selector: the workloads of its namespace whose labels contain every ``matchLabels`` pair.
 
-Differences from Istio, on purpose: an omitted ``mtls.mode`` means ``STRICT`` (meshcore is strict by
-default; write ``UNSET`` to inherit), and the mesh default with no policy at all is ``STRICT``.
-As in Istio, ``portLevelMtls`` is only accepted together with a selector.
+As in Istio, an omitted ``mtls.mode`` means ``UNSET`` (inherit from the next broader policy), and
+``portLevelMtls`` is only accepted together with a selector. Unlike Istio, the mesh default with no
+policy at all is ``STRICT``: meshcore is strict unless a policy says otherwise.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def _match_labels(spec: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _mode(block: Any) -> str:
-    """A policy's mode as written; omitted means STRICT (see module docstring)."""
+    """A policy's mode as written; omitted means UNSET, i.e. inherit (see module docstring)."""
     if not isinstance(block, Mapping):
-        return DEFAULT_MODE
-    return block.get("mode") or DEFAULT_MODE
+        return UNSET
+    return block.get("mode") or UNSET
 
 
 def _first(policies: list[Resource]) -> Resource | None:
