@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from meshcore import naming
-from meshcore.agent._fs import write_if_changed
+from meshcore._files import os_errors_as, write_if_changed
 from meshcore.agent._net import is_ip, split_host_port
+from meshcore.errors import AgentError
 
 CLUSTER_NAME = "meshcore"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -130,7 +131,8 @@ def render_bootstrap_json(bootstrap: dict[str, Any]) -> str:
 
 def write_bootstrap(path: Path, bootstrap: dict[str, Any]) -> bool:
     """Write the bootstrap atomically (0644) when its content differs; True when written."""
-    return write_if_changed(path, render_bootstrap_json(bootstrap), 0o644)
+    with os_errors_as(AgentError, f"cannot write {path}"):
+        return write_if_changed(path, render_bootstrap_json(bootstrap), 0o644)
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

@@ -25,7 +25,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from meshcore.agent._fs import atomic_write, ensure_dir, read_text, remove_stale_temp_files, write_if_changed
+from meshcore._files import (
+    atomic_write,
+    ensure_private_dir,
+    os_errors_as,
+    read_text,
+    remove_stale_temp_files,
+    write_if_changed,
+)
 from meshcore.ca import cert_info
 from meshcore.errors import AgentError, MeshError
 
@@ -215,7 +222,8 @@ class NodeIdentityStore:
 
     def prepare(self) -> None:
         """Create the state directory (0700) and finish any interrupted key rotation."""
-        ensure_dir(self.state_dir, 0o700)
+        with os_errors_as(AgentError, f"cannot create directory {self.state_dir}", "check the agent's permissions"):
+            ensure_private_dir(self.state_dir)
         remove_stale_temp_files(self.state_dir)
         self._complete_pending()
 
@@ -232,7 +240,7 @@ class NodeIdentityStore:
 
     def load_node(self, jitter: float) -> Credential | None:
         """The node credential on disk, or None when the agent has not joined (or the files are unusable)."""
-        key_pem, chain_pem = read_text(self.key_path), read_text(self.cert_path)
+        key_pem, chain_pem = _read(self.key_path), _read(self.cert_path)
         if not key_pem or not chain_pem:
             return None
         if not key_matches_cert(key_pem, chain_pem):
@@ -248,19 +256,22 @@ class NodeIdentityStore:
             raise AgentError("the control plane returned a node certificate that does not match the key sent")
         key_pending = self.key_path.with_name(KEY_FILE + PENDING)
         cert_pending = self.cert_path.with_name(CERT_FILE + PENDING)
-        atomic_write(key_pending, key_pem, 0o600)
-        atomic_write(cert_pending, chain_pem, 0o644)
+        with os_errors_as(AgentError, f"cannot write {key_pending}"):
+            atomic_write(key_pending, key_pem, 0o600)
+        with os_errors_as(AgentError, f"cannot write {cert_pending}"):
+            atomic_write(cert_pending, chain_pem, 0o644)
         key_pending.replace(self.key_path)
         cert_pending.replace(self.cert_path)
 
     def load_bundle(self) -> str | None:
-        return read_text(self.bundle_path) or None
+        return _read(self.bundle_path) or None
 
     def save_bundle(self, bundle_pem: str) -> bool:
-        return write_if_changed(self.bundle_path, bundle_pem, 0o644)
+        with os_errors_as(AgentError, f"cannot write {self.bundle_path}"):
+            return write_if_changed(self.bundle_path, bundle_pem, 0o644)
 
     def load_meta(self) -> AgentMeta:
-        text = read_text(self.meta_path)
+        text = _read(self.meta_path)
         if not text:
             return AgentMeta()
         try:
@@ -269,7 +280,14 @@ class NodeIdentityStore:
             raise AgentError(f"{self.meta_path} is not valid JSON ({exc}); remove it, it is rebuilt on join") from exc
 
     def save_meta(self, meta: AgentMeta) -> bool:
-        return write_if_changed(self.meta_path, json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n", 0o644)
+        with os_errors_as(AgentError, f"cannot write {self.meta_path}"):
+            return write_if_changed(self.meta_path, json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n", 0o644)
+
+
+def _read(path: Path) -> str | None:
+    """The file's text, or None when it does not exist; AgentError when it cannot be read."""
+    with os_errors_as(AgentError, f"cannot read {path}"):
+        return read_text(path)
 
 
 def rfc3339(value: datetime) -> str:

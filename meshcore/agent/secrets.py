@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from meshcore import naming
-from meshcore.agent._fs import TEMP_PREFIX, ensure_dir, read_text, remove_stale_temp_files, write_if_changed
+from meshcore._files import (
+    TEMP_PREFIX,
+    ensure_private_dir,
+    os_errors_as,
+    read_text,
+    remove_stale_temp_files,
+    write_if_changed,
+)
+from meshcore.errors import AgentError
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 SECRET_FILE_MODE = 0o600
@@ -57,7 +65,8 @@ class SecretsDirectory:
         self.path = path
 
     def prepare(self) -> None:
-        ensure_dir(self.path, 0o700)
+        with os_errors_as(AgentError, f"cannot create directory {self.path}", "check the agent's permissions"):
+            ensure_private_dir(self.path)
         remove_stale_temp_files(self.path)
 
     def path_of(self, secret_name: str) -> Path:
@@ -65,11 +74,15 @@ class SecretsDirectory:
 
     def write(self, secret: dict[str, Any]) -> bool:
         """Write ``secret`` (atomic, 0600) unless the file already holds it; True when written."""
-        return write_if_changed(self.path_of(secret["name"]), render_sds_file(secret), SECRET_FILE_MODE)
+        path = self.path_of(secret["name"])
+        with os_errors_as(AgentError, f"cannot write {path}"):
+            return write_if_changed(path, render_sds_file(secret), SECRET_FILE_MODE)
 
     def read(self, secret_name: str) -> dict[str, Any] | None:
         """The Secret stored for ``secret_name``, or None when missing or unreadable."""
-        text = read_text(self.path_of(secret_name))
+        path = self.path_of(secret_name)
+        with os_errors_as(AgentError, f"cannot read {path}"):
+            text = read_text(path)
         if not text:
             return None
         try:

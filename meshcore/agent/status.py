@@ -12,8 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from meshcore.agent._fs import read_text, write_if_changed
+from meshcore._files import os_errors_as, read_text, write_if_changed
 from meshcore.agent.identity import CertSummary, rfc3339
+from meshcore.errors import AgentError
 
 STATUS_FILE = "status.json"
 
@@ -100,12 +101,16 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
 
 
 def write_status(state_dir: Path, document: dict[str, Any]) -> bool:
-    return write_if_changed(state_dir / STATUS_FILE, json.dumps(document, indent=2, sort_keys=True) + "\n", 0o644)
+    path = state_dir / STATUS_FILE
+    with os_errors_as(AgentError, f"cannot write {path}"):
+        return write_if_changed(path, json.dumps(document, indent=2, sort_keys=True) + "\n", 0o644)
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:
     """The last status the agent wrote (for ``meshctl``), or None."""
-    text = read_text(state_dir / STATUS_FILE)
+    path = state_dir / STATUS_FILE
+    with os_errors_as(AgentError, f"cannot read {path}"):
+        text = read_text(path)
     return json.loads(text) if text else None
 
 

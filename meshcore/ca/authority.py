@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshcore import naming
+from meshcore._files import atomic_write, ensure_private_dir, file_lock
 from meshcore.errors import CAError, SigningRefused
 
-from ._fs import atomic_write, ensure_private_dir, file_lock
 from ._sealed import check_kek, seal, unseal
 from ._spiffeid import check_trust_domain, parse_workload_id
 from ._x509 import build_ca_cert, build_leaf_cert, serial_hex

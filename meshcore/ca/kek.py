@@ -13,9 +13,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from meshcore._files import PRIVATE_DIR_MODE, atomic_create
 from meshcore.errors import ConfigError
 
-from ._fs import PRIVATE_DIR_MODE, atomic_create
 from ._sealed import KEK_LEN
 
 KEK_ENV = "MESHCORE_KEK"

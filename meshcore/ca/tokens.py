@@ -19,9 +19,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from meshcore._files import atomic_write, ensure_private_dir, file_lock
 from meshcore.errors import CAError, JoinTokenError
 
-from ._fs import atomic_write, ensure_private_dir, file_lock
 from ._sealed import check_kek, seal, unseal
 from .model import parse_rfc3339, rfc3339
 

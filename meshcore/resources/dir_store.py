@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from meshcore._files import atomic_write, fsync_dir, write_temp
 from meshcore.errors import StoreError
 
 from .model import Resource, ResourceKey
@@ -40,29 +41,7 @@ POLL_INTERVAL = 0.1
 CORRUPT_GRACE = 1.0  # seconds watch() waits for a half-written hand edit before raising
 INDEX_FILE = ".index"
 LOCK_FILE = ".lock"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + rename (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+FILE_MODE = 0o644  # resources and the index are configuration, not secrets: readable like before
 
 
 class DirectoryStore:
@@ -133,7 +112,7 @@ class DirectoryStore:
             raise StoreError(f"index file {self.root / INDEX_FILE} is corrupt ({exc}); delete it to reset the index") from exc
 
     def _write_index(self, index: int, content_hash: str) -> None:
-        _write_atomic(self.root / INDEX_FILE, json.dumps({"index": index, "hash": content_hash}).encode())
+        atomic_write(self.root / INDEX_FILE, json.dumps({"index": index, "hash": content_hash}), FILE_MODE)
 
     def _bump(self) -> int:
         """Under the exclusive lock: record the current contents under the next index."""
@@ -236,12 +215,7 @@ class DirectoryStore:
                     if not d.exists():
                         d.mkdir()
                         created_dirs.append(d)
-                tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-                temps.append(tmp)
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                temps.append(write_temp(target, data, FILE_MODE))
         except OSError as exc:
             self._discard(temps, created_dirs)
             raise StoreError(f"apply failed, nothing was changed: cannot write {exc.filename or ''}: {exc.strerror or exc}") from exc
@@ -259,7 +233,8 @@ class DirectoryStore:
                 raise StoreError(msg) from exc
             done.append((target, old))
         for d in {t.parent for t, _, _ in plan}:
-            _fsync_dir(d)
+            with contextlib.suppress(OSError):  # committed already; a failed sync must not report "nothing changed"
+                fsync_dir(d)
 
     def _rollback(self, done: list[tuple[Path, bytes | None]]) -> list[str]:
         problems = []
@@ -268,7 +243,7 @@ class DirectoryStore:
                 if old is None:
                     target.unlink()
                 else:
-                    _write_atomic(target, old)
+                    atomic_write(target, old, FILE_MODE)
             except OSError as exc:
                 problems.append(f"{target}: {exc}")
                 log.error("rollback failed root=%s file=%s error=%s", self.root, target, exc)

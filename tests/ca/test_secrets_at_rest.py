@@ -7,6 +7,7 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
+from meshcore._files import TEMP_PREFIX
 from meshcore.ca import CertificateAuthority, JoinTokenStore, make_csr, new_private_key
 
 from .conftest import Clock
@@ -33,4 +34,4 @@ def test_state_dir_holds_no_clear_secrets(state_dir: Path, kek: bytes, clock: Cl
         for needle in needles:
             assert needle not in data, f"{path} contains a secret"
     # No leftover temp files from atomic writes.
-    assert not [p for p in files if p.name.endswith(".tmp")]
+    assert not [p for p in files if p.name.startswith(TEMP_PREFIX)]
