@@ -29,8 +29,14 @@ SYSTEMD_ONLY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_F
 
 def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "info",
                   log_path: Path | None = None) -> list[str]:
-    """The Envoy command line; everything else (node id, cluster) is in the bootstrap."""
-    argv = [envoy_path, "-c", str(bootstrap_path), "--disable-hot-restart", "--log-level", log_level]
+    """The Envoy command line; everything else (node id, cluster) is in the bootstrap.
+
+    ``--drain-strategy immediate``: when an update replaces a listener's filter chain (a policy
+    changed), connections opened under the old chain are told to close at once instead of over
+    Envoy's default gradual 600 s, so a new policy applies to pooled connections within a second.
+    """
+    argv = [envoy_path, "-c", str(bootstrap_path), "--disable-hot-restart", "--log-level", log_level,
+            "--drain-strategy", "immediate", "--drain-time-s", "5"]
     if log_path is not None:
         argv += ["--log-path", str(log_path)]
     return argv

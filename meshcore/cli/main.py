@@ -201,6 +201,32 @@ def cmd_certs_list(args) -> int:
     return 0
 
 
+def cmd_authz_check(args) -> int:
+    """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
+    from urllib.parse import urlencode
+
+    params = [("to", args.to), ("method", args.method), ("path", args.path)]
+    params += [(k, v) for k, v in (("from", args.source), ("host", args.host), ("source_ip", args.source_ip)) if v]
+    for h in args.header or []:
+        name, sep, value = h.partition("=")
+        if not sep or not name:
+            raise MeshError(f"--header {h!r}: expected NAME=VALUE, e.g. --header x-env=prod")
+        params.append(("header", f"{name}={value}"))
+    result = _client(args).get("/v1/authz/check?" + urlencode(params))
+
+    def table(d):
+        who = d["from"]["service"] or d["from"]["principal"] or "a plaintext client"
+        print(f"{who} -> {d['to']['service']}  {d['request']['method']} {d['request']['path']}")
+        for r in d["results"]:
+            verdict = "ALLOWED" if r["allowed"] else "DENIED"
+            print(f"  {','.join(r['instances'])}: {verdict}: {r['reason']}")
+            if r.get("audit"):
+                print(f"    audited by {', '.join(r['audit'])}")
+
+    _out(result, args.output, table)
+    return 0
+
+
 def cmd_demo_up(args) -> int:
     from ..demo.launcher import LocalMesh, demo_layout, stop_processes
 
@@ -309,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     cl = csub.add_parser("list", parents=[common], help="Every SVID: identity, serial, not-after, node.")
     cl.set_defaults(fn=cmd_certs_list)
 
+    sp = add("authz", None, "Authorization policies: what they decide.")
+    asub = sp.add_subparsers(dest="authz_command", required=True)
+    ac = asub.add_parser("check", parents=[common], help="Which AuthorizationPolicy and rule decide a request.")
+    ac.add_argument("--from", dest="source", help="calling service, or a principal (cluster.local/ns/NS/sa/SA); "
+                                                  "omit for a plaintext caller")
+    ac.add_argument("--to", required=True, help="called service")
+    ac.add_argument("--method", default="GET")
+    ac.add_argument("--path", default="/")
+    ac.add_argument("--host", help="the :authority the caller sends (default: the called service's name)")
+    ac.add_argument("--header", action="append", help="NAME=VALUE request header (repeatable)")
+    ac.add_argument("--source-ip", help="caller address (default: its node's address)")
+    ac.set_defaults(fn=cmd_authz_check)
+
     sp = add("demo", None, "Run the whole mesh on this machine (no root, no Consul).")
     dsub = sp.add_subparsers(dest="demo_command", required=True)
     du = dsub.add_parser("up", parents=[common], help="Start the demo mesh; returns once it serves.")
@@ -318,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     dd = dsub.add_parser("down", parents=[common], help="Stop every process the demo started.")
     dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
     dd.set_defaults(fn=cmd_demo_down)
+
+    from .inventory import register as register_inventory
+    from .render import register as register_render
+
+    register_render(sub, common)
+    register_inventory(sub, common)
     return p
 
 

@@ -45,6 +45,7 @@ class OperatorApi:
         r.add("GET", "/v1/certs", self.certs)
         r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": self.cp.ca.trust_domain,
                                                       "bundle": self.cp.ca.bundle_pem()})
+        r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
         return r
@@ -148,6 +149,33 @@ class OperatorApi:
                         "not_before": c.not_before.isoformat().replace("+00:00", "Z"),
                         "not_after": c.not_after.isoformat().replace("+00:00", "Z")})
         return out
+
+    def authz_check(self, req: Request) -> dict:
+        """``meshctl authz check``: ?to=SVC[&from=SVC|PRINCIPAL][&method=&path=&host=&source_ip=][&header=k=v...]."""
+        from urllib.parse import parse_qs, urlsplit
+
+        from ..authz import CheckQuery, check
+        from ..errors import ConfigError
+
+        query = parse_qs(urlsplit(req.handler.path).query, keep_blank_values=True)
+        one = lambda key, default=None: query.get(key, [default])[-1]  # noqa: E731
+        if not one("to"):
+            raise HttpError(400, "authz check needs ?to=SERVICE (and usually from=SERVICE)")
+        headers = {}
+        for item in query.get("header", []):
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise HttpError(400, f"header {item!r} must be NAME=VALUE")
+            headers[name.lower()] = value
+        snapshot = self.cp.engine.snapshot
+        if snapshot is None:
+            raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+        try:
+            return check(snapshot, CheckQuery(
+                destination=one("to"), source=one("from") or None, method=one("method", "GET"),
+                path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
+        except ConfigError as exc:
+            raise HttpError(404, str(exc)) from exc
 
     def metrics(self, req: Request) -> Response:
         return Response(generate_latest(self.cp.metrics.registry), content_type=CONTENT_TYPE_LATEST)

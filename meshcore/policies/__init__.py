@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import peer_authentication
+from . import authorization_policy, peer_authentication
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 
 PLUGINS: tuple[tuple[str, Plugin], ...] = (
     ("PeerAuthentication", peer_authentication.apply),
+    ("AuthorizationPolicy", authorization_policy.apply),
 )
 
 

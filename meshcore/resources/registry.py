@@ -11,10 +11,11 @@ from __future__ import annotations
 from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
-from .kinds import peer_authentication
+from .kinds import authorization_policy, peer_authentication
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,
+    authorization_policy.KIND,
 )
 
 KINDS: dict[str, KindSpec] = {k.kind: k for k in _ORDER}

@@ -38,7 +38,8 @@ def test_restart_delay_doubles_to_the_cap_and_resets_after_a_healthy_run():
 def test_envoy_command():
     argv = envoy_command("/usr/bin/envoy", Path("/s/envoy/bootstrap.json"), log_path=Path("/var/log/envoy.log"))
     assert argv == ["/usr/bin/envoy", "-c", "/s/envoy/bootstrap.json", "--disable-hot-restart",
-                    "--log-level", "info", "--log-path", "/var/log/envoy.log"]
+                    "--log-level", "info", "--drain-strategy", "immediate", "--drain-time-s", "5",
+                    "--log-path", "/var/log/envoy.log"]
     assert "--log-path" not in envoy_command("envoy", Path("b.json"))
 
 

@@ -36,6 +36,36 @@ spec:
     mode: PERMISSIVE
 """
 
+# AuthorizationPolicy cases: the example policies, plus DENY and AUDIT policies on details.
+POLICIES = ROOT / "examples" / "policies"
+AUTHZ_DETAILS = (POLICIES / "details-from-productpage.yaml").read_text() + """
+---
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: details-no-debug
+spec:
+  selector:
+    matchLabels:
+      app: details
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-debug]
+      values: ["*"]
+---
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-writes
+spec:
+  action: AUDIT
+  rules:
+  - to:
+    - operation:
+        notMethods: ["GET", "HEAD"]
+"""
+
 
 def _snapshot(resources_text: str = "") -> MeshSnapshot:
     catalog = FileCatalogSource(CATALOG).poll(None, 0).catalog
@@ -54,6 +84,9 @@ CASES = {
     "vm3": ("", "vm3"),
     "gateway": ("", "gateway"),
     "vm2-details-permissive": (PERMISSIVE_DETAILS, "vm2"),
+    "vm1-authz-productpage-get-only": ((POLICIES / "productpage-get-only.yaml").read_text(), "vm1"),
+    "vm2-authz-details": (PERMISSIVE_DETAILS + "---\n" + AUTHZ_DETAILS, "vm2"),
+    "vm3-authz-deny-all": ((POLICIES / "deny-all.yaml").read_text(), "vm3"),
 }
 
 

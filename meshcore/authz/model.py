@@ -1,0 +1,66 @@
+"""What the evaluator is asked about (:class:`Request`) and what it answers (:class:`Decision`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from ..naming import principal_of
+from .patterns import namespace_of_principal
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the destination's inbound Envoy sees it.
+
+    ``principal`` is the caller's SPIFFE ID without its scheme (``cluster.local/ns/default/sa/x``; a
+    ``spiffe://`` prefix is accepted and stripped), None for a plaintext caller. ``source_namespace``
+    defaults to the namespace inside the principal, which is what Envoy matches. ``port`` is the
+    destination workload's own port (the one ``ports`` and ``destination.port`` name). ``protocol`` is
+    the destination's (``http`` or ``tcp``; TCP policies ignore HTTP attributes as Istio does).
+    Header names are case-insensitive.
+    """
+
+    principal: str | None = None
+    source_ip: str | None = None
+    method: str = "GET"
+    path: str = "/"
+    host: str = ""
+    port: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    source_namespace: str | None = None
+    protocol: str = "http"
+
+    def __post_init__(self) -> None:
+        if self.principal is not None:
+            object.__setattr__(self, "principal", principal_of(self.principal))
+        if self.source_namespace is None:
+            object.__setattr__(self, "source_namespace", namespace_of_principal(self.principal))
+        object.__setattr__(self, "headers", {str(k).lower(): str(v) for k, v in dict(self.headers).items()})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict and why.
+
+    ``action`` is the action of the policy kind that decided (``DENY``: a DENY rule matched; ``ALLOW``:
+    an ALLOW rule matched, or ALLOW policies select the workload and none matched), None when no policy
+    decided (allowed by default). ``policy`` (``ns/name``) and ``rule_index`` name the matching rule,
+    None when no rule matched. ``audit`` lists the AUDIT rules (``ns/name[i]``) that matched; they never
+    change the verdict.
+    """
+
+    allowed: bool
+    action: str | None
+    policy: str | None
+    rule_index: int | None
+    reason: str
+    audit: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["audit"] = list(self.audit)
+        return data
+
+
+__all__ = ["Request", "Decision"]

@@ -1,0 +1,316 @@
+"""AuthorizationPolicy: compile Istio-style policies into Envoy RBAC filters on inbound listeners.
+
+For every local sidecar instance that some policy selects, each filter chain of its inbound listener
+(``mtls``, and ``plaintext`` under PERMISSIVE) gets, in this order:
+
+1. one RBAC filter with action LOG for the AUDIT policies (never blocks; its per-rule counters count matches);
+2. one RBAC filter with action DENY per DENY policy, in (namespace, name) order, so each policy's
+   denials have their own counters;
+3. one RBAC filter with action ALLOW holding every ALLOW policy's rules, present as soon as an ALLOW
+   policy selects the workload: no rule matching (or none at all) then denies.
+
+HTTP chains get ``envoy.filters.http.rbac`` inside the HttpConnectionManager, before the router
+(stats ``http.<listener>.rbac.authz.<action>[.<ns>.<name>].{allowed,denied}`` plus per-rule counters);
+TCP chains (``meta protocol=tcp``) get ``envoy.filters.network.rbac`` before ``tcp_proxy`` (stats
+``tcp.<listener>.authz.<action>[.<ns>.<name>].rbac.{allowed,denied}``). Each Envoy RBAC policy is
+one rule, named ``<ns>/<name>[<index>]``; a 403 carries it in the response code details
+(``rbac_access_denied_matched_policy[default/deny-post[0]]``).
+
+Rules are read by :func:`meshcore.authz.policy_rules`, the same reading :func:`meshcore.authz.decide`
+evaluates, including Istio's TCP rule (ALLOW rules using HTTP-only fields are dropped, DENY and AUDIT
+rules lose those fields). ``ports`` and ``destination.port`` name the workload's own port; each
+inbound listener serves one workload port, so they are resolved here, per listener.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Sequence
+
+from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+
+from .. import naming
+from ..authz.patterns import ANY, EXACT, PREFIX, Pattern, host_regex, spiffe_namespace_regex
+from ..authz.rules import (
+    DESTINATION_PORT,
+    REQUEST_HEADERS,
+    REQUEST_HOST,
+    REQUEST_METHOD,
+    REQUEST_PATH,
+    SOURCE_IP,
+    SOURCE_NAMESPACE,
+    SOURCE_PRINCIPAL,
+    Condition,
+    PolicyRules,
+    Rule,
+    policy_rules,
+)
+from ..catalog.model import ServiceInstance
+from ..errors import SnapshotInvalid
+from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, KIND_NAME, policies_for
+from ..resources.model import Resource
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..xds.build import _common as c
+
+KIND = KIND_NAME
+HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+_ENVOY_ACTION = {ALLOW: rbac_pb2.RBAC.ALLOW, DENY: rbac_pb2.RBAC.DENY, AUDIT: rbac_pb2.RBAC.LOG}
+
+Permission = rbac_pb2.Permission
+Principal = rbac_pb2.Principal
+_Matcher = Permission | Principal | bool  # True/False: decided here (ports), nothing to send to Envoy
+
+
+@dataclass(frozen=True)
+class RbacStage:
+    """One RBAC filter to insert: ``label`` names it in stats (``allow``, ``audit``, ``deny.<ns>.<name>``)."""
+
+    label: str
+    rules: rbac_pb2.RBAC
+
+
+# --- conditions -> Envoy matchers -----------------------------------------------------------------
+
+
+def _string(pattern: Pattern, prefix: str = "") -> string_pb2.StringMatcher:
+    if pattern.kind == ANY:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".+"))
+    if pattern.kind == EXACT:
+        return string_pb2.StringMatcher(exact=prefix + pattern.text)
+    if pattern.kind == PREFIX:
+        return string_pb2.StringMatcher(prefix=prefix + pattern.text)
+    return string_pb2.StringMatcher(suffix=pattern.text)
+
+
+def _regex(regex: str) -> string_pb2.StringMatcher:
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))
+
+
+def _header(name: str, value: str) -> Permission:
+    pattern = Pattern.parse(value)
+    if name == ":authority":
+        return Permission(header=route_components_pb2.HeaderMatcher(name=name, string_match=_regex(host_regex(value))))
+    if pattern.kind == ANY and name != ":method":
+        return Permission(header=route_components_pb2.HeaderMatcher(name=name, present_match=True))
+    return Permission(header=route_components_pb2.HeaderMatcher(name=name, string_match=_string(pattern)))
+
+
+def _cidr(block: str) -> address_pb2.CidrRange:
+    net = ipaddress.ip_network(block, strict=False)
+    return address_pb2.CidrRange(address_prefix=str(net.network_address),
+                                 prefix_len=wrappers_pb2.UInt32Value(value=net.prefixlen))
+
+
+def _authenticated(matcher: string_pb2.StringMatcher) -> Principal:
+    return Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=matcher))
+
+
+def _value_matcher(cond: Condition, value: str) -> Permission | Principal:
+    a = cond.attribute
+    if a == SOURCE_PRINCIPAL:
+        return _authenticated(_string(Pattern.parse(value), prefix="spiffe://"))
+    if a == SOURCE_NAMESPACE:
+        return _authenticated(_regex(spiffe_namespace_regex(value)))
+    if a == SOURCE_IP:
+        return Principal(direct_remote_ip=_cidr(value))
+    if a == REQUEST_METHOD:
+        return _header(":method", value)
+    if a == REQUEST_HOST:
+        return _header(":authority", value)
+    if a == REQUEST_PATH:
+        return Permission(url_path=path_pb2.PathMatcher(path=_string(Pattern.parse(value))))
+    if a == REQUEST_HEADERS:
+        return _header(cond.header or "", value)
+    raise ValueError(f"no Envoy matcher for attribute {a!r}")
+
+
+def _any_of(items: list, cls) -> Message:
+    if len(items) == 1:
+        return items[0]
+    if cls is Principal:
+        return Principal(or_ids=Principal.Set(ids=items))
+    return Permission(or_rules=Permission.Set(rules=items))
+
+
+def _all_of(items: list, cls) -> Message:
+    if not items:
+        return cls(any=True)
+    if len(items) == 1:
+        return items[0]
+    if cls is Principal:
+        return Principal(and_ids=Principal.Set(ids=items))
+    return Permission(and_rules=Permission.Set(rules=items))
+
+
+def condition_matcher(cond: Condition, instance: ServiceInstance) -> _Matcher:
+    """The Envoy matcher for one condition, or True/False when it is decided by the listener alone."""
+    if cond.attribute == DESTINATION_PORT:
+        hit = any(v.isdigit() and int(v) == instance.port for v in cond.values)
+        return hit != cond.negated
+    cls = Principal if cond.on_source else Permission
+    matcher = _any_of([_value_matcher(cond, v) for v in cond.values], cls)
+    if not cond.negated:
+        return matcher
+    return Principal(not_id=matcher) if cls is Principal else Permission(not_rule=matcher)
+
+
+def _alternatives(blocks, extra: Sequence[Condition], cls, instance: ServiceInstance) -> list | None:
+    """OR over ``blocks`` (None: one empty block) of AND over each block's conditions plus ``extra``.
+
+    None when no alternative can match on this listener."""
+    out = []
+    for block in blocks if blocks is not None else [()]:
+        parts = []
+        for cond in tuple(block) + tuple(extra):
+            m = condition_matcher(cond, instance)
+            if m is False:
+                break
+            if m is not True:
+                parts.append(m)
+        else:
+            out.append(_all_of(parts, cls))
+    return out or None
+
+
+def rule_policy(rule: Rule, instance: ServiceInstance) -> rbac_pb2.Policy | None:
+    """One rule as an Envoy RBAC policy; None when it cannot match on ``instance``'s listener (ports)."""
+    request_when = [c for c in rule.when if not c.on_source]
+    source_when = [c for c in rule.when if c.on_source]
+    permissions = _alternatives(rule.operations, request_when, Permission, instance)
+    principals = _alternatives(rule.sources, source_when, Principal, instance)
+    if permissions is None or principals is None:
+        return None
+    return rbac_pb2.Policy(permissions=permissions, principals=principals)
+
+
+def _rbac(action: str, policies: Sequence[PolicyRules], instance: ServiceInstance) -> rbac_pb2.RBAC:
+    rules = rbac_pb2.RBAC(action=_ENVOY_ACTION[action])
+    for p in policies:
+        for rule in p.rules:
+            compiled = rule_policy(rule, instance)
+            if compiled is not None:
+                rules.policies[p.rule_id(rule)].CopyFrom(compiled)
+    return rules
+
+
+def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list[RbacStage]:
+    """The RBAC filters for ``instance``, in evaluation order (pure). ``selected``: the policies selecting it."""
+    compiled = [policy_rules(p, instance.protocol) for p in selected]
+    compiled.sort(key=lambda p: (p.namespace, p.name))
+    stages: list[RbacStage] = []
+    audits = [p for p in compiled if p.action == AUDIT]
+    if audits:
+        stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance)))
+    for p in compiled:
+        if p.action == DENY:
+            rules = _rbac(DENY, [p], instance)
+            if rules.policies:  # a DENY filter without policies allows everything: leave it out
+                stages.append(RbacStage(f"deny.{p.namespace}.{p.name}", rules))
+    allows = [p for p in compiled if p.action == ALLOW]
+    if allows:
+        stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance)))
+    return stages
+
+
+# --- inserting into the built listeners -----------------------------------------------------------
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def _is(packed: any_pb2.Any, cls) -> bool:
+    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
+
+
+def _stat(name: str) -> str:
+    return name.replace(":", "_").replace("|", "_").replace(".", "_")
+
+
+def _insert_http(network_filter, stages: list[RbacStage], where: str) -> None:
+    hcm = hcm_pb2.HttpConnectionManager()
+    if not network_filter.typed_config.Unpack(hcm):
+        raise ValueError(f"{where}: cannot unpack the HttpConnectionManager")
+    filters = list(hcm.http_filters)
+    routers = [i for i, f in enumerate(filters) if _is(f.typed_config, router_pb2.Router)]
+    if not routers:
+        raise ValueError(f"{where}: the HttpConnectionManager has no router filter to put RBAC before")
+    at = routers[0]
+    rbac_filters = [
+        hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=_pack(http_rbac_pb2.RBAC(
+            rules=s.rules, rules_stat_prefix=f"authz.{s.label}.", track_per_rule_stats=True)))
+        for s in stages
+    ]
+    del hcm.http_filters[:]
+    hcm.http_filters.extend(filters[:at] + rbac_filters + filters[at:])
+    network_filter.typed_config.CopyFrom(_pack(hcm))
+
+
+def _insert_tcp(chain, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
+    new = [
+        listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=_pack(network_rbac_pb2.RBAC(
+            rules=s.rules, stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}.")))
+        for s in stages
+    ]
+    filters = list(chain.filters)
+    del chain.filters[:]
+    chain.filters.extend(filters[:at] + new + filters[at:])
+
+
+def secure_chain(chain: listener_components_pb2.FilterChain, stages: list[RbacStage], listener_name: str) -> None:
+    """Insert ``stages`` into one inbound filter chain: before the router (HTTP) or tcp_proxy (TCP)."""
+    where = f"listener {listener_name!r} chain {chain.name!r}"
+    for i, f in enumerate(chain.filters):
+        if _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+            _insert_http(f, stages, where)
+            return
+        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
+            _insert_tcp(chain, i, stages, _stat(listener_name))
+            return
+    raise ValueError(f"{where}: no http_connection_manager or tcp_proxy to enforce AuthorizationPolicy on")
+
+
+def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
+    from ..xds.build import LISTENER
+
+    policies = snapshot.resources_of(KIND)
+    if not policies:
+        return
+    by_name = {l.name: l for l in resources[LISTENER]}
+    problems = []
+    for inst in c.sidecar_instances(snapshot, proxy):
+        listener = by_name.get(naming.inbound_listener(inst.id))
+        if listener is None:
+            continue
+        selected = policies_for(policies, inst.labels, inst.namespace)
+        if not selected:
+            continue
+        stages = rbac_stages(selected, inst)
+        for chain in listener.filter_chains:
+            try:
+                secure_chain(chain, stages, listener.name)
+            except ValueError as exc:
+                problems.append(f"AuthorizationPolicy not enforceable: {exc}")
+    if problems:
+        # Fail closed: a proxy whose policies cannot be enforced keeps its last good config.
+        raise SnapshotInvalid(proxy.node, problems)
+
+
+__all__ = ["apply", "rbac_stages", "rule_policy", "condition_matcher", "secure_chain", "RbacStage",
+           "HTTP_RBAC", "NETWORK_RBAC"]

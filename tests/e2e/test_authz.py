@@ -1,0 +1,384 @@
+"""End to end: AuthorizationPolicy enforced by the real Envoys of a running mesh, and `meshctl authz check` agreeing.
+
+Its own bookinfo mesh (``_topology``) on test-only loopback addresses and free ports. Policies are
+applied and deleted with ``meshctl`` subprocesses. Callers with other identities of the trust domain
+are made two ways: a node identity through a join token (as an agent gets one), and workload
+identities signed by the mesh's own CA (opened from its encrypted state with the mesh's KEK, as
+``meshctl`` may do on the control plane host), so requests can be sent straight to an inbound
+listener over mTLS as any principal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from meshcore import naming
+from meshcore.ca import CertificateAuthority, key_to_pem, load_kek, make_csr, new_private_key
+from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
+
+from ._topology import NODES, free_port, write_catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "policies"
+CONVERGE_S = 2.0
+TESTER = "cluster.local/meshcore/node/tester"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    state = tmp_path_factory.mktemp("authz-mesh")
+    catalog_dir = state / "consul.d"
+    defs = write_catalog(catalog_dir)
+    layout = MeshLayout(
+        state_dir=state, catalog_dir=catalog_dir,
+        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
+        leaf_ttl="1h", agent_refresh="2s",
+    )
+    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
+    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
+    m.gateway = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}"
+    try:
+        m.up(wait_url=m.gateway + "/productpage?format=json")
+    except BaseException:
+        for log in sorted((state / "logs").glob("*.log")):
+            print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+        m.down()
+        raise
+    m.defs = defs
+    m.certs = state / "certs"
+    m.certs.mkdir()
+    m.ca = CertificateAuthority.open(state / "controlplane" / "ca", kek=load_kek(state / "kek"),
+                                     leaf_ttl=timedelta(minutes=30))
+    yield m
+    m.down()
+    artifacts = ROOT / "test-artifacts" / "e2e-authz-logs"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    shutil.copytree(state / "logs", artifacts)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _meshctl(mesh, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
+                          capture_output=True, text=True, check=check, timeout=60)
+
+
+def _apply(mesh, path: Path) -> None:
+    _meshctl(mesh, "apply", "-f", str(path))
+
+
+def _delete(mesh, path: Path) -> None:
+    _meshctl(mesh, "delete", "-f", str(path), "--ignore-not-found")
+
+
+def _authz(mesh, *args: str) -> dict:
+    return json.loads(_meshctl(mesh, "authz", "check", *args, "-o", "json").stdout)
+
+
+def _inbound(mesh, sid: str) -> tuple[str, int]:
+    d = mesh.defs[sid]
+    return NODES[d["node"]], d["connect"]["sidecar_service"]["port"]
+
+
+def _identity(mesh, spiffe_id: str) -> tuple[Path, Path]:
+    """A certificate for ``spiffe_id`` from the mesh's CA (the key made here, only a CSR signed)."""
+    stem = spiffe_id.replace("spiffe://", "").replace("/", "_")
+    cert, key_path = mesh.certs / f"{stem}.pem", mesh.certs / f"{stem}.key"
+    if not cert.exists():
+        key = new_private_key()
+        issued = mesh.ca.sign_csr(make_csr(key, spiffe_id), spiffe_id=spiffe_id)
+        cert.write_text(issued.chain_pem)
+        key_path.write_text(key_to_pem(key))
+    return cert, key_path
+
+
+def _node_identity(mesh) -> tuple[Path, Path]:
+    """The node identity an agent gets with a join token (what test_mesh.py's _join_cert does)."""
+    cert, key_path = mesh.certs / "tester.pem", mesh.certs / "tester.key"
+    if cert.exists():
+        return cert, key_path
+    token = mesh._post("/v1/tokens", {"node": "tester", "ttl": "5m"})["token"]
+    key = new_private_key()
+    csr = make_csr(key, naming.node_spiffe_id("cluster.local", "tester"))
+    ctx = ssl.create_default_context(cafile=mesh.cp_info["ca_file"])
+    req = urllib.request.Request(mesh.cp_info["api"] + "/v1/agent/join", method="POST",
+                                 data=json.dumps({"node": "tester", "token": token, "csr": csr}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        issued = json.loads(resp.read())
+    cert.write_text(issued["chain"])
+    key_path.write_text(key_to_pem(key))
+    return cert, key_path
+
+
+def _mtls_status(mesh, sid: str, identity: tuple[Path, Path], method: str = "GET", path: str = "/health",
+                 headers: dict | None = None, source_ip: str | None = None) -> int:
+    """Status of one request sent straight to ``sid``'s inbound listener over mTLS as ``identity``."""
+    host, port = _inbound(mesh, sid)
+    ctx = ssl.create_default_context(cafile=mesh.cp_info["ca_file"])
+    ctx.check_hostname = False  # SPIFFE: the identity is the URI SAN
+    ctx.load_cert_chain(str(identity[0]), str(identity[1]))
+    lines = [f"{method} {path} HTTP/1.1", "Host: details", "Connection: close", "Content-Length: 0"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection((host, port), timeout=5, source_address=(source_ip or "127.0.0.1", 0)) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            data = b""
+            while b"\r\n" not in data and (chunk := tls.recv(4096)):
+                data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _gateway(mesh, method: str = "GET", path: str = "/productpage?format=json") -> tuple[int, bytes]:
+    req = urllib.request.Request(mesh.gateway + path, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _page_parts_ok(mesh) -> bool:
+    status, body = _gateway(mesh)
+    if status != 200:
+        return False
+    page = json.loads(body)
+    return "error" not in page["details"] and "error" not in page["reviews"]
+
+
+def _converges(check, what: str) -> float:
+    started = time.monotonic()
+    wait_until(check, CONVERGE_S, what, interval=0.05)
+    return time.monotonic() - started
+
+
+# --- (a) the product-brief contract -------------------------------------------------------------------
+
+
+def test_get_only_policy_on_productpage_within_two_seconds(mesh):
+    policy = EXAMPLES / "productpage-get-only.yaml"
+    assert _gateway(mesh, "POST", "/productpage")[0] == 405  # the app's own answer: it only serves GET
+    assert _page_parts_ok(mesh)
+    try:
+        _apply(mesh, policy)
+        took = _converges(lambda: _gateway(mesh, "POST", "/productpage")[0] == 403, "POST to answer 403")
+        assert _page_parts_ok(mesh)  # GET still 200, with details and reviews
+        print(f"apply -> enforced in {took * 1000:.0f} ms")
+        post = _authz(mesh, "--from", "ingress-gateway", "--to", "productpage", "--method", "POST", "--path", "/productpage")
+        get = _authz(mesh, "--from", "ingress-gateway", "--to", "productpage", "--path", "/productpage")
+        assert post["allowed"] is False and "default/productpage-get-only" in post["results"][0]["reason"]
+        assert get["allowed"] is True and get["results"][0]["policy"] == "default/productpage-get-only"
+        table = _meshctl(mesh, "authz", "check", "--from", "ingress-gateway", "--to", "productpage",
+                         "--method", "POST").stdout
+        assert "productpage-v1: DENIED" in table
+    finally:
+        _delete(mesh, policy)
+    took = _converges(lambda: _gateway(mesh, "POST", "/productpage")[0] == 405, "POST to reach the app again")
+    print(f"delete -> lifted in {took * 1000:.0f} ms")
+    assert _page_parts_ok(mesh)
+    assert "no policy selects productpage: allowed" in _meshctl(
+        mesh, "authz", "check", "--from", "ingress-gateway", "--to", "productpage", "--method", "POST").stdout
+
+
+# --- (b) principals --------------------------------------------------------------------------------
+
+
+def test_principal_policy_on_details(mesh):
+    policy = EXAMPLES / "details-from-productpage.yaml"
+    tester = _node_identity(mesh)
+    assert _mtls_status(mesh, "details-v1", tester, path="/details/0") == 200
+    try:
+        _apply(mesh, policy)
+        _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 403,
+                   "details to refuse the node identity")
+        assert _page_parts_ok(mesh)  # productpage's own identity still gets details
+        assert _authz(mesh, "--from", "productpage", "--to", "details", "--path", "/details/0")["allowed"] is True
+        other = _authz(mesh, "--from", TESTER, "--to", "details", "--path", "/details/0")
+        assert other["allowed"] is False and other["from"]["principal"] == TESTER
+    finally:
+        _delete(mesh, policy)
+    _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 200, "the policy to lift")
+
+
+# --- (c) DENY beats ALLOW ----------------------------------------------------------------------------
+
+DENY_BEATS_ALLOW = f"""\
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {{name: details-allow}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  rules:
+  - from: [{{source: {{principals: ["{TESTER}", "cluster.local/ns/default/sa/productpage"]}}}}]
+---
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {{name: details-deny-tester}}
+spec:
+  selector: {{matchLabels: {{app: details}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: ["{TESTER}"]}}}}]
+    to: [{{operation: {{paths: ["/details/*"]}}}}]
+"""
+
+
+def test_deny_beats_allow(mesh, tmp_path):
+    policy = tmp_path / "deny-beats-allow.yaml"
+    policy.write_text(DENY_BEATS_ALLOW)
+    tester = _node_identity(mesh)
+    try:
+        _apply(mesh, policy)
+        _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 403, "the DENY policy")
+        assert _mtls_status(mesh, "details-v1", tester, path="/health") == 200  # allowed, not denied
+        assert _page_parts_ok(mesh)
+        denied = _authz(mesh, "--from", TESTER, "--to", "details", "--path", "/details/0")["results"][0]
+        assert (denied["allowed"], denied["action"], denied["policy"]) == (False, "DENY", "default/details-deny-tester")
+        allowed = _authz(mesh, "--from", TESTER, "--to", "details", "--path", "/health")["results"][0]
+        assert (allowed["allowed"], allowed["policy"]) == (True, "default/details-allow")
+    finally:
+        _delete(mesh, policy)
+    _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 200, "the policies to lift")
+
+
+# --- (d) mesh-wide default deny ------------------------------------------------------------------------
+
+
+def test_mesh_wide_deny_all_and_back(mesh):
+    policy = EXAMPLES / "deny-all.yaml"
+    tester = _node_identity(mesh)
+    try:
+        _apply(mesh, policy)
+        took = _converges(lambda: _gateway(mesh)[0] == 403, "the gateway to get 403 from productpage")
+        print(f"deny-all enforced in {took * 1000:.0f} ms")
+        for sid, d in mesh.defs.items():
+            if "connect" in d:
+                assert _mtls_status(mesh, sid, tester) == 403, sid
+        out = _authz(mesh, "--from", "ingress-gateway", "--to", "productpage")
+        assert out["allowed"] is False and "meshcore-system/deny-all (no rules)" in out["results"][0]["reason"]
+        out = _authz(mesh, "--from", "reviews", "--to", "ratings")
+        assert out["allowed"] is False
+    finally:
+        _delete(mesh, policy)
+    took = _converges(lambda: _page_parts_ok(mesh), "the page to be served again")
+    print(f"deny-all lifted in {took * 1000:.0f} ms")
+
+
+# --- (e) the evaluator and Envoy agree, request by request ------------------------------------------------
+
+TABLE_POLICIES = """\
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: details-table}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]
+  - from: [{source: {namespaces: ["prod-*"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/details/*"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/shop/*"], notPrincipals: ["*/sa/blocked"]}}]
+    when: [{key: "request.headers[x-team]", values: ["books"]}]
+  - from: [{source: {ipBlocks: ["127.0.0.31/32"]}}]
+---
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: details-deny}
+spec:
+  selector: {matchLabels: {app: details}}
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: ["prod-*"]}}]
+    to: [{operation: {paths: ["/details/1*"]}}]
+  - when: [{key: source.principal, values: ["cluster.local/meshcore/node/*"]}]
+"""
+
+PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/productpage"
+PROD_API = "spiffe://cluster.local/ns/prod-eu/sa/api"
+CART = "spiffe://cluster.local/ns/shop/sa/cart"
+BLOCKED = "spiffe://cluster.local/ns/shop/sa/blocked"
+NODE = "node"
+# (identity, source ip, method, path, headers)
+TABLE = [
+    (PRODUCTPAGE, None, "GET", "/details/0", {}),
+    (PRODUCTPAGE, None, "POST", "/anything", {}),
+    (PROD_API, None, "GET", "/details/0", {}),
+    (PROD_API, None, "GET", "/details/12", {}),
+    (PROD_API, None, "POST", "/details/0", {}),
+    (PROD_API, None, "GET", "/health", {}),
+    (CART, None, "GET", "/details/0", {"x-team": "books"}),
+    (CART, None, "GET", "/details/0", {"x-team": "music"}),
+    (CART, None, "GET", "/details/0", {}),
+    (CART, "127.0.0.31", "GET", "/details/0", {}),
+    (BLOCKED, None, "GET", "/details/0", {"x-team": "books"}),
+    (NODE, None, "GET", "/details/0", {}),
+    (NODE, "127.0.0.31", "GET", "/health", {}),
+]
+
+
+def _stats(admin: str) -> dict[str, int]:
+    status, body = http_get(f"http://{admin}/stats?usedonly&filter=inbound_details-v1.rbac")
+    assert status == 200
+    out = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(": ")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+def test_evaluator_agrees_with_envoy(mesh, tmp_path):
+    policy = tmp_path / "table.yaml"
+    policy.write_text(TABLE_POLICIES)
+    tester = _node_identity(mesh)
+    identities = {NODE: tester, **{sid: _identity(mesh, sid) for sid in {row[0] for row in TABLE} - {NODE}}}
+    admin = mesh.layout.admin[mesh.defs["details-v1"]["node"]]
+    try:
+        _apply(mesh, policy)
+        _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 403, "the table policies")
+        before = _stats(admin)
+        mismatches, denied_by = [], Counter()
+        for identity, source_ip, method, path, headers in TABLE:
+            principal = TESTER if identity == NODE else naming.principal_of(identity)
+            query = [("from", principal), ("to", "details"), ("method", method), ("path", path),
+                     ("source_ip", source_ip or "127.0.0.1"), ("host", "details")]
+            query += [("header", f"{k}={v}") for k, v in headers.items()]
+            with urllib.request.urlopen(f"{mesh.cp_info['http']}/v1/authz/check?{urllib.parse.urlencode(query)}",
+                                        timeout=5) as resp:
+                [decision] = json.loads(resp.read())["results"]
+            status = _mtls_status(mesh, "details-v1", identities[identity], method, path, headers, source_ip)
+            if (status == 403) == decision["allowed"]:
+                mismatches.append((principal, source_ip, method, path, headers, status, decision["reason"]))
+            if not decision["allowed"]:
+                denied_by[f"{decision['policy']}[{decision['rule_index']}]" if decision["policy"] else "allow"] += 1
+        assert mismatches == []
+        assert 4 <= sum(denied_by.values()) <= len(TABLE) - 4  # the table exercises both verdicts
+        after = _stats(admin)
+
+        def delta(name: str) -> int:
+            full = f"http.inbound_details-v1.rbac.{name}"
+            return after.get(full, 0) - before.get(full, 0)
+
+        # Envoy's counters name the same deciding rules as the evaluator
+        for rule in (0, 1):
+            key = f"default/details-deny[{rule}]"
+            assert delta(f"authz.deny.default.details-deny.policy.{key}.denied") == denied_by[key] > 0, key
+        assert delta("authz.allow.denied") == denied_by["allow"] > 0
+    finally:
+        _delete(mesh, policy)
+    _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 200, "the policies to lift")

