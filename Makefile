@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-down test bench venv lint clean
+.PHONY: demo demo-down test bench venv lint clean lab-up lab-down lab-deps
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing meshcore with its test tools"
@@ -23,7 +23,7 @@ demo: $(STAMP)
 demo-down: $(STAMP)
 	$(BIN)/meshctl demo down
 
-test: $(STAMP)
+test: $(STAMP) lab-deps
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
@@ -32,3 +32,25 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_build
 	$(BIN)/python -m tests.benchmarks.bench_convergence
+
+# The lab of booted Debian hosts (systemd-nspawn) with meshcore deployed by ansible/playbooks/site.yml;
+# needs root. The last line lab-up prints is JSON: hosts, inventory, ingress (see docs/deploy.md).
+lab-up: $(STAMP) lab-deps
+	@$(BIN)/python lab/deploy.py
+
+lab-down:
+	@lab/down.sh
+
+# As root, install what the lab and systemd-analyze need (does nothing when not root).
+lab-deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+		missing=""; \
+		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd; do \
+			command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
+		done; \
+		if [ -n "$$missing" ]; then \
+			echo "==> apt-get install$$missing" >&2; \
+			apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				debootstrap systemd-container iproute2 openssh-client systemd >&2; \
+		fi; \
+	fi

@@ -90,3 +90,21 @@ def secret_file(secret_name: str) -> str:
 
 
 XDS_CLUSTER = "meshcore_xds"
+
+
+# --- traffic management (DestinationRule subsets, VirtualService routes) -------------------
+
+def subset_cluster(upstream: str, source_service: str, subset: str) -> str:
+    """Cluster a local service uses to reach one DestinationRule subset of ``upstream``."""
+    return f"{upstream_cluster(upstream, source_service)}|{subset}"
+
+
+def subset_endpoints(upstream: str, subset: str, datacenter: str | None = None) -> str:
+    """EDS name (ClusterLoadAssignment) of the instances of ``upstream`` that a subset's labels select."""
+    return f"{upstream_endpoints(upstream, datacenter)}|{subset}"
+
+
+def virtual_service_route(namespace: str, name: str, rule: int, match: int | None = None) -> str:
+    """Envoy route name of ``http[rule]`` (and its ``match[match]``) of VirtualService ``namespace/name``."""
+    base = f"{namespace}/{name}/http[{rule}]"
+    return base if match is None else f"{base}/match[{match}]"

@@ -23,6 +23,7 @@ from meshcore.errors import AgentError, ControlPlaneUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
 
 
 class AgentRequestError(AgentError):
@@ -76,6 +77,8 @@ class NodeServices:
     trust_domain: str
     xds_address: str
     services: tuple[NodeService, ...]
+    bundle_sha256: str = ""  # the trust bundle the control plane wants every node to hold
+    signer_key_id: str = ""  # key id of the intermediate signing now: certificates from another renew early
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> NodeServices:
@@ -93,11 +96,14 @@ class NodeServices:
                 spiffe_id=_require_str(item, "spiffe_id", f"{where} services[{index}]"),
                 kind=str(item.get("kind") or ""),
             ))
+        ca = data.get("ca") if isinstance(data.get("ca"), dict) else {}
         return cls(
             node=_require_str(data, "node", where),
             trust_domain=_require_str(data, "trust_domain", where),
             xds_address=str(data.get("xds_address") or ""),
             services=tuple(services),
+            bundle_sha256=str(ca.get("bundle_sha256") or "").lower(),
+            signer_key_id=str(ca.get("signer_key_id") or "").lower(),
         )
 
 
@@ -119,6 +125,7 @@ class AgentClient:
         key_file: Path | None = None,
         extra_ca_files: tuple[Path, ...] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        bundle_sha256: str = "",
     ):
         parts = urlsplit(base_url)
         if parts.scheme != "https" or not parts.hostname:
@@ -132,6 +139,7 @@ class AgentClient:
         self.key_file = key_file
         self.extra_ca_files = extra_ca_files
         self.timeout = timeout
+        self.bundle_sha256 = bundle_sha256  # reported on every call: the bundle this node has given Envoy
 
     # -- API -------------------------------------------------------------------------------
 
@@ -186,6 +194,8 @@ class AgentClient:
         headers = {"Accept": "application/json", "User-Agent": "meshcore-agent"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        if self.bundle_sha256:
+            headers[BUNDLE_HEADER] = self.bundle_sha256
         target = f"{self.base_url}{path}"
         try:
             conn.request(method, self._prefix + path, body=payload, headers=headers)

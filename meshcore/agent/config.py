@@ -48,6 +48,7 @@ class AgentConfig:
     log_level: str = "info"
     consul_services_dir: Path | None = None
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL
+    key_type: str = "ec-p256"
     config_file: Path | None = None
 
     @property
@@ -81,6 +82,8 @@ _SETTINGS: dict[str, tuple[str, str]] = {
                             "Consul's CLI does (CONSUL_HTTP_ADDR, default 127.0.0.1:8500; CONSUL_HTTP_TOKEN, ...).", "DIR"),
     "refresh_interval": (f"Time between polls of the control plane: seconds, or 500ms/10s/1m "
                          f"(default {DEFAULT_REFRESH_INTERVAL:g}s).", "DURATION"),
+    "key_type": ("Type of the keys the agent makes for the node and its SVIDs: ec-p256 (default), ec-p384, "
+                 "rsa-2048 or rsa-3072.", "TYPE"),
 }
 
 
@@ -227,6 +230,12 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
             if not 0.1 <= refresh_interval <= 3600:
                 problems.append(f"refresh_interval: {refresh_interval:g} must be between 0.1 and 3600 seconds")
 
+    from meshcore.ca import KEY_TYPES
+
+    key_type = (text("key_type") or "ec-p256").lower()
+    if key_type not in KEY_TYPES:
+        problems.append(f"key_type: {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+
     token_file_text = text("join_token_file")
     services_dir_text = text("consul_services_dir")
     services_dir = Path(services_dir_text) if services_dir_text else None
@@ -252,6 +261,7 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         log_level=log_level,
         consul_services_dir=services_dir.absolute() if services_dir else None,
         refresh_interval=refresh_interval,
+        key_type=key_type,
         config_file=config_file.absolute() if config_file else None,
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -34,7 +35,9 @@ from meshcore.agent.config import AgentConfig, load_config
 from meshcore.agent.identity import (
     AgentMeta,
     Credential,
+    bundle_sha256,
     bundle_trust_domain,
+    early_renewal,
     file_mtime,
     NodeIdentityStore,
     key_matches_cert,
@@ -232,6 +235,7 @@ class Agent:
             cert_file=self.store.cert_path if authenticated else None,
             key_file=self.store.key_path if authenticated else None,
             extra_ca_files=(self.store.bundle_path,),
+            bundle_sha256=bundle_sha256(self.bundle) if authenticated else "",
         )
 
     def _join_token(self) -> str | None:
@@ -289,7 +293,7 @@ class Agent:
             raise
 
     def _join(self, token: str) -> None:
-        key = new_private_key()
+        key = new_private_key(self.config.key_type)
         key_pem = key_to_pem(key)
         expected = self._node_spiffe_id(self._expected_trust_domain())
         issued = self._client(authenticated=False).join(self.config.node, token, make_csr(key, expected))
@@ -402,7 +406,7 @@ class Agent:
 
     def _renew_node(self) -> None:
         assert self.node is not None
-        key = new_private_key()
+        key = new_private_key(self.config.key_type)
         key_pem = key_to_pem(key)
         issued = self._client().renew_node(make_csr(key, self.node.summary.spiffe_id))
         if issued.spiffe_id != self.node.summary.spiffe_id:
@@ -437,8 +441,26 @@ class Agent:
             log.info("trust bundle updated trust_domain=%s", bundle.trust_domain)
         self.bundle = bundle.bundle
         self._write_node_secrets()
+        self._follow_issuer(listing.signer_key_id, now)
         self._reconcile_services(listing.services, now)
         self.next_poll = now + _seconds(self.config.refresh_interval)
+
+    def _follow_issuer(self, signer_key_id: str, now: datetime) -> None:
+        """Root rotation: renew early (jittered over one refresh interval) every certificate the
+        current intermediate did not sign: the node certificate and each SVID."""
+        if not signer_key_id:
+            return
+        window = self.config.refresh_interval
+        held = [("node", self.node)] if self.node is not None else []
+        held += [(f"service={name}", cred) for name, cred in sorted(self.svids.items())]
+        for what, cred in held:
+            if cred is None or not cred.summary.issuer_key_id or cred.summary.issuer_key_id == signer_key_id:
+                continue
+            renew_at = early_renewal(cred.renew_at, now, window, random.random())
+            if renew_at != cred.renew_at:
+                log.info("issuer changed (CA rotation): renewing early %s serial=%s renew_at=%s", what,
+                         cred.summary.serial, rfc3339(renew_at), extra={"node": self.config.node})
+                cred.renew_at = renew_at
 
     def _reconcile_services(self, services: Sequence[NodeService], now: datetime) -> None:
         desired: dict[str, NodeService] = {}
@@ -485,7 +507,7 @@ class Agent:
             self._watchdog()
 
     def _issue_svid(self, svc: NodeService) -> None:
-        key = new_private_key()
+        key = new_private_key(self.config.key_type)
         key_pem = key_to_pem(key)
         issued = self._client().sign(make_csr(key, svc.spiffe_id))
         if issued.spiffe_id != svc.spiffe_id or not key_matches_cert(key_pem, issued.chain):

@@ -105,6 +105,7 @@ class CertSummary:
     serial: str
     not_before: datetime
     not_after: datetime
+    issuer_key_id: str = ""  # hex AKI: which intermediate signed it
 
     @classmethod
     def of(cls, pem: str) -> CertSummary:
@@ -113,7 +114,8 @@ class CertSummary:
         except MeshError as exc:
             raise AgentError(f"cannot read certificate: {exc}") from exc
         return cls(spiffe_id=info.get("spiffe_id") or "", serial=info["serial"],
-                   not_before=parse_time(info["not_before"]), not_after=parse_time(info["not_after"]))
+                   not_before=parse_time(info["not_before"]), not_after=parse_time(info["not_after"]),
+                   issuer_key_id=issuer_key_id(pem))
 
     def expired(self, now: datetime) -> bool:
         return now >= self.not_after
@@ -121,6 +123,28 @@ class CertSummary:
     def to_json(self) -> dict[str, str]:
         return {"spiffe_id": self.spiffe_id, "serial": self.serial,
                 "not_before": rfc3339(self.not_before), "not_after": rfc3339(self.not_after)}
+
+
+def issuer_key_id(pem: str) -> str:
+    """Hex authority key identifier of the first certificate in ``pem`` ("" when it has none)."""
+    try:
+        cert = x509.load_pem_x509_certificates(pem.encode())[0]
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier.hex()
+    except (ValueError, IndexError, AttributeError, x509.ExtensionNotFound):
+        return ""
+
+
+def bundle_sha256(bundle_pem: str | None) -> str:
+    """Hex SHA-256 of the bundle text, as the control plane computes it ("" for no bundle)."""
+    return hashlib.sha256(bundle_pem.encode()).hexdigest() if bundle_pem else ""
+
+
+def early_renewal(renew_at: datetime, now: datetime, window: float, jitter: float) -> datetime:
+    """Bring a renewal forward into ``[now, now + window]`` (``jitter`` in [0, 1] picks where), so a
+    fleet told at once that its issuer changed spreads its requests over one refresh interval.
+    A renewal already due within the window is left alone."""
+    due = now + timedelta(seconds=window * jitter)
+    return renew_at if renew_at <= now + timedelta(seconds=window) else due
 
 
 def bundle_trust_domain(bundle_pem: str) -> str | None:

@@ -1,25 +1,32 @@
 """meshcore's SPIFFE certificate authority.
 
-A root and an intermediate (ECDSA P-256, keys sealed with a KEK), X509-SVID leaves signed from
-CSRs made on the VMs, one-time join tokens, and the rule deciding which identities a node may get.
+A root and an intermediate (ECDSA P-256 by default, or P-384 / RSA; keys sealed with a KEK), or an
+operator's own intermediate (external upstream CA); X509-SVID leaves signed from CSRs made on the
+VMs; root rotation with an overlapping trust bundle; one-time join tokens; and the rule deciding
+which identities a node may get.
 """
 
 from .authority import CertificateAuthority
 from .kek import generate_kek_file, load_kek
-from .keys import cert_info, key_to_pem, make_csr, new_private_key
+from .keys import KEY_TYPES, cert_info, check_key_type, key_to_pem, make_csr, new_private_key
 from .model import IssuedCertificate
 from .policy import check_workload_request
 from .tokens import JoinTokenStore
+from .upstream import UpstreamCA, load_upstream_ca
 
 __all__ = [
+    "KEY_TYPES",
     "CertificateAuthority",
     "IssuedCertificate",
     "JoinTokenStore",
+    "UpstreamCA",
     "cert_info",
+    "check_key_type",
     "check_workload_request",
     "generate_kek_file",
     "key_to_pem",
     "load_kek",
+    "load_upstream_ca",
     "make_csr",
     "new_private_key",
 ]

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .keys import signature_hash
 
 ORGANIZATION = "meshcore"
 
@@ -22,6 +23,26 @@ def random_serial() -> int:
 
 def serial_hex(serial: int) -> str:
     return format(serial, "x")
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes:
+    """The certificate's SKI, or the RFC 5280 method-1 digest of its key when it has none."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+
+
+def issuer_key_id(cert: x509.Certificate) -> bytes | None:
+    """The AKI key identifier of ``cert`` (which CA key signed it), None when absent."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+
+
+def authority_key_id(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    return x509.AuthorityKeyIdentifier(subject_key_id(issuer_cert), None, None)
 
 
 def _ca_key_usage() -> x509.KeyUsage:
@@ -40,10 +61,13 @@ def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
     )
 
 
-def ca_name(trust_domain: str, role: str) -> x509.Name:
+def ca_name(trust_domain: str, role: str, generation: str = "") -> x509.Name:
+    """``O=meshcore, CN=meshcore <role> CA <td>[ <generation>]``; rotated roots carry a generation so
+    that old and new CA certificates never share a subject (chain building stays unambiguous)."""
+    cn = f"meshcore {role} CA {trust_domain}" + (f" {generation}" if generation else "")
     return x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"meshcore {role} CA {trust_domain}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn),
     ])
 
 
@@ -51,25 +75,24 @@ def build_ca_cert(
     *,
     trust_domain: str,
     role: str,
-    key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     not_before: datetime,
     not_after: datetime,
     path_length: int,
     issuer_cert: x509.Certificate | None = None,
-    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+    issuer_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+    generation: str = "",
 ) -> x509.Certificate:
     """A SPIFFE signing certificate: URI SAN ``spiffe://<td>``, CA:true with ``path_length``,
     keyCertSign+cRLSign. Self-signed when ``issuer_cert`` is None."""
-    subject = ca_name(trust_domain, role)
+    subject = ca_name(trust_domain, role, generation)
     public_key = key.public_key()
     if issuer_cert is None:
         issuer_name, signer, aki = subject, key, x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
     else:
         assert issuer_key is not None
         issuer_name, signer = issuer_cert.subject, issuer_key
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        )
+        aki = authority_key_id(issuer_cert)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -85,7 +108,7 @@ def build_ca_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(aki, critical=False)
     )
-    return builder.sign(signer, hashes.SHA256())
+    return builder.sign(signer, signature_hash(signer))
 
 
 def build_leaf_cert(
@@ -95,7 +118,7 @@ def build_leaf_cert(
     not_before: datetime,
     not_after: datetime,
     issuer_cert: x509.Certificate,
-    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
     serial: int | None = None,
@@ -109,9 +132,7 @@ def build_leaf_cert(
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "workload"),
     ])
-    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-        issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    )
+    aki = authority_key_id(issuer_cert)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -129,4 +150,4 @@ def build_leaf_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
         .add_extension(aki, critical=False)
     )
-    return builder.sign(issuer_key, hashes.SHA256())
+    return builder.sign(issuer_key, signature_hash(issuer_key))

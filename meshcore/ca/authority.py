@@ -3,24 +3,36 @@
 State directory (mode 0700; every file 0600, written atomically):
 
 * ``root.sealed`` / ``intermediate.sealed``: the CA certificate and its private key, sealed with
-  the KEK (AES-256-GCM). No private key is ever on disk in the clear.
+  the KEK (AES-256-GCM). No private key is ever on disk in the clear. With an external upstream CA
+  ``root.sealed`` holds only the operator's root certificate (its key stays with the operator).
+* ``next-root.sealed`` / ``next-intermediate.sealed``: the new CA while a root rotation prepares.
+* ``rotation.json``: the rotation phase and the roots still trusted (public certificates only).
 * ``issued.json``: metadata and public PEMs of issued, unexpired leaves (no keys: the CA never
   sees a leaf key).
 * ``.ca.lock``: empty lock file serialising writers across processes (control plane, ``meshctl``).
+
+Root rotation (:meth:`CertificateAuthority.begin_rotation`) has three phases, each persisted:
+
+1. ``preparing``: a new root and intermediate exist; the bundle holds both roots, leaves are still
+   signed by the old intermediate, so no peer ever sees a certificate it cannot verify.
+2. ``rotating`` (:meth:`activate_rotation`, once every proxy has the two-root bundle): leaves are
+   signed by the new intermediate; the old root stays in the bundle.
+3. ``idle`` again (:meth:`finish_rotation`, once no unexpired leaf chains to the old root): the old
+   root leaves the bundle.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import ipaddress
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -31,10 +43,22 @@ from meshcore import naming
 from meshcore._files import atomic_write, ensure_private_dir, file_lock
 from meshcore.errors import CAError, SigningRefused
 
-from ._sealed import check_kek, seal, unseal
+from ._sealed import check_kek
 from ._spiffeid import check_trust_domain, parse_workload_id
-from ._x509 import build_ca_cert, build_leaf_cert, serial_hex
-from .model import IssuedCertificate
+from ._store import (
+    PHASE_IDLE,
+    PHASE_PREPARING,
+    PHASE_ROTATING,
+    KeyPair,
+    RotationState,
+    pem_of,
+    unseal_pair,
+    write_pair,
+)
+from ._x509 import build_ca_cert, build_leaf_cert, serial_hex, subject_key_id
+from .keys import DEFAULT_KEY_TYPE, check_key_type, key_type_of, new_private_key
+from .model import IssuedCertificate, rfc3339
+from .upstream import UpstreamCA, check_signing_cert, describe
 
 log = logging.getLogger(__name__)
 
@@ -45,51 +69,19 @@ CLOCK_SKEW = timedelta(minutes=1)
 
 ROOT_FILE = "root.sealed"
 INTERMEDIATE_FILE = "intermediate.sealed"
+NEXT_ROOT_FILE = "next-root.sealed"
+NEXT_INTERMEDIATE_FILE = "next-intermediate.sealed"
+ROTATION_FILE = "rotation.json"
 ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
+ROOT_PURPOSE = "ca-root"
+INTERMEDIATE_PURPOSE = "ca-intermediate"
 
 _DNS_NAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
 
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class _KeyPair:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _seal_pair(kek: bytes, purpose: str, pair: _KeyPair) -> bytes:
-    key_der = pair.key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    body = json.dumps({"cert": pair.pem, "key": base64.b64encode(key_der).decode("ascii")}).encode()
-    return seal(kek, purpose, body)
-
-
-def _unseal_pair(kek: bytes, purpose: str, path: Path) -> _KeyPair:
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise CAError(f"cannot read {path}: {exc}") from exc
-    body = unseal(kek, purpose, blob, where=str(path))
-    try:
-        data = json.loads(body)
-        cert = x509.load_pem_x509_certificate(data["cert"].encode("ascii"))
-        key = serialization.load_der_private_key(base64.b64decode(data["key"]), password=None)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CAError(f"{path} decrypted but its content is damaged: {exc}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CAError(f"{path} holds a {type(key).__name__}, expected an ECDSA key")
-    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
-        raise CAError(f"{path}: the private key does not match the certificate; restore the state dir from backup")
-    return _KeyPair(cert, key)
 
 
 def _ca_trust_domain(cert: x509.Certificate) -> str | None:
@@ -103,8 +95,26 @@ def _ca_trust_domain(cert: x509.Certificate) -> str | None:
     return None
 
 
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 class CertificateAuthority:
-    """Signs X509-SVIDs for one trust domain. Create or load with :meth:`open`. Thread-safe."""
+    """Signs X509-SVIDs for one trust domain. Create or load with :meth:`open`. Thread-safe.
+
+    One process (the control plane) drives rotations; other handles (``meshctl``) see a rotation
+    after they reopen the CA.
+    """
 
     def __init__(
         self,
@@ -114,17 +124,24 @@ class CertificateAuthority:
         kek: bytes,
         leaf_ttl: timedelta,
         clock: Callable[[], datetime],
-        root: _KeyPair,
-        intermediate: _KeyPair,
+        root: KeyPair,
+        intermediate: KeyPair,
+        key_type: str = DEFAULT_KEY_TYPE,
+        rotation: RotationState | None = None,
+        next_ca: tuple[KeyPair, KeyPair] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
+        self.key_type = key_type
         self._kek = bytes(kek)
         self._clock = clock
         self._root = root
         self._intermediate = intermediate
-        self._lock = threading.Lock()
+        self._rotation = rotation or RotationState()
+        self._next = next_ca
+        self._anchors: dict[str, bytes | None] = {}  # leaf serial -> DER of the root it chains to
+        self._lock = threading.RLock()
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -137,8 +154,16 @@ class CertificateAuthority:
         kek: bytes,
         leaf_ttl: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] = _utcnow,
+        key_type: str = DEFAULT_KEY_TYPE,
+        upstream: UpstreamCA | None = None,
     ) -> "CertificateAuthority":
         """Load the CA from ``state_dir``, creating a root (10 y) and intermediate (1 y) on first use.
+
+        ``key_type`` (``ec-p256``, ``ec-p384``, ``rsa-2048``, ``rsa-3072``) is used for CA keys made
+        from now on (a new CA, a renewed intermediate, a rotation). ``upstream`` (see
+        :func:`meshcore.ca.load_upstream_ca`) makes the CA sign with the operator's intermediate:
+        installed at once into an empty state directory, or as a root rotation (``preparing``)
+        when another CA is there. A rotation interrupted by a restart resumes where it stood.
 
         Raises :class:`CAError` when the KEK does not decrypt the stored keys, the stored CA
         belongs to another trust domain, or the root has expired.
@@ -146,22 +171,41 @@ class CertificateAuthority:
         state_dir = Path(state_dir)
         check_trust_domain(trust_domain, CAError)
         check_kek(kek)
+        check_key_type(key_type)
         if leaf_ttl <= timedelta(0):
             raise CAError(f"leaf_ttl must be positive, got {leaf_ttl}")
         ensure_private_dir(state_dir)
         now = _now(clock)
         with file_lock(state_dir / LOCK_FILE):
             root_path, inter_path = state_dir / ROOT_FILE, state_dir / INTERMEDIATE_FILE
+            rotation = RotationState.read(state_dir / ROTATION_FILE)
+            next_ca: tuple[KeyPair, KeyPair] | None = None
             if not root_path.exists():
                 if inter_path.exists():
                     raise CAError(
                         f"{inter_path} exists but {root_path} is missing; restore {root_path.name} from backup "
                         "(or empty the directory to create a new CA, which invalidates every issued certificate)"
                     )
-                root, intermediate = _create_ca(state_dir, trust_domain, kek, now)
+                _discard_next(state_dir)
+                RotationState().write(state_dir / ROTATION_FILE)
+                rotation = RotationState()
+                if upstream is not None:
+                    root, intermediate = _upstream_pairs(upstream, trust_domain)
+                    _write_ca(state_dir, kek, trust_domain, root, intermediate, ROOT_FILE, INTERMEDIATE_FILE)
+                    log.info("installed the external upstream CA trust_domain=%s root=%s", trust_domain,
+                             root.cert.subject.rfc4514_string())
+                else:
+                    root, intermediate = _generate_ca(trust_domain, now, key_type)
+                    _write_ca(state_dir, kek, trust_domain, root, intermediate, ROOT_FILE, INTERMEDIATE_FILE)
+                    log.info("created root CA trust_domain=%s not_after=%s", trust_domain,
+                             root.cert.not_valid_after_utc.isoformat())
             else:
-                root = _unseal_pair(kek, "ca-root", root_path)
-                stored_td = _ca_trust_domain(root.cert)
+                if rotation.phase == PHASE_IDLE:
+                    _discard_next(state_dir)  # a rotation that crashed before it was announced
+                elif rotation.phase == PHASE_ROTATING:
+                    _complete_swap(state_dir)  # a crash between announcing and swapping the files
+                root, stored_td = unseal_pair(kek, ROOT_PURPOSE, root_path, need_key=False)
+                stored_td = stored_td or _ca_trust_domain(root.cert)
                 if stored_td != trust_domain:
                     raise CAError(
                         f"the CA in {state_dir} is for trust domain {stored_td!r}, not {trust_domain!r}; "
@@ -173,19 +217,47 @@ class CertificateAuthority:
                         "a new root must be created and distributed"
                     )
                 if inter_path.exists():
-                    intermediate = _unseal_pair(kek, "ca-intermediate", inter_path)
-                    try:
-                        intermediate.cert.verify_directly_issued_by(root.cert)
-                    except (ValueError, TypeError, InvalidSignature) as exc:
-                        raise CAError(f"{inter_path} was not issued by the root in {root_path}") from exc
+                    intermediate, _ = unseal_pair(kek, INTERMEDIATE_PURPOSE, inter_path)
+                    if not _chains_to(intermediate, root):
+                        raise CAError(f"{inter_path} was not issued by the root in {root_path}")
+                elif root.key is not None:
+                    intermediate = _new_intermediate(trust_domain, root, now, key_type)
+                    write_pair(inter_path, kek, INTERMEDIATE_PURPOSE, intermediate, trust_domain)
                 else:
-                    intermediate = _new_intermediate(state_dir, trust_domain, kek, root, now)
+                    raise CAError(f"{inter_path} is missing and the root's key is the operator's; "
+                                  "start the control plane with --ca-cert/--ca-key again")
+                if rotation.phase == PHASE_PREPARING:
+                    next_ca = _load_next(state_dir, kek)
+                    if next_ca is None:
+                        log.warning("rotation state says preparing but the new CA files are gone; "
+                                    "the rotation is cancelled, start it again with `meshctl ca rotate`")
+                        rotation = RotationState()
+                        rotation.write(state_dir / ROTATION_FILE)
             ca = cls(
                 state_dir=state_dir, trust_domain=trust_domain, kek=kek, leaf_ttl=leaf_ttl, clock=clock,
-                root=root, intermediate=intermediate,
+                root=root, intermediate=intermediate, key_type=key_type, rotation=rotation, next_ca=next_ca,
             )
+            if rotation.phase != PHASE_IDLE:
+                log.info("resuming root rotation phase=%s trust_domain=%s", rotation.phase, trust_domain)
             ca._renew_intermediate_if_due(now)
+            if upstream is not None:
+                ca._adopt_upstream(upstream, now)
         return ca
+
+    def _adopt_upstream(self, upstream: UpstreamCA, now: datetime) -> None:
+        """Start a rotation to ``upstream`` unless it already signs (or is being prepared). File lock held."""
+        fp = _fingerprint(upstream.cert)
+        if _fingerprint(self._intermediate.cert) == fp:
+            return
+        if self._next is not None and _fingerprint(self._next[1].cert) == fp:
+            return
+        if self._rotation.phase != PHASE_IDLE:
+            raise CAError("a root rotation is in progress; finish it (`meshctl ca rotate --finish`) before "
+                          "importing another upstream CA")
+        root, intermediate = _upstream_pairs(upstream, self.trust_domain)
+        self._begin(root, intermediate, now, reason="upstream")
+        log.warning("a new external upstream CA was given: rotating to it (phase preparing) root=%s",
+                    root.cert.subject.rfc4514_string())
 
     def _renew_intermediate_if_due(self, now: datetime) -> None:
         """Replace the intermediate when it has less than 30 days (or one leaf TTL) left and the root
@@ -197,33 +269,205 @@ class CertificateAuthority:
         # Another process (meshctl, a second control plane) may have renewed it already.
         on_disk = self.state_dir / INTERMEDIATE_FILE
         if on_disk.exists():
-            stored = _unseal_pair(self._kek, "ca-intermediate", on_disk)
+            stored, _ = unseal_pair(self._kek, INTERMEDIATE_PURPOSE, on_disk)
             if stored.cert.not_valid_after_utc > self._intermediate.cert.not_valid_after_utc:
-                try:
-                    stored.cert.verify_directly_issued_by(self._root.cert)
-                except (ValueError, TypeError, InvalidSignature) as exc:
-                    raise CAError(f"{on_disk} was not issued by this CA's root") from exc
+                if not _chains_to(stored, self._root):
+                    raise CAError(f"{on_disk} was not issued by this CA's root")
                 self._intermediate = stored
                 remaining = stored.cert.not_valid_after_utc - now
                 if remaining > threshold:
                     return
+        if self._root.key is None:
+            if remaining <= timedelta(0):
+                raise CAError("the external intermediate CA expired; start the control plane with a renewed "
+                              "--ca-cert/--ca-key from your root CA")
+            log.warning("the external intermediate CA expires at %s; renew it with your root CA and restart with "
+                        "--ca-cert/--ca-key", self._intermediate.cert.not_valid_after_utc.isoformat())
+            return
         if self._root.cert.not_valid_after_utc <= self._intermediate.cert.not_valid_after_utc:
             if remaining <= timedelta(0):
-                raise CAError("the intermediate CA expired and the root expires too; a new root is needed")
-            log.warning("root CA expires soon, intermediate cannot be renewed past it trust_domain=%s",
-                        self.trust_domain)
+                raise CAError("the intermediate CA expired and the root expires too; a new root is needed "
+                              "(`meshctl ca rotate`)")
+            log.warning("root CA expires soon, intermediate cannot be renewed past it trust_domain=%s; "
+                        "rotate the root with `meshctl ca rotate`", self.trust_domain)
             return
-        self._intermediate = _new_intermediate(self.state_dir, self.trust_domain, self._kek, self._root, now)
+        self._intermediate = _new_intermediate(self.trust_domain, self._root, now, self.key_type)
+        write_pair(on_disk, self._kek, INTERMEDIATE_PURPOSE, self._intermediate, self.trust_domain)
+        log.info("issued intermediate CA trust_domain=%s not_after=%s", self.trust_domain,
+                 self._intermediate.cert.not_valid_after_utc.isoformat())
 
     # --- public API ------------------------------------------------------------------------
 
+    @property
+    def external(self) -> bool:
+        """True when the CA signs with an operator's intermediate (an external upstream CA)."""
+        return self._root.key is None
+
+    @property
+    def rotation_phase(self) -> str:
+        """``idle``, ``preparing`` or ``rotating`` (see the module docstring)."""
+        return self._rotation.phase
+
+    def roots(self) -> list[x509.Certificate]:
+        """The trust anchors, current root first, then the new one (preparing) or the old ones (rotating)."""
+        with self._lock:
+            roots = [self._root.cert]
+            if self._next is not None:
+                roots.append(self._next[0].cert)
+            roots += self._rotation.previous_roots
+        out, seen = [], set()
+        for cert in roots:
+            if _fingerprint(cert) not in seen:
+                seen.add(_fingerprint(cert))
+                out.append(cert)
+        return out
+
     def bundle_pem(self) -> str:
-        """The trust anchors of this trust domain (the root certificate), PEM."""
-        return self._root.pem
+        """The trust anchors of this trust domain (every root in :meth:`roots`), PEM."""
+        return "".join(pem_of(c) for c in self.roots())
+
+    def bundle_sha256(self) -> str:
+        """Hex SHA-256 of :meth:`bundle_pem`: agents compare it to know the bundle changed."""
+        return hashlib.sha256(self.bundle_pem().encode()).hexdigest()
 
     def intermediate_pem(self) -> str:
         """The current intermediate certificate, PEM."""
         return self._intermediate.pem
+
+    def signer_key_id(self) -> str:
+        """Hex key identifier of the intermediate signing leaves now; a leaf whose AKI differs was
+        signed by another intermediate (agents renew those early during a rotation)."""
+        return subject_key_id(self._intermediate.cert).hex()
+
+    # --- rotation --------------------------------------------------------------------------
+
+    def begin_rotation(self) -> None:
+        """Make a new root and intermediate (``key_type``) and add the root to the bundle (``preparing``).
+
+        Leaves are still signed by the current intermediate until :meth:`activate_rotation`.
+        Raises :class:`CAError` when a rotation is already under way or the CA is an external one.
+        """
+        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+            if self._rotation.phase != PHASE_IDLE:
+                raise CAError(f"a root rotation is already in progress (phase {self._rotation.phase}); "
+                              "wait for it (`meshctl ca rotate --wait`) and finish it (`meshctl ca rotate --finish`)")
+            if self.external:
+                raise CAError("this CA signs with your own upstream CA; to rotate, restart the control plane with "
+                              "the new --ca-cert/--ca-key (meshcore then rotates to it the same way)")
+            now = _now(self._clock)
+            root, intermediate = _generate_ca(self.trust_domain, now, self.key_type, generation=_generation(now))
+            self._begin(root, intermediate, now, reason="rotate")
+
+    def _begin(self, root: KeyPair, intermediate: KeyPair, now: datetime, reason: str) -> None:
+        """Write the new CA, then announce the rotation (a crash in between leaves no trace). Locks held."""
+        _write_ca(self.state_dir, self._kek, self.trust_domain, root, intermediate, NEXT_ROOT_FILE,
+                  NEXT_INTERMEDIATE_FILE)
+        rotation = RotationState(phase=PHASE_PREPARING, started_at=now, reason=reason)
+        rotation.write(self.state_dir / ROTATION_FILE)
+        self._rotation, self._next = rotation, (root, intermediate)
+        log.info("root rotation started phase=preparing trust_domain=%s new_root=%s", self.trust_domain,
+                 root.cert.subject.rfc4514_string())
+
+    def activate_rotation(self) -> None:
+        """``preparing`` -> ``rotating``: sign every new leaf with the new intermediate; both roots stay trusted."""
+        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+            if self._rotation.phase != PHASE_PREPARING or self._next is None:
+                raise CAError(f"no rotation is being prepared (phase {self._rotation.phase})")
+            now = _now(self._clock)
+            old_roots = [self._root.cert] + [c for c in self._rotation.previous_roots]
+            new_root, new_inter = self._next
+            if _fingerprint(new_root.cert) == _fingerprint(self._root.cert):
+                old_roots = []  # a new intermediate under the same (operator's) root
+            rotation = RotationState(phase=PHASE_ROTATING, started_at=self._rotation.started_at,
+                                     activated_at=now, previous_roots=old_roots, reason=self._rotation.reason)
+            rotation.write(self.state_dir / ROTATION_FILE)  # announce first: open() completes the swap
+            _complete_swap(self.state_dir)
+            self._root, self._intermediate, self._next, self._rotation = new_root, new_inter, None, rotation
+            self._anchors.clear()
+        log.info("root rotation active phase=rotating: new leaves come from the new intermediate "
+                 "trust_domain=%s", self.trust_domain)
+
+    def finish_rotation(self, force: bool = False) -> list[IssuedCertificate]:
+        """``rotating`` -> ``idle``: drop the old roots from the bundle.
+
+        Refused while unexpired leaves still chain to an old root (they would stop verifying),
+        unless ``force``; returns the leaves that were still on an old root.
+        """
+        with self._lock:
+            if self._rotation.phase != PHASE_ROTATING:
+                raise CAError(f"no rotation to finish (phase {self._rotation.phase}); "
+                              + ("wait until it is active (`meshctl ca rotate --wait`)"
+                                 if self._rotation.phase == PHASE_PREPARING else "start one with `meshctl ca rotate`"))
+            left = self.old_root_certificates()
+            if left and not force:
+                names = ", ".join(f"{c.spiffe_id} ({c.node or '-'})" for c in left[:5])
+                raise CAError(f"{len(left)} unexpired certificate(s) still chain to the old root: {names}"
+                              f"{' ...' if len(left) > 5 else ''}; wait for their renewal (`meshctl ca rotate "
+                              "--wait`) or pass --force (those peers then fail to connect)")
+            with file_lock(self.state_dir / LOCK_FILE):
+                RotationState().write(self.state_dir / ROTATION_FILE)
+                self._rotation = RotationState()
+                self._anchors.clear()
+        log.info("root rotation finished: old root removed from the trust bundle trust_domain=%s", self.trust_domain)
+        return left
+
+    def _target_root(self) -> x509.Certificate:
+        return self._next[0].cert if self._next is not None else self._root.cert
+
+    def anchor_of(self, issued: IssuedCertificate) -> x509.Certificate | None:
+        """The root in the bundle that ``issued`` chains to (None: none of them)."""
+        with self._lock:
+            key = issued.serial
+            if key not in self._anchors:
+                chain = x509.load_pem_x509_certificates(issued.chain_pem.encode())
+                top = chain[-1]
+                found = None
+                for root in self.roots():
+                    if _fingerprint(top) == _fingerprint(root) or _issued_by(top, root):
+                        found = _fingerprint(root)
+                        break
+                self._anchors[key] = found
+            der = self._anchors[key]
+        return x509.load_der_x509_certificate(der) if der else None
+
+    def old_root_certificates(self) -> list[IssuedCertificate]:
+        """Unexpired leaves (newest per identity and node) that do not chain to the newest root."""
+        target = _fingerprint(self._target_root())
+        out = []
+        for cert in self.issued():
+            anchor = self.anchor_of(cert)
+            if anchor is None or _fingerprint(anchor) != target:
+                out.append(cert)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """What ``GET /v1/ca`` shows: phase, roots with their role, the signing intermediate, leaves left."""
+        with self._lock:
+            roles = [(self._root.cert, "current")]
+            if self._next is not None:
+                roles.append((self._next[0].cert, "next"))
+            roles += [(c, "previous") for c in self._rotation.previous_roots]
+            rotation = self._rotation
+            intermediate = self._intermediate.cert
+        left = self.old_root_certificates() if rotation.phase != PHASE_IDLE else []
+        return {
+            "trust_domain": self.trust_domain,
+            "mode": "upstream" if self.external else "generated",
+            "key_type": key_type_of(self._intermediate.key),
+            "phase": rotation.phase,
+            "started_at": rfc3339(rotation.started_at) if rotation.started_at else None,
+            "activated_at": rfc3339(rotation.activated_at) if rotation.activated_at else None,
+            "roots": [{**describe(c), "role": role} for c, role in roles],
+            "intermediate": describe(intermediate),
+            "signer_key_id": self.signer_key_id(),
+            "bundle_sha256": self.bundle_sha256(),
+            "old_root_certificates": [
+                {"spiffe_id": c.spiffe_id, "node": c.node, "serial": c.serial, "not_after": rfc3339(c.not_after)}
+                for c in left
+            ],
+        }
+
+    # --- signing ---------------------------------------------------------------------------
 
     def sign_csr(
         self,
@@ -265,14 +509,14 @@ class CertificateAuthority:
                 spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
                 issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
             )
-            leaf_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            leaf_pem = pem_of(cert)
             issued = IssuedCertificate(
                 spiffe_id=spiffe_id,
                 serial=serial_hex(cert.serial_number),
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc,
                 cert_pem=leaf_pem,
-                chain_pem=leaf_pem + inter.pem,
+                chain_pem=leaf_pem + inter.pem + "".join(pem_of(c) for c in inter.chain),
                 node=node,
             )
             self._record(issued, now)
@@ -348,29 +592,80 @@ def _now(clock: Callable[[], datetime]) -> datetime:
     return now.astimezone(timezone.utc)
 
 
-def _create_ca(state_dir: Path, trust_domain: str, kek: bytes, now: datetime) -> tuple[_KeyPair, _KeyPair]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _generation(now: datetime) -> str:
+    """Distinguishes a rotated root's name from its predecessor's: ``g20300101T120000Z``."""
+    return now.strftime("g%Y%m%dT%H%M%SZ")
+
+
+def _generation_of(root: x509.Certificate, trust_domain: str) -> str:
+    cn = root.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    prefix = f"meshcore root CA {trust_domain} "
+    value = str(cn[0].value) if cn else ""
+    return value[len(prefix):] if value.startswith(prefix) else ""
+
+
+def _chains_to(pair: KeyPair, root: KeyPair) -> bool:
+    """``pair`` (with its chain) leads up to ``root``, or is the root itself."""
+    path = [pair.cert, *pair.chain]
+    for child, parent in zip(path, path[1:]):
+        if not _issued_by(child, parent):
+            return False
+    top = path[-1]
+    return _fingerprint(top) == _fingerprint(root.cert) or _issued_by(top, root.cert)
+
+
+def _generate_ca(trust_domain: str, now: datetime, key_type: str, generation: str = "") -> tuple[KeyPair, KeyPair]:
+    key = new_private_key(key_type)
     cert = build_ca_cert(
         trust_domain=trust_domain, role="root", key=key, not_before=now - CLOCK_SKEW,
-        not_after=now + ROOT_TTL, path_length=1,
+        not_after=now + ROOT_TTL, path_length=1, generation=generation,
     )
-    root = _KeyPair(cert, key)
-    atomic_write(state_dir / ROOT_FILE, _seal_pair(kek, "ca-root", root))
-    log.info("created root CA trust_domain=%s not_after=%s", trust_domain, cert.not_valid_after_utc.isoformat())
-    return root, _new_intermediate(state_dir, trust_domain, kek, root, now)
+    root = KeyPair(cert, key)
+    return root, _new_intermediate(trust_domain, root, now, key_type)
 
 
-def _new_intermediate(state_dir: Path, trust_domain: str, kek: bytes, root: _KeyPair, now: datetime) -> _KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _new_intermediate(trust_domain: str, root: KeyPair, now: datetime, key_type: str) -> KeyPair:
+    key = new_private_key(key_type)
     cert = build_ca_cert(
         trust_domain=trust_domain, role="intermediate", key=key, not_before=now - CLOCK_SKEW,
         not_after=min(now + INTERMEDIATE_TTL, root.cert.not_valid_after_utc), path_length=0,
-        issuer_cert=root.cert, issuer_key=root.key,
+        issuer_cert=root.cert, issuer_key=root.key, generation=_generation_of(root.cert, trust_domain),
     )
-    pair = _KeyPair(cert, key)
-    atomic_write(state_dir / INTERMEDIATE_FILE, _seal_pair(kek, "ca-intermediate", pair))
-    log.info("issued intermediate CA trust_domain=%s not_after=%s", trust_domain, cert.not_valid_after_utc.isoformat())
-    return pair
+    return KeyPair(cert, key)
+
+
+def _upstream_pairs(upstream: UpstreamCA, trust_domain: str) -> tuple[KeyPair, KeyPair]:
+    check_signing_cert(upstream.cert, trust_domain, "the upstream CA certificate")
+    return KeyPair(upstream.root, None), KeyPair(upstream.cert, upstream.key, upstream.chain)
+
+
+def _write_ca(state_dir: Path, kek: bytes, trust_domain: str, root: KeyPair, intermediate: KeyPair,
+              root_file: str, intermediate_file: str) -> None:
+    write_pair(state_dir / root_file, kek, ROOT_PURPOSE, root, trust_domain)
+    write_pair(state_dir / intermediate_file, kek, INTERMEDIATE_PURPOSE, intermediate, trust_domain)
+
+
+def _load_next(state_dir: Path, kek: bytes) -> tuple[KeyPair, KeyPair] | None:
+    root_path, inter_path = state_dir / NEXT_ROOT_FILE, state_dir / NEXT_INTERMEDIATE_FILE
+    if not (root_path.exists() and inter_path.exists()):
+        return None
+    root, _ = unseal_pair(kek, ROOT_PURPOSE, root_path, need_key=False)
+    inter, _ = unseal_pair(kek, INTERMEDIATE_PURPOSE, inter_path)
+    if not _chains_to(inter, root):
+        raise CAError(f"{inter_path} was not issued by the root in {root_path}; restore both from backup")
+    return root, inter
+
+
+def _complete_swap(state_dir: Path) -> None:
+    """Move the prepared CA into place (each rename is atomic; safe to repeat after a crash)."""
+    for src, dst in ((NEXT_ROOT_FILE, ROOT_FILE), (NEXT_INTERMEDIATE_FILE, INTERMEDIATE_FILE)):
+        if (state_dir / src).exists():
+            (state_dir / src).replace(state_dir / dst)
+
+
+def _discard_next(state_dir: Path) -> None:
+    for name in (NEXT_ROOT_FILE, NEXT_INTERMEDIATE_FILE):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 def _load_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:

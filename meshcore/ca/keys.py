@@ -10,7 +10,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshcore.errors import CAError
 
@@ -18,12 +18,49 @@ from ._spiffeid import parse_workload_id
 from .model import rfc3339
 
 
-def new_private_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh ECDSA P-256 private key."""
-    return ec.generate_private_key(ec.SECP256R1())
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
+DEFAULT_KEY_TYPE = "ec-p256"
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str) -> str:
+def check_key_type(key_type: str) -> str:
+    """Return ``key_type`` when it is one of :data:`KEY_TYPES`, else raise :class:`CAError` listing them."""
+    if key_type not in KEY_TYPES:
+        raise CAError(f"key type {key_type!r} is not supported; use one of {', '.join(KEY_TYPES)}")
+    return key_type
+
+
+def new_private_key(key_type: str = DEFAULT_KEY_TYPE) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """A fresh private key: ECDSA P-256 by default, or P-384, RSA 2048 / 3072 (see :data:`KEY_TYPES`)."""
+    check_key_type(key_type)
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type.split("-")[1]))
+
+
+def key_type_of(key: Any) -> str:
+    """The :data:`KEY_TYPES` name of a private or public key; CAError for anything else."""
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        names = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
+        if key.curve.name in names:
+            return names[key.curve.name]
+        raise CAError(f"ECDSA curve {key.curve.name} is not supported; use P-256 or P-384")
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        if key.key_size < 2048:
+            raise CAError(f"a {key.key_size}-bit RSA key is too weak; use at least 2048 bits")
+        return f"rsa-{key.key_size}"
+    raise CAError(f"key type {type(key).__name__} is not supported; use ECDSA P-256/P-384 or RSA")
+
+
+def signature_hash(key: Any) -> hashes.HashAlgorithm:
+    """The digest to sign with ``key``: SHA-384 for P-384, SHA-256 otherwise."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1":
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def make_csr(key: Any, spiffe_id: str) -> str:
     """PEM CSR signed by ``key`` whose only SAN is the URI ``spiffe_id`` (the subject is left empty:
     the CA sets it)."""
     parse_workload_id(spiffe_id, CAError)
@@ -31,7 +68,7 @@ def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str) -> str:
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, signature_hash(key))
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 

@@ -193,14 +193,6 @@ def cmd_token_create(args) -> int:
     return 0
 
 
-def cmd_certs_list(args) -> int:
-    certs = _client(args).get("/v1/certs")
-    _out(certs, args.output, lambda d: _table(
-        [[c["spiffe_id"], c.get("node") or "", c["serial"][:16], c["not_after"]] for c in d],
-        ["SPIFFE ID", "NODE", "SERIAL", "NOT AFTER"]))
-    return 0
-
-
 def cmd_authz_check(args) -> int:
     """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
     from urllib.parse import urlencode
@@ -330,11 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--ttl", default="1h", help="how long it stays valid (default %(default)s)")
     tc.set_defaults(fn=cmd_token_create)
 
-    sp = add("certs", None, "Certificates the CA issued.")
-    csub = sp.add_subparsers(dest="certs_command", required=True)
-    cl = csub.add_parser("list", parents=[common], help="Every SVID: identity, serial, not-after, node.")
-    cl.set_defaults(fn=cmd_certs_list)
-
     sp = add("authz", None, "Authorization policies: what they decide.")
     asub = sp.add_subparsers(dest="authz_command", required=True)
     ac = asub.add_parser("check", parents=[common], help="Which AuthorizationPolicy and rule decide a request.")
@@ -358,9 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
     dd.set_defaults(fn=cmd_demo_down)
 
+    # Commands that live in their own modules.
+    from .ca import register as register_ca
     from .inventory import register as register_inventory
     from .render import register as register_render
+    from .traffic import register as register_traffic
 
+    register_ca(sub, common)
+    register_traffic(sub, common)
     register_render(sub, common)
     register_inventory(sub, common)
     return p

@@ -2,11 +2,19 @@
 
 Every call but ``join`` is authenticated by the node's client certificate (URI SAN
 ``spiffe://<td>/meshcore/node/<node>``), and a node can only ask about itself.
+
+Root rotation: ``/v1/agent/services`` carries ``ca`` (``bundle_sha256``: the bundle to hold;
+``signer_key_id``: the intermediate signing now). Agents send the SHA-256 of the bundle they have
+written for Envoy in the ``X-Meshcore-Bundle-SHA256`` header of every call; the control plane
+starts signing from a new root only once every connected proxy's node holds the bundle with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+import time
 from typing import Callable
 
 from cryptography import x509
@@ -43,6 +51,20 @@ class AgentApi:
         self.catalog = catalog
         self.xds_address = xds_address
         self.metrics = metrics
+        self._acks: dict[str, tuple[str, float]] = {}  # node -> (bundle sha256 it holds, when reported)
+        self._acks_lock = threading.Lock()
+
+    BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
+
+    def bundle_acks(self) -> dict[str, str]:
+        """node -> SHA-256 of the trust bundle it last reported holding (written to Envoy's SDS file)."""
+        with self._acks_lock:
+            return {node: sha for node, (sha, _) in self._acks.items()}
+
+    def ca_info(self) -> dict:
+        """What an agent needs to follow a root rotation: the bundle to hold and the signing intermediate."""
+        return {"bundle_sha256": self.ca.bundle_sha256(), "signer_key_id": self.ca.signer_key_id(),
+                "phase": self.ca.rotation_phase}
 
     def router(self) -> Router:
         r = Router()
@@ -64,12 +86,17 @@ class AgentApi:
             "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
             "trust_domain": self.ca.trust_domain,
             "xds_address": self.xds_address,
+            "ca": self.ca_info(),
         }
 
     def _node_of(self, req: Request) -> str:
         for uri in req.peer_uri_sans():
             parsed = naming.parse_node_spiffe_id(uri)
             if parsed and parsed[0] == self.ca.trust_domain:
+                reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
+                if reported:
+                    with self._acks_lock:
+                        self._acks[parsed[1]] = (reported, time.time())
                 return parsed[1]
         raise HttpError(401, "this call needs the node's client certificate (join first with a token)")
 
@@ -118,6 +145,7 @@ class AgentApi:
             "node": node,
             "trust_domain": td,
             "xds_address": self.xds_address,
+            "ca": self.ca_info(),
             "services": [
                 {"name": i.service, "id": i.id, "kind": i.kind,
                  "spiffe_id": naming.workload_spiffe_id(td, i.namespace, i.service_account)}
@@ -148,4 +176,6 @@ class AgentApi:
 
     def bundle(self, req: Request) -> dict:
         self._node_of(req)
-        return {"trust_domain": self.ca.trust_domain, "bundle": self.ca.bundle_pem()}
+        bundle = self.ca.bundle_pem()
+        return {"trust_domain": self.ca.trust_domain, "bundle": bundle,
+                "bundle_sha256": hashlib.sha256(bundle.encode()).hexdigest()}

@@ -3,6 +3,10 @@
 Three listeners: xDS (gRPC, mTLS, agents' Envoys), the agent API (HTTPS, join and SVIDs),
 and the operator API (HTTP, for ``meshctl``; loopback by default). Once all three serve, it
 writes ``<state-dir>/controlplane.json`` with their addresses and tells systemd it is ready.
+
+The CA is generated (``--key-type``) or the operator's own intermediate (``--ca-cert``,
+``--ca-key``, ``--ca-chain``: read once, then kept sealed). A root rotation (``meshctl ca rotate``)
+moves the serving certificate and the client-verification roots of both TLS listeners with it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from .. import naming
-from ..ca import CertificateAuthority, JoinTokenStore, load_kek, make_csr, new_private_key
+from .._files import atomic_write
+from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
 from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
@@ -56,6 +61,10 @@ class Settings:
     advertise: str = ""
     kek_file: str | None = None
     leaf_ttl: timedelta = timedelta(hours=24)
+    key_type: str = "ec-p256"
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    ca_chain: str | None = None
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -105,8 +114,16 @@ class ControlPlane:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         self.metrics = ControlPlaneMetrics()
+        upstream = None
+        if settings.ca_cert or settings.ca_key or settings.ca_chain:
+            if not (settings.ca_cert and settings.ca_key):
+                raise ConfigError("--ca-cert and --ca-key go together (and --ca-chain needs them): give the "
+                                  "intermediate CA certificate meshcore signs with and its private key")
+            upstream = load_upstream_ca(settings.ca_cert, settings.ca_key, settings.ca_chain,
+                                        trust_domain=settings.trust_domain)
         self.ca = CertificateAuthority.open(state / "ca", trust_domain=settings.trust_domain, kek=kek,
-                                            leaf_ttl=settings.leaf_ttl)
+                                            leaf_ttl=settings.leaf_ttl, key_type=settings.key_type,
+                                            upstream=upstream)
         self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
         self.source = catalog_source or open_catalog(settings.catalog)
         self.store = store or open_store(settings.store, state)
@@ -115,6 +132,12 @@ class ControlPlane:
                                  on_snapshot=self._on_snapshot)
         self._servers: list = []
         self._grpc = None
+        self._api_server: JsonServer | None = None
+        self.agent_api: AgentApi | None = None
+        self._serving_lock = threading.RLock()
+        self._serving: tuple[str, str] = ("", "")
+        self._applied_bundle = ""
+        self._ca_wake = threading.Event()
         self.addresses: dict[str, str] = {}
         self._stopped = threading.Event()
 
@@ -162,19 +185,83 @@ class ControlPlane:
         ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
 
+    def _apply_ca(self, reissue: bool) -> None:
+        """Serve the CA's current state: a new serving certificate when ``reissue``, and the current
+        trust bundle as client-verification roots (gRPC and HTTPS) and in ``<state>/ca/bundle.pem``.
+        New connections get it; open ones keep theirs (no restart)."""
+        with self._serving_lock:
+            if reissue or not self._serving[0]:
+                key_pem, chain_pem, self._renew_at = self._serving_identity()
+                self._serving = (key_pem, chain_pem)
+            key_pem, chain_pem = self._serving
+            bundle = self.ca.bundle_pem()
+            self._grpc_identity = (key_pem, chain_pem, bundle)
+            if self._api_server is not None:
+                self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+            if bundle != self._applied_bundle:
+                self._write_bundle_file(bundle)
+                self._applied_bundle = bundle
+
     def _rotate_serving_identity(self) -> None:
         """Renew the serving certificate at half life; new connections get the new one (no restart)."""
         while not self._stopped.wait(max(0.5, min(60.0, self._renew_at - time.time()))):
             if time.time() < self._renew_at:
                 continue
             try:
-                key_pem, chain_pem, self._renew_at = self._serving_identity()
-                self._grpc_identity = (key_pem, chain_pem, self.ca.bundle_pem())
-                self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+                self._apply_ca(reissue=True)
                 log.info("control plane serving certificate renewed")
             except MeshError as exc:
                 log.error("renewing the control plane's serving certificate failed, retrying in 10s: %s", exc)
                 self._renew_at = time.time() + 10
+
+    # --- root rotation ---------------------------------------------------------------------
+    def nodes_without_bundle(self) -> list[str]:
+        """Nodes with a connected proxy whose agent has not reported holding the current trust bundle."""
+        acks = self.agent_api.bundle_acks() if self.agent_api is not None else {}
+        want = self.ca.bundle_sha256()
+        connected = [n for n in list(self.engine.proxies) if self.cache_status(n).get("connected_streams")]
+        return sorted(n for n in connected if acks.get(n) != want)
+
+    def _watch_ca(self) -> None:
+        """Move a prepared rotation on once every connected node holds the two-root bundle, and keep
+        the TLS roots in step with the bundle (also after changes made by another thread)."""
+        while not self._stopped.is_set():
+            self._ca_wake.wait(0.25)
+            self._ca_wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                if self.ca.rotation_phase == "preparing" and not self.nodes_without_bundle():
+                    self.ca.activate_rotation()
+                    self._apply_ca(reissue=True)
+                    log.info("every connected node holds the new trust bundle; signing from the new root, "
+                             "control plane serving certificate re-issued")
+                elif self.ca.bundle_pem() != self._applied_bundle:
+                    self._apply_ca(reissue=False)
+            except MeshError as exc:
+                log.error("CA rotation step failed, retrying: %s", exc)
+                self._stopped.wait(2)
+
+    def ca_status(self) -> dict:
+        state = self.ca.state()
+        state["nodes_without_bundle"] = self.nodes_without_bundle() if state["phase"] == "preparing" else []
+        return state
+
+    def ca_rotate(self, force: bool = False) -> dict:
+        """Start a root rotation; ``force`` signs from the new root at once (skips waiting for the
+        bundle to reach every node: peers that lack it fail to connect until they have it)."""
+        self.ca.begin_rotation()
+        self._apply_ca(reissue=False)
+        if force:
+            self.ca.activate_rotation()
+            self._apply_ca(reissue=True)
+        self._ca_wake.set()
+        return self.ca_status()
+
+    def ca_finish(self, force: bool = False) -> dict:
+        left = self.ca.finish_rotation(force=force)
+        self._apply_ca(reissue=False)
+        return {**self.ca_status(), "forced_past": [c.spiffe_id for c in left]}
 
     def _grpc_credentials(self) -> grpc.ServerCredentials:
         served = {"identity": None}
@@ -192,8 +279,8 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        key_pem, chain_pem, self._renew_at = self._serving_identity()
-        self._grpc_identity = (key_pem, chain_pem, self.ca.bundle_pem())
+        self._apply_ca(reissue=True)
+        key_pem, chain_pem = self._serving
         authorize = mtls_node_authorizer(self.ca.trust_domain)
 
         def authorize_and_register(context, node):
@@ -210,13 +297,15 @@ class ControlPlane:
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
-        agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr, metrics=self.metrics)
+        agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
+                                              metrics=self.metrics)
         self._api_server = JsonServer(agent_api.router(), self.settings.api_bind,
                                       tls=self._https_context(key_pem, chain_pem), name="meshcore-agent-api").start()
         http = JsonServer(OperatorApi(self).router(), self.settings.http_bind, name="meshcore-http").start()
         self._servers = [self._api_server, http]
         self.engine.start()
         threading.Thread(target=self._rotate_serving_identity, name="serving-cert", daemon=True).start()
+        threading.Thread(target=self._watch_ca, name="ca-rotation", daemon=True).start()
         self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
         self._write_state_file()
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
@@ -225,16 +314,20 @@ class ControlPlane:
     def _write_state_file(self) -> None:
         data = {**self.addresses, "trust_domain": self.ca.trust_domain, "pid": os.getpid(),
                 "ca_file": str(self.settings.state_dir / "ca" / "bundle.pem")}
-        bundle = Path(data["ca_file"])
-        bundle.write_text(self.ca.bundle_pem())
+        self._write_bundle_file(self.ca.bundle_pem())
         tmp = self.settings.state_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.settings.state_dir / STATE_FILE)
+
+    def _write_bundle_file(self, bundle: str) -> None:
+        """``<state>/ca/bundle.pem``: the trust bundle to copy to VMs (``meshcore-agent --ca-file``)."""
+        atomic_write(self.settings.state_dir / "ca" / "bundle.pem", bundle, 0o644)
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._ca_wake.set()
         self.engine.stop()
         for s in self._servers:
             s.stop()
@@ -316,6 +409,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
                    help="key-encryption key file (0600); or set MESHCORE_KEK (base64)")
     p.add_argument("--leaf-ttl", default=env.get("MESHCORE_LEAF_TTL", "24h"), help="SVID lifetime (default %(default)s)")
+    p.add_argument("--key-type", default=env.get("MESHCORE_KEY_TYPE", "ec-p256"), choices=KEY_TYPES,
+                   help="key type of CA keys made from now on (new CA, intermediate renewal, root rotation) "
+                        "(default %(default)s)")
+    p.add_argument("--ca-cert", default=env.get("MESHCORE_CA_CERT"),
+                   help="external upstream CA: PEM intermediate signed by your own root, to sign SVIDs with "
+                        "(read once, then stored sealed in the state dir)")
+    p.add_argument("--ca-key", default=env.get("MESHCORE_CA_KEY"), help="PEM private key of --ca-cert (unencrypted)")
+    p.add_argument("--ca-chain", default=env.get("MESHCORE_CA_CHAIN"),
+                   help="PEM certificates from --ca-cert's issuer up to and including your root")
     p.add_argument("--log-level", default=env.get("MESHCORE_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=("text", "json"), default=env.get("MESHCORE_LOG_FORMAT", "text"))
     return p.parse_args(argv)
@@ -329,6 +431,7 @@ def main(argv=None) -> int:
             state_dir=Path(args.state_dir).absolute(), trust_domain=args.trust_domain, catalog=args.catalog,
             store=args.store, xds_bind=args.xds_bind, api_bind=args.api_bind, http_bind=args.http_bind,
             advertise=args.advertise, kek_file=args.kek_file, leaf_ttl=parse_duration(args.leaf_ttl),
+            key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
         )
         kek = load_kek(settings.kek_file)
         cp = ControlPlane(settings, kek)

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import naming
 from ..durations import parse_duration
 from ..errors import StoreError, ValidationError
-from ..resources.loader import load_documents
+from ..resources.loader import load_documents, validate_set
 from ..resources.model import ResourceKey
 from ._http import HttpError, Request, Response, Router
 
@@ -48,7 +48,61 @@ class OperatorApi:
         r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
+        self._add_ca_routes(r)
         return r
+
+    # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
+    def _add_ca_routes(self, r: Router) -> None:
+        r.add("GET", "/v1/ca", lambda req: self.cp.ca_status())
+        r.add("POST", "/v1/ca/rotate", self.ca_rotate)
+        r.add("GET", "/v1/ca/certs", self.ca_certs)
+
+    def ca_rotate(self, req: Request) -> dict:
+        """``{}`` starts a root rotation; ``{"finish": true}`` retires the old root; ``force`` skips the
+        safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
+        from ..errors import CAError
+
+        body = req.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, 'body must be a JSON object: {"finish": bool, "force": bool}')
+        try:
+            if body.get("finish"):
+                return self.cp.ca_finish(force=bool(body.get("force")))
+            return self.cp.ca_rotate(force=bool(body.get("force")))
+        except CAError as exc:
+            raise HttpError(409, str(exc)) from exc
+
+    def ca_certs(self, req: Request) -> list:
+        """Every unexpired leaf (newest per identity and node) with its renewal point and whether it is
+        ``expiring`` (past its latest renewal point: half life plus the agents' jitter) and which root it
+        chains to (``current``, ``next``, ``previous``)."""
+        from datetime import datetime, timezone
+
+        from cryptography.hazmat.primitives import hashes
+
+        from ..ca.authority import CLOCK_SKEW
+        from ..ca.model import rfc3339
+
+        now = datetime.now(timezone.utc)
+        ca = self.cp.ca
+        roles = {}
+        state = ca.state()
+        for root in state["roots"]:
+            roles[root["sha256"]] = root["role"]
+        out = []
+        for c in ca.issued():
+            start = c.not_before + CLOCK_SKEW if c.not_before + CLOCK_SKEW < c.not_after else c.not_before
+            life = c.not_after - start
+            renew_at = start + life * 0.5
+            latest = start + life * 0.55  # agents renew at half life +-10% of it
+            anchor = ca.anchor_of(c)
+            out.append({
+                "spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
+                "not_before": rfc3339(c.not_before), "not_after": rfc3339(c.not_after),
+                "renew_at": rfc3339(renew_at), "expiring": now >= latest,
+                "root": roles.get(anchor.fingerprint(hashes.SHA256()).hex(), "unknown") if anchor else "unknown",
+            })
+        return out
 
     def _parse(self, req: Request):
         body = req.json()
@@ -71,6 +125,12 @@ class OperatorApi:
         if body.get("dry_run"):
             return {"applied": [], "valid": keys, "dry_run": True}
         existing = {r.key: r for r in self.cp.store.list()}
+        # Checks across resources (a VirtualService's subsets exist, one resource per host...) run on
+        # what the store would hold afterwards, so nothing inconsistent is ever applied.
+        merged = {**existing, **{r.key: r for r in resources}}
+        problems = validate_set(list(merged.values()))
+        if problems:
+            raise _validation_error(ValidationError(problems, "nothing applied"))
         result = []
         for r in resources:
             old = existing.get(r.key)
@@ -95,6 +155,10 @@ class OperatorApi:
         else:
             _, resources = self._parse(req)
             keys = [r.key for r in resources]
+        remaining = [r for r in self.cp.store.list() if r.key not in set(keys)]
+        problems = validate_set(remaining)
+        if problems:  # e.g. deleting a DestinationRule whose subsets a VirtualService still routes to
+            raise _validation_error(ValidationError(problems, "nothing deleted"))
         try:
             removed = self.cp.store.delete(keys)
         except StoreError as exc:

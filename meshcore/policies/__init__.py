@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, peer_authentication
+from . import authorization_policy, destination_rule, peer_authentication, virtual_service
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 
 PLUGINS: tuple[tuple[str, Plugin], ...] = (
     ("PeerAuthentication", peer_authentication.apply),
     ("AuthorizationPolicy", authorization_policy.apply),
+    ("DestinationRule", destination_rule.apply),
+    ("VirtualService", virtual_service.apply),
 )
 
 

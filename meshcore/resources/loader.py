@@ -229,4 +229,17 @@ def load_files(paths: Sequence[str | FsPath]) -> list[Resource]:
     return resources
 
 
-__all__ = ["load_documents", "load_files", "validate_document", "expand_paths", "RESOURCE_SUFFIXES"]
+def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
+    """Checks across resources, over everything that will be stored together (store contents + applied).
+
+    A VirtualService's subsets must exist in the DestinationRule of their host, and a host has one
+    DestinationRule and one VirtualService. Each error's source is the resource (``Kind/ns/name``).
+    Not run by :func:`load_files` (a file may rely on resources already stored): callers that know
+    the whole set (the operator API's apply, ``meshctl traffic``) call it.
+    """
+    from .kinds import destination_rule, virtual_service
+
+    return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
+
+
+__all__ = ["validate_set", "load_documents", "load_files", "validate_document", "expand_paths", "RESOURCE_SUFFIXES"]

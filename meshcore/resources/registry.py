@@ -11,11 +11,13 @@ from __future__ import annotations
 from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
-from .kinds import authorization_policy, peer_authentication
+from .kinds import authorization_policy, destination_rule, peer_authentication, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,
     authorization_policy.KIND,
+    destination_rule.KIND,
+    virtual_service.KIND,
 )
 
 KINDS: dict[str, KindSpec] = {k.kind: k for k in _ORDER}

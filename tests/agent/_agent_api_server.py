@@ -35,6 +35,7 @@ class AgentApiServer:
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, node)
     fail_with: tuple[int, str] | None = None  # answer every request with this status and reason
     dns_names: tuple[str, ...] = ("localhost",)  # DNS SANs of the server certificate (IP 127.0.0.1 always)
+    bundle_acks: dict[str, str] = field(default_factory=dict)  # node -> X-Meshcore-Bundle-SHA256 it sent
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,7 @@ class AgentApiServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         httpd.daemon_threads = True
         httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        self._context = context
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="agent-api-test-server", daemon=True).start()
         return self
@@ -82,6 +84,10 @@ class AgentApiServer:
 
     # -- helpers for tests -----------------------------------------------------------------
 
+    def trust_current_bundle(self) -> None:
+        """Add the CA's current roots (e.g. a rotation's new one) to the client-verification store."""
+        self._context.load_verify_locations(cadata=self.ca.bundle_pem())
+
     def token(self, node: str) -> str:
         return self.tokens.create(node)
 
@@ -101,10 +107,17 @@ class AgentApiServer:
         return {"certificate": cert.cert_pem, "chain": cert.chain_pem, "bundle": self.ca.bundle_pem(),
                 "spiffe_id": cert.spiffe_id, "serial": cert.serial,
                 "not_after": cert.not_after.isoformat().replace("+00:00", "Z"),
-                "trust_domain": TD, "xds_address": self.xds_address}
+                "trust_domain": TD, "xds_address": self.xds_address, "ca": self.ca_info()}
 
-    def handle(self, method: str, path: str, node: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def ca_info(self) -> dict[str, str]:
+        return {"bundle_sha256": self.ca.bundle_sha256(), "signer_key_id": self.ca.signer_key_id(),
+                "phase": self.ca.rotation_phase}
+
+    def handle(self, method: str, path: str, node: str | None, body: dict[str, Any],
+               bundle_sha256: str = "") -> tuple[int, dict[str, Any]]:
         self.calls.append((method, path, node))
+        if node is not None and bundle_sha256:
+            self.bundle_acks[node] = bundle_sha256
         if self.fail_with is not None:
             return self.fail_with[0], {"error": self.fail_with[1]}
         if (method, path) == ("POST", "/v1/agent/join"):
@@ -123,7 +136,7 @@ class AgentApiServer:
             return 200, self.issued(body["csr"], naming.node_spiffe_id(TD, node), node)
         if (method, path) == ("GET", "/v1/agent/services"):
             return 200, {"node": node, "trust_domain": TD, "xds_address": self.xds_address,
-                         "services": list(self.services.get(node, []))}
+                         "ca": self.ca_info(), "services": list(self.services.get(node, []))}
         if (method, path) == ("POST", "/v1/agent/sign"):
             uri = _csr_uri(body.get("csr", ""))
             allowed = {s["spiffe_id"] for s in self.services.get(node, [])}
@@ -157,7 +170,8 @@ def _handler(server: AgentApiServer) -> type[BaseHTTPRequestHandler]:
                 parsed = naming.parse_node_spiffe_id(value) if kind == "URI" else None
                 if parsed:
                     node = parsed[1]
-            status, payload = server.handle(self.command, self.path, node, body)
+            status, payload = server.handle(self.command, self.path, node, body,
+                                            self.headers.get("X-Meshcore-Bundle-SHA256") or "")
             raw = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -66,6 +66,10 @@ spec:
         notMethods: ["GET", "HEAD"]
 """
 
+# Traffic management cases: the examples in examples/traffic.
+TRAFFIC = ROOT / "examples" / "traffic"
+REVIEWS_CANARY = (TRAFFIC / "reviews-destination-rule.yaml").read_text() + "---\n" + (TRAFFIC / "reviews-canary.yaml").read_text()
+
 
 def _snapshot(resources_text: str = "") -> MeshSnapshot:
     catalog = FileCatalogSource(CATALOG).poll(None, 0).catalog
@@ -87,6 +91,9 @@ CASES = {
     "vm1-authz-productpage-get-only": ((POLICIES / "productpage-get-only.yaml").read_text(), "vm1"),
     "vm2-authz-details": (PERMISSIVE_DETAILS + "---\n" + AUTHZ_DETAILS, "vm2"),
     "vm3-authz-deny-all": ((POLICIES / "deny-all.yaml").read_text(), "vm3"),
+    "vm1-traffic-reviews-canary": (REVIEWS_CANARY, "vm1"),
+    "vm2-traffic-ratings-abort": ((TRAFFIC / "ratings-abort.yaml").read_text(), "vm2"),
+    "vm3-traffic-ratings-delay": ((TRAFFIC / "ratings-delay-for-jason.yaml").read_text(), "vm3"),
 }
 
 

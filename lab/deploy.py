@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""lab/deploy.py: `make lab-up` - boot the lab (lab/up.sh) and deploy meshcore onto it with site.yml.
+
+Boots (or reuses) a control plane host `cp` and three VM hosts, builds the wheelhouse on this machine
+(the hosts have no internet), writes the lab's Ansible inventory, runs ansible/playbooks/site.yml over
+SSH exactly as onto VMs, waits until productpage answers through the mesh, and prints as the LAST line
+of stdout one JSON object: {"hosts": {name: address}, "inventory": path, "ingress": url, ...}.
+Progress goes to stderr. Safe to run again (the second deployment changes nothing).
+
+The lab's mesh: the control plane, the Consul stand-in (tests/consul_double) and the ingress gateway
+(an agent whose Envoy listens on cp's bridge address, port 8080) on `cp`; bookinfo on vm1..vm3, every
+service on every VM (reviews v1/v2/v3 one per VM), so any one VM can be restarted or upgraded while the
+others serve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "lab"
+ANSIBLE = ROOT / "ansible"
+STATE = Path(os.environ.get("MESHCORE_LAB_STATE", "/var/lib/meshcore-lab"))
+HOSTS = ("cp", "vm1", "vm2", "vm3")
+INGRESS_PORT = 8080
+REVIEWS = {"vm1": "v1", "vm2": "v2", "vm3": "v3"}
+
+
+def log(msg: str) -> None:
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def vm_services(vm: str) -> list[dict]:
+    """Every bookinfo service on one VM: apps on loopback, Envoy's mTLS inbound on the mesh ports."""
+    def svc(name, sid, port, mesh_port, version="v1", upstreams=()):
+        return {"name": name, "id": sid, "port": port, "mesh_port": mesh_port, "version": version,
+                "upstreams": [{"name": n, "port": p} for n, p in upstreams],
+                "check": {"http": f"http://127.0.0.1:{port}/health", "interval": "5s"}}
+    version = REVIEWS[vm]
+    return [
+        svc("productpage", f"productpage-{vm}", 9080, 21000, upstreams=[("details", 9091), ("reviews", 9092)]),
+        svc("details", f"details-{vm}", 9081, 21001),
+        svc("reviews", f"reviews-{version}", 9082, 21002, version,
+            upstreams=[("ratings", 9093)] if version != "v1" else []),
+        svc("ratings", f"ratings-{vm}", 9083, 21003),
+    ]
+
+
+def write_inventory(hosts: dict[str, str], ssh_key: str, directory: Path) -> Path:
+    """The lab inventory: groups as in ansible/inventories/example, plus lab_consul (LAB ONLY)."""
+    cp = hosts["cp"]
+    vms = [h for h in HOSTS if h != "cp"]
+    inventory = {"all": {
+        "vars": {
+            "ansible_user": "root",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_private_key_file": ssh_key,
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "meshcore_common_wheelhouse": str(directory.parent / "wheelhouse"),
+            "meshcore_control_plane_bundle_local": str(directory.parent / "bundle.pem"),
+            "meshcore_agent_bundle_local": str(directory.parent / "bundle.pem"),
+            # the Consul stand-in on cp is every host's "local agent" (it tells them apart by address)
+            "meshcore_control_plane_consul_http_addr": f"http://{cp}:8500",
+            "meshcore_agent_consul_http_addr": f"http://{cp}:8500",
+            "meshcore_agent_refresh_interval": "2s",
+        },
+        "children": {
+            "lab_consul": {"hosts": {"cp": None}},
+            "meshcore_control_plane": {"hosts": {"cp": None}},
+            "meshcore_vms": {"hosts": {h: None for h in HOSTS}},
+            "meshcore_gateways": {"hosts": {"cp": None}},
+            "bookinfo": {"hosts": {h: None for h in vms}},
+        },
+    }}
+    host_vars: dict[str, dict] = {name: {"ansible_host": addr} for name, addr in hosts.items()}
+    host_vars["cp"]["meshcore_consul_services_definitions"] = [{
+        "name": "ingress-gateway", "id": "ingress-gateway", "kind": "ingress-gateway", "port": INGRESS_PORT,
+        "upstreams": [{"name": "productpage", "address": cp, "port": INGRESS_PORT}],
+        "check": {"tcp": f"{cp}:{INGRESS_PORT}", "interval": "5s"}}]
+    for vm in vms:
+        host_vars[vm]["meshcore_consul_services_definitions"] = vm_services(vm)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "host_vars").mkdir(exist_ok=True)
+    (directory / "hosts.yml").write_text("# written by lab/deploy.py; lab/down.sh removes it\n"
+                                         + yaml.safe_dump(inventory, sort_keys=False))
+    for name, data in host_vars.items():
+        (directory / "host_vars" / f"{name}.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return directory / "hosts.yml"
+
+
+def build_wheelhouse(out: Path, local_version: str = "") -> None:
+    log(f"building the wheelhouse {out} (meshcore and its dependencies, for the hosts' Python 3.11)")
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run([str(ANSIBLE / "scripts" / "build-wheelhouse.sh"), str(ROOT), str(out),
+                    *([local_version] if local_version else [])], check=True, env=env,
+                   stdout=sys.stderr)
+
+
+def run_playbook(inventory: Path, playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    """ansible-playbook from the venv, output to stderr (and returned)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_NOCOLOR="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+           str(ANSIBLE / "playbooks" / playbook), *extra]
+    log(" ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env, cwd=ANSIBLE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        sys.stderr.write(line)
+    rc = proc.wait()
+    return subprocess.CompletedProcess(cmd, rc, "".join(lines), "")
+
+
+def wait_ingress(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                body = json.loads(r.read())
+                if r.status == 200 and body.get("details", {}).get("service") == "details":
+                    return
+                last = f"status {r.status}: {str(body)[:200]}"
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = str(exc)
+        time.sleep(1)
+    raise SystemExit(f"lab: productpage did not answer through the mesh at {url} within {timeout:.0f}s: {last}")
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        log("error: the lab needs root (network namespaces, bridges, systemd-nspawn); run it as root")
+        return 2
+    t0 = time.monotonic()
+    up = subprocess.run([str(LAB / "up.sh"), *HOSTS], stdout=subprocess.PIPE, text=True)
+    if up.returncode != 0:
+        log(f"error: lab/up.sh failed (exit {up.returncode})")
+        return up.returncode
+    booted = json.loads(up.stdout.strip().splitlines()[-1])
+    hosts = {name: booted["hosts"][name] for name in HOSTS}
+    log(f"hosts up in {time.monotonic() - t0:.0f}s: {hosts}")
+    wheelhouse = STATE / "wheelhouse"
+    if not list(wheelhouse.glob("meshcore-*.whl")):
+        build_wheelhouse(wheelhouse)
+    inventory = write_inventory(hosts, booted["ssh_key"], STATE / "inventory")
+    result = run_playbook(inventory, "site.yml")
+    if result.returncode != 0:
+        log(f"error: site.yml failed (exit {result.returncode}); the output is above")
+        return 1
+    ingress = f"http://{hosts['cp']}:{INGRESS_PORT}/productpage"
+    wait_ingress(ingress + "?format=json")
+    log(f"mesh up in {time.monotonic() - t0:.0f}s; productpage through the mesh: {ingress}")
+    print(json.dumps({"hosts": hosts, "inventory": str(inventory), "ingress": ingress,
+                      "ssh_key": booted["ssh_key"], "netns": booted["netns"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

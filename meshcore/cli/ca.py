@@ -1,0 +1,229 @@
+"""``meshctl ca`` (root rotation, CA state) and ``meshctl certs list`` (with expiry warnings).
+
+Wire into meshctl with ``register(subparsers, common)``; ``python -m meshcore.cli.ca`` runs the
+same commands on their own.
+
+* ``meshctl ca status [-o json]``: mode, phase, roots, signing intermediate, leaves on an old root.
+* ``meshctl ca rotate [--wait] [--timeout D] [--force]``: start a root rotation; with ``--wait``
+  show progress until no unexpired leaf chains to the old root.
+* ``meshctl ca rotate --finish [--force]``: retire the old root (drop it from the bundle).
+* ``meshctl certs list [-o json]``: every SVID with ``spiffe_id``, ``serial``, ``not_after``
+  (RFC 3339), ``node``, ``renew_at``, ``root`` and ``expiring``; the table warns about expiring ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+
+from ..durations import parse_duration
+from ..errors import MeshError
+from ._client import ApiError, Client, discover_server
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+def _client(args) -> Client:
+    return Client(discover_server(getattr(args, "server", None), getattr(args, "state_dir", None)))
+
+
+def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
+    if fmt == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        table(data)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers] + rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+# --- certs list --------------------------------------------------------------------------------
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def _with_expiry(cert: dict, now: datetime) -> dict:
+    """Fill ``renew_at``/``expiring`` for a control plane that only serves ``/v1/certs``."""
+    if "expiring" in cert:
+        return cert
+    start, end = _parse_time(cert["not_before"]), _parse_time(cert["not_after"])
+    life = end - start
+    return {**cert, "renew_at": (start + life / 2).isoformat().replace("+00:00", "Z"),
+            "expiring": now >= start + life * 0.55, "root": cert.get("root", "unknown")}
+
+
+def fetch_certs(client: Client) -> list[dict]:
+    try:
+        return client.get("/v1/ca/certs")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    now = datetime.now(timezone.utc)
+    return [_with_expiry(c, now) for c in client.get("/v1/certs")]
+
+
+def cmd_certs_list(args) -> int:
+    certs = fetch_certs(_client(args))
+
+    def table(rows: list[dict]) -> None:
+        _table([[c["spiffe_id"], c.get("node") or "", c["serial"][:16], c["not_after"],
+                 c.get("root", ""), "EXPIRING" if c.get("expiring") else ""] for c in rows],
+               ["SPIFFE ID", "NODE", "SERIAL", "NOT AFTER", "ROOT", ""])
+        expiring = [c for c in rows if c.get("expiring")]
+        if expiring:
+            print(f"WARNING: {len(expiring)} certificate(s) past their renewal point (half life) and not yet "
+                  "renewed: check those nodes' agents (`meshctl status`, the agent's status.json)")
+
+    _emit(certs, args.output, table)
+    return 0
+
+
+# --- ca status / rotate ------------------------------------------------------------------------
+
+def _print_state(state: dict) -> None:
+    print(f"trust domain {state['trust_domain']}  mode {state['mode']}  key {state['key_type']}  "
+          f"phase {state['phase']}")
+    for root in state["roots"]:
+        print(f"  root ({root['role']}): {root['subject']}  sha256 {root['sha256'][:16]}  until {root['not_after']}")
+    inter = state["intermediate"]
+    print(f"  signing intermediate: {inter['subject']}  until {inter['not_after']}")
+    if state["phase"] != "idle":
+        left = state.get("old_root_certificates") or []
+        print(f"  certificates still on the old root: {len(left)}")
+        for c in left[:20]:
+            print(f"    {c['spiffe_id']}  node={c.get('node') or '-'}  serial={c['serial'][:16]}")
+        waiting = state.get("nodes_without_bundle") or []
+        if waiting:
+            print(f"  nodes still without the new trust bundle: {', '.join(waiting)}")
+
+
+def cmd_ca_status(args) -> int:
+    _emit(_client(args).get("/v1/ca"), args.output, _print_state)
+    return 0
+
+
+def _progress_line(state: dict) -> str:
+    if state["phase"] == "preparing":
+        waiting = state.get("nodes_without_bundle") or []
+        return (f"preparing: distributing the new trust bundle; {len(waiting)} node(s) still without it"
+                + (f" ({', '.join(waiting)})" if waiting else ""))
+    left = state.get("old_root_certificates") or []
+    names = ", ".join(f"{c['spiffe_id'].rsplit('/', 1)[-1]}@{c.get('node') or 'control-plane'}" for c in left[:6])
+    return f"{state['phase']}: {len(left)} certificate(s) still chain to the old root" + (f": {names}" if names else "")
+
+
+def wait_for_rotation(client: Client, timeout: float | None, interval: float,
+                      out: Callable[[str], None]) -> dict:
+    """Poll ``GET /v1/ca`` until the rotation is active and no leaf chains to the old root."""
+    deadline = None if not timeout else time.monotonic() + timeout
+    last = ""
+    while True:
+        state = client.get("/v1/ca")
+        line = _progress_line(state)
+        if line != last:
+            out(line)
+            last = line
+        if state["phase"] != "preparing" and not state.get("old_root_certificates"):
+            return state
+        if deadline is not None and time.monotonic() >= deadline:
+            raise MeshError(f"timed out after {timeout:.0f}s: {line}; `meshctl ca status` shows what is left, "
+                            "`meshctl ca rotate --wait` waits again")
+        time.sleep(interval)
+
+
+def cmd_ca_rotate(args) -> int:
+    client = _client(args)
+    progress = (lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+    started = time.monotonic()
+    if args.finish:
+        state = client.post("/v1/ca/rotate", {"finish": True, "force": args.force})
+        progress(f"old root retired; the trust bundle now holds {len(state['roots'])} root(s)")
+        _emit(state, args.output, _print_state)
+        return 0
+    if not args.resume:
+        state = client.post("/v1/ca/rotate", {"force": args.force})
+        new = next((r for r in state["roots"] if r["role"] == ("next" if state["phase"] == "preparing" else "current")),
+                   state["roots"][0])
+        progress(f"rotation started ({state['phase']}): new root {new['subject']}")
+    if args.wait or args.resume:
+        timeout = parse_duration(args.timeout).total_seconds() if args.timeout else None
+        state = wait_for_rotation(client, timeout, args.interval, progress)
+        progress(f"every certificate chains to the new root ({time.monotonic() - started:.1f}s); "
+                 "retire the old one with `meshctl ca rotate --finish`")
+    else:
+        state = client.get("/v1/ca")
+    _emit(state, args.output, _print_state)
+    return 0
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True) -> None:
+    """Add ``ca status``, ``ca rotate`` and (unless ``certs=False``) ``certs list`` to ``subparsers``."""
+    sp = subparsers.add_parser("ca", parents=[common], help="The mesh CA: state and root rotation.",
+                               description="The mesh CA: state and root rotation.")
+    sub = sp.add_subparsers(dest="ca_command", required=True)
+    st = sub.add_parser("status", parents=[common], help="Mode, rotation phase, roots, signing intermediate.")
+    st.set_defaults(fn=cmd_ca_status)
+    rot = sub.add_parser(
+        "rotate", parents=[common], help="Rotate the root CA with an overlapping trust bundle.",
+        description="Start a root rotation: a new root and intermediate; the bundle holds both roots; once every "
+                    "connected node has it, new certificates come from the new root and agents renew theirs "
+                    "early. --wait shows progress until no certificate chains to the old root; then "
+                    "--finish drops the old root from the bundle.")
+    rot.add_argument("--wait", action="store_true", help="wait until no unexpired certificate chains to the old root")
+    rot.add_argument("--resume", action="store_true", help="do not start a rotation; wait for the one in progress")
+    rot.add_argument("--finish", action="store_true", help="retire the old root (after --wait)")
+    rot.add_argument("--force", action="store_true",
+                     help="start: sign from the new root at once, without waiting for every node to hold the new "
+                          "bundle; --finish: retire the old root even while certificates still chain to it")
+    rot.add_argument("--timeout", default="", help="give up waiting after this long (e.g. 10m; default: no limit)")
+    rot.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    rot.set_defaults(fn=cmd_ca_rotate)
+    if certs:
+        cp = subparsers.add_parser("certs", parents=[common], help="Certificates the CA issued.",
+                                   description="Certificates the CA issued.")
+        csub = cp.add_subparsers(dest="certs_command", required=True)
+        cl = csub.add_parser("list", parents=[common],
+                             help="Every SVID: identity, serial, not-after, node; warns about expiring ones.")
+        cl.set_defaults(fn=cmd_certs_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``python -m meshcore.cli.ca``), the same options as meshctl's."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="control plane HTTP API URL")
+    common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
+    p = argparse.ArgumentParser(prog="meshctl", description="meshcore CA and certificates.")
+    register(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except MeshError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["register", "main", "fetch_certs", "wait_for_rotation", "cmd_certs_list"]
+
+if __name__ == "__main__":
+    sys.exit(main())

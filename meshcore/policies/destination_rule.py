@@ -1,0 +1,80 @@
+"""DestinationRule: traffic policy on each upstream's cluster, and one cluster per subset.
+
+For every upstream a proxy declared whose host has a DestinationRule:
+
+* the upstream's own cluster (``outbound:<host>|<source>``) gets the host's ``trafficPolicy``
+  (load balancer, circuit breakers, outlier detection), and its default route the hash policy a
+  ``consistentHash`` load balancer needs;
+* every subset gets a cluster ``outbound:<host>|<source>|<subset>`` with the subset's policy and its
+  own ClusterLoadAssignment ``outbound:<host>|<subset>`` holding only the instances whose labels match,
+  so VirtualServices can route to it (and a subset not routed to right now stays warm).
+"""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from .. import naming
+from ..resources.kinds.destination_rule import KIND_NAME, effective_policy, subset_names
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
+from ..traffic.routes import pack
+from ..xds.build import _common as c
+
+KIND = KIND_NAME
+
+
+def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
+    from ..xds.build import ROUTE
+
+    hashes = route_hash_policies(policy)
+    if not hashes:
+        return
+    for rc_ in resources[ROUTE]:
+        if rc_.name == route_name:
+            for vhost in rc_.virtual_hosts:
+                for route in vhost.routes:
+                    del route.route.hash_policy[:]
+                    route.route.hash_policy.extend(hashes)
+
+
+def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None:
+    from ..xds.build import LISTENER
+
+    hashes = tcp_hash_policies(policy)
+    if not hashes:
+        return
+    for listener in resources[LISTENER]:
+        if listener.name != listener_name:
+            continue
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                proxy = tcp_proxy_pb2.TcpProxy()
+                if f.typed_config.Unpack(proxy):
+                    del proxy.hash_policy[:]
+                    proxy.hash_policy.extend(hashes)
+                    f.typed_config.CopyFrom(pack(proxy))
+
+
+def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
+    if not snapshot.resources_of(KIND):
+        return
+    clusters = ClusterSet(snapshot, proxy, resources)
+    for src, up in c.outbound_bindings(snapshot, proxy):
+        host = up.destination_name
+        rule = clusters.rule(host)
+        if rule is None:
+            continue
+        policy = effective_policy(rule)
+        own = clusters.existing(naming.upstream_cluster(host, src.service))
+        if own is not None:
+            apply_policy(own, policy)
+        for subset in subset_names(rule):
+            clusters.ensure(src, host, subset, up.datacenter)
+        if c.upstream_protocol(snapshot, up) == "tcp":
+            _default_tcp_hash(resources, naming.outbound_listener(host, up.local_bind_port), policy)
+        else:
+            _default_route_hash(resources, naming.outbound_route(host, up.local_bind_port), policy)
+
+
+__all__ = ["apply"]

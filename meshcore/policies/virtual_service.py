@@ -1,0 +1,112 @@
+"""VirtualService: the routes of every outbound listener whose upstream a VirtualService names.
+
+For each upstream a proxy declared and a VirtualService lists in ``hosts``:
+
+* HTTP upstreams: the outbound RouteConfiguration's routes are replaced by the VirtualService's
+  ``http[]`` rules, in order (no rule matching: 404, as in Istio); destinations become the upstream's
+  cluster, subset clusters (``outbound:<host>|<source>|<subset>``) or clusters of other services, added
+  with their endpoints when new. A rule with ``fault`` gets its ``HTTPFault`` per route
+  (``typed_per_filter_config``), and the listener's HttpConnectionManager gets the
+  ``envoy.filters.http.fault`` filter right before the router.
+* TCP upstreams: the first ``tcp[]`` rule becomes the tcp_proxy's (weighted) clusters.
+
+A destination naming a subset that no DestinationRule defines refuses this proxy's config
+(:class:`~meshcore.errors.SnapshotInvalid`): the proxy keeps its last good config and the error shows
+in ``meshctl get proxies``.
+"""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from .. import naming
+from ..errors import SnapshotInvalid
+from ..resources.kinds.virtual_service import KIND_NAME, service_for
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
+from ..traffic.routes import FAULT_FILTER, has_fault, http_routes, pack, weighted_tcp
+from ..xds.build import _common as c
+from ..xds.build.routes import DEFAULT_ROUTE_TIMEOUT_S
+
+KIND = KIND_NAME
+
+
+def _is(packed, cls) -> bool:
+    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
+
+
+def insert_fault_filter(listener) -> None:
+    """Put ``envoy.filters.http.fault`` (empty: routes configure it) before the router of every HCM."""
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            if any(h.name == FAULT_FILTER for h in hcm.http_filters):
+                continue
+            filters = list(hcm.http_filters)
+            at = next((i for i, h in enumerate(filters) if _is(h.typed_config, router_pb2.Router)), len(filters))
+            fault = hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault()))
+            del hcm.http_filters[:]
+            hcm.http_filters.extend(filters[:at] + [fault] + filters[at:])
+            f.typed_config.CopyFrom(pack(hcm))
+
+
+def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
+    from ..xds.build import LISTENER, ROUTE
+
+    services = snapshot.resources_of(KIND)
+    if not services:
+        return
+    clusters = ClusterSet(snapshot, proxy, resources)
+    routes = {r.name: r for r in resources[ROUTE]}
+    listeners = {l.name: l for l in resources[LISTENER]}
+    problems: list[str] = []
+    for src, up in c.outbound_bindings(snapshot, proxy):
+        host = up.destination_name
+        vs = service_for(services, host)
+        if vs is None:
+            continue
+
+        def cluster_for(dest: str, subset: str | None, _src=src, _up=up) -> str:
+            dc = _up.datacenter if dest == _up.destination_name else None
+            return clusters.ensure(_src, dest, subset, dc)
+
+        def hash_for(dest: str, subset: str | None) -> list:
+            return route_hash_policies(clusters.policy(dest, subset))
+
+        where = f"VirtualService {vs.namespace}/{vs.name} for upstream {host!r} of {src.id}"
+        try:
+            if c.upstream_protocol(snapshot, up) == "tcp":
+                listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
+                for chain in listener.filter_chains if listener is not None else ():
+                    for f in chain.filters:
+                        tcp = tcp_proxy_pb2.TcpProxy()
+                        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy) and f.typed_config.Unpack(tcp):
+                            if weighted_tcp(tcp, vs, cluster_for):
+                                f.typed_config.CopyFrom(pack(tcp))
+                continue
+            if not (vs.spec or {}).get("http"):
+                continue
+            route_config = routes.get(naming.outbound_route(host, up.local_bind_port))
+            if route_config is None:
+                continue
+            compiled = http_routes(vs, cluster_for, hash_for, DEFAULT_ROUTE_TIMEOUT_S)
+            for vhost in route_config.virtual_hosts:
+                del vhost.routes[:]
+                vhost.routes.extend(compiled)
+            if has_fault(vs):
+                listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
+                if listener is not None:
+                    insert_fault_filter(listener)
+        except MissingSubset as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise SnapshotInvalid(proxy.node, problems)
+
+
+__all__ = ["apply", "insert_fault_filter"]

@@ -1,0 +1,366 @@
+"""VirtualService: how requests to a service are routed (spelled like Istio's).
+
+```yaml
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]                    # Consul service names; applies to every proxy that declared the upstream
+  http:                               # ordered: the first rule whose match matches wins
+  - name: jason
+    match:                            # alternatives (OR); inside one, every condition (AND)
+    - headers: {end-user: {exact: jason}}
+      uri: {prefix: /reviews}         # exact | prefix | regex (RE2); also method, queryParams, ignoreUriCase
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:                            # no match: everything else
+    - destination: {host: reviews, subset: v1}
+      weight: 90                      # weights of one rule sum to 100
+    - destination: {host: reviews, subset: v3}
+      weight: 10
+    timeout: 5s
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,connect-failure", backoff: {baseInterval: 25ms, maxInterval: 250ms}}
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 10}}
+      abort: {httpStatus: 503, percentage: {value: 1}}
+    mirror: {host: reviews, subset: v3}
+    mirrorPercentage: {value: 5}
+    headers:
+      request: {set: {x-env: prod}, add: {x-trace: "1"}, remove: [x-debug]}
+      response: {remove: [server]}
+  tcp:                                # for services with meta protocol=tcp
+  - route:
+    - {destination: {host: db, subset: primary}, weight: 100}
+```
+
+As in Istio, a request no rule matches gets 404, and a fault or percentage left without
+``percentage`` applies to every request. Every ``subset`` must exist in the DestinationRule of its
+host; :func:`validate_set` checks that across resources (at apply time and in ``meshctl traffic``),
+and the xDS build refuses a proxy's config while it does not hold (the proxy keeps its last good one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterator, Sequence
+
+from meshcore.errors import FieldError
+from meshcore.resources._kindspec import KindSpec
+from meshcore.resources.model import Resource
+from meshcore.resources.schema import (
+    INVALID,
+    Bool,
+    Context,
+    Custom,
+    DNSLabel,
+    Int,
+    ListOf,
+    MapOf,
+    Obj,
+    Path,
+    Required,
+    Str,
+    StrKey,
+)
+
+from . import destination_rule as dr
+from .destination_rule import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one
+
+API_VERSION = "networking.mesh.io/v1beta1"
+KIND_NAME = "VirtualService"
+
+RETRY_ON = (
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
+    "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
+    "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+)
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,503"
+"""Istio's default when ``retries.retryOn`` is left out."""
+
+_RE2_UNSUPPORTED = re.compile(r"\(\?[=!]|\(\?<[=!]|\\[1-9]")
+
+
+# --- value checks ----------------------------------------------------------------------------------------
+
+
+def regex_problem(value: str) -> str | None:
+    """Envoy matches with RE2: no lookaround, no backreferences; the rest must compile."""
+    if _RE2_UNSUPPORTED.search(value):
+        return f"{json.dumps(value)}: lookaround and backreferences are not supported (Envoy uses RE2)"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"{json.dumps(value)} is not a valid regular expression: {exc}"
+    return None
+
+
+def retry_on_problem(value: str) -> str | None:
+    """``retryOn`` is a comma list of Envoy retry conditions and HTTP status codes (``5xx,503``)."""
+    items = [v.strip() for v in value.split(",")]
+    for item in items:
+        if not item:
+            return f"{json.dumps(value)}: empty item in the comma-separated list"
+        if item.isdigit():
+            if not 100 <= int(item) <= 599:
+                return f"{json.dumps(item)} is not an HTTP status code (100-599)"
+            continue
+        if item not in RETRY_ON:
+            return f"unknown retry condition {json.dumps(item)}; known: {', '.join(RETRY_ON)} or a status code"
+    return None
+
+
+def split_retry_on(value: str) -> tuple[str, list[int]]:
+    """``"5xx,503"`` -> (``"5xx,retriable-status-codes"``, [503]): status codes need Envoy's retriable-status-codes."""
+    conditions, codes = [], []
+    for item in (v.strip() for v in value.split(",")):
+        if item.isdigit():
+            codes.append(int(item))
+        elif item not in conditions:
+            conditions.append(item)
+    if codes and "retriable-status-codes" not in conditions:
+        conditions.append("retriable-status-codes")
+    return ",".join(conditions), codes
+
+
+def _path_problem(kind: str):
+    def check(cleaned: dict) -> str | None:
+        for key in ("exact", "prefix"):
+            if key in cleaned and not cleaned[key].startswith("/"):
+                return f"{kind}.{key} must start with '/', got {json.dumps(cleaned[key])}"
+        return None
+
+    return check
+
+
+def string_match(what: str) -> Obj:
+    return Obj(
+        {"exact": Str(), "prefix": Str(min_len=1), "regex": Custom(Str(min_len=1), regex_problem)},
+        rules=[exactly_one(("exact", "prefix", "regex"), what)],
+    )
+
+
+URI_MATCH = Custom(string_match("uri"), _path_problem("uri"))
+STRING_MATCH = string_match("a string match")
+
+
+class _HeaderKey(StrKey):
+    def check(self, key: Any, path: Path, ctx: Context) -> Any:
+        key = super().check(key, path, ctx)
+        if key is INVALID:
+            return INVALID
+        return HeaderName(min_len=1).check(key, path, ctx)
+
+
+MATCH = Obj(
+    {
+        "name": Str(min_len=1),
+        "uri": URI_MATCH,
+        "method": STRING_MATCH,
+        "headers": MapOf(STRING_MATCH, key=_HeaderKey()),
+        "queryParams": MapOf(STRING_MATCH, key=StrKey(Str(min_len=1))),
+        "ignoreUriCase": Bool(),
+    }
+)
+
+DESTINATION = Obj({"host": Required(ServiceHost()), "subset": DNSLabel()})
+
+ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, 100)})
+
+
+def _weights(cleaned: list, path: Path, ctx: Context) -> None:
+    """Istio's rule: one destination takes everything; several need weights that sum to 100."""
+    if len(cleaned) == 1:
+        w = cleaned[0].get("weight")
+        if w is not None and w != 100:
+            ctx.add(path.index(0).field("weight"),
+                    f"a single destination receives all traffic: leave weight out or write 100 (got {w})")
+        return
+    missing = [i for i, d in enumerate(cleaned) if d.get("weight") is None]
+    for i in missing:
+        ctx.add(path.index(i).field("weight"), "required when a route has several destinations (weights sum to 100)")
+    if missing:
+        return
+    total = sum(d["weight"] for d in cleaned)
+    if total != 100:
+        parts = ", ".join(f"{d['destination'].get('subset') or d['destination']['host']}={d['weight']}" for d in cleaned)
+        ctx.add(path, f"weights must sum to 100, got {total} ({parts})")
+    elif not any(d["weight"] for d in cleaned):
+        ctx.add(path, "at least one destination needs a weight above 0")
+
+
+class Destinations(ListOf):
+    """``route[]``: destinations with weights checked together, reported at ``route`` or ``route[i].weight``."""
+
+    def __init__(self) -> None:
+        super().__init__(ROUTE_DESTINATION, min_items=1)
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        before = len(ctx.issues)
+        cleaned = super().check(value, path, ctx)
+        if cleaned is INVALID or len(ctx.issues) != before:
+            return INVALID
+        _weights(cleaned, path, ctx)
+        return cleaned if len(ctx.issues) == before else INVALID
+
+
+def _backoff_order(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "maxInterval" in cleaned and dr.seconds(cleaned["maxInterval"]) < dr.seconds(cleaned["baseInterval"]):
+        ctx.add(path.field("maxInterval"),
+                f"must not be shorter than baseInterval ({cleaned['baseInterval']}), got {cleaned['maxInterval']}")
+
+
+BACKOFF = Obj({"baseInterval": Required(Dur(min_s=0.001)), "maxInterval": Dur(min_s=0.001)}, rules=[_backoff_order])
+
+RETRIES = Obj(
+    {
+        "attempts": Required(Int(0, 100)),
+        "perTryTimeout": Dur(min_s=0.001),
+        "retryOn": Custom(Str(min_len=1), retry_on_problem),
+        "backoff": BACKOFF,
+    }
+)
+
+PERCENTAGE = Obj({"value": Required(Number(0, 100))})
+
+FAULT = Obj(
+    {
+        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE}),
+        "abort": Obj({"httpStatus": Required(Int(200, 599)), "percentage": PERCENTAGE}),
+    },
+    rules=[at_least_one(("delay", "abort"), "fault")],
+)
+
+HEADER_OPERATIONS = Obj(
+    {
+        "set": MapOf(Str(), key=_HeaderKey()),
+        "add": MapOf(Str(), key=_HeaderKey()),
+        "remove": ListOf(HeaderName(min_len=1)),
+    }
+)
+
+HEADERS = Obj({"request": HEADER_OPERATIONS, "response": HEADER_OPERATIONS})
+
+
+def _mirror_percentage_needs_mirror(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "mirrorPercentage" in cleaned and "mirror" not in cleaned:
+        ctx.add(path.field("mirrorPercentage"), "needs mirror (the destination that receives the copies)")
+
+
+HTTP_ROUTE = Obj(
+    {
+        "name": Str(min_len=1),
+        "match": ListOf(MATCH),
+        "route": Required(Destinations()),
+        "timeout": Dur(),
+        "retries": RETRIES,
+        "fault": FAULT,
+        "mirror": DESTINATION,
+        "mirrorPercentage": PERCENTAGE,
+        "headers": HEADERS,
+    },
+    rules=[_mirror_percentage_needs_mirror],
+)
+
+TCP_ROUTE = Obj({"route": Required(Destinations())})
+
+
+def _routes_given(cleaned: dict, path: Path, ctx: Context) -> None:
+    if not cleaned.get("http") and not cleaned.get("tcp"):
+        ctx.add(path, "a VirtualService needs http or tcp routes")
+
+
+SPEC = Obj(
+    {
+        "hosts": Required(ListOf(ServiceHost(), min_items=1, unique=True)),
+        "http": ListOf(HTTP_ROUTE),
+        "tcp": ListOf(TCP_ROUTE),
+    },
+    rules=[_routes_given],
+)
+
+KIND = KindSpec.from_schema(
+    API_VERSION,
+    KIND_NAME,
+    SPEC,
+    spec_required=True,
+    summary="ordered HTTP routes (match, weighted subsets, retries, timeout, fault, mirror, headers) and weighted TCP",
+)
+
+
+# --- resolution (pure) ---------------------------------------------------------------------------------
+
+
+def service_for(resources: Sequence[Resource], host: str) -> Resource | None:
+    """The VirtualService routing ``host``: the first by (namespace, name) listing it in ``spec.hosts``."""
+    for r in sorted((r for r in resources if r.kind == KIND_NAME), key=lambda r: (r.namespace, r.name)):
+        if host in ((r.spec or {}).get("hosts") or ()):
+            return r
+    return None
+
+
+def destinations(spec: dict) -> Iterator[tuple[str, dict]]:
+    """Every destination a VirtualService names, with its field path (routes and mirrors)."""
+    for i, rule in enumerate(spec.get("http") or ()):
+        for j, d in enumerate(rule.get("route") or ()):
+            yield f"spec.http[{i}].route[{j}].destination", d["destination"]
+        if rule.get("mirror"):
+            yield f"spec.http[{i}].mirror", rule["mirror"]
+    for i, rule in enumerate(spec.get("tcp") or ()):
+        for j, d in enumerate(rule.get("route") or ()):
+            yield f"spec.tcp[{i}].route[{j}].destination", d["destination"]
+
+
+def subset_problem(resources: Sequence[Resource], host: str, subset: str) -> str | None:
+    """Why ``subset`` of ``host`` cannot be routed to (no DestinationRule, or not among its subsets), or None."""
+    rule = dr.rule_for(resources, host)
+    if rule is None:
+        return (f"subset {json.dumps(subset)} of host {json.dumps(host)} is not defined: no DestinationRule has "
+                f"host {json.dumps(host)}; add one with subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]")
+    if dr.subset_of(rule, subset) is None:
+        known = ", ".join(dr.subset_names(rule)) or "none"
+        return (f"subset {json.dumps(subset)} is not defined in DestinationRule {rule.namespace}/{rule.name} "
+                f"for host {json.dumps(host)} (its subsets: {known})")
+    return None
+
+
+def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
+    """Cross-resource checks over everything that will be stored together.
+
+    * every ``destination.subset`` (routes and mirrors) exists in the DestinationRule of its host;
+    * a host is routed by one VirtualService only (a second one would be silently ignored).
+    """
+    errors: list[FieldError] = []
+    owner: dict[str, Resource] = {}
+    for r in sorted((r for r in resources if r.kind == KIND_NAME), key=lambda r: (r.namespace, r.name)):
+        spec = r.spec or {}
+        for k, host in enumerate(spec.get("hosts") or ()):
+            if host in owner:
+                o = owner[host]
+                errors.append(FieldError(str(r.key), None, f"spec.hosts[{k}]",
+                                         f"host {json.dumps(host)} is already routed by VirtualService "
+                                         f"{o.namespace}/{o.name}; put all routes of a host in one VirtualService"))
+            else:
+                owner[host] = r
+        for path, dest in destinations(spec):
+            if dest.get("subset"):
+                problem = subset_problem(resources, dest["host"], dest["subset"])
+                if problem:
+                    errors.append(FieldError(str(r.key), None, f"{path}.subset", problem))
+    return errors
+
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "KIND_NAME",
+    "RETRY_ON",
+    "DEFAULT_RETRY_ON",
+    "destinations",
+    "regex_problem",
+    "retry_on_problem",
+    "service_for",
+    "split_retry_on",
+    "subset_problem",
+    "validate_set",
+]

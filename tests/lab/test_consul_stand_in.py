@@ -1,0 +1,71 @@
+"""The lab's Consul stand-in puts each host's agent registrations on that host's node (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.request
+
+import pytest
+
+from tests.consul_double._http import AclConfig
+from tests.lab.consul_stand_in import ByPeerServer, MultiAgentState
+
+
+@pytest.fixture()
+def stand_in():
+    state = MultiAgentState("cp", "dc1", "127.0.0.1", {"vm1": "127.0.0.2"})
+    server = ByPeerServer(("127.0.0.1", 0), state, AclConfig(), {"127.0.0.2": "vm1"})
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    state.close()
+    server.shutdown()
+    server.server_close()
+
+
+def _call(addr: str, method: str, path: str, body=None, source: str = "127.0.0.1"):
+    host, port = addr.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    data = json.dumps(body).encode() if body is not None else b""
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+                 .encode() + data)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", head
+    return json.loads(payload) if payload else None
+
+
+def test_registration_lands_on_the_callers_node(stand_in):
+    svc = {"Name": "details", "ID": "details-vm1", "Port": 9081,
+           "Connect": {"SidecarService": {"Port": 21001}}}
+    _call(stand_in, "PUT", "/v1/agent/service/register", svc, source="127.0.0.2")
+    _call(stand_in, "PUT", "/v1/agent/service/register", {"Name": "web", "ID": "web-cp", "Port": 80})
+    nodes = {n["Node"]: n["Address"] for n in _call(stand_in, "GET", "/v1/catalog/nodes")}
+    assert nodes == {"cp": "127.0.0.1", "vm1": "127.0.0.2"}
+    on_vm1 = _call(stand_in, "GET", "/v1/catalog/node/vm1")["Services"]
+    assert set(on_vm1) == {"details-vm1", "details-vm1-sidecar-proxy"}
+    # each agent lists only its own services
+    assert set(_call(stand_in, "GET", "/v1/agent/services", source="127.0.0.2")) == {
+        "details-vm1", "details-vm1-sidecar-proxy"}
+    assert "details-vm1" not in _call(stand_in, "GET", "/v1/agent/services")
+    self_vm1 = _call(stand_in, "GET", "/v1/agent/self", source="127.0.0.2")
+    assert self_vm1["Config"]["NodeName"] == "vm1"
+    _call(stand_in, "PUT", "/v1/agent/service/deregister/details-vm1", source="127.0.0.2")
+    assert "details-vm1" not in _call(stand_in, "GET", "/v1/catalog/node/vm1")["Services"]
+
+
+def test_node_maintenance_makes_the_callers_node_critical(stand_in):
+    svc = {"Name": "details", "ID": "details-vm1", "Port": 9081}
+    _call(stand_in, "PUT", "/v1/agent/service/register", svc, source="127.0.0.2")
+    _call(stand_in, "PUT", "/v1/agent/maintenance?enable=true&reason=upgrade", source="127.0.0.2")
+    checks = {c["CheckID"]: c for c in _call(stand_in, "GET", "/v1/health/node/vm1")}
+    assert checks["_node_maintenance"]["Status"] == "critical"
+    assert _call(stand_in, "GET", "/v1/health/service/details?passing") == []
+    assert "_node_maintenance" not in {c["CheckID"] for c in _call(stand_in, "GET", "/v1/health/node/cp")}
+    _call(stand_in, "PUT", "/v1/agent/maintenance?enable=false", source="127.0.0.2")
+    assert [e["Service"]["ID"] for e in _call(stand_in, "GET", "/v1/health/service/details?passing")] == [
+        "details-vm1"]

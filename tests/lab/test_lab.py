@@ -1,0 +1,293 @@
+"""The lab: real Debian hosts (systemd-nspawn --boot, systemd as PID 1, sshd) on a private bridge,
+meshcore deployed onto them by ansible/playbooks/site.yml over SSH, exactly as onto VMs.
+
+Needs root (network namespaces, bridges, nspawn); skips with the reason otherwise, or when nspawn
+cannot boot a host here. The lab is brought up once for the module (``lab/deploy.py``, what
+``make lab-up`` runs) and removed at the end (``lab/down.sh``) unless MESHCORE_LAB_KEEP=1.
+The tests run in order: deploy, traffic, units, kill recovery, reboot, idempotence, upgrade.
+Progress goes to stdout (``pytest -s`` to watch it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LAB_STATE = Path(os.environ.get("MESHCORE_LAB_STATE", "/var/lib/meshcore-lab"))
+VMS = ("vm1", "vm2", "vm3")
+BOOT_FAILURES = ("did not come up", "stopped while booting", "Failed to open system bus", "No medium found")
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def progress(msg: str) -> None:
+    print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, a bridge, systemd-nspawn); run the tests as root"
+    missing = [c for c in ("systemd-nspawn", "debootstrap", "nsenter", "ip", "ssh") if not shutil.which(c)]
+    if missing:
+        return (f"missing {', '.join(missing)}: apt-get install debootstrap systemd-container iproute2 "
+                "openssh-client (make lab-deps does)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    progress("make lab-up: boot cp vm1 vm2 vm3 and deploy with site.yml (1-3 minutes)")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(ROOT / "lab" / "deploy.py")], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.splitlines()[-60:])
+        if any(marker in proc.stderr for marker in BOOT_FAILURES):
+            subprocess.run([str(ROOT / "lab" / "down.sh")], capture_output=True, timeout=120)
+            pytest.skip(f"systemd-nspawn cannot boot a lab host here:\n{tail}")
+        pytest.fail(f"lab/deploy.py failed (exit {proc.returncode}):\n{tail}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info["deploy_output"] = proc.stderr
+    info["deploy_seconds"] = time.monotonic() - t0
+    progress(f"lab up in {info['deploy_seconds']:.0f}s: {info['hosts']}")
+    yield info
+    if os.environ.get("MESHCORE_LAB_KEEP") == "1":
+        progress("MESHCORE_LAB_KEEP=1: leaving the lab up (make lab-down removes it)")
+        return
+    progress("make lab-down")
+    subprocess.run([str(ROOT / "lab" / "down.sh")], capture_output=True, timeout=300)
+
+
+def ssh(lab, host: str, command: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["ssh", "-i", lab["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3",
+         f"root@{lab['hosts'][host]}", command], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{host}: {command!r} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
+    return proc
+
+
+def page(lab, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(lab["ingress"] + "?format=json", timeout=timeout) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+def wait_for(what: str, fn, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = fn()
+            if result:
+                return result
+            last = result
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+def envoy_ready(lab, host: str) -> bool:
+    return ssh(lab, host, "curl -fsS -m 2 http://127.0.0.1:19000/ready", check=False).stdout.strip() == "LIVE"
+
+
+def mesh_serves(lab) -> bool:
+    data = page(lab)
+    return data["details"].get("service") == "details" and data["reviews"].get("service") == "reviews"
+
+
+def run_playbook(lab, playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible" / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", lab["inventory"],
+                           str(ROOT / "ansible" / "playbooks" / playbook), *extra],
+                          cwd=ROOT / "ansible", env=env, capture_output=True, text=True, timeout=600)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+def test_site_yml_deployed_every_host(lab):
+    assert set(lab["hosts"]) == {"cp", *VMS}
+    assert Path(lab["inventory"]).is_file()
+    stats = recap(lab["deploy_output"])
+    assert {"cp", *VMS} <= set(stats), stats
+    assert all(s["failed"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
+    assert lab["ingress"].startswith(f"http://{lab['hosts']['cp']}:")
+
+
+def test_productpage_answers_through_the_mesh(lab):
+    seen = {"productpage": set(), "reviews": set()}
+    for _ in range(30):
+        data = page(lab)
+        assert data["details"]["service"] == "details", data["details"]
+        assert data["reviews"]["service"] == "reviews", data["reviews"]
+        seen["productpage"].add(data["instance"])
+        seen["reviews"].add(data["reviews"]["version"])
+    progress(f"productpage instances {sorted(seen['productpage'])}, reviews {sorted(seen['reviews'])}")
+    assert len(seen["productpage"]) >= 2, "the gateway should spread requests over the VMs"
+    assert len(seen["reviews"]) >= 2
+    # the apps listen on loopback only: from outside the VM, only Envoy's mTLS port answers
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{lab['hosts']['vm1']}:9080/health", timeout=3)
+
+
+def test_units_are_active_on_every_host(lab):
+    units = {"cp": "consul-double meshcore-control-plane meshcore-agent"}
+    for vm in VMS:
+        units[vm] = ("meshcore-agent bookinfo-productpage-{vm} bookinfo-details-{vm} bookinfo-ratings-{vm} "
+                     "bookinfo-reviews-v{n}").format(vm=vm, n=vm[-1])
+    for host, names in units.items():
+        out = ssh(lab, host, f"systemctl is-active {names}").stdout.split()
+        assert out == ["active"] * len(names.split()), f"{host}: {dict(zip(names.split(), out))}"
+        assert ssh(lab, host, "systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded")
+
+
+def test_systemctl_kill_of_the_agent_recovers_within_seconds(lab):
+    before = ssh(lab, "vm1", "systemctl show -p MainPID --value meshcore-agent").stdout.strip()
+    t0 = time.monotonic()
+    ssh(lab, "vm1", "systemctl kill meshcore-agent")
+    def back():
+        pid = ssh(lab, "vm1", "systemctl show -p MainPID --value meshcore-agent").stdout.strip()
+        active = ssh(lab, "vm1", "systemctl is-active meshcore-agent", check=False).stdout.strip()
+        return pid not in ("0", before) and active == "active" and envoy_ready(lab, "vm1")
+    wait_for("agent and Envoy back on vm1", back, timeout=30)
+    progress(f"agent killed -> active with Envoy ready in {time.monotonic() - t0:.1f}s")
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=15)
+
+
+def test_kill_of_envoy_recovers_within_seconds(lab):
+    agent = ssh(lab, "vm2", "systemctl show -p MainPID --value meshcore-agent").stdout.strip()
+    envoy = ssh(lab, "vm2", f"pgrep -P {agent} -f envoy").stdout.split()[0]
+    t0 = time.monotonic()
+    ssh(lab, "vm2", f"kill -9 {envoy}")
+    def back():
+        pids = ssh(lab, "vm2", f"pgrep -P {agent} -f envoy", check=False).stdout.split()
+        return pids and pids[0] != envoy and envoy_ready(lab, "vm2")
+    wait_for("Envoy restarted by the agent on vm2", back, timeout=20)
+    progress(f"envoy killed -> ready again in {time.monotonic() - t0:.1f}s (agent pid unchanged)")
+    assert ssh(lab, "vm2", "systemctl show -p MainPID --value meshcore-agent").stdout.strip() == agent
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=15)
+
+
+def test_reboot_brings_the_vm_back_without_a_new_join_token(lab):
+    tokens_before = ssh(lab, "cp", "curl -fsS http://127.0.0.1:15000/v1/tokens").stdout
+    serial = ssh(lab, "vm3", "openssl x509 -noout -serial -in /var/lib/meshcore-agent/node.crt 2>/dev/null "
+                 "|| sha256sum /var/lib/meshcore-agent/node.crt").stdout
+    assert ssh(lab, "vm3", "cat /var/lib/meshcore-agent/join-token").stdout.strip() == "", "token not consumed"
+    boot_id = ssh(lab, "vm3", "cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    t0 = time.monotonic()
+    ssh(lab, "vm3", "systemctl reboot", check=False, timeout=20)
+    def booted_again():
+        out = ssh(lab, "vm3", "cat /proc/sys/kernel/random/boot_id; systemctl is-system-running --wait",
+                  check=False, timeout=90).stdout.split()
+        return len(out) == 2 and out[0] != boot_id and out[1] in ("running", "degraded")
+    wait_for("vm3 booted again (new boot id)", booted_again, timeout=120, interval=1)
+    wait_for("agent active and Envoy ready on vm3", lambda: envoy_ready(lab, "vm3"), timeout=60)
+    progress(f"vm3 rebooted -> back in the mesh in {time.monotonic() - t0:.1f}s")
+    boots = ssh(lab, "vm3", "journalctl --list-boots --no-pager | wc -l", check=False).stdout.strip()
+    log = ssh(lab, "vm3", "journalctl -b -u meshcore-agent --no-pager -o cat").stdout
+    assert "no join needed" in log, log[-2000:]
+    assert "joined the mesh" not in log
+    assert ssh(lab, "vm3", "openssl x509 -noout -serial -in /var/lib/meshcore-agent/node.crt 2>/dev/null "
+               "|| sha256sum /var/lib/meshcore-agent/node.crt").stdout == serial
+    assert ssh(lab, "cp", "curl -fsS http://127.0.0.1:15000/v1/tokens").stdout == tokens_before
+    progress(f"boots recorded on vm3: {boots}")
+    wait_for("reviews v3 (on vm3) served again", lambda: any(
+        page(lab)["reviews"].get("version") == "v3" for _ in range(10)), timeout=60)
+
+
+def test_second_site_run_changes_nothing(lab):
+    t0 = time.monotonic()
+    proc = run_playbook(lab, "site.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    stats = recap(proc.stdout)
+    progress(f"second site.yml in {time.monotonic() - t0:.0f}s: {stats}")
+    assert stats and all(s["changed"] == 0 for s in stats.values()), proc.stdout[-4000:]
+
+
+def test_check_diff_mode_works_and_reports_no_changes(lab):
+    proc = run_playbook(lab, "site.yml", "--check", "--diff")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    stats = recap(proc.stdout)
+    assert all(s["changed"] == 0 for s in stats.values()), proc.stdout[-4000:]
+
+
+class Client(threading.Thread):
+    """Keeps sending requests through the ingress; counts answers that are not a whole page."""
+
+    def __init__(self, lab):
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data = page(self.lab, timeout=10)
+                if "error" in data["details"] or "error" in data["reviews"]:
+                    self.failures.append(f"degraded page: {json.dumps(data)[:300]}")
+                else:
+                    self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {exc!r}")
+            time.sleep(0.05)
+
+
+def test_upgrade_rolls_a_new_build_while_a_client_loses_nothing(lab):
+    version = f"lab{int(time.time())}"
+    wheelhouse = LAB_STATE / f"wheelhouse-{version}"
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run([str(ROOT / "ansible" / "scripts" / "build-wheelhouse.sh"), str(ROOT), str(wheelhouse), version],
+                   check=True, env=env, capture_output=True, timeout=300)
+    new = next(wheelhouse.glob("meshcore-*.whl")).name.split("-")[1]
+    assert new.endswith("+" + version)
+    client = Client(lab)
+    client.start()
+    t0 = time.monotonic()
+    proc = run_playbook(lab, "upgrade.yml", "-e", f"meshcore_common_wheelhouse={wheelhouse}",
+                        "--skip-tags", "gateways")
+    client.stop.set()
+    client.join(15)
+    progress(f"upgrade.yml (control plane, vm1..vm3) in {time.monotonic() - t0:.0f}s; client: {client.ok} pages, "
+             f"{len(client.failures)} failures")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    for host in ("cp", *VMS):
+        got = ssh(lab, host, "/opt/meshcore/venv/bin/python -c \"import importlib.metadata as m; "
+                  "print(m.version('meshcore'))\"").stdout.strip()
+        assert got == new, f"{host} runs {got}, expected {new}"
+    for vm in VMS:
+        assert ssh(lab, vm, "systemctl is-active meshcore-agent").stdout.strip() == "active"
+    order = re.findall(r"TASK \[Drain this VM.*?\]\s*\*+\s*\n\w+: \[(\w+)\]", proc.stdout)
+    assert order == list(VMS), f"VMs were not upgraded one at a time in order: {order}"
+    assert client.ok > 20
+    assert client.failures == [], client.failures[:10]
+    # the gateway host last, as an operator would in a quiet moment (its Envoy restarts with its agent)
+    proc = run_playbook(lab, "upgrade.yml", "-e", f"meshcore_common_wheelhouse={wheelhouse}", "--tags", "gateways")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    wait_for("mesh serves after the gateway upgrade", lambda: mesh_serves(lab), timeout=30)

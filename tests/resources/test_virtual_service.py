@@ -1,0 +1,175 @@
+"""VirtualService: schema with exact field paths, weights, matches, retries, faults; cross-resource checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshcore.errors import ValidationError
+from meshcore.resources.kinds import virtual_service as vs
+from meshcore.resources.loader import load_documents, validate_set
+
+HEAD = "apiVersion: networking.mesh.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews}\n"
+DR = """apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+
+
+def _errors(text: str) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        load_documents(HEAD + text, "vs.yaml")
+    return {e.path: e.message for e in info.value.errors}
+
+
+def _load(text: str):
+    return load_documents(HEAD + text, "vs.yaml")[0]
+
+
+def test_full_example_is_valid():
+    res = _load("""
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers: {end-user: {exact: jason}}
+      uri: {prefix: /reviews}
+      method: {regex: "GET|HEAD"}
+      queryParams: {debug: {exact: "1"}}
+      ignoreUriCase: true
+    - uri: {regex: "/reviews/[0-9]+"}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+    timeout: 5s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,503,connect-failure", backoff: {baseInterval: 25ms, maxInterval: 1s}}
+    fault: {delay: {fixedDelay: 1s, percentage: {value: 0.5}}, abort: {httpStatus: 503}}
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 10}
+    headers:
+      request: {set: {x-env: prod}, add: {x-b: "1"}, remove: [x-debug]}
+      response: {remove: [server]}
+""")
+    assert res.spec["hosts"] == ["reviews"] and len(res.spec["http"]) == 2
+
+
+def test_weights_must_sum_to_100():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+""")
+    assert errs == {"spec.http[0].route": "weights must sum to 100, got 90 (v1=80, v2=10)"}
+
+
+def test_weights_required_with_several_destinations_and_single_takes_all():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 100}
+    - {destination: {host: reviews, subset: v2}}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+  tcp:
+  - route:
+    - {destination: {host: reviews}, weight: 101}
+""")
+    assert errs["spec.http[0].route[1].weight"].startswith("required when a route has several destinations")
+    assert errs["spec.http[1].route[0].weight"] == \
+        "a single destination receives all traffic: leave weight out or write 100 (got 50)"
+    assert errs["spec.tcp[0].route[0].weight"] == "must be an integer 0-100 (got 101)"
+
+
+def test_match_errors_have_exact_paths():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {prefix: reviews}
+      headers: {End-User: {exact: jason}, x-a: {exact: a, prefix: b}}
+      queryParams: {q: {regex: "(?=x)"}}
+      method: {regex: "("}
+    route: [{destination: {host: reviews}}]
+""")
+    m = "spec.http[0].match[0]."
+    assert errs[m + "uri"] == "uri.prefix must start with '/', got \"reviews\""
+    assert errs[m + 'headers["End-User"]'] == 'header names must be lowercase: write "end-user"'
+    assert errs[m + 'headers["x-a"]'] == "a string match must set exactly one of: exact, prefix, regex (got exact, prefix)"
+    assert "not supported (Envoy uses RE2)" in errs[m + 'queryParams["q"].regex']
+    assert "is not a valid regular expression" in errs[m + "method.regex"]
+
+
+def test_retries_fault_and_durations():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    timeout: soon
+    retries: {perTryTimeout: 0ms, retryOn: "5xx,sometimes,999", backoff: {baseInterval: 1s, maxInterval: 100ms}}
+    fault: {abort: {httpStatus: 700, percentage: {value: 150}}, delay: {percentage: {value: 5}}}
+    mirrorPercentage: {value: 5}
+""")
+    r = "spec.http[0]."
+    assert "is not a duration" in errs[r + "timeout"]
+    assert errs[r + "retries.attempts"] == "required field is missing"
+    assert errs[r + "retries.perTryTimeout"] == 'must be at least 1ms, got "0ms"'
+    assert errs[r + "retries.retryOn"].startswith('unknown retry condition "sometimes"')
+    assert errs[r + "retries.backoff.maxInterval"] == "must not be shorter than baseInterval (1s), got 100ms"
+    assert errs[r + "fault.abort.httpStatus"] == "must be an integer 200-599 (got 700)"
+    assert errs[r + "fault.abort.percentage.value"] == "must be a number 0-100, got 150"
+    assert errs[r + "fault.delay.fixedDelay"] == "required field is missing"
+
+
+def test_mirror_percentage_needs_mirror_and_routes_are_needed():
+    errs = _errors("spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], mirrorPercentage: {value: 5}}]}")
+    assert errs == {"spec.http[0].mirrorPercentage": "needs mirror (the destination that receives the copies)"}
+    assert _errors("spec: {hosts: [reviews]}") == {"spec": "a VirtualService needs http or tcp routes"}
+    assert _errors("spec: {hosts: [], http: [{route: []}]}") == {"spec.hosts": "must not be empty",
+                                                               "spec.http[0].route": "must not be empty"}
+
+
+def test_retry_on_splits_status_codes():
+    assert vs.split_retry_on("5xx,503,504") == ("5xx,retriable-status-codes", [503, 504])
+    assert vs.split_retry_on("connect-failure") == ("connect-failure", [])
+
+
+def test_validate_set_needs_defined_subsets():
+    text = HEAD + """spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v3}, weight: 50}
+    mirror: {host: ratings, subset: v9}
+"""
+    alone = load_documents(text, "vs.yaml")
+    errors = {e.path: e.message for e in validate_set(alone)}
+    assert errors["spec.http[0].route[0].destination.subset"].startswith(
+        'subset "v1" of host "reviews" is not defined: no DestinationRule has host "reviews"')
+    with_dr = load_documents(DR + "---\n" + text, "both.yaml")
+    errors = {e.path: (e.source, e.message) for e in validate_set(with_dr)}
+    assert set(errors) == {"spec.http[0].route[1].destination.subset", "spec.http[0].mirror.subset"}
+    assert errors["spec.http[0].route[1].destination.subset"] == (
+        "VirtualService/default/reviews",
+        'subset "v3" is not defined in DestinationRule default/reviews for host "reviews" (its subsets: v1, v2)')
+
+
+def test_validate_set_one_virtual_service_per_host():
+    a = load_documents(HEAD + "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}", "a")[0]
+    b = load_documents(HEAD.replace("name: reviews", "name: zz") +
+                       "spec: {hosts: [ratings, reviews], http: [{route: [{destination: {host: reviews}}]}]}", "b")[0]
+    assert vs.service_for([b, a], "reviews") is a
+    assert vs.service_for([b, a], "ratings") is b
+    errors = validate_set([a, b])
+    assert [(e.source, e.path) for e in errors] == [("VirtualService/default/zz", "spec.hosts[1]")]
