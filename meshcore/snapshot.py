@@ -47,3 +47,4 @@ class ProxyInfo:
     node: str
     secrets_dir: str
     admin: str = ""
+    metrics: str = ""  # host:port of the VM agent's merged Prometheus endpoint ("" = not advertised)

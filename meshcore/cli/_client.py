@@ -32,6 +32,47 @@ def discover_server(explicit: str | None = None, state_dir: str | None = None) -
     return "http://127.0.0.1:15000"
 
 
+ADMIN_TOKEN_FILE = "admin.token"
+SYSTEM_STATE_DIR = "/var/lib/meshcore"
+
+
+def _state_dirs(state_dir: str | None) -> list[Path]:
+    dirs = [Path(state_dir) / "controlplane"] if state_dir else []
+    return dirs + [Path(DEMO_STATE_DIR) / "controlplane", Path(SYSTEM_STATE_DIR)]
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def discover_token(server: str, state_dir: str | None = None) -> str | None:
+    """The operator token for ``server``: $MESHCORE_TOKEN, then the file named by $MESHCORE_TOKEN_FILE,
+    then ``admin.token`` of a control plane state dir (--state-dir, ./.meshcore-demo/controlplane,
+    /var/lib/meshcore) whose ``controlplane.json`` says it serves ``server``. A token found on disk is
+    only ever sent to the control plane that wrote it."""
+    if os.environ.get("MESHCORE_TOKEN"):
+        return os.environ["MESHCORE_TOKEN"].strip()
+    if os.environ.get("MESHCORE_TOKEN_FILE"):
+        token = _read_token(Path(os.environ["MESHCORE_TOKEN_FILE"]))
+        if token is None:
+            raise MeshError(f"cannot read the operator token file $MESHCORE_TOKEN_FILE="
+                            f"{os.environ['MESHCORE_TOKEN_FILE']}; fix the path or its permissions")
+        return token
+    for d in _state_dirs(state_dir):
+        try:
+            serves = json.loads((d / "controlplane.json").read_text())["http"].rstrip("/")
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
+        if serves == server.rstrip("/"):
+            token = _read_token(d / ADMIN_TOKEN_FILE)
+            if token:
+                return token
+    return None
+
+
 class ApiError(MeshError):
     def __init__(self, status: int, message: str, body: dict | None = None):
         super().__init__(message)
@@ -40,14 +81,19 @@ class ApiError(MeshError):
 
 
 class Client:
-    def __init__(self, server: str, timeout: float = 10.0):
+    def __init__(self, server: str, timeout: float = 10.0, token: str | None = None,
+                 state_dir: str | None = None):
+        """``token`` (``meshctl --token``) or, when None, :func:`discover_token` for ``server``."""
         self.server = server
         self.timeout = timeout
+        self.token = token or discover_token(server, state_dir)
 
     def call(self, method: str, path: str, body=None):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()

@@ -34,7 +34,8 @@ def _table(rows: list[list[str]], headers: list[str]) -> None:
 
 
 def _client(args) -> Client:
-    return Client(discover_server(args.server, getattr(args, "state_dir", None)))
+    return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None),
+                  state_dir=getattr(args, "state_dir", None))
 
 
 def _read_files(paths: list[str]) -> list[dict]:
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                          "./.meshcore-demo, then http://127.0.0.1:15000)")
     common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
+    common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
+                                        "then the control plane state dir's admin.token)")
 
     p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -347,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live in their own modules.
     from .ca import register as register_ca
+    from .graph import register as register_graph
     from .inventory import register as register_inventory
     from .render import register as register_render
     from .traffic import register as register_traffic
 
     register_ca(sub, common)
     register_traffic(sub, common)
+    register_graph(sub, common)
     register_render(sub, common)
     register_inventory(sub, common)
     return p
@@ -360,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
+        __import__("os").environ["MESHCORE_TOKEN"] = args.token
     try:
         return args.fn(args) or 0
     except ValidationError as exc:

@@ -43,6 +43,8 @@ from .agent_api import AgentApi
 from .engine import MeshEngine
 from .metrics import ControlPlaneMetrics
 from .operator_api import OperatorApi
+from .operators import TOKENS_FILE as OPERATOR_TOKENS_FILE
+from .operators import OperatorTokenStore, ensure_bootstrap_token
 
 log = logging.getLogger("meshcore.controlplane")
 
@@ -125,11 +127,15 @@ class ControlPlane:
                                             leaf_ttl=settings.leaf_ttl, key_type=settings.key_type,
                                             upstream=upstream)
         self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
+        # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
+        self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
+        ensure_bootstrap_token(self.operators, state)
         self.source = catalog_source or open_catalog(settings.catalog)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
-                                 on_snapshot=self._on_snapshot)
+                                 on_snapshot=self._on_snapshot, metrics=self.metrics)
+        self.metrics.watch_ca(self.ca)
         self._servers: list = []
         self._grpc = None
         self._api_server: JsonServer | None = None
@@ -291,9 +297,15 @@ class ControlPlane:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               "node metadata lacks secrets_dir; start Envoy with the bootstrap meshcore-agent writes")
             admin = md["admin"].string_value if "admin" in md else ""
-            self.engine.proxy_connected(ProxyInfo(node=node.id, secrets_dir=secrets_dir, admin=admin))
+            metrics = md["metrics"].string_value if "metrics" in md else ""
+            self.engine.proxy_connected(ProxyInfo(node=node.id, secrets_dir=secrets_dir, admin=admin,
+                                                  metrics=metrics))
 
-        servicer = AdsServicer(self.cache, authorize_and_register)
+        def on_ack(node: str) -> None:  # convergence: observed once the node ACKed every type's version
+            if self.cache.synced(node):
+                self.metrics.config_synced(node)
+
+        servicer = AdsServicer(self.cache, authorize_and_register, registry=self.metrics.registry, on_ack=on_ack)
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
@@ -374,6 +386,7 @@ class ControlPlane:
             proxies.append({
                 **nodes[node],
                 "admin": state.info.admin if state else "",
+                "metrics": f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
                 "connected": bool(cs.get("connected_streams")),
                 "synced": bool(self.cache.synced(node)),
                 "version": cs.get("version", ""),
@@ -424,6 +437,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["operator-token"]:  # offline token management: see operators.py
+        from .operators import cli_main
+
+        return cli_main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
 
@@ -24,6 +24,9 @@ from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.build import build_proxy
 from ..xds.cache import SnapshotCache
 from ..xds.validate import publish
+
+if TYPE_CHECKING:
+    from .metrics import ControlPlaneMetrics
 
 log = logging.getLogger("meshcore.controlplane")
 
@@ -41,12 +44,14 @@ class ProxyState:
 
 class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
-                 trust_domain: str, on_snapshot: Callable[[MeshSnapshot], None] | None = None):
+                 trust_domain: str, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
+                 metrics: "ControlPlaneMetrics | None" = None):
         self._source = catalog_source
         self._store = store
         self.cache = cache
         self.trust_domain = trust_domain
         self._on_snapshot = on_snapshot
+        self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
         self._lock = threading.RLock()
         self._catalog: Catalog | None = None
         self._resources: list = []
@@ -93,6 +98,8 @@ class MeshEngine:
                             update = self._source.poll(index, POLL_WAIT_S)
                         except (CatalogError, ValidationError) as exc:
                             self.source_error = str(exc)
+                            if self.metrics is not None:
+                                self.metrics.catalog_watch_errors.inc()
                             raise
             except (CatalogError, ValidationError):
                 continue
@@ -118,6 +125,8 @@ class MeshEngine:
                             resources, new_index = self._store.watch(index, POLL_WAIT_S)
                         except StoreError as exc:
                             self.store_error = str(exc)
+                            if self.metrics is not None:
+                                self.metrics.store_watch_errors.inc()
                             raise
             except StoreError:
                 continue
@@ -153,13 +162,23 @@ class MeshEngine:
         if snap is None:
             return
         started = time.monotonic()
+        previous = self.cache.get(node)
         try:
             resources = build_proxy(snap, state.info)
-            publish(self.cache, node, resources)
+            published = publish(self.cache, node, resources)
         except (XdsError, MeshError) as exc:
+            if self.metrics is not None:
+                self.metrics.build_seconds.observe(time.monotonic() - started)
+                self.metrics.build_errors.inc()
             state.error = str(exc)
             log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
             return
+        if self.metrics is not None:
+            self.metrics.build_seconds.observe(time.monotonic() - started)
+            if previous is None or previous.version != published.version:
+                self.metrics.config_published(node, started)
+                if self.cache.synced(node):  # the ACK raced ahead of us
+                    self.metrics.config_synced(node)
         state.error = ""
         state.built_hash = snap.hash
         state.published_at = time.time()

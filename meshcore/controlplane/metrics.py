@@ -1,9 +1,25 @@
-"""The control plane's own Prometheus metrics (one registry per process, passed around)."""
+"""The control plane's own Prometheus metrics (one registry per process, passed around).
+
+The ADS server registers its xDS series (connected proxies, pushes/ACKs/NACKs by type) in the same
+registry (``AdsServicer(registry=metrics.registry)``); certificate expiry is read from the CA at
+scrape time (:meth:`ControlPlaneMetrics.watch_ca`), so it is never stale.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import ProcessCollector, PlatformCollector
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger("meshcore.controlplane.metrics")
+
+CONVERGENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class ControlPlaneMetrics:
@@ -24,3 +40,72 @@ class ControlPlaneMetrics:
             "meshcore_config_build_errors", "Proxy configurations rejected before publishing.", registry=self.registry)
         self.catalog_instances = Gauge(
             "meshcore_catalog_instances", "Service instances in the current catalog.", registry=self.registry)
+        self.convergence_seconds = Histogram(
+            "meshcore_convergence_seconds",
+            "Time from a new configuration for a proxy (catalog or resource change) until that proxy ACKed it.",
+            buckets=CONVERGENCE_BUCKETS, registry=self.registry)
+        self.catalog_watch_errors = Counter(
+            "meshcore_catalog_watch_errors", "Failed catalog reads (Consul or files); the watch retries.",
+            registry=self.registry)
+        self.store_watch_errors = Counter(
+            "meshcore_resource_store_watch_errors", "Failed resource store reads; the watch retries.",
+            registry=self.registry)
+        self._pending_lock = threading.Lock()
+        self._pending: dict[str, float] = {}  # node -> monotonic time its current version was published
+
+    # --- convergence -----------------------------------------------------------------------
+    def config_published(self, node: str, since: float | None = None) -> None:
+        """A new version for ``node`` is in the cache: start its convergence clock at ``since``
+        (``time.monotonic()``, default now); the clock of an older, unACKed version keeps running."""
+        with self._pending_lock:
+            self._pending.setdefault(node, time.monotonic() if since is None else since)
+
+    def config_synced(self, node: str) -> None:
+        """``node`` ACKed its current version: observe the time since it was published (once per version)."""
+        with self._pending_lock:
+            started = self._pending.pop(node, None)
+        if started is not None:
+            self.convergence_seconds.observe(time.monotonic() - started)
+
+    # --- certificates ----------------------------------------------------------------------
+    def watch_ca(self, ca: Any) -> None:
+        """Export, read from ``ca`` at each scrape, the earliest ``not_after`` per (SPIFFE ID, node) of
+        unexpired issued certificates and the expiry of each CA root (by role: current, next, previous)."""
+        self.registry.register(_CertificateCollector(ca))
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+class _CertificateCollector:
+    def __init__(self, ca: Any):
+        self._ca = ca
+
+    def describe(self):
+        return []  # collected lazily: the CA may not be readable when the collector is registered
+
+    def collect(self):
+        leaves = GaugeMetricFamily(
+            "meshcore_certificate_expiry_timestamp_seconds",
+            "Earliest expiry (Unix time) of the unexpired certificates issued to an identity on a node.",
+            labels=["spiffe_id", "node"])
+        roots = GaugeMetricFamily(
+            "meshcore_ca_root_expiry_timestamp_seconds", "Expiry (Unix time) of each CA root in the trust bundle.",
+            labels=["role"])
+        try:
+            earliest: dict[tuple[str, str], float] = {}
+            for cert in self._ca.issued():
+                key = (cert.spiffe_id, cert.node or "")
+                ts = _timestamp(cert.not_after)
+                earliest[key] = min(ts, earliest.get(key, ts))
+            for (spiffe_id, node), ts in sorted(earliest.items()):
+                leaves.add_metric([spiffe_id, node], ts)
+            for root in self._ca.state()["roots"]:
+                roots.add_metric([root["role"]], _timestamp(root["not_after"]))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the CA could not be read
+            log.warning("reading certificates for metrics failed", exc_info=True)
+        yield leaves
+        yield roots

@@ -15,6 +15,7 @@ from ..errors import StoreError, ValidationError
 from ..resources.loader import load_documents, validate_set
 from ..resources.model import ResourceKey
 from ._http import HttpError, Request, Response, Router
+from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
@@ -33,7 +34,7 @@ class OperatorApi:
         self.cp = cp
 
     def router(self) -> Router:
-        r = Router()
+        r = AuthorizingRouter(self.cp.operators)  # GET: read-only, other methods: admin; see operators.py
         r.add("GET", "/v1/status", lambda req: self.cp.status())
         r.add("GET", "/v1/proxies", lambda req: self.cp.status()["proxies"])
         r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)

@@ -43,6 +43,7 @@ class MeshLayout:
     api_bind: str = "127.0.0.1:15443"
     http_bind: str = "127.0.0.1:15000"
     admin: dict[str, str] = field(default_factory=dict)  # node -> Envoy admin host:port
+    metrics: dict[str, str] = field(default_factory=dict)  # node -> agent --metrics-bind host:port
     leaf_ttl: str = "24h"
     app_script: Path = BOOKINFO / "app.py"
     agent_refresh: str = "5s"
@@ -130,9 +131,18 @@ class LocalMesh:
         self.cp_info = json.loads(state_file.read_text())
         return self.cp_info
 
+    @property
+    def admin_token_file(self) -> Path:
+        """The bootstrap admin operator token the control plane wrote on first start (0600)."""
+        return self.state / "controlplane" / "admin.token"
+
+    def auth_headers(self) -> dict[str, str]:
+        """``Authorization`` for the operator API, with the control plane's bootstrap admin token."""
+        return {"Authorization": "Bearer " + self.admin_token_file.read_text().strip()}
+
     def _post(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(self.cp_info["http"] + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **self.auth_headers()})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -149,6 +159,8 @@ class LocalMesh:
                 "--envoy-log", str(self.logs / f"envoy-{node}.log"), "--refresh-interval", self.layout.agent_refresh]
         if node in self.layout.admin:
             argv += ["--admin", self.layout.admin[node]]
+        if node in self.layout.metrics:
+            argv += ["--metrics-bind", self.layout.metrics[node]]
         if self.layout.catalog_source == "consul":
             argv += ["--consul-services-dir", str(self.layout.catalog_dir / node)]
         self._spawn(f"agent-{node}", argv)
@@ -165,7 +177,8 @@ class LocalMesh:
             self._spawn(f"app-{inst.id}", argv)
 
     def status(self) -> dict:
-        with urllib.request.urlopen(self.cp_info["http"] + "/v1/status", timeout=5) as resp:
+        req = urllib.request.Request(self.cp_info["http"] + "/v1/status", headers=self.auth_headers())
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
 
     def wait_synced(self, timeout: float = 60) -> None:
@@ -270,4 +283,6 @@ def demo_layout(state_dir: Path) -> MeshLayout:
         state_dir=Path(state_dir), catalog_dir=catalog,
         admin={"vm1": "127.0.0.11:19000", "vm2": "127.0.0.12:19000", "vm3": "127.0.0.13:19000",
                "gateway": "127.0.0.1:19000"},
+        metrics={"vm1": "127.0.0.11:15090", "vm2": "127.0.0.12:15090", "vm3": "127.0.0.13:15090",
+                 "gateway": "127.0.0.1:15090"},
     )

@@ -187,11 +187,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         cache: SnapshotCache,
         authorize: Authorizer,
         registry: CollectorRegistry | None = None,
+        on_ack: Callable[[str], None] | None = None,
     ) -> None:
+        """``registry``: where the xDS metrics go (the control plane passes its own, so one ``/metrics``
+        shows them); ``on_ack(node)`` runs after every ACK (e.g. to time convergence), and must be quick."""
         self.cache = cache
         self.authorize = authorize
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = _Metrics(self.registry)
+        self._on_ack = on_ack
 
     # -- gRPC entry points --
 
@@ -292,6 +296,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self.cache.record_ack(node_id, stream.stream_id, type_url, request.version_info)
                     self._metrics.acks.labels(short_name(type_url)).inc()
                     log.debug("ACK node=%s type_url=%s version=%s", node_id, type_url, request.version_info)
+                    if self._on_ack is not None:
+                        try:
+                            self._on_ack(node_id)
+                        except Exception:  # noqa: BLE001 - a metrics hook must never break the stream
+                            log.exception("on_ack hook failed node=%s", node_id)
             # else: a new subscription (e.g. more route names) on top of an already answered response
         names = frozenset(request.resource_names)
         state.wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)

@@ -98,3 +98,13 @@ def test_concurrent_consumers_only_one_wins(store: JoinTokenStore, kek: bytes, c
     for t in threads:
         t.join(timeout=30)
     assert sorted(results) == ["ok"] + ["refused"] * 7
+
+
+def test_tokens_never_look_like_command_line_options(tmp_path):
+    from meshcore.ca import JoinTokenStore
+    from meshcore.ca.tokens import TOKEN_PREFIX
+
+    store = JoinTokenStore(tmp_path / "tokens.sealed", b"k" * 32)
+    tokens = [store.create("vm1") for _ in range(200)]
+    assert all(t.startswith(TOKEN_PREFIX) and not t.startswith("-") for t in tokens)
+    assert len(set(tokens)) == 200

@@ -56,8 +56,10 @@ def catalog_dir(tmp_path):
 
 
 @pytest.fixture
-def cp(tmp_path, catalog_dir):
+def cp(tmp_path, catalog_dir, monkeypatch):
     with control_plane(tmp_path / "cp", catalog_dir) as plane:
+        # the operator API needs a token: the bootstrap admin token the control plane wrote
+        monkeypatch.setenv("MESHCORE_TOKEN_FILE", str(plane.settings.state_dir / "admin.token"))
         yield plane
 
 

@@ -11,6 +11,7 @@ listener over mTLS as any principal.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -76,7 +77,8 @@ def mesh(tmp_path_factory):
 
 def _meshctl(mesh, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, check=check, timeout=60)
+                          capture_output=True, text=True, check=check, timeout=60,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
 
 
 def _apply(mesh, path: Path) -> None:
@@ -358,8 +360,9 @@ def test_evaluator_agrees_with_envoy(mesh, tmp_path):
             query = [("from", principal), ("to", "details"), ("method", method), ("path", path),
                      ("source_ip", source_ip or "127.0.0.1"), ("host", "details")]
             query += [("header", f"{k}={v}") for k, v in headers.items()]
-            with urllib.request.urlopen(f"{mesh.cp_info['http']}/v1/authz/check?{urllib.parse.urlencode(query)}",
-                                        timeout=5) as resp:
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"{mesh.cp_info['http']}/v1/authz/check?{urllib.parse.urlencode(query)}",
+                    headers=mesh.auth_headers()), timeout=5) as resp:
                 [decision] = json.loads(resp.read())["results"]
             status = _mtls_status(mesh, "details-v1", identities[identity], method, path, headers, source_ip)
             if (status == 403) == decision["allowed"]:

@@ -10,6 +10,7 @@ presents a certificate that chains to the new root alone.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -61,11 +62,13 @@ def mesh(tmp_path_factory):
 
 def _meshctl_ca(mesh, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "meshcore.cli.ca", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
 
 
 def _get(mesh, path: str):
-    with urllib.request.urlopen(mesh.cp_info["http"] + path, timeout=10) as resp:
+    req = urllib.request.Request(mesh.cp_info["http"] + path, headers=mesh.auth_headers())
+    with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
 

@@ -7,6 +7,7 @@ certificates of 20 s so that rotation happens while the tests run.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -132,7 +133,8 @@ def test_status_contract(mesh):
     out = subprocess.run([sys.executable, "-m", "meshcore.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     out = subprocess.run([sys.executable, "-m", "meshcore.cli.main", "status", "-o", "json",
-                          "--server", mesh.cp_info["http"]], capture_output=True, text=True, check=True)
+                          "--server", mesh.cp_info["http"]], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
     status = json.loads(out.stdout)
     assert {"xds", "http"} <= set(status["control_plane"])
     by_node = {p["node"]: p for p in status["proxies"]}
@@ -227,12 +229,13 @@ def test_permissive_then_strict_within_two_seconds(mesh, tmp_path):
         "spec:\n  selector:\n    matchLabels:\n      app: details\n  mtls:\n    mode: PERMISSIVE\n")
     base = [sys.executable, "-m", "meshcore.cli.main"]
     server = ["--server", mesh.cp_info["http"]]
-    subprocess.run(base + ["apply", "-f", str(policy)] + server, check=True, capture_output=True)
+    env = {**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)}
+    subprocess.run(base + ["apply", "-f", str(policy)] + server, check=True, capture_output=True, env=env)
     plain = f"http://{host}:{port}/details/0"
     wait_until(lambda: http_get(plain)[0] == 200, 2.0, "PERMISSIVE to accept plaintext", interval=0.05)
     # mTLS still works on the same port: the mesh path through productpage is unaffected.
     assert json.loads(http_get(mesh.url)[1])["details"]["service"] == "details"
-    subprocess.run(base + ["delete", "-f", str(policy)] + server, check=True, capture_output=True)
+    subprocess.run(base + ["delete", "-f", str(policy)] + server, check=True, capture_output=True, env=env)
 
     def refused():
         try:
@@ -301,7 +304,8 @@ def test_mesh_keeps_serving_while_the_control_plane_is_away(mesh):
 
 def _meshctl(mesh, *args, check=True):
     return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, check=check, timeout=60)
+                          capture_output=True, text=True, check=check, timeout=60,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
 
 
 def test_cli_get_proxy_config_and_all_or_nothing_apply(mesh, tmp_path):

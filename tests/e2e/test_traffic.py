@@ -10,6 +10,7 @@ file order and build on each other, as an operator's session would.
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import subprocess
@@ -68,7 +69,8 @@ def mesh(tmp_path_factory):
 def _traffic(mesh, *args: str) -> tuple[dict, float]:
     """Run ``python -m meshcore.cli.traffic ... -o json``; return its JSON and when it returned (monotonic)."""
     out = subprocess.run([sys.executable, "-m", "meshcore.cli.traffic", *args, "-o", "json",
-                          "--server", mesh.cp_info["http"]], capture_output=True, text=True, timeout=60)
+                          "--server", mesh.cp_info["http"]], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
     done = time.monotonic()
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout), done
@@ -76,7 +78,8 @@ def _traffic(mesh, *args: str) -> tuple[dict, float]:
 
 def _meshctl(mesh, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, check=True, timeout=60)
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
 
 
 def _get(mesh, headers: dict | None = None) -> tuple[int, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -21,7 +22,14 @@ from ..e2e._topology import free_port, write_catalog
 def _run(*args: str, server: str | None = None) -> subprocess.CompletedProcess:
     extra = ["--server", server] if server else []
     return subprocess.run([sys.executable, "-m", "meshcore.cli.traffic", *args, *extra],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **_AUTH})
+
+
+_AUTH: dict[str, str] = {}  # MESHCORE_TOKEN_FILE of the module's control plane (the operator API needs a token)
+
+
+def _headers() -> dict[str, str]:
+    return {"Authorization": "Bearer " + open(_AUTH["MESHCORE_TOKEN_FILE"]).read().strip()}
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +41,16 @@ def server(tmp_path_factory):
                         http_bind=f"127.0.0.1:{free_port('127.0.0.1')}", admin={}, leaf_ttl="1h")
     mesh = LocalMesh(layout)
     try:
-        yield mesh.start_control_plane()["http"]
+        info = mesh.start_control_plane()
+        _AUTH["MESHCORE_TOKEN_FILE"] = str(mesh.admin_token_file)
+        yield info["http"]
     finally:
         mesh.down()
 
 
 def _stored(server: str, kind: str) -> list[dict]:
-    with urllib.request.urlopen(f"{server}/v1/resources?kind={kind}", timeout=5) as resp:
+    req = urllib.request.Request(f"{server}/v1/resources?kind={kind}", headers=_headers())
+    with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -111,7 +122,7 @@ def test_cross_resource_check_before_anything_is_stored(server):
         doc = (f"apiVersion: networking.mesh.io/v1beta1\nkind: VirtualService\nmetadata: {{name: {name}}}\n"
                "spec: {hosts: [details], http: [{route: [{destination: {host: details}}]}]}\n")
         req = urllib.request.Request(f"{server}/v1/resources", method="POST",
-                                     headers={"Content-Type": "application/json"},
+                                     headers={"Content-Type": "application/json", **_headers()},
                                      data=json.dumps({"files": [{"name": "x.yaml", "content": doc}]}).encode())
         return urllib.request.urlopen(req, timeout=5).read()
 

@@ -1,0 +1,133 @@
+"""``meshctl graph``: which service calls which, how often, how often it fails, how slow (p99).
+
+Reads the proxies and their Envoy admin addresses from the control plane (``/v1/proxies``), scrapes
+every Envoy's ``/stats/prometheus`` twice, ``--window`` apart, and prints the edges computed by
+:mod:`meshcore.observe.graph` as a table, JSON (a list of ``source``, ``destination``, ``rps``,
+``error_rate``, ``p99_ms``) or Graphviz DOT. Wire it into meshctl with ``register(subparsers, common)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from ..durations import parse_duration
+from ..errors import MeshError
+from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
+from ._client import Client, discover_server
+
+GRAPH_OUTPUTS = ("table", "json", "dot")
+SCRAPE_TIMEOUT_S = 3.0
+
+
+def scrape(admin: str, timeout: float = SCRAPE_TIMEOUT_S) -> EnvoyStats:
+    """One Envoy's outbound stats from its admin ``/stats/prometheus``; MeshError when it cannot answer."""
+    url = f"http://{admin}/stats/prometheus"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise MeshError(f"cannot scrape Envoy stats at {url} ({getattr(exc, 'reason', exc)}); "
+                        "is the proxy running and its admin address reachable from here?") from exc
+    return parse_envoy_prometheus(text)
+
+
+def collect(admins: dict[str, str], window: float) -> tuple[list[Edge], dict[str, str]]:
+    """Edges over ``window`` seconds from the Envoys ``{node: admin}``; also ``{node: error}`` of skipped ones."""
+    errors: dict[str, str] = {}
+
+    def scrape_all() -> dict[str, tuple[EnvoyStats, float]]:
+        def one(item):
+            node, admin = item
+            try:
+                return node, (scrape(admin), time.monotonic())
+            except MeshError as exc:
+                errors[node] = str(exc)
+                return node, None
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(admins)))) as pool:
+            return {n: r for n, r in pool.map(one, admins.items()) if r is not None}
+
+    first = scrape_all()
+    time.sleep(window)
+    second = scrape_all()
+    scrapes = {n: (first[n][0], second[n][0], second[n][1] - first[n][1]) for n in first if n in second}
+    return compute_edges(scrapes), errors
+
+
+def render_table(edges: list[Edge]) -> str:
+    rows = [("SOURCE", "DESTINATION", "RPS", "ERRORS", "P99")]
+    for e in edges:
+        rows.append((e.source, e.destination, f"{e.rps:.2f}", f"{e.error_rate * 100:.1f}%",
+                     "-" if e.p99_ms is None else f"{e.p99_ms:.1f}ms"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def render_dot(edges: list[Edge]) -> str:
+    lines = ["digraph mesh {", "  rankdir=LR;", '  node [shape=box, style=rounded];']
+    for e in edges:
+        p99 = "-" if e.p99_ms is None else f"{e.p99_ms:.1f}ms"
+        color = "red" if e.error_rate >= 0.05 else ("gray" if e.rps == 0 else "black")
+        label = f"{e.rps:.2f} rps\\n{e.error_rate * 100:.1f}% err\\np99 {p99}"
+        lines.append(f'  "{e.source}" -> "{e.destination}" [label="{label}", color={color}];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def cmd_graph(args) -> int:
+    try:
+        window = parse_duration(args.window).total_seconds()
+    except ValueError as exc:
+        raise MeshError(f"--window {args.window!r}: {exc}") from exc
+    if not 0 < window <= 300:
+        raise MeshError(f"--window {args.window}: must be between 1ms and 5m")
+    client = Client(discover_server(args.server), token=getattr(args, "token", None))
+    proxies = client.get("/v1/proxies")
+    admins = {p["node"]: p["admin"] for p in proxies if p.get("admin") and p.get("connected")}
+    if not admins:
+        raise MeshError("no connected proxy reports an Envoy admin address; see `meshctl status`")
+    edges, errors = collect(admins, window)
+    for node, err in sorted(errors.items()):
+        print(f"meshctl graph: skipped node={node}: {err}", file=sys.stderr)
+    if args.graph_output == "json":
+        print(json.dumps([e.to_dict() for e in edges], indent=2))
+    elif args.graph_output == "dot":
+        print(render_dot(edges))
+    else:
+        print(render_table(edges))
+    return 0
+
+
+def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
+    """Add ``graph``. It has its own ``-o`` (table, json, dot), so it does not inherit ``common``'s."""
+    desc = ("The service graph from the proxies' stats: every edge source -> destination with its request "
+            "rate, error rate (5xx) and p99 latency over --window.")
+    sp = subparsers.add_parser("graph", help="Service graph with request rate, error rate and p99 per edge.",
+                               description=desc)
+    sp.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+                                     "./.meshcore-demo, then http://127.0.0.1:15000)")
+    sp.add_argument("--token", default=None, help="operator token (default: discovered as for other commands)")
+    sp.add_argument("-o", "--output", dest="graph_output", choices=GRAPH_OUTPUTS, default="table",
+                    help="output format")
+    sp.add_argument("--window", default="5s", help="time between the two scrapes (default %(default)s)")
+    sp.set_defaults(fn=cmd_graph, output="table")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="meshctl")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["graph", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.fn(args)
+    except MeshError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
