@@ -45,12 +45,12 @@ lab-down:
 lab-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=""; \
-		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd; do \
+		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd ruby:ruby; do \
 			command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 		done; \
 		if [ -n "$$missing" ]; then \
 			echo "==> apt-get install$$missing" >&2; \
 			apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				debootstrap systemd-container iproute2 openssh-client systemd >&2; \
+				debootstrap systemd-container iproute2 openssh-client systemd ruby >&2; \
 		fi; \
 	fi

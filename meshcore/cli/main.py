@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that live in their own modules.
     from .ca import register as register_ca
+    from .fleet import register as register_fleet
     from .graph import register as register_graph
     from .inventory import register as register_inventory
     from .render import register as register_render
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_graph(sub, common)
     register_render(sub, common)
     register_inventory(sub, common)
+    register_fleet(sub, common)
     return p
 
 

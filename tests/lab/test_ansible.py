@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
-PLAYBOOKS = ("site.yml", "upgrade.yml", "uninstall.yml")
+PLAYBOOKS = ("site.yml", "upgrade.yml", "uninstall.yml", "rotate-ca.yml")
 
 
 def _tool(name: str) -> str:

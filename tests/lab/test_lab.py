@@ -194,7 +194,7 @@ def test_kill_of_envoy_recovers_within_seconds(lab):
 
 
 def test_reboot_brings_the_vm_back_without_a_new_join_token(lab):
-    tokens_before = ssh(lab, "cp", "curl -fsS http://127.0.0.1:15000/v1/tokens").stdout
+    tokens_before = ssh(lab, "cp", "curl -fsS -H \"Authorization: Bearer $(cat /var/lib/meshcore/admin.token)\" http://127.0.0.1:15000/v1/tokens").stdout
     serial = ssh(lab, "vm3", "openssl x509 -noout -serial -in /var/lib/meshcore-agent/node.crt 2>/dev/null "
                  "|| sha256sum /var/lib/meshcore-agent/node.crt").stdout
     assert ssh(lab, "vm3", "cat /var/lib/meshcore-agent/join-token").stdout.strip() == "", "token not consumed"
@@ -214,7 +214,7 @@ def test_reboot_brings_the_vm_back_without_a_new_join_token(lab):
     assert "joined the mesh" not in log
     assert ssh(lab, "vm3", "openssl x509 -noout -serial -in /var/lib/meshcore-agent/node.crt 2>/dev/null "
                "|| sha256sum /var/lib/meshcore-agent/node.crt").stdout == serial
-    assert ssh(lab, "cp", "curl -fsS http://127.0.0.1:15000/v1/tokens").stdout == tokens_before
+    assert ssh(lab, "cp", "curl -fsS -H \"Authorization: Bearer $(cat /var/lib/meshcore/admin.token)\" http://127.0.0.1:15000/v1/tokens").stdout == tokens_before
     progress(f"boots recorded on vm3: {boots}")
     wait_for("reviews v3 (on vm3) served again", lambda: any(
         page(lab)["reviews"].get("version") == "v3" for _ in range(10)), timeout=60)
@@ -291,3 +291,124 @@ def test_upgrade_rolls_a_new_build_while_a_client_loses_nothing(lab):
     proc = run_playbook(lab, "upgrade.yml", "-e", f"meshcore_common_wheelhouse={wheelhouse}", "--tags", "gateways")
     assert proc.returncode == 0, proc.stdout[-5000:]
     wait_for("mesh serves after the gateway upgrade", lambda: mesh_serves(lab), timeout=30)
+
+
+# ------------------------------------------------------------------ fleet operations and CA rotation
+
+def meshctl_fleet(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``meshctl fleet ...`` / ``meshctl bug-report ...`` (through meshcore.cli.fleet until main.py wires it)."""
+    meshctl = BIN / "meshctl"
+    wired = meshctl.exists() and "fleet" in subprocess.run([str(meshctl), "--help"], capture_output=True,
+                                                           text=True).stdout
+    cmd = [str(meshctl)] if wired else [sys.executable, "-m", "meshcore.cli.fleet"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_fleet_status_lists_every_host_with_active_units_and_cert_expiry(lab):
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=60)
+    t0 = time.monotonic()
+    proc = meshctl_fleet("fleet", "status", "-i", lab["inventory"], "-o", "json")
+    progress(f"meshctl fleet status over {len(lab['hosts'])} hosts in {time.monotonic() - t0:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    hosts = {h["host"]: h for h in json.loads(proc.stdout)}
+    assert set(hosts) == {"cp", *VMS}
+    for name, h in hosts.items():
+        assert h["error"] is None and h["address"] == lab["hosts"][name], h
+        assert h["units"]["agent"] == "active" and h["units"]["envoy"] == "active", (name, h["units"])
+        assert h["envoy"]["ready"] is True
+        assert h["certificates"] and h["not_after"], h
+        assert all(c["not_after"] for c in h["certificates"])
+    assert hosts["cp"]["units"]["control-plane"] == "active"
+    assert all(hosts[vm]["units"]["control-plane"] == "not-installed" for vm in VMS)
+    # what the agent wrote is what the control plane issued
+    serial = ssh(lab, "vm1", "cat /var/lib/meshcore-agent/status.json").stdout
+    assert json.loads(serial)["node_certificate"]["not_after"] in {c["not_after"] for c in hosts["vm1"]["certificates"]}
+
+
+def test_fleet_logs_and_restart(lab):
+    proc = meshctl_fleet("fleet", "logs", "vm2", "-i", lab["inventory"], "-n", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert 0 < len(proc.stdout.splitlines()) <= 21 and "meshcore" in proc.stdout.lower()
+    before = ssh(lab, "vm2", "systemctl show -p MainPID --value meshcore-agent").stdout.strip()
+    proc = meshctl_fleet("fleet", "restart", "vm2", "-i", lab["inventory"], "--service", "agent")
+    assert proc.returncode == 0, proc.stderr
+    assert "active" in proc.stdout
+    assert ssh(lab, "vm2", "systemctl show -p MainPID --value meshcore-agent").stdout.strip() != before
+    wait_for("Envoy ready on vm2 after the restart", lambda: envoy_ready(lab, "vm2"), timeout=60)
+
+
+def test_bug_report_collects_every_host_without_private_keys(lab, tmp_path):
+    out = tmp_path / "bug.tar.gz"
+    t0 = time.monotonic()
+    proc = meshctl_fleet("bug-report", "-i", lab["inventory"], "--out", str(out))
+    progress(f"meshctl bug-report in {time.monotonic() - t0:.1f}s: {out.stat().st_size if out.exists() else 0} bytes")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import tarfile
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: m for m in tar.getmembers()}
+        blobs = {n: tar.extractfile(m).read() for n, m in members.items()}
+    for host in ("cp", *VMS):
+        for f in ("fleet-status.json", "units.txt", "journal-agent.txt", "agent-status.json",
+                  "envoy-config_dump.json", "certificates.json"):
+            assert f"hosts/{host}/{f}" in members, (host, f, sorted(members))
+        certs = json.loads(blobs[f"hosts/{host}/certificates.json"])
+        assert any(c.get("uri_sans") for items in certs.values() for c in items), certs
+    assert "hosts/cp/control-plane-status.json" in members and "hosts/cp/journal-control-plane.txt" in members
+    assert "roots" in json.loads(blobs["hosts/cp/control-plane-ca.json"])  # the operator API answered (token)
+    assert json.loads(blobs["hosts/vm1/envoy-config_dump.json"])["configs"]
+    assert [n for n, b in blobs.items() if b"PRIVATE KEY" in b] == []
+    token_files = ssh(lab, "vm1", "cat /var/lib/meshcore-agent/join-token", check=False).stdout.strip()
+    if token_files:
+        assert [n for n, b in blobs.items() if token_files.encode() in b] == []
+
+
+def _presented_chain(host_addr: str, port: int) -> list[str]:
+    proc = subprocess.run(["openssl", "s_client", "-connect", f"{host_addr}:{port}", "-showcerts"],
+                          input="", capture_output=True, text=True, timeout=20)
+    return re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", proc.stdout, re.S)
+
+
+def _chains_to(chain: list[str], bundle: str, tmp_path: Path) -> bool:
+    (tmp_path / "leaf.pem").write_text(chain[0] + "\n")
+    (tmp_path / "untrusted.pem").write_text("\n".join(chain[1:]) + "\n")
+    (tmp_path / "roots.pem").write_text(bundle)
+    args = ["openssl", "verify", "-CAfile", str(tmp_path / "roots.pem")]
+    if chain[1:]:
+        args += ["-untrusted", str(tmp_path / "untrusted.pem")]
+    return subprocess.run([*args, str(tmp_path / "leaf.pem")], capture_output=True, text=True).returncode == 0
+
+
+def test_rotate_ca_yml_while_a_client_loses_nothing(lab, tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed here")
+    old_bundle = ssh(lab, "cp", "cat /var/lib/meshcore/ca/bundle.pem").stdout
+    chain = _presented_chain(lab["hosts"]["vm1"], 21000)
+    assert chain and _chains_to(chain, old_bundle, tmp_path), "vm1's inbound leaf should chain to the current root"
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=30)
+    client = Client(lab)
+    client.start()
+    t0 = time.monotonic()
+    proc = run_playbook(lab, "rotate-ca.yml", "-e", "meshcore_rotate_ca_timeout=6m")
+    client.stop.set()
+    client.join(15)
+    progress(f"rotate-ca.yml in {time.monotonic() - t0:.0f}s; client: {client.ok} pages, "
+             f"{len(client.failures)} failures; {recap(proc.stdout)}")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    new_bundle = ssh(lab, "cp", "cat /var/lib/meshcore/ca/bundle.pem").stdout
+    assert new_bundle.count("BEGIN CERTIFICATE") == 1 and new_bundle != old_bundle
+    for vm in VMS:
+        assert ssh(lab, vm, "cat /etc/meshcore/bundle.pem").stdout == new_bundle, f"{vm} lacks the new bundle"
+    chain = wait_for("vm1 presents a leaf from the new root", lambda: (
+        c if (c := _presented_chain(lab["hosts"]["vm1"], 21000)) and _chains_to(c, new_bundle, tmp_path) else None),
+        timeout=60)
+    assert not _chains_to(chain, old_bundle, tmp_path)
+    assert client.ok > 20
+    assert client.failures == [], client.failures[:10]
+    # the bundle is pushed idempotently: only redistributing changes nothing
+    proc = run_playbook(lab, "rotate-ca.yml", "-e", "meshcore_rotate_ca_start=false")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert all(s["changed"] == 0 for s in recap(proc.stdout).values()), proc.stdout[-4000:]
+    # an agent restarted after the rotation still reaches the control plane with the pushed bundle
+    ssh(lab, "vm3", "systemctl restart meshcore-agent")
+    wait_for("Envoy ready on vm3 after a restart on the new root", lambda: envoy_ready(lab, "vm3"), timeout=60)
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=30)

@@ -1,0 +1,38 @@
+"""ansible/playbooks/rotate-ca.yml passes --syntax-check (ansible-lint production runs in tests/lab/test_ansible.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+
+
+def test_rotate_ca_syntax():
+    tool = Path(sys.executable).parent / "ansible-playbook"
+    if not tool.exists():
+        pytest.skip("ansible-playbook (ansible-core) is not installed in the venv")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(tool), "--syntax-check", "-i", "inventories/example/hosts.yml",
+                           "playbooks/rotate-ca.yml"], cwd=ANSIBLE, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rotate_ca_order_wait_then_push_then_finish_then_push():
+    plays = yaml.safe_load((ANSIBLE / "playbooks" / "rotate-ca.yml").read_text())
+    assert [p["hosts"] for p in plays] == ["meshcore_control_plane", "meshcore_vms", "meshcore_control_plane",
+                                          "meshcore_vms"]
+    argv = [t["ansible.builtin.command"]["argv"] for p in plays for t in p["tasks"]
+            if "ansible.builtin.command" in t]
+    rotate = [a[1:4] for a in argv if a[2] == "rotate"]
+    assert rotate == [["ca", "rotate", "--wait"], ["ca", "rotate", "--resume"], ["ca", "rotate", "--finish"]]
+    for p in (plays[1], plays[3]):
+        (copy,) = [t["ansible.builtin.copy"] for t in p["tasks"]]
+        assert "meshcore_agent_ca_file" in copy["dest"]
