@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 # Test-only loopback addresses (all of 127/8 is loopback on Linux); the demo uses 127.0.0.11-13.
@@ -52,3 +54,49 @@ def write_catalog(root: Path) -> dict:
         (root / node / f"{svc['id']}.json").write_text(json.dumps({"service": svc}, indent=2))
         out[svc["id"]] = {"node": node, **svc}
     return out
+
+
+def _dump_logs(state: Path) -> None:
+    for log in sorted((state / "logs").glob("*.log")):
+        print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+
+
+@contextmanager
+def running_mesh(state: Path, *, artifacts: str | None = None, **layout):
+    """Start the bookinfo mesh of this module's topology in ``state`` on free ports; stop it afterwards.
+
+    ``layout`` overrides MeshLayout fields (leaf_ttl, agent_refresh, ...). The mesh gets ``defs`` (the
+    written service definitions), ``gateway`` (the ingress base URL) and ``url`` (productpage as JSON).
+    On a failed start the logs' tails are printed; with ``artifacts`` the logs are kept under
+    test-artifacts/<artifacts> after the run.
+    """
+    from meshcore.demo.launcher import LocalMesh, MeshLayout
+
+    defs = write_catalog(state / "consul.d")
+    settings = dict(
+        state_dir=state, catalog_dir=state / "consul.d",
+        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
+        metrics={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
+    )
+    settings.update(layout)
+    mesh = LocalMesh(MeshLayout(**settings), progress=lambda msg: print("mesh:", msg, flush=True))
+    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
+    mesh.defs, mesh.state = defs, state
+    mesh.gateway = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}"
+    mesh.url = mesh.gateway + "/productpage?format=json"
+    try:
+        mesh.up(wait_url=mesh.url)
+    except BaseException:
+        _dump_logs(state)
+        mesh.down()
+        raise
+    try:
+        yield mesh
+    finally:
+        mesh.down()
+        if artifacts:
+            target = Path(__file__).resolve().parents[2] / "test-artifacts" / artifacts
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(state / "logs", target)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -28,9 +27,9 @@ import pytest
 
 from meshcore import naming
 from meshcore.ca import CertificateAuthority, key_to_pem, load_kek, make_csr, new_private_key
-from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
+from meshcore.demo.launcher import http_get, wait_until
 
-from ._topology import NODES, free_port, write_catalog
+from ._topology import NODES, running_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "policies"
@@ -41,35 +40,12 @@ TESTER = "cluster.local/meshcore/node/tester"
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     state = tmp_path_factory.mktemp("authz-mesh")
-    catalog_dir = state / "consul.d"
-    defs = write_catalog(catalog_dir)
-    layout = MeshLayout(
-        state_dir=state, catalog_dir=catalog_dir,
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        leaf_ttl="1h", agent_refresh="2s",
-    )
-    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
-    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
-    m.gateway = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}"
-    try:
-        m.up(wait_url=m.gateway + "/productpage?format=json")
-    except BaseException:
-        for log in sorted((state / "logs").glob("*.log")):
-            print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        m.down()
-        raise
-    m.defs = defs
-    m.certs = state / "certs"
-    m.certs.mkdir()
-    m.ca = CertificateAuthority.open(state / "controlplane" / "ca", kek=load_kek(state / "kek"),
-                                     leaf_ttl=timedelta(minutes=30))
-    yield m
-    m.down()
-    artifacts = ROOT / "test-artifacts" / "e2e-authz-logs"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    shutil.copytree(state / "logs", artifacts)
+    with running_mesh(state, artifacts="e2e-authz-logs", leaf_ttl="1h", agent_refresh="2s") as m:
+        m.certs = state / "certs"
+        m.certs.mkdir()
+        m.ca = CertificateAuthority.open(state / "controlplane" / "ca", kek=load_kek(state / "kek"),
+                                         leaf_ttl=timedelta(minutes=30))
+        yield m
 
 
 # --- helpers ------------------------------------------------------------------------------------------

@@ -26,38 +26,17 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from meshcore import naming
 from meshcore.ca import key_to_pem, make_csr, new_private_key
-from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get
+from meshcore.demo.launcher import http_get
 
-from ._topology import NODES, free_port, write_catalog
+from ._topology import NODES, running_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    state = tmp_path_factory.mktemp("rotation-mesh")
-    catalog_dir = state / "consul.d"
-    defs = write_catalog(catalog_dir)
-    layout = MeshLayout(
-        state_dir=state, catalog_dir=catalog_dir,
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        leaf_ttl="1h", agent_refresh="1s",
-    )
-    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
-    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
-    url = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}/productpage?format=json"
-    try:
-        m.up(wait_url=url)
-    except BaseException:
-        for log in sorted((state / "logs").glob("*.log")):
-            print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        m.down()
-        raise
-    m.defs, m.url = defs, url
-    yield m
-    m.down()
+    with running_mesh(tmp_path_factory.mktemp("rotation-mesh"), leaf_ttl="1h", agent_refresh="1s") as m:
+        yield m
 
 
 def _meshctl_ca(mesh, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -23,48 +22,18 @@ from cryptography import x509
 
 from meshcore import naming
 from meshcore.ca import CertificateAuthority, generate_kek_file, key_to_pem, make_csr, new_private_key
-from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
+from meshcore.demo.launcher import http_get, wait_until
 
-from ._topology import NODES, free_port, write_catalog
+from ._topology import NODES, free_port, running_mesh
 
 LEAF_TTL_S = 20
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    state = tmp_path_factory.mktemp("mesh")
-    catalog_dir = state / "consul.d"
-    defs = write_catalog(catalog_dir)
-    layout = MeshLayout(
-        state_dir=state, catalog_dir=catalog_dir,
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        leaf_ttl=f"{LEAF_TTL_S}s", agent_refresh="2s",
-    )
-    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
-    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
-    url = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}/productpage?format=json"
-    try:
-        m.up(wait_url=url)
-    except BaseException:
-        _dump_logs(state)
-        m.down()
-        raise
-    m.defs = defs
-    m.url = url
-    yield m
-    m.down()
-    artifacts = ROOT / "test-artifacts" / "e2e-logs"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    shutil.copytree(state / "logs", artifacts)
-
-
-def _dump_logs(state: Path) -> None:
-    for log in sorted((state / "logs").glob("*.log")):
-        print(f"----- {log.name} (tail)")
-        print("\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+    with running_mesh(tmp_path_factory.mktemp("mesh"), artifacts="e2e-logs",
+                      leaf_ttl=f"{LEAF_TTL_S}s", agent_refresh="2s") as m:
+        yield m
 
 
 def _inbounds(mesh) -> dict[str, tuple[str, int]]:

@@ -18,9 +18,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
+from meshcore.demo.launcher import http_get, wait_until
 
-from ._topology import NODES, free_port, write_catalog
+from ._topology import NODES, running_mesh
 
 GRAPH_WINDOW = "3s"
 BOOKINFO_EDGES = {("ingress-gateway", "productpage"), ("productpage", "details"), ("productpage", "reviews"),
@@ -29,31 +29,8 @@ BOOKINFO_EDGES = {("ingress-gateway", "productpage"), ("productpage", "details")
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    state = tmp_path_factory.mktemp("obs-mesh")
-    catalog_dir = state / "consul.d"
-    defs = write_catalog(catalog_dir)
-    layout = MeshLayout(
-        state_dir=state, catalog_dir=catalog_dir,
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        metrics={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        agent_refresh="2s",
-    )
-    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
-    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
-    url = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}/productpage?format=json"
-    try:
-        m.up(wait_url=url)
-    except BaseException:
-        for log in sorted((state / "logs").glob("*.log")):
-            print(f"----- {log.name} (tail)")
-            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        m.down()
-        raise
-    m.url = url
-    yield m
-    m.down()
+    with running_mesh(tmp_path_factory.mktemp("obs-mesh"), agent_refresh="2s") as m:
+        yield m
 
 
 def _env(mesh) -> dict:

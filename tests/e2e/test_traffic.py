@@ -12,22 +12,19 @@ from __future__ import annotations
 import json
 import os
 import math
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get
+from meshcore.demo.launcher import http_get
 
-from ._topology import NODES, free_port, write_catalog
+from ._topology import running_mesh
 
-ROOT = Path(__file__).resolve().parents[2]
 CONVERGE_S = 2.0
 WORKERS = 8
 JASON = {"end-user": "jason"}
@@ -35,32 +32,9 @@ JASON = {"end-user": "jason"}
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    state = tmp_path_factory.mktemp("traffic-mesh")
-    catalog_dir = state / "consul.d"
-    defs = write_catalog(catalog_dir)
-    layout = MeshLayout(
-        state_dir=state, catalog_dir=catalog_dir,
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
-        leaf_ttl="1h", agent_refresh="2s",
-    )
-    m = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
-    gw = defs["ingress-gateway"]["proxy"]["upstreams"][0]
-    m.url = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}/productpage?format=json"
-    try:
-        m.up(wait_url=m.url)
-    except BaseException:
-        for log in sorted((state / "logs").glob("*.log")):
-            print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        m.down()
-        raise
-    m.state = state
-    yield m
-    m.down()
-    artifacts = ROOT / "test-artifacts" / "e2e-traffic-logs"
-    shutil.rmtree(artifacts, ignore_errors=True)
-    shutil.copytree(state / "logs", artifacts)
+    with running_mesh(tmp_path_factory.mktemp("traffic-mesh"), artifacts="e2e-traffic-logs",
+                      leaf_ttl="1h", agent_refresh="2s") as m:
+        yield m
 
 
 # --- helpers ------------------------------------------------------------------------------------------
