@@ -47,3 +47,33 @@ def unseal(kek: bytes, purpose: str, blob: bytes, *, where: str) -> bytes:
             f"cannot decrypt {where}: wrong key-encryption key (or the file was tampered with). "
             "Use the KEK this CA was created with (MESHCORE_KEK or the KEK file)."
         ) from exc
+
+
+def read_sealed_entries(path, kek: bytes, purpose: str, what: str) -> list:
+    """The ``entries`` list of a sealed JSON store (``[]`` when the file does not exist yet).
+
+    ``what`` names the store in errors ("join token store"). The file is only ever replaced
+    atomically, so a reader without a lock still sees one whole version.
+    """
+    import json
+
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CAError(f"cannot read {what} {path}: {exc}") from exc
+    body = unseal(kek, purpose, blob, where=str(path))
+    try:
+        return list(json.loads(body)["tokens"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CAError(f"{what} {path} is damaged: {exc}") from exc
+
+
+def write_sealed_entries(path, kek: bytes, purpose: str, entries: list) -> None:
+    """Seal ``entries`` with the KEK and replace the store atomically (mode 0600)."""
+    import json
+
+    from meshcore._files import atomic_write
+
+    atomic_write(path, seal(kek, purpose, json.dumps({"version": 1, "tokens": entries}).encode()))

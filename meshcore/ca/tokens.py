@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import threading
@@ -19,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from meshcore._files import atomic_write, ensure_private_dir, file_lock
+from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, JoinTokenError
 
-from ._sealed import check_kek, seal, unseal
+from ._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from .model import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
@@ -129,21 +128,10 @@ class JoinTokenStore:
         return now.astimezone(timezone.utc)
 
     def _read(self) -> list[dict[str, Any]]:
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise CAError(f"cannot read join token store {self.path}: {exc}") from exc
-        body = unseal(self._kek, _PURPOSE, blob, where=str(self.path))
-        try:
-            return list(json.loads(body)["tokens"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CAError(f"join token store {self.path} is damaged: {exc}") from exc
+        return read_sealed_entries(self.path, self._kek, _PURPOSE, "join token store")
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        body = json.dumps({"version": 1, "tokens": entries}).encode()
-        atomic_write(self.path, seal(self._kek, _PURPOSE, body))
+        write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
 
     @staticmethod
     def _prune(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:

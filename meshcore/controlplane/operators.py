@@ -29,10 +29,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_create, atomic_write, ensure_private_dir, file_lock
-from ..ca._sealed import check_kek, seal, unseal
+from .._files import atomic_create, ensure_private_dir, file_lock
+from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from ..ca.model import parse_rfc3339, rfc3339
-from ..errors import CAError, ConfigError, MeshError
+from ..errors import ConfigError, MeshError
 from ._http import Handler, HttpError, Request, Router
 
 log = logging.getLogger("meshcore.controlplane.operators")
@@ -151,21 +151,10 @@ class OperatorTokenStore:
         return self._clock().astimezone(timezone.utc)
 
     def _read(self) -> list[dict[str, Any]]:
-        # No lock: the file is only ever replaced atomically, so a reader sees a whole version.
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise CAError(f"cannot read operator token store {self.path}: {exc}") from exc
-        body = unseal(self._kek, _PURPOSE, blob, where=str(self.path))
-        try:
-            return list(json.loads(body)["tokens"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CAError(f"operator token store {self.path} is damaged: {exc}") from exc
+        return read_sealed_entries(self.path, self._kek, _PURPOSE, "operator token store")
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        atomic_write(self.path, seal(self._kek, _PURPOSE, json.dumps({"version": 1, "tokens": entries}).encode()))
+        write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
 
 
 def ensure_bootstrap_token(store: OperatorTokenStore, state_dir: Path) -> Path | None:
