@@ -26,6 +26,7 @@ import yaml
 from ..durations import parse_duration
 from ..errors import MeshError
 from ._client import ApiError, Client, discover_server
+from ._run import dispatch
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -214,13 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args) or 0
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)
 
 
 __all__ = ["register", "main", "fetch_certs", "wait_for_rotation", "cmd_certs_list"]

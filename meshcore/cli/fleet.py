@@ -21,6 +21,7 @@ from ..errors import MeshError
 from ..fleet import (bug_report, find_host, fleet_logs, fleet_restart, fleet_status, format_table,
                      load_inventory)
 from ..fleet.operations import SERVICES
+from ._run import dispatch
 
 
 def _inventory(args) -> str:
@@ -113,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args) or 0
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)
 
 
 __all__ = ["register", "main", "build_parser"]

@@ -20,6 +20,7 @@ from ..durations import parse_duration
 from ..errors import MeshError
 from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
 from ._client import Client, discover_server
+from ._run import dispatch
 
 GRAPH_OUTPUTS = ("table", "json", "dot")
 SCRAPE_TIMEOUT_S = 3.0
@@ -122,11 +123,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="meshctl")
     register(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["graph", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.fn(args)
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import yaml
 
 from ..deploy.inventory import build_inventory, host_vars, to_ini, to_yaml
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
-from ..errors import ConfigError, MeshError
+from ..errors import ConfigError
+from ._run import dispatch
 
 FORMATS = ("json", "yaml", "ini")
 
@@ -74,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meshctl")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["inventory", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.fn(args) or 0
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(args)
 
 
 __all__ = ["cmd_inventory", "inventory_text", "main", "register"]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import MeshError, ValidationError
-from ._client import DEMO_STATE_DIR, ApiError, Client, discover_server
+from ..errors import MeshError
+from ._client import DEMO_STATE_DIR, Client, discover_server
+from ._run import dispatch
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -369,19 +370,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
         __import__("os").environ["MESHCORE_TOKEN"] = args.token
-    try:
-        return args.fn(args) or 0
-    except ValidationError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except ApiError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)
 
 
 if __name__ == "__main__":

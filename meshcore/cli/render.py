@@ -24,6 +24,7 @@ from ..catalog.model import Catalog
 from ..deploy import render as rd
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError, ControlPlaneUnavailable, MeshError
+from ._run import dispatch
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
@@ -282,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meshctl")
     register(parser.add_subparsers(dest="command", required=True), common)
     args = parser.parse_args(["render", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.fn(args) or 0
-    except MeshError as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
+    return dispatch(args)
 
 
 __all__ = ["build_settings", "cmd_render", "main", "register", "run_render", "write_node"]

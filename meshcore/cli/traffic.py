@@ -21,12 +21,13 @@ from typing import Callable
 
 import yaml
 
-from ..errors import ConfigError, MeshError, ValidationError
+from ..errors import ConfigError, ValidationError
 from ..resources.kinds import destination_rule as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
 from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf
-from ._client import ApiError, Client, discover_server
+from ._client import Client, discover_server
+from ._run import dispatch
 
 SYNC_TIMEOUT_S = 5.0
 SOURCE = "meshctl-traffic"
@@ -276,13 +277,7 @@ def main(argv=None) -> int:
     if argv[:1] != ["traffic"]:
         argv.insert(0, "traffic")
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args) or 0
-    except (ValidationError, ApiError, MeshError) as exc:
-        print(f"meshctl: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)
 
 
 if __name__ == "__main__":
