@@ -20,7 +20,7 @@ from ..catalog.model import Catalog
 from ..catalog.source import CatalogSource
 from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
 from ..resources.store import ResourceStore
-from ..snapshot import MeshSnapshot, ProxyInfo
+from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo
 from ..xds.build import build_proxy
 from ..xds.cache import SnapshotCache
 from ..xds.validate import publish
@@ -44,12 +44,13 @@ class ProxyState:
 
 class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
-                 trust_domain: str, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
+                 trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
                  metrics: "ControlPlaneMetrics | None" = None):
         self._source = catalog_source
         self._store = store
         self.cache = cache
         self.trust_domain = trust_domain
+        self.settings = settings or MeshSettings()
         self._on_snapshot = on_snapshot
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
         self._lock = threading.RLock()
@@ -139,12 +140,18 @@ class MeshEngine:
                 self._rebuild("resources")
             index = new_index
 
+    def set_settings(self, settings: MeshSettings) -> None:
+        """New mesh settings (telemetry, federated bundles): rebuild and push if they change the snapshot."""
+        with self._lock:
+            self.settings = settings
+        self._rebuild("settings")
+
     # --- snapshot and publishing -----------------------------------------------------------
     def _rebuild(self, reason: str) -> None:
         with self._lock:
             if self._catalog is None or not self._resources_loaded:
                 return
-            snap = MeshSnapshot.build(self._catalog, self._resources, self.trust_domain)
+            snap = MeshSnapshot.build(self._catalog, self._resources, self.trust_domain, self.settings)
             if self.snapshot is not None and snap.hash == self.snapshot.hash:
                 return
             self.snapshot = snap

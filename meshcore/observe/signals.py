@@ -1,0 +1,80 @@
+"""The mesh's health signals: the one vocabulary shared by the collector, the dashboard and alerts.
+
+The control plane's collector (:mod:`meshcore.observe.collector`) scrapes every proxy's merged metrics
+endpoint at a fixed interval and turns two consecutive scrapes into one :class:`Signals` value; the
+alert evaluator (:mod:`meshcore.observe.alerts`) and the dashboard read nothing else. Each signal is a
+map from a label set to a number, like a Prometheus instant vector.
+
+Signal names, their labels, and their unit (rates are per second over the last scrape interval):
+
+======================================  =====================  ==========================================
+name                                    labels                 value
+======================================  =====================  ==========================================
+``request_rate``                        service                requests/s the service received
+``error_rate``                          service                fraction (0..1) of those answered 5xx
+``p99_ms``                              service                99th percentile latency, milliseconds
+``edge_request_rate``                   source, destination    requests/s on the edge
+``edge_error_rate``                     source, destination    fraction (0..1) 5xx on the edge
+``edge_p99_ms``                         source, destination    99th percentile latency on the edge
+``circuit_breaker_overflow``            service                requests/s shed by circuit breakers
+                                                               (upstream_rq_pending_overflow + cx_overflow)
+                                                               on clusters calling the service
+``retry_exhausted``                     service                requests/s that ran out of retries
+                                                               (upstream_rq_retry_limit_exceeded)
+``policy_denied``                       service                requests/s denied by authorization policy
+                                                               at the service's inbound listener
+``cert_expiry_seconds``                 spiffe_id, node        seconds until the SVID's not-after
+``ca_root_expiry_seconds``              (none)                 seconds until the CA root's not-after
+``proxy_out_of_sync``                   node                   1 when the proxy has not ACKed its current
+                                                               config or its last build failed, else 0
+======================================  =====================  ==========================================
+
+A service or edge without traffic in the interval has ``request_rate`` 0 and no ``error_rate`` /
+``p99_ms`` entry (there is nothing to divide by), so an alert on them cannot fire on an idle service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+Labels = tuple[tuple[str, str], ...]
+"""A label set as sorted ``(name, value)`` pairs, hashable; ``labels(service="reviews")``."""
+
+SIGNAL_LABELS: dict[str, tuple[str, ...]] = {
+    "request_rate": ("service",),
+    "error_rate": ("service",),
+    "p99_ms": ("service",),
+    "edge_request_rate": ("source", "destination"),
+    "edge_error_rate": ("source", "destination"),
+    "edge_p99_ms": ("source", "destination"),
+    "circuit_breaker_overflow": ("service",),
+    "retry_exhausted": ("service",),
+    "policy_denied": ("service",),
+    "cert_expiry_seconds": ("spiffe_id", "node"),
+    "ca_root_expiry_seconds": (),
+    "proxy_out_of_sync": ("node",),
+}
+"""Every signal name and the labels each of its entries carries."""
+
+
+def labels(**pairs: str) -> Labels:
+    """A :data:`Labels` value from keyword arguments, sorted by name."""
+    return tuple(sorted((k, str(v)) for k, v in pairs.items()))
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One evaluation's worth of signals, taken at unix time ``at``."""
+
+    at: float
+    values: Mapping[str, Mapping[Labels, float]] = field(default_factory=dict)
+
+    def get(self, name: str) -> Mapping[Labels, float]:
+        """Entries of one signal (empty when nothing reported it); :class:`KeyError` for an unknown name."""
+        if name not in SIGNAL_LABELS:
+            raise KeyError(f"unknown signal {name!r}; known: {', '.join(SIGNAL_LABELS)}")
+        return self.values.get(name, {})
+
+
+__all__ = ["Labels", "SIGNAL_LABELS", "Signals", "labels"]
