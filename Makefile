@@ -41,16 +41,18 @@ lab-up: $(STAMP) lab-deps
 lab-down:
 	@lab/down.sh
 
-# As root, install what the lab and systemd-analyze need (does nothing when not root).
+# As root, install what the lab, systemd-analyze, the Prometheus and dashboard tests and the Vagrant check need
+# (does nothing when not root: those tests then skip and say why).
 lab-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=""; \
-		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd ruby:ruby; do \
+		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd ruby:ruby \
+			prometheus:prometheus promtool:prometheus chromium:chromium vagrant:vagrant; do \
 			command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 		done; \
 		if [ -n "$$missing" ]; then \
 			echo "==> apt-get install$$missing" >&2; \
-			apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				debootstrap systemd-container iproute2 openssh-client systemd ruby >&2; \
+			apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				$$(echo $$missing | tr ' ' '\n' | sort -u) >&2; \
 		fi; \
 	fi
