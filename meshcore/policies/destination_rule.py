@@ -8,6 +8,9 @@ For every upstream a proxy declared whose host has a DestinationRule:
 * every subset gets a cluster ``outbound:<host>|<source>|<subset>`` with the subset's policy and its
   own ClusterLoadAssignment ``outbound:<host>|<subset>`` holding only the instances whose labels match,
   so VirtualServices can route to it (and a subset not routed to right now stays warm).
+* with locality-aware failover on (``loadBalancer.localityLbSetting``, or ``outlierDetection`` alone,
+  as in Istio) each of those assignments ranks its datacenters for this proxy (see
+  :mod:`meshcore.traffic.locality`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from .. import naming
 from ..resources.kinds.destination_rule import KIND_NAME, effective_policy, subset_names
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
+from ..traffic.locality import apply_locality_named
 from ..traffic.routes import pack
 from ..xds.build import _common as c
 
@@ -69,6 +73,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         own = clusters.existing(naming.upstream_cluster(host, src.service))
         if own is not None:
             apply_policy(own, policy)
+        apply_locality_named(snapshot, proxy, resources, naming.upstream_endpoints(host, up.datacenter), policy)
         for subset in subset_names(rule):
             clusters.ensure(src, host, subset, up.datacenter)
         if c.upstream_protocol(snapshot, up) == "tcp":

@@ -25,6 +25,7 @@ from ..xds.build import CLUSTER, ENDPOINT
 from ..xds.build import _common as c
 from ..xds.build.clusters import upstream_cluster
 from ..xds.build.endpoints import load_assignment
+from .locality import apply_locality
 
 _SIMPLE = {
     dr.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
@@ -181,6 +182,7 @@ class ClusterSet:
         if eds not in self._endpoints:
             cla = (subset_assignment(self.snapshot, host, subset, labels, datacenter) if subset is not None
                    else load_assignment(self.snapshot, host, datacenter))
+            apply_locality(self.snapshot, self.proxy, cla, dr.effective_policy(rule, subset))
             self._endpoints.add(eds)
             self.resources[ENDPOINT].append(cla)
             self.resources[ENDPOINT].sort(key=lambda x: x.cluster_name)

@@ -34,8 +34,11 @@ def service(name, sid, node, version, upstreams=(), kind=""):
     return node, svc
 
 
-def write_catalog(root: Path) -> dict:
-    """Write the topology as per-node directories; return {service id: definition}."""
+def write_catalog(root: Path, datacenters: dict[str, str] | None = None) -> dict:
+    """Write the topology as per-node directories; return {service id: definition}.
+
+    ``datacenters`` puts nodes in other Consul datacenters than dc1 (``{"n3": "dc2"}``).
+    """
     defs = [
         service("productpage", "productpage-v1", "n1", "v1", ["details", "reviews"]),
         service("reviews", "reviews-v1", "n1", "v1"),
@@ -49,7 +52,8 @@ def write_catalog(root: Path) -> dict:
     for node, addr in NODES.items():
         d = root / node
         d.mkdir(parents=True, exist_ok=True)
-        (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": addr, "datacenter": "dc1"}))
+        dc = (datacenters or {}).get(node, "dc1")
+        (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": addr, "datacenter": dc}))
     for node, svc in defs:
         (root / node / f"{svc['id']}.json").write_text(json.dumps({"service": svc}, indent=2))
         out[svc["id"]] = {"node": node, **svc}
@@ -62,17 +66,17 @@ def _dump_logs(state: Path) -> None:
 
 
 @contextmanager
-def running_mesh(state: Path, *, artifacts: str | None = None, **layout):
+def running_mesh(state: Path, *, artifacts: str | None = None, datacenters: dict[str, str] | None = None, **layout):
     """Start the bookinfo mesh of this module's topology in ``state`` on free ports; stop it afterwards.
 
     ``layout`` overrides MeshLayout fields (leaf_ttl, agent_refresh, ...). The mesh gets ``defs`` (the
     written service definitions), ``gateway`` (the ingress base URL) and ``url`` (productpage as JSON).
     On a failed start the logs' tails are printed; with ``artifacts`` the logs are kept under
-    test-artifacts/<artifacts> after the run.
+    test-artifacts/<artifacts> after the run. ``datacenters`` maps nodes to datacenters (default dc1).
     """
     from meshcore.demo.launcher import LocalMesh, MeshLayout
 
-    defs = write_catalog(state / "consul.d")
+    defs = write_catalog(state / "consul.d", datacenters)
     settings = dict(
         state_dir=state, catalog_dir=state / "consul.d",
         xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",

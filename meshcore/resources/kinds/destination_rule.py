@@ -12,6 +12,8 @@ spec:
       tcp: {maxConnections: 100, connectTimeout: 2s}
       http: {http1MaxPendingRequests: 10, http2MaxRequests: 100, maxRetries: 3}
     outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+  # locality-aware failover (Consul datacenters): own datacenter first, then the listed one, then the rest
+  # trafficPolicy.loadBalancer.localityLbSetting: {failover: [{from: dc1, to: dc2}, {from: dc2, to: dc1}]}
   subsets:
   - name: v1
     labels: {version: v1}             # workload labels: app, every Consul meta key, tag:<t>
@@ -185,7 +187,7 @@ def _not_both_lb(cleaned: dict, path: Path, ctx: Context) -> None:
     if "simple" in cleaned and "consistentHash" in cleaned:
         ctx.add(path, "set either simple or consistentHash, not both")
     elif not cleaned:
-        ctx.add(path, "loadBalancer must set simple or consistentHash")
+        ctx.add(path, "loadBalancer must set simple, consistentHash or localityLbSetting")
 
 
 class _SimpleLb(Enum):
@@ -208,7 +210,45 @@ CONSISTENT_HASH = Obj(
     rules=[exactly_one(HASH_KEYS, "consistentHash")],
 )
 
-LOAD_BALANCER = Obj({"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH}, rules=[_not_both_lb])
+# Locality-aware failover: a locality is a Consul datacenter (Envoy region) plus the node meta ``zone``.
+DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+",
+                 pattern_hint="must be a Consul datacenter name (lowercase letters, digits, '-' and '_')")
+
+
+class _NotSupported(Schema):
+    """An Istio field meshcore does not implement: refused with what to use instead (never silently ignored)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        ctx.add(path, self.message)
+        return INVALID
+
+
+def _failover_pair(cleaned: dict, path: Path, ctx: Context) -> None:
+    if cleaned["from"] == cleaned["to"]:
+        ctx.add(path.field("to"), f"fails over from {json.dumps(cleaned['from'])} to itself; "
+                                  "name another datacenter (the own datacenter is always tried first)")
+
+
+LOCALITY_LB_SETTING = Obj(
+    {
+        "enabled": Bool(),
+        # Ordered: several entries with one ``from`` are tried in their order; a repeated pair is an error.
+        "failover": ListOf(Obj({"from": Required(DATACENTER), "to": Required(DATACENTER)}, rules=[_failover_pair]),
+                           unique=True),
+        "distribute": _NotSupported("distribute (weighted traffic across localities) is not supported; use failover "
+                                    "for ordered datacenters, or a VirtualService weight split across subsets"),
+        "failoverPriority": _NotSupported("failoverPriority is not supported; use failover "
+                                          "(from/to datacenters) and the node meta \"zone\""),
+    },
+)
+
+LOAD_BALANCER = Obj(
+    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH, "localityLbSetting": LOCALITY_LB_SETTING},
+    rules=[_not_both_lb],
+)
 
 CONNECTION_POOL = Obj(
     {
@@ -313,19 +353,41 @@ def effective_policy(rule: Resource | None, subset: str | None = None) -> dict:
 
     As in Istio, a subset's ``trafficPolicy`` overrides the host's field by field: a subset that
     sets only ``loadBalancer`` keeps the host's ``connectionPool`` and ``outlierDetection``.
+    Unlike Istio, a subset ``loadBalancer`` without ``localityLbSetting`` keeps the host's one
+    (choosing a hash for one subset should not silently drop the host's datacenter failover).
     """
     if rule is None:
         return {}
     policy = dict((rule.spec or {}).get("trafficPolicy") or {})
     if subset is not None:
         own = (subset_of(rule, subset) or {}).get("trafficPolicy") or {}
+        host_locality = (policy.get("loadBalancer") or {}).get("localityLbSetting")
         policy.update({k: v for k, v in own.items() if k in POLICY_FIELDS})
+        lb = policy.get("loadBalancer") or {}
+        if host_locality is not None and "localityLbSetting" not in lb:
+            policy["loadBalancer"] = {**lb, "localityLbSetting": host_locality}
     return policy
 
 
 def selects(labels: Mapping[str, str], subset_labels: Mapping[str, str] | None) -> bool:
     """Whether a workload with ``labels`` belongs to a subset selecting ``subset_labels`` (none: every workload)."""
     return all(labels.get(k) == v for k, v in (subset_labels or {}).items())
+
+
+def locality_failover(policy: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """Whether a traffic policy turns on locality-aware failover, and its ``(from, to)`` datacenter pairs.
+
+    None means off: endpoints keep priority 0 everywhere (no locality preference). As in Istio,
+    outlier detection alone turns it on (own datacenter first, every other one after); an explicit
+    ``localityLbSetting`` turns it on even without outlier detection (Consul health checks already
+    take failed instances out of the endpoints), and ``enabled: false`` turns it off.
+    """
+    setting = (policy.get("loadBalancer") or {}).get("localityLbSetting")
+    if setting is None:
+        return () if policy.get("outlierDetection") else None
+    if setting.get("enabled") is False:
+        return None
+    return tuple((pair["from"], pair["to"]) for pair in setting.get("failover") or ())
 
 
 def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
@@ -361,6 +423,7 @@ __all__ = [
     "subset_of",
     "subset_names",
     "effective_policy",
+    "locality_failover",
     "selects",
     "validate_set",
 ]

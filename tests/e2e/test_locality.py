@@ -1,0 +1,148 @@
+"""End to end: locality-aware failover across Consul datacenters, on real Envoys.
+
+The ``_topology`` bookinfo mesh with its nodes spread over three datacenters: n1 (productpage and
+reviews-v1) and the gateway in dc1, n2 (reviews-v2) in dc2, n3 (reviews-v3) in dc3. A
+DestinationRule on reviews says dc1 fails over to dc3. Every request goes through the gateway to
+``/productpage?format=json``, whose ``reviews.version`` names the instance that answered:
+
+* with the rule, productpage (dc1) reaches only reviews-v1 (its own datacenter);
+* when reviews-v1 leaves the catalog (what the Consul source does when its health check turns
+  critical; the file source shows it by its definition file going away), traffic moves to v3 in
+  dc3, the failover target, never to v2 in dc2; when it comes back, traffic returns to v1;
+* when reviews-v1's app dies while still registered, outlier detection ejects it and traffic
+  fails over to v3 the same way; when the app is back, the ejection ends and traffic returns.
+
+The tests run in file order and build on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from meshcore.demo.launcher import http_get
+
+from ._topology import running_mesh
+
+DATACENTERS = {"n1": "dc1", "gw": "dc1", "n2": "dc2", "n3": "dc3"}
+WAIT_S = 60.0  # generous: the machine may be loaded; correctness is measured, not speed
+
+RULE = """
+apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: reviews-locality
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        failover:
+        - {from: dc1, to: dc3}
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 2s
+      maxEjectionPercent: 100
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with running_mesh(tmp_path_factory.mktemp("locality-mesh"), artifacts="e2e-locality-logs",
+                      datacenters=DATACENTERS, leaf_ttl="1h", agent_refresh="2s") as m:
+        yield m
+
+
+def _meshctl(mesh, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+
+
+def _version(mesh) -> str | None:
+    """Which reviews version answered one request through the gateway (None: reviews failed)."""
+    status, body = http_get(mesh.url, timeout=5)
+    if status != 200:
+        return None
+    try:
+        reviews = json.loads(body).get("reviews") or {}
+    except ValueError:
+        return None
+    return None if "error" in reviews else reviews.get("version")
+
+
+def _sample(mesh, n: int) -> Counter:
+    return Counter(_version(mesh) for _ in range(n))
+
+
+def _settle(mesh, only: str, streak: int = 30, timeout: float = WAIT_S) -> None:
+    """Wait until ``streak`` consecutive requests are all answered by ``only``."""
+    deadline = time.monotonic() + timeout
+    run, seen = 0, Counter()
+    while time.monotonic() < deadline:
+        v = _version(mesh)
+        seen[v] += 1
+        run = run + 1 if v == only else 0
+        if run >= streak:
+            return
+        if v != only:
+            time.sleep(0.1)
+    pytest.fail(f"traffic did not settle on reviews {only} within {timeout:.0f}s (answers seen: {dict(seen)})")
+
+
+def test_without_a_rule_every_datacenter_gets_traffic(mesh):
+    seen = _sample(mesh, 90)
+    assert {"v1", "v2", "v3"} <= set(seen), seen
+
+
+def test_with_the_rule_a_dc1_caller_stays_in_dc1(mesh, tmp_path):
+    doc = tmp_path / "reviews-locality.yaml"
+    doc.write_text(RULE)
+    _meshctl(mesh, "apply", "-f", str(doc))
+    _settle(mesh, "v1")
+    assert _sample(mesh, 100) == Counter({"v1": 100})
+
+
+def test_catalog_removal_fails_over_to_the_listed_datacenter_and_back(mesh):
+    definition = mesh.layout.catalog_dir / "n1" / "reviews-v1.json"
+    saved = definition.read_text()
+    definition.unlink()
+    try:
+        _settle(mesh, "v3")
+        assert _sample(mesh, 100) == Counter({"v3": 100}), "dc1 fails over to dc3 only, never to dc2"
+    finally:
+        definition.write_text(saved)
+    _settle(mesh, "v1")
+    assert _sample(mesh, 100) == Counter({"v1": 100})
+
+
+def test_outlier_ejection_fails_over_and_recovery_brings_traffic_back(mesh):
+    [app] = [p for p in mesh.processes if p["name"] == "app-reviews-v1"]
+    assert mesh.stop("app-reviews-v1")
+    try:
+        # The first request(s) hit the dead app (503 from n1's Envoy); the ejection then moves traffic.
+        _settle(mesh, "v3")
+        assert _sample(mesh, 60) == Counter({"v3": 60})
+    finally:
+        mesh._spawn(app["name"], app["argv"])  # the same app on the same port, tracked for mesh.down()
+    _settle(mesh, "v1")
+    assert _sample(mesh, 100) == Counter({"v1": 100})
+
+
+def test_deleting_the_rule_spreads_traffic_again(mesh, tmp_path):
+    doc = tmp_path / "reviews-locality.yaml"
+    doc.write_text(RULE)
+    _meshctl(mesh, "delete", "-f", str(doc))
+    deadline = time.monotonic() + WAIT_S
+    seen: Counter = Counter()
+    while not {"v1", "v2", "v3"} <= set(seen):
+        assert time.monotonic() < deadline, f"traffic did not spread over the datacenters again: {dict(seen)}"
+        seen[_version(mesh)] += 1
