@@ -8,7 +8,13 @@ sources feed one thread-safe queue that the response generator drains in order:
 * the cache, which calls back when this node's snapshot changes.
 
 Flow control follows the xDS protocol: after a response of a type we wait for its ACK or NACK before
-sending that type again; a stale nonce is ignored. A NACK is logged, counted and recorded in the
+sending that type again; a stale nonce is ignored.
+
+Cluster warming: an updated cluster (new circuit breakers, say) stays *warming* in Envoy until it gets
+its endpoints, and Envoy keeps using the old one meanwhile, up to its 15 s initial-fetch timeout. The
+endpoints may be unchanged, so nothing new would be sent. Two rules avoid that wait: a request that
+repeats the last answered nonce while nothing is in flight is a re-subscription and is answered again
+(named types only), and after the proxy ACKs a new cluster version its endpoints are offered again. A NACK is logged, counted and recorded in the
 cache status; the proxy keeps its last good config and we send nothing more for that type until the
 snapshot changes (no resend loop). Delta xDS (``DeltaAggregatedResources``) answers UNIMPLEMENTED.
 
@@ -38,7 +44,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshcore.errors import XdsError
 from meshcore.naming import parse_node_spiffe_id
-from meshcore.xds._typeurls import PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES, short_name
+from meshcore.xds._typeurls import CLUSTER, ENDPOINT, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES, short_name
 from meshcore.xds.cache import ProxySnapshot, SnapshotCache
 
 __all__ = ["AdsServicer", "Authorizer", "allow_any_node", "mtls_node_authorizer", "serve_ads"]
@@ -148,6 +154,7 @@ class _TypeState:
     sent_version: str | None = None
     sent_names: frozenset[str] | None = None  # None: sent as wildcard
     nacks_in_row: int = 0  # consecutive NACKs of this type; drives the resend backoff
+    acked_version: str | None = None  # the last version the proxy ACKed
 
     @property
     def active(self) -> bool:
@@ -283,6 +290,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         extra={"node": node_id, "type_url": type_url})
             return []
         state = stream.types.setdefault(type_url, _TypeState())
+        resubscribed = bool(request.response_nonce) and request.response_nonce == state.last_nonce \
+            and state.nonce is None and not request.HasField("error_detail")
+        clusters_changed = False
         if request.response_nonce:
             if request.response_nonce != state.last_nonce:
                 log.debug("stale nonce node=%s type_url=%s nonce=%s", node_id, type_url, request.response_nonce)
@@ -293,6 +303,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self._nack(stream, type_url, state, request)
                 else:
                     state.nacks_in_row = 0
+                    clusters_changed = type_url == CLUSTER and state.acked_version not in (None, request.version_info)
+                    state.acked_version = request.version_info
                     self.cache.record_ack(node_id, stream.stream_id, type_url, request.version_info)
                     self._metrics.acks.labels(short_name(type_url)).inc()
                     log.debug("ACK node=%s type_url=%s version=%s", node_id, type_url, request.version_info)
@@ -306,8 +318,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         state.wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
         state.names = frozenset() if state.wildcard else names
         self.cache.record_subscription(node_id, stream.stream_id, type_url, state.active)
-        response = self._respond(stream, type_url, self.cache.get(node_id))
-        return [response] if response is not None else []
+        if resubscribed and not state.wildcard:
+            state.sent_version = None  # answer again: a new subscriber (a warming cluster) waits for it
+        snapshot = self.cache.get(node_id)
+        responses = [self._respond(stream, type_url, snapshot)]
+        endpoints = stream.types.get(ENDPOINT)
+        if clusters_changed and endpoints is not None and endpoints.nonce is None:
+            endpoints.sent_version = None  # the updated clusters are warming: hand them their endpoints
+            responses.append(self._respond(stream, ENDPOINT, snapshot))
+        return [r for r in responses if r is not None]
 
     def _nack(self, stream: _Stream, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
         node_id = stream.node_id

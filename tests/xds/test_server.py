@@ -582,3 +582,29 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
             envoy.kill()
             envoy.wait(5)
         server.stop(0).wait(WAIT)
+
+
+def test_updated_clusters_get_their_unchanged_endpoints_again(ads):
+    """An updated cluster warms in Envoy until it has endpoints: after the proxy ACKs a new cluster
+    version, and when it re-subscribes with the last nonce, the (unchanged) endpoints are sent again."""
+    cache, _, connect, _ = ads
+    first = publish(cache, "vm1", small_snapshot())
+    client = connect()
+    got = subscribe_all(client)
+    changed = small_snapshot()
+    changed[CLUSTER][0].connect_timeout.seconds = 7  # clusters change, endpoints do not
+    second = publish(cache, "vm1", changed)
+    assert second.versions[ENDPOINT] == first.versions[ENDPOINT]
+    cds = client.recv()
+    assert cds.type_url == CLUSTER
+    client.expect_nothing(0.3)  # endpoints unchanged: nothing until the clusters are ACKed
+    client.ack(cds)
+    eds = client.recv()
+    assert eds.type_url == ENDPOINT and eds.version_info == first.versions[ENDPOINT]
+    assert names_of(eds) == ["outbound:backend"] and eds.nonce != got[ENDPOINT].nonce
+    client.ack(eds, ["outbound:backend"])
+    client.expect_nothing(0.3)  # the ACK of the resent endpoints is not answered
+    # A re-subscription with the same names and the last nonce is answered again.
+    client.send(ENDPOINT, ["outbound:backend"], version=eds.version_info, nonce=eds.nonce)
+    again = client.recv()
+    assert again.type_url == ENDPOINT and again.version_info == eds.version_info and again.nonce != eds.nonce
