@@ -24,15 +24,29 @@ def control_plane_spiffe_id(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/meshcore/control-plane"
 
 
-def parse_node_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:
-    """``spiffe://td/meshcore/node/<node>`` -> ``(td, node)``; anything else -> None."""
+def operator_spiffe_id(trust_domain: str, name: str) -> str:
+    """Identity of an operator's client certificate for the operator API (``meshctl operator cert``)."""
+    return f"spiffe://{trust_domain}/meshcore/operator/{name}"
+
+
+def _parse_meshcore_id(spiffe_id: str, kind: str) -> tuple[str, str] | None:
     if not spiffe_id.startswith("spiffe://"):
         return None
     td, _, path = spiffe_id[len("spiffe://"):].partition("/")
     parts = path.split("/")
-    if len(parts) == 3 and parts[0] == "meshcore" and parts[1] == "node" and parts[2]:
+    if len(parts) == 3 and parts[0] == "meshcore" and parts[1] == kind and parts[2]:
         return td, parts[2]
     return None
+
+
+def parse_node_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:
+    """``spiffe://td/meshcore/node/<node>`` -> ``(td, node)``; anything else -> None."""
+    return _parse_meshcore_id(spiffe_id, "node")
+
+
+def parse_operator_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:
+    """``spiffe://td/meshcore/operator/<name>`` -> ``(td, name)``; anything else -> None."""
+    return _parse_meshcore_id(spiffe_id, "operator")
 
 
 def principal_of(spiffe_id: str) -> str:
@@ -90,6 +104,7 @@ def secret_file(secret_name: str) -> str:
 
 
 XDS_CLUSTER = "meshcore_xds"
+OTLP_CLUSTER = "meshcore_otlp"  # the OpenTelemetry collector Envoy exports spans to (when tracing is on)
 
 
 # --- traffic management (DestinationRule subsets, VirtualService routes) -------------------

@@ -12,6 +12,10 @@ The demo runs this file on the VMs (python3.11, no third-party packages), once p
   (v2 and v3 call ``ratings``).
 * ``ratings`` answers ``GET /ratings/<id>`` with the stars per reviewer.
 
+Failure switch (for canary and outlier-detection demos): ``BOOKINFO_FAIL=reviews:v3[,ratings:v1...]`` in the
+environment makes those service:version pairs answer 500 on their API path (``/health`` stays 200, so the
+instance stays registered and healthy: only its answers fail, as a bad release would).
+
 Upstream URLs point at the local Envoy's outbound listeners, so every call between services crosses the mesh.
 Each service forwards the caller's ``end-user``, ``cookie`` and trace-context headers, as the original bookinfo
 does, so header-based routing and distributed traces work end to end. Every JSON answer names the service,
@@ -30,6 +34,7 @@ import http.server
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -113,6 +118,7 @@ class Config:
     port: int
     instance: str
     upstreams: Mapping[str, str] = field(default_factory=dict)
+    failing: bool = False  # BOOKINFO_FAIL names this service:version: API answers are 500
 
     @property
     def listen(self) -> str:
@@ -220,7 +226,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if name not in needed:
             logger.warning("unused upstream service=%s version=%s upstream=%s", service, version, name)
     instance = args.instance or f"{service}-{version}@{socket.gethostname()}"
-    return Config(service=service, version=version, host=host, port=port, instance=instance, upstreams=upstreams)
+    failing = f"{service}:{version}" in {p.strip() for p in os.environ.get("BOOKINFO_FAIL", "").split(",")}
+    return Config(service=service, version=version, host=host, port=port, instance=instance, upstreams=upstreams,
+                  failing=failing)
 
 
 # ------------------------------------------------------------------------------------------- upstreams
@@ -405,6 +413,8 @@ class App:
                 refused = self._only_get(req)
                 if refused:
                     return refused
+                if self.config.failing:
+                    return Response.json(500, {"error": "failing on purpose (BOOKINFO_FAIL)", **self.identity()})
                 if not match.group(2).isdigit():
                     return Response.json(400, {"error": f"product id must be a number, got {match.group(2)!r}"})
                 return getattr(self, svc)(int(match.group(2)), req)

@@ -73,8 +73,10 @@ def _in_mesh(payload: dict[str, Any]) -> bool:
 class ConsulSync:
     """Keeps the local Consul agent's registrations equal to the definitions directory."""
 
-    def __init__(self, services_dir: Path | None, node: str, *, syncer_factory: Callable[[], Syncer] = consul_syncer):
+    def __init__(self, services_dir: Path | None, node: str, *, syncer_factory: Callable[[], Syncer] = consul_syncer,
+                 extra_payloads: Callable[[], list[dict[str, Any]]] | None = None):
         self.services_dir = services_dir
+        self.extra_payloads = extra_payloads  # registrations besides the files' (the agent's own service)
         self.node = node
         self._factory = syncer_factory
         self._syncer: Syncer | None = None
@@ -108,6 +110,7 @@ class ConsulSync:
         assert self.services_dir is not None
         try:
             payloads = load_payloads(self.services_dir, self.node)
+            payloads += self.extra_payloads() if self.extra_payloads else []
             if self._syncer is None:
                 self._syncer = self._factory()
             self._syncer(payloads)

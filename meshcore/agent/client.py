@@ -111,6 +111,7 @@ class NodeServices:
 class TrustBundle:
     trust_domain: str
     bundle: str
+    federated: tuple[tuple[str, str], ...] = ()  # other trust domains' roots: (trust_domain, PEM)
 
 
 class AgentClient:
@@ -160,8 +161,11 @@ class AgentClient:
 
     def bundle(self) -> TrustBundle:
         data = self._request("GET", "/v1/agent/bundle")
+        federated = tuple((_require_str(f, "trust_domain", "bundle federated_bundles"),
+                           _require_str(f, "bundle", "bundle federated_bundles"))
+                          for f in data.get("federated_bundles") or [] if isinstance(f, dict))
         return TrustBundle(trust_domain=_require_str(data, "trust_domain", "bundle"),
-                           bundle=_require_str(data, "bundle", "bundle"))
+                           bundle=_require_str(data, "bundle", "bundle"), federated=federated)
 
     # -- transport -------------------------------------------------------------------------
 

@@ -7,6 +7,11 @@ service registered here is marked with meta ``managed-by: meshcore-agent`` and a
 registrations are never touched) and whether a definition changed (Consul adds defaults on
 read, so comparing what it returns to what was sent would always differ). Sidecar proxies are
 owned by their parent registration: Consul creates and removes them with it.
+
+Besides the VM's own services the agent registers itself (:func:`agent_service_payload`): one
+service ``meshcore-agent`` per node whose port is the agent's merged metrics endpoint, so
+Prometheus' ``consul_sd_configs`` (``services: [meshcore-agent]``) finds exactly one scrape target
+per VM at the right address and port, with the path in meta ``meshcore-metrics-path``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,37 @@ log = logging.getLogger("meshcore.agent.consul")
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY = "meshcore-agent"
 HASH_KEY = "meshcore-hash"
+AGENT_SERVICE = "meshcore-agent"
+NODE_KEY = "meshcore-node"
+METRICS_PORT_KEY = "meshcore-metrics-port"
+METRICS_PATH_KEY = "meshcore-metrics-path"
+METRICS_PATH = "/metrics"
+AGENT_CHECK_INTERVAL = "10s"
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def agent_service_payload(node: str, host: str, port: int, path: str = METRICS_PATH) -> dict:
+    """The agent's own registration: service ``meshcore-agent`` (ID ``meshcore-agent-<node>``) on the
+    metrics port, meta ``meshcore-node``, ``meshcore-metrics-port`` and ``meshcore-metrics-path``, and
+    an HTTP check on ``/healthz``.
+
+    A wildcard bind (``0.0.0.0``, ``::``) registers no ``Address``, so Consul (and Prometheus) use the
+    node's address; a specific bind address is registered as the service address."""
+    check_host = _WILDCARDS.get(host, host)
+    url_host = f"[{check_host}]" if ":" in check_host else check_host
+    payload = {
+        "Name": AGENT_SERVICE,
+        "ID": f"{AGENT_SERVICE}-{node}",
+        "Port": int(port),
+        "Tags": ["meshcore", "metrics"],
+        "Meta": {NODE_KEY: node, METRICS_PORT_KEY: str(int(port)), METRICS_PATH_KEY: path},
+        "Checks": [{"CheckID": f"{AGENT_SERVICE}-{node}-metrics", "Name": "meshcore agent metrics endpoint",
+                    "HTTP": f"http://{url_host}:{int(port)}/healthz", "Interval": AGENT_CHECK_INTERVAL,
+                    "Timeout": "2s"}],
+    }
+    if host not in _WILDCARDS:
+        payload["Address"] = host
+    return payload
 
 
 def service_id(payload: dict) -> str:

@@ -46,9 +46,11 @@ from meshcore.agent.identity import (
     rfc3339,
     token_digest,
 )
+from meshcore.agent._access_log import AccessLogFollower, envoy_access_log_path
+from meshcore.agent.consul_registration import agent_service_payload
 from meshcore.agent.metrics import AgentFacts, AgentMetrics, MetricsServer
 from meshcore.agent.notify import SystemdNotifier
-from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret, validation_context_secret
+from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.agent.status import (
     AgentStatus,
     ControlPlaneStatus,
@@ -123,6 +125,9 @@ class Agent:
         self.meta = AgentMeta()
         self.node: Credential | None = None
         self.bundle: str | None = None
+        from meshcore.federation import FederatedBundleFiles  # other trust domains' roots, one file each
+        self.federated_files = FederatedBundleFiles(config.state_dir / "federated")
+        self.federated: tuple[tuple[str, str], ...] = ()
         self.svids: dict[str, Credential] = {}
         self.desired: dict[str, NodeService] = {}  # service name -> first instance on this node
         self.instance_ids: dict[str, tuple[str, ...]] = {}
@@ -135,7 +140,7 @@ class Agent:
         self.last_error: str | None = None
         self.supervisor: EnvoySupervisor | None = None
         self.envoy_ready = False
-        self.consul = ConsulSync(config.consul_services_dir, config.node)
+        self.consul = ConsulSync(config.consul_services_dir, config.node, extra_payloads=self._own_registrations)
         self.next_consul_sync: datetime | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # set to cut the loop's sleep short
@@ -144,6 +149,7 @@ class Agent:
         self._started_at = time.monotonic()
         self.metrics = AgentMetrics(self._metrics_facts)
         self.metrics_server: MetricsServer | None = None
+        self.access_log: AccessLogFollower | None = None  # policy decisions per caller (Envoy's access log)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -177,7 +183,13 @@ class Agent:
             node=self.config.node,
             svids={n: (c.summary.spiffe_id, c.summary.not_after.timestamp()) for n, c in list(self.svids.items())},
             node_expiry=self.node.summary.not_after.timestamp() if self.node else None,
-            envoy_restarts=sup.restarts if sup else 0, envoy_ready=self.envoy_ready)
+            envoy_restarts=sup.restarts if sup else 0, envoy_ready=self.envoy_ready,
+            envoy_pid=sup.pid if sup else None, policy_log=self.access_log.counts() if self.access_log else None)
+
+    def _own_registrations(self) -> list[dict]:
+        """The agent's own Consul service (its metrics endpoint), beside the VM's services."""
+        bound = self.metrics_server.bound() if self.metrics_server else None
+        return [agent_service_payload(self.config.node, *bound)] if bound else []
 
     def _start_metrics(self) -> None:
         """Serve the merged /metrics; a busy port is logged, not fatal (the data plane matters more)."""
@@ -187,6 +199,7 @@ class Agent:
             self.metrics_server = MetricsServer(self.config.metrics_bind, self.metrics,
                                                 lambda: self.config.admin).start()
             log.info("serving metrics on http://%s/metrics", self.metrics_server.address)
+            self.access_log = AccessLogFollower(lambda: envoy_access_log_path(self.config.admin)).start()
         except MeshError as exc:
             log.error("%s", exc)
 
@@ -211,6 +224,7 @@ class Agent:
         except AgentError as exc:
             raise OperatorActionRequired(str(exc)) from exc
         self.bundle = self.store.load_bundle()
+        self.federated = self.federated_files.load()
         self._load_existing_svids()
         now = self.clock()
         if self.node is None or self.node.summary.expired(now):
@@ -249,6 +263,8 @@ class Agent:
         self.notifier.stopping()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.access_log is not None:
+            self.access_log.stop()
         self.consul.stop()
         if self.supervisor is not None:
             log.info("stopping envoy")
@@ -382,8 +398,10 @@ class Agent:
         if self.node is not None:
             self.secrets.write(tls_certificate_secret(naming.node_secret(), self.node.chain_pem, self.node.key_pem))
         if self.bundle and self.meta.trust_domain:
-            self.secrets.write(validation_context_secret(naming.trust_bundle_secret(self.meta.trust_domain),
-                                                         self.bundle))
+            from meshcore.federation import trust_validation_secret  # per-domain roots when federated
+
+            self.secrets.write(trust_validation_secret(naming.trust_bundle_secret(self.meta.trust_domain),
+                                                       self.meta.trust_domain, self.bundle, self.federated))
 
     # ---------------------------------------------------------------- control plane sync
 
@@ -474,6 +492,9 @@ class Agent:
         if self.store.save_bundle(bundle.bundle):
             log.info("trust bundle updated trust_domain=%s", bundle.trust_domain)
         self.bundle = bundle.bundle
+        if self.federated_files.save(bundle.federated):
+            log.info("federated trust bundles updated trust_domains=%s", ",".join(td for td, _ in bundle.federated))
+        self.federated = bundle.federated
         self._write_node_secrets()
         self._follow_issuer(listing.signer_key_id, now)
         self._reconcile_services(listing.services, now)
@@ -768,7 +789,7 @@ class Agent:
             logging.getLogger().setLevel(new.log_level.upper())
         if new.consul_services_dir != self.config.consul_services_dir:
             self.consul.stop()
-            self.consul = ConsulSync(new.consul_services_dir, self.config.node)
+            self.consul = ConsulSync(new.consul_services_dir, self.config.node, extra_payloads=self._own_registrations)
             self.next_consul_sync = None
         self.config = new
         log.info("configuration reloaded from %s", new.config_file or "flags and environment")

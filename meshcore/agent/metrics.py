@@ -11,8 +11,11 @@ agent object here), so this module is testable without an agent.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import urllib.parse
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +27,8 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from meshcore.agent._net import split_host_port
+from meshcore.agent._access_log import PolicyCounts
+from meshcore.agent._series import edge_families, policy_audited_family, policy_denied_family, usage_families
 from meshcore.errors import AgentError
 
 __all__ = ["AgentFacts", "AgentMetrics", "MetricsServer", "merge_exposition", "DEFAULT_METRICS_PORT"]
@@ -43,6 +48,8 @@ class AgentFacts:
     node_expiry: float | None = None
     envoy_restarts: int = 0
     envoy_ready: bool = False
+    envoy_pid: int | None = None  # for USE series (CPU, memory, fds from /proc)
+    policy_log: PolicyCounts | None = None  # policy decisions per caller, when Envoy's access log is followed
 
 
 class _FactsCollector:
@@ -74,12 +81,19 @@ class _FactsCollector:
                                   labels=["node"])
         ready.add_metric([f.node], 1.0 if f.envoy_ready else 0.0)
         yield ready
+        following = GaugeMetricFamily("meshcore_agent_access_log_following",
+                                      "1 when policy denials and audits are counted per caller from Envoy's "
+                                      "JSON access log; 0: from its RBAC counters (source_service=unknown).",
+                                      labels=["node"])
+        following.add_metric([f.node], 1.0 if f.policy_log is not None else 0.0)
+        yield following
 
 
 class AgentMetrics:
     """The agent's registry: process metrics, state read at scrape time, SVID issuance counters."""
 
     def __init__(self, facts: Callable[[], AgentFacts], registry: CollectorRegistry | None = None):
+        self.facts = facts
         self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -105,6 +119,68 @@ def merge_exposition(own: bytes, envoy: str | None) -> bytes:
     if envoy:
         parts.append(envoy.rstrip("\n").encode() + b"\n")
     return b"".join(parts)
+
+
+class _Families:
+    def __init__(self, families: list):
+        self._families = families
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        return iter(self._families)
+
+
+def derived_exposition(facts: AgentFacts, envoy: str | None, admin: str) -> bytes:
+    """The agent's series computed per scrape from Envoy's stats and /proc: RED per edge, circuit
+    breakers, retry exhaustion, USE, and policy denials and audits: per caller from the access log
+    counts in ``facts.policy_log`` when there are any, else from Envoy's RBAC counters with
+    ``source_service="unknown"``, never both (see docs/observability.md#metrics-reference)."""
+    families = usage_families({"agent": os.getpid(), "envoy": facts.envoy_pid}, envoy)
+    if envoy is not None:
+        families += edge_families(envoy, fetch_envoy_limits(admin))
+    log_counts = facts.policy_log
+    if log_counts is not None:  # per caller, from the access log (also while Envoy does not answer)
+        families += [policy_denied_family({}, (), log_counts.denied),
+                     policy_audited_family({}, (), log_counts.audited)]
+    elif envoy is not None:  # Envoy's RBAC counters: source_service="unknown"
+        counters = fetch_envoy_counters(admin, "rbac|authz")
+        families += [policy_denied_family(counters, facts.svids), policy_audited_family(counters, facts.svids)]
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+def _admin_json(admin: str, path: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=timeout) as resp:
+            return json.loads(resp.read()) if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def fetch_envoy_counters(admin: str, pattern: str) -> dict[str, float]:
+    """Envoy's raw counter names and values matching ``pattern`` (``/stats?format=json&filter=``)."""
+    data = _admin_json(admin, "/stats?format=json&filter=" + urllib.parse.quote(pattern)) or {}
+    return {s["name"]: float(s["value"]) for s in data.get("stats", []) if "name" in s and "value" in s}
+
+
+_THRESHOLD_FIELDS = {"max_connections": "connections", "max_pending_requests": "pending_requests",
+                     "max_requests": "requests", "max_retries": "retries"}
+
+
+def fetch_envoy_limits(admin: str) -> dict[str, dict[str, int]]:
+    """DEFAULT-priority circuit-breaker thresholds per cluster (``/clusters?format=json``)."""
+    data = _admin_json(admin, "/clusters?format=json") or {}
+    out: dict[str, dict[str, int]] = {}
+    for status in data.get("cluster_statuses", []):
+        for t in (status.get("circuit_breakers") or {}).get("thresholds", []):
+            if t.get("priority", "DEFAULT") == "DEFAULT":
+                out[status["name"]] = {_THRESHOLD_FIELDS[k]: int(v) for k, v in t.items() if k in _THRESHOLD_FIELDS}
+    # Envoy's stats name clusters with ':' as '_' (outbound:a|b -> outbound_a|b): answer both spellings.
+    out.update({name.replace(":", "_"): v for name, v in list(out.items())})
+    return out
 
 
 def fetch_envoy_stats(admin: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> str | None:
@@ -136,8 +212,18 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return f"{host}:{port}"
 
+    def bound(self) -> tuple[str, int] | None:
+        """``(host, port)`` actually bound (IPv6 without brackets); None when not serving."""
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
     def render(self) -> bytes:
-        return merge_exposition(self.metrics.exposition(), fetch_envoy_stats(self.envoy_admin()))
+        admin = self.envoy_admin()
+        envoy = fetch_envoy_stats(admin)
+        derived = derived_exposition(self.metrics.facts(), envoy, admin)
+        return merge_exposition(self.metrics.exposition() + derived, envoy)
 
     def start(self) -> "MetricsServer":
         host, _, port_text = self.bind.rpartition(":")

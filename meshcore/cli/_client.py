@@ -86,7 +86,10 @@ class Client:
         """``token`` (``meshctl --token``) or, when None, :func:`discover_token` for ``server``."""
         self.server = server
         self.timeout = timeout
-        self.token = token or discover_token(server, state_dir)
+        from ._tls import client_tls  # an operator client certificate ($MESHCORE_CERT/$MESHCORE_KEY), if any
+
+        self.server, self._tls = client_tls(server, state_dir)
+        self.token = token or (None if self._tls else discover_token(server, state_dir))
 
     def call(self, method: str, path: str, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -95,7 +98,7 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                 raw = resp.read()
                 ctype = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:

@@ -75,11 +75,12 @@ def cmd_validate(args) -> int:
 
 def cmd_apply(args) -> int:
     _validate_locally(args.filename)  # fail fast, offline, with file and field paths
-    result = _client(args).post("/v1/resources", {"files": _read_files(args.filename), "dry_run": args.dry_run})
-    if args.dry_run:
-        _out(result, args.output, lambda d: [print(f"{k} valid (dry run, nothing applied)") for k in d["valid"]])
-    else:
-        _out(result, args.output, lambda d: [print(f"{x['resource']} {x['result']}") for x in d["applied"]])
+    if args.dry_run:  # each proxy's resulting change of routes and clusters, nothing applied
+        from .dry_run import show_dry_run
+
+        return show_dry_run(_client(args), _read_files(args.filename), args.output)
+    result = _client(args).post("/v1/resources", {"files": _read_files(args.filename)})
+    _out(result, args.output, lambda d: [print(f"{x['resource']} {x['result']}") for x in d["applied"]])
     return 0
 
 
@@ -112,7 +113,7 @@ def cmd_get(args) -> int:
         proxies = client.get("/v1/proxies")
         _out(proxies, args.output, lambda d: _table(
             [[p["node"], ",".join(s["name"] for s in p["services"] + p.get("gateways", [])), p.get("admin", ""),
-              "yes" if p["synced"] else "no", p.get("version", "")[:12], p.get("error", "")[:60]] for p in d],
+              "yes" if p["synced"] else "no", (p.get("version") or "")[:12], (p.get("error") or "")[:60]] for p in d],
             ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
         return 0
     kind = _kind(args.kind)
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
     common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
                                         "then the control plane state dir's admin.token)")
+    common.add_argument("--cert", help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
+    common.add_argument("--key", help="its private key ($MESHCORE_KEY)")
+    common.add_argument("--cacert", help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
 
     p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -296,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("apply", cmd_apply, "Validate and apply resources from YAML files (all or nothing).")
     sp.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)")
-    sp.add_argument("--dry-run", action="store_true", help="validate on the server, apply nothing")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="validate on the server and show each proxy's resulting change (routes, clusters), apply nothing")
 
     sp = add("validate", cmd_validate, "Validate resource files offline; report every error with its field path.")
     sp.add_argument("-f", "--filename", action="append", required=True)
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--header", action="append", help="NAME=VALUE request header (repeatable)")
     ac.add_argument("--source-ip", help="caller address (default: its node's address)")
     ac.set_defaults(fn=cmd_authz_check)
+    from .authz_dry_run import register as register_authz_dry_run
+
+    register_authz_dry_run(asub, common)
 
     sp = add("demo", None, "Run the whole mesh on this machine (no root, no Consul).")
     dsub = sp.add_subparsers(dest="demo_command", required=True)
@@ -356,13 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     from .inventory import register as register_inventory
     from .render import register as register_render
     from .traffic import register as register_traffic
+    from .canary import register as register_canary
 
     register_ca(sub, common)
     register_traffic(sub, common)
+    register_canary(sub, common)
     register_graph(sub, common)
+    from .dashboard import register as register_dashboard  # meshctl dashboard
+
+    register_dashboard(sub, common)
     register_render(sub, common)
     register_inventory(sub, common)
     register_fleet(sub, common)
+    from .security import register as register_security  # trust-bundle, operator cert
+
+    register_security(sub, common)
+    from .alerts import register as register_alerts  # alerts, alerts rules, alerts export
+
+    register_alerts(sub, common)
     return p
 
 
@@ -370,6 +389,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
         __import__("os").environ["MESHCORE_TOKEN"] = args.token
+    for flag, env in (("cert", "MESHCORE_CERT"), ("key", "MESHCORE_KEY"), ("cacert", "MESHCORE_CACERT")):
+        if getattr(args, flag, None):  # as for --token: modules that build their own Client see it too
+            __import__("os").environ[env] = getattr(args, flag)
     return dispatch(args)
 
 

@@ -56,6 +56,11 @@ class AgentApi:
 
     BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
 
+    @staticmethod
+    def federated_bundles() -> tuple[tuple[str, str], ...]:
+        """Other trust domains' roots ``(trust_domain, PEM)``; the control plane sets its own source."""
+        return ()
+
     def bundle_acks(self) -> dict[str, str]:
         """node -> SHA-256 of the trust bundle it last reported holding (written to Envoy's SDS file)."""
         with self._acks_lock:
@@ -178,4 +183,6 @@ class AgentApi:
         self._node_of(req)
         bundle = self.ca.bundle_pem()
         return {"trust_domain": self.ca.trust_domain, "bundle": bundle,
-                "bundle_sha256": hashlib.sha256(bundle.encode()).hexdigest()}
+                "bundle_sha256": hashlib.sha256(bundle.encode()).hexdigest(),
+                # federation: each domain's roots, which Envoy checks that domain's peers against
+                "federated_bundles": [{"trust_domain": td, "bundle": pem} for td, pem in self.federated_bundles()]}

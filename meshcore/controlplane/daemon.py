@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,11 +35,13 @@ from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load
 from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
-from ..snapshot import ProxyInfo
+from ..observe.telemetry import access_log_path, telemetry_settings
+from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServicer, mtls_node_authorizer, serve_ads
 from ._http import JsonServer
 from .agent_api import AgentApi
+from .alerting import webhook_urls as _webhook_urls
 from .engine import MeshEngine
 from .metrics import ControlPlaneMetrics
 from .operator_api import OperatorApi
@@ -67,6 +69,10 @@ class Settings:
     ca_cert: str | None = None
     ca_key: str | None = None
     ca_chain: str | None = None
+    collect_interval: float = 5.0  # seconds between the metrics collector's scrapes of every proxy
+    alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
+    operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -133,7 +139,10 @@ class ControlPlane:
         self.source = catalog_source or open_catalog(settings.catalog)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
+        from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
+        self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
+                                 settings=MeshSettings(telemetry=settings.telemetry), tracing=self.tracing,
                                  on_snapshot=self._on_snapshot, metrics=self.metrics)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
@@ -146,6 +155,17 @@ class ControlPlane:
         self._ca_wake = threading.Event()
         self.addresses: dict[str, str] = {}
         self._stopped = threading.Event()
+        from .dashboard_api import collector_for  # proxies' stats -> Signals (dashboard, alerts)
+        self.collector = collector_for(self)
+        from .alerting import for_control_plane as _alerting  # AlertRules on every Signals -> webhooks
+        self.alerting = _alerting(self)
+        from .canary import for_control_plane as _canaries  # progressive delivery (meshctl canary)
+        self.canaries = _canaries(self)
+        from .federation_api import open_federation  # other trust domains' bundles -> MeshSettings, agents
+        from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE, OperatorCertStore
+        self.federation = open_federation(self)
+        self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
+        self._operator_tls: JsonServer | None = None
 
     # --- serving identity ------------------------------------------------------------------
     def _serving_identity(self) -> tuple[str, str, float]:
@@ -153,7 +173,7 @@ class ControlPlane:
 
         Returns the key, the chain and the time (epoch seconds) at which to renew: half its life."""
         key = new_private_key()
-        hosts = {_host_of(b) for b in (self.settings.xds_bind, self.settings.api_bind)}
+        hosts = {_host_of(b) for b in (self.settings.xds_bind, self.settings.api_bind, self.settings.operator_tls_bind) if b}
         if self.settings.advertise:
             hosts.add(self.settings.advertise)
         ips, dns = [], ["localhost"]
@@ -204,6 +224,8 @@ class ControlPlane:
             self._grpc_identity = (key_pem, chain_pem, bundle)
             if self._api_server is not None:
                 self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+            if self._operator_tls is not None:
+                self._operator_tls.set_tls(self._https_context(key_pem, chain_pem))
             if bundle != self._applied_bundle:
                 self._write_bundle_file(bundle)
                 self._applied_bundle = bundle
@@ -311,14 +333,24 @@ class ControlPlane:
 
         agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
                                               metrics=self.metrics)
+        agent_api.federated_bundles = lambda: self.engine.settings.federated_bundles  # agents get them too
         self._api_server = JsonServer(agent_api.router(), self.settings.api_bind,
                                       tls=self._https_context(key_pem, chain_pem), name="meshcore-agent-api").start()
         http = JsonServer(OperatorApi(self).router(), self.settings.http_bind, name="meshcore-http").start()
         self._servers = [self._api_server, http]
+        if self.settings.operator_tls_bind:  # the same operator API over TLS: operator client certificates
+            self._operator_tls = JsonServer(OperatorApi(self).router(), self.settings.operator_tls_bind,
+                                            tls=self._https_context(key_pem, chain_pem), name="meshcore-https").start()
+            self._servers.append(self._operator_tls)
         self.engine.start()
+        self.alerting.start()
+        self.collector.start()
+        self.canaries.resume_all()
         threading.Thread(target=self._rotate_serving_identity, name="serving-cert", daemon=True).start()
         threading.Thread(target=self._watch_ca, name="ca-rotation", daemon=True).start()
         self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
+        if self._operator_tls is not None:
+            self.addresses["https"] = f"https://{self._operator_tls.address}"
         self._write_state_file()
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
                  self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
@@ -340,7 +372,11 @@ class ControlPlane:
             return
         self._stopped.set()
         self._ca_wake.set()
+        self.collector.stop()
+        self.alerting.stop()
+        self.canaries.stop()
         self.engine.stop()
+        self.tracing.shutdown()
         for s in self._servers:
             s.stop()
         if self._grpc is not None:
@@ -391,6 +427,7 @@ class ControlPlane:
                 "synced": bool(self.cache.synced(node)),
                 "version": cs.get("version", ""),
                 "error": state.error if state else "",
+                "access_log": access_log_path(self.engine.settings.telemetry, node),  # "", "stdout" or a file
             })
         snap = self.engine.snapshot
         return {
@@ -417,6 +454,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--xds-bind", default=env.get("MESHCORE_XDS_BIND", "127.0.0.1:15012"))
     p.add_argument("--api-bind", default=env.get("MESHCORE_API_BIND", "127.0.0.1:15443"))
     p.add_argument("--http-bind", default=env.get("MESHCORE_HTTP_BIND", "127.0.0.1:15000"))
+    p.add_argument("--operator-tls-bind", default=env.get("MESHCORE_OPERATOR_TLS_BIND", ""),
+                   help="also serve the operator API over TLS here, accepting operator client certificates "
+                        "(`meshctl operator cert issue`) as well as tokens, e.g. 127.0.0.1:15001 (default: off)")
+    p.add_argument("--collect-interval", default=env.get("MESHCORE_COLLECT_INTERVAL", "5s"),
+                   help="how often the collector scrapes every proxy's metrics for the dashboard and alerts "
+                        "(default %(default)s)")
+    p.add_argument("--alert-webhook", action="append", default=[], metavar="URL",
+                   help="POST Alertmanager-compatible alert notifications here (repeatable; also "
+                        "MESHCORE_ALERT_WEBHOOKS, comma separated)")
+    from ..observe.telemetry import add_telemetry_args  # --access-log, --tracing-otlp, ...
+
+    add_telemetry_args(p, env)
     p.add_argument("--advertise", default=env.get("MESHCORE_ADVERTISE", ""),
                    help="address agents use to reach this control plane (default: the bind host)")
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
@@ -450,6 +499,9 @@ def main(argv=None) -> int:
             store=args.store, xds_bind=args.xds_bind, api_bind=args.api_bind, http_bind=args.http_bind,
             advertise=args.advertise, kek_file=args.kek_file, leaf_ttl=parse_duration(args.leaf_ttl),
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
+            collect_interval=parse_duration(args.collect_interval).total_seconds(),
+            operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
+            alert_webhooks=tuple(_webhook_urls(args.alert_webhook)),
         )
         kek = load_kek(settings.kek_file)
         cp = ControlPlane(settings, kek)

@@ -18,6 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_
 
 from ..catalog.model import Catalog
 from ..catalog.source import CatalogSource
+from ..observe.tracing import ControlPlaneTracing
 from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
 from ..resources.store import ResourceStore
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo
@@ -45,7 +46,7 @@ class ProxyState:
 class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
                  trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
-                 metrics: "ControlPlaneMetrics | None" = None):
+                 metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None):
         self._source = catalog_source
         self._store = store
         self.cache = cache
@@ -53,6 +54,7 @@ class MeshEngine:
         self.settings = settings or MeshSettings()
         self._on_snapshot = on_snapshot
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
+        self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
         self._lock = threading.RLock()
         self._catalog: Catalog | None = None
         self._resources: list = []
@@ -148,10 +150,17 @@ class MeshEngine:
 
     # --- snapshot and publishing -----------------------------------------------------------
     def _rebuild(self, reason: str) -> None:
-        with self._lock:
+        with self.tracing.span(f"{reason} change", reason=reason) as cause:
+            self._rebuild_snapshot(reason, cause)
+
+    def _rebuild_snapshot(self, reason: str, cause) -> None:
+        with self._lock, self.tracing.span("snapshot rebuild") as span:
             if self._catalog is None or not self._resources_loaded:
                 return
             snap = MeshSnapshot.build(self._catalog, self._resources, self.trust_domain, self.settings)
+            if span is not None:
+                span.set_attribute("meshcore.version", snap.hash)
+                cause.set_attribute("meshcore.changed", self.snapshot is None or snap.hash != self.snapshot.hash)
             if self.snapshot is not None and snap.hash == self.snapshot.hash:
                 return
             self.snapshot = snap
@@ -164,10 +173,18 @@ class MeshEngine:
             self._on_snapshot(snap)
 
     def _publish(self, node: str) -> None:
+        with self.tracing.span("proxy build+publish", node=node,
+                               version=self.snapshot.hash if self.snapshot else "") as span:
+            error = self._publish_traced(node)
+            if error:
+                self.tracing.fail(span, error)
+
+    def _publish_traced(self, node: str) -> str:
+        """Build and publish ``node``'s config; the error message when it was not published, else ""."""
         state = self.proxies[node]
         snap = self.snapshot
         if snap is None:
-            return
+            return ""
         started = time.monotonic()
         previous = self.cache.get(node)
         try:
@@ -179,7 +196,7 @@ class MeshEngine:
                 self.metrics.build_errors.inc()
             state.error = str(exc)
             log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
-            return
+            return state.error
         if self.metrics is not None:
             self.metrics.build_seconds.observe(time.monotonic() - started)
             if previous is None or previous.version != published.version:
@@ -190,6 +207,7 @@ class MeshEngine:
         state.built_hash = snap.hash
         state.published_at = time.time()
         log.debug("published node=%s version=%s in %.1f ms", node, snap.hash, (time.monotonic() - started) * 1e3)
+        return ""
 
     def proxy_connected(self, info: ProxyInfo) -> None:
         """An Envoy opened an ADS stream: remember what it told us and build its config now."""
@@ -198,7 +216,8 @@ class MeshEngine:
             if current is not None and current.info == info and current.built_hash:
                 return
             self.proxies[info.node] = ProxyState(info=info)
-            self._publish(info.node)
+            with self.tracing.span("proxy connected", node=info.node):
+                self._publish(info.node)
 
     def build_for(self, node: str) -> dict | None:
         """The resources the engine would publish for ``node`` now (for ``meshctl proxy-config``)."""

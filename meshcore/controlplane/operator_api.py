@@ -35,6 +35,10 @@ class OperatorApi:
 
     def router(self) -> Router:
         r = AuthorizingRouter(self.cp.operators)  # GET: read-only, other methods: admin; see operators.py
+        if getattr(self.cp, "operator_certs", None) is not None:  # also operator client certificates (TLS)
+            from .operator_certs import CertAuthorizingRouter
+
+            r = CertAuthorizingRouter(self.cp.operators, self.cp.operator_certs, self.cp.ca.trust_domain)
         r.add("GET", "/v1/status", lambda req: self.cp.status())
         r.add("GET", "/v1/proxies", lambda req: self.cp.status()["proxies"])
         r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)
@@ -50,7 +54,32 @@ class OperatorApi:
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
         self._add_ca_routes(r)
+        self._add_security_routes(r)
+        from .canary import add_routes as add_canary_routes
+        from .dry_run import dry_run
+
+        add_canary_routes(r, self.cp)  # /v1/canaries (meshctl canary)
+        from .dashboard_api import add_routes as add_dashboard_routes
+
+        add_dashboard_routes(r, self.cp)  # / (the web dashboard), /v1/dashboard/* (its data)
+        from .alerting import add_routes as add_alert_routes
+
+        add_alert_routes(r, self.cp)  # /v1/alerts, /v1/alerts/rules (meshctl alerts, the dashboard)
+        r.add("POST", "/v1/resources/dry-run", lambda req: dry_run(self.cp, self._parse(req)[1]),
+              role="read-only")  # changes nothing: a preview for any operator
         return r
+
+    def _add_security_routes(self, r: Router) -> None:
+        """Federation (/v1/trust-bundles), operator certificates (/v1/operators/certs), authz dry-run."""
+        from .authz_dry_run import authz_dry_run
+        from .federation_api import add_federation_routes
+        from .operator_certs import add_operator_cert_routes
+
+        if getattr(self.cp, "federation", None) is not None:
+            add_federation_routes(r, self.cp)
+        if getattr(self.cp, "operator_certs", None) is not None:
+            add_operator_cert_routes(r, self.cp)
+        r.add("POST", "/v1/authz/dry-run", lambda req: authz_dry_run(self.cp, req, self._parse), role="read-only")
 
     # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
     def _add_ca_routes(self, r: Router) -> None:

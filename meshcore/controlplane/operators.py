@@ -196,7 +196,7 @@ class AuthorizingRouter(Router):
 
         def guarded(req: Request):
             try:
-                operator = self._tokens.authenticate(bearer_token(req))
+                operator = self.authenticate(req)
             except OperatorAuthError as exc:
                 raise HttpError(401, f"{exc}; {_HOW}", {"hint": "meshctl --token TOKEN or MESHCORE_TOKEN"}) from exc
             if not operator.may(needed):
@@ -208,6 +208,14 @@ class AuthorizingRouter(Router):
             return handler(req)
 
         super().add(method, pattern, guarded)
+
+    def add_open(self, method: str, pattern: str, handler: Handler) -> None:
+        """A route anyone may call, for what carries no data (the dashboard page and its assets)."""
+        super().add(method, pattern, handler)
+
+    def authenticate(self, req: Request) -> Operator:
+        """Who sent ``req``: its bearer token's operator (subclasses add other credentials)."""
+        return self._tokens.authenticate(bearer_token(req))
 
 
 # --- `meshcore-control-plane operator-token ...` (offline, on the control plane host) -----------

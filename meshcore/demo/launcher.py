@@ -51,6 +51,12 @@ class MeshLayout:
     # Consul (CONSUL_HTTP_ADDR in env), each agent then registering its node's files there itself.
     catalog_source: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    collect_interval: str = ""  # control plane --collect-interval (metrics collector); "" = its default
+    # Telemetry (control plane flags): access log "stdout" or a path ({node} -> node name), OTLP collector.
+    access_log: str = ""
+    access_log_format: str = "json"
+    tracing_otlp: str = ""
+    tracing_sampling: float = 1.0
 
 
 def http_get(url: str, timeout: float = 3.0, headers: dict | None = None) -> tuple[int, bytes]:
@@ -126,6 +132,9 @@ class LocalMesh:
             "--catalog", self.layout.catalog_source or f"files:{self.layout.catalog_dir}", "--kek-file", str(kek),
             "--xds-bind", self.layout.xds_bind, "--api-bind", self.layout.api_bind,
             "--http-bind", self.layout.http_bind, "--leaf-ttl", self.layout.leaf_ttl,
+            *(["--collect-interval", self.layout.collect_interval] if self.layout.collect_interval else []),
+            "--access-log", self.layout.access_log, "--access-log-format", self.layout.access_log_format,
+            "--tracing-otlp", self.layout.tracing_otlp, "--tracing-sampling", str(self.layout.tracing_sampling),
         ])
         wait_until(state_file.exists, 30, "the control plane to start (see logs/controlplane.log)")
         self.cp_info = json.loads(state_file.read_text())
@@ -283,6 +292,7 @@ def demo_layout(state_dir: Path) -> MeshLayout:
         state_dir=Path(state_dir), catalog_dir=catalog,
         admin={"vm1": "127.0.0.11:19000", "vm2": "127.0.0.12:19000", "vm3": "127.0.0.13:19000",
                "gateway": "127.0.0.1:19000"},
+        access_log=str(Path(state_dir).absolute() / "logs" / "access-{node}.log"),  # JSON lines per VM
         metrics={"vm1": "127.0.0.11:15090", "vm2": "127.0.0.12:15090", "vm3": "127.0.0.13:15090",
                  "gateway": "127.0.0.1:15090"},
     )

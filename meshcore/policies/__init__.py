@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..observe.telemetry import apply as _telemetry_apply
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, destination_rule, peer_authentication, virtual_service
+from . import authorization_policy, destination_rule, peer_authentication, rate_limit, virtual_service
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 
@@ -18,6 +19,9 @@ PLUGINS: tuple[tuple[str, Plugin], ...] = (
     ("AuthorizationPolicy", authorization_policy.apply),
     ("DestinationRule", destination_rule.apply),
     ("VirtualService", virtual_service.apply),
+    ("RateLimit", rate_limit.apply),
+    # Last: access logs and tracing see every chain and RBAC filter the plugins above put in.
+    ("Telemetry", _telemetry_apply),
 )
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
-from .kinds import authorization_policy, destination_rule, peer_authentication, virtual_service
+from .kinds import alert_rule, authorization_policy, destination_rule, peer_authentication, rate_limit, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,
     authorization_policy.KIND,
     destination_rule.KIND,
     virtual_service.KIND,
+    rate_limit.KIND,
+    alert_rule.KIND,
 )
 
 KINDS: dict[str, KindSpec] = {k.kind: k for k in _ORDER}

@@ -101,3 +101,82 @@ def test_registration_needs_a_token_with_write_rights(consul_acl):
                                                       "CONSUL_HTTP_TOKEN": consul_acl.token}))
     assert writer.sync([{"Name": "web", "Port": 80}]).registered == ["web"]
     assert set(reader.registered()) == {"web"}
+
+
+# --- the agent's own service: where Prometheus scrapes this VM --------------------------------------
+
+def test_agent_service_payload_wildcard_and_specific_binds():
+    from meshcore.agent.consul_registration import AGENT_SERVICE, agent_service_payload
+
+    wild = agent_service_payload("vm1", "0.0.0.0", 15090)
+    assert (wild["Name"], wild["ID"], wild["Port"]) == (AGENT_SERVICE, "meshcore-agent-vm1", 15090)
+    assert "Address" not in wild  # Consul and Prometheus use the node's address
+    assert wild["Meta"] == {"meshcore-node": "vm1", "meshcore-metrics-port": "15090", "meshcore-metrics-path": "/metrics"}
+    assert wild["Checks"][0]["HTTP"] == "http://127.0.0.1:15090/healthz"
+    specific = agent_service_payload("vm2", "10.0.0.7", 9100)
+    assert specific["Address"] == "10.0.0.7" and specific["Checks"][0]["HTTP"] == "http://10.0.0.7:9100/healthz"
+    v6 = agent_service_payload("vm3", "::", 15090)
+    assert "Address" not in v6 and v6["Checks"][0]["HTTP"] == "http://[::1]:15090/healthz"
+
+
+def test_agent_service_is_registered_with_the_metrics_port(consul_http, registrar):
+    from meshcore.agent.consul_registration import AGENT_SERVICE, agent_service_payload
+
+    node = consul_http.unique("vm")
+    web = _web(consul_http)
+    registrar.sync([web, agent_service_payload(node, "127.0.0.1", 19123)])
+    entries = requests.get(f"{consul_http.address}/v1/catalog/service/{AGENT_SERVICE}", headers=consul_http._headers(),
+                           timeout=10).json()
+    [entry] = [e for e in entries if e["ServiceID"] == f"{AGENT_SERVICE}-{node}"]
+    assert entry["ServicePort"] == 19123 and entry["ServiceAddress"] == "127.0.0.1"
+    assert entry["ServiceMeta"]["meshcore-metrics-path"] == "/metrics"
+    assert entry["ServiceMeta"]["meshcore-metrics-port"] == "19123"
+    assert entry["ServiceMeta"]["meshcore-node"] == node
+    assert set(registrar.registered()) == {web["ID"], f"{AGENT_SERVICE}-{node}"}  # owned like the VM's services
+    registrar.sync([web])  # metrics turned off: the registration goes
+    assert f"{AGENT_SERVICE}-{node}" not in _agent_services(consul_http)
+
+
+def test_running_agent_registers_its_bound_metrics_endpoint(consul_http, tmp_path):
+    """The daemon wiring: an agent with --metrics-bind on a free port and --consul-services-dir registers
+    meshcore-agent-<node> on exactly that port (no control plane needed: nothing listens there)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from meshcore.ca import CertificateAuthority, generate_kek_file
+
+    root = Path(__file__).resolve().parents[2]
+    ca = CertificateAuthority.open(tmp_path / "ca", kek=generate_kek_file(tmp_path / "ca.kek"))
+    (tmp_path / "bundle.pem").write_text(ca.bundle_pem())
+    services_dir = tmp_path / "consul.d"
+    services_dir.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = consul_http.unique("vm")
+    env = {**os.environ, "PYTHONPATH": str(root), **consul_http.env()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshcore.agent", "--node", node, "--control-plane", "https://127.0.0.1:9",
+         "--ca-file", str(tmp_path / "bundle.pem"), "--state-dir", str(tmp_path / "state"), "--join-token", "t",
+         "--consul-services-dir", str(services_dir), "--refresh-interval", "0.5s",
+         "--metrics-bind", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=root)
+    sid = f"meshcore-agent-{node}"
+    try:
+        deadline = time.monotonic() + 30
+        while sid not in _agent_services(consul_http):
+            assert time.monotonic() < deadline, "the agent did not register its metrics endpoint in Consul"
+            assert proc.poll() is None
+            time.sleep(0.1)
+        svc = _agent_services(consul_http)[sid]
+        assert (svc["Service"], svc["Port"], svc["Address"]) == ("meshcore-agent", port, "127.0.0.1")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the registered port is the one serving
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()

@@ -226,6 +226,9 @@ def test_agent_lifecycle(cp, tmp_path):
 
 
 def test_control_plane_outage_keeps_envoy_running(cp, tmp_path):
+    # Certificates that outlive the outage: with the fixture's 6 s leaves a slow, loaded machine lets the
+    # node certificate expire while the control plane is away, and then the agent rightly needs a new token.
+    cp.leaf_ttl = timedelta(minutes=10)
     cp.add_service("vm1", "web")
     state = tmp_path / "state"
     admin = f"127.0.0.1:{_free_port()}"

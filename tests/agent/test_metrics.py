@@ -104,3 +104,34 @@ def test_busy_port_is_a_clear_error():
             MetricsServer(first.address, AgentMetrics(_facts), lambda: "127.0.0.1:1").start()
     finally:
         first.stop()
+
+
+def test_policy_series_come_from_the_access_log_when_it_is_followed(tmp_path):
+    """With Envoy down and a followed log, the per-caller counts are still served; the gauge says which."""
+    import dataclasses
+    import socket
+
+    from meshcore.agent._access_log import PolicyCounts
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    counts = PolicyCounts(path=str(tmp_path / "a.log"),
+                          denied={("ingress-gateway", "productpage", "default/no-post"): 3.0},
+                          audited={("reviews", "ratings", "default/watch"): 1.0})
+    facts = {"value": dataclasses.replace(_facts(), policy_log=counts)}
+    server = MetricsServer("127.0.0.1:0", AgentMetrics(lambda: facts["value"]), lambda: dead).start()
+    try:
+        fams = _families(_get(f"http://{server.address}/metrics"))
+        facts["value"] = _facts()  # no log followed, no Envoy: no policy series at all
+        without = _families(_get(f"http://{server.address}/metrics"))
+    finally:
+        server.stop()
+    [denied] = [s for s in fams["meshcore_policy_denied"] if s.name == "meshcore_policy_denied_total"]
+    assert denied.labels == {"source_service": "ingress-gateway", "destination_service": "productpage",
+                             "policy": "default/no-post"} and denied.value == 3
+    [audited] = [s for s in fams["meshcore_policy_audited"] if s.name == "meshcore_policy_audited_total"]
+    assert audited.labels["source_service"] == "reviews" and audited.value == 1
+    assert fams["meshcore_agent_access_log_following"][0].value == 1
+    assert "meshcore_policy_denied" not in without
+    assert without["meshcore_agent_access_log_following"][0].value == 0

@@ -39,7 +39,7 @@ def test_envoy_command():
     argv = envoy_command("/usr/bin/envoy", Path("/s/envoy/bootstrap.json"), log_path=Path("/var/log/envoy.log"))
     assert argv == ["/usr/bin/envoy", "-c", "/s/envoy/bootstrap.json", "--disable-hot-restart",
                     "--log-level", "info", "--drain-strategy", "immediate", "--drain-time-s", "5",
-                    "--log-path", "/var/log/envoy.log"]
+                    "--file-flush-interval-msec", "1000", "--log-path", "/var/log/envoy.log"]
     assert "--log-path" not in envoy_command("envoy", Path("b.json"))
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-# Test-only loopback addresses (all of 127/8 is loopback on Linux); the demo uses 127.0.0.11-13.
-NODES = {"n1": "127.0.0.21", "n2": "127.0.0.22", "n3": "127.0.0.23", "gw": "127.0.0.24"}
+
+def loopback(host: int) -> str:
+    """A test-only loopback address of this test process (all of 127/8 is loopback on Linux).
+
+    Each process gets its own 127.X.Y.0/24 (from its pid; the demo keeps 127.0.0.x), so the meshes of two
+    test runs on one machine never share an address and a port picked free here cannot be taken by the other.
+    """
+    pid = os.getpid()
+    return f"127.{1 + (pid >> 8) % 254}.{pid % 256}.{host}"
+
+
+NODES = {"n1": loopback(21), "n2": loopback(22), "n3": loopback(23), "gw": loopback(24)}
 
 
 def free_port(host: str) -> int:

@@ -17,9 +17,9 @@ import requests
 from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
 from tests.consul_double.server import ConsulDouble
 
-from ._topology import free_port
+from ._topology import free_port, loopback
 
-NODE_ADDRESS = "127.0.0.31"
+NODE_ADDRESS = loopback(31)
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +94,16 @@ def mesh(consul, tmp_path_factory):
         raise
     yield m
     m.down()
-    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway"):
+    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway",
+                f"meshcore-agent-{node}"):
         requests.put(f"{address}/v1/agent/service/deregister/{sid}",
                      headers={"X-Consul-Token": token} if token else {}, timeout=10)
 
 
 def test_agent_registered_services_and_checks_in_consul(mesh, consul):
     services = _consul_get(consul, "/v1/agent/services")
-    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway"):
+    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway",
+                f"meshcore-agent-{node}"):
         assert sid in services, f"{sid} not registered in Consul"
     assert "productpage-v1-sidecar-proxy" in services
     checks = _consul_get(consul, "/v1/agent/checks")

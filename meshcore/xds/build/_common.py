@@ -77,12 +77,20 @@ def common_tls(snapshot: MeshSnapshot, proxy: ProxyInfo, own_service: str,
 
 
 def downstream_mtls(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> tls_pb2.DownstreamTlsContext:
-    # Any workload of the trust domain may connect; which ones may call what is AuthorizationPolicy's job.
-    peers = [uri_san(prefix=f"spiffe://{snapshot.trust_domain}/")]
+    # Any workload of the trust domain, or of a federated one, may connect; which ones may call what is
+    # AuthorizationPolicy's job. Each federated peer is verified against its own domain's roots by the
+    # SPIFFE validator the agent puts in the bundle secret (meshcore.federation.agent_side).
+    peers = [uri_san(prefix=f"spiffe://{td}/") for td in peer_trust_domains(snapshot)]
     return tls_pb2.DownstreamTlsContext(
         common_tls_context=common_tls(snapshot, proxy, instance.service, peers),
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
+
+
+def peer_trust_domains(snapshot: MeshSnapshot) -> list[str]:
+    """The mesh's own trust domain first, then every federated one (sorted, without duplicates)."""
+    federated = sorted({td for td, _ in snapshot.settings.federated_bundles} - {snapshot.trust_domain})
+    return [snapshot.trust_domain, *federated]
 
 
 def transport_socket(name: str, config: Message):

@@ -1,0 +1,176 @@
+"""``meshctl trust-bundle ...`` (federation) and ``meshctl operator cert ...`` (operator client certificates).
+
+* ``meshctl trust-bundle export [-o spiffe|pem] [--out FILE]``: this domain's roots, SPIFFE bundle
+  format (JWK Set) by default, to hand to another domain.
+* ``meshctl trust-bundle import -f FILE --trust-domain TD`` (admin): trust TD's peers, each checked
+  against TD's own roots (SPIFFE bundle JSON or PEM accepted). ``list``, ``remove TD``.
+* ``meshctl operator cert issue NAME --role admin|read-only [--ttl 30d] [--out-dir DIR]`` (admin):
+  the key is made here and never sent; writes ``NAME.key`` (0600), ``NAME.crt`` and ``ca.pem``.
+  ``list``, ``revoke NAME``. Use it with ``meshctl --cert NAME.crt --key NAME.key --server https://...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .._files import atomic_write
+from ..errors import MeshError
+from ._client import Client, discover_server
+
+
+def _client(args) -> Client:
+    return Client(discover_server(getattr(args, "server", None), getattr(args, "state_dir", None)),
+                  token=getattr(args, "token", None))
+
+
+def _emit(data, fmt: str, table) -> None:
+    from .main import _out
+
+    _out(data, fmt, table)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    from .main import _table as table
+
+    table(rows, headers)
+
+
+# --- trust-bundle -------------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    data = _client(args).get("/v1/trust-bundle/spiffe")
+    if args.format == "pem":
+        text = data["bundle"]
+    else:
+        text = json.dumps(data["spiffe_bundle"], indent=2) + "\n"
+    if args.out:
+        atomic_write(args.out, text, 0o644)
+        print(f"wrote the {data['trust_domain']} trust bundle ({args.format}) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_import(args) -> int:
+    try:
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+    except OSError as exc:
+        raise MeshError(f"{args.filename}: cannot read: {exc.strerror}") from exc
+    entry = _client(args).post("/v1/trust-bundles", {"trust_domain": args.trust_domain, "bundle": text})
+    _emit(entry, args.output, lambda e: print(
+        f"imported {len(e['roots'])} root(s) of trust domain {e['trust_domain']}; its workloads can now be "
+        f"authorized by principal ({e['trust_domain']}/ns/NS/sa/SA)"))
+    return 0
+
+
+def cmd_list(args) -> int:
+    entries = _client(args).get("/v1/trust-bundles")
+    _emit(entries, args.output, lambda d: _table(
+        [[e["trust_domain"], r["subject"], r["sha256"][:16], r["not_after"], e.get("imported_at") or ""]
+         for e in d for r in e["roots"]], ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED"]))
+    return 0
+
+
+def cmd_remove(args) -> int:
+    result = _client(args).call("DELETE", f"/v1/trust-bundles/{args.trust_domain}")
+    _emit(result, args.output, lambda r: print(f"removed the trust bundle of {r['removed']}; its peers are refused"))
+    return 0
+
+
+# --- operator cert ------------------------------------------------------------------------------------
+
+def cmd_cert_issue(args) -> int:
+    from ..ca import key_to_pem, make_csr, new_private_key
+    from ..controlplane.operator_certs import check_operator_name
+    from ..naming import operator_spiffe_id
+
+    check_operator_name(args.name)
+    out = Path(args.out_dir)
+    key_path, cert_path, ca_path = out / f"{args.name}.key", out / f"{args.name}.crt", out / "ca.pem"
+    if key_path.exists() and not args.force:
+        raise MeshError(f"{key_path} exists; pass --force to replace it, or another --out-dir")
+    client = _client(args)
+    trust_domain = client.get("/v1/trust-bundle")["trust_domain"]
+    key = new_private_key()
+    csr = make_csr(key, operator_spiffe_id(trust_domain, args.name))
+    issued = client.post("/v1/operators/certs", {"name": args.name, "role": args.role, "ttl": args.ttl, "csr": csr})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(key_path, key_to_pem(key), 0o600)
+    atomic_write(cert_path, issued["chain"], 0o644)
+    atomic_write(ca_path, issued["bundle"], 0o644)
+    result = {k: issued[k] for k in ("name", "role", "spiffe_id", "serial", "not_after", "https")}
+    result.update(key=str(key_path), cert=str(cert_path), ca=str(ca_path))
+
+    def table(r):
+        print(f"operator certificate {r['spiffe_id']} (role {r['role']}) until {r['not_after']}")
+        print(f"  key {r['key']} (0600, made here, never sent)\n  certificate {r['cert']}\n  trust bundle {r['ca']}")
+        server = r["https"] or "https://CONTROL_PLANE:OPERATOR_TLS_PORT"
+        print(f"use it: meshctl --server {server} --cert {r['cert']} --key {r['key']} status")
+        if not r["https"]:
+            print("note: this control plane serves no TLS operator API yet; start it with --operator-tls-bind HOST:PORT")
+
+    _emit(result, args.output, table)
+    return 0
+
+
+def cmd_cert_list(args) -> int:
+    certs = _client(args).get("/v1/operators/certs")
+    _emit(certs, args.output, lambda d: _table(
+        [[c["name"], c["role"], c["serial"][:16], c["not_after"], c["state"]] for c in d],
+        ["NAME", "ROLE", "SERIAL", "NOT AFTER", "STATE"]))
+    return 0
+
+
+def cmd_cert_revoke(args) -> int:
+    result = _client(args).call("DELETE", f"/v1/operators/certs/{args.name}")
+    _emit(result, args.output, lambda r: print(f"revoked {r['revoked']} certificate(s) of operator {r['name']}"))
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------------
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    from ..controlplane.operators import ROLES
+
+    tb = subparsers.add_parser("trust-bundle", help="Trust bundles: export this domain's, import other domains'.",
+                               description="Trust-domain federation with SPIFFE trust bundles.")
+    tsub = tb.add_subparsers(dest="trust_bundle_command", required=True)
+    conn = argparse.ArgumentParser(add_help=False)  # common's connection options, without its -o
+    for action in common._actions:
+        if action.dest not in ("help", "output"):
+            conn._add_action(action)
+    ex = tsub.add_parser("export", parents=[conn], help="Print or write this domain's trust bundle.")
+    ex.add_argument("-o", "--output", dest="format", choices=("spiffe", "pem"), default="spiffe",
+                    help="SPIFFE bundle format (JWK Set JSON, default) or PEM")
+    ex.add_argument("--out", help="write to this file instead of stdout")
+    ex.set_defaults(fn=cmd_export, output="table")
+    im = tsub.add_parser("import", parents=[common], help="Trust another trust domain's roots (admin).")
+    im.add_argument("-f", "--filename", required=True, help="SPIFFE bundle (JSON) or PEM file, or -")
+    im.add_argument("--trust-domain", required=True, help="the other domain's name, e.g. other.example")
+    im.set_defaults(fn=cmd_import)
+    tsub.add_parser("list", parents=[common], help="Imported trust domains and their roots.").set_defaults(fn=cmd_list)
+    rm = tsub.add_parser("remove", parents=[common], help="Stop trusting a federated domain (admin).")
+    rm.add_argument("trust_domain")
+    rm.set_defaults(fn=cmd_remove)
+
+    op = subparsers.add_parser("operator", help="Operator identities: client certificates from the mesh CA.")
+    osub = op.add_subparsers(dest="operator_command", required=True)
+    cert = osub.add_parser("cert", help="Operator client certificates.")
+    csub = cert.add_subparsers(dest="operator_cert_command", required=True)
+    iss = csub.add_parser("issue", parents=[common], help="Issue an operator certificate (key made here; admin).")
+    iss.add_argument("name")
+    iss.add_argument("--role", required=True, choices=ROLES)
+    iss.add_argument("--ttl", default="30d", help="lifetime (default %(default)s, at most 365d)")
+    iss.add_argument("--out-dir", default=".", help="where to write NAME.key, NAME.crt, ca.pem (default: here)")
+    iss.add_argument("--force", action="store_true", help="replace an existing NAME.key")
+    iss.set_defaults(fn=cmd_cert_issue)
+    csub.add_parser("list", parents=[common], help="Issued operator certificates.").set_defaults(fn=cmd_cert_list)
+    rv = csub.add_parser("revoke", parents=[common], help="Refuse every certificate of an operator (admin).")
+    rv.add_argument("name")
+    rv.set_defaults(fn=cmd_cert_revoke)
+
+
+__all__ = ["register"]

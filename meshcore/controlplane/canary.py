@@ -1,0 +1,564 @@
+"""Progressive delivery in the control plane: the IO around :mod:`meshcore.traffic.canary`.
+
+One thread per active canary. Each thread measures the canary subset from the Envoys that call the
+service (their admin ``/stats/prometheus``: the ``outbound:<service>|<caller>|<canary>`` clusters,
+parsed with :mod:`meshcore.observe.graph`), asks the pure state machine what to do, writes the new
+weights with the ``meshctl traffic split`` workflow (:func:`meshcore.traffic.workflows.split`) into the
+resource store, and records every decision. Running here, not in ``meshctl``, a canary survives the
+CLI exiting, any CLI can watch it, and state under ``<state-dir>/canaries/<service>.json`` lets a
+restarted control plane resume it.
+
+Operator API (added to the operator router by :func:`add_routes`)::
+
+    POST /v1/canaries                    {"service", "to", "from"?, "steps"?, "interval"?, "max_error_rate"?,
+                                          "max_p99"?, "min_requests"?, "max_holds"?, "label"?, "namespace"?}
+    GET  /v1/canaries                    every canary's state (running and finished)
+    GET  /v1/canaries/{service}          one canary's state with its decision history
+    POST /v1/canaries/{service}/abort    all traffic back to the stable subset, canary marked aborted
+
+The IO edges are small Protocols (:class:`TrafficWriter`, :class:`StatsProbe`), so the controller runs in
+tests with a plain function in place of the Envoys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from .._files import atomic_write, ensure_private_dir
+from ..errors import ConfigError, MeshError, StoreError, ValidationError
+from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
+from ..resources.kinds import destination_rule as dr_kind
+from ..resources.kinds import virtual_service as vs_kind
+from ..resources.loader import validate_document, validate_set
+from ..resources.model import Resource
+from ..traffic import canary as sm
+from ..traffic import workflows as wf
+from ._http import HttpError, Request, Router
+
+if TYPE_CHECKING:
+    from .daemon import ControlPlane
+
+log = logging.getLogger("meshcore.controlplane.canary")
+
+STATE_SUBDIR = "canaries"
+SYNC_TIMEOUT_S = 5.0
+SCRAPE_TIMEOUT_S = 3.0
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,126}")
+
+
+class NotFound(MeshError):
+    """No canary for that service."""
+
+
+class CanaryConflict(MeshError):
+    """The request does not fit the canary's state (already running, already finished)."""
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+
+
+def scrape_envoy(admin: str, timeout: float = SCRAPE_TIMEOUT_S) -> EnvoyStats:
+    """One Envoy's outbound stats from its admin ``/stats/prometheus``."""
+    url = f"http://{admin}/stats/prometheus"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return parse_envoy_prometheus(resp.read().decode("utf-8", errors="replace"))
+    except (urllib.error.URLError, OSError) as exc:
+        raise MeshError(f"cannot scrape Envoy stats at {url} ({getattr(exc, 'reason', exc)})") from exc
+
+
+def subset_clusters(stats: EnvoyStats, service: str, subset: str) -> dict:
+    """The clusters of ``stats`` that send to ``subset`` of ``service`` (one per calling local service)."""
+    out = {}
+    for name, series in stats.clusters.items():
+        parts = name[len(CLUSTER_PREFIXES[0]):].split("|")
+        if len(parts) == 3 and parts[0] == service and parts[2] == subset:
+            out[name] = series
+    return out
+
+
+class StatsProbe(Protocol):
+    """Measures the canary subset: ``reset()`` starts a span, ``measure()`` reports since then."""
+
+    def reset(self) -> None: ...
+
+    def measure(self) -> sm.Measurement: ...
+
+
+class EnvoyProbe:
+    """A :class:`StatsProbe` over the admin endpoints of the Envoys that call the service.
+
+    ``callers()`` answers ``{node: admin host:port}`` (asked at every scrape: proxies come and go).
+    A node first seen after ``reset()`` gets that first scrape as its baseline, so nothing from before
+    the span is counted; a counter that went down (Envoy restarted) counts from zero.
+    """
+
+    def __init__(self, service: str, subset: str, callers: Callable[[], dict[str, str]],
+                 scrape: Callable[[str], EnvoyStats] = scrape_envoy, clock: Callable[[], float] = time.monotonic):
+        self.service, self.subset = service, subset
+        self._callers, self._scrape, self._clock = callers, scrape, clock
+        self._base: dict[str, dict] = {}
+        self._since = clock()
+        self._failed: set[str] = set()
+
+    def _scrape_all(self) -> dict[str, dict]:
+        out = {}
+        for node, admin in sorted(self._callers().items()):
+            try:
+                out[node] = subset_clusters(self._scrape(admin), self.service, self.subset)
+                self._failed.discard(node)
+            except MeshError as exc:
+                if node not in self._failed:
+                    log.warning("canary service=%s node=%s stats skipped: %s", self.service, node, exc)
+                self._failed.add(node)
+        return out
+
+    def reset(self) -> None:
+        self._base = self._scrape_all()
+        self._since = self._clock()
+
+    def measure(self) -> sm.Measurement:
+        now = self._scrape_all()
+        total = errors = 0.0
+        buckets: dict[float, float] = {}
+        for node, clusters in now.items():
+            if node not in self._base:
+                self._base[node] = clusters  # first seen now: baseline, counts from here
+                continue
+            for name, series in clusters.items():
+                base = self._base[node].get(name)
+                delta = series.minus(base) if base is not None else series
+                total += delta.total
+                errors += delta.errors
+                for le, count in delta.buckets.items():
+                    buckets[le] = buckets.get(le, 0.0) + count
+        return sm.Measurement(requests=int(total), errors=int(errors), p99_ms=quantile_from_buckets(0.99, buckets),
+                              seconds=self._clock() - self._since)
+
+
+# --- writing weights -------------------------------------------------------------------------------------
+
+
+class TrafficWriter(Protocol):
+    """Puts a weight split into effect: ``apply(spec, {"v1": 90, "v2": 10})``; MeshError when it cannot."""
+
+    def current_default(self, service: str) -> str: ...
+
+    def subset_labels(self, service: str, subset: str, label: str) -> dict[str, str]: ...
+
+    def apply(self, spec: sm.CanarySpec, weights: dict[str, int]) -> None: ...
+
+
+def _first(resources: list[Resource], kind: str, matches: Callable[[dict], bool]) -> Resource | None:
+    chosen = sorted((r for r in resources if r.kind == kind and matches(r.spec or {})),
+                    key=lambda r: (r.namespace, r.name))
+    return chosen[0] if chosen else None
+
+
+def _to_resource(doc: dict) -> Resource:
+    resource, errors = validate_document(doc, "canary", 0)
+    if errors or resource is None:
+        raise ValidationError(errors, summary="the canary's traffic change is invalid; nothing applied")
+    return resource
+
+
+class StoreTrafficWriter:
+    """Writes splits into the control plane's resource store, make-before-break.
+
+    New subsets go into the DestinationRule first; the VirtualService follows once every connected
+    proxy ACKed the new clusters (or after ``sync_timeout``), so no request is routed to a cluster an
+    Envoy does not have yet.
+    """
+
+    def __init__(self, store, synced: Callable[[Resource], bool] = lambda r: True,
+                 sync_timeout: float = SYNC_TIMEOUT_S):
+        self.store, self._synced, self.sync_timeout = store, synced, sync_timeout
+
+    def _docs(self, service: str) -> tuple[list[Resource], dict | None, dict | None]:
+        stored = self.store.list()
+        dr = _first(stored, dr_kind.KIND_NAME, lambda s: s.get("host") == service)
+        vs = _first(stored, vs_kind.KIND_NAME, lambda s: service in (s.get("hosts") or ()))
+        return stored, dr.to_document() if dr else None, vs.to_document() if vs else None
+
+    def current_default(self, service: str) -> str:
+        """What the service's default route sends to now: ``*``, ``v1`` or ``v1=90,v2=10``."""
+        _, _, vs = self._docs(service)
+        for rule in reversed(((vs or {}).get("spec") or {}).get("http") or []):
+            if not rule.get("match"):
+                return wf.describe(rule["route"])
+        return wf.WHOLE_SERVICE
+
+    def subset_labels(self, service: str, subset: str, label: str) -> dict[str, str]:
+        _, dr, _ = self._docs(service)
+        for s in ((dr or {}).get("spec") or {}).get("subsets") or []:
+            if s.get("name") == subset:
+                return dict(s.get("labels") or {})
+        return {label: subset}
+
+    def apply(self, spec: sm.CanarySpec, weights: dict[str, int]) -> None:
+        stored, dr, vs = self._docs(spec.service)
+        plan = wf.split(spec.service, weights, dr, vs, label=spec.label, namespace=spec.namespace)
+        changed = [_to_resource(d) for d in plan.documents()]
+        if not changed:
+            return
+        merged = {r.key: r for r in stored}
+        merged.update({r.key: r for r in changed})
+        problems = validate_set(list(merged.values()))
+        if problems:
+            raise ValidationError(problems, summary=f"{spec.service}: the canary's split would be invalid")
+        try:
+            if plan.dr_changed and plan.vs_changed and len(changed) == 2:
+                self.store.apply([changed[0]])
+                self._wait(changed[0])
+                self.store.apply([changed[1]])
+            else:
+                self.store.apply(changed)
+        except StoreError as exc:
+            raise StoreError(f"{spec.service}: cannot store the canary's split {weights}: {exc}") from exc
+        self._wait(changed[-1])  # the new split is in effect when the next measurement starts
+
+    def _wait(self, resource: Resource) -> None:
+        deadline = time.monotonic() + self.sync_timeout
+        while time.monotonic() < deadline:
+            if self._synced(resource):
+                return
+            time.sleep(0.05)
+        log.warning("canary: not every proxy ACKed %s within %.0fs; routing anyway", resource.key, self.sync_timeout)
+
+
+# --- the controller --------------------------------------------------------------------------------------
+
+
+class CanaryController:
+    """Runs canaries: one thread each, state persisted in ``state_dir`` (one JSON file per service)."""
+
+    def __init__(self, state_dir: Path, writer: TrafficWriter, probe_for: Callable[[sm.CanarySpec], StatsProbe], *,
+                 ready: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
+                 instances_with: Callable[[str, dict[str, str]], int] | None = None,
+                 check_every: float | None = None):
+        self.state_dir = Path(state_dir)
+        self.writer, self.probe_for, self._ready, self._clock = writer, probe_for, ready, clock
+        self._instances_with = instances_with
+        self._check_every = check_every
+        self._states: dict[str, sm.CanaryState] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._load()
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _path(self, service: str) -> Path:
+        return self.state_dir / f"{service}.json"
+
+    def _load(self) -> None:
+        if not self.state_dir.is_dir():
+            return
+        for f in sorted(self.state_dir.glob("*.json")):
+            try:
+                st = sm.CanaryState.from_dict(json.loads(f.read_text()))
+            except (OSError, ValueError, KeyError, TypeError, MeshError) as exc:
+                log.error("canary state %s unreadable, ignored (move it away to silence this): %s", f, exc)
+                continue
+            self._states[st.spec.service] = st
+            self._locks[st.spec.service] = threading.RLock()
+
+    def _save(self, st: sm.CanaryState) -> None:
+        ensure_private_dir(self.state_dir)
+        atomic_write(self._path(st.spec.service), json.dumps(st.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def _record(self, service: str, new: sm.CanaryState) -> None:
+        self._states[service] = new
+        self._save(new)
+        d = new.decisions[-1]
+        level = logging.WARNING if d.action in (sm.ROLLBACK, sm.ABORT) else logging.INFO
+        log.log(level, d.log_line(service))
+
+    # --- API -----------------------------------------------------------------------------------
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [self._states[s].to_dict() for s in sorted(self._states)]
+
+    def get(self, service: str) -> dict:
+        with self._lock:
+            st = self._states.get(service)
+        if st is None:
+            raise NotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
+        return st.to_dict()
+
+    def start(self, spec: sm.CanarySpec) -> dict:
+        """Start a canary: first weight applied now (errors come back to the caller), then its thread runs."""
+        service = spec.service
+        with self._lock:
+            running = self._states.get(service)
+            if running is not None and not running.finished:
+                raise CanaryConflict(f"a canary for {service} is already {running.phase} at {running.weight}%; "
+                                    f"watch it with `meshctl canary status {service}` or stop it with "
+                                    f"`meshctl canary abort {service}`")
+            lock = self._locks.setdefault(service, threading.RLock())
+        with lock:
+            self._check_instances(spec)
+            st = sm.start(spec, self._clock())
+            self.writer.apply(spec, st.weights())
+            st = replace(st, step_started_at=self._clock())
+            with self._lock:
+                self._record(service, st)
+            self._spawn(service, resumed=False)
+        return st.to_dict()
+
+    def _check_instances(self, spec: sm.CanarySpec) -> None:
+        if self._instances_with is None:
+            return
+        for subset in (spec.canary, spec.stable):
+            labels = self.writer.subset_labels(spec.service, subset, spec.label)
+            if not self._instances_with(spec.service, labels):
+                sel = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+                raise ConfigError(f"no instance of {spec.service} carries {sel} (subset {subset}); register one in "
+                                  f"Consul first (meta {spec.label}: {subset}), or pick another subset")
+
+    def abort(self, service: str, why: str = "aborted by the operator") -> dict:
+        with self._lock:
+            st = self._states.get(service)
+            lock = self._locks.get(service)
+        if st is None or lock is None:
+            raise NotFound(f"no canary for {service!r}; `meshctl canary status` lists them")
+        with lock:
+            st = self._states[service]
+            if st.finished:
+                raise CanaryConflict(f"the canary for {service} already finished ({st.phase}); nothing to abort")
+            d = sm.abort(st, self._clock(), why)
+            new = sm.apply(st, d)
+            self.writer.apply(st.spec, new.weights())
+            with self._lock:
+                self._record(service, new)
+            self._stops.get(service, threading.Event()).set()
+        return new.to_dict()
+
+    def resume_all(self) -> list[str]:
+        """Restart the threads of canaries that were progressing (after a control plane restart)."""
+        resumed = [s for s, st in self._states.items() if not st.finished and s not in self._threads]
+        for service in resumed:
+            self._spawn(service, resumed=True)
+        return resumed
+
+    def stop(self) -> None:
+        self._stopped.set()
+        for ev in list(self._stops.values()):
+            ev.set()
+        for t in list(self._threads.values()):
+            t.join(timeout=5)
+
+    # --- the per-canary loop -------------------------------------------------------------------
+    def _spawn(self, service: str, resumed: bool) -> None:
+        stop = threading.Event()
+        self._stops[service] = stop
+        t = threading.Thread(target=self._run_safely, args=(service, stop, resumed), name=f"canary-{service}",
+                             daemon=True)
+        self._threads[service] = t
+        t.start()
+
+    def _period(self, spec: sm.CanarySpec) -> float:
+        return self._check_every or min(1.0, max(0.2, spec.interval_s / 5))
+
+    def _run_safely(self, service: str, stop: threading.Event, resumed: bool) -> None:
+        try:
+            self._run(service, stop, resumed)
+        except Exception:  # a bug must not silently leave traffic half-shifted: say so loudly
+            log.exception("canary service=%s controller failed; traffic stays as it is, abort or restart it",
+                          service)
+        finally:
+            with self._lock:
+                if self._threads.get(service) is threading.current_thread():
+                    del self._threads[service]
+
+    def _run(self, service: str, stop: threading.Event, resumed: bool) -> None:
+        lock = self._locks[service]
+        while not self._ready():
+            if stop.wait(0.2) or self._stopped.is_set():
+                return
+        spec = self._states[service].spec
+        probe = self.probe_for(spec)
+        if resumed:
+            with lock:
+                st = self._states[service]
+                if st.finished:
+                    return
+                self._apply_retrying(st, st.weights(), stop)
+                with self._lock:
+                    self._record(service, sm.apply(st, sm.resume(st, self._clock())))
+        probe.reset()
+        while not stop.wait(self._period(spec)):
+            with lock:
+                if stop.is_set():
+                    return
+                st = self._states[service]
+                if st.finished:
+                    return
+                try:
+                    m = probe.measure()
+                except MeshError as exc:
+                    log.warning("canary service=%s measuring failed, retrying: %s", service, exc)
+                    continue
+                d = sm.evaluate(st, m, self._clock())
+                if d is None:
+                    continue
+                new = sm.apply(st, d)
+                if new.weights() != st.weights() or d.action == sm.PROMOTE:
+                    try:
+                        self.writer.apply(spec, new.weights())
+                    except MeshError as exc:
+                        log.error("canary service=%s decision=%s not applied, retrying: %s", service, d.action, exc)
+                        continue
+                    if not new.finished:
+                        new = replace(new, step_started_at=self._clock())
+                with self._lock:
+                    self._record(service, new)
+                if new.finished:
+                    return
+                probe.reset()
+
+    def _apply_retrying(self, st: sm.CanaryState, weights: dict[str, int], stop: threading.Event) -> None:
+        while True:
+            try:
+                self.writer.apply(st.spec, weights)
+                return
+            except MeshError as exc:
+                log.error("canary service=%s cannot re-apply %s, retrying in 2s: %s", st.spec.service, weights, exc)
+                if stop.wait(2):
+                    return
+
+
+# --- building a spec from an API body --------------------------------------------------------------------
+
+
+def spec_from_body(body: dict, default_stable: Callable[[str], str]) -> sm.CanarySpec:
+    """A :class:`CanarySpec` from ``POST /v1/canaries``; ``from`` defaults to the single subset served now."""
+    if not isinstance(body, dict):
+        raise ConfigError('body must be a JSON object: {"service": ..., "to": ...}')
+    service = str(body.get("service") or "")
+    if not _SERVICE.fullmatch(service):
+        raise ConfigError(f"service {service!r}: give the Consul service name, e.g. reviews")
+    to = wf.check_subset_name(str(body.get("to") or ""))
+    stable = body.get("from")
+    if not stable:
+        current = default_stable(service)
+        weights = wf.parse_spec(current) or {}
+        others = sorted(((w, k) for k, w in weights.items() if k != to), reverse=True)
+        if current == wf.WHOLE_SERVICE or not others:
+            raise ConfigError(f"{service} routes to {'every instance' if current == wf.WHOLE_SERVICE else current} "
+                              f"now; say which subset is stable: --from v1")
+        stable = others[0][1]
+    stable = wf.check_subset_name(str(stable))
+    p99 = body.get("max_p99")
+    return sm.CanarySpec(
+        service=service, canary=to, stable=stable,
+        steps=sm.parse_steps(body.get("steps", list(sm.DEFAULT_STEPS))),
+        interval_s=sm.parse_interval(body.get("interval", "1m")),
+        max_error_rate=sm.parse_rate(body.get("max_error_rate", "1%")),
+        max_p99_ms=None if p99 in (None, "") else sm.parse_ms(p99),
+        min_requests=_int(body, "min_requests", sm.DEFAULT_MIN_REQUESTS),
+        max_holds=_int(body, "max_holds", sm.DEFAULT_MAX_HOLDS),
+        label=str(body.get("label") or wf.DEFAULT_SUBSET_LABEL),
+        namespace=str(body.get("namespace") or "default"),
+    )
+
+
+def _int(body: dict, key: str, default: int) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise ConfigError(f"--{key.replace('_', '-')} {value!r}: must be a whole number (0 or more)")
+    return int(value)
+
+
+# --- wiring into the control plane -----------------------------------------------------------------------
+
+
+def _callers_of(cp: "ControlPlane", service: str) -> dict[str, str]:
+    """``{node: Envoy admin}`` of connected proxies whose node has an instance calling ``service``."""
+    catalog = cp.engine.catalog()
+    if catalog is None:
+        return {}
+    nodes = {i.node for i in catalog.instances if any(u.destination_name == service for u in i.upstreams)}
+    connected = set(cp.cache.connected_nodes())
+    return {n: st.info.admin for n, st in list(cp.engine.proxies.items())
+            if n in nodes and n in connected and st.info.admin}
+
+
+def _synced_with(cp: "ControlPlane", resource: Resource) -> bool:
+    """The engine's snapshot holds ``resource`` as written and every connected proxy ACKed that snapshot."""
+    snap = cp.engine.snapshot
+    if snap is None or resource.canonical_json() not in {r.canonical_json() for r in snap.resources}:
+        return False
+    for node in cp.cache.connected_nodes():
+        state = cp.engine.proxies.get(node)
+        if state is None or state.built_hash != snap.hash or not cp.cache.synced(node):
+            return False
+    return True
+
+
+def _instances_with(cp: "ControlPlane", service: str, labels: dict[str, str]) -> int:
+    catalog = cp.engine.catalog()
+    if catalog is None:
+        return 1  # catalog not read yet: do not refuse on that
+    return sum(1 for i in catalog.instances_of(service) if all(i.labels.get(k) == v for k, v in labels.items()))
+
+
+def for_control_plane(cp: "ControlPlane") -> CanaryController:
+    """The controller wired to ``cp``: its store, its proxies' admin addresses, its state dir."""
+    writer = StoreTrafficWriter(cp.store, synced=lambda r: _synced_with(cp, r))
+    return CanaryController(
+        cp.settings.state_dir / STATE_SUBDIR, writer,
+        probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(cp, spec.service)),
+        ready=cp.engine.ready.is_set, instances_with=lambda s, labels: _instances_with(cp, s, labels))
+
+
+def add_routes(r: Router, cp: "ControlPlane") -> None:
+    """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route)."""
+
+    def controller() -> CanaryController:
+        c = getattr(cp, "canaries", None)
+        if c is None:
+            raise HttpError(503, "the canary controller is not running on this control plane; restart it")
+        return c
+
+    def call(fn, *args):
+        try:
+            return fn(*args)
+        except NotFound as exc:
+            raise HttpError(404, str(exc)) from exc
+        except CanaryConflict as exc:
+            raise HttpError(409, str(exc)) from exc
+        except ValidationError as exc:
+            raise HttpError(422, str(exc), {"errors": [
+                {"source": e.source, "document": e.document, "path": e.path, "message": e.message}
+                for e in exc.errors]}) from exc
+        except ConfigError as exc:
+            raise HttpError(400, str(exc)) from exc
+        except StoreError as exc:
+            raise HttpError(503, str(exc)) from exc
+
+    def create(req: Request):
+        c = controller()
+        spec = call(spec_from_body, req.json(), c.writer.current_default)
+        return call(c.start, spec)
+
+    r.add("POST", "/v1/canaries", create)
+    r.add("GET", "/v1/canaries", lambda req: controller().list())
+    r.add("GET", "/v1/canaries/{service}", lambda req: call(controller().get, req.params["service"]))
+    r.add("POST", "/v1/canaries/{service}/abort", lambda req: call(controller().abort, req.params["service"]))
+
+
+__all__ = [
+    "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "NotFound",
+    "add_routes", "for_control_plane", "scrape_envoy", "spec_from_body", "subset_clusters",
+]

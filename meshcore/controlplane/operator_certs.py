@@ -1,0 +1,183 @@
+"""Operators authenticated by a client certificate from the mesh CA (the other half of operator auth).
+
+An operator certificate is an X.509-SVID ``spiffe://<td>/meshcore/operator/<name>``: ``meshctl
+operator cert issue NAME --role admin`` makes the key where it runs and sends only a CSR; an admin
+(token or certificate) has the control plane sign it. The role is **not** in the certificate: the
+control plane keeps a role table (``<state-dir>/operator-certs.sealed``, sealed with the KEK like the
+token store) of every operator certificate it issued (name, role, serial, not-after), so revoking a
+name (``meshctl operator cert revoke NAME``) refuses its certificates at once, before they expire.
+
+The certificate is presented on the operator API's TLS listener (``--operator-tls-bind``, same
+routes as the plain HTTP one); there :class:`CertAuthorizingRouter` accepts a verified operator
+certificate whose serial is in the table, and otherwise falls back to the bearer token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._files import ensure_private_dir, file_lock
+from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
+from ..ca.model import parse_rfc3339, rfc3339
+from ..durations import parse_duration
+from ..errors import CAError, ConfigError
+from ..naming import operator_spiffe_id, parse_operator_spiffe_id
+from ._http import HttpError, Request, Router
+from .operators import ADMIN, READ_ONLY, AuthorizingRouter, Operator, OperatorAuthError, OperatorTokenStore, check_role
+
+if TYPE_CHECKING:
+    from .daemon import ControlPlane
+
+log = logging.getLogger("meshcore.controlplane.operator_certs")
+
+CERTS_FILE = "operator-certs.sealed"
+DEFAULT_TTL = timedelta(days=30)
+MAX_TTL = timedelta(days=365)
+_PURPOSE = "operator-certs"
+
+
+def check_operator_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise ConfigError(f"operator name {name!r} must be a word of letters, digits, '-', '_' or '.' (e.g. alice)")
+    return name
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class OperatorCertStore:
+    """The role table of issued operator certificates: ``name, role, serial, not_after, issued``."""
+
+    def __init__(self, path: Path | str, kek: bytes):
+        check_kek(kek)
+        self.path = Path(path)
+        self._kek = bytes(kek)
+        self._lock = threading.Lock()
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        ensure_private_dir(self.path.parent)
+        with self._lock, file_lock(self._lock_path):
+            yield
+
+    def _read(self) -> list[dict[str, Any]]:
+        return read_sealed_entries(self.path, self._kek, _PURPOSE, "operator certificate table")
+
+    def record(self, name: str, role: str, serial: str, not_after: datetime) -> None:
+        check_operator_name(name)
+        check_role(role)
+        now = _utcnow()
+        with self._locked():
+            entries = [e for e in self._read() if parse_rfc3339(e["not_after"]) > now]  # drop expired
+            entries.append({"name": name, "role": role, "serial": serial.lower(), "not_after": rfc3339(not_after),
+                            "issued": rfc3339(now)})
+            write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
+        log.info("operator certificate issued operator=%s role=%s serial=%s", name, role, serial)
+
+    def authenticate(self, name: str, serial: str) -> Operator:
+        """The operator of a verified certificate; :class:`OperatorAuthError` when it is not (or no longer) in
+        the table."""
+        wanted = int(serial, 16)
+        for e in self._read():
+            if e["name"] == name and int(e["serial"], 16) == wanted:
+                if parse_rfc3339(e["not_after"]) <= _utcnow():
+                    raise OperatorAuthError(f"operator certificate of {name!r} expired at {e['not_after']}")
+                return Operator(name=name, role=e["role"])
+        raise OperatorAuthError(f"operator certificate of {name!r} (serial {serial.lower()}) is revoked or was "
+                                "not issued by this control plane")
+
+    def list(self) -> list[dict[str, Any]]:
+        now = _utcnow()
+        return sorted(({**e, "state": "expired" if parse_rfc3339(e["not_after"]) <= now else "valid"}
+                       for e in self._read()), key=lambda e: (e["name"], e["issued"]))
+
+    def revoke(self, name: str) -> int:
+        """Refuse every certificate of operator ``name`` from now on; returns how many there were."""
+        with self._locked():
+            entries = self._read()
+            keep = [e for e in entries if e["name"] != name]
+            write_sealed_entries(self.path, self._kek, _PURPOSE, keep)
+        return len(entries) - len(keep)
+
+
+def _peer_serial(req: Request) -> str | None:
+    import ssl
+
+    conn = req.handler.connection
+    if not isinstance(conn, ssl.SSLSocket):
+        return None
+    cert = conn.getpeercert() or {}
+    return cert.get("serialNumber")
+
+
+class CertAuthorizingRouter(AuthorizingRouter):
+    """:class:`AuthorizingRouter` that also accepts an operator certificate (verified by the TLS
+    listener against the mesh bundle) listed in the role table; other callers need a token."""
+
+    def __init__(self, tokens: OperatorTokenStore, certs: OperatorCertStore, trust_domain: str):
+        super().__init__(tokens)
+        self._certs = certs
+        self._trust_domain = trust_domain
+
+    def authenticate(self, req: Request) -> Operator:
+        for uri in req.peer_uri_sans():
+            parsed = parse_operator_spiffe_id(uri)
+            if parsed and parsed[0] == self._trust_domain:
+                serial = _peer_serial(req)
+                if serial:
+                    return self._certs.authenticate(parsed[1], serial)
+        return super().authenticate(req)
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+def add_operator_cert_routes(r: Router, cp: "ControlPlane") -> None:
+    """``POST /v1/operators/certs`` (admin): sign an operator CSR; ``GET`` lists; ``DELETE .../{name}`` revokes."""
+
+    def issue(req: Request) -> dict:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, 'body must be {"name": ..., "role": "admin|read-only", "csr": PEM, "ttl": "30d"}')
+        try:
+            name = check_operator_name(str(body.get("name") or ""))
+            role = check_role(str(body.get("role") or READ_ONLY))
+            ttl = parse_duration(str(body.get("ttl") or "30d"))
+        except (ConfigError, ValueError) as exc:
+            raise HttpError(400, str(exc)) from exc
+        if ttl <= timedelta(0) or ttl > MAX_TTL:
+            raise HttpError(400, f"ttl must be between 1s and {MAX_TTL.days}d")
+        spiffe_id = operator_spiffe_id(cp.ca.trust_domain, name)
+        try:
+            issued = cp.ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
+        except CAError as exc:
+            raise HttpError(400, f"cannot issue {spiffe_id}: {exc}") from exc
+        cp.operator_certs.record(name, role, issued.serial, issued.not_after)
+        who = getattr(req, "operator", None)
+        log.warning("operator certificate issued operator=%s role=%s serial=%s by=%s", name, role, issued.serial,
+                    who.name if who else "?")
+        return {"name": name, "role": role, "spiffe_id": spiffe_id, "serial": issued.serial,
+                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": cp.ca.bundle_pem(),
+                "https": cp.addresses.get("https", "")}
+
+    def revoke(req: Request) -> dict:
+        name = req.params["name"]
+        n = cp.operator_certs.revoke(name)
+        if not n:
+            raise HttpError(404, f"no operator certificate for {name!r}; see `meshctl operator cert list`")
+        return {"revoked": n, "name": name}
+
+    r.add("POST", "/v1/operators/certs", issue, role=ADMIN)
+    r.add("GET", "/v1/operators/certs", lambda req: cp.operator_certs.list())
+    r.add("DELETE", "/v1/operators/certs/{name}", revoke, role=ADMIN)
+
+
+__all__ = ["CERTS_FILE", "CertAuthorizingRouter", "OperatorCertStore", "add_operator_cert_routes",
+           "check_operator_name", "operator_spiffe_id", "parse_operator_spiffe_id"]

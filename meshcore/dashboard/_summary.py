@@ -1,0 +1,157 @@
+"""The dashboard's JSON views, computed from one :class:`Signals` value and the control plane's state (pure)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..observe.signals import SIGNAL_LABELS, Labels, Signals
+
+ERROR_CRITICAL = 0.05  # edge/service error rate coloured red at or above this fraction
+ERROR_WARNING = 0.01  # ... amber at or above this one
+CERT_WARNING_FRACTION = 0.25  # a certificate with less than this part of its life left is "expiring"
+
+
+def health(rps: float, error_rate: float | None, troubles: float = 0.0) -> str:
+    """``idle`` (no traffic), ``critical`` (>= 5 % errors), ``warning`` (>= 1 %, or shed/exhausted
+    requests) or ``ok``: the colour of a node or edge at a glance."""
+    if error_rate is not None and error_rate >= ERROR_CRITICAL:
+        return "critical"
+    if (error_rate is not None and error_rate >= ERROR_WARNING) or troubles > 0:
+        return "warning"
+    return "ok" if rps > 0 else "idle"
+
+
+def _by(signals: Signals | None, name: str, label: str) -> dict[str, float]:
+    if signals is None:
+        return {}
+    return {dict(k)[label]: v for k, v in signals.get(name).items()}
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def services_view(signals: Signals | None, proxies: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One row per service (and gateway): golden signals, resilience counters, instances."""
+    kinds: dict[str, str] = {}
+    instances: dict[str, list[bool]] = {}
+    for p in proxies:
+        for s in p.get("services", ()) or ():
+            kinds.setdefault(s["name"], "service")
+            instances.setdefault(s["name"], []).append(bool(s.get("healthy", True)))
+        for g in p.get("gateways", ()) or ():
+            kinds[g["name"]] = "gateway"
+            instances.setdefault(g["name"], []).append(bool(g.get("healthy", True)))
+    rps = _by(signals, "request_rate", "service")
+    err = _by(signals, "error_rate", "service")
+    p99 = _by(signals, "p99_ms", "service")
+    overflow = _by(signals, "circuit_breaker_overflow", "service")
+    retries = _by(signals, "retry_exhausted", "service")
+    denied = _by(signals, "policy_denied", "service")
+    names = set(kinds) | set(rps)
+    if signals is not None:
+        for key in signals.get("edge_request_rate"):
+            names.update(dict(key).values())
+    out = []
+    for name in sorted(names):
+        troubles = overflow.get(name, 0.0) + retries.get(name, 0.0)
+        out.append({
+            "name": name, "kind": kinds.get(name, "service"),
+            "rps": _round(rps.get(name), 3), "error_rate": _round(err.get(name), 4), "p99_ms": _round(p99.get(name), 2),
+            "circuit_breaker_overflow": round(overflow.get(name, 0.0), 3),
+            "retry_exhausted": round(retries.get(name, 0.0), 3), "policy_denied": round(denied.get(name, 0.0), 3),
+            "instances": len(instances.get(name, [])), "healthy_instances": sum(instances.get(name, [])),
+            "health": health(rps.get(name, 0.0), err.get(name), troubles),
+        })
+    return out
+
+
+def edges_view(signals: Signals | None) -> list[dict]:
+    if signals is None:
+        return []
+    err, p99 = signals.get("edge_error_rate"), signals.get("edge_p99_ms")
+    out = []
+    for key, rps in sorted(signals.get("edge_request_rate").items()):
+        d = dict(key)
+        out.append({"source": d["source"], "destination": d["destination"], "rps": round(rps, 3),
+                    "error_rate": _round(err.get(key), 4), "p99_ms": _round(p99.get(key), 2),
+                    "health": health(rps, err.get(key))})
+    return out
+
+
+def proxies_view(proxies: Sequence[Mapping[str, Any]], scrape_errors: Mapping[str, str]) -> list[dict]:
+    out = []
+    for p in proxies:
+        connected, synced, error = bool(p.get("connected")), bool(p.get("synced")), p.get("error") or ""
+        state = "synced" if connected and synced and not error else (
+            "error" if error else ("disconnected" if not connected else "pending"))
+        out.append({"node": p["node"], "services": [s["name"] for s in p.get("services", ()) or ()],
+                    "gateways": [g["name"] for g in p.get("gateways", ()) or ()],
+                    "connected": connected, "synced": synced, "state": state, "version": p.get("version", ""),
+                    "error": error, "scrape_error": scrape_errors.get(p["node"], "")})
+    return out
+
+
+def certificates_view(certs: Iterable[Mapping[str, Any]], now: float) -> list[dict]:
+    """``certs``: ``spiffe_id``, ``node``, ``not_before``, ``not_after`` (unix times). Soonest expiry first."""
+    out = []
+    for c in certs:
+        left = c["not_after"] - now
+        life = max(1.0, c["not_after"] - c["not_before"])
+        fraction = max(0.0, min(1.0, left / life))
+        out.append({"spiffe_id": c["spiffe_id"], "node": c.get("node") or "", "expires_in_seconds": round(left),
+                    "lifetime_seconds": round(life), "fraction_left": round(fraction, 4),
+                    "state": "expired" if left <= 0 else ("expiring" if fraction < CERT_WARNING_FRACTION else "ok")})
+    return sorted(out, key=lambda c: (c["expires_in_seconds"], c["spiffe_id"], c["node"]))
+
+
+def totals_view(services: list[dict], edges: list[dict], proxies: list[dict], certs: list[dict]) -> dict:
+    served = [s for s in services if s["kind"] == "service" and s["rps"] is not None]
+    rps = sum(s["rps"] for s in served)
+    errors = sum(s["rps"] * (s["error_rate"] or 0.0) for s in served)
+    p99s = [s["p99_ms"] for s in served if s["p99_ms"] is not None]
+    return {
+        "rps": round(rps, 3), "error_rate": round(errors / rps, 4) if rps > 0 else None,
+        "max_p99_ms": max(p99s) if p99s else None, "edges": len(edges),
+        "policy_denied": round(sum(s["policy_denied"] for s in services), 3),
+        "circuit_breaker_overflow": round(sum(s["circuit_breaker_overflow"] for s in services), 3),
+        "retry_exhausted": round(sum(s["retry_exhausted"] for s in services), 3),
+        "proxies": len(proxies), "proxies_synced": sum(1 for p in proxies if p["state"] == "synced"),
+        "certificates": len(certs), "certificates_expiring": sum(1 for c in certs if c["state"] != "ok"),
+    }
+
+
+def build_summary(signals: Signals | None, proxies: Sequence[Mapping[str, Any]], certs: Iterable[Mapping[str, Any]],
+                  *, now: float, trust_domain: str, collector: Mapping[str, Any],
+                  ca_root_expiry: float | None = None) -> dict:
+    """Everything ``GET /v1/dashboard/summary`` answers, in one document."""
+    services = services_view(signals, proxies)
+    edges = edges_view(signals)
+    proxy_rows = proxies_view(proxies, collector.get("errors", {}))
+    cert_rows = certificates_view(certs, now)
+    return {
+        "generated_at": now, "trust_domain": trust_domain,
+        "collector": {**collector, "signals_at": signals.at if signals else None},
+        "services": services, "edges": edges, "proxies": proxy_rows, "certificates": cert_rows,
+        "ca_root_expires_in_seconds": None if ca_root_expiry is None else round(ca_root_expiry - now),
+        "totals": totals_view(services, edges, proxy_rows, cert_rows),
+    }
+
+
+def series_view(name: str, points: Sequence[tuple[float, Mapping[Labels, float]]],
+                match: Mapping[str, str] | None = None) -> dict:
+    """``GET /v1/dashboard/series``: one series per label set, ``points`` as ``[unix time, value]``; a label
+    set missing at some time (idle: no error rate, no p99) simply has no point there."""
+    series: dict[Labels, list[list[float]]] = {}
+    for t, values in points:
+        for key, v in values.items():
+            d = dict(key)
+            if match and any(d.get(k) != want for k, want in match.items()):
+                continue
+            series.setdefault(key, []).append([round(t, 3), round(v, 6)])
+    return {"signal": name, "labels": list(SIGNAL_LABELS[name]),
+            "series": [{"labels": dict(k), "points": pts} for k, pts in sorted(series.items())]}
+
+
+__all__ = ["build_summary", "certificates_view", "edges_view", "health", "proxies_view", "series_view",
+           "services_view", "totals_view"]

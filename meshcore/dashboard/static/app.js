@@ -1,0 +1,315 @@
+/* meshcore dashboard: authentication, polling, and rendering of every panel.
+ *
+ * The operator token arrives once in the URL fragment (#token=...; `meshctl dashboard` opens that URL),
+ * is kept in this tab's sessionStorage, removed from the address bar, and sent as a bearer token with
+ * every /v1 request. Without a token (or with one the control plane refuses) the page asks for one.
+ */
+"use strict";
+
+(function () {
+  const { drawLineChart } = window.MeshCharts;
+  const { drawGraph } = window.MeshGraph;
+  const TOKEN_KEY = "meshcore.dashboard.token";
+  const PALETTE = ["#3b5bdb", "#0ca678", "#f08c00", "#d6336c", "#7048e8", "#1098ad", "#e8590c", "#5c940d",
+    "#ae3ec9", "#495057"];
+  const $ = (id) => document.getElementById(id);
+
+  const state = { range: 900, pollMs: 3000, lastOk: 0, polls: 0, timer: null, alertsAvailable: true, colors: {} };
+
+  // --- formatting ------------------------------------------------------------------------
+  const fmt = {
+    rps(v) {
+      if (v === null || v === undefined) return "—";
+      if (v === 0) return "0";
+      return v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : Math.round(v).toLocaleString();
+    },
+    pct(v) {
+      if (v === null || v === undefined) return "—";
+      if (v === 0) return "0%";
+      const p = v * 100;
+      return (p < 1 ? p.toFixed(2) : p < 10 ? p.toFixed(1) : Math.round(p)) + "%";
+    },
+    ms(v) {
+      if (v === null || v === undefined) return "—";
+      if (v === 0) return "0";
+      if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + " s";
+      return (v < 10 ? v.toFixed(1) : Math.round(v)) + " ms";
+    },
+    duration(s) {
+      if (s === null || s === undefined) return "—";
+      const neg = s < 0;
+      s = Math.abs(s);
+      const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+      const text = d >= 1 ? `${d}d ${h}h` : h >= 1 ? `${h}h ${m}m` : m >= 1 ? `${m}m` : `${Math.floor(s)}s`;
+      return neg ? `expired ${text} ago` : text;
+    },
+  };
+
+  /** An HTML element with attributes and children (strings become text nodes: data is never markup). */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "style") node.style.cssText = v; // CSSOM: allowed by the page's CSP, a style attribute is not
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children) if (c !== null && c !== undefined) node.append(typeof c === "string" ? document.createTextNode(c) : c);
+    return node;
+  }
+
+  // --- token and API ---------------------------------------------------------------------
+  function takeTokenFromUrl() {
+    const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+    const token = params.get("token");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  class AuthError extends Error {}
+
+  async function api(path) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) throw new AuthError("no operator token");
+    const resp = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+    if (resp.status === 401 || resp.status === 403) {
+      let message = `HTTP ${resp.status}`;
+      try { message = (await resp.json()).error || message; } catch (_) { /* not JSON */ }
+      throw new AuthError(message);
+    }
+    if (resp.status === 404) return { notFound: true };
+    if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+    return { data: await resp.json() };
+  }
+
+  function showLogin(message) {
+    document.body.dataset.state = "login";
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    $("token-input").focus();
+  }
+
+  // --- panels ----------------------------------------------------------------------------
+  function colorOf(name) {
+    return state.colors[name] || "#868e96";
+  }
+
+  function assignColors(services) {
+    const names = services.filter((s) => s.kind === "service").map((s) => s.name).sort();
+    names.forEach((n, i) => { state.colors[n] = PALETTE[i % PALETTE.length]; });
+  }
+
+  function setKpi(id, value, health, hint) {
+    const card = $(id);
+    card.className = `kpi ${health || ""}`;
+    card.querySelector(".value").textContent = value;
+    if (hint !== undefined) card.querySelector(".hint").textContent = hint;
+  }
+
+  function renderKpis(summary, alerts) {
+    const t = summary.totals;
+    setKpi("kpi-rps", fmt.rps(t.rps), t.rps > 0 ? "ok" : "");
+    const er = t.error_rate;
+    setKpi("kpi-errors", fmt.pct(er), er === null ? "" : er >= 0.05 ? "critical" : er >= 0.01 ? "warning" : "ok");
+    const slowest = summary.services.filter((s) => s.p99_ms !== null).sort((a, b) => b.p99_ms - a.p99_ms)[0];
+    setKpi("kpi-p99", fmt.ms(t.max_p99_ms), t.max_p99_ms === null ? "" : t.max_p99_ms >= 1000 ? "warning" : "ok",
+      slowest ? slowest.name : "worst service");
+    setKpi("kpi-proxies", `${t.proxies_synced} / ${t.proxies}`,
+      t.proxies === 0 ? "" : t.proxies_synced === t.proxies ? "ok" : "warning");
+    const next = summary.certificates[0];
+    setKpi("kpi-certs", next ? fmt.duration(next.expires_in_seconds) : "—",
+      !next ? "" : next.state === "ok" ? "ok" : next.state === "expiring" ? "warning" : "critical",
+      next ? `next expiry · ${t.certificates} issued` : "none issued");
+    if (alerts === null) {
+      setKpi("kpi-alerts", "—", "", "alerting not enabled");
+    } else {
+      const firing = alerts.filter((a) => a.state === "firing").length;
+      const pending = alerts.filter((a) => a.state === "pending").length;
+      setKpi("kpi-alerts", String(firing), firing ? "critical" : "ok", pending ? `${pending} pending` : "firing or pending");
+    }
+  }
+
+  function renderGraph(summary) {
+    const services = summary.services;
+    $("graph-empty").hidden = services.length > 0 || summary.edges.length > 0;
+    $("graph").style.display = $("graph-empty").hidden ? "" : "none";
+    if ($("graph-empty").hidden) drawGraph($("graph"), services, summary.edges, fmt);
+  }
+
+  function renderServices(summary) {
+    const body = $("services").tBodies[0];
+    const rows = summary.services.filter((s) => s.kind === "service").map((s) => el("tr", { "data-service": s.name },
+      el("td", { class: "svc" }, el("i", { class: "dot", style: `background:${colorOf(s.name)}` }), s.name),
+      el("td", { class: "num" }, fmt.rps(s.rps)),
+      el("td", { class: `num ${s.error_rate >= 0.05 ? "hot" : ""}` }, fmt.pct(s.error_rate)),
+      el("td", { class: "num" }, fmt.ms(s.p99_ms)),
+      el("td", { class: "num" }, `${s.healthy_instances} / ${s.instances}`),
+      el("td", {}, el("span", { class: `pill ${s.health}` }, s.health))));
+    body.replaceChildren(...rows);
+  }
+
+  function renderResilience(summary) {
+    const services = summary.services.filter((s) => s.kind === "service");
+    const cell = (v) => el("td", { class: `num ${v > 0 ? "hot" : "zero"}` }, v > 0 ? fmt.rps(v) : "0");
+    $("resilience").tBodies[0].replaceChildren(...services.map((s) => el("tr", { "data-service": s.name },
+      el("td", { class: "svc" }, s.name), cell(s.policy_denied), cell(s.circuit_breaker_overflow), cell(s.retry_exhausted))));
+    $("resilience-empty").hidden = services.length > 0;
+  }
+
+  function renderProxies(summary) {
+    const rows = summary.proxies.map((p) => el("tr", { "data-node": p.node },
+      el("td", { class: "svc" }, p.node),
+      el("td", {}, [...p.services, ...p.gateways].join(", ") || "—"),
+      el("td", {}, el("span", { class: `pill ${p.state}`, title: p.error || "" }, p.state),
+        p.scrape_error ? el("div", { class: "small", title: p.scrape_error }, "metrics unreachable") : null),
+      el("td", {}, el("code", {}, (p.version || "—").slice(0, 10)))));
+    $("proxies").tBodies[0].replaceChildren(...rows);
+    $("proxies-empty").hidden = rows.length > 0;
+    $("proxies-count").textContent = rows.length ? `${summary.totals.proxies_synced} of ${rows.length} in sync` : "";
+  }
+
+  function renderCerts(summary) {
+    const items = summary.certificates.map((c) => el("li", { class: c.state },
+      el("div", { class: "row" },
+        el("span", { class: "id", title: c.spiffe_id }, c.spiffe_id.replace(/^spiffe:\/\//, "")),
+        el("span", { class: "left" }, fmt.duration(c.expires_in_seconds))),
+      el("div", { class: "node" }, c.node ? `node ${c.node}` : "control plane"),
+      el("div", { class: "bar" }, el("i", { style: `width:${(c.fraction_left * 100).toFixed(1)}%` }))));
+    $("certs").replaceChildren(...items);
+    $("certs-empty").hidden = items.length > 0;
+    const expiring = summary.totals.certificates_expiring;
+    $("certs-count").textContent = items.length ? `${items.length} issued${expiring ? ` · ${expiring} expiring` : ""}` : "";
+    $("ca-root").textContent = summary.ca_root_expires_in_seconds === null ? ""
+      : `CA root expires in ${fmt.duration(summary.ca_root_expires_in_seconds)}`;
+  }
+
+  function renderAlerts(alerts) {
+    const list = $("alerts");
+    if (alerts === null) {
+      list.replaceChildren();
+      $("alerts-empty").hidden = false;
+      $("alerts-empty").textContent = "Alerting is not enabled on this control plane.";
+      $("alerts-count").textContent = "";
+      return;
+    }
+    const order = { firing: 0, pending: 1 }, sev = { critical: 0, warning: 1, info: 2 };
+    const active = alerts.filter((a) => a.state === "firing" || a.state === "pending")
+      .sort((a, b) => (order[a.state] - order[b.state]) || ((sev[a.severity] ?? 3) - (sev[b.severity] ?? 3)));
+    list.replaceChildren(...active.map((a) => {
+      const labels = Object.entries(a.labels || {}).filter(([k]) => !["alertname", "severity"].includes(k))
+        .map(([k, v]) => `${k}=${v}`).join(" ");
+      const since = a.fired_at || a.active_since;
+      return el("li", { class: a.severity || "info", "data-alert": a.name },
+        el("div", { class: "title" }, el("span", {}, a.name), el("span", { class: `pill ${a.state}` }, a.state)),
+        el("div", { class: "summary" }, (a.annotations && (a.annotations.summary || a.annotations.description)) || labels),
+        el("div", { class: "when" }, [a.severity, labels, since ? `since ${whenText(since)}` : ""].filter(Boolean).join(" · ")));
+    }));
+    $("alerts-empty").hidden = active.length > 0;
+    $("alerts-empty").textContent = "Nothing is firing.";
+    $("alerts-count").textContent = active.length ? `${active.length} active` : "";
+  }
+
+  function whenText(value) {
+    const t = typeof value === "number" ? value * 1000 : Date.parse(value);
+    return Number.isFinite(t) ? new Date(t).toLocaleTimeString() : String(value);
+  }
+
+  async function renderCharts(summary) {
+    const now = Date.now() / 1000;
+    const gap = Math.max(2.5 * summary.collector.interval_seconds, 6);
+    const specs = [["request_rate", "chart-rps", fmt.rps], ["error_rate", "chart-errors", fmt.pct], ["p99_ms", "chart-p99", fmt.ms]];
+    const results = await Promise.all(specs.map(([name]) => api(`/v1/dashboard/series?signal=${name}&since=${state.range}`)));
+    // The x axis spans the chosen range, or less when the collector has not been running that long.
+    let first = now;
+    for (const r of results) for (const s of (r.data ? r.data.series : [])) if (s.points.length) first = Math.min(first, s.points[0][0]);
+    const from = Math.max(now - state.range, Math.min(first, now - 60));
+    specs.forEach(([, id, format], i) => {
+      const data = results[i].data || { series: [] };
+      const series = data.series.map((s) => ({ name: s.labels.service, color: colorOf(s.labels.service), points: s.points }));
+      drawLineChart($(id), series, { from, to: now, format, gapSeconds: gap });
+    });
+    const names = summary.services.filter((s) => s.kind === "service").map((s) => s.name);
+    $("chart-legend").replaceChildren(...names.map((n) => el("span", {}, el("i", { style: `background:${colorOf(n)}` }), n)));
+  }
+
+  // --- polling ---------------------------------------------------------------------------
+  async function poll() {
+    try {
+      const [summaryResp, alertsResp] = await Promise.all([api("/v1/dashboard/summary"), api("/v1/alerts")]);
+      const summary = summaryResp.data;
+      const alerts = alertsResp.notFound ? null : (Array.isArray(alertsResp.data) ? alertsResp.data : (alertsResp.data.alerts || []));
+      $("login").hidden = true;
+      $("trust-domain").textContent = summary.trust_domain;
+      assignColors(summary.services);
+      renderKpis(summary, alerts);
+      renderGraph(summary);
+      renderServices(summary);
+      renderResilience(summary);
+      renderProxies(summary);
+      renderCerts(summary);
+      renderAlerts(alerts);
+      await renderCharts(summary);
+      const interval = summary.collector.interval_seconds || 5;
+      state.pollMs = Math.min(5000, Math.max(1000, interval * 1000));
+      $("collector-info").textContent = `collector every ${interval}s, ${Math.round(summary.collector.history_seconds / 60)} min of history`;
+      state.lastOk = Date.now();
+      state.polls += 1;
+      document.body.dataset.polls = String(state.polls);
+      document.body.dataset.hasSignals = summary.collector.signals_at ? "yes" : "no";
+      document.body.dataset.state = "live";
+    } catch (err) {
+      if (err instanceof AuthError) {
+        showLogin(sessionStorage.getItem(TOKEN_KEY) ? `The control plane refused the token: ${err.message}` : "");
+        return; // wait for a token
+      }
+      document.body.dataset.state = "error";
+      $("live").querySelector("span").textContent = `cannot reach the control plane (${err.message}); retrying`;
+    }
+    schedule();
+  }
+
+  function schedule() {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(poll, state.pollMs);
+  }
+
+  function tickLiveLabel() {
+    if (document.body.dataset.state === "live" || document.body.dataset.state === "stale") {
+      const ago = Math.round((Date.now() - state.lastOk) / 1000);
+      document.body.dataset.state = ago > 30 ? "stale" : "live";
+      $("live").querySelector("span").textContent = ago <= 1 ? "live · updated just now" : `live · updated ${ago}s ago`;
+    }
+  }
+
+  function start() {
+    takeTokenFromUrl();
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("token-input").value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $("token-input").value = "";
+      document.body.dataset.state = "loading";
+      poll();
+    });
+    $("signout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      clearTimeout(state.timer);
+      showLogin("Signed out: the token is forgotten in this tab.");
+    });
+    for (const b of document.querySelectorAll(".range button")) {
+      b.addEventListener("click", () => {
+        state.range = Number(b.dataset.range);
+        document.querySelectorAll(".range button").forEach((x) => x.classList.toggle("on", x === b));
+        poll();
+      });
+    }
+    setInterval(tickLiveLabel, 1000);
+    if (!sessionStorage.getItem(TOKEN_KEY)) showLogin("");
+    else poll();
+  }
+
+  start();
+})();

@@ -1,0 +1,362 @@
+"""The control plane's metrics collector: scrape every proxy, turn two scrapes into :class:`Signals`.
+
+Every ``interval`` seconds :class:`MeshCollector` scrapes each proxy the control plane knows,
+concurrently and with a short timeout: the VM agent's merged ``metrics`` URL when the proxy advertises
+one (reachable from the control plane in a real deployment), else the Envoy admin
+``/stats/prometheus``. From this scrape and the previous one of the same proxy it computes one
+:class:`~meshcore.observe.signals.Signals` value (:func:`signals_from_scrapes`, pure), keeps the last
+``history`` seconds of them in a ring buffer, and hands each new value to its subscribers (alerting).
+
+How the numbers are made (see :mod:`meshcore.observe.signals` for units):
+
+* edges (``edge_*``) exactly as ``meshctl graph`` computes them (:mod:`meshcore.observe.graph`): the
+  caller's outbound listener or clusters, so requests its Envoy answered itself (fault aborts, no
+  healthy upstream) count;
+* a service's ``request_rate`` / ``error_rate`` / ``p99_ms`` are its incoming edges summed (histograms
+  merged before the quantile) as its callers saw them; a service no mesh caller is configured for
+  falls back to its own inbound listeners (server side);
+* ``circuit_breaker_overflow`` and ``retry_exhausted`` are keyed by the called service (the cluster's
+  destination), ``policy_denied`` by the service whose inbound RBAC filters denied;
+* ``proxy_out_of_sync`` comes from the control plane's own view (ACK state, last build error), and
+  certificate expiry from the CA (:func:`ca_signals`, passed in as ``extra``).
+
+A proxy whose scrape fails (its error is in :attr:`errors`) keeps its previous scrape, so its next good
+scrape yields the right rates over the longer span; meanwhile its last computed rates stand in for it for
+up to :data:`CARRY_OVER_INTERVALS` intervals, so one slow scrape does not make its edges blink out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..errors import ConfigError, MeshError
+from ._proxy_stats import INBOUND_PREFIX, ProxyStats, counter_delta, parse_proxy_stats
+from .graph import _cluster_edge, _mangle, _proxy_edges, _Series, quantile_from_buckets
+from .signals import SIGNAL_LABELS, Labels, Signals, labels
+
+log = logging.getLogger("meshcore.observe.collector")
+
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_HISTORY_S = 3600.0
+QUANTILE = 0.99
+CARRY_OVER_INTERVALS = 3
+
+SignalValues = dict[str, dict[Labels, float]]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One proxy's parsed stats and when (``time.monotonic()``) they were read."""
+
+    stats: ProxyStats
+    at: float
+
+
+def scrape_target(proxy: Mapping[str, Any]) -> str:
+    """The URL to scrape for one ``/v1/proxies`` entry ("" when it advertises none)."""
+    if proxy.get("metrics"):
+        return str(proxy["metrics"])
+    if proxy.get("admin"):
+        return f"http://{proxy['admin']}/stats/prometheus"
+    return ""
+
+
+def fetch_text(url: str, timeout: float) -> str:
+    """GET ``url``; :class:`MeshError` saying which URL and why when it does not answer 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise MeshError(f"scraping {url} failed ({getattr(exc, 'reason', exc)}); is the VM agent (or Envoy) "
+                        "running and its metrics address reachable from the control plane?") from exc
+
+
+# --- pure computation ----------------------------------------------------------------------
+
+def _services_of(proxies: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{inbound HCM stat prefix: service}`` of every service instance the proxies host."""
+    by_prefix: dict[str, str] = {}
+    for p in proxies:
+        for s in p.get("services", ()) or ():
+            if s.get("id"):
+                by_prefix[INBOUND_PREFIX + _mangle(s["id"])] = s["name"]
+    return by_prefix
+
+
+def _knows_proxy(p: Mapping[str, Any]) -> bool:
+    """A proxy the control plane has heard from (a catalog node with no Envoy yet is not one)."""
+    return bool(p.get("connected") or p.get("admin") or p.get("metrics") or p.get("version"))
+
+
+def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, Scrape],
+                         proxies: Sequence[Mapping[str, Any]], *, at: float,
+                         extra: Mapping[str, Mapping[Labels, float]] | None = None,
+                         quantile: float = QUANTILE) -> Signals:
+    """One :class:`Signals` value from two scrapes per node (``{node: Scrape}``) and the proxies' state.
+
+    ``proxies`` are ``/v1/proxies`` entries (node, services with name and id, connected, synced, error);
+    ``extra`` adds signals computed elsewhere (certificate expiry); ``at`` is the unix time to stamp."""
+    service_of_prefix = _services_of(proxies)
+    edges: dict[tuple[str, str], _Series] = {}
+    edge_rate: dict[tuple[str, str], float] = defaultdict(float)
+    inbound: dict[str, _Series] = {}
+    inbound_rate: dict[str, float] = defaultdict(float)
+    overflow: dict[str, float] = {}
+    retries: dict[str, float] = {}
+    denied: dict[str, float] = {}
+
+    for node, cur in current.items():
+        prev = previous.get(node)
+        if prev is None or cur.at <= prev.at:
+            continue
+        seconds = cur.at - prev.at
+        before, after = prev.stats, cur.stats
+        for edge, delta in _proxy_edges(before.graph, after.graph).items():
+            edges.setdefault(edge, _Series()).add(delta)
+            edge_rate[edge] += delta.total / seconds
+        for prefix, series in after.inbound.items():
+            service = service_of_prefix.get(prefix)
+            if service is not None:
+                delta = series.minus(before.inbound.get(prefix, _Series()))
+                inbound.setdefault(service, _Series()).add(delta)
+                inbound_rate[service] += delta.total / seconds
+        for counters, earlier, out in ((after.overflow, before.overflow, overflow),
+                                       (after.retry_exhausted, before.retry_exhausted, retries)):
+            for cluster, value in counters.items():
+                edge = _cluster_edge(cluster)
+                if edge is not None:
+                    out[edge[1]] = out.get(edge[1], 0.0) + counter_delta(value, earlier.get(cluster)) / seconds
+        for prefix, value in after.denied.items():
+            service = service_of_prefix.get(prefix)
+            if service is not None:
+                denied[service] = denied.get(service, 0.0) + counter_delta(value, before.denied.get(prefix)) / seconds
+        for prefix in after.inbound:  # a service with an inbound listener and no RBAC filter denies nothing
+            if prefix in service_of_prefix:
+                denied.setdefault(service_of_prefix[prefix], 0.0)
+
+    values: SignalValues = {name: {} for name in SIGNAL_LABELS}
+    for (src, dst), series in edges.items():
+        key = labels(source=src, destination=dst)
+        _golden(values, "edge_", key, edge_rate[(src, dst)], series, quantile)
+    called = {dst for _, dst in edges}
+    for service in sorted(called | set(inbound)):
+        if service in called:
+            series, rate = _Series(), 0.0
+            for (src, dst), s in edges.items():
+                if dst == service:
+                    series.add(s)
+                    rate += edge_rate[(src, dst)]
+        else:
+            series, rate = inbound[service], inbound_rate[service]
+        _golden(values, "", labels(service=service), rate, series, quantile)
+    for name, per_service in (("circuit_breaker_overflow", overflow), ("retry_exhausted", retries),
+                              ("policy_denied", denied)):
+        for service, rate in per_service.items():
+            values[name][labels(service=service)] = rate
+    for p in proxies:
+        if _knows_proxy(p):
+            in_sync = bool(p.get("synced")) and not p.get("error")
+            values["proxy_out_of_sync"][labels(node=p["node"])] = 0.0 if in_sync else 1.0
+    for name, entries in (extra or {}).items():
+        if name not in SIGNAL_LABELS:
+            raise KeyError(f"extra signal {name!r} is not one of {', '.join(SIGNAL_LABELS)}")
+        values[name].update(entries)
+    return Signals(at=at, values={k: v for k, v in values.items() if v})
+
+
+def _golden(values: SignalValues, prefix: str, key: Labels, rate: float, series: _Series, quantile: float) -> None:
+    values[prefix + "request_rate"][key] = rate
+    if series.total > 0:
+        values[prefix + "error_rate"][key] = series.errors / series.total
+        p = quantile_from_buckets(quantile, series.buckets)
+        if p is not None:
+            values[prefix + "p99_ms"][key] = p
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def ca_signals(ca: Any, now: float, nodes: Iterable[str] | None = None) -> SignalValues:
+    """``cert_expiry_seconds`` per (SPIFFE ID, node) of the CA's newest unexpired certificates and
+    ``ca_root_expiry_seconds`` of the current root. With ``nodes``, certificates of other nodes (VMs
+    that left the mesh) are left out; node-less ones (the control plane's own) always count."""
+    wanted = None if nodes is None else set(nodes)
+    certs: dict[Labels, float] = {}
+    for cert in ca.issued():
+        node = cert.node or ""
+        if wanted is not None and node and node not in wanted:
+            continue
+        key = labels(spiffe_id=cert.spiffe_id, node=node)
+        left = _epoch(cert.not_after) - now
+        certs[key] = min(left, certs.get(key, left))
+    out: SignalValues = {"cert_expiry_seconds": certs}
+    roots = [r for r in ca.state().get("roots", ()) if r.get("role") == "current"]
+    if roots:
+        out["ca_root_expiry_seconds"] = {(): _epoch(roots[0]["not_after"]) - now}
+    return out
+
+
+# --- the IO loop ---------------------------------------------------------------------------
+
+class MeshCollector:
+    """Scrapes the proxies every ``interval`` seconds and keeps ``history`` seconds of :class:`Signals`.
+
+    ``proxies`` returns ``/v1/proxies`` entries; ``extra`` returns extra signal values (e.g.
+    :func:`ca_signals`). ``fetch(url, timeout) -> text`` is the network edge (tests hand in their own)."""
+
+    def __init__(self, proxies: Callable[[], list[dict]], interval: float = DEFAULT_INTERVAL_S,
+                 history: float = DEFAULT_HISTORY_S, extra: Callable[[], Mapping] | None = None, *,
+                 fetch: Callable[[str, float], str] = fetch_text, timeout: float | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 max_workers: int = 8):
+        if not interval > 0:
+            raise ConfigError(f"collector interval must be positive, got {interval!r} (e.g. --collect-interval 5s)")
+        if not history >= interval:
+            raise ConfigError(f"collector history ({history}s) must cover at least one interval ({interval}s)")
+        self.interval = float(interval)
+        self.history_seconds = float(history)
+        self.timeout = timeout if timeout is not None else min(4.0, max(2.0, self.interval * 0.8))
+        self._proxies = proxies
+        self._extra = extra
+        self._fetch = fetch
+        self._clock = clock
+        self._monotonic = monotonic
+        self._history: deque[Signals] = deque(maxlen=int(math.ceil(history / interval)) + 1)
+        self._scrapes: dict[str, Scrape] = {}
+        self._pairs: dict[str, tuple[Scrape, Scrape]] = {}  # node -> the last two good scrapes rates came from
+        self._subscribers: list[Callable[[Signals], None]] = []
+        self._lock = threading.Lock()
+        self._collect_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collector-scrape")
+        self.errors: dict[str, str] = {}
+        self.last_duration = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "MeshCollector":
+        self._thread = threading.Thread(target=self._run, name="metrics-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self._monotonic()
+            try:
+                self.collect_once()
+            except Exception:  # a bug must not end collection: log it and try again next interval
+                log.exception("metrics collection failed; retrying in %.1fs", self.interval)
+            self._stop.wait(max(0.05, self.interval - (self._monotonic() - started)))
+
+    # --- one round -------------------------------------------------------------------------
+    def collect_once(self) -> Signals:
+        """Scrape every proxy now, compute, record and publish one :class:`Signals` value."""
+        with self._collect_lock:
+            started = self._monotonic()
+            proxies = list(self._proxies())
+            targets = {p["node"]: scrape_target(p) for p in proxies if scrape_target(p)}
+            fresh, errors = self._scrape_all(targets)
+            previous = self._scrapes
+            current = {n: s for n, s in previous.items() if n in targets}  # failed: keep the older scrape
+            current.update(fresh)
+            try:
+                extra = dict(self._extra()) if self._extra is not None else {}
+            except Exception as exc:  # noqa: BLE001 - e.g. the CA state unreadable; keep the rest flowing
+                log.warning("collector extra signals failed: %s", exc)
+                extra = {}
+            pairs = {n: (previous[n], s) for n, s in fresh.items() if n in previous}
+            horizon = self._monotonic() - CARRY_OVER_INTERVALS * self.interval
+            for node in errors:  # a missed scrape: its last rates stand in, for a while
+                if node in self._pairs and self._pairs[node][1].at >= horizon:
+                    pairs[node] = self._pairs[node]
+            signals = signals_from_scrapes({n: p[0] for n, p in pairs.items()}, {n: p[1] for n, p in pairs.items()},
+                                           proxies, at=self._clock(), extra=extra)
+            self._scrapes = current
+            self._pairs = {n: p for n, p in pairs.items() if n in targets}
+            self.errors = errors
+            self.last_duration = self._monotonic() - started
+            with self._lock:
+                self._history.append(signals)
+                subscribers = list(self._subscribers)
+        for node, err in sorted(errors.items()):
+            log.debug("scrape failed node=%s: %s", node, err)
+        for callback in subscribers:
+            try:
+                callback(signals)
+            except Exception:  # noqa: BLE001 - one subscriber's bug must not starve the others
+                log.exception("collector subscriber %r failed", callback)
+        return signals
+
+    def _scrape_all(self, targets: dict[str, str]) -> tuple[dict[str, Scrape], dict[str, str]]:
+        def one(url: str) -> Scrape:
+            text = self._fetch(url, self.timeout)
+            at = self._monotonic()
+            return Scrape(parse_proxy_stats(text), at)
+
+        futures = {node: self._pool.submit(one, url) for node, url in targets.items()}
+        wait(futures.values(), timeout=self.timeout + 2)
+        fresh: dict[str, Scrape] = {}
+        errors: dict[str, str] = {}
+        for node, fut in futures.items():
+            if not fut.done():
+                fut.cancel()
+                errors[node] = f"scraping {targets[node]} timed out after {self.timeout:.1f}s"
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                errors[node] = str(exc)
+            else:
+                fresh[node] = fut.result()
+        return fresh, errors
+
+    # --- readers ---------------------------------------------------------------------------
+    def latest(self) -> Signals | None:
+        """The newest :class:`Signals` value, None before the first collection."""
+        with self._lock:
+            return self._history[-1] if self._history else None
+
+    def history(self, name: str, since: float | None = None) -> list[tuple[float, dict[Labels, float]]]:
+        """``[(unix time, {labels: value})]`` of signal ``name`` from ``since`` (unix time) on, oldest first.
+
+        :class:`KeyError` for a name not in :data:`~meshcore.observe.signals.SIGNAL_LABELS`."""
+        if name not in SIGNAL_LABELS:
+            raise KeyError(f"unknown signal {name!r}; known: {', '.join(SIGNAL_LABELS)}")
+        with self._lock:
+            kept = list(self._history)
+        return [(s.at, dict(s.get(name))) for s in kept if since is None or s.at >= since]
+
+    def subscribe(self, callback: Callable[[Signals], None]) -> Callable[[], None]:
+        """Call ``callback(signals)`` after every collection (on the collector's thread; keep it quick).
+        Returns a function that unsubscribes."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+
+__all__ = ["DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "fetch_text",
+           "scrape_target", "signals_from_scrapes"]

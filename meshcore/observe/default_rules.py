@@ -1,0 +1,137 @@
+"""The alert rules meshcore ships, on by default, as AlertRule documents.
+
+They are ordinary AlertRule resources (validated by the same schema as the operator's), so an
+operator reads, overrides and disables them the same way: an AlertRule with the same name replaces
+a default (any namespace), and one with ``spec: {disabled: true}`` switches it off::
+
+    apiVersion: telemetry.mesh.io/v1beta1
+    kind: AlertRule
+    metadata: {name: policy-denials}
+    spec: {disabled: true}
+
+Kept as Python text rather than a package data file so it ships with the code, whatever the packaging.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from meshcore.resources.model import Resource
+
+DEFAULT_NAMESPACE = "meshcore-system"
+"""Namespace the defaults are listed under (``/v1/alerts/rules``); overrides match by name alone."""
+
+DEFAULT_RULES_YAML = """\
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: high-error-rate, namespace: meshcore-system}
+spec:
+  signal: error_rate
+  op: ">"
+  threshold: 5%
+  for: 1m
+  severity: critical
+  summary: "{service} fails {value} of its requests"
+  description: "More than {threshold} of the requests to {service} were answered 5xx for {for}. Check
+    `meshctl graph` for the failing edge and the service's logs; an injected fault (VirtualService) also shows here."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: high-latency-p99, namespace: meshcore-system}
+spec:
+  signal: p99_ms
+  op: ">"
+  threshold: 1s
+  for: 2m
+  severity: warning
+  summary: "{service} p99 latency is {value}"
+  description: "The 99th percentile latency of requests to {service} has been above {threshold} for {for}."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: certificate-expiring, namespace: meshcore-system}
+spec:
+  signal: cert_expiry_seconds
+  op: "<"
+  threshold: 2h
+  for: 5m
+  severity: warning
+  summary: "certificate of {spiffe_id} on {node} expires in {value}"
+  description: "Certificates renew at half their lifetime, so one this close to expiry was not renewed. Check
+    the agent on {node} (`journalctl -u meshcore-agent`) and `meshctl ca certs`."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: ca-root-expiring, namespace: meshcore-system}
+spec:
+  signal: ca_root_expiry_seconds
+  op: "<"
+  threshold: 30d
+  for: 5m
+  severity: warning
+  summary: "the CA root expires in {value}"
+  description: "Rotate the root before it expires (`meshctl ca rotate`, then `meshctl ca rotate --finish`);
+    every workload certificate chains to it."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: circuit-breaker-shedding, namespace: meshcore-system}
+spec:
+  signal: circuit_breaker_overflow
+  op: ">"
+  threshold: 0
+  for: 1m
+  severity: warning
+  summary: "circuit breakers shed {value} of the calls to {service}"
+  description: "Callers of {service} hit their connection-pool limits (DestinationRule connectionPool) for {for}:
+    the service is saturated or the limits are too low."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: retries-exhausted, namespace: meshcore-system}
+spec:
+  signal: retry_exhausted
+  op: ">"
+  threshold: 0
+  for: 1m
+  severity: warning
+  summary: "calls to {service} run out of retries ({value})"
+  description: "Requests to {service} failed after every retry the VirtualService allows, for {for}."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: policy-denials, namespace: meshcore-system}
+spec:
+  signal: policy_denied
+  op: ">"
+  threshold: 1/s
+  for: 5m
+  severity: info
+  summary: "authorization policy denies {value} requests to {service}"
+  description: "More than {threshold} requests to {service} were denied by AuthorizationPolicy for {for}; a
+    caller may lack a rule (`meshctl authz check --to {service} --from ...`)."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: proxy-out-of-sync, namespace: meshcore-system}
+spec:
+  signal: proxy_out_of_sync
+  op: ">"
+  threshold: 0
+  for: 2m
+  severity: critical
+  summary: "proxy on {node} is out of sync"
+  description: "The Envoy on {node} has not ACKed its current configuration (or its build failed) for {for};
+    it keeps its last good config. See `meshctl status` and the control plane's log for the NACK or build error."
+"""
+
+
+@lru_cache(maxsize=1)
+def default_rule_resources() -> tuple[Resource, ...]:
+    """The shipped rules as validated AlertRule resources (validated once, on first use)."""
+    from meshcore.resources.loader import load_documents
+
+    return tuple(load_documents(DEFAULT_RULES_YAML, "<meshcore default alert rules>"))
+
+
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_RULES_YAML", "default_rule_resources"]

@@ -1,0 +1,230 @@
+"""RateLimit: Envoy local rate limit filters on the inbound listeners of the selected workloads.
+
+Each RateLimit that selects a local sidecar instance becomes one ``envoy.filters.http.local_ratelimit``
+filter in every HTTP filter chain of that instance's inbound listener, before the router (after the
+RBAC filters, so a request AuthorizationPolicy denies never takes a token). Inside it:
+
+* every ``limits[i]`` is one descriptor ``meshcore_limit=<name or limits[i]>`` with its own token bucket,
+  produced by a ``header_value_match`` action (``:path``, ``:method`` and, for ``sources``, the peer's
+  SPIFFE ID in ``x-forwarded-client-cert``, which the inbound HttpConnectionManager sets from the
+  verified client certificate and strips from anything else) or, without ``match``, a ``generic_key``;
+* a request takes a token from every limit it matches; the filter's own bucket is never consumed
+  (``always_consume_default_token_bucket: false``, and unlimited for requests no limit matches);
+* refused requests get ``429`` with ``retry-after`` (whole seconds until an emptied bucket of the
+  resource holds a token again; the largest over its limits);
+* stats: ``ratelimit.<ns>.<name>.http_local_rate_limit.{ok,rate_limited,enabled,enforced}``.
+
+TCP workloads (``meta protocol=tcp``) get ``envoy.filters.network.local_ratelimit`` before the tcp_proxy,
+one per limit without ``match``, limiting new connections (stats
+``ratelimit.<ns>.<name>.local_rate_limit.rate_limited``); limits with a ``match`` need HTTP and are
+left out there.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as net_rl_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+
+from .. import naming
+from ..authz.patterns import ANY, EXACT, PREFIX, Pattern, re_escape
+from ..resources.kinds.destination_rule import UINT32_MAX, seconds
+from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_after_seconds, tokens_per_fill
+from ..resources.model import Resource
+from ..snapshot import MeshSnapshot, ProxyInfo
+from ..traffic.routes import pack
+from ..xds.build import _common as c
+
+KIND = KIND_NAME
+HTTP_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+NETWORK_LOCAL_RATELIMIT = "envoy.filters.network.local_ratelimit"
+DESCRIPTOR_KEY = "meshcore_limit"
+XFCC = "x-forwarded-client-cert"
+
+
+def stat_prefix(resource: Resource) -> str:
+    """``ratelimit.<ns>.<name>``: the stats of one RateLimit (dots inside a name would split it, so ``_``)."""
+    return ".".join(["ratelimit", resource.namespace.replace(".", "_"), resource.name.replace(".", "_")])
+
+
+def _is(packed, cls) -> bool:
+    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
+
+
+# --- match -> regular expressions (full match, RE2) --------------------------------------------------
+
+
+def path_regex(values: Sequence[str]) -> str:
+    """``:path`` carries the query string; paths are matched without it, as AuthorizationPolicy does."""
+    alts = []
+    for v in values:
+        p = Pattern.parse(v)
+        if p.kind == ANY:
+            alts.append(r"[^?]+(\?.*)?")
+        elif p.kind == PREFIX:
+            alts.append(re_escape(p.text) + ".*")
+        elif p.kind == EXACT:
+            alts.append(re_escape(p.text) + r"(\?.*)?")
+        else:
+            alts.append(r"[^?]*" + re_escape(p.text) + r"(\?.*)?")
+    return "(?:" + "|".join(alts) + ")"
+
+
+def _value_regex(values: Sequence[str], segment: str) -> str:
+    alts = []
+    for v in values:
+        p = Pattern.parse(v)
+        if p.kind == ANY:
+            alts.append(segment + "+")
+        elif p.kind == PREFIX:
+            alts.append(re_escape(p.text) + segment + "*")
+        elif p.kind == EXACT:
+            alts.append(re_escape(p.text))
+        else:
+            alts.append(segment + "*" + re_escape(p.text))
+    return "(?:" + "|".join(alts) + ")"
+
+
+def method_regex(values: Sequence[str]) -> str:
+    return _value_regex(values, r"[^\s]")
+
+
+def source_regex(values: Sequence[str]) -> str:
+    """The peer's ``URI=spiffe://<principal>`` element of ``x-forwarded-client-cert`` (``By=...;Hash=...;URI=...``)."""
+    return r"(?:.*;)?URI=spiffe://" + _value_regex(values, "[^;,]") + r"(?:;.*)?"
+
+
+def _regex_header(name: str, regex: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex)))
+
+
+def limit_action(limit: Mapping, index: int) -> rc.RateLimit:
+    """The descriptor-producing action of one limit: generic (every request) or on its ``match``."""
+    value = limit_id(limit, index)
+    match = limit.get("match")
+    if not match:
+        action = rc.RateLimit.Action(generic_key=rc.RateLimit.Action.GenericKey(
+            descriptor_key=DESCRIPTOR_KEY, descriptor_value=value))
+        return rc.RateLimit(actions=[action])
+    headers = []
+    if match.get("paths"):
+        headers.append(_regex_header(":path", path_regex(match["paths"])))
+    if match.get("methods"):
+        headers.append(_regex_header(":method", method_regex(match["methods"])))
+    if match.get("sources"):
+        headers.append(_regex_header(XFCC, source_regex(match["sources"])))
+    action = rc.RateLimit.Action(header_value_match=rc.RateLimit.Action.HeaderValueMatch(
+        descriptor_key=DESCRIPTOR_KEY, descriptor_value=value,
+        expect_match=wrappers_pb2.BoolValue(value=True), headers=headers))
+    return rc.RateLimit(actions=[action])
+
+
+def token_bucket(limit: Mapping) -> token_bucket_pb2.TokenBucket:
+    return token_bucket_pb2.TokenBucket(
+        max_tokens=int(limit["maxTokens"]),
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=tokens_per_fill(limit)),
+        fill_interval=c.seconds(seconds(limit["fillInterval"])),
+    )
+
+
+def _always(runtime_key: str) -> base_pb2.RuntimeFractionalPercent:
+    return base_pb2.RuntimeFractionalPercent(
+        runtime_key=runtime_key,
+        default_value=percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED))
+
+
+def http_local_rate_limit(resource: Resource) -> http_rl_pb2.LocalRateLimit:
+    """The HTTP local rate limit filter config of one RateLimit (pure)."""
+    limits = list((resource.spec or {}).get("limits") or ())
+    prefix = stat_prefix(resource)
+    retry_after = max(retry_after_seconds(limit) for limit in limits)
+    hvo = base_pb2.HeaderValueOption
+    return http_rl_pb2.LocalRateLimit(
+        stat_prefix=prefix,
+        # Never consumed while a limit matches; unlimited for the requests no limit matches.
+        token_bucket=token_bucket_pb2.TokenBucket(
+            max_tokens=UINT32_MAX, tokens_per_fill=wrappers_pb2.UInt32Value(value=UINT32_MAX),
+            fill_interval=c.seconds(1)),
+        always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=False),
+        filter_enabled=_always(f"meshcore.{prefix}.enabled"),
+        filter_enforced=_always(f"meshcore.{prefix}.enforced"),
+        response_headers_to_add=[hvo(header=base_pb2.HeaderValue(key="retry-after", value=str(retry_after)),
+                                     append_action=hvo.OVERWRITE_IF_EXISTS_OR_ADD)],
+        rate_limits=[limit_action(limit, i) for i, limit in enumerate(limits)],
+        descriptors=[
+            ratelimit_pb2.LocalRateLimitDescriptor(
+                entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=DESCRIPTOR_KEY, value=limit_id(limit, i))],
+                token_bucket=token_bucket(limit))
+            for i, limit in enumerate(limits)
+        ],
+    )
+
+
+def network_local_rate_limits(resource: Resource) -> list[net_rl_pb2.LocalRateLimit]:
+    """For TCP workloads: one connection limit per limit without ``match`` (pure)."""
+    return [net_rl_pb2.LocalRateLimit(stat_prefix=stat_prefix(resource), token_bucket=token_bucket(limit))
+            for limit in (resource.spec or {}).get("limits") or () if not limit.get("match")]
+
+
+# --- inserting into the built inbound listeners ----------------------------------------------------
+
+
+def _insert_http(network_filter, selected: Sequence[Resource]) -> None:
+    hcm = hcm_pb2.HttpConnectionManager()
+    network_filter.typed_config.Unpack(hcm)
+    filters = list(hcm.http_filters)
+    at = next((i for i, f in enumerate(filters) if _is(f.typed_config, router_pb2.Router)), len(filters))
+    new = [hcm_pb2.HttpFilter(name=HTTP_LOCAL_RATELIMIT, typed_config=pack(http_local_rate_limit(r))) for r in selected]
+    del hcm.http_filters[:]
+    hcm.http_filters.extend(filters[:at] + new + filters[at:])
+    network_filter.typed_config.CopyFrom(pack(hcm))
+
+
+def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[Resource]) -> None:
+    """Add ``selected``'s limits to one inbound filter chain (HTTP: before the router; TCP: before tcp_proxy)."""
+    for i, f in enumerate(chain.filters):
+        if _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+            _insert_http(f, selected)
+            return
+        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
+            new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=pack(cfg))
+                   for r in selected for cfg in network_local_rate_limits(r)]
+            filters = list(chain.filters)
+            del chain.filters[:]
+            chain.filters.extend(filters[:i] + new + filters[i:])
+            return
+
+
+def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
+    from ..xds.build import LISTENER
+
+    limits = snapshot.resources_of(KIND)
+    if not limits:
+        return
+    by_name = {l.name: l for l in resources[LISTENER]}
+    for inst in c.sidecar_instances(snapshot, proxy):
+        listener = by_name.get(naming.inbound_listener(inst.id))
+        if listener is None:
+            continue
+        selected = limits_for(limits, inst.labels, inst.namespace)
+        for chain in listener.filter_chains if selected else ():
+            limit_chain(chain, selected)
+
+
+__all__ = [
+    "apply", "http_local_rate_limit", "network_local_rate_limits", "limit_chain", "limit_action",
+    "path_regex", "method_regex", "source_regex", "stat_prefix",
+    "HTTP_LOCAL_RATELIMIT", "NETWORK_LOCAL_RATELIMIT", "DESCRIPTOR_KEY",
+]

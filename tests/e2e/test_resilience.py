@@ -1,0 +1,396 @@
+"""End to end: retries, timeouts, faults, circuit breakers, outlier detection and rate limits on real Envoys.
+
+Its own small mesh (a control plane, three agents with real Envoys, mTLS between them), on test-only
+loopback addresses and free ports, running the controllable upstream ``_flaky_app.py``:
+
+* node ``c1``: ``client``, with upstreams ``flaky`` and ``outlier``; the test calls the client's outbound
+  listeners, so every request crosses the client's Envoy and the upstream's Envoy;
+* node ``s1``: ``flaky-1`` and ``outlier-good``;
+* node ``s2``: ``outlier-bad`` (version ``broken``: answers 503 to everything).
+
+Attempts are counted by the upstream itself (``/_stats``, called directly), shares against a binomial
+4-sigma bound, and Envoy's own counters are read from the admin endpoints. Each test first checks the
+baseline without the resource (so it can fail), then applies the resource, waits until the Envoy that
+enforces it holds it, measures, and deletes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get
+
+from ._topology import _dump_logs, free_port, loopback
+
+APP = Path(__file__).resolve().parent / "_flaky_app.py"
+NODES = {"c1": loopback(51), "s1": loopback(52), "s2": loopback(53)}
+CONFIG_WAIT_S = 60.0  # an updated cluster or listener may warm up to Envoy's 15s initial fetch timeout
+
+
+# --- a small mesh of controllable services ------------------------------------------------------------------
+
+
+def _write_catalog(root: Path) -> dict:
+    """One Consul JSON definition per instance (the format of /etc/consul.d); {id: definition + node}."""
+    def svc(name: str, sid: str, node: str, version: str, upstreams=()) -> tuple[str, dict]:
+        addr = NODES[node]
+        ups = [{"destination_name": u, "local_bind_address": addr, "local_bind_port": free_port(addr)}
+               for u in upstreams]
+        return node, {"name": name, "id": sid, "port": free_port(addr), "meta": {"version": version},
+                      "connect": {"sidecar_service": {"port": free_port(addr), "proxy": {
+                          "local_service_address": addr, "upstreams": ups}}}}
+
+    defs = [svc("client", "client-1", "c1", "v1", ["flaky", "outlier"]),
+            svc("flaky", "flaky-1", "s1", "v1"),
+            svc("outlier", "outlier-good", "s1", "v1"),
+            svc("outlier", "outlier-bad", "s2", "broken")]
+    for node, addr in NODES.items():
+        (root / node).mkdir(parents=True, exist_ok=True)
+        (root / node / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": addr,
+                                                             "datacenter": "dc1"}))
+    out = {}
+    for node, d in defs:
+        (root / node / f"{d['id']}.json").write_text(json.dumps({"service": d}, indent=2))
+        out[d["id"]] = {"node": node, **d}
+    return out
+
+
+@contextmanager
+def _running(state: Path):
+    defs = _write_catalog(state / "consul.d")
+    layout = MeshLayout(
+        state_dir=state, catalog_dir=state / "consul.d", app_script=APP, leaf_ttl="1h", agent_refresh="2s",
+        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        admin={n: f"{a}:{free_port(a)}" for n, a in NODES.items()},
+        metrics={n: f"{a}:{free_port(a)}" for n, a in NODES.items()},
+    )
+    mesh = LocalMesh(layout, progress=lambda msg: print("mesh:", msg, flush=True))
+    mesh.defs = defs
+    ups = {u["destination_name"]: u for u in defs["client-1"]["connect"]["sidecar_service"]["proxy"]["upstreams"]}
+    mesh.flaky = f"http://{ups['flaky']['local_bind_address']}:{ups['flaky']['local_bind_port']}"
+    mesh.outlier = f"http://{ups['outlier']['local_bind_address']}:{ups['outlier']['local_bind_port']}"
+    try:
+        mesh.up()
+        _wait(lambda: http_get(mesh.flaky + "/ready", timeout=3)[0] == 200, "client -> flaky through the mesh")
+        _wait(lambda: http_get(mesh.outlier + "/ready", timeout=3)[0] in (200, 503), "client -> outlier")
+    except BaseException:
+        _dump_logs(state)
+        mesh.down()
+        raise
+    try:
+        yield mesh
+    finally:
+        mesh.down()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with _running(tmp_path_factory.mktemp("resilience-mesh")) as m:
+        yield m
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _wait(check, what: str, timeout: float = CONFIG_WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def _post(mesh, path: str, body: dict) -> dict:
+    req = urllib.request.Request(mesh.cp_info["http"] + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **mesh.auth_headers()})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return json.loads(resp.read())
+
+
+def _admin(mesh, node: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{mesh.layout.admin[node]}{path}", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _stats(mesh, node: str, prefix: str) -> dict[str, int]:
+    text = _admin(mesh, node, "/stats?format=json&filter=" + urllib.request.quote(prefix))
+    return {s["name"]: s["value"] for s in json.loads(text)["stats"] if "value" in s}
+
+
+_SETTLING = (r"^(cluster_manager\.warming_clusters|listener_manager\.total_(listeners_warming|listeners_draining"
+             r"|filter_chains_draining))$")
+"""Envoy keeps serving with the previous cluster/listener while a new one warms, and connections accepted by a
+replaced filter chain keep it until drained (the agent runs Envoy with a 5s immediate drain)."""
+
+
+@contextmanager
+def _applied(mesh, name: str, text: str, node: str, marker: str):
+    """Apply ``text``; wait until ``node``'s Envoy config matches the regex ``marker``; delete it (and wait) afterwards."""
+    result = _post(mesh, "/v1/resources", {"files": [{"name": name, "content": text}]})
+    keys = [a["resource"] for a in result["applied"]]
+
+    def holds() -> bool:
+        warming = _stats(mesh, node, _SETTLING)
+        return re.search(marker, _admin(mesh, node, "/config_dump")) is not None and not any(warming.values())
+
+    _wait(holds, f"{marker!r} in {node}'s Envoy config")
+    try:
+        yield
+    finally:
+        _post(mesh, "/v1/resources/delete", {"keys": keys})
+        _wait(lambda: re.search(marker, _admin(mesh, node, "/config_dump")) is None and not any(
+            _stats(mesh, node, _SETTLING).values()),
+              f"{marker!r} gone from {node}'s config")
+
+
+def _app_stats(mesh, sid: str) -> dict:
+    d = mesh.defs[sid]
+    status, body = http_get(f"http://{d['connect']['sidecar_service']['proxy']['local_service_address']}:"
+                            f"{d['port']}/_stats")
+    assert status == 200
+    return json.loads(body)
+
+
+def _attempts(mesh, key: str) -> int:
+    return _app_stats(mesh, "flaky-1")["keys"].get(key, 0)
+
+
+def _get(url: str, timeout: float = 15) -> tuple[int, float, str | None]:
+    """(status, seconds, retry-after)."""
+    start = time.monotonic()
+    req = urllib.request.Request(url)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+            return resp.status, time.monotonic() - start, resp.headers.get("retry-after")
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, time.monotonic() - start, exc.headers.get("retry-after")
+
+
+def _within_4_sigma(count: int, n: int, p: float) -> tuple[bool, str]:
+    mean, sigma = n * p, math.sqrt(n * p * (1 - p))
+    return abs(count - mean) <= 4 * sigma, f"{count} of {n} (expected {mean:.0f} +/- {4 * sigma:.1f})"
+
+
+_unique = iter(range(10**6))
+
+
+def _key(prefix: str) -> str:
+    return f"{prefix}-{next(_unique)}-{time.monotonic_ns()}"
+
+
+# --- the routing rules under test -------------------------------------------------------------------------
+
+VIRTUAL_SERVICE = """
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {name: flaky-resilience, namespace: default}
+spec:
+  hosts: [flaky]
+  http:
+  - name: retries
+    match: [{queryParams: {mode: {exact: retry}}}]
+    retries: {attempts: 2, retryOn: "5xx", backoff: {baseInterval: 50ms, maxInterval: 200ms}}
+    route: [{destination: {host: flaky}}]
+  - name: timeout
+    match: [{queryParams: {mode: {exact: timeout}}}]
+    timeout: 1s
+    route: [{destination: {host: flaky}}]
+  - name: delay
+    match: [{queryParams: {mode: {exact: delay}}}]
+    fault: {delay: {fixedDelay: 500ms, percentage: {value: 30}}}
+    route: [{destination: {host: flaky}}]
+  - name: abort
+    match: [{queryParams: {mode: {exact: abort}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 30}}}
+    route: [{destination: {host: flaky}}]
+  - route: [{destination: {host: flaky}}]
+"""
+VS_MARKER = re.escape("default/flaky-resilience/http[0]")
+
+
+@pytest.fixture(scope="module")
+def routed(mesh):
+    # Baselines first, without the VirtualService: no retry (one attempt, the failure passes through) and
+    # no timeout below the upstream's delay.
+    key = _key("baseline")
+    assert _get(f"{mesh.flaky}/x?mode=retry&key={key}&fail=2")[0] == 503
+    assert _attempts(mesh, key) == 1
+    status, took, _ = _get(f"{mesh.flaky}/x?mode=timeout&sleep=1.6")
+    assert status == 200 and took >= 1.6
+    with _applied(mesh, "vs.yaml", VIRTUAL_SERVICE, "c1", VS_MARKER):
+        yield mesh
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+
+
+def test_retries_turn_two_failures_into_a_success(routed):
+    for _ in range(3):
+        key = _key("retry-ok")
+        status, _, _ = _get(f"{routed.flaky}/x?mode=retry&key={key}&fail=2")
+        assert status == 200
+        assert _attempts(routed, key) == 3, "the upstream must have seen the two failed attempts and the success"
+
+
+def test_retries_give_up_with_the_final_status_after_the_configured_attempts(routed):
+    retries = r"outbound.flaky\|client\.upstream_rq_retry$"
+    before = sum(_stats(routed, "c1", retries).values())
+    key = _key("retry-give-up")
+    status, _, _ = _get(f"{routed.flaky}/x?mode=retry&key={key}&fail=10&status=502")
+    assert status == 502
+    assert _attempts(routed, key) == 3  # 1 try + attempts: 2
+    assert sum(_stats(routed, "c1", retries).values()) - before == 2
+
+
+def test_timeout_cuts_a_slow_upstream_at_the_configured_time(routed):
+    for _ in range(3):
+        status, took, _ = _get(f"{routed.flaky}/x?mode=timeout&sleep=4")
+        assert status == 504
+        assert 0.9 <= took < 2.5, f"answered after {took:.2f}s; the route timeout is 1s, the upstream sleeps 4s"
+    status, took, _ = _get(f"{routed.flaky}/x?mode=timeout&sleep=0.3")
+    assert status == 200  # under the timeout: answered normally
+
+
+def _fire(url: str, n: int, workers: int = 16) -> list[tuple[int, float, str | None]]:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda i: _get(f"{url}&i={i}"), range(n)))
+
+
+def _fault_stats(mesh) -> dict[str, int]:
+    return {name.rsplit(".", 1)[-1]: v for name, v in _stats(mesh, "c1", r"outbound_flaky.*\.fault\.").items()}
+
+
+def test_abort_fault_hits_its_fraction(routed):
+    before = _fault_stats(routed).get("aborts_injected", 0)
+    results = _fire(f"{routed.flaky}/x?mode=abort", 400)
+    aborted = sum(1 for s, _, _ in results if s == 418)
+    assert {s for s, _, _ in results} <= {200, 418}, [r for r in results if r[0] not in (200, 418)][:3]
+    ok, why = _within_4_sigma(aborted, 400, 0.3)
+    assert ok, f"abort share off: {why}"
+    assert _fault_stats(routed)["aborts_injected"] - before == aborted
+
+
+def test_delay_fault_hits_its_fraction(routed):
+    before = _fault_stats(routed).get("delays_injected", 0)
+    results = _fire(f"{routed.flaky}/x?mode=delay", 400, workers=32)
+    assert {s for s, _, _ in results} == {200}
+    delayed = _fault_stats(routed)["delays_injected"] - before
+    ok, why = _within_4_sigma(delayed, 400, 0.3)
+    assert ok, f"delay share off: {why}"
+    slow = sum(1 for _, took, _ in results if took >= 0.5)
+    assert slow >= delayed, f"{delayed} delays injected but only {slow} requests took 500ms or more"
+    assert slow <= delayed + 20, f"{slow} slow requests for {delayed} injected delays"
+
+
+CIRCUIT_BREAKER = """
+apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: flaky-breaker, namespace: default}
+spec:
+  host: flaky
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, http2MaxRequests: 1, maxRetries: 0}
+"""
+
+
+def _overflow(mesh) -> dict[str, int]:
+    return _stats(mesh, "c1", r"outbound.flaky\|client\.upstream_(rq_pending_overflow|cx_overflow|rq_overflow)$")
+
+
+def test_circuit_breaker_sheds_load_beyond_its_limits(mesh):
+    results = _fire(f"{mesh.flaky}/x?sleep=0.4", 24, workers=12)
+    assert {s for s, _, _ in results} == {200}, "without the DestinationRule nothing is shed"
+    before = _overflow(mesh)
+    with _applied(mesh, "dr.yaml", CIRCUIT_BREAKER, "c1", r'"max_pending_requests": 1\b'):
+        results = _fire(f"{mesh.flaky}/x?sleep=0.4", 24, workers=12)
+        statuses = [s for s, _, _ in results]
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(503) >= 6, f"only {statuses.count(503)} of 24 concurrent requests shed: {statuses}"
+        assert statuses.count(200) >= 1
+        after = _overflow(mesh)
+    grew = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    pending = [v for k, v in grew.items() if k.endswith("upstream_rq_pending_overflow")]
+    assert pending and pending[0] > 0, grew
+
+
+OUTLIER = """
+apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: outlier, namespace: default}
+spec:
+  host: outlier
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}
+"""
+
+
+def test_outlier_detection_ejects_the_failing_instance(mesh):
+    statuses = [_get(f"{mesh.outlier}/x")[0] for _ in range(20)]
+    assert statuses.count(503) >= 5, f"without outlier detection the broken instance keeps answering: {statuses}"
+    with _applied(mesh, "outlier.yaml", OUTLIER, "c1", r'"consecutive_5xx": 3\b'):
+        def ejected() -> bool:
+            _get(f"{mesh.outlier}/x")
+            stats = _stats(mesh, "c1", r"outbound.outlier\|client\.outlier_detection\.ejections_enforced_total$")
+            return sum(stats.values()) > 0
+
+        _wait(ejected, "Envoy to eject the broken instance")
+        bad_before = _app_stats(mesh, "outlier-bad")["total"]
+        good_before = _app_stats(mesh, "outlier-good")["total"]
+        statuses = [_get(f"{mesh.outlier}/x")[0] for _ in range(40)]
+        assert statuses == [200] * 40, statuses
+        assert _app_stats(mesh, "outlier-bad")["total"] == bad_before, "traffic still reaches the ejected instance"
+        assert _app_stats(mesh, "outlier-good")["total"] - good_before == 40
+
+
+RATE_LIMIT = """
+apiVersion: networking.mesh.io/v1beta1
+kind: RateLimit
+metadata: {name: flaky, namespace: default}
+spec:
+  selector: {matchLabels: {app: flaky}}
+  limits:
+  - name: client-limited
+    maxTokens: 5
+    tokensPerFill: 1
+    fillInterval: 30s
+    match: {paths: ["/limited*"], sources: ["cluster.local/ns/default/sa/client"]}
+  - name: someone-else
+    maxTokens: 1
+    fillInterval: 30s
+    match: {paths: ["/other*"], sources: ["cluster.local/ns/default/sa/nobody"]}
+"""
+RATE_LIMITED = "ratelimit.default.flaky.http_local_rate_limit.rate_limited"
+
+
+def test_rate_limit_answers_429_with_retry_after_beyond_the_bucket(mesh):
+    assert [_get(f"{mesh.flaky}/limited/a")[0] for _ in range(8)] == [200] * 8  # baseline: unlimited
+    with _applied(mesh, "rl.yaml", RATE_LIMIT, "s1", r"ratelimit\.default\.flaky"):
+        before = _stats(mesh, "s1", r"^ratelimit\.default\.flaky\.").get(RATE_LIMITED, 0)
+        results = [_get(f"{mesh.flaky}/limited/{i}?q=1") for i in range(8)]
+        assert [s for s, _, _ in results] == [200] * 5 + [429] * 3, results
+        assert all(ra == "30" for s, _, ra in results if s == 429), results  # a token every 30s
+        assert all(ra is None for s, _, ra in results if s == 200), results
+        # other paths, and a limit for another caller, do not apply to these requests
+        assert [_get(f"{mesh.flaky}/other/{i}")[0] for i in range(4)] == [200] * 4
+        _wait(lambda: _stats(mesh, "s1", r"^ratelimit\.default\.flaky\.").get(RATE_LIMITED, 0) - before == 3,
+              "the rate_limited counter to count the 3 refused requests", timeout=10)
