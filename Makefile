@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# xds-protos ships older copies of opentelemetry-proto's modules; whichever installs last wins, so put
+	@# opentelemetry-proto's own back (the OTLP exporter needs them; Envoy's protos work with either).
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+		"$$($(BIN)/python -c 'import importlib.metadata as m; print("opentelemetry-proto==" + m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,6 +6,7 @@ Boots (or reuses) a control plane host `cp` and three VM hosts, builds the wheel
 SSH exactly as onto VMs, waits until productpage answers through the mesh, and prints as the LAST line
 of stdout one JSON object: {"hosts": {name: address}, "inventory": path, "ingress": url, ...}.
 Progress goes to stderr. Safe to run again (the second deployment changes nothing).
+``--check-first`` runs ``site.yml --check --diff`` before deploying (it must pass on never-deployed hosts).
 
 The lab's mesh: the control plane, the Consul stand-in (tests/consul_double) and the ingress gateway
 (an agent whose Envoy listens on cp's bridge address, port 8080) on `cp`; bookinfo on vm1..vm3, every
@@ -122,6 +123,21 @@ def run_playbook(inventory: Path, playbook: str, *extra: str) -> subprocess.Comp
     return subprocess.CompletedProcess(cmd, rc, "".join(lines), "")
 
 
+def check_first(inventory: Path, ssh_key: str, hosts: dict[str, str]) -> None:
+    """`site.yml --check --diff` before the deployment: on never-deployed hosts it must pass (issue 3).
+
+    Prints ``lab: check-first: never-deployed=<bool> rc=<n>`` for tests/lab; exits 1 when it fails.
+    """
+    probe = subprocess.run(["ssh", "-i", ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{hosts['cp']}",
+                            "test -e /etc/meshcore"], capture_output=True, timeout=60)
+    fresh = probe.returncode == 1
+    result = run_playbook(inventory, "site.yml", "--check", "--diff")
+    log(f"check-first: never-deployed={str(fresh).lower()} rc={result.returncode}")
+    if result.returncode != 0:
+        raise SystemExit(f"lab: site.yml --check --diff failed (exit {result.returncode}); the output is above")
+
+
 def wait_ingress(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -154,6 +170,8 @@ def main() -> int:
     if not list(wheelhouse.glob("meshcore-*.whl")):
         build_wheelhouse(wheelhouse)
     inventory = write_inventory(hosts, booted["ssh_key"], STATE / "inventory")
+    if "--check-first" in sys.argv[1:]:
+        check_first(inventory, booted["ssh_key"], hosts)
     result = run_playbook(inventory, "site.yml")
     if result.returncode != 0:
         log(f"error: site.yml failed (exit {result.returncode}); the output is above")

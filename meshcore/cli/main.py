@@ -357,31 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
     dd.set_defaults(fn=cmd_demo_down)
 
-    # Commands that live in their own modules.
-    from .ca import register as register_ca
-    from .fleet import register as register_fleet
-    from .graph import register as register_graph
-    from .inventory import register as register_inventory
-    from .render import register as register_render
-    from .traffic import register as register_traffic
-    from .canary import register as register_canary
+    # Commands that live in their own modules, in the order `meshctl --help` lists them.
+    from . import alerts, ca, canary, dashboard, fleet, graph, install, inventory, render, security, traffic
 
-    register_ca(sub, common)
-    register_traffic(sub, common)
-    register_canary(sub, common)
-    register_graph(sub, common)
-    from .dashboard import register as register_dashboard  # meshctl dashboard
-
-    register_dashboard(sub, common)
-    register_render(sub, common)
-    register_inventory(sub, common)
-    register_fleet(sub, common)
-    from .security import register as register_security  # trust-bundle, operator cert
-
-    register_security(sub, common)
-    from .alerts import register as register_alerts  # alerts, alerts rules, alerts export
-
-    register_alerts(sub, common)
+    for module in (ca, security, traffic, canary, graph, dashboard, alerts, install, render, inventory, fleet):
+        module.register(sub, common)
     return p
 
 

@@ -14,6 +14,8 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
+from ..errors import ConfigError
+
 log = logging.getLogger("meshcore.controlplane.tracing")
 
 __all__ = ["ControlPlaneTracing", "SERVICE_NAME"]
@@ -39,7 +41,13 @@ class ControlPlaneTracing:
         """Export to ``otlp`` (``host:port``, OTLP/gRPC, plaintext); ``""`` gives a no-op tracer."""
         if not otlp:
             return cls()
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:  # xds-protos' older copies of the OTLP modules won the install
+            raise ConfigError(
+                f"tracing to {otlp} needs opentelemetry-proto's own modules, but they were overwritten ({exc}); "
+                "run: pip install --force-reinstall --no-deps opentelemetry-proto (make and the Ansible role "
+                "do this after installing meshcore)") from exc
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -103,7 +103,7 @@ def mesh(consul, tmp_path_factory):
 def test_agent_registered_services_and_checks_in_consul(mesh, consul):
     services = _consul_get(consul, "/v1/agent/services")
     for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway",
-                f"meshcore-agent-{node}"):
+                f"meshcore-agent-{mesh.node}"):  # the agent's own metrics service, for consul_sd
         assert sid in services, f"{sid} not registered in Consul"
     assert "productpage-v1-sidecar-proxy" in services
     checks = _consul_get(consul, "/v1/agent/checks")

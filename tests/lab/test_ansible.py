@@ -48,7 +48,7 @@ def test_playbook_syntax(playbook):
 
 def test_roles_have_the_expected_layout():
     for role in ("meshcore_common", "meshcore_control_plane", "meshcore_agent", "meshcore_consul_services",
-                 "bookinfo"):
+                 "meshcore_mesh_policy", "bookinfo"):
         for part in ("defaults/main.yml", "handlers/main.yml", "tasks/main.yml", "meta/main.yml",
                      "meta/argument_specs.yml"):
             assert (ANSIBLE / "roles" / role / part).is_file(), f"{role}/{part} missing"

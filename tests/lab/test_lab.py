@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,7 +30,7 @@ LAB_STATE = Path(os.environ.get("MESHCORE_LAB_STATE", "/var/lib/meshcore-lab"))
 VMS = ("vm1", "vm2", "vm3")
 BOOT_FAILURES = ("did not come up", "stopped while booting", "Failed to open system bus", "No medium found")
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1500)
 
 
 def progress(msg: str) -> None:
@@ -53,8 +54,8 @@ def lab():
         pytest.skip(reason)
     progress("make lab-up: boot cp vm1 vm2 vm3 and deploy with site.yml (1-3 minutes)")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "lab" / "deploy.py")], capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, str(ROOT / "lab" / "deploy.py"), "--check-first"], capture_output=True,
+                          text=True, timeout=1200)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.splitlines()[-60:])
         if any(marker in proc.stderr for marker in BOOT_FAILURES):
@@ -137,6 +138,16 @@ def test_site_yml_deployed_every_host(lab):
     assert {"cp", *VMS} <= set(stats), stats
     assert all(s["failed"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
     assert lab["ingress"].startswith(f"http://{lab['hosts']['cp']}:")
+
+
+def test_check_diff_passed_before_the_first_deploy(lab):
+    """deploy.py ran `site.yml --check --diff` first; on never-deployed hosts it must not fail (no bundle yet...)."""
+    m = re.search(r"check-first: never-deployed=(\w+) rc=(\d+)", lab["deploy_output"])
+    assert m, "deploy.py did not run site.yml --check --diff first"
+    progress(f"site.yml --check --diff before the deploy: never-deployed hosts={m.group(1)}, exit {m.group(2)}")
+    assert m.group(2) == "0"
+    if m.group(1) == "true":  # the roles said why they skipped what needs a running control plane
+        assert "no trust bundle at" in lab["deploy_output"]
 
 
 def test_productpage_answers_through_the_mesh(lab):
@@ -412,3 +423,72 @@ def test_rotate_ca_yml_while_a_client_loses_nothing(lab, tmp_path):
     ssh(lab, "vm3", "systemctl restart meshcore-agent")
     wait_for("Envoy ready on vm3 after a restart on the new root", lambda: envoy_ready(lab, "vm3"), timeout=60)
     wait_for("mesh serves", lambda: mesh_serves(lab), timeout=30)
+
+
+# ------------------------------------------------------- meshctl install: production profile, default deny
+
+def meshctl_install(lab, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "meshctl"), "install", "-i", lab["inventory"], *args, "-o", "json"],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    progress(f"meshctl install {' '.join(args)}: exit {proc.returncode}")
+    return proc
+
+
+def gateway_status(lab) -> int:
+    try:
+        with urllib.request.urlopen(lab["ingress"], timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def mesh_resources(lab, kind: str) -> dict[str, dict]:
+    out = ssh(lab, "cp", f"MESHCORE_TOKEN_FILE=/var/lib/meshcore/admin.token meshctl get {kind} -o json").stdout
+    return {f"{d['metadata']['namespace']}/{d['metadata']['name']}": d for d in json.loads(out)}
+
+
+INSTALL = ("--set", "profile=production", "--set", "resources.agent.tasksMax=640",
+           "--set", "resources.controlPlane.memoryMax=3G")
+
+
+def test_meshctl_install_production_with_default_deny(lab):
+    wait_for("mesh serves", lambda: mesh_serves(lab), timeout=60)
+    t0 = time.monotonic()
+    proc = meshctl_install(lab, *INSTALL, "--set", "security.defaultDeny=true")
+    progress(f"production install with default deny in {time.monotonic() - t0:.0f}s")
+    assert proc.returncode == 0, proc.stderr[-5000:] + proc.stdout[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True and summary["profile"] == "production" and summary["failed_hosts"] == []
+    assert {"cp", *VMS} <= set(summary["hosts"]) and all(h["failed"] == 0 for h in summary["hosts"].values())
+    assert "PLAY Control plane" in proc.stderr and "meshcore_mesh_policy : Apply the mesh-wide policy" in proc.stderr
+    # the switch: the mesh-wide deny-all, and the STRICT PeerAuthentication, both marked as the playbook's
+    deny = mesh_resources(lab, "AuthorizationPolicy")["meshcore-system/deny-all"]
+    assert deny["spec"] == {} and deny["metadata"]["labels"]["meshcore.io/managed-by"] == "meshcore-ansible"
+    assert mesh_resources(lab, "PeerAuthentication")["meshcore-system/default"]["spec"] == {"mtls": {"mode": "STRICT"}}
+    # a call that no ALLOW policy opens is refused: the gateway -> productpage
+    wait_for("403 through the gateway under default deny", lambda: gateway_status(lab) == 403, timeout=60)
+    # production units: the limits from the values, as systemd applies them
+    show = "systemctl show -p MemoryMax -p TasksMax -p LimitNOFILE --value"
+    assert ssh(lab, "vm1", f"{show} meshcore-agent").stdout.split() == [str(1 << 30), "640", "65536"]
+    assert ssh(lab, "cp", f"{show} meshcore-control-plane").stdout.split() == [str(3 << 30), "1024", "65536"]
+    env = ssh(lab, "cp", "cat /etc/meshcore/control-plane.env").stdout
+    assert "MESHCORE_ACCESS_LOG=stdout" in env and "MESHCORE_LEAF_TTL=24h" in env
+    for host in ("cp", "vm1"):
+        assert ssh(lab, host, "systemctl is-active meshcore-agent").stdout.strip() == "active"
+
+
+def test_meshctl_install_default_deny_off_removes_it_and_nothing_else_changes(lab):
+    t0 = time.monotonic()
+    proc = meshctl_install(lab, *INSTALL, "--set", "security.defaultDeny=false", "--limit", "meshcore_control_plane")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "meshcore-system/deny-all" not in mesh_resources(lab, "AuthorizationPolicy")
+    assert "meshcore-system/default" in mesh_resources(lab, "PeerAuthentication")  # still wanted: kept
+    wait_for("the mesh answers again without default deny", lambda: mesh_serves(lab), timeout=60)
+    progress(f"default deny lifted in {time.monotonic() - t0:.0f}s")
+    # the same values but the switch: only the policy file and the deletion change (the rest is idempotent)
+    changed = re.findall(r"^\s+cp\s+changed\s+(.+)$", proc.stderr, re.M)
+    assert changed == ["meshcore_mesh_policy : Write the mesh-wide policy documents",
+                       "meshcore_mesh_policy : Delete what this role applied and is no longer wanted "
+                       "(never a resource without its label)"], proc.stderr[-4000:]
+    stats = json.loads(proc.stdout)["hosts"]
+    assert list(stats) == ["cp"] and stats["cp"]["changed"] == 2 and stats["cp"]["failed"] == 0, stats
