@@ -175,7 +175,9 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
-_HTTP_RBAC = re.compile(r"^http\.inbound_(?P<id>[^.]+)\.rbac\.authz\.(?P<label>.+)\.denied$")
+# HTTP: the constant stages' counters (rules per route): ALLOW's stage total, DENY's per-rule counters
+# (one DENY stage holds every DENY policy, so the rule names the policy; its stage total is left out).
+_HTTP_RBAC = re.compile(r"^http\.inbound_(?P<id>[^.]+)\.rbac\.authz\.(?P<label>allow|deny\.policy\..+)\.denied$")
 _TCP_RBAC = re.compile(r"^tcp\.inbound_(?P<id>[^.]+)\.authz\.(?P<label>.+)\.rbac\.denied$")
 # The HTTP AUDIT stage's per-rule counters (action LOG; Envoy counts a match as "allowed" by that rule).
 # Envoy's network RBAC filter keeps no per-rule counters: TCP audits are not counted per policy.
@@ -188,7 +190,9 @@ UNKNOWN_SOURCE = "unknown"
 def _policy(label: str) -> str | None:
     if label == "allow":
         return ALLOW_NO_MATCH
-    if label.startswith("deny."):
+    if label.startswith("deny.policy.") and label.endswith("]"):  # HTTP: a DENY rule <ns>/<name>[<i>]
+        return _RULE_INDEX.sub("", label[len("deny.policy."):])
+    if label.startswith("deny."):  # TCP: one filter per DENY policy, deny.<ns>.<name>
         ns, _, name = label[len("deny."):].partition(".")
         return f"{ns}/{name}" if name else None
     return None  # audit (LOG never denies) or a per-rule counter
@@ -206,9 +210,11 @@ def _stats_totals(stats: Mapping[str, float], services: list[str], kind: str) ->
     """(destination service, policy) -> count from Envoy's raw RBAC counter names."""
     totals: dict[tuple[str, str], float] = defaultdict(float)
     for name, value in stats.items():
+        if not value:  # every inbound HTTP listener has the ALLOW stage's counters, most at 0: no series for those
+            continue
         if kind == "denied":
             m = _HTTP_RBAC.match(name) or _TCP_RBAC.match(name)
-            if not m or ".policy." in m.group("label"):
+            if not m:
                 continue
             policy = _policy(m.group("label"))
         else:

@@ -8,7 +8,8 @@ On top of the outbound edge counters :mod:`meshcore.observe.graph` picks, the co
   (``upstream_rq_pending_overflow`` + ``upstream_cx_overflow``) and retry exhaustion
   (``upstream_rq_retry_limit_exceeded``);
 * per inbound connection manager, the requests the RBAC filters denied. Envoy 1.40 reports a filter with
-  ``rules_stat_prefix="authz.<stage>."`` as ``envoy_http_rbac_<stage>_denied{envoy_rbac_http_prefix="authz",
+  ``rules_stat_prefix="authz.<stage>."`` (the constant ``deny`` and ``allow`` stages; their rules come per
+  route) as ``envoy_http_rbac_<stage>_denied{envoy_rbac_http_prefix="authz",
   envoy_http_conn_manager_prefix="inbound_<id>"}``; per-rule counters (``..._policy_<ns>_<name>_<i>__denied``)
   and shadow counters are left out so that a denial is counted once, by the stage that denied it.
   TCP chains' ``tcp.<prefix>.authz.<stage>.rbac.denied`` is read with or without Envoy's tag extraction.

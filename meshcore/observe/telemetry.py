@@ -12,10 +12,14 @@ and the plaintext chains PeerAuthentication added) and gives each HTTP connectio
   sampling percentage, when ``telemetry.tracing_otlp`` is set.
 
 The deciding authorization policy comes from the RBAC filters' dynamic metadata
-(``<rules_stat_prefix>enforced_effective_policy_id`` / ``enforced_engine_result``): each enforcing
-stage (``authz.deny.<ns>.<name>.``, then ``authz.allow.``) writes its own keys and the first stage that
-denies stops the request, so a CEL expression built per listener picks the first denying stage, else
-the ALLOW stage. AUDIT (action LOG) matches show as ``audit_policy``.
+(``<rules_stat_prefix>enforced_effective_policy_id`` / ``enforced_engine_result``, in the
+``envoy.filters.http.rbac`` namespace whatever the filter is named, keys prefixed by the per-route
+``rules_stat_prefix`` in Envoy 1.40): each enforcing stage (HTTP: ``authz.deny.``, then ``authz.allow.``,
+the constant filters of :mod:`meshcore.xds.build.policy_filters` whose rules come per route; TCP:
+``tcp.<listener>.authz.deny.<ns>.<name>.`` ..., then ``...authz.allow.``) writes its own keys and the first
+stage that denies stops the request, so a CEL expression built per listener picks the first denying
+stage, else the ALLOW stage. AUDIT (action LOG) matches show as ``audit_policy``. A stage without rules
+on a route writes nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .. import naming
 from ..errors import ConfigError, SnapshotInvalid
 from ..snapshot import MeshSnapshot, ProxyInfo, TelemetrySettings
 from ..xds.build import _common as c
+from ..xds.build import policy_filters as pf
 
 __all__ = ["apply", "tracing_cluster", "access_log_path", "listener_access_log", "JSON_KEYS",
            "TRACING_CLUSTER", "OTEL_TRACER", "validate_settings",
@@ -53,7 +58,7 @@ TRACING_CLUSTER = naming.OTLP_CLUSTER
 OTEL_TRACER = "envoy.tracers.opentelemetry"
 FILE_LOGGER = "envoy.access_loggers.file"
 STDOUT_LOGGER = "envoy.access_loggers.stdout"
-HTTP_RBAC_NS = "envoy.filters.http.rbac"
+HTTP_RBAC_NS = pf.RBAC_METADATA_NS
 NETWORK_RBAC_NS = "envoy.filters.network.rbac"
 NODE_PLACEHOLDER = "{node}"
 
@@ -321,12 +326,24 @@ def _stages(prefixes_actions: list[tuple[str, int]]) -> tuple[list[str], str | N
     return enforcing, audit
 
 
+def _http_stages(hcm: hcm_pb2.HttpConnectionManager) -> list[tuple[str, int]]:
+    """(rules_stat_prefix, action) of the HCM's RBAC filters, in order. The constant policy filters carry no
+    rules at the listener (their rules come per route): their stage is known by their name."""
+    from envoy.config.rbac.v3 import rbac_pb2
+
+    actions = {pf.AUTHZ_AUDIT: rbac_pb2.RBAC.LOG, pf.AUTHZ_DENY: rbac_pb2.RBAC.DENY, pf.AUTHZ_ALLOW: rbac_pb2.RBAC.ALLOW}
+    stages = []
+    for f in hcm.http_filters:
+        if not _is(f.typed_config, http_rbac_pb2.RBAC):
+            continue
+        r = _unpack(f.typed_config, http_rbac_pb2.RBAC)
+        stages.append((r.rules_stat_prefix, actions.get(f.name, r.rules.action)))
+    return stages
+
+
 def _http(filter_msg, t: TelemetrySettings, facts: ListenerFacts) -> None:
     hcm = _unpack(filter_msg.typed_config, hcm_pb2.HttpConnectionManager)
-    stages = [(r.rules_stat_prefix, r.rules.action) for r in
-              (_unpack(f.typed_config, http_rbac_pb2.RBAC) for f in hcm.http_filters
-               if _is(f.typed_config, http_rbac_pb2.RBAC))]
-    enforcing, audit = _stages(stages)
+    enforcing, audit = _stages(_http_stages(hcm))
     log = listener_access_log(t, facts, rbac=(HTTP_RBAC_NS, enforcing, audit))
     if log is not None:
         hcm.access_log.append(log)

@@ -1,20 +1,31 @@
-"""AuthorizationPolicy: compile Istio-style policies into Envoy RBAC filters on inbound listeners.
+"""AuthorizationPolicy: compile Istio-style policies into Envoy RBAC rules for the inbound side of each workload.
 
-For every local sidecar instance that some policy selects, each filter chain of its inbound listener
-(``mtls``, and ``plaintext`` under PERMISSIVE) gets, in this order:
+HTTP workloads: every inbound HTTP connection manager always carries three RBAC filters with no rules
+(:mod:`meshcore.xds.build.policy_filters`: ``meshcore.authz.audit``, ``meshcore.authz.deny``,
+``meshcore.authz.allow``, before the router); this plugin never touches the listener. It puts the rules
+into the instance's inbound route configuration instead, as ``RBACPerRoute`` on its virtual host keyed
+by those filter names, so a policy change is an RDS update that applies to the next request on every
+connection, pooled keep-alive ones included. The stages, in evaluation order:
 
-1. one RBAC filter with action LOG for the AUDIT policies (never blocks; its per-rule counters count matches);
-2. one RBAC filter with action DENY per DENY policy, in (namespace, name) order, so each policy's
-   denials have their own counters;
-3. one RBAC filter with action ALLOW holding every ALLOW policy's rules, present as soon as an ALLOW
-   policy selects the workload: no rule matching (or none at all) then denies.
+1. AUDIT: action LOG over every AUDIT policy (never blocks; its per-rule counters count matches);
+2. DENY: action DENY over every DENY policy's rules (any rule matching denies);
+3. ALLOW: action ALLOW over every ALLOW policy's rules, present as soon as an ALLOW policy selects the
+   workload: no rule matching (or none at all) then denies.
 
-HTTP chains get ``envoy.filters.http.rbac`` inside the HttpConnectionManager, before the router
-(stats ``http.<listener>.rbac.authz.<action>[.<ns>.<name>].{allowed,denied}`` plus per-rule counters);
-TCP chains (``meta protocol=tcp``) get ``envoy.filters.network.rbac`` before ``tcp_proxy`` (stats
-``tcp.<listener>.authz.<action>[.<ns>.<name>].rbac.{allowed,denied}``). Each Envoy RBAC policy is
-one rule, named ``<ns>/<name>[<index>]``; a 403 carries it in the response code details
-(``rbac_access_denied_matched_policy[default/deny-post[0]]``).
+A stage without policies gets no per-route config and passes everything. Stats:
+``http.<listener>.rbac.authz.<stage>.{allowed,denied}`` and per rule
+``http.<listener>.rbac.authz.<stage>.policy.<ns>/<name>[<index>].{allowed,denied}`` (the DENY stage's
+per-rule counters say which DENY policy denied).
+
+TCP workloads (``meta protocol=tcp``) keep ``envoy.filters.network.rbac`` filters in each inbound filter
+chain before ``tcp_proxy`` (network filters have no per-route config): AUDIT, one DENY filter per DENY
+policy in (namespace, name) order, then ALLOW (stats
+``tcp.<listener>.authz.<action>[.<ns>.<name>].rbac.{allowed,denied}``). A TCP policy change is
+therefore a listener update and applies to new connections; open ones keep the old policy until
+Envoy drains them.
+
+Each Envoy RBAC policy is one rule, named ``<ns>/<name>[<index>]``; a 403 carries it in the response code
+details (``rbac_access_denied_matched_policy[default/deny-post[0]]``).
 
 Rules are read by :func:`meshcore.authz.policy_rules`, the same reading :func:`meshcore.authz.decide`
 evaluates, including Istio's TCP rule (ALLOW rules using HTTP-only fields are dropped, DENY and AUDIT
@@ -34,9 +45,7 @@ from google.protobuf.message import Message
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
-from envoy.config.route.v3 import route_components_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -64,6 +73,7 @@ from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, KIND_NAME
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.build import _common as c
+from ..xds.build import policy_filters as pf
 
 KIND = KIND_NAME
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -77,7 +87,7 @@ _Matcher = Permission | Principal | bool  # True/False: decided here (ports), no
 
 @dataclass(frozen=True)
 class RbacStage:
-    """One RBAC filter to insert: ``label`` names it in stats (``allow``, ``audit``, ``deny.<ns>.<name>``)."""
+    """One RBAC stage: ``label`` names it in stats (``audit``, ``deny``, ``allow``; TCP: ``deny.<ns>.<name>``)."""
 
     label: str
     rules: rbac_pb2.RBAC
@@ -208,25 +218,33 @@ def _rbac(action: str, policies: Sequence[PolicyRules], instance: ServiceInstanc
 
 
 def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list[RbacStage]:
-    """The RBAC filters for ``instance``, in evaluation order (pure). ``selected``: the policies selecting it."""
+    """The RBAC stages for ``instance``, in evaluation order (pure). ``selected``: the policies selecting it.
+
+    Labels: ``audit``, ``deny`` (HTTP: every DENY policy in one stage) or ``deny.<ns>.<name>`` (TCP: one
+    filter per DENY policy, the only way to count TCP denials per policy), and ``allow``."""
     compiled = [policy_rules(p, instance.protocol) for p in selected]
     compiled.sort(key=lambda p: (p.namespace, p.name))
     stages: list[RbacStage] = []
     audits = [p for p in compiled if p.action == AUDIT]
     if audits:
         stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance)))
-    for p in compiled:
-        if p.action == DENY:
+    denies = [p for p in compiled if p.action == DENY]
+    if instance.protocol == "tcp":
+        for p in denies:
             rules = _rbac(DENY, [p], instance)
             if rules.policies:  # a DENY filter without policies allows everything: leave it out
                 stages.append(RbacStage(f"deny.{p.namespace}.{p.name}", rules))
+    elif denies:
+        rules = _rbac(DENY, denies, instance)
+        if rules.policies:
+            stages.append(RbacStage("deny", rules))
     allows = [p for p in compiled if p.action == ALLOW]
     if allows:
         stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance)))
     return stages
 
 
-# --- inserting into the built listeners -----------------------------------------------------------
+# --- HTTP: the rules go into the inbound route configuration ---------------------------------------
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -243,23 +261,36 @@ def _stat(name: str) -> str:
     return name.replace(":", "_").replace("|", "_").replace(".", "_")
 
 
-def _insert_http(network_filter, stages: list[RbacStage], where: str) -> None:
+
+def _unpack_hcm(network_filter) -> hcm_pb2.HttpConnectionManager | None:
     hcm = hcm_pb2.HttpConnectionManager()
-    if not network_filter.typed_config.Unpack(hcm):
-        raise ValueError(f"{where}: cannot unpack the HttpConnectionManager")
-    filters = list(hcm.http_filters)
-    routers = [i for i, f in enumerate(filters) if _is(f.typed_config, router_pb2.Router)]
-    if not routers:
-        raise ValueError(f"{where}: the HttpConnectionManager has no router filter to put RBAC before")
-    at = routers[0]
-    rbac_filters = [
-        hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=_pack(http_rbac_pb2.RBAC(
-            rules=s.rules, rules_stat_prefix=f"authz.{s.label}.", track_per_rule_stats=True)))
-        for s in stages
-    ]
-    del hcm.http_filters[:]
-    hcm.http_filters.extend(filters[:at] + rbac_filters + filters[at:])
-    network_filter.typed_config.CopyFrom(_pack(hcm))
+    return hcm if network_filter.typed_config.Unpack(hcm) else None
+
+
+def check_http_listener(listener) -> list[str]:
+    """Problems that would leave rules sent over RDS unenforced: an HCM without the policy filters."""
+    problems = []
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+                continue
+            hcm = _unpack_hcm(f)
+            if hcm is None or not pf.has_policy_filters(hcm):
+                problems.append(f"listener {listener.name!r} chain {chain.name!r}: the HttpConnectionManager lacks "
+                                f"the policy filters {', '.join(pf.POLICY_FILTER_NAMES)} before its router")
+    return problems
+
+
+def secure_route(route: route_pb2.RouteConfiguration, stages: list[RbacStage]) -> None:
+    """Put ``stages`` into an inbound route configuration as per-filter config of its virtual hosts."""
+    for s in stages:
+        stage = pf.STAGE_BY_LABEL.get(s.label)
+        if stage is None:
+            raise ValueError(f"route {route.name!r}: RBAC stage {s.label!r} has no HTTP filter (TCP only)")
+        pf.set_policy_config(route, stage.filter_name, pf.rbac_per_route(stage, s.rules))
+
+
+# --- TCP: network RBAC filters in the listener ----------------------------------------------------
 
 
 def _insert_tcp(chain, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
@@ -274,43 +305,48 @@ def _insert_tcp(chain, at: int, stages: list[RbacStage], stat_prefix: str) -> No
 
 
 def secure_chain(chain: listener_components_pb2.FilterChain, stages: list[RbacStage], listener_name: str) -> None:
-    """Insert ``stages`` into one inbound filter chain: before the router (HTTP) or tcp_proxy (TCP)."""
+    """Insert ``stages`` into one inbound TCP filter chain, before its tcp_proxy."""
     where = f"listener {listener_name!r} chain {chain.name!r}"
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, hcm_pb2.HttpConnectionManager):
-            _insert_http(f, stages, where)
-            return
         if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
             _insert_tcp(chain, i, stages, _stat(listener_name))
             return
-    raise ValueError(f"{where}: no http_connection_manager or tcp_proxy to enforce AuthorizationPolicy on")
+    raise ValueError(f"{where}: no tcp_proxy to enforce AuthorizationPolicy on")
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.build import LISTENER, ROUTE
 
     policies = snapshot.resources_of(KIND)
     if not policies:
         return
-    by_name = {l.name: l for l in resources[LISTENER]}
+    listeners = {l.name: l for l in resources[LISTENER]}
+    routes = {r.name: r for r in resources[ROUTE]}
     problems = []
     for inst in c.sidecar_instances(snapshot, proxy):
-        listener = by_name.get(naming.inbound_listener(inst.id))
+        listener = listeners.get(naming.inbound_listener(inst.id))
         if listener is None:
             continue
         selected = policies_for(policies, inst.labels, inst.namespace)
         if not selected:
             continue
         stages = rbac_stages(selected, inst)
-        for chain in listener.filter_chains:
-            try:
-                secure_chain(chain, stages, listener.name)
-            except ValueError as exc:
-                problems.append(f"AuthorizationPolicy not enforceable: {exc}")
+        try:
+            if inst.protocol == "tcp":
+                for chain in listener.filter_chains:
+                    secure_chain(chain, stages, listener.name)
+                continue
+            route = routes.get(naming.inbound_route(inst.id))
+            if route is None:
+                raise ValueError(f"no inbound route configuration {naming.inbound_route(inst.id)!r} to put the rules in")
+            problems += [f"AuthorizationPolicy not enforceable: {p}" for p in check_http_listener(listener)]
+            secure_route(route, stages)
+        except ValueError as exc:
+            problems.append(f"AuthorizationPolicy not enforceable: {exc}")
     if problems:
         # Fail closed: a proxy whose policies cannot be enforced keeps its last good config.
         raise SnapshotInvalid(proxy.node, problems)
 
 
-__all__ = ["apply", "rbac_stages", "rule_policy", "condition_matcher", "secure_chain", "RbacStage",
-           "HTTP_RBAC", "NETWORK_RBAC"]
+__all__ = ["apply", "rbac_stages", "rule_policy", "condition_matcher", "secure_chain", "secure_route",
+           "check_http_listener", "RbacStage", "HTTP_RBAC", "NETWORK_RBAC"]

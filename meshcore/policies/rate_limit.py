@@ -1,8 +1,12 @@
-"""RateLimit: Envoy local rate limit filters on the inbound listeners of the selected workloads.
+"""RateLimit: Envoy local rate limits on the inbound side of the selected workloads.
 
-Each RateLimit that selects a local sidecar instance becomes one ``envoy.filters.http.local_ratelimit``
-filter in every HTTP filter chain of that instance's inbound listener, before the router (after the
-RBAC filters, so a request AuthorizationPolicy denies never takes a token). Inside it:
+HTTP workloads: every inbound HTTP connection manager always carries a disabled
+``envoy.filters.http.local_ratelimit`` filter named ``meshcore.ratelimit`` (after the RBAC filters, so
+a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.build.policy_filters`).
+This plugin never touches the listener: it puts the limits into the instance's inbound route
+configuration, as that filter's per-route ``LocalRateLimit`` on the virtual host, so a change is an RDS
+update that applies to the next request on every connection. (A new per-route config starts with full
+buckets.) Inside it:
 
 * every ``limits[i]`` is one descriptor ``meshcore_limit=<name or limits[i]>`` with its own token bucket,
   produced by a ``header_value_match`` action (``:path``, ``:method`` and, for ``sources``, the peer's
@@ -10,14 +14,19 @@ RBAC filters, so a request AuthorizationPolicy denies never takes a token). Insi
   verified client certificate and strips from anything else) or, without ``match``, a ``generic_key``;
 * a request takes a token from every limit it matches; the filter's own bucket is never consumed
   (``always_consume_default_token_bucket: false``, and unlimited for requests no limit matches);
-* refused requests get ``429`` with ``retry-after`` (whole seconds until an emptied bucket of the
-  resource holds a token again; the largest over its limits);
+* refused requests get ``429`` with ``retry-after`` (whole seconds until an emptied bucket holds a token
+  again; the largest over the limits);
 * stats: ``ratelimit.<ns>.<name>.http_local_rate_limit.{ok,rate_limited,enabled,enforced}``.
+
+Several RateLimits selecting one workload share that one filter: their limits are merged, in
+(namespace, name) order, descriptor values ``<ns>/<name>/<limit>``, stats under
+``ratelimit.<ns>.<name>+<name2>...`` (:func:`merged_stat_prefix`).
 
 TCP workloads (``meta protocol=tcp``) get ``envoy.filters.network.local_ratelimit`` before the tcp_proxy,
 one per limit without ``match``, limiting new connections (stats
 ``ratelimit.<ns>.<name>.local_rate_limit.rate_limited``); limits with a ``match`` need HTTP and are
-left out there.
+left out there. Network filters have no per-route config, so a TCP limit change is a listener update
+and applies to new connections.
 """
 
 from __future__ import annotations
@@ -29,10 +38,9 @@ from google.protobuf import wrappers_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as net_rl_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
@@ -45,7 +53,9 @@ from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.routes import pack
+from ..errors import SnapshotInvalid
 from ..xds.build import _common as c
+from ..xds.build import policy_filters as pf
 
 KIND = KIND_NAME
 HTTP_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
@@ -110,9 +120,11 @@ def _regex_header(name: str, regex: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex)))
 
 
-def limit_action(limit: Mapping, index: int) -> rc.RateLimit:
-    """The descriptor-producing action of one limit: generic (every request) or on its ``match``."""
-    value = limit_id(limit, index)
+def limit_action(limit: Mapping, value: int | str) -> rc.RateLimit:
+    """The action producing descriptor ``meshcore_limit=<value>`` for one limit: generic (every request) or on
+    its ``match``. ``value``: the descriptor value, or the limit's index (then its name or ``limits[i]``)."""
+    if isinstance(value, int):
+        value = limit_id(limit, value)
     match = limit.get("match")
     if not match:
         action = rc.RateLimit.Action(generic_key=rc.RateLimit.Action.GenericKey(
@@ -145,11 +157,29 @@ def _always(runtime_key: str) -> base_pb2.RuntimeFractionalPercent:
         default_value=percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED))
 
 
-def http_local_rate_limit(resource: Resource) -> http_rl_pb2.LocalRateLimit:
-    """The HTTP local rate limit filter config of one RateLimit (pure)."""
-    limits = list((resource.spec or {}).get("limits") or ())
-    prefix = stat_prefix(resource)
-    retry_after = max(retry_after_seconds(limit) for limit in limits)
+def merged_stat_prefix(resources: Sequence[Resource]) -> str:
+    """The stat prefix of the one filter config several RateLimits share (names of another namespace as ``ns/name``)."""
+    first = resources[0]
+    names = [r.name if r.namespace == first.namespace else f"{r.namespace}/{r.name}" for r in resources]
+    return ".".join(["ratelimit", first.namespace.replace(".", "_"), "+".join(n.replace(".", "_") for n in names)])
+
+
+def _limits(resources: Sequence[Resource]) -> list[tuple[str, Mapping]]:
+    """(descriptor value, limit) of every limit; values qualified by resource when several share the filter."""
+    out = []
+    for r in resources:
+        for i, limit in enumerate((r.spec or {}).get("limits") or ()):
+            value = limit_id(limit, i)
+            out.append((value if len(resources) == 1 else f"{r.namespace}/{r.name}/{value}", limit))
+    return out
+
+
+def http_local_rate_limit(resource: Resource | Sequence[Resource]) -> http_rl_pb2.LocalRateLimit:
+    """The HTTP local rate limit config of one RateLimit, or of several merged into one (pure)."""
+    resources = [resource] if isinstance(resource, Resource) else sorted(resource, key=lambda r: (r.namespace, r.name))
+    limits = _limits(resources)
+    prefix = stat_prefix(resources[0]) if len(resources) == 1 else merged_stat_prefix(resources)
+    retry_after = max(retry_after_seconds(limit) for _, limit in limits)
     hvo = base_pb2.HeaderValueOption
     return http_rl_pb2.LocalRateLimit(
         stat_prefix=prefix,
@@ -162,12 +192,12 @@ def http_local_rate_limit(resource: Resource) -> http_rl_pb2.LocalRateLimit:
         filter_enforced=_always(f"meshcore.{prefix}.enforced"),
         response_headers_to_add=[hvo(header=base_pb2.HeaderValue(key="retry-after", value=str(retry_after)),
                                      append_action=hvo.OVERWRITE_IF_EXISTS_OR_ADD)],
-        rate_limits=[limit_action(limit, i) for i, limit in enumerate(limits)],
+        rate_limits=[limit_action(limit, value) for value, limit in limits],
         descriptors=[
             ratelimit_pb2.LocalRateLimitDescriptor(
-                entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=DESCRIPTOR_KEY, value=limit_id(limit, i))],
+                entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=DESCRIPTOR_KEY, value=value)],
                 token_bucket=token_bucket(limit))
-            for i, limit in enumerate(limits)
+            for value, limit in limits
         ],
     )
 
@@ -178,26 +208,17 @@ def network_local_rate_limits(resource: Resource) -> list[net_rl_pb2.LocalRateLi
             for limit in (resource.spec or {}).get("limits") or () if not limit.get("match")]
 
 
-# --- inserting into the built inbound listeners ----------------------------------------------------
+# --- inserting: HTTP into the inbound route, TCP into the inbound listener ---------------------------
 
 
-def _insert_http(network_filter, selected: Sequence[Resource]) -> None:
-    hcm = hcm_pb2.HttpConnectionManager()
-    network_filter.typed_config.Unpack(hcm)
-    filters = list(hcm.http_filters)
-    at = next((i for i, f in enumerate(filters) if _is(f.typed_config, router_pb2.Router)), len(filters))
-    new = [hcm_pb2.HttpFilter(name=HTTP_LOCAL_RATELIMIT, typed_config=pack(http_local_rate_limit(r))) for r in selected]
-    del hcm.http_filters[:]
-    hcm.http_filters.extend(filters[:at] + new + filters[at:])
-    network_filter.typed_config.CopyFrom(pack(hcm))
+def limit_route(route: route_pb2.RouteConfiguration, selected: Sequence[Resource]) -> None:
+    """Put ``selected``'s limits into an inbound route configuration (the ``meshcore.ratelimit`` filter's config)."""
+    pf.set_policy_config(route, pf.RATELIMIT, http_local_rate_limit(selected))
 
 
 def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[Resource]) -> None:
-    """Add ``selected``'s limits to one inbound filter chain (HTTP: before the router; TCP: before tcp_proxy)."""
+    """Add ``selected``'s connection limits to one inbound TCP filter chain, before its tcp_proxy."""
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, hcm_pb2.HttpConnectionManager):
-            _insert_http(f, selected)
-            return
         if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
             new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=pack(cfg))
                    for r in selected for cfg in network_local_rate_limits(r)]
@@ -208,23 +229,38 @@ def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[R
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.build import LISTENER, ROUTE
 
     limits = snapshot.resources_of(KIND)
     if not limits:
         return
-    by_name = {l.name: l for l in resources[LISTENER]}
+    listeners = {l.name: l for l in resources[LISTENER]}
+    routes = {r.name: r for r in resources[ROUTE]}
+    problems = []
     for inst in c.sidecar_instances(snapshot, proxy):
-        listener = by_name.get(naming.inbound_listener(inst.id))
+        listener = listeners.get(naming.inbound_listener(inst.id))
         if listener is None:
             continue
-        selected = limits_for(limits, inst.labels, inst.namespace)
-        for chain in listener.filter_chains if selected else ():
-            limit_chain(chain, selected)
+        selected = sorted(limits_for(limits, inst.labels, inst.namespace), key=lambda r: (r.namespace, r.name))
+        if not selected:
+            continue
+        if inst.protocol == "tcp":
+            for chain in listener.filter_chains:
+                limit_chain(chain, selected)
+            continue
+        route = routes.get(naming.inbound_route(inst.id))
+        if route is None:
+            problems.append(f"RateLimit not enforceable: no inbound route configuration "
+                            f"{naming.inbound_route(inst.id)!r} for instance {inst.id}")
+            continue
+        limit_route(route, selected)
+    if problems:
+        raise SnapshotInvalid(proxy.node, problems)
 
 
 __all__ = [
-    "apply", "http_local_rate_limit", "network_local_rate_limits", "limit_chain", "limit_action",
+    "apply", "http_local_rate_limit", "network_local_rate_limits", "limit_chain", "limit_route", "limit_action",
+    "merged_stat_prefix",
     "path_regex", "method_regex", "source_regex", "stat_prefix",
     "HTTP_LOCAL_RATELIMIT", "NETWORK_LOCAL_RATELIMIT", "DESCRIPTOR_KEY",
 ]

@@ -65,9 +65,13 @@ def test_limits_from_destination_rule_drive_saturation():
 
 def test_policy_denials_by_destination_and_policy():
     stats = {
-        "http.inbound_productpage-v1.rbac.authz.deny.default.no-post.denied": 3,
-        "http.inbound_productpage-v1.rbac.authz.deny.default.no-post.policy.default/no-post[0].denied": 3,
+        # one DENY stage for every DENY policy: its total is left out, its per-rule counters name the policy
+        "http.inbound_productpage-v1.rbac.authz.deny.denied": 4,
+        "http.inbound_productpage-v1.rbac.authz.deny.policy.default/no-post[0].denied": 2,
+        "http.inbound_productpage-v1.rbac.authz.deny.policy.default/no-post[1].denied": 1,
+        "http.inbound_productpage-v1.rbac.authz.deny.policy.shop/no-put[0].denied": 1,
         "http.inbound_productpage-v1.rbac.authz.allow.denied": 2,
+        "http.inbound_productpage-v1.rbac.authz.allow.policy.default/get[0].allowed": 40,
         "http.inbound_productpage-v1.rbac.authz.audit.denied": 0,
         "tcp.inbound_db-v1.authz.deny.shop.block.rbac.denied": 5,
         "http.inbound_productpage-v1.rbac.authz.allow.allowed": 40,
@@ -77,15 +81,16 @@ def test_policy_denials_by_destination_and_policy():
                   policy="default/no-post", source_service="unknown") == 3
     assert _value(samples, "meshcore_policy_denied_total", destination_service="productpage",
                   policy=ALLOW_NO_MATCH) == 2
+    assert _value(samples, "meshcore_policy_denied_total", destination_service="productpage", policy="shop/no-put") == 1
     assert _value(samples, "meshcore_policy_denied_total", destination_service="db", policy="shop/block") == 5
-    assert len([s for s in samples if s.name == "meshcore_policy_denied_total"]) == 3
+    assert len([s for s in samples if s.name == "meshcore_policy_denied_total"]) == 4
     assert service_of("reviews-v2", ["reviews", "ratings"]) == "reviews"
 
 
 def test_access_log_counts_replace_the_unknown_series():
     """One source or the other: with the log's per-caller counts no "unknown" series is added, so a
     sum over the family counts every denial once."""
-    stats = {"http.inbound_productpage-v1.rbac.authz.deny.default.no-post.denied": 7,
+    stats = {"http.inbound_productpage-v1.rbac.authz.deny.policy.default/no-post[0].denied": 7,
              "http.inbound_productpage-v1.rbac.authz.audit.policy.default/watch[0].allowed": 4,
              "http.inbound_productpage-v1.rbac.authz.audit.allowed": 9}
     from_log = {("ingress-gateway", "productpage", "default/no-post"): 2.0,

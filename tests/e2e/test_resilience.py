@@ -136,7 +136,9 @@ def _stats(mesh, node: str, prefix: str) -> dict[str, int]:
 _SETTLING = (r"^(cluster_manager\.warming_clusters|listener_manager\.total_(listeners_warming|listeners_draining"
              r"|filter_chains_draining))$")
 """Envoy keeps serving with the previous cluster/listener while a new one warms, and connections accepted by a
-replaced filter chain keep it until drained (the agent runs Envoy with a 5s immediate drain)."""
+replaced filter chain keep it until drained (the agent runs Envoy with a 5s immediate drain). RateLimit is a
+route (RDS) change that needs none of this; the drain wait stays for the VirtualService, whose fault filter
+is inserted into the caller's outbound listener (a listener change), and DestinationRules warm clusters."""
 
 
 @contextmanager

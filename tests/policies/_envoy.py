@@ -1,7 +1,8 @@
 """Run a real Envoy on the inbound listeners meshcore built, without a control plane or certificates.
 
-The listeners, their plaintext (PERMISSIVE) filter chains with the RBAC filters, the inbound routes
-and the local-app clusters are exactly what ``build_proxy`` produced; only the delivery changes:
+The listeners, their plaintext (PERMISSIVE) filter chains with the policy filters, the inbound routes
+(carrying the RBAC rules and rate limits per filter) and the local-app clusters are exactly what
+``build_proxy`` produced; only the delivery changes:
 static resources instead of ADS (the route configuration goes inline where the listener named it
 over RDS) and the mTLS chain is left out (it needs SVID files; the e2e tests cover mTLS).
 """

@@ -1,6 +1,8 @@
-"""The AuthorizationPolicy plugin: which RBAC filters land where, in what order, with which rules.
+"""The AuthorizationPolicy plugin: which RBAC rules land where, in what order, with which rules.
 
-Behaviour against a running Envoy is in ``test_envoy_rbac.py``; these tests pin the structure.
+HTTP: constant RBAC filters in every inbound listener, the rules per route (RDS) on the inbound route's
+virtual host; TCP: network RBAC filters in the listener. Behaviour against a running Envoy is in
+``test_envoy_rbac.py``; these tests pin the structure.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 
 from meshcore.policies import PLUGINS
-from meshcore.xds.build import LISTENER
+from meshcore.xds.build import LISTENER, ROUTE
+from meshcore.xds.build.policy_filters import POLICY_FILTER_NAMES
 from meshcore.xds.validate import validate_snapshot
 
 from ._catalog import build, write_catalog
@@ -44,21 +47,31 @@ def listener(built, name):
 def http_filters(chain) -> list:
     hcm = hcm_pb2.HttpConnectionManager()
     assert chain.filters[0].typed_config.Unpack(hcm)
+    return [f.name for f in hcm.http_filters]
+
+
+def route_rbac(built, instance_id: str) -> list[tuple[str, http_rbac_pb2.RBAC]]:
+    """(filter name, RBAC) of every RBAC per-filter config on the instance's inbound route, in filter order."""
+    [route] = [r for r in built[ROUTE] if r.name == f"inbound:{instance_id}"]
+    [vhost] = route.virtual_hosts
     out = []
-    for f in hcm.http_filters:
-        if f.typed_config.type_url.endswith("http.rbac.v3.RBAC"):
-            cfg = http_rbac_pb2.RBAC()
-            f.typed_config.Unpack(cfg)
-            out.append((f.name, cfg))
-        else:
-            out.append((f.name, None))
+    for name in POLICY_FILTER_NAMES:
+        if name not in vhost.typed_per_filter_config:
+            continue
+        per_route = http_rbac_pb2.RBACPerRoute()
+        if vhost.typed_per_filter_config[name].Unpack(per_route):
+            out.append((name, per_route.rbac))
     return out
 
 
-def rbac_summary(filters) -> list[tuple]:
-    return [(name, None) if cfg is None else
-            (name, rbac_pb2.RBAC.Action.Name(cfg.rules.action), cfg.rules_stat_prefix, sorted(cfg.rules.policies))
-            for name, cfg in filters]
+def rbac_summary(rbacs) -> list[tuple]:
+    return [(name, rbac_pb2.RBAC.Action.Name(cfg.rules.action), cfg.rules_stat_prefix, sorted(cfg.rules.policies))
+            for name, cfg in rbacs]
+
+
+def rbac_of(built, instance_id: str) -> http_rbac_pb2.RBAC:
+    [(_, cfg)] = route_rbac(built, instance_id)
+    return cfg
 
 
 def test_registered_after_peer_authentication():
@@ -69,11 +82,41 @@ def test_policy_selecting_nothing_changes_nothing(catalog):
     plain = build(catalog)
     other = build(catalog, ap("elsewhere", "selector: {matchLabels: {app: nothing}}") +
                   ap("other-ns", "action: DENY\nrules: [{}]", namespace="shop"))
-    assert [json_format.MessageToDict(l) for l in plain[LISTENER]] == \
-           [json_format.MessageToDict(l) for l in other[LISTENER]]
+    for kind in (LISTENER, ROUTE):
+        assert [json_format.MessageToDict(x) for x in plain[kind]] == [json_format.MessageToDict(x) for x in other[kind]]
 
 
-def test_http_filter_order_names_and_stat_prefixes(catalog):
+def test_http_policies_never_change_the_listeners(catalog):
+    """The regression behind this design: a listener update leaves open connections on the old filters."""
+    plain = build(catalog, PERMISSIVE)
+    with_policies = build(catalog, PERMISSIVE + ap("web", "selector: {matchLabels: {app: web}}\nrules: [{}]")
+                          + ap("deny", "action: DENY\nrules: [{to: [{operation: {methods: [POST]}}]}]")
+                          + ap("audit", "action: AUDIT\nrules: [{}]"))
+    http = [n for n in ("inbound:web-v1", "inbound:api-v1")]
+    for name in http:
+        assert listener(plain, name).SerializeToString(deterministic=True) == \
+            listener(with_policies, name).SerializeToString(deterministic=True), name
+        for chain in listener(plain, name).filter_chains:  # mtls and plaintext alike
+            assert http_filters(chain) == [*POLICY_FILTER_NAMES, "envoy.filters.http.router"]
+    # ... the routes carry the rules; TCP services keep network RBAC in the listener
+    assert route_rbac(with_policies, "web-v1") and not route_rbac(plain, "web-v1")
+    assert listener(plain, "inbound:db-v1") != listener(with_policies, "inbound:db-v1")
+
+
+def test_listener_level_filters_enforce_nothing(catalog):
+    built = build(catalog)
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener(built, "inbound:web-v1").filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    prefixes = []
+    for f in hcm.http_filters[:3]:
+        cfg = http_rbac_pb2.RBAC()
+        assert f.typed_config.Unpack(cfg)
+        assert not cfg.HasField("rules") and not cfg.HasField("shadow_rules")  # no engine: everything passes
+        prefixes.append(cfg.rules_stat_prefix)
+    assert prefixes == ["authz.audit.", "authz.deny.", "authz.allow."]
+
+
+def test_rule_order_names_and_stat_prefixes(catalog):
     built = build(catalog, PERMISSIVE + ap("z-allow", "selector: {matchLabels: {app: web}}\nrules: [{}, {}]")
                   + ap("a-allow", "selector: {matchLabels: {app: web}}\nrules: [{to: [{operation: {methods: [GET]}}]}]")
                   + ap("b-deny", "action: DENY\nrules: [{to: [{operation: {paths: ['/admin/*']}}]}]")
@@ -82,29 +125,30 @@ def test_http_filter_order_names_and_stat_prefixes(catalog):
     assert validate_snapshot("n1", built) == []
     web = listener(built, "inbound:web-v1")
     assert [c.name for c in web.filter_chains] == ["mtls", "plaintext"]
-    expected = [
-        ("envoy.filters.http.rbac", "LOG", "authz.audit.", ["default/audit[0]"]),
-        ("envoy.filters.http.rbac", "DENY", "authz.deny.default.a-deny.", ["default/a-deny[0]"]),
-        ("envoy.filters.http.rbac", "DENY", "authz.deny.default.b-deny.", ["default/b-deny[0]"]),
-        ("envoy.filters.http.rbac", "ALLOW", "authz.allow.",
+    for chain in web.filter_chains:  # both chains route to the same inbound route configuration
+        hcm = hcm_pb2.HttpConnectionManager()
+        chain.filters[0].typed_config.Unpack(hcm)
+        assert hcm.rds.route_config_name == "inbound:web-v1"
+    rbacs = route_rbac(built, "web-v1")
+    assert rbac_summary(rbacs) == [
+        ("meshcore.authz.audit", "LOG", "authz.audit.", ["default/audit[0]"]),
+        ("meshcore.authz.deny", "DENY", "authz.deny.", ["default/a-deny[0]", "default/b-deny[0]"]),
+        ("meshcore.authz.allow", "ALLOW", "authz.allow.",
          ["default/a-allow[0]", "default/z-allow[0]", "default/z-allow[1]"]),
-        ("envoy.filters.http.router", None),
     ]
-    for chain in web.filter_chains:  # the plaintext chain of PERMISSIVE is secured the same way
-        filters = http_filters(chain)
-        assert rbac_summary(filters) == expected
-        assert all(cfg.track_per_rule_stats for _, cfg in filters if cfg is not None)
-    # api: only the namespace-wide DENY and AUDIT policies, no ALLOW filter (no ALLOW policy selects it)
-    api = rbac_summary(http_filters(listener(built, "inbound:api-v1").filter_chains[0]))
-    assert [x[1] for x in api] == ["LOG", "DENY", "DENY", None]
-    # outbound listeners and the gateway are not touched
-    assert all(l.name.startswith("inbound:") for l in built[LISTENER])
+    assert all(cfg.track_per_rule_stats for _, cfg in rbacs)
+    # api: only the namespace-wide DENY and AUDIT policies, no ALLOW stage (no ALLOW policy selects it)
+    assert [x[1] for x in rbac_summary(route_rbac(built, "api-v1"))] == ["LOG", "DENY"]
+    # outbound routes and the gateway are not touched
+    assert all(not vh.typed_per_filter_config for r in built[ROUTE] if not r.name.startswith("inbound:")
+               for vh in r.virtual_hosts)
 
 
-def test_allow_policy_without_rules_is_an_empty_allow_filter(catalog):
+def test_allow_policy_without_rules_is_an_empty_allow_stage(catalog):
     built = build(catalog, ap("deny-all", "{}", namespace="meshcore-system"))
-    for name in ("inbound:web-v1", "inbound:api-v1"):
-        [(_, cfg), router] = http_filters(listener(built, name).filter_chains[0])
+    for sid in ("web-v1", "api-v1"):
+        [(name, cfg)] = route_rbac(built, sid)
+        assert name == "meshcore.authz.allow"
         assert cfg.rules.action == rbac_pb2.RBAC.ALLOW and not cfg.rules.policies  # Envoy: denies everything
         assert cfg.HasField("rules")
     db = listener(built, "inbound:db-v1").filter_chains[0]
@@ -124,7 +168,7 @@ def test_matchers(catalog):
           - {key: "request.headers[X-Env]", values: ["prod"], notValues: ["*"]}
           - {key: source.ip, notValues: ["127.0.0.1"]}
         """))
-    [(_, cfg), _router] = http_filters(listener(built, "inbound:web-v1").filter_chains[0])
+    cfg = rbac_of(built, "web-v1")
     policy = json_format.MessageToDict(cfg.rules.policies["default/m[0]"])
     ids = policy["principals"][0]["andIds"]["ids"]
     assert ids[0]["orIds"]["ids"] == [
@@ -159,7 +203,7 @@ def test_ports_are_resolved_per_listener(catalog):
         - to: [{{operation: {{ports: ["1"]}}}}, {{operation: {{methods: [PUT]}}}}]
         - when: [{{key: destination.port, notValues: ["{port}"]}}]
         """))
-    [(_, cfg), _router] = http_filters(listener(built, "inbound:web-v1").filter_chains[0])
+    cfg = rbac_of(built, "web-v1")
     # rule 1 and 3 can never match on web's listener: left out; rule 2 keeps only its PUT alternative
     assert sorted(cfg.rules.policies) == ["default/ports[0]", "default/ports[2]"]
     assert json_format.MessageToDict(cfg.rules.policies["default/ports[0]"]) == {
@@ -202,6 +246,29 @@ def test_tcp_rules_follow_istio(catalog):
 
 def test_build_is_deterministic_with_policies(catalog):
     text = ap("a", "selector: {matchLabels: {app: web}}\nrules: [{}, {to: [{operation: {methods: [GET]}}]}]")
-    one = [l.SerializeToString(deterministic=True) for l in build(catalog, text)[LISTENER]]
-    two = [l.SerializeToString(deterministic=True) for l in build(catalog, text)[LISTENER]]
-    assert one == two
+    for kind in (LISTENER, ROUTE):
+        one = [x.SerializeToString(deterministic=True) for x in build(catalog, text)[kind]]
+        two = [x.SerializeToString(deterministic=True) for x in build(catalog, text)[kind]]
+        assert one == two
+
+
+def test_fails_closed_when_a_listener_lacks_the_policy_filters(catalog):
+    """Rules sent per route to an HCM without the filters would not be enforced: the proxy keeps its last config."""
+    from meshcore.errors import SnapshotInvalid
+    from meshcore.policies import authorization_policy
+    from meshcore.snapshot import ProxyInfo
+    from meshcore.xds.build import build_listeners, build_routes
+
+    from ._catalog import snapshot
+
+    snap = snapshot(catalog, ap("web", "selector: {matchLabels: {app: web}}\nrules: [{}]"))
+    proxy = ProxyInfo(node="n1", secrets_dir="/s")
+    resources = {LISTENER: build_listeners(snap, proxy), ROUTE: build_routes(snap, proxy)}
+    authorization_policy.apply(snap, proxy, resources)  # as built: fine
+    web = listener(resources, "inbound:web-v1")
+    hcm = hcm_pb2.HttpConnectionManager()
+    web.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    del hcm.http_filters[:4]  # only the router left
+    web.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    with pytest.raises(SnapshotInvalid, match="lacks the policy filters"):
+        authorization_policy.apply(snap, proxy, resources)

@@ -53,6 +53,10 @@ def policies(web_port: int) -> str:
         - when: [{key: "request.headers[x-block]", values: ["*"]}]
         - from: [{source: {ipBlocks: ["127.0.0.99/32"]}}]
           to: [{operation: {notMethods: [GET]}}]
+        """) + ap("web-deny-options", """
+        selector: {matchLabels: {app: web}}
+        action: DENY
+        rules: [{to: [{operation: {methods: [OPTIONS]}}]}]
         """) + ap("web-audit", """
         selector: {matchLabels: {app: web}}
         action: AUDIT
@@ -209,12 +213,13 @@ def test_http_requests_agree(world):
         full = f"http.inbound_web-v1.rbac.{name}"
         return after.get(full, 0) - before.get(full, 0)
 
-    # Envoy's counters name the same deciding policies and rules as the evaluator
-    assert delta("authz.deny.default.web-deny.denied") == decided_by["default/web-deny"]
+    # Envoy's counters name the same deciding policies and rules as the evaluator: one DENY stage holds
+    # every DENY policy (its rules come per route), its per-rule counters say which policy denied
+    assert delta("authz.deny.denied") == decided_by["default/web-deny"] + decided_by["default/web-deny-options"]
+    assert decided_by["default/web-deny-options"] == 1
     assert delta("authz.allow.denied") == decided_by["allow"]
-    for rule in range(3):
-        key = f"default/web-deny[{rule}]"
-        assert delta(f"authz.deny.default.web-deny.policy.{key}.denied") == decided_by[key], key
+    for key in [f"default/web-deny[{rule}]" for rule in range(3)] + ["default/web-deny-options[0]"]:
+        assert delta(f"authz.deny.policy.{key}.denied") == decided_by[key], key
     # AUDIT (action LOG) lets everything through; its per-rule counter counts the requests it matched
     assert delta("authz.audit.allowed") == len(HTTP_CASES)
     assert delta("authz.audit.policy.default/web-audit[0].allowed") == audited["default/web-audit[0]"] > 0
@@ -242,3 +247,34 @@ def test_tcp_connections_agree(world):
     prefix = "tcp.inbound_db-v1.authz."
     for name, expected in (("deny.default.db-deny.rbac.denied", 1), ("allow.rbac.denied", 2), ("allow.rbac.allowed", 2)):
         assert after.get(prefix + name, 0) - before.get(prefix + name, 0) == expected, name
+
+
+def test_stat_readers_count_every_denial_once_from_a_real_envoy(world):
+    """The collector (Prometheus text) and the agent (raw names) read the denials Envoy counted for these rules."""
+    import json
+    import urllib.request
+
+    from meshcore.agent._series import ALLOW_NO_MATCH, policy_denied_family
+    from meshcore.observe._proxy_stats import parse_proxy_stats
+
+    admin = world["envoy"].admin
+
+    def scrape() -> tuple[float, dict]:
+        with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=5) as resp:
+            denied = parse_proxy_stats(resp.read().decode()).denied.get("inbound_web-v1", 0.0)
+        with urllib.request.urlopen(f"http://{admin}/stats?format=json", timeout=5) as resp:
+            raw = {s["name"]: s["value"] for s in json.load(resp)["stats"] if "value" in s}
+        family = policy_denied_family(raw, ["web", "api", "db"])
+        return denied, {s.labels["policy"]: s.value for s in family.samples if s.labels["destination_service"] == "web"}
+
+    port = world["defs"]["web"]["connect"]["sidecar_service"]["port"]
+    before_total, before = scrape()
+    cases = [("127.0.0.1", "GET", "/api/admin/users", {}), ("127.0.0.1", "OPTIONS", "/", {}),
+             ("127.0.0.1", "GET", "/static/site.js", {}), ("127.0.0.1", "GET", "/api/books", {})]
+    decisions = [_decide(world, "web", *case) for case in cases]
+    assert [_http(src, port, m, p, h) for src, m, p, h in cases] == [200 if d.allowed else 403 for d in decisions]
+    expected = Counter(d.policy or ALLOW_NO_MATCH for d in decisions if not d.allowed)
+    assert expected == {"default/web-deny": 1, "default/web-deny-options": 1, ALLOW_NO_MATCH: 1}
+    after_total, after = scrape()
+    assert after_total - before_total == 3
+    assert {p: after.get(p, 0) - before.get(p, 0) for p in expected} == dict(expected)

@@ -23,7 +23,8 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit
 from meshcore.errors import ValidationError
 from meshcore.policies.rate_limit import method_regex, path_regex, source_regex
 from meshcore.resources import load_documents
-from meshcore.xds.build import LISTENER
+from meshcore.xds.build import LISTENER, ROUTE
+from meshcore.xds.build.policy_filters import POLICY_FILTER_NAMES
 
 from tests.traffic.test_build import _build as build_bookinfo
 from tests.traffic.test_build import _validate_with_envoy
@@ -102,14 +103,31 @@ def _hcm(listener, chain: str = "mtls") -> hcm_pb2.HttpConnectionManager:
     return hcm
 
 
-def test_filter_on_the_selected_inbound_listener_only(tmp_path):
-    built = build_bookinfo(EXAMPLE, node="vm3", secrets=str(tmp_path))
-    listeners = {l.name: l for l in built[LISTENER]}
-    ratings = _hcm(listeners["inbound:ratings-v1"])
-    assert [f.name for f in ratings.http_filters] == ["envoy.filters.http.local_ratelimit", "envoy.filters.http.router"]
-    assert [f.name for f in _hcm(listeners["inbound:reviews-v3"]).http_filters] == ["envoy.filters.http.router"]
+def _route_limit(built, instance_id: str) -> http_rl_pb2.LocalRateLimit | None:
+    """The ``meshcore.ratelimit`` per-route config on the instance's inbound route, None without one."""
+    [route] = [r for r in built[ROUTE] if r.name == f"inbound:{instance_id}"]
+    [vhost] = route.virtual_hosts
+    if "meshcore.ratelimit" not in vhost.typed_per_filter_config:
+        return None
     cfg = http_rl_pb2.LocalRateLimit()
-    assert ratings.http_filters[0].typed_config.Unpack(cfg)
+    assert vhost.typed_per_filter_config["meshcore.ratelimit"].Unpack(cfg)
+    return cfg
+
+
+def test_limits_on_the_selected_inbound_route_only(tmp_path):
+    built = build_bookinfo(EXAMPLE, node="vm3", secrets=str(tmp_path))
+    plain = build_bookinfo("", node="vm3", secrets=str(tmp_path))
+    listeners = {l.name: l for l in built[LISTENER]}
+    # the listeners are the same with or without limits: a change is a route (RDS) update only
+    assert [l.SerializeToString(deterministic=True) for l in built[LISTENER]] == \
+        [l.SerializeToString(deterministic=True) for l in plain[LISTENER]]
+    ratings = _hcm(listeners["inbound:ratings-v1"])
+    assert [f.name for f in ratings.http_filters] == [*POLICY_FILTER_NAMES, "envoy.filters.http.router"]
+    off = http_rl_pb2.LocalRateLimit()
+    assert ratings.http_filters[3].typed_config.Unpack(off)
+    assert not off.HasField("token_bucket") and not off.HasField("filter_enabled")  # disabled: passes everything
+    assert _route_limit(built, "reviews-v3") is None
+    cfg = _route_limit(built, "ratings-v1")
     assert cfg.stat_prefix == "ratelimit.default.ratings"
     buckets = {d.entries[0].value: (d.token_bucket.max_tokens, d.token_bucket.tokens_per_fill.value,
                                      d.token_bucket.fill_interval.seconds) for d in cfg.descriptors}
@@ -118,11 +136,13 @@ def test_filter_on_the_selected_inbound_listener_only(tmp_path):
     assert not cfg.always_consume_default_token_bucket.value
     assert cfg.filter_enforced.default_value.numerator == 100
     # the outbound side of vm3 is untouched
-    assert all(f.name != "envoy.filters.http.local_ratelimit" for l in listeners.values() if l.name.startswith("outbound")
+    assert all(f.name not in POLICY_FILTER_NAMES for l in listeners.values() if l.name.startswith("outbound")
                for f in _hcm(l, "").http_filters)
+    assert all(not vh.typed_per_filter_config for r in built[ROUTE] if r.name.startswith("outbound")
+               for vh in r.virtual_hosts)
 
 
-def test_after_rbac_and_after_retry_after_is_the_slowest_refill(tmp_path):
+def test_several_rate_limits_share_the_filter_and_retry_after_is_the_slowest_refill(tmp_path):
     text = EXAMPLE + "\n---\n" + rl("slow", """
         selector: {matchLabels: {app: ratings}}
         limits: [{maxTokens: 2, tokensPerFill: 2, fillInterval: 5s}, {maxTokens: 1, fillInterval: 250ms}]
@@ -132,15 +152,17 @@ metadata: {name: ratings, namespace: default}
 spec: {selector: {matchLabels: {app: ratings}}, rules: [{to: [{operation: {methods: [GET]}}]}]}
 """
     built = build_bookinfo(text, node="vm3", secrets=str(tmp_path))
-    ratings = _hcm({l.name: l for l in built[LISTENER]}["inbound:ratings-v1"])
-    assert [f.name for f in ratings.http_filters] == [
-        "envoy.filters.http.rbac", "envoy.filters.http.local_ratelimit", "envoy.filters.http.local_ratelimit",
-        "envoy.filters.http.router"]
-    cfg = http_rl_pb2.LocalRateLimit()
-    assert ratings.http_filters[2].typed_config.Unpack(cfg)
-    assert cfg.stat_prefix == "ratelimit.default.slow"
+    [route] = [r for r in built[ROUTE] if r.name == "inbound:ratings-v1"]
+    # RBAC (meshcore.authz.*) runs before the rate limit in the listener; both take their config from the route
+    assert sorted(route.virtual_hosts[0].typed_per_filter_config) == ["meshcore.authz.allow", "meshcore.ratelimit"]
+    cfg = _route_limit(built, "ratings-v1")
+    assert cfg.stat_prefix == "ratelimit.default.ratings+slow"
     assert cfg.response_headers_to_add[0].header.value == "3"  # 5s / 2 tokens -> a token every 2.5s
-    assert [d.entries[0].value for d in cfg.descriptors] == ["limits[0]", "limits[1]"]
+    assert [d.entries[0].value for d in cfg.descriptors] == [
+        "default/ratings/reviews-get", "default/ratings/overall", "default/slow/limits[0]", "default/slow/limits[1]"]
+    assert [a.actions[0].WhichOneof("action_specifier") for a in cfg.rate_limits] == [
+        "header_value_match", "generic_key", "generic_key", "generic_key"]
+    assert cfg.rate_limits[3].actions[0].generic_key.descriptor_value == "default/slow/limits[1]"
     result = _validate_with_envoy(built, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
