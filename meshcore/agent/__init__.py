@@ -20,7 +20,7 @@ from meshcore.agent.identity import CertSummary, Credential, NodeIdentityStore, 
 from meshcore.agent.notify import SystemdNotifier, notify, watchdog_interval
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret, validation_context_secret
 from meshcore.agent.status import read_status
-from meshcore.agent.supervisor import EnvoySupervisor, envoy_command, restart_delay
+from meshcore.agent.supervisor import EnvoyRecord, EnvoySupervisor, HotRestart, envoy_command, read_record, restart_delay
 
 __all__ = [
     "AgentClient",
@@ -28,7 +28,9 @@ __all__ = [
     "AgentRequestError",
     "CertSummary",
     "Credential",
+    "EnvoyRecord",
     "EnvoySupervisor",
+    "HotRestart",
     "IssuedIdentity",
     "NodeIdentityStore",
     "NodeService",
@@ -40,6 +42,7 @@ __all__ = [
     "load_config",
     "next_wakeup",
     "notify",
+    "read_record",
     "read_status",
     "render_bootstrap",
     "renewal_time",

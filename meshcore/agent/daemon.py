@@ -5,7 +5,10 @@ SVID current (file-based SDS for Envoy), keep the Envoy bootstrap current, super
 thread), report to systemd and to ``<state>/status.json``. Losing the control plane never stops the
 agent: Envoy keeps running with what it has and the agent retries with jittered backoff.
 
-Exit status: 0 after SIGTERM/SIGINT, 2 when an operator must act first (bad configuration, no
+SIGUSR2 is the handover exit (agent upgrades): the agent exits leaving Envoy running and recorded
+in ``<state>/envoy/envoy.json``; the next agent hot-restarts Envoy from it (see supervisor.py).
+
+Exit status: 0 after SIGTERM/SIGINT/SIGUSR2, 2 when an operator must act first (bad configuration, no
 valid node certificate and no join token, join refused), 1 on an unexpected error.
 """
 
@@ -59,7 +62,13 @@ from meshcore.agent.status import (
     build_status,
     write_status,
 )
-from meshcore.agent.supervisor import EnvoySupervisor, envoy_command
+from meshcore.agent.supervisor import (
+    EnvoySupervisor,
+    HotRestart,
+    envoy_command,
+    stable_base_id,
+    stop_recorded_envoy,
+)
 from meshcore.ca import key_to_pem, make_csr, new_private_key
 from meshcore.errors import AgentError, ConfigError, ControlPlaneUnavailable, MeshError
 
@@ -145,6 +154,7 @@ class Agent:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set to cut the loop's sleep short
         self._reload_requested = False
+        self.handover_requested = False  # SIGUSR2: exit leaving Envoy running for the next agent
         self._last_watchdog = 0.0
         self._started_at = time.monotonic()
         self.metrics = AgentMetrics(self._metrics_facts)
@@ -157,6 +167,11 @@ class Agent:
         """Ask the loop to stop (safe from a signal handler)."""
         self._stop.set()
         self._wake.set()
+
+    def request_handover(self) -> None:
+        """Ask the loop to exit leaving Envoy running, for a new agent to hot-restart (signal-safe)."""
+        self.handover_requested = True
+        self.request_stop()
 
     def request_reload(self) -> None:
         """Ask the loop to re-read the configuration (safe from a signal handler)."""
@@ -266,10 +281,14 @@ class Agent:
         if self.access_log is not None:
             self.access_log.stop()
         self.consul.stop()
+        if self.supervisor is not None and self.handover_requested and self.supervisor.detach() is not None:
+            self.supervisor = None  # handed over: still running, recorded for the next agent
         if self.supervisor is not None:
             log.info("stopping envoy")
             code = self.supervisor.stop()
             log.info("envoy stopped exit_code=%s", code)
+        elif not self.handover_requested:
+            stop_recorded_envoy(self._hot_restart())  # a predecessor's Envoy this run never took over
         self.envoy_ready = False
         try:
             self._report(final=True)
@@ -615,7 +634,11 @@ class Agent:
 
     def _envoy_argv(self) -> list[str]:
         return envoy_command(self.config.envoy_path, self.bootstrap_path, log_level=self.config.envoy_log_level,
-                             log_path=self.config.envoy_log)
+                             log_path=self.config.envoy_log, hot_restart=True)
+
+    def _hot_restart(self) -> HotRestart:
+        return HotRestart(stable_base_id(self.config.node, self.config.state_dir),
+                          self.bootstrap_path.parent / "envoy.json")
 
     def _maintain_envoy(self) -> None:
         td, xds = self.meta.trust_domain, self.meta.xds_address
@@ -634,7 +657,7 @@ class Agent:
                 return
             if self.config.envoy_log is not None:
                 self.config.envoy_log.parent.mkdir(parents=True, exist_ok=True)
-            self.supervisor = EnvoySupervisor(self._envoy_argv())
+            self.supervisor = EnvoySupervisor(self._envoy_argv(), hot_restart=self._hot_restart())
             self.supervisor.start()
             self.notifier.status("envoy starting")
         elif changed or self.supervisor.argv != self._envoy_argv():
@@ -821,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level, env)
     agent = Agent(config, reload_config=lambda: load_config(argv, env))
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)}
 
     def on_stop(signum: int, _frame: Any) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
@@ -830,6 +853,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
+
+    def on_handover(signum: int, _frame: Any) -> None:
+        log.info("received SIGUSR2; exiting and leaving envoy running for the next agent (hot restart)")
+        agent.request_handover()
+
+    signal.signal(signal.SIGUSR2, on_handover)  # upgrades: the next agent hot-restarts Envoy
     log.info("meshcore-agent starting node=%s control_plane=%s state_dir=%s", config.node, config.control_plane,
              config.state_dir)
     try:

@@ -260,7 +260,10 @@ def test_control_plane_env_example_sets_only_variables_the_daemon_reads(monkeypa
 
 def test_agent_stops_envoy_itself_and_has_time_to():
     u = unit(AGENT)
-    assert u.get("Service", "KillMode") == "mixed"  # SIGTERM to the agent only; SIGKILL to leftovers
+    # SIGTERM to the agent only, which stops Envoy; process (not mixed) so that the SIGUSR2 handover
+    # exit leaves Envoy running for the next agent's hot restart (supervisor.py)
+    assert u.get("Service", "KillMode") == "process"
+    assert u.get("Service", "RemoveIPC") == "no"  # Envoy's hot-restart shared memory outlives the agent
     assert parse_seconds(u.get("Service", "TimeoutStopSec")) > agent_supervisor.STOP_GRACE + 5
     assert u.get("Service", "OOMPolicy") == "continue"  # an OOM-killed Envoy is the agent's to restart
 
