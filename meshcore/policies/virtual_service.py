@@ -6,8 +6,12 @@ For each upstream a proxy declared and a VirtualService lists in ``hosts``:
   ``http[]`` rules, in order (no rule matching: 404, as in Istio); destinations become the upstream's
   cluster, subset clusters (``outbound:<host>|<source>|<subset>``) or clusters of other services, added
   with their endpoints when new. A rule with ``fault`` gets its ``HTTPFault`` per route
-  (``typed_per_filter_config``), and the listener's HttpConnectionManager gets the
-  ``envoy.filters.http.fault`` filter right before the router.
+  (``typed_per_filter_config`` keyed ``meshcore.fault``). The listener is never touched: every outbound
+  HttpConnectionManager already carries that fault filter, empty, before its router
+  (:mod:`meshcore.xds.build.policy_filters`), so a fault change is a route (RDS) update that applies to
+  the next request on every open connection, where a listener update would leave keep-alive connections
+  on the old filters until they drained. A fault on a listener without the filter would be silently
+  ignored, so that refuses the proxy's config instead (fails closed).
 * TCP upstreams: the first ``tcp[]`` rule becomes the tcp_proxy's (weighted) clusters.
 
 A destination naming a subset that no DestinationRule defines refuses this proxy's config
@@ -17,8 +21,6 @@ in ``meshctl get proxies``.
 
 from __future__ import annotations
 
-from envoy.extensions.filters.http.fault.v3 import fault_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -27,8 +29,9 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
-from ..traffic.routes import FAULT_FILTER, has_fault, http_routes, pack, weighted_tcp
+from ..traffic.routes import has_fault, http_routes, pack, weighted_tcp
 from ..xds.build import _common as c
+from ..xds.build import policy_filters as pf
 from ..xds.build.routes import DEFAULT_ROUTE_TIMEOUT_S
 
 KIND = KIND_NAME
@@ -38,22 +41,18 @@ def _is(packed, cls) -> bool:
     return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
 
 
-def insert_fault_filter(listener) -> None:
-    """Put ``envoy.filters.http.fault`` (empty: routes configure it) before the router of every HCM."""
+def check_fault_filter(listener) -> list[str]:
+    """Problems that would leave faults sent per route unapplied: an HCM of ``listener`` without the fault filter."""
+    problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
             if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
                 continue
             hcm = hcm_pb2.HttpConnectionManager()
-            f.typed_config.Unpack(hcm)
-            if any(h.name == FAULT_FILTER for h in hcm.http_filters):
-                continue
-            filters = list(hcm.http_filters)
-            at = next((i for i, h in enumerate(filters) if _is(h.typed_config, router_pb2.Router)), len(filters))
-            fault = hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault()))
-            del hcm.http_filters[:]
-            hcm.http_filters.extend(filters[:at] + [fault] + filters[at:])
-            f.typed_config.CopyFrom(pack(hcm))
+            if not f.typed_config.Unpack(hcm) or not pf.has_fault_filter(hcm):
+                problems.append(f"listener {listener.name!r}: the HttpConnectionManager lacks the fault filter "
+                                f"{pf.FAULT!r} before its router, so the fault would not be injected")
+    return problems
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
@@ -102,11 +101,11 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             if has_fault(vs):
                 listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
                 if listener is not None:
-                    insert_fault_filter(listener)
+                    problems.extend(f"{where}: {p}" for p in check_fault_filter(listener))
         except MissingSubset as exc:
             problems.append(f"{where}: {exc}")
     if problems:
         raise SnapshotInvalid(proxy.node, problems)
 
 
-__all__ = ["apply", "insert_fault_filter"]
+__all__ = ["apply", "check_fault_filter"]

@@ -1,5 +1,9 @@
 """VirtualService -> Envoy routes, fault filter config and weighted tcp_proxy (pure).
 
+A rule's ``fault`` becomes its routes' ``typed_per_filter_config`` for the fault filter that every
+outbound HTTP connection manager always carries (:data:`FAULT_FILTER`, see
+:mod:`meshcore.xds.build.policy_filters`), so faults travel by RDS and never change a listener.
+
 A rule's ``match`` alternatives become one Envoy route each (same action), in order, named
 ``<ns>/<name>/http[i]`` (``.../match[j]`` when a rule has several alternatives). Which cluster a
 destination means is asked from a callback, so this module knows nothing about proxies.
@@ -25,8 +29,9 @@ from ..resources.kinds import destination_rule as dr
 from ..resources.kinds.virtual_service import DEFAULT_RETRY_ON, split_retry_on
 from ..resources.model import Resource
 from ..xds.build import _common as c
+from ..xds.build import policy_filters as pf
 
-FAULT_FILTER = "envoy.filters.http.fault"
+FAULT_FILTER = pf.FAULT
 
 ClusterFor = Callable[[str, "str | None"], str]
 """``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
@@ -168,7 +173,7 @@ def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, defaul
                 route=action,
             )
             if rule.get("fault"):
-                route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(http_fault(rule["fault"])))
+                pf.set_fault_config(route, http_fault(rule["fault"]))
             headers = rule.get("headers") or {}
             req, resp = headers.get("request") or {}, headers.get("response") or {}
             route.request_headers_to_add.extend(_header_options(req))

@@ -28,6 +28,7 @@ from meshcore.errors import SnapshotInvalid
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.xds.build import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_proxy
+from meshcore.xds.build.policy_filters import FAULT
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,23 +105,75 @@ def test_virtual_service_routes_in_order_with_everything():
     mirror = default.route.request_mirror_policies[0]
     assert mirror.cluster == "outbound:reviews|productpage|v2"
     assert mirror.runtime_fraction.default_value.numerator == 100_000  # 10% of a million
-    # no fault: no fault filter
-    assert [f.name for f in _hcm(_by_name(built, LISTENER)["outbound:reviews:9092"]).http_filters] == [
-        "envoy.filters.http.router"]
+    # no fault in the VirtualService: no per-route fault config (the listener's fault filter stays empty)
+    assert not any(FAULT in r.typed_per_filter_config for r in routes)
 
 
 def test_fault_filter_is_before_the_router_and_configured_per_route():
     built = _build((TRAFFIC / "ratings-delay-for-jason.yaml").read_text(), node="vm3")
     hcm = _hcm(_by_name(built, LISTENER)["outbound:ratings:9093"])
-    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.fault", "envoy.filters.http.router"]
+    assert [f.name for f in hcm.http_filters] == [FAULT, "envoy.filters.http.router"]
+    listener_level = fault_pb2.HTTPFault()
+    assert hcm.http_filters[0].typed_config.Unpack(listener_level)
+    assert listener_level == fault_pb2.HTTPFault()  # empty: injects nothing where no route configures it
     jason, default = _by_name(built, ROUTE)["outbound:ratings:9093"].virtual_hosts[0].routes
     fault = fault_pb2.HTTPFault()
-    assert jason.typed_per_filter_config["envoy.filters.http.fault"].Unpack(fault)
+    assert jason.typed_per_filter_config[FAULT].Unpack(fault)
     assert fault.delay.fixed_delay.seconds == 2 and fault.delay.percentage.numerator == 500_000
     assert not fault.HasField("abort")
-    assert "envoy.filters.http.fault" not in default.typed_per_filter_config
+    assert FAULT not in default.typed_per_filter_config
     assert [(h.header.key, h.header.value) for h in jason.request_headers_to_add] == [("x-fault", "delay")]
     assert list(default.response_headers_to_remove) == ["x-bookinfo-service"]
+
+
+def test_every_outbound_http_listener_carries_the_empty_fault_filter():
+    """Sidecars' and the ingress gateway's outbound HTTP listeners alike, with or without any VirtualService."""
+    for node in ("vm1", "vm2", "vm3", "gateway"):
+        built = _build("", node=node)
+        outbound = [l for l in built[LISTENER] if l.name.startswith("outbound:")]
+        assert outbound, node
+        for listener in outbound:
+            hcm = _hcm(listener)
+            assert [f.name for f in hcm.http_filters] == [FAULT, "envoy.filters.http.router"], listener.name
+        for listener in built[LISTENER]:
+            if listener.name.startswith("inbound:"):
+                assert FAULT not in [f.name for f in _hcm(listener).http_filters], listener.name
+
+
+def test_faults_never_change_the_listeners():
+    """The regression behind this design: a listener update leaves open connections on the old filters, so a
+    fault added (or removed) would not reach keep-alive connections until they drained."""
+    for node, text in (("vm3", (TRAFFIC / "ratings-delay-for-jason.yaml").read_text()),
+                       ("vm2", (TRAFFIC / "ratings-abort.yaml").read_text()),
+                       ("vm3", (TRAFFIC / "ratings-abort.yaml").read_text())):
+        plain, faulty = _build("", node=node), _build(text, node=node)
+        assert [l.SerializeToString(deterministic=True) for l in plain[LISTENER]] == \
+            [l.SerializeToString(deterministic=True) for l in faulty[LISTENER]], (node, text[:60])
+        # ... the route is what changed
+        route = _by_name(faulty, ROUTE)["outbound:ratings:9093"]
+        assert any(FAULT in r.typed_per_filter_config for r in route.virtual_hosts[0].routes)
+        assert route != _by_name(plain, ROUTE)["outbound:ratings:9093"]
+
+
+def test_a_fault_on_a_listener_without_the_fault_filter_refuses_the_proxy_config():
+    """Faults sent per route to an HCM without the filter would be silently ignored: fail closed."""
+    from meshcore.policies import virtual_service
+    from meshcore.xds.build import build_clusters, build_endpoints, build_listeners, build_routes
+
+    snap = MeshSnapshot.build(_catalog(), load_documents((TRAFFIC / "ratings-abort.yaml").read_text(), "t.yaml"))
+    proxy = ProxyInfo(node="vm3", secrets_dir="/s")
+    fresh = lambda: {LISTENER: build_listeners(snap, proxy), ROUTE: build_routes(snap, proxy),  # noqa: E731
+                     CLUSTER: build_clusters(snap, proxy), ENDPOINT: build_endpoints(snap, proxy)}
+    virtual_service.apply(snap, proxy, fresh())  # as built: fine
+    resources = fresh()
+    listener = _by_name(resources, LISTENER)["outbound:ratings:9093"]
+    hcm = _hcm(listener)
+    del hcm.http_filters[0]  # only the router left
+    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    with pytest.raises(SnapshotInvalid) as info:
+        virtual_service.apply(snap, proxy, resources)
+    assert "lacks the fault filter 'meshcore.fault'" in str(info.value)
+    assert "VirtualService default/ratings-abort for upstream 'ratings' of reviews-v3" in str(info.value)
 
 
 def test_virtual_service_applies_on_every_proxy_that_declared_the_upstream():
@@ -129,7 +182,7 @@ def test_virtual_service_applies_on_every_proxy_that_declared_the_upstream():
         built = _build(text, node=node)
         route = _by_name(built, ROUTE)["outbound:ratings:9093"].virtual_hosts[0].routes[0]
         fault = fault_pb2.HTTPFault()
-        assert route.typed_per_filter_config["envoy.filters.http.fault"].Unpack(fault)
+        assert route.typed_per_filter_config[FAULT].Unpack(fault)
         assert fault.abort.http_status == 503 and fault.abort.percentage.numerator == 1_000_000
     untouched = _build(text, node="vm1")
     assert "outbound:ratings:9093" not in _by_name(untouched, ROUTE)

@@ -13,7 +13,7 @@ from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import _common as c
-from .policy_filters import inbound_policy_filters
+from .policy_filters import inbound_policy_filters, outbound_policy_filters
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 HCM = "envoy.filters.network.http_connection_manager"
@@ -37,12 +37,12 @@ def http_connection_manager(stat_prefix: str, route_name: str, *, inbound: bool)
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
+    # Constant policy filters (rules and faults come per route over RDS): a policy or fault change never touches
+    # the listener, so it applies to the next request on every open connection (see policy_filters).
+    router = list(hcm.http_filters)
+    del hcm.http_filters[:]
+    hcm.http_filters.extend((inbound_policy_filters() if inbound else outbound_policy_filters()) + router)
     if inbound:
-        # Constant policy filters (rules come per route over RDS): a policy change never touches the listener,
-        # so it applies to the next request on every open connection (see policy_filters).
-        router = list(hcm.http_filters)
-        del hcm.http_filters[:]
-        hcm.http_filters.extend(inbound_policy_filters() + router)
         # Tell the app who called: the peer's SPIFFE ID in x-forwarded-client-cert, never a client-supplied one.
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
         hcm.set_current_client_cert_details.uri = True

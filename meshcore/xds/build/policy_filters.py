@@ -1,4 +1,4 @@
-"""The HTTP policy filters every inbound HTTP connection manager carries, whatever the policies are.
+"""The HTTP policy filters every inbound (and outbound) HTTP connection manager carries, whatever the policies are.
 
 Why: a change to a listener's filters is a *listener* update, and Envoy keeps serving the connections
 it accepted before the update with the old filter chain until they drain, so a new DENY would not be
@@ -21,6 +21,15 @@ What Envoy 1.40 does with them (checked against a real Envoy, see ``tests/polici
   its keys prefixed by the *per-route* ``rules_stat_prefix``: both prefixes are therefore the same;
 * a local rate limit per-route config replaces the listener's whole config (its own ``stat_prefix``
   and buckets); the listener-level one has no bucket and is disabled, so it passes everything.
+
+Outbound, the same idea for VirtualService fault injection: every outbound HTTP connection manager
+(sidecars' and the ingress gateway's) carries one fault filter named :data:`FAULT`, right before the
+router, whose listener-level ``HTTPFault`` is empty (no delay, no abort, no header-controlled fault:
+it injects nothing). A VirtualService rule's fault goes on its outbound *route* as
+``typed_per_filter_config[FAULT]``; Envoy uses the most specific per-route ``HTTPFault`` *instead of*
+the listener-level one (no merging), so adding, changing or removing a fault is a route update only.
+Fault counters keep their names (``http.<hcm stat_prefix>.fault.{aborts,delays}_injected``): the
+filter's name is not part of them.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from dataclasses import dataclass
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -39,6 +49,8 @@ AUTHZ_AUDIT = "meshcore.authz.audit"
 AUTHZ_DENY = "meshcore.authz.deny"
 AUTHZ_ALLOW = "meshcore.authz.allow"
 RATELIMIT = "meshcore.ratelimit"
+FAULT = "meshcore.fault"
+"""The fault filter of every outbound HTTP connection manager (faults come per route)."""
 RBAC_METADATA_NS = "envoy.filters.http.rbac"
 """Where Envoy 1.40 writes every HTTP RBAC filter's dynamic metadata, whatever the filter is named."""
 RATELIMIT_OFF_STAT_PREFIX = "ratelimit.off"
@@ -107,7 +119,27 @@ def has_policy_filters(hcm: hcm_pb2.HttpConnectionManager) -> bool:
     return ours == list(POLICY_FILTER_NAMES) and names[-1] not in POLICY_FILTER_NAMES
 
 
+# --- outbound: fault injection -----------------------------------------------------------------------
+
+
+def outbound_policy_filters() -> list[hcm_pb2.HttpFilter]:
+    """The constant filters of an outbound HTTP connection manager (before its router): the empty fault filter."""
+    return [hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault()))]
+
+
+def set_fault_config(route: route_components_pb2.Route, fault: fault_pb2.HTTPFault) -> None:
+    """Give ``route`` its own fault (in place); it replaces the listener's empty one for that route."""
+    route.typed_per_filter_config[FAULT].CopyFrom(pack(fault))
+
+
+def has_fault_filter(hcm: hcm_pb2.HttpConnectionManager) -> bool:
+    """True when ``hcm`` carries the fault filter before its router (faults sent per route take effect)."""
+    names = [f.name for f in hcm.http_filters]
+    return FAULT in names and names[-1] != FAULT
+
+
 __all__ = [
+    "FAULT", "outbound_policy_filters", "set_fault_config", "has_fault_filter",
     "AUTHZ_AUDIT", "AUTHZ_DENY", "AUTHZ_ALLOW", "RATELIMIT", "RBAC_METADATA_NS", "RATELIMIT_OFF_STAT_PREFIX",
     "HttpRbacStage", "AUDIT_STAGE", "DENY_STAGE", "ALLOW_STAGE", "RBAC_STAGES", "STAGE_BY_LABEL",
     "POLICY_FILTER_NAMES", "inbound_policy_filters", "rbac_per_route", "set_policy_config", "has_policy_filters",
