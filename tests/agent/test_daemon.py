@@ -194,6 +194,11 @@ def test_agent_lifecycle(cp, tmp_path):
         _wait(lambda: cp.count("/v1/agent/renew-node") >= 1, 15, "the node certificate to rotate", agent)
         status = _status(state)
         assert status["envoy"]["pid"] == envoy_pid and status["envoy"]["restarts"] == 0
+        # From here on, leaves that outlive a loaded machine's pauses: the restart below must find a valid
+        # node certificate (with 6 s leaves a slow stop + start lets it expire, and then a token is needed).
+        cp.leaf_ttl = timedelta(minutes=10)
+        renewals = cp.count("/v1/agent/renew-node")
+        _wait(lambda: cp.count("/v1/agent/renew-node") > renewals, 15, "a long-lived node certificate", agent)
 
         # a service leaving the node: its secret file goes away
         cp.services["vm1"] = [s for s in cp.services["vm1"] if s["name"] != "api"]

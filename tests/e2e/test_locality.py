@@ -130,7 +130,11 @@ def test_outlier_ejection_fails_over_and_recovery_brings_traffic_back(mesh):
     try:
         # The first request(s) hit the dead app (503 from n1's Envoy); the ejection then moves traffic.
         _settle(mesh, "v3")
-        assert _sample(mesh, 60) == Counter({"v3": 60})
+        # Each time its ejection (2 s, growing) ends, the dead instance takes a request or more (None: reviews
+        # unavailable) until it is ejected again; on a loaded machine a sample spans several such windows.
+        # What must hold: the failover goes to dc3 (v3) only, never to dc2 (v2).
+        sample = _sample(mesh, 60)
+        assert set(sample) <= {"v3", None} and sample["v3"] >= 40, sample
     finally:
         mesh._spawn(app["name"], app["argv"])  # the same app on the same port, tracked for mesh.down()
     _settle(mesh, "v1")
