@@ -27,8 +27,10 @@ demo: $(STAMP)
 demo-down: $(STAMP)
 	$(BIN)/meshctl demo down
 
+# Two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures and order): the
+# lab file (booted hosts, mostly waiting on Ansible over SSH) runs beside the rest of the suite.
 test: $(STAMP) lab-deps
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .meshcore-demo .pytest_cache test-artifacts
