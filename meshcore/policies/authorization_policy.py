@@ -74,6 +74,7 @@ from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.build import _common as c
 from ..xds.build import policy_filters as pf
+from ._inbound import inbound_targets
 
 KIND = KIND_NAME
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -315,18 +316,11 @@ def secure_chain(chain: listener_components_pb2.FilterChain, stages: list[RbacSt
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER, ROUTE
-
     policies = snapshot.resources_of(KIND)
     if not policies:
         return
-    listeners = {l.name: l for l in resources[LISTENER]}
-    routes = {r.name: r for r in resources[ROUTE]}
     problems = []
-    for inst in c.sidecar_instances(snapshot, proxy):
-        listener = listeners.get(naming.inbound_listener(inst.id))
-        if listener is None:
-            continue
+    for inst, listener, route in inbound_targets(snapshot, proxy, resources):
         selected = policies_for(policies, inst.labels, inst.namespace)
         if not selected:
             continue
@@ -336,7 +330,6 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                 for chain in listener.filter_chains:
                     secure_chain(chain, stages, listener.name)
                 continue
-            route = routes.get(naming.inbound_route(inst.id))
             if route is None:
                 raise ValueError(f"no inbound route configuration {naming.inbound_route(inst.id)!r} to put the rules in")
             problems += [f"AuthorizationPolicy not enforceable: {p}" for p in check_http_listener(listener)]

@@ -56,6 +56,7 @@ from ..traffic.routes import pack
 from ..errors import SnapshotInvalid
 from ..xds.build import _common as c
 from ..xds.build import policy_filters as pf
+from ._inbound import inbound_targets
 
 KIND = KIND_NAME
 HTTP_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
@@ -229,18 +230,11 @@ def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[R
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER, ROUTE
-
     limits = snapshot.resources_of(KIND)
     if not limits:
         return
-    listeners = {l.name: l for l in resources[LISTENER]}
-    routes = {r.name: r for r in resources[ROUTE]}
     problems = []
-    for inst in c.sidecar_instances(snapshot, proxy):
-        listener = listeners.get(naming.inbound_listener(inst.id))
-        if listener is None:
-            continue
+    for inst, listener, route in inbound_targets(snapshot, proxy, resources):
         selected = sorted(limits_for(limits, inst.labels, inst.namespace), key=lambda r: (r.namespace, r.name))
         if not selected:
             continue
@@ -248,7 +242,6 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             for chain in listener.filter_chains:
                 limit_chain(chain, selected)
             continue
-        route = routes.get(naming.inbound_route(inst.id))
         if route is None:
             problems.append(f"RateLimit not enforceable: no inbound route configuration "
                             f"{naming.inbound_route(inst.id)!r} for instance {inst.id}")
