@@ -29,8 +29,12 @@ demo-down: $(STAMP)
 
 # Two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures and order): the
 # lab file (booted hosts, mostly waiting on Ansible over SSH) runs beside the rest of the suite.
-test: $(STAMP) lab-deps
+test: $(STAMP) lab-deps lint
 	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile
+
+# ruff + mypy; findings older than the ratchet are listed in tests/tooling/lint-baseline.txt, which may only shrink.
+lint: $(STAMP)
+	$(BIN)/python -m tests.tooling.lint
 
 clean:
 	rm -rf $(VENV) .meshcore-demo .pytest_cache test-artifacts
