@@ -15,7 +15,7 @@ The deciding authorization policy comes from the RBAC filters' dynamic metadata
 (``<rules_stat_prefix>enforced_effective_policy_id`` / ``enforced_engine_result``, in the
 ``envoy.filters.http.rbac`` namespace whatever the filter is named, keys prefixed by the per-route
 ``rules_stat_prefix`` in Envoy 1.40): each enforcing stage (HTTP: ``authz.deny.``, then ``authz.allow.``,
-the constant filters of :mod:`meshcore.xds.build.policy_filters` whose rules come per route; TCP:
+the constant filters of :mod:`meshcore.xds.generate.policy_filters` whose rules come per route; TCP:
 ``tcp.<listener>.authz.deny.<ns>.<name>.`` ..., then ``...authz.allow.``) writes its own keys and the first
 stage that denies stops the request, so a CEL expression built per listener picks the first denying
 stage, else the ALLOW stage. AUDIT (action LOG) matches show as ``audit_policy``. A stage without rules
@@ -46,8 +46,8 @@ from envoy.type.v3 import percent_pb2
 from .. import naming
 from ..errors import ConfigError, SnapshotInvalid
 from ..snapshot import MeshSnapshot, ProxyInfo, TelemetrySettings
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import _common as c
+from ..xds.generate import policy_filters as pf
 
 __all__ = ["apply", "tracing_cluster", "access_log_path", "listener_access_log", "JSON_KEYS",
            "TRACING_CLUSTER", "OTEL_TRACER", "validate_settings",
@@ -368,7 +368,7 @@ def _tcp(chain, index: int, t: TelemetrySettings, facts: ListenerFacts) -> None:
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
     """Put access logs and tracing into every listener of ``proxy`` (after every policy plugin)."""
-    from ..xds.build import LISTENER
+    from ..xds.generate import LISTENER
 
     t = snapshot.settings.telemetry
     if not t.access_log and not t.tracing_otlp:

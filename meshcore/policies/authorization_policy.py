@@ -1,7 +1,7 @@
 """AuthorizationPolicy: compile Istio-style policies into Envoy RBAC rules for the inbound side of each workload.
 
 HTTP workloads: every inbound HTTP connection manager always carries three RBAC filters with no rules
-(:mod:`meshcore.xds.build.policy_filters`: ``meshcore.authz.audit``, ``meshcore.authz.deny``,
+(:mod:`meshcore.xds.generate.policy_filters`: ``meshcore.authz.audit``, ``meshcore.authz.deny``,
 ``meshcore.authz.allow``, before the router); this plugin never touches the listener. It puts the rules
 into the instance's inbound route configuration instead, as ``RBACPerRoute`` on its virtual host keyed
 by those filter names, so a policy change is an RDS update that applies to the next request on every
@@ -72,8 +72,8 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, KIND_NAME, policies_for
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import _common as c
+from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
 KIND = KIND_NAME

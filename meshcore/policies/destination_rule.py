@@ -23,13 +23,13 @@ from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
 from ..traffic.locality import apply_locality_named
 from ..traffic.routes import pack
-from ..xds.build import _common as c
+from ..xds.generate import _common as c
 
 KIND = KIND_NAME
 
 
 def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
-    from ..xds.build import ROUTE
+    from ..xds.generate import ROUTE
 
     hashes = route_hash_policies(policy)
     if not hashes:
@@ -43,7 +43,7 @@ def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
 
 
 def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.generate import LISTENER
 
     hashes = tcp_hash_policies(policy)
     if not hashes:

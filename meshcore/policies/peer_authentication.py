@@ -12,14 +12,14 @@ from envoy.config.listener.v3 import listener_components_pb2
 from .. import naming
 from ..resources.kinds.peer_authentication import effective_mtls
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import _common as c
-from ..xds.build.listeners import MTLS_CHAIN, PLAINTEXT_CHAIN, inbound_filters
+from ..xds.generate import _common as c
+from ..xds.generate.listeners import MTLS_CHAIN, PLAINTEXT_CHAIN, inbound_filters
 
 KIND = "PeerAuthentication"
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.generate import LISTENER
 
     policies = snapshot.resources_of(KIND)
     by_name = {l.name: l for l in resources[LISTENER]}

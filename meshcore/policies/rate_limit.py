@@ -2,7 +2,7 @@
 
 HTTP workloads: every inbound HTTP connection manager always carries a disabled
 ``envoy.filters.http.local_ratelimit`` filter named ``meshcore.ratelimit`` (after the RBAC filters, so
-a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.build.policy_filters`).
+a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.generate.policy_filters`).
 This plugin never touches the listener: it puts the limits into the instance's inbound route
 configuration, as that filter's per-route ``LocalRateLimit`` on the virtual host, so a change is an RDS
 update that applies to the next request on every connection. (A new per-route config starts with full
@@ -54,8 +54,8 @@ from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.routes import pack
 from ..errors import SnapshotInvalid
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import _common as c
+from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
 KIND = KIND_NAME

@@ -8,7 +8,7 @@ For each upstream a proxy declared and a VirtualService lists in ``hosts``:
   with their endpoints when new. A rule with ``fault`` gets its ``HTTPFault`` per route
   (``typed_per_filter_config`` keyed ``meshcore.fault``). The listener is never touched: every outbound
   HttpConnectionManager already carries that fault filter, empty, before its router
-  (:mod:`meshcore.xds.build.policy_filters`), so a fault change is a route (RDS) update that applies to
+  (:mod:`meshcore.xds.generate.policy_filters`), so a fault change is a route (RDS) update that applies to
   the next request on every open connection, where a listener update would leave keep-alive connections
   on the old filters until they drained. A fault on a listener without the filter would be silently
   ignored, so that refuses the proxy's config instead (fails closed).
@@ -30,9 +30,9 @@ from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
 from ..traffic.routes import has_fault, http_routes, pack, weighted_tcp
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
-from ..xds.build.routes import DEFAULT_ROUTE_TIMEOUT_S
+from ..xds.generate import _common as c
+from ..xds.generate import policy_filters as pf
+from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
 
 KIND = KIND_NAME
 
@@ -56,7 +56,7 @@ def check_fault_filter(listener) -> list[str]:
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER, ROUTE
+    from ..xds.generate import LISTENER, ROUTE
 
     services = snapshot.resources_of(KIND)
     if not services:

@@ -21,10 +21,10 @@ from ..catalog.model import ServiceInstance, Upstream
 from ..resources.kinds import destination_rule as dr
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import CLUSTER, ENDPOINT
-from ..xds.build import _common as c
-from ..xds.build.clusters import upstream_cluster
-from ..xds.build.endpoints import load_assignment
+from ..xds.generate import CLUSTER, ENDPOINT
+from ..xds.generate import _common as c
+from ..xds.generate.clusters import upstream_cluster
+from ..xds.generate.endpoints import load_assignment
 from .locality import apply_locality
 
 _SIMPLE = {

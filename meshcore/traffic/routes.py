@@ -2,7 +2,7 @@
 
 A rule's ``fault`` becomes its routes' ``typed_per_filter_config`` for the fault filter that every
 outbound HTTP connection manager always carries (:data:`FAULT_FILTER`, see
-:mod:`meshcore.xds.build.policy_filters`), so faults travel by RDS and never change a listener.
+:mod:`meshcore.xds.generate.policy_filters`), so faults travel by RDS and never change a listener.
 
 A rule's ``match`` alternatives become one Envoy route each (same action), in order, named
 ``<ns>/<name>/http[i]`` (``.../match[j]`` when a rule has several alternatives). Which cluster a
@@ -28,8 +28,8 @@ from .. import naming
 from ..resources.kinds import destination_rule as dr
 from ..resources.kinds.virtual_service import DEFAULT_RETRY_ON, split_retry_on
 from ..resources.model import Resource
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import _common as c
+from ..xds.generate import policy_filters as pf
 
 FAULT_FILTER = pf.FAULT
 

@@ -27,8 +27,8 @@ from meshcore.catalog.model import Catalog
 from meshcore.errors import SnapshotInvalid
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_proxy
-from meshcore.xds.build.policy_filters import FAULT
+from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_proxy
+from meshcore.xds.generate.policy_filters import FAULT
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_faults_never_change_the_listeners():
 def test_a_fault_on_a_listener_without_the_fault_filter_refuses_the_proxy_config():
     """Faults sent per route to an HCM without the filter would be silently ignored: fail closed."""
     from meshcore.policies import virtual_service
-    from meshcore.xds.build import build_clusters, build_endpoints, build_listeners, build_routes
+    from meshcore.xds.generate import build_clusters, build_endpoints, build_listeners, build_routes
 
     snap = MeshSnapshot.build(_catalog(), load_documents((TRAFFIC / "ratings-abort.yaml").read_text(), "t.yaml"))
     proxy = ProxyInfo(node="vm3", secrets_dir="/s")

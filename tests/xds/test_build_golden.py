@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.xds.generate import build_proxy
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_build_is_deterministic():
 def test_only_own_node_config():
     """A proxy's listeners are exactly its own node's services and upstreams, nothing of other nodes."""
     snap = _snapshot()
-    from meshcore.xds.build import LISTENER
+    from meshcore.xds.generate import LISTENER
 
     names = {l.name for l in build_proxy(snap, ProxyInfo(node="vm3", secrets_dir="/s"))[LISTENER]}
     assert names == {"inbound:ratings-v1", "inbound:reviews-v3", "outbound:ratings:9093"}
@@ -134,7 +134,7 @@ def test_unhealthy_instances_are_not_endpoints():
     from dataclasses import replace
 
     from meshcore.catalog.model import Catalog
-    from meshcore.xds.build import ENDPOINT
+    from meshcore.xds.generate import ENDPOINT
 
     snap = _snapshot()
     instances = [replace(i, healthy=False) if i.id == "reviews-v2" else i for i in snap.catalog.instances]
