@@ -46,7 +46,7 @@ from envoy.type.v3 import percent_pb2
 from .. import naming
 from ..errors import ConfigError, SnapshotInvalid
 from ..snapshot import MeshSnapshot, ProxyInfo, TelemetrySettings
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 
 __all__ = ["apply", "tracing_cluster", "access_log_path", "listener_access_log", "JSON_KEYS",
@@ -308,10 +308,6 @@ def _listener_facts(snapshot: MeshSnapshot, proxy: ProxyInfo) -> dict[str, Liste
     return facts
 
 
-def _is(packed, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
-
-
 def _unpack(packed, cls) -> Message:
     msg = cls()
     packed.Unpack(msg)
@@ -334,7 +330,7 @@ def _http_stages(hcm: hcm_pb2.HttpConnectionManager) -> list[tuple[str, int]]:
     actions = {pf.AUTHZ_AUDIT: rbac_pb2.RBAC.LOG, pf.AUTHZ_DENY: rbac_pb2.RBAC.DENY, pf.AUTHZ_ALLOW: rbac_pb2.RBAC.ALLOW}
     stages = []
     for f in hcm.http_filters:
-        if not _is(f.typed_config, http_rbac_pb2.RBAC):
+        if not c.is_type(f.typed_config, http_rbac_pb2.RBAC):
             continue
         r = _unpack(f.typed_config, http_rbac_pb2.RBAC)
         stages.append((r.rules_stat_prefix, actions.get(f.name, r.rules.action)))
@@ -356,7 +352,7 @@ def _tcp(chain, index: int, t: TelemetrySettings, facts: ListenerFacts) -> None:
     proxy = _unpack(chain.filters[index].typed_config, tcp_proxy_pb2.TcpProxy)
     stages = []
     for f in chain.filters[:index]:
-        if _is(f.typed_config, network_rbac_pb2.RBAC):
+        if c.is_type(f.typed_config, network_rbac_pb2.RBAC):
             r = _unpack(f.typed_config, network_rbac_pb2.RBAC)
             stages.append((r.stat_prefix, r.rules.action))
     enforcing, audit = _stages(stages)
@@ -383,7 +379,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             continue
         for chain in listener.filter_chains:
             for i, f in enumerate(chain.filters):
-                if _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+                if c.is_type(f.typed_config, hcm_pb2.HttpConnectionManager):
                     _http(f, t, lf)
-                elif _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
+                elif c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy):
                     _tcp(chain, i, t, lf)

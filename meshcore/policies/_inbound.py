@@ -7,7 +7,7 @@ from typing import Iterator
 
 from .. import naming
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 
 
 def inbound_targets(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> Iterator[tuple]:

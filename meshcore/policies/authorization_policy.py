@@ -39,7 +39,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Sequence
 
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from envoy.config.core.v3 import address_pb2
@@ -72,7 +72,7 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, KIND_NAME, policies_for
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
@@ -248,16 +248,6 @@ def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list
 # --- HTTP: the rules go into the inbound route configuration ---------------------------------------
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
-
-
-def _is(packed: any_pb2.Any, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
-
-
 def _stat(name: str) -> str:
     return name.replace(":", "_").replace("|", "_").replace(".", "_")
 
@@ -273,7 +263,7 @@ def check_http_listener(listener) -> list[str]:
     problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
-            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+            if not c.is_type(f.typed_config, hcm_pb2.HttpConnectionManager):
                 continue
             hcm = _unpack_hcm(f)
             if hcm is None or not pf.has_policy_filters(hcm):
@@ -296,7 +286,7 @@ def secure_route(route: route_pb2.RouteConfiguration, stages: list[RbacStage]) -
 
 def _insert_tcp(chain, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
     new = [
-        listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=_pack(network_rbac_pb2.RBAC(
+        listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=c.pack(network_rbac_pb2.RBAC(
             rules=s.rules, stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}.")))
         for s in stages
     ]
@@ -309,7 +299,7 @@ def secure_chain(chain: listener_components_pb2.FilterChain, stages: list[RbacSt
     """Insert ``stages`` into one inbound TCP filter chain, before its tcp_proxy."""
     where = f"listener {listener_name!r} chain {chain.name!r}"
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
+        if c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy):
             _insert_tcp(chain, i, stages, _stat(listener_name))
             return
     raise ValueError(f"{where}: no tcp_proxy to enforce AuthorizationPolicy on")

@@ -22,8 +22,7 @@ from ..resources.kinds.destination_rule import KIND_NAME, effective_policy, subs
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
 from ..traffic.locality import apply_locality_named
-from ..traffic.routes import pack
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 
 KIND = KIND_NAME
 
@@ -57,7 +56,7 @@ def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None
                 if f.typed_config.Unpack(proxy):
                     del proxy.hash_policy[:]
                     proxy.hash_policy.extend(hashes)
-                    f.typed_config.CopyFrom(pack(proxy))
+                    f.typed_config.CopyFrom(c.pack(proxy))
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:

@@ -12,8 +12,8 @@ from envoy.config.listener.v3 import listener_components_pb2
 from .. import naming
 from ..resources.kinds.peer_authentication import effective_mtls
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.generate import _common as c
-from ..xds.generate.listeners import MTLS_CHAIN, PLAINTEXT_CHAIN, inbound_filters
+from ..xds.generate import vocab as c
+from ..xds.generate.listeners import PLAINTEXT_CHAIN, inbound_filters
 
 KIND = "PeerAuthentication"
 

@@ -52,9 +52,8 @@ from ..resources.kinds.destination_rule import UINT32_MAX, seconds
 from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_after_seconds, tokens_per_fill
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.routes import pack
 from ..errors import SnapshotInvalid
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
@@ -68,10 +67,6 @@ XFCC = "x-forwarded-client-cert"
 def stat_prefix(resource: Resource) -> str:
     """``ratelimit.<ns>.<name>``: the stats of one RateLimit (dots inside a name would split it, so ``_``)."""
     return ".".join(["ratelimit", resource.namespace.replace(".", "_"), resource.name.replace(".", "_")])
-
-
-def _is(packed, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
 
 
 # --- match -> regular expressions (full match, RE2) --------------------------------------------------
@@ -220,8 +215,8 @@ def limit_route(route: route_pb2.RouteConfiguration, selected: Sequence[Resource
 def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[Resource]) -> None:
     """Add ``selected``'s connection limits to one inbound TCP filter chain, before its tcp_proxy."""
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
-            new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=pack(cfg))
+        if c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy):
+            new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=c.pack(cfg))
                    for r in selected for cfg in network_local_rate_limits(r)]
             filters = list(chain.filters)
             del chain.filters[:]

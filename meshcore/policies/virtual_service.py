@@ -29,16 +29,12 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
-from ..traffic.routes import has_fault, http_routes, pack, weighted_tcp
-from ..xds.generate import _common as c
+from ..traffic.routes import has_fault, http_routes, weighted_tcp
+from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
 
 KIND = KIND_NAME
-
-
-def _is(packed, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
 
 
 def check_fault_filter(listener) -> list[str]:
@@ -46,7 +42,7 @@ def check_fault_filter(listener) -> list[str]:
     problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
-            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
+            if not c.is_type(f.typed_config, hcm_pb2.HttpConnectionManager):
                 continue
             hcm = hcm_pb2.HttpConnectionManager()
             if not f.typed_config.Unpack(hcm) or not pf.has_fault_filter(hcm):
@@ -85,9 +81,9 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                 for chain in listener.filter_chains if listener is not None else ():
                     for f in chain.filters:
                         tcp = tcp_proxy_pb2.TcpProxy()
-                        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy) and f.typed_config.Unpack(tcp):
+                        if c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy) and f.typed_config.Unpack(tcp):
                             if weighted_tcp(tcp, vs, cluster_for):
-                                f.typed_config.CopyFrom(pack(tcp))
+                                f.typed_config.CopyFrom(c.pack(tcp))
                 continue
             if not (vs.spec or {}).get("http"):
                 continue

@@ -22,7 +22,7 @@ from ..resources.kinds import destination_rule as dr
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.generate import CLUSTER, ENDPOINT
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 from ..xds.generate.clusters import upstream_cluster
 from ..xds.generate.endpoints import load_assignment
 from .locality import apply_locality

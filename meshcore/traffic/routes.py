@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from google.protobuf import any_pb2, wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -28,7 +27,7 @@ from .. import naming
 from ..resources.kinds import destination_rule as dr
 from ..resources.kinds.virtual_service import DEFAULT_RETRY_ON, split_retry_on
 from ..resources.model import Resource
-from ..xds.generate import _common as c
+from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 
 FAULT_FILTER = pf.FAULT
@@ -37,12 +36,6 @@ ClusterFor = Callable[[str, "str | None"], str]
 """``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
 HashFor = Callable[[str, "str | None"], list]
 """``(host, subset) -> route hash policies`` of that destination's load balancer."""
-
-
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
 
 
 def fraction(percent: float) -> percent_pb2.FractionalPercent:

@@ -6,24 +6,12 @@ its fixed order (see :mod:`meshcore.policies`). No network, disk, clock or loggi
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-
 from ...snapshot import MeshSnapshot, ProxyInfo
-from ._common import type_url
 from .clusters import build_clusters
 from .endpoints import build_endpoints
 from .listeners import build_listeners
 from .routes import build_routes
-
-LISTENER = type_url(listener_pb2.Listener)
-ROUTE = type_url(route_pb2.RouteConfiguration)
-CLUSTER = type_url(cluster_pb2.Cluster)
-ENDPOINT = type_url(endpoint_pb2.ClusterLoadAssignment)
-SECRET = type_url(secret_pb2.Secret)
+from .vocab import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 BuiltResources = dict[str, list]
 

@@ -9,7 +9,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 
 CONNECT_TIMEOUT_S = 5.0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import wrappers_pb2
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -12,7 +14,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 from .policy_filters import inbound_policy_filters, outbound_policy_filters
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -33,7 +35,7 @@ def http_connection_manager(stat_prefix: str, route_name: str, *, inbound: bool)
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=c.ads_source(), route_config_name=route_name),
         http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=c.pack(router_pb2.Router()))],
-        normalize_path=c.wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )

@@ -1,4 +1,12 @@
-"""Small pure helpers shared by the per-type builders (no IO, no clock, no logging)."""
+"""The builder vocabulary: what every generator and policy plugin speaks (public; no IO, clock or logging).
+
+* The xDS type URLs, defined once in :mod:`meshcore.xds._typeurls` and re-exported here.
+* :func:`pack`, the one way meshcore turns a message into an ``Any``: deterministic serialization
+  (``SerializeToString(deterministic=True)``: map entries sorted), so equal configs are equal bytes.
+* :func:`is_type`, the one type test of a packed ``Any`` (``Any.Is`` against the message's descriptor).
+* The helpers shared by the per-type generators and the plugins: durations, addresses, the ADS config
+  source, SDS-from-file secrets, mTLS contexts, and what lives on a proxy (its instances, its upstreams).
+"""
 
 from __future__ import annotations
 
@@ -16,16 +24,24 @@ from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...errors import SnapshotInvalid
 from ...snapshot import MeshSnapshot, ProxyInfo
+from .._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+
+TYPE_PREFIX = "type.googleapis.com/"
 
 
-def type_url(message_cls) -> str:
-    return "type.googleapis.com/" + message_cls.DESCRIPTOR.full_name
+def type_url(message_cls: type[Message]) -> str:
+    """``type.googleapis.com/<full name>`` of a proto class (what an ``Any`` of it carries)."""
+    return TYPE_PREFIX + message_cls.DESCRIPTOR.full_name
 
 
 def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    """``message`` as an ``Any``, serialized deterministically (maps sorted), so equal configs hash equal."""
+    return any_pb2.Any(type_url=type_url(type(message)), value=message.SerializeToString(deterministic=True))
+
+
+def is_type(packed: any_pb2.Any, message_cls: type[Message]) -> bool:
+    """True when ``packed`` holds a ``message_cls``."""
+    return packed.Is(message_cls.DESCRIPTOR)
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -93,7 +109,7 @@ def peer_trust_domains(snapshot: MeshSnapshot) -> list[str]:
     return [snapshot.trust_domain, *federated]
 
 
-def transport_socket(name: str, config: Message):
+def transport_socket(name: str, config: Message) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=name, typed_config=pack(config))
 
 
@@ -147,3 +163,11 @@ def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]
     """Identities the upstream may present: those of its registered instances (or its default one)."""
     ids = sorted({snapshot.spiffe_id(i) for i in snapshot.catalog.instances_of(upstream.destination_name)})
     return ids or [naming.workload_spiffe_id(snapshot.trust_domain, naming.DEFAULT_NAMESPACE, upstream.destination_name)]
+
+
+__all__ = [
+    "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "TYPE_PREFIX", "type_url", "pack", "is_type",
+    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "common_tls", "downstream_mtls",
+    "peer_trust_domains", "transport_socket", "typed_extension", "local_instances", "sidecar_instances",
+    "outbound_bindings", "upstream_protocol", "upstream_spiffe_ids",
+]
