@@ -27,7 +27,8 @@ from meshcore.catalog.model import Catalog
 from meshcore.errors import SnapshotInvalid
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_proxy
+from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshcore.compose import build_proxy
 from meshcore.xds.generate.policy_filters import FAULT
 from meshcore.xds.validate import validate_snapshot
 

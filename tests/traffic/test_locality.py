@@ -23,7 +23,8 @@ from meshcore.errors import ValidationError
 from meshcore.resources.kinds import destination_rule as dr
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.generate import ENDPOINT, build_proxy
+from meshcore.xds.generate import ENDPOINT
+from meshcore.compose import build_proxy
 from meshcore.xds.generate.endpoints import Locality, prioritize, load_assignment
 from meshcore.xds.validate import validate_snapshot
 

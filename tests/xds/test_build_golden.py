@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.generate import build_proxy
+from meshcore.compose import build_proxy
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,10 +1,13 @@
-"""Pure generation of one proxy's Envoy configuration from a MeshSnapshot.
+"""Pure generation of one proxy's Envoy configuration from a MeshSnapshot, one module per xDS type.
 
-``build_proxy(snapshot, proxy)`` runs one builder per xDS type, then every policy plugin in
-its fixed order (see :mod:`meshcore.policies`). No network, disk, clock or logging in here.
+:func:`generate_proxy` runs the per-type generators only; policies are applied afterwards by the composer
+(:func:`meshcore.compose.build_proxy`). This package imports neither :mod:`meshcore.policies` nor
+:mod:`meshcore.observe`: generation flows one way. No network, disk, clock or logging in here.
 """
 
 from __future__ import annotations
+
+from google.protobuf.message import Message
 
 from ...snapshot import MeshSnapshot, ProxyInfo
 from .clusters import build_clusters
@@ -13,13 +16,12 @@ from .listeners import build_listeners
 from .routes import build_routes
 from .vocab import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
-BuiltResources = dict[str, list]
+BuiltResources = dict[str, list[Message]]
 
 
-def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> BuiltResources:
-    from ...policies import apply_policies
-
-    resources: BuiltResources = {
+def generate_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> BuiltResources:
+    """Every xDS type's resources for ``proxy``, before any policy plugin."""
+    return {
         LISTENER: build_listeners(snapshot, proxy),
         ROUTE: build_routes(snapshot, proxy),
         CLUSTER: build_clusters(snapshot, proxy),
@@ -27,11 +29,9 @@ def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> BuiltResources:
         # Secrets hold private keys, which never leave the VM: the agent serves them to Envoy from files.
         SECRET: [],
     }
-    apply_policies(snapshot, proxy, resources)
-    return resources
 
 
 __all__ = [
-    "build_proxy", "build_listeners", "build_routes", "build_clusters", "build_endpoints",
+    "generate_proxy", "build_listeners", "build_routes", "build_clusters", "build_endpoints",
     "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "BuiltResources",
 ]

@@ -60,9 +60,4 @@ def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[cluster_pb2
     for src, up in c.outbound_bindings(snapshot, proxy):
         cl = upstream_cluster(snapshot, proxy, src, up)
         clusters[cl.name] = cl
-    from ...observe.telemetry import tracing_cluster  # late: observe.telemetry imports this package
-
-    otlp = tracing_cluster(snapshot)
-    if otlp is not None:
-        clusters[otlp.name] = otlp
     return [clusters[k] for k in sorted(clusters)]
