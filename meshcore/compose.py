@@ -15,12 +15,18 @@ from google.protobuf.message import Message
 from .policies import apply_policies
 from .snapshot import MeshSnapshot, ProxyInfo
 from .xds.generate import generate_proxy
+from .xds.generate.vocab import LISTENER, finish_listener
 
 
 def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> dict[str, list[Message]]:
-    """Every resource of ``proxy`` by type URL: the per-type generators' output with every policy applied."""
+    """Every resource of ``proxy`` by type URL: the per-type generators' output with every policy applied.
+
+    Listener filter configs stay messages while the plugins run; they are packed here, once, at the end
+    (the guarantee of :mod:`meshcore.xds.generate.vocab`).
+    """
     resources = generate_proxy(snapshot, proxy)
     apply_policies(snapshot, proxy, resources)
+    resources[LISTENER] = [finish_listener(draft) for draft in resources[LISTENER]]
     return resources
 
 

@@ -52,11 +52,9 @@ def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None
             continue
         for chain in listener.filter_chains:
             for f in chain.filters:
-                proxy = tcp_proxy_pb2.TcpProxy()
-                if f.typed_config.Unpack(proxy):
-                    del proxy.hash_policy[:]
-                    proxy.hash_policy.extend(hashes)
-                    f.typed_config.CopyFrom(c.pack(proxy))
+                if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+                    del f.config.hash_policy[:]
+                    f.config.hash_policy.extend(hashes)
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:

@@ -30,9 +30,9 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         mode = effective_mtls(policies, inst.labels, inst.namespace, inst.port)
         if mode == "STRICT":
             continue
-        plaintext = listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN, filters=inbound_filters(inst))
+        plaintext = c.ChainDraft(listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN), inbound_filters(inst))
         if mode == "PERMISSIVE":
-            plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+            plaintext.message.filter_chain_match.transport_protocol = "raw_buffer"
             listener.filter_chains.append(plaintext)
         elif mode == "DISABLE":
             del listener.filter_chains[:]

@@ -36,7 +36,6 @@ from typing import Mapping, Sequence
 from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -212,15 +211,12 @@ def limit_route(route: route_pb2.RouteConfiguration, selected: Sequence[Resource
     pf.set_policy_config(route, pf.RATELIMIT, http_local_rate_limit(selected))
 
 
-def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[Resource]) -> None:
+def limit_chain(chain: c.ChainDraft, selected: Sequence[Resource]) -> None:
     """Add ``selected``'s connection limits to one inbound TCP filter chain, before its tcp_proxy."""
     for i, f in enumerate(chain.filters):
-        if c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy):
-            new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=c.pack(cfg))
-                   for r in selected for cfg in network_local_rate_limits(r)]
-            filters = list(chain.filters)
-            del chain.filters[:]
-            chain.filters.extend(filters[:i] + new + filters[i:])
+        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+            chain.filters[i:i] = [c.NetworkFilter(NETWORK_LOCAL_RATELIMIT, cfg)
+                                  for r in selected for cfg in network_local_rate_limits(r)]
             return
 
 

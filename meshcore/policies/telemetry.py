@@ -308,29 +308,23 @@ def _http_stages(hcm: hcm_pb2.HttpConnectionManager) -> list[tuple[str, int]]:
     return stages
 
 
-def _http(filter_msg, t: TelemetrySettings, facts: ListenerFacts) -> None:
-    hcm = _unpack(filter_msg.typed_config, hcm_pb2.HttpConnectionManager)
+def _http(hcm: hcm_pb2.HttpConnectionManager, t: TelemetrySettings, facts: ListenerFacts) -> None:
     enforcing, audit = _stages(_http_stages(hcm))
     log = listener_access_log(t, facts, rbac=(HTTP_RBAC_NS, enforcing, audit))
     if log is not None:
         hcm.access_log.append(log)
     if t.tracing_otlp:
         hcm.tracing.CopyFrom(hcm_tracing(t, facts.service))
-    filter_msg.typed_config.CopyFrom(c.pack(hcm))
 
 
-def _tcp(chain, index: int, t: TelemetrySettings, facts: ListenerFacts) -> None:
-    proxy = _unpack(chain.filters[index].typed_config, tcp_proxy_pb2.TcpProxy)
-    stages = []
-    for f in chain.filters[:index]:
-        if c.is_type(f.typed_config, network_rbac_pb2.RBAC):
-            r = _unpack(f.typed_config, network_rbac_pb2.RBAC)
-            stages.append((r.stat_prefix, r.rules.action))
+def _tcp(chain: c.ChainDraft, index: int, t: TelemetrySettings, facts: ListenerFacts) -> None:
+    proxy = chain.filters[index].config
+    stages = [(f.config.stat_prefix, f.config.rules.action) for f in chain.filters[:index]
+              if isinstance(f.config, network_rbac_pb2.RBAC)]
     enforcing, audit = _stages(stages)
     log = listener_access_log(t, facts, tcp=True, rbac=(NETWORK_RBAC_NS, enforcing, audit))
     if log is not None:
         proxy.access_log.append(log)
-        chain.filters[index].typed_config.CopyFrom(c.pack(proxy))
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
@@ -353,7 +347,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             continue
         for chain in listener.filter_chains:
             for i, f in enumerate(chain.filters):
-                if c.is_type(f.typed_config, hcm_pb2.HttpConnectionManager):
-                    _http(f, t, lf)
-                elif c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy):
+                if isinstance(f.config, hcm_pb2.HttpConnectionManager):
+                    _http(f.config, t, lf)
+                elif isinstance(f.config, tcp_proxy_pb2.TcpProxy):
                     _tcp(chain, i, t, lf)

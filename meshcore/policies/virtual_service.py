@@ -37,15 +37,12 @@ from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
 KIND = KIND_NAME
 
 
-def check_fault_filter(listener) -> list[str]:
+def check_fault_filter(listener: c.ListenerDraft) -> list[str]:
     """Problems that would leave faults sent per route unapplied: an HCM of ``listener`` without the fault filter."""
     problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
-            if not c.is_type(f.typed_config, hcm_pb2.HttpConnectionManager):
-                continue
-            hcm = hcm_pb2.HttpConnectionManager()
-            if not f.typed_config.Unpack(hcm) or not pf.has_fault_filter(hcm):
+            if isinstance(f.config, hcm_pb2.HttpConnectionManager) and not pf.has_fault_filter(f.config):
                 problems.append(f"listener {listener.name!r}: the HttpConnectionManager lacks the fault filter "
                                 f"{pf.FAULT!r} before its router, so the fault would not be injected")
     return problems
@@ -80,10 +77,8 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                 listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
                 for chain in listener.filter_chains if listener is not None else ():
                     for f in chain.filters:
-                        tcp = tcp_proxy_pb2.TcpProxy()
-                        if c.is_type(f.typed_config, tcp_proxy_pb2.TcpProxy) and f.typed_config.Unpack(tcp):
-                            if weighted_tcp(tcp, vs, cluster_for):
-                                f.typed_config.CopyFrom(c.pack(tcp))
+                        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+                            weighted_tcp(f.config, vs, cluster_for)
                 continue
             if not (vs.spec or {}).get("http"):
                 continue

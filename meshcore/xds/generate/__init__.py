@@ -20,7 +20,11 @@ BuiltResources = dict[str, list[Message]]
 
 
 def generate_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> BuiltResources:
-    """Every xDS type's resources for ``proxy``, before any policy plugin."""
+    """Every xDS type's resources for ``proxy``, before any policy plugin.
+
+    Listeners are :class:`~.vocab.ListenerDraft` here (their network filters' configs still messages, for the
+    plugins to edit); :func:`~.vocab.finish_listener` turns each into its Listener once the plugins are done.
+    """
     return {
         LISTENER: build_listeners(snapshot, proxy),
         ROUTE: build_routes(snapshot, proxy),
