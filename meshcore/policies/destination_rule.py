@@ -23,13 +23,12 @@ from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
 from ..traffic.locality import apply_locality_named
 from ..xds.generate import vocab as c
+from ..xds.generate.vocab import LISTENER, ROUTE
 
 KIND = KIND_NAME
 
 
 def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
-    from ..xds.generate import ROUTE
-
     hashes = route_hash_policies(policy)
     if not hashes:
         return
@@ -42,8 +41,6 @@ def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
 
 
 def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None:
-    from ..xds.generate import LISTENER
-
     hashes = tcp_hash_policies(policy)
     if not hashes:
         return
