@@ -28,7 +28,8 @@ from .. import naming
 from ..errors import SnapshotInvalid
 from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
+from ..traffic.clusters import ClusterSet, MissingSubset
+from .destination_rule.clusters import route_hash_policies
 from ..traffic.routes import has_fault, http_routes, weighted_tcp
 from ..xds.generate import vocab as c
 from ..xds.generate.vocab import LISTENER, ROUTE
