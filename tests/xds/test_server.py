@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import queue
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,75 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServicer, allow_any_node, mtls_node_authorizer, serve_ads
 from meshcore.xds.validate import publish
+from tests.xds._ads import WAIT, AdsClient
 from tests.xds._snapshots import endpoints, http_filter_chain, small_snapshot, socket as sock_addr
-
-WAIT = 5.0
-
-
-# --- a tiny ADS client --------------------------------------------------------------------------
-
-class AdsClient:
-    """Drives one ADS stream: ``send`` requests, ``recv`` responses (or the stream's RpcError)."""
-
-    def __init__(self, channel: grpc.Channel, node_id: str = "vm1") -> None:
-        self.node_id = node_id
-        self._requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
-        self._responses: queue.Queue[object] = queue.Queue()
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = stub.StreamAggregatedResources(self._outgoing())
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self) -> Iterator[discovery_pb2.DiscoveryRequest]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self._responses.put(response)
-        except grpc.RpcError as exc:
-            self._responses.put(exc)
-
-    def send(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None,
-             node_id: str | None = None) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce,
-            node=base_pb2.Node(id=node_id or self.node_id, cluster="test"),
-        )
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put(request)
-
-    def ack(self, response: discovery_pb2.DiscoveryResponse, names=()) -> None:
-        self.send(response.type_url, names, version=response.version_info, nonce=response.nonce)
-
-    def recv(self, timeout: float = WAIT) -> discovery_pb2.DiscoveryResponse:
-        item = self._responses.get(timeout=timeout)
-        if isinstance(item, grpc.RpcError):
-            raise item
-        return item  # type: ignore[return-value]
-
-    def expect_nothing(self, wait: float = 0.5) -> None:
-        try:
-            item = self._responses.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected message on the stream: {item}")
-
-    def close(self) -> None:
-        self.call.cancel()
-        self._requests.put(None)
-        self._reader.join(WAIT)
 
 
 def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
@@ -116,7 +54,7 @@ def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
 def ads():
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
-    server, port = serve_ads(servicer, "127.0.0.1:0", None, max_workers=16)
+    server, port = serve_ads(servicer, "127.0.0.1:0", None)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     clients: list[AdsClient] = []
 
@@ -362,7 +300,7 @@ def test_an_authorizer_that_raises_refuses_with_permission_denied():
 
     cache = SnapshotCache()
     publish(cache, "vm1", small_snapshot())
-    server, port = serve_ads(AdsServicer(cache, refuse), "127.0.0.1:0", None, max_workers=4)
+    server, port = serve_ads(AdsServicer(cache, refuse), "127.0.0.1:0", None)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             client = AdsClient(channel)
@@ -394,16 +332,6 @@ def test_disconnect_cleans_up_streams_and_threads(ads):
     assert cache.status("vm1")["connected_streams"] == 0
     assert metric(servicer, "meshcore_xds_connected_proxies") == 0
     assert cache.synced("vm1") is False
-
-
-def test_delta_is_unimplemented(ads):
-    _, _, _, port = ads
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.DeltaAggregatedResources(iter([discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)]))
-        with pytest.raises(grpc.RpcError) as info:
-            list(call)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # --- mTLS node identity --------------------------------------------------------------------------
@@ -451,7 +379,7 @@ def test_mtls_node_may_only_ask_for_its_own_config():
     servicer = AdsServicer(cache, mtls_node_authorizer("cluster.local"))
     creds = grpc.ssl_server_credentials([(_pem(server_key), _pem(server_cert))], root_certificates=_pem(ca),
                                         require_client_auth=True)
-    server, port = serve_ads(servicer, "127.0.0.1:0", creds, max_workers=8)
+    server, port = serve_ads(servicer, "127.0.0.1:0", creds)
     client_creds = grpc.ssl_channel_credentials(_pem(ca), _pem(node_key), _pem(node_cert))
     channel = grpc.secure_channel(f"127.0.0.1:{port}", client_creds,
                                   options=[("grpc.ssl_target_name_override", "localhost")])
@@ -518,7 +446,7 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
 
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
-    server, xds_port = serve_ads(servicer, "127.0.0.1:0", None, max_workers=8)
+    server, xds_port = serve_ads(servicer, "127.0.0.1:0", None)
     admin_port, listener_port = _free_port(), _free_port()
     bootstrap = {
         "node": {"id": "vm1", "cluster": "meshcore-test"},
