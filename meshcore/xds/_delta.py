@@ -28,9 +28,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse as Response
 
-from meshcore.xds._stream import Books, Resend, Stream, TypeState, log
-from meshcore.xds._typeurls import CLUSTER, ENDPOINT, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES
-from meshcore.xds.cache import Prepared, ProxySnapshot, SnapshotCache
+from meshcore.xds._stream import Protocol, TypeState, log
+from meshcore.xds._typeurls import CLUSTER, ENDPOINT, SERVED_TYPES, WILDCARD_TYPES
+from meshcore.xds.cache import Prepared, ProxySnapshot
 
 
 #: ``_DeltaState.inflight`` value for a name the proxy did not hold before the response in flight.
@@ -47,14 +47,8 @@ class _DeltaState(TypeState):
     blocked: str | None = None
 
 
-class DeltaProtocol:
+class DeltaProtocol(Protocol[_DeltaState]):
     """Decides what one delta stream sends; returns responses, never writes them."""
-
-    def __init__(self, stream: Stream, cache: SnapshotCache, books: Books) -> None:
-        self.stream = stream
-        self.cache = cache
-        self.books = books
-        self.types: dict[str, _DeltaState] = {}
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[Response]:
         node_id = self.stream.node_id
@@ -112,23 +106,11 @@ class DeltaProtocol:
             responses.append(self._warm(warming, snapshot))
         return [r for r in responses if r is not None]
 
-    def on_change(self) -> list[Response]:
-        snapshot = self._snapshot()
-        responses = [self._respond(t, snapshot) for t in PUSH_ORDER if t in self.types]
-        return [r for r in responses if r is not None]
-
-    def on_resend(self, event: Resend) -> list[Response]:
-        """Offer a NACKed version again, unless something newer was sent meanwhile."""
-        state = self.types.get(event.type_url)
-        if state is None or state.nonce is not None or state.blocked != event.version:
-            return []
+    def _unblock(self, state: _DeltaState, version: str) -> bool:
+        if state.blocked != version:
+            return False
         state.blocked = None
-        response = self._respond(event.type_url, self._snapshot())
-        return [response] if response is not None else []
-
-    def _snapshot(self) -> ProxySnapshot | None:
-        assert self.stream.node_id is not None
-        return self.cache.get(self.stream.node_id)
+        return True
 
     def _warm(self, clusters: list[str], snapshot: ProxySnapshot) -> Response | None:
         """The updated ``clusters`` warm until they get endpoints: send theirs again."""

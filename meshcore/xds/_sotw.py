@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse as Response
 
-from meshcore.xds._stream import Books, Resend, Stream, TypeState, log
-from meshcore.xds._typeurls import CLUSTER, ENDPOINT, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES
-from meshcore.xds.cache import ProxySnapshot, SnapshotCache
+from meshcore.xds._stream import Protocol, TypeState, log
+from meshcore.xds._typeurls import CLUSTER, ENDPOINT, SERVED_TYPES, WILDCARD_TYPES
+from meshcore.xds.cache import ProxySnapshot
 
 
 
@@ -29,14 +29,8 @@ class _SotwState(TypeState):
     sent_names: frozenset[str] | None = None  # names of the last response; None: sent as wildcard
 
 
-class SotwProtocol:
+class SotwProtocol(Protocol[_SotwState]):
     """Decides what one state-of-the-world stream sends; returns responses, never writes them."""
-
-    def __init__(self, stream: Stream, cache: SnapshotCache, books: Books) -> None:
-        self.stream = stream
-        self.cache = cache
-        self.books = books
-        self.types: dict[str, _SotwState] = {}
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[Response]:
         node_id = self.stream.node_id
@@ -74,23 +68,11 @@ class SotwProtocol:
             responses.append(self._respond(ENDPOINT, snapshot))
         return [r for r in responses if r is not None]
 
-    def on_change(self) -> list[Response]:
-        snapshot = self._snapshot()
-        responses = [self._respond(t, snapshot) for t in PUSH_ORDER if t in self.types]
-        return [r for r in responses if r is not None]
-
-    def on_resend(self, event: Resend) -> list[Response]:
-        """Offer a NACKed version again, unless something newer was sent meanwhile."""
-        state = self.types.get(event.type_url)
-        if state is None or state.nonce is not None or state.sent_version != event.version:
-            return []
+    def _unblock(self, state: _SotwState, version: str) -> bool:
+        if state.sent_version != version:
+            return False
         state.sent_version = None
-        response = self._respond(event.type_url, self._snapshot())
-        return [response] if response is not None else []
-
-    def _snapshot(self) -> ProxySnapshot | None:
-        assert self.stream.node_id is not None
-        return self.cache.get(self.stream.node_id)
+        return True
 
     def _respond(self, type_url: str, snapshot: ProxySnapshot | None) -> Response | None:
         """The response this type needs now, or None (in flight, nothing new, nothing asked, no snapshot)."""

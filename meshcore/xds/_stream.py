@@ -18,13 +18,13 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from meshcore.xds._typeurls import short_name
-from meshcore.xds.cache import SnapshotCache
+from meshcore.xds._typeurls import PUSH_ORDER, short_name
+from meshcore.xds.cache import ProxySnapshot, SnapshotCache
 
 log = logging.getLogger("meshcore.xds.server")
 
@@ -219,3 +219,46 @@ class Books:
             extra={"node": node_id, "type_url": type_url, "version": rejected, "error": message},
         )
         stream.resend_later(delay, type_url, rejected)
+
+
+S = TypeVar("S", bound=TypeState)
+
+
+class Protocol(Generic[S]):
+    """What both protocols do alike: per-type state, pushes on a change, NACK resends.
+
+    Subclasses decide what one type needs now (``_respond``) and whether a resend timer still
+    applies (``_unblock``); they return responses and never write them.
+    """
+
+    def __init__(self, stream: Stream, cache: SnapshotCache, books: Books) -> None:
+        self.stream = stream
+        self.cache = cache
+        self.books = books
+        self.types: dict[str, S] = {}
+
+    def on_request(self, request: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def on_change(self) -> list[Any]:
+        snapshot = self._snapshot()
+        responses = [self._respond(t, snapshot) for t in PUSH_ORDER if t in self.types]
+        return [r for r in responses if r is not None]
+
+    def on_resend(self, event: Resend) -> list[Any]:
+        """Offer a NACKed version again, unless something newer was sent meanwhile."""
+        state = self.types.get(event.type_url)
+        if state is None or state.nonce is not None or not self._unblock(state, event.version):
+            return []
+        response = self._respond(event.type_url, self._snapshot())
+        return [response] if response is not None else []
+
+    def _snapshot(self) -> ProxySnapshot | None:
+        assert self.stream.node_id is not None
+        return self.cache.get(self.stream.node_id)
+
+    def _unblock(self, state: S, version: str) -> bool:
+        raise NotImplementedError
+
+    def _respond(self, type_url: str, snapshot: ProxySnapshot | None) -> Any:
+        raise NotImplementedError

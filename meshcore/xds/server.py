@@ -350,18 +350,36 @@ _OPTIONS = [
 ]
 
 
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The process's ADS event loop, started on first use in a daemon thread of its own.
+
+    One loop for every ADS server of the process, never closed: grpc.aio's completion queue is
+    shared by the process and may still deliver a finished server's last events, which must find
+    their loop running.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="ads-loop", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
 class AdsServer:
-    """A running ADS server: a ``grpc.aio`` server on an event loop in a thread of its own.
+    """A running ADS server: a ``grpc.aio`` server on the process's ADS event loop.
 
     ``stop(grace)`` may be called from any thread; it returns a :class:`threading.Event` set once
-    the server has stopped and its loop has ended (like grpcio's synchronous ``Server.stop``).
+    the server has stopped (like grpcio's synchronous ``Server.stop``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread, server: grpc.aio.Server,
-                 port: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, port: int) -> None:
         self.port = port
         self._loop = loop
-        self._thread = thread
         self._server = server
         self._stopped = threading.Event()
         self._stopping = False
@@ -377,19 +395,13 @@ class AdsServer:
             try:
                 await self._server.stop(grace)
             finally:
-                self._loop.stop()
+                self._stopped.set()
 
-        try:
-            asyncio.run_coroutine_threadsafe(stop(), self._loop)
-        except RuntimeError:  # the loop is gone already
-            self._stopped.set()
+        asyncio.run_coroutine_threadsafe(stop(), self._loop)
         return self._stopped
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
-
-    def _ended(self) -> None:
-        self._stopped.set()
 
 
 def serve_ads(
@@ -403,8 +415,6 @@ def serve_ads(
     ``grpc.ssl_server_credentials(..., require_client_auth=True)`` with :func:`mtls_node_authorizer`.
     Returns the started server and the bound port; stop it with ``server.stop(grace)`` from any thread.
     """
-    started: futures.Future[tuple[asyncio.AbstractEventLoop, grpc.aio.Server, int]] = futures.Future()
-    holder: dict[str, AdsServer] = {}
 
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(options=_OPTIONS)
@@ -421,31 +431,8 @@ def serve_ads(
         await server.start()
         return server, port
 
-    def run() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            server, port = loop.run_until_complete(start())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller of serve_ads
-            started.set_exception(exc)
-            loop.close()
-            return
-        started.set_result((loop, server, port))
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                ads = holder.get("server")
-                if ads is not None:
-                    ads._ended()
-
-    thread = threading.Thread(target=run, name="ads-loop", daemon=True)
-    thread.start()
-    loop, server, port = started.result()
-    ads = holder["server"] = AdsServer(loop, thread, server, port)
+    loop = _event_loop()
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
     log.info("ADS server listening bind=%s port=%d tls=%s (asyncio; sotw and delta)",
              bind, port, server_credentials is not None)
-    return ads, port
+    return AdsServer(loop, server, port), port

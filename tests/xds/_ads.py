@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
+
+from meshcore.xds._typeurls import CLUSTER
 
 WAIT = 5.0
 
@@ -99,3 +102,47 @@ class DeltaClient(_StreamClient):
 
     def ack(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
         self.send(response.type_url, nonce=response.nonce)
+
+
+def bad_cluster(resources: dict) -> dict:
+    """``resources`` with a cluster change a test proxy then NACKs."""
+    resources[CLUSTER][0].connect_timeout.seconds = 99
+    return resources
+
+
+def check_nack_books(cache, servicer, records, good, bad, error: str = "cluster: bad timeout") -> None:
+    """A CDS NACK of ``bad`` was logged once, counted, and recorded; ``good`` stays the ACKed version."""
+    status = cache.status("vm1")
+    assert status["nacks"] == {CLUSTER: 1}
+    assert status["acked"][CLUSTER] == good.versions[CLUSTER]
+    assert status["last_nack"]["message"] == error
+    assert status["last_nack"]["version"] == bad.versions[CLUSTER]
+    assert status["synced"] is False
+    assert servicer.registry.get_sample_value("meshcore_xds_nacks_total", {"type": "cds"}) == 1
+    warning = [r.getMessage() for r in records if "NACK" in r.getMessage()]
+    assert len(warning) == 1
+    assert f"node=vm1 type_url={CLUSTER} version={bad.versions[CLUSTER]}" in warning[0] and error in warning[0]
+
+
+@contextlib.contextmanager
+def serving(servicer, default_client: type[_StreamClient]) -> Iterator[tuple]:
+    """Serve ``servicer`` on a free loopback port; yields ``(connect, port)``, ``connect(node_id, cls)``
+    opens a client stream. Clients, channel and server are stopped on exit."""
+    from meshcore.xds.server import serve_ads
+
+    server, port = serve_ads(servicer, "127.0.0.1:0", None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    clients: list[_StreamClient] = []
+
+    def connect(node_id: str = "vm1", cls: type[_StreamClient] = default_client):
+        client = cls(channel, node_id)  # type: ignore[call-arg]
+        clients.append(client)
+        return client
+
+    try:
+        yield connect, port
+    finally:
+        for client in clients:
+            client.close()
+        channel.close()
+        server.stop(0).wait(WAIT)

@@ -27,7 +27,7 @@ from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServicer, allow_any_node, mtls_node_authorizer, serve_ads
 from meshcore.xds.validate import publish
-from tests.xds._ads import WAIT, AdsClient
+from tests.xds._ads import WAIT, AdsClient, bad_cluster, check_nack_books, serving
 from tests.xds._snapshots import endpoints, http_filter_chain, small_snapshot, socket as sock_addr
 
 
@@ -54,20 +54,8 @@ def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
 def ads():
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
-    server, port = serve_ads(servicer, "127.0.0.1:0", None)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    clients: list[AdsClient] = []
-
-    def connect(node_id: str = "vm1") -> AdsClient:
-        client = AdsClient(channel, node_id)
-        clients.append(client)
-        return client
-
-    yield cache, servicer, connect, port
-    for client in clients:
-        client.close()
-    channel.close()
-    server.stop(0).wait(WAIT)
+    with serving(servicer, AdsClient) as (connect, port):
+        yield cache, servicer, connect, port
 
 
 def wait_no_reader_threads(timeout: float = WAIT) -> list[str]:
@@ -183,25 +171,13 @@ def test_nack_is_counted_and_the_bad_version_is_not_resent_at_once(ads, caplog):
     client = connect()
     subscribe_all(client)
 
-    bad_resources = small_snapshot()
-    bad_resources[CLUSTER][0].connect_timeout.seconds = 99
-    bad = publish(cache, "vm1", bad_resources)
+    bad = publish(cache, "vm1", bad_cluster(small_snapshot()))
     cds = client.recv()
     assert cds.version_info == bad.versions[CLUSTER]
     with caplog.at_level("WARNING", logger="meshcore.xds.server"):
         client.send(CLUSTER, version=good.versions[CLUSTER], nonce=cds.nonce, error="cluster: bad timeout")
         client.expect_nothing(0.7)  # no immediate resend loop (the first retry waits 1 s)
-    status = cache.status("vm1")
-    assert status["nacks"] == {CLUSTER: 1}
-    assert status["acked"][CLUSTER] == good.versions[CLUSTER]
-    assert status["last_nack"]["message"] == "cluster: bad timeout"
-    assert status["last_nack"]["version"] == bad.versions[CLUSTER]
-    assert status["synced"] is False
-    assert metric(servicer, "meshcore_xds_nacks_total", "cds") == 1
-    warning = [r for r in caplog.records if "NACK" in r.getMessage()]
-    assert len(warning) == 1
-    text = warning[0].getMessage()
-    assert f"node=vm1 type_url={CLUSTER} version={bad.versions[CLUSTER]}" in text and "bad timeout" in text
+    check_nack_books(cache, servicer, caplog.records, good, bad)
 
     # The next snapshot change is pushed.
     fixed = publish(cache, "vm1", small_snapshot())
