@@ -94,7 +94,7 @@ class Stream:
         self.closed = False
         self.timed_out = False
         self._nonces = itertools.count(1)
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: set[asyncio.TimerHandle] = set()
 
     def next_nonce(self) -> str:
         return f"{self.stream_id}-{next(self._nonces)}"
@@ -121,19 +121,23 @@ class Stream:
         self.wake.set()
 
     def resend_later(self, delay: float, type_url: str, version: str) -> None:
-        def fire() -> None:
-            self.resends.append(Resend(type_url, version))
-            self.wake.set()
-
-        self._timers.append(self.loop.call_later(delay, fire))
+        self._later(delay, lambda: self.resends.append(Resend(type_url, version)))
 
     def time_out_later(self, delay: float) -> None:
         def fire() -> None:
             if self.node_id is None:
                 self.timed_out = True
-                self.wake.set()
 
-        self._timers.append(self.loop.call_later(delay, fire))
+        self._later(delay, fire)
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            action()
+            self.wake.set()
+
+        handle = self.loop.call_later(delay, fire)
+        self._timers.add(handle)
 
     def cancel_timers(self) -> None:
         for timer in self._timers:

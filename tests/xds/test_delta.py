@@ -266,6 +266,27 @@ def test_streams_per_identity_are_bounded(delta):
     assert again.recv().type_url == CLUSTER
 
 
+def test_the_global_stream_limit_and_the_first_request_deadline():
+    cache = SnapshotCache()
+    publish(cache, "vm1", small_snapshot())
+    servicer = AdsServicer(cache, allow_any_node, max_streams=1, first_request_timeout=0.5)
+    with serving(servicer, DeltaClient) as (connect, _):
+        silent = connect()  # opens a stream and never asks for anything
+        extra = connect("vm2")
+        extra.send(CLUSTER)
+        with pytest.raises(grpc.RpcError) as info:
+            extra.recv()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams=1" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            silent.recv()
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no ADS request within 0s" in info.value.details() or "no ADS request within 1s" in info.value.details()
+        assert metric(servicer, "meshcore_xds_streams_refused_total", {"reason": "max_streams"}) == 1
+        again = connect()  # the slot is free again
+        again.send(CLUSTER)
+        assert again.recv().type_url == CLUSTER
+
+
 def test_a_stream_that_stops_reading_does_not_delay_the_others(delta):
     cache, _, connect, port = delta
     big = small_snapshot()
