@@ -384,6 +384,20 @@ def test_mtls_node_may_only_ask_for_its_own_config():
             stranger.recv()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "trust domain 'cluster.local', expected 'example.org'" in info.value.details()
+
+        # The stream bound counts the certificate's identity before any request is read.
+        servicer.authorize = mtls_node_authorizer("cluster.local")
+        servicer.max_streams_per_identity = 1
+        holder = AdsClient(channel, "vm1")
+        holder.send(CLUSTER)
+        holder.recv()
+        silent = AdsClient(channel, "vm1")  # sends nothing
+        with pytest.raises(grpc.RpcError) as info:
+            silent.recv()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spiffe://cluster.local/meshcore/node/vm1 already holds 1 open ADS streams" in info.value.details()
+        holder.close()
+        silent.close()
     finally:
         channel.close()
         server.stop(0).wait(WAIT)
