@@ -246,8 +246,17 @@ class Protocol(Generic[S]):
 
     def on_change(self) -> list[Any]:
         snapshot = self._snapshot()
-        responses = [self._respond(t, snapshot) for t in PUSH_ORDER if t in self.types]
-        return [r for r in responses if r is not None]
+        if snapshot is None:
+            return []
+        responses = []
+        for type_url in PUSH_ORDER:
+            state = self.types.get(type_url)
+            if state is None or state.sent_version == snapshot.versions[type_url]:
+                continue  # this type did not change since it was last worked out (requests redo it themselves)
+            response = self._respond(type_url, snapshot)
+            if response is not None:
+                responses.append(response)
+        return responses
 
     def on_resend(self, event: Resend) -> list[Any]:
         """Offer a NACKed version again, unless something newer was sent meanwhile."""

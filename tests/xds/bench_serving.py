@@ -83,7 +83,21 @@ def _wait_all(cache, nodes: list[str], timeout: float) -> bool:
     return False
 
 
-def bench_streams(built_all, streams: int, protocol: str) -> dict:
+def _profile_loop(enable: bool, profiler) -> None:
+    """Start or stop ``profiler`` on the ADS event loop's own thread (cProfile is per thread)."""
+    from meshcore.xds.server import _event_loop
+
+    done = threading.Event()
+
+    def toggle() -> None:
+        (profiler.enable if enable else profiler.disable)()
+        done.set()
+
+    _event_loop().call_soon_threadsafe(toggle)
+    done.wait(5)
+
+
+def bench_streams(built_all, streams: int, protocol: str, profile: bool = False) -> dict:
     from meshcore.xds.cache import ProxySnapshot, SnapshotCache
     from meshcore.xds.server import AdsServicer, allow_any_node, serve_ads
 
@@ -96,7 +110,8 @@ def bench_streams(built_all, streams: int, protocol: str) -> dict:
     kwargs = {"max_workers": streams + 16} if "max_workers" in serve_ads.__code__.co_varnames else {}
     server, port = serve_ads(AdsServicer(cache, allow_any_node), "127.0.0.1:0", None, **kwargs)
     client = subprocess.Popen([sys.executable, "-m", "tests.xds.bench_serving", "--client", str(port),
-                               "--streams", str(streams), "--protocol", protocol], stdout=subprocess.PIPE)
+                               "--streams", str(streams), "--protocol", protocol],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         t0 = time.perf_counter()
         ok = _wait_all(cache, nodes, 300)
@@ -105,6 +120,12 @@ def bench_streams(built_all, streams: int, protocol: str) -> dict:
         time.sleep(1.0)
         threads, rss = threading.active_count(), _rss_mb()
         changes = []
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            _profile_loop(True, profiler)
         for r in range(3):
             snaps = [ProxySnapshot.of(_changed(res, r)) for res in base]
             t0 = time.perf_counter()
@@ -112,6 +133,11 @@ def bench_streams(built_all, streams: int, protocol: str) -> dict:
                 cache.set(node, snap)
             done = _wait_all(cache, nodes, 120)
             changes.append((time.perf_counter() - t0) * 1e3 if done else float("nan"))
+        if profiler is not None:
+            import pstats
+
+            _profile_loop(False, profiler)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         return {
             "protocol": protocol, "streams": streams, "connected": connected, "all_synced": ok,
             "first_config_s": round(first, 2), "change_to_all_acked_ms": [round(c, 1) for c in changes],
@@ -234,6 +260,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, nargs="+", default=[200, 500])
     p.add_argument("--protocol", choices=["sotw", "delta"], default="sotw")
+    p.add_argument("--profile", action="store_true", help="cProfile the ADS loop during the change rounds")
     p.add_argument("--client", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.client:
@@ -242,7 +269,7 @@ def main(argv=None) -> None:
     built = _built_proxies(200)
     print(json.dumps({"snapshot_of": bench_of(built)}), flush=True)
     for n in args.streams:
-        print(json.dumps(bench_streams(built, n, args.protocol)), flush=True)
+        print(json.dumps(bench_streams(built, n, args.protocol, args.profile)), flush=True)
     os._exit(0)
 
 
