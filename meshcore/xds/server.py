@@ -196,6 +196,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._open = 0
         self._authorizers = futures.ThreadPoolExecutor(AUTHORIZER_THREADS, thread_name_prefix="ads-authorize")
 
+    def close(self) -> None:
+        """Release the authorizer threads (the server calls this when it stops)."""
+        self._authorizers.shutdown(wait=False, cancel_futures=True)
+
     # -- gRPC entry points --
 
     async def StreamAggregatedResources(self, request_iterator: AsyncIterator[Any], context: Any) -> None:  # noqa: N802
@@ -377,10 +381,12 @@ class AdsServer:
     the server has stopped (like grpcio's synchronous ``Server.stop``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, port: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, port: int,
+                 servicer: AdsServicer) -> None:
         self.port = port
         self._loop = loop
         self._server = server
+        self._servicer = servicer
         self._stopped = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()
@@ -395,6 +401,7 @@ class AdsServer:
             try:
                 await self._server.stop(grace)
             finally:
+                self._servicer.close()
                 self._stopped.set()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
@@ -435,4 +442,4 @@ def serve_ads(
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
     log.info("ADS server listening bind=%s port=%d tls=%s (asyncio; sotw and delta)",
              bind, port, server_credentials is not None)
-    return AdsServer(loop, server, port), port
+    return AdsServer(loop, server, port, servicer), port
