@@ -48,6 +48,8 @@ __all__ = ["AdsServer", "AdsServicer", "Authorizer", "allow_any_node", "mtls_nod
 
 #: ``authorize(context, node)`` returns to accept the stream. To refuse it aborts the context with its
 #: own status, or raises any exception (answered as PERMISSION_DENIED with the exception's text).
+#: It runs on a worker thread; ``context`` offers what a synchronous grpcio context would for this:
+#: ``auth_context()`` (the peer's certificate), ``peer()``, ``invocation_metadata()`` and ``abort()``.
 Authorizer = Callable[[grpc.ServicerContext, base_pb2.Node], None]
 
 DEFAULT_MAX_STREAMS_PER_IDENTITY = 8
