@@ -154,6 +154,7 @@ class ProxySnapshot:
 
 @dataclass
 class _StreamStatus:
+    protocol: str = "sotw"  # "sotw" or "delta"
     subscribed: dict[str, bool] = field(default_factory=dict)  # type_url -> counts for "synced"
     acked: dict[str, str] = field(default_factory=dict)
 
@@ -262,9 +263,9 @@ class SnapshotCache:
     def _node(self, node_id: str) -> _NodeStatus:
         return self._status.setdefault(node_id, _NodeStatus())
 
-    def stream_opened(self, node_id: str, stream_id: str) -> None:
+    def stream_opened(self, node_id: str, stream_id: str, protocol: str = "sotw") -> None:
         with self._lock:
-            self._node(node_id).streams[stream_id] = _StreamStatus()
+            self._node(node_id).streams[stream_id] = _StreamStatus(protocol=protocol)
             self._changed.notify_all()
 
     def stream_closed(self, node_id: str, stream_id: str) -> None:
@@ -327,6 +328,7 @@ class SnapshotCache:
                 "version": snapshot.version if snapshot else None,
                 "versions": dict(snapshot.versions) if snapshot else {},
                 "connected_streams": len(status.streams),
+                "protocols": sorted({s.protocol for s in status.streams.values()}),
                 "subscribed": subscribed,
                 "sent": dict(status.sent),
                 "acked": dict(status.acked),

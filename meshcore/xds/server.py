@@ -327,7 +327,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if stream.identity is None:  # no client certificate (plaintext, tests): bounded per node id
             self._admit(stream, f"node:{node.id}")
         stream.node_id = node.id
-        self.cache.stream_opened(node.id, stream.stream_id)
+        self.cache.stream_opened(node.id, stream.stream_id, stream.protocol)
         self._metrics.connected.set(len(self.cache.connected_nodes()))
         log.info("ADS stream opened node=%s stream=%s peer=%s protocol=%s", node.id, stream.stream_id, peer,
                  stream.protocol, extra={"node": node.id})

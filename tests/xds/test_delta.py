@@ -78,6 +78,7 @@ def test_wildcard_and_named_subscriptions_carry_per_resource_versions(delta):
     client.expect_nothing(0.3)  # ACKs are not answered
     status = cache.status("vm1")
     assert status["acked"] == {t: snap.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+    assert status["protocols"] == ["delta"]
     assert metric(servicer, "meshcore_xds_streams", {"protocol": "delta"}) == 1
     assert metric(servicer, "meshcore_xds_acks_total", {"type": "eds"}) == 1
 

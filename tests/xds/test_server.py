@@ -125,7 +125,7 @@ def test_initial_response_per_type_and_acks(ads):
     client.expect_nothing()  # ACKs are not answered
     status = cache.status("vm1")
     assert status["acked"] == {t: snap.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
-    assert status["connected_streams"] == 1
+    assert status["connected_streams"] == 1 and status["protocols"] == ["sotw"]
     for short in ("cds", "eds", "lds", "rds"):
         assert metric(servicer, "meshcore_xds_pushes_total", short) == 1
         assert metric(servicer, "meshcore_xds_acks_total", short) == 1
