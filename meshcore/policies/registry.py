@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, peer_authentication, rate_limit, telemetry, virtual_service
+from . import authorization_policy, rate_limit, telemetry, virtual_service
 from .destination_rule import plugin as destination_rule
+from .peer_authentication import plugin as peer_authentication
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 

@@ -101,17 +101,16 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
 
     if ctx.issues or spec_def is None or meta is INVALID or spec is INVALID:
         return None, ctx.issues.to_field_errors(source, document)
-    return (
-        Resource(
-            api_version=spec_def.api_version,
-            kind=spec_def.kind,
-            name=meta["name"],
-            namespace=meta.get("namespace") or DEFAULT_NAMESPACE,
-            spec=spec,
-            labels=tuple(sorted((meta.get("labels") or {}).items())),
-        ),
-        [],
+    resource = Resource(
+        api_version=spec_def.api_version,
+        kind=spec_def.kind,
+        name=meta["name"],
+        namespace=meta.get("namespace") or DEFAULT_NAMESPACE,
+        spec=spec,
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
     )
+    _ = resource.typed  # parse, don't validate: the typed spec comes out of validation, once
+    return resource, []
 
 
 def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[FieldError]]:

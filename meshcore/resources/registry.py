@@ -12,7 +12,8 @@ from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
 from ..policies.destination_rule import schema as destination_rule
-from .kinds import alert_rule, authorization_policy, peer_authentication, rate_limit, virtual_service
+from ..policies.peer_authentication import schema as peer_authentication
+from .kinds import alert_rule, authorization_policy, rate_limit, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

@@ -38,6 +38,8 @@ from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import UINT32_MAX, Dur, HeaderName, ServiceHost, at_least_one, exactly_one
 from meshcore.resources.model import Resource
+
+from . import spec as _spec
 from meshcore.resources.schema import (
     INVALID,
     Bool,
@@ -200,6 +202,7 @@ KIND = KindSpec.from_schema(
     KIND_NAME,
     SPEC,
     spec_required=True,
+    parse=_spec.parse,
     summary="subsets of a service by labels, load balancing, connection limits (circuit breakers), outlier detection",
 )
 

@@ -12,6 +12,10 @@ from meshcore.resources.schema import INVALID, Context, Path, Schema, Str, type_
 
 UINT32_MAX = 2**32 - 1
 
+ROOT_NAMESPACE = "meshcore-system"
+"""Policies without a selector in this namespace apply to the whole mesh (PeerAuthentication, AuthorizationPolicy,
+RateLimit)."""
+
 _SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
@@ -124,4 +128,4 @@ def at_least_one(fields: Sequence[str], what: str):
     return rule
 
 
-__all__ = ["UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one"]
+__all__ = ["ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one"]

@@ -53,7 +53,7 @@ from meshcore.resources.schema import (
     suggest,
 )
 
-from .peer_authentication import ROOT_NAMESPACE
+from ._fields import ROOT_NAMESPACE
 
 API_VERSION = "security.mesh.io/v1beta1"
 KIND_NAME = "AuthorizationPolicy"

@@ -40,7 +40,7 @@ from meshcore.resources.schema import DNSLabel, Int, LabelSelector, ListOf, Obj,
 
 from .authorization_policy import METHODS, PATHS, PRINCIPALS
 from ._fields import UINT32_MAX, Dur, seconds
-from .peer_authentication import ROOT_NAMESPACE
+from ._fields import ROOT_NAMESPACE
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "RateLimit"
