@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, rate_limit, telemetry, virtual_service
+from . import authorization_policy, telemetry, virtual_service
 from .destination_rule import plugin as destination_rule
 from .peer_authentication import plugin as peer_authentication
+from .rate_limit import plugin as rate_limit
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 

@@ -13,7 +13,8 @@ from meshcore.errors import ConfigError
 from ._kindspec import KindSpec, Validator
 from ..policies.destination_rule import schema as destination_rule
 from ..policies.peer_authentication import schema as peer_authentication
-from .kinds import alert_rule, authorization_policy, rate_limit, virtual_service
+from ..policies.rate_limit import schema as rate_limit
+from .kinds import alert_rule, authorization_policy, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

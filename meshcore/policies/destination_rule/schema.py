@@ -36,7 +36,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
-from meshcore.resources.kinds._fields import UINT32_MAX, Dur, HeaderName, ServiceHost, at_least_one, exactly_one
+from meshcore.resources.kinds._fields import (
+    UINT32_MAX,
+    Dur,
+    HeaderName,
+    ServiceHost,
+    at_least_one,
+    exactly_one,
+    unique_names,
+)
 from meshcore.resources.model import Resource
 
 from . import spec as _spec
@@ -181,20 +189,9 @@ SUBSET = Obj(
 )
 
 
-def _unique_subsets(cleaned: dict, path: Path, ctx: Context) -> None:
-    seen: dict[str, int] = {}
-    for i, subset in enumerate(cleaned.get("subsets") or ()):
-        name = subset["name"]
-        if name in seen:
-            ctx.add(path.field("subsets").index(i).field("name"),
-                    f"subset {json.dumps(name)} is already defined at subsets[{seen[name]}]; subset names must be unique")
-        else:
-            seen[name] = i
-
-
 SPEC = Obj(
     {"host": Required(ServiceHost()), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET)},
-    rules=[_unique_subsets],
+    rules=[unique_names("subsets", "subset")],
 )
 
 KIND = KindSpec.from_schema(
