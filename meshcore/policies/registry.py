@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, telemetry, virtual_service
+from . import telemetry, virtual_service
+from .authorization_policy import plugin as authorization_policy
 from .destination_rule import plugin as destination_rule
 from .peer_authentication import plugin as peer_authentication
 from .rate_limit import plugin as rate_limit

@@ -13,8 +13,9 @@ from meshcore.errors import ConfigError
 from ._kindspec import KindSpec, Validator
 from ..policies.destination_rule import schema as destination_rule
 from ..policies.peer_authentication import schema as peer_authentication
+from ..policies.authorization_policy import schema as authorization_policy
 from ..policies.rate_limit import schema as rate_limit
-from .kinds import alert_rule, authorization_policy, virtual_service
+from .kinds import alert_rule, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

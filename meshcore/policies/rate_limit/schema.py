@@ -34,7 +34,7 @@ from typing import Iterable, Mapping
 
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import UINT32_MAX, Dur, in_scope, unique_names
-from meshcore.resources.kinds.authorization_policy import METHODS, PATHS, PRINCIPALS
+from meshcore.policies.authorization_policy.schema import METHODS, PATHS, PRINCIPALS
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import Context, DNSLabel, Int, LabelSelector, ListOf, Obj, Path, Required
 
