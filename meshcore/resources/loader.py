@@ -237,7 +237,7 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     the whole set (the operator API's apply, ``meshctl traffic``) call it.
     """
     from ..policies.destination_rule import schema as destination_rule
-    from .kinds import virtual_service
+    from ..policies.virtual_service import schema as virtual_service
 
     return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
 

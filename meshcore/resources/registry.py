@@ -15,7 +15,8 @@ from ..policies.destination_rule import schema as destination_rule
 from ..policies.peer_authentication import schema as peer_authentication
 from ..policies.authorization_policy import schema as authorization_policy
 from ..policies.rate_limit import schema as rate_limit
-from .kinds import alert_rule, virtual_service
+from ..policies.virtual_service import schema as virtual_service
+from .kinds import alert_rule
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

@@ -36,7 +36,6 @@ inbound listener serves one workload port, so they are resolved here, per listen
 from __future__ import annotations
 
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -62,13 +61,9 @@ def _stat(name: str) -> str:
 
 def check_http_listener(listener: c.ListenerDraft) -> list[str]:
     """Problems that would leave rules sent over RDS unenforced: an HCM without the policy filters."""
-    problems = []
-    for chain in listener.filter_chains:
-        for f in chain.filters:
-            if isinstance(f.config, hcm_pb2.HttpConnectionManager) and not pf.has_policy_filters(f.config):
-                problems.append(f"listener {listener.name!r} chain {chain.name!r}: the HttpConnectionManager lacks "
-                                f"the policy filters {', '.join(pf.POLICY_FILTER_NAMES)} before its router")
-    return problems
+    return [f"listener {listener.name!r} chain {chain.name!r}: the HttpConnectionManager lacks the policy filters "
+            f"{', '.join(pf.POLICY_FILTER_NAMES)} before its router"
+            for chain, hcm in listener.http_managers() if not pf.has_policy_filters(hcm)]
 
 
 def secure_route(route: route_pb2.RouteConfiguration, stages: list[RbacStage]) -> None:
