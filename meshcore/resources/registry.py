@@ -1,7 +1,8 @@
 """The explicit, ordered registry of resource kinds.
 
-Adding a kind is one new module under :mod:`meshcore.resources.kinds` that defines a
-``KIND: KindSpec``, plus one line in ``_ORDER`` below. This order is the one operators see (listings,
+Adding a kind is one module that defines a ``KIND: KindSpec`` (a policy kind's ``schema.py`` in its folder
+``meshcore/policies/<kind>/``; a kind generation never reads, such as AlertRule, under
+:mod:`meshcore.resources.kinds`), plus one line in ``_ORDER`` below. This order is the one operators see (listings,
 validation reports); the order in which policy plugins edit Envoy config is declared separately, once,
 in :data:`meshcore.policies.PLUGINS`.
 """
