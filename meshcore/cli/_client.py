@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import ControlPlaneUnavailable, MeshError
+from ..errors import ApiError, ControlPlaneUnavailable, MeshError
 
 DEMO_STATE_DIR = ".meshcore-demo"
 
@@ -73,11 +73,6 @@ def discover_token(server: str, state_dir: str | None = None) -> str | None:
     return None
 
 
-class ApiError(MeshError):
-    def __init__(self, status: int, message: str, body: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.body = body or {}
 
 
 class Client:

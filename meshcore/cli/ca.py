@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from ..durations import parse_duration
-from ..errors import MeshError
-from ._client import ApiError, Client, discover_server
+from ..errors import ApiError, MeshError
+from ._client import Client, discover_server
 from ._run import dispatch
 
 OUTPUTS = ("table", "json", "yaml")

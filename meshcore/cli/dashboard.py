@@ -16,8 +16,8 @@ import sys
 import webbrowser
 from urllib.parse import quote
 
-from ..errors import MeshError
-from ._client import ApiError, Client, discover_server
+from ..errors import ApiError, MeshError
+from ._client import Client, discover_server
 from ._run import dispatch
 
 

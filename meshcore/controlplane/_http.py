@@ -13,17 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from ..errors import HttpError
+
 log = logging.getLogger("meshcore.controlplane.http")
 
 MAX_BODY = 4 * 1024 * 1024
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, extra: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra or {}
 
 
 class Request:

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WebhookDeliveryError
 from ..observe.alerts import FIRING, RESOLVED, Alert, AlertEvaluator, Rule, effective_rules, webhook_payload
 from ..observe.signals import Signals
 from ..resources.model import Resource
@@ -72,8 +72,6 @@ def webhook_urls(flags: Sequence[str] | None, env: dict | None = None) -> list[s
     return out
 
 
-class _Retryable(Exception):
-    """A delivery failure worth retrying (connection problem, 429, 5xx)."""
 
 
 class _Webhook:
@@ -118,10 +116,10 @@ class _Webhook:
                 resp.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}") from exc
+                raise WebhookDeliveryError(f"HTTP {exc.code}") from exc
             raise  # 4xx: the receiver rejects the payload; retrying will not help
         except (urllib.error.URLError, OSError) as exc:
-            raise _Retryable(str(getattr(exc, "reason", exc))) from exc
+            raise WebhookDeliveryError(str(getattr(exc, "reason", exc))) from exc
 
     def deliver(self, payload: dict) -> bool:
         """POST one payload with retries; True when the webhook accepted it."""
@@ -134,7 +132,7 @@ class _Webhook:
         try:
             for attempt in Retrying(stop=stop_after_attempt(self._attempts),
                                     wait=wait_exponential(multiplier=0.5, max=self._max_backoff),
-                                    retry=retry_if_exception_type(_Retryable), sleep=self._stop.wait,
+                                    retry=retry_if_exception_type(WebhookDeliveryError), sleep=self._stop.wait,
                                     before_sleep=before_sleep, reraise=True):
                 with attempt:
                     if self._stop.is_set() and attempt.retry_state.attempt_number > 1:

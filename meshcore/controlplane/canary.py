@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .._files import atomic_write, ensure_private_dir
-from ..errors import ConfigError, MeshError, StoreError, ValidationError
+from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..resources.kinds import destination_rule as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
@@ -55,12 +55,8 @@ SCRAPE_TIMEOUT_S = 3.0
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,126}")
 
 
-class NotFound(MeshError):
-    """No canary for that service."""
 
 
-class CanaryConflict(MeshError):
-    """The request does not fit the canary's state (already running, already finished)."""
 
 
 # --- measuring -------------------------------------------------------------------------------------------
@@ -293,7 +289,7 @@ class CanaryController:
         with self._lock:
             st = self._states.get(service)
         if st is None:
-            raise NotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
+            raise CanaryNotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
         return st.to_dict()
 
     def start(self, spec: sm.CanarySpec) -> dict:
@@ -331,7 +327,7 @@ class CanaryController:
             st = self._states.get(service)
             lock = self._locks.get(service)
         if st is None or lock is None:
-            raise NotFound(f"no canary for {service!r}; `meshctl canary status` lists them")
+            raise CanaryNotFound(f"no canary for {service!r}; `meshctl canary status` lists them")
         with lock:
             st = self._states[service]
             if st.finished:
@@ -534,7 +530,7 @@ def add_routes(r: Router, cp: "ControlPlane") -> None:
     def call(fn, *args):
         try:
             return fn(*args)
-        except NotFound as exc:
+        except CanaryNotFound as exc:
             raise HttpError(404, str(exc)) from exc
         except CanaryConflict as exc:
             raise HttpError(409, str(exc)) from exc
@@ -559,6 +555,6 @@ def add_routes(r: Router, cp: "ControlPlane") -> None:
 
 
 __all__ = [
-    "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "NotFound",
+    "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "CanaryNotFound",
     "add_routes", "for_control_plane", "scrape_envoy", "spec_from_body", "subset_clusters",
 ]

@@ -32,7 +32,7 @@ from typing import Any
 from .._files import atomic_create, ensure_private_dir, file_lock
 from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from ..ca.model import parse_rfc3339, rfc3339
-from ..errors import ConfigError, MeshError
+from ..errors import ConfigError, MeshError, OperatorAuthError
 from ._http import Handler, HttpError, Request, Router
 
 log = logging.getLogger("meshcore.controlplane.operators")
@@ -50,8 +50,6 @@ _HOW = ("pass a token with `meshctl --token TOKEN`, $MESHCORE_TOKEN or $MESHCORE
         "`meshcore-control-plane operator-token create --name NAME --role admin|read-only`)")
 
 
-class OperatorAuthError(MeshError):
-    """A request's operator credentials are missing, unknown or expired."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from envoy.type.v3 import hash_policy_pb2
 
 from .. import naming
 from ..catalog.model import ServiceInstance, Upstream
+from ..errors import MissingSubset
 from ..resources.kinds import destination_rule as dr
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
@@ -133,8 +134,6 @@ def subset_assignment(snapshot: MeshSnapshot, host: str, subset: str, labels: di
     return out
 
 
-class MissingSubset(Exception):
-    """A route names a subset no DestinationRule defines (message says which and where to add it)."""
 
 
 class ClusterSet:
