@@ -35,11 +35,11 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..errors import ConfigError, WebhookDeliveryError
+from ..errors import BadRequest, ConfigError, NotFound, WebhookDeliveryError
 from ..observe.alerts import FIRING, RESOLVED, Alert, AlertEvaluator, Rule, effective_rules, webhook_payload
 from ..observe.signals import Signals
 from ..resources.model import Resource
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
@@ -353,14 +353,14 @@ def add_routes(router: Router, cp: "ControlPlane") -> None:
     def alerts(req: Request) -> list[dict]:
         state = req.query.get("state")
         if state and state not in ("pending", "firing"):
-            raise HttpError(400, f"state={state!r}: use pending or firing (or leave it out for both)")
+            raise BadRequest(f"state={state!r}: use pending or firing (or leave it out for both)")
         return [a.to_dict() for a in cp.alerting.alerts() if not state or a.state == state]
 
     def rules(req: Request) -> list[dict]:
         name = req.query.get("name")
         out = [r.to_dict() for r in cp.alerting.rules() if not name or r.name == name]
         if name and not out:
-            raise HttpError(404, f"no alert rule named {name!r}; see `meshctl alerts rules`")
+            raise NotFound(f"no alert rule named {name!r}; see `meshctl alerts rules`")
         return out
 
     router.add("GET", "/v1/alerts", alerts)

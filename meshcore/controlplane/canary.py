@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .._files import atomic_write, ensure_private_dir
-from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
+from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, Unavailable, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..resources.kinds import destination_rule as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
@@ -42,7 +42,7 @@ from ..resources.loader import validate_document, validate_set
 from ..resources.model import Resource
 from ..traffic import canary as sm
 from ..traffic import workflows as wf
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
@@ -524,34 +524,17 @@ def add_routes(r: Router, cp: "ControlPlane") -> None:
     def controller() -> CanaryController:
         c = getattr(cp, "canaries", None)
         if c is None:
-            raise HttpError(503, "the canary controller is not running on this control plane; restart it")
+            raise Unavailable("the canary controller is not running on this control plane; restart it")
         return c
-
-    def call(fn, *args):
-        try:
-            return fn(*args)
-        except CanaryNotFound as exc:
-            raise HttpError(404, str(exc)) from exc
-        except CanaryConflict as exc:
-            raise HttpError(409, str(exc)) from exc
-        except ValidationError as exc:
-            raise HttpError(422, str(exc), {"errors": [
-                {"source": e.source, "document": e.document, "path": e.path, "message": e.message}
-                for e in exc.errors]}) from exc
-        except ConfigError as exc:
-            raise HttpError(400, str(exc)) from exc
-        except StoreError as exc:
-            raise HttpError(503, str(exc)) from exc
 
     def create(req: Request):
         c = controller()
-        spec = call(spec_from_body, req.json(), c.writer.current_default)
-        return call(c.start, spec)
+        return c.start(spec_from_body(req.json(), c.writer.current_default))  # errors: the error map
 
     r.add("POST", "/v1/canaries", create)
     r.add("GET", "/v1/canaries", lambda req: controller().list())
-    r.add("GET", "/v1/canaries/{service}", lambda req: call(controller().get, req.params["service"]))
-    r.add("POST", "/v1/canaries/{service}/abort", lambda req: call(controller().abort, req.params["service"]))
+    r.add("GET", "/v1/canaries/{service}", lambda req: controller().get(req.params["service"]))
+    r.add("POST", "/v1/canaries/{service}/abort", lambda req: controller().abort(req.params["service"]))
 
 
 __all__ = [

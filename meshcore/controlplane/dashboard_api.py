@@ -20,7 +20,8 @@ from ..dashboard import build_summary, read_static, series_view
 from ..durations import parse_duration
 from ..observe.collector import MeshCollector, ca_signals
 from ..observe.signals import SIGNAL_LABELS
-from ._http import HttpError, Request, Response
+from ..errors import BadRequest, NotFound
+from ._http import Request, Response
 from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def _static(name: str) -> Response:
     try:
         body, content_type = read_static(name)
     except FileNotFoundError as exc:
-        raise HttpError(404, f"no such dashboard file: {name}") from exc
+        raise NotFound(f"no such dashboard file: {name}") from exc
     return Response(body, content_type=content_type, headers=_HEADERS)
 
 
@@ -82,13 +83,13 @@ def summary(cp: "ControlPlane") -> dict:
 def series(cp: "ControlPlane", req: Request) -> dict:
     name = req.query.get("signal", "")
     if name not in SIGNAL_LABELS:
-        raise HttpError(400, f"signal={name!r}: give one of {', '.join(SIGNAL_LABELS)}")
+        raise BadRequest(f"signal={name!r}: give one of {', '.join(SIGNAL_LABELS)}")
     since_text = req.query.get("since", "")
     try:
         seconds = float(since_text) if since_text.replace(".", "", 1).isdigit() else (
             parse_duration(since_text).total_seconds() if since_text else DEFAULT_SINCE_S)
     except ValueError as exc:
-        raise HttpError(400, f"since={since_text!r}: a duration such as 15m or 600s ({exc})") from exc
+        raise BadRequest(f"since={since_text!r}: a duration such as 15m or 600s ({exc})") from exc
     match = {k: v for k, v in req.query.items() if k in SIGNAL_LABELS[name]}
     return series_view(name, cp.collector.history(name, since=time.time() - seconds), match)
 

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ..errors import MeshError, ValidationError
+from ..errors import MeshError, Unavailable, ValidationError
 from ..resources.loader import validate_set
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
 from ..xds.build import CLUSTER, ROUTE, build_proxy
 from ..xds.validate import validate_snapshot
-from ._http import HttpError
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
@@ -73,18 +72,13 @@ def diff_proxy(node: str, before: Mapping[str, Iterable[Message]], after: Mappin
     return {"added": added, "removed": removed, "changed": changed, "diff": diff}
 
 
-def _validation_error(exc: ValidationError) -> HttpError:
-    return HttpError(422, str(exc), {"errors": [
-        {"source": e.source, "document": e.document, "path": e.path, "message": e.message} for e in exc.errors]})
-
-
 def dry_run(cp: "ControlPlane", resources: list[Resource]) -> dict:
     """Validate ``resources`` against the store and show every connected proxy's resulting change."""
     existing = {r.key: r for r in cp.store.list()}
     merged = {**existing, **{r.key: r for r in resources}}
     problems = validate_set(list(merged.values()))
     if problems:
-        raise _validation_error(ValidationError(problems, "nothing would be applied"))
+        raise ValidationError(problems, "nothing would be applied")
     results = []
     for r in resources:
         old = existing.get(r.key)
@@ -93,7 +87,7 @@ def dry_run(cp: "ControlPlane", resources: list[Resource]) -> dict:
                         ("unchanged" if same else "configured")})
     snap = cp.engine.snapshot
     if snap is None:
-        raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+        raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
     would = MeshSnapshot.build(snap.catalog, merged.values(), snap.trust_domain, snap.settings)
     nodes = {}
     for node, state in sorted(list(cp.engine.proxies.items())):

@@ -16,9 +16,9 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, StoreError
+from ..errors import BadRequest, ConfigError, NotFound, StoreError
 from ..federation import FederatedBundleStore, to_spiffe_bundle
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
@@ -52,20 +52,18 @@ def add_federation_routes(r: Router, cp: "ControlPlane") -> None:
     def list_bundles(req: Request) -> list:
         try:
             return cp.federation.list()
-        except (StoreError, ConfigError) as exc:
-            raise HttpError(500, str(exc)) from exc
+        except ConfigError as exc:  # a stored bundle no longer reads: the server's trouble, not the request's
+            raise StoreError(f"cannot read the imported trust bundles: {exc}") from exc
 
     def import_bundle(req: Request) -> dict:
         body = req.json()
         if not isinstance(body, dict) or not body.get("trust_domain") or not body.get("bundle"):
-            raise HttpError(400, 'body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
+            raise BadRequest('body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
         td = str(body["trust_domain"])
         try:
             entry = cp.federation.put(td, str(body["bundle"]))
-        except ConfigError as exc:
-            raise HttpError(422, str(exc)) from exc
         except StoreError as exc:
-            raise HttpError(503, f"nothing imported: {exc}") from exc
+            raise StoreError(f"nothing imported: {exc}") from exc
         publish(cp.engine, cp.federation)
         who = getattr(req, "operator", None)
         log.warning("federated trust bundle imported trust_domain=%s roots=%d by=%s", td, len(entry["roots"]),
@@ -75,7 +73,7 @@ def add_federation_routes(r: Router, cp: "ControlPlane") -> None:
     def remove_bundle(req: Request) -> dict:
         td = req.params["trust_domain"]
         if not cp.federation.remove(td):
-            raise HttpError(404, f"no bundle imported for {td!r}; see `meshctl trust-bundle list`")
+            raise NotFound(f"no bundle imported for {td!r}; see `meshctl trust-bundle list`")
         publish(cp.engine, cp.federation)
         log.warning("federated trust bundle removed trust_domain=%s", td)
         return {"removed": td}

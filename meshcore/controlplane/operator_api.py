@@ -11,22 +11,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import naming
 from ..durations import parse_duration
-from ..errors import StoreError, ValidationError
+from ..errors import BadRequest, Conflict, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
 from ..resources.loader import load_documents, validate_set
 from ..resources.model import ResourceKey
-from ._http import HttpError, Request, Response, Router
+from ._http import Request, Response, Router
 from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
     from .daemon import ControlPlane
 
 log = logging.getLogger("meshcore.controlplane.api")
-
-
-def _validation_error(exc: ValidationError) -> HttpError:
-    return HttpError(422, str(exc), {"errors": [
-        {"source": e.source, "document": e.document, "path": e.path, "message": e.message} for e in exc.errors
-    ]})
 
 
 class OperatorApi:
@@ -94,13 +88,13 @@ class OperatorApi:
 
         body = req.json()
         if not isinstance(body, dict):
-            raise HttpError(400, 'body must be a JSON object: {"finish": bool, "force": bool}')
+            raise BadRequest('body must be a JSON object: {"finish": bool, "force": bool}')
         try:
             if body.get("finish"):
                 return self.cp.ca_finish(force=bool(body.get("force")))
             return self.cp.ca_rotate(force=bool(body.get("force")))
-        except CAError as exc:
-            raise HttpError(409, str(exc)) from exc
+        except CAError as exc:  # the rotation's state does not allow that step now
+            raise Conflict(str(exc)) from exc
 
     def ca_certs(self, req: Request) -> list:
         """Every unexpired leaf (newest per identity and node) with its renewal point and whether it is
@@ -138,7 +132,7 @@ class OperatorApi:
         body = req.json()
         files = body.get("files")
         if not isinstance(files, list) or not files:
-            raise HttpError(400, 'body needs "files": [{"name": ..., "content": ...}]')
+            raise BadRequest('body needs "files": [{"name": ..., "content": ...}]')
         resources, errors = [], []
         for f in files:
             try:
@@ -146,7 +140,7 @@ class OperatorApi:
             except ValidationError as exc:
                 errors.extend(exc.errors)
         if errors:
-            raise _validation_error(ValidationError(errors, "nothing applied"))
+            raise ValidationError(errors, "nothing applied")
         return body, resources
 
     def apply(self, req: Request) -> dict:
@@ -160,7 +154,7 @@ class OperatorApi:
         merged = {**existing, **{r.key: r for r in resources}}
         problems = validate_set(list(merged.values()))
         if problems:
-            raise _validation_error(ValidationError(problems, "nothing applied"))
+            raise ValidationError(problems, "nothing applied")
         result = []
         for r in resources:
             old = existing.get(r.key)
@@ -169,7 +163,7 @@ class OperatorApi:
         try:
             self.cp.store.apply(resources)
         except StoreError as exc:
-            raise HttpError(503, f"nothing applied: {exc}") from exc
+            raise StoreError(f"nothing applied: {exc}") from exc
         log.info("applied %d resource(s): %s", len(resources), ", ".join(keys))
         return {"applied": result}
 
@@ -180,7 +174,7 @@ class OperatorApi:
             for k in body["keys"]:
                 parts = str(k).split("/")
                 if len(parts) != 3:
-                    raise HttpError(400, f"key {k!r} must be Kind/namespace/name")
+                    raise BadRequest(f"key {k!r} must be Kind/namespace/name")
                 keys.append(ResourceKey(*parts))
         else:
             _, resources = self._parse(req)
@@ -188,11 +182,11 @@ class OperatorApi:
         remaining = [r for r in self.cp.store.list() if r.key not in set(keys)]
         problems = validate_set(remaining)
         if problems:  # e.g. deleting a DestinationRule whose subsets a VirtualService still routes to
-            raise _validation_error(ValidationError(problems, "nothing deleted"))
+            raise ValidationError(problems, "nothing deleted")
         try:
             removed = self.cp.store.delete(keys)
         except StoreError as exc:
-            raise HttpError(503, f"nothing deleted: {exc}") from exc
+            raise StoreError(f"nothing deleted: {exc}") from exc
         return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
 
     def list_resources(self, req: Request) -> list:
@@ -211,7 +205,7 @@ class OperatorApi:
         node = req.params["node"]
         built = self.cp.engine.build_for(node)
         if built is None:
-            raise HttpError(404, f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
+            raise NotFound(f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
         return {
             "node": node,
             "version": self.cp.cache_status(node).get("version"),
@@ -225,13 +219,11 @@ class OperatorApi:
         body = req.json()
         node = body.get("node")
         if not node:
-            raise HttpError(400, "token create needs a node name")
-        try:
+            raise BadRequest("token create needs a node name")
+        with map_exceptions({ValueError: BadRequest}):
             ttl = parse_duration(body.get("ttl", "1h"))
-        except ValueError as exc:
-            raise HttpError(400, str(exc)) from exc
         if ttl <= timedelta(0) or ttl > timedelta(days=7):
-            raise HttpError(400, "ttl must be between 1s and 7d")
+            raise BadRequest("ttl must be between 1s and 7d")
         token = self.cp.tokens.create(node, ttl=ttl)
         return {"node": node, "token": token, "ttl_seconds": int(ttl.total_seconds()),
                 "node_spiffe_id": naming.node_spiffe_id(self.cp.ca.trust_domain, node)}
@@ -254,22 +246,22 @@ class OperatorApi:
         query = parse_qs(urlsplit(req.handler.path).query, keep_blank_values=True)
         one = lambda key, default=None: query.get(key, [default])[-1]  # noqa: E731
         if not one("to"):
-            raise HttpError(400, "authz check needs ?to=SERVICE (and usually from=SERVICE)")
+            raise BadRequest("authz check needs ?to=SERVICE (and usually from=SERVICE)")
         headers = {}
         for item in query.get("header", []):
             name, sep, value = item.partition("=")
             if not sep or not name:
-                raise HttpError(400, f"header {item!r} must be NAME=VALUE")
+                raise BadRequest(f"header {item!r} must be NAME=VALUE")
             headers[name.lower()] = value
         snapshot = self.cp.engine.snapshot
         if snapshot is None:
-            raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+            raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
         try:
             return check(snapshot, CheckQuery(
                 destination=one("to"), source=one("from") or None, method=one("method", "GET"),
                 path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
-        except ConfigError as exc:
-            raise HttpError(404, str(exc)) from exc
+        except ConfigError as exc:  # the service named is not in the mesh
+            raise NotFound(str(exc)) from exc
 
     def metrics(self, req: Request) -> Response:
         return Response(generate_latest(self.cp.metrics.registry), content_type=CONTENT_TYPE_LATEST)

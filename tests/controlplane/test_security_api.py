@@ -270,3 +270,28 @@ spec:
     bad.write_text(policy.read_text().replace("GET", "get"))
     invalid = meshctl(env, "authz", "dry-run", "-f", str(bad), "--access-log", str(log))
     assert invalid.returncode == 1 and "methods[0]" in invalid.stderr
+
+
+def _post(cp, path: str, body: dict) -> tuple[int, dict]:
+    token = (cp.settings.state_dir / "admin.token").read_text().strip()
+    req = urllib.request.Request(cp.addresses["http"] + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_refused_operator_certificate_requests_are_answered_by_the_error_map(env):
+    """A bad name (ConfigError), a bad ttl (ValueError at the boundary) and a bad CSR (CAError): 400 each,
+    with the reason; never a 500."""
+    cp = env["cp"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "no spaces", "csr": "x"})
+    assert status == 400 and "operator name" in body["error"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "carol", "ttl": "soon", "csr": "x"})
+    assert status == 400 and "soon" in body["error"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "carol", "csr": "not a csr"})
+    assert status == 400 and body["error"].startswith("cannot issue spiffe://")
+    status, body = _post(cp, "/v1/trust-bundles", {"trust_domain": OTHER, "bundle": "not a bundle"})
+    assert status == 422 and body["error"]
