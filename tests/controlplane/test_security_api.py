@@ -27,6 +27,7 @@ from meshcore.controlplane.daemon import ControlPlane, Settings
 from meshcore.federation import read_bundle_text
 
 from ..policies._catalog import write_catalog
+from ._api import call_api
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER = "other.example"
@@ -273,14 +274,7 @@ spec:
 
 
 def _post(cp, path: str, body: dict) -> tuple[int, dict]:
-    token = (cp.settings.state_dir / "admin.token").read_text().strip()
-    req = urllib.request.Request(cp.addresses["http"] + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return call_api(cp, "POST", path, (cp.settings.state_dir / "admin.token").read_text().strip(), body)
 
 
 def test_refused_operator_certificate_requests_are_answered_by_the_error_map(env):
