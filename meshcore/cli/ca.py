@@ -26,7 +26,9 @@ import yaml
 from ..durations import parse_duration
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
+from ._output import table as _table
 from ._run import dispatch
+from ._commands import HELP
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -42,12 +44,6 @@ def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
         print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
         table(data)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    for row in [headers] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 # --- certs list --------------------------------------------------------------------------------
@@ -174,7 +170,7 @@ def cmd_ca_rotate(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True) -> None:
     """Add ``ca status``, ``ca rotate`` and (unless ``certs=False``) ``certs list`` to ``subparsers``."""
-    sp = subparsers.add_parser("ca", parents=[common], help="The mesh CA: state and root rotation.",
+    sp = subparsers.add_parser("ca", parents=[common], help=HELP["ca"],
                                description="The mesh CA: state and root rotation.")
     sub = sp.add_subparsers(dest="ca_command", required=True)
     st = sub.add_parser("status", parents=[common], help="Mode, rotation phase, roots, signing intermediate.")
@@ -195,7 +191,7 @@ def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True)
     rot.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     rot.set_defaults(fn=cmd_ca_rotate)
     if certs:
-        cp = subparsers.add_parser("certs", parents=[common], help="Certificates the CA issued.",
+        cp = subparsers.add_parser("certs", parents=[common], help=HELP["certs"],
                                    description="Certificates the CA issued.")
         csub = cp.add_subparsers(dest="certs_command", required=True)
         cl = csub.add_parser("list", parents=[common],

@@ -21,6 +21,7 @@ from ..errors import MeshError
 from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 GRAPH_OUTPUTS = ("table", "json", "dot")
 SCRAPE_TIMEOUT_S = 3.0
@@ -108,7 +109,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     """Add ``graph``. It has its own ``-o`` (table, json, dot), so it does not inherit ``common``'s."""
     desc = ("The service graph from the proxies' stats: every edge source -> destination with its request "
             "rate, error rate (5xx) and p99 latency over --window.")
-    sp = subparsers.add_parser("graph", help="Service graph with request rate, error rate and p99 per edge.",
+    sp = subparsers.add_parser("graph", help=HELP["graph"],
                                description=desc)
     sp.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                      "./.meshcore-demo, then http://127.0.0.1:15000)")

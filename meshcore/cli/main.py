@@ -3,65 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
-import yaml
-
-from ..errors import MeshError
+from ..api.operator import resolve_kind
+from ..errors import ApiError, MeshError
 from ._client import DEMO_STATE_DIR, Client, discover_server
+from ._commands import MODULE_COMMANDS, common_options
+from ._output import out as _out
+from ._output import read_files as _read_files
+from ._output import table as _table
+from ._output import validate_locally as _validate_locally
 from ._run import dispatch
-
-OUTPUTS = ("table", "json", "yaml")
-
-
-def _out(data, fmt: str, table=None) -> None:
-    if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif fmt == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
-    else:
-        table(data) if table else print(yaml.safe_dump(data, sort_keys=False), end="")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    for row in [headers] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 def _client(args) -> Client:
     return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None),
                   state_dir=getattr(args, "state_dir", None))
-
-
-def _read_files(paths: list[str]) -> list[dict]:
-    files = []
-    for p in paths:
-        if p == "-":
-            files.append({"name": "<stdin>", "content": sys.stdin.read()})
-            continue
-        path = Path(p)
-        if path.is_dir():
-            members = sorted(q for q in path.iterdir() if q.suffix in (".yaml", ".yml", ".json"))
-        else:
-            members = [path]
-        for m in members:
-            try:
-                files.append({"name": str(m), "content": m.read_text()})
-            except OSError as exc:
-                raise MeshError(f"{m}: cannot read: {exc.strerror}") from exc
-    return files
-
-
-def _validate_locally(paths: list[str]):
-    from ..resources.loader import load_files
-
-    return load_files(paths)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -101,10 +63,10 @@ def cmd_delete(args) -> int:
 def _kind(text: str) -> str:
     from ..resources.registry import KINDS
 
-    for k in KINDS:
-        if k.lower() in (text.lower(), text.lower().rstrip("s")):
-            return k
-    raise MeshError(f"unknown kind {text!r}; known kinds: {', '.join(KINDS)}, proxies")
+    try:
+        return resolve_kind(text, KINDS)
+    except MeshError as exc:
+        raise MeshError(f"{exc}, proxies") from None
 
 
 def cmd_get(args) -> int:
@@ -116,16 +78,23 @@ def cmd_get(args) -> int:
               "yes" if p["synced"] else "no", (p.get("version") or "")[:12], (p.get("error") or "")[:60]] for p in d],
             ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
         return 0
-    kind = _kind(args.kind)
-    query = f"?kind={kind}" + (f"&name={args.name}" if args.name else "")
-    items = client.get("/v1/resources" + query)
+    # The control plane resolves the kind (plurals, any case): meshctl need not load the resource kinds.
+    query = "?" + urlencode({"kind": args.kind, **({"name": args.name} if args.name else {})})
+    try:
+        items = client.get("/v1/resources" + query)
+    except ApiError as exc:
+        if exc.status == 400 and "unknown kind" in str(exc):
+            raise MeshError(f"{exc}, proxies") from None
+        raise
     if args.name and not items:
-        print(f"{kind} {args.name!r} not found", file=sys.stderr)
+        print(f"{args.kind} {args.name!r} not found", file=sys.stderr)
         return 1
     if args.output == "table":
         _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]] for d in items],
                ["KIND", "NAMESPACE", "NAME"])
     elif args.output == "yaml":
+        import yaml
+
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
     else:
         _out(items, "json")
@@ -198,8 +167,6 @@ def cmd_token_create(args) -> int:
 
 def cmd_authz_check(args) -> int:
     """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
-    from urllib.parse import urlencode
-
     params = [("to", args.to), ("method", args.method), ("path", args.path)]
     params += [(k, v) for k, v in (("from", args.source), ("host", args.host), ("source_ip", args.source_ip)) if v]
     for h in args.header or []:
@@ -242,6 +209,9 @@ def cmd_demo_up(args) -> int:
         print(DEMO_BANNER.format(state=state))
     if not args.foreground:
         return 0
+    import signal
+    import threading
+
     stop = threading.Event()
     # Ctrl-C, `kill` and a closed terminal all stop the demo, even where SIGINT arrived ignored
     # (a shell's background job): install the handlers explicitly.
@@ -279,16 +249,15 @@ def cmd_demo_down(args) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
-                                         "./.meshcore-demo, then http://127.0.0.1:15000)")
-    common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
-    common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
-                                        "then the control plane state dir's admin.token)")
-    common.add_argument("--cert", help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
-    common.add_argument("--key", help="its private key ($MESHCORE_KEY)")
-    common.add_argument("--cacert", help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
+def _command_in(argv: list[str]) -> str:
+    """The command ``argv`` names ("" for none: ``meshctl --help``); the top-level parser has no other options."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """meshctl's parser. With ``argv``, only the module of the command it names is imported (the others are
+    listed by name and help, see ``_commands.py``); without, every module registers (the whole parser)."""
+    common = common_options()
 
     p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -358,15 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     dd.set_defaults(fn=cmd_demo_down)
 
     # Commands that live in their own modules, in the order `meshctl --help` lists them.
-    from . import alerts, ca, canary, dashboard, fleet, graph, install, inventory, render, security, traffic
-
-    for module in (ca, security, traffic, canary, graph, dashboard, alerts, install, render, inventory, fleet):
-        module.register(sub, common)
+    wanted = None if argv is None else _command_in(argv)
+    registered: set[str] = set()
+    for name, module_name, help_text in MODULE_COMMANDS:
+        if module_name in registered:
+            continue  # its register() added this command already
+        if wanted is None or wanted in {n for n, m, _ in MODULE_COMMANDS if m == module_name}:
+            importlib.import_module(f"{__package__}.{module_name}").register(sub, common)
+            registered.add(module_name)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
         __import__("os").environ["MESHCORE_TOKEN"] = args.token
     for flag, env in (("cert", "MESHCORE_CERT"), ("key", "MESHCORE_KEY"), ("cacert", "MESHCORE_CACERT")):

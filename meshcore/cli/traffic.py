@@ -28,6 +28,7 @@ from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 SYNC_TIMEOUT_S = 5.0
 SOURCE = "meshctl-traffic"
@@ -214,7 +215,7 @@ def cmd_show(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl traffic`` to ``subparsers`` (``common`` brings --server and -o table|json|yaml)."""
-    sp = subparsers.add_parser("traffic", parents=[common], help="Split, route and switch traffic between versions.",
+    sp = subparsers.add_parser("traffic", parents=[common], help=HELP["traffic"],
                                description=DESCRIPTION)
     tsub = sp.add_subparsers(dest="traffic_command", required=True, metavar="COMMAND")
 

@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import naming
 from ..durations import parse_duration
 from ..errors import BadRequest, Conflict, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..api.operator import resolve_kind
 from ..resources.loader import load_documents, validate_set
+from ..resources.registry import KINDS
 from ..resources.model import ResourceKey
 from ._http import Request, Response, Router
 from .operators import AuthorizingRouter
@@ -190,7 +192,7 @@ class OperatorApi:
         return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
 
     def list_resources(self, req: Request) -> list:
-        kind = req.query.get("kind")
+        kind = resolve_kind(req.query["kind"], KINDS) if req.query.get("kind") else None
         name = req.query.get("name")
         out = []
         for r in sorted(self.cp.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
