@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import ApiError, ControlPlaneUnavailable, MeshError
+from ._state import ADMIN_TOKEN_FILE, DEMO_STATE_DIR, state_dirs  # noqa: F401 - DEMO_STATE_DIR re-exported
 
-DEMO_STATE_DIR = ".meshcore-demo"
 
 
 def discover_server(explicit: str | None = None, state_dir: str | None = None) -> str:
@@ -19,26 +19,12 @@ def discover_server(explicit: str | None = None, state_dir: str | None = None) -
         return explicit.rstrip("/")
     if os.environ.get("MESHCORE_SERVER"):
         return os.environ["MESHCORE_SERVER"].rstrip("/")
-    candidates = []
-    if state_dir:
-        candidates.append(Path(state_dir) / "controlplane" / "controlplane.json")
-    candidates += [Path(DEMO_STATE_DIR) / "controlplane" / "controlplane.json",
-                   Path("/var/lib/meshcore/controlplane.json")]
-    for c in candidates:
+    for d in state_dirs(state_dir):
         try:
-            return json.loads(c.read_text())["http"].rstrip("/")
+            return json.loads((d / "controlplane.json").read_text())["http"].rstrip("/")
         except (OSError, ValueError, KeyError):
             continue
     return "http://127.0.0.1:15000"
-
-
-ADMIN_TOKEN_FILE = "admin.token"
-SYSTEM_STATE_DIR = "/var/lib/meshcore"
-
-
-def _state_dirs(state_dir: str | None) -> list[Path]:
-    dirs = [Path(state_dir) / "controlplane"] if state_dir else []
-    return dirs + [Path(DEMO_STATE_DIR) / "controlplane", Path(SYSTEM_STATE_DIR)]
 
 
 def _read_token(path: Path) -> str | None:
@@ -61,7 +47,7 @@ def discover_token(server: str, state_dir: str | None = None) -> str | None:
             raise MeshError(f"cannot read the operator token file $MESHCORE_TOKEN_FILE="
                             f"{os.environ['MESHCORE_TOKEN_FILE']}; fix the path or its permissions")
         return token
-    for d in _state_dirs(state_dir):
+    for d in state_dirs(state_dir):
         try:
             serves = json.loads((d / "controlplane.json").read_text())["http"].rstrip("/")
         except (OSError, ValueError, KeyError, AttributeError):

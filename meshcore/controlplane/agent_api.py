@@ -45,8 +45,11 @@ def _csr_uri(csr_pem: str) -> str:
 
 class AgentApi:
     def __init__(self, ca: CertificateAuthority, tokens: JoinTokenStore, catalog: Callable[[], Catalog | None],
-                 xds_address: str, metrics=None):
+                 xds_address: str, metrics=None,
+                 federated_bundles: Callable[[], tuple[tuple[str, str], ...]] = tuple):
+        """``federated_bundles``: other trust domains' roots ``(trust_domain, PEM)``, as agents get them."""
         self.ca = ca
+        self.federated_bundles = federated_bundles
         self.tokens = tokens
         self.catalog = catalog
         self.xds_address = xds_address
@@ -55,11 +58,6 @@ class AgentApi:
         self._acks_lock = threading.Lock()
 
     BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
-
-    @staticmethod
-    def federated_bundles() -> tuple[tuple[str, str], ...]:
-        """Other trust domains' roots ``(trust_domain, PEM)``; the control plane sets its own source."""
-        return ()
 
     def bundle_acks(self) -> dict[str, str]:
         """node -> SHA-256 of the trust bundle it last reported holding (written to Envoy's SDS file)."""

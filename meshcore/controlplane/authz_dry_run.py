@@ -16,12 +16,12 @@ from ..errors import BadRequest, PayloadTooLarge, Unavailable
 from ._http import Request
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..snapshot import MeshSnapshot
 
 MAX_CALLS = 100_000
 
 
-def authz_dry_run(cp: "ControlPlane", req: Request, parse: Callable) -> dict:
+def authz_dry_run(snapshot: Callable[[], "MeshSnapshot | None"], req: Request, parse: Callable) -> dict:
     body, resources = parse(req)  # validates the policy files like apply does (422 with field paths)
     raw = body.get("calls")
     if not isinstance(raw, list):
@@ -35,10 +35,10 @@ def authz_dry_run(cp: "ControlPlane", req: Request, parse: Callable) -> dict:
             calls[ObservedCall.from_dict(item)] += max(count, 0)
         except (ValueError, TypeError, AttributeError) as exc:
             raise BadRequest(f"calls[{i}]: {exc}") from exc
-    snapshot = cp.engine.snapshot
-    if snapshot is None:
+    snap = snapshot()
+    if snap is None:
         raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
-    return dry_run(snapshot, resources, calls)
+    return dry_run(snap, resources, calls)
 
 
 __all__ = ["authz_dry_run"]

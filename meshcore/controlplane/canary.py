@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .._files import atomic_write, ensure_private_dir
-from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, Unavailable, ValidationError
+from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..resources.kinds import destination_rule as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
@@ -45,7 +45,8 @@ from ..traffic import workflows as wf
 from ._http import Request, Router
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..resources.store import ResourceStore
+    from ._contexts import MeshView
 
 log = logging.getLogger("meshcore.controlplane.canary")
 
@@ -479,53 +480,50 @@ def _int(body: dict, key: str, default: int) -> int:
 # --- wiring into the control plane -----------------------------------------------------------------------
 
 
-def _callers_of(cp: "ControlPlane", service: str) -> dict[str, str]:
+def _callers_of(mesh: "MeshView", service: str) -> dict[str, str]:
     """``{node: Envoy admin}`` of connected proxies whose node has an instance calling ``service``."""
-    catalog = cp.engine.catalog()
+    catalog = mesh.catalog()
     if catalog is None:
         return {}
     nodes = {i.node for i in catalog.instances if any(u.destination_name == service for u in i.upstreams)}
-    connected = set(cp.cache.connected_nodes())
-    return {n: st.info.admin for n, st in list(cp.engine.proxies.items())
+    connected = set(mesh.connected_nodes())
+    return {n: st.info.admin for n, st in mesh.proxies().items()
             if n in nodes and n in connected and st.info.admin}
 
 
-def _synced_with(cp: "ControlPlane", resource: Resource) -> bool:
-    """The engine's snapshot holds ``resource`` as written and every connected proxy ACKed that snapshot."""
-    snap = cp.engine.snapshot
+def _synced_with(mesh: "MeshView", resource: Resource) -> bool:
+    """The mesh snapshot holds ``resource`` as written and every connected proxy ACKed that snapshot."""
+    snap = mesh.snapshot()
     if snap is None or resource.canonical_json() not in {r.canonical_json() for r in snap.resources}:
         return False
-    for node in cp.cache.connected_nodes():
-        state = cp.engine.proxies.get(node)
-        if state is None or state.built_hash != snap.hash or not cp.cache.synced(node):
+    proxies = mesh.proxies()
+    for node in mesh.connected_nodes():
+        state = proxies.get(node)
+        if state is None or state.built_hash != snap.hash or not mesh.synced(node):
             return False
     return True
 
 
-def _instances_with(cp: "ControlPlane", service: str, labels: dict[str, str]) -> int:
-    catalog = cp.engine.catalog()
+def _instances_with(mesh: "MeshView", service: str, labels: dict[str, str]) -> int:
+    catalog = mesh.catalog()
     if catalog is None:
         return 1  # catalog not read yet: do not refuse on that
     return sum(1 for i in catalog.instances_of(service) if all(i.labels.get(k) == v for k, v in labels.items()))
 
 
-def for_control_plane(cp: "ControlPlane") -> CanaryController:
-    """The controller wired to ``cp``: its store, its proxies' admin addresses, its state dir."""
-    writer = StoreTrafficWriter(cp.store, synced=lambda r: _synced_with(cp, r))
+def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView") -> CanaryController:
+    """The controller of a control plane: traffic changes go to its ``store``, measurements to the admin
+    addresses of the proxies calling the service, its state under ``state_dir``."""
+    writer = StoreTrafficWriter(store, synced=lambda r: _synced_with(mesh, r))
     return CanaryController(
-        cp.settings.state_dir / STATE_SUBDIR, writer,
-        probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(cp, spec.service)),
-        ready=cp.engine.ready.is_set, instances_with=lambda s, labels: _instances_with(cp, s, labels))
+        state_dir / STATE_SUBDIR, writer,
+        probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(mesh, spec.service)),
+        ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels))
 
 
-def add_routes(r: Router, cp: "ControlPlane") -> None:
-    """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route)."""
-
-    def controller() -> CanaryController:
-        c = getattr(cp, "canaries", None)
-        if c is None:
-            raise Unavailable("the canary controller is not running on this control plane; restart it")
-        return c
+def add_routes(r: Router, *, controller: Callable[[], CanaryController]) -> None:
+    """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route), served by
+    the controller ``controller()`` returns (the control plane's; a test may swap it)."""
 
     def create(req: Request):
         c = controller()

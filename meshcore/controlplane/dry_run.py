@@ -34,7 +34,8 @@ from ..xds.build import CLUSTER, ROUTE, build_proxy
 from ..xds.validate import validate_snapshot
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..resources.store import ResourceStore
+    from ._contexts import MeshView
 
 # What the diff covers, in the order it is shown.
 COMPARED = (("route", ROUTE), ("cluster", CLUSTER))
@@ -72,9 +73,9 @@ def diff_proxy(node: str, before: Mapping[str, Iterable[Message]], after: Mappin
     return {"added": added, "removed": removed, "changed": changed, "diff": diff}
 
 
-def dry_run(cp: "ControlPlane", resources: list[Resource]) -> dict:
+def dry_run(store: "ResourceStore", mesh: "MeshView", resources: list[Resource]) -> dict:
     """Validate ``resources`` against the store and show every connected proxy's resulting change."""
-    existing = {r.key: r for r in cp.store.list()}
+    existing = {r.key: r for r in store.list()}
     merged = {**existing, **{r.key: r for r in resources}}
     problems = validate_set(list(merged.values()))
     if problems:
@@ -85,13 +86,13 @@ def dry_run(cp: "ControlPlane", resources: list[Resource]) -> dict:
         same = old is not None and old.canonical_json() == r.canonical_json()
         results.append({"resource": str(r.key), "result": "created" if old is None else
                         ("unchanged" if same else "configured")})
-    snap = cp.engine.snapshot
+    snap = mesh.snapshot()
     if snap is None:
         raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
     would = MeshSnapshot.build(snap.catalog, merged.values(), snap.trust_domain, snap.settings)
     nodes = {}
-    for node, state in sorted(list(cp.engine.proxies.items())):
-        published = cp.cache.get(node)  # what the proxy was sent; built from the current snapshot if nothing yet
+    for node, state in sorted(mesh.proxies().items()):
+        published = mesh.published(node)  # what the proxy was sent; built from the current snapshot if nothing yet
         extra = {}
         try:
             now = dict(published.resources) if published is not None else build_proxy(snap, state.info)

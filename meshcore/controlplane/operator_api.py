@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -20,66 +22,73 @@ from ._http import Request, Response, Router
 from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from prometheus_client import CollectorRegistry
+
+    from ..ca import CertificateAuthority, JoinTokenStore
+    from ..resources.store import ResourceStore
+    from ._contexts import CaControl, MeshView
+    from .operator_certs import OperatorCertStore
+    from .operators import OperatorTokenStore
 
 log = logging.getLogger("meshcore.controlplane.api")
 
 
-class OperatorApi:
-    def __init__(self, cp: "ControlPlane"):
-        self.cp = cp
+@dataclass(frozen=True)
+class OperatorContext:
+    """What the operator API serves from (the daemon wires it; a test can hand in its own parts)."""
 
-    def router(self) -> Router:
-        r = AuthorizingRouter(self.cp.operators)  # GET: read-only, other methods: admin; see operators.py
-        if getattr(self.cp, "operator_certs", None) is not None:  # also operator client certificates (TLS)
+    store: ResourceStore
+    mesh: MeshView
+    ca: CertificateAuthority
+    ca_control: CaControl
+    tokens: JoinTokenStore
+    operators: OperatorTokenStore
+    status: Callable[[], dict]  # the whole /v1/status document
+    registry: CollectorRegistry  # /metrics
+    operator_certs: OperatorCertStore | None = None  # also accept operator client certificates (TLS)
+    features: Sequence[Callable[[AuthorizingRouter], None]] = ()  # each adds its routes (canaries, dashboard, ...)
+
+
+class OperatorApi:
+    def __init__(self, ctx: OperatorContext):
+        self.ctx = ctx
+
+    def router(self) -> AuthorizingRouter:
+        ctx = self.ctx
+        r = AuthorizingRouter(ctx.operators)  # GET: read-only, other methods: admin; see operators.py
+        if ctx.operator_certs is not None:  # also operator client certificates (TLS)
             from .operator_certs import CertAuthorizingRouter
 
-            r = CertAuthorizingRouter(self.cp.operators, self.cp.operator_certs, self.cp.ca.trust_domain)
-        r.add("GET", "/v1/status", lambda req: self.cp.status())
-        r.add("GET", "/v1/proxies", lambda req: self.cp.status()["proxies"])
+            r = CertAuthorizingRouter(ctx.operators, ctx.operator_certs, ctx.ca.trust_domain)
+        r.add("GET", "/v1/status", lambda req: ctx.status())
+        r.add("GET", "/v1/proxies", lambda req: ctx.status()["proxies"])
         r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)
         r.add("GET", "/v1/resources", self.list_resources)
         r.add("POST", "/v1/resources", self.apply)
         r.add("POST", "/v1/resources/delete", self.delete)
         r.add("POST", "/v1/tokens", self.create_token)
-        r.add("GET", "/v1/tokens", lambda req: self.cp.tokens.list())
+        r.add("GET", "/v1/tokens", lambda req: ctx.tokens.list())
         r.add("GET", "/v1/certs", self.certs)
-        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": self.cp.ca.trust_domain,
-                                                      "bundle": self.cp.ca.bundle_pem()})
+        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": ctx.ca.trust_domain,
+                                                      "bundle": ctx.ca.bundle_pem()})
         r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
         self._add_ca_routes(r)
-        self._add_security_routes(r)
-        from .canary import add_routes as add_canary_routes
+        from .authz_dry_run import authz_dry_run
         from .dry_run import dry_run
 
-        add_canary_routes(r, self.cp)  # /v1/canaries (meshctl canary)
-        from .dashboard_api import add_routes as add_dashboard_routes
-
-        add_dashboard_routes(r, self.cp)  # / (the web dashboard), /v1/dashboard/* (its data)
-        from .alerting import add_routes as add_alert_routes
-
-        add_alert_routes(r, self.cp)  # /v1/alerts, /v1/alerts/rules (meshctl alerts, the dashboard)
-        r.add("POST", "/v1/resources/dry-run", lambda req: dry_run(self.cp, self._parse(req)[1]),
+        r.add("POST", "/v1/resources/dry-run", lambda req: dry_run(ctx.store, ctx.mesh, self._parse(req)[1]),
               role="read-only")  # changes nothing: a preview for any operator
+        r.add("POST", "/v1/authz/dry-run", lambda req: authz_dry_run(ctx.mesh.snapshot, req, self._parse),
+              role="read-only")
+        for add_routes in ctx.features:
+            add_routes(r)
         return r
-
-    def _add_security_routes(self, r: Router) -> None:
-        """Federation (/v1/trust-bundles), operator certificates (/v1/operators/certs), authz dry-run."""
-        from .authz_dry_run import authz_dry_run
-        from .federation_api import add_federation_routes
-        from .operator_certs import add_operator_cert_routes
-
-        if getattr(self.cp, "federation", None) is not None:
-            add_federation_routes(r, self.cp)
-        if getattr(self.cp, "operator_certs", None) is not None:
-            add_operator_cert_routes(r, self.cp)
-        r.add("POST", "/v1/authz/dry-run", lambda req: authz_dry_run(self.cp, req, self._parse), role="read-only")
 
     # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
     def _add_ca_routes(self, r: Router) -> None:
-        r.add("GET", "/v1/ca", lambda req: self.cp.ca_status())
+        r.add("GET", "/v1/ca", lambda req: self.ctx.ca_control.status())
         r.add("POST", "/v1/ca/rotate", self.ca_rotate)
         r.add("GET", "/v1/ca/certs", self.ca_certs)
 
@@ -93,8 +102,8 @@ class OperatorApi:
             raise BadRequest('body must be a JSON object: {"finish": bool, "force": bool}')
         try:
             if body.get("finish"):
-                return self.cp.ca_finish(force=bool(body.get("force")))
-            return self.cp.ca_rotate(force=bool(body.get("force")))
+                return self.ctx.ca_control.finish(bool(body.get("force")))
+            return self.ctx.ca_control.rotate(bool(body.get("force")))
         except CAError as exc:  # the rotation's state does not allow that step now
             raise Conflict(str(exc)) from exc
 
@@ -110,7 +119,7 @@ class OperatorApi:
         from ..ca.model import rfc3339
 
         now = datetime.now(timezone.utc)
-        ca = self.cp.ca
+        ca = self.ctx.ca
         roles = {}
         state = ca.state()
         for root in state["roots"]:
@@ -150,7 +159,7 @@ class OperatorApi:
         keys = [str(r.key) for r in resources]
         if body.get("dry_run"):
             return {"applied": [], "valid": keys, "dry_run": True}
-        existing = {r.key: r for r in self.cp.store.list()}
+        existing = {r.key: r for r in self.ctx.store.list()}
         # Checks across resources (a VirtualService's subsets exist, one resource per host...) run on
         # what the store would hold afterwards, so nothing inconsistent is ever applied.
         merged = {**existing, **{r.key: r for r in resources}}
@@ -163,7 +172,7 @@ class OperatorApi:
             state = "created" if old is None else ("unchanged" if old.canonical_json() == r.canonical_json() else "configured")
             result.append({"resource": str(r.key), "result": state})
         try:
-            self.cp.store.apply(resources)
+            self.ctx.store.apply(resources)
         except StoreError as exc:
             raise StoreError(f"nothing applied: {exc}") from exc
         log.info("applied %d resource(s): %s", len(resources), ", ".join(keys))
@@ -181,12 +190,12 @@ class OperatorApi:
         else:
             _, resources = self._parse(req)
             keys = [r.key for r in resources]
-        remaining = [r for r in self.cp.store.list() if r.key not in set(keys)]
+        remaining = [r for r in self.ctx.store.list() if r.key not in set(keys)]
         problems = validate_set(remaining)
         if problems:  # e.g. deleting a DestinationRule whose subsets a VirtualService still routes to
             raise ValidationError(problems, "nothing deleted")
         try:
-            removed = self.cp.store.delete(keys)
+            removed = self.ctx.store.delete(keys)
         except StoreError as exc:
             raise StoreError(f"nothing deleted: {exc}") from exc
         return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
@@ -195,7 +204,7 @@ class OperatorApi:
         kind = resolve_kind(req.query["kind"], KINDS) if req.query.get("kind") else None
         name = req.query.get("name")
         out = []
-        for r in sorted(self.cp.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
+        for r in sorted(self.ctx.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
             if kind and r.kind.lower() != kind.lower():
                 continue
             if name and r.name != name:
@@ -205,12 +214,12 @@ class OperatorApi:
 
     def proxy_config(self, req: Request) -> dict:
         node = req.params["node"]
-        built = self.cp.engine.build_for(node)
+        built = self.ctx.mesh.build_for(node)
         if built is None:
             raise NotFound(f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
         return {
             "node": node,
-            "version": self.cp.cache_status(node).get("version"),
+            "version": self.ctx.mesh.cache_status(node).get("version"),
             "resources": {
                 type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
                 for type_url, msgs in built.items()
@@ -226,13 +235,13 @@ class OperatorApi:
             ttl = parse_duration(body.get("ttl", "1h"))
         if ttl <= timedelta(0) or ttl > timedelta(days=7):
             raise BadRequest("ttl must be between 1s and 7d")
-        token = self.cp.tokens.create(node, ttl=ttl)
+        token = self.ctx.tokens.create(node, ttl=ttl)
         return {"node": node, "token": token, "ttl_seconds": int(ttl.total_seconds()),
-                "node_spiffe_id": naming.node_spiffe_id(self.cp.ca.trust_domain, node)}
+                "node_spiffe_id": naming.node_spiffe_id(self.ctx.ca.trust_domain, node)}
 
     def certs(self, req: Request) -> list:
         out = []
-        for c in self.cp.ca.issued():
+        for c in self.ctx.ca.issued():
             out.append({"spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
                         "not_before": c.not_before.isoformat().replace("+00:00", "Z"),
                         "not_after": c.not_after.isoformat().replace("+00:00", "Z")})
@@ -255,7 +264,7 @@ class OperatorApi:
             if not sep or not name:
                 raise BadRequest(f"header {item!r} must be NAME=VALUE")
             headers[name.lower()] = value
-        snapshot = self.cp.engine.snapshot
+        snapshot = self.ctx.mesh.snapshot()
         if snapshot is None:
             raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
         try:
@@ -266,4 +275,4 @@ class OperatorApi:
             raise NotFound(str(exc)) from exc
 
     def metrics(self, req: Request) -> Response:
-        return Response(generate_latest(self.cp.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.ctx.registry), content_type=CONTENT_TYPE_LATEST)

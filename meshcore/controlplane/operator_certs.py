@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from ._http import Request, Router
 from .operators import ADMIN, READ_ONLY, AuthorizingRouter, Operator, OperatorAuthError, OperatorTokenStore, check_role
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..ca import CertificateAuthority
 
 log = logging.getLogger("meshcore.controlplane.operator_certs")
 
@@ -139,7 +139,8 @@ class CertAuthorizingRouter(AuthorizingRouter):
 
 # --- routes --------------------------------------------------------------------------------------
 
-def add_operator_cert_routes(r: Router, cp: "ControlPlane") -> None:
+def add_operator_cert_routes(r: Router, *, ca: "CertificateAuthority", certs: OperatorCertStore,
+                             https_address: Callable[[], str] = lambda: "") -> None:
     """``POST /v1/operators/certs`` (admin): sign an operator CSR; ``GET`` lists; ``DELETE .../{name}`` revokes."""
 
     def issue(req: Request) -> dict:
@@ -152,28 +153,28 @@ def add_operator_cert_routes(r: Router, cp: "ControlPlane") -> None:
             ttl = parse_duration(str(body.get("ttl") or "30d"))
         if ttl <= timedelta(0) or ttl > MAX_TTL:
             raise BadRequest(f"ttl must be between 1s and {MAX_TTL.days}d")
-        spiffe_id = operator_spiffe_id(cp.ca.trust_domain, name)
+        spiffe_id = operator_spiffe_id(ca.trust_domain, name)
         try:
-            issued = cp.ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
+            issued = ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
         except CAError as exc:
             raise CAError(f"cannot issue {spiffe_id}: {exc}") from exc
-        cp.operator_certs.record(name, role, issued.serial, issued.not_after)
+        certs.record(name, role, issued.serial, issued.not_after)
         who = getattr(req, "operator", None)
         log.warning("operator certificate issued operator=%s role=%s serial=%s by=%s", name, role, issued.serial,
                     who.name if who else "?")
         return {"name": name, "role": role, "spiffe_id": spiffe_id, "serial": issued.serial,
-                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": cp.ca.bundle_pem(),
-                "https": cp.addresses.get("https", "")}
+                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": ca.bundle_pem(),
+                "https": https_address()}
 
     def revoke(req: Request) -> dict:
         name = req.params["name"]
-        n = cp.operator_certs.revoke(name)
+        n = certs.revoke(name)
         if not n:
             raise NotFound(f"no operator certificate for {name!r}; see `meshctl operator cert list`")
         return {"revoked": n, "name": name}
 
     r.add("POST", "/v1/operators/certs", issue, role=ADMIN)
-    r.add("GET", "/v1/operators/certs", lambda req: cp.operator_certs.list())
+    r.add("GET", "/v1/operators/certs", lambda req: certs.list())
     r.add("DELETE", "/v1/operators/certs/{name}", revoke, role=ADMIN)
 
 

@@ -237,7 +237,7 @@ class MeshCollector:
         self._history: deque[Signals] = deque(maxlen=int(math.ceil(history / interval)) + 1)
         self._scrapes: dict[str, Scrape] = {}
         self._pairs: dict[str, tuple[Scrape, Scrape]] = {}  # node -> the last two good scrapes rates came from
-        self._subscribers: list[Callable[[Signals], None]] = []
+        self._subscribers: list[Callable[[Signals], object]] = []
         self._lock = threading.Lock()
         self._collect_lock = threading.Lock()
         self._stop = threading.Event()
@@ -344,7 +344,7 @@ class MeshCollector:
             kept = list(self._history)
         return [(s.at, dict(s.get(name))) for s in kept if since is None or s.at >= since]
 
-    def subscribe(self, callback: Callable[[Signals], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Signals], object]) -> Callable[[], None]:
         """Call ``callback(signals)`` after every collection (on the collector's thread; keep it quick).
         Returns a function that unsubscribes."""
         with self._lock:
