@@ -8,9 +8,28 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import ApiError, ControlPlaneUnavailable, MeshError
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+from ..api._wire import Wire
+from ..api.operator import (
+    ApplyRequest,
+    ApplyResponse,
+    DeleteRequest,
+    DeleteResponse,
+    ProxyConfigResponse,
+    ProxyStatus,
+    ResourceQuery,
+    StatusResponse,
+    TokenRequest,
+    TokenResponse,
+)
+from ..errors import ApiError, BadRequest, ControlPlaneUnavailable, MeshError
 from ._state import ADMIN_TOKEN_FILE, DEMO_STATE_DIR, state_dirs  # noqa: F401 - DEMO_STATE_DIR re-exported
 
+
+
+W = TypeVar("W", bound=Wire)
 
 
 def discover_server(explicit: str | None = None, state_dir: str | None = None) -> str:
@@ -101,3 +120,42 @@ class Client:
 
     def post(self, path: str, body):
         return self.call("POST", path, body)
+
+    # --- the operator API, typed (meshcore.api.operator: the same types the control plane answers with) --
+    def _typed(self, cls: type[W], data: Any, path: str) -> W:
+        try:
+            return cls.from_json(data, path)
+        except BadRequest as exc:
+            raise MeshError(f"the control plane at {self.server} answered {path} with {exc}; is it a different "
+                            "meshcore version than this meshctl?") from exc
+
+    def status(self) -> StatusResponse:
+        return self._typed(StatusResponse, self.get("/v1/status"), "/v1/status")
+
+    def proxies(self) -> list[ProxyStatus]:
+        data = self.get("/v1/proxies")
+        if not isinstance(data, list):
+            raise MeshError(f"the control plane at {self.server} answered /v1/proxies with no list")
+        return [self._typed(ProxyStatus, p, f"/v1/proxies[{i}]") for i, p in enumerate(data)]
+
+    def apply(self, request: ApplyRequest) -> ApplyResponse:
+        return self._typed(ApplyResponse, self.post("/v1/resources", request.to_json()), "/v1/resources")
+
+    def delete_resources(self, request: DeleteRequest) -> DeleteResponse:
+        return self._typed(DeleteResponse, self.post("/v1/resources/delete", request.to_json()),
+                           "/v1/resources/delete")
+
+    def resources(self, query: ResourceQuery) -> list[dict]:
+        """The stored resources' documents (apiVersion, kind, metadata, spec), as the operator wrote them."""
+        path = "/v1/resources" + (f"?{urlencode(query.to_query())}" if query.to_query() else "")
+        data = self.get(path)
+        if not isinstance(data, list):
+            raise MeshError(f"the control plane at {self.server} answered {path} with no list")
+        return data
+
+    def proxy_config(self, node: str) -> ProxyConfigResponse:
+        path = f"/v1/proxies/{quote(node, safe='')}/config"
+        return self._typed(ProxyConfigResponse, self.get(path), path)
+
+    def create_token(self, request: TokenRequest) -> TokenResponse:
+        return self._typed(TokenResponse, self.post("/v1/tokens", request.to_json()), "/v1/tokens")

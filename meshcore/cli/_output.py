@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ..api.operator import ResourceFile
 from ..errors import MeshError
 
 OUTPUTS = ("table", "json", "yaml")
@@ -35,12 +36,12 @@ def table(rows: list[list[str]], headers: list[str]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
-def read_files(paths: list[str]) -> list[dict]:
-    """``[{"name", "content"}]`` of files, directories (their .yaml/.yml/.json) and ``-`` (stdin)."""
+def read_files(paths: list[str]) -> list[ResourceFile]:
+    """The files, directories (their .yaml/.yml/.json) and ``-`` (stdin) to send to the operator API."""
     files = []
     for p in paths:
         if p == "-":
-            files.append({"name": "<stdin>", "content": sys.stdin.read()})
+            files.append(ResourceFile(name="<stdin>", content=sys.stdin.read()))
             continue
         path = Path(p)
         if path.is_dir():
@@ -49,7 +50,7 @@ def read_files(paths: list[str]) -> list[dict]:
             members = [path]
         for m in members:
             try:
-                files.append({"name": str(m), "content": m.read_text()})
+                files.append(ResourceFile(name=str(m), content=m.read_text()))
             except OSError as exc:
                 raise MeshError(f"{m}: cannot read: {exc.strerror}") from exc
     return files

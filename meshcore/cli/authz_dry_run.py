@@ -80,7 +80,7 @@ def cmd_authz_dry_run(args) -> int:
                             "this machine; enable access logs, or pass --access-log FILE (repeatable)")
     counts, skipped = observed_calls(paths)
     calls = [{**call.to_dict(), "count": n} for call, n in counts.items()]
-    result = client.post("/v1/authz/dry-run", {"files": read_files(args.filename), "calls": calls})
+    result = client.post("/v1/authz/dry-run", {"files": [f.to_json() for f in read_files(args.filename)], "calls": calls})
     result["log_files"] = len(paths)
     result["skipped_lines"] = skipped
     out(result, args.output, _print_table)

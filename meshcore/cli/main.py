@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-from ..api.operator import resolve_kind
+from ..api.operator import ApplyRequest, DeleteRequest, ResourceQuery, TokenRequest, resolve_kind
 from ..errors import ApiError, MeshError
 from ._client import DEMO_STATE_DIR, Client, discover_server
 from ._commands import MODULE_COMMANDS, common_options
@@ -41,23 +41,23 @@ def cmd_apply(args) -> int:
         from .dry_run import show_dry_run
 
         return show_dry_run(_client(args), _read_files(args.filename), args.output)
-    result = _client(args).post("/v1/resources", {"files": _read_files(args.filename)})
-    _out(result, args.output, lambda d: [print(f"{x['resource']} {x['result']}") for x in d["applied"]])
+    result = _client(args).apply(ApplyRequest(files=tuple(_read_files(args.filename))))
+    _out(result.to_json(), args.output, lambda d: [print(f"{x.resource} {x.result}") for x in result.applied])
     return 0
 
 
 def cmd_delete(args) -> int:
     client = _client(args)
     if args.filename:
-        body = {"files": _read_files(args.filename)}
+        request = DeleteRequest(files=tuple(_read_files(args.filename)))
     elif args.kind and args.name:
-        body = {"keys": [f"{_kind(args.kind)}/{args.namespace}/{n}" for n in args.name]}
+        request = DeleteRequest(keys=tuple(f"{_kind(args.kind)}/{args.namespace}/{n}" for n in args.name))
     else:
         raise MeshError("say what to delete: -f FILE, or KIND NAME")
-    result = client.post("/v1/resources/delete", body)
-    _out(result, args.output, lambda d: ([print(f"{k} deleted") for k in d["deleted"]],
-                                         [print(f"{k} not found") for k in d["not_found"]]))
-    return 0 if not result["not_found"] or args.ignore_not_found else 1
+    result = client.delete_resources(request)
+    _out(result.to_json(), args.output, lambda d: ([print(f"{k} deleted") for k in result.deleted],
+                                                   [print(f"{k} not found") for k in result.not_found]))
+    return 0 if not result.not_found or args.ignore_not_found else 1
 
 
 def _kind(text: str) -> str:
@@ -72,16 +72,15 @@ def _kind(text: str) -> str:
 def cmd_get(args) -> int:
     client = _client(args)
     if args.kind.lower() in ("proxies", "proxy"):
-        proxies = client.get("/v1/proxies")
-        _out(proxies, args.output, lambda d: _table(
-            [[p["node"], ",".join(s["name"] for s in p["services"] + p.get("gateways", [])), p.get("admin", ""),
-              "yes" if p["synced"] else "no", (p.get("version") or "")[:12], (p.get("error") or "")[:60]] for p in d],
+        proxies = client.proxies()
+        _out([p.to_json() for p in proxies], args.output, lambda d: _table(
+            [[p.node, ",".join(s.name for s in p.entries), p.admin, "yes" if p.synced else "no", p.version[:12],
+              p.error[:60]] for p in proxies],
             ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
         return 0
     # The control plane resolves the kind (plurals, any case): meshctl need not load the resource kinds.
-    query = "?" + urlencode({"kind": args.kind, **({"name": args.name} if args.name else {})})
     try:
-        items = client.get("/v1/resources" + query)
+        items = client.resources(ResourceQuery(kind=args.kind, name=args.name or ""))
     except ApiError as exc:
         if exc.status == 400 and "unknown kind" in str(exc):
             raise MeshError(f"{exc}, proxies") from None
@@ -102,25 +101,26 @@ def cmd_get(args) -> int:
 
 
 def cmd_status(args) -> int:
-    status = _client(args).get("/v1/status")
+    status = _client(args).status()
 
-    def table(s):
-        cp = s["control_plane"]
-        print(f"control plane  http {cp.get('http')}  xds {cp.get('xds')}  trust domain {cp.get('trust_domain')}  "
-              f"snapshot {cp.get('snapshot')}")
-        for key in ("catalog_error", "store_error"):
-            if cp.get(key):
-                print(f"  {key.replace('_', ' ')}: {cp[key]}")
+    def table(_):
+        cp = status.control_plane
+        print(f"control plane  http {cp.http}  xds {cp.xds}  trust domain {cp.trust_domain}  snapshot {cp.snapshot}")
+        for key, value in (("catalog error", cp.catalog_error), ("store error", cp.store_error)):
+            if value:
+                print(f"  {key}: {value}")
         print()
         rows = []
-        for p in s["proxies"]:
-            entries = p["services"] + p.get("gateways", [])
-            for svc in entries or [{"name": "-", "spiffe_id": "", "inbound": ""}]:
-                rows.append([p["node"], svc["name"], svc.get("inbound") or ",".join(svc.get("listeners", [])),
-                             svc.get("spiffe_id", ""), "yes" if p["synced"] else "no"])
+        for p in status.proxies:
+            for svc in p.services:
+                rows.append([p.node, svc.name, svc.inbound, svc.spiffe_id, "yes" if p.synced else "no"])
+            for gw in p.gateways:
+                rows.append([p.node, gw.name, ",".join(gw.listeners), gw.spiffe_id, "yes" if p.synced else "no"])
+            if not p.entries:
+                rows.append([p.node, "-", "", "", "yes" if p.synced else "no"])
         _table(rows, ["NODE", "SERVICE", "LISTENS", "SPIFFE ID", "SYNCED"])
 
-    _out(status, args.output, table)
+    _out(status.to_json(), args.output, table)
     return 0
 
 
@@ -129,18 +129,18 @@ def cmd_proxy_config(args) -> int:
     if args.envoy:
         from ..demo.launcher import http_get
 
-        proxies = {p["node"]: p for p in client.get("/v1/proxies")}
-        admin = proxies.get(args.node, {}).get("admin")
+        admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
         if not admin:
             raise MeshError(f"no admin address known for node {args.node!r}; see `meshctl get proxies`")
         status, body = http_get(f"http://{admin}/config_dump", timeout=10)
         print(body.decode())
         return 0 if status == 200 else 1
-    data = client.get(f"/v1/proxies/{args.node}/config")
+    config = client.proxy_config(args.node)
+    resources = config.resources
     if args.type:
         wanted = {t.lower().rstrip("s") for t in args.type}
-        data["resources"] = {k: v for k, v in data["resources"].items()
-                             if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+        resources = {k: v for k, v in resources.items() if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+    data = {**config.to_json(), "resources": resources}
 
     def table(d):
         rows = []
@@ -160,8 +160,8 @@ def _short(type_name: str) -> str:
 
 
 def cmd_token_create(args) -> int:
-    result = _client(args).post("/v1/tokens", {"node": args.node, "ttl": args.ttl})
-    _out(result, args.output, lambda d: print(d["token"]))
+    result = _client(args).create_token(TokenRequest(node=args.node, ttl=args.ttl))
+    _out(result.to_json(), args.output, lambda d: print(result.token))
     return 0
 
 

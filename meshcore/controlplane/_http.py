@@ -14,6 +14,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body, http_status
+from ..api._wire import encode
 from ..errors import HttpError  # noqa: F401 - re-exported: handlers that still name a status
 
 log = logging.getLogger("meshcore.controlplane.http")
@@ -82,7 +83,7 @@ class Router:
                 allowed.append(method)
                 continue
             result = fn(Request(handler, m.groupdict()))
-            return result if isinstance(result, Response) else Response(result)
+            return result if isinstance(result, Response) else Response(encode(result))  # contracts -> JSON
         if allowed:
             raise MethodNotAllowed(f"{handler.command} not allowed on {path}; use {', '.join(sorted(set(allowed)))}")
         raise NotFound(f"no such endpoint: {path}")

@@ -37,6 +37,7 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
+from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServicer, mtls_node_authorizer, serve_ads
@@ -168,7 +169,7 @@ class ControlPlane:
         self._stopped = threading.Event()
         # The features get the narrow interfaces they use (_contexts.py), never this object.
         self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
-        self.collector = collector_for(lambda: self.status()["proxies"], self.ca,  # stats -> Signals
+        self.collector = collector_for(lambda: self.status_view().proxies, self.ca,  # stats -> Signals
                                        interval=settings.collect_interval)
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
@@ -372,11 +373,11 @@ class ControlPlane:
         return OperatorContext(
             store=self.store, mesh=self.mesh, ca=self.ca, tokens=self.tokens, operators=self.operators,
             ca_control=CaControl(status=self.ca_status, rotate=self.ca_rotate, finish=self.ca_finish),
-            status=self.status, registry=self.metrics.registry, operator_certs=self.operator_certs,
+            status=self.status_view, registry=self.metrics.registry, operator_certs=self.operator_certs,
             features=(
                 partial(add_canary_routes, controller=lambda: self.canaries),  # /v1/canaries
                 partial(add_dashboard_routes, collector=self.collector, ca=self.ca,  # /, /v1/dashboard/*
-                        proxies=lambda: self.status()["proxies"]),
+                        proxies=lambda: self.status_view().proxies),
                 partial(add_alert_routes, alerting=self.alerting),  # /v1/alerts, /v1/alerts/rules
                 partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
@@ -419,45 +420,48 @@ class ControlPlane:
         self.metrics.snapshots.inc()
         self.metrics.catalog_instances.set(len(snap.catalog.instances))
 
-    def status(self) -> dict:
+    def status_view(self) -> StatusResponse:
+        """The control plane and every proxy (``GET /v1/status``; ``/v1/proxies`` is its ``proxies``)."""
         catalog = self.engine.catalog()
         td = self.ca.trust_domain
-        nodes = {}
+        services: dict[str, list[ServiceStatus]] = {}
+        gateways: dict[str, list[GatewayStatus]] = {}
         if catalog is not None:
             for inst in catalog.instances:
-                entry = nodes.setdefault(inst.node, {"node": inst.node, "services": [], "gateways": []})
-                item = {"name": inst.service, "id": inst.id,
-                        "spiffe_id": naming.workload_spiffe_id(td, inst.namespace, inst.service_account),
-                        "healthy": inst.healthy}
+                services.setdefault(inst.node, [])
+                gateways.setdefault(inst.node, [])
+                spiffe_id = naming.workload_spiffe_id(td, inst.namespace, inst.service_account)
                 if inst.kind == "":
                     # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
-                    entry["services"].append({**item, "inbound": f"{inst.mesh_address}:{inst.mesh_port}"})
+                    services[inst.node].append(ServiceStatus(
+                        name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy,
+                        inbound=f"{inst.mesh_address}:{inst.mesh_port}"))
                 else:
-                    entry["gateways"].append({**item, "kind": inst.kind, "listeners": [
-                        f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams]})
-        for node in self.engine.proxies:
-            nodes.setdefault(node, {"node": node, "services": [], "gateways": []})
+                    gateways[inst.node].append(GatewayStatus(
+                        name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
+                        listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams)))
+        states = self.mesh.proxies()
         proxies = []
-        for node in sorted(nodes):
-            state = self.engine.proxies.get(node)
+        for node in sorted(set(services) | set(states)):
+            state = states.get(node)
             cs = self.mesh.cache_status(node)
-            proxies.append({
-                **nodes[node],
-                "admin": state.info.admin if state else "",
-                "metrics": f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
-                "connected": bool(cs.get("connected_streams")),
-                "synced": bool(self.cache.synced(node)),
-                "version": cs.get("version", ""),
-                "error": state.error if state else "",
-                "access_log": access_log_path(self.engine.settings.telemetry, node),  # "", "stdout" or a file
-            })
+            proxies.append(ProxyStatus(
+                node=node, services=tuple(services.get(node, ())), gateways=tuple(gateways.get(node, ())),
+                admin=state.info.admin if state else "",
+                metrics=f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
+                connected=bool(cs.get("connected_streams")), synced=self.mesh.synced(node),
+                version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
+                access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         snap = self.engine.snapshot
-        return {
-            "control_plane": {**self.addresses, "trust_domain": td,
-                              "snapshot": snap.hash if snap else "",
-                              "catalog_error": self.engine.source_error, "store_error": self.engine.store_error},
-            "proxies": proxies,
-        }
+        return StatusResponse(
+            control_plane=ControlPlaneStatus(
+                **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
+                catalog_error=self.engine.source_error, store_error=self.engine.store_error),
+            proxies=tuple(proxies))
+
+    def status(self) -> dict:
+        """:meth:`status_view` as the API's JSON."""
+        return self.status_view().to_json()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

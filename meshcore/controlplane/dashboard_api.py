@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..dashboard import build_summary, read_static, series_view
 from ..durations import parse_duration
-from ..observe.collector import MeshCollector, ca_signals
+from ..api.operator import ProxyStatus
+from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
 from ..observe.signals import SIGNAL_LABELS
 from ..errors import BadRequest, NotFound
 from ._http import Request, Response
@@ -29,7 +30,15 @@ if TYPE_CHECKING:
     from ..ca import CertificateAuthority
 
 #: The proxies as ``/v1/proxies`` lists them (the daemon's status view).
-ProxyList = Callable[[], list[dict]]
+ProxyList = Callable[[], Sequence[ProxyStatus]]
+
+
+def scrape_target(p: ProxyStatus) -> ScrapeTarget:
+    """What the collector needs of one proxy: where to scrape it, its services, whether it is in sync."""
+    return ScrapeTarget(node=p.node, url=scrape_url(p.metrics, p.admin),
+                        instances=tuple((s.id, s.name) for s in p.services),
+                        heard_from=bool(p.connected or p.admin or p.metrics or p.version),
+                        in_sync=p.synced and not p.error)
 
 log = logging.getLogger("meshcore.controlplane.dashboard")
 
@@ -48,11 +57,12 @@ def collector_for(proxies: ProxyList, ca: "CertificateAuthority", interval: floa
     from the CA (for the nodes that are still in the mesh) and the out-of-sync state of each proxy."""
 
     def extra() -> dict:
-        nodes = {p["node"] for p in proxies()}
+        nodes = {p.node for p in proxies()}
         return ca_signals(ca, time.time(), nodes)
 
     interval = float(interval or 5.0)
-    return MeshCollector(proxies, interval=interval, history=max(HISTORY_S, interval), extra=extra)
+    return MeshCollector(lambda: [scrape_target(p) for p in proxies()], interval=interval,
+                         history=max(HISTORY_S, interval), extra=extra)
 
 
 def _static(name: str) -> Response:
@@ -74,7 +84,7 @@ def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: Proxy
 
         root_expiry = parse_rfc3339(roots[0]["not_after"]).timestamp()
     return build_summary(
-        collector.latest(), proxies(), certs, now=now, trust_domain=ca.trust_domain,
+        collector.latest(), [p.to_json() for p in proxies()], certs, now=now, trust_domain=ca.trust_domain,
         collector={"interval_seconds": collector.interval, "history_seconds": collector.history_seconds,
                    "errors": dict(collector.errors), "last_duration_seconds": round(collector.last_duration, 3)},
         ca_root_expiry=root_expiry)

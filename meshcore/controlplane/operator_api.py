@@ -13,11 +13,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import naming
 from ..durations import parse_duration
-from ..errors import BadRequest, Conflict, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
-from ..api.operator import resolve_kind
+from ..errors import BadRequest, Conflict, FieldError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..api.operator import (
+    ApplyRequest,
+    ApplyResponse,
+    ApplyResult,
+    CaRotateRequest,
+    DeleteRequest,
+    DeleteResponse,
+    ProxyConfigResponse,
+    ResourceFile,
+    ResourceQuery,
+    StatusResponse,
+    TokenRequest,
+    TokenResponse,
+    resolve_kind,
+)
 from ..resources.loader import load_documents, validate_set
 from ..resources.registry import KINDS
-from ..resources.model import ResourceKey
+from ..resources.model import Resource, ResourceKey
 from ._http import Request, Response, Router
 from .operators import AuthorizingRouter
 
@@ -43,7 +57,7 @@ class OperatorContext:
     ca_control: CaControl
     tokens: JoinTokenStore
     operators: OperatorTokenStore
-    status: Callable[[], dict]  # the whole /v1/status document
+    status: Callable[[], StatusResponse]  # /v1/status
     registry: CollectorRegistry  # /metrics
     operator_certs: OperatorCertStore | None = None  # also accept operator client certificates (TLS)
     features: Sequence[Callable[[AuthorizingRouter], None]] = ()  # each adds its routes (canaries, dashboard, ...)
@@ -61,7 +75,7 @@ class OperatorApi:
 
             r = CertAuthorizingRouter(ctx.operators, ctx.operator_certs, ctx.ca.trust_domain)
         r.add("GET", "/v1/status", lambda req: ctx.status())
-        r.add("GET", "/v1/proxies", lambda req: ctx.status()["proxies"])
+        r.add("GET", "/v1/proxies", lambda req: ctx.status().proxies)
         r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)
         r.add("GET", "/v1/resources", self.list_resources)
         r.add("POST", "/v1/resources", self.apply)
@@ -97,13 +111,11 @@ class OperatorApi:
         safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
         from ..errors import CAError
 
-        body = req.json()
-        if not isinstance(body, dict):
-            raise BadRequest('body must be a JSON object: {"finish": bool, "force": bool}')
+        body = CaRotateRequest.from_json(req.json())
         try:
-            if body.get("finish"):
-                return self.ctx.ca_control.finish(bool(body.get("force")))
-            return self.ctx.ca_control.rotate(bool(body.get("force")))
+            if body.finish:
+                return self.ctx.ca_control.finish(body.force)
+            return self.ctx.ca_control.rotate(body.force)
         except CAError as exc:  # the rotation's state does not allow that step now
             raise Conflict(str(exc)) from exc
 
@@ -139,26 +151,30 @@ class OperatorApi:
             })
         return out
 
-    def _parse(self, req: Request):
+    def _parse(self, req: Request) -> tuple[dict, list[Resource]]:
+        """The request's body and the resources of its ``files`` (422 with every error when one is invalid)."""
         body = req.json()
-        files = body.get("files")
-        if not isinstance(files, list) or not files:
-            raise BadRequest('body needs "files": [{"name": ..., "content": ...}]')
-        resources, errors = [], []
+        return body, self._load(ApplyRequest.from_json(body).checked().files)
+
+    @staticmethod
+    def _load(files: Sequence[ResourceFile]) -> list[Resource]:
+        resources: list[Resource] = []
+        errors: list[FieldError] = []
         for f in files:
             try:
-                resources.extend(load_documents(str(f.get("content", "")), str(f.get("name", "<api>"))))
+                resources.extend(load_documents(f.content, f.name))
             except ValidationError as exc:
                 errors.extend(exc.errors)
         if errors:
             raise ValidationError(errors, "nothing applied")
-        return body, resources
+        return resources
 
-    def apply(self, req: Request) -> dict:
-        body, resources = self._parse(req)
+    def apply(self, req: Request) -> ApplyResponse:
+        body = ApplyRequest.from_json(req.json()).checked()
+        resources = self._load(body.files)
         keys = [str(r.key) for r in resources]
-        if body.get("dry_run"):
-            return {"applied": [], "valid": keys, "dry_run": True}
+        if body.dry_run:
+            return ApplyResponse(valid=tuple(keys), dry_run=True)
         existing = {r.key: r for r in self.ctx.store.list()}
         # Checks across resources (a VirtualService's subsets exist, one resource per host...) run on
         # what the store would hold afterwards, so nothing inconsistent is ever applied.
@@ -170,26 +186,20 @@ class OperatorApi:
         for r in resources:
             old = existing.get(r.key)
             state = "created" if old is None else ("unchanged" if old.canonical_json() == r.canonical_json() else "configured")
-            result.append({"resource": str(r.key), "result": state})
+            result.append(ApplyResult(resource=str(r.key), result=state))
         try:
             self.ctx.store.apply(resources)
         except StoreError as exc:
             raise StoreError(f"nothing applied: {exc}") from exc
         log.info("applied %d resource(s): %s", len(resources), ", ".join(keys))
-        return {"applied": result}
+        return ApplyResponse(applied=tuple(result))
 
-    def delete(self, req: Request) -> dict:
-        body = req.json()
-        if "keys" in body:
-            keys = []
-            for k in body["keys"]:
-                parts = str(k).split("/")
-                if len(parts) != 3:
-                    raise BadRequest(f"key {k!r} must be Kind/namespace/name")
-                keys.append(ResourceKey(*parts))
+    def delete(self, req: Request) -> DeleteResponse:
+        body = DeleteRequest.from_json(req.json())
+        if body.keys:
+            keys = [ResourceKey(*parts) for parts in body.key_parts()]
         else:
-            _, resources = self._parse(req)
-            keys = [r.key for r in resources]
+            keys = [r.key for r in self._load(ApplyRequest(files=body.files).checked().files)]
         remaining = [r for r in self.ctx.store.list() if r.key not in set(keys)]
         problems = validate_set(remaining)
         if problems:  # e.g. deleting a DestinationRule whose subsets a VirtualService still routes to
@@ -198,11 +208,13 @@ class OperatorApi:
             removed = self.ctx.store.delete(keys)
         except StoreError as exc:
             raise StoreError(f"nothing deleted: {exc}") from exc
-        return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
+        return DeleteResponse(deleted=tuple(str(k) for k in removed),
+                              not_found=tuple(str(k) for k in keys if k not in removed))
 
     def list_resources(self, req: Request) -> list:
-        kind = resolve_kind(req.query["kind"], KINDS) if req.query.get("kind") else None
-        name = req.query.get("name")
+        query = ResourceQuery.from_query(req.query)
+        kind = resolve_kind(query.kind, KINDS) if query.kind else None
+        name = query.name
         out = []
         for r in sorted(self.ctx.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
             if kind and r.kind.lower() != kind.lower():
@@ -212,32 +224,28 @@ class OperatorApi:
             out.append(r.to_document())
         return out
 
-    def proxy_config(self, req: Request) -> dict:
+    def proxy_config(self, req: Request) -> ProxyConfigResponse:
         node = req.params["node"]
         built = self.ctx.mesh.build_for(node)
         if built is None:
             raise NotFound(f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
-        return {
-            "node": node,
-            "version": self.ctx.mesh.cache_status(node).get("version"),
-            "resources": {
-                type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
-                for type_url, msgs in built.items()
-            },
-        }
+        return ProxyConfigResponse(
+            node=node, version=self.ctx.mesh.cache_status(node).get("version"),
+            resources={type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
+                       for type_url, msgs in built.items()})
 
-    def create_token(self, req: Request) -> dict:
-        body = req.json()
-        node = body.get("node")
+    def create_token(self, req: Request) -> TokenResponse:
+        body = TokenRequest.from_json(req.json())
+        node = body.node
         if not node:
             raise BadRequest("token create needs a node name")
         with map_exceptions({ValueError: BadRequest}):
-            ttl = parse_duration(body.get("ttl", "1h"))
+            ttl = parse_duration(body.ttl)
         if ttl <= timedelta(0) or ttl > timedelta(days=7):
             raise BadRequest("ttl must be between 1s and 7d")
         token = self.ctx.tokens.create(node, ttl=ttl)
-        return {"node": node, "token": token, "ttl_seconds": int(ttl.total_seconds()),
-                "node_spiffe_id": naming.node_spiffe_id(self.ctx.ca.trust_domain, node)}
+        return TokenResponse(node=node, token=token, ttl_seconds=int(ttl.total_seconds()),
+                             node_spiffe_id=naming.node_spiffe_id(self.ctx.ca.trust_domain, node))
 
     def certs(self, req: Request) -> list:
         out = []
