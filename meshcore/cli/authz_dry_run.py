@@ -14,16 +14,17 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import MeshError
+from ..api.operator import StatusResponse
 from ._client import Client, discover_server
 from ._output import out, read_files, validate_locally
 
 
-def access_logs_from_status(status: dict) -> list[Path]:
+def access_logs_from_status(status: StatusResponse) -> list[Path]:
     """The proxies' access-log files (``proxies[].access_log``) that exist on this machine."""
     out = []
-    for proxy in status.get("proxies", []):
-        path = proxy.get("access_log")
-        if isinstance(path, str) and path.startswith("/") and Path(path).is_file():
+    for proxy in status.proxies:
+        path = proxy.access_log
+        if path.startswith("/") and Path(path).is_file():
             out.append(Path(path))
     return sorted(set(out))
 
@@ -74,7 +75,7 @@ def cmd_authz_dry_run(args) -> int:
     if args.access_log:
         paths = [Path(p) for p in args.access_log]
     else:
-        paths = access_logs_from_status(client.get("/v1/status"))
+        paths = access_logs_from_status(client.status())
         if not paths:
             raise MeshError("no access log found: no proxy in `meshctl status -o json` names an access_log file on "
                             "this machine; enable access logs, or pass --access-log FILE (repeatable)")

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..api.operator import CaRotateRequest
 from ..durations import parse_duration
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
@@ -146,12 +147,12 @@ def cmd_ca_rotate(args) -> int:
     progress = (lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
     started = time.monotonic()
     if args.finish:
-        state = client.post("/v1/ca/rotate", {"finish": True, "force": args.force})
+        state = client.post("/v1/ca/rotate", CaRotateRequest(finish=True, force=args.force).to_json())
         progress(f"old root retired; the trust bundle now holds {len(state['roots'])} root(s)")
         _emit(state, args.output, _print_state)
         return 0
     if not args.resume:
-        state = client.post("/v1/ca/rotate", {"force": args.force})
+        state = client.post("/v1/ca/rotate", CaRotateRequest(force=args.force).to_json())
         new = next((r for r in state["roots"] if r["role"] == ("next" if state["phase"] == "preparing" else "current")),
                    state["roots"][0])
         progress(f"rotation started ({state['phase']}): new root {new['subject']}")

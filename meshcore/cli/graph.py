@@ -89,8 +89,7 @@ def cmd_graph(args) -> int:
     if not 0 < window <= 300:
         raise MeshError(f"--window {args.window}: must be between 1ms and 5m")
     client = Client(discover_server(args.server), token=getattr(args, "token", None))
-    proxies = client.get("/v1/proxies")
-    admins = {p["node"]: p["admin"] for p in proxies if p.get("admin") and p.get("connected")}
+    admins = {p.node: p.admin for p in client.proxies() if p.admin and p.connected}
     if not admins:
         raise MeshError("no connected proxy reports an Envoy admin address; see `meshctl status`")
     edges, errors = collect(admins, window)

@@ -85,8 +85,8 @@ def _from_control_plane(args) -> dict[str, str]:
             tb = client.get("/v1/trust-bundle")
             found.update(bundle=tb["bundle"], trust_domain=tb["trust_domain"])
         if need_status:
-            cp = client.get("/v1/status")["control_plane"]
-            found.update(xds=cp.get("xds", ""), api=cp.get("api", ""), trust_domain=cp.get("trust_domain", ""))
+            cp = client.status().control_plane
+            found.update(xds=cp.xds, api=cp.api, trust_domain=cp.trust_domain)
     except ControlPlaneUnavailable as exc:
         raise ControlPlaneUnavailable(
             f"{exc}. For an offline render pass {missing} (the bundle is <state-dir>/ca/bundle.pem on the "
