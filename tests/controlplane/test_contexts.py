@@ -9,17 +9,10 @@ import pytest
 
 from meshcore.controlplane import alerting, authz_dry_run, canary, dashboard_api, dry_run, federation_api
 from meshcore.controlplane import operator_certs
-from meshcore.controlplane._contexts import MeshView
 from meshcore.errors import Unavailable
 from meshcore.resources.dir_store import DirectoryStore
 
-
-def _empty_mesh(**overrides) -> MeshView:
-    parts = dict(snapshot=lambda: None, catalog=lambda: None, proxies=dict, build_for=lambda n: None,
-                 published=lambda n: None, synced=lambda n: False, connected_nodes=list, cache_status=lambda n: {},
-                 ready=lambda: False)
-    parts.update(overrides)
-    return MeshView(**parts)
+from ._api import empty_mesh
 
 
 def test_no_feature_entry_point_takes_the_control_plane():
@@ -33,11 +26,11 @@ def test_no_feature_entry_point_takes_the_control_plane():
 
 def test_dry_run_before_the_first_snapshot_is_unavailable(tmp_path):
     with pytest.raises(Unavailable, match="no mesh snapshot yet"):
-        dry_run.dry_run(DirectoryStore(tmp_path), _empty_mesh(), [])
+        dry_run.dry_run(DirectoryStore(tmp_path), empty_mesh(), [])
 
 
 def test_canary_helpers_read_the_mesh_view_only():
-    mesh = _empty_mesh()
+    mesh = empty_mesh()
     assert canary._callers_of(mesh, "reviews") == {}
     assert canary._instances_with(mesh, "reviews", {"version": "v2"}) == 1  # catalog not read: do not refuse
     assert canary._synced_with(mesh, None) is False  # type: ignore[arg-type] - no snapshot: nothing is synced
