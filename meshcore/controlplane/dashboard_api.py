@@ -84,7 +84,7 @@ def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: Proxy
 
         root_expiry = parse_rfc3339(roots[0]["not_after"]).timestamp()
     return build_summary(
-        collector.latest(), [p.to_json() for p in proxies()], certs, now=now, trust_domain=ca.trust_domain,
+        collector.latest(), proxies(), certs, now=now, trust_domain=ca.trust_domain,
         collector={"interval_seconds": collector.interval, "history_seconds": collector.history_seconds,
                    "errors": dict(collector.errors), "last_duration_seconds": round(collector.last_duration, 3)},
         ca_root_expiry=root_expiry)
