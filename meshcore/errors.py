@@ -15,7 +15,7 @@ The tree::
     +-- CatalogError > ConsulError > ConsulAuthError
     +-- StoreError > ConflictError
     +-- CAError > JoinTokenError, SigningRefused
-    +-- XdsError > SnapshotInvalid, MissingSubset
+    +-- XdsError > SnapshotInvalid, MissingSubset, StreamAborted
     +-- AgentError > AgentRequestError, OperatorActionRequired
     +-- ControlPlaneUnavailable
     +-- ApiError                    an API answered with an error status (client side)
@@ -44,7 +44,7 @@ from typing import Any
 class MeshError(Exception):
     """Base of every meshcore error."""
 
-    def details(self) -> dict[str, Any]:
+    def api_details(self) -> dict[str, Any]:
         """Machine-readable fields an API answer carries beside ``error`` (none by default)."""
         return {}
 
@@ -91,7 +91,7 @@ class ValidationError(MeshError):
         lines = [f"{summary}: {len(self.errors)} error(s)"] + [f"  - {e}" for e in self.errors]
         super().__init__("\n".join(lines))
 
-    def details(self) -> dict[str, Any]:
+    def api_details(self) -> dict[str, Any]:
         return {"errors": [{"source": e.source, "document": e.document, "path": e.path, "message": e.message}
                            for e in self.errors]}
 
@@ -145,6 +145,16 @@ class MissingSubset(XdsError):
     """A route names a subset no DestinationRule defines (message says which and where to add it)."""
 
 
+class StreamAborted(XdsError):
+    """End an xDS stream with gRPC status ``code`` (a ``grpc.StatusCode``) and ``details``: raised by the
+    protocol code, answered by the ADS server."""
+
+    def __init__(self, code: Any, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
 class AgentError(MeshError):
     """The VM agent could not join, obtain certificates or run Envoy."""
 
@@ -194,7 +204,7 @@ class RequestError(MeshError):
         self.message = message
         self.extra = dict(extra or {})
 
-    def details(self) -> dict[str, Any]:
+    def api_details(self) -> dict[str, Any]:
         return dict(self.extra)
 
 
@@ -312,7 +322,7 @@ def http_status(exc: BaseException) -> int:
 
 def error_body(exc: BaseException) -> dict[str, Any]:
     """The JSON answer for ``exc``: ``{"error": message, **details}`` (details only from a MeshError)."""
-    details = exc.details() if isinstance(exc, MeshError) else {}
+    details = exc.api_details() if isinstance(exc, MeshError) else {}
     return {"error": str(exc), **details}
 
 

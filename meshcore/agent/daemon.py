@@ -644,7 +644,7 @@ class Agent:
             return
         bootstrap = render_bootstrap(node=self.config.node, trust_domain=td, xds_address=xds,
                                      secrets_dir=self.secrets.path, admin_address=self.config.admin,
-                                     metrics_address=self._metrics_address())
+                                     metrics_address=self._metrics_address(), xds_protocol=self.config.xds_protocol)
         changed = write_bootstrap(self.bootstrap_path, bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)

@@ -22,7 +22,7 @@ from typing import Callable
 import yaml
 
 from ..errors import ConfigError, ValidationError
-from ..resources.kinds import destination_rule as dr_kind
+from ..policies.destination_rule import schema as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
 from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf

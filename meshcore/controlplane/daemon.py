@@ -40,7 +40,7 @@ from ..observe.telemetry import access_log_path, telemetry_settings
 from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
-from ..xds.server import AdsServicer, mtls_node_authorizer, serve_ads
+from ..xds.server import AdsServer, AdsServicer, mtls_node_authorizer, serve_ads
 from ._contexts import CaControl, MeshView
 from ._http import JsonServer
 from .agent_api import AgentApi
@@ -158,7 +158,7 @@ class ControlPlane:
                                  on_snapshot=self._on_snapshot, metrics=self.metrics)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
-        self._grpc = None
+        self._grpc: AdsServer | None = None
         self._api_server: JsonServer | None = None
         self.agent_api: AgentApi | None = None
         self._serving_lock = threading.RLock()

@@ -22,7 +22,7 @@ from ..observe.tracing import ControlPlaneTracing
 from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
 from ..resources.store import ResourceStore
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo
-from ..xds.build import build_proxy
+from ..compose import build_proxy
 from ..xds.cache import SnapshotCache
 from ..xds.validate import publish
 

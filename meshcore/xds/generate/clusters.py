@@ -1,0 +1,63 @@
+"""Clusters: the local app behind each inbound listener, and each upstream over mTLS (EDS)."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+from ... import naming
+from ...catalog.model import ServiceInstance, Upstream
+from ...snapshot import MeshSnapshot, ProxyInfo
+from . import vocab as c
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def local_app_cluster(instance: ServiceInstance) -> cluster_pb2.Cluster:
+    name = naming.local_app_cluster(instance.id)
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=c.socket_address(instance.local_service_address, instance.port)
+        )
+    )
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=c.seconds(CONNECT_TIMEOUT_S),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
+        ),
+    )
+
+
+def upstream_cluster(snapshot: MeshSnapshot, proxy: ProxyInfo, source: ServiceInstance, upstream: Upstream) -> cluster_pb2.Cluster:
+    """Reach ``upstream`` presenting ``source``'s SVID and accepting only the upstream's own identities."""
+    peers = [c.uri_san(exact=sid) for sid in c.upstream_spiffe_ids(snapshot, upstream)]
+    tls = tls_pb2.UpstreamTlsContext(
+        sni=upstream.destination_name,
+        common_tls_context=c.common_tls(snapshot, proxy, source.service, peers),
+    )
+    return cluster_pb2.Cluster(
+        name=naming.upstream_cluster(upstream.destination_name, source.service),
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
+            eds_config=c.ads_source(),
+            service_name=naming.upstream_endpoints(upstream.destination_name, upstream.datacenter),
+        ),
+        connect_timeout=c.seconds(CONNECT_TIMEOUT_S),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        transport_socket=c.transport_socket("envoy.transport_sockets.tls", tls),
+    )
+
+
+def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[cluster_pb2.Cluster]:
+    clusters = {}
+    for inst in c.sidecar_instances(snapshot, proxy):
+        cl = local_app_cluster(inst)
+        clusters[cl.name] = cl
+    for src, up in c.outbound_bindings(snapshot, proxy):
+        cl = upstream_cluster(snapshot, proxy, src, up)
+        clusters[cl.name] = cl
+    return [clusters[k] for k in sorted(clusters)]
