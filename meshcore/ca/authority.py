@@ -265,6 +265,11 @@ class CertificateAuthority:
         log.warning("a new external upstream CA was given: rotating to it (phase preparing) root=%s",
                     root.cert.subject.rfc4514_string())
 
+    def _intermediate_due(self, now: datetime) -> bool:
+        """The intermediate is within its renewal window (cheap: no file, no lock)."""
+        threshold = max(INTERMEDIATE_RENEW_BEFORE, self.leaf_ttl)
+        return self._intermediate.cert.not_valid_after_utc - now <= threshold
+
     def _renew_intermediate_if_due(self, now: datetime) -> None:
         """Replace the intermediate when it has less than 30 days (or one leaf TTL) left and the root
         allows a longer-lived one. Caller holds the file lock."""
@@ -320,11 +325,11 @@ class CertificateAuthority:
 
     def _bundle(self) -> tuple[tuple[x509.Certificate, ...], str, str]:
         """(roots, bundle PEM, its SHA-256), computed once per CA state: every SVID response carries them."""
+        cached = self._bundle_cache  # read without the lock: signing holds it, and this is on every answer
+        if cached is not None and all(a is b for a, b in zip(cached[0], (self._root, self._next, self._rotation))):
+            return cached[1]
         with self._lock:
             state = (self._root, self._next, self._rotation)
-            cached = self._bundle_cache
-            if cached is not None and all(a is b for a, b in zip(cached[0], state)):
-                return cached[1]
             roots = [self._root.cert]
             if self._next is not None:
                 roots.append(self._next[0].cert)
@@ -527,33 +532,50 @@ class CertificateAuthority:
         _check_csr_key(csr)
         _check_csr_sans(csr, spiffe_id, dns_names, ip_addresses)
 
-        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+        while True:
             now = _now(self._clock)
-            self._renew_intermediate_if_due(now)
-            inter, _, chain_tail, _ = self._signer()
-            not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
-            not_after = min(now + ttl, inter.cert.not_valid_after_utc)
-            cert = build_leaf_cert(
-                spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
-                issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
-            )
-            leaf_pem = pem_of(cert)
-            issued = IssuedCertificate(
-                spiffe_id=spiffe_id,
-                serial=serial_hex(cert.serial_number),
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                cert_pem=leaf_pem,
-                chain_pem=leaf_pem + chain_tail,
-                node=node,
-            )
-            self._record(issued, now)
+            with self._lock:
+                if self._intermediate_due(now):
+                    with file_lock(self.state_dir / LOCK_FILE):
+                        self._renew_intermediate_if_due(now)
+                inter, _, chain_tail, _ = self._signer()
+            # Built and signed outside the locks, so signers do not queue behind each other's
+            # crypto; only the record is serialised.
+            issued = self._build_leaf(csr, spiffe_id, node, ttl, now, inter, chain_tail, dns_names, ip_addresses)
+            with self._lock, file_lock(self.state_dir / LOCK_FILE):
+                if self._intermediate is inter:
+                    self._record(issued, now)
+                    break
+            # The intermediate changed meanwhile (renewed, or a rotation activated and may finish):
+            # sign again with the current one, never hand out a leaf the record does not know.
         log.info(
             "issued certificate spiffe_id=%s serial=%s node=%s not_after=%s",
             spiffe_id, issued.serial, node, issued.not_after.isoformat(),
             extra={"spiffe_id": spiffe_id, "serial": issued.serial, "node": node},
         )
         return issued
+
+    @staticmethod
+    def _build_leaf(csr: x509.CertificateSigningRequest, spiffe_id: str, node: str | None, ttl: timedelta,
+                    now: datetime, inter: KeyPair, chain_tail: str, dns_names: Sequence[str],
+                    ip_addresses: Sequence[str]) -> IssuedCertificate:
+        not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
+        not_after = min(now + ttl, inter.cert.not_valid_after_utc)
+        assert inter.key is not None
+        cert = build_leaf_cert(
+            spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
+            issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
+        )
+        leaf_pem = pem_of(cert)
+        return IssuedCertificate(
+            spiffe_id=spiffe_id,
+            serial=serial_hex(cert.serial_number),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            cert_pem=leaf_pem,
+            chain_pem=leaf_pem + chain_tail,
+            node=node,
+        )
 
     def issued(self) -> list[IssuedCertificate]:
         """Every unexpired certificate issued, the newest per (spiffe_id, node), sorted by spiffe_id, node."""
