@@ -237,3 +237,11 @@ class IssuedJournal:
 
     def close(self) -> None:
         self._close()
+
+    def __del__(self) -> None:  # a CA dropped without close(): do not leak the descriptor
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -142,6 +142,14 @@ class JoinTokenStore:
         with self._lock:
             self._close_fd()
 
+    def __del__(self) -> None:  # dropped without close(): do not leak the descriptor
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     # --- internals -------------------------------------------------------------------------
 
     @contextlib.contextmanager
