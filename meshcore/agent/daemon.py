@@ -138,6 +138,7 @@ class Agent:
         if self.metrics.start():
             self.access_log.start()
         self.envoy.prepare()
+        self.identity.prepare()  # the Consul worker may write pending SVID files from its first sync
         self.consul.reconcile(self.clock())  # registering in Consul needs no mesh identity: start at once
         self.identity.start()
 

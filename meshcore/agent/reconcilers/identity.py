@@ -143,6 +143,7 @@ class IdentityReconciler:
         self._lock = threading.Lock()  # prepare_services runs in the Consul worker thread
         self._pending: set[str] = set()
         self._expected: dict[str, datetime] = {}  # service -> give up expecting it at
+        self._prepared = False
 
     @property
     def config(self) -> AgentConfig:
@@ -150,10 +151,18 @@ class IdentityReconciler:
 
     # ---------------------------------------------------------------- start
 
-    def start(self) -> None:
-        """Load what a previous run left; join when there is no valid node certificate."""
+    def prepare(self) -> None:
+        """Create (or tighten) the state and secrets directories, once, before anything writes there
+        (it also removes temporary files a crash left: never while another thread may write)."""
+        if self._prepared:
+            return
         self.store.prepare()
         self.secrets.prepare()
+        self._prepared = True
+
+    def start(self) -> None:
+        """Load what a previous run left; join when there is no valid node certificate."""
+        self.prepare()
         try:
             self.meta = self.store.load_meta()
             self.node = self.store.load_node(random_jitter())
