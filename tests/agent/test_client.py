@@ -138,3 +138,26 @@ def test_host_name_is_checked(tmp_path):
 def test_url_must_be_https(api_server):
     with pytest.raises(AgentError, match="https"):
         AgentClient("http://127.0.0.1:1", api_server.ca_file)
+
+
+def test_one_client_keeps_its_connection_and_a_renewed_certificate_gets_a_new_one(api_server, tmp_path):
+    """The agent's poll makes two calls on one client: one TLS handshake. The TLS context is built
+    once per set of files (not per request) and again when one of them changes."""
+    api_server.add_service("vm1", "web")
+    client, issued, key = _joined(api_server, tmp_path)
+    client.services()
+    first = client._conn.sock if client._conn is not None else None
+    assert first is not None
+    client.bundle()
+    assert client._conn is not None and client._conn.sock is first  # same connection
+    context = client._context(True)
+    assert client._context(True) is context  # cached
+    renewed_key = new_private_key()
+    renewed = client.renew_node(make_csr(renewed_key, naming.node_spiffe_id(TD, "vm1")))
+    client.cert_file.write_text(renewed.chain + "\n")  # a renewal rewrites both files (size changes)
+    client.key_file.write_text(key_to_pem(renewed_key))
+    assert client._context(True) is not context
+    assert client.services().node == "vm1"  # on a new connection with the new certificate
+    assert client._conn is not None and client._conn.sock is not first
+    client.close()
+    assert client._conn is None
