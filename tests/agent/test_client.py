@@ -173,3 +173,20 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced(api_server, tmp_
     assert listing.node == "vm1"
     assert api_server.peers[-1] != first
     assert api_server.count("/v1/agent/services") == 2  # the request reached the server once per call
+
+
+def test_the_tls_context_is_built_once_per_set_of_files(api_server, tmp_path):
+    """The agent's poll makes several calls: the TLS context is built once per set of files (not per
+    request) and again when one of them changes."""
+    api_server.add_service("vm1", "web")
+    client, _issued, _key = _joined(api_server, tmp_path)
+    context = client._context(True)
+    assert client._context(True) is context  # cached
+    assert client._context(False) is not context  # the unauthenticated one is its own
+    assert client._context(True) is context  # and does not evict the other
+    renewed_key = new_private_key()
+    renewed = client.renew_node(make_csr(renewed_key, naming.node_spiffe_id(TD, "vm1")))
+    client.cert_file.write_text(renewed.chain + "\n")  # a renewal rewrites both files (size changes)
+    client.key_file.write_text(key_to_pem(renewed_key))
+    assert client._context(True) is not context
+    assert client.services().node == "vm1"
