@@ -30,7 +30,8 @@ from ..errors import MeshError, ValidationError
 from ..resources.loader import validate_set
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
-from ..xds.build import CLUSTER, ROUTE, build_proxy
+from ..xds.generate import CLUSTER, ROUTE
+from ..compose import build_proxy
 from ..xds.validate import validate_snapshot
 from ._http import HttpError
 

@@ -28,8 +28,8 @@ from ..catalog.source import CatalogSource
 from ..observe.tracing import ControlPlaneTracing
 from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
 from ..resources.store import ResourceStore
+from ..compose import build_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
-from ..xds.build import build_proxy
 from ..xds.cache import SnapshotCache
 from ..xds.validate import publish
 from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys

@@ -7,13 +7,13 @@ from typing import Iterator
 
 from .. import naming
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import _common as c
+from ..xds.generate import vocab as c
 
 
 def inbound_targets(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> Iterator[tuple]:
     """``(instance, listener, route or None)`` for every sidecar instance of ``proxy`` that has an inbound
     listener among the built ``resources``."""
-    from ..xds.build import LISTENER, ROUTE
+    from ..xds.generate import LISTENER, ROUTE
 
     listeners = {l.name: l for l in resources[LISTENER]}
     routes = {r.name: r for r in resources[ROUTE]}

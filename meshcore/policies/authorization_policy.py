@@ -1,7 +1,7 @@
 """AuthorizationPolicy: compile Istio-style policies into Envoy RBAC rules for the inbound side of each workload.
 
 HTTP workloads: every inbound HTTP connection manager always carries three RBAC filters with no rules
-(:mod:`meshcore.xds.build.policy_filters`: ``meshcore.authz.audit``, ``meshcore.authz.deny``,
+(:mod:`meshcore.xds.generate.policy_filters`: ``meshcore.authz.audit``, ``meshcore.authz.deny``,
 ``meshcore.authz.allow``, before the router); this plugin never touches the listener. It puts the rules
 into the instance's inbound route configuration instead, as ``RBACPerRoute`` on its virtual host keyed
 by those filter names, so a policy change is an RDS update that applies to the next request on every
@@ -39,11 +39,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Sequence
 
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from envoy.config.core.v3 import address_pb2
-from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -72,8 +71,8 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, KIND_NAME, policies_for
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import vocab as c
+from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
 KIND = KIND_NAME
@@ -248,35 +247,17 @@ def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list
 # --- HTTP: the rules go into the inbound route configuration ---------------------------------------
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
-
-
-def _is(packed: any_pb2.Any, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
-
-
 def _stat(name: str) -> str:
     return name.replace(":", "_").replace("|", "_").replace(".", "_")
 
 
 
-def _unpack_hcm(network_filter) -> hcm_pb2.HttpConnectionManager | None:
-    hcm = hcm_pb2.HttpConnectionManager()
-    return hcm if network_filter.typed_config.Unpack(hcm) else None
-
-
-def check_http_listener(listener) -> list[str]:
+def check_http_listener(listener: c.ListenerDraft) -> list[str]:
     """Problems that would leave rules sent over RDS unenforced: an HCM without the policy filters."""
     problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
-            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
-                continue
-            hcm = _unpack_hcm(f)
-            if hcm is None or not pf.has_policy_filters(hcm):
+            if isinstance(f.config, hcm_pb2.HttpConnectionManager) and not pf.has_policy_filters(f.config):
                 problems.append(f"listener {listener.name!r} chain {chain.name!r}: the HttpConnectionManager lacks "
                                 f"the policy filters {', '.join(pf.POLICY_FILTER_NAMES)} before its router")
     return problems
@@ -294,22 +275,18 @@ def secure_route(route: route_pb2.RouteConfiguration, stages: list[RbacStage]) -
 # --- TCP: network RBAC filters in the listener ----------------------------------------------------
 
 
-def _insert_tcp(chain, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
-    new = [
-        listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=_pack(network_rbac_pb2.RBAC(
-            rules=s.rules, stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}.")))
+def _insert_tcp(chain: c.ChainDraft, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
+    chain.filters[at:at] = [
+        c.NetworkFilter(NETWORK_RBAC, network_rbac_pb2.RBAC(rules=s.rules, stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}."))
         for s in stages
     ]
-    filters = list(chain.filters)
-    del chain.filters[:]
-    chain.filters.extend(filters[:at] + new + filters[at:])
 
 
-def secure_chain(chain: listener_components_pb2.FilterChain, stages: list[RbacStage], listener_name: str) -> None:
+def secure_chain(chain: c.ChainDraft, stages: list[RbacStage], listener_name: str) -> None:
     """Insert ``stages`` into one inbound TCP filter chain, before its tcp_proxy."""
     where = f"listener {listener_name!r} chain {chain.name!r}"
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
+        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
             _insert_tcp(chain, i, stages, _stat(listener_name))
             return
     raise ValueError(f"{where}: no tcp_proxy to enforce AuthorizationPolicy on")

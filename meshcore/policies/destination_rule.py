@@ -22,14 +22,13 @@ from ..resources.kinds.destination_rule import KIND_NAME, effective_policy, subs
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
 from ..traffic.locality import apply_locality_named
-from ..traffic.routes import pack
-from ..xds.build import _common as c
+from ..xds.generate import vocab as c
 
 KIND = KIND_NAME
 
 
 def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
-    from ..xds.build import ROUTE
+    from ..xds.generate import ROUTE
 
     hashes = route_hash_policies(policy)
     if not hashes:
@@ -43,7 +42,7 @@ def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
 
 
 def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.generate import LISTENER
 
     hashes = tcp_hash_policies(policy)
     if not hashes:
@@ -53,11 +52,9 @@ def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None
             continue
         for chain in listener.filter_chains:
             for f in chain.filters:
-                proxy = tcp_proxy_pb2.TcpProxy()
-                if f.typed_config.Unpack(proxy):
-                    del proxy.hash_policy[:]
-                    proxy.hash_policy.extend(hashes)
-                    f.typed_config.CopyFrom(pack(proxy))
+                if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+                    del f.config.hash_policy[:]
+                    f.config.hash_policy.extend(hashes)
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:

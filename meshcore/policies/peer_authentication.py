@@ -12,14 +12,14 @@ from envoy.config.listener.v3 import listener_components_pb2
 from .. import naming
 from ..resources.kinds.peer_authentication import effective_mtls
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import _common as c
-from ..xds.build.listeners import MTLS_CHAIN, PLAINTEXT_CHAIN, inbound_filters
+from ..xds.generate import vocab as c
+from ..xds.generate.listeners import PLAINTEXT_CHAIN, inbound_filters
 
 KIND = "PeerAuthentication"
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER
+    from ..xds.generate import LISTENER
 
     policies = snapshot.resources_of(KIND)
     by_name = {l.name: l for l in resources[LISTENER]}
@@ -30,9 +30,9 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         mode = effective_mtls(policies, inst.labels, inst.namespace, inst.port)
         if mode == "STRICT":
             continue
-        plaintext = listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN, filters=inbound_filters(inst))
+        plaintext = c.ChainDraft(listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN), inbound_filters(inst))
         if mode == "PERMISSIVE":
-            plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+            plaintext.message.filter_chain_match.transport_protocol = "raw_buffer"
             listener.filter_chains.append(plaintext)
         elif mode == "DISABLE":
             del listener.filter_chains[:]

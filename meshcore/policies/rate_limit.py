@@ -2,7 +2,7 @@
 
 HTTP workloads: every inbound HTTP connection manager always carries a disabled
 ``envoy.filters.http.local_ratelimit`` filter named ``meshcore.ratelimit`` (after the RBAC filters, so
-a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.build.policy_filters`).
+a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.generate.policy_filters`).
 This plugin never touches the listener: it puts the limits into the instance's inbound route
 configuration, as that filter's per-route ``LocalRateLimit`` on the virtual host, so a change is an RDS
 update that applies to the next request on every connection. (A new per-route config starts with full
@@ -36,7 +36,6 @@ from typing import Mapping, Sequence
 from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -52,10 +51,9 @@ from ..resources.kinds.destination_rule import UINT32_MAX, seconds
 from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_after_seconds, tokens_per_fill
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.routes import pack
 from ..errors import SnapshotInvalid
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import vocab as c
+from ..xds.generate import policy_filters as pf
 from ._inbound import inbound_targets
 
 KIND = KIND_NAME
@@ -68,10 +66,6 @@ XFCC = "x-forwarded-client-cert"
 def stat_prefix(resource: Resource) -> str:
     """``ratelimit.<ns>.<name>``: the stats of one RateLimit (dots inside a name would split it, so ``_``)."""
     return ".".join(["ratelimit", resource.namespace.replace(".", "_"), resource.name.replace(".", "_")])
-
-
-def _is(packed, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
 
 
 # --- match -> regular expressions (full match, RE2) --------------------------------------------------
@@ -217,15 +211,12 @@ def limit_route(route: route_pb2.RouteConfiguration, selected: Sequence[Resource
     pf.set_policy_config(route, pf.RATELIMIT, http_local_rate_limit(selected))
 
 
-def limit_chain(chain: listener_components_pb2.FilterChain, selected: Sequence[Resource]) -> None:
+def limit_chain(chain: c.ChainDraft, selected: Sequence[Resource]) -> None:
     """Add ``selected``'s connection limits to one inbound TCP filter chain, before its tcp_proxy."""
     for i, f in enumerate(chain.filters):
-        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy):
-            new = [listener_components_pb2.Filter(name=NETWORK_LOCAL_RATELIMIT, typed_config=pack(cfg))
-                   for r in selected for cfg in network_local_rate_limits(r)]
-            filters = list(chain.filters)
-            del chain.filters[:]
-            chain.filters.extend(filters[:i] + new + filters[i:])
+        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+            chain.filters[i:i] = [c.NetworkFilter(NETWORK_LOCAL_RATELIMIT, cfg)
+                                  for r in selected for cfg in network_local_rate_limits(r)]
             return
 
 

@@ -8,7 +8,7 @@ For each upstream a proxy declared and a VirtualService lists in ``hosts``:
   with their endpoints when new. A rule with ``fault`` gets its ``HTTPFault`` per route
   (``typed_per_filter_config`` keyed ``meshcore.fault``). The listener is never touched: every outbound
   HttpConnectionManager already carries that fault filter, empty, before its router
-  (:mod:`meshcore.xds.build.policy_filters`), so a fault change is a route (RDS) update that applies to
+  (:mod:`meshcore.xds.generate.policy_filters`), so a fault change is a route (RDS) update that applies to
   the next request on every open connection, where a listener update would leave keep-alive connections
   on the old filters until they drained. A fault on a listener without the filter would be silently
   ignored, so that refuses the proxy's config instead (fails closed).
@@ -29,34 +29,27 @@ from ..errors import SnapshotInvalid
 from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
-from ..traffic.routes import has_fault, http_routes, pack, weighted_tcp
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
-from ..xds.build.routes import DEFAULT_ROUTE_TIMEOUT_S
+from ..traffic.routes import has_fault, http_routes, weighted_tcp
+from ..xds.generate import vocab as c
+from ..xds.generate import policy_filters as pf
+from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
 
 KIND = KIND_NAME
 
 
-def _is(packed, cls) -> bool:
-    return packed.type_url.rsplit("/", 1)[-1] == cls.DESCRIPTOR.full_name
-
-
-def check_fault_filter(listener) -> list[str]:
+def check_fault_filter(listener: c.ListenerDraft) -> list[str]:
     """Problems that would leave faults sent per route unapplied: an HCM of ``listener`` without the fault filter."""
     problems = []
     for chain in listener.filter_chains:
         for f in chain.filters:
-            if not _is(f.typed_config, hcm_pb2.HttpConnectionManager):
-                continue
-            hcm = hcm_pb2.HttpConnectionManager()
-            if not f.typed_config.Unpack(hcm) or not pf.has_fault_filter(hcm):
+            if isinstance(f.config, hcm_pb2.HttpConnectionManager) and not pf.has_fault_filter(f.config):
                 problems.append(f"listener {listener.name!r}: the HttpConnectionManager lacks the fault filter "
                                 f"{pf.FAULT!r} before its router, so the fault would not be injected")
     return problems
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.build import LISTENER, ROUTE
+    from ..xds.generate import LISTENER, ROUTE
 
     services = snapshot.resources_of(KIND)
     if not services:
@@ -84,10 +77,8 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                 listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
                 for chain in listener.filter_chains if listener is not None else ():
                     for f in chain.filters:
-                        tcp = tcp_proxy_pb2.TcpProxy()
-                        if _is(f.typed_config, tcp_proxy_pb2.TcpProxy) and f.typed_config.Unpack(tcp):
-                            if weighted_tcp(tcp, vs, cluster_for):
-                                f.typed_config.CopyFrom(pack(tcp))
+                        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
+                            weighted_tcp(f.config, vs, cluster_for)
                 continue
             if not (vs.spec or {}).get("http"):
                 continue

@@ -1,9 +1,9 @@
 """The explicit, ordered registry of resource kinds.
 
 Adding a kind is one new module under :mod:`meshcore.resources.kinds` that defines a
-``KIND: KindSpec``, plus one line in ``_ORDER`` below. Order matters to consumers that apply
-policies in sequence (the xDS build applies policy kinds in this order), so it is spelled out
-here rather than discovered.
+``KIND: KindSpec``, plus one line in ``_ORDER`` below. This order is the one operators see (listings,
+validation reports); the order in which policy plugins edit Envoy config is declared separately, once,
+in :data:`meshcore.policies.PLUGINS`.
 """
 
 from __future__ import annotations

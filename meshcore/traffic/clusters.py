@@ -21,10 +21,10 @@ from ..catalog.model import ServiceInstance, Upstream
 from ..resources.kinds import destination_rule as dr
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import CLUSTER, ENDPOINT
-from ..xds.build import _common as c
-from ..xds.build.clusters import upstream_cluster
-from ..xds.build.endpoints import load_assignment
+from ..xds.generate import CLUSTER, ENDPOINT
+from ..xds.generate import vocab as c
+from ..xds.generate.clusters import upstream_cluster
+from ..xds.generate.endpoints import load_assignment
 from .locality import apply_locality
 
 _SIMPLE = {
@@ -146,7 +146,7 @@ class ClusterSet:
         self._endpoints = {cla.cluster_name for cla in resources[ENDPOINT]}
 
     def rule(self, host: str) -> Resource | None:
-        return dr.rule_for(self.snapshot.resources, host)
+        return dr.rule_for(self.snapshot.resources_of(dr.KIND_NAME), host)
 
     def policy(self, host: str, subset: str | None) -> dict:
         return dr.effective_policy(self.rule(host), subset)
@@ -166,7 +166,7 @@ class ClusterSet:
             if spec is None:
                 from ..resources.kinds.virtual_service import subset_problem
 
-                raise MissingSubset(subset_problem(self.snapshot.resources, host, subset))
+                raise MissingSubset(subset_problem(self.snapshot.resources_of(dr.KIND_NAME), host, subset))
             labels = spec.get("labels") or {}
         name = (naming.subset_cluster(host, source.service, subset) if subset is not None
                 else naming.upstream_cluster(host, source.service))

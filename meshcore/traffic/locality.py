@@ -15,8 +15,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from ..resources.kinds import destination_rule as dr
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.build import ENDPOINT
-from ..xds.build.endpoints import prioritize, proxy_locality
+from ..xds.generate import ENDPOINT
+from ..xds.generate.endpoints import prioritize, proxy_locality
 
 
 def apply_locality(snapshot: MeshSnapshot, proxy: ProxyInfo, cla: endpoint_pb2.ClusterLoadAssignment,

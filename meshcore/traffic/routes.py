@@ -2,7 +2,7 @@
 
 A rule's ``fault`` becomes its routes' ``typed_per_filter_config`` for the fault filter that every
 outbound HTTP connection manager always carries (:data:`FAULT_FILTER`, see
-:mod:`meshcore.xds.build.policy_filters`), so faults travel by RDS and never change a listener.
+:mod:`meshcore.xds.generate.policy_filters`), so faults travel by RDS and never change a listener.
 
 A rule's ``match`` alternatives become one Envoy route each (same action), in order, named
 ``<ns>/<name>/http[i]`` (``.../match[j]`` when a rule has several alternatives). Which cluster a
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from google.protobuf import any_pb2, wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -28,8 +27,8 @@ from .. import naming
 from ..resources.kinds import destination_rule as dr
 from ..resources.kinds.virtual_service import DEFAULT_RETRY_ON, split_retry_on
 from ..resources.model import Resource
-from ..xds.build import _common as c
-from ..xds.build import policy_filters as pf
+from ..xds.generate import vocab as c
+from ..xds.generate import policy_filters as pf
 
 FAULT_FILTER = pf.FAULT
 
@@ -37,12 +36,6 @@ ClusterFor = Callable[[str, "str | None"], str]
 """``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
 HashFor = Callable[[str, "str | None"], list]
 """``(host, subset) -> route hash policies`` of that destination's load balancer."""
-
-
-def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
 
 
 def fraction(percent: float) -> percent_pb2.FractionalPercent:

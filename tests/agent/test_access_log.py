@@ -292,7 +292,7 @@ def test_envoy_names_its_log_and_the_follower_counts_its_decisions(tmp_path):
     """Static listeners built by meshcore, on a real Envoy: discovery via /config_dump, then counting."""
     from meshcore.agent._series import policy_audited_family, policy_denied_family
     from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo, TelemetrySettings
-    from meshcore.xds.build import build_proxy
+    from meshcore.compose import build_proxy
     from tests.policies._catalog import snapshot, write_catalog
     from tests.policies._envoy import StaticEnvoy, wait_listening
 

@@ -17,7 +17,7 @@ import time
 
 from meshcore.catalog.model import Catalog, Node, ServiceInstance, Upstream
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.compose import build_proxy
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.validate import publish
 

@@ -17,7 +17,7 @@ from meshcore.controlplane.daemon import ControlPlane, Settings
 from meshcore.controlplane.dry_run import diff_proxy
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.compose import build_proxy
 
 from ..e2e._topology import write_catalog
 

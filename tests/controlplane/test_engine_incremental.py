@@ -14,7 +14,7 @@ from meshcore.controlplane.metrics import ControlPlaneMetrics
 from meshcore.errors import CatalogError, MeshError, StoreError, XdsError
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.compose import build_proxy
 from meshcore.xds.cache import PUSH_ORDER, SnapshotCache
 from meshcore.xds.validate import publish
 

@@ -23,7 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshcore import naming
 from meshcore.agent.client import AgentClient, AgentRequestError
 from meshcore.ca import make_csr, new_private_key
-from meshcore.xds.build import CLUSTER, LISTENER
+from meshcore.xds.generate import CLUSTER, LISTENER
 
 from meshcore.demo.launcher import http_get, wait_until
 

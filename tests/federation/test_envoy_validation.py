@@ -27,7 +27,7 @@ from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.ca import CertificateAuthority, key_to_pem, make_csr, new_private_key
 from meshcore.federation import trust_validation_secret
 from meshcore.snapshot import MeshSettings, ProxyInfo
-from meshcore.xds.build._common import downstream_mtls
+from meshcore.xds.generate.vocab import downstream_mtls
 
 from ..policies._catalog import free_port, snapshot, write_catalog
 

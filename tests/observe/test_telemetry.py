@@ -26,7 +26,8 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from meshcore.errors import ConfigError, SnapshotInvalid
 from meshcore.observe.telemetry import JSON_KEYS, TRACING_CLUSTER, telemetry_settings, validate_settings
 from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo, TelemetrySettings
-from meshcore.xds.build import CLUSTER, LISTENER, build_proxy
+from meshcore.xds.generate import CLUSTER, LISTENER
+from meshcore.compose import build_proxy
 from meshcore.xds.validate import validate_snapshot
 from tests.policies._catalog import snapshot, write_catalog
 from tests.policies._envoy import StaticEnvoy, wait_listening

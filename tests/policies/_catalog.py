@@ -9,7 +9,7 @@ from pathlib import Path
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.compose import build_proxy
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from meshcore.xds.build import CLUSTER, LISTENER, ROUTE
+from meshcore.xds.generate import CLUSTER, LISTENER, ROUTE
 
 from ._catalog import free_port
 

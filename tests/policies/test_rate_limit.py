@@ -23,8 +23,8 @@ from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit
 from meshcore.errors import ValidationError
 from meshcore.policies.rate_limit import method_regex, path_regex, source_regex
 from meshcore.resources import load_documents
-from meshcore.xds.build import LISTENER, ROUTE
-from meshcore.xds.build.policy_filters import POLICY_FILTER_NAMES
+from meshcore.xds.generate import LISTENER, ROUTE
+from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
 
 from tests.traffic.test_build import _build as build_bookinfo
 from tests.traffic.test_build import _validate_with_envoy

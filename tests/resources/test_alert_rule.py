@@ -108,7 +108,7 @@ def test_an_alert_rule_changes_no_proxy_config():
     from meshcore.catalog.files import FileCatalogSource
     from meshcore.observe.default_rules import default_rule_resources
     from meshcore.snapshot import MeshSnapshot, ProxyInfo
-    from meshcore.xds.build import build_proxy
+    from meshcore.compose import build_proxy
     from meshcore.xds.cache import ProxySnapshot
 
     catalog = FileCatalogSource(Path(__file__).resolve().parents[2] / "examples/bookinfo/consul.d").poll(None, 0).catalog

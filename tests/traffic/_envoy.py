@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from meshcore.xds.build import LISTENER, ROUTE
+from meshcore.xds.generate import LISTENER, ROUTE
 
 from ..policies._envoy import EnvoyProcess
 

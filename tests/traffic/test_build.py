@@ -27,8 +27,9 @@ from meshcore.catalog.model import Catalog
 from meshcore.errors import SnapshotInvalid
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import CLUSTER, ENDPOINT, LISTENER, ROUTE, build_proxy
-from meshcore.xds.build.policy_filters import FAULT
+from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshcore.compose import build_proxy
+from meshcore.xds.generate.policy_filters import FAULT
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +159,7 @@ def test_faults_never_change_the_listeners():
 def test_a_fault_on_a_listener_without_the_fault_filter_refuses_the_proxy_config():
     """Faults sent per route to an HCM without the filter would be silently ignored: fail closed."""
     from meshcore.policies import virtual_service
-    from meshcore.xds.build import build_clusters, build_endpoints, build_listeners, build_routes
+    from meshcore.xds.generate import build_clusters, build_endpoints, build_listeners, build_routes
 
     snap = MeshSnapshot.build(_catalog(), load_documents((TRAFFIC / "ratings-abort.yaml").read_text(), "t.yaml"))
     proxy = ProxyInfo(node="vm3", secrets_dir="/s")
@@ -166,10 +167,8 @@ def test_a_fault_on_a_listener_without_the_fault_filter_refuses_the_proxy_config
                      CLUSTER: build_clusters(snap, proxy), ENDPOINT: build_endpoints(snap, proxy)}
     virtual_service.apply(snap, proxy, fresh())  # as built: fine
     resources = fresh()
-    listener = _by_name(resources, LISTENER)["outbound:ratings:9093"]
-    hcm = _hcm(listener)
-    del hcm.http_filters[0]  # only the router left
-    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    listener = _by_name(resources, LISTENER)["outbound:ratings:9093"]  # a draft: its HCM is still a message
+    del listener.filter_chains[0].filters[0].config.http_filters[0]  # only the router left
     with pytest.raises(SnapshotInvalid) as info:
         virtual_service.apply(snap, proxy, resources)
     assert "lacks the fault filter 'meshcore.fault'" in str(info.value)

@@ -16,8 +16,8 @@ import pytest
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
-from meshcore.xds.build.policy_filters import FAULT
+from meshcore.compose import build_proxy
+from meshcore.xds.generate.policy_filters import FAULT
 
 from ._envoy import CountingServer, OutboundEnvoy
 

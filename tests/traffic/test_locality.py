@@ -23,8 +23,9 @@ from meshcore.errors import ValidationError
 from meshcore.resources.kinds import destination_rule as dr
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import ENDPOINT, build_proxy
-from meshcore.xds.build.endpoints import Locality, prioritize, load_assignment
+from meshcore.xds.generate import ENDPOINT
+from meshcore.compose import build_proxy
+from meshcore.xds.generate.endpoints import Locality, prioritize, load_assignment
 from meshcore.xds.validate import validate_snapshot
 
 from .test_build import _static_bootstrap

@@ -1,7 +1,14 @@
 """Golden tests of the Envoy configuration built for the bookinfo demo's proxies.
 
 The snapshot comes through the real code path: the demo's Consul service-definition files,
-read by the file catalog source, resources parsed by the resource loader. Run
+read by the file catalog source, resources parsed by the resource loader, the composer's build.
+Each case is kept twice, as Consul keeps ``agent/xds/testdata/<type>/<case>.golden``:
+
+* ``golden/<case>.json``: the whole proxy, every type;
+* ``golden/<type>/<case>.golden``: one xDS type (listeners, routes, clusters, endpoints; secrets are
+  always empty, private keys never leave the VM), so a change shows up in the type it touches.
+
+Every policy plugin has at least one case of its own (:data:`POLICY_CASES`). Run
 ``pytest tests/xds/test_build_golden.py --update-golden`` after an intended change and review the diff.
 """
 
@@ -15,8 +22,10 @@ from google.protobuf import json_format
 
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources.loader import load_documents
-from meshcore.snapshot import MeshSnapshot, ProxyInfo
-from meshcore.xds.build import build_proxy
+from meshcore.policies import PLUGINS
+from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo, TelemetrySettings
+from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshcore.compose import build_proxy
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +80,13 @@ TRAFFIC = ROOT / "examples" / "traffic"
 REVIEWS_CANARY = (TRAFFIC / "reviews-destination-rule.yaml").read_text() + "---\n" + (TRAFFIC / "reviews-canary.yaml").read_text()
 
 
-def _snapshot(resources_text: str = "") -> MeshSnapshot:
+def _snapshot(resources_text: str = "", settings: MeshSettings | None = None) -> MeshSnapshot:
     catalog = FileCatalogSource(CATALOG).poll(None, 0).catalog
     resources = load_documents(resources_text, "inline.yaml") if resources_text else []
-    return MeshSnapshot.build(catalog, resources)
+    if settings is None:
+        return MeshSnapshot.build(catalog, resources)
+    base = MeshSnapshot.build(catalog, resources)
+    return MeshSnapshot.build(catalog, resources, base.trust_domain, settings)
 
 
 def _render(resources: dict) -> dict:
@@ -94,23 +106,78 @@ CASES = {
     "vm1-traffic-reviews-canary": (REVIEWS_CANARY, "vm1"),
     "vm2-traffic-ratings-abort": ((TRAFFIC / "ratings-abort.yaml").read_text(), "vm2"),
     "vm3-traffic-ratings-delay": ((TRAFFIC / "ratings-delay-for-jason.yaml").read_text(), "vm3"),
+    "vm1-traffic-reviews-destination-rule": ((TRAFFIC / "reviews-destination-rule.yaml").read_text(), "vm1"),
+    "vm3-ratelimit-ratings": ((TRAFFIC / "ratings-rate-limit.yaml").read_text(), "vm3"),
+    "vm1-telemetry": ("", "vm1"),
 }
+
+SETTINGS = {
+    # JSON access logs to a per-node file, and tracing to an OTLP collector (adds its cluster).
+    "vm1-telemetry": MeshSettings(telemetry=TelemetrySettings(
+        tracing_otlp="127.0.0.1:4317", tracing_sampling=10.0, access_log="/var/log/envoy/{node}.log")),
+}
+
+POLICY_CASES = {
+    "PeerAuthentication": "vm2-details-permissive",
+    "AuthorizationPolicy": "vm1-authz-productpage-get-only",
+    "DestinationRule": "vm1-traffic-reviews-destination-rule",
+    "VirtualService": "vm2-traffic-ratings-abort",
+    "RateLimit": "vm3-ratelimit-ratings",
+    "Telemetry": "vm1-telemetry",
+}
+"""One case per policy plugin that exercises it (with that policy, and only it, on a plain node)."""
+
+TYPE_DIRS = {LISTENER: "listeners", ROUTE: "routes", CLUSTER: "clusters", ENDPOINT: "endpoints"}
+
+
+def _built(case: str) -> dict:
+    resources_text, node = CASES[case]
+    proxy = ProxyInfo(node=node, secrets_dir="/var/lib/meshcore-agent/secrets", admin="127.0.0.1:19000")
+    built = build_proxy(_snapshot(resources_text, SETTINGS.get(case)), proxy)
+    assert validate_snapshot(node, built) == []
+    return built
+
+
+def _compare(path: Path, rendered: str, update: bool) -> None:
+    if update or not path.exists():
+        if not update:
+            pytest.fail(f"{path.relative_to(GOLDEN)} does not exist; run with --update-golden to create it, then review it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered)
+    assert rendered == path.read_text(), (f"{path.relative_to(GOLDEN)} differs; if intended, rerun with "
+                                          "--update-golden and review")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case, update_golden):
-    resources_text, node = CASES[case]
-    snap = _snapshot(resources_text)
-    proxy = ProxyInfo(node=node, secrets_dir="/var/lib/meshcore-agent/secrets", admin="127.0.0.1:19000")
-    built = build_proxy(snap, proxy)
-    assert validate_snapshot(node, built) == []
-    rendered = json.dumps(_render(built), indent=2, sort_keys=True) + "\n"
-    path = GOLDEN / f"{case}.json"
-    if update_golden or not path.exists():
-        if not update_golden:
-            pytest.fail(f"{path.name} does not exist; run with --update-golden to create it, then review it")
-        path.write_text(rendered)
-    assert rendered == path.read_text(), f"{path.name} differs; if intended, rerun with --update-golden and review"
+    rendered = json.dumps(_render(_built(case)), indent=2, sort_keys=True) + "\n"
+    _compare(GOLDEN / f"{case}.json", rendered, update_golden)
+
+
+@pytest.mark.parametrize("type_url", sorted(TYPE_DIRS), ids=lambda t: TYPE_DIRS[t])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_per_type(case, type_url, update_golden):
+    messages = _built(case)[type_url]
+    rendered = json.dumps([json_format.MessageToDict(m) for m in messages], indent=2, sort_keys=True) + "\n"
+    _compare(GOLDEN / TYPE_DIRS[type_url] / f"{case}.golden", rendered, update_golden)
+
+
+def test_every_policy_plugin_has_a_golden_case():
+    assert set(POLICY_CASES) == {name for name, _plugin in PLUGINS}
+    assert set(POLICY_CASES.values()) <= set(CASES)
+
+
+@pytest.mark.parametrize("kind", sorted(POLICY_CASES))
+def test_policy_case_exercises_its_plugin(kind):
+    """The case holds that kind (or, for Telemetry, its settings) and its output differs from the plain node's."""
+    case = POLICY_CASES[kind]
+    text, node = CASES[case]
+    snap = _snapshot(text, SETTINGS.get(case))
+    if kind == "Telemetry":
+        assert snap.settings.telemetry != TelemetrySettings()
+    else:
+        assert {r.kind for r in snap.resources_of(kind)} == {kind}
+    assert _render(_built(case)) != _render(_built(node))
 
 
 def test_build_is_deterministic():
@@ -124,7 +191,7 @@ def test_build_is_deterministic():
 def test_only_own_node_config():
     """A proxy's listeners are exactly its own node's services and upstreams, nothing of other nodes."""
     snap = _snapshot()
-    from meshcore.xds.build import LISTENER
+    from meshcore.xds.generate import LISTENER
 
     names = {l.name for l in build_proxy(snap, ProxyInfo(node="vm3", secrets_dir="/s"))[LISTENER]}
     assert names == {"inbound:ratings-v1", "inbound:reviews-v3", "outbound:ratings:9093"}
@@ -134,7 +201,7 @@ def test_unhealthy_instances_are_not_endpoints():
     from dataclasses import replace
 
     from meshcore.catalog.model import Catalog
-    from meshcore.xds.build import ENDPOINT
+    from meshcore.xds.generate import ENDPOINT
 
     snap = _snapshot()
     instances = [replace(i, healthy=False) if i.id == "reviews-v2" else i for i in snap.catalog.instances]

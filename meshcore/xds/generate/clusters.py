@@ -9,7 +9,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -60,9 +60,4 @@ def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[cluster_pb2
     for src, up in c.outbound_bindings(snapshot, proxy):
         cl = upstream_cluster(snapshot, proxy, src, up)
         clusters[cl.name] = cl
-    from ...observe.telemetry import tracing_cluster  # late: observe.telemetry imports this package
-
-    otlp = tracing_cluster(snapshot)
-    if otlp is not None:
-        clusters[otlp.name] = otlp
     return [clusters[k] for k in sorted(clusters)]

@@ -1,14 +1,34 @@
-"""Small pure helpers shared by the per-type builders (no IO, no clock, no logging)."""
+"""The builder vocabulary: what every generator and policy plugin speaks (public; no IO, clock or logging).
+
+* The xDS type URLs, defined once in :mod:`meshcore.xds._typeurls` and re-exported here.
+* :func:`pack`, the one way meshcore turns a message into an ``Any``: deterministic serialization
+  (``SerializeToString(deterministic=True)``: map entries sorted), so equal configs are equal bytes.
+* :func:`is_type`, the one type test of a packed ``Any`` (``Any.Is`` against the message's descriptor).
+* :class:`ListenerDraft`, :class:`ChainDraft`, :class:`NetworkFilter`: a listener while it is being built.
+  Its network filters' configs (HTTP connection managers, tcp_proxy, RBAC, rate limits) stay messages,
+  keyed by listener and filter chain, so policy plugins edit messages, never packed bytes;
+  :func:`finish_listener` (called by the composer, :mod:`meshcore.compose`, after the last plugin) packs them.
+* The helpers shared by the per-type generators and the plugins: durations, addresses, the ADS config
+  source, SDS-from-file secrets, mTLS contexts, and what lives on a proxy (its instances, its upstreams).
+
+Guarantee: every nested ``Any`` in generated output is packed deterministically, with :func:`pack`, exactly
+once. Nothing in generation or in a plugin unpacks an ``Any`` to patch and repack it: configs that plugins
+edit stay messages until :func:`finish_listener`, and every other ``Any`` is packed when it is made and never
+touched again. Serializing a finished resource with ``deterministic=True`` therefore yields its canonical
+bytes in one pass (no re-serialization is needed to hash it).
+"""
 
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.core.v3 import extension_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
@@ -16,16 +36,72 @@ from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...errors import SnapshotInvalid
 from ...snapshot import MeshSnapshot, ProxyInfo
+from .._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+
+TYPE_PREFIX = "type.googleapis.com/"
 
 
-def type_url(message_cls) -> str:
-    return "type.googleapis.com/" + message_cls.DESCRIPTOR.full_name
+def type_url(message_cls: type[Message]) -> str:
+    """``type.googleapis.com/<full name>`` of a proto class (what an ``Any`` of it carries)."""
+    return TYPE_PREFIX + message_cls.DESCRIPTOR.full_name
 
 
 def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    """``message`` as an ``Any``, serialized deterministically (maps sorted), so equal configs hash equal."""
+    return any_pb2.Any(type_url=type_url(type(message)), value=message.SerializeToString(deterministic=True))
+
+
+def is_type(packed: any_pb2.Any, message_cls: type[Message]) -> bool:
+    """True when ``packed`` holds a ``message_cls``."""
+    return packed.Is(message_cls.DESCRIPTOR)
+
+
+@dataclass
+class NetworkFilter:
+    """One network filter of a filter chain; ``config`` is its ``typed_config``, still a message."""
+
+    name: str
+    config: Message
+
+
+@dataclass
+class ChainDraft:
+    """A filter chain being built: ``message`` is everything but its filters, which stay in ``filters``."""
+
+    message: listener_components_pb2.FilterChain = field(default_factory=listener_components_pb2.FilterChain)
+    filters: list[NetworkFilter] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.message.name
+
+
+@dataclass
+class ListenerDraft:
+    """A listener being built: ``message`` is everything but its filter chains, which stay drafts."""
+
+    message: listener_pb2.Listener
+    filter_chains: list[ChainDraft] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.message.name
+
+
+def finish_listener(draft: ListenerDraft) -> listener_pb2.Listener:
+    """The Listener message of ``draft``, each network filter's config packed (once) into its ``typed_config``.
+
+    Consumes the draft: its ``message`` becomes the finished listener (no copy of the listener is made).
+    """
+    listener = draft.message
+    if listener.filter_chains:
+        raise ValueError(f"listener {listener.name!r}: draft already finished (or given filter chains directly)")
+    for chain in draft.filter_chains:
+        out = listener.filter_chains.add()
+        out.CopyFrom(chain.message)
+        for f in chain.filters:
+            out.filters.add(name=f.name, typed_config=pack(f.config))
+    return listener
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -93,7 +169,7 @@ def peer_trust_domains(snapshot: MeshSnapshot) -> list[str]:
     return [snapshot.trust_domain, *federated]
 
 
-def transport_socket(name: str, config: Message):
+def transport_socket(name: str, config: Message) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=name, typed_config=pack(config))
 
 
@@ -147,3 +223,12 @@ def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]
     """Identities the upstream may present: those of its registered instances (or its default one)."""
     ids = sorted({snapshot.spiffe_id(i) for i in snapshot.catalog.instances_of(upstream.destination_name)})
     return ids or [naming.workload_spiffe_id(snapshot.trust_domain, naming.DEFAULT_NAMESPACE, upstream.destination_name)]
+
+
+__all__ = [
+    "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "TYPE_PREFIX", "type_url", "pack", "is_type",
+    "NetworkFilter", "ChainDraft", "ListenerDraft", "finish_listener",
+    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "common_tls", "downstream_mtls",
+    "peer_trust_domains", "transport_socket", "typed_extension", "local_instances", "sidecar_instances",
+    "outbound_bindings", "upstream_protocol", "upstream_spiffe_ids",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import wrappers_pb2
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -12,7 +14,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 from .policy_filters import inbound_policy_filters, outbound_policy_filters
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -33,7 +35,7 @@ def http_connection_manager(stat_prefix: str, route_name: str, *, inbound: bool)
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=c.ads_source(), route_config_name=route_name),
         http_filters=[hcm_pb2.HttpFilter(name=ROUTER, typed_config=c.pack(router_pb2.Router()))],
-        normalize_path=c.wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
     )
@@ -49,31 +51,28 @@ def http_connection_manager(stat_prefix: str, route_name: str, *, inbound: bool)
     return hcm
 
 
-def _filters(stat_prefix: str, protocol: str, route_name: str, cluster: str, *, inbound: bool):
+def _filters(stat_prefix: str, protocol: str, route_name: str, cluster: str, *, inbound: bool) -> list[c.NetworkFilter]:
     if protocol == "tcp":
-        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=_stat(stat_prefix), cluster=cluster)
-        return [listener_components_pb2.Filter(name=TCP_PROXY, typed_config=c.pack(proxy))]
-    hcm = http_connection_manager(stat_prefix, route_name, inbound=inbound)
-    return [listener_components_pb2.Filter(name=HCM, typed_config=c.pack(hcm))]
+        return [c.NetworkFilter(TCP_PROXY, tcp_proxy_pb2.TcpProxy(stat_prefix=_stat(stat_prefix), cluster=cluster))]
+    return [c.NetworkFilter(HCM, http_connection_manager(stat_prefix, route_name, inbound=inbound))]
 
 
-def inbound_filters(instance: ServiceInstance):
+def inbound_filters(instance: ServiceInstance) -> list[c.NetworkFilter]:
     return _filters(
         naming.inbound_listener(instance.id), instance.protocol,
         naming.inbound_route(instance.id), naming.local_app_cluster(instance.id), inbound=True,
     )
 
 
-def inbound_listener(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> listener_pb2.Listener:
+def inbound_listener(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> c.ListenerDraft:
     """mTLS only (STRICT); the PeerAuthentication plugin relaxes it per workload and port."""
     tls = c.downstream_mtls(snapshot, proxy, instance)
-    chain = listener_components_pb2.FilterChain(
+    chain = c.ChainDraft(listener_components_pb2.FilterChain(
         name=MTLS_CHAIN,
         filter_chain_match=listener_components_pb2.FilterChainMatch(transport_protocol="tls"),
-        filters=inbound_filters(instance),
         transport_socket=c.transport_socket("envoy.transport_sockets.tls", tls),
-    )
-    return listener_pb2.Listener(
+    ), inbound_filters(instance))
+    return c.ListenerDraft(listener_pb2.Listener(
         name=naming.inbound_listener(instance.id),
         address=c.socket_address(instance.mesh_address, instance.mesh_port),
         traffic_direction=base_pb2.INBOUND,
@@ -82,26 +81,25 @@ def inbound_listener(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: Service
                 name=TLS_INSPECTOR, typed_config=c.pack(tls_inspector_pb2.TlsInspector())
             )
         ],
-        filter_chains=[chain],
-    )
+    ), [chain])
 
 
-def outbound_listener(snapshot: MeshSnapshot, source: ServiceInstance, upstream: Upstream) -> listener_pb2.Listener:
+def outbound_listener(snapshot: MeshSnapshot, source: ServiceInstance, upstream: Upstream) -> c.ListenerDraft:
     name = naming.outbound_listener(upstream.destination_name, upstream.local_bind_port)
     filters = _filters(
         name, c.upstream_protocol(snapshot, upstream),
         naming.outbound_route(upstream.destination_name, upstream.local_bind_port),
         naming.upstream_cluster(upstream.destination_name, source.service), inbound=False,
     )
-    return listener_pb2.Listener(
+    return c.ListenerDraft(listener_pb2.Listener(
         name=name,
         address=c.socket_address(upstream.local_bind_address, upstream.local_bind_port),
         traffic_direction=base_pb2.OUTBOUND,
-        filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
-    )
+    ), [c.ChainDraft(filters=filters)])
 
 
-def build_listeners(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[listener_pb2.Listener]:
+def build_listeners(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[c.ListenerDraft]:
+    """Every listener of ``proxy`` as a draft (network filter configs still messages; see :mod:`.vocab`)."""
     listeners = [inbound_listener(snapshot, proxy, i) for i in c.sidecar_instances(snapshot, proxy)]
     listeners += [outbound_listener(snapshot, src, up) for src, up in c.outbound_bindings(snapshot, proxy)]
     return sorted(listeners, key=lambda l: l.name)

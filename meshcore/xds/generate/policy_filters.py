@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -44,6 +43,8 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from .vocab import pack
 
 AUTHZ_AUDIT = "meshcore.authz.audit"
 AUTHZ_DENY = "meshcore.authz.deny"
@@ -76,13 +77,6 @@ RBAC_STAGES: tuple[HttpRbacStage, ...] = (AUDIT_STAGE, DENY_STAGE, ALLOW_STAGE)
 """In evaluation order. AUDIT never blocks; DENY then ALLOW enforce."""
 STAGE_BY_LABEL = {s.label: s for s in RBAC_STAGES}
 POLICY_FILTER_NAMES: tuple[str, ...] = tuple(s.filter_name for s in RBAC_STAGES) + (RATELIMIT,)
-
-
-def pack(message: Message) -> any_pb2.Any:
-    """Deterministic packing (maps sorted), so equal configs hash equal."""
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
 
 
 def inbound_policy_filters() -> list[hcm_pb2.HttpFilter]:
@@ -143,5 +137,4 @@ __all__ = [
     "AUTHZ_AUDIT", "AUTHZ_DENY", "AUTHZ_ALLOW", "RATELIMIT", "RBAC_METADATA_NS", "RATELIMIT_OFF_STAT_PREFIX",
     "HttpRbacStage", "AUDIT_STAGE", "DENY_STAGE", "ALLOW_STAGE", "RBAC_STAGES", "STAGE_BY_LABEL",
     "POLICY_FILTER_NAMES", "inbound_policy_filters", "rbac_per_route", "set_policy_config", "has_policy_filters",
-    "pack",
 ]

@@ -17,7 +17,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from ... import naming
 from ...catalog.model import ServiceInstance
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 
 ZONE_META = "zone"
 

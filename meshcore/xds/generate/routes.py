@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from google.protobuf import wrappers_pb2
+
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from ... import naming
 from ...snapshot import MeshSnapshot, ProxyInfo
-from . import _common as c
+from . import vocab as c
 
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
 
@@ -20,7 +22,7 @@ def _single_route(name: str, vhost: str, cluster: str, timeout: float | None) ->
     return route_pb2.RouteConfiguration(
         name=name,
         virtual_hosts=[rc.VirtualHost(name=vhost, domains=["*"], routes=[route])],
-        validate_clusters=c.wrappers_pb2.BoolValue(value=False),
+        validate_clusters=wrappers_pb2.BoolValue(value=False),
     )
 
 

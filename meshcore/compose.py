@@ -1,0 +1,33 @@
+"""The composer: one proxy's Envoy configuration, generated then shaped by policy, in one direction.
+
+    snapshot -> xds.generate (one generator per xDS type) -> policies (PLUGINS, in their declared order) -> publish
+
+:func:`build_proxy` is the only place the two halves meet: :mod:`meshcore.xds.generate` knows nothing of
+policies, and each plugin sees the generators' output plus whatever the plugins before it did. Pure: the
+snapshot is read only through its accessors (``catalog``, ``resources_of``, ``settings``, ``trust_domain``,
+``spiffe_id``), nothing is read from the network, disk or clock.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from .policies import apply_policies
+from .snapshot import MeshSnapshot, ProxyInfo
+from .xds.generate import generate_proxy
+from .xds.generate.vocab import LISTENER, finish_listener
+
+
+def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> dict[str, list[Message]]:
+    """Every resource of ``proxy`` by type URL: the per-type generators' output with every policy applied.
+
+    Listener filter configs stay messages while the plugins run; they are packed here, once, at the end
+    (the guarantee of :mod:`meshcore.xds.generate.vocab`).
+    """
+    resources = generate_proxy(snapshot, proxy)
+    apply_policies(snapshot, proxy, resources)
+    resources[LISTENER] = [finish_listener(draft) for draft in resources[LISTENER]]
+    return resources
+
+
+__all__ = ["build_proxy"]
