@@ -273,6 +273,49 @@ class MeshEngine:
                 log.exception("rebuild failed reason=%s; the fleet keeps its last good config", reason)
 
     def _rebuild(self, pending: _Pending, reason: str, cause) -> None:
+        """Make the next snapshot and rebuild the proxies it reaches. A change that comes due while a
+        long pass runs (its quiet window or bound passed) is taken in between two proxies: its own
+        proxies go first, the rest of the pass continues from the newer snapshot."""
+        step = self._next_snapshot(pending, reason, cause)
+        if step is None:
+            return
+        snap, seq, targets = step
+        made = [snap]
+        queue = list(targets)
+        while queue:
+            if self._stop.is_set():
+                return
+            node = queue.pop(0)
+            self._publish(node, snap, seq)
+            if self.incremental and queue:
+                more = self._take_due()
+                if more is not None:
+                    step = self._next_snapshot(more, "+".join(sorted(more.reasons)), cause)
+                    if step is not None:
+                        snap, seq, first = step
+                        made.append(snap)
+                        queued = set(first)
+                        queue = first + [n for n in queue if n not in queued]
+        self.ready.set()
+        if self._on_snapshot:
+            for each in made:
+                self._on_snapshot(each)
+
+    def _take_due(self) -> _Pending | None:
+        """The pending change if its coalescing window is over (without waiting), else None."""
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return None
+            now = time.monotonic()
+            if now < min(pending.last_at + self.quiet_s, pending.first_at + self.max_delay_s):
+                return None
+            self._pending = _Pending()
+            return pending
+
+    def _next_snapshot(self, pending: _Pending, reason: str, cause) -> tuple[MeshSnapshot, int, list[str]] | None:
+        """Swap in the snapshot for ``pending``; its sequence number and the proxies it reaches
+        (None: nothing changed)."""
         started = time.monotonic()
         with self._lock:
             old = self.snapshot
@@ -296,7 +339,7 @@ class MeshEngine:
             if snap is not old:
                 with self._lock:
                     self.snapshot = snap  # the same content in fresh objects
-            return
+            return None
         keys = change_keys(change, old, snap) if self.incremental else ChangeKeys(True, frozenset(), ())
         with self._lock:
             self._seq += 1
@@ -307,13 +350,7 @@ class MeshEngine:
         log.info("new mesh snapshot version=%s reason=%s changes=%d instances=%d resources=%d proxies=%d/%d "
                  "snapshot_ms=%.1f", snap.hash, reason, pending.changes, len(snap.catalog.instances),
                  len(snap.resources), len(targets), len(states), snapshot_s * 1e3)
-        for node in targets:
-            if self._stop.is_set():
-                return
-            self._publish(node, snap, seq)
-        self.ready.set()
-        if self._on_snapshot:
-            self._on_snapshot(snap)
+        return snap, seq, targets
 
     # --- per-proxy build and publish -------------------------------------------------------------
     def _publish(self, node: str, snap: MeshSnapshot, seq: int) -> None:
