@@ -7,8 +7,10 @@ Consul's service definitions where Consul has the concept.
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import groupby
 
 DEFAULT_DATACENTER = "dc1"
 
@@ -56,29 +58,38 @@ class ServiceInstance:
     upstreams: tuple[Upstream, ...] = ()
     datacenter: str = DEFAULT_DATACENTER
 
-    @property
-    def meta_dict(self) -> dict[str, str]:
+    # Derived values, computed once per (immutable) instance: generation asks for them per endpoint.
+    @cached_property
+    def _meta(self) -> dict[str, str]:
         return dict(self.meta)
 
-    @property
-    def labels(self) -> dict[str, str]:
-        """Workload labels: ``app`` is the service name, every meta key is a label, tags are ``tag:<t>=true``."""
+    @cached_property
+    def _labels(self) -> dict[str, str]:
         labels = {f"tag:{t}": "true" for t in self.tags}
-        labels.update(self.meta_dict)
+        labels.update(self._meta)
         labels["app"] = self.service
         return labels
 
     @property
+    def meta_dict(self) -> dict[str, str]:
+        return dict(self._meta)  # a copy: callers may change it
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Workload labels: ``app`` is the service name, every meta key is a label, tags are ``tag:<t>=true``."""
+        return dict(self._labels)
+
+    @cached_property
     def service_account(self) -> str:
-        return self.meta_dict.get("service-account") or self.service
+        return self._meta.get("service-account") or self.service
 
-    @property
+    @cached_property
     def namespace(self) -> str:
-        return self.meta_dict.get("namespace") or "default"
+        return self._meta.get("namespace") or "default"
 
-    @property
+    @cached_property
     def protocol(self) -> str:
-        return (self.meta_dict.get("protocol") or "http").lower()
+        return (self._meta.get("protocol") or "http").lower()
 
 
 @dataclass(frozen=True)
@@ -104,9 +115,35 @@ class Catalog:
     def _by_node(self) -> dict[str, tuple[ServiceInstance, ...]]:
         return _group(self.instances, lambda i: i.node)
 
+    def _node_index_from(self, old: "Catalog", services: frozenset[str]) -> dict[str, tuple[ServiceInstance, ...]]:
+        """This catalog's by-node index from ``old``'s, when only ``services`` changed."""
+        by_node = dict(old._by_node)
+        touched: dict[str, list[tuple[ServiceInstance, ...]]] = {}
+        for s in services:
+            for inst in old._by_service.get(s, ()):
+                touched.setdefault(inst.node, [])
+            for inst in self._by_service.get(s, ()):
+                touched.setdefault(inst.node, [])
+        for node in touched:
+            kept = tuple(i for i in old._by_node.get(node, ()) if i.service not in services)
+            added = tuple(i for s in services for i in self._by_service.get(s, ()) if i.node == node)
+            merged = _merge_sorted(kept, added)
+            if merged:
+                by_node[node] = merged
+            else:
+                by_node.pop(node, None)
+        return by_node
+
     @cached_property
     def _by_service(self) -> dict[str, tuple[ServiceInstance, ...]]:
-        return _group(self.instances, lambda i: i.service)
+        # Instances are sorted by service first: each service is one run of the tuple.
+        return {s: tuple(run) for s, run in groupby(self.instances, key=lambda i: i.service)}
+
+    def _instances_of_service(self, service: str) -> tuple[ServiceInstance, ...]:
+        """``service``'s run of the sorted instances, found by bisection (no index needed)."""
+        lo = bisect_left(self.instances, service, key=lambda i: i.service)
+        hi = bisect_right(self.instances, service, lo=lo, key=lambda i: i.service)
+        return self.instances[lo:hi]
 
     def on_node(self, node: str) -> tuple[ServiceInstance, ...]:
         return self._by_node.get(node, ())
@@ -147,11 +184,20 @@ class Catalog:
         if old is None:
             return CatalogChange(services=frozenset(self._by_service), nodes=frozenset(self._nodes_by_name),
                                  names_changed=True)
-        new_s, old_s = self._by_service, old._by_service
+        old_s = old._by_service
         if hint is None:
+            new_s = self._by_service
             services = frozenset(s for s in new_s.keys() | old_s.keys() if new_s.get(s) != old_s.get(s))
         else:
-            services = frozenset(s for s in hint if new_s.get(s) != old_s.get(s))
+            # Trust the hint: derive this catalog's indexes from old's, touching only the hinted services.
+            hinted = {s: self._instances_of_service(s) for s in hint}
+            services = frozenset(s for s, insts in hinted.items() if insts != old_s.get(s, ()))
+            if "_by_service" not in self.__dict__:
+                by_service = {s: v for s, v in old_s.items() if s not in services}
+                by_service.update((s, hinted[s]) for s in services if hinted[s])
+                self.__dict__["_by_service"] = by_service
+                self.__dict__["_by_node"] = self._node_index_from(old, services)
+            new_s = self._by_service
         new_n, old_n = self._nodes_by_name, old._nodes_by_name
         if self.nodes == old.nodes:
             nodes: frozenset[str] = frozenset()
@@ -183,6 +229,10 @@ class CatalogChange:
 
 def _digest(value) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def _merge_sorted(*runs: tuple[ServiceInstance, ...]) -> tuple[ServiceInstance, ...]:
+    return tuple(sorted(i for run in runs for i in run))
 
 
 def _group(instances, key) -> dict:

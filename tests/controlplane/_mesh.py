@@ -85,6 +85,7 @@ class RandomChanges:
         self.resources: dict = {}
         self.settings = MeshSettings()
         self.counter = 0
+        self.last_changed: frozenset[str] = frozenset()  # services the last step changed (a source's hint)
 
     def step(self) -> str:
         """Apply one random change; returns what it was."""
@@ -93,6 +94,7 @@ class RandomChanges:
                            "settings"])
         insts = list(self.catalog.instances)
         nodes = list(self.catalog.nodes)
+        before = set(insts)
         if kind == "add" or not insts:
             self.counter += 1
             service = f"s{rng.randrange(self.services + 2)}"  # sometimes a service no one knew
@@ -126,6 +128,7 @@ class RandomChanges:
             self.settings = MeshSettings(telemetry=TelemetrySettings(
                 access_log=rng.choice(["", "stdout"]), tracing_sampling=rng.choice([1.0, 10.0])))
         self.catalog = Catalog.of(nodes, insts)
+        self.last_changed = frozenset(i.service for i in before.symmetric_difference(insts))
         return kind
 
     def resource_list(self) -> list[Resource]:

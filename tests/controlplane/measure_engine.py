@@ -175,13 +175,17 @@ def main(argv=None) -> None:
     print(f"catalog: {len(catalog.service_names())} services, {len(catalog.instances)} instances, "
           f"{len(catalog.nodes)} nodes; {args.proxies} proxies connected in process")
 
-    def flip(service: str, index: int):
+    def flip(service: str, index: int, hint: bool = False):
         def make(engine: MeshEngine):
             current = engine.catalog()
             assert current is not None
-            update = CatalogUpdate(_flip(current, service), index)
+            update = CatalogUpdate(_flip(current, service), index,
+                                   changed_services=frozenset({service}) if hint else None)
             return lambda: engine.catalog_changed(update)
         return make
+
+    def hinted_leaf_change(k: int):
+        return flip(leaves[k % len(leaves)], 150 + k, hint=True)
 
     def leaf_change(k: int):
         return flip(leaves[k % len(leaves)], 100 + k)
@@ -203,7 +207,7 @@ spec:
             return lambda: engine.resources_changed(dr)
         return make
 
-    scenarios = [("leaf instance", leaf_change), ("popular instance", popular_change), ("DestinationRule", dr_change)]
+    scenarios = [("leaf instance", leaf_change), ("leaf, src hint", hinted_leaf_change), ("popular instance", popular_change), ("DestinationRule", dr_change)]
     rows = []
     for mode, incremental, rounds in (("incremental", True, args.rounds), ("full rebuild", False, args.full_rounds)):
         w0, c0 = time.perf_counter(), time.process_time()

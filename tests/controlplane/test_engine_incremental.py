@@ -107,6 +107,20 @@ def test_catalog_node_lookup_and_change_detection():
     assert moved.service_hashes["s4"] != catalog.service_hashes["s4"]
 
 
+def test_catalog_indexes_derived_from_a_hint_equal_the_ones_built_from_scratch():
+    changes = RandomChanges(seed=5)
+    for _ in range(80):
+        old = changes.catalog
+        changes.step()
+        hinted = Catalog.of(changes.catalog.nodes, changes.catalog.instances)
+        hinted.changes_since(old, hint=changes.last_changed)
+        fresh = changes.catalog
+        assert hinted._by_service == fresh._by_service
+        assert hinted._by_node == fresh._by_node
+        assert all(hinted.on_node(n.name) == fresh.on_node(n.name) for n in fresh.nodes)
+        assert hinted.service_names() == fresh.service_names()
+
+
 # --- the dependency index ---------------------------------------------------------------------
 
 
@@ -200,8 +214,9 @@ def test_incremental_path_yields_byte_identical_config_to_a_full_rebuild(seed):
     rebuilt = 0
     for step in range(200):
         changes.step()
-        for e in (engine, full_engine):
-            e.catalog_changed(CatalogUpdate(changes.catalog, step + 2))
+        for e, hint in ((engine, changes.last_changed), (full_engine, None)):
+            # The incremental engine gets the source's hint (the services this step changed).
+            e.catalog_changed(CatalogUpdate(changes.catalog, step + 2, changed_services=hint))
             e.resources_changed(changes.resource_list())
             e.set_settings(changes.settings)
         before = _builds(engine)
