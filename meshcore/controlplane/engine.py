@@ -346,7 +346,13 @@ class MeshEngine:
             seq = self._seq
             self.snapshot = snap
             states = list(self.proxies.items())
-        targets = [node for node, state in states if keys.reaches(state.deps)]
+            targets = [node for node, state in states if keys.reaches(state.deps)]
+            reached = set(targets)
+            for node, state in states:
+                # A proxy the change does not reach, current as of the old snapshot, is current as of
+                # this one (its config would be byte-identical): ``built_hash`` says so (canaries wait on it).
+                if node not in reached and old is not None and state.built_hash == old.hash and not state.error:
+                    state.built_hash = snap.hash
         log.info("new mesh snapshot version=%s reason=%s changes=%d instances=%d resources=%d proxies=%d/%d "
                  "snapshot_ms=%.1f", snap.hash, reason, pending.changes, len(snap.catalog.instances),
                  len(snap.resources), len(targets), len(states), snapshot_s * 1e3)
@@ -425,7 +431,14 @@ class MeshEngine:
         if snap is None:
             return  # the first snapshot builds every proxy known by then
         with self.tracing.span("proxy connected", node=info.node):
-            self._publish(info.node, snap, seq)
+            for _ in range(3):
+                self._publish(info.node, snap, seq)
+                with self._lock:  # a snapshot swapped in meanwhile may not have counted this proxy in
+                    if self._seq == seq:
+                        return
+                    snap, seq = self.snapshot, self._seq
+                if snap is None:
+                    return
 
     def build_for(self, node: str) -> dict | None:
         """The resources the engine would publish for ``node`` now (for ``meshctl proxy-config``)."""

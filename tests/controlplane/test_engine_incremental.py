@@ -226,7 +226,9 @@ def test_incremental_path_yields_byte_identical_config_to_a_full_rebuild(seed):
         if step % 25 == 24 or step == 199:
             snap = MeshSnapshot.build(changes.catalog, changes.resource_list(), "cluster.local", changes.settings)
             assert engine.snapshot.hash == snap.hash == full_engine.snapshot.hash
-        for node in engine.proxies:
+        for node, state in engine.proxies.items():
+            # Every proxy's config is current as of the new snapshot, rebuilt or not (canaries wait on it).
+            assert state.error or state.built_hash == engine.snapshot.hash, (step, node)
             # The incremental engine's published config and error equal the full-rebuild engine's.
             assert _wire(engine.cache, node) == _wire(full_engine.cache, node), (step, node)
             assert engine.proxies[node].error == full_engine.proxies[node].error, (step, node)
