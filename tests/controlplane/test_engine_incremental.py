@@ -344,3 +344,13 @@ def test_a_change_during_a_long_rebuild_is_taken_between_two_proxies_and_built_f
     assert set(later[:len(leaf_nodes)]) == leaf_nodes  # right after the proxy that was being built
     assert {n for n, _ in order} == set(engine.proxies)  # and the pass still reached every proxy
     assert all(s.built_seq == pass_seq + 1 for n, s in engine.proxies.items() if n != order[0][0])
+
+
+def test_builds_and_pushes_are_exported_under_their_documented_names():
+    from prometheus_client import generate_latest
+
+    engine = _engine(generated_catalog())
+    text = generate_latest(engine.metrics.registry).decode()
+    builds = next(line for line in text.splitlines() if line.startswith("meshcore_proxy_builds_total "))
+    pushes = next(line for line in text.splitlines() if line.startswith("meshcore_proxy_pushes_total "))
+    assert float(builds.split()[1]) == len(engine.proxies) == float(pushes.split()[1])
