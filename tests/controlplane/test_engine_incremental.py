@@ -354,3 +354,15 @@ def test_builds_and_pushes_are_exported_under_their_documented_names():
     builds = next(line for line in text.splitlines() if line.startswith("meshcore_proxy_builds_total "))
     pushes = next(line for line in text.splitlines() if line.startswith("meshcore_proxy_pushes_total "))
     assert float(builds.split()[1]) == len(engine.proxies) == float(pushes.split()[1])
+
+
+def test_the_full_rebuild_flag_reaches_the_engine(tmp_path, monkeypatch):
+    from meshcore.controlplane.daemon import parse_args
+
+    assert parse_args(["--full-rebuild"]).full_rebuild is True
+    assert parse_args([]).full_rebuild is False
+    monkeypatch.setenv("MESHCORE_FULL_REBUILD", "1")
+    assert parse_args([]).full_rebuild is True
+    full = _engine(generated_catalog(), incremental=False)
+    assert full.describe()["incremental"] is False and full.quiet_s == 0.0
+    assert full.deps_of("vm1") is None  # no dependency index in the baseline: every change rebuilds every proxy
