@@ -44,6 +44,9 @@ QUIET_S = 0.02
 """Coalescing: the builder starts once no new change arrived for this long..."""
 MAX_DELAY_S = 0.1
 """...or this long after the first change of a burst, whichever comes first (a hard bound)."""
+CONNECT_PRIORITY_S = 0.05
+"""While a newly connected proxy is being built, the builder holds back before its next proxy (so the
+new one gets the CPU), for at most this long per proxy, so a reconnect storm cannot starve changes."""
 
 
 @dataclass
@@ -95,6 +98,7 @@ class MeshEngine:
         self._lock = threading.RLock()  # guards the state below; never held while building
         self._wake = threading.Condition(self._lock)
         self._rebuilding = threading.Lock()
+        self._connecting = 0  # proxy_connected builds in flight (the builder yields to them)
         self._pending = _Pending()
         self._catalog: Catalog | None = None
         self._resources: list = []
@@ -285,6 +289,7 @@ class MeshEngine:
         while queue:
             if self._stop.is_set():
                 return
+            self._yield_to_connections()
             node = queue.pop(0)
             self._publish(node, snap, seq)
             if self.incremental and queue:
@@ -300,6 +305,16 @@ class MeshEngine:
         if self._on_snapshot:
             for each in made:
                 self._on_snapshot(each)
+
+    def _yield_to_connections(self) -> None:
+        """Hold back while a newly connected proxy is being built, at most :data:`CONNECT_PRIORITY_S`."""
+        with self._wake:
+            deadline = time.monotonic() + CONNECT_PRIORITY_S
+            while self._connecting and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._wake.wait(remaining)
 
     def _take_due(self) -> _Pending | None:
         """The pending change if its coalescing window is over (without waiting), else None."""
@@ -430,15 +445,22 @@ class MeshEngine:
             snap, seq = self.snapshot, self._seq
         if snap is None:
             return  # the first snapshot builds every proxy known by then
-        with self.tracing.span("proxy connected", node=info.node):
-            for _ in range(3):
-                self._publish(info.node, snap, seq)
-                with self._lock:  # a snapshot swapped in meanwhile may not have counted this proxy in
-                    if self._seq == seq:
+        with self._wake:
+            self._connecting += 1
+        try:
+            with self.tracing.span("proxy connected", node=info.node):
+                for _ in range(3):
+                    self._publish(info.node, snap, seq)
+                    with self._lock:  # a snapshot swapped in meanwhile may not have counted this proxy in
+                        if self._seq == seq:
+                            return
+                        snap, seq = self.snapshot, self._seq
+                    if snap is None:
                         return
-                    snap, seq = self.snapshot, self._seq
-                if snap is None:
-                    return
+        finally:
+            with self._wake:
+                self._connecting -= 1
+                self._wake.notify_all()
 
     def build_for(self, node: str) -> dict | None:
         """The resources the engine would publish for ``node`` now (for ``meshctl proxy-config``)."""

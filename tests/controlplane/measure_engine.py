@@ -146,6 +146,46 @@ def measure_coalescing(catalog: Catalog, proxies: int, burst: int = 50, spacing_
     engine.stop()
 
 
+def measure_connect(catalog: Catalog, proxies: int, new: int = 8) -> None:
+    """First-build latency of newly connecting proxies: idle, and during a mesh-wide rebuild of
+    ``proxies`` proxies, with the builder yielding to them (default) and without."""
+    import threading
+
+    from meshcore.controlplane import engine as engine_mod
+
+    def connect_all(engine: MeshEngine, first: int) -> list[float]:
+        out = []
+        for n in catalog.nodes[first:first + new]:
+            t0 = time.perf_counter()
+            engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets"))
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    saved = engine_mod.CONNECT_PRIORITY_S
+    results = {}
+    for label, priority, during in (("idle", saved, False), ("during rebuild, builder yields", saved, True),
+                                    ("during rebuild, no yielding", 0.0, True)):
+        engine_mod.CONNECT_PRIORITY_S = priority
+        engine = _engine(catalog, proxies, True)
+        first = proxies + (0 if label == "idle" else new if priority else 2 * new)
+        worker = None
+        if during:
+            engine.set_settings(replace(engine.settings, federated_bundles=(("other.example", "PEM"),)))
+            worker = threading.Thread(target=engine.flush)
+            worker.start()
+            time.sleep(0.2)
+        results[label] = connect_all(engine, first)
+        if worker is not None:
+            still = worker.is_alive()
+            worker.join()
+            results[label].append(-1.0 if not still else 0.0)
+    engine_mod.CONNECT_PRIORITY_S = saved
+    for label, values in results.items():
+        lat = [v for v in values if v > 0]
+        print(f"new connection's first build, {label}: median {statistics.median(lat):.0f} ms, "
+              f"max {max(lat):.0f} ms ({len(lat)} proxies)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
@@ -153,8 +193,12 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="changes per scenario, incremental mode")
     p.add_argument("--full-rounds", type=int, default=2, help="changes per scenario, full-rebuild mode")
     p.add_argument("--coalescing", action="store_true", help="measure burst coalescing instead")
+    p.add_argument("--connect", action="store_true", help="measure new connections during a rebuild instead")
     args = p.parse_args(argv)
     catalog = scale_catalog(args.services)
+    if args.connect:
+        measure_connect(catalog, args.proxies)
+        return
     if args.coalescing:
         measure_coalescing(catalog, args.proxies)
         return
