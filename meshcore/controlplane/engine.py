@@ -68,6 +68,7 @@ class _Pending:
 
     catalog: bool = False
     hint: frozenset[str] | None = frozenset()  # union of the sources' hints; None = unknown
+    inputs: tuple = ()  # (catalog, resources, settings) read when taken, atomically with the hint
     resources: bool = False
     settings: bool = False
     first_at: float = 0.0
@@ -245,7 +246,7 @@ class MeshEngine:
                 if now < due:
                     self._wake.wait(due - now)
                     continue
-                self._pending = _Pending()
+                pending = self._take_locked()
                 return pending
         return None
 
@@ -256,7 +257,7 @@ class MeshEngine:
             pending = self._pending
             if not pending or self._catalog is None or not self._resources_loaded:
                 return False
-            self._pending = _Pending()
+            pending = self._take_locked()
         self._run(pending)
         return True
 
@@ -275,6 +276,12 @@ class MeshEngine:
                     self._rebuild(pending, reason, cause)
             except Exception:  # noqa: BLE001 - the builder must outlive a bug in one rebuild
                 log.exception("rebuild failed reason=%s; the fleet keeps its last good config", reason)
+                with self._wake:  # the sources' hints since the last good snapshot are lost: compare all next time
+                    retry = self._pending
+                    retry.catalog = retry.resources = retry.settings = True
+                    retry.hint = None
+                    retry.first_at = retry.last_at = time.monotonic() + 1.0  # retried in a second, not in a loop
+                    retry.reasons.add("retry")
 
     def _rebuild(self, pending: _Pending, reason: str, cause) -> None:
         """Make the next snapshot and rebuild the proxies it reaches. A change that comes due while a
@@ -306,6 +313,13 @@ class MeshEngine:
             for each in made:
                 self._on_snapshot(each)
 
+    def _take_locked(self) -> _Pending:
+        """Take the pending change with the inputs it describes (call with the lock held)."""
+        pending = self._pending
+        pending.inputs = (self._catalog, self._resources, self.settings)
+        self._pending = _Pending()
+        return pending
+
     def _yield_to_connections(self) -> None:
         """Hold back while a newly connected proxy is being built, at most :data:`CONNECT_PRIORITY_S`."""
         with self._wake:
@@ -325,7 +339,7 @@ class MeshEngine:
             now = time.monotonic()
             if now < min(pending.last_at + self.quiet_s, pending.first_at + self.max_delay_s):
                 return None
-            self._pending = _Pending()
+            pending = self._take_locked()
             return pending
 
     def _next_snapshot(self, pending: _Pending, reason: str, cause) -> tuple[MeshSnapshot, int, list[str]] | None:
@@ -334,7 +348,7 @@ class MeshEngine:
         started = time.monotonic()
         with self._lock:
             old = self.snapshot
-            catalog, resources, settings = self._catalog, self._resources, self.settings
+        catalog, resources, settings = pending.inputs
         assert catalog is not None
         with self.tracing.span("snapshot rebuild") as span:
             if old is None or not self.incremental:

@@ -366,3 +366,27 @@ def test_the_full_rebuild_flag_reaches_the_engine(tmp_path, monkeypatch):
     full = _engine(generated_catalog(), incremental=False)
     assert full.describe()["incremental"] is False and full.quiet_s == 0.0
     assert full.deps_of("vm1") is None  # no dependency index in the baseline: every change rebuilds every proxy
+
+
+def test_a_failed_rebuild_loses_no_hinted_change(monkeypatch):
+    catalog = generated_catalog()
+    engine = _engine(catalog)
+    real = MeshSnapshot.update
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in one rebuild")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MeshSnapshot, "update", flaky)
+    first, second = catalog.instances_of("s4")[0], catalog.instances_of("s7")[0]
+    one = Catalog.of(catalog.nodes, [replace(i, healthy=False) if i == first else i for i in catalog.instances])
+    two = Catalog.of(one.nodes, [replace(i, healthy=False) if i == second else i for i in one.instances])
+    engine.catalog_changed(CatalogUpdate(one, 2, changed_services=frozenset({"s4"})))
+    engine.flush()  # fails: the snapshot stays, the fleet keeps its config
+    engine.catalog_changed(CatalogUpdate(two, 3, changed_services=frozenset({"s7"})))  # relative to `one`
+    engine.flush()
+    assert engine.snapshot.hash == MeshSnapshot.build(two, (), "cluster.local").hash
+    assert not engine.snapshot.catalog.instances_of("s4")[0].healthy
