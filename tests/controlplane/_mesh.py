@@ -51,7 +51,9 @@ def generated_catalog(services: int = 16, nodes: int = 10, seed: int = 7) -> Cat
             insts.append(instance(f"s{s}", n, slots[n], tuple(ups), version=f"v{i % 3 + 1}",
                                   protocol="tcp" if s == services - 1 else "http"))
             slots[n] += 1
-    return Catalog.of([node(n) for n in range(nodes)], insts)
+    # An ingress gateway on a node of its own, in front of two services (Consul: kind ingress-gateway).
+    gateway = replace(instance("ingress-gateway", nodes, 0, ("s0", "s1")), kind="ingress-gateway")
+    return Catalog.of([node(n) for n in range(nodes + 1)], insts + [gateway])
 
 
 def resource_pool(services: int = 16) -> list[list[Resource]]:
