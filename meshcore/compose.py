@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
-from .policies import apply_policies
+from .policies.registry import apply_policies
 from .snapshot import MeshSnapshot, ProxyInfo
 from .xds.generate import generate_proxy
 from .xds.generate.vocab import LISTENER, finish_listener

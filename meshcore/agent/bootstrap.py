@@ -20,6 +20,8 @@ from meshcore.errors import AgentError
 CLUSTER_NAME = "meshcore"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+#: ``xds_protocol`` -> the ADS ``api_type`` Envoy uses: incremental (delta) xDS by default, state of the world on request.
+XDS_PROTOCOLS: dict[str, str] = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
 
 
 def file_sds_config(secret_name: str, secrets_dir: Path) -> dict[str, Any]:
@@ -44,13 +46,18 @@ def render_bootstrap(
     secrets_dir: Path,
     admin_address: str,
     metrics_address: str = "",
+    xds_protocol: str = "delta",
 ) -> dict[str, Any]:
     """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
 
     ``xds_address`` is the control plane's ``host:port``; an IP makes a STATIC cluster, a DNS
     name a LOGICAL_DNS one. Envoy authenticates with the node identity and accepts only the
     control plane's SPIFFE ID, validated against the trust bundle, both from file SDS.
+    ``xds_protocol`` is ``delta`` (incremental xDS, ``api_type: DELTA_GRPC``) or ``sotw``
+    (state of the world, ``GRPC``).
     """
+    if xds_protocol not in XDS_PROTOCOLS:
+        raise AgentError(f"xds_protocol {xds_protocol!r} is not one of {', '.join(XDS_PROTOCOLS)}")
     secrets_dir = Path(secrets_dir).absolute()
     admin_host, admin_port = split_host_port(admin_address, what="admin address")
     xds_host, xds_port = split_host_port(xds_address, what="xDS address")
@@ -112,7 +119,7 @@ def render_bootstrap(
         "stats_flush_interval": "1s",
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": XDS_PROTOCOLS[xds_protocol],
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": naming.XDS_CLUSTER}}],

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshcore.errors import AgentError, ControlPlaneUnavailable
+from meshcore.errors import AgentError, AgentRequestError, ControlPlaneUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +26,6 @@ DEFAULT_TIMEOUT = 10.0
 BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
 
 
-class AgentRequestError(AgentError):
-    """The control plane answered a request with an error status; ``reason`` is its message verbatim."""
-
-    def __init__(self, method: str, path: str, status: int, reason: str):
-        self.method = method
-        self.path = path
-        self.status = status
-        self.reason = reason
-        super().__init__(reason)
-
-    @property
-    def retryable(self) -> bool:
-        """5xx and 429 are the server's trouble and worth retrying; other 4xx need an operator."""
-        return self.status >= 500 or self.status == 429
 
 
 @dataclass(frozen=True)

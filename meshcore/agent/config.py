@@ -51,6 +51,7 @@ class AgentConfig:
     key_type: str = "ec-p256"
     config_file: Path | None = None
     metrics_bind: str = ""  # host:port of the merged Prometheus endpoint; "" = off
+    xds_protocol: str = "delta"  # how Envoy talks ADS: delta (incremental) or sotw (state of the world)
 
     @property
     def control_plane_host(self) -> str:
@@ -85,6 +86,8 @@ _SETTINGS: dict[str, tuple[str, str]] = {
                             "Consul's CLI does (CONSUL_HTTP_ADDR, default 127.0.0.1:8500; CONSUL_HTTP_TOKEN, ...).", "DIR"),
     "refresh_interval": (f"Time between polls of the control plane: seconds, or 500ms/10s/1m "
                          f"(default {DEFAULT_REFRESH_INTERVAL:g}s).", "DURATION"),
+    "xds_protocol": ("How Envoy talks ADS to the control plane: delta (incremental xDS, the default) or sotw "
+                     "(state of the world).", "delta|sotw"),
     "key_type": ("Type of the keys the agent makes for the node and its SVIDs: ec-p256 (default), ec-p384, "
                  "rsa-2048 or rsa-3072.", "TYPE"),
 }
@@ -250,6 +253,12 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
     if key_type not in KEY_TYPES:
         problems.append(f"key_type: {key_type!r} is not one of {', '.join(KEY_TYPES)}")
 
+    from meshcore.agent.bootstrap import XDS_PROTOCOLS
+
+    xds_protocol = (text("xds_protocol") or "delta").lower()
+    if xds_protocol not in XDS_PROTOCOLS:
+        problems.append(f"xds_protocol: {xds_protocol!r} is not one of {', '.join(XDS_PROTOCOLS)}")
+
     token_file_text = text("join_token_file")
     services_dir_text = text("consul_services_dir")
     services_dir = Path(services_dir_text) if services_dir_text else None
@@ -278,6 +287,7 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         key_type=key_type,
         config_file=config_file.absolute() if config_file else None,
         metrics_bind=metrics_bind,
+        xds_protocol=xds_protocol,
     )
 
 

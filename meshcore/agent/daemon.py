@@ -70,7 +70,7 @@ from meshcore.agent.supervisor import (
     stop_recorded_envoy,
 )
 from meshcore.ca import key_to_pem, make_csr, new_private_key
-from meshcore.errors import AgentError, ConfigError, ControlPlaneUnavailable, MeshError
+from meshcore.errors import AgentError, ConfigError, ControlPlaneUnavailable, MeshError, OperatorActionRequired
 
 log = logging.getLogger("meshcore.agent")
 
@@ -81,8 +81,6 @@ ENVOY_START_WAIT = 30.0
 USED_TOKENS_KEPT = 5
 
 
-class OperatorActionRequired(AgentError):
-    """The agent cannot continue until an operator acts (the message says what to do); exit 2."""
 
 
 def _utcnow() -> datetime:
@@ -646,7 +644,7 @@ class Agent:
             return
         bootstrap = render_bootstrap(node=self.config.node, trust_domain=td, xds_address=xds,
                                      secrets_dir=self.secrets.path, admin_address=self.config.admin,
-                                     metrics_address=self._metrics_address())
+                                     metrics_address=self._metrics_address(), xds_protocol=self.config.xds_protocol)
         changed = write_bootstrap(self.bootstrap_path, bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)

@@ -22,8 +22,8 @@ from cryptography import x509
 from .. import naming
 from ..ca import CertificateAuthority, JoinTokenStore, check_workload_request
 from ..catalog.model import Catalog
-from ..errors import CAError, JoinTokenError, SigningRefused
-from ._http import HttpError, Request, Router
+from ..errors import BadRequest, CAError, Forbidden, JoinTokenError, SigningRefused, Unauthorized, Unavailable
+from ._http import Request, Router
 
 log = logging.getLogger("meshcore.controlplane.agent_api")
 
@@ -32,21 +32,24 @@ def _csr_uri(csr_pem: str) -> str:
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as exc:
-        raise HttpError(400, f"csr is not a PEM certificate signing request: {exc}") from exc
+        raise BadRequest(f"csr is not a PEM certificate signing request: {exc}") from exc
     try:
         sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
-        raise HttpError(400, "csr has no subjectAltName; put the SPIFFE ID in a URI SAN") from exc
+        raise BadRequest("csr has no subjectAltName; put the SPIFFE ID in a URI SAN") from exc
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
-        raise HttpError(400, f"csr must carry exactly one URI SAN (the SPIFFE ID), found {len(uris)}")
+        raise BadRequest(f"csr must carry exactly one URI SAN (the SPIFFE ID), found {len(uris)}")
     return uris[0]
 
 
 class AgentApi:
     def __init__(self, ca: CertificateAuthority, tokens: JoinTokenStore, catalog: Callable[[], Catalog | None],
-                 xds_address: str, metrics=None):
+                 xds_address: str, metrics=None,
+                 federated_bundles: Callable[[], tuple[tuple[str, str], ...]] = tuple):
+        """``federated_bundles``: other trust domains' roots ``(trust_domain, PEM)``, as agents get them."""
         self.ca = ca
+        self.federated_bundles = federated_bundles
         self.tokens = tokens
         self.catalog = catalog
         self.xds_address = xds_address
@@ -55,11 +58,6 @@ class AgentApi:
         self._acks_lock = threading.Lock()
 
     BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
-
-    @staticmethod
-    def federated_bundles() -> tuple[tuple[str, str], ...]:
-        """Other trust domains' roots ``(trust_domain, PEM)``; the control plane sets its own source."""
-        return ()
 
     def bundle_acks(self) -> dict[str, str]:
         """node -> SHA-256 of the trust bundle it last reported holding (written to Envoy's SDS file)."""
@@ -103,7 +101,7 @@ class AgentApi:
                     with self._acks_lock:
                         self._acks[parsed[1]] = (reported, time.time())
                 return parsed[1]
-        raise HttpError(401, "this call needs the node's client certificate (join first with a token)")
+        raise Unauthorized("this call needs the node's client certificate (join first with a token)")
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -114,17 +112,17 @@ class AgentApi:
         body = req.json()
         node, token, csr = body.get("node"), body.get("token"), body.get("csr")
         if not node or not token or not csr:
-            raise HttpError(400, "join needs node, token and csr")
+            raise BadRequest("join needs node, token and csr")
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         uri = _csr_uri(csr)
         if uri != expected:
-            raise HttpError(403, f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+            raise Forbidden(f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
         try:
             self.tokens.consume(token, node)
         except JoinTokenError as exc:
             self._count("node", "refused")
             log.warning("join refused node=%s: %s", node, exc)
-            raise HttpError(403, f"join refused: {exc}") from exc
+            raise JoinTokenError(f"join refused: {exc}") from exc  # 403, as every JoinTokenError
         cert = self.ca.sign_csr(csr, spiffe_id=expected, node=node)
         self._count("node", "issued")
         log.info("node joined node=%s serial=%s", node, cert.serial)
@@ -135,7 +133,7 @@ class AgentApi:
         csr = req.json().get("csr") or ""
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         if _csr_uri(csr) != expected:
-            raise HttpError(403, f"node {node!r} may only renew {expected}")
+            raise Forbidden(f"node {node!r} may only renew {expected}")
         cert = self.ca.sign_csr(csr, spiffe_id=expected, node=node)
         self._count("node", "issued")
         return self._issued(cert)
@@ -144,7 +142,7 @@ class AgentApi:
         node = self._node_of(req)
         catalog = self.catalog()
         if catalog is None:
-            raise HttpError(503, "the control plane has not read the catalog yet; retry shortly")
+            raise Unavailable("the control plane has not read the catalog yet; retry shortly")
         td = self.ca.trust_domain
         return {
             "node": node,
@@ -164,17 +162,17 @@ class AgentApi:
         spiffe_id = _csr_uri(csr)
         catalog = self.catalog()
         if catalog is None:
-            raise HttpError(503, "the control plane has not read the catalog yet; retry shortly")
+            raise Unavailable("the control plane has not read the catalog yet; retry shortly")
         try:
             check_workload_request(catalog, node, spiffe_id, self.ca.trust_domain)
             cert = self.ca.sign_csr(csr, spiffe_id=spiffe_id, node=node)
-        except SigningRefused as exc:
+        except SigningRefused as exc:  # answered 403 by the error map
             self._count("workload", "refused")
             log.warning("signing refused node=%s spiffe_id=%s: %s", node, spiffe_id, exc)
-            raise HttpError(403, str(exc)) from exc
-        except CAError as exc:
+            raise
+        except CAError:  # answered 400 by the error map
             self._count("workload", "refused")
-            raise HttpError(400, str(exc)) from exc
+            raise
         self._count("workload", "issued")
         log.info("svid issued node=%s spiffe_id=%s serial=%s", node, spiffe_id, cert.serial)
         return self._issued(cert)

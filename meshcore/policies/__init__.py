@@ -1,39 +1,22 @@
 """Policy plugins: each kind of policy edits the generated resources of one proxy.
 
-:data:`PLUGINS` is the one declaration of their order; the composer (:mod:`meshcore.compose`) runs them
-after the per-type generators. A plugin is a pure function ``apply(snapshot, proxy, resources) -> None``
-that edits ``resources`` in place.
+:data:`~meshcore.policies.registry.PLUGINS` is the one declaration of their order; the composer
+(:mod:`meshcore.compose`) runs them after the per-type generators. A policy kind with a folder
+(``destination_rule/``) keeps its schema, typed spec, plugin and helpers there.
+
+The names below load lazily: the resource registry imports a kind's schema from its folder, and that
+must not import every plugin (and the generators behind them).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, destination_rule, peer_authentication, rate_limit, telemetry, virtual_service
+from .._lazy import lazy_exports
 
-Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
+if TYPE_CHECKING:
+    from .registry import PLUGINS, Plugin, apply_policies
 
-PLUGINS: tuple[tuple[str, Plugin], ...] = (
-    # First: the plaintext chains it adds carry the same filters, so the inbound plugins below see them too.
-    ("PeerAuthentication", peer_authentication.apply),
-    ("AuthorizationPolicy", authorization_policy.apply),
-    # Before VirtualService, which replaces the routes DestinationRule gave the host's default hash policy
-    # with its own rules (each with its destination's hash policy).
-    ("DestinationRule", destination_rule.apply),
-    ("VirtualService", virtual_service.apply),
-    # After AuthorizationPolicy: its network filter goes right before tcp_proxy, behind RBAC, so a denied
-    # connection takes no token.
-    ("RateLimit", rate_limit.apply),
-    # Last: access logs and tracing see every chain and RBAC filter the plugins above put in.
-    ("Telemetry", telemetry.apply),
-)
-"""Every plugin, in the order it runs."""
-
-
-def apply_policies(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    for _name, plugin in PLUGINS:
-        plugin(snapshot, proxy, resources)
-
+__getattr__ = lazy_exports(__name__, {"PLUGINS": ".registry", "Plugin": ".registry", "apply_policies": ".registry"})
 
 __all__ = ["PLUGINS", "Plugin", "apply_policies"]

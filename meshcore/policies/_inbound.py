@@ -8,12 +8,12 @@ from typing import Iterator
 from .. import naming
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.generate import vocab as c
+from ..xds.generate.vocab import LISTENER, ROUTE
 
 
 def inbound_targets(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> Iterator[tuple]:
-    """``(instance, listener, route or None)`` for every sidecar instance of ``proxy`` that has an inbound
-    listener among the built ``resources``."""
-    from ..xds.generate import LISTENER, ROUTE
+    """``(instance, listener draft, route or None)`` for every sidecar instance of ``proxy`` that has an inbound
+    listener among the generated ``resources``."""
 
     listeners = {l.name: l for l in resources[LISTENER]}
     routes = {r.name: r for r in resources[ROUTE]}

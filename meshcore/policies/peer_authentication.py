@@ -13,14 +13,13 @@ from .. import naming
 from ..resources.kinds.peer_authentication import effective_mtls
 from ..snapshot import MeshSnapshot, ProxyInfo
 from ..xds.generate import vocab as c
+from ..xds.generate.vocab import LISTENER
 from ..xds.generate.listeners import PLAINTEXT_CHAIN, inbound_filters
 
 KIND = "PeerAuthentication"
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.generate import LISTENER
-
     policies = snapshot.resources_of(KIND)
     by_name = {l.name: l for l in resources[LISTENER]}
     for inst in c.sidecar_instances(snapshot, proxy):

@@ -47,7 +47,7 @@ from envoy.type.v3 import percent_pb2, token_bucket_pb2
 
 from .. import naming
 from ..authz.patterns import ANY, EXACT, PREFIX, Pattern, re_escape
-from ..resources.kinds.destination_rule import UINT32_MAX, seconds
+from ..resources.kinds._fields import UINT32_MAX, seconds
 from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_after_seconds, tokens_per_fill
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, ProxyInfo

@@ -28,9 +28,11 @@ from .. import naming
 from ..errors import SnapshotInvalid
 from ..resources.kinds.virtual_service import KIND_NAME, service_for
 from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.clusters import ClusterSet, MissingSubset, route_hash_policies
+from ..traffic.clusters import ClusterSet, MissingSubset
+from .destination_rule.clusters import route_hash_policies
 from ..traffic.routes import has_fault, http_routes, weighted_tcp
 from ..xds.generate import vocab as c
+from ..xds.generate.vocab import LISTENER, ROUTE
 from ..xds.generate import policy_filters as pf
 from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
 
@@ -49,8 +51,6 @@ def check_fault_filter(listener: c.ListenerDraft) -> list[str]:
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    from ..xds.generate import LISTENER, ROUTE
-
     services = snapshot.resources_of(KIND)
     if not services:
         return

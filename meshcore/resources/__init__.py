@@ -9,12 +9,28 @@ Public API::
     DirectoryStore(root)                                 # the embedded-default ResourceStore
 """
 
-from .dir_store import DirectoryStore
-from .kinds.peer_authentication import ROOT_NAMESPACE, effective_mtls
-from .loader import load_documents, load_files, validate_document
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from .model import Resource, ResourceKey
-from .registry import KINDS, KindSpec, get_kind
-from .store import ResourceStore
+
+if TYPE_CHECKING:
+    from .dir_store import DirectoryStore
+    from .kinds.peer_authentication import ROOT_NAMESPACE, effective_mtls
+    from .loader import load_documents, load_files, validate_document
+    from .registry import KINDS, KindSpec, get_kind
+    from .store import ResourceStore
+
+# Lazy: a kind's schema (some live in their policy folder, meshcore.policies.<kind>) imports this package's
+# modules, and the registry imports every kind's schema; loading the registry here would be a circle.
+__getattr__ = lazy_exports(__name__, {
+    "DirectoryStore": ".dir_store", "ROOT_NAMESPACE": ".kinds.peer_authentication",
+    "effective_mtls": ".kinds.peer_authentication", "load_documents": ".loader", "load_files": ".loader",
+    "validate_document": ".loader", "KINDS": ".registry", "KindSpec": ".registry", "get_kind": ".registry",
+    "ResourceStore": ".store",
+})
 
 __all__ = [
     "DirectoryStore",

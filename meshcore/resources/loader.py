@@ -237,7 +237,8 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     Not run by :func:`load_files` (a file may rely on resources already stored): callers that know
     the whole set (the operator API's apply, ``meshctl traffic``) call it.
     """
-    from .kinds import destination_rule, virtual_service
+    from ..policies.destination_rule import schema as destination_rule
+    from .kinds import virtual_service
 
     return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
-from .kinds import alert_rule, authorization_policy, destination_rule, peer_authentication, rate_limit, virtual_service
+from ..policies.destination_rule import schema as destination_rule
+from .kinds import alert_rule, authorization_policy, peer_authentication, rate_limit, virtual_service
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

@@ -24,7 +24,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from .. import naming
-from ..resources.kinds import destination_rule as dr
+from ..resources.kinds._fields import seconds
 from ..resources.kinds.virtual_service import DEFAULT_RETRY_ON, split_retry_on
 from ..resources.model import Resource
 from ..xds.generate import vocab as c
@@ -81,7 +81,7 @@ def http_fault(fault: dict) -> fault_pb2.HTTPFault:
     out = fault_pb2.HTTPFault()
     if "delay" in fault:
         d = fault["delay"]
-        out.delay.CopyFrom(common_fault_pb2.FaultDelay(fixed_delay=c.seconds(dr.seconds(d["fixedDelay"])),
+        out.delay.CopyFrom(common_fault_pb2.FaultDelay(fixed_delay=c.seconds(seconds(d["fixedDelay"])),
                                                        percentage=fraction(_percent(d))))
     if "abort" in fault:
         a = fault["abort"]
@@ -97,12 +97,12 @@ def retry_policy(retries: dict) -> rc.RetryPolicy | None:
     out = rc.RetryPolicy(retry_on=conditions, num_retries=wrappers_pb2.UInt32Value(value=retries["attempts"]),
                          retriable_status_codes=codes)
     if "perTryTimeout" in retries:
-        out.per_try_timeout.CopyFrom(c.seconds(dr.seconds(retries["perTryTimeout"])))
+        out.per_try_timeout.CopyFrom(c.seconds(seconds(retries["perTryTimeout"])))
     backoff = retries.get("backoff")
     if backoff:
-        out.retry_back_off.base_interval.CopyFrom(c.seconds(dr.seconds(backoff["baseInterval"])))
+        out.retry_back_off.base_interval.CopyFrom(c.seconds(seconds(backoff["baseInterval"])))
         if "maxInterval" in backoff:
-            out.retry_back_off.max_interval.CopyFrom(c.seconds(dr.seconds(backoff["maxInterval"])))
+            out.retry_back_off.max_interval.CopyFrom(c.seconds(seconds(backoff["maxInterval"])))
     return out
 
 
@@ -133,7 +133,7 @@ def route_action(rule: dict, cluster_for: ClusterFor, hash_for: HashFor, default
         for name, weight in weighted:
             action.weighted_clusters.clusters.append(
                 rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight)))
-    timeout = dr.seconds(rule["timeout"]) if "timeout" in rule else default_timeout
+    timeout = seconds(rule["timeout"]) if "timeout" in rule else default_timeout
     action.timeout.CopyFrom(c.seconds(timeout))
     if rule.get("retries"):
         policy = retry_policy(rule["retries"])

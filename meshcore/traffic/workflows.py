@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..naming import DEFAULT_NAMESPACE
-from ..resources.kinds import destination_rule as dr_kind
+from ..policies.destination_rule import schema as dr_kind
 from ..resources.kinds import virtual_service as vs_kind
 
 ACTIVE_LABEL = "traffic.mesh.io/active"

@@ -61,4 +61,4 @@ def resource_name(message: Message) -> str:
     """Name Envoy knows a resource by: ``cluster_name`` for a ClusterLoadAssignment, ``name`` otherwise."""
     if isinstance(message, endpoint_pb2.ClusterLoadAssignment):
         return message.cluster_name
-    return getattr(message, "name")
+    return message.name

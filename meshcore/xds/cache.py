@@ -5,8 +5,9 @@ node and knows nothing about gRPC; the *server* (:mod:`meshcore.xds.server`) wat
 speaks the protocol. The cache also keeps each node's delivery status (streams, sent/ACKed versions,
 NACKs) so that operators and tests can ask "is vm1 running the config we built for it?".
 
-Versions are content hashes: the same resources in any order give the same version, so republishing
-an unchanged build wakes nobody and pushes nothing.
+Versions are content hashes: each resource is serialized once, deterministically, and hashed
+(:class:`Prepared`); type and snapshot versions derive from those, so the same resources in any
+order give the same version and republishing an unchanged build wakes nobody and pushes nothing.
 """
 
 from __future__ import annotations
@@ -20,75 +21,59 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any as _AnyT
 
-from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from meshcore.errors import XdsError
 from meshcore.xds._typeurls import MESSAGE_CLASS, PUSH_ORDER, SERVED_TYPES, resource_name
 
-__all__ = ["ProxySnapshot", "SnapshotCache"]
+__all__ = ["Prepared", "ProxySnapshot", "SnapshotCache"]
 
 _VERSION_CHARS = 16
-_ANY_FULL_NAME = "google.protobuf.Any"
+_TYPE_PREFIX = "type.googleapis.com/"
 
 
-# --- hashing ----------------------------------------------------------------------------------
+# --- entries and versions -----------------------------------------------------------------------
 
-def _canonical_copy(message: Message) -> Message:
-    """A copy of ``message`` whose nested ``Any`` payloads are re-serialized deterministically.
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:_VERSION_CHARS]
 
-    ``SerializeToString(deterministic=True)`` orders map keys, but an ``Any`` holds opaque bytes
-    packed by whoever built it; two equal configs packed with different map orders would hash
-    differently. Types unknown to the default descriptor pool are left as they are.
+
+@dataclass(frozen=True)
+class Prepared:
+    """One resource serialized once: its name, message, deterministic bytes and their hash.
+
+    ``version`` is the first 16 hex chars of the sha256 of ``body``; delta xDS sends it as the
+    resource's version. Nested ``Any`` payloads are hashed as the bytes they hold, so whoever packs
+    them must pack deterministically (``Any.Pack(m, deterministic=True)``), which generation does.
+    Make one with :meth:`of` and hand the same entry to every proxy that shares the resource: it is
+    serialized and hashed only once however many snapshots hold it.
     """
-    copy = type(message)()
-    copy.CopyFrom(message)
-    _repack_anys(copy)
-    return copy
+
+    name: str
+    message: Message = field(repr=False, compare=False)
+    body: bytes = field(repr=False)
+    version: str
+    type_url: str
+    any: any_pb2.Any = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, message: Message) -> "Prepared":
+        body = message.SerializeToString(deterministic=True)
+        type_url = _TYPE_PREFIX + message.DESCRIPTOR.full_name
+        return cls(
+            name=resource_name(message),
+            message=message,
+            body=body,
+            version=_digest(body),
+            type_url=type_url,
+            any=any_pb2.Any(type_url=type_url, value=body),
+        )
 
 
-def _repack_anys(message: Message) -> None:
-    for fd, value in message.ListFields():
-        if fd.type != fd.TYPE_MESSAGE:
-            continue
-        if fd.message_type.GetOptions().map_entry:
-            value_fd = fd.message_type.fields_by_name["value"]
-            if value_fd.type == value_fd.TYPE_MESSAGE:
-                for item in value.values():
-                    _repack_anys(item)
-        elif fd.is_repeated:
-            for item in value:
-                _repack_anys(item)
-        else:
-            _repack_anys(value)
-    if message.DESCRIPTOR.full_name == _ANY_FULL_NAME:
-        _repack_any(message)  # type: ignore[arg-type]
-
-
-def _repack_any(packed: any_pb2.Any) -> None:
-    type_name = packed.type_url.rsplit("/", 1)[-1]
-    try:
-        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
-    except KeyError:
-        return
-    inner = message_factory.GetMessageClass(descriptor)()
-    try:
-        inner.ParseFromString(packed.value)
-    except Exception:  # noqa: BLE001 - undecodable payloads hash as the bytes they are
-        return
-    _repack_anys(inner)
-    packed.value = inner.SerializeToString(deterministic=True)
-
-
-def _hash_resources(named: Iterable[tuple[str, Message]]) -> str:
-    digest = hashlib.sha256()
-    for name, message in named:
-        body = _canonical_copy(message).SerializeToString(deterministic=True)
-        encoded_name = name.encode()
-        # Length prefixes keep the framing unambiguous ("ab"+"c" != "a"+"bc").
-        digest.update(len(encoded_name).to_bytes(4, "big") + encoded_name)
-        digest.update(len(body).to_bytes(8, "big") + body)
-    return digest.hexdigest()[:_VERSION_CHARS]
+def _type_version(entries: Iterable[Prepared]) -> str:
+    """Version of one type: a hash over the sorted (name, resource version) pairs."""
+    return _digest("".join(f"{e.name}\0{e.version}\n" for e in entries).encode())
 
 
 # --- the snapshot -----------------------------------------------------------------------------
@@ -97,73 +82,79 @@ def _hash_resources(named: Iterable[tuple[str, Message]]) -> str:
 class ProxySnapshot:
     """Everything one proxy should run, by type URL; immutable and content-versioned.
 
-    ``resources[type_url]`` is sorted by resource name. ``versions[type_url]`` is the first 16 hex
-    chars of a sha256 over the deterministic serialization of those resources; ``version`` hashes
-    the per-type versions. Every served type is present (possibly empty), so a proxy subscribing to
-    a type the build left empty still gets an answer it can ACK.
+    ``resources[type_url]`` is sorted by resource name. Every resource is serialized once
+    (:class:`Prepared`); its version is a hash of those bytes (:meth:`resource_versions`).
+    ``versions[type_url]`` hashes the sorted (name, resource version) pairs of a type, and ``version``
+    hashes the per-type versions. Every served type is present (possibly empty), so a proxy
+    subscribing to a type the build left empty still gets an answer it can ACK.
     """
 
     resources: Mapping[str, tuple[Message, ...]]
     versions: Mapping[str, str]
     version: str
-    _packed: Mapping[str, tuple[tuple[str, any_pb2.Any], ...]] = field(repr=False, compare=False)
+    _entries: Mapping[str, Mapping[str, Prepared]] = field(repr=False, compare=False)
 
     @classmethod
-    def of(cls, resources_by_type: Mapping[str, Iterable[Message]]) -> "ProxySnapshot":
-        """Build a snapshot; raises :class:`XdsError` for an unknown type URL or a wrong message class."""
-        resources: dict[str, tuple[Message, ...]] = {}
-        versions: dict[str, str] = {}
-        packed: dict[str, tuple[tuple[str, any_pb2.Any], ...]] = {}
+    def of(cls, resources_by_type: Mapping[str, Iterable[Message | Prepared]]) -> "ProxySnapshot":
+        """Build a snapshot from messages and/or :class:`Prepared` entries (used as they are).
+
+        Raises :class:`XdsError` for an unknown type URL or a wrong message class.
+        """
         unknown = set(resources_by_type) - SERVED_TYPES
         if unknown:
             raise XdsError(f"snapshot has unsupported type URL(s) {sorted(unknown)}; served: {sorted(SERVED_TYPES)}")
+        resources: dict[str, tuple[Message, ...]] = {}
+        versions: dict[str, str] = {}
+        entries: dict[str, Mapping[str, Prepared]] = {}
         for type_url in PUSH_ORDER:
-            items = list(resources_by_type.get(type_url, ()))
             expected = MESSAGE_CLASS[type_url]
-            for item in items:
-                if not isinstance(item, expected):
+            prepared: list[Prepared] = []
+            for item in resources_by_type.get(type_url, ()):
+                message = item.message if isinstance(item, Prepared) else item
+                if not isinstance(message, expected):
                     raise XdsError(
-                        f"snapshot resource of type {type(item).__name__} listed under {type_url}; "
+                        f"snapshot resource of type {type(message).__name__} listed under {type_url}; "
                         f"expected {expected.__name__}"
                     )
-            named = sorted(((resource_name(m), m) for m in items), key=lambda pair: pair[0])
-            resources[type_url] = tuple(m for _, m in named)
-            versions[type_url] = _hash_resources(named)
-            packed[type_url] = tuple((name, _pack(type_url, m)) for name, m in named)
-        overall = hashlib.sha256(
-            "".join(f"{t}={versions[t]}\n" for t in sorted(versions)).encode()
-        ).hexdigest()[:_VERSION_CHARS]
+                prepared.append(item if isinstance(item, Prepared) else Prepared.of(item))
+            prepared.sort(key=lambda e: e.name)
+            resources[type_url] = tuple(e.message for e in prepared)
+            versions[type_url] = _type_version(prepared)
+            entries[type_url] = MappingProxyType({e.name: e for e in prepared})
+        overall = _digest("".join(f"{t}={versions[t]}\n" for t in sorted(versions)).encode())
         return cls(
             resources=MappingProxyType(resources),
             versions=MappingProxyType(versions),
             version=overall,
-            _packed=MappingProxyType(packed),
+            _entries=MappingProxyType(entries),
         )
 
     def names(self, type_url: str) -> tuple[str, ...]:
         """Resource names of one type, sorted."""
-        return tuple(name for name, _ in self._packed.get(type_url, ()))
+        return tuple(self._entries.get(type_url, {}))
+
+    def entries(self, type_url: str) -> Mapping[str, Prepared]:
+        """The prepared resources of one type by name (in name order)."""
+        return self._entries.get(type_url, MappingProxyType({}))
+
+    def resource_versions(self, type_url: str) -> dict[str, str]:
+        """``name -> version`` of every resource of one type (what delta xDS compares)."""
+        return {name: e.version for name, e in self._entries.get(type_url, {}).items()}
 
     def packed(self, type_url: str, names: Iterable[str] | None = None) -> list[any_pb2.Any]:
         """Resources of one type packed for a DiscoveryResponse; all of them, or only ``names`` that exist."""
-        entries = self._packed.get(type_url, ())
+        entries = self._entries.get(type_url, {})
         if names is None:
-            return [p for _, p in entries]
+            return [e.any for e in entries.values()]
         wanted = set(names)
-        return [p for name, p in entries if name in wanted]
-
-
-def _pack(type_url: str, message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.type_url = type_url
-    packed.value = message.SerializeToString(deterministic=True)
-    return packed
+        return [e.any for name, e in entries.items() if name in wanted]
 
 
 # --- delivery status --------------------------------------------------------------------------
 
 @dataclass
 class _StreamStatus:
+    protocol: str = "sotw"  # "sotw" or "delta"
     subscribed: dict[str, bool] = field(default_factory=dict)  # type_url -> counts for "synced"
     acked: dict[str, str] = field(default_factory=dict)
 
@@ -272,9 +263,9 @@ class SnapshotCache:
     def _node(self, node_id: str) -> _NodeStatus:
         return self._status.setdefault(node_id, _NodeStatus())
 
-    def stream_opened(self, node_id: str, stream_id: str) -> None:
+    def stream_opened(self, node_id: str, stream_id: str, protocol: str = "sotw") -> None:
         with self._lock:
-            self._node(node_id).streams[stream_id] = _StreamStatus()
+            self._node(node_id).streams[stream_id] = _StreamStatus(protocol=protocol)
             self._changed.notify_all()
 
     def stream_closed(self, node_id: str, stream_id: str) -> None:
@@ -337,6 +328,7 @@ class SnapshotCache:
                 "version": snapshot.version if snapshot else None,
                 "versions": dict(snapshot.versions) if snapshot else {},
                 "connected_streams": len(status.streams),
+                "protocols": sorted({s.protocol for s in status.streams.values()}),
                 "subscribed": subscribed,
                 "sent": dict(status.sent),
                 "acked": dict(status.acked),

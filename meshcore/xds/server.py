@@ -1,61 +1,67 @@
-"""The ADS gRPC server: streams each proxy its own node's snapshot, state of the world.
+"""The ADS gRPC server: streams each proxy its own node's snapshot, state of the world or delta.
 
-One stream = one Envoy. Per stream we track, per type URL, what the proxy asked for (resource names;
-an empty list for LDS/CDS means "everything") and the nonce/version of the last response. Two event
-sources feed one thread-safe queue that the response generator drains in order:
+One stream = one Envoy. The server runs on ``grpc.aio``: one event loop in a thread of its own serves
+every stream (no thread per stream, no concurrency cap below the fleet); a small thread pool runs the
+authorizer, which may block (the control plane registers the proxy with its engine there). What to
+send is decided by the protocol modules (:mod:`._sotw` for ``StreamAggregatedResources``,
+:mod:`._delta` for ``DeltaAggregatedResources``) over the subscription, ACK/NACK and bookkeeping
+state they share (:mod:`._stream`).
 
-* a reader thread that pulls ``DiscoveryRequest`` s off the stream, and
-* the cache, which calls back when this node's snapshot changes.
+Cache changes arrive on the publishing thread and enter the loop with ``call_soon_threadsafe``;
+they are coalesced per stream, and a stream whose client stops reading blocks only in its own
+``write``, so a slow or stuck proxy never delays the others.
 
-Flow control follows the xDS protocol: after a response of a type we wait for its ACK or NACK before
-sending that type again; a stale nonce is ignored.
+A NACK is logged with Envoy's error, counted and recorded in the cache status; the proxy keeps its
+last good config and the rejected version is offered again after a backoff (1 s, 2 s ... 60 s) unless
+the snapshot changes first.
 
-Cluster warming: an updated cluster (new circuit breakers, say) stays *warming* in Envoy until it gets
-its endpoints, and Envoy keeps using the old one meanwhile, up to its 15 s initial-fetch timeout. The
-endpoints may be unchanged, so nothing new would be sent. Two rules avoid that wait: a request that
-repeats the last answered nonce while nothing is in flight is a re-subscription and is answered again
-(named types only), and after the proxy ACKs a new cluster version its endpoints are offered again. A NACK is logged, counted and recorded in the
-cache status; the proxy keeps its last good config and we send nothing more for that type until the
-snapshot changes (no resend loop). Delta xDS (``DeltaAggregatedResources``) answers UNIMPLEMENTED.
-
-Thread budget: grpcio's sync server holds one pool worker per open stream for the stream's whole
-life, plus the stream's reader thread (not from the pool). Size ``max_workers`` for the fleet: one
-per proxy, plus headroom. Streams beyond ``max_workers`` are refused with RESOURCE_EXHAUSTED (Envoy
-retries with backoff) instead of queueing unanswered.
+Limits (operator-facing, all with a RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED message that says why):
+at most ``max_streams_per_identity`` open streams per client identity (the URI SAN of its mTLS
+certificate, else its node id; default 8), optionally ``max_streams`` in all, and a first request
+within ``first_request_timeout`` seconds.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import queue
+import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshcore.errors import XdsError
 from meshcore.naming import parse_node_spiffe_id
-from meshcore.xds._typeurls import CLUSTER, ENDPOINT, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES, short_name
-from meshcore.xds.cache import ProxySnapshot, SnapshotCache
+from meshcore.xds._delta import DeltaProtocol
+from meshcore.xds._sotw import SotwProtocol
+from meshcore.xds._stream import MAX_QUEUED_REQUESTS, Abort, Books, Metrics, Stream, log
+from meshcore.xds.cache import SnapshotCache
 
-__all__ = ["AdsServicer", "Authorizer", "allow_any_node", "mtls_node_authorizer", "serve_ads"]
-
-log = logging.getLogger(__name__)
+__all__ = ["AdsServer", "AdsServicer", "Authorizer", "allow_any_node", "mtls_node_authorizer", "serve_ads"]
 
 #: ``authorize(context, node)`` returns to accept the stream. To refuse it aborts the context with its
 #: own status, or raises any exception (answered as PERMISSION_DENIED with the exception's text).
+#: It runs on a worker thread; ``context`` offers what a synchronous grpcio context would for this:
+#: ``auth_context()`` (the peer's certificate), ``peer()``, ``invocation_metadata()`` and ``abort()``.
 Authorizer = Callable[[grpc.ServicerContext, base_pb2.Node], None]
 
-DEFAULT_MAX_WORKERS = 256
+DEFAULT_MAX_STREAMS_PER_IDENTITY = 8
+DEFAULT_FIRST_REQUEST_TIMEOUT_S = 30.0
+#: Threads that run authorizers (which may block); streams themselves need no thread.
+AUTHORIZER_THREADS = 4
+
+# After a NACK the same version is offered again after a backoff (1 s, 2 s, 4 s ... 60 s): a NACK is
+# often transient on a VM (a certificate file the agent is writing right now), and without a resend
+# the proxy would wait for the next unrelated change of the mesh.
+NACK_RESEND_BASE_S = 1.0
+NACK_RESEND_MAX_S = 60.0
 
 
 def allow_any_node(context: grpc.ServicerContext, node: base_pb2.Node) -> None:
@@ -105,7 +111,7 @@ def mtls_node_authorizer(trust_domain: str) -> Authorizer:
     return authorize
 
 
-def _peer_uri_sans(context: grpc.ServicerContext) -> list[str]:
+def _peer_uri_sans(context: Any) -> list[str]:
     """URI SANs of the peer's leaf certificate, from grpcio's auth context.
 
     grpcio (1.85) exposes ``x509_pem_cert`` (the leaf, PEM), ``peer_uri`` (URI SANs),
@@ -113,7 +119,10 @@ def _peer_uri_sans(context: grpc.ServicerContext) -> list[str]:
     there is exactly one valid SPIFFE URI). We parse the PEM, the most direct source, and fall back to
     ``peer_uri``.
     """
-    auth = context.auth_context() or {}
+    return _uri_sans(context.auth_context() or {})
+
+
+def _uri_sans(auth: Mapping[str, Sequence[bytes]]) -> list[str]:
     pems = auth.get("x509_pem_cert") or []
     if pems:
         try:
@@ -127,67 +136,41 @@ def _peer_uri_sans(context: grpc.ServicerContext) -> list[str]:
     return [v.decode(errors="replace") for v in auth.get("peer_uri") or []]
 
 
-# --- metrics ----------------------------------------------------------------------------------
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.connected = Gauge(
-            "meshcore_xds_connected_proxies", "Proxies with an open, authorized ADS stream.", registry=registry
-        )
-        self.pushes = Counter(
-            "meshcore_xds_pushes", "xDS responses sent, by type (cds, eds, lds, rds, sds).", ["type"], registry=registry
-        )
-        self.acks = Counter("meshcore_xds_acks", "xDS responses ACKed by proxies, by type.", ["type"], registry=registry)
-        self.nacks = Counter(
-            "meshcore_xds_nacks", "xDS responses rejected (NACKed) by proxies, by type.", ["type"], registry=registry
-        )
+class _AuthorizerContext:
+    """What an :data:`Authorizer` sees: the peer's ``auth_context()`` and ``peer()``; ``abort`` raises.
 
+    Authorizers are plain functions run on a worker thread, so they get this stand-in for the
+    asynchronous servicer context (whose ``abort`` is a coroutine).
+    """
 
-# --- per-stream state -------------------------------------------------------------------------
+    def __init__(self, auth: Mapping[str, Sequence[bytes]], peer: str, metadata: Any) -> None:
+        self._auth = auth
+        self._peer = peer
+        self._metadata = metadata
 
-@dataclass
-class _TypeState:
-    names: frozenset[str] = frozenset()
-    wildcard: bool = False
-    nonce: str | None = None  # nonce of the response awaiting ACK/NACK (None: nothing in flight)
-    last_nonce: str | None = None  # nonce of the most recent response of this type
-    sent_version: str | None = None
-    sent_names: frozenset[str] | None = None  # None: sent as wildcard
-    nacks_in_row: int = 0  # consecutive NACKs of this type; drives the resend backoff
-    acked_version: str | None = None  # the last version the proxy ACKed
+    def auth_context(self) -> Mapping[str, Sequence[bytes]]:
+        return self._auth
 
-    @property
-    def active(self) -> bool:
-        return self.wildcard or bool(self.names)
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def code(self) -> None:
+        return None
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Abort(code, details)
 
 
-_CHANGED = object()
-_CLOSED = object()
-
-# After a NACK the same version is offered again after a backoff (1 s, 2 s, 4 s ... 60 s): a NACK is
-# often transient on a VM (a certificate file the agent is writing right now), and without a resend
-# the proxy would wait for the next unrelated change of the mesh.
-NACK_RESEND_BASE_S = 1.0
-NACK_RESEND_MAX_S = 60.0
-
-
-@dataclass(frozen=True)
-class _Resend:
-    type_url: str
-    version: str
-
-
-@dataclass
-class _Stream:
-    stream_id: str
-    node_id: str | None = None
-    types: dict[str, _TypeState] = field(default_factory=dict)
-    nonces: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    events: "queue.Queue[object] | None" = None
+def _backoff(nacks_in_row: int) -> float:
+    return float(min(NACK_RESEND_MAX_S, NACK_RESEND_BASE_S * 2 ** nacks_in_row))
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """State-of-the-world ADS over a :class:`SnapshotCache`; each stream sees only its node's snapshot."""
+    """ADS (state of the world and delta) over a :class:`SnapshotCache`; each stream sees only its node."""
 
     def __init__(
         self,
@@ -195,252 +178,270 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         authorize: Authorizer,
         registry: CollectorRegistry | None = None,
         on_ack: Callable[[str], None] | None = None,
+        *,
+        max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY,
+        max_streams: int | None = None,
+        first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     ) -> None:
         """``registry``: where the xDS metrics go (the control plane passes its own, so one ``/metrics``
-        shows them); ``on_ack(node)`` runs after every ACK (e.g. to time convergence), and must be quick."""
+        shows them); ``on_ack(node)`` runs after every ACK (e.g. to time convergence), on the server's
+        event loop, and must be quick. See the module docstring for the limits."""
         self.cache = cache
         self.authorize = authorize
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._metrics = _Metrics(self.registry)
-        self._on_ack = on_ack
+        self.max_streams_per_identity = max_streams_per_identity
+        self.max_streams = max_streams
+        self.first_request_timeout = first_request_timeout
+        self._metrics = Metrics(self.registry)
+        self._books = Books(cache, self._metrics, on_ack, _backoff)
+        self._per_identity: dict[str, int] = {}
+        self._open = 0
+        self._authorizers = futures.ThreadPoolExecutor(AUTHORIZER_THREADS, thread_name_prefix="ads-authorize")
+
+    def close(self) -> None:
+        """Release the authorizer threads (the server calls this when it stops)."""
+        self._authorizers.shutdown(wait=False, cancel_futures=True)
 
     # -- gRPC entry points --
 
-    def StreamAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: Iterator[discovery_pb2.DiscoveryRequest], context: grpc.ServicerContext
-    ) -> Iterator[discovery_pb2.DiscoveryResponse]:
-        events: queue.Queue[object] = queue.Queue()
-        stream = _Stream(stream_id=uuid.uuid4().hex[:12], events=events)
-        context.add_callback(lambda: events.put(_CLOSED))
-        reader = threading.Thread(
-            target=_read_requests,
-            args=(request_iterator, events),
-            name=f"ads-reader-{stream.stream_id}",
-            daemon=True,
-        )
-        reader.start()
-        cancel_watch: Callable[[], None] | None = None
+    async def StreamAggregatedResources(self, request_iterator: AsyncIterator[Any], context: Any) -> None:  # noqa: N802
+        await self._serve("sotw", request_iterator, context)
+
+    async def DeltaAggregatedResources(self, request_iterator: AsyncIterator[Any], context: Any) -> None:  # noqa: N802
+        await self._serve("delta", request_iterator, context)
+
+    # -- one stream --
+
+    async def _serve(self, protocol: str, request_iterator: AsyncIterator[Any], context: Any) -> None:
+        stream = Stream(asyncio.get_running_loop(), uuid.uuid4().hex[:12], protocol)
         try:
+            await self._run(stream, request_iterator, context)
+        except Abort as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def _run(self, stream: Stream, request_iterator: AsyncIterator[Any], context: Any) -> None:
+        auth = context.auth_context() or {}
+        peer = context.peer()
+        uris = _uri_sans(auth)
+        reader: asyncio.Future[None] | None = None
+        cancel_watch: Callable[[], None] | None = None
+        self._open += 1
+        self._metrics.streams.labels(stream.protocol).inc()
+        try:
+            if self.max_streams is not None and self._open > self.max_streams:
+                self._refuse("max_streams", f"the ADS server holds {self._open - 1} streams, its limit "
+                             f"(max_streams={self.max_streams}); retry later or add a control plane replica")
+            if uris:  # an mTLS identity: bounded before it may even send a request
+                self._admit(stream, uris[0])
+            reader = asyncio.ensure_future(self._read(request_iterator, stream))
+            stream.time_out_later(self.first_request_timeout)
+            handler: SotwProtocol | DeltaProtocol | None = None
             while True:
-                event = events.get()
-                if event is _CLOSED:
+                await stream.wake.wait()
+                stream.wake.clear()
+                while stream.requests:
+                    request = stream.requests.popleft()
+                    stream.room.set()
+                    if handler is None:
+                        await self._authorize(stream, request, auth, peer, context)
+                        handler = (SotwProtocol if stream.protocol == "sotw" else DeltaProtocol)(
+                            stream, self.cache, self._books)
+                        cancel_watch = self.cache.watch(stream.node_id, stream.changed_threadsafe)  # type: ignore[arg-type]
+                    self._check(stream, request)
+                    await _write(context, handler.on_request(request))
+                if stream.timed_out:
+                    raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no ADS request within {self.first_request_timeout:.0f}s of opening the stream; "
+                                "a proxy sends its node and first subscription at once")
+                if handler is not None:
+                    if stream.change_pending:
+                        stream.change_pending = False
+                        await _write(context, handler.on_change())
+                    while stream.resends:
+                        await _write(context, handler.on_resend(stream.resends.popleft()))
+                if stream.closed and not stream.requests:
                     return
-                if event is _CHANGED:
-                    responses = self._on_change(stream)
-                elif isinstance(event, _Resend):
-                    responses = self._on_resend(stream, event)
-                else:
-                    assert isinstance(event, discovery_pb2.DiscoveryRequest)
-                    if stream.node_id is None:
-                        self._open(stream, event, context)
-                        cancel_watch = self.cache.watch(stream.node_id, lambda: events.put(_CHANGED))  # type: ignore[arg-type]
-                    responses = self._on_request(stream, event, context)
-                for response in responses:
-                    yield response
         finally:
+            self._open -= 1
+            self._metrics.streams.labels(stream.protocol).dec()
+            if reader is not None:
+                reader.cancel()
+            stream.cancel_timers()
             if cancel_watch is not None:
                 cancel_watch()
+            if stream.identity is not None:
+                left = self._per_identity.get(stream.identity, 1) - 1
+                if left:
+                    self._per_identity[stream.identity] = left
+                else:
+                    self._per_identity.pop(stream.identity, None)
             if stream.node_id is not None:
                 self.cache.stream_closed(stream.node_id, stream.stream_id)
                 self._metrics.connected.set(len(self.cache.connected_nodes()))
-                log.info("ADS stream closed node=%s stream=%s", stream.node_id, stream.stream_id,
-                         extra={"node": stream.node_id})
+                log.info("ADS stream closed node=%s stream=%s protocol=%s", stream.node_id, stream.stream_id,
+                         stream.protocol, extra={"node": stream.node_id})
 
-    def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802 - gRPC method name
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "meshcore serves state-of-the-world ADS only; remove 'api_type: DELTA_GRPC' from the bootstrap",
-        )
+    @staticmethod
+    async def _read(request_iterator: AsyncIterator[Any], stream: Stream) -> None:
+        """Move requests from the wire to the stream; wait while too many are queued."""
+        try:
+            async for request in request_iterator:
+                stream.put_request(request)
+                while len(stream.requests) >= MAX_QUEUED_REQUESTS:
+                    stream.room.clear()
+                    await stream.room.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - cancellation/disconnect surfaces as various grpc errors
+            pass
+        finally:
+            stream.end()
 
-    # -- stream life --
+    def _refuse(self, reason: str, message: str) -> None:
+        self._metrics.refused.labels(reason).inc()
+        log.warning("ADS stream refused reason=%s: %s", reason, message)
+        raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
-    def _open(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest, context: grpc.ServicerContext) -> None:
+    def _admit(self, stream: Stream, identity: str) -> None:
+        held = self._per_identity.get(identity, 0)
+        if held >= self.max_streams_per_identity:
+            self._refuse("per_identity", f"{identity} already holds {held} open ADS streams, the most one identity "
+                         f"may hold (max_streams_per_identity={self.max_streams_per_identity}); a proxy needs one, "
+                         "so close the others or find what opens them")
+        self._per_identity[identity] = held + 1
+        stream.identity = identity
+
+    async def _authorize(self, stream: Stream, request: Any, auth: Mapping[str, Sequence[bytes]], peer: str,
+                         context: Any) -> None:
         node = request.node
         if not request.HasField("node") or not node.id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ADS request must carry node.id")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ADS request must carry node.id")
+        view = _AuthorizerContext(auth, peer, context.invocation_metadata())
         try:
-            self.authorize(context, node)
+            await stream.loop.run_in_executor(self._authorizers, self.authorize, view, node)
+        except Abort:
+            raise
         except Exception as exc:
-            if context.code() not in (None, grpc.StatusCode.OK):
-                raise  # the authorizer aborted with its own status
-            log.warning("ADS stream refused node=%s peer=%s reason=%s", node.id, context.peer(), exc,
-                        extra={"node": node.id})
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {node.id!r} refused: {exc}")
+            log.warning("ADS stream refused node=%s peer=%s reason=%s", node.id, peer, exc, extra={"node": node.id})
+            raise Abort(grpc.StatusCode.PERMISSION_DENIED, f"node {node.id!r} refused: {exc}") from exc
+        if stream.identity is None:  # no client certificate (plaintext, tests): bounded per node id
+            self._admit(stream, f"node:{node.id}")
         stream.node_id = node.id
-        self.cache.stream_opened(node.id, stream.stream_id)
+        self.cache.stream_opened(node.id, stream.stream_id, stream.protocol)
         self._metrics.connected.set(len(self.cache.connected_nodes()))
-        log.info("ADS stream opened node=%s stream=%s peer=%s", node.id, stream.stream_id, context.peer(),
-                 extra={"node": node.id})
+        log.info("ADS stream opened node=%s stream=%s peer=%s protocol=%s", node.id, stream.stream_id, peer,
+                 stream.protocol, extra={"node": node.id})
 
-    def _on_request(
-        self, stream: _Stream, request: discovery_pb2.DiscoveryRequest, context: grpc.ServicerContext
-    ) -> list[discovery_pb2.DiscoveryResponse]:
-        node_id = stream.node_id
-        assert node_id is not None
-        if request.HasField("node") and request.node.id and request.node.id != node_id:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"node.id changed mid-stream from {node_id!r} to {request.node.id!r}; open a new stream",
-            )
-        type_url = request.type_url
-        if not type_url:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an ADS request must set type_url")
-        if type_url not in SERVED_TYPES:
-            log.warning("ignoring request for unserved type node=%s type_url=%s", node_id, type_url,
-                        extra={"node": node_id, "type_url": type_url})
-            return []
-        state = stream.types.setdefault(type_url, _TypeState())
-        resubscribed = bool(request.response_nonce) and request.response_nonce == state.last_nonce \
-            and state.nonce is None and not request.HasField("error_detail")
-        clusters_changed = False
-        if request.response_nonce:
-            if request.response_nonce != state.last_nonce:
-                log.debug("stale nonce node=%s type_url=%s nonce=%s", node_id, type_url, request.response_nonce)
-                return []
-            if state.nonce is not None:  # the reply to the response in flight
-                state.nonce = None
-                if request.HasField("error_detail"):
-                    self._nack(stream, type_url, state, request)
-                else:
-                    state.nacks_in_row = 0
-                    clusters_changed = type_url == CLUSTER and state.acked_version not in (None, request.version_info)
-                    state.acked_version = request.version_info
-                    self.cache.record_ack(node_id, stream.stream_id, type_url, request.version_info)
-                    self._metrics.acks.labels(short_name(type_url)).inc()
-                    log.debug("ACK node=%s type_url=%s version=%s", node_id, type_url, request.version_info)
-                    if self._on_ack is not None:
-                        try:
-                            self._on_ack(node_id)
-                        except Exception:  # noqa: BLE001 - a metrics hook must never break the stream
-                            log.exception("on_ack hook failed node=%s", node_id)
-            # else: a new subscription (e.g. more route names) on top of an already answered response
-        names = frozenset(request.resource_names)
-        state.wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
-        state.names = frozenset() if state.wildcard else names
-        self.cache.record_subscription(node_id, stream.stream_id, type_url, state.active)
-        if resubscribed and not state.wildcard:
-            state.sent_version = None  # answer again: a new subscriber (a warming cluster) waits for it
-        snapshot = self.cache.get(node_id)
-        responses = [self._respond(stream, type_url, snapshot)]
-        endpoints = stream.types.get(ENDPOINT)
-        if clusters_changed and endpoints is not None and endpoints.nonce is None:
-            endpoints.sent_version = None  # the updated clusters are warming: hand them their endpoints
-            responses.append(self._respond(stream, ENDPOINT, snapshot))
-        return [r for r in responses if r is not None]
-
-    def _nack(self, stream: _Stream, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        node_id = stream.node_id
-        rejected = state.sent_version or ""
-        message = request.error_detail.message
-        self.cache.record_nack(node_id, type_url, rejected, message)
-        self._metrics.nacks.labels(short_name(type_url)).inc()
-        delay = min(NACK_RESEND_MAX_S, NACK_RESEND_BASE_S * 2 ** state.nacks_in_row)
-        state.nacks_in_row += 1
-        log.warning(
-            "xDS NACK node=%s type_url=%s version=%s accepted_version=%s error=%r; "
-            "the proxy keeps its last good config; offering it again in %.0fs unless the mesh changes first",
-            node_id, type_url, rejected, request.version_info, message, delay,
-            extra={"node": node_id, "type_url": type_url, "version": rejected, "error": message},
-        )
-        if stream.events is not None:
-            timer = threading.Timer(delay, stream.events.put, args=(_Resend(type_url, rejected),))
-            timer.daemon = True
-            timer.start()
-
-    def _on_resend(self, stream: _Stream, event: _Resend) -> list[discovery_pb2.DiscoveryResponse]:
-        """Offer a NACKed version again, unless something newer was sent meanwhile."""
-        state = stream.types.get(event.type_url)
-        if state is None or state.nonce is not None or state.sent_version != event.version:
-            return []
-        state.sent_version = None
-        response = self._respond(stream, event.type_url, self.cache.get(stream.node_id))
-        return [response] if response is not None else []
-
-    def _on_change(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
-        assert stream.node_id is not None
-        snapshot = self.cache.get(stream.node_id)
-        responses = []
-        for type_url in PUSH_ORDER:
-            if type_url in stream.types:
-                response = self._respond(stream, type_url, snapshot)
-                if response is not None:
-                    responses.append(response)
-        return responses
-
-    def _respond(
-        self, stream: _Stream, type_url: str, snapshot: ProxySnapshot | None
-    ) -> discovery_pb2.DiscoveryResponse | None:
-        """The response this type needs now, or None (in flight, nothing new, nothing asked, no snapshot)."""
-        state = stream.types[type_url]
-        if snapshot is None or state.nonce is not None or not state.active:
-            return None
-        version = snapshot.versions[type_url]
-        names = None if state.wildcard else state.names
-        if state.sent_version == version and state.sent_names == names:
-            return None  # the proxy has it already, or rejected it: wait for the next change
-        nonce = f"{stream.stream_id}-{next(stream.nonces)}"
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=snapshot.packed(type_url, names),
-        )
-        state.nonce = state.last_nonce = nonce
-        state.sent_version, state.sent_names = version, names
-        node_id = stream.node_id
-        assert node_id is not None
-        self.cache.record_sent(node_id, type_url, version)
-        self._metrics.pushes.labels(short_name(type_url)).inc()
-        log.debug("push node=%s type_url=%s version=%s resources=%d nonce=%s",
-                  node_id, type_url, version, len(response.resources), nonce)
-        return response
+    @staticmethod
+    def _check(stream: Stream, request: Any) -> None:
+        if request.HasField("node") and request.node.id and request.node.id != stream.node_id:
+            raise Abort(grpc.StatusCode.PERMISSION_DENIED,
+                        f"node.id changed mid-stream from {stream.node_id!r} to {request.node.id!r}; open a new stream")
+        if not request.type_url:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "an ADS request must set type_url")
 
 
-def _read_requests(request_iterator: Iterator[discovery_pb2.DiscoveryRequest], events: queue.Queue[object]) -> None:
-    """Move requests from the gRPC stream into the event queue; signal the end of the stream."""
-    try:
-        for request in request_iterator:
-            events.put(request)
-    except Exception:  # noqa: BLE001 - cancellation/disconnect surfaces as various grpc errors
-        pass
-    finally:
-        events.put(_CLOSED)
+async def _write(context: Any, responses: list[Any]) -> None:
+    for response in responses:
+        await context.write(response)
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The process's ADS event loop, started on first use in a daemon thread of its own.
+
+    One loop for every ADS server of the process, never closed: grpc.aio's completion queue is
+    shared by the process and may still deliver a finished server's last events, which must find
+    their loop running.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="ads-loop", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+class AdsServer:
+    """A running ADS server: a ``grpc.aio`` server on the process's ADS event loop.
+
+    ``stop(grace)`` may be called from any thread; it returns a :class:`threading.Event` set once
+    the server has stopped (like grpcio's synchronous ``Server.stop``).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, port: int,
+                 servicer: AdsServicer) -> None:
+        self.port = port
+        self._loop = loop
+        self._server = server
+        self._servicer = servicer
+        self._stopped = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        with self._lock:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+
+        async def stop() -> None:
+            try:
+                await self._server.stop(grace)
+            finally:
+                self._servicer.close()
+                self._stopped.set()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
 
 
 def serve_ads(
     servicer: AdsServicer,
     bind: str,
     server_credentials: grpc.ServerCredentials | None,
-    max_workers: int = DEFAULT_MAX_WORKERS,
-) -> tuple[grpc.Server, int]:
-    """Start a gRPC server with ``servicer`` on ``bind`` (``host:port``, port 0 = pick one).
+) -> tuple[AdsServer, int]:
+    """Start the ADS server with ``servicer`` on ``bind`` (``host:port``, port 0 = pick one).
 
     ``server_credentials`` None serves plaintext (loopback tests only); production passes
     ``grpc.ssl_server_credentials(..., require_client_auth=True)`` with :func:`mtls_node_authorizer`.
-    Each open stream holds one of ``max_workers`` threads (see module docstring). Returns the started
-    server and the bound port; stop it with ``server.stop(grace)``.
+    Returns the started server and the bound port; stop it with ``server.stop(grace)`` from any thread.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ads"),
-        maximum_concurrent_rpcs=max_workers,
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-    )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    try:
-        if server_credentials is None:
-            port = server.add_insecure_port(bind)
-        else:
-            port = server.add_secure_port(bind, server_credentials)
-    except RuntimeError as exc:
-        raise XdsError(f"cannot bind the ADS server to {bind!r}: {exc}; is the address free?") from exc
-    if port == 0:
-        raise XdsError(f"cannot bind the ADS server to {bind!r}; is the address free and the host local?")
-    server.start()
-    log.info("ADS server listening bind=%s port=%d tls=%s max_workers=%d",
-             bind, port, server_credentials is not None, max_workers)
-    return server, port
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=_OPTIONS)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+        try:
+            if server_credentials is None:
+                port = server.add_insecure_port(bind)
+            else:
+                port = server.add_secure_port(bind, server_credentials)
+        except RuntimeError as exc:
+            raise XdsError(f"cannot bind the ADS server to {bind!r}: {exc}; is the address free?") from exc
+        if port == 0:
+            raise XdsError(f"cannot bind the ADS server to {bind!r}; is the address free and the host local?")
+        await server.start()
+        return server, port
+
+    loop = _event_loop()
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    log.info("ADS server listening bind=%s port=%d tls=%s (asyncio; sotw and delta)",
+             bind, port, server_credentials is not None)
+    return AdsServer(loop, server, port, servicer), port

@@ -26,7 +26,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshcore.errors import SnapshotInvalid
 from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, MESSAGE_CLASS, ROUTE, SECRET, resource_name
-from meshcore.xds.cache import ProxySnapshot, SnapshotCache
+from meshcore.xds.cache import Prepared, ProxySnapshot, SnapshotCache
 
 __all__ = ["validate_snapshot", "publish"]
 
@@ -224,13 +224,18 @@ def _unpack(packed: any_pb2.Any, cls: type[Message], where: str, problems: list[
 
 # --- publishing -------------------------------------------------------------------------------
 
-def publish(cache: SnapshotCache, node_id: str, resources_by_type: Mapping[str, Iterable[Message]]) -> ProxySnapshot:
+def publish(
+    cache: SnapshotCache, node_id: str, resources_by_type: Mapping[str, Iterable[Message | Prepared]]
+) -> ProxySnapshot:
     """Validate, then store the snapshot for ``node_id``; raise :class:`SnapshotInvalid` (cache untouched).
 
-    Returns the snapshot (whose version may equal the one already cached; then nothing is pushed).
+    Resources may be messages or :class:`Prepared` entries shared with other proxies (validated by
+    their message, then used as they are). Returns the snapshot (whose version may equal the one
+    already cached; then nothing is pushed).
     """
     materialized = {t: list(items) for t, items in resources_by_type.items()}
-    problems = validate_snapshot(node_id, materialized)
+    messages = {t: [i.message if isinstance(i, Prepared) else i for i in items] for t, items in materialized.items()}
+    problems = validate_snapshot(node_id, messages)
     if problems:
         log.error("snapshot rejected node=%s problems=%d: %s", node_id, len(problems), "; ".join(problems),
                   extra={"node": node_id})

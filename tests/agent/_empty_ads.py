@@ -34,6 +34,11 @@ class EmptyAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 continue  # an ACK (or NACK) of what we sent: nothing more to say
             yield discovery_pb2.DiscoveryResponse(version_info="1", type_url=request.type_url, nonce="1")
 
+    def DeltaAggregatedResources(self, request_iterator, context) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """The same over delta xDS (the agent's default; its requests have the fields read above)."""
+        for response in self.StreamAggregatedResources(request_iterator, context):
+            yield discovery_pb2.DeltaDiscoveryResponse(system_version_info="1", type_url=response.type_url, nonce="1")
+
 
 def _uris(pem: bytes) -> list[str]:
     if not pem:

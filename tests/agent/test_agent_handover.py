@@ -72,6 +72,13 @@ class ListenerAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             yield discovery_pb2.DiscoveryResponse(version_info="1", type_url=request.type_url, nonce="1",
                                                   resources=resources)
 
+    def DeltaAggregatedResources(self, request_iterator, context) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """The same over delta xDS, the agent's default."""
+        for response in self.StreamAggregatedResources(request_iterator, context):
+            yield discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info="1", type_url=response.type_url, nonce="1",
+                resources=[discovery_pb2.Resource(name="test", version="1", resource=r) for r in response.resources])
+
 
 @pytest.fixture
 def mesh(tmp_path):

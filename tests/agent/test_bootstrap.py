@@ -14,6 +14,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from meshcore import naming
+from meshcore.errors import AgentError
 from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
 from meshcore.agent.config import _default_envoy_path
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret, validation_context_secret
@@ -52,7 +53,7 @@ def test_bootstrap_parses_into_the_proto(tmp_path, xds, kind):
     assert b.admin.address.socket_address.port_value == 19000
 
     ads = b.dynamic_resources.ads_config
-    assert ads.api_type == ads.GRPC and ads.transport_api_version == config_source_pb2.V3
+    assert ads.api_type == ads.DELTA_GRPC and ads.transport_api_version == config_source_pb2.V3
     assert ads.set_node_on_first_message_only
     assert ads.grpc_services[0].envoy_grpc.cluster_name == naming.XDS_CLUSTER
     assert b.dynamic_resources.cds_config.HasField("ads") and b.dynamic_resources.lds_config.HasField("ads")
@@ -82,6 +83,16 @@ def test_bootstrap_parses_into_the_proto(tmp_path, xds, kind):
     assert bundle_sds.sds_config.path_config_source.path == str(
         secrets / naming.secret_file(naming.trust_bundle_secret(TD)))
     assert bundle_sds.sds_config.path_config_source.watched_directory.path == str(secrets)
+
+
+def test_state_of_the_world_stays_selectable(tmp_path):
+    sotw = render_bootstrap(node="vm1", trust_domain=TD, xds_address="127.0.0.1:15012", secrets_dir=tmp_path,
+                            admin_address="127.0.0.1:19000", xds_protocol="sotw")
+    ads = _parse(sotw).dynamic_resources.ads_config
+    assert ads.api_type == ads.GRPC
+    with pytest.raises(AgentError, match="xds_protocol 'grpc' is not one of delta, sotw"):
+        render_bootstrap(node="vm1", trust_domain=TD, xds_address="127.0.0.1:15012", secrets_dir=tmp_path,
+                         admin_address="127.0.0.1:19000", xds_protocol="grpc")
 
 
 def test_render_is_pure_and_write_only_on_change(tmp_path):

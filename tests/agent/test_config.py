@@ -44,6 +44,10 @@ def test_defaults(ca_file):
     assert config.refresh_interval == 10.0
     assert Path(config.envoy_path).name == "envoy"
     assert config.envoy_log is None and config.join_token is None and config.consul_services_dir is None
+    assert config.xds_protocol == "delta"
+    sotw = load_config(["--node", "vm1", "--control-plane", "https://cp:15443", "--ca-file", str(ca_file),
+                        "--xds-protocol", "SotW"], {})
+    assert sotw.xds_protocol == "sotw"
 
 
 def test_config_file_from_env(tmp_path, ca_file):
@@ -55,10 +59,12 @@ def test_config_file_from_env(tmp_path, ca_file):
 def test_every_problem_is_reported(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(["--node", "vm1", "--control-plane", "http://cp", "--ca-file", str(tmp_path / "none.pem"),
-                     "--admin", "nowhere", "--refresh-interval", "soon", "--log-level", "loud"], {})
+                     "--admin", "nowhere", "--refresh-interval", "soon", "--log-level", "loud",
+                     "--xds-protocol", "rest"], {})
     text = str(info.value)
     for expected in ("must be an https://host:port URL", "none.pem does not exist", "'nowhere' is not host:port",
-                     "'soon' is not a duration", "'loud' is not one of"):
+                     "'soon' is not a duration", "'loud' is not one of",
+                     "xds_protocol: 'rest' is not one of delta, sotw"):
         assert expected in text
 
 

@@ -20,7 +20,7 @@ from meshcore import naming
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.catalog.model import Catalog
 from meshcore.errors import ValidationError
-from meshcore.resources.kinds import destination_rule as dr
+from meshcore.policies.destination_rule.spec import parse_policy
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.xds.generate import ENDPOINT
@@ -221,7 +221,7 @@ def test_prioritize_is_idempotent_and_deterministic(catalog):
     ({"loadBalancer": {"localityLbSetting": {"failover": [{"from": "dc1", "to": "dc2"}]}}}, (("dc1", "dc2"),)),
 ])
 def test_locality_failover_decides_on_and_off(policy, expected):
-    assert dr.locality_failover(policy) == expected
+    assert parse_policy(policy).locality_failover() == expected
 
 
 def _errors(text: str) -> list[tuple[str, str]]:

@@ -8,7 +8,9 @@ Each case is kept twice, as Consul keeps ``agent/xds/testdata/<type>/<case>.gold
 * ``golden/<type>/<case>.golden``: one xDS type (listeners, routes, clusters, endpoints; secrets are
   always empty, private keys never leave the VM), so a change shows up in the type it touches.
 
-Every policy plugin has at least one case of its own (:data:`POLICY_CASES`). Run
+Every policy plugin has at least one case of its own (:data:`POLICY_CASES`). A policy kind with its own
+folder keeps its cases there, as Kuma does: ``meshcore/policies/<kind>/testdata/<case>.input.yaml`` (first
+line ``# node: <node>``) beside ``<case>.<type>.golden``. Run
 ``pytest tests/xds/test_build_golden.py --update-golden`` after an intended change and review the diff.
 """
 
@@ -129,6 +131,18 @@ POLICY_CASES = {
 
 TYPE_DIRS = {LISTENER: "listeners", ROUTE: "routes", CLUSTER: "clusters", ENDPOINT: "endpoints"}
 
+POLICY_TESTDATA = sorted((ROOT / "meshcore" / "policies").glob("*/testdata/*.input.yaml"))
+"""The cases kept in policy folders."""
+
+
+def _folder_case(path: Path) -> tuple[str, str]:
+    """(resources text, node) of a policy folder's case; the node is named on its first line."""
+    text = path.read_text()
+    first = text.splitlines()[0] if text else ""
+    if not first.startswith("# node: "):
+        pytest.fail(f"{path}: the first line must name the proxy's node, e.g. '# node: vm1'")
+    return text, first.removeprefix("# node: ").strip()
+
 
 def _built(case: str) -> dict:
     resources_text, node = CASES[case]
@@ -141,10 +155,10 @@ def _built(case: str) -> dict:
 def _compare(path: Path, rendered: str, update: bool) -> None:
     if update or not path.exists():
         if not update:
-            pytest.fail(f"{path.relative_to(GOLDEN)} does not exist; run with --update-golden to create it, then review it")
+            pytest.fail(f"{path.relative_to(ROOT)} does not exist; run with --update-golden to create it, then review it")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered)
-    assert rendered == path.read_text(), (f"{path.relative_to(GOLDEN)} differs; if intended, rerun with "
+    assert rendered == path.read_text(), (f"{path.relative_to(ROOT)} differs; if intended, rerun with "
                                           "--update-golden and review")
 
 
@@ -160,6 +174,22 @@ def test_golden_per_type(case, type_url, update_golden):
     messages = _built(case)[type_url]
     rendered = json.dumps([json_format.MessageToDict(m) for m in messages], indent=2, sort_keys=True) + "\n"
     _compare(GOLDEN / TYPE_DIRS[type_url] / f"{case}.golden", rendered, update_golden)
+
+
+@pytest.mark.parametrize("type_url", sorted(TYPE_DIRS), ids=lambda t: TYPE_DIRS[t])
+@pytest.mark.parametrize("path", POLICY_TESTDATA, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_policy_folder_golden(path, type_url, update_golden):
+    text, node = _folder_case(path)
+    proxy = ProxyInfo(node=node, secrets_dir="/var/lib/meshcore-agent/secrets", admin="127.0.0.1:19000")
+    built = build_proxy(_snapshot(text), proxy)
+    assert validate_snapshot(node, built) == []
+    rendered = json.dumps([json_format.MessageToDict(m) for m in built[type_url]], indent=2, sort_keys=True) + "\n"
+    case = path.name.removesuffix(".input.yaml")
+    _compare(path.with_name(f"{case}.{TYPE_DIRS[type_url]}.golden"), rendered, update_golden)
+
+
+def test_destination_rule_keeps_its_cases_in_its_folder():
+    assert any(p.parent.parent.name == "destination_rule" for p in POLICY_TESTDATA)
 
 
 def test_every_policy_plugin_has_a_golden_case():

@@ -11,7 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 
 from meshcore.errors import XdsError
 from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from meshcore.xds.cache import ProxySnapshot, SnapshotCache
+from meshcore.xds.cache import Prepared, ProxySnapshot, SnapshotCache
 from tests.xds._snapshots import eds_cluster, endpoints, pack, small_snapshot
 
 
@@ -57,6 +57,26 @@ def test_map_order_inside_packed_any_does_not_change_the_version():
     assert one.version == two.version
     three = ProxySnapshot.of({CLUSTER: [cluster(keys + ["extra"])]})
     assert three.version != one.version
+
+
+def test_prepared_entries_are_used_as_they_are_and_version_like_messages():
+    resources = small_snapshot()
+    shared = Prepared.of(resources[CLUSTER][0])
+    assert shared.version == Prepared.of(resources[CLUSTER][0]).version
+    assert shared.body == resources[CLUSTER][0].SerializeToString(deterministic=True)
+    plain = ProxySnapshot.of(resources)
+    mixed = ProxySnapshot.of({**resources, CLUSTER: [shared]})
+    other = ProxySnapshot.of({**resources, CLUSTER: [shared]})
+    assert mixed.version == plain.version and dict(mixed.versions) == dict(plain.versions)
+    assert mixed.entries(CLUSTER)["outbound:backend"] is shared is other.entries(CLUSTER)["outbound:backend"]
+    assert mixed.packed(CLUSTER)[0] is shared.any
+    assert mixed.resource_versions(CLUSTER) == {"outbound:backend": shared.version}
+    assert mixed.resource_versions(ENDPOINT) == plain.resource_versions(ENDPOINT)
+    changed = ProxySnapshot.of(small_snapshot(upstream_port=18081))
+    assert changed.resource_versions(ENDPOINT) != plain.resource_versions(ENDPOINT)
+    assert changed.resource_versions(CLUSTER) == plain.resource_versions(CLUSTER)
+    with pytest.raises(XdsError, match="expected Cluster"):
+        ProxySnapshot.of({CLUSTER: [Prepared.of(endpoints("x", 1))]})
 
 
 def test_of_rejects_unknown_types_and_wrong_classes():

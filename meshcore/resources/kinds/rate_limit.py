@@ -39,7 +39,7 @@ from meshcore.resources.model import Resource
 from meshcore.resources.schema import DNSLabel, Int, LabelSelector, ListOf, Obj, Path, Required, Context
 
 from .authorization_policy import METHODS, PATHS, PRINCIPALS
-from .destination_rule import UINT32_MAX, Dur, seconds
+from ._fields import UINT32_MAX, Dur, seconds
 from .peer_authentication import ROOT_NAMESPACE
 
 API_VERSION = "networking.mesh.io/v1beta1"

@@ -64,8 +64,9 @@ from meshcore.resources.schema import (
     StrKey,
 )
 
-from . import destination_rule as dr
-from .destination_rule import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one
+from meshcore.policies.destination_rule import schema as dr
+
+from ._fields import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one, seconds
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "VirtualService"
@@ -205,7 +206,7 @@ class Destinations(ListOf):
 
 
 def _backoff_order(cleaned: dict, path: Path, ctx: Context) -> None:
-    if "maxInterval" in cleaned and dr.seconds(cleaned["maxInterval"]) < dr.seconds(cleaned["baseInterval"]):
+    if "maxInterval" in cleaned and seconds(cleaned["maxInterval"]) < seconds(cleaned["baseInterval"]):
         ctx.add(path.field("maxInterval"),
                 f"must not be shorter than baseInterval ({cleaned['baseInterval']}), got {cleaned['maxInterval']}")
 

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from ...snapshot import MeshSnapshot, ProxyInfo
 from .clusters import build_clusters
 from .endpoints import build_endpoints
@@ -16,7 +14,8 @@ from .listeners import build_listeners
 from .routes import build_routes
 from .vocab import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
-BuiltResources = dict[str, list[Message]]
+BuiltResources = dict[str, list]
+"""Resources by type URL while plugins run: messages, except :class:`~.vocab.ListenerDraft` under LISTENER."""
 
 
 def generate_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> BuiltResources:

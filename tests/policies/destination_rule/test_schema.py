@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from meshcore.errors import ValidationError
-from meshcore.resources.kinds import destination_rule as dr
+from meshcore.policies.destination_rule import schema as dr
+from meshcore.policies.destination_rule.spec import ConnectionPool, LoadBalancer, TrafficPolicy, spec_of
 from meshcore.resources.loader import load_documents, validate_set
 
 HEAD = "apiVersion: networking.mesh.io/v1beta1\nkind: DestinationRule\nmetadata: {name: reviews}\n"
@@ -145,12 +146,12 @@ spec:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
 """)
-    assert dr.effective_policy(res) == {"loadBalancer": {"simple": "RANDOM"},
-                                        "connectionPool": {"tcp": {"maxConnections": 5}}}
-    assert dr.effective_policy(res, "v1") == dr.effective_policy(res)
-    assert dr.effective_policy(res, "v2") == {"loadBalancer": {"simple": "LEAST_REQUEST"},
-                                              "connectionPool": {"tcp": {"maxConnections": 5}}}
-    assert dr.effective_policy(None, "v2") == {}
+    spec = spec_of(res)
+    assert spec.effective_policy() == TrafficPolicy(LoadBalancer(simple="RANDOM"), ConnectionPool(max_connections=5))
+    assert spec.effective_policy("v1") == spec.effective_policy()
+    assert spec.effective_policy("v2") == TrafficPolicy(LoadBalancer(simple="LEAST_REQUEST"),
+                                                        ConnectionPool(max_connections=5))
+    assert spec.effective_policy("no-such-subset") == spec.effective_policy()
 
 
 def test_subset_selection_by_labels():

@@ -32,12 +32,11 @@ name one host: the first by (namespace, name); :func:`validate_set` refuses a se
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from meshcore.durations import parse_duration
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
+from meshcore.resources.kinds._fields import UINT32_MAX, Dur, HeaderName, ServiceHost, at_least_one, exactly_one
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import (
     INVALID,
@@ -54,7 +53,6 @@ from meshcore.resources.schema import (
     Schema,
     Str,
     StringMap,
-    type_name,
 )
 
 API_VERSION = "networking.mesh.io/v1beta1"
@@ -63,121 +61,6 @@ KIND_NAME = "DestinationRule"
 ROUND_ROBIN, LEAST_REQUEST, RANDOM = "ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"
 SIMPLE_LB = (ROUND_ROBIN, LEAST_REQUEST, RANDOM)
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-UINT32_MAX = 2**32 - 1
-
-_SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
-
-
-# --- schema pieces shared with VirtualService ----------------------------------------------------------
-
-
-class ServiceHost(Schema):
-    """A host as meshcore names it: a Consul service name (``reviews``), never a DNS name or a wildcard."""
-
-    expected = "a service name"
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        if not isinstance(value, str):
-            return self._wrong_type(value, path, ctx)
-        if _SERVICE.fullmatch(value):
-            return value
-        if "." in value and _SERVICE.fullmatch(value.split(".", 1)[0]):
-            ctx.add(path, f"{json.dumps(value)}: hosts are Consul service names in meshcore; "
-                          f"write {json.dumps(value.split('.', 1)[0])}")
-        elif "*" in value:
-            ctx.add(path, f"{json.dumps(value)}: wildcard hosts are not supported; name one service")
-        else:
-            ctx.add(path, f"{json.dumps(value)} is not a service name (letters, digits, '-' and '_')")
-        return INVALID
-
-
-class Number(Schema):
-    """A number (integer or fraction) within bounds, e.g. a percentage."""
-
-    def __init__(self, min: float, max: float):
-        self.min, self.max = min, max
-        self.expected = f"a number {min:g}-{max:g}"
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            ctx.add(path, f"must be {self.expected}, got {type_name(value)} {json.dumps(value, default=str)}")
-            return INVALID
-        if not self.min <= value <= self.max:
-            ctx.add(path, f"must be {self.expected}, got {value:g}")
-            return INVALID
-        return value
-
-
-class Dur(Schema):
-    """A duration with a unit (``250ms``, ``2s``, ``1m30s``), checked with :func:`meshcore.durations.parse_duration`.
-
-    ``min_s`` is the smallest accepted value in seconds (Envoy refuses zero for some fields).
-    The cleaned value keeps the operator's spelling; :func:`seconds` converts it.
-    """
-
-    expected = "a duration"
-
-    def __init__(self, min_s: float = 0.0):
-        self.min_s = min_s
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        if not isinstance(value, str):
-            hint = f' (write "{value}s")' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-            ctx.add(path, f"must be a duration such as \"500ms\", \"2s\" or \"1m30s\", got {type_name(value)}{hint}")
-            return INVALID
-        try:
-            if re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
-                raise ValueError(f"{value!r} has no unit; write it like 500ms, 2s or 1m30s")
-            secs = parse_duration(value).total_seconds()
-        except ValueError as exc:
-            ctx.add(path, str(exc))
-            return INVALID
-        if secs < self.min_s:
-            ctx.add(path, f"must be at least {self.min_s * 1000:g}ms, got {json.dumps(value)}")
-            return INVALID
-        return value
-
-
-def seconds(duration: str) -> float:
-    """Seconds in a duration the schema accepted."""
-    return parse_duration(duration).total_seconds()
-
-
-class HeaderName(Str):
-    """An HTTP header name, lowercase (HTTP/2 and Envoy spell them so; Istio requires it too)."""
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        value = super().check(value, path, ctx)
-        if value is INVALID:
-            return INVALID
-        if value != value.lower() and _HEADER_NAME.fullmatch(value.lower()):
-            ctx.add(path, f"header names must be lowercase: write {json.dumps(value.lower())}")
-            return INVALID
-        if not _HEADER_NAME.fullmatch(value):
-            ctx.add(path, f"{json.dumps(value)} is not an HTTP header name")
-            return INVALID
-        return value
-
-
-def exactly_one(fields: Sequence[str], what: str):
-    """An Obj rule: exactly one of ``fields`` is set."""
-
-    def rule(cleaned: dict, path: Path, ctx: Context) -> None:
-        given = [f for f in fields if cleaned.get(f) not in (None, False)]
-        if len(given) != 1:
-            got = f" (got {', '.join(given)})" if given else ""
-            ctx.add(path, f"{what} must set exactly one of: {', '.join(fields)}{got}")
-
-    return rule
-
-
-def at_least_one(fields: Sequence[str], what: str):
-    def rule(cleaned: dict, path: Path, ctx: Context) -> None:
-        if not any(cleaned.get(f) is not None for f in fields):
-            ctx.add(path, f"{what} must set at least one of: {', '.join(fields)}")
-
-    return rule
 
 
 # --- traffic policy -------------------------------------------------------------------------------------
@@ -348,46 +231,9 @@ def subset_names(rule: Resource | None) -> list[str]:
     return [s["name"] for s in ((rule.spec or {}).get("subsets") or ())] if rule is not None else []
 
 
-def effective_policy(rule: Resource | None, subset: str | None = None) -> dict:
-    """The traffic policy of the host (``subset`` None) or of one subset.
-
-    As in Istio, a subset's ``trafficPolicy`` overrides the host's field by field: a subset that
-    sets only ``loadBalancer`` keeps the host's ``connectionPool`` and ``outlierDetection``.
-    Unlike Istio, a subset ``loadBalancer`` without ``localityLbSetting`` keeps the host's one
-    (choosing a hash for one subset should not silently drop the host's datacenter failover).
-    """
-    if rule is None:
-        return {}
-    policy = dict((rule.spec or {}).get("trafficPolicy") or {})
-    if subset is not None:
-        own = (subset_of(rule, subset) or {}).get("trafficPolicy") or {}
-        host_locality = (policy.get("loadBalancer") or {}).get("localityLbSetting")
-        policy.update({k: v for k, v in own.items() if k in POLICY_FIELDS})
-        lb = policy.get("loadBalancer") or {}
-        if host_locality is not None and "localityLbSetting" not in lb:
-            policy["loadBalancer"] = {**lb, "localityLbSetting": host_locality}
-    return policy
-
-
 def selects(labels: Mapping[str, str], subset_labels: Mapping[str, str] | None) -> bool:
     """Whether a workload with ``labels`` belongs to a subset selecting ``subset_labels`` (none: every workload)."""
     return all(labels.get(k) == v for k, v in (subset_labels or {}).items())
-
-
-def locality_failover(policy: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
-    """Whether a traffic policy turns on locality-aware failover, and its ``(from, to)`` datacenter pairs.
-
-    None means off: endpoints keep priority 0 everywhere (no locality preference). As in Istio,
-    outlier detection alone turns it on (own datacenter first, every other one after); an explicit
-    ``localityLbSetting`` turns it on even without outlier detection (Consul health checks already
-    take failed instances out of the endpoints), and ``enabled: false`` turns it off.
-    """
-    setting = (policy.get("loadBalancer") or {}).get("localityLbSetting")
-    if setting is None:
-        return () if policy.get("outlierDetection") else None
-    if setting.get("enabled") is False:
-        return None
-    return tuple((pair["from"], pair["to"]) for pair in setting.get("failover") or ())
 
 
 def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
@@ -395,7 +241,7 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     errors: list[FieldError] = []
     first: dict[str, Resource] = {}
     for r in _ordered(resources, KIND_NAME):
-        host = (r.spec or {}).get("host")
+        host = str((r.spec or {}).get("host"))
         if host in first:
             other = first[host]
             errors.append(FieldError(str(r.key), None, "spec.host",
@@ -412,18 +258,9 @@ __all__ = [
     "KIND_NAME",
     "SIMPLE_LB",
     "HASH_KEYS",
-    "ServiceHost",
-    "Number",
-    "Dur",
-    "HeaderName",
-    "seconds",
-    "exactly_one",
-    "at_least_one",
     "rule_for",
     "subset_of",
     "subset_names",
-    "effective_policy",
-    "locality_failover",
     "selects",
     "validate_set",
 ]

@@ -10,26 +10,27 @@ For every upstream a proxy declared whose host has a DestinationRule:
   so VirtualServices can route to it (and a subset not routed to right now stays warm).
 * with locality-aware failover on (``loadBalancer.localityLbSetting``, or ``outlierDetection`` alone,
   as in Istio) each of those assignments ranks its datacenters for this proxy (see
-  :mod:`meshcore.traffic.locality`).
+  :mod:`.locality`).
 """
 
 from __future__ import annotations
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from .. import naming
-from ..resources.kinds.destination_rule import KIND_NAME, effective_policy, subset_names
-from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.clusters import ClusterSet, apply_policy, route_hash_policies, tcp_hash_policies
-from ..traffic.locality import apply_locality_named
-from ..xds.generate import vocab as c
+from ... import naming
+from ...snapshot import MeshSnapshot, ProxyInfo
+from ...traffic.clusters import ClusterSet
+from ...xds.generate import vocab as c
+from ...xds.generate.vocab import LISTENER, ROUTE
+from .clusters import apply_policy, route_hash_policies, tcp_hash_policies
+from .locality import apply_locality_named
+from .schema import KIND_NAME
+from .spec import TrafficPolicy
 
 KIND = KIND_NAME
 
 
-def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
-    from ..xds.generate import ROUTE
-
+def _default_route_hash(resources: dict, route_name: str, policy: TrafficPolicy) -> None:
     hashes = route_hash_policies(policy)
     if not hashes:
         return
@@ -41,9 +42,7 @@ def _default_route_hash(resources: dict, route_name: str, policy: dict) -> None:
                     route.route.hash_policy.extend(hashes)
 
 
-def _default_tcp_hash(resources: dict, listener_name: str, policy: dict) -> None:
-    from ..xds.generate import LISTENER
-
+def _default_tcp_hash(resources: dict, listener_name: str, policy: TrafficPolicy) -> None:
     hashes = tcp_hash_policies(policy)
     if not hashes:
         return
@@ -66,12 +65,12 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         rule = clusters.rule(host)
         if rule is None:
             continue
-        policy = effective_policy(rule)
+        policy = rule.effective_policy()
         own = clusters.existing(naming.upstream_cluster(host, src.service))
         if own is not None:
             apply_policy(own, policy)
         apply_locality_named(snapshot, proxy, resources, naming.upstream_endpoints(host, up.datacenter), policy)
-        for subset in subset_names(rule):
+        for subset in rule.subset_names:
             clusters.ensure(src, host, subset, up.datacenter)
         if c.upstream_protocol(snapshot, up) == "tcp":
             _default_tcp_hash(resources, naming.outbound_listener(host, up.local_bind_port), policy)

@@ -9,20 +9,18 @@ ejects them), with the default overprovisioning factor of 1.4.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from ..resources.kinds import destination_rule as dr
-from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.generate import ENDPOINT
-from ..xds.generate.endpoints import prioritize, proxy_locality
+from ...snapshot import MeshSnapshot, ProxyInfo
+from ...xds.generate import ENDPOINT
+from ...xds.generate.endpoints import prioritize, proxy_locality
+from .spec import TrafficPolicy
 
 
 def apply_locality(snapshot: MeshSnapshot, proxy: ProxyInfo, cla: endpoint_pb2.ClusterLoadAssignment,
-                   policy: Mapping) -> bool:
+                   policy: TrafficPolicy) -> bool:
     """Rank ``cla``'s localities for ``proxy`` when ``policy`` turns locality failover on; True if it did."""
-    failover = dr.locality_failover(policy)
+    failover = policy.locality_failover()
     if failover is None:
         return False
     caller = proxy_locality(snapshot, proxy)
@@ -33,7 +31,7 @@ def apply_locality(snapshot: MeshSnapshot, proxy: ProxyInfo, cla: endpoint_pb2.C
 
 
 def apply_locality_named(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict, eds_name: str,
-                         policy: Mapping) -> bool:
+                         policy: TrafficPolicy) -> bool:
     """:func:`apply_locality` on the built assignment called ``eds_name`` (False when there is none)."""
     for cla in resources[ENDPOINT]:
         if cla.cluster_name == eds_name:

@@ -1,0 +1,107 @@
+"""DestinationRule -> Envoy: a traffic policy on a cluster, and the hash policies a consistent-hash balancer needs."""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.type.v3 import hash_policy_pb2
+
+from ...xds.generate import vocab as c
+from . import schema as dr
+from .spec import TrafficPolicy
+
+_SIMPLE = {
+    dr.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    dr.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+    dr.RANDOM: cluster_pb2.Cluster.RANDOM,
+}
+
+
+def _u32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
+
+
+def apply_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
+    """Set ``policy`` on ``cluster``; fields the policy leaves out stay.
+
+    * ``loadBalancer.simple`` -> ``lb_policy``; ``consistentHash`` -> ``RING_HASH`` (the hash key goes
+      on the routes, see :func:`route_hash_policies`);
+    * ``connectionPool`` -> ``connect_timeout`` and the DEFAULT-priority circuit breaker thresholds;
+    * ``outlierDetection`` -> ``outlier_detection``, enforced at 100% for the error kinds given (as Istio).
+    """
+    lb = policy.load_balancer
+    if lb is not None and lb.simple is not None:
+        cluster.lb_policy = _SIMPLE[lb.simple]
+    elif lb is not None and lb.consistent_hash is not None:
+        cluster.lb_policy = cluster_pb2.Cluster.RING_HASH
+
+    pool = policy.connection_pool
+    if pool is not None:
+        if pool.connect_timeout is not None:
+            cluster.connect_timeout.CopyFrom(c.seconds(pool.connect_timeout))
+        limits = {
+            "max_connections": pool.max_connections,
+            "max_pending_requests": pool.http1_max_pending_requests,
+            "max_requests": pool.http2_max_requests,
+            "max_retries": pool.max_retries,
+        }
+        if any(v is not None for v in limits.values()):
+            thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds(priority=base_pb2.DEFAULT)
+            for field, value in limits.items():
+                if value is not None:
+                    getattr(thresholds, field).CopyFrom(_u32(value))
+            del cluster.circuit_breakers.thresholds[:]
+            cluster.circuit_breakers.thresholds.append(thresholds)
+
+    od = policy.outlier_detection
+    if od is not None:
+        out = outlier_detection_pb2.OutlierDetection()
+        if od.consecutive_5xx_errors is not None:
+            n = od.consecutive_5xx_errors
+            out.consecutive_5xx.CopyFrom(_u32(n))
+            out.enforcing_consecutive_5xx.CopyFrom(_u32(100 if n > 0 else 0))
+        if od.consecutive_gateway_errors is not None:
+            n = od.consecutive_gateway_errors
+            out.consecutive_gateway_failure.CopyFrom(_u32(n))
+            out.enforcing_consecutive_gateway_failure.CopyFrom(_u32(100 if n > 0 else 0))
+        if od.interval is not None:
+            out.interval.CopyFrom(c.seconds(od.interval))
+        if od.base_ejection_time is not None:
+            out.base_ejection_time.CopyFrom(c.seconds(od.base_ejection_time))
+        if od.max_ejection_percent is not None:
+            out.max_ejection_percent.CopyFrom(_u32(od.max_ejection_percent))
+        cluster.outlier_detection.CopyFrom(out)
+
+
+def route_hash_policies(policy: TrafficPolicy) -> list[rc.RouteAction.HashPolicy]:
+    """The route hash policy a ``consistentHash`` load balancer needs (empty for any other policy)."""
+    ch = policy.load_balancer.consistent_hash if policy.load_balancer is not None else None
+    if ch is None:
+        return []
+    hp = rc.RouteAction.HashPolicy
+    if ch.http_header_name is not None:
+        return [hp(header=hp.Header(header_name=ch.http_header_name))]
+    if ch.http_cookie is not None:
+        out = hp.Cookie(name=ch.http_cookie.name, path=ch.http_cookie.path)
+        if ch.http_cookie.ttl is not None:
+            out.ttl.CopyFrom(c.seconds(ch.http_cookie.ttl))
+        return [hp(cookie=out)]
+    if ch.http_query_parameter_name is not None:
+        return [hp(query_parameter=hp.QueryParameter(name=ch.http_query_parameter_name))]
+    if ch.use_source_ip:
+        return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
+    return []
+
+
+def tcp_hash_policies(policy: TrafficPolicy) -> list[hash_policy_pb2.HashPolicy]:
+    """For tcp_proxy: only ``useSourceIp`` means something without HTTP."""
+    ch = policy.load_balancer.consistent_hash if policy.load_balancer is not None else None
+    if ch is not None and ch.use_source_ip:
+        return [hash_policy_pb2.HashPolicy(source_ip=hash_policy_pb2.HashPolicy.SourceIp())]
+    return []
+
+
+__all__ = ["apply_policy", "route_hash_policies", "tcp_hash_policies"]

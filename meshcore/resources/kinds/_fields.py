@@ -1,0 +1,127 @@
+"""Field types shared by several kinds' schemas: service hosts, bounded numbers, durations, header names,
+and the "exactly one" / "at least one" object rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Sequence
+
+from meshcore.durations import parse_duration
+from meshcore.resources.schema import INVALID, Context, Path, Schema, Str, type_name
+
+UINT32_MAX = 2**32 - 1
+
+_SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
+class ServiceHost(Schema):
+    """A host as meshcore names it: a Consul service name (``reviews``), never a DNS name or a wildcard."""
+
+    expected = "a service name"
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if not isinstance(value, str):
+            return self._wrong_type(value, path, ctx)
+        if _SERVICE.fullmatch(value):
+            return value
+        if "." in value and _SERVICE.fullmatch(value.split(".", 1)[0]):
+            ctx.add(path, f"{json.dumps(value)}: hosts are Consul service names in meshcore; "
+                          f"write {json.dumps(value.split('.', 1)[0])}")
+        elif "*" in value:
+            ctx.add(path, f"{json.dumps(value)}: wildcard hosts are not supported; name one service")
+        else:
+            ctx.add(path, f"{json.dumps(value)} is not a service name (letters, digits, '-' and '_')")
+        return INVALID
+
+
+class Number(Schema):
+    """A number (integer or fraction) within bounds, e.g. a percentage."""
+
+    def __init__(self, min: float, max: float):
+        self.min, self.max = min, max
+        self.expected = f"a number {min:g}-{max:g}"
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            ctx.add(path, f"must be {self.expected}, got {type_name(value)} {json.dumps(value, default=str)}")
+            return INVALID
+        if not self.min <= value <= self.max:
+            ctx.add(path, f"must be {self.expected}, got {value:g}")
+            return INVALID
+        return value
+
+
+class Dur(Schema):
+    """A duration with a unit (``250ms``, ``2s``, ``1m30s``), checked with :func:`meshcore.durations.parse_duration`.
+
+    ``min_s`` is the smallest accepted value in seconds (Envoy refuses zero for some fields).
+    The cleaned value keeps the operator's spelling; :func:`seconds` converts it.
+    """
+
+    expected = "a duration"
+
+    def __init__(self, min_s: float = 0.0):
+        self.min_s = min_s
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if not isinstance(value, str):
+            hint = f' (write "{value}s")' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            ctx.add(path, f"must be a duration such as \"500ms\", \"2s\" or \"1m30s\", got {type_name(value)}{hint}")
+            return INVALID
+        try:
+            if re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+                raise ValueError(f"{value!r} has no unit; write it like 500ms, 2s or 1m30s")
+            secs = parse_duration(value).total_seconds()
+        except ValueError as exc:
+            ctx.add(path, str(exc))
+            return INVALID
+        if secs < self.min_s:
+            ctx.add(path, f"must be at least {self.min_s * 1000:g}ms, got {json.dumps(value)}")
+            return INVALID
+        return value
+
+
+def seconds(duration: str) -> float:
+    """Seconds in a duration the schema accepted."""
+    return parse_duration(duration).total_seconds()
+
+
+class HeaderName(Str):
+    """An HTTP header name, lowercase (HTTP/2 and Envoy spell them so; Istio requires it too)."""
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        value = super().check(value, path, ctx)
+        if value is INVALID:
+            return INVALID
+        if value != value.lower() and _HEADER_NAME.fullmatch(value.lower()):
+            ctx.add(path, f"header names must be lowercase: write {json.dumps(value.lower())}")
+            return INVALID
+        if not _HEADER_NAME.fullmatch(value):
+            ctx.add(path, f"{json.dumps(value)} is not an HTTP header name")
+            return INVALID
+        return value
+
+
+def exactly_one(fields: Sequence[str], what: str):
+    """An Obj rule: exactly one of ``fields`` is set."""
+
+    def rule(cleaned: dict, path: Path, ctx: Context) -> None:
+        given = [f for f in fields if cleaned.get(f) not in (None, False)]
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            ctx.add(path, f"{what} must set exactly one of: {', '.join(fields)}{got}")
+
+    return rule
+
+
+def at_least_one(fields: Sequence[str], what: str):
+    def rule(cleaned: dict, path: Path, ctx: Context) -> None:
+        if not any(cleaned.get(f) is not None for f in fields):
+            ctx.add(path, f"{what} must set at least one of: {', '.join(fields)}")
+
+    return rule
+
+
+__all__ = ["UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one"]
