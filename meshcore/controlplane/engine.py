@@ -106,7 +106,7 @@ class MeshEngine:
         self._resources_loaded = False
         self.snapshot: MeshSnapshot | None = None
         self._seq = 0  # bumped with every new snapshot
-        self.proxies: dict[str, ProxyState] = {}
+        self.proxies: dict[str, ProxyState] = {}  # replaced whole on insert (readers need no lock)
         self.source_error = ""
         self.store_error = ""
         self._stop = threading.Event()
@@ -453,7 +453,8 @@ class MeshEngine:
             if current is not None and current.info == info and current.built_seq:
                 return
             if current is None:
-                self.proxies[info.node] = ProxyState(info=info)
+                # Copy on write: status pages iterate ``proxies`` without the lock, never mid-insert.
+                self.proxies = {**self.proxies, info.node: ProxyState(info=info)}
             else:
                 current.info = info
             snap, seq = self.snapshot, self._seq
