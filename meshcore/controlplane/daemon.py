@@ -85,6 +85,7 @@ class Settings:
     alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
+    full_rebuild: bool = False  # engine baseline: rebuild the snapshot and every proxy on each change
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -155,7 +156,8 @@ class ControlPlane:
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
                                  settings=MeshSettings(telemetry=settings.telemetry), tracing=self.tracing,
-                                 on_snapshot=self._on_snapshot, metrics=self.metrics)
+                                 on_snapshot=self._on_snapshot, metrics=self.metrics,
+                                 incremental=not settings.full_rebuild)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
         self._grpc: AdsServer | None = None
@@ -506,6 +508,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ca-key", default=env.get("MESHCORE_CA_KEY"), help="PEM private key of --ca-cert (unencrypted)")
     p.add_argument("--ca-chain", default=env.get("MESHCORE_CA_CHAIN"),
                    help="PEM certificates from --ca-cert's issuer up to and including your root")
+    p.add_argument("--full-rebuild", action="store_true", default=env.get("MESHCORE_FULL_REBUILD", "") == "1",
+                   help="baseline for benchmarks: on every change rebuild the whole mesh snapshot and every "
+                        "connected proxy, without coalescing (default: incremental, only affected proxies)")
     p.add_argument("--log-level", default=env.get("MESHCORE_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=("text", "json"), default=env.get("MESHCORE_LOG_FORMAT", "text"))
     return p.parse_args(argv)
@@ -527,7 +532,7 @@ def main(argv=None) -> int:
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
-            alert_webhooks=tuple(_webhook_urls(args.alert_webhook)),
+            alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
         )
         kek = load_kek(settings.kek_file)
         cp = ControlPlane(settings, kek)
