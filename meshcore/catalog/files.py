@@ -55,10 +55,6 @@ RESCAN_INTERVAL = 30.0  # seconds between full (stat-only) rescans while inotify
 SETTLE = 0.01  # seconds to let a burst of events on one save arrive before reading the directory
 CHANGES_KEPT = 64  # catalog versions whose changed services are remembered (for CatalogUpdate.changed_services)
 
-# CatalogUpdate.changed_services (the engine's hint: which services may differ from the previous update)
-# is being added on the engine's branch; filled as soon as the field exists.
-_HAS_HINT = "changed_services" in getattr(CatalogUpdate, "__dataclass_fields__", {})
-
 try:  # Linux; elsewhere the source polls
     import inotify_simple
 except ImportError:  # pragma: no cover - non-Linux platforms
@@ -412,10 +408,9 @@ class FileCatalogSource:
             raise ValidationError(self._errors or [FieldError(str(self.root), None, "", "no catalog yet")],
                                   summary=f"no valid catalog in {self.root} yet")
         extra = {"errors": self._errors}
-        if _HAS_HINT:
-            return CatalogUpdate(catalog=self._catalog, index=self._index, extra=extra,
-                                 changed_services=self.changed_services(since))  # type: ignore[call-arg]
-        return CatalogUpdate(catalog=self._catalog, index=self._index, extra=extra)
+        # The engine's hint: which services may differ from the catalog at the index the caller holds.
+        return CatalogUpdate(catalog=self._catalog, index=self._index, extra=extra,
+                             changed_services=self.changed_services(since))
 
     def changed_services(self, since: int | None) -> frozenset[str] | None:
         """Services whose instances may differ between the catalog at index ``since`` and now
