@@ -1,19 +1,24 @@
 """MeshSnapshot: one immutable, content-hashed picture of the whole mesh.
 
-Built (purely) from the catalog, the mesh resources and the trust settings every time any of
-them changes. Two snapshots with the same content have the same ``hash``; the control plane
-pushes nothing when the hash has not changed.
+Built (purely) from the catalog, the mesh resources and the trust settings. Two snapshots with
+the same content have the same ``hash``; the control plane pushes nothing when the hash has not
+changed. The hash is composed from per-service, per-node and per-resource content hashes, so
+:meth:`MeshSnapshot.update` makes the next snapshot from the previous one by hashing only what
+changed (sharing every unchanged resource and hash), and says what changed
+(:class:`SnapshotChange`): :meth:`MeshSnapshot.build` and ``update`` give equal snapshots with
+equal hashes for equal content.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable
+from functools import cached_property
+from typing import Iterable, Mapping
 
-from .catalog.model import Catalog, ServiceInstance
+from .catalog.model import Catalog, CatalogChange, ServiceInstance
 from .naming import DEFAULT_TRUST_DOMAIN, workload_spiffe_id
-from .resources.model import Resource
+from .resources.model import Resource, ResourceKey
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,47 @@ class MeshSettings:
     federated_bundles: tuple[tuple[str, str], ...] = ()
 
 
+ResourceChange = tuple["Resource | None", "Resource | None"]  # (old, new); None = absent on that side
+
+
+@dataclass(frozen=True)
+class SnapshotChange:
+    """What differs between two snapshots (see :meth:`MeshSnapshot.update`); ``full`` = everything."""
+
+    catalog: CatalogChange = field(default_factory=CatalogChange)
+    resources: tuple[ResourceChange, ...] = ()  # every added, changed or deleted resource
+    settings: bool = False
+    trust_domain: bool = False
+    full: bool = False
+
+    def __bool__(self) -> bool:
+        return self.full or bool(self.catalog) or bool(self.resources) or self.settings or self.trust_domain
+
+
+def _resource_order(r: Resource) -> tuple[str, str, str]:
+    return (r.kind, r.namespace, r.name)
+
+
+def _resource_hash(r: Resource) -> str:
+    return hashlib.sha256(r.canonical_json().encode()).hexdigest()[:16]
+
+
+def _compose_hash(trust_domain: str, settings: MeshSettings, catalog: Catalog,
+                  resource_hashes: Mapping[ResourceKey, str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(trust_domain.encode())
+    digest.update(b"\0settings\0")
+    digest.update(repr(settings).encode())
+    for part, hashes in (("services", catalog.service_hashes), ("nodes", catalog.node_hashes)):
+        digest.update(f"\0{part}\0".encode())
+        for name in sorted(hashes):
+            digest.update(f"{name}={hashes[name]};".encode())
+    digest.update(b"\0resources\0")
+    for key in sorted(resource_hashes, key=lambda k: (k.kind, k.namespace, k.name)):
+        digest.update(f"{key}={resource_hashes[key]};".encode())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class MeshSnapshot:
     catalog: Catalog
@@ -45,26 +91,82 @@ class MeshSnapshot:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     settings: MeshSettings = field(default_factory=MeshSettings)
     hash: str = field(default="", compare=False)
+    resource_hashes: Mapping[ResourceKey, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, catalog: Catalog, resources: Iterable[Resource] = (), trust_domain: str = DEFAULT_TRUST_DOMAIN,
               settings: MeshSettings | None = None) -> "MeshSnapshot":
+        """A snapshot from scratch: every service, node and resource hashed."""
         settings = settings or MeshSettings()
-        ordered = tuple(sorted(resources, key=lambda r: (r.kind, r.namespace, r.name)))
-        digest = hashlib.sha256()
-        digest.update(trust_domain.encode())
-        digest.update(repr(settings).encode())
-        digest.update(repr(catalog).encode())
-        for r in ordered:
-            digest.update(r.canonical_json().encode())
+        ordered = tuple(sorted(resources, key=_resource_order))
+        hashes = {r.key: _resource_hash(r) for r in ordered}
         return cls(catalog=catalog, resources=ordered, trust_domain=trust_domain, settings=settings,
-                   hash=digest.hexdigest()[:16])
+                   hash=_compose_hash(trust_domain, settings, catalog, hashes), resource_hashes=hashes)
+
+    def update(self, catalog: Catalog | None = None, resources: Iterable[Resource] | None = None,
+               settings: MeshSettings | None = None, trust_domain: str | None = None, *,
+               changed_services: frozenset[str] | None = None) -> tuple["MeshSnapshot", SnapshotChange]:
+        """The next snapshot, made from this one for what changed, and what changed.
+
+        ``None`` arguments keep this snapshot's part. ``changed_services`` is the catalog source's
+        hint (:attr:`meshcore.catalog.model.CatalogUpdate.changed_services`). Unchanged resources
+        are shared with this snapshot (the same objects), and only changed services, nodes and
+        resources are hashed; the result equals ``MeshSnapshot.build`` of the same inputs.
+        """
+        new_catalog = self.catalog if catalog is None else catalog
+        new_settings = self.settings if settings is None else settings
+        new_td = self.trust_domain if trust_domain is None else trust_domain
+        cat_change = CatalogChange() if new_catalog is self.catalog else \
+            new_catalog.changes_since(self.catalog, changed_services)
+        res_changes: list[ResourceChange] = []
+        ordered, hashes = self.resources, self.resource_hashes
+        if resources is not None:
+            old_by_key = self._by_key
+            new_by_key: dict[ResourceKey, Resource] = {}
+            hashes = {}
+            for r in resources:
+                new_by_key[r.key] = r
+            for key, r in new_by_key.items():
+                old = old_by_key.get(key)
+                if old is not None and (old is r or old == r):
+                    hashes[key] = self.resource_hashes[key]
+                    new_by_key[key] = old  # share the unchanged object
+                else:
+                    hashes[key] = _resource_hash(r)
+                    res_changes.append((old, r))
+            res_changes.extend((old, None) for key, old in old_by_key.items() if key not in new_by_key)
+            if res_changes:
+                ordered = tuple(sorted(new_by_key.values(), key=_resource_order))
+            else:
+                hashes = self.resource_hashes
+        change = SnapshotChange(catalog=cat_change, resources=tuple(res_changes),
+                                settings=new_settings != self.settings, trust_domain=new_td != self.trust_domain)
+        if not change:
+            if new_catalog is self.catalog:
+                return self, change
+            # Equal content in a new catalog object: keep serving the new object (its indexes are fresh).
+            return MeshSnapshot(catalog=new_catalog, resources=ordered, trust_domain=new_td, settings=new_settings,
+                                hash=self.hash, resource_hashes=hashes), change
+        snap = MeshSnapshot(catalog=new_catalog, resources=ordered, trust_domain=new_td, settings=new_settings,
+                            hash=_compose_hash(new_td, new_settings, new_catalog, hashes), resource_hashes=hashes)
+        return snap, change
+
+    @cached_property
+    def _by_key(self) -> dict[ResourceKey, Resource]:
+        return {r.key: r for r in self.resources}
+
+    @cached_property
+    def _by_kind(self) -> dict[str, tuple[Resource, ...]]:
+        groups: dict[str, list[Resource]] = {}
+        for r in self.resources:
+            groups.setdefault(r.kind, []).append(r)
+        return {k: tuple(v) for k, v in groups.items()}
 
     def spiffe_id(self, instance: ServiceInstance) -> str:
         return workload_spiffe_id(self.trust_domain, instance.namespace, instance.service_account)
 
     def resources_of(self, kind: str) -> tuple[Resource, ...]:
-        return tuple(r for r in self.resources if r.kind == kind)
+        return self._by_kind.get(kind, ())
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Modules: :mod:`.config` (flags/env/YAML), :mod:`.client` (control plane agent API),
 :mod:`.identity` (node key and certificate, renewal timing), :mod:`.secrets` (file-based SDS),
 :mod:`.bootstrap` (Envoy bootstrap), :mod:`.supervisor` (runs Envoy), :mod:`.notify` (systemd),
-:mod:`.status` (``status.json``), :mod:`.daemon` (the main loop and ``main``).
+:mod:`.status` (``status.json``), :mod:`.reconcilers` (identity, Envoy, Consul registration, metrics,
+access log: each owns its state), :mod:`.daemon` (wires them, runs the one loop, and ``main``).
 """
 
 from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap

@@ -21,7 +21,6 @@ is not, and ``unauthenticated`` when there was no client certificate (plaintext 
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.agent._net import split_host_port
+from meshcore.agent._net import admin_get
 from meshcore.agent._series import ALLOW_NO_MATCH
 
 log = logging.getLogger("meshcore.agent.access_log")
@@ -277,21 +276,14 @@ def envoy_access_log_path(admin: str, timeout: float = 2.0) -> str | None:
     """The JSON-lines file Envoy's listeners log to: a path, ``""`` when Envoy has listeners but logs
     no JSON to a file (off, ``stdout``, text format), None when Envoy did not answer or has no listener
     yet (ask again later)."""
-    host, port = split_host_port(admin)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     paths: set[str] = set()
     listeners = False
     for resource in ("dynamic_listeners", "static_listeners"):
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)  # direct: never through an HTTP proxy
-        try:
-            conn.request("GET", f"/config_dump?resource={resource}")
-            resp = conn.getresponse()
-            body = resp.read()
-        except (OSError, http.client.HTTPException):
+        answer = admin_get(admin, f"/config_dump?resource={resource}", timeout)
+        if answer is None:
             return None
-        finally:
-            conn.close()
-        if resp.status != 200:
+        status, body = answer
+        if status != 200:
             continue  # Envoy answers 404 when it has no listener of that kind
         try:
             data = json.loads(body)
@@ -313,12 +305,14 @@ class AccessLogFollower:
     """Follows the access log ``locate()`` names and counts policy decisions in its own thread.
 
     ``locate`` returns the path (``""``: no JSON file log, None: unknown now, keep the last answer);
-    it is asked every ``rediscover`` seconds (every second while nothing is followed), the file is read
-    every ``interval`` seconds.
+    it is asked every ``rediscover`` seconds once Envoy answered (a path or ``""``), every second while
+    it has not (Envoy starting), and the file is read every ``interval`` seconds. Each question costs
+    Envoy a ``/config_dump`` of its listeners, so an answer is trusted for a while: the path only
+    changes with the control plane's ``--access-log``.
     :meth:`counts` is None while no log is followed (then the RBAC counters are the only source).
     """
 
-    def __init__(self, locate: Callable[[], str | None], *, interval: float = 0.5, rediscover: float = 5.0,
+    def __init__(self, locate: Callable[[], str | None], *, interval: float = 1.0, rediscover: float = 30.0,
                  max_series: int = MAX_SERIES, budget: int = READ_BUDGET, clock: Callable[[], float] | None = None):
         import time
 
@@ -329,6 +323,7 @@ class AccessLogFollower:
         self.max_series = max_series
         self._clock = clock or time.monotonic
         self._next_locate = 0.0
+        self._answered = False  # Envoy said where it logs (a path, or "": nowhere we can read)
         self._lock = threading.Lock()
         self._tail: LogTail | None = None
         self._counter: _Counter | None = None
@@ -378,12 +373,13 @@ class AccessLogFollower:
         """One round: maybe ask where the log is, then read and count its new lines."""
         now = self._clock()
         if now >= self._next_locate:
-            # ask often while nothing is followed (Envoy starting), so few early lines go unread
-            self._next_locate = now + (self.rediscover if self._tail is not None else min(1.0, self.rediscover))
             path = self._locate()
             if path is not None:
+                self._answered = True
                 with self._lock:
                     self._follow(path)
+            # ask often until Envoy answered (it is starting), so few early lines go unread
+            self._next_locate = now + (self.rediscover if self._answered else min(1.0, self.rediscover))
         tail, counter = self._tail, self._counter
         if tail is None or counter is None:
             return

@@ -1,7 +1,8 @@
 """Registers this VM's services and checks in the local Consul agent (``--consul-services-dir``).
 
-The definitions directory is re-read on every sync so a file an operator drops in is registered
-within one refresh interval. Syncs run in a worker thread: a slow or absent Consul never delays
+The definitions directory is re-read on every sync (every refresh interval), and watched in
+between (the names, sizes and modification times of its files, every ``WATCH_INTERVAL``): a file an
+operator drops in is registered within about a second. Syncs run in a worker thread: a slow or absent Consul never delays
 certificate renewal or the systemd watchdog. Errors are logged (once per distinct message) and
 reported in ``status.json``; they never stop the agent.
 """
@@ -9,6 +10,7 @@ reported in ``status.json``; they never stop the agent.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -20,6 +22,23 @@ from meshcore.errors import MeshError
 log = logging.getLogger("meshcore.agent.consul")
 
 Syncer = Callable[[list[dict[str, Any]]], Any]
+WATCH_INTERVAL = 1.0
+
+
+def dir_signature(directory: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, mtime_ns, size) of each file in ``directory``; None when it cannot be listed."""
+    try:
+        entries = []
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                entries.append((entry.name, st.st_mtime_ns, st.st_size))
+    except OSError:
+        return None
+    return tuple(sorted(entries))
 
 
 def load_payloads(services_dir: Path, node: str) -> list[dict[str, Any]]:
@@ -31,7 +50,8 @@ def load_payloads(services_dir: Path, node: str) -> list[dict[str, Any]]:
     from meshcore.catalog.definitions import DefinitionFile, build_node, definition_files, parse_definition
     from meshcore.errors import FieldError, ValidationError
 
-    files, errors = [], []
+    files: list[DefinitionFile] = []
+    errors: list[FieldError] = []
     try:
         paths = definition_files(services_dir)
     except OSError as exc:
@@ -74,15 +94,24 @@ class ConsulSync:
     """Keeps the local Consul agent's registrations equal to the definitions directory."""
 
     def __init__(self, services_dir: Path | None, node: str, *, syncer_factory: Callable[[], Syncer] = consul_syncer,
-                 extra_payloads: Callable[[], list[dict[str, Any]]] | None = None):
+                 extra_payloads: Callable[[], list[dict[str, Any]]] | None = None,
+                 before_register: Callable[[frozenset[str]], None] | None = None,
+                 after_register: Callable[[frozenset[str]], None] | None = None,
+                 after_deregister: Callable[[frozenset[str]], None] | None = None):
         self.services_dir = services_dir
         self.extra_payloads = extra_payloads  # registrations besides the files' (the agent's own service)
+        # Called with the mesh services of a sync: before registering them (their SVID files must exist
+        # before the control plane can name them in a listener) and after, with those newly registered.
+        self.before_register = before_register
+        self.after_register = after_register
+        self.after_deregister = after_deregister
         self.node = node
         self._factory = syncer_factory
         self._syncer: Syncer | None = None
         self._event = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._signature: tuple[tuple[str, int, int], ...] | None = None  # the directory at the last sync
         self.last_sync: datetime | None = None
         self.last_error: str | None = None
         self.registered: tuple[str, ...] = ()
@@ -108,9 +137,13 @@ class ConsulSync:
     def sync_now(self) -> bool:
         """One sync in the caller's thread; True on success."""
         assert self.services_dir is not None
+        self._signature = dir_signature(self.services_dir)
         try:
             payloads = load_payloads(self.services_dir, self.node)
             payloads += self.extra_payloads() if self.extra_payloads else []
+            mesh = frozenset(str(p["Name"]) for p in payloads if _in_mesh(p))
+            if self.before_register is not None:
+                self.before_register(mesh)
             if self._syncer is None:
                 self._syncer = self._factory()
             self._syncer(payloads)
@@ -123,17 +156,25 @@ class ConsulSync:
         if self.last_error is not None or not self.last_sync:
             log.info("consul registrations in sync services=%s", ",".join(p.get("ID", "") for p in payloads))
         self.registered = tuple(str(p.get("ID", "")) for p in payloads)
-        self.mesh_services = frozenset(str(p["Name"]) for p in payloads if _in_mesh(p))
+        new, gone = mesh - self.mesh_services, self.mesh_services - mesh
+        self.mesh_services = mesh
         self.last_error = None
         self.last_sync = datetime.now(timezone.utc)
+        if new and self.after_register is not None:
+            self.after_register(new)
+        if gone and self.after_deregister is not None:
+            self.after_deregister(gone)
         return True
 
     def _run(self) -> None:
         while True:
-            self._event.wait()
+            triggered = self._event.wait(WATCH_INTERVAL)
             self._event.clear()
             if self._stopping.is_set():
                 return
+            if not triggered and (self.services_dir is None
+                                  or dir_signature(self.services_dir) == self._signature):
+                continue  # nothing changed in the definitions directory
             try:
                 self.sync_now()
             except Exception:  # a bug in a collaborator must not kill the worker silently

@@ -1,10 +1,15 @@
-"""HTTPS client for the control plane's agent API (``/v1/agent/...``).
+"""HTTPS client for the control plane's agent API (``/v1/agent/...``; bodies in :mod:`meshcore.api.agent`).
 
 The server is verified against the trust bundle given with ``--ca-file`` (host name or IP
-checked). Every call except :meth:`AgentClient.join` presents the node certificate; its files
-are re-read per request so a renewed certificate is used at once. Network failures raise
-:class:`ControlPlaneUnavailable` (retry later); a non-2xx answer raises
+checked). Every call except :meth:`AgentClient.join` presents the node certificate. Network
+failures raise :class:`ControlPlaneUnavailable` (retry later); a non-2xx answer raises
 :class:`AgentRequestError` carrying the server's ``{"error": ...}`` reason verbatim.
+
+Connections are kept alive between calls of one client (a TLS handshake costs the control plane
+more than signing a certificate), for at most :data:`KEEPALIVE_IDLE` seconds of idleness. The TLS
+context is rebuilt, and the connection replaced, when the bundle, certificate or key file changes
+on disk, so a renewed certificate is used at once. :meth:`AgentClient.close` (or ``with``) ends
+the connection; a dropped client's socket closes with it.
 """
 
 from __future__ import annotations
@@ -12,110 +17,42 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import ssl
-from dataclasses import dataclass
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshcore.errors import AgentError, ControlPlaneUnavailable
+from meshcore.api.agent import (
+    BUNDLE,
+    BUNDLE_HEADER,
+    JOIN,
+    RENEW_NODE,
+    SERVICES,
+    SIGN,
+    CsrRequest,
+    IssuedIdentity,
+    JoinRequest,
+    NodeService,
+    NodeServices,
+    TrustBundle,
+)
+from meshcore.errors import AgentError, AgentRequestError, ControlPlaneUnavailable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
-BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
+KEEPALIVE_IDLE = 30.0  # seconds a kept-alive connection may sit unused before the next call opens a new one
 
 
-class AgentRequestError(AgentError):
-    """The control plane answered a request with an error status; ``reason`` is its message verbatim."""
-
-    def __init__(self, method: str, path: str, status: int, reason: str):
-        self.method = method
-        self.path = path
-        self.status = status
-        self.reason = reason
-        super().__init__(reason)
-
-    @property
-    def retryable(self) -> bool:
-        """5xx and 429 are the server's trouble and worth retrying; other 4xx need an operator."""
-        return self.status >= 500 or self.status == 429
-
-
-@dataclass(frozen=True)
-class IssuedIdentity:
-    """A certificate the control plane issued (join, renew-node, sign)."""
-
-    certificate: str
-    chain: str
-    bundle: str
-    spiffe_id: str
-    not_after: str
-    trust_domain: str
-    xds_address: str
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> IssuedIdentity:
-        values = {name: _require_str(data, name, where) for name in
-                  ("certificate", "chain", "bundle", "spiffe_id", "not_after", "trust_domain")}
-        return cls(xds_address=str(data.get("xds_address") or ""), **values)
-
-
-@dataclass(frozen=True)
-class NodeService:
-    """One service registered on this node, as the control plane sees it."""
-
-    name: str
-    id: str
-    spiffe_id: str
-    kind: str = ""
-
-
-@dataclass(frozen=True)
-class NodeServices:
-    node: str
-    trust_domain: str
-    xds_address: str
-    services: tuple[NodeService, ...]
-    bundle_sha256: str = ""  # the trust bundle the control plane wants every node to hold
-    signer_key_id: str = ""  # key id of the intermediate signing now: certificates from another renew early
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> NodeServices:
-        raw = data.get("services")
-        if not isinstance(raw, list):
-            raise AgentError(f"{where}: response has no 'services' list")
-        services = []
-        for index, item in enumerate(raw):
-            if not isinstance(item, dict):
-                raise AgentError(f"{where}: services[{index}] is not an object")
-            name = _require_str(item, "name", f"{where} services[{index}]")
-            services.append(NodeService(
-                name=name,
-                id=str(item.get("id") or name),
-                spiffe_id=_require_str(item, "spiffe_id", f"{where} services[{index}]"),
-                kind=str(item.get("kind") or ""),
-            ))
-        ca = data.get("ca") if isinstance(data.get("ca"), dict) else {}
-        return cls(
-            node=_require_str(data, "node", where),
-            trust_domain=_require_str(data, "trust_domain", where),
-            xds_address=str(data.get("xds_address") or ""),
-            services=tuple(services),
-            bundle_sha256=str(ca.get("bundle_sha256") or "").lower(),
-            signer_key_id=str(ca.get("signer_key_id") or "").lower(),
-        )
-
-
-@dataclass(frozen=True)
-class TrustBundle:
-    trust_domain: str
-    bundle: str
-    federated: tuple[tuple[str, str], ...] = ()  # other trust domains' roots: (trust_domain, PEM)
 
 
 class AgentClient:
-    """Client of one control plane. Cheap to create; holds no connection between calls."""
+    """Client of one control plane. Cheap to create; keeps one connection alive between calls
+    (per kind: with and without the node certificate). Thread-safe: concurrent calls use separate
+    connections; :meth:`close` it when done."""
 
     def __init__(
         self,
@@ -141,36 +78,77 @@ class AgentClient:
         self.extra_ca_files = extra_ca_files
         self.timeout = timeout
         self.bundle_sha256 = bundle_sha256  # reported on every call: the bundle this node has given Envoy
+        self._lock = threading.Lock()
+        self._conns: dict[bool, _Conn] = {}  # authenticated? -> the kept-alive connection
 
     # -- API -------------------------------------------------------------------------------
 
     def join(self, node: str, token: str, csr_pem: str) -> IssuedIdentity:
-        data = self._request("POST", "/v1/agent/join", {"node": node, "token": token, "csr": csr_pem},
+        data = self._request("POST", JOIN, JoinRequest(node=node, token=token, csr=csr_pem).to_json(),
                              authenticated=False)
         return IssuedIdentity.from_json(data, "join")
 
     def renew_node(self, csr_pem: str) -> IssuedIdentity:
-        data = self._request("POST", "/v1/agent/renew-node", {"csr": csr_pem})
-        return IssuedIdentity.from_json(data, "renew-node")
+        return IssuedIdentity.from_json(self._request("POST", RENEW_NODE, CsrRequest(csr_pem).to_json()), "renew-node")
 
     def services(self) -> NodeServices:
-        return NodeServices.from_json(self._request("GET", "/v1/agent/services"), "services")
+        return NodeServices.from_json(self._request("GET", SERVICES), "services")
 
     def sign(self, csr_pem: str) -> IssuedIdentity:
-        return IssuedIdentity.from_json(self._request("POST", "/v1/agent/sign", {"csr": csr_pem}), "sign")
+        return IssuedIdentity.from_json(self._request("POST", SIGN, CsrRequest(csr_pem).to_json()), "sign")
 
     def bundle(self) -> TrustBundle:
-        data = self._request("GET", "/v1/agent/bundle")
-        federated = tuple((_require_str(f, "trust_domain", "bundle federated_bundles"),
-                           _require_str(f, "bundle", "bundle federated_bundles"))
-                          for f in data.get("federated_bundles") or [] if isinstance(f, dict))
-        return TrustBundle(trust_domain=_require_str(data, "trust_domain", "bundle"),
-                           bundle=_require_str(data, "bundle", "bundle"), federated=federated)
+        return TrustBundle.from_json(self._request("GET", BUNDLE), "bundle")
+
+    def close(self) -> None:
+        """Close the kept-alive connections (the client stays usable: the next call opens one)."""
+        with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- transport -------------------------------------------------------------------------
 
+    def _files(self, authenticated: bool) -> tuple[Path, ...]:
+        files = [self.ca_file, *self.extra_ca_files]
+        if authenticated and self.cert_file is not None and self.key_file is not None:
+            files += [self.cert_file, self.key_file]
+        return tuple(files)
+
+    def _stamp(self, authenticated: bool) -> tuple:
+        """What the TLS context was made from: a change of any file means a new context."""
+        out: list[tuple] = []
+        for f in self._files(authenticated):
+            try:
+                st = os.stat(f)
+                out.append((str(f), st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(f), None))
+        return tuple(out)
+
     def _context(self, authenticated: bool) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        """The TLS context for these files, rebuilt only when one of them changed (building one costs
+        about 2 ms of CPU: an idle agent polling every few seconds paid that twice per poll)."""
+        key = (authenticated, self._stamp(authenticated))
+        cached = _CONTEXTS.get(key)
+        if cached is None:
+            cached = self._new_context(authenticated)
+            # Keep only the newest context per kind: older ones were made from files that changed since.
+            for stale in [k for k in _CONTEXTS if k[0] == authenticated]:
+                del _CONTEXTS[stale]
+            _CONTEXTS[key] = cached
+        return cached
+
+    def _new_context(self, authenticated: bool) -> ssl.SSLContext:
+        # Only the mesh bundle (--ca-file and the held bundle) verifies the control plane: not the
+        # system store, which create_default_context() would also load (and parse, per request).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_verify_locations(cafile=str(self.ca_file))
@@ -190,10 +168,24 @@ class AgentClient:
                 ) from exc
         return context
 
+    def _connection(self, authenticated: bool) -> tuple[_Conn, bool]:
+        """A connection for this kind of call and whether it was used before (kept alive)."""
+        if authenticated and (self.cert_file is None or self.key_file is None):
+            raise AgentError("this request needs the node certificate, but the agent has not joined yet")
+        stamp = self._stamp(authenticated)
+        with self._lock:
+            conn = self._conns.pop(authenticated, None)
+        now = time.monotonic()
+        if conn is not None and conn.stamp == stamp and now - conn.last_used < KEEPALIVE_IDLE:
+            return conn, True
+        if conn is not None:
+            conn.close()
+        context = self._context(authenticated)
+        return _Conn(http.client.HTTPSConnection(self._host, self._port, context=context, timeout=self.timeout),
+                     stamp), False
+
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                  authenticated: bool = True) -> dict[str, Any]:
-        context = self._context(authenticated)
-        conn = http.client.HTTPSConnection(self._host, self._port, context=context, timeout=self.timeout)
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json", "User-Agent": "meshcore-agent"}
         if payload is not None:
@@ -201,19 +193,34 @@ class AgentClient:
         if self.bundle_sha256:
             headers[BUNDLE_HEADER] = self.bundle_sha256
         target = f"{self.base_url}{path}"
+        conn, reused = self._connection(authenticated)
         try:
-            conn.request(method, self._prefix + path, body=payload, headers=headers)
-            response = conn.getresponse()
-            status = response.status
-            raw = response.read()
+            try:
+                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # The server closed the kept-alive connection before reading this request (idle
+                # timeout, restart): nothing was processed, so sending it again on a new one is safe.
+                conn.close()
+                conn, reused = self._connection(authenticated)
+                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers)
         except ssl.SSLCertVerificationError as exc:
+            conn.close()
             raise ControlPlaneUnavailable(
                 f"{method} {target}: the control plane's certificate did not verify ({exc.verify_message}); "
                 f"check that --ca-file holds the mesh trust bundle and that {self._host} is in the server certificate"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
+            conn.close()
             raise ControlPlaneUnavailable(f"{method} {target}: {exc.__class__.__name__}: {exc}") from exc
-        finally:
+        if keep:
+            with self._lock:
+                old = self._conns.pop(authenticated, None)
+                self._conns[authenticated] = conn
+            if old is not None:
+                old.close()
+        else:
             conn.close()
         data = _decode(raw)
         if not 200 <= status < 300:
@@ -228,6 +235,30 @@ class AgentClient:
         return data
 
 
+class _Conn:
+    """One HTTPS connection with what its TLS context was made from and when it was last used."""
+
+    def __init__(self, http_conn: http.client.HTTPSConnection, stamp: tuple):
+        self.http = http_conn
+        self.stamp = stamp
+        self.last_used = time.monotonic()
+
+    def exchange(self, method: str, path: str, payload: bytes | None,
+                 headers: dict[str, str]) -> tuple[int, bytes, bool]:
+        """Send one request, read the whole answer; (status, body, connection reusable)."""
+        self.http.request(method, path, body=payload, headers=headers)
+        response = self.http.getresponse()
+        raw = response.read()
+        self.last_used = time.monotonic()
+        return response.status, raw, not response.will_close
+
+    def close(self) -> None:
+        self.http.close()
+
+
+_CONTEXTS: dict[tuple, ssl.SSLContext] = {}
+
+
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else None
@@ -235,8 +266,5 @@ def _decode(raw: bytes) -> Any:
         return None
 
 
-def _require_str(data: dict[str, Any], name: str, where: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise AgentError(f"control plane {where} response: field {name!r} missing or not a string")
-    return value
+__all__ = ["AgentClient", "AgentRequestError", "IssuedIdentity", "NodeService", "NodeServices",
+           "TrustBundle"]

@@ -317,3 +317,31 @@ def _read(path: Path) -> str | None:
 def rfc3339(value: datetime) -> str:
     """UTC RFC 3339 with ``Z``, second precision."""
     return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+PENDING_CN = "meshcore pending SVID"
+PENDING_LIFETIME = timedelta(days=1)
+
+
+def pending_certificate(service: str) -> tuple[str, str]:
+    """(certificate PEM, key PEM) standing in for ``service``'s SVID until it is issued.
+
+    Self-signed, with no SPIFFE ID, so no peer trusts it (connections to the service fail closed
+    for the moment it is served); it exists so Envoy can load a listener that names the service's
+    SVID file before the real SVID is written over it (file SDS then reloads it in place).
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, PENDING_CN),
+                      x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, service[:64] or "-")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + PENDING_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem

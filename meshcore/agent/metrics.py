@@ -16,8 +16,6 @@ import logging
 import os
 import threading
 import urllib.parse
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from meshcore.agent._net import split_host_port
+from meshcore.agent._net import admin_get, split_host_port
 from meshcore.agent._access_log import PolicyCounts
 from meshcore.agent._series import edge_families, policy_audited_family, policy_denied_family, usage_families
 from meshcore.errors import AgentError
@@ -153,11 +151,14 @@ def derived_exposition(facts: AgentFacts, envoy: str | None, admin: str) -> byte
 
 
 def _admin_json(admin: str, path: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{admin}{path}", timeout=timeout) as resp:
-            return json.loads(resp.read()) if resp.status == 200 else None
-    except (urllib.error.URLError, OSError, ValueError):
+    answer = admin_get(admin, path, timeout)
+    if answer is None or answer[0] != 200:
         return None
+    try:
+        data = json.loads(answer[1])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def fetch_envoy_counters(admin: str, pattern: str) -> dict[str, float]:
@@ -185,13 +186,10 @@ def fetch_envoy_limits(admin: str) -> dict[str, dict[str, int]]:
 
 def fetch_envoy_stats(admin: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> str | None:
     """Envoy's ``/stats/prometheus`` text, or None when it does not answer in ``timeout``."""
-    try:
-        with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=timeout) as resp:
-            if resp.status != 200:
-                return None
-            return resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError):
+    answer = admin_get(admin, "/stats/prometheus", timeout)
+    if answer is None or answer[0] != 200:
         return None
+    return answer[1].decode("utf-8", errors="replace")
 
 
 class MetricsServer:

@@ -7,8 +7,9 @@ State directory (mode 0700; every file 0600, written atomically):
   ``root.sealed`` holds only the operator's root certificate (its key stays with the operator).
 * ``next-root.sealed`` / ``next-intermediate.sealed``: the new CA while a root rotation prepares.
 * ``rotation.json``: the rotation phase and the roots still trusted (public certificates only).
-* ``issued.json``: metadata and public PEMs of issued, unexpired leaves (no keys: the CA never
-  sees a leaf key).
+* ``issued.jsonl``: an append-only journal of issued leaves, metadata and public PEMs (no keys: the
+  CA never sees a leaf key), compacted to the unexpired ones as it grows (see ``_issued.py``).
+  An ``issued.json`` of older versions is moved into it on first use.
 * ``.ca.lock``: empty lock file serialising writers across processes (control plane, ``meshctl``).
 
 Root rotation (:meth:`CertificateAuthority.begin_rotation`) has three phases, each persisted:
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import re
 import threading
@@ -40,9 +40,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshcore import naming
-from meshcore._files import atomic_write, ensure_private_dir, file_lock
+from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, SigningRefused
 
+from ._issued import IssuedJournal
 from ._sealed import check_kek
 from ._spiffeid import check_trust_domain, parse_workload_id
 from ._store import (
@@ -72,7 +73,8 @@ INTERMEDIATE_FILE = "intermediate.sealed"
 NEXT_ROOT_FILE = "next-root.sealed"
 NEXT_INTERMEDIATE_FILE = "next-intermediate.sealed"
 ROTATION_FILE = "rotation.json"
-ISSUED_FILE = "issued.json"
+ISSUED_FILE = "issued.jsonl"
+LEGACY_ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
 ROOT_PURPOSE = "ca-root"
 INTERMEDIATE_PURPOSE = "ca-intermediate"
@@ -142,6 +144,9 @@ class CertificateAuthority:
         self._next = next_ca
         self._anchors: dict[str, bytes | None] = {}  # leaf serial -> DER of the root it chains to
         self._lock = threading.RLock()
+        self._bundle_cache: tuple[tuple[Any, ...], tuple[tuple[x509.Certificate, ...], str, str]] | None = None
+        self._signer_cache: tuple[KeyPair, str, str, str] | None = None
+        self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE)
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -240,6 +245,7 @@ class CertificateAuthority:
             if rotation.phase != PHASE_IDLE:
                 log.info("resuming root rotation phase=%s trust_domain=%s", rotation.phase, trust_domain)
             ca._renew_intermediate_if_due(now)
+            ca._journal.catch_up(locked=True)  # migrates an old issued.json, cuts a torn last line
             if upstream is not None:
                 ca._adopt_upstream(upstream, now)
         return ca
@@ -258,6 +264,11 @@ class CertificateAuthority:
         self._begin(root, intermediate, now, reason="upstream")
         log.warning("a new external upstream CA was given: rotating to it (phase preparing) root=%s",
                     root.cert.subject.rfc4514_string())
+
+    def _intermediate_due(self, now: datetime) -> bool:
+        """The intermediate is within its renewal window (cheap: no file, no lock)."""
+        threshold = max(INTERMEDIATE_RENEW_BEFORE, self.leaf_ttl)
+        return self._intermediate.cert.not_valid_after_utc - now <= threshold
 
     def _renew_intermediate_if_due(self, now: datetime) -> None:
         """Replace the intermediate when it has less than 30 days (or one leaf TTL) left and the root
@@ -310,34 +321,56 @@ class CertificateAuthority:
 
     def roots(self) -> list[x509.Certificate]:
         """The trust anchors, current root first, then the new one (preparing) or the old ones (rotating)."""
+        return list(self._bundle()[0])
+
+    def _bundle(self) -> tuple[tuple[x509.Certificate, ...], str, str]:
+        """(roots, bundle PEM, its SHA-256), computed once per CA state: every SVID response carries them."""
+        cached = self._bundle_cache  # read without the lock: signing holds it, and this is on every answer
+        if cached is not None and all(a is b for a, b in zip(cached[0], (self._root, self._next, self._rotation))):
+            return cached[1]
         with self._lock:
+            state = (self._root, self._next, self._rotation)
             roots = [self._root.cert]
             if self._next is not None:
                 roots.append(self._next[0].cert)
             roots += self._rotation.previous_roots
-        out, seen = [], set()
-        for cert in roots:
-            if _fingerprint(cert) not in seen:
-                seen.add(_fingerprint(cert))
-                out.append(cert)
-        return out
+            out, seen = [], set()
+            for cert in roots:
+                if _fingerprint(cert) not in seen:
+                    seen.add(_fingerprint(cert))
+                    out.append(cert)
+            pem = "".join(pem_of(c) for c in out)
+            value = (tuple(out), pem, hashlib.sha256(pem.encode()).hexdigest())
+            self._bundle_cache = (state, value)
+            return value
 
     def bundle_pem(self) -> str:
         """The trust anchors of this trust domain (every root in :meth:`roots`), PEM."""
-        return "".join(pem_of(c) for c in self.roots())
+        return self._bundle()[1]
 
     def bundle_sha256(self) -> str:
         """Hex SHA-256 of :meth:`bundle_pem`: agents compare it to know the bundle changed."""
-        return hashlib.sha256(self.bundle_pem().encode()).hexdigest()
+        return self._bundle()[2]
 
     def intermediate_pem(self) -> str:
         """The current intermediate certificate, PEM."""
-        return self._intermediate.pem
+        return self._signer()[1]
 
     def signer_key_id(self) -> str:
         """Hex key identifier of the intermediate signing leaves now; a leaf whose AKI differs was
         signed by another intermediate (agents renew those early during a rotation)."""
-        return subject_key_id(self._intermediate.cert).hex()
+        return self._signer()[3]
+
+    def _signer(self) -> tuple[KeyPair, str, str, str]:
+        """(intermediate, its PEM, the PEM chain above a leaf, its key id), once per intermediate."""
+        inter = self._intermediate
+        cached = self._signer_cache
+        if cached is not None and cached[0] is inter:
+            return cached
+        pem = inter.pem
+        value = (inter, pem, pem + "".join(pem_of(c) for c in inter.chain), subject_key_id(inter.cert).hex())
+        self._signer_cache = value
+        return value
 
     # --- rotation --------------------------------------------------------------------------
 
@@ -471,7 +504,7 @@ class CertificateAuthority:
 
     def sign_csr(
         self,
-        csr_pem: str | bytes,
+        csr_pem: str | bytes | x509.CertificateSigningRequest,
         *,
         spiffe_id: str,
         node: str | None = None,
@@ -479,7 +512,7 @@ class CertificateAuthority:
         dns_names: Sequence[str] = (),
         ip_addresses: Sequence[str] = (),
     ) -> IssuedCertificate:
-        """Sign ``csr_pem`` as an X509-SVID for ``spiffe_id``.
+        """Sign ``csr_pem`` (PEM, or a CSR the caller parsed already) as an X509-SVID for ``spiffe_id``.
 
         The CSR's signature must verify, and it must carry no SAN or exactly the URI SAN
         ``spiffe_id`` (plus, for the control plane, DNS/IP SANs among those requested). Raises
@@ -499,27 +532,22 @@ class CertificateAuthority:
         _check_csr_key(csr)
         _check_csr_sans(csr, spiffe_id, dns_names, ip_addresses)
 
-        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+        while True:
             now = _now(self._clock)
-            self._renew_intermediate_if_due(now)
-            inter = self._intermediate
-            not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
-            not_after = min(now + ttl, inter.cert.not_valid_after_utc)
-            cert = build_leaf_cert(
-                spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
-                issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
-            )
-            leaf_pem = pem_of(cert)
-            issued = IssuedCertificate(
-                spiffe_id=spiffe_id,
-                serial=serial_hex(cert.serial_number),
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                cert_pem=leaf_pem,
-                chain_pem=leaf_pem + inter.pem + "".join(pem_of(c) for c in inter.chain),
-                node=node,
-            )
-            self._record(issued, now)
+            with self._lock:
+                if self._intermediate_due(now):
+                    with file_lock(self.state_dir / LOCK_FILE):
+                        self._renew_intermediate_if_due(now)
+                inter, _, chain_tail, _ = self._signer()
+            # Built and signed outside the locks, so signers do not queue behind each other's
+            # crypto; only the record is serialised.
+            issued = self._build_leaf(csr, spiffe_id, node, ttl, now, inter, chain_tail, dns_names, ip_addresses)
+            with self._lock, file_lock(self.state_dir / LOCK_FILE):
+                if self._intermediate is inter:
+                    self._record(issued, now)
+                    break
+            # The intermediate changed meanwhile (renewed, or a rotation activated and may finish):
+            # sign again with the current one, never hand out a leaf the record does not know.
         log.info(
             "issued certificate spiffe_id=%s serial=%s node=%s not_after=%s",
             spiffe_id, issued.serial, node, issued.not_after.isoformat(),
@@ -527,14 +555,33 @@ class CertificateAuthority:
         )
         return issued
 
+    @staticmethod
+    def _build_leaf(csr: x509.CertificateSigningRequest, spiffe_id: str, node: str | None, ttl: timedelta,
+                    now: datetime, inter: KeyPair, chain_tail: str, dns_names: Sequence[str],
+                    ip_addresses: Sequence[str]) -> IssuedCertificate:
+        not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
+        not_after = min(now + ttl, inter.cert.not_valid_after_utc)
+        assert inter.key is not None
+        cert = build_leaf_cert(
+            spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
+            issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
+        )
+        leaf_pem = pem_of(cert)
+        return IssuedCertificate(
+            spiffe_id=spiffe_id,
+            serial=serial_hex(cert.serial_number),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            cert_pem=leaf_pem,
+            chain_pem=leaf_pem + chain_tail,
+            node=node,
+        )
+
     def issued(self) -> list[IssuedCertificate]:
         """Every unexpired certificate issued, the newest per (spiffe_id, node), sorted by spiffe_id, node."""
         now = _now(self._clock)
-        newest: dict[tuple[str, str | None], IssuedCertificate] = {}
-        for cert in self._read_issued():
-            if cert.not_after > now:
-                newest[(cert.spiffe_id, cert.node)] = cert  # file is in issuance order: last wins
-        return [newest[k] for k in sorted(newest, key=lambda k: (k[0], k[1] or ""))]
+        with self._lock:
+            return self._journal.live(now)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -562,25 +609,17 @@ class CertificateAuthority:
                 raise SigningRefused(f"invalid IP address {ip!r} for the control plane certificate") from exc
         return dns, tuple(canonical_ips)
 
-    def _read_issued(self) -> list[IssuedCertificate]:
-        path = self.state_dir / ISSUED_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
-            raise CAError(f"cannot read {path}: {exc}; move it aside to start a fresh listing") from exc
-        try:
-            return [IssuedCertificate.from_dict(d) for d in data.get("certificates", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CAError(f"{path} is damaged: {exc}; move it aside to start a fresh listing") from exc
-
     def _record(self, issued: IssuedCertificate, now: datetime) -> None:
-        """Append ``issued`` to issued.json, dropping expired entries. Caller holds the file lock."""
-        kept = [c for c in self._read_issued() if c.not_after > now]
-        kept.append(issued)
-        body = {"version": 1, "certificates": [c.to_dict() for c in kept]}
-        atomic_write(self.state_dir / ISSUED_FILE, json.dumps(body, indent=1).encode())
+        """Append ``issued`` to the journal (O(1) amortised). Caller holds both locks."""
+        try:
+            self._journal.append(issued, now)
+        except OSError as exc:
+            raise CAError(f"cannot record the issued certificate in {self.state_dir / ISSUED_FILE}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the journal's file descriptor (the CA stays usable: it reopens it when needed)."""
+        with self._lock:
+            self._journal.close()
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -668,12 +707,15 @@ def _discard_next(state_dir: Path) -> None:
         (state_dir / name).unlink(missing_ok=True)
 
 
-def _load_csr(csr_pem: str | bytes) -> x509.CertificateSigningRequest:
-    data = csr_pem.encode("ascii", errors="replace") if isinstance(csr_pem, str) else bytes(csr_pem)
-    try:
-        csr = x509.load_pem_x509_csr(data)
-    except ValueError as exc:
-        raise SigningRefused(f"not a PEM certificate signing request: {exc}") from exc
+def _load_csr(csr_pem: str | bytes | x509.CertificateSigningRequest) -> x509.CertificateSigningRequest:
+    if isinstance(csr_pem, x509.CertificateSigningRequest):
+        csr = csr_pem
+    else:
+        data = csr_pem.encode("ascii", errors="replace") if isinstance(csr_pem, str) else bytes(csr_pem)
+        try:
+            csr = x509.load_pem_x509_csr(data)
+        except ValueError as exc:
+            raise SigningRefused(f"not a PEM certificate signing request: {exc}") from exc
     try:
         valid = csr.is_signature_valid
     except Exception as exc:  # unsupported algorithms surface as assorted errors

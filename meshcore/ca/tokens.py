@@ -1,16 +1,32 @@
 """One-time join tokens: how a new VM proves it may obtain its first identity.
 
 An operator (``meshctl``) creates a token scoped to one node; the VM agent presents it once.
-Only the SHA-256 of each token is stored, inside a file sealed with the KEK (0600, written
-atomically). A file lock plus a thread lock make consume-once hold across threads and processes.
+Only the SHA-256 of each token is stored, sealed with the KEK (0600). A file lock plus a thread
+lock make consume-once hold across threads and processes.
+
+Storage: ``<path>`` is a sealed snapshot of every entry (written atomically); ``<path>.journal``
+holds what happened since, one sealed event per line (``create`` an entry, ``use`` a token), so
+creating or consuming a token appends one line instead of rewriting every token (a 1,000-node join
+storm is O(1) per join). Each store keeps the entries in memory and reads only what other
+processes appended since its last look. When the journal outgrows the entries it is folded into a
+new snapshot (replaying a journal over a snapshot that already holds it changes nothing, so a crash
+between the two steps is harmless).
+
+A call returns only once its line is on disk (``fdatasync``): a consumed token stays consumed
+after a power cut. Concurrent callers share one sync (group commit). A torn last line (a writer
+killed mid-append) is cut off with a warning; any other line that does not decrypt and parse is an
+error: losing a ``use`` would make a token usable twice.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -21,14 +37,16 @@ from typing import Any
 from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, JoinTokenError
 
-from ._sealed import check_kek, read_sealed_entries, write_sealed_entries
+from ._sealed import check_kek, read_sealed_entries, seal, unseal, write_sealed_entries
 from .model import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 
 _PURPOSE = "join-tokens"
+_JOURNAL_PURPOSE = "join-tokens-journal"
 TOKEN_BYTES = 32  # 256 bits of randomness
 KEEP_AFTER_EXPIRY = timedelta(days=7)
+COMPACT_MIN_LINES = 256  # the journal is folded into the snapshot once it has more lines than this and than entries
 
 
 def _utcnow() -> datetime:
@@ -43,15 +61,27 @@ def _hash(token: str) -> str:
 
 
 class JoinTokenStore:
-    """Create and consume single-use join tokens stored (hashed, sealed) in ``path``."""
+    """Create and consume single-use join tokens stored (hashed, sealed) in ``path`` (see the module docstring)."""
 
     def __init__(self, path: Path | str, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> None:
         check_kek(kek)
         self.path = Path(path)
+        self.journal_path = self.path.with_name(f"{self.path.name}.journal")
         self._kek = bytes(kek)
         self._clock = clock
         self._lock = threading.Lock()
         self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._entries: dict[str, dict[str, Any]] = {}  # token hash -> entry, in creation order
+        self._base_stamp: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the snapshot read
+        self._journal_ino = -1
+        self._offset = 0  # bytes of the journal applied
+        self._journal_lines = 0
+        self._fd: int | None = None  # append descriptor of the journal
+        self._sync = threading.Condition()
+        self._written = 0  # appends made / made durable (group commit)
+        self._synced = 0
+        self._syncing = False
+        self._sync_fd: int | None = None  # what the group commit syncs (guarded by _sync, not _lock)
 
     def create(self, node: str, ttl: timedelta = timedelta(hours=1)) -> str:
         """A new url-safe token (256 random bits) valid for ``ttl``, usable once, by ``node`` only."""
@@ -64,15 +94,10 @@ class JoinTokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         with self._locked():
             now = self._now()
-            entries = self._prune(self._read(), now)
-            entries.append({
-                "hash": _hash(token),
-                "node": node,
-                "created": rfc3339(now),
-                "expires": rfc3339(now + ttl),
-                "used": None,
-            })
-            self._write(entries)
+            entry = {"hash": _hash(token), "node": node, "created": rfc3339(now), "expires": rfc3339(now + ttl),
+                     "used": None}
+            ticket = self._append({"op": "create", "entry": entry}, now)
+        self._wait_durable(ticket)
         log.info("created join token node=%s expires=%s", node, rfc3339(now + ttl), extra={"node": node})
         return token
 
@@ -81,9 +106,8 @@ class JoinTokenStore:
         digest = _hash(token) if isinstance(token, str) else ""
         with self._locked():
             now = self._now()
-            entries = self._read()
-            entry = next((e for e in entries if hmac.compare_digest(e["hash"], digest)), None)
-            if entry is None:
+            entry = self._entries.get(digest)
+            if entry is None or not hmac.compare_digest(entry["hash"], digest):
                 raise JoinTokenError("unknown join token; ask the operator for a new one (meshctl token create)")
             if entry["node"] != node:
                 log.warning("join token presented by another node node=%s", node, extra={"node": node})
@@ -94,8 +118,8 @@ class JoinTokenStore:
                 raise JoinTokenError(f"join token already used (at {entry['used']}); create a new one")
             if parse_rfc3339(entry["expires"]) <= now:
                 raise JoinTokenError(f"join token expired (at {entry['expires']}); create a new one")
-            entry["used"] = rfc3339(now)
-            self._write(self._prune(entries, now))
+            ticket = self._append({"op": "use", "hash": digest, "at": rfc3339(now)}, now)
+        self._wait_durable(ticket)
         log.info("join token consumed node=%s", node, extra={"node": node})
 
     def list(self) -> list[dict[str, Any]]:
@@ -103,7 +127,7 @@ class JoinTokenStore:
         expires, used (RFC 3339 or None), state. Never the token itself."""
         with self._locked():
             now = self._now()
-            entries = self._read()
+            entries = [dict(e) for e in self._entries.values()]
         out = []
         for e in entries:
             state = "used" if e["used"] else ("expired" if parse_rfc3339(e["expires"]) <= now else "valid")
@@ -113,12 +137,26 @@ class JoinTokenStore:
             })
         return sorted(out, key=lambda d: (d["created"], d["node"]))
 
+    def close(self) -> None:
+        """Release the journal's descriptor (the store stays usable)."""
+        with self._lock:
+            self._close_fd()
+
+    def __del__(self) -> None:  # dropped without close(): do not leak the descriptor
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     # --- internals -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         ensure_private_dir(self.path.parent)
         with self._lock, file_lock(self._lock_path):
+            self._catch_up()
             yield
 
     def _now(self) -> datetime:
@@ -127,13 +165,127 @@ class JoinTokenStore:
             raise CAError("the join token clock must return timezone-aware datetimes (UTC)")
         return now.astimezone(timezone.utc)
 
-    def _read(self) -> list[dict[str, Any]]:
-        return read_sealed_entries(self.path, self._kek, _PURPOSE, "join token store")
+    def _catch_up(self) -> None:
+        """Bring the entries in memory up to the files (both locks held): only what is new is read."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            write_sealed_entries(self.path, self._kek, _PURPOSE, [])  # the store exists from its first use
+            st = os.stat(self.path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        try:
+            jst = os.stat(self.journal_path)
+        except FileNotFoundError:
+            jst = None
+        if jst is None:
+            replaced = self._journal_ino != -1  # the journal went (removed by hand): read the snapshot again
+        else:
+            replaced = jst.st_ino != self._journal_ino or jst.st_size < self._offset
+        if stamp != self._base_stamp or replaced:
+            self._entries = {e["hash"]: e for e in read_sealed_entries(self.path, self._kek, _PURPOSE,
+                                                                       "join token store")}
+            self._base_stamp = stamp
+            self._offset = self._journal_lines = 0
+            self._journal_ino = jst.st_ino if jst is not None else -1
+        if jst is None or jst.st_size == self._offset:
+            return
+        with open(self.journal_path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read(jst.st_size - self._offset)
+        end = data.rfind(b"\n") + 1
+        for raw in data[:end].splitlines():
+            self._journal_lines += 1
+            self._apply(self._decode(raw, self._journal_lines))
+        self._offset += end
+        if end < len(data):
+            log.warning("join token journal %s ends in a torn line (%d bytes, a writer died mid-append); "
+                        "ignoring it", self.journal_path, len(data) - end)
+            os.truncate(self.journal_path, self._offset)
 
-    def _write(self, entries: list[dict[str, Any]]) -> None:
-        write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
+    def _decode(self, raw: bytes, number: int) -> dict[str, Any]:
+        where = f"{self.journal_path} line {number}"
+        try:
+            blob = base64.b64decode(raw, validate=True)
+        except ValueError as exc:
+            raise CAError(f"{where} is damaged ({exc}); restore the join token files from backup, or remove "
+                          f"{self.path} and its journal to revoke every token") from exc
+        body = unseal(self._kek, _JOURNAL_PURPOSE, blob, where=where)
+        try:
+            event = json.loads(body)
+            if event.get("op") not in ("create", "use"):
+                raise ValueError(f"unknown op {event.get('op')!r}")
+            return event
+        except (ValueError, AttributeError) as exc:
+            raise CAError(f"{where} decrypted but is damaged: {exc}") from exc
 
-    @staticmethod
-    def _prune(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-        return [e for e in entries if parse_rfc3339(e["expires"]) + KEEP_AFTER_EXPIRY > now]
+    def _apply(self, event: dict[str, Any]) -> None:
+        """Replay one event (idempotent: a snapshot may already hold it)."""
+        if event["op"] == "create":
+            entry = event["entry"]
+            self._entries.setdefault(entry["hash"], dict(entry))
+        else:
+            entry = self._entries.get(event["hash"])
+            if entry is not None and entry["used"] is None:
+                entry["used"] = event["at"]
 
+    def _append(self, event: dict[str, Any], now: datetime) -> int:
+        """Append ``event`` (both locks held); returns the ticket :meth:`_wait_durable` waits for."""
+        line = base64.b64encode(seal(self._kek, _JOURNAL_PURPOSE, json.dumps(event).encode())) + b"\n"
+        if self._fd is None:
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.write(self._fd, line)
+        self._journal_ino = os.fstat(self._fd).st_ino
+        self._offset += len(line)
+        self._journal_lines += 1
+        self._apply(event)
+        if self._journal_lines > max(COMPACT_MIN_LINES, len(self._entries)):
+            self._compact(now)
+            return 0  # the snapshot is written and synced already
+        with self._sync:
+            self._sync_fd = self._fd
+            self._written += 1
+            return self._written
+
+    def _compact(self, now: datetime) -> None:
+        """Fold the journal into a new snapshot, dropping entries a week past their expiry."""
+        kept = _prune([*self._entries.values()], now)
+        write_sealed_entries(self.path, self._kek, _PURPOSE, kept)
+        os.truncate(self.journal_path, 0)
+        self._entries = {e["hash"]: e for e in kept}
+        st = os.stat(self.path)
+        self._base_stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        self._offset = self._journal_lines = 0
+
+    def _wait_durable(self, ticket: int) -> None:
+        """Return once append ``ticket`` is on disk; one caller syncs for everyone waiting (group commit)."""
+        with self._sync:
+            while self._synced < ticket:
+                if self._syncing:
+                    self._sync.wait()
+                    continue
+                self._syncing = True
+                target = self._written
+                fd = os.dup(self._sync_fd) if self._sync_fd is not None else None  # lock order: never _lock here
+                self._sync.release()
+                try:
+                    if fd is not None:
+                        os.fdatasync(fd)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                    self._sync.acquire()
+                    self._syncing = False
+                    self._synced = max(self._synced, target)
+                    self._sync.notify_all()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with self._sync:
+                os.fdatasync(self._fd)
+                os.close(self._fd)
+                self._fd = self._sync_fd = None
+
+
+def _prune(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Entries still worth listing: up to a week past their expiry."""
+    return [e for e in entries if parse_rfc3339(e["expires"]) + KEEP_AFTER_EXPIRY > now]

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import consul
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from ..errors import ConsulAuthError, ConsulError
 from ._consul_assemble import IGNORED_SERVICES, assemble_catalog
@@ -83,8 +82,7 @@ class ConsulCatalogSource:
         self._combined: int | None = None
         self._catalog: Catalog | None = None
         self._watches: dict[str, _Watch] = {}
-        self._interrupt: threading.Event | None = None
-        self._closed = False
+        self._closed = threading.Event()  # set by close(): a poll blocked on Consul returns at once
 
     # ------------------------------------------------------------------ clients
     def _client(self) -> consul.Consul:
@@ -140,7 +138,7 @@ class ConsulCatalogSource:
 
         ``index=None`` (or 0) reads at once. Raises ConsulError / ConsulAuthError.
         """
-        if self._closed:
+        if self._closed.is_set():
             raise ConsulError("this ConsulCatalogSource is closed")
         if not index or index <= 0:
             return self._refresh(None, reason="initial read" if index is None else "index 0: full read")
@@ -181,7 +179,7 @@ class ConsulCatalogSource:
         while True:
             now = time.monotonic()
             remaining = deadline - now
-            if remaining <= 0 or (self._interrupt is not None and self._interrupt.is_set()):
+            if remaining <= 0 or self._closed.is_set():
                 return "timeout"
             pending: dict[Future, str] = {}
             consul_wait = wait - (now - started)
@@ -207,65 +205,7 @@ class ConsulCatalogSource:
                 # same index: that query's wait ran out; the loop starts a fresh one
 
     def close(self) -> None:
-        """Stop using Consul. Pending blocking queries run out on their own (daemon threads)."""
-        self._closed = True
+        """Stop using Consul: a poll blocked waiting for a change returns at once (as a timeout) and later
+        polls raise. Pending blocking queries run out on their own (daemon threads)."""
+        self._closed.set()
         self._watches.clear()
-
-    # ------------------------------------------------------------------ watch loop
-    def watch(self, on_change: Callable[[Catalog], None], stop_event: threading.Event, *,
-              wait: float = 30.0, max_backoff: float = 30.0) -> None:
-        """Loop :meth:`poll` until ``stop_event`` is set, calling ``on_change(catalog)`` when it changed.
-
-        Failures are retried with jittered exponential backoff (tenacity ``wait_random_exponential``);
-        a refused ACL token is retried too (the token file may be fixed) but logged as an error.
-        An exception from ``on_change`` is logged and the same catalog is offered again next poll.
-        """
-        return watch_catalog(self, on_change, stop_event, wait=wait, max_backoff=max_backoff)
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    delay = state.next_action.sleep if state.next_action else 0.0
-    if isinstance(exc, ConsulAuthError):
-        log.error("CONSUL ACL TOKEN REFUSED; mesh catalog updates are stopped until it is fixed. "
-                  "attempt=%d retry_in=%.1fs error=%s", state.attempt_number, delay, exc)
-    else:
-        log.warning("Consul catalog poll failed; retrying attempt=%d retry_in=%.1fs error=%s",
-                    state.attempt_number, delay, exc)
-
-
-def watch_catalog(source, on_change: Callable[[Catalog], None], stop_event: threading.Event, *,
-                  wait: float = 30.0, max_backoff: float = 30.0) -> None:
-    """Run ``source.poll`` in a loop (see :meth:`ConsulCatalogSource.watch`); works for any CatalogSource."""
-    retrying = Retrying(
-        retry=retry_if_exception_type(ConsulError),
-        wait=wait_random_exponential(multiplier=0.5, max=max_backoff),
-        stop=lambda _state: stop_event.is_set(),
-        sleep=stop_event.wait,
-        before_sleep=_log_retry,
-        reraise=True,
-    )
-    if hasattr(source, "_interrupt"):
-        source._interrupt = stop_event
-    index: int | None = None
-    delivered: Catalog | None = None
-    try:
-        while not stop_event.is_set():
-            try:
-                update = retrying(source.poll, index, wait)
-            except ConsulError:
-                if stop_event.is_set():
-                    return
-                raise
-            index = update.index
-            if stop_event.is_set():
-                return
-            if update.catalog != delivered:
-                try:
-                    on_change(update.catalog)
-                    delivered = update.catalog
-                except Exception:
-                    log.exception("catalog on_change callback failed; will offer this catalog again index=%s", index)
-    finally:
-        if hasattr(source, "_interrupt"):
-            source._interrupt = None

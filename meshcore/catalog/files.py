@@ -17,53 +17,171 @@ Behaviour worth knowing:
   in effect, the problems are logged once (file and field path) and exposed as :attr:`errors`;
   the control plane keeps running. Until a first good catalog exists, :meth:`poll` raises
   :class:`~meshcore.errors.ValidationError`.
-* Changes are found by re-scanning every ~200 ms: a cheap mtime+size fingerprint each time, and a
-  content hash when the fingerprint moved (or at least once a second, to catch same-size edits
-  within one timestamp tick). The index is a counter bumped only when the parsed catalog differs.
+* Changes are noticed with inotify: a watch on ``root`` (node directories appearing, going) and one
+  on each node directory. An event marks only its directory; that directory alone is read and
+  parsed again (:data:`SETTLE` after its first event, so one editor save is one re-read), every
+  other node's parsed definition is kept. A waiting :meth:`poll` sleeps on the inotify descriptor:
+  an idle source costs no CPU. The index is a counter bumped only when the parsed catalog differs.
+* Safety net and fallback: every :data:`RESCAN_INTERVAL` seconds (``poll_interval`` when inotify
+  is not available: another OS, a full ``max_user_watches``, an exhausted instance limit) every
+  file is ``stat``-ed and directories whose files' (inode, mtime, size) moved are re-read. On a
+  filesystem whose remote changes inotify does not see (NFS), changes arrive at that pace.
+* Waiting starts on the first :meth:`poll` with an index: one-shot readers (``poll(None, 0)``) never
+  open an inotify instance.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
+import os
+import select
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from meshcore.errors import CatalogError, FieldError, ValidationError
 
-from .definitions import (
-    DefinitionFile,
-    NodeDefinition,
-    build_node,
-    definition_files,
-    parse_definition,
-)
-from .model import Catalog, CatalogUpdate
+from .definitions import DefinitionFile, NodeDefinition, build_node, definition_files, parse_definition
+from .model import Catalog, CatalogUpdate, Node, ServiceInstance
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.2
-FULL_HASH_EVERY = 1.0  # seconds
+POLL_INTERVAL = 2.0  # seconds between full rescans when inotify is not available
+RESCAN_INTERVAL = 30.0  # seconds between full (stat-only) rescans while inotify works: the safety net
+SETTLE = 0.01  # seconds to let a burst of events on one save arrive before reading the directory
+CHANGES_KEPT = 64  # catalog versions whose changed services are remembered (for CatalogUpdate.changed_services)
+
+try:  # Linux; elsewhere the source polls
+    import inotify_simple
+except ImportError:  # pragma: no cover - non-Linux platforms
+    inotify_simple = None  # type: ignore[assignment]
+
+if inotify_simple is not None:
+    _F = inotify_simple.flags
+    _ROOT_MASK = _F.CREATE | _F.DELETE | _F.MOVED_FROM | _F.MOVED_TO | _F.DELETE_SELF | _F.MOVE_SELF | _F.ONLYDIR
+    _DIR_MASK = (_F.CREATE | _F.DELETE | _F.MODIFY | _F.CLOSE_WRITE | _F.MOVED_FROM | _F.MOVED_TO | _F.ATTRIB
+                 | _F.DELETE_SELF | _F.MOVE_SELF | _F.ONLYDIR)
+
+
+@dataclass
+class _NodeDir:
+    """What one node directory said when it was last read."""
+
+    fingerprint: tuple = ()  # (file name, inode, mtime_ns, size) of each definition file
+    content: str = ""  # hash over (source, text) of its files
+    node: NodeDefinition | None = None
+    errors: list[FieldError] = field(default_factory=list)
+    parsed: dict[tuple[str, str], DefinitionFile | list[FieldError]] = field(default_factory=dict)  # (source, sha)
+    entry: tuple[Node, tuple[ServiceInstance, ...]] | None = None  # what it adds to the catalog
+
+
+class _Watcher:
+    """inotify watches on the root and each node directory; ``drain()`` says which directories moved."""
+
+    def __init__(self, root: Path):
+        assert inotify_simple is not None
+        self.root = root
+        self.inotify = inotify_simple.INotify(nonblocking=True)
+        self._wake_r, self._wake_w = os.pipe()
+        self._dirs: dict[int, str] = {}  # watch descriptor -> directory name ("" is the root)
+        self._wd_of: dict[str, int] = {}
+        self.watch("")
+
+    def watch(self, name: str) -> None:
+        """Watch ``root/name`` (the root itself for ``""``); an existing watch is kept."""
+        if name in self._wd_of:
+            return
+        path = self.root / name if name else self.root
+        try:
+            wd = self.inotify.add_watch(path, _ROOT_MASK if not name else _DIR_MASK)
+        except FileNotFoundError:
+            return  # gone already: its removal event comes, or the next rescan sees it
+        self._dirs[wd] = name
+        self._wd_of[name] = wd
+
+    def unwatch(self, name: str) -> None:
+        wd = self._wd_of.pop(name, None)
+        if wd is not None:
+            self._dirs.pop(wd, None)
+            try:
+                self.inotify.rm_watch(wd)
+            except OSError:
+                pass  # the kernel dropped it already (directory deleted)
+
+    def drain(self) -> tuple[set[str], bool]:
+        """(directories with events, whether everything must be rescanned), without blocking."""
+        dirty: set[str] = set()
+        full = False
+        for event in self.inotify.read(timeout=0):
+            if event.mask & _F.Q_OVERFLOW:
+                full = True
+                continue
+            name = self._dirs.get(event.wd)
+            if name is None:
+                continue
+            if event.mask & _F.IGNORED:  # the watched directory is gone
+                self._dirs.pop(event.wd, None)
+                if self._wd_of.get(name) == event.wd:
+                    del self._wd_of[name]
+                full = full or name == ""
+                dirty.add(name)
+                continue
+            if name == "":
+                if event.mask & (_F.DELETE_SELF | _F.MOVE_SELF):
+                    full = True
+                elif event.name:
+                    dirty.add(event.name)  # a node directory appeared, went or was renamed
+            else:
+                dirty.add(name)
+        return dirty, full
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until an event arrives, :meth:`wake` is called, or ``timeout`` seconds pass."""
+        ready, _, _ = select.select([self.inotify.fileno(), self._wake_r], [], [], max(timeout, 0.0))
+        if self._wake_r in ready:
+            os.read(self._wake_r, 64)
+        elif ready and SETTLE:
+            time.sleep(SETTLE)
+
+    def wake(self) -> None:
+        os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        self.inotify.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 class FileCatalogSource:
     """A :class:`~meshcore.catalog.source.CatalogSource` reading ``root/<node-dir>/*.json|*.hcl``."""
 
-    def __init__(self, root: Path | str, poll_interval: float = POLL_INTERVAL):
+    def __init__(self, root: Path | str, poll_interval: float = POLL_INTERVAL,
+                 rescan_interval: float = RESCAN_INTERVAL, use_inotify: bool = True):
         self.root = Path(root)
         self.poll_interval = poll_interval
+        self.rescan_interval = rescan_interval
+        self._use_inotify = use_inotify and inotify_simple is not None
         self._lock = threading.Lock()
         self._closed = False
         self._catalog: Catalog | None = None
         self._definitions: tuple[NodeDefinition, ...] = ()
         self._index = 0
         self._errors: tuple[FieldError, ...] = ()
-        self._fingerprint: tuple | None = None
-        self._content_hash: str | None = None
-        self._last_full = 0.0
-        self._parsed: dict[tuple[str, str], DefinitionFile | list[FieldError]] = {}
+        self._dirs: dict[str, _NodeDir] = {}
+        # the published catalog, kept sorted and updated per directory instead of rebuilt and re-sorted
+        self._published: dict[str, tuple[Node, tuple[ServiceInstance, ...]]] = {}
+        self._nodes_sorted: list[Node] = []
+        self._instances_sorted: list[ServiceInstance] = []
+        self._watcher: _Watcher | None = None
+        self._scanned = False  # a first full scan happened
+        self._next_rescan = 0.0
+        self._changed: set[str] = set()  # services of the directories read since the last published catalog
+        self._changes: dict[int, frozenset[str]] = {}  # index -> services that may differ from index - 1
+        self.reads = 0  # node directories read (and parsed when their content moved): for tests and benchmarks
 
     # --- state ---------------------------------------------------------------------------
 
@@ -81,96 +199,152 @@ class FileCatalogSource:
     def index(self) -> int:
         return self._index
 
-    # --- scanning ------------------------------------------------------------------------
+    @property
+    def watching(self) -> bool:
+        """True when changes arrive through inotify (False: the periodic rescan finds them)."""
+        return self._watcher is not None
 
-    def _files(self) -> list[tuple[str, Path, list[Path]]]:
-        """``(dir name, dir, files)`` for every node directory, sorted."""
-        out = []
-        for d in sorted(self.root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir():
-                continue
-            files = definition_files(d)
-            if files:
-                out.append((d.name, d, files))
-        return out
+    # --- watching ------------------------------------------------------------------------
 
-    def _scan(self) -> None:
-        """Look at the files once; update catalog/index/errors if what they say changed."""
-        if not self.root.is_dir():
-            self._fingerprint = self._content_hash = None
-            self._set_errors([FieldError(str(self.root), None, "", "catalog directory does not exist; create it with one sub-directory per node")])
+    def _start_watching(self) -> None:
+        """Open inotify (once), watch root and every node directory, then rescan (catches what changed before)."""
+        if self._watcher is not None or not self._use_inotify or not self.root.is_dir():
             return
         try:
-            layout = self._files()
-            fingerprint = tuple(
-                (name, f.name, st.st_mtime_ns, st.st_size)
-                for name, _, files in layout
-                for f in files
-                for st in [f.stat()]
-            )
-        except OSError as exc:  # a file vanished mid-scan: look again next time
-            log.debug("catalog scan raced with a change root=%s error=%s", self.root, exc)
+            watcher = _Watcher(self.root)
+            for d in self.root.iterdir():
+                if not d.name.startswith(".") and d.is_dir():
+                    watcher.watch(d.name)
+        except OSError as exc:
+            self._use_inotify = False
+            log.warning("cannot watch the catalog directory with inotify (%s); rescanning every %.1f s instead "
+                        "root=%s", exc, self.poll_interval, self.root)
+            return
+        self._watcher = watcher
+        self._full_scan()
+
+    # --- scanning ------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        """Bring the catalog up to date: the directories inotify named, or everything when due."""
+        if not self.root.is_dir():
+            self._dirs.clear()
+            self._set_errors([FieldError(str(self.root), None, "",
+                                         "catalog directory does not exist; create it with one sub-directory per node")])
+            if self._watcher is not None:  # the root went: watch it again once it is back
+                self._watcher.close()
+                self._watcher = None
             return
         now = time.monotonic()
-        if fingerprint == self._fingerprint and now - self._last_full < FULL_HASH_EVERY:
+        if not self._scanned or now >= self._next_rescan:
+            self._full_scan()
             return
-        self._fingerprint = fingerprint
-        self._last_full = now
+        if self._watcher is None:
+            return
+        dirty, full = self._watcher.drain()
+        if full:
+            self._full_scan()
+        elif dirty:
+            for name in sorted(dirty):
+                self._read_dir(name, force=True)
+            self._publish()
 
-        texts: list[tuple[str, list[tuple[str, str]]]] = []
-        h = hashlib.sha256()
+    def _full_scan(self) -> None:
+        """stat every definition file; re-read the directories whose files moved (and new/gone ones)."""
+        self._scanned = True
+        self._next_rescan = time.monotonic() + (self.rescan_interval if self._watcher else self.poll_interval)
+        if self._watcher is not None:
+            self._watcher.drain()  # everything is looked at now
+        try:
+            names = {d.name for d in self.root.iterdir() if not d.name.startswith(".") and d.is_dir()}
+        except OSError as exc:
+            log.debug("catalog scan raced with a change root=%s error=%s", self.root, exc)
+            return
+        for name in sorted(names | set(self._dirs)):
+            self._read_dir(name, force=False)
+        self._publish()
+
+    def _read_dir(self, name: str, *, force: bool) -> None:
+        """Re-read ``root/name``; parse again only when its content differs (``force``: skip the stat shortcut)."""
+        path = self.root / name
+        try:
+            files = definition_files(path) if not name.startswith(".") and path.is_dir() else []
+            fingerprint = tuple((f.name, st.st_ino, st.st_mtime_ns, st.st_size) for f in files for st in [f.stat()])
+        except OSError:  # vanished mid-scan: its removal is seen next
+            files, fingerprint = [], ()
+        if self._watcher is not None:
+            if files or path.is_dir():
+                self._watcher.watch(name)
+            else:
+                self._watcher.unwatch(name)
+        old = self._dirs.get(name)
+        if not files:
+            if old is not None:
+                self._dirs.pop(name)
+                self._note_changed(old.node, None)
+            return
+        if old is not None and not force and old.fingerprint == fingerprint:
+            return
+        self.reads += 1
+        texts: list[tuple[str, str]] = []
         errors: list[FieldError] = []
-        for name, _, files in layout:
-            node_texts = []
-            for f in files:
-                source = f"{name}/{f.name}"
-                try:
-                    text = f.read_text(encoding="utf-8")
-                except FileNotFoundError:
-                    continue
-                except (OSError, UnicodeDecodeError) as exc:
-                    errors.append(FieldError(source, None, "", f"cannot read: {exc}"))
-                    continue
-                h.update(source.encode() + b"\0" + hashlib.sha256(text.encode()).digest())
-                node_texts.append((source, text))
-            texts.append((name, node_texts))
-        digest = h.hexdigest()
-        if digest == self._content_hash and not errors:
-            return
-        self._content_hash = digest
-        self._rebuild(texts, errors)
-
-    def _parse_cached(self, source: str, text: str) -> DefinitionFile | list[FieldError]:
-        key = (source, hashlib.sha256(text.encode()).hexdigest())
-        if key not in self._parsed:
+        h = hashlib.sha256()
+        for f in files:
+            source = f"{name}/{f.name}"
             try:
-                self._parsed[key] = parse_definition(text, source)
+                text = f.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(FieldError(source, None, "", f"cannot read: {exc}"))
+                continue
+            h.update(source.encode() + b"\0" + hashlib.sha256(text.encode()).digest())
+            texts.append((source, text))
+        content = h.hexdigest()
+        if old is not None and old.content == content and not errors and not old.errors:
+            old.fingerprint = fingerprint
+            return
+        state = _NodeDir(fingerprint=fingerprint, content=content, errors=errors)
+        parsed: list[DefinitionFile] = []
+        for source, text in texts:
+            key = (source, hashlib.sha256(text.encode()).hexdigest())
+            result = old.parsed.get(key) if old is not None else None  # unchanged files are not parsed again
+            if result is None:
+                try:
+                    result = parse_definition(text, source)
+                except ValidationError as exc:
+                    result = list(exc.errors)
+            state.parsed[key] = result
+            if isinstance(result, list):
+                state.errors.extend(result)
+            else:
+                parsed.append(result)
+        if not state.errors:
+            try:
+                state.node = build_node(parsed, name, source=name)
+                state.entry = (state.node.to_node(), state.node.instances())
             except ValidationError as exc:
-                self._parsed[key] = list(exc.errors)
-        return self._parsed[key]
+                state.errors.extend(exc.errors)
+        self._dirs[name] = state
+        self._note_changed(old.node if old else None, state.node)
 
-    def _rebuild(self, texts: list[tuple[str, list[tuple[str, str]]]], errors: list[FieldError]) -> None:
-        live: set[tuple[str, str]] = set()
+    def _note_changed(self, old: NodeDefinition | None, new: NodeDefinition | None) -> None:
+        for node in (old, new):
+            if node is not None:
+                self._changed.update(s.name for s in node.services)
+
+    def _publish(self) -> None:
+        """Assemble the catalog from every directory's definition; whole or not at all."""
+        errors: list[FieldError] = []
         nodes: list[NodeDefinition] = []
         owner: dict[str, str] = {}
-        for dir_name, node_texts in texts:
-            parsed: list[DefinitionFile] = []
-            bad = False
-            for source, text in node_texts:
-                live.add((source, hashlib.sha256(text.encode()).hexdigest()))
-                result = self._parse_cached(source, text)
-                if isinstance(result, list):
-                    errors.extend(result)
-                    bad = True
-                else:
-                    parsed.append(result)
-            if bad:
+        for dir_name in sorted(self._dirs):
+            state = self._dirs[dir_name]
+            if state.errors:
+                errors.extend(state.errors)
                 continue
-            try:
-                node = build_node(parsed, dir_name, source=dir_name)
-            except ValidationError as exc:
-                errors.extend(exc.errors)
-                continue
+            node = state.node
+            assert node is not None
             if node.name in owner:
                 errors.append(
                     FieldError(dir_name, None, "node_name", f"node name {node.name!r} is also used by directory {owner[node.name]!r}; node names must be unique")
@@ -178,20 +352,35 @@ class FileCatalogSource:
                 continue
             owner[node.name] = dir_name
             nodes.append(node)
-        self._parsed = {k: v for k, v in self._parsed.items() if k in live}
-
         if errors:
             self._set_errors(errors)
             return
-        catalog = Catalog.of(
-            (n.to_node() for n in nodes),
-            (i for n in nodes for i in n.instances()),
-        )
         self._set_errors([])
+        current = {name: state.entry for name, state in self._dirs.items() if state.entry is not None}
+        moved = [name for name in current.keys() | self._published.keys()
+                 if current.get(name) != self._published.get(name)]
+        changed, self._changed = frozenset(self._changed), set()
+        if not moved and self._catalog is not None:
+            return
         self._definitions = tuple(sorted(nodes, key=lambda n: n.name))
+        for name in moved:
+            old, new = self._published.pop(name, None), current.get(name)
+            if old is not None:
+                _remove_sorted(self._nodes_sorted, old[0])
+                for inst in old[1]:
+                    _remove_sorted(self._instances_sorted, inst)
+            if new is not None:
+                bisect.insort(self._nodes_sorted, new[0])
+                for inst in new[1]:
+                    bisect.insort(self._instances_sorted, inst)
+                self._published[name] = new
+        # Catalog.of would sort again what is sorted already
+        catalog = Catalog(nodes=tuple(self._nodes_sorted), instances=tuple(self._instances_sorted))
         if catalog != self._catalog:
             self._catalog = catalog
             self._index += 1
+            self._changes[self._index] = changed
+            self._changes.pop(self._index - CHANGES_KEPT, None)
             log.info(
                 "file catalog changed root=%s index=%d nodes=%d instances=%d",
                 self.root,
@@ -214,38 +403,83 @@ class FileCatalogSource:
 
     # --- CatalogSource -------------------------------------------------------------------
 
-    def _update(self) -> CatalogUpdate:
+    def _update(self, since: int | None = None) -> CatalogUpdate:
         if self._catalog is None:
             raise ValidationError(self._errors or [FieldError(str(self.root), None, "", "no catalog yet")],
                                   summary=f"no valid catalog in {self.root} yet")
-        return CatalogUpdate(catalog=self._catalog, index=self._index, extra={"errors": self._errors})
+        extra = {"errors": self._errors}
+        # The engine's hint: which services may differ from the catalog at the index the caller holds.
+        return CatalogUpdate(catalog=self._catalog, index=self._index, extra=extra,
+                             changed_services=self.changed_services(since))
+
+    def changed_services(self, since: int | None) -> frozenset[str] | None:
+        """Services whose instances may differ between the catalog at index ``since`` and now
+        (None: not known, e.g. ``since`` is None or too old)."""
+        if since is None or since > self._index:
+            return None
+        out: set[str] = set()
+        for i in range(since + 1, self._index + 1):
+            if i not in self._changes:
+                return None
+            out |= self._changes[i]
+        return frozenset(out)
 
     def refresh(self) -> CatalogUpdate:
-        """Scan now and return the current catalog (raises ValidationError while none is valid)."""
+        """Scan everything now and return the current catalog (raises ValidationError while none is valid)."""
         with self._lock:
-            self._scan()
+            self._full_scan() if self.root.is_dir() else self._scan()
             return self._update()
 
     def poll(self, index: int | None, wait: float) -> CatalogUpdate:
-        """Return at once for ``index=None`` (or a stale index); else re-scan until the catalog changes or ``wait`` passes."""
+        """Return at once for ``index=None`` (or a stale index); else wait for inotify events (or the
+        next rescan) until the catalog changes or ``wait`` passes."""
         if self._closed:
             raise CatalogError(f"file catalog source for {self.root} is closed")
         deadline = time.monotonic() + max(wait, 0.0)
         with self._lock:
+            if index is not None:
+                self._start_watching()
             self._scan()
-            update = self._update()
+            update = self._update(index)
         while index is not None and update.index == index and not self._closed:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 break
-            time.sleep(min(self.poll_interval, remaining))
+            watcher = self._watcher
+            until_rescan = max(self._next_rescan - now, 0.0)
+            if watcher is not None:
+                try:
+                    watcher.wait(min(remaining, until_rescan))
+                except (OSError, ValueError):  # closed under us by close()
+                    if self._closed:
+                        break
+                    raise
+            else:
+                time.sleep(min(remaining, until_rescan, self.poll_interval))
+            if self._closed:
+                break
             with self._lock:
+                self._start_watching()
                 self._scan()
-                update = self._update()
+                update = self._update(index)
         return update
 
     def close(self) -> None:
         self._closed = True
+        with self._lock:
+            if self._watcher is not None:
+                self._watcher.wake()
+                self._watcher.close()
+                self._watcher = None
+
+
+def _remove_sorted(items: list, item: object) -> None:
+    i = bisect.bisect_left(items, item)
+    if i < len(items) and items[i] == item:
+        del items[i]
+    else:  # not where the order says (equal-comparing neighbours): fall back to a scan
+        items.remove(item)
 
 
 __all__ = ["FileCatalogSource"]

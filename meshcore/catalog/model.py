@@ -6,8 +6,11 @@ Consul's service definitions where Consul has the concept.
 
 from __future__ import annotations
 
+import hashlib
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import groupby
 
 DEFAULT_DATACENTER = "dc1"
 
@@ -55,29 +58,38 @@ class ServiceInstance:
     upstreams: tuple[Upstream, ...] = ()
     datacenter: str = DEFAULT_DATACENTER
 
-    @property
-    def meta_dict(self) -> dict[str, str]:
+    # Derived values, computed once per (immutable) instance: generation asks for them per endpoint.
+    @cached_property
+    def _meta(self) -> dict[str, str]:
         return dict(self.meta)
 
-    @property
-    def labels(self) -> dict[str, str]:
-        """Workload labels: ``app`` is the service name, every meta key is a label, tags are ``tag:<t>=true``."""
+    @cached_property
+    def _labels(self) -> dict[str, str]:
         labels = {f"tag:{t}": "true" for t in self.tags}
-        labels.update(self.meta_dict)
+        labels.update(self._meta)
         labels["app"] = self.service
         return labels
 
     @property
+    def meta_dict(self) -> dict[str, str]:
+        return dict(self._meta)  # a copy: callers may change it
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Workload labels: ``app`` is the service name, every meta key is a label, tags are ``tag:<t>=true``."""
+        return dict(self._labels)
+
+    @cached_property
     def service_account(self) -> str:
-        return self.meta_dict.get("service-account") or self.service
+        return self._meta.get("service-account") or self.service
 
-    @property
+    @cached_property
     def namespace(self) -> str:
-        return self.meta_dict.get("namespace") or "default"
+        return self._meta.get("namespace") or "default"
 
-    @property
+    @cached_property
     def protocol(self) -> str:
-        return (self.meta_dict.get("protocol") or "http").lower()
+        return (self._meta.get("protocol") or "http").lower()
 
 
 @dataclass(frozen=True)
@@ -92,19 +104,46 @@ class Catalog:
         return cls(nodes=tuple(sorted(nodes)), instances=tuple(sorted(instances)))
 
     def node(self, name: str) -> Node | None:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        return None
+        return self._nodes_by_name.get(name)
 
     # Indexes, built once per (immutable) catalog: every proxy's build looks things up here.
+    @cached_property
+    def _nodes_by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
     @cached_property
     def _by_node(self) -> dict[str, tuple[ServiceInstance, ...]]:
         return _group(self.instances, lambda i: i.node)
 
+    def _node_index_from(self, old: "Catalog", services: frozenset[str]) -> dict[str, tuple[ServiceInstance, ...]]:
+        """This catalog's by-node index from ``old``'s, when only ``services`` changed."""
+        by_node = dict(old._by_node)
+        touched: dict[str, list[tuple[ServiceInstance, ...]]] = {}
+        for s in services:
+            for inst in old._by_service.get(s, ()):
+                touched.setdefault(inst.node, [])
+            for inst in self._by_service.get(s, ()):
+                touched.setdefault(inst.node, [])
+        for node in touched:
+            kept = tuple(i for i in old._by_node.get(node, ()) if i.service not in services)
+            added = tuple(i for s in services for i in self._by_service.get(s, ()) if i.node == node)
+            merged = _merge_sorted(kept, added)
+            if merged:
+                by_node[node] = merged
+            else:
+                by_node.pop(node, None)
+        return by_node
+
     @cached_property
     def _by_service(self) -> dict[str, tuple[ServiceInstance, ...]]:
-        return _group(self.instances, lambda i: i.service)
+        # Instances are sorted by service first: each service is one run of the tuple.
+        return {s: tuple(run) for s, run in groupby(self.instances, key=lambda i: i.service)}
+
+    def _instances_of_service(self, service: str) -> tuple[ServiceInstance, ...]:
+        """``service``'s run of the sorted instances, found by bisection (no index needed)."""
+        lo = bisect_left(self.instances, service, key=lambda i: i.service)
+        hi = bisect_right(self.instances, service, lo=lo, key=lambda i: i.service)
+        return self.instances[lo:hi]
 
     def on_node(self, node: str) -> tuple[ServiceInstance, ...]:
         return self._by_node.get(node, ())
@@ -116,7 +155,84 @@ class Catalog:
         return self._by_service.get(service, ())
 
     def service_names(self) -> tuple[str, ...]:
+        return self._service_names
+
+    @cached_property
+    def _service_names(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_service))
+
+    # --- per-service and per-node content hashes, and what changed since another catalog ---------
+    @cached_property
+    def service_hashes(self) -> dict[str, str]:
+        """``service -> content hash of its instances`` (equal content, equal hash, in any catalog)."""
+        return {s: _digest(insts) for s, insts in self._by_service.items()}
+
+    @cached_property
+    def node_hashes(self) -> dict[str, str]:
+        """``node name -> content hash of the node`` (address, datacenter, meta)."""
+        return {n.name: _digest(n) for n in self.nodes}
+
+    def changes_since(self, old: "Catalog | None", hint: frozenset[str] | None = None) -> "CatalogChange":
+        """What differs from ``old``: the services whose instances changed and the nodes that changed.
+
+        ``hint`` (a source's :attr:`CatalogUpdate.changed_services`) narrows the comparison to those
+        services: the source promises every other service's instances are equal to ``old``'s. Without
+        it, each service's instance tuple is compared (tuple equality, identity first, no hashing).
+        Either way this catalog's :attr:`service_hashes` are seeded from ``old``'s for the unchanged
+        services, so a change costs hashing only what changed.
+        """
+        if old is None:
+            return CatalogChange(services=frozenset(self._by_service), nodes=frozenset(self._nodes_by_name),
+                                 names_changed=True)
+        old_s = old._by_service
+        if hint is None:
+            new_s = self._by_service
+            services = frozenset(s for s in new_s.keys() | old_s.keys() if new_s.get(s) != old_s.get(s))
+        else:
+            # Trust the hint: derive this catalog's indexes from old's, touching only the hinted services.
+            hinted = {s: self._instances_of_service(s) for s in hint}
+            services = frozenset(s for s, insts in hinted.items() if insts != old_s.get(s, ()))
+            if "_by_service" not in self.__dict__:
+                by_service = {s: v for s, v in old_s.items() if s not in services}
+                by_service.update((s, hinted[s]) for s in services if hinted[s])
+                self.__dict__["_by_service"] = by_service
+                self.__dict__["_by_node"] = self._node_index_from(old, services)
+            new_s = self._by_service
+        new_n, old_n = self._nodes_by_name, old._nodes_by_name
+        if self.nodes == old.nodes:
+            nodes: frozenset[str] = frozenset()
+        else:
+            nodes = frozenset(n for n in new_n.keys() | old_n.keys() if new_n.get(n) != old_n.get(n))
+        if "service_hashes" in old.__dict__ and "service_hashes" not in self.__dict__:
+            hashes = {s: h for s, h in old.service_hashes.items() if s in new_s and s not in services}
+            hashes.update((s, _digest(new_s[s])) for s in services if s in new_s)
+            self.__dict__["service_hashes"] = hashes
+        if "node_hashes" in old.__dict__ and "node_hashes" not in self.__dict__:
+            node_hashes = {n: h for n, h in old.node_hashes.items() if n in new_n and n not in nodes}
+            node_hashes.update((n, _digest(new_n[n])) for n in nodes if n in new_n)
+            self.__dict__["node_hashes"] = node_hashes
+        names_changed = bool(services) and new_s.keys() != old_s.keys()
+        return CatalogChange(services=services, nodes=nodes, names_changed=names_changed)
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """The difference between two catalogs (see :meth:`Catalog.changes_since`)."""
+
+    services: frozenset[str] = frozenset()  # services whose instances differ (added, removed or changed)
+    nodes: frozenset[str] = frozenset()  # nodes added, removed or changed
+    names_changed: bool = False  # the set of service names differs
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.nodes)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def _merge_sorted(*runs: tuple[ServiceInstance, ...]) -> tuple[ServiceInstance, ...]:
+    return tuple(sorted(i for run in runs for i in run))
 
 
 def _group(instances, key) -> dict:
@@ -128,8 +244,14 @@ def _group(instances, key) -> dict:
 
 @dataclass(frozen=True)
 class CatalogUpdate:
-    """What a source returns from one (possibly blocking) poll."""
+    """What a source returns from one (possibly blocking) poll.
+
+    ``changed_services`` is an optional hint: the services whose instances may differ from the
+    catalog of the source's previous update (a superset is fine; ``None`` = unknown, the engine
+    compares every service). See :class:`meshcore.catalog.source.CatalogSource`.
+    """
 
     catalog: Catalog
     index: int
     extra: dict = field(default_factory=dict, compare=False)
+    changed_services: frozenset[str] | None = field(default=None, compare=False)

@@ -8,9 +8,28 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import ControlPlaneUnavailable, MeshError
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
-DEMO_STATE_DIR = ".meshcore-demo"
+from ..api._wire import Wire
+from ..api.operator import (
+    ApplyRequest,
+    ApplyResponse,
+    DeleteRequest,
+    DeleteResponse,
+    ProxyConfigResponse,
+    ProxyStatus,
+    ResourceQuery,
+    StatusResponse,
+    TokenRequest,
+    TokenResponse,
+)
+from ..errors import ApiError, BadRequest, ControlPlaneUnavailable, MeshError
+from ._state import ADMIN_TOKEN_FILE, DEMO_STATE_DIR, state_dirs  # noqa: F401 - DEMO_STATE_DIR re-exported
+
+
+
+W = TypeVar("W", bound=Wire)
 
 
 def discover_server(explicit: str | None = None, state_dir: str | None = None) -> str:
@@ -19,26 +38,12 @@ def discover_server(explicit: str | None = None, state_dir: str | None = None) -
         return explicit.rstrip("/")
     if os.environ.get("MESHCORE_SERVER"):
         return os.environ["MESHCORE_SERVER"].rstrip("/")
-    candidates = []
-    if state_dir:
-        candidates.append(Path(state_dir) / "controlplane" / "controlplane.json")
-    candidates += [Path(DEMO_STATE_DIR) / "controlplane" / "controlplane.json",
-                   Path("/var/lib/meshcore/controlplane.json")]
-    for c in candidates:
+    for d in state_dirs(state_dir):
         try:
-            return json.loads(c.read_text())["http"].rstrip("/")
+            return json.loads((d / "controlplane.json").read_text())["http"].rstrip("/")
         except (OSError, ValueError, KeyError):
             continue
     return "http://127.0.0.1:15000"
-
-
-ADMIN_TOKEN_FILE = "admin.token"
-SYSTEM_STATE_DIR = "/var/lib/meshcore"
-
-
-def _state_dirs(state_dir: str | None) -> list[Path]:
-    dirs = [Path(state_dir) / "controlplane"] if state_dir else []
-    return dirs + [Path(DEMO_STATE_DIR) / "controlplane", Path(SYSTEM_STATE_DIR)]
 
 
 def _read_token(path: Path) -> str | None:
@@ -61,7 +66,7 @@ def discover_token(server: str, state_dir: str | None = None) -> str | None:
             raise MeshError(f"cannot read the operator token file $MESHCORE_TOKEN_FILE="
                             f"{os.environ['MESHCORE_TOKEN_FILE']}; fix the path or its permissions")
         return token
-    for d in _state_dirs(state_dir):
+    for d in state_dirs(state_dir):
         try:
             serves = json.loads((d / "controlplane.json").read_text())["http"].rstrip("/")
         except (OSError, ValueError, KeyError, AttributeError):
@@ -73,11 +78,6 @@ def discover_token(server: str, state_dir: str | None = None) -> str | None:
     return None
 
 
-class ApiError(MeshError):
-    def __init__(self, status: int, message: str, body: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.body = body or {}
 
 
 class Client:
@@ -120,3 +120,42 @@ class Client:
 
     def post(self, path: str, body):
         return self.call("POST", path, body)
+
+    # --- the operator API, typed (meshcore.api.operator: the same types the control plane answers with) --
+    def _typed(self, cls: type[W], data: Any, path: str) -> W:
+        try:
+            return cls.from_json(data, path)
+        except BadRequest as exc:
+            raise MeshError(f"the control plane at {self.server} answered {path} with {exc}; is it a different "
+                            "meshcore version than this meshctl?") from exc
+
+    def status(self) -> StatusResponse:
+        return self._typed(StatusResponse, self.get("/v1/status"), "/v1/status")
+
+    def proxies(self) -> list[ProxyStatus]:
+        data = self.get("/v1/proxies")
+        if not isinstance(data, list):
+            raise MeshError(f"the control plane at {self.server} answered /v1/proxies with no list")
+        return [self._typed(ProxyStatus, p, f"/v1/proxies[{i}]") for i, p in enumerate(data)]
+
+    def apply(self, request: ApplyRequest) -> ApplyResponse:
+        return self._typed(ApplyResponse, self.post("/v1/resources", request.to_json()), "/v1/resources")
+
+    def delete_resources(self, request: DeleteRequest) -> DeleteResponse:
+        return self._typed(DeleteResponse, self.post("/v1/resources/delete", request.to_json()),
+                           "/v1/resources/delete")
+
+    def resources(self, query: ResourceQuery) -> list[dict]:
+        """The stored resources' documents (apiVersion, kind, metadata, spec), as the operator wrote them."""
+        path = "/v1/resources" + (f"?{urlencode(query.to_query())}" if query.to_query() else "")
+        data = self.get(path)
+        if not isinstance(data, list):
+            raise MeshError(f"the control plane at {self.server} answered {path} with no list")
+        return data
+
+    def proxy_config(self, node: str) -> ProxyConfigResponse:
+        path = f"/v1/proxies/{quote(node, safe='')}/config"
+        return self._typed(ProxyConfigResponse, self.get(path), path)
+
+    def create_token(self, request: TokenRequest) -> TokenResponse:
+        return self._typed(TokenResponse, self.post("/v1/tokens", request.to_json()), "/v1/tokens")

@@ -15,14 +15,11 @@ import ssl
 from pathlib import Path
 
 from ..errors import MeshError
+from ._state import state_dirs
 
 
 def _state_files(state_dir: str | None) -> list[Path]:
-    from ._client import DEMO_STATE_DIR, SYSTEM_STATE_DIR
-
-    dirs = [Path(state_dir) / "controlplane"] if state_dir else []
-    dirs += [Path(DEMO_STATE_DIR) / "controlplane", Path(SYSTEM_STATE_DIR)]
-    return [d / "controlplane.json" for d in dirs]
+    return [d / "controlplane.json" for d in state_dirs(state_dir)]
 
 
 def _local_info(server: str, state_dir: str | None) -> dict:

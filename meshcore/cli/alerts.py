@@ -23,6 +23,7 @@ from ..observe.alerts import Rule, effective_rules
 from ..observe.prom_rules import DEFAULT_WINDOW, render_rule_file
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 OUTPUTS = ("table", "json", "yaml")
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -122,7 +123,7 @@ def cmd_export(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``alerts`` (``list`` by default), ``alerts rules`` and ``alerts export``."""
-    sp = subparsers.add_parser("alerts", parents=[common], help="Active alerts, alert rules, Prometheus rule export.",
+    sp = subparsers.add_parser("alerts", parents=[common], help=HELP["alerts"],
                                description="Pending and firing alerts the control plane evaluates (AlertRule "
                                            "resources plus the shipped defaults).")
     sp.add_argument("--state", choices=("pending", "firing"), help="only alerts in this state")

@@ -13,22 +13,25 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from ..authz.dry_run import read_access_log
 from ..errors import MeshError
+from ..api.operator import StatusResponse
 from ._client import Client, discover_server
+from ._output import out, read_files, validate_locally
 
 
-def access_logs_from_status(status: dict) -> list[Path]:
+def access_logs_from_status(status: StatusResponse) -> list[Path]:
     """The proxies' access-log files (``proxies[].access_log``) that exist on this machine."""
     out = []
-    for proxy in status.get("proxies", []):
-        path = proxy.get("access_log")
-        if isinstance(path, str) and path.startswith("/") and Path(path).is_file():
+    for proxy in status.proxies:
+        path = proxy.access_log
+        if path.startswith("/") and Path(path).is_file():
             out.append(Path(path))
     return sorted(set(out))
 
 
 def observed_calls(paths: list[Path]) -> tuple[Counter, int]:
+    from ..authz.dry_run import read_access_log  # the authz package (catalog, CA) only when this command runs
+
     counts: Counter = Counter()
     skipped = 0
     for path in paths:
@@ -67,23 +70,21 @@ def _print_table(result: dict) -> None:
 
 
 def cmd_authz_dry_run(args) -> int:
-    from .main import _out, _read_files, _validate_locally
-
-    _validate_locally(args.filename)  # offline first: file and field paths for every mistake
+    validate_locally(args.filename)  # offline first: file and field paths for every mistake
     client = Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None))
     if args.access_log:
         paths = [Path(p) for p in args.access_log]
     else:
-        paths = access_logs_from_status(client.get("/v1/status"))
+        paths = access_logs_from_status(client.status())
         if not paths:
             raise MeshError("no access log found: no proxy in `meshctl status -o json` names an access_log file on "
                             "this machine; enable access logs, or pass --access-log FILE (repeatable)")
     counts, skipped = observed_calls(paths)
     calls = [{**call.to_dict(), "count": n} for call, n in counts.items()]
-    result = client.post("/v1/authz/dry-run", {"files": _read_files(args.filename), "calls": calls})
+    result = client.post("/v1/authz/dry-run", {"files": [f.to_json() for f in read_files(args.filename)], "calls": calls})
     result["log_files"] = len(paths)
     result["skipped_lines"] = skipped
-    _out(result, args.output, _print_table)
+    out(result, args.output, _print_table)
     return 0
 
 

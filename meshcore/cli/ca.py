@@ -23,10 +23,13 @@ from typing import Any
 
 import yaml
 
+from ..api.operator import CaRotateRequest
 from ..durations import parse_duration
-from ..errors import MeshError
-from ._client import ApiError, Client, discover_server
+from ..errors import ApiError, MeshError
+from ._client import Client, discover_server
+from ._output import table as _table
 from ._run import dispatch
+from ._commands import HELP
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -42,12 +45,6 @@ def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
         print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
         table(data)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    for row in [headers] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 # --- certs list --------------------------------------------------------------------------------
@@ -150,12 +147,12 @@ def cmd_ca_rotate(args) -> int:
     progress = (lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
     started = time.monotonic()
     if args.finish:
-        state = client.post("/v1/ca/rotate", {"finish": True, "force": args.force})
+        state = client.post("/v1/ca/rotate", CaRotateRequest(finish=True, force=args.force).to_json())
         progress(f"old root retired; the trust bundle now holds {len(state['roots'])} root(s)")
         _emit(state, args.output, _print_state)
         return 0
     if not args.resume:
-        state = client.post("/v1/ca/rotate", {"force": args.force})
+        state = client.post("/v1/ca/rotate", CaRotateRequest(force=args.force).to_json())
         new = next((r for r in state["roots"] if r["role"] == ("next" if state["phase"] == "preparing" else "current")),
                    state["roots"][0])
         progress(f"rotation started ({state['phase']}): new root {new['subject']}")
@@ -174,7 +171,7 @@ def cmd_ca_rotate(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True) -> None:
     """Add ``ca status``, ``ca rotate`` and (unless ``certs=False``) ``certs list`` to ``subparsers``."""
-    sp = subparsers.add_parser("ca", parents=[common], help="The mesh CA: state and root rotation.",
+    sp = subparsers.add_parser("ca", parents=[common], help=HELP["ca"],
                                description="The mesh CA: state and root rotation.")
     sub = sp.add_subparsers(dest="ca_command", required=True)
     st = sub.add_parser("status", parents=[common], help="Mode, rotation phase, roots, signing intermediate.")
@@ -195,7 +192,7 @@ def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True)
     rot.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     rot.set_defaults(fn=cmd_ca_rotate)
     if certs:
-        cp = subparsers.add_parser("certs", parents=[common], help="Certificates the CA issued.",
+        cp = subparsers.add_parser("certs", parents=[common], help=HELP["certs"],
                                    description="Certificates the CA issued.")
         csub = cp.add_subparsers(dest="certs_command", required=True)
         cl = csub.add_parser("list", parents=[common],

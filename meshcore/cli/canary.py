@@ -22,6 +22,7 @@ import yaml
 from ..errors import ControlPlaneUnavailable
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 POLL_S = 0.5
 UNREACHABLE_GIVE_UP_S = 120.0
@@ -179,7 +180,7 @@ def cmd_abort(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl canary`` to ``subparsers`` (``common`` brings --server, -o and --token)."""
-    sp = subparsers.add_parser("canary", parents=[common], help="Progressive delivery with automatic rollback.",
+    sp = subparsers.add_parser("canary", parents=[common], help=HELP["canary"],
                                description=DESCRIPTION)
     csub = sp.add_subparsers(dest="canary_command", required=True, metavar="COMMAND")
 

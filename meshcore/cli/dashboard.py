@@ -16,9 +16,10 @@ import sys
 import webbrowser
 from urllib.parse import quote
 
-from ..errors import MeshError
-from ._client import ApiError, Client, discover_server
+from ..errors import ApiError, MeshError
+from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 
 def dashboard_url(server: str, token: str | None) -> str:
@@ -57,7 +58,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     desc = ("Open the control plane's web dashboard (service graph, golden signals, proxies, certificates, "
             "alerts) in a browser, signed in with your operator token.")
     sp = subparsers.add_parser("dashboard", parents=[common] if common is not None else [],
-                               help="Open the web dashboard in a browser.", description=desc)
+                               help=HELP["dashboard"], description=desc)
     if common is None:
         sp.add_argument("--server", help="control plane HTTP API URL")
         sp.add_argument("--token", help="operator token")

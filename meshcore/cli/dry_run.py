@@ -11,6 +11,7 @@ import json
 
 import yaml
 
+from ..api.operator import ApplyRequest, ResourceFile
 from ._client import Client
 
 DRY_RUN_PATH = "/v1/resources/dry-run"
@@ -35,9 +36,9 @@ def render(result: dict) -> str:
     return "\n".join(out)
 
 
-def show_dry_run(client: Client, files: list[dict], fmt: str) -> int:
+def show_dry_run(client: Client, files: list[ResourceFile], fmt: str) -> int:
     """Run the dry run for ``files`` and print it in ``fmt`` (table, json, yaml)."""
-    result = client.post(DRY_RUN_PATH, {"files": files})
+    result = client.post(DRY_RUN_PATH, ApplyRequest(files=tuple(files)).to_json())
     if fmt == "json":
         print(json.dumps(result["nodes"], indent=2, sort_keys=True))
     elif fmt == "yaml":

@@ -22,6 +22,7 @@ from ..fleet import (bug_report, find_host, fleet_logs, fleet_restart, fleet_sta
                      load_inventory)
 from ..fleet.operations import SERVICES
 from ._run import dispatch
+from ._commands import HELP
 
 
 def _inventory(args) -> str:
@@ -74,7 +75,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     """Add ``fleet`` (status, logs, restart) and ``bug-report`` to meshctl's ``subparsers``."""
     inv = argparse.ArgumentParser(add_help=False)
     inv.add_argument("-i", "--inventory", help="Ansible inventory (YAML, INI or script); default $MESHCORE_INVENTORY")
-    fp = subparsers.add_parser("fleet", parents=[common], help="Status, logs and restarts on every host over SSH.",
+    fp = subparsers.add_parser("fleet", parents=[common], help=HELP["fleet"],
                                description="Status, logs and restarts on every host of an Ansible inventory, "
                                            "over SSH (Fabric).")
     sub = fp.add_subparsers(dest="fleet_command", required=True)
@@ -93,7 +94,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     rs.set_defaults(fn=cmd_restart)
     br = subparsers.add_parser(
         "bug-report", parents=[common, inv],
-        help="Collect config dumps, unit status, logs and certificate metadata from every host into one archive.",
+        help=HELP["bug-report"],
         description="Collect Envoy config dumps, unit status, recent journal, the agent's status.json, "
                     "certificate metadata and the control plane's status from every host into one .tar.gz. "
                     "Private keys and join tokens are never collected.")

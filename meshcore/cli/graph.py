@@ -21,6 +21,7 @@ from ..errors import MeshError
 from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 GRAPH_OUTPUTS = ("table", "json", "dot")
 SCRAPE_TIMEOUT_S = 3.0
@@ -88,8 +89,7 @@ def cmd_graph(args) -> int:
     if not 0 < window <= 300:
         raise MeshError(f"--window {args.window}: must be between 1ms and 5m")
     client = Client(discover_server(args.server), token=getattr(args, "token", None))
-    proxies = client.get("/v1/proxies")
-    admins = {p["node"]: p["admin"] for p in proxies if p.get("admin") and p.get("connected")}
+    admins = {p.node: p.admin for p in client.proxies() if p.admin and p.connected}
     if not admins:
         raise MeshError("no connected proxy reports an Envoy admin address; see `meshctl status`")
     edges, errors = collect(admins, window)
@@ -108,7 +108,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
     """Add ``graph``. It has its own ``-o`` (table, json, dot), so it does not inherit ``common``'s."""
     desc = ("The service graph from the proxies' stats: every edge source -> destination with its request "
             "rate, error rate (5xx) and p99 latency over --window.")
-    sp = subparsers.add_parser("graph", help="Service graph with request rate, error rate and p99 per edge.",
+    sp = subparsers.add_parser("graph", help=HELP["graph"],
                                description=desc)
     sp.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                      "./.meshcore-demo, then http://127.0.0.1:15000)")

@@ -23,6 +23,7 @@ from ..deploy import playbook as pb
 from ..deploy import values as vals
 from ..errors import ConfigError
 from ._run import dispatch
+from ._commands import HELP
 
 DESCRIPTION = """\
 Install or update meshcore on the hosts of an Ansible inventory, from a profile and your values.
@@ -46,8 +47,7 @@ known keys (docs/deploy.md describes each):
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl install`` (``common`` brings -o table|json|yaml)."""
-    sp = subparsers.add_parser("install", parents=[common], help="Install meshcore on an inventory's hosts "
-                               "(profiles, --set, -f values.yaml) with the Ansible playbooks.",
+    sp = subparsers.add_parser("install", parents=[common], help=HELP["install"],
                                description=DESCRIPTION, epilog=EPILOG,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -143,9 +143,11 @@ def _show_values(args, values: vals.Values, playbook: Path) -> int:
 
 def main(argv=None) -> int:
     """``python -m meshcore.cli.install`` (the same as ``meshctl install``)."""
-    from .main import build_parser
+    from ._commands import common_options
 
-    return dispatch(build_parser().parse_args(["install", *(sys.argv[1:] if argv is None else argv)]))
+    p = argparse.ArgumentParser(prog="meshctl")
+    register(p.add_subparsers(dest="command", required=True), common_options())
+    return dispatch(p.parse_args(["install", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..deploy.inventory import build_inventory, host_vars, to_ini, to_yaml
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError
 from ._run import dispatch
+from ._commands import HELP
 
 FORMATS = ("json", "yaml", "ini")
 
@@ -58,8 +59,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     clash with this command's ``-o json|yaml|ini`` (default json, what Ansible expects), and the
     command needs no control plane (``--server``).
     """
-    sp = subparsers.add_parser("inventory", help="Ansible inventory from the catalog (also a dynamic inventory "
-                               "script: --list, --host H).", description=DESCRIPTION)
+    sp = subparsers.add_parser("inventory", help=HELP["inventory"], description=DESCRIPTION)
     sp.add_argument("--catalog", metavar="SPEC", help=CATALOG_HELP)
     mode = sp.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="the whole inventory (the default; Ansible passes it)")

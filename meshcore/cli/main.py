@@ -3,65 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
-import yaml
-
-from ..errors import MeshError
+from ..api.operator import ApplyRequest, DeleteRequest, ResourceQuery, TokenRequest, resolve_kind
+from ..errors import ApiError, MeshError
 from ._client import DEMO_STATE_DIR, Client, discover_server
+from ._commands import MODULE_COMMANDS, common_options
+from ._output import out as _out
+from ._output import read_files as _read_files
+from ._output import table as _table
+from ._output import validate_locally as _validate_locally
 from ._run import dispatch
-
-OUTPUTS = ("table", "json", "yaml")
-
-
-def _out(data, fmt: str, table=None) -> None:
-    if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif fmt == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
-    else:
-        table(data) if table else print(yaml.safe_dump(data, sort_keys=False), end="")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    for row in [headers] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
 def _client(args) -> Client:
     return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None),
                   state_dir=getattr(args, "state_dir", None))
-
-
-def _read_files(paths: list[str]) -> list[dict]:
-    files = []
-    for p in paths:
-        if p == "-":
-            files.append({"name": "<stdin>", "content": sys.stdin.read()})
-            continue
-        path = Path(p)
-        if path.is_dir():
-            members = sorted(q for q in path.iterdir() if q.suffix in (".yaml", ".yml", ".json"))
-        else:
-            members = [path]
-        for m in members:
-            try:
-                files.append({"name": str(m), "content": m.read_text()})
-            except OSError as exc:
-                raise MeshError(f"{m}: cannot read: {exc.strerror}") from exc
-    return files
-
-
-def _validate_locally(paths: list[str]):
-    from ..resources.loader import load_files
-
-    return load_files(paths)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -79,53 +41,59 @@ def cmd_apply(args) -> int:
         from .dry_run import show_dry_run
 
         return show_dry_run(_client(args), _read_files(args.filename), args.output)
-    result = _client(args).post("/v1/resources", {"files": _read_files(args.filename)})
-    _out(result, args.output, lambda d: [print(f"{x['resource']} {x['result']}") for x in d["applied"]])
+    result = _client(args).apply(ApplyRequest(files=tuple(_read_files(args.filename))))
+    _out(result.to_json(), args.output, lambda d: [print(f"{x.resource} {x.result}") for x in result.applied])
     return 0
 
 
 def cmd_delete(args) -> int:
     client = _client(args)
     if args.filename:
-        body = {"files": _read_files(args.filename)}
+        request = DeleteRequest(files=tuple(_read_files(args.filename)))
     elif args.kind and args.name:
-        body = {"keys": [f"{_kind(args.kind)}/{args.namespace}/{n}" for n in args.name]}
+        request = DeleteRequest(keys=tuple(f"{_kind(args.kind)}/{args.namespace}/{n}" for n in args.name))
     else:
         raise MeshError("say what to delete: -f FILE, or KIND NAME")
-    result = client.post("/v1/resources/delete", body)
-    _out(result, args.output, lambda d: ([print(f"{k} deleted") for k in d["deleted"]],
-                                         [print(f"{k} not found") for k in d["not_found"]]))
-    return 0 if not result["not_found"] or args.ignore_not_found else 1
+    result = client.delete_resources(request)
+    _out(result.to_json(), args.output, lambda d: ([print(f"{k} deleted") for k in result.deleted],
+                                                   [print(f"{k} not found") for k in result.not_found]))
+    return 0 if not result.not_found or args.ignore_not_found else 1
 
 
 def _kind(text: str) -> str:
     from ..resources.registry import KINDS
 
-    for k in KINDS:
-        if k.lower() in (text.lower(), text.lower().rstrip("s")):
-            return k
-    raise MeshError(f"unknown kind {text!r}; known kinds: {', '.join(KINDS)}, proxies")
+    try:
+        return resolve_kind(text, KINDS)
+    except MeshError as exc:
+        raise MeshError(f"{exc}, proxies") from None
 
 
 def cmd_get(args) -> int:
     client = _client(args)
     if args.kind.lower() in ("proxies", "proxy"):
-        proxies = client.get("/v1/proxies")
-        _out(proxies, args.output, lambda d: _table(
-            [[p["node"], ",".join(s["name"] for s in p["services"] + p.get("gateways", [])), p.get("admin", ""),
-              "yes" if p["synced"] else "no", (p.get("version") or "")[:12], (p.get("error") or "")[:60]] for p in d],
+        proxies = client.proxies()
+        _out([p.to_json() for p in proxies], args.output, lambda d: _table(
+            [[p.node, ",".join(s.name for s in p.entries), p.admin, "yes" if p.synced else "no", p.version[:12],
+              p.error[:60]] for p in proxies],
             ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
         return 0
-    kind = _kind(args.kind)
-    query = f"?kind={kind}" + (f"&name={args.name}" if args.name else "")
-    items = client.get("/v1/resources" + query)
+    # The control plane resolves the kind (plurals, any case): meshctl need not load the resource kinds.
+    try:
+        items = client.resources(ResourceQuery(kind=args.kind, name=args.name or ""))
+    except ApiError as exc:
+        if exc.status == 400 and "unknown kind" in str(exc):
+            raise MeshError(f"{exc}, proxies") from None
+        raise
     if args.name and not items:
-        print(f"{kind} {args.name!r} not found", file=sys.stderr)
+        print(f"{args.kind} {args.name!r} not found", file=sys.stderr)
         return 1
     if args.output == "table":
         _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]] for d in items],
                ["KIND", "NAMESPACE", "NAME"])
     elif args.output == "yaml":
+        import yaml
+
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
     else:
         _out(items, "json")
@@ -133,25 +101,26 @@ def cmd_get(args) -> int:
 
 
 def cmd_status(args) -> int:
-    status = _client(args).get("/v1/status")
+    status = _client(args).status()
 
-    def table(s):
-        cp = s["control_plane"]
-        print(f"control plane  http {cp.get('http')}  xds {cp.get('xds')}  trust domain {cp.get('trust_domain')}  "
-              f"snapshot {cp.get('snapshot')}")
-        for key in ("catalog_error", "store_error"):
-            if cp.get(key):
-                print(f"  {key.replace('_', ' ')}: {cp[key]}")
+    def table(_):
+        cp = status.control_plane
+        print(f"control plane  http {cp.http}  xds {cp.xds}  trust domain {cp.trust_domain}  snapshot {cp.snapshot}")
+        for key, value in (("catalog error", cp.catalog_error), ("store error", cp.store_error)):
+            if value:
+                print(f"  {key}: {value}")
         print()
         rows = []
-        for p in s["proxies"]:
-            entries = p["services"] + p.get("gateways", [])
-            for svc in entries or [{"name": "-", "spiffe_id": "", "inbound": ""}]:
-                rows.append([p["node"], svc["name"], svc.get("inbound") or ",".join(svc.get("listeners", [])),
-                             svc.get("spiffe_id", ""), "yes" if p["synced"] else "no"])
+        for p in status.proxies:
+            for svc in p.services:
+                rows.append([p.node, svc.name, svc.inbound, svc.spiffe_id, "yes" if p.synced else "no"])
+            for gw in p.gateways:
+                rows.append([p.node, gw.name, ",".join(gw.listeners), gw.spiffe_id, "yes" if p.synced else "no"])
+            if not p.entries:
+                rows.append([p.node, "-", "", "", "yes" if p.synced else "no"])
         _table(rows, ["NODE", "SERVICE", "LISTENS", "SPIFFE ID", "SYNCED"])
 
-    _out(status, args.output, table)
+    _out(status.to_json(), args.output, table)
     return 0
 
 
@@ -160,18 +129,18 @@ def cmd_proxy_config(args) -> int:
     if args.envoy:
         from ..demo.launcher import http_get
 
-        proxies = {p["node"]: p for p in client.get("/v1/proxies")}
-        admin = proxies.get(args.node, {}).get("admin")
+        admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
         if not admin:
             raise MeshError(f"no admin address known for node {args.node!r}; see `meshctl get proxies`")
         status, body = http_get(f"http://{admin}/config_dump", timeout=10)
         print(body.decode())
         return 0 if status == 200 else 1
-    data = client.get(f"/v1/proxies/{args.node}/config")
+    config = client.proxy_config(args.node)
+    resources = config.resources
     if args.type:
         wanted = {t.lower().rstrip("s") for t in args.type}
-        data["resources"] = {k: v for k, v in data["resources"].items()
-                             if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+        resources = {k: v for k, v in resources.items() if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+    data = {**config.to_json(), "resources": resources}
 
     def table(d):
         rows = []
@@ -191,15 +160,13 @@ def _short(type_name: str) -> str:
 
 
 def cmd_token_create(args) -> int:
-    result = _client(args).post("/v1/tokens", {"node": args.node, "ttl": args.ttl})
-    _out(result, args.output, lambda d: print(d["token"]))
+    result = _client(args).create_token(TokenRequest(node=args.node, ttl=args.ttl))
+    _out(result.to_json(), args.output, lambda d: print(result.token))
     return 0
 
 
 def cmd_authz_check(args) -> int:
     """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
-    from urllib.parse import urlencode
-
     params = [("to", args.to), ("method", args.method), ("path", args.path)]
     params += [(k, v) for k, v in (("from", args.source), ("host", args.host), ("source_ip", args.source_ip)) if v]
     for h in args.header or []:
@@ -242,6 +209,9 @@ def cmd_demo_up(args) -> int:
         print(DEMO_BANNER.format(state=state))
     if not args.foreground:
         return 0
+    import signal
+    import threading
+
     stop = threading.Event()
     # Ctrl-C, `kill` and a closed terminal all stop the demo, even where SIGINT arrived ignored
     # (a shell's background job): install the handlers explicitly.
@@ -279,16 +249,15 @@ def cmd_demo_down(args) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
-                                         "./.meshcore-demo, then http://127.0.0.1:15000)")
-    common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
-    common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
-                                        "then the control plane state dir's admin.token)")
-    common.add_argument("--cert", help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
-    common.add_argument("--key", help="its private key ($MESHCORE_KEY)")
-    common.add_argument("--cacert", help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
+def _command_in(argv: list[str]) -> str:
+    """The command ``argv`` names ("" for none: ``meshctl --help``); the top-level parser has no other options."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """meshctl's parser. With ``argv``, only the module of the command it names is imported (the others are
+    listed by name and help, see ``_commands.py``); without, every module registers (the whole parser)."""
+    common = common_options()
 
     p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -358,15 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     dd.set_defaults(fn=cmd_demo_down)
 
     # Commands that live in their own modules, in the order `meshctl --help` lists them.
-    from . import alerts, ca, canary, dashboard, fleet, graph, install, inventory, render, security, traffic
-
-    for module in (ca, security, traffic, canary, graph, dashboard, alerts, install, render, inventory, fleet):
-        module.register(sub, common)
+    wanted = None if argv is None else _command_in(argv)
+    registered: set[str] = set()
+    for name, module_name, help_text in MODULE_COMMANDS:
+        if module_name in registered:
+            continue  # its register() added this command already
+        if wanted is None or wanted in {n for n, m, _ in MODULE_COMMANDS if m == module_name}:
+            importlib.import_module(f"{__package__}.{module_name}").register(sub, common)
+            registered.add(module_name)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
         __import__("os").environ["MESHCORE_TOKEN"] = args.token
     for flag, env in (("cert", "MESHCORE_CERT"), ("key", "MESHCORE_KEY"), ("cacert", "MESHCORE_CACERT")):

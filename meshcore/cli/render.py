@@ -25,6 +25,7 @@ from ..deploy import render as rd
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError, ControlPlaneUnavailable, MeshError
 from ._run import dispatch
+from ._commands import HELP
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
@@ -84,8 +85,8 @@ def _from_control_plane(args) -> dict[str, str]:
             tb = client.get("/v1/trust-bundle")
             found.update(bundle=tb["bundle"], trust_domain=tb["trust_domain"])
         if need_status:
-            cp = client.get("/v1/status")["control_plane"]
-            found.update(xds=cp.get("xds", ""), api=cp.get("api", ""), trust_domain=cp.get("trust_domain", ""))
+            cp = client.status().control_plane
+            found.update(xds=cp.xds, api=cp.api, trust_domain=cp.trust_domain)
     except ControlPlaneUnavailable as exc:
         raise ControlPlaneUnavailable(
             f"{exc}. For an offline render pass {missing} (the bundle is <state-dir>/ca/bundle.pem on the "
@@ -242,8 +243,7 @@ def cmd_render(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl render`` to ``subparsers`` (``common`` brings --server and -o table|json|yaml)."""
-    sp = subparsers.add_parser("render", parents=[common], help="Render per-VM files for air-gapped sites "
-                               "(Envoy bootstrap, agent config, Consul service files, trust bundle).",
+    sp = subparsers.add_parser("render", parents=[common], help=HELP["render"],
                                description=DESCRIPTION, epilog=EPILOG)
     sp.add_argument("--out", required=True, metavar="DIR", help="output directory; one sub-directory per node")
     sp.add_argument("--catalog", metavar="SPEC", help=CATALOG_HELP)

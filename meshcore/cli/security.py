@@ -19,6 +19,9 @@ from pathlib import Path
 from .._files import atomic_write
 from ..errors import MeshError
 from ._client import Client, discover_server
+from ._output import out
+from ._output import table as _table
+from ._commands import HELP
 
 
 def _client(args) -> Client:
@@ -27,15 +30,7 @@ def _client(args) -> Client:
 
 
 def _emit(data, fmt: str, table) -> None:
-    from .main import _out
-
-    _out(data, fmt, table)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    from .main import _table as table
-
-    table(rows, headers)
+    out(data, fmt, table)
 
 
 # --- trust-bundle -------------------------------------------------------------------------------------
@@ -135,7 +130,7 @@ def cmd_cert_revoke(args) -> int:
 def register(subparsers, common: argparse.ArgumentParser) -> None:
     from ..controlplane.operators import ROLES
 
-    tb = subparsers.add_parser("trust-bundle", help="Trust bundles: export this domain's, import other domains'.",
+    tb = subparsers.add_parser("trust-bundle", help=HELP["trust-bundle"],
                                description="Trust-domain federation with SPIFFE trust bundles.")
     tsub = tb.add_subparsers(dest="trust_bundle_command", required=True)
     conn = argparse.ArgumentParser(add_help=False)  # common's connection options, without its -o
@@ -156,7 +151,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     rm.add_argument("trust_domain")
     rm.set_defaults(fn=cmd_remove)
 
-    op = subparsers.add_parser("operator", help="Operator identities: client certificates from the mesh CA.")
+    op = subparsers.add_parser("operator", help=HELP["operator"])
     osub = op.add_subparsers(dest="operator_command", required=True)
     cert = osub.add_parser("cert", help="Operator client certificates.")
     csub = cert.add_subparsers(dest="operator_cert_command", required=True)

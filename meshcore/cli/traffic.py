@@ -26,8 +26,10 @@ from ..policies.destination_rule import schema as dr_kind
 from ..policies.virtual_service import schema as vs_kind
 from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf
+from ..api.operator import ApplyRequest, ResourceFile, ResourceQuery
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._commands import HELP
 
 SYNC_TIMEOUT_S = 5.0
 SOURCE = "meshctl-traffic"
@@ -49,8 +51,8 @@ def _first(docs: list[dict], pred: Callable[[dict], bool]) -> dict | None:
 
 def current(client: Client, service: str) -> tuple[dict | None, dict | None, list[dict]]:
     """The service's DestinationRule and VirtualService documents (or None), and every stored traffic document."""
-    drs = client.get(f"/v1/resources?kind={dr_kind.KIND_NAME}")
-    vss = client.get(f"/v1/resources?kind={vs_kind.KIND_NAME}")
+    drs = client.resources(ResourceQuery(kind=dr_kind.KIND_NAME))
+    vss = client.resources(ResourceQuery(kind=vs_kind.KIND_NAME))
     dr = _first(drs, lambda d: (d.get("spec") or {}).get("host") == service)
     vs = _first(vss, lambda d: service in ((d.get("spec") or {}).get("hosts") or ()))
     return dr, vs, drs + vss
@@ -75,17 +77,16 @@ def check(plan: wf.Plan, stored: list[dict]) -> None:
 
 
 def _post(client: Client, docs: list[dict]) -> list[dict]:
-    body = {"files": [{"name": SOURCE + ".yaml", "content": yaml.safe_dump_all(docs, sort_keys=False)}]}
-    return client.post("/v1/resources", body)["applied"]
+    file = ResourceFile(name=SOURCE + ".yaml", content=yaml.safe_dump_all(docs, sort_keys=False))
+    return [r.to_json() for r in client.apply(ApplyRequest(files=(file,))).applied]
 
 
 def wait_synced(client: Client, before: str, timeout: float = SYNC_TIMEOUT_S) -> bool:
     """Wait until the control plane built a new snapshot (hash != ``before``) and every connected proxy ACKed it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = client.get("/v1/status")
-        proxies = [p for p in status["proxies"] if p.get("connected")]
-        if status["control_plane"].get("snapshot") != before and all(p["synced"] for p in proxies):
+        status = client.status()
+        if status.control_plane.snapshot != before and all(p.synced for p in status.proxies if p.connected):
             return True
         time.sleep(0.05)
     return False
@@ -96,7 +97,7 @@ def apply_plan(client: Client, plan: wf.Plan, *, wait: bool = True) -> dict:
     applied: list[dict] = []
     notes = list(plan.notes)
     if plan.dr_changed and plan.vs_changed and plan.destination_rule is not None:
-        before = client.get("/v1/status")["control_plane"].get("snapshot", "")
+        before = client.status().control_plane.snapshot
         applied += _post(client, [plan.destination_rule])
         if wait and not wait_synced(client, before):
             notes.append(f"not every proxy ACKed the new subsets within {SYNC_TIMEOUT_S:g}s; "
@@ -214,7 +215,7 @@ def cmd_show(args) -> int:
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl traffic`` to ``subparsers`` (``common`` brings --server and -o table|json|yaml)."""
-    sp = subparsers.add_parser("traffic", parents=[common], help="Split, route and switch traffic between versions.",
+    sp = subparsers.add_parser("traffic", parents=[common], help=HELP["traffic"],
                                description=DESCRIPTION)
     tsub = sp.add_subparsers(dest="traffic_command", required=True, metavar="COMMAND")
 

@@ -13,17 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body, http_status
+from ..api._wire import encode
+from ..errors import HttpError  # noqa: F401 - re-exported: handlers that still name a status
+
 log = logging.getLogger("meshcore.controlplane.http")
 
 MAX_BODY = 4 * 1024 * 1024
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, extra: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra or {}
 
 
 class Request:
@@ -41,7 +37,7 @@ class Request:
         if self._body is None:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
-                raise HttpError(413, f"request body over {MAX_BODY} bytes")
+                raise PayloadTooLarge(f"request body over {MAX_BODY} bytes")
             self._body = self.handler.rfile.read(length) if length else b""
         return self._body
 
@@ -49,7 +45,7 @@ class Request:
         try:
             return json.loads(self.body() or b"{}")
         except ValueError as exc:
-            raise HttpError(400, f"request body is not JSON: {exc}") from exc
+            raise BadRequest(f"request body is not JSON: {exc}") from exc
 
     def peer_uri_sans(self) -> list[str]:
         conn = self.handler.connection
@@ -87,22 +83,28 @@ class Router:
                 allowed.append(method)
                 continue
             result = fn(Request(handler, m.groupdict()))
-            return result if isinstance(result, Response) else Response(result)
+            return result if isinstance(result, Response) else Response(encode(result))  # contracts -> JSON
         if allowed:
-            raise HttpError(405, f"{handler.command} not allowed on {path}; use {', '.join(sorted(set(allowed)))}")
-        raise HttpError(404, f"no such endpoint: {path}")
+            raise MethodNotAllowed(f"{handler.command} not allowed on {path}; use {', '.join(sorted(set(allowed)))}")
+        raise NotFound(f"no such endpoint: {path}")
 
 
 def _make_handler(router: Router, server_name: str):
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = server_name
+        # Headers and body go out as two writes; with Nagle on, the body waits for the client's
+        # delayed ACK of the headers (40 ms per answer on a kept-alive connection).
+        disable_nagle_algorithm = True
 
         def _run(self):
             try:
                 resp = router.dispatch(self)
-            except HttpError as exc:
-                resp = Response({"error": exc.message, **exc.extra}, status=exc.status)
+            except MeshError as exc:  # the one error map: errors.HTTP_STATUS
+                status = http_status(exc)
+                if status >= 500:
+                    log.warning("%s %s answered %d: %s", self.command, self.path, status, exc)
+                resp = Response(error_body(exc), status=status)
             except Exception as exc:  # a bug: answer 500 and log it, do not kill the server
                 log.exception("internal error on %s %s", self.command, self.path)
                 resp = Response({"error": f"internal error: {exc}"}, status=500)

@@ -35,14 +35,15 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..errors import ConfigError
+from ..errors import BadRequest, ConfigError, NotFound, WebhookDeliveryError
 from ..observe.alerts import FIRING, RESOLVED, Alert, AlertEvaluator, Rule, effective_rules, webhook_payload
 from ..observe.signals import Signals
 from ..resources.model import Resource
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..observe.collector import MeshCollector
+    from ._contexts import MeshView
 
 log = logging.getLogger("meshcore.controlplane.alerting")
 
@@ -72,8 +73,6 @@ def webhook_urls(flags: Sequence[str] | None, env: dict | None = None) -> list[s
     return out
 
 
-class _Retryable(Exception):
-    """A delivery failure worth retrying (connection problem, 429, 5xx)."""
 
 
 class _Webhook:
@@ -118,10 +117,10 @@ class _Webhook:
                 resp.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}") from exc
+                raise WebhookDeliveryError(f"HTTP {exc.code}") from exc
             raise  # 4xx: the receiver rejects the payload; retrying will not help
         except (urllib.error.URLError, OSError) as exc:
-            raise _Retryable(str(getattr(exc, "reason", exc))) from exc
+            raise WebhookDeliveryError(str(getattr(exc, "reason", exc))) from exc
 
     def deliver(self, payload: dict) -> bool:
         """POST one payload with retries; True when the webhook accepted it."""
@@ -134,7 +133,7 @@ class _Webhook:
         try:
             for attempt in Retrying(stop=stop_after_attempt(self._attempts),
                                     wait=wait_exponential(multiplier=0.5, max=self._max_backoff),
-                                    retry=retry_if_exception_type(_Retryable), sleep=self._stop.wait,
+                                    retry=retry_if_exception_type(WebhookDeliveryError), sleep=self._stop.wait,
                                     before_sleep=before_sleep, reraise=True):
                 with attempt:
                     if self._stop.is_set() and attempt.retry_state.attempt_number > 1:
@@ -300,8 +299,8 @@ class _MeshStateCollector:
     """Series the exported Prometheus rules join on, read at scrape time from the control plane's state:
     ``meshcore_service_instance_info`` (instance id -> service, node) and ``meshcore_proxy_out_of_sync``."""
 
-    def __init__(self, cp: "ControlPlane"):
-        self._cp = cp
+    def __init__(self, mesh: "MeshView"):
+        self._mesh = mesh
 
     def describe(self):
         return []
@@ -313,12 +312,12 @@ class _MeshStateCollector:
         sync = GaugeMetricFamily("meshcore_proxy_out_of_sync", "1 when the proxy has not ACKed its current "
                                  "configuration or its last build failed, else 0.", labels=["node"])
         try:
-            catalog = self._cp.engine.catalog()
+            catalog = self._mesh.catalog()
             for inst in sorted(catalog.instances if catalog else (), key=lambda i: i.id):
                 if inst.kind == "":
                     info.add_metric([inst.id, inst.service, inst.node], 1)
-            for node, state in sorted(self._cp.engine.proxies.items()):
-                in_sync = bool(self._cp.cache.synced(node)) and not state.error
+            for node, state in sorted(self._mesh.proxies().items()):
+                in_sync = self._mesh.synced(node) and not state.error
                 sync.add_metric([node], 0 if in_sync else 1)
         except Exception:  # noqa: BLE001 - a scrape must not fail because of this view
             log.warning("reading mesh state for metrics failed", exc_info=True)
@@ -328,41 +327,38 @@ class _MeshStateCollector:
 
 # --- control plane wiring --------------------------------------------------------------------------
 
-def for_control_plane(cp: "ControlPlane") -> Alerting:
-    """The control plane's Alerting: rules from the engine's snapshot, webhooks from its settings, metrics in
-    its registry, subscribed to its collector (when it has one). Call ``start()`` to run the webhooks."""
+def for_control_plane(mesh: "MeshView", collector: "MeshCollector", registry: CollectorRegistry, *,
+                      webhooks: Sequence[str] = (), external_url: Callable[[], str] = lambda: "") -> Alerting:
+    """The control plane's Alerting: rules from the mesh snapshot's AlertRules, evaluated on every Signals the
+    collector makes, metrics in ``registry`` (with the mesh state the exported rules join on). Call ``start()``
+    to run the webhooks."""
 
     def resources() -> Iterable[Resource]:
-        snap = cp.engine.snapshot
+        snap = mesh.snapshot()
         return snap.resources if snap is not None else ()
 
-    alerting = Alerting(resources, list(getattr(cp.settings, "alert_webhooks", ()) or ()),
-                        external_url=lambda: cp.addresses.get("http", ""), registry=cp.metrics.registry)
-    cp.metrics.registry.register(_MeshStateCollector(cp))
-    collector = getattr(cp, "collector", None)
-    if collector is not None:
-        collector.subscribe(alerting.evaluate)
-    else:
-        log.warning("the control plane has no metrics collector: alert rules are not evaluated")
+    alerting = Alerting(resources, list(webhooks), external_url=external_url, registry=registry)
+    registry.register(_MeshStateCollector(mesh))
+    collector.subscribe(alerting.evaluate)
     if alerting.webhooks:
         log.info("alert webhooks: %s", ", ".join(alerting.webhooks))
     return alerting
 
 
-def add_routes(router: Router, cp: "ControlPlane") -> None:
+def add_routes(router: Router, *, alerting: Alerting) -> None:
     """``GET /v1/alerts`` and ``GET /v1/alerts/rules`` on the operator API."""
 
     def alerts(req: Request) -> list[dict]:
         state = req.query.get("state")
         if state and state not in ("pending", "firing"):
-            raise HttpError(400, f"state={state!r}: use pending or firing (or leave it out for both)")
-        return [a.to_dict() for a in cp.alerting.alerts() if not state or a.state == state]
+            raise BadRequest(f"state={state!r}: use pending or firing (or leave it out for both)")
+        return [a.to_dict() for a in alerting.alerts() if not state or a.state == state]
 
     def rules(req: Request) -> list[dict]:
         name = req.query.get("name")
-        out = [r.to_dict() for r in cp.alerting.rules() if not name or r.name == name]
+        out = [r.to_dict() for r in alerting.rules() if not name or r.name == name]
         if name and not out:
-            raise HttpError(404, f"no alert rule named {name!r}; see `meshctl alerts rules`")
+            raise NotFound(f"no alert rule named {name!r}; see `meshctl alerts rules`")
         return out
 
     router.add("GET", "/v1/alerts", alerts)

@@ -12,32 +12,33 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
 from ..authz.dry_run import ObservedCall, dry_run
-from ._http import HttpError, Request
+from ..errors import BadRequest, PayloadTooLarge, Unavailable
+from ._http import Request
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..snapshot import MeshSnapshot
 
 MAX_CALLS = 100_000
 
 
-def authz_dry_run(cp: "ControlPlane", req: Request, parse: Callable) -> dict:
+def authz_dry_run(snapshot: Callable[[], "MeshSnapshot | None"], req: Request, parse: Callable) -> dict:
     body, resources = parse(req)  # validates the policy files like apply does (422 with field paths)
     raw = body.get("calls")
     if not isinstance(raw, list):
-        raise HttpError(400, 'body needs "calls": [{"service": ..., "source_principal": ..., "count": N}, ...]')
+        raise BadRequest('body needs "calls": [{"service": ..., "source_principal": ..., "count": N}, ...]')
     if len(raw) > MAX_CALLS:
-        raise HttpError(413, f"more than {MAX_CALLS} distinct calls; narrow the access logs given")
+        raise PayloadTooLarge(f"more than {MAX_CALLS} distinct calls; narrow the access logs given")
     calls: Counter = Counter()
     for i, item in enumerate(raw):
         try:
             count = int(item.get("count", 1)) if isinstance(item, dict) else 0
             calls[ObservedCall.from_dict(item)] += max(count, 0)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise HttpError(400, f"calls[{i}]: {exc}") from exc
-    snapshot = cp.engine.snapshot
-    if snapshot is None:
-        raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
-    return dry_run(snapshot, resources, calls)
+            raise BadRequest(f"calls[{i}]: {exc}") from exc
+    snap = snapshot()
+    if snap is None:
+        raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+    return dry_run(snap, resources, calls)
 
 
 __all__ = ["authz_dry_run"]

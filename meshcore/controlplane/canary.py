@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .._files import atomic_write, ensure_private_dir
-from ..errors import ConfigError, MeshError, StoreError, ValidationError
+from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..policies.destination_rule import schema as dr_kind
 from ..policies.virtual_service import schema as vs_kind
@@ -42,10 +42,11 @@ from ..resources.loader import validate_document, validate_set
 from ..resources.model import Resource
 from ..traffic import canary as sm
 from ..traffic import workflows as wf
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..resources.store import ResourceStore
+    from ._contexts import MeshView
 
 log = logging.getLogger("meshcore.controlplane.canary")
 
@@ -55,12 +56,8 @@ SCRAPE_TIMEOUT_S = 3.0
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,126}")
 
 
-class NotFound(MeshError):
-    """No canary for that service."""
 
 
-class CanaryConflict(MeshError):
-    """The request does not fit the canary's state (already running, already finished)."""
 
 
 # --- measuring -------------------------------------------------------------------------------------------
@@ -293,7 +290,7 @@ class CanaryController:
         with self._lock:
             st = self._states.get(service)
         if st is None:
-            raise NotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
+            raise CanaryNotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
         return st.to_dict()
 
     def start(self, spec: sm.CanarySpec) -> dict:
@@ -331,7 +328,7 @@ class CanaryController:
             st = self._states.get(service)
             lock = self._locks.get(service)
         if st is None or lock is None:
-            raise NotFound(f"no canary for {service!r}; `meshctl canary status` lists them")
+            raise CanaryNotFound(f"no canary for {service!r}; `meshctl canary status` lists them")
         with lock:
             st = self._states[service]
             if st.finished:
@@ -483,82 +480,62 @@ def _int(body: dict, key: str, default: int) -> int:
 # --- wiring into the control plane -----------------------------------------------------------------------
 
 
-def _callers_of(cp: "ControlPlane", service: str) -> dict[str, str]:
+def _callers_of(mesh: "MeshView", service: str) -> dict[str, str]:
     """``{node: Envoy admin}`` of connected proxies whose node has an instance calling ``service``."""
-    catalog = cp.engine.catalog()
+    catalog = mesh.catalog()
     if catalog is None:
         return {}
     nodes = {i.node for i in catalog.instances if any(u.destination_name == service for u in i.upstreams)}
-    connected = set(cp.cache.connected_nodes())
-    return {n: st.info.admin for n, st in list(cp.engine.proxies.items())
+    connected = set(mesh.connected_nodes())
+    return {n: st.info.admin for n, st in mesh.proxies().items()
             if n in nodes and n in connected and st.info.admin}
 
 
-def _synced_with(cp: "ControlPlane", resource: Resource) -> bool:
-    """The engine's snapshot holds ``resource`` as written and every connected proxy ACKed that snapshot."""
-    snap = cp.engine.snapshot
+def _synced_with(mesh: "MeshView", resource: Resource) -> bool:
+    """The mesh snapshot holds ``resource`` as written and every connected proxy ACKed that snapshot."""
+    snap = mesh.snapshot()
     if snap is None or resource.canonical_json() not in {r.canonical_json() for r in snap.resources}:
         return False
-    for node in cp.cache.connected_nodes():
-        state = cp.engine.proxies.get(node)
-        if state is None or state.built_hash != snap.hash or not cp.cache.synced(node):
+    proxies = mesh.proxies()
+    for node in mesh.connected_nodes():
+        state = proxies.get(node)
+        if state is None or state.built_hash != snap.hash or not mesh.synced(node):
             return False
     return True
 
 
-def _instances_with(cp: "ControlPlane", service: str, labels: dict[str, str]) -> int:
-    catalog = cp.engine.catalog()
+def _instances_with(mesh: "MeshView", service: str, labels: dict[str, str]) -> int:
+    catalog = mesh.catalog()
     if catalog is None:
         return 1  # catalog not read yet: do not refuse on that
     return sum(1 for i in catalog.instances_of(service) if all(i.labels.get(k) == v for k, v in labels.items()))
 
 
-def for_control_plane(cp: "ControlPlane") -> CanaryController:
-    """The controller wired to ``cp``: its store, its proxies' admin addresses, its state dir."""
-    writer = StoreTrafficWriter(cp.store, synced=lambda r: _synced_with(cp, r))
+def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView") -> CanaryController:
+    """The controller of a control plane: traffic changes go to its ``store``, measurements to the admin
+    addresses of the proxies calling the service, its state under ``state_dir``."""
+    writer = StoreTrafficWriter(store, synced=lambda r: _synced_with(mesh, r))
     return CanaryController(
-        cp.settings.state_dir / STATE_SUBDIR, writer,
-        probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(cp, spec.service)),
-        ready=cp.engine.ready.is_set, instances_with=lambda s, labels: _instances_with(cp, s, labels))
+        state_dir / STATE_SUBDIR, writer,
+        probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(mesh, spec.service)),
+        ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels))
 
 
-def add_routes(r: Router, cp: "ControlPlane") -> None:
-    """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route)."""
-
-    def controller() -> CanaryController:
-        c = getattr(cp, "canaries", None)
-        if c is None:
-            raise HttpError(503, "the canary controller is not running on this control plane; restart it")
-        return c
-
-    def call(fn, *args):
-        try:
-            return fn(*args)
-        except NotFound as exc:
-            raise HttpError(404, str(exc)) from exc
-        except CanaryConflict as exc:
-            raise HttpError(409, str(exc)) from exc
-        except ValidationError as exc:
-            raise HttpError(422, str(exc), {"errors": [
-                {"source": e.source, "document": e.document, "path": e.path, "message": e.message}
-                for e in exc.errors]}) from exc
-        except ConfigError as exc:
-            raise HttpError(400, str(exc)) from exc
-        except StoreError as exc:
-            raise HttpError(503, str(exc)) from exc
+def add_routes(r: Router, *, controller: Callable[[], CanaryController]) -> None:
+    """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route), served by
+    the controller ``controller()`` returns (the control plane's; a test may swap it)."""
 
     def create(req: Request):
         c = controller()
-        spec = call(spec_from_body, req.json(), c.writer.current_default)
-        return call(c.start, spec)
+        return c.start(spec_from_body(req.json(), c.writer.current_default))  # errors: the error map
 
     r.add("POST", "/v1/canaries", create)
     r.add("GET", "/v1/canaries", lambda req: controller().list())
-    r.add("GET", "/v1/canaries/{service}", lambda req: call(controller().get, req.params["service"]))
-    r.add("POST", "/v1/canaries/{service}/abort", lambda req: call(controller().abort, req.params["service"]))
+    r.add("GET", "/v1/canaries/{service}", lambda req: controller().get(req.params["service"]))
+    r.add("POST", "/v1/canaries/{service}/abort", lambda req: controller().abort(req.params["service"]))
 
 
 __all__ = [
-    "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "NotFound",
+    "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "CanaryNotFound",
     "add_routes", "for_control_plane", "scrape_envoy", "spec_from_body", "subset_clusters",
 ]

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,15 +37,26 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
+from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..xds.server import AdsServer, AdsServicer, mtls_node_authorizer, serve_ads
+from ._contexts import CaControl, MeshView
 from ._http import JsonServer
 from .agent_api import AgentApi
+from .alerting import add_routes as add_alert_routes
+from .alerting import for_control_plane as alerting_for
 from .alerting import webhook_urls as _webhook_urls
+from .canary import add_routes as add_canary_routes
+from .canary import for_control_plane as canaries_for
+from .dashboard_api import add_routes as add_dashboard_routes
+from .dashboard_api import collector_for
 from .engine import MeshEngine
+from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
-from .operator_api import OperatorApi
+from .operator_api import OperatorApi, OperatorContext
+from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE
+from .operator_certs import OperatorCertStore, add_operator_cert_routes
 from .operators import TOKENS_FILE as OPERATOR_TOKENS_FILE
 from .operators import OperatorTokenStore, ensure_bootstrap_token
 
@@ -73,6 +85,7 @@ class Settings:
     alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
+    full_rebuild: bool = False  # engine baseline: rebuild the snapshot and every proxy on each change
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -143,7 +156,8 @@ class ControlPlane:
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
                                  settings=MeshSettings(telemetry=settings.telemetry), tracing=self.tracing,
-                                 on_snapshot=self._on_snapshot, metrics=self.metrics)
+                                 on_snapshot=self._on_snapshot, metrics=self.metrics,
+                                 incremental=not settings.full_rebuild)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
         self._grpc: AdsServer | None = None
@@ -155,15 +169,15 @@ class ControlPlane:
         self._ca_wake = threading.Event()
         self.addresses: dict[str, str] = {}
         self._stopped = threading.Event()
-        from .dashboard_api import collector_for  # proxies' stats -> Signals (dashboard, alerts)
-        self.collector = collector_for(self)
-        from .alerting import for_control_plane as _alerting  # AlertRules on every Signals -> webhooks
-        self.alerting = _alerting(self)
-        from .canary import for_control_plane as _canaries  # progressive delivery (meshctl canary)
-        self.canaries = _canaries(self)
-        from .federation_api import open_federation  # other trust domains' bundles -> MeshSettings, agents
-        from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE, OperatorCertStore
-        self.federation = open_federation(self)
+        # The features get the narrow interfaces they use (_contexts.py), never this object.
+        self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
+        self.collector = collector_for(lambda: self.status_view().proxies, self.ca,  # stats -> Signals
+                                       interval=settings.collect_interval)
+        self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
+                                     webhooks=settings.alert_webhooks,
+                                     external_url=lambda: self.addresses.get("http", ""))
+        self.canaries = canaries_for(state, self.store, self.mesh)  # progressive delivery (meshctl canary)
+        self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
         self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
         self._operator_tls: JsonServer | None = None
 
@@ -247,7 +261,7 @@ class ControlPlane:
         """Nodes with a connected proxy whose agent has not reported holding the current trust bundle."""
         acks = self.agent_api.bundle_acks() if self.agent_api is not None else {}
         want = self.ca.bundle_sha256()
-        connected = [n for n in list(self.engine.proxies) if self.cache_status(n).get("connected_streams")]
+        connected = [n for n in list(self.engine.proxies) if self.mesh.cache_status(n).get("connected_streams")]
         return sorted(n for n in connected if acks.get(n) != want)
 
     def _watch_ca(self) -> None:
@@ -332,14 +346,15 @@ class ControlPlane:
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
         agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
-                                              metrics=self.metrics)
-        agent_api.federated_bundles = lambda: self.engine.settings.federated_bundles  # agents get them too
+                                              metrics=self.metrics,  # agents get the federated bundles too
+                                              federated_bundles=lambda: self.engine.settings.federated_bundles)
         self._api_server = JsonServer(agent_api.router(), self.settings.api_bind,
                                       tls=self._https_context(key_pem, chain_pem), name="meshcore-agent-api").start()
-        http = JsonServer(OperatorApi(self).router(), self.settings.http_bind, name="meshcore-http").start()
+        operator_api = OperatorApi(self._operator_context())
+        http = JsonServer(operator_api.router(), self.settings.http_bind, name="meshcore-http").start()
         self._servers = [self._api_server, http]
         if self.settings.operator_tls_bind:  # the same operator API over TLS: operator client certificates
-            self._operator_tls = JsonServer(OperatorApi(self).router(), self.settings.operator_tls_bind,
+            self._operator_tls = JsonServer(operator_api.router(), self.settings.operator_tls_bind,
                                             tls=self._https_context(key_pem, chain_pem), name="meshcore-https").start()
             self._servers.append(self._operator_tls)
         self.engine.start()
@@ -354,6 +369,22 @@ class ControlPlane:
         self._write_state_file()
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
                  self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
+
+    def _operator_context(self) -> OperatorContext:
+        """The operator API's parts, and each feature's routes with the narrow interfaces it uses."""
+        return OperatorContext(
+            store=self.store, mesh=self.mesh, ca=self.ca, tokens=self.tokens, operators=self.operators,
+            ca_control=CaControl(status=self.ca_status, rotate=self.ca_rotate, finish=self.ca_finish),
+            status=self.status_view, registry=self.metrics.registry, operator_certs=self.operator_certs,
+            features=(
+                partial(add_canary_routes, controller=lambda: self.canaries),  # /v1/canaries
+                partial(add_dashboard_routes, collector=self.collector, ca=self.ca,  # /, /v1/dashboard/*
+                        proxies=lambda: self.status_view().proxies),
+                partial(add_alert_routes, alerting=self.alerting),  # /v1/alerts, /v1/alerts/rules
+                partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
+                partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
+                        https_address=lambda: self.addresses.get("https", "")),
+            ))
 
     def _write_state_file(self) -> None:
         data = {**self.addresses, "trust_domain": self.ca.trust_domain, "pid": os.getpid(),
@@ -391,51 +422,48 @@ class ControlPlane:
         self.metrics.snapshots.inc()
         self.metrics.catalog_instances.set(len(snap.catalog.instances))
 
-    def cache_status(self, node: str) -> dict:
-        try:
-            return self.cache.status(node) or {}
-        except KeyError:
-            return {}
-
-    def status(self) -> dict:
+    def status_view(self) -> StatusResponse:
+        """The control plane and every proxy (``GET /v1/status``; ``/v1/proxies`` is its ``proxies``)."""
         catalog = self.engine.catalog()
         td = self.ca.trust_domain
-        nodes = {}
+        services: dict[str, list[ServiceStatus]] = {}
+        gateways: dict[str, list[GatewayStatus]] = {}
         if catalog is not None:
             for inst in catalog.instances:
-                entry = nodes.setdefault(inst.node, {"node": inst.node, "services": [], "gateways": []})
-                item = {"name": inst.service, "id": inst.id,
-                        "spiffe_id": naming.workload_spiffe_id(td, inst.namespace, inst.service_account),
-                        "healthy": inst.healthy}
+                services.setdefault(inst.node, [])
+                gateways.setdefault(inst.node, [])
+                spiffe_id = naming.workload_spiffe_id(td, inst.namespace, inst.service_account)
                 if inst.kind == "":
                     # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
-                    entry["services"].append({**item, "inbound": f"{inst.mesh_address}:{inst.mesh_port}"})
+                    services[inst.node].append(ServiceStatus(
+                        name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy,
+                        inbound=f"{inst.mesh_address}:{inst.mesh_port}"))
                 else:
-                    entry["gateways"].append({**item, "kind": inst.kind, "listeners": [
-                        f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams]})
-        for node in self.engine.proxies:
-            nodes.setdefault(node, {"node": node, "services": [], "gateways": []})
+                    gateways[inst.node].append(GatewayStatus(
+                        name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
+                        listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams)))
+        states = self.mesh.proxies()
         proxies = []
-        for node in sorted(nodes):
-            state = self.engine.proxies.get(node)
-            cs = self.cache_status(node)
-            proxies.append({
-                **nodes[node],
-                "admin": state.info.admin if state else "",
-                "metrics": f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
-                "connected": bool(cs.get("connected_streams")),
-                "synced": bool(self.cache.synced(node)),
-                "version": cs.get("version", ""),
-                "error": state.error if state else "",
-                "access_log": access_log_path(self.engine.settings.telemetry, node),  # "", "stdout" or a file
-            })
+        for node in sorted(set(services) | set(states)):
+            state = states.get(node)
+            cs = self.mesh.cache_status(node)
+            proxies.append(ProxyStatus(
+                node=node, services=tuple(services.get(node, ())), gateways=tuple(gateways.get(node, ())),
+                admin=state.info.admin if state else "",
+                metrics=f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
+                connected=bool(cs.get("connected_streams")), synced=self.mesh.synced(node),
+                version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
+                access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         snap = self.engine.snapshot
-        return {
-            "control_plane": {**self.addresses, "trust_domain": td,
-                              "snapshot": snap.hash if snap else "",
-                              "catalog_error": self.engine.source_error, "store_error": self.engine.store_error},
-            "proxies": proxies,
-        }
+        return StatusResponse(
+            control_plane=ControlPlaneStatus(
+                **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
+                catalog_error=self.engine.source_error, store_error=self.engine.store_error),
+            proxies=tuple(proxies))
+
+    def status(self) -> dict:
+        """:meth:`status_view` as the API's JSON."""
+        return self.status_view().to_json()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -480,6 +508,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ca-key", default=env.get("MESHCORE_CA_KEY"), help="PEM private key of --ca-cert (unencrypted)")
     p.add_argument("--ca-chain", default=env.get("MESHCORE_CA_CHAIN"),
                    help="PEM certificates from --ca-cert's issuer up to and including your root")
+    p.add_argument("--full-rebuild", action="store_true", default=env.get("MESHCORE_FULL_REBUILD", "") == "1",
+                   help="baseline for benchmarks: on every change rebuild the whole mesh snapshot and every "
+                        "connected proxy, without coalescing (default: incremental, only affected proxies)")
     p.add_argument("--log-level", default=env.get("MESHCORE_LOG_LEVEL", "info"))
     p.add_argument("--log-format", choices=("text", "json"), default=env.get("MESHCORE_LOG_FORMAT", "text"))
     return p.parse_args(argv)
@@ -501,7 +532,7 @@ def main(argv=None) -> int:
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
-            alert_webhooks=tuple(_webhook_urls(args.alert_webhook)),
+            alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
         )
         kek = load_kek(settings.kek_file)
         cp = ControlPlane(settings, kek)

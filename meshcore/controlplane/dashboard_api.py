@@ -14,17 +14,31 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..dashboard import build_summary, read_static, series_view
 from ..durations import parse_duration
-from ..observe.collector import MeshCollector, ca_signals
+from ..api.operator import ProxyStatus
+from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
 from ..observe.signals import SIGNAL_LABELS
-from ._http import HttpError, Request, Response
+from ..errors import BadRequest, NotFound
+from ._http import Request, Response
 from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..ca import CertificateAuthority
+
+#: The proxies as ``/v1/proxies`` lists them (the daemon's status view).
+ProxyList = Callable[[], Sequence[ProxyStatus]]
+
+
+def scrape_target(p: ProxyStatus) -> ScrapeTarget:
+    """What the collector needs of one proxy: where to scrape it, its services, whether it is in sync."""
+    return ScrapeTarget(node=p.node, url=scrape_url(p.metrics, p.admin),
+                        instances=tuple((s.id, s.name) for s in p.services),
+                        heard_from=bool(p.connected or p.admin or p.metrics or p.version),
+                        in_sync=p.synced and not p.error)
 
 log = logging.getLogger("meshcore.controlplane.dashboard")
 
@@ -38,68 +52,66 @@ _HEADERS = {
 }
 
 
-def collector_for(cp: "ControlPlane") -> MeshCollector:
-    """The control plane's collector: scrapes the proxies ``/v1/proxies`` lists, adds certificate expiry
+def collector_for(proxies: ProxyList, ca: "CertificateAuthority", interval: float = 5.0) -> MeshCollector:
+    """The control plane's collector: scrapes the proxies ``proxies()`` lists, adds certificate expiry
     from the CA (for the nodes that are still in the mesh) and the out-of-sync state of each proxy."""
 
-    def proxies() -> list[dict]:
-        return cp.status()["proxies"]
-
     def extra() -> dict:
-        nodes = {p["node"] for p in proxies()}
-        return ca_signals(cp.ca, time.time(), nodes)
+        nodes = {p.node for p in proxies()}
+        return ca_signals(ca, time.time(), nodes)
 
-    interval = float(getattr(cp.settings, "collect_interval", 5.0) or 5.0)
-    return MeshCollector(proxies, interval=interval, history=max(HISTORY_S, interval), extra=extra)
+    interval = float(interval or 5.0)
+    return MeshCollector(lambda: [scrape_target(p) for p in proxies()], interval=interval,
+                         history=max(HISTORY_S, interval), extra=extra)
 
 
 def _static(name: str) -> Response:
     try:
         body, content_type = read_static(name)
     except FileNotFoundError as exc:
-        raise HttpError(404, f"no such dashboard file: {name}") from exc
+        raise NotFound(f"no such dashboard file: {name}") from exc
     return Response(body, content_type=content_type, headers=_HEADERS)
 
 
-def summary(cp: "ControlPlane") -> dict:
+def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: ProxyList) -> dict:
     now = time.time()
-    collector = cp.collector
     certs = [{"spiffe_id": c.spiffe_id, "node": c.node or "", "not_before": c.not_before.timestamp(),
-              "not_after": c.not_after.timestamp()} for c in cp.ca.issued()]
-    roots = [r for r in cp.ca.state().get("roots", ()) if r.get("role") == "current"]
+              "not_after": c.not_after.timestamp()} for c in ca.issued()]
+    roots = [r for r in ca.state().get("roots", ()) if r.get("role") == "current"]
     root_expiry = None
     if roots:
         from ..ca.model import parse_rfc3339
 
         root_expiry = parse_rfc3339(roots[0]["not_after"]).timestamp()
     return build_summary(
-        collector.latest(), cp.status()["proxies"], certs, now=now, trust_domain=cp.ca.trust_domain,
+        collector.latest(), proxies(), certs, now=now, trust_domain=ca.trust_domain,
         collector={"interval_seconds": collector.interval, "history_seconds": collector.history_seconds,
                    "errors": dict(collector.errors), "last_duration_seconds": round(collector.last_duration, 3)},
         ca_root_expiry=root_expiry)
 
 
-def series(cp: "ControlPlane", req: Request) -> dict:
+def series(collector: MeshCollector, req: Request) -> dict:
     name = req.query.get("signal", "")
     if name not in SIGNAL_LABELS:
-        raise HttpError(400, f"signal={name!r}: give one of {', '.join(SIGNAL_LABELS)}")
+        raise BadRequest(f"signal={name!r}: give one of {', '.join(SIGNAL_LABELS)}")
     since_text = req.query.get("since", "")
     try:
         seconds = float(since_text) if since_text.replace(".", "", 1).isdigit() else (
             parse_duration(since_text).total_seconds() if since_text else DEFAULT_SINCE_S)
     except ValueError as exc:
-        raise HttpError(400, f"since={since_text!r}: a duration such as 15m or 600s ({exc})") from exc
+        raise BadRequest(f"since={since_text!r}: a duration such as 15m or 600s ({exc})") from exc
     match = {k: v for k, v in req.query.items() if k in SIGNAL_LABELS[name]}
-    return series_view(name, cp.collector.history(name, since=time.time() - seconds), match)
+    return series_view(name, collector.history(name, since=time.time() - seconds), match)
 
 
-def add_routes(router: AuthorizingRouter, cp: "ControlPlane") -> None:
+def add_routes(router: AuthorizingRouter, *, collector: MeshCollector, ca: "CertificateAuthority",
+               proxies: ProxyList) -> None:
     """Add the dashboard's page (open) and its JSON views (operator token, read-only) to ``router``."""
     # The page and its assets need no token: they carry no data.
     router.add_open("GET", "/", lambda req: _static("index.html"))
     router.add_open("GET", "/dashboard/{name}", lambda req: _static(req.params["name"]))
-    router.add("GET", "/v1/dashboard/summary", lambda req: summary(cp))
-    router.add("GET", "/v1/dashboard/series", lambda req: series(cp, req))
+    router.add("GET", "/v1/dashboard/summary", lambda req: summary(collector, ca, proxies))
+    router.add("GET", "/v1/dashboard/series", lambda req: series(collector, req))
 
 
 __all__ = ["add_routes", "collector_for", "series", "summary"]

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ..errors import MeshError, ValidationError
+from ..errors import MeshError, Unavailable, ValidationError
 from ..resources.loader import validate_set
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
 from ..xds.generate import CLUSTER, ROUTE
 from ..compose import build_proxy
 from ..xds.validate import validate_snapshot
-from ._http import HttpError
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..resources.store import ResourceStore
+    from ._contexts import MeshView
 
 # What the diff covers, in the order it is shown.
 COMPARED = (("route", ROUTE), ("cluster", CLUSTER))
@@ -74,31 +74,26 @@ def diff_proxy(node: str, before: Mapping[str, Iterable[Message]], after: Mappin
     return {"added": added, "removed": removed, "changed": changed, "diff": diff}
 
 
-def _validation_error(exc: ValidationError) -> HttpError:
-    return HttpError(422, str(exc), {"errors": [
-        {"source": e.source, "document": e.document, "path": e.path, "message": e.message} for e in exc.errors]})
-
-
-def dry_run(cp: "ControlPlane", resources: list[Resource]) -> dict:
+def dry_run(store: "ResourceStore", mesh: "MeshView", resources: list[Resource]) -> dict:
     """Validate ``resources`` against the store and show every connected proxy's resulting change."""
-    existing = {r.key: r for r in cp.store.list()}
+    existing = {r.key: r for r in store.list()}
     merged = {**existing, **{r.key: r for r in resources}}
     problems = validate_set(list(merged.values()))
     if problems:
-        raise _validation_error(ValidationError(problems, "nothing would be applied"))
+        raise ValidationError(problems, "nothing would be applied")
     results = []
     for r in resources:
         old = existing.get(r.key)
         same = old is not None and old.canonical_json() == r.canonical_json()
         results.append({"resource": str(r.key), "result": "created" if old is None else
                         ("unchanged" if same else "configured")})
-    snap = cp.engine.snapshot
+    snap = mesh.snapshot()
     if snap is None:
-        raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+        raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
     would = MeshSnapshot.build(snap.catalog, merged.values(), snap.trust_domain, snap.settings)
     nodes = {}
-    for node, state in sorted(list(cp.engine.proxies.items())):
-        published = cp.cache.get(node)  # what the proxy was sent; built from the current snapshot if nothing yet
+    for node, state in sorted(mesh.proxies().items()):
+        published = mesh.published(node)  # what the proxy was sent; built from the current snapshot if nothing yet
         extra = {}
         try:
             now = dict(published.resources) if published is not None else build_proxy(snap, state.info)

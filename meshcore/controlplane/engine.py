@@ -1,9 +1,16 @@
 """The control plane's core loop: sources in, one MeshSnapshot, per-proxy builds out.
 
-Two watcher threads (catalog, resources) feed the engine; every change builds a new
-:class:`MeshSnapshot`; when its hash differs, every connected proxy's resources are built
-(pure) and published (validated, cross-checked, then set in the cache). A proxy whose build
-fails keeps its last good config and the error is kept for ``status``.
+Two watcher threads (catalog, resources) hand what they read to the engine and wake the builder
+thread; they never build. The builder coalesces a burst of changes (it waits for a quiet window of
+:data:`QUIET_S`, never more than :data:`MAX_DELAY_S` after the first change), updates the snapshot
+incrementally (:meth:`MeshSnapshot.update`: only changed services and resources are hashed), and
+rebuilds only the proxies whose last build read something that changed (the dependency index,
+:mod:`._deps`). Builds run outside the lock that guards the engine's state: that lock only swaps
+the snapshot and per-proxy bookkeeping, so ``build_for``, ``status``, CSR signing and new ADS
+connections never wait on a rebuild of others; a newly connected proxy is built at once in its
+own thread. A proxy whose build fails keeps its last good config and the error is kept for
+``status``. ``incremental=False`` (``--full-rebuild``) keeps the old path as a baseline: the snapshot
+built from scratch and every proxy rebuilt on every change, without coalescing.
 """
 
 from __future__ import annotations
@@ -12,19 +19,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
 
-from ..catalog.model import Catalog
+from ..catalog.model import Catalog, CatalogUpdate
 from ..catalog.source import CatalogSource
 from ..observe.tracing import ControlPlaneTracing
 from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
 from ..resources.store import ResourceStore
-from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo
 from ..compose import build_proxy
+from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
 from ..xds.cache import SnapshotCache
 from ..xds.validate import publish
+from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys
 
 if TYPE_CHECKING:
     from .metrics import ControlPlaneMetrics
@@ -32,6 +40,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshcore.controlplane")
 
 POLL_WAIT_S = 30.0
+QUIET_S = 0.02
+"""Coalescing: the builder starts once no new change arrived for this long..."""
+MAX_DELAY_S = 0.1
+"""...or this long after the first change of a burst, whichever comes first (a hard bound)."""
+CONNECT_PRIORITY_S = 0.05
+"""While a newly connected proxy is being built, the builder holds back before its next proxy (so the
+new one gets the CPU), for at most this long per proxy, so a reconnect storm cannot starve changes."""
 
 
 @dataclass
@@ -41,12 +56,35 @@ class ProxyState:
     built_hash: str = ""
     published_at: float = 0.0
     last_change_at: float = field(default=0.0)
+    deps: Deps | None = None  # what its last successful build read; None = rebuild on any change
+    built_seq: int = 0  # the engine's snapshot sequence number its last build used (0 = never built)
+    built_info: ProxyInfo | None = None  # the info that build used
+    build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+@dataclass
+class _Pending:
+    """Inputs that arrived since the builder last took them (guarded by the engine's lock)."""
+
+    catalog: bool = False
+    hint: frozenset[str] | None = frozenset()  # union of the sources' hints; None = unknown
+    inputs: tuple = ()  # (catalog, resources, settings) read when taken, atomically with the hint
+    resources: bool = False
+    settings: bool = False
+    first_at: float = 0.0
+    last_at: float = 0.0
+    changes: int = 0
+    reasons: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return self.catalog or self.resources or self.settings
 
 
 class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
                  trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
-                 metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None):
+                 metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None,
+                 incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S):
         self._source = catalog_source
         self._store = store
         self.cache = cache
@@ -55,12 +93,20 @@ class MeshEngine:
         self._on_snapshot = on_snapshot
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
         self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
-        self._lock = threading.RLock()
+        self.incremental = incremental
+        self.quiet_s = quiet_s if incremental else 0.0
+        self.max_delay_s = max_delay_s if incremental else 0.0
+        self._lock = threading.RLock()  # guards the state below; never held while building
+        self._wake = threading.Condition(self._lock)
+        self._rebuilding = threading.Lock()
+        self._connecting = 0  # proxy_connected builds in flight (the builder yields to them)
+        self._pending = _Pending()
         self._catalog: Catalog | None = None
         self._resources: list = []
         self._resources_loaded = False
         self.snapshot: MeshSnapshot | None = None
-        self.proxies: dict[str, ProxyState] = {}
+        self._seq = 0  # bumped with every new snapshot
+        self.proxies: dict[str, ProxyState] = {}  # replaced whole on insert (readers need no lock)
         self.source_error = ""
         self.store_error = ""
         self._stop = threading.Event()
@@ -69,13 +115,16 @@ class MeshEngine:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        for target, name in ((self._catalog_loop, "catalog-watch"), (self._store_loop, "resource-watch")):
+        for target, name in ((self._build_loop, "mesh-build"), (self._catalog_loop, "catalog-watch"),
+                             (self._store_loop, "resource-watch")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
         for t in self._threads:
             t.join(timeout=2)
 
@@ -107,14 +156,33 @@ class MeshEngine:
             except (CatalogError, ValidationError):
                 continue
             self.source_error = ""
-            # Compare content, not indexes: a source may hand out a newer catalog under the same index
-            # (Consul's index can stay put while a read catches up); the snapshot hash dedupes.
-            with self._lock:
-                changed = update.catalog != self._catalog
-                self._catalog = update.catalog
-            if changed:
-                self._rebuild("catalog")
+            self.catalog_changed(update)
             index = update.index
+
+    def catalog_changed(self, update: CatalogUpdate) -> None:
+        """A catalog source's update (the watcher calls this; a push-based source may too)."""
+        # Compare content, not indexes: a source may hand out a newer catalog under the same index
+        # (Consul's index can stay put while a read catches up). Compared outside the lock: only
+        # this thread writes ``_catalog``, and catalogs are immutable.
+        current = self._catalog
+        hint = update.changed_services
+        if update.catalog is current:
+            return
+        if current is not None:
+            if hint is None:
+                if update.catalog == current:
+                    return
+            elif not hint and update.catalog.nodes == current.nodes:
+                return  # the source says no service changed, and no node did
+        with self._wake:
+            self._catalog = update.catalog
+            pending = self._pending
+            if not pending.catalog:
+                pending.hint = hint
+            elif pending.hint is not None:
+                pending.hint = None if hint is None else pending.hint | hint
+            pending.catalog = True
+            self._changed_locked("catalog")
 
     def _store_loop(self) -> None:
         index = None
@@ -134,99 +202,300 @@ class MeshEngine:
             except StoreError:
                 continue
             self.store_error = ""
-            with self._lock:
-                changed = not self._resources_loaded or resources != self._resources
-                self._resources = resources
-                self._resources_loaded = True
-            if changed:
-                self._rebuild("resources")
+            self.resources_changed(resources)
             index = new_index
+
+    def resources_changed(self, resources: list) -> None:
+        """The resource store's current resources (the watcher calls this)."""
+        if self._resources_loaded and resources == self._resources:
+            return
+        with self._wake:
+            self._resources = resources
+            self._resources_loaded = True
+            self._pending.resources = True
+            self._changed_locked("resources")
 
     def set_settings(self, settings: MeshSettings) -> None:
         """New mesh settings (telemetry, federated bundles): rebuild and push if they change the snapshot."""
-        with self._lock:
+        with self._wake:
             self.settings = settings
-        self._rebuild("settings")
+            self._pending.settings = True
+            self._changed_locked("settings")
 
-    # --- snapshot and publishing -----------------------------------------------------------
-    def _rebuild(self, reason: str) -> None:
-        with self.tracing.span(f"{reason} change", reason=reason) as cause:
-            self._rebuild_snapshot(reason, cause)
+    def _changed_locked(self, reason: str) -> None:
+        pending = self._pending
+        now = time.monotonic()
+        if pending.changes == 0:
+            pending.first_at = now
+        pending.last_at = now
+        pending.changes += 1
+        pending.reasons.add(reason)
+        self._wake.notify_all()
 
-    def _rebuild_snapshot(self, reason: str, cause) -> None:
-        with self._lock, self.tracing.span("snapshot rebuild") as span:
-            if self._catalog is None or not self._resources_loaded:
+    # --- the builder ---------------------------------------------------------------------------
+    def _take_pending(self) -> _Pending | None:
+        """Wait for a change, then for its burst to end (quiet window, bounded); the inputs to build."""
+        with self._wake:
+            while not self._stop.is_set():
+                pending = self._pending
+                if not pending or self._catalog is None or not self._resources_loaded:
+                    self._wake.wait()
+                    continue
+                now = time.monotonic()
+                due = min(pending.last_at + self.quiet_s, pending.first_at + self.max_delay_s)
+                if now < due:
+                    self._wake.wait(due - now)
+                    continue
+                pending = self._take_locked()
+                return pending
+        return None
+
+    def flush(self) -> bool:
+        """Build what is pending now, in the caller's thread, without waiting for the coalescing
+        window (for tests and tools that drive an engine whose threads were not started)."""
+        with self._wake:
+            pending = self._pending
+            if not pending or self._catalog is None or not self._resources_loaded:
+                return False
+            pending = self._take_locked()
+        self._run(pending)
+        return True
+
+    def _build_loop(self) -> None:
+        while True:
+            pending = self._take_pending()
+            if pending is None:
                 return
-            snap = MeshSnapshot.build(self._catalog, self._resources, self.trust_domain, self.settings)
+            self._run(pending)
+
+    def _run(self, pending: _Pending) -> None:
+        reason = "+".join(sorted(pending.reasons))
+        with self._rebuilding:  # one rebuild at a time (the builder thread, or flush)
+            try:
+                with self.tracing.span(f"{reason} change", reason=reason) as cause:
+                    self._rebuild(pending, reason, cause)
+            except Exception:  # noqa: BLE001 - the builder must outlive a bug in one rebuild
+                log.exception("rebuild failed reason=%s; the fleet keeps its last good config", reason)
+                with self._wake:  # the sources' hints since the last good snapshot are lost: compare all next time
+                    retry = self._pending
+                    retry.catalog = retry.resources = retry.settings = True
+                    retry.hint = None
+                    retry.first_at = retry.last_at = time.monotonic() + 1.0  # retried in a second, not in a loop
+                    retry.reasons.add("retry")
+
+    def _rebuild(self, pending: _Pending, reason: str, cause) -> None:
+        """Make the next snapshot and rebuild the proxies it reaches. A change that comes due while a
+        long pass runs (its quiet window or bound passed) is taken in between two proxies: its own
+        proxies go first, the rest of the pass continues from the newer snapshot."""
+        step = self._next_snapshot(pending, reason, cause)
+        if step is None:
+            return
+        snap, seq, targets = step
+        made = [snap]
+        queue = list(targets)
+        while queue:
+            if self._stop.is_set():
+                return
+            self._yield_to_connections()
+            node = queue.pop(0)
+            self._publish(node, snap, seq)
+            if self.incremental and queue:
+                more = self._take_due()
+                if more is not None:
+                    step = self._next_snapshot(more, "+".join(sorted(more.reasons)), cause)
+                    if step is not None:
+                        snap, seq, first = step
+                        made.append(snap)
+                        queued = set(first)
+                        queue = first + [n for n in queue if n not in queued]
+        self.ready.set()
+        if self._on_snapshot:
+            for each in made:
+                self._on_snapshot(each)
+
+    def _take_locked(self) -> _Pending:
+        """Take the pending change with the inputs it describes (call with the lock held)."""
+        pending = self._pending
+        pending.inputs = (self._catalog, self._resources, self.settings)
+        self._pending = _Pending()
+        return pending
+
+    def _yield_to_connections(self) -> None:
+        """Hold back while a newly connected proxy is being built, at most :data:`CONNECT_PRIORITY_S`."""
+        with self._wake:
+            deadline = time.monotonic() + CONNECT_PRIORITY_S
+            while self._connecting and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._wake.wait(remaining)
+
+    def _take_due(self) -> _Pending | None:
+        """The pending change if its coalescing window is over (without waiting), else None."""
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return None
+            now = time.monotonic()
+            if now < min(pending.last_at + self.quiet_s, pending.first_at + self.max_delay_s):
+                return None
+            pending = self._take_locked()
+            return pending
+
+    def _next_snapshot(self, pending: _Pending, reason: str, cause) -> tuple[MeshSnapshot, int, list[str]] | None:
+        """Swap in the snapshot for ``pending``; its sequence number and the proxies it reaches
+        (None: nothing changed)."""
+        started = time.monotonic()
+        with self._lock:
+            old = self.snapshot
+        catalog, resources, settings = pending.inputs
+        assert catalog is not None
+        with self.tracing.span("snapshot rebuild") as span:
+            if old is None or not self.incremental:
+                snap = MeshSnapshot.build(catalog, resources, self.trust_domain, settings)
+                change = SnapshotChange(full=True) if old is None or snap.hash != old.hash else SnapshotChange()
+            else:
+                snap, change = old.update(catalog=catalog, resources=resources if pending.resources else None,
+                                          settings=settings, changed_services=pending.hint if pending.catalog else None)
             if span is not None:
                 span.set_attribute("meshcore.version", snap.hash)
-                cause.set_attribute("meshcore.changed", self.snapshot is None or snap.hash != self.snapshot.hash)
-            if self.snapshot is not None and snap.hash == self.snapshot.hash:
-                return
+                cause.set_attribute("meshcore.changed", bool(change))
+        snapshot_s = time.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.snapshot_seconds.observe(snapshot_s)
+            self.metrics.coalesced_changes.observe(pending.changes)
+        if not change:
+            if snap is not old:
+                with self._lock:
+                    self.snapshot = snap  # the same content in fresh objects
+            return None
+        keys = change_keys(change, old, snap) if self.incremental else ChangeKeys(True, frozenset(), ())
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
             self.snapshot = snap
-            log.info("new mesh snapshot version=%s reason=%s instances=%d resources=%d",
-                     snap.hash, reason, len(snap.catalog.instances), len(snap.resources))
-            for node in list(self.proxies):
-                self._publish(node)
-            self.ready.set()
-        if self._on_snapshot:
-            self._on_snapshot(snap)
+            states = list(self.proxies.items())
+            targets = [node for node, state in states if keys.reaches(state.deps)]
+            reached = set(targets)
+            for node, state in states:
+                # A proxy the change does not reach, current as of the old snapshot, is current as of
+                # this one (its config would be byte-identical): ``built_hash`` says so (canaries wait on it).
+                if node not in reached and old is not None and state.built_hash == old.hash and not state.error:
+                    state.built_hash = snap.hash
+        log.info("new mesh snapshot version=%s reason=%s changes=%d instances=%d resources=%d proxies=%d/%d "
+                 "snapshot_ms=%.1f", snap.hash, reason, pending.changes, len(snap.catalog.instances),
+                 len(snap.resources), len(targets), len(states), snapshot_s * 1e3)
+        return snap, seq, targets
 
-    def _publish(self, node: str) -> None:
-        with self.tracing.span("proxy build+publish", node=node,
-                               version=self.snapshot.hash if self.snapshot else "") as span:
-            error = self._publish_traced(node)
+    # --- per-proxy build and publish -------------------------------------------------------------
+    def _publish(self, node: str, snap: MeshSnapshot, seq: int) -> None:
+        with self.tracing.span("proxy build+publish", node=node, version=snap.hash) as span:
+            error = self._publish_traced(node, snap, seq)
             if error:
                 self.tracing.fail(span, error)
 
-    def _publish_traced(self, node: str) -> str:
-        """Build and publish ``node``'s config; the error message when it was not published, else ""."""
-        state = self.proxies[node]
-        snap = self.snapshot
-        if snap is None:
+    def _publish_traced(self, node: str, snap: MeshSnapshot, seq: int) -> str:
+        """Build and publish ``node``'s config from ``snap``; the error message when not published, else "".
+
+        One build per node at a time (its ``build_lock``); a build for an older snapshot than the one
+        the node was last built from is skipped, so a slow builder never publishes stale config."""
+        with self._lock:
+            state = self.proxies.get(node)
+        if state is None:
             return ""
-        started = time.monotonic()
-        previous = self.cache.get(node)
-        try:
-            resources = build_proxy(snap, state.info)
-            published = publish(self.cache, node, resources)
-        except (XdsError, MeshError) as exc:
+        with state.build_lock:
+            info = state.info
+            if state.built_seq >= seq and state.built_info == info:
+                return state.error
+            started = time.monotonic()
+            previous = self.cache.get(node)
+            view = RecordingSnapshot(snap) if self.incremental else None
+            deps: Deps | None = None
+            if self.metrics is not None:
+                self.metrics.proxy_builds.inc()
+            try:
+                resources = build_proxy(cast(MeshSnapshot, view) if view is not None else snap, info)
+                if view is not None:
+                    deps = view.deps()
+                published = publish(self.cache, node, resources)
+            except (XdsError, MeshError) as exc:
+                if self.metrics is not None:
+                    self.metrics.build_seconds.observe(time.monotonic() - started)
+                    self.metrics.build_errors.inc()
+                with self._lock:
+                    state.error = str(exc)
+                    state.deps = deps  # a rejected config is rebuilt when what it read changes
+                    state.built_seq, state.built_info = seq, info
+                log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
+                return state.error
+            pushed = previous is None or previous.version != published.version
             if self.metrics is not None:
                 self.metrics.build_seconds.observe(time.monotonic() - started)
-                self.metrics.build_errors.inc()
-            state.error = str(exc)
-            log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
-            return state.error
-        if self.metrics is not None:
-            self.metrics.build_seconds.observe(time.monotonic() - started)
-            if previous is None or previous.version != published.version:
-                self.metrics.config_published(node, started)
-                if self.cache.synced(node):  # the ACK raced ahead of us
-                    self.metrics.config_synced(node)
-        state.error = ""
-        state.built_hash = snap.hash
-        state.published_at = time.time()
+                if pushed:
+                    self.metrics.proxy_pushes.inc()
+                    self.metrics.config_published(node, started)
+                    if self.cache.synced(node):  # the ACK raced ahead of us
+                        self.metrics.config_synced(node)
+            with self._lock:
+                state.error = ""
+                state.deps = deps
+                state.built_seq, state.built_info = seq, info
+                state.built_hash = snap.hash
+                state.published_at = time.time()
         log.debug("published node=%s version=%s in %.1f ms", node, snap.hash, (time.monotonic() - started) * 1e3)
         return ""
 
     def proxy_connected(self, info: ProxyInfo) -> None:
-        """An Envoy opened an ADS stream: remember what it told us and build its config now."""
+        """An Envoy opened an ADS stream: remember what it told us and build its config now, in the
+        caller's thread (never queued behind a rebuild of the fleet)."""
         with self._lock:
             current = self.proxies.get(info.node)
-            if current is not None and current.info == info and current.built_hash:
+            if current is not None and current.info == info and current.built_seq:
                 return
-            self.proxies[info.node] = ProxyState(info=info)
+            if current is None:
+                # Copy on write: status pages iterate ``proxies`` without the lock, never mid-insert.
+                self.proxies = {**self.proxies, info.node: ProxyState(info=info)}
+            else:
+                current.info = info
+            snap, seq = self.snapshot, self._seq
+        if snap is None:
+            return  # the first snapshot builds every proxy known by then
+        with self._wake:
+            self._connecting += 1
+        try:
             with self.tracing.span("proxy connected", node=info.node):
-                self._publish(info.node)
+                for _ in range(3):
+                    self._publish(info.node, snap, seq)
+                    with self._lock:  # a snapshot swapped in meanwhile may not have counted this proxy in
+                        if self._seq == seq:
+                            return
+                        snap, seq = self.snapshot, self._seq
+                    if snap is None:
+                        return
+        finally:
+            with self._wake:
+                self._connecting -= 1
+                self._wake.notify_all()
 
     def build_for(self, node: str) -> dict | None:
         """The resources the engine would publish for ``node`` now (for ``meshctl proxy-config``)."""
         with self._lock:
             state = self.proxies.get(node)
-            if state is None or self.snapshot is None:
-                return None
-            return build_proxy(self.snapshot, state.info)
+            snap = self.snapshot
+        if state is None or snap is None:
+            return None
+        return build_proxy(snap, state.info)
+
+    def deps_of(self, node: str) -> Deps | None:
+        """What ``node``'s last build read (None: not built yet, or built in full-rebuild mode)."""
+        with self._lock:
+            state = self.proxies.get(node)
+            return state.deps if state is not None else None
 
     def catalog(self) -> Catalog | None:
         with self._lock:
             return self._catalog
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's mode and coalescing bounds (for status pages and benchmarks)."""
+        return {"incremental": self.incremental, "quiet_ms": self.quiet_s * 1e3, "max_delay_ms": self.max_delay_s * 1e3}

@@ -16,57 +16,59 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, StoreError
+from ..errors import BadRequest, ConfigError, NotFound, StoreError
 from ..federation import FederatedBundleStore, to_spiffe_bundle
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from pathlib import Path
+
+    from ..ca import CertificateAuthority
+    from ._contexts import SettingsHandle
 
 log = logging.getLogger("meshcore.controlplane.federation")
 
 FEDERATION_DIR = "federation"
 
 
-def open_federation(cp: "ControlPlane") -> FederatedBundleStore:
-    """The control plane's store (``<state-dir>/federation``), its bundles published to the engine."""
-    store = FederatedBundleStore(cp.settings.state_dir / FEDERATION_DIR, cp.settings.trust_domain)
-    publish(cp.engine, store)
+def open_federation(state_dir: "Path", trust_domain: str, mesh: "SettingsHandle") -> FederatedBundleStore:
+    """The control plane's store (``<state-dir>/federation``), its bundles published to the mesh settings."""
+    store = FederatedBundleStore(state_dir / FEDERATION_DIR, trust_domain)
+    publish(mesh, store)
     return store
 
 
-def publish(engine, store: FederatedBundleStore) -> None:
-    """Put the store's bundles into the engine's settings (keeping every other setting)."""
+def publish(mesh: "SettingsHandle", store: FederatedBundleStore) -> None:
+    """Put the store's bundles into the mesh settings (keeping every other setting)."""
     bundles = store.bundles()
-    if engine.settings.federated_bundles != bundles:
-        engine.set_settings(replace(engine.settings, federated_bundles=bundles))
+    if mesh.settings.federated_bundles != bundles:
+        mesh.set_settings(replace(mesh.settings, federated_bundles=bundles))
 
 
-def export_bundle(cp: "ControlPlane") -> dict:
-    pem = cp.ca.bundle_pem()
-    return {"trust_domain": cp.ca.trust_domain, "bundle": pem,
-            "spiffe_bundle": to_spiffe_bundle(pem, sequence=cp.federation.local_sequence(pem))}
+def export_bundle(ca: "CertificateAuthority", federation: FederatedBundleStore) -> dict:
+    pem = ca.bundle_pem()
+    return {"trust_domain": ca.trust_domain, "bundle": pem,
+            "spiffe_bundle": to_spiffe_bundle(pem, sequence=federation.local_sequence(pem))}
 
 
-def add_federation_routes(r: Router, cp: "ControlPlane") -> None:
+def add_federation_routes(r: Router, *, ca: "CertificateAuthority", federation: FederatedBundleStore,
+                          mesh: "SettingsHandle") -> None:
     def list_bundles(req: Request) -> list:
         try:
-            return cp.federation.list()
-        except (StoreError, ConfigError) as exc:
-            raise HttpError(500, str(exc)) from exc
+            return federation.list()
+        except ConfigError as exc:  # a stored bundle no longer reads: the server's trouble, not the request's
+            raise StoreError(f"cannot read the imported trust bundles: {exc}") from exc
 
     def import_bundle(req: Request) -> dict:
         body = req.json()
         if not isinstance(body, dict) or not body.get("trust_domain") or not body.get("bundle"):
-            raise HttpError(400, 'body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
+            raise BadRequest('body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
         td = str(body["trust_domain"])
         try:
-            entry = cp.federation.put(td, str(body["bundle"]))
-        except ConfigError as exc:
-            raise HttpError(422, str(exc)) from exc
+            entry = federation.put(td, str(body["bundle"]))
         except StoreError as exc:
-            raise HttpError(503, f"nothing imported: {exc}") from exc
-        publish(cp.engine, cp.federation)
+            raise StoreError(f"nothing imported: {exc}") from exc
+        publish(mesh, federation)
         who = getattr(req, "operator", None)
         log.warning("federated trust bundle imported trust_domain=%s roots=%d by=%s", td, len(entry["roots"]),
                     who.name if who else "?")
@@ -74,13 +76,13 @@ def add_federation_routes(r: Router, cp: "ControlPlane") -> None:
 
     def remove_bundle(req: Request) -> dict:
         td = req.params["trust_domain"]
-        if not cp.federation.remove(td):
-            raise HttpError(404, f"no bundle imported for {td!r}; see `meshctl trust-bundle list`")
-        publish(cp.engine, cp.federation)
+        if not federation.remove(td):
+            raise NotFound(f"no bundle imported for {td!r}; see `meshctl trust-bundle list`")
+        publish(mesh, federation)
         log.warning("federated trust bundle removed trust_domain=%s", td)
         return {"removed": td}
 
-    r.add("GET", "/v1/trust-bundle/spiffe", lambda req: export_bundle(cp))
+    r.add("GET", "/v1/trust-bundle/spiffe", lambda req: export_bundle(ca, federation))
     r.add("GET", "/v1/trust-bundles", list_bundles)
     r.add("POST", "/v1/trust-bundles", import_bundle)
     r.add("DELETE", "/v1/trust-bundles/{trust_domain}", remove_bundle)

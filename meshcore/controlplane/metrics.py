@@ -44,6 +44,18 @@ class ControlPlaneMetrics:
             "meshcore_convergence_seconds",
             "Time from a new configuration for a proxy (catalog or resource change) until that proxy ACKed it.",
             buckets=CONVERGENCE_BUCKETS, registry=self.registry)
+        self.proxy_builds = Counter(
+            "meshcore_proxy_builds", "Proxy configurations built (a change rebuilds only the proxies whose last "
+            "build read something it changed; a new connection builds its proxy).", registry=self.registry)
+        self.proxy_pushes = Counter(
+            "meshcore_proxy_pushes", "Builds that changed the proxy's published version (so it was sent).",
+            registry=self.registry)
+        self.snapshot_seconds = Histogram(
+            "meshcore_snapshot_update_seconds", "Time to make the next mesh snapshot from a (coalesced) change.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=self.registry)
+        self.coalesced_changes = Histogram(
+            "meshcore_coalesced_changes", "Source changes folded into one rebuild (bursts coalesced).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=self.registry)
         self.catalog_watch_errors = Counter(
             "meshcore_catalog_watch_errors", "Failed catalog reads (Consul or files); the watch retries.",
             registry=self.registry)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -11,79 +13,96 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import naming
 from ..durations import parse_duration
-from ..errors import StoreError, ValidationError
+from ..errors import BadRequest, Conflict, FieldError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..api.operator import (
+    ApplyRequest,
+    ApplyResponse,
+    ApplyResult,
+    CaRotateRequest,
+    DeleteRequest,
+    DeleteResponse,
+    ProxyConfigResponse,
+    ResourceFile,
+    ResourceQuery,
+    StatusResponse,
+    TokenRequest,
+    TokenResponse,
+    resolve_kind,
+)
 from ..resources.loader import load_documents, validate_set
-from ..resources.model import ResourceKey
-from ._http import HttpError, Request, Response, Router
+from ..resources.registry import KINDS
+from ..resources.model import Resource, ResourceKey
+from ._http import Request, Response, Router
 from .operators import AuthorizingRouter
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from prometheus_client import CollectorRegistry
+
+    from ..ca import CertificateAuthority, JoinTokenStore
+    from ..resources.store import ResourceStore
+    from ._contexts import CaControl, MeshView
+    from .operator_certs import OperatorCertStore
+    from .operators import OperatorTokenStore
 
 log = logging.getLogger("meshcore.controlplane.api")
 
 
-def _validation_error(exc: ValidationError) -> HttpError:
-    return HttpError(422, str(exc), {"errors": [
-        {"source": e.source, "document": e.document, "path": e.path, "message": e.message} for e in exc.errors
-    ]})
+@dataclass(frozen=True)
+class OperatorContext:
+    """What the operator API serves from (the daemon wires it; a test can hand in its own parts)."""
+
+    store: ResourceStore
+    mesh: MeshView
+    ca: CertificateAuthority
+    ca_control: CaControl
+    tokens: JoinTokenStore
+    operators: OperatorTokenStore
+    status: Callable[[], StatusResponse]  # /v1/status
+    registry: CollectorRegistry  # /metrics
+    operator_certs: OperatorCertStore | None = None  # also accept operator client certificates (TLS)
+    features: Sequence[Callable[[AuthorizingRouter], None]] = ()  # each adds its routes (canaries, dashboard, ...)
 
 
 class OperatorApi:
-    def __init__(self, cp: "ControlPlane"):
-        self.cp = cp
+    def __init__(self, ctx: OperatorContext):
+        self.ctx = ctx
 
-    def router(self) -> Router:
-        r = AuthorizingRouter(self.cp.operators)  # GET: read-only, other methods: admin; see operators.py
-        if getattr(self.cp, "operator_certs", None) is not None:  # also operator client certificates (TLS)
+    def router(self) -> AuthorizingRouter:
+        ctx = self.ctx
+        r = AuthorizingRouter(ctx.operators)  # GET: read-only, other methods: admin; see operators.py
+        if ctx.operator_certs is not None:  # also operator client certificates (TLS)
             from .operator_certs import CertAuthorizingRouter
 
-            r = CertAuthorizingRouter(self.cp.operators, self.cp.operator_certs, self.cp.ca.trust_domain)
-        r.add("GET", "/v1/status", lambda req: self.cp.status())
-        r.add("GET", "/v1/proxies", lambda req: self.cp.status()["proxies"])
+            r = CertAuthorizingRouter(ctx.operators, ctx.operator_certs, ctx.ca.trust_domain)
+        r.add("GET", "/v1/status", lambda req: ctx.status())
+        r.add("GET", "/v1/proxies", lambda req: ctx.status().proxies)
         r.add("GET", "/v1/proxies/{node}/config", self.proxy_config)
         r.add("GET", "/v1/resources", self.list_resources)
         r.add("POST", "/v1/resources", self.apply)
         r.add("POST", "/v1/resources/delete", self.delete)
         r.add("POST", "/v1/tokens", self.create_token)
-        r.add("GET", "/v1/tokens", lambda req: self.cp.tokens.list())
+        r.add("GET", "/v1/tokens", lambda req: ctx.tokens.list())
         r.add("GET", "/v1/certs", self.certs)
-        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": self.cp.ca.trust_domain,
-                                                      "bundle": self.cp.ca.bundle_pem()})
+        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": ctx.ca.trust_domain,
+                                                      "bundle": ctx.ca.bundle_pem()})
         r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
         self._add_ca_routes(r)
-        self._add_security_routes(r)
-        from .canary import add_routes as add_canary_routes
+        from .authz_dry_run import authz_dry_run
         from .dry_run import dry_run
 
-        add_canary_routes(r, self.cp)  # /v1/canaries (meshctl canary)
-        from .dashboard_api import add_routes as add_dashboard_routes
-
-        add_dashboard_routes(r, self.cp)  # / (the web dashboard), /v1/dashboard/* (its data)
-        from .alerting import add_routes as add_alert_routes
-
-        add_alert_routes(r, self.cp)  # /v1/alerts, /v1/alerts/rules (meshctl alerts, the dashboard)
-        r.add("POST", "/v1/resources/dry-run", lambda req: dry_run(self.cp, self._parse(req)[1]),
+        r.add("POST", "/v1/resources/dry-run", lambda req: dry_run(ctx.store, ctx.mesh, self._parse(req)[1]),
               role="read-only")  # changes nothing: a preview for any operator
+        r.add("POST", "/v1/authz/dry-run", lambda req: authz_dry_run(ctx.mesh.snapshot, req, self._parse),
+              role="read-only")
+        for add_routes in ctx.features:
+            add_routes(r)
         return r
-
-    def _add_security_routes(self, r: Router) -> None:
-        """Federation (/v1/trust-bundles), operator certificates (/v1/operators/certs), authz dry-run."""
-        from .authz_dry_run import authz_dry_run
-        from .federation_api import add_federation_routes
-        from .operator_certs import add_operator_cert_routes
-
-        if getattr(self.cp, "federation", None) is not None:
-            add_federation_routes(r, self.cp)
-        if getattr(self.cp, "operator_certs", None) is not None:
-            add_operator_cert_routes(r, self.cp)
-        r.add("POST", "/v1/authz/dry-run", lambda req: authz_dry_run(self.cp, req, self._parse), role="read-only")
 
     # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
     def _add_ca_routes(self, r: Router) -> None:
-        r.add("GET", "/v1/ca", lambda req: self.cp.ca_status())
+        r.add("GET", "/v1/ca", lambda req: self.ctx.ca_control.status())
         r.add("POST", "/v1/ca/rotate", self.ca_rotate)
         r.add("GET", "/v1/ca/certs", self.ca_certs)
 
@@ -92,15 +111,13 @@ class OperatorApi:
         safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
         from ..errors import CAError
 
-        body = req.json()
-        if not isinstance(body, dict):
-            raise HttpError(400, 'body must be a JSON object: {"finish": bool, "force": bool}')
+        body = CaRotateRequest.from_json(req.json())
         try:
-            if body.get("finish"):
-                return self.cp.ca_finish(force=bool(body.get("force")))
-            return self.cp.ca_rotate(force=bool(body.get("force")))
-        except CAError as exc:
-            raise HttpError(409, str(exc)) from exc
+            if body.finish:
+                return self.ctx.ca_control.finish(body.force)
+            return self.ctx.ca_control.rotate(body.force)
+        except CAError as exc:  # the rotation's state does not allow that step now
+            raise Conflict(str(exc)) from exc
 
     def ca_certs(self, req: Request) -> list:
         """Every unexpired leaf (newest per identity and node) with its renewal point and whether it is
@@ -114,7 +131,7 @@ class OperatorApi:
         from ..ca.model import rfc3339
 
         now = datetime.now(timezone.utc)
-        ca = self.cp.ca
+        ca = self.ctx.ca
         roles = {}
         state = ca.state()
         for root in state["roots"]:
@@ -134,72 +151,72 @@ class OperatorApi:
             })
         return out
 
-    def _parse(self, req: Request):
+    def _parse(self, req: Request) -> tuple[dict, list[Resource]]:
+        """The request's body and the resources of its ``files`` (422 with every error when one is invalid)."""
         body = req.json()
-        files = body.get("files")
-        if not isinstance(files, list) or not files:
-            raise HttpError(400, 'body needs "files": [{"name": ..., "content": ...}]')
-        resources, errors = [], []
+        return body, self._load(ApplyRequest.from_json(body).checked().files)
+
+    @staticmethod
+    def _load(files: Sequence[ResourceFile]) -> list[Resource]:
+        resources: list[Resource] = []
+        errors: list[FieldError] = []
         for f in files:
             try:
-                resources.extend(load_documents(str(f.get("content", "")), str(f.get("name", "<api>"))))
+                resources.extend(load_documents(f.content, f.name))
             except ValidationError as exc:
                 errors.extend(exc.errors)
         if errors:
-            raise _validation_error(ValidationError(errors, "nothing applied"))
-        return body, resources
+            raise ValidationError(errors, "nothing applied")
+        return resources
 
-    def apply(self, req: Request) -> dict:
-        body, resources = self._parse(req)
+    def apply(self, req: Request) -> ApplyResponse:
+        body = ApplyRequest.from_json(req.json()).checked()
+        resources = self._load(body.files)
         keys = [str(r.key) for r in resources]
-        if body.get("dry_run"):
-            return {"applied": [], "valid": keys, "dry_run": True}
-        existing = {r.key: r for r in self.cp.store.list()}
+        if body.dry_run:
+            return ApplyResponse(valid=tuple(keys), dry_run=True)
+        existing = {r.key: r for r in self.ctx.store.list()}
         # Checks across resources (a VirtualService's subsets exist, one resource per host...) run on
         # what the store would hold afterwards, so nothing inconsistent is ever applied.
         merged = {**existing, **{r.key: r for r in resources}}
         problems = validate_set(list(merged.values()))
         if problems:
-            raise _validation_error(ValidationError(problems, "nothing applied"))
+            raise ValidationError(problems, "nothing applied")
         result = []
         for r in resources:
             old = existing.get(r.key)
             state = "created" if old is None else ("unchanged" if old.canonical_json() == r.canonical_json() else "configured")
-            result.append({"resource": str(r.key), "result": state})
+            result.append(ApplyResult(resource=str(r.key), result=state))
         try:
-            self.cp.store.apply(resources)
+            self.ctx.store.apply(resources)
         except StoreError as exc:
-            raise HttpError(503, f"nothing applied: {exc}") from exc
+            raise StoreError(f"nothing applied: {exc}") from exc
         log.info("applied %d resource(s): %s", len(resources), ", ".join(keys))
-        return {"applied": result}
+        return ApplyResponse(applied=tuple(result))
 
-    def delete(self, req: Request) -> dict:
-        body = req.json()
-        if "keys" in body:
-            keys = []
-            for k in body["keys"]:
-                parts = str(k).split("/")
-                if len(parts) != 3:
-                    raise HttpError(400, f"key {k!r} must be Kind/namespace/name")
-                keys.append(ResourceKey(*parts))
+    def delete(self, req: Request) -> DeleteResponse:
+        body = DeleteRequest.from_json(req.json())
+        if body.keys:
+            keys = [ResourceKey(*parts) for parts in body.key_parts()]
         else:
-            _, resources = self._parse(req)
-            keys = [r.key for r in resources]
-        remaining = [r for r in self.cp.store.list() if r.key not in set(keys)]
+            keys = [r.key for r in self._load(ApplyRequest(files=body.files).checked().files)]
+        remaining = [r for r in self.ctx.store.list() if r.key not in set(keys)]
         problems = validate_set(remaining)
         if problems:  # e.g. deleting a DestinationRule whose subsets a VirtualService still routes to
-            raise _validation_error(ValidationError(problems, "nothing deleted"))
+            raise ValidationError(problems, "nothing deleted")
         try:
-            removed = self.cp.store.delete(keys)
+            removed = self.ctx.store.delete(keys)
         except StoreError as exc:
-            raise HttpError(503, f"nothing deleted: {exc}") from exc
-        return {"deleted": [str(k) for k in removed], "not_found": [str(k) for k in keys if k not in removed]}
+            raise StoreError(f"nothing deleted: {exc}") from exc
+        return DeleteResponse(deleted=tuple(str(k) for k in removed),
+                              not_found=tuple(str(k) for k in keys if k not in removed))
 
     def list_resources(self, req: Request) -> list:
-        kind = req.query.get("kind")
-        name = req.query.get("name")
+        query = ResourceQuery.from_query(req.query)
+        kind = resolve_kind(query.kind, KINDS) if query.kind else None
+        name = query.name
         out = []
-        for r in sorted(self.cp.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
+        for r in sorted(self.ctx.store.list(), key=lambda r: (r.kind, r.namespace, r.name)):
             if kind and r.kind.lower() != kind.lower():
                 continue
             if name and r.name != name:
@@ -207,38 +224,32 @@ class OperatorApi:
             out.append(r.to_document())
         return out
 
-    def proxy_config(self, req: Request) -> dict:
+    def proxy_config(self, req: Request) -> ProxyConfigResponse:
         node = req.params["node"]
-        built = self.cp.engine.build_for(node)
+        built = self.ctx.mesh.build_for(node)
         if built is None:
-            raise HttpError(404, f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
-        return {
-            "node": node,
-            "version": self.cp.cache_status(node).get("version"),
-            "resources": {
-                type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
-                for type_url, msgs in built.items()
-            },
-        }
+            raise NotFound(f"no proxy for node {node!r} is connected; see `meshctl get proxies`")
+        return ProxyConfigResponse(
+            node=node, version=self.ctx.mesh.cache_status(node).get("version"),
+            resources={type_url.rsplit(".", 1)[-1]: [json_format.MessageToDict(m) for m in msgs]
+                       for type_url, msgs in built.items()})
 
-    def create_token(self, req: Request) -> dict:
-        body = req.json()
-        node = body.get("node")
+    def create_token(self, req: Request) -> TokenResponse:
+        body = TokenRequest.from_json(req.json())
+        node = body.node
         if not node:
-            raise HttpError(400, "token create needs a node name")
-        try:
-            ttl = parse_duration(body.get("ttl", "1h"))
-        except ValueError as exc:
-            raise HttpError(400, str(exc)) from exc
+            raise BadRequest("token create needs a node name")
+        with map_exceptions({ValueError: BadRequest}):
+            ttl = parse_duration(body.ttl)
         if ttl <= timedelta(0) or ttl > timedelta(days=7):
-            raise HttpError(400, "ttl must be between 1s and 7d")
-        token = self.cp.tokens.create(node, ttl=ttl)
-        return {"node": node, "token": token, "ttl_seconds": int(ttl.total_seconds()),
-                "node_spiffe_id": naming.node_spiffe_id(self.cp.ca.trust_domain, node)}
+            raise BadRequest("ttl must be between 1s and 7d")
+        token = self.ctx.tokens.create(node, ttl=ttl)
+        return TokenResponse(node=node, token=token, ttl_seconds=int(ttl.total_seconds()),
+                             node_spiffe_id=naming.node_spiffe_id(self.ctx.ca.trust_domain, node))
 
     def certs(self, req: Request) -> list:
         out = []
-        for c in self.cp.ca.issued():
+        for c in self.ctx.ca.issued():
             out.append({"spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
                         "not_before": c.not_before.isoformat().replace("+00:00", "Z"),
                         "not_after": c.not_after.isoformat().replace("+00:00", "Z")})
@@ -254,22 +265,22 @@ class OperatorApi:
         query = parse_qs(urlsplit(req.handler.path).query, keep_blank_values=True)
         one = lambda key, default=None: query.get(key, [default])[-1]  # noqa: E731
         if not one("to"):
-            raise HttpError(400, "authz check needs ?to=SERVICE (and usually from=SERVICE)")
+            raise BadRequest("authz check needs ?to=SERVICE (and usually from=SERVICE)")
         headers = {}
         for item in query.get("header", []):
             name, sep, value = item.partition("=")
             if not sep or not name:
-                raise HttpError(400, f"header {item!r} must be NAME=VALUE")
+                raise BadRequest(f"header {item!r} must be NAME=VALUE")
             headers[name.lower()] = value
-        snapshot = self.cp.engine.snapshot
+        snapshot = self.ctx.mesh.snapshot()
         if snapshot is None:
-            raise HttpError(503, "the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+            raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
         try:
             return check(snapshot, CheckQuery(
                 destination=one("to"), source=one("from") or None, method=one("method", "GET"),
                 path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
-        except ConfigError as exc:
-            raise HttpError(404, str(exc)) from exc
+        except ConfigError as exc:  # the service named is not in the mesh
+            raise NotFound(str(exc)) from exc
 
     def metrics(self, req: Request) -> Response:
-        return Response(generate_latest(self.cp.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.ctx.registry), content_type=CONTENT_TYPE_LATEST)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +26,13 @@ from .._files import ensure_private_dir, file_lock
 from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from ..ca.model import parse_rfc3339, rfc3339
 from ..durations import parse_duration
-from ..errors import CAError, ConfigError
+from ..errors import BadRequest, CAError, ConfigError, NotFound, map_exceptions
 from ..naming import operator_spiffe_id, parse_operator_spiffe_id
-from ._http import HttpError, Request, Router
+from ._http import Request, Router
 from .operators import ADMIN, READ_ONLY, AuthorizingRouter, Operator, OperatorAuthError, OperatorTokenStore, check_role
 
 if TYPE_CHECKING:
-    from .daemon import ControlPlane
+    from ..ca import CertificateAuthority
 
 log = logging.getLogger("meshcore.controlplane.operator_certs")
 
@@ -139,43 +139,42 @@ class CertAuthorizingRouter(AuthorizingRouter):
 
 # --- routes --------------------------------------------------------------------------------------
 
-def add_operator_cert_routes(r: Router, cp: "ControlPlane") -> None:
+def add_operator_cert_routes(r: Router, *, ca: "CertificateAuthority", certs: OperatorCertStore,
+                             https_address: Callable[[], str] = lambda: "") -> None:
     """``POST /v1/operators/certs`` (admin): sign an operator CSR; ``GET`` lists; ``DELETE .../{name}`` revokes."""
 
     def issue(req: Request) -> dict:
         body = req.json()
         if not isinstance(body, dict):
-            raise HttpError(400, 'body must be {"name": ..., "role": "admin|read-only", "csr": PEM, "ttl": "30d"}')
-        try:
-            name = check_operator_name(str(body.get("name") or ""))
-            role = check_role(str(body.get("role") or READ_ONLY))
+            raise BadRequest('body must be {"name": ..., "role": "admin|read-only", "csr": PEM, "ttl": "30d"}')
+        name = check_operator_name(str(body.get("name") or ""))  # a ConfigError: 400 by the error map
+        role = check_role(str(body.get("role") or READ_ONLY))
+        with map_exceptions({ValueError: BadRequest}):
             ttl = parse_duration(str(body.get("ttl") or "30d"))
-        except (ConfigError, ValueError) as exc:
-            raise HttpError(400, str(exc)) from exc
         if ttl <= timedelta(0) or ttl > MAX_TTL:
-            raise HttpError(400, f"ttl must be between 1s and {MAX_TTL.days}d")
-        spiffe_id = operator_spiffe_id(cp.ca.trust_domain, name)
+            raise BadRequest(f"ttl must be between 1s and {MAX_TTL.days}d")
+        spiffe_id = operator_spiffe_id(ca.trust_domain, name)
         try:
-            issued = cp.ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
+            issued = ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
         except CAError as exc:
-            raise HttpError(400, f"cannot issue {spiffe_id}: {exc}") from exc
-        cp.operator_certs.record(name, role, issued.serial, issued.not_after)
+            raise CAError(f"cannot issue {spiffe_id}: {exc}") from exc
+        certs.record(name, role, issued.serial, issued.not_after)
         who = getattr(req, "operator", None)
         log.warning("operator certificate issued operator=%s role=%s serial=%s by=%s", name, role, issued.serial,
                     who.name if who else "?")
         return {"name": name, "role": role, "spiffe_id": spiffe_id, "serial": issued.serial,
-                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": cp.ca.bundle_pem(),
-                "https": cp.addresses.get("https", "")}
+                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": ca.bundle_pem(),
+                "https": https_address()}
 
     def revoke(req: Request) -> dict:
         name = req.params["name"]
-        n = cp.operator_certs.revoke(name)
+        n = certs.revoke(name)
         if not n:
-            raise HttpError(404, f"no operator certificate for {name!r}; see `meshctl operator cert list`")
+            raise NotFound(f"no operator certificate for {name!r}; see `meshctl operator cert list`")
         return {"revoked": n, "name": name}
 
     r.add("POST", "/v1/operators/certs", issue, role=ADMIN)
-    r.add("GET", "/v1/operators/certs", lambda req: cp.operator_certs.list())
+    r.add("GET", "/v1/operators/certs", lambda req: certs.list())
     r.add("DELETE", "/v1/operators/certs/{name}", revoke, role=ADMIN)
 
 

@@ -32,8 +32,8 @@ from typing import Any
 from .._files import atomic_create, ensure_private_dir, file_lock
 from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from ..ca.model import parse_rfc3339, rfc3339
-from ..errors import ConfigError, MeshError
-from ._http import Handler, HttpError, Request, Router
+from ..errors import ConfigError, Forbidden, MeshError, OperatorAuthError
+from ._http import Handler, Request, Router
 
 log = logging.getLogger("meshcore.controlplane.operators")
 
@@ -50,8 +50,6 @@ _HOW = ("pass a token with `meshctl --token TOKEN`, $MESHCORE_TOKEN or $MESHCORE
         "`meshcore-control-plane operator-token create --name NAME --role admin|read-only`)")
 
 
-class OperatorAuthError(MeshError):
-    """A request's operator credentials are missing, unknown or expired."""
 
 
 @dataclass(frozen=True)
@@ -198,12 +196,12 @@ class AuthorizingRouter(Router):
             try:
                 operator = self.authenticate(req)
             except OperatorAuthError as exc:
-                raise HttpError(401, f"{exc}; {_HOW}", {"hint": "meshctl --token TOKEN or MESHCORE_TOKEN"}) from exc
+                raise OperatorAuthError(f"{exc}; {_HOW}", {"hint": "meshctl --token TOKEN or MESHCORE_TOKEN"}) from exc
             if not operator.may(needed):
                 log.warning("operator=%s role=%s refused %s %s", operator.name, operator.role, req.method, req.path)
-                raise HttpError(403, f"operator {operator.name!r} has role {operator.role!r}; {req.method} "
-                                     f"{req.path} needs role {needed!r}: use an admin token "
-                                     "(meshctl --token TOKEN or MESHCORE_TOKEN)", {"needed_role": needed})
+                raise Forbidden(f"operator {operator.name!r} has role {operator.role!r}; {req.method} "
+                                f"{req.path} needs role {needed!r}: use an admin token "
+                                "(meshctl --token TOKEN or MESHCORE_TOKEN)", {"needed_role": needed})
             req.operator = operator  # type: ignore[attr-defined]
             return handler(req)
 

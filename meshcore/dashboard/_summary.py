@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..api.operator import ProxyStatus
 from ..observe.signals import SIGNAL_LABELS, Labels, Signals
 
 ERROR_CRITICAL = 0.05  # edge/service error rate coloured red at or above this fraction
@@ -31,17 +32,17 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def services_view(signals: Signals | None, proxies: Sequence[Mapping[str, Any]]) -> list[dict]:
+def services_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> list[dict]:
     """One row per service (and gateway): golden signals, resilience counters, instances."""
     kinds: dict[str, str] = {}
     instances: dict[str, list[bool]] = {}
     for p in proxies:
-        for s in p.get("services", ()) or ():
-            kinds.setdefault(s["name"], "service")
-            instances.setdefault(s["name"], []).append(bool(s.get("healthy", True)))
-        for g in p.get("gateways", ()) or ():
-            kinds[g["name"]] = "gateway"
-            instances.setdefault(g["name"], []).append(bool(g.get("healthy", True)))
+        for s in p.services:
+            kinds.setdefault(s.name, "service")
+            instances.setdefault(s.name, []).append(s.healthy)
+        for g in p.gateways:
+            kinds[g.name] = "gateway"
+            instances.setdefault(g.name, []).append(g.healthy)
     rps = _by(signals, "request_rate", "service")
     err = _by(signals, "error_rate", "service")
     p99 = _by(signals, "p99_ms", "service")
@@ -79,16 +80,14 @@ def edges_view(signals: Signals | None) -> list[dict]:
     return out
 
 
-def proxies_view(proxies: Sequence[Mapping[str, Any]], scrape_errors: Mapping[str, str]) -> list[dict]:
+def proxies_view(proxies: Sequence[ProxyStatus], scrape_errors: Mapping[str, str]) -> list[dict]:
     out = []
     for p in proxies:
-        connected, synced, error = bool(p.get("connected")), bool(p.get("synced")), p.get("error") or ""
-        state = "synced" if connected and synced and not error else (
-            "error" if error else ("disconnected" if not connected else "pending"))
-        out.append({"node": p["node"], "services": [s["name"] for s in p.get("services", ()) or ()],
-                    "gateways": [g["name"] for g in p.get("gateways", ()) or ()],
-                    "connected": connected, "synced": synced, "state": state, "version": p.get("version", ""),
-                    "error": error, "scrape_error": scrape_errors.get(p["node"], "")})
+        state = "synced" if p.connected and p.synced and not p.error else (
+            "error" if p.error else ("disconnected" if not p.connected else "pending"))
+        out.append({"node": p.node, "services": [s.name for s in p.services], "gateways": [g.name for g in p.gateways],
+                    "connected": p.connected, "synced": p.synced, "state": state, "version": p.version,
+                    "error": p.error, "scrape_error": scrape_errors.get(p.node, "")})
     return out
 
 
@@ -121,7 +120,7 @@ def totals_view(services: list[dict], edges: list[dict], proxies: list[dict], ce
     }
 
 
-def build_summary(signals: Signals | None, proxies: Sequence[Mapping[str, Any]], certs: Iterable[Mapping[str, Any]],
+def build_summary(signals: Signals | None, proxies: Sequence[ProxyStatus], certs: Iterable[Mapping[str, Any]],
                   *, now: float, trust_domain: str, collector: Mapping[str, Any],
                   ca_root_expiry: float | None = None) -> dict:
     """Everything ``GET /v1/dashboard/summary`` answers, in one document."""

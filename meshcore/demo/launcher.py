@@ -24,15 +24,13 @@ from typing import Callable
 from ..ca import generate_kek_file
 from ..catalog.files import FileCatalogSource
 from ..catalog.model import Catalog
-from ..errors import MeshError
+from ..errors import DemoError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
 PROCESSES_FILE = "processes.json"
 
 
-class DemoError(MeshError):
-    pass
 
 
 @dataclass

@@ -11,10 +11,9 @@ import re
 from typing import Any
 
 from ..durations import parse_duration
+from ..errors import ValueProblem
 
 
-class ValueProblem(ValueError):
-    """One value does not fit its type; the message says what would."""
 
 
 def _kind(value: Any) -> str:

@@ -19,15 +19,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..errors import ConfigError
+from ..errors import BundleError
 
 X509_SVID = "x509-svid"
 DEFAULT_REFRESH_HINT = 300  # seconds
 _CURVES = {"secp256r1": ("P-256", 32), "secp384r1": ("P-384", 48), "secp521r1": ("P-521", 66)}
 
 
-class BundleError(ConfigError):
-    """A trust bundle could not be read or is not acceptable as a domain's roots; the message says why."""
 
 
 def _b64url(data: bytes) -> str:

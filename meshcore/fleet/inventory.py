@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshcore.errors import MeshError
+from meshcore.errors import InventoryError
 
 CONTROL_PLANE_GROUP = "meshcore_control_plane"
 VM_GROUP = "meshcore_vms"
 
 
-class InventoryError(MeshError):
-    """The inventory cannot be read, or names no host meshctl can reach."""
 
 
 @dataclass(frozen=True)

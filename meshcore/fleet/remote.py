@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from meshcore.errors import MeshError
+from meshcore.errors import RemoteError
 
 from .inventory import Host
 
@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RemoteError(MeshError):
-    """A host could not be reached, or a command on it failed."""
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,25 @@ class Scrape:
     at: float
 
 
-def scrape_target(proxy: Mapping[str, Any]) -> str:
-    """The URL to scrape for one ``/v1/proxies`` entry ("" when it advertises none)."""
-    if proxy.get("metrics"):
-        return str(proxy["metrics"])
-    if proxy.get("admin"):
-        return f"http://{proxy['admin']}/stats/prometheus"
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """What the collector needs to know of one proxy (the control plane builds these from its own state)."""
+
+    node: str
+    url: str = ""  # where its stats are read ("" when it advertises none): see scrape_url
+    instances: tuple[tuple[str, str], ...] = ()  # (instance id, service) of the mesh services it hosts
+    heard_from: bool = False  # connected, or known by its admin/metrics address (a catalog node with no Envoy
+    #                           yet is not: it gets no proxy_out_of_sync)
+    in_sync: bool = False  # ACKed its current configuration and its last build succeeded
+
+
+def scrape_url(metrics: str = "", admin: str = "") -> str:
+    """The URL to scrape: the VM agent's merged ``metrics`` URL when the proxy advertises one, else the
+    Envoy admin's ``/stats/prometheus`` ("" when it advertises neither)."""
+    if metrics:
+        return metrics
+    if admin:
+        return f"http://{admin}/stats/prometheus"
     return ""
 
 
@@ -83,28 +96,23 @@ def fetch_text(url: str, timeout: float) -> str:
 
 # --- pure computation ----------------------------------------------------------------------
 
-def _services_of(proxies: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def _services_of(proxies: Sequence[ScrapeTarget]) -> dict[str, str]:
     """``{inbound HCM stat prefix: service}`` of every service instance the proxies host."""
     by_prefix: dict[str, str] = {}
     for p in proxies:
-        for s in p.get("services", ()) or ():
-            if s.get("id"):
-                by_prefix[INBOUND_PREFIX + _mangle(s["id"])] = s["name"]
+        for instance_id, service in p.instances:
+            if instance_id:
+                by_prefix[INBOUND_PREFIX + _mangle(instance_id)] = service
     return by_prefix
 
 
-def _knows_proxy(p: Mapping[str, Any]) -> bool:
-    """A proxy the control plane has heard from (a catalog node with no Envoy yet is not one)."""
-    return bool(p.get("connected") or p.get("admin") or p.get("metrics") or p.get("version"))
-
-
 def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, Scrape],
-                         proxies: Sequence[Mapping[str, Any]], *, at: float,
+                         proxies: Sequence[ScrapeTarget], *, at: float,
                          extra: Mapping[str, Mapping[Labels, float]] | None = None,
                          quantile: float = QUANTILE) -> Signals:
     """One :class:`Signals` value from two scrapes per node (``{node: Scrape}``) and the proxies' state.
 
-    ``proxies`` are ``/v1/proxies`` entries (node, services with name and id, connected, synced, error);
+    ``proxies`` say which services each node hosts and whether it is in sync;
     ``extra`` adds signals computed elsewhere (certificate expiry); ``at`` is the unix time to stamp."""
     service_of_prefix = _services_of(proxies)
     edges: dict[tuple[str, str], _Series] = {}
@@ -164,9 +172,8 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
         for service, rate in per_service.items():
             values[name][labels(service=service)] = rate
     for p in proxies:
-        if _knows_proxy(p):
-            in_sync = bool(p.get("synced")) and not p.get("error")
-            values["proxy_out_of_sync"][labels(node=p["node"])] = 0.0 if in_sync else 1.0
+        if p.heard_from:
+            values["proxy_out_of_sync"][labels(node=p.node)] = 0.0 if p.in_sync else 1.0
     for name, entries in (extra or {}).items():
         if name not in SIGNAL_LABELS:
             raise KeyError(f"extra signal {name!r} is not one of {', '.join(SIGNAL_LABELS)}")
@@ -214,10 +221,10 @@ def ca_signals(ca: Any, now: float, nodes: Iterable[str] | None = None) -> Signa
 class MeshCollector:
     """Scrapes the proxies every ``interval`` seconds and keeps ``history`` seconds of :class:`Signals`.
 
-    ``proxies`` returns ``/v1/proxies`` entries; ``extra`` returns extra signal values (e.g.
+    ``proxies`` returns a :class:`ScrapeTarget` per proxy; ``extra`` returns extra signal values (e.g.
     :func:`ca_signals`). ``fetch(url, timeout) -> text`` is the network edge (tests hand in their own)."""
 
-    def __init__(self, proxies: Callable[[], list[dict]], interval: float = DEFAULT_INTERVAL_S,
+    def __init__(self, proxies: Callable[[], Sequence[ScrapeTarget]], interval: float = DEFAULT_INTERVAL_S,
                  history: float = DEFAULT_HISTORY_S, extra: Callable[[], Mapping] | None = None, *,
                  fetch: Callable[[str, float], str] = fetch_text, timeout: float | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
@@ -237,7 +244,7 @@ class MeshCollector:
         self._history: deque[Signals] = deque(maxlen=int(math.ceil(history / interval)) + 1)
         self._scrapes: dict[str, Scrape] = {}
         self._pairs: dict[str, tuple[Scrape, Scrape]] = {}  # node -> the last two good scrapes rates came from
-        self._subscribers: list[Callable[[Signals], None]] = []
+        self._subscribers: list[Callable[[Signals], object]] = []
         self._lock = threading.Lock()
         self._collect_lock = threading.Lock()
         self._stop = threading.Event()
@@ -273,7 +280,7 @@ class MeshCollector:
         with self._collect_lock:
             started = self._monotonic()
             proxies = list(self._proxies())
-            targets = {p["node"]: scrape_target(p) for p in proxies if scrape_target(p)}
+            targets = {p.node: p.url for p in proxies if p.url}
             fresh, errors = self._scrape_all(targets)
             previous = self._scrapes
             current = {n: s for n, s in previous.items() if n in targets}  # failed: keep the older scrape
@@ -344,7 +351,7 @@ class MeshCollector:
             kept = list(self._history)
         return [(s.at, dict(s.get(name))) for s in kept if since is None or s.at >= since]
 
-    def subscribe(self, callback: Callable[[Signals], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Signals], object]) -> Callable[[], None]:
         """Call ``callback(signals)`` after every collection (on the collector's thread; keep it quick).
         Returns a function that unsubscribes."""
         with self._lock:
@@ -359,4 +366,4 @@ class MeshCollector:
 
 
 __all__ = ["DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "fetch_text",
-           "scrape_target", "signals_from_scrapes"]
+           "ScrapeTarget", "scrape_url", "signals_from_scrapes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Protocol, Sequence
 
 from .model import Resource, ResourceKey
@@ -20,8 +21,8 @@ class ResourceStore(Protocol):
 
     def apply(self, resources: Sequence[Resource]) -> None: ...
 
-    def delete(self, keys: Sequence[ResourceKey]) -> list[ResourceKey]:
+    def delete(self, keys: Sequence[ResourceKey]) -> builtins.list[ResourceKey]:  # (list: the method above)
         """Remove these keys; return the ones that existed."""
         ...
 
-    def watch(self, index: int | None, wait: float) -> tuple[list[Resource], int]: ...
+    def watch(self, index: int | None, wait: float) -> tuple[builtins.list[Resource], int]: ...

@@ -14,6 +14,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from .. import naming
 from ..catalog.model import ServiceInstance, Upstream
+from ..errors import MissingSubset
 from ..policies.destination_rule import schema as dr
 from ..policies.destination_rule.clusters import apply_policy
 from ..policies.destination_rule.locality import apply_locality
@@ -37,8 +38,6 @@ def subset_assignment(snapshot: MeshSnapshot, host: str, subset: str, labels: di
     return out
 
 
-class MissingSubset(Exception):
-    """A route names a subset no DestinationRule defines (message says which and where to add it)."""
 
 
 class ClusterSet:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from meshcore.errors import StreamAborted as Abort  # noqa: F401 - the server raises and answers it
 from meshcore.xds._typeurls import PUSH_ORDER, short_name
 from meshcore.xds.cache import ProxySnapshot, SnapshotCache
 
@@ -30,15 +30,6 @@ log = logging.getLogger("meshcore.xds.server")
 
 #: Requests read ahead of the stream's handler before the reader waits (back pressure on the client).
 MAX_QUEUED_REQUESTS = 64
-
-
-class Abort(Exception):
-    """End the stream with ``code`` and ``details`` (raised by protocol code, answered by the server)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ class AgentApiServer:
     xds_address: str = "127.0.0.1:15012"
     services: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     calls: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, node)
+    peers: list[int] = field(default_factory=list)  # client port of each call: one per connection when kept alive
+    drop_idle: bool = False  # close each connection after its answer without saying so (an idle timeout)
     fail_with: tuple[int, str] | None = None  # answer every request with this status and reason
     dns_names: tuple[str, ...] = ("localhost",)  # DNS SANs of the server certificate (IP 127.0.0.1 always)
     bundle_acks: dict[str, str] = field(default_factory=dict)  # node -> X-Meshcore-Bundle-SHA256 it sent
@@ -170,6 +172,7 @@ def _handler(server: AgentApiServer) -> type[BaseHTTPRequestHandler]:
                 parsed = naming.parse_node_spiffe_id(value) if kind == "URI" else None
                 if parsed:
                     node = parsed[1]
+            server.peers.append(self.client_address[1])
             status, payload = server.handle(self.command, self.path, node, body,
                                             self.headers.get("X-Meshcore-Bundle-SHA256") or "")
             raw = json.dumps(payload).encode()
@@ -178,6 +181,8 @@ def _handler(server: AgentApiServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
+            if server.drop_idle:
+                self.close_connection = True
 
         do_GET = do_POST = _serve
 

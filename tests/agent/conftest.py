@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from ._agent_api_server import AgentApiServer
+from ._empty_ads import serve_empty_ads
 
 
 @pytest.fixture
@@ -24,3 +25,18 @@ def ca(tmp_path):
     kek = generate_kek_file(tmp_path / "ca.kek")
     return CertificateAuthority.open(tmp_path / "ca", kek=kek, leaf_ttl=timedelta(hours=1))
 
+
+
+@pytest.fixture
+def cp(tmp_path):
+    """Agent API (HTTPS) + empty ADS (gRPC mTLS), both with the control plane's identity from one real CA."""
+    server = AgentApiServer(tmp_path / "cp", leaf_ttl=timedelta(seconds=6))
+    key_pem = (server.root / "server.key").read_text()
+    chain_pem = (server.root / "server.crt").read_text()
+    grpc_server, port, ads = serve_empty_ads(key_pem, chain_pem, server.ca.bundle_pem())
+    server.xds_address = f"127.0.0.1:{port}"
+    server.ads = ads
+    server.start()
+    yield server
+    server.stop()
+    grpc_server.stop(grace=None)

@@ -138,3 +138,55 @@ def test_host_name_is_checked(tmp_path):
 def test_url_must_be_https(api_server):
     with pytest.raises(AgentError, match="https"):
         AgentClient("http://127.0.0.1:1", api_server.ca_file)
+
+
+def test_calls_reuse_one_connection_until_the_certificate_file_changes(api_server, tmp_path):
+    spiffe_id = api_server.add_service("vm1", "productpage", "productpage-v1")
+    client, issued, _ = _joined(api_server, tmp_path)
+    start = len(api_server.peers)
+    client.services()
+    client.sign(make_csr(new_private_key(), spiffe_id))
+    client.bundle()
+    assert len(set(api_server.peers[start:])) == 1  # one TLS handshake for three calls
+
+    # a renewed node certificate on disk is presented at once: a new context, a new connection
+    key = new_private_key()
+    renewed = client.renew_node(make_csr(key, issued.spiffe_id))
+    assert client.cert_file is not None and client.key_file is not None
+    client.cert_file.write_text(renewed.chain)
+    client.key_file.write_text(key_to_pem(key))
+    client.services()
+    assert api_server.peers[-1] != api_server.peers[-2]
+    assert api_server.calls[-1][2] == "vm1"
+
+    client.close()
+    client.services()  # usable after close: opens a new connection
+    assert api_server.peers[-1] != api_server.peers[-2]
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced(api_server, tmp_path):
+    client, _, _ = _joined(api_server, tmp_path)
+    api_server.drop_idle = True  # the server closes each connection after answering, as an idle timeout would
+    client.services()
+    first = api_server.peers[-1]
+    listing = client.services()  # sent on the dead connection first, then again on a new one
+    assert listing.node == "vm1"
+    assert api_server.peers[-1] != first
+    assert api_server.count("/v1/agent/services") == 2  # the request reached the server once per call
+
+
+def test_the_tls_context_is_built_once_per_set_of_files(api_server, tmp_path):
+    """The agent's poll makes several calls: the TLS context is built once per set of files (not per
+    request) and again when one of them changes."""
+    api_server.add_service("vm1", "web")
+    client, _issued, _key = _joined(api_server, tmp_path)
+    context = client._context(True)
+    assert client._context(True) is context  # cached
+    assert client._context(False) is not context  # the unauthenticated one is its own
+    assert client._context(True) is context  # and does not evict the other
+    renewed_key = new_private_key()
+    renewed = client.renew_node(make_csr(renewed_key, naming.node_spiffe_id(TD, "vm1")))
+    client.cert_file.write_text(renewed.chain + "\n")  # a renewal rewrites both files (size changes)
+    client.key_file.write_text(key_to_pem(renewed_key))
+    assert client._context(True) is not context
+    assert client.services().node == "vm1"

@@ -23,7 +23,6 @@ from meshcore.agent.identity import CertSummary
 from meshcore.agent.secrets import SecretsDirectory
 
 from ._agent_api_server import AgentApiServer
-from ._empty_ads import serve_empty_ads
 from ._helpers import issue
 
 TD = naming.DEFAULT_TRUST_DOMAIN
@@ -113,21 +112,6 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-@pytest.fixture
-def cp(tmp_path):
-    """Agent API (HTTPS) + empty ADS (gRPC mTLS), both with the control plane's identity from one real CA."""
-    server = AgentApiServer(tmp_path / "cp", leaf_ttl=timedelta(seconds=6))
-    key_pem = (server.root / "server.key").read_text()
-    chain_pem = (server.root / "server.crt").read_text()
-    grpc_server, port, ads = serve_empty_ads(key_pem, chain_pem, server.ca.bundle_pem())
-    server.xds_address = f"127.0.0.1:{port}"
-    server.ads = ads
-    server.start()
-    yield server
-    server.stop()
-    grpc_server.stop(grace=None)
 
 
 def _agent_args(cp: AgentApiServer, state: Path, admin: str, *extra: str) -> list[str]:

@@ -108,3 +108,69 @@ def test_tokens_never_look_like_command_line_options(tmp_path):
     tokens = [store.create("vm1") for _ in range(200)]
     assert all(t.startswith(TOKEN_PREFIX) and not t.startswith("-") for t in tokens)
     assert len(set(tokens)) == 200
+
+
+def test_create_and_consume_append_to_the_journal_not_rewrite_the_store(store: JoinTokenStore) -> None:
+    first = store.create("vm1")
+    base = store.path.stat()
+    tokens = [store.create(f"vm{i}") for i in range(2, 6)]
+    store.consume(first, "vm1")
+    assert (store.path.stat().st_ino, store.path.stat().st_mtime_ns) == (base.st_ino, base.st_mtime_ns)
+    assert len(store.journal_path.read_bytes().splitlines()) == 6  # five creates, one use
+    assert b"vm1" not in store.journal_path.read_bytes()  # every line sealed
+    assert stat.S_IMODE(store.journal_path.stat().st_mode) == 0o600
+    fresh = JoinTokenStore(store.path, store._kek)
+    with pytest.raises(JoinTokenError, match="already used"):
+        fresh.consume(first, "vm1")
+    fresh.consume(tokens[0], "vm2")
+
+
+def test_the_journal_is_folded_into_the_store(store: JoinTokenStore, kek: bytes, clock: Clock, monkeypatch) -> None:
+    from meshcore.ca import tokens as tokens_module
+
+    monkeypatch.setattr(tokens_module, "COMPACT_MIN_LINES", 4)
+    other = JoinTokenStore(store.path, kek, clock=clock)
+    made = [store.create(f"vm{i}") for i in range(3)]
+    other.consume(made[0], "vm0")
+    store.consume(made[1], "vm1")  # sixth line > 4 lines and > 3 entries: folded
+    assert store.journal_path.stat().st_size == 0
+    assert {r["node"]: r["state"] for r in other.list()} == {"vm0": "used", "vm1": "used", "vm2": "valid"}
+    other.consume(made[2], "vm2")
+    with pytest.raises(JoinTokenError, match="already used"):
+        store.consume(made[2], "vm2")
+
+
+def test_a_torn_last_journal_line_is_cut_and_a_damaged_one_refused(store: JoinTokenStore, kek: bytes,
+                                                                    caplog) -> None:
+    token = store.create("vm1")
+    with open(store.journal_path, "ab") as fh:
+        fh.write(b"TUVTSENPUkUtU0VBTEVE")  # a writer died mid-line
+    with caplog.at_level("WARNING", logger="meshcore.ca.tokens"):
+        JoinTokenStore(store.path, kek).consume(token, "vm1")
+    assert "torn line" in caplog.text
+    assert store.journal_path.read_bytes().endswith(b"\n")
+    with open(store.journal_path, "ab") as fh:
+        fh.write(b"bm90IHNlYWxlZA==\n")  # a whole line that is not a sealed event
+    with pytest.raises(CAError, match="line 3"):
+        JoinTokenStore(store.path, kek).list()
+
+
+def test_many_concurrent_joins_share_syncs_and_each_token_is_used_once(store: JoinTokenStore, kek: bytes) -> None:
+    tokens = [(f"vm{i}", store.create(f"vm{i}")) for i in range(40)]
+    stores = [store, JoinTokenStore(store.path, kek)]
+    results: list[str] = []
+
+    def attempt(i: int) -> None:
+        node, token = tokens[i % 40]
+        try:
+            stores[i % 2].consume(token, node)
+            results.append("ok")
+        except JoinTokenError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(80)]  # every token twice
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 40 and results.count("refused") == 40

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import threading
 import time
@@ -14,7 +13,6 @@ import requests
 from meshcore.catalog.consul import ConsulCatalogSource, ConsulSettings
 from meshcore.catalog.model import Catalog, Upstream
 from meshcore.errors import ConfigError, ConsulAuthError, ConsulError
-from tests.consul_double import ConsulDouble
 
 
 # ---------------------------------------------------------------------------- settings (no server)
@@ -328,50 +326,17 @@ def test_unreachable_consul_raises_consul_error():
     assert not isinstance(info.value, ConsulAuthError)
 
 
-# ---------------------------------------------------------------------------- watch loop
-def test_watch_calls_on_change_only_when_the_catalog_changed(consul_http):
-    src = ConsulCatalogSource(_settings(consul_http))
-    seen: list[Catalog] = []
-    changed = threading.Event()
-
-    def on_change(catalog: Catalog) -> None:
-        seen.append(catalog)
-        changed.set()
-
-    stop = threading.Event()
-    t = threading.Thread(target=src.watch, args=(on_change, stop), kwargs={"wait": 0.5}, daemon=True)
+# ---------------------------------------------------------------------------- close
+def test_close_releases_a_poll_blocked_on_consul(consul_http, source):
+    """The engine's catalog loop polls; closing the source must not leave it blocked for the whole wait."""
+    index = source.poll(None, 0).index
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (source.poll(index, 30), done.set()), daemon=True)
     t.start()
-    assert changed.wait(5)
-    changed.clear()
-    time.sleep(1.2)  # a few empty polls: no new callbacks
-    assert len(seen) == 1
-    web = consul_http.unique("watched")
-    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
-    assert changed.wait(5)
-    assert [i.service for i in _mine(seen[-1], consul_http)] == [web]
-    stop.set()
-    t.join(timeout=5)
-    assert not t.is_alive()
-
-
-def test_watch_retries_until_consul_is_back(caplog):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    src = ConsulCatalogSource(ConsulSettings.from_env({"CONSUL_HTTP_ADDR": f"127.0.0.1:{port}"}))
-    got = threading.Event()
-    stop = threading.Event()
-    caplog.set_level(logging.WARNING, logger="meshcore.catalog.consul")
-    t = threading.Thread(target=src.watch, args=(lambda c: got.set(), stop),
-                         kwargs={"wait": 0.5, "max_backoff": 0.3}, daemon=True)
-    t.start()
-    time.sleep(0.8)
-    assert not got.is_set()
-    with ConsulDouble(port=port):
-        assert got.wait(5), "watch did not recover once Consul came up"
-        stop.set()
-        t.join(timeout=5)
-    assert any("retrying" in r.getMessage() for r in caplog.records)
+    time.sleep(0.3)
+    assert not done.is_set()
+    source.close()
+    assert done.wait(5), "a poll blocked on Consul did not return after close()"
 
 
 def test_poll_after_close_is_an_error(consul_http):

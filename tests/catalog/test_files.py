@@ -149,3 +149,93 @@ def test_missing_root_and_close(tmp_path):
     src.close()
     with pytest.raises(CatalogError):
         src.poll(None, 0)
+
+
+def _many_nodes(root: Path, n: int) -> None:
+    for i in range(n):
+        d = root / f"node{i:03d}"
+        d.mkdir()
+        (d / "agent.hcl").write_text(f'advertise_addr = "10.1.{i // 250}.{i % 250 + 1}"\n')
+        (d / "svc.json").write_text(json.dumps(service(f"svc{i}", 9000)))
+
+
+def test_a_change_rereads_only_its_node_directory(root):
+    _many_nodes(root, 50)
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    src.poll(first.index, 0)  # starts watching
+    assert src.watching
+    reads = src.reads
+    t = later(0.2, lambda: (root / "node007" / "svc.json").write_text(json.dumps(service("svc7", 9000, "v2"))))
+    update = src.poll(first.index, 10)
+    t.join()
+    assert update.index == first.index + 1
+    assert update.catalog.instances_of("svc7")[0].labels["version"] == "v2"
+    assert src.reads - reads == 1  # node007 alone was read again
+    assert update.catalog.instances_of("svc8") == first.catalog.instances_of("svc8")
+
+
+def test_new_and_removed_node_directories_are_noticed(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    src.poll(first.index, 0)
+
+    def add_node():
+        (root / ".vm3").mkdir()  # hidden while it is being written, then renamed into place
+        (root / ".vm3" / "agent.hcl").write_text('advertise_addr = "10.0.0.13"\n')
+        (root / ".vm3" / "ratings.json").write_text(json.dumps(service("ratings", 9090)))
+        (root / ".vm3").rename(root / "vm3")
+
+    t = later(0.2, add_node)
+    added = src.poll(first.index, 10)
+    t.join()
+    assert added.catalog.node("vm3") is not None and added.catalog.instances_of("ratings")
+    t = later(0.2, lambda: [p.unlink() for p in (root / "vm3").iterdir()] and (root / "vm3").rmdir())
+    removed = src.poll(added.index, 10)
+    t.join()
+    assert removed.catalog.node("vm3") is None
+
+
+def test_an_idle_source_reads_nothing(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    src.poll(first.index, 0)
+    reads = src.reads
+    cpu = time.process_time()
+    again = src.poll(first.index, 1.0)  # sleeps on the inotify descriptor
+    assert again.index == first.index and src.reads == reads
+    assert time.process_time() - cpu < 0.2  # was a 200 ms rescan loop
+
+
+def test_without_inotify_the_rescan_finds_changes(root):
+    src = FileCatalogSource(root, poll_interval=0.1, use_inotify=False)
+    first = src.poll(None, 0)
+    t = later(0.2, lambda: (root / "vm2" / "ratings.json").write_text(json.dumps(service("ratings", 9090))))
+    update = src.poll(first.index, 10)
+    t.join()
+    assert not src.watching
+    assert update.catalog.service_names() == ("productpage", "ratings", "reviews")
+
+
+def test_close_wakes_a_waiting_poll(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    t = later(0.2, src.close)
+    start = time.monotonic()
+    update = src.poll(first.index, 30)
+    t.join()
+    assert update.index == first.index and time.monotonic() - start < 5
+
+
+def test_changed_services_names_what_a_change_touched(root):
+    src = FileCatalogSource(root)
+    first = src.poll(None, 0)
+    assert src.changed_services(None) is None
+    src.poll(first.index, 0)
+    t = later(0.2, lambda: (root / "vm2" / "reviews.hcl").write_text(
+        (root / "vm2" / "reviews.hcl").read_text().replace('"v1"', '"v2"')))
+    update = src.poll(first.index, 10)
+    t.join()
+    assert src.changed_services(first.index) == frozenset({"reviews"})
+    assert src.changed_services(update.index) == frozenset()
+    assert getattr(update, "changed_services", frozenset({"reviews"})) == frozenset({"reviews"})

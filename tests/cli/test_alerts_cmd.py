@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -51,7 +50,7 @@ def server():
     alerting.evaluate(Signals(at=0.0, values={"error_rate": {labels(service="ratings"): 0.5}}))
     alerting.evaluate(Signals(at=60.0, values={"error_rate": {labels(service="ratings"): 0.5}}))
     router = Router()
-    add_routes(router, SimpleNamespace(alerting=alerting))
+    add_routes(router, alerting=alerting)
     s = JsonServer(router, "127.0.0.1:0", name="test-meshctl-alerts").start()
     yield f"http://{s.address}"
     s.stop()

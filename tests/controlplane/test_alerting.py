@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -163,7 +162,7 @@ def test_api_routes_serve_alerts_and_effective_rules():
     alerting = Alerting(lambda: RULE, [])
     alerting.evaluate(sig(10.0, 0.9))
     router = Router()
-    add_routes(router, SimpleNamespace(alerting=alerting))
+    add_routes(router, alerting=alerting)
     server = JsonServer(router, "127.0.0.1:0", name="test-alerts").start()
     try:
         def get(path):

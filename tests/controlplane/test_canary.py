@@ -71,10 +71,10 @@ def _call(cp, method: str, path: str, body: dict | None = None):
 
 
 def _controller(cp, probe: FixedProbe, subdir: str) -> cc.CanaryController:
-    writer = cc.StoreTrafficWriter(cp.store, synced=lambda r: cc._synced_with(cp, r))
+    writer = cc.StoreTrafficWriter(cp.store, synced=lambda r: cc._synced_with(cp.mesh, r))
     return cc.CanaryController(cp.settings.state_dir / subdir, writer, probe_for=lambda spec: probe,
                                ready=cp.engine.ready.is_set, check_every=0.05,
-                               instances_with=lambda s, labels: cc._instances_with(cp, s, labels))
+                               instances_with=lambda s, labels: cc._instances_with(cp.mesh, s, labels))
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -19,6 +17,7 @@ from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.compose import build_proxy
 
+from ._api import call_api
 from ..e2e._topology import write_catalog
 
 SPLIT = """apiVersion: networking.mesh.io/v1beta1
@@ -72,13 +71,7 @@ def cp(tmp_path_factory):
 
 
 def _post(cp, path: str, body: dict):
-    req = urllib.request.Request(cp.addresses["http"] + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {cp.token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return call_api(cp, "POST", path, cp.token, body)
 
 
 def test_diff_proxy_names_added_removed_changed_and_diffs_json(tmp_path):

@@ -27,6 +27,7 @@ from meshcore.controlplane.daemon import ControlPlane, Settings
 from meshcore.federation import read_bundle_text
 
 from ..policies._catalog import write_catalog
+from ._api import call_api
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER = "other.example"
@@ -270,3 +271,21 @@ spec:
     bad.write_text(policy.read_text().replace("GET", "get"))
     invalid = meshctl(env, "authz", "dry-run", "-f", str(bad), "--access-log", str(log))
     assert invalid.returncode == 1 and "methods[0]" in invalid.stderr
+
+
+def _post(cp, path: str, body: dict) -> tuple[int, dict]:
+    return call_api(cp, "POST", path, (cp.settings.state_dir / "admin.token").read_text().strip(), body)
+
+
+def test_refused_operator_certificate_requests_are_answered_by_the_error_map(env):
+    """A bad name (ConfigError), a bad ttl (ValueError at the boundary) and a bad CSR (CAError): 400 each,
+    with the reason; never a 500."""
+    cp = env["cp"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "no spaces", "csr": "x"})
+    assert status == 400 and "operator name" in body["error"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "carol", "ttl": "soon", "csr": "x"})
+    assert status == 400 and "soon" in body["error"]
+    status, body = _post(cp, "/v1/operators/certs", {"name": "carol", "csr": "not a csr"})
+    assert status == 400 and body["error"].startswith("cannot issue spiffe://")
+    status, body = _post(cp, "/v1/trust-bundles", {"trust_domain": OTHER, "bundle": "not a bundle"})
+    assert status == 422 and body["error"]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from meshcore.api.operator import GatewayStatus, ProxyStatus, ServiceStatus
 from meshcore.dashboard import STATIC_FILES, build_summary, health, read_static, series_view
 from meshcore.observe.signals import Signals, labels
 
 PROXIES = [
-    {"node": "n1", "connected": True, "synced": True, "error": "", "version": "v1",
-     "services": [{"name": "reviews", "id": "reviews-v1", "healthy": True}], "gateways": []},
-    {"node": "gw", "connected": True, "synced": False, "error": "", "version": "",
-     "services": [], "gateways": [{"name": "ingress-gateway", "healthy": True}]},
+    ProxyStatus(node="n1", connected=True, synced=True, version="v1",
+                services=(ServiceStatus("reviews", "reviews-v1", "spiffe://td/ns/default/sa/reviews", True),)),
+    ProxyStatus(node="gw", connected=True, synced=False,
+                gateways=(GatewayStatus("ingress-gateway", "gw-1", "spiffe://td/ns/default/sa/gw", True, "ingress"),)),
 ]
 
 

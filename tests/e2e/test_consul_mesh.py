@@ -94,7 +94,7 @@ def mesh(consul, tmp_path_factory):
         raise
     yield m
     m.down()
-    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway",
+    for sid in ("productpage-v1", "details-v1", "reviews-v1", "reviews-v1b", "ingress-gateway", "ratings-v1",
                 f"meshcore-agent-{node}"):
         requests.put(f"{address}/v1/agent/service/deregister/{sid}",
                      headers={"X-Consul-Token": token} if token else {}, timeout=10)
@@ -136,3 +136,34 @@ def test_health_check_drives_endpoints_within_two_seconds(mesh, consul):
     wait_until(lambda: _reviews_instances(mesh.url, 10) == {"reviews-v1"}, 2.0, "reviews-v1b to leave the mesh",
                interval=0.05)
     print(f"health -> Envoy: passing {became_healthy * 1000:.0f} ms, critical {(time.monotonic() - started) * 1000:.0f} ms")
+
+
+def _envoy_stat(admin: str, name: str) -> int:
+    status, body = http_get(f"http://{admin}/stats?format=json&filter=^{name}$")
+    stats = json.loads(body).get("stats", []) if status == 200 else []
+    return int(stats[0]["value"]) if stats else 0
+
+
+def test_a_new_service_reaches_envoy_without_a_nack(mesh):
+    """The NACK race: a service dropped into the agent's --consul-services-dir gets a listener naming its
+    SVID file as soon as the control plane sees the registration; the agent has written that file first
+    (a pending certificate, then the real SVID), so Envoy accepts every listener update."""
+    admin = mesh.layout.admin[mesh.node]
+    node_dir = mesh.layout.catalog_dir / mesh.node
+    rejected = _envoy_stat(admin, "listener_manager.lds.update_rejected")
+    host = admin.rsplit(":", 1)[0]
+    body = {"name": "ratings", "id": "ratings-v1", "port": free_port(host), "meta": {"version": "v1"},
+            "connect": {"sidecar_service": {"port": free_port(host), "proxy": {"local_service_address": host}}}}
+    (node_dir / "ratings-v1.json").write_text(json.dumps({"service": body}))
+
+    def listener_and_svid():
+        status, dump = http_get(f"http://{admin}/config_dump?resource=dynamic_listeners")
+        certs = http_get(f"http://{admin}/certs")[1].decode()
+        return status == 200 and b"inbound:ratings-v1" in dump and "/sa/ratings" in certs
+
+    try:
+        wait_until(listener_and_svid, 30, "ratings' inbound listener and SVID in Envoy", interval=0.1)
+        assert _envoy_stat(admin, "listener_manager.lds.update_rejected") == rejected, \
+            "Envoy rejected a listener update while the new service's SVID file was missing"
+    finally:
+        (node_dir / "ratings-v1.json").unlink()

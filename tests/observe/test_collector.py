@@ -14,7 +14,7 @@ import pytest
 from meshcore.ca import CertificateAuthority, make_csr, new_private_key
 from meshcore.errors import ConfigError
 from meshcore.observe._proxy_stats import parse_proxy_stats
-from meshcore.observe.collector import MeshCollector, Scrape, ca_signals, scrape_target, signals_from_scrapes
+from meshcore.observe.collector import MeshCollector, Scrape, ScrapeTarget, ca_signals, scrape_url, signals_from_scrapes
 from meshcore.observe.signals import SIGNAL_LABELS, labels
 
 DATA = Path(__file__).parent / "data"
@@ -80,13 +80,10 @@ def _group(lines: list[str]) -> str:
 
 
 PROXIES = [
-    {"node": "n1", "connected": True, "synced": True, "error": "", "admin": "127.0.0.1:1",
-     "services": [{"name": "productpage", "id": "productpage-v1"}]},
-    {"node": "n2", "connected": True, "synced": False, "error": "", "admin": "127.0.0.1:2",
-     "services": [{"name": "ratings", "id": "ratings-v1"}]},
-    {"node": "n3", "connected": True, "synced": True, "error": "cluster x: bad", "admin": "127.0.0.1:3",
-     "services": [{"name": "details", "id": "details-v1"}]},
-    {"node": "n4", "connected": False, "synced": False, "error": "", "admin": "", "services": []},
+    ScrapeTarget("n1", scrape_url(admin="127.0.0.1:1"), (("productpage-v1", "productpage"),), True, True),
+    ScrapeTarget("n2", scrape_url(admin="127.0.0.1:2"), (("ratings-v1", "ratings"),), True, False),  # not ACKed
+    ScrapeTarget("n3", scrape_url(admin="127.0.0.1:3"), (("details-v1", "details"),), True, False),  # build failed
+    ScrapeTarget("n4"),  # a catalog node with no Envoy yet
 ]
 
 
@@ -194,11 +191,10 @@ def test_every_signal_name_is_produced():
             assert tuple(k for k, _ in key) == tuple(sorted(SIGNAL_LABELS[name])), (name, key)
 
 
-def test_scrape_target_prefers_the_agents_merged_endpoint():
-    assert scrape_target({"metrics": "http://10.0.0.1:15090/metrics", "admin": "127.0.0.1:19000"}) == \
-        "http://10.0.0.1:15090/metrics"
-    assert scrape_target({"metrics": "", "admin": "127.0.0.1:19000"}) == "http://127.0.0.1:19000/stats/prometheus"
-    assert scrape_target({"node": "x"}) == ""
+def test_scrape_url_prefers_the_agents_merged_endpoint():
+    assert scrape_url("http://10.0.0.1:15090/metrics", "127.0.0.1:19000") == "http://10.0.0.1:15090/metrics"
+    assert scrape_url("", "127.0.0.1:19000") == "http://127.0.0.1:19000/stats/prometheus"
+    assert scrape_url() == ""
 
 
 def test_ca_signals_from_a_real_ca(tmp_path):
@@ -253,10 +249,9 @@ def stats_server():
 
 
 def test_collector_scrapes_records_history_and_notifies(stats_server):
-    proxies = [{"node": "n1", "connected": True, "synced": True, "error": "", "admin": stats_server.admin,
-                "services": [{"name": "productpage", "id": "productpage-v1"}]},
-               {"node": "dead", "connected": True, "synced": True, "error": "", "admin": "127.0.0.1:9",
-                "services": []}]
+    proxies = [ScrapeTarget("n1", scrape_url(admin=stats_server.admin), (("productpage-v1", "productpage"),),
+                            True, True),
+               ScrapeTarget("dead", scrape_url(admin="127.0.0.1:9"), (), True, True)]
     clock = {"t": 1000.0}
     collector = MeshCollector(lambda: proxies, interval=1.0, history=3.0, clock=lambda: clock["t"], timeout=1.0)
     seen = []
@@ -285,7 +280,7 @@ def test_collector_scrapes_records_history_and_notifies(stats_server):
 
 
 def test_failed_scrape_keeps_the_previous_one_for_the_next_rate(stats_server):
-    proxies = [{"node": "n1", "connected": True, "synced": True, "admin": stats_server.admin, "services": []}]
+    proxies = [ScrapeTarget("n1", scrape_url(admin=stats_server.admin), (), True, True)]
     ticks = itertools.count(0.0, 0.5)
     collector = MeshCollector(lambda: proxies, interval=1.0, monotonic=lambda: next(ticks), timeout=1.0)
     edge = labels(source="productpage", destination="ratings")
@@ -307,7 +302,7 @@ def test_failed_scrape_keeps_the_previous_one_for_the_next_rate(stats_server):
 
 
 def test_collector_loop_runs_on_its_own(stats_server):
-    proxies = [{"node": "n1", "connected": True, "synced": True, "admin": stats_server.admin, "services": []}]
+    proxies = [ScrapeTarget("n1", scrape_url(admin=stats_server.admin), (), True, True)]
     collector = MeshCollector(lambda: proxies, interval=0.1, history=10).start()
     try:
         deadline = time.monotonic() + 10
@@ -326,7 +321,7 @@ def test_bad_settings_are_config_errors():
 
 
 def test_a_missed_scrape_carries_the_last_rates_for_a_few_intervals(stats_server):
-    proxies = [{"node": "n1", "connected": True, "synced": True, "admin": stats_server.admin, "services": []}]
+    proxies = [ScrapeTarget("n1", scrape_url(admin=stats_server.admin), (), True, True)]
     now = {"t": 0.0}
     collector = MeshCollector(lambda: proxies, interval=1.0, monotonic=lambda: now["t"], timeout=1.0)
     edge = labels(source="productpage", destination="ratings")

@@ -1,0 +1,143 @@
+"""The Envoy reconciler: the bootstrap file, the Envoy process, and whether Envoy is ready.
+
+It writes the bootstrap whenever its inputs change (restarting Envoy for a new one: certificates
+never restart it, file SDS reloads them), starts Envoy once the node can run it and ``may_start``
+agrees (the first start waits for the local services' SVID files, see the daemon), and asks Envoy's
+admin ``/ready`` until it answers. Supervision itself (restarts with backoff, hot restart, handover)
+is :class:`~meshcore.agent.supervisor.EnvoySupervisor`, in its own thread.
+
+Collaborators: the settings, the secrets directory (read only), ``inputs`` (trust domain and xDS
+address, None until the node joined), ``may_start``, ``metrics_address`` and ``notify_status``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from meshcore import naming
+from meshcore.agent._net import admin_get
+from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
+from meshcore.agent.config import AgentConfig
+from meshcore.agent.secrets import SecretsDirectory
+from meshcore.agent.status import EnvoyStatus
+from meshcore.agent.supervisor import EnvoySupervisor, HotRestart, envoy_command, stable_base_id, stop_recorded_envoy
+
+log = logging.getLogger("meshcore.agent")
+
+READY_POLL = 0.5
+
+
+class EnvoyReconciler:
+    """Keeps Envoy's bootstrap current and Envoy running (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Callable[[], AgentConfig],
+        *,
+        secrets: SecretsDirectory,
+        inputs: Callable[[], tuple[str, str] | None],
+        may_start: Callable[[], bool],
+        metrics_address: Callable[[], str] = lambda: "",
+        notify_status: Callable[[str], object] = lambda text: None,
+        supervisor_factory: Callable[..., EnvoySupervisor] = EnvoySupervisor,
+    ):
+        self._config = config
+        self._secrets = secrets
+        self._inputs = inputs
+        self._may_start = may_start
+        self._metrics_address = metrics_address
+        self._notify_status = notify_status
+        self._supervisor_factory = supervisor_factory
+        self.supervisor: EnvoySupervisor | None = None
+        self.ready = False
+
+    @property
+    def config(self) -> AgentConfig:
+        return self._config()
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.config.state_dir / "envoy" / "bootstrap.json"
+
+    def prepare(self) -> None:
+        self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def argv(self) -> list[str]:
+        c = self.config
+        return envoy_command(c.envoy_path, self.bootstrap_path, log_level=c.envoy_log_level,
+                             log_path=c.envoy_log, hot_restart=True)
+
+    def hot_restart(self) -> HotRestart:
+        return HotRestart(stable_base_id(self.config.node, self.config.state_dir),
+                          self.bootstrap_path.parent / "envoy.json")
+
+    def reconcile(self) -> bool:
+        """One round; returns True when Envoy just became ready for the first time in this run."""
+        inputs = self._inputs()
+        if inputs is None:
+            return False
+        td, xds = inputs
+        c = self.config
+        bootstrap = render_bootstrap(node=c.node, trust_domain=td, xds_address=xds, secrets_dir=self._secrets.path,
+                                     admin_address=c.admin, metrics_address=self._metrics_address(),
+                                     xds_protocol=c.xds_protocol)
+        changed = write_bootstrap(self.bootstrap_path, bootstrap)
+        if changed:
+            log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)
+        if self.supervisor is None:
+            secrets_there = self._secrets.exists(naming.node_secret()) and self._secrets.exists(
+                naming.trust_bundle_secret(td))
+            if not secrets_there or not self._may_start():
+                return False
+            if c.envoy_log is not None:
+                c.envoy_log.parent.mkdir(parents=True, exist_ok=True)
+            self.supervisor = self._supervisor_factory(self.argv(), hot_restart=self.hot_restart())
+            self.supervisor.start()
+            self._notify_status("envoy starting")
+        elif changed or self.supervisor.argv != self.argv():
+            log.info("envoy configuration changed; restarting envoy")
+            self.supervisor.argv = self.argv()
+            self.ready = False
+            self.supervisor.restart()
+        was_ready, self.ready = self.ready, self._is_ready()
+        return self.ready and not was_ready
+
+    def _is_ready(self) -> bool:
+        if self.supervisor is None or not self.supervisor.running:
+            return False
+        answer = admin_get(self.config.admin, "/ready", timeout=1)
+        return answer is not None and answer[0] == 200
+
+    def wants_poll(self) -> float | None:
+        """How soon the loop should come back: READY_POLL while a started Envoy is not ready yet."""
+        return READY_POLL if self.supervisor is not None and not self.ready else None
+
+    def stop(self, handover: bool) -> None:
+        """Stop Envoy, or with ``handover`` leave it running and recorded for the next agent."""
+        if self.supervisor is not None and handover and self.supervisor.detach() is not None:
+            self.supervisor = None  # handed over: still running, recorded for the next agent
+        if self.supervisor is not None:
+            log.info("stopping envoy")
+            code = self.supervisor.stop()
+            log.info("envoy stopped exit_code=%s", code)
+        elif not handover:
+            stop_recorded_envoy(self.hot_restart())  # a predecessor's Envoy this run never took over
+        self.ready = False
+
+    # ---------------------------------------------------------------- reporting
+
+    @property
+    def pid(self) -> int | None:
+        return self.supervisor.pid if self.supervisor else None
+
+    @property
+    def restarts(self) -> int:
+        return self.supervisor.restarts if self.supervisor else 0
+
+    def status(self, final: bool = False) -> EnvoyStatus:
+        sup = self.supervisor
+        return EnvoyStatus(pid=sup.pid if sup and not final else None, starts=sup.starts if sup else 0,
+                           restarts=sup.restarts if sup else 0, last_exit_code=sup.last_exit_code if sup else None,
+                           ready=self.ready, admin=self.config.admin)

@@ -1,0 +1,50 @@
+"""The meshctl commands that live in their own modules, in the order ``meshctl --help`` lists them.
+
+``meshctl --help`` and the commands of :mod:`meshcore.cli.main` (``get``, ``apply``, ...) must start
+fast, so :func:`meshcore.cli.main.build_parser` imports a module below only when its command runs
+(or its own ``--help`` is asked for); for the others it lists the name with the one-line help
+written here. Each module's ``register`` takes its help from :data:`HELP`, so it is written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+#: (command, module in meshcore.cli, one-line help), in --help order; a module's commands are adjacent.
+MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("ca", "ca", "The mesh CA: state and root rotation."),
+    ("certs", "ca", "Certificates the CA issued."),
+    ("trust-bundle", "security", "Trust bundles: export this domain's, import other domains'."),
+    ("operator", "security", "Operator identities: client certificates from the mesh CA."),
+    ("traffic", "traffic", "Split, route and switch traffic between versions."),
+    ("canary", "canary", "Progressive delivery with automatic rollback."),
+    ("graph", "graph", "Service graph with request rate, error rate and p99 per edge."),
+    ("dashboard", "dashboard", "Open the web dashboard in a browser."),
+    ("alerts", "alerts", "Active alerts, alert rules, Prometheus rule export."),
+    ("install", "install", "Install meshcore on an inventory's hosts (profiles, --set, -f values.yaml) with the "
+                           "Ansible playbooks."),
+    ("render", "render", "Render per-VM files for air-gapped sites (Envoy bootstrap, agent config, Consul service "
+                         "files, trust bundle)."),
+    ("inventory", "inventory", "Ansible inventory from the catalog (also a dynamic inventory script: --list, "
+                               "--host H)."),
+    ("fleet", "fleet", "Status, logs and restarts on every host over SSH."),
+    ("bug-report", "fleet", "Collect config dumps, unit status, logs and certificate metadata from every host "
+                            "into one archive."),
+)
+
+HELP: dict[str, str] = {name: text for name, _, text in MODULE_COMMANDS}
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every meshctl command takes (a parent parser): where the control plane is, how to
+    authenticate, the output format."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+                                         "./.meshcore-demo, then http://127.0.0.1:15000)")
+    common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
+    common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
+                                        "then the control plane state dir's admin.token)")
+    common.add_argument("--cert", help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
+    common.add_argument("--key", help="its private key ($MESHCORE_KEY)")
+    common.add_argument("--cacert", help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
+    return common
