@@ -339,10 +339,6 @@ KIND = KindSpec.from_schema(
 # --- scope (pure) --------------------------------------------------------------------------------------
 
 
-def match_labels(spec: Mapping[str, Any] | None) -> dict[str, str]:
-    return dict(((spec or {}).get("selector") or {}).get("matchLabels") or {})
-
-
 def action_of(policy: Resource) -> str:
     """The policy's action; omitted means ALLOW (as in Istio)."""
     return spec_of(policy).action
@@ -377,7 +373,6 @@ __all__ = [
     "OPERATION_FIELDS",
     "WHEN_KEYS",
     "action_of",
-    "match_labels",
     "parse_when_key",
     "policies_for",
     "selects",

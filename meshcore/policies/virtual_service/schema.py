@@ -320,7 +320,7 @@ def subset_problem(resources: Sequence[Resource], host: str, subset: str) -> str
     if rule is None:
         return (f"subset {json.dumps(subset)} of host {json.dumps(host)} is not defined: no DestinationRule has "
                 f"host {json.dumps(host)}; add one with subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]")
-    if dr.subset_of(rule, subset) is None:
+    if dr.spec_of(rule).subset(subset) is None:
         known = ", ".join(dr.subset_names(rule)) or "none"
         return (f"subset {json.dumps(subset)} is not defined in DestinationRule {rule.namespace}/{rule.name} "
                 f"for host {json.dumps(host)} (its subsets: {known})")
