@@ -238,7 +238,6 @@ class SyntheticProxy:
         self._begin_stream()
         node = self._node()
         for t in (CDS, LDS):
-            st = self.types[t]
             await asyncio.wait_for(call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=t, version_info="")),
                                    FIRST_RESPONSE_S)
             node = None

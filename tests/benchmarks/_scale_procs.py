@@ -115,11 +115,11 @@ class BenchMesh(LocalMesh):
         argv = [sys.executable, "-m", "meshcore.controlplane", "--state-dir", str(cp_dir), "--catalog", self.catalog_spec,
                 "--kek-file", str(kek), "--xds-bind", self.layout.xds_bind, "--api-bind", self.layout.api_bind,
                 "--http-bind", self.layout.http_bind, "--leaf-ttl", "24h", "--log-level", "warning", *self.extra_args]
-        self.cp = spawn(argv, self.logs / "controlplane.log", env=self.cp_env, cwd=self.state)
-        wait_until(lambda: state_file.exists() or self.cp.poll() is not None, 120,
+        self.cp = cp = spawn(argv, self.logs / "controlplane.log", env=self.cp_env, cwd=self.state)
+        wait_until(lambda: state_file.exists() or cp.poll() is not None, 120,
                    f"the control plane to start (see {self.logs / 'controlplane.log'})")
-        if self.cp.poll() is not None:
-            raise RuntimeError(f"the control plane exited with {self.cp.returncode}; see {self.logs / 'controlplane.log'}")
+        if cp.poll() is not None:
+            raise RuntimeError(f"the control plane exited with {cp.returncode}; see {self.logs / 'controlplane.log'}")
         self.cp_info = json.loads(state_file.read_text())
         return self.cp_info
 
