@@ -7,10 +7,8 @@ normal path stops each group with SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,15 +21,19 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+# Set the parent-death signal in the child itself, then exec the real program (the signal survives exec).
+# A ``preexec_fn`` would do it between fork and exec, which is unsafe in a process with gRPC threads (the
+# fork of a threaded process can crash or hang there); this wrapper is a fresh interpreter instead.
+_WRAP = ("import ctypes, os, signal, sys; "
+         f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0); "
+         "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent,
+        return subprocess.Popen([sys.executable, "-c", _WRAP, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
 
 

@@ -397,7 +397,7 @@ class Bench:
         proxies = list(self.proxies.values())
         error = ""
         try:
-            await self.wait_all(proxies, "reconnect storm", self.args.timeout)
+            await self.wait_all(proxies, "reconnect storm", min(self.args.timeout, 60.0))
         except TimeoutError as exc:  # a finding, not a crash: report how many came back
             error = str(exc)
             progress(f"  reconnect-storm: {exc}")
@@ -536,7 +536,13 @@ class Bench:
             await self.wait_all(list(twins.values()), "the real Envoys' twins", a.timeout)
             await self.quiet(1.0)
             progress("comparing each real Envoy's /config_dump with its synthetic twin")
-            self.results.append(await asyncio.to_thread(self.envoy_check, twins))
+            deadline = time.monotonic() + 30  # Envoy may still be warming a listener or fetching its routes
+            while True:
+                check = await asyncio.to_thread(self.envoy_check, twins)
+                if check.figures["all_match"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)
+            self.results.append(check)
             for t in twins.values():
                 await t.stop()
         self.results.append(await self.reconnect_storm())
