@@ -14,7 +14,7 @@ CONVERGENCE = ("leaf-instance", "popular-instance", "destination-rule", "mesh-wi
 def test_short_run_writes_every_scenario(tmp_path):
     out = tmp_path / "scale.json"
     rc = bench_scale.main(["--short", "--proxies", "4", "--services", "16", "--instances", "40", "--nodes", "16",
-                           "--samples", "1", "--burst", "1", "--idle", "1", "--timeout", "60", "--output", str(out)])
+                           "--samples", "1", "--burst", "1", "--idle", "1", "--timeout", "30", "--output", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     rows = {r["name"]: r for r in doc["scenarios"]}
