@@ -47,8 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_build
 	$(BIN)/python -m tests.benchmarks.bench_convergence
 	$(BIN)/python -m tests.benchmarks.bench_scale --short
-	@if [ -f tests/benchmarks/bench_signing.py ]; then $(BIN)/python -m tests.benchmarks.bench_signing --quick; \
-	else echo "bench_signing: not on this branch yet (it comes with the ca branch)"; fi
+	$(BIN)/python -m tests.benchmarks.bench_signing --quick
 
 # The lab of booted Debian hosts (systemd-nspawn) with meshcore deployed by ansible/playbooks/site.yml;
 # needs root. The last line lab-up prints is JSON: hosts, inventory, ingress (see docs/deploy.md).
