@@ -80,7 +80,7 @@ def decode(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise BadRequest(f"{where}: expected {_describe(tp())}, got {_describe(value)}")
+        raise BadRequest(f"{where}: expected {'an integer' if tp is int else _describe(tp())}, got {_describe(value)}")
     return value
 
 

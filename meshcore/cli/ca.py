@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from ..api.operator import CaRotateRequest
+from ..api._wire import encode
+from ..api.operator import CaCert, CaRotateRequest, IssuedCert
 from ..durations import parse_duration
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
@@ -40,9 +41,9 @@ def _client(args) -> Client:
 
 def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
     if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(encode(data), indent=2, sort_keys=True))
     elif fmt == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
+        print(yaml.safe_dump(encode(data), sort_keys=False), end="")
     else:
         table(data)
 
@@ -53,34 +54,33 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def _with_expiry(cert: dict, now: datetime) -> dict:
-    """Fill ``renew_at``/``expiring`` for a control plane that only serves ``/v1/certs``."""
-    if "expiring" in cert:
-        return cert
-    start, end = _parse_time(cert["not_before"]), _parse_time(cert["not_after"])
+def _with_expiry(cert: IssuedCert, now: datetime) -> CaCert:
+    """``renew_at``/``expiring`` for a control plane that only serves ``/v1/certs`` (its root: unknown)."""
+    start, end = _parse_time(cert.not_before), _parse_time(cert.not_after)
     life = end - start
-    return {**cert, "renew_at": (start + life / 2).isoformat().replace("+00:00", "Z"),
-            "expiring": now >= start + life * 0.55, "root": cert.get("root", "unknown")}
+    return CaCert(spiffe_id=cert.spiffe_id, serial=cert.serial, node=cert.node, not_before=cert.not_before,
+                  not_after=cert.not_after, renew_at=(start + life / 2).isoformat().replace("+00:00", "Z"),
+                  expiring=now >= start + life * 0.55)
 
 
-def fetch_certs(client: Client) -> list[dict]:
+def fetch_certs(client: Client) -> list[CaCert]:
     try:
-        return client.get("/v1/ca/certs")
+        return client.ca_certs()
     except ApiError as exc:
         if exc.status != 404:
             raise
     now = datetime.now(timezone.utc)
-    return [_with_expiry(c, now) for c in client.get("/v1/certs")]
+    return [_with_expiry(c, now) for c in client.certs()]
 
 
 def cmd_certs_list(args) -> int:
     certs = fetch_certs(_client(args))
 
-    def table(rows: list[dict]) -> None:
-        _table([[c["spiffe_id"], c.get("node") or "", c["serial"][:16], c["not_after"],
-                 c.get("root", ""), "EXPIRING" if c.get("expiring") else ""] for c in rows],
+    def table(rows: list[CaCert]) -> None:
+        _table([[c.spiffe_id, c.node or "", c.serial[:16], c.not_after,
+                 c.root, "EXPIRING" if c.expiring else ""] for c in rows],
                ["SPIFFE ID", "NODE", "SERIAL", "NOT AFTER", "ROOT", ""])
-        expiring = [c for c in rows if c.get("expiring")]
+        expiring = [c for c in rows if c.expiring]
         if expiring:
             print(f"WARNING: {len(expiring)} certificate(s) past their renewal point (half life) and not yet "
                   "renewed: check those nodes' agents (`meshctl status`, the agent's status.json)")
@@ -144,7 +144,10 @@ def wait_for_rotation(client: Client, timeout: float | None, interval: float,
 
 def cmd_ca_rotate(args) -> int:
     client = _client(args)
-    progress = (lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+
+    def progress(message: str) -> None:
+        print(f"==> {message}", file=sys.stderr, flush=True)
+
     started = time.monotonic()
     if args.finish:
         state = client.post("/v1/ca/rotate", CaRotateRequest(finish=True, force=args.force).to_json())

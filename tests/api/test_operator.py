@@ -47,7 +47,7 @@ def test_decoding_names_the_field_that_does_not_fit():
         StatusResponse.from_json({"proxies": []})
     with pytest.raises(BadRequest, match=r"body\.files\[0\]\.content: expected a string, got a number"):
         ApplyRequest.from_json({"files": [{"name": "a.yaml", "content": 7}]})
-    with pytest.raises(BadRequest, match="expected a number, got a boolean"):
+    with pytest.raises(BadRequest, match=r"body\.ttl_seconds: expected an integer, got a boolean"):
         TokenResponse.from_json({"node": "n", "token": "t", "ttl_seconds": True, "node_spiffe_id": "x"})
 
 
