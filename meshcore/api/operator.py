@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest
-from ._wire import Wire, omit_empty
+from ._wire import Wire, omit_empty, omit_none
 
 # --- GET /v1/status, GET /v1/proxies -------------------------------------------------------------------
 
@@ -220,6 +220,51 @@ class CaCert(IssuedCert):
     renew_at: str
     expiring: bool
     root: str = "unknown"
+
+
+@dataclass(frozen=True)
+class CaCertInfo(Wire):
+    """A CA certificate of ``GET /v1/ca``: subject, SHA-256 fingerprint, validity (RFC 3339)."""
+
+    subject: str
+    sha256: str
+    not_before: str
+    not_after: str
+
+
+@dataclass(frozen=True)
+class CaRoot(CaCertInfo):
+    role: str = "current"  # current | next | previous
+
+
+@dataclass(frozen=True)
+class CaLeaf(Wire):
+    """A leaf still chaining to the old root during a rotation."""
+
+    spiffe_id: str
+    serial: str
+    not_after: str
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class CaState(Wire):
+    """``GET /v1/ca`` (and what ``POST /v1/ca/rotate`` answers): the CA's mode, rotation phase, roots,
+    signing intermediate and, while rotating, what still depends on the old root."""
+
+    trust_domain: str
+    mode: str  # generated | upstream
+    key_type: str
+    phase: str  # idle | preparing | active
+    roots: tuple[CaRoot, ...]
+    intermediate: CaCertInfo
+    signer_key_id: str = ""
+    bundle_sha256: str = ""
+    started_at: str | None = None
+    activated_at: str | None = None
+    old_root_certificates: tuple[CaLeaf, ...] = ()
+    nodes_without_bundle: tuple[str, ...] = ()
+    forced_past: tuple[str, ...] | None = omit_none()  # finish --force: the leaves it retired the root under
 
 
 # --- trust bundles and federation: /v1/trust-bundle, /v1/trust-bundle/spiffe, /v1/trust-bundles ---------
@@ -437,7 +482,7 @@ class AlertRuleView(Wire):
 
 
 __all__ = [
-    "AlertRuleView", "AlertView", "ApplyRequest", "ApplyResponse", "ApplyResult", "CaCert", "CaRotateRequest",
+    "AlertRuleView", "AlertView", "ApplyRequest", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
     "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
     "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
     "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "ResourceFile",

@@ -18,6 +18,8 @@ from ..api.operator import (
     ApplyRequest,
     ApplyResponse,
     CaCert,
+    CaRotateRequest,
+    CaState,
     CanaryRequest,
     CanaryStatus,
     DeleteRequest,
@@ -180,6 +182,12 @@ class Client:
     # certificates
     def certs(self) -> list[IssuedCert]:
         return self._typed_list(IssuedCert, self.get("/v1/certs"), "/v1/certs")
+
+    def ca_state(self) -> CaState:
+        return self._typed(CaState, self.get("/v1/ca"), "/v1/ca")
+
+    def ca_rotate(self, request: CaRotateRequest) -> CaState:
+        return self._typed(CaState, self.post("/v1/ca/rotate", request.to_json()), "/v1/ca/rotate")
 
     def ca_certs(self) -> list[CaCert]:
         return self._typed_list(CaCert, self.get("/v1/ca/certs"), "/v1/ca/certs")

@@ -13,13 +13,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import naming
 from ..durations import parse_duration
-from ..errors import BadRequest, Conflict, FieldError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..errors import BadRequest, Conflict, FieldError, MeshError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
 from ..api.operator import (
     ApplyRequest,
     ApplyResponse,
     ApplyResult,
     CaCert,
     CaRotateRequest,
+    CaState,
     DeleteRequest,
     DeleteResponse,
     IssuedCert,
@@ -105,11 +106,18 @@ class OperatorApi:
 
     # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
     def _add_ca_routes(self, r: Router) -> None:
-        r.add("GET", "/v1/ca", lambda req: self.ctx.ca_control.status())
+        r.add("GET", "/v1/ca", lambda req: self._ca_state(self.ctx.ca_control.status()))
         r.add("POST", "/v1/ca/rotate", self.ca_rotate)
         r.add("GET", "/v1/ca/certs", self.ca_certs)
 
-    def ca_rotate(self, req: Request) -> dict:
+    @staticmethod
+    def _ca_state(state: dict) -> CaState:
+        try:
+            return CaState.from_json(state, "CA state")
+        except BadRequest as exc:  # the server's own state: not the caller's fault
+            raise MeshError(f"cannot describe the CA: {exc}") from exc
+
+    def ca_rotate(self, req: Request) -> CaState:
         """``{}`` starts a root rotation; ``{"finish": true}`` retires the old root; ``force`` skips the
         safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
         from ..errors import CAError
@@ -117,8 +125,8 @@ class OperatorApi:
         body = CaRotateRequest.from_json(req.json())
         try:
             if body.finish:
-                return self.ctx.ca_control.finish(body.force)
-            return self.ctx.ca_control.rotate(body.force)
+                return self._ca_state(self.ctx.ca_control.finish(body.force))
+            return self._ca_state(self.ctx.ca_control.rotate(body.force))
         except CAError as exc:  # the rotation's state does not allow that step now
             raise Conflict(str(exc)) from exc
 
