@@ -42,10 +42,10 @@ class _Requests:
     sum_ms: float = 0.0
 
     def add(self, other: "_Requests") -> None:
-        for k, v in other.codes.items():
-            self.codes[k] += v
-        for k, v in other.buckets.items():
-            self.buckets[k] += v
+        for code, v in other.codes.items():
+            self.codes[code] += v
+        for le, v in other.buckets.items():
+            self.buckets[le] += v
         self.sum_ms += other.sum_ms
 
 

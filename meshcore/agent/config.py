@@ -189,7 +189,7 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
             problems.append(f"control_plane: {control_plane!r} must be an https://host:port URL")
         else:
             try:
-                parts.port
+                _ = parts.port  # urlsplit checks the port only when it is read
             except ValueError:
                 problems.append(f"control_plane: {control_plane!r} has an invalid port")
         control_plane = control_plane.rstrip("/")

@@ -129,9 +129,10 @@ def issuer_key_id(pem: str) -> str:
     """Hex authority key identifier of the first certificate in ``pem`` ("" when it has none)."""
     try:
         cert = x509.load_pem_x509_certificates(pem.encode())[0]
-        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier.hex()
-    except (ValueError, IndexError, AttributeError, x509.ExtensionNotFound):
+        key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except (ValueError, IndexError, x509.ExtensionNotFound):
         return ""
+    return key_id.hex() if key_id is not None else ""  # an AKI may name only the issuer and serial
 
 
 def bundle_sha256(bundle_pem: str | None) -> str:

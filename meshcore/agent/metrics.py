@@ -208,7 +208,7 @@ class MetricsServer:
         if self._server is None:
             return ""
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def bound(self) -> tuple[str, int] | None:
         """``(host, port)`` actually bound (IPv6 without brackets); None when not serving."""

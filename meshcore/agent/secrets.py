@@ -96,7 +96,7 @@ class SecretsDirectory:
 
     def names(self) -> list[str]:
         """Names of the secrets stored in the directory (read from each file's content)."""
-        names = []
+        names: list[str] = []
         if not self.path.is_dir():
             return names
         for entry in sorted(self.path.iterdir()):
@@ -118,7 +118,7 @@ class SecretsDirectory:
     def remove_except(self, keep: set[str]) -> list[str]:
         """Delete every secret file not named in ``keep`` (secret names); returns the files removed."""
         wanted = {naming.secret_file(name) for name in keep}
-        removed = []
+        removed: list[str] = []
         if not self.path.is_dir():
             return removed
         for entry in sorted(self.path.iterdir()):

@@ -2,7 +2,7 @@
 
 Field types are the JSON ones (``str``, ``int``, ``float``, ``bool``, ``dict``), lists or tuples of them, another
 contract, or ``X | None``. A field with ``metadata={"omit_empty": True}`` is left out of the JSON when empty
-(for keys the wire only carries when set). Decoding checks every field and says which one is wrong.
+(for keys the wire only carries when set), ``omit_none`` only when None. Decoding checks every field and says which one is wrong.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def encode(value: Any) -> Any:
         out = {}
         for f, _ in _fields(type(value)):
             v = getattr(value, f.name)
-            if f.metadata.get("omit_empty") and not v:
+            if f.metadata.get("omit_empty") and not v or f.metadata.get("omit_none") and v is None:
                 continue
             out[f.metadata.get("json", f.name)] = encode(v)
         return out
@@ -80,7 +80,7 @@ def decode(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise BadRequest(f"{where}: expected {_describe(tp())}, got {_describe(value)}")
+        raise BadRequest(f"{where}: expected {'an integer' if tp is int else _describe(tp())}, got {_describe(value)}")
     return value
 
 
@@ -110,4 +110,9 @@ def omit_empty(default: Any = "") -> Any:
     return dataclasses.field(default=default, metadata={"omit_empty": True})
 
 
-__all__ = ["Wire", "decode", "encode", "omit_empty"]
+def omit_none(default: Any = None) -> Any:
+    """A field the JSON carries only when it is not None (an empty list still goes out)."""
+    return dataclasses.field(default=default, metadata={"omit_none": True})
+
+
+__all__ = ["Wire", "decode", "encode", "omit_empty", "omit_none"]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest
-from ._wire import Wire, omit_empty
+from ._wire import Wire, omit_empty, omit_none
 
 # --- GET /v1/status, GET /v1/proxies -------------------------------------------------------------------
 
@@ -200,8 +200,292 @@ class CaRotateRequest(Wire):
     force: bool = False
 
 
+@dataclass(frozen=True)
+class IssuedCert(Wire):
+    """``GET /v1/certs``: an unexpired leaf the CA signed (times RFC 3339, UTC)."""
+
+    spiffe_id: str
+    serial: str
+    node: str | None
+    not_before: str
+    not_after: str
+
+
+@dataclass(frozen=True)
+class CaCert(IssuedCert):
+    """``GET /v1/ca/certs``: an unexpired leaf (newest per identity and node) with its renewal point,
+    whether it is ``expiring`` (past its latest renewal point) and the ``root`` it chains to
+    (``current``, ``next``, ``previous`` or ``unknown``)."""
+
+    renew_at: str
+    expiring: bool
+    root: str = "unknown"
+
+
+@dataclass(frozen=True)
+class CaCertInfo(Wire):
+    """A CA certificate of ``GET /v1/ca``: subject, SHA-256 fingerprint, validity (RFC 3339)."""
+
+    subject: str
+    sha256: str
+    not_before: str
+    not_after: str
+
+
+@dataclass(frozen=True)
+class CaRoot(CaCertInfo):
+    role: str = "current"  # current | next | previous
+
+
+@dataclass(frozen=True)
+class CaLeaf(Wire):
+    """A leaf still chaining to the old root during a rotation."""
+
+    spiffe_id: str
+    serial: str
+    not_after: str
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class CaState(Wire):
+    """``GET /v1/ca`` (and what ``POST /v1/ca/rotate`` answers): the CA's mode, rotation phase, roots,
+    signing intermediate and, while rotating, what still depends on the old root."""
+
+    trust_domain: str
+    mode: str  # generated | upstream
+    key_type: str
+    phase: str  # idle | preparing | active
+    roots: tuple[CaRoot, ...]
+    intermediate: CaCertInfo
+    signer_key_id: str = ""
+    bundle_sha256: str = ""
+    started_at: str | None = None
+    activated_at: str | None = None
+    old_root_certificates: tuple[CaLeaf, ...] = ()
+    nodes_without_bundle: tuple[str, ...] = ()
+    forced_past: tuple[str, ...] | None = omit_none()  # finish --force: the leaves it retired the root under
+
+
+# --- trust bundles and federation: /v1/trust-bundle, /v1/trust-bundle/spiffe, /v1/trust-bundles ---------
+
+
+@dataclass(frozen=True)
+class TrustBundle(Wire):
+    """``GET /v1/trust-bundle``: this trust domain's roots (PEM)."""
+
+    trust_domain: str
+    bundle: str
+
+
+@dataclass(frozen=True)
+class SpiffeBundleExport(Wire):
+    """``GET /v1/trust-bundle/spiffe``: the roots as PEM and in the SPIFFE bundle format (a JWK Set)."""
+
+    trust_domain: str
+    bundle: str
+    spiffe_bundle: dict
+
+
+@dataclass(frozen=True)
+class TrustBundleImport(Wire):
+    """``POST /v1/trust-bundles`` (admin): import or replace ``trust_domain``'s roots (SPIFFE JSON or PEM)."""
+
+    trust_domain: str = ""
+    bundle: str = ""
+
+    def checked(self) -> TrustBundleImport:
+        if not self.trust_domain or not self.bundle:
+            raise BadRequest('body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
+        return self
+
+
+@dataclass(frozen=True)
+class RootInfo(Wire):
+    subject: str
+    sha256: str
+    not_after: str
+
+
+@dataclass(frozen=True)
+class FederatedDomain(Wire):
+    """An imported trust domain (``GET /v1/trust-bundles`` lists them; an import answers with one)."""
+
+    trust_domain: str
+    roots: tuple[RootInfo, ...]
+    bundle: str
+    imported_at: str | None = None
+    spiffe_sequence: int | None = None
+
+
+@dataclass(frozen=True)
+class TrustBundleRemoved(Wire):
+    removed: str  # the trust domain
+
+
+# --- operator certificates: /v1/operators/certs ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorCertRequest(Wire):
+    """``POST /v1/operators/certs`` (admin): sign ``csr`` (PEM, key made by the operator) for ``name``."""
+
+    name: str = ""
+    role: str = "read-only"
+    csr: str = ""
+    ttl: str = "30d"
+
+
+@dataclass(frozen=True)
+class OperatorCertIssued(Wire):
+    name: str
+    role: str
+    spiffe_id: str
+    serial: str
+    not_after: str
+    chain: str  # PEM: the certificate and its intermediate
+    bundle: str  # PEM: the roots to verify the control plane with
+    https: str = ""  # the operator API's TLS address, "" when it serves none
+
+
+@dataclass(frozen=True)
+class OperatorCert(Wire):
+    """An entry of the role table (``GET /v1/operators/certs``)."""
+
+    name: str
+    role: str
+    serial: str
+    not_after: str
+    issued: str
+    state: str  # valid | expired
+
+
+@dataclass(frozen=True)
+class OperatorCertRevoked(Wire):
+    revoked: int  # how many certificates
+    name: str
+
+
+# --- canaries: /v1/canaries -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CanaryRequest(Wire):
+    """``POST /v1/canaries`` (admin). Values are checked by the control plane; numbers may be written as the
+    CLI flags are (``steps`` "10,25,50,100" or [10, 25, 50, 100], ``interval`` "1m", ``max_error_rate`` "1%",
+    ``max_p99`` "500ms"). ``from`` (the stable subset) defaults to the one subset served now."""
+
+    service: str = ""
+    to: str = ""
+    stable: str | None = field(default=None, metadata={"json": "from", "omit_empty": True})
+    steps: tuple[int, ...] | str | None = omit_empty(None)
+    interval: str | float = "1m"
+    max_error_rate: str | float = "1%"
+    max_p99: str | float | None = omit_empty(None)
+    min_requests: int | str | None = omit_empty(None)
+    max_holds: int | str | None = omit_empty(None)
+    label: str = omit_empty()
+    namespace: str = omit_empty()
+
+
+@dataclass(frozen=True)
+class CanarySpecView(Wire):
+    """What the operator asked for, as the control plane checked it (``interval_s`` seconds, rates 0..1)."""
+
+    service: str
+    canary: str
+    stable: str
+    steps: tuple[int, ...]
+    interval_s: float
+    max_error_rate: float
+    max_p99_ms: float | None
+    min_requests: int
+    max_holds: int
+    label: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class CanaryDecision(Wire):
+    at: float  # epoch seconds
+    action: str  # start | advance | hold | promote | rollback | abort | resume
+    weight: int  # canary weight while measured
+    next_weight: int
+    reason: str
+    requests: int | None = None
+    error_rate: float | None = None
+    p99_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class CanaryStatus(Wire):
+    """A canary (``GET /v1/canaries[/{service}]``; a start or an abort answers with one)."""
+
+    service: str
+    phase: str  # progressing | promoted | failed | aborted
+    step: int
+    weight: int  # the canary subset's share now
+    steps: tuple[int, ...]
+    started_at: float
+    step_started_at: float
+    holds: int
+    reason: str
+    finished_at: float | None
+    weights: dict  # subset -> weight
+    spec: CanarySpecView
+    decisions: tuple[CanaryDecision, ...] = ()
+
+
+# --- alerts: /v1/alerts, /v1/alerts/rules -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertView(Wire):
+    """An active alert (``GET /v1/alerts[?state=pending|firing]``): times RFC 3339 UTC."""
+
+    name: str
+    severity: str
+    state: str
+    labels: dict
+    annotations: dict
+    value: float
+    value_text: str
+    signal: str
+    active_since: str | None
+    fired_at: str | None
+    resolved_at: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class AlertRuleView(Wire):
+    """An effective alert rule (``GET /v1/alerts/rules[?name=]``): the defaults merged with AlertRules."""
+
+    name: str
+    alertname: str = ""
+    signal: str = ""
+    match: dict = field(default_factory=dict)
+    op: str = ">"
+    threshold: str = "0"  # as written
+    threshold_value: float = 0.0
+    for_text: str = field(default="0s", metadata={"json": "for"})
+    for_seconds: float = 0.0
+    keep_firing_for_seconds: float = 0.0
+    severity: str = ""
+    summary: str = ""
+    description: str = ""
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
+    disabled: bool = False
+    origin: str = "default"
+    overrides_default: bool = False
+
+
 __all__ = [
-    "ApplyRequest", "ApplyResponse", "ApplyResult", "CaRotateRequest", "ControlPlaneStatus", "DeleteRequest",
-    "DeleteResponse", "GatewayStatus", "ProxyConfigResponse", "ProxyStatus", "ResourceFile", "ResourceQuery",
-    "ServiceStatus", "StatusResponse", "TokenRequest", "TokenResponse", "resolve_kind",
+    "AlertRuleView", "AlertView", "ApplyRequest", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
+    "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
+    "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
+    "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "ResourceFile",
+    "ResourceQuery", "RootInfo", "ServiceStatus", "SpiffeBundleExport", "StatusResponse", "TokenRequest",
+    "TokenResponse", "TrustBundle", "TrustBundleImport", "TrustBundleRemoved", "resolve_kind",
 ]

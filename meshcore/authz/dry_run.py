@@ -145,7 +145,8 @@ def dry_run(snapshot: MeshSnapshot, new_resources: Iterable[Resource], calls: Ma
     for call, count in sorted(calls.items(), key=lambda kv: repr(kv[0])):
         instances = [i for i in snapshot.catalog.instances_of(call.service) if i.kind == ""]
         local = [i for i in instances if call.node and i.node == call.node]
-        inst = (local or instances or [None])[0]
+        pool = local or instances
+        inst = pool[0] if pool else None
         if inst is None:
             unknown[call.service] += count
             continue

@@ -53,7 +53,7 @@ def key_type_of(key: Any) -> str:
     raise CAError(f"key type {type(key).__name__} is not supported; use ECDSA P-256/P-384 or RSA")
 
 
-def signature_hash(key: Any) -> hashes.HashAlgorithm:
+def signature_hash(key: Any) -> hashes.SHA256 | hashes.SHA384:
     """The digest to sign with ``key``: SHA-384 for P-384, SHA-256 otherwise."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1":
         return hashes.SHA384()

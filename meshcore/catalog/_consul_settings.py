@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import consul
@@ -95,7 +95,7 @@ class ConsulSettings:
         verify = True
         if env.get("CONSUL_HTTP_SSL_VERIFY"):
             verify = _parse_bool("CONSUL_HTTP_SSL_VERIFY", env["CONSUL_HTTP_SSL_VERIFY"])
-        values = dict(
+        values: dict[str, Any] = dict(  # overrides below may set any field
             host=host,
             port=port,
             scheme=scheme or "http",

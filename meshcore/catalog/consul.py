@@ -29,7 +29,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import consul
 
@@ -98,7 +98,8 @@ class ConsulCatalogSource:
         self._client_generation += 1
 
     # ------------------------------------------------------------------ reads
-    def _read(self, doing: str, fn: Callable[[consul.Consul], tuple]) -> tuple[int, object]:
+    def _read(self, doing: str, fn: Callable[[consul.Consul], tuple[Any, Any]]) -> tuple[int, Any]:
+        """``fn``'s (index, data) on a client; data is Consul's decoded JSON (py-consul returns it untyped)."""
         try:
             with consul_errors(self.settings, doing):
                 idx, data = fn(self._client())
@@ -112,12 +113,14 @@ class ConsulCatalogSource:
         n_idx, nodes = self._read("reading the node list (/v1/catalog/nodes)", lambda c: c.catalog.nodes())
         s_idx, names = self._read("reading the service list (/v1/catalog/services)", lambda c: c.catalog.services())
         c_idx, checks = self._read("reading health checks (/v1/health/state/any)", lambda c: c.health.state("any"))
-        services = {}
+        services: dict[str, Any] = {}
         for name in sorted(names or {}):
             if name in IGNORED_SERVICES:
                 continue
-            _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})",
-                                           lambda c, n=name: c.catalog.service(n))
+            def read_service(c: consul.Consul, n: str = name) -> tuple[Any, Any]:
+                return c.catalog.service(n)
+
+            _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})", read_service)
         catalog = assemble_catalog(nodes or [], services, checks or [])
         return catalog, {"nodes": n_idx, "services": s_idx, "checks": c_idx}
 
@@ -144,7 +147,7 @@ class ConsulCatalogSource:
             return self._refresh(None, reason="initial read" if index is None else "index 0: full read")
         with self._lock:
             ours = bool(self._indexes) and index == self._combined
-            known = dict(self._indexes) if ours else {e: index for e in WATCHED}
+            known = dict(self._indexes) if ours and self._indexes else {e: index for e in WATCHED}
         # Consul holds a blocking query for wait plus up to wait/16 of jitter: allow for that (and a
         # little transport time) so the answer - possibly "index went backwards" - is not missed.
         wait = max(0.0, wait)

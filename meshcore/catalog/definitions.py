@@ -313,23 +313,18 @@ class ServiceDefinition:
         ``mesh_address`` is the sidecar's ``address`` (a gateway's own ``address``) if given, else
         the node address. Files carry no live health, so every instance is ``healthy``.
         """
-        common = dict(
-            service=self.name,
-            id=self.id,
-            node=node.name,
-            address=self.address,
-            kind=self.kind,
-            tags=self.tags,
-            meta=self.meta,
-            healthy=True,
-            upstreams=self.upstreams,
-            datacenter=node.datacenter,
-        )
+        def instance(port: int, mesh_address: str, mesh_port: int,
+                     local_service_address: str = "127.0.0.1") -> ServiceInstance:
+            return ServiceInstance(
+                service=self.name, id=self.id, node=node.name, port=port, mesh_address=mesh_address,
+                mesh_port=mesh_port, local_service_address=local_service_address, address=self.address,
+                kind=self.kind, tags=self.tags, meta=self.meta, healthy=True, upstreams=self.upstreams,
+                datacenter=node.datacenter,
+            )
+
         if self.kind == INGRESS_GATEWAY:
             assert self.port is not None  # enforced when parsed
-            return ServiceInstance(
-                port=self.port, mesh_address=self.address or node.address, mesh_port=self.port, **common
-            )
+            return instance(self.port, self.address or node.address, self.port)
         if not self.sidecar:
             return None
         if self.sidecar_port is None:
@@ -337,13 +332,8 @@ class ServiceDefinition:
                 f"service {self.id!r} has no sidecar port yet; build definitions with build_node() so ports get assigned"
             )
         assert self.local_service_port is not None  # enforced when parsed
-        return ServiceInstance(
-            port=self.local_service_port,
-            mesh_address=self.sidecar_address or node.address,
-            mesh_port=self.sidecar_port,
-            local_service_address=self.local_service_address,
-            **common,
-        )
+        return instance(self.local_service_port, self.sidecar_address or node.address, self.sidecar_port,
+                        self.local_service_address)
 
     def _upstreams_payload(self) -> list[dict[str, Any]]:
         out = []

@@ -13,16 +13,33 @@ from urllib.parse import quote, urlencode
 
 from ..api._wire import Wire
 from ..api.operator import (
+    AlertRuleView,
+    AlertView,
     ApplyRequest,
     ApplyResponse,
+    CaCert,
+    CaRotateRequest,
+    CaState,
+    CanaryRequest,
+    CanaryStatus,
     DeleteRequest,
     DeleteResponse,
+    FederatedDomain,
+    IssuedCert,
+    OperatorCert,
+    OperatorCertIssued,
+    OperatorCertRequest,
+    OperatorCertRevoked,
     ProxyConfigResponse,
     ProxyStatus,
     ResourceQuery,
+    SpiffeBundleExport,
     StatusResponse,
     TokenRequest,
     TokenResponse,
+    TrustBundle,
+    TrustBundleImport,
+    TrustBundleRemoved,
 )
 from ..errors import ApiError, BadRequest, ControlPlaneUnavailable, MeshError
 from ._state import ADMIN_TOKEN_FILE, DEMO_STATE_DIR, state_dirs  # noqa: F401 - DEMO_STATE_DIR re-exported
@@ -132,11 +149,13 @@ class Client:
     def status(self) -> StatusResponse:
         return self._typed(StatusResponse, self.get("/v1/status"), "/v1/status")
 
-    def proxies(self) -> list[ProxyStatus]:
-        data = self.get("/v1/proxies")
+    def _typed_list(self, cls: type[W], data: Any, path: str) -> list[W]:
         if not isinstance(data, list):
-            raise MeshError(f"the control plane at {self.server} answered /v1/proxies with no list")
-        return [self._typed(ProxyStatus, p, f"/v1/proxies[{i}]") for i, p in enumerate(data)]
+            raise MeshError(f"the control plane at {self.server} answered {path} with no list")
+        return [self._typed(cls, item, f"{path}[{i}]") for i, item in enumerate(data)]
+
+    def proxies(self) -> list[ProxyStatus]:
+        return self._typed_list(ProxyStatus, self.get("/v1/proxies"), "/v1/proxies")
 
     def apply(self, request: ApplyRequest) -> ApplyResponse:
         return self._typed(ApplyResponse, self.post("/v1/resources", request.to_json()), "/v1/resources")
@@ -159,3 +178,69 @@ class Client:
 
     def create_token(self, request: TokenRequest) -> TokenResponse:
         return self._typed(TokenResponse, self.post("/v1/tokens", request.to_json()), "/v1/tokens")
+
+    # certificates
+    def certs(self) -> list[IssuedCert]:
+        return self._typed_list(IssuedCert, self.get("/v1/certs"), "/v1/certs")
+
+    def ca_state(self) -> CaState:
+        return self._typed(CaState, self.get("/v1/ca"), "/v1/ca")
+
+    def ca_rotate(self, request: CaRotateRequest) -> CaState:
+        return self._typed(CaState, self.post("/v1/ca/rotate", request.to_json()), "/v1/ca/rotate")
+
+    def ca_certs(self) -> list[CaCert]:
+        return self._typed_list(CaCert, self.get("/v1/ca/certs"), "/v1/ca/certs")
+
+    # trust bundles and federation
+    def trust_bundle(self) -> TrustBundle:
+        return self._typed(TrustBundle, self.get("/v1/trust-bundle"), "/v1/trust-bundle")
+
+    def spiffe_bundle(self) -> SpiffeBundleExport:
+        return self._typed(SpiffeBundleExport, self.get("/v1/trust-bundle/spiffe"), "/v1/trust-bundle/spiffe")
+
+    def trust_bundles(self) -> list[FederatedDomain]:
+        return self._typed_list(FederatedDomain, self.get("/v1/trust-bundles"), "/v1/trust-bundles")
+
+    def import_trust_bundle(self, request: TrustBundleImport) -> FederatedDomain:
+        return self._typed(FederatedDomain, self.post("/v1/trust-bundles", request.to_json()), "/v1/trust-bundles")
+
+    def remove_trust_bundle(self, trust_domain: str) -> TrustBundleRemoved:
+        path = f"/v1/trust-bundles/{quote(trust_domain, safe='')}"
+        return self._typed(TrustBundleRemoved, self.call("DELETE", path), path)
+
+    # operator certificates
+    def issue_operator_cert(self, request: OperatorCertRequest) -> OperatorCertIssued:
+        return self._typed(OperatorCertIssued, self.post("/v1/operators/certs", request.to_json()),
+                           "/v1/operators/certs")
+
+    def operator_certs(self) -> list[OperatorCert]:
+        return self._typed_list(OperatorCert, self.get("/v1/operators/certs"), "/v1/operators/certs")
+
+    def revoke_operator_cert(self, name: str) -> OperatorCertRevoked:
+        path = f"/v1/operators/certs/{quote(name, safe='')}"
+        return self._typed(OperatorCertRevoked, self.call("DELETE", path), path)
+
+    # canaries
+    def start_canary(self, request: CanaryRequest) -> CanaryStatus:
+        return self._typed(CanaryStatus, self.post("/v1/canaries", request.to_json()), "/v1/canaries")
+
+    def canary(self, service: str) -> CanaryStatus:
+        path = f"/v1/canaries/{quote(service, safe='')}"
+        return self._typed(CanaryStatus, self.get(path), path)
+
+    def canaries(self) -> list[CanaryStatus]:
+        return self._typed_list(CanaryStatus, self.get("/v1/canaries"), "/v1/canaries")
+
+    def abort_canary(self, service: str) -> CanaryStatus:
+        path = f"/v1/canaries/{quote(service, safe='')}/abort"
+        return self._typed(CanaryStatus, self.post(path, {}), path)
+
+    # alerts
+    def alerts(self, state: str = "") -> list[AlertView]:
+        path = "/v1/alerts" + (f"?{urlencode({'state': state})}" if state else "")
+        return self._typed_list(AlertView, self.get(path), path)
+
+    def alert_rules(self, name: str = "") -> list[AlertRuleView]:
+        path = "/v1/alerts/rules" + (f"?{urlencode({'name': name})}" if name else "")
+        return self._typed_list(AlertRuleView, self.get(path), path)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ..api._wire import encode
 from ..api.operator import ResourceFile
 from ..errors import MeshError
 
@@ -20,11 +21,12 @@ def _yaml_dump(data: Any) -> str:
 
 
 def out(data: Any, fmt: str, table: Callable[[Any], Any] | None = None) -> None:
-    """Print ``data`` as JSON, YAML, or with ``table`` (YAML when a command has no table view)."""
+    """Print ``data`` as JSON, YAML, or with ``table`` (YAML when a command has no table view). API contracts
+    (:mod:`meshcore.api.operator`) print as their wire JSON; ``table`` receives them as they are."""
     if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(encode(data), indent=2, sort_keys=True))
     elif fmt == "yaml" or table is None:
-        print(_yaml_dump(data), end="")
+        print(_yaml_dump(encode(data)), end="")
     else:
         table(data)
 

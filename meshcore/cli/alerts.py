@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+from ..api._wire import encode
+from ..api.operator import AlertRuleView, AlertView
 from ..errors import MeshError
 from ..observe.alerts import Rule, effective_rules
 from ..observe.prom_rules import DEFAULT_WINDOW, render_rule_file
@@ -33,60 +36,59 @@ def _client(args) -> Client:
     return Client(discover_server(getattr(args, "server", None)), token=getattr(args, "token", None))
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def _emit(data, output: str, table) -> None:
     if output == "json":
-        print(json.dumps(data, indent=2))
+        print(json.dumps(encode(data), indent=2))
     elif output == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
+        print(yaml.safe_dump(encode(data), sort_keys=False), end="")
     else:
         print(table(data))
 
 
-def render_alerts(alerts: list[dict]) -> str:
+def render_alerts(alerts: list[AlertView]) -> str:
     if not alerts:
         return "No active alerts."
     rows = [("STATE", "SEVERITY", "ALERT", "LABELS", "VALUE", "SINCE", "SUMMARY")]
-    for a in sorted(alerts, key=lambda a: (a["state"] != "firing", _SEVERITY_ORDER.get(a["severity"], 9), a["name"])):
-        labels = ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items()) if k not in ("alertname", "severity"))
-        rows.append((a["state"], a["severity"], a["name"], labels or "-", a.get("value_text") or f"{a['value']:g}",
-                     a.get("fired_at") or a.get("active_since") or "-", a["annotations"].get("summary", "")))
+    for a in sorted(alerts, key=lambda a: (a.state != "firing", _SEVERITY_ORDER.get(a.severity, 9), a.name)):
+        labels = ",".join(f"{k}={v}" for k, v in sorted(a.labels.items()) if k not in ("alertname", "severity"))
+        rows.append((a.state, a.severity, a.name, labels or "-", a.value_text or f"{a.value:g}",
+                     a.fired_at or a.active_since or "-", str(a.annotations.get("summary", ""))))
     return _table(rows)
 
 
-def render_rules(rules: list[dict]) -> str:
+def render_rules(rules: list[AlertRuleView]) -> str:
     rows = [("NAME", "SIGNAL", "CONDITION", "FOR", "SEVERITY", "STATE", "ORIGIN")]
     for r in rules:
-        cond = "-" if not r.get("signal") else f"{r['op']} {r['threshold']}"
-        match = ",".join(f"{k}={v}" for k, v in sorted((r.get("match") or {}).items()))
-        signal = (r.get("signal") or "-") + (f"{{{match}}}" if match else "")
-        origin = r["origin"] + (" (overrides default)" if r.get("overrides_default") else "")
-        rows.append((r["name"], signal, cond, r.get("for", "0s"), r.get("severity", ""),
-                     "disabled" if r.get("disabled") else "enabled", origin))
+        cond = "-" if not r.signal else f"{r.op} {r.threshold}"
+        match = ",".join(f"{k}={v}" for k, v in sorted(r.match.items()))
+        signal = (r.signal or "-") + (f"{{{match}}}" if match else "")
+        origin = r.origin + (" (overrides default)" if r.overrides_default else "")
+        rows.append((r.name, signal, cond, r.for_text, r.severity, "disabled" if r.disabled else "enabled", origin))
     return _table(rows)
 
 
 def cmd_list(args) -> int:
-    path = "/v1/alerts" + (f"?state={args.state}" if getattr(args, "state", None) else "")
-    _emit(_client(args).get(path), args.output, render_alerts)
+    _emit(_client(args).alerts(getattr(args, "state", None) or ""), args.output, render_alerts)
     return 0
 
 
 def cmd_rules(args) -> int:
-    _emit(_client(args).get("/v1/alerts/rules"), args.output, render_rules)
+    _emit(_client(args).alert_rules(), args.output, render_rules)
     return 0
 
 
-def export_rules(files: list[str], *, defaults: bool = True, server_rules: list[dict] | None = None) -> list[Rule]:
+def export_rules(files: list[str], *, defaults: bool = True,
+                 server_rules: list[AlertRuleView] | None = None) -> list[Rule]:
     """The rules to export: defaults (or the control plane's effective rules), then the files' AlertRules."""
     from ..resources.loader import load_files
 
     resources = load_files(files) if files else []
-    base = [Rule.from_dict(r) for r in server_rules] if server_rules is not None else []
+    base = [Rule.from_view(r) for r in server_rules] if server_rules is not None else []
     from_files = effective_rules(resources, defaults=False)
     if server_rules is None:
         merged = {r.name: r for r in effective_rules([], defaults=defaults)}
@@ -103,7 +105,7 @@ def cmd_export(args) -> int:
         parse_duration(args.window)
     except ValueError as exc:
         raise MeshError(f"--window {args.window!r}: {exc}") from exc
-    server_rules = _client(args).get("/v1/alerts/rules") if args.from_server else None
+    server_rules = _client(args).alert_rules() if args.from_server else None
     rules = export_rules(args.filename or [], defaults=not args.no_defaults, server_rules=server_rules)
     enabled = [r for r in rules if not r.disabled and r.signal]
     text = render_rule_file(rules, window=args.window)

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from ..api.operator import CaRotateRequest
+from ..api._wire import encode
+from ..api.operator import CaCert, CaRotateRequest, CaState, IssuedCert
 from ..durations import parse_duration
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
@@ -40,9 +41,9 @@ def _client(args) -> Client:
 
 def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:
     if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(encode(data), indent=2, sort_keys=True))
     elif fmt == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
+        print(yaml.safe_dump(encode(data), sort_keys=False), end="")
     else:
         table(data)
 
@@ -53,34 +54,33 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def _with_expiry(cert: dict, now: datetime) -> dict:
-    """Fill ``renew_at``/``expiring`` for a control plane that only serves ``/v1/certs``."""
-    if "expiring" in cert:
-        return cert
-    start, end = _parse_time(cert["not_before"]), _parse_time(cert["not_after"])
+def _with_expiry(cert: IssuedCert, now: datetime) -> CaCert:
+    """``renew_at``/``expiring`` for a control plane that only serves ``/v1/certs`` (its root: unknown)."""
+    start, end = _parse_time(cert.not_before), _parse_time(cert.not_after)
     life = end - start
-    return {**cert, "renew_at": (start + life / 2).isoformat().replace("+00:00", "Z"),
-            "expiring": now >= start + life * 0.55, "root": cert.get("root", "unknown")}
+    return CaCert(spiffe_id=cert.spiffe_id, serial=cert.serial, node=cert.node, not_before=cert.not_before,
+                  not_after=cert.not_after, renew_at=(start + life / 2).isoformat().replace("+00:00", "Z"),
+                  expiring=now >= start + life * 0.55)
 
 
-def fetch_certs(client: Client) -> list[dict]:
+def fetch_certs(client: Client) -> list[CaCert]:
     try:
-        return client.get("/v1/ca/certs")
+        return client.ca_certs()
     except ApiError as exc:
         if exc.status != 404:
             raise
     now = datetime.now(timezone.utc)
-    return [_with_expiry(c, now) for c in client.get("/v1/certs")]
+    return [_with_expiry(c, now) for c in client.certs()]
 
 
 def cmd_certs_list(args) -> int:
     certs = fetch_certs(_client(args))
 
-    def table(rows: list[dict]) -> None:
-        _table([[c["spiffe_id"], c.get("node") or "", c["serial"][:16], c["not_after"],
-                 c.get("root", ""), "EXPIRING" if c.get("expiring") else ""] for c in rows],
+    def table(rows: list[CaCert]) -> None:
+        _table([[c.spiffe_id, c.node or "", c.serial[:16], c.not_after,
+                 c.root, "EXPIRING" if c.expiring else ""] for c in rows],
                ["SPIFFE ID", "NODE", "SERIAL", "NOT AFTER", "ROOT", ""])
-        expiring = [c for c in rows if c.get("expiring")]
+        expiring = [c for c in rows if c.expiring]
         if expiring:
             print(f"WARNING: {len(expiring)} certificate(s) past their renewal point (half life) and not yet "
                   "renewed: check those nodes' agents (`meshctl status`, the agent's status.json)")
@@ -91,50 +91,48 @@ def cmd_certs_list(args) -> int:
 
 # --- ca status / rotate ------------------------------------------------------------------------
 
-def _print_state(state: dict) -> None:
-    print(f"trust domain {state['trust_domain']}  mode {state['mode']}  key {state['key_type']}  "
-          f"phase {state['phase']}")
-    for root in state["roots"]:
-        print(f"  root ({root['role']}): {root['subject']}  sha256 {root['sha256'][:16]}  until {root['not_after']}")
-    inter = state["intermediate"]
-    print(f"  signing intermediate: {inter['subject']}  until {inter['not_after']}")
-    if state["phase"] != "idle":
-        left = state.get("old_root_certificates") or []
+def _print_state(state: CaState) -> None:
+    print(f"trust domain {state.trust_domain}  mode {state.mode}  key {state.key_type}  phase {state.phase}")
+    for root in state.roots:
+        print(f"  root ({root.role}): {root.subject}  sha256 {root.sha256[:16]}  until {root.not_after}")
+    inter = state.intermediate
+    print(f"  signing intermediate: {inter.subject}  until {inter.not_after}")
+    if state.phase != "idle":
+        left = state.old_root_certificates
         print(f"  certificates still on the old root: {len(left)}")
         for c in left[:20]:
-            print(f"    {c['spiffe_id']}  node={c.get('node') or '-'}  serial={c['serial'][:16]}")
-        waiting = state.get("nodes_without_bundle") or []
-        if waiting:
-            print(f"  nodes still without the new trust bundle: {', '.join(waiting)}")
+            print(f"    {c.spiffe_id}  node={c.node or '-'}  serial={c.serial[:16]}")
+        if state.nodes_without_bundle:
+            print(f"  nodes still without the new trust bundle: {', '.join(state.nodes_without_bundle)}")
 
 
 def cmd_ca_status(args) -> int:
-    _emit(_client(args).get("/v1/ca"), args.output, _print_state)
+    _emit(_client(args).ca_state(), args.output, _print_state)
     return 0
 
 
-def _progress_line(state: dict) -> str:
-    if state["phase"] == "preparing":
-        waiting = state.get("nodes_without_bundle") or []
+def _progress_line(state: CaState) -> str:
+    if state.phase == "preparing":
+        waiting = state.nodes_without_bundle
         return (f"preparing: distributing the new trust bundle; {len(waiting)} node(s) still without it"
                 + (f" ({', '.join(waiting)})" if waiting else ""))
-    left = state.get("old_root_certificates") or []
-    names = ", ".join(f"{c['spiffe_id'].rsplit('/', 1)[-1]}@{c.get('node') or 'control-plane'}" for c in left[:6])
-    return f"{state['phase']}: {len(left)} certificate(s) still chain to the old root" + (f": {names}" if names else "")
+    left = state.old_root_certificates
+    names = ", ".join(f"{c.spiffe_id.rsplit('/', 1)[-1]}@{c.node or 'control-plane'}" for c in left[:6])
+    return f"{state.phase}: {len(left)} certificate(s) still chain to the old root" + (f": {names}" if names else "")
 
 
 def wait_for_rotation(client: Client, timeout: float | None, interval: float,
-                      out: Callable[[str], None]) -> dict:
+                      out: Callable[[str], None]) -> CaState:
     """Poll ``GET /v1/ca`` until the rotation is active and no leaf chains to the old root."""
     deadline = None if not timeout else time.monotonic() + timeout
     last = ""
     while True:
-        state = client.get("/v1/ca")
+        state = client.ca_state()
         line = _progress_line(state)
         if line != last:
             out(line)
             last = line
-        if state["phase"] != "preparing" and not state.get("old_root_certificates"):
+        if state.phase != "preparing" and not state.old_root_certificates:
             return state
         if deadline is not None and time.monotonic() >= deadline:
             raise MeshError(f"timed out after {timeout:.0f}s: {line}; `meshctl ca status` shows what is left, "
@@ -144,25 +142,28 @@ def wait_for_rotation(client: Client, timeout: float | None, interval: float,
 
 def cmd_ca_rotate(args) -> int:
     client = _client(args)
-    progress = (lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+
+    def progress(message: str) -> None:
+        print(f"==> {message}", file=sys.stderr, flush=True)
+
     started = time.monotonic()
     if args.finish:
-        state = client.post("/v1/ca/rotate", CaRotateRequest(finish=True, force=args.force).to_json())
-        progress(f"old root retired; the trust bundle now holds {len(state['roots'])} root(s)")
+        state = client.ca_rotate(CaRotateRequest(finish=True, force=args.force))
+        progress(f"old root retired; the trust bundle now holds {len(state.roots)} root(s)")
         _emit(state, args.output, _print_state)
         return 0
     if not args.resume:
-        state = client.post("/v1/ca/rotate", CaRotateRequest(force=args.force).to_json())
-        new = next((r for r in state["roots"] if r["role"] == ("next" if state["phase"] == "preparing" else "current")),
-                   state["roots"][0])
-        progress(f"rotation started ({state['phase']}): new root {new['subject']}")
+        state = client.ca_rotate(CaRotateRequest(force=args.force))
+        wanted = "next" if state.phase == "preparing" else "current"
+        new = next((r for r in state.roots if r.role == wanted), state.roots[0])
+        progress(f"rotation started ({state.phase}): new root {new.subject}")
     if args.wait or args.resume:
         timeout = parse_duration(args.timeout).total_seconds() if args.timeout else None
         state = wait_for_rotation(client, timeout, args.interval, progress)
         progress(f"every certificate chains to the new root ({time.monotonic() - started:.1f}s); "
                  "retire the old one with `meshctl ca rotate --finish`")
     else:
-        state = client.get("/v1/ca")
+        state = client.ca_state()
     _emit(state, args.output, _print_state)
     return 0
 

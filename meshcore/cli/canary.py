@@ -19,6 +19,8 @@ from datetime import datetime
 
 import yaml
 
+from ..api._wire import encode
+from ..api.operator import CanaryDecision, CanaryRequest, CanaryStatus
 from ..errors import ControlPlaneUnavailable
 from ._client import Client, discover_server
 from ._run import dispatch
@@ -40,46 +42,51 @@ def _when(epoch: float | None) -> str:
     return "-" if epoch is None else datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
 
 
-def decision_line(service: str, d: dict) -> str:
+def decision_line(service: str, d: CanaryDecision) -> str:
     """One decision as a line for a person: time, action, weights, numbers, reason."""
     nums = []
-    if d.get("requests") is not None:
-        nums.append(f"{d['requests']} req")
-    if d.get("error_rate") is not None:
-        nums.append(f"{d['error_rate'] * 100:.2f}% errors")
-    if d.get("p99_ms") is not None:
-        nums.append(f"p99 {d['p99_ms']:.1f}ms")
-    head = f"{_when(d['at'])}  {service}  {d['action']:<8} {d['weight']:>3}% -> {d['next_weight']:>3}%"
-    return head + (f"  [{', '.join(nums)}]" if nums else "") + f"  {d['reason']}"
+    if d.requests is not None:
+        nums.append(f"{d.requests} req")
+    if d.error_rate is not None:
+        nums.append(f"{d.error_rate * 100:.2f}% errors")
+    if d.p99_ms is not None:
+        nums.append(f"p99 {d.p99_ms:.1f}ms")
+    head = f"{_when(d.at)}  {service}  {d.action:<8} {d.weight:>3}% -> {d.next_weight:>3}%"
+    return head + (f"  [{', '.join(nums)}]" if nums else "") + f"  {d.reason}"
 
 
-def _print_state(st: dict) -> None:
-    spec = st["spec"]
-    p99 = "-" if spec.get("max_p99_ms") is None else f"{spec['max_p99_ms']:g}ms"
-    print(f"{st['service']}: {st['phase']}, {spec['canary']} at {st['weight']}% ({spec['stable']} "
-          f"{100 - st['weight']}%); steps {','.join(map(str, st['steps']))} every {spec['interval_s']:g}s; "
-          f"limits: errors {spec['max_error_rate'] * 100:g}%, p99 {p99}, at least {spec['min_requests']} requests")
-    if st.get("reason"):
-        print(f"  {st['reason']}")
-    for d in st["decisions"]:
-        print("  " + decision_line(st["service"], d))
+def _steps(st: CanaryStatus) -> str:
+    return ",".join(map(str, st.steps))
 
 
-def _emit(data, fmt: str) -> None:
+def _print_state(st: CanaryStatus) -> None:
+    spec = st.spec
+    p99 = "-" if spec.max_p99_ms is None else f"{spec.max_p99_ms:g}ms"
+    print(f"{st.service}: {st.phase}, {spec.canary} at {st.weight}% ({spec.stable} "
+          f"{100 - st.weight}%); steps {_steps(st)} every {spec.interval_s:g}s; "
+          f"limits: errors {spec.max_error_rate * 100:g}%, p99 {p99}, at least {spec.min_requests} requests")
+    if st.reason:
+        print(f"  {st.reason}")
+    for d in st.decisions:
+        print("  " + decision_line(st.service, d))
+
+
+def _emit(data: CanaryStatus | list[CanaryStatus], fmt: str) -> None:
+    wire = encode(data)  # the API's JSON, as the control plane answered it
     if fmt == "json":
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(wire, indent=2, sort_keys=True))
     else:
-        print(yaml.safe_dump(data, sort_keys=False), end="")
+        print(yaml.safe_dump(wire, sort_keys=False), end="")
 
 
-def follow(client: Client, service: str, seen: int, quiet: bool = False, poll: float = POLL_S) -> dict:
+def follow(client: Client, service: str, seen: int, quiet: bool = False, poll: float = POLL_S) -> CanaryStatus:
     """Print decisions after the first ``seen`` until the canary finishes; return its final state.
 
     A control plane that is briefly unreachable (a restart) is waited for, up to two minutes."""
-    down_since = None
+    down_since: float | None = None
     while True:
         try:
-            st = client.get(f"/v1/canaries/{service}")
+            st = client.canary(service)
             down_since = None
         except ControlPlaneUnavailable:
             down_since = down_since or time.monotonic()
@@ -87,17 +94,17 @@ def follow(client: Client, service: str, seen: int, quiet: bool = False, poll: f
                 raise
             time.sleep(1)
             continue
-        for d in st["decisions"][seen:]:
+        for d in st.decisions[seen:]:
             if not quiet:
                 print(decision_line(service, d), flush=True)
-        seen = len(st["decisions"])
-        if st["phase"] != "progressing":
+        seen = len(st.decisions)
+        if st.phase != "progressing":
             return st
         time.sleep(poll)
 
 
-def _exit_code(st: dict) -> int:
-    return 0 if st["phase"] == "promoted" else 1
+def _exit_code(st: CanaryStatus) -> int:
+    return 0 if st.phase == "promoted" else 1
 
 
 # --- commands ----------------------------------------------------------------------------------------------
@@ -105,20 +112,16 @@ def _exit_code(st: dict) -> int:
 
 def cmd_start(args) -> int:
     client = _client(args)
-    body = {"service": args.service, "to": args.to, "steps": args.steps, "interval": args.interval,
-            "max_error_rate": args.max_error_rate, "min_requests": args.min_requests, "max_holds": args.max_holds,
-            "label": args.label, "namespace": args.namespace}
-    if args.stable:
-        body["from"] = args.stable
-    if args.max_p99:
-        body["max_p99"] = args.max_p99
-    st = client.post("/v1/canaries", body)
+    st = client.start_canary(CanaryRequest(
+        service=args.service, to=args.to, stable=args.stable or None, steps=args.steps, interval=args.interval,
+        max_error_rate=args.max_error_rate, max_p99=args.max_p99 or None, min_requests=args.min_requests,
+        max_holds=args.max_holds, label=args.label, namespace=args.namespace))
     table = args.output == "table"
     if table:
-        spec = st["spec"]
-        print(f"canary {args.service}: {spec['stable']} -> {spec['canary']} in steps "
-              f"{','.join(map(str, st['steps']))}, {spec['interval_s']:g}s each", flush=True)
-        for d in st["decisions"]:
+        spec = st.spec
+        print(f"canary {args.service}: {spec.stable} -> {spec.canary} in steps "
+              f"{_steps(st)}, {spec.interval_s:g}s each", flush=True)
+        for d in st.decisions:
             print(decision_line(args.service, d), flush=True)
     if args.no_wait:
         if table:
@@ -127,13 +130,13 @@ def cmd_start(args) -> int:
             _emit(st, args.output)
         return 0
     try:
-        final = follow(client, args.service, len(st["decisions"]), quiet=not table)
+        final = follow(client, args.service, len(st.decisions), quiet=not table)
     except KeyboardInterrupt:
         print(f"\nstopped watching; the canary keeps running in the control plane "
               f"(`meshctl canary status {args.service}`, `meshctl canary abort {args.service}`)", file=sys.stderr)
         return 130
     if table:
-        print(f"{args.service}: {final['phase']}" + (f": {final['reason']}" if final.get("reason") else ""))
+        print(f"{args.service}: {final.phase}" + (f": {final.reason}" if final.reason else ""))
     else:
         _emit(final, args.output)
     return _exit_code(final)
@@ -142,13 +145,13 @@ def cmd_start(args) -> int:
 def cmd_status(args) -> int:
     client = _client(args)
     if args.service:
-        st = client.get(f"/v1/canaries/{args.service}")
+        st = client.canary(args.service)
         if args.output != "table":
             _emit(st, args.output)
         else:
             _print_state(st)
         return 0
-    states = client.get("/v1/canaries")
+    states = client.canaries()
     if args.output != "table":
         _emit(states, args.output)
         return 0
@@ -157,9 +160,9 @@ def cmd_status(args) -> int:
         return 0
     rows = [["SERVICE", "PHASE", "FROM", "TO", "WEIGHT", "STEPS", "LAST DECISION"]]
     for st in states:
-        last = st["decisions"][-1] if st["decisions"] else {}
-        rows.append([st["service"], st["phase"], st["spec"]["stable"], st["spec"]["canary"], f"{st['weight']}%",
-                     ",".join(map(str, st["steps"])), f"{_when(last.get('at'))} {last.get('action', '-')}"])
+        last = st.decisions[-1] if st.decisions else None
+        rows.append([st.service, st.phase, st.spec.stable, st.spec.canary, f"{st.weight}%", _steps(st),
+                     f"{_when(last.at if last else None)} {last.action if last else '-'}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -167,11 +170,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_abort(args) -> int:
-    st = _client(args).post(f"/v1/canaries/{args.service}/abort", {})
+    st = _client(args).abort_canary(args.service)
     if args.output != "table":
         _emit(st, args.output)
     else:
-        print(f"{args.service}: aborted; all traffic back to {st['spec']['stable']}")
+        print(f"{args.service}: aborted; all traffic back to {st.spec.stable}")
     return 0
 
 

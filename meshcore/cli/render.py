@@ -82,8 +82,8 @@ def _from_control_plane(args) -> dict[str, str]:
     try:
         found: dict[str, str] = {}
         if need_bundle:
-            tb = client.get("/v1/trust-bundle")
-            found.update(bundle=tb["bundle"], trust_domain=tb["trust_domain"])
+            tb = client.trust_bundle()
+            found.update(bundle=tb.bundle, trust_domain=tb.trust_domain)
         if need_status:
             cp = client.status().control_plane
             found.update(xds=cp.xds, api=cp.api, trust_domain=cp.trust_domain)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .._files import atomic_write
+from ..api.operator import OperatorCertRequest, TrustBundleImport
 from ..errors import MeshError
 from ._client import Client, discover_server
 from ._output import out
@@ -36,14 +37,14 @@ def _emit(data, fmt: str, table) -> None:
 # --- trust-bundle -------------------------------------------------------------------------------------
 
 def cmd_export(args) -> int:
-    data = _client(args).get("/v1/trust-bundle/spiffe")
+    data = _client(args).spiffe_bundle()
     if args.format == "pem":
-        text = data["bundle"]
+        text = data.bundle
     else:
-        text = json.dumps(data["spiffe_bundle"], indent=2) + "\n"
+        text = json.dumps(data.spiffe_bundle, indent=2) + "\n"
     if args.out:
         atomic_write(args.out, text, 0o644)
-        print(f"wrote the {data['trust_domain']} trust bundle ({args.format}) to {args.out}", file=sys.stderr)
+        print(f"wrote the {data.trust_domain} trust bundle ({args.format}) to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -54,24 +55,24 @@ def cmd_import(args) -> int:
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
     except OSError as exc:
         raise MeshError(f"{args.filename}: cannot read: {exc.strerror}") from exc
-    entry = _client(args).post("/v1/trust-bundles", {"trust_domain": args.trust_domain, "bundle": text})
+    entry = _client(args).import_trust_bundle(TrustBundleImport(trust_domain=args.trust_domain, bundle=text))
     _emit(entry, args.output, lambda e: print(
-        f"imported {len(e['roots'])} root(s) of trust domain {e['trust_domain']}; its workloads can now be "
-        f"authorized by principal ({e['trust_domain']}/ns/NS/sa/SA)"))
+        f"imported {len(e.roots)} root(s) of trust domain {e.trust_domain}; its workloads can now be "
+        f"authorized by principal ({e.trust_domain}/ns/NS/sa/SA)"))
     return 0
 
 
 def cmd_list(args) -> int:
-    entries = _client(args).get("/v1/trust-bundles")
+    entries = _client(args).trust_bundles()
     _emit(entries, args.output, lambda d: _table(
-        [[e["trust_domain"], r["subject"], r["sha256"][:16], r["not_after"], e.get("imported_at") or ""]
-         for e in d for r in e["roots"]], ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED"]))
+        [[e.trust_domain, r.subject, r.sha256[:16], r.not_after, e.imported_at or ""]
+         for e in d for r in e.roots], ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED"]))
     return 0
 
 
 def cmd_remove(args) -> int:
-    result = _client(args).call("DELETE", f"/v1/trust-bundles/{args.trust_domain}")
-    _emit(result, args.output, lambda r: print(f"removed the trust bundle of {r['removed']}; its peers are refused"))
+    result = _client(args).remove_trust_bundle(args.trust_domain)
+    _emit(result, args.output, lambda r: print(f"removed the trust bundle of {r.removed}; its peers are refused"))
     return 0
 
 
@@ -88,16 +89,17 @@ def cmd_cert_issue(args) -> int:
     if key_path.exists() and not args.force:
         raise MeshError(f"{key_path} exists; pass --force to replace it, or another --out-dir")
     client = _client(args)
-    trust_domain = client.get("/v1/trust-bundle")["trust_domain"]
+    trust_domain = client.trust_bundle().trust_domain
     key = new_private_key()
     csr = make_csr(key, operator_spiffe_id(trust_domain, args.name))
-    issued = client.post("/v1/operators/certs", {"name": args.name, "role": args.role, "ttl": args.ttl, "csr": csr})
+    issued = client.issue_operator_cert(OperatorCertRequest(name=args.name, role=args.role, ttl=args.ttl, csr=csr))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(key_path, key_to_pem(key), 0o600)
-    atomic_write(cert_path, issued["chain"], 0o644)
-    atomic_write(ca_path, issued["bundle"], 0o644)
-    result = {k: issued[k] for k in ("name", "role", "spiffe_id", "serial", "not_after", "https")}
-    result.update(key=str(key_path), cert=str(cert_path), ca=str(ca_path))
+    atomic_write(cert_path, issued.chain, 0o644)
+    atomic_write(ca_path, issued.bundle, 0o644)
+    result = {"name": issued.name, "role": issued.role, "spiffe_id": issued.spiffe_id, "serial": issued.serial,
+              "not_after": issued.not_after, "https": issued.https,
+              "key": str(key_path), "cert": str(cert_path), "ca": str(ca_path)}
 
     def table(r):
         print(f"operator certificate {r['spiffe_id']} (role {r['role']}) until {r['not_after']}")
@@ -112,16 +114,16 @@ def cmd_cert_issue(args) -> int:
 
 
 def cmd_cert_list(args) -> int:
-    certs = _client(args).get("/v1/operators/certs")
+    certs = _client(args).operator_certs()
     _emit(certs, args.output, lambda d: _table(
-        [[c["name"], c["role"], c["serial"][:16], c["not_after"], c["state"]] for c in d],
+        [[c.name, c.role, c.serial[:16], c.not_after, c.state] for c in d],
         ["NAME", "ROLE", "SERIAL", "NOT AFTER", "STATE"]))
     return 0
 
 
 def cmd_cert_revoke(args) -> int:
-    result = _client(args).call("DELETE", f"/v1/operators/certs/{args.name}")
-    _emit(result, args.output, lambda r: print(f"revoked {r['revoked']} certificate(s) of operator {r['name']}"))
+    result = _client(args).revoke_operator_cert(args.name)
+    _emit(result, args.output, lambda r: print(f"revoked {r.revoked} certificate(s) of operator {r.name}"))
     return 0
 
 

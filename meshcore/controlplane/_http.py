@@ -51,8 +51,9 @@ class Request:
         conn = self.handler.connection
         if not isinstance(conn, ssl.SSLSocket):
             return []
-        cert = conn.getpeercert() or {}
-        return [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+        sans = (conn.getpeercert() or {}).get("subjectAltName", ())
+        return [entry[1] for entry in sans if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI"
+                and isinstance(entry[1], str)]
 
 
 class Response:
@@ -171,7 +172,7 @@ class JsonServer:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def set_tls(self, tls: ssl.SSLContext) -> None:
         """Serve new connections with this context (certificate rotation without a restart)."""

@@ -28,13 +28,14 @@ import threading
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ..api.operator import AlertRuleView, AlertView
 from ..errors import BadRequest, ConfigError, NotFound, WebhookDeliveryError
 from ..observe.alerts import FIRING, RESOLVED, Alert, AlertEvaluator, Rule, effective_rules, webhook_payload
 from ..observe.signals import Signals
@@ -54,12 +55,12 @@ QUEUE_SIZE = 256
 POST_TIMEOUT_S = 5.0
 
 
-def webhook_urls(flags: Sequence[str] | None, env: dict | None = None) -> list[str]:
+def webhook_urls(flags: Sequence[str] | None, env: Mapping[str, str] | None = None) -> list[str]:
     """The webhooks from ``--alert-webhook`` flags plus ``$MESHCORE_ALERT_WEBHOOKS`` (comma list), deduplicated.
 
     Raises :class:`ConfigError` naming a URL that is not ``http(s)://host...``."""
-    env = os.environ if env is None else env
-    urls = list(flags or []) + [u.strip() for u in env.get(WEBHOOKS_ENV, "").split(",")]
+    source: Mapping[str, str] = os.environ if env is None else env
+    urls = list(flags or []) + [u.strip() for u in source.get(WEBHOOKS_ENV, "").split(",")]
     out: list[str] = []
     for url in (u.strip() for u in urls):
         if not url or url in out:
@@ -130,10 +131,13 @@ class _Webhook:
             log.warning("alert webhook url=%s failed (%s), retry %d/%d", self.url, state.outcome.exception(),
                         state.attempt_number, self._attempts - 1)
 
+        def sleep(seconds: float) -> None:  # a stop() ends the wait at once
+            self._stop.wait(seconds)
+
         try:
             for attempt in Retrying(stop=stop_after_attempt(self._attempts),
                                     wait=wait_exponential(multiplier=0.5, max=self._max_backoff),
-                                    retry=retry_if_exception_type(WebhookDeliveryError), sleep=self._stop.wait,
+                                    retry=retry_if_exception_type(WebhookDeliveryError), sleep=sleep,
                                     before_sleep=before_sleep, reraise=True):
                 with attempt:
                     if self._stop.is_set() and attempt.retry_state.attempt_number > 1:
@@ -244,7 +248,7 @@ class Alerting:
             if a.state in (FIRING, RESOLVED):
                 groups[a.labels["alertname"]].append(a)
         out = []
-        for name, members in sorted(groups.items()):
+        for _name, members in sorted(groups.items()):
             firing = [a for a in members if a.state == FIRING]
             resolved = [a for a in members if a.state == RESOLVED and a.fingerprint in self._notified]
             news = any(a.fingerprint not in self._notified for a in firing) or bool(resolved)
@@ -348,15 +352,15 @@ def for_control_plane(mesh: "MeshView", collector: "MeshCollector", registry: Co
 def add_routes(router: Router, *, alerting: Alerting) -> None:
     """``GET /v1/alerts`` and ``GET /v1/alerts/rules`` on the operator API."""
 
-    def alerts(req: Request) -> list[dict]:
+    def alerts(req: Request) -> list[AlertView]:
         state = req.query.get("state")
         if state and state not in ("pending", "firing"):
             raise BadRequest(f"state={state!r}: use pending or firing (or leave it out for both)")
-        return [a.to_dict() for a in alerting.alerts() if not state or a.state == state]
+        return [a.view() for a in alerting.alerts() if not state or a.state == state]
 
-    def rules(req: Request) -> list[dict]:
+    def rules(req: Request) -> list[AlertRuleView]:
         name = req.query.get("name")
-        out = [r.to_dict() for r in alerting.rules() if not name or r.name == name]
+        out = [r.view() for r in alerting.rules() if not name or r.name == name]
         if name and not out:
             raise NotFound(f"no alert rule named {name!r}; see `meshctl alerts rules`")
         return out

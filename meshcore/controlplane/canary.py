@@ -22,6 +22,7 @@ tests with a plain function in place of the Envoys.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .._files import atomic_write, ensure_private_dir
+from ..api.operator import CanaryDecision, CanaryRequest, CanarySpecView, CanaryStatus
 from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..policies.destination_rule import schema as dr_kind
@@ -42,11 +44,12 @@ from ..resources.loader import validate_document, validate_set
 from ..resources.model import Resource
 from ..traffic import canary as sm
 from ..traffic import workflows as wf
-from ._http import Request, Router
+from ._http import Request
 
 if TYPE_CHECKING:
     from ..resources.store import ResourceStore
     from ._contexts import MeshView
+    from .operators import AuthorizingRouter
 
 log = logging.getLogger("meshcore.controlplane.canary")
 
@@ -282,18 +285,18 @@ class CanaryController:
         log.log(level, d.log_line(service))
 
     # --- API -----------------------------------------------------------------------------------
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[CanaryStatus]:
         with self._lock:
-            return [self._states[s].to_dict() for s in sorted(self._states)]
+            return [status_of(self._states[s]) for s in sorted(self._states)]
 
-    def get(self, service: str) -> dict:
+    def get(self, service: str) -> CanaryStatus:
         with self._lock:
             st = self._states.get(service)
         if st is None:
             raise CanaryNotFound(f"no canary for {service!r}; start one with `meshctl canary start {service} --to SUBSET`")
-        return st.to_dict()
+        return status_of(st)
 
-    def start(self, spec: sm.CanarySpec) -> dict:
+    def start(self, spec: sm.CanarySpec) -> CanaryStatus:
         """Start a canary: first weight applied now (errors come back to the caller), then its thread runs."""
         service = spec.service
         with self._lock:
@@ -311,7 +314,7 @@ class CanaryController:
             with self._lock:
                 self._record(service, st)
             self._spawn(service, resumed=False)
-        return st.to_dict()
+        return status_of(st)
 
     def _check_instances(self, spec: sm.CanarySpec) -> None:
         if self._instances_with is None:
@@ -323,7 +326,7 @@ class CanaryController:
                 raise ConfigError(f"no instance of {spec.service} carries {sel} (subset {subset}); register one in "
                                   f"Consul first (meta {spec.label}: {subset}), or pick another subset")
 
-    def abort(self, service: str, why: str = "aborted by the operator") -> dict:
+    def abort(self, service: str, why: str = "aborted by the operator") -> CanaryStatus:
         with self._lock:
             st = self._states.get(service)
             lock = self._locks.get(service)
@@ -339,9 +342,9 @@ class CanaryController:
             with self._lock:
                 self._record(service, new)
             self._stops.get(service, threading.Event()).set()
-        return new.to_dict()
+        return status_of(new)
 
-    def resume_all(self) -> list[str]:
+    def resume_all(self) -> builtins.list[str]:
         """Restart the threads of canaries that were progressing (after a control plane restart)."""
         resumed = [s for s, st in self._states.items() if not st.finished and s not in self._threads]
         for service in resumed:
@@ -435,18 +438,34 @@ class CanaryController:
                     return
 
 
-# --- building a spec from an API body --------------------------------------------------------------------
+# --- the API's types <-> the state machine's -------------------------------------------------------------
 
 
-def spec_from_body(body: dict, default_stable: Callable[[str], str]) -> sm.CanarySpec:
-    """A :class:`CanarySpec` from ``POST /v1/canaries``; ``from`` defaults to the single subset served now."""
-    if not isinstance(body, dict):
-        raise ConfigError('body must be a JSON object: {"service": ..., "to": ...}')
-    service = str(body.get("service") or "")
+def status_of(st: sm.CanaryState) -> CanaryStatus:
+    """The wire form of a canary's state (``GET /v1/canaries/{service}``)."""
+    spec = st.spec
+    return CanaryStatus(
+        service=spec.service, phase=st.phase, step=st.step, weight=st.weight, steps=tuple(spec.steps),
+        started_at=st.started_at, step_started_at=st.step_started_at, holds=st.holds, reason=st.reason,
+        finished_at=st.finished_at, weights=st.weights(),
+        spec=CanarySpecView(service=spec.service, canary=spec.canary, stable=spec.stable, steps=tuple(spec.steps),
+                            interval_s=spec.interval_s, max_error_rate=spec.max_error_rate,
+                            max_p99_ms=spec.max_p99_ms, min_requests=spec.min_requests, max_holds=spec.max_holds,
+                            label=spec.label, namespace=spec.namespace),
+        decisions=tuple(CanaryDecision(at=d.at, action=d.action, weight=d.weight, next_weight=d.next_weight,
+                                       reason=d.reason, requests=d.requests, error_rate=d.error_rate,
+                                       p99_ms=d.p99_ms) for d in st.decisions))
+
+
+def spec_from_body(body: CanaryRequest | dict, default_stable: Callable[[str], str]) -> sm.CanarySpec:
+    """A :class:`CanarySpec` from ``POST /v1/canaries`` (its JSON is checked first, naming the field that does
+    not fit); ``from`` defaults to the single subset served now."""
+    req = body if isinstance(body, CanaryRequest) else CanaryRequest.from_json(body)
+    service = req.service
     if not _SERVICE.fullmatch(service):
         raise ConfigError(f"service {service!r}: give the Consul service name, e.g. reviews")
-    to = wf.check_subset_name(str(body.get("to") or ""))
-    stable = body.get("from")
+    to = wf.check_subset_name(req.to)
+    stable = req.stable
     if not stable:
         current = default_stable(service)
         weights = wf.parse_spec(current) or {}
@@ -455,24 +474,25 @@ def spec_from_body(body: dict, default_stable: Callable[[str], str]) -> sm.Canar
             raise ConfigError(f"{service} routes to {'every instance' if current == wf.WHOLE_SERVICE else current} "
                               f"now; say which subset is stable: --from v1")
         stable = others[0][1]
-    stable = wf.check_subset_name(str(stable))
-    p99 = body.get("max_p99")
+    stable = wf.check_subset_name(stable)
+    p99 = req.max_p99
     return sm.CanarySpec(
         service=service, canary=to, stable=stable,
-        steps=sm.parse_steps(body.get("steps", list(sm.DEFAULT_STEPS))),
-        interval_s=sm.parse_interval(body.get("interval", "1m")),
-        max_error_rate=sm.parse_rate(body.get("max_error_rate", "1%")),
+        steps=sm.parse_steps(list(sm.DEFAULT_STEPS) if req.steps is None else req.steps),
+        interval_s=sm.parse_interval(req.interval),
+        max_error_rate=sm.parse_rate(req.max_error_rate),
         max_p99_ms=None if p99 in (None, "") else sm.parse_ms(p99),
-        min_requests=_int(body, "min_requests", sm.DEFAULT_MIN_REQUESTS),
-        max_holds=_int(body, "max_holds", sm.DEFAULT_MAX_HOLDS),
-        label=str(body.get("label") or wf.DEFAULT_SUBSET_LABEL),
-        namespace=str(body.get("namespace") or "default"),
+        min_requests=_whole("min_requests", req.min_requests, sm.DEFAULT_MIN_REQUESTS),
+        max_holds=_whole("max_holds", req.max_holds, sm.DEFAULT_MAX_HOLDS),
+        label=req.label or wf.DEFAULT_SUBSET_LABEL,
+        namespace=req.namespace or "default",
     )
 
 
-def _int(body: dict, key: str, default: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not str(value).isdigit():
+def _whole(key: str, value: int | str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not str(value).isdigit():
         raise ConfigError(f"--{key.replace('_', '-')} {value!r}: must be a whole number (0 or more)")
     return int(value)
 
@@ -521,13 +541,13 @@ def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView")
         ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels))
 
 
-def add_routes(r: Router, *, controller: Callable[[], CanaryController]) -> None:
+def add_routes(r: AuthorizingRouter, *, controller: Callable[[], CanaryController]) -> None:
     """``/v1/canaries`` routes on the operator router (GET read-only, POST admin, as every route), served by
     the controller ``controller()`` returns (the control plane's; a test may swap it)."""
 
-    def create(req: Request):
+    def create(req: Request) -> CanaryStatus:
         c = controller()
-        return c.start(spec_from_body(req.json(), c.writer.current_default))  # errors: the error map
+        return c.start(spec_from_body(CanaryRequest.from_json(req.json()), c.writer.current_default))
 
     r.add("POST", "/v1/canaries", create)
     r.add("GET", "/v1/canaries", lambda req: controller().list())
@@ -537,5 +557,5 @@ def add_routes(r: Router, *, controller: Callable[[], CanaryController]) -> None
 
 __all__ = [
     "CanaryConflict", "CanaryController", "EnvoyProbe", "StoreTrafficWriter", "StatsProbe", "TrafficWriter", "CanaryNotFound",
-    "add_routes", "for_control_plane", "scrape_envoy", "spec_from_body", "subset_clusters",
+    "add_routes", "for_control_plane", "scrape_envoy", "spec_from_body", "status_of", "subset_clusters",
 ]

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import BadRequest, ConfigError, NotFound, StoreError
+from ..api.operator import FederatedDomain, RootInfo, SpiffeBundleExport, TrustBundleImport, TrustBundleRemoved
+from ..errors import ConfigError, NotFound, StoreError
 from ..federation import FederatedBundleStore, to_spiffe_bundle
 from ._http import Request, Router
 
@@ -45,42 +46,47 @@ def publish(mesh: "SettingsHandle", store: FederatedBundleStore) -> None:
         mesh.set_settings(replace(mesh.settings, federated_bundles=bundles))
 
 
-def export_bundle(ca: "CertificateAuthority", federation: FederatedBundleStore) -> dict:
+def export_bundle(ca: "CertificateAuthority", federation: FederatedBundleStore) -> SpiffeBundleExport:
     pem = ca.bundle_pem()
-    return {"trust_domain": ca.trust_domain, "bundle": pem,
-            "spiffe_bundle": to_spiffe_bundle(pem, sequence=federation.local_sequence(pem))}
+    return SpiffeBundleExport(trust_domain=ca.trust_domain, bundle=pem,
+                              spiffe_bundle=to_spiffe_bundle(pem, sequence=federation.local_sequence(pem)))
+
+
+def _domain(entry: dict[str, Any]) -> FederatedDomain:
+    """The wire form of one of :meth:`FederatedBundleStore.list`'s entries."""
+    return FederatedDomain(trust_domain=entry["trust_domain"], bundle=entry["bundle"],
+                           roots=tuple(RootInfo(**root) for root in entry["roots"]),
+                           imported_at=entry.get("imported_at"), spiffe_sequence=entry.get("spiffe_sequence"))
 
 
 def add_federation_routes(r: Router, *, ca: "CertificateAuthority", federation: FederatedBundleStore,
                           mesh: "SettingsHandle") -> None:
-    def list_bundles(req: Request) -> list:
+    def list_bundles(req: Request) -> list[FederatedDomain]:
         try:
-            return federation.list()
+            return [_domain(e) for e in federation.list()]
         except ConfigError as exc:  # a stored bundle no longer reads: the server's trouble, not the request's
             raise StoreError(f"cannot read the imported trust bundles: {exc}") from exc
 
-    def import_bundle(req: Request) -> dict:
-        body = req.json()
-        if not isinstance(body, dict) or not body.get("trust_domain") or not body.get("bundle"):
-            raise BadRequest('body needs {"trust_domain": "other.example", "bundle": SPIFFE bundle JSON or PEM}')
-        td = str(body["trust_domain"])
+    def import_bundle(req: Request) -> FederatedDomain:
+        body = TrustBundleImport.from_json(req.json()).checked()
+        td = body.trust_domain
         try:
-            entry = federation.put(td, str(body["bundle"]))
+            entry = _domain(federation.put(td, body.bundle))
         except StoreError as exc:
             raise StoreError(f"nothing imported: {exc}") from exc
         publish(mesh, federation)
         who = getattr(req, "operator", None)
-        log.warning("federated trust bundle imported trust_domain=%s roots=%d by=%s", td, len(entry["roots"]),
+        log.warning("federated trust bundle imported trust_domain=%s roots=%d by=%s", td, len(entry.roots),
                     who.name if who else "?")
         return entry
 
-    def remove_bundle(req: Request) -> dict:
+    def remove_bundle(req: Request) -> TrustBundleRemoved:
         td = req.params["trust_domain"]
         if not federation.remove(td):
             raise NotFound(f"no bundle imported for {td!r}; see `meshctl trust-bundle list`")
         publish(mesh, federation)
         log.warning("federated trust bundle removed trust_domain=%s", td)
-        return {"removed": td}
+        return TrustBundleRemoved(removed=td)
 
     r.add("GET", "/v1/trust-bundle/spiffe", lambda req: export_bundle(ca, federation))
     r.add("GET", "/v1/trust-bundles", list_bundles)

@@ -13,20 +13,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import naming
 from ..durations import parse_duration
-from ..errors import BadRequest, Conflict, FieldError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..errors import BadRequest, Conflict, FieldError, MeshError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
 from ..api.operator import (
     ApplyRequest,
     ApplyResponse,
     ApplyResult,
+    CaCert,
     CaRotateRequest,
+    CaState,
     DeleteRequest,
     DeleteResponse,
+    IssuedCert,
     ProxyConfigResponse,
     ResourceFile,
     ResourceQuery,
     StatusResponse,
     TokenRequest,
     TokenResponse,
+    TrustBundle,
     resolve_kind,
 )
 from ..resources.loader import load_documents, validate_set
@@ -83,8 +87,8 @@ class OperatorApi:
         r.add("POST", "/v1/tokens", self.create_token)
         r.add("GET", "/v1/tokens", lambda req: ctx.tokens.list())
         r.add("GET", "/v1/certs", self.certs)
-        r.add("GET", "/v1/trust-bundle", lambda req: {"trust_domain": ctx.ca.trust_domain,
-                                                      "bundle": ctx.ca.bundle_pem()})
+        r.add("GET", "/v1/trust-bundle", lambda req: TrustBundle(trust_domain=ctx.ca.trust_domain,
+                                                                 bundle=ctx.ca.bundle_pem()))
         r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: {"ok": True})
@@ -102,11 +106,18 @@ class OperatorApi:
 
     # --- /v1/ca: certificate lifecycle (root rotation, certificate listing with expiry) -----
     def _add_ca_routes(self, r: Router) -> None:
-        r.add("GET", "/v1/ca", lambda req: self.ctx.ca_control.status())
+        r.add("GET", "/v1/ca", lambda req: self._ca_state(self.ctx.ca_control.status()))
         r.add("POST", "/v1/ca/rotate", self.ca_rotate)
         r.add("GET", "/v1/ca/certs", self.ca_certs)
 
-    def ca_rotate(self, req: Request) -> dict:
+    @staticmethod
+    def _ca_state(state: dict) -> CaState:
+        try:
+            return CaState.from_json(state, "CA state")
+        except BadRequest as exc:  # the server's own state: not the caller's fault
+            raise MeshError(f"cannot describe the CA: {exc}") from exc
+
+    def ca_rotate(self, req: Request) -> CaState:
         """``{}`` starts a root rotation; ``{"finish": true}`` retires the old root; ``force`` skips the
         safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
         from ..errors import CAError
@@ -114,12 +125,12 @@ class OperatorApi:
         body = CaRotateRequest.from_json(req.json())
         try:
             if body.finish:
-                return self.ctx.ca_control.finish(body.force)
-            return self.ctx.ca_control.rotate(body.force)
+                return self._ca_state(self.ctx.ca_control.finish(body.force))
+            return self._ca_state(self.ctx.ca_control.rotate(body.force))
         except CAError as exc:  # the rotation's state does not allow that step now
             raise Conflict(str(exc)) from exc
 
-    def ca_certs(self, req: Request) -> list:
+    def ca_certs(self, req: Request) -> list[CaCert]:
         """Every unexpired leaf (newest per identity and node) with its renewal point and whether it is
         ``expiring`` (past its latest renewal point: half life plus the agents' jitter) and which root it
         chains to (``current``, ``next``, ``previous``)."""
@@ -143,12 +154,12 @@ class OperatorApi:
             renew_at = start + life * 0.5
             latest = start + life * 0.55  # agents renew at half life +-10% of it
             anchor = ca.anchor_of(c)
-            out.append({
-                "spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
-                "not_before": rfc3339(c.not_before), "not_after": rfc3339(c.not_after),
-                "renew_at": rfc3339(renew_at), "expiring": now >= latest,
-                "root": roles.get(anchor.fingerprint(hashes.SHA256()).hex(), "unknown") if anchor else "unknown",
-            })
+            out.append(CaCert(
+                spiffe_id=c.spiffe_id, serial=c.serial, node=c.node,
+                not_before=rfc3339(c.not_before), not_after=rfc3339(c.not_after),
+                renew_at=rfc3339(renew_at), expiring=now >= latest,
+                root=roles.get(anchor.fingerprint(hashes.SHA256()).hex(), "unknown") if anchor else "unknown",
+            ))
         return out
 
     def _parse(self, req: Request) -> tuple[dict, list[Resource]]:
@@ -247,13 +258,11 @@ class OperatorApi:
         return TokenResponse(node=node, token=token, ttl_seconds=int(ttl.total_seconds()),
                              node_spiffe_id=naming.node_spiffe_id(self.ctx.ca.trust_domain, node))
 
-    def certs(self, req: Request) -> list:
-        out = []
-        for c in self.ctx.ca.issued():
-            out.append({"spiffe_id": c.spiffe_id, "serial": c.serial, "node": c.node,
-                        "not_before": c.not_before.isoformat().replace("+00:00", "Z"),
-                        "not_after": c.not_after.isoformat().replace("+00:00", "Z")})
-        return out
+    def certs(self, req: Request) -> list[IssuedCert]:
+        return [IssuedCert(spiffe_id=c.spiffe_id, serial=c.serial, node=c.node,
+                           not_before=c.not_before.isoformat().replace("+00:00", "Z"),
+                           not_after=c.not_after.isoformat().replace("+00:00", "Z"))
+                for c in self.ctx.ca.issued()]
 
     def authz_check(self, req: Request) -> dict:
         """``meshctl authz check``: ?to=SVC[&from=SVC|PRINCIPAL][&method=&path=&host=&source_ip=][&header=k=v...]."""

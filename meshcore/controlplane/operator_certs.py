@@ -14,6 +14,7 @@ certificate whose serial is in the table, and otherwise falls back to the bearer
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import threading
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._files import ensure_private_dir, file_lock
+from ..api.operator import OperatorCert, OperatorCertIssued, OperatorCertRequest, OperatorCertRevoked
 from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
 from ..ca.model import parse_rfc3339, rfc3339
 from ..durations import parse_duration
 from ..errors import BadRequest, CAError, ConfigError, NotFound, map_exceptions
 from ..naming import operator_spiffe_id, parse_operator_spiffe_id
-from ._http import Request, Router
+from ._http import Request
 from .operators import ADMIN, READ_ONLY, AuthorizingRouter, Operator, OperatorAuthError, OperatorTokenStore, check_role
 
 if TYPE_CHECKING:
@@ -94,10 +96,12 @@ class OperatorCertStore:
         raise OperatorAuthError(f"operator certificate of {name!r} (serial {serial.lower()}) is revoked or was "
                                 "not issued by this control plane")
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[OperatorCert]:
         now = _utcnow()
-        return sorted(({**e, "state": "expired" if parse_rfc3339(e["not_after"]) <= now else "valid"}
-                       for e in self._read()), key=lambda e: (e["name"], e["issued"]))
+        return sorted((OperatorCert(name=e["name"], role=e["role"], serial=e["serial"], not_after=e["not_after"],
+                                    issued=e["issued"],
+                                    state="expired" if parse_rfc3339(e["not_after"]) <= now else "valid")
+                       for e in self._read()), key=lambda e: (e.name, e.issued))
 
     def revoke(self, name: str) -> int:
         """Refuse every certificate of operator ``name`` from now on; returns how many there were."""
@@ -114,8 +118,8 @@ def _peer_serial(req: Request) -> str | None:
     conn = req.handler.connection
     if not isinstance(conn, ssl.SSLSocket):
         return None
-    cert = conn.getpeercert() or {}
-    return cert.get("serialNumber")
+    serial = (conn.getpeercert() or {}).get("serialNumber")
+    return serial if isinstance(serial, str) else None
 
 
 class CertAuthorizingRouter(AuthorizingRouter):
@@ -139,39 +143,37 @@ class CertAuthorizingRouter(AuthorizingRouter):
 
 # --- routes --------------------------------------------------------------------------------------
 
-def add_operator_cert_routes(r: Router, *, ca: "CertificateAuthority", certs: OperatorCertStore,
+def add_operator_cert_routes(r: AuthorizingRouter, *, ca: "CertificateAuthority", certs: OperatorCertStore,
                              https_address: Callable[[], str] = lambda: "") -> None:
     """``POST /v1/operators/certs`` (admin): sign an operator CSR; ``GET`` lists; ``DELETE .../{name}`` revokes."""
 
-    def issue(req: Request) -> dict:
-        body = req.json()
-        if not isinstance(body, dict):
-            raise BadRequest('body must be {"name": ..., "role": "admin|read-only", "csr": PEM, "ttl": "30d"}')
-        name = check_operator_name(str(body.get("name") or ""))  # a ConfigError: 400 by the error map
-        role = check_role(str(body.get("role") or READ_ONLY))
+    def issue(req: Request) -> OperatorCertIssued:
+        body = OperatorCertRequest.from_json(req.json())
+        name = check_operator_name(body.name)  # a ConfigError: 400 by the error map
+        role = check_role(body.role or READ_ONLY)
         with map_exceptions({ValueError: BadRequest}):
-            ttl = parse_duration(str(body.get("ttl") or "30d"))
+            ttl = parse_duration(body.ttl or "30d")
         if ttl <= timedelta(0) or ttl > MAX_TTL:
             raise BadRequest(f"ttl must be between 1s and {MAX_TTL.days}d")
         spiffe_id = operator_spiffe_id(ca.trust_domain, name)
         try:
-            issued = ca.sign_csr(str(body.get("csr") or ""), spiffe_id=spiffe_id, ttl=ttl)
+            issued = ca.sign_csr(body.csr, spiffe_id=spiffe_id, ttl=ttl)
         except CAError as exc:
             raise CAError(f"cannot issue {spiffe_id}: {exc}") from exc
         certs.record(name, role, issued.serial, issued.not_after)
         who = getattr(req, "operator", None)
         log.warning("operator certificate issued operator=%s role=%s serial=%s by=%s", name, role, issued.serial,
                     who.name if who else "?")
-        return {"name": name, "role": role, "spiffe_id": spiffe_id, "serial": issued.serial,
-                "not_after": rfc3339(issued.not_after), "chain": issued.chain_pem, "bundle": ca.bundle_pem(),
-                "https": https_address()}
+        return OperatorCertIssued(name=name, role=role, spiffe_id=spiffe_id, serial=issued.serial,
+                                  not_after=rfc3339(issued.not_after), chain=issued.chain_pem,
+                                  bundle=ca.bundle_pem(), https=https_address())
 
-    def revoke(req: Request) -> dict:
+    def revoke(req: Request) -> OperatorCertRevoked:
         name = req.params["name"]
         n = certs.revoke(name)
         if not n:
             raise NotFound(f"no operator certificate for {name!r}; see `meshctl operator cert list`")
-        return {"revoked": n, "name": name}
+        return OperatorCertRevoked(revoked=n, name=name)
 
     r.add("POST", "/v1/operators/certs", issue, role=ADMIN)
     r.add("GET", "/v1/operators/certs", lambda req: certs.list())

@@ -14,6 +14,7 @@ the control plane makes an ``admin`` token named ``bootstrap`` and writes it to
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import hashlib
 import hmac
@@ -120,7 +121,7 @@ class OperatorTokenStore:
             raise OperatorAuthError(f"operator token {entry['name']!r} expired at {entry['expires']}")
         return Operator(name=entry["name"], role=entry["role"])
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         """Every token: id (hash prefix), name, role, created, expires, state. Never the token."""
         now = self._now()
         out = []
@@ -148,10 +149,10 @@ class OperatorTokenStore:
     def _now(self) -> datetime:
         return self._clock().astimezone(timezone.utc)
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _read(self) -> builtins.list[dict[str, Any]]:
         return read_sealed_entries(self.path, self._kek, _PURPOSE, "operator token store")
 
-    def _write(self, entries: list[dict[str, Any]]) -> None:
+    def _write(self, entries: builtins.list[dict[str, Any]]) -> None:
         write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -95,7 +95,7 @@ class RenderSettings:
                        "(pass --control-plane)")
         else:
             try:
-                parts.port
+                _ = parts.port  # urlsplit checks the port only when it is read
             except ValueError:
                 out.append(f"control plane {self.control_plane!r} has an invalid port")
         for what, value in [("xDS address", self.xds_address), ("admin address", self.admin),
@@ -246,7 +246,7 @@ def render_node(
 
     state_dir = PurePosixPath(settings.state_dir)
     bootstrap = render_bootstrap(node=node, trust_domain=settings.trust_domain, xds_address=settings.xds_address,
-                                 secrets_dir=state_dir / "secrets", admin_address=admin)
+                                 secrets_dir=Path(state_dir / "secrets"), admin_address=admin)
     files: dict[str, bytes] = {
         BOOTSTRAP: render_bootstrap_json(bootstrap).encode(),
         AGENT_CONFIG: agent_config(node, settings, admin),

@@ -48,11 +48,11 @@ def jwk_of(cert: x509.Certificate) -> dict[str, Any]:
         if key.curve.name not in _CURVES:
             raise BundleError(f"root {cert.subject.rfc4514_string()}: curve {key.curve.name} has no JWK name")
         crv, size = _CURVES[key.curve.name]
-        numbers = key.public_numbers()
-        jwk.update(kty="EC", crv=crv, x=_b64url(_int_bytes(numbers.x, size)), y=_b64url(_int_bytes(numbers.y, size)))
+        point = key.public_numbers()
+        jwk.update(kty="EC", crv=crv, x=_b64url(_int_bytes(point.x, size)), y=_b64url(_int_bytes(point.y, size)))
     elif isinstance(key, rsa.RSAPublicKey):
-        numbers = key.public_numbers()
-        jwk.update(kty="RSA", n=_b64url(_int_bytes(numbers.n)), e=_b64url(_int_bytes(numbers.e)))
+        rsa_numbers = key.public_numbers()
+        jwk.update(kty="RSA", n=_b64url(_int_bytes(rsa_numbers.n)), e=_b64url(_int_bytes(rsa_numbers.e)))
     else:
         raise BundleError(f"root {cert.subject.rfc4514_string()}: key type {type(key).__name__} is not supported")
     jwk["x5c"] = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+from meshcore.api.operator import AlertRuleView, AlertView
 from meshcore.durations import format_duration, parse_duration
 from meshcore.resources.kinds.alert_rule import (
     DEFAULT_SEVERITY,
@@ -96,30 +97,36 @@ class Rule:
             disabled=disabled, origin=origin or str(res.key),
         )
 
+    def view(self) -> AlertRuleView:
+        """What ``GET /v1/alerts/rules`` lists (and :meth:`from_view` reads back)."""
+        return AlertRuleView(
+            name=self.name, alertname=self.alertname, signal=self.signal, match=dict(self.match),
+            op=self.op, threshold=self.threshold_text, threshold_value=self.threshold,
+            for_text=format_duration_s(self.for_seconds), for_seconds=self.for_seconds,
+            keep_firing_for_seconds=self.keep_firing_for_seconds,
+            severity=self.severity, summary=self.summary, description=self.description,
+            labels=dict(self.labels), annotations=dict(self.annotations), disabled=self.disabled,
+            origin=self.origin, overrides_default=self.overrides_default,
+        )
+
     def to_dict(self) -> dict:
-        """What ``GET /v1/alerts/rules`` lists (and :meth:`from_dict` reads back)."""
-        return {
-            "name": self.name, "alertname": self.alertname, "signal": self.signal, "match": dict(self.match),
-            "op": self.op, "threshold": self.threshold_text, "threshold_value": self.threshold,
-            "for": format_duration_s(self.for_seconds), "for_seconds": self.for_seconds,
-            "keep_firing_for_seconds": self.keep_firing_for_seconds,
-            "severity": self.severity, "summary": self.summary, "description": self.description,
-            "labels": dict(self.labels), "annotations": dict(self.annotations), "disabled": self.disabled,
-            "origin": self.origin, "overrides_default": self.overrides_default,
-        }
+        return self.view().to_json()
+
+    @classmethod
+    def from_view(cls, v: AlertRuleView) -> "Rule":
+        return cls(
+            name=v.name, signal=v.signal, op=v.op, threshold=v.threshold_value, threshold_text=v.threshold,
+            for_seconds=v.for_seconds, keep_firing_for_seconds=v.keep_firing_for_seconds,
+            severity=v.severity or DEFAULT_SEVERITY, match=dict(v.match), summary=v.summary,
+            description=v.description, labels=dict(v.labels), annotations=dict(v.annotations),
+            disabled=v.disabled, origin=v.origin, overrides_default=v.overrides_default,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Rule":
-        return cls(
-            name=data["name"], signal=data.get("signal", ""), op=data.get("op", ">"),
-            threshold=float(data.get("threshold_value", 0.0)), threshold_text=str(data.get("threshold", "0")),
-            for_seconds=float(data.get("for_seconds", 0.0)),
-            keep_firing_for_seconds=float(data.get("keep_firing_for_seconds", 0.0)), severity=data.get("severity", DEFAULT_SEVERITY),
-            match=dict(data.get("match") or {}), summary=data.get("summary", ""),
-            description=data.get("description", ""), labels=dict(data.get("labels") or {}),
-            annotations=dict(data.get("annotations") or {}), disabled=bool(data.get("disabled")),
-            origin=data.get("origin", "default"), overrides_default=bool(data.get("overrides_default")),
-        )
+        """A rule from its ``GET /v1/alerts/rules`` JSON (checked: :class:`BadRequest` names a field that does
+        not fit)."""
+        return cls.from_view(AlertRuleView.from_json(dict(data), "rule"))
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` meets the condition (NaN never does)."""
@@ -183,13 +190,16 @@ class Alert:
 
     def to_dict(self) -> dict:
         """The ``GET /v1/alerts`` entry: times in RFC 3339 (UTC), value in the signal's unit."""
-        return {
-            "name": self.name, "severity": self.severity, "state": self.state, "labels": dict(self.labels),
-            "annotations": dict(self.annotations), "value": self.value,
-            "value_text": format_value(self.signal, self.value) if self.signal else f"{self.value:g}",
-            "signal": self.signal, "active_since": rfc3339(self.active_since), "fired_at": rfc3339(self.fired_at),
-            "resolved_at": rfc3339(self.resolved_at), "fingerprint": self.fingerprint,
-        }
+        return self.view().to_json()
+
+    def view(self) -> AlertView:
+        return AlertView(
+            name=self.name, severity=self.severity, state=self.state, labels=dict(self.labels),
+            annotations=dict(self.annotations), value=self.value,
+            value_text=format_value(self.signal, self.value) if self.signal else f"{self.value:g}",
+            signal=self.signal, active_since=rfc3339(self.active_since), fired_at=rfc3339(self.fired_at),
+            resolved_at=rfc3339(self.resolved_at), fingerprint=self.fingerprint,
+        )
 
 
 _FNV_OFFSET, _FNV_PRIME = 14695981039346656037, 1099511628211
@@ -318,8 +328,8 @@ class AlertEvaluator:
         for key in [k for k in self._active if k not in seen]:
             state = self._active[key]
             name, entry = key
-            rule = self._rules.get(name)
-            if state.fired_at is not None and rule is not None and now - state.last_true < rule.keep_firing_for_seconds:
+            kept = self._rules.get(name)
+            if state.fired_at is not None and kept is not None and now - state.last_true < kept.keep_firing_for_seconds:
                 out.append(self._alert(name, state, FIRING))  # keepFiringFor: rides out a short gap
                 continue
             del self._active[key]

@@ -13,6 +13,7 @@ job of the resources validation layer, not of the store.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import logging
 from typing import Sequence
@@ -87,7 +88,7 @@ class ConsulKVStore:
     def list(self) -> list[Resource]:
         return self.watch(None, 0)[0]
 
-    def watch(self, index: int | None, wait: float) -> tuple[list[Resource], int]:
+    def watch(self, index: int | None, wait: float) -> tuple[builtins.list[Resource], int]:
         """Blocking recursive read of the prefix; ``index=None`` (or 0) returns at once."""
         kwargs = {}
         if index and index > 0:
@@ -97,7 +98,7 @@ class ConsulKVStore:
         return self._decode(entries), max(1, int(new_index))
 
     # ------------------------------------------------------------------ writes
-    def _txn(self, ops: list[dict], doing: str) -> list[dict]:
+    def _txn(self, ops: builtins.list[dict], doing: str) -> builtins.list[dict]:
         if len(ops) > MAX_TXN_OPS:
             raise StoreError(f"{doing}: {len(ops)} Consul operations exceed the {MAX_TXN_OPS} Consul allows in one "
                              "transaction; nothing was written. Apply fewer resources at a time")
@@ -125,7 +126,7 @@ class ConsulKVStore:
         self._txn(ops, f"applying {len(resources)} resource(s) under {self.prefix!r}")
         log.info("applied resources count=%d prefix=%s", len(resources), self.prefix)
 
-    def delete(self, keys: Sequence[ResourceKey]) -> list[ResourceKey]:
+    def delete(self, keys: Sequence[ResourceKey]) -> builtins.list[ResourceKey]:
         """Remove ``keys`` in one transaction; return those that existed."""
         unique = list(dict.fromkeys(keys))
         if not unique:

@@ -588,7 +588,7 @@ class DNSLabel(Str):
         value = super().check(value, path, ctx)
         if value is INVALID:
             return INVALID
-        problem = dns1123_problem(value, self.max_len)
+        problem = dns1123_problem(value, 63 if self.max_len is None else self.max_len)
         if problem:
             ctx.add(path, f"{json.dumps(value)} is not a valid name: {problem}")
             return INVALID

@@ -47,7 +47,7 @@ def test_decoding_names_the_field_that_does_not_fit():
         StatusResponse.from_json({"proxies": []})
     with pytest.raises(BadRequest, match=r"body\.files\[0\]\.content: expected a string, got a number"):
         ApplyRequest.from_json({"files": [{"name": "a.yaml", "content": 7}]})
-    with pytest.raises(BadRequest, match="expected a number, got a boolean"):
+    with pytest.raises(BadRequest, match=r"body\.ttl_seconds: expected an integer, got a boolean"):
         TokenResponse.from_json({"node": "n", "token": "t", "ttl_seconds": True, "node_spiffe_id": "x"})
 
 
@@ -79,3 +79,52 @@ def test_the_collector_sees_a_narrow_view_of_each_proxy():
     assert target.instances == (("web-1", "web"),)  # gateways have no inbound listener to read
     assert target.heard_from and target.in_sync
     assert not scrape_target(ProxyStatus(node="n2", error="bad")).heard_from
+
+
+# --- the feature endpoints' contracts (canaries, federation, operator certificates, CA, alerts) -----------
+
+
+def test_canary_request_accepts_the_cli_spellings_and_names_a_bad_step():
+    from meshcore.api.operator import CanaryRequest
+
+    assert CanaryRequest.from_json({"service": "reviews", "to": "v2", "steps": "10,50,100"}).steps == "10,50,100"
+    req = CanaryRequest.from_json({"service": "reviews", "to": "v2", "from": "v1", "steps": [10, 50, 100],
+                                   "interval": 30, "max_p99": "500ms", "min_requests": "5"})
+    assert (req.stable, req.steps, req.interval, req.min_requests) == ("v1", (10, 50, 100), 30.0, "5")
+    with pytest.raises(BadRequest, match=r"body\.steps\[1\]: expected an integer, got a string"):
+        CanaryRequest.from_json({"service": "reviews", "to": "v2", "steps": [10, "x", 100]})
+    with pytest.raises(BadRequest, match=r"body\.service: expected a string"):
+        CanaryRequest.from_json({"service": 7, "to": "v2"})
+    # what meshctl sends: "from" under its wire name, unset optional fields left out
+    assert CanaryRequest(service="reviews", to="v2", stable="v1", steps="10,100").to_json() == {
+        "service": "reviews", "to": "v2", "from": "v1", "steps": "10,100", "interval": "1m", "max_error_rate": "1%"}
+
+
+def test_canary_status_round_trips_the_controllers_json():
+    from meshcore.api.operator import CanaryStatus
+    from meshcore.controlplane.canary import status_of
+    from meshcore.traffic import canary as sm
+
+    spec = sm.CanarySpec(service="reviews", canary="v2", stable="v1", steps=(25, 100), max_p99_ms=500.0)
+    st = sm.start(spec, 1000.0)
+    wire = status_of(st).to_json()
+    assert wire == {k: v for k, v in st.to_dict().items()}  # the same JSON as the state machine's own
+    assert CanaryStatus.from_json(wire) == status_of(st)
+    assert CanaryStatus.from_json(wire).decisions[0].action == "start"
+
+
+def test_federation_and_ca_shapes_keep_their_nulls():
+    from meshcore.api.operator import CaState, FederatedDomain, RootInfo
+
+    entry = FederatedDomain(trust_domain="other.example", roots=(RootInfo("CN=r", "ab", "2030-01-01T00:00:00Z"),),
+                            bundle="PEM")
+    assert entry.to_json()["imported_at"] is None and entry.to_json()["spiffe_sequence"] is None
+    info = {"subject": "CN=x", "sha256": "ab", "not_before": "a", "not_after": "b"}
+    state = {"trust_domain": "td", "mode": "generated", "key_type": "ec-p256", "phase": "idle",
+             "roots": [{**info, "role": "current"}], "intermediate": info, "signer_key_id": "k", "bundle_sha256": "s",
+             "started_at": None, "activated_at": None, "old_root_certificates": [], "nodes_without_bundle": []}
+    assert CaState.from_json(state).to_json() == state  # no forced_past unless a finish says so
+    finished = {**state, "forced_past": []}
+    assert CaState.from_json(finished).to_json() == finished
+    with pytest.raises(BadRequest, match=r"ca\.roots\[0\]\.sha256: expected a string"):
+        CaState.from_json({**state, "roots": [{**info, "sha256": 1}]}, "ca")

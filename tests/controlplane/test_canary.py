@@ -186,14 +186,14 @@ def test_a_running_canary_resumes_after_a_restart(cp, use):
     first = use(probe, "canaries-restart")
     st = first.start(sm.CanarySpec(service="reviews", canary="v2", stable="v1", steps=(30, 100), interval_s=1,
                                    min_requests=5, max_holds=1000))
-    assert st["weights"] == {"v1": 70, "v2": 30}
+    assert st.weights == {"v1": 70, "v2": 30}  # the controller answers with the API's type (CanaryStatus)
     time.sleep(1.3)
     first.stop()  # the control plane goes away mid-canary
     saved = json.loads((cp.settings.state_dir / "canaries-restart" / "reviews.json").read_text())
     assert saved["phase"] == "progressing" and saved["weight"] == 30
     probe.now = OK
     second = use(probe, "canaries-restart")  # a new control plane process reads the same state dir
-    assert second.get("reviews")["phase"] == "progressing"
+    assert second.get("reviews").phase == "progressing"
     assert second.resume_all() == ["reviews"]
     final = _wait_phase(cp, "reviews", ("promoted", "failed", "aborted"))
     actions = [d["action"] for d in final["decisions"]]
