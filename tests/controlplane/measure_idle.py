@@ -33,12 +33,30 @@ def proc_cpu(pid: int) -> float:
 
 def _children(pid: int) -> list[int]:
     out = []
-    for task in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for task in tasks:
         try:
             out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
         except OSError:
             pass
     return out
+
+
+def _descendants(pid: int, comm: str) -> list[int]:
+    """Descendants of ``pid`` whose command name is ``comm`` (Envoy may run under a wrapper)."""
+    found, queue = [], _children(pid)
+    while queue:
+        child = queue.pop(0)
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == comm:
+                found.append(child)
+            queue += _children(child)
+        except OSError:
+            continue
+    return found
 
 
 def measure_cp(proxies: int, seconds: float, settle: float) -> dict:
@@ -87,9 +105,9 @@ def measure_agent(seconds: float, settle: float, refresh: str) -> dict:
             agents = {p["name"]: p["pid"] for p in mesh.processes if p["name"].startswith("agent-")}
             envoys = {}
             for name, pid in agents.items():
-                kids = [c for c in _children(pid) if "envoy" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
-                if kids:
-                    envoys[name.replace("agent-", "envoy-")] = kids[0]
+                found = _descendants(pid, "envoy")
+                if found:
+                    envoys[name.replace("agent-", "envoy-")] = found[0]
             cp = {p["name"]: p["pid"] for p in mesh.processes if p["name"] == "controlplane"}
             pids = {**agents, **envoys, **cp}
             before = {n: proc_cpu(p) for n, p in pids.items()}
