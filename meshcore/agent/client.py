@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from meshcore.api.agent import (
     BUNDLE,
@@ -91,8 +91,15 @@ class AgentClient:
     def renew_node(self, csr_pem: str) -> IssuedIdentity:
         return IssuedIdentity.from_json(self._request("POST", RENEW_NODE, CsrRequest(csr_pem).to_json()), "renew-node")
 
-    def services(self) -> NodeServices:
-        return NodeServices.from_json(self._request("GET", SERVICES), "services")
+    def services(self, index: str = "", wait: float = 0.0) -> NodeServices:
+        """What runs on this node. With ``index`` (a previous answer's) and ``wait`` seconds, a blocking
+        query: the control plane answers when its index moves, or after ``wait`` (an older one at once)."""
+        if not index or wait <= 0:
+            return NodeServices.from_json(self._request("GET", SERVICES), "services")
+        query = urlencode({"index": index, "wait": f"{wait:g}s"})
+        # The server may hold it up to wait + 1/16 jitter: the socket waits that long, plus the usual timeout.
+        data = self._request("GET", f"{SERVICES}?{query}", timeout=wait * 17 / 16 + self.timeout)
+        return NodeServices.from_json(data, "services")
 
     def sign(self, csr_pem: str) -> IssuedIdentity:
         return IssuedIdentity.from_json(self._request("POST", SIGN, CsrRequest(csr_pem).to_json()), "sign")
@@ -185,7 +192,7 @@ class AgentClient:
                      stamp), False
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
-                 authenticated: bool = True) -> dict[str, Any]:
+                 authenticated: bool = True, timeout: float | None = None) -> dict[str, Any]:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json", "User-Agent": "meshcore-agent"}
         if payload is not None:
@@ -196,7 +203,7 @@ class AgentClient:
         conn, reused = self._connection(authenticated)
         try:
             try:
-                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers)
+                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers, timeout)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 if not reused:
                     raise
@@ -204,7 +211,7 @@ class AgentClient:
                 # timeout, restart): nothing was processed, so sending it again on a new one is safe.
                 conn.close()
                 conn, reused = self._connection(authenticated)
-                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers)
+                status, raw, keep = conn.exchange(method, self._prefix + path, payload, headers, timeout)
         except ssl.SSLCertVerificationError as exc:
             conn.close()
             raise ControlPlaneUnavailable(
@@ -242,10 +249,16 @@ class _Conn:
         self.http = http_conn
         self.stamp = stamp
         self.last_used = time.monotonic()
+        self.base_timeout = http_conn.timeout
 
-    def exchange(self, method: str, path: str, payload: bytes | None,
-                 headers: dict[str, str]) -> tuple[int, bytes, bool]:
-        """Send one request, read the whole answer; (status, body, connection reusable)."""
+    def exchange(self, method: str, path: str, payload: bytes | None, headers: dict[str, str],
+                 timeout: float | None = None) -> tuple[int, bytes, bool]:
+        """Send one request, read the whole answer; (status, body, connection reusable). ``timeout``:
+        this request's socket timeout (a blocking query's is longer than the client's usual one)."""
+        wanted = self.base_timeout if timeout is None else timeout
+        self.http.timeout = wanted  # used when this request opens the connection
+        if self.http.sock is not None:
+            self.http.sock.settimeout(wanted)
         self.http.request(method, path, body=payload, headers=headers)
         response = self.http.getresponse()
         raw = response.read()

@@ -91,7 +91,7 @@ class Agent:
             current, store=NodeIdentityStore(config.state_dir), secrets=self.secrets,
             federated_files=FederatedBundleFiles(config.state_dir / "federated"), clock=clock,
             stopping=self._stop, keepalive=self._watchdog, status=self.notifier.status,
-            issued=self.metrics.svid_issued)
+            issued=self.metrics.svid_issued, wake=self._wake.set)
         self.consul = ConsulReconciler(
             config.consul_services_dir, config.node, interval=lambda: self.config.refresh_interval,
             own_payloads=self.metrics.own_registrations, prepare=self.identity.prepare_services,

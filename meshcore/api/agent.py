@@ -14,6 +14,7 @@ Endpoints::
     POST /v1/agent/renew-node  CsrRequest   -> IssuedIdentity   (node certificate)
     POST /v1/agent/sign        CsrRequest   -> IssuedIdentity   (node certificate; a service's SVID)
     GET  /v1/agent/services                 -> NodeServices
+         ?index=<NodeServices.index>&wait=60s  a blocking query: answered when the index moves (or after wait)
     GET  /v1/agent/bundle                   -> TrustBundle
 
 Every authenticated call may carry ``X-Meshcore-Bundle-SHA256`` (:data:`BUNDLE_HEADER`): the
@@ -164,6 +165,9 @@ class NodeServices:
     xds_address: str
     services: tuple[NodeService, ...]
     ca: CaInfo = CaInfo()
+    # Hash of all the agent follows (services, CA state, xDS address, federated bundles): send it back as
+    # ?index= to wait for a change. "" from a control plane without blocking queries.
+    index: str = ""
 
     @property
     def bundle_sha256(self) -> str:
@@ -176,8 +180,11 @@ class NodeServices:
         return self.ca.signer_key_id
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "trust_domain": self.trust_domain, "xds_address": self.xds_address,
-                "ca": self.ca.to_json(), "services": [s.to_json() for s in self.services]}
+        out = {"node": self.node, "trust_domain": self.trust_domain, "xds_address": self.xds_address,
+               "ca": self.ca.to_json(), "services": [s.to_json() for s in self.services]}
+        if self.index:
+            out["index"] = self.index
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> NodeServices:
@@ -187,7 +194,7 @@ class NodeServices:
         services = tuple(NodeService.from_json(item, f"{where} services[{i}]") for i, item in enumerate(raw))
         return cls(node=require_str(data, "node", where), trust_domain=require_str(data, "trust_domain", where),
                    xds_address=str(data.get("xds_address") or ""), services=services,
-                   ca=CaInfo.from_json(data.get("ca")))
+                   ca=CaInfo.from_json(data.get("ca")), index=_str(data, "index"))
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,27 @@ Root rotation: ``/v1/agent/services`` carries ``ca`` (``bundle_sha256``: the bun
 ``signer_key_id``: the intermediate signing now). Agents send the SHA-256 of the bundle they have
 written for Envoy in the ``X-Meshcore-Bundle-SHA256`` header of every call; the control plane
 starts signing from a new root only once every connected proxy's node holds the bundle with it.
+
+Blocking queries (Consul's style): ``/v1/agent/services`` answers with ``index``, a hash of everything
+the agent follows (its services, the CA state, the xDS address, the federated bundles). A call with
+``?index=<that hash>&wait=60s`` is held until that hash changes or ``wait`` (plus up to 1/16 jitter,
+at most :data:`MAX_WAIT_S`) passes, then answered; a differing or absent ``index`` is answered at once
+(old agents keep today's behaviour). :meth:`AgentApi.changed` wakes the held calls (the control plane
+calls it on every new mesh snapshot and CA step); they also re-check every :data:`RECHECK_S` seconds.
+A held call occupies its connection's thread (the HTTP server has one per kept-alive connection
+anyway); at most ``max_waiting`` are held at once, beyond that calls are answered at once and the
+agents poll. :meth:`AgentApi.close` answers every held call at once (shutdown).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import random
 import threading
 import time
+from functools import partial
 from typing import Callable
 
 from cryptography import x509
@@ -22,10 +36,15 @@ from .. import naming
 from ..api import agent as wire
 from ..ca import CertificateAuthority, JoinTokenStore, check_workload_request
 from ..catalog.model import Catalog
+from ..durations import parse_duration
 from ..errors import BadRequest, CAError, Forbidden, JoinTokenError, SigningRefused, Unauthorized, Unavailable
 from ._http import Request, Router
 
 log = logging.getLogger("meshcore.controlplane.agent_api")
+
+MAX_WAIT_S = 600.0  # the longest a blocking /v1/agent/services call is held
+RECHECK_S = 30.0  # a held call re-checks its answer this often even when nothing woke it
+DEFAULT_MAX_WAITING = 512  # held calls at once (each holds its connection's thread; the unit's TasksMax is 1024)
 
 
 def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
@@ -47,9 +66,18 @@ def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
 class AgentApi:
     def __init__(self, ca: CertificateAuthority, tokens: JoinTokenStore, catalog: Callable[[], Catalog | None],
                  xds_address: str, metrics=None,
-                 federated_bundles: Callable[[], tuple[tuple[str, str], ...]] = tuple):
-        """``federated_bundles``: other trust domains' roots ``(trust_domain, PEM)``, as agents get them."""
+                 federated_bundles: Callable[[], tuple[tuple[str, str], ...]] = tuple,
+                 on_bundle_ack: Callable[[], None] = lambda: None, max_waiting: int = DEFAULT_MAX_WAITING):
+        """``federated_bundles``: other trust domains' roots ``(trust_domain, PEM)``, as agents get them;
+        ``on_bundle_ack()`` runs when a node reports holding another bundle than before (root rotation);
+        ``max_waiting``: blocking calls held at once (see the module docstring)."""
         self.ca = ca
+        self.on_bundle_ack = on_bundle_ack
+        self.max_waiting = max_waiting
+        self._changes = threading.Condition()
+        self._generation = 0  # bumped by changed(): held calls look again
+        self._waiting = 0
+        self._closed = False
         self.federated_bundles = federated_bundles
         self.tokens = tokens
         self.catalog = catalog
@@ -103,7 +131,10 @@ class AgentApi:
                 reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
                 if reported:
                     with self._acks_lock:
+                        before = self._acks.get(parsed[1])
                         self._acks[parsed[1]] = (reported, time.time())
+                    if before is None or before[0] != reported:
+                        self.on_bundle_ack()
                 return parsed[1]
         raise Unauthorized("this call needs the node's client certificate (join first with a token)")
 
@@ -143,20 +174,77 @@ class AgentApi:
         self._count("node", "issued")
         return self._issued(cert)
 
-    def services(self, req: Request) -> dict:
-        node = self._node_of(req)
+    # --- blocking queries ------------------------------------------------------------------
+    def changed(self) -> None:
+        """Something an agent follows may have changed (catalog, CA, federation): held calls look again."""
+        with self._changes:
+            self._generation += 1
+            self._changes.notify_all()
+
+    def close(self) -> None:
+        """Answer every held call now and hold no more (the control plane is stopping)."""
+        with self._changes:
+            self._closed = True
+            self._changes.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Blocking calls held right now."""
+        return self._waiting
+
+    def _node_services(self, node: str) -> wire.NodeServices:
         catalog = self.catalog()
         if catalog is None:
             raise Unavailable("the control plane has not read the catalog yet; retry shortly")
         td = self.ca.trust_domain
-        return wire.NodeServices(
+        listing = wire.NodeServices(
             node=node, trust_domain=td, xds_address=self.xds_address, ca=self._ca_info(),
             services=tuple(
                 wire.NodeService(name=i.service, id=i.id, kind=i.kind,
                                  spiffe_id=naming.workload_spiffe_id(td, i.namespace, i.service_account))
                 for i in catalog.on_node(node)
             ),
-        ).to_json()
+        )
+        digest = hashlib.sha256(json.dumps(listing.to_json(), sort_keys=True).encode())
+        for trust_domain, pem in self.federated_bundles():  # their roots are fetched with /bundle
+            digest.update(b"\0" + trust_domain.encode() + b"\0" + pem.encode())
+        return wire.NodeServices(node=listing.node, trust_domain=td, xds_address=listing.xds_address,
+                                 ca=listing.ca, services=listing.services, index=digest.hexdigest()[:32])
+
+    def services(self, req: Request) -> dict:
+        node = self._node_of(req)
+        held = req.query.get("index", "").strip().lower()
+        current = self._node_services(node)
+        if not held or held != current.index:
+            return current.to_json()
+        try:
+            wait = min(parse_duration(req.query.get("wait") or "60s").total_seconds(), MAX_WAIT_S)
+        except ValueError as exc:
+            raise BadRequest(f"wait: {exc} (e.g. wait=60s)") from exc
+        with self._changes:
+            if self._closed or self._waiting >= self.max_waiting:
+                return current.to_json()  # not held: the agent polls at its refresh interval
+            self._waiting += 1
+        try:
+            return self._wait_for_change(node, held, wait * (1 + random.random() / 16)).to_json()
+        finally:
+            with self._changes:
+                self._waiting -= 1
+
+    def _woken(self, generation: int) -> bool:
+        return self._closed or self._generation != generation
+
+    def _wait_for_change(self, node: str, held: str, wait: float) -> wire.NodeServices:
+        deadline = time.monotonic() + wait
+        while True:
+            with self._changes:
+                generation = self._generation
+                left = deadline - time.monotonic()
+                if not self._closed and left > 0:
+                    self._changes.wait_for(partial(self._woken, generation), min(left, RECHECK_S))
+            current = self._node_services(node)
+            if current.index != held or self._closed or time.monotonic() >= deadline:
+                return current
 
     def sign(self, req: Request) -> dict:
         node = self._node_of(req)

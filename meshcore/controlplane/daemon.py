@@ -40,17 +40,25 @@ from ..observe.telemetry import access_log_path, telemetry_settings
 from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
-from ..xds.server import AdsServer, AdsServicer, mtls_node_authorizer, serve_ads
+from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
+from ..xds.server import (
+    DEFAULT_FIRST_REQUEST_TIMEOUT_S,
+    DEFAULT_MAX_STREAMS_PER_IDENTITY,
+    AdsServer,
+    AdsServicer,
+    mtls_node_authorizer,
+    serve_ads,
+)
 from ._contexts import CaControl, MeshView
 from ._http import JsonServer
-from .agent_api import AgentApi
+from .agent_api import DEFAULT_MAX_WAITING, AgentApi
 from .alerting import add_routes as add_alert_routes
 from .alerting import for_control_plane as alerting_for
 from .alerting import webhook_urls as _webhook_urls
 from .canary import add_routes as add_canary_routes
 from .canary import for_control_plane as canaries_for
 from .dashboard_api import add_routes as add_dashboard_routes
-from .dashboard_api import collector_for
+from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
 from .engine import MeshEngine
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
@@ -63,6 +71,7 @@ from .operators import OperatorTokenStore, ensure_bootstrap_token
 log = logging.getLogger("meshcore.controlplane")
 
 STATE_FILE = "controlplane.json"
+CA_WATCH_S = 5.0  # seconds between the CA watcher's looks when nothing wakes it
 
 
 @dataclass
@@ -86,6 +95,12 @@ class Settings:
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
     full_rebuild: bool = False  # engine baseline: rebuild the snapshot and every proxy on each change
+    # ADS server limits (see meshcore.xds.server): streams one node identity may hold open, streams in all
+    # (0: no limit but the machine's), and how long a new stream may take to send its first request.
+    xds_max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY
+    xds_max_streams: int = 0
+    xds_first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S
+    agent_max_waiting: int = DEFAULT_MAX_WAITING  # agents' blocking /v1/agent/services calls held at once
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -171,8 +186,13 @@ class ControlPlane:
         self._stopped = threading.Event()
         # The features get the narrow interfaces they use (_contexts.py), never this object.
         self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
-        self.collector = collector_for(lambda: self.status_view().proxies, self.ca,  # stats -> Signals
-                                       interval=settings.collect_interval)
+        # stats -> Signals: the collector reads only its scrape targets (cheap, cached per catalog), not status
+        self._targets_of: tuple[object, dict[str, tuple[tuple[str, str], ...]]] = (None, {})
+        self._target_nodes: frozenset[str] = frozenset()
+        interval = float(settings.collect_interval or 5.0)
+        self.collector = MeshCollector(self.scrape_targets, interval=interval,
+                                       history=max(COLLECTOR_HISTORY_S, interval),
+                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes))
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
                                      external_url=lambda: self.addresses.get("http", ""))
@@ -243,6 +263,8 @@ class ControlPlane:
             if bundle != self._applied_bundle:
                 self._write_bundle_file(bundle)
                 self._applied_bundle = bundle
+        if self.agent_api is not None:
+            self.agent_api.changed()  # agents waiting on /v1/agent/services see the new CA state now
 
     def _rotate_serving_identity(self) -> None:
         """Renew the serving certificate at half life; new connections get the new one (no restart)."""
@@ -266,9 +288,12 @@ class ControlPlane:
 
     def _watch_ca(self) -> None:
         """Move a prepared rotation on once every connected node holds the two-root bundle, and keep
-        the TLS roots in step with the bundle (also after changes made by another thread)."""
+        the TLS roots in step with the bundle (also after changes made by another thread).
+
+        Woken by a rotation step and, while a rotation is being prepared, by every agent reporting a
+        bundle; otherwise it looks every :data:`CA_WATCH_S` seconds (a bundle changed elsewhere)."""
         while not self._stopped.is_set():
-            self._ca_wake.wait(0.25)
+            self._ca_wake.wait(CA_WATCH_S)
             self._ca_wake.clear()
             if self._stopped.is_set():
                 return
@@ -341,13 +366,18 @@ class ControlPlane:
             if self.cache.synced(node):
                 self.metrics.config_synced(node)
 
-        servicer = AdsServicer(self.cache, authorize_and_register, registry=self.metrics.registry, on_ack=on_ack)
+        servicer = AdsServicer(self.cache, authorize_and_register, registry=self.metrics.registry, on_ack=on_ack,
+                               max_streams_per_identity=self.settings.xds_max_streams_per_identity,
+                               max_streams=self.settings.xds_max_streams or None,
+                               first_request_timeout=self.settings.xds_first_request_timeout)
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
         agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
                                               metrics=self.metrics,  # agents get the federated bundles too
-                                              federated_bundles=lambda: self.engine.settings.federated_bundles)
+                                              federated_bundles=lambda: self.engine.settings.federated_bundles,
+                                              on_bundle_ack=self._ca_wake.set,  # a rotation may move on
+                                              max_waiting=self.settings.agent_max_waiting)
         self._api_server = JsonServer(agent_api.router(), self.settings.api_bind,
                                       tls=self._https_context(key_pem, chain_pem), name="meshcore-agent-api").start()
         operator_api = OperatorApi(self._operator_context())
@@ -403,6 +433,8 @@ class ControlPlane:
             return
         self._stopped.set()
         self._ca_wake.set()
+        if self.agent_api is not None:
+            self.agent_api.close()  # answer agents' held calls now
         self.collector.stop()
         self.alerting.stop()
         self.canaries.stop()
@@ -421,6 +453,8 @@ class ControlPlane:
     def _on_snapshot(self, snap) -> None:
         self.metrics.snapshots.inc()
         self.metrics.catalog_instances.set(len(snap.catalog.instances))
+        if self.agent_api is not None:
+            self.agent_api.changed()  # agents waiting on /v1/agent/services look at their node again
 
     def status_view(self) -> StatusResponse:
         """The control plane and every proxy (``GET /v1/status``; ``/v1/proxies`` is its ``proxies``)."""
@@ -465,6 +499,51 @@ class ControlPlane:
         """:meth:`status_view` as the API's JSON."""
         return self.status_view().to_json()
 
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        """What the metrics collector needs of every proxy (the nodes :meth:`status_view` lists), without
+        building the status: the services per node are recomputed only when the catalog changed (it is
+        immutable: a new one is a new object), the rest is one cache lookup per node."""
+        catalog = self.engine.catalog()
+        seen, by_node = self._targets_of
+        if catalog is not seen:
+            grouped: dict[str, list[tuple[str, str]]] = {}
+            for inst in catalog.instances if catalog is not None else ():
+                entry = grouped.setdefault(inst.node, [])
+                if inst.kind == "":  # mesh services; gateways have no inbound listener to read
+                    entry.append((inst.id, inst.service))
+            by_node = {node: tuple(v) for node, v in grouped.items()}
+            self._targets_of = (catalog, by_node)
+        states = self.engine.proxies  # replaced whole on change: safe to read without the engine's lock
+        connected = set(self.cache.connected_nodes())
+        targets = []
+        for node in sorted(set(by_node) | set(states)):
+            state = states.get(node)
+            info = state.info if state is not None else None
+            metrics = f"http://{info.metrics}/metrics" if info is not None and info.metrics else ""
+            admin = info.admin if info is not None else ""
+            is_connected = node in connected
+            targets.append(ScrapeTarget(
+                node=node, url=scrape_url(metrics, admin), instances=by_node.get(node, ()),
+                heard_from=bool(is_connected or admin or metrics or self.cache.get(node) is not None),
+                in_sync=is_connected and self.mesh.synced(node) and not (state.error if state else "")))
+        self._target_nodes = frozenset(t.node for t in targets)
+        return targets
+
+
+def _check_limits(settings: Settings) -> None:
+    if settings.xds_max_streams_per_identity < 1:
+        raise ConfigError(f"--xds-max-streams-per-identity {settings.xds_max_streams_per_identity}: must be at "
+                          "least 1 (an Envoy holds one ADS stream; allow a few for hot restarts)")
+    if settings.xds_max_streams < 0:
+        raise ConfigError(f"--xds-max-streams {settings.xds_max_streams}: use 0 for no limit, or the number of "
+                          "streams this replica should serve")
+    if settings.agent_max_waiting < 0:
+        raise ConfigError(f"--agent-max-waiting {settings.agent_max_waiting}: use 0 to hold no calls (agents "
+                          "poll), or how many to hold at once")
+    if not settings.xds_first_request_timeout > 0:
+        raise ConfigError(f"--xds-first-request-timeout {settings.xds_first_request_timeout:g}s: must be positive "
+                          "(e.g. 30s)")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ
@@ -485,6 +564,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--operator-tls-bind", default=env.get("MESHCORE_OPERATOR_TLS_BIND", ""),
                    help="also serve the operator API over TLS here, accepting operator client certificates "
                         "(`meshctl operator cert issue`) as well as tokens, e.g. 127.0.0.1:15001 (default: off)")
+    p.add_argument("--xds-max-streams-per-identity", type=int,
+                   default=env.get("MESHCORE_XDS_MAX_STREAMS_PER_IDENTITY", str(DEFAULT_MAX_STREAMS_PER_IDENTITY)),
+                   help="ADS streams one node identity may hold open at once; more are refused with "
+                        "RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--xds-max-streams", type=int, default=env.get("MESHCORE_XDS_MAX_STREAMS", "0"),
+                   help="ADS streams this control plane serves at once, all nodes together; more are refused "
+                        "with RESOURCE_EXHAUSTED so agents fail over to another replica (default 0: no limit)")
+    p.add_argument("--xds-first-request-timeout",
+                   default=env.get("MESHCORE_XDS_FIRST_REQUEST_TIMEOUT", f"{DEFAULT_FIRST_REQUEST_TIMEOUT_S:g}s"),
+                   help="how long a new ADS stream may stay silent before its first request; then it is "
+                        "closed with DEADLINE_EXCEEDED (default %(default)s)")
+    p.add_argument("--agent-max-waiting", type=int,
+                   default=env.get("MESHCORE_AGENT_MAX_WAITING", str(DEFAULT_MAX_WAITING)),
+                   help="agents' blocking /v1/agent/services calls held at once (each holds its connection's "
+                        "thread); beyond it calls are answered at once and those agents poll (default %(default)s)")
     p.add_argument("--collect-interval", default=env.get("MESHCORE_COLLECT_INTERVAL", "5s"),
                    help="how often the collector scrapes every proxy's metrics for the dashboard and alerts "
                         "(default %(default)s)")
@@ -533,7 +627,11 @@ def main(argv=None) -> int:
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
+            xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
+            xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
+            agent_max_waiting=args.agent_max_waiting,
         )
+        _check_limits(settings)
         kek = load_kek(settings.kek_file)
         cp = ControlPlane(settings, kek)
         cp.start()

@@ -12,8 +12,11 @@ Layout under ``root``::
 * Writers hold an exclusive ``flock`` on ``root/.lock``, readers a shared one, so two processes
   (``meshctl apply`` and the control plane) never interleave or see half a batch.
 * The index is a counter that only grows; it is bumped once per apply/delete that changed anything.
-  ``watch`` polls every ~100 ms; besides the counter it hashes the contents, so an operator editing
-  a file by hand is noticed too (the watcher bumps the index for it).
+  ``watch`` sleeps on inotify (watches on the root and every kind and namespace directory, made per
+  call); an event wakes it within milliseconds and it checks the counter and hashes the contents, so
+  an operator editing a file by hand is noticed too (the watcher bumps the index for it). An idle
+  store costs no CPU. Where inotify cannot be used (another OS, no watches left) it polls every
+  :data:`POLL_INTERVAL` seconds as before.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +39,11 @@ from meshcore.errors import StoreError
 
 from .model import Resource, ResourceKey
 
+try:
+    import inotify_simple
+except ImportError:  # pragma: no cover - non-Linux platforms
+    inotify_simple = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
@@ -42,6 +51,49 @@ CORRUPT_GRACE = 1.0  # seconds watch() waits for a half-written hand edit before
 INDEX_FILE = ".index"
 LOCK_FILE = ".lock"
 FILE_MODE = 0o644  # resources and the index are configuration, not secrets: readable like before
+_Resources = list[Resource]  # (the class's list() method shadows the builtin in its annotations)
+SETTLE = 0.02  # seconds to let a burst of events (an editor's save, a batch of renames) arrive before reading
+
+
+class _Watcher:
+    """inotify watches on the store's root and every kind and namespace directory under it."""
+
+    def __init__(self, root: Path):
+        assert inotify_simple is not None
+        flags = inotify_simple.flags
+        self._mask = (flags.CREATE | flags.DELETE | flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_FROM
+                      | flags.MOVED_TO | flags.ATTRIB | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
+        self._isdir = flags.ISDIR
+        self.root = root
+        self.inotify = inotify_simple.INotify(nonblocking=True)
+        self.add_directories()
+
+    def add_directories(self) -> None:
+        """Watch the root and each kind/namespace directory (adding a watch twice is harmless)."""
+        self.inotify.add_watch(self.root, self._mask)
+        for kind_dir in self.root.iterdir():
+            if kind_dir.name.startswith(".") or not kind_dir.is_dir():
+                continue
+            self.inotify.add_watch(kind_dir, self._mask)
+            for ns_dir in kind_dir.iterdir():
+                if not ns_dir.name.startswith(".") and ns_dir.is_dir():
+                    self.inotify.add_watch(ns_dir, self._mask)
+
+    def wait(self, timeout: float) -> None:
+        """Return after an event (and :data:`SETTLE`) or after ``timeout`` seconds."""
+        ready, _, _ = select.select([self.inotify.fileno()], [], [], max(timeout, 0.0))
+        if not ready:
+            return
+        time.sleep(SETTLE)
+        events = self.inotify.read(timeout=0)
+        if any(e.mask & self._isdir for e in events):  # a new kind or namespace directory: watch it too
+            try:
+                self.add_directories()
+            except OSError:
+                pass  # removed again meanwhile: the content check that follows sees the state
+
+    def close(self) -> None:
+        self.inotify.close()
 
 
 class DirectoryStore:
@@ -303,13 +355,33 @@ class DirectoryStore:
 
     # --- watch ---------------------------------------------------------------------------
 
+    def _watcher(self) -> _Watcher | None:
+        if inotify_simple is None:
+            return None
+        try:
+            return _Watcher(self.root)
+        except OSError as exc:  # e.g. fs.inotify.max_user_watches or max_user_instances reached
+            log.warning("cannot watch the resource store %s with inotify (%s); polling every %.1fs instead",
+                        self.root, exc, POLL_INTERVAL)
+            return None
+
     def watch(self, index: int | None, wait: float) -> tuple[list[Resource], int]:
         """Block until the index moves past ``index`` (or ``wait`` seconds pass); return (resources, index).
 
         ``index=None`` returns at once. An ``index`` the store has never reached (e.g. the store
-        was reset) also returns at once, so the caller resynchronises.
+        was reset) also returns at once, so the caller resynchronises. While waiting it sleeps on
+        inotify (made before the first check, so a change between the check and the sleep wakes it).
         """
         deadline = time.monotonic() + max(wait, 0.0)
+        watcher = self._watcher() if index is not None and wait > 0 else None
+        try:
+            return self._watch(index, deadline, watcher)
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    def _watch(self, index: int | None, deadline: float,
+               watcher: _Watcher | None) -> tuple[_Resources, int]:
         corrupt_since: float | None = None
         while True:
             current = self._current_index()
@@ -326,7 +398,11 @@ class DirectoryStore:
                                 raise
                 time.sleep(POLL_INTERVAL)
                 continue  # files changed between the check and the read: record them, then read again
-            time.sleep(max(min(POLL_INTERVAL, deadline - time.monotonic()), 0.005))
+            left = deadline - time.monotonic()
+            if watcher is not None:
+                watcher.wait(left)
+            else:
+                time.sleep(max(min(POLL_INTERVAL, left), 0.005))
 
 
 __all__ = ["DirectoryStore"]

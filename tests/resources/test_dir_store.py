@@ -190,3 +190,49 @@ def test_two_processes_do_not_interleave(tmp_path):
     assert len(resources) == 2 * 15 * 3
     assert index == 30  # one bump per batch, none lost
     assert not [p for p in tmp_path.rglob(".*") if p.name not in (".index", ".lock")]
+
+
+def test_an_idle_watch_sleeps_on_inotify_instead_of_rereading(tmp_path, monkeypatch):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a")])
+    _, index = store.watch(None, 0)
+    reads = []
+    real = store._content_hash
+    monkeypatch.setattr(store, "_content_hash", lambda: reads.append(1) or real())
+    store.watch(index, 1.0)
+    assert len(reads) <= 3  # the first check and the answer at the deadline (polling would be ~20)
+
+
+def test_watch_notices_a_file_in_a_directory_made_while_waiting(tmp_path):
+    store = DirectoryStore(tmp_path)
+    _, index = store.watch(None, 0)
+
+    def hand_write():
+        d = tmp_path / "PeerAuthentication" / "edge"
+        d.mkdir(parents=True)
+        time.sleep(0.1)
+        (d / "b.json").write_text(pa("b", namespace="edge").canonical_json())
+
+    timer = threading.Timer(0.2, hand_write)
+    timer.start()
+    try:
+        deadline = time.monotonic() + 10
+        resources: list = []
+        while resources != [pa("b", namespace="edge")] and time.monotonic() < deadline:
+            resources, index = store.watch(index, deadline - time.monotonic())
+        assert resources == [pa("b", namespace="edge")]
+        assert time.monotonic() < deadline - 5  # woken by inotify, not by the 10 s deadline
+    finally:
+        timer.join()
+
+
+def test_watch_without_inotify_polls(tmp_path, monkeypatch):
+    from meshcore.resources import dir_store
+
+    monkeypatch.setattr(dir_store, "inotify_simple", None)
+    store = DirectoryStore(tmp_path)
+    _, index = store.watch(None, 0)
+    threading.Timer(0.2, lambda: DirectoryStore(tmp_path).apply([pa("late")])).start()
+    start = time.monotonic()
+    resources, new_index = store.watch(index, 10)
+    assert time.monotonic() - start < 5 and new_index > index and resources == [pa("late")]

@@ -17,6 +17,15 @@ whole listener update when that file does not exist yet. :meth:`IdentityReconcil
 self-signed throwaway that no peer trusts), so the file exists whenever a listener can name it;
 :meth:`expect_services` makes the next polls come quickly until the control plane lists the new
 service, and its real SVID replaces the pending one at once (file SDS reloads it in place).
+
+Following the control plane without polling: after the first answer, a watcher thread keeps one
+blocking query open (``/v1/agent/services?index=...&wait=60s``, Consul's style). The control plane
+answers it as soon as this node's services, the CA state (bundle, signing intermediate), the xDS address
+or the federated bundles change, and the watcher wakes the loop, which applies the answer (and fetches
+the bundle only when the index moved). While the watcher works the loop's own poll is a safety net every
+:data:`WATCH_FALLBACK` seconds; against a control plane without blocking queries (no ``index`` in its
+answers), or one that answers at once because it holds too many calls, the loop polls every refresh
+interval as before. Renewals keep their own deadlines.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from meshcore.agent.identity import (
 )
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.agent.status import ServiceStatus
+from meshcore.api.agent import NodeServices, TrustBundle
 from meshcore.ca import key_to_pem, make_csr, new_private_key
 from meshcore.errors import AgentError, ControlPlaneUnavailable, MeshError, OperatorActionRequired
 
@@ -61,6 +71,11 @@ USED_TOKENS_KEPT = 5
 EXPECT_POLL = 0.25
 # ... for at most this long (a service the control plane never lists, e.g. not in the mesh).
 EXPECT_FOR = 30.0
+
+# The watcher's blocking query is held this long by the control plane (when nothing changes) ...
+WATCH_WAIT = 60.0
+# ... and while it works, the loop polls only this often (a safety net).
+WATCH_FALLBACK = 300.0
 
 ClientFactory = Callable[..., AgentClient]
 
@@ -109,7 +124,9 @@ class IdentityReconciler:
         status: Callable[[str], object] = lambda text: None,
         issued: Callable[[str, str], None] = lambda service, reason: None,
         client_factory: ClientFactory = AgentClient,
+        wake: Callable[[], None] = lambda: None,
     ):
+        """``wake()`` cuts the loop's sleep short (the watcher thread calls it when something changed)."""
         self._config = config
         self.store = store
         self.secrets = secrets
@@ -120,6 +137,7 @@ class IdentityReconciler:
         self._status = status
         self._issued = issued
         self._client_factory = client_factory
+        self._wake = wake
         self.meta = AgentMeta()
         self.node: Credential | None = None
         self.bundle: str | None = None
@@ -140,6 +158,13 @@ class IdentityReconciler:
         self._pending: set[str] = set()
         self._expected: dict[str, datetime] = {}  # service -> give up expecting it at
         self._prepared = False
+        # The watcher (see the module docstring): its thread, whether its blocking queries work, the
+        # newest answer it got that the loop has not applied yet, and the index the loop last applied.
+        self._watcher: threading.Thread | None = None
+        self.watching = False
+        self._watch_unsupported = False
+        self._watched: NodeServices | None = None
+        self._index = ""
 
     @property
     def config(self) -> AgentConfig:
@@ -446,24 +471,38 @@ class IdentityReconciler:
                  rfc3339(self.node.renew_at))
 
     def _poll(self, now: datetime) -> None:
+        with self._lock:
+            listing, self._watched = self._watched, None  # the watcher's newest answer, if any
         with closing(self._client()) as client:  # both calls on one kept-alive connection
-            listing = client.services()
-            bundle = client.bundle()
+            if listing is None:
+                listing = client.services()
+            if listing.node != self.config.node:
+                raise AgentError(f"the control plane answered for node {listing.node!r}, this is {self.config.node!r}")
+            # The index covers the bundle and the federated bundles: unchanged, there is nothing to fetch.
+            bundle = client.bundle() if not listing.index or listing.index != self._index or not self.bundle else None
         self.last_contact = self._clock()
         self._keepalive()
-        if listing.node != self.config.node:
-            raise AgentError(f"the control plane answered for node {listing.node!r}, this is {self.config.node!r}")
         meta_changed = False
-        if bundle.trust_domain != self.meta.trust_domain:
+        if bundle is not None and bundle.trust_domain != self.meta.trust_domain:
+            meta_changed = True
             log.warning("trust domain changed old=%s new=%s", self.meta.trust_domain, bundle.trust_domain)
             self.meta.trust_domain = bundle.trust_domain
-            meta_changed = True
         if listing.xds_address and listing.xds_address != self.meta.xds_address:
             log.info("xds address changed old=%s new=%s", self.meta.xds_address, listing.xds_address)
             self.meta.xds_address = listing.xds_address
             meta_changed = True
         if meta_changed:
             self.store.save_meta(self.meta)
+        if bundle is not None:
+            self._apply_bundle(bundle)
+        self._follow_issuer(listing.signer_key_id, now)
+        self._reconcile_services(listing.services, now)
+        self._index = listing.index
+        if listing.index:
+            self._start_watcher()
+        self.next_poll = now + _seconds(self._poll_interval(now))
+
+    def _apply_bundle(self, bundle: TrustBundle) -> None:
         if self.store.save_bundle(bundle.bundle):
             log.info("trust bundle updated trust_domain=%s", bundle.trust_domain)
         self.bundle = bundle.bundle
@@ -471,9 +510,69 @@ class IdentityReconciler:
             log.info("federated trust bundles updated trust_domains=%s", ",".join(td for td, _ in bundle.federated))
         self.federated = bundle.federated
         self._write_node_secrets()
-        self._follow_issuer(listing.signer_key_id, now)
-        self._reconcile_services(listing.services, now)
-        self.next_poll = now + _seconds(self._poll_interval(now))
+
+    # ---------------------------------------------------------------- the watcher (blocking queries)
+
+    def _start_watcher(self) -> None:
+        if self._watch_unsupported or (self._watcher is not None and self._watcher.is_alive()):
+            return
+        self.watching = True  # until its calls show otherwise (_watch_lost)
+        self._watcher = threading.Thread(target=self._watch, name="control-plane-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_lost(self) -> None:
+        """The watcher cannot follow the control plane now: the loop polls at the refresh pace again."""
+        self.watching = False
+        soon = self._clock() + _seconds(self.config.refresh_interval)
+        if self.next_poll is not None and self.next_poll > soon:
+            self.next_poll = soon
+
+    def _watch(self) -> None:
+        """The watcher thread: one blocking query at a time; a new index wakes the loop to apply it."""
+        backoff = RetryBackoff()
+        client: AgentClient | None = None
+        index = self._index
+        try:
+            while not self._stopping.is_set():
+                if client is None:
+                    client = self._client()
+                client.bundle_sha256 = bundle_sha256(self.bundle) if self.bundle else ""
+                index = self._index if self._index else index
+                started = self._monotonic()
+                try:
+                    listing = client.services(index=index, wait=WATCH_WAIT)
+                except (ControlPlaneUnavailable, AgentError) as exc:
+                    self._watch_lost()
+                    client.close()
+                    client = None
+                    delay = backoff.failed()
+                    log.debug("blocking query failed, the loop polls; watching again in %.1fs: %s", delay, exc)
+                    self._stopping.wait(delay)
+                    continue
+                backoff.succeeded()
+                if not listing.index:
+                    log.info("the control plane answers no blocking queries; polling it every %gs",
+                             self.config.refresh_interval, extra={"node": self.config.node})
+                    self._watch_unsupported = True
+                    self._watch_lost()
+                    return
+                if listing.index != index:
+                    index = listing.index
+                    with self._lock:
+                        self._watched = listing
+                    self.watching = True
+                    self.next_poll = self._clock()
+                    self._wake()
+                elif self._monotonic() - started < WATCH_WAIT / 2:
+                    # Answered at once although nothing changed: it holds no more calls now. Poll at the
+                    # refresh pace for a while (the loop does), then try again.
+                    self._watch_lost()
+                    self._stopping.wait(self.config.refresh_interval)
+                else:
+                    self.watching = True
+        finally:
+            if client is not None:
+                client.close()
 
     def _poll_interval(self, now: datetime) -> float:
         """The refresh interval, or EXPECT_POLL while a just-registered service is not listed yet."""
@@ -486,7 +585,9 @@ class IdentityReconciler:
                                     extra={"service": name})
                     del self._expected[name]
             expecting = bool(self._expected)
-        return min(EXPECT_POLL, self.config.refresh_interval) if expecting else self.config.refresh_interval
+        if expecting:
+            return min(EXPECT_POLL, self.config.refresh_interval)
+        return max(WATCH_FALLBACK, self.config.refresh_interval) if self.watching else self.config.refresh_interval
 
     def _follow_issuer(self, signer_key_id: str, now: datetime) -> None:
         """Root rotation: renew early (jittered over one refresh interval) every certificate the
