@@ -11,6 +11,14 @@ connections never wait on a rebuild of others; a newly connected proxy is built 
 own thread. A proxy whose build fails keeps its last good config and the error is kept for
 ``status``. ``incremental=False`` (``--full-rebuild``) keeps the old path as a baseline: the snapshot
 built from scratch and every proxy rebuilt on every change, without coalescing.
+
+Disconnected proxies (``track_streams=True``, as the daemon runs it): a proxy whose ADS streams have all
+closed is not rebuilt by later changes; its last config stays in the cache and its bookkeeping stays
+(so a reconnect is served at once, and needs no lookup of what it depends on). A change that would have
+reached it marks it ``missed``; when it reconnects (:meth:`proxy_connected`, called by the ADS
+authorizer before the stream is served) it is rebuilt from the current snapshot before anything is sent.
+A proxy counts as connected for :data:`CONNECT_GRACE_S` after ``proxy_connected`` even without an open
+stream, since the server records the stream only after the authorizer returns.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ MAX_DELAY_S = 0.1
 CONNECT_PRIORITY_S = 0.05
 """While a newly connected proxy is being built, the builder holds back before its next proxy (so the
 new one gets the CPU), for at most this long per proxy, so a reconnect storm cannot starve changes."""
+CONNECT_GRACE_S = 30.0
+"""A proxy counts as connected this long after :meth:`MeshEngine.proxy_connected` even before (or without)
+an open ADS stream in the cache (the server records the stream only once the authorizer returns)."""
 
 
 @dataclass
@@ -59,6 +70,8 @@ class ProxyState:
     deps: Deps | None = None  # what its last successful build read; None = rebuild on any change
     built_seq: int = 0  # the engine's snapshot sequence number its last build used (0 = never built)
     built_info: ProxyInfo | None = None  # the info that build used
+    connected_at: float = 0.0  # monotonic time of the last proxy_connected
+    missed: bool = False  # a change reached it while it had no open stream: rebuild when it reconnects
     build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -84,7 +97,8 @@ class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
                  trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
                  metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None,
-                 incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S):
+                 incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S,
+                 track_streams: bool = False):
         self._source = catalog_source
         self._store = store
         self.cache = cache
@@ -94,6 +108,7 @@ class MeshEngine:
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
         self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
         self.incremental = incremental
+        self.track_streams = track_streams  # skip proxies without an open ADS stream in ``cache``
         self.quiet_s = quiet_s if incremental else 0.0
         self.max_delay_s = max_delay_s if incremental else 0.0
         self._lock = threading.RLock()  # guards the state below; never held while building
@@ -376,6 +391,7 @@ class MeshEngine:
             self.snapshot = snap
             states = list(self.proxies.items())
             targets = [node for node, state in states if keys.reaches(state.deps)]
+            targets = self._connected_only(targets)
             reached = set(targets)
             for node, state in states:
                 # A proxy the change does not reach, current as of the old snapshot, is current as of
@@ -386,6 +402,23 @@ class MeshEngine:
                  "snapshot_ms=%.1f", snap.hash, reason, pending.changes, len(snap.catalog.instances),
                  len(snap.resources), len(targets), len(states), snapshot_s * 1e3)
         return snap, seq, targets
+
+    def _connected_only(self, targets: list[str]) -> list[str]:
+        """``targets`` without the proxies that have no open stream (marked ``missed``; lock held)."""
+        if not self.track_streams or not targets:
+            return targets
+        streaming = set(self.cache.connected_nodes())
+        now = time.monotonic()
+        kept = []
+        for node in targets:
+            state = self.proxies[node]
+            if node in streaming or now - state.connected_at < CONNECT_GRACE_S:
+                kept.append(node)
+            else:
+                state.missed = True
+        if len(kept) < len(targets):
+            log.info("skipped %d disconnected proxies (rebuilt when they reconnect)", len(targets) - len(kept))
+        return kept
 
     # --- per-proxy build and publish -------------------------------------------------------------
     def _publish(self, node: str, snap: MeshSnapshot, seq: int) -> None:
@@ -450,13 +483,18 @@ class MeshEngine:
         caller's thread (never queued behind a rebuild of the fleet)."""
         with self._lock:
             current = self.proxies.get(info.node)
-            if current is not None and current.info == info and current.built_seq:
+            now = time.monotonic()
+            if current is not None and current.info == info and current.built_seq and not current.missed:
+                current.connected_at = now
                 return
             if current is None:
                 # Copy on write: status pages iterate ``proxies`` without the lock, never mid-insert.
-                self.proxies = {**self.proxies, info.node: ProxyState(info=info)}
+                self.proxies = {**self.proxies, info.node: ProxyState(info=info, connected_at=now)}
             else:
                 current.info = info
+                current.connected_at = now
+                current.missed = False
+                current.built_seq = 0  # rebuilt from the current snapshot even if it was built from it
             snap, seq = self.snapshot, self._seq
         if snap is None:
             return  # the first snapshot builds every proxy known by then

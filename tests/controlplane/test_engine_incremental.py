@@ -13,7 +13,7 @@ from meshcore.controlplane.engine import MeshEngine
 from meshcore.controlplane.metrics import ControlPlaneMetrics
 from meshcore.errors import CatalogError, MeshError, StoreError, XdsError
 from meshcore.resources.loader import load_documents
-from meshcore.snapshot import MeshSnapshot, ProxyInfo
+from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo
 from meshcore.compose import build_proxy
 from meshcore.xds.cache import PUSH_ORDER, SnapshotCache
 from meshcore.xds.validate import publish
@@ -390,3 +390,43 @@ def test_a_failed_rebuild_loses_no_hinted_change(monkeypatch):
     engine.flush()
     assert engine.snapshot.hash == MeshSnapshot.build(two, (), "cluster.local").hash
     assert not engine.snapshot.catalog.instances_of("s4")[0].healthy
+
+
+def test_a_disconnected_proxy_is_not_rebuilt_and_is_rebuilt_when_it_reconnects(monkeypatch):
+    from meshcore.controlplane import engine as engine_mod
+
+    catalog = generated_catalog()
+    quiet = _QuietSources()
+    cache = SnapshotCache()
+    engine = MeshEngine(quiet, quiet, cache, trust_domain="cluster.local",  # type: ignore[arg-type]
+                        metrics=ControlPlaneMetrics(), track_streams=True)
+    infos = {n.name: ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets") for n in catalog.nodes}
+    for info in infos.values():
+        engine.proxy_connected(info)
+        cache.stream_opened(info.node, f"{info.node}-1")
+    engine.catalog_changed(CatalogUpdate(catalog, 1))
+    engine.resources_changed([])
+    assert engine.flush()
+    gone = "vm0"
+    cache.stream_closed(gone, f"{gone}-1")
+    monkeypatch.setattr(engine_mod, "CONNECT_GRACE_S", 0.0)  # its registration is long past
+    kept = cache.get(gone)
+    assert kept is not None
+    settings = replace(engine.settings, federated_bundles=(("other.example", "PEM"),))
+    engine.set_settings(settings)  # reaches every proxy
+    before = _builds(engine)
+    engine.flush()
+    rebuilt = _rebuilt(before, engine)
+    assert gone not in rebuilt and rebuilt == set(infos) - {gone}
+    assert cache.get(gone) is kept and engine.proxies[gone].missed  # its last config stays for a reconnect
+    # Reconnecting (the authorizer calls proxy_connected before the stream is served) rebuilds it at once.
+    engine.proxy_connected(infos[gone])
+    assert not engine.proxies[gone].missed
+    assert _wire(cache, gone) == _full(engine.snapshot, gone)[0] != []
+    assert cache.get(gone).version != kept.version
+    # Connected again: later changes reach it as before.
+    cache.stream_opened(gone, f"{gone}-2")
+    engine.set_settings(MeshSettings())
+    before = _builds(engine)
+    engine.flush()
+    assert gone in _rebuilt(before, engine)
