@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
 from ..naming import principal_of
-from ..resources.kinds.authorization_policy import KIND_NAME as AUTHZ_KIND
+from ..policies.authorization_policy.schema import KIND_NAME as AUTHZ_KIND
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
 from .evaluate import decide

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from typing import Iterable, Mapping
 
-from ..resources.kinds.authorization_policy import ALLOW, AUDIT, DENY, policies_for
+from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, policies_for
 from ..resources.model import Resource
 from .model import Decision, Request
 from .patterns import ANY, Pattern, host_regex, normalize_path

@@ -23,7 +23,7 @@ import yaml
 
 from ..errors import ConfigError, ValidationError
 from ..policies.destination_rule import schema as dr_kind
-from ..resources.kinds import virtual_service as vs_kind
+from ..policies.virtual_service import schema as vs_kind
 from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf
 from ..api.operator import ApplyRequest, ResourceFile, ResourceQuery

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from ..catalog.model import Catalog, Node, ServiceInstance
-from ..resources.kinds.peer_authentication import ROOT_NAMESPACE
+from ..resources.kinds._fields import ROOT_NAMESPACE
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot, SnapshotChange
 

@@ -37,7 +37,7 @@ from .._files import atomic_write, ensure_private_dir
 from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..policies.destination_rule import schema as dr_kind
-from ..resources.kinds import virtual_service as vs_kind
+from ..policies.virtual_service import schema as vs_kind
 from ..resources.loader import validate_document, validate_set
 from ..resources.model import Resource
 from ..traffic import canary as sm

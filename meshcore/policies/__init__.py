@@ -1,8 +1,10 @@
 """Policy plugins: each kind of policy edits the generated resources of one proxy.
 
 :data:`~meshcore.policies.registry.PLUGINS` is the one declaration of their order; the composer
-(:mod:`meshcore.compose`) runs them after the per-type generators. A policy kind with a folder
-(``destination_rule/``) keeps its schema, typed spec, plugin and helpers there.
+(:mod:`meshcore.compose`) runs them after the per-type generators. Each policy kind is one folder
+(``peer_authentication/``, ``authorization_policy/``, ``destination_rule/``, ``virtual_service/``,
+``rate_limit/``) with its schema, typed spec, plugin, Envoy helpers and golden data (``testdata/``).
+:mod:`.telemetry` is a plugin without a resource kind: it reads the mesh settings.
 
 The names below load lazily: the resource registry imports a kind's schema from its folder, and that
 must not import every plugin (and the generators behind them).

@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Callable
 
 from ..snapshot import MeshSnapshot, ProxyInfo
-from . import authorization_policy, peer_authentication, rate_limit, telemetry, virtual_service
+from . import telemetry
+from .authorization_policy import plugin as authorization_policy
 from .destination_rule import plugin as destination_rule
+from .peer_authentication import plugin as peer_authentication
+from .rate_limit import plugin as rate_limit
+from .virtual_service import plugin as virtual_service
 
 Plugin = Callable[[MeshSnapshot, ProxyInfo, dict], None]
 

@@ -18,7 +18,7 @@ from .model import Resource, ResourceKey
 
 if TYPE_CHECKING:
     from .dir_store import DirectoryStore
-    from .kinds.peer_authentication import ROOT_NAMESPACE, effective_mtls
+    from ..policies.peer_authentication.schema import ROOT_NAMESPACE, effective_mtls
     from .loader import load_documents, load_files, validate_document
     from .registry import KINDS, KindSpec, get_kind
     from .store import ResourceStore
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 # Lazy: a kind's schema (some live in their policy folder, meshcore.policies.<kind>) imports this package's
 # modules, and the registry imports every kind's schema; loading the registry here would be a circle.
 __getattr__ = lazy_exports(__name__, {
-    "DirectoryStore": ".dir_store", "ROOT_NAMESPACE": ".kinds.peer_authentication",
-    "effective_mtls": ".kinds.peer_authentication", "load_documents": ".loader", "load_files": ".loader",
+    "DirectoryStore": ".dir_store", "ROOT_NAMESPACE": ".kinds._fields",
+    "effective_mtls": "meshcore.policies.peer_authentication.schema", "load_documents": ".loader", "load_files": ".loader",
     "validate_document": ".loader", "KINDS": ".registry", "KindSpec": ".registry", "get_kind": ".registry",
     "ResourceStore": ".store",
 })

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from .schema import Context, Path, Schema
 
 Validator = Callable[[Any, Path, Context], Any]
+Parser = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class KindSpec:
 
     ``validate(spec, path, ctx)`` records every problem in ``ctx`` and returns the cleaned spec
     (or :data:`~meshcore.resources.schema.INVALID`). ``spec_required=False`` lets a document omit
-    ``spec`` (it is then validated as ``{}``).
+    ``spec`` (it is then validated as ``{}``). ``parse(cleaned)`` turns a spec ``validate`` accepted into the
+    kind's typed spec (frozen dataclasses); it never fails on such a spec (:attr:`Resource.typed` holds it).
     """
 
     api_version: str
@@ -24,6 +26,7 @@ class KindSpec:
     validate: Validator
     spec_required: bool = False
     summary: str = ""
+    parse: Parser | None = None
 
     @classmethod
     def from_schema(cls, api_version: str, kind: str, schema: Schema, **kw: Any) -> "KindSpec":

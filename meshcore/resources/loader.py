@@ -101,17 +101,16 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
 
     if ctx.issues or spec_def is None or meta is INVALID or spec is INVALID:
         return None, ctx.issues.to_field_errors(source, document)
-    return (
-        Resource(
-            api_version=spec_def.api_version,
-            kind=spec_def.kind,
-            name=meta["name"],
-            namespace=meta.get("namespace") or DEFAULT_NAMESPACE,
-            spec=spec,
-            labels=tuple(sorted((meta.get("labels") or {}).items())),
-        ),
-        [],
+    resource = Resource(
+        api_version=spec_def.api_version,
+        kind=spec_def.kind,
+        name=meta["name"],
+        namespace=meta.get("namespace") or DEFAULT_NAMESPACE,
+        spec=spec,
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
     )
+    _ = resource.typed  # parse, don't validate: the typed spec comes out of validation, once
+    return resource, []
 
 
 def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[FieldError]]:
@@ -238,7 +237,7 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     the whole set (the operator API's apply, ``meshctl traffic``) call it.
     """
     from ..policies.destination_rule import schema as destination_rule
-    from .kinds import virtual_service
+    from ..policies.virtual_service import schema as virtual_service
 
     return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
 

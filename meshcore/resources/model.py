@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,7 +24,11 @@ class ResourceKey:
 
 @dataclass(frozen=True)
 class Resource:
-    """One validated resource. ``spec`` is plain JSON data; treat it as read-only."""
+    """One validated resource. ``spec`` is plain JSON data; treat it as read-only.
+
+    ``spec`` stays the raw validated mapping (what stores write and what the engine reads to know which
+    services a resource affects); :attr:`typed` is the same spec parsed into its kind's frozen dataclasses.
+    """
 
     api_version: str
     kind: str
@@ -32,6 +36,23 @@ class Resource:
     namespace: str
     spec: Any
     labels: tuple[tuple[str, str], ...] = ()
+    _typed: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def typed(self) -> Any:
+        """The kind's typed spec (``KindSpec.parse`` of :attr:`spec`), parsed once and kept.
+
+        The loader parses it when it validates a document (parse, don't validate); a resource read back from
+        a store (already validated when it was applied) parses on first use. A kind without a ``parse`` gives
+        the raw spec.
+        """
+        if self._typed is None:
+            from .registry import KINDS  # lazy: the registry imports every kind's schema, which imports this module
+
+            kind = KINDS.get(self.kind)
+            parse = kind.parse if kind is not None else None
+            object.__setattr__(self, "_typed", parse(self.spec or {}) if parse is not None else self.spec)
+        return self._typed
 
     @property
     def key(self) -> ResourceKey:

@@ -1,7 +1,8 @@
 """The explicit, ordered registry of resource kinds.
 
-Adding a kind is one new module under :mod:`meshcore.resources.kinds` that defines a
-``KIND: KindSpec``, plus one line in ``_ORDER`` below. This order is the one operators see (listings,
+Adding a kind is one module that defines a ``KIND: KindSpec`` (a policy kind's ``schema.py`` in its folder
+``meshcore/policies/<kind>/``; a kind generation never reads, such as AlertRule, under
+:mod:`meshcore.resources.kinds`), plus one line in ``_ORDER`` below. This order is the one operators see (listings,
 validation reports); the order in which policy plugins edit Envoy config is declared separately, once,
 in :data:`meshcore.policies.PLUGINS`.
 """
@@ -12,7 +13,11 @@ from meshcore.errors import ConfigError
 
 from ._kindspec import KindSpec, Validator
 from ..policies.destination_rule import schema as destination_rule
-from .kinds import alert_rule, authorization_policy, peer_authentication, rate_limit, virtual_service
+from ..policies.peer_authentication import schema as peer_authentication
+from ..policies.authorization_policy import schema as authorization_policy
+from ..policies.rate_limit import schema as rate_limit
+from ..policies.virtual_service import schema as virtual_service
+from .kinds import alert_rule
 
 _ORDER: tuple[KindSpec, ...] = (
     peer_authentication.KIND,

@@ -70,7 +70,7 @@ class ClusterSet:
         if subset is not None:
             found = rule.subset(subset) if rule is not None else None
             if found is None:
-                from ..resources.kinds.virtual_service import subset_problem
+                from ..policies.virtual_service.schema import subset_problem
 
                 raise MissingSubset(subset_problem(self.snapshot.resources_of(dr.KIND_NAME), host, subset))
             labels = dict(found.labels)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from ..naming import DEFAULT_NAMESPACE
 from ..policies.destination_rule import schema as dr_kind
-from ..resources.kinds import virtual_service as vs_kind
+from ..policies.virtual_service import schema as vs_kind
 
 ACTIVE_LABEL = "traffic.mesh.io/active"
 PREVIOUS_LABEL = "traffic.mesh.io/previous"

@@ -188,8 +188,13 @@ def test_policy_folder_golden(path, type_url, update_golden):
     _compare(path.with_name(f"{case}.{TYPE_DIRS[type_url]}.golden"), rendered, update_golden)
 
 
-def test_destination_rule_keeps_its_cases_in_its_folder():
-    assert any(p.parent.parent.name == "destination_rule" for p in POLICY_TESTDATA)
+def test_every_policy_kind_keeps_its_cases_in_its_folder():
+    """Every plugin of a resource kind has a folder (``CamelCase`` -> ``snake_case``) with a case in ``testdata/``."""
+    folders = {p.parent.parent.name for p in POLICY_TESTDATA}
+    kinds = {name for name, _plugin in PLUGINS if name != "Telemetry"}  # Telemetry reads settings, not a kind
+    expected = {"".join("_" + ch.lower() if ch.isupper() else ch for ch in kind).lstrip("_") for kind in kinds}
+    assert "destination_rule" in expected and "rate_limit" in expected  # the name mapping itself
+    assert expected <= folders, f"policy kinds without a golden case in their folder: {sorted(expected - folders)}"
 
 
 def test_every_policy_plugin_has_a_golden_case():

@@ -36,7 +36,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
-from meshcore.resources.kinds._fields import UINT32_MAX, Dur, HeaderName, ServiceHost, at_least_one, exactly_one
+from meshcore.resources.kinds._fields import (
+    UINT32_MAX,
+    Dur,
+    HeaderName,
+    ServiceHost,
+    at_least_one,
+    exactly_one,
+    unique_names,
+)
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import (
     INVALID,
@@ -54,6 +62,8 @@ from meshcore.resources.schema import (
     Str,
     StringMap,
 )
+
+from .spec import parse, spec_of
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "DestinationRule"
@@ -179,20 +189,9 @@ SUBSET = Obj(
 )
 
 
-def _unique_subsets(cleaned: dict, path: Path, ctx: Context) -> None:
-    seen: dict[str, int] = {}
-    for i, subset in enumerate(cleaned.get("subsets") or ()):
-        name = subset["name"]
-        if name in seen:
-            ctx.add(path.field("subsets").index(i).field("name"),
-                    f"subset {json.dumps(name)} is already defined at subsets[{seen[name]}]; subset names must be unique")
-        else:
-            seen[name] = i
-
-
 SPEC = Obj(
     {"host": Required(ServiceHost()), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET)},
-    rules=[_unique_subsets],
+    rules=[unique_names("subsets", "subset")],
 )
 
 KIND = KindSpec.from_schema(
@@ -200,6 +199,7 @@ KIND = KindSpec.from_schema(
     KIND_NAME,
     SPEC,
     spec_required=True,
+    parse=parse,
     summary="subsets of a service by labels, load balancing, connection limits (circuit breakers), outlier detection",
 )
 
@@ -214,21 +214,13 @@ def _ordered(resources: Iterable[Resource], kind: str) -> list[Resource]:
 def rule_for(resources: Iterable[Resource], host: str) -> Resource | None:
     """The DestinationRule for ``host``: the first by (namespace, name) whose ``spec.host`` is ``host``."""
     for r in _ordered(resources, KIND_NAME):
-        if (r.spec or {}).get("host") == host:
+        if spec_of(r).host == host:
             return r
     return None
 
 
-def subset_of(rule: Resource | None, name: str) -> dict | None:
-    """The subset ``name`` of ``rule`` (its spec mapping), or None."""
-    for s in ((rule.spec or {}).get("subsets") or ()) if rule is not None else ():
-        if s.get("name") == name:
-            return s
-    return None
-
-
 def subset_names(rule: Resource | None) -> list[str]:
-    return [s["name"] for s in ((rule.spec or {}).get("subsets") or ())] if rule is not None else []
+    return spec_of(rule).subset_names if rule is not None else []
 
 
 def selects(labels: Mapping[str, str], subset_labels: Mapping[str, str] | None) -> bool:
@@ -241,7 +233,7 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     errors: list[FieldError] = []
     first: dict[str, Resource] = {}
     for r in _ordered(resources, KIND_NAME):
-        host = str((r.spec or {}).get("host"))
+        host = spec_of(r).host
         if host in first:
             other = first[host]
             errors.append(FieldError(str(r.key), None, "spec.host",
@@ -259,7 +251,6 @@ __all__ = [
     "SIMPLE_LB",
     "HASH_KEYS",
     "rule_for",
-    "subset_of",
     "subset_names",
     "selects",
     "validate_set",

@@ -192,7 +192,9 @@ def parse(spec: Mapping[str, Any]) -> DestinationRuleSpec:
 
 
 def spec_of(rule: Resource) -> DestinationRuleSpec:
-    return parse(rule.spec)
+    """The typed spec of a DestinationRule resource (parsed once, kept on the resource)."""
+    typed: DestinationRuleSpec = rule.typed
+    return typed
 
 
 __all__ = ["DestinationRuleSpec", "Subset", "TrafficPolicy", "LoadBalancer", "ConsistentHash", "HttpCookie",

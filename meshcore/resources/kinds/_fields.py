@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from meshcore.durations import parse_duration
 from meshcore.resources.schema import INVALID, Context, Path, Schema, Str, type_name
 
 UINT32_MAX = 2**32 - 1
+
+ROOT_NAMESPACE = "meshcore-system"
+"""Policies without a selector in this namespace apply to the whole mesh (PeerAuthentication, AuthorizationPolicy,
+RateLimit)."""
 
 _SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
@@ -104,6 +108,40 @@ class HeaderName(Str):
         return value
 
 
+def in_scope(match_labels: Iterable[tuple[str, str]], resource_namespace: str, labels: Mapping[str, str],
+             namespace: str) -> bool:
+    """The scope AuthorizationPolicy and RateLimit share: with a selector, the workloads of the resource's namespace
+    whose labels hold every ``match_labels`` pair; without one, every workload of its namespace (of the mesh, in
+    :data:`ROOT_NAMESPACE`)."""
+    pairs = tuple(match_labels)
+    if not pairs:
+        return resource_namespace in (namespace, ROOT_NAMESPACE)
+    return resource_namespace == namespace and all(labels.get(k) == v for k, v in pairs)
+
+
+def unique_names(list_field: str, what: str):
+    """An Obj rule: the ``name`` of every item of ``list_field`` is unique (items without a name are skipped).
+
+    The error sits on the repeated item's name and points at the first one: ``<what> "x" is already defined at
+    <list_field>[i]; <what> names must be unique``.
+    """
+
+    def rule(cleaned: dict, path: Path, ctx: Context) -> None:
+        seen: dict[str, int] = {}
+        for i, item in enumerate(cleaned.get(list_field) or ()):
+            name = item.get("name")
+            if name is None:
+                continue
+            if name in seen:
+                ctx.add(path.field(list_field).index(i).field("name"),
+                        f"{what} {json.dumps(name)} is already defined at {list_field}[{seen[name]}]; "
+                        f"{what} names must be unique")
+            else:
+                seen[name] = i
+
+    return rule
+
+
 def exactly_one(fields: Sequence[str], what: str):
     """An Obj rule: exactly one of ``fields`` is set."""
 
@@ -124,4 +162,4 @@ def at_least_one(fields: Sequence[str], what: str):
     return rule
 
 
-__all__ = ["UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one"]
+__all__ = ["ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]

@@ -23,6 +23,11 @@ spec:
 
 AlertRule is not an xDS policy: no plugin in :mod:`meshcore.policies` reads it, so it never changes a
 proxy's configuration; the control plane's alerting (:mod:`meshcore.controlplane.alerting`) evaluates it.
+That is why it stays here, under :mod:`meshcore.resources.kinds`, rather than in a folder of
+:mod:`meshcore.policies`: those folders hold the kinds that generation reads (schema, typed spec, plugin,
+golden Envoy config), and AlertRule has no plugin and no Envoy output to keep goldens of. Its readers are the
+observability side (:mod:`meshcore.observe.alerts`, :mod:`meshcore.observe.prom_rules`), which must not import
+the generation path.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -29,6 +30,7 @@ from google.protobuf.message import Message
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
@@ -86,6 +88,13 @@ class ListenerDraft:
     @property
     def name(self) -> str:
         return self.message.name
+
+    def http_managers(self) -> Iterator[tuple[ChainDraft, hcm_pb2.HttpConnectionManager]]:
+        """``(chain, manager)`` for every HttpConnectionManager among the chains' filters, in order."""
+        for chain in self.filter_chains:
+            for f in chain.filters:
+                if isinstance(f.config, hcm_pb2.HttpConnectionManager):
+                    yield chain, f.config
 
 
 def finish_listener(draft: ListenerDraft) -> listener_pb2.Listener:

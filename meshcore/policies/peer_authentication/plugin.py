@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from envoy.config.listener.v3 import listener_components_pb2
 
-from .. import naming
-from ..resources.kinds.peer_authentication import effective_mtls
-from ..snapshot import MeshSnapshot, ProxyInfo
-from ..xds.generate import vocab as c
-from ..xds.generate.vocab import LISTENER
-from ..xds.generate.listeners import PLAINTEXT_CHAIN, inbound_filters
+from ... import naming
+from ...snapshot import MeshSnapshot, ProxyInfo
+from ...xds.generate import vocab as c
+from ...xds.generate.listeners import PLAINTEXT_CHAIN, inbound_filters
+from ...xds.generate.vocab import LISTENER
+from .schema import KIND_NAME, effective_mtls
 
-KIND = "PeerAuthentication"
+KIND = KIND_NAME
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
@@ -36,3 +36,6 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         elif mode == "DISABLE":
             del listener.filter_chains[:]
             listener.filter_chains.append(plaintext)
+
+
+__all__ = ["apply"]

@@ -30,17 +30,15 @@ the mesh, in the root namespace).
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from meshcore.resources._kindspec import KindSpec
+from meshcore.resources.kinds._fields import UINT32_MAX, Dur, in_scope, unique_names
+from meshcore.policies.authorization_policy.schema import METHODS, PATHS, PRINCIPALS
 from meshcore.resources.model import Resource
-from meshcore.resources.schema import DNSLabel, Int, LabelSelector, ListOf, Obj, Path, Required, Context
+from meshcore.resources.schema import Context, DNSLabel, Int, LabelSelector, ListOf, Obj, Path, Required
 
-from .authorization_policy import METHODS, PATHS, PRINCIPALS
-from ._fields import UINT32_MAX, Dur, seconds
-from .peer_authentication import ROOT_NAMESPACE
+from .spec import parse, spec_of
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "RateLimit"
@@ -77,22 +75,9 @@ LIMIT = Obj(
 )
 
 
-def _unique_limit_names(cleaned: dict, path: Path, ctx: Context) -> None:
-    seen: dict[str, int] = {}
-    for i, limit in enumerate(cleaned.get("limits") or ()):
-        name = limit.get("name")
-        if name is None:
-            continue
-        if name in seen:
-            ctx.add(path.field("limits").index(i).field("name"),
-                    f"limit {json.dumps(name)} is already defined at limits[{seen[name]}]; limit names must be unique")
-        else:
-            seen[name] = i
-
-
 SPEC = Obj(
     {"selector": LabelSelector(), "limits": Required(ListOf(LIMIT, min_items=1))},
-    rules=[_unique_limit_names],
+    rules=[unique_names("limits", "limit")],
 )
 
 KIND = KindSpec.from_schema(
@@ -100,40 +85,17 @@ KIND = KindSpec.from_schema(
     KIND_NAME,
     SPEC,
     spec_required=True,
+    parse=parse,
     summary="local token-bucket rate limits on a service's inbound requests, per route or caller (429 + retry-after)",
 )
 
 
-# --- reading a validated spec (pure) -----------------------------------------------------------------
-
-
-def limit_id(limit: Mapping[str, Any], index: int) -> str:
-    """How a limit is named in Envoy's config: its ``name``, else ``limits[<index>]``."""
-    return limit.get("name") or f"limits[{index}]"
-
-
-def tokens_per_fill(limit: Mapping[str, Any]) -> int:
-    return int(limit.get("tokensPerFill") or limit["maxTokens"])
-
-
-def retry_after_seconds(limit: Mapping[str, Any]) -> int:
-    """Whole seconds until an empty bucket holds a token again (Envoy refills continuously), at least 1."""
-    per_token = seconds(limit["fillInterval"]) / tokens_per_fill(limit)
-    return max(1, math.ceil(per_token - 1e-9))
-
-
-def match_labels(spec: Mapping[str, Any] | None) -> dict[str, str]:
-    return dict(((spec or {}).get("selector") or {}).get("matchLabels") or {})
+# --- scope (pure) ------------------------------------------------------------------------------------
 
 
 def selects(resource: Resource, labels: Mapping[str, str], namespace: str) -> bool:
     """Whether ``resource`` applies to a workload with ``labels`` in ``namespace`` (AuthorizationPolicy's scope)."""
-    if resource.kind != KIND_NAME:
-        return False
-    selector = match_labels(resource.spec)
-    if not selector:
-        return resource.namespace in (namespace, ROOT_NAMESPACE)
-    return resource.namespace == namespace and all(labels.get(k) == v for k, v in selector.items())
+    return resource.kind == KIND_NAME and in_scope(spec_of(resource).match_labels, resource.namespace, labels, namespace)
 
 
 def limits_for(resources: Iterable[Resource], labels: Mapping[str, str], namespace: str) -> list[Resource]:
@@ -148,10 +110,6 @@ __all__ = [
     "KIND_NAME",
     "MATCH_FIELDS",
     "MIN_FILL_INTERVAL_S",
-    "limit_id",
     "limits_for",
-    "match_labels",
-    "retry_after_seconds",
     "selects",
-    "tokens_per_fill",
 ]

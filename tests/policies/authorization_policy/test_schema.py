@@ -8,7 +8,7 @@ import pytest
 
 from meshcore.errors import ValidationError
 from meshcore.resources import KINDS, load_documents
-from meshcore.resources.kinds.authorization_policy import action_of, policies_for, selects
+from meshcore.policies.authorization_policy.schema import action_of, policies_for, selects
 
 HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\n"
 

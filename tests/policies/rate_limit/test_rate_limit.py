@@ -21,7 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as net_rl_pb2
 
 from meshcore.errors import ValidationError
-from meshcore.policies.rate_limit import method_regex, path_regex, source_regex
+from meshcore.policies.rate_limit.filters import method_regex, path_regex, source_regex
 from meshcore.resources import load_documents
 from meshcore.xds.generate import LISTENER, ROUTE
 from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
@@ -29,10 +29,10 @@ from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
 from tests.traffic.test_build import _build as build_bookinfo
 from tests.traffic.test_build import _validate_with_envoy
 
-from ._catalog import build, write_catalog
-from ._envoy import StaticEnvoy, wait_listening
+from .._catalog import build, write_catalog
+from .._envoy import StaticEnvoy, wait_listening
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = (ROOT / "examples" / "traffic" / "ratings-rate-limit.yaml").read_text()
 HEAD = "apiVersion: networking.mesh.io/v1beta1\nkind: RateLimit\n"
 PERMISSIVE = ("apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\n"

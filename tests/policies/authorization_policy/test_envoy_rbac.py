@@ -20,8 +20,8 @@ import pytest
 
 from meshcore.authz import Request, decide
 
-from ._catalog import build, snapshot, write_catalog
-from ._envoy import StaticEnvoy, wait_listening
+from .._catalog import build, snapshot, write_catalog
+from .._envoy import StaticEnvoy, wait_listening
 
 HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\n"
 PERMISSIVE = ("apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\n"

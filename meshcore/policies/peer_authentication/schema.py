@@ -25,20 +25,17 @@ policy at all is ``STRICT``: meshcore is strict unless a policy says otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from meshcore.resources._kindspec import KindSpec
+from meshcore.resources.kinds._fields import ROOT_NAMESPACE
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import Context, Enum, LabelSelector, MapOf, Obj, Path, PortKey
 
+from .spec import DEFAULT_MODE, DISABLE, MODES, PERMISSIVE, STRICT, UNSET, PeerAuthenticationSpec, parse, spec_of
+
 API_VERSION = "security.mesh.io/v1beta1"
 KIND_NAME = "PeerAuthentication"
-ROOT_NAMESPACE = "meshcore-system"
-"""Policies without a selector in this namespace apply to the whole mesh."""
-
-STRICT, PERMISSIVE, DISABLE, UNSET = "STRICT", "PERMISSIVE", "DISABLE", "UNSET"
-MODES = (STRICT, PERMISSIVE, DISABLE, UNSET)
-DEFAULT_MODE = STRICT
 
 
 def _port_level_needs_selector(spec: dict, path: Path, ctx: Context) -> None:
@@ -64,6 +61,7 @@ KIND = KindSpec.from_schema(
     API_VERSION,
     KIND_NAME,
     SPEC,
+    parse=parse,
     summary="mTLS mode (STRICT, PERMISSIVE, DISABLE) accepted by workloads, mesh-wide, per namespace or per workload",
 )
 
@@ -71,19 +69,8 @@ KIND = KindSpec.from_schema(
 # --- resolution (pure) --------------------------------------------------------------------
 
 
-def _match_labels(spec: Mapping[str, Any]) -> dict[str, str]:
-    return dict(((spec or {}).get("selector") or {}).get("matchLabels") or {})
-
-
-def _mode(block: Any) -> str:
-    """A policy's mode as written; omitted means UNSET, i.e. inherit (see module docstring)."""
-    if not isinstance(block, Mapping):
-        return UNSET
-    return block.get("mode") or UNSET
-
-
-def _first(policies: list[Resource]) -> Resource | None:
-    return min(policies, key=lambda r: r.name) if policies else None
+def _first(policies: list[tuple[Resource, PeerAuthenticationSpec]]) -> PeerAuthenticationSpec | None:
+    return min(policies, key=lambda p: p[0].name)[1] if policies else None
 
 
 def effective_mtls(resources: Sequence[Resource], labels: Mapping[str, str], namespace: str, port: int) -> str:
@@ -100,33 +87,19 @@ def effective_mtls(resources: Sequence[Resource], labels: Mapping[str, str], nam
     Istio picks the oldest; meshcore resources carry no creation time, so the lexical order is
     the deterministic stand-in.
     """
-    pas = [r for r in resources if r.kind == KIND_NAME]
-    mesh = _first([r for r in pas if r.namespace == ROOT_NAMESPACE and not _match_labels(r.spec)])
-    ns = _first([r for r in pas if r.namespace == namespace and not _match_labels(r.spec)])
-    workload = _first(
-        [
-            r
-            for r in pas
-            if r.namespace == namespace
-            and (sel := _match_labels(r.spec))
-            and all(labels.get(k) == v for k, v in sel.items())
-        ]
-    )
+    pas = [(r, spec_of(r)) for r in resources if r.kind == KIND_NAME]
+    mesh = _first([(r, s) for r, s in pas if r.namespace == ROOT_NAMESPACE and not s.match_labels])
+    ns = _first([(r, s) for r, s in pas if r.namespace == namespace and not s.match_labels])
+    workload = _first([(r, s) for r, s in pas if r.namespace == namespace and s.selects(labels)])
 
     mode = DEFAULT_MODE
     for level in (mesh, ns, workload):
-        if level is None:
-            continue
-        m = _mode((level.spec or {}).get("mtls"))
-        if m != UNSET:
-            mode = m
+        if level is not None and level.mode != UNSET:
+            mode = level.mode
     if workload is not None:
-        port_level = (workload.spec or {}).get("portLevelMtls") or {}
-        block = port_level.get(str(port), port_level.get(port))  # type: ignore[call-overload]
-        if isinstance(block, Mapping):
-            m = _mode(block)
-            if m != UNSET:
-                mode = m
+        m = workload.port_mode(port)
+        if m is not None and m != UNSET:
+            mode = m
     return mode
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshcore.errors import ValidationError
-from meshcore.resources.kinds import virtual_service as vs
+from meshcore.policies.virtual_service import schema as vs
 from meshcore.resources.loader import load_documents, validate_set
 
 HEAD = "apiVersion: networking.mesh.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews}\n"

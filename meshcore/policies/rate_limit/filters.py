@@ -1,62 +1,28 @@
-"""RateLimit: Envoy local rate limits on the inbound side of the selected workloads.
-
-HTTP workloads: every inbound HTTP connection manager always carries a disabled
-``envoy.filters.http.local_ratelimit`` filter named ``meshcore.ratelimit`` (after the RBAC filters, so
-a request AuthorizationPolicy denies never takes a token; see :mod:`meshcore.xds.generate.policy_filters`).
-This plugin never touches the listener: it puts the limits into the instance's inbound route
-configuration, as that filter's per-route ``LocalRateLimit`` on the virtual host, so a change is an RDS
-update that applies to the next request on every connection. (A new per-route config starts with full
-buckets.) Inside it:
-
-* every ``limits[i]`` is one descriptor ``meshcore_limit=<name or limits[i]>`` with its own token bucket,
-  produced by a ``header_value_match`` action (``:path``, ``:method`` and, for ``sources``, the peer's
-  SPIFFE ID in ``x-forwarded-client-cert``, which the inbound HttpConnectionManager sets from the
-  verified client certificate and strips from anything else) or, without ``match``, a ``generic_key``;
-* a request takes a token from every limit it matches; the filter's own bucket is never consumed
-  (``always_consume_default_token_bucket: false``, and unlimited for requests no limit matches);
-* refused requests get ``429`` with ``retry-after`` (whole seconds until an emptied bucket holds a token
-  again; the largest over the limits);
-* stats: ``ratelimit.<ns>.<name>.http_local_rate_limit.{ok,rate_limited,enabled,enforced}``.
-
-Several RateLimits selecting one workload share that one filter: their limits are merged, in
-(namespace, name) order, descriptor values ``<ns>/<name>/<limit>``, stats under
-``ratelimit.<ns>.<name>+<name2>...`` (:func:`merged_stat_prefix`).
-
-TCP workloads (``meta protocol=tcp``) get ``envoy.filters.network.local_ratelimit`` before the tcp_proxy,
-one per limit without ``match``, limiting new connections (stats
-``ratelimit.<ns>.<name>.local_rate_limit.rate_limited``); limits with a ``match`` need HTTP and are
-left out there. Network filters have no per-route config, so a TCP limit change is a listener update
-and applies to new connections.
+"""RateLimit's Envoy configs (pure): the HTTP local rate limit a workload's inbound route carries, the network
+local rate limits of a TCP workload, and the regular expressions its ``match`` becomes. :mod:`.plugin` puts them
+into the generated resources; its docstring tells how requests and connections are limited.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as net_rl_pb2
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 
-from .. import naming
-from ..authz.patterns import ANY, EXACT, PREFIX, Pattern, re_escape
-from ..resources.kinds._fields import UINT32_MAX, seconds
-from ..resources.kinds.rate_limit import KIND_NAME, limit_id, limits_for, retry_after_seconds, tokens_per_fill
-from ..resources.model import Resource
-from ..snapshot import MeshSnapshot, ProxyInfo
-from ..errors import SnapshotInvalid
-from ..xds.generate import vocab as c
-from ..xds.generate import policy_filters as pf
-from ._inbound import inbound_targets
+from ...authz.patterns import ANY, EXACT, PREFIX, Pattern, re_escape
+from ...resources.kinds._fields import UINT32_MAX
+from ...resources.model import Resource
+from ...xds.generate import vocab as c
+from .spec import Limit, spec_of
 
-KIND = KIND_NAME
 HTTP_LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 NETWORK_LOCAL_RATELIMIT = "envoy.filters.network.local_ratelimit"
 DESCRIPTOR_KEY = "meshcore_limit"
@@ -115,34 +81,34 @@ def _regex_header(name: str, regex: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex)))
 
 
-def limit_action(limit: Mapping, value: int | str) -> rc.RateLimit:
+def limit_action(limit: Limit, value: int | str) -> rc.RateLimit:
     """The action producing descriptor ``meshcore_limit=<value>`` for one limit: generic (every request) or on
     its ``match``. ``value``: the descriptor value, or the limit's index (then its name or ``limits[i]``)."""
     if isinstance(value, int):
-        value = limit_id(limit, value)
-    match = limit.get("match")
-    if not match:
+        value = limit.id(value)
+    match = limit.match
+    if match is None:
         action = rc.RateLimit.Action(generic_key=rc.RateLimit.Action.GenericKey(
             descriptor_key=DESCRIPTOR_KEY, descriptor_value=value))
         return rc.RateLimit(actions=[action])
     headers = []
-    if match.get("paths"):
-        headers.append(_regex_header(":path", path_regex(match["paths"])))
-    if match.get("methods"):
-        headers.append(_regex_header(":method", method_regex(match["methods"])))
-    if match.get("sources"):
-        headers.append(_regex_header(XFCC, source_regex(match["sources"])))
+    if match.paths:
+        headers.append(_regex_header(":path", path_regex(match.paths)))
+    if match.methods:
+        headers.append(_regex_header(":method", method_regex(match.methods)))
+    if match.sources:
+        headers.append(_regex_header(XFCC, source_regex(match.sources)))
     action = rc.RateLimit.Action(header_value_match=rc.RateLimit.Action.HeaderValueMatch(
         descriptor_key=DESCRIPTOR_KEY, descriptor_value=value,
         expect_match=wrappers_pb2.BoolValue(value=True), headers=headers))
     return rc.RateLimit(actions=[action])
 
 
-def token_bucket(limit: Mapping) -> token_bucket_pb2.TokenBucket:
+def token_bucket(limit: Limit) -> token_bucket_pb2.TokenBucket:
     return token_bucket_pb2.TokenBucket(
-        max_tokens=int(limit["maxTokens"]),
-        tokens_per_fill=wrappers_pb2.UInt32Value(value=tokens_per_fill(limit)),
-        fill_interval=c.seconds(seconds(limit["fillInterval"])),
+        max_tokens=limit.max_tokens,
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=limit.tokens_per_fill),
+        fill_interval=c.seconds(limit.fill_interval),
     )
 
 
@@ -159,12 +125,12 @@ def merged_stat_prefix(resources: Sequence[Resource]) -> str:
     return ".".join(["ratelimit", first.namespace.replace(".", "_"), "+".join(n.replace(".", "_") for n in names)])
 
 
-def _limits(resources: Sequence[Resource]) -> list[tuple[str, Mapping]]:
+def _limits(resources: Sequence[Resource]) -> list[tuple[str, Limit]]:
     """(descriptor value, limit) of every limit; values qualified by resource when several share the filter."""
     out = []
     for r in resources:
-        for i, limit in enumerate((r.spec or {}).get("limits") or ()):
-            value = limit_id(limit, i)
+        for i, limit in enumerate(spec_of(r).limits):
+            value = limit.id(i)
             out.append((value if len(resources) == 1 else f"{r.namespace}/{r.name}/{value}", limit))
     return out
 
@@ -174,7 +140,7 @@ def http_local_rate_limit(resource: Resource | Sequence[Resource]) -> http_rl_pb
     resources = [resource] if isinstance(resource, Resource) else sorted(resource, key=lambda r: (r.namespace, r.name))
     limits = _limits(resources)
     prefix = stat_prefix(resources[0]) if len(resources) == 1 else merged_stat_prefix(resources)
-    retry_after = max(retry_after_seconds(limit) for _, limit in limits)
+    retry_after = max(limit.retry_after_seconds for _, limit in limits)
     hvo = base_pb2.HeaderValueOption
     return http_rl_pb2.LocalRateLimit(
         stat_prefix=prefix,
@@ -200,51 +166,11 @@ def http_local_rate_limit(resource: Resource | Sequence[Resource]) -> http_rl_pb
 def network_local_rate_limits(resource: Resource) -> list[net_rl_pb2.LocalRateLimit]:
     """For TCP workloads: one connection limit per limit without ``match`` (pure)."""
     return [net_rl_pb2.LocalRateLimit(stat_prefix=stat_prefix(resource), token_bucket=token_bucket(limit))
-            for limit in (resource.spec or {}).get("limits") or () if not limit.get("match")]
-
-
-# --- inserting: HTTP into the inbound route, TCP into the inbound listener ---------------------------
-
-
-def limit_route(route: route_pb2.RouteConfiguration, selected: Sequence[Resource]) -> None:
-    """Put ``selected``'s limits into an inbound route configuration (the ``meshcore.ratelimit`` filter's config)."""
-    pf.set_policy_config(route, pf.RATELIMIT, http_local_rate_limit(selected))
-
-
-def limit_chain(chain: c.ChainDraft, selected: Sequence[Resource]) -> None:
-    """Add ``selected``'s connection limits to one inbound TCP filter chain, before its tcp_proxy."""
-    for i, f in enumerate(chain.filters):
-        if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
-            chain.filters[i:i] = [c.NetworkFilter(NETWORK_LOCAL_RATELIMIT, cfg)
-                                  for r in selected for cfg in network_local_rate_limits(r)]
-            return
-
-
-def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
-    limits = snapshot.resources_of(KIND)
-    if not limits:
-        return
-    problems = []
-    for inst, listener, route in inbound_targets(snapshot, proxy, resources):
-        selected = sorted(limits_for(limits, inst.labels, inst.namespace), key=lambda r: (r.namespace, r.name))
-        if not selected:
-            continue
-        if inst.protocol == "tcp":
-            for chain in listener.filter_chains:
-                limit_chain(chain, selected)
-            continue
-        if route is None:
-            problems.append(f"RateLimit not enforceable: no inbound route configuration "
-                            f"{naming.inbound_route(inst.id)!r} for instance {inst.id}")
-            continue
-        limit_route(route, selected)
-    if problems:
-        raise SnapshotInvalid(proxy.node, problems)
+            for limit in spec_of(resource).limits if limit.match is None]
 
 
 __all__ = [
-    "apply", "http_local_rate_limit", "network_local_rate_limits", "limit_chain", "limit_route", "limit_action",
-    "merged_stat_prefix",
+    "http_local_rate_limit", "network_local_rate_limits", "limit_action", "token_bucket", "merged_stat_prefix",
     "path_regex", "method_regex", "source_regex", "stat_prefix",
     "HTTP_LOCAL_RATELIMIT", "NETWORK_LOCAL_RATELIMIT", "DESCRIPTOR_KEY",
 ]

@@ -53,21 +53,28 @@ from meshcore.resources.schema import (
     suggest,
 )
 
-from .peer_authentication import ROOT_NAMESPACE
+from meshcore.resources.kinds._fields import ROOT_NAMESPACE, in_scope
+
+from .spec import (
+    ACTIONS,
+    ALLOW,
+    AUDIT,
+    DEFAULT_ACTION,
+    DENY,
+    HEADER_KEY,
+    PLAIN_WHEN_KEYS,
+    TOKEN,
+    parse,
+    parse_when_key,
+    spec_of,
+)
 
 API_VERSION = "security.mesh.io/v1beta1"
 KIND_NAME = "AuthorizationPolicy"
 
-ALLOW, DENY, AUDIT = "ALLOW", "DENY", "AUDIT"
-ACTIONS = (ALLOW, DENY, AUDIT)
-DEFAULT_ACTION = ALLOW
-
 SOURCE_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks")
 OPERATION_FIELDS = ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts", "hosts", "notHosts")
 WHEN_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "destination.port")
-_PLAIN_WHEN_KEYS = ("source.principal", "source.namespace", "source.ip", "destination.port")
-_HEADER_KEY = re.compile(r"request\.headers\[(?P<name>[^\]]*)\]")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (header names, methods)
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]_-]+")
 _NAMESPACE = re.compile(r"[a-z0-9-]+")
 
@@ -124,7 +131,7 @@ def _method_problem(value: str) -> str | None:
     if problem:
         return problem
     lit = _literal(value)
-    if lit and not _TOKEN.fullmatch(lit):
+    if lit and not TOKEN.fullmatch(lit):
         return f"{json.dumps(value)} is not an HTTP method"
     if lit != lit.upper():
         return f"HTTP methods are case-sensitive: write {json.dumps(value.upper())}, not {json.dumps(value)}"
@@ -231,18 +238,6 @@ OPERATION = Obj(
 # --- when conditions -------------------------------------------------------------------------------
 
 
-def parse_when_key(key: str) -> tuple[str, str | None] | None:
-    """``"request.headers[X-Env]"`` -> ``("request.headers", "x-env")``; ``"source.ip"`` -> ``("source.ip", None)``.
-
-    None when meshcore does not know the key. Header names are lowercased (HTTP/2 and Envoy spell them so).
-    """
-    m = _HEADER_KEY.fullmatch(key)
-    if m:
-        name = m.group("name").strip()
-        return ("request.headers", name.lower()) if name and _TOKEN.fullmatch(name) else None
-    return (key, None) if key in _PLAIN_WHEN_KEYS else None
-
-
 class WhenKey(Schema):
     expected = "a string"
 
@@ -251,12 +246,12 @@ class WhenKey(Schema):
             return self._wrong_type(value, path, ctx)
         if parse_when_key(value) is not None:
             return value
-        if _HEADER_KEY.fullmatch(value) or value.startswith("request.headers"):
+        if HEADER_KEY.fullmatch(value) or value.startswith("request.headers"):
             ctx.add(path, f"{json.dumps(value)}: write a header condition as request.headers[<name>], "
                           "e.g. request.headers[x-env]")
             return INVALID
         msg = f"unsupported key {json.dumps(value)}"
-        hint = suggest(value, _PLAIN_WHEN_KEYS)
+        hint = suggest(value, PLAIN_WHEN_KEYS)
         if hint:
             msg += f"; did you mean {json.dumps(hint)}?"
         ctx.add(path, msg + "; meshcore supports: " + ", ".join(WHEN_KEYS))
@@ -336,6 +331,7 @@ KIND = KindSpec.from_schema(
     API_VERSION,
     KIND_NAME,
     SPEC,
+    parse=parse,
     summary="which callers (SPIFFE principals, namespaces, IPs) may do what (methods, paths, ports) on workloads",
 )
 
@@ -343,23 +339,14 @@ KIND = KindSpec.from_schema(
 # --- scope (pure) --------------------------------------------------------------------------------------
 
 
-def match_labels(spec: Mapping[str, Any] | None) -> dict[str, str]:
-    return dict(((spec or {}).get("selector") or {}).get("matchLabels") or {})
-
-
 def action_of(policy: Resource) -> str:
     """The policy's action; omitted means ALLOW (as in Istio)."""
-    return (policy.spec or {}).get("action") or DEFAULT_ACTION
+    return spec_of(policy).action
 
 
 def selects(policy: Resource, labels: Mapping[str, str], namespace: str) -> bool:
     """Whether ``policy`` applies to a workload with ``labels`` in ``namespace`` (see the module docstring)."""
-    if policy.kind != KIND_NAME:
-        return False
-    selector = match_labels(policy.spec)
-    if not selector:
-        return policy.namespace in (namespace, ROOT_NAMESPACE)
-    return policy.namespace == namespace and all(labels.get(k) == v for k, v in selector.items())
+    return policy.kind == KIND_NAME and in_scope(spec_of(policy).match_labels, policy.namespace, labels, namespace)
 
 
 def policies_for(resources: Iterable[Resource], labels: Mapping[str, str], namespace: str) -> list[Resource]:
@@ -368,7 +355,7 @@ def policies_for(resources: Iterable[Resource], labels: Mapping[str, str], names
     ``resources`` may hold other kinds; they are ignored. The order is the one Envoy evaluates
     DENY policies in, so the policy reported as deciding is the same in both.
     """
-    chosen = [r for r in resources if r.kind == KIND_NAME and selects(r, labels, namespace)]
+    chosen = [r for r in resources if selects(r, labels, namespace)]
     return sorted(chosen, key=lambda r: (r.namespace, r.name))
 
 
@@ -381,11 +368,11 @@ __all__ = [
     "DENY",
     "AUDIT",
     "ACTIONS",
+    "DEFAULT_ACTION",
     "SOURCE_FIELDS",
     "OPERATION_FIELDS",
     "WHEN_KEYS",
     "action_of",
-    "match_labels",
     "parse_when_key",
     "policies_for",
     "selects",

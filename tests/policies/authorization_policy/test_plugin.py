@@ -22,7 +22,7 @@ from meshcore.xds.generate import LISTENER, ROUTE
 from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
 from meshcore.xds.validate import validate_snapshot
 
-from ._catalog import build, write_catalog
+from .._catalog import build, write_catalog
 
 HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\n"
 PERMISSIVE = ("apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\n"
@@ -259,7 +259,7 @@ def test_fails_closed_when_a_listener_lacks_the_policy_filters(catalog):
     from meshcore.snapshot import ProxyInfo
     from meshcore.xds.generate import build_listeners, build_routes
 
-    from ._catalog import snapshot
+    from .._catalog import snapshot
 
     snap = snapshot(catalog, ap("web", "selector: {matchLabels: {app: web}}\nrules: [{}]"))
     proxy = ProxyInfo(node="n1", secrets_dir="/s")

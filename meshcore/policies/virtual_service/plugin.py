@@ -21,33 +21,29 @@ in ``meshctl get proxies``.
 
 from __future__ import annotations
 
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from .. import naming
-from ..errors import SnapshotInvalid
-from ..resources.kinds.virtual_service import KIND_NAME, service_for
-from ..snapshot import MeshSnapshot, ProxyInfo
-from ..traffic.clusters import ClusterSet, MissingSubset
-from .destination_rule.clusters import route_hash_policies
-from ..traffic.routes import has_fault, http_routes, weighted_tcp
-from ..xds.generate import vocab as c
-from ..xds.generate.vocab import LISTENER, ROUTE
-from ..xds.generate import policy_filters as pf
-from ..xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
+from ... import naming
+from ...errors import SnapshotInvalid
+from ...snapshot import MeshSnapshot, ProxyInfo
+from ...traffic.clusters import ClusterSet, MissingSubset
+from ...xds.generate import policy_filters as pf
+from ...xds.generate import vocab as c
+from ...xds.generate.routes import DEFAULT_ROUTE_TIMEOUT_S
+from ...xds.generate.vocab import LISTENER, ROUTE
+from ..destination_rule.clusters import route_hash_policies
+from .routes import http_routes, weighted_tcp
+from .schema import KIND_NAME, service_for
+from .spec import spec_of
 
 KIND = KIND_NAME
 
 
 def check_fault_filter(listener: c.ListenerDraft) -> list[str]:
     """Problems that would leave faults sent per route unapplied: an HCM of ``listener`` without the fault filter."""
-    problems = []
-    for chain in listener.filter_chains:
-        for f in chain.filters:
-            if isinstance(f.config, hcm_pb2.HttpConnectionManager) and not pf.has_fault_filter(f.config):
-                problems.append(f"listener {listener.name!r}: the HttpConnectionManager lacks the fault filter "
-                                f"{pf.FAULT!r} before its router, so the fault would not be injected")
-    return problems
+    return [f"listener {listener.name!r}: the HttpConnectionManager lacks the fault filter {pf.FAULT!r} before its "
+            "router, so the fault would not be injected"
+            for _chain, hcm in listener.http_managers() if not pf.has_fault_filter(hcm)]
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
@@ -80,7 +76,8 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                         if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
                             weighted_tcp(f.config, vs, cluster_for)
                 continue
-            if not (vs.spec or {}).get("http"):
+            spec = spec_of(vs)
+            if not spec.http:
                 continue
             route_config = routes.get(naming.outbound_route(host, up.local_bind_port))
             if route_config is None:
@@ -89,7 +86,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             for vhost in route_config.virtual_hosts:
                 del vhost.routes[:]
                 vhost.routes.extend(compiled)
-            if has_fault(vs):
+            if spec.has_fault:
                 listener = listeners.get(naming.outbound_listener(host, up.local_bind_port))
                 if listener is not None:
                     problems.extend(f"{where}: {p}" for p in check_fault_filter(listener))

@@ -65,8 +65,9 @@ from meshcore.resources.schema import (
 )
 
 from meshcore.policies.destination_rule import schema as dr
+from meshcore.resources.kinds._fields import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one, seconds
 
-from ._fields import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one, seconds
+from .spec import parse, spec_of
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "VirtualService"
@@ -285,6 +286,7 @@ KIND = KindSpec.from_schema(
     KIND_NAME,
     SPEC,
     spec_required=True,
+    parse=parse,
     summary="ordered HTTP routes (match, weighted subsets, retries, timeout, fault, mirror, headers) and weighted TCP",
 )
 
@@ -295,7 +297,7 @@ KIND = KindSpec.from_schema(
 def service_for(resources: Sequence[Resource], host: str) -> Resource | None:
     """The VirtualService routing ``host``: the first by (namespace, name) listing it in ``spec.hosts``."""
     for r in sorted((r for r in resources if r.kind == KIND_NAME), key=lambda r: (r.namespace, r.name)):
-        if host in ((r.spec or {}).get("hosts") or ()):
+        if host in spec_of(r).hosts:
             return r
     return None
 
@@ -318,7 +320,7 @@ def subset_problem(resources: Sequence[Resource], host: str, subset: str) -> str
     if rule is None:
         return (f"subset {json.dumps(subset)} of host {json.dumps(host)} is not defined: no DestinationRule has "
                 f"host {json.dumps(host)}; add one with subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]")
-    if dr.subset_of(rule, subset) is None:
+    if dr.spec_of(rule).subset(subset) is None:
         known = ", ".join(dr.subset_names(rule)) or "none"
         return (f"subset {json.dumps(subset)} is not defined in DestinationRule {rule.namespace}/{rule.name} "
                 f"for host {json.dumps(host)} (its subsets: {known})")

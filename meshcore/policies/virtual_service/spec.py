@@ -1,0 +1,214 @@
+"""VirtualService's typed spec: frozen dataclasses parsed from the validated document (parse, don't validate).
+
+:func:`parse` turns a ``spec`` the schema accepted (:mod:`.schema`) into a :class:`VirtualServiceSpec`; durations
+become seconds, percentages floats (an omitted ``percentage`` is 100, as in Istio), an omitted weight 100 (the
+schema allows that only for a single destination), map entries sorted ``(key, value)`` pairs. The plugin and
+its route compiler (:mod:`.routes`) read only these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from meshcore.resources.kinds._fields import seconds
+from meshcore.resources.model import Resource
+
+EXACT, PREFIX, REGEX = "exact", "prefix", "regex"
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    kind: str  # EXACT | PREFIX | REGEX (the schema requires exactly one)
+    value: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ``match[]`` alternative: every condition in it must hold. ``uri`` None: any path."""
+
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name
+    query_params: tuple[tuple[str, StringMatch], ...] = ()  # by parameter name
+    ignore_uri_case: bool = False
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    subset: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    destination: Destination
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int  # 0: retries off
+    per_try_timeout: float | None = None  # seconds
+    retry_on: str | None = None  # None: DEFAULT_RETRY_ON
+    backoff_base_interval: float | None = None  # seconds; None: no backoff block
+    backoff_max_interval: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    fixed_delay: float  # seconds
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
+class FaultAbort:
+    http_status: int
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """At least one of ``delay`` and ``abort`` is set (the schema's rule)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True)
+class HeaderOperations:
+    set: tuple[tuple[str, str], ...] = ()  # by header name
+    add: tuple[tuple[str, str], ...] = ()  # by header name
+    remove: tuple[str, ...] = ()  # as written
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    route: tuple[RouteDestination, ...]
+    name: str | None = None
+    match: tuple[Match, ...] = ()  # empty: every request
+    timeout: float | None = None  # seconds; None: the generator's default
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirror: Destination | None = None
+    mirror_percentage: float = 100.0
+    request_headers: HeaderOperations = HeaderOperations()
+    response_headers: HeaderOperations = HeaderOperations()
+
+
+@dataclass(frozen=True)
+class TcpRoute:
+    route: tuple[RouteDestination, ...]
+
+
+@dataclass(frozen=True)
+class VirtualServiceSpec:
+    hosts: tuple[str, ...]
+    http: tuple[HttpRoute, ...] = ()
+    tcp: tuple[TcpRoute, ...] = ()
+
+    @property
+    def has_fault(self) -> bool:
+        return any(rule.fault is not None for rule in self.http)
+
+
+def _string_match(m: Mapping[str, Any]) -> StringMatch:
+    kind = next(k for k in (EXACT, PREFIX, REGEX) if k in m)
+    return StringMatch(kind, m[kind])
+
+
+def _string_matches(entries: Mapping[str, Any] | None) -> tuple[tuple[str, StringMatch], ...]:
+    return tuple((name, _string_match(m)) for name, m in sorted((entries or {}).items()))
+
+
+def _match(m: Mapping[str, Any]) -> Match:
+    return Match(
+        uri=_string_match(m["uri"]) if m.get("uri") else None,
+        method=_string_match(m["method"]) if m.get("method") else None,
+        headers=_string_matches(m.get("headers")),
+        query_params=_string_matches(m.get("queryParams")),
+        ignore_uri_case=bool(m.get("ignoreUriCase")),
+    )
+
+
+def _destination(d: Mapping[str, Any]) -> Destination:
+    return Destination(d["host"], d.get("subset"))
+
+
+def _route(destinations: Any) -> tuple[RouteDestination, ...]:
+    return tuple(RouteDestination(_destination(d["destination"]), d.get("weight", 100)) for d in destinations or ())
+
+
+def _percent(block: Mapping[str, Any] | None) -> float:
+    return float(((block or {}).get("percentage") or {}).get("value", 100))
+
+
+def _retries(r: Mapping[str, Any] | None) -> Retries | None:
+    if not r:
+        return None
+    backoff = r.get("backoff") or None
+    return Retries(
+        attempts=r["attempts"],
+        per_try_timeout=seconds(r["perTryTimeout"]) if "perTryTimeout" in r else None,
+        retry_on=r.get("retryOn") or None,
+        backoff_base_interval=seconds(backoff["baseInterval"]) if backoff else None,
+        backoff_max_interval=seconds(backoff["maxInterval"]) if backoff and "maxInterval" in backoff else None,
+    )
+
+
+def _fault(f: Mapping[str, Any] | None) -> Fault | None:
+    if not f:
+        return None
+    delay, abort = f.get("delay"), f.get("abort")
+    return Fault(
+        delay=None if delay is None else FaultDelay(seconds(delay["fixedDelay"]), _percent(delay)),
+        abort=None if abort is None else FaultAbort(abort["httpStatus"], _percent(abort)),
+    )
+
+
+def _header_operations(ops: Mapping[str, Any] | None) -> HeaderOperations:
+    ops = ops or {}
+    return HeaderOperations(
+        set=tuple(sorted((ops.get("set") or {}).items())),
+        add=tuple(sorted((ops.get("add") or {}).items())),
+        remove=tuple(ops.get("remove") or ()),
+    )
+
+
+def _http_route(rule: Mapping[str, Any]) -> HttpRoute:
+    headers = rule.get("headers") or {}
+    mirror = rule.get("mirror")
+    return HttpRoute(
+        route=_route(rule["route"]),
+        name=rule.get("name"),
+        match=tuple(_match(m) for m in rule.get("match") or ()),
+        timeout=seconds(rule["timeout"]) if "timeout" in rule else None,
+        retries=_retries(rule.get("retries")),
+        fault=_fault(rule.get("fault")),
+        mirror=_destination(mirror) if mirror else None,
+        mirror_percentage=float((rule.get("mirrorPercentage") or {}).get("value", 100)),
+        request_headers=_header_operations(headers.get("request")),
+        response_headers=_header_operations(headers.get("response")),
+    )
+
+
+def parse(spec: Mapping[str, Any]) -> VirtualServiceSpec:
+    """The typed spec of a VirtualService whose ``spec`` the schema accepted."""
+    return VirtualServiceSpec(
+        hosts=tuple(spec.get("hosts") or ()),
+        http=tuple(_http_route(rule) for rule in spec.get("http") or ()),
+        tcp=tuple(TcpRoute(_route(rule["route"])) for rule in spec.get("tcp") or ()),
+    )
+
+
+def spec_of(vs: Resource) -> VirtualServiceSpec:
+    """The typed spec of a VirtualService resource (parsed once, kept on the resource)."""
+    typed: VirtualServiceSpec = vs.typed
+    return typed
+
+
+__all__ = [
+    "VirtualServiceSpec", "HttpRoute", "TcpRoute", "Match", "StringMatch", "Destination", "RouteDestination",
+    "Retries", "Fault", "FaultDelay", "FaultAbort", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "parse",
+    "spec_of",
+]
