@@ -258,10 +258,10 @@ def change_keys(change: SnapshotChange, old: MeshSnapshot | None, new: MeshSnaps
     hosts: set[str] = set()
     for s in cat.services:
         keys.add(("healthy", s))
-        before, after = old.catalog.instances_of(s), new.catalog.instances_of(s)
-        if not _health_only(before, after):
+        was, now = old.catalog.instances_of(s), new.catalog.instances_of(s)
+        if not _health_only(was, now):
             keys.add(("svc", s))
-        for insts in (before, after):
+        for insts in (was, now):
             hosts.update(i.node for i in insts)
     keys.update(("on_node", n) for n in hosts if old.catalog.on_node(n) != new.catalog.on_node(n))
     if cat.services:
