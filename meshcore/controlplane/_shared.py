@@ -84,8 +84,11 @@ class SharedMemo:
                 self.made += 1
             return found
 
-    def carry(self, snapshot: MeshSnapshot, keys: ChangeKeys) -> tuple["SharedMemo", frozenset[Keyed]]:
-        """The memo of ``snapshot`` (the next one, ``keys`` being the change) and the keys it dropped."""
+    def carry(self, snapshot: MeshSnapshot, keys: ChangeKeys,
+              in_use: frozenset[Keyed] | None = None) -> tuple["SharedMemo", frozenset[Keyed]]:
+        """The memo of ``snapshot`` (the next one, ``keys`` being the change) and the keys it dropped
+        because the change touched their reads. Entries outside ``in_use`` (when given: what the proxies'
+        last builds used) are not carried either, so the memo does not grow with keys nobody uses."""
         with self._lock:
             items = list(self._entries.items())
         if keys.full:
@@ -94,7 +97,7 @@ class SharedMemo:
         for k, e in items:
             if keys.reaches(e.deps):
                 dropped.add(k)
-            else:
+            elif in_use is None or k in in_use:
                 kept[k] = e
         return SharedMemo(snapshot, kept), frozenset(dropped)
 

@@ -398,10 +398,11 @@ class MeshEngine:
         if self.incremental:
             with self._lock:
                 previous = self._memo
+                in_use = frozenset().union(*(s.shared | s.edited for s in self.proxies.values()))
             if previous is None:
                 memo = SharedMemo(snap)
             else:
-                memo, dropped = previous.carry(snap, keys)
+                memo, dropped = previous.carry(snap, keys, in_use)
         with self._lock:
             self._seq += 1
             seq = self._seq
