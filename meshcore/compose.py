@@ -10,24 +10,26 @@ snapshot is read only through its accessors (``catalog``, ``resources_of``, ``se
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from .policies.registry import apply_policies
 from .snapshot import MeshSnapshot, ProxyInfo
-from .xds.generate import generate_proxy
+from .xds.generate import SharedResources, generate_proxy
 from .xds.generate.vocab import LISTENER, finish_listener
 
 
-def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo) -> dict[str, list[Message]]:
+def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo, shared: SharedResources | None = None) -> dict[str, list]:
     """Every resource of ``proxy`` by type URL: the per-type generators' output with every policy applied.
 
     Listener filter configs stay messages while the plugins run; they are packed here, once, at the end
-    (the guarantee of :mod:`meshcore.xds.generate.vocab`).
+    (the guarantee of :mod:`meshcore.xds.generate.vocab`). With ``shared`` (a memo of resources many
+    proxies share, :mod:`meshcore.xds.generate.shared`), the generators take those resources from it as
+    copies the plugins may edit, and every copy no plugin changed comes back as the shared
+    :class:`~meshcore.xds.cache.Prepared` entry (serialized once for all proxies); the output is the same
+    config either way.
     """
-    resources = generate_proxy(snapshot, proxy)
+    resources = generate_proxy(snapshot, proxy, shared)
     apply_policies(snapshot, proxy, resources)
     resources[LISTENER] = [finish_listener(draft) for draft in resources[LISTENER]]
-    return resources
+    return resources if shared is None else shared.finish(resources)
 
 
 __all__ = ["build_proxy"]

@@ -10,7 +10,10 @@ A proxy is built against a :class:`RecordingSnapshot`, a read-recording view of 
 
 Keys (tuples):
 
-* ``("svc", s)`` - the instances of service ``s`` (``instances_of``, ``healthy``);
+* ``("svc", s)`` - the instances of service ``s`` (``instances_of``; also read by ``healthy``);
+* ``("healthy", s)`` - which instances of ``s`` are healthy (``healthy``). A change that only flips
+  health flags of ``s`` touches this key alone: readers of ``instances_of`` (protocols, identities)
+  are not rebuilt, only what read ``healthy`` (its endpoints);
 * ``("on_node", n)`` - which instances run on node ``n`` (``on_node``);
 * ``("node", n)`` - node ``n`` itself (``node``: address, datacenter, meta);
 * ``("service_names",)``, ``("instances",)``, ``("nodes",)`` - the whole name set / catalog;
@@ -26,7 +29,7 @@ mesh-wide policy) reaches every proxy that read the kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from ..catalog.model import Catalog, Node, ServiceInstance
@@ -85,7 +88,7 @@ class RecordingCatalog:
         return self._catalog.instances_of(service)
 
     def healthy(self, service: str) -> tuple[ServiceInstance, ...]:
-        self._rec.keys.add(("svc", service))
+        self._rec.keys.update((("svc", service), ("healthy", service)))
         self._rec.services.add(service)
         return self._catalog.healthy(service)
 
@@ -240,6 +243,13 @@ class ChangeKeys:
         return False
 
 
+def _health_only(before: tuple[ServiceInstance, ...], after: tuple[ServiceInstance, ...]) -> bool:
+    """Whether the two instance lists differ in health flags alone."""
+    if len(before) != len(after):
+        return False
+    return all(a == b or replace(a, healthy=b.healthy) == b for a, b in zip(before, after))
+
+
 def change_keys(change: SnapshotChange, old: MeshSnapshot | None, new: MeshSnapshot) -> ChangeKeys:
     if change.full or old is None:
         return ChangeKeys(full=True, keys=frozenset(), resource_kinds=())
@@ -247,9 +257,12 @@ def change_keys(change: SnapshotChange, old: MeshSnapshot | None, new: MeshSnaps
     cat = change.catalog
     hosts: set[str] = set()
     for s in cat.services:
-        keys.add(("svc", s))
-        for catalog in (old.catalog, new.catalog):
-            hosts.update(i.node for i in catalog.instances_of(s))
+        keys.add(("healthy", s))
+        was, now = old.catalog.instances_of(s), new.catalog.instances_of(s)
+        if not _health_only(was, now):
+            keys.add(("svc", s))
+        for insts in (was, now):
+            hosts.update(i.node for i in insts)
     keys.update(("on_node", n) for n in hosts if old.catalog.on_node(n) != new.catalog.on_node(n))
     if cat.services:
         keys.add(ALL_INSTANCES)

@@ -172,7 +172,7 @@ class ControlPlane:
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
                                  settings=MeshSettings(telemetry=settings.telemetry), tracing=self.tracing,
                                  on_snapshot=self._on_snapshot, metrics=self.metrics,
-                                 incremental=not settings.full_rebuild)
+                                 incremental=not settings.full_rebuild, track_streams=True)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
         self._grpc: AdsServer | None = None

@@ -11,6 +11,14 @@ connections never wait on a rebuild of others; a newly connected proxy is built 
 own thread. A proxy whose build fails keeps its last good config and the error is kept for
 ``status``. ``incremental=False`` (``--full-rebuild``) keeps the old path as a baseline: the snapshot
 built from scratch and every proxy rebuilt on every change, without coalescing.
+
+Disconnected proxies (``track_streams=True``, as the daemon runs it): a proxy whose ADS streams have all
+closed is not rebuilt by later changes; its last config stays in the cache and its bookkeeping stays
+(so a reconnect is served at once, and needs no lookup of what it depends on). A change that would have
+reached it marks it ``missed``; when it reconnects (:meth:`proxy_connected`, called by the ADS
+authorizer before the stream is served) it is rebuilt from the current snapshot before anything is sent.
+A proxy counts as connected for :data:`CONNECT_GRACE_S` after ``proxy_connected`` even without an open
+stream, since the server records the stream only after the authorizer returns.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsEr
 from ..resources.store import ResourceStore
 from ..compose import build_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
-from ..xds.cache import SnapshotCache
+from ..xds.cache import Prepared, ProxySnapshot, SnapshotCache
 from ..xds.validate import publish
+from ..xds.generate.shared import Keyed
 from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys
+from ._shared import SharedMemo, merge_deps
 
 if TYPE_CHECKING:
     from .metrics import ControlPlaneMetrics
@@ -47,6 +57,9 @@ MAX_DELAY_S = 0.1
 CONNECT_PRIORITY_S = 0.05
 """While a newly connected proxy is being built, the builder holds back before its next proxy (so the
 new one gets the CPU), for at most this long per proxy, so a reconnect storm cannot starve changes."""
+CONNECT_GRACE_S = 30.0
+"""A proxy counts as connected this long after :meth:`MeshEngine.proxy_connected` even before (or without)
+an open ADS stream in the cache (the server records the stream only once the authorizer returns)."""
 
 
 @dataclass
@@ -59,6 +72,12 @@ class ProxyState:
     deps: Deps | None = None  # what its last successful build read; None = rebuild on any change
     built_seq: int = 0  # the engine's snapshot sequence number its last build used (0 = never built)
     built_info: ProxyInfo | None = None  # the info that build used
+    connected_at: float = 0.0  # monotonic time of the last proxy_connected
+    missed: bool = False  # a change reached it while it had no open stream: rebuild when it reconnects
+    shared: frozenset[Keyed] = frozenset()  # shared entries its last build used unedited
+    edited: frozenset[Keyed] = frozenset()  # shared entries a plugin edited in its last build
+    reached_seq: int = 0  # the last snapshot whose change reached its own reads (or an entry a plugin edited)
+    own_seq: int = 0  # the snapshot of its last full build; re-assembly suffices while own_seq >= reached_seq
     build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -84,7 +103,8 @@ class MeshEngine:
     def __init__(self, catalog_source: CatalogSource, store: ResourceStore, cache: SnapshotCache, *,
                  trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
                  metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None,
-                 incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S):
+                 incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S,
+                 track_streams: bool = False):
         self._source = catalog_source
         self._store = store
         self.cache = cache
@@ -94,6 +114,7 @@ class MeshEngine:
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
         self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
         self.incremental = incremental
+        self.track_streams = track_streams  # skip proxies without an open ADS stream in ``cache``
         self.quiet_s = quiet_s if incremental else 0.0
         self.max_delay_s = max_delay_s if incremental else 0.0
         self._lock = threading.RLock()  # guards the state below; never held while building
@@ -106,6 +127,8 @@ class MeshEngine:
         self._resources_loaded = False
         self.snapshot: MeshSnapshot | None = None
         self._seq = 0  # bumped with every new snapshot
+        self._memo: SharedMemo | None = None  # shared entries of snapshot number ``_memo_seq``
+        self._memo_seq = 0
         self.proxies: dict[str, ProxyState] = {}  # replaced whole on insert (readers need no lock)
         self.source_error = ""
         self.store_error = ""
@@ -370,12 +393,30 @@ class MeshEngine:
                     self.snapshot = snap  # the same content in fresh objects
             return None
         keys = change_keys(change, old, snap) if self.incremental else ChangeKeys(True, frozenset(), ())
+        dropped: frozenset[Keyed] = frozenset()
+        memo = None
+        if self.incremental:
+            with self._lock:
+                previous = self._memo
+                in_use = frozenset().union(*(s.shared | s.edited for s in self.proxies.values()))
+            if previous is None:
+                memo = SharedMemo(snap)
+            else:
+                memo, dropped = previous.carry(snap, keys, in_use)
         with self._lock:
             self._seq += 1
             seq = self._seq
             self.snapshot = snap
+            self._memo, self._memo_seq = memo, seq
             states = list(self.proxies.items())
-            targets = [node for node, state in states if keys.reaches(state.deps)]
+            targets = []
+            for node, state in states:
+                if keys.reaches(state.deps) or not state.edited.isdisjoint(dropped):
+                    state.reached_seq = seq
+                    targets.append(node)
+                elif not state.shared.isdisjoint(dropped):
+                    targets.append(node)  # only a shared entry it uses changed: re-assembled
+            targets = self._connected_only(targets)
             reached = set(targets)
             for node, state in states:
                 # A proxy the change does not reach, current as of the old snapshot, is current as of
@@ -386,6 +427,23 @@ class MeshEngine:
                  "snapshot_ms=%.1f", snap.hash, reason, pending.changes, len(snap.catalog.instances),
                  len(snap.resources), len(targets), len(states), snapshot_s * 1e3)
         return snap, seq, targets
+
+    def _connected_only(self, targets: list[str]) -> list[str]:
+        """``targets`` without the proxies that have no open stream (marked ``missed``; lock held)."""
+        if not self.track_streams or not targets:
+            return targets
+        streaming = set(self.cache.connected_nodes())
+        now = time.monotonic()
+        kept = []
+        for node in targets:
+            state = self.proxies[node]
+            if node in streaming or now - state.connected_at < CONNECT_GRACE_S:
+                kept.append(node)
+            else:
+                state.missed = True
+        if len(kept) < len(targets):
+            log.info("skipped %d disconnected proxies (rebuilt when they reconnect)", len(targets) - len(kept))
+        return kept
 
     # --- per-proxy build and publish -------------------------------------------------------------
     def _publish(self, node: str, snap: MeshSnapshot, seq: int) -> None:
@@ -409,14 +467,27 @@ class MeshEngine:
                 return state.error
             started = time.monotonic()
             previous = self.cache.get(node)
+            with self._lock:
+                memo = self._memo if self._memo_seq == seq else None
+            if memo is None and self.incremental:
+                memo = SharedMemo(snap)  # an older snapshot than the engine's (a slow build): its own memo
+            if (memo is not None and state.own_seq >= state.reached_seq and not state.error
+                    and state.built_info == info and previous is not None and state.built_seq):
+                if self._reassemble(node, state, memo, previous, seq, snap, started):
+                    return ""
             view = RecordingSnapshot(snap) if self.incremental else None
+            session = memo.session() if memo is not None else None
             deps: Deps | None = None
             if self.metrics is not None:
                 self.metrics.proxy_builds.inc()
             try:
-                resources = build_proxy(cast(MeshSnapshot, view) if view is not None else snap, info)
+                resources = build_proxy(cast(MeshSnapshot, view) if view is not None else snap, info, session)
                 if view is not None:
                     deps = view.deps()
+                    if session is not None:
+                        deps = merge_deps(deps, [e.deps for e in session.edited.values()])
+                        state.shared, state.edited = session.used, frozenset(session.edited)
+                state.own_seq = seq
                 published = publish(self.cache, node, resources)
             except (XdsError, MeshError) as exc:
                 if self.metrics is not None:
@@ -445,18 +516,55 @@ class MeshEngine:
         log.debug("published node=%s version=%s in %.1f ms", node, snap.hash, (time.monotonic() - started) * 1e3)
         return ""
 
+    def _reassemble(self, node: str, state: ProxyState, memo: SharedMemo, previous: ProxySnapshot, seq: int,
+                    snap: MeshSnapshot, started: float) -> bool:
+        """Publish ``node``'s last config with its shared entries as of ``memo`` (no per-proxy generation);
+        False (a full build is needed) when an entry is missing from it or invalid. Call with its build lock."""
+        by_type: dict[str, dict[str, Prepared]] = {t: dict(previous.entries(t)) for t in previous.resources}
+        for keyed in state.shared:
+            entry = memo.entry(keyed)
+            if entry.problems:
+                return False
+            current = by_type.get(entry.prepared.type_url)
+            if current is None or entry.prepared.name not in current:
+                return False
+            current[entry.prepared.name] = entry.prepared
+        assembled = ProxySnapshot.of({t: list(v.values()) for t, v in by_type.items()})
+        pushed = assembled.version != previous.version and self.cache.set(node, assembled)
+        if self.metrics is not None:
+            self.metrics.proxy_reassemblies.inc()
+            if pushed:
+                self.metrics.proxy_pushes.inc()
+                self.metrics.config_published(node, started)
+                if self.cache.synced(node):
+                    self.metrics.config_synced(node)
+        with self._lock:
+            state.built_seq = seq
+            state.built_hash = snap.hash
+            if pushed:
+                state.published_at = time.time()
+        log.debug("re-assembled node=%s version=%s in %.1f ms", node, assembled.version,
+                  (time.monotonic() - started) * 1e3)
+        return True
+
     def proxy_connected(self, info: ProxyInfo) -> None:
         """An Envoy opened an ADS stream: remember what it told us and build its config now, in the
         caller's thread (never queued behind a rebuild of the fleet)."""
         with self._lock:
             current = self.proxies.get(info.node)
-            if current is not None and current.info == info and current.built_seq:
+            now = time.monotonic()
+            if current is not None and current.info == info and current.built_seq and not current.missed:
+                current.connected_at = now
                 return
             if current is None:
                 # Copy on write: status pages iterate ``proxies`` without the lock, never mid-insert.
-                self.proxies = {**self.proxies, info.node: ProxyState(info=info)}
+                self.proxies = {**self.proxies, info.node: ProxyState(info=info, connected_at=now)}
             else:
                 current.info = info
+                current.connected_at = now
+                current.missed = False
+                current.built_seq = 0  # rebuilt from the current snapshot even if it was built from it
+                current.reached_seq = self._seq
             snap, seq = self.snapshot, self._seq
         if snap is None:
             return  # the first snapshot builds every proxy known by then

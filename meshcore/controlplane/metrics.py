@@ -47,6 +47,9 @@ class ControlPlaneMetrics:
         self.proxy_builds = Counter(
             "meshcore_proxy_builds", "Proxy configurations built (a change rebuilds only the proxies whose last "
             "build read something it changed; a new connection builds its proxy).", registry=self.registry)
+        self.proxy_reassemblies = Counter(
+            "meshcore_proxy_reassemblies", "Proxy configurations re-assembled without a build: only shared "
+            "resources they use (a ClusterLoadAssignment, an upstream cluster) changed.", registry=self.registry)
         self.proxy_pushes = Counter(
             "meshcore_proxy_pushes", "Builds that changed the proxy's published version (so it was sent).",
             registry=self.registry)

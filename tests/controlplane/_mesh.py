@@ -92,8 +92,8 @@ class RandomChanges:
     def step(self) -> str:
         """Apply one random change; returns what it was."""
         rng = self.rng
-        kind = rng.choice(["add", "remove", "health", "meta", "upstreams", "node", "res", "res", "res-del",
-                           "settings"])
+        kind = rng.choice(["add", "remove", "health", "health", "meta", "upstreams", "node", "dc", "res", "res",
+                           "res-del", "settings"])
         insts = list(self.catalog.instances)
         nodes = list(self.catalog.nodes)
         before = set(insts)
@@ -120,6 +120,11 @@ class RandomChanges:
         elif kind == "node":
             j = rng.randrange(len(nodes))
             nodes[j] = replace(nodes[j], meta=(("zone", rng.choice(["a", "b", "c"])),))
+        elif kind == "dc":  # a node (and what runs on it) moves to another datacenter: localities change
+            j = rng.randrange(len(nodes))
+            dc = rng.choice(["dc1", "dc2"])
+            nodes[j] = replace(nodes[j], datacenter=dc)
+            insts = [replace(i, datacenter=dc) if i.node == nodes[j].name else i for i in insts]
         elif kind == "res":
             variants = rng.choice(self.pool)
             r = rng.choice(variants)

@@ -5,6 +5,9 @@ service, a few services upstream of half the mesh), ``--proxies`` of its nodes c
 (no ADS: the cost measured is snapshot + build + validate + publish into the cache). Each scenario
 changes one thing and drives one rebuild (``MeshEngine.flush``) in both modes.
 
+Proxies use the agent's default secrets directory (one path on every VM, so replicas of a service share
+their upstream clusters); ``--per-node-secrets`` gives each its own (nothing but assignments is shared).
+
 Run: .venv/bin/python -m tests.controlplane.measure_engine [--services 1000 --proxies 200]
 """
 
@@ -57,12 +60,17 @@ class _Idle:
         pass
 
 
+SECRETS = {"agent default": lambda node: "/var/lib/meshcore-agent/secrets",
+           "per node": lambda node: f"/var/lib/meshcore/{node}/secrets"}
+secrets_of = SECRETS["agent default"]
+
+
 def _engine(catalog: Catalog, proxies: int, incremental: bool) -> MeshEngine:
     idle = _Idle()
     engine = MeshEngine(idle, idle, SnapshotCache(), trust_domain="cluster.local",  # type: ignore[arg-type]
                         metrics=ControlPlaneMetrics(), incremental=incremental)
     for n in catalog.nodes[:proxies]:
-        engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets"))
+        engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=secrets_of(n.name)))
     engine.catalog_changed(CatalogUpdate(catalog, 1))
     engine.resources_changed([])
     engine.flush()
@@ -75,12 +83,12 @@ def _flip(catalog: Catalog, service: str) -> Catalog:
 
 
 def _measure(engine: MeshEngine, changes) -> dict:
-    cpu, wall, builds, pushes = [], [], [], []
+    cpu, wall, builds, pushes, joins = [], [], [], [], []
     m = engine.metrics
     assert m is not None
     for make in changes:
         apply = make(engine)  # the source's work (a new catalog) is not the engine's: made before the clock starts
-        b0, p0 = m.proxy_builds._value.get(), m.proxy_pushes._value.get()
+        b0, p0, r0 = m.proxy_builds._value.get(), m.proxy_pushes._value.get(), m.proxy_reassemblies._value.get()
         w0, c0 = time.perf_counter(), time.process_time()
         apply()
         engine.flush()
@@ -88,8 +96,9 @@ def _measure(engine: MeshEngine, changes) -> dict:
         cpu.append((time.process_time() - c0) * 1e3)
         builds.append(m.proxy_builds._value.get() - b0)
         pushes.append(m.proxy_pushes._value.get() - p0)
+        joins.append(m.proxy_reassemblies._value.get() - r0)
     return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
-            "builds": statistics.mean(builds), "pushes": statistics.mean(pushes)}
+            "builds": statistics.mean(builds), "pushes": statistics.mean(pushes), "reassembled": statistics.mean(joins)}
 
 
 def measure_coalescing(catalog: Catalog, proxies: int, burst: int = 50, spacing_s: float = 0.002) -> None:
@@ -157,7 +166,7 @@ def measure_connect(catalog: Catalog, proxies: int, new: int = 8) -> None:
         out = []
         for n in catalog.nodes[first:first + new]:
             t0 = time.perf_counter()
-            engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets"))
+            engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=secrets_of(n.name)))
             out.append((time.perf_counter() - t0) * 1e3)
         return out
 
@@ -194,7 +203,10 @@ def main(argv=None) -> None:
     p.add_argument("--full-rounds", type=int, default=2, help="changes per scenario, full-rebuild mode")
     p.add_argument("--coalescing", action="store_true", help="measure burst coalescing instead")
     p.add_argument("--connect", action="store_true", help="measure new connections during a rebuild instead")
+    p.add_argument("--per-node-secrets", action="store_true", help="a secrets directory per proxy (no shared clusters)")
     args = p.parse_args(argv)
+    global secrets_of
+    secrets_of = SECRETS["per node" if args.per_node_secrets else "agent default"]
     catalog = scale_catalog(args.services)
     if args.connect:
         measure_connect(catalog, args.proxies)
@@ -251,7 +263,24 @@ spec:
             return lambda: engine.resources_changed(dr)
         return make
 
-    scenarios = [("leaf instance", leaf_change), ("leaf, src hint", hinted_leaf_change), ("popular instance", popular_change), ("DestinationRule", dr_change)]
+    def mesh_wide_change(k: int):
+        policy = load_documents(f"""
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {{name: mesh-wide, namespace: meshcore-system}}
+spec:
+  rules:
+  - to:
+    - operation:
+        methods: ["GET", "POST"{', "PUT"' if k % 2 else ''}]
+""", "mesh-wide.yaml")
+
+        def make(engine: MeshEngine):
+            return lambda: engine.resources_changed(policy)
+        return make
+
+    scenarios = [("leaf instance", leaf_change), ("leaf, src hint", hinted_leaf_change), ("popular instance", popular_change),
+                 ("DestinationRule", dr_change), ("mesh-wide authz", mesh_wide_change)]
     rows = []
     for mode, incremental, rounds in (("incremental", True, args.rounds), ("full rebuild", False, args.full_rounds)):
         w0, c0 = time.perf_counter(), time.process_time()
@@ -260,9 +289,11 @@ spec:
               f"{(time.process_time() - c0):.1f} s CPU")
         for name, make in scenarios:
             rows.append((name, mode, _measure(engine, [make(k) for k in range(rounds)])))
-    print(f"{'change':<18} {'mode':<13} {'wall ms':>9} {'CPU ms':>9} {'builds':>7} {'pushes':>7}")
+    print(f"secrets directory: {'per node' if args.per_node_secrets else 'agent default (one path on every VM)'}")
+    print(f"{'change':<18} {'mode':<13} {'wall ms':>9} {'CPU ms':>9} {'builds':>7} {'re-asm':>7} {'pushes':>7}")
     for name, mode, r in rows:
-        print(f"{name:<18} {mode:<13} {r['wall_ms']:9.1f} {r['cpu_ms']:9.1f} {r['builds']:7.1f} {r['pushes']:7.1f}")
+        print(f"{name:<18} {mode:<13} {r['wall_ms']:9.1f} {r['cpu_ms']:9.1f} {r['builds']:7.1f} "
+              f"{r['reassembled']:7.1f} {r['pushes']:7.1f}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from meshcore.controlplane.engine import MeshEngine
 from meshcore.controlplane.metrics import ControlPlaneMetrics
 from meshcore.errors import CatalogError, MeshError, StoreError, XdsError
 from meshcore.resources.loader import load_documents
-from meshcore.snapshot import MeshSnapshot, ProxyInfo
+from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo
 from meshcore.compose import build_proxy
 from meshcore.xds.cache import PUSH_ORDER, SnapshotCache
+from meshcore.xds.generate.endpoints import load_assignment
 from meshcore.xds.validate import publish
 
 from ._mesh import RandomChanges, generated_catalog, instance
@@ -40,13 +41,21 @@ class _QuietSources:
         self.closed.set()
 
 
-def _engine(catalog: Catalog, resources=(), incremental: bool = True) -> MeshEngine:
+def _per_node_secrets(node: str) -> str:
+    return f"/var/lib/meshcore/{node}/secrets"
+
+
+def _agent_default_secrets(node: str) -> str:
+    return "/var/lib/meshcore-agent/secrets"  # every agent's default: upstream clusters are shared by replicas
+
+
+def _engine(catalog: Catalog, resources=(), incremental: bool = True, secrets=_per_node_secrets) -> MeshEngine:
     quiet = _QuietSources()
     engine = MeshEngine(quiet, quiet, SnapshotCache(), trust_domain="cluster.local",  # type: ignore[arg-type]
                         metrics=ControlPlaneMetrics(), incremental=incremental)
     engine.quiet_sources = quiet  # type: ignore[attr-defined]
     for n in catalog.nodes:
-        engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets"))
+        engine.proxy_connected(ProxyInfo(node=n.name, secrets_dir=secrets(n.name)))
     engine.catalog_changed(CatalogUpdate(catalog, 1))
     engine.resources_changed(list(resources))
     assert engine.flush()
@@ -58,11 +67,11 @@ def _wire(cache: SnapshotCache, node: str) -> list:
     return [] if snap is None else [(t, [(p.type_url, p.value) for p in snap.packed(t)]) for t in PUSH_ORDER]
 
 
-def _full(snapshot: MeshSnapshot, node: str) -> tuple[list, str]:
+def _full(snapshot: MeshSnapshot, node: str, secrets=_per_node_secrets) -> tuple[list, str]:
     """What a full rebuild publishes for ``node``: its wire resources, or the build error."""
     cache = SnapshotCache()
     try:
-        publish(cache, node, build_proxy(snapshot, ProxyInfo(node=node, secrets_dir=f"/var/lib/meshcore/{node}/secrets")))
+        publish(cache, node, build_proxy(snapshot, ProxyInfo(node=node, secrets_dir=secrets(node))))
     except (XdsError, MeshError) as exc:
         return [], str(exc)
     return _wire(cache, node), ""
@@ -129,18 +138,26 @@ def test_a_leaf_instance_change_reaches_exactly_the_proxies_that_read_it():
     engine = _engine(catalog)
     leaf = "s9"
     target = engine.snapshot.catalog.instances_of(leaf)[0]
-    expected = {n for n in engine.proxies if ("svc", leaf) in engine.deps_of(n).keys
-                or ("on_node", target.node) in engine.deps_of(n).keys}
+    # A health flip: rebuilt are the proxies whose own reads include the leaf's healthy instances or the
+    # target's node; the ones that only use the leaf's shared ClusterLoadAssignment are re-assembled.
+    built = {n for n in engine.proxies if ("healthy", leaf) in engine.deps_of(n).keys
+             or ("on_node", target.node) in engine.deps_of(n).keys}
+    users = {n for n, s in engine.proxies.items() if any(k.make is load_assignment and k.args[0] == leaf for k in s.shared)}
     readers = {n for n in engine.proxies if leaf in {u.destination_name for i in catalog.on_node(n) for u in i.upstreams}}
-    assert readers <= expected and target.node in expected and len(expected) < len(engine.proxies)
+    expected = built | users
+    assert readers <= expected and target.node in built and users and len(expected) < len(engine.proxies)
     before = _builds(engine)
-    builds = engine.metrics.proxy_builds._value.get()
+    m = engine.metrics
+    builds, joins = m.proxy_builds._value.get(), m.proxy_reassemblies._value.get()
     engine.catalog_changed(CatalogUpdate(Catalog.of(catalog.nodes, [
         replace(i, healthy=False) if i == target else i for i in catalog.instances]), 2))
     engine.flush()
     assert _rebuilt(before, engine) == expected
-    assert engine.metrics.proxy_builds._value.get() - builds == len(expected)
-    assert engine.metrics.proxy_pushes._value.get() >= 1
+    assert m.proxy_builds._value.get() - builds == len(built)
+    assert m.proxy_reassemblies._value.get() - joins == len(expected - built)
+    assert m.proxy_pushes._value.get() >= 1
+    for n in expected:
+        assert _wire(engine.cache, n) == _full(engine.snapshot, n)[0]
 
 
 def test_a_new_dependency_after_a_virtual_service_change_is_picked_up():
@@ -206,11 +223,16 @@ def test_a_settings_change_reaches_every_proxy():
 # --- equality -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [11])
-def test_incremental_path_yields_byte_identical_config_to_a_full_rebuild(seed):
+@pytest.mark.parametrize("seed,secrets", [(11, _per_node_secrets), (12, _agent_default_secrets)],
+                         ids=["per-node-secrets", "shared-secrets"])
+def test_incremental_path_yields_byte_identical_config_to_a_full_rebuild(seed, secrets):
+    """Also covers shared entries: replicas of a service calling the same hosts (with one secrets
+    directory, as agents default to, their upstream clusters are one shared entry), nodes moving between
+    zones and datacenters (localities), DestinationRules with subsets and outlier detection (a plugin
+    editing clusters and assignments per proxy: locality priorities), health flips (re-assembly only)."""
     changes = RandomChanges(seed=seed)
-    engine = _engine(changes.catalog)
-    full_engine = _engine(changes.catalog, incremental=False)
+    engine = _engine(changes.catalog, secrets=secrets)
+    full_engine = _engine(changes.catalog, incremental=False, secrets=secrets)
     rebuilt = 0
     for step in range(200):
         changes.step()
@@ -234,11 +256,24 @@ def test_incremental_path_yields_byte_identical_config_to_a_full_rebuild(seed):
             assert engine.proxies[node].error == full_engine.proxies[node].error, (step, node)
     snap = MeshSnapshot.build(changes.catalog, changes.resource_list(), "cluster.local", changes.settings)
     for node in engine.proxies:
-        wire, error = _full(snap, node)
+        wire, error = _full(snap, node, secrets)
         assert engine.proxies[node].error == error
         if not error:
             assert _wire(engine.cache, node) == wire, node
     assert rebuilt < 200 * len(engine.proxies)  # it did not degrade into rebuilding everyone
+    m = engine.metrics
+    assert m.proxy_reassemblies._value.get() > 0  # health flips were served by re-assembly
+    # Shared entries: one Prepared object in the snapshots of several proxies.
+    holders: dict = {}
+    for node in engine.proxies:
+        snap_ = engine.cache.get(node)
+        for t in PUSH_ORDER:
+            for e in (snap_.entries(t).values() if snap_ is not None else ()):
+                holders.setdefault((t, id(e)), set()).add(node)
+    shared = {t for (t, _), nodes in holders.items() if len(nodes) > 1}
+    assert any("ClusterLoadAssignment" in t for t in shared)
+    if secrets is _agent_default_secrets:
+        assert any(t.endswith("Cluster") for t in shared)
 
 
 # --- building never blocks serving ------------------------------------------------------------
@@ -390,3 +425,43 @@ def test_a_failed_rebuild_loses_no_hinted_change(monkeypatch):
     engine.flush()
     assert engine.snapshot.hash == MeshSnapshot.build(two, (), "cluster.local").hash
     assert not engine.snapshot.catalog.instances_of("s4")[0].healthy
+
+
+def test_a_disconnected_proxy_is_not_rebuilt_and_is_rebuilt_when_it_reconnects(monkeypatch):
+    from meshcore.controlplane import engine as engine_mod
+
+    catalog = generated_catalog()
+    quiet = _QuietSources()
+    cache = SnapshotCache()
+    engine = MeshEngine(quiet, quiet, cache, trust_domain="cluster.local",  # type: ignore[arg-type]
+                        metrics=ControlPlaneMetrics(), track_streams=True)
+    infos = {n.name: ProxyInfo(node=n.name, secrets_dir=f"/var/lib/meshcore/{n.name}/secrets") for n in catalog.nodes}
+    for info in infos.values():
+        engine.proxy_connected(info)
+        cache.stream_opened(info.node, f"{info.node}-1")
+    engine.catalog_changed(CatalogUpdate(catalog, 1))
+    engine.resources_changed([])
+    assert engine.flush()
+    gone = "vm0"
+    cache.stream_closed(gone, f"{gone}-1")
+    monkeypatch.setattr(engine_mod, "CONNECT_GRACE_S", 0.0)  # its registration is long past
+    kept = cache.get(gone)
+    assert kept is not None
+    settings = replace(engine.settings, federated_bundles=(("other.example", "PEM"),))
+    engine.set_settings(settings)  # reaches every proxy
+    before = _builds(engine)
+    engine.flush()
+    rebuilt = _rebuilt(before, engine)
+    assert gone not in rebuilt and rebuilt == set(infos) - {gone}
+    assert cache.get(gone) is kept and engine.proxies[gone].missed  # its last config stays for a reconnect
+    # Reconnecting (the authorizer calls proxy_connected before the stream is served) rebuilds it at once.
+    engine.proxy_connected(infos[gone])
+    assert not engine.proxies[gone].missed
+    assert _wire(cache, gone) == _full(engine.snapshot, gone)[0] != []
+    assert cache.get(gone).version != kept.version
+    # Connected again: later changes reach it as before.
+    cache.stream_opened(gone, f"{gone}-2")
+    engine.set_settings(MeshSettings())
+    before = _builds(engine)
+    engine.flush()
+    assert gone in _rebuilt(before, engine)

@@ -1,4 +1,9 @@
-"""Clusters: the local app behind each inbound listener, and each upstream over mTLS (EDS)."""
+"""Clusters: the local app behind each inbound listener, and each upstream over mTLS (EDS).
+
+An upstream cluster depends on the calling proxy only through its service and its secrets directory, so
+:func:`build_clusters` asks ``shared`` (when given) for it by that key (:func:`keyed_upstream_cluster`):
+every replica of a service calling the same host gets the same entry.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import vocab as c
+from .shared import Keyed, SharedResources, shared_or_built
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -34,13 +40,23 @@ def local_app_cluster(instance: ServiceInstance) -> cluster_pb2.Cluster:
 
 def upstream_cluster(snapshot: MeshSnapshot, proxy: ProxyInfo, source: ServiceInstance, upstream: Upstream) -> cluster_pb2.Cluster:
     """Reach ``upstream`` presenting ``source``'s SVID and accepting only the upstream's own identities."""
+    return service_upstream_cluster(snapshot, source.service, upstream.destination_name, upstream.datacenter or "",
+                                    proxy.secrets_dir)
+
+
+def service_upstream_cluster(snapshot: MeshSnapshot, service: str, host: str, datacenter: str,
+                             secrets_dir: str) -> cluster_pb2.Cluster:
+    """:func:`upstream_cluster` as a pure function of its key: the calling service, the host, its datacenter
+    ("" = any) and the calling proxy's secrets directory (all it reads of the caller)."""
+    upstream = Upstream(host, 0, datacenter=datacenter or None)
+    caller = ProxyInfo(node="", secrets_dir=secrets_dir)
     peers = [c.uri_san(exact=sid) for sid in c.upstream_spiffe_ids(snapshot, upstream)]
     tls = tls_pb2.UpstreamTlsContext(
         sni=upstream.destination_name,
-        common_tls_context=c.common_tls(snapshot, proxy, source.service, peers),
+        common_tls_context=c.common_tls(snapshot, caller, service, peers),
     )
     return cluster_pb2.Cluster(
-        name=naming.upstream_cluster(upstream.destination_name, source.service),
+        name=naming.upstream_cluster(upstream.destination_name, service),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
             eds_config=c.ads_source(),
@@ -52,12 +68,20 @@ def upstream_cluster(snapshot: MeshSnapshot, proxy: ProxyInfo, source: ServiceIn
     )
 
 
-def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[cluster_pb2.Cluster]:
+def keyed_upstream_cluster(proxy: ProxyInfo, source: ServiceInstance, upstream: Upstream) -> Keyed:
+    """The shared-resource key of :func:`upstream_cluster` for these arguments."""
+    return Keyed(service_upstream_cluster, (source.service, upstream.destination_name, upstream.datacenter or "",
+                                            proxy.secrets_dir))
+
+
+def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo,
+                   shared: SharedResources | None = None) -> list[cluster_pb2.Cluster]:
     clusters = {}
     for inst in c.sidecar_instances(snapshot, proxy):
         cl = local_app_cluster(inst)
         clusters[cl.name] = cl
     for src, up in c.outbound_bindings(snapshot, proxy):
-        cl = upstream_cluster(snapshot, proxy, src, up)
+        cl = shared_or_built(snapshot, keyed_upstream_cluster(proxy, src, up), shared)
+        assert isinstance(cl, cluster_pb2.Cluster)
         clusters[cl.name] = cl
     return [clusters[k] for k in sorted(clusters)]

@@ -4,6 +4,9 @@ Every endpoint carries its locality: ``region`` is the instance's Consul datacen
 its node's ``zone`` meta (empty when the node has none). Priorities are all 0 here; locality-aware
 failover (DestinationRule ``localityLbSetting``) ranks the localities per calling proxy with
 :func:`prioritize`, which works on any assignment built from this module's shape.
+
+An assignment is a pure function of its host and datacenter (:func:`load_assignment`), the same for every
+caller, so :func:`build_endpoints` asks ``shared`` (when given) for it by that key.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ... import naming
 from ...catalog.model import ServiceInstance
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import vocab as c
+from .shared import Keyed, SharedResources, shared_or_built
 
 ZONE_META = "zone"
 
@@ -122,10 +126,21 @@ def prioritize(cla: endpoint_pb2.ClusterLoadAssignment, caller: Locality,
     cla.endpoints.extend(ordered)
 
 
-def build_endpoints(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[endpoint_pb2.ClusterLoadAssignment]:
+def keyed_load_assignment(upstream: str, datacenter: str | None) -> Keyed:
+    """The shared-resource key of :func:`load_assignment` for these arguments."""
+    return Keyed(load_assignment, (upstream, datacenter or None))
+
+
+def build_endpoints(snapshot: MeshSnapshot, proxy: ProxyInfo,
+                    shared: SharedResources | None = None) -> list[endpoint_pb2.ClusterLoadAssignment]:
     wanted = sorted({(up.destination_name, up.datacenter or "") for _, up in c.outbound_bindings(snapshot, proxy)})
-    return [load_assignment(snapshot, name, dc or None) for name, dc in wanted]
+    out = []
+    for name, dc in wanted:
+        cla = shared_or_built(snapshot, keyed_load_assignment(name, dc or None), shared)
+        assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
+        out.append(cla)
+    return out
 
 
 __all__ = ["Locality", "ZONE_META", "instance_locality", "proxy_locality", "load_assignment", "locality_rank",
-           "failover_targets", "prioritize", "build_endpoints"]
+           "failover_targets", "prioritize", "build_endpoints", "keyed_load_assignment"]

@@ -1,0 +1,149 @@
+"""The engine's memo of shared resources: one :class:`~meshcore.xds.cache.Prepared` entry per key per snapshot.
+
+A :class:`SharedMemo` belongs to one :class:`~meshcore.snapshot.MeshSnapshot`. Each entry is made once,
+from a :class:`~meshcore.xds.generate.shared.Keyed` (a pure function of the snapshot and a key), against
+its own :class:`~._deps.RecordingSnapshot`, so the entry knows what it read (its :class:`~._deps.Deps`),
+independently of which proxy asked first. It is validated once and serialized once, and the same entry
+goes into every proxy snapshot that uses it unchanged.
+
+On a change, :meth:`SharedMemo.carry` makes the next snapshot's memo: it keeps every entry the change did
+not touch (same reads, same bytes) and drops the others, which are made again on first use. The engine
+then rebuilds the proxies whose own reads the change touched, and only *re-assembles* (last per-proxy
+resources + current shared entries, no generation) those that merely use a dropped entry.
+
+A :class:`SharedBuild` is the memo as one proxy build sees it (:class:`~meshcore.xds.generate.SharedResources`):
+it hands out copies, then tells which came back unedited (``used``: re-assembled on change) and which a
+plugin edited (``edited``: their reads count as the proxy's own, so a change to them rebuilds it).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, cast
+
+from google.protobuf.message import Message
+
+from ..snapshot import MeshSnapshot
+from ..xds.cache import Prepared
+from ..xds.generate.shared import Keyed
+from ..xds.validate import validate_snapshot
+from ._deps import ChangeKeys, Deps, RecordingSnapshot
+
+_EDS_STUB = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+@dataclass(frozen=True)
+class Entry:
+    prepared: Prepared
+    deps: Deps
+    problems: tuple[str, ...]  # validation of the resource alone (cross-references are the proxy's)
+
+
+def _problems(prepared: Prepared) -> tuple[str, ...]:
+    """Problems of one shared resource on its own: its type, required fields and name, and (a cluster)
+    its TLS contexts; the assignment an EDS cluster names is stubbed, since proxies check that one."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    message = prepared.message
+    resources: dict[str, list[Message]] = {prepared.type_url: [message]}
+    if isinstance(message, cluster_pb2.Cluster) and message.type == cluster_pb2.Cluster.EDS:
+        eds = message.eds_cluster_config.service_name or message.name
+        resources[_EDS_STUB] = [endpoint_pb2.ClusterLoadAssignment(cluster_name=eds)]
+    return tuple(validate_snapshot("shared", resources))
+
+
+def merge_deps(own: Deps, more: list[Deps]) -> Deps:
+    if not more:
+        return own
+    keys, services, local = set(own.keys), set(own.services), set(own.local)
+    for d in more:
+        keys |= d.keys
+        services |= d.services
+        local |= d.local
+    return Deps(frozenset(keys), frozenset(services), frozenset(local))
+
+
+class SharedMemo:
+    """One snapshot's shared entries (thread-safe: the builder and new connections build at once)."""
+
+    def __init__(self, snapshot: MeshSnapshot, entries: dict[Keyed, Entry] | None = None):
+        self.snapshot = snapshot
+        self._entries: dict[Keyed, Entry] = dict(entries or {})
+        self._lock = threading.Lock()
+        self.made = 0  # entries made in this memo (for measurements)
+
+    def entry(self, keyed: Keyed) -> Entry:
+        with self._lock:
+            found = self._entries.get(keyed)
+            if found is None:
+                view = RecordingSnapshot(self.snapshot)
+                prepared = Prepared.of(keyed.build(cast(MeshSnapshot, view)))
+                found = self._entries[keyed] = Entry(prepared, view.deps(), _problems(prepared))
+                self.made += 1
+            return found
+
+    def carry(self, snapshot: MeshSnapshot, keys: ChangeKeys,
+              in_use: frozenset[Keyed] | None = None) -> tuple["SharedMemo", frozenset[Keyed]]:
+        """The memo of ``snapshot`` (the next one, ``keys`` being the change) and the keys it dropped
+        because the change touched their reads. Entries outside ``in_use`` (when given: what the proxies'
+        last builds used) are not carried either, so the memo does not grow with keys nobody uses."""
+        with self._lock:
+            items = list(self._entries.items())
+        if keys.full:
+            return SharedMemo(snapshot), frozenset(k for k, _ in items)
+        kept, dropped = {}, set()
+        for k, e in items:
+            if keys.reaches(e.deps):
+                dropped.add(k)
+            elif in_use is None or k in in_use:
+                kept[k] = e
+        return SharedMemo(snapshot, kept), frozenset(dropped)
+
+    def session(self) -> "SharedBuild":
+        return SharedBuild(self)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SharedBuild:
+    """The memo as one proxy build uses it (see the module docstring)."""
+
+    def __init__(self, memo: SharedMemo):
+        self.memo = memo
+        self._handed: dict[int, tuple[Keyed, Message, Entry]] = {}
+        self.used: frozenset[Keyed] = frozenset()
+        self.edited: dict[Keyed, Entry] = {}
+
+    def get(self, keyed: Keyed) -> Message:
+        entry = self.memo.entry(keyed)
+        copy = type(entry.prepared.message)()
+        copy.CopyFrom(entry.prepared.message)
+        self._handed[id(copy)] = (keyed, copy, entry)
+        return copy
+
+    def finish(self, resources: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        used: set[Keyed] = set()
+        for type_url, items in resources.items():
+            out = []
+            for item in items:
+                handed = self._handed.get(id(item))
+                if handed is None or handed[1] is not item:
+                    out.append(item)
+                    continue
+                keyed, _copy, entry = handed
+                if item.SerializeToString(deterministic=True) == entry.prepared.body:
+                    out.append(entry.prepared)
+                    used.add(keyed)
+                else:
+                    out.append(item)
+                    self.edited[keyed] = entry
+            resources[type_url] = out
+        self.used = frozenset(used)
+        self._handed.clear()
+        return resources
+
+
+__all__ = ["Entry", "SharedMemo", "SharedBuild", "merge_deps"]
