@@ -151,6 +151,10 @@ class MeshEngine:
         for t in self._threads:
             t.join(timeout=2)
 
+    def _sleep(self, seconds: float) -> None:
+        """Tenacity's sleep between retries: returns early when the engine stops."""
+        self._stop.wait(seconds)
+
     def _retrying(self, what: str, errors):
         def before_sleep(state):
             exc = state.outcome.exception()
@@ -158,7 +162,7 @@ class MeshEngine:
 
         return Retrying(
             wait=wait_random_exponential(multiplier=0.2, max=15), stop=stop_never,
-            retry=retry_if_exception_type(errors), sleep=self._stop.wait, before_sleep=before_sleep, reraise=True,
+            retry=retry_if_exception_type(errors), sleep=self._sleep, before_sleep=before_sleep, reraise=True,
         )
 
     def _catalog_loop(self) -> None:

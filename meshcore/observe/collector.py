@@ -141,9 +141,9 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
         for counters, earlier, out in ((after.overflow, before.overflow, overflow),
                                        (after.retry_exhausted, before.retry_exhausted, retries)):
             for cluster, value in counters.items():
-                edge = _cluster_edge(cluster)
-                if edge is not None:
-                    out[edge[1]] = out.get(edge[1], 0.0) + counter_delta(value, earlier.get(cluster)) / seconds
+                pair = _cluster_edge(cluster)
+                if pair is not None:
+                    out[pair[1]] = out.get(pair[1], 0.0) + counter_delta(value, earlier.get(cluster)) / seconds
         for prefix, value in after.denied.items():
             service = service_of_prefix.get(prefix)
             if service is not None:

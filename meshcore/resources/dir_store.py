@@ -32,6 +32,7 @@ import select
 import time
 import uuid
 from pathlib import Path
+import builtins
 from typing import Any, Iterator, Sequence
 
 from meshcore._files import atomic_write, fsync_dir, write_temp
@@ -127,8 +128,8 @@ class DirectoryStore:
                 raise StoreError(f"refusing unsafe resource key {key}: parts must be non-empty, without '/' or a leading '.'")
         return self.root / key.kind / key.namespace / f"{key.name}.json"
 
-    def _resource_files(self) -> list[Path]:
-        files: list[Path] = []
+    def _resource_files(self) -> builtins.list[Path]:
+        files: builtins.list[Path] = []
         for kind_dir in sorted(self.root.iterdir()):
             if kind_dir.name.startswith(".") or not kind_dir.is_dir():
                 continue
@@ -213,7 +214,7 @@ class DirectoryStore:
             raise StoreError(f"resource file {f} holds {res.key}, which belongs in {expected}; move or delete it")
         return res
 
-    def _list_unlocked(self) -> list[Resource]:
+    def _list_unlocked(self) -> builtins.list[Resource]:
         out = []
         for f in self._resource_files():
             try:
@@ -223,7 +224,7 @@ class DirectoryStore:
                     raise
         return sorted(out, key=lambda r: (r.kind, r.namespace, r.name))
 
-    def list(self) -> list[Resource]:
+    def list(self) -> builtins.list[Resource]:
         """Every stored resource, sorted by (kind, namespace, name). A corrupt file raises StoreError naming it."""
         with self._locked(exclusive=False):
             return self._list_unlocked()
@@ -242,7 +243,7 @@ class DirectoryStore:
             dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
             raise StoreError(f"apply batch names the same resource twice: {', '.join(dupes)}")
         with self._locked(exclusive=True):
-            plan: list[tuple[Path, bytes, bytes | None]] = []  # target, new content, old content
+            plan: builtins.list[tuple[Path, bytes, bytes | None]] = []  # target, new content, old content
             for res in resources:
                 target = self.path_of(res.key)
                 data = (res.canonical_json() + "\n").encode()
@@ -258,9 +259,9 @@ class DirectoryStore:
             index = self._bump()
             log.info("resources applied root=%s count=%d index=%d", self.root, len(plan), index)
 
-    def _commit_writes(self, plan: list[tuple[Path, bytes, bytes | None]]) -> None:
-        temps: list[Path] = []
-        created_dirs: list[Path] = []
+    def _commit_writes(self, plan: builtins.list[tuple[Path, bytes, bytes | None]]) -> None:
+        temps: builtins.list[Path] = []
+        created_dirs: builtins.list[Path] = []
         try:
             for target, data, _ in plan:
                 for d in reversed([target.parent, target.parent.parent]):
@@ -272,7 +273,7 @@ class DirectoryStore:
             self._discard(temps, created_dirs)
             raise StoreError(f"apply failed, nothing was changed: cannot write {exc.filename or ''}: {exc.strerror or exc}") from exc
 
-        done: list[tuple[Path, bytes | None]] = []
+        done: builtins.list[tuple[Path, bytes | None]] = []
         for (target, _, old), tmp in zip(plan, temps):
             try:
                 os.replace(tmp, target)
@@ -288,7 +289,7 @@ class DirectoryStore:
             with contextlib.suppress(OSError):  # committed already; a failed sync must not report "nothing changed"
                 fsync_dir(d)
 
-    def _rollback(self, done: list[tuple[Path, bytes | None]]) -> list[str]:
+    def _rollback(self, done: builtins.list[tuple[Path, bytes | None]]) -> builtins.list[str]:
         problems = []
         for target, old in reversed(done):
             try:
@@ -302,7 +303,7 @@ class DirectoryStore:
         return problems
 
     @staticmethod
-    def _discard(temps: list[Path], created_dirs: list[Path]) -> None:
+    def _discard(temps: builtins.list[Path], created_dirs: builtins.list[Path]) -> None:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -310,7 +311,7 @@ class DirectoryStore:
             with contextlib.suppress(OSError):
                 d.rmdir()
 
-    def delete(self, keys: Sequence[ResourceKey]) -> list[ResourceKey]:
+    def delete(self, keys: Sequence[ResourceKey]) -> builtins.list[ResourceKey]:
         """Remove every existing key, or none; return the keys that existed (in the order given)."""
         with self._locked(exclusive=True):
             present = []
@@ -319,7 +320,7 @@ class DirectoryStore:
                     present.append(key)
             if not present:
                 return []
-            moved: list[tuple[Path, Path]] = []
+            moved: builtins.list[tuple[Path, Path]] = []
             for key in present:
                 target = self.path_of(key)
                 trash = target.with_name(f".{target.name}.del-{uuid.uuid4().hex[:8]}")
@@ -365,7 +366,7 @@ class DirectoryStore:
                         self.root, exc, POLL_INTERVAL)
             return None
 
-    def watch(self, index: int | None, wait: float) -> tuple[list[Resource], int]:
+    def watch(self, index: int | None, wait: float) -> tuple[builtins.list[Resource], int]:
         """Block until the index moves past ``index`` (or ``wait`` seconds pass); return (resources, index).
 
         ``index=None`` returns at once. An ``index`` the store has never reached (e.g. the store

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigError
@@ -240,8 +241,8 @@ def evaluate(state: CanaryState, m: Measurement, now: float) -> Decision | None:
     if state.finished:
         return None
     spec = state.spec
-    nums = dict(requests=m.requests, error_rate=round(m.error_rate, 6),
-                p99_ms=None if m.p99_ms is None else round(m.p99_ms, 3))
+    nums: dict[str, Any] = dict(requests=m.requests, error_rate=round(m.error_rate, 6),
+                                p99_ms=None if m.p99_ms is None else round(m.p99_ms, 3))
     if m.requests >= max(spec.min_requests, 1):
         exceeded = _limit_exceeded(spec, m)
         if exceeded:

@@ -46,7 +46,7 @@ def run(nodes: int, services_per_node: int, upstreams: int, rounds: int) -> dict
     proxies = [ProxyInfo(node=f"vm{n}", secrets_dir="/var/lib/meshcore-agent/secrets") for n in range(nodes)]
     full, baseline, snap_times = [], [], []
     resources_per_proxy = 0
-    for r in range(rounds):
+    for _round in range(rounds):
         cache = SnapshotCache()
         t0 = time.perf_counter()
         snap = MeshSnapshot.build(catalog, ())

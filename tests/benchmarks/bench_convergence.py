@@ -76,13 +76,13 @@ def main(argv=None) -> None:
                 before = snapshot()
                 path.write_text(json.dumps(definition))
                 t0 = time.perf_counter()
-                base_add.append(_until(lambda: snapshot() != before))
-                mesh_add.append(time.perf_counter() - t0 + _until(lambda: target in _hosts(admin)))
+                base_add.append(_until(lambda before=before: snapshot() != before))
+                mesh_add.append(time.perf_counter() - t0 + _until(lambda target=target: target in _hosts(admin)))
                 before = snapshot()
                 path.unlink()
                 t0 = time.perf_counter()
-                base_del.append(_until(lambda: snapshot() != before))
-                mesh_del.append(time.perf_counter() - t0 + _until(lambda: target not in _hosts(admin)))
+                base_del.append(_until(lambda before=before: snapshot() != before))
+                mesh_del.append(time.perf_counter() - t0 + _until(lambda target=target: target not in _hosts(admin)))
         finally:
             mesh.down()
 

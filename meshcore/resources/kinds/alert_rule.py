@@ -109,6 +109,7 @@ def parse_threshold(signal: str, value: Any) -> float:
     hint = _UNIT_HINTS[unit]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be {hint}, got {type_name(value)}")
+    out: float | None
     if isinstance(value, (int, float)):
         out = float(value)
     else:
