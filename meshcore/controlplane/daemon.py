@@ -149,6 +149,7 @@ class ControlPlane:
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
         ensure_bootstrap_token(self.operators, state)
+        self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
@@ -407,6 +408,9 @@ class ControlPlane:
         self.alerting.stop()
         self.canaries.stop()
         self.engine.stop()
+        close = getattr(self.source, "close", None)
+        if self._owns_source and close is not None:
+            close()  # a catalog poll blocked in its wait returns now
         self.tracing.shutdown()
         for s in self._servers:
             s.stop()
