@@ -412,10 +412,13 @@ class ControlPlane:
         if self._owns_source and close is not None:
             close()  # a catalog poll blocked in its wait returns now
         self.tracing.shutdown()
+        # ADS streams never end on their own: the grace only lets a response being written go out; it runs
+        # while the HTTP servers stop (each shutdown waits up to its 0.5 s poll), not after them.
+        grpc_stopped = self._grpc.stop(grace=0.5) if self._grpc is not None else None
         for s in self._servers:
             s.stop()
-        if self._grpc is not None:
-            self._grpc.stop(grace=1).wait(2)
+        if grpc_stopped is not None:
+            grpc_stopped.wait(2)
         try:
             (self.settings.state_dir / STATE_FILE).unlink()
         except FileNotFoundError:
