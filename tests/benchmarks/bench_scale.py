@@ -373,7 +373,17 @@ class Bench:
             t0 = time.monotonic()
             for inst in insts:
                 await asyncio.to_thread(self.changes.add if present else self.changes.remove, inst)
-            await asyncio.wait_for(asyncio.gather(*futs), self.args.timeout)
+            _, pending = await asyncio.wait(futs, timeout=self.args.timeout)
+            if pending:  # a finding, not a crash: say which instances which callers lack
+                for f in pending:
+                    f.cancel()
+                lacking = {i.id: sum(not self.has_endpoint(service, self.plan.nodes[i.node], i.mesh_port, present)(
+                    self.proxies[n]) for n in callers) for i in insts}
+                r.figures["error"] = (f"{'adds' if present else 'removals'}: {len(pending)}/{len(futs)} callers lacked "
+                                      f"the burst after {self.args.timeout:.0f}s; callers lacking each instance: "
+                                      f"{ {k: v for k, v in lacking.items() if v} }")
+                progress(f"  sustained: {r.figures['error']}")
+                break
             t1 = time.monotonic()
             total_acks += sum(p.stats.acks for p in self.proxies.values()) - acks0
             total_s += t1 - t0
