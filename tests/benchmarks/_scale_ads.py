@@ -209,6 +209,8 @@ class SyntheticProxy:
         self.stats.streams += 1
         self._owed = True
         self._acked_types = set()
+        for t in TYPES:  # nonces belong to a stream: one from the last stream is stale and would be ignored
+            self.types[t].nonce = ""
         for t in (EDS, RDS):
             self.types[t].subscribed = False
 

@@ -588,6 +588,12 @@ class Bench:
             for t in twins.values():
                 await t.stop()
         self.results.append(await self.reconnect_storm())
+        # The streams the storm brought back are live: a change after it reaches every affected proxy.
+        try:
+            self.results.append(await self.instance_scenario("after-storm", popular, 2))
+        except TimeoutError as exc:  # a finding, not a crash
+            progress(f"  after-storm: {exc}")
+            self.results.append(Result("after-storm", {"service": popular, "error": str(exc)}))
 
     async def stop_proxies(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.proxies.values()), return_exceptions=True)

@@ -38,3 +38,5 @@ def test_short_run_writes_every_scenario(tmp_path):
     assert rows["initial-sync"]["xds"] in ("sotw", "delta")
     storm = rows["reconnect-storm"]
     assert "error" not in storm and storm["resynced"] == storm["of"] == 4, storm  # every proxy came back
+    after = rows["after-storm"]  # and their new streams carry changes
+    assert "error" not in after and after["samples"] > 0, after
