@@ -164,6 +164,7 @@ class ControlPlane:
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
         ensure_bootstrap_token(self.operators, state)
+        self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
@@ -439,11 +440,17 @@ class ControlPlane:
         self.alerting.stop()
         self.canaries.stop()
         self.engine.stop()
+        close = getattr(self.source, "close", None)
+        if self._owns_source and close is not None:
+            close()  # a catalog poll blocked in its wait returns now
         self.tracing.shutdown()
+        # ADS streams never end on their own: the grace only lets a response being written go out; it runs
+        # while the HTTP servers stop (each shutdown waits up to its 0.5 s poll), not after them.
+        grpc_stopped = self._grpc.stop(grace=0.5) if self._grpc is not None else None
         for s in self._servers:
             s.stop()
-        if self._grpc is not None:
-            self._grpc.stop(grace=1).wait(2)
+        if grpc_stopped is not None:
+            grpc_stopped.wait(2)
         try:
             (self.settings.state_dir / STATE_FILE).unlink()
         except FileNotFoundError:

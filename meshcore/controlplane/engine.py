@@ -144,12 +144,17 @@ class MeshEngine:
             t.start()
             self._threads.append(t)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop building and watching. Waits up to ``timeout`` for the build thread (it may be publishing);
+        the watch threads are daemons blocked in their source's or store's wait (up to ``POLL_WAIT_S``),
+        so they get only a moment: waiting for them made every SIGTERM take seconds."""
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout=2)
+            budget = deadline - time.monotonic() if t.name == "mesh-build" else 0.1
+            t.join(timeout=max(budget, 0.0))
 
     def _sleep(self, seconds: float) -> None:
         """Tenacity's sleep between retries: returns early when the engine stops."""

@@ -6,7 +6,10 @@ nonce, as Envoy does (the EDS/RDS subscription goes out before the CDS/LDS ACK).
 next response of a type (``error_detail`` set, the last accepted version kept). It speaks state of the
 world or delta xDS; ``auto`` tries delta and falls back to SotW when the server answers UNIMPLEMENTED.
 After a broken stream it reconnects with jittered backoff (Envoy's 0.5-1 s base) and, on delta, sends
-the versions it holds as ``initial_resource_versions``.
+the versions it holds as ``initial_resource_versions``. A delta server owes no response to a reconnect
+whose versions are all current (nothing differs), so such a stream is never timed out for silence, as
+Envoy never does; whether the control plane counts it as synced is asked of the control plane
+(:attr:`SyntheticProxy.stream_started_at` tells when the current stream began).
 
 Everything it receives is kept (serialized, per type and name) so scenarios can ask whether a change
 arrived (:meth:`SyntheticProxy.watch`) and the benchmark can measure config bytes per proxy.
@@ -41,7 +44,7 @@ TYPES = (CDS, EDS, LDS, RDS)
 SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
 MESSAGE = {CDS: cluster_pb2.Cluster, EDS: endpoint_pb2.ClusterLoadAssignment, LDS: listener_pb2.Listener,
            RDS: route_pb2.RouteConfiguration}
-FIRST_RESPONSE_S = 10.0  # a new stream that answers nothing for this long is dropped and retried
+FIRST_RESPONSE_S = 10.0  # a new stream owed a response that answers nothing for this long is dropped and retried
 HCM_URL = _P + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -106,6 +109,8 @@ class SyntheticProxy:
         self.last_error = ""
         self.last_ack = 0.0  # monotonic time of the last ACK sent
         self.synced_at = 0.0  # when all four types were last ACKed after a (re)connect
+        self.stream_started_at = 0.0  # when the current stream's first requests were written (0: none open)
+        self._owed = True  # the current stream must be answered (not a delta reconnect holding every version)
         self._watches: list[tuple[Callable[[SyntheticProxy], bool], asyncio.Future]] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -173,6 +178,7 @@ class SyntheticProxy:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self._call = None
+                self.stream_started_at = 0.0
                 try:  # grpc.aio's close can hang on a channel whose server went away: do not wait forever
                     await asyncio.wait_for(channel.close(), 2.0)
                 except asyncio.TimeoutError:
@@ -190,9 +196,21 @@ class SyntheticProxy:
             await asyncio.sleep(backoff * random.uniform(1.0, 2.0))
             backoff = min(backoff * 2, 2.0)  # Envoy starts at 0.5 s; capped low so a storm measures the server
 
+    async def _read(self, call):
+        """The next response; the first of a stream that is owed one is awaited at most FIRST_RESPONSE_S."""
+        if self.stats.streams_answered == self.stats.streams or not self._owed:
+            resp = await call.read()
+        else:
+            resp = await asyncio.wait_for(call.read(), FIRST_RESPONSE_S)
+        self.stats.streams_answered = self.stats.streams
+        return resp
+
     def _begin_stream(self) -> None:
         self.stats.streams += 1
+        self._owed = True
         self._acked_types = set()
+        for t in TYPES:  # nonces belong to a stream: one from the last stream is stale and would be ignored
+            self.types[t].nonce = ""
         for t in (EDS, RDS):
             self.types[t].subscribed = False
 
@@ -241,10 +259,9 @@ class SyntheticProxy:
             await asyncio.wait_for(call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=t, version_info="")),
                                    FIRST_RESPONSE_S)
             node = None
+        self.stream_started_at = time.monotonic()
         while True:
-            resp = await (call.read() if self.stats.streams_answered == self.stats.streams else
-                          asyncio.wait_for(call.read(), FIRST_RESPONSE_S))
-            self.stats.streams_answered = self.stats.streams
+            resp = await self._read(call)
             if resp is grpc.aio.EOF:
                 return
             await self._sotw_response(call, resp)
@@ -282,15 +299,23 @@ class SyntheticProxy:
         call = self._call = stub.DeltaAggregatedResources()
         self._begin_stream()
         node = self._node()
+        # A reconnect that holds versions of every type may hear nothing (nothing differs): not owed an answer.
+        self._owed = not (self.types[CDS].versions or self.types[LDS].versions)
         for t in (CDS, LDS):
             st = self.types[t]
             await asyncio.wait_for(call.write(discovery_pb2.DeltaDiscoveryRequest(
                 node=node, type_url=t, initial_resource_versions=st.versions)), FIRST_RESPONSE_S)
             node = None
+        for t in (EDS, RDS):  # like Envoy, a reconnect subscribes again to the names it held, with their versions
+            st = self.types[t]
+            if st.names:
+                st.subscribed = True
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=t, resource_names_subscribe=sorted(st.names),
+                    initial_resource_versions={n: v for n, v in st.versions.items() if n in st.names}))
+        self.stream_started_at = time.monotonic()
         while True:
-            resp = await (call.read() if self.stats.streams_answered == self.stats.streams else
-                          asyncio.wait_for(call.read(), FIRST_RESPONSE_S))
-            self.stats.streams_answered = self.stats.streams
+            resp = await self._read(call)
             if resp is grpc.aio.EOF:
                 return
             if self.mode == "auto":

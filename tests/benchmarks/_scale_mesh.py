@@ -65,8 +65,9 @@ class MeshPlan:
     def upstream_bindings(self, node: str) -> int:
         return sum(len(i.upstreams) for i in self.on_node(node))
 
-    def next_slot(self, node: str) -> int:
-        used = {i.port - SERVICE_PORT_BASE for i in self.on_node(node)}
+    def next_slot(self, node: str, taken: set[int] | None = None) -> int:
+        """The lowest free port slot on ``node``, also avoiding ``taken`` (slots of instances not added yet)."""
+        used = {i.port - SERVICE_PORT_BASE for i in self.on_node(node)} | (taken or set())
         return next(s for s in range(10_000) if s not in used)
 
 
@@ -205,10 +206,15 @@ class CatalogChanges:
     def __init__(self, plan: MeshPlan, files_root: Path | None = None, consul: ConsulWriter | None = None):
         self.plan, self.root, self.consul = plan, files_root, consul
         self._n = 0
+        # Slots handed out by new_instance until the instance is removed: a burst makes several instances
+        # before adding any, and two on one node must not get the same ports (the catalog would reject both).
+        self._reserved: dict[str, set[int]] = {}
 
     def new_instance(self, service: str, node: str) -> Instance:
         self._n += 1
-        slot = self.plan.next_slot(node)
+        reserved = self._reserved.setdefault(node, set())
+        slot = self.plan.next_slot(node, reserved)
+        reserved.add(slot)
         template = next(i for i in self.plan.instances if i.service == service)
         return Instance(service=service, id=f"{service}-bench-{self._n}", node=node, port=SERVICE_PORT_BASE + slot,
                         mesh_port=MESH_PORT_BASE + slot,
@@ -227,6 +233,7 @@ class CatalogChanges:
 
     def remove(self, inst: Instance) -> None:
         self.plan.instances.remove(inst)
+        self._reserved.get(inst.node, set()).discard(inst.port - SERVICE_PORT_BASE)
         if self.consul is not None:
             self.consul.deregister(inst)
         else:

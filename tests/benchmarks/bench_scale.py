@@ -373,7 +373,20 @@ class Bench:
             t0 = time.monotonic()
             for inst in insts:
                 await asyncio.to_thread(self.changes.add if present else self.changes.remove, inst)
-            await asyncio.wait_for(asyncio.gather(*futs), self.args.timeout)
+            _, pending = await asyncio.wait(futs, timeout=self.args.timeout)
+            if pending:  # a finding, not a crash: say which instances which callers lack
+                for f in pending:
+                    f.cancel()
+                lacking = {i.id: sum(not self.has_endpoint(service, self.plan.nodes[i.node], i.mesh_port, present)(
+                    self.proxies[n]) for n in callers) for i in insts}
+                r.figures["error"] = (f"{'adds' if present else 'removals'}: {len(pending)}/{len(futs)} callers lacked "
+                                      f"the burst after {self.args.timeout:.0f}s; callers lacking each instance: "
+                                      f"{ {k: v for k, v in lacking.items() if v} }")
+                progress(f"  sustained: {r.figures['error']}")
+                if present:  # leave the catalog as it was for the scenarios after this one
+                    for inst in insts:
+                        await asyncio.to_thread(self.changes.remove, inst)
+                break
             t1 = time.monotonic()
             total_acks += sum(p.stats.acks for p in self.proxies.values()) - acks0
             total_s += t1 - t0
@@ -387,6 +400,12 @@ class Bench:
         return r
 
     async def reconnect_storm(self) -> Result:
+        """Restart the control plane (same ports, same state) and time until every proxy is back in sync.
+
+        A proxy is back when it has ACKed every type on a new stream, or, on delta, when its new stream
+        (which announced the versions it holds) is one the control plane counts as connected and synced:
+        a delta server sends nothing to a reconnect whose versions are current, and Envoy waits for nothing.
+        """
         assert self.mesh is not None
         progress("  reconnect-storm: restarting the control plane")
         t0 = time.monotonic()
@@ -395,21 +414,44 @@ class Bench:
         await asyncio.to_thread(self.start_control_plane)
         ready = time.monotonic()
         proxies = list(self.proxies.values())
+        back_at: dict[str, float] = {}
+        deadline = ready + self.args.storm_timeout
         error = ""
-        try:
-            await self.wait_all(proxies, "reconnect storm", min(self.args.timeout, 60.0))
-        except TimeoutError as exc:  # a finding, not a crash: report how many came back
-            error = str(exc)
-            progress(f"  reconnect-storm: {exc}")
-        back = [p for p in proxies if p.synced]
-        last = max((p.synced_at for p in back), default=ready)
-        lat = [(p.synced_at - ready) * 1000 for p in back]
+        while len(back_at) < len(proxies):
+            try:
+                status = await asyncio.to_thread(self.mesh.status)
+            except OSError as exc:  # the operator API is busy serving the storm: ask again
+                status = {"proxies": []}
+                error = f"status: {exc}"
+            now = time.monotonic()
+            server = {p["node"] for p in status.get("proxies", []) if p.get("connected") and p.get("synced")}
+            for p in proxies:
+                if p.node in back_at:
+                    continue
+                if p.synced_at > stopped:
+                    back_at[p.node] = p.synced_at
+                elif p.node in server and p.stream_started_at > stopped:
+                    back_at[p.node] = now
+            if now > deadline:
+                errors: dict[str, int] = {}
+                for p in proxies:
+                    for k, v in p.stats.errors.items():
+                        errors[k] = errors.get(k, 0) + v
+                error = (f"{len(back_at)}/{len(proxies)} proxies back in sync after {deadline - ready:.0f}s "
+                         f"(stream errors {errors}, last: {proxies[0].last_error!r})")
+                progress(f"  reconnect-storm: {error}")
+                break
+            error = ""
+            await asyncio.sleep(0.25)
+        last = max(back_at.values(), default=ready)
+        lat = [(t - ready) * 1000 for t in back_at.values()]
         r = Result("reconnect-storm", {"stop_s": round(stopped - t0, 2), "restart_to_ready_s": round(ready - stopped, 2),
-                                       "resynced": len(back), "of": len(proxies),
+                                       "resynced": len(back_at), "of": len(proxies),
+                                       "resynced_by_ack": sum(p.synced_at > stopped for p in proxies),
                                        "ready_to_all_synced_ms": round((last - ready) * 1000, 1) if not error else None,
                                        **({"error": error} if error else {})}, latencies_ms=lat)
-        progress(f"  reconnect-storm: ready after {ready - stopped:.1f}s; {len(back)}/{len(proxies)} resynced, "
-                 f"the last {(last - ready) * 1000:.0f} ms later")
+        progress(f"  reconnect-storm: stopped in {stopped - t0:.1f}s, ready after {ready - stopped:.1f}s; "
+                 f"{len(back_at)}/{len(proxies)} resynced, the last {(last - ready) * 1000:.0f} ms later")
         return r
 
     # --- footprint and baselines ----------------------------------------------------------------
@@ -546,6 +588,12 @@ class Bench:
             for t in twins.values():
                 await t.stop()
         self.results.append(await self.reconnect_storm())
+        # The streams the storm brought back are live: a change after it reaches every affected proxy.
+        try:
+            self.results.append(await self.instance_scenario("after-storm", popular, 2))
+        except TimeoutError as exc:  # a finding, not a crash
+            progress(f"  after-storm: {exc}")
+            self.results.append(Result("after-storm", {"service": popular, "error": str(exc)}))
 
     async def stop_proxies(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.proxies.values()), return_exceptions=True)
@@ -573,6 +621,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline", choices=("auto", "off"), default="auto",
                    help="auto: also run the leaf scenario with --full-rebuild when the control plane has it")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds a change may take to reach every proxy")
+    p.add_argument("--storm-timeout", type=float, default=60.0,
+                   help="seconds the proxies may take to come back in sync after the control plane restarts")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--output", type=Path, default=ARTIFACTS / "scale.json")
     args = p.parse_args(argv)

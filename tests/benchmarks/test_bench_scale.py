@@ -14,7 +14,8 @@ CONVERGENCE = ("leaf-instance", "popular-instance", "destination-rule", "mesh-wi
 def test_short_run_writes_every_scenario(tmp_path):
     out = tmp_path / "scale.json"
     rc = bench_scale.main(["--short", "--proxies", "4", "--services", "16", "--instances", "40", "--nodes", "16",
-                           "--samples", "1", "--burst", "1", "--idle", "1", "--timeout", "30", "--output", str(out)])
+                           "--samples", "1", "--burst", "1", "--idle", "1", "--timeout", "30", "--storm-timeout", "20",
+                           "--output", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     rows = {r["name"]: r for r in doc["scenarios"]}
@@ -35,3 +36,7 @@ def test_short_run_writes_every_scenario(tmp_path):
     assert rows["envoy-config-dump"]["envoys"] == 1
     assert rows["envoy-config-dump"]["all_match"], rows["envoy-config-dump"]["nodes"]
     assert rows["initial-sync"]["xds"] in ("sotw", "delta")
+    storm = rows["reconnect-storm"]
+    assert "error" not in storm and storm["resynced"] == storm["of"] == 4, storm  # every proxy came back
+    after = rows["after-storm"]  # and their new streams carry changes
+    assert "error" not in after and after["samples"] > 0, after
