@@ -126,8 +126,9 @@ def test_control_plane_traces_its_own_work(world):
     by_id = {s.span_id: s for s in spans}
     rebuild = next(s for s in spans if s.name == "snapshot rebuild")
     assert by_id[rebuild.parent_span_id].name == "resources change"
+    # Each proxy's build hangs off the change that caused it (beside the snapshot update, which ends first).
     nodes = {s.attributes.get("meshcore.node") for s in spans if s.name == "proxy build+publish"
-             and s.parent_span_id == rebuild.span_id}
+             and s.parent_span_id == rebuild.parent_span_id}
     # The policy selects productpage (on n1): the incremental engine rebuilds that proxy and no other.
     assert nodes == {"n1"}
 
