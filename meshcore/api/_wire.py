@@ -1,6 +1,6 @@
 """JSON <-> frozen dataclasses for the API contracts: one encoder and one checked decoder.
 
-Field types are the JSON ones (``str``, ``int``, ``float``, ``bool``, ``dict``), lists or tuples of them, another
+Field types are the JSON ones (``str``, ``int``, ``float``, ``bool``, ``dict`` or ``dict[str, X]``), lists or tuples of them, another
 contract, or ``X | None``. A field with ``metadata={"omit_empty": True}`` is left out of the JSON when empty
 (for keys the wire only carries when set), ``omit_none`` only when None. Decoding checks every field and says which one is wrong.
 """
@@ -72,6 +72,9 @@ def decode(tp: Any, value: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise BadRequest(f"{where}: expected an object, got {_describe(value)}")
+        args = typing.get_args(tp)
+        if len(args) == 2:  # dict[str, X]: every value checked as X
+            return {k: decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if isinstance(tp, type) and issubclass(tp, Wire):
         return tp.from_json(value, where)

@@ -267,6 +267,187 @@ class CaState(Wire):
     forced_past: tuple[str, ...] | None = omit_none()  # finish --force: the leaves it retired the root under
 
 
+@dataclass(frozen=True)
+class JoinTokenInfo(Wire):
+    """``GET /v1/tokens``: a join token the control plane knows (used and expired ones stay a week). Never the
+    token itself: ``id`` is a prefix of its hash. Times RFC 3339; ``used`` is None until an agent joins with it."""
+
+    id: str
+    node: str
+    created: str
+    expires: str
+    used: str | None
+    state: str  # valid | used | expired
+
+
+@dataclass(frozen=True)
+class Health(Wire):
+    """``GET /healthz`` (open, no token): the operator API answers."""
+
+    ok: bool = True
+
+
+# --- dry runs: /v1/resources/dry-run (meshctl apply --dry-run) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyDiff(Wire):
+    """One connected proxy's change under a dry run: route/cluster names (``route/<name>``) added, removed and
+    changed, a unified diff of their xDS JSON, and what its publish check would refuse (it would keep its config)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    diff: str = ""
+    problems: tuple[str, ...] = ()
+    note: str = omit_empty()  # why its current config could not be built (then everything shows as added)
+
+    @property
+    def unchanged(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.problems)
+
+
+@dataclass(frozen=True)
+class DryRunResponse(Wire):
+    """``POST /v1/resources/dry-run`` (same body as apply): what each resource and each proxy would become."""
+
+    resources: tuple[ApplyResult, ...] = ()
+    nodes: dict[str, ProxyDiff] = field(default_factory=dict)  # node -> its change
+    dry_run: bool = True
+
+
+# --- authorization: /v1/authz/check, /v1/authz/dry-run ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthzCaller(Wire):
+    """Who calls: a mesh service (its first principal and address), a principal, or nobody (plaintext)."""
+
+    service: str | None = None
+    principal: str | None = None  # without spiffe://
+    ip: str | None = None
+    namespace: str | None = None  # the principal's namespace
+
+
+@dataclass(frozen=True)
+class AuthzTarget(Wire):
+    service: str
+
+
+@dataclass(frozen=True)
+class AuthzRequestView(Wire):
+    method: str
+    path: str
+    host: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthzVerdict(Wire):
+    """A decision: ``action`` of the policy kind that decided (DENY/ALLOW, None: allowed by default), the
+    matching rule (``policy`` ns/name and ``rule_index``, None when none matched) and why."""
+
+    allowed: bool
+    action: str | None
+    policy: str | None
+    rule_index: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuthzResult(AuthzVerdict):
+    """The decision on one group of the destination's instances (same labels, namespace, port, protocol);
+    ``audit`` lists the AUDIT rules (``ns/name[i]``) that matched (they never change the verdict)."""
+
+    instances: tuple[str, ...] = ()
+    namespace: str = ""
+    port: int = 0
+    protocol: str = "http"
+    audit: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzCheckQuery:
+    """``GET /v1/authz/check?to=&from=&method=&path=&host=&source_ip=&header=k=v...``."""
+
+    to: str
+    source: str = ""  # a service or a principal; "" for a plaintext caller
+    method: str = "GET"
+    path: str = "/"
+    host: str = ""
+    source_ip: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def to_query(self) -> list[tuple[str, str]]:
+        params = [("to", self.to), ("method", self.method), ("path", self.path)]
+        params += [(k, v) for k, v in (("from", self.source), ("host", self.host), ("source_ip", self.source_ip)) if v]
+        return params + [("header", f"{k}={v}") for k, v in self.headers]
+
+
+@dataclass(frozen=True)
+class AuthzCheckResponse(Wire):
+    """``GET /v1/authz/check``: the decision on every instance group; ``allowed`` only when all allow."""
+
+    caller: AuthzCaller = field(metadata={"json": "from"})
+    to: AuthzTarget
+    request: AuthzRequestView
+    allowed: bool
+    results: tuple[AuthzResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzObservedCall(Wire):
+    """An inbound call as the destination's Envoy logged it, and how often (``POST /v1/authz/dry-run``)."""
+
+    service: str
+    node: str | None = None
+    source_principal: str | None = None  # None: a plaintext caller
+    source_ip: str | None = None
+    method: str | None = None  # None: a TCP connection
+    path: str | None = None
+    host: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class AuthzDryRunRequest(Wire):
+    """``POST /v1/authz/dry-run`` (read-only): decide ``calls`` under the policies in ``files``."""
+
+    files: tuple[ResourceFile, ...] = ()
+    calls: tuple[AuthzObservedCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzFlip(Wire):
+    """Observed calls whose verdict the new policies flip, grouped by caller, destination, method, path."""
+
+    source: str  # the principal, or "(plaintext)"
+    source_service: str | None
+    destination: str
+    method: str | None
+    path: str | None
+    count: int
+    before: AuthzVerdict
+    after: AuthzVerdict
+
+
+@dataclass(frozen=True)
+class AuthzDryRunResponse(Wire):
+    """The calls that would be denied (allowed now) or allowed (denied now); totals; services not in the catalog.
+    ``log_files`` and ``skipped_lines`` are added by ``meshctl`` (what it read), never sent by the server."""
+
+    would_deny: tuple[AuthzFlip, ...] = ()
+    would_allow: tuple[AuthzFlip, ...] = ()
+    resources: tuple[str, ...] = ()
+    observed: int = 0
+    distinct: int = 0
+    unchanged: int = 0
+    unknown_destinations: dict[str, int] = field(default_factory=dict)  # service -> calls not evaluated
+    caveats: tuple[str, ...] = ()
+    log_files: int | None = omit_none()
+    skipped_lines: int | None = omit_none()
+
+
 # --- trust bundles and federation: /v1/trust-bundle, /v1/trust-bundle/spiffe, /v1/trust-bundles ---------
 
 
@@ -482,7 +663,9 @@ class AlertRuleView(Wire):
 
 
 __all__ = [
-    "AlertRuleView", "AlertView", "ApplyRequest", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
+    "AlertRuleView", "AlertView", "ApplyRequest", "AuthzCaller", "AuthzCheckQuery", "AuthzCheckResponse",
+    "AuthzDryRunRequest", "AuthzDryRunResponse", "AuthzFlip", "AuthzObservedCall", "AuthzRequestView", "AuthzResult",
+    "AuthzTarget", "AuthzVerdict", "DryRunResponse", "Health", "JoinTokenInfo", "ProxyDiff", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
     "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
     "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
     "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "ResourceFile",

@@ -17,6 +17,10 @@ from ..api.operator import (
     AlertView,
     ApplyRequest,
     ApplyResponse,
+    AuthzCheckQuery,
+    AuthzCheckResponse,
+    AuthzDryRunRequest,
+    AuthzDryRunResponse,
     CaCert,
     CaRotateRequest,
     CaState,
@@ -24,8 +28,11 @@ from ..api.operator import (
     CanaryStatus,
     DeleteRequest,
     DeleteResponse,
+    DryRunResponse,
     FederatedDomain,
+    Health,
     IssuedCert,
+    JoinTokenInfo,
     OperatorCert,
     OperatorCertIssued,
     OperatorCertRequest,
@@ -178,6 +185,24 @@ class Client:
 
     def create_token(self, request: TokenRequest) -> TokenResponse:
         return self._typed(TokenResponse, self.post("/v1/tokens", request.to_json()), "/v1/tokens")
+
+    def tokens(self) -> list[JoinTokenInfo]:
+        return self._typed_list(JoinTokenInfo, self.get("/v1/tokens"), "/v1/tokens")
+
+    def health(self) -> Health:
+        return self._typed(Health, self.get("/healthz"), "/healthz")
+
+    def dry_run(self, request: ApplyRequest) -> DryRunResponse:
+        return self._typed(DryRunResponse, self.post("/v1/resources/dry-run", request.to_json()),
+                           "/v1/resources/dry-run")
+
+    # authorization
+    def authz_check(self, query: AuthzCheckQuery) -> AuthzCheckResponse:
+        path = "/v1/authz/check?" + urlencode(query.to_query())
+        return self._typed(AuthzCheckResponse, self.get(path), "/v1/authz/check")
+
+    def authz_dry_run(self, request: AuthzDryRunRequest) -> AuthzDryRunResponse:
+        return self._typed(AuthzDryRunResponse, self.post("/v1/authz/dry-run", request.to_json()), "/v1/authz/dry-run")
 
     # certificates
     def certs(self) -> list[IssuedCert]:

@@ -10,11 +10,12 @@ grouped by source, destination, method and path. Nothing is applied.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 from ..errors import MeshError
-from ..api.operator import StatusResponse
+from ..api.operator import AuthzDryRunRequest, AuthzDryRunResponse, AuthzFlip, AuthzObservedCall, StatusResponse
 from ._client import Client, discover_server
 from ._output import out, read_files, validate_locally
 
@@ -44,28 +45,28 @@ def observed_calls(paths: list[Path]) -> tuple[Counter, int]:
     return counts, skipped
 
 
-def _print_table(result: dict) -> None:
-    def section(title: str, groups: list[dict], decided: str) -> None:
+def _print_table(result: AuthzDryRunResponse) -> None:
+    def section(title: str, groups: tuple[AuthzFlip, ...]) -> None:
         if not groups:
             return
         print(title)
-        rows = [[g["source_service"] or g["source"], g["destination"], g["method"] or "(tcp)", g["path"] or "",
-                 str(g["count"]), g[decided]["policy"] or g[decided]["reason"]] for g in groups]
+        rows = [[g.source_service or g.source, g.destination, g.method or "(tcp)", g.path or "",
+                 str(g.count), g.after.policy or g.after.reason] for g in groups]
         headers = ["SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "DECIDED BY"]
         widths = [max(len(x) for x in col) for col in zip(headers, *rows)]
         for row in [headers] + rows:
             print("  " + "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip())
         print()
 
-    section("WOULD BE DENIED (allowed now):", result["would_deny"], "after")
-    section("WOULD BE ALLOWED (denied now):", result["would_allow"], "after")
-    if not result["would_deny"] and not result["would_allow"]:
+    section("WOULD BE DENIED (allowed now):", result.would_deny)
+    section("WOULD BE ALLOWED (denied now):", result.would_allow)
+    if not result.would_deny and not result.would_allow:
         print("no observed call would change its verdict")
-    print(f"{result['observed']} observed inbound call(s), {result['distinct']} distinct, from "
-          f"{result['log_files']} log file(s); {result['unchanged']} unchanged")
-    for svc, n in result.get("unknown_destinations", {}).items():
+    print(f"{result.observed} observed inbound call(s), {result.distinct} distinct, from "
+          f"{result.log_files} log file(s); {result.unchanged} unchanged")
+    for svc, n in result.unknown_destinations.items():
         print(f"note: {n} call(s) to {svc!r}, which is not in the catalog now, were not evaluated")
-    for caveat in result.get("caveats", []):
+    for caveat in result.caveats:
         print(f"note: {caveat}")
 
 
@@ -80,11 +81,9 @@ def cmd_authz_dry_run(args) -> int:
             raise MeshError("no access log found: no proxy in `meshctl status -o json` names an access_log file on "
                             "this machine; enable access logs, or pass --access-log FILE (repeatable)")
     counts, skipped = observed_calls(paths)
-    calls = [{**call.to_dict(), "count": n} for call, n in counts.items()]
-    result = client.post("/v1/authz/dry-run", {"files": [f.to_json() for f in read_files(args.filename)], "calls": calls})
-    result["log_files"] = len(paths)
-    result["skipped_lines"] = skipped
-    out(result, args.output, _print_table)
+    calls = tuple(AuthzObservedCall(**call.to_dict(), count=n) for call, n in counts.items())
+    result = client.authz_dry_run(AuthzDryRunRequest(files=tuple(read_files(args.filename)), calls=calls))
+    out(dataclasses.replace(result, log_files=len(paths), skipped_lines=skipped), args.output, _print_table)
     return 0
 
 

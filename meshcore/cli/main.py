@@ -8,9 +8,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
-from ..api.operator import ApplyRequest, DeleteRequest, ResourceQuery, TokenRequest, resolve_kind
+from ..api.operator import (
+    ApplyRequest,
+    AuthzCheckQuery,
+    AuthzCheckResponse,
+    DeleteRequest,
+    ResourceQuery,
+    TokenRequest,
+    resolve_kind,
+)
 from ..errors import ApiError, MeshError
 from ._client import DEMO_STATE_DIR, Client, discover_server
 from ._commands import MODULE_COMMANDS, common_options
@@ -165,25 +172,35 @@ def cmd_token_create(args) -> int:
     return 0
 
 
+def cmd_token_list(args) -> int:
+    """The join tokens the control plane knows (used and expired ones for a week); never the tokens themselves."""
+    tokens = _client(args).tokens()
+    _out(tokens, args.output, lambda ts: _table(
+        [[t.id, t.node, t.state, t.created, t.expires, t.used or "-"] for t in ts],
+        ["ID", "NODE", "STATE", "CREATED", "EXPIRES", "USED"]))
+    return 0
+
+
 def cmd_authz_check(args) -> int:
     """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
-    params = [("to", args.to), ("method", args.method), ("path", args.path)]
-    params += [(k, v) for k, v in (("from", args.source), ("host", args.host), ("source_ip", args.source_ip)) if v]
+    headers = []
     for h in args.header or []:
         name, sep, value = h.partition("=")
         if not sep or not name:
             raise MeshError(f"--header {h!r}: expected NAME=VALUE, e.g. --header x-env=prod")
-        params.append(("header", f"{name}={value}"))
-    result = _client(args).get("/v1/authz/check?" + urlencode(params))
+        headers.append((name, value))
+    result = _client(args).authz_check(AuthzCheckQuery(
+        to=args.to, source=args.source or "", method=args.method, path=args.path, host=args.host or "",
+        source_ip=args.source_ip or "", headers=tuple(headers)))
 
-    def table(d):
-        who = d["from"]["service"] or d["from"]["principal"] or "a plaintext client"
-        print(f"{who} -> {d['to']['service']}  {d['request']['method']} {d['request']['path']}")
-        for r in d["results"]:
-            verdict = "ALLOWED" if r["allowed"] else "DENIED"
-            print(f"  {','.join(r['instances'])}: {verdict}: {r['reason']}")
-            if r.get("audit"):
-                print(f"    audited by {', '.join(r['audit'])}")
+    def table(d: AuthzCheckResponse) -> None:
+        who = d.caller.service or d.caller.principal or "a plaintext client"
+        print(f"{who} -> {d.to.service}  {d.request.method} {d.request.path}")
+        for r in d.results:
+            verdict = "ALLOWED" if r.allowed else "DENIED"
+            print(f"  {','.join(r.instances)}: {verdict}: {r.reason}")
+            if r.audit:
+                print(f"    audited by {', '.join(r.audit)}")
 
     _out(result, args.output, table)
     return 0
@@ -299,6 +316,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tc.add_argument("--node", required=True)
     tc.add_argument("--ttl", default="1h", help="how long it stays valid (default %(default)s)")
     tc.set_defaults(fn=cmd_token_create)
+    tl = tsub.add_parser("list", parents=[common], help="List join tokens (id, node, state; never the token).")
+    tl.set_defaults(fn=cmd_token_list)
 
     sp = add("authz", None, "Authorization policies: what they decide.")
     asub = sp.add_subparsers(dest="authz_command", required=True)

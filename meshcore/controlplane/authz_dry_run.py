@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
+from ..api.operator import AuthzDryRunResponse
 from ..authz.dry_run import ObservedCall, dry_run
-from ..errors import BadRequest, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, MeshError, PayloadTooLarge, Unavailable
 from ._http import Request
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 MAX_CALLS = 100_000
 
 
-def authz_dry_run(snapshot: Callable[[], "MeshSnapshot | None"], req: Request, parse: Callable) -> dict:
+def authz_dry_run(snapshot: Callable[[], "MeshSnapshot | None"], req: Request, parse: Callable) -> AuthzDryRunResponse:
     body, resources = parse(req)  # validates the policy files like apply does (422 with field paths)
     raw = body.get("calls")
     if not isinstance(raw, list):
@@ -38,7 +39,11 @@ def authz_dry_run(snapshot: Callable[[], "MeshSnapshot | None"], req: Request, p
     snap = snapshot()
     if snap is None:
         raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
-    return dry_run(snap, resources, calls)
+    answer = dry_run(snap, resources, calls)
+    try:
+        return AuthzDryRunResponse.from_json(answer, "authz dry run")
+    except BadRequest as exc:  # the evaluator's own answer: not the caller's fault
+        raise MeshError(f"cannot describe the authz dry run: {exc}") from exc
 
 
 __all__ = ["authz_dry_run"]

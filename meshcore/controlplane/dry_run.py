@@ -6,7 +6,7 @@ Then a :class:`MeshSnapshot` is built from the current catalog and the would-be 
 connected proxy's routes and clusters are built from it (the same pure ``build_proxy`` the engine
 uses) and compared with what the proxy has now (its published config). :func:`diff_proxy` is pure.
 
-Answer::
+Answer (:class:`meshcore.api.operator.DryRunResponse`)::
 
     {"dry_run": true,
      "resources": [{"resource": "VirtualService/default/reviews", "result": "configured"}],
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ..api.operator import ApplyResult, DryRunResponse, ProxyDiff
 from ..errors import MeshError, Unavailable, ValidationError
 from ..resources.loader import validate_set
 from ..resources.model import Resource
@@ -74,7 +75,7 @@ def diff_proxy(node: str, before: Mapping[str, Iterable[Message]], after: Mappin
     return {"added": added, "removed": removed, "changed": changed, "diff": diff}
 
 
-def dry_run(store: "ResourceStore", mesh: "MeshView", resources: list[Resource]) -> dict:
+def dry_run(store: "ResourceStore", mesh: "MeshView", resources: list[Resource]) -> DryRunResponse:
     """Validate ``resources`` against the store and show every connected proxy's resulting change."""
     existing = {r.key: r for r in store.list()}
     merged = {**existing, **{r.key: r for r in resources}}
@@ -85,27 +86,29 @@ def dry_run(store: "ResourceStore", mesh: "MeshView", resources: list[Resource])
     for r in resources:
         old = existing.get(r.key)
         same = old is not None and old.canonical_json() == r.canonical_json()
-        results.append({"resource": str(r.key), "result": "created" if old is None else
-                        ("unchanged" if same else "configured")})
+        results.append(ApplyResult(resource=str(r.key), result="created" if old is None else
+                                   ("unchanged" if same else "configured")))
     snap = mesh.snapshot()
     if snap is None:
         raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
     would = MeshSnapshot.build(snap.catalog, merged.values(), snap.trust_domain, snap.settings)
-    nodes = {}
+    nodes: dict[str, ProxyDiff] = {}
     for node, state in sorted(mesh.proxies().items()):
         published = mesh.published(node)  # what the proxy was sent; built from the current snapshot if nothing yet
-        extra = {}
+        note = ""
         try:
             now = dict(published.resources) if published is not None else build_proxy(snap, state.info)
         except MeshError as exc:
-            now, extra = {}, {"note": f"its current config could not be built: {exc}"}
+            now, note = {}, f"its current config could not be built: {exc}"
         try:
             after = build_proxy(would, state.info)
             refused = validate_snapshot(node, after)
         except MeshError as exc:
             after, refused = now, [str(exc)]
-        nodes[node] = {**diff_proxy(node, now, after), "problems": refused, **extra}
-    return {"dry_run": True, "resources": results, "nodes": nodes}
+        d = diff_proxy(node, now, after)
+        nodes[node] = ProxyDiff(added=tuple(d["added"]), removed=tuple(d["removed"]), changed=tuple(d["changed"]),
+                                diff=d["diff"], problems=tuple(refused), note=note)
+    return DryRunResponse(resources=tuple(results), nodes=nodes)
 
 
 __all__ = ["diff_proxy", "dry_run", "COMPARED"]

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,16 +14,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import naming
 from ..durations import parse_duration
 from ..errors import BadRequest, Conflict, FieldError, MeshError, NotFound, StoreError, Unavailable, ValidationError, map_exceptions
+from ..api._wire import Wire
 from ..api.operator import (
     ApplyRequest,
     ApplyResponse,
     ApplyResult,
+    AuthzCheckResponse,
     CaCert,
     CaRotateRequest,
     CaState,
     DeleteRequest,
     DeleteResponse,
+    Health,
     IssuedCert,
+    JoinTokenInfo,
     ProxyConfigResponse,
     ResourceFile,
     ResourceQuery,
@@ -49,6 +53,17 @@ if TYPE_CHECKING:
     from .operators import OperatorTokenStore
 
 log = logging.getLogger("meshcore.controlplane.api")
+
+W = TypeVar("W", bound=Wire)
+
+
+def _own(cls: type[W], data: object, what: str) -> W:
+    """The server's own answer ``data`` (a dict from the CA, the token store, the evaluator) checked into
+    ``cls``; a mismatch is a server error (500 naming the field), not the caller's fault (400)."""
+    try:
+        return cls.from_json(data, what)
+    except BadRequest as exc:
+        raise MeshError(f"cannot describe {what}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -85,13 +100,13 @@ class OperatorApi:
         r.add("POST", "/v1/resources", self.apply)
         r.add("POST", "/v1/resources/delete", self.delete)
         r.add("POST", "/v1/tokens", self.create_token)
-        r.add("GET", "/v1/tokens", lambda req: ctx.tokens.list())
+        r.add("GET", "/v1/tokens", self.list_tokens)
         r.add("GET", "/v1/certs", self.certs)
         r.add("GET", "/v1/trust-bundle", lambda req: TrustBundle(trust_domain=ctx.ca.trust_domain,
                                                                  bundle=ctx.ca.bundle_pem()))
         r.add("GET", "/v1/authz/check", self.authz_check)
         r.add("GET", "/metrics", self.metrics)
-        r.add("GET", "/healthz", lambda req: {"ok": True})
+        r.add("GET", "/healthz", lambda req: Health())
         self._add_ca_routes(r)
         from .authz_dry_run import authz_dry_run
         from .dry_run import dry_run
@@ -112,10 +127,7 @@ class OperatorApi:
 
     @staticmethod
     def _ca_state(state: dict) -> CaState:
-        try:
-            return CaState.from_json(state, "CA state")
-        except BadRequest as exc:  # the server's own state: not the caller's fault
-            raise MeshError(f"cannot describe the CA: {exc}") from exc
+        return _own(CaState, state, "the CA")
 
     def ca_rotate(self, req: Request) -> CaState:
         """``{}`` starts a root rotation; ``{"finish": true}`` retires the old root; ``force`` skips the
@@ -258,13 +270,16 @@ class OperatorApi:
         return TokenResponse(node=node, token=token, ttl_seconds=int(ttl.total_seconds()),
                              node_spiffe_id=naming.node_spiffe_id(self.ctx.ca.trust_domain, node))
 
+    def list_tokens(self, req: Request) -> list[JoinTokenInfo]:
+        return [_own(JoinTokenInfo, e, f"join token {i}") for i, e in enumerate(self.ctx.tokens.list())]
+
     def certs(self, req: Request) -> list[IssuedCert]:
         return [IssuedCert(spiffe_id=c.spiffe_id, serial=c.serial, node=c.node,
                            not_before=c.not_before.isoformat().replace("+00:00", "Z"),
                            not_after=c.not_after.isoformat().replace("+00:00", "Z"))
                 for c in self.ctx.ca.issued()]
 
-    def authz_check(self, req: Request) -> dict:
+    def authz_check(self, req: Request) -> AuthzCheckResponse:
         """``meshctl authz check``: ?to=SVC[&from=SVC|PRINCIPAL][&method=&path=&host=&source_ip=][&header=k=v...]."""
         from urllib.parse import parse_qs, urlsplit
 
@@ -285,11 +300,12 @@ class OperatorApi:
         if snapshot is None:
             raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
         try:
-            return check(snapshot, CheckQuery(
+            answer = check(snapshot, CheckQuery(
                 destination=one("to"), source=one("from") or None, method=one("method", "GET"),
                 path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
         except ConfigError as exc:  # the service named is not in the mesh
             raise NotFound(str(exc)) from exc
+        return _own(AuthzCheckResponse, answer, "the authz check")
 
     def metrics(self, req: Request) -> Response:
         return Response(generate_latest(self.ctx.registry), content_type=CONTENT_TYPE_LATEST)

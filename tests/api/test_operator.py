@@ -128,3 +128,107 @@ def test_federation_and_ca_shapes_keep_their_nulls():
     assert CaState.from_json(finished).to_json() == finished
     with pytest.raises(BadRequest, match=r"ca\.roots\[0\]\.sha256: expected a string"):
         CaState.from_json({**state, "roots": [{**info, "sha256": 1}]}, "ca")
+
+
+# --- tokens, health, dry runs, authorization ---------------------------------------------------------------
+
+
+def test_token_listing_keeps_used_null_and_health_is_ok():
+    from meshcore.api.operator import Health, JoinTokenInfo
+
+    entry = {"id": "abcdef012345", "node": "n1", "created": "2026-01-01T00:00:00Z",
+             "expires": "2026-01-01T01:00:00Z", "used": None, "state": "valid"}
+    assert JoinTokenInfo.from_json(entry).to_json() == entry
+    with pytest.raises(BadRequest, match=r"body\.used: expected a string, got a number"):
+        JoinTokenInfo.from_json({**entry, "used": 5})
+    assert Health().to_json() == {"ok": True}
+
+
+def test_token_store_listing_fits_the_contract(tmp_path):
+    from datetime import timedelta
+
+    from meshcore.api.operator import JoinTokenInfo
+    from meshcore.ca import JoinTokenStore
+
+    store = JoinTokenStore(tmp_path / "join-tokens", b"k" * 32)
+    store.create("n1", ttl=timedelta(hours=1))
+    (info,) = [JoinTokenInfo.from_json(e) for e in store.list()]
+    assert (info.node, info.state, info.used) == ("n1", "valid", None)
+    store.close()
+
+
+def test_dry_run_answer_checks_each_node_and_leaves_out_an_absent_note():
+    from meshcore.api.operator import DryRunResponse, ProxyDiff
+
+    wire = {"dry_run": True, "resources": [{"resource": "VirtualService/default/r", "result": "configured"}],
+            "nodes": {"n1": {"added": ["cluster/c"], "removed": [], "changed": [], "diff": "--- a", "problems": []}}}
+    answer = DryRunResponse.from_json(wire)
+    assert answer.nodes["n1"] == ProxyDiff(added=("cluster/c",), diff="--- a")
+    assert answer.to_json() == wire
+    assert not answer.nodes["n1"].unchanged and ProxyDiff().unchanged
+    assert ProxyDiff(note="x").to_json()["note"] == "x"
+    with pytest.raises(BadRequest, match=r"body\.nodes\.n1\.added\[0\]: expected a string"):
+        DryRunResponse.from_json({**wire, "nodes": {"n1": {"added": [1]}}})
+
+
+def _authz_snapshot(*policies: str):
+    from pathlib import Path
+
+    from meshcore.catalog.files import FileCatalogSource
+    from meshcore.resources import load_documents
+    from meshcore.snapshot import MeshSnapshot
+
+    catalog = FileCatalogSource(Path(__file__).resolve().parents[2] / "examples/bookinfo/consul.d").poll(None, 0).catalog
+    return MeshSnapshot.build(catalog, [r for i, p in enumerate(policies) for r in load_documents(p, f"p{i}.yaml")])
+
+
+DENY_PRODUCTPAGE = """
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: no-productpage, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]
+"""
+
+
+def test_authz_check_answer_round_trips_with_its_from_key():
+    from meshcore.api.operator import AuthzCheckQuery, AuthzCheckResponse
+    from meshcore.authz import CheckQuery, check
+
+    snap = _authz_snapshot(DENY_PRODUCTPAGE)
+    answer = check(snap, CheckQuery(destination="details", source="productpage"))
+    typed = AuthzCheckResponse.from_json(answer)
+    assert typed.to_json() == answer  # the evaluator's JSON, unchanged on the wire
+    assert typed.caller.service == "productpage" and typed.results[0].instances == ("details-v1",)
+    assert not typed.allowed and typed.results[0].policy == "default/no-productpage"
+    plaintext = AuthzCheckResponse.from_json(check(snap, CheckQuery(destination="details")))
+    assert plaintext.caller.principal is None and plaintext.allowed
+    assert AuthzCheckQuery(to="api", source="web", headers=(("x-env", "prod"),)).to_query() == [
+        ("to", "api"), ("method", "GET"), ("path", "/"), ("from", "web"), ("header", "x-env=prod")]
+    with pytest.raises(BadRequest, match=r"body\.results\[0\]\.port: expected an integer"):
+        AuthzCheckResponse.from_json({**answer, "results": [{**answer["results"][0], "port": "80"}]})
+
+
+def test_authz_dry_run_answer_round_trips_and_meshctl_adds_only_its_counts():
+    import dataclasses
+    from collections import Counter
+
+    from meshcore.api.operator import AuthzDryRunRequest, AuthzDryRunResponse, AuthzObservedCall
+    from meshcore.authz.dry_run import ObservedCall, dry_run
+    from meshcore.resources.loader import load_documents
+
+    snap = _authz_snapshot()
+    deny = load_documents(DENY_PRODUCTPAGE, "p.yaml")
+    call = ObservedCall(service="details", source_principal="cluster.local/ns/default/sa/productpage",
+                        method="GET", path="/details/0")
+    answer = dry_run(snap, deny, Counter({call: 3}))
+    typed = AuthzDryRunResponse.from_json(answer)
+    assert typed.to_json() == answer and "log_files" not in typed.to_json()
+    assert typed.would_deny[0].count == 3 and typed.would_deny[0].before.allowed
+    shown = dataclasses.replace(typed, log_files=1, skipped_lines=0).to_json()
+    assert (shown["log_files"], shown["skipped_lines"]) == (1, 0)
+    body = AuthzDryRunRequest(calls=(AuthzObservedCall(**call.to_dict(), count=3),)).to_json()
+    assert body["calls"][0] == {**call.to_dict(), "count": 3}
+    assert ObservedCall.from_dict(body["calls"][0]) == call  # what the control plane reads back
