@@ -191,11 +191,32 @@ class LocalMesh:
     def wait_synced(self, timeout: float = 60) -> None:
         nodes = {i.node for i in self.catalog().instances}
 
-        def all_synced():
-            proxies = {p["node"]: p for p in self.status()["proxies"]}
-            return all(proxies.get(n, {}).get("synced") for n in nodes)
+        last: dict[str, dict] = {}
 
-        wait_until(all_synced, timeout, f"every proxy ({', '.join(sorted(nodes))}) to receive and ACK its config")
+        def all_synced():
+            last.clear()
+            last.update({p["node"]: p for p in self.status()["proxies"]})
+            return all(last.get(n, {}).get("synced") for n in nodes)
+
+        try:
+            wait_until(all_synced, timeout, f"every proxy ({', '.join(sorted(nodes))}) to receive and ACK its config")
+        except DemoError as exc:
+            raise DemoError(f"{exc}; {self._unsynced_report(sorted(nodes), last)}") from None
+
+    def _unsynced_report(self, nodes: list[str], proxies: dict[str, dict]) -> str:
+        """What the control plane last said about each proxy that is not synced, and the tail of its agent's
+        log: enough to tell a proxy that never connected from one whose config was refused."""
+        parts = []
+        for node in nodes:
+            p = proxies.get(node)
+            if p is not None and p.get("synced"):
+                continue
+            seen = ("not known to the control plane" if p is None else
+                    f"connected={p.get('connected')} version={p.get('version') or '-'} error={p.get('error') or '-'}")
+            log = self.logs / f"agent-{node}.log"
+            tail = log.read_text(errors="replace").splitlines()[-4:] if log.exists() else []
+            parts.append(f"{node}: {seen}" + "".join(f"\n    agent-{node}: {line[:300]}" for line in tail))
+        return "not synced: " + ("\n  ".join(parts) if parts else "(none at the last poll)")
 
     def up(self, wait_url: str | None = None) -> dict:
         self.state.mkdir(parents=True, exist_ok=True)
