@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..dashboard import build_summary, read_static, series_view
 from ..durations import parse_duration
+from ..api.dashboard import CollectorState, DashboardSummary, SeriesResponse
 from ..api.operator import ProxyStatus
 from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
 from ..observe.signals import SIGNAL_LABELS
@@ -73,7 +74,7 @@ def _static(name: str) -> Response:
     return Response(body, content_type=content_type, headers=_HEADERS)
 
 
-def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: ProxyList) -> dict:
+def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: ProxyList) -> DashboardSummary:
     now = time.time()
     certs = [{"spiffe_id": c.spiffe_id, "node": c.node or "", "not_before": c.not_before.timestamp(),
               "not_after": c.not_after.timestamp()} for c in ca.issued()]
@@ -85,12 +86,12 @@ def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: Proxy
         root_expiry = parse_rfc3339(roots[0]["not_after"]).timestamp()
     return build_summary(
         collector.latest(), proxies(), certs, now=now, trust_domain=ca.trust_domain,
-        collector={"interval_seconds": collector.interval, "history_seconds": collector.history_seconds,
-                   "errors": dict(collector.errors), "last_duration_seconds": round(collector.last_duration, 3)},
+        collector=CollectorState(interval_seconds=collector.interval, history_seconds=collector.history_seconds,
+                                 errors=dict(collector.errors), last_duration_seconds=round(collector.last_duration, 3)),
         ca_root_expiry=root_expiry)
 
 
-def series(collector: MeshCollector, req: Request) -> dict:
+def series(collector: MeshCollector, req: Request) -> SeriesResponse:
     name = req.query.get("signal", "")
     if name not in SIGNAL_LABELS:
         raise BadRequest(f"signal={name!r}: give one of {', '.join(SIGNAL_LABELS)}")

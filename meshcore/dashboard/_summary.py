@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..api.dashboard import (CertificateRow, CollectorState, DashboardSummary, EdgeRow, ProxyRow, Series,
+                             SeriesResponse, ServiceRow, Totals)
 from ..api.operator import ProxyStatus
 from ..observe.signals import SIGNAL_LABELS, Labels, Signals
 
@@ -32,7 +36,7 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def services_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> list[dict]:
+def services_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> list[ServiceRow]:
     """One row per service (and gateway): golden signals, resilience counters, instances."""
     kinds: dict[str, str] = {}
     instances: dict[str, list[bool]] = {}
@@ -56,100 +60,103 @@ def services_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> li
     out = []
     for name in sorted(names):
         troubles = overflow.get(name, 0.0) + retries.get(name, 0.0)
-        out.append({
-            "name": name, "kind": kinds.get(name, "service"),
-            "rps": _round(rps.get(name), 3), "error_rate": _round(err.get(name), 4), "p99_ms": _round(p99.get(name), 2),
-            "circuit_breaker_overflow": round(overflow.get(name, 0.0), 3),
-            "retry_exhausted": round(retries.get(name, 0.0), 3), "policy_denied": round(denied.get(name, 0.0), 3),
-            "instances": len(instances.get(name, [])), "healthy_instances": sum(instances.get(name, [])),
-            "health": health(rps.get(name, 0.0), err.get(name), troubles),
-        })
+        out.append(ServiceRow(
+            name=name, kind=kinds.get(name, "service"),
+            rps=_round(rps.get(name), 3), error_rate=_round(err.get(name), 4), p99_ms=_round(p99.get(name), 2),
+            circuit_breaker_overflow=round(overflow.get(name, 0.0), 3),
+            retry_exhausted=round(retries.get(name, 0.0), 3), policy_denied=round(denied.get(name, 0.0), 3),
+            instances=len(instances.get(name, [])), healthy_instances=sum(instances.get(name, [])),
+            health=health(rps.get(name, 0.0), err.get(name), troubles),
+        ))
     return out
 
 
-def edges_view(signals: Signals | None) -> list[dict]:
+def edges_view(signals: Signals | None) -> list[EdgeRow]:
     if signals is None:
         return []
     err, p99 = signals.get("edge_error_rate"), signals.get("edge_p99_ms")
     out = []
     for key, rps in sorted(signals.get("edge_request_rate").items()):
         d = dict(key)
-        out.append({"source": d["source"], "destination": d["destination"], "rps": round(rps, 3),
-                    "error_rate": _round(err.get(key), 4), "p99_ms": _round(p99.get(key), 2),
-                    "health": health(rps, err.get(key))})
+        out.append(EdgeRow(source=d["source"], destination=d["destination"], rps=round(rps, 3),
+                           error_rate=_round(err.get(key), 4), p99_ms=_round(p99.get(key), 2),
+                           health=health(rps, err.get(key))))
     return out
 
 
-def proxies_view(proxies: Sequence[ProxyStatus], scrape_errors: Mapping[str, str]) -> list[dict]:
+def proxies_view(proxies: Sequence[ProxyStatus], scrape_errors: Mapping[str, str]) -> list[ProxyRow]:
     out = []
     for p in proxies:
         state = "synced" if p.connected and p.synced and not p.error else (
             "error" if p.error else ("disconnected" if not p.connected else "pending"))
-        out.append({"node": p.node, "services": [s.name for s in p.services], "gateways": [g.name for g in p.gateways],
-                    "connected": p.connected, "synced": p.synced, "state": state, "version": p.version,
-                    "error": p.error, "scrape_error": scrape_errors.get(p.node, "")})
+        out.append(ProxyRow(node=p.node, services=tuple(s.name for s in p.services),
+                            gateways=tuple(g.name for g in p.gateways), connected=p.connected, synced=p.synced,
+                            state=state, version=p.version, error=p.error, scrape_error=scrape_errors.get(p.node, "")))
     return out
 
 
-def certificates_view(certs: Iterable[Mapping[str, Any]], now: float) -> list[dict]:
+def certificates_view(certs: Iterable[Mapping[str, Any]], now: float) -> list[CertificateRow]:
     """``certs``: ``spiffe_id``, ``node``, ``not_before``, ``not_after`` (unix times). Soonest expiry first."""
     out = []
     for c in certs:
         left = c["not_after"] - now
         life = max(1.0, c["not_after"] - c["not_before"])
         fraction = max(0.0, min(1.0, left / life))
-        out.append({"spiffe_id": c["spiffe_id"], "node": c.get("node") or "", "expires_in_seconds": round(left),
-                    "lifetime_seconds": round(life), "fraction_left": round(fraction, 4),
-                    "state": "expired" if left <= 0 else ("expiring" if fraction < CERT_WARNING_FRACTION else "ok")})
-    return sorted(out, key=lambda c: (c["expires_in_seconds"], c["spiffe_id"], c["node"]))
+        out.append(CertificateRow(
+            spiffe_id=c["spiffe_id"], node=c.get("node") or "", expires_in_seconds=round(left),
+            lifetime_seconds=round(life), fraction_left=round(fraction, 4),
+            state="expired" if left <= 0 else ("expiring" if fraction < CERT_WARNING_FRACTION else "ok")))
+    return sorted(out, key=lambda c: (c.expires_in_seconds, c.spiffe_id, c.node))
 
 
-def totals_view(services: list[dict], edges: list[dict], proxies: list[dict], certs: list[dict]) -> dict:
-    served = [s for s in services if s["kind"] == "service" and s["rps"] is not None]
-    rps = sum(s["rps"] for s in served)
-    errors = sum(s["rps"] * (s["error_rate"] or 0.0) for s in served)
-    p99s = [s["p99_ms"] for s in served if s["p99_ms"] is not None]
-    return {
-        "rps": round(rps, 3), "error_rate": round(errors / rps, 4) if rps > 0 else None,
-        "max_p99_ms": max(p99s) if p99s else None, "edges": len(edges),
-        "policy_denied": round(sum(s["policy_denied"] for s in services), 3),
-        "circuit_breaker_overflow": round(sum(s["circuit_breaker_overflow"] for s in services), 3),
-        "retry_exhausted": round(sum(s["retry_exhausted"] for s in services), 3),
-        "proxies": len(proxies), "proxies_synced": sum(1 for p in proxies if p["state"] == "synced"),
-        "certificates": len(certs), "certificates_expiring": sum(1 for c in certs if c["state"] != "ok"),
-    }
+def totals_view(services: Sequence[ServiceRow], edges: Sequence[EdgeRow], proxies: Sequence[ProxyRow],
+                certs: Sequence[CertificateRow]) -> Totals:
+    served = [(s, s.rps) for s in services if s.kind == "service" and s.rps is not None]
+    rps = sum(r for _, r in served)
+    errors = sum(r * (s.error_rate or 0.0) for s, r in served)
+    p99s = [s.p99_ms for s, _ in served if s.p99_ms is not None]
+    return Totals(
+        rps=round(rps, 3), error_rate=round(errors / rps, 4) if rps > 0 else None,
+        max_p99_ms=max(p99s) if p99s else None, edges=len(edges),
+        policy_denied=round(sum(s.policy_denied for s in services), 3),
+        circuit_breaker_overflow=round(sum(s.circuit_breaker_overflow for s in services), 3),
+        retry_exhausted=round(sum(s.retry_exhausted for s in services), 3),
+        proxies=len(proxies), proxies_synced=sum(1 for p in proxies if p.state == "synced"),
+        certificates=len(certs), certificates_expiring=sum(1 for c in certs if c.state != "ok"),
+    )
 
 
 def build_summary(signals: Signals | None, proxies: Sequence[ProxyStatus], certs: Iterable[Mapping[str, Any]],
-                  *, now: float, trust_domain: str, collector: Mapping[str, Any],
-                  ca_root_expiry: float | None = None) -> dict:
-    """Everything ``GET /v1/dashboard/summary`` answers, in one document."""
+                  *, now: float, trust_domain: str, collector: CollectorState,
+                  ca_root_expiry: float | None = None) -> DashboardSummary:
+    """Everything ``GET /v1/dashboard/summary`` answers, in one document. ``collector.signals_at`` is
+    taken from ``signals``."""
     services = services_view(signals, proxies)
     edges = edges_view(signals)
-    proxy_rows = proxies_view(proxies, collector.get("errors", {}))
+    proxy_rows = proxies_view(proxies, collector.errors)
     cert_rows = certificates_view(certs, now)
-    return {
-        "generated_at": now, "trust_domain": trust_domain,
-        "collector": {**collector, "signals_at": signals.at if signals else None},
-        "services": services, "edges": edges, "proxies": proxy_rows, "certificates": cert_rows,
-        "ca_root_expires_in_seconds": None if ca_root_expiry is None else round(ca_root_expiry - now),
-        "totals": totals_view(services, edges, proxy_rows, cert_rows),
-    }
+    return DashboardSummary(
+        generated_at=now, trust_domain=trust_domain,
+        collector=dataclasses.replace(collector, signals_at=signals.at if signals else None),
+        services=tuple(services), edges=tuple(edges), proxies=tuple(proxy_rows), certificates=tuple(cert_rows),
+        ca_root_expires_in_seconds=None if ca_root_expiry is None else round(ca_root_expiry - now),
+        totals=totals_view(services, edges, proxy_rows, cert_rows),
+    )
 
 
 def series_view(name: str, points: Sequence[tuple[float, Mapping[Labels, float]]],
-                match: Mapping[str, str] | None = None) -> dict:
+                match: Mapping[str, str] | None = None) -> SeriesResponse:
     """``GET /v1/dashboard/series``: one series per label set, ``points`` as ``[unix time, value]``; a label
     set missing at some time (idle: no error rate, no p99) simply has no point there."""
-    series: dict[Labels, list[list[float]]] = {}
+    series: dict[Labels, list[tuple[float, float]]] = {}
     for t, values in points:
         for key, v in values.items():
             d = dict(key)
             if match and any(d.get(k) != want for k, want in match.items()):
                 continue
-            series.setdefault(key, []).append([round(t, 3), round(v, 6)])
-    return {"signal": name, "labels": list(SIGNAL_LABELS[name]),
-            "series": [{"labels": dict(k), "points": pts} for k, pts in sorted(series.items())]}
+            series.setdefault(key, []).append((round(t, 3), round(v, 6)))
+    return SeriesResponse(signal=name, labels=tuple(SIGNAL_LABELS[name]),
+                          series=tuple(Series(labels=dict(k), points=tuple(pts)) for k, pts in sorted(series.items())))
 
 
 __all__ = ["build_summary", "certificates_view", "edges_view", "health", "proxies_view", "series_view",
