@@ -100,13 +100,15 @@ class LocalMesh:
         self._save()
         return proc
 
-    def stop(self, name: str, grace: float = 8.0) -> bool:
-        """Stop one process this mesh started (e.g. ``controlplane``, ``agent-vm1``); False if not running."""
+    def stop(self, name: str, grace: float = 8.0, sig: int = signal.SIGTERM) -> bool:
+        """Stop one process this mesh started (e.g. ``controlplane``, ``agent-vm1``); False if not running.
+        ``sig=signal.SIGKILL`` kills its process group at once (a crash: nothing of it gets to clean up;
+        processes in sessions of their own, such as an agent's Envoy, live on)."""
         for p in list(self.processes):
             if p["name"] == name:
                 self.processes.remove(p)
                 self._save()
-                return _stop_group(p["pid"], grace)
+                return _stop_group(p["pid"], grace, sig)
         return False
 
     def _save(self) -> None:
@@ -269,9 +271,9 @@ def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
     return len(running)
 
 
-def _stop_group(pid: int, grace: float) -> bool:
+def _stop_group(pid: int, grace: float, sig: int = signal.SIGTERM) -> bool:
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         return False
     _wait_group(pid, time.monotonic() + grace)

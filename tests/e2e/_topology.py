@@ -45,10 +45,11 @@ def service(name, sid, node, version, upstreams=(), kind=""):
     return node, svc
 
 
-def write_catalog(root: Path, datacenters: dict[str, str] | None = None) -> dict:
+def write_catalog(root: Path, datacenters: dict[str, str] | None = None, extra=()) -> dict:
     """Write the topology as per-node directories; return {service id: definition}.
 
-    ``datacenters`` puts nodes in other Consul datacenters than dc1 (``{"n3": "dc2"}``).
+    ``datacenters`` puts nodes in other Consul datacenters than dc1 (``{"n3": "dc2"}``); ``extra`` adds
+    instances, each a :func:`service` result.
     """
     defs = [
         service("productpage", "productpage-v1", "n1", "v1", ["details", "reviews"]),
@@ -58,6 +59,7 @@ def write_catalog(root: Path, datacenters: dict[str, str] | None = None) -> dict
         service("ratings", "ratings-v1", "n3", "v1"),
         service("reviews", "reviews-v3", "n3", "v3", ["ratings"]),
         service("ingress-gateway", "ingress-gateway", "gw", "v1", ["productpage"], kind="ingress-gateway"),
+        *extra,
     ]
     out = {}
     for node, addr in NODES.items():
@@ -77,17 +79,19 @@ def _dump_logs(state: Path) -> None:
 
 
 @contextmanager
-def running_mesh(state: Path, *, artifacts: str | None = None, datacenters: dict[str, str] | None = None, **layout):
+def running_mesh(state: Path, *, artifacts: str | None = None, datacenters: dict[str, str] | None = None,
+                 extra=(), **layout):
     """Start the bookinfo mesh of this module's topology in ``state`` on free ports; stop it afterwards.
 
     ``layout`` overrides MeshLayout fields (leaf_ttl, agent_refresh, ...). The mesh gets ``defs`` (the
     written service definitions), ``gateway`` (the ingress base URL) and ``url`` (productpage as JSON).
     On a failed start the logs' tails are printed; with ``artifacts`` the logs are kept under
-    test-artifacts/<artifacts> after the run. ``datacenters`` maps nodes to datacenters (default dc1).
+    test-artifacts/<artifacts> after the run. ``datacenters`` maps nodes to datacenters (default dc1);
+    ``extra`` adds service instances (:func:`service` results) to the topology.
     """
     from meshcore.demo.launcher import LocalMesh, MeshLayout
 
-    defs = write_catalog(state / "consul.d", datacenters)
+    defs = write_catalog(state / "consul.d", datacenters, extra)
     settings = dict(
         state_dir=state, catalog_dir=state / "consul.d",
         xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
