@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,9 +25,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from meshcore import naming
 from meshcore.ca import key_to_pem, make_csr, new_private_key
-from meshcore.demo.launcher import http_get
 
 from ._topology import NODES, running_mesh
+from ._traffic import SteadyTraffic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,45 +89,13 @@ def _chains_to(root: x509.Certificate, leaf: x509.Certificate, intermediates: li
     return True
 
 
-class Traffic:
-    """Steady calls through the ingress gateway; every non-200 or broken answer is a failure."""
-
-    def __init__(self, url: str, workers: int = 2):
-        self.url, self.ok, self.failed = url, 0, []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, body = http_get(self.url, timeout=5)
-                data = json.loads(body)
-                if status == 200 and "error" not in data["details"] and "error" not in data["reviews"]:
-                    self.ok += 1
-                else:
-                    self.failed.append((time.strftime("%X"), status, body[:200]))
-            except Exception as exc:  # any failure counts
-                self.failed.append((time.strftime("%X"), repr(exc)))
-            time.sleep(0.01)
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-
 def test_root_rotation_under_traffic_loses_no_request(mesh, tmp_path):
     before = _get(mesh, "/v1/ca")
     assert before["phase"] == "idle" and len(before["roots"]) == 1
     old_root = x509.load_pem_x509_certificates(_get(mesh, "/v1/trust-bundle")["bundle"].encode())
     assert len(old_root) == 1
     started = time.monotonic()
-    with Traffic(mesh.url) as traffic:
+    with SteadyTraffic(mesh.url) as traffic:
         time.sleep(1)
         rotate = _meshctl_ca(mesh, "ca", "rotate", "--wait", "--timeout", "60s", "-o", "json")
         assert rotate.returncode == 0, rotate.stderr
