@@ -256,7 +256,7 @@ def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
     try:
         procs = json.loads(path.read_text())
     except (OSError, ValueError):
-        return 0
+        procs = []  # nothing tracked (any more): Envoys left by killed agents may still run
     running = []
     for p in reversed(procs):
         try:
@@ -268,7 +268,21 @@ def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
     for p in running:
         _wait_group(p["pid"], deadline)
     path.unlink(missing_ok=True)
-    return len(running)
+    return len(running) + _stop_orphaned_envoys(Path(state_dir) / "nodes", grace)
+
+
+def _stop_orphaned_envoys(nodes_dir: Path, grace: float) -> int:
+    """Stop the Envoys that outlived their agents. An agent's Envoy runs in a session of its own (so it keeps
+    serving while the agent restarts); an agent that was SIGKILLed, or stopped before it took over its
+    predecessor's Envoy, leaves that Envoy running and recorded in its state directory."""
+    from ..agent.supervisor import HotRestart, stable_base_id, stop_recorded_envoy
+
+    stopped = 0
+    for node_dir in sorted(nodes_dir.glob("*/")):
+        record = node_dir / "envoy" / "envoy.json"
+        if record.exists():
+            stopped += stop_recorded_envoy(HotRestart(stable_base_id(node_dir.name, node_dir), record), grace)
+    return stopped
 
 
 def _stop_group(pid: int, grace: float, sig: int = signal.SIGTERM) -> bool:

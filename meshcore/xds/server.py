@@ -353,6 +353,9 @@ _OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC sets SO_REUSEPORT on Linux by default: a second server on a taken address would bind without error
+    # and the kernel would share the proxies' connections between the two. One address, one control plane.
+    ("grpc.so_reuseport", 0),
 ]
 
 

@@ -39,3 +39,31 @@ def test_timeout_names_each_unsynced_proxy_with_its_state_and_agent_log(tmp_path
     assert "agent-n1: line 9" in text and "agent-n1: line 5" not in text  # the last lines only
     assert "n2: not known to the control plane" in text
     assert "gw:" not in text  # synced proxies are not listed
+
+
+def test_stopping_a_mesh_also_stops_an_envoy_its_killed_agent_left_running(tmp_path):
+    """An agent killed with SIGKILL leaves its Envoy (own session) running and recorded: the mesh's stop
+    finds it by that record and stops it, and leaves alone a process that only looks like it."""
+    import subprocess
+    import sys
+
+    from meshcore.agent.supervisor import EnvoyRecord, envoy_alive, stable_base_id, write_record
+    from meshcore.demo.launcher import stop_processes
+
+    fake = tmp_path / "bin" / "envoy"  # an "envoy" by name, as the record check wants
+    fake.parent.mkdir()
+    fake.symlink_to(sys.executable)
+    node_dir = tmp_path / "nodes" / "n1"
+    (node_dir / "envoy").mkdir(parents=True)
+    base_id = stable_base_id("n1", node_dir)
+    orphan = subprocess.Popen([str(fake), "-c", "import time; time.sleep(60)", "--base-id", str(base_id)],
+                              start_new_session=True)
+    try:
+        record = EnvoyRecord(pid=orphan.pid, epoch=0, base_id=base_id, handover=False)
+        write_record(node_dir / "envoy" / "envoy.json", record)
+        launcher.wait_until(lambda: envoy_alive(record), 10, "the fake envoy to start")
+        assert stop_processes(tmp_path, grace=5) == 1
+        assert orphan.wait(timeout=10) is not None
+        assert not (node_dir / "envoy" / "envoy.json").exists()
+    finally:
+        orphan.kill()

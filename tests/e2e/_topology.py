@@ -21,6 +21,9 @@ def loopback(host: int) -> str:
 
 
 NODES = {"n1": loopback(21), "n2": loopback(22), "n3": loopback(23), "gw": loopback(24)}
+#: The control plane's address: this process's own too, so a port picked free here cannot be picked by the
+#: meshes of another test process before the control plane binds it.
+CONTROL_PLANE = loopback(10)
 
 
 def free_port(host: str) -> int:
@@ -94,8 +97,8 @@ def running_mesh(state: Path, *, artifacts: str | None = None, datacenters: dict
     defs = write_catalog(state / "consul.d", datacenters, extra)
     settings = dict(
         state_dir=state, catalog_dir=state / "consul.d",
-        xds_bind=f"127.0.0.1:{free_port('127.0.0.1')}", api_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
-        http_bind=f"127.0.0.1:{free_port('127.0.0.1')}",
+        xds_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}", api_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}",
+        http_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}",
         admin={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
         metrics={node: f"{addr}:{free_port(addr)}" for node, addr in NODES.items()},
     )

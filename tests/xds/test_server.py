@@ -530,3 +530,18 @@ def test_updated_clusters_get_their_unchanged_endpoints_again(ads):
     client.send(ENDPOINT, ["outbound:backend"], version=eds.version_info, nonce=eds.nonce)
     again = client.recv()
     assert again.type_url == ENDPOINT and again.version_info == eds.version_info and again.nonce != eds.nonce
+
+
+def test_a_second_server_on_a_taken_port_fails_to_bind_instead_of_sharing_it():
+    """gRPC servers set SO_REUSEPORT by default on Linux: a second control plane on the same address would
+    bind silently and the kernel would hand it half of the proxies' connections (another mesh's CA). The
+    ADS server turns that off, so the second one gets a clear bind error."""
+    from meshcore.errors import XdsError
+
+    first, port = serve_ads(AdsServicer(SnapshotCache(), allow_any_node), "127.0.0.1:0", None)
+    try:
+        with pytest.raises(XdsError, match="cannot bind the ADS server"):
+            second, _ = serve_ads(AdsServicer(SnapshotCache(), allow_any_node), f"127.0.0.1:{port}", None)
+            second.stop(0).wait(5)
+    finally:
+        first.stop(0).wait(5)
