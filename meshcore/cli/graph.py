@@ -12,12 +12,11 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from ..durations import parse_duration
 from ..errors import MeshError
+from ..observe.collector import fetch_text
 from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
 from ._client import Client, discover_server
 from ._run import dispatch
@@ -31,10 +30,9 @@ def scrape(admin: str, timeout: float = SCRAPE_TIMEOUT_S) -> EnvoyStats:
     """One Envoy's outbound stats from its admin ``/stats/prometheus``; MeshError when it cannot answer."""
     url = f"http://{admin}/stats/prometheus"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise MeshError(f"cannot scrape Envoy stats at {url} ({getattr(exc, 'reason', exc)}); "
+        text = fetch_text(url, timeout)  # no redirects followed
+    except MeshError as exc:
+        raise MeshError(f"cannot scrape Envoy stats at {url} ({exc}); "
                         "is the proxy running and its admin address reachable from here?") from exc
     return parse_envoy_prometheus(text)
 

@@ -134,12 +134,21 @@ def cmd_status(args) -> int:
 def cmd_proxy_config(args) -> int:
     client = _client(args)
     if args.envoy:
-        from ..demo.launcher import http_get
+        from ..observe.collector import open_url
 
+        # The control plane lists only the node's catalog address (never one its proxy announced), and a
+        # redirect is never followed: this fetch runs on the operator's machine.
         admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
         if not admin:
-            raise MeshError(f"no admin address known for node {args.node!r}; see `meshctl get proxies`")
-        status, body = http_get(f"http://{admin}/config_dump", timeout=10)
+            raise MeshError(f"no admin address known for node {args.node!r} (it is listed only for a node in the "
+                            "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
+        try:
+            status, body = open_url(f"http://{admin}/config_dump", timeout=10)
+        except (OSError, ValueError) as exc:
+            raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
+                            "proxy running and its admin address reachable from here?") from exc
+        if 300 <= status < 400:
+            raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
         print(body.decode())
         return 0 if status == 200 else 1
     config = client.proxy_config(args.node)
