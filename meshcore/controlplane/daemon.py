@@ -370,7 +370,8 @@ class ControlPlane:
         servicer = AdsServicer(self.cache, authorize_and_register, registry=self.metrics.registry, on_ack=on_ack,
                                max_streams_per_identity=self.settings.xds_max_streams_per_identity,
                                max_streams=self.settings.xds_max_streams or None,
-                               first_request_timeout=self.settings.xds_first_request_timeout)
+                               first_request_timeout=self.settings.xds_first_request_timeout,
+                               node_trust_domain=self.ca.trust_domain)  # ADS only for node identities
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
