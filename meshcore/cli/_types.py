@@ -188,6 +188,16 @@ def _xds_type(text: str) -> str:
 xds_type = _typed("type", _xds_type)
 
 
+def _trust_domain(text: str) -> str:
+    from ..ca._spiffeid import check_trust_domain  # the CA's own rule (py-spiffe), imported only when used
+    from ..errors import ConfigError
+
+    return check_trust_domain(text, ConfigError)
+
+
+trust_domain = _typed("trust_domain", _trust_domain)
+
+
 def checked(name: str, check: Callable[[str], object]) -> Callable[[str], str]:
     """An argparse type that runs ``check(text)`` (a parser that raises MeshError/ValueError) and keeps the text."""
 
@@ -200,4 +210,4 @@ def checked(name: str, check: Callable[[str], object]) -> Callable[[str], str]:
 
 __all__ = ["MeshctlParser", "XDS_TYPES", "checked", "duration_text", "header", "host_port", "http_method",
            "http_path", "http_url", "integer", "ip_address", "key_value", "node_host_port", "number", "seconds",
-           "xds_type"]
+           "trust_domain", "xds_type"]

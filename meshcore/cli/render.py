@@ -26,7 +26,7 @@ from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError, ControlPlaneUnavailable, MeshError
 from ._run import dispatch
 from ._commands import HELP
-from ._types import MeshctlParser, host_port, http_url, node_host_port, number
+from ._types import MeshctlParser, host_port, http_url, node_host_port, number, trust_domain
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
@@ -255,7 +255,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                     help="trust bundle PEM to ship (default: fetched from the control plane)")
     sp.add_argument("--xds-address", metavar="HOST:PORT", type=host_port,
                     help="control plane xDS address as the VMs reach it (default: the control plane's)")
-    sp.add_argument("--trust-domain", help="SPIFFE trust domain (default: the control plane's, else cluster.local)")
+    sp.add_argument("--trust-domain", type=trust_domain, help="SPIFFE trust domain (default: the control plane's, else cluster.local)")
     sp.add_argument("--admin", action="append", metavar="[NODE=]HOST:PORT", type=node_host_port,
                     help=f"Envoy admin address, for all nodes or one (repeatable; default {rd.DEFAULT_ADMIN}, "
                          f"or node meta {rd.ADMIN_META_KEY})")

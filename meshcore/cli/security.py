@@ -24,7 +24,7 @@ from ._client import Client, discover_server
 from ._output import out
 from ._output import table as _table
 from ._commands import HELP
-from ._types import duration_text
+from ._types import duration_text, trust_domain
 
 
 def _client(args) -> Client:
@@ -159,11 +159,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     ex.set_defaults(fn=cmd_export, output="table")
     im = tsub.add_parser("import", parents=[common], help="Trust another trust domain's roots (admin).")
     im.add_argument("-f", "--filename", required=True, help="SPIFFE bundle (JSON) or PEM file, or -")
-    im.add_argument("--trust-domain", required=True, help="the other domain's name, e.g. other.example")
+    im.add_argument("--trust-domain", required=True, type=trust_domain, help="the other domain's name, e.g. other.example")
     im.set_defaults(fn=cmd_import)
     tsub.add_parser("list", parents=[common], help="Imported trust domains and their roots.").set_defaults(fn=cmd_list)
     rm = tsub.add_parser("remove", parents=[common], help="Stop trusting a federated domain (admin).")
-    rm.add_argument("trust_domain")
+    rm.add_argument("trust_domain", type=trust_domain)
     rm.set_defaults(fn=cmd_remove)
 
     op = subparsers.add_parser("operator", help=HELP["operator"])

@@ -72,6 +72,9 @@ def _run(argv: list[str]) -> int:
     (["render", "--out", "unused", "--control-plane", "cp:8502"], "argument --control-plane"),
     (["render", "--out", "unused", "--timeout", "0"], "argument --timeout"),
     (["fleet", "logs", "vm1", "-n", "0"], "argument -n/--lines"),
+    (["trust-bundle", "import", "-f", "-", "--trust-domain", "Spiffe://Other"], "argument --trust-domain"),
+    (["trust-bundle", "remove", "not a domain"], "argument trust_domain"),
+    (["render", "--out", "unused", "--trust-domain", "UPPER.example"], "argument --trust-domain"),
     (["get", "proxies", "--server", "not-a-url"], "argument --server"),
 ])
 def test_a_bad_argument_is_refused_before_anything_is_sent(server, capsys, argv, says):
