@@ -8,13 +8,23 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import struct_pb2
 
-from meshcore.ca import generate_kek_file
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshcore import naming
+from meshcore.agent.client import AgentClient
+from meshcore.ca import generate_kek_file, key_to_pem, make_csr, new_private_key
 from meshcore.controlplane.daemon import ControlPlane, Settings
 from meshcore.snapshot import ProxyInfo
+from meshcore.xds._typeurls import CLUSTER
 
 from ..policies._catalog import write_catalog
+
+WAIT = 30.0
 
 CATALOG_HOST = "127.0.0.2"  # n1's address in the catalog; the "attacker's" target listens on 127.0.0.1
 
@@ -109,3 +119,57 @@ def test_the_catalog_address_is_fetched_and_a_redirect_is_not_followed(plane, ta
     finally:
         legit.close()
         redirecting.close()
+
+
+def _join(cp: ControlPlane, node: str) -> tuple[str, str]:
+    """A real node identity from the control plane's agent API: (key PEM, chain PEM)."""
+    key = new_private_key()
+    issued = AgentClient(cp.addresses["api"], cp.settings.state_dir / "ca" / "bundle.pem").join(
+        node, cp.tokens.create(node), make_csr(key, naming.node_spiffe_id(cp.ca.trust_domain, node)))
+    return key_to_pem(key), issued.chain
+
+
+def _announce_over_ads(cp: ControlPlane, node: str, address: str) -> tuple[grpc.Channel, threading.Event]:
+    """A synthetic proxy with ``node``'s real SVID that opens ADS announcing ``address`` as admin and metrics."""
+    key_pem, chain_pem = _join(cp, node)
+    bundle = (cp.settings.state_dir / "ca" / "bundle.pem").read_bytes()
+    channel = grpc.secure_channel(cp.addresses["xds"], grpc.ssl_channel_credentials(
+        bundle, key_pem.encode(), chain_pem.encode()))
+    md = struct_pb2.Struct()
+    md.update({"secrets_dir": "/s", "admin": address, "metrics": address})
+    request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id=node, metadata=md))
+    done = threading.Event()
+
+    def requests():
+        yield request
+        done.wait(WAIT)
+
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests())
+
+    def read() -> None:
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError:  # the channel closed at the end of the test
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    return channel, done
+
+
+def test_a_proxy_announcing_another_address_over_ads_is_never_fetched(plane, target):
+    streams = [_announce_over_ads(plane, node, target.address) for node in ("n1", "stranger")]
+    try:
+        deadline = time.monotonic() + WAIT
+        while {"n1", "stranger"} - set(plane.engine.proxies) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plane.engine.proxies["n1"].info.metrics == target.address  # announced, and recorded as such
+        plane.collector.collect_once()
+        proxies = {p.node: p for p in plane.status_view().proxies}
+        for node in ("n1", "stranger"):
+            assert (proxies[node].admin, proxies[node].metrics) == ("", ""), node
+        assert target.requests == []
+    finally:
+        for channel, done in streams:
+            done.set()
+            channel.close()
