@@ -1,7 +1,9 @@
 """Runs Envoy as a child process and keeps it running.
 
-A monitor thread starts the child, waits for it, logs its exit code and restarts it after an
-exponential backoff (1 s doubling to 30 s; back to 1 s once a run lasted 60 s). Stopping sends
+A monitor thread starts the child, waits for it, logs its exit code and restarts it: at once after a
+first crash (a healthy run, or the first start), so a killed Envoy is back as fast as it can start; a
+crash again within 60 s of that is a crash loop and backs off exponentially (1 s doubling to 30 s; a run
+of 60 s starts over with an immediate restart). Stopping sends
 SIGTERM, then SIGKILL after a grace period. Certificate changes never restart Envoy (file SDS
 reloads them); only a changed bootstrap does (:meth:`EnvoySupervisor.restart`).
 
@@ -75,9 +77,13 @@ def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "in
 
 def restart_delay(previous: float | None, ran_for: float, *, initial: float = INITIAL_BACKOFF,
                   maximum: float = MAX_BACKOFF, reset_after: float = RESET_AFTER) -> float:
-    """Delay before the next start: ``initial`` after a healthy run (or the first failure),
-    otherwise double the previous delay, capped at ``maximum``."""
+    """Delay before the next start: none after a healthy run (``ran_for >= reset_after``) or the first
+    failure (``previous`` None): a crashed Envoy is restarted at once. A crash again before
+    ``reset_after`` is a crash loop: ``initial`` after the immediate restart, then double the previous
+    delay, capped at ``maximum``."""
     if previous is None or ran_for >= reset_after:
+        return 0.0
+    if previous <= 0:
         return min(initial, maximum)
     return min(max(previous * 2, initial), maximum)
 
@@ -457,8 +463,10 @@ class EnvoySupervisor:
             delay = restart_delay(delay, ran_for, initial=self._initial, maximum=self._max,
                                   reset_after=self._reset_after)
             self.current_backoff = delay
-            log.warning("%s exited exit_code=%s after %.1fs; restarting in %.1fs",
-                        self.name, _describe(code), ran_for, delay,
+            log.warning("%s exited exit_code=%s after %.1fs; %s",
+                        self.name, _describe(code), ran_for,
+                        f"restarting in {delay:.1f}s (it crashed again within {self._reset_after:.0f}s)"
+                        if delay > 0 else "restarting it now",
                         extra={"exit_code": code, "backoff": delay})
             self._wake.clear()
             self._wake.wait(delay)

@@ -38,8 +38,10 @@ HELP: dict[str, str] = {name: text for name, _, text in MODULE_COMMANDS}
 def common_options() -> argparse.ArgumentParser:
     """The options every meshctl command takes (a parent parser): where the control plane is, how to
     authenticate, the output format."""
+    from ._types import http_url
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+    common.add_argument("--server", type=http_url, help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                          "./.meshcore-demo, then http://127.0.0.1:15000)")
     common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
     common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "

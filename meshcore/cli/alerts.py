@@ -27,6 +27,7 @@ from ..observe.prom_rules import DEFAULT_WINDOW, render_rule_file
 from ._client import Client, discover_server
 from ._run import dispatch
 from ._commands import HELP
+from ._types import MeshctlParser, duration_text
 
 OUTPUTS = ("table", "json", "yaml")
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -99,12 +100,6 @@ def export_rules(files: list[str], *, defaults: bool = True,
 
 
 def cmd_export(args) -> int:
-    from ..durations import parse_duration
-
-    try:
-        parse_duration(args.window)
-    except ValueError as exc:
-        raise MeshError(f"--window {args.window!r}: {exc}") from exc
     server_rules = _client(args).alert_rules() if args.from_server else None
     rules = export_rules(args.filename or [], defaults=not args.no_defaults, server_rules=server_rules)
     enabled = [r for r in rules if not r.disabled and r.signal]
@@ -144,13 +139,13 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                     help="AlertRule YAML file or directory (repeatable; other kinds in it are ignored)")
     ex.add_argument("--from-server", action="store_true", help="start from the control plane's effective rules")
     ex.add_argument("--no-defaults", action="store_true", help="leave out the shipped default rules")
-    ex.add_argument("--window", default=DEFAULT_WINDOW, help="rate() window of the expressions (default %(default)s)")
+    ex.add_argument("--window", default=DEFAULT_WINDOW, type=duration_text(), help="rate() window of the expressions (default %(default)s)")
     ex.add_argument("--out", help="write the rule file here (default: stdout)")
     ex.set_defaults(fn=cmd_export)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="meshctl")
+    p = MeshctlParser(prog="meshctl")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server")
     common.add_argument("--token")

@@ -25,11 +25,11 @@ import yaml
 
 from ..api._wire import encode
 from ..api.operator import CaCert, CaRotateRequest, CaState, IssuedCert
-from ..durations import parse_duration
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
 from ._output import table as _table
 from ._run import dispatch
+from ._types import MeshctlParser, number, seconds
 from ._commands import HELP
 
 OUTPUTS = ("table", "json", "yaml")
@@ -158,8 +158,7 @@ def cmd_ca_rotate(args) -> int:
         new = next((r for r in state.roots if r.role == wanted), state.roots[0])
         progress(f"rotation started ({state.phase}): new root {new.subject}")
     if args.wait or args.resume:
-        timeout = parse_duration(args.timeout).total_seconds() if args.timeout else None
-        state = wait_for_rotation(client, timeout, args.interval, progress)
+        state = wait_for_rotation(client, args.timeout, args.interval, progress)  # both parsed by argparse
         progress(f"every certificate chains to the new root ({time.monotonic() - started:.1f}s); "
                  "retire the old one with `meshctl ca rotate --finish`")
     else:
@@ -189,8 +188,9 @@ def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True)
     rot.add_argument("--force", action="store_true",
                      help="start: sign from the new root at once, without waiting for every node to hold the new "
                           "bundle; --finish: retire the old root even while certificates still chain to it")
-    rot.add_argument("--timeout", default="", help="give up waiting after this long (e.g. 10m; default: no limit)")
-    rot.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    rot.add_argument("--timeout", type=seconds(low=1), default=None,
+                     help="give up waiting after this long (e.g. 10m; default: no limit)")
+    rot.add_argument("--interval", type=number(low=0.05, high=3600), default=1.0, help=argparse.SUPPRESS)
     rot.set_defaults(fn=cmd_ca_rotate)
     if certs:
         cp = subparsers.add_parser("certs", parents=[common], help=HELP["certs"],
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", help="control plane HTTP API URL")
     common.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
-    p = argparse.ArgumentParser(prog="meshctl", description="meshcore CA and certificates.")
+    p = MeshctlParser(prog="meshctl", description="meshcore CA and certificates.")
     register(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
     return p
 

@@ -25,6 +25,9 @@ from ..errors import ControlPlaneUnavailable
 from ._client import Client, discover_server
 from ._run import dispatch
 from ._commands import HELP
+from ._types import MeshctlParser, checked, integer
+from ..traffic import canary as sm
+from ..traffic import workflows as wf
 
 POLL_S = 0.5
 UNREACHABLE_GIVE_UP_S = 120.0
@@ -193,16 +196,21 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                         epilog="Example: meshctl canary start reviews --from v1 --to v2 --steps 10,25,50,100 "
                                "--interval 1m --max-error-rate 1%% --max-p99 500ms")
     p.add_argument("service", help="the service (Consul service name), e.g. reviews")
-    p.add_argument("--to", required=True, metavar="SUBSET", help="the canary subset (new version), e.g. v2")
-    p.add_argument("--from", dest="stable", metavar="SUBSET",
+    p.add_argument("--to", required=True, metavar="SUBSET", type=checked("subset", wf.check_subset_name),
+                   help="the canary subset (new version), e.g. v2")
+    p.add_argument("--from", dest="stable", metavar="SUBSET", type=checked("subset", wf.check_subset_name),
                    help="the stable subset (default: the one subset the service's traffic goes to now)")
-    p.add_argument("--steps", default="10,25,50,100", help="canary weights in percent, rising (default %(default)s)")
-    p.add_argument("--interval", default="1m", help="how long each step is measured (default %(default)s)")
-    p.add_argument("--max-error-rate", default="1%", help="roll back above this 5xx share (default %(default)s)")
-    p.add_argument("--max-p99", help="roll back above this p99 latency, e.g. 500ms (default: no latency limit)")
-    p.add_argument("--min-requests", type=int, default=20,
+    p.add_argument("--steps", default="10,25,50,100", type=checked("steps", sm.parse_steps),
+                   help="canary weights in percent, rising (default %(default)s)")
+    p.add_argument("--interval", default="1m", type=checked("interval", sm.parse_interval),
+                   help="how long each step is measured (default %(default)s)")
+    p.add_argument("--max-error-rate", default="1%", type=checked("rate", sm.parse_rate),
+                   help="roll back above this 5xx share (default %(default)s)")
+    p.add_argument("--max-p99", type=checked("duration", sm.parse_ms),
+                   help="roll back above this p99 latency, e.g. 500ms (default: no latency limit)")
+    p.add_argument("--min-requests", type=integer(low=0), default=20,
                    help="requests a step needs before it is judged (default %(default)s)")
-    p.add_argument("--max-holds", type=int, default=5,
+    p.add_argument("--max-holds", type=integer(low=0), default=5,
                    help="intervals in a row with too few requests before rolling back (default %(default)s)")
     p.add_argument("--label", default="version", help="workload label new subsets select on (default %(default)s)")
     p.add_argument("-n", "--namespace", default="default", help="namespace of new resources (default %(default)s)")
@@ -227,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "./.meshcore-demo, then http://127.0.0.1:15000)")
     common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
     common.add_argument("--token", help="operator API token (default: discovered as for other commands)")
-    parser = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
+    parser = MeshctlParser(prog="meshctl", description="Operate a meshcore service mesh.")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
     return parser
 

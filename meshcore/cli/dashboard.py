@@ -19,6 +19,7 @@ from urllib.parse import quote
 from ..errors import ApiError, MeshError
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._types import MeshctlParser
 from ._commands import HELP
 
 
@@ -70,7 +71,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="meshctl")
+    p = MeshctlParser(prog="meshctl")
     register(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["dashboard", *(sys.argv[1:] if argv is None else argv)])
     return dispatch(args)

@@ -23,6 +23,7 @@ from ..fleet import (bug_report, find_host, fleet_logs, fleet_restart, fleet_sta
 from ..fleet.operations import SERVICES
 from ._run import dispatch
 from ._commands import HELP
+from ._types import MeshctlParser, integer
 
 
 def _inventory(args) -> str:
@@ -64,6 +65,9 @@ def cmd_restart(args) -> int:
 
 
 def cmd_bug_report(args) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before connecting to any host
+        raise MeshError(f"--out {args.out!r}: {out.parent} is not a writable directory; pick another --out")
     manifest = bug_report(load_inventory(_inventory(args), limit=args.limit), Path(args.out), lines=args.lines)
     for name in manifest["failed"]:
         print(f"meshctl: {name}: {manifest['hosts'][name]['error']}", file=sys.stderr)
@@ -85,7 +89,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     st.set_defaults(fn=cmd_status)
     lg = sub.add_parser("logs", parents=[common, inv], help="A host's journal for a meshcore unit.")
     lg.add_argument("host", metavar="VM")
-    lg.add_argument("-n", "--lines", type=int, default=200, help="how many lines (default %(default)s)")
+    lg.add_argument("-n", "--lines", type=integer(low=1, high=1_000_000), default=200, help="how many lines (default %(default)s)")
     lg.add_argument("--unit", choices=sorted(SERVICES), default="agent")
     lg.set_defaults(fn=cmd_logs)
     rs = sub.add_parser("restart", parents=[common, inv], help="Restart a meshcore unit on one host.")
@@ -99,7 +103,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                     "certificate metadata and the control plane's status from every host into one .tar.gz. "
                     "Private keys and join tokens are never collected.")
     br.add_argument("--out", required=True, help="FILE.tar.gz to write")
-    br.add_argument("-n", "--lines", type=int, default=500, help="journal lines per unit (default %(default)s)")
+    br.add_argument("-n", "--lines", type=integer(low=1, high=1_000_000), default=500, help="journal lines per unit (default %(default)s)")
     br.add_argument("--limit", help="an Ansible host pattern")
     br.set_defaults(fn=cmd_bug_report)
 
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", help=argparse.SUPPRESS)
     common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
-    p = argparse.ArgumentParser(prog="meshctl", description="meshcore fleet operations.")
+    p = MeshctlParser(prog="meshctl", description="meshcore fleet operations.")
     register(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
     return p
 

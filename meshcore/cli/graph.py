@@ -12,16 +12,15 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from ..durations import parse_duration
 from ..errors import MeshError
+from ..observe.collector import fetch_text
 from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
 from ._client import Client, discover_server
 from ._run import dispatch
 from ._commands import HELP
+from ._types import MeshctlParser, http_url, seconds
 
 GRAPH_OUTPUTS = ("table", "json", "dot")
 SCRAPE_TIMEOUT_S = 3.0
@@ -31,10 +30,9 @@ def scrape(admin: str, timeout: float = SCRAPE_TIMEOUT_S) -> EnvoyStats:
     """One Envoy's outbound stats from its admin ``/stats/prometheus``; MeshError when it cannot answer."""
     url = f"http://{admin}/stats/prometheus"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        raise MeshError(f"cannot scrape Envoy stats at {url} ({getattr(exc, 'reason', exc)}); "
+        text = fetch_text(url, timeout)  # no redirects followed
+    except MeshError as exc:
+        raise MeshError(f"cannot scrape Envoy stats at {url} ({exc}); "
                         "is the proxy running and its admin address reachable from here?") from exc
     return parse_envoy_prometheus(text)
 
@@ -82,12 +80,7 @@ def render_dot(edges: list[Edge]) -> str:
 
 
 def cmd_graph(args) -> int:
-    try:
-        window = parse_duration(args.window).total_seconds()
-    except ValueError as exc:
-        raise MeshError(f"--window {args.window!r}: {exc}") from exc
-    if not 0 < window <= 300:
-        raise MeshError(f"--window {args.window}: must be between 1ms and 5m")
+    window = args.window  # seconds, checked by argparse (_types.seconds)
     client = Client(discover_server(args.server), token=getattr(args, "token", None))
     admins = {p.node: p.admin for p in client.proxies() if p.admin and p.connected}
     if not admins:
@@ -110,17 +103,17 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
             "rate, error rate (5xx) and p99 latency over --window.")
     sp = subparsers.add_parser("graph", help=HELP["graph"],
                                description=desc)
-    sp.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+    sp.add_argument("--server", type=http_url, help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                      "./.meshcore-demo, then http://127.0.0.1:15000)")
     sp.add_argument("--token", default=None, help="operator token (default: discovered as for other commands)")
     sp.add_argument("-o", "--output", dest="graph_output", choices=GRAPH_OUTPUTS, default="table",
                     help="output format")
-    sp.add_argument("--window", default="5s", help="time between the two scrapes (default %(default)s)")
+    sp.add_argument("--window", default="5s", type=seconds(low=0.001, high=300), help="time between the two scrapes (default %(default)s)")
     sp.set_defaults(fn=cmd_graph, output="table")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="meshctl")
+    p = MeshctlParser(prog="meshctl")
     register(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["graph", *(sys.argv[1:] if argv is None else argv)])
     return dispatch(args)

@@ -23,6 +23,7 @@ from ..deploy import playbook as pb
 from ..deploy import values as vals
 from ..errors import ConfigError
 from ._run import dispatch
+from ._types import MeshctlParser
 from ._commands import HELP
 
 DESCRIPTION = """\
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     """``python -m meshcore.cli.install`` (the same as ``meshctl install``)."""
     from ._commands import common_options
 
-    p = argparse.ArgumentParser(prog="meshctl")
+    p = MeshctlParser(prog="meshctl")
     register(p.add_subparsers(dest="command", required=True), common_options())
     return dispatch(p.parse_args(["install", *(sys.argv[1:] if argv is None else argv)]))
 

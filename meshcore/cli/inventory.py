@@ -19,6 +19,7 @@ from ..deploy.inventory import build_inventory, host_vars, to_ini, to_yaml
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError
 from ._run import dispatch
+from ._types import MeshctlParser
 from ._commands import HELP
 
 FORMATS = ("json", "yaml", "ini")
@@ -72,7 +73,7 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m meshcore.cli.inventory ARGS``: the same command without ``meshctl`` (exit 1 on a MeshError)."""
-    parser = argparse.ArgumentParser(prog="meshctl")
+    parser = MeshctlParser(prog="meshctl")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["inventory", *(sys.argv[1:] if argv is None else argv)])
     return dispatch(args)

@@ -26,6 +26,7 @@ from ._output import read_files as _read_files
 from ._output import table as _table
 from ._output import validate_locally as _validate_locally
 from ._run import dispatch
+from ._types import MeshctlParser, duration_text, header, http_method, http_path, ip_address, xds_type
 
 
 def _client(args) -> Client:
@@ -134,19 +135,27 @@ def cmd_status(args) -> int:
 def cmd_proxy_config(args) -> int:
     client = _client(args)
     if args.envoy:
-        from ..demo.launcher import http_get
+        from ..observe.collector import open_url
 
+        # The control plane lists only the node's catalog address (never one its proxy announced), and a
+        # redirect is never followed: this fetch runs on the operator's machine.
         admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
         if not admin:
-            raise MeshError(f"no admin address known for node {args.node!r}; see `meshctl get proxies`")
-        status, body = http_get(f"http://{admin}/config_dump", timeout=10)
+            raise MeshError(f"no admin address known for node {args.node!r} (it is listed only for a node in the "
+                            "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
+        try:
+            status, body = open_url(f"http://{admin}/config_dump", timeout=10)
+        except (OSError, ValueError) as exc:
+            raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
+                            "proxy running and its admin address reachable from here?") from exc
+        if 300 <= status < 400:
+            raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
         print(body.decode())
         return 0 if status == 200 else 1
     config = client.proxy_config(args.node)
     resources = config.resources
-    if args.type:
-        wanted = {t.lower().rstrip("s") for t in args.type}
-        resources = {k: v for k, v in resources.items() if k.lower().rstrip("s") in wanted or _short(k) in wanted}
+    if args.type:  # already one of listener, route, cluster, endpoint, secret (_types.xds_type)
+        resources = {k: v for k, v in resources.items() if _short(k) in set(args.type)}
     data = {**config.to_json(), "resources": resources}
 
     def table(d):
@@ -276,7 +285,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     listed by name and help, see ``_commands.py``); without, every module registers (the whole parser)."""
     common = common_options()
 
-    p = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
+    p = MeshctlParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn, help_text, **kw):
@@ -307,14 +316,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     sp = add("proxy-config", cmd_proxy_config, "Show the configuration the control plane serves a node's Envoy.")
     sp.add_argument("node")
-    sp.add_argument("--type", action="append", help="only this type: listener, route, cluster, endpoint")
+    sp.add_argument("--type", action="append", type=xds_type,
+                    help="only this type (repeatable): listener, route, cluster, endpoint, secret")
     sp.add_argument("--envoy", action="store_true", help="ask the Envoy itself (admin /config_dump)")
 
     sp = add("token", None, "Join tokens for VMs.")
     tsub = sp.add_subparsers(dest="token_command", required=True)
     tc = tsub.add_parser("create", parents=[common], help="Create a one-time join token scoped to one node.")
     tc.add_argument("--node", required=True)
-    tc.add_argument("--ttl", default="1h", help="how long it stays valid (default %(default)s)")
+    tc.add_argument("--ttl", default="1h", type=duration_text(low=1),
+                    help="how long it stays valid (default %(default)s)")
     tc.set_defaults(fn=cmd_token_create)
     tl = tsub.add_parser("list", parents=[common], help="List join tokens (id, node, state; never the token).")
     tl.set_defaults(fn=cmd_token_list)
@@ -325,11 +336,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ac.add_argument("--from", dest="source", help="calling service, or a principal (cluster.local/ns/NS/sa/SA); "
                                                   "omit for a plaintext caller")
     ac.add_argument("--to", required=True, help="called service")
-    ac.add_argument("--method", default="GET")
-    ac.add_argument("--path", default="/")
+    ac.add_argument("--method", default="GET", type=http_method)
+    ac.add_argument("--path", default="/", type=http_path)
     ac.add_argument("--host", help="the :authority the caller sends (default: the called service's name)")
-    ac.add_argument("--header", action="append", help="NAME=VALUE request header (repeatable)")
-    ac.add_argument("--source-ip", help="caller address (default: its node's address)")
+    ac.add_argument("--header", action="append", type=header, help="NAME=VALUE request header (repeatable)")
+    ac.add_argument("--source-ip", type=ip_address, help="caller address (default: its node's address)")
     ac.set_defaults(fn=cmd_authz_check)
     from .authz_dry_run import register as register_authz_dry_run
 

@@ -26,6 +26,7 @@ from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import ConfigError, ControlPlaneUnavailable, MeshError
 from ._run import dispatch
 from ._commands import HELP
+from ._types import MeshctlParser, host_port, http_url, node_host_port, number, trust_domain
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
@@ -248,14 +249,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     sp.add_argument("--out", required=True, metavar="DIR", help="output directory; one sub-directory per node")
     sp.add_argument("--catalog", metavar="SPEC", help=CATALOG_HELP)
     sp.add_argument("--node", action="append", metavar="NODE", help="render only this node (repeatable)")
-    sp.add_argument("--control-plane", metavar="URL",
+    sp.add_argument("--control-plane", metavar="URL", type=http_url,
                     help="agent API as the VMs reach it, https://host:port (default: the control plane's)")
     sp.add_argument("--ca-file", metavar="FILE",
                     help="trust bundle PEM to ship (default: fetched from the control plane)")
-    sp.add_argument("--xds-address", metavar="HOST:PORT",
+    sp.add_argument("--xds-address", metavar="HOST:PORT", type=host_port,
                     help="control plane xDS address as the VMs reach it (default: the control plane's)")
-    sp.add_argument("--trust-domain", help="SPIFFE trust domain (default: the control plane's, else cluster.local)")
-    sp.add_argument("--admin", action="append", metavar="[NODE=]HOST:PORT",
+    sp.add_argument("--trust-domain", type=trust_domain, help="SPIFFE trust domain (default: the control plane's, else cluster.local)")
+    sp.add_argument("--admin", action="append", metavar="[NODE=]HOST:PORT", type=node_host_port,
                     help=f"Envoy admin address, for all nodes or one (repeatable; default {rd.DEFAULT_ADMIN}, "
                          f"or node meta {rd.ADMIN_META_KEY})")
     sp.add_argument("--vm-state-dir", default=rd.DEFAULT_VM_STATE_DIR, metavar="DIR",
@@ -269,7 +270,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                          "('' to leave it out of agent.yaml) (default %(default)s)")
     sp.add_argument("--join-token-file", default=rd.DEFAULT_JOIN_TOKEN_FILE, metavar="PATH",
                     help="agent.yaml join_token_file ('' to leave it out) (default %(default)s)")
-    sp.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+    sp.add_argument("--timeout", type=number(low=0.1, high=3600), default=5.0, metavar="SECONDS",
                     help="how long to wait for the control plane (default %(default)s)")
     sp.set_defaults(fn=cmd_render)
     return sp
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", help="control plane HTTP API URL")
     common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    parser = argparse.ArgumentParser(prog="meshctl")
+    parser = MeshctlParser(prog="meshctl")
     register(parser.add_subparsers(dest="command", required=True), common)
     args = parser.parse_args(["render", *(sys.argv[1:] if argv is None else argv)])
     return dispatch(args)

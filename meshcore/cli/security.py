@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from .._files import atomic_write
@@ -23,6 +24,7 @@ from ._client import Client, discover_server
 from ._output import out
 from ._output import table as _table
 from ._commands import HELP
+from ._types import duration_text, trust_domain
 
 
 def _client(args) -> Client:
@@ -88,12 +90,12 @@ def cmd_cert_issue(args) -> int:
     key_path, cert_path, ca_path = out / f"{args.name}.key", out / f"{args.name}.crt", out / "ca.pem"
     if key_path.exists() and not args.force:
         raise MeshError(f"{key_path} exists; pass --force to replace it, or another --out-dir")
+    _check_writable(out)  # before the control plane records a certificate nobody could hold
     client = _client(args)
     trust_domain = client.trust_bundle().trust_domain
     key = new_private_key()
     csr = make_csr(key, operator_spiffe_id(trust_domain, args.name))
     issued = client.issue_operator_cert(OperatorCertRequest(name=args.name, role=args.role, ttl=args.ttl, csr=csr))
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(key_path, key_to_pem(key), 0o600)
     atomic_write(cert_path, issued.chain, 0o644)
     atomic_write(ca_path, issued.bundle, 0o644)
@@ -111,6 +113,17 @@ def cmd_cert_issue(args) -> int:
 
     _emit(result, args.output, table)
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """Make ``out`` (and its parents) and prove a file can be written there; MeshError saying why not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".meshctl-write-check-"):
+            pass
+    except OSError as exc:
+        raise MeshError(f"--out-dir {str(out)!r} is not a writable directory ({exc.strerror or exc}); nothing was "
+                        "requested: pick another --out-dir") from exc
 
 
 def cmd_cert_list(args) -> int:
@@ -146,11 +159,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     ex.set_defaults(fn=cmd_export, output="table")
     im = tsub.add_parser("import", parents=[common], help="Trust another trust domain's roots (admin).")
     im.add_argument("-f", "--filename", required=True, help="SPIFFE bundle (JSON) or PEM file, or -")
-    im.add_argument("--trust-domain", required=True, help="the other domain's name, e.g. other.example")
+    im.add_argument("--trust-domain", required=True, type=trust_domain, help="the other domain's name, e.g. other.example")
     im.set_defaults(fn=cmd_import)
     tsub.add_parser("list", parents=[common], help="Imported trust domains and their roots.").set_defaults(fn=cmd_list)
     rm = tsub.add_parser("remove", parents=[common], help="Stop trusting a federated domain (admin).")
-    rm.add_argument("trust_domain")
+    rm.add_argument("trust_domain", type=trust_domain)
     rm.set_defaults(fn=cmd_remove)
 
     op = subparsers.add_parser("operator", help=HELP["operator"])
@@ -160,7 +173,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     iss = csub.add_parser("issue", parents=[common], help="Issue an operator certificate (key made here; admin).")
     iss.add_argument("name")
     iss.add_argument("--role", required=True, choices=ROLES)
-    iss.add_argument("--ttl", default="30d", help="lifetime (default %(default)s, at most 365d)")
+    iss.add_argument("--ttl", default="30d", type=duration_text(low=1, high=365 * 86400),
+                     help="lifetime (default %(default)s, at most 365d)")
     iss.add_argument("--out-dir", default=".", help="where to write NAME.key, NAME.crt, ca.pem (default: here)")
     iss.add_argument("--force", action="store_true", help="replace an existing NAME.key")
     iss.set_defaults(fn=cmd_cert_issue)

@@ -29,6 +29,7 @@ from ..traffic import workflows as wf
 from ..api.operator import ApplyRequest, ResourceFile, ResourceQuery
 from ._client import Client, discover_server
 from ._run import dispatch
+from ._types import MeshctlParser, checked, header
 from ._commands import HELP
 
 SYNC_TIMEOUT_S = 5.0
@@ -213,6 +214,9 @@ def cmd_show(args) -> int:
 # --- parser -----------------------------------------------------------------------------------------------
 
 
+subset = checked("subset", wf.check_subset_name)
+
+
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``meshctl traffic`` to ``subparsers`` (``common`` brings --server and -o table|json|yaml)."""
     sp = subparsers.add_parser("traffic", parents=[common], help=HELP["traffic"],
@@ -242,14 +246,15 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     p = add("route", cmd_route, "A/B: send requests carrying headers to one subset; other traffic unchanged.",
             "Example: meshctl traffic route reviews --header end-user=jason --to v2. Several --header must all "
             "match (exact). The route goes before the default route; --remove takes it out again.")
-    p.add_argument("--header", action="append", required=True, metavar="NAME=VALUE", help="exact header match (repeatable)")
-    p.add_argument("--to", metavar="SUBSET", help="the subset matching requests go to")
+    p.add_argument("--header", action="append", required=True, metavar="NAME=VALUE", type=header,
+                   help="exact header match (repeatable)")
+    p.add_argument("--to", metavar="SUBSET", type=subset, help="the subset matching requests go to")
     p.add_argument("--remove", action="store_true", help="remove the route for these headers")
 
     p = add("switch", cmd_switch, "Blue-green: move all of a service's traffic to one subset at once.",
             "Example: meshctl traffic switch reviews --to green --label color. The previous destination is kept "
             "warm and recorded on the VirtualService (label traffic.mesh.io/previous) for `meshctl traffic rollback`.")
-    p.add_argument("--to", required=True, metavar="SUBSET", help="the color (subset) to send all traffic to")
+    p.add_argument("--to", required=True, metavar="SUBSET", type=subset, help="the color (subset) to send all traffic to")
 
     add("rollback", cmd_rollback, "Undo the last switch: restore the recorded previous destination.",
         "Example: meshctl traffic rollback reviews. Rolling back twice returns to where the switch went.")
@@ -266,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--server", help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                          "./.meshcore-demo, then http://127.0.0.1:15000)")
     common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
-    parser = argparse.ArgumentParser(prog="meshctl", description="Operate a meshcore service mesh.")
+    parser = MeshctlParser(prog="meshctl", description="Operate a meshcore service mesh.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub, common)
     return parser

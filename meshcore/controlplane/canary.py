@@ -28,8 +28,6 @@ import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from .._files import atomic_write, ensure_private_dir
 from ..api.operator import CanaryDecision, CanaryRequest, CanarySpecView, CanaryStatus
 from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
+from ..observe.collector import catalog_address, fetch_text
 from ..observe.graph import CLUSTER_PREFIXES, EnvoyStats, parse_envoy_prometheus, quantile_from_buckets
 from ..policies.destination_rule import schema as dr_kind
 from ..policies.virtual_service import schema as vs_kind
@@ -70,10 +69,9 @@ def scrape_envoy(admin: str, timeout: float = SCRAPE_TIMEOUT_S) -> EnvoyStats:
     """One Envoy's outbound stats from its admin ``/stats/prometheus``."""
     url = f"http://{admin}/stats/prometheus"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return parse_envoy_prometheus(resp.read().decode("utf-8", errors="replace"))
-    except (urllib.error.URLError, OSError) as exc:
-        raise MeshError(f"cannot scrape Envoy stats at {url} ({getattr(exc, 'reason', exc)})") from exc
+        return parse_envoy_prometheus(fetch_text(url, timeout))  # no redirects followed
+    except MeshError as exc:
+        raise MeshError(f"cannot scrape Envoy stats at {url} ({exc})") from exc
 
 
 def subset_clusters(stats: EnvoyStats, service: str, subset: str) -> dict:
@@ -507,8 +505,13 @@ def _callers_of(mesh: "MeshView", service: str) -> dict[str, str]:
         return {}
     nodes = {i.node for i in catalog.instances if any(u.destination_name == service for u in i.upstreams)}
     connected = set(mesh.connected_nodes())
-    return {n: st.info.admin for n, st in mesh.proxies().items()
-            if n in nodes and n in connected and st.info.admin}
+    out = {}
+    for n, st in mesh.proxies().items():
+        node = catalog.node(n)  # only the catalog's address of the node, never one the proxy announced
+        admin = catalog_address(st.info.admin, node.address if node is not None else None)
+        if n in nodes and n in connected and admin:
+            out[n] = admin
+    return out
 
 
 def _synced_with(mesh: "MeshView", resource: Resource) -> bool:

@@ -40,7 +40,7 @@ from ..observe.telemetry import access_log_path, telemetry_settings
 from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
-from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
+from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, catalog_address, scrape_url
 from ..xds.server import (
     DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     DEFAULT_MAX_STREAMS_PER_IDENTITY,
@@ -370,7 +370,8 @@ class ControlPlane:
         servicer = AdsServicer(self.cache, authorize_and_register, registry=self.metrics.registry, on_ack=on_ack,
                                max_streams_per_identity=self.settings.xds_max_streams_per_identity,
                                max_streams=self.settings.xds_max_streams or None,
-                               first_request_timeout=self.settings.xds_first_request_timeout)
+                               first_request_timeout=self.settings.xds_first_request_timeout,
+                               node_trust_domain=self.ca.trust_domain)  # ADS only for node identities
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
@@ -488,10 +489,10 @@ class ControlPlane:
         for node in sorted(set(services) | set(states)):
             state = states.get(node)
             cs = self.mesh.cache_status(node)
+            admin, metrics = self._fetchable(catalog, state.info if state else None)
             proxies.append(ProxyStatus(
                 node=node, services=tuple(services.get(node, ())), gateways=tuple(gateways.get(node, ())),
-                admin=state.info.admin if state else "",
-                metrics=f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
+                admin=admin, metrics=f"http://{metrics}/metrics" if metrics else "",
                 connected=bool(cs.get("connected_streams")), synced=self.mesh.synced(node),
                 version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
@@ -505,6 +506,17 @@ class ControlPlane:
     def status(self) -> dict:
         """:meth:`status_view` as the API's JSON."""
         return self.status_view().to_json()
+
+    @staticmethod
+    def _fetchable(catalog, info) -> tuple[str, str]:
+        """``(admin, metrics)`` host:port of a proxy that the control plane (and meshctl, which reads them from
+        the status) may fetch: its node's catalog address with the ports it announced; "" for a node not in
+        the catalog or an announced host that is not the node's (see :func:`catalog_address`)."""
+        if info is None:
+            return "", ""
+        node = catalog.node(info.node) if catalog is not None else None
+        host = node.address if node is not None else None
+        return catalog_address(info.admin, host), catalog_address(info.metrics, host)
 
     def scrape_targets(self) -> list[ScrapeTarget]:
         """What the metrics collector needs of every proxy (the nodes :meth:`status_view` lists), without
@@ -525,9 +537,8 @@ class ControlPlane:
         targets = []
         for node in sorted(set(by_node) | set(states)):
             state = states.get(node)
-            info = state.info if state is not None else None
-            metrics = f"http://{info.metrics}/metrics" if info is not None and info.metrics else ""
-            admin = info.admin if info is not None else ""
+            admin, metrics = self._fetchable(catalog, state.info if state is not None else None)
+            metrics = f"http://{metrics}/metrics" if metrics else ""
             is_connected = node in connected
             targets.append(ScrapeTarget(
                 node=node, url=scrape_url(metrics, admin), instances=by_node.get(node, ()),

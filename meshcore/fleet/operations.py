@@ -158,7 +158,8 @@ def _collect(session: Session, lines: int) -> dict[str, str]:
 
 
 def _add(tar: tarfile.TarFile, name: str, text: str) -> None:
-    data = text.encode()
+    """Add one text to the archive, redacted (every member goes through here, the manifest included)."""
+    data = redact(text).encode()
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = int(time.time())
@@ -181,7 +182,7 @@ def bug_report(hosts: list[Host], out: Path, *, lines: int = 500,
             if isinstance(r, RemoteError):
                 manifest["failed"].append(host.name)
                 manifest["hosts"][host.name] = {"address": host.address, "error": str(r)}
-                _add(tar, f"{top}/hosts/{host.name}/errors.txt", redact(str(r)) + "\n")
+                _add(tar, f"{top}/hosts/{host.name}/errors.txt", str(r) + "\n")
                 continue
             manifest["hosts"][host.name] = {"address": host.address, "groups": list(host.groups),
                                             "files": sorted(r)}

@@ -16,10 +16,20 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+# Everything :func:`redact` removes, wherever it appears (log lines, unit files and command lines, process
+# lists, JSON, environment dumps). Order matters: key blocks first, then tokens by their prefix, then
+# values of secret-named fields, flags and variables.
 _PRIVATE_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
                             re.S)
-_TOKEN_FIELD = re.compile(r"(?i)((?:join[_-]?token|admin[_-]?token|token|authorization|x-consul-token)"
-                          r"[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)([A-Za-z0-9._~+/=-]{8,})")
+#: meshcore's own secrets carry a fixed prefix: join tokens ``mjt_``, operator API tokens ``mco_``.
+_PREFIXED_TOKEN = re.compile(r"(?<![A-Za-z0-9])(mjt|mco)_[A-Za-z0-9_-]+")
+_SECRET_WORD = r"(?:token|secret|passw(?:or)?d|kek|api[_-]?key|private[_-]?key|credentials?|authorization)"
+_NOT_A_VALUE = r"(?![\w-]*(?:file|path|dir|prefix|ttl|expires|name)\b)"  # --kek-file PATH, token_ttl: 1h stay
+#: ``--join-token X``, ``--token=X``, ``-token X`` on command lines (ps, ExecStart=, shell history).
+_SECRET_FLAG = re.compile(r"(?i)(--?[\w-]*" + _SECRET_WORD + _NOT_A_VALUE + r"[\w-]*(?:=|\s+))(?!-)([^\s\"',]+)")
+#: ``MESHCORE_KEK=X``, ``Environment=CONSUL_HTTP_TOKEN=X``, ``token: X``, ``"admin_token": "X"``, headers.
+_SECRET_FIELD = re.compile(r"(?i)((?<![A-Za-z0-9-])[\w.-]*" + _SECRET_WORD + _NOT_A_VALUE
+                           + r"[\w.-]*[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)([^\s\"',;]{4,})")
 REDACTED_KEY = "[private key removed by meshctl bug-report]"
 REDACTED = "[redacted]"
 
@@ -170,10 +180,22 @@ def format_table(reports: list[HostReport]) -> str:
 # --- bug report helpers --------------------------------------------------------------------------
 
 def redact(text: str) -> str:
-    """Remove private key PEM blocks and token values, whatever text they turn up in."""
+    """Remove every secret :mod:`meshctl bug-report <meshcore.fleet.operations>` could collect, wherever it is:
+    private key PEM blocks (also a truncated one), ``mjt_`` join and ``mco_`` operator tokens (bare, in
+    log lines, command lines and process lists), and the value of every secret-named flag
+    (``--join-token X``, ``--token=X``), variable (``MESHCORE_KEK=X``, ``CONSUL_HTTP_TOKEN=X``), field
+    (``"admin_token": "X"``, ``token: X``) and header (``Authorization: Bearer X``, ``X-Consul-Token: X``).
+
+    The one redaction every collected text (and the archive's manifest) goes through; idempotent."""
     text = _PRIVATE_BLOCK.sub(REDACTED_KEY, text)
     text = text.replace("PRIVATE KEY", "PRIVATE-KEY(redacted)")
-    return _TOKEN_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _PREFIXED_TOKEN.sub(lambda m: f"{m.group(1)}_{REDACTED}", text)
+    text = _SECRET_FLAG.sub(lambda m: m.group(1) + _keep_redacted(m.group(2)), text)
+    return _SECRET_FIELD.sub(lambda m: m.group(1) + _keep_redacted(m.group(2)), text)
+
+
+def _keep_redacted(value: str) -> str:
+    return value if value.endswith(REDACTED) else REDACTED
 
 
 def certificate_metadata(pem: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Every ``interval`` seconds :class:`MeshCollector` scrapes each proxy the control plane knows,
 concurrently and with a short timeout: the VM agent's merged ``metrics`` URL when the proxy advertises
 one (reachable from the control plane in a real deployment), else the Envoy admin
-``/stats/prometheus``. From this scrape and the previous one of the same proxy it computes one
+``/stats/prometheus``. Only addresses the control plane derived from the catalog are scraped (the node's
+catalog address, see :func:`catalog_address`), and redirects are never followed. From this scrape and the previous one of the same proxy it computes one
 :class:`~meshcore.observe.signals.Signals` value (:func:`signals_from_scrapes`, pure), keeps the last
 ``history`` seconds of them in a ring buffer, and hands each new value to its subscribers (alerting).
 
@@ -74,9 +75,41 @@ class ScrapeTarget:
     in_sync: bool = False  # ACKed its current configuration and its last build succeeded
 
 
+#: Bind addresses that mean "every interface": an agent bound there is reached at its node's catalog address.
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+def _split(announced: str) -> tuple[str, int] | None:
+    """``host:port`` (or ``[v6]:port``) -> ``(host without brackets, port)``; None when not that shape."""
+    host, sep, port = announced.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or "/" in announced or "@" in announced:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def catalog_address(announced: str, catalog_host: str | None) -> str:
+    """The ``host:port`` the control plane may fetch for an address a proxy announced in its ADS node metadata.
+
+    Only the catalog decides *where*: the host is always ``catalog_host``, the node's address in the catalog
+    (None: the node is not in the catalog, and nothing is fetched). The announcement contributes only its
+    port, and only when its host is that same address or a wildcard bind (``0.0.0.0``, ``::``). Anything
+    else ("" returned) would let a proxy point the control plane, or ``meshctl`` on an operator's machine, at
+    an address of its choosing (SSRF): loopback services, cloud metadata endpoints, other networks."""
+    if not catalog_host or not announced:
+        return ""
+    parsed = _split(announced)
+    if parsed is None:
+        return ""
+    host, port = parsed
+    catalog = catalog_host.strip("[]")
+    if host not in _WILDCARD_HOSTS and host != catalog:
+        return ""
+    return f"[{catalog}]:{port}" if ":" in catalog else f"{catalog}:{port}"
+
+
 def scrape_url(metrics: str = "", admin: str = "") -> str:
-    """The URL to scrape: the VM agent's merged ``metrics`` URL when the proxy advertises one, else the
-    Envoy admin's ``/stats/prometheus`` ("" when it advertises neither)."""
+    """The URL to scrape: the VM agent's merged ``metrics`` URL when the proxy has one, else the Envoy
+    admin's ``/stats/prometheus`` ("" when neither). Pass only addresses :func:`catalog_address` derived."""
     if metrics:
         return metrics
     if admin:
@@ -84,14 +117,44 @@ def scrape_url(metrics: str = "", admin: str = "") -> str:
     return ""
 
 
-def fetch_text(url: str, timeout: float) -> str:
-    """GET ``url``; :class:`MeshError` saying which URL and why when it does not answer 200."""
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuse every redirect: a 3xx is answered as an error, its ``Location`` never fetched."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl!r} refused (not followed)",
+                                     headers, fp)
+
+
+#: The opener every fetch of a proxy's address uses: no redirects (a proxy could otherwise send the
+#: fetch on to any address by answering 302), no proxies from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def open_url(url: str, timeout: float) -> tuple[int, bytes]:
+    """GET ``url`` without following redirects; ``(status, body)``, error statuses (and refused
+    redirects) included. URLError/OSError/ValueError when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.read().decode("utf-8", errors="replace")
+        with _OPENER.open(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read() if exc.fp is not None else b""
+        except OSError:
+            body = b""
+        return exc.code, body
+
+
+def fetch_text(url: str, timeout: float) -> str:
+    """GET ``url`` (no redirects followed); :class:`MeshError` saying which URL and why when it does not answer 200."""
+    try:
+        status, body = open_url(url, timeout)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise MeshError(f"scraping {url} failed ({getattr(exc, 'reason', exc)}); is the VM agent (or Envoy) "
                         "running and its metrics address reachable from the control plane?") from exc
+    if status != 200:
+        what = "a redirect, which is not followed" if 300 <= status < 400 else "not 200"
+        raise MeshError(f"scraping {url} failed (HTTP {status}: {what}); the agent's /metrics answers 200 itself")
+    return body.decode("utf-8", errors="replace")
 
 
 # --- pure computation ----------------------------------------------------------------------
@@ -365,5 +428,5 @@ class MeshCollector:
         return unsubscribe
 
 
-__all__ = ["DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "fetch_text",
-           "ScrapeTarget", "scrape_url", "signals_from_scrapes"]
+__all__ = ["DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "catalog_address",
+           "fetch_text", "open_url", "ScrapeTarget", "scrape_url", "signals_from_scrapes"]

@@ -15,16 +15,24 @@ A NACK is logged with Envoy's error, counted and recorded in the cache status; t
 last good config and the rejected version is offered again after a backoff (1 s, 2 s ... 60 s) unless
 the snapshot changes first.
 
+Who may open a stream: with ``node_trust_domain`` set (the control plane always sets it), only a peer
+whose certificate carries exactly one URI SAN, a node identity ``spiffe://<td>/meshcore/node/<node>``
+of that trust domain. Anything else (a workload SVID ``spiffe://td/ns/X/sa/Y``, an operator
+certificate, no certificate) is answered PERMISSION_DENIED when the stream opens, before any request is
+read and before it counts against any limit.
+
 Limits (operator-facing, all with a RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED message that says why):
 at most ``max_streams_per_identity`` open streams per client identity (the URI SAN of its mTLS
 certificate, else its node id; default 8), optionally ``max_streams`` in all, and a first request
-within ``first_request_timeout`` seconds.
+within ``first_request_timeout`` seconds. Identity and both bounds are checked when the stream opens,
+before anything is done for it (no reader, no timer, no authorizer thread).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent import futures
@@ -60,6 +68,9 @@ AUTHORIZER_THREADS = 4
 # After a NACK the same version is offered again after a backoff (1 s, 2 s, 4 s ... 60 s): a NACK is
 # often transient on a VM (a certificate file the agent is writing right now), and without a resend
 # the proxy would wait for the next unrelated change of the mesh.
+#: A refused client is logged once per this many seconds (every refusal is counted).
+REFUSAL_LOG_INTERVAL_S = 60.0
+
 NACK_RESEND_BASE_S = 1.0
 NACK_RESEND_MAX_S = 60.0
 
@@ -182,6 +193,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY,
         max_streams: int | None = None,
         first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S,
+        node_trust_domain: str | None = None,
     ) -> None:
         """``registry``: where the xDS metrics go (the control plane passes its own, so one ``/metrics``
         shows them); ``on_ack(node)`` runs after every ACK (e.g. to time convergence), on the server's
@@ -192,10 +204,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.max_streams_per_identity = max_streams_per_identity
         self.max_streams = max_streams
         self.first_request_timeout = first_request_timeout
+        self.node_trust_domain = node_trust_domain
         self._metrics = Metrics(self.registry)
         self._books = Books(cache, self._metrics, on_ack, _backoff)
         self._per_identity: dict[str, int] = {}
         self._open = 0
+        self._refusals_logged: dict[tuple[str, str], float] = {}
         self._authorizers = futures.ThreadPoolExecutor(AUTHORIZER_THREADS, thread_name_prefix="ads-authorize")
 
     def close(self) -> None:
@@ -228,6 +242,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._open += 1
         self._metrics.streams.labels(stream.protocol).inc()
         try:
+            if self.node_trust_domain is not None:  # who the peer is comes first: nothing is done for a stranger
+                self._check_node_identity(uris, peer)
             if self.max_streams is not None and self._open > self.max_streams:
                 self._refuse("max_streams", f"the ADS server holds {self._open - 1} streams, its limit "
                              f"(max_streams={self.max_streams}); retry later or add a control plane replica")
@@ -297,17 +313,51 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         finally:
             stream.end()
 
-    def _refuse(self, reason: str, message: str) -> None:
+    def _refuse(self, reason: str, message: str, who: str = "") -> None:
         self._metrics.refused.labels(reason).inc()
-        log.warning("ADS stream refused reason=%s: %s", reason, message)
+        self._warn_refused(reason, who, f"ADS stream refused reason={reason}: {message}")
         raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+    def _warn_refused(self, reason: str, who: str, message: str) -> None:
+        """Log a refusal once per (reason, identity) per :data:`REFUSAL_LOG_INTERVAL_S`: a client retrying or
+        opening hundreds of streams must not flood the log (the refused-streams counter counts every one)."""
+        now = time.monotonic()
+        key = (reason, who)
+        last = self._refusals_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            return
+        if len(self._refusals_logged) > 1024:
+            self._refusals_logged.clear()
+        self._refusals_logged[key] = now
+        log.warning("%s (further refusals of this client for %.0fs are only counted in "
+                    "meshcore_xds_streams_refused_total)", message, REFUSAL_LOG_INTERVAL_S)
+
+    def _check_node_identity(self, uris: list[str], peer: str) -> None:
+        """PERMISSION_DENIED unless the peer's certificate names exactly one node of ``node_trust_domain``."""
+        parsed = parse_node_spiffe_id(uris[0]) if len(uris) == 1 else None
+        if parsed is not None and parsed[0] == self.node_trust_domain:
+            return
+        if not uris:
+            why = "no client certificate with a SPIFFE URI SAN was presented"
+        elif len(uris) > 1:
+            why = f"the client certificate has {len(uris)} URI SANs; a SPIFFE SVID has exactly one"
+        elif parsed is None:
+            why = f"{uris[0]!r} is not a node identity (a workload or operator certificate cannot open ADS streams)"
+        else:
+            why = f"{uris[0]!r} is in trust domain {parsed[0]!r}"
+        self._metrics.refused.labels("not_a_node").inc()
+        self._warn_refused("not_a_node", uris[0] if uris else peer.rpartition(":")[0],
+                           f"ADS stream refused reason=not_a_node peer={peer}: {why}")
+        raise Abort(grpc.StatusCode.PERMISSION_DENIED,
+                    f"{why}; ADS streams are only for node identities "
+                    f"(spiffe://{self.node_trust_domain}/meshcore/node/<node>) that the agent gets at join")
 
     def _admit(self, stream: Stream, identity: str) -> None:
         held = self._per_identity.get(identity, 0)
         if held >= self.max_streams_per_identity:
             self._refuse("per_identity", f"{identity} already holds {held} open ADS streams, the most one identity "
                          f"may hold (max_streams_per_identity={self.max_streams_per_identity}); a proxy needs one, "
-                         "so close the others or find what opens them")
+                         "so close the others or find what opens them", identity)
         self._per_identity[identity] = held + 1
         stream.identity = identity
 

@@ -16,6 +16,7 @@ import pytest
 
 from meshcore.agent.config import _default_envoy_path
 from meshcore.agent.supervisor import (
+    INITIAL_BACKOFF,
     EnvoyRecord,
     EnvoySupervisor,
     HotRestart,
@@ -273,3 +274,28 @@ def test_a_killed_envoy_is_restarted_cold_and_its_exit_reported(envoy_setup):
     assert sup.last_exit_code == -9 and sup.restarts == 1 and sup.epoch == 0
     assert read_record(hot.record_path) == EnvoyRecord(pid=sup.pid, epoch=0, base_id=hot.base_id)
     sup.stop()
+
+
+def test_a_killed_envoy_is_restarted_at_once_and_only_a_crash_loop_backs_off(tmp_path):
+    """The agent's own settings (default backoffs, hot restart through the keeper) over a real Envoy:
+    the first SIGKILL is answered by an immediate restart, a second one soon after by the backoff.
+    (How long Envoy is gone is measured by tests/agent/measure_envoy_restart.py, not asserted here.)"""
+    admin, listen = _free_port(), _free_port()
+    argv = envoy_command(_default_envoy_path(), _bootstrap(tmp_path / "bootstrap.json", admin, listen),
+                         log_level="warning", hot_restart=True)
+    hot = HotRestart(stable_base_id("vm-crash", tmp_path), tmp_path / "envoy.json")
+    sup = EnvoySupervisor(argv, hot_restart=hot, output=open(tmp_path / "envoy.log", "ab"))
+    sup.start()
+    try:
+        _wait(lambda: _answers(listen), 30, "envoy")
+        first = sup.pid
+        os.kill(first, 9)
+        _wait(lambda: sup.pid not in (None, first) and _answers(listen), 30, "envoy restarted")
+        assert sup.restarts == 1 and sup.current_backoff == 0  # no backoff before the first restart
+        second = sup.pid
+        os.kill(second, 9)  # again, well within RESET_AFTER of the restart: a crash loop
+        _wait(lambda: sup.restarts == 2, 30, "the second exit")
+        assert sup.current_backoff == INITIAL_BACKOFF
+        _wait(lambda: sup.pid not in (None, second) and _answers(listen), 30, "envoy restarted again")
+    finally:
+        sup.stop()

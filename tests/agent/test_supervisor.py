@@ -23,15 +23,16 @@ def _wait(check, timeout: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_restart_delay_doubles_to_the_cap_and_resets_after_a_healthy_run():
+def test_restart_delay_is_none_for_a_first_crash_then_doubles_to_the_cap_and_resets_after_a_healthy_run():
     delays, previous = [], None
-    for _ in range(7):
+    for _ in range(8):
         previous = restart_delay(previous, ran_for=0.5)
         delays.append(previous)
-    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    assert delays == [0, 1, 2, 4, 8, 16, 30, 30]  # the first restart at once, backoff only for a crash loop
     assert restart_delay(30, ran_for=59.9) == 30
-    assert restart_delay(30, ran_for=60) == 1  # ran long enough: back to the first step
-    assert restart_delay(None, ran_for=0.0, initial=0.1, maximum=0.3) == 0.1
+    assert restart_delay(30, ran_for=60) == 0  # ran long enough: a new crash is a first crash again
+    assert restart_delay(None, ran_for=0.0, initial=0.1, maximum=0.3) == 0
+    assert restart_delay(0, ran_for=0.0, initial=0.1, maximum=0.3) == 0.1
     assert restart_delay(0.2, ran_for=0.0, initial=0.1, maximum=0.3) == 0.3
 
 
@@ -54,7 +55,7 @@ def test_restarts_a_child_that_exits_with_backoff(tmp_path):
         sup.stop()
     assert sup.last_exit_code == 3
     assert runs.read_text().count("run") == sup.starts
-    assert sup.current_backoff == 0.2  # 0.05 -> 0.1 -> 0.2 (capped)
+    assert sup.current_backoff == 0.2  # 0 -> 0.05 -> 0.1 -> 0.2 (capped)
     count = sup.starts
     time.sleep(0.5)
     assert sup.starts == count  # stopped: no more restarts
@@ -68,7 +69,7 @@ def test_a_child_that_runs_long_enough_resets_the_backoff(tmp_path):
         _wait(lambda: sup.restarts >= 3, 20, "three restarts")
     finally:
         sup.stop()
-    assert sup.current_backoff == 0.05
+    assert sup.current_backoff == 0  # every run was healthy: each crash is restarted at once
 
 
 def test_stop_terminates_the_child_with_sigterm(tmp_path):

@@ -74,7 +74,7 @@ def test_register_adds_ca_and_certs_to_a_parser():
     parser = argparse.ArgumentParser()
     cli_ca.register(parser.add_subparsers(dest="command"), common)
     args = parser.parse_args(["ca", "rotate", "--wait", "--timeout", "5m"])
-    assert args.fn is cli_ca.cmd_ca_rotate and args.wait and args.timeout == "5m"
+    assert args.fn is cli_ca.cmd_ca_rotate and args.wait and args.timeout == 300.0
     assert parser.parse_args(["certs", "list"]).fn is cli_ca.cmd_certs_list
 
 

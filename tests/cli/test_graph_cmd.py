@@ -14,7 +14,7 @@ def test_register_adds_graph_with_its_own_output_choices():
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="command"), argparse.ArgumentParser(add_help=False))
     args = p.parse_args(["graph", "-o", "dot", "--window", "2s", "--server", "http://127.0.0.1:1"])
-    assert (args.graph_output, args.window, args.server) == ("dot", "2s", "http://127.0.0.1:1")
+    assert (args.graph_output, args.window, args.server) == ("dot", 2.0, "http://127.0.0.1:1")  # seconds, parsed
     assert p.parse_args(["graph"]).graph_output == "table"
 
 

@@ -120,3 +120,23 @@ def test_scan_archive_finds_a_private_key(tmp_path, cert_factory):
     with tarfile.open(out, "w:gz") as tar:
         tar.add(src, arcname="top/k.txt")
     assert scan_archive(out) == ["top/k.txt"]
+
+
+def test_bug_report_redacts_tokens_and_kek_in_every_collected_text_and_the_manifest(tmp_path, agent_dir, admin):
+    join, operator, kek = "mjt_UnusedJoinToken0123456789", "mco_OperatorToken0123456789abc", "S2VLc2VjcmV0a2VrdmFsdWU="
+    status = json.loads((agent_dir / "status.json").read_text())
+    status["command_line"] = f"/usr/local/bin/meshcore-agent --node vm1 --join-token {join}"
+    status["processes"] = f"root 77 meshctl --token {operator} get proxies\n"
+    status["log"] = f"refused {operator}; Environment=MESHCORE_KEK={kek}"
+    (agent_dir / "status.json").write_text(json.dumps(status))
+    out = tmp_path / "report.tar.gz"
+
+    def factory(h):
+        if h.name == "vm2":
+            raise RemoteError(f"vm2: ssh failed running meshctl --token {operator}")
+        return LocalSession(h)
+
+    manifest = bug_report([host("vm1", agent_dir, meshcore_agent_admin=admin), host("vm2", agent_dir)], out,
+                          factory=factory)
+    assert manifest["failed"] == ["vm2"]
+    assert scan_archive(out, (join, operator, kek, join[4:], operator[4:])) == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from meshcore.fleet import build_host_report, format_table, redact, split_sections, unit_state
 from meshcore.fleet.report import certificate_metadata, certificates_metadata, envoy_state, parse_key_values
 
@@ -83,3 +85,46 @@ def test_certificate_metadata(cert_factory):
     assert meta["is_ca"] is False and len(meta["sha256"]) == 64
     out = certificates_metadata({"/x.pem": [pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"]})
     assert out["/x.pem"][0]["subject"] == "CN=leaf" and "error" in out["/x.pem"][1]
+
+
+JOIN = "mjt_Q2x-Zy_09abcDEFghiJKLmnoPQRstuVWX"
+OPERATOR = "mco_a1B2-c3D4_e5F6g7H8i9J0kLmNoPqRsTuVwXyZ0123456"
+KEK = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80="
+
+
+@pytest.mark.parametrize("text, secret", [
+    (f"ExecStart=/usr/local/bin/meshcore-agent --node vm1 --join-token {JOIN} --control-plane https://cp:8502",
+     JOIN),
+    (f"ExecStart=/usr/local/bin/meshcore-agent --join-token={JOIN}", JOIN),
+    (f"root      4242  0.3  1.1 meshctl --server https://cp:8443 --token {OPERATOR} ca rotate", OPERATOR),
+    (f"Dec 07 00:12:01 cp meshcore-control-plane[812]: operator request refused {OPERATOR} from 10.0.0.9",
+     OPERATOR),
+    (f"agent: joining with {JOIN}", JOIN),
+    (f"Environment=MESHCORE_KEK={KEK} MESHCORE_LOG=info", KEK),
+    (f"MESHCORE_KEK={KEK}", KEK),
+    (f'{{"env": {{"MESHCORE_KEK": "{KEK}"}}}}', KEK),
+    ("Environment=CONSUL_HTTP_TOKEN=7f6e5d4c-1234-5678-9abc-def012345678",
+     "7f6e5d4c-1234-5678-9abc-def012345678"),
+    ("Authorization: Bearer sekrit-bearer-value", "sekrit-bearer-value"),
+    ("meshctl --token=plain-operator-token get proxies", "plain-operator-token"),
+])
+def test_redact_removes_every_token_and_key_pattern_wherever_it_appears(text, secret):
+    out = redact(text)
+    assert secret not in out, out
+    assert "[redacted]" in out
+    assert redact(out) == out  # idempotent: redacting twice (collect, then archive) changes nothing more
+
+
+def test_redact_keeps_what_is_not_a_secret():
+    text = ("--kek-file /etc/meshcore/kek --token-ttl 1h secrets_dir: /var/lib/meshcore-agent/secrets "
+            "node=vm1 spiffe://cluster.local/ns/default/sa/details")
+    assert redact(text) == text
+
+
+def test_redact_removes_pem_private_keys_of_every_kind(cert_factory):
+    _, _, key_pem = cert_factory("k")
+    for pem in (key_pem, key_pem.replace("PRIVATE KEY", "EC PRIVATE KEY"),
+                key_pem.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY")):
+        body = pem.splitlines()[1]
+        out = redact(f"log line\n{pem}after")
+        assert body not in out and "PRIVATE KEY" not in out and "after" in out

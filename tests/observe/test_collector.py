@@ -339,3 +339,15 @@ def test_a_missed_scrape_carries_the_last_rates_for_a_few_intervals(stats_server
         assert edge not in collector.collect_once().get("edge_request_rate")
     finally:
         collector.stop()
+
+
+def test_catalog_address_keeps_the_catalog_host_and_only_the_announced_port():
+    from meshcore.observe.collector import catalog_address
+
+    assert catalog_address("10.0.0.5:15090", "10.0.0.5") == "10.0.0.5:15090"
+    assert catalog_address("0.0.0.0:15090", "10.0.0.5") == "10.0.0.5:15090"
+    assert catalog_address("[::]:15090", "fd00::5") == "[fd00::5]:15090"
+    for announced in ("127.0.0.1:15090", "169.254.169.254:80", "evil.example:80", "10.0.0.5:0",
+                      "10.0.0.5:99999", "10.0.0.5", "10.0.0.5:80/x", "u@10.0.0.5:80", ""):
+        assert catalog_address(announced, "10.0.0.5") == "", announced
+    assert catalog_address("10.0.0.5:15090", None) == ""  # a node not in the catalog: nothing
