@@ -15,7 +15,9 @@ from google.rpc import status_pb2
 
 from meshcore.xds._typeurls import CLUSTER
 
-WAIT = 5.0
+# The longest a test waits for something it expects (a response, an ACK, a thread to end): generous, since
+# the machine may be busy; waits for something that must *not* happen are short (expect_nothing).
+WAIT = 30.0
 
 
 class _StreamClient:
