@@ -199,7 +199,8 @@ class ControlPlane:
         interval = float(settings.collect_interval or 5.0)
         self.collector = MeshCollector(self.scrape_targets, interval=interval,
                                        history=max(COLLECTOR_HISTORY_S, interval),
-                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes))
+                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes,
+                                                                self._expected_identities()))
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
                                      external_url=lambda: self.addresses.get("http", ""))
@@ -207,6 +208,14 @@ class ControlPlane:
         self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
         self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
         self._operator_tls: JsonServer | None = None
+
+    def _expected_identities(self) -> set[tuple[str, str]] | None:
+        """(SPIFFE ID, node) of every service instance in the catalog: whose expired SVID is an alarm."""
+        catalog = self.engine.catalog()
+        if catalog is None:
+            return None
+        td = self.ca.trust_domain
+        return {(naming.workload_spiffe_id(td, i.namespace, i.service_account), i.node) for i in catalog.instances}
 
     # --- serving identity ------------------------------------------------------------------
     def _serving_identity(self) -> tuple[str, str, float]:
