@@ -165,8 +165,21 @@ def test_revocation_stops_renewal_signing_and_the_api_at_once(plane, tmp_path) -
         assert "revoked" in _refused(thief.services)
     status, body = _call(cp, "GET", "/v1/nodes/revocations", token=admin)
     assert status == 200 and [r["subject"] for r in json.loads(body)["revocations"] if r["kind"] == "node"] == ["n1"]
-    # the ADS server is told (it ends the node's streams): the control plane registered a listener
-    assert cp.ca._revocation_listeners
+    # a new ADS stream with the revoked certificate is refused (open ones end: tests/xds/test_server.py)
+    import grpc
+
+    from tests.xds._ads import AdsClient, CLUSTER
+
+    creds = grpc.ssl_channel_credentials(root_certificates=(tmp_path / "bundle.pem").read_bytes(),
+                                         private_key=(tmp_path / "node.key").read_bytes(),
+                                         certificate_chain=(tmp_path / "node.pem").read_bytes())
+    with grpc.secure_channel(cp.addresses["xds"], creds) as channel:
+        ads = AdsClient(channel, node_id="n1")
+        ads.send(CLUSTER)
+        with pytest.raises(grpc.RpcError) as info:
+            ads.recv()
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "revoked" in info.value.details()
+        ads.close()
     # a new join with a new token is honoured again
     with _stolen(cp, tmp_path / "again", "n1") as rejoined:
         assert _renew(rejoined, cp, "n1")
@@ -211,3 +224,20 @@ def test_a_finished_root_rotation_ends_certificates_under_the_old_root(plane, tm
         thief.close()  # and a new connection does not get through TLS any more
         with pytest.raises(ControlPlaneUnavailable):
             thief.services()
+
+
+def test_meshctl_node_revoke(plane, capsys) -> None:
+    from meshcore.cli.main import main
+
+    base, cp = plane
+    admin = (cp.settings.state_dir / "admin.token").read_text().strip()
+    common = ["--server", cp.addresses["http"], "--token", admin]
+    assert main(["node", "revoke", "x/../n3", *common]) == 1  # checked before anything is sent
+    assert "not a node name" in capsys.readouterr().err
+    assert cp.ca.node_revocation("n3") is None
+    assert main(["node", "revoke", "n3", "--reason", "lost", "-o", "json", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["subject"] == "n3" and out["reason"] == "lost" and out["kind"] == "node"
+    assert cp.ca.node_revocation("n3") is not None
+    assert main(["node", "revocations", *common]) == 0
+    assert "n3" in capsys.readouterr().out
