@@ -107,6 +107,28 @@ def test_an_expired_node_certificate_recovers_by_itself_after_an_outage(tmp_path
         cp.stop()
 
 
+def test_an_agent_started_with_an_expired_node_certificate_recovers_at_start(tmp_path: Path) -> None:
+    """The VM was off longer than the node certificate's life: the agent starts, recovers, no token."""
+    write_catalog(tmp_path / "catalog", [{"name": "details"}], node="n1")
+    kek = generate_kek_file(tmp_path / "kek")
+    cp = _plane(tmp_path, kek, node_cert_ttl=timedelta(seconds=3))
+    bundle = cp.settings.state_dir / "ca" / "bundle.pem"
+    stopping = threading.Event()
+    try:
+        first = _reconciler(cp.addresses["api"], bundle, tmp_path / "agent", "n1", cp.tokens.create("n1"), stopping)
+        first.start()
+        assert first.node is not None
+        expired = first.node.summary
+        _wait(lambda: expired.expired(_now()), 30, "the node certificate to expire")  # the VM is off meanwhile
+        again = _reconciler(cp.addresses["api"], bundle, tmp_path / "agent", "n1", None, stopping)
+        again.start()  # before: "the node certificate of 'n1' expired ... and no join token was given"
+        assert again.node is not None and not again.node.summary.expired(_now())
+        assert again.node.summary.serial != expired.serial
+    finally:
+        stopping.set()
+        cp.stop()
+
+
 # --- a stolen node key -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
