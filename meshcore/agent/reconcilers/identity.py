@@ -466,8 +466,10 @@ class IdentityReconciler:
         return any(deadline <= now for deadline in self.deadlines())
 
     def reconcile(self, now: datetime) -> None:
-        """One round when something is due: renew/join, poll, issue due SVIDs; failures back off."""
+        """One round when something is due: renew/join, poll, issue due SVIDs; failures back off.
+        Certificates Envoy serves are checked on every call (an expiry is logged when it happens)."""
         if not self.due(now):
+            self._check_certificates(now)
             return
         try:
             self._ensure_node_identity(now)
