@@ -258,6 +258,9 @@ class AgentApi:
         digest = hashlib.sha256(json.dumps(listing.to_json(), sort_keys=True).encode())
         for trust_domain, pem in self.federated_bundles():  # their roots are fetched with /bundle
             digest.update(b"\0" + trust_domain.encode() + b"\0" + pem.encode())
+        revoked = self.ca.node_revocation(node)
+        if revoked is not None:  # a held call answers (and is refused) when its node is revoked
+            digest.update(b"\0revoked\0" + revoked.revoked_at.isoformat().encode())
         return wire.NodeServices(node=listing.node, trust_domain=td, xds_address=listing.xds_address,
                                  ca=listing.ca, services=listing.services, index=digest.hexdigest()[:32])
 
@@ -276,7 +279,9 @@ class AgentApi:
                 return current.to_json()  # not held: the agent polls at its refresh interval
             self._waiting += 1
         try:
-            return self._wait_for_change(node, held, wait * (1 + random.random() / 16)).to_json()
+            answer = self._wait_for_change(node, held, wait * (1 + random.random() / 16))
+            self._check_honoured(req, node)  # revoked (or its root retired) while the call was held
+            return answer.to_json()
         finally:
             with self._changes:
                 self._waiting -= 1

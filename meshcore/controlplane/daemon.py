@@ -393,6 +393,7 @@ class ControlPlane:
                                first_request_timeout=self.settings.xds_first_request_timeout)
         self.ca.add_revocation_listener(  # a revoked node's open ADS streams end at once
             lambda node: servicer.end_node_streams(node, f"node {node!r} was revoked (meshctl node revoke)"))
+        self.ca.add_revocation_listener(lambda node: self.agent_api.changed() if self.agent_api else None)
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -174,13 +175,19 @@ def _refused(call, *args) -> str:
 
 def test_revocation_stops_renewal_signing_and_the_api_at_once(plane, tmp_path) -> None:
     base, cp = plane
-    with _stolen(cp, tmp_path, "n1") as thief:
+    with _stolen(cp, tmp_path, "n1") as thief, _stolen(cp, tmp_path / "held", "n1") as holder, \
+            ThreadPoolExecutor(1) as pool:
         assert _renew(thief, cp, "n1").spiffe_id.endswith("/node/n1")  # before: it works
         assert _sign(thief, cp, "n1")
-        thief.services()  # a kept-alive connection, opened before the revocation
+        index = thief.services().index  # a kept-alive connection, opened before the revocation
+        held = pool.submit(holder.services, index, 60)  # a blocking query held across the revocation
+        _wait(lambda: cp.agent_api.waiting == 1, 10, "the blocking query to be held")
         admin = (cp.settings.state_dir / "admin.token").read_text().strip()
         status, body = _call(cp, "POST", "/v1/nodes/n1/revoke", token=admin, body={"reason": "VM lost"})
         assert status == 200, body
+        with pytest.raises(AgentRequestError) as info:  # answered at once, refused
+            held.result(timeout=20)
+        assert info.value.status == 403 and "revoked" in info.value.reason
         assert json.loads(body)["subject"] == "n1"
         assert "revoked" in _refused(_renew, thief, cp, "n1")
         assert "revoked" in _refused(_sign, thief, cp, "n1")
