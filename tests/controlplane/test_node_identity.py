@@ -255,12 +255,13 @@ def test_a_finished_root_rotation_ends_certificates_under_the_old_root(plane, tm
             thief.services()
 
 
-def test_meshctl_node_revoke(plane, capsys) -> None:
+def test_meshctl_node_revoke(plane, capsys, monkeypatch) -> None:
     from meshcore.cli.main import main
 
     base, cp = plane
-    admin = (cp.settings.state_dir / "admin.token").read_text().strip()
-    common = ["--server", cp.addresses["http"], "--token", admin]
+    # the token through the environment (meshctl --token would set it in os.environ for later tests)
+    monkeypatch.setenv("MESHCORE_TOKEN", (cp.settings.state_dir / "admin.token").read_text().strip())
+    common = ["--server", cp.addresses["http"]]
     assert main(["node", "revoke", "x/../n3", *common]) == 1  # checked before anything is sent
     assert "not a node name" in capsys.readouterr().err
     assert cp.ca.node_revocation("n3") is None
