@@ -8,8 +8,9 @@ node identity as for a renewal, and signs with the *old* key the message :func:`
 
 The control plane (``POST /v1/agent/recover``, no client certificate: the expired one no longer
 passes TLS) checks, in order: the timestamp is within :data:`RECOVERY_SKEW` of its clock; the node
-is in the catalog; the CA recorded a node certificate for it that expired less than the recovery
-grace period ago (``--node-recovery-grace``, 30 days by default); the signature verifies with *that*
+is in the catalog; the CA recorded a node certificate for it (its newest) that is still valid or
+expired less than the recovery grace period ago (``--node-recovery-grace``, 30 days by default; holding
+the key of a valid one is what a renewal proves too); the signature verifies with *that*
 certificate's public key; the node is not revoked and that certificate's issuer was not retired by a
 root rotation; the signature was not seen before. Then it signs the CSR, which becomes the newest
 record: the old key no longer recovers anything.
