@@ -1,7 +1,8 @@
 """HTTPS client for the control plane's agent API (``/v1/agent/...``; bodies in :mod:`meshcore.api.agent`).
 
 The server is verified against the trust bundle given with ``--ca-file`` (host name or IP
-checked). Every call except :meth:`AgentClient.join` presents the node certificate. Network
+checked). Every call except :meth:`AgentClient.join` and :meth:`AgentClient.recover` presents the node
+certificate. Network
 failures raise :class:`ControlPlaneUnavailable` (retry later); a non-2xx answer raises
 :class:`AgentRequestError` carrying the server's ``{"error": ...}`` reason verbatim.
 
@@ -29,6 +30,7 @@ from meshcore.api.agent import (
     BUNDLE,
     BUNDLE_HEADER,
     JOIN,
+    RECOVER,
     RENEW_NODE,
     SERVICES,
     SIGN,
@@ -37,6 +39,7 @@ from meshcore.api.agent import (
     JoinRequest,
     NodeService,
     NodeServices,
+    RecoverRequest,
     TrustBundle,
 )
 from meshcore.errors import AgentError, AgentRequestError, ControlPlaneUnavailable
@@ -87,6 +90,12 @@ class AgentClient:
         data = self._request("POST", JOIN, JoinRequest(node=node, token=token, csr=csr_pem).to_json(),
                              authenticated=False)
         return IssuedIdentity.from_json(data, "join")
+
+    def recover(self, request: RecoverRequest) -> IssuedIdentity:
+        """Get a new node certificate with a proof made with the expired one's key (no client certificate:
+        an expired one does not pass TLS; see :mod:`meshcore.ca.recovery`)."""
+        return IssuedIdentity.from_json(self._request("POST", RECOVER, request.to_json(), authenticated=False),
+                                        "recover")
 
     def renew_node(self, csr_pem: str) -> IssuedIdentity:
         return IssuedIdentity.from_json(self._request("POST", RENEW_NODE, CsrRequest(csr_pem).to_json()), "renew-node")

@@ -232,7 +232,7 @@ class Agent:
             return "stopped"
         if self.identity.node is None:
             return "joining"
-        if self.identity.backoff.failures:
+        if self.identity.backoff.failures or self.identity.certificate_alarms(self.clock()):
             return "degraded"
         return "ready" if self.envoy.ready else "starting"
 
@@ -252,6 +252,7 @@ class Agent:
                                              xds_address=ident.meta.xds_address),
             pid=os.getpid(),
             consul=self.consul.status(),
+            certificate_alarms=tuple(ident.certificate_alarms(self.clock())),
         )
         self._status_file.write(build_status(status), force=final)
         if not final:

@@ -193,6 +193,13 @@ class Credential:
     key_pem: str
     summary: CertSummary
     renew_at: datetime
+    started: datetime | None = None  # when its lifetime counts from (received, if later than not_before)
+
+    @property
+    def lifetime(self) -> timedelta:
+        """not_after minus when it was received (the CA backdates not_before; see :func:`renewal_time`)."""
+        start = max(self.summary.not_before, self.started) if self.started else self.summary.not_before
+        return self.summary.not_after - start
 
     @classmethod
     def build(cls, chain_pem: str, key_pem: str, jitter: float, issued_at: datetime | None = None) -> Credential:
@@ -201,7 +208,7 @@ class Credential:
         renew_at = renewal_time(summary.not_before, summary.not_after, jitter, issued_at=issued_at)
         if issued_at is not None:  # never renew in a tight loop, whatever the CA hands out
             renew_at = max(renew_at, issued_at + MIN_RENEW_DELAY)
-        return cls(chain_pem=chain_pem, key_pem=key_pem, summary=summary, renew_at=renew_at)
+        return cls(chain_pem=chain_pem, key_pem=key_pem, summary=summary, renew_at=renew_at, started=issued_at)
 
 
 # --- node state on disk ---------------------------------------------------------------------

@@ -62,6 +62,7 @@ class AgentStatus:
     control_plane: ControlPlaneStatus
     pid: int
     consul: dict[str, Any] = field(default_factory=dict)
+    certificate_alarms: tuple[str, ...] = ()  # served certificates expired or close to it (identity reconciler)
 
 
 def build_status(status: AgentStatus) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
         "state": status.state,
         "agent_pid": status.pid,
         "node_certificate": _cert(status.node_cert, status.node_renew_at),
+        "certificate_alarms": list(status.certificate_alarms),
         "services": [
             {
                 "name": s.name,

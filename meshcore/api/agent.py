@@ -32,6 +32,7 @@ BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
 
 JOIN = "/v1/agent/join"
 RENEW_NODE = "/v1/agent/renew-node"
+RECOVER = "/v1/agent/recover"  # no client certificate: proof of possession of the expired node key
 SIGN = "/v1/agent/sign"
 SERVICES = "/v1/agent/services"
 BUNDLE = "/v1/agent/bundle"
@@ -67,6 +68,26 @@ class JoinRequest:
     def from_json(cls, data: Any) -> JoinRequest:
         data = data if isinstance(data, dict) else {}
         return cls(node=_str(data, "node"), token=_str(data, "token"), csr=_str(data, "csr"))
+
+
+@dataclass(frozen=True)
+class RecoverRequest:
+    """An agent whose node certificate expired: a CSR for a new key, and a proof made with the old key
+    (``signature``: base64, over :func:`meshcore.ca.recovery.recovery_message` of ``timestamp``)."""
+
+    node: str
+    csr: str
+    timestamp: str
+    signature: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "csr": self.csr, "timestamp": self.timestamp, "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RecoverRequest:
+        data = data if isinstance(data, dict) else {}
+        return cls(node=_str(data, "node"), csr=_str(data, "csr"), timestamp=_str(data, "timestamp"),
+                   signature=_str(data, "signature"))
 
 
 @dataclass(frozen=True)
@@ -224,6 +245,7 @@ __all__ = [
     "BUNDLE",
     "BUNDLE_HEADER",
     "JOIN",
+    "RECOVER",
     "RENEW_NODE",
     "SERVICES",
     "SIGN",
@@ -233,6 +255,7 @@ __all__ = [
     "JoinRequest",
     "NodeService",
     "NodeServices",
+    "RecoverRequest",
     "TrustBundle",
     "require_str",
 ]

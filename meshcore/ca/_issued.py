@@ -7,7 +7,10 @@ the process being killed; it reaches the disk within :data:`SYNC_DELAY` (a short
 batches the ``fdatasync`` of every line written meanwhile: one sync costs 5-20 ms on common disks,
 more than signing itself, and a power cut loses at most that window of records, never a key). The index in memory
 maps ``(spiffe_id, node)`` to the newest certificate; expired ones leave it through a heap ordered
-by ``not_after``.
+by ``not_after`` plus their retention (:attr:`IssuedJournal.retention`: the CA keeps a node certificate for
+its recovery grace period after it expired, so an agent can prove it holds the key, and every leaf for a
+while so an expired one stays visible as expired until it is renewed). :meth:`IssuedJournal.live` lists
+only unexpired ones.
 
 When the journal holds more than twice as many lines as live certificates (and at least
 :data:`COMPACT_MIN_LINES`), it is rewritten atomically with only the newest unexpired certificate
@@ -33,7 +36,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from meshcore._files import atomic_write, fsync_dir
@@ -45,6 +49,10 @@ log = logging.getLogger(__name__)
 COMPACT_MIN_LINES = 1024
 SYNC_DELAY = 0.1  # seconds between an appended line and its fdatasync, at most (plus the sync itself)
 Key = tuple[str, str | None]
+
+
+def _no_retention(cert: IssuedCertificate) -> timedelta:
+    return timedelta(0)
 
 
 @dataclass
@@ -62,6 +70,7 @@ class IssuedJournal:
 
     path: Path
     legacy_path: Path | None = None  # issued.json of older versions, migrated on first load
+    retention: Callable[[IssuedCertificate], timedelta] = _no_retention  # kept this long past not_after
     _newest: dict[Key, IssuedCertificate] = field(default_factory=dict)
     _expiry: list[tuple[datetime, str, Key]] = field(default_factory=list)
     _pos: _Position = field(default_factory=_Position)
@@ -74,9 +83,19 @@ class IssuedJournal:
 
     def live(self, now: datetime) -> list[IssuedCertificate]:
         """The newest unexpired certificate per (spiffe_id, node), sorted by spiffe_id, node."""
+        return [c for c in self.recent(now) if c.not_after > now]
+
+    def recent(self, now: datetime) -> list[IssuedCertificate]:
+        """The newest certificate per (spiffe_id, node), expired ones included while retained."""
         self.catch_up(locked=False)
         self._drop_expired(now)
         return [self._newest[k] for k in sorted(self._newest, key=lambda k: (k[0], k[1] or ""))]
+
+    def newest(self, spiffe_id: str, node: str | None, now: datetime) -> IssuedCertificate | None:
+        """The newest certificate recorded for (spiffe_id, node), expired or not (while retained)."""
+        self.catch_up(locked=False)
+        self._drop_expired(now)
+        return self._newest.get((spiffe_id, node))
 
     def catch_up(self, *, locked: bool) -> None:
         """Read what was appended since the last look (everything, after a compaction elsewhere).
@@ -122,7 +141,7 @@ class IssuedJournal:
         key = (cert.spiffe_id, cert.node)
         self._newest.pop(key, None)  # re-insert: dict order stays issuance order of the newest
         self._newest[key] = cert
-        heapq.heappush(self._expiry, (cert.not_after, cert.serial, key))
+        heapq.heappush(self._expiry, (cert.not_after + self.retention(cert), cert.serial, key))
 
     def _drop_expired(self, now: datetime) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -154,14 +173,14 @@ class IssuedJournal:
             self.compact(now)
 
     def compact(self, now: datetime) -> None:
-        """Rewrite the journal with only the live certificates (atomically)."""
+        """Rewrite the journal with only the newest certificate per identity and node still retained (atomically)."""
         self._drop_expired(now)
         kept = list(self._newest.values())
         body = b"".join(json.dumps(c.to_dict(), separators=(",", ":")).encode() + b"\n" for c in kept)
         before = self._pos.lines
         atomic_write(self.path, body)
         self._reset()
-        self._expiry = [(c.not_after, c.serial, (c.spiffe_id, c.node)) for c in kept]
+        self._expiry = [(c.not_after + self.retention(c), c.serial, (c.spiffe_id, c.node)) for c in kept]
         heapq.heapify(self._expiry)
         self._newest = {(c.spiffe_id, c.node): c for c in kept}
         self._pos = _Position(ino=os.stat(self.path).st_ino, offset=len(body), lines=len(kept))

@@ -100,6 +100,7 @@ class RotationState:
     activated_at: datetime | None = None
     previous_roots: list[x509.Certificate] = field(default_factory=list)
     reason: str = ""
+    previous_issuers: list[str] = field(default_factory=list)  # hex key ids of the intermediates under them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ class RotationState:
             "started_at": rfc3339(self.started_at) if self.started_at else None,
             "activated_at": rfc3339(self.activated_at) if self.activated_at else None,
             "previous_roots": [pem_of(c) for c in self.previous_roots],
+            "previous_issuers": list(self.previous_issuers),
         }
 
     @classmethod
@@ -126,6 +128,7 @@ class RotationState:
                 started_at=parse_rfc3339(data["started_at"]) if data.get("started_at") else None,
                 activated_at=parse_rfc3339(data["activated_at"]) if data.get("activated_at") else None,
                 previous_roots=[x509.load_pem_x509_certificate(p.encode()) for p in data.get("previous_roots") or []],
+                previous_issuers=[str(k).lower() for k in data.get("previous_issuers") or []],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CAError(f"{path} is damaged: {exc}; restore it from backup") from exc

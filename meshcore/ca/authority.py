@@ -10,6 +10,8 @@ State directory (mode 0700; every file 0600, written atomically):
 * ``issued.jsonl``: an append-only journal of issued leaves, metadata and public PEMs (no keys: the
   CA never sees a leaf key), compacted to the unexpired ones as it grows (see ``_issued.py``).
   An ``issued.json`` of older versions is moved into it on first use.
+* ``revoked.jsonl``: append-only revocations: nodes (``meshctl node revoke``) and the intermediates a
+  finished root rotation retired (see ``_revocations.py``). Nothing is ever removed from it.
 * ``.ca.lock``: empty lock file serialising writers across processes (control plane, ``meshctl``).
 
 Root rotation (:meth:`CertificateAuthority.begin_rotation`) has three phases, each persisted:
@@ -19,7 +21,13 @@ Root rotation (:meth:`CertificateAuthority.begin_rotation`) has three phases, ea
 2. ``rotating`` (:meth:`activate_rotation`, once every proxy has the two-root bundle): leaves are
    signed by the new intermediate; the old root stays in the bundle.
 3. ``idle`` again (:meth:`finish_rotation`, once no unexpired leaf chains to the old root): the old
-   root leaves the bundle.
+   root leaves the bundle, and every intermediate under it is recorded as retired: a leaf it signed
+   is refused at once by :meth:`node_certificate_refusal`, also on connections opened before.
+
+Node identities: a node certificate lives ``node_ttl`` (7 days by default, apart from the short
+workload leaves' ``leaf_ttl``); its record stays in the journal ``recovery_grace`` (30 days) past its
+expiry so that :meth:`recover_node` can re-issue it to the holder of its key (see ``recovery.py``).
+:meth:`revoke_node` ends a node's certificates (renewal, signing, recovery, ADS) at once.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, SigningRefused
 
 from ._issued import IssuedJournal
+from ._revocations import KIND_ISSUER, KIND_NODE, Revocation, RevocationJournal
 from ._sealed import check_kek
 from ._spiffeid import check_trust_domain, parse_workload_id
 from ._store import (
@@ -56,9 +65,10 @@ from ._store import (
     unseal_pair,
     write_pair,
 )
-from ._x509 import build_ca_cert, build_leaf_cert, serial_hex, subject_key_id
+from ._x509 import build_ca_cert, build_leaf_cert, issuer_key_id, serial_hex, subject_key_id
 from .keys import DEFAULT_KEY_TYPE, check_key_type, key_type_of, new_private_key
-from .model import IssuedCertificate, rfc3339
+from .model import IssuedCertificate, parse_rfc3339, rfc3339
+from .recovery import RECOVERY_SKEW, recovery_message, verify_recovery
 from .upstream import UpstreamCA, check_signing_cert, describe
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,9 @@ ROOT_TTL = timedelta(days=3650)
 INTERMEDIATE_TTL = timedelta(days=365)
 INTERMEDIATE_RENEW_BEFORE = timedelta(days=30)
 CLOCK_SKEW = timedelta(minutes=1)
+DEFAULT_NODE_TTL = timedelta(days=7)  # node certificates (renewed at half life: survives a 3.5-day outage)
+DEFAULT_RECOVERY_GRACE = timedelta(days=30)  # an expired node certificate's key recovers it this long
+EXPIRED_LEAF_KEPT = timedelta(hours=24)  # an expired leaf stays on record (and in the expiry signal) this long
 
 ROOT_FILE = "root.sealed"
 INTERMEDIATE_FILE = "intermediate.sealed"
@@ -74,11 +87,13 @@ NEXT_ROOT_FILE = "next-root.sealed"
 NEXT_INTERMEDIATE_FILE = "next-intermediate.sealed"
 ROTATION_FILE = "rotation.json"
 ISSUED_FILE = "issued.jsonl"
+REVOKED_FILE = "revoked.jsonl"
 LEGACY_ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
 ROOT_PURPOSE = "ca-root"
 INTERMEDIATE_PURPOSE = "ca-intermediate"
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})$")
 _DNS_NAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
 
 
@@ -131,10 +146,14 @@ class CertificateAuthority:
         key_type: str = DEFAULT_KEY_TYPE,
         rotation: RotationState | None = None,
         next_ca: tuple[KeyPair, KeyPair] | None = None,
+        node_ttl: timedelta = DEFAULT_NODE_TTL,
+        recovery_grace: timedelta = DEFAULT_RECOVERY_GRACE,
     ) -> None:
         self.state_dir = state_dir
         self.trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
+        self.node_ttl = node_ttl
+        self.recovery_grace = recovery_grace
         self.key_type = key_type
         self._kek = bytes(kek)
         self._clock = clock
@@ -146,7 +165,18 @@ class CertificateAuthority:
         self._lock = threading.RLock()
         self._bundle_cache: tuple[tuple[Any, ...], tuple[tuple[x509.Certificate, ...], str, str]] | None = None
         self._signer_cache: tuple[KeyPair, str, str, str] | None = None
-        self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE)
+        self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE,
+                                      retention=self._retention)
+        self._revocations = RevocationJournal(state_dir / REVOKED_FILE)
+        self._revocation_listeners: list[Callable[[str], None]] = []
+        self._recovery_lock = threading.Lock()  # one recovery at a time: the record it checks moves on
+        self._seen_proofs: dict[str, datetime] = {}  # recovery signatures accepted, until they are stale
+
+    def _retention(self, cert: IssuedCertificate) -> timedelta:
+        """How long past its expiry a certificate stays on record (see the module docstring)."""
+        if cert.node is not None and naming.parse_node_spiffe_id(cert.spiffe_id) is not None:
+            return max(self.recovery_grace, EXPIRED_LEAF_KEPT)
+        return EXPIRED_LEAF_KEPT
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -161,6 +191,8 @@ class CertificateAuthority:
         clock: Callable[[], datetime] = _utcnow,
         key_type: str = DEFAULT_KEY_TYPE,
         upstream: UpstreamCA | None = None,
+        node_ttl: timedelta = DEFAULT_NODE_TTL,
+        recovery_grace: timedelta = DEFAULT_RECOVERY_GRACE,
     ) -> "CertificateAuthority":
         """Load the CA from ``state_dir``, creating a root (10 y) and intermediate (1 y) on first use.
 
@@ -179,6 +211,10 @@ class CertificateAuthority:
         check_key_type(key_type)
         if leaf_ttl <= timedelta(0):
             raise CAError(f"leaf_ttl must be positive, got {leaf_ttl}")
+        if node_ttl <= timedelta(0):
+            raise CAError(f"node_ttl must be positive, got {node_ttl} (e.g. --node-cert-ttl 7d)")
+        if recovery_grace < timedelta(0):
+            raise CAError(f"recovery_grace must not be negative, got {recovery_grace} (e.g. --node-recovery-grace 30d)")
         ensure_private_dir(state_dir)
         now = _now(clock)
         with file_lock(state_dir / LOCK_FILE):
@@ -241,6 +277,7 @@ class CertificateAuthority:
             ca = cls(
                 state_dir=state_dir, trust_domain=trust_domain, kek=kek, leaf_ttl=leaf_ttl, clock=clock,
                 root=root, intermediate=intermediate, key_type=key_type, rotation=rotation, next_ca=next_ca,
+                node_ttl=node_ttl, recovery_grace=recovery_grace,
             )
             if rotation.phase != PHASE_IDLE:
                 log.info("resuming root rotation phase=%s trust_domain=%s", rotation.phase, trust_domain)
@@ -409,10 +446,12 @@ class CertificateAuthority:
             now = _now(self._clock)
             old_roots = [self._root.cert] + [c for c in self._rotation.previous_roots]
             new_root, new_inter = self._next
+            old_issuers = [subject_key_id(self._intermediate.cert).hex()]
             if _fingerprint(new_root.cert) == _fingerprint(self._root.cert):
-                old_roots = []  # a new intermediate under the same (operator's) root
+                old_roots, old_issuers = [], []  # a new intermediate under the same (operator's) root
             rotation = RotationState(phase=PHASE_ROTATING, started_at=self._rotation.started_at,
-                                     activated_at=now, previous_roots=old_roots, reason=self._rotation.reason)
+                                     activated_at=now, previous_roots=old_roots, reason=self._rotation.reason,
+                                     previous_issuers=old_issuers)
             rotation.write(self.state_dir / ROTATION_FILE)  # announce first: open() completes the swap
             _complete_swap(self.state_dir)
             self._root, self._intermediate, self._next, self._rotation = new_root, new_inter, None, rotation
@@ -437,12 +476,166 @@ class CertificateAuthority:
                 raise CAError(f"{len(left)} unexpired certificate(s) still chain to the old root: {names}"
                               f"{' ...' if len(left) > 5 else ''}; wait for their renewal (`meshctl ca rotate "
                               "--wait`) or pass --force (those peers then fail to connect)")
+            retired = self._old_issuers()
             with file_lock(self.state_dir / LOCK_FILE):
+                now = _now(self._clock)
+                self._revocations.refresh()
+                entries = [Revocation(kind=KIND_ISSUER, subject=key_id, revoked_at=now.replace(microsecond=0),
+                                      reason="root rotation finished", by="ca")
+                           for key_id in sorted(retired) if self._revocations.issuer(key_id) is None]
+                try:  # retire first: a crash after it leaves a rotation to finish again, never a live old root
+                    self._revocations.append(entries)
+                except OSError as exc:
+                    raise CAError(f"cannot record the retired intermediates in {self.state_dir / REVOKED_FILE}: "
+                                  f"{exc}; the rotation is not finished, try again") from exc
                 RotationState().write(self.state_dir / ROTATION_FILE)
                 self._rotation = RotationState()
                 self._anchors.clear()
-        log.info("root rotation finished: old root removed from the trust bundle trust_domain=%s", self.trust_domain)
+        log.info("root rotation finished: old root removed from the trust bundle, %d intermediate(s) under it "
+                 "retired trust_domain=%s", len(retired), self.trust_domain)
         return left
+
+    def _old_issuers(self) -> set[str]:
+        """Hex key ids of the intermediates under the roots a finishing rotation drops: the one that signed
+        before activation and every issuer of a recorded leaf that does not chain to the newest root."""
+        target = _fingerprint(self._target_root())
+        out = set(self._rotation.previous_issuers)
+        for cert in self._journal.recent(_now(self._clock)):
+            anchor = self.anchor_of(cert)
+            if anchor is not None and _fingerprint(anchor) == target:
+                continue
+            key_id = issuer_key_id(x509.load_pem_x509_certificate(cert.cert_pem.encode()))
+            if key_id:
+                out.add(key_id.hex())
+        out.discard(subject_key_id(self._intermediate.cert).hex())  # never the one signing now
+        if self._next is not None:
+            out.discard(subject_key_id(self._next[1].cert).hex())
+        return out
+
+    # --- node identities: revocation and recovery ------------------------------------------
+
+    def add_revocation_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(node)`` after :meth:`revoke_node` recorded a revocation (e.g. end its ADS streams)."""
+        self._revocation_listeners.append(listener)
+
+    def revoke_node(self, node: str, *, reason: str = "", by: str = "") -> Revocation:
+        """Revoke every certificate issued to ``node`` until now (durably; see ``_revocations.py``).
+
+        Renewal, workload signing, recovery and the agent API refuse them from now on, and the
+        revocation listeners run (the control plane ends the node's ADS streams). The node can join
+        again only with a new join token; the certificates of that join are honoured.
+        """
+        if not _NODE_NAME.match(node or ""):
+            raise CAError(f"{node!r} is not a node name (letters, digits, '.', '-', '_'; at most 253 characters)")
+        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+            entry = Revocation(kind=KIND_NODE, subject=node, revoked_at=_now(self._clock).replace(microsecond=0),
+                               reason=reason, by=by)
+            try:
+                self._revocations.append([entry])
+            except OSError as exc:
+                raise CAError(f"cannot record the revocation of node {node!r} in {self.state_dir / REVOKED_FILE}: "
+                              f"{exc}; nothing was revoked, fix the disk and try again") from exc
+        log.warning("node revoked node=%s by=%s reason=%s: its certificates are refused from now on",
+                    node, by or "-", reason or "-", extra={"node": node})
+        for listener in list(self._revocation_listeners):
+            try:
+                listener(node)
+            except Exception:  # a listener's failure must not undo or hide the revocation
+                log.exception("a revocation listener failed node=%s", node, extra={"node": node})
+        return entry
+
+    def node_revocation(self, node: str) -> Revocation | None:
+        """The latest revocation of ``node`` (None: never revoked)."""
+        with self._lock:
+            self._revocations.refresh()
+            return self._revocations.node(node)
+
+    def revocations(self) -> list[Revocation]:
+        """Every node revocation and retired intermediate on record."""
+        with self._lock:
+            self._revocations.refresh()
+            return self._revocations.nodes() + self._revocations.issuers()
+
+    def is_revoked(self, node: str, cert: x509.Certificate | bytes | None = None) -> bool:
+        """True when ``cert`` (DER or parsed; None: any certificate issued until now) of ``node`` is no longer
+        honoured: the node was revoked after it was issued, or a finished root rotation retired its issuer."""
+        if cert is None:
+            return self.node_revocation(node) is not None
+        return self.node_certificate_refusal(node, cert) is not None
+
+    def node_certificate_refusal(self, node: str, cert: x509.Certificate | bytes) -> str | None:
+        """Why ``cert``, presented by ``node``, is no longer honoured; None when it is.
+
+        Checked on every agent API call and ADS stream, so a revocation or a finished root rotation
+        also ends what connections opened before it can do.
+        """
+        if isinstance(cert, bytes):
+            cert = x509.load_der_x509_certificate(cert)
+        with self._lock:
+            self._revocations.refresh()
+            rev = self._revocations.node(node)
+            key_id = issuer_key_id(cert)
+            retired = self._revocations.issuer(key_id.hex()) if key_id else None
+        if rev is not None and cert.not_valid_before_utc <= rev.revoked_at - CLOCK_SKEW:  # see _not_before_floor
+            return (f"node {node!r} was revoked at {rfc3339(rev.revoked_at)}"
+                    f"{' (' + rev.reason + ')' if rev.reason else ''}; once the VM is trusted again, join it "
+                    f"with a new token (`meshctl token create --node {node}`)")
+        if retired is not None:
+            return (f"the certificate of node {node!r} (serial {serial_hex(cert.serial_number)}) was signed by an "
+                    f"intermediate CA retired when a root rotation finished at {rfc3339(retired.revoked_at)}; join "
+                    f"the node again with a new token (`meshctl token create --node {node}`)")
+        return None
+
+    def recover_node(self, node: str, csr_pem: str | bytes | x509.CertificateSigningRequest, *,
+                     timestamp: str, signature: str) -> IssuedCertificate:
+        """Issue a new node certificate to the holder of the key of the node certificate on record.
+
+        The proof (``signature`` over :func:`meshcore.ca.recovery.recovery_message`) must verify with
+        the public key of the newest node certificate the CA issued to ``node``, which must have expired
+        less than ``recovery_grace`` ago and still be honoured (not revoked, issuer not retired).
+        Whether the node is in the catalog is the caller's check. Raises :class:`SigningRefused`.
+        """
+        spiffe_id = naming.node_spiffe_id(self.trust_domain, node)
+        now = _now(self._clock)
+        try:
+            when = parse_rfc3339(timestamp)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SigningRefused(f"timestamp {timestamp!r} is not an RFC 3339 time") from exc
+        if abs(now - when) > RECOVERY_SKEW:
+            raise SigningRefused(f"the recovery request's timestamp {timestamp} is {abs(now - when)} away from the "
+                                 f"control plane's clock (at most {RECOVERY_SKEW} allowed); check the VM's clock (NTP)")
+        csr = _load_csr(csr_pem)
+        _check_csr_key(csr)
+        _check_csr_sans(csr, spiffe_id, (), ())
+        message = recovery_message(self.trust_domain, node, timestamp, csr.public_bytes(serialization.Encoding.PEM))
+        with self._recovery_lock:
+            with self._lock:
+                record = self._journal.newest(spiffe_id, node, now)
+            if record is None or now - record.not_after > self.recovery_grace:
+                raise SigningRefused(
+                    f"the CA has no node certificate of {node!r} that expired less than {self.recovery_grace} ago "
+                    f"(never joined here, or it expired too long ago); join it with a new token "
+                    f"(`meshctl token create --node {node}`)")
+            held = x509.load_pem_x509_certificate(record.cert_pem.encode())
+            if not verify_recovery(held.public_key(), message, signature):
+                raise SigningRefused(
+                    f"the recovery proof does not verify with the key of node {node!r}'s last certificate "
+                    f"(serial {record.serial}); only the agent holding that key can recover, others join with a "
+                    f"new token (`meshctl token create --node {node}`)")
+            refusal = self.node_certificate_refusal(node, held)
+            if refusal is not None:
+                raise SigningRefused(refusal)
+            for seen, at in list(self._seen_proofs.items()):
+                if now - at > 2 * RECOVERY_SKEW:
+                    del self._seen_proofs[seen]
+            proof = hashlib.sha256(signature.encode()).hexdigest()
+            if proof in self._seen_proofs:
+                raise SigningRefused("this recovery proof was used already; sign a new one")
+            issued = self.sign_csr(csr, spiffe_id=spiffe_id, node=node, ttl=self.node_ttl)
+            self._seen_proofs[proof] = now
+        log.warning("node recovered with the key of its expired certificate node=%s old_serial=%s old_not_after=%s "
+                    "serial=%s", node, record.serial, rfc3339(record.not_after), issued.serial, extra={"node": node})
+        return issued
 
     def _target_root(self) -> x509.Certificate:
         return self._next[0].cert if self._next is not None else self._root.cert
@@ -541,7 +734,9 @@ class CertificateAuthority:
                 inter, _, chain_tail, _ = self._signer()
             # Built and signed outside the locks, so signers do not queue behind each other's
             # crypto; only the record is serialised.
-            issued = self._build_leaf(csr, spiffe_id, node, ttl, now, inter, chain_tail, dns_names, ip_addresses)
+            floor = self._not_before_floor(spiffe_id, node)
+            issued = self._build_leaf(csr, spiffe_id, node, ttl, now, inter, chain_tail, dns_names, ip_addresses,
+                                      floor)
             with self._lock, file_lock(self.state_dir / LOCK_FILE):
                 if self._intermediate is inter:
                     self._record(issued, now)
@@ -555,11 +750,27 @@ class CertificateAuthority:
         )
         return issued
 
+    def _not_before_floor(self, spiffe_id: str, node: str | None) -> datetime | None:
+        """A revoked node's new certificate is not backdated as far as those the revocation ended.
+
+        Every leaf is backdated by :data:`CLOCK_SKEW` (to the second), so one issued at or before the
+        revocation (``revoked_at`` floored to the second) has ``not_before <= revoked_at - CLOCK_SKEW``;
+        one issued after it (a join with a new token) starts a second later than that, and still not in
+        the future. :meth:`node_certificate_refusal` tells them apart by that."""
+        if node is None or naming.parse_node_spiffe_id(spiffe_id) is None:
+            return None
+        with self._lock:
+            self._revocations.refresh()
+            rev = self._revocations.node(node)
+        return rev.revoked_at - CLOCK_SKEW + timedelta(seconds=1) if rev is not None else None
+
     @staticmethod
     def _build_leaf(csr: x509.CertificateSigningRequest, spiffe_id: str, node: str | None, ttl: timedelta,
                     now: datetime, inter: KeyPair, chain_tail: str, dns_names: Sequence[str],
-                    ip_addresses: Sequence[str]) -> IssuedCertificate:
+                    ip_addresses: Sequence[str], floor: datetime | None = None) -> IssuedCertificate:
         not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
+        if floor is not None:
+            not_before = max(not_before, floor)
         not_after = min(now + ttl, inter.cert.not_valid_after_utc)
         assert inter.key is not None
         cert = build_leaf_cert(
@@ -582,6 +793,13 @@ class CertificateAuthority:
         now = _now(self._clock)
         with self._lock:
             return self._journal.live(now)
+
+    def recent(self) -> list[IssuedCertificate]:
+        """Like :meth:`issued`, plus the newest ones that expired without being renewed, while on record
+        (node certificates for the recovery grace, leaves for :data:`EXPIRED_LEAF_KEPT`)."""
+        now = _now(self._clock)
+        with self._lock:
+            return self._journal.recent(now)
 
     # --- internals -------------------------------------------------------------------------
 

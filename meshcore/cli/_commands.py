@@ -14,6 +14,7 @@ import argparse
 MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("ca", "ca", "The mesh CA: state and root rotation."),
     ("certs", "ca", "Certificates the CA issued."),
+    ("node", "node", "Node identities: revoke a lost or compromised VM."),
     ("trust-bundle", "security", "Trust bundles: export this domain's, import other domains'."),
     ("operator", "security", "Operator identities: client certificates from the mesh CA."),
     ("traffic", "traffic", "Split, route and switch traffic between versions."),

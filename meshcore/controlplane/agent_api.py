@@ -1,7 +1,12 @@
 """The API VM agents call (HTTPS): join with a one-time token, get SVIDs signed, fetch the bundle.
 
-Every call but ``join`` is authenticated by the node's client certificate (URI SAN
-``spiffe://<td>/meshcore/node/<node>``), and a node can only ask about itself.
+Every call but ``join`` and ``recover`` is authenticated by the node's client certificate (URI SAN
+``spiffe://<td>/meshcore/node/<node>``), and a node can only ask about itself. That certificate must
+still be honoured by the CA on every call (:meth:`CertificateAuthority.node_certificate_refusal`: not
+revoked with ``meshctl node revoke``, its intermediate not retired by a finished root rotation), also
+on a connection opened before. ``renew-node`` and ``recover`` need the node in the catalog: a node
+that left it gets no new certificate. ``recover`` (no client certificate: an expired one no longer
+passes TLS) re-issues a node certificate to the holder of the last one's key (see ``meshcore.ca.recovery``).
 
 Root rotation: ``/v1/agent/services`` carries ``ca`` (``bundle_sha256``: the bundle to hold;
 ``signer_key_id``: the intermediate signing now). Agents send the SHA-256 of the bundle they have
@@ -25,6 +30,7 @@ import hashlib
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from functools import partial
@@ -105,6 +111,7 @@ class AgentApi:
         r = Router()
         r.add("POST", wire.JOIN, self.join)
         r.add("POST", wire.RENEW_NODE, self.renew_node)
+        r.add("POST", wire.RECOVER, self.recover)
         r.add("GET", wire.SERVICES, self.services)
         r.add("POST", wire.SIGN, self.sign)
         r.add("GET", wire.BUNDLE, self.bundle)
@@ -128,6 +135,7 @@ class AgentApi:
         for uri in req.peer_uri_sans():
             parsed = naming.parse_node_spiffe_id(uri)
             if parsed and parsed[0] == self.ca.trust_domain:
+                self._check_honoured(req, parsed[1])
                 reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
                 if reported:
                     with self._acks_lock:
@@ -137,6 +145,27 @@ class AgentApi:
                         self.on_bundle_ack()
                 return parsed[1]
         raise Unauthorized("this call needs the node's client certificate (join first with a token)")
+
+    def _check_honoured(self, req: Request, node: str) -> None:
+        """Refuse a node certificate the CA no longer honours (revoked, or its root rotated away)."""
+        conn = req.handler.connection
+        der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
+        if not der:
+            raise Unauthorized("this call needs the node's client certificate (join first with a token)")
+        refusal = self.ca.node_certificate_refusal(node, der)
+        if refusal is not None:
+            log.warning("node certificate refused node=%s: %s", node, refusal, extra={"node": node})
+            raise Forbidden(refusal)
+
+    def _require_in_catalog(self, node: str, what: str) -> None:
+        catalog = self.catalog()
+        if catalog is None:
+            raise Unavailable("the control plane has not read the catalog yet; retry shortly")
+        if catalog.node(node) is None and not catalog.on_node(node):
+            self._count("node", "refused")
+            log.warning("%s refused node=%s: not in the catalog", what, node, extra={"node": node})
+            raise Forbidden(f"node {node!r} is not in the catalog; a node that left the mesh gets no new "
+                            f"certificate. Register it in Consul again (or join it again with a new token)")
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -158,19 +187,40 @@ class AgentApi:
             self._count("node", "refused")
             log.warning("join refused node=%s: %s", node, exc)
             raise JoinTokenError(f"join refused: {exc}") from exc  # 403, as every JoinTokenError
-        cert = self.ca.sign_csr(parsed, spiffe_id=expected, node=node)
+        cert = self.ca.sign_csr(parsed, spiffe_id=expected, node=node, ttl=self.ca.node_ttl)
         self._count("node", "issued")
         log.info("node joined node=%s serial=%s", node, cert.serial)
         return self._issued(cert)
 
     def renew_node(self, req: Request) -> dict:
+        csr = wire.CsrRequest.from_json(req.json()).csr  # read first: a refusal leaves no body on the connection
         node = self._node_of(req)
-        csr = wire.CsrRequest.from_json(req.json()).csr
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         uri, parsed = _csr_uri(csr)
         if uri != expected:
             raise Forbidden(f"node {node!r} may only renew {expected}")
-        cert = self.ca.sign_csr(parsed, spiffe_id=expected, node=node)
+        self._require_in_catalog(node, "node renewal")
+        cert = self.ca.sign_csr(parsed, spiffe_id=expected, node=node, ttl=self.ca.node_ttl)
+        self._count("node", "issued")
+        return self._issued(cert)
+
+    def recover(self, req: Request) -> dict:
+        """An agent whose node certificate expired proves it holds that certificate's key (no token)."""
+        body = wire.RecoverRequest.from_json(req.json())
+        node = body.node
+        if not node or not body.csr or not body.timestamp or not body.signature:
+            raise BadRequest("recover needs node, csr, timestamp and signature")
+        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
+        uri, parsed = _csr_uri(body.csr)
+        if uri != expected:
+            raise Forbidden(f"csr asks for {uri}, but a node recovering as {node!r} may only ask for {expected}")
+        self._require_in_catalog(node, "node recovery")
+        try:
+            cert = self.ca.recover_node(node, parsed, timestamp=body.timestamp, signature=body.signature)
+        except SigningRefused as exc:
+            self._count("node", "refused")
+            log.warning("node recovery refused node=%s: %s", node, exc, extra={"node": node})
+            raise
         self._count("node", "issued")
         return self._issued(cert)
 
@@ -208,6 +258,9 @@ class AgentApi:
         digest = hashlib.sha256(json.dumps(listing.to_json(), sort_keys=True).encode())
         for trust_domain, pem in self.federated_bundles():  # their roots are fetched with /bundle
             digest.update(b"\0" + trust_domain.encode() + b"\0" + pem.encode())
+        revoked = self.ca.node_revocation(node)
+        if revoked is not None:  # a held call answers (and is refused) when its node is revoked
+            digest.update(b"\0revoked\0" + revoked.revoked_at.isoformat().encode())
         return wire.NodeServices(node=listing.node, trust_domain=td, xds_address=listing.xds_address,
                                  ca=listing.ca, services=listing.services, index=digest.hexdigest()[:32])
 
@@ -226,7 +279,9 @@ class AgentApi:
                 return current.to_json()  # not held: the agent polls at its refresh interval
             self._waiting += 1
         try:
-            return self._wait_for_change(node, held, wait * (1 + random.random() / 16)).to_json()
+            answer = self._wait_for_change(node, held, wait * (1 + random.random() / 16))
+            self._check_honoured(req, node)  # revoked (or its root retired) while the call was held
+            return answer.to_json()
         finally:
             with self._changes:
                 self._waiting -= 1
@@ -247,8 +302,8 @@ class AgentApi:
                 return current
 
     def sign(self, req: Request) -> dict:
+        csr = wire.CsrRequest.from_json(req.json()).csr  # read first: a refusal leaves no body on the connection
         node = self._node_of(req)
-        csr = wire.CsrRequest.from_json(req.json()).csr
         spiffe_id, parsed = _csr_uri(csr)
         catalog = self.catalog()
         if catalog is None:

@@ -28,11 +28,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import naming
 from .._files import atomic_write
 from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
+from ..ca.authority import DEFAULT_NODE_TTL, DEFAULT_RECOVERY_GRACE
 from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
@@ -62,6 +64,7 @@ from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
 from .engine import MeshEngine
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
+from .node_revocation import add_node_routes
 from .operator_api import OperatorApi, OperatorContext
 from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE
 from .operator_certs import OperatorCertStore, add_operator_cert_routes
@@ -86,6 +89,8 @@ class Settings:
     advertise: str = ""
     kek_file: str | None = None
     leaf_ttl: timedelta = timedelta(hours=24)
+    node_cert_ttl: timedelta = DEFAULT_NODE_TTL  # node certificates: long-lived beside the short leaves
+    node_recovery_grace: timedelta = DEFAULT_RECOVERY_GRACE  # an expired node certificate's key recovers it
     key_type: str = "ec-p256"
     ca_cert: str | None = None
     ca_key: str | None = None
@@ -159,7 +164,8 @@ class ControlPlane:
                                         trust_domain=settings.trust_domain)
         self.ca = CertificateAuthority.open(state / "ca", trust_domain=settings.trust_domain, kek=kek,
                                             leaf_ttl=settings.leaf_ttl, key_type=settings.key_type,
-                                            upstream=upstream)
+                                            upstream=upstream, node_ttl=settings.node_cert_ttl,
+                                            recovery_grace=settings.node_recovery_grace)
         self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
@@ -193,7 +199,8 @@ class ControlPlane:
         interval = float(settings.collect_interval or 5.0)
         self.collector = MeshCollector(self.scrape_targets, interval=interval,
                                        history=max(COLLECTOR_HISTORY_S, interval),
-                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes))
+                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes,
+                                                                self._expected_identities()))
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
                                      external_url=lambda: self.addresses.get("http", ""))
@@ -201,6 +208,14 @@ class ControlPlane:
         self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
         self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
         self._operator_tls: JsonServer | None = None
+
+    def _expected_identities(self) -> set[tuple[str, str]] | None:
+        """(SPIFFE ID, node) of every service instance in the catalog: whose expired SVID is an alarm."""
+        catalog = self.engine.catalog()
+        if catalog is None:
+            return None
+        td = self.ca.trust_domain
+        return {(naming.workload_spiffe_id(td, i.namespace, i.service_account), i.node) for i in catalog.instances}
 
     # --- serving identity ------------------------------------------------------------------
     def _serving_identity(self) -> tuple[str, str, float]:
@@ -353,6 +368,11 @@ class ControlPlane:
 
         def authorize_and_register(context, node):
             authorize(context, node)
+            pem = (context.auth_context() or {}).get("x509_pem_cert") or [b""]
+            refusal = self.ca.node_certificate_refusal(node.id, x509.load_pem_x509_certificate(pem[0])) \
+                if pem[0] else None
+            if refusal is not None:  # revoked (meshctl node revoke) or its root rotated away
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
             md = node.metadata.fields
             secrets_dir = md["secrets_dir"].string_value if "secrets_dir" in md else ""
             if not secrets_dir:
@@ -372,6 +392,9 @@ class ControlPlane:
                                max_streams=self.settings.xds_max_streams or None,
                                first_request_timeout=self.settings.xds_first_request_timeout,
                                node_trust_domain=self.ca.trust_domain)  # ADS only for node identities
+        self.ca.add_revocation_listener(  # a revoked node's open ADS streams end at once
+            lambda node: servicer.end_node_streams(node, f"node {node!r} was revoked (meshctl node revoke)"))
+        self.ca.add_revocation_listener(lambda node: self.agent_api.changed() if self.agent_api else None)
         self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
@@ -416,6 +439,7 @@ class ControlPlane:
                 partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
                         https_address=lambda: self.addresses.get("https", "")),
+                partial(add_node_routes, ca=self.ca),  # /v1/nodes/{name}/revoke (meshctl node revoke)
             ))
 
     def _write_state_file(self) -> None:
@@ -611,6 +635,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
                    help="key-encryption key file (0600); or set MESHCORE_KEK (base64)")
     p.add_argument("--leaf-ttl", default=env.get("MESHCORE_LEAF_TTL", "24h"), help="SVID lifetime (default %(default)s)")
+    p.add_argument("--node-cert-ttl", default=env.get("MESHCORE_NODE_CERT_TTL", "7d"),
+                   help="node certificate lifetime, renewed at half life: a control plane outage shorter than "
+                        "half of it never expires one (default %(default)s)")
+    p.add_argument("--node-recovery-grace", default=env.get("MESHCORE_NODE_RECOVERY_GRACE", "30d"),
+                   help="how long after its node certificate expired an agent may still recover it with the same "
+                        "key, without a join token (default %(default)s; 0s: never)")
     p.add_argument("--key-type", default=env.get("MESHCORE_KEY_TYPE", "ec-p256"), choices=KEY_TYPES,
                    help="key type of CA keys made from now on (new CA, intermediate renewal, root rotation) "
                         "(default %(default)s)")
@@ -641,6 +671,8 @@ def main(argv=None) -> int:
             state_dir=Path(args.state_dir).absolute(), trust_domain=args.trust_domain, catalog=args.catalog,
             store=args.store, xds_bind=args.xds_bind, api_bind=args.api_bind, http_bind=args.http_bind,
             advertise=args.advertise, kek_file=args.kek_file, leaf_ttl=parse_duration(args.leaf_ttl),
+            node_cert_ttl=parse_duration(args.node_cert_ttl),
+            node_recovery_grace=parse_duration(args.node_recovery_grace),
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),

@@ -105,22 +105,31 @@ class _CertificateCollector:
     def collect(self):
         leaves = GaugeMetricFamily(
             "meshcore_certificate_expiry_timestamp_seconds",
-            "Earliest expiry (Unix time) of the unexpired certificates issued to an identity on a node.",
+            "Expiry (Unix time) of the newest certificate issued to an identity on a node (an expired one "
+            "stays until it is renewed, while the CA keeps its record).",
+            labels=["spiffe_id", "node"])
+        lifetimes = GaugeMetricFamily(
+            "meshcore_certificate_lifetime_seconds",
+            "Lifetime (not-after minus not-before) of that certificate: expiry alerts relative to it.",
             labels=["spiffe_id", "node"])
         roots = GaugeMetricFamily(
             "meshcore_ca_root_expiry_timestamp_seconds", "Expiry (Unix time) of each CA root in the trust bundle.",
             labels=["role"])
         try:
-            earliest: dict[tuple[str, str], float] = {}
-            for cert in self._ca.issued():
+            earliest: dict[tuple[str, str], tuple[float, float]] = {}
+            recent = getattr(self._ca, "recent", None)
+            for cert in (recent() if recent is not None else self._ca.issued()):
                 key = (cert.spiffe_id, cert.node or "")
                 ts = _timestamp(cert.not_after)
-                earliest[key] = min(ts, earliest.get(key, ts))
-            for (spiffe_id, node), ts in sorted(earliest.items()):
+                if key not in earliest or ts < earliest[key][0]:
+                    earliest[key] = (ts, ts - _timestamp(cert.not_before))
+            for (spiffe_id, node), (ts, lifetime) in sorted(earliest.items()):
                 leaves.add_metric([spiffe_id, node], ts)
+                lifetimes.add_metric([spiffe_id, node], lifetime)
             for root in self._ca.state()["roots"]:
                 roots.add_metric([root["role"]], _timestamp(root["not_after"]))
         except Exception:  # noqa: BLE001 - a scrape must not fail because the CA could not be read
             log.warning("reading certificates for metrics failed", exc_info=True)
         yield leaves
+        yield lifetimes
         yield roots

@@ -95,6 +95,9 @@ SCHEMA: tuple[Key, ...] = (
         "true: the playbook applies the mesh-wide deny-all AuthorizationPolicy (meshcore-system/deny-all, "
         "spec {}); false: removes it if the playbook made it.", ("meshcore_mesh_policy_default_deny",)),
     Key("ca.leafTTL", Duration(), "Lifetime of workload certificates (rotated at half life).", _cp("leaf_ttl")),
+    Key("ca.nodeCertTTL", Duration(), "Lifetime of node certificates (rotated at half life).", _cp("node_cert_ttl")),
+    Key("ca.nodeRecoveryGrace", Duration(), "How long after expiry an agent may recover its node certificate "
+        "with the same key, without a join token.", _cp("node_recovery_grace")),
     Key("ca.keyType", Enum(*KEY_TYPES), "Key type of CA keys made from now on and of the keys agents make.",
         _cp("key_type") + _agent("key_type")),
     Key("tracing.otlp", Str(_HOST_PORT, "host:port of an OTLP/gRPC collector, empty = off"),

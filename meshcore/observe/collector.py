@@ -259,20 +259,35 @@ def _epoch(value: Any) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def ca_signals(ca: Any, now: float, nodes: Iterable[str] | None = None) -> SignalValues:
-    """``cert_expiry_seconds`` per (SPIFFE ID, node) of the CA's newest unexpired certificates and
-    ``ca_root_expiry_seconds`` of the current root. With ``nodes``, certificates of other nodes (VMs
-    that left the mesh) are left out; node-less ones (the control plane's own) always count."""
+def ca_signals(ca: Any, now: float, nodes: Iterable[str] | None = None,
+               identities: Iterable[tuple[str, str]] | None = None) -> SignalValues:
+    """``cert_expiry_seconds`` and ``cert_life_left_ratio`` per (SPIFFE ID, node) of the CA's newest
+    certificates, and ``ca_root_expiry_seconds`` of the current root.
+
+    A certificate that expired without being renewed stays in (negative seconds, ratio <= 0) while the
+    CA keeps its record (``ca.recent()``), so an expiry alert resolves on renewal, never on expiry.
+    With ``nodes``, certificates of other nodes (VMs that left the mesh) are left out; node-less ones
+    (the control plane's own) always count. With ``identities`` ((SPIFFE ID, node) pairs the catalog
+    still runs), an expired workload certificate counts only while its service is still on that node."""
     wanted = None if nodes is None else set(nodes)
+    expected = None if identities is None else set(identities)
+    recent = getattr(ca, "recent", None)
     certs: dict[Labels, float] = {}
-    for cert in ca.issued():
+    ratios: dict[Labels, float] = {}
+    for cert in (recent() if recent is not None else ca.issued()):
         node = cert.node or ""
         if wanted is not None and node and node not in wanted:
             continue
         key = labels(spiffe_id=cert.spiffe_id, node=node)
-        left = _epoch(cert.not_after) - now
+        not_after = _epoch(cert.not_after)
+        left = not_after - now
+        if (left <= 0 and expected is not None and node and "/meshcore/node/" not in cert.spiffe_id
+                and (cert.spiffe_id, node) not in expected):
+            continue  # the service left the node: its last certificate expiring is no alarm
+        lifetime = max(not_after - _epoch(cert.not_before), 1.0)
         certs[key] = min(left, certs.get(key, left))
-    out: SignalValues = {"cert_expiry_seconds": certs}
+        ratios[key] = min(left / lifetime, ratios.get(key, left / lifetime))
+    out: SignalValues = {"cert_expiry_seconds": certs, "cert_life_left_ratio": ratios}
     roots = [r for r in ca.state().get("roots", ()) if r.get("role") == "current"]
     if roots:
         out["ca_root_expiry_seconds"] = {(): _epoch(roots[0]["not_after"]) - now}

@@ -51,14 +51,16 @@ apiVersion: telemetry.mesh.io/v1beta1
 kind: AlertRule
 metadata: {name: certificate-expiring, namespace: meshcore-system}
 spec:
-  signal: cert_expiry_seconds
+  signal: cert_life_left_ratio
   op: "<"
-  threshold: 2h
-  for: 5m
+  threshold: 25%
+  for: 0s
   severity: warning
-  summary: "certificate of {spiffe_id} on {node} expires in {value}"
-  description: "Certificates renew at half their lifetime, so one this close to expiry was not renewed. Check
-    the agent on {node} (`journalctl -u meshcore-agent`) and `meshctl ca certs`."
+  summary: "certificate of {spiffe_id} on {node} has {value} of its lifetime left (expired when 0% or less)"
+  description: "Certificates renew at half their lifetime, so one with less than a quarter left was not renewed;
+    the alert stays firing after it expires, until it is renewed. Check the agent on {node} (`journalctl -u
+    meshcore-agent`, its status.json certificate_alarms) and `meshctl ca certs`; a node whose certificate
+    expired recovers by itself once the control plane is reachable (see docs/security.md)."
 ---
 apiVersion: telemetry.mesh.io/v1beta1
 kind: AlertRule

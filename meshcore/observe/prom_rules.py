@@ -19,6 +19,7 @@ policy_denied                  ``envoy_http_rbac_<stage>_denied{envoy_rbac_http_
                                inbound listeners ``inbound_<instance>``, joined with the control plane's
                                ``meshcore_service_instance_info{instance_id, service}`` to name the service
 cert_expiry_seconds            ``meshcore_certificate_expiry_timestamp_seconds - time()``
+cert_life_left_ratio           ``(expiry - time()) / meshcore_certificate_lifetime_seconds``
 ca_root_expiry_seconds         ``meshcore_ca_root_expiry_timestamp_seconds{role="current"} - time()``
 proxy_out_of_sync              ``meshcore_proxy_out_of_sync`` (control plane)
 =============================  ===========================================================================
@@ -133,6 +134,10 @@ def signal_expr(signal: str, match: Mapping[str, str], window: str = DEFAULT_WIN
         return f"sum by (service) ({by_instance} * on (instance_id) group_left (service) {info})"
     if signal == "cert_expiry_seconds":
         return f"min by (spiffe_id, node) (meshcore_certificate_expiry_timestamp_seconds{_matchers(match)}) - time()"
+    if signal == "cert_life_left_ratio":
+        m = _matchers(match)
+        return (f"(min by (spiffe_id, node) (meshcore_certificate_expiry_timestamp_seconds{m}) - time()) "
+                f"/ max by (spiffe_id, node) (meshcore_certificate_lifetime_seconds{m})")
     if signal == "ca_root_expiry_seconds":
         return 'min(meshcore_ca_root_expiry_timestamp_seconds{role="current"}) - time()'
     if signal == "proxy_out_of_sync":

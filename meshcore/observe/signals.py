@@ -24,6 +24,10 @@ name                                    labels                 value
 ``policy_denied``                       service                requests/s denied by authorization policy
                                                                at the service's inbound listener
 ``cert_expiry_seconds``                 spiffe_id, node        seconds until the SVID's not-after
+                                                               (negative once expired, until renewed)
+``cert_life_left_ratio``                spiffe_id, node        fraction of the certificate's lifetime
+                                                               left (not-before to not-after); <= 0 once
+                                                               expired, until renewed
 ``ca_root_expiry_seconds``              (none)                 seconds until the CA root's not-after
 ``proxy_out_of_sync``                   node                   1 when the proxy has not ACKed its current
                                                                config or its last build failed, else 0
@@ -52,6 +56,7 @@ SIGNAL_LABELS: dict[str, tuple[str, ...]] = {
     "retry_exhausted": ("service",),
     "policy_denied": ("service",),
     "cert_expiry_seconds": ("spiffe_id", "node"),
+    "cert_life_left_ratio": ("spiffe_id", "node"),
     "ca_root_expiry_seconds": (),
     "proxy_out_of_sync": ("node",),
 }

@@ -84,6 +84,7 @@ class Stream:
         self.resends: deque[Resend] = deque()
         self.closed = False
         self.timed_out = False
+        self.ended_by: str | None = None  # why the server ends it (node revoked): set by end_node_streams
         self._nonces = itertools.count(1)
         self._timers: set[asyncio.TimerHandle] = set()
 

@@ -210,7 +210,21 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._per_identity: dict[str, int] = {}
         self._open = 0
         self._refusals_logged: dict[tuple[str, str], float] = {}
+        self._live: set[Stream] = set()  # every open stream (end_node_streams looks for a node's)
         self._authorizers = futures.ThreadPoolExecutor(AUTHORIZER_THREADS, thread_name_prefix="ads-authorize")
+
+    def end_node_streams(self, node: str, reason: str) -> None:
+        """End every open stream of ``node`` with PERMISSION_DENIED and ``reason`` (its identity was
+        revoked). Thread-safe: each stream ends on the event loop."""
+        for stream in list(self._live):
+            if stream.node_id == node:
+                def end(s: Stream = stream) -> None:
+                    s.ended_by = reason
+                    s.wake.set()
+                try:
+                    stream.loop.call_soon_threadsafe(end)
+                except RuntimeError:  # the loop is closed: the server is stopping
+                    pass
 
     def close(self) -> None:
         """Release the authorizer threads (the server calls this when it stops)."""
@@ -240,6 +254,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         reader: asyncio.Future[None] | None = None
         cancel_watch: Callable[[], None] | None = None
         self._open += 1
+        self._live.add(stream)
         self._metrics.streams.labels(stream.protocol).inc()
         try:
             if self.node_trust_domain is not None:  # who the peer is comes first: nothing is done for a stranger
@@ -255,6 +270,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             while True:
                 await stream.wake.wait()
                 stream.wake.clear()
+                if stream.ended_by is not None:
+                    raise Abort(grpc.StatusCode.PERMISSION_DENIED, stream.ended_by)
                 while stream.requests:
                     request = stream.requests.popleft()
                     stream.room.set()
@@ -279,6 +296,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     return
         finally:
             self._open -= 1
+            self._live.discard(stream)
             self._metrics.streams.labels(stream.protocol).dec()
             if reader is not None:
                 reader.cancel()

@@ -256,7 +256,9 @@ def test_expired_node_certificate_without_token_tells_the_operator(cp, tmp_path)
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2, result.stderr
     assert "expired" in result.stderr and "meshctl token create --node vm1" in result.stderr
-    assert cp.calls == []
+    # it tried to recover first (this test server knows no /v1/agent/recover: refused), then asked for a token
+    assert cp.calls == [("POST", "/v1/agent/recover", None)]
+    assert "refused to recover" in result.stderr
 
 
 def test_refused_join_exits_2_with_the_reason(cp, tmp_path):

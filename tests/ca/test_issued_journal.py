@@ -50,7 +50,7 @@ def test_compaction_keeps_the_newest_live_certificate_per_identity_and_node(ca, 
     keep = _sign(ca, _sid(0), ttl=timedelta(days=2))
     for _ in range(3):
         short = _sign(ca, _sid(1), ttl=timedelta(hours=1))
-    clock.advance(timedelta(hours=2))  # svc1's certificates have expired
+    clock.advance(timedelta(hours=26))  # svc1's certificates expired more than EXPIRED_LEAF_KEPT (24 h) ago
     for _ in range(4):
         newest = _sign(ca, _sid(2))  # four lines, one live
     lines = _lines(state_dir)  # the 8th line made 8 lines for 2 live certificates: compacted

@@ -183,6 +183,7 @@ def test_every_signal_name_is_produced():
     after = envoy_text(clusters={"outbound_ratings|productpage": {"total": 4, "errors": 1, "hist": {5: 4}}},
                        listeners={"inbound_productpage-v1": {"total": 2, "hist": {5: 2}}}, denied={"inbound_productpage-v1": 1})
     extra = {"cert_expiry_seconds": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 10.0},
+             "cert_life_left_ratio": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 0.1},
              "ca_root_expiry_seconds": {(): 5.0}}
     s = signals_from_scrapes({"n1": _scrape(before, 0)}, {"n1": _scrape(after, 1)}, PROXIES, at=1, extra=extra)
     assert set(s.values) == set(SIGNAL_LABELS)
@@ -209,6 +210,46 @@ def test_ca_signals_from_a_real_ca(tmp_path):
     assert 2 * 3600 - 600 < left <= 2 * 3600 + 600
     assert len(ca_signals(ca, now)["cert_expiry_seconds"]) == 2
     assert out["ca_root_expiry_seconds"][()] > 5 * 365 * 86400
+
+
+def test_an_expired_certificate_stays_in_the_signals_until_renewed(tmp_path):
+    """Finding 13: the expiring alert must not resolve when the certificate expires, and its threshold is
+    relative to the lifetime (2-minute leaves are not 'expiring' all their life)."""
+    from datetime import datetime, timezone
+
+    from meshcore.observe.alerts import AlertEvaluator, effective_rules
+    from meshcore.observe.signals import Signals
+
+    class Clock:
+        now = datetime.now(timezone.utc)
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    ca = CertificateAuthority.open(tmp_path / "ca", kek=b"k" * 32, leaf_ttl=timedelta(minutes=2), clock=clock)
+    sid = "spiffe://cluster.local/ns/default/sa/productpage"
+    ca.sign_csr(make_csr(new_private_key(), sid), spiffe_id=sid, node="n1")
+    key = labels(spiffe_id=sid, node="n1")
+    rules = [r for r in effective_rules([]) if r.name == "certificate-expiring"]
+    evaluator = AlertEvaluator(rules)
+
+    def firing(at: float) -> bool:
+        values = ca_signals(ca, at, nodes={"n1"}, identities={(sid, "n1")})
+        return any(a.state == "firing" for a in evaluator.evaluate(Signals(at=at, values=values)))
+
+    t0 = clock.now.timestamp()
+    assert not firing(t0)  # fresh: a 2-minute leaf is not "expiring" (the old fixed 2 h threshold fired here)
+    assert not firing(t0 + 60)  # half its life left: renewal is due, no alarm yet
+    assert firing(t0 + 110)  # under a quarter of its life left and not renewed
+    clock.now += timedelta(minutes=5)  # it expired, never renewed
+    values = ca_signals(ca, clock.now.timestamp(), nodes={"n1"}, identities={(sid, "n1")})
+    assert values["cert_expiry_seconds"][key] < 0 and values["cert_life_left_ratio"][key] < 0
+    assert firing(clock.now.timestamp())  # still firing: expiry does not resolve it
+    # the service left the node: its last certificate expiring is no alarm
+    assert key not in ca_signals(ca, clock.now.timestamp(), nodes={"n1"}, identities=set())["cert_life_left_ratio"]
+    ca.sign_csr(make_csr(new_private_key(), sid), spiffe_id=sid, node="n1")  # renewed
+    assert not firing(clock.now.timestamp())
 
 
 # --- the loop, against real HTTP servers on loopback -------------------------------------------

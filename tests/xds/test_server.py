@@ -545,3 +545,24 @@ def test_a_second_server_on_a_taken_port_fails_to_bind_instead_of_sharing_it():
             second.stop(0).wait(5)
     finally:
         first.stop(0).wait(5)
+
+
+def test_end_node_streams_ends_only_that_nodes_streams(ads):
+    """A revoked node (meshctl node revoke) loses its open ADS streams at once; other nodes keep theirs."""
+    cache, servicer, connect, _ = ads
+    publish(cache, "vm1", small_snapshot())
+    publish(cache, "vm2", small_snapshot())
+    revoked, other = connect(), connect(node_id="vm2")
+    revoked.send(CLUSTER)
+    revoked.recv()
+    other.send(CLUSTER)
+    other.recv()
+    servicer.end_node_streams("vm1", "node 'vm1' was revoked (meshctl node revoke)")
+    with pytest.raises(grpc.RpcError) as info:
+        revoked.recv()
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "revoked" in info.value.details()
+    deadline = time.monotonic() + WAIT
+    while cache.status("vm1")["connected_streams"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.status("vm1")["connected_streams"] == 0
+    assert cache.status("vm2")["connected_streams"] == 1

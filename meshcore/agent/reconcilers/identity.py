@@ -1,7 +1,8 @@
 """The identity reconciler: the node certificate, the trust bundles and one SVID per local service.
 
 It owns everything the agent holds from the control plane: the node credential (join with a
-one-time token, renewal at half life, early renewal when the CA rotates its intermediate), the trust
+one-time token, renewal at half life, early renewal when the CA rotates its intermediate, and
+recovery when it expired: see below), the trust
 bundle and the federated bundles (written as Envoy SDS files), and each local service's SVID
 (issued when the control plane lists the service on this node, renewed before expiry, removed when
 the service leaves). Control plane failures back off with jitter; nothing here stops Envoy.
@@ -17,6 +18,17 @@ whole listener update when that file does not exist yet. :meth:`IdentityReconcil
 self-signed throwaway that no peer trusts), so the file exists whenever a listener can name it;
 :meth:`expect_services` makes the next polls come quickly until the control plane lists the new
 service, and its real SVID replaces the pending one at once (file SDS reloads it in place).
+
+An expired node certificate (a control plane outage longer than its remaining life, a full disk ...)
+does not strand the VM: the agent proves to ``/v1/agent/recover`` that it still holds the expired
+certificate's key (:mod:`meshcore.ca.recovery`) and gets a new one, retrying with backoff while the
+control plane is down. Only when the control plane refuses (node revoked, left the catalog, expired
+longer than the recovery grace) does it fall back to a join token, or ask for one.
+
+Certificates Envoy serves are watched (:meth:`IdentityReconciler.certificate_alarms`): one expired, or
+with less than :data:`ALARM_FRACTION` of its lifetime left, is logged at ERROR (once per certificate and
+state) and listed in the agent's status; the sync-failure message then says so instead of claiming
+Envoy keeps a working config.
 
 Following the control plane without polling: after the first answer, a watcher thread keeps one
 blocking query open (``/v1/agent/services?index=...&wait=60s``, Consul's style). The control plane
@@ -40,6 +52,8 @@ from datetime import datetime, timedelta, timezone
 import tenacity
 
 from meshcore import naming
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 from meshcore.agent.client import AgentClient, AgentRequestError, IssuedIdentity, NodeService
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.identity import (
@@ -58,8 +72,9 @@ from meshcore.agent.identity import (
 )
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.agent.status import ServiceStatus
-from meshcore.api.agent import NodeServices, TrustBundle
+from meshcore.api.agent import NodeServices, RecoverRequest, TrustBundle
 from meshcore.ca import key_to_pem, make_csr, new_private_key
+from meshcore.ca.recovery import recovery_message, sign_recovery
 from meshcore.errors import AgentError, ControlPlaneUnavailable, MeshError, OperatorActionRequired
 
 log = logging.getLogger("meshcore.agent")
@@ -77,11 +92,24 @@ WATCH_WAIT = 60.0
 # ... and while it works, the loop polls only this often (a safety net).
 WATCH_FALLBACK = 300.0
 
+# A served certificate with less than this fraction of its lifetime left is alarmed (it renews at half life).
+ALARM_FRACTION = 0.25
+
 ClientFactory = Callable[..., AgentClient]
 
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
+
+
+def _alarm_state(cred: Credential, now: datetime) -> str:
+    """``expired``, ``expiring`` (less than ALARM_FRACTION of its life left) or ``ok``."""
+    summary = cred.summary
+    if summary.expired(now):
+        return "expired"
+    if summary.not_after - now < cred.lifetime * ALARM_FRACTION:
+        return "expiring"
+    return "ok"
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -165,6 +193,7 @@ class IdentityReconciler:
         self._watch_unsupported = False
         self._watched: NodeServices | None = None
         self._index = ""
+        self._alarmed: dict[str, tuple[str, str]] = {}  # what -> (serial, state) last logged at ERROR
 
     @property
     def config(self) -> AgentConfig:
@@ -193,7 +222,14 @@ class IdentityReconciler:
         self.federated = self._federated_files.load()
         self._load_existing_svids()
         now = self._clock()
-        if self.node is None or self.node.summary.expired(now):
+        if self.node is not None and self.node.summary.expired(now):
+            refused = self._recover_with_retries()
+            if refused is not None and not self._stopping.is_set():
+                token = self._join_token()
+                if token is None:
+                    raise OperatorActionRequired(self._no_token_message(now, refused))
+                self._join_with_retries(token)
+        elif self.node is None:
             token = self._join_token()
             if token is None:
                 raise OperatorActionRequired(self._no_token_message(now))
@@ -249,12 +285,14 @@ class IdentityReconciler:
             return None
         return token
 
-    def _no_token_message(self, now: datetime) -> str:
+    def _no_token_message(self, now: datetime, refused: str = "") -> str:
         node = self.config.node
         if self.node is None:
             why = f"node {node!r} has not joined the mesh yet (no certificate in {self.config.state_dir})"
         else:
             why = f"the node certificate of {node!r} expired at {rfc3339(self.node.summary.not_after)}"
+            if refused:
+                why += f", the control plane refused to recover it ({refused})"
         return (f"{why} and no join token was given. Create one on the control plane with "
                 f"`meshctl token create --node {node}`, pass it with --join-token-file FILE "
                 f"(or --join-token), and start the agent again")
@@ -274,17 +312,22 @@ class IdentityReconciler:
 
         return time.monotonic()
 
-    def _join_with_retries(self, token: str) -> None:
-        retrying = tenacity.Retrying(
+    def _retrying(self, what: str) -> tenacity.Retrying:
+        """Retries while the control plane is unreachable (jittered backoff), until the agent stops."""
+        return tenacity.Retrying(
             retry=tenacity.retry_if_exception(_retryable),
             wait=tenacity.wait_exponential_jitter(max=MAX_RETRY_DELAY, jitter=1),
             stop=lambda state: self._stopping.is_set(),
             sleep=self._interruptible_sleep,
             before_sleep=lambda state: log.warning(
-                "join: control plane not reachable, retrying in %.1fs attempt=%d: %s",
-                state.upcoming_sleep, state.attempt_number, state.outcome.exception() if state.outcome else ""),
+                "%s: control plane not reachable, retrying in %.1fs attempt=%d: %s", what,
+                state.upcoming_sleep, state.attempt_number, state.outcome.exception() if state.outcome else "",
+                extra={"node": self.config.node}),
             reraise=True,
         )
+
+    def _join_with_retries(self, token: str) -> None:
+        retrying = self._retrying("join")
         self._status(f"joining the mesh at {self.config.control_plane}")
         try:
             retrying(self._join, token)
@@ -299,6 +342,49 @@ class IdentityReconciler:
             if self._stopping.is_set():
                 return
             raise
+
+    def _recover_with_retries(self) -> str | None:
+        """Recover the expired node certificate, retrying while the control plane is unreachable.
+        Returns None when recovered (or stopping), else the control plane's reason for refusing."""
+        retrying = self._retrying("node certificate expired; recovery")
+        self._status(f"node certificate expired; recovering it at {self.config.control_plane}")
+        try:
+            retrying(self._recover)
+        except AgentRequestError as exc:
+            return exc.reason
+        except ControlPlaneUnavailable:
+            if self._stopping.is_set():
+                return None
+            raise
+        return None
+
+    def _recover(self) -> None:
+        """Prove possession of the expired node certificate's key and install the new certificate."""
+        assert self.node is not None
+        try:
+            old_key = load_pem_private_key(self.node.key_pem.encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise AgentError(f"cannot read the node key {self.store.key_path}: {exc}") from exc
+        key = new_private_key(self.config.key_type)
+        key_pem = key_to_pem(key)
+        td = self.meta.trust_domain or self._expected_trust_domain()
+        spiffe_id = naming.node_spiffe_id(td, self.config.node)
+        csr = make_csr(key, spiffe_id)
+        timestamp = rfc3339(self._clock())
+        proof = sign_recovery(old_key, recovery_message(td, self.config.node, timestamp, csr))
+        old = self.node.summary
+        with closing(self._client(authenticated=False)) as client:
+            issued = client.recover(RecoverRequest(node=self.config.node, csr=csr, timestamp=timestamp,
+                                                   signature=proof))
+        if issued.spiffe_id != spiffe_id:
+            raise AgentError(f"recover: the control plane issued {issued.spiffe_id}, expected {spiffe_id}")
+        self.bundle = issued.bundle
+        self.store.save_bundle(issued.bundle)
+        self._install_node(issued, key_pem)
+        self.last_contact = self._clock()
+        log.warning("node certificate recovered without a join token node=%s old_serial=%s expired_at=%s "
+                    "serial=%s not_after=%s", self.config.node, old.serial, rfc3339(old.not_after),
+                    self.node.summary.serial, rfc3339(self.node.summary.not_after), extra={"node": self.config.node})
 
     def _join(self, token: str) -> None:
         key = new_private_key(self.config.key_type)
@@ -380,8 +466,10 @@ class IdentityReconciler:
         return any(deadline <= now for deadline in self.deadlines())
 
     def reconcile(self, now: datetime) -> None:
-        """One round when something is due: renew/join, poll, issue due SVIDs; failures back off."""
+        """One round when something is due: renew/join, poll, issue due SVIDs; failures back off.
+        Certificates Envoy serves are checked on every call (an expiry is logged when it happens)."""
         if not self.due(now):
+            self._check_certificates(now)
             return
         try:
             self._ensure_node_identity(now)
@@ -392,9 +480,16 @@ class IdentityReconciler:
             delay = self.backoff.failed()
             self.retry_at = now + _seconds(delay)
             self.last_error = str(exc)
-            log.warning("control plane sync failed, envoy keeps its current config; retrying in %.1fs "
-                        "failures=%d: %s", delay, self.backoff.failures, exc,
-                        extra={"node": self.config.node, "failures": self.backoff.failures})
+            alarms = self._check_certificates(now)
+            expired = [a for a in alarms if "expired" in a]
+            if expired:
+                log.error("control plane sync failed and Envoy serves EXPIRED certificates (%s): connections using "
+                          "them fail; retrying in %.1fs failures=%d: %s", "; ".join(expired), delay,
+                          self.backoff.failures, exc, extra={"node": self.config.node, "failures": self.backoff.failures})
+            else:
+                log.warning("control plane sync failed, envoy keeps its current config; retrying in %.1fs "
+                            "failures=%d: %s", delay, self.backoff.failures, exc,
+                            extra={"node": self.config.node, "failures": self.backoff.failures})
             self._status(f"control plane sync failing ({self.backoff.failures} failures): {exc}")
             return
         if self.backoff.failures:
@@ -402,6 +497,54 @@ class IdentityReconciler:
         self.backoff.succeeded()
         self.retry_at = None
         self.last_error = None
+        self._check_certificates(now)
+
+    # ---------------------------------------------------------------- alarms on served certificates
+
+    def certificate_alarms(self, now: datetime) -> list[str]:
+        """One line per certificate Envoy serves that has expired or has less than :data:`ALARM_FRACTION`
+        of its lifetime left (it should have renewed at half life), for the status and the logs."""
+        out = []
+        for what, cred in self._served():
+            state = _alarm_state(cred, now)
+            if state == "expired":
+                out.append(f"{what} certificate serial={cred.summary.serial} expired at "
+                           f"{rfc3339(cred.summary.not_after)}")
+            elif state == "expiring":
+                out.append(f"{what} certificate serial={cred.summary.serial} expires at "
+                           f"{rfc3339(cred.summary.not_after)} (less than {ALARM_FRACTION:.0%} of its life left)")
+        return out
+
+    def _served(self) -> list[tuple[str, Credential]]:
+        held = [("node", self.node)] if self.node is not None else []
+        held += [(f"service={name}", cred) for name, cred in sorted(self.svids.items())]
+        return [(what, cred) for what, cred in held if cred is not None]
+
+    def _check_certificates(self, now: datetime) -> list[str]:
+        """Log at ERROR each certificate that became expired or expiring (once per serial and state)."""
+        alarms = self.certificate_alarms(now)
+        seen = set()
+        for what, cred in self._served():
+            seen.add(what)
+            state = _alarm_state(cred, now)
+            before = self._alarmed.get(what)
+            if state == "ok":
+                if before is not None and before[0] != cred.summary.serial:
+                    log.info("%s certificate renewed serial=%s: alarm cleared", what, cred.summary.serial,
+                             extra={"node": self.config.node})
+                self._alarmed.pop(what, None)
+                continue
+            if before == (cred.summary.serial, state):
+                continue
+            self._alarmed[what] = (cred.summary.serial, state)
+            left = cred.summary.not_after - now
+            log.error("Envoy serves the %s certificate serial=%s that %s at %s; it was not renewed (control plane "
+                      "unreachable or refusing: see the previous lines, `meshctl status`, status.json)",
+                      what, cred.summary.serial, "EXPIRED" if state == "expired" else f"expires in {left}",
+                      rfc3339(cred.summary.not_after), extra={"node": self.config.node})
+        for what in set(self._alarmed) - seen:
+            del self._alarmed[what]
+        return alarms
 
     # ---------------------------------------------------------------- new services (the NACK race)
 
@@ -440,9 +583,16 @@ class IdentityReconciler:
     def _ensure_node_identity(self, now: datetime) -> None:
         assert self.node is not None
         if self.node.summary.expired(now):
+            try:
+                self._recover()
+                return
+            except AgentRequestError as exc:
+                if exc.retryable:
+                    raise
+                refused = exc.reason
             token = self._join_token()
             if token is None:
-                raise AgentError(self._no_token_message(now).replace(
+                raise AgentError(self._no_token_message(now, refused).replace(
                     "start the agent again", "reload the agent (systemctl reload meshcore-agent)"))
             try:
                 self._join(token)

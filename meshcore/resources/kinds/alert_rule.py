@@ -75,6 +75,7 @@ SIGNAL_UNITS: dict[str, str] = {
     "retry_exhausted": PER_SECOND,
     "policy_denied": PER_SECOND,
     "cert_expiry_seconds": SECONDS,
+    "cert_life_left_ratio": FRACTION,
     "ca_root_expiry_seconds": SECONDS,
     "proxy_out_of_sync": FLAG,
 }
