@@ -18,7 +18,8 @@ from meshcore.agent.identity import CertSummary
 from meshcore.demo.launcher import wait_until
 
 from ._topology import NODES, running_mesh
-from .test_ca_rotation import Traffic, _get
+from ._traffic import SteadyTraffic
+from .test_ca_rotation import _get
 
 NODE_CERT_TTL = 20.0
 
@@ -42,7 +43,7 @@ def _status(mesh, node: str) -> dict:
 
 
 def test_node_certificates_expire_during_an_outage_and_recover_by_themselves(mesh):
-    with Traffic(mesh.url) as traffic:
+    with SteadyTraffic(mesh.url) as traffic:
         time.sleep(1)
         mesh.stop("controlplane")  # the outage
         down_at = time.monotonic()
