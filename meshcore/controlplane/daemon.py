@@ -37,7 +37,8 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
-from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
+from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
+                            SourceStatus, StatusResponse, ThreadStatus)
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
@@ -59,6 +60,8 @@ from .canary import add_routes as add_canary_routes
 from .canary import for_control_plane as canaries_for
 from .dashboard_api import add_routes as add_dashboard_routes
 from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
+from ._supervise import Supervisor, describe_failure
+from ._supervise import doing as _doing
 from .engine import MeshEngine
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
@@ -72,6 +75,11 @@ log = logging.getLogger("meshcore.controlplane")
 
 STATE_FILE = "controlplane.json"
 CA_WATCH_S = 5.0  # seconds between the CA watcher's looks when nothing wakes it
+MIN_RENEW_S = 5.0
+"""The serving certificate is renewed at half its remaining life, never sooner than this after an issuance."""
+RENEW_RETRY_FIRST_S = 2.0
+RENEW_RETRY_MAX_S = 60.0
+"""A failed renewal (a full disk, ...) is retried after this backoff, doubling from :data:`RENEW_RETRY_FIRST_S`."""
 
 
 @dataclass
@@ -137,6 +145,10 @@ def open_store(spec: str, state_dir: Path):
     return DirectoryStore(Path(arg))
 
 
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 def _host_of(bind: str) -> str:
     return bind.rpartition(":")[0].strip("[]")
 
@@ -185,6 +197,10 @@ class ControlPlane:
         self._ca_wake = threading.Event()
         self.addresses: dict[str, str] = {}
         self._stopped = threading.Event()
+        self._renew_at = 0.0
+        self.serving_issuances = 0  # serving certificates issued by this process (renewals + rotations)
+        self._serving_error = ""  # why the last renewal failed ("" once one succeeds)
+        self.supervisor = Supervisor(self._stopped, on_restart=lambda t: self.metrics.thread_restarts.labels(thread=t).inc())
         # The features get the narrow interfaces they use (_contexts.py), never this object.
         self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
         # stats -> Signals: the collector reads only its scrape targets (cheap, cached per catalog), not status
@@ -220,12 +236,16 @@ class ControlPlane:
                 if h:
                     dns.append(h)
         spiffe_id = naming.control_plane_spiffe_id(self.ca.trust_domain)
+        issued_at = time.time()
         issued = self.ca.sign_csr(make_csr(key, spiffe_id), spiffe_id=spiffe_id,
                                   dns_names=dns, ip_addresses=ips or ["127.0.0.1"])
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
-        renew_at = issued.not_before.timestamp() + (issued.not_after - issued.not_before).total_seconds() / 2
-        return key_pem, issued.chain_pem, renew_at
+        self.serving_issuances += 1
+        # Half of the life left from now, not from not_before: the CA backdates not_before for clock skew
+        # (a minute), which made leaves shorter than two minutes due at once, re-issued in a loop.
+        remaining = issued.not_after.timestamp() - issued_at
+        return key_pem, issued.chain_pem, issued_at + max(remaining / 2, MIN_RENEW_S)
 
     def _https_context(self, key_pem: str, chain_pem: str) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -252,32 +272,49 @@ class ControlPlane:
         New connections get it; open ones keep theirs (no restart)."""
         with self._serving_lock:
             if reissue or not self._serving[0]:
-                key_pem, chain_pem, self._renew_at = self._serving_identity()
+                with _doing(f"issuing the serving certificate (CA state in {self.settings.state_dir / 'ca'})"):
+                    key_pem, chain_pem, renew_at = self._serving_identity()
                 self._serving = (key_pem, chain_pem)
+                self._renew_at = renew_at
             key_pem, chain_pem = self._serving
             bundle = self.ca.bundle_pem()
             self._grpc_identity = (key_pem, chain_pem, bundle)
-            if self._api_server is not None:
-                self._api_server.set_tls(self._https_context(key_pem, chain_pem))
-            if self._operator_tls is not None:
-                self._operator_tls.set_tls(self._https_context(key_pem, chain_pem))
+            with _doing("loading the serving certificate into the HTTPS listeners (a private temporary directory)"):
+                if self._api_server is not None:
+                    self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+                if self._operator_tls is not None:
+                    self._operator_tls.set_tls(self._https_context(key_pem, chain_pem))
             if bundle != self._applied_bundle:
-                self._write_bundle_file(bundle)
+                with _doing(f"writing {self.settings.state_dir / 'ca' / 'bundle.pem'}"):
+                    self._write_bundle_file(bundle)
                 self._applied_bundle = bundle
         if self.agent_api is not None:
             self.agent_api.changed()  # agents waiting on /v1/agent/services see the new CA state now
 
     def _rotate_serving_identity(self) -> None:
-        """Renew the serving certificate at half life; new connections get the new one (no restart)."""
+        """Renew the serving certificate at half its life; new connections get the new one (no restart).
+
+        Any failure (a full disk, an unreadable CA state file: not only meshcore's errors) is logged with
+        what was being done and the file, and retried with backoff; the current certificate stays served."""
+        failures = 0
         while not self._stopped.wait(max(0.5, min(60.0, self._renew_at - time.time()))):
             if time.time() < self._renew_at:
                 continue
             try:
                 self._apply_ca(reissue=True)
-                log.info("control plane serving certificate renewed")
-            except MeshError as exc:
-                log.error("renewing the control plane's serving certificate failed, retrying in 10s: %s", exc)
-                self._renew_at = time.time() + 10
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any failure
+                failures += 1
+                delay = min(RENEW_RETRY_FIRST_S * 2 ** (failures - 1), RENEW_RETRY_MAX_S)
+                self._renew_at = time.time() + delay
+                self._serving_error = describe_failure(exc)
+                log.error("renewing the control plane's serving certificate failed, retrying in %.0fs (the current "
+                          "one is served until then): %s", delay, self._serving_error)
+                if not isinstance(exc, (MeshError, OSError)):
+                    log.debug("serving certificate renewal failed", exc_info=True)
+                continue
+            failures = 0
+            self._serving_error = ""
+            log.info("control plane serving certificate renewed; next renewal in %.0fs", self._renew_at - time.time())
 
     # --- root rotation ---------------------------------------------------------------------
     def nodes_without_bundle(self) -> list[str]:
@@ -306,8 +343,10 @@ class ControlPlane:
                              "control plane serving certificate re-issued")
                 elif self.ca.bundle_pem() != self._applied_bundle:
                     self._apply_ca(reissue=False)
-            except MeshError as exc:
-                log.error("CA rotation step failed, retrying: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any failure
+                log.error("CA rotation step failed, retrying in 2s: %s", describe_failure(exc))
+                if not isinstance(exc, (MeshError, OSError)):
+                    log.debug("CA rotation step failed", exc_info=True)
                 self._stopped.wait(2)
 
     def ca_status(self) -> dict:
@@ -392,8 +431,8 @@ class ControlPlane:
         self.alerting.start()
         self.collector.start()
         self.canaries.resume_all()
-        threading.Thread(target=self._rotate_serving_identity, name="serving-cert", daemon=True).start()
-        threading.Thread(target=self._watch_ca, name="ca-rotation", daemon=True).start()
+        self.supervisor.start("serving-cert", self._rotate_serving_identity)
+        self.supervisor.start("ca-rotation", self._watch_ca)
         self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
         if self._operator_tls is not None:
             self.addresses["https"] = f"https://{self._operator_tls.address}"
@@ -484,6 +523,7 @@ class ControlPlane:
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
                         listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams)))
         states = self.mesh.proxies()
+        snap = self.engine.snapshot
         proxies = []
         for node in sorted(set(services) | set(states)):
             state = states.get(node)
@@ -492,15 +532,45 @@ class ControlPlane:
                 node=node, services=tuple(services.get(node, ())), gateways=tuple(gateways.get(node, ())),
                 admin=state.info.admin if state else "",
                 metrics=f"http://{state.info.metrics}/metrics" if state and state.info.metrics else "",
-                connected=bool(cs.get("connected_streams")), synced=self.mesh.synced(node),
+                connected=bool(cs.get("connected_streams")), synced=self._synced(node, state, snap),
                 version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
-        snap = self.engine.snapshot
         return StatusResponse(
             control_plane=ControlPlaneStatus(
                 **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
-                catalog_error=self.engine.source_error, store_error=self.engine.store_error),
+                catalog_error=self.engine.source_error, store_error=self.engine.store_error,
+                build_error=self.engine.build_error, last_error=self.engine.last_error,
+                sources=self._source_statuses(), threads=self._thread_statuses()),
             proxies=tuple(proxies))
+
+    def _synced(self, node: str, state, snap) -> bool:
+        """The proxy ACKed the latest *valid* config: the cache's versions, its last build did not fail,
+        it was built from the current snapshot, and the builder is not failing (then nothing is current)."""
+        if state is None or state.error or self.engine.build_error:
+            return False
+        if snap is not None and state.built_hash != snap.hash:
+            return False
+        return self.mesh.synced(node)
+
+    def _source_statuses(self) -> tuple[SourceStatus, ...]:
+        out = []
+        for h in self.engine.health():
+            out.append(SourceStatus(
+                name=h.name, kind=h.kind, state=h.state, detail=h.detail, index=h.index, error=h.error,
+                error_at=_rfc3339(h.error_at) if h.error_at else "",
+                rejected=tuple(RejectedResource(key=k, error=e) for k, e in h.rejected)))
+        return tuple(out)
+
+    def _thread_statuses(self) -> tuple[ThreadStatus, ...]:
+        threads = {**self.engine.supervisor.threads, **self.supervisor.threads}
+        out = []
+        for name in sorted(threads):
+            t = threads[name]
+            error = t.last_error
+            if name == "serving-cert" and self._serving_error:
+                error = f"renewal failing: {self._serving_error}"
+            out.append(ThreadStatus(name=name, alive=t.alive, restarts=t.restarts, last_error=error))
+        return tuple(out)
 
     def status(self) -> dict:
         """:meth:`status_view` as the API's JSON."""
