@@ -75,7 +75,7 @@ log = logging.getLogger("meshcore.controlplane")
 
 STATE_FILE = "controlplane.json"
 CA_WATCH_S = 5.0  # seconds between the CA watcher's looks when nothing wakes it
-MIN_RENEW_S = 5.0
+MIN_RENEW_S = 1.0
 """The serving certificate is renewed at half its remaining life, never sooner than this after an issuance."""
 RENEW_RETRY_FIRST_S = 2.0
 RENEW_RETRY_MAX_S = 60.0
