@@ -11,7 +11,11 @@ for every service, and ``/v1/health/state/any``. Rules:
   ``Proxy.LocalServiceAddress``/``LocalServicePort`` (default 127.0.0.1 and the service port);
 * an instance without a sidecar is not in the mesh (it has no mesh port) and is left out, except
   an ``ingress-gateway``, which is its own proxy (mesh port = its service port);
-* ``healthy`` means every check of the instance and of its node is passing.
+* ``healthy`` means every check of the instance, of its sidecar proxy and of its node is passing: the
+  sidecar's own checks count as Consul counts them for ``/v1/health/connect/<service>`` (the connect
+  endpoint answers with the proxy instances, their checks and their node's checks, so a critical sidecar,
+  e.g. its "Connect Sidecar Listening" TCP check when Envoy is down, takes the instance out, as in
+  Consul's UI since consul#12279: "if the proxy instance is unhealthy then so is the service instance").
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ def assemble_catalog(
         node = e.get("Node") or ""
         node_address = e.get("Address") or node_objs[node].address
         address = e.get("ServiceAddress") or node_address
+        sidecar_id = ""
         if kind in SELF_PROXIED_KINDS:
             proxy = e.get("ServiceProxy") or {}
             mesh_address, mesh_port = address, int(e.get("ServicePort") or 0)
@@ -122,11 +127,16 @@ def assemble_catalog(
                           node, name, e.get("ServiceID"))
                 continue
             proxy = sidecar.get("ServiceProxy") or {}
+            sidecar_id = sidecar.get("ServiceID") or ""
             mesh_address = sidecar.get("ServiceAddress") or node_address
             mesh_port = int(sidecar.get("ServicePort") or 0)
         else:
             continue  # mesh/terminating/api gateways are not meshcore workloads
         healthy = per_service.get((node, e.get("ServiceID", "")), True) and per_node.get(node, True)
+        if sidecar_id and healthy and not per_service.get((node, sidecar_id), True):
+            healthy = False  # its sidecar proxy is not (the app may be fine, but no request reaches it)
+            log.debug("sidecar proxy not passing: instance unhealthy node=%s service=%s id=%s sidecar=%s",
+                      node, name, e.get("ServiceID"), sidecar_id)
         instances.append(ServiceInstance(
             service=name,
             id=e.get("ServiceID") or name,

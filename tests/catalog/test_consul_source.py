@@ -182,6 +182,27 @@ def test_source_reads_other_nodes_and_ingress_gateways(consul_http, source):
     assert catalog.node(vm).meta == (("zone", "a"),)
 
 
+def test_a_critical_sidecar_makes_its_instance_unhealthy(consul_http, source):
+    """As Consul's /v1/health/connect/<service> counts the proxy's checks: the app may pass its own checks,
+    but with its sidecar critical (Envoy not listening) no request reaches it."""
+    double = consul_http.require_double("needs set_check_status() for the sidecar's TCP check")
+    web = consul_http.unique("web")
+    _register(consul_http, {"Name": web, "ID": f"{web}-1", "Port": 8080,
+                            "Check": {"TTL": "60s", "Status": "passing"},
+                            "Connect": {"SidecarService": {"Port": 21500}}})
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy, "app and sidecar (default TCP + alias checks) passing"
+
+    listening = f"service:{web}-1-sidecar-proxy:1"  # the sidecar's default "Connect Sidecar Listening" check
+    double.set_check_status(listening, "critical", "dial tcp: connection refused")
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy is False, "a critical sidecar takes the instance out of the endpoints"
+
+    double.set_check_status(listening, "passing")
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy
+
+
 # ---------------------------------------------------------------------------- blocking
 def test_poll_wakes_on_registration(consul_http, source):
     first = source.poll(None, 0)
