@@ -31,6 +31,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from .. import naming
+from ..catalog._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD
 from .._files import atomic_write
 from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
 from ..durations import parse_duration
@@ -109,6 +110,10 @@ class Settings:
     xds_max_streams: int = 0
     xds_first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S
     agent_max_waiting: int = DEFAULT_MAX_WAITING  # agents' blocking /v1/agent/services calls held at once
+    # Last known good through Consul faults (meshcore.catalog._consul_hold): how long missing instances are
+    # held after an index reset or a drastic shrink, and the fraction that may vanish in one update.
+    catalog_hold: float = DEFAULT_HOLD_S
+    catalog_shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -118,12 +123,12 @@ def _split_source(spec: str, what: str) -> tuple[str, str]:
     return kind, arg
 
 
-def open_catalog(spec: str):
+def open_catalog(spec: str, hold_s: float = DEFAULT_HOLD_S, shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD):
     kind, arg = _split_source(spec, "catalog")
     if kind == "consul":
         from ..catalog.consul import ConsulCatalogSource, ConsulSettings
 
-        return ConsulCatalogSource(ConsulSettings.from_env())
+        return ConsulCatalogSource(ConsulSettings.from_env(), hold_s=hold_s, shrink_threshold=shrink_threshold)
     if kind != "files" or not arg:
         raise ConfigError(f"--catalog {spec!r}: use files:DIR (Consul service-definition files) or consul")
     from ..catalog.files import FileCatalogSource
@@ -177,7 +182,8 @@ class ControlPlane:
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
-        self.source = catalog_source or open_catalog(settings.catalog)
+        self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
+                                                     settings.catalog_shrink_threshold)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
@@ -617,6 +623,12 @@ def _check_limits(settings: Settings) -> None:
     if settings.agent_max_waiting < 0:
         raise ConfigError(f"--agent-max-waiting {settings.agent_max_waiting}: use 0 to hold no calls (agents "
                           "poll), or how many to hold at once")
+    if settings.catalog_hold < 0:
+        raise ConfigError(f"--catalog-hold {settings.catalog_hold:g}s: use 0 to publish Consul's reads as they are, "
+                          "or how long to hold missing instances (e.g. 2m)")
+    if not 0 < settings.catalog_shrink_threshold <= 1:
+        raise ConfigError(f"--catalog-shrink-threshold {settings.catalog_shrink_threshold:g}: a fraction in (0, 1], "
+                          "e.g. 0.5 (more than half the instances gone in one update is suspect)")
     if not settings.xds_first_request_timeout > 0:
         raise ConfigError(f"--xds-first-request-timeout {settings.xds_first_request_timeout:g}s: must be positive "
                           "(e.g. 30s)")
@@ -632,6 +644,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--catalog", default=env.get("MESHCORE_CATALOG", "files:/etc/consul.d"),
                    help="files:DIR (Consul service-definition files, one sub-directory per node) or consul "
                         "(uses CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) (default %(default)s)")
+    p.add_argument("--catalog-hold", default=env.get("MESHCORE_CATALOG_HOLD", f"{DEFAULT_HOLD_S:g}s"),
+                   help="Consul catalog: after an index reset (Consul restarted empty) or a drastic shrink, keep the "
+                        "missing instances as last seen for this long or until they re-register; 0s: off "
+                        "(default %(default)s)")
+    p.add_argument("--catalog-shrink-threshold", type=float,
+                   default=env.get("MESHCORE_CATALOG_SHRINK_THRESHOLD", f"{DEFAULT_SHRINK_THRESHOLD:g}"),
+                   help="Consul catalog: an update in which more than this fraction of the instances vanished "
+                        "is suspect and held (default %(default)s)")
     p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
                    help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
                         "(default dir:<state-dir>/resources)")
@@ -707,6 +727,8 @@ def main(argv=None) -> int:
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
             agent_max_waiting=args.agent_max_waiting,
+            catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
+            catalog_shrink_threshold=args.catalog_shrink_threshold,
         )
         _check_limits(settings)
         kek = load_kek(settings.kek_file)
