@@ -232,7 +232,7 @@ def test_supervisor_restarts_a_loop_that_dies_counts_it_and_logs_one_line(caplog
     assert health.restarts == 2 and "catalog index 42" in health.last_error and not health.alive
 
 
-def test_restart_with_a_bad_document_serves_reconnecting_proxies_and_status_names_it(tmp_path):
+def test_restart_with_a_bad_document_serves_reconnecting_proxies_and_status_names_it(tmp_path, capsys, monkeypatch):
     write_catalog(tmp_path / "catalog")
     store_dir = tmp_path / "state" / "resources"
     DirectoryStore(store_dir).apply(load_documents(GOOD.replace("s1", "details"), "good.yaml"))
@@ -258,6 +258,14 @@ def test_restart_with_a_bad_document_serves_reconnecting_proxies_and_status_name
         assert {t.name for t in status.threads} >= {"mesh-build", "catalog-watch", "resource-watch",
                                                     "serving-cert", "ca-rotation"}
         assert status.to_json()["sources"][1]["rejected"][0]["key"] == rejected.key
+        # meshctl status names the source, the key and the error.
+        from meshcore.cli.main import main as meshctl
+
+        token = (tmp_path / "state" / "admin.token").read_text().strip()
+        monkeypatch.setenv("MESHCORE_TOKEN", token)
+        assert meshctl(["status", "--server", plane.addresses["http"]]) == 0
+        out = capsys.readouterr().out
+        assert "resources  ok" in out and f"rejected {rejected.key}: spec.selector" in out
     finally:
         plane.stop()
 
