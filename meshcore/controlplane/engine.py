@@ -236,6 +236,8 @@ class MeshEngine:
                         return
                     update = self._source.poll(index, POLL_WAIT_S)
                     self.catalog_changed(update)
+                    if self.metrics is not None:
+                        self.metrics.catalog_holding.set(1 if update.extra.get("holding") else 0)
             self.source_error = ""
             index = self._catalog_index = update.index
 
@@ -316,6 +318,8 @@ class MeshEngine:
         for where in self.rejected.keys() - rejected.keys():
             log.info("stored resource no longer rejected (fixed or removed): %s", where)
         self._checked, self.rejected = memo, rejected
+        if self.metrics is not None:
+            self.metrics.resources_rejected.set(len(rejected))
         return kept
 
     @staticmethod

@@ -203,6 +203,21 @@ def test_a_critical_sidecar_makes_its_instance_unhealthy(consul_http, source):
     assert inst.healthy
 
 
+def test_a_malformed_catalog_entry_is_skipped_not_the_read(caplog):
+    from meshcore.catalog.consul import assemble_catalog
+
+    def entry(sid: str, port):
+        return [{"Node": "vm1", "Address": "10.0.0.1", "ServiceID": sid, "ServiceName": sid, "ServicePort": port},
+                {"Node": "vm1", "Address": "10.0.0.1", "ServiceID": f"{sid}-sidecar-proxy", "ServiceKind": "connect-proxy",
+                 "ServiceName": f"{sid}-sidecar-proxy", "ServicePort": 21000,
+                 "ServiceProxy": {"DestinationServiceID": sid, "DestinationServiceName": sid}}]
+
+    catalog = assemble_catalog([{"Node": "vm1", "Address": "10.0.0.1"}],
+                               {"good": entry("good", 80), "bad": entry("bad", "eighty")}, [])
+    assert [i.service for i in catalog.instances] == ["good"]
+    assert "skipping a Consul catalog entry" in caplog.text and "service=bad" in caplog.text
+
+
 # ---------------------------------------------------------------------------- blocking
 def test_poll_wakes_on_registration(consul_http, source):
     first = source.poll(None, 0)

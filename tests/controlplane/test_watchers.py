@@ -295,3 +295,44 @@ def test_a_proxy_whose_build_failed_is_not_synced(tmp_path, monkeypatch):
             assert plane.cache.synced(node), "the cache still holds its last good config, ACKed"
     finally:
         plane.stop()
+
+
+class FlakyCatalog(SteppedCatalog):
+    """Raises an unexpected error (not a meshcore one) on its second poll, as a bug in a source would."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.polls = 0
+
+    def poll(self, index, wait):
+        self.polls += 1
+        if self.polls == 2:
+            raise KeyError("Node")
+        return super().poll(index, wait)
+
+
+def test_a_catalog_read_that_raises_anything_is_reported_with_its_index_and_retried(tmp_path, caplog):
+    source = FlakyCatalog(generated_catalog())
+    metrics = ControlPlaneMetrics()
+    engine = MeshEngine(source, DirectoryStore(tmp_path / "resources"), SnapshotCache(), trust_domain="cluster.local",
+                        metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="meshcore.controlplane"):
+        engine.start()
+        try:
+            assert engine.ready.wait(WAIT)
+            source.set(source.catalog)  # wakes the first blocking poll; the second one raises
+            _wait(lambda: source.polls >= 3, "the catalog watch to retry")
+            assert any("catalog watch failed unexpectedly" in r.getMessage() and "KeyError" in r.getMessage()
+                       and r.exc_info is None for r in caplog.records if r.levelno == logging.ERROR)
+            assert "catalog watch at index" in engine.last_error and "KeyError" in engine.last_error
+            assert metrics.registry.get_sample_value("meshcore_catalog_watch_errors_total") == 1
+            changed, victim = _without_an_instance(source.catalog)
+            source.set(changed)
+            _wait(lambda: not next(i for i in engine.snapshot.catalog.instances if i.id == victim).healthy,
+                  "later changes to arrive")
+            _wait(lambda: engine.source_error == "", "the error to clear after a good read")
+            assert all(t.is_alive() for t in engine._threads)
+            assert metrics.registry.get_sample_value("meshcore_thread_restarts_total", {"thread": "catalog-watch"}) is None
+        finally:
+            engine.stop()
+            source.close()
