@@ -313,7 +313,7 @@ class ControlPlane:
                 delay = min(RENEW_RETRY_FIRST_S * 2 ** (failures - 1), RENEW_RETRY_MAX_S)
                 self._renew_at = time.time() + delay
                 self._serving_error = describe_failure(exc)
-                log.error("renewing the control plane's serving certificate failed, retrying in %.0fs (the current "
+                log.error("renewing the control plane's serving certificate failed, retrying in %.1fs (the current "
                           "one is served until then): %s", delay, self._serving_error)
                 if not isinstance(exc, (MeshError, OSError)):
                     log.debug("serving certificate renewal failed", exc_info=True)
