@@ -86,6 +86,23 @@ class Supervisor:
             health.alive = False
 
 
+def _log_thread_death(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: a thread outside the supervisor that dies is one ERROR line, not a bare
+    traceback on stderr (the traceback goes to DEBUG)."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("thread died thread=%s error=%s: %s (not supervised: what it did has stopped; report this with the "
+              "DEBUG traceback)", name, args.exc_type.__name__, args.exc_value)
+    if args.exc_value is not None:
+        log.debug("traceback of thread=%s", name, exc_info=args.exc_value)
+
+
+def install_thread_excepthook() -> None:
+    """Route deaths of unsupervised threads to the log (see :func:`_log_thread_death`); idempotent."""
+    threading.excepthook = _log_thread_death
+
+
 @contextlib.contextmanager
 def doing(what: str) -> Iterator[None]:
     """Tag an exception raised inside with what was being done (``describe_failure`` says it): an OSError
@@ -112,4 +129,4 @@ def describe_failure(exc: BaseException) -> str:
     return f"{what}: {text}" if what else text
 
 
-__all__ = ["Supervisor", "ThreadHealth", "describe_failure", "doing"]
+__all__ = ["Supervisor", "ThreadHealth", "describe_failure", "doing", "install_thread_excepthook"]

@@ -61,7 +61,7 @@ from .canary import add_routes as add_canary_routes
 from .canary import for_control_plane as canaries_for
 from .dashboard_api import add_routes as add_dashboard_routes
 from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
-from ._supervise import Supervisor, describe_failure
+from ._supervise import Supervisor, describe_failure, install_thread_excepthook
 from ._supervise import doing as _doing
 from .engine import MeshEngine
 from .federation_api import add_federation_routes, open_federation
@@ -392,6 +392,7 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        install_thread_excepthook()  # any thread that still dies: one ERROR line, never a bare traceback
         self._apply_ca(reissue=True)
         key_pem, chain_pem = self._serving
         authorize = mtls_node_authorizer(self.ca.trust_domain)

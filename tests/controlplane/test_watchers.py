@@ -336,3 +336,21 @@ def test_a_catalog_read_that_raises_anything_is_reported_with_its_index_and_retr
         finally:
             engine.stop()
             source.close()
+
+
+def test_an_unsupervised_thread_that_dies_is_one_error_line(caplog, capsys, monkeypatch):
+    from meshcore.controlplane._supervise import install_thread_excepthook
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored after the test
+    install_thread_excepthook()
+
+    def boom():
+        raise ValueError("bad index")
+
+    with caplog.at_level(logging.DEBUG, logger="meshcore.controlplane.supervisor"):
+        t = threading.Thread(target=boom, name="some-worker")
+        t.start()
+        t.join(5)
+    (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "thread=some-worker" in line.getMessage() and "ValueError: bad index" in line.getMessage()
+    assert line.exc_info is None and "Traceback" not in capsys.readouterr().err
