@@ -218,6 +218,28 @@ def test_a_malformed_catalog_entry_is_skipped_not_the_read(caplog):
     assert "skipping a Consul catalog entry" in caplog.text and "service=bad" in caplog.text
 
 
+def test_a_failed_watch_is_followed_by_an_immediate_re_read(consul_http, source, monkeypatch):
+    """A consul-watch query that fails with anything (here a bug's ValueError) is handed to the poller, which
+    raises it (the engine reports it with the index); the next poll reads at once instead of blocking at an
+    index a restarted Consul may not reach for a whole wait."""
+    web = consul_http.unique("web")
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
+    first = source.poll(None, 0)
+    real = source._blocking_index
+
+    def broken(endpoint, index, wait):
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+
+    monkeypatch.setattr(source, "_blocking_index", broken)
+    with pytest.raises(ValueError):
+        source.poll(first.index, 5)
+    monkeypatch.setattr(source, "_blocking_index", real)
+    started = time.monotonic()
+    again = source.poll(first.index, 5)
+    assert time.monotonic() - started < 2.0 and again.extra["reason"] == "re-read after an error"
+    assert [i.service for i in _mine(again.catalog, consul_http)] == [web]
+
+
 # ---------------------------------------------------------------------------- blocking
 def test_poll_wakes_on_registration(consul_http, source):
     first = source.poll(None, 0)
