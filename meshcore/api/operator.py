@@ -61,6 +61,42 @@ class ProxyStatus(Wire):
 
 
 @dataclass(frozen=True)
+class RejectedResource(Wire):
+    """A stored document the control plane left out of the mesh: where it is, and why."""
+
+    key: str  # kind/namespace/name and its file or Consul KV key
+    error: str
+
+
+@dataclass(frozen=True)
+class SourceStatus(Wire):
+    """One source the mesh is built from (``catalog``, ``resources``) and how it is doing.
+
+    ``state``: ``ok``; ``error`` (its last read failed; the mesh keeps what it last read); ``holding`` (its
+    answer looked like lost data, e.g. Consul restarted empty: the last good contents are held, ``detail``
+    says until when); ``starting`` (nothing read yet)."""
+
+    name: str
+    kind: str = ""
+    state: str = "starting"
+    detail: str = omit_empty()
+    index: int = 0
+    error: str = omit_empty()
+    error_at: str = omit_empty()  # RFC 3339 (UTC)
+    rejected: tuple[RejectedResource, ...] = omit_empty(())
+
+
+@dataclass(frozen=True)
+class ThreadStatus(Wire):
+    """A supervised background loop: restarted ``restarts`` times (each a bug: its error is kept)."""
+
+    name: str
+    alive: bool = True
+    restarts: int = 0
+    last_error: str = omit_empty()
+
+
+@dataclass(frozen=True)
 class ControlPlaneStatus(Wire):
     xds: str = ""
     api: str = ""
@@ -70,6 +106,15 @@ class ControlPlaneStatus(Wire):
     snapshot: str = ""  # the mesh snapshot's hash
     catalog_error: str = ""
     store_error: str = ""
+    build_error: str = omit_empty()  # the last rebuild failed (retried with backoff; proxies keep their config)
+    last_error: str = omit_empty()  # the most recent error of any source or the builder, with time and source
+    sources: tuple[SourceStatus, ...] = ()
+    threads: tuple[ThreadStatus, ...] = omit_empty(())
+
+    @property
+    def healthy(self) -> bool:
+        """Every source ``ok``, nothing rejected, no failed rebuild."""
+        return not self.build_error and all(s.state == "ok" and not s.rejected for s in self.sources)
 
 
 @dataclass(frozen=True)
@@ -668,7 +713,7 @@ __all__ = [
     "AuthzTarget", "AuthzVerdict", "DryRunResponse", "Health", "JoinTokenInfo", "ProxyDiff", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
     "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
     "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
-    "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "ResourceFile",
-    "ResourceQuery", "RootInfo", "ServiceStatus", "SpiffeBundleExport", "StatusResponse", "TokenRequest",
+    "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "RejectedResource", "ResourceFile",
+    "ResourceQuery", "RootInfo", "ServiceStatus", "SourceStatus", "SpiffeBundleExport", "StatusResponse", "ThreadStatus", "TokenRequest",
     "TokenResponse", "TrustBundle", "TrustBundleImport", "TrustBundleRemoved", "resolve_kind",
 ]

@@ -12,7 +12,7 @@ from .._lazy import lazy_exports
 from .definitions import NodeDefinition, ServiceDefinition, load_node_dir, parse_definition
 from .files import FileCatalogSource
 from .model import Catalog, CatalogUpdate, Node, ServiceInstance, Upstream
-from .source import CatalogSource
+from .source import CatalogSource, HealthReporting, SourceHealth
 
 if TYPE_CHECKING:
     from .consul import ConsulCatalogSource, ConsulSettings
@@ -23,7 +23,7 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
-    "Catalog", "CatalogUpdate", "Node", "ServiceInstance", "Upstream", "CatalogSource",
+    "Catalog", "CatalogUpdate", "Node", "ServiceInstance", "Upstream", "CatalogSource", "HealthReporting", "SourceHealth",
     "ConsulCatalogSource", "ConsulSettings", "FileCatalogSource",
     "NodeDefinition", "ServiceDefinition", "load_node_dir", "parse_definition",
 ]

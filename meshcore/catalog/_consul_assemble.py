@@ -11,7 +11,11 @@ for every service, and ``/v1/health/state/any``. Rules:
   ``Proxy.LocalServiceAddress``/``LocalServicePort`` (default 127.0.0.1 and the service port);
 * an instance without a sidecar is not in the mesh (it has no mesh port) and is left out, except
   an ``ingress-gateway``, which is its own proxy (mesh port = its service port);
-* ``healthy`` means every check of the instance and of its node is passing.
+* ``healthy`` means every check of the instance, of its sidecar proxy and of its node is passing: the
+  sidecar's own checks count as Consul counts them for ``/v1/health/connect/<service>`` (the connect
+  endpoint answers with the proxy instances, their checks and their node's checks, so a critical sidecar,
+  e.g. its "Connect Sidecar Listening" TCP check when Envoy is down, takes the instance out, as in
+  Consul's UI since consul#12279: "if the proxy instance is unhealthy then so is the service instance").
 """
 
 from __future__ import annotations
@@ -82,6 +86,59 @@ def _sidecar_index(entries: Iterable[Mapping]) -> tuple[dict[tuple[str, str], Ma
     return by_id, by_name
 
 
+def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tuple[str, str], bool],
+              per_node: Mapping[str, bool], by_id: Mapping[tuple[str, str], Mapping],
+              by_name: Mapping[tuple[str, str], list[Mapping]]) -> ServiceInstance | None:
+    """One catalog entry as a mesh instance (None: not a meshcore workload, e.g. a sidecar or no sidecar)."""
+    kind = e.get("ServiceKind") or ""
+    name = e.get("ServiceName") or ""
+    if kind == PROXY_KIND or name in IGNORED_SERVICES:
+        return None
+    node = e.get("Node") or ""
+    node_address = e.get("Address") or node_objs[node].address
+    address = e.get("ServiceAddress") or node_address
+    sidecar_id = ""
+    if kind in SELF_PROXIED_KINDS:
+        proxy = e.get("ServiceProxy") or {}
+        mesh_address, mesh_port = address, int(e.get("ServicePort") or 0)
+    elif kind == "":
+        sidecar = by_id.get((node, e.get("ServiceID", "")))
+        if sidecar is None:
+            candidates = by_name.get((node, name), [])
+            sidecar = candidates[0] if len(candidates) == 1 else None
+        if sidecar is None:
+            log.debug("instance has no sidecar proxy; not in the mesh node=%s service=%s id=%s",
+                      node, name, e.get("ServiceID"))
+            return None
+        proxy = sidecar.get("ServiceProxy") or {}
+        sidecar_id = sidecar.get("ServiceID") or ""
+        mesh_address = sidecar.get("ServiceAddress") or node_address
+        mesh_port = int(sidecar.get("ServicePort") or 0)
+    else:
+        return None  # mesh/terminating/api gateways are not meshcore workloads
+    healthy = per_service.get((node, e.get("ServiceID", "")), True) and per_node.get(node, True)
+    if sidecar_id and healthy and not per_service.get((node, sidecar_id), True):
+        healthy = False  # its sidecar proxy is not (the app may be fine, but no request reaches it)
+        log.debug("sidecar proxy not passing: instance unhealthy node=%s service=%s id=%s sidecar=%s",
+                  node, name, e.get("ServiceID"), sidecar_id)
+    return ServiceInstance(
+        service=name,
+        id=e.get("ServiceID") or name,
+        node=node,
+        port=int(proxy.get("LocalServicePort") or e.get("ServicePort") or 0),
+        mesh_address=mesh_address,
+        mesh_port=mesh_port,
+        local_service_address=proxy.get("LocalServiceAddress") or "127.0.0.1",
+        address=address,
+        kind=kind,
+        tags=tuple(e.get("ServiceTags") or ()),
+        meta=_meta(e.get("ServiceMeta")),
+        healthy=healthy,
+        upstreams=upstreams_of(proxy),
+        datacenter=e.get("Datacenter") or node_objs[node].datacenter,
+    )
+
+
 def assemble_catalog(
     nodes: Iterable[Mapping],
     services: Mapping[str, Iterable[Mapping]],
@@ -102,45 +159,13 @@ def assemble_catalog(
 
     instances = []
     for e in entries:
-        kind = e.get("ServiceKind") or ""
-        name = e.get("ServiceName") or ""
-        if kind == PROXY_KIND or name in IGNORED_SERVICES:
+        try:
+            inst = _instance(e, node_objs, per_service, per_node, by_id, by_name)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # One malformed entry (a registration Consul accepted but meshcore cannot use) is skipped, not the read.
+            log.warning("skipping a Consul catalog entry meshcore cannot use node=%s service=%s id=%s: %s: %s",
+                        e.get("Node"), e.get("ServiceName"), e.get("ServiceID"), type(exc).__name__, exc)
             continue
-        node = e.get("Node") or ""
-        node_address = e.get("Address") or node_objs[node].address
-        address = e.get("ServiceAddress") or node_address
-        if kind in SELF_PROXIED_KINDS:
-            proxy = e.get("ServiceProxy") or {}
-            mesh_address, mesh_port = address, int(e.get("ServicePort") or 0)
-        elif kind == "":
-            sidecar = by_id.get((node, e.get("ServiceID", "")))
-            if sidecar is None:
-                candidates = by_name.get((node, name), [])
-                sidecar = candidates[0] if len(candidates) == 1 else None
-            if sidecar is None:
-                log.debug("instance has no sidecar proxy; not in the mesh node=%s service=%s id=%s",
-                          node, name, e.get("ServiceID"))
-                continue
-            proxy = sidecar.get("ServiceProxy") or {}
-            mesh_address = sidecar.get("ServiceAddress") or node_address
-            mesh_port = int(sidecar.get("ServicePort") or 0)
-        else:
-            continue  # mesh/terminating/api gateways are not meshcore workloads
-        healthy = per_service.get((node, e.get("ServiceID", "")), True) and per_node.get(node, True)
-        instances.append(ServiceInstance(
-            service=name,
-            id=e.get("ServiceID") or name,
-            node=node,
-            port=int(proxy.get("LocalServicePort") or e.get("ServicePort") or 0),
-            mesh_address=mesh_address,
-            mesh_port=mesh_port,
-            local_service_address=proxy.get("LocalServiceAddress") or "127.0.0.1",
-            address=address,
-            kind=kind,
-            tags=tuple(e.get("ServiceTags") or ()),
-            meta=_meta(e.get("ServiceMeta")),
-            healthy=healthy,
-            upstreams=upstreams_of(proxy),
-            datacenter=e.get("Datacenter") or node_objs[node].datacenter,
-        ))
+        if inst is not None:
+            instances.append(inst)
     return Catalog.of(node_objs.values(), instances)

@@ -19,6 +19,11 @@ endpoint; the source remembers the per-endpoint indexes behind the index it hand
 Index handling follows Consul's blocking-query rules: an index that goes backwards (a snapshot
 restore, ...) or is 0 means "reset": do a full read and start over from what it returned; an
 index below 1 is used as 1, so a query never turns into a non-blocking busy loop.
+
+Last known good (:mod:`._consul_hold`): a read right after an index reset that lacks instances of the
+last good catalog, or one in which more than ``shrink_threshold`` of the instances vanished at once, is
+suspect (Consul restarted empty, agents not re-registered yet): the missing instances are held as last
+seen for up to ``hold_s`` seconds or until they re-register, with a WARNING; :meth:`health` says so.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ import consul
 from ..errors import ConsulAuthError, ConsulError
 from ._consul_assemble import IGNORED_SERVICES, assemble_catalog
 from ._consul_calls import consul_errors
+from ._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD, CatalogHold
 from ._consul_settings import ConsulSettings
 from .model import Catalog, CatalogUpdate
+from .source import SourceHealth
 
 __all__ = ["ConsulCatalogSource", "ConsulSettings", "assemble_catalog"]
 
@@ -73,8 +80,10 @@ def _spawn(fn: Callable[..., int], *args) -> Future:
 class ConsulCatalogSource:
     """A :class:`~meshcore.catalog.source.CatalogSource` reading Consul (see the module docstring)."""
 
-    def __init__(self, settings: ConsulSettings):
+    def __init__(self, settings: ConsulSettings, *, hold_s: float = DEFAULT_HOLD_S,
+                 shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        self._hold = CatalogHold(hold_s, shrink_threshold, clock=clock, where=settings.address)
         self._local = threading.local()
         self._client_generation = 0
         self._lock = threading.Lock()
@@ -83,6 +92,7 @@ class ConsulCatalogSource:
         self._catalog: Catalog | None = None
         self._watches: dict[str, _Watch] = {}
         self._closed = threading.Event()  # set by close(): a poll blocked on Consul returns at once
+        self._reread = False  # the last poll failed: the next one reads at once (see poll)
 
     # ------------------------------------------------------------------ clients
     def _client(self) -> consul.Consul:
@@ -148,12 +158,34 @@ class ConsulCatalogSource:
         with self._lock:
             ours = bool(self._indexes) and index == self._combined
             known = dict(self._indexes) if ours and self._indexes else {e: index for e in WATCHED}
+            reread, self._reread = self._reread, False
+        if reread:
+            # The last poll failed (Consul unreachable, restarted?): read at once instead of blocking at an
+            # index a restarted Consul may never reach again; a reset is seen now, not after a whole wait.
+            try:
+                return self._refresh(known if ours else None, reason="re-read after an error", previous_index=index)
+            except Exception:
+                self._reread = True
+                raise
         # Consul holds a blocking query for wait plus up to wait/16 of jitter: allow for that (and a
         # little transport time) so the answer - possibly "index went backwards" - is not missed.
         wait = max(0.0, wait)
+        held = self._hold.remaining()
+        if held is not None:
+            wait = min(wait, held + 0.05)  # a hold ends on time even when Consul stays quiet
         grace = min(_GRACE, 0.05 + wait / 4)
-        outcome = self._wait_for_change(known, wait, time.monotonic() + wait + wait / 16 + grace)
+        try:
+            outcome = self._wait_for_change(known, wait, time.monotonic() + wait + wait / 16 + grace)
+        except Exception:
+            self._reread = True
+            raise
         if outcome == "timeout" and ours and self._catalog is not None:
+            if self._hold.state is not None and self._hold.remaining() == 0 and self._hold.last_read is not None:
+                catalog = self._hold.publish(self._hold.last_read, index=index)  # expired: Consul's read as it is
+                with self._lock:
+                    self._catalog = catalog
+                return CatalogUpdate(catalog, index, extra={"changed": True, "reason": "hold expired",
+                                                            "indexes": dict(known)})
             return CatalogUpdate(self._catalog, index, extra={"changed": False, "indexes": dict(known)})
         return self._refresh(known if ours else None, reason=outcome, previous_index=index)
 
@@ -169,12 +201,21 @@ class ConsulCatalogSource:
                         self.settings.address, previous or previous_index, indexes)
         indexes = {e: max(1, i) for e, i in indexes.items()}  # never block on an index < 1
         combined = max(indexes.values())
+        before = max(previous.values()) if previous is not None else previous_index
+        catalog = self._hold.publish(catalog, reset=reset, index=combined, previous_index=before)
         with self._lock:
             self._indexes, self._combined, self._catalog = indexes, combined, catalog
         log.debug("catalog read consul=%s index=%d reason=%s instances=%d", self.settings.address, combined,
                   reason, len(catalog.instances))
         return CatalogUpdate(catalog, combined, extra={"changed": True, "reset": reset, "reason": reason,
-                                                       "indexes": dict(indexes)})
+                                                       "indexes": dict(indexes), "holding": self._hold.state is not None})
+
+    def health(self) -> SourceHealth:
+        """``holding`` while last good instances are held (see the module docstring), else ``ok``."""
+        detail = self._hold.describe()
+        return SourceHealth(name="catalog", kind=f"consul {self.settings.address}",
+                            state="holding" if detail else ("ok" if self._catalog is not None else "starting"),
+                            detail=detail, index=self._combined or 0)
 
     def _wait_for_change(self, known: dict[str, int], wait: float, deadline: float) -> str:
         """Block on all watched endpoints; "changed", "reset" (an index went backwards) or "timeout"."""

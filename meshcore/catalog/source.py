@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from .model import CatalogUpdate
@@ -25,3 +26,29 @@ class CatalogSource(Protocol):
     def poll(self, index: int | None, wait: float) -> CatalogUpdate: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    """How a source (the catalog, the resource store) is doing, for ``meshctl status``.
+
+    ``state`` is ``ok``, ``error`` (its last read failed: the mesh keeps what it last read from it),
+    ``holding`` (it answered, but the answer looked like lost data: the last good contents are held, see
+    :mod:`meshcore.catalog.consul`) or ``starting`` (nothing read yet). ``rejected`` lists the documents
+    left out as ``(key, error)`` (for the resource store: a stored document that fails validation).
+    """
+
+    name: str  # "catalog" or "resources"
+    kind: str = ""  # e.g. "consul http://127.0.0.1:8500", "directory /var/lib/meshcore/resources"
+    state: str = "starting"
+    detail: str = ""
+    index: int = 0
+    error: str = ""  # the last error ("" once a read succeeds again)
+    error_at: float = 0.0  # epoch seconds of ``error``
+    rejected: tuple[tuple[str, str], ...] = ()
+
+
+class HealthReporting(Protocol):
+    """Optional: a source that knows more of its own state than its errors (the Consul source's hold)."""
+
+    def health(self) -> SourceHealth: ...

@@ -114,9 +114,25 @@ def cmd_status(args) -> int:
     def table(_):
         cp = status.control_plane
         print(f"control plane  http {cp.http}  xds {cp.xds}  trust domain {cp.trust_domain}  snapshot {cp.snapshot}")
-        for key, value in (("catalog error", cp.catalog_error), ("store error", cp.store_error)):
-            if value:
-                print(f"  {key}: {value}")
+        for src in cp.sources:  # each source's health: ok, error, holding (last good kept), starting
+            line = f"  {src.name:<10} {src.state:<8} {src.kind}" + (f"  index {src.index}" if src.index else "")
+            print(line + (f"  ({src.detail})" if src.detail else ""))
+            if src.error:
+                print(f"    error{' at ' + src.error_at if src.error_at else ''}: {src.error}")
+            for rejected in src.rejected:
+                print(f"    rejected {rejected.key}: {rejected.error}")
+        if not cp.sources:  # an older control plane
+            for key, value in (("catalog error", cp.catalog_error), ("store error", cp.store_error)):
+                if value:
+                    print(f"  {key}: {value}")
+        if cp.build_error:
+            print(f"  build error: {cp.build_error}")
+        for t in cp.threads:
+            if t.restarts or not t.alive or t.last_error:
+                print(f"  thread {t.name}: {'running' if t.alive else 'stopped'}, restarted {t.restarts} times"
+                      + (f", last error: {t.last_error}" if t.last_error else ""))
+        if cp.last_error:
+            print(f"  last error: {cp.last_error}")
         print()
         rows = []
         for p in status.proxies:

@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import naming
+from ..catalog._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD
 from .._files import atomic_write
 from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
 from ..ca.authority import DEFAULT_NODE_TTL, DEFAULT_RECOVERY_GRACE
@@ -39,7 +40,8 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
-from ..api.operator import ControlPlaneStatus, GatewayStatus, ProxyStatus, ServiceStatus, StatusResponse
+from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
+                            SourceStatus, StatusResponse, ThreadStatus)
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, catalog_address, scrape_url
@@ -61,6 +63,8 @@ from .canary import add_routes as add_canary_routes
 from .canary import for_control_plane as canaries_for
 from .dashboard_api import add_routes as add_dashboard_routes
 from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
+from ._supervise import Supervisor, describe_failure, install_thread_excepthook
+from ._supervise import doing as _doing
 from .engine import MeshEngine
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
@@ -75,6 +79,11 @@ log = logging.getLogger("meshcore.controlplane")
 
 STATE_FILE = "controlplane.json"
 CA_WATCH_S = 5.0  # seconds between the CA watcher's looks when nothing wakes it
+MIN_RENEW_S = 1.0
+"""The serving certificate is renewed at half its remaining life, never sooner than this after an issuance."""
+RENEW_RETRY_FIRST_S = 2.0
+RENEW_RETRY_MAX_S = 60.0
+"""A failed renewal (a full disk, ...) is retried after this backoff, doubling from :data:`RENEW_RETRY_FIRST_S`."""
 
 
 @dataclass
@@ -106,6 +115,10 @@ class Settings:
     xds_max_streams: int = 0
     xds_first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S
     agent_max_waiting: int = DEFAULT_MAX_WAITING  # agents' blocking /v1/agent/services calls held at once
+    # Last known good through Consul faults (meshcore.catalog._consul_hold): how long missing instances are
+    # held after an index reset or a drastic shrink, and the fraction that may vanish in one update.
+    catalog_hold: float = DEFAULT_HOLD_S
+    catalog_shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -115,12 +128,12 @@ def _split_source(spec: str, what: str) -> tuple[str, str]:
     return kind, arg
 
 
-def open_catalog(spec: str):
+def open_catalog(spec: str, hold_s: float = DEFAULT_HOLD_S, shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD):
     kind, arg = _split_source(spec, "catalog")
     if kind == "consul":
         from ..catalog.consul import ConsulCatalogSource, ConsulSettings
 
-        return ConsulCatalogSource(ConsulSettings.from_env())
+        return ConsulCatalogSource(ConsulSettings.from_env(), hold_s=hold_s, shrink_threshold=shrink_threshold)
     if kind != "files" or not arg:
         raise ConfigError(f"--catalog {spec!r}: use files:DIR (Consul service-definition files) or consul")
     from ..catalog.files import FileCatalogSource
@@ -140,6 +153,10 @@ def open_store(spec: str, state_dir: Path):
     from ..resources.dir_store import DirectoryStore
 
     return DirectoryStore(Path(arg))
+
+
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _host_of(bind: str) -> str:
@@ -171,7 +188,8 @@ class ControlPlane:
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
-        self.source = catalog_source or open_catalog(settings.catalog)
+        self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
+                                                     settings.catalog_shrink_threshold)
         self.store = store or open_store(settings.store, state)
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
@@ -191,6 +209,10 @@ class ControlPlane:
         self._ca_wake = threading.Event()
         self.addresses: dict[str, str] = {}
         self._stopped = threading.Event()
+        self._renew_at = 0.0
+        self.serving_issuances = 0  # serving certificates issued by this process (renewals + rotations)
+        self._serving_error = ""  # why the last renewal failed ("" once one succeeds)
+        self.supervisor = Supervisor(self._stopped, on_restart=lambda t: self.metrics.thread_restarts.labels(thread=t).inc())
         # The features get the narrow interfaces they use (_contexts.py), never this object.
         self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
         # stats -> Signals: the collector reads only its scrape targets (cheap, cached per catalog), not status
@@ -235,12 +257,16 @@ class ControlPlane:
                 if h:
                     dns.append(h)
         spiffe_id = naming.control_plane_spiffe_id(self.ca.trust_domain)
+        issued_at = time.time()
         issued = self.ca.sign_csr(make_csr(key, spiffe_id), spiffe_id=spiffe_id,
                                   dns_names=dns, ip_addresses=ips or ["127.0.0.1"])
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
-        renew_at = issued.not_before.timestamp() + (issued.not_after - issued.not_before).total_seconds() / 2
-        return key_pem, issued.chain_pem, renew_at
+        self.serving_issuances += 1
+        # Half of the life left from now, not from not_before: the CA backdates not_before for clock skew
+        # (a minute), which made leaves shorter than two minutes due at once, re-issued in a loop.
+        remaining = issued.not_after.timestamp() - issued_at
+        return key_pem, issued.chain_pem, issued_at + max(remaining / 2, MIN_RENEW_S)
 
     def _https_context(self, key_pem: str, chain_pem: str) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -267,32 +293,49 @@ class ControlPlane:
         New connections get it; open ones keep theirs (no restart)."""
         with self._serving_lock:
             if reissue or not self._serving[0]:
-                key_pem, chain_pem, self._renew_at = self._serving_identity()
+                with _doing(f"issuing the serving certificate (CA state in {self.settings.state_dir / 'ca'})"):
+                    key_pem, chain_pem, renew_at = self._serving_identity()
                 self._serving = (key_pem, chain_pem)
+                self._renew_at = renew_at
             key_pem, chain_pem = self._serving
             bundle = self.ca.bundle_pem()
             self._grpc_identity = (key_pem, chain_pem, bundle)
-            if self._api_server is not None:
-                self._api_server.set_tls(self._https_context(key_pem, chain_pem))
-            if self._operator_tls is not None:
-                self._operator_tls.set_tls(self._https_context(key_pem, chain_pem))
+            with _doing("loading the serving certificate into the HTTPS listeners (a private temporary directory)"):
+                if self._api_server is not None:
+                    self._api_server.set_tls(self._https_context(key_pem, chain_pem))
+                if self._operator_tls is not None:
+                    self._operator_tls.set_tls(self._https_context(key_pem, chain_pem))
             if bundle != self._applied_bundle:
-                self._write_bundle_file(bundle)
+                with _doing(f"writing {self.settings.state_dir / 'ca' / 'bundle.pem'}"):
+                    self._write_bundle_file(bundle)
                 self._applied_bundle = bundle
         if self.agent_api is not None:
             self.agent_api.changed()  # agents waiting on /v1/agent/services see the new CA state now
 
     def _rotate_serving_identity(self) -> None:
-        """Renew the serving certificate at half life; new connections get the new one (no restart)."""
+        """Renew the serving certificate at half its life; new connections get the new one (no restart).
+
+        Any failure (a full disk, an unreadable CA state file: not only meshcore's errors) is logged with
+        what was being done and the file, and retried with backoff; the current certificate stays served."""
+        failures = 0
         while not self._stopped.wait(max(0.5, min(60.0, self._renew_at - time.time()))):
             if time.time() < self._renew_at:
                 continue
             try:
                 self._apply_ca(reissue=True)
-                log.info("control plane serving certificate renewed")
-            except MeshError as exc:
-                log.error("renewing the control plane's serving certificate failed, retrying in 10s: %s", exc)
-                self._renew_at = time.time() + 10
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any failure
+                failures += 1
+                delay = min(RENEW_RETRY_FIRST_S * 2 ** (failures - 1), RENEW_RETRY_MAX_S)
+                self._renew_at = time.time() + delay
+                self._serving_error = describe_failure(exc)
+                log.error("renewing the control plane's serving certificate failed, retrying in %.1fs (the current "
+                          "one is served until then): %s", delay, self._serving_error)
+                if not isinstance(exc, (MeshError, OSError)):
+                    log.debug("serving certificate renewal failed", exc_info=True)
+                continue
+            failures = 0
+            self._serving_error = ""
+            log.info("control plane serving certificate renewed; next renewal in %.0fs", self._renew_at - time.time())
 
     # --- root rotation ---------------------------------------------------------------------
     def nodes_without_bundle(self) -> list[str]:
@@ -321,8 +364,10 @@ class ControlPlane:
                              "control plane serving certificate re-issued")
                 elif self.ca.bundle_pem() != self._applied_bundle:
                     self._apply_ca(reissue=False)
-            except MeshError as exc:
-                log.error("CA rotation step failed, retrying: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any failure
+                log.error("CA rotation step failed, retrying in 2s: %s", describe_failure(exc))
+                if not isinstance(exc, (MeshError, OSError)):
+                    log.debug("CA rotation step failed", exc_info=True)
                 self._stopped.wait(2)
 
     def ca_status(self) -> dict:
@@ -362,6 +407,7 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        install_thread_excepthook()  # any thread that still dies: one ERROR line, never a bare traceback
         self._apply_ca(reissue=True)
         key_pem, chain_pem = self._serving
         authorize = mtls_node_authorizer(self.ca.trust_domain)
@@ -416,8 +462,8 @@ class ControlPlane:
         self.alerting.start()
         self.collector.start()
         self.canaries.resume_all()
-        threading.Thread(target=self._rotate_serving_identity, name="serving-cert", daemon=True).start()
-        threading.Thread(target=self._watch_ca, name="ca-rotation", daemon=True).start()
+        self.supervisor.start("serving-cert", self._rotate_serving_identity)
+        self.supervisor.start("ca-rotation", self._watch_ca)
         self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
         if self._operator_tls is not None:
             self.addresses["https"] = f"https://{self._operator_tls.address}"
@@ -509,6 +555,7 @@ class ControlPlane:
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
                         listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams)))
         states = self.mesh.proxies()
+        snap = self.engine.snapshot
         proxies = []
         for node in sorted(set(services) | set(states)):
             state = states.get(node)
@@ -517,15 +564,45 @@ class ControlPlane:
             proxies.append(ProxyStatus(
                 node=node, services=tuple(services.get(node, ())), gateways=tuple(gateways.get(node, ())),
                 admin=admin, metrics=f"http://{metrics}/metrics" if metrics else "",
-                connected=bool(cs.get("connected_streams")), synced=self.mesh.synced(node),
+                connected=bool(cs.get("connected_streams")), synced=self._synced(node, state, snap),
                 version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
-        snap = self.engine.snapshot
         return StatusResponse(
             control_plane=ControlPlaneStatus(
                 **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
-                catalog_error=self.engine.source_error, store_error=self.engine.store_error),
+                catalog_error=self.engine.source_error, store_error=self.engine.store_error,
+                build_error=self.engine.build_error, last_error=self.engine.last_error,
+                sources=self._source_statuses(), threads=self._thread_statuses()),
             proxies=tuple(proxies))
+
+    def _synced(self, node: str, state, snap) -> bool:
+        """The proxy ACKed the latest *valid* config: the cache's versions, its last build did not fail,
+        it was built from the current snapshot, and the builder is not failing (then nothing is current)."""
+        if state is None or state.error or self.engine.build_error:
+            return False
+        if snap is not None and state.built_hash != snap.hash:
+            return False
+        return self.mesh.synced(node)
+
+    def _source_statuses(self) -> tuple[SourceStatus, ...]:
+        out = []
+        for h in self.engine.health():
+            out.append(SourceStatus(
+                name=h.name, kind=h.kind, state=h.state, detail=h.detail, index=h.index, error=h.error,
+                error_at=_rfc3339(h.error_at) if h.error_at else "",
+                rejected=tuple(RejectedResource(key=k, error=e) for k, e in h.rejected)))
+        return tuple(out)
+
+    def _thread_statuses(self) -> tuple[ThreadStatus, ...]:
+        threads = {**self.engine.supervisor.threads, **self.supervisor.threads}
+        out = []
+        for name in sorted(threads):
+            t = threads[name]
+            error = t.last_error
+            if name == "serving-cert" and self._serving_error:
+                error = f"renewal failing: {self._serving_error}"
+            out.append(ThreadStatus(name=name, alive=t.alive, restarts=t.restarts, last_error=error))
+        return tuple(out)
 
     def status(self) -> dict:
         """:meth:`status_view` as the API's JSON."""
@@ -582,6 +659,12 @@ def _check_limits(settings: Settings) -> None:
     if settings.agent_max_waiting < 0:
         raise ConfigError(f"--agent-max-waiting {settings.agent_max_waiting}: use 0 to hold no calls (agents "
                           "poll), or how many to hold at once")
+    if settings.catalog_hold < 0:
+        raise ConfigError(f"--catalog-hold {settings.catalog_hold:g}s: use 0 to publish Consul's reads as they are, "
+                          "or how long to hold missing instances (e.g. 2m)")
+    if not 0 < settings.catalog_shrink_threshold <= 1:
+        raise ConfigError(f"--catalog-shrink-threshold {settings.catalog_shrink_threshold:g}: a fraction in (0, 1], "
+                          "e.g. 0.5 (more than half the instances gone in one update is suspect)")
     if not settings.xds_first_request_timeout > 0:
         raise ConfigError(f"--xds-first-request-timeout {settings.xds_first_request_timeout:g}s: must be positive "
                           "(e.g. 30s)")
@@ -597,6 +680,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--catalog", default=env.get("MESHCORE_CATALOG", "files:/etc/consul.d"),
                    help="files:DIR (Consul service-definition files, one sub-directory per node) or consul "
                         "(uses CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) (default %(default)s)")
+    p.add_argument("--catalog-hold", default=env.get("MESHCORE_CATALOG_HOLD", f"{DEFAULT_HOLD_S:g}s"),
+                   help="Consul catalog: after an index reset (Consul restarted empty) or a drastic shrink, keep the "
+                        "missing instances as last seen for this long or until they re-register; 0s: off "
+                        "(default %(default)s)")
+    p.add_argument("--catalog-shrink-threshold", type=float,
+                   default=env.get("MESHCORE_CATALOG_SHRINK_THRESHOLD", f"{DEFAULT_SHRINK_THRESHOLD:g}"),
+                   help="Consul catalog: an update in which more than this fraction of the instances vanished "
+                        "is suspect and held (default %(default)s)")
     p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
                    help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
                         "(default dir:<state-dir>/resources)")
@@ -680,6 +771,8 @@ def main(argv=None) -> int:
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
             agent_max_waiting=args.agent_max_waiting,
+            catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
+            catalog_shrink_threshold=args.catalog_shrink_threshold,
         )
         _check_limits(settings)
         kek = load_kek(settings.kek_file)

@@ -29,12 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
+from tenacity import Retrying, stop_never, wait_random_exponential
 
 from ..catalog.model import Catalog, CatalogUpdate
-from ..catalog.source import CatalogSource
+from ..catalog.source import CatalogSource, SourceHealth
 from ..observe.tracing import ControlPlaneTracing
-from ..errors import CatalogError, MeshError, StoreError, ValidationError, XdsError
+from ..errors import MeshError, XdsError
+from ..resources.loader import validate_document
+from ..resources.model import Resource, ResourceKey
 from ..resources.store import ResourceStore
 from ..compose import build_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
@@ -43,6 +45,7 @@ from ..xds.validate import publish
 from ..xds.generate.shared import Keyed
 from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys
 from ._shared import SharedMemo, merge_deps
+from ._supervise import Supervisor
 
 if TYPE_CHECKING:
     from .metrics import ControlPlaneMetrics
@@ -57,6 +60,9 @@ MAX_DELAY_S = 0.1
 CONNECT_PRIORITY_S = 0.05
 """While a newly connected proxy is being built, the builder holds back before its next proxy (so the
 new one gets the CPU), for at most this long per proxy, so a reconnect storm cannot starve changes."""
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+"""A rebuild that failed is retried after :data:`RETRY_FIRST_S`, doubling up to this bound (never in a loop)."""
 CONNECT_GRACE_S = 30.0
 """A proxy counts as connected this long after :meth:`MeshEngine.proxy_connected` even before (or without)
 an open ADS stream in the cache (the server records the stream only once the authorizer returns)."""
@@ -130,19 +136,32 @@ class MeshEngine:
         self._memo: SharedMemo | None = None  # shared entries of snapshot number ``_memo_seq``
         self._memo_seq = 0
         self.proxies: dict[str, ProxyState] = {}  # replaced whole on insert (readers need no lock)
-        self.source_error = ""
-        self.store_error = ""
+        # Health of the sources and of the builder, for ``meshctl status`` (written by the watchers).
+        self.source_error = ""  # the catalog source's last read error ("" once a read succeeds)
+        self.store_error = ""  # the resource store's last read error
+        self.build_error = ""  # the last failed rebuild ("" once one succeeds)
+        self.last_error = ""  # the most recent error of any source or the builder, with its source and time
+        self._errors_at: dict[str, float] = {}  # "catalog"/"resources"/"build" -> epoch of its error
+        self._catalog_index: int | None = None
+        self._store_index: int | None = None
+        self._build_failures = 0
+        self._checked: dict[ResourceKey, tuple[Resource, Resource | None, str]] = {}  # per-document validation memo
+        self.rejected: dict[str, str] = {}  # stored documents left out (where they are -> why), see resources_changed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.supervisor = Supervisor(self._stop, on_restart=self._count_restart)
         self.ready = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the builder and the two watchers, each under the supervisor (a loop that dies is restarted)."""
         for target, name in ((self._build_loop, "mesh-build"), (self._catalog_loop, "catalog-watch"),
                              (self._store_loop, "resource-watch")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._threads.append(self.supervisor.start(name, target))
+
+    def _count_restart(self, thread: str) -> None:
+        if self.metrics is not None:
+            self.metrics.thread_restarts.labels(thread=thread).inc()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop building and watching. Waits up to ``timeout`` for the build thread (it may be publishing);
@@ -160,36 +179,67 @@ class MeshEngine:
         """Tenacity's sleep between retries: returns early when the engine stops."""
         self._stop.wait(seconds)
 
-    def _retrying(self, what: str, errors):
+    def _retrying(self, what: str, on_error: Callable[[BaseException], None]):
+        """Retry forever with jittered exponential backoff on any exception; ``on_error`` records each one.
+        Expected failures (meshcore's errors: Consul down, a store file being edited) log one WARNING line;
+        anything else one ERROR line with its type (the traceback at DEBUG): never a bare traceback."""
         def before_sleep(state):
             exc = state.outcome.exception()
-            log.warning("%s failed, retrying: %s", what, exc)
+            if isinstance(exc, MeshError):
+                log.warning("%s failed, retrying: %s", what, exc)
+            else:
+                log.error("%s failed unexpectedly, retrying (traceback at DEBUG level): %s: %s",
+                          what, type(exc).__name__, exc)
+                log.debug("%s failed", what, exc_info=exc)
+
+        def record(state):
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_error(exc)
+            return exc is not None
 
         return Retrying(
             wait=wait_random_exponential(multiplier=0.2, max=15), stop=stop_never,
-            retry=retry_if_exception_type(errors), sleep=self._sleep, before_sleep=before_sleep, reraise=True,
+            retry=record, sleep=self._sleep, before_sleep=before_sleep, reraise=True,
         )
+
+    def _record_error(self, source: str, message: str) -> None:
+        """Keep ``message`` as ``source``'s error (and the engine's last error) for status."""
+        now = time.time()
+        self._errors_at[source] = now
+        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))} {source}: {message}"
+        if source == "catalog":
+            self.source_error = message
+        elif source == "resources":
+            self.store_error = message
+        else:
+            self.build_error = message
+
+    def _watch_failed(self, source: str, what: str, index: int | None) -> Callable[[BaseException], None]:
+        """Records a failed read of ``source`` with the index it watched from (and counts it)."""
+        def failed(exc: BaseException) -> None:
+            where = f"{what} at index {index}" if index is not None else f"initial read ({what})"
+            detail = str(exc) if isinstance(exc, MeshError) else f"{type(exc).__name__}: {exc}"
+            self._record_error(source, f"{where}: {detail}")
+            if self.metrics is not None:
+                counter = self.metrics.catalog_watch_errors if source == "catalog" else self.metrics.store_watch_errors
+                counter.inc()
+
+        return failed
 
     def _catalog_loop(self) -> None:
         index = None
         while not self._stop.is_set():
-            try:
-                for attempt in self._retrying("catalog watch", (CatalogError, ValidationError)):
-                    with attempt:
-                        if self._stop.is_set():
-                            return
-                        try:
-                            update = self._source.poll(index, POLL_WAIT_S)
-                        except (CatalogError, ValidationError) as exc:
-                            self.source_error = str(exc)
-                            if self.metrics is not None:
-                                self.metrics.catalog_watch_errors.inc()
-                            raise
-            except (CatalogError, ValidationError):
-                continue
+            for attempt in self._retrying("catalog watch", self._watch_failed("catalog", "catalog watch", index)):
+                with attempt:
+                    if self._stop.is_set():
+                        return
+                    update = self._source.poll(index, POLL_WAIT_S)
+                    self.catalog_changed(update)
+                    if self.metrics is not None:
+                        self.metrics.catalog_holding.set(1 if update.extra.get("holding") else 0)
             self.source_error = ""
-            self.catalog_changed(update)
-            index = update.index
+            index = self._catalog_index = update.index
 
     def catalog_changed(self, update: CatalogUpdate) -> None:
         """A catalog source's update (the watcher calls this; a push-based source may too)."""
@@ -219,26 +269,76 @@ class MeshEngine:
     def _store_loop(self) -> None:
         index = None
         while not self._stop.is_set():
-            try:
-                for attempt in self._retrying("resource store watch", StoreError):
-                    with attempt:
-                        if self._stop.is_set():
-                            return
-                        try:
-                            resources, new_index = self._store.watch(index, POLL_WAIT_S)
-                        except StoreError as exc:
-                            self.store_error = str(exc)
-                            if self.metrics is not None:
-                                self.metrics.store_watch_errors.inc()
-                            raise
-            except StoreError:
-                continue
+            failed = self._watch_failed("resources", "resource store watch", index)
+            for attempt in self._retrying("resource store watch", failed):
+                with attempt:
+                    if self._stop.is_set():
+                        return
+                    resources, new_index = self._store.watch(index, POLL_WAIT_S)
+                    self.resources_changed(resources)
             self.store_error = ""
-            self.resources_changed(resources)
-            index = new_index
+            index = self._store_index = new_index
+
+    def _where(self, key: ResourceKey) -> str:
+        """Where the store keeps ``key`` (a file, a Consul KV key), for errors an operator can act on."""
+        for attr in ("path_of", "key_for"):
+            locate = getattr(self._store, attr, None)
+            if locate is not None:
+                try:
+                    return f"{key} ({locate(key)})"
+                except Exception:  # noqa: BLE001 - only a description
+                    break
+        return str(key)
+
+    def _admit(self, resources: list) -> list:
+        """The stored documents that pass validation, each checked on its own (a memo keeps the verdict
+        per unchanged document); the others are left out and kept in :attr:`rejected` with their error.
+
+        A store holds what ``meshctl apply`` validated, but a document written behind its back (a store
+        file, a Consul KV key) has not been: one nonsense spec must not stop the rest of the mesh."""
+        memo: dict[ResourceKey, tuple[Resource, Resource | None, str]] = {}
+        kept = []
+        rejected: dict[str, str] = {}
+        for res in resources:
+            key = res.key
+            seen = self._checked.get(key)
+            if seen is not None and seen[0] == res:
+                good, error = seen[1], seen[2]
+            else:
+                good, error = self._check(res)
+            memo[key] = (res, good, error)
+            if good is None:
+                where = self._where(key)
+                rejected[where] = error
+                if self.rejected.get(where) != error:
+                    log.error("stored resource rejected, the mesh is built without it: %s: %s; fix it with "
+                              "`meshctl apply` or remove it", where, error)
+            else:
+                kept.append(good)
+        for where in self.rejected.keys() - rejected.keys():
+            log.info("stored resource no longer rejected (fixed or removed): %s", where)
+        self._checked, self.rejected = memo, rejected
+        if self.metrics is not None:
+            self.metrics.resources_rejected.set(len(rejected))
+        return kept
+
+    @staticmethod
+    def _check(res: Resource) -> tuple[Resource | None, str]:
+        """``res`` validated as the loader validates a document: (the resource, "") or (None, why not)."""
+        try:
+            good, problems = validate_document(res.to_document(), str(res.key), None)
+        except Exception as exc:  # noqa: BLE001 - a validator bug rejects this document, not the store
+            return None, f"validation failed: {type(exc).__name__}: {exc}"
+        if good is None:
+            return None, "; ".join(f"{p.path or '(document)'}: {p.message}" for p in problems) or "invalid"
+        if good.key != res.key:
+            return None, f"validates as {good.key}, but is stored as {res.key}"
+        return good, ""
 
     def resources_changed(self, resources: list) -> None:
-        """The resource store's current resources (the watcher calls this)."""
+        """The resource store's current resources (the watcher calls this): each document is validated on
+        its own, and those that fail are left out (see :meth:`_admit`); the rest are applied."""
+        resources = self._admit(list(resources))
         if self._resources_loaded and resources == self._resources:
             return
         with self._wake:
@@ -246,6 +346,37 @@ class MeshEngine:
             self._resources_loaded = True
             self._pending.resources = True
             self._changed_locked("resources")
+
+    def health(self) -> tuple[SourceHealth, ...]:
+        """Each source's health: the catalog source and the resource store (with rejected documents).
+
+        A source may report more of itself with a ``health()`` of its own (the Consul catalog source's
+        hold; the stores', when they have one): its state and detail are used, with the engine's errors."""
+        out = []
+        for name, source, error, index in (("catalog", self._source, self.source_error, self._catalog_index),
+                                           ("resources", self._store, self.store_error, self._store_index)):
+            own = None
+            report = getattr(source, "health", None)
+            if callable(report):
+                try:
+                    own = report()
+                except Exception as exc:  # noqa: BLE001 - status must render whatever a source does
+                    log.debug("health() of the %s source failed: %s", name, exc)
+            if not isinstance(own, SourceHealth):
+                own = SourceHealth(name=name, kind=type(source).__name__)
+            loaded = self._catalog is not None if name == "catalog" else self._resources_loaded
+            state = own.state
+            if error:
+                state = "error"
+            elif state == "starting" and loaded:
+                state = "ok"
+            rejected = tuple(sorted(self.rejected.items())) if name == "resources" else ()
+            out.append(SourceHealth(
+                name=name, kind=own.kind or type(source).__name__, state=state, detail=own.detail,
+                index=own.index or index or 0, error=error or own.error,
+                error_at=self._errors_at.get(name, 0.0) if error else own.error_at,
+                rejected=tuple(own.rejected) + rejected))
+        return tuple(out)
 
     def set_settings(self, settings: MeshSettings) -> None:
         """New mesh settings (telemetry, federated bundles): rebuild and push if they change the snapshot."""
@@ -306,14 +437,25 @@ class MeshEngine:
             try:
                 with self.tracing.span(f"{reason} change", reason=reason) as cause:
                     self._rebuild(pending, reason, cause)
-            except Exception:  # noqa: BLE001 - the builder must outlive a bug in one rebuild
-                log.exception("rebuild failed reason=%s; the fleet keeps its last good config", reason)
+            except Exception as exc:  # noqa: BLE001 - the builder must outlive a bug in one rebuild
+                self._build_failures += 1
+                delay = min(RETRY_FIRST_S * 2 ** (self._build_failures - 1), RETRY_MAX_S)
+                self._record_error("build", f"rebuild for {reason} change failed: {type(exc).__name__}: {exc}")
+                if self.metrics is not None:
+                    self.metrics.build_errors.inc()
+                log.error("rebuild failed reason=%s error=%s: %s; the fleet keeps its last good config, retrying in "
+                          "%.0fs (traceback at DEBUG level)", reason, type(exc).__name__, exc, delay)
+                log.debug("rebuild failed reason=%s", reason, exc_info=True)
                 with self._wake:  # the sources' hints since the last good snapshot are lost: compare all next time
                     retry = self._pending
                     retry.catalog = retry.resources = retry.settings = True
                     retry.hint = None
-                    retry.first_at = retry.last_at = time.monotonic() + 1.0  # retried in a second, not in a loop
+                    # retried after a backoff, not in a loop; a new change (the fix, maybe) comes sooner
+                    retry.first_at = retry.last_at = time.monotonic() + delay - self.max_delay_s
                     retry.reasons.add("retry")
+            else:
+                self._build_failures = 0
+                self.build_error = ""
 
     def _rebuild(self, pending: _Pending, reason: str, cause) -> None:
         """Make the next snapshot and rebuild the proxies it reaches. A change that comes due while a
@@ -498,15 +640,18 @@ class MeshEngine:
                         state.shared, state.edited = session.used, frozenset(session.edited)
                 state.own_seq = seq
                 published = publish(self.cache, node, resources)
-            except (XdsError, MeshError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one proxy's failure (even a bug) fails that proxy only
                 if self.metrics is not None:
                     self.metrics.build_seconds.observe(time.monotonic() - started)
                     self.metrics.build_errors.inc()
+                expected = isinstance(exc, (XdsError, MeshError))
                 with self._lock:
-                    state.error = str(exc)
+                    state.error = str(exc) if expected else f"internal error building its config: {type(exc).__name__}: {exc}"
                     state.deps = deps  # a rejected config is rebuilt when what it read changes
                     state.built_seq, state.built_info = seq, info
-                log.error("config for node=%s not published, it keeps its last good config: %s", node, exc)
+                log.error("config for node=%s not published, it keeps its last good config: %s", node, state.error)
+                if not expected:
+                    log.debug("build of node=%s failed", node, exc_info=True)
                 return state.error
             pushed = previous is None or previous.version != published.version
             if self.metrics is not None:

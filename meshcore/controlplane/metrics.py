@@ -65,6 +65,16 @@ class ControlPlaneMetrics:
         self.store_watch_errors = Counter(
             "meshcore_resource_store_watch_errors", "Failed resource store reads; the watch retries.",
             registry=self.registry)
+        self.thread_restarts = Counter(
+            "meshcore_thread_restarts", "Background loops of the control plane that died and were restarted by "
+            "the supervisor (each loop catches its own errors: any restart is a bug to report).", ["thread"],
+            registry=self.registry)
+        self.resources_rejected = Gauge(
+            "meshcore_resources_rejected", "Stored resource documents left out of the mesh because they fail "
+            "validation (meshctl status names them).", registry=self.registry)
+        self.catalog_holding = Gauge(
+            "meshcore_catalog_holding", "1 while the catalog source holds last good instances after a read that "
+            "looked like lost data (an index reset or a drastic shrink), else 0.", registry=self.registry)
         self._pending_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # node -> monotonic time its current version was published
 

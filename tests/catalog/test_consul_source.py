@@ -182,6 +182,64 @@ def test_source_reads_other_nodes_and_ingress_gateways(consul_http, source):
     assert catalog.node(vm).meta == (("zone", "a"),)
 
 
+def test_a_critical_sidecar_makes_its_instance_unhealthy(consul_http, source):
+    """As Consul's /v1/health/connect/<service> counts the proxy's checks: the app may pass its own checks,
+    but with its sidecar critical (Envoy not listening) no request reaches it."""
+    double = consul_http.require_double("needs set_check_status() for the sidecar's TCP check")
+    web = consul_http.unique("web")
+    _register(consul_http, {"Name": web, "ID": f"{web}-1", "Port": 8080,
+                            "Check": {"TTL": "60s", "Status": "passing"},
+                            "Connect": {"SidecarService": {"Port": 21500}}})
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy, "app and sidecar (default TCP + alias checks) passing"
+
+    listening = f"service:{web}-1-sidecar-proxy:1"  # the sidecar's default "Connect Sidecar Listening" check
+    double.set_check_status(listening, "critical", "dial tcp: connection refused")
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy is False, "a critical sidecar takes the instance out of the endpoints"
+
+    double.set_check_status(listening, "passing")
+    (inst,) = _mine(source.poll(None, 0).catalog, consul_http)
+    assert inst.healthy
+
+
+def test_a_malformed_catalog_entry_is_skipped_not_the_read(caplog):
+    from meshcore.catalog.consul import assemble_catalog
+
+    def entry(sid: str, port):
+        return [{"Node": "vm1", "Address": "10.0.0.1", "ServiceID": sid, "ServiceName": sid, "ServicePort": port},
+                {"Node": "vm1", "Address": "10.0.0.1", "ServiceID": f"{sid}-sidecar-proxy", "ServiceKind": "connect-proxy",
+                 "ServiceName": f"{sid}-sidecar-proxy", "ServicePort": 21000,
+                 "ServiceProxy": {"DestinationServiceID": sid, "DestinationServiceName": sid}}]
+
+    catalog = assemble_catalog([{"Node": "vm1", "Address": "10.0.0.1"}],
+                               {"good": entry("good", 80), "bad": entry("bad", "eighty")}, [])
+    assert [i.service for i in catalog.instances] == ["good"]
+    assert "skipping a Consul catalog entry" in caplog.text and "service=bad" in caplog.text
+
+
+def test_a_failed_watch_is_followed_by_an_immediate_re_read(consul_http, source, monkeypatch):
+    """A consul-watch query that fails with anything (here a bug's ValueError) is handed to the poller, which
+    raises it (the engine reports it with the index); the next poll reads at once instead of blocking at an
+    index a restarted Consul may not reach for a whole wait."""
+    web = consul_http.unique("web")
+    _register(consul_http, {"Name": web, "Port": 80, "Connect": {"SidecarService": {}}})
+    first = source.poll(None, 0)
+    real = source._blocking_index
+
+    def broken(endpoint, index, wait):
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+
+    monkeypatch.setattr(source, "_blocking_index", broken)
+    with pytest.raises(ValueError):
+        source.poll(first.index, 5)
+    monkeypatch.setattr(source, "_blocking_index", real)
+    started = time.monotonic()
+    again = source.poll(first.index, 5)
+    assert time.monotonic() - started < 2.0 and again.extra["reason"] == "re-read after an error"
+    assert [i.service for i in _mine(again.catalog, consul_http)] == [web]
+
+
 # ---------------------------------------------------------------------------- blocking
 def test_poll_wakes_on_registration(consul_http, source):
     first = source.poll(None, 0)

@@ -30,7 +30,22 @@ def test_flags_and_environment(monkeypatch):
     ("xds_max_streams", -1, "--xds-max-streams"),
     ("xds_first_request_timeout", 0.0, "--xds-first-request-timeout"),
     ("agent_max_waiting", -1, "--agent-max-waiting"),
+    ("catalog_hold", -1.0, "--catalog-hold"),
+    ("catalog_shrink_threshold", 0.0, "--catalog-shrink-threshold"),
+    ("catalog_shrink_threshold", 1.5, "--catalog-shrink-threshold"),
 ])
 def test_bad_limits_are_refused_naming_the_flag(tmp_path, field, value, flag):
     with pytest.raises(ConfigError, match=flag):
         _check_limits(Settings(state_dir=tmp_path, **{field: value}))
+
+
+def test_catalog_hold_flags_reach_the_consul_source(monkeypatch):
+    from meshcore.controlplane.daemon import open_catalog
+
+    args = parse_args(["--catalog-hold", "90s", "--catalog-shrink-threshold", "0.3"])
+    assert (args.catalog_hold, args.catalog_shrink_threshold) == ("90s", 0.3)
+    monkeypatch.setenv("MESHCORE_CATALOG_HOLD", "0s")
+    assert parse_args([]).catalog_hold == "0s"
+    source = open_catalog("consul", 90.0, 0.3)
+    assert (source._hold.hold_s, source._hold.shrink_threshold) == (90.0, 0.3)
+    source.close()
