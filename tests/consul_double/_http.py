@@ -27,6 +27,7 @@ log = logging.getLogger("consul_double")
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
+MAX_TXN_BODY = 512 * 1024  # limits.txn_max_req_len
 VERSION = "1.20.0-double"
 
 
@@ -501,6 +502,9 @@ class _Api:
 
     @_route("PUT", r"/v1/txn")
     def r_txn(self) -> Reply:
+        if len(self.req.body) > MAX_TXN_BODY:  # Consul's limits.txn_max_req_len (default 512 KB)
+            raise DoubleError(413, f"Request body({len(self.req.body)} bytes) too large, max size: {MAX_TXN_BODY} bytes. "
+                                   "See https://developer.hashicorp.com/consul/docs/agent/config/config-files#txn_max_req_len.")
         ops = self.req.json()
         ops = normalize(ops) if isinstance(ops, list) else ops
         writes = {"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"}
