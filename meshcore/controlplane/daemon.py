@@ -65,6 +65,7 @@ from .metrics import ControlPlaneMetrics
 from .operator_api import OperatorApi, OperatorContext
 from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE
 from .operator_certs import OperatorCertStore, add_operator_cert_routes
+from .store_routes import add_store_routes
 from .operators import TOKENS_FILE as OPERATOR_TOKENS_FILE
 from .operators import OperatorTokenStore, ensure_bootstrap_token
 
@@ -123,13 +124,15 @@ def open_catalog(spec: str):
     return FileCatalogSource(Path(arg))
 
 
-def open_store(spec: str, state_dir: Path):
+def open_store(spec: str, state_dir: Path, kek: bytes | None = None):
     kind, arg = _split_source(spec or f"dir:{state_dir / 'resources'}", "store")
     if kind == "consul":
         from ..catalog.consul import ConsulSettings
+        from ..resources._last_applied import FILE_NAME, LastApplied
         from ..resources.consul_store import ConsulKVStore
 
-        return ConsulKVStore(ConsulSettings.from_env())
+        # with the KEK: a sealed copy of the last generation, so resources Consul loses are held (store owns this)
+        return ConsulKVStore(ConsulSettings.from_env(), last_applied=LastApplied(state_dir / FILE_NAME, kek) if kek else None)
     if kind != "dir" or not arg:
         raise ConfigError(f"--store {spec!r}: use dir:DIR or consul")
     from ..resources.dir_store import DirectoryStore
@@ -166,7 +169,7 @@ class ControlPlane:
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog)
-        self.store = store or open_store(settings.store, state)
+        self.store = store or open_store(settings.store, state, kek)
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
@@ -415,6 +418,7 @@ class ControlPlane:
                 partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
                         https_address=lambda: self.addresses.get("https", "")),
+                partial(add_store_routes, store=self.store),  # /v1/store, /v1/store/restore (store owns these)
             ))
 
     def _write_state_file(self) -> None:
