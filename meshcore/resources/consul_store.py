@@ -211,9 +211,23 @@ class ConsulKVStore:
     # ------------------------------------------------------------------ lost data
     def _held_generation(self) -> Generation | None:
         if not self._held_loaded and self._last_applied is not None:
-            self._held = self._last_applied.load()
+            try:
+                self._held = self._last_applied.load()
+            except StoreError as exc:  # serve what KV holds rather than nothing; the next change rewrites the copy
+                log.error("cannot use the control plane's copy of the resources (%s); losses in Consul KV cannot "
+                          "be detected until it is rewritten on the next change", exc)
+                self._held = None
             self._held_loaded = True
         return self._held
+
+    def _save(self, generation: int, resources: builtins.list[Resource]) -> None:
+        assert self._last_applied is not None
+        try:
+            self._held = self._last_applied.save(generation, resources, self.location)
+        except StoreError as exc:  # e.g. a full disk: keep serving; the copy catches up on the next change
+            log.error("could not update the control plane's copy of the resources (%s); a loss in Consul KV "
+                      "after this is compared with the older copy", exc)
+        self._held_loaded = True
 
     def _checked(self, snap: _Snapshot, resources: builtins.list[Resource]) -> builtins.list[Resource]:
         with self._lock:
@@ -240,7 +254,7 @@ class ConsulKVStore:
                             self.location, snap.generation, held.generation if held else 0)
                 self._suspect_since, self._suspect_message = None, ""
             if held is None or held.generation != snap.generation or list(held.resources) != resources:
-                self._held = self._last_applied.save(snap.generation, resources, self.location)
+                self._save(snap.generation, resources)
             return resources
 
     def health(self) -> StoreHealth:
@@ -441,8 +455,7 @@ class ConsulKVStore:
             docs.pop(k, None)
         with self._lock:
             self._seen = (generation, len(docs))
-            self._held = self._last_applied.save(generation, self._decode(docs), self.location)
-            self._held_loaded = True
+            self._save(generation, self._decode(docs))
 
     def apply(self, resources: Sequence[Resource], progress: ProgressFn | None = None) -> None:
         """Write every resource, or none (see the module docstring)."""

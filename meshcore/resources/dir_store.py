@@ -48,6 +48,7 @@ from meshcore._files import TEMP_PREFIX, atomic_write, fsync_dir
 from meshcore.errors import StoreError
 
 from .model import Resource, ResourceKey
+from .store import StoreHealth
 
 try:
     import inotify_simple
@@ -259,6 +260,12 @@ class DirectoryStore:
     @property
     def index(self) -> int:
         return self._current_index()
+
+    def health(self) -> StoreHealth:
+        """Always ``ok``: the directory is the store's own state (no backend that can lose it behind our back)."""
+        with self._locked(exclusive=False):
+            return StoreHealth(backend="dir", location=str(self.root), generation=self._read_index()[0],
+                               resources=len(self._resource_files()))
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -167,5 +167,19 @@ def test_control_plane_holds_policies_when_consul_loses_kv(consul_http, tmp_path
         assert kv.status_code == 200 and kv.content.decode() == policy.canonical_json()
         assert requests.get(url + "/v1/store", headers=headers, timeout=10).json()["state"] == "ok"
         assert served() == [str(policy.key)]
+        again = requests.post(url + "/v1/store/restore", headers=headers, json={}, timeout=10)
+        assert again.status_code == 409 and "not suspect" in again.json()["error"]  # nothing to restore
     finally:
         plane.stop()
+
+
+def test_an_unusable_copy_does_not_stop_the_store(consul_http, tmp_path, kek, caplog):
+    store = _store(consul_http, tmp_path, kek)
+    store.apply([_policy("a")])
+    (tmp_path / FILE_NAME).write_bytes(b"damaged")
+    fresh = _store(consul_http, tmp_path, kek, prefix=store.prefix)
+    with caplog.at_level(logging.ERROR, logger="meshcore.resources.consul"):
+        assert fresh.list() == [_policy("a")]  # KV as it is, with an ERROR
+    assert any("cannot use the control plane's copy" in r.getMessage() for r in caplog.records)
+    assert fresh.health().held_generation >= 1  # rewritten from KV
+    assert LastApplied(tmp_path / FILE_NAME, kek).load() is not None

@@ -295,3 +295,11 @@ def test_a_committed_change_is_finished_by_the_next_reader(tmp_path):
     resources, _ = store.watch(None, 0)  # the same (long-lived) store object, as in a running control plane
     assert len([r for r in resources if r.name.startswith("new-")]) == 200
     assert not (tmp_path / ".journal").exists()
+
+
+def test_health_reports_the_directory_and_its_index(tmp_path):
+    store = DirectoryStore(tmp_path)
+    store.apply([pa("a"), pa("b")])
+    health = store.health()
+    assert (health.backend, health.location, health.state, health.resources) == ("dir", str(tmp_path), "ok", 2)
+    assert health.generation == store.watch(None, 0)[1]
