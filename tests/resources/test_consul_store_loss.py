@@ -158,6 +158,9 @@ def test_control_plane_holds_policies_when_consul_loses_kv(consul_http, tmp_path
         assert served() == [str(policy.key)]  # still enforced
         listed = requests.get(url + "/v1/resources", headers=headers, timeout=10).json()
         assert [d["metadata"]["name"] for d in listed] == ["frontend-allow-get"]
+        refused = requests.post(url + "/v1/resources", headers=headers, timeout=30,
+                                json={"files": [{"name": "q.yaml", "content": _policy("other").canonical_json()}]})
+        assert refused.status_code == 503 and "meshctl store restore" in refused.json()["error"]
 
         monkeypatch.setenv("MESHCORE_TOKEN", headers["Authorization"].split()[1])
         assert meshctl(["store", "status", "--server", url]) == 3  # exit 3: suspect
