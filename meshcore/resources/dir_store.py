@@ -392,10 +392,9 @@ class DirectoryStore:
             raise StoreError(f"{nothing}: cannot write {where}: {exc.strerror or exc}") from exc
         return index
 
-    @staticmethod
-    def _journal_bytes(plan: builtins.list[_Change], index: int) -> bytes:
+    def _journal_bytes(self, plan: builtins.list[_Change], index: int) -> bytes:
         return json.dumps({"version": 1, "index": index, "changes": [
-            {"file": str(c.target), "new": None if c.new is None else c.new.decode("utf-8"),
+            {"file": str(c.target.relative_to(self.root)), "new": None if c.new is None else c.new.decode("utf-8"),
              "old": None if c.old is None else c.old.decode("utf-8", "surrogateescape")} for c in plan]}).encode()
 
     def _roll_forward(self, plan: builtins.list[_Change], index: int, temps: dict[Path, Path] | None = None) -> None:
@@ -469,12 +468,13 @@ class DirectoryStore:
             try:
                 raw = json.loads(journal.read_text(encoding="utf-8"))
                 index = int(raw["index"])
-                plan = [_Change(Path(c["file"]), None if c["new"] is None else c["new"].encode("utf-8"),
-                                None if c["old"] is None else c["old"].encode("utf-8", "surrogateescape"))
-                        for c in raw["changes"]]
-                for change in plan:
-                    if change.target.parent.parent.parent != self.root:
-                        raise ValueError(f"journal names {change.target}, outside {self.root}")
+                plan = []
+                for c in raw["changes"]:
+                    rel = Path(c["file"])  # <Kind>/<namespace>/<name>.json, relative: the store may have moved
+                    if rel.is_absolute() or len(rel.parts) != 3 or any(p.startswith(".") for p in rel.parts):
+                        raise ValueError(f"journal names {c['file']!r}, not a resource file of this store")
+                    plan.append(_Change(self.root / rel, None if c["new"] is None else c["new"].encode("utf-8"),
+                                        None if c["old"] is None else c["old"].encode("utf-8", "surrogateescape")))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise StoreError(f"the resource store journal {journal} is unreadable ({exc}); it was written "
                                  "atomically, so something else changed it: inspect it, then delete it") from exc

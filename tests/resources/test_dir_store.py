@@ -332,3 +332,14 @@ def test_a_watcher_sees_whole_changes_only(tmp_path):
             break
     assert writer.wait(timeout=60) == 0
     assert seen[-1] == 5 and seen == sorted(seen)
+
+
+def test_a_journal_is_finished_also_after_the_store_moved(tmp_path):
+    """The journal names files relative to the store (a restored backup may live elsewhere)."""
+    store = DirectoryStore(tmp_path / "a")
+    store.apply([pa("a")])
+    subprocess.run([sys.executable, "-c", CRASHER, str(tmp_path / "a"), "replace", "3"], cwd=Path(__file__).parents[2],
+                   timeout=120)
+    assert (tmp_path / "a" / ".journal").exists()
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert len([r for r in DirectoryStore(tmp_path / "b").list() if r.name.startswith("new-")]) == 200
