@@ -3,10 +3,10 @@ operator API, 20 times per store; after each restart it serves exactly the old s
 the store holds no temporary files, journal or staged parts.
 
 Each round flips one label on all resources (``round: rN``), so every round rewrites every resource and "all or
-none" is checked as "every served resource carries the same round". The kill comes a random delay after the
-store's first write (its first temporary file or journal part; parsing the documents before it takes longer
-than the write itself, and a kill there proves nothing), drawn within the write window measured first on a
-full rewrite. 500 resources keep a round to about 3 s (``MESHCORE_CRASH_TEST_COUNT=1500`` runs the full
+none" is checked as "every served resource carries the same round". Each round picks a phase at random, staging
+(after the store's first temporary file or journal part) or rolling forward (after the journal is committed),
+and kills a random delay into it, within the write window measured first on a full rewrite. (Parsing the
+documents before the store is reached takes longer than the write, and a kill there proves nothing.) 500 resources keep a round to about 3 s (``MESHCORE_CRASH_TEST_COUNT=1500`` runs the full
 size); the store-level crash tests kill a writer at chosen points instead (``test_dir_store``: 11 points of a
 201-file change; ``test_consul_store``: 8 transactions of a 1,201-resource one).
 """
@@ -123,11 +123,12 @@ def _send(cp: ControlPlaneProcess, content: str) -> subprocess.Popen:
     return sender
 
 
-def _kill_during_applies(cp: ControlPlaneProcess, leftovers, writing) -> list[str]:
+def _kill_during_applies(cp: ControlPlaneProcess, leftovers, writing, committed) -> list[str]:
     """The rounds; returns what each one ended in ("all" or "none").
 
-    ``writing()`` tells when the store has started writing (its first temporary file or journal part);
-    the kill comes a random delay after that, within the store's write window measured in round 0."""
+    ``writing()`` tells when the store has started writing (its first temporary file or journal part),
+    ``committed()`` when its journal is committed (the change is being rolled forward). Each round picks one
+    at random and kills a random delay after it, within the write window measured first."""
     cp.start()
     started = time.monotonic()
     response = cp.post("/v1/resources", _documents(0))
@@ -151,24 +152,27 @@ def _kill_during_applies(cp: ControlPlaneProcess, leftovers, writing) -> list[st
     rng = random.Random(12)
     current, outcomes = -1, []
     for round_no in range(1, ROUNDS + 1):
-        delay = rng.uniform(0, write_s)
+        phase = rng.choice(("staging", "rolling forward"))
+        ready, delay = (writing, rng.uniform(0, write_s / 4)) if phase == "staging" else \
+            (committed, rng.uniform(0, write_s / 8))
         sender = _send(cp, _documents(round_no))
         deadline = time.monotonic() + WAIT
-        while not writing() and sender.poll() is None:
-            assert time.monotonic() < deadline, "the store never started writing"
-            time.sleep(0.005)
+        while not ready() and sender.poll() is None:
+            assert time.monotonic() < deadline, f"the store never got to {phase}"
+            time.sleep(0.002)
         time.sleep(delay)
         cp.kill()
         sender.wait(timeout=60)
         cp.start()
         served = cp.rounds_served()
         assert served in ({f"r{current}": COUNT}, {f"r{round_no}": COUNT}), \
-            f"round {round_no} (killed after {delay:.2f} s): served {served}, a mix"
+            f"round {round_no} (killed {delay:.2f} s into {phase}): served {served}, a mix"
         outcome = "all" if served == {f"r{round_no}": COUNT} else "none"
         current = round_no if outcome == "all" else current
         outcomes.append(outcome)
         assert not leftovers(), f"round {round_no}: left behind {leftovers()[:5]}"
     print(f"outcomes: {outcomes.count('all')} all, {outcomes.count('none')} none")
+    assert "all" in outcomes and "none" in outcomes, f"the kills never hit both sides of the commit: {outcomes}"
     return outcomes
 
 
@@ -187,8 +191,11 @@ def test_directory_store_apply_survives_sigkill_at_random_points(tmp_path):
         with os.scandir(staging) as entries:
             return any(e.name.startswith(".tmp-") for e in entries)
 
+    def committed() -> bool:
+        return (tmp_path / "resources" / ".journal").exists()
+
     try:
-        outcomes = _kill_during_applies(cp, leftovers, writing)
+        outcomes = _kill_during_applies(cp, leftovers, writing, committed)
     finally:
         cp.stop()
     assert len(outcomes) == ROUNDS
@@ -207,8 +214,11 @@ def test_consul_store_apply_survives_sigkill_at_random_points(tmp_path, consul_h
     def writing() -> bool:
         return bool(leftovers())
 
+    def committed() -> bool:
+        return any(k.endswith("/.meshcore/journal") for k in leftovers())
+
     try:
-        outcomes = _kill_during_applies(cp, leftovers, writing)
+        outcomes = _kill_during_applies(cp, leftovers, writing, committed)
     finally:
         cp.stop()
     assert len(outcomes) == ROUNDS
