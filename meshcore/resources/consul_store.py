@@ -7,8 +7,8 @@ Layout under the prefix ``P`` (default ``meshcore/resources/``)::
     P.meshcore/journal                {"id", "parts", "generation"}: only while a large change rolls forward
     P.meshcore/journal/<id>/<i>       part i of that change: {"set": {key: document}, "delete": [key]}
 
-**All or nothing.** A change that fits one ``/v1/txn`` (Consul allows 128 operations and, by default,
-512 KB of body: ``limits.txn_max_req_len``) is one transaction: the resource keys, the generation CAS
+**All or nothing.** A change that fits one ``/v1/txn`` (64 operations: Consul documents 128, older releases
+allowed 64, meshcore stays within both; and 512 KB of body by default, ``limits.txn_max_req_len``) is one transaction: the resource keys, the generation CAS
 and a ``check-not-exists`` on the journal. A larger one is a redo journal: its parts are written
 first (invisible to readers), then one transaction *commits* it (CAS on the generation, the journal
 key, a ``get`` of every part so a part removed meanwhile rolls the commit back), then the resource
@@ -53,7 +53,7 @@ from .store import StoreHealth
 log = logging.getLogger("meshcore.resources.consul")
 
 DEFAULT_PREFIX = "meshcore/resources/"
-MAX_TXN_OPS = 128  # Consul's limit on operations in one /v1/txn
+MAX_TXN_OPS = 64  # operations per /v1/txn: within Consul's limit (128 now, 64 in older releases)
 MAX_TXN_BYTES = 400 * 1024  # of base64 values in one transaction: under Consul's default 512 KB txn_max_req_len
 MAX_PART_BYTES = 256 * 1024  # of one journal part (its base64 is ~341 KB: under the 512 KB value limit)
 META = ".meshcore/"
@@ -294,7 +294,7 @@ class ConsulKVStore:
     # ------------------------------------------------------------------ writes
     def _txn(self, ops: builtins.list[dict], doing: str) -> builtins.list[dict]:
         if len(ops) > MAX_TXN_OPS:  # the batching below never builds one; a guard, not a user-facing limit
-            raise StoreError(f"{doing}: {len(ops)} Consul operations exceed the {MAX_TXN_OPS} Consul allows in one "
+            raise StoreError(f"{doing}: {len(ops)} Consul operations exceed the {MAX_TXN_OPS} meshcore puts in one "
                              "transaction; nothing was written")
         with self._errors(doing):
             response = raw(self._client, "PUT", "/v1/txn", body=ops)

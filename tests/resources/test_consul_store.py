@@ -89,7 +89,7 @@ def test_apply_is_all_or_nothing(consul_http, store):
 
 
 def test_a_large_apply_is_one_change(consul_http, store):
-    """More than one transaction's worth (128 operations, 512 KB) goes through a committed journal."""
+    """More than one transaction's worth (64 operations, 512 KB) goes through a committed journal."""
     many = [_policy(f"p{i:04d}") for i in range(1500)]
     store.apply(many)
     assert store.list() == sorted(many, key=lambda r: r.key.path)
