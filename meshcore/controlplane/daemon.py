@@ -72,6 +72,7 @@ from .node_revocation import add_node_routes
 from .operator_api import OperatorApi, OperatorContext
 from .operator_certs import CERTS_FILE as OPERATOR_CERTS_FILE
 from .operator_certs import OperatorCertStore, add_operator_cert_routes
+from .store_routes import add_store_routes
 from .operators import TOKENS_FILE as OPERATOR_TOKENS_FILE
 from .operators import OperatorTokenStore, ensure_bootstrap_token
 
@@ -141,13 +142,15 @@ def open_catalog(spec: str, hold_s: float = DEFAULT_HOLD_S, shrink_threshold: fl
     return FileCatalogSource(Path(arg))
 
 
-def open_store(spec: str, state_dir: Path):
+def open_store(spec: str, state_dir: Path, kek: bytes | None = None):
     kind, arg = _split_source(spec or f"dir:{state_dir / 'resources'}", "store")
     if kind == "consul":
         from ..catalog.consul import ConsulSettings
+        from ..resources._last_applied import FILE_NAME, LastApplied
         from ..resources.consul_store import ConsulKVStore
 
-        return ConsulKVStore(ConsulSettings.from_env())
+        # with the KEK: a sealed copy of the last generation, so resources Consul loses are held (store owns this)
+        return ConsulKVStore(ConsulSettings.from_env(), last_applied=LastApplied(state_dir / FILE_NAME, kek) if kek else None)
     if kind != "dir" or not arg:
         raise ConfigError(f"--store {spec!r}: use dir:DIR or consul")
     from ..resources.dir_store import DirectoryStore
@@ -190,7 +193,7 @@ class ControlPlane:
         self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
                                                      settings.catalog_shrink_threshold)
-        self.store = store or open_store(settings.store, state)
+        self.store = store or open_store(settings.store, state, kek)
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
@@ -486,6 +489,7 @@ class ControlPlane:
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
                         https_address=lambda: self.addresses.get("https", "")),
                 partial(add_node_routes, ca=self.ca),  # /v1/nodes/{name}/revoke (meshctl node revoke)
+                partial(add_store_routes, store=self.store),  # /v1/store, /v1/store/restore (store owns these)
             ))
 
     def _write_state_file(self) -> None:

@@ -37,7 +37,7 @@ from ..observe.tracing import ControlPlaneTracing
 from ..errors import MeshError, XdsError
 from ..resources.loader import validate_document
 from ..resources.model import Resource, ResourceKey
-from ..resources.store import ResourceStore
+from ..resources.store import ResourceStore, StoreHealth
 from ..compose import build_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
 from ..xds.cache import Prepared, ProxySnapshot, SnapshotCache
@@ -103,6 +103,18 @@ class _Pending:
 
     def __bool__(self) -> bool:
         return self.catalog or self.resources or self.settings
+
+
+def _as_source_health(name: str, store: StoreHealth) -> SourceHealth:
+    """A resource store's own report (``meshctl store status``) as a source of the status page: a *suspect*
+    store (its backend lost resources; the last good generation is served) shows as ``holding``."""
+    if store.ok:
+        return SourceHealth(name=name, kind=f"{store.backend} {store.location}".strip(), state="ok",
+                            detail=f"generation {store.generation}, {store.resources} resources", index=store.generation)
+    return SourceHealth(name=name, kind=f"{store.backend} {store.location}".strip(), state="holding",
+                        detail=store.message or f"holding generation {store.held_generation} "
+                                                f"({store.held_resources} resources); run meshctl store restore",
+                        index=store.generation)
 
 
 class MeshEngine:
@@ -362,6 +374,8 @@ class MeshEngine:
                     own = report()
                 except Exception as exc:  # noqa: BLE001 - status must render whatever a source does
                     log.debug("health() of the %s source failed: %s", name, exc)
+            if isinstance(own, StoreHealth):
+                own = _as_source_health(name, own)
             if not isinstance(own, SourceHealth):
                 own = SourceHealth(name=name, kind=type(source).__name__)
             loaded = self._catalog is not None if name == "catalog" else self._resources_loaded

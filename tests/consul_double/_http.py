@@ -27,6 +27,7 @@ log = logging.getLogger("consul_double")
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
+MAX_TXN_BODY = 512 * 1024  # limits.txn_max_req_len
 VERSION = "1.20.0-double"
 
 
@@ -87,6 +88,15 @@ class DoubleHTTPServer(ThreadingHTTPServer):
         self.state = state
         self.acl = acl
         self.verbose = verbose
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (killed, timed out) is normal for a server: no traceback."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            log.debug("client %s went away mid-request", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -501,6 +511,9 @@ class _Api:
 
     @_route("PUT", r"/v1/txn")
     def r_txn(self) -> Reply:
+        if len(self.req.body) > MAX_TXN_BODY:  # Consul's limits.txn_max_req_len (default 512 KB)
+            raise DoubleError(413, f"Request body({len(self.req.body)} bytes) too large, max size: {MAX_TXN_BODY} bytes. "
+                                   "See https://developer.hashicorp.com/consul/docs/agent/config/config-files#txn_max_req_len.")
         ops = self.req.json()
         ops = normalize(ops) if isinstance(ops, list) else ops
         writes = {"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"}

@@ -354,3 +354,25 @@ def test_an_unsupervised_thread_that_dies_is_one_error_line(caplog, capsys, monk
     (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "thread=some-worker" in line.getMessage() and "ValueError: bad index" in line.getMessage()
     assert line.exc_info is None and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_suspect_store_shows_as_holding_in_the_engines_source_health(tmp_path):
+    """A store that reports its own health (Consul KV lost resources: it serves the held generation) is shown
+    by status as the resources source ``holding``, with the store's message; a healthy one as ``ok``."""
+    from meshcore.resources.store import StoreHealth
+
+    class ReportingStore(DirectoryStore):
+        report = StoreHealth(backend="consul", location="meshcore/resources/ @ http://127.0.0.1:8500",
+                             generation=3, resources=10)
+
+        def health(self) -> StoreHealth:
+            return self.report
+
+    store = ReportingStore(tmp_path / "resources")
+    engine = MeshEngine(SteppedCatalog(generated_catalog()), store, SnapshotCache(), trust_domain="cluster.local")
+    health = {h.name: h for h in engine.health()}["resources"]
+    assert health.state == "ok" and health.kind.startswith("consul meshcore/resources/") and health.index == 3
+    store.report = replace(store.report, state="suspect", generation=0, held_generation=7, held_resources=12,
+                           message="Consul KV lost 12 resources; run meshctl store restore")
+    health = {h.name: h for h in engine.health()}["resources"]
+    assert health.state == "holding" and "meshctl store restore" in health.detail

@@ -88,13 +88,68 @@ def test_apply_is_all_or_nothing(consul_http, store):
     assert [r.name for r in store.list()] == ["keep"]
 
 
-def test_apply_refuses_more_than_one_transaction(store):
-    many = [_policy(f"p{i}") for i in range(129)]
-    with pytest.raises(StoreError, match="128"):
-        store.apply(many)
-    assert store.list() == []
+def test_a_large_apply_is_one_change(consul_http, store):
+    """More than one transaction's worth (64 operations, 512 KB) goes through a committed journal."""
+    many = [_policy(f"p{i:04d}") for i in range(1500)]
+    store.apply(many)
+    assert store.list() == sorted(many, key=lambda r: r.key.path)
+    keys = requests.get(f"{consul_http.address}/v1/kv/{store.prefix}", params={"keys": ""},
+                        headers=consul_http._headers(), timeout=10).json()
+    assert [k for k in keys if "/.meshcore/" in k] == [store.prefix + ".meshcore/generation"]  # journal gone
+    gone = store.delete([r.key for r in many[:1000]])
+    assert len(gone) == 1000 and len(store.list()) == 500
     with pytest.raises(StoreError, match="twice"):
         store.apply([_policy("a"), _policy("a")])
+
+
+CRASHER = """
+import os, sys
+from meshcore.catalog.consul import ConsulSettings
+from meshcore.resources import consul_store
+from meshcore.resources.model import Resource
+prefix, after = sys.argv[1], int(sys.argv[2])
+real, calls = consul_store.raw, [0]
+def dying(client, method, path, **kw):
+    if path == "/v1/txn":
+        calls[0] += 1
+        if calls[0] > after:
+            os._exit(9)  # as abrupt as kill -9
+    return real(client, method, path, **kw)
+consul_store.raw = dying
+store = consul_store.ConsulKVStore(ConsulSettings.from_env(), prefix=prefix)
+store.apply([Resource("security.mesh.io/v1beta1", "AuthorizationPolicy", f"new-{i}", "default", {"n": i, "pad": "x" * 300})
+             for i in range(1200)] + [Resource("security.mesh.io/v1beta1", "AuthorizationPolicy", "old-0", "default", {})])
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 4, 6, 9, 100])
+def test_a_writer_killed_at_any_transaction_leaves_all_or_nothing(consul_http, store, after):
+    """Finding 1 for Consul KV: readers see the old set or the new set, and the next writer cleans up."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    old = [_policy(f"old-{i}") for i in range(3)]
+    store.apply(old)
+    env = dict(os.environ, **consul_http.env())
+    proc = subprocess.run([sys.executable, "-c", CRASHER, store.prefix, str(after)], env=env, timeout=120,
+                          cwd=Path(__file__).parents[2])
+    fresh = ConsulKVStore(ConsulSettings.from_env(consul_http.env()), prefix=store.prefix)
+    seen_before_recovery = fresh._decode(fresh._read().docs)  # a reader that does not write (read-only token)
+    for resources in (seen_before_recovery, fresh.list()):  # list(): the first read also finishes/cleans up
+        names = {r.name for r in resources}
+        new = {n for n in names if n.startswith("new-")}
+        assert new == set() and resources == old or len(new) == 1200 and \
+            next(r for r in resources if r.name == "old-0").spec == {}, f"a mix: {len(new)} of 1200 new"
+    keys = requests.get(f"{consul_http.address}/v1/kv/{store.prefix}.meshcore/", params={"keys": ""},
+                        headers=consul_http._headers(), timeout=10)
+    assert keys.json() == [store.prefix + ".meshcore/generation"], "journal or staged parts left behind"
+    if after == 100:  # never killed: the apply must succeed (main refused it: more than 128 operations)
+        assert proc.returncode == 0 and len(fresh.list()) == 1203
+    fresh.apply([_policy("after")])  # the store is writable again
+    assert "after" in {r.name for r in fresh.list()}
 
 
 def test_cas_conflict_inside_a_transaction_writes_nothing(consul_http, store):
