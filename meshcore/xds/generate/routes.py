@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2
 
 from ... import naming
+from ...authz.patterns import PATH_PARAMETER_RE2
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import vocab as c
 
@@ -58,6 +61,24 @@ def _single_route(name: str, vhost: str, cluster: str, timeout: float | None, *,
     )
 
 
+PATH_PARAMETERS_ROUTE = "path-parameters"
+PATH_PARAMETERS_BODY = ("path parameters (';' or %3B in the path) are not allowed in this mesh "
+                        "(control plane setting --allow-path-parameters)\n")
+
+
+def reject_path_parameters() -> rc.Route:
+    """The first route of every inbound route configuration unless the mesh allows path parameters: a path with
+    ``;`` (or ``%3B``) before its query gets 400 and never reaches the app. Envoy does not strip path parameters
+    and RBAC matches the path as sent, so ``/admin;x`` would pass a DENY on ``/admin`` that an app reading
+    ``/admin`` still serves. The RBAC filters run first (a request they deny still gets 403)."""
+    return rc.Route(
+        name=PATH_PARAMETERS_ROUTE,
+        match=rc.RouteMatch(safe_regex=regex_pb2.RegexMatcher(regex=PATH_PARAMETER_RE2)),
+        direct_response=rc.DirectResponseAction(status=400,
+                                                body=base_pb2.DataSource(inline_string=PATH_PARAMETERS_BODY)),
+    )
+
+
 def build_routes(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[route_pb2.RouteConfiguration]:
     routes = []
     for inst in c.sidecar_instances(snapshot, proxy):
@@ -65,8 +86,11 @@ def build_routes(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[route_pb2.Rou
             continue
         # The caller's route owns the timeout and the retries (to another instance); inbound passes the request
         # through as long as it lasts, once.
-        routes.append(_single_route(naming.inbound_route(inst.id), inst.service, naming.local_app_cluster(inst.id), 0,
-                                    retries=False))
+        inbound = _single_route(naming.inbound_route(inst.id), inst.service, naming.local_app_cluster(inst.id), 0,
+                                retries=False)
+        if not snapshot.settings.allow_path_parameters:
+            inbound.virtual_hosts[0].routes.insert(0, reject_path_parameters())
+        routes.append(inbound)
     for src, up in c.outbound_bindings(snapshot, proxy):
         if c.upstream_protocol(snapshot, up) == "tcp":
             continue
