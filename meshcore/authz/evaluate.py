@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, Mapping
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..naming import DEFAULT_TRUST_DOMAIN
 from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, policies_for
@@ -48,6 +47,9 @@ from .rules import (
     policy_rules,
 )
 
+if TYPE_CHECKING:
+    from ..snapshot import MeshSnapshot
+
 
 def _ip_in(ip: str | None, block: str) -> bool:
     if not ip:
@@ -68,11 +70,10 @@ class MeshContext:
     allow_path_parameters: bool = False
 
     @classmethod
-    def of(cls, snapshot) -> "MeshContext":
-        """The context of a :class:`~meshcore.snapshot.MeshSnapshot` (its trust domain and settings)."""
+    def of(cls, snapshot: "MeshSnapshot") -> "MeshContext":
+        """The context of a snapshot: its trust domain and mesh settings."""
         settings = snapshot.settings
-        return cls(snapshot.trust_domain, getattr(settings, "path_normalization", DEFAULT_PATH_NORMALIZATION),
-                   getattr(settings, "allow_path_parameters", False))
+        return cls(snapshot.trust_domain, settings.path_normalization, settings.allow_path_parameters)
 
 
 _DEFAULT_CONTEXT = MeshContext()

@@ -1,6 +1,13 @@
 """AuthorizationPolicy -> Envoy RBAC (pure): each rule of the typed spec as an RBAC policy, and the stages
 (audit, deny, allow) a workload's inbound side evaluates. :mod:`.plugin` puts them into the generated resources;
 its docstring tells where and why.
+
+Two readings differ from a literal translation of Istio's (docs/security.md, "Paths, hosts, headers and
+namespaces as Envoy sees them"): a bare ``namespaces`` entry names a namespace of the mesh's own trust domain
+(``other.example/ns/default`` another's, ``*/ns/default`` every one's), and ``request.headers`` values match a
+comma-separated list by element in DENY and AUDIT rules (whole value in ALLOW; ``notValues`` the other way
+round), so a list-valued header never gets a request past a policy. Paths and hosts reach RBAC normalized by
+the HTTP connection manager (:func:`meshcore.xds.generate.listeners.normalize_requests`).
 """
 
 from __future__ import annotations
