@@ -8,7 +8,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import regex_pb2
 
 from ... import naming
 from ...authz.patterns import PATH_PARAMETER_RE2
@@ -28,11 +28,6 @@ DEFAULT_RETRY_STATUS_CODES = (503,)
 DEFAULT_RETRIES = 2
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
-# Requests with a safe method (RFC 9110: GET, HEAD, OPTIONS, TRACE) are also retried after a reset once they
-# were sent (``reset``: the instance's Envoy died mid-request, its pooled connection was closed under it):
-# repeating them changes nothing. They get their own route ahead of the default one, same cluster and timeout.
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
-SAFE_METHODS_ROUTE = "default-safe-methods"
 
 
 def retry_to_other_hosts(policy: rc.RetryPolicy) -> rc.RetryPolicy:
@@ -51,17 +46,6 @@ def default_retry_policy() -> rc.RetryPolicy:
         retriable_status_codes=DEFAULT_RETRY_STATUS_CODES))
 
 
-def safe_methods_route(default: rc.Route) -> rc.Route:
-    """``default``'s twin for requests with a safe method: the same action, its retries also on ``reset``."""
-    route = rc.Route()
-    route.CopyFrom(default)
-    route.name = SAFE_METHODS_ROUTE
-    route.match.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(
-        safe_regex=regex_pb2.RegexMatcher(regex="|".join(SAFE_METHODS)))))
-    route.route.retry_policy.retry_on += ",reset"
-    return route
-
-
 def _single_route(name: str, vhost: str, cluster: str, timeout: float | None, *,
                   retries: bool) -> route_pb2.RouteConfiguration:
     action = rc.RouteAction(cluster=cluster)
@@ -69,12 +53,10 @@ def _single_route(name: str, vhost: str, cluster: str, timeout: float | None, *,
         action.timeout.CopyFrom(c.seconds(timeout))
     if retries:
         action.retry_policy.CopyFrom(default_retry_policy())
-    routes = [rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)]
-    if retries:
-        routes.insert(0, safe_methods_route(routes[0]))
+    route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)
     return route_pb2.RouteConfiguration(
         name=name,
-        virtual_hosts=[rc.VirtualHost(name=vhost, domains=["*"], routes=routes)],
+        virtual_hosts=[rc.VirtualHost(name=vhost, domains=["*"], routes=[route])],
         validate_clusters=wrappers_pb2.BoolValue(value=False),
     )
 
