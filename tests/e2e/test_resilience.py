@@ -573,9 +573,10 @@ def _retries(mesh, service: str) -> int:
 
 
 def test_killing_one_instances_envoy_fails_no_request(mesh):
-    """Regression (finding 14): killing a VM's Envoy failed requests for seconds, although the agent restarts it at
-    once. With the default retries (connect failures retried on the other instance) and outlier detection, the
-    caller's Envoy routes around the dead one: no request fails, before, during or after the restart."""
+    """Regression (finding 14): killing a VM's Envoy failed requests for seconds (here 15 of 165 before the
+    defaults), although the agent restarts it at once. With the default retries (connect failures retried on the
+    other instance) and outlier detection, the caller's Envoy routes around the dead one: no request fails,
+    before, during or after the restart, but the one that may be in flight at the instant of the kill."""
     import os
     import signal
 
@@ -596,7 +597,13 @@ def test_killing_one_instances_envoy_fails_no_request(mesh):
         _wait(lambda: load.ok >= at_restart + 75, "three more seconds of traffic after the restart")
     finally:
         load.stop()
-    assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)} failed: {load.failures[:5]}"
+    # A request already sent to s2's Envoy when it died is not retried by Istio's default conditions (a reset
+    # after the request went out: it may have been processed); the load has at most one in flight. Every other
+    # failure (connect failures to the dead Envoy, 503s while it restarts) must have been retried elsewhere.
+    in_flight = [f for f in load.failures if "connection termination" in f]
+    others = [f for f in load.failures if f not in in_flight]
+    assert others == [] and len(in_flight) <= 1, \
+        f"{len(load.failures)} of {load.ok + len(load.failures)} failed: {load.failures[:5]}"
     assert _retries(mesh, "steady") > retries_before, "the caller's Envoy never retried: was s2's Envoy hit at all?"
 
 
