@@ -41,6 +41,11 @@ class MeshSettings:
 
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     federated_bundles: tuple[tuple[str, str], ...] = ()
+    # Inbound HTTP before authorization (meshcore.xds.generate.listeners, docs/security.md): Istio's MeshConfig
+    # pathNormalization (NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES), and whether paths may carry
+    # parameters (';', %3B; else 400).
+    path_normalization: str = "MERGE_SLASHES"
+    allow_path_parameters: bool = False
 
 
 ResourceChange = tuple["Resource | None", "Resource | None"]  # (old, new); None = absent on that side

@@ -2,7 +2,7 @@
 
 Public API::
 
-    decide(policies, workload_labels, namespace, request, *, workload=None) -> Decision
+    decide(policies, workload_labels, namespace, request, *, workload=None, context=None) -> Decision
     Request(principal, source_ip, method, path, host, port, headers, source_namespace, protocol)
     Decision(allowed, action, policy, rule_index, reason, audit)
     policy_rules(policy, protocol) -> PolicyRules          # a policy's rules as conditions (shared with Envoy)
@@ -14,7 +14,7 @@ Public API::
 """
 
 from .check import CheckQuery, check
-from .evaluate import condition_matches, decide, rule_matches
+from .evaluate import MeshContext, condition_matches, decide, rule_matches
 from .model import Decision, Request
 from .patterns import Pattern, host_regex, namespace_of_principal, normalize_path, spiffe_namespace_regex
 from .rules import Condition, PolicyRules, Rule, policy_rules
@@ -24,6 +24,7 @@ __all__ = [
     "check",
     "Condition",
     "Decision",
+    "MeshContext",
     "Pattern",
     "PolicyRules",
     "Request",

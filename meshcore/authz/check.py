@@ -15,7 +15,7 @@ from typing import Mapping
 from ..errors import ConfigError
 from ..naming import principal_of
 from ..snapshot import MeshSnapshot
-from .evaluate import decide
+from .evaluate import MeshContext, decide
 from .model import Request
 
 
@@ -67,7 +67,8 @@ def check(snapshot: MeshSnapshot, query: CheckQuery) -> dict:
             host=query.host if query.host is not None else query.destination, port=port,
             headers=dict(query.headers or {}), protocol=protocol,
         )
-        decision = decide(snapshot.resources, dict(labels), namespace, request, workload=query.destination)
+        decision = decide(snapshot.resources, dict(labels), namespace, request, workload=query.destination,
+                          context=MeshContext.of(snapshot))
         results.append({"instances": sorted(i.id for i in members), "namespace": namespace, "port": port,
                         "protocol": protocol, **decision.to_dict()})
     results.sort(key=lambda r: r["instances"])

@@ -23,7 +23,7 @@ from ..naming import principal_of
 from ..policies.authorization_policy.schema import KIND_NAME as AUTHZ_KIND
 from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
-from .evaluate import decide
+from .evaluate import MeshContext, decide
 from .model import Request
 
 HEADER_CAVEAT = ("request headers are not in the access log: `when` conditions on request.headers were "
@@ -138,6 +138,7 @@ def dry_run(snapshot: MeshSnapshot, new_resources: Iterable[Resource], calls: Ma
     """
     new_resources = list(new_resources)
     proposed = merge_resources(snapshot.resources, new_resources)
+    context = MeshContext.of(snapshot)
     services = _sources_by_principal(snapshot)
     groups: dict[tuple, dict[str, Any]] = {}
     unchanged = 0
@@ -154,8 +155,8 @@ def dry_run(snapshot: MeshSnapshot, new_resources: Iterable[Resource], calls: Ma
                           path=call.path or "/", host=call.host or call.service, port=inst.port,
                           protocol=inst.protocol)
         labels, ns = dict(inst.labels), inst.namespace
-        before = decide(snapshot.resources, labels, ns, request, workload=call.service)
-        after = decide(proposed, labels, ns, request, workload=call.service)
+        before = decide(snapshot.resources, labels, ns, request, workload=call.service, context=context)
+        after = decide(proposed, labels, ns, request, workload=call.service, context=context)
         if before.allowed == after.allowed:
             unchanged += count
             continue

@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
 
+from ..naming import DEFAULT_TRUST_DOMAIN
 from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, policies_for
 from ..resources.model import Resource
 from .model import Decision, Request
-from .patterns import ANY, Pattern, host_regex, normalize_path
+from .patterns import (
+    ANY,
+    DEFAULT_PATH_NORMALIZATION,
+    Pattern,
+    header_element_regex,
+    host_regex,
+    namespace_matches,
+    normalize_host,
+    normalize_path,
+    path_rejection,
+)
 from .rules import (
     DESTINATION_PORT,
     REQUEST_HEADERS,
@@ -35,6 +47,9 @@ from .rules import (
     policy_rules,
 )
 
+if TYPE_CHECKING:
+    from ..snapshot import MeshSnapshot
+
 
 def _ip_in(ip: str | None, block: str) -> bool:
     if not ip:
@@ -45,37 +60,62 @@ def _ip_in(ip: str | None, block: str) -> bool:
         return False
 
 
-def _value_matches(cond: Condition, value: str, request: Request) -> bool:
+@dataclass(frozen=True)
+class MeshContext:
+    """What the inbound Envoys do before and around the policies, from the mesh settings: the trust domain
+    (a bare ``namespaces`` entry means its namespaces only) and the path normalization."""
+
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    path_normalization: str = DEFAULT_PATH_NORMALIZATION
+    allow_path_parameters: bool = False
+
+    @classmethod
+    def of(cls, snapshot: "MeshSnapshot") -> "MeshContext":
+        """The context of a snapshot: its trust domain and mesh settings."""
+        settings = snapshot.settings
+        return cls(snapshot.trust_domain, settings.path_normalization, settings.allow_path_parameters)
+
+
+_DEFAULT_CONTEXT = MeshContext()
+
+
+def _value_matches(cond: Condition, value: str, request: Request, ctx: MeshContext, action: str) -> bool:
     a = cond.attribute
     if a == SOURCE_PRINCIPAL:
         return Pattern.parse(value).matches(request.principal)
     if a == SOURCE_NAMESPACE:
-        return Pattern.parse(value).matches(request.source_namespace)
+        return namespace_matches(value, request.principal, request.source_namespace, ctx.trust_domain)
     if a == SOURCE_IP:
         return _ip_in(request.source_ip, value)
     if a == REQUEST_METHOD:
         return Pattern.parse(value).matches(request.method)
     if a == REQUEST_PATH:
-        return Pattern.parse(value).matches(normalize_path(request.path))
+        return Pattern.parse(value).matches(normalize_path(request.path, ctx.path_normalization))
     if a == REQUEST_HOST:
-        return bool(request.host) and re.fullmatch(host_regex(value), request.host) is not None
+        return bool(request.host) and re.fullmatch(host_regex(value), normalize_host(request.host)) is not None
     if a == DESTINATION_PORT:
         return value.isdigit() and int(value) == request.port
     if a == REQUEST_HEADERS:
         got = request.headers.get(cond.header or "")
         pattern = Pattern.parse(value)
-        return got is not None if pattern.kind == ANY else pattern.matches(got)
+        if pattern.kind == ANY or got is None:
+            return got is not None
+        if (action != ALLOW) != cond.negated:  # as the RBAC compiler: a list never helps past a policy
+            return re.fullmatch(header_element_regex(value), got) is not None
+        return pattern.matches(got)
     return False
 
 
-def condition_matches(cond: Condition, request: Request) -> bool:
-    hit = any(_value_matches(cond, v, request) for v in cond.values)
+def condition_matches(cond: Condition, request: Request, ctx: MeshContext = _DEFAULT_CONTEXT,
+                      action: str = ALLOW) -> bool:
+    """Whether ``cond`` of an ``action`` rule holds for ``request``."""
+    hit = any(_value_matches(cond, v, request, ctx, action) for v in cond.values)
     return not hit if cond.negated else hit
 
 
-def rule_matches(rule: Rule, request: Request) -> bool:
+def rule_matches(rule: Rule, request: Request, ctx: MeshContext = _DEFAULT_CONTEXT, action: str = ALLOW) -> bool:
     def all_of(conds) -> bool:
-        return all(condition_matches(c, request) for c in conds)
+        return all(condition_matches(c, request, ctx, action) for c in conds)
 
     return (
         (rule.sources is None or any(all_of(s) for s in rule.sources))
@@ -84,10 +124,10 @@ def rule_matches(rule: Rule, request: Request) -> bool:
     )
 
 
-def _first_match(policies: list[PolicyRules], request: Request) -> tuple[PolicyRules, Rule] | None:
+def _first_match(policies: list[PolicyRules], request: Request, ctx: MeshContext) -> tuple[PolicyRules, Rule] | None:
     for p in policies:
         for r in p.rules:
-            if rule_matches(r, request):
+            if rule_matches(r, request, ctx, p.action):
                 return p, r
     return None
 
@@ -99,20 +139,29 @@ def decide(
     request: Request,
     *,
     workload: str | None = None,
+    context: MeshContext | None = None,
 ) -> Decision:
     """Decide ``request`` to the workload with ``workload_labels`` in ``namespace``.
 
     ``policies`` may hold every resource of the mesh; only the AuthorizationPolicies selecting the
-    workload count. ``workload`` names it in the reason (default: its ``app`` label).
+    workload count. ``workload`` names it in the reason (default: its ``app`` label). ``context``: the
+    mesh's trust domain and path normalization (default: ``cluster.local`` and the default settings); a
+    path the inbound side rejects with 400 (see :func:`~meshcore.authz.patterns.path_rejection`) is denied
+    whatever the policies say.
     """
+    ctx = context or _DEFAULT_CONTEXT
+    if request.protocol != "tcp":
+        rejected = path_rejection(request.path, ctx.path_normalization, ctx.allow_path_parameters)
+        if rejected:
+            return Decision(False, None, None, None, rejected)
     name = workload or workload_labels.get("app") or "the workload"
     applicable = [policy_rules(p, request.protocol) for p in policies_for(policies, workload_labels, namespace)]
     by_action: dict[str, list[PolicyRules]] = {ALLOW: [], DENY: [], AUDIT: []}
     for p in applicable:
         by_action[p.action].append(p)
-    audit = tuple(p.rule_id(r) for p in by_action[AUDIT] for r in p.rules if rule_matches(r, request))
+    audit = tuple(p.rule_id(r) for p in by_action[AUDIT] for r in p.rules if rule_matches(r, request, ctx, AUDIT))
 
-    denied = _first_match(by_action[DENY], request)
+    denied = _first_match(by_action[DENY], request, ctx)
     if denied:
         p, r = denied
         return Decision(False, DENY, p.key, r.index,
@@ -124,7 +173,7 @@ def decide(
         else:
             reason = f"no DENY rule matches and no ALLOW policy selects {name}: allowed"
         return Decision(True, None, None, None, reason, audit)
-    allowed = _first_match(allows, request)
+    allowed = _first_match(allows, request, ctx)
     if allowed:
         p, r = allowed
         return Decision(True, ALLOW, p.key, r.index, f"allowed by ALLOW policy {p.key} rule {r.index}", audit)
@@ -133,4 +182,4 @@ def decide(
                     f"ALLOW policies select {name} ({names}) but none of their rules matches: denied", audit)
 
 
-__all__ = ["decide", "rule_matches", "condition_matches"]
+__all__ = ["MeshContext", "decide", "rule_matches", "condition_matches"]

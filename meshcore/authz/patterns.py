@@ -78,11 +78,6 @@ def namespace_regex(value: str) -> str:
     return re_escape(p.text)
 
 
-def spiffe_namespace_regex(value: str) -> str:
-    """Regex for the URI SAN of any workload in the namespaces ``value`` matches: ``spiffe://<td>/ns/<ns>/...``."""
-    return "spiffe://[^/]+/ns/" + namespace_regex(value) + "/.*"
-
-
 def namespace_of_principal(principal: str | None) -> str | None:
     """``cluster.local/ns/shop/sa/cart`` -> ``shop``; None for a principal without a namespace (or none at all)."""
     if not principal:
@@ -100,13 +95,97 @@ def _decode_unreserved(path: str) -> str:
 
     return _ESCAPE.sub(one, path)
 
+def split_namespace(value: str, trust_domain: str) -> tuple[str, str]:
+    """A ``namespaces`` entry as (trust domain pattern, namespace pattern).
 
-def normalize_path(path: str) -> str:
-    """The path as Envoy's inbound HTTP connection manager hands it to RBAC (``normalize_path`` then
-    ``merge_slashes``): no query or fragment, escaped unreserved characters decoded, ``.``/``..``
-    segments resolved (RFC 3986), then repeated slashes merged."""
+    A bare namespace (``default``) means that namespace of the **local** trust domain only; another trust
+    domain's namespace is written qualified, as a principal spells it: ``other.example/ns/default``
+    (``*/ns/default``: that namespace in every trust domain, the local one and every federated one)."""
+    td, sep, ns = value.partition("/ns/")
+    return (td, ns) if sep else (trust_domain, value)
+
+
+def spiffe_namespace_regex(value: str, trust_domain: str) -> str:
+    """Regex for the URI SAN of any workload in the namespaces ``value`` matches (see :func:`split_namespace`):
+    ``spiffe://<trust domain>/ns/<ns>/...``."""
+    td, ns = split_namespace(value, trust_domain)
+    return "spiffe://" + ("[^/]+" if td == "*" else re_escape(td)) + "/ns/" + namespace_regex(ns) + "/.*"
+
+
+def namespace_matches(value: str, principal: str | None, namespace: str | None, trust_domain: str) -> bool:
+    """Whether a caller (``principal`` without the scheme; or only its ``namespace`` when there is no
+    principal, which then counts as the local trust domain's) is in the namespaces ``value`` matches."""
+    td, ns = split_namespace(value, trust_domain)
+    caller_td = principal.split("/", 1)[0] if principal and "/ns/" in principal else trust_domain
+    return (td == "*" or td == caller_td) and Pattern.parse(ns).matches(namespace)
+
+
+_OWS = "[ \\t]*"
+
+
+def header_element_regex(value: str) -> str:
+    """Regex for a header value that matches ``value`` as the whole value **or as any element** of a
+    comma-separated list (``x-env: dev, prod``, or two ``x-env`` lines, which Envoy joins with ``,``).
+
+    DENY and AUDIT rules match header values so: a list cannot slip past them (see
+    :mod:`meshcore.policies.authorization_policy.rbac`)."""
+    p = Pattern.parse(value)
+    if p.kind == ANY:
+        return ".+"
+    if p.kind == PREFIX:
+        body = re_escape(p.text) + "[^,]*"
+    elif p.kind == SUFFIX:
+        body = "[^,]*" + re_escape(p.text)
+    else:
+        body = re_escape(p.text)
+    return "(.*,)?" + _OWS + body + _OWS + "(,.*)?"
+
+
+def normalize_host(host: str) -> str:
+    """The ``:authority`` as the HTTP connection manager hands it to RBAC (``strip_trailing_host_dot``):
+    ``secret.details.`` -> ``secret.details``, ``secret.details.:9080`` -> ``secret.details:9080``."""
+    name, sep, port = host.rpartition(":") if _HOST_PORT.fullmatch(host) else (host, "", "")
+    return name[:-1] + sep + port if name.endswith(".") else host
+
+
+NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES = "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"
+PATH_NORMALIZATIONS = (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)
+"""Istio's MeshConfig ``pathNormalization`` options (the control plane's ``--path-normalization``)."""
+DEFAULT_PATH_NORMALIZATION = MERGE_SLASHES
+_ESCAPED_SLASH = re.compile(r"%(2[fF]|5[cC])")
+PATH_PARAMETER = re.compile(r"[^?#]*(;|%3[bB])")
+"""A path (before its query) with a path parameter (``;``), plain or percent-encoded."""
+PATH_PARAMETER_RE2 = "[^?]*(;|%3[bB]).*"
+"""The same test in RE2, as an Envoy route matches it (``safe_regex`` sees the path without its query)."""
+
+
+def path_rejection(path: str, normalization: str = DEFAULT_PATH_NORMALIZATION,
+                   allow_path_parameters: bool = False) -> str | None:
+    """Why the inbound side answers 400 to ``path`` before any policy decides it, or None.
+
+    * an escaped slash or backslash (``%2F``, ``%5C``) under BASE and MERGE_SLASHES (Envoy's
+      ``path_with_escaped_slashes_action: REJECT_REQUEST``; DECODE_AND_MERGE_SLASHES decodes them, NONE keeps them);
+    * a path parameter (``;``, plain or ``%3B``) unless the mesh allows them (``--allow-path-parameters``)."""
+    bare = path.split("?", 1)[0].split("#", 1)[0]
+    if normalization in (BASE, MERGE_SLASHES) and _ESCAPED_SLASH.search(bare):
+        return (f"path {path!r} has an escaped slash (%2F or %5C): rejected with 400 under pathNormalization "
+                f"{normalization}")
+    if not allow_path_parameters and PATH_PARAMETER.match(path):
+        return f"path {path!r} has a path parameter (';' or %3B): rejected with 400, the mesh does not allow them"
+    return None
+
+
+def normalize_path(path: str, normalization: str = DEFAULT_PATH_NORMALIZATION) -> str:
+    """The path as Envoy's inbound HTTP connection manager hands it to RBAC under Istio's ``normalization``
+    option: no query or fragment; then (DECODE_AND_MERGE_SLASHES) ``%2F``/``%5C`` decoded; (BASE and up)
+    escaped unreserved characters decoded, backslashes made slashes, ``.``/``..`` segments resolved
+    (RFC 3986); (MERGE_SLASHES and up) repeated slashes merged. NONE: the path as sent."""
     path = path.split("?", 1)[0].split("#", 1)[0] or "/"
-    path = _decode_unreserved(path)
+    if normalization == NONE:
+        return path
+    if normalization == DECODE_AND_MERGE_SLASHES:
+        path = _ESCAPED_SLASH.sub("/", path)
+    path = _decode_unreserved(path).replace("\\", "/")
     segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
     out: list[str] = []
     for i, seg in enumerate(segments):
@@ -118,10 +197,13 @@ def normalize_path(path: str) -> str:
                 out.append("")
             continue
         out.append(seg)
-    return re.sub("/{2,}", "/", "/" + "/".join(out))
+    path = "/" + "/".join(out)
+    return path if normalization == BASE else re.sub("/{2,}", "/", path)
 
 
 __all__ = [
-    "ANY", "EXACT", "PREFIX", "SUFFIX", "Pattern", "host_regex", "namespace_of_principal", "namespace_regex",
-    "normalize_path", "re_escape", "spiffe_namespace_regex",
+    "ANY", "EXACT", "PREFIX", "SUFFIX", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES",
+    "DEFAULT_PATH_NORMALIZATION", "PATH_NORMALIZATIONS", "PATH_PARAMETER", "PATH_PARAMETER_RE2", "Pattern",
+    "header_element_regex", "host_regex", "namespace_matches", "namespace_of_principal", "namespace_regex",
+    "normalize_host", "normalize_path", "path_rejection", "re_escape", "spiffe_namespace_regex", "split_namespace",
 ]

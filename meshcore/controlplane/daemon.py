@@ -42,6 +42,7 @@ from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
 from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
                             SourceStatus, StatusResponse, ThreadStatus)
+from ..authz.patterns import DEFAULT_PATH_NORMALIZATION, PATH_NORMALIZATIONS
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
 from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, catalog_address, scrape_url
@@ -109,6 +110,8 @@ class Settings:
     alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
+    path_normalization: str = DEFAULT_PATH_NORMALIZATION  # Istio's pathNormalization (docs/security.md)
+    allow_path_parameters: bool = False  # paths with ';' or %3B: 400 unless allowed
     full_rebuild: bool = False  # engine baseline: rebuild the snapshot and every proxy on each change
     # ADS server limits (see meshcore.xds.server): streams one node identity may hold open, streams in all
     # (0: no limit but the machine's), and how long a new stream may take to send its first request.
@@ -198,7 +201,10 @@ class ControlPlane:
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
-                                 settings=MeshSettings(telemetry=settings.telemetry), tracing=self.tracing,
+                                 settings=MeshSettings(telemetry=settings.telemetry,
+                                                       path_normalization=settings.path_normalization,
+                                                       allow_path_parameters=settings.allow_path_parameters),
+                                 tracing=self.tracing,
                                  on_snapshot=self._on_snapshot, metrics=self.metrics,
                                  incremental=not settings.full_rebuild, track_streams=True)
         self.metrics.watch_ca(self.ca)
@@ -725,6 +731,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     from ..observe.telemetry import add_telemetry_args  # --access-log, --tracing-otlp, ...
 
     add_telemetry_args(p, env)
+    p.add_argument("--path-normalization", choices=PATH_NORMALIZATIONS,
+                   default=env.get("MESHCORE_PATH_NORMALIZATION", DEFAULT_PATH_NORMALIZATION),
+                   help="how every Envoy normalizes request paths before authorization and routing, with "
+                        "Istio's MeshConfig pathNormalization names (default %(default)s; see docs/security.md)")
+    p.add_argument("--allow-path-parameters", action="store_true",
+                   default=env.get("MESHCORE_ALLOW_PATH_PARAMETERS", "") == "1",
+                   help="let paths carry parameters (';' or %%3B); by default inbound Envoys answer them 400, "
+                        "since policies match the path with its parameters")
     p.add_argument("--advertise", default=env.get("MESHCORE_ADVERTISE", ""),
                    help="address agents use to reach this control plane (default: the bind host)")
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
@@ -771,6 +785,7 @@ def main(argv=None) -> int:
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
+            path_normalization=args.path_normalization, allow_path_parameters=args.allow_path_parameters,
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),

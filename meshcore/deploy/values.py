@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..authz.patterns import PATH_NORMALIZATIONS
 from ..ca.keys import KEY_TYPES
 from ..errors import FieldError, ValidationError
 from ._value_types import (
@@ -94,6 +95,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("security.defaultDeny", Bool(),
         "true: the playbook applies the mesh-wide deny-all AuthorizationPolicy (meshcore-system/deny-all, "
         "spec {}); false: removes it if the playbook made it.", ("meshcore_mesh_policy_default_deny",)),
+    Key("security.pathNormalization", Enum(*PATH_NORMALIZATIONS),
+        "How every Envoy normalizes request paths before authorization and routing (Istio's MeshConfig "
+        "pathNormalization names; the daemon's default is MERGE_SLASHES).", _cp("path_normalization")),
+    Key("security.allowPathParameters", Bool(),
+        "true: paths may carry parameters (';', %3B); false (the default): inbound Envoys answer them 400.",
+        _cp("allow_path_parameters")),
     Key("ca.leafTTL", Duration(), "Lifetime of workload certificates (rotated at half life).", _cp("leaf_ttl")),
     Key("ca.nodeCertTTL", Duration(), "Lifetime of node certificates (rotated at half life).", _cp("node_cert_ttl")),
     Key("ca.nodeRecoveryGrace", Duration(), "How long after expiry an agent may recover its node certificate "

@@ -95,6 +95,15 @@ def test_values_are_typed_and_normalized():
     assert got.values["alerts.webhooks"] == ["http://hooks.example/a"]
 
 
+def test_path_normalization_values_become_control_plane_variables():
+    got = resolve(("--set", {"security": {"pathNormalization": "decode_and_merge_slashes", "allowPathParameters": True}}))
+    ev = got.extra_vars()
+    assert ev["meshcore_control_plane_path_normalization"] == "DECODE_AND_MERGE_SLASHES"
+    assert ev["meshcore_control_plane_allow_path_parameters"] is True
+    with pytest.raises(ValidationError):
+        resolve(("--set", {"security": {"pathNormalization": "MERGE"}}))
+
+
 # --- errors: every one, with source and key path ------------------------------------------------------
 
 def test_unknown_keys_are_rejected_with_their_path_and_the_known_keys():

@@ -104,7 +104,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         selected = policies_for(policies, inst.labels, inst.namespace)
         if not selected:
             continue
-        stages = rbac_stages(selected, inst)
+        stages = rbac_stages(selected, inst, snapshot.trust_domain)
         try:
             if inst.protocol == "tcp":
                 for chain in listener.filter_chains:

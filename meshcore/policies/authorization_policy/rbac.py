@@ -1,6 +1,13 @@
 """AuthorizationPolicy -> Envoy RBAC (pure): each rule of the typed spec as an RBAC policy, and the stages
 (audit, deny, allow) a workload's inbound side evaluates. :mod:`.plugin` puts them into the generated resources;
 its docstring tells where and why.
+
+Two readings differ from a literal translation of Istio's (docs/security.md, "Paths, hosts, headers and
+namespaces as Envoy sees them"): a bare ``namespaces`` entry names a namespace of the mesh's own trust domain
+(``other.example/ns/default`` another's, ``*/ns/default`` every one's), and ``request.headers`` values match a
+comma-separated list by element in DENY and AUDIT rules (whole value in ALLOW; ``notValues`` the other way
+round), so a list-valued header never gets a request past a policy. Paths and hosts reach RBAC normalized by
+the HTTP connection manager (:func:`meshcore.xds.generate.listeners.normalize_requests`).
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
-from ...authz.patterns import ANY, EXACT, PREFIX, Pattern, host_regex, spiffe_namespace_regex
+from ...authz.patterns import ANY, EXACT, PREFIX, Pattern, header_element_regex, host_regex, spiffe_namespace_regex
 from ...authz.rules import PolicyRules, policy_rules
 from ...catalog.model import ServiceInstance
+from ...naming import DEFAULT_TRUST_DOMAIN
 from ...resources.model import Resource
 from .spec import (
     ALLOW,
@@ -71,13 +79,15 @@ def _regex(regex: str) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))
 
 
-def _header(name: str, value: str) -> Permission:
+def _header(name: str, value: str, *, elements: bool = False) -> Permission:
+    """``elements``: the value matches as the whole header value or as any element of a comma-separated list."""
     pattern = Pattern.parse(value)
     if name == ":authority":
         return Permission(header=route_components_pb2.HeaderMatcher(name=name, string_match=_regex(host_regex(value))))
     if pattern.kind == ANY and name != ":method":
         return Permission(header=route_components_pb2.HeaderMatcher(name=name, present_match=True))
-    return Permission(header=route_components_pb2.HeaderMatcher(name=name, string_match=_string(pattern)))
+    matcher = _regex(header_element_regex(value)) if elements else _string(pattern)
+    return Permission(header=route_components_pb2.HeaderMatcher(name=name, string_match=matcher))
 
 
 def _cidr(block: str) -> address_pb2.CidrRange:
@@ -90,12 +100,27 @@ def _authenticated(matcher: string_pb2.StringMatcher) -> Principal:
     return Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=matcher))
 
 
-def _value_matcher(cond: Condition, value: str) -> Permission | Principal:
+@dataclass(frozen=True)
+class _Target:
+    """What compiling a condition needs beyond it: the workload, the mesh's trust domain (bare ``namespaces``
+    mean its namespaces only) and the action of the stage (DENY and AUDIT match list-valued headers by element)."""
+
+    instance: ServiceInstance
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    action: str = ALLOW
+
+    def header_elements(self, cond: Condition) -> bool:
+        """Match ``cond``'s header values against each element of a list-valued header? Whichever way makes the
+        rule match more often for DENY/AUDIT and less often for ALLOW: a list never helps past a policy."""
+        return (self.action != ALLOW) != cond.negated
+
+
+def _value_matcher(cond: Condition, value: str, target: _Target) -> Permission | Principal:
     a = cond.attribute
     if a == SOURCE_PRINCIPAL:
         return _authenticated(_string(Pattern.parse(value), prefix="spiffe://"))
     if a == SOURCE_NAMESPACE:
-        return _authenticated(_regex(spiffe_namespace_regex(value)))
+        return _authenticated(_regex(spiffe_namespace_regex(value, target.trust_domain)))
     if a == SOURCE_IP:
         return Principal(direct_remote_ip=_cidr(value))
     if a == REQUEST_METHOD:
@@ -105,7 +130,7 @@ def _value_matcher(cond: Condition, value: str) -> Permission | Principal:
     if a == REQUEST_PATH:
         return Permission(url_path=path_pb2.PathMatcher(path=_string(Pattern.parse(value))))
     if a == REQUEST_HEADERS:
-        return _header(cond.header or "", value)
+        return _header(cond.header or "", value, elements=target.header_elements(cond))
     raise ValueError(f"no Envoy matcher for attribute {a!r}")
 
 
@@ -127,19 +152,21 @@ def _all_of(items: list, cls) -> Message:
     return Permission(and_rules=Permission.Set(rules=items))
 
 
-def condition_matcher(cond: Condition, instance: ServiceInstance) -> _Matcher:
-    """The Envoy matcher for one condition, or True/False when it is decided by the listener alone."""
+def condition_matcher(cond: Condition, instance: ServiceInstance, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                      action: str = ALLOW) -> _Matcher:
+    """The Envoy matcher for one condition of an ``action`` rule, or True/False when the listener alone decides it."""
     if cond.attribute == DESTINATION_PORT:
         hit = any(v.isdigit() and int(v) == instance.port for v in cond.values)
         return hit != cond.negated
+    target = _Target(instance, trust_domain, action)
     cls = Principal if cond.on_source else Permission
-    matcher = _any_of([_value_matcher(cond, v) for v in cond.values], cls)
+    matcher = _any_of([_value_matcher(cond, v, target) for v in cond.values], cls)
     if not cond.negated:
         return matcher
     return Principal(not_id=matcher) if cls is Principal else Permission(not_rule=matcher)
 
 
-def _alternatives(blocks, extra: Sequence[Condition], cls, instance: ServiceInstance) -> list | None:
+def _alternatives(blocks, extra: Sequence[Condition], cls, target: _Target) -> list | None:
     """OR over ``blocks`` (None: one empty block) of AND over each block's conditions plus ``extra``.
 
     None when no alternative can match on this listener."""
@@ -147,7 +174,7 @@ def _alternatives(blocks, extra: Sequence[Condition], cls, instance: ServiceInst
     for block in blocks if blocks is not None else [()]:
         parts: list[Permission | Principal] = []
         for cond in tuple(block) + tuple(extra):
-            m = condition_matcher(cond, instance)
+            m = condition_matcher(cond, target.instance, target.trust_domain, target.action)
             if m is False:
                 break
             if m is not True:
@@ -157,29 +184,34 @@ def _alternatives(blocks, extra: Sequence[Condition], cls, instance: ServiceInst
     return out or None
 
 
-def rule_policy(rule: Rule, instance: ServiceInstance) -> rbac_pb2.Policy | None:
-    """One rule as an Envoy RBAC policy; None when it cannot match on ``instance``'s listener (ports)."""
+def rule_policy(rule: Rule, instance: ServiceInstance, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                action: str = ALLOW) -> rbac_pb2.Policy | None:
+    """One rule of an ``action`` policy as an Envoy RBAC policy; None when it cannot match on ``instance``'s
+    listener (ports)."""
+    target = _Target(instance, trust_domain, action)
     request_when = [c for c in rule.when if not c.on_source]
     source_when = [c for c in rule.when if c.on_source]
-    permissions = _alternatives(rule.operations, request_when, Permission, instance)
-    principals = _alternatives(rule.sources, source_when, Principal, instance)
+    permissions = _alternatives(rule.operations, request_when, Permission, target)
+    principals = _alternatives(rule.sources, source_when, Principal, target)
     if permissions is None or principals is None:
         return None
     return rbac_pb2.Policy(permissions=permissions, principals=principals)
 
 
-def _rbac(action: str, policies: Sequence[PolicyRules], instance: ServiceInstance) -> rbac_pb2.RBAC:
+def _rbac(action: str, policies: Sequence[PolicyRules], instance: ServiceInstance, trust_domain: str) -> rbac_pb2.RBAC:
     rules = rbac_pb2.RBAC(action=_ENVOY_ACTION[action])
     for p in policies:
         for rule in p.rules:
-            compiled = rule_policy(rule, instance)
+            compiled = rule_policy(rule, instance, trust_domain, action)
             if compiled is not None:
                 rules.policies[p.rule_id(rule)].CopyFrom(compiled)
     return rules
 
 
-def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list[RbacStage]:
-    """The RBAC stages for ``instance``, in evaluation order (pure). ``selected``: the policies selecting it.
+def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance,
+                trust_domain: str = DEFAULT_TRUST_DOMAIN) -> list[RbacStage]:
+    """The RBAC stages for ``instance``, in evaluation order (pure). ``selected``: the policies selecting it;
+    ``trust_domain``: the mesh's own (a bare ``namespaces`` entry means a namespace of it only).
 
     Labels: ``audit``, ``deny`` (HTTP: every DENY policy in one stage) or ``deny.<ns>.<name>`` (TCP: one
     filter per DENY policy, the only way to count TCP denials per policy), and ``allow``."""
@@ -188,20 +220,20 @@ def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance) -> list
     stages: list[RbacStage] = []
     audits = [p for p in compiled if p.action == AUDIT]
     if audits:
-        stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance)))
+        stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance, trust_domain)))
     denies = [p for p in compiled if p.action == DENY]
     if instance.protocol == "tcp":
         for p in denies:
-            rules = _rbac(DENY, [p], instance)
+            rules = _rbac(DENY, [p], instance, trust_domain)
             if rules.policies:  # a DENY filter without policies allows everything: leave it out
                 stages.append(RbacStage(f"deny.{p.namespace}.{p.name}", rules))
     elif denies:
-        rules = _rbac(DENY, denies, instance)
+        rules = _rbac(DENY, denies, instance, trust_domain)
         if rules.policies:
             stages.append(RbacStage("deny", rules))
     allows = [p for p in compiled if p.action == ALLOW]
     if allows:
-        stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance)))
+        stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance, trust_domain)))
     return stages
 
 

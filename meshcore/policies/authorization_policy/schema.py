@@ -77,6 +77,7 @@ OPERATION_FIELDS = ("methods", "notMethods", "paths", "notPaths", "ports", "notP
 WHEN_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "destination.port")
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]_-]+")
 _NAMESPACE = re.compile(r"[a-z0-9-]+")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 
 # --- value checks (each returns an error message or None) ----------------------------------------
@@ -109,6 +110,14 @@ def _principal_problem(value: str) -> str | None:
 
 
 def _namespace_problem(value: str) -> str | None:
+    """A namespace of the local trust domain (``default``, ``test-*``), or one qualified with its trust domain
+    as a principal spells it (``other.example/ns/default``; ``*/ns/default``: in every trust domain)."""
+    td, sep, ns = value.partition("/ns/")
+    if sep:
+        if td != "*" and not _TRUST_DOMAIN.fullmatch(td):
+            return (f"{json.dumps(value)}: a qualified namespace is <trust domain>/ns/<namespace> "
+                    "(e.g. \"other.example/ns/default\", or \"*/ns/default\" for every trust domain)")
+        value = ns
     problem = wildcard_problem(value)
     if problem:
         return problem

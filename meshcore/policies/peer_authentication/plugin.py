@@ -29,7 +29,8 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         mode = effective_mtls(policies, inst.labels, inst.namespace, inst.port)
         if mode == "STRICT":
             continue
-        plaintext = c.ChainDraft(listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN), inbound_filters(inst))
+        plaintext = c.ChainDraft(listener_components_pb2.FilterChain(name=PLAINTEXT_CHAIN),
+                                 inbound_filters(inst, snapshot.settings.path_normalization))
         if mode == "PERMISSIVE":
             plaintext.message.filter_chain_match.transport_protocol = "raw_buffer"
             listener.filter_chains.append(plaintext)

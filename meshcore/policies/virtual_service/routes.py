@@ -27,6 +27,7 @@ from ... import naming
 from ...resources.model import Resource
 from ...xds.generate import policy_filters as pf
 from ...xds.generate import vocab as c
+from ...xds.generate.routes import default_retry_policy, retry_to_other_hosts
 from .schema import DEFAULT_RETRY_ON, split_retry_on
 from .spec import (
     EXACT,
@@ -97,7 +98,7 @@ def http_fault(fault: Fault) -> fault_pb2.HTTPFault:
 
 
 def retry_policy(retries: Retries) -> rc.RetryPolicy | None:
-    """``attempts: 0`` turns retries off (no policy at all)."""
+    """``attempts: 0`` turns retries off (no policy at all); each retry goes to another host (as Istio's)."""
     if not retries.attempts:
         return None
     conditions, codes = split_retry_on(retries.retry_on or DEFAULT_RETRY_ON)
@@ -109,7 +110,7 @@ def retry_policy(retries: Retries) -> rc.RetryPolicy | None:
         out.retry_back_off.base_interval.CopyFrom(c.seconds(retries.backoff_base_interval))
         if retries.backoff_max_interval is not None:
             out.retry_back_off.max_interval.CopyFrom(c.seconds(retries.backoff_max_interval))
-    return out
+    return retry_to_other_hosts(out)
 
 
 def _header_options(ops: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
@@ -140,10 +141,10 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
             action.weighted_clusters.clusters.append(
                 rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight)))
     action.timeout.CopyFrom(c.seconds(rule.timeout if rule.timeout is not None else default_timeout))
-    if rule.retries is not None:
-        policy = retry_policy(rule.retries)
-        if policy is not None:
-            action.retry_policy.CopyFrom(policy)
+    # No ``retries``: the mesh default (Istio's); ``retries`` replaces it (``attempts: 0``: none at all).
+    policy = default_retry_policy() if rule.retries is None else retry_policy(rule.retries)
+    if policy is not None:
+        action.retry_policy.CopyFrom(policy)
     for d in rule.route:
         hashes = hash_for(d.destination.host, d.destination.subset)
         if hashes:

@@ -7,7 +7,9 @@ every replica of a service calling the same host gets the same entry.
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import wrappers_pb2
+
+from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
@@ -18,6 +20,33 @@ from . import vocab as c
 from .shared import Keyed, SharedResources, shared_or_built
 
 CONNECT_TIMEOUT_S = 5.0
+
+# Outlier detection on every mesh upstream cluster unless a DestinationRule's ``outlierDetection`` replaces it:
+# eject an instance after 5 gateway errors in a row (502/503/504 and connect failures, resets and timeouts:
+# the instance's proxy or app is down), first for 30 s (longer each time it is ejected again), checked
+# every 5 s, at most half of a service's instances at once. Plain 5xx from the app and success-rate
+# ejection are counted but not enforced: an app's own 500s say nothing about the instance's health.
+OUTLIER_GATEWAY_ERRORS = 5
+OUTLIER_INTERVAL_S = 5.0
+OUTLIER_BASE_EJECTION_S = 30.0
+OUTLIER_MAX_EJECTION_PERCENT = 50
+
+
+def _u32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)
+
+
+def default_outlier_detection() -> outlier_detection_pb2.OutlierDetection:
+    """The outlier detection of a mesh upstream cluster without a DestinationRule's (see the constants above)."""
+    return outlier_detection_pb2.OutlierDetection(
+        consecutive_gateway_failure=_u32(OUTLIER_GATEWAY_ERRORS),
+        enforcing_consecutive_gateway_failure=_u32(100),
+        enforcing_consecutive_5xx=_u32(0),
+        enforcing_success_rate=_u32(0),
+        interval=c.seconds(OUTLIER_INTERVAL_S),
+        base_ejection_time=c.seconds(OUTLIER_BASE_EJECTION_S),
+        max_ejection_percent=_u32(OUTLIER_MAX_EJECTION_PERCENT),
+    )
 
 
 def local_app_cluster(instance: ServiceInstance) -> cluster_pb2.Cluster:
@@ -65,6 +94,7 @@ def service_upstream_cluster(snapshot: MeshSnapshot, service: str, host: str, da
         connect_timeout=c.seconds(CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         transport_socket=c.transport_socket("envoy.transport_sockets.tls", tls),
+        outlier_detection=default_outlier_detection(),
     )
 
 

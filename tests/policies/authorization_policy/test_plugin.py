@@ -177,7 +177,7 @@ def test_matchers(catalog):
         {"authenticated": {"principalName": {"suffix": "/sa/b"}}},
         {"authenticated": {"principalName": {"safeRegex": {"regex": ".+"}}}},
     ]
-    assert ids[1] == {"notId": {"authenticated": {"principalName": {"safeRegex": {"regex": "spiffe://[^/]+/ns/test-[^/]*/.*"}}}}}
+    assert ids[1] == {"notId": {"authenticated": {"principalName": {"safeRegex": {"regex": "spiffe://cluster\\.local/ns/test-[^/]*/.*"}}}}}
     assert ids[2] == {"directRemoteIp": {"addressPrefix": "10.0.0.0", "prefixLen": 8}}
     assert ids[3] == {"notId": {"directRemoteIp": {"addressPrefix": "127.0.0.1", "prefixLen": 32}}}
     rules = policy["permissions"][0]["andRules"]["rules"]
