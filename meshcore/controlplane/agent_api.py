@@ -57,6 +57,8 @@ def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
         sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise BadRequest("csr has no subjectAltName; put the SPIFFE ID in a URI SAN") from exc
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise BadRequest(f"csr extensions cannot be parsed: {exc}") from exc
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise BadRequest(f"csr must carry exactly one URI SAN (the SPIFFE ID), found {len(uris)}")
@@ -128,6 +130,7 @@ class AgentApi:
         for uri in req.peer_uri_sans():
             parsed = naming.parse_node_spiffe_id(uri)
             if parsed and parsed[0] == self.ca.trust_domain:
+                req.authenticated()  # a node: its bodies may be up to MAX_BODY
                 reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
                 if reported:
                     with self._acks_lock:
@@ -144,14 +147,16 @@ class AgentApi:
 
     # --- endpoints -------------------------------------------------------------------------
     def join(self, req: Request) -> dict:
+        """Unauthenticated (64 KiB bodies): everything about the request is checked before the one-time
+        token is used, so a refused CSR does not burn it."""
         body = wire.JoinRequest.from_json(req.json())
         node, token, csr = body.node, body.token, body.csr
-        if not node or not token or not csr:
-            raise BadRequest("join needs node, token and csr")
-        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
-        uri, parsed = _csr_uri(csr)
-        if uri != expected:
-            raise Forbidden(f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+        try:
+            expected, parsed = self._check_join(node, token, csr)
+        except (BadRequest, Forbidden) as exc:  # the token stays usable
+            self._count("node", "refused")
+            log.warning("join refused node=%s: %s", node, exc)  # the log formatter escapes the name
+            raise
         try:
             self.tokens.consume(token, node)
         except JoinTokenError as exc:
@@ -162,6 +167,21 @@ class AgentApi:
         self._count("node", "issued")
         log.info("node joined node=%s serial=%s", node, cert.serial)
         return self._issued(cert)
+
+    def _check_join(self, node: str, token: str, csr: str) -> tuple[str, x509.CertificateSigningRequest]:
+        """The node's SPIFFE ID and its parsed CSR, once everything but the token checks out."""
+        if not node or not token or not csr:
+            raise BadRequest("join needs node, token and csr")
+        naming.check_node_name(node, BadRequest)
+        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
+        uri, parsed = _csr_uri(csr)
+        if uri != expected:
+            raise Forbidden(f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+        try:
+            self.ca.check_csr(parsed, spiffe_id=expected)
+        except SigningRefused as exc:  # the request's fault: 400
+            raise BadRequest(f"join refused, the token was not used: {exc}") from exc
+        return expected, parsed
 
     def renew_node(self, req: Request) -> dict:
         node = self._node_of(req)
