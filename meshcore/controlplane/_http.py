@@ -10,8 +10,9 @@ Request limits (every listener: agent API, operator API over HTTP and HTTPS):
   (:meth:`Request.authenticated`: a node certificate, an operator token or certificate), then
   :data:`MAX_BODY` (4 MiB). Over it answers 413 at once and closes the connection.
 * Time limits per connection: :data:`IDLE_TIMEOUT` between requests, :data:`HEADER_TIMEOUT` from a
-  request's first byte to the end of its headers, :data:`BODY_TIMEOUT` to receive its body; a client
-  that sends slower (slow loris) is disconnected.
+  request's first byte to the end of its headers, :data:`BODY_TIMEOUT` to receive its body (and per
+  write of the answer); a client that sends slower (slow loris) is disconnected. The request line and
+  headers together are at most :data:`MAX_HEADER_BYTES` (the connection is closed).
 * JSON bodies nest at most :data:`MAX_JSON_DEPTH` levels (400), and ``NaN``/``Infinity`` are refused.
 """
 
@@ -23,6 +24,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -50,6 +52,8 @@ MAX_JSON_DEPTH = 64  # nesting of a JSON body (the API's contracts nest 4 deep)
 IDLE_TIMEOUT = 75.0  # seconds a kept-alive connection may wait for its next request
 HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its headers
 BODY_TIMEOUT = 30.0  # seconds to receive a body once the headers are in
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers together
+_READ_BUFFER = 64 * 1024
 _DRAIN_BYTES = 256 * 1024  # read and dropped from a refused body so the client sees the answer, not a reset
 _DRAIN_SECONDS = 1.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -181,14 +185,31 @@ class Router:
         raise NotFound(f"no such endpoint: {path}")
 
 
+class _HeadersTooLarge(OSError):
+    """A request's line and headers went on past :data:`MAX_HEADER_BYTES`."""
+
+
 class _TimedReader(io.RawIOBase):
     """The connection's input with time limits: :data:`IDLE_TIMEOUT` while no request is under way,
-    then the request's deadline (headers, then body) over all its reads, however slowly they trickle in."""
+    then the request's deadline (headers, then body) over all its reads, however slowly they trickle in;
+    and a size limit on the request line and headers (:data:`MAX_HEADER_BYTES`)."""
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
         self.deadline: float | None = None  # None: between requests
         self._timeout: float | None = None
+        self._header_bytes: int | None = None  # read since the request started, until its body is read
+
+    def next_request(self) -> None:
+        self.deadline, self._header_bytes = None, 0
+
+    def body(self) -> None:
+        """The headers are in: the body has :data:`BODY_TIMEOUT`, and no header budget."""
+        self.deadline, self._header_bytes = time.monotonic() + BODY_TIMEOUT, None
+
+    def writing(self) -> None:
+        """An answer goes out: a client that does not read it has :data:`BODY_TIMEOUT` per write."""
+        self._settimeout(BODY_TIMEOUT)
 
     def readable(self) -> bool:
         return True
@@ -209,6 +230,11 @@ class _TimedReader(io.RawIOBase):
         n = self._sock.recv_into(buffer)
         if self.deadline is None and n:  # a request starts: its headers must all be in soon
             self.deadline = time.monotonic() + HEADER_TIMEOUT
+        if self._header_bytes is not None:
+            self._header_bytes += n
+            # a read may carry the start of the body too: the budget allows one buffer of it
+            if self._header_bytes > MAX_HEADER_BYTES + _READ_BUFFER:
+                raise _HeadersTooLarge(f"request line and headers over {MAX_HEADER_BYTES} bytes")
         return n
 
 
@@ -225,11 +251,16 @@ def _make_handler(router: Router, server_name: str):
             super().setup()
             self.rfile.close()  # the plain makefile() reader: replaced by one with time limits
             self._reader = _TimedReader(self.connection)
-            self.rfile = io.BufferedReader(self._reader, 64 * 1024)
+            self.rfile = io.BufferedReader(self._reader, _READ_BUFFER)
 
         def handle_one_request(self):
-            self._reader.deadline = None
-            super().handle_one_request()
+            self._reader.next_request()
+            try:
+                super().handle_one_request()
+            except _HeadersTooLarge as exc:
+                log.info("closed the connection from %s: %s", self.client_address[0], exc)
+                self.close_connection = True
+                return
             if self._unread:
                 self._drain()
 
@@ -250,6 +281,7 @@ def _make_handler(router: Router, server_name: str):
             """Drop (a bounded part of) a body nobody read, so the client reads the answer rather than a reset."""
             self.close_connection = True
             left, deadline = min(self._unread, _DRAIN_BYTES), time.monotonic() + _DRAIN_SECONDS
+            self._reader.body()
             self._reader.deadline = deadline
             try:
                 while left > 0 and time.monotonic() < deadline:
@@ -262,7 +294,7 @@ def _make_handler(router: Router, server_name: str):
             self._unread = 0
 
         def _run(self):
-            self._reader.deadline = time.monotonic() + BODY_TIMEOUT
+            self._reader.body()
             try:
                 length = body_length(self.command, self.headers)
             except MeshError as exc:  # framing we do not accept: answer and close, never read the body
@@ -291,6 +323,7 @@ def _make_handler(router: Router, server_name: str):
                 payload = body.encode()
             else:
                 payload = body or b""
+            self._reader.writing()
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
             self.send_header("Content-Length", str(len(payload)))
@@ -333,6 +366,15 @@ class _Server(ThreadingHTTPServer):
                 return
             request.settimeout(None)
         super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        """A connection's error outside a handler's own error map: a client gone away is one line, not a
+        traceback on stderr; anything else is logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.info("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("unexpected error on a connection from %s", client_address[0])
 
 
 class JsonServer:
