@@ -143,12 +143,19 @@ class Request:
         return parse_json(raw) if raw else {}
 
     def peer_uri_sans(self) -> list[str]:
+        """The URI SANs of the client's verified certificate (none without TLS or a certificate). Read once
+        per connection: the certificate cannot change on it (renegotiation is off, see :class:`JsonServer`)."""
+        cached = getattr(self.handler, "peer_sans", None)
+        if cached is not None:
+            return list(cached)
         conn = self.handler.connection
-        if not isinstance(conn, ssl.SSLSocket):
-            return []
-        sans = (conn.getpeercert() or {}).get("subjectAltName", ())
-        return [entry[1] for entry in sans if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI"
-                and isinstance(entry[1], str)]
+        uris: tuple[str, ...] = ()
+        if isinstance(conn, ssl.SSLSocket):
+            sans = (conn.getpeercert() or {}).get("subjectAltName", ())
+            uris = tuple(entry[1] for entry in sans if isinstance(entry, tuple) and len(entry) == 2
+                         and entry[0] == "URI" and isinstance(entry[1], str))
+        self.handler.peer_sans = uris  # type: ignore[attr-defined]
+        return list(uris)
 
 
 class Response:
@@ -161,8 +168,11 @@ Handler = Callable[[Request], Any]
 
 
 class Router:
-    def __init__(self):
+    def __init__(self, pretty: bool = True):
+        """``pretty``: JSON answers indented for people (the operator API); False writes them compact, with
+        the C encoder (the agent API: programs, many calls)."""
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        self.pretty = pretty
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
@@ -318,7 +328,8 @@ def _make_handler(router: Router, server_name: str):
         def _send(self, resp: Response):
             body = resp.body
             if resp.content_type == "application/json":
-                payload = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+                payload = ((json.dumps(body, indent=2, sort_keys=True) if router.pretty else
+                            json.dumps(body, sort_keys=True, separators=(",", ":"))) + "\n").encode()
             elif isinstance(body, str):
                 payload = body.encode()
             else:
@@ -332,9 +343,12 @@ def _make_handler(router: Router, server_name: str):
             if self._unread or self.close_connection:  # a body left unread: this connection ends here
                 self.close_connection = True
                 self.send_header("Connection", "close")
-            self.end_headers()
+            # end_headers() without its flush: headers and body leave in one write (one TLS record,
+            # one syscall; and no wait for a delayed ACK between them)
+            self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
             if self.command != "HEAD":
-                self.wfile.write(payload)
+                self._headers_buffer.append(payload)  # type: ignore[attr-defined]
+            self.flush_headers()
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _run
 
@@ -377,13 +391,21 @@ class _Server(ThreadingHTTPServer):
             log.exception("unexpected error on a connection from %s", client_address[0])
 
 
+def _no_renegotiation(tls: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """``tls`` refusing TLS 1.2 renegotiation: a connection keeps the client certificate of its handshake
+    (and a client cannot make the server redo handshakes on one connection)."""
+    if tls is not None:
+        tls.options |= ssl.OP_NO_RENEGOTIATION
+    return tls
+
+
 class JsonServer:
     """Serve a Router on ``host:port`` (port 0 picks a free one), optionally with TLS."""
 
     def __init__(self, router: Router, bind: str, *, tls: ssl.SSLContext | None = None, name: str = "meshcore"):
         host, _, port = bind.rpartition(":")
         self._server = _Server((host.strip("[]"), int(port)), _make_handler(router, name))
-        self._server.tls = tls
+        self._server.tls = _no_renegotiation(tls)
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"{name}-http", daemon=True)
 
     @property
@@ -393,7 +415,7 @@ class JsonServer:
 
     def set_tls(self, tls: ssl.SSLContext) -> None:
         """Serve new connections with this context (certificate rotation without a restart)."""
-        self._server.tls = tls
+        self._server.tls = _no_renegotiation(tls)
 
     def start(self) -> "JsonServer":
         self._thread.start()

@@ -104,7 +104,7 @@ class AgentApi:
                            phase=self.ca.rotation_phase)
 
     def router(self) -> Router:
-        r = Router()
+        r = Router(pretty=False)  # agents read it: compact JSON
         r.add("POST", wire.JOIN, self.join)
         r.add("POST", wire.RENEW_NODE, self.renew_node)
         r.add("GET", wire.SERVICES, self.services)

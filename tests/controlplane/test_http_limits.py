@@ -312,3 +312,18 @@ def test_a_client_gone_away_is_not_a_traceback(server, capfd):
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_response(sock)[0] == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_tls_listeners_refuse_renegotiation():
+    """A connection keeps its handshake's client certificate (the agent API reads it once per connection)."""
+    import ssl
+
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv = JsonServer(Router(), "127.0.0.1:0", tls=tls).start()
+    try:
+        assert tls.options & ssl.OP_NO_RENEGOTIATION
+        other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        srv.set_tls(other)
+        assert other.options & ssl.OP_NO_RENEGOTIATION
+    finally:
+        srv.stop()
