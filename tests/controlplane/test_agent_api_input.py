@@ -186,3 +186,34 @@ def test_authenticated_node_may_send_more_than_the_small_limit(plane):
     status, answer = _post(plane, "/v1/agent/renew-node", {"csr": "x" * 100_000, "pad": "y"}, ctx)
     assert status == 400  # read (over 64 KiB) and refused for what it says, not for its size
     assert "not a PEM certificate signing request" in answer["error"]
+
+
+@pytest.mark.parametrize("framing,status", [
+    ("Content-Length: -1", 400),
+    ("Transfer-Encoding: chunked", 411),
+    (f"Content-Length: {160 * 1024 * 1024}", 413),
+    ("Content-Length: 70000", 413),
+])
+def test_join_without_a_certificate_never_buffers_a_big_body(plane, framing, status):
+    """Finding: a join without certificate or token streamed 160 MiB into the control plane. The answer
+    comes from the headers: the client sends 64 KiB of the body it announced, then reads the refusal."""
+    import socket
+
+    host, port = plane.server.address.rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=30)
+    with _client_context(plane).wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(f"POST /v1/agent/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+                     .encode())
+        chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n" if "chunked" in framing else b"x" * 16384
+        try:
+            for _ in range(4):  # 64 KiB, less than any announced body (the server drains at most 256 KiB)
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed already
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(65536)
+            assert data, head
+            head += data
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head[:200]
+    assert b"connection: close" in head.lower()
