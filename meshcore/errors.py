@@ -236,6 +236,15 @@ class PayloadTooLarge(RequestError):
     """The request body is over the server's limit."""
 
 
+class HeadersTooLarge(PayloadTooLarge, OSError):
+    """A request's line and headers went on past the HTTP layer's limit (an ``OSError`` as well, since it is
+    raised from inside the connection's reads)."""
+
+
+class LengthRequired(RequestError):
+    """A request with a body came without a usable ``Content-Length`` (none, or ``Transfer-Encoding``)."""
+
+
 class Unavailable(RequestError):
     """The server cannot answer yet (no snapshot, catalog not read, a part not running); retry shortly."""
 
@@ -304,6 +313,7 @@ HTTP_STATUS: Mapping[type[MeshError], int] = {
     MethodNotAllowed: 405,
     Conflict: 409,
     PayloadTooLarge: 413,
+    LengthRequired: 411,
     Unavailable: 503,
 }
 

@@ -7,6 +7,54 @@ from __future__ import annotations
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_NAMESPACE = "default"
+MAX_LABEL = 63
+
+
+# --- the one rule for names that become identities, file names and log fields -------------
+
+def dns_label_problem(value: object, max_len: int = MAX_LABEL) -> str | None:
+    """Which RFC 1123 label rule ``value`` breaks (lowercase letters, digits and '-', starting and ending
+    with a letter or digit, at most ``max_len`` characters), or None when it is a valid label.
+
+    Node names, service names, namespaces and resource names all follow it: each becomes a path segment
+    of a SPIFFE ID, part of file names on the VMs and a log field. No dots: ``web.v2`` would be read as
+    a host name (``<service>.<namespace>``) and as a Consul DNS tag query (``<tag>.<service>.service.consul``),
+    which is why Consul warns that such a name is not discoverable by DNS.
+    """
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > max_len:
+        return f"must be at most {max_len} characters (got {len(value)})"
+    bad = sorted({c for c in value if not (c.isascii() and (c.islower() or c.isdigit() or c == "-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:8])
+        return f"must contain only lowercase letters, digits and '-' (found {shown})"
+    if not value[0].isalnum():
+        return "must start with a lowercase letter or digit"
+    if not value[-1].isalnum():
+        return "must end with a lowercase letter or digit"
+    return None
+
+
+def check_name(what: str, value: object, error: type[Exception] = ValueError) -> str:
+    """``value`` when it is a valid DNS label, else ``error("<what> 'x/../n2' is not valid: <rule>")``."""
+    problem = dns_label_problem(value)
+    if problem:
+        shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+        raise error(f"{what} {shown} is not valid: {problem} (an RFC 1123 label, e.g. vm-1)")
+    return value  # type: ignore[return-value]
+
+
+def check_node_name(node: object, error: type[Exception] = ValueError) -> str:
+    """A node (VM) name: a DNS label (see :func:`dns_label_problem`), as Consul needs for DNS."""
+    return check_name("node name", node, error)
+
+
+def check_service_name(service: object, error: type[Exception] = ValueError) -> str:
+    """A service name: a DNS label, no dots (see :func:`dns_label_problem`)."""
+    return check_name("service name", service, error)
 
 
 # --- SPIFFE identities -------------------------------------------------------------------
@@ -16,8 +64,9 @@ def workload_spiffe_id(trust_domain: str, namespace: str, service_account: str) 
 
 
 def node_spiffe_id(trust_domain: str, node: str) -> str:
-    """Identity of a VM's agent (used for the ADS connection and the agent API)."""
-    return f"spiffe://{trust_domain}/meshcore/node/{node}"
+    """Identity of a VM's agent (used for the ADS connection and the agent API); ValueError for a node
+    name that is not a DNS label (``x/../n2`` would be another path)."""
+    return f"spiffe://{trust_domain}/meshcore/node/{check_node_name(node)}"
 
 
 def control_plane_spiffe_id(trust_domain: str) -> str:
@@ -40,8 +89,10 @@ def _parse_meshcore_id(spiffe_id: str, kind: str) -> tuple[str, str] | None:
 
 
 def parse_node_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:
-    """``spiffe://td/meshcore/node/<node>`` -> ``(td, node)``; anything else -> None."""
-    return _parse_meshcore_id(spiffe_id, "node")
+    """``spiffe://td/meshcore/node/<node>`` -> ``(td, node)``; anything else (a node that is not a DNS label
+    too) -> None."""
+    parsed = _parse_meshcore_id(spiffe_id, "node")
+    return parsed if parsed and dns_label_problem(parsed[1]) is None else None
 
 
 def parse_operator_spiffe_id(spiffe_id: str) -> tuple[str, str] | None:

@@ -87,6 +87,18 @@ def decode(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether decoded JSON (or YAML) ``value`` nests objects/lists more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
 class Wire:
     """Base of the API contracts (frozen dataclasses): ``to_json()`` and a checked ``from_json()``."""
 
@@ -118,4 +130,4 @@ def omit_none(default: Any = None) -> Any:
     return dataclasses.field(default=default, metadata={"omit_none": True})
 
 
-__all__ = ["Wire", "decode", "encode", "omit_empty", "omit_none"]
+__all__ = ["Wire", "decode", "deeper_than", "encode", "omit_empty", "omit_none"]

@@ -4,9 +4,9 @@ The control plane (:mod:`meshcore.controlplane.agent_api`) builds responses with
 reads requests with ``from_json()``; the agent's client (:mod:`meshcore.agent.client`) does the
 opposite. Both sides therefore agree on field names by construction.
 
-Requests are read leniently (a missing or non-string field becomes ``""``): the server decides what
-is missing and answers 400 saying so. Responses are read strictly by the client: a missing required
-field raises :class:`~meshcore.errors.AgentError` naming the call and the field.
+Requests are checked contracts (:class:`~meshcore.api._wire.Wire`): a missing or ill-typed field is a
+400 naming it (``body.csr: expected a string, got a number``). Responses are read strictly by the
+client: a missing required field raises :class:`~meshcore.errors.AgentError` naming the call and the field.
 
 Endpoints::
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.api._wire import Wire
 from meshcore.errors import AgentError
 
 BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
@@ -54,24 +55,16 @@ def require_str(data: dict[str, Any], name: str, where: str) -> str:
 # --- requests ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class JoinRequest:
+class JoinRequest(Wire):
     """A new VM's first call: its node name, the one-time join token, a CSR for its node identity."""
 
     node: str
     token: str
     csr: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "token": self.token, "csr": self.csr}
-
-    @classmethod
-    def from_json(cls, data: Any) -> JoinRequest:
-        data = data if isinstance(data, dict) else {}
-        return cls(node=_str(data, "node"), token=_str(data, "token"), csr=_str(data, "csr"))
-
 
 @dataclass(frozen=True)
-class RecoverRequest:
+class RecoverRequest(Wire):
     """An agent whose node certificate expired: a CSR for a new key, and a proof made with the old key
     (``signature``: base64, over :func:`meshcore.ca.recovery.recovery_message` of ``timestamp``)."""
 
@@ -80,28 +73,12 @@ class RecoverRequest:
     timestamp: str
     signature: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "csr": self.csr, "timestamp": self.timestamp, "signature": self.signature}
-
-    @classmethod
-    def from_json(cls, data: Any) -> RecoverRequest:
-        data = data if isinstance(data, dict) else {}
-        return cls(node=_str(data, "node"), csr=_str(data, "csr"), timestamp=_str(data, "timestamp"),
-                   signature=_str(data, "signature"))
-
 
 @dataclass(frozen=True)
-class CsrRequest:
+class CsrRequest(Wire):
     """A PEM CSR made on the VM (renew-node: the node identity; sign: one of its services')."""
 
     csr: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"csr": self.csr}
-
-    @classmethod
-    def from_json(cls, data: Any) -> CsrRequest:
-        return cls(csr=_str(data if isinstance(data, dict) else {}, "csr"))
 
 
 # --- responses ---------------------------------------------------------------------------------

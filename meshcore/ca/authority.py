@@ -712,18 +712,11 @@ class CertificateAuthority:
         :class:`SigningRefused` saying why when it does not. Authorisation (is this node allowed
         this identity?) is the caller's job: see :func:`check_workload_request`.
         """
-        sid = parse_workload_id(spiffe_id, SigningRefused)
-        if sid.trust_domain.name != self.trust_domain:
-            raise SigningRefused(
-                f"{spiffe_id} is in trust domain {sid.trust_domain.name!r}; this CA signs only {self.trust_domain!r}"
-            )
         ttl = self.leaf_ttl if ttl is None else ttl
         if ttl <= timedelta(0):
             raise SigningRefused(f"ttl must be positive, got {ttl}")
         dns_names, ip_addresses = self._check_extra_sans(spiffe_id, dns_names, ip_addresses)
-        csr = _load_csr(csr_pem)
-        _check_csr_key(csr)
-        _check_csr_sans(csr, spiffe_id, dns_names, ip_addresses)
+        csr = self.check_csr(csr_pem, spiffe_id=spiffe_id, dns_names=dns_names, ip_addresses=ip_addresses)
 
         while True:
             now = _now(self._clock)
@@ -763,6 +756,20 @@ class CertificateAuthority:
             self._revocations.refresh()
             rev = self._revocations.node(node)
         return rev.revoked_at - CLOCK_SKEW + timedelta(seconds=1) if rev is not None else None
+
+    def check_csr(self, csr_pem: str | bytes | x509.CertificateSigningRequest, *, spiffe_id: str,
+                  dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()) -> x509.CertificateSigningRequest:
+        """Every check :meth:`sign_csr` makes of the CSR and the identity, without signing (a join checks
+        before it uses its one-time token); :class:`SigningRefused` saying why. Returns the parsed CSR."""
+        sid = parse_workload_id(spiffe_id, SigningRefused)
+        if sid.trust_domain.name != self.trust_domain:
+            raise SigningRefused(
+                f"{spiffe_id} is in trust domain {sid.trust_domain.name!r}; this CA signs only {self.trust_domain!r}"
+            )
+        csr = _load_csr(csr_pem)
+        _check_csr_key(csr)
+        _check_csr_sans(csr, spiffe_id, dns_names, ip_addresses)
+        return csr
 
     @staticmethod
     def _build_leaf(csr: x509.CertificateSigningRequest, spiffe_id: str, node: str | None, ttl: timedelta,

@@ -37,10 +37,12 @@ from pathlib import Path as FsPath
 from typing import Any, Mapping, Sequence
 
 from meshcore.errors import CatalogError, FieldError, ValidationError
+from meshcore.naming import dns_label_problem
 from meshcore.resources.schema import (
     INVALID,
     Bool,
     Context,
+    DNSLabel,
     Duration,
     Enum,
     Int,
@@ -68,21 +70,11 @@ LOCALHOST = "127.0.0.1"
 
 # --- schema (structure); semantics are checked in _service_from ------------------------------
 
-_NAME_RE = r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?"
-SERVICE_NAME = Str(
-    min_len=1,
-    max_len=253,
-    pattern=_NAME_RE,
-    pattern_hint="must be letters, digits, '-' and '_', starting and ending with a letter or digit "
-    "(Consul recommends DNS labels)",
-)
+# Node and service names become SPIFFE ID segments, file names on the VM and log fields: DNS labels
+# (the one rule: meshcore.naming.dns_label_problem), as Consul needs them to be discoverable by DNS.
+SERVICE_NAME = DNSLabel()
 SERVICE_ID = Str(min_len=1, max_len=253, pattern=r"[^\s/]+", pattern_hint="must not contain whitespace or '/'")
-NODE_NAME = Str(
-    min_len=1,
-    max_len=253,
-    pattern=r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?",
-    pattern_hint="must be letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
-)
+NODE_NAME = DNSLabel()
 DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+", pattern_hint="must be lowercase letters, digits, '-' and '_'")
 
 
@@ -648,6 +640,10 @@ def build_node(files: Sequence[DefinitionFile], default_name: str, source: str |
         datacenter = f.datacenter or datacenter
         meta.update(dict(f.node_meta or ()))
         services.extend(f.services)
+    problem = dns_label_problem(name)
+    if problem:  # the directory's name, when no file sets node_name
+        errors.append(FieldError(where, None, "node_name", f"node name {name!r} is not valid: {problem}; "
+                                 "set node_name to an RFC 1123 label (e.g. vm-1)"))
 
     address = advertise
     if address is None and bind is not None:

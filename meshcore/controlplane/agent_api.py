@@ -63,6 +63,8 @@ def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
         sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as exc:
         raise BadRequest("csr has no subjectAltName; put the SPIFFE ID in a URI SAN") from exc
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise BadRequest(f"csr extensions cannot be parsed: {exc}") from exc
     uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise BadRequest(f"csr must carry exactly one URI SAN (the SPIFFE ID), found {len(uris)}")
@@ -108,7 +110,7 @@ class AgentApi:
                            phase=self.ca.rotation_phase)
 
     def router(self) -> Router:
-        r = Router()
+        r = Router(pretty=False)  # agents read it: compact JSON
         r.add("POST", wire.JOIN, self.join)
         r.add("POST", wire.RENEW_NODE, self.renew_node)
         r.add("POST", wire.RECOVER, self.recover)
@@ -131,20 +133,35 @@ class AgentApi:
             ca=self._ca_info(),
         ).to_json()
 
-    def _node_of(self, req: Request) -> str:
+    def _peer_node(self, req: Request) -> str:
+        """The node named by the caller's TLS-verified client certificate; from here its bodies may be up to
+        MAX_BODY. Whether the CA still honours that certificate is :meth:`_node_of`'s question."""
         for uri in req.peer_uri_sans():
             parsed = naming.parse_node_spiffe_id(uri)
             if parsed and parsed[0] == self.ca.trust_domain:
-                self._check_honoured(req, parsed[1])
-                reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
-                if reported:
-                    with self._acks_lock:
-                        before = self._acks.get(parsed[1])
-                        self._acks[parsed[1]] = (reported, time.time())
-                    if before is None or before[0] != reported:
-                        self.on_bundle_ack()
+                req.authenticated()
                 return parsed[1]
         raise Unauthorized("this call needs the node's client certificate (join first with a token)")
+
+    def _node_of(self, req: Request) -> str:
+        node = self._peer_node(req)
+        self._check_honoured(req, node)
+        reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
+        if reported:
+            with self._acks_lock:
+                before = self._acks.get(node)
+                self._acks[node] = (reported, time.time())
+            if before is None or before[0] != reported:
+                self.on_bundle_ack()
+        return node
+
+    def _node_and_csr(self, req: Request) -> tuple[str, str]:
+        """For the calls with a body (renew-node, sign): the body is read once the certificate names a node
+        and before the CA's verdict on it, so a refusal (revoked, root rotated away) reaches the agent on
+        its kept-alive connection with the reason, instead of closing it over an unread body."""
+        self._peer_node(req)
+        csr = wire.CsrRequest.from_json(req.json()).csr
+        return self._node_of(req), csr
 
     def _check_honoured(self, req: Request, node: str) -> None:
         """Refuse a node certificate the CA no longer honours (revoked, or its root rotated away)."""
@@ -173,14 +190,16 @@ class AgentApi:
 
     # --- endpoints -------------------------------------------------------------------------
     def join(self, req: Request) -> dict:
+        """Unauthenticated (64 KiB bodies): everything about the request is checked before the one-time
+        token is used, so a refused CSR does not burn it."""
         body = wire.JoinRequest.from_json(req.json())
         node, token, csr = body.node, body.token, body.csr
-        if not node or not token or not csr:
-            raise BadRequest("join needs node, token and csr")
-        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
-        uri, parsed = _csr_uri(csr)
-        if uri != expected:
-            raise Forbidden(f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+        try:
+            expected, parsed = self._check_join(node, token, csr)
+        except (BadRequest, Forbidden) as exc:  # the token stays usable
+            self._count("node", "refused")
+            log.warning("join refused node=%s: %s", node, exc)  # the log formatter escapes the name
+            raise
         try:
             self.tokens.consume(token, node)
         except JoinTokenError as exc:
@@ -192,9 +211,23 @@ class AgentApi:
         log.info("node joined node=%s serial=%s", node, cert.serial)
         return self._issued(cert)
 
+    def _check_join(self, node: str, token: str, csr: str) -> tuple[str, x509.CertificateSigningRequest]:
+        """The node's SPIFFE ID and its parsed CSR, once everything but the token checks out."""
+        if not node or not token or not csr:
+            raise BadRequest("join needs node, token and csr")
+        naming.check_node_name(node, BadRequest)
+        expected = naming.node_spiffe_id(self.ca.trust_domain, node)
+        uri, parsed = _csr_uri(csr)
+        if uri != expected:
+            raise Forbidden(f"csr asks for {uri}, but a node joining as {node!r} may only ask for {expected}")
+        try:
+            self.ca.check_csr(parsed, spiffe_id=expected)
+        except SigningRefused as exc:  # the request's fault: 400
+            raise BadRequest(f"join refused, the token was not used: {exc}") from exc
+        return expected, parsed
+
     def renew_node(self, req: Request) -> dict:
-        csr = wire.CsrRequest.from_json(req.json()).csr  # read first: a refusal leaves no body on the connection
-        node = self._node_of(req)
+        node, csr = self._node_and_csr(req)
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         uri, parsed = _csr_uri(csr)
         if uri != expected:
@@ -210,6 +243,7 @@ class AgentApi:
         node = body.node
         if not node or not body.csr or not body.timestamp or not body.signature:
             raise BadRequest("recover needs node, csr, timestamp and signature")
+        naming.check_node_name(node, BadRequest)
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         uri, parsed = _csr_uri(body.csr)
         if uri != expected:
@@ -302,8 +336,7 @@ class AgentApi:
                 return current
 
     def sign(self, req: Request) -> dict:
-        csr = wire.CsrRequest.from_json(req.json()).csr  # read first: a refusal leaves no body on the connection
-        node = self._node_of(req)
+        node, csr = self._node_and_csr(req)
         spiffe_id, parsed = _csr_uri(csr)
         catalog = self.catalog()
         if catalog is None:

@@ -262,6 +262,7 @@ class OperatorApi:
         node = body.node
         if not node:
             raise BadRequest("token create needs a node name")
+        naming.check_node_name(node, BadRequest)  # it becomes the node's SPIFFE ID and its log field
         with map_exceptions({ValueError: BadRequest}):
             ttl = parse_duration(body.ttl)
         if ttl <= timedelta(0) or ttl > timedelta(days=7):

@@ -204,6 +204,7 @@ class AuthorizingRouter(Router):
                                 f"{req.path} needs role {needed!r}: use an admin token "
                                 "(meshctl --token TOKEN or MESHCORE_TOKEN)", {"needed_role": needed})
             req.operator = operator  # type: ignore[attr-defined]
+            req.authenticated()  # its body may be up to MAX_BODY now (64 KiB before)
             return handler(req)
 
         super().add(method, pattern, guarded)

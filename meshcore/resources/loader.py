@@ -23,7 +23,8 @@ import yaml
 from meshcore.errors import FieldError, ValidationError
 from meshcore.naming import DEFAULT_NAMESPACE
 
-from ._yaml import describe_yaml_error, iter_documents
+from ..api._wire import deeper_than
+from ._yaml import MAX_DEPTH, describe_yaml_error, iter_documents
 from .model import Resource
 from .registry import KINDS
 from .schema import INVALID, Context, DNSLabel, LabelKey, Obj, Path, Required, Str, StringMap, suggest, type_name
@@ -113,6 +114,13 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
     return resource, []
 
 
+_too_deep = f"JSON error: the document nests deeper than {MAX_DEPTH} levels"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[FieldError]]:
     """Split ``text`` into ``(document index, data)`` pairs; syntax errors become FieldErrors.
 
@@ -123,9 +131,13 @@ def _parse(text: str, source: str) -> tuple[list[tuple[int, Any]], list[FieldErr
     docs: list[tuple[int, Any]] = []
     if source.lower().endswith(".json"):
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             return [], [FieldError(source, None, "", f"JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
+        except (RecursionError, ValueError) as exc:
+            return [], [FieldError(source, None, "", _too_deep if isinstance(exc, RecursionError) else f"JSON error: {exc}")]
+        if isinstance(data, (dict, list)) and deeper_than(data, MAX_DEPTH + 1):  # +1: the list of documents
+            return [], [FieldError(source, None, "", _too_deep)]
         items = data if isinstance(data, list) else [data]
         return list(enumerate(items)), []
     count = 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meshcore.errors import FieldError
+from meshcore.naming import dns_label_problem
 
 __all__ = [
     "INVALID",
@@ -596,20 +597,8 @@ class DNSLabel(Str):
 
 
 def dns1123_problem(value: str, max_len: int = 63) -> str | None:
-    """Which DNS-1123 label rule ``value`` breaks, or None when it is a valid label."""
-    if not value:
-        return "must not be empty"
-    if len(value) > max_len:
-        return f"must be at most {max_len} characters (got {len(value)})"
-    bad = sorted({c for c in value if not (c.isascii() and (c.islower() or c.isdigit() or c == "-"))})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        return f"must contain only lowercase letters, digits and '-' (found {shown})"
-    if not value[0].isalnum():
-        return "must start with a lowercase letter or digit"
-    if not value[-1].isalnum():
-        return "must end with a lowercase letter or digit"
-    return None
+    """Which DNS-1123 label rule ``value`` breaks, or None when it is a valid label (the rule: :mod:`meshcore.naming`)."""
+    return dns_label_problem(value, max_len)
 
 
 _DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")

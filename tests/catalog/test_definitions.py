@@ -352,3 +352,22 @@ def test_multiple_hcl_service_blocks_and_services_list():
     assert errors(parse_definition, text, "n/m.hcl") == ['n/m.hcl: service[1].port: must be an integer 1-65535 (got string "x")']
     ok = parse_definition(text.replace('"x"', "1"), "n/m.hcl")
     assert [s.name for s in ok.services] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("name", ["Web", "web_1", "web.v2", "x" * 64, "-web"])
+def test_service_names_are_dns_labels(tmp_path, name):
+    svc = {"service": {"name": name, "port": 80, "connect": {"sidecar_service": {"port": 21000}}}}
+    d = node_dir(tmp_path, "vm1", {"agent.hcl": AGENT_HCL, "svc.json": svc})
+    (problem,) = errors(load_node_dir, d)
+    assert problem.startswith("vm1/svc.json: service.name: ")
+    assert "is not a valid name: " in problem or "at most 63 characters" in problem
+
+
+@pytest.mark.parametrize("name", ["VM_1", "vm.example", "x" * 64])
+def test_node_names_are_dns_labels(tmp_path, name):
+    agent = AGENT_HCL.replace('node_name      = "vm1"\n', "")
+    d = node_dir(tmp_path, name, {"agent.hcl": agent})  # the directory's name is the node's
+    problems = errors(load_node_dir, d)
+    assert any("node_name: node name" in p and "is not valid" in p for p in problems), problems
+    (d / "agent.hcl").write_text(agent + 'node_name = "Bad/../n2"\n')
+    assert any("node_name: \"Bad/../n2\" is not a valid name" in p for p in errors(load_node_dir, d))

@@ -3,6 +3,7 @@ contract types on the wire, the error map on every refusal."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -67,3 +68,71 @@ def test_refusals_come_from_the_error_map(api):
                     ApplyRequest(files=(ResourceFile("pa.yaml", POLICY),)).to_json())[0] == 503  # no snapshot yet
     assert call_api(plane, "GET", "/v1/status", "not-a-token")[0] == 401  # OperatorAuthError
     assert call_api(plane, "DELETE", "/v1/status", token)[0] == 405  # MethodNotAllowed
+
+
+_BAD_BODIES = [5, "x", [], {"files": 5}, {"files": [5]}, {"files": [{"name": 1, "content": "x"}]},
+               {"files": [{"name": "a.yaml", "content": ["x"]}]}, {"keys": "x"}, {"keys": [{"kind": 5}]},
+               {"node": 5}, {"node": ["a"]}, {"ttl": 5}, {"finish": "yes"}, {"force": 1}, {"dry_run": "no"},
+               {"logs": 5}, {"entries": {"a": 1}}]
+
+
+@pytest.mark.parametrize("path", ["/v1/resources", "/v1/resources/delete", "/v1/resources/dry-run", "/v1/tokens",
+                                  "/v1/authz/dry-run"])
+def test_wrong_types_are_400_never_500(api, path):
+    plane, token = api
+    for body in _BAD_BODIES:
+        status, answer = call_api(plane, "POST", path, token, body)
+        assert status < 500, (path, body, answer)
+        if status == 400 and not isinstance(body, dict):
+            assert answer["error"].startswith("body: expected an object"), (path, body, answer)
+
+
+def test_a_mistyped_field_is_named(api):
+    plane, token = api
+    status, answer = call_api(plane, "POST", "/v1/ca/rotate", token, {"finish": "yes"})
+    assert (status, answer["error"]) == (400, "body.finish: expected a boolean, got a string")
+    status, answer = call_api(plane, "POST", "/v1/resources", token, {"files": [{"name": "a.yaml", "content": 5}]})
+    assert status == 400
+    assert answer["error"] == "body.files[0].content: expected a string, got a number"
+
+
+@pytest.mark.parametrize("node", ["x/../n2", "*", "n" * 300, "vm1\nforged", "VM1", "vm_1", "vm.example", ""])
+def test_token_create_refuses_names_that_are_not_dns_labels(api, node):
+    plane, token = api
+    status, answer = call_api(plane, "POST", "/v1/tokens", token, {"node": node, "ttl": "1h"})
+    assert status == 400, answer
+    assert "node name" in answer["error"]
+
+
+def test_negative_content_length_does_not_bypass_the_limit(api):
+    """Finding: ``Content-Length: -1`` streamed a 12 MiB apply past the 4 MiB limit."""
+    import socket
+
+    plane, token = api
+    host, port = plane.addresses["http"].removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(f"POST /v1/resources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: -1\r\n\r\n".encode() + b'{"files": [')
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+def test_hostile_yaml_is_422_at_once(api):
+    """Finding: a deep document took 36 s and a 500; aliases were expanded (also by the read-only dry-run)."""
+    import time
+
+    plane, token = api
+    head = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: x}\n"
+    laughs = head + "a: &a [x, x]\nb: &b [*a, *a]\nspec: {rules: [{from: *b}]}\n"
+    for path in ("/v1/resources", "/v1/resources/dry-run", "/v1/authz/dry-run"):
+        for name, content in (("deep.yaml", head + "spec: " + "[" * 500_000), ("laughs.yaml", laughs)):
+            started = time.monotonic()
+            status, answer = call_api(plane, "POST", path, token, {"files": [{"name": name, "content": content}]})
+            assert status == 422, (path, name, answer)
+            assert time.monotonic() - started < 10
+            text = json.dumps(answer)
+            assert name in text and ("nests deeper than 64" in text or "anchor &a" in text), answer

@@ -201,3 +201,59 @@ def test_registry():
     assert get_kind("PeerAuthentication").api_version == "security.mesh.io/v1beta1"
     with pytest.raises(ConfigError, match="known kinds: PeerAuthentication"):
         get_kind("Nope")
+
+
+# --- hostile documents: aliases, anchors, depth (finding: 10^6 paths from 2.4 KB, 2,000-line tracebacks) ---
+
+_HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: x}\n"
+
+
+def _laughs(levels: int = 7) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return _HEAD + "\n".join(lines) + f"\nspec: {{rules: [{{from: *a{levels - 1}}}]}}\n"
+
+
+def _one_error(text: str, source: str) -> str:
+    with pytest.raises(ValidationError) as info:
+        load_documents(text, source)
+    (error,) = info.value.errors
+    return str(error)
+
+
+def test_aliases_and_anchors_are_refused_not_expanded():
+    assert "found anchor &a0; meshcore does not accept YAML anchors" in _one_error(_laughs(), "laughs.yaml")
+    assert "line 4, column 5" in _one_error(_laughs(), "laughs.yaml")
+    merge = _HEAD + "spec:\n  <<: *base\n"
+    assert "found alias *base" in _one_error(merge, "merge.yaml")
+
+
+@pytest.mark.parametrize("text", [
+    _HEAD + "spec: " + "[" * 100_000,
+    _HEAD + "spec:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 200)),
+])
+def test_deep_yaml_is_refused_with_a_line(text):
+    message = _one_error(text, "deep.yaml")
+    assert "deep.yaml (document 1): YAML error at line" in message
+    assert "nests deeper than 64 levels" in message
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100 + "1" + "}" * 100, '{"a": Infinity}'])
+def test_deep_or_odd_json_is_refused(text):
+    message = _one_error(text, "deep.json")
+    assert message.startswith("deep.json: JSON error: ")
+
+
+def test_meshctl_validate_says_it_in_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "deep.yaml").write_text(_HEAD + "spec: " + "[" * 5000 + "\n")
+    (tmp_path / "laughs.yaml").write_text(_laughs())
+    for name in ("deep.yaml", "laughs.yaml"):
+        out = subprocess.run([sys.executable, "-m", "meshcore.cli.main", "validate", "-f", str(tmp_path / name)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert "Traceback" not in out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.strip().startswith("- ")]
+        assert len(errors) == 1 and name in errors[0], out.stderr
