@@ -199,7 +199,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
     p.add_argument("--proxies", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=5, help="changes per scenario, incremental mode")
+    p.add_argument("--rounds", type=int, default=6, help="changes per scenario, incremental mode")
     p.add_argument("--full-rounds", type=int, default=2, help="changes per scenario, full-rebuild mode")
     p.add_argument("--coalescing", action="store_true", help="measure burst coalescing instead")
     p.add_argument("--connect", action="store_true", help="measure new connections during a rebuild instead")
@@ -237,6 +237,24 @@ def main(argv=None) -> None:
             assert current is not None
             update = CatalogUpdate(_flip(current, service), index,
                                    changed_services=frozenset({service}) if hint else None)
+            return lambda: engine.catalog_changed(update)
+        return make
+
+    def add_remove(service: str, k: int, port: int):
+        """Odd ``k``: remove the instance the previous (even) one added on a connected node; what the
+        benchmark's instance scenarios do (an add or remove changes endpoints, not protocol or identity)."""
+        def make(engine: MeshEngine):
+            current = engine.catalog()
+            assert current is not None
+            extra = f"{service}-extra"
+            if k % 2:
+                instances = [i for i in current.instances if not i.id.startswith(extra)]
+            else:
+                host = catalog.nodes[(k * 7) % args.proxies]
+                added = replace(current.instances_of(service)[0], id=f"{extra}{k}", node=host.name,
+                                mesh_address=host.address, port=port + k, mesh_port=port + 20000 + k, upstreams=())
+                instances = [*current.instances, added]
+            update = CatalogUpdate(Catalog.of(current.nodes, instances), 300 + k, changed_services=frozenset({service}))
             return lambda: engine.catalog_changed(update)
         return make
 
@@ -280,6 +298,8 @@ spec:
         return make
 
     scenarios = [("leaf instance", leaf_change), ("leaf, src hint", hinted_leaf_change), ("popular instance", popular_change),
+                 ("leaf add/remove", lambda k: add_remove(leaves[0], k, 9800)),
+                 ("popular add/rm", lambda k: add_remove(popular, k, 9900)),
                  ("DestinationRule", dr_change), ("mesh-wide authz", mesh_wide_change)]
     rows = []
     for mode, incremental, rounds in (("incremental", True, args.rounds), ("full rebuild", False, args.full_rounds)):
