@@ -14,6 +14,7 @@ Run: .venv/bin/python -m tests.controlplane.measure_engine [--services 1000 --pr
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -195,6 +196,36 @@ def measure_connect(catalog: Catalog, proxies: int, new: int = 8) -> None:
               f"max {max(lat):.0f} ms ({len(lat)} proxies)")
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def measure_memory(catalog: Catalog, proxies: int) -> None:
+    """Resident memory the engine and cache hold per connected proxy (RSS before and after connecting
+    ``proxies`` and building their configs), and what the cached snapshots hold in serialized bytes."""
+    import gc
+
+    _ = catalog.service_hashes, catalog.node_hashes  # the catalog's own indexes are not the proxies'
+    gc.collect()
+    before = _rss_mb()
+    engine = _engine(catalog, proxies, True)
+    gc.collect()
+    after = _rss_mb()
+    entries, total, unique = 0, 0, {}
+    for node in engine.proxies:
+        snap = engine.cache.get(node)
+        assert snap is not None
+        for type_url in snap.resources:
+            for e in snap.entries(type_url).values():
+                entries += 1
+                total += len(e.body)
+                unique[id(e)] = len(e.body)
+    print(f"RSS {before:.1f} MB before, {after:.1f} MB with {proxies} proxies: {(after - before) / proxies:.3f} MB per "
+          f"proxy; cached: {entries} entries, {total / 1e6:.1f} MB of bytes as served, "
+          f"{sum(unique.values()) / 1e6:.1f} MB held ({len(unique)} distinct entries)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
@@ -203,6 +234,7 @@ def main(argv=None) -> None:
     p.add_argument("--full-rounds", type=int, default=2, help="changes per scenario, full-rebuild mode")
     p.add_argument("--coalescing", action="store_true", help="measure burst coalescing instead")
     p.add_argument("--connect", action="store_true", help="measure new connections during a rebuild instead")
+    p.add_argument("--memory", action="store_true", help="measure resident memory per connected proxy instead")
     p.add_argument("--per-node-secrets", action="store_true", help="a secrets directory per proxy (no shared clusters)")
     args = p.parse_args(argv)
     global secrets_of
@@ -210,6 +242,9 @@ def main(argv=None) -> None:
     catalog = scale_catalog(args.services)
     if args.connect:
         measure_connect(catalog, args.proxies)
+        return
+    if args.memory:
+        measure_memory(catalog, args.proxies)
         return
     if args.coalescing:
         measure_coalescing(catalog, args.proxies)
