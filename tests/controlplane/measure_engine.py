@@ -9,6 +9,7 @@ Proxies use the agent's default secrets directory (one path on every VM, so repl
 their upstream clusters); ``--per-node-secrets`` gives each its own (nothing but assignments is shared).
 
 Run: .venv/bin/python -m tests.controlplane.measure_engine [--services 1000 --proxies 200]
+     [--coalescing | --connect | --memory (RSS per connected proxy)] [--per-node-secrets]
 """
 
 from __future__ import annotations
