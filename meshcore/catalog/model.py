@@ -157,6 +157,33 @@ class Catalog:
     def service_names(self) -> tuple[str, ...]:
         return self._service_names
 
+    # Summaries of one service's instances that generation reads on the caller's side. Each is its own
+    # dependency (meshcore.controlplane._deps): an instance added or removed with the same protocol and
+    # identity changes only the service's endpoints, not what its callers' listeners and clusters read.
+    def protocols_of(self, service: str) -> frozenset[str]:
+        """The protocols ``service``'s instances declare (meta ``protocol``, default ``http``)."""
+        found = self._protocols.get(service)
+        if found is None:
+            found = self._protocols[service] = frozenset(i.protocol for i in self.instances_of(service))
+        return found
+
+    def identities_of(self, service: str) -> tuple[tuple[str, str], ...]:
+        """The ``(namespace, service account)`` pairs of ``service``'s instances, sorted: what their
+        SPIFFE IDs are made of."""
+        found = self._identities.get(service)
+        if found is None:
+            found = self._identities[service] = tuple(sorted({(i.namespace, i.service_account)
+                                                              for i in self.instances_of(service)}))
+        return found
+
+    @cached_property
+    def _protocols(self) -> dict[str, frozenset[str]]:
+        return {}  # filled on demand (a benign race: two threads compute the same value)
+
+    @cached_property
+    def _identities(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return {}
+
     @cached_property
     def _service_names(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_service))

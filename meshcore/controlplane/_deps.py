@@ -2,7 +2,7 @@
 
 A proxy is built against a :class:`RecordingSnapshot`, a read-recording view of the
 :class:`~meshcore.snapshot.MeshSnapshot` that generation reads only through its accessors
-(``catalog.on_node/instances_of/healthy/node/service_names``, ``resources_of(kind)``,
+(``catalog.on_node/instances_of/healthy/protocols_of/identities_of/node/service_names``, ``resources_of(kind)``,
 ``settings``, ``trust_domain``). What it read becomes the proxy's :class:`Deps`. A
 :class:`~meshcore.snapshot.SnapshotChange` then reaches exactly the proxies whose deps it touches
 (:func:`affected`); every rebuild records the reads again, so a dependency a change introduces
@@ -14,6 +14,10 @@ Keys (tuples):
 * ``("healthy", s)`` - which instances of ``s`` are healthy (``healthy``). A change that only flips
   health flags of ``s`` touches this key alone: readers of ``instances_of`` (protocols, identities)
   are not rebuilt, only what read ``healthy`` (its endpoints);
+* ``("protocols", s)``, ``("identities", s)`` - the protocols and the ``(namespace, service account)``
+  pairs of ``s``'s instances (``protocols_of``, ``identities_of``): what a caller's listeners and
+  clusters read of an upstream. An instance added or removed that leaves them unchanged touches
+  neither, so it reaches the callers only through the host's shared ClusterLoadAssignment;
 * ``("on_node", n)`` - which instances run on node ``n`` (``on_node``);
 * ``("node", n)`` - node ``n`` itself (``node``: address, datacenter, meta);
 * ``("service_names",)``, ``("instances",)``, ``("nodes",)`` - the whole name set / catalog;
@@ -86,6 +90,16 @@ class RecordingCatalog:
         self._rec.keys.add(("svc", service))
         self._rec.services.add(service)
         return self._catalog.instances_of(service)
+
+    def protocols_of(self, service: str) -> frozenset[str]:
+        self._rec.keys.add(("protocols", service))
+        self._rec.services.add(service)
+        return self._catalog.protocols_of(service)
+
+    def identities_of(self, service: str) -> tuple[tuple[str, str], ...]:
+        self._rec.keys.add(("identities", service))
+        self._rec.services.add(service)
+        return self._catalog.identities_of(service)
 
     def healthy(self, service: str) -> tuple[ServiceInstance, ...]:
         self._rec.keys.update((("svc", service), ("healthy", service)))
@@ -261,6 +275,10 @@ def change_keys(change: SnapshotChange, old: MeshSnapshot | None, new: MeshSnaps
         was, now = old.catalog.instances_of(s), new.catalog.instances_of(s)
         if not _health_only(was, now):
             keys.add(("svc", s))
+            if old.catalog.protocols_of(s) != new.catalog.protocols_of(s):
+                keys.add(("protocols", s))
+            if old.catalog.identities_of(s) != new.catalog.identities_of(s):
+                keys.add(("identities", s))
         for insts in (was, now):
             hosts.update(i.node for i in insts)
     keys.update(("on_node", n) for n in hosts if old.catalog.on_node(n) != new.catalog.on_node(n))

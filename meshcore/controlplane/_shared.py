@@ -47,7 +47,7 @@ def _problems(prepared: Prepared) -> tuple[str, ...]:
     from envoy.config.endpoint.v3 import endpoint_pb2
 
     message = prepared.message
-    resources: dict[str, list[Message]] = {prepared.type_url: [message]}
+    resources: dict[str, list[Message | Prepared]] = {prepared.type_url: [prepared]}  # analysed once, on the entry
     if isinstance(message, cluster_pb2.Cluster) and message.type == cluster_pb2.Cluster.EDS:
         eds = message.eds_cluster_config.service_name or message.name
         resources[_EDS_STUB] = [endpoint_pb2.ClusterLoadAssignment(cluster_name=eds)]
@@ -119,8 +119,7 @@ class SharedBuild:
 
     def get(self, keyed: Keyed) -> Message:
         entry = self.memo.entry(keyed)
-        copy = type(entry.prepared.message)()
-        copy.CopyFrom(entry.prepared.message)
+        copy = entry.prepared.message  # parsed anew from the entry's bytes: this build's own copy
         self._handed[id(copy)] = (keyed, copy, entry)
         return copy
 

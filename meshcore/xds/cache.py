@@ -41,34 +41,74 @@ def _digest(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One resource serialized once: its name, message, deterministic bytes and their hash.
+    """One resource serialized once: its name, deterministic bytes and their hash.
 
     ``version`` is the first 16 hex chars of the sha256 of ``body``; delta xDS sends it as the
     resource's version. Nested ``Any`` payloads are hashed as the bytes they hold, so whoever packs
     them must pack deterministically (``Any.Pack(m, deterministic=True)``), which generation does.
     Make one with :meth:`of` and hand the same entry to every proxy that shares the resource: it is
     serialized and hashed only once however many snapshots hold it.
+
+    Only the bytes are kept (a parsed message costs several times its serialized size, per proxy):
+    :attr:`message` parses a fresh copy on each use, :attr:`any` packs the bytes on each use.
+    :meth:`derived` memoizes a value computed from the content once per entry (validation's
+    cross-references), so an entry reused by many snapshots is analysed once.
     """
 
     name: str
-    message: Message = field(repr=False, compare=False)
     body: bytes = field(repr=False)
     version: str
     type_url: str
-    any: any_pb2.Any = field(repr=False, compare=False)
+    cls: type[Message] = field(repr=False, compare=False)
 
     @classmethod
     def of(cls, message: Message) -> "Prepared":
         body = message.SerializeToString(deterministic=True)
-        type_url = _TYPE_PREFIX + message.DESCRIPTOR.full_name
         return cls(
             name=resource_name(message),
-            message=message,
             body=body,
             version=_digest(body),
-            type_url=type_url,
-            any=any_pb2.Any(type_url=type_url, value=body),
+            type_url=_TYPE_PREFIX + message.DESCRIPTOR.full_name,
+            cls=type(message),
         )
+
+    @property
+    def message(self) -> Message:
+        """The resource as a message: a new copy parsed from :attr:`body` (the caller's to edit)."""
+        message = self.cls()
+        message.ParseFromString(self.body)
+        return message
+
+    @property
+    def any(self) -> any_pb2.Any:
+        """The resource packed for a DiscoveryResponse."""
+        return any_pb2.Any(type_url=self.type_url, value=self.body)
+
+    def derived(self, key: str, compute: Callable[[], _AnyT]) -> _AnyT:
+        """``compute()``, once per entry and ``key`` (it must depend only on this resource's content)."""
+        memo = self.__dict__.get("_derived")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_derived", memo)
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
+
+class _Parsed(Mapping[str, tuple[Message, ...]]):
+    """``type_url -> messages`` over a snapshot's entries, parsed on lookup."""
+
+    def __init__(self, entries: Mapping[str, Mapping[str, Prepared]]):
+        self._entries = entries
+
+    def __getitem__(self, type_url: str) -> tuple[Message, ...]:
+        return tuple(e.message for e in self._entries[type_url].values())
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _type_version(entries: Iterable[Prepared]) -> str:
@@ -89,10 +129,15 @@ class ProxySnapshot:
     subscribing to a type the build left empty still gets an answer it can ACK.
     """
 
-    resources: Mapping[str, tuple[Message, ...]]
     versions: Mapping[str, str]
     version: str
     _entries: Mapping[str, Mapping[str, Prepared]] = field(repr=False, compare=False)
+
+    @property
+    def resources(self) -> Mapping[str, tuple[Message, ...]]:
+        """Every resource as a message by type URL, sorted by name. The snapshot keeps bytes only: a
+        type's messages are parsed anew each time it is looked up (iterating the type URLs parses nothing)."""
+        return _Parsed(self._entries)
 
     @classmethod
     def of(cls, resources_by_type: Mapping[str, Iterable[Message | Prepared]]) -> "ProxySnapshot":
@@ -103,27 +148,24 @@ class ProxySnapshot:
         unknown = set(resources_by_type) - SERVED_TYPES
         if unknown:
             raise XdsError(f"snapshot has unsupported type URL(s) {sorted(unknown)}; served: {sorted(SERVED_TYPES)}")
-        resources: dict[str, tuple[Message, ...]] = {}
         versions: dict[str, str] = {}
         entries: dict[str, Mapping[str, Prepared]] = {}
         for type_url in PUSH_ORDER:
             expected = MESSAGE_CLASS[type_url]
             prepared: list[Prepared] = []
             for item in resources_by_type.get(type_url, ()):
-                message = item.message if isinstance(item, Prepared) else item
-                if not isinstance(message, expected):
+                kind = item.cls if isinstance(item, Prepared) else type(item)
+                if not issubclass(kind, expected):
                     raise XdsError(
-                        f"snapshot resource of type {type(message).__name__} listed under {type_url}; "
+                        f"snapshot resource of type {kind.__name__} listed under {type_url}; "
                         f"expected {expected.__name__}"
                     )
                 prepared.append(item if isinstance(item, Prepared) else Prepared.of(item))
             prepared.sort(key=lambda e: e.name)
-            resources[type_url] = tuple(e.message for e in prepared)
             versions[type_url] = _type_version(prepared)
             entries[type_url] = MappingProxyType({e.name: e for e in prepared})
         overall = _digest("".join(f"{t}={versions[t]}\n" for t in sorted(versions)).encode())
         return cls(
-            resources=MappingProxyType(resources),
             versions=MappingProxyType(versions),
             version=overall,
             _entries=MappingProxyType(entries),

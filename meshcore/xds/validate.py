@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError, EncodeError, Message
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
@@ -48,12 +48,24 @@ class _Refs:
     endpoints: list[tuple[str, str]] = field(default_factory=list)
     secrets: list[tuple[str, str]] = field(default_factory=list)
 
+    def extend(self, other: "_Refs") -> None:
+        self.routes.extend(other.routes)
+        self.clusters.extend(other.clusters)
+        self.endpoints.extend(other.endpoints)
+        self.secrets.extend(other.secrets)
 
-def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Message]]) -> list[str]:
-    """Every problem with ``resources_by_type`` as the snapshot of ``node_id``; empty when it is sound."""
+
+def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Message | Prepared]]) -> list[str]:
+    """Every problem with ``resources_by_type`` as the snapshot of ``node_id``; empty when it is sound.
+
+    Items are messages or :class:`Prepared` entries. What a check finds in one resource alone (required
+    fields, the names it references) depends only on its content, so for an entry it is worked out once
+    (:meth:`Prepared.derived`) however many snapshots hold the entry; only what spans resources (unique
+    names, every reference resolved) is checked per snapshot.
+    """
     problems: list[str] = []
     names: dict[str, set[str]] = {t: set() for t in MESSAGE_CLASS}
-    typed: dict[str, list[Message]] = {t: [] for t in MESSAGE_CLASS}
+    typed: dict[str, list[_Analysis]] = {t: [] for t in MESSAGE_CLASS}
 
     for type_url, items in resources_by_type.items():
         expected = MESSAGE_CLASS.get(type_url)
@@ -62,15 +74,15 @@ def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Mes
             problems.append(f"unsupported type URL {type_url!r} ({len(items)} resource(s)); served: {sorted(MESSAGE_CLASS)}")
             continue
         kind = _KIND[type_url]
-        for index, message in enumerate(items):
-            if not isinstance(message, expected):
-                problems.append(
-                    f"{kind} #{index}: is a {type(message).__name__}, expected {expected.__name__} for {type_url}"
-                )
+        for index, item in enumerate(items):
+            cls = item.cls if isinstance(item, Prepared) else type(item)
+            if not issubclass(cls, expected):
+                problems.append(f"{kind} #{index}: is a {cls.__name__}, expected {expected.__name__} for {type_url}")
                 continue
-            if not message.IsInitialized():
-                problems.append(f"{kind} #{index}: missing required fields {message.FindInitializationErrors()}")
-            name = resource_name(message)
+            analysis = _analysis_of(item)
+            if analysis.uninitialized is not None:
+                problems.append(f"{kind} #{index}: missing required fields {list(analysis.uninitialized)}")
+            name = analysis.name
             if not name:
                 field_name = "cluster_name" if type_url == ENDPOINT else "name"
                 problems.append(f"{kind} #{index}: {field_name} is empty")
@@ -79,15 +91,13 @@ def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Mes
                 problems.append(f"{kind} {name!r}: duplicate name (each {kind} name must be unique per proxy)")
                 continue
             names[type_url].add(name)
-            typed[type_url].append(message)
+            typed[type_url].append(analysis)
 
     refs = _Refs()
-    for listener in typed[LISTENER]:
-        _listener_refs(listener, refs, problems)  # type: ignore[arg-type]
-    for route_config in typed[ROUTE]:
-        _route_config_refs(route_config, f"route configuration {resource_name(route_config)!r}", refs)  # type: ignore[arg-type]
-    for cluster in typed[CLUSTER]:
-        _cluster_refs(cluster, refs, problems)  # type: ignore[arg-type]
+    for type_url in (LISTENER, ROUTE, CLUSTER):
+        for analysis in typed[type_url]:
+            problems.extend(analysis.problems)
+            refs.extend(analysis.refs)
 
     for ref_list, type_url, what in (
         (refs.routes, ROUTE, "route configuration"),
@@ -99,6 +109,35 @@ def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Mes
             if name not in names[type_url]:
                 problems.append(f"{where}: {what} {name!r} is not in the snapshot")
     return problems
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What validation finds in one resource on its own (a pure function of its content)."""
+
+    name: str
+    uninitialized: tuple[str, ...] | None  # missing required fields, None when initialized
+    problems: tuple[str, ...]  # undecodable nested configs
+    refs: _Refs
+
+
+def _analyse(message: Message) -> _Analysis:
+    refs, problems = _Refs(), list[str]()
+    if isinstance(message, listener_pb2.Listener):
+        _listener_refs(message, refs, problems)
+    elif isinstance(message, route_pb2.RouteConfiguration):
+        _route_config_refs(message, f"route configuration {resource_name(message)!r}", refs)
+    elif isinstance(message, cluster_pb2.Cluster):
+        _cluster_refs(message, refs, problems)
+    uninitialized = None if message.IsInitialized() else tuple(message.FindInitializationErrors())
+    return _Analysis(resource_name(message), uninitialized, tuple(problems), refs)
+
+
+def _analysis_of(item: Message | Prepared, message: Message | None = None) -> _Analysis:
+    """``item``'s analysis; for an entry, memoized on it (``message``: its message, when at hand)."""
+    if not isinstance(item, Prepared):
+        return _analyse(item)
+    return item.derived("validate", lambda: _analyse(message if message is not None else item.message))
 
 
 # --- listeners --------------------------------------------------------------------------------
@@ -229,18 +268,38 @@ def publish(
 ) -> ProxySnapshot:
     """Validate, then store the snapshot for ``node_id``; raise :class:`SnapshotInvalid` (cache untouched).
 
-    Resources may be messages or :class:`Prepared` entries shared with other proxies (validated by
-    their message, then used as they are). Returns the snapshot (whose version may equal the one
-    already cached; then nothing is pushed).
+    Resources may be messages or :class:`Prepared` entries shared with other proxies (used as they
+    are). Each message is serialized once here; one whose bytes equal the entry of the same name in the
+    node's cached snapshot is replaced by that entry (already analysed, and the snapshot keeps one copy
+    of its bytes). Returns the snapshot (whose version may equal the one already cached; then nothing is
+    pushed).
     """
-    materialized = {t: list(items) for t, items in resources_by_type.items()}
-    messages = {t: [i.message if isinstance(i, Prepared) else i for i in items] for t, items in materialized.items()}
-    problems = validate_snapshot(node_id, messages)
+    previous = cache.get(node_id)
+    prepared: dict[str, list[Message | Prepared]] = {}
+    for type_url, items in resources_by_type.items():
+        before = previous.entries(type_url) if previous is not None else {}
+        out: list[Message | Prepared] = []
+        for item in items:
+            if isinstance(item, Message):
+                try:
+                    entry = Prepared.of(item)
+                except EncodeError:
+                    out.append(item)  # validation says what is missing
+                    continue
+                old = before.get(entry.name)
+                if old is not None and old.version == entry.version and old.body == entry.body:
+                    entry = old
+                else:
+                    _analysis_of(entry, item)
+                item = entry
+            out.append(item)
+        prepared[type_url] = out
+    problems = validate_snapshot(node_id, prepared)
     if problems:
         log.error("snapshot rejected node=%s problems=%d: %s", node_id, len(problems), "; ".join(problems),
                   extra={"node": node_id})
         raise SnapshotInvalid(node_id, problems)
-    snapshot = ProxySnapshot.of(materialized)
+    snapshot = ProxySnapshot.of(prepared)
     if cache.set(node_id, snapshot):
         log.info("snapshot published node=%s version=%s", node_id, snapshot.version,
                  extra={"node": node_id, "version": snapshot.version})

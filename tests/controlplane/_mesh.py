@@ -110,7 +110,9 @@ class RandomChanges:
             insts[i] = replace(insts[i], healthy=not insts[i].healthy)
         elif kind == "meta":
             i = rng.randrange(len(insts))
-            insts[i] = replace(insts[i], meta=(("version", rng.choice(["v1", "v2", "v3", "v4"])),))
+            # Sometimes the protocol or the identity too: what callers' listeners and clusters read.
+            extra = rng.choice([(), (), (("protocol", "tcp"),), (("service-account", "other"),)])
+            insts[i] = replace(insts[i], meta=(("version", rng.choice(["v1", "v2", "v3", "v4"])),) + extra)
         elif kind == "upstreams":
             i = rng.randrange(len(insts))
             ups = tuple(sorted({f"s{rng.randrange(self.services)}" for _ in range(3)} - {insts[i].service}))

@@ -9,11 +9,13 @@ Proxies use the agent's default secrets directory (one path on every VM, so repl
 their upstream clusters); ``--per-node-secrets`` gives each its own (nothing but assignments is shared).
 
 Run: .venv/bin/python -m tests.controlplane.measure_engine [--services 1000 --proxies 200]
+     [--coalescing | --connect | --memory (RSS per connected proxy)] [--per-node-secrets]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -195,14 +197,45 @@ def measure_connect(catalog: Catalog, proxies: int, new: int = 8) -> None:
               f"max {max(lat):.0f} ms ({len(lat)} proxies)")
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def measure_memory(catalog: Catalog, proxies: int) -> None:
+    """Resident memory the engine and cache hold per connected proxy (RSS before and after connecting
+    ``proxies`` and building their configs), and what the cached snapshots hold in serialized bytes."""
+    import gc
+
+    _ = catalog.service_hashes, catalog.node_hashes  # the catalog's own indexes are not the proxies'
+    gc.collect()
+    before = _rss_mb()
+    engine = _engine(catalog, proxies, True)
+    gc.collect()
+    after = _rss_mb()
+    entries, total, unique = 0, 0, {}
+    for node in engine.proxies:
+        snap = engine.cache.get(node)
+        assert snap is not None
+        for type_url in snap.resources:
+            for e in snap.entries(type_url).values():
+                entries += 1
+                total += len(e.body)
+                unique[id(e)] = len(e.body)
+    print(f"RSS {before:.1f} MB before, {after:.1f} MB with {proxies} proxies: {(after - before) / proxies:.3f} MB per "
+          f"proxy; cached: {entries} entries, {total / 1e6:.1f} MB of bytes as served, "
+          f"{sum(unique.values()) / 1e6:.1f} MB held ({len(unique)} distinct entries)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
     p.add_argument("--proxies", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=5, help="changes per scenario, incremental mode")
+    p.add_argument("--rounds", type=int, default=6, help="changes per scenario, incremental mode")
     p.add_argument("--full-rounds", type=int, default=2, help="changes per scenario, full-rebuild mode")
     p.add_argument("--coalescing", action="store_true", help="measure burst coalescing instead")
     p.add_argument("--connect", action="store_true", help="measure new connections during a rebuild instead")
+    p.add_argument("--memory", action="store_true", help="measure resident memory per connected proxy instead")
     p.add_argument("--per-node-secrets", action="store_true", help="a secrets directory per proxy (no shared clusters)")
     args = p.parse_args(argv)
     global secrets_of
@@ -210,6 +243,9 @@ def main(argv=None) -> None:
     catalog = scale_catalog(args.services)
     if args.connect:
         measure_connect(catalog, args.proxies)
+        return
+    if args.memory:
+        measure_memory(catalog, args.proxies)
         return
     if args.coalescing:
         measure_coalescing(catalog, args.proxies)
@@ -237,6 +273,24 @@ def main(argv=None) -> None:
             assert current is not None
             update = CatalogUpdate(_flip(current, service), index,
                                    changed_services=frozenset({service}) if hint else None)
+            return lambda: engine.catalog_changed(update)
+        return make
+
+    def add_remove(service: str, k: int, port: int):
+        """Odd ``k``: remove the instance the previous (even) one added on a connected node; what the
+        benchmark's instance scenarios do (an add or remove changes endpoints, not protocol or identity)."""
+        def make(engine: MeshEngine):
+            current = engine.catalog()
+            assert current is not None
+            extra = f"{service}-extra"
+            if k % 2:
+                instances = [i for i in current.instances if not i.id.startswith(extra)]
+            else:
+                host = catalog.nodes[(k * 7) % args.proxies]
+                added = replace(current.instances_of(service)[0], id=f"{extra}{k}", node=host.name,
+                                mesh_address=host.address, port=port + k, mesh_port=port + 20000 + k, upstreams=())
+                instances = [*current.instances, added]
+            update = CatalogUpdate(Catalog.of(current.nodes, instances), 300 + k, changed_services=frozenset({service}))
             return lambda: engine.catalog_changed(update)
         return make
 
@@ -280,6 +334,8 @@ spec:
         return make
 
     scenarios = [("leaf instance", leaf_change), ("leaf, src hint", hinted_leaf_change), ("popular instance", popular_change),
+                 ("leaf add/remove", lambda k: add_remove(leaves[0], k, 9800)),
+                 ("popular add/rm", lambda k: add_remove(popular, k, 9900)),
                  ("DestinationRule", dr_change), ("mesh-wide authz", mesh_wide_change)]
     rows = []
     for mode, incremental, rounds in (("incremental", True, args.rounds), ("full rebuild", False, args.full_rounds)):

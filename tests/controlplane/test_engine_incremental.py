@@ -160,6 +160,35 @@ def test_a_leaf_instance_change_reaches_exactly_the_proxies_that_read_it():
         assert _wire(engine.cache, n) == _full(engine.snapshot, n)[0]
 
 
+def test_an_instance_added_with_the_same_protocol_and_identity_only_re_assembles_the_callers():
+    # s0 is called by most services. A new s0 instance on vm9 changes s0's endpoints, not its protocols or
+    # identities: only vm9 (which now runs it) is rebuilt; the callers get the new shared assignment.
+    catalog = generated_catalog()
+    engine = _engine(catalog, secrets=_agent_default_secrets)
+    callers = {n.name for n in catalog.nodes if any(u.destination_name == "s0" for i in catalog.on_node(n.name)
+                                                    for u in i.upstreams)} - {"vm9"}
+    assert len(callers) >= 3
+    m = engine.metrics
+    for extra_meta, rebuilt_callers in (((), False), ((("service-account", "s0-canary"),), False),
+                                        ((("protocol", "tcp"),), True)):
+        added = replace(instance("s0", 9, 70, ()), id=f"s0-extra-{len(extra_meta)}-{rebuilt_callers}",
+                        meta=(("version", "v1"),) + extra_meta)
+        before, builds = _builds(engine), m.proxy_builds._value.get()
+        current = engine.snapshot.catalog
+        engine.catalog_changed(CatalogUpdate(Catalog.of(current.nodes, list(catalog.instances) + [added]), 10))
+        engine.flush()
+        rebuilt = m.proxy_builds._value.get() - builds
+        assert callers <= _rebuilt(before, engine)  # every caller has the new endpoint ...
+        if rebuilt_callers:  # ... a protocol change reaches their listeners: rebuilt
+            assert rebuilt >= len(callers)
+        else:  # ... otherwise (a new identity only changes the shared upstream cluster): re-assembled
+            assert rebuilt <= 1
+        for n in callers | {"vm9"}:
+            assert _wire(engine.cache, n) == _full(engine.snapshot, n, _agent_default_secrets)[0]
+        engine.catalog_changed(CatalogUpdate(catalog, 11))  # back to the start
+        engine.flush()
+
+
 def test_a_new_dependency_after_a_virtual_service_change_is_picked_up():
     # s1 calls s2; a VirtualService sends s2's traffic to s15, which s1's node never read before.
     catalog = generated_catalog()
@@ -341,7 +370,9 @@ def test_upstreams_of_new_instance_are_found():
         Upstream(destination_name="s7", local_bind_port=29000),))]
     engine.catalog_changed(CatalogUpdate(Catalog.of(catalog.nodes, insts), 5))
     engine.flush()
-    assert ("svc", "s7") in engine.deps_of("vm2").keys
+    deps = engine.deps_of("vm2")
+    assert "s7" in deps.services
+    assert ("protocols", "s7") in deps.keys  # its new outbound listener reads the upstream's protocol
 
 
 def test_a_change_during_a_long_rebuild_is_taken_between_two_proxies_and_built_first():

@@ -69,7 +69,10 @@ def test_prepared_entries_are_used_as_they_are_and_version_like_messages():
     other = ProxySnapshot.of({**resources, CLUSTER: [shared]})
     assert mixed.version == plain.version and dict(mixed.versions) == dict(plain.versions)
     assert mixed.entries(CLUSTER)["outbound:backend"] is shared is other.entries(CLUSTER)["outbound:backend"]
-    assert mixed.packed(CLUSTER)[0] is shared.any
+    assert mixed.packed(CLUSTER)[0] == shared.any
+    # An entry keeps its bytes only: each message it gives is a new copy, equal to what was prepared.
+    assert shared.message == resources[CLUSTER][0] and shared.message is not shared.message
+    assert set(vars(shared)) <= {"name", "body", "version", "type_url", "cls", "_derived"}
     assert mixed.resource_versions(CLUSTER) == {"outbound:backend": shared.version}
     assert mixed.resource_versions(ENDPOINT) == plain.resource_versions(ENDPOINT)
     changed = ProxySnapshot.of(small_snapshot(upstream_port=18081))

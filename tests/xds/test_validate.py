@@ -207,3 +207,32 @@ def test_publish_accepts_generators_and_unchanged_content_is_not_a_change():
     second = publish(cache, "vm1", small_snapshot())
     assert second.version == first.version and cache.generation("vm1") == 1
     assert isinstance(cache.get("vm1"), ProxySnapshot)
+
+
+def test_entries_give_the_same_problems_as_messages_and_are_analysed_once(monkeypatch):
+    from meshcore.xds import validate
+    from meshcore.xds.cache import Prepared
+
+    broken = small_snapshot()
+    broken[ROUTE] = [route_config("inbound:web", "outbound:missing", "v1")]
+    as_entries = {t: [Prepared.of(m) for m in items] for t, items in broken.items()}
+    assert validate_snapshot("vm1", as_entries) == validate_snapshot("vm1", broken) != []
+
+    calls = []
+    real = validate._analyse
+    monkeypatch.setattr(validate, "_analyse", lambda m: calls.append(m) or real(m))
+    shared = {t: [Prepared.of(m) for m in items] for t, items in small_snapshot().items()}
+    for _ in range(3):  # three proxies holding the same entries
+        assert validate_snapshot("vm1", shared) == []
+    assert len(calls) == sum(len(v) for v in shared.values())  # each entry once, not once per snapshot
+
+
+def test_publish_keeps_the_cached_entry_of_an_unchanged_resource():
+    cache = SnapshotCache()
+    first = publish(cache, "vm1", small_snapshot())
+    changed = small_snapshot(upstream_port=18081)  # only the endpoints differ
+    second = publish(cache, "vm1", changed)
+    assert second.version != first.version
+    assert second.entries(CLUSTER)["outbound:backend"] is first.entries(CLUSTER)["outbound:backend"]
+    assert second.entries(ENDPOINT) != first.entries(ENDPOINT)
+    assert [e.message for e in second.entries(ENDPOINT).values()] == list(changed[ENDPOINT])

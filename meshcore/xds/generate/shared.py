@@ -33,6 +33,13 @@ class Keyed:
     make: Callable[..., Message]
     args: tuple
 
+    def __post_init__(self) -> None:
+        # Hashed once: the engine puts every key of every proxy's last build in sets on each change.
+        object.__setattr__(self, "_hash", hash((self.make, self.args)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
+
     def build(self, snapshot: "MeshSnapshot") -> Message:
         return self.make(snapshot, *self.args)
 

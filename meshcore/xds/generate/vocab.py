@@ -223,14 +223,15 @@ def outbound_bindings(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[tuple[S
 
 
 def upstream_protocol(snapshot: MeshSnapshot, upstream: Upstream) -> str:
-    instances = snapshot.catalog.instances_of(upstream.destination_name)
-    protocols = {i.protocol for i in instances}
-    return protocols.pop() if len(protocols) == 1 else "http"
+    protocols = snapshot.catalog.protocols_of(upstream.destination_name)
+    return next(iter(protocols)) if len(protocols) == 1 else "http"
 
 
 def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]:
     """Identities the upstream may present: those of its registered instances (or its default one)."""
-    ids = sorted({snapshot.spiffe_id(i) for i in snapshot.catalog.instances_of(upstream.destination_name)})
+    td = snapshot.trust_domain
+    ids = sorted({naming.workload_spiffe_id(td, ns, sa)
+                  for ns, sa in snapshot.catalog.identities_of(upstream.destination_name)})
     return ids or [naming.workload_spiffe_id(snapshot.trust_domain, naming.DEFAULT_NAMESPACE, upstream.destination_name)]
 
 
