@@ -36,7 +36,7 @@ from ._topology import NODES, running_mesh
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "policies"
 CONVERGE_S = 2.0
-TESTER = "cluster.local/meshcore/node/tester"
+TESTER = "cluster.local/ns/default/sa/tester"
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +88,10 @@ def _identity(mesh, spiffe_id: str) -> tuple[Path, Path]:
     return cert, key_path
 
 
-def _node_identity(mesh) -> tuple[Path, Path]:
-    """The node identity an agent gets with a join token (what test_mesh.py's _join_cert does)."""
-    cert, key_path = mesh.certs / "tester.pem", mesh.certs / "tester.key"
-    if cert.exists():
-        return cert, key_path
-    token = mesh._post("/v1/tokens", {"node": "tester", "ttl": "5m"})["token"]
-    key = new_private_key()
-    csr = make_csr(key, naming.node_spiffe_id("cluster.local", "tester"))
-    ctx = ssl.create_default_context(cafile=mesh.cp_info["ca_file"])
-    req = urllib.request.Request(mesh.cp_info["api"] + "/v1/agent/join", method="POST",
-                                 data=json.dumps({"node": "tester", "token": token, "csr": csr}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-        issued = json.loads(resp.read())
-    cert.write_text(issued["chain"])
-    key_path.write_text(key_to_pem(key))
-    return cert, key_path
+def _tester_identity(mesh) -> tuple[Path, Path]:
+    """A workload SVID no policy names by default (``TESTER``): the caller the policy tests allow and deny.
+    (A node certificate cannot be one: inbound listeners accept only workload SVIDs.)"""
+    return _identity(mesh, "spiffe://" + TESTER)
 
 
 def _mtls_status(mesh, sid: str, identity: tuple[Path, Path], method: str = "GET", path: str = "/health",
@@ -181,12 +168,12 @@ def test_get_only_policy_on_productpage_within_two_seconds(mesh):
 
 def test_principal_policy_on_details(mesh):
     policy = EXAMPLES / "details-from-productpage.yaml"
-    tester = _node_identity(mesh)
+    tester = _tester_identity(mesh)
     assert _mtls_status(mesh, "details-v1", tester, path="/details/0") == 200
     try:
         _apply(mesh, policy)
         _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 403,
-                   "details to refuse the node identity")
+                   "details to refuse the tester identity")
         assert _page_parts_ok(mesh)  # productpage's own identity still gets details
         assert _authz(mesh, "--from", "productpage", "--to", "details", "--path", "/details/0")["allowed"] is True
         other = _authz(mesh, "--from", TESTER, "--to", "details", "--path", "/details/0")
@@ -222,7 +209,7 @@ spec:
 def test_deny_beats_allow(mesh, tmp_path):
     policy = tmp_path / "deny-beats-allow.yaml"
     policy.write_text(DENY_BEATS_ALLOW)
-    tester = _node_identity(mesh)
+    tester = _tester_identity(mesh)
     try:
         _apply(mesh, policy)
         _converges(lambda: _mtls_status(mesh, "details-v1", tester, path="/details/0") == 403, "the DENY policy")
@@ -242,7 +229,7 @@ def test_deny_beats_allow(mesh, tmp_path):
 
 def test_mesh_wide_deny_all_and_back(mesh):
     policy = EXAMPLES / "deny-all.yaml"
-    tester = _node_identity(mesh)
+    tester = _tester_identity(mesh)
     try:
         _apply(mesh, policy)
         took = _converges(lambda: _gateway(mesh)[0] == 403, "the gateway to get 403 from productpage")
@@ -285,14 +272,14 @@ spec:
   rules:
   - from: [{source: {namespaces: ["prod-*"]}}]
     to: [{operation: {paths: ["/details/1*"]}}]
-  - when: [{key: source.principal, values: ["cluster.local/meshcore/node/*"]}]
+  - when: [{key: source.principal, values: ["cluster.local/ns/default/sa/test*"]}]
 """
 
 PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/productpage"
 PROD_API = "spiffe://cluster.local/ns/prod-eu/sa/api"
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
 BLOCKED = "spiffe://cluster.local/ns/shop/sa/blocked"
-NODE = "node"
+TESTER_ROW = "tester"
 # (identity, source ip, method, path, headers)
 TABLE = [
     (PRODUCTPAGE, None, "GET", "/details/0", {}),
@@ -306,8 +293,8 @@ TABLE = [
     (CART, None, "GET", "/details/0", {}),
     (CART, "127.0.0.31", "GET", "/details/0", {}),
     (BLOCKED, None, "GET", "/details/0", {"x-team": "books"}),
-    (NODE, None, "GET", "/details/0", {}),
-    (NODE, "127.0.0.31", "GET", "/health", {}),
+    (TESTER_ROW, None, "GET", "/details/0", {}),
+    (TESTER_ROW, "127.0.0.31", "GET", "/health", {}),
 ]
 
 
@@ -325,8 +312,8 @@ def _stats(admin: str) -> dict[str, int]:
 def test_evaluator_agrees_with_envoy(mesh, tmp_path):
     policy = tmp_path / "table.yaml"
     policy.write_text(TABLE_POLICIES)
-    tester = _node_identity(mesh)
-    identities = {NODE: tester, **{sid: _identity(mesh, sid) for sid in {row[0] for row in TABLE} - {NODE}}}
+    tester = _tester_identity(mesh)
+    identities = {TESTER_ROW: tester, **{sid: _identity(mesh, sid) for sid in {row[0] for row in TABLE} - {TESTER_ROW}}}
     admin = mesh.layout.admin[mesh.defs["details-v1"]["node"]]
     try:
         _apply(mesh, policy)
@@ -334,7 +321,7 @@ def test_evaluator_agrees_with_envoy(mesh, tmp_path):
         before = _stats(admin)
         mismatches, denied_by = [], Counter()
         for identity, source_ip, method, path, headers in TABLE:
-            principal = TESTER if identity == NODE else naming.principal_of(identity)
+            principal = TESTER if identity == TESTER_ROW else naming.principal_of(identity)
             query = [("from", principal), ("to", "details"), ("method", method), ("path", path),
                      ("source_ip", source_ip or "127.0.0.1"), ("host", "details")]
             query += [("header", f"{k}={v}") for k, v in headers.items()]

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from meshcore import naming
-from meshcore.ca import key_to_pem, make_csr, new_private_key
+from meshcore.ca import CertificateAuthority, key_to_pem, load_kek, make_csr, new_private_key
 
 from ._topology import NODES, running_mesh
 from ._traffic import SteadyTraffic
@@ -130,6 +130,13 @@ def test_root_rotation_under_traffic_loses_no_request(mesh, tmp_path):
     intermediates = client_chain[1:]
     inbounds = {sid: (NODES[d["node"]], d["connect"]["sidecar_service"]["port"])
                 for sid, d in mesh.defs.items() if "connect" in d}
+    # inbound listeners take workload SVIDs only (a node certificate is refused): productpage's, from the new root
+    ca = CertificateAuthority.open(mesh.state / "controlplane" / "ca", kek=load_kek(mesh.state / "kek"))
+    spiffe_id = naming.workload_spiffe_id("cluster.local", naming.DEFAULT_NAMESPACE, "productpage")
+    workload_key = new_private_key()
+    cert, key = tmp_path / "workload.pem", tmp_path / "workload.key"
+    cert.write_text(ca.sign_csr(make_csr(workload_key, spiffe_id), spiffe_id=spiffe_id).chain_pem)
+    key.write_text(key_to_pem(workload_key))
     for sid, (host, port) in inbounds.items():
         leaf, data = _presented_leaf(host, port, cert, key, new_root_file)
         assert data.startswith(b"HTTP/1.1 200"), (sid, data[:100])

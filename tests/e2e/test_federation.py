@@ -5,7 +5,8 @@ other domain's control plane would hold) issues client SVIDs; a Python TLS clien
 calls details' inbound listener directly. Refused (TLS) before ``meshctl trust-bundle import``;
 after it, authorized by principal like any caller (AuthorizationPolicy), so a different principal of
 the same domain gets 403; a client whose certificate comes from an unknown CA claiming the same
-domain is refused by TLS. A local CA root rotation keeps the federated peer working.
+domain is refused by TLS, and so are node certificates of either domain (no workload). A local CA root
+rotation keeps the federated peer working.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from meshcore.federation import to_spiffe_bundle
 
 from ._topology import running_mesh
 from .test_authz import _meshctl, _mtls_status, _page_parts_ok
+from .test_mesh import _join_cert
 
 OTHER = "other.example"
 CLIENT = f"spiffe://{OTHER}/ns/default/sa/client"
@@ -90,6 +92,13 @@ def test_federated_client_refused_then_authorized_by_principal(mesh, tmp_path):
     _until(mesh, client, "200", "details to accept other.example/ns/default/sa/client")
     assert _call(mesh, intruder) == "403"  # authenticated, but no policy allows it
     assert _call(mesh, impostor) == "refused"  # same name, unknown CA
+    # node identities are no callers, of either domain, although they chain to trusted roots
+    other_node = _svid(mesh, mesh.other, f"spiffe://{OTHER}/meshcore/node/vm9", "other-node")
+    (tmp_path / "node").mkdir()
+    local_node = _join_cert(mesh, tmp_path / "node")
+    assert _call(mesh, other_node) == "refused"
+    assert _call(mesh, local_node) == "refused"
+    assert _call(mesh, client) == "200"
     assert _page_parts_ok(mesh)  # productpage -> details unaffected
 
     check = json.loads(_meshctl(mesh, "authz", "check", "--from", f"{OTHER}/ns/default/sa/client", "--to", "details",

@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from meshcore import naming
-from meshcore.ca import CertificateAuthority, generate_kek_file, key_to_pem, make_csr, new_private_key
+from meshcore.ca import CertificateAuthority, generate_kek_file, key_to_pem, load_kek, make_csr, new_private_key
 from meshcore.demo.launcher import http_get, wait_until
 
 from ._topology import NODES, free_port, running_mesh
@@ -46,13 +47,26 @@ def _inbounds(mesh) -> dict[str, tuple[str, int]]:
 
 @pytest.fixture
 def mesh_client_cert(mesh, tmp_path_factory):
-    """A genuine client certificate of the trust domain, obtained the way an agent does: a join token.
+    """A genuine workload SVID of the trust domain (productpage's identity), signed by the mesh's CA.
 
     Fresh per test: the mesh's leaves live only LEAF_TTL_S seconds."""
-    return _join_cert(mesh, tmp_path_factory.mktemp("client"))
+    return _workload_cert(mesh, tmp_path_factory.mktemp("client"))
+
+
+def _workload_cert(mesh, tmp: Path, service: str = "productpage"):
+    """A workload SVID ``spiffe://cluster.local/ns/default/sa/<service>`` from the mesh's CA (key made here)."""
+    spiffe_id = naming.workload_spiffe_id("cluster.local", naming.DEFAULT_NAMESPACE, service)
+    ca = CertificateAuthority.open(mesh.state / "controlplane" / "ca", kek=load_kek(mesh.state / "kek"),
+                                   leaf_ttl=timedelta(seconds=LEAF_TTL_S))
+    key = new_private_key()
+    (tmp / "c.pem").write_text(ca.sign_csr(make_csr(key, spiffe_id), spiffe_id=spiffe_id).chain_pem)
+    (tmp / "k.pem").write_text(key_to_pem(key))
+    return tmp / "c.pem", tmp / "k.pem"
 
 
 def _join_cert(mesh, tmp: Path):
+    """A node certificate (``spiffe://cluster.local/meshcore/node/tester``), obtained the way an agent does:
+    a join token. It serves the agent API and ADS; no inbound listener accepts it as a caller."""
     token = mesh._post("/v1/tokens", {"node": "tester", "ttl": "5m"})["token"]
     key = new_private_key()
     csr = make_csr(key, naming.node_spiffe_id("cluster.local", "tester"))
@@ -145,6 +159,61 @@ def test_foreign_ca_refused_at_every_inbound(mesh, tmp_path):
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             continue
         assert not data.startswith(b"HTTP/"), f"{sid} served a client of another CA"
+
+
+def _refused(host, port, cert, key, cafile) -> bool:
+    """True when the inbound listener refuses the mTLS caller: the handshake fails, or nothing HTTP comes back."""
+    try:
+        _, data = _mtls_get(host, port, cert, key, cafile)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+    return not data.startswith(b"HTTP/")
+
+
+def _apply_policy(mesh, path: Path, verb: str = "apply") -> None:
+    subprocess.run([sys.executable, "-m", "meshcore.cli.main", verb, "-f", str(path), "--server", mesh.cp_info["http"]],
+                   check=True, capture_output=True, env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+
+
+def test_node_certificate_refused_at_every_inbound_strict_and_permissive(mesh, tmp_path):
+    """A node certificate chains to the mesh's roots but is no workload: every inbound listener refuses it in
+    the handshake, STRICT or PERMISSIVE, while a workload SVID of the same CA gets through."""
+    (tmp_path / "node").mkdir()
+    node = _join_cert(mesh, tmp_path / "node")
+    cafile = mesh.cp_info["ca_file"]
+    inbounds = _inbounds(mesh)
+
+    def check(mode: str) -> None:
+        (tmp_path / mode).mkdir()
+        workload = _workload_cert(mesh, tmp_path / mode)  # fresh: leaves live LEAF_TTL_S seconds
+        for sid, (host, port) in inbounds.items():
+            assert _refused(host, port, *node, cafile), f"{mode}: {sid} accepted a node certificate as a caller"
+            _, data = _mtls_get(host, port, *workload, cafile)
+            assert data.startswith(b"HTTP/1.1 200"), (mode, sid, data[:100])
+
+    check("STRICT")
+    policy = tmp_path / "mesh-permissive.yaml"
+    policy.write_text(
+        "apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\n"
+        "metadata:\n  name: mesh-permissive\n  namespace: meshcore-system\nspec:\n  mtls:\n    mode: PERMISSIVE\n")
+    _apply_policy(mesh, policy)
+    try:
+        for sid, (host, port) in inbounds.items():
+            wait_until(lambda h=host, p=port: http_get(f"http://{h}:{p}/health", timeout=2)[0] == 200, 30.0,
+                       f"PERMISSIVE to accept plaintext at {sid}", interval=0.1)
+        check("PERMISSIVE")
+    finally:
+        _apply_policy(mesh, policy, "delete")
+
+    def plaintext_refused(host, port) -> bool:
+        try:
+            http_get(f"http://{host}:{port}/health", timeout=1)
+        except (OSError, ConnectionError):
+            return True
+        return False
+
+    for sid, (host, port) in inbounds.items():
+        wait_until(lambda h=host, p=port: plaintext_refused(h, p), 30.0, f"STRICT again at {sid}", interval=0.1)
 
 
 def test_inbound_presents_service_identity(mesh, mesh_client_cert):
@@ -244,7 +313,7 @@ def test_rotation_under_steady_traffic_loses_no_request(mesh, mesh_client_cert, 
     stop.set()
     for w in workers:
         w.join()
-    cert, key = _join_cert(mesh, tmp_path)  # the first client certificate has expired by now
+    cert, key = _workload_cert(mesh, tmp_path)  # the first client certificate has expired by now
     second, _ = _mtls_get(host, port, cert, key, mesh.cp_info["ca_file"])
     print(f"rotation: {results['ok']} requests ok, {len(results['failed'])} failed; "
           f"serial {first.serial_number:x} -> {second.serial_number:x}")

@@ -172,6 +172,12 @@ def test_federated_peer_accepted_only_with_its_own_roots_and_through_root_rotati
     assert _status(port, local_client) == "200"
     assert _status(port, impostor_client) == "refused"
     assert _status(port, cross) == "refused"
+    # node, control plane and operator certificates chain to trusted roots but are no workloads: refused
+    for spiffe_id, ca in ((naming.node_spiffe_id(TD, "n1"), s["local"]), (naming.node_spiffe_id(OTHER, "n1"), s["other"]),
+                          (naming.control_plane_spiffe_id(TD), s["local"]), (naming.operator_spiffe_id(TD, "alice"), s["local"])):
+        not_a_workload = _issue(ca, spiffe_id, base)
+        assert _status(port, not_a_workload) == "refused", spiffe_id
+        assert _status(s["ports"]["plain"], not_a_workload) == "refused", spiffe_id
     # the listener of a snapshot without the federated domain refuses it by SAN, roots or not
     assert _status(s["ports"]["plain"], other_client) == "refused"
     assert _status(s["ports"]["plain"], local_client) == "200"

@@ -32,9 +32,10 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from ... import naming
+from ...authz.patterns import re_escape
 from ...catalog.model import ServiceInstance, Upstream
 from ...errors import SnapshotInvalid
 from ...snapshot import MeshSnapshot, ProxyInfo
@@ -143,9 +144,26 @@ def file_sds(secret_name: str, proxy: ProxyInfo) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def uri_san(exact: str | None = None, prefix: str | None = None) -> common_pb2.SubjectAltNameMatcher:
-    matcher = string_pb2.StringMatcher(exact=exact) if exact is not None else string_pb2.StringMatcher(prefix=prefix)
+def uri_san(exact: str | None = None, prefix: str | None = None,
+            regex: str | None = None) -> common_pb2.SubjectAltNameMatcher:
+    """A URI SAN matcher: ``exact``, ``prefix`` or ``regex`` (RE2, matched against the whole SAN), one of them."""
+    if [exact, prefix, regex].count(None) != 2:
+        raise ValueError("uri_san: give exactly one of exact, prefix, regex")
+    if exact is not None:
+        matcher = string_pb2.StringMatcher(exact=exact)
+    elif prefix is not None:
+        matcher = string_pb2.StringMatcher(prefix=prefix)
+    else:
+        matcher = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))
     return common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=matcher)
+
+
+def workload_san_regex(trust_domain: str) -> str:
+    """RE2 for a workload SVID of ``trust_domain`` and nothing else: ``spiffe://<td>/ns/<ns>/sa/<sa>``.
+
+    The CA also issues node (``/meshcore/node/<node>``), control plane and operator identities under the same
+    roots; none of them is a workload, so none may call a service (Envoy matches the whole SAN)."""
+    return f"spiffe://{re_escape(trust_domain)}/ns/[^/]+/sa/[^/]+"
 
 
 def common_tls(snapshot: MeshSnapshot, proxy: ProxyInfo, own_service: str,
@@ -165,7 +183,9 @@ def downstream_mtls(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceI
     # Any workload of the trust domain, or of a federated one, may connect; which ones may call what is
     # AuthorizationPolicy's job. Each federated peer is verified against its own domain's roots by the
     # SPIFFE validator the agent puts in the bundle secret (meshcore.federation.agent_side).
-    peers = [uri_san(prefix=f"spiffe://{td}/") for td in peer_trust_domains(snapshot)]
+    # Only workload SVIDs: a node, control plane or operator certificate chains to the same roots but is refused
+    # in the handshake, whatever the mTLS mode (PERMISSIVE adds a plaintext chain, never a looser TLS one).
+    peers = [uri_san(regex=workload_san_regex(td)) for td in peer_trust_domains(snapshot)]
     return tls_pb2.DownstreamTlsContext(
         common_tls_context=common_tls(snapshot, proxy, instance.service, peers),
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
@@ -238,7 +258,7 @@ def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]
 __all__ = [
     "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "TYPE_PREFIX", "type_url", "pack", "is_type",
     "NetworkFilter", "ChainDraft", "ListenerDraft", "finish_listener",
-    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "common_tls", "downstream_mtls",
+    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "workload_san_regex", "common_tls", "downstream_mtls",
     "peer_trust_domains", "transport_socket", "typed_extension", "local_instances", "sidecar_instances",
     "outbound_bindings", "upstream_protocol", "upstream_spiffe_ids",
 ]
