@@ -132,6 +132,11 @@ def _first_match(policies: list[PolicyRules], request: Request, ctx: MeshContext
     return None
 
 
+#: What an inbound listener accepts as a caller (its TLS context matches the URI SAN against this): a workload
+#: SVID of some trust domain; node, control plane and operator certificates of the mesh CA are refused.
+_WORKLOAD_PRINCIPAL = re.compile(r"[^/]+/ns/[^/]+/sa/[^/]+")
+
+
 def decide(
     policies: Iterable[Resource],
     workload_labels: Mapping[str, str],
@@ -150,6 +155,10 @@ def decide(
     whatever the policies say.
     """
     ctx = context or _DEFAULT_CONTEXT
+    if request.principal is not None and _WORKLOAD_PRINCIPAL.fullmatch(request.principal) is None:
+        return Decision(False, None, None, None,
+                        f"refused at the TLS handshake: {request.principal} is not a workload identity (inbound "
+                        "listeners accept only spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)")
     if request.protocol != "tcp":
         rejected = path_rejection(request.path, ctx.path_normalization, ctx.allow_path_parameters)
         if rejected:

@@ -50,6 +50,7 @@ def test_principal_policy_and_foreign_identity():
     assert check(snap, CheckQuery(destination="details", source="productpage", path="/details/0"))["allowed"]
     other = check(snap, CheckQuery(destination="details", source="cluster.local/meshcore/node/tester", path="/details/0"))
     assert other["allowed"] is False and other["from"]["namespace"] is None
+    assert "not a workload identity" in other["results"][0]["reason"]  # Envoy refuses it before any policy
     plain = check(snap, CheckQuery(destination="details", path="/details/0"))
     assert plain["allowed"] is False and plain["from"]["principal"] is None
 
