@@ -681,7 +681,9 @@ class MeshEngine:
                     self.metrics.build_errors.inc()
                 expected = isinstance(exc, (XdsError, MeshError))
                 with self._lock:
-                    state.error = str(exc) if expected else f"internal error building its config: {type(exc).__name__}: {exc}"
+                    state.error = str(exc) if expected else (
+                        f"building its config failed unexpectedly ({type(exc).__name__}: {exc}); a meshcore bug: "
+                        f"the traceback is in the control plane's log at DEBUG level (node={node})")
                     state.deps = deps  # a rejected config is rebuilt when what it read changes
                     state.built_seq, state.built_info = seq, info
                 log.error("config for node=%s not published, it keeps its last good config: %s", node, state.error)
