@@ -92,3 +92,4 @@ def test_repeated_refusals_stay_one_error_and_a_fixed_token_is_one_info(consul_a
                    for r in records)
     finally:
         engine.stop()
+
