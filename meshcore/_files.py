@@ -93,9 +93,11 @@ def write_temp(target: StrPath, data: str | bytes, mode: int = PRIVATE_FILE_MODE
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # write/fsync errors (a full disk) name no file
+            exc.filename = str(target)
         raise
     return Path(tmp)
 

@@ -13,7 +13,7 @@ The tree::
     |   +-- ValueProblem            one deploy value does not fit its type (also a ValueError)
     +-- ValidationError             input failed validation (every violation, with field paths)
     +-- CatalogError > ConsulError > ConsulAuthError
-    +-- StoreError > ConflictError
+    +-- StoreError > ConflictError, StoreAuthError
     +-- CAError > JoinTokenError, SigningRefused
     +-- XdsError > SnapshotInvalid, MissingSubset, StreamAborted
     +-- AgentError > AgentRequestError, OperatorActionRequired
@@ -110,6 +110,10 @@ class ConsulAuthError(ConsulError):
 
 class StoreError(MeshError):
     """The resource store could not be read or written."""
+
+
+class StoreAuthError(StoreError):
+    """Consul refused the resource store's ACL token (HTTP 403): not transient, the token must be fixed."""
 
 
 class ConflictError(StoreError):

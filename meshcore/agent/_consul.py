@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from meshcore.errors import MeshError
+from meshcore.errors import ConsulAuthError, MeshError
 
 log = logging.getLogger("meshcore.agent.consul")
 
@@ -149,7 +149,10 @@ class ConsulSync:
             self._syncer(payloads)
         except MeshError as exc:
             message = str(exc)
-            if message != self.last_error:
+            if message != self.last_error and isinstance(exc, ConsulAuthError):  # a 403 is not transient
+                log.error("consul registration refused: Consul rejects the agent's ACL token (not a transient error: "
+                          "fix the token; retried every refresh interval until then): %s", message)
+            elif message != self.last_error:
                 log.warning("consul registration failed (retrying every refresh interval): %s", message)
             self.last_error = message
             return False

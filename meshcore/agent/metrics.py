@@ -245,6 +245,14 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def handle(self):
+                # A scraper that timed out and closed is one DEBUG line, not a traceback on stderr.
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                    log.debug("metrics client %s went away before its answer was sent (%s)",
+                              self.client_address[0], exc.strerror or exc)
+
             def log_message(self, fmt, *args):
                 log.debug("metrics %s", fmt % args)
 

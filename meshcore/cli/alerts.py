@@ -23,7 +23,7 @@ from ..api._wire import encode
 from ..api.operator import AlertRuleView, AlertView
 from ..errors import MeshError
 from ..observe.alerts import Rule, effective_rules
-from ..observe.prom_rules import DEFAULT_WINDOW, render_rule_file
+from ..observe.prom_rules import DEFAULT_WINDOW, NO_SERIES, render_rule_file
 from ._client import Client, discover_server
 from ._run import dispatch
 from ._commands import HELP
@@ -102,7 +102,8 @@ def export_rules(files: list[str], *, defaults: bool = True,
 def cmd_export(args) -> int:
     server_rules = _client(args).alert_rules() if args.from_server else None
     rules = export_rules(args.filename or [], defaults=not args.no_defaults, server_rules=server_rules)
-    enabled = [r for r in rules if not r.disabled and r.signal]
+    enabled = [r for r in rules if not r.disabled and r.signal and r.signal not in NO_SERIES]
+    meshcore_only = sorted(r.name for r in rules if not r.disabled and r.signal in NO_SERIES)
     text = render_rule_file(rules, window=args.window)
     if args.out:
         from .._files import atomic_write
@@ -113,6 +114,9 @@ def cmd_export(args) -> int:
             raise MeshError(f"cannot write the rule file {args.out}: {exc}") from exc
         print(f"wrote {len(enabled)} alerting rule(s) to {args.out}; check it with `promtool check rules {args.out}` "
               "and add it to rule_files in prometheus.yml", file=sys.stderr)
+        if meshcore_only:
+            print(f"left out (no Prometheus series; meshcore evaluates them): {', '.join(meshcore_only)}",
+                  file=sys.stderr)
     else:
         print(text, end="")
     return 0

@@ -27,6 +27,7 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -319,8 +320,13 @@ def _make_handler(router: Router, server_name: str):
                     log.warning("%s %s answered %d: %s", self.command, self.path, status, exc)
                 resp = Response(error_body(exc), status=status)
             except Exception as exc:  # a bug: answer 500 and log it, do not kill the server
-                log.exception("internal error on %s %s", self.command, self.path)
-                resp = Response({"error": f"internal error: {exc}"}, status=500)
+                request_id = uuid.uuid4().hex[:12]  # ties the answer to the log line with the traceback
+                log.exception("request_id=%s %s %s failed unexpectedly (a meshcore bug, please report it): %s: %s",
+                              request_id, self.command, urlsplit(self.path).path, type(exc).__name__, exc)
+                resp = Response({"error": f"the control plane failed to serve {self.command} {urlsplit(self.path).path} "
+                                          f"(a bug, not your request's fault); its log has the details and traceback "
+                                          f"under request_id={request_id}", "request_id": request_id},
+                                status=500, headers={"X-Request-Id": request_id})
             self._send(resp)
 
         def _send(self, resp: Response):

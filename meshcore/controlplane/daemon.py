@@ -45,7 +45,14 @@ from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, Reje
 from ..authz.patterns import DEFAULT_PATH_NORMALIZATION, PATH_NORMALIZATIONS
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
 from ..xds.cache import SnapshotCache
-from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, catalog_address, scrape_url
+from ..observe.collector import (
+    ControlPlaneSignals,
+    MeshCollector,
+    ScrapeTarget,
+    ca_signals,
+    catalog_address,
+    scrape_url,
+)
 from ..xds.server import (
     DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     DEFAULT_MAX_STREAMS_PER_IDENTITY,
@@ -228,10 +235,12 @@ class ControlPlane:
         self._targets_of: tuple[object, dict[str, tuple[tuple[str, str], ...]]] = (None, {})
         self._target_nodes: frozenset[str] = frozenset()
         interval = float(settings.collect_interval or 5.0)
+        health = ControlPlaneSignals(catalog=self.source, store=self.store, rejected=lambda: self.engine.rejected,
+                                     supervisors=(self.engine.supervisor, self.supervisor))  # loops, sources
         self.collector = MeshCollector(self.scrape_targets, interval=interval,
                                        history=max(COLLECTOR_HISTORY_S, interval),
-                                       extra=lambda: ca_signals(self.ca, time.time(), self._target_nodes,
-                                                                self._expected_identities()))
+                                       extra=lambda: {**ca_signals(self.ca, time.time(), self._target_nodes,
+                                                                   self._expected_identities()), **health()})
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
                                      external_url=lambda: self.addresses.get("http", ""))

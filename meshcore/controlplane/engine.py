@@ -34,7 +34,7 @@ from tenacity import Retrying, stop_never, wait_random_exponential
 from ..catalog.model import Catalog, CatalogUpdate
 from ..catalog.source import CatalogSource, SourceHealth
 from ..observe.tracing import ControlPlaneTracing
-from ..errors import MeshError, XdsError
+from ..errors import ConsulAuthError, MeshError, StoreAuthError, XdsError
 from ..resources.loader import validate_document
 from ..resources.model import Resource, ResourceKey
 from ..resources.store import ResourceStore, StoreHealth
@@ -63,6 +63,8 @@ new one gets the CPU), for at most this long per proxy, so a reconnect storm can
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 """A rebuild that failed is retried after :data:`RETRY_FIRST_S`, doubling up to this bound (never in a loop)."""
+REFUSED_RETRY_S = 30.0
+"""A watch whose ACL token Consul refuses (403) retries this often: fixing the token needs an operator."""
 CONNECT_GRACE_S = 30.0
 """A proxy counts as connected this long after :meth:`MeshEngine.proxy_connected` even before (or without)
 an open ADS stream in the cache (the server records the stream only once the authorizer returns)."""
@@ -194,10 +196,20 @@ class MeshEngine:
     def _retrying(self, what: str, on_error: Callable[[BaseException], None]):
         """Retry forever with jittered exponential backoff on any exception; ``on_error`` records each one.
         Expected failures (meshcore's errors: Consul down, a store file being edited) log one WARNING line;
-        anything else one ERROR line with its type (the traceback at DEBUG): never a bare traceback."""
+        anything else one ERROR line with its type (the traceback at DEBUG): never a bare traceback. A refused
+        ACL token (403) is not transient: one ERROR naming the token's setting, then retries every
+        :data:`REFUSED_RETRY_S` (at DEBUG) until one succeeds (one INFO line)."""
+        refused: list[int] = []  # a refused ACL token is logged once (ERROR), until a read succeeds
+
         def before_sleep(state):
             exc = state.outcome.exception()
-            if isinstance(exc, MeshError):
+            if isinstance(exc, (ConsulAuthError, StoreAuthError)):
+                (log.debug if refused else log.error)(
+                    "%s: Consul refused the ACL token (HTTP 403, not a transient error: fix the token; meshcore "
+                    "keeps what it last read and retries every %.0fs until then): %s",
+                    what, REFUSED_RETRY_S, exc)
+                refused.append(1)
+            elif isinstance(exc, MeshError):
                 log.warning("%s failed, retrying: %s", what, exc)
             else:
                 log.error("%s failed unexpectedly, retrying (traceback at DEBUG level): %s: %s",
@@ -208,10 +220,19 @@ class MeshEngine:
             exc = state.outcome.exception()
             if exc is not None:
                 on_error(exc)
+            elif refused:
+                log.info("%s: Consul accepts the ACL token again", what)
             return exc is not None
 
+        backoff = wait_random_exponential(multiplier=0.2, max=15)
+
+        def wait(state):  # slowly while the token is refused: hammering Consul with it changes nothing
+            if isinstance(state.outcome.exception(), (ConsulAuthError, StoreAuthError)):
+                return REFUSED_RETRY_S
+            return backoff(state)
+
         return Retrying(
-            wait=wait_random_exponential(multiplier=0.2, max=15), stop=stop_never,
+            wait=wait, stop=stop_never,
             retry=record, sleep=self._sleep, before_sleep=before_sleep, reraise=True,
         )
 
@@ -660,7 +681,9 @@ class MeshEngine:
                     self.metrics.build_errors.inc()
                 expected = isinstance(exc, (XdsError, MeshError))
                 with self._lock:
-                    state.error = str(exc) if expected else f"internal error building its config: {type(exc).__name__}: {exc}"
+                    state.error = str(exc) if expected else (
+                        f"building its config failed unexpectedly ({type(exc).__name__}: {exc}); a meshcore bug: "
+                        f"the traceback is in the control plane's log at DEBUG level (node={node})")
                     state.deps = deps  # a rejected config is rebuilt when what it read changes
                     state.built_seq, state.built_info = seq, info
                 log.error("config for node=%s not published, it keeps its last good config: %s", node, state.error)

@@ -19,7 +19,11 @@ How the numbers are made (see :mod:`meshcore.observe.signals` for units):
 * ``circuit_breaker_overflow`` and ``retry_exhausted`` are keyed by the called service (the cluster's
   destination), ``policy_denied`` by the service whose inbound RBAC filters denied;
 * ``proxy_out_of_sync`` comes from the control plane's own view (ACK state, last build error), and
-  certificate expiry from the CA (:func:`ca_signals`, passed in as ``extra``).
+  certificate expiry from the CA (:func:`ca_signals`, passed in as ``extra``);
+* ``metrics_unreachable`` is 1 for every proxy whose scrape failed this round (its rates are stale, then
+  missing: the dashboard and alerts are blind there), 0 for every proxy scraped;
+* the control plane's own health (``thread_restarts``, ``resources_rejected``, ``catalog_holding``,
+  ``store_suspect``) comes from :class:`ControlPlaneSignals`, passed in as ``extra`` too.
 
 A proxy whose scrape fails (its error is in :attr:`errors`) keeps its previous scrape, so its next good
 scrape yields the right rates over the longer span; meanwhile its last computed rates stand in for it for
@@ -41,6 +45,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, MeshError
+from ..resources.store import store_health
 from ._proxy_stats import INBOUND_PREFIX, ProxyStats, counter_delta, parse_proxy_stats
 from .graph import _cluster_edge, _mangle, _proxy_edges, _Series, quantile_from_buckets
 from .signals import SIGNAL_LABELS, Labels, Signals, labels
@@ -172,11 +177,12 @@ def _services_of(proxies: Sequence[ScrapeTarget]) -> dict[str, str]:
 def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, Scrape],
                          proxies: Sequence[ScrapeTarget], *, at: float,
                          extra: Mapping[str, Mapping[Labels, float]] | None = None,
-                         quantile: float = QUANTILE) -> Signals:
+                         quantile: float = QUANTILE, unreachable: Mapping[str, bool] | None = None) -> Signals:
     """One :class:`Signals` value from two scrapes per node (``{node: Scrape}``) and the proxies' state.
 
     ``proxies`` say which services each node hosts and whether it is in sync;
-    ``extra`` adds signals computed elsewhere (certificate expiry); ``at`` is the unix time to stamp."""
+    ``extra`` adds signals computed elsewhere (certificate expiry); ``at`` is the unix time to stamp;
+    ``unreachable`` is ``{node: whether its scrape failed}`` for every proxy scraped (``metrics_unreachable``)."""
     service_of_prefix = _services_of(proxies)
     edges: dict[tuple[str, str], _Series] = {}
     edge_rate: dict[tuple[str, str], float] = defaultdict(float)
@@ -237,6 +243,8 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
     for p in proxies:
         if p.heard_from:
             values["proxy_out_of_sync"][labels(node=p.node)] = 0.0 if p.in_sync else 1.0
+    for node, failed in (unreachable or {}).items():
+        values["metrics_unreachable"][labels(node=node)] = 1.0 if failed else 0.0
     for name, entries in (extra or {}).items():
         if name not in SIGNAL_LABELS:
             raise KeyError(f"extra signal {name!r} is not one of {', '.join(SIGNAL_LABELS)}")
@@ -292,6 +300,56 @@ def ca_signals(ca: Any, now: float, nodes: Iterable[str] | None = None,
     if roots:
         out["ca_root_expiry_seconds"] = {(): _epoch(roots[0]["not_after"]) - now}
     return out
+
+
+class ControlPlaneSignals:
+    """The control plane's own health as signals, for the collector's ``extra``: call it once per collection.
+
+    * ``thread_restarts{thread}``: restarts of each supervised loop since the previous call (every loop any
+      of ``supervisors`` ran, 0 when it did not die), from their ``threads`` (``{name: ThreadHealth}``);
+    * ``resources_rejected{source}``: how many stored documents ``rejected()`` (``{where: why}``) lists;
+    * ``catalog_holding{source}``: 1 while ``catalog.health()`` says ``holding``, else 0;
+    * ``store_suspect{source}``: 1 while :func:`~meshcore.resources.store.store_health` of ``store`` is
+      suspect, else 0.
+
+    ``source`` names the catalog source or the store as ``meshctl status`` does (``consul http://...``,
+    ``dir /var/lib/meshcore/resources``). A source without a health report yields no catalog entry."""
+
+    def __init__(self, *, catalog: Any, store: Any, rejected: Callable[[], Mapping[str, str]],
+                 supervisors: Sequence[Any] = ()):
+        self._catalog = catalog
+        self._store = store
+        self._rejected = rejected
+        self._supervisors = tuple(supervisors)
+        self._restarts: dict[str, int] = {}  # counts seen at the previous call (all start at 0 with the process)
+
+    def __call__(self) -> SignalValues:
+        counts: dict[str, int] = defaultdict(int)
+        for supervisor in self._supervisors:
+            for name, health in dict(supervisor.threads).items():
+                counts[name] += int(health.restarts)
+        restarts = {labels(thread=name): float(max(0, n - self._restarts.get(name, 0))) for name, n in counts.items()}
+        self._restarts = dict(counts)
+        out: SignalValues = {"thread_restarts": restarts}
+        try:  # each part on its own: one source's failing report must not hide the others
+            store = store_health(self._store)
+            source = f"{store.backend} {store.location}".strip()
+            out["resources_rejected"] = {labels(source=source): float(len(self._rejected()))}
+            out["store_suspect"] = {labels(source=source): 0.0 if store.ok else 1.0}
+        except Exception as exc:  # noqa: BLE001 - a store's health() must not stop the collection
+            log.warning("resource store health for alerts failed (store_suspect, resources_rejected "
+                        "left out this round): %s: %s", type(exc).__name__, exc)
+        report = getattr(self._catalog, "health", None)
+        if callable(report):
+            try:
+                own = report()
+            except Exception as exc:  # noqa: BLE001 - as above
+                log.warning("catalog source health for alerts failed (catalog_holding left out this round): "
+                            "%s: %s", type(exc).__name__, exc)
+            else:
+                name = getattr(own, "kind", "") or type(self._catalog).__name__
+                out["catalog_holding"] = {labels(source=name): 1.0 if getattr(own, "state", "") == "holding" else 0.0}
+        return out
 
 
 # --- the IO loop ---------------------------------------------------------------------------
@@ -374,7 +432,8 @@ class MeshCollector:
                 if node in self._pairs and self._pairs[node][1].at >= horizon:
                     pairs[node] = self._pairs[node]
             signals = signals_from_scrapes({n: p[0] for n, p in pairs.items()}, {n: p[1] for n, p in pairs.items()},
-                                           proxies, at=self._clock(), extra=extra)
+                                           proxies, at=self._clock(), extra=extra,
+                                           unreachable={n: n in errors for n in targets})
             self._scrapes = current
             self._pairs = {n: p for n, p in pairs.items() if n in targets}
             self.errors = errors
@@ -443,5 +502,5 @@ class MeshCollector:
         return unsubscribe
 
 
-__all__ = ["DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "catalog_address",
+__all__ = ["ControlPlaneSignals", "DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "catalog_address",
            "fetch_text", "open_url", "ScrapeTarget", "scrape_url", "signals_from_scrapes"]

@@ -125,6 +125,82 @@ spec:
   summary: "proxy on {node} is out of sync"
   description: "The Envoy on {node} has not ACKed its current configuration (or its build failed) for {for};
     it keeps its last good config. See `meshctl status` and the control plane's log for the NACK or build error."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: proxy-metrics-unreachable, namespace: meshcore-system}
+spec:
+  signal: metrics_unreachable
+  op: ">"
+  threshold: 0
+  for: 1m
+  severity: warning
+  summary: "the control plane cannot read the metrics of the proxy on {node}"
+  description: "Every scrape of {node}'s metrics failed for {for}: its traffic, errors and latency are missing from
+    the dashboard and from alerts (no alert on that VM's services can fire). Check the VM agent on {node}
+    (`systemctl status meshcore-agent`), that its metrics port is reachable from the control plane at the node's
+    catalog address, and the scrape error on the dashboard (proxies marked 'metrics unreachable')."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: control-plane-loop-restarted, namespace: meshcore-system}
+spec:
+  signal: thread_restarts
+  op: ">"
+  threshold: 0
+  for: 0s
+  keepFiringFor: 15m
+  severity: warning
+  summary: "control plane loop {thread} died and was restarted"
+  description: "The supervisor restarted the control plane's {thread} loop ({value} time(s) in the last collection;
+    the alert stays firing 15 minutes after the last restart). The loop runs again, but every loop catches its own
+    errors, so a restart is a bug: find `background thread died thread={thread}` in the control plane's log
+    (`journalctl -u meshcore-control-plane`, the traceback at DEBUG level), check `meshctl status` (threads and
+    sources) and report it. Restarts that repeat mean changes from that loop may be late or lost."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: resources-rejected, namespace: meshcore-system}
+spec:
+  signal: resources_rejected
+  op: ">"
+  threshold: 0
+  for: 0s
+  severity: critical
+  summary: "{value} stored resource document(s) in {source} are invalid and left out of the mesh"
+  description: "Documents written to {source} behind meshctl's back fail validation, so the mesh is built without
+    them: a left-out AuthorizationPolicy opens or closes traffic it should not. `meshctl status` lists each one
+    with its key or file and the error; fix it with `meshctl apply -f` (which validates) or delete it."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: catalog-holding, namespace: meshcore-system}
+spec:
+  signal: catalog_holding
+  op: ">"
+  threshold: 0
+  for: 0s
+  severity: warning
+  summary: "the catalog from {source} looked like lost data; the last good endpoints are held"
+  description: "Consul's catalog answered with an index reset or a drastic shrink (a Consul server restarted empty
+    or lost its raft data), so meshcore keeps routing to the last good endpoints until agents re-register or the
+    hold ends (--catalog-hold); new registrations and deregistrations may not reach Envoy meanwhile. Check the
+    Consul servers (`consul members`, `consul operator raft list-peers`) and the catalog source in `meshctl status`."
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: resource-store-suspect, namespace: meshcore-system}
+spec:
+  signal: store_suspect
+  op: ">"
+  threshold: 0
+  for: 0s
+  severity: critical
+  summary: "the resource store {source} lost resources; the last good generation is held"
+  description: "The store's backend lost resources this control plane had applied (Consul KV emptied or its
+    generation went backwards). The mesh keeps serving the last good generation and `meshctl apply` is refused
+    until it is restored: see `meshctl store status`, then `meshctl store restore` (writes the held generation
+    back) once Consul is healthy."
 """
 
 

@@ -31,6 +31,21 @@ name                                    labels                 value
 ``ca_root_expiry_seconds``              (none)                 seconds until the CA root's not-after
 ``proxy_out_of_sync``                   node                   1 when the proxy has not ACKed its current
                                                                config or its last build failed, else 0
+``metrics_unreachable``                 node                   1 when the collector's last scrape of the
+                                                               proxy's metrics failed (its rates are
+                                                               stale or missing: the mesh is blind there)
+``thread_restarts``                     thread                 control plane loops that died and were
+                                                               restarted by the supervisor since the
+                                                               previous collection (a count)
+``resources_rejected``                  source                 stored resource documents left out of the
+                                                               mesh as invalid (a count); ``source`` is
+                                                               the store (backend and location)
+``catalog_holding``                     source                 1 while the catalog source holds its last
+                                                               good endpoints (the catalog looked like
+                                                               lost data), else 0
+``store_suspect``                       source                 1 while the resource store is suspect (its
+                                                               backend lost resources; the last good
+                                                               generation is held), else 0
 ======================================  =====================  ==========================================
 
 A service or edge without traffic in the interval has ``request_rate`` 0 and no ``error_rate`` /
@@ -59,6 +74,11 @@ SIGNAL_LABELS: dict[str, tuple[str, ...]] = {
     "cert_life_left_ratio": ("spiffe_id", "node"),
     "ca_root_expiry_seconds": (),
     "proxy_out_of_sync": ("node",),
+    "metrics_unreachable": ("node",),
+    "thread_restarts": ("thread",),
+    "resources_rejected": ("source",),
+    "catalog_holding": ("source",),
+    "store_suspect": ("source",),
 }
 """Every signal name and the labels each of its entries carries."""
 

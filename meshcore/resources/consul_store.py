@@ -45,7 +45,7 @@ import consul
 
 from ..catalog._consul_calls import check, consul_errors, raw
 from ..catalog._consul_settings import ConsulSettings
-from ..errors import ConflictError, StoreError
+from ..errors import ConflictError, StoreAuthError, StoreError
 from ._last_applied import Generation, LastApplied
 from .model import Resource, ResourceKey
 from .store import StoreHealth
@@ -123,7 +123,7 @@ class ConsulKVStore:
         return self._consul
 
     def _errors(self, doing: str):
-        return consul_errors(self.settings, doing, error=StoreError, auth_error=StoreError)
+        return consul_errors(self.settings, doing, error=StoreError, auth_error=StoreAuthError)
 
     def key_for(self, key: ResourceKey) -> str:
         return self.prefix + key.path
@@ -303,7 +303,7 @@ class ConsulKVStore:
             what = "; ".join(f"operation {e.get('OpIndex')}: {e.get('What')}" for e in errors)
             raise ConflictError(f"{doing}: Consul rolled the transaction back, nothing was written ({what}); "
                                 "re-read and retry")
-        check(response, self.settings, doing, error=StoreError, auth_error=StoreError)
+        check(response, self.settings, doing, error=StoreError, auth_error=StoreAuthError)
         return (json.loads(response.body or "{}").get("Results")) or []
 
     def _generation_ops(self, snap: _Snapshot, generation: int) -> builtins.list[dict]:

@@ -83,9 +83,11 @@ def _write_unsynced(target: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(data)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # write/fsync errors (a full disk) name no file
+            exc.filename = str(target)
         raise
     return Path(tmp)
 
@@ -369,7 +371,7 @@ class DirectoryStore:
                 temps[change.target] = _write_unsynced(change.target, change.new)
         except OSError as exc:
             self._discard(list(temps.values()), created_dirs)
-            raise StoreError(f"{nothing}: cannot write {exc.filename or ''}: {exc.strerror or exc}") from exc
+            raise StoreError(f"{nothing}: cannot write {exc.filename or self.root}: {exc.strerror or exc}") from exc
         try:  # 2. the commit point: the journal appears whole (fsynced, renamed) or not at all
             atomic_write(self.root / JOURNAL_FILE, self._journal_bytes(plan, index), FILE_MODE)
         except OSError as exc:
@@ -379,7 +381,7 @@ class DirectoryStore:
         try:  # 3. roll forward
             self._roll_forward(plan, index, temps)
         except OSError as exc:
-            where = getattr(exc, "filename", None) or ""
+            where = getattr(exc, "filename", None) or f"{self.root} (syncing the store, writing its index)"
             problems = self._undo(plan)
             self._discard(list(temps.values()), created_dirs)
             if problems:  # the journal stays: the next reader or writer finishes the change (all, not half)

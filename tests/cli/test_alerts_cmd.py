@@ -71,14 +71,16 @@ def test_rules_lists_the_defaults(server, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "SIGNAL", "CONDITION", "FOR", "SEVERITY", "STATE", "ORIGIN"]
     assert any(line.split()[:6] == ["high-error-rate", "error_rate", ">", "5%", "1m", "critical"] for line in lines)
-    assert len(lines) == 9
+    assert len(lines) == 14
 
 
 def test_export_merges_files_over_the_defaults(tmp_path, capsys):
     (tmp_path / "rules.yaml").write_text(OVERRIDES)
     out = tmp_path / "meshcore.rules.yml"
     assert main(["alerts", "export", "-f", str(tmp_path / "rules.yaml"), "--out", str(out)]) == 0
-    assert "wrote 8 alerting rule(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote 12 alerting rule(s)" in err
+    assert "left out (no Prometheus series; meshcore evaluates them): resource-store-suspect" in err
     rules = {r["alert"]: r for r in yaml.safe_load(out.read_text())["groups"][0]["rules"]}
     assert "PolicyDenials" not in rules and "RatingsSlow" in rules
     assert rules["HighErrorRate"]["expr"].endswith("> 0.2") and rules["HighErrorRate"]["for"] == "30s"
@@ -107,7 +109,7 @@ def test_export_reports_invalid_rules_with_their_path(tmp_path, capsys):
 def test_export_from_the_server(server, capsys):
     assert main(["alerts", "export", "--from-server", "--server", server]) == 0
     doc = yaml.safe_load(capsys.readouterr().out)
-    assert len(doc["groups"][0]["rules"]) == 8
+    assert len(doc["groups"][0]["rules"]) == 12
 
 
 def test_cli_in_a_subprocess_needs_no_server_for_export(tmp_path):

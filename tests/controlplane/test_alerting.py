@@ -178,7 +178,7 @@ def test_api_routes_serve_alerts_and_effective_rules():
         assert get("/v1/alerts?state=firing") == []
         rules = {r["name"]: r for r in get("/v1/alerts/rules")}
         assert rules["ratings-errors"]["origin"] == "AlertRule/default/ratings-errors"
-        assert rules["high-error-rate"]["origin"] == "default" and len(rules) == 9
+        assert rules["high-error-rate"]["origin"] == "default" and len(rules) == 14
         assert [r["name"] for r in get("/v1/alerts/rules?name=ratings-errors")] == ["ratings-errors"]
         with pytest.raises(urllib.error.HTTPError) as info:
             get("/v1/alerts/rules?name=nope")

@@ -106,7 +106,9 @@ def test_nan_never_meets_a_condition():
 def test_defaults_ship_on_and_can_be_disabled_or_overridden_by_name():
     names = {r.name for r in effective_rules([]) if not r.disabled}
     assert names == {"high-error-rate", "high-latency-p99", "certificate-expiring", "ca-root-expiring",
-                     "circuit-breaker-shedding", "retries-exhausted", "policy-denials", "proxy-out-of-sync"}
+                     "circuit-breaker-shedding", "retries-exhausted", "policy-denials", "proxy-out-of-sync",
+                     "proxy-metrics-unreachable", "control-plane-loop-restarted", "resources-rejected",
+                     "catalog-holding", "resource-store-suspect"}
     user = rule_docs(("policy-denials", "  disabled: true\n"),
                      ("high-error-rate", '  signal: error_rate\n  op: ">"\n  threshold: 20%\n  for: 10s\n'))
     rules = {r.name: r for r in effective_rules(user)}

@@ -184,8 +184,11 @@ def test_every_signal_name_is_produced():
                        listeners={"inbound_productpage-v1": {"total": 2, "hist": {5: 2}}}, denied={"inbound_productpage-v1": 1})
     extra = {"cert_expiry_seconds": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 10.0},
              "cert_life_left_ratio": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 0.1},
-             "ca_root_expiry_seconds": {(): 5.0}}
-    s = signals_from_scrapes({"n1": _scrape(before, 0)}, {"n1": _scrape(after, 1)}, PROXIES, at=1, extra=extra)
+             "ca_root_expiry_seconds": {(): 5.0},
+             "thread_restarts": {labels(thread="mesh-build"): 0.0}, "resources_rejected": {labels(source="dir x"): 0.0},
+             "catalog_holding": {labels(source="files x"): 0.0}, "store_suspect": {labels(source="dir x"): 0.0}}
+    s = signals_from_scrapes({"n1": _scrape(before, 0)}, {"n1": _scrape(after, 1)}, PROXIES, at=1, extra=extra,
+                             unreachable={"n1": False})
     assert set(s.values) == set(SIGNAL_LABELS)
     for name, entries in s.values.items():
         for key in entries:

@@ -118,7 +118,7 @@ def test_promtool_accepts_the_default_rules(tmp_path):
     path = export(tmp_path, effective_rules([]))
     res = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 8 rules found" in res.stdout
+    assert "SUCCESS: 12 rules found" in res.stdout
 
 
 @needs_promtool
@@ -155,4 +155,4 @@ def test_disabled_rules_are_not_exported():
     off = load_documents("apiVersion: telemetry.mesh.io/v1beta1\nkind: AlertRule\nmetadata: {name: policy-denials}\n"
                          "spec: {disabled: true}\n", "off.yaml")
     names = [r["alert"] for r in rule_file(effective_rules(off))["groups"][0]["rules"]]
-    assert "PolicyDenials" not in names and len(names) == 7
+    assert "PolicyDenials" not in names and len(names) == 11

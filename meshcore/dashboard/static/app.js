@@ -14,7 +14,7 @@
     "#ae3ec9", "#495057"];
   const $ = (id) => document.getElementById(id);
 
-  const state = { range: 900, pollMs: 3000, lastOk: 0, polls: 0, timer: null, alertsAvailable: true, colors: {} };
+  const state = { range: 900, pollMs: 3000, lastOk: 0, polls: 0, timer: null, alertsAvailable: true, colors: {}, blind: [] };
 
   // --- formatting ------------------------------------------------------------------------
   const fmt = {
@@ -258,7 +258,10 @@
       state.polls += 1;
       document.body.dataset.polls = String(state.polls);
       document.body.dataset.hasSignals = summary.collector.signals_at ? "yes" : "no";
-      document.body.dataset.state = "live";
+      // Polling works, but proxies whose metrics cannot be read leave the numbers partial: never a green "live".
+      state.blind = Object.keys(summary.collector.errors || {}).sort();
+      document.body.dataset.state = state.blind.length ? "blind" : "live";
+      tickLiveLabel();
     } catch (err) {
       if (err instanceof AuthError) {
         showLogin(sessionStorage.getItem(TOKEN_KEY) ? `The control plane refused the token: ${err.message}` : "");
@@ -276,10 +279,13 @@
   }
 
   function tickLiveLabel() {
-    if (document.body.dataset.state === "live" || document.body.dataset.state === "stale") {
+    if (["live", "stale", "blind"].includes(document.body.dataset.state)) {
       const ago = Math.round((Date.now() - state.lastOk) / 1000);
-      document.body.dataset.state = ago > 30 ? "stale" : "live";
-      $("live").querySelector("span").textContent = ago <= 1 ? "live · updated just now" : `live · updated ${ago}s ago`;
+      const blind = state.blind || [];
+      document.body.dataset.state = ago > 30 ? "stale" : (blind.length ? "blind" : "live");
+      const updated = ago <= 1 ? "updated just now" : `updated ${ago}s ago`;
+      $("live").querySelector("span").textContent = blind.length
+        ? `metrics unreachable on ${blind.length} proxy(ies): ${blind.join(", ")} · ${updated}` : `live · ${updated}`;
     }
   }
 

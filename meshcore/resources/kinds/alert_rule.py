@@ -63,7 +63,7 @@ SEVERITIES = ("critical", "warning", "info")
 DEFAULT_SEVERITY = "warning"
 
 # The unit of each signal, which decides how a threshold may be written and how a value is shown.
-FRACTION, MILLISECONDS, SECONDS, PER_SECOND, FLAG = "fraction", "ms", "seconds", "per_second", "flag"
+FRACTION, MILLISECONDS, SECONDS, PER_SECOND, FLAG, COUNT = "fraction", "ms", "seconds", "per_second", "flag", "count"
 SIGNAL_UNITS: dict[str, str] = {
     "request_rate": PER_SECOND,
     "error_rate": FRACTION,
@@ -78,6 +78,11 @@ SIGNAL_UNITS: dict[str, str] = {
     "cert_life_left_ratio": FRACTION,
     "ca_root_expiry_seconds": SECONDS,
     "proxy_out_of_sync": FLAG,
+    "metrics_unreachable": FLAG,
+    "thread_restarts": COUNT,
+    "resources_rejected": COUNT,
+    "catalog_holding": FLAG,
+    "store_suspect": FLAG,
 }
 
 _UNIT_HINTS = {
@@ -86,6 +91,7 @@ _UNIT_HINTS = {
     SECONDS: 'seconds as a number or a duration such as "2h" or "30d"',
     PER_SECOND: 'a rate per second as a number, or "N/s", "N/m" or "N/h"',
     FLAG: "a number (the signal is 0 or 1)",
+    COUNT: "a number (the signal is a count)",
 }
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
