@@ -9,14 +9,30 @@ from meshcore.errors import MeshError
 
 MAX_SPIFFE_ID_BYTES = 2048
 MAX_TRUST_DOMAIN_BYTES = 255
+_VALID_CACHE_SIZE = 4096  # IDs that passed, remembered: a signature checks its ID twice (policy, CA)
+_valid: dict[str, SpiffeId] = {}
 
 
 def parse_workload_id(value: str, error: type[MeshError]) -> SpiffeId:
     """Parse ``value`` as a SPIFFE ID with a path, in canonical form; raise ``error`` saying why not.
 
     The SPIFFE ID spec requires a lowercase scheme and trust domain; the library normalises case,
-    so a non-canonical spelling is refused here rather than silently rewritten.
+    so a non-canonical spelling is refused here rather than silently rewritten. An ID that passed
+    is remembered (the check is a pure function of the string); one that fails is checked anew each time.
     """
+    if type(value) is str:
+        sid = _valid.get(value)
+        if sid is not None:
+            return sid
+    sid = _parse_workload_id(value, error)
+    if type(value) is str:
+        if len(_valid) >= _VALID_CACHE_SIZE:
+            _valid.clear()
+        _valid[value] = sid
+    return sid
+
+
+def _parse_workload_id(value: str, error: type[MeshError]) -> SpiffeId:
     if not isinstance(value, str):
         raise error(f"SPIFFE ID must be a string, got {type(value).__name__}")
     if len(value.encode()) > MAX_SPIFFE_ID_BYTES:

@@ -14,6 +14,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .keys import signature_hash
 
 ORGANIZATION = "meshcore"
+LEAF_SUBJECT = x509.Name([
+    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "workload"),
+])
 
 
 def random_serial() -> int:
@@ -52,10 +56,10 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
+def _leaf_key_usage_for(rsa_key: bool) -> x509.KeyUsage:
     # X509-SVID spec 4.3: leaves MUST set digitalSignature; keyEncipherment only makes sense for RSA.
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+        digital_signature=True, content_commitment=False, key_encipherment=rsa_key,
         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
         encipher_only=False, decipher_only=False,
     )
@@ -111,6 +115,32 @@ def build_ca_cert(
     return builder.sign(signer, signature_hash(signer))
 
 
+def _encoded(ext: x509.ExtensionType) -> x509.UnrecognizedExtension:
+    """``ext`` DER-encoded once by the library, to be added as is: a leaf's constant extensions cost a
+    copy instead of an encoding per certificate (the certificate is byte-for-byte the same)."""
+    return x509.UnrecognizedExtension(ext.oid, ext.public_bytes())
+
+
+_LEAF_BASIC_CONSTRAINTS = _encoded(x509.BasicConstraints(ca=False, path_length=None))
+_LEAF_KEY_USAGE = {rsa_key: _encoded(_leaf_key_usage_for(rsa_key)) for rsa_key in (False, True)}
+_LEAF_EXT_KEY_USAGE = _encoded(
+    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]))
+_AKI_CACHE_SIZE = 16
+_aki_cache: dict[int, tuple[x509.Certificate, x509.UnrecognizedExtension]] = {}
+
+
+def _encoded_aki(issuer_cert: x509.Certificate) -> x509.UnrecognizedExtension:
+    """The AKI naming ``issuer_cert``, encoded once per issuer (a few at most: rotations)."""
+    hit = _aki_cache.get(id(issuer_cert))
+    if hit is not None and hit[0] is issuer_cert:  # the entry holds the certificate: its id is not reused
+        return hit[1]
+    ext = _encoded(authority_key_id(issuer_cert))
+    if len(_aki_cache) >= _AKI_CACHE_SIZE:
+        _aki_cache.clear()
+    _aki_cache[id(issuer_cert)] = (issuer_cert, ext)
+    return ext
+
+
 def build_leaf_cert(
     *,
     spiffe_id: str,
@@ -128,26 +158,19 @@ def build_leaf_cert(
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
     names += [x509.DNSName(d) for d in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "workload"),
-    ])
-    aki = authority_key_id(issuer_cert)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject)
+        .subject_name(LEAF_SUBJECT)
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)  # type: ignore[arg-type]
         .serial_number(serial if serial is not None else random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(public_key), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_KEY_USAGE[isinstance(public_key, rsa.RSAPublicKey)], critical=True)
+        .add_extension(_LEAF_EXT_KEY_USAGE, critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
-        .add_extension(aki, critical=False)
+        .add_extension(_encoded_aki(issuer_cert), critical=False)
     )
     return builder.sign(issuer_key, signature_hash(issuer_key))

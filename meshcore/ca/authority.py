@@ -90,6 +90,8 @@ ISSUED_FILE = "issued.jsonl"
 REVOKED_FILE = "revoked.jsonl"
 LEGACY_ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
+CERT_FACTS_CACHED = 4096  # node certificates whose parsed facts are remembered (about one per connected node)
+VERIFIED_CSRS_KEPT = 64  # parsed CSRs whose signature verified, so check_csr then sign_csr verify once
 ROOT_PURPOSE = "ca-root"
 INTERMEDIATE_PURPOSE = "ca-intermediate"
 
@@ -171,6 +173,8 @@ class CertificateAuthority:
         self._revocation_listeners: list[Callable[[str], None]] = []
         self._recovery_lock = threading.Lock()  # one recovery at a time: the record it checks moves on
         self._seen_proofs: dict[str, datetime] = {}  # recovery signatures accepted, until they are stale
+        self._facts: dict[bytes, tuple[datetime, str | None, str]] = {}  # see _cert_facts
+        self._verified: dict[int, x509.CertificateSigningRequest] = {}  # see _verified_csr
 
     def _retention(self, cert: IssuedCertificate) -> timedelta:
         """How long past its expiry a certificate stays on record (see the module docstring)."""
@@ -569,22 +573,36 @@ class CertificateAuthority:
         Checked on every agent API call and ADS stream, so a revocation or a finished root rotation
         also ends what connections opened before it can do.
         """
-        if isinstance(cert, bytes):
-            cert = x509.load_der_x509_certificate(cert)
+        not_before, key_id, serial = self._cert_facts(cert)
         with self._lock:
-            self._revocations.refresh()
+            self._revocations.refresh()  # one stat: a revocation by another process is seen at once
             rev = self._revocations.node(node)
-            key_id = issuer_key_id(cert)
-            retired = self._revocations.issuer(key_id.hex()) if key_id else None
-        if rev is not None and cert.not_valid_before_utc <= rev.revoked_at - CLOCK_SKEW:  # see _not_before_floor
+            retired = self._revocations.issuer(key_id) if key_id else None
+        if rev is not None and not_before <= rev.revoked_at - CLOCK_SKEW:  # see _not_before_floor
             return (f"node {node!r} was revoked at {rfc3339(rev.revoked_at)}"
                     f"{' (' + rev.reason + ')' if rev.reason else ''}; once the VM is trusted again, join it "
                     f"with a new token (`meshctl token create --node {node}`)")
         if retired is not None:
-            return (f"the certificate of node {node!r} (serial {serial_hex(cert.serial_number)}) was signed by an "
+            return (f"the certificate of node {node!r} (serial {serial}) was signed by an "
                     f"intermediate CA retired when a root rotation finished at {rfc3339(retired.revoked_at)}; join "
                     f"the node again with a new token (`meshctl token create --node {node}`)")
         return None
+
+    def _cert_facts(self, cert: x509.Certificate | bytes) -> tuple[datetime, str | None, str]:
+        """(not_before, issuer key id hex, serial hex) of ``cert``: what a refusal depends on besides the
+        revocations. Remembered per DER (a connection presents the same one on every call); the verdict
+        itself is never cached, so a revocation takes effect on the next call."""
+        if not isinstance(cert, bytes):
+            key_id = issuer_key_id(cert)
+            return cert.not_valid_before_utc, key_id.hex() if key_id else None, serial_hex(cert.serial_number)
+        facts = self._facts.get(cert)
+        if facts is None:
+            parsed = x509.load_der_x509_certificate(cert)
+            facts = self._cert_facts(parsed)
+            if len(self._facts) >= CERT_FACTS_CACHED:
+                self._facts.clear()
+            self._facts[cert] = facts
+        return facts
 
     def recover_node(self, node: str, csr_pem: str | bytes | x509.CertificateSigningRequest, *,
                      timestamp: str, signature: str) -> IssuedCertificate:
@@ -716,7 +734,7 @@ class CertificateAuthority:
         if ttl <= timedelta(0):
             raise SigningRefused(f"ttl must be positive, got {ttl}")
         dns_names, ip_addresses = self._check_extra_sans(spiffe_id, dns_names, ip_addresses)
-        csr = self.check_csr(csr_pem, spiffe_id=spiffe_id, dns_names=dns_names, ip_addresses=ip_addresses)
+        _, public_key = self._check_csr(csr_pem, spiffe_id, dns_names, ip_addresses)
 
         while True:
             now = _now(self._clock)
@@ -728,8 +746,8 @@ class CertificateAuthority:
             # Built and signed outside the locks, so signers do not queue behind each other's
             # crypto; only the record is serialised.
             floor = self._not_before_floor(spiffe_id, node)
-            issued = self._build_leaf(csr, spiffe_id, node, ttl, now, inter, chain_tail, dns_names, ip_addresses,
-                                      floor)
+            issued = self._build_leaf(public_key, spiffe_id, node, ttl, now, inter, chain_tail, dns_names,
+                                      ip_addresses, floor)
             with self._lock, file_lock(self.state_dir / LOCK_FILE):
                 if self._intermediate is inter:
                     self._record(issued, now)
@@ -760,19 +778,39 @@ class CertificateAuthority:
     def check_csr(self, csr_pem: str | bytes | x509.CertificateSigningRequest, *, spiffe_id: str,
                   dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()) -> x509.CertificateSigningRequest:
         """Every check :meth:`sign_csr` makes of the CSR and the identity, without signing (a join checks
-        before it uses its one-time token); :class:`SigningRefused` saying why. Returns the parsed CSR."""
+        before it uses its one-time token); :class:`SigningRefused` saying why. Returns the parsed CSR.
+
+        A parsed CSR that passed is remembered (a few, by identity): :meth:`sign_csr` given the same object
+        then makes every check again but does not verify its signature a second time (the object is immutable)."""
+        return self._check_csr(csr_pem, spiffe_id, dns_names, ip_addresses)[0]
+
+    def _check_csr(self, csr_pem: str | bytes | x509.CertificateSigningRequest, spiffe_id: str,
+                   dns_names: Sequence[str], ip_addresses: Sequence[str]) -> tuple[x509.CertificateSigningRequest, Any]:
+        """:meth:`check_csr`, returning the CSR and its (checked) public key."""
         sid = parse_workload_id(spiffe_id, SigningRefused)
         if sid.trust_domain.name != self.trust_domain:
             raise SigningRefused(
                 f"{spiffe_id} is in trust domain {sid.trust_domain.name!r}; this CA signs only {self.trust_domain!r}"
             )
-        csr = _load_csr(csr_pem)
-        _check_csr_key(csr)
+        csr = self._verified_csr(csr_pem)
+        key = _check_csr_key(csr)
         _check_csr_sans(csr, spiffe_id, dns_names, ip_addresses)
-        return csr
+        return csr, key
+
+    def _verified_csr(self, csr_pem: str | bytes | x509.CertificateSigningRequest) -> x509.CertificateSigningRequest:
+        """:func:`_load_csr` (parse, verify the self-signature), once per parsed CSR object."""
+        if isinstance(csr_pem, x509.CertificateSigningRequest):
+            if self._verified.get(id(csr_pem)) is csr_pem:  # the entry holds the object: its id is not reused
+                return csr_pem
+            csr = _load_csr(csr_pem)
+            if len(self._verified) >= VERIFIED_CSRS_KEPT:
+                self._verified.clear()
+            self._verified[id(csr)] = csr
+            return csr
+        return _load_csr(csr_pem)
 
     @staticmethod
-    def _build_leaf(csr: x509.CertificateSigningRequest, spiffe_id: str, node: str | None, ttl: timedelta,
+    def _build_leaf(public_key: Any, spiffe_id: str, node: str | None, ttl: timedelta,
                     now: datetime, inter: KeyPair, chain_tail: str, dns_names: Sequence[str],
                     ip_addresses: Sequence[str], floor: datetime | None = None) -> IssuedCertificate:
         not_before = max(now - CLOCK_SKEW, inter.cert.not_valid_before_utc)
@@ -781,7 +819,7 @@ class CertificateAuthority:
         not_after = min(now + ttl, inter.cert.not_valid_after_utc)
         assert inter.key is not None
         cert = build_leaf_cert(
-            spiffe_id=spiffe_id, public_key=csr.public_key(), not_before=not_before, not_after=not_after,
+            spiffe_id=spiffe_id, public_key=public_key, not_before=not_before, not_after=not_after,
             issuer_cert=inter.cert, issuer_key=inter.key, dns_names=dns_names, ip_addresses=ip_addresses,
         )
         leaf_pem = pem_of(cert)
@@ -950,7 +988,8 @@ def _load_csr(csr_pem: str | bytes | x509.CertificateSigningRequest) -> x509.Cer
     return csr
 
 
-def _check_csr_key(csr: x509.CertificateSigningRequest) -> None:
+def _check_csr_key(csr: x509.CertificateSigningRequest) -> Any:
+    """The CSR's public key, when it is one the CA signs for."""
     try:
         key = csr.public_key()
     except Exception as exc:
@@ -958,11 +997,11 @@ def _check_csr_key(csr: x509.CertificateSigningRequest) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
             raise SigningRefused(f"CSR key uses curve {key.curve.name}; use P-256 (or P-384)")
-        return
+        return key
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
             raise SigningRefused(f"CSR has a {key.key_size}-bit RSA key; at least 2048 bits are required")
-        return
+        return key
     raise SigningRefused(f"CSR key type {type(key).__name__} is not supported; use ECDSA P-256")
 
 

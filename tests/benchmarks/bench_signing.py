@@ -21,7 +21,11 @@ times the scenario's duration) taken off; on a loaded machine a slow run otherwi
 control plane's own loops to signing.
 Prints a table and writes ``test-artifacts/bench/signing.json``.
 
-Run: python -m tests.benchmarks.bench_signing [--quick] [--join-nodes 1000] [--api-seconds 8]
+``--layers`` also runs the 1-client scenario against a control plane whose request path is timed layer
+by layer (thread CPU around the HTTP parser, the handler, ``sign_csr`` and its parts) and prints where one
+signature's CPU goes (the wrappers cost a few µs each, so that run's rate is not compared with the others).
+
+Run: python -m tests.benchmarks.bench_signing [--quick] [--join-nodes 1000] [--api-seconds 8] [--layers]
 """
 
 from __future__ import annotations
@@ -141,10 +145,69 @@ def in_process(total: int, first: int, tmp: Path) -> list[dict]:
 
 # --- through the agent API ---------------------------------------------------------------------
 
+# --- where one signature goes (--layers) ---------------------------------------------------------
+
+LAYERS_FILE = "layers.json"
+LAYERS = (  # outermost first
+    "request (all)", "http: request line and headers", "dispatch (handler + routing)", "handler: AgentApi.sign",
+    "handler: body, peer node, refusal check", "handler: node_certificate_refusal", "handler: catalog policy",
+    "handler: answer", "ca: sign_csr", "ca: parse + verify CSR", "ca: build + sign leaf, PEM", "ca: journal append",
+)
+
+
+def _serve_layered(cp_args: list[str]) -> None:
+    """Run the control plane with thread-CPU accumulators around the layers of a sign request, and write
+    them as ``{layer: [calls, cpu_seconds]}`` to ``<state-dir>/layers.json`` when it stops."""
+    import http.server
+
+    from meshcore.ca import _issued, authority
+    from meshcore.controlplane import _http, agent_api, daemon
+
+    acc: dict[str, list[float]] = {label: [0, 0.0] for label in LAYERS}
+
+    def wrap(owner: object, name: str, label: str, static: bool = False) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*a, **k):
+            t = time.thread_time()
+            try:
+                return inner(*a, **k)
+            finally:
+                entry = acc[label]
+                entry[0] += 1
+                entry[1] += time.thread_time() - t
+        setattr(owner, name, staticmethod(timed) if static else timed)
+
+    wrap(http.server.BaseHTTPRequestHandler, "handle_one_request", "request (all)")
+    wrap(http.server.BaseHTTPRequestHandler, "parse_request", "http: request line and headers")
+    wrap(_http.Router, "dispatch", "dispatch (handler + routing)")
+    wrap(agent_api.AgentApi, "sign", "handler: AgentApi.sign")
+    wrap(agent_api.AgentApi, "_node_and_csr", "handler: body, peer node, refusal check")
+    wrap(authority.CertificateAuthority, "node_certificate_refusal", "handler: node_certificate_refusal")
+    wrap(agent_api, "check_workload_request", "handler: catalog policy")
+    wrap(agent_api.AgentApi, "_issued", "handler: answer")
+    wrap(authority.CertificateAuthority, "sign_csr", "ca: sign_csr")
+    wrap(authority.CertificateAuthority, "_verified_csr", "ca: parse + verify CSR")
+    wrap(authority.CertificateAuthority, "_build_leaf", "ca: build + sign leaf, PEM", static=True)
+    wrap(_issued.IssuedJournal, "append", "ca: journal append")
+    state = Path(cp_args[cp_args.index("--state-dir") + 1])
+    try:
+        daemon.main(cp_args)
+    finally:
+        (state / LAYERS_FILE).write_text(json.dumps(acc))
+
+
+def print_layers(layers: dict[str, list[float]]) -> None:
+    signs = layers.get("handler: AgentApi.sign", [0, 0.0])[0] or 1
+    print(f"where one agent API signature goes ({signs} signatures, thread CPU per signature):")
+    for label, (_calls, cpu) in layers.items():
+        print(f"  {label:<42} {cpu / signs * 1e6:8.1f} us")
+
+
 class ControlPlaneProcess:
     """A real control plane (``python -m meshcore.controlplane``) on free loopback ports."""
 
-    def __init__(self, base: Path, sign_nodes: int):
+    def __init__(self, base: Path, sign_nodes: int, layered: bool = False):
         self.base = base
         self.catalog = base / "catalog"
         for n in range(sign_nodes):
@@ -159,7 +222,8 @@ class ControlPlaneProcess:
         self.kek_file = base / "kek"
         self.kek = generate_kek_file(self.kek_file)
         self.api = f"127.0.0.1:{free_port()}"
-        args = [sys.executable, "-m", "meshcore.controlplane", "--state-dir", str(self.state),
+        entry = ["-m", "tests.benchmarks.bench_signing", "--serve-layered"] if layered else ["-m", "meshcore.controlplane"]
+        args = [sys.executable, *entry, "--state-dir", str(self.state),
                 "--catalog", f"files:{self.catalog}", "--xds-bind", f"127.0.0.1:{free_port()}",
                 "--api-bind", self.api, "--http-bind", f"127.0.0.1:{free_port()}", "--kek-file", str(self.kek_file),
                 "--log-level", "warning", "--collect-interval", "1h"]
@@ -215,7 +279,7 @@ def agent_api(cp: ControlPlaneProcess, clients: int, seconds: float, where: Path
         client.sign(csrs[n][0])  # warm up (first connection, catalog read)
     latencies: list[float] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+    stop_at = float("inf")  # set once the idle measurement is done (it sleeps)
 
     def run(n: int) -> int:
         done = 0
@@ -231,6 +295,7 @@ def agent_api(cp: ControlPlaneProcess, clients: int, seconds: float, where: Path
 
     idle = cp.idle_cores()
     cpu0, t0 = cp.cpu(), time.perf_counter()
+    stop_at = t0 + seconds
     with ThreadPoolExecutor(clients) as pool:
         total = sum(pool.map(run, range(clients)))
     wall, cpu = time.perf_counter() - t0, cp.cpu() - cpu0
@@ -282,6 +347,10 @@ def join_storm(cp: ControlPlaneProcess, nodes: int, concurrency: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-layered"]:  # the control plane of --layers (started by ControlPlaneProcess)
+        _serve_layered(argv[1:])
+        return {}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts (about a minute)")
     p.add_argument("--floor", type=int, default=2000, help="signatures in the floor loop")
@@ -290,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--join-nodes", type=int, default=1000)
     p.add_argument("--join-concurrency", type=int, default=16)
     p.add_argument("--out", type=Path, default=ARTIFACT)
+    p.add_argument("--layers", action="store_true", help="also time one signature layer by layer (see above)")
     args = p.parse_args(argv)
     if args.quick:
         args.floor, args.in_process, args.api_seconds, args.join_nodes = 1000, 2000, 4.0, 300
@@ -323,6 +393,16 @@ def main(argv: list[str] | None = None) -> dict:
             add(join_storm(cp, args.join_nodes, args.join_concurrency))
         finally:
             cp.stop()
+        layers = None
+        if args.layers:
+            lcp = ControlPlaneProcess(base / "layered", sign_nodes=1, layered=True)
+            try:
+                (base / "layered-nodes").mkdir()
+                agent_api(lcp, 1, args.api_seconds, base / "layered-nodes")
+            finally:
+                lcp.stop()
+            layers = json.loads((lcp.state / LAYERS_FILE).read_text())
+            print_layers(layers)
     extra = [r for r in results if "tail_vs_head" in r]
     if extra:
         print(f"in-process rate, last 10% vs first 10%: {extra[0]['tail_vs_head']:.2f} (1.0 = flat)")
@@ -331,6 +411,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"(creating the tokens beforehand took {storm['token_create_s']:.1f} s)")
     report = {"scenarios": results, "cpus": os.cpu_count(), "python": sys.version.split()[0],
               "when": datetime.now(timezone.utc).isoformat()}
+    if layers is not None:
+        report["layers_us_per_signature"] = {
+            label: cpu / (layers.get("handler: AgentApi.sign", [0, 0.0])[0] or 1) * 1e6
+            for label, (_calls, cpu) in layers.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
