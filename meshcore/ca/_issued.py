@@ -163,7 +163,7 @@ class IssuedJournal:
         self.catch_up(locked=True)
         line = json.dumps(cert.to_dict(), separators=(",", ":")).encode() + b"\n"
         fd = self._append_fd()
-        os.write(fd, line)
+        self._write_line(fd, line)
         self._schedule_sync()
         self._pos.offset += len(line)
         self._pos.lines += 1
@@ -171,6 +171,23 @@ class IssuedJournal:
         self._drop_expired(now)
         if self._pos.lines >= COMPACT_MIN_LINES and self._pos.lines > 2 * len(self._newest):
             self.compact(now)
+
+    def _write_line(self, fd: int, line: bytes) -> None:
+        """Append all of ``line`` or nothing: a short write (the disk filled up mid-line) is continued, and a
+        failure leaves the journal cut back to where the line began, so no torn line is left behind and the
+        caller sees the OSError (a leaf the journal does not hold is never handed out)."""
+        start = os.fstat(fd).st_size  # O_APPEND: the line goes at the end
+        rest = memoryview(line)
+        try:
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError as exc:
+                log.error("cannot cut the partly written line off the issued-certificate journal %s: %s",
+                          self.path, exc)
+            raise
 
     def compact(self, now: datetime) -> None:
         """Rewrite the journal with only the newest certificate per identity and node still retained (atomically)."""

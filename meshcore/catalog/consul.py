@@ -240,7 +240,7 @@ class ConsulCatalogSource:
             done, _ = wait_futures(pending, timeout=min(remaining, _SLICE), return_when=FIRST_COMPLETED)
             for future in done:
                 endpoint = pending[future]
-                del self._watches[endpoint]
+                self._watches.pop(endpoint, None)  # close() may have cleared them meanwhile
                 new = future.result()  # raises the translated ConsulError
                 if new > known[endpoint]:
                     return "changed"

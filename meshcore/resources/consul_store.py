@@ -115,6 +115,7 @@ class ConsulKVStore:
         self._suspect_message = ""
         self._seen = (0, 0)  # (generation, resources) in KV at the last read
         self._recovered = False
+        self._reread = False  # the last watch failed: read at once, not block at an index Consul may be below
 
     @property
     def _client(self) -> consul.Consul:
@@ -204,7 +205,14 @@ class ConsulKVStore:
         docstring): a suspect store returns the held generation."""
         if not self._recovered:
             self._recover_quietly()
-        snap = self._read(index, wait)
+        # After a failed read (Consul unreachable, restarted?) read at once: a Consul restarted empty holds a
+        # blocking query at our old index for the whole wait, and the lost resources would go unnoticed so long.
+        reread, self._reread = self._reread, False
+        try:
+            snap = self._read(None if reread else index, wait)
+        except BaseException:
+            self._reread = True
+            raise
         resources = self._decode(snap.docs)
         return self._checked(snap, resources), snap.index
 

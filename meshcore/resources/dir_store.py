@@ -371,7 +371,7 @@ class DirectoryStore:
                 temps[change.target] = _write_unsynced(change.target, change.new)
         except OSError as exc:
             self._discard(list(temps.values()), created_dirs)
-            raise StoreError(f"{nothing}: cannot write {exc.filename or self.root}: {exc.strerror or exc}") from exc
+            raise StoreError(f"{nothing}: cannot write {exc.filename or change.target}: {exc.strerror or exc}") from exc
         try:  # 2. the commit point: the journal appears whole (fsynced, renamed) or not at all
             atomic_write(self.root / JOURNAL_FILE, self._journal_bytes(plan, index), FILE_MODE)
         except OSError as exc:

@@ -12,6 +12,8 @@ import json
 import logging
 import random
 import re
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -88,6 +90,29 @@ class DoubleHTTPServer(ThreadingHTTPServer):
         self.state = state
         self.acl = acl
         self.verbose = verbose
+        self._open: set[Any] = set()  # accepted connections not yet closed (keep-alive ones included)
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop every open client connection, as a stopped Consul does: a keep-alive connection must not go on
+        being served from this server's state after it stopped (a restarted double has new state)."""
+        with self._open_lock:
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request (killed, timed out) is normal for a server: no traceback."""

@@ -90,8 +90,9 @@ class ConsulDouble:
         if self._server is None:
             return
         self._stopping.set()
+        self._server.shutdown()  # accepts no more connections
+        self._server.close_connections()  # as a stopped Consul: blocked queries get no answer, keep-alives end
         self.state.close()  # wakes blocked queries so their threads finish
-        self._server.shutdown()
         self._server.server_close()
         for t in self._threads:
             t.join(timeout=5)
@@ -106,6 +107,17 @@ class ConsulDouble:
         self.stop()
 
     # ------------------------------------------------------------------ test hooks
+    def restart(self, *, empty: bool = False) -> str:
+        """Stop and start again on the same address; ``empty`` wipes every piece of state first (a Consul
+        server restarted on a lost data directory: catalog, agent registrations and KV gone, the raft index
+        back at the start). Clients see their connections refused while it is down, then a fresh Consul."""
+        host, port = self._server.server_address[:2] if self._server is not None else (self.host, self.port)
+        self.stop()
+        if empty:
+            self.state = ConsulState(self.node, self.datacenter, self.state.node_address)
+        self.host, self.port = host, port
+        return self.start()
+
     def reset_index(self, to: int = 1) -> int:
         """Make the raft index go backwards (as after a snapshot restore); returns the new index."""
         return self.state.reset_index(to)

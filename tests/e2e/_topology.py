@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,6 +78,13 @@ def write_catalog(root: Path, datacenters: dict[str, str] | None = None, extra=(
     return out
 
 
+def meshctl(mesh, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``meshctl *args`` against ``mesh``'s control plane with its bootstrap admin token (text output)."""
+    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
+                          capture_output=True, text=True, check=check, timeout=timeout,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+
+
 def _dump_logs(state: Path) -> None:
     for log in sorted((state / "logs").glob("*.log")):
         print(f"----- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
@@ -108,17 +117,31 @@ def running_mesh(state: Path, *, artifacts: str | None = None, datacenters: dict
     mesh.defs, mesh.state = defs, state
     mesh.gateway = f"http://{gw['local_bind_address']}:{gw['local_bind_port']}"
     mesh.url = mesh.gateway + "/productpage?format=json"
+    with serving(mesh, artifacts=artifacts):
+        yield mesh
+
+
+@contextmanager
+def serving(mesh, *, artifacts: str | None = None, cleanup=lambda: None):
+    """Bring ``mesh`` (a LocalMesh with ``state`` and ``url`` set) up until ``url`` serves; stop it afterwards.
+
+    On a failed start the logs' tails are printed; with ``artifacts`` the logs are kept under
+    test-artifacts/<artifacts> after the run; ``cleanup`` runs after the mesh is down either way (e.g. stop
+    a Consul double the mesh used).
+    """
     try:
         mesh.up(wait_url=mesh.url)
     except BaseException:
-        _dump_logs(state)
+        _dump_logs(mesh.state)
         mesh.down()
+        cleanup()
         raise
     try:
         yield mesh
     finally:
         mesh.down()
+        cleanup()
         if artifacts:
             target = Path(__file__).resolve().parents[2] / "test-artifacts" / artifacts
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(state / "logs", target)
+            shutil.copytree(mesh.state / "logs", target)
