@@ -158,10 +158,22 @@ class SharedBuild:
         return resources
 
 
-_Filter = tuple[str, type[Message], bytes]
+_Filter = tuple[str, str, bytes]  # filter name, config message's full name, config bytes
 _Chain = tuple[bytes, tuple[_Filter, ...]]
 _Draft = tuple[bytes, tuple[_Chain, ...]]
-_Slot = Keyed | tuple[type[Message], bytes]
+_Slot = Keyed | tuple[str, bytes]  # shared: its key; own: (message full name, bytes)
+
+_CLASSES: dict[str, type[Message]] = {}
+"""Message classes by full name, as :meth:`Generated.keep` met them. What a proxy keeps names its classes
+by string, so its tuples hold only strings and bytes, which the cyclic garbage collector stops tracking."""
+
+
+def _name_of(message: Message) -> str:
+    kind = type(message)
+    name = kind.DESCRIPTOR.full_name
+    if name not in _CLASSES:
+        _CLASSES[name] = kind
+    return name
 
 
 class Generated:
@@ -191,7 +203,7 @@ class Generated:
             return data
 
         listeners = tuple(
-            (body(d.message), tuple((body(c.message), tuple((f.name, type(f.config), body(f.config)) for f in c.filters))
+            (body(d.message), tuple((body(c.message), tuple((f.name, _name_of(f.config), body(f.config)) for f in c.filters))
                                     for c in d.filter_chains))
             for d in generated.get(LISTENER, ()))
         others: dict[str, tuple[_Slot, ...]] = {}
@@ -201,7 +213,7 @@ class Generated:
             slots: list[_Slot] = []
             for item in items:
                 keyed = session.keyed_of(item) if session is not None else None
-                slots.append(keyed if keyed is not None else (type(item), body(item)))
+                slots.append(keyed if keyed is not None else (_name_of(item), body(item)))
             others[type_url] = tuple(slots)
         return cls(listeners, others, size)
 
@@ -210,7 +222,7 @@ class Generated:
         out: dict[str, list[Any]] = {LISTENER: [
             ListenerDraft(_parse(listener_pb2.Listener, lb), [
                 ChainDraft(_parse(listener_components_pb2.FilterChain, cb),
-                           [NetworkFilter(name, _parse(kind, fb)) for name, kind, fb in filters])
+                           [NetworkFilter(name, _parse(_CLASSES[kind], fb)) for name, kind, fb in filters])
                 for cb, filters in chains])
             for lb, chains in self.listeners]}
         for type_url, slots in self.others.items():
@@ -221,7 +233,7 @@ class Generated:
                         raise ValueError(f"{type_url}: a shared resource needs the memo it came from")
                     items.append(session.get(slot))
                 else:
-                    items.append(_parse(*slot))
+                    items.append(_parse(_CLASSES[slot[0]], slot[1]))
             out[type_url] = items
         return out
 
