@@ -2,7 +2,7 @@
 
     snapshot -> xds.generate (one generator per xDS type) -> policies (PLUGINS, in their declared order) -> publish
 
-:func:`build_proxy` is the only place the two halves meet: :mod:`meshcore.xds.generate` knows nothing of
+:func:`build_proxy` is the only place the two halves meet (:func:`shape_proxy` is its second half alone): :mod:`meshcore.xds.generate` knows nothing of
 policies, and each plugin sees the generators' output plus whatever the plugins before it did. Pure: the
 snapshot is read only through its accessors (``catalog``, ``resources_of``, ``settings``, ``trust_domain``,
 ``spiffe_id``), nothing is read from the network, disk or clock.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .policies.registry import apply_policies
 from .snapshot import MeshSnapshot, ProxyInfo
-from .xds.generate import SharedResources, generate_proxy
+from .xds.generate import BuiltResources, SharedResources, generate_proxy
 from .xds.generate.vocab import LISTENER, finish_listener
 
 
@@ -26,10 +26,21 @@ def build_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo, shared: SharedResource
     :class:`~meshcore.xds.cache.Prepared` entry (serialized once for all proxies); the output is the same
     config either way.
     """
-    resources = generate_proxy(snapshot, proxy, shared)
-    apply_policies(snapshot, proxy, resources)
-    resources[LISTENER] = [finish_listener(draft) for draft in resources[LISTENER]]
-    return resources if shared is None else shared.finish(resources)
+    return shape_proxy(snapshot, proxy, generate_proxy(snapshot, proxy, shared), shared)
 
 
-__all__ = ["build_proxy"]
+def shape_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo, generated: BuiltResources,
+                shared: SharedResources | None = None) -> dict[str, list]:
+    """The second half of :func:`build_proxy`: every plugin over ``generated`` (edited in place), then each
+    listener finished and (with ``shared``) every unedited shared copy replaced by its entry.
+
+    ``build_proxy(s, p, m) == shape_proxy(s, p, generate_proxy(s, p, m), m)``. The engine calls the two
+    halves apart, each against its own read-recording view, and keeps the generators' output: a change
+    that reaches only what the plugins read (a mesh-wide policy) re-runs this half on a copy of it.
+    """
+    apply_policies(snapshot, proxy, generated)
+    generated[LISTENER] = [finish_listener(draft) for draft in generated[LISTENER]]
+    return generated if shared is None else shared.finish(generated)
+
+
+__all__ = ["build_proxy", "generate_proxy", "shape_proxy"]

@@ -13,7 +13,13 @@ resources + current shared entries, no generation) those that merely use a dropp
 
 A :class:`SharedBuild` is the memo as one proxy build sees it (:class:`~meshcore.xds.generate.SharedResources`):
 it hands out copies, then tells which came back unedited (``used``: re-assembled on change) and which a
-plugin edited (``edited``: their reads count as the proxy's own, so a change to them rebuilds it).
+plugin edited (``edited``: their reads count as the proxy's own, so a change to them reaches it).
+
+A :class:`Generated` is one proxy's generator output before any plugin, kept as bytes (and, for the
+shared copies, as the :class:`~meshcore.xds.generate.shared.Keyed` they came from). A change that reaches
+what the plugins read but not what generation read (a mesh-wide policy) re-runs only the plugins on
+:meth:`Generated.copy`: a parse of those bytes, the shared copies taken afresh from the current memo,
+which is what the generators would hand the plugins again (their reads are unchanged, so are their keys).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from google.protobuf.message import Message
 
 from ..snapshot import MeshSnapshot
 from ..xds.cache import Prepared
 from ..xds.generate.shared import Keyed
+from ..xds.generate.vocab import LISTENER, ChainDraft, ListenerDraft, NetworkFilter
 from ..xds.validate import validate_snapshot
 from ._deps import ChangeKeys, Deps, RecordingSnapshot
 
@@ -123,6 +131,11 @@ class SharedBuild:
         self._handed[id(copy)] = (keyed, copy, entry)
         return copy
 
+    def keyed_of(self, item: Any) -> Keyed | None:
+        """The key ``item`` was handed out for by :meth:`get` in this build (None: not a shared copy)."""
+        handed = self._handed.get(id(item))
+        return handed[0] if handed is not None and handed[1] is item else None
+
     def finish(self, resources: dict[str, list[Any]]) -> dict[str, list[Any]]:
         used: set[Keyed] = set()
         for type_url, items in resources.items():
@@ -145,4 +158,90 @@ class SharedBuild:
         return resources
 
 
-__all__ = ["Entry", "SharedMemo", "SharedBuild", "merge_deps"]
+_Filter = tuple[str, str, bytes]  # filter name, config message's full name, config bytes
+_Chain = tuple[bytes, tuple[_Filter, ...]]
+_Draft = tuple[bytes, tuple[_Chain, ...]]
+_Slot = Keyed | tuple[str, bytes]  # shared: its key; own: (message full name, bytes)
+
+_CLASSES: dict[str, type[Message]] = {}
+"""Message classes by full name, as :meth:`Generated.keep` met them. What a proxy keeps names its classes
+by string, so its tuples hold only strings and bytes, which the cyclic garbage collector stops tracking."""
+
+
+def _name_of(message: Message) -> str:
+    kind = type(message)
+    name = kind.DESCRIPTOR.full_name
+    if name not in _CLASSES:
+        _CLASSES[name] = kind
+    return name
+
+
+class Generated:
+    """One proxy's generator output before any plugin, as bytes (see the module docstring).
+
+    Listener drafts keep the bytes of their listener, of each filter chain and of each network filter's
+    config (with its message class); every other resource its own bytes, or the key of the shared entry
+    it was a copy of. Serialized deterministically right after generation, before any plugin edits the
+    messages, so :meth:`copy` hands the plugins what the generators handed them.
+    """
+
+    __slots__ = ("listeners", "others", "size")
+
+    def __init__(self, listeners: tuple[_Draft, ...], others: dict[str, tuple[_Slot, ...]], size: int):
+        self.listeners = listeners
+        self.others = others
+        self.size = size  # bytes held (for measurements)
+
+    @classmethod
+    def keep(cls, generated: dict[str, list[Any]], session: SharedBuild | None) -> "Generated":
+        size = 0
+
+        def body(message: Message) -> bytes:
+            nonlocal size
+            data = message.SerializeToString(deterministic=True)
+            size += len(data)
+            return data
+
+        listeners = tuple(
+            (body(d.message), tuple((body(c.message), tuple((f.name, _name_of(f.config), body(f.config)) for f in c.filters))
+                                    for c in d.filter_chains))
+            for d in generated.get(LISTENER, ()))
+        others: dict[str, tuple[_Slot, ...]] = {}
+        for type_url, items in generated.items():
+            if type_url == LISTENER:
+                continue
+            slots: list[_Slot] = []
+            for item in items:
+                keyed = session.keyed_of(item) if session is not None else None
+                slots.append(keyed if keyed is not None else (_name_of(item), body(item)))
+            others[type_url] = tuple(slots)
+        return cls(listeners, others, size)
+
+    def copy(self, session: SharedBuild | None) -> dict[str, list[Any]]:
+        """A fresh copy of the generator output for the plugins to edit; shared copies come from ``session``."""
+        out: dict[str, list[Any]] = {LISTENER: [
+            ListenerDraft(_parse(listener_pb2.Listener, lb), [
+                ChainDraft(_parse(listener_components_pb2.FilterChain, cb),
+                           [NetworkFilter(name, _parse(_CLASSES[kind], fb)) for name, kind, fb in filters])
+                for cb, filters in chains])
+            for lb, chains in self.listeners]}
+        for type_url, slots in self.others.items():
+            items: list[Any] = []
+            for slot in slots:
+                if isinstance(slot, Keyed):
+                    if session is None:
+                        raise ValueError(f"{type_url}: a shared resource needs the memo it came from")
+                    items.append(session.get(slot))
+                else:
+                    items.append(_parse(_CLASSES[slot[0]], slot[1]))
+            out[type_url] = items
+        return out
+
+
+def _parse(kind: type[Message], data: bytes) -> Any:
+    message = kind()
+    message.ParseFromString(data)
+    return message
+
+
+__all__ = ["Entry", "SharedMemo", "SharedBuild", "Generated", "merge_deps"]

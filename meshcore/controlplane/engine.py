@@ -38,13 +38,13 @@ from ..errors import ConsulAuthError, MeshError, StoreAuthError, XdsError
 from ..resources.loader import validate_document
 from ..resources.model import Resource, ResourceKey
 from ..resources.store import ResourceStore, StoreHealth
-from ..compose import build_proxy
+from ..compose import build_proxy, generate_proxy, shape_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
 from ..xds.cache import Prepared, ProxySnapshot, SnapshotCache
 from ..xds.validate import publish
 from ..xds.generate.shared import Keyed
 from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys
-from ._shared import SharedMemo, merge_deps
+from ._shared import Generated, SharedMemo, merge_deps
 from ._supervise import Supervisor
 
 if TYPE_CHECKING:
@@ -86,6 +86,11 @@ class ProxyState:
     edited: frozenset[Keyed] = frozenset()  # shared entries a plugin edited in its last build
     reached_seq: int = 0  # the last snapshot whose change reached its own reads (or an entry a plugin edited)
     own_seq: int = 0  # the snapshot of its last full build; re-assembly suffices while own_seq >= reached_seq
+    gen_deps: Deps | None = None  # what the generators read in its last full build (``deps`` adds the plugins')
+    generated: Generated | None = None  # the generators' output of that build, before any plugin
+    gen_reached_seq: int = 0  # the last snapshot whose change reached ``gen_deps``
+    gen_seq: int = 0  # the snapshot ``generated`` is current for; re-running the plugins suffices while
+    #                   gen_seq >= gen_reached_seq (a change reached only the plugins' reads or edited entries)
     build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -599,6 +604,8 @@ class MeshEngine:
             for node, state in states:
                 if keys.reaches(state.deps) or not state.edited.isdisjoint(dropped):
                     state.reached_seq = seq
+                    if keys.reaches(state.gen_deps):
+                        state.gen_reached_seq = seq
                     targets.append(node)
                 elif not state.shared.isdisjoint(dropped):
                     targets.append(node)  # only a shared entry it uses changed: re-assembled
@@ -661,18 +668,34 @@ class MeshEngine:
                     and state.built_info == info and previous is not None and state.built_seq):
                 if self._reassemble(node, state, memo, previous, seq, snap, started):
                     return ""
-            view = RecordingSnapshot(snap) if self.incremental else None
             session = memo.session() if memo is not None else None
             deps: Deps | None = None
+            # Only the plugins' reads (or an entry a plugin edited) changed since the generators ran: re-run
+            # the plugins on a copy of the generators' output, as of this snapshot's shared entries.
+            replug = (self.incremental and state.generated is not None and state.gen_seq >= state.gen_reached_seq
+                      and not state.error and state.built_info == info and bool(state.built_seq))
             if self.metrics is not None:
-                self.metrics.proxy_builds.inc()
+                (self.metrics.proxy_policy_reruns if replug else self.metrics.proxy_builds).inc()
             try:
-                resources = build_proxy(cast(MeshSnapshot, view) if view is not None else snap, info, session)
-                if view is not None:
-                    deps = view.deps()
+                if not self.incremental:
+                    resources = build_proxy(snap, info, session)
+                else:
+                    if replug:
+                        assert state.generated is not None and state.gen_deps is not None
+                        gen_deps, generated = state.gen_deps, state.generated.copy(session)
+                    else:
+                        gen_view = RecordingSnapshot(snap)
+                        generated = generate_proxy(cast(MeshSnapshot, gen_view), info, session)
+                        gen_deps = gen_view.deps()
+                        state.generated = Generated.keep(generated, session)
+                        state.gen_deps = gen_deps
+                    plugin_view = RecordingSnapshot(snap)
+                    resources = shape_proxy(cast(MeshSnapshot, plugin_view), info, generated, session)
+                    edited = [e.deps for e in session.edited.values()] if session is not None else []
+                    deps = merge_deps(gen_deps, [plugin_view.deps(), *edited])
                     if session is not None:
-                        deps = merge_deps(deps, [e.deps for e in session.edited.values()])
                         state.shared, state.edited = session.used, frozenset(session.edited)
+                    state.gen_seq = seq
                 state.own_seq = seq
                 published = publish(self.cache, node, resources)
             except Exception as exc:  # noqa: BLE001 - one proxy's failure (even a bug) fails that proxy only
@@ -755,7 +778,7 @@ class MeshEngine:
                 current.connected_at = now
                 current.missed = False
                 current.built_seq = 0  # rebuilt from the current snapshot even if it was built from it
-                current.reached_seq = self._seq
+                current.reached_seq = current.gen_reached_seq = self._seq
             snap, seq = self.snapshot, self._seq
         if snap is None:
             return  # the first snapshot builds every proxy known by then

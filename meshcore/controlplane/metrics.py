@@ -50,6 +50,10 @@ class ControlPlaneMetrics:
         self.proxy_reassemblies = Counter(
             "meshcore_proxy_reassemblies", "Proxy configurations re-assembled without a build: only shared "
             "resources they use (a ClusterLoadAssignment, an upstream cluster) changed.", registry=self.registry)
+        self.proxy_policy_reruns = Counter(
+            "meshcore_proxy_policy_reruns", "Proxy configurations re-shaped without generation: only what the "
+            "policy plugins read changed (a mesh-wide policy), so the plugins re-ran on the kept generator output.",
+            registry=self.registry)
         self.proxy_pushes = Counter(
             "meshcore_proxy_pushes", "Builds that changed the proxy's published version (so it was sent).",
             registry=self.registry)
