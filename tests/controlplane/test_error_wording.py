@@ -52,7 +52,7 @@ def test_a_proxy_whose_build_hit_a_bug_says_where_the_traceback_is(tmp_path, mon
         def failing(snap, info, session=None):
             raise RuntimeError("generation bug")
 
-        monkeypatch.setattr(engine_module, "build_proxy", failing)
+        monkeypatch.setattr(engine_module, "generate_proxy", failing)  # the first step of a build
         engine.proxy_connected(ProxyInfo(node="vm4", secrets_dir="/var/lib/meshcore/secrets"))  # built now: fails
         _wait(lambda: "vm4" in engine.proxies and engine.proxies["vm4"].error, "the failed build")
         error = engine.proxies["vm4"].error

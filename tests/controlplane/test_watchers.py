@@ -182,14 +182,14 @@ def test_bad_document_in_consul_kv_is_skipped_and_the_mesh_keeps_converging(cons
 def test_a_build_that_fails_with_a_bug_fails_that_proxy_only(tmp_path, monkeypatch):
     import meshcore.controlplane.engine as engine_module
 
-    real = engine_module.build_proxy
+    real = engine_module.generate_proxy  # the first step of a build
 
     def build(snap, info, session=None):
         if info.node == "vm1":
             raise AttributeError("'str' object has no attribute 'get'")
         return real(snap, info, session)
 
-    monkeypatch.setattr(engine_module, "build_proxy", build)
+    monkeypatch.setattr(engine_module, "generate_proxy", build)
     engine, source, metrics = _run_engine(DirectoryStore(tmp_path / "resources"))
     try:
         changed, _ = _without_an_instance(engine.snapshot.catalog)
@@ -287,7 +287,7 @@ def test_a_proxy_whose_build_failed_is_not_synced(tmp_path, monkeypatch):
             def failing(snap, info, session=None):
                 raise RuntimeError("generation bug")
 
-            monkeypatch.setattr(engine_module, "build_proxy", failing)
+            monkeypatch.setattr(engine_module, "generate_proxy", failing)  # the first step of a build
             (tmp_path / "catalog" / "n2" / "details-v1.json").unlink()  # a catalog change reaching n1
             _wait(lambda: plane.engine.proxies[node].error, "the failed build")
             mine = _proxy(plane, node)
