@@ -168,3 +168,31 @@ def test_issued_survives_reopen_after_expiry_of_everything(ca, state_dir, kek, c
     clock.advance(timedelta(hours=2))
     assert ca.issued() == []
     assert CertificateAuthority.open(state_dir, kek=kek, clock=clock).issued() == []
+
+
+def test_a_disk_that_fills_mid_line_leaves_no_torn_line_and_refuses_the_signature(ca, state_dir, monkeypatch):
+    """The disk fills while a line is appended: the journal is cut back to where the line began and signing
+    fails (a leaf the journal does not hold is never handed out); the next signature, with space, is whole."""
+    import errno
+
+    import pytest
+
+    first = _sign(ca)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_after_part(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[:40]))  # a short write: part of the line reached the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_issued.os, "write", full_after_part)
+    from meshcore.errors import CAError
+
+    with pytest.raises(CAError, match=r"issued\.jsonl: .*No space left on device"):
+        _sign(ca, _sid(1))
+    monkeypatch.setattr(_issued.os, "write", real_write)
+    assert [d["serial"] for d in _lines(state_dir)] == [first.serial]  # no torn line left behind
+    third = _sign(ca, _sid(2))
+    assert [d["serial"] for d in _lines(state_dir)] == [first.serial, third.serial]

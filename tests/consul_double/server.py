@@ -89,6 +89,7 @@ class ConsulDouble:
     def stop(self) -> None:
         if self._server is None:
             return
+        self.host, self.port = self._server.server_address[:2]  # a later start() comes back on this address
         self._stopping.set()
         self._server.shutdown()  # accepts no more connections
         self._server.close_connections()  # as a stopped Consul: blocked queries get no answer, keep-alives end
@@ -111,11 +112,9 @@ class ConsulDouble:
         """Stop and start again on the same address; ``empty`` wipes every piece of state first (a Consul
         server restarted on a lost data directory: catalog, agent registrations and KV gone, the raft index
         back at the start). Clients see their connections refused while it is down, then a fresh Consul."""
-        host, port = self._server.server_address[:2] if self._server is not None else (self.host, self.port)
-        self.stop()
+        self.stop()  # remembers the address
         if empty:
             self.state = ConsulState(self.node, self.datacenter, self.state.node_address)
-        self.host, self.port = host, port
         return self.start()
 
     def reset_index(self, to: int = 1) -> int:

@@ -186,3 +186,21 @@ def test_an_unusable_copy_does_not_stop_the_store(consul_http, tmp_path, kek, ca
     assert any("cannot use the control plane's copy" in r.getMessage() for r in caplog.records)
     assert fresh.health().held_generation >= 1  # rewritten from KV
     assert LastApplied(tmp_path / FILE_NAME, kek).load() is not None
+
+
+def test_after_a_failed_watch_the_next_one_reads_at_once_instead_of_blocking_at_the_old_index(consul_http, tmp_path,
+                                                                                              kek):
+    """Consul restarted empty: its index starts again below ours, so a blocking query at our old index would hold
+    for the whole wait and the loss would go unnoticed that long. The watch after a failed one reads at once."""
+    double = consul_http.require_double("needs restart(empty=True)")
+    store = _store(consul_http, tmp_path, kek)
+    store.apply([_policy("allow-get")])
+    _, index = store.watch(None, 0)
+    double.stop()
+    with pytest.raises(StoreError):
+        store.watch(index, 1)  # refused: Consul is down
+    double.restart(empty=True)
+    started = time.monotonic()
+    resources, _ = store.watch(index, 20)
+    assert time.monotonic() - started < 10, "the watch blocked at the old index after Consul came back empty"
+    assert [r.name for r in resources] == ["allow-get"] and store.health().state == "suspect"
