@@ -51,6 +51,10 @@ def test_short_leaves_are_renewed_once_per_half_life_not_in_a_loop(tmp_path):
         plane.stop()
 
 
+def _serving_thread(plane):
+    return next(t for t in plane.status_view().control_plane.threads if t.name == "serving-cert")
+
+
 @pytest.mark.parametrize("filename", ["/var/lib/meshcore/ca/issued.json", None])
 def test_renewal_survives_a_full_disk_and_says_which_file(tmp_path, monkeypatch, caplog, filename):
     monkeypatch.setattr(daemon_module, "RENEW_RETRY_FIRST_S", 0.2)
@@ -68,7 +72,10 @@ def test_renewal_survives_a_full_disk_and_says_which_file(tmp_path, monkeypatch,
         with caplog.at_level(logging.INFO, logger="meshcore.controlplane"):
             monkeypatch.setattr(plane.ca, "sign_csr", full_disk)
             before = plane.serving_issuances
-            _wait(lambda: len(failures) == 3 and plane.serving_issuances > before, "renewal after the disk errors")
+            # The issuance count moves before the new certificate is loaded and the error cleared: wait for
+            # the thread's status to say the renewal went through, not only for the count.
+            _wait(lambda: len(failures) == 3 and plane.serving_issuances > before and _serving_thread(plane).last_error == "",
+                  "renewal after the disk errors")
         errors = [r.getMessage() for r in caplog.records
                   if r.levelno == logging.ERROR and "serving certificate" in r.getMessage()]
         assert len(errors) == 3 and all("No space left on device" in m for m in errors)
@@ -76,8 +83,7 @@ def test_renewal_survives_a_full_disk_and_says_which_file(tmp_path, monkeypatch,
         assert all(where in m for m in errors), errors[0]
         delays = [float(re.search(r"retrying in ([0-9.]+)s", m).group(1)) for m in errors]  # type: ignore[union-attr]
         assert delays[0] < delays[1] < delays[2], f"backoff, not a loop: {delays}"
-        threads = {t.name: t for t in plane.status_view().control_plane.threads}
-        assert threads["serving-cert"].alive and threads["serving-cert"].restarts == 0
-        assert threads["serving-cert"].last_error == "", "cleared once a renewal succeeded"
+        thread = _serving_thread(plane)
+        assert thread.alive and thread.restarts == 0 and thread.last_error == ""
     finally:
         plane.stop()
