@@ -23,50 +23,15 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
+from meshcore.consul_entries.files import normalize_entry  # Consul's decoding of config entry keys
+
 from ._errors import DoubleError
 
 KINDS = ("service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver",
          "service-intentions", "ingress-gateway", "terminating-gateway", "mesh", "exported-services",
          "api-gateway", "http-route", "tcp-route", "inline-certificate", "jwt-provider")
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
-_OPAQUE = frozenset({"Meta", "Config", "Set", "Add"})  # user-owned maps: keys kept exactly as sent
-_KEYED = frozenset({"Subsets", "Failover"})  # maps whose keys are names (kept) and values are objects
-_FIELDS = """
-Kind Name Namespace Partition Meta Protocol Mode TransparentProxy MutualTLSMode MeshGateway Expose
-ExternalSNI UpstreamConfig Defaults Overrides Limits MaxConnections MaxPendingRequests MaxConcurrentRequests
-PassiveHealthCheck Interval MaxFailures EnforcingConsecutive5xx MaxEjectionPercent BaseEjectionTime
-ConnectTimeoutMs BalanceInboundConnections LocalConnectTimeoutMs LocalRequestTimeoutMs MaxInboundConnections
-Destination RateLimits EnvoyExtensions Config AccessLogs Routes Match HTTP PathExact PathPrefix PathRegex
-Header Present Exact Prefix Suffix Regex Invert QueryParam Methods RequestTimeout IdleTimeout NumRetries
-RetryOnConnectFailure RetryOnStatusCodes RetryOn PrefixRewrite Service ServiceSubset RequestHeaders
-ResponseHeaders Add Set Remove Splits Weight DefaultSubset Subsets Filter OnlyPassing Redirect Datacenters
-Targets Peer Failover ConnectTimeout LoadBalancer Policy Sources Action Permissions Precedence Type
-Description LegacyID LegacyMeta LegacyCreateTime LegacyUpdateTime JWT SamenessGroup Cluster Name Port
-RequestTimeoutMs UseInDatacenter CreateIndex ModifyIndex Listeners Hosts TLS Services
-""".split()
-_BY_FOLDED = {name.lower(): name for name in _FIELDS}
 _WILD = "*"
-
-
-def canonical_key(key: str) -> str:
-    return _BY_FOLDED.get(key.replace("_", "").replace("-", "").lower(), key)
-
-
-def normalize_entry(value: Any, parent: str = "") -> Any:
-    """Decode keys as Consul does (case-insensitive, snake_case accepted); see the module docstring."""
-    if isinstance(value, list):
-        return [normalize_entry(v, parent) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if parent in _OPAQUE:
-        return value
-    if parent in _KEYED:
-        return {k: normalize_entry(v) for k, v in value.items()}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        name = canonical_key(key)
-        out[name] = normalize_entry(item, name)
-    return out
 
 
 def intention_precedence(source: dict, destination_name: str, destination_ns: str = "default") -> int:
