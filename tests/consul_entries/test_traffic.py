@@ -7,6 +7,8 @@ from meshcore.consul_entries._common import Report
 from meshcore.consul_entries.traffic import filter_labels
 from meshcore.resources.loader import load_documents
 
+from ._data import OWN_VS
+
 
 def _e(body):
     return entry_of(body, "test")
@@ -45,14 +47,7 @@ def test_unknown_subset_is_left_out_and_reported():
 
 
 def test_meshcore_virtual_service_wins_over_router():
-    own = load_documents("""
-apiVersion: networking.mesh.io/v1beta1
-kind: VirtualService
-metadata: {name: api}
-spec:
-  hosts: [api]
-  http: [{route: [{destination: {host: api}}]}]
-""", "own.yaml")
+    own = load_documents(OWN_VS, "own.yaml")
     entries = [_e({"Kind": "service-router", "Name": "api", "Routes": [
         {"Match": {"HTTP": {"PathPrefix": "/x"}}, "Destination": {"Service": "other"}}]})]
     result = compile_entries(entries, existing=own)
