@@ -10,6 +10,11 @@
   ``--dry-run`` shows what applying them would change on each proxy (``apply --dry-run``'s diff);
   ``-o json`` prints ``{"resources": [...], "findings": [...]}`` (with ``--dry-run``: the per-proxy diff).
 
+* ``meshctl consul check [-f ...] [--offline] [-o ...]``: compiles the entries against the control plane's own
+  resources (``GET /v1/resources``; ``--offline``: none) and lists every finding, the overlaps first: an
+  entry a meshcore resource overrides for the same service (meshcore's own resource wins), an unsupported
+  field, an invalid result. Exits 3 when there is any finding but notes (for scripts and CI).
+
 The catalog gives source services their SPIFFE identity (their service account); by default it is read
 from Consul when the entries are, and from no catalog (service name = service account) for files.
 """
@@ -81,7 +86,24 @@ def imported(resource: Resource) -> Resource:
                     namespace=resource.namespace, spec=resource.spec, labels=tuple(sorted(labels.items())))
 
 
-def compile_for_import(args: argparse.Namespace) -> Compiled:
+def _own_resources(args: argparse.Namespace) -> list[Resource]:
+    """meshcore's own resources in the control plane (the compiled ones left out)."""
+    from ..api.operator import ResourceQuery
+    from ..resources.loader import validate_document
+    from ._client import Client, discover_server
+
+    client = Client(discover_server(getattr(args, "server", None)), token=getattr(args, "token", None))
+    out = []
+    for doc in client.resources(ResourceQuery()):
+        if ((doc.get("metadata") or {}).get("labels") or {}).get(ORIGIN_LABEL) == "consul":
+            continue
+        resource, _ = validate_document(doc, "control plane", None)
+        if resource is not None:
+            out.append(resource)
+    return out
+
+
+def compile_for_import(args: argparse.Namespace, existing: list[Resource] | None = None) -> Compiled:
     if args.filename:
         entries, datacenter = load_entry_files(args.filename), args.datacenter or "dc1"
         catalog_spec = args.catalog or ""
@@ -91,7 +113,7 @@ def compile_for_import(args: argparse.Namespace) -> Compiled:
         catalog_spec = args.catalog or "consul"
     options = CompileOptions(trust_domain=args.trust_domain, default_intention=args.intentions_default,
                              datacenter=datacenter, catalog=_catalog(catalog_spec))
-    result = compile_entries(entries, options)
+    result = compile_entries(entries, options, existing or [])
     return Compiled(resources=tuple(imported(r) for r in result.resources), findings=result.findings)
 
 
@@ -121,24 +143,52 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``consul import``."""
-    sp = subparsers.add_parser("consul", parents=[common], help=HELP["consul"], description=HELP["consul"])
-    sub = sp.add_subparsers(dest="consul_command", required=True, metavar="{import}")
-    im = sub.add_parser("import", parents=[common], help="Config entries -> meshcore resource YAML.",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    im.add_argument("-f", "--filename", action="append",
+EXIT_FINDINGS = 3
+_ORDER = {"overridden": 0, "invalid": 1, "unsupported": 2, "note": 3}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    result = compile_for_import(args, [] if args.offline else _own_resources(args))
+    findings = sorted(result.findings, key=lambda f: (_ORDER[f.severity], f.entry, f.field))
+    if args.output == "json":
+        print(json.dumps([f.to_json() for f in findings], indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump([f.to_json() for f in findings], sort_keys=False), end="")
+    else:
+        for f in findings:
+            print(f)
+        print(f"{len(result.resources)} resource(s) from the entries, {len(findings)} finding(s)")
+    return EXIT_FINDINGS if any(f.severity != "note" for f in findings) else 0
+
+
+def _entry_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-f", "--filename", action="append",
                     help="config entry file (.json/.hcl) or directory (repeatable); default: read Consul "
                          "(CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN)")
-    im.add_argument("--catalog", help="where source services' identities come from: consul or files:DIR "
+    sp.add_argument("--catalog", help="where source services' identities come from: consul or files:DIR "
                                       "(default: consul when reading Consul, none for files)")
-    im.add_argument("--intentions-default", choices=("allow", "deny"), default="allow",
+    sp.add_argument("--intentions-default", choices=("allow", "deny"), default="allow",
                     help="Consul's ACL default policy: what no intention decides (default %(default)s)")
-    im.add_argument("--trust-domain", default="cluster.local", help="the mesh's trust domain (default %(default)s)")
-    im.add_argument("--datacenter", help="the entries' datacenter, for resolver failover (default: Consul's)")
+    sp.add_argument("--trust-domain", default="cluster.local", help="the mesh's trust domain (default %(default)s)")
+    sp.add_argument("--datacenter", help="the entries' datacenter, for resolver failover (default: Consul's)")
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``consul import`` and ``consul check``."""
+    sp = subparsers.add_parser("consul", parents=[common], help=HELP["consul"], description=HELP["consul"])
+    sub = sp.add_subparsers(dest="consul_command", required=True, metavar="{import,check}")
+    im = sub.add_parser("import", parents=[common], help="Config entries -> meshcore resource YAML.",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _entry_options(im)
     im.add_argument("--dry-run", action="store_true",
                     help="show each proxy's change if the resources were applied (the control plane's diff)")
     im.set_defaults(fn=cmd_import)
+    ck = sub.add_parser("check", parents=[common], help="Findings: what meshcore does not do as the entries say, "
+                                                        f"overlaps with its own resources (exit {EXIT_FINDINGS}).",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _entry_options(ck)
+    ck.add_argument("--offline", action="store_true", help="do not ask the control plane for its own resources")
+    ck.set_defaults(fn=cmd_check)
 
 
-__all__ = ["IMPORTED_LABEL", "cmd_import", "compile_for_import", "imported", "register"]
+__all__ = ["EXIT_FINDINGS", "IMPORTED_LABEL", "cmd_check", "cmd_import", "compile_for_import", "imported", "register"]

@@ -40,3 +40,11 @@ def test_import_from_consul_as_json(consul_http, monkeypatch, capsys):
     assert doc["kind"] == "AuthorizationPolicy" and doc["spec"]["action"] == "DENY"
     assert doc["spec"]["rules"][0]["from"][0]["source"]["principals"] == ["cluster.local/ns/default/sa/web"]
     assert out["findings"] == []
+
+
+def test_check_lists_findings_and_exits_3(capsys):
+    assert main(["consul", "check", "--offline", "-o", "json", "-f", str(DATA / "defaults-ratings.hcl")]) == 3
+    findings = json.loads(capsys.readouterr().out)
+    assert any((f["entry"], f["field"], f["severity"]) == ("service-defaults/reviews", "MutualTLSMode", "unsupported")
+               for f in findings)
+    assert main(["consul", "check", "--offline", "-f", str(DATA / "l7-intentions-reviews.hcl")]) == 0

@@ -146,10 +146,15 @@ def test_splitter_router_and_import(mesh, consul, capsys, monkeypatch):
         monkeypatch.setenv("CONSUL_HTTP_ADDR", consul)
         capsys.readouterr()
         assert main(["consul", "import", "--dry-run", "-o", "json", "--server", mesh.cp_info["http"],
-                     "--token", mesh.admin_token_file.read_text().strip()]) == 0
+                     "--token", mesh.admin_token_file.read_text().strip()]) == 0  # the control plane's diff
         diff = json.loads(capsys.readouterr().out)
         assert diff and all(not change["added"] and not change["removed"] and not change["changed"]
                             for change in diff.values()), diff
+        cp = ["--server", mesh.cp_info["http"], "--token", mesh.admin_token_file.read_text().strip()]
+        assert main(["get", "VirtualService", *cp]) == 0  # meshctl get shows where they come from
+        table = capsys.readouterr().out
+        assert "consul-reviews" in table and "consul (service-router.reviews" in table, table
+        assert main(["consul", "check", *cp]) == 0, capsys.readouterr().out  # no finding, no overlap
     finally:
         for kind in ("service-router", "service-splitter", "service-resolver"):
             _delete(consul, kind, "reviews")
