@@ -410,8 +410,8 @@ class ConfigEntryStore:
             with self._lock:
                 while self._inner_state is None and self._inner_error is None:
                     self._lock.wait(CATALOG_CHECK_S)
-                if self._inner_error is not None and self._inner_state is None:
-                    raise self._inner_error
+                if self._inner_error is not None:
+                    raise self._inner_error  # the engine reports the store's error and retries, as without entries
                 assert self._inner_state is not None
                 own = list(self._inner_state[0])
                 inner_version = self._version

@@ -145,3 +145,38 @@ def test_daemon_flags():
 
     args = parse_args(["--consul-config-entries", "off", "--consul-intentions-default", "deny"])
     assert entry_settings(args) == EntrySettings("off", "deny")
+
+
+class _FailingStore:
+    """A resource store whose watch fails after the first read (Consul KV unreachable)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def list(self):
+        return []
+
+    def watch(self, index, wait):
+        self.calls += 1
+        if self.calls > 1:
+            from meshcore.errors import StoreError as Err
+
+            raise Err("cannot reach Consul")
+        return [], 1
+
+
+def test_a_failing_store_is_reported_to_the_engine(tmp_path):
+    store = ConfigEntryStore(_FailingStore(), FileEntryWatcher([tmp_path]))
+    index = None
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                _, index = store.watch(index, 0.2)
+            except StoreError as exc:
+                assert "cannot reach Consul" in str(exc)
+                break
+        else:
+            raise AssertionError("the wrapped store's error never reached the watcher")
+    finally:
+        store.close_entries()
