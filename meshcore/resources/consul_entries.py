@@ -310,6 +310,7 @@ class ConfigEntryStore:
         self.findings: tuple[Finding, ...] = ()
         self._catalog_obj: Any = None
         self._facts = CatalogFacts()
+        self._facts_key = self._facts.fingerprint()  # computed once per catalog, not per look
 
     def __getattr__(self, name: str) -> Any:  # health(), restore(), recover(), path_of(), ... of the wrapped store
         if name == "inner":
@@ -322,6 +323,7 @@ class ConfigEntryStore:
         if catalog is not self._catalog_obj:
             self._catalog_obj = catalog
             self._facts = CatalogFacts.of(catalog)
+            self._facts_key = self._facts.fingerprint()
         return self._facts
 
     def compiled(self, own: Sequence[Resource], own_version: int | None = None) -> tuple[Resource, ...]:
@@ -330,7 +332,7 @@ class ConfigEntryStore:
         entries, version = self.watcher.snapshot()
         facts = self._facts_now()
         own_id: Any = own_version if own_version is not None else tuple(r.canonical_json() for r in own)
-        memo = (version, own_id, facts.fingerprint())
+        memo = (version, own_id, self._facts_key)
         if memo == self._memo:
             return self._compiled
         options = CompileOptions(catalog=facts, **self._options)  # type: ignore[arg-type]
