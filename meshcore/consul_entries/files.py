@@ -7,6 +7,7 @@ One entry per file, or several as a JSON list; keys are decoded as Consul decode
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -57,10 +58,23 @@ def entry_of(raw: Any, source: str) -> ConfigEntry:
     return ConfigEntry(kind=str(body["Kind"]).lower(), name=str(body["Name"]), body=body, source=source)
 
 
+_HCL1_BLOCK = re.compile(r"^(\s*)([A-Za-z_][A-Za-z0-9_-]*)\s*\{", re.MULTILINE)
+
+
+def hcl1_blocks_as_objects(text: str) -> str:
+    """Consul reads config entries with HCL 1, where ``HTTP { PathPrefix = "/" }`` may stand inside a list's
+    object (its documentation writes them so); HCL 2 allows blocks only at the top. Every ``Name {`` is
+    rewritten ``Name = {``, the same value in both."""
+    return _HCL1_BLOCK.sub(lambda m: f"{m.group(1)}{m.group(2)} = {{", text)
+
+
 def entries_from_text(text: str, source: str) -> list[ConfigEntry]:
     from ..catalog.definitions import _parse_hcl, _parse_json  # the parsers the service-definition files use
 
-    raw = _parse_hcl(text, source) if source.endswith(".hcl") else _parse_json(text, source)
+    if source.endswith(".hcl"):
+        raw = _parse_hcl(hcl1_blocks_as_objects(text), source)
+    else:
+        raw = _parse_json(text, source)
     items = raw if isinstance(raw, list) else [raw]
     return [entry_of(item, source) for item in items]
 

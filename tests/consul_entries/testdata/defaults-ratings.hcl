@@ -5,15 +5,15 @@
 Kind     = "service-defaults"
 Name     = "reviews"
 Protocol = "http"
-UpstreamConfig = {
+UpstreamConfig {
   Overrides = [
     {
       Name = "ratings"
-      Limits = {
+      Limits {
         MaxConnections     = 50
         MaxPendingRequests = 10
       }
-      PassiveHealthCheck = {
+      PassiveHealthCheck {
         Interval         = "5s"
         MaxFailures      = 3
         BaseEjectionTime = "30s"

@@ -10,26 +10,26 @@ Sources = [
     Permissions = [
       {
         Action = "deny"
-        HTTP = {
+        HTTP {
           PathPrefix = "/reviews/admin"
         }
       },
       {
         Action = "allow"
-        HTTP = {
+        HTTP {
           PathPrefix = "/reviews/"
           Methods    = ["GET", "HEAD"]
         }
       },
       {
         Action = "allow"
-        HTTP = {
+        HTTP {
           PathExact = "/health"
         }
       },
       {
         Action = "deny"
-        HTTP = {
+        HTTP {
           Methods = ["POST", "PUT", "DELETE"]
         }
       },

@@ -5,8 +5,8 @@ Kind = "service-router"
 Name = "reviews"
 Routes = [
   {
-    Match = {
-      HTTP = {
+    Match {
+      HTTP {
         Header = [
           {
             Name  = "end-user"
@@ -15,13 +15,13 @@ Routes = [
         ]
       }
     }
-    Destination = {
+    Destination {
       ServiceSubset = "v2"
     }
   },
   {
-    Match = {
-      HTTP = {
+    Match {
+      HTTP {
         PathPrefix = "/reviews/"
         Methods    = ["POST"]
         QueryParam = [
@@ -32,7 +32,7 @@ Routes = [
         ]
       }
     }
-    Destination = {
+    Destination {
       ServiceSubset      = "v3"
       NumRetries         = 2
       RetryOnStatusCodes = [503]
@@ -41,12 +41,12 @@ Routes = [
     }
   },
   {
-    Match = {
-      HTTP = {
+    Match {
+      HTTP {
         PathPrefix = "/legacy/"
       }
     }
-    Destination = {
+    Destination {
       PrefixRewrite = "/"
       IdleTimeout   = "10s"
     }

@@ -11,8 +11,8 @@ Splits = [
   {
     Weight        = 20
     ServiceSubset = "v2"
-    RequestHeaders = {
-      Set = {
+    RequestHeaders {
+      Set {
         x-canary = "maybe"
       }
     }
