@@ -350,6 +350,24 @@ class ConfigEntryStore:
         compiled = self.compiled(own, own_version)
         return sorted(own + [r for r in compiled if r.key not in own_keys], key=lambda r: r.key.path)
 
+    def health(self) -> Any:
+        """The wrapped store's health (its counts are its own: what ``store restore`` would write back), its
+        location naming where the entries come from too (``meshctl status`` and ``meshctl store status`` show
+        it), with the kinds that cannot be read, the findings and the compiled resources counted."""
+        import dataclasses
+
+        from .store import store_health
+
+        inner = store_health(self.inner)
+        errors = getattr(self.watcher, "errors", {}) or {}
+        extra = self.watcher.describe()
+        if errors:
+            extra += f" (unreadable: {', '.join(sorted(errors))}: {next(iter(errors.values()))[:160]})"
+        if self.findings:
+            extra += f" ({len(self.findings)} findings: meshctl consul check)"
+        extra += f" ({len(self._compiled)} compiled resources)"
+        return dataclasses.replace(inner, location=f"{inner.location} + {extra}".strip(" +"))
+
     # ------------------------------------------------------------------ ResourceStore
     def list(self) -> builtins.list[Resource]:
         return self._merge(self.inner.list())

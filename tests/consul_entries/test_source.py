@@ -180,3 +180,15 @@ def test_a_failing_store_is_reported_to_the_engine(tmp_path):
             raise AssertionError("the wrapped store's error never reached the watcher")
     finally:
         store.close_entries()
+
+
+def test_health_names_the_entry_source(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "i.json").write_text(json.dumps(INTENTION))
+    store = ConfigEntryStore(DirectoryStore(tmp_path / "res"), FileEntryWatcher([tmp_path / "e"]))
+    try:
+        store.watch(None, 0)
+        health = store.health()
+        assert health.ok and "config entry files" in health.location and "1 compiled resources" in health.location
+    finally:
+        store.close_entries()
