@@ -53,7 +53,8 @@ log = logging.getLogger("meshcore.resources.consul_entries")
 POLL_WAIT_S = 300.0  # one blocking query per kind waits this long at most (Consul's default wait is 5m)
 FILE_POLL_S = 1.0  # how often the file watcher looks at the files' mtimes
 CATALOG_CHECK_S = 0.5  # how often a blocked watch looks whether the catalog's identities changed
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0  # a failing kind (or store) is retried at most this far apart: Consul back is seen soon
+INNER_BACKOFF_MAX_S = 1.0  # the wrapped store's watch: the engine backs off on the error it is handed
 FIRST_READ_S = 10.0  # the first watch waits this long for every kind's first read (no config without its entries)
 
 
@@ -305,7 +306,8 @@ class ConfigEntryStore:
         self._stopped = threading.Event()
         self._version = 0
         self._memo: tuple[Any, ...] = ()
-        self._last: tuple[Any, int] = (None, 0)  # (what the merged set was made of, the version handed out)
+        self._last: tuple[Any, int] = (None, 0)
+        self._reread = False  # the last watch raised: the next one returns at once  # (what the merged set was made of, the version handed out)
         self._compiled: tuple[Resource, ...] = ()
         self.findings: tuple[Finding, ...] = ()
         self._catalog_obj: Any = None
@@ -401,7 +403,7 @@ class ConfigEntryStore:
                     self._inner_error = exc
                     self._lock.notify_all()
                 self._stopped.wait(backoff)
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                backoff = min(INNER_BACKOFF_MAX_S, backoff * 2)
                 index = None
                 continue
             backoff = 0.5
@@ -426,11 +428,15 @@ class ConfigEntryStore:
                 log.warning("config entries not read within %.0fs (%s); building without them for now", FIRST_READ_S,
                             self.watcher.describe())
         deadline = time.monotonic() + max(0.0, wait)
+        # After an error the caller's next watch answers at once (as the stores' own watches do): its error
+        # clears now, not after a whole wait at an index whose contents did not change.
+        reread, self._reread = self._reread, False
         while True:
             with self._lock:
                 while self._inner_state is None and self._inner_error is None:
                     self._lock.wait(CATALOG_CHECK_S)
                 if self._inner_error is not None:
+                    self._reread = True
                     raise self._inner_error  # the engine reports the store's error and retries, as without entries
                 assert self._inner_state is not None
                 own = list(self._inner_state[0])
@@ -441,7 +447,7 @@ class ConfigEntryStore:
             if key != self._last[0]:
                 self._last = (key, self._last[1] + 1)
             version = self._last[1]
-            if index is None or version != index or time.monotonic() >= deadline:
+            if index is None or reread or version != index or time.monotonic() >= deadline:
                 return merged, version
             self.watcher.wait(entries_version, min(CATALOG_CHECK_S, max(0.0, deadline - time.monotonic())))
 

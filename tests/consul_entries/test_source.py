@@ -152,16 +152,17 @@ class _FailingStore:
 
     def __init__(self):
         self.calls = 0
+        self.failing = True
 
     def list(self):
         return []
 
     def watch(self, index, wait):
         self.calls += 1
-        if self.calls > 1:
-            from meshcore.errors import StoreError as Err
-
-            raise Err("cannot reach Consul")
+        if index is not None:
+            time.sleep(min(wait, 0.05))  # a blocking query's wait, short
+        if self.calls > 1 and self.failing:
+            raise StoreError("cannot reach Consul")
         return [], 1
 
 
@@ -178,6 +179,16 @@ def test_a_failing_store_is_reported_to_the_engine(tmp_path):
                 break
         else:
             raise AssertionError("the wrapped store's error never reached the watcher")
+        store.inner.failing = False  # the store answers again: the next watch returns at once, not after its wait
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                t0 = time.monotonic()
+                store.watch(index, 30)
+                assert time.monotonic() - t0 < 5
+                break
+            except StoreError:
+                continue
     finally:
         store.close_entries()
 
