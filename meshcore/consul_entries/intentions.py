@@ -62,7 +62,7 @@ class _Source:
 
     def covers(self, other: "_Source") -> bool:
         """Whether every caller of ``other`` is also a caller of this source (the same one, or a wildcard)."""
-        if (self.name, self.namespace) == (other.name, other.namespace) or self.namespace == WILD:
+        if self.principals == (WILD,) or set(other.principals) <= set(self.principals):
             return True
         return self.name == WILD and other.namespace == self.namespace and other.name != WILD
 
@@ -190,10 +190,10 @@ def _terms(positive: list[Atom], negated: list[list[Atom]]) -> list[list[Atom]]:
 def _principals(entry: ConfigEntry, name: str, ns: str | None, options: CompileOptions, report: Report,
                 path: str) -> tuple[str, ...]:
     td = options.trust_domain
-    if ns == WILD:
-        return (WILD,)
+    if ns == WILD or (name == WILD and ns is None):
+        return (WILD,)  # Consul without namespaces: "*" is every service, in whatever namespace meshcore puts it
     if name == WILD:
-        return (f"{td}/ns/{ns or 'default'}/sa/*",)
+        return (f"{td}/ns/{ns}/sa/*",)
     known = [(n, sa) for n, sa in options.catalog.identities.get(name, ()) if ns is None or n == ns]
     if not known:
         known = [(ns or "default", name)]

@@ -157,3 +157,19 @@ spec:
     assert [r.name for r in result.resources] == ["consul-intentions-db"]
     assert any(f.severity == "overridden" and f.entry == "service-intentions/api"
                and "AuthorizationPolicy/default/api-own" in f.message for f in result.findings)
+
+
+def test_wildcard_source_without_namespace_is_every_service_in_every_namespace():
+    """Consul without namespaces: ``*`` is every service; meshcore may put services in namespaces (meta)."""
+    catalog = CatalogFacts(identities={"web": (("team-a", "web"),), "api": (("default", "api"),)})
+    entries = _entries({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "*", "Action": "deny"}]},
+                       {"Kind": "service-intentions", "Name": "db", "Sources": [
+                           {"Name": "*", "Namespace": "team-a", "Action": "deny"}]})
+    result = compile_entries(entries, CompileOptions(catalog=catalog))
+    by_name = {r.name: r for r in result.resources}
+    deny_all = by_name["consul-intentions-api"].spec["rules"][0]["from"][0]["source"]["principals"]
+    assert deny_all == ["*"]
+    assert decide(result.resources, {"app": "api"}, "default",
+                  Request(principal="cluster.local/ns/team-a/sa/web")).allowed is False
+    team = by_name["consul-intentions-db"].spec["rules"][0]["from"][0]["source"]["principals"]
+    assert team == ["cluster.local/ns/team-a/sa/*"]
