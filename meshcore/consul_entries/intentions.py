@@ -206,6 +206,22 @@ def _principals(entry: ConfigEntry, name: str, ns: str | None, options: CompileO
     return tuple(sorted(f"{td}/ns/{n}/sa/{sa}" for n, sa in known))
 
 
+def _left_out(entry: ConfigEntry, raw: dict, path: str, report: Report) -> bool:
+    """A source meshcore cannot match (a peer, another partition, a JWT source): reported, True."""
+    for key in ("Peer", "SamenessGroup"):
+        if raw.get(key):
+            report.unsupported(entry, f"{path}.{key}", "cluster peering is not part of meshcore; no caller can "
+                                                       "match this source, so it is left out")
+            return True
+    if (raw.get("Partition") or "default") != "default":
+        report.unsupported(entry, f"{path}.Partition", "admin partitions are not part of meshcore; left out")
+        return True
+    if str(raw.get("Type") or "consul") != "consul":
+        report.unsupported(entry, f"{path}.Type", "only Type \"consul\" sources are supported; left out")
+        return True
+    return False
+
+
 def _sources(entry: ConfigEntry, options: CompileOptions, report: Report) -> list[_Source]:
     dst_ns = entry.get("Namespace") or "default"
     out = []
@@ -214,25 +230,16 @@ def _sources(entry: ConfigEntry, options: CompileOptions, report: Report) -> lis
         if not isinstance(raw, dict) or not raw.get("Name"):
             report.add(entry, path, "invalid", "a source needs a Name; left out")
             continue
-        report_unknown(entry, raw, ("Name", "Namespace", "Action", "Permissions", "Precedence", "Type",
+        report_unknown(entry, raw, ("Name", "Namespace", "Partition", "Peer", "SamenessGroup", "Action",
+                                    "Permissions", "Precedence", "Type",
                                     "Description", "LegacyID", "LegacyMeta", "LegacyCreateTime", "LegacyUpdateTime"),
                        report, f"{path}.")
-        for key in ("Peer", "SamenessGroup"):
-            if raw.get(key):
-                report.unsupported(entry, f"{path}.{key}", "cluster peering is not part of meshcore; no caller can "
-                                                           "match this source, so it is left out")
-                break
-        else:
-            if (raw.get("Partition") or "default") != "default":
-                report.unsupported(entry, f"{path}.Partition", "admin partitions are not part of meshcore; left out")
-                continue
-            if str(raw.get("Type") or "consul") != "consul":
-                report.unsupported(entry, f"{path}.Type", "only Type \"consul\" sources are supported; left out")
-                continue
-            ns = raw.get("Namespace")
-            out.append(_Source(entry=entry, index=i, name=str(raw["Name"]), namespace=ns or "default",
-                               precedence=precedence(str(raw["Name"]), ns or "default", entry.name, dst_ns), raw=raw,
-                               principals=_principals(entry, str(raw["Name"]), ns, options, report, path)))
+        if _left_out(entry, raw, path, report):
+            continue
+        ns = raw.get("Namespace")
+        out.append(_Source(entry=entry, index=i, name=str(raw["Name"]), namespace=ns or "default",
+                           precedence=precedence(str(raw["Name"]), ns or "default", entry.name, dst_ns), raw=raw,
+                           principals=_principals(entry, str(raw["Name"]), ns, options, report, path)))
     return out
 
 
