@@ -132,3 +132,17 @@ def test_index_reset_lowers_config_entry_indexes(consul_http):
     double.reset_index(1)
     r = _get(consul_http, "/v1/config/service-defaults")
     assert int(r.headers["X-Consul-Index"]) == 1 and all(e["ModifyIndex"] == 1 for e in r.json())
+
+
+def test_acl_tokens_guard_config_entries(consul_acl):
+    entry = {"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "allow"}]}
+    anonymous = requests.put(consul_acl.address + "/v1/config", data=json.dumps(entry), timeout=10)
+    assert anonymous.status_code == 403 and "Permission denied" in anonymous.text
+    read = {"X-Consul-Token": consul_acl.read_token}
+    assert requests.put(consul_acl.address + "/v1/config", data=json.dumps(entry), headers=read,
+                        timeout=10).status_code == 403
+    assert _put(consul_acl, entry).json() is True  # the management token
+    listed = requests.get(consul_acl.address + "/v1/config/service-intentions", headers=read, timeout=10)
+    assert listed.status_code == 200 and [e["Name"] for e in listed.json()] == ["api"]
+    assert requests.delete(consul_acl.address + "/v1/config/service-intentions/api", headers=read,
+                           timeout=10).status_code == 403
