@@ -19,6 +19,7 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("operator", "security", "Operator identities: client certificates from the mesh CA."),
     ("traffic", "traffic", "Split, route and switch traffic between versions."),
     ("canary", "canary", "Progressive delivery with automatic rollback."),
+    ("consul", "consul", "Consul config entries: import them as meshcore resources, check what meshcore does not honour."),
     ("store", "store", "The resource store's health; restore what Consul KV lost (`store restore`)."),
     ("graph", "graph", "Service graph with request rate, error rate and p99 per edge."),
     ("dashboard", "dashboard", "Open the web dashboard in a browser."),

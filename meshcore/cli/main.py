@@ -77,6 +77,14 @@ def _kind(text: str) -> str:
         raise MeshError(f"{exc}, proxies") from None
 
 
+def _origin(doc: dict) -> str:
+    """``consul (service-router.web)`` for a resource compiled from Consul config entries, else ``meshcore``."""
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if labels.get("mesh.io/origin") == "consul":
+        return f"consul ({labels.get('mesh.io/consul-entry', '')})"
+    return "meshcore"
+
+
 def cmd_get(args) -> int:
     client = _client(args)
     if args.kind.lower() in ("proxies", "proxy"):
@@ -97,8 +105,8 @@ def cmd_get(args) -> int:
         print(f"{args.kind} {args.name!r} not found", file=sys.stderr)
         return 1
     if args.output == "table":
-        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]] for d in items],
-               ["KIND", "NAMESPACE", "NAME"])
+        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"], _origin(d)] for d in items],
+               ["KIND", "NAMESPACE", "NAME", "ORIGIN"])
     elif args.output == "yaml":
         import yaml
 

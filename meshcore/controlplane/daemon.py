@@ -40,6 +40,7 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
+from ..resources.consul_entries import EntrySettings, add_arguments as add_entry_arguments, entry_settings, with_config_entries
 from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
                             SourceStatus, StatusResponse, ThreadStatus)
 from ..authz.patterns import DEFAULT_PATH_NORMALIZATION, PATH_NORMALIZATIONS
@@ -130,6 +131,7 @@ class Settings:
     # held after an index reset or a drastic shrink, and the fraction that may vanish in one update.
     catalog_hold: float = DEFAULT_HOLD_S
     catalog_shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD
+    consul_entries: EntrySettings = field(default_factory=EntrySettings)  # Consul config entries (docs/consul.md)
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -204,6 +206,8 @@ class ControlPlane:
         self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
                                                      settings.catalog_shrink_threshold)
         self.store = store or open_store(settings.store, state, kek)
+        self.store = with_config_entries(self.store, settings.consul_entries, catalog_spec=settings.catalog,  # + config entries
+                                         trust_domain=settings.trust_domain, catalog=lambda: self.engine.catalog())
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
@@ -530,6 +534,7 @@ class ControlPlane:
         self.alerting.stop()
         self.canaries.stop()
         self.engine.stop()
+        getattr(self.store, "close_entries", lambda: None)()  # Consul config entry watches
         close = getattr(self.source, "close", None)
         if self._owns_source and close is not None:
             close()  # a catalog poll blocked in its wait returns now
@@ -710,6 +715,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
                    help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
                         "(default dir:<state-dir>/resources)")
+    add_entry_arguments(p, env)  # --consul-config-entries, --consul-intentions-default
     p.add_argument("--xds-bind", default=env.get("MESHCORE_XDS_BIND", "127.0.0.1:15012"))
     p.add_argument("--api-bind", default=env.get("MESHCORE_API_BIND", "127.0.0.1:15443"))
     p.add_argument("--http-bind", default=env.get("MESHCORE_HTTP_BIND", "127.0.0.1:15000"))
@@ -800,7 +806,7 @@ def main(argv=None) -> int:
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
             agent_max_waiting=args.agent_max_waiting,
             catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
-            catalog_shrink_threshold=args.catalog_shrink_threshold,
+            catalog_shrink_threshold=args.catalog_shrink_threshold, consul_entries=entry_settings(args),
         )
         _check_limits(settings)
         kek = load_kek(settings.kek_file)

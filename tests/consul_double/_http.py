@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._config_entries import ConfigEntryRoutes
 from ._durations import parse_duration
 from ._normalize import normalize
 from ._state import CHECK_STATES, ConsulState, DoubleError
@@ -193,7 +194,10 @@ def _route(method: str, pattern: str):
     return register
 
 
-class _Api:
+_ROUTES.extend((m, re.compile("^" + p + "$"), n) for m, p, n in ConfigEntryRoutes.ROUTES)  # /v1/config
+
+
+class _Api(ConfigEntryRoutes):
     """One request against the state; each ``r_*`` method is one endpoint."""
 
     def __init__(self, state: ConsulState, acl: AclConfig, req: Request):

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from ._durations import format_duration, parse_duration
 from ._errors import DoubleError
+from ._config_entries import ConfigEntriesMixin
 from ._kv import KVMixin
 from ._normalize import normalize
 
@@ -65,7 +66,7 @@ def _strip_indexes(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("CreateIndex", "ModifyIndex")}
 
 
-class ConsulState(KVMixin):
+class ConsulState(KVMixin, ConfigEntriesMixin):
     """All data of one single-server, single-datacenter Consul with one local agent."""
 
     def __init__(self, node: str, datacenter: str, node_address: str, clock: Callable[[], float] = time.monotonic):
@@ -89,6 +90,7 @@ class ConsulState(KVMixin):
         self.tombstones: dict[str, int] = {}
         self.agent_services: dict[str, _AgentService] = {}
         self.agent_checks: dict[str, _AgentCheck] = {}
+        self._init_config_entries()  # /v1/config (_config_entries.py)
         self._bootstrap()
 
     # ------------------------------------------------------------------ indexing helpers
@@ -712,6 +714,7 @@ class ConsulState(KVMixin):
             for table in (self.tables, self.service_idx, self.connect_idx, self.node_idx):
                 for k in table:
                     table[k] = min(table[k], to)
+            self._reset_config_entries(to)
             self.tombstones.clear()
             self.index = to
             self.generation += 1

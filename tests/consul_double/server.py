@@ -10,8 +10,9 @@ Deliberate differences from a real Consul (documented so nobody trips on them):
 * with ACLs on, a request without a token is refused with 403 ``Permission denied`` on every
   endpoint (a real Consul filters list results for the anonymous token instead);
 * active checks (HTTP, TCP, gRPC, script...) are recorded but never executed: they keep their
-  declared ``Status`` (``passing`` when none is declared). TTL and alias checks behave as in
-  Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
+  declared ``Status`` (``passing`` when none is declared), unless ``run_tcp_checks`` is set: then TCP
+  checks are dialled at their interval as Consul does (``_active_checks.py``). TTL and alias checks behave
+  as in Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
 * one server, one datacenter, no sessions, no ``?filter`` expressions, no prepared queries.
 """
 
@@ -21,6 +22,7 @@ import logging
 import threading
 from types import TracebackType
 
+from ._active_checks import TcpCheckRunner
 from ._http import AclConfig, DoubleHTTPServer
 from ._state import ConsulState
 
@@ -45,6 +47,7 @@ class ConsulDouble:
         port: int = 0,
         node_address: str = "127.0.0.1",
         verbose: bool = False,
+        run_tcp_checks: bool = False,
     ):
         self.node = node
         self.datacenter = datacenter
@@ -58,6 +61,7 @@ class ConsulDouble:
         self._server: DoubleHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._tcp_checks = TcpCheckRunner(lambda: self.state) if run_tcp_checks else None  # _active_checks.py
 
     @property
     def address(self) -> str:
@@ -78,6 +82,8 @@ class ConsulDouble:
         self._threads = [serve, ticker]
         for t in self._threads:
             t.start()
+        if self._tcp_checks is not None:
+            self._tcp_checks.start()
         log.info("consul double node=%s dc=%s listening on %s acl=%s", self.node, self.datacenter, self.address,
                  "on" if self.acl_token else "off")
         return self.address
@@ -91,6 +97,8 @@ class ConsulDouble:
             return
         self.host, self.port = self._server.server_address[:2]  # a later start() comes back on this address
         self._stopping.set()
+        if self._tcp_checks is not None:
+            self._tcp_checks.stop()
         self._server.shutdown()  # accepts no more connections
         self._server.close_connections()  # as a stopped Consul: blocked queries get no answer, keep-alives end
         self.state.close()  # wakes blocked queries so their threads finish
