@@ -12,7 +12,8 @@ Deliberate differences from a real Consul (documented so nobody trips on them):
 * active checks (HTTP, TCP, gRPC, script...) are recorded but never executed: they keep their
   declared ``Status`` (``passing`` when none is declared). TTL and alias checks behave as in
   Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
-* one server, one datacenter, no sessions, no ``?filter`` expressions, no prepared queries.
+* one server, one datacenter, no ``?filter`` expressions, no prepared queries; sessions (``_sessions``)
+  are invalidated ``2 x TTL`` after their last renewal (the most Consul documents it may wait).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ConsulDouble:
         port: int = 0,
         node_address: str = "127.0.0.1",
         verbose: bool = False,
+        session_ttl_min: float | None = None,
     ):
         self.node = node
         self.datacenter = datacenter
@@ -52,12 +54,19 @@ class ConsulDouble:
         self.read_token = read_token
         self.host = host
         self.port = port
-        self.state = ConsulState(node, datacenter, node_address)
+        self.session_ttl_min = session_ttl_min  # Consul's session_ttl_min (10s); tests may lower it
+        self.state = self._new_state(node_address)
         self._acl = AclConfig(management=acl_token, read_only=read_token)
         self._verbose = verbose
         self._server: DoubleHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+
+    def _new_state(self, node_address: str) -> ConsulState:
+        state = ConsulState(self.node, self.datacenter, node_address)
+        if self.session_ttl_min is not None:
+            state.session_ttl_min = self.session_ttl_min
+        return state
 
     @property
     def address(self) -> str:
@@ -85,6 +94,7 @@ class ConsulDouble:
     def _tick(self) -> None:
         while not self._stopping.wait(0.1):
             self.state.expire_ttls()
+            self.state.expire_sessions()
 
     def stop(self) -> None:
         if self._server is None:
@@ -114,7 +124,7 @@ class ConsulDouble:
         back at the start). Clients see their connections refused while it is down, then a fresh Consul."""
         self.stop()  # remembers the address
         if empty:
-            self.state = ConsulState(self.node, self.datacenter, self.state.node_address)
+            self.state = self._new_state(self.state.node_address)
         return self.start()
 
     def reset_index(self, to: int = 1) -> int:
