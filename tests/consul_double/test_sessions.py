@@ -10,6 +10,7 @@ import time
 import requests
 
 from tests.consul_double import ConsulDouble
+from tests.consul_double._polling import wait_for as _wait_for
 
 
 def _h(endpoint) -> dict:
@@ -31,14 +32,6 @@ def _session(endpoint, **body) -> str:
     return r.json()["ID"]
 
 
-def _wait_for(cond, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_create_info_list_node_and_destroy(consul_http):
