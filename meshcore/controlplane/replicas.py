@@ -107,14 +107,15 @@ class ReplicaRegistry:
                     self._register()
                 passing, output = self._health()
                 with consul_errors(self.settings, f"updating control plane replica {self.replica_id!r}'s check"):
-                    if passing:
-                        self._client.agent.check.ttl_pass(self.check_id, output)
-                    else:
-                        self._client.agent.check.ttl_fail(self.check_id, output)
+                    update = self._client.agent.check.ttl_pass if passing else self._client.agent.check.ttl_fail
+                    known = update(self.check_id, output)  # py-consul: False when the agent does not know it
+                if not known:
+                    log.warning("the Consul agent no longer knows check %s (restarted without its data?); "
+                                "registering this replica again", self.check_id)
+                    self._registered = False
+                    continue
                 self.last_error = ""
             except ConsulError as exc:
-                if "404" in str(exc) or "Unknown check" in str(exc):
-                    self._registered = False  # the agent lost it (restarted empty): register again
                 if self.last_error != str(exc):
                     log.warning("keeping this replica's Consul registration current failed: %s", exc)
                 self.last_error = str(exc)
