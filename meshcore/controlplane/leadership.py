@@ -51,6 +51,10 @@ DEFAULT_LOCK_DELAY_S = 15.0  # Consul's default lock-delay
 LEADER_KEY = "leader"  # under the KV prefix: <prefix>leader
 RETRY_MAX_S = 5.0  # backoff ceiling after a Consul error (sessions, acquire)
 WATCH_WAIT_S = 10.0  # one blocking query on the key at most this long
+# A leader cut off from Consul stops at its first failed renewal: sent at TTL/2 with a TTL/4 timeout, so it
+# leads at most this fraction of the TTL past its last good one; a lock-delay at least this long keeps two
+# replicas from leading at once (the next one waits for the invalidation, then the lock-delay).
+OVERLAP_FRACTION = 0.75
 
 
 def default_replica_id(port: int | str) -> str:
@@ -163,6 +167,11 @@ class ConsulLeadership:
         self._service_check = service_check  # the replica's own check ("" / None: not registered yet)
         self._clock = clock
         self._metrics = LeadershipMetrics(registry) if registry is not None else None
+        if lock_delay < OVERLAP_FRACTION * ttl:
+            log.warning("--leader-lock-delay %gs is under %d%% of --leader-lock-ttl %gs: a leader cut off from Consul "
+                        "may keep leading for up to %gs after its last renewal, so another replica could start "
+                        "before it stopped; keep the lock-delay at least the TTL (the defaults are 15s and 15s)",
+                        lock_delay, OVERLAP_FRACTION * 100, ttl, OVERLAP_FRACTION * ttl)
         self._subs = _Subscribers()
         self._lock = threading.RLock()
         self._stopped = threading.Event()
