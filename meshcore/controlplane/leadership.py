@@ -259,6 +259,9 @@ class ConsulLeadership:
         return json.dumps({"replica": self.replica_id}).encode()
 
     def _become_leader(self) -> None:
+        if self._stopped.is_set():  # stop() ran while the acquire was in flight: give the lock back now
+            self._release_after_stop()
+            return
         with self._lock:
             if self._leading:
                 return
@@ -284,6 +287,16 @@ class ConsulLeadership:
             self._metrics.set(False)
         self._subs.notify(False)
         return True
+
+    def _release_after_stop(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session:
+            try:
+                self._renew_client.kv.put(self.key, self._value(), release=session)
+                self._renew_client.session.destroy(session)
+            except (consul.ConsulException, requests.RequestException):
+                pass  # Consul expires it after its TTL
 
     def _drop_session(self, why: str) -> None:
         """Forget the session (a new one is made for the next try) and end leadership at once."""
@@ -332,6 +345,9 @@ class ConsulLeadership:
                     session = None
                 if holder is None:  # free: try it (refused during the lock-delay after an invalidation)
                     session = session or self._create_session()
+                    if self._stopped.is_set():
+                        self._release_after_stop()
+                        return
                     with consul_errors(self.settings, f"acquiring the leader lock {self.key!r}"):
                         got = self._watch_client.kv.put(self.key, self._value(), acquire=session)
                     if got and self._session == session:

@@ -27,7 +27,7 @@ import pytest
 from meshcore.demo.launcher import LocalMesh, MeshLayout, http_get, wait_until
 from tests.consul_double.server import ConsulDouble
 
-from ._topology import CONTROL_PLANE, free_port, loopback, serving
+from ._topology import CONTROL_PLANE, free_port, loopback, meshctl, serving
 from ._traffic import SteadyTraffic
 
 NODE, HOST = "vm-ha", loopback(34)
@@ -92,7 +92,7 @@ class Replica:
     def __init__(self, name: str, state: Path, env: dict[str, str], kek: Path):
         self.name = name
         self.state_dir = state / name
-        self.state_dir.mkdir(parents=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # a restart keeps its state directory
         self.http = f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}"
         log = open(state / "logs" / f"{name}.log", "ab")
         self.proc = subprocess.Popen(
@@ -141,7 +141,7 @@ def ha(tmp_path_factory):
             http_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}", admin={NODE: f"{HOST}:{free_port(HOST)}"},
             agent_refresh="2s")
         m = LocalMesh(layout, progress=lambda msg: print("ha mesh:", msg, flush=True))
-        m.state, m.consul, m.webhook, m.replicas = state, double, webhook, replicas
+        m.state, m.consul, m.webhook, m.replicas, m.env, m.kek = state, double, webhook, replicas, env, kek
         m.url = f"http://{HOST}:{gw_port}/productpage?format=json"
         replicas["cp-c"] = Replica("cp-c", state, env, kek)
         with serving(m, artifacts="e2e-ha-logs"):
@@ -180,3 +180,13 @@ def test_leader_sigkill_fails_over_within_the_lock_delay_and_notifies_once(ha):
     wait_until(lambda: not any(r["healthy"] for r in ha.status()["control_plane"]["replicas"] if r["id"] == "cp-a"),
                15, "cp-a shown unhealthy")
     ha.consul.state.kv_delete(NONSENSE_KEY, False, None)
+    leader = ha.status()["control_plane"]["leader"]
+    out = meshctl(ha, "status").stdout
+    assert f"leader {leader}" in out and "UNHEALTHY" in out, out  # meshctl status: the leader, cp-a's health
+
+    # the killed replica comes back (same state directory): registered and healthy again, following the leader
+    ha.replicas["cp-a"] = Replica("cp-a", ha.state, ha.env, ha.kek)
+    wait_until(lambda: sorted(r["id"] for r in ha.status()["control_plane"]["replicas"] if r["healthy"])
+               == ["cp-a", "cp-b", "cp-c"], 60, "cp-a registered and healthy again")
+    cp_a = ha.replicas["cp-a"].status()
+    assert cp_a["leader"] == leader and cp_a["replica"] == "cp-a"
