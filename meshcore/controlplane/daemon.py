@@ -511,7 +511,7 @@ class ControlPlane:
         self.engine.start()
         self.alerting.start()
         self.collector.start()
-        self._start_replica(xds_port, http.address)
+        self._start_replica(xds_addr, http.address)
         self.canaries.resume_all()
         self.supervisor.start("serving-cert", self._rotate_serving_identity)
         self.supervisor.start("ca-rotation", self._watch_ca)
@@ -522,7 +522,7 @@ class ControlPlane:
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
                  self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
 
-    def _start_replica(self, xds_port: int, http_address: str) -> None:
+    def _start_replica(self, xds_addr: str, http_address: str) -> None:
         """With --store consul: register this replica in Consul (its check is what the leader session is bound
         to), then join the leader election."""
         if self._ha:
@@ -530,9 +530,11 @@ class ControlPlane:
 
             api_port = int(self._api_server.address.rsplit(":", 1)[-1]) if self._api_server is not None else 0
             host, _, http_port = http_address.rpartition(":")
+            api_host = self.settings.advertise or _host_of(self.settings.api_bind)
             self.replicas = ReplicaRegistry(
                 ConsulSettings.from_env(), self.leadership.replica_id, address=self.settings.advertise or host,
-                ports={"xds": xds_port, "api": api_port, "http": int(http_port)},
+                ports={"xds": int(xds_addr.rsplit(":", 1)[-1]), "api": api_port, "http": int(http_port)},
+                endpoints={"xds": xds_addr, "api": f"https://{api_host}:{api_port}"},
                 health=healthz_probe(lambda: f"http://{http_address}/healthz"), check_ttl=self.settings.replica_check_ttl,
                 leader=self.leadership.leader).start()
         self.leadership.start()

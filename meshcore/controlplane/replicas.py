@@ -2,7 +2,9 @@
 
 One registration per replica on its local Consul agent: ID = the replica id, Address/Port = its operator
 API (``/metrics`` is there, so Prometheus' ``consul_sd_configs`` for ``meshcore-control-plane`` finds every
-replica), meta with the xDS, agent API and operator API ports and meshcore's version, and a TTL check the
+replica), meta with the xDS, agent API and operator API ports (``meshcore-<name>-port``), what an agent dials
+(``meshcore-xds-address`` host:port, ``meshcore-api-address`` the agent API's URL) and meshcore's version
+(``meshcore-version``), and a TTL check the
 replica itself keeps current from a GET of its own ``/healthz`` every third of the check TTL. A replica that
 dies stops updating it: the check turns critical within the TTL, which also invalidates the replica's
 leader-election session (it names this check). A clean stop deregisters it.
@@ -53,11 +55,12 @@ class ReplicaRegistry:
 
     def __init__(self, settings: ConsulSettings, replica_id: str, *, address: str, ports: dict[str, int],
                  health: Callable[[], tuple[bool, str]], check_ttl: float = DEFAULT_CHECK_TTL_S,
-                 leader: Callable[[], str] = lambda: ""):
+                 leader: Callable[[], str] = lambda: "", endpoints: dict[str, str] | None = None):
         self.settings = settings
         self.replica_id = replica_id
         self.address = address
         self.ports = dict(ports)
+        self.endpoints = dict(endpoints or {})  # name -> what a client dials: xds host:port, api URL
         self.check_ttl = check_ttl
         self._health = health
         self._leader = leader
@@ -77,7 +80,8 @@ class ReplicaRegistry:
 
     def _register(self) -> None:
         meta = {"meshcore-version": __version__, "meshcore-replica": self.replica_id,
-                **{f"meshcore-{name}-port": str(port) for name, port in sorted(self.ports.items())}}
+                **{f"meshcore-{name}-port": str(port) for name, port in sorted(self.ports.items())},
+                **{f"meshcore-{name}-address": value for name, value in sorted(self.endpoints.items())}}
         passing, output = self._health()
         check = consul.Check.ttl(f"{self.check_ttl:g}s")
         check["Status"] = "passing" if passing else "critical"

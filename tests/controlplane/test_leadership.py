@@ -151,3 +151,22 @@ def test_lock_settings_limits():
         check_lock_settings(5, 15)
     with pytest.raises(ConfigError, match="0s to 60s"):
         check_lock_settings(15, 61)
+
+
+def test_the_control_planes_leadership_flags(monkeypatch, capsys, tmp_path):
+    from meshcore.controlplane.daemon import Settings, _check_limits, parse_args
+
+    args = parse_args([])
+    assert (args.leader_lock_ttl, args.leader_lock_delay, args.replica_id) == ("15s", "15s", "")
+    monkeypatch.setenv("MESHCORE_LEADER_LOCK_DELAY", "20s")
+    args = parse_args(["--replica-id", "cp-1", "--leader-lock-ttl", "30s"])
+    assert (args.replica_id, args.leader_lock_ttl, args.leader_lock_delay) == ("cp-1", "30s", "20s")
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--replica-id", "--leader-lock-ttl", "--leader-lock-delay", "--leader-key", "--replica-check-ttl"):
+        assert flag in help_text
+    with pytest.raises(ConfigError, match="--leader-lock-ttl 5s"):
+        _check_limits(Settings(state_dir=tmp_path, leader_lock_ttl=5))
+    with pytest.raises(ConfigError, match="--replica-check-ttl"):
+        _check_limits(Settings(state_dir=tmp_path, replica_check_ttl=0))

@@ -16,12 +16,15 @@ def test_register_keep_the_check_current_list_and_deregister():
         settings = ConsulSettings.from_env({}, address=double.address)
         reg = ReplicaRegistry(settings, "cp-1", address="127.0.0.1", ports={"xds": 15012, "api": 15443, "http": 15000},
                               health=lambda: (health["ok"], "GET /healthz: HTTP 200" if health["ok"] else "refused"),
-                              check_ttl=0.6, leader=lambda: "cp-1").start()
+                              check_ttl=0.6, leader=lambda: "cp-1",
+                              endpoints={"xds": "127.0.0.1:15012", "api": "https://127.0.0.1:15443"}).start()
         try:
             [entry] = requests.get(f"{double.address}/v1/health/service/{SERVICE}", timeout=10).json()
             svc = entry["Service"]
             assert svc["ID"] == "cp-1" and svc["Port"] == 15000 and svc["Address"] == "127.0.0.1"
             assert svc["Meta"]["meshcore-xds-port"] == "15012" and svc["Meta"]["meshcore-api-port"] == "15443"
+            assert svc["Meta"]["meshcore-api-address"] == "https://127.0.0.1:15443"
+            assert svc["Meta"]["meshcore-xds-address"] == "127.0.0.1:15012"
             assert reg.registered_check() == "service:cp-1"
             [r] = reg.replicas()
             assert r.id == "cp-1" and r.healthy and r.leader and r.xds_port == 15012 and r.version
