@@ -98,5 +98,10 @@ class Leadership(Protocol):
         """For the operator API: mode, replica, leader, is_leader and the election's details."""
         ...
 
+    def fence(self) -> list[dict]:
+        """``/v1/txn`` operations to put before a leader-only write: they fail the transaction unless this
+        replica still holds the lock (a ``check-session`` on the leader key); [] where there is no lock."""
+        ...
+
 
 __all__ = ["CaControl", "Leadership", "MeshView", "SettingsHandle"]

@@ -106,11 +106,13 @@ class MemoryLedger:
 
 class ConsulLedger:
     """The record as JSON in one Consul KV key (default ``meshcore/alerts/notified``), read and written with the
-    same py-consul client helpers as the resource store."""
+    same py-consul client helpers as the resource store. Each write is one ``/v1/txn`` behind ``fence()``'s
+    operations (the leader's ``check-session``): a replica that lost the lock cannot overwrite the record."""
 
-    def __init__(self, settings: "ConsulSettings", key: str):
+    def __init__(self, settings: "ConsulSettings", key: str, fence: Callable[[], list[dict]] = lambda: []):
         self.settings = settings
         self.key = key
+        self._fence = fence
         self._client = settings.client()
 
     def load(self) -> dict[str, float]:
@@ -128,11 +130,15 @@ class ConsulLedger:
             return {}
 
     def save(self, notified: dict[str, float]) -> None:
-        from ..catalog._consul_calls import consul_errors
+        import base64
 
-        body = json.dumps({"notified": notified}, sort_keys=True).encode()
-        with consul_errors(self.settings, f"writing the alert notification record {self.key!r}"):
-            self._client.kv.put(self.key, body)
+        from ..catalog._consul_calls import check, consul_errors, raw
+
+        doing = f"writing the alert notification record {self.key!r}"
+        value = base64.b64encode(json.dumps({"notified": notified}, sort_keys=True).encode()).decode("ascii")
+        ops = [*self._fence(), {"KV": {"Verb": "set", "Key": self.key, "Value": value}}]
+        with consul_errors(self.settings, doing):
+            check(raw(self._client, "PUT", "/v1/txn", body=ops), self.settings, doing)
 
 
 class _Webhook:

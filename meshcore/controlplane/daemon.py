@@ -260,11 +260,12 @@ class ControlPlane:
             from ..catalog._consul_settings import ConsulSettings
             from .alerting import ConsulLedger
 
-            ledger = ConsulLedger(ConsulSettings.from_env(), settings.leader_key.rsplit("/", 1)[0] + "/alerts/notified")
             self.leadership = ConsulLeadership(
                 ConsulSettings.from_env(), settings.leader_key, settings.replica_id or "(set at start)",
                 ttl=settings.leader_lock_ttl, lock_delay=settings.leader_lock_delay, registry=self.metrics.registry,
                 service_check=lambda: self.replicas.registered_check() if self.replicas is not None else None)
+            ledger = ConsulLedger(ConsulSettings.from_env(), settings.leader_key.rsplit("/", 1)[0] + "/alerts/notified",
+                                  fence=self.leadership.fence)  # a deposed leader cannot overwrite the record
         else:
             self.leadership = AlwaysLeader(settings.replica_id or "(set at start)", registry=self.metrics.registry)
         self.leadership.subscribe(lambda leading: self._ca_wake.set())  # a new leader looks at the rotation now

@@ -143,6 +143,9 @@ class AlwaysLeader:
     def status(self) -> dict:
         return {"mode": "single", "replica": self.replica_id, "leader": self.replica_id, "is_leader": True}
 
+    def fence(self) -> list[dict]:
+        return []
+
     def start(self) -> AlwaysLeader:
         return self
 
@@ -220,6 +223,16 @@ class ConsulLeadership:
                     "is_leader": self.is_leader(), "key": self.key, "session": self._session or "",
                     "term": self._term, "lock_ttl_s": self.ttl, "lock_delay_s": self.lock_delay,
                     "last_error": self._last_error}
+
+    def fence(self) -> list[dict]:
+        """A ``check-session`` of the leader key by this replica's session: a deposed leader's write fails.
+        Raises ConsulError when this replica does not lead (nothing to write under its name)."""
+        with self._lock:
+            session = self._session if self.is_leader() else None
+        if session is None:
+            raise ConsulError(f"replica {self.replica_id!r} does not hold the leader lock {self.key!r}; "
+                              "a leader-only write is refused")
+        return [{"KV": {"Verb": "check-session", "Key": self.key, "Session": session}}]
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> ConsulLeadership:

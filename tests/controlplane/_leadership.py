@@ -37,5 +37,8 @@ class ManualLeadership:
     def wait_leader(self, timeout: float | None = None) -> bool:
         return self._leading
 
+    def fence(self) -> list[dict]:
+        return []
+
     def status(self) -> dict:
         return {"mode": "manual", "replica": self.replica_id, "leader": self.leader(), "is_leader": self._leading}

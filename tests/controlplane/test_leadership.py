@@ -170,3 +170,26 @@ def test_the_control_planes_leadership_flags(monkeypatch, capsys, tmp_path):
         _check_limits(Settings(state_dir=tmp_path, leader_lock_ttl=5))
     with pytest.raises(ConfigError, match="--replica-check-ttl"):
         _check_limits(Settings(state_dir=tmp_path, replica_check_ttl=0))
+
+
+def test_fenced_writes_fail_once_the_lock_is_lost(double):
+    from meshcore.controlplane.alerting import ConsulLedger
+    from meshcore.errors import ConsulError
+
+    a = _replica(double, "cp-a").start()
+    try:
+        assert a.wait_leader(10)
+        settings = ConsulSettings.from_env({}, address=double.address)
+        stale = a.fence()
+        ledger = ConsulLedger(settings, "meshcore/alerts/notified", fence=a.fence)
+        ledger.save({"abc": 1.0})
+        assert ledger.load() == {"abc": 1.0}
+        requests.put(f"{double.address}/v1/session/destroy/{a.status()['session']}", timeout=10)
+        _wait_for(lambda: not a.is_leader(), timeout=5, what="cp-a stepping down")
+        with pytest.raises(ConsulError, match="does not hold the leader lock"):
+            ledger.save({"abc": 1.0, "def": 2.0})
+        with pytest.raises(ConsulError, match="409"):  # a write prepared while leading, sent after: refused
+            ConsulLedger(settings, "meshcore/alerts/notified", fence=lambda: stale).save({"late": 3.0})
+        assert ledger.load() == {"abc": 1.0}
+    finally:
+        a.stop()
