@@ -37,6 +37,12 @@ class ManualLeadership:
     def wait_leader(self, timeout: float | None = None) -> bool:
         return self._leading
 
+    def start(self) -> "ManualLeadership":
+        return self
+
+    def stop(self) -> None:
+        pass
+
     def fence(self) -> list[dict]:
         return []
 

@@ -193,3 +193,30 @@ def test_fenced_writes_fail_once_the_lock_is_lost(double):
         assert ledger.load() == {"abc": 1.0}
     finally:
         a.stop()
+
+
+def test_root_rotation_steps_run_on_the_leader_only(tmp_path):
+    from meshcore.ca import generate_kek_file
+    from meshcore.controlplane.daemon import ControlPlane, Settings
+    from tests.e2e._topology import write_catalog
+
+    from ._leadership import ManualLeadership
+
+    write_catalog(tmp_path / "catalog")
+    plane = ControlPlane(Settings(state_dir=tmp_path / "state", catalog=f"files:{tmp_path / 'catalog'}",
+                                  xds_bind="127.0.0.1:0", api_bind="127.0.0.1:0", http_bind="127.0.0.1:0"),
+                         generate_kek_file(tmp_path / "kek"))
+    lead = ManualLeadership("cp-1", leader="cp-0")  # a follower: cp-0 leads
+    plane.leadership = lead
+    lead.subscribe(lambda leading: plane._ca_wake.set())  # as the daemon wires its own handle
+    plane.start()
+    try:
+        assert plane.ca_rotate()["phase"] == "preparing"  # any replica accepts the operator's step
+        for _ in range(3):  # no node lacks the bundle (none is connected), yet a follower does not move it on
+            plane._ca_wake.set()
+            time.sleep(0.2)
+        assert plane.ca.rotation_phase == "preparing"
+        lead.set(True)  # leadership gained: the watcher is woken and takes the step
+        _wait_for(lambda: plane.ca.rotation_phase == "rotating", timeout=10, what="the leader activating the rotation")
+    finally:
+        plane.stop()
