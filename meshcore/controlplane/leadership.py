@@ -370,11 +370,15 @@ class ConsulLeadership:
                     index = 0  # read the key again at once
                 failures = 0
                 self._last_error = ""
-            except ConsulError as exc:
+            except Exception as exc:  # noqa: BLE001 - the election must outlive any failure (ConsulError mostly)
                 failures += 1
                 self._last_error = str(exc)
                 delay = min(RETRY_MAX_S, 0.5 * 2 ** (failures - 1))
-                log.warning("leader election: %s; retrying in %.1fs", exc, delay)
+                if isinstance(exc, ConsulError):
+                    log.warning("leader election: %s; retrying in %.1fs", exc, delay)
+                else:
+                    log.exception("leader election failed unexpectedly; retrying in %.1fs", delay)
+                    self._drop_session(f"the election failed unexpectedly ({exc!r})")
                 index = 0
                 self._stopped.wait(delay)
 
@@ -419,7 +423,7 @@ class ConsulLeadership:
             try:
                 with consul_errors(self.settings, f"renewing the leader-election session {session}"):
                     self._renew_client.session.renew(session)
-            except ConsulError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failed renewal ends leadership; the loop goes on
                 self._last_error = str(exc)
                 # a 404 (Consul invalidated it: TTL, a failed check, destroyed) or Consul unreachable alike
                 self._drop_session(f"renewing session {session} failed ({exc})")
