@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -32,6 +33,7 @@ log = logging.getLogger("meshcore.controlplane.replicas")
 
 SERVICE = "meshcore-control-plane"
 DEFAULT_CHECK_TTL_S = 5.0
+LIST_CACHE_S = 1.0
 
 
 def healthz_probe(url: Callable[[], str], timeout: float = 2.0) -> Callable[[], tuple[bool, str]]:
@@ -69,6 +71,7 @@ class ReplicaRegistry:
         self._registered = False
         self._thread: threading.Thread | None = None
         self.last_error = ""
+        self._listed: tuple[float, tuple[ReplicaStatus, ...]] | None = None  # (monotonic time, result)
 
     @property
     def check_id(self) -> str:
@@ -139,8 +142,17 @@ class ReplicaRegistry:
                         self.check_ttl, exc)
         self._registered = False
 
-    def replicas(self) -> tuple[ReplicaStatus, ...]:
-        """Every registered replica, its health and whether it is the leader (raises ConsulError)."""
+    def replicas(self, max_age: float = LIST_CACHE_S) -> tuple[ReplicaStatus, ...]:
+        """Every registered replica, its health and whether it is the leader (raises ConsulError). A listing
+        younger than ``max_age`` seconds is reused: status pages and the dashboard ask often."""
+        listed = self._listed
+        if listed is not None and time.monotonic() - listed[0] < max_age:
+            return listed[1]
+        result = self._list()
+        self._listed = (time.monotonic(), result)
+        return result
+
+    def _list(self) -> tuple[ReplicaStatus, ...]:
         with consul_errors(self.settings, f"listing the {SERVICE} replicas"):
             _index, entries = self._client.health.service(SERVICE)
         leader = self._leader()

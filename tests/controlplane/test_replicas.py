@@ -26,15 +26,15 @@ def test_register_keep_the_check_current_list_and_deregister():
             assert svc["Meta"]["meshcore-api-address"] == "https://127.0.0.1:15443"
             assert svc["Meta"]["meshcore-xds-address"] == "127.0.0.1:15012"
             assert reg.registered_check() == "service:cp-1"
-            [r] = reg.replicas()
+            [r] = reg.replicas(max_age=0)
             assert r.id == "cp-1" and r.healthy and r.leader and r.xds_port == 15012 and r.version
             health["ok"] = False  # its /healthz fails: the check turns critical with the probe's output
-            wait_for(lambda: not reg.replicas()[0].healthy, what="the replica shown unhealthy")
-            assert reg.replicas()[0].output == "refused"
+            wait_for(lambda: not reg.replicas(max_age=0)[0].healthy, what="the replica shown unhealthy")
+            assert reg.replicas(max_age=0)[0].output == "refused"
             health["ok"] = True
-            wait_for(lambda: reg.replicas()[0].healthy, what="the replica healthy again")
+            wait_for(lambda: reg.replicas(max_age=0)[0].healthy, what="the replica healthy again")
             double.restart(empty=True)  # the agent lost every registration: it registers again
-            wait_for(lambda: [x.id for x in reg.replicas()] == ["cp-1"], what="the registration back")
+            wait_for(lambda: [x.id for x in reg.replicas(max_age=0)] == ["cp-1"], what="the registration back")
         finally:
             reg.stop()
         assert requests.get(f"{double.address}/v1/health/service/{SERVICE}", timeout=10).json() == []
@@ -46,8 +46,8 @@ def test_a_dead_replica_turns_critical_within_the_check_ttl():
         reg = ReplicaRegistry(settings, "cp-2", address="127.0.0.1", ports={"http": 1}, health=lambda: (True, "ok"),
                               check_ttl=0.5).start()
         reg._stopped.set()  # the process died: nobody updates the check, nobody deregisters
-        wait_for(lambda: not reg.replicas()[0].healthy, timeout=5, what="the check's TTL expiring")
-        assert reg.replicas()[0].output == "TTL expired"
+        wait_for(lambda: not reg.replicas(max_age=0)[0].healthy, timeout=5, what="the check's TTL expiring")
+        assert reg.replicas(max_age=0)[0].output == "TTL expired"
 
 
 def test_healthz_probe_reports_a_refused_connection():
