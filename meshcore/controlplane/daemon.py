@@ -255,19 +255,21 @@ class ControlPlane:
         self.replicas: ReplicaRegistry | None = None
         self._ha = _split_source(settings.store or "dir:", "store")[0] == "consul"
         self.leadership: AlwaysLeader | ConsulLeadership
+        # <host name>-<operator API port>; a port picked at bind time (:0) is filled in by start()
+        replica_id = settings.replica_id or default_replica_id(settings.http_bind.rsplit(":", 1)[-1])
         ledger = None  # what the leader notified: in memory with one replica, in Consul KV with several
         if self._ha:
             from ..catalog._consul_settings import ConsulSettings
             from .alerting import ConsulLedger
 
             self.leadership = ConsulLeadership(
-                ConsulSettings.from_env(), settings.leader_key, settings.replica_id or "(set at start)",
+                ConsulSettings.from_env(), settings.leader_key, replica_id,
                 ttl=settings.leader_lock_ttl, lock_delay=settings.leader_lock_delay, registry=self.metrics.registry,
                 service_check=lambda: self.replicas.registered_check() if self.replicas is not None else None)
             ledger = ConsulLedger(ConsulSettings.from_env(), settings.leader_key.rsplit("/", 1)[0] + "/alerts/notified",
                                   fence=self.leadership.fence)  # a deposed leader cannot overwrite the record
         else:
-            self.leadership = AlwaysLeader(settings.replica_id or "(set at start)", registry=self.metrics.registry)
+            self.leadership = AlwaysLeader(replica_id, registry=self.metrics.registry)
         self.leadership.subscribe(lambda leading: self._ca_wake.set())  # a new leader looks at the rotation now
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
