@@ -183,6 +183,8 @@ def test_leader_sigkill_fails_over_within_the_lock_delay_and_notifies_once(ha):
                15, "cp-a shown unhealthy")
     ha.consul.state.kv_delete(NONSENSE_KEY, False, None)
     leader = ha.status()["control_plane"]["leader"]
+    _, metrics = http_get(ha.cp_info["http"] + "/metrics")
+    assert f"meshcore_leader {1.0 if leader == 'cp-b' else 0.0}" in metrics.decode()  # cp-b's own view
     out = meshctl(ha, "status").stdout
     assert f"leader {leader}" in out and "UNHEALTHY" in out, out  # meshctl status: the leader, cp-a's health
 
