@@ -122,6 +122,14 @@ def cmd_status(args) -> int:
     def table(_):
         cp = status.control_plane
         print(f"control plane  http {cp.http}  xds {cp.xds}  trust domain {cp.trust_domain}  snapshot {cp.snapshot}")
+        if cp.leadership == "consul":  # several replicas: who leads the singleton work, and each one's health
+            print(f"  replica {cp.replica}  leader {cp.leader or '(none: electing)'}")
+            for r in cp.replicas:
+                print(f"  replica {r.id:<24} {'healthy' if r.healthy else 'UNHEALTHY':<9} {r.address}:{r.http_port}"
+                      f"  xds :{r.xds_port}  v{r.version}" + ("  leader" if r.leader else "")
+                      + (f"  ({r.output})" if r.output else ""))
+            if cp.replicas_error:
+                print(f"  replicas: {cp.replicas_error}")
         for src in cp.sources:  # each source's health: ok, error, holding (last good kept), starting
             line = f"  {src.name:<10} {src.state:<8} {src.kind}" + (f"  index {src.index}" if src.index else "")
             print(line + (f"  ({src.detail})" if src.detail else ""))

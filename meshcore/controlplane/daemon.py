@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -75,6 +76,9 @@ from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
 from ._supervise import Supervisor, describe_failure, install_thread_excepthook
 from ._supervise import doing as _doing
 from .engine import MeshEngine
+from .leadership import (DEFAULT_LOCK_DELAY_S, DEFAULT_LOCK_TTL_S, LEADER_KEY, AlwaysLeader, ConsulLeadership,
+                         check_lock_settings, default_replica_id)
+from .replicas import DEFAULT_CHECK_TTL_S, ReplicaRegistry, healthz_probe
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
 from .node_revocation import add_node_routes
@@ -132,6 +136,12 @@ class Settings:
     catalog_hold: float = DEFAULT_HOLD_S
     catalog_shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD
     consul_entries: EntrySettings = field(default_factory=EntrySettings)  # Consul config entries (docs/consul.md)
+    # Several replicas (--store consul): identity, the leader lock (leadership.py), the registration's check.
+    replica_id: str = ""  # "": <host name>-<operator API port>
+    leader_lock_ttl: float = DEFAULT_LOCK_TTL_S
+    leader_lock_delay: float = DEFAULT_LOCK_DELAY_S
+    leader_key: str = "meshcore/" + LEADER_KEY
+    replica_check_ttl: float = DEFAULT_CHECK_TTL_S
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -245,10 +255,32 @@ class ControlPlane:
                                        history=max(COLLECTOR_HISTORY_S, interval),
                                        extra=lambda: {**ca_signals(self.ca, time.time(), self._target_nodes,
                                                                    self._expected_identities()), **health()})
+        # Singleton work (rotation steps, canaries, alert notifications) runs on the leader only (leadership.py).
+        self.replicas: ReplicaRegistry | None = None
+        self._ha = _split_source(settings.store or "dir:", "store")[0] == "consul"
+        self.leadership: AlwaysLeader | ConsulLeadership
+        # <host name>-<operator API port>; a port picked at bind time (:0) is filled in by start()
+        replica_id = settings.replica_id or default_replica_id(settings.http_bind.rsplit(":", 1)[-1])
+        ledger = None  # what the leader notified: in memory with one replica, in Consul KV with several
+        if self._ha:
+            from ..catalog._consul_settings import ConsulSettings
+            from .alerting import ConsulLedger
+
+            self.leadership = ConsulLeadership(
+                ConsulSettings.from_env(), settings.leader_key, replica_id,
+                ttl=settings.leader_lock_ttl, lock_delay=settings.leader_lock_delay, registry=self.metrics.registry,
+                service_check=lambda: self.replicas.registered_check() if self.replicas is not None else None)
+            ledger = ConsulLedger(ConsulSettings.from_env(), settings.leader_key.rsplit("/", 1)[0] + "/alerts/notified",
+                                  fence=self.leadership.fence)  # a deposed leader cannot overwrite the record
+        else:
+            self.leadership = AlwaysLeader(replica_id, registry=self.metrics.registry)
+        self.leadership.subscribe(lambda leading: self._ca_wake.set())  # a new leader looks at the rotation now
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
-                                     external_url=lambda: self.addresses.get("http", ""))
-        self.canaries = canaries_for(state, self.store, self.mesh)  # progressive delivery (meshctl canary)
+                                     external_url=lambda: self.addresses.get("http", ""), leadership=self.leadership,
+                                     ledger=ledger)
+        self.canaries = canaries_for(state, self.store, self.mesh,  # progressive delivery (meshctl canary)
+                                     leadership=self.leadership)
         self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
         self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
         self._operator_tls: JsonServer | None = None
@@ -379,7 +411,8 @@ class ControlPlane:
             if self._stopped.is_set():
                 return
             try:
-                if self.ca.rotation_phase == "preparing" and not self.nodes_without_bundle():
+                if (self.ca.rotation_phase == "preparing" and self.leadership.is_leader()  # a singleton step
+                        and not self.nodes_without_bundle()):
                     self.ca.activate_rotation()
                     self._apply_ca(reissue=True)
                     log.info("every connected node holds the new trust bundle; signing from the new root, "
@@ -480,9 +513,12 @@ class ControlPlane:
             self._operator_tls = JsonServer(operator_api.router(), self.settings.operator_tls_bind,
                                             tls=self._https_context(key_pem, chain_pem), name="meshcore-https").start()
             self._servers.append(self._operator_tls)
+        if not self.settings.replica_id:  # <host name>-<operator API port>, once the port is bound
+            self.leadership.replica_id = default_replica_id(http.address.rsplit(":", 1)[-1])
         self.engine.start()
         self.alerting.start()
         self.collector.start()
+        self._start_replica(xds_addr, http.address)
         self.canaries.resume_all()
         self.supervisor.start("serving-cert", self._rotate_serving_identity)
         self.supervisor.start("ca-rotation", self._watch_ca)
@@ -492,6 +528,23 @@ class ControlPlane:
         self._write_state_file()
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
                  self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
+
+    def _start_replica(self, xds_addr: str, http_address: str) -> None:
+        """With --store consul: register this replica in Consul (its check is what the leader session is bound
+        to), then join the leader election."""
+        if self._ha:
+            from ..catalog._consul_settings import ConsulSettings
+
+            api_port = int(self._api_server.address.rsplit(":", 1)[-1]) if self._api_server is not None else 0
+            host, _, http_port = http_address.rpartition(":")
+            api_host = self.settings.advertise or _host_of(self.settings.api_bind)
+            self.replicas = ReplicaRegistry(
+                ConsulSettings.from_env(), self.leadership.replica_id, address=self.settings.advertise or host,
+                ports={"xds": int(xds_addr.rsplit(":", 1)[-1]), "api": api_port, "http": int(http_port)},
+                endpoints={"xds": xds_addr, "api": f"https://{api_host}:{api_port}"},
+                health=healthz_probe(lambda: f"http://{http_address}/healthz"), check_ttl=self.settings.replica_check_ttl,
+                leader=self.leadership.leader).start()
+        self.leadership.start()
 
     def _operator_context(self) -> OperatorContext:
         """The operator API's parts, and each feature's routes with the narrow interfaces it uses."""
@@ -528,6 +581,9 @@ class ControlPlane:
             return
         self._stopped.set()
         self._ca_wake.set()
+        self.leadership.stop()  # singleton work stops, the lock is released: another replica leads at once
+        if self.replicas is not None:
+            self.replicas.stop()  # deregistered: agents and Prometheus stop picking this replica
         if self.agent_api is not None:
             self.agent_api.close()  # answer agents' held calls now
         self.collector.stop()
@@ -593,11 +649,25 @@ class ControlPlane:
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         return StatusResponse(
             control_plane=ControlPlaneStatus(
-                **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
+                **self._addresses(), trust_domain=td, snapshot=snap.hash if snap else "",
                 catalog_error=self.engine.source_error, store_error=self.engine.store_error,
                 build_error=self.engine.build_error, last_error=self.engine.last_error,
-                sources=self._source_statuses(), threads=self._thread_statuses()),
+                sources=self._source_statuses(), threads=self._thread_statuses(), **self._replica_status()),
             proxies=tuple(proxies))
+
+    def _addresses(self) -> dict[str, Any]:
+        return dict(self.addresses)
+
+    def _replica_status(self) -> dict[str, Any]:
+        """This replica, the leader and (with --store consul) every registered replica with its health."""
+        lead = self.leadership.status()
+        out: dict[str, Any] = {"replica": self.leadership.replica_id, "leader": lead["leader"], "leadership": lead["mode"]}
+        if self.replicas is not None:
+            try:
+                out["replicas"] = self.replicas.replicas()
+            except MeshError as exc:
+                out["replicas_error"] = str(exc)
+        return out
 
     def _synced(self, node: str, state, snap) -> bool:
         """The proxy ACKed the latest *valid* config: the cache's versions, its last build did not fail,
@@ -674,6 +744,9 @@ class ControlPlane:
 
 
 def _check_limits(settings: Settings) -> None:
+    check_lock_settings(settings.leader_lock_ttl, settings.leader_lock_delay)
+    if not settings.replica_check_ttl > 0:
+        raise ConfigError(f"--replica-check-ttl {settings.replica_check_ttl:g}s: must be positive (e.g. 5s)")
     if settings.xds_max_streams_per_identity < 1:
         raise ConfigError(f"--xds-max-streams-per-identity {settings.xds_max_streams_per_identity}: must be at "
                           "least 1 (an Envoy holds one ADS stream; allow a few for hot restarts)")
@@ -716,6 +789,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
                         "(default dir:<state-dir>/resources)")
     add_entry_arguments(p, env)  # --consul-config-entries, --consul-intentions-default
+    p.add_argument("--replica-id", default=env.get("MESHCORE_REPLICA_ID", ""),
+                   help="this replica's name in Consul and in the leader lock (default: <host name>-<operator API "
+                        "port>); unique per replica")
+    p.add_argument("--leader-lock-ttl", default=env.get("MESHCORE_LEADER_LOCK_TTL", f"{DEFAULT_LOCK_TTL_S:g}s"),
+                   help="--store consul: TTL of the leader-election session, renewed at half of it; a leader that "
+                        "cannot renew within it stops its singleton work (10s to 24h; default %(default)s)")
+    p.add_argument("--leader-lock-delay", default=env.get("MESHCORE_LEADER_LOCK_DELAY", f"{DEFAULT_LOCK_DELAY_S:g}s"),
+                   help="--store consul: Consul's lock-delay: after a leader's session is invalidated no replica "
+                        "may take the lock for this long (0s to 60s; default %(default)s, Consul's)")
+    p.add_argument("--leader-key", default=env.get("MESHCORE_LEADER_KEY", "meshcore/" + LEADER_KEY),
+                   help="--store consul: the Consul KV key of the leader lock (default %(default)s)")
+    p.add_argument("--replica-check-ttl", default=env.get("MESHCORE_REPLICA_CHECK_TTL", f"{DEFAULT_CHECK_TTL_S:g}s"),
+                   help="--store consul: TTL of the replica's Consul health check, which it passes from its own "
+                        "/healthz every third of it; a dead leader loses the lock this long after it died "
+                        "(default %(default)s)")
     p.add_argument("--xds-bind", default=env.get("MESHCORE_XDS_BIND", "127.0.0.1:15012"))
     p.add_argument("--api-bind", default=env.get("MESHCORE_API_BIND", "127.0.0.1:15443"))
     p.add_argument("--http-bind", default=env.get("MESHCORE_HTTP_BIND", "127.0.0.1:15000"))
@@ -807,6 +895,10 @@ def main(argv=None) -> int:
             agent_max_waiting=args.agent_max_waiting,
             catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
             catalog_shrink_threshold=args.catalog_shrink_threshold, consul_entries=entry_settings(args),
+            replica_id=args.replica_id,
+            leader_lock_ttl=parse_duration(args.leader_lock_ttl).total_seconds(),
+            leader_lock_delay=parse_duration(args.leader_lock_delay).total_seconds(), leader_key=args.leader_key,
+            replica_check_ttl=parse_duration(args.replica_check_ttl).total_seconds(),
         )
         _check_limits(settings)
         kek = load_kek(settings.kek_file)

@@ -189,7 +189,7 @@ class ConfigEntryRoutes:
     read: Callable[..., Any]
     blocking: Callable[..., tuple[int, Any]]
 
-    def _reply(self, status: int, body: Any, index: int | None = None, raw: bool = False) -> Any:
+    def _config_reply(self, status: int, body: Any, index: int | None = None, raw: bool = False) -> Any:
         from ._http import Reply
 
         return Reply(status, body, index=index, raw=raw)
@@ -198,7 +198,7 @@ class ConfigEntryRoutes:
         body = self.req.json()
         kind = str((body or {}).get("Kind") or (body or {}).get("kind") or "") if isinstance(body, dict) else ""
         self.authorize(_acl_of(kind.lower()), "write", str((body or {}).get("Name") or "") if isinstance(body, dict) else "")
-        return self._reply(200, self.state.config_put(body, _cas(self)))
+        return self._config_reply(200, self.state.config_put(body, _cas(self)))
 
     def r_config_list(self, kind: str) -> Any:
         self.authorize(_acl_of(kind), "read")
@@ -212,11 +212,11 @@ class ConfigEntryRoutes:
             raise DoubleError(400, f"invalid config entry kind: {kind}")
         index, entry = self.blocking(self.state.idx_config, lambda: self.state.config_get(kind, name))
         if entry is None:
-            return self._reply(404, f'Config entry not found for "{kind}" / "{name}"', index=index, raw=True)
-        return self._reply(200, entry, index=index)
+            return self._config_reply(404, f'Config entry not found for "{kind}" / "{name}"', index=index, raw=True)
+        return self._config_reply(200, entry, index=index)
 
     def r_config_delete(self, kind: str, name: str) -> Any:
         self.authorize(_acl_of(kind), "write", name)
         cas = _cas(self)
         deleted = self.state.config_delete(kind, name, cas)
-        return self._reply(200, deleted if cas is not None else {})
+        return self._config_reply(200, deleted if cas is not None else {})
