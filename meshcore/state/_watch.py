@@ -26,8 +26,9 @@ class PrefixWatcher:
     old index: a Consul restarted empty would hold the query for the whole wait)."""
 
     def __init__(self, backend: StateBackend, prefix: str, on_change: Callable[[list[Entry]], None], *,
-                 name: str, wait: float = WATCH_WAIT):
+                 name: str, wait: float = WATCH_WAIT, min_interval: float = 0.0):
         self.backend, self.prefix, self._on_change, self.name, self.wait = backend, prefix, on_change, name, wait
+        self.min_interval = min_interval  # at least this long between two reads (a busy prefix is read whole)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.index = 0
@@ -50,6 +51,8 @@ class PrefixWatcher:
             try:
                 entries, index = self.backend.watch(self.prefix, self.index, self.wait)
             except MeshError as exc:
+                if self._stop.is_set():
+                    return
                 failures += 1
                 delay = min(BACKOFF_MAX, 0.2 * 2 ** failures) * random.uniform(0.5, 1.0)
                 log.warning("cannot watch shared state prefix=%s at %s (%s); retrying in %.1fs",
@@ -68,6 +71,8 @@ class PrefixWatcher:
                 self._on_change(entries)
             except Exception:  # a bad entry must not end the watch: the handler logs what it skipped
                 log.exception("handling a change of shared state prefix=%s failed", self.prefix)
+            if self.min_interval:
+                self._stop.wait(self.min_interval)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,155 @@
+"""The CA shared by control plane replicas in Consul KV: one root, every replica signs, sees the others' records."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from meshcore import naming
+from meshcore.ca import CertificateAuthority, make_csr, new_private_key
+from meshcore.ca._shared import AUTHORITY_KEY, ISSUED_PREFIX
+from meshcore.errors import CAError
+
+from .conftest import verify_chain
+
+WEB = "spiffe://cluster.local/ns/default/sa/web"
+
+
+def wait_for(condition, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def replicas(shared_backend, kek, clock, tmp_path):
+    opened: list[CertificateAuthority] = []
+
+    def open_one(name: str, **kw) -> CertificateAuthority:
+        ca = CertificateAuthority.open(tmp_path / name, backend=shared_backend(), kek=kek, clock=clock, **kw)
+        opened.append(ca)
+        return ca
+
+    yield open_one
+    for ca in opened:
+        ca.close()
+
+
+def _sign(ca, spiffe_id=WEB, **kw):
+    return ca.sign_csr(make_csr(new_private_key(), spiffe_id), spiffe_id=spiffe_id, **kw)
+
+
+def test_a_replica_started_second_loads_the_first_ones_ca(replicas, clock):
+    a = replicas("a")
+    b = replicas("b")
+    assert b.bundle_pem() == a.bundle_pem() and b.signer_key_id() == a.signer_key_id()
+    leaf = _sign(b)
+    verify_chain(a.bundle_pem(), leaf.chain_pem, clock.now)
+
+
+def test_first_start_race_creates_one_root(shared_backend, kek, clock, tmp_path):
+    barrier = threading.Barrier(3)
+    out: list[CertificateAuthority] = []
+
+    def start(i):
+        barrier.wait(timeout=10)
+        out.append(CertificateAuthority.open(tmp_path / f"r{i}", backend=shared_backend(), kek=kek, clock=clock))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert len(out) == 3 and len({ca.bundle_pem() for ca in out}) == 1
+    finally:
+        for ca in out:
+            ca.close()
+
+
+def test_every_replica_sees_the_others_issued_certificates(replicas):
+    a, b = replicas("a"), replicas("b")
+    issued = _sign(a, node="vm-1")
+    wait_for(lambda: [c.serial for c in b.issued()] == [issued.serial], what="b to see a's leaf")
+    newer = _sign(b, node="vm-1")
+    wait_for(lambda: [c.serial for c in a.issued()] == [newer.serial], what="a to see b's newer leaf")
+
+
+def test_a_revocation_on_one_replica_takes_effect_on_all(replicas, clock):
+    a, b = replicas("a"), replicas("b")
+    node_id = naming.node_spiffe_id("cluster.local", "vm-1")
+    leaf = _sign(a, spiffe_id=node_id, node="vm-1")
+    der = base64.b64decode("".join(leaf.cert_pem.splitlines()[1:-1]))
+    ended: list[str] = []
+    a.add_revocation_listener(ended.append)
+    assert a.node_certificate_refusal("vm-1", der) is None
+    b.revoke_node("vm-1", reason="stolen", by="test")
+    assert b.node_certificate_refusal("vm-1", der) is not None  # at once where it was revoked
+    wait_for(lambda: a.node_certificate_refusal("vm-1", der) is not None, what="a to refuse the revoked node")
+    wait_for(lambda: ended == ["vm-1"], what="a's revocation listener")
+    assert "stolen" in a.node_certificate_refusal("vm-1", der)
+
+
+def test_a_rotation_driven_by_one_replica_is_followed_by_the_others(replicas, clock):
+    a, b = replicas("a"), replicas("b")
+    old_signer = a.signer_key_id()
+    a.begin_rotation()
+    wait_for(lambda: b.rotation_phase == "preparing" and len(b.roots()) == 2, what="b to follow preparing")
+    assert b.bundle_pem() == a.bundle_pem() and b.signer_key_id() == old_signer
+    a.activate_rotation()
+    wait_for(lambda: b.rotation_phase == "rotating", what="b to follow rotating")
+    assert b.signer_key_id() == a.signer_key_id() != old_signer
+    leaf = _sign(b)
+    verify_chain(a.bundle_pem(), leaf.chain_pem, clock.now)
+    a.finish_rotation(force=True)
+    wait_for(lambda: b.rotation_phase == "idle" and len(b.roots()) == 1, what="b to follow the finish")
+    assert [r.subject for r in b.revocations() if r.kind == "issuer"] == [old_signer]
+
+
+def test_a_step_on_a_stale_copy_is_refused_and_the_replica_follows(replicas, shared_backend, kek, clock, tmp_path):
+    a = replicas("a")
+    b = replicas("b")
+    b._shared.stop()  # b stops following: its copy goes stale
+    a.begin_rotation()
+    with pytest.raises(CAError, match="changed by another control plane replica"):
+        b.begin_rotation()
+    assert b.rotation_phase == "preparing" and b.bundle_pem() == a.bundle_pem()
+
+
+def test_nothing_secret_in_kv(replicas, shared_backend, kek):
+    a = replicas("a")
+    _sign(a, node="vm-1")
+    a.close()
+    entries = shared_backend().list("")
+    assert {e.key for e in entries} >= {AUTHORITY_KEY} and any(e.key.startswith(ISSUED_PREFIX) for e in entries)
+    secrets = [k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()) for k in (a._root.key, a._intermediate.key)]
+    for e in entries:
+        assert b"PRIVATE KEY" not in e.value
+        for der in secrets:
+            assert der not in e.value and base64.b64encode(der) not in e.value
+
+
+def test_wrong_kek_or_trust_domain_is_refused(replicas, shared_backend, tmp_path, clock):
+    replicas("a")
+    with pytest.raises(CAError, match="wrong key-encryption key"):
+        CertificateAuthority.open(tmp_path / "x", backend=shared_backend(), kek=b"\1" * 32, clock=clock)
+    with pytest.raises(CAError, match="trust domain"):
+        replicas("y", trust_domain="other.example")
+
+
+def test_the_intermediate_renewed_by_one_replica_is_used_by_the_others(replicas, clock):
+    a, b = replicas("a"), replicas("b")
+    before = a.signer_key_id()
+    clock.advance(timedelta(days=340))
+    _sign(a)  # due: a renews it
+    assert a.signer_key_id() != before
+    wait_for(lambda: b.signer_key_id() == a.signer_key_id(), what="b to follow the renewed intermediate")
