@@ -15,7 +15,7 @@ log = logging.getLogger("meshcore.state")
 
 WATCH_WAIT = 30.0  # seconds one blocking query waits (Consul caps it at 10 min)
 BACKOFF_MAX = 5.0
-CAS_ATTEMPTS = 8
+CAS_ATTEMPTS = 32  # lost races in a row before update() gives up (jittered backoff between)
 
 
 class PrefixWatcher:
@@ -91,6 +91,6 @@ def update(backend: StateBackend, key: str, change: Callable[[Entry | None], byt
             return current
         if backend.put(key, value, cas=current.index if current else 0):
             return backend.get(key)
-        time.sleep(0.01 * (attempt + 1) * random.uniform(0.5, 1.5))
+        time.sleep(min(0.2, 0.005 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.5))
     raise ConflictError(f"{doing}: {backend.location} key {key!r} kept changing under {CAS_ATTEMPTS} attempts; "
                         "another replica is writing it, try again")

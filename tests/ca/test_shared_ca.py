@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -14,19 +13,12 @@ from meshcore import naming
 from meshcore.ca import CertificateAuthority, make_csr, new_private_key
 from meshcore.ca._shared import AUTHORITY_KEY, ISSUED_PREFIX
 from meshcore.errors import CAError
+from tests.state._wait import wait_for
+
 
 from .conftest import verify_chain
 
 WEB = "spiffe://cluster.local/ns/default/sa/web"
-
-
-def wait_for(condition, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
