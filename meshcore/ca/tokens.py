@@ -21,6 +21,7 @@ error: losing a ``use`` would make a token usable twice.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import hmac
@@ -140,6 +141,11 @@ class JoinTokenStore:
                 "expires": e["expires"], "used": e["used"], "state": state,
             })
         return sorted(out, key=lambda d: (d["created"], d["node"]))
+
+    def entries(self) -> builtins.list[dict[str, Any]]:
+        """Every stored entry (hash, node, created, expires, used): what a migration copies. Never a token."""
+        with self._locked():
+            return [dict(e) for e in self._entries.values()]
 
     def close(self) -> None:
         """Release the journal's descriptor (the store stays usable)."""
