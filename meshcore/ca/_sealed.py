@@ -93,6 +93,7 @@ class SealedEntries:
         check_kek(kek)
         self.backend, self.key, self._kek, self.purpose, self.what = backend, key, bytes(kek), purpose, what
         self._cache: tuple[int, list] | None = None  # (index, entries) of the last version decoded
+        self._held: bytes | None = None  # its stored value
         self._watcher: Any = None
 
     @classmethod
@@ -125,6 +126,7 @@ class SealedEntries:
         except (ValueError, KeyError, TypeError) as exc:
             raise CAError(f"{self.what} {self.where} is damaged: {exc}") from exc
         self._cache = (entry.index, entries)
+        self._held = entry.value
         return [dict(e) for e in entries]
 
     def _encode(self, entries: list) -> bytes:
@@ -165,10 +167,16 @@ class SealedEntries:
 
         def changed(entries) -> None:
             match = next((e for e in entries if e.key == self.key), None)
-            if match is None:
-                self._cache = (0, [])
-            else:
+            if match is not None:
                 self._decode(match)
+            elif self._held is not None:  # never deleted by meshcore (an empty list is written): Consul lost it
+                import logging
+
+                logging.getLogger("meshcore.ca").error("%s disappeared (Consul lost its data?); writing back the "
+                                                       "copy this replica holds", self.where)
+                self.backend.put(self.key, self._held, cas=0)
+            else:
+                self._cache = (0, [])
 
         self._watcher = PrefixWatcher(self.backend, self.key, changed, name=self.purpose).start()
 

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from meshcore._files import atomic_write
 from meshcore.errors import CAError, MeshError
 from meshcore.state import Entry, PrefixWatcher, Put, StateBackend
 
@@ -108,10 +109,22 @@ class CARecord:
 class SharedAuthority:
     """``ca/authority``: read, created once (CAS on absent), changed by CAS; watched for other replicas' changes."""
 
-    def __init__(self, backend: StateBackend, kek: bytes):
+    def __init__(self, backend: StateBackend, kek: bytes, local_copy: Path | None = None):
         self.backend, self._kek = backend, kek
         self.index = 0
         self._watcher: PrefixWatcher | None = None
+        self._held: bytes | None = None  # the stored value of the version this replica holds
+        self.local_copy = local_copy  # that value on this host's disk: what brings the CA back if Consul loses it
+
+    def _hold(self, value: bytes) -> None:
+        if value == self._held:
+            return
+        self._held = value
+        if self.local_copy is not None:
+            try:
+                atomic_write(self.local_copy, value)
+            except OSError as exc:  # keep serving: the copy catches up on the next change
+                log.error("cannot write this host's copy of the shared CA %s: %s", self.local_copy, exc)
 
     @property
     def where(self) -> str:
@@ -121,8 +134,10 @@ class SharedAuthority:
         entry = self.backend.get(AUTHORITY_KEY)
         if entry is None:
             return None
+        record = CARecord.decode(self._kek, entry.value, self.where)
         self.index = entry.index
-        return CARecord.decode(self._kek, entry.value, self.where)
+        self._hold(entry.value)
+        return record
 
     def load_or_create(self, make: Callable[[], CARecord]) -> tuple[CARecord, bool]:
         """The stored CA, or ``make()``'s stored with CAS on absent; the loser of a first-start race loads the
@@ -131,6 +146,16 @@ class SharedAuthority:
             record = self.load()
             if record is not None:
                 return record, False
+            if self.local_copy is not None and self.local_copy.exists():
+                # Consul lost the key (restarted empty, an old snapshot): this host held the CA, put it back
+                value = self.local_copy.read_bytes()
+                record = CARecord.decode(self._kek, value, str(self.local_copy))
+                log.error("%s is missing but this host holds a copy of the CA (%s); writing it back instead of "
+                          "creating a new root", self.where, self.local_copy)
+                if self.backend.put(AUTHORITY_KEY, value, cas=0):
+                    self.load()
+                    return record, False
+                continue
             made = make()
             if self.backend.put(AUTHORITY_KEY, made.encode(self._kek), cas=0):
                 self.load()
@@ -140,19 +165,30 @@ class SharedAuthority:
 
     def commit(self, record: CARecord, doing: str) -> None:
         """Write ``record`` if nobody changed the CA since this replica read it; CAError otherwise."""
-        if not self.backend.put(AUTHORITY_KEY, record.encode(self._kek), cas=self.index):
+        value = record.encode(self._kek)
+        if not self.backend.put(AUTHORITY_KEY, value, cas=self.index):
             raise CAError(f"{doing}: the CA in {self.where} was changed by another control plane replica "
                           "meanwhile; this replica now follows it, look at `meshctl ca status` and try again")
         entry = self.backend.get(AUTHORITY_KEY)
         self.index = entry.index if entry else 0
+        self._hold(value)
 
     def watch(self, on_change: Callable[[CARecord, int], None]) -> None:
         """Call ``on_change(record, index)`` for every version newer than the one this replica holds; the
         callee checks ``index`` against :attr:`index` again under its own lock (a commit may have passed it)."""
         def changed(entries: list[Entry]) -> None:
+            found = False
             for e in entries:
-                if e.key == AUTHORITY_KEY and e.index > self.index:
-                    on_change(CARecord.decode(self._kek, e.value, self.where), e.index)
+                if e.key == AUTHORITY_KEY:
+                    found = True
+                    if e.index > self.index:
+                        on_change(CARecord.decode(self._kek, e.value, self.where), e.index)
+                        self._hold(e.value)
+            if not found and self._held is not None:
+                log.error("%s disappeared (Consul lost its data?); writing back the CA this replica holds", self.where)
+                if self.backend.put(AUTHORITY_KEY, self._held, cas=0):
+                    entry = self.backend.get(AUTHORITY_KEY)
+                    self.index = entry.index if entry else 0  # a Consul restarted empty counts from 1 again
 
         self._watcher = PrefixWatcher(self.backend, AUTHORITY_KEY, changed, name="ca-authority")
         self._watcher.index = 0
@@ -334,6 +370,13 @@ class SharedRevocations(RevocationTable):
 
     def _changed(self, entries: list[Entry]) -> None:
         fresh = []
+        present = {e.key for e in entries}
+        lost = [r for r in self.nodes() + self.issuers() if revoked_key(r) not in present]
+        if lost:  # a revocation is never removed: Consul lost its data, write back what this replica knows
+            log.error("%d revocation(s) disappeared from %s (Consul lost its data?); writing them back", len(lost),
+                      self.backend.location)
+            self.backend.put_all([Put(revoked_key(r), json.dumps(r.to_dict(), separators=(",", ":")).encode(), cas=0)
+                                  for r in lost[:64]])
         with self._lock:
             for e in entries:
                 if self._seen.get(e.key) == e.index:

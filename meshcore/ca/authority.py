@@ -92,6 +92,7 @@ ISSUED_FILE = "issued.jsonl"
 REVOKED_FILE = "revoked.jsonl"
 LEGACY_ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
+SHARED_COPY_FILE = "shared-ca.sealed"  # with shared state: this host's copy of ca/authority (keys sealed)
 CERT_FACTS_CACHED = 4096  # node certificates whose parsed facts are remembered (about one per connected node)
 VERIFIED_CSRS_KEPT = 64  # parsed CSRs whose signature verified, so check_csr then sign_csr verify once
 ROOT_PURPOSE = "ca-root"
@@ -313,7 +314,7 @@ class CertificateAuthority:
         the revocations in memory and follows other replicas' changes by blocking queries, so signing never
         waits on Consul. ``state_dir`` is local (the lock file; the control plane writes ``bundle.pem`` there).
         """
-        shared = SharedAuthority(backend, kek)
+        shared = SharedAuthority(backend, kek, local_copy=state_dir / SHARED_COPY_FILE)
 
         def make() -> CARecord:
             pairs = _upstream_pairs(upstream, trust_domain) if upstream is not None else \

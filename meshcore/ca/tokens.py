@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, JoinTokenError
@@ -408,7 +408,19 @@ class SharedJoinTokenStore:
         pass
 
 
-def open_join_tokens(backend: Any, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> JoinTokenStore | SharedJoinTokenStore:
+class JoinTokens(Protocol):
+    """What the agent and operator APIs use of a join token store (:class:`JoinTokenStore`, :class:`SharedJoinTokenStore`)."""
+
+    def create(self, node: str, ttl: timedelta = ...) -> str: ...
+
+    def consume(self, token: str, node: str) -> None: ...
+
+    def list(self) -> builtins.list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_join_tokens(backend: Any, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> JoinTokens:
     """The join token store on ``backend``: shared (one key per token) on Consul KV, today's files in a directory."""
     if getattr(backend, "shared", False):
         return SharedJoinTokenStore(backend, kek, clock)

@@ -21,6 +21,22 @@ __all__ = [
     "Put",
     "StateBackend",
     "check_key",
+    "open_state_backend",
     "state_prefix_for",
     "update",
 ]
+
+
+def open_state_backend(store_spec: str, state_dir, *, prefix: str | None = None, env=None) -> StateBackend:
+    """The control plane's state backend for ``--store`` ``store_spec``: Consul KV under ``prefix`` (default
+    ``$MESHCORE_STATE_PREFIX``, then ``meshcore/state/``, beside the resources' ``meshcore/resources/``) with
+    ``--store consul``; the state directory ``state_dir`` otherwise (today's files)."""
+    import os
+
+    env = os.environ if env is None else env
+    if (store_spec or "").split(":", 1)[0] == "consul":
+        from ..catalog._consul_settings import ConsulSettings
+
+        return ConsulStateBackend(ConsulSettings.from_env(env),
+                                  prefix=prefix or env.get("MESHCORE_STATE_PREFIX") or DEFAULT_PREFIX)
+    return DirBackend(state_dir)

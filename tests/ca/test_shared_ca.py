@@ -145,3 +145,31 @@ def test_the_intermediate_renewed_by_one_replica_is_used_by_the_others(replicas,
     _sign(a)  # due: a renews it
     assert a.signer_key_id() != before
     wait_for(lambda: b.signer_key_id() == a.signer_key_id(), what="b to follow the renewed intermediate")
+
+
+def test_state_consul_lost_is_written_back_by_the_replicas_holding_it(replicas, shared_backend, tmp_path, kek, clock):
+    a = replicas("a")
+    a.revoke_node("vm-9", reason="lost laptop")
+    bundle = a.bundle_pem()
+    backend = shared_backend()
+    for entry in backend.list(""):  # Consul restarted empty / restored from an old snapshot
+        backend.delete(entry.key)
+    wait_for(lambda: backend.get(AUTHORITY_KEY) is not None and backend.list("ca/revoked/") != [],
+             what="the replica to write the CA and the revocation back")
+    later = replicas("later")  # a replica started afterwards loads that CA: no second root
+    assert later.bundle_pem() == bundle and later.node_revocation("vm-9").reason == "lost laptop"
+
+
+def test_a_host_copy_brings_the_ca_back_when_no_replica_runs(shared_backend, kek, clock, tmp_path):
+    first = CertificateAuthority.open(tmp_path / "host", backend=shared_backend(), kek=kek, clock=clock)
+    bundle = first.bundle_pem()
+    first.close()
+    backend = shared_backend()
+    for entry in backend.list(""):
+        backend.delete(entry.key)
+    again = CertificateAuthority.open(tmp_path / "host", backend=shared_backend(), kek=kek, clock=clock)
+    try:
+        assert again.bundle_pem() == bundle
+        assert b"PRIVATE KEY" not in (tmp_path / "host" / "shared-ca.sealed").read_bytes()
+    finally:
+        again.close()

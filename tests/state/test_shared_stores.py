@@ -90,3 +90,17 @@ def test_directory_files_are_the_ones_written_before(tmp_path):
     fed = FederatedBundleStore(tmp_path / "federation", "cluster.local", backend=DirBackend(tmp_path / "ignored"))
     fed.put("other.example", other.bundle_pem())
     assert (tmp_path / "federation" / "bundles.json").exists() and not (tmp_path / "ignored").exists()
+
+
+def test_operator_tokens_lost_by_consul_are_written_back(kv, tmp_path):
+    kek = os.urandom(32)
+    a = OperatorTokenStore(tmp_path / "operator-tokens.sealed", kek, backend=kv())
+    try:
+        token = a.create("alice", ADMIN)
+        wait_for(lambda: not _refused(a, token), what="the followed copy")
+        backend = kv()
+        backend.delete("operators/tokens.sealed")
+        wait_for(lambda: backend.get("operators/tokens.sealed") is not None, what="the store written back")
+        assert a.authenticate(token).name == "alice"
+    finally:
+        a.close()
