@@ -236,6 +236,9 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--state-dir", default=env.get("MESHCORE_STATE_DIR", "/var/lib/meshcore"))
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
                    help="key-encryption key file (0600); or set MESHCORE_KEK (base64)")
+    p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
+                   help="consul: the tokens shared by the replicas in Consul KV ($CONSUL_HTTP_ADDR, "
+                        "$MESHCORE_STATE_PREFIX), as the control plane's --store; default: the state dir")
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("create", help="Create a token and print it (once: only its hash is kept).")
     c.add_argument("--name", required=True)
@@ -246,7 +249,10 @@ def cli_main(argv: list[str]) -> int:
     r.add_argument("name")
     args = p.parse_args(argv)
     try:
-        store = OperatorTokenStore(Path(args.state_dir) / TOKENS_FILE, load_kek(args.kek_file))
+        from ..state import open_state_backend
+
+        backend = open_state_backend(args.store, Path(args.state_dir))
+        store = OperatorTokenStore(Path(args.state_dir) / TOKENS_FILE, load_kek(args.kek_file), backend=backend)
         if args.action == "create":
             print(store.create(args.name, args.role, _parse_ttl(args.ttl)))
         elif args.action == "list":

@@ -10,7 +10,7 @@ import pytest
 from meshcore.ca import CertificateAuthority
 from meshcore.catalog._consul_settings import ConsulSettings
 from meshcore.controlplane.operator_certs import OperatorCertStore
-from meshcore.controlplane.operators import ADMIN, READ_ONLY, OperatorTokenStore
+from meshcore.controlplane.operators import ADMIN, READ_ONLY, TOKENS_FILE, OperatorTokenStore
 from meshcore.errors import OperatorAuthError
 from meshcore.federation.store import FederatedBundleStore
 from meshcore.state import ConsulStateBackend, DirBackend
@@ -104,3 +104,25 @@ def test_operator_tokens_lost_by_consul_are_written_back(kv, tmp_path):
         assert a.authenticate(token).name == "alice"
     finally:
         a.close()
+
+
+def test_offline_operator_token_command_writes_to_the_shared_store(consul_http, tmp_path, monkeypatch, capsys):
+    from meshcore.controlplane.operators import cli_main
+
+    kek_file = tmp_path / "kek"
+    kek_file.write_bytes(os.urandom(32))
+    kek_file.chmod(0o600)
+    for name, value in {**consul_http.env(), "MESHCORE_STATE_PREFIX": consul_http.kv_prefix + "s/"}.items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["--state-dir", str(tmp_path / "st"), "--kek-file", str(kek_file), "--store", "consul",
+                     "create", "--name", "ci", "--role", READ_ONLY]) == 0
+    token = capsys.readouterr().out.strip()
+    replica = OperatorTokenStore(tmp_path / "r" / TOKENS_FILE, kek_file.read_bytes(), backend=kv_backend(consul_http))
+    try:
+        assert replica.authenticate(token).role == READ_ONLY
+    finally:
+        replica.close()
+
+
+def kv_backend(consul_http) -> ConsulStateBackend:
+    return ConsulStateBackend(ConsulSettings.from_env(consul_http.env()), prefix=consul_http.kv_prefix + "s/")
