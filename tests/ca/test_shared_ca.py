@@ -173,3 +173,37 @@ def test_a_host_copy_brings_the_ca_back_when_no_replica_runs(shared_backend, kek
         assert b"PRIVATE KEY" not in (tmp_path / "host" / "shared-ca.sealed").read_bytes()
     finally:
         again.close()
+
+
+class _CallsByThread:
+    """A backend that records which thread called it."""
+
+    def __init__(self, inner):
+        self._inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name in ("get", "put", "put_all", "delete", "list", "watch"):
+            def call(*a, **kw):
+                self.calls.append((threading.get_ident(), name))
+                return attr(*a, **kw)
+            return call
+        return attr
+
+
+def test_signing_and_revocation_checks_make_no_consul_call_in_the_request(shared_backend, kek, clock, tmp_path):
+    backend = _CallsByThread(shared_backend())
+    ca = CertificateAuthority.open(tmp_path / "r", backend=backend, kek=kek, clock=clock)
+    try:
+        node_id = naming.node_spiffe_id("cluster.local", "vm-1")
+        leaf = _sign(ca, spiffe_id=node_id, node="vm-1")
+        der = base64.b64decode("".join(leaf.cert_pem.splitlines()[1:-1]))
+        me = threading.get_ident()
+        before = [c for c in backend.calls if c[0] == me]
+        for _ in range(5):
+            _sign(ca)
+            assert ca.node_certificate_refusal("vm-1", der) is None
+        assert [c for c in backend.calls if c[0] == me] == before
+        wait_for(lambda: any(name == "put_all" for _, name in backend.calls), what="the records written behind")
+    finally:
+        ca.close()
