@@ -169,15 +169,22 @@ class SharedAuthority:
         if not self.backend.put(AUTHORITY_KEY, value, cas=self.index):
             raise CAError(f"{doing}: the CA in {self.where} was changed by another control plane replica "
                           "meanwhile; this replica now follows it, look at `meshctl ca status` and try again")
-        entry = self.backend.get(AUTHORITY_KEY)
-        self.index = entry.index if entry else 0
+        self._learn_index(value)
         self._hold(value)
+
+    def _learn_index(self, value: bytes) -> None:
+        """The index of the version this replica just wrote (a write does not return it): read back; when
+        another replica changed the key in between, 0, so the watch follows whatever is there now."""
+        entry = self.backend.get(AUTHORITY_KEY)
+        self.index = entry.index if entry is not None and entry.value == value else 0
 
     def watch(self, on_change: Callable[[CARecord, int], None]) -> None:
         """Call ``on_change(record, index)`` for every version newer than the one this replica holds; the
         callee checks ``index`` against :attr:`index` again under its own lock (a commit may have passed it)."""
         def changed(entries: list[Entry]) -> None:
             found = False
+            if self._watcher is not None and self._watcher.went_back:
+                self.index = 0  # Consul counts from lower indexes again: whatever it holds now is newer
             for e in entries:
                 if e.key == AUTHORITY_KEY:
                     found = True
@@ -187,8 +194,7 @@ class SharedAuthority:
             if not found and self._held is not None:
                 log.error("%s disappeared (Consul lost its data?); writing back the CA this replica holds", self.where)
                 if self.backend.put(AUTHORITY_KEY, self._held, cas=0):
-                    entry = self.backend.get(AUTHORITY_KEY)
-                    self.index = entry.index if entry else 0  # a Consul restarted empty counts from 1 again
+                    self._learn_index(self._held)  # a Consul restarted empty counts from 1 again
 
         self._watcher = PrefixWatcher(self.backend, AUTHORITY_KEY, changed, name="ca-authority")
         self._watcher.index = 0

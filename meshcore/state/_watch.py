@@ -32,11 +32,13 @@ class PrefixWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.index = 0
+        self.went_back = False  # the last read's index was below the one before: Consul restarted or was restored
+        self._last = 0  # the index of the last successful read (kept across failures, unlike ``index``)
 
     def poll(self) -> None:
         """Read the prefix now and hand it over (also what the thread does after each change)."""
         entries, index = self.backend.watch(self.prefix, 0, 0)
-        self.index = index
+        self.index = self._last = index
         self._on_change(entries)
 
     def start(self) -> PrefixWatcher:
@@ -66,7 +68,8 @@ class PrefixWatcher:
             if index == self.index:
                 continue
             # an index that went backwards (Consul restored or restarted) is taken as it is (Consul's advice)
-            self.index = index
+            self.went_back = index < self._last
+            self.index = self._last = index
             try:
                 self._on_change(entries)
             except Exception:  # a bad entry must not end the watch: the handler logs what it skipped

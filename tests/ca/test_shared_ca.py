@@ -207,3 +207,30 @@ def test_signing_and_revocation_checks_make_no_consul_call_in_the_request(shared
         wait_for(lambda: any(name == "put_all" for _, name in backend.calls), what="the records written behind")
     finally:
         ca.close()
+
+
+def test_after_consul_restarted_empty_the_replicas_keep_following_each_other(consul_http, replicas):
+    double = consul_http.require_double("restarts Consul with an empty data directory")
+    a, b = replicas("a"), replicas("b")
+    bundle = a.bundle_pem()
+    double.restart(empty=True)  # KV gone, the raft index back at the start
+    wait_for(lambda: _kv_has_ca(consul_http), what="a replica to write the CA back")
+    assert a.bundle_pem() == b.bundle_pem() == bundle
+    wait_for(lambda: _began(a), what="a to begin a rotation (refused while its copy is behind the written-back CA)")
+    wait_for(lambda: b.rotation_phase == "preparing", what="b to follow a rotation begun after the restart")
+
+
+def _began(ca) -> bool:
+    try:
+        ca.begin_rotation()  # at the new, lower indexes
+        return True
+    except CAError as exc:
+        assert "changed by another control plane replica" in str(exc)
+        return False
+
+
+def _kv_has_ca(consul_http) -> bool:
+    import requests
+
+    r = requests.get(f"{consul_http.address}/v1/kv/{consul_http.kv_prefix}state/{AUTHORITY_KEY}", timeout=5)
+    return r.status_code == 200
