@@ -47,6 +47,7 @@ AUTHORITY_KEY = "ca/authority"
 ISSUED_PREFIX = "ca/issued/"
 REVOKED_PREFIX = "ca/revoked/"
 FLUSH_DELAY = 0.1  # seconds between a signature and its record's write to the shared state, at most
+COMPACT_INTERVAL = 3600.0  # seconds between two removals of records past their retention (by each replica)
 ISSUED_WATCH_INTERVAL = 1.0  # seconds between two reads of other replicas' records (each reads the prefix whole)
 ROOT_PURPOSE = "ca-root"
 INTERMEDIATE_PURPOSE = "ca-intermediate"
@@ -208,9 +209,12 @@ class SharedAuthority:
 class SharedIssuedJournal(IssuedJournal):
     """The issued-certificate record in the shared state (see the module docstring); IssuedJournal's methods."""
 
-    def __init__(self, backend: StateBackend, retention: Callable[[IssuedCertificate], timedelta]):
+    def __init__(self, backend: StateBackend, retention: Callable[[IssuedCertificate], timedelta],
+                 clock: Callable[[], datetime] | None = None):
         super().__init__(path=Path(backend.location), retention=retention)
         self.backend = backend
+        self._clock = clock
+        self._compacted = time.monotonic()
         self._kv: dict[str, int] = {}  # key -> ModifyIndex seen
         self._pending: dict[str, IssuedCertificate] = {}
         self._pending_cv = threading.Condition()
@@ -233,6 +237,10 @@ class SharedIssuedJournal(IssuedJournal):
 
     def _changed(self, entries: list[Entry]) -> None:
         with self._index_lock:
+            present = {e.key for e in entries}
+            for gone in [k for k in self._kv if k not in present]:  # removed past retention (or lost)
+                self._kv.pop(gone, None)
+                self._wrote.pop(gone, None)
             for e in entries:
                 if self._kv.get(e.key) == e.index:
                     continue
@@ -275,6 +283,9 @@ class SharedIssuedJournal(IssuedJournal):
                 batch, self._pending = self._pending, {}
             try:
                 self._write(batch)
+                if self._clock is not None and time.monotonic() - self._compacted > COMPACT_INTERVAL:
+                    self._compacted = time.monotonic()
+                    self.compact(self._clock())
             except MeshError as exc:
                 log.error("cannot write %d issued-certificate record(s) to %s (%s); retrying", len(batch),
                           self.backend.location, exc)

@@ -175,7 +175,8 @@ class CertificateAuthority:
         self._journal: IssuedJournal
         self._revocations: RevocationJournal | SharedRevocations
         if shared is not None:
-            self._journal = SharedIssuedJournal(shared.backend, retention=self._retention)
+            self._journal = SharedIssuedJournal(shared.backend, retention=self._retention,
+                                                clock=lambda: _now(self._clock))
             self._revocations = SharedRevocations(shared.backend, on_node_revoked=self._revoked_elsewhere)
         else:
             self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE,

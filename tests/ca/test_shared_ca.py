@@ -234,3 +234,13 @@ def _kv_has_ca(consul_http) -> bool:
 
     r = requests.get(f"{consul_http.address}/v1/kv/{consul_http.kv_prefix}state/{AUTHORITY_KEY}", timeout=5)
     return r.status_code == 200
+
+
+def test_records_past_their_retention_leave_kv(replicas, shared_backend, clock):
+    a = replicas("a")
+    _sign(a, ttl=timedelta(hours=1))
+    a._journal.flush()
+    assert len(shared_backend().list(ISSUED_PREFIX)) == 1
+    clock.advance(timedelta(days=2))  # past the leaf's 24 h on record
+    a._journal.compact(clock.now)
+    assert shared_backend().list(ISSUED_PREFIX) == [] and a.recent() == []
