@@ -36,6 +36,7 @@ def open_federation(state_dir: "Path", trust_domain: str, mesh: "SettingsHandle"
     """The control plane's store (``<state-dir>/federation``, or a shared ``backend``), its bundles published."""
     store = FederatedBundleStore(state_dir / FEDERATION_DIR, trust_domain, backend=backend)
     publish(mesh, store)
+    store.follow(lambda: publish(mesh, store))  # shared state: other replicas' imports reach this one's proxies
     return store
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..ca._spiffeid import check_trust_domain
 from ..errors import ConfigError, StoreError
-from ..state import DirBackend, Entry, StateBackend, update
+from ..state import DirBackend, Entry, PrefixWatcher, StateBackend, update
 from .bundle import BundleError, check_roots, describe_root, load_pem_roots, pem_of, read_bundle_text
 
 BUNDLES_FILE = "bundles.json"
@@ -43,6 +43,19 @@ class FederatedBundleStore:
             self._prefix = SHARED_PREFIX
         else:
             self.backend, self._prefix = DirBackend(self.directory), ""
+        self._watcher: PrefixWatcher | None = None
+
+    def follow(self, on_change: Callable[[], None]) -> None:
+        """On shared state, call ``on_change()`` whenever another replica imports or removes a bundle (a blocking
+        query on ``federation/``), so every replica's proxies trust the same domains. Nothing in a directory."""
+        if not self._prefix:
+            return
+        self._watcher = PrefixWatcher(self.backend, SHARED_PREFIX + BUNDLES_FILE, lambda _: on_change(),
+                                      name="federation").start()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
 
     # --- reading ---------------------------------------------------------------------------
     def _where(self, name: str) -> str:

@@ -126,3 +126,17 @@ def test_offline_operator_token_command_writes_to_the_shared_store(consul_http, 
 
 def kv_backend(consul_http) -> ConsulStateBackend:
     return ConsulStateBackend(ConsulSettings.from_env(consul_http.env()), prefix=consul_http.kv_prefix + "s/")
+
+
+def test_a_bundle_imported_on_one_replica_is_published_on_the_others(kv, tmp_path):
+    other = CertificateAuthority.open(tmp_path / "other-ca", trust_domain="other.example", kek=os.urandom(32))
+    a = FederatedBundleStore(tmp_path / "a", "cluster.local", backend=kv())
+    b = FederatedBundleStore(tmp_path / "b", "cluster.local", backend=kv())
+    published: list[tuple] = []
+    b.follow(lambda: published.append(b.bundles()))
+    try:
+        a.put("other.example", other.bundle_pem())
+        wait_for(lambda: published and [td for td, _ in published[-1]] == ["other.example"],
+                 what="b to publish a's import")
+    finally:
+        b.close()
