@@ -7,7 +7,10 @@ rejected instead of being read as the wrong thing.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshcore.errors import CAError
+from meshcore.state import DirBackend, Entry, PrefixWatcher, StateBackend, update
+
+log = logging.getLogger("meshcore.ca")
 
 MAGIC = b"MESHCORE-SEALED-1\n"
 _NONCE_LEN = 12
@@ -89,7 +95,7 @@ class SealedEntries:
     go to Consul. Changes are compare-and-set loops (:func:`meshcore.state.update`): two replicas changing the
     list at once both land."""
 
-    def __init__(self, backend, key: str, kek: bytes, purpose: str, what: str):
+    def __init__(self, backend: StateBackend, key: str, kek: bytes, purpose: str, what: str):
         check_kek(kek)
         self.backend, self.key, self._kek, self.purpose, self.what = backend, key, bytes(kek), purpose, what
         self._cache: tuple[int, list] | None = None  # (index, entries) of the last version decoded
@@ -97,14 +103,12 @@ class SealedEntries:
         self._watcher: Any = None
 
     @classmethod
-    def at(cls, backend, path: Path, shared_key: str, kek: bytes, purpose: str, what: str) -> SealedEntries:
+    def at(cls, backend: StateBackend | None, path: Path, shared_key: str, kek: bytes, purpose: str, what: str) -> SealedEntries:
         """On a shared ``backend`` (followed), the key ``shared_key``; otherwise the file ``path`` as always."""
         if backend is not None and backend.shared:
             doc = cls(backend, shared_key, kek, purpose, what)
             doc.follow()
             return doc
-        from meshcore.state import DirBackend
-
         return cls(DirBackend(path.parent), path.name, kek, purpose, what)
 
     @property
@@ -112,9 +116,7 @@ class SealedEntries:
         root = getattr(self.backend, "root", None)
         return str(root / self.key) if root is not None else f"{self.backend.location} key {self.key!r}"
 
-    def _decode(self, entry) -> list:
-        import json
-
+    def _decode(self, entry: Entry | None) -> list:
         if entry is None:
             return []
         cached = self._cache
@@ -130,8 +132,6 @@ class SealedEntries:
         return [dict(e) for e in entries]
 
     def _encode(self, entries: list) -> bytes:
-        import json
-
         return seal(self._kek, self.purpose, json.dumps({"version": 1, "tokens": entries}).encode())
 
     def exists(self) -> bool:
@@ -143,10 +143,8 @@ class SealedEntries:
             return [dict(e) for e in self._cache[1]]
         return self._decode(self.backend.get(self.key))
 
-    def update(self, change) -> list:
+    def update(self, change: Callable[[list], list]) -> list:
         """Apply ``change(entries) -> new entries`` with compare-and-set (re-read and retried on a lost race)."""
-        from meshcore.state import update
-
         written: list = []
 
         def step(entry):
@@ -163,16 +161,12 @@ class SealedEntries:
 
     def follow(self) -> None:
         """Keep a copy current by a blocking query (shared backends; the directory is read on each call)."""
-        from meshcore.state import PrefixWatcher
-
-        def changed(entries) -> None:
+        def changed(entries: list[Entry]) -> None:
             match = next((e for e in entries if e.key == self.key), None)
             if match is not None:
                 self._decode(match)
             elif self._held is not None:  # never deleted by meshcore (an empty list is written): Consul lost it
-                import logging
-
-                logging.getLogger("meshcore.ca").error("%s disappeared (Consul lost its data?); writing back the "
+                log.error("%s disappeared (Consul lost its data?); writing back the "
                                                        "copy this replica holds", self.where)
                 self.backend.put(self.key, self._held, cas=0)
             else:
