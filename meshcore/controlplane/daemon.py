@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives import serialization
 from .. import naming
 from ..catalog._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD
 from .._files import atomic_write
-from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
+from ..ca import KEY_TYPES, CertificateAuthority, load_kek, load_upstream_ca, make_csr, new_private_key, open_join_tokens
+from ..state import open_state_backend
 from ..ca.authority import DEFAULT_NODE_TTL, DEFAULT_RECOVERY_GRACE
 from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
@@ -204,13 +205,14 @@ class ControlPlane:
                                   "intermediate CA certificate meshcore signs with and its private key")
             upstream = load_upstream_ca(settings.ca_cert, settings.ca_key, settings.ca_chain,
                                         trust_domain=settings.trust_domain)
+        self.state = open_state_backend(settings.store, state)  # Consul KV with --store consul: shared by replicas
         self.ca = CertificateAuthority.open(state / "ca", trust_domain=settings.trust_domain, kek=kek,
                                             leaf_ttl=settings.leaf_ttl, key_type=settings.key_type,
                                             upstream=upstream, node_ttl=settings.node_cert_ttl,
-                                            recovery_grace=settings.node_recovery_grace)
-        self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
+                                            recovery_grace=settings.node_recovery_grace, backend=self.state)
+        self.tokens = open_join_tokens(self.state, kek)
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
-        self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
+        self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek, backend=self.state)
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
@@ -281,8 +283,8 @@ class ControlPlane:
                                      ledger=ledger)
         self.canaries = canaries_for(state, self.store, self.mesh,  # progressive delivery (meshctl canary)
                                      leadership=self.leadership)
-        self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
-        self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
+        self.federation = open_federation(state, settings.trust_domain, self.engine, self.state)  # others' bundles
+        self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek, backend=self.state)  # cert roles
         self._operator_tls: JsonServer | None = None
 
     def _expected_identities(self) -> set[tuple[str, str]] | None:
@@ -602,6 +604,7 @@ class ControlPlane:
             s.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait(2)
+        self.ca.close()  # shared state: writes the pending issued records, stops following other replicas
         try:
             (self.settings.state_dir / STATE_FILE).unlink()
         except FileNotFoundError:
