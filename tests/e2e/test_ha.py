@@ -86,6 +86,13 @@ def _write_vm(node_dir: Path) -> int:
     return gw_port
 
 
+def _admin_token(state: Path) -> str:
+    """The operator tokens are shared in Consul KV: the first replica to start writes admin.token on its host,
+    and that token works on every replica (as an operator copies it to the hosts they work from)."""
+    (token,) = {p.read_text().strip() for p in state.glob("*/admin.token")}
+    return token
+
+
 class Replica:
     """One more control plane process (cp-a, cp-c) beside the mesh's own (cp-b), in a state directory of its own."""
 
@@ -105,7 +112,7 @@ class Replica:
         log.close()
 
     def status(self) -> dict:
-        token = (self.state_dir / "admin.token").read_text().strip()
+        token = _admin_token(self.state_dir.parent)
         status, body = http_get(f"http://{self.http}/v1/status", headers={"Authorization": f"Bearer {token}"})
         assert status == 200, body
         return json.loads(body)["control_plane"]
@@ -140,6 +147,10 @@ def ha(tmp_path_factory):
             xds_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}", api_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}",
             http_bind=f"{CONTROL_PLANE}:{free_port(CONTROL_PLANE)}", admin={NODE: f"{HOST}:{free_port(HOST)}"},
             agent_refresh="2s")
+        (state / "controlplane").mkdir(exist_ok=True)  # the mesh's own control plane (cp-b) and its callers
+        token_file = state / "controlplane" / "admin.token"
+        token_file.write_text(_admin_token(state) + "\n")
+        token_file.chmod(0o600)
         m = LocalMesh(layout, progress=lambda msg: print("ha mesh:", msg, flush=True))
         m.state, m.consul, m.webhook, m.replicas, m.env, m.kek = state, double, webhook, replicas, env, kek
         m.url = f"http://{HOST}:{gw_port}/productpage?format=json"
