@@ -48,6 +48,7 @@ class ControlPlaneStatus:
     last_error: str | None = None
     consecutive_failures: int = 0
     xds_address: str = ""
+    replicas: tuple[dict[str, Any], ...] = ()  # every known replica and its health (meshcore.agent.replicas)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
             "last_contact": _time(status.control_plane.last_contact),
             "last_error": status.control_plane.last_error,
             "consecutive_failures": status.control_plane.consecutive_failures,
+            "replicas": list(status.control_plane.replicas),
         },
         "consul": status.consul,
     }

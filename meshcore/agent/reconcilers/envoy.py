@@ -18,6 +18,7 @@ from pathlib import Path
 
 from meshcore import naming
 from meshcore.agent._net import admin_get
+from meshcore.agent._xds_endpoints import XdsEndpointsFile
 from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.secrets import SecretsDirectory
@@ -42,7 +43,10 @@ class EnvoyReconciler:
         metrics_address: Callable[[], str] = lambda: "",
         notify_status: Callable[[str], object] = lambda text: None,
         supervisor_factory: Callable[..., EnvoySupervisor] = EnvoySupervisor,
+        xds_addresses: Callable[[], list[str]] | None = None,
     ):
+        """``xds_addresses()``: every known control plane replica's xDS ``host:port`` (Envoy's ADS cluster
+        lists them all, from a file it watches); None: only the one in ``inputs``."""
         self._config = config
         self._secrets = secrets
         self._inputs = inputs
@@ -52,6 +56,8 @@ class EnvoyReconciler:
         self._supervisor_factory = supervisor_factory
         self.supervisor: EnvoySupervisor | None = None
         self.ready = False
+        self._xds_addresses = xds_addresses
+        self.endpoints = XdsEndpointsFile(self.bootstrap_path.parent / "xds" / "endpoints.json")
 
     @property
     def config(self) -> AgentConfig:
@@ -80,9 +86,14 @@ class EnvoyReconciler:
             return False
         td, xds = inputs
         c = self.config
+        endpoints_file = None
+        if self._xds_addresses is not None:
+            addresses = self._xds_addresses() or [xds]
+            self.endpoints.update(addresses)
+            endpoints_file = self.endpoints.path if self.endpoints.addresses else None
         bootstrap = render_bootstrap(node=c.node, trust_domain=td, xds_address=xds, secrets_dir=self._secrets.path,
                                      admin_address=c.admin, metrics_address=self._metrics_address(),
-                                     xds_protocol=c.xds_protocol)
+                                     xds_protocol=c.xds_protocol, xds_endpoints_file=endpoints_file)
         changed = write_bootstrap(self.bootstrap_path, bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)
