@@ -225,6 +225,8 @@ class Agent:
                  f"{len(ident.svids)}/{len(ident.desired)} SVIDs"]
         if ident.node is not None:
             parts.append(f"node cert until {rfc3339(ident.node.summary.not_after)}")
+        if ident.replicas.current:
+            parts.append(f"control plane {ident.replicas.current}")
         if ident.backoff.failures:
             parts.append(f"control plane sync failing ({ident.backoff.failures} failures)")
         return "; ".join(parts)

@@ -152,6 +152,7 @@ class ReplicaSet:
     max_down: float = MAX_DOWN
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _from_consul: list[Replica] = field(default_factory=list)
+    _last_from_consul: list[Replica] = field(default_factory=list)  # the last non-empty answer
     _consul_loaded: bool = False
     _consul_error: str = ""
     _health: dict[str, _Health] = field(default_factory=dict)
@@ -177,7 +178,9 @@ class ReplicaSet:
         seen: dict[str, Replica] = {}
         for url in self.urls:
             seen[url] = Replica(url=url)
-        for replica in self._from_consul:
+        # Consul listing none passing (every check failing at once, a Consul restored empty) is more likely
+        # Consul's trouble than every replica's: the last replicas it listed are tried until it lists some.
+        for replica in self._from_consul or self._last_from_consul:
             seen[replica.url] = replica if replica.url not in seen or replica.xds_address else seen[replica.url]
         # A replica without an xDS address from Consul: the one it gave itself, else its host with the
         # xDS port the others use (replicas of one mesh are installed alike).
@@ -275,12 +278,14 @@ class ReplicaSet:
         with self._lock:
             before = {r.url for r in self._from_consul}
             self._from_consul = replicas
+            if replicas:
+                self._last_from_consul = replicas
             self._consul_loaded = True
             self._consul_error = ""
         after = {r.url for r in replicas}
         if after != before:
             log.info("control plane replicas from consul service=%s replicas=%s", self.consul_service,
-                     ",".join(sorted(after)) or "none passing")
+                     ",".join(sorted(after)) or "none passing (trying the last ones listed)")
         return index
 
     def _start_watch(self, index: str) -> None:
@@ -322,7 +327,7 @@ class ReplicaSet:
             self.urls = urls
             if consul_service != self.consul_service:
                 self.consul_service = consul_service
-                self._from_consul = []
+                self._from_consul, self._last_from_consul = [], []
                 self._consul_loaded = False
 
     def status(self) -> list[dict[str, Any]]:
@@ -338,6 +343,12 @@ class ReplicaSet:
                             "up": health.down_until <= now, "failures": health.failures,
                             "last_error": health.last_error or None})
             return out
+
+    @property
+    def consul_replicas(self) -> list[Replica]:
+        """What Consul listed last (passing instances), before any fallback."""
+        with self._lock:
+            return list(self._from_consul)
 
     @property
     def consul_error(self) -> str:

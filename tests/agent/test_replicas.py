@@ -168,6 +168,11 @@ def test_replicas_come_from_the_passing_instances_in_consul_and_follow_it(consul
         wait_until(lambda: {r.url for r in replicas.order()} == {B}, 20, "replica A to leave the list")
         assert replicas.xds_addresses() == ["10.0.0.2:15012"]
         assert {r["source"] for r in replicas.status()} == {"consul"}
+        consul.set_check_status("cp-b-ttl", "critical")  # none passing: more likely Consul's trouble
+        wait_until(lambda: not replicas.consul_replicas, 20, "consul to list no passing replica")
+        assert [r.url for r in replicas.order()] == [B]  # the last ones listed are still tried
+        consul.set_check_status("cp-a-ttl", "passing")
+        wait_until(lambda: {r.url for r in replicas.order()} == {A}, 20, "replica A to come back")
     finally:
         replicas.stop()
 
@@ -218,3 +223,11 @@ def test_xds_endpoints_file_lists_every_replica_and_resolves_names(tmp_path):
     assert not endpoints.update(["10.0.0.1:15012", "cp.example:15012"])  # same endpoints: file untouched
     assert not endpoints.update(["gone.example:15012"])  # nothing resolves: Envoy keeps what it has
     assert endpoints.addresses == (("10.0.0.1", 15012), ("10.0.0.9", 15012))
+
+
+def test_a_reload_replaces_the_configured_replicas():
+    replicas = ReplicaSet(node="vm1", urls=(A, B), clock=Clock())
+    replicas.failed(Replica(A), "refused")
+    replicas.reconfigure((B, C), "")
+    assert {r.url for r in replicas.order()} == {B, C}
+    assert replicas.status()[0]["failures"] == 0 and all(r["url"] != A for r in replicas.status())
