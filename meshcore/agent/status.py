@@ -39,6 +39,7 @@ class EnvoyStatus:
     last_exit_code: int | None = None
     ready: bool = False
     admin: str = ""
+    xds_upstream: tuple[str, ...] = ()  # the replicas (xDS host:port) Envoy's ADS connection is open to
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
             "restarts": status.envoy.restarts,
             "last_exit_code": status.envoy.last_exit_code,
             "admin": status.envoy.admin,
+            "xds_upstream": list(status.envoy.xds_upstream),
         },
         "control_plane": {
             "address": status.control_plane.address,

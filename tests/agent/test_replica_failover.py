@@ -212,6 +212,8 @@ def test_envoy_and_the_agent_keep_the_mesh_synced_when_the_replica_they_are_on_i
     replicas, admin, state = mesh["replicas"], mesh["admin"], mesh["state"]
     assert _xds_upstream(admin) == {replicas.xds("A")}
     assert _status(state)["control_plane"]["address"] == replicas.url("A")
+    wait_until(lambda: _status(state)["envoy"]["xds_upstream"] == [replicas.xds("A")], 30,
+               "the agent's status to name A as Envoy's xDS replica")
 
     replicas.start("B")  # the agent follows Consul: Envoy's xDS endpoints now list both, rewritten in place
     endpoints = state / "envoy" / "xds" / "endpoints.json"
@@ -233,10 +235,15 @@ def test_envoy_and_the_agent_keep_the_mesh_synced_when_the_replica_they_are_on_i
     wait_until(lambda: naming.inbound_listener("api-1") in _listeners(admin) and _synced_on(replicas, "B"), 60,
                "envoy to ACK the new listener from replica B")
     pushed = time.monotonic() - changed
+    def api_svid(status: dict) -> str | None:
+        return next((s["serial"] for s in status.get("services", []) if s["name"] == "api"), None)
+
+    # status.json follows within a loop round: B signed the new service's SVID (shared CA), and the agent
+    # names B as its replica and as Envoy's xDS replica
+    wait_until(lambda: api_svid(_status(state)) and _status(state)["envoy"]["xds_upstream"] == [replicas.xds("B")],
+               30, "the agent's status to show the api SVID and Envoy on B")
     status = _status(state)
     assert status["control_plane"]["address"] == replicas.url("B")
-    api = [s for s in status["services"] if s["name"] == "api"]
-    assert api and api[0]["serial"], status["services"]  # B signed the new service's SVID (shared CA)
     by_url = {r["url"]: r for r in status["control_plane"]["replicas"]}
     assert by_url[replicas.url("B")]["current"] and by_url[replicas.url("A")]["failures"] >= 1
     assert status["envoy"]["starts"] == starts  # no Envoy restart for any of it
