@@ -75,6 +75,7 @@ class XdsEndpointsFile:
                     out.append((ip, port))
         if not out:
             return False
+        out.sort()  # the set matters, not the agent's order (which moves as replicas fail): no rewrite for that
         self.addresses = tuple(out)
         with os_errors_as(AgentError, f"cannot write {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -220,7 +220,7 @@ def test_xds_endpoints_file_lists_every_replica_and_resolves_names(tmp_path):
     assert [e["endpoint"]["address"]["socket_address"] for e in lb] == [
         {"address": "10.0.0.1", "port_value": 15012}, {"address": "10.0.0.9", "port_value": 15012}]
     assert doc["resources"][0]["cluster_name"] == naming.XDS_CLUSTER
-    assert not endpoints.update(["10.0.0.1:15012", "cp.example:15012"])  # same endpoints: file untouched
+    assert not endpoints.update(["cp.example:15012", "10.0.0.1:15012"])  # same endpoints: file untouched
     assert not endpoints.update(["gone.example:15012"])  # nothing resolves: Envoy keeps what it has
     assert endpoints.addresses == (("10.0.0.1", 15012), ("10.0.0.9", 15012))
 
@@ -231,3 +231,15 @@ def test_a_reload_replaces_the_configured_replicas():
     replicas.reconfigure((B, C), "")
     assert {r.url for r in replicas.order()} == {B, C}
     assert replicas.status()[0]["failures"] == 0 and all(r["url"] != A for r in replicas.status())
+
+
+def test_consul_instances_without_an_agent_api_port_are_skipped_and_the_node_address_is_the_fallback():
+    from meshcore.agent.replicas import replicas_from_health
+
+    entries = [{"Node": {"Address": "10.0.0.7"}, "Service": {"ID": "cp-x", "Meta": {AGENT_API_PORT_KEY: "15443"}}},
+               {"Node": {"Address": "10.0.0.8"}, "Service": {"ID": "cp-y", "Meta": {}}},
+               {"Node": {"Address": "10.0.0.9"}, "Service": {"ID": "cp-z", "Address": "fd00::9",
+                                                             "Meta": {AGENT_API_PORT_KEY: "1", XDS_PORT_KEY: "2"}}}]
+    found = replicas_from_health(entries, "meshcore-control-plane")
+    assert [(r.url, r.xds_address) for r in found] == [("https://10.0.0.7:15443", ""),
+                                                       ("https://[fd00::9]:1", "[fd00::9]:2")]
