@@ -16,9 +16,10 @@ agent tries its preferred replica again, so load spreads back after a replica re
 Envoy's ADS (see :mod:`meshcore.agent.bootstrap`) reads the xDS addresses of every known replica from a
 file the agent keeps current (file-based EDS for the bootstrap's xDS cluster).
 
-Consul meta of a ``meshcore-control-plane`` instance (registered by each replica):
-``meshcore-agent-api-port`` (the agent API, HTTPS), ``meshcore-xds-port`` (ADS, gRPC mTLS) and
-``meshcore-operator-api-port``; the host is the service address, else the node's.
+Consul meta of a ``meshcore-control-plane`` instance (each replica registers itself:
+:mod:`meshcore.controlplane.replicas`): ``meshcore-api-address`` (the agent API's URL) and
+``meshcore-xds-address`` (ADS ``host:port``) are what the agent dials; without them, the service address
+(else the node's) with ``meshcore-api-port`` / ``meshcore-xds-port``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from meshcore.errors import ConfigError, ConsulError, MeshError
 log = logging.getLogger("meshcore.agent.replicas")
 
 DEFAULT_SERVICE = "meshcore-control-plane"
-AGENT_API_PORT_KEY = "meshcore-agent-api-port"
+API_ADDRESS_KEY = "meshcore-api-address"
+XDS_ADDRESS_KEY = "meshcore-xds-address"
+AGENT_API_PORT_KEY = "meshcore-api-port"
 XDS_PORT_KEY = "meshcore-xds-port"
-OPERATOR_API_PORT_KEY = "meshcore-operator-api-port"
 
 #: A failed replica is skipped for at most this long (plus jitter) before the agent tries it again.
 MAX_DOWN = 60.0
@@ -91,15 +93,20 @@ def replicas_from_health(entries: Sequence[Mapping[str, Any]], service: str) -> 
         node = entry.get("Node") or {}
         meta = svc.get("Meta") or {}
         host = svc.get("Address") or node.get("Address") or ""
-        api_port = str(meta.get(AGENT_API_PORT_KEY) or "")
-        if not host or not api_port.isdigit():
-            log.warning("consul service %s instance %s has no address or no %s meta; skipped", service,
-                        svc.get("ID", "?"), AGENT_API_PORT_KEY)
-            continue
         url_host = f"[{host}]" if ":" in host else host
+        api_port = str(meta.get(AGENT_API_PORT_KEY) or "")
+        url = str(meta.get(API_ADDRESS_KEY) or "").rstrip("/")
+        if not url and host and api_port.isdigit():
+            url = f"https://{url_host}:{int(api_port)}"
+        if not url.startswith("https://"):
+            log.warning("consul service %s instance %s has neither %s (https URL) nor an address and %s meta; "
+                        "skipped", service, svc.get("ID", "?"), API_ADDRESS_KEY, AGENT_API_PORT_KEY)
+            continue
+        xds = str(meta.get(XDS_ADDRESS_KEY) or "")
         xds_port = str(meta.get(XDS_PORT_KEY) or "")
-        xds = f"{url_host}:{xds_port}" if xds_port.isdigit() else ""
-        out.append(Replica(url=f"https://{url_host}:{int(api_port)}", xds_address=xds, source="consul"))
+        if not xds and host and xds_port.isdigit():
+            xds = f"{url_host}:{xds_port}"
+        out.append(Replica(url=url, xds_address=xds, source="consul"))
     return out
 
 

@@ -8,6 +8,10 @@ keeps its listeners, reconnects to B and ACKs a new version from B; the agent's 
 signs the new service's SVID. A comes back; B's short maximum stream age closes Envoy's connection and
 Envoy reconnects (to A, round robin) without losing its config.
 
+The test registers each replica in Consul itself, with the meta replicas give themselves (ha's
+meshcore.controlplane.replicas, on its own branch: once merged, the replicas' own registrations name the
+same URLs and the agent counts each replica once).
+
 The CA is shared by the two replicas through one CA state directory (``<B>/ca`` is a link to ``<A>/ca``,
 one KEK file): the shared CA in Consul KV is hastate's slice of issue 14, not merged yet.
 """
@@ -28,7 +32,14 @@ import pytest
 import requests
 
 from meshcore import naming
-from meshcore.agent.replicas import AGENT_API_PORT_KEY, XDS_PORT_KEY, Replica, rendezvous_order
+from meshcore.agent.replicas import (
+    AGENT_API_PORT_KEY,
+    API_ADDRESS_KEY,
+    XDS_ADDRESS_KEY,
+    XDS_PORT_KEY,
+    Replica,
+    rendezvous_order,
+)
 from meshcore.ca import generate_kek_file
 from meshcore.demo.launcher import wait_until
 
@@ -109,7 +120,8 @@ class Replicas:
 
         wait_until(started, 60, f"replica {name} to start")
         body = {"Name": SERVICE, "ID": f"{SERVICE}-{name}", "Address": "127.0.0.1", "Port": p["api"],
-                "Meta": {AGENT_API_PORT_KEY: str(p["api"]), XDS_PORT_KEY: str(p["xds"])},
+                "Meta": {API_ADDRESS_KEY: self.url(name), XDS_ADDRESS_KEY: self.xds(name),
+                         AGENT_API_PORT_KEY: str(p["api"]), XDS_PORT_KEY: str(p["xds"])},
                 "Check": {"CheckID": f"{SERVICE}-{name}-ttl", "TTL": "10m", "Status": "passing"}}
         requests.put(f"{self.consul}/v1/agent/service/register", json=body, timeout=5).raise_for_status()
 

@@ -16,7 +16,9 @@ from meshcore.agent.client import AgentRequestError, FailoverClient
 from meshcore.agent.config import load_config
 from meshcore.agent.replicas import (
     AGENT_API_PORT_KEY,
+    API_ADDRESS_KEY,
     MAX_DOWN,
+    XDS_ADDRESS_KEY,
     XDS_PORT_KEY,
     Replica,
     ReplicaSet,
@@ -240,6 +242,10 @@ def test_consul_instances_without_an_agent_api_port_are_skipped_and_the_node_add
                {"Node": {"Address": "10.0.0.8"}, "Service": {"ID": "cp-y", "Meta": {}}},
                {"Node": {"Address": "10.0.0.9"}, "Service": {"ID": "cp-z", "Address": "fd00::9",
                                                              "Meta": {AGENT_API_PORT_KEY: "1", XDS_PORT_KEY: "2"}}}]
+    entries.append({"Node": {"Address": "10.0.0.10"}, "Service": {"ID": "cp-w", "Address": "10.0.0.10", "Port": 15000,
+                    "Meta": {API_ADDRESS_KEY: "https://cp-w.example:15443/", XDS_ADDRESS_KEY: "cp-w.example:15012",
+                             AGENT_API_PORT_KEY: "15443", XDS_PORT_KEY: "15012"}}})  # as replicas register
     found = replicas_from_health(entries, "meshcore-control-plane")
     assert [(r.url, r.xds_address) for r in found] == [("https://10.0.0.7:15443", ""),
-                                                       ("https://[fd00::9]:1", "[fd00::9]:2")]
+                                                       ("https://[fd00::9]:1", "[fd00::9]:2"),
+                                                       ("https://cp-w.example:15443", "cp-w.example:15012")]
