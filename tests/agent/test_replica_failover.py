@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,13 +81,27 @@ class Replicas:
         self.root, self.consul = root, consul
         self.kek = root / "kek"
         generate_kek_file(self.kek)
-        ports = {name: {k: free_port("127.0.0.1") for k in ("api", "xds", "http")} for name in ("p", "q")}
+        # Each replica's ports stay bound here until it starts (and again while A is down), so no other
+        # process on this shared machine takes them meanwhile.
+        self._held: dict[str, list[socket.socket]] = {}
+        held = {name: [_bound() for _ in range(3)] for name in ("p", "q")}
+        ports = {name: dict(zip(("api", "xds", "http"), (s.getsockname()[1] for s in socks)))
+                 for name, socks in held.items()}
         urls = {name: f"https://127.0.0.1:{p['api']}" for name, p in ports.items()}
         # A is the agent's own replica (rendezvous on its node name), B the other one.
         first = rendezvous_order(NODE, [Replica(urls["p"]), Replica(urls["q"])])[0].url
         a, b = ("p", "q") if first == urls["p"] else ("q", "p")
         self.ports = {"A": ports[a], "B": ports[b]}
+        self._held = {"A": held[a], "B": held[b]}
         self.procs: dict[str, Process] = {}
+
+    def hold(self, name: str) -> None:
+        """Bind ``name``'s ports again (it is down) until it starts."""
+        self._held[name] = [_bound(port) for port in self.ports[name].values()]
+
+    def kill(self, name: str) -> None:
+        self.procs[name].stop(signal.SIGKILL)
+        self.hold(name)
 
     def url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.ports[name]['api']}"
@@ -104,6 +119,8 @@ class Replicas:
             (state / "ca").symlink_to(self.state("A") / "ca")  # one CA for both (see the module docstring)
         (state / "controlplane.json").unlink(missing_ok=True)
         p = self.ports[name]
+        for sock in self._held.pop(name, []):
+            sock.close()
         argv = [sys.executable, "-m", "meshcore.controlplane", "--state-dir", str(state), "--catalog", "consul",
                 "--store", "consul", "--kek-file", str(self.kek), "--xds-bind", f"127.0.0.1:{p['xds']}",
                 "--api-bind", f"127.0.0.1:{p['api']}", "--http-bind", f"127.0.0.1:{p['http']}",
@@ -137,6 +154,17 @@ class Replicas:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             proc.stop()
+        for socks in self._held.values():
+            for sock in socks:
+                sock.close()
+
+
+def _bound(port: int = 0) -> socket.socket:
+    """A socket bound to ``port`` on loopback (not listening): the port is ours until it is closed."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 def _add_service(services_dir: Path, name: str) -> None:
@@ -234,7 +262,7 @@ def test_envoy_and_the_agent_keep_the_mesh_synced_when_the_replica_they_are_on_i
     assert _xds_upstream(admin) == {replicas.xds("A")}  # the stream stayed where it was
     lds_before = _stat(admin, "listener_manager.lds.update_success")
 
-    replicas.procs["A"].stop(signal.SIGKILL)
+    replicas.kill("A")
     killed = time.monotonic()
     wait_until(lambda: replicas.xds("B") in _xds_upstream(admin), 30, "envoy to reconnect to replica B")
     reconnected = time.monotonic() - killed
