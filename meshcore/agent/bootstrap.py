@@ -110,8 +110,11 @@ def render_bootstrap(
     if not is_ip(xds_host):
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
     if xds_endpoints_file is not None:  # every replica, from a file Envoy watches (reloaded without a restart)
+        # Nothing here may depend on which replica answered last (a change would restart Envoy): no SNI
+        # (the SPIFFE ID is what is verified), no address.
         del xds_cluster["load_assignment"], xds_cluster["type"]
         xds_cluster.pop("dns_lookup_family", None)
+        tls_context.pop("sni", None)
         xds_cluster["type"] = "EDS"
         xds_cluster["eds_cluster_config"] = {"eds_config": {"path_config_source": {
             "path": str(xds_endpoints_file), "watched_directory": {"path": str(xds_endpoints_file.parent)}},

@@ -249,3 +249,17 @@ def test_consul_instances_without_an_agent_api_port_are_skipped_and_the_node_add
     assert [(r.url, r.xds_address) for r in found] == [("https://10.0.0.7:15443", ""),
                                                        ("https://[fd00::9]:1", "[fd00::9]:2"),
                                                        ("https://cp-w.example:15443", "cp-w.example:15012")]
+
+
+def test_the_bootstrap_with_the_endpoints_file_does_not_depend_on_the_replica_that_answered(tmp_path):
+    from meshcore.agent.bootstrap import render_bootstrap
+
+    def render(xds: str) -> dict:
+        return render_bootstrap(node="vm1", trust_domain="cluster.local", xds_address=xds, secrets_dir=tmp_path,
+                                admin_address="127.0.0.1:19000", xds_endpoints_file=tmp_path / "xds" / "endpoints.json")
+
+    first = render("cp1.example:15012")
+    assert first == render("cp2.example:15012") == render("10.0.0.6:15012")  # no restart on a failover
+    cluster = first["static_resources"]["clusters"][0]
+    assert cluster["type"] == "EDS" and "load_assignment" not in cluster
+    assert cluster["eds_cluster_config"]["eds_config"]["path_config_source"]["path"].endswith("xds/endpoints.json")
