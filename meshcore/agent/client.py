@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_TIMEOUT = 10.0
+# Opening a connection (TCP and the TLS handshake) may take this long, whatever the request's own timeout
+# (a blocking query's is over a minute): a replica whose host is gone fails over in seconds.
+CONNECT_TIMEOUT = 5.0
 KEEPALIVE_IDLE = 30.0  # seconds a kept-alive connection may sit unused before the next call opens a new one
 
 
@@ -359,7 +362,10 @@ class _Conn:
         """Send one request, read the whole answer; (status, body, connection reusable). ``timeout``:
         this request's socket timeout (a blocking query's is longer than the client's usual one)."""
         wanted = self.base_timeout if timeout is None else timeout
-        self.http.timeout = wanted  # used when this request opens the connection
+        if self.http.sock is None:  # a new connection: opened here, under CONNECT_TIMEOUT
+            self.http.timeout = min(CONNECT_TIMEOUT, wanted) if wanted else CONNECT_TIMEOUT
+            self.http.connect()
+        self.http.timeout = wanted
         if self.http.sock is not None:
             self.http.sock.settimeout(wanted)
         self.http.request(method, path, body=payload, headers=headers)

@@ -263,3 +263,26 @@ def test_the_bootstrap_with_the_endpoints_file_does_not_depend_on_the_replica_th
     cluster = first["static_resources"]["clusters"][0]
     assert cluster["type"] == "EDS" and "load_assignment" not in cluster
     assert cluster["eds_cluster_config"]["eds_config"]["path_config_source"]["path"].endswith("xds/endpoints.json")
+
+
+def test_a_replica_that_never_answers_the_handshake_fails_after_the_connect_timeout(ca, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from meshcore.agent import client as client_module
+    from meshcore.agent.client import AgentClient
+
+    monkeypatch.setattr(client_module, "CONNECT_TIMEOUT", 0.5)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(ca.bundle_pem())
+    silent = socket.socket()  # TCP connects land in its backlog; nobody ever answers the TLS handshake
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        client = AgentClient(f"https://127.0.0.1:{silent.getsockname()[1]}", bundle, timeout=60)
+        started = time.monotonic()
+        with pytest.raises(ControlPlaneUnavailable, match="timed out"):
+            client.join("vm1", "token", "csr")
+        assert time.monotonic() - started < 30  # not the request's 60 s: the failover can happen
+    finally:
+        silent.close()
