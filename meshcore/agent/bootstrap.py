@@ -47,6 +47,7 @@ def render_bootstrap(
     admin_address: str,
     metrics_address: str = "",
     xds_protocol: str = "delta",
+    xds_endpoints_file: Path | None = None,
 ) -> dict[str, Any]:
     """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
 
@@ -54,7 +55,8 @@ def render_bootstrap(
     name a LOGICAL_DNS one. Envoy authenticates with the node identity and accepts only the
     control plane's SPIFFE ID, validated against the trust bundle, both from file SDS.
     ``xds_protocol`` is ``delta`` (incremental xDS, ``api_type: DELTA_GRPC``) or ``sotw``
-    (state of the world, ``GRPC``).
+    (state of the world, ``GRPC``). With ``xds_endpoints_file`` the xDS cluster is file-based EDS:
+    every control plane replica, kept current by the agent (:mod:`meshcore.agent._xds_endpoints`).
     """
     if xds_protocol not in XDS_PROTOCOLS:
         raise AgentError(f"xds_protocol {xds_protocol!r} is not one of {', '.join(XDS_PROTOCOLS)}")
@@ -107,6 +109,16 @@ def render_bootstrap(
     }
     if not is_ip(xds_host):
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if xds_endpoints_file is not None:  # every replica, from a file Envoy watches (reloaded without a restart)
+        # Nothing here may depend on which replica answered last (a change would restart Envoy): no SNI
+        # (the SPIFFE ID is what is verified), no address.
+        del xds_cluster["load_assignment"], xds_cluster["type"]
+        xds_cluster.pop("dns_lookup_family", None)
+        tls_context.pop("sni", None)
+        xds_cluster["type"] = "EDS"
+        xds_cluster["eds_cluster_config"] = {"eds_config": {"path_config_source": {
+            "path": str(xds_endpoints_file), "watched_directory": {"path": str(xds_endpoints_file.parent)}},
+            "resource_api_version": "V3"}}
 
     metadata = {"secrets_dir": str(secrets_dir), "admin": admin_address, "trust_domain": trust_domain}
     if metrics_address:  # the agent's merged Prometheus endpoint; the control plane lists it per proxy

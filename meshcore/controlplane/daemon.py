@@ -59,6 +59,7 @@ from ..observe.collector import (
 from ..xds.server import (
     DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     DEFAULT_MAX_STREAMS_PER_IDENTITY,
+    DEFAULT_MAX_STREAM_AGE_S,
     AdsServer,
     AdsServicer,
     mtls_node_authorizer,
@@ -131,6 +132,7 @@ class Settings:
     xds_max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY
     xds_max_streams: int = 0
     xds_first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S
+    max_stream_age: float = DEFAULT_MAX_STREAM_AGE_S  # ADS connections closed after this age (+-10%), 0 = never
     agent_max_waiting: int = DEFAULT_MAX_WAITING  # agents' blocking /v1/agent/services calls held at once
     # Last known good through Consul faults (meshcore.catalog._consul_hold): how long missing instances are
     # held after an index reset or a drastic shrink, and the fraction that may vanish in one update.
@@ -498,7 +500,8 @@ class ControlPlane:
         self.ca.add_revocation_listener(  # a revoked node's open ADS streams end at once
             lambda node: servicer.end_node_streams(node, f"node {node!r} was revoked (meshctl node revoke)"))
         self.ca.add_revocation_listener(lambda node: self.agent_api.changed() if self.agent_api else None)
-        self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
+        self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials(),
+                                          max_stream_age=self.settings.max_stream_age)
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
         agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
@@ -824,6 +827,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=env.get("MESHCORE_XDS_FIRST_REQUEST_TIMEOUT", f"{DEFAULT_FIRST_REQUEST_TIMEOUT_S:g}s"),
                    help="how long a new ADS stream may stay silent before its first request; then it is "
                         "closed with DEADLINE_EXCEEDED (default %(default)s)")
+    p.add_argument("--max-stream-age", default=env.get("MESHCORE_MAX_STREAM_AGE", f"{DEFAULT_MAX_STREAM_AGE_S / 60:g}m"),
+                   help="close each ADS connection after this age, jittered by +-10%% (Envoy reconnects keeping its "
+                        "config, possibly to another replica: load spreads back after a replica returns); "
+                        "0 = never (default %(default)s)")
     p.add_argument("--agent-max-waiting", type=int,
                    default=env.get("MESHCORE_AGENT_MAX_WAITING", str(DEFAULT_MAX_WAITING)),
                    help="agents' blocking /v1/agent/services calls held at once (each holds its connection's "
@@ -895,6 +902,7 @@ def main(argv=None) -> int:
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
+            max_stream_age=parse_duration(args.max_stream_age).total_seconds(),
             agent_max_waiting=args.agent_max_waiting,
             catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
             catalog_shrink_threshold=args.catalog_shrink_threshold, consul_entries=entry_settings(args),
