@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +57,13 @@ def _libc_prctl() -> Callable[..., int] | None:
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child receive ``sig`` when the process starting it dies; None off Linux.
 
-    The kernel sends it when the *thread* that forked the child ends, so start children from a thread
-    that lives as long as the owner (the main thread). ctypes is resolved here, before the fork: the
-    child only makes the system call (no import, no allocation-heavy work between fork and exec). A parent
-    that died before the call is caught by comparing the parent pid afterwards."""
+    The kernel sends it when the *thread* that forked the child ends, not the process: from any other
+    thread than the main one (a worker that may end while the owner lives on) this returns None, and the
+    guard alone stands for such a child. ctypes is resolved here, before the fork: the child only makes
+    the system call (no import, no allocation-heavy work between fork and exec). A parent that died
+    before the call is caught by comparing the parent pid afterwards."""
     prctl = _libc_prctl()
-    if prctl is None:
+    if prctl is None or threading.current_thread() is not threading.main_thread():
         return None
     parent = os.getpid()
 

@@ -27,7 +27,7 @@ How the numbers are made (see :mod:`meshcore.observe.signals` for units):
 
 Each proxy has its sources in order (:attr:`ScrapeTarget.urls`): the agent's merged ``/metrics``, then
 Envoy's own stats through the agent (``/stats/prometheus`` on the same address: cheap, answered even when
-the merged endpoint is slow), then Envoy's admin address when the catalog puts it within reach. A round
+the merged endpoint is slow). A round
 gives each proxy ``timeout`` seconds in all (default :func:`default_timeout`, tied to the interval): the
 first source gets :data:`PRIMARY_SHARE` of it when there are fallbacks, the rest share what is left.
 
@@ -159,17 +159,14 @@ def scrape_url(metrics: str = "", admin: str = "") -> str:
 
 def fallback_urls(metrics: str = "", admin: str = "") -> tuple[str, ...]:
     """Where to read a proxy's stats when :func:`scrape_url` does not answer: Envoy's own text through the
-    agent (``/stats/prometheus`` at the agent's metrics address), then Envoy's admin address (when the
-    merged URL was the first choice). Same rule as :func:`scrape_url`: only addresses :func:`catalog_address`
-    derived, so a fallback never reaches anywhere the first URL could not."""
-    if not metrics:
+    agent (``/stats/prometheus`` at the agent's metrics address: cheap for the agent, so it answers when
+    the merged endpoint is slow). The same catalog-derived host and port as the first URL, so a fallback
+    never reaches anywhere it could not. Envoy's admin address is no fallback: on a VM it is local to the
+    VM, and where it is reachable without the agent it is already the first URL (``admin`` is accepted for
+    symmetry with :func:`scrape_url`)."""
+    if not metrics.endswith("/metrics"):
         return ()
-    out = []
-    if metrics.endswith("/metrics"):
-        out.append(metrics[: -len("/metrics")] + "/stats/prometheus")
-    if admin:
-        out.append(f"http://{admin}/stats/prometheus")
-    return tuple(out)
+    return (metrics[: -len("/metrics")] + "/stats/prometheus",)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -146,3 +146,30 @@ def test_sigkilled_pytest_leaves_nothing_running(tmp_path):
         wait_until(lambda: not _survivors(started), 60, "the daemon of the killed pytest to stop")
     finally:
         inner.unlink(missing_ok=True)
+
+
+PARENT = """
+import subprocess, sys, threading, time
+from meshcore.demo._guard import die_with_parent
+assert die_with_parent() is not None
+off_main = []
+threading.Thread(target=lambda: off_main.append(die_with_parent())).start()
+time.sleep(0.5)
+assert off_main == [None], off_main  # a worker thread may end before the owner: no parent-death signal there
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                         preexec_fn=die_with_parent())
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_parent_death_signal_stops_a_child_in_its_own_session():
+    """No guard involved: the kernel's PR_SET_PDEATHSIG alone stops the child when its parent is SIGKILLed."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    line = parent.stdout.readline()
+    assert line.strip().isdigit(), "the parent did not start its child"
+    child = int(line)
+    started = {child: _processes()[child][1:]}
+    parent.kill()
+    parent.wait()
+    wait_until(lambda: not _survivors(started), 30, "the child of the killed parent to stop")
