@@ -305,7 +305,7 @@ def stop_mesh(state_dir: Path) -> list[str]:
         procs = json.loads(path.read_text())
     except (OSError, ValueError):
         procs = []  # nothing tracked (any more): the records and the tag still find what runs
-    stopped = _stop_groups(list(reversed(procs)))
+    stopped = _stop_groups([p for p in reversed(procs) if _carries_tag(p["pid"], state)])
     path.unlink(missing_ok=True)
     stopped += _stop_orphaned_envoys(state / "nodes")
     stopped += [f"{p.describe()}, left over" for p in _guard.sweep(_guard.STATE_VAR, str(state))]
@@ -327,6 +327,16 @@ def _stop_orphaned_envoys(nodes_dir: Path) -> list[str]:
                                                                  record_path), ENVOY_GRACE):
             stopped.append(f"envoy of {node_dir.name} (pid {record.pid}), left by its agent")
     return stopped
+
+
+def _carries_tag(pid: int, state: Path) -> bool:
+    """True when ``pid`` is still the process this mesh started (its environment carries the mesh's tag):
+    a ``processes.json`` from long ago may name pids the system has given to other programs since."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone (or not ours to read)
+    return f"{_guard.STATE_VAR}={state}".encode() in env
 
 
 def _stop_groups(procs: list[dict]) -> list[str]:

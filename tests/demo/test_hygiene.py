@@ -3,6 +3,7 @@ process gets its own grace; ``stop_mesh`` finds leftovers by the mesh's tag and 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def test_stop_mesh_gives_each_process_its_own_grace_and_finds_leftovers(tmp_path
     polite = mesh._spawn("polite", [sys.executable, "-c", POLITE])
     leftover = subprocess.Popen([sys.executable, "-c", POLITE], start_new_session=True, stdout=subprocess.PIPE,
                                 env={**os.environ, _guard.STATE_VAR: str(tmp_path.absolute())})
+    stranger = subprocess.Popen([sys.executable, "-c", POLITE], start_new_session=True, stdout=subprocess.PIPE)
     try:
         assert leftover.stdout.readline() == b"up\n"
         wait_until(lambda: (tmp_path / "logs" / "stubborn.log").read_text() == "up\n", 30, "the stubborn process")
@@ -109,8 +111,11 @@ def test_stop_mesh_gives_each_process_its_own_grace_and_finds_leftovers(tmp_path
         assert any(f"pid {leftover.pid}" in line and "left over" in line for line in report), report
         assert not (tmp_path / "processes.json").exists()
         assert stop_mesh(tmp_path) == []
+        # a processes.json naming a pid the system gave to another program since: that one is left alone
+        (tmp_path / "processes.json").write_text(json.dumps([{"name": "app-old", "pid": stranger.pid, "grace": 1}]))
+        assert stop_mesh(tmp_path) == [] and stranger.poll() is None
     finally:
-        for proc in (stubborn, polite, leftover):
+        for proc in (stubborn, polite, leftover, stranger):
             if proc.poll() is None:
                 proc.kill()
         mesh._release_guard()
