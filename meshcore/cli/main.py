@@ -266,7 +266,7 @@ def cmd_demo_up(args) -> int:
         print("\n==> stopping the demo", file=sys.stderr)
     finally:
         n = mesh.down()
-        print(f"==> stopped {n} process group(s)", file=sys.stderr)
+        print(f"==> stopped {n} process(es)", file=sys.stderr)
     return 0
 
 
