@@ -29,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -85,11 +86,29 @@ class _Orphan:
 
 
 def _stop(child: subprocess.Popen[bytes], grace: float) -> None:
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
+    """SIGTERM, then SIGKILL after ``grace`` (by pid: the main thread is the one waiting for the child)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if child.returncode is not None:
+                return
+            time.sleep(0.1)
+
+
+def _watch(child: subprocess.Popen[bytes], orphan: _Orphan, stop_grace: float, stopped: threading.Event) -> None:
+    """Every POLL_S: is the agent gone for good? Then stop Envoy (the main thread's wait returns)."""
+    while child.returncode is None:
+        time.sleep(POLL_S)
+        if child.returncode is None and orphan.must_stop(child.pid):
+            print(f"envoy keeper: no agent took envoy pid {child.pid} over within {orphan.grace:.0f}s; "
+                  "stopping it", file=sys.stderr, flush=True)
+            stopped.set()
+            _stop(child, stop_grace)
+            return
 
 
 def _forget(record: str | None, envoy_pid: int) -> None:
@@ -142,19 +161,12 @@ def main(argv: list[str]) -> int:
         out.write(f"{child.pid}\n")
     for signum in pending:
         child.send_signal(signum)
-    while True:
-        try:
-            code = child.wait(timeout=POLL_S)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if orphan.must_stop(child.pid):
-            print(f"envoy keeper: no agent took envoy pid {child.pid} over within {orphan.grace:.0f}s; "
-                  "stopping it", file=sys.stderr, flush=True)
-            _stop(child, stop_grace)
-            code = child.wait()
-            _forget(record, child.pid)
-            break
+    # Envoy's exit ends the keeper at once (a blocking wait); the watch for a vanished agent runs beside it.
+    stopped_orphan = threading.Event()
+    threading.Thread(target=_watch, args=(child, orphan, stop_grace, stopped_orphan), daemon=True).start()
+    code = child.wait()
+    if stopped_orphan.is_set():
+        _forget(record, child.pid)
     if code < 0:  # die of the same signal, so the agent sees what ended Envoy
         try:
             signal.signal(-code, signal.SIG_DFL)
