@@ -421,6 +421,9 @@ class MeshCollector:
         if timeout is not None and not timeout > 0:
             raise ConfigError(f"collector timeout must be positive, got {timeout!r} (e.g. --collect-timeout 4s)")
         self.timeout = float(timeout) if timeout is not None else default_timeout(self.interval)
+        if self.timeout > self.interval:
+            log.warning("collector timeout %.1fs exceeds its interval %.1fs: a round with a slow proxy runs into "
+                        "the next one (rounds then start late, the figures' spans grow)", self.timeout, self.interval)
         self._proxies = proxies
         self._extra = extra
         self._fetch = fetch
