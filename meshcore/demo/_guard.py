@@ -182,6 +182,7 @@ def stop_each(processes: list[Tagged], proc: Path = Path("/proc"), rescan: Calla
 
     take(processes)
     quiet_until = time.monotonic() + 0.5
+    next_scan = 0.0
     while True:
         now = time.monotonic()
         running = [p for p in signalled if alive(p, proc)]
@@ -189,7 +190,9 @@ def stop_each(processes: list[Tagged], proc: Path = Path("/proc"), rescan: Calla
             if now >= deadlines[(p.pid, p.start)]:
                 _signal(p, signal.SIGKILL)
         before = len(signalled)
-        take(rescan())
+        if now >= next_scan:  # a scan reads every process's environment: a few times a second is enough
+            take(rescan())
+            next_scan = now + 0.2
         if len(signalled) > before:
             quiet_until = time.monotonic() + 0.5
         if not running and len(signalled) == before and now >= quiet_until:
