@@ -178,3 +178,24 @@ def test_parent_death_signal_stops_a_child_in_its_own_session():
     parent.kill()
     parent.wait()
     wait_until(lambda: not _survivors(started), 30, "the child of the killed parent to stop")
+
+
+def test_meshctl_demo_down_says_what_it_stopped(tmp_path):
+    """Nothing tracked any more (processes.json gone), yet a process of the mesh runs: `demo down` finds it by
+    the mesh's tag and names it; a second `demo down` says nothing was running."""
+    state = tmp_path / "demo"
+    state.mkdir()
+    leftover = subprocess.Popen([sys.executable, "-c", POLITE], start_new_session=True, stdout=subprocess.PIPE,
+                                env={**os.environ, _guard.STATE_VAR: str(state.absolute())})
+    try:
+        assert leftover.stdout.readline() == b"up\n"
+        down = [sys.executable, "-m", "meshcore.cli.main", "demo", "down", "--state-dir", str(state)]
+        out = subprocess.run(down, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "stopped 1 process(es):" in out.stdout and f"(pid {leftover.pid}), left over" in out.stdout, out.stdout
+        leftover.wait(timeout=10)
+        again = subprocess.run(down, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert again.stdout.strip() == "no demo processes were running", again.stdout
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
