@@ -252,7 +252,8 @@ def cmd_demo_up(args) -> int:
 
     state = Path(args.state_dir)
     stop_processes(state)
-    mesh = LocalMesh(demo_layout(state), progress=lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+    mesh = LocalMesh(demo_layout(state), progress=lambda m: print(f"==> {m}", file=sys.stderr, flush=True),
+                     owned=args.foreground)  # in the background the mesh outlives this command
     started = time.monotonic()
     try:
         status = mesh.up(wait_url="http://127.0.0.1:8080/productpage?format=json")
@@ -281,7 +282,7 @@ def cmd_demo_up(args) -> int:
         print("\n==> stopping the demo", file=sys.stderr)
     finally:
         n = mesh.down()
-        print(f"==> stopped {n} process group(s)", file=sys.stderr)
+        print(f"==> stopped {n} process(es)", file=sys.stderr)
     return 0
 
 
@@ -298,10 +299,11 @@ State and logs: {state}/
 
 
 def cmd_demo_down(args) -> int:
-    from ..demo.launcher import stop_processes
+    from ..demo.launcher import stop_mesh
 
-    n = stop_processes(Path(args.state_dir))
-    print(f"stopped {n} process group(s)" if n else "no demo processes were running")
+    stopped = stop_mesh(Path(args.state_dir))
+    print("\n".join([f"stopped {len(stopped)} process(es):", *(f"  {s}" for s in stopped)]) if stopped
+          else "no demo processes were running")
     return 0
 
 

@@ -52,6 +52,7 @@ from ..observe.collector import (
     ControlPlaneSignals,
     MeshCollector,
     ScrapeTarget,
+    fallback_urls,
     ca_signals,
     catalog_address,
     scrape_url,
@@ -121,6 +122,7 @@ class Settings:
     ca_key: str | None = None
     ca_chain: str | None = None
     collect_interval: float = 5.0  # seconds between the metrics collector's scrapes of every proxy
+    collect_timeout: float | None = None  # a proxy's scrape budget per round; None: most of the interval
     alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
@@ -255,7 +257,7 @@ class ControlPlane:
         interval = float(settings.collect_interval or 5.0)
         health = ControlPlaneSignals(catalog=self.source, store=self.store, rejected=lambda: self.engine.rejected,
                                      supervisors=(self.engine.supervisor, self.supervisor))  # loops, sources
-        self.collector = MeshCollector(self.scrape_targets, interval=interval,
+        self.collector = MeshCollector(self.scrape_targets, interval=interval, timeout=settings.collect_timeout,
                                        history=max(COLLECTOR_HISTORY_S, interval),
                                        extra=lambda: {**ca_signals(self.ca, time.time(), self._target_nodes,
                                                                    self._expected_identities()), **health()})
@@ -742,7 +744,8 @@ class ControlPlane:
             metrics = f"http://{metrics}/metrics" if metrics else ""
             is_connected = node in connected
             targets.append(ScrapeTarget(
-                node=node, url=scrape_url(metrics, admin), instances=by_node.get(node, ()),
+                node=node, url=scrape_url(metrics, admin), fallback_urls=fallback_urls(metrics, admin),
+                instances=by_node.get(node, ()),
                 heard_from=bool(is_connected or admin or metrics or self.cache.get(node) is not None),
                 in_sync=is_connected and self.mesh.synced(node) and not (state.error if state else "")))
         self._target_nodes = frozenset(t.node for t in targets)
@@ -838,6 +841,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--collect-interval", default=env.get("MESHCORE_COLLECT_INTERVAL", "5s"),
                    help="how often the collector scrapes every proxy's metrics for the dashboard and alerts "
                         "(default %(default)s)")
+    p.add_argument("--collect-timeout", default=env.get("MESHCORE_COLLECT_TIMEOUT", ""),
+                   help="how long one round may wait for a proxy's metrics, its fallback sources included "
+                        "(default: 80%% of --collect-interval)")
     p.add_argument("--alert-webhook", action="append", default=[], metavar="URL",
                    help="POST Alertmanager-compatible alert notifications here (repeatable; also "
                         "MESHCORE_ALERT_WEBHOOKS, comma separated)")
@@ -897,6 +903,7 @@ def main(argv=None) -> int:
             node_recovery_grace=parse_duration(args.node_recovery_grace),
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
+            collect_timeout=parse_duration(args.collect_timeout).total_seconds() if args.collect_timeout else None,
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
             path_normalization=args.path_normalization, allow_path_parameters=args.allow_path_parameters,
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
