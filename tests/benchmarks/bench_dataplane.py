@@ -272,6 +272,21 @@ def svid_pems(state: Path, node: str, service: str) -> tuple[str, str]:
     return secret["certificate_chain"]["inline_string"], secret["private_key"]["inline_string"]
 
 
+STATS_OF_INTEREST = ("ssl.handshake", "ssl.session_reused", "ssl.connection_error", "upstream_cx_total",
+                     "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_rq_total", "downstream_cx_total")
+
+
+def envoy_stats(admin: str) -> dict[str, int]:
+    """Envoy's own counters that tell how a pair talked (connections, HTTP version, TLS handshakes and
+    resumptions), by full name, leaving out the xDS and admin ones."""
+    status, body = http_get(f"http://{admin}/stats?format=json")
+    if status != 200:
+        return {}
+    return {s["name"]: s["value"] for s in json.loads(body).get("stats", [])
+            if isinstance(s.get("value"), int) and s["value"] and s["name"].endswith(STATS_OF_INTEREST)
+            and not any(skip in s["name"] for skip in ("xds", "admin", "otlp", "http.", "worker_"))}
+
+
 # --- runs and summary ------------------------------------------------------------------------------
 
 def measure(url: str, rate: int, duration: float, connections: int, envoys: dict[str, int]) -> dict[str, Any]:
@@ -425,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  .. {rate}/s {path:<8} round {n + 1}: achieved {row['achieved_rps']:.0f}/s "
                               f"p50 {row['latency_ms']['p50']:.3f} p99 {row['latency_ms']['p99']:.3f} ms "
                               f"errors {row['errors']} load {row['load_average']}", flush=True)
+            stats = {"meshcore": {n: envoy_stats(layout.admin[n]) for n in NODES}}
+            if "minimal" in paths:
+                stats["minimal"] = {n: envoy_stats("{address}:{port_value}".format(**b["admin"]["address"]["socket_address"]))
+                                    for n, b in (("client", client), ("server", server))}
         finally:
             minimal.stop()
             mesh.down()
@@ -434,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
            "cpus": os.cpu_count(), "rates": rates, "duration_s": args.duration, "repeats": args.repeats,
            "connections": args.connections, "response_bytes": 1024, "generator": "wrk (Debian) + _pace.lua",
            "minimal_extra": sorted(extras), "access_log": args.access_log, "istio": ISTIO,
-           "summary": summary, "runs": runs}
+           "summary": summary, "envoy_stats": stats, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"data plane, {args.connections} connections, 1 KB responses, {args.duration:.0f} s x "
@@ -443,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Istio (dedicated machines, 1,000/s): sidecar pair +{ISTIO['sidecar_pair_added_ms']['p90']} ms p90, "
           f"+{ISTIO['sidecar_pair_added_ms']['p99']} ms p99; {ISTIO['sidecar_vcpu_per_1000_rps']} vCPU and "
           f"{ISTIO['sidecar_mb_per_1000_rps']} MB per sidecar per 1,000/s")
+    for path, per in stats.items():
+        for n, counters in per.items():
+            print(f"Envoy counters, {path} {n}: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     print(f"wrote {args.output}")
     return 0
 

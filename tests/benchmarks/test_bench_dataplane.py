@@ -31,3 +31,8 @@ def test_short_run_measures_every_path(tmp_path):
             assert envoy["rss_mb"] > 0 and envoy["vcpu_per_1000_rps"] >= 0, envoy
     assert "p99_added_x_minimal" in rows["meshcore"] and "p99_added" in rows["minimal"]
     assert len(doc["runs"]) == 3
+    # the meshcore pair talks HTTP/2 between the sidecars (ALPN), HTTP/1.1 to the backend
+    client, server = doc["envoy_stats"]["meshcore"]["client"], doc["envoy_stats"]["meshcore"]["server"]
+    assert any(k.startswith("cluster.outbound") and k.endswith("upstream_cx_http2_total") for k in client), client
+    assert not any(k.startswith("cluster.outbound") and k.endswith("upstream_cx_http1_total") for k in client), client
+    assert any(k.startswith("cluster.local_app") and k.endswith("upstream_cx_http1_total") for k in server), server
