@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default=",".join(PATHS), help="which paths (default %(default)s)")
     p.add_argument("--minimal-extra", default="", help=f"features added to the minimal pair: {', '.join(EXTRAS)}")
     p.add_argument("--access-log", default="", help="the control plane's --access-log for the meshcore pair")
+    p.add_argument("--access-log-sampling", default="", help="the control plane's --access-log-sampling (percent)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
@@ -403,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         layout = MeshLayout(
             state_dir=state, catalog_dir=state / "consul.d", app_script=APP,
             xds_bind=f"{cp}:{free_port(cp)}", api_bind=f"{cp}:{free_port(cp)}", http_bind=f"{cp}:{free_port(cp)}",
-            admin={n: f"{a}:{free_port(a)}" for n, a in NODES.items()}, access_log=args.access_log)
+            admin={n: f"{a}:{free_port(a)}" for n, a in NODES.items()}, access_log=args.access_log,
+            env={"MESHCORE_ACCESS_LOG_SAMPLING": args.access_log_sampling} if args.access_log_sampling else {})
         mesh = LocalMesh(layout, progress=lambda m: print("  ..", m, flush=True))
         minimal = Envoys(state / "minimal")
         minimal.work.mkdir()
@@ -452,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "dataplane", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "cpus": os.cpu_count(), "rates": rates, "duration_s": args.duration, "repeats": args.repeats,
            "connections": args.connections, "response_bytes": 1024, "generator": "wrk (Debian) + _pace.lua",
-           "minimal_extra": sorted(extras), "access_log": args.access_log, "istio": ISTIO,
+           "minimal_extra": sorted(extras), "access_log": args.access_log,
+           "access_log_sampling": args.access_log_sampling or "100", "istio": ISTIO,
            "summary": summary, "envoy_stats": stats, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
