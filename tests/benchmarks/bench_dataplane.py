@@ -17,7 +17,8 @@ range; "added" is a path's latency minus direct's at the same percentile in the 
 ``--minimal-extra`` adds one meshcore feature at a time to the minimal pair (to find where a cost comes from):
 ``h2`` (HTTP/2 between the two Envoys), ``filters`` (meshcore's empty RBAC x3 + local rate limit inbound,
 fault outbound), ``flush1s`` (stats flushed every second), ``xfcc`` (client cert details forwarded),
-``workers1`` (one worker thread each).
+``workers1`` (one worker thread each), ``routes`` (meshcore's request handling: path normalization, the
+inbound path-parameter regex route, the outbound route's timeout and retry policy).
 
 Run: make bench (or python -m tests.benchmarks.bench_dataplane --rates 500,1000 --duration 20 --repeats 3)
 Writes test-artifacts/bench/dataplane.json (``--output``).
@@ -48,7 +49,7 @@ PACE = HERE / "_pace.lua"
 DEFAULT_OUTPUT = REPO / "test-artifacts" / "bench" / "dataplane.json"
 PERCENTILES = ("p50", "p90", "p99", "p99.9")
 PATHS = ("direct", "minimal", "meshcore")
-EXTRAS = ("h2", "filters", "flush1s", "xfcc", "workers1")
+EXTRAS = ("h2", "filters", "flush1s", "xfcc", "workers1", "routes")
 #: Istio's published sidecar figures (istio.io, "Performance and Scalability"): 1 KB, mTLS, 1,000 requests/s,
 #: dedicated machines. Added latency of a client+server sidecar pair (1.20) and of the ztunnel pair (1.22);
 #: CPU and memory per sidecar per 1,000 requests/s (1.24).
@@ -119,15 +120,33 @@ def _tls_certificate(chain: str, key: str) -> dict[str, Any]:
     return {"certificate_chain": {"inline_string": chain}, "private_key": {"inline_string": key}}
 
 
-def _route(cluster: str) -> dict[str, Any]:
-    return {"virtual_hosts": [{"name": "all", "domains": ["*"],
-                               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}
+def _route(cluster: str, *, inbound: bool = False, mesh_routes: bool = False) -> dict[str, Any]:
+    routes: list[dict[str, Any]] = [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]
+    if mesh_routes and inbound:  # as routes.reject_path_parameters
+        from meshcore.authz.patterns import PATH_PARAMETER_RE2
+
+        routes.insert(0, {"match": {"safe_regex": {"regex": PATH_PARAMETER_RE2}},
+                          "direct_response": {"status": 400, "body": {"inline_string": "no\n"}}})
+    elif mesh_routes:  # as routes.default_retry_policy and DEFAULT_ROUTE_TIMEOUT_S
+        from meshcore.xds.generate.routes import DEFAULT_RETRIES, DEFAULT_RETRY_ON
+
+        routes[0]["route"].update(timeout="15s", retry_policy={
+            "retry_on": DEFAULT_RETRY_ON, "num_retries": DEFAULT_RETRIES, "retriable_status_codes": [503],
+            "host_selection_retry_max_attempts": 5, "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]})
+    return {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}
 
 
-def _hcm(stat_prefix: str, cluster: str, filters: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict:
+MESH_NORMALIZATION = {"normalize_path": True, "merge_slashes": True, "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                      "strip_trailing_host_dot": True}
+
+
+def _hcm(stat_prefix: str, cluster: str, filters: list[dict[str, Any]], extra: dict[str, Any] | None = None,
+         route: dict[str, Any] | None = None) -> dict:
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_prefix, "codec_type": "AUTO", "route_config": _route(cluster),
+        "stat_prefix": stat_prefix, "codec_type": "AUTO", "route_config": route or _route(cluster),
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
         **(extra or {})}}
@@ -177,16 +196,20 @@ def minimal_pair(*, client_addr: str, server_addr: str, backend: tuple[str, int]
         upstream_more["typed_extension_protocol_options"] = {opts: {
             "@type": "type.googleapis.com/" + opts, "explicit_http_config": {"http2_protocol_options": {}}}}
     xfcc = {"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"uri": True}}
+    mesh_routes = "routes" in extras
+    normalization = MESH_NORMALIZATION if mesh_routes else {}
     filters_in = _empty_policy_filters(True) if "filters" in extras else []
     filters_out = _empty_policy_filters(False) if "filters" in extras else []
     server = {"static_resources": {
         "listeners": [{"name": "in", "address": _addr(server_addr, tls_port), "filter_chains": [{
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": server_tls},
-            "filters": [_hcm("in", "app", filters_in, xfcc if "xfcc" in extras else None)]}]}],
+            "filters": [_hcm("in", "app", filters_in, {**(xfcc if "xfcc" in extras else {}), **normalization},
+                             _route("app", inbound=True, mesh_routes=mesh_routes))]}]}],
         "clusters": [_static_cluster("app", *backend)]}}
     client = {"static_resources": {
         "listeners": [{"name": "out", "address": _addr(client_addr, listen),
-                       "filter_chains": [{"filters": [_hcm("out", "server", filters_out)]}]}],
+                       "filter_chains": [{"filters": [_hcm("out", "server", filters_out, normalization,
+                                                           _route("server", mesh_routes=mesh_routes))]}]}],
         "clusters": [_static_cluster("server", server_addr, tls_port, **upstream_more)]}}
     for boot, addr in ((client, client_addr), (server, server_addr)):
         boot["admin"] = {"address": _addr(addr, free_port(addr))}
@@ -353,8 +376,10 @@ def summarize(runs: list[dict[str, Any]], rates: list[int], paths: list[str]) ->
                         d = by[(n, "direct")]["latency_ms"][q]
                         fa = by[(n, "minimal")]["latency_ms"][q] - d
                         ma = by[(n, "meshcore")]["latency_ms"][q] - d
-                        ratios.append(ma / fa if fa > 0 else float("nan"))
+                        if fa > 0:  # a round where the minimal pair added nothing has no ratio
+                            ratios.append(ma / fa)
                 m[f"{q}_x_minimal"] = round(m[q] / floor[q], 2) if floor[q] else None
+                m[f"{q}_added_x_minimal_rounds"] = len(ratios)
                 if ratios:
                     m[f"{q}_added_x_minimal"] = round(statistics.median(ratios), 2)
                     m[f"{q}_added_x_minimal_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
