@@ -57,7 +57,8 @@ SYSTEMD_ONLY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_F
 
 
 def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "info",
-                  log_path: Path | None = None, hot_restart: bool = False) -> list[str]:
+                  log_path: Path | None = None, hot_restart: bool = False,
+                  concurrency: int | None = None) -> list[str]:
     """The Envoy command line; everything else (node id, cluster) is in the bootstrap.
 
     ``--drain-strategy immediate``: when an update replaces a listener's filter chain (a policy
@@ -74,6 +75,8 @@ def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "in
             "--drain-strategy", "immediate", "--drain-time-s", str(DRAIN_TIME_S),
             # Access log lines reach their file within a second (Envoy's default flush is every 10 s).
             "--file-flush-interval-msec", "1000"]
+    if concurrency:  # worker threads (bootstrap.envoy_concurrency); Envoy's default counts every CPU
+        argv += ["--concurrency", str(concurrency)]
     if log_path is not None:
         argv += ["--log-path", str(log_path)]
     return argv

@@ -21,7 +21,7 @@ from pathlib import Path
 from meshcore import naming
 from meshcore.agent._net import admin_get
 from meshcore.agent._xds_endpoints import XdsEndpointsFile
-from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
+from meshcore.agent.bootstrap import envoy_concurrency, render_bootstrap, write_bootstrap
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.secrets import SecretsDirectory
 from meshcore.agent.status import EnvoyStatus
@@ -78,7 +78,7 @@ class EnvoyReconciler:
     def argv(self) -> list[str]:
         c = self.config
         return envoy_command(c.envoy_path, self.bootstrap_path, log_level=c.envoy_log_level,
-                             log_path=c.envoy_log, hot_restart=True)
+                             log_path=c.envoy_log, hot_restart=True, concurrency=envoy_concurrency())
 
     def hot_restart(self) -> HotRestart:
         return HotRestart(stable_base_id(self.config.node, self.config.state_dir),
