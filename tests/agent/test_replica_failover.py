@@ -8,12 +8,11 @@ keeps its listeners, reconnects to B and ACKs a new version from B; the agent's 
 signs the new service's SVID. A comes back; B's short maximum stream age closes Envoy's connection and
 Envoy reconnects (to A, round robin) without losing its config.
 
-The test registers each replica in Consul itself, with the meta replicas give themselves (ha's
-meshcore.controlplane.replicas, on its own branch: once merged, the replicas' own registrations name the
-same URLs and the agent counts each replica once).
+The test registers each replica in Consul itself as well, with the meta replicas give themselves
+(meshcore.controlplane.replicas): both registrations name the same URLs and the agent counts each replica once.
 
-The CA is shared by the two replicas through one CA state directory (``<B>/ca`` is a link to ``<A>/ca``,
-one KEK file): the shared CA in Consul KV is hastate's slice of issue 14, not merged yet.
+The replicas share the CA, the join tokens and the operator tokens through Consul KV (``--store consul``,
+meshcore.state): B signs with the CA A created, and A's admin token works on B.
 """
 
 from __future__ import annotations
@@ -115,8 +114,6 @@ class Replicas:
     def start(self, name: str) -> None:
         state = self.state(name)
         state.mkdir(exist_ok=True)
-        if name == "B" and not (state / "ca").exists():
-            (state / "ca").symlink_to(self.state("A") / "ca")  # one CA for both (see the module docstring)
         (state / "controlplane.json").unlink(missing_ok=True)
         p = self.ports[name]
         for sock in self._held.pop(name, []):
@@ -143,7 +140,7 @@ class Replicas:
         requests.put(f"{self.consul}/v1/agent/service/register", json=body, timeout=5).raise_for_status()
 
     def operator(self, name: str, method: str, path: str, body: dict | None = None):
-        token = (self.state(name) / "admin.token").read_text().strip()
+        token = (self.state("A") / "admin.token").read_text().strip()  # shared: written by the first replica
         info = json.loads((self.state(name) / "controlplane.json").read_text())
         req = urllib.request.Request(info["http"] + path, method=method,
                                      data=json.dumps(body).encode() if body is not None else None,

@@ -79,10 +79,10 @@ def test_export_merges_files_over_the_defaults(tmp_path, capsys):
     out = tmp_path / "meshcore.rules.yml"
     assert main(["alerts", "export", "-f", str(tmp_path / "rules.yaml"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "wrote 12 alerting rule(s)" in err
-    assert "left out (no Prometheus series; meshcore evaluates them): resource-store-suspect" in err
+    assert "wrote 13 alerting rule(s)" in err
+    assert "left out" not in err, "every default rule has a Prometheus series (store_suspect since its gauge)"
     rules = {r["alert"]: r for r in yaml.safe_load(out.read_text())["groups"][0]["rules"]}
-    assert "PolicyDenials" not in rules and "RatingsSlow" in rules
+    assert "PolicyDenials" not in rules and "RatingsSlow" in rules and "ResourceStoreSuspect" in rules
     assert rules["HighErrorRate"]["expr"].endswith("> 0.2") and rules["HighErrorRate"]["for"] == "30s"
     assert rules["RatingsSlow"]["labels"] == {"team": "a", "severity": "warning"}
     if PROMTOOL:
@@ -109,7 +109,7 @@ def test_export_reports_invalid_rules_with_their_path(tmp_path, capsys):
 def test_export_from_the_server(server, capsys):
     assert main(["alerts", "export", "--from-server", "--server", server]) == 0
     doc = yaml.safe_load(capsys.readouterr().out)
-    assert len(doc["groups"][0]["rules"]) == 12
+    assert len(doc["groups"][0]["rules"]) == 13
 
 
 def test_cli_in_a_subprocess_needs_no_server_for_export(tmp_path):
