@@ -22,6 +22,8 @@ import yaml
 
 from meshcore.agent._net import split_host_port
 from meshcore.errors import ConfigError
+from meshcore.logs import escape_control
+from meshcore.naming import dns_label_problem
 
 ENV_PREFIX = "MESHCORE_AGENT_"
 DEFAULT_STATE_DIR = "/var/lib/meshcore-agent"
@@ -193,8 +195,10 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         return str(value).strip() or None
 
     node = text("node") or socket.gethostname().split(".")[0]
-    if not node or "/" in node or any(c.isspace() for c in node):
-        problems.append(f"node: {node!r} is not a valid node name (no '/', no spaces)")
+    node_problem = dns_label_problem(node)  # it becomes a SPIFFE ID segment and file names, as the CA checks
+    if node_problem:
+        problems.append(f"node: {escape_control(repr(node))} {node_problem} (a DNS label, as Consul needs for DNS; "
+                        "set --node to the VM's Consul node name)")
 
     control_planes = _control_plane_urls(raw.get("control_plane"), problems)
     service_raw = raw.get("control_plane_from_consul")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from datetime import timedelta
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -79,7 +80,7 @@ from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
 from ._supervise import Supervisor, describe_failure, install_thread_excepthook
 from ._supervise import doing as _doing
 from .engine import MeshEngine
-from .leadership import (DEFAULT_LOCK_DELAY_S, DEFAULT_LOCK_TTL_S, LEADER_KEY, AlwaysLeader, ConsulLeadership,
+from .leadership import (DEFAULT_LOCK_DELAY_S, DEFAULT_LOCK_TTL_S, LEADER_KEY, AlwaysLeader, ConsulLeadership, LeaderWork,
                          check_lock_settings, default_replica_id)
 from .replicas import DEFAULT_CHECK_TTL_S, ReplicaRegistry, healthz_probe
 from .federation_api import add_federation_routes, open_federation
@@ -193,6 +194,21 @@ def _host_of(bind: str) -> str:
     return bind.rpartition(":")[0].strip("[]")
 
 
+TOKEN_CLEANUP_S = 3600.0  # how often the leader removes join tokens a week past their expiry from Consul KV
+
+
+def _every(period_s: float, stop: threading.Event, work: Callable[[], int], what: str) -> None:
+    """``work()`` now and every ``period_s`` until ``stop``; a failure is logged and retried next period."""
+    while not stop.is_set():
+        try:
+            removed = work()
+            if removed:
+                log.info("%s removed %d entries", what, removed)
+        except Exception as exc:  # noqa: BLE001 - singleton housekeeping must not end; Consul may be away
+            log.warning("%s failed (retried in %.0fs): %s", what, period_s, describe_failure(exc))
+        stop.wait(period_s)
+
+
 class ControlPlane:
     """All the control plane's parts, wired; ``start()`` serves, ``stop()`` stops."""
 
@@ -263,6 +279,7 @@ class ControlPlane:
                                                                    self._expected_identities()), **health()})
         # Singleton work (rotation steps, canaries, alert notifications) runs on the leader only (leadership.py).
         self.replicas: ReplicaRegistry | None = None
+        self._token_cleanup: LeaderWork | None = None
         self._ha = _split_source(settings.store or "dir:", "store")[0] == "consul"
         self.leadership: AlwaysLeader | ConsulLeadership
         # <host name>-<operator API port>; a port picked at bind time (:0) is filled in by start()
@@ -551,6 +568,11 @@ class ControlPlane:
                 endpoints={"xds": xds_addr, "api": f"https://{api_host}:{api_port}"},
                 health=healthz_probe(lambda: f"http://{http_address}/healthz"), check_ttl=self.settings.replica_check_ttl,
                 leader=self.leadership.leader).start()
+        prune = getattr(self.tokens, "prune", None)
+        if prune is not None:  # shared join tokens: the leader removes long-expired ones (the file store does it itself)
+            self._token_cleanup = LeaderWork(self.leadership, "join-token-cleanup",
+                                             lambda stop: _every(TOKEN_CLEANUP_S, stop, prune, "join token cleanup"))
+            self._token_cleanup.start()
         self.leadership.start()
 
     def _operator_context(self) -> OperatorContext:
@@ -588,6 +610,8 @@ class ControlPlane:
             return
         self._stopped.set()
         self._ca_wake.set()
+        if self._token_cleanup is not None:
+            self._token_cleanup.stop()
         self.leadership.stop()  # singleton work stops, the lock is released: another replica leads at once
         if self.replicas is not None:
             self.replicas.stop()  # deregistered: agents and Prometheus stop picking this replica

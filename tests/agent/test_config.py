@@ -107,3 +107,16 @@ def test_help_explains_each_setting():
                  "--refresh-interval", "--config"):
         assert flag in result.stdout
     assert "MESHCORE_AGENT_" in result.stdout
+
+
+@pytest.mark.parametrize("node, problem", [
+    ("VM1", "lowercase"), ("vm_1", "'_'"), ("vm1.example", "'.'"), ("-vm1", "must start"),
+    ("vm1\nINFO x", r"'vm1\nINFO x'"),  # escaped: a line break in a name cannot forge a log line
+])
+def test_the_node_name_must_be_a_dns_label(ca_file, node, problem):
+    """The node name becomes a SPIFFE ID segment and file names; the agent refuses a bad one at start, with the
+    rule it breaks, instead of a join the CA refuses later."""
+    with pytest.raises(ConfigError) as info:
+        load_config([f"--node={node}", "--control-plane", "https://cp:15443", "--ca-file", str(ca_file)], {})
+    (line,) = [ln for ln in str(info.value).splitlines() if "node:" in ln]
+    assert problem in line and "--node" in line

@@ -88,3 +88,38 @@ def test_open_join_tokens_keeps_the_directory_files(tmp_path, kek, clock):
     token = store.create("vm-1")
     store.consume(token, "vm-1")
     assert (tmp_path / "join-tokens.sealed").exists()
+
+
+def test_only_the_leader_prunes_long_expired_tokens(shared_backend, kek, clock):
+    """The daemon runs the cleanup as singleton work (LeaderWork): a follower never deletes, the leader does
+    at once when it starts leading, and stops when it loses the lock."""
+    import time
+
+    from meshcore.controlplane.daemon import _every
+    from meshcore.controlplane.leadership import LeaderWork
+
+    from ..controlplane._leadership import ManualLeadership
+
+    store = SharedJoinTokenStore(shared_backend(), kek, clock)
+    store.create("vm-1", ttl=timedelta(minutes=5))
+    clock.advance(timedelta(days=8))
+    calls: list[int] = []
+
+    def prune() -> int:
+        calls.append(store.prune())
+        return calls[-1]
+
+    lead = ManualLeadership("cp-a")
+    job = LeaderWork(lead, "join-token-cleanup", lambda stop: _every(3600, stop, prune, "join token cleanup")).start()
+    try:
+        assert not job.running() and calls == [] and len(store.list()) == 1
+        lead.set(True)
+        deadline = time.monotonic() + 10
+        while not calls:
+            assert time.monotonic() < deadline, "the leader's cleanup never ran"
+            time.sleep(0.02)
+        assert calls == [1] and store.list() == []
+        lead.set(False, leader="cp-b")
+        assert not job.running()
+    finally:
+        job.stop()
