@@ -1,6 +1,6 @@
 """Private: the CA's state in a shared :class:`~meshcore.state.StateBackend` (Consul KV), for N replicas.
 
-Keys (under the state prefix, see ``docs/ha-state.md``)::
+Keys (under the state prefix, see ``docs/ha.md``)::
 
     ca/authority               JSON: the root, intermediate and (while a rotation prepares) the next root and
                                intermediate, each a KEK-sealed pair (base64 of the same envelope as root.sealed),

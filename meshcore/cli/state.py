@@ -2,7 +2,7 @@
 
 ``meshctl state migrate --from-dir STATE_DIR [--consul ADDR] [--prefix P] [--kek-file F] [--dry-run] [-o json]``
 copies the CA, issued-certificate record, revocations, join tokens, operator tokens and certificate roles and
-imported trust bundles (see :mod:`meshcore.state.migrate` and ``docs/ha-state.md``). Idempotent: a second run
+imported trust bundles (see :mod:`meshcore.state.migrate` and ``docs/ha.md``). Idempotent: a second run
 writes nothing and says so. Exit 0 when done (or nothing to do), 1 on an error, 4 when Consul KV holds something
 else at a key (a conflict, never overwritten).
 """

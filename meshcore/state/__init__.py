@@ -4,7 +4,7 @@
 :class:`DirBackend` (one file per key: the files a single control plane always wrote) and
 :class:`ConsulStateBackend` (``<prefix><key>`` in Consul KV, for ``--store consul``). The CA, the join and
 operator token stores, the operator certificate roles and the federated trust bundles are written against it.
-The KV layout is in ``docs/ha-state.md``.
+The KV layout is in ``docs/ha.md``.
 """
 
 from ._backend import Entry, Put, StateBackend, check_key

@@ -37,7 +37,7 @@ class Put:
 
 @runtime_checkable
 class StateBackend(Protocol):
-    """Where a control plane keeps its shared state (see ``docs/ha-state.md``)."""
+    """Where a control plane keeps its shared state (see ``docs/ha.md``)."""
 
     @property
     def location(self) -> str:

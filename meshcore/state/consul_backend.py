@@ -1,7 +1,7 @@
 """Consul KV as a :class:`~meshcore.state.StateBackend`: every control plane replica sees the same state.
 
 Key ``k`` is the Consul key ``<prefix>k`` (default prefix ``meshcore/state/``, a sibling of the resource
-store's ``meshcore/resources/``: see ``docs/ha-state.md`` for the layout). The index of an entry is its
+store's ``meshcore/resources/``: see ``docs/ha.md`` for the layout). The index of an entry is its
 ``ModifyIndex``; ``cas`` is Consul's ``?cas=``; :meth:`ConsulStateBackend.put_all` is one ``/v1/txn``;
 :meth:`ConsulStateBackend.watch` is a recursive blocking query on the prefix. It uses the resource store's
 Consul plumbing (:class:`~meshcore.catalog._consul_settings.ConsulSettings`, its client and error

@@ -1,6 +1,6 @@
 """Copy a single control plane's state directory into a shared backend (Consul KV): ``meshctl state migrate``.
 
-What is copied, each to its key of the layout in ``docs/ha-state.md``: the CA (root, intermediate, a prepared
+What is copied, each to its key of the layout in ``docs/ha.md``: the CA (root, intermediate, a prepared
 next CA and the rotation phase, sealed with the KEK as they are), the issued-certificate record (newest per
 identity), the revocations, the join tokens (hashed and sealed, used ones stay used), the operator tokens and
 certificate roles, the imported trust bundles and the local bundle sequence.
