@@ -176,8 +176,35 @@ OUTLIER_DETECTION = Obj(
 
 POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection")
 
+_OUTSIDE_MESH = ("meshcore's upstreams are mesh services, always reached over the mesh's own mTLS "
+                 "(ISTIO_MUTUAL); TLS settings for a service outside the mesh need a ServiceEntry, which meshcore "
+                 "does not have yet")
+
+
+class _TlsMode(Enum):
+    """``ISTIO_MUTUAL`` is what meshcore does for every upstream anyway; the other modes are for services outside
+    the mesh (or turn the mesh's mTLS off towards a mesh service, which PeerAuthentication decides here)."""
+
+    def __init__(self) -> None:
+        super().__init__("ISTIO_MUTUAL")
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if value in ("DISABLE", "SIMPLE", "MUTUAL"):
+            ctx.add(path, f"{json.dumps(value)} is not supported: {_OUTSIDE_MESH}; write ISTIO_MUTUAL or leave tls out "
+                          "(to let a workload accept plaintext, use a PeerAuthentication with mode PERMISSIVE)")
+            return INVALID
+        return super().check(value, path, ctx)
+
+
+TLS = Obj(
+    {"mode": Required(_TlsMode())},
+    refused={f: _OUTSIDE_MESH for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName",
+                                        "subjectAltNames", "sni", "insecureSkipVerify", "caCrl")},
+)
+
 TRAFFIC_POLICY = Obj(
-    {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION}
+    {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION,
+     "tls": TLS}
 )
 
 SUBSET = Obj(

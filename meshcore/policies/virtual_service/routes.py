@@ -32,6 +32,7 @@ from .schema import DEFAULT_RETRY_ON, split_retry_on
 from .spec import (
     EXACT,
     PREFIX,
+    PRESENT,
     Fault,
     HeaderOperations,
     HttpRoute,
@@ -54,6 +55,18 @@ def fraction(percent: float) -> percent_pb2.FractionalPercent:
     """A percentage (0-100, fractions allowed) as Envoy's per-million fraction."""
     return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),
                                          denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def _header_matcher(name: str, match: StringMatch) -> rc.HeaderMatcher:
+    if match.kind == PRESENT:
+        return rc.HeaderMatcher(name=name, present_match=True)
+    return rc.HeaderMatcher(name=name, string_match=string_matcher(match))
+
+
+def _query_matcher(name: str, match: StringMatch) -> rc.QueryParameterMatcher:
+    if match.kind == PRESENT:
+        return rc.QueryParameterMatcher(name=name, present_match=True)
+    return rc.QueryParameterMatcher(name=name, string_match=string_matcher(match))
 
 
 def string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
@@ -79,9 +92,9 @@ def route_match(match: Match) -> rc.RouteMatch:
     if match.method is not None:
         out.headers.append(rc.HeaderMatcher(name=":method", string_match=string_matcher(match.method)))
     for name, m in match.headers:
-        out.headers.append(rc.HeaderMatcher(name=name, string_match=string_matcher(m)))
+        out.headers.append(_header_matcher(name, m))
     for name, m in match.query_params:
-        out.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=string_matcher(m)))
+        out.query_parameters.append(_query_matcher(name, m))
     return out
 
 
@@ -110,7 +123,7 @@ def retry_policy(retries: Retries) -> rc.RetryPolicy | None:
         out.retry_back_off.base_interval.CopyFrom(c.seconds(retries.backoff_base_interval))
         if retries.backoff_max_interval is not None:
             out.retry_back_off.max_interval.CopyFrom(c.seconds(retries.backoff_max_interval))
-    return retry_to_other_hosts(out)
+    return retry_to_other_hosts(out) if retries.ignore_previous_hosts else out
 
 
 def _header_options(ops: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
@@ -157,6 +170,13 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
     return action
 
 
+def route_name(vs: Resource, i: int, rule: HttpRoute, j: int, match: Match, alternatives: int) -> str:
+    """As Istio names it: ``http[].name``, with ``.<match name>`` when the match has one; unnamed rules keep
+    meshcore's ``<ns>/<name>/http[i]`` (``/match[j]`` when the rule has several alternatives)."""
+    base = rule.name or naming.virtual_service_route(vs.namespace, vs.name, i, j if alternatives > 1 else None)
+    return f"{base}.{match.name}" if match.name else base
+
+
 def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float) -> list[rc.Route]:
     """Every ``http[]`` rule of ``vs`` as Envoy routes, in order."""
     routes: list[rc.Route] = []
@@ -165,7 +185,7 @@ def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, defaul
         matches = rule.match or (Match(),)
         for j, match in enumerate(matches):
             route = rc.Route(
-                name=naming.virtual_service_route(vs.namespace, vs.name, i, j if len(matches) > 1 else None),
+                name=route_name(vs, i, rule, j, match, len(matches)),
                 match=route_match(match),
                 route=action,
             )
@@ -201,4 +221,4 @@ def weighted_tcp(proxy: tcp_proxy_pb2.TcpProxy, vs: Resource, cluster_for: Clust
 
 
 __all__ = ["FAULT_FILTER", "http_routes", "http_fault", "route_match", "route_action", "retry_policy",
-           "weighted_tcp", "has_fault", "fraction", "string_matcher"]
+           "weighted_tcp", "has_fault", "fraction", "string_matcher", "route_name"]

@@ -15,11 +15,11 @@ spec:
     - destination: {host: reviews, subset: v2}
   - route:                            # no match: everything else
     - destination: {host: reviews, subset: v1}
-      weight: 90                      # weights of one rule sum to 100
+      weight: 90                      # relative proportions, as Istio's (need not sum to 100)
     - destination: {host: reviews, subset: v3}
       weight: 10
     timeout: 5s
-    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,connect-failure", backoff: {baseInterval: 25ms, maxInterval: 250ms}}
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,connect-failure", backoff: 25ms}  # or {baseInterval, maxInterval}
     fault:
       delay: {fixedDelay: 2s, percentage: {value: 10}}
       abort: {httpStatus: 503, percentage: {value: 1}}
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
@@ -60,12 +60,21 @@ from meshcore.resources.schema import (
     Obj,
     Path,
     Required,
+    Schema,
     Str,
     StrKey,
 )
 
 from meshcore.policies.destination_rule import schema as dr
-from meshcore.resources.kinds._fields import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one, seconds
+from meshcore.resources.kinds._fields import (
+    UINT32_MAX,
+    Dur,
+    HeaderName,
+    Number,
+    ServiceHost,
+    at_least_one,
+    seconds,
+)
 
 from .spec import parse, spec_of
 
@@ -135,15 +144,24 @@ def _path_problem(kind: str):
     return check
 
 
-def string_match(what: str) -> Obj:
-    return Obj(
-        {"exact": Str(), "prefix": Str(min_len=1), "regex": Custom(Str(min_len=1), regex_problem)},
-        rules=[exactly_one(("exact", "prefix", "regex"), what)],
-    )
+def string_match(what: str, presence: bool = False) -> Obj:
+    """``exact | prefix | regex``; with ``presence`` (headers, query parameters) an empty ``{}`` is Istio's
+    presence match: the header or parameter is there, whatever its value."""
+    keys = ("exact", "prefix", "regex")
+
+    def one(cleaned: dict, path: Path, ctx: Context) -> None:
+        given = [k for k in keys if k in cleaned]
+        if len(given) > 1 or (not given and not presence):
+            got = f" (got {', '.join(given)})" if given else ""
+            ctx.add(path, f"{what} must set exactly one of: {', '.join(keys)}{got}")
+
+    return Obj({"exact": Str(), "prefix": Str(min_len=1), "regex": Custom(Str(min_len=1), regex_problem)},
+               rules=[one])
 
 
 URI_MATCH = Custom(string_match("uri"), _path_problem("uri"))
 STRING_MATCH = string_match("a string match")
+PRESENCE_MATCH = string_match("a string match", presence=True)
 
 
 class _HeaderKey(StrKey):
@@ -159,36 +177,31 @@ MATCH = Obj(
         "name": Str(min_len=1),
         "uri": URI_MATCH,
         "method": STRING_MATCH,
-        "headers": MapOf(STRING_MATCH, key=_HeaderKey()),
-        "queryParams": MapOf(STRING_MATCH, key=StrKey(Str(min_len=1))),
+        "headers": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
+        "queryParams": MapOf(PRESENCE_MATCH, key=StrKey(Str(min_len=1))),
         "ignoreUriCase": Bool(),
     }
 )
 
 DESTINATION = Obj({"host": Required(ServiceHost()), "subset": DNSLabel()})
 
-ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, 100)})
+MAX_WEIGHT = 2**31 - 1  # Istio's int32
+
+ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, MAX_WEIGHT)})
 
 
 def _weights(cleaned: list, path: Path, ctx: Context) -> None:
-    """Istio's rule: one destination takes everything; several need weights that sum to 100."""
-    if len(cleaned) == 1:
-        w = cleaned[0].get("weight")
-        if w is not None and w != 100:
-            ctx.add(path.index(0).field("weight"),
-                    f"a single destination receives all traffic: leave weight out or write 100 (got {w})")
+    """Istio's rule: weights are relative proportions (``1`` and ``3`` send a quarter and three quarters; they
+    need not sum to 100). A single destination takes everything whatever its weight; among several, a missing
+    weight is 0 (Istio's default) and at least one must be above 0."""
+    if len(cleaned) < 2:
         return
-    missing = [i for i, d in enumerate(cleaned) if d.get("weight") is None]
-    for i in missing:
-        ctx.add(path.index(i).field("weight"), "required when a route has several destinations (weights sum to 100)")
-    if missing:
-        return
-    total = sum(d["weight"] for d in cleaned)
-    if total != 100:
-        parts = ", ".join(f"{d['destination'].get('subset') or d['destination']['host']}={d['weight']}" for d in cleaned)
-        ctx.add(path, f"weights must sum to 100, got {total} ({parts})")
-    elif not any(d["weight"] for d in cleaned):
-        ctx.add(path, "at least one destination needs a weight above 0")
+    total = sum(d.get("weight") or 0 for d in cleaned)
+    if not total:
+        ctx.add(path, "at least one destination needs a weight above 0 (a missing weight is 0 when a route has "
+                      "several destinations)")
+    elif total > UINT32_MAX:
+        ctx.add(path, f"the weights sum to {total}, more than Envoy's limit {UINT32_MAX}; scale them down")
 
 
 class Destinations(ListOf):
@@ -212,7 +225,26 @@ def _backoff_order(cleaned: dict, path: Path, ctx: Context) -> None:
                 f"must not be shorter than baseInterval ({cleaned['baseInterval']}), got {cleaned['maxInterval']}")
 
 
-BACKOFF = Obj({"baseInterval": Required(Dur(min_s=0.001)), "maxInterval": Dur(min_s=0.001)}, rules=[_backoff_order])
+BACKOFF_BLOCK = Obj({"baseInterval": Required(Dur(min_s=0.001)), "maxInterval": Dur(min_s=0.001)},
+                    rules=[_backoff_order])
+
+
+class _Backoff(Schema):
+    """Istio's ``backoff: 25ms`` (the base interval; Envoy's maximum is then ten times it) or meshcore's mapping
+    ``{baseInterval, maxInterval}``; the cleaned value is always the mapping."""
+
+    expected = 'a duration such as "25ms", or a mapping {baseInterval, maxInterval}'
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if isinstance(value, str):
+            cleaned = Dur(min_s=0.001).check(value, path, ctx)
+            return INVALID if cleaned is INVALID else {"baseInterval": cleaned}
+        if isinstance(value, Mapping):
+            return BACKOFF_BLOCK.check(value, path, ctx)
+        return self._wrong_type(value, path, ctx)
+
+
+BACKOFF = _Backoff()
 
 RETRIES = Obj(
     {
@@ -220,6 +252,7 @@ RETRIES = Obj(
         "perTryTimeout": Dur(min_s=0.001),
         "retryOn": Custom(Str(min_len=1), retry_on_problem),
         "backoff": BACKOFF,
+        "retryIgnorePreviousHosts": Bool(),
     }
 )
 

@@ -14,12 +14,12 @@ from typing import Any, Mapping
 from meshcore.resources.kinds._fields import seconds
 from meshcore.resources.model import Resource
 
-EXACT, PREFIX, REGEX = "exact", "prefix", "regex"
+EXACT, PREFIX, REGEX, PRESENT = "exact", "prefix", "regex", "present"
 
 
 @dataclass(frozen=True)
 class StringMatch:
-    kind: str  # EXACT | PREFIX | REGEX (the schema requires exactly one)
+    kind: str  # EXACT | PREFIX | REGEX (the schema requires exactly one); PRESENT: Istio's ``{}`` (headers, params)
     value: str
 
 
@@ -32,6 +32,7 @@ class Match:
     headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name
     query_params: tuple[tuple[str, StringMatch], ...] = ()  # by parameter name
     ignore_uri_case: bool = False
+    name: str | None = None  # Istio's match name: appended to the Envoy route name (``<http name>.<match name>``)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Retries:
     retry_on: str | None = None  # None: DEFAULT_RETRY_ON
     backoff_base_interval: float | None = None  # seconds; None: no backoff block
     backoff_max_interval: float | None = None  # seconds
+    ignore_previous_hosts: bool = True  # Istio's retryIgnorePreviousHosts: each retry goes to another host
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,8 @@ class VirtualServiceSpec:
 
 
 def _string_match(m: Mapping[str, Any]) -> StringMatch:
-    kind = next(k for k in (EXACT, PREFIX, REGEX) if k in m)
-    return StringMatch(kind, m[kind])
+    kind = next((k for k in (EXACT, PREFIX, REGEX) if k in m), None)
+    return StringMatch(PRESENT, "") if kind is None else StringMatch(kind, m[kind])
 
 
 def _string_matches(entries: Mapping[str, Any] | None) -> tuple[tuple[str, StringMatch], ...]:
@@ -128,6 +130,7 @@ def _match(m: Mapping[str, Any]) -> Match:
         headers=_string_matches(m.get("headers")),
         query_params=_string_matches(m.get("queryParams")),
         ignore_uri_case=bool(m.get("ignoreUriCase")),
+        name=m.get("name"),
     )
 
 
@@ -136,7 +139,12 @@ def _destination(d: Mapping[str, Any]) -> Destination:
 
 
 def _route(destinations: Any) -> tuple[RouteDestination, ...]:
-    return tuple(RouteDestination(_destination(d["destination"]), d.get("weight", 100)) for d in destinations or ())
+    """A single destination takes everything (its weight, if any, is ignored, as Istio does); among several a
+    missing weight is 0; weights are relative, Envoy divides by their sum."""
+    destinations = list(destinations or ())
+    if len(destinations) == 1:
+        return (RouteDestination(_destination(destinations[0]["destination"]), 100),)
+    return tuple(RouteDestination(_destination(d["destination"]), d.get("weight") or 0) for d in destinations)
 
 
 def _percent(block: Mapping[str, Any] | None) -> float:
@@ -153,6 +161,7 @@ def _retries(r: Mapping[str, Any] | None) -> Retries | None:
         retry_on=r.get("retryOn") or None,
         backoff_base_interval=seconds(backoff["baseInterval"]) if backoff else None,
         backoff_max_interval=seconds(backoff["maxInterval"]) if backoff and "maxInterval" in backoff else None,
+        ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True),
     )
 
 
@@ -209,6 +218,6 @@ def spec_of(vs: Resource) -> VirtualServiceSpec:
 
 __all__ = [
     "VirtualServiceSpec", "HttpRoute", "TcpRoute", "Match", "StringMatch", "Destination", "RouteDestination",
-    "Retries", "Fault", "FaultDelay", "FaultAbort", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "parse",
+    "Retries", "Fault", "FaultDelay", "FaultAbort", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "PRESENT", "parse",
     "spec_of",
 ]

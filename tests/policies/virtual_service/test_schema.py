@@ -57,36 +57,50 @@ spec:
     assert res.spec["hosts"] == ["reviews"] and len(res.spec["http"]) == 2
 
 
-def test_weights_must_sum_to_100():
-    errs = _errors("""
+def test_weights_are_relative_as_istios():
+    """Istio does not require a sum of 100: weights are proportions (Envoy divides by their sum)."""
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
 spec:
   hosts: [reviews]
   http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 80}
-    - {destination: {host: reviews, subset: v2}, weight: 10}
+    - {destination: {host: reviews, subset: v1}, weight: 1}
+    - {destination: {host: reviews, subset: v2}, weight: 3}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
 """)
-    assert errs == {"spec.http[0].route": "weights must sum to 100, got 90 (v1=80, v2=10)"}
+    http = spec_of(res).http
+    assert [d.weight for d in http[0].route] == [1, 3]
+    assert [d.weight for d in http[1].route] == [100]  # a single destination takes everything, as in Istio
 
 
-def test_weights_required_with_several_destinations_and_single_takes_all():
-    errs = _errors("""
+def test_weights_missing_among_several_are_zero_and_all_zero_is_refused():
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
 spec:
   hosts: [reviews]
   http:
   - route:
     - {destination: {host: reviews, subset: v1}, weight: 100}
     - {destination: {host: reviews, subset: v2}}
+""")
+    assert [d.weight for d in spec_of(res).http[0].route] == [100, 0]
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v1}}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
   tcp:
   - route:
-    - {destination: {host: reviews}, weight: 101}
+    - {destination: {host: reviews}, weight: -1}
 """)
-    assert errs["spec.http[0].route[1].weight"].startswith("required when a route has several destinations")
-    assert errs["spec.http[1].route[0].weight"] == \
-        "a single destination receives all traffic: leave weight out or write 100 (got 50)"
-    assert errs["spec.tcp[0].route[0].weight"] == "must be an integer 0-100 (got 101)"
+    assert errs["spec.http[0].route"].startswith("at least one destination needs a weight above 0")
+    assert errs["spec.tcp[0].route[0].weight"] == "must be an integer 0-2147483647 (got -1)"
 
 
 def test_match_errors_have_exact_paths():
