@@ -143,19 +143,29 @@ LOAD_BALANCER = Obj(
     rules=[_not_both_lb],
 )
 
+TCP_POOL_FIELDS = ("maxConnections", "connectTimeout", "maxConnectionDuration", "tcpKeepalive")
+HTTP_POOL_FIELDS = ("http1MaxPendingRequests", "http2MaxRequests", "maxRetries", "maxRequestsPerConnection",
+                    "idleTimeout")
+
+TCP_KEEPALIVE = Obj({"probes": Int(1, UINT32_MAX), "time": Dur(min_s=1), "interval": Dur(min_s=1)})
+"""Istio's ``tcpKeepalive`` -> the cluster's ``upstream_connection_options.tcp_keepalive`` (seconds, as the kernel)."""
+
 CONNECTION_POOL = Obj(
     {
         "tcp": Obj(
-            {"maxConnections": Int(1, UINT32_MAX), "connectTimeout": Dur(min_s=0.001)},
-            rules=[at_least_one(("maxConnections", "connectTimeout"), "connectionPool.tcp")],
+            {"maxConnections": Int(1, UINT32_MAX), "connectTimeout": Dur(min_s=0.001),
+             "maxConnectionDuration": Dur(min_s=0.001), "tcpKeepalive": TCP_KEEPALIVE},
+            rules=[at_least_one(TCP_POOL_FIELDS, "connectionPool.tcp")],
         ),
         "http": Obj(
             {
                 "http1MaxPendingRequests": Int(1, UINT32_MAX),
                 "http2MaxRequests": Int(1, UINT32_MAX),
                 "maxRetries": Int(0, UINT32_MAX),
+                "maxRequestsPerConnection": Int(0, UINT32_MAX),
+                "idleTimeout": Dur(min_s=0.001),
             },
-            rules=[at_least_one(("http1MaxPendingRequests", "http2MaxRequests", "maxRetries"), "connectionPool.http")],
+            rules=[at_least_one(HTTP_POOL_FIELDS, "connectionPool.http")],
         ),
     },
     rules=[at_least_one(("tcp", "http"), "connectionPool")],

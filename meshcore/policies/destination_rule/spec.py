@@ -50,6 +50,13 @@ class ConnectionPool:
     http1_max_pending_requests: int | None = None
     http2_max_requests: int | None = None
     max_retries: int | None = None
+    max_requests_per_connection: int | None = None  # 0: unlimited (Istio's default)
+    idle_timeout: float | None = None  # seconds, of an upstream HTTP connection without requests
+    max_connection_duration: float | None = None  # seconds
+    keepalive_probes: int | None = None
+    keepalive_time: float | None = None  # seconds
+    keepalive_interval: float | None = None  # seconds
+    keepalive: bool = False  # tcpKeepalive given (even empty: the kernel's defaults)
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,13 @@ def parse_policy(policy: Mapping[str, Any] | None) -> TrafficPolicy | None:
             http1_max_pending_requests=http.get("http1MaxPendingRequests"),
             http2_max_requests=http.get("http2MaxRequests"),
             max_retries=http.get("maxRetries"),
+            max_requests_per_connection=http.get("maxRequestsPerConnection"),
+            idle_timeout=_dur(http.get("idleTimeout")),
+            max_connection_duration=_dur(tcp.get("maxConnectionDuration")),
+            keepalive_probes=(tcp.get("tcpKeepalive") or {}).get("probes"),
+            keepalive_time=_dur((tcp.get("tcpKeepalive") or {}).get("time")),
+            keepalive_interval=_dur((tcp.get("tcpKeepalive") or {}).get("interval")),
+            keepalive="tcpKeepalive" in tcp,
         ),
         outlier_detection=None if od is None else OutlierDetection(
             consecutive_5xx_errors=od.get("consecutive5xxErrors"),

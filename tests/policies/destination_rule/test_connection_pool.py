@@ -1,0 +1,69 @@
+"""connectionPool beyond the circuit breaker thresholds: maxRequestsPerConnection, idle timeout, connection age,
+TCP keepalive reach the cluster (Istio's circuit-breaking task verbatim)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from meshcore.errors import ValidationError
+from meshcore.policies.destination_rule.clusters import HTTP_PROTOCOL_OPTIONS
+from meshcore.resources import load_documents
+from meshcore.xds.generate import CLUSTER
+
+from .._catalog import build, free_port, write_catalog
+
+DR = """apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    connectionPool:
+POOL
+"""
+
+
+def _cluster(tmp_path, pool: str):
+    write_catalog(tmp_path, [{"name": "web"}, {"name": "api"}])
+    web = tmp_path / "n1" / "web.json"
+    definition = json.loads(web.read_text())
+    definition["service"]["connect"]["sidecar_service"]["proxy"]["upstreams"] = [
+        {"destination_name": "api", "local_bind_port": free_port()}]
+    web.write_text(json.dumps(definition))
+    built = build(tmp_path, DR.replace("POOL", pool))
+    [cl] = [c for c in built[CLUSTER] if c.name.startswith("outbound:api")]
+    return cl
+
+
+def test_circuit_breaking_task_verbatim(tmp_path):
+    cl = _cluster(tmp_path, "      tcp: {maxConnections: 1}\n"
+                            "      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}")
+    [t] = cl.circuit_breakers.thresholds
+    assert t.max_connections.value == 1 and t.max_pending_requests.value == 1
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    assert cl.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(opts)
+    assert opts.common_http_protocol_options.max_requests_per_connection.value == 1
+    assert opts.explicit_http_config.HasField("http_protocol_options")  # HTTP/1.1, as without options
+
+
+def test_idle_timeout_connection_age_and_keepalive(tmp_path):
+    cl = _cluster(tmp_path, "      tcp: {maxConnectionDuration: 1h, tcpKeepalive: {probes: 2, time: 30s}}\n"
+                            "      http: {idleTimeout: 15s}")
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    cl.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(opts)
+    cho = opts.common_http_protocol_options
+    assert (cho.idle_timeout.seconds, cho.max_connection_duration.seconds) == (15, 3600)
+    ka = cl.upstream_connection_options.tcp_keepalive
+    assert (ka.keepalive_probes.value, ka.keepalive_time.value) == (2, 30) and not ka.HasField("keepalive_interval")
+
+
+def test_zero_requests_per_connection_is_unlimited_and_bad_values_say_where():
+    load_documents(DR.replace("POOL", "      http: {maxRequestsPerConnection: 0}"), "dr.yaml")
+    with pytest.raises(ValidationError) as info:
+        load_documents(DR.replace("POOL", "      tcp: {tcpKeepalive: {time: 500ms}}"), "dr.yaml")
+    [e] = info.value.errors
+    assert e.path == "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time"
