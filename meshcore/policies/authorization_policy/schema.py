@@ -53,7 +53,7 @@ from meshcore.resources.schema import (
     suggest,
 )
 
-from meshcore.resources.kinds._fields import ROOT_NAMESPACE, in_scope
+from meshcore.resources.kinds._fields import ROOT_NAMESPACE, TARGET_REF, in_scope
 
 from .spec import (
     ACTIONS,
@@ -341,7 +341,8 @@ SPEC = Obj(
         "selector": LabelSelector(),
         "action": _Action(*ACTIONS),
         "rules": ListOf(RULE),
-    }
+    },
+    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF},
 )
 
 KIND = KindSpec.from_schema(

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import (
+    EXPORT_TO,
     UINT32_MAX,
     Dur,
     HeaderName,
@@ -58,7 +59,6 @@ from meshcore.resources.schema import (
     Obj,
     Path,
     Required,
-    Schema,
     Str,
     StringMap,
 )
@@ -108,17 +108,6 @@ DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+",
                  pattern_hint="must be a Consul datacenter name (lowercase letters, digits, '-' and '_')")
 
 
-class _NotSupported(Schema):
-    """An Istio field meshcore does not implement: refused with what to use instead (never silently ignored)."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        ctx.add(path, self.message)
-        return INVALID
-
-
 def _failover_pair(cleaned: dict, path: Path, ctx: Context) -> None:
     if cleaned["from"] == cleaned["to"]:
         ctx.add(path.field("to"), f"fails over from {json.dumps(cleaned['from'])} to itself; "
@@ -131,10 +120,11 @@ LOCALITY_LB_SETTING = Obj(
         # Ordered: several entries with one ``from`` are tried in their order; a repeated pair is an error.
         "failover": ListOf(Obj({"from": Required(DATACENTER), "to": Required(DATACENTER)}, rules=[_failover_pair]),
                            unique=True),
-        "distribute": _NotSupported("distribute (weighted traffic across localities) is not supported; use failover "
-                                    "for ordered datacenters, or a VirtualService weight split across subsets"),
-        "failoverPriority": _NotSupported("failoverPriority is not supported; use failover "
-                                          "(from/to datacenters) and the node meta \"zone\""),
+    },
+    refused={
+        "distribute": ("weighted traffic across localities is not implemented; use failover for ordered datacenters, "
+                       "or a VirtualService weight split across subsets"),
+        "failoverPriority": "use failover (from/to datacenters) and the node meta \"zone\"",
     },
 )
 
@@ -229,6 +219,7 @@ SUBSET = Obj(
 SPEC = Obj(
     {"host": Required(ServiceHost()), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET)},
     rules=[unique_names("subsets", "subset")],
+    refused={"exportTo": EXPORT_TO},
 )
 
 KIND = KindSpec.from_schema(

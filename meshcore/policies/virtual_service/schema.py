@@ -67,6 +67,7 @@ from meshcore.resources.schema import (
 
 from meshcore.policies.destination_rule import schema as dr
 from meshcore.resources.kinds._fields import (
+    EXPORT_TO,
     UINT32_MAX,
     Dur,
     HeaderName,
@@ -312,6 +313,7 @@ SPEC = Obj(
         "tcp": ListOf(TCP_ROUTE),
     },
     rules=[_routes_given],
+    refused={"exportTo": EXPORT_TO},
 )
 
 KIND = KindSpec.from_schema(
