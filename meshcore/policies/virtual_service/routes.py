@@ -33,11 +33,14 @@ from .spec import (
     EXACT,
     PREFIX,
     PRESENT,
+    DirectResponse,
     Fault,
     HeaderOperations,
     HttpRoute,
     Match,
+    Redirect,
     Retries,
+    Rewrite,
     RouteDestination,
     StringMatch,
     spec_of,
@@ -163,11 +166,54 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
         if hashes:
             action.hash_policy.extend(hashes)
             break
-    if rule.mirror is not None:
-        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=cluster_for(rule.mirror.host, rule.mirror.subset))
-        mirror.runtime_fraction.default_value.CopyFrom(fraction(rule.mirror_percentage))
+    for m in rule.mirrors:
+        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=cluster_for(m.destination.host, m.destination.subset))
+        mirror.runtime_fraction.default_value.CopyFrom(fraction(m.percentage))
         action.request_mirror_policies.append(mirror)
+    if rule.rewrite is not None:
+        _rewrite(action, rule.rewrite)
     return action
+
+
+def _rewrite(action: rc.RouteAction, rw: Rewrite) -> None:
+    """Istio's rewrite: ``uri`` replaces the matched prefix (the whole path under an exact match), ``authority``
+    the Host, ``uriRegexRewrite`` substitutes by RE2."""
+    if rw.uri is not None:
+        action.prefix_rewrite = rw.uri
+    if rw.regex_match is not None:
+        action.regex_rewrite.pattern.regex = rw.regex_match
+        action.regex_rewrite.substitution = rw.regex_rewrite or ""
+    if rw.authority is not None:
+        action.host_rewrite_literal = rw.authority
+
+
+_REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND,
+                   303: rc.RedirectAction.SEE_OTHER, 307: rc.RedirectAction.TEMPORARY_REDIRECT,
+                   308: rc.RedirectAction.PERMANENT_REDIRECT}
+
+
+def redirect_action(r: Redirect) -> rc.RedirectAction:
+    out = rc.RedirectAction(response_code=_REDIRECT_CODES[r.code])
+    if r.uri is not None:
+        out.path_redirect = r.uri
+    if r.prefix_rewrite is not None:
+        out.prefix_rewrite = r.prefix_rewrite
+    if r.authority is not None:
+        out.host_redirect = r.authority
+    if r.port is not None:
+        out.port_redirect = r.port
+    if r.scheme is not None:
+        out.scheme_redirect = r.scheme
+    return out
+
+
+def direct_response(d: DirectResponse) -> rc.DirectResponseAction:
+    out = rc.DirectResponseAction(status=d.status)
+    if d.body is not None:
+        out.body.inline_string = d.body
+    elif d.body_bytes is not None:
+        out.body.inline_bytes = d.body_bytes
+    return out
 
 
 def route_name(vs: Resource, i: int, rule: HttpRoute, j: int, match: Match, alternatives: int) -> str:
@@ -181,14 +227,15 @@ def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, defaul
     """Every ``http[]`` rule of ``vs`` as Envoy routes, in order."""
     routes: list[rc.Route] = []
     for i, rule in enumerate(spec_of(vs).http):
-        action = route_action(rule, cluster_for, hash_for, default_timeout)
         matches = rule.match or (Match(),)
         for j, match in enumerate(matches):
-            route = rc.Route(
-                name=route_name(vs, i, rule, j, match, len(matches)),
-                match=route_match(match),
-                route=action,
-            )
+            route = rc.Route(name=route_name(vs, i, rule, j, match, len(matches)), match=route_match(match))
+            if rule.redirect is not None:
+                route.redirect.CopyFrom(redirect_action(rule.redirect))
+            elif rule.direct_response is not None:
+                route.direct_response.CopyFrom(direct_response(rule.direct_response))
+            else:
+                route.route.CopyFrom(route_action(rule, cluster_for, hash_for, default_timeout))
             if rule.fault is not None:
                 pf.set_fault_config(route, http_fault(rule.fault))
             route.request_headers_to_add.extend(_header_options(rule.request_headers))

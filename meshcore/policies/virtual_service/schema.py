@@ -41,6 +41,7 @@ and the xDS build refuses a proxy's config while it does not hold (the proxy kee
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any, Iterator, Mapping, Sequence
@@ -74,6 +75,7 @@ from meshcore.resources.kinds._fields import (
     Number,
     ServiceHost,
     at_least_one,
+    exactly_one,
     seconds,
 )
 
@@ -281,21 +283,100 @@ HEADERS = Obj({"request": HEADER_OPERATIONS, "response": HEADER_OPERATIONS})
 def _mirror_percentage_needs_mirror(cleaned: dict, path: Path, ctx: Context) -> None:
     if "mirrorPercentage" in cleaned and "mirror" not in cleaned:
         ctx.add(path.field("mirrorPercentage"), "needs mirror (the destination that receives the copies)")
+    if "mirror" in cleaned and "mirrors" in cleaned:
+        ctx.add(path.field("mirrors"), "give mirror or mirrors, not both (mirrors: [{destination, percentage}] "
+                                       "replaces mirror and mirrorPercentage)")
+
+
+def _one_action(cleaned: dict, path: Path, ctx: Context) -> None:
+    """As Istio: a rule routes, redirects or answers directly; rewrite goes with route only."""
+    given = [k for k in ("route", "redirect", "directResponse") if k in cleaned]
+    if len(given) != 1:
+        ctx.add(path, "an http rule needs exactly one of route, redirect, directResponse"
+                      + (f" (got {', '.join(given)})" if given else ""))
+        return
+    if "rewrite" in cleaned and "route" not in cleaned:
+        ctx.add(path.field("rewrite"), f"rewrite applies to a route, not to {given[0]}")
+    for field in ("mirror", "mirrors", "retries", "timeout"):
+        if field in cleaned and "route" not in cleaned:
+            ctx.add(path.field(field), f"{field} applies to a route, not to {given[0]}")
+
+
+REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                  308: "PERMANENT_REDIRECT"}
+
+
+def _redirect_code(value: int) -> str | None:
+    return None if value in REDIRECT_CODES else f"must be one of {', '.join(map(str, REDIRECT_CODES))} (got {value})"
+
+
+def _redirect_path(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "uri" in cleaned and "prefixRewrite" in cleaned:
+        ctx.add(path, "redirect takes uri (the whole path) or prefixRewrite (the matched prefix), not both")
+
+
+REDIRECT = Obj(
+    {
+        "uri": Str(min_len=1),
+        "prefixRewrite": Str(),
+        "authority": Str(min_len=1),
+        "port": Int(1, 65535),
+        "scheme": Str(min_len=1, pattern=r"[a-z][a-z0-9+.-]*", pattern_hint="must be a URI scheme such as https"),
+        "redirectCode": Custom(Int(300, 399), _redirect_code),
+    },
+    rules=[_redirect_path],
+)
+
+def _one_rewrite(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "uri" in cleaned and "uriRegexRewrite" in cleaned:
+        ctx.add(path, "rewrite takes uri or uriRegexRewrite, not both")
+
+
+REWRITE = Obj(
+    {
+        "uri": Str(min_len=1),
+        "authority": Str(min_len=1),
+        "uriRegexRewrite": Obj({"match": Required(Custom(Str(min_len=1), regex_problem)), "rewrite": Required(Str())}),
+    },
+    rules=[_one_rewrite],
+)
+
+def _base64_problem(value: str) -> str | None:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return "must be base64 (Istio's bytes); for text write body.string"
+    return None
+
+
+DIRECT_RESPONSE = Obj(
+    {
+        "status": Required(Int(200, 599)),
+        "body": Obj({"string": Str(), "bytes": Custom(Str(), _base64_problem)},
+                    rules=[exactly_one(("string", "bytes"), "body")]),
+    }
+)
+
+MIRROR = Obj({"destination": Required(DESTINATION), "percentage": PERCENTAGE})
 
 
 HTTP_ROUTE = Obj(
     {
         "name": Str(min_len=1),
         "match": ListOf(MATCH),
-        "route": Required(Destinations()),
+        "route": Destinations(),
+        "redirect": REDIRECT,
+        "directResponse": DIRECT_RESPONSE,
+        "rewrite": REWRITE,
         "timeout": Dur(),
         "retries": RETRIES,
         "fault": FAULT,
         "mirror": DESTINATION,
+        "mirrors": ListOf(MIRROR, min_items=1),
         "mirrorPercentage": PERCENTAGE,
         "headers": HEADERS,
     },
-    rules=[_mirror_percentage_needs_mirror],
+    rules=[_mirror_percentage_needs_mirror, _one_action],
 )
 
 TCP_ROUTE = Obj({"route": Required(Destinations())})
@@ -344,6 +425,8 @@ def destinations(spec: dict) -> Iterator[tuple[str, dict]]:
             yield f"spec.http[{i}].route[{j}].destination", d["destination"]
         if rule.get("mirror"):
             yield f"spec.http[{i}].mirror", rule["mirror"]
+        for j, m in enumerate(rule.get("mirrors") or ()):
+            yield f"spec.http[{i}].mirrors[{j}].destination", m["destination"]
     for i, rule in enumerate(spec.get("tcp") or ()):
         for j, d in enumerate(rule.get("route") or ()):
             yield f"spec.tcp[{i}].route[{j}].destination", d["destination"]

@@ -8,6 +8,7 @@ its route compiler (:mod:`.routes`) read only these types.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -85,8 +86,39 @@ class HeaderOperations:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    uri: str | None = None  # the whole path
+    prefix_rewrite: str | None = None  # replaces the matched prefix
+    authority: str | None = None
+    port: int | None = None
+    scheme: str | None = None
+    code: int = 301  # Istio's default
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    uri: str | None = None  # replaces the matched prefix (Envoy prefix_rewrite), as Istio
+    authority: str | None = None
+    regex_match: str | None = None
+    regex_rewrite: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectResponse:
+    status: int
+    body: str | None = None  # body.string
+    body_bytes: bytes | None = None  # body.bytes, decoded from base64
+
+
+@dataclass(frozen=True)
+class Mirror:
+    destination: Destination
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
 class HttpRoute:
-    route: tuple[RouteDestination, ...]
+    route: tuple[RouteDestination, ...]  # empty with redirect or direct_response
     name: str | None = None
     match: tuple[Match, ...] = ()  # empty: every request
     timeout: float | None = None  # seconds; None: the generator's default
@@ -96,6 +128,10 @@ class HttpRoute:
     mirror_percentage: float = 100.0
     request_headers: HeaderOperations = HeaderOperations()
     response_headers: HeaderOperations = HeaderOperations()
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    direct_response: DirectResponse | None = None
+    mirrors: tuple[Mirror, ...] = ()  # mirror + mirrorPercentage come here too (one entry)
 
 
 @dataclass(frozen=True)
@@ -184,11 +220,45 @@ def _header_operations(ops: Mapping[str, Any] | None) -> HeaderOperations:
     )
 
 
+def _redirect(r: Mapping[str, Any] | None) -> Redirect | None:
+    if r is None:
+        return None
+    return Redirect(uri=r.get("uri"), prefix_rewrite=r.get("prefixRewrite"), authority=r.get("authority"),
+                    port=r.get("port"), scheme=r.get("scheme"), code=r.get("redirectCode", 301))
+
+
+def _rewrite(r: Mapping[str, Any] | None) -> Rewrite | None:
+    if r is None:
+        return None
+    regex = r.get("uriRegexRewrite") or {}
+    return Rewrite(uri=r.get("uri"), authority=r.get("authority"), regex_match=regex.get("match"),
+                   regex_rewrite=regex.get("rewrite"))
+
+
+def _direct(d: Mapping[str, Any] | None) -> DirectResponse | None:
+    if d is None:
+        return None
+    body = d.get("body") or {}
+    raw = body.get("bytes")
+    return DirectResponse(status=d["status"], body=body.get("string"),
+                          body_bytes=None if raw is None else base64.b64decode(raw, validate=True))
+
+
+def _mirrors(rule: Mapping[str, Any]) -> tuple[Mirror, ...]:
+    if rule.get("mirror"):
+        return (Mirror(_destination(rule["mirror"]), float((rule.get("mirrorPercentage") or {}).get("value", 100))),)
+    return tuple(Mirror(_destination(m["destination"]), _percent(m)) for m in rule.get("mirrors") or ())
+
+
 def _http_route(rule: Mapping[str, Any]) -> HttpRoute:
     headers = rule.get("headers") or {}
     mirror = rule.get("mirror")
     return HttpRoute(
-        route=_route(rule["route"]),
+        route=_route(rule.get("route")),
+        redirect=_redirect(rule.get("redirect")),
+        rewrite=_rewrite(rule.get("rewrite")),
+        direct_response=_direct(rule.get("directResponse")),
+        mirrors=_mirrors(rule),
         name=rule.get("name"),
         match=tuple(_match(m) for m in rule.get("match") or ()),
         timeout=seconds(rule["timeout"]) if "timeout" in rule else None,
@@ -218,6 +288,6 @@ def spec_of(vs: Resource) -> VirtualServiceSpec:
 
 __all__ = [
     "VirtualServiceSpec", "HttpRoute", "TcpRoute", "Match", "StringMatch", "Destination", "RouteDestination",
-    "Retries", "Fault", "FaultDelay", "FaultAbort", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "PRESENT", "parse",
+    "Retries", "Fault", "FaultDelay", "FaultAbort", "Redirect", "Rewrite", "DirectResponse", "Mirror", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "PRESENT", "parse",
     "spec_of",
 ]

@@ -187,3 +187,48 @@ def test_validate_set_one_virtual_service_per_host():
     assert vs.service_for([b, a], "ratings") is b
     errors = validate_set([a, b])
     assert [(e.source, e.path) for e in errors] == [("VirtualService/default/zz", "spec.hosts[1]")]
+
+
+def test_redirect_direct_response_rewrite_and_mirrors_reach_the_typed_spec():
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /new, redirectCode: 302}
+  - directResponse: {status: 200, body: {bytes: aGk=}}
+  - rewrite: {uri: /, authority: other}
+    route: [{destination: {host: reviews}}]
+    mirrors: [{destination: {host: reviews}, percentage: {value: 5}}]
+""")
+    redirect, direct, routed = spec_of(res).http
+    assert (redirect.redirect.uri, redirect.redirect.code, redirect.route) == ("/new", 302, ())
+    assert (direct.direct_response.status, direct.direct_response.body_bytes) == (200, b"hi")
+    assert (routed.rewrite.uri, routed.rewrite.authority, routed.mirrors[0].percentage) == ("/", "other", 5.0)
+
+
+def test_one_action_per_rule_and_what_goes_with_a_route():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /new}
+    route: [{destination: {host: reviews}}]
+  - directResponse: {status: 503}
+    rewrite: {uri: /}
+    timeout: 1s
+  - {}
+  - redirect: {uri: /a, prefixRewrite: /b, redirectCode: 304}
+  - directResponse: {status: 200, body: {bytes: "not base64!"}}
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews}
+    mirrors: [{destination: {host: reviews}}]
+""")
+    assert errs["spec.http[0]"] == "an http rule needs exactly one of route, redirect, directResponse (got route, redirect)"
+    assert errs["spec.http[1].rewrite"] == "rewrite applies to a route, not to directResponse"
+    assert errs["spec.http[1].timeout"] == "timeout applies to a route, not to directResponse"
+    assert errs["spec.http[2]"] == "an http rule needs exactly one of route, redirect, directResponse"
+    assert errs["spec.http[3].redirect.redirectCode"] == "must be one of 301, 302, 303, 307, 308 (got 304)"
+    assert errs["spec.http[4].directResponse.body.bytes"].startswith("must be base64")
+    assert errs["spec.http[5].mirrors"].startswith("give mirror or mirrors, not both")
