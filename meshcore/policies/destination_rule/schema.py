@@ -202,9 +202,41 @@ TLS = Obj(
                                         "subjectAltNames", "sni", "insecureSkipVerify", "caCrl")},
 )
 
+def _unique_ports(cleaned: dict, path: Path, ctx: Context) -> None:
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(cleaned.get("portLevelSettings") or ()):
+        n = entry["port"]["number"]
+        if n in seen:
+            ctx.add(path.field("portLevelSettings").index(i).field("port").field("number"),
+                    f"port {n} already has settings at portLevelSettings[{seen[n]}]; one entry per port")
+        seen.setdefault(n, i)
+
+
+_PORT_LOCALITY = ("locality failover is per host in meshcore (a host's endpoints are shared by all its ports); "
+                  "set localityLbSetting on the host's or the subset's trafficPolicy")
+
+PORT_LOAD_BALANCER = Obj(
+    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH},
+    rules=[_not_both_lb],
+    refused={"localityLbSetting": _PORT_LOCALITY},
+)
+
+PORT_TRAFFIC_POLICY = Obj(
+    {
+        "port": Required(Obj({"number": Required(Int(1, 65535))})),
+        "loadBalancer": PORT_LOAD_BALANCER,
+        "connectionPool": CONNECTION_POOL,
+        "outlierDetection": OUTLIER_DETECTION,
+        "tls": TLS,
+    }
+)
+"""``portLevelSettings[]``: the policy for one port of the host (the service's own port as registered in Consul);
+it overrides the level's fields for that port, as Istio's."""
+
 TRAFFIC_POLICY = Obj(
     {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION,
-     "tls": TLS}
+     "tls": TLS, "portLevelSettings": ListOf(PORT_TRAFFIC_POLICY)},
+    rules=[_unique_ports],
 )
 
 SUBSET = Obj(
@@ -237,6 +269,13 @@ KIND = KindSpec.from_schema(
 
 def _ordered(resources: Iterable[Resource], kind: str) -> list[Resource]:
     return sorted((r for r in resources if r.kind == kind), key=lambda r: (r.namespace, r.name))
+
+
+def service_port(catalog: Any, host: str) -> int | None:
+    """The port ``portLevelSettings`` name for ``host``: its instances' own port as registered in Consul, when
+    they all share one (None otherwise: port-level settings then apply to no port)."""
+    ports = {inst.port for inst in catalog.instances_of(host)}
+    return ports.pop() if len(ports) == 1 else None
 
 
 def rule_for(resources: Iterable[Resource], host: str) -> Resource | None:
@@ -282,4 +321,5 @@ __all__ = [
     "subset_names",
     "selects",
     "validate_set",
+    "service_port",
 ]

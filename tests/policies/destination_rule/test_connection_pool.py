@@ -67,3 +67,48 @@ def test_zero_requests_per_connection_is_unlimited_and_bad_values_say_where():
         load_documents(DR.replace("POOL", "      tcp: {tcpKeepalive: {time: 500ms}}"), "dr.yaml")
     [e] = info.value.errors
     assert e.path == "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time"
+
+
+PORTS = """apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}
+    connectionPool: {tcp: {maxConnections: 100}}
+    portLevelSettings:
+    - port: {number: 8080}
+      loadBalancer: {simple: LEAST_REQUEST}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 8080}
+        connectionPool: {tcp: {maxConnections: 3}}
+"""
+
+
+def test_port_level_settings_override_their_level_for_that_port_only():
+    from meshcore.policies.destination_rule.spec import spec_of
+
+    [res] = load_documents(PORTS, "dr.yaml")
+    spec = spec_of(res)
+    other, on_port = spec.effective_policy(None, 9090), spec.effective_policy(None, 8080)
+    assert other.load_balancer.simple == "ROUND_ROBIN" and on_port.load_balancer.simple == "LEAST_REQUEST"
+    assert on_port.load_balancer.locality_lb_setting.enabled is True  # the host's failover stays
+    assert on_port.connection_pool.max_connections == 100
+    v2 = spec.effective_policy("v2", 8080)
+    assert v2.connection_pool.max_connections == 3 and v2.load_balancer.simple == "LEAST_REQUEST"
+
+
+def test_port_level_errors():
+    with pytest.raises(ValidationError) as info:
+        load_documents(PORTS.replace("      loadBalancer: {simple: LEAST_REQUEST}",
+                                     "      loadBalancer: {localityLbSetting: {enabled: false}}\n"
+                                     "    - port: {number: 8080}\n      connectionPool: {tcp: {maxConnections: 1}}"),
+                       "dr.yaml")
+    errs = {e.path: e.message for e in info.value.errors}
+    assert errs["spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting"].startswith(
+        '"localityLbSetting" is not supported: locality failover is per host')
