@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES = [
     "virtual_service/testdata/vm1-reviews-redirect-rewrite-direct.input.yaml",
     "virtual_service/testdata/vm1-reviews-istio-conventions.input.yaml",
+    "virtual_service/testdata/vm1-reviews-field-coverage.input.yaml",
     "destination_rule/testdata/vm1-reviews-connection-pool.input.yaml",
     "destination_rule/testdata/vm1-reviews-port-level.input.yaml",
     "authorization_policy/testdata/vm1-dry-run.input.yaml",

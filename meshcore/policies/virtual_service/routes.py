@@ -20,6 +20,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
@@ -47,6 +48,7 @@ from .spec import (
 )
 
 FAULT_FILTER = pf.FAULT
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 
 ClusterFor = Callable[[str, "str | None"], str]
 """``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
@@ -126,6 +128,11 @@ def retry_policy(retries: Retries) -> rc.RetryPolicy | None:
         out.retry_back_off.base_interval.CopyFrom(c.seconds(retries.backoff_base_interval))
         if retries.backoff_max_interval is not None:
             out.retry_back_off.max_interval.CopyFrom(c.seconds(retries.backoff_max_interval))
+    if retries.remote_localities:
+        # As Istio: each retry skips the priorities (meshcore: datacenters by failover rank) already tried.
+        out.retry_priority.name = PREVIOUS_PRIORITIES
+        out.retry_priority.typed_config.CopyFrom(c.pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(
+            update_frequency=2)))
     return retry_to_other_hosts(out) if retries.ignore_previous_hosts else out
 
 

@@ -256,6 +256,7 @@ RETRIES = Obj(
         "retryOn": Custom(Str(min_len=1), retry_on_problem),
         "backoff": BACKOFF,
         "retryIgnorePreviousHosts": Bool(),
+        "retryRemoteLocalities": Bool(),
     }
 )
 

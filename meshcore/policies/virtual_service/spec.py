@@ -56,6 +56,7 @@ class Retries:
     backoff_base_interval: float | None = None  # seconds; None: no backoff block
     backoff_max_interval: float | None = None  # seconds
     ignore_previous_hosts: bool = True  # Istio's retryIgnorePreviousHosts: each retry goes to another host
+    remote_localities: bool = False  # Istio's retryRemoteLocalities: retries may leave the failed priority
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ def _retries(r: Mapping[str, Any] | None) -> Retries | None:
         backoff_base_interval=seconds(backoff["baseInterval"]) if backoff else None,
         backoff_max_interval=seconds(backoff["maxInterval"]) if backoff and "maxInterval" in backoff else None,
         ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True),
+        remote_localities=r.get("retryRemoteLocalities", False),
     )
 
 
