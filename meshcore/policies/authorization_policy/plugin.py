@@ -28,9 +28,10 @@ Each Envoy RBAC policy is one rule, named ``<ns>/<name>[<index>]``; a 403 carrie
 details (``rbac_access_denied_matched_policy[default/deny-post[0]]``).
 
 Dry run (annotation ``istio.io/dry-run`` or ``mesh.io/dry-run: "true"``): the policy's rules go to its stage's
-``shadow_rules`` (HTTP: beside the enforced ``rules``, counted as ``...rbac.authz.<stage>.dry_run.shadow_{allowed,
-denied}``; a stage with only dry-run policies has no ``rules`` at all, so nothing is enforced; TCP: one more network
-filter ``tcp.<listener>.authz.deny.dry_run.`` with shadow rules only). Evaluated and counted, never enforced.
+``shadow_rules`` (HTTP: beside the enforced ``rules``; a stage with only dry-run policies has no ``rules`` at all, so
+nothing is enforced; counted per dry-run rule as ``http.<listener>.rbac.policy.<ns>/<name>[i].shadow_{allowed,denied}``
+and in sum as ``http.<listener>.rbac.shadow_{allowed,denied}``; TCP: one more network filter, prefix
+``tcp.<listener>.authz.deny.dry_run.``, with shadow rules only). Evaluated and counted, never enforced.
 
 Rules are read by :func:`meshcore.authz.policy_rules`, the same reading :func:`meshcore.authz.decide`
 evaluates, including Istio's TCP rule (ALLOW rules using HTTP-only fields are dropped, DENY and AUDIT
@@ -72,10 +73,6 @@ def check_http_listener(listener: c.ListenerDraft) -> list[str]:
             for chain, hcm in listener.http_managers() if not pf.has_policy_filters(hcm)]
 
 
-DRY_RUN_STAT = "dry_run."
-"""Appended to a stage's stat prefix for its dry-run (shadow) rules: ``...rbac.authz.deny.dry_run.shadow_denied``."""
-
-
 def _per_route(stage: pf.HttpRbacStage, s: RbacStage) -> http_rbac_pb2.RBACPerRoute:
     """``rules`` enforced (absent when only dry-run policies select the workload: nothing enforced), ``shadow_rules``
     evaluated and counted only (dry-run policies)."""
@@ -85,8 +82,9 @@ def _per_route(stage: pf.HttpRbacStage, s: RbacStage) -> http_rbac_pb2.RBACPerRo
     if s.rules is not None:
         rbac.rules.CopyFrom(s.rules)
     if s.shadow is not None:
+        # Envoy 1.40 takes the shadow stat prefix from the listener's filter, not from per-route config: the counters
+        # are http.<listener>.rbac.shadow_{allowed,denied} and, per dry-run rule, rbac.policy.<ns>/<name>[i].shadow_*.
         rbac.shadow_rules.CopyFrom(s.shadow)
-        rbac.shadow_rules_stat_prefix = stage.stat_prefix + DRY_RUN_STAT
     return http_rbac_pb2.RBACPerRoute(rbac=rbac)
 
 
