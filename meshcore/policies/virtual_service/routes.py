@@ -11,7 +11,7 @@ destination means is asked from a callback, so this module knows nothing about p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from google.protobuf import wrappers_pb2
 
@@ -96,8 +96,16 @@ def route_match(match: Match) -> rc.RouteMatch:
         out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
     if match.method is not None:
         out.headers.append(rc.HeaderMatcher(name=":method", string_match=string_matcher(match.method)))
+    if match.authority is not None:
+        out.headers.append(rc.HeaderMatcher(name=":authority", string_match=string_matcher(match.authority)))
+    if match.scheme is not None:
+        out.headers.append(rc.HeaderMatcher(name=":scheme", string_match=string_matcher(match.scheme)))
     for name, m in match.headers:
         out.headers.append(_header_matcher(name, m))
+    for name, m in match.without_headers:  # Istio's withoutHeaders: the header must not match (absent for {})
+        inverted = _header_matcher(name, m)
+        inverted.invert_match = True
+        out.headers.append(inverted)
     for name, m in match.query_params:
         out.query_parameters.append(_query_matcher(name, m))
     return out
@@ -230,12 +238,17 @@ def route_name(vs: Resource, i: int, rule: HttpRoute, j: int, match: Match, alte
     return f"{base}.{match.name}" if match.name else base
 
 
-def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float) -> list[rc.Route]:
-    """Every ``http[]`` rule of ``vs`` as Envoy routes, in order."""
+def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float,
+                caller: tuple[Mapping[str, str], str] | None = None) -> list[rc.Route]:
+    """Every ``http[]`` rule of ``vs`` as Envoy routes, in order. ``caller`` (labels, namespace) of the proxy the
+    routes are for: match alternatives whose ``sourceLabels``/``sourceNamespace`` it does not meet are left out, and a
+    rule left without any alternative with them (Istio's reading)."""
     routes: list[rc.Route] = []
     for i, rule in enumerate(spec_of(vs).http):
         matches = rule.match or (Match(),)
         for j, match in enumerate(matches):
+            if caller is not None and not match.from_caller(*caller):
+                continue
             route = rc.Route(name=route_name(vs, i, rule, j, match, len(matches)), match=route_match(match))
             if rule.redirect is not None:
                 route.redirect.CopyFrom(redirect_action(rule.redirect))

@@ -61,9 +61,11 @@ from meshcore.resources.schema import (
     Obj,
     Path,
     Required,
+    LabelKey,
     Schema,
     Str,
     StrKey,
+    StringMap,
 )
 
 from meshcore.policies.destination_rule import schema as dr
@@ -180,11 +182,18 @@ MATCH = Obj(
         "name": Str(min_len=1),
         "uri": URI_MATCH,
         "method": STRING_MATCH,
+        "authority": STRING_MATCH,
+        "scheme": STRING_MATCH,
         "headers": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
+        "withoutHeaders": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
         "queryParams": MapOf(PRESENCE_MATCH, key=StrKey(Str(min_len=1))),
         "ignoreUriCase": Bool(),
+        "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
+        "sourceNamespace": DNSLabel(),
     }
 )
+"""One ``match[]`` alternative. ``sourceLabels`` / ``sourceNamespace`` select the calling workloads (the proxy whose
+routes are built): on other callers' proxies the alternative is left out, as Istio does."""
 
 DESTINATION = Obj({"host": Required(ServiceHost()), "subset": DNSLabel()})
 
@@ -264,7 +273,9 @@ PERCENTAGE = Obj({"value": Required(Number(0, 100))})
 
 FAULT = Obj(
     {
-        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE}),
+        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE},
+                     refused={"percent": "deprecated in Istio (an integer percent); write percentage: {value: N}",
+                              "exponentialDelay": "not implemented by Istio either; use fixedDelay"}),
         "abort": Obj({"httpStatus": Required(Int(200, 599)), "percentage": PERCENTAGE}),
     },
     rules=[at_least_one(("delay", "abort"), "fault")],
@@ -378,6 +389,8 @@ HTTP_ROUTE = Obj(
         "headers": HEADERS,
     },
     rules=[_mirror_percentage_needs_mirror, _one_action],
+    refused={f: "deprecated in Istio (an integer percent); write mirrorPercentage: {value: N}"
+             for f in ("mirrorPercent", "mirror_percent")},
 )
 
 TCP_ROUTE = Obj({"route": Required(Destinations())})

@@ -34,6 +34,17 @@ class Match:
     query_params: tuple[tuple[str, StringMatch], ...] = ()  # by parameter name
     ignore_uri_case: bool = False
     name: str | None = None  # Istio's match name: appended to the Envoy route name (``<http name>.<match name>``)
+    authority: StringMatch | None = None
+    scheme: StringMatch | None = None
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name: must not match
+    source_labels: tuple[tuple[str, str], ...] = ()  # the caller's labels (all must hold)
+    source_namespace: str | None = None  # the caller's namespace
+
+    def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
+        """Whether this alternative applies on the proxy of a caller with ``labels`` in ``namespace``."""
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return all(labels.get(k) == v for k, v in self.source_labels)
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,11 @@ def _match(m: Mapping[str, Any]) -> Match:
         query_params=_string_matches(m.get("queryParams")),
         ignore_uri_case=bool(m.get("ignoreUriCase")),
         name=m.get("name"),
+        authority=_string_match(m["authority"]) if m.get("authority") else None,
+        scheme=_string_match(m["scheme"]) if m.get("scheme") else None,
+        without_headers=_string_matches(m.get("withoutHeaders")),
+        source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
+        source_namespace=m.get("sourceNamespace"),
     )
 
 

@@ -232,3 +232,24 @@ spec:
     assert errs["spec.http[3].redirect.redirectCode"] == "must be one of 301, 302, 303, 307, 308 (got 304)"
     assert errs["spec.http[4].directResponse.body.bytes"].startswith("must be base64")
     assert errs["spec.http[5].mirrors"].startswith("give mirror or mirrors, not both")
+
+
+def test_source_matches_select_the_callers_proxy():
+    from meshcore.policies.virtual_service.routes import http_routes
+
+    res = _load("""
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}}, {sourceNamespace: shop, withoutHeaders: {x-debug: {}}}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+""")
+
+    def names(labels, namespace):
+        routes = http_routes(res, lambda h, s: h, lambda h, s: [], 15.0, (labels, namespace))
+        return [r.name for r in routes]
+
+    assert names({"app": "productpage"}, "default") == ["default/reviews/http[0]/match[0]", "default/reviews/http[1]"]
+    assert names({"app": "ratings"}, "shop") == ["default/reviews/http[0]/match[1]", "default/reviews/http[1]"]
+    assert names({"app": "ratings"}, "default") == ["default/reviews/http[1]"]
