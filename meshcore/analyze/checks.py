@@ -12,6 +12,7 @@ MC0101 error    a VirtualService or DestinationRule host is no service of the ca
 MC0102 error    a route or mirror destination is no service of the catalog
 MC0103 warning  a DestinationRule subset's labels select no instance of its host (routes to it get 503)
 MC0104 warning  a selector (AuthorizationPolicy, PeerAuthentication, RateLimit) matches no workload
+MC0105 warning  PeerAuthentications compete at one level (mesh, namespace, workload): all but the first are inert
 MC0201 warning  a VirtualService rule can never be reached: an earlier rule matches every request, or the
                 same requests
 MC0301 warning  an AuthorizationPolicy rule can never match: its ports are none of the selected workloads'
@@ -130,6 +131,29 @@ def selectors(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Findi
                           f"check the labels and namespace (mesh-wide: namespace {ROOT_NAMESPACE} without a selector)")
 
 
+def competing_peer_authentications(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
+    """MC0105: PeerAuthentications competing at one level (mesh-wide, namespace-wide, or one workload): only the
+    one whose name sorts first counts (Istio: the oldest), the others are silently inert."""
+    levels: dict[tuple[str, str], list[Resource]] = {}
+    for r in _of(resources, "PeerAuthentication"):
+        selector = _selector(r)
+        if selector:
+            continue  # selector overlaps are per workload: below
+        levels.setdefault(("mesh" if r.namespace == ROOT_NAMESPACE else "namespace", r.namespace), []).append(r)
+    for (level, ns), found in sorted(levels.items()):
+        for r in found[1:]:
+            yield Finding("MC0105", WARNING, str(r.key), "metadata.name",
+                          f"{len(found)} {level}-wide PeerAuthentications in {ns!r}: only {found[0].name!r} (first by "
+                          "name) applies, this one never does", "merge them into one")
+    for inst in sorted(catalog.instances, key=lambda i: i.id):
+        hits = [r for r in _of(resources, "PeerAuthentication")
+                if _selector(r) and r.namespace == inst.namespace and _labels_match(_selector(r), inst.labels)]
+        for r in hits[1:]:
+            yield Finding("MC0105", WARNING, str(r.key), "spec.selector.matchLabels",
+                          f"instance {inst.id} is selected by {len(hits)} PeerAuthentications: only {hits[0].name!r} "
+                          "(first by name) applies to it", "make the selectors disjoint or merge the policies")
+
+
 def _match_key(match: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in match.items() if k != "name"}, sort_keys=True)
 
@@ -205,8 +229,8 @@ def upstreams(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Findi
                               "the catalog: calls to it fail", "register the service or remove the upstream")
 
 
-CHECKS: tuple[Check, ...] = (set_checks, hosts, subsets, selectors, shadowed_routes, never_matching_policies,
-                             upstreams)
+CHECKS: tuple[Check, ...] = (set_checks, hosts, subsets, selectors, competing_peer_authentications, shadowed_routes,
+                             never_matching_policies, upstreams)
 
 
 def analyze(resources: Sequence[Resource], catalog: Catalog) -> list[Finding]:

@@ -132,3 +132,16 @@ def test_validate_runs_the_cross_resource_checks_apply_runs(tmp_path):
     f.write_text(VS.replace("{host: nowhere}", "{host: api, subset: v7}"))
     out = _meshctl("validate", "-f", str(f), cwd=root)
     assert out.returncode == 1 and "spec.http[0].route[0].destination.subset" in out.stderr
+
+
+def test_competing_peer_authentications(catalog):
+    def pa(name, ns="default", selector=""):
+        sel = f"selector: {{matchLabels: {selector}}}, " if selector else ""
+        return (f"apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: {name}, "
+                f"namespace: {ns}}}\nspec: {{{sel}mtls: {{mode: STRICT}}}}\n---\n")
+
+    text = (pa("a", "meshcore-system") + pa("b", "meshcore-system") + pa("c") + pa("w1", selector="{app: api}")
+            + pa("w2", selector="{app: api}"))
+    got = codes(f for f in analyze(load_documents(text, "x.yaml"), catalog) if f.code == "MC0105")
+    assert got == [("MC0105", "PeerAuthentication/default/w2", "spec.selector.matchLabels"),
+                   ("MC0105", "PeerAuthentication/meshcore-system/b", "metadata.name")]
