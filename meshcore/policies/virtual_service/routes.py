@@ -168,9 +168,16 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
     if single is not None:
         action.cluster = single
     else:
-        for name, weight in weighted:
-            action.weighted_clusters.clusters.append(
-                rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight)))
+        live = [d for d in rule.route if d.weight > 0]
+        for (name, weight), d in zip(weighted, live):
+            cw = rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight))
+            if d.request_headers is not None:
+                cw.request_headers_to_add.extend(_header_options(d.request_headers))
+                cw.request_headers_to_remove.extend(d.request_headers.remove)
+            if d.response_headers is not None:
+                cw.response_headers_to_add.extend(_header_options(d.response_headers))
+                cw.response_headers_to_remove.extend(d.response_headers.remove)
+            action.weighted_clusters.clusters.append(cw)
     action.timeout.CopyFrom(c.seconds(rule.timeout if rule.timeout is not None else default_timeout))
     # No ``retries``: the mesh default (Istio's); ``retries`` replaces it (``attempts: 0``: none at all).
     policy = default_retry_policy() if rule.retries is None else retry_policy(rule.retries)
@@ -262,6 +269,15 @@ def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, defaul
             route.request_headers_to_remove.extend(rule.request_headers.remove)
             route.response_headers_to_add.extend(_header_options(rule.response_headers))
             route.response_headers_to_remove.extend(rule.response_headers.remove)
+            live = [d for d in rule.route if d.weight > 0] if len(rule.route) > 1 else list(rule.route)
+            if len(live) == 1:  # one cluster: its destination's headers go on the route, as Istio does
+                for ops, add, remove in ((live[0].request_headers, route.request_headers_to_add,
+                                          route.request_headers_to_remove),
+                                         (live[0].response_headers, route.response_headers_to_add,
+                                          route.response_headers_to_remove)):
+                    if ops is not None:
+                        add.extend(_header_options(ops))
+                        remove.extend(ops.remove)
             routes.append(route)
     return routes
 

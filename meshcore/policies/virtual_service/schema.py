@@ -219,8 +219,8 @@ def _weights(cleaned: list, path: Path, ctx: Context) -> None:
 class Destinations(ListOf):
     """``route[]``: destinations with weights checked together, reported at ``route`` or ``route[i].weight``."""
 
-    def __init__(self) -> None:
-        super().__init__(ROUTE_DESTINATION, min_items=1)
+    def __init__(self, item: Schema | None = None) -> None:
+        super().__init__(item or ROUTE_DESTINATION, min_items=1)
 
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         before = len(ctx.issues)
@@ -290,6 +290,9 @@ HEADER_OPERATIONS = Obj(
 )
 
 HEADERS = Obj({"request": HEADER_OPERATIONS, "response": HEADER_OPERATIONS})
+
+HTTP_ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, MAX_WEIGHT), "headers": HEADERS})
+"""An http rule's destination: Istio's per-destination ``headers`` are applied only to requests sent there."""
 
 
 def _mirror_percentage_needs_mirror(cleaned: dict, path: Path, ctx: Context) -> None:
@@ -376,7 +379,7 @@ HTTP_ROUTE = Obj(
     {
         "name": Str(min_len=1),
         "match": ListOf(MATCH),
-        "route": Destinations(),
+        "route": Destinations(HTTP_ROUTE_DESTINATION),
         "redirect": REDIRECT,
         "directResponse": DIRECT_RESPONSE,
         "rewrite": REWRITE,

@@ -57,6 +57,8 @@ class Destination:
 class RouteDestination:
     destination: Destination
     weight: int = 100
+    request_headers: "HeaderOperations | None" = None  # per destination (http rules only)
+    response_headers: "HeaderOperations | None" = None
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,17 @@ def _route(destinations: Any) -> tuple[RouteDestination, ...]:
     """A single destination takes everything (its weight, if any, is ignored, as Istio does); among several a
     missing weight is 0; weights are relative, Envoy divides by their sum."""
     destinations = list(destinations or ())
+
+    def one(d: Mapping[str, Any], weight: int) -> RouteDestination:
+        headers = d.get("headers")
+        if not headers:
+            return RouteDestination(_destination(d["destination"]), weight)
+        return RouteDestination(_destination(d["destination"]), weight,
+                                _header_operations(headers.get("request")), _header_operations(headers.get("response")))
+
     if len(destinations) == 1:
-        return (RouteDestination(_destination(destinations[0]["destination"]), 100),)
-    return tuple(RouteDestination(_destination(d["destination"]), d.get("weight") or 0) for d in destinations)
+        return (one(destinations[0], 100),)
+    return tuple(one(d, d.get("weight") or 0) for d in destinations)
 
 
 def _percent(block: Mapping[str, Any] | None) -> float:
