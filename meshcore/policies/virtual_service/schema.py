@@ -177,6 +177,16 @@ class _HeaderKey(StrKey):
         return HeaderName(min_len=1).check(key, path, ctx)
 
 
+def _mesh_gateway_only(value: str) -> str | None:
+    if value == "mesh":
+        return None
+    return (f"gateway {json.dumps(value)}: meshcore has no Gateway kind yet, a VirtualService applies to the mesh's "
+            "callers only; write [mesh] (Istio's name for them) or leave gateways out")
+
+
+GATEWAYS = ListOf(Custom(Str(min_len=1), _mesh_gateway_only), min_items=1)
+"""Istio's ``gateways``: only ``mesh`` (the sidecars, which is what meshcore configures) is accepted."""
+
 MATCH = Obj(
     {
         "name": Str(min_len=1),
@@ -190,6 +200,7 @@ MATCH = Obj(
         "ignoreUriCase": Bool(),
         "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
         "sourceNamespace": DNSLabel(),
+        "gateways": GATEWAYS,
     }
 )
 """One ``match[]`` alternative. ``sourceLabels`` / ``sourceNamespace`` select the calling workloads (the proxy whose
@@ -409,6 +420,7 @@ SPEC = Obj(
         "hosts": Required(ListOf(ServiceHost(), min_items=1, unique=True)),
         "http": ListOf(HTTP_ROUTE),
         "tcp": ListOf(TCP_ROUTE),
+        "gateways": GATEWAYS,
     },
     rules=[_routes_given],
     refused={"exportTo": EXPORT_TO},

@@ -253,3 +253,11 @@ spec:
     assert names({"app": "productpage"}, "default") == ["default/reviews/http[0]/match[0]", "default/reviews/http[1]"]
     assert names({"app": "ratings"}, "shop") == ["default/reviews/http[0]/match[1]", "default/reviews/http[1]"]
     assert names({"app": "ratings"}, "default") == ["default/reviews/http[1]"]
+
+
+def test_gateways_mesh_only():
+    _load("spec:\n  hosts: [reviews]\n  gateways: [mesh]\n  http: [{route: [{destination: {host: reviews}}]}]\n")
+    errs = _errors("spec:\n  hosts: [reviews]\n  gateways: [istio-system/ingress]\n"
+                   "  http: [{route: [{destination: {host: reviews}}], match: [{gateways: [mesh, gw]}]}]\n")
+    assert errs["spec.gateways[0]"].startswith('gateway "istio-system/ingress": meshcore has no Gateway kind yet')
+    assert errs["spec.http[0].match[0].gateways[1]"].startswith('gateway "gw"')
