@@ -342,7 +342,9 @@ SPEC = Obj(
         "action": _Action(*ACTIONS),
         "rules": ListOf(RULE),
     },
-    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF},
+    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF,
+             "provider": ("the external authorizer of a CUSTOM policy; CUSTOM (Envoy ext_authz) is not available in "
+                          "meshcore yet: use ALLOW, DENY or AUDIT")},
 )
 
 KIND = KindSpec.from_schema(
