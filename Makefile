@@ -42,12 +42,14 @@ clean:
 # bench_scale runs in short mode here (a small generated mesh, under 2 minutes); the fleet-scale run
 # (1,000 services, 200 synthetic proxies + 3 Envoys, ~10+ minutes today) is
 # `$(BIN)/python -m tests.benchmarks.bench_scale` (see docs/benchmarks.md). bench_signing comes with the
-# ca branch; until that is merged the line says so instead of failing.
+# ca branch; until that is merged the line says so instead of failing. bench_dataplane (wrk from make lab-deps)
+# measures direct vs a minimal Envoy mTLS pair vs the meshcore pair at 500 and 1,000 requests/s (~7 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_build
 	$(BIN)/python -m tests.benchmarks.bench_convergence
 	$(BIN)/python -m tests.benchmarks.bench_scale --short
 	$(BIN)/python -m tests.benchmarks.bench_signing --quick
+	$(BIN)/python -m tests.benchmarks.bench_dataplane
 
 # The lab of booted Debian hosts (systemd-nspawn) with meshcore deployed by ansible/playbooks/site.yml;
 # needs root. The last line lab-up prints is JSON: hosts, inventory, ingress (see docs/deploy.md).
@@ -57,13 +59,14 @@ lab-up: $(STAMP) lab-deps
 lab-down:
 	@lab/down.sh
 
-# As root, install what the lab, systemd-analyze, the Prometheus and dashboard tests and the Vagrant check need
+# As root, install what the lab, systemd-analyze, the Prometheus and dashboard tests, the Vagrant check and the
+# data-plane benchmark (wrk) need
 # (does nothing when not root: those tests then skip and say why).
 lab-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=""; \
 		for c in debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 ssh:openssh-client systemd-analyze:systemd ruby:ruby \
-			prometheus:prometheus promtool:prometheus chromium:chromium vagrant:vagrant; do \
+			prometheus:prometheus promtool:prometheus chromium:chromium vagrant:vagrant wrk:wrk; do \
 			command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 		done; \
 		if [ -n "$$missing" ]; then \

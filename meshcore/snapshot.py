@@ -29,6 +29,7 @@ class TelemetrySettings:
     tracing_sampling: float = 1.0  # percent of requests sampled (0..100)
     access_log: str = ""  # "" = off, "stdout" (the agent's journal) or an absolute file path on the VM
     access_log_format: str = "json"  # "json" or "text"
+    access_log_sampling: float = 100.0  # percent of requests logged (0..100); errors are always logged
 
 
 @dataclass(frozen=True)

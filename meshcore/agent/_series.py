@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-__all__ = ["edge_families", "policy_denied_family", "policy_audited_family", "usage_families", "proc_usage", "ProcUsage",
+__all__ = ["edge_families", "policy_denied_family", "policy_audited_family", "usage_families", "process_families",
+           "listener_connections_family", "proc_usage", "ProcUsage",
            "DEFAULT_LIMITS", "RESOURCES"]
 
 CLUSTER_PREFIXES = ("outbound:", "outbound_")
@@ -337,6 +338,11 @@ def proc_usage(pid: int, proc: str = "/proc") -> ProcUsage | None:
 
 def usage_families(pids: Mapping[str, int | None], envoy_text: str | None) -> list:
     """USE of each process (``{"agent": pid, "envoy": pid}``) and Envoy's open downstream connections."""
+    return [*process_families(pids), listener_connections_family(envoy_text)]
+
+
+def process_families(pids: Mapping[str, int | None]) -> list:
+    """CPU, resident memory and open descriptors of each process (``{"agent": pid, "envoy": pid}``), from /proc."""
     cpu = CounterMetricFamily("meshcore_process_cpu_seconds", "CPU time (user + system) of the VM's mesh "
                               "processes.", labels=["process"])
     rss = GaugeMetricFamily("meshcore_process_resident_memory_bytes", "Resident memory of the VM's mesh processes.",
@@ -350,9 +356,14 @@ def usage_families(pids: Mapping[str, int | None], envoy_text: str | None) -> li
         cpu.add_metric([process], usage.cpu_seconds)
         rss.add_metric([process], usage.resident_bytes)
         fds.add_metric([process], usage.open_fds)
+    return [cpu, rss, fds]
+
+
+def listener_connections_family(envoy_text: str | None) -> GaugeMetricFamily:
+    """Envoy's open downstream connections per listener address (parses ``envoy_text``)."""
     cx = GaugeMetricFamily("meshcore_downstream_connections_active", "Open connections on each of Envoy's "
                            "listeners (inbound mTLS and the apps' outbound listeners).", labels=["listener_address"])
     if envoy_text:
         for address, value in sorted(_parse(envoy_text).listener_cx.items()):
             cx.add_metric([address], value)
-    return [cpu, rss, fds, cx]
+    return cx

@@ -9,6 +9,7 @@ same secret files the agent keeps current.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def render_bootstrap(
     admin_address: str,
     metrics_address: str = "",
     xds_protocol: str = "delta",
+    xds_endpoints_file: Path | None = None,
 ) -> dict[str, Any]:
     """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
 
@@ -54,7 +56,8 @@ def render_bootstrap(
     name a LOGICAL_DNS one. Envoy authenticates with the node identity and accepts only the
     control plane's SPIFFE ID, validated against the trust bundle, both from file SDS.
     ``xds_protocol`` is ``delta`` (incremental xDS, ``api_type: DELTA_GRPC``) or ``sotw``
-    (state of the world, ``GRPC``).
+    (state of the world, ``GRPC``). With ``xds_endpoints_file`` the xDS cluster is file-based EDS:
+    every control plane replica, kept current by the agent (:mod:`meshcore.agent._xds_endpoints`).
     """
     if xds_protocol not in XDS_PROTOCOLS:
         raise AgentError(f"xds_protocol {xds_protocol!r} is not one of {', '.join(XDS_PROTOCOLS)}")
@@ -107,6 +110,16 @@ def render_bootstrap(
     }
     if not is_ip(xds_host):
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if xds_endpoints_file is not None:  # every replica, from a file Envoy watches (reloaded without a restart)
+        # Nothing here may depend on which replica answered last (a change would restart Envoy): no SNI
+        # (the SPIFFE ID is what is verified), no address.
+        del xds_cluster["load_assignment"], xds_cluster["type"]
+        xds_cluster.pop("dns_lookup_family", None)
+        tls_context.pop("sni", None)
+        xds_cluster["type"] = "EDS"
+        xds_cluster["eds_cluster_config"] = {"eds_config": {"path_config_source": {
+            "path": str(xds_endpoints_file), "watched_directory": {"path": str(xds_endpoints_file.parent)}},
+            "resource_api_version": "V3"}}
 
     metadata = {"secrets_dir": str(secrets_dir), "admin": admin_address, "trust_domain": trust_domain}
     if metrics_address:  # the agent's merged Prometheus endpoint; the control plane lists it per proxy
@@ -114,9 +127,12 @@ def render_bootstrap(
     return {
         "node": {"id": node, "cluster": CLUSTER_NAME, "metadata": metadata},
         "admin": {"address": _socket_address(admin_host, admin_port)},
-        # Histograms (latency percentiles in /stats/prometheus, the service graph) refresh at each
-        # flush; Envoy's default of 5 s is too coarse for a graph over a few seconds.
-        "stats_flush_interval": "1s",
+        # Histograms (latency percentiles in /stats/prometheus, the service graph) refresh at each flush. No
+        # flush timer: Envoy merges them when its admin stats are read, so they are as fresh as whoever reads
+        # them (the agent's metrics endpoint for the collector and Prometheus) asks, at the collector's
+        # interval whatever it is set to, and an Envoy nobody scrapes spends nothing on it (a 1 s timer
+        # did, on every worker, every second).
+        "stats_flush_on_admin": True,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": XDS_PROTOCOLS[xds_protocol],
@@ -129,6 +145,44 @@ def render_bootstrap(
         },
         "static_resources": {"clusters": [xds_cluster]},
     }
+
+
+def envoy_concurrency(proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Envoy's worker threads for this VM (``--concurrency``): the CPUs the agent may run on, which is its
+    affinity mask bounded by the cgroup v2 ``cpu.max`` quotas of its cgroup and the ones above it (a systemd
+    ``CPUQuota=``). Envoy's own default counts every CPU of the machine, so an agent given 2 of 16 cores
+    would run 16 workers fighting over 2, each with its own connection pools. At least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    for limit in _cgroup_cpu_limits(proc_cgroup, cgroup_root):
+        cpus = min(cpus, limit)
+    return max(1, cpus)
+
+
+def _cgroup_cpu_limits(proc_cgroup: Path, cgroup_root: Path) -> list[int]:
+    """Whole CPUs each cgroup v2 ``cpu.max`` from this process's cgroup up to the root allows (rounded up:
+    a quota of 1.5 CPUs gives 2 workers); empty without cgroup v2 or without quotas."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    path = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if path is None:
+        return []
+    limits = []
+    here = cgroup_root / path.strip("/")
+    while True:
+        try:
+            quota, period = (here / "cpu.max").read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                limits.append(max(1, -(-int(quota) // int(period))))
+        except (OSError, ValueError):
+            pass
+        if here == cgroup_root or cgroup_root not in here.parents:
+            return limits
+        here = here.parent
 
 
 def render_bootstrap_json(bootstrap: dict[str, Any]) -> str:

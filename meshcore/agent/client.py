@@ -22,8 +22,9 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from meshcore.api.agent import (
@@ -44,9 +45,16 @@ from meshcore.api.agent import (
 )
 from meshcore.errors import AgentError, AgentRequestError, ControlPlaneUnavailable
 
+if TYPE_CHECKING:
+    from meshcore.agent.replicas import Replica, ReplicaSet
+
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_TIMEOUT = 10.0
+# Opening a connection (TCP and the TLS handshake) may take this long, whatever the request's own timeout
+# (a blocking query's is over a minute): a replica whose host is gone fails over in seconds.
+CONNECT_TIMEOUT = 5.0
 KEEPALIVE_IDLE = 30.0  # seconds a kept-alive connection may sit unused before the next call opens a new one
 
 
@@ -251,6 +259,95 @@ class AgentClient:
         return data
 
 
+class FailoverClient:
+    """The agent API of a set of replicas (:class:`~meshcore.agent.replicas.ReplicaSet`): the same calls as
+    :class:`AgentClient`, each sent to the first replica in the set's order; when a replica is unreachable
+    or answers a retryable error (5xx, 429), it is marked down and the call moves on to the next one at
+    once. A refusal (other 4xx) is the mesh's answer, the same on every replica: raised as is. When every
+    replica failed, :class:`ControlPlaneUnavailable` names each one's error (the caller backs off).
+
+    ``client_factory(url, ca_file, **kwargs)`` makes the client of one replica (kept between the calls of
+    this object, so a poll and the bundle fetch share one connection)."""
+
+    def __init__(self, replicas: ReplicaSet, ca_file: Path, *, client_factory: Callable[..., AgentClient] | None = None,
+                 bundle_sha256: str = "", **kwargs: Any):
+        self.replicas = replicas
+        self.ca_file = ca_file
+        self._factory = client_factory or AgentClient
+        self._kwargs = kwargs
+        self.bundle_sha256 = bundle_sha256
+        self._clients: dict[str, AgentClient] = {}
+        self.last_replica: Replica | None = None  # the one that answered the last call
+
+    def join(self, node: str, token: str, csr_pem: str) -> IssuedIdentity:
+        return self._call(lambda c: c.join(node, token, csr_pem), "join", learn=lambda r: r.xds_address)
+
+    def recover(self, request: RecoverRequest) -> IssuedIdentity:
+        return self._call(lambda c: c.recover(request), "recover", learn=lambda r: r.xds_address)
+
+    def renew_node(self, csr_pem: str) -> IssuedIdentity:
+        return self._call(lambda c: c.renew_node(csr_pem), "renew-node")
+
+    def services(self, index: str = "", wait: float = 0.0) -> NodeServices:
+        return self._call(lambda c: c.services(index, wait), "services", learn=lambda r: r.xds_address)
+
+    def sign(self, csr_pem: str) -> IssuedIdentity:
+        return self._call(lambda c: c.sign(csr_pem), "sign")
+
+    def bundle(self) -> TrustBundle:
+        return self._call(lambda c: c.bundle(), "bundle")
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> FailoverClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _client(self, replica: Replica) -> AgentClient:
+        client = self._clients.get(replica.url)
+        if client is None:
+            client = self._clients[replica.url] = self._factory(replica.url, self.ca_file, **self._kwargs)
+        client.bundle_sha256 = self.bundle_sha256
+        return client
+
+    def _call(self, call: Callable[[AgentClient], _T], what: str,
+              learn: Callable[[Any], str] | None = None) -> _T:
+        # The same order for every call while nothing fails (a poll's bundle fetch follows it on its
+        # connection); the preferred replica again once its down mark expired (load spreads back).
+        order = self.replicas.order()
+        if not order:
+            why = f": {self.replicas.consul_error}" if self.replicas.consul_error else ""
+            raise ControlPlaneUnavailable(f"{what}: no control plane replica is known (Consul service "
+                                          f"{self.replicas.consul_service!r} has no passing instance{why})")
+        errors: list[str] = []
+        for replica in order:
+            try:
+                answer = call(self._client(replica))
+            except ControlPlaneUnavailable as exc:
+                error = str(exc)
+            except AgentRequestError as exc:
+                if not exc.retryable:
+                    self.replicas.succeeded(replica)  # it answered: the refusal is the mesh's
+                    raise
+                error = f"{replica.url}: {exc}"
+            else:
+                self.replicas.succeeded(replica)
+                self.last_replica = replica
+                if learn is not None:
+                    self.replicas.learned_xds(replica, learn(answer))
+                return answer
+            self._clients.pop(replica.url).close()
+            self.replicas.failed(replica, error)
+            errors.append(error)
+        raise ControlPlaneUnavailable(f"{what}: every control plane replica failed ({len(errors)}): "
+                                      + "; ".join(errors))
+
+
 class _Conn:
     """One HTTPS connection with what its TLS context was made from and when it was last used."""
 
@@ -265,7 +362,10 @@ class _Conn:
         """Send one request, read the whole answer; (status, body, connection reusable). ``timeout``:
         this request's socket timeout (a blocking query's is longer than the client's usual one)."""
         wanted = self.base_timeout if timeout is None else timeout
-        self.http.timeout = wanted  # used when this request opens the connection
+        if self.http.sock is None:  # a new connection: opened here, under CONNECT_TIMEOUT
+            self.http.timeout = min(CONNECT_TIMEOUT, wanted) if wanted else CONNECT_TIMEOUT
+            self.http.connect()
+        self.http.timeout = wanted
         if self.http.sock is not None:
             self.http.sock.settimeout(wanted)
         self.http.request(method, path, body=payload, headers=headers)
@@ -288,5 +388,5 @@ def _decode(raw: bytes) -> Any:
         return None
 
 
-__all__ = ["AgentClient", "AgentRequestError", "IssuedIdentity", "NodeService", "NodeServices",
+__all__ = ["AgentClient", "AgentRequestError", "FailoverClient", "IssuedIdentity", "NodeService", "NodeServices",
            "TrustBundle"]

@@ -27,6 +27,7 @@ ENV_PREFIX = "MESHCORE_AGENT_"
 DEFAULT_STATE_DIR = "/var/lib/meshcore-agent"
 DEFAULT_ADMIN = "127.0.0.1:19000"
 DEFAULT_REFRESH_INTERVAL = 10.0
+DEFAULT_CONTROL_PLANE_SERVICE = "meshcore-control-plane"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 
@@ -36,7 +37,7 @@ class AgentConfig:
     """Everything the agent needs to run; built by :func:`load_config`, validated there."""
 
     node: str
-    control_plane: str
+    control_plane: str  # the first configured replica's agent API URL ("" when only Consul names them)
     ca_file: Path
     state_dir: Path
     admin: str
@@ -52,6 +53,13 @@ class AgentConfig:
     config_file: Path | None = None
     metrics_bind: str = ""  # host:port of the merged Prometheus endpoint; "" = off
     xds_protocol: str = "delta"  # how Envoy talks ADS: delta (incremental) or sotw (state of the world)
+    control_planes: tuple[str, ...] = ()  # every configured replica (--control-plane A,B,...); () = control_plane
+    control_plane_service: str = ""  # find replicas in Consul: the passing instances of this service; "" = off
+
+    @property
+    def control_plane_urls(self) -> tuple[str, ...]:
+        """The configured replicas' agent API URLs (Consul may add more: see meshcore.agent.replicas)."""
+        return self.control_planes or ((self.control_plane,) if self.control_plane else ())
 
     @property
     def control_plane_host(self) -> str:
@@ -65,7 +73,11 @@ class AgentConfig:
 # name -> (flag help, metavar); the order is the order of --help.
 _SETTINGS: dict[str, tuple[str, str]] = {
     "node": ("Name of this VM in the mesh; must match its Consul node name (default: the short hostname).", "NAME"),
-    "control_plane": ("Control plane agent API, https://host:port (required).", "URL"),
+    "control_plane": ("Control plane agent API, https://host:port; several replicas as a comma-separated list "
+                      "(a list in the YAML file). Required unless --control-plane-from-consul is given.", "URL[,URL...]"),
+    "control_plane_from_consul": ("Find the control plane replicas in the local Consul agent: the passing "
+                                  "instances of SERVICE (default meshcore-control-plane), with their agent API and "
+                                  "xDS ports from the instance meta. Adds to --control-plane.", "SERVICE"),
     "ca_file": ("PEM trust bundle used to verify the control plane's certificate; the host name or IP "
                 "in --control-plane must be in that certificate (required).", "FILE"),
     "join_token": ("One-time join token from `meshctl token create --node NAME`. Only needed for the first "
@@ -111,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"YAML configuration file, e.g. /etc/meshcore/agent.yaml (env {ENV_PREFIX}CONFIG).")
     for name, (text, metavar) in _SETTINGS.items():
         flag = "--" + name.replace("_", "-")
+        if name == "control_plane_from_consul":  # the service name is optional
+            parser.add_argument(flag, dest=name, metavar=metavar, default=None, help=text, nargs="?",
+                                const=DEFAULT_CONTROL_PLANE_SERVICE)
+            continue
         parser.add_argument(flag, dest=name, metavar=metavar, default=None, help=text)
     return parser
 
@@ -180,19 +196,20 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
     if not node or "/" in node or any(c.isspace() for c in node):
         problems.append(f"node: {node!r} is not a valid node name (no '/', no spaces)")
 
-    control_plane = text("control_plane")
-    if not control_plane:
-        problems.append("control_plane: required (--control-plane https://host:port)")
-    else:
-        parts = urlsplit(control_plane)
-        if parts.scheme != "https" or not parts.hostname:
-            problems.append(f"control_plane: {control_plane!r} must be an https://host:port URL")
-        else:
-            try:
-                _ = parts.port  # urlsplit checks the port only when it is read
-            except ValueError:
-                problems.append(f"control_plane: {control_plane!r} has an invalid port")
-        control_plane = control_plane.rstrip("/")
+    control_planes = _control_plane_urls(raw.get("control_plane"), problems)
+    service_raw = raw.get("control_plane_from_consul")
+    control_plane_service = ""
+    if service_raw is True or str(service_raw).strip().lower() in ("true", "yes", "on"):
+        control_plane_service = DEFAULT_CONTROL_PLANE_SERVICE
+    elif service_raw is not None and service_raw is not False and str(service_raw).strip().lower() not in (
+            "", "false", "no", "off"):
+        control_plane_service = text("control_plane_from_consul") or ""
+        if "/" in control_plane_service or any(c.isspace() for c in control_plane_service):
+            problems.append(f"control_plane_from_consul: {control_plane_service!r} is not a Consul service name")
+    if not control_planes and not control_plane_service and not any(
+            p.startswith("control_plane:") for p in problems):
+        problems.append("control_plane: required (--control-plane https://host:port[,https://host2:port], or "
+                        "--control-plane-from-consul [SERVICE])")
 
     ca_file_text = text("ca_file")
     ca_file = Path(ca_file_text) if ca_file_text else None
@@ -269,10 +286,12 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
     if problems:
         where = f" (config file {config_file})" if config_file else ""
         raise ConfigError("invalid agent configuration" + where + ":\n  - " + "\n  - ".join(problems))
-    assert control_plane is not None and ca_file is not None
+    assert ca_file is not None
     return AgentConfig(
         node=node,
-        control_plane=control_plane,
+        control_plane=control_planes[0] if control_planes else "",
+        control_planes=control_planes,
+        control_plane_service=control_plane_service,
         ca_file=ca_file.absolute(),
         state_dir=Path(text("state_dir") or DEFAULT_STATE_DIR).absolute(),
         admin=admin,
@@ -289,6 +308,28 @@ def _validate(raw: Mapping[str, Any], config_file: Path | None) -> AgentConfig:
         metrics_bind=metrics_bind,
         xds_protocol=xds_protocol,
     )
+
+
+def _control_plane_urls(value: Any, problems: list[str]) -> tuple[str, ...]:
+    """``control_plane``: one URL, a comma-separated list, or (YAML) a list of URLs; each https://host:port."""
+    from meshcore.agent.replicas import parse_urls
+
+    if value is None:
+        return ()
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+        problems.append("control_plane: expected a URL or a list of URLs")
+        return ()
+    urls = parse_urls(value if isinstance(value, list) else str(value))
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            problems.append(f"control_plane: {url!r} must be an https://host:port URL")
+            continue
+        try:
+            _ = parts.port  # urlsplit checks the port only when it is read
+        except ValueError:
+            problems.append(f"control_plane: {url!r} has an invalid port")
+    return urls
 
 
 def parse_seconds(value: str) -> float:

@@ -12,6 +12,17 @@ Besides the VM's own services the agent registers itself (:func:`agent_service_p
 service ``meshcore-agent`` per node whose port is the agent's merged metrics endpoint, so
 Prometheus' ``consul_sd_configs`` (``services: [meshcore-agent]``) finds exactly one scrape target
 per VM at the right address and port, with the path in meta ``meshcore-metrics-path``.
+
+What the Consul UI shows (:func:`sidecar_fidelity`, applied to every registration with a sidecar): the
+sidecar is registered with the address its Envoy really listens on (meshcore's Envoy binds its mesh
+listener on the sidecar's address, else the node's: the address the local Consul agent advertises), so
+the UI shows it and the sidecar's checks dial it, not ``127.0.0.1`` (Consul's default check falls back
+to ``LocalServiceAddress``, where the app, not Envoy, listens); with a known port, the checks are
+explicit: a TCP check on that address and port (passing exactly while Envoy serves the mesh listener)
+and Consul's alias of the service's own checks. Upstreams stay in ``Proxy.Upstreams`` with
+``DestinationType: service`` (what the UI's topology view reads), and the sidecar's meta adds
+``meshcore-version`` (and ``meshcore-config-version`` when the caller knows the proxy's config version)
+to the service's own meta, which Consul's sidecar would otherwise inherit.
 """
 
 from __future__ import annotations
@@ -20,14 +31,16 @@ import copy
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
+from typing import Any, Callable
 from urllib.parse import quote
 
 import consul
 
 from ..catalog._consul_calls import check, consul_errors, raw
 from ..catalog._consul_settings import ConsulSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, MeshError
 
 log = logging.getLogger("meshcore.agent.consul")
 
@@ -41,6 +54,52 @@ METRICS_PATH_KEY = "meshcore-metrics-path"
 METRICS_PATH = "/metrics"
 AGENT_CHECK_INTERVAL = "10s"
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+VERSION_KEY = "meshcore-version"
+CONFIG_VERSION_KEY = "meshcore-config-version"
+SIDECAR_CHECK_INTERVAL = "10s"  # Consul's own default for the sidecar listening check
+SIDECAR_CHECK_NAME = "Envoy mesh listener"
+
+
+def _meshcore_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def sidecar_fidelity(payload: dict, node_address: str = "", *, version: str = "", config_version: str = "",
+                     check_interval: str = SIDECAR_CHECK_INTERVAL) -> dict:
+    """``payload`` (a copy) as the Consul UI should show it: see the module docstring. Payloads without a
+    sidecar are returned unchanged."""
+    sidecar = ((payload.get("Connect") or {}).get("SidecarService"))
+    if not isinstance(sidecar, dict):
+        return payload
+    out = copy.deepcopy(payload)
+    sc = out["Connect"]["SidecarService"]
+    address = sc.get("Address") or node_address
+    if address:
+        sc["Address"] = address
+    port = sc.get("Port")
+    if port and address and not sc.get("Checks") and not sc.get("Check"):
+        host = f"[{address}]" if ":" in address else address
+        sid = service_id(out)
+        sc["Checks"] = [
+            {"Name": SIDECAR_CHECK_NAME, "TCP": f"{host}:{int(port)}", "Interval": check_interval, "Timeout": "2s",
+             "Notes": "meshcore's Envoy accepts mesh (mTLS) connections here; critical while it does not serve"},
+            {"Name": f"Connect Sidecar Aliasing {sid}", "AliasService": sid},
+        ]
+    proxy = sc.get("Proxy")
+    if isinstance(proxy, dict):
+        for upstream in proxy.get("Upstreams") or ():
+            if isinstance(upstream, dict):
+                upstream.setdefault("DestinationType", "service")
+    meta = dict(out.get("Meta") or {})
+    meta.update(sc.get("Meta") or {})
+    if version:
+        meta[VERSION_KEY] = version
+    if config_version:
+        meta[CONFIG_VERSION_KEY] = config_version
+    sc["Meta"] = meta
+    return out
 
 
 def agent_service_payload(node: str, host: str, port: int, path: str = METRICS_PATH) -> dict:
@@ -104,9 +163,32 @@ class SyncResult:
 class ConsulRegistrar:
     """Registers this VM's services with the local Consul agent (see the module docstring)."""
 
-    def __init__(self, settings: ConsulSettings):
+    def __init__(self, settings: ConsulSettings, *, config_version: Callable[[str], str] | None = None,
+                 check_interval: str | None = None):
         self.settings = settings
         self._consul: consul.Consul | None = None
+        self._node_address = ""
+        # the config version a service's proxy runs (by service ID), for the sidecar's meta; "" when unknown
+        self._config_version = config_version
+        self.check_interval = check_interval or os.environ.get("MESHCORE_SIDECAR_CHECK_INTERVAL") or SIDECAR_CHECK_INTERVAL
+
+    def node_address(self) -> str:
+        """The address the local Consul agent advertises (where meshcore's Envoy binds); "" when unknown."""
+        if not self._node_address:
+            try:
+                with consul_errors(self.settings, "reading the local Consul agent's address (/v1/agent/self)"):
+                    info: Any = self._client.agent.self()
+                self._node_address = str((info.get("Member") or {}).get("Addr") or "")
+            except (MeshError, AttributeError) as exc:
+                log.warning("cannot learn the Consul agent's address (%s); sidecars are registered without one", exc)
+        return self._node_address
+
+    def _for_ui(self, payload: dict) -> dict:
+        if not (payload.get("Connect") or {}).get("SidecarService"):
+            return payload
+        config_version = self._config_version(service_id(payload)) if self._config_version else ""
+        return sidecar_fidelity(payload, self.node_address(), version=_meshcore_version(),
+                                config_version=config_version, check_interval=self.check_interval)
 
     @property
     def _client(self) -> consul.Consul:
@@ -148,7 +230,7 @@ class ConsulRegistrar:
     def sync(self, desired: list[dict]) -> SyncResult:
         """Make meshcore's registrations equal ``desired``: register new/changed, remove the rest."""
         wanted: dict[str, dict] = {}
-        for payload in desired:
+        for payload in map(self._for_ui, desired):
             sid = service_id(payload)
             if sid in wanted:
                 raise ConfigError(f"two desired services share the ID {sid!r}; give each a unique ID")

@@ -98,7 +98,8 @@ class Agent:
             registered=self._services_registered, deregistered=self.identity.forget_pending)
         self.envoy = EnvoyReconciler(
             current, secrets=self.secrets, inputs=self.identity.bootstrap_inputs, may_start=self._envoy_may_start,
-            metrics_address=self.metrics.address, notify_status=self.notifier.status)
+            metrics_address=self.metrics.address, notify_status=self.notifier.status,
+            xds_addresses=self.identity.xds_addresses)
 
     def _current_config(self) -> AgentConfig:
         return self.config
@@ -171,6 +172,7 @@ class Agent:
         self.metrics.stop()
         self.access_log.stop()
         self.consul.stop()
+        self.identity.replicas.stop()
         self.envoy.stop(handover=self.handover_requested)
         try:
             self._report(final=True)
@@ -223,6 +225,8 @@ class Agent:
                  f"{len(ident.svids)}/{len(ident.desired)} SVIDs"]
         if ident.node is not None:
             parts.append(f"node cert until {rfc3339(ident.node.summary.not_after)}")
+        if ident.replicas.current:
+            parts.append(f"control plane {ident.replicas.current}")
         if ident.backoff.failures:
             parts.append(f"control plane sync failing ({ident.backoff.failures} failures)")
         return "; ".join(parts)
@@ -246,10 +250,11 @@ class Agent:
             node_renew_at=ident.node.renew_at if ident.node else None,
             services=ident.service_status(),
             envoy=self.envoy.status(final),
-            control_plane=ControlPlaneStatus(address=self.config.control_plane, last_contact=ident.last_contact,
+            control_plane=ControlPlaneStatus(address=ident.replicas.current, last_contact=ident.last_contact,
                                              last_error=ident.last_error,
                                              consecutive_failures=ident.backoff.failures,
-                                             xds_address=ident.meta.xds_address),
+                                             xds_address=ident.meta.xds_address,
+                                             replicas=tuple(ident.replicas.status())),
             pid=os.getpid(),
             consul=self.consul.status(),
             certificate_alarms=tuple(ident.certificate_alarms(self.clock())),
@@ -301,6 +306,7 @@ class Agent:
         if new.log_level != self.config.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.consul.replace(new.consul_services_dir)
+        self.identity.replicas.reconfigure(new.control_plane_urls, new.control_plane_service)
         self.config = new
         log.info("configuration reloaded from %s", new.config_file or "flags and environment")
         self.identity.reset_schedule()  # poll at once with the new settings
@@ -341,8 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.request_handover()
 
     signal.signal(signal.SIGUSR2, on_handover)  # upgrades: the next agent hot-restarts Envoy
-    log.info("meshcore-agent starting node=%s control_plane=%s state_dir=%s", config.node, config.control_plane,
-             config.state_dir)
+    log.info("meshcore-agent starting node=%s control_plane=%s state_dir=%s", config.node,
+             ",".join(config.control_plane_urls + ((f"consul:{config.control_plane_service}",)
+                                                   if config.control_plane_service else ())), config.state_dir)
     try:
         return agent.run()
     except MeshError as exc:

@@ -5,6 +5,14 @@ SVID renewals, Envoy restarts, process metrics) followed by Envoy's ``/stats/pro
 from the admin address with a short timeout. When Envoy does not answer, the agent's part is served
 alone with ``meshcore_envoy_up 0``, so a scrape never fails because of Envoy.
 
+A scrape does no heavy work: Envoy's text is passed through as bytes, and the series the agent derives
+from it (RED per edge, circuit breakers, policy decisions: :func:`derived_exposition`, which parses
+megabytes of text on a large proxy) are computed off the scrape path by :class:`_DerivedCache`, from
+the Envoy text the previous scrape read; a scrape serves the last result (one scrape behind; the first
+scrape of a run computes inline). Envoy's circuit-breaker thresholds (``/clusters``) are re-read at most
+every :data:`LIMITS_TTL_S`. ``GET /stats/prometheus`` passes Envoy's own text through unchanged: the
+control plane's collector falls back to it when the merged endpoint does not answer in time.
+
 The agent's state is read through a callable returning :class:`AgentFacts` (no reference to the
 agent object here), so this module is testable without an agent.
 """
@@ -15,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from meshcore.agent._net import admin_get, split_host_port
 from meshcore.agent._access_log import PolicyCounts
-from meshcore.agent._series import edge_families, policy_audited_family, policy_denied_family, usage_families
+from meshcore.agent._series import (edge_families, listener_connections_family, policy_audited_family,
+                                    policy_denied_family, process_families)
 from meshcore.errors import AgentError
 
 __all__ = ["AgentFacts", "AgentMetrics", "MetricsServer", "merge_exposition", "DEFAULT_METRICS_PORT"]
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 15090
 ENVOY_SCRAPE_TIMEOUT_S = 2.0
+LIMITS_TTL_S = 30.0  # circuit-breaker thresholds change only with Envoy's configuration
+DERIVED_MIN_INTERVAL_S = 1.0  # the derived series are recomputed at most this often, however often scrapes come
 
 
 @dataclass(frozen=True)
@@ -105,18 +117,26 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
-def merge_exposition(own: bytes, envoy: str | None) -> bytes:
+def merge_exposition(own: bytes, envoy: str | bytes | None) -> bytes:
     """The agent's text, ``meshcore_envoy_up``, then Envoy's text (when it answered).
 
     Both are Prometheus text format with disjoint names (``meshcore_*``/``process_*``/``python_*``
     against ``envoy_*``), so their concatenation is one valid exposition."""
-    parts = [own.rstrip(b"\n") + b"\n",
+    return b"".join(exposition_parts(own, envoy))
+
+
+def exposition_parts(own: bytes, envoy: str | bytes | None) -> list[bytes]:
+    """:func:`merge_exposition` as the pieces to write one after the other (Envoy's megabytes are not copied)."""
+    parts = [own if own.endswith(b"\n") or not own else own + b"\n",
              b"# HELP meshcore_envoy_up 1 when the VM's Envoy answered this scrape's stats request.\n"
              b"# TYPE meshcore_envoy_up gauge\n",
              b"meshcore_envoy_up %d\n" % (1 if envoy is not None else 0)]
     if envoy:
-        parts.append(envoy.rstrip("\n").encode() + b"\n")
-    return b"".join(parts)
+        raw = envoy.encode() if isinstance(envoy, str) else envoy
+        parts.append(raw)
+        if not raw.endswith(b"\n"):
+            parts.append(b"\n")
+    return parts
 
 
 class _Families:
@@ -130,24 +150,57 @@ class _Families:
         return iter(self._families)
 
 
-def derived_exposition(facts: AgentFacts, envoy: str | None, admin: str) -> bytes:
-    """The agent's series computed per scrape from Envoy's stats and /proc: RED per edge, circuit
-    breakers, retry exhaustion, USE, and policy denials and audits: per caller from the access log
-    counts in ``facts.policy_log`` when there are any, else from Envoy's RBAC counters with
-    ``source_service="unknown"``, never both (see docs/observability.md#metrics-reference)."""
-    families = usage_families({"agent": os.getpid(), "envoy": facts.envoy_pid}, envoy)
-    if envoy is not None:
-        families += edge_families(envoy, fetch_envoy_limits(admin))
-    log_counts = facts.policy_log
-    if log_counts is not None:  # per caller, from the access log (also while Envoy does not answer)
-        families += [policy_denied_family({}, (), log_counts.denied),
-                     policy_audited_family({}, (), log_counts.audited)]
-    elif envoy is not None:  # Envoy's RBAC counters: source_service="unknown"
-        counters = fetch_envoy_counters(admin, "rbac|authz")
-        families += [policy_denied_family(counters, facts.svids), policy_audited_family(counters, facts.svids)]
+def _exposition(families: list) -> bytes:
     registry = CollectorRegistry()
     registry.register(_Families(families))
     return generate_latest(registry)
+
+
+def live_exposition(facts: AgentFacts) -> bytes:
+    """The derived series that cost little, computed on every scrape: USE of the agent and Envoy from
+    /proc, and policy decisions per caller from the access log counts (``facts.policy_log``)."""
+    families = process_families({"agent": os.getpid(), "envoy": facts.envoy_pid})
+    if facts.policy_log is not None:  # per caller, from the access log (also while Envoy does not answer)
+        families += [policy_denied_family({}, (), facts.policy_log.denied),
+                     policy_audited_family({}, (), facts.policy_log.audited)]
+    return _exposition(families)
+
+
+@dataclass(frozen=True)
+class EnvoyDerived:
+    """The series derived from one scrape of Envoy (the costly part: it parses all of Envoy's text):
+    ``edges`` (RED per edge, circuit breakers, retries, listener connections) and ``rbac`` (policy
+    decisions from Envoy's RBAC counters, ``source_service="unknown"``: served only while no access log
+    is followed, so the two sources never mix)."""
+
+    edges: bytes
+    rbac: bytes
+
+
+def envoy_derived(facts: AgentFacts, envoy: str, admin: str,
+                  limits: dict[str, dict[str, int]] | None = None) -> EnvoyDerived:
+    """:class:`EnvoyDerived` from Envoy's ``/stats/prometheus`` text; ``limits`` are the circuit-breaker
+    thresholds (:func:`fetch_envoy_limits`; read now when None)."""
+    edges = _exposition([listener_connections_family(envoy),
+                         *edge_families(envoy, fetch_envoy_limits(admin) if limits is None else limits)])
+    rbac = b""
+    if facts.policy_log is None:
+        counters = fetch_envoy_counters(admin, "rbac|authz")
+        rbac = _exposition([policy_denied_family(counters, facts.svids), policy_audited_family(counters, facts.svids)])
+    return EnvoyDerived(edges=edges, rbac=rbac)
+
+
+def derived_exposition(facts: AgentFacts, envoy: str | None, admin: str,
+                       limits: dict[str, dict[str, int]] | None = None) -> bytes:
+    """The agent's series computed from Envoy's stats and /proc: RED per edge, circuit
+    breakers, retry exhaustion, USE, and policy denials and audits: per caller from the access log
+    counts in ``facts.policy_log`` when there are any, else from Envoy's RBAC counters with
+    ``source_service="unknown"``, never both (see docs/observability.md#metrics-reference)."""
+    live = live_exposition(facts)
+    if envoy is None:
+        return live
+    derived = envoy_derived(facts, envoy, admin, limits)
+    return live + derived.edges + (derived.rbac if facts.policy_log is None else b"")
 
 
 def _admin_json(admin: str, path: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> dict | None:
@@ -186,14 +239,114 @@ def fetch_envoy_limits(admin: str) -> dict[str, dict[str, int]]:
 
 def fetch_envoy_stats(admin: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> str | None:
     """Envoy's ``/stats/prometheus`` text, or None when it does not answer in ``timeout``."""
+    raw = fetch_envoy_stats_bytes(admin, timeout)
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
+def fetch_envoy_stats_bytes(admin: str, timeout: float = ENVOY_SCRAPE_TIMEOUT_S) -> bytes | None:
+    """Envoy's ``/stats/prometheus`` as it sent it (no decoding: a scrape passes it on), or None."""
     answer = admin_get(admin, "/stats/prometheus", timeout)
     if answer is None or answer[0] != 200:
         return None
-    return answer[1].decode("utf-8", errors="replace")
+    return answer[1]
+
+
+class _DerivedCache:
+    """The costly derived series (:func:`envoy_derived`) off the scrape path.
+
+    :meth:`get` returns the live series (:func:`live_exposition`, cheap) and the newest Envoy-derived
+    result at once and keeps this scrape's inputs for a worker thread, which (after :meth:`kick`)
+    computes the next one (the newest inputs win: scrapes arriving while it works are folded into
+    one computation), at most once per ``min_interval`` seconds. The first call, with nothing computed
+    yet, computes inline so that a run's first scrape is complete. Circuit-breaker limits are re-read at
+    most every ``limits_ttl`` seconds."""
+
+    def __init__(self, compute: Callable[..., EnvoyDerived] = envoy_derived,
+                 fetch_limits: Callable[[str], dict[str, dict[str, int]]] = fetch_envoy_limits,
+                 limits_ttl: float = LIMITS_TTL_S, min_interval: float = DERIVED_MIN_INTERVAL_S):
+        self._compute = compute
+        self._min_interval = min_interval
+        self._next_run = 0.0
+        self._fetch_limits = fetch_limits
+        self._limits_ttl = limits_ttl
+        self._limits: tuple[str, float, dict[str, dict[str, int]]] | None = None  # admin, when read, limits
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._body: EnvoyDerived | None = None
+        self._pending: tuple[AgentFacts, str, str] | None = None
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.computations = 0
+
+    def get(self, facts: AgentFacts, envoy: bytes | None, admin: str) -> bytes:
+        live = live_exposition(facts)
+        if envoy is None:  # Envoy did not answer: no series derived from an older scrape of it either
+            return live
+        text = envoy.decode("utf-8", errors="replace")
+        with self._lock:
+            derived = self._body
+            if derived is not None:
+                self._pending = (facts, text, admin)  # computed once :meth:`kick` says the answer is out
+        if derived is None:
+            derived = self._run(facts, text, admin)
+            with self._lock:
+                if self._body is None:
+                    self._body = derived
+        return live + derived.edges + (derived.rbac if facts.policy_log is None else b"")
+
+    def kick(self) -> None:
+        """Start computing from the newest inputs. The server calls it after the scrape's answer is sent:
+        computing while the answer is written would compete with the write for the interpreter."""
+        with self._lock:
+            if self._pending is None or self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="metrics-derive", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self, facts: AgentFacts, envoy: str, admin: str) -> EnvoyDerived:
+        cached = self._limits
+        if cached is None or cached[0] != admin or time.monotonic() - cached[1] >= self._limits_ttl:
+            cached = (admin, time.monotonic(), self._fetch_limits(admin))
+            self._limits = cached
+        self.computations += 1
+        return self._compute(facts, envoy, admin, cached[2])
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped:
+                    if self._pending is None:
+                        self._wake.wait()
+                        continue
+                    delay = self._next_run - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._wake.wait(delay)  # back-to-back scrapes: at most one computation per min_interval
+                if self._stopped:
+                    return
+                inputs, self._pending = self._pending, None
+                if inputs is None:
+                    continue
+                self._next_run = time.monotonic() + self._min_interval
+            try:
+                body = self._run(*inputs)
+            except Exception:  # noqa: BLE001 - keep serving the previous result; say why once per failure
+                log.exception("computing the agent's derived metric series failed; serving the previous ones")
+                continue
+            with self._lock:
+                self._body = body
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._wake.notify()
 
 
 class MetricsServer:
-    """``GET /metrics`` (merged text) and ``GET /healthz`` on ``bind``; ``start()``/``stop()``."""
+    """``GET /metrics`` (merged text), ``GET /stats/prometheus`` (Envoy's, passed through) and
+    ``GET /healthz`` on ``bind``; ``start()``/``stop()``."""
 
     def __init__(self, bind: str, metrics: AgentMetrics, envoy_admin: Callable[[], str]):
         self.bind = bind
@@ -201,6 +354,7 @@ class MetricsServer:
         self.envoy_admin = envoy_admin
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._derived = _DerivedCache()
 
     @property
     def address(self) -> str:
@@ -218,10 +372,14 @@ class MetricsServer:
         return str(host), int(port)
 
     def render(self) -> bytes:
+        return b"".join(self.render_parts())
+
+    def render_parts(self) -> list[bytes]:
+        """One scrape's answer as pieces: the agent's series, the derived ones (cached), Envoy's text."""
         admin = self.envoy_admin()
-        envoy = fetch_envoy_stats(admin)
-        derived = derived_exposition(self.metrics.facts(), envoy, admin)
-        return merge_exposition(self.metrics.exposition() + derived, envoy)
+        envoy = fetch_envoy_stats_bytes(admin)
+        derived = self._derived.get(self.metrics.facts(), envoy, admin)
+        return exposition_parts(self.metrics.exposition() + derived, envoy)
 
     def start(self) -> "MetricsServer":
         host, _, port_text = self.bind.rpartition(":")
@@ -234,16 +392,24 @@ class MetricsServer:
             def do_GET(self):  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    body, ctype, code = outer.render(), CONTENT_TYPE_LATEST, 200
+                    parts, ctype, code = outer.render_parts(), CONTENT_TYPE_LATEST, 200
+                elif path == "/stats/prometheus":  # Envoy's own text: the collector's fallback
+                    raw = fetch_envoy_stats_bytes(outer.envoy_admin())
+                    parts, ctype, code = (([raw], CONTENT_TYPE_LATEST, 200) if raw is not None else
+                                          ([b"envoy did not answer its admin /stats/prometheus\n"], "text/plain", 503))
                 elif path == "/healthz":
-                    body, ctype, code = b"ok\n", "text/plain", 200
+                    parts, ctype, code = [b"ok\n"], "text/plain", 200
                 else:
-                    body, ctype, code = b"not found: try /metrics\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    parts, ctype, code = [b"not found: try /metrics or /stats/prometheus\n"], "text/plain", 404
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(sum(len(p) for p in parts)))
+                    self.end_headers()
+                    for part in parts:
+                        self.wfile.write(part)
+                finally:
+                    outer._derived.kick()
 
             def handle(self):
                 # A scraper that timed out and closed is one DEBUG line, not a traceback on stderr.
@@ -267,6 +433,7 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
+        self._derived.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -39,6 +39,7 @@ class EnvoyStatus:
     last_exit_code: int | None = None
     ready: bool = False
     admin: str = ""
+    xds_upstream: tuple[str, ...] = ()  # the replicas (xDS host:port) Envoy's ADS connection is open to
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ControlPlaneStatus:
     last_error: str | None = None
     consecutive_failures: int = 0
     xds_address: str = ""
+    replicas: tuple[dict[str, Any], ...] = ()  # every known replica and its health (meshcore.agent.replicas)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
             "restarts": status.envoy.restarts,
             "last_exit_code": status.envoy.last_exit_code,
             "admin": status.envoy.admin,
+            "xds_upstream": list(status.envoy.xds_upstream),
         },
         "control_plane": {
             "address": status.control_plane.address,
@@ -99,6 +102,7 @@ def build_status(status: AgentStatus) -> dict[str, Any]:
             "last_contact": _time(status.control_plane.last_contact),
             "last_error": status.control_plane.last_error,
             "consecutive_failures": status.control_plane.consecutive_failures,
+            "replicas": list(status.control_plane.replicas),
         },
         "consul": status.consul,
     }

@@ -12,7 +12,8 @@ with a stable ``--base-id`` and a ``--restart-epoch``, and every start is record
 file (pid, epoch, base id). :meth:`EnvoySupervisor.detach` lets the agent exit while Envoy keeps
 serving; the next agent finds the live Envoy through that record and starts its own with epoch+1,
 which takes the listening sockets over Envoy's hot-restart domain socket while the old one drains
-and exits by itself. A stale record (no such process, or not our Envoy) means a cold start (epoch
+and exits by itself. An Envoy no agent takes over within :attr:`HotRestart.orphan_grace` (its agent was
+SIGKILLed and nothing restarted it) is stopped by its keeper (see ``_envoy_keeper.py``). A stale record (no such process, or not our Envoy) means a cold start (epoch
 0); a hot restart whose new Envoy exits falls back to a cold start once the old one is gone.
 """
 
@@ -47,13 +48,17 @@ DRAIN_TIME_S = 5
 PARENT_SHUTDOWN_S = 10
 KEEPER = str(Path(__file__).with_name("_envoy_keeper.py"))
 KEEPER_PID_WAIT = 10.0
+# How long a keeper whose agent is gone waits for a new agent to take its Envoy over before it stops
+# Envoy: past systemd's RestartSec plus an agent's start (join, certificates) on a loaded VM.
+ORPHAN_GRACE = 60.0
 # Envoy scales the base id by 10 (epochs share the range) into a uint32: stay below that.
 MAX_BASE_ID = 400_000_000
 SYSTEMD_ONLY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
 def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "info",
-                  log_path: Path | None = None, hot_restart: bool = False) -> list[str]:
+                  log_path: Path | None = None, hot_restart: bool = False,
+                  concurrency: int | None = None) -> list[str]:
     """The Envoy command line; everything else (node id, cluster) is in the bootstrap.
 
     ``--drain-strategy immediate``: when an update replaces a listener's filter chain (a policy
@@ -70,6 +75,8 @@ def envoy_command(envoy_path: str, bootstrap_path: Path, *, log_level: str = "in
             "--drain-strategy", "immediate", "--drain-time-s", str(DRAIN_TIME_S),
             # Access log lines reach their file within a second (Envoy's default flush is every 10 s).
             "--file-flush-interval-msec", "1000"]
+    if concurrency:  # worker threads (bootstrap.envoy_concurrency); Envoy's default counts every CPU
+        argv += ["--concurrency", str(concurrency)]
     if log_path is not None:
         argv += ["--log-path", str(log_path)]
     return argv
@@ -106,6 +113,7 @@ class HotRestart:
     base_id: int
     record_path: Path
     parent_shutdown_s: int = PARENT_SHUTDOWN_S
+    orphan_grace: float = ORPHAN_GRACE  # the keeper stops Envoy when no agent took it over in this time
 
     def args(self, epoch: int) -> list[str]:
         return ["--base-id", str(self.base_id), "--restart-epoch", str(epoch),
@@ -402,7 +410,10 @@ class EnvoySupervisor:
                 # Through the keeper: hot-restart Envoy dies with its parent (PR_SET_PDEATHSIG), and
                 # its parent must outlive this agent for a handover (see _envoy_keeper.py).
                 read_fd, write_fd = os.pipe()
-                argv = [sys.executable, "-I", KEEPER, "--pid-fd", str(write_fd), "--", *argv]
+                argv = [sys.executable, "-I", KEEPER, "--pid-fd", str(write_fd),
+                        "--record", str(self.hot_restart.record_path.absolute()),
+                        "--orphan-grace", str(self.hot_restart.orphan_grace), "--stop-grace", str(self.stop_grace),
+                        "--", *argv]
             try:
                 proc = subprocess.Popen(
                     argv,

@@ -54,6 +54,10 @@ class ProxyRow(Wire):
     version: str
     error: str
     scrape_error: str
+    # How current its metrics are: ok | fallback (Envoy's own stats, the merged endpoint failed) | stale (last
+    # rates carried over) | unreachable (missing) | "" (not scraped); seconds since its last good scrape.
+    metrics_state: str = ""
+    metrics_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class CollectorState(Wire):
     interval_seconds: float = 0.0
     history_seconds: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)  # node -> why its metrics could not be read
+    # node -> fallback | stale | unreachable, for every proxy whose figures are not fresh from its first source
+    degraded: dict[str, str] = field(default_factory=dict)
+    metrics_age_seconds: dict[str, float] = field(default_factory=dict)  # node -> seconds since its last good scrape
     last_duration_seconds: float = 0.0
     signals_at: float | None = None  # unix time of the signals shown; null before the first scrape
 

@@ -97,6 +97,22 @@ class ThreadStatus(Wire):
 
 
 @dataclass(frozen=True)
+class ReplicaStatus(Wire):
+    """One control plane replica as registered in Consul (service ``meshcore-control-plane``)."""
+
+    id: str
+    node: str = ""
+    address: str = ""
+    http_port: int = 0
+    xds_port: int = 0
+    api_port: int = 0
+    version: str = ""
+    healthy: bool = False
+    output: str = omit_empty()  # the failing check's output
+    leader: bool = False
+
+
+@dataclass(frozen=True)
 class ControlPlaneStatus(Wire):
     xds: str = ""
     api: str = ""
@@ -110,6 +126,11 @@ class ControlPlaneStatus(Wire):
     last_error: str = omit_empty()  # the most recent error of any source or the builder, with time and source
     sources: tuple[SourceStatus, ...] = ()
     threads: tuple[ThreadStatus, ...] = omit_empty(())
+    replica: str = omit_empty()  # this replica's id (--replica-id)
+    leader: str = omit_empty()  # the leading replica's id ("" while one is being elected)
+    leadership: str = omit_empty()  # "single" (one replica, --store dir) or "consul" (a session lock)
+    replicas: tuple[ReplicaStatus, ...] = omit_empty(())  # every registered replica (--store consul)
+    replicas_error: str = omit_empty()  # listing them from Consul failed
 
     @property
     def healthy(self) -> bool:
@@ -714,6 +735,6 @@ __all__ = [
     "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
     "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
     "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "RejectedResource", "ResourceFile",
-    "ResourceQuery", "RootInfo", "ServiceStatus", "SourceStatus", "SpiffeBundleExport", "StatusResponse", "ThreadStatus", "TokenRequest",
+    "ReplicaStatus", "ResourceQuery", "RootInfo", "ServiceStatus", "SourceStatus", "SpiffeBundleExport", "StatusResponse", "ThreadStatus", "TokenRequest",
     "TokenResponse", "TrustBundle", "TrustBundleImport", "TrustBundleRemoved", "resolve_kind",
 ]

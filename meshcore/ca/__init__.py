@@ -11,7 +11,7 @@ from .kek import generate_kek_file, load_kek
 from .keys import KEY_TYPES, cert_info, check_key_type, key_to_pem, make_csr, new_private_key
 from .model import IssuedCertificate
 from .policy import check_workload_request
-from .tokens import JoinTokenStore
+from .tokens import JoinTokens, JoinTokenStore, SharedJoinTokenStore, open_join_tokens
 from .upstream import UpstreamCA, load_upstream_ca
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "CertificateAuthority",
     "IssuedCertificate",
     "JoinTokenStore",
+    "JoinTokens",
+    "SharedJoinTokenStore",
     "UpstreamCA",
     "cert_info",
     "check_key_type",
@@ -29,4 +31,5 @@ __all__ = [
     "load_upstream_ca",
     "make_csr",
     "new_private_key",
+    "open_join_tokens",
 ]

@@ -64,14 +64,33 @@ class Revocation:
                    reason=str(data.get("reason") or ""), by=str(data.get("by") or ""))
 
 
-class RevocationJournal:
+class RevocationTable:
+    """The latest revocation per node and per retired intermediate, as the CA looks them up."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Revocation] = {}  # node -> its latest revocation
+        self._issuers: dict[str, Revocation] = {}  # key id -> revocation
+
+    def node(self, name: str) -> Revocation | None:
+        return self._nodes.get(name)
+
+    def issuer(self, key_id: str) -> Revocation | None:
+        return self._issuers.get(key_id.lower())
+
+    def nodes(self) -> list[Revocation]:
+        return sorted(self._nodes.values(), key=lambda r: r.subject)
+
+    def issuers(self) -> list[Revocation]:
+        return sorted(self._issuers.values(), key=lambda r: r.subject)
+
+
+class RevocationJournal(RevocationTable):
     """The revocations of one CA state directory (see the module docstring). Not thread-safe: the CA locks."""
 
     def __init__(self, path: Path):
+        super().__init__()
         self.path = path
         self._stamp: tuple[int, int] | None = None
-        self._nodes: dict[str, Revocation] = {}  # node -> its latest revocation
-        self._issuers: dict[str, Revocation] = {}  # key id -> revocation
 
     def refresh(self) -> None:
         """Read the file again when it changed since the last look (cheap: one ``stat``)."""
@@ -125,15 +144,3 @@ class RevocationJournal:
             fsync_dir(self.path.parent)
         self._stamp = None
         self.refresh()
-
-    def node(self, name: str) -> Revocation | None:
-        return self._nodes.get(name)
-
-    def issuer(self, key_id: str) -> Revocation | None:
-        return self._issuers.get(key_id.lower())
-
-    def nodes(self) -> list[Revocation]:
-        return sorted(self._nodes.values(), key=lambda r: r.subject)
-
-    def issuers(self) -> list[Revocation]:
-        return sorted(self._issuers.values(), key=lambda r: r.subject)

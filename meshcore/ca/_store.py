@@ -68,7 +68,14 @@ def unseal_pair(kek: bytes, purpose: str, path: Path, *, need_key: bool = True) 
         blob = path.read_bytes()
     except OSError as exc:
         raise CAError(f"cannot read {path}: {exc}") from exc
-    body = unseal(kek, purpose, blob, where=str(path))
+    return unseal_pair_blob(kek, purpose, blob, where=str(path), need_key=need_key)
+
+
+def unseal_pair_blob(kek: bytes, purpose: str, blob: bytes, *, where: str,
+                     need_key: bool = True) -> tuple[KeyPair, str | None]:
+    """:func:`unseal_pair` of bytes read elsewhere (Consul KV); ``where`` names them in errors."""
+    path = where
+    body = unseal(kek, purpose, blob, where=where)
     try:
         data = json.loads(body)
         cert = x509.load_pem_x509_certificate(data["cert"].encode("ascii"))
@@ -119,6 +126,11 @@ class RotationState:
             return cls()
         except (OSError, ValueError) as exc:
             raise CAError(f"cannot read {path}: {exc}; restore it from backup (it holds the rotation state)") from exc
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: Any, path: str) -> RotationState:
+        """The state :meth:`to_json` wrote; ``path`` names where it came from in errors."""
         try:
             phase = data["phase"]
             if phase not in (PHASE_PREPARING, PHASE_ROTATING):

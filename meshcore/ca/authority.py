@@ -50,9 +50,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from meshcore import naming
 from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, SigningRefused
+from meshcore.state import StateBackend
 
 from ._issued import IssuedJournal
 from ._revocations import KIND_ISSUER, KIND_NODE, Revocation, RevocationJournal
+from ._shared import CARecord, SharedAuthority, SharedIssuedJournal, SharedRevocations
 from ._sealed import check_kek
 from ._spiffeid import check_trust_domain, parse_workload_id
 from ._store import (
@@ -90,6 +92,7 @@ ISSUED_FILE = "issued.jsonl"
 REVOKED_FILE = "revoked.jsonl"
 LEGACY_ISSUED_FILE = "issued.json"
 LOCK_FILE = ".ca.lock"
+SHARED_COPY_FILE = "shared-ca.sealed"  # with shared state: this host's copy of ca/authority (keys sealed)
 CERT_FACTS_CACHED = 4096  # node certificates whose parsed facts are remembered (about one per connected node)
 VERIFIED_CSRS_KEPT = 64  # parsed CSRs whose signature verified, so check_csr then sign_csr verify once
 ROOT_PURPOSE = "ca-root"
@@ -150,6 +153,7 @@ class CertificateAuthority:
         next_ca: tuple[KeyPair, KeyPair] | None = None,
         node_ttl: timedelta = DEFAULT_NODE_TTL,
         recovery_grace: timedelta = DEFAULT_RECOVERY_GRACE,
+        shared: SharedAuthority | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.trust_domain = trust_domain
@@ -167,9 +171,17 @@ class CertificateAuthority:
         self._lock = threading.RLock()
         self._bundle_cache: tuple[tuple[Any, ...], tuple[tuple[x509.Certificate, ...], str, str]] | None = None
         self._signer_cache: tuple[KeyPair, str, str, str] | None = None
-        self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE,
-                                      retention=self._retention)
-        self._revocations = RevocationJournal(state_dir / REVOKED_FILE)
+        self._shared = shared  # the CA's state in a shared backend (Consul KV), see _shared.py
+        self._journal: IssuedJournal
+        self._revocations: RevocationJournal | SharedRevocations
+        if shared is not None:
+            self._journal = SharedIssuedJournal(shared.backend, retention=self._retention,
+                                                clock=lambda: _now(self._clock))
+            self._revocations = SharedRevocations(shared.backend, on_node_revoked=self._revoked_elsewhere)
+        else:
+            self._journal = IssuedJournal(state_dir / ISSUED_FILE, state_dir / LEGACY_ISSUED_FILE,
+                                          retention=self._retention)
+            self._revocations = RevocationJournal(state_dir / REVOKED_FILE)
         self._revocation_listeners: list[Callable[[str], None]] = []
         self._recovery_lock = threading.Lock()  # one recovery at a time: the record it checks moves on
         self._seen_proofs: dict[str, datetime] = {}  # recovery signatures accepted, until they are stale
@@ -197,8 +209,13 @@ class CertificateAuthority:
         upstream: UpstreamCA | None = None,
         node_ttl: timedelta = DEFAULT_NODE_TTL,
         recovery_grace: timedelta = DEFAULT_RECOVERY_GRACE,
+        backend: StateBackend | None = None,
     ) -> "CertificateAuthority":
         """Load the CA from ``state_dir``, creating a root (10 y) and intermediate (1 y) on first use.
+
+        With a shared ``backend`` (:class:`~meshcore.state.ConsulStateBackend`), the CA lives there instead and
+        every control plane replica opening it shares it (see :meth:`_open_shared`); ``state_dir`` then holds
+        only the local lock file. A backend that is not shared (the state directory) changes nothing.
 
         ``key_type`` (``ec-p256``, ``ec-p384``, ``rsa-2048``, ``rsa-3072``) is used for CA keys made
         from now on (a new CA, a renewed intermediate, a rotation). ``upstream`` (see
@@ -210,17 +227,13 @@ class CertificateAuthority:
         belongs to another trust domain, or the root has expired.
         """
         state_dir = Path(state_dir)
-        check_trust_domain(trust_domain, CAError)
-        check_kek(kek)
-        check_key_type(key_type)
-        if leaf_ttl <= timedelta(0):
-            raise CAError(f"leaf_ttl must be positive, got {leaf_ttl}")
-        if node_ttl <= timedelta(0):
-            raise CAError(f"node_ttl must be positive, got {node_ttl} (e.g. --node-cert-ttl 7d)")
-        if recovery_grace < timedelta(0):
-            raise CAError(f"recovery_grace must not be negative, got {recovery_grace} (e.g. --node-recovery-grace 30d)")
+        _check_open(trust_domain, kek, key_type, leaf_ttl, node_ttl, recovery_grace)
         ensure_private_dir(state_dir)
         now = _now(clock)
+        if backend is not None and backend.shared:
+            return cls._open_shared(backend, state_dir, trust_domain=trust_domain, kek=kek, leaf_ttl=leaf_ttl,
+                                    clock=clock, key_type=key_type, upstream=upstream, node_ttl=node_ttl,
+                                    recovery_grace=recovery_grace, now=now)
         with file_lock(state_dir / LOCK_FILE):
             root_path, inter_path = state_dir / ROOT_FILE, state_dir / INTERMEDIATE_FILE
             rotation = RotationState.read(state_dir / ROTATION_FILE)
@@ -291,6 +304,83 @@ class CertificateAuthority:
                 ca._adopt_upstream(upstream, now)
         return ca
 
+    @classmethod
+    def _open_shared(cls, backend: StateBackend, state_dir: Path, *, trust_domain: str, kek: bytes,
+                     leaf_ttl: timedelta, clock: Callable[[], datetime], key_type: str, upstream: UpstreamCA | None,
+                     node_ttl: timedelta, recovery_grace: timedelta, now: datetime) -> "CertificateAuthority":
+        """:meth:`open` on state shared by every control plane replica (``backend``: Consul KV; see ``_shared.py``).
+
+        The first replica creates the CA (compare-and-set on an absent key); one started later, or the loser of
+        a race at first start, loads the stored one. The replica keeps the CA, the issued-certificate record and
+        the revocations in memory and follows other replicas' changes by blocking queries, so signing never
+        waits on Consul. ``state_dir`` is local (the lock file; the control plane writes ``bundle.pem`` there).
+        """
+        shared = SharedAuthority(backend, kek, local_copy=state_dir / SHARED_COPY_FILE)
+
+        def make() -> CARecord:
+            pairs = _upstream_pairs(upstream, trust_domain) if upstream is not None else \
+                _generate_ca(trust_domain, now, key_type)
+            return CARecord(root=pairs[0], intermediate=pairs[1], next_ca=None, rotation=RotationState(),
+                            trust_domain=trust_domain)
+
+        with file_lock(state_dir / LOCK_FILE):
+            record, created = shared.load_or_create(make)
+            if created:
+                log.info("created the shared CA trust_domain=%s in %s root=%s", trust_domain, shared.where,
+                         record.root.cert.subject.rfc4514_string())
+            else:
+                log.info("loaded the shared CA trust_domain=%s from %s phase=%s", trust_domain, shared.where,
+                         record.rotation.phase)
+            _check_record(record, trust_domain, now, shared.where)
+            ca = cls(state_dir=state_dir, trust_domain=trust_domain, kek=kek, leaf_ttl=leaf_ttl, clock=clock,
+                     root=record.root, intermediate=record.intermediate, key_type=key_type, rotation=record.rotation,
+                     next_ca=record.next_ca, node_ttl=node_ttl, recovery_grace=recovery_grace, shared=shared)
+            assert isinstance(ca._journal, SharedIssuedJournal) and isinstance(ca._revocations, SharedRevocations)
+            ca._journal.start()
+            ca._journal.compact(now)  # records past their retention (any replica may remove them: CAS)
+            ca._revocations.start()
+            with ca._lock:
+                ca._renew_intermediate_if_due(now)
+                if upstream is not None:
+                    ca._adopt_upstream(upstream, now)
+            shared.watch(ca._follow)
+        return ca
+
+    def _follow(self, record: CARecord, index: int | None = None) -> None:
+        """Another replica changed the shared CA (renewed the intermediate, a rotation step): take it over.
+        ``index``: its version, skipped when this replica committed a newer one meanwhile (all commits hold the lock)."""
+        assert self._shared is not None
+        _check_record(record, self.trust_domain, _now(self._clock), self._shared.where)
+        with self._lock:
+            if index is not None:
+                if index <= self._shared.index:
+                    return
+                self._shared.index = index
+            self._root, self._intermediate = record.root, record.intermediate
+            self._next, self._rotation = record.next_ca, record.rotation
+            self._anchors.clear()
+        log.info("following a CA change made by another replica phase=%s signer=%s trust_domain=%s",
+                 record.rotation.phase, subject_key_id(record.intermediate.cert).hex(), self.trust_domain)
+
+    def _commit_shared(self, doing: str, root: KeyPair, intermediate: KeyPair,
+                       next_ca: tuple[KeyPair, KeyPair] | None, rotation: RotationState) -> None:
+        """Write a CA change to the shared state (CAS); when another replica changed it first, follow that one
+        and raise :class:`CAError`."""
+        assert self._shared is not None
+        try:
+            self._shared.commit(CARecord(root=root, intermediate=intermediate, next_ca=next_ca, rotation=rotation,
+                                         trust_domain=self.trust_domain), doing)
+        except CAError:
+            stored = self._shared.load()
+            if stored is not None:
+                self._follow(stored)
+            raise
+
+    def _revoked_elsewhere(self, node: str) -> None:
+        log.warning("node revoked on another control plane replica node=%s: its certificates are refused here too",
+                    node, extra={"node": node})
+        self._notify_revoked(node)
+
     def _adopt_upstream(self, upstream: UpstreamCA, now: datetime) -> None:
         """Start a rotation to ``upstream`` unless it already signs (or is being prepared). File lock held."""
         fp = _fingerprint(upstream.cert)
@@ -318,6 +408,13 @@ class CertificateAuthority:
         remaining = self._intermediate.cert.not_valid_after_utc - now
         if remaining > threshold:
             return
+        if self._shared is not None:
+            kv = self._shared.load()  # another replica may have renewed it already
+            if kv is not None and kv.intermediate.cert.not_valid_after_utc > \
+                    self._intermediate.cert.not_valid_after_utc:
+                self._follow(kv)
+                if kv.intermediate.cert.not_valid_after_utc - now > threshold:
+                    return
         # Another process (meshctl, a second control plane) may have renewed it already.
         on_disk = self.state_dir / INTERMEDIATE_FILE
         if on_disk.exists():
@@ -343,8 +440,15 @@ class CertificateAuthority:
             log.warning("root CA expires soon, intermediate cannot be renewed past it trust_domain=%s; "
                         "rotate the root with `meshctl ca rotate`", self.trust_domain)
             return
-        self._intermediate = _new_intermediate(self.trust_domain, self._root, now, self.key_type)
-        write_pair(on_disk, self._kek, INTERMEDIATE_PURPOSE, self._intermediate, self.trust_domain)
+        renewed = _new_intermediate(self.trust_domain, self._root, now, self.key_type)
+        if self._shared is not None:
+            try:
+                self._commit_shared("renewing the intermediate CA", self._root, renewed, self._next, self._rotation)
+            except CAError:  # another replica renewed it first: _commit_shared followed its intermediate
+                return
+        else:
+            write_pair(on_disk, self._kek, INTERMEDIATE_PURPOSE, renewed, self.trust_domain)
+        self._intermediate = renewed
         log.info("issued intermediate CA trust_domain=%s not_after=%s", self.trust_domain,
                  self._intermediate.cert.not_valid_after_utc.isoformat())
 
@@ -434,10 +538,14 @@ class CertificateAuthority:
 
     def _begin(self, root: KeyPair, intermediate: KeyPair, now: datetime, reason: str) -> None:
         """Write the new CA, then announce the rotation (a crash in between leaves no trace). Locks held."""
-        _write_ca(self.state_dir, self._kek, self.trust_domain, root, intermediate, NEXT_ROOT_FILE,
-                  NEXT_INTERMEDIATE_FILE)
         rotation = RotationState(phase=PHASE_PREPARING, started_at=now, reason=reason)
-        rotation.write(self.state_dir / ROTATION_FILE)
+        if self._shared is not None:
+            self._commit_shared("starting a root rotation", self._root, self._intermediate, (root, intermediate),
+                                rotation)
+        else:
+            _write_ca(self.state_dir, self._kek, self.trust_domain, root, intermediate, NEXT_ROOT_FILE,
+                      NEXT_INTERMEDIATE_FILE)
+            rotation.write(self.state_dir / ROTATION_FILE)
         self._rotation, self._next = rotation, (root, intermediate)
         log.info("root rotation started phase=preparing trust_domain=%s new_root=%s", self.trust_domain,
                  root.cert.subject.rfc4514_string())
@@ -456,8 +564,11 @@ class CertificateAuthority:
             rotation = RotationState(phase=PHASE_ROTATING, started_at=self._rotation.started_at,
                                      activated_at=now, previous_roots=old_roots, reason=self._rotation.reason,
                                      previous_issuers=old_issuers)
-            rotation.write(self.state_dir / ROTATION_FILE)  # announce first: open() completes the swap
-            _complete_swap(self.state_dir)
+            if self._shared is not None:
+                self._commit_shared("activating the root rotation", new_root, new_inter, None, rotation)
+            else:
+                rotation.write(self.state_dir / ROTATION_FILE)  # announce first: open() completes the swap
+                _complete_swap(self.state_dir)
             self._root, self._intermediate, self._next, self._rotation = new_root, new_inter, None, rotation
             self._anchors.clear()
         log.info("root rotation active phase=rotating: new leaves come from the new intermediate "
@@ -492,7 +603,11 @@ class CertificateAuthority:
                 except OSError as exc:
                     raise CAError(f"cannot record the retired intermediates in {self.state_dir / REVOKED_FILE}: "
                                   f"{exc}; the rotation is not finished, try again") from exc
-                RotationState().write(self.state_dir / ROTATION_FILE)
+                if self._shared is not None:
+                    self._commit_shared("finishing the root rotation", self._root, self._intermediate, self._next,
+                                        RotationState())
+                else:
+                    RotationState().write(self.state_dir / ROTATION_FILE)
                 self._rotation = RotationState()
                 self._anchors.clear()
         log.info("root rotation finished: old root removed from the trust bundle, %d intermediate(s) under it "
@@ -541,12 +656,15 @@ class CertificateAuthority:
                               f"{exc}; nothing was revoked, fix the disk and try again") from exc
         log.warning("node revoked node=%s by=%s reason=%s: its certificates are refused from now on",
                     node, by or "-", reason or "-", extra={"node": node})
+        self._notify_revoked(node)
+        return entry
+
+    def _notify_revoked(self, node: str) -> None:
         for listener in list(self._revocation_listeners):
             try:
                 listener(node)
             except Exception:  # a listener's failure must not undo or hide the revocation
                 log.exception("a revocation listener failed node=%s", node, extra={"node": node})
-        return entry
 
     def node_revocation(self, node: str) -> Revocation | None:
         """The latest revocation of ``node`` (None: never revoked)."""
@@ -880,12 +998,44 @@ class CertificateAuthority:
             raise CAError(f"cannot record the issued certificate in {self.state_dir / ISSUED_FILE}: {exc}") from exc
 
     def close(self) -> None:
-        """Release the journal's file descriptor (the CA stays usable: it reopens it when needed)."""
+        """Release the journal's file descriptor (the CA stays usable: it reopens it when needed). On shared
+        state: write the pending issued records and stop following other replicas."""
         with self._lock:
             self._journal.close()
+        if self._shared is not None:
+            self._shared.stop()
+            assert isinstance(self._revocations, SharedRevocations)
+            self._revocations.stop()
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+def _check_open(trust_domain: str, kek: bytes, key_type: str, leaf_ttl: timedelta, node_ttl: timedelta,
+                recovery_grace: timedelta) -> None:
+    check_trust_domain(trust_domain, CAError)
+    check_kek(kek)
+    check_key_type(key_type)
+    if leaf_ttl <= timedelta(0):
+        raise CAError(f"leaf_ttl must be positive, got {leaf_ttl}")
+    if node_ttl <= timedelta(0):
+        raise CAError(f"node_ttl must be positive, got {node_ttl} (e.g. --node-cert-ttl 7d)")
+    if recovery_grace < timedelta(0):
+        raise CAError(f"recovery_grace must not be negative, got {recovery_grace} (e.g. --node-recovery-grace 30d)")
+
+
+def _check_record(record: CARecord, trust_domain: str, now: datetime, where: str) -> None:
+    """The shared CA is usable by this replica: its trust domain, an unexpired root, chains that hold."""
+    if record.trust_domain != trust_domain:
+        raise CAError(f"the CA in {where} is for trust domain {record.trust_domain!r}, not {trust_domain!r}; "
+                      "pass the right trust domain or use another --state-prefix")
+    if record.root.cert.not_valid_after_utc <= now:
+        raise CAError(f"the root CA in {where} expired at {record.root.cert.not_valid_after_utc.isoformat()}; "
+                      "a new root must be created and distributed")
+    if not _chains_to(record.intermediate, record.root):
+        raise CAError(f"the intermediate in {where} was not issued by its root; restore the key from a snapshot")
+    if record.next_ca is not None and not _chains_to(record.next_ca[1], record.next_ca[0]):
+        raise CAError(f"the next intermediate in {where} was not issued by the next root; restore from a snapshot")
+
 
 def _now(clock: Callable[[], datetime]) -> datetime:
     now = clock()

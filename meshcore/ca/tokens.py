@@ -21,6 +21,7 @@ error: losing a ``use`` would make a token usable twice.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import hmac
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from meshcore._files import ensure_private_dir, file_lock
 from meshcore.errors import CAError, JoinTokenError
@@ -60,6 +61,16 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _new_token(node: str, ttl: timedelta) -> str:
+    """A new token for ``node`` (its arguments checked). A fixed prefix: recognisable in a leak scan, and never
+    a leading "-" that a command line would take for an option (`--join-token -x...`)."""
+    if not node or not isinstance(node, str):
+        raise JoinTokenError("a join token must be scoped to a node name")
+    if ttl <= timedelta(0):
+        raise JoinTokenError(f"join token ttl must be positive, got {ttl}")
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
 class JoinTokenStore:
     """Create and consume single-use join tokens stored (hashed, sealed) in ``path`` (see the module docstring)."""
 
@@ -85,13 +96,7 @@ class JoinTokenStore:
 
     def create(self, node: str, ttl: timedelta = timedelta(hours=1)) -> str:
         """A new url-safe token (256 random bits) valid for ``ttl``, usable once, by ``node`` only."""
-        if not node or not isinstance(node, str):
-            raise JoinTokenError("a join token must be scoped to a node name")
-        if ttl <= timedelta(0):
-            raise JoinTokenError(f"join token ttl must be positive, got {ttl}")
-        # A fixed prefix: recognisable in a leak scan, and never a leading "-" that a command line
-        # would take for an option (`--join-token -x...`).
-        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        token = _new_token(node, ttl)
         with self._locked():
             now = self._now()
             entry = {"hash": _hash(token), "node": node, "created": rfc3339(now), "expires": rfc3339(now + ttl),
@@ -136,6 +141,11 @@ class JoinTokenStore:
                 "expires": e["expires"], "used": e["used"], "state": state,
             })
         return sorted(out, key=lambda d: (d["created"], d["node"]))
+
+    def entries(self) -> builtins.list[dict[str, Any]]:
+        """Every stored entry (hash, node, created, expires, used): what a migration copies. Never a token."""
+        with self._locked():
+            return [dict(e) for e in self._entries.values()]
 
     def close(self) -> None:
         """Release the journal's descriptor (the store stays usable)."""
@@ -289,3 +299,129 @@ class JoinTokenStore:
 def _prune(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
     """Entries still worth listing: up to a week past their expiry."""
     return [e for e in entries if parse_rfc3339(e["expires"]) + KEEP_AFTER_EXPIRY > now]
+
+
+SHARED_PREFIX = "tokens/join/"
+_SHARED_PURPOSE = "join-token"
+
+
+class SharedJoinTokenStore:
+    """:class:`JoinTokenStore` on a :class:`~meshcore.state.StateBackend` shared by every control plane replica.
+
+    One key per token, ``tokens/join/<sha256 of the token>``, holding the entry sealed with the KEK (node,
+    created, expires, used). Consuming reads the key and writes it back marked used with a compare-and-set on
+    the index it read (Consul's ``ModifyIndex``): of two replicas presented the same token at the same moment,
+    exactly one write succeeds; the other re-reads, finds it used and refuses. Same methods as
+    :class:`JoinTokenStore`."""
+
+    def __init__(self, backend: Any, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> None:
+        check_kek(kek)
+        self.backend = backend
+        self._kek = bytes(kek)
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise CAError("the join token clock must return timezone-aware datetimes (UTC)")
+        return now.astimezone(timezone.utc)
+
+    def _seal(self, entry: dict[str, Any]) -> bytes:
+        return seal(self._kek, _SHARED_PURPOSE, json.dumps(entry).encode())
+
+    def _unseal(self, key: str, value: bytes) -> dict[str, Any]:
+        where = f"{self.backend.location} key {key!r}"
+        try:
+            entry = json.loads(unseal(self._kek, _SHARED_PURPOSE, value, where=where))
+            if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+                raise ValueError("not a join token entry")
+            return entry
+        except (ValueError, TypeError) as exc:
+            raise CAError(f"{where} decrypted but is damaged: {exc}; delete it (that token is then unknown)") from exc
+
+    def create(self, node: str, ttl: timedelta = timedelta(hours=1)) -> str:
+        """A new token for ``node`` valid for ``ttl`` (see :meth:`JoinTokenStore.create`)."""
+        token = _new_token(node, ttl)
+        now = self._now()
+        entry: dict[str, Any] = {"hash": _hash(token), "node": node, "created": rfc3339(now),
+                                 "expires": rfc3339(now + ttl), "used": None}
+        if not self.backend.put(SHARED_PREFIX + entry["hash"], self._seal(entry), cas=0):
+            raise JoinTokenError("a freshly made join token collided with a stored one; create another")
+        log.info("created join token node=%s expires=%s", node, entry["expires"], extra={"node": node})
+        return token
+
+    def consume(self, token: str, node: str) -> None:
+        """Use ``token`` for ``node`` once across every replica; :class:`JoinTokenError` saying why it cannot be."""
+        digest = _hash(token) if isinstance(token, str) else ""
+        key = SHARED_PREFIX + digest
+        stored = self.backend.get(key) if digest else None
+        if stored is None:
+            raise JoinTokenError("unknown join token; ask the operator for a new one (meshctl token create)")
+        entry = self._unseal(key, stored.value)
+        now = self._now()
+        if not hmac.compare_digest(entry["hash"], digest):
+            raise JoinTokenError("unknown join token; ask the operator for a new one (meshctl token create)")
+        if entry["node"] != node:
+            log.warning("join token presented by another node node=%s", node, extra={"node": node})
+            raise JoinTokenError(f"this join token is scoped to another node, not {node!r}; create one for {node!r}")
+        if entry["used"] is not None:
+            raise JoinTokenError(f"join token already used (at {entry['used']}); create a new one")
+        if parse_rfc3339(entry["expires"]) <= now:
+            raise JoinTokenError(f"join token expired (at {entry['expires']}); create a new one")
+        used = dict(entry, used=rfc3339(now))
+        if not self.backend.put(key, self._seal(used), cas=stored.index):
+            # another replica wrote the key since we read it: only a use does that
+            log.warning("join token used by another replica at the same moment node=%s", node, extra={"node": node})
+            raise JoinTokenError("join token already used (by a concurrent join on another control plane "
+                                 "replica); create a new one")
+        log.info("join token consumed node=%s", node, extra={"node": node})
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every stored entry, unsealed (migration and listing)."""
+        return [self._unseal(e.key, e.value) for e in self.backend.list(SHARED_PREFIX)]
+
+    def import_entry(self, entry: dict[str, Any]) -> bool:
+        """Store ``entry`` (from a state directory) unless its token is there already; True when written."""
+        return bool(self.backend.put(SHARED_PREFIX + entry["hash"], self._seal(entry), cas=0))
+
+    def list(self) -> list[dict[str, Any]]:
+        """As :meth:`JoinTokenStore.list`: never the token itself."""
+        now = self._now()
+        out = []
+        for e in self.entries():
+            state = "used" if e["used"] else ("expired" if parse_rfc3339(e["expires"]) <= now else "valid")
+            out.append({"id": e["hash"][:12], "node": e["node"], "created": e["created"],
+                        "expires": e["expires"], "used": e["used"], "state": state})
+        return sorted(out, key=lambda d: (d["created"], d["node"]))
+
+    def prune(self) -> int:
+        """Remove entries a week past their expiry (singleton cleanup work: the leader calls it); how many."""
+        now, removed = self._now(), 0
+        for stored in self.backend.list(SHARED_PREFIX):
+            entry = self._unseal(stored.key, stored.value)
+            if parse_rfc3339(entry["expires"]) + KEEP_AFTER_EXPIRY <= now and \
+                    self.backend.delete(stored.key, cas=stored.index):
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        pass
+
+
+class JoinTokens(Protocol):
+    """What the agent and operator APIs use of a join token store (:class:`JoinTokenStore`, :class:`SharedJoinTokenStore`)."""
+
+    def create(self, node: str, ttl: timedelta = ...) -> str: ...
+
+    def consume(self, token: str, node: str) -> None: ...
+
+    def list(self) -> builtins.list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_join_tokens(backend: Any, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> JoinTokens:
+    """The join token store on ``backend``: shared (one key per token) on Consul KV, today's files in a directory."""
+    if getattr(backend, "shared", False):
+        return SharedJoinTokenStore(backend, kek, clock)
+    return JoinTokenStore(Path(backend.root) / "join-tokens.sealed", kek, clock)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Mapping
 
+from ..logs import escape_control
+from ..naming import dns_label_problem
 from .model import DEFAULT_DATACENTER, Catalog, Node, ServiceInstance, Upstream
 
 log = logging.getLogger("meshcore.catalog.consul")
@@ -95,6 +97,12 @@ def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tu
     if kind == PROXY_KIND or name in IGNORED_SERVICES:
         return None
     node = e.get("Node") or ""
+    # The names become SPIFFE ID path segments, file names on the VMs and log fields: the same DNS-label rule
+    # as for every other source (Consul itself accepts almost any string and only warns about DNS).
+    for what, value in (("node name", node), ("service name", name)):
+        problem = dns_label_problem(value)
+        if problem:
+            raise ValueError(f"{what} {value!r} {problem}")
     node_address = e.get("Address") or node_objs[node].address
     address = e.get("ServiceAddress") or node_address
     sidecar_id = ""
@@ -145,6 +153,16 @@ def assemble_catalog(
     checks: Iterable[Mapping],
 ) -> Catalog:
     """Build the catalog (see module docstring). ``services`` maps service name -> catalog entries."""
+    return assemble_catalog_reporting(nodes, services, checks)[0]
+
+
+def assemble_catalog_reporting(
+    nodes: Iterable[Mapping],
+    services: Mapping[str, Iterable[Mapping]],
+    checks: Iterable[Mapping],
+) -> tuple[Catalog, tuple[tuple[str, str], ...]]:
+    """:func:`assemble_catalog`, plus the entries left out as ``(where, why)`` for the source's health
+    (``where`` is ``node/<node>/service/<id>``), sorted."""
     node_objs: dict[str, Node] = {}
     for n in nodes:
         node_objs[n["Node"]] = Node(name=n["Node"], address=n.get("Address") or "",
@@ -158,14 +176,15 @@ def assemble_catalog(
     by_id, by_name = _sidecar_index(entries)
 
     instances = []
+    rejected: dict[str, str] = {}
     for e in entries:
         try:
             inst = _instance(e, node_objs, per_service, per_node, by_id, by_name)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # One malformed entry (a registration Consul accepted but meshcore cannot use) is skipped, not the read.
-            log.warning("skipping a Consul catalog entry meshcore cannot use node=%s service=%s id=%s: %s: %s",
-                        e.get("Node"), e.get("ServiceName"), e.get("ServiceID"), type(exc).__name__, exc)
+            where = f"node/{e.get('Node')}/service/{e.get('ServiceID') or e.get('ServiceName')}"
+            rejected[escape_control(where)] = escape_control(f"{type(exc).__name__}: {exc}")
             continue
         if inst is not None:
             instances.append(inst)
-    return Catalog.of(node_objs.values(), instances)
+    return Catalog.of(node_objs.values(), instances), tuple(sorted(rejected.items()))

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import consul
 
 from ..errors import ConsulAuthError, ConsulError
-from ._consul_assemble import IGNORED_SERVICES, assemble_catalog
+from ._consul_assemble import IGNORED_SERVICES, assemble_catalog, assemble_catalog_reporting
 from ._consul_calls import consul_errors
 from ._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD, CatalogHold
 from ._consul_settings import ConsulSettings
@@ -88,6 +88,7 @@ class ConsulCatalogSource:
         self._client_generation = 0
         self._lock = threading.Lock()
         self._indexes: dict[str, int] | None = None
+        self._rejected: tuple[tuple[str, str], ...] = ()  # catalog entries left out: (where, why)
         self._combined: int | None = None
         self._catalog: Catalog | None = None
         self._watches: dict[str, _Watch] = {}
@@ -131,8 +132,21 @@ class ConsulCatalogSource:
                 return c.catalog.service(n)
 
             _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})", read_service)
-        catalog = assemble_catalog(nodes or [], services, checks or [])
+        catalog, rejected = assemble_catalog_reporting(nodes or [], services, checks or [])
+        self._note_rejected(rejected)
         return catalog, {"nodes": n_idx, "services": s_idx, "checks": c_idx}
+
+    def _note_rejected(self, rejected: tuple[tuple[str, str], ...]) -> None:
+        """Keep the entries left out for :meth:`health`; log each once when it appears and when it goes."""
+        before = dict(self._rejected)
+        now = dict(rejected)
+        for where, why in now.items():
+            if before.get(where) != why:
+                log.warning("skipping a Consul catalog entry meshcore cannot use (fix the registration): %s: %s",
+                            where, why)
+        for where in before.keys() - now.keys():
+            log.info("Consul catalog entry no longer skipped (fixed or deregistered): %s", where)
+        self._rejected = rejected
 
     def _blocking_index(self, endpoint: str, index: int, wait: float) -> int:
         """One blocking query on ``endpoint``; returns the index Consul answered with."""
@@ -215,7 +229,7 @@ class ConsulCatalogSource:
         detail = self._hold.describe()
         return SourceHealth(name="catalog", kind=f"consul {self.settings.address}",
                             state="holding" if detail else ("ok" if self._catalog is not None else "starting"),
-                            detail=detail, index=self._combined or 0)
+                            detail=detail, index=self._combined or 0, rejected=self._rejected)
 
     def _wait_for_change(self, known: dict[str, int], wait: float, deadline: float) -> str:
         """Block on all watched endpoints; "changed", "reset" (an index went backwards) or "timeout"."""

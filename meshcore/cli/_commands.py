@@ -21,7 +21,9 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("analyze", "analyze", "Find problems across resources and the catalog (hosts, subsets, selectors, shadowed "
                            "routes, policies that never match)."),
     ("canary", "canary", "Progressive delivery with automatic rollback."),
+    ("consul", "consul", "Consul config entries: import them as meshcore resources, check what meshcore does not honour."),
     ("store", "store", "The resource store's health; restore what Consul KV lost (`store restore`)."),
+    ("state", "state", "Shared control plane state in Consul KV: `state migrate` from a state directory."),
     ("graph", "graph", "Service graph with request rate, error rate and p99 per edge."),
     ("dashboard", "dashboard", "Open the web dashboard in a browser."),
     ("alerts", "alerts", "Active alerts, alert rules, Prometheus rule export."),

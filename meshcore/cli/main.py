@@ -80,6 +80,14 @@ def _kind(text: str) -> str:
         raise MeshError(f"{exc}, proxies") from None
 
 
+def _origin(doc: dict) -> str:
+    """``consul (service-router.web)`` for a resource compiled from Consul config entries, else ``meshcore``."""
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if labels.get("mesh.io/origin") == "consul":
+        return f"consul ({labels.get('mesh.io/consul-entry', '')})"
+    return "meshcore"
+
+
 def cmd_get(args) -> int:
     client = _client(args)
     if args.kind.lower() in ("proxies", "proxy"):
@@ -100,8 +108,8 @@ def cmd_get(args) -> int:
         print(f"{args.kind} {args.name!r} not found", file=sys.stderr)
         return 1
     if args.output == "table":
-        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]] for d in items],
-               ["KIND", "NAMESPACE", "NAME"])
+        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"], _origin(d)] for d in items],
+               ["KIND", "NAMESPACE", "NAME", "ORIGIN"])
     elif args.output == "yaml":
         import yaml
 
@@ -117,6 +125,14 @@ def cmd_status(args) -> int:
     def table(_):
         cp = status.control_plane
         print(f"control plane  http {cp.http}  xds {cp.xds}  trust domain {cp.trust_domain}  snapshot {cp.snapshot}")
+        if cp.leadership == "consul":  # several replicas: who leads the singleton work, and each one's health
+            print(f"  replica {cp.replica}  leader {cp.leader or '(none: electing)'}")
+            for r in cp.replicas:
+                print(f"  replica {r.id:<24} {'healthy' if r.healthy else 'UNHEALTHY':<9} {r.address}:{r.http_port}"
+                      f"  xds :{r.xds_port}  v{r.version}" + ("  leader" if r.leader else "")
+                      + (f"  ({r.output})" if r.output else ""))
+            if cp.replicas_error:
+                print(f"  replicas: {cp.replicas_error}")
         for src in cp.sources:  # each source's health: ok, error, holding (last good kept), starting
             line = f"  {src.name:<10} {src.state:<8} {src.kind}" + (f"  index {src.index}" if src.index else "")
             print(line + (f"  ({src.detail})" if src.detail else ""))
@@ -239,7 +255,8 @@ def cmd_demo_up(args) -> int:
 
     state = Path(args.state_dir)
     stop_processes(state)
-    mesh = LocalMesh(demo_layout(state), progress=lambda m: print(f"==> {m}", file=sys.stderr, flush=True))
+    mesh = LocalMesh(demo_layout(state), progress=lambda m: print(f"==> {m}", file=sys.stderr, flush=True),
+                     owned=args.foreground)  # in the background the mesh outlives this command
     started = time.monotonic()
     try:
         status = mesh.up(wait_url="http://127.0.0.1:8080/productpage?format=json")
@@ -268,7 +285,7 @@ def cmd_demo_up(args) -> int:
         print("\n==> stopping the demo", file=sys.stderr)
     finally:
         n = mesh.down()
-        print(f"==> stopped {n} process group(s)", file=sys.stderr)
+        print(f"==> stopped {n} process(es)", file=sys.stderr)
     return 0
 
 
@@ -285,10 +302,11 @@ State and logs: {state}/
 
 
 def cmd_demo_down(args) -> int:
-    from ..demo.launcher import stop_processes
+    from ..demo.launcher import stop_mesh
 
-    n = stop_processes(Path(args.state_dir))
-    print(f"stopped {n} process group(s)" if n else "no demo processes were running")
+    stopped = stop_mesh(Path(args.state_dir))
+    print("\n".join([f"stopped {len(stopped)} process(es):", *(f"  {s}" for s in stopped)]) if stopped
+          else "no demo processes were running")
     return 0
 
 

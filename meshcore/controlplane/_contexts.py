@@ -2,8 +2,8 @@
 
 A feature (operator API, dashboard, alerting, canaries, federation, dry-runs) receives exactly what it
 uses: a :class:`~meshcore.resources.store.ResourceStore`, the :class:`MeshView` (the engine's and the
-xDS cache's read side), the CA, a :class:`SettingsHandle` to change mesh settings, or a
-:class:`CaControl`. The daemon (:mod:`.daemon`) is the one place that wires them from its parts, so a
+xDS cache's read side), the CA, a :class:`SettingsHandle` to change mesh settings, a
+:class:`CaControl`, or a :class:`Leadership` handle (whether this replica runs the singleton work). The daemon (:mod:`.daemon`) is the one place that wires them from its parts, so a
 test hands a feature plain functions, and a change inside the engine touches :meth:`MeshView.of` only.
 """
 
@@ -67,4 +67,41 @@ class CaControl:
     finish: Callable[[bool], dict]  # force
 
 
-__all__ = ["CaControl", "MeshView", "SettingsHandle"]
+class Leadership(Protocol):
+    """Whether this control plane replica is the leader, which runs the mesh's singleton work (root rotation
+    steps, canary controllers, alert notifications, cleanup); see :mod:`.leadership`. Serving xDS, signing
+    and the operator API never need it. With one replica (``--store dir``) it always leads."""
+
+    replica_id: str
+
+    def is_leader(self) -> bool:
+        """True while this replica holds the leadership (false from the moment it may have lost it)."""
+        ...
+
+    def leader(self) -> str:
+        """The leading replica's id as last seen ("" while there is none)."""
+        ...
+
+    def term(self) -> int:
+        """How many times this replica became leader; a new value is a new term (resume from stored state)."""
+        ...
+
+    def subscribe(self, fn: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``fn(is_leader)`` on every change of this replica's leadership; returns the unsubscribe."""
+        ...
+
+    def wait_leader(self, timeout: float | None = None) -> bool:
+        """Block until this replica leads (or ``timeout``, or the handle stops); returns :meth:`is_leader`."""
+        ...
+
+    def status(self) -> dict:
+        """For the operator API: mode, replica, leader, is_leader and the election's details."""
+        ...
+
+    def fence(self) -> list[dict]:
+        """``/v1/txn`` operations to put before a leader-only write: they fail the transaction unless this
+        replica still holds the lock (a ``check-session`` on the leader key); [] where there is no lock."""
+        ...
+
+
+__all__ = ["CaControl", "Leadership", "MeshView", "SettingsHandle"]

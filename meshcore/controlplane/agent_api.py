@@ -40,7 +40,7 @@ from cryptography import x509
 
 from .. import naming
 from ..api import agent as wire
-from ..ca import CertificateAuthority, JoinTokenStore, check_workload_request
+from ..ca import CertificateAuthority, JoinTokens, check_workload_request
 from ..catalog.model import Catalog
 from ..durations import parse_duration
 from ..errors import BadRequest, CAError, Forbidden, JoinTokenError, SigningRefused, Unauthorized, Unavailable
@@ -72,7 +72,7 @@ def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
 
 
 class AgentApi:
-    def __init__(self, ca: CertificateAuthority, tokens: JoinTokenStore, catalog: Callable[[], Catalog | None],
+    def __init__(self, ca: CertificateAuthority, tokens: JoinTokens, catalog: Callable[[], Catalog | None],
                  xds_address: str, metrics=None,
                  federated_bundles: Callable[[], tuple[tuple[str, str], ...]] = tuple,
                  on_bundle_ack: Callable[[], None] = lambda: None, max_waiting: int = DEFAULT_MAX_WAITING):

@@ -11,6 +11,13 @@ Delivery never blocks evaluation: each webhook has its own queue and worker thre
 failed POST (connection errors, 429 and 5xx) with exponential backoff (tenacity), in order, so a
 webhook receives ``firing`` before ``resolved``. A full queue drops its oldest payload, loudly.
 
+With several replicas every one evaluates the rules (``GET /v1/alerts`` answers on each), but only the
+leader (a :class:`~meshcore.controlplane._contexts.Leadership` handle) notifies: each notification is sent
+once, not once per replica. What was notified is kept in a :class:`NotifiedLedger` (Consul KV with
+``--store consul``): a new leader loads it when its term starts, so it neither repeats what the old leader
+sent nor misses what started firing during the failover. Payloads already queued when leadership is lost
+are still delivered (they were decided while leading, and the ledger records them as sent).
+
 Operator API: ``GET /v1/alerts`` (pending and firing alerts; ``?state=firing``) and
 ``GET /v1/alerts/rules`` (effective rules incl. defaults; ``?name=``). Metrics, in the control plane's
 registry: ``meshcore_alerts{alertname,severity,state}``, ``meshcore_alert_notifications_total{outcome}``,
@@ -28,7 +35,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 from urllib.parse import quote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
@@ -36,15 +43,16 @@ from prometheus_client.core import GaugeMetricFamily
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..api.operator import AlertRuleView, AlertView
-from ..errors import BadRequest, ConfigError, NotFound, WebhookDeliveryError
+from ..errors import BadRequest, ConfigError, MeshError, NotFound, WebhookDeliveryError
 from ..observe.alerts import FIRING, RESOLVED, Alert, AlertEvaluator, Rule, effective_rules, webhook_payload
 from ..observe.signals import Signals
 from ..resources.model import Resource
 from ._http import Request, Router
 
 if TYPE_CHECKING:
+    from ..catalog._consul_settings import ConsulSettings
     from ..observe.collector import MeshCollector
-    from ._contexts import MeshView
+    from ._contexts import Leadership, MeshView
 
 log = logging.getLogger("meshcore.controlplane.alerting")
 
@@ -74,6 +82,63 @@ def webhook_urls(flags: Sequence[str] | None, env: Mapping[str, str] | None = No
     return out
 
 
+
+class NotifiedLedger(Protocol):
+    """Where the leader records which firing alerts it notified (fingerprint -> when), for the next leader."""
+
+    def load(self) -> dict[str, float]: ...
+
+    def save(self, notified: dict[str, float]) -> None: ...
+
+
+class MemoryLedger:
+    """One replica: the record lives as long as the process (a restart notifies firing alerts again)."""
+
+    def __init__(self) -> None:
+        self._notified: dict[str, float] = {}
+
+    def load(self) -> dict[str, float]:
+        return dict(self._notified)
+
+    def save(self, notified: dict[str, float]) -> None:
+        self._notified = dict(notified)
+
+
+class ConsulLedger:
+    """The record as JSON in one Consul KV key (default ``meshcore/alerts/notified``), read and written with the
+    same py-consul client helpers as the resource store. Each write is one ``/v1/txn`` behind ``fence()``'s
+    operations (the leader's ``check-session``): a replica that lost the lock cannot overwrite the record."""
+
+    def __init__(self, settings: "ConsulSettings", key: str, fence: Callable[[], list[dict]] = lambda: []):
+        self.settings = settings
+        self.key = key
+        self._fence = fence
+        self._client = settings.client()
+
+    def load(self) -> dict[str, float]:
+        from ..catalog._consul_calls import consul_errors
+
+        with consul_errors(self.settings, f"reading the alert notification record {self.key!r}"):
+            _index, entry = self._client.kv.get(self.key)
+        if not entry or not entry.get("Value"):
+            return {}
+        try:
+            data = json.loads(entry["Value"])
+            return {str(k): float(v) for k, v in (data.get("notified") or {}).items()}
+        except (ValueError, TypeError, AttributeError):
+            log.error("alert notification record %s is not meshcore's JSON; starting from an empty one", self.key)
+            return {}
+
+    def save(self, notified: dict[str, float]) -> None:
+        import base64
+
+        from ..catalog._consul_calls import check, consul_errors, raw
+
+        doing = f"writing the alert notification record {self.key!r}"
+        value = base64.b64encode(json.dumps({"notified": notified}, sort_keys=True).encode()).decode("ascii")
+        ops = [*self._fence(), {"KV": {"Verb": "set", "Key": self.key, "Value": value}}]
+        with consul_errors(self.settings, doing):
+            check(raw(self._client, "PUT", "/v1/txn", body=ops), self.settings, doing)
 
 
 class _Webhook:
@@ -172,8 +237,12 @@ class Alerting:
     def __init__(self, resources: Callable[[], Iterable[Resource]], webhooks: Sequence[str] = (), *,
                  external_url: Callable[[], str] = lambda: "", registry: CollectorRegistry | None = None,
                  repeat_interval: float = DEFAULT_REPEAT_S, attempts: int = 6, max_backoff: float = 30.0,
-                 timeout: float = POST_TIMEOUT_S, defaults: bool = True):
+                 timeout: float = POST_TIMEOUT_S, defaults: bool = True, leadership: "Leadership | None" = None,
+                 ledger: NotifiedLedger | None = None):
         self._resources = resources
+        self._leadership = leadership
+        self._ledger: NotifiedLedger = ledger or MemoryLedger()
+        self._term = 0  # the leadership term whose ledger _notified was loaded from
         self._external_url = external_url
         self._defaults = defaults
         self.repeat_interval = repeat_interval
@@ -223,12 +292,24 @@ class Alerting:
     def evaluate(self, signals: Signals) -> list[Alert]:
         """Evaluate every enabled rule on ``signals`` (the collector's subscriber callback)."""
         rules = self.rules()
+        lead = self._leadership
+        leading = lead is None or lead.is_leader()
+        term = lead.term() if lead is not None else 1
+        loaded = self._load_ledger() if leading and term != self._term else None  # a new term: the record so far
         with self._lock:
             self._evaluator.set_rules(rules)
             alerts = self._evaluator.evaluate(signals)
             self._alerts = [a for a in alerts if a.state != RESOLVED]
             self.last_signals_at = signals.at
-            payloads = self._notifications(alerts, signals.at)
+            if loaded is not None:
+                self._notified, self._term = loaded, term
+            payloads = self._notifications(alerts, signals.at) if leading else []  # only the leader notifies
+            record = dict(self._notified) if payloads else None
+        if record is not None:
+            try:
+                self._ledger.save(record)
+            except MeshError as exc:
+                log.error("recording the alert notifications failed (a new leader may repeat them): %s", exc)
         for a in alerts:
             if a.state == FIRING and a.fired_at == signals.at:
                 log.warning("alert firing alertname=%s severity=%s labels=%s value=%s: %s", a.labels["alertname"],
@@ -239,6 +320,13 @@ class Alerting:
             for w in self._webhooks:
                 w.put(payload)
         return alerts
+
+    def _load_ledger(self) -> dict[str, float] | None:
+        try:
+            return self._ledger.load()
+        except MeshError as exc:
+            log.error("reading the alert notification record failed, retried on the next evaluation: %s", exc)
+            return None
 
     def _notifications(self, alerts: list[Alert], now: float) -> list[dict]:
         """Payloads due now, one per alertname with news: an alert started firing or resolved, or the group's
@@ -332,7 +420,8 @@ class _MeshStateCollector:
 # --- control plane wiring --------------------------------------------------------------------------
 
 def for_control_plane(mesh: "MeshView", collector: "MeshCollector", registry: CollectorRegistry, *,
-                      webhooks: Sequence[str] = (), external_url: Callable[[], str] = lambda: "") -> Alerting:
+                      webhooks: Sequence[str] = (), external_url: Callable[[], str] = lambda: "",
+                      leadership: "Leadership | None" = None, ledger: NotifiedLedger | None = None) -> Alerting:
     """The control plane's Alerting: rules from the mesh snapshot's AlertRules, evaluated on every Signals the
     collector makes, metrics in ``registry`` (with the mesh state the exported rules join on). Call ``start()``
     to run the webhooks."""
@@ -341,7 +430,8 @@ def for_control_plane(mesh: "MeshView", collector: "MeshCollector", registry: Co
         snap = mesh.snapshot()
         return snap.resources if snap is not None else ()
 
-    alerting = Alerting(resources, list(webhooks), external_url=external_url, registry=registry)
+    alerting = Alerting(resources, list(webhooks), external_url=external_url, registry=registry,
+                        leadership=leadership, ledger=ledger)
     registry.register(_MeshStateCollector(mesh))
     collector.subscribe(alerting.evaluate)
     if alerting.webhooks:
@@ -369,4 +459,4 @@ def add_routes(router: Router, *, alerting: Alerting) -> None:
     router.add("GET", "/v1/alerts/rules", rules)
 
 
-__all__ = ["Alerting", "add_routes", "for_control_plane", "webhook_urls", "RECEIVER", "WEBHOOKS_ENV"]
+__all__ = ["Alerting", "ConsulLedger", "MemoryLedger", "NotifiedLedger", "add_routes", "for_control_plane", "webhook_urls", "RECEIVER", "WEBHOOKS_ENV"]

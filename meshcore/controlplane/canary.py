@@ -47,7 +47,7 @@ from ._http import Request
 
 if TYPE_CHECKING:
     from ..resources.store import ResourceStore
-    from ._contexts import MeshView
+    from ._contexts import Leadership, MeshView
     from .operators import AuthorizingRouter
 
 log = logging.getLogger("meshcore.controlplane.canary")
@@ -237,13 +237,19 @@ class StoreTrafficWriter:
 
 
 class CanaryController:
-    """Runs canaries: one thread each, state persisted in ``state_dir`` (one JSON file per service)."""
+    """Runs canaries: one thread each, state persisted in ``state_dir`` (one JSON file per service).
+
+    With a ``leadership`` handle the loops run only on the leader replica: losing leadership stops every loop
+    at once (their state stays as recorded: ``running``), gaining it reloads the state and resumes them.
+    A replica that does not lead refuses to start or abort one and names the leader (the runs are local files
+    until they move into Consul KV)."""
 
     def __init__(self, state_dir: Path, writer: TrafficWriter, probe_for: Callable[[sm.CanarySpec], StatsProbe], *,
                  ready: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
                  instances_with: Callable[[str, dict[str, str]], int] | None = None,
-                 check_every: float | None = None):
+                 check_every: float | None = None, leadership: Leadership | None = None):
         self.state_dir = Path(state_dir)
+        self._leadership = leadership
         self.writer, self.probe_for, self._ready, self._clock = writer, probe_for, ready, clock
         self._instances_with = instances_with
         self._check_every = check_every
@@ -254,6 +260,34 @@ class CanaryController:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._load()
+        if leadership is not None:
+            leadership.subscribe(self._leadership_changed)
+
+    # --- leadership ----------------------------------------------------------------------------
+    def _leading(self) -> bool:
+        return self._leadership is None or self._leadership.is_leader()
+
+    def _require_leader(self, doing: str) -> None:
+        lead = self._leadership
+        if lead is None or lead.is_leader():
+            return
+        leader = lead.leader()
+        where = f"the leader replica {leader!r}" if leader else "the leader replica (none now: one is being elected)"
+        raise CanaryConflict(f"cannot {doing} on replica {lead.replica_id!r}: canaries are run by {where}; retry "
+                             "against the leader (`meshctl status` names it) or in a few seconds")
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if not leading:  # stop every loop now; each one's state stays recorded for the next leader
+            for ev in list(self._stops.values()):
+                ev.set()
+            return
+        if self._stopped.is_set():
+            return
+        with self._lock:
+            self._load()  # the state as recorded (by this replica's last term)
+        resumed = self.resume_all()
+        if resumed:
+            log.info("leader: resumed canaries %s", ", ".join(sorted(resumed)))
 
     # --- persistence ---------------------------------------------------------------------------
     def _path(self, service: str) -> Path:
@@ -297,6 +331,7 @@ class CanaryController:
     def start(self, spec: sm.CanarySpec) -> CanaryStatus:
         """Start a canary: first weight applied now (errors come back to the caller), then its thread runs."""
         service = spec.service
+        self._require_leader(f"start a canary for {service}")
         with self._lock:
             running = self._states.get(service)
             if running is not None and not running.finished:
@@ -325,6 +360,7 @@ class CanaryController:
                                   f"Consul first (meta {spec.label}: {subset}), or pick another subset")
 
     def abort(self, service: str, why: str = "aborted by the operator") -> CanaryStatus:
+        self._require_leader(f"abort the canary for {service}")
         with self._lock:
             st = self._states.get(service)
             lock = self._locks.get(service)
@@ -344,6 +380,8 @@ class CanaryController:
 
     def resume_all(self) -> builtins.list[str]:
         """Restart the threads of canaries that were progressing (after a control plane restart)."""
+        if not self._leading():
+            return []
         resumed = [s for s, st in self._states.items() if not st.finished and s not in self._threads]
         for service in resumed:
             self._spawn(service, resumed=True)
@@ -397,7 +435,7 @@ class CanaryController:
         probe.reset()
         while not stop.wait(self._period(spec)):
             with lock:
-                if stop.is_set():
+                if stop.is_set() or not self._leading():  # leadership lost: the next leader decides
                     return
                 st = self._states[service]
                 if st.finished:
@@ -534,14 +572,15 @@ def _instances_with(mesh: "MeshView", service: str, labels: dict[str, str]) -> i
     return sum(1 for i in catalog.instances_of(service) if all(i.labels.get(k) == v for k, v in labels.items()))
 
 
-def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView") -> CanaryController:
+def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView",
+                      leadership: Leadership | None = None) -> CanaryController:
     """The controller of a control plane: traffic changes go to its ``store``, measurements to the admin
-    addresses of the proxies calling the service, its state under ``state_dir``."""
+    addresses of the proxies calling the service, its state under ``state_dir``; loops only while leading."""
     writer = StoreTrafficWriter(store, synced=lambda r: _synced_with(mesh, r))
     return CanaryController(
         state_dir / STATE_SUBDIR, writer,
         probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(mesh, spec.service)),
-        ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels))
+        ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels), leadership=leadership)
 
 
 def add_routes(r: AuthorizingRouter, *, controller: Callable[[], CanaryController]) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -34,12 +35,14 @@ from cryptography.hazmat.primitives import serialization
 from .. import naming
 from ..catalog._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD
 from .._files import atomic_write
-from ..ca import KEY_TYPES, CertificateAuthority, JoinTokenStore, load_kek, load_upstream_ca, make_csr, new_private_key
+from ..ca import KEY_TYPES, CertificateAuthority, load_kek, load_upstream_ca, make_csr, new_private_key, open_join_tokens
+from ..state import open_state_backend
 from ..ca.authority import DEFAULT_NODE_TTL, DEFAULT_RECOVERY_GRACE
 from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
+from ..resources.consul_entries import EntrySettings, add_arguments as add_entry_arguments, entry_settings, with_config_entries
 from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
                             SourceStatus, StatusResponse, ThreadStatus)
 from ..authz.patterns import DEFAULT_PATH_NORMALIZATION, PATH_NORMALIZATIONS
@@ -49,6 +52,7 @@ from ..observe.collector import (
     ControlPlaneSignals,
     MeshCollector,
     ScrapeTarget,
+    fallback_urls,
     ca_signals,
     catalog_address,
     scrape_url,
@@ -56,6 +60,7 @@ from ..observe.collector import (
 from ..xds.server import (
     DEFAULT_FIRST_REQUEST_TIMEOUT_S,
     DEFAULT_MAX_STREAMS_PER_IDENTITY,
+    DEFAULT_MAX_STREAM_AGE_S,
     AdsServer,
     AdsServicer,
     mtls_node_authorizer,
@@ -74,6 +79,9 @@ from .dashboard_api import HISTORY_S as COLLECTOR_HISTORY_S
 from ._supervise import Supervisor, describe_failure, install_thread_excepthook
 from ._supervise import doing as _doing
 from .engine import MeshEngine
+from .leadership import (DEFAULT_LOCK_DELAY_S, DEFAULT_LOCK_TTL_S, LEADER_KEY, AlwaysLeader, ConsulLeadership,
+                         check_lock_settings, default_replica_id)
+from .replicas import DEFAULT_CHECK_TTL_S, ReplicaRegistry, healthz_probe
 from .federation_api import add_federation_routes, open_federation
 from .metrics import ControlPlaneMetrics
 from .node_revocation import add_node_routes
@@ -114,6 +122,7 @@ class Settings:
     ca_key: str | None = None
     ca_chain: str | None = None
     collect_interval: float = 5.0  # seconds between the metrics collector's scrapes of every proxy
+    collect_timeout: float | None = None  # a proxy's scrape budget per round; None: most of the interval
     alert_webhooks: tuple[str, ...] = ()  # Alertmanager-compatible webhook URLs (see alerting.py)
     operator_tls_bind: str = ""  # operator API over TLS (client certificates); "" = off
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
@@ -125,11 +134,19 @@ class Settings:
     xds_max_streams_per_identity: int = DEFAULT_MAX_STREAMS_PER_IDENTITY
     xds_max_streams: int = 0
     xds_first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT_S
+    max_stream_age: float = DEFAULT_MAX_STREAM_AGE_S  # ADS connections closed after this age (+-10%), 0 = never
     agent_max_waiting: int = DEFAULT_MAX_WAITING  # agents' blocking /v1/agent/services calls held at once
     # Last known good through Consul faults (meshcore.catalog._consul_hold): how long missing instances are
     # held after an index reset or a drastic shrink, and the fraction that may vanish in one update.
     catalog_hold: float = DEFAULT_HOLD_S
     catalog_shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD
+    consul_entries: EntrySettings = field(default_factory=EntrySettings)  # Consul config entries (docs/consul.md)
+    # Several replicas (--store consul): identity, the leader lock (leadership.py), the registration's check.
+    replica_id: str = ""  # "": <host name>-<operator API port>
+    leader_lock_ttl: float = DEFAULT_LOCK_TTL_S
+    leader_lock_delay: float = DEFAULT_LOCK_DELAY_S
+    leader_key: str = "meshcore/" + LEADER_KEY
+    replica_check_ttl: float = DEFAULT_CHECK_TTL_S
 
 
 def _split_source(spec: str, what: str) -> tuple[str, str]:
@@ -192,18 +209,21 @@ class ControlPlane:
                                   "intermediate CA certificate meshcore signs with and its private key")
             upstream = load_upstream_ca(settings.ca_cert, settings.ca_key, settings.ca_chain,
                                         trust_domain=settings.trust_domain)
+        self.state = open_state_backend(settings.store, state)  # Consul KV with --store consul: shared by replicas
         self.ca = CertificateAuthority.open(state / "ca", trust_domain=settings.trust_domain, kek=kek,
                                             leaf_ttl=settings.leaf_ttl, key_type=settings.key_type,
                                             upstream=upstream, node_ttl=settings.node_cert_ttl,
-                                            recovery_grace=settings.node_recovery_grace)
-        self.tokens = JoinTokenStore(state / "join-tokens.sealed", kek)
+                                            recovery_grace=settings.node_recovery_grace, backend=self.state)
+        self.tokens = open_join_tokens(self.state, kek)
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
-        self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek)
+        self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek, backend=self.state)
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
                                                      settings.catalog_shrink_threshold)
         self.store = store or open_store(settings.store, state, kek)
+        self.store = with_config_entries(self.store, settings.consul_entries, catalog_spec=settings.catalog,  # + config entries
+                                         trust_domain=settings.trust_domain, catalog=lambda: self.engine.catalog())
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
@@ -237,16 +257,38 @@ class ControlPlane:
         interval = float(settings.collect_interval or 5.0)
         health = ControlPlaneSignals(catalog=self.source, store=self.store, rejected=lambda: self.engine.rejected,
                                      supervisors=(self.engine.supervisor, self.supervisor))  # loops, sources
-        self.collector = MeshCollector(self.scrape_targets, interval=interval,
+        self.collector = MeshCollector(self.scrape_targets, interval=interval, timeout=settings.collect_timeout,
                                        history=max(COLLECTOR_HISTORY_S, interval),
                                        extra=lambda: {**ca_signals(self.ca, time.time(), self._target_nodes,
                                                                    self._expected_identities()), **health()})
+        # Singleton work (rotation steps, canaries, alert notifications) runs on the leader only (leadership.py).
+        self.replicas: ReplicaRegistry | None = None
+        self._ha = _split_source(settings.store or "dir:", "store")[0] == "consul"
+        self.leadership: AlwaysLeader | ConsulLeadership
+        # <host name>-<operator API port>; a port picked at bind time (:0) is filled in by start()
+        replica_id = settings.replica_id or default_replica_id(settings.http_bind.rsplit(":", 1)[-1])
+        ledger = None  # what the leader notified: in memory with one replica, in Consul KV with several
+        if self._ha:
+            from ..catalog._consul_settings import ConsulSettings
+            from .alerting import ConsulLedger
+
+            self.leadership = ConsulLeadership(
+                ConsulSettings.from_env(), settings.leader_key, replica_id,
+                ttl=settings.leader_lock_ttl, lock_delay=settings.leader_lock_delay, registry=self.metrics.registry,
+                service_check=lambda: self.replicas.registered_check() if self.replicas is not None else None)
+            ledger = ConsulLedger(ConsulSettings.from_env(), settings.leader_key.rsplit("/", 1)[0] + "/alerts/notified",
+                                  fence=self.leadership.fence)  # a deposed leader cannot overwrite the record
+        else:
+            self.leadership = AlwaysLeader(replica_id, registry=self.metrics.registry)
+        self.leadership.subscribe(lambda leading: self._ca_wake.set())  # a new leader looks at the rotation now
         self.alerting = alerting_for(self.mesh, self.collector, self.metrics.registry,  # AlertRules -> webhooks
                                      webhooks=settings.alert_webhooks,
-                                     external_url=lambda: self.addresses.get("http", ""))
-        self.canaries = canaries_for(state, self.store, self.mesh)  # progressive delivery (meshctl canary)
-        self.federation = open_federation(state, settings.trust_domain, self.engine)  # other domains' bundles
-        self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek)  # operator client-cert roles
+                                     external_url=lambda: self.addresses.get("http", ""), leadership=self.leadership,
+                                     ledger=ledger)
+        self.canaries = canaries_for(state, self.store, self.mesh,  # progressive delivery (meshctl canary)
+                                     leadership=self.leadership)
+        self.federation = open_federation(state, settings.trust_domain, self.engine, self.state)  # others' bundles
+        self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek, backend=self.state)  # cert roles
         self._operator_tls: JsonServer | None = None
 
     def _expected_identities(self) -> set[tuple[str, str]] | None:
@@ -375,7 +417,8 @@ class ControlPlane:
             if self._stopped.is_set():
                 return
             try:
-                if self.ca.rotation_phase == "preparing" and not self.nodes_without_bundle():
+                if (self.ca.rotation_phase == "preparing" and self.leadership.is_leader()  # a singleton step
+                        and not self.nodes_without_bundle()):
                     self.ca.activate_rotation()
                     self._apply_ca(reissue=True)
                     log.info("every connected node holds the new trust bundle; signing from the new root, "
@@ -459,7 +502,8 @@ class ControlPlane:
         self.ca.add_revocation_listener(  # a revoked node's open ADS streams end at once
             lambda node: servicer.end_node_streams(node, f"node {node!r} was revoked (meshctl node revoke)"))
         self.ca.add_revocation_listener(lambda node: self.agent_api.changed() if self.agent_api else None)
-        self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials())
+        self._grpc, xds_port = serve_ads(servicer, self.settings.xds_bind, self._grpc_credentials(),
+                                          max_stream_age=self.settings.max_stream_age)
         xds_addr = f"{self.settings.advertise or _host_of(self.settings.xds_bind)}:{xds_port}"
 
         agent_api = self.agent_api = AgentApi(self.ca, self.tokens, self.engine.catalog, xds_addr,
@@ -476,9 +520,12 @@ class ControlPlane:
             self._operator_tls = JsonServer(operator_api.router(), self.settings.operator_tls_bind,
                                             tls=self._https_context(key_pem, chain_pem), name="meshcore-https").start()
             self._servers.append(self._operator_tls)
+        if not self.settings.replica_id:  # <host name>-<operator API port>, once the port is bound
+            self.leadership.replica_id = default_replica_id(http.address.rsplit(":", 1)[-1])
         self.engine.start()
         self.alerting.start()
         self.collector.start()
+        self._start_replica(xds_addr, http.address)
         self.canaries.resume_all()
         self.supervisor.start("serving-cert", self._rotate_serving_identity)
         self.supervisor.start("ca-rotation", self._watch_ca)
@@ -488,6 +535,23 @@ class ControlPlane:
         self._write_state_file()
         log.info("control plane serving xds=%s api=%s http=%s trust_domain=%s", self.addresses["xds"],
                  self.addresses["api"], self.addresses["http"], self.ca.trust_domain)
+
+    def _start_replica(self, xds_addr: str, http_address: str) -> None:
+        """With --store consul: register this replica in Consul (its check is what the leader session is bound
+        to), then join the leader election."""
+        if self._ha:
+            from ..catalog._consul_settings import ConsulSettings
+
+            api_port = int(self._api_server.address.rsplit(":", 1)[-1]) if self._api_server is not None else 0
+            host, _, http_port = http_address.rpartition(":")
+            api_host = self.settings.advertise or _host_of(self.settings.api_bind)
+            self.replicas = ReplicaRegistry(
+                ConsulSettings.from_env(), self.leadership.replica_id, address=self.settings.advertise or host,
+                ports={"xds": int(xds_addr.rsplit(":", 1)[-1]), "api": api_port, "http": int(http_port)},
+                endpoints={"xds": xds_addr, "api": f"https://{api_host}:{api_port}"},
+                health=healthz_probe(lambda: f"http://{http_address}/healthz"), check_ttl=self.settings.replica_check_ttl,
+                leader=self.leadership.leader).start()
+        self.leadership.start()
 
     def _operator_context(self) -> OperatorContext:
         """The operator API's parts, and each feature's routes with the narrow interfaces it uses."""
@@ -524,12 +588,16 @@ class ControlPlane:
             return
         self._stopped.set()
         self._ca_wake.set()
+        self.leadership.stop()  # singleton work stops, the lock is released: another replica leads at once
+        if self.replicas is not None:
+            self.replicas.stop()  # deregistered: agents and Prometheus stop picking this replica
         if self.agent_api is not None:
             self.agent_api.close()  # answer agents' held calls now
         self.collector.stop()
         self.alerting.stop()
         self.canaries.stop()
         self.engine.stop()
+        getattr(self.store, "close_entries", lambda: None)()  # Consul config entry watches
         close = getattr(self.source, "close", None)
         if self._owns_source and close is not None:
             close()  # a catalog poll blocked in its wait returns now
@@ -541,6 +609,7 @@ class ControlPlane:
             s.stop()
         if grpc_stopped is not None:
             grpc_stopped.wait(2)
+        self.ca.close()  # shared state: writes the pending issued records, stops following other replicas
         try:
             (self.settings.state_dir / STATE_FILE).unlink()
         except FileNotFoundError:
@@ -588,11 +657,25 @@ class ControlPlane:
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         return StatusResponse(
             control_plane=ControlPlaneStatus(
-                **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
+                **self._addresses(), trust_domain=td, snapshot=snap.hash if snap else "",
                 catalog_error=self.engine.source_error, store_error=self.engine.store_error,
                 build_error=self.engine.build_error, last_error=self.engine.last_error,
-                sources=self._source_statuses(), threads=self._thread_statuses()),
+                sources=self._source_statuses(), threads=self._thread_statuses(), **self._replica_status()),
             proxies=tuple(proxies))
+
+    def _addresses(self) -> dict[str, Any]:
+        return dict(self.addresses)
+
+    def _replica_status(self) -> dict[str, Any]:
+        """This replica, the leader and (with --store consul) every registered replica with its health."""
+        lead = self.leadership.status()
+        out: dict[str, Any] = {"replica": self.leadership.replica_id, "leader": lead["leader"], "leadership": lead["mode"]}
+        if self.replicas is not None:
+            try:
+                out["replicas"] = self.replicas.replicas()
+            except MeshError as exc:
+                out["replicas_error"] = str(exc)
+        return out
 
     def _synced(self, node: str, state, snap) -> bool:
         """The proxy ACKed the latest *valid* config: the cache's versions, its last build did not fail,
@@ -661,7 +744,8 @@ class ControlPlane:
             metrics = f"http://{metrics}/metrics" if metrics else ""
             is_connected = node in connected
             targets.append(ScrapeTarget(
-                node=node, url=scrape_url(metrics, admin), instances=by_node.get(node, ()),
+                node=node, url=scrape_url(metrics, admin), fallback_urls=fallback_urls(metrics, admin),
+                instances=by_node.get(node, ()),
                 heard_from=bool(is_connected or admin or metrics or self.cache.get(node) is not None),
                 in_sync=is_connected and self.mesh.synced(node) and not (state.error if state else "")))
         self._target_nodes = frozenset(t.node for t in targets)
@@ -669,6 +753,9 @@ class ControlPlane:
 
 
 def _check_limits(settings: Settings) -> None:
+    check_lock_settings(settings.leader_lock_ttl, settings.leader_lock_delay)
+    if not settings.replica_check_ttl > 0:
+        raise ConfigError(f"--replica-check-ttl {settings.replica_check_ttl:g}s: must be positive (e.g. 5s)")
     if settings.xds_max_streams_per_identity < 1:
         raise ConfigError(f"--xds-max-streams-per-identity {settings.xds_max_streams_per_identity}: must be at "
                           "least 1 (an Envoy holds one ADS stream; allow a few for hot restarts)")
@@ -710,6 +797,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
                    help="where mesh resources live: dir:DIR or consul (KV under meshcore/resources/) "
                         "(default dir:<state-dir>/resources)")
+    add_entry_arguments(p, env)  # --consul-config-entries, --consul-intentions-default
+    p.add_argument("--replica-id", default=env.get("MESHCORE_REPLICA_ID", ""),
+                   help="this replica's name in Consul and in the leader lock (default: <host name>-<operator API "
+                        "port>); unique per replica")
+    p.add_argument("--leader-lock-ttl", default=env.get("MESHCORE_LEADER_LOCK_TTL", f"{DEFAULT_LOCK_TTL_S:g}s"),
+                   help="--store consul: TTL of the leader-election session, renewed at half of it; a leader that "
+                        "cannot renew within it stops its singleton work (10s to 24h; default %(default)s)")
+    p.add_argument("--leader-lock-delay", default=env.get("MESHCORE_LEADER_LOCK_DELAY", f"{DEFAULT_LOCK_DELAY_S:g}s"),
+                   help="--store consul: Consul's lock-delay: after a leader's session is invalidated no replica "
+                        "may take the lock for this long (0s to 60s; default %(default)s, Consul's)")
+    p.add_argument("--leader-key", default=env.get("MESHCORE_LEADER_KEY", "meshcore/" + LEADER_KEY),
+                   help="--store consul: the Consul KV key of the leader lock (default %(default)s)")
+    p.add_argument("--replica-check-ttl", default=env.get("MESHCORE_REPLICA_CHECK_TTL", f"{DEFAULT_CHECK_TTL_S:g}s"),
+                   help="--store consul: TTL of the replica's Consul health check, which it passes from its own "
+                        "/healthz every third of it; a dead leader loses the lock this long after it died "
+                        "(default %(default)s)")
     p.add_argument("--xds-bind", default=env.get("MESHCORE_XDS_BIND", "127.0.0.1:15012"))
     p.add_argument("--api-bind", default=env.get("MESHCORE_API_BIND", "127.0.0.1:15443"))
     p.add_argument("--http-bind", default=env.get("MESHCORE_HTTP_BIND", "127.0.0.1:15000"))
@@ -727,6 +830,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=env.get("MESHCORE_XDS_FIRST_REQUEST_TIMEOUT", f"{DEFAULT_FIRST_REQUEST_TIMEOUT_S:g}s"),
                    help="how long a new ADS stream may stay silent before its first request; then it is "
                         "closed with DEADLINE_EXCEEDED (default %(default)s)")
+    p.add_argument("--max-stream-age", default=env.get("MESHCORE_MAX_STREAM_AGE", f"{DEFAULT_MAX_STREAM_AGE_S / 60:g}m"),
+                   help="close each ADS connection after this age, jittered by +-10%% (Envoy reconnects keeping its "
+                        "config, possibly to another replica: load spreads back after a replica returns); "
+                        "0 = never (default %(default)s)")
     p.add_argument("--agent-max-waiting", type=int,
                    default=env.get("MESHCORE_AGENT_MAX_WAITING", str(DEFAULT_MAX_WAITING)),
                    help="agents' blocking /v1/agent/services calls held at once (each holds its connection's "
@@ -734,6 +841,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--collect-interval", default=env.get("MESHCORE_COLLECT_INTERVAL", "5s"),
                    help="how often the collector scrapes every proxy's metrics for the dashboard and alerts "
                         "(default %(default)s)")
+    p.add_argument("--collect-timeout", default=env.get("MESHCORE_COLLECT_TIMEOUT", ""),
+                   help="how long one round may wait for a proxy's metrics, its fallback sources included "
+                        "(default: 80%% of --collect-interval)")
     p.add_argument("--alert-webhook", action="append", default=[], metavar="URL",
                    help="POST Alertmanager-compatible alert notifications here (repeatable; also "
                         "MESHCORE_ALERT_WEBHOOKS, comma separated)")
@@ -793,14 +903,20 @@ def main(argv=None) -> int:
             node_recovery_grace=parse_duration(args.node_recovery_grace),
             key_type=args.key_type, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain,
             collect_interval=parse_duration(args.collect_interval).total_seconds(),
+            collect_timeout=parse_duration(args.collect_timeout).total_seconds() if args.collect_timeout else None,
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
             path_normalization=args.path_normalization, allow_path_parameters=args.allow_path_parameters,
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),
+            max_stream_age=parse_duration(args.max_stream_age).total_seconds(),
             agent_max_waiting=args.agent_max_waiting,
             catalog_hold=parse_duration(args.catalog_hold).total_seconds(),
-            catalog_shrink_threshold=args.catalog_shrink_threshold,
+            catalog_shrink_threshold=args.catalog_shrink_threshold, consul_entries=entry_settings(args),
+            replica_id=args.replica_id,
+            leader_lock_ttl=parse_duration(args.leader_lock_ttl).total_seconds(),
+            leader_lock_delay=parse_duration(args.leader_lock_delay).total_seconds(), leader_key=args.leader_key,
+            replica_check_ttl=parse_duration(args.replica_check_ttl).total_seconds(),
         )
         _check_limits(settings)
         kek = load_kek(settings.kek_file)

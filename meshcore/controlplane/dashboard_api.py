@@ -21,7 +21,7 @@ from ..dashboard import build_summary, read_static, series_view
 from ..durations import parse_duration
 from ..api.dashboard import CollectorState, DashboardSummary, SeriesResponse
 from ..api.operator import ProxyStatus
-from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, scrape_url
+from ..observe.collector import MeshCollector, ScrapeTarget, ca_signals, fallback_urls, scrape_url
 from ..observe.signals import SIGNAL_LABELS
 from ..errors import BadRequest, NotFound
 from ._http import Request, Response
@@ -36,7 +36,7 @@ ProxyList = Callable[[], Sequence[ProxyStatus]]
 
 def scrape_target(p: ProxyStatus) -> ScrapeTarget:
     """What the collector needs of one proxy: where to scrape it, its services, whether it is in sync."""
-    return ScrapeTarget(node=p.node, url=scrape_url(p.metrics, p.admin),
+    return ScrapeTarget(node=p.node, url=scrape_url(p.metrics, p.admin), fallback_urls=fallback_urls(p.metrics, p.admin),
                         instances=tuple((s.id, s.name) for s in p.services),
                         heard_from=bool(p.connected or p.admin or p.metrics or p.version),
                         in_sync=p.synced and not p.error)
@@ -74,6 +74,14 @@ def _static(name: str) -> Response:
     return Response(body, content_type=content_type, headers=_HEADERS)
 
 
+def collector_state(collector: MeshCollector) -> CollectorState:
+    fresh = collector.freshness()
+    return CollectorState(interval_seconds=collector.interval, history_seconds=collector.history_seconds,
+                          errors=dict(collector.errors), last_duration_seconds=round(collector.last_duration, 3),
+                          degraded={n: f.state for n, f in fresh.items() if f.state != "ok"},
+                          metrics_age_seconds={n: f.age_seconds for n, f in fresh.items() if f.age_seconds is not None})
+
+
 def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: ProxyList) -> DashboardSummary:
     now = time.time()
     certs = [{"spiffe_id": c.spiffe_id, "node": c.node or "", "not_before": c.not_before.timestamp(),
@@ -86,8 +94,7 @@ def summary(collector: MeshCollector, ca: "CertificateAuthority", proxies: Proxy
         root_expiry = parse_rfc3339(roots[0]["not_after"]).timestamp()
     return build_summary(
         collector.latest(), proxies(), certs, now=now, trust_domain=ca.trust_domain,
-        collector=CollectorState(interval_seconds=collector.interval, history_seconds=collector.history_seconds,
-                                 errors=dict(collector.errors), last_duration_seconds=round(collector.last_duration, 3)),
+        collector=collector_state(collector),
         ca_root_expiry=root_expiry)
 
 

@@ -37,7 +37,7 @@ from ..observe.tracing import ControlPlaneTracing
 from ..errors import ConsulAuthError, MeshError, StoreAuthError, XdsError
 from ..resources.loader import validate_document
 from ..resources.model import Resource, ResourceKey
-from ..resources.store import ResourceStore, StoreHealth
+from ..resources.store import ResourceStore, StoreHealth, store_health
 from ..compose import build_proxy, generate_proxy, shape_proxy
 from ..snapshot import MeshSettings, MeshSnapshot, ProxyInfo, SnapshotChange
 from ..xds.cache import Prepared, ProxySnapshot, SnapshotCache
@@ -137,6 +137,8 @@ class MeshEngine:
         self.settings = settings or MeshSettings()
         self._on_snapshot = on_snapshot
         self.metrics = metrics  # build time, build errors, watch errors, convergence start (optional)
+        if metrics is not None:  # read at scrape time: the store keeps its health in memory, no IO
+            metrics.store_suspect.set_function(lambda: 0.0 if store_health(self._store).ok else 1.0)
         self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
         self.incremental = incremental
         self.track_streams = track_streams  # skip proxies without an open ADS stream in ``cache``

@@ -32,10 +32,11 @@ log = logging.getLogger("meshcore.controlplane.federation")
 FEDERATION_DIR = "federation"
 
 
-def open_federation(state_dir: "Path", trust_domain: str, mesh: "SettingsHandle") -> FederatedBundleStore:
-    """The control plane's store (``<state-dir>/federation``), its bundles published to the mesh settings."""
-    store = FederatedBundleStore(state_dir / FEDERATION_DIR, trust_domain)
+def open_federation(state_dir: "Path", trust_domain: str, mesh: "SettingsHandle", backend=None) -> FederatedBundleStore:
+    """The control plane's store (``<state-dir>/federation``, or a shared ``backend``), its bundles published."""
+    store = FederatedBundleStore(state_dir / FEDERATION_DIR, trust_domain, backend=backend)
     publish(mesh, store)
+    store.follow(lambda: publish(mesh, store))  # shared state: other replicas' imports reach this one's proxies
     return store
 
 

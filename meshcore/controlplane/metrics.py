@@ -79,6 +79,9 @@ class ControlPlaneMetrics:
         self.catalog_holding = Gauge(
             "meshcore_catalog_holding", "1 while the catalog source holds last good instances after a read that "
             "looked like lost data (an index reset or a drastic shrink), else 0.", registry=self.registry)
+        self.store_suspect = Gauge(
+            "meshcore_resource_store_suspect", "1 while the resource store looks like it lost resources (the last "
+            "good generation is served; meshctl store status says what happened), else 0.", registry=self.registry)
         self._pending_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # node -> monotonic time its current version was published
 

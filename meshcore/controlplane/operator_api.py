@@ -46,7 +46,7 @@ from .operators import AuthorizingRouter
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from ..ca import CertificateAuthority, JoinTokenStore
+    from ..ca import CertificateAuthority, JoinTokens
     from ..resources.store import ResourceStore
     from ._contexts import CaControl, MeshView
     from .operator_certs import OperatorCertStore
@@ -74,7 +74,7 @@ class OperatorContext:
     mesh: MeshView
     ca: CertificateAuthority
     ca_control: CaControl
-    tokens: JoinTokenStore
+    tokens: JoinTokens
     operators: OperatorTokenStore
     status: Callable[[], StatusResponse]  # /v1/status
     registry: CollectorRegistry  # /metrics

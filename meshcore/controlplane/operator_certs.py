@@ -15,21 +15,19 @@ certificate whose serial is in the table, and otherwise falls back to the bearer
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._files import ensure_private_dir, file_lock
 from ..api.operator import OperatorCert, OperatorCertIssued, OperatorCertRequest, OperatorCertRevoked
-from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
+from ..ca._sealed import SealedEntries, check_kek
 from ..ca.model import parse_rfc3339, rfc3339
 from ..durations import parse_duration
 from ..errors import BadRequest, CAError, ConfigError, NotFound, map_exceptions
 from ..naming import operator_spiffe_id, parse_operator_spiffe_id
+from ..state import StateBackend
 from ._http import Request
 from .operators import ADMIN, READ_ONLY, AuthorizingRouter, Operator, OperatorAuthError, OperatorTokenStore, check_role
 
@@ -39,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshcore.controlplane.operator_certs")
 
 CERTS_FILE = "operator-certs.sealed"
+SHARED_CERTS_KEY = "operators/certs.sealed"  # the table's key in shared state (Consul KV)
 DEFAULT_TTL = timedelta(days=30)
 MAX_TTL = timedelta(days=365)
 _PURPOSE = "operator-certs"
@@ -57,31 +56,26 @@ def _utcnow() -> datetime:
 class OperatorCertStore:
     """The role table of issued operator certificates: ``name, role, serial, not_after, issued``."""
 
-    def __init__(self, path: Path | str, kek: bytes):
+    def __init__(self, path: Path | str, kek: bytes, *, backend: StateBackend | None = None):
+        """``path``: the sealed file in the state directory; with a shared ``backend`` (Consul KV) the table is its
+        key ``operators/certs.sealed`` instead, followed by every replica."""
         check_kek(kek)
         self.path = Path(path)
-        self._kek = bytes(kek)
-        self._lock = threading.Lock()
-        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        ensure_private_dir(self.path.parent)
-        with self._lock, file_lock(self._lock_path):
-            yield
+        self._doc = SealedEntries.at(backend, self.path, SHARED_CERTS_KEY, kek, _PURPOSE, "operator certificate table")
 
     def _read(self) -> list[dict[str, Any]]:
-        return read_sealed_entries(self.path, self._kek, _PURPOSE, "operator certificate table")
+        return self._doc.read()
+
+    def close(self) -> None:
+        self._doc.close()
 
     def record(self, name: str, role: str, serial: str, not_after: datetime) -> None:
         check_operator_name(name)
         check_role(role)
         now = _utcnow()
-        with self._locked():
-            entries = [e for e in self._read() if parse_rfc3339(e["not_after"]) > now]  # drop expired
-            entries.append({"name": name, "role": role, "serial": serial.lower(), "not_after": rfc3339(not_after),
-                            "issued": rfc3339(now)})
-            write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
+        entry = {"name": name, "role": role, "serial": serial.lower(), "not_after": rfc3339(not_after),
+                 "issued": rfc3339(now)}
+        self._doc.update(lambda entries: [*(e for e in entries if parse_rfc3339(e["not_after"]) > now), entry])
         log.info("operator certificate issued operator=%s role=%s serial=%s", name, role, serial)
 
     def authenticate(self, name: str, serial: str) -> Operator:
@@ -105,11 +99,15 @@ class OperatorCertStore:
 
     def revoke(self, name: str) -> int:
         """Refuse every certificate of operator ``name`` from now on; returns how many there were."""
-        with self._locked():
-            entries = self._read()
+        removed = [0]
+
+        def drop(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             keep = [e for e in entries if e["name"] != name]
-            write_sealed_entries(self.path, self._kek, _PURPOSE, keep)
-        return len(entries) - len(keep)
+            removed[0] = len(entries) - len(keep)
+            return keep
+
+        self._doc.update(drop)
+        return removed[0]
 
 
 def _peer_serial(req: Request) -> str | None:

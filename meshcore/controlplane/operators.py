@@ -23,17 +23,17 @@ import logging
 import os
 import secrets
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_create, ensure_private_dir, file_lock
-from ..ca._sealed import check_kek, read_sealed_entries, write_sealed_entries
+from .._files import atomic_create
+from ..ca._sealed import SealedEntries, check_kek
 from ..ca.model import parse_rfc3339, rfc3339
 from ..errors import ConfigError, Forbidden, MeshError, OperatorAuthError
+from ..state import StateBackend
 from ._http import Handler, Request, Router
 
 log = logging.getLogger("meshcore.controlplane.operators")
@@ -42,6 +42,7 @@ ADMIN, READ_ONLY = "admin", "read-only"
 ROLES = (ADMIN, READ_ONLY)
 TOKEN_PREFIX = "mco_"
 TOKENS_FILE = "operator-tokens.sealed"
+SHARED_TOKENS_KEY = "operators/tokens.sealed"  # the store's key in shared state (Consul KV)
 ADMIN_TOKEN_FILE = "admin.token"
 BOOTSTRAP_NAME = "bootstrap"
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
@@ -81,16 +82,17 @@ def check_role(role: str) -> str:
 class OperatorTokenStore:
     """Create, list, revoke and check operator tokens stored (hashed, sealed) in ``path``."""
 
-    def __init__(self, path: Path | str, kek: bytes, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, path: Path | str, kek: bytes, clock: Callable[[], datetime] = _utcnow, *,
+                 backend: StateBackend | None = None) -> None:
+        """``path``: the sealed file in the state directory; with a shared ``backend`` (Consul KV) the store is
+        its key ``operators/tokens.sealed`` instead, followed by every replica."""
         check_kek(kek)
         self.path = Path(path)
-        self._kek = bytes(kek)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._doc = SealedEntries.at(backend, self.path, SHARED_TOKENS_KEY, kek, _PURPOSE, "operator token store")
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self._doc.exists()
 
     def create(self, name: str, role: str, ttl: timedelta | None = None) -> str:
         """A new token (256 random bits) for operator ``name`` with ``role``; ``ttl`` None never expires."""
@@ -100,12 +102,10 @@ class OperatorTokenStore:
         if ttl is not None and ttl <= timedelta(0):
             raise ConfigError(f"operator token ttl must be positive, got {ttl}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._locked():
-            now = self._now()
-            entries = self._read()
-            entries.append({"hash": _hash(token), "name": name, "role": role, "created": rfc3339(now),
-                            "expires": rfc3339(now + ttl) if ttl is not None else None})
-            self._write(entries)
+        now = self._now()
+        entry = {"hash": _hash(token), "name": name, "role": role, "created": rfc3339(now),
+                 "expires": rfc3339(now + ttl) if ttl is not None else None}
+        self._doc.update(lambda entries: [*entries, entry])
         log.info("created operator token name=%s role=%s", name, role)
         return token
 
@@ -133,27 +133,25 @@ class OperatorTokenStore:
 
     def revoke(self, name_or_id: str) -> int:
         """Remove every token named ``name_or_id`` (or whose id it is); returns how many."""
-        with self._locked():
-            entries = self._read()
+        removed = [0]
+
+        def drop(entries: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
             keep = [e for e in entries if e["name"] != name_or_id and e["hash"][:12] != name_or_id]
-            self._write(keep)
-        return len(entries) - len(keep)
+            removed[0] = len(entries) - len(keep)
+            return keep
+
+        self._doc.update(drop)
+        return removed[0]
+
+    def close(self) -> None:
+        self._doc.close()
 
     # --- internals -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        ensure_private_dir(self.path.parent)
-        with self._lock, file_lock(self._lock_path):
-            yield
-
     def _now(self) -> datetime:
         return self._clock().astimezone(timezone.utc)
 
     def _read(self) -> builtins.list[dict[str, Any]]:
-        return read_sealed_entries(self.path, self._kek, _PURPOSE, "operator token store")
-
-    def _write(self, entries: builtins.list[dict[str, Any]]) -> None:
-        write_sealed_entries(self.path, self._kek, _PURPOSE, entries)
+        return self._doc.read()
 
 
 def ensure_bootstrap_token(store: OperatorTokenStore, state_dir: Path) -> Path | None:
@@ -238,6 +236,9 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--state-dir", default=env.get("MESHCORE_STATE_DIR", "/var/lib/meshcore"))
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
                    help="key-encryption key file (0600); or set MESHCORE_KEK (base64)")
+    p.add_argument("--store", default=env.get("MESHCORE_STORE", ""),
+                   help="consul: the tokens shared by the replicas in Consul KV ($CONSUL_HTTP_ADDR, "
+                        "$MESHCORE_STATE_PREFIX), as the control plane's --store; default: the state dir")
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("create", help="Create a token and print it (once: only its hash is kept).")
     c.add_argument("--name", required=True)
@@ -248,7 +249,10 @@ def cli_main(argv: list[str]) -> int:
     r.add_argument("name")
     args = p.parse_args(argv)
     try:
-        store = OperatorTokenStore(Path(args.state_dir) / TOKENS_FILE, load_kek(args.kek_file))
+        from ..state import open_state_backend
+
+        backend = open_state_backend(args.store, Path(args.state_dir))
+        store = OperatorTokenStore(Path(args.state_dir) / TOKENS_FILE, load_kek(args.kek_file), backend=backend)
         if args.action == "create":
             print(store.create(args.name, args.role, _parse_ttl(args.ttl)))
         elif args.action == "list":

@@ -84,14 +84,22 @@ def edges_view(signals: Signals | None) -> list[EdgeRow]:
     return out
 
 
-def proxies_view(proxies: Sequence[ProxyStatus], scrape_errors: Mapping[str, str]) -> list[ProxyRow]:
+def proxies_view(proxies: Sequence[ProxyStatus], scrape_errors: Mapping[str, str],
+                 collector: CollectorState | None = None) -> list[ProxyRow]:
+    """One row per proxy; with ``collector``, how current each one's metrics are (``metrics_state``: ``ok``,
+    or what :attr:`CollectorState.degraded` says; "" for a proxy the collector did not scrape)."""
+    degraded = collector.degraded if collector is not None else {}
+    ages = collector.metrics_age_seconds if collector is not None else {}
     out = []
     for p in proxies:
         state = "synced" if p.connected and p.synced and not p.error else (
             "error" if p.error else ("disconnected" if not p.connected else "pending"))
+        scraped = p.node in ages or p.node in degraded or p.node in scrape_errors
         out.append(ProxyRow(node=p.node, services=tuple(s.name for s in p.services),
                             gateways=tuple(g.name for g in p.gateways), connected=p.connected, synced=p.synced,
-                            state=state, version=p.version, error=p.error, scrape_error=scrape_errors.get(p.node, "")))
+                            state=state, version=p.version, error=p.error, scrape_error=scrape_errors.get(p.node, ""),
+                            metrics_state=degraded.get(p.node, "ok" if scraped else ""),
+                            metrics_age_seconds=ages.get(p.node)))
     return out
 
 
@@ -133,7 +141,7 @@ def build_summary(signals: Signals | None, proxies: Sequence[ProxyStatus], certs
     taken from ``signals``."""
     services = services_view(signals, proxies)
     edges = edges_view(signals)
-    proxy_rows = proxies_view(proxies, collector.errors)
+    proxy_rows = proxies_view(proxies, collector.errors, collector)
     cert_rows = certificates_view(certs, now)
     return DashboardSummary(
         generated_at=now, trust_domain=trust_domain,

@@ -25,12 +25,19 @@ from ..ca import generate_kek_file
 from ..catalog.files import FileCatalogSource
 from ..catalog.model import Catalog
 from ..errors import DemoError
+from . import _guard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
 PROCESSES_FILE = "processes.json"
+# Seconds between SIGTERM and SIGKILL, per kind of process (name prefix): an agent stops its Envoy (which
+# drains for up to 10 s) before it exits; an app has nothing to drain.
+STOP_GRACE = {"controlplane": 10.0, "agent-": 25.0, "app-": 5.0}
+DEFAULT_STOP_GRACE = 10.0
 
 
+def stop_grace(name: str) -> float:
+    return next((g for prefix, g in STOP_GRACE.items() if name.startswith(prefix)), DEFAULT_STOP_GRACE)
 
 
 @dataclass
@@ -80,35 +87,48 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 
 
 class LocalMesh:
-    def __init__(self, layout: MeshLayout, progress: Callable[[str], None] = lambda msg: None):
+    def __init__(self, layout: MeshLayout, progress: Callable[[str], None] = lambda msg: None, *,
+                 owned: bool = True):
+        """``owned``: the processes stop when this process does, even when it is SIGKILLed (each child gets
+        a parent-death signal; a guard process stops whatever carries this mesh's tag once this process is
+        gone; see :mod:`meshcore.demo._guard`). Off for a mesh left running on purpose (``meshctl demo up``
+        without ``--foreground``); ``meshctl demo down`` stops it."""
         self.layout = layout
         self.progress = progress
+        self.owned = owned
         self.state = layout.state_dir.absolute()
         self.logs = self.state / "logs"
         self.processes: list[dict] = []
         self.cp_info: dict = {}
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._guard_fd = -1
 
     # --- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
+        if self.owned and self._guard is None:
+            self._guard, self._guard_fd = _guard.start_guard(_guard.STATE_VAR, str(self.state))
+        grace = stop_grace(name)
+        env = {**os.environ, **self.layout.env, _guard.STATE_VAR: str(self.state), _guard.GRACE_VAR: str(grace)}
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **self.layout.env},
-                                cwd=self.state)
+                                start_new_session=True, env=env, cwd=self.state,
+                                preexec_fn=_guard.die_with_parent() if self.owned else None)
         log.close()
-        self.processes.append({"name": name, "pid": proc.pid, "argv": argv})
+        self.processes.append({"name": name, "pid": proc.pid, "argv": argv, "grace": grace})
         self._save()
         return proc
 
-    def stop(self, name: str, grace: float = 8.0, sig: int = signal.SIGTERM) -> bool:
+    def stop(self, name: str, grace: float | None = None, sig: int = signal.SIGTERM) -> bool:
         """Stop one process this mesh started (e.g. ``controlplane``, ``agent-vm1``); False if not running.
-        ``sig=signal.SIGKILL`` kills its process group at once (a crash: nothing of it gets to clean up;
-        processes in sessions of their own, such as an agent's Envoy, live on)."""
+        ``grace`` defaults to the process's own (:data:`STOP_GRACE`). ``sig=signal.SIGKILL`` kills its
+        process group at once (a crash: nothing of it gets to clean up; processes in sessions of their own,
+        such as an agent's Envoy, live on)."""
         for p in list(self.processes):
             if p["name"] == name:
                 self.processes.remove(p)
                 self._save()
-                return _stop_group(p["pid"], grace, sig)
+                return _stop_group(p["pid"], p.get("grace", DEFAULT_STOP_GRACE) if grace is None else grace, sig)
         return False
 
     def _save(self) -> None:
@@ -247,42 +267,115 @@ class LocalMesh:
         return self.status()
 
     def down(self) -> int:
-        return stop_processes(self.state)
+        """Stop everything this mesh started; returns how many processes were running."""
+        try:
+            return len(stop_mesh(self.state))
+        finally:
+            self._release_guard()
+
+    def _release_guard(self) -> None:
+        """Close the guard's pipe: it sweeps what is left of this mesh (nothing, after :meth:`down`) and exits."""
+        if self._guard is None:
+            return
+        os.close(self._guard_fd)
+        try:
+            self._guard.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._guard.kill()
+            self._guard.wait()
+        self._guard, self._guard_fd = None, -1
 
 
-def stop_processes(state_dir: Path, grace: float = 8.0) -> int:
-    """Stop every process a mesh started from ``state_dir`` (TERM, then KILL); returns how many were running."""
-    path = Path(state_dir) / PROCESSES_FILE
+def stop_processes(state_dir: Path) -> int:
+    """Stop every process a mesh started from ``state_dir``; returns how many were running."""
+    return len(stop_mesh(state_dir))
+
+
+def stop_mesh(state_dir: Path) -> list[str]:
+    """Stop every process of the mesh in ``state_dir``, each with its own grace (SIGTERM, then SIGKILL);
+    returns a description of each one that was running.
+
+    Three sources, so nothing escapes: ``processes.json`` (the process groups the launcher started),
+    the Envoy records in ``nodes/*/envoy/envoy.json`` (Envoys that outlived a killed agent: they run in
+    sessions of their own), then every process still carrying this mesh's tag in its environment
+    (Envoy keepers, an Envoy whose record is gone, whatever an app forked)."""
+    state = Path(state_dir).absolute()
+    path = state / PROCESSES_FILE
     try:
         procs = json.loads(path.read_text())
     except (OSError, ValueError):
-        procs = []  # nothing tracked (any more): Envoys left by killed agents may still run
-    running = []
-    for p in reversed(procs):
-        try:
-            os.killpg(p["pid"], signal.SIGTERM)
-            running.append(p)
-        except (ProcessLookupError, PermissionError):
-            continue
-    deadline = time.monotonic() + grace
-    for p in running:
-        _wait_group(p["pid"], deadline)
+        procs = []  # nothing tracked (any more): the records and the tag still find what runs
+    stopped = _stop_groups([p for p in reversed(procs) if _carries_tag(p["pid"], state)])
     path.unlink(missing_ok=True)
-    return len(running) + _stop_orphaned_envoys(Path(state_dir) / "nodes", grace)
+    stopped += _stop_orphaned_envoys(state / "nodes")
+    stopped += [f"{p.describe()}, left over" for p in _guard.sweep(_guard.STATE_VAR, str(state))]
+    return stopped
 
 
-def _stop_orphaned_envoys(nodes_dir: Path, grace: float) -> int:
+def _stop_orphaned_envoys(nodes_dir: Path) -> list[str]:
     """Stop the Envoys that outlived their agents. An agent's Envoy runs in a session of its own (so it keeps
     serving while the agent restarts); an agent that was SIGKILLed, or stopped before it took over its
     predecessor's Envoy, leaves that Envoy running and recorded in its state directory."""
-    from ..agent.supervisor import HotRestart, stable_base_id, stop_recorded_envoy
+    from ..agent.supervisor import STOP_GRACE as ENVOY_GRACE
+    from ..agent.supervisor import HotRestart, read_record, stable_base_id, stop_recorded_envoy
 
-    stopped = 0
+    stopped = []
     for node_dir in sorted(nodes_dir.glob("*/")):
-        record = node_dir / "envoy" / "envoy.json"
-        if record.exists():
-            stopped += stop_recorded_envoy(HotRestart(stable_base_id(node_dir.name, node_dir), record), grace)
+        record_path = node_dir / "envoy" / "envoy.json"
+        record = read_record(record_path)
+        if record is not None and stop_recorded_envoy(HotRestart(stable_base_id(node_dir.name, node_dir),
+                                                                 record_path), ENVOY_GRACE):
+            stopped.append(f"envoy of {node_dir.name} (pid {record.pid}), left by its agent")
     return stopped
+
+
+def _carries_tag(pid: int, state: Path) -> bool:
+    """True when ``pid`` is still the process this mesh started (its environment carries the mesh's tag):
+    a ``processes.json`` from long ago may name pids the system has given to other programs since."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone (or not ours to read)
+    return f"{_guard.STATE_VAR}={state}".encode() in env
+
+
+def _stop_groups(procs: list[dict]) -> list[str]:
+    """SIGTERM each tracked process group at once; SIGKILL each one still running after its own grace."""
+    deadlines: dict[int, float] = {}
+    stopped = []
+    for p in procs:
+        try:
+            os.killpg(p["pid"], signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            continue
+        deadlines[p["pid"]] = time.monotonic() + float(p.get("grace", DEFAULT_STOP_GRACE))
+        stopped.append(f"{p['name']} (pid {p['pid']})")
+    while deadlines:
+        for pid, deadline in list(deadlines.items()):
+            if not _group_alive(pid):
+                del deadlines[pid]
+            elif time.monotonic() >= deadline:
+                _kill_group(pid)
+                _reap(pid)
+                del deadlines[pid]
+        time.sleep(0.05)
+    return stopped
+
+
+def _group_alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop_group(pid: int, grace: float, sig: int = signal.SIGTERM) -> bool:

@@ -20,14 +20,22 @@ How the numbers are made (see :mod:`meshcore.observe.signals` for units):
   destination), ``policy_denied`` by the service whose inbound RBAC filters denied;
 * ``proxy_out_of_sync`` comes from the control plane's own view (ACK state, last build error), and
   certificate expiry from the CA (:func:`ca_signals`, passed in as ``extra``);
-* ``metrics_unreachable`` is 1 for every proxy whose scrape failed this round (its rates are stale, then
+* ``metrics_unreachable`` is 1 for every proxy no source answered this round (its rates are stale, then
   missing: the dashboard and alerts are blind there), 0 for every proxy scraped;
 * the control plane's own health (``thread_restarts``, ``resources_rejected``, ``catalog_holding``,
   ``store_suspect``) comes from :class:`ControlPlaneSignals`, passed in as ``extra`` too.
 
-A proxy whose scrape fails (its error is in :attr:`errors`) keeps its previous scrape, so its next good
+Each proxy has its sources in order (:attr:`ScrapeTarget.urls`): the agent's merged ``/metrics``, then
+Envoy's own stats through the agent (``/stats/prometheus`` on the same address: cheap, answered even when
+the merged endpoint is slow). A round
+gives each proxy ``timeout`` seconds in all (default :func:`default_timeout`, tied to the interval): the
+first source gets :data:`PRIMARY_SHARE` of it when there are fallbacks, the rest share what is left.
+
+A proxy no source answers (its error is in :attr:`errors`) keeps its previous scrape, so its next good
 scrape yields the right rates over the longer span; meanwhile its last computed rates stand in for it for
 up to :data:`CARRY_OVER_INTERVALS` intervals, so one slow scrape does not make its edges blink out.
+:meth:`MeshCollector.freshness` says, per proxy, how old its figures are and where they came from
+(``ok``, ``fallback``, ``stale``: carried over, ``unreachable``: missing), for the dashboard's header.
 """
 
 from __future__ import annotations
@@ -56,6 +64,14 @@ DEFAULT_INTERVAL_S = 5.0
 DEFAULT_HISTORY_S = 3600.0
 QUANTILE = 0.99
 CARRY_OVER_INTERVALS = 3
+PRIMARY_SHARE = 0.6  # of a proxy's timeout, for its first source when it has fallbacks
+MIN_TIMEOUT_S = 1.0
+
+
+def default_timeout(interval: float) -> float:
+    """A proxy's scrape budget per round when ``--collect-timeout`` is not given: most of the interval, so a
+    round ends before the next one is due (at least :data:`MIN_TIMEOUT_S`)."""
+    return max(MIN_TIMEOUT_S, 0.8 * interval)
 
 SignalValues = dict[str, dict[Labels, float]]
 
@@ -78,6 +94,25 @@ class ScrapeTarget:
     heard_from: bool = False  # connected, or known by its admin/metrics address (a catalog node with no Envoy
     #                           yet is not: it gets no proxy_out_of_sync)
     in_sync: bool = False  # ACKed its current configuration and its last build succeeded
+    fallback_urls: tuple[str, ...] = ()  # tried in order when ``url`` does not answer: see fallback_urls()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(u for u in (self.url, *self.fallback_urls) if u)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How current one proxy's figures are: ``state`` ``ok`` (its first source answered this round),
+    ``fallback`` (a fallback source answered), ``stale`` (nothing answered; its last rates stand in) or
+    ``unreachable`` (nothing answered for longer: its figures are missing); ``age_seconds`` since its last
+    good scrape (None: never), ``source`` the URL that last answered, ``error`` why the others did not."""
+
+    node: str
+    state: str
+    age_seconds: float | None
+    source: str = ""
+    error: str = ""
 
 
 #: Bind addresses that mean "every interface": an agent bound there is reached at its node's catalog address.
@@ -120,6 +155,18 @@ def scrape_url(metrics: str = "", admin: str = "") -> str:
     if admin:
         return f"http://{admin}/stats/prometheus"
     return ""
+
+
+def fallback_urls(metrics: str = "", admin: str = "") -> tuple[str, ...]:
+    """Where to read a proxy's stats when :func:`scrape_url` does not answer: Envoy's own text through the
+    agent (``/stats/prometheus`` at the agent's metrics address: cheap for the agent, so it answers when
+    the merged endpoint is slow). The same catalog-derived host and port as the first URL, so a fallback
+    never reaches anywhere it could not. Envoy's admin address is no fallback: on a VM it is local to the
+    VM, and where it is reachable without the agent it is already the first URL (``admin`` is accepted for
+    symmetry with :func:`scrape_url`)."""
+    if not metrics.endswith("/metrics"):
+        return ()
+    return (metrics[: -len("/metrics")] + "/stats/prometheus",)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -371,7 +418,12 @@ class MeshCollector:
             raise ConfigError(f"collector history ({history}s) must cover at least one interval ({interval}s)")
         self.interval = float(interval)
         self.history_seconds = float(history)
-        self.timeout = timeout if timeout is not None else min(4.0, max(2.0, self.interval * 0.8))
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"collector timeout must be positive, got {timeout!r} (e.g. --collect-timeout 4s)")
+        self.timeout = float(timeout) if timeout is not None else default_timeout(self.interval)
+        if self.timeout > self.interval:
+            log.warning("collector timeout %.1fs exceeds its interval %.1fs: a round with a slow proxy runs into "
+                        "the next one (rounds then start late, the figures' spans grow)", self.timeout, self.interval)
         self._proxies = proxies
         self._extra = extra
         self._fetch = fetch
@@ -386,8 +438,10 @@ class MeshCollector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collector-scrape")
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # node -> why no source answered this round
         self.last_duration = 0.0
+        self._last_ok: dict[str, tuple[float, str, bool]] = {}  # node -> (monotonic, url, was a fallback)
+        self._tried: dict[str, str] = {}  # node -> why the sources before the one that answered did not
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> "MeshCollector":
@@ -416,7 +470,7 @@ class MeshCollector:
         with self._collect_lock:
             started = self._monotonic()
             proxies = list(self._proxies())
-            targets = {p.node: p.url for p in proxies if p.url}
+            targets = {p.node: p.urls for p in proxies if p.urls}
             fresh, errors = self._scrape_all(targets)
             previous = self._scrapes
             current = {n: s for n, s in previous.items() if n in targets}  # failed: keep the older scrape
@@ -450,20 +504,41 @@ class MeshCollector:
                 log.exception("collector subscriber %r failed", callback)
         return signals
 
-    def _scrape_all(self, targets: dict[str, str]) -> tuple[dict[str, Scrape], dict[str, str]]:
-        def one(url: str) -> Scrape:
-            text = self._fetch(url, self.timeout)
-            at = self._monotonic()
-            return Scrape(parse_proxy_stats(text), at)
+    def _budgets(self, count: int) -> list[float]:
+        """Each source's timeout when a proxy has ``count`` of them (the first gets most)."""
+        if count <= 1:
+            return [self.timeout]
+        rest = self.timeout * (1 - PRIMARY_SHARE) / (count - 1)
+        return [self.timeout * PRIMARY_SHARE] + [rest] * (count - 1)
 
-        futures = {node: self._pool.submit(one, url) for node, url in targets.items()}
+    def _scrape_one(self, node: str, urls: tuple[str, ...]) -> Scrape:
+        failures = []
+        for i, (url, budget) in enumerate(zip(urls, self._budgets(len(urls)))):
+            started = self._monotonic()
+            try:
+                text = self._fetch(url, budget)
+            except Exception as exc:  # noqa: BLE001 - every failure of a source is a reason to try the next
+                took = self._monotonic() - started
+                failures.append(f"{exc}" if took < budget else f"{url} did not answer within {budget:.1f}s ({exc})")
+                continue
+            at = self._monotonic()
+            scrape = Scrape(parse_proxy_stats(text), at)
+            self._last_ok[node] = (at, url, i > 0)
+            self._tried[node] = "; ".join(failures)
+            if i > 0:
+                log.info("metrics of node=%s read from the fallback %s: %s", node, url, "; ".join(failures))
+            return scrape
+        raise MeshError("; ".join(failures) or "no source to scrape")
+
+    def _scrape_all(self, targets: dict[str, tuple[str, ...]]) -> tuple[dict[str, Scrape], dict[str, str]]:
+        futures = {node: self._pool.submit(self._scrape_one, node, urls) for node, urls in targets.items()}
         wait(futures.values(), timeout=self.timeout + 2)
         fresh: dict[str, Scrape] = {}
         errors: dict[str, str] = {}
         for node, fut in futures.items():
             if not fut.done():
                 fut.cancel()
-                errors[node] = f"scraping {targets[node]} timed out after {self.timeout:.1f}s"
+                errors[node] = f"scraping {', '.join(targets[node])} timed out after {self.timeout:.1f}s"
                 continue
             exc = fut.exception()
             if exc is not None:
@@ -471,6 +546,23 @@ class MeshCollector:
             else:
                 fresh[node] = fut.result()
         return fresh, errors
+
+    def freshness(self) -> dict[str, Freshness]:
+        """Per proxy scraped in the last round: how old its figures are and where they came from."""
+        with self._collect_lock:
+            errors, scrapes = dict(self.errors), set(self._scrapes)
+        now = self._monotonic()
+        horizon = CARRY_OVER_INTERVALS * self.interval
+        out = {}
+        for node in sorted(scrapes | set(errors)):
+            last = self._last_ok.get(node)
+            age = None if last is None else round(max(0.0, now - last[0]), 1)
+            if node in errors:
+                state = "stale" if age is not None and age <= horizon + self.interval else "unreachable"
+                out[node] = Freshness(node, state, age, last[1] if last else "", errors[node])
+            elif last is not None:
+                out[node] = Freshness(node, "fallback" if last[2] else "ok", age, last[1], self._tried.get(node, ""))
+        return out
 
     # --- readers ---------------------------------------------------------------------------
     def latest(self) -> Signals | None:
@@ -502,5 +594,6 @@ class MeshCollector:
         return unsubscribe
 
 
-__all__ = ["ControlPlaneSignals", "DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "MeshCollector", "Scrape", "ca_signals", "catalog_address",
-           "fetch_text", "open_url", "ScrapeTarget", "scrape_url", "signals_from_scrapes"]
+__all__ = ["ControlPlaneSignals", "DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "Freshness", "MeshCollector", "Scrape",
+           "ca_signals", "catalog_address", "default_timeout", "fallback_urls", "fetch_text", "open_url", "ScrapeTarget",
+           "scrape_url", "signals_from_scrapes"]

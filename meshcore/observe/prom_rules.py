@@ -24,9 +24,9 @@ ca_root_expiry_seconds         ``meshcore_ca_root_expiry_timestamp_seconds{role=
 proxy_out_of_sync              ``meshcore_proxy_out_of_sync`` (control plane)
 metrics_unreachable            ``1 - up`` (Prometheus' own scrapes; ``node`` is the scrape ``instance``)
 thread_restarts                ``increase(meshcore_thread_restarts_total[window])`` (control plane)
-resources_rejected,            ``meshcore_resources_rejected`` / ``meshcore_catalog_holding`` (control plane;
-catalog_holding                ``source`` is the control plane's scrape ``instance``)
-store_suspect                  no series: evaluated by meshcore only, left out of the exported file
+resources_rejected,            ``meshcore_resources_rejected`` / ``meshcore_catalog_holding`` /
+catalog_holding,               ``meshcore_resource_store_suspect`` (control plane; ``source`` is the control
+store_suspect                  plane's scrape ``instance``)
 =============================  ===========================================================================
 
 Envoy reports cluster ``outbound:<dst>|<src>`` as ``outbound_<dst>|<src>`` (``:`` becomes ``_``);
@@ -152,9 +152,10 @@ def signal_expr(signal: str, match: Mapping[str, str], window: str = DEFAULT_WIN
         return f'max by (node) (label_replace(1 - {up}, "node", "$1", "instance", "(.*)"))'
     if signal == "thread_restarts":
         return f"sum by (thread) (increase(meshcore_thread_restarts_total{_matchers(match)}[{w}]))"
-    if signal in ("resources_rejected", "catalog_holding"):
+    if signal in ("resources_rejected", "catalog_holding", "store_suspect"):
+        series = {"store_suspect": "resource_store_suspect"}.get(signal, signal)
         sel = f'{{instance="{_str(match["source"])}"}}' if match.get("source") else ""
-        return f'max by (source) (label_replace(meshcore_{signal}{sel}, "source", "$1", "instance", "(.*)"))'
+        return f'max by (source) (label_replace(meshcore_{series}{sel}, "source", "$1", "instance", "(.*)"))'
     raise ValueError(f"no PromQL for signal {signal!r}")
 
 
@@ -227,7 +228,7 @@ def _prom_duration(seconds: float) -> str:
     return format_duration_s(ms // 1000)
 
 
-NO_SERIES = frozenset({"store_suspect"})
+NO_SERIES: frozenset[str] = frozenset()
 """Signals no exported series carries: their rules are evaluated by meshcore only, never exported."""
 
 

@@ -24,6 +24,9 @@ def add_telemetry_args(parser, env) -> None:
     parser.add_argument("--access-log-format", choices=("json", "text"),
                         default=env.get("MESHCORE_ACCESS_LOG_FORMAT", "json"),
                         help="access log lines: json (one object per line) or text (default %(default)s)")
+    parser.add_argument("--access-log-sampling", default=env.get("MESHCORE_ACCESS_LOG_SAMPLING", "100"),
+                        help="percent of requests with an access log line (0..100, default %(default)s); every "
+                             "failed request (status >= 400 or a response flag) is logged whatever the sampling")
     parser.add_argument("--tracing-otlp", default=env.get("MESHCORE_TRACING_OTLP", ""),
                         help="host:port of an OpenTelemetry collector (OTLP/gRPC): Envoys and the control plane "
                              "export spans there; default: tracing off")
@@ -33,13 +36,19 @@ def add_telemetry_args(parser, env) -> None:
 
 def telemetry_settings(args) -> TelemetrySettings:
     """:class:`TelemetrySettings` from parsed flags; :class:`ConfigError` naming each bad one."""
-    try:
-        sampling = float(args.tracing_sampling)
-    except ValueError as exc:
-        raise ConfigError(f"--tracing-sampling {args.tracing_sampling!r}: give a percentage between 0 and 100") from exc
+    sampling = _percent("--tracing-sampling", args.tracing_sampling)
+    log_sampling = _percent("--access-log-sampling", getattr(args, "access_log_sampling", "100"))
     t = TelemetrySettings(tracing_otlp=args.tracing_otlp, tracing_sampling=sampling,
-                          access_log=args.access_log, access_log_format=args.access_log_format)
+                          access_log=args.access_log, access_log_format=args.access_log_format,
+                          access_log_sampling=log_sampling)
     problems = validate_settings(t)
     if problems:
         raise ConfigError("; ".join(problems))
     return t
+
+
+def _percent(flag: str, value) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {value!r}: give a percentage between 0 and 100") from exc

@@ -50,7 +50,7 @@ from ..xds.generate import vocab as c
 from ..xds.generate import policy_filters as pf
 from ..xds.generate.vocab import CLUSTER, LISTENER
 
-__all__ = ["apply", "tracing_cluster", "access_log_path", "listener_access_log", "JSON_KEYS",
+__all__ = ["apply", "tracing_cluster", "access_log_path", "listener_access_log", "access_log_filter", "JSON_KEYS",
            "TRACING_CLUSTER", "OTEL_TRACER", "validate_settings", "hcm_tracing", "ListenerFacts"]
 
 # Wanted in naming.py (a shared contract): the CDS cluster Envoy exports spans to.
@@ -97,6 +97,8 @@ def validate_settings(t: TelemetrySettings) -> list[str]:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             problems.append(f"--tracing-otlp {t.tracing_otlp!r}: give the collector's host:port (OTLP/gRPC, e.g. "
                             "otel-collector:4317)")
+    if not 0.0 <= t.access_log_sampling <= 100.0:
+        problems.append(f"--access-log-sampling {t.access_log_sampling}: give a percentage between 0 and 100")
     if not 0.0 <= t.tracing_sampling <= 100.0:
         problems.append(f"--tracing-sampling {t.tracing_sampling}: give a percentage between 0 and 100")
     return problems
@@ -213,8 +215,37 @@ def listener_access_log(t: TelemetrySettings, facts: ListenerFacts, *, tcp: bool
     else:
         fmt = sfs_pb2.SubstitutionFormatString(json_format=_json_format(fields))
     if path == "stdout":
-        return accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=c.pack(stream_pb2.StdoutAccessLog(log_format=fmt)))
-    return accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=c.pack(file_pb2.FileAccessLog(path=path, log_format=fmt)))
+        log = accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=c.pack(stream_pb2.StdoutAccessLog(log_format=fmt)))
+    else:
+        log = accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=c.pack(file_pb2.FileAccessLog(path=path, log_format=fmt)))
+    sampled = access_log_filter(t, tcp=tcp)
+    if sampled is not None:
+        log.filter.CopyFrom(sampled)
+    return log
+
+
+ACCESS_LOG_SAMPLING_KEY = "meshcore.access_log.sampling"
+"""Envoy runtime key of the access log sampling (``--access-log-sampling`` is its default)."""
+
+
+def access_log_filter(t: TelemetrySettings, *, tcp: bool = False) -> accesslog_pb2.AccessLogFilter | None:
+    """Which requests get a line when ``t.access_log_sampling`` is under 100 (None: every request): every
+    failure (HTTP status >= 400, or any response flag: no upstream, reset, timeout, rate limited, ...) and that
+    percentage of the rest. The sample follows ``x-request-id`` (Envoy's runtime filter without independent
+    randomness), so a sampled request has its line on both sidecars of the hop."""
+    if t.access_log_sampling >= 100.0:
+        return None
+    F = accesslog_pb2.AccessLogFilter
+    sample = F(runtime_filter=accesslog_pb2.RuntimeFilter(
+        runtime_key=ACCESS_LOG_SAMPLING_KEY,
+        percent_sampled=percent_pb2.FractionalPercent(numerator=round(t.access_log_sampling * 10_000),
+                                                      denominator=percent_pb2.FractionalPercent.MILLION)))
+    failures = [F(response_flag_filter=accesslog_pb2.ResponseFlagFilter())]  # no flags listed: any flag
+    if not tcp:
+        failures.insert(0, F(status_code_filter=accesslog_pb2.StatusCodeFilter(comparison=accesslog_pb2.ComparisonFilter(
+            op=accesslog_pb2.ComparisonFilter.GE,
+            value=c.base_pb2.RuntimeUInt32(default_value=400, runtime_key=ACCESS_LOG_SAMPLING_KEY + ".min_status")))))
+    return F(or_filter=accesslog_pb2.OrFilter(filters=[*failures, sample]))
 
 
 # --- tracing ------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ from meshcore.xds._sotw import SotwProtocol
 from meshcore.xds._stream import MAX_QUEUED_REQUESTS, Abort, Books, Metrics, Stream, log
 from meshcore.xds.cache import SnapshotCache
 
-__all__ = ["AdsServer", "AdsServicer", "Authorizer", "allow_any_node", "mtls_node_authorizer", "serve_ads"]
+__all__ = ["DEFAULT_MAX_STREAM_AGE_S", "AdsServer", "AdsServicer", "Authorizer", "allow_any_node",
+           "mtls_node_authorizer", "serve_ads", "server_options"]
 
 #: ``authorize(context, node)`` returns to accept the stream. To refuse it aborts the context with its
 #: own status, or raises any exception (answered as PERMISSION_DENIED with the exception's text).
@@ -70,6 +71,13 @@ AUTHORIZER_THREADS = 4
 # the proxy would wait for the next unrelated change of the mesh.
 #: A refused client is logged once per this many seconds (every refusal is counted).
 REFUSAL_LOG_INTERVAL_S = 60.0
+
+#: Connections (and so the ADS streams on them) are closed after this age, with gRPC's own jitter of +-10%,
+#: as Istio's MaxServerConnectionAge: Envoy reconnects (keeping its config) and its xDS cluster picks a
+#: replica again, so load spreads back after a replica returns. 0 keeps connections open for ever.
+DEFAULT_MAX_STREAM_AGE_S = 1800.0
+#: After the GOAWAY at that age, streams still open get this long to finish before the connection closes.
+MAX_STREAM_AGE_GRACE_S = 10.0
 
 NACK_RESEND_BASE_S = 1.0
 NACK_RESEND_MAX_S = 60.0
@@ -484,20 +492,38 @@ class AdsServer:
         return self._stopped.wait(timeout)
 
 
+def server_options(max_stream_age: float = DEFAULT_MAX_STREAM_AGE_S) -> list[tuple[str, int]]:
+    """The gRPC server options; ``max_stream_age`` seconds (0 = none) becomes gRPC's maximum connection age:
+    gRPC sends GOAWAY after that age (jittered by +-10% per connection, so a fleet that connected together
+    does not reconnect together), lets the open streams run :data:`MAX_STREAM_AGE_GRACE_S` more, then closes.
+    Nothing of this runs in the stream loop."""
+    if max_stream_age < 0:
+        raise XdsError(f"max stream age {max_stream_age:g}s: use 0 for none, or a positive duration such as 30m")
+    options = list(_OPTIONS)
+    if max_stream_age > 0:
+        options += [("grpc.max_connection_age_ms", max(1, int(max_stream_age * 1000))),
+                    ("grpc.max_connection_age_grace_ms", int(MAX_STREAM_AGE_GRACE_S * 1000))]
+    return options
+
+
 def serve_ads(
     servicer: AdsServicer,
     bind: str,
     server_credentials: grpc.ServerCredentials | None,
+    *,
+    max_stream_age: float = DEFAULT_MAX_STREAM_AGE_S,
 ) -> tuple[AdsServer, int]:
     """Start the ADS server with ``servicer`` on ``bind`` (``host:port``, port 0 = pick one).
 
     ``server_credentials`` None serves plaintext (loopback tests only); production passes
     ``grpc.ssl_server_credentials(..., require_client_auth=True)`` with :func:`mtls_node_authorizer`.
+    ``max_stream_age``: see :func:`server_options`.
     Returns the started server and the bound port; stop it with ``server.stop(grace)`` from any thread.
     """
+    options = server_options(max_stream_age)
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=_OPTIONS)
+        server = grpc.aio.server(options=options)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
         try:
             if server_credentials is None:
@@ -513,6 +539,6 @@ def serve_ads(
 
     loop = _event_loop()
     server, port = asyncio.run_coroutine_threadsafe(start(), loop).result()
-    log.info("ADS server listening bind=%s port=%d tls=%s (asyncio; sotw and delta)",
-             bind, port, server_credentials is not None)
+    log.info("ADS server listening bind=%s port=%d tls=%s max_stream_age=%gs (asyncio; sotw and delta)",
+             bind, port, server_credentials is not None, max_stream_age)
     return AdsServer(loop, server, port, servicer), port

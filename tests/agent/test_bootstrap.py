@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from meshcore import naming
 from meshcore.errors import AgentError
-from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
+from meshcore.agent.bootstrap import envoy_concurrency, render_bootstrap, write_bootstrap
 from meshcore.agent.config import _default_envoy_path
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret, validation_context_secret
 
@@ -107,6 +107,36 @@ def test_render_is_pure_and_write_only_on_change(tmp_path):
     assert write_bootstrap(path, _render(tmp_path / "s", xds="127.0.0.1:15013")) is True
     assert path.stat().st_ino != inode  # replaced by rename
     assert [p.name for p in tmp_path.iterdir()] == ["bootstrap.json"]  # no temp files left
+
+
+def test_stats_flush_when_scraped_not_on_a_timer(tmp_path):
+    boot = _parse(_render(tmp_path))
+    assert boot.stats_flush_on_admin and not boot.HasField("stats_flush_interval")
+
+
+def _cgroup(tmp_path: Path, path: str, limits: dict[str, str]) -> tuple[Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text(f"0::{path}\n")
+    root = tmp_path / "cgroup"
+    for rel, value in limits.items():
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cpu.max").write_text(value + "\n")
+    return proc, root
+
+
+def test_envoy_workers_follow_the_cpus_the_agent_may_use(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert envoy_concurrency(tmp_path / "none", tmp_path / "none") == 4  # no cgroup v2: the affinity mask
+    unit = "system.slice/meshcore-agent.service"
+    assert envoy_concurrency(*_cgroup(tmp_path / "a", "/" + unit, {unit: "max 100000"})) == 4
+    # CPUQuota=150% on the unit: 2 workers; a tighter quota on a parent slice wins
+    assert envoy_concurrency(*_cgroup(tmp_path / "b", "/" + unit, {unit: "150000 100000"})) == 2
+    assert envoy_concurrency(*_cgroup(tmp_path / "c", "/" + unit,
+                                      {unit: "300000 100000", "system.slice": "50000 100000"})) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    assert envoy_concurrency(*_cgroup(tmp_path / "d", "/" + unit, {unit: "300000 100000"})) == 1
 
 
 @pytest.mark.parametrize("xds", ["127.0.0.1:15012", "localhost:15012"])

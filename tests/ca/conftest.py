@@ -54,3 +54,15 @@ def verify_chain(bundle_pem: str, chain_pem: str, at: datetime) -> list[x509.Cer
     store = Store(x509.load_pem_x509_certificates(bundle_pem.encode()))
     verifier = PolicyBuilder().store(store).time(at).build_client_verifier()
     return verifier.verify(chain[0], chain[1:]).chain
+
+
+@pytest.fixture
+def shared_backend(consul_http):
+    """A Consul KV state backend (the double, or a real Consul with CONSUL_HTTP_ADDR) private to the test."""
+    from meshcore.catalog._consul_settings import ConsulSettings
+    from meshcore.state import ConsulStateBackend
+
+    def make() -> ConsulStateBackend:
+        return ConsulStateBackend(ConsulSettings.from_env(consul_http.env()), prefix=consul_http.kv_prefix + "state/")
+
+    yield make

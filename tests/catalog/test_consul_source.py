@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -203,19 +204,57 @@ def test_a_critical_sidecar_makes_its_instance_unhealthy(consul_http, source):
     assert inst.healthy
 
 
-def test_a_malformed_catalog_entry_is_skipped_not_the_read(caplog):
-    from meshcore.catalog.consul import assemble_catalog
+def _entry(sid: str, port, node: str = "vm1", name: str | None = None) -> list[dict]:
+    name = name or sid
+    return [{"Node": node, "Address": "10.0.0.1", "ServiceID": sid, "ServiceName": name, "ServicePort": port},
+            {"Node": node, "Address": "10.0.0.1", "ServiceID": f"{sid}-sidecar-proxy", "ServiceKind": "connect-proxy",
+             "ServiceName": f"{name}-sidecar-proxy", "ServicePort": 21000,
+             "ServiceProxy": {"DestinationServiceID": sid, "DestinationServiceName": name}}]
 
-    def entry(sid: str, port):
-        return [{"Node": "vm1", "Address": "10.0.0.1", "ServiceID": sid, "ServiceName": sid, "ServicePort": port},
-                {"Node": "vm1", "Address": "10.0.0.1", "ServiceID": f"{sid}-sidecar-proxy", "ServiceKind": "connect-proxy",
-                 "ServiceName": f"{sid}-sidecar-proxy", "ServicePort": 21000,
-                 "ServiceProxy": {"DestinationServiceID": sid, "DestinationServiceName": sid}}]
 
-    catalog = assemble_catalog([{"Node": "vm1", "Address": "10.0.0.1"}],
-                               {"good": entry("good", 80), "bad": entry("bad", "eighty")}, [])
+def test_a_malformed_catalog_entry_is_skipped_not_the_read():
+    from meshcore.catalog.consul import assemble_catalog_reporting
+
+    catalog, rejected = assemble_catalog_reporting(
+        [{"Node": "vm1", "Address": "10.0.0.1"}], {"good": _entry("good", 80), "bad": _entry("bad", "eighty")}, [])
     assert [i.service for i in catalog.instances] == ["good"]
-    assert "skipping a Consul catalog entry" in caplog.text and "service=bad" in caplog.text
+    ((where, why),) = rejected
+    assert where == "node/vm1/service/bad" and why.startswith("ValueError") and "eighty" in why
+
+
+@pytest.mark.parametrize("node, name, problem", [
+    ("vm1", "web.v2", "service name 'web.v2'"),  # a dot: read as <tag>.<service> by Consul's DNS
+    ("vm1", "Web", "service name 'Web'"),
+    ("VM_1", "web", "node name 'VM_1'"),
+    ("vm1", "web\nINFO forged", "service name"),  # a line break would forge a log line
+])
+def test_catalog_names_that_are_not_dns_labels_are_left_out_with_the_reason(node, name, problem):
+    """Consul accepts almost any service or node name and only warns that it is not discoverable by DNS;
+    meshcore turns names into SPIFFE ID segments and file names, so the Consul source applies the rule the
+    file source applies (one entry left out, the rest of the catalog read)."""
+    from meshcore.catalog.consul import assemble_catalog_reporting
+
+    catalog, rejected = assemble_catalog_reporting(
+        [{"Node": node, "Address": "10.0.0.1"}, {"Node": "vm2", "Address": "10.0.0.2"}],
+        {name: _entry("bad-1", 80, node=node, name=name), "good": _entry("good", 80, node="vm2")}, [])
+    assert [i.service for i in catalog.instances] == ["good"]
+    ((where, why),) = rejected
+    assert problem in why and "\n" not in why and "\n" not in where
+
+
+def test_the_source_reports_skipped_entries_in_its_health_and_logs_each_once(consul_http, source, caplog):
+    bad = consul_http.unique("bad") + ".v2"
+    _register(consul_http, {"Name": bad, "ID": f"{bad}-1", "Port": 8080,
+                            "Connect": {"SidecarService": {"Port": 21501}}})
+    with caplog.at_level(logging.INFO, logger="meshcore.catalog.consul"):
+        source.poll(None, 0)
+        source.poll(None, 0)
+        assert [where for where, _ in source.health().rejected if bad in where], source.health()
+        assert caplog.text.count(f"{bad}-1") == 1, "logged when it appears, not on every read"
+        consul_http.put(f"/v1/agent/service/deregister/{bad}-1", {})  # its sidecar goes with it, as in Consul
+        source.poll(None, 0)
+    assert not [where for where, _ in source.health().rejected if bad in where]
+    assert "no longer skipped" in caplog.text
 
 
 def test_a_failed_watch_is_followed_by_an_immediate_re_read(consul_http, source, monkeypatch):

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acl-token", default=None, help="management token; enables ACL enforcement")
     parser.add_argument("--read-token", default=None, help="an extra token allowed to read only")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--session-ttl-min", type=float, default=None,
+                        help="shortest session TTL accepted, in seconds (Consul's session_ttl_min, default 10)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     node_address = args.node_address or (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
     double = ConsulDouble(node=args.node, datacenter=args.datacenter, acl_token=args.acl_token,
                           read_token=args.read_token, host=host, port=port, node_address=node_address,
-                          verbose=args.verbose)
+                          verbose=args.verbose, session_ttl_min=args.session_ttl_min)
     try:
         url = double.start()
     except OSError as exc:

@@ -21,8 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._config_entries import ConfigEntryRoutes
 from ._durations import parse_duration
 from ._normalize import normalize
+from ._sessions import SessionRoutes
 from ._state import CHECK_STATES, ConsulState, DoubleError
 
 log = logging.getLogger("consul_double")
@@ -193,7 +195,13 @@ def _route(method: str, pattern: str):
     return register
 
 
-class _Api:
+_ROUTES.extend((m, re.compile("^" + p + "$"), n) for m, p, n in ConfigEntryRoutes.ROUTES)  # /v1/config
+
+
+_ROUTES.extend((m, re.compile("^" + p + "$"), n) for m, p, n in SessionRoutes.ROUTES)  # /v1/session
+
+
+class _Api(SessionRoutes, ConfigEntryRoutes):
     """One request against the state; each ``r_*`` method is one endpoint."""
 
     def __init__(self, state: ConsulState, acl: AclConfig, req: Request):
@@ -515,14 +523,14 @@ class _Api:
     @_route("PUT", r"/v1/kv/(.*)")
     def r_kv_put(self, key: str) -> Reply:
         self.authorize("key", "write", key)
-        for unsupported in ("acquire", "release"):
-            if self.req.flag(unsupported):
-                raise DoubleError(400, f"the consul test double does not implement sessions (?{unsupported})")
         try:
             cas = int(self.req.arg("cas")) if self.req.arg("cas") is not None else None
             flags = int(self.req.arg("flags") or 0)
         except ValueError as exc:
             raise DoubleError(400, f"Invalid query parameter: {exc}") from exc
+        acquire, release = self.req.arg("acquire"), self.req.arg("release")
+        if acquire is not None or release is not None:  # locks: see _sessions
+            return Reply(200, self.state.kv_lock(key, self.req.body, flags, cas, acquire=acquire, release=release))
         return Reply(200, self.state.kv_put(key, self.req.body, flags, cas))
 
     @_route("DELETE", r"/v1/kv/(.*)")

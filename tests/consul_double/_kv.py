@@ -30,6 +30,8 @@ class KVMixin:
         out = {"LockIndex": entry["LockIndex"], "Key": entry["Key"], "Flags": entry["Flags"],
                "Value": _b64(entry["Value"]) if with_value else None,
                "CreateIndex": entry["CreateIndex"], "ModifyIndex": entry["ModifyIndex"]}
+        if entry.get("Session"):  # held by a session (see _sessions)
+            out["Session"] = entry["Session"]
         return out
 
     def kv_list(self, prefix: str) -> list[dict]:
@@ -55,6 +57,8 @@ class KVMixin:
         old = kv.get(key)
         entry = {"Key": key, "Value": value, "Flags": int(flags or 0), "LockIndex": old["LockIndex"] if old else 0,
                  "CreateIndex": old["CreateIndex"] if old else idx, "ModifyIndex": idx}
+        if old and old.get("Session"):  # a plain write leaves a held lock held, as in Consul
+            entry["Session"] = old["Session"]
         kv[key] = entry
         tombstones.pop(key, None)
         return entry
@@ -177,5 +181,7 @@ class KVMixin:
                 del work[k]
                 tomb[k] = idx
             return None, bool(doomed)
+        if verb in ("lock", "unlock", "check-session"):
+            return self._txn_session_verb(work, tomb, op, idx)  # type: ignore[attr-defined]  # _sessions
         raise DoubleError(400, f'unknown KV verb "{verb}"')
 

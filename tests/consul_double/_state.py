@@ -30,8 +30,10 @@ from typing import Any, Callable
 
 from ._durations import format_duration, parse_duration
 from ._errors import DoubleError
+from ._config_entries import ConfigEntriesMixin
 from ._kv import KVMixin
 from ._normalize import normalize
+from ._sessions import SessionsMixin
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 CHECK_STATES = (PASSING, WARNING, CRITICAL)
@@ -65,7 +67,7 @@ def _strip_indexes(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("CreateIndex", "ModifyIndex")}
 
 
-class ConsulState(KVMixin):
+class ConsulState(KVMixin, SessionsMixin, ConfigEntriesMixin):
     """All data of one single-server, single-datacenter Consul with one local agent."""
 
     def __init__(self, node: str, datacenter: str, node_address: str, clock: Callable[[], float] = time.monotonic):
@@ -89,6 +91,8 @@ class ConsulState(KVMixin):
         self.tombstones: dict[str, int] = {}
         self.agent_services: dict[str, _AgentService] = {}
         self.agent_checks: dict[str, _AgentCheck] = {}
+        self._init_config_entries()  # /v1/config (_config_entries.py)
+        self._init_sessions()  # /v1/session and KV locks (_sessions.py)
         self._bootstrap()
 
     # ------------------------------------------------------------------ indexing helpers
@@ -188,12 +192,14 @@ class ConsulState(KVMixin):
         rec["ModifyIndex"] = idx
         self.checks[key] = rec
         self._touch_check(idx, rec)
+        self._sessions_on_check(idx, rec["Node"], rec["CheckID"], rec["Status"])  # critical: invalidates sessions
 
     def _delete_check(self, idx: int, node: str, check_id: str) -> bool:
         chk = self.checks.pop((node, check_id), None)
         if chk is None:
             return False
         self._touch_check(idx, chk)
+        self._sessions_on_check(idx, node, check_id, None)  # a deleted check invalidates its sessions
         if node == self.node:
             self.agent_checks.pop(check_id, None)
         return True
@@ -218,6 +224,7 @@ class ConsulState(KVMixin):
         for chk in self._checks_of(node, None):
             self._delete_check(idx, node, chk["CheckID"])
         del self.nodes[node]
+        self._sessions_on_node_delete(idx, node)
         self._last_write = idx
         self.tables["nodes"] = idx
         self.node_idx[node] = idx
@@ -712,6 +719,8 @@ class ConsulState(KVMixin):
             for table in (self.tables, self.service_idx, self.connect_idx, self.node_idx):
                 for k in table:
                     table[k] = min(table[k], to)
+            self._reset_config_entries(to)
+            self._reset_sessions(to)
             self.tombstones.clear()
             self.index = to
             self.generation += 1

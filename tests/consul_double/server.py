@@ -10,9 +10,11 @@ Deliberate differences from a real Consul (documented so nobody trips on them):
 * with ACLs on, a request without a token is refused with 403 ``Permission denied`` on every
   endpoint (a real Consul filters list results for the anonymous token instead);
 * active checks (HTTP, TCP, gRPC, script...) are recorded but never executed: they keep their
-  declared ``Status`` (``passing`` when none is declared). TTL and alias checks behave as in
-  Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
-* one server, one datacenter, no sessions, no ``?filter`` expressions, no prepared queries.
+  declared ``Status`` (``passing`` when none is declared), unless ``run_tcp_checks`` is set: then TCP
+  checks are dialled at their interval as Consul does (``_active_checks.py``). TTL and alias checks behave
+  as in Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
+* one server, one datacenter, no ``?filter`` expressions, no prepared queries; sessions (``_sessions``)
+  are invalidated ``2 x TTL`` after their last renewal (the most Consul documents it may wait).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import threading
 from types import TracebackType
 
+from ._active_checks import TcpCheckRunner
 from ._http import AclConfig, DoubleHTTPServer
 from ._state import ConsulState
 
@@ -45,6 +48,8 @@ class ConsulDouble:
         port: int = 0,
         node_address: str = "127.0.0.1",
         verbose: bool = False,
+        run_tcp_checks: bool = False,
+        session_ttl_min: float | None = None,
     ):
         self.node = node
         self.datacenter = datacenter
@@ -52,12 +57,20 @@ class ConsulDouble:
         self.read_token = read_token
         self.host = host
         self.port = port
-        self.state = ConsulState(node, datacenter, node_address)
+        self.session_ttl_min = session_ttl_min  # Consul's session_ttl_min (10s); tests may lower it
+        self.state = self._new_state(node_address)
         self._acl = AclConfig(management=acl_token, read_only=read_token)
         self._verbose = verbose
         self._server: DoubleHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._tcp_checks = TcpCheckRunner(lambda: self.state) if run_tcp_checks else None  # _active_checks.py
+
+    def _new_state(self, node_address: str) -> ConsulState:
+        state = ConsulState(self.node, self.datacenter, node_address)
+        if self.session_ttl_min is not None:
+            state.session_ttl_min = self.session_ttl_min
+        return state
 
     @property
     def address(self) -> str:
@@ -78,6 +91,8 @@ class ConsulDouble:
         self._threads = [serve, ticker]
         for t in self._threads:
             t.start()
+        if self._tcp_checks is not None:
+            self._tcp_checks.start()
         log.info("consul double node=%s dc=%s listening on %s acl=%s", self.node, self.datacenter, self.address,
                  "on" if self.acl_token else "off")
         return self.address
@@ -85,12 +100,15 @@ class ConsulDouble:
     def _tick(self) -> None:
         while not self._stopping.wait(0.1):
             self.state.expire_ttls()
+            self.state.expire_sessions()
 
     def stop(self) -> None:
         if self._server is None:
             return
         self.host, self.port = self._server.server_address[:2]  # a later start() comes back on this address
         self._stopping.set()
+        if self._tcp_checks is not None:
+            self._tcp_checks.stop()
         self._server.shutdown()  # accepts no more connections
         self._server.close_connections()  # as a stopped Consul: blocked queries get no answer, keep-alives end
         self.state.close()  # wakes blocked queries so their threads finish
@@ -114,7 +132,7 @@ class ConsulDouble:
         back at the start). Clients see their connections refused while it is down, then a fresh Consul."""
         self.stop()  # remembers the address
         if empty:
-            self.state = ConsulState(self.node, self.datacenter, self.state.node_address)
+            self.state = self._new_state(self.state.node_address)
         return self.start()
 
     def reset_index(self, to: int = 1) -> int:

@@ -192,3 +192,64 @@ def test_webhook_urls_from_flags_and_env():
     assert webhook_urls(["http://c.example/z"], env) == ["http://c.example/z", "http://a.example/x", "https://b.example/y"]
     with pytest.raises(ConfigError, match="not an http"):
         webhook_urls(["ftp://nope"], {})
+
+
+# --- several replicas: only the leader notifies, a new leader neither repeats nor misses -----------------------
+
+def test_only_the_leader_notifies_and_a_new_leader_resumes_from_the_ledger(receiver):
+    from meshcore.controlplane.alerting import MemoryLedger
+
+    from ._leadership import ManualLeadership
+
+    ledger = MemoryLedger()  # stands in for Consul KV: shared by the replicas
+    lead_a, lead_b = ManualLeadership("a", leading=True), ManualLeadership("b", leader="a")
+    a = make_alerting([receiver.url], leadership=lead_a, ledger=ledger)
+    b = make_alerting([receiver.url], leadership=lead_b, ledger=ledger)
+    try:
+        t0 = 1_700_000_000.0
+        for i in range(3):  # both evaluate the same signals; the alert fires at t0 + 2
+            for replica in (a, b):
+                replica.evaluate(sig(t0 + i, 1.0))
+        assert [x.state for x in b.alerts()] == ["firing"]  # the firing state is computed on every replica
+        [firing] = receiver.wait(1)
+        assert firing["status"] == "firing"
+        lead_a.set(False, leader="b")  # a loses the leadership, b takes over: nothing is repeated
+        lead_b.set(True)
+        for i in range(3, 6):
+            for replica in (b, a):
+                replica.evaluate(sig(t0 + i, 1.0))
+        time.sleep(0.5)  # any duplicate would have arrived by now (deliveries are on loopback)
+        bodies = receiver.wait(1)
+    finally:
+        a.stop()
+        b.stop()
+    assert len(bodies) == 1, [b["status"] for b in bodies]
+    assert set(ledger.load()) == {firing["alerts"][0]["fingerprint"]}
+
+
+def test_an_alert_that_fires_while_nobody_leads_is_notified_once_by_the_next_leader(receiver):
+    from meshcore.controlplane.alerting import MemoryLedger
+
+    from ._leadership import ManualLeadership
+
+    ledger = MemoryLedger()
+    lead_b, lead_c = ManualLeadership("b"), ManualLeadership("c")  # the leader died: nobody leads
+    b = make_alerting([receiver.url], leadership=lead_b, ledger=ledger)
+    c = make_alerting([receiver.url], leadership=lead_c, ledger=ledger)
+    try:
+        t0 = 1_700_000_000.0
+        for i in range(3):
+            for replica in (b, c):
+                replica.evaluate(sig(t0 + i, 1.0))
+        assert receiver.bodies == []
+        lead_c.set(True)
+        lead_b.set(False, leader="c")
+        for i in range(3, 6):
+            for replica in (b, c):
+                replica.evaluate(sig(t0 + i, 1.0))
+        [firing] = receiver.wait(1)
+        time.sleep(0.5)
+        assert len(receiver.bodies) == 1 and firing["status"] == "firing"
+    finally:
+        b.stop()
+        c.stop()

@@ -264,3 +264,35 @@ def test_subset_clusters_picks_the_service_and_subset_only():
     stats = parse_envoy_prometheus(_envoy_text(5, 0, 5) + _envoy_text(3, 0, 3, "outbound_ratings|reviews|v2"))
     assert set(cc.subset_clusters(stats, "reviews", "v2")) == {"outbound_reviews|productpage|v2"}
     assert cc.subset_clusters(stats, "reviews", "v3") == {}
+
+
+def test_canaries_run_on_the_leader_only_and_resume_on_a_new_term(cp, use):
+    from ._leadership import ManualLeadership
+
+    lead = ManualLeadership("cp-b", leader="cp-a")
+    probe = FixedProbe(OK)
+    c = use(probe)
+    c._leadership = lead  # this replica's controller, wired as for_control_plane does
+    lead.subscribe(c._leadership_changed)
+    body = {"service": "reviews", "from": "v1", "to": "v2", "steps": "50,100", "interval": "30s", "min_requests": 5}
+    status, err = _call(cp, "POST", "/v1/canaries", body)
+    assert status == 409 and "'cp-a'" in err["error"], err  # names the leader
+    lead.set(True)
+    status, st = _call(cp, "POST", "/v1/canaries", body)
+    assert status == 200 and st["phase"] == "progressing", st
+    assert c._threads.get("reviews") is not None
+    lead.set(False, leader="cp-c")  # leadership lost: the loop stops at once, the run stays recorded
+    deadline = time.monotonic() + 10
+    while c._threads.get("reviews") is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert c._threads.get("reviews") is None
+    assert c.get("reviews").phase == "progressing"
+    status, err = _call(cp, "POST", "/v1/canaries/reviews/abort")
+    assert status == 409 and "'cp-c'" in err["error"]
+    lead.set(True)  # a new term: the run resumes from its recorded state
+    deadline = time.monotonic() + 10
+    while [d.action for d in c.get("reviews").decisions] != ["start", "resume"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [d.action for d in c.get("reviews").decisions] == ["start", "resume"]
+    status, _ = _call(cp, "POST", "/v1/canaries/reviews/abort")
+    assert status == 200

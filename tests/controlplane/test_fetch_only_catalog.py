@@ -113,7 +113,8 @@ def test_the_catalog_address_is_fetched_and_a_redirect_is_not_followed(plane, ta
 
         _announce(plane, "n1", metrics=redirecting.address)
         plane.collector.collect_once()
-        assert redirecting.requests == ["/metrics"]
+        # the merged endpoint, then Envoy's stats through the agent (the fallback: the same catalog address)
+        assert redirecting.requests == ["/metrics", "/stats/prometheus"]
         assert "redirect" in plane.collector.errors["n1"]
         assert target.requests == []
     finally:

@@ -41,3 +41,25 @@ def test_certificate_and_root_expiry_come_from_the_ca(tmp_path):
     assert leaf == [issued.not_after.timestamp()]
     [root] = _value(m, "meshcore_ca_root_expiry_timestamp_seconds", role="current")
     assert root > time.time() + 5 * 365 * 86400
+
+
+def test_store_suspect_gauge_follows_the_stores_own_health():
+    """``meshcore_resource_store_suspect`` (the store-suspect alert's series for Prometheus) is read from the
+    store at scrape time: 1 while it says suspect, 0 once it is restored."""
+    from meshcore.controlplane.engine import MeshEngine
+    from meshcore.resources.store import StoreHealth
+    from meshcore.xds.cache import SnapshotCache
+
+    class Store:
+        state = "ok"
+
+        def health(self):
+            return StoreHealth(backend="consul", location="meshcore/resources", state=self.state)
+
+    store, m = Store(), ControlPlaneMetrics()
+    MeshEngine(object(), store, SnapshotCache(), trust_domain="cluster.local", metrics=m)  # type: ignore[arg-type]
+    assert _value(m, "meshcore_resource_store_suspect") == [0.0]
+    store.state = "suspect"
+    assert _value(m, "meshcore_resource_store_suspect") == [1.0]
+    store.state = "ok"
+    assert _value(m, "meshcore_resource_store_suspect") == [0.0]

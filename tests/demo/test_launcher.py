@@ -48,7 +48,7 @@ def test_stopping_a_mesh_also_stops_an_envoy_its_killed_agent_left_running(tmp_p
     import sys
 
     from meshcore.agent.supervisor import EnvoyRecord, envoy_alive, stable_base_id, write_record
-    from meshcore.demo.launcher import stop_processes
+    from meshcore.demo.launcher import stop_mesh
 
     fake = tmp_path / "bin" / "envoy"  # an "envoy" by name, as the record check wants
     fake.parent.mkdir()
@@ -62,7 +62,7 @@ def test_stopping_a_mesh_also_stops_an_envoy_its_killed_agent_left_running(tmp_p
         record = EnvoyRecord(pid=orphan.pid, epoch=0, base_id=base_id, handover=False)
         write_record(node_dir / "envoy" / "envoy.json", record)
         launcher.wait_until(lambda: envoy_alive(record), 10, "the fake envoy to start")
-        assert stop_processes(tmp_path, grace=5) == 1
+        assert stop_mesh(tmp_path) == [f"envoy of n1 (pid {orphan.pid}), left by its agent"]
         assert orphan.wait(timeout=10) is not None
         assert not (node_dir / "envoy" / "envoy.json").exists()
     finally:

@@ -202,13 +202,28 @@ class _Dom(html.parser.HTMLParser):
             self.elements.append((tag, attrs))
 
 
-def _dump(mesh) -> list[tuple[str, dict]]:
+def _page(mesh) -> tuple[list[tuple[str, dict]], str]:
+    """The dashboard as Chromium rendered it: the elements _Dom collects, and the whole DOM."""
     url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}"
     out = _chromium(url, "--dump-dom")
     assert out.returncode == 0, out.stderr[-2000:]
     dom = _Dom()
     dom.feed(out.stdout)
-    return dom.elements
+    return dom.elements, out.stdout
+
+
+def _dump(mesh) -> list[tuple[str, dict]]:
+    return _page(mesh)[0]
+
+
+def _screenshot(mesh, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    shot.unlink(missing_ok=True)
+    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}"
+    out = _chromium(url, f"--screenshot={shot}")
+    assert out.returncode == 0 and shot.exists(), out.stderr[-2000:]
+    return shot
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium as root)")
@@ -241,12 +256,7 @@ def test_dashboard_in_headless_chromium_shows_the_bookinfo_graph(mesh):
     proxies = {a["data-node"] for t, a in elements if t == "tr" and "data-node" in a}
     assert {"n1", "n2", "n3", "gw"} <= proxies
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
-    shot.unlink(missing_ok=True)
-    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}"
-    out = _chromium(url, f"--screenshot={shot}")
-    assert out.returncode == 0 and shot.exists(), out.stderr[-2000:]
+    shot = _screenshot(mesh, "dashboard.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
@@ -256,3 +266,46 @@ def test_dashboard_without_a_token_asks_for_one(mesh):
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'data-state="login"' in out.stdout
     assert "Operator token needed" in out.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium as root)")
+def test_dashboard_shows_a_faulted_edge_red_and_names_the_proxy_it_cannot_read(mesh):
+    """Issue 16: every call to ratings aborted (a fault) and n3's agent frozen (SIGSTOP: its metrics endpoint
+    accepts and never answers, while its Envoy keeps serving): the reviews -> ratings edge is red, the header
+    turns red and names n3, and its proxy row says so. Screenshot: test-artifacts/dashboard/dashboard-blind.png.
+    Last in this module: it changes the mesh (and puts it back)."""
+    import signal
+
+    fault = {"name": "ratings-abort.yaml", "content": (ROOT / "examples" / "traffic" / "ratings-abort.yaml").read_text()}
+    agent = next(p for p in mesh.processes if p["name"] == "agent-n3")
+    mesh._post("/v1/resources", {"files": [fault]})
+    os.kill(agent["pid"], signal.SIGSTOP)
+    try:
+        elements: list[tuple[str, dict]] = []
+        label = ""
+
+        def shown() -> bool:
+            nonlocal elements, label
+            elements, page = _page(mesh)
+            body = next(a for t, a in elements if t == "body")
+            edges = {(a["data-source"], a["data-destination"]): a.get("class", "") for t, a in elements
+                     if t == "g" and "edge" in a.get("class", "").split() and "data-source" in a}
+            live = page[page.find('id="live"'):]
+            label = live[live.find("<span>") + len("<span>"):live.find("</span>")]  # the header's status text
+            assert "critical" in edges.get(("reviews", "ratings"), "").split(), f"edges: {edges}"
+            assert body.get("data-state") == "blind", f"page state {body.get('data-state')!r}; header: {label}"
+            assert "metrics unreachable: n3" in label, label
+            return True
+
+        wait_until(shown, 150, "the dashboard to show reviews -> ratings red and n3's metrics unreachable",
+                   interval=1)
+        assert "n1" not in label and "n2" not in label  # only the proxy it cannot read is named
+        _screenshot(mesh, "dashboard-blind.png")
+        alerts = _api(mesh, "/v1/alerts")
+        assert any(a["name"] == "proxy-metrics-unreachable" and a["labels"].get("node") == "n3" for a in alerts), alerts
+    finally:
+        os.kill(agent["pid"], signal.SIGCONT)
+        req = urllib.request.Request(mesh.cp_info["http"] + "/v1/resources/delete", method="POST",
+                                     data=json.dumps({"files": [fault]}).encode(),
+                                     headers={"Content-Type": "application/json", **mesh.auth_headers()})
+        urllib.request.urlopen(req, timeout=10).close()

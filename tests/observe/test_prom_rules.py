@@ -54,6 +54,11 @@ apiVersion: telemetry.mesh.io/v1beta1
 kind: AlertRule
 metadata: {name: out-of-sync}
 spec: {signal: proxy_out_of_sync, op: ">", threshold: 0, for: 1m, summary: "{node}"}
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
+metadata: {name: store-suspect}
+spec: {signal: store_suspect, op: ">", threshold: 0, summary: "{source}"}
 """
 
 RATINGS_SID = "spiffe://cluster.local/ns/default/sa/ratings"
@@ -88,6 +93,9 @@ SERIES = [
     ('meshcore_certificate_expiry_timestamp_seconds{spiffe_id="spiffe://cluster.local/ns/default/sa/reviews",node="n1",instance="cp"}', "2000000000+0x20"),
     ('meshcore_proxy_out_of_sync{node="n2",instance="cp"}', "0+0x20"),
     ('meshcore_proxy_out_of_sync{node="n3",instance="cp"}', "1+0x20"),
+    # one control plane's resource store turned suspect at 5m (Consul KV emptied); the other's is fine
+    ('meshcore_resource_store_suspect{instance="cp"}', "0x4 1x15"),
+    ('meshcore_resource_store_suspect{instance="cp2"}', "0+0x20"),
 ]
 
 
@@ -104,6 +112,7 @@ CASES = [
     expect("Shedding", {"service": "details", "severity": "warning"}, "details 0.1/s"),
     expect("Expiring", {"spiffe_id": RATINGS_SID, "node": "n3", "severity": "warning"}, f"{RATINGS_SID} on n3 in 1h 0m 0s"),
     expect("OutOfSync", {"node": "n3", "severity": "warning"}, "n3"),
+    expect("StoreSuspect", {"source": "cp", "severity": "warning"}, "cp"),
 ]
 
 
@@ -118,7 +127,7 @@ def test_promtool_accepts_the_default_rules(tmp_path):
     path = export(tmp_path, effective_rules([]))
     res = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 12 rules found" in res.stdout
+    assert "SUCCESS: 13 rules found" in res.stdout
 
 
 @needs_promtool
@@ -155,4 +164,4 @@ def test_disabled_rules_are_not_exported():
     off = load_documents("apiVersion: telemetry.mesh.io/v1beta1\nkind: AlertRule\nmetadata: {name: policy-denials}\n"
                          "spec: {disabled: true}\n", "off.yaml")
     names = [r["alert"] for r in rule_file(effective_rules(off))["groups"][0]["rules"]]
-    assert "PolicyDenials" not in names and len(names) == 11
+    assert "PolicyDenials" not in names and len(names) == 12

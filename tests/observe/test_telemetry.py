@@ -7,6 +7,7 @@ lines it writes must carry the deciding policy and its result, the audit policy,
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -204,6 +205,22 @@ def _lines(path: Path, want: int, timeout: float = 20.0) -> list[dict]:
     raise AssertionError(f"{path}: {len(lines)} access log lines after {timeout:.0f}s, wanted {want}: {lines}")
 
 
+@contextlib.contextmanager
+def _envoy_in_front(built, tmp_path: Path, *servers):
+    """``servers`` serving in threads and a real Envoy on ``built`` (access log flushed every 200 ms)."""
+    for server in servers:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    envoy = StaticEnvoy(built, tmp_path)
+    envoy.argv += ["--file-flush-interval-msec", "200"]
+    try:
+        with envoy:
+            yield envoy
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
 def test_envoy_writes_json_lines_with_the_deciding_policy(catalog_root, tmp_path):
     root, defs = catalog_root
     log_path = tmp_path / "access-{node}.log"
@@ -211,27 +228,18 @@ def test_envoy_writes_json_lines_with_the_deciding_policy(catalog_root, tmp_path
     built = build_proxy(snap, ProxyInfo(node="n1", secrets_dir="/s"))
     web = ThreadingHTTPServer(("127.0.0.1", defs["web"]["port"]), _App)
     echo = socketserver.ThreadingTCPServer(("127.0.0.1", defs["db"]["port"]), _Echo)
-    for server in (web, echo):
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    envoy = StaticEnvoy(built, tmp_path)
-    envoy.argv += ["--file-flush-interval-msec", "200"]
-    try:
-        with envoy:
-            web_port = defs["web"]["connect"]["sidecar_service"]["port"]
-            db_port = defs["db"]["connect"]["sidecar_service"]["port"]
-            wait_listening("127.0.0.1", web_port)
-            assert _request(web_port, "GET", "/ok") == 200
-            assert _request(web_port, "GET", "/admin/users") == 403
-            assert _request(web_port, "POST", "/ok") == 403
-            assert _request(web_port, "GET", "/audited") == 200
-            with socket.create_connection(("127.0.0.1", db_port), timeout=5) as s:
-                s.sendall(b"ping\n")  # 5 bytes: the TLS inspector decides on a whole record header
-                assert s.recv(16) == b"ping\n"
-            lines = _lines(tmp_path / "access-n1.log", 5)
-    finally:
-        web.shutdown()
-        echo.shutdown()
+    web_port = defs["web"]["connect"]["sidecar_service"]["port"]
+    db_port = defs["db"]["connect"]["sidecar_service"]["port"]
+    with _envoy_in_front(built, tmp_path, web, echo):
+        wait_listening("127.0.0.1", web_port)
+        assert _request(web_port, "GET", "/ok") == 200
+        assert _request(web_port, "GET", "/admin/users") == 403
+        assert _request(web_port, "POST", "/ok") == 403
+        assert _request(web_port, "GET", "/audited") == 200
+        with socket.create_connection(("127.0.0.1", db_port), timeout=5) as s:
+            s.sendall(b"ping\n")  # 5 bytes: the TLS inspector decides on a whole record header
+            assert s.recv(16) == b"ping\n"
+        lines = _lines(tmp_path / "access-n1.log", 5)
     for line in lines:
         assert set(line) == set(JSON_KEYS), line
         assert line["node"] == "n1" and line["direction"] == "inbound"
@@ -254,3 +262,20 @@ def test_envoy_writes_json_lines_with_the_deciding_policy(catalog_root, tmp_path
     (tcp,) = [l for l in lines if l["protocol"] == "tcp"]
     assert (tcp["service"], tcp["response_code"], tcp["method"], tcp["rbac_result"]) == ("db", 0, None, None)
     assert tcp["bytes_received"] == 5 and tcp["upstream_cluster"] == "local_app:db-v1"
+
+
+def test_sampled_access_log_keeps_every_failure(catalog_root, tmp_path):
+    """``--access-log-sampling 0``: a real Envoy logs the denied request and none of the successful ones."""
+    root, defs = catalog_root
+    assert validate_settings(TelemetrySettings(access_log_sampling=100.5))[0].startswith("--access-log-sampling")
+    snap = _with(snapshot(root, POLICIES), _settings(access_log=str(tmp_path / "access-{node}.log"),
+                                                     access_log_sampling=0.0))
+    built = build_proxy(snap, ProxyInfo(node="n1", secrets_dir="/s"))
+    assert validate_snapshot("n1", built) == []
+    web_port = defs["web"]["connect"]["sidecar_service"]["port"]
+    with _envoy_in_front(built, tmp_path, ThreadingHTTPServer(("127.0.0.1", defs["web"]["port"]), _App)):
+        wait_listening("127.0.0.1", web_port)
+        assert [_request(web_port, "GET", "/ok") for _ in range(5)] == [200] * 5
+        assert _request(web_port, "GET", "/admin/users") == 403
+        lines = _lines(tmp_path / "access-n1.log", 1)
+    assert [(l["path"], l["response_code"]) for l in lines] == [("/admin/users", 403)]

@@ -71,6 +71,7 @@ def test_istio_system_deny_all_denies_in_the_generated_rbac(tmp_path):
     [route] = [r for r in built[ROUTE] if r.name == "inbound:web-v1"]
     config = json_format.MessageToDict(route)["virtualHosts"][0]["typedPerFilterConfig"]
     [allow] = [v for k, v in config.items() if k.endswith("allow")]
+    allow = allow.get("config", allow)  # RBACPerRoute, wrapped in a FilterConfig where the filter is optional
     assert allow["rbac"]["rules"].get("policies") is None  # an ALLOW stage without rules: every request denied
     assert allow["rbac"]["rules"].get("action", "ALLOW") == "ALLOW"
 

@@ -29,7 +29,7 @@ from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshcore.compose import build_proxy
-from meshcore.xds.generate.policy_filters import FAULT
+from meshcore.xds.generate.policy_filters import FAULT, per_filter_config
 from meshcore.xds.validate import validate_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,8 +118,8 @@ def test_fault_filter_is_before_the_router_and_configured_per_route():
     assert hcm.http_filters[0].typed_config.Unpack(listener_level)
     assert listener_level == fault_pb2.HTTPFault()  # empty: injects nothing where no route configures it
     jason, default = _by_name(built, ROUTE)["outbound:ratings:9093"].virtual_hosts[0].routes
-    fault = fault_pb2.HTTPFault()
-    assert jason.typed_per_filter_config[FAULT].Unpack(fault)
+    fault = per_filter_config(jason.typed_per_filter_config[FAULT], fault_pb2.HTTPFault)
+    assert fault is not None
     assert fault.delay.fixed_delay.seconds == 2 and fault.delay.percentage.numerator == 500_000
     assert not fault.HasField("abort")
     assert FAULT not in default.typed_per_filter_config
@@ -180,8 +180,8 @@ def test_virtual_service_applies_on_every_proxy_that_declared_the_upstream():
     for node in ("vm2", "vm3"):  # reviews v2 and v3 both call ratings
         built = _build(text, node=node)
         route = _by_name(built, ROUTE)["outbound:ratings:9093"].virtual_hosts[0].routes[0]
-        fault = fault_pb2.HTTPFault()
-        assert route.typed_per_filter_config[FAULT].Unpack(fault)
+        fault = per_filter_config(route.typed_per_filter_config[FAULT], fault_pb2.HTTPFault)
+        assert fault is not None
         assert fault.abort.http_status == 503 and fault.abort.percentage.numerator == 1_000_000
     untouched = _build(text, node="vm1")
     assert "outbound:ratings:9093" not in _by_name(untouched, ROUTE)

@@ -13,12 +13,15 @@ address, None until the node joined), ``may_start``, ``metrics_address`` and ``n
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from meshcore import naming
 from meshcore.agent._net import admin_get
-from meshcore.agent.bootstrap import render_bootstrap, write_bootstrap
+from meshcore.agent._xds_endpoints import XdsEndpointsFile
+from meshcore.agent.bootstrap import envoy_concurrency, render_bootstrap, write_bootstrap
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.secrets import SecretsDirectory
 from meshcore.agent.status import EnvoyStatus
@@ -27,6 +30,8 @@ from meshcore.agent.supervisor import EnvoySupervisor, HotRestart, envoy_command
 log = logging.getLogger("meshcore.agent")
 
 READY_POLL = 0.5
+#: How often the status asks Envoy which control plane replica its ADS connection is open to.
+XDS_UPSTREAM_EVERY = 15.0
 
 
 class EnvoyReconciler:
@@ -42,7 +47,10 @@ class EnvoyReconciler:
         metrics_address: Callable[[], str] = lambda: "",
         notify_status: Callable[[str], object] = lambda text: None,
         supervisor_factory: Callable[..., EnvoySupervisor] = EnvoySupervisor,
+        xds_addresses: Callable[[], list[str]] | None = None,
     ):
+        """``xds_addresses()``: every known control plane replica's xDS ``host:port`` (Envoy's ADS cluster
+        lists them all, from a file it watches); None: only the one in ``inputs``."""
         self._config = config
         self._secrets = secrets
         self._inputs = inputs
@@ -52,6 +60,9 @@ class EnvoyReconciler:
         self._supervisor_factory = supervisor_factory
         self.supervisor: EnvoySupervisor | None = None
         self.ready = False
+        self._xds_addresses = xds_addresses
+        self.endpoints = XdsEndpointsFile(self.bootstrap_path.parent / "xds" / "endpoints.json")
+        self._upstream: tuple[float, tuple[str, ...]] = (0.0, ())
 
     @property
     def config(self) -> AgentConfig:
@@ -67,7 +78,7 @@ class EnvoyReconciler:
     def argv(self) -> list[str]:
         c = self.config
         return envoy_command(c.envoy_path, self.bootstrap_path, log_level=c.envoy_log_level,
-                             log_path=c.envoy_log, hot_restart=True)
+                             log_path=c.envoy_log, hot_restart=True, concurrency=envoy_concurrency())
 
     def hot_restart(self) -> HotRestart:
         return HotRestart(stable_base_id(self.config.node, self.config.state_dir),
@@ -80,9 +91,14 @@ class EnvoyReconciler:
             return False
         td, xds = inputs
         c = self.config
+        endpoints_file = None
+        if self._xds_addresses is not None:
+            addresses = self._xds_addresses() or [xds]
+            self.endpoints.update(addresses)
+            endpoints_file = self.endpoints.path if self.endpoints.addresses else None
         bootstrap = render_bootstrap(node=c.node, trust_domain=td, xds_address=xds, secrets_dir=self._secrets.path,
                                      admin_address=c.admin, metrics_address=self._metrics_address(),
-                                     xds_protocol=c.xds_protocol)
+                                     xds_protocol=c.xds_protocol, xds_endpoints_file=endpoints_file)
         changed = write_bootstrap(self.bootstrap_path, bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)
@@ -136,8 +152,25 @@ class EnvoyReconciler:
     def restarts(self) -> int:
         return self.supervisor.restarts if self.supervisor else 0
 
+    def xds_upstream(self) -> tuple[str, ...]:
+        """The replicas (xDS ``host:port``) Envoy's ADS connection is open to, from its admin ``/clusters``
+        (the xDS cluster only), asked at most every refresh interval (and :data:`XDS_UPSTREAM_EVERY` s)."""
+        now = time.monotonic()
+        if self.supervisor is None or not self.ready:
+            return ()
+        if now - self._upstream[0] < min(XDS_UPSTREAM_EVERY, self.config.refresh_interval):
+            return self._upstream[1]
+        answer = admin_get(self.config.admin, f"/clusters?filter=^{naming.XDS_CLUSTER}$", timeout=1)
+        hosts: tuple[str, ...] = ()
+        if answer is not None and answer[0] == 200:
+            pattern = rf"^{re.escape(naming.XDS_CLUSTER)}::(\S+)::cx_active::([1-9]\d*)$"
+            hosts = tuple(sorted(h for h, _ in re.findall(pattern, answer[1].decode(errors="replace"), re.MULTILINE)))
+        self._upstream = (now, hosts)
+        return hosts
+
     def status(self, final: bool = False) -> EnvoyStatus:
         sup = self.supervisor
         return EnvoyStatus(pid=sup.pid if sup and not final else None, starts=sup.starts if sup else 0,
                            restarts=sup.restarts if sup else 0, last_exit_code=sup.last_exit_code if sup else None,
-                           ready=self.ready, admin=self.config.admin)
+                           ready=self.ready, admin=self.config.admin,
+                           xds_upstream=() if final else self.xds_upstream())

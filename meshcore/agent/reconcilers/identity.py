@@ -54,7 +54,7 @@ import tenacity
 from meshcore import naming
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from meshcore.agent.client import AgentClient, AgentRequestError, IssuedIdentity, NodeService
+from meshcore.agent.client import AgentClient, AgentRequestError, FailoverClient, IssuedIdentity, NodeService
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.identity import (
     AgentMeta,
@@ -70,6 +70,7 @@ from meshcore.agent.identity import (
     rfc3339,
     token_digest,
 )
+from meshcore.agent.replicas import ReplicaSet
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.agent.status import ServiceStatus
 from meshcore.api.agent import NodeServices, RecoverRequest, TrustBundle
@@ -153,9 +154,17 @@ class IdentityReconciler:
         issued: Callable[[str, str], None] = lambda service, reason: None,
         client_factory: ClientFactory = AgentClient,
         wake: Callable[[], None] = lambda: None,
+        replicas: ReplicaSet | None = None,
     ):
-        """``wake()`` cuts the loop's sleep short (the watcher thread calls it when something changed)."""
+        """``wake()`` cuts the loop's sleep short (the watcher thread calls it when something changed).
+        ``replicas``: the control plane replicas and their health (default: from the settings); every call
+        goes through :class:`~meshcore.agent.client.FailoverClient` over them, ``client_factory`` makes
+        the client of one replica."""
         self._config = config
+        if replicas is None:
+            replicas = ReplicaSet(node=config().node, urls=config().control_plane_urls,
+                                  consul_service=config().control_plane_service)
+        self.replicas = replicas
         self.store = store
         self.secrets = secrets
         self._federated_files = federated_files
@@ -251,16 +260,22 @@ class IdentityReconciler:
             return None
         return td, xds
 
+    def xds_addresses(self) -> list[str]:
+        """Every known replica's xDS ``host:port`` (for Envoy's ADS cluster), else the last one answered."""
+        addresses = self.replicas.xds_addresses()
+        return addresses or ([self.meta.xds_address] if self.meta.xds_address else [])
+
     def missing_svids(self) -> set[str]:
         """Listed services without an SVID yet (and not refused): what Envoy's first start waits for."""
         return {name for name in self.desired if name not in self.svids and name not in self.svid_errors}
 
     # ---------------------------------------------------------------- join
 
-    def _client(self, authenticated: bool = True) -> AgentClient:
-        return self._client_factory(
-            self.config.control_plane,
+    def _client(self, authenticated: bool = True) -> FailoverClient:
+        return FailoverClient(
+            self.replicas,
             self.config.ca_file,
+            client_factory=self._client_factory,
             cert_file=self.store.cert_path if authenticated else None,
             key_file=self.store.key_path if authenticated else None,
             extra_ca_files=(self.store.bundle_path,),
@@ -328,7 +343,7 @@ class IdentityReconciler:
 
     def _join_with_retries(self, token: str) -> None:
         retrying = self._retrying("join")
-        self._status(f"joining the mesh at {self.config.control_plane}")
+        self._status(f"joining the mesh at {self.replicas.current or self.config.control_plane_service}")
         try:
             retrying(self._join, token)
         except AgentRequestError as exc:
@@ -347,7 +362,7 @@ class IdentityReconciler:
         """Recover the expired node certificate, retrying while the control plane is unreachable.
         Returns None when recovered (or stopping), else the control plane's reason for refusing."""
         retrying = self._retrying("node certificate expired; recovery")
-        self._status(f"node certificate expired; recovering it at {self.config.control_plane}")
+        self._status(f"node certificate expired; recovering it at {self.replicas.current}")
         try:
             retrying(self._recover)
         except AgentRequestError as exc:
@@ -680,7 +695,7 @@ class IdentityReconciler:
     def _watch(self) -> None:
         """The watcher thread: one blocking query at a time; a new index wakes the loop to apply it."""
         backoff = RetryBackoff()
-        client: AgentClient | None = None
+        client: FailoverClient | None = None
         index = self._index
         try:
             while not self._stopping.is_set():

@@ -158,12 +158,21 @@
     $("resilience-empty").hidden = services.length > 0;
   }
 
+  // Under the delivery state: how current the proxy's metrics are, when they are not fresh.
+  const METRICS_NOTE = { fallback: "metrics via Envoy fallback", stale: "metrics stale", unreachable: "metrics unreachable" };
+  function metricsNote(p) {
+    const note = METRICS_NOTE[p.metrics_state] || (p.scrape_error ? "metrics unreachable" : "");
+    if (!note) return null;
+    const age = p.metrics_age_seconds == null ? "" : ` (${Math.round(p.metrics_age_seconds)}s old)`;
+    return el("div", { class: `small metrics-${p.metrics_state || "unreachable"}`, title: p.scrape_error || "" }, note + age);
+  }
+
   function renderProxies(summary) {
     const rows = summary.proxies.map((p) => el("tr", { "data-node": p.node },
       el("td", { class: "svc" }, p.node),
       el("td", {}, [...p.services, ...p.gateways].join(", ") || "—"),
       el("td", {}, el("span", { class: `pill ${p.state}`, title: p.error || "" }, p.state),
-        p.scrape_error ? el("div", { class: "small", title: p.scrape_error }, "metrics unreachable") : null),
+        metricsNote(p)),
       el("td", {}, el("code", {}, (p.version || "—").slice(0, 10)))));
     $("proxies").tBodies[0].replaceChildren(...rows);
     $("proxies-empty").hidden = rows.length > 0;
@@ -259,8 +268,13 @@
       document.body.dataset.polls = String(state.polls);
       document.body.dataset.hasSignals = summary.collector.signals_at ? "yes" : "no";
       // Polling works, but proxies whose metrics cannot be read leave the numbers partial: never a green "live".
-      state.blind = Object.keys(summary.collector.errors || {}).sort();
-      document.body.dataset.state = state.blind.length ? "blind" : "live";
+      // Red ("blind") while any proxy's figures are missing; amber ("degraded") while any are carried over
+      // or read from Envoy's own stats because the agent's merged endpoint failed.
+      const degraded = summary.collector.degraded || {};
+      for (const node of Object.keys(summary.collector.errors || {})) degraded[node] = degraded[node] || "unreachable";
+      state.degraded = degraded;
+      state.ages = summary.collector.metrics_age_seconds || {};
+      document.body.dataset.state = metricsState(degraded);
       tickLiveLabel();
     } catch (err) {
       if (err instanceof AuthError) {
@@ -278,14 +292,32 @@
     state.timer = setTimeout(poll, state.pollMs);
   }
 
+  function metricsState(degraded) {
+    const states = Object.values(degraded);
+    return states.includes("unreachable") ? "blind" : (states.length ? "degraded" : "live");
+  }
+
+  // "metrics unreachable: vm2 (last 40s ago) · stale: vm3 (12s old) · via Envoy fallback: vm1"
+  function metricsLabel(degraded, ages) {
+    const parts = [];
+    for (const [what, label] of [["unreachable", "metrics unreachable"], ["stale", "metrics stale"],
+                                 ["fallback", "via Envoy fallback"]]) {
+      const nodes = Object.keys(degraded).filter((n) => degraded[n] === what).sort();
+      if (!nodes.length) continue;
+      const named = nodes.map((n) => (ages[n] == null ? n : `${n} (${Math.round(ages[n])}s old)`));
+      parts.push(`${label}: ${named.join(", ")}`);
+    }
+    return parts.join(" · ");
+  }
+
   function tickLiveLabel() {
-    if (["live", "stale", "blind"].includes(document.body.dataset.state)) {
+    if (["live", "stale", "blind", "degraded"].includes(document.body.dataset.state)) {
       const ago = Math.round((Date.now() - state.lastOk) / 1000);
-      const blind = state.blind || [];
-      document.body.dataset.state = ago > 30 ? "stale" : (blind.length ? "blind" : "live");
+      const degraded = state.degraded || {};
+      document.body.dataset.state = ago > 30 ? "stale" : metricsState(degraded);
       const updated = ago <= 1 ? "updated just now" : `updated ${ago}s ago`;
-      $("live").querySelector("span").textContent = blind.length
-        ? `metrics unreachable on ${blind.length} proxy(ies): ${blind.join(", ")} · ${updated}` : `live · ${updated}`;
+      const label = metricsLabel(degraded, state.ages || {});
+      $("live").querySelector("span").textContent = label ? `${label} · ${updated}` : `live · ${updated}`;
     }
   }
 

@@ -8,6 +8,12 @@ config that does nothing, and sends the actual rules in the inbound route config
 ``typed_per_filter_config`` on its virtual host, keyed by these names. A policy change is then a
 route update only, which Envoy applies to the next request on every connection.
 
+Cheap where no policy applies: each constant filter is ``disabled`` in the connection manager, so Envoy does
+not even create it for a request, and the per-route config that brings rules wraps them in a
+``config.route.v3.FilterConfig`` (``disabled`` false), which turns the filter on for that virtual host or route
+only (Envoy's route-based filter chain). Still a route update, still the next request on every connection.
+Read a per-route config back with :func:`per_filter_config`.
+
 Order (before the router): AUDIT (RBAC action LOG), DENY (every DENY policy), ALLOW (every ALLOW
 policy), then the local rate limit (a denied request takes no token).
 
@@ -23,8 +29,8 @@ What Envoy 1.40 does with them (checked against a real Envoy, see ``tests/polici
   and buckets); the listener-level one has no bucket and is disabled, so it passes everything.
 
 Outbound, the same idea for VirtualService fault injection: every outbound HTTP connection manager
-(sidecars' and the ingress gateway's) carries one fault filter named :data:`FAULT`, right before the
-router, whose listener-level ``HTTPFault`` is empty (no delay, no abort, no header-controlled fault:
+(sidecars' and the ingress gateway's) carries one fault filter named :data:`FAULT` (disabled until a route
+turns it on), right before the router, whose listener-level ``HTTPFault`` is empty (no delay, no abort, no header-controlled fault:
 it injects nothing). A VirtualService rule's fault goes on its outbound *route* as
 ``typed_per_filter_config[FAULT]``; Envoy uses the most specific per-route ``HTTPFault`` *instead of*
 the listener-level one (no merging), so adding, changing or removing a fault is a route update only.
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -82,14 +89,30 @@ POLICY_FILTER_NAMES: tuple[str, ...] = tuple(s.filter_name for s in RBAC_STAGES)
 def inbound_policy_filters() -> list[hcm_pb2.HttpFilter]:
     """The constant, do-nothing policy filters of an inbound HTTP connection manager (before its router)."""
     filters = [
-        # No ``rules``: no engine, every request passes until a route brings rules.
-        hcm_pb2.HttpFilter(name=s.filter_name, typed_config=pack(http_rbac_pb2.RBAC(rules_stat_prefix=s.stat_prefix)))
+        # No ``rules``: no engine, every request passes until a route brings rules (and turns the filter on).
+        hcm_pb2.HttpFilter(name=s.filter_name, disabled=True,
+                           typed_config=pack(http_rbac_pb2.RBAC(rules_stat_prefix=s.stat_prefix)))
         for s in RBAC_STAGES
     ]
-    # No token bucket and filter_enabled unset (0%): disabled until a route brings limits.
+    # No token bucket and filter_enabled unset (0%): passes everything even where a route turns it on unconfigured.
     filters.append(hcm_pb2.HttpFilter(
-        name=RATELIMIT, typed_config=pack(http_rl_pb2.LocalRateLimit(stat_prefix=RATELIMIT_OFF_STAT_PREFIX))))
+        name=RATELIMIT, disabled=True,
+        typed_config=pack(http_rl_pb2.LocalRateLimit(stat_prefix=RATELIMIT_OFF_STAT_PREFIX))))
     return filters
+
+
+def enabled_config(message: Message) -> any_pb2.Any:
+    """``message`` as the per-route config of a constant filter: wrapped so that it turns the filter on."""
+    return pack(route_components_pb2.FilterConfig(config=pack(message)))
+
+
+def per_filter_config(packed: any_pb2.Any, cls: type[Message]) -> Message | None:
+    """The ``cls`` message a constant filter's per-route config carries (see :func:`enabled_config`), or None."""
+    wrapper = route_components_pb2.FilterConfig()
+    if packed.Unpack(wrapper):
+        packed = wrapper.config
+    message = cls()
+    return message if packed.Unpack(message) else None
 
 
 def rbac_per_route(stage: HttpRbacStage, rules) -> http_rbac_pb2.RBACPerRoute:
@@ -103,7 +126,7 @@ def set_policy_config(route: route_pb2.RouteConfiguration, filter_name: str, mes
     if filter_name not in POLICY_FILTER_NAMES:
         raise ValueError(f"{filter_name!r} is not one of the inbound policy filters {POLICY_FILTER_NAMES}")
     for vhost in route.virtual_hosts:
-        vhost.typed_per_filter_config[filter_name].CopyFrom(pack(message))
+        vhost.typed_per_filter_config[filter_name].CopyFrom(enabled_config(message))
 
 
 def has_policy_filters(hcm: hcm_pb2.HttpConnectionManager) -> bool:
@@ -118,12 +141,12 @@ def has_policy_filters(hcm: hcm_pb2.HttpConnectionManager) -> bool:
 
 def outbound_policy_filters() -> list[hcm_pb2.HttpFilter]:
     """The constant filters of an outbound HTTP connection manager (before its router): the empty fault filter."""
-    return [hcm_pb2.HttpFilter(name=FAULT, typed_config=pack(fault_pb2.HTTPFault()))]
+    return [hcm_pb2.HttpFilter(name=FAULT, disabled=True, typed_config=pack(fault_pb2.HTTPFault()))]
 
 
 def set_fault_config(route: route_components_pb2.Route, fault: fault_pb2.HTTPFault) -> None:
     """Give ``route`` its own fault (in place); it replaces the listener's empty one for that route."""
-    route.typed_per_filter_config[FAULT].CopyFrom(pack(fault))
+    route.typed_per_filter_config[FAULT].CopyFrom(enabled_config(fault))
 
 
 def has_fault_filter(hcm: hcm_pb2.HttpConnectionManager) -> bool:
@@ -137,4 +160,5 @@ __all__ = [
     "AUTHZ_AUDIT", "AUTHZ_DENY", "AUTHZ_ALLOW", "RATELIMIT", "RBAC_METADATA_NS", "RATELIMIT_OFF_STAT_PREFIX",
     "HttpRbacStage", "AUDIT_STAGE", "DENY_STAGE", "ALLOW_STAGE", "RBAC_STAGES", "STAGE_BY_LABEL",
     "POLICY_FILTER_NAMES", "inbound_policy_filters", "rbac_per_route", "set_policy_config", "has_policy_filters",
+    "enabled_config", "per_filter_config",
 ]

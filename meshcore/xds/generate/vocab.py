@@ -179,15 +179,24 @@ def common_tls(snapshot: MeshSnapshot, proxy: ProxyInfo, own_service: str,
     )
 
 
+MESH_ALPN = ("h2", "http/1.1")
+"""ALPN of every HTTP mTLS hop between mesh proxies, both ends: HTTP/2 when both offer it, else HTTP/1.1."""
+
+
 def downstream_mtls(snapshot: MeshSnapshot, proxy: ProxyInfo, instance: ServiceInstance) -> tls_pb2.DownstreamTlsContext:
     # Any workload of the trust domain, or of a federated one, may connect; which ones may call what is
     # AuthorizationPolicy's job. Each federated peer is verified against its own domain's roots by the
     # SPIFFE validator the agent puts in the bundle secret (meshcore.federation.agent_side).
     # Only workload SVIDs: a node, control plane or operator certificate chains to the same roots but is refused
     # in the handshake, whatever the mTLS mode (PERMISSIVE adds a plaintext chain, never a looser TLS one).
+    # An HTTP service offers HTTP/2 in ALPN to mesh peers (their clusters ask for it, see clusters.mesh_http_protocol_options), and
+    # HTTP/1.1 to a client that offers only that; the connection manager's codec (AUTO) follows what was agreed.
     peers = [uri_san(regex=workload_san_regex(td)) for td in peer_trust_domains(snapshot)]
+    common = common_tls(snapshot, proxy, instance.service, peers)
+    if instance.protocol != "tcp":
+        common.alpn_protocols.extend(MESH_ALPN)
     return tls_pb2.DownstreamTlsContext(
-        common_tls_context=common_tls(snapshot, proxy, instance.service, peers),
+        common_tls_context=common,
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
     )
 
@@ -258,7 +267,7 @@ def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]
 __all__ = [
     "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "TYPE_PREFIX", "type_url", "pack", "is_type",
     "NetworkFilter", "ChainDraft", "ListenerDraft", "finish_listener",
-    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "workload_san_regex", "common_tls", "downstream_mtls",
+    "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "workload_san_regex", "common_tls", "downstream_mtls", "MESH_ALPN",
     "peer_trust_domains", "transport_socket", "typed_extension", "local_instances", "sidecar_instances",
     "outbound_bindings", "upstream_protocol", "upstream_spiffe_ids",
 ]

@@ -19,7 +19,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 
 from meshcore.policies import PLUGINS
 from meshcore.xds.generate import LISTENER, ROUTE
-from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
+from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES, per_filter_config
 from meshcore.xds.validate import validate_snapshot
 
 from .._catalog import build, write_catalog
@@ -58,8 +58,8 @@ def route_rbac(built, instance_id: str) -> list[tuple[str, http_rbac_pb2.RBAC]]:
     for name in POLICY_FILTER_NAMES:
         if name not in vhost.typed_per_filter_config:
             continue
-        per_route = http_rbac_pb2.RBACPerRoute()
-        if vhost.typed_per_filter_config[name].Unpack(per_route):
+        per_route = per_filter_config(vhost.typed_per_filter_config[name], http_rbac_pb2.RBACPerRoute)
+        if per_route is not None:
             out.append((name, per_route.rbac))
     return out
 

@@ -47,7 +47,7 @@ def test_circuit_breaking_task_verbatim(tmp_path):
     opts = http_protocol_options_pb2.HttpProtocolOptions()
     assert cl.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(opts)
     assert opts.common_http_protocol_options.max_requests_per_connection.value == 1
-    assert opts.explicit_http_config.HasField("http_protocol_options")  # HTTP/1.1, as without options
+    assert opts.WhichOneof("upstream_protocol_options") is not None  # the protocol selection stays as generated
 
 
 def test_idle_timeout_connection_age_and_keepalive(tmp_path):

@@ -24,7 +24,7 @@ from meshcore.errors import ValidationError
 from meshcore.policies.rate_limit.filters import method_regex, path_regex, source_regex
 from meshcore.resources import load_documents
 from meshcore.xds.generate import LISTENER, ROUTE
-from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES
+from meshcore.xds.generate.policy_filters import POLICY_FILTER_NAMES, per_filter_config
 
 from tests.traffic.test_build import _build as build_bookinfo
 from tests.traffic.test_build import _validate_with_envoy
@@ -109,8 +109,8 @@ def _route_limit(built, instance_id: str) -> http_rl_pb2.LocalRateLimit | None:
     [vhost] = route.virtual_hosts
     if "meshcore.ratelimit" not in vhost.typed_per_filter_config:
         return None
-    cfg = http_rl_pb2.LocalRateLimit()
-    assert vhost.typed_per_filter_config["meshcore.ratelimit"].Unpack(cfg)
+    cfg = per_filter_config(vhost.typed_per_filter_config["meshcore.ratelimit"], http_rl_pb2.LocalRateLimit)
+    assert cfg is not None
     return cfg
 
 
