@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..naming import DEFAULT_TRUST_DOMAIN
-from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, policies_for
+from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, is_dry_run, policies_for
 from ..resources.model import Resource
 from .model import Decision, Request
 from .patterns import (
@@ -164,7 +164,17 @@ def decide(
         if rejected:
             return Decision(False, None, None, None, rejected)
     name = workload or workload_labels.get("app") or "the workload"
-    applicable = [policy_rules(p, request.protocol) for p in policies_for(policies, workload_labels, namespace)]
+    selected = policies_for(policies, workload_labels, namespace)
+    dry = [policy_rules(p, request.protocol) for p in selected if is_dry_run(p)]
+    applicable = [policy_rules(p, request.protocol) for p in selected if not is_dry_run(p)]
+    verdict = _decide(applicable, name, request, ctx)
+    if dry:
+        shadow = _decide(dry, name, request, ctx)
+        verdict = replace(verdict, dry_run=("would allow: " if shadow.allowed else "would deny: ") + shadow.reason)
+    return verdict
+
+
+def _decide(applicable: list[PolicyRules], name: str, request: Request, ctx: MeshContext) -> Decision:
     by_action: dict[str, list[PolicyRules]] = {ALLOW: [], DENY: [], AUDIT: []}
     for p in applicable:
         by_action[p.action].append(p)

@@ -47,7 +47,9 @@ class Decision:
     an ALLOW rule matched, or ALLOW policies select the workload and none matched), None when no policy
     decided (allowed by default). ``policy`` (``ns/name``) and ``rule_index`` name the matching rule,
     None when no rule matched. ``audit`` lists the AUDIT rules (``ns/name[i]``) that matched; they never
-    change the verdict.
+    change the verdict. ``dry_run`` says what the dry-run policies selecting the workload (annotation
+    ``istio.io/dry-run`` or ``mesh.io/dry-run: "true"``) would have decided on their own (Envoy counts the same in
+    its shadow-rule stats); None when none selects it. They never change the verdict either.
     """
 
     allowed: bool
@@ -56,6 +58,7 @@ class Decision:
     rule_index: int | None
     reason: str
     audit: tuple[str, ...] = ()
+    dry_run: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

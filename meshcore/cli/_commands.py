@@ -18,6 +18,8 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("trust-bundle", "security", "Trust bundles: export this domain's, import other domains'."),
     ("operator", "security", "Operator identities: client certificates from the mesh CA."),
     ("traffic", "traffic", "Split, route and switch traffic between versions."),
+    ("analyze", "analyze", "Find problems across resources and the catalog (hosts, subsets, selectors, shadowed "
+                           "routes, policies that never match)."),
     ("canary", "canary", "Progressive delivery with automatic rollback."),
     ("consul", "consul", "Consul config entries: import them as meshcore resources, check what meshcore does not honour."),
     ("store", "store", "The resource store's health; restore what Consul KV lost (`store restore`)."),

@@ -62,4 +62,8 @@ def validate_locally(paths: list[str]):
     """Every resource in ``paths``, validated offline (ValidationError with file and field paths)."""
     from ..resources.loader import load_files
 
-    return load_files(paths)
+    notes: list = []
+    resources = load_files(paths, notes)
+    for note in notes:  # accepted but ignored or moved (inert Kubernetes metadata, istio-system): say so
+        print(f"note: {note}", file=sys.stderr)
+    return resources

@@ -38,6 +38,9 @@ def _client(args) -> Client:
 
 def cmd_validate(args) -> int:
     resources = _validate_locally(args.filename)
+    from .analyze import cross_check  # the cross-resource checks apply runs
+
+    cross_check(resources)
     data = [{"resource": str(r.key), "valid": True} for r in resources]
     _out(data, args.output, lambda d: [print(f"{x['resource']} valid") for x in d])
     return 0

@@ -207,7 +207,8 @@ def _virtual_service_hosts(spec: dict) -> set[str]:
         for rule in spec.get(proto) or ():
             if not isinstance(rule, dict):
                 continue
-            for d in list(rule.get("route") or ()) + ([{"destination": rule["mirror"]}] if rule.get("mirror") else []):
+            for d in (list(rule.get("route") or ()) + list(rule.get("mirrors") or ())
+                      + ([{"destination": rule["mirror"]}] if rule.get("mirror") else [])):
                 dest = (d or {}).get("destination") or {}
                 if isinstance(dest.get("host"), str):
                     hosts.add(dest["host"])

@@ -74,6 +74,7 @@ def parse_document(key: str, value: bytes | str | None) -> Resource:
             namespace=meta.get("namespace") or "default",
             spec=doc.get("spec"),
             labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+            annotations=tuple(sorted((str(k), str(v)) for k, v in (meta.get("annotations") or {}).items())),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreError(f"Consul KV key {key!r} does not hold a meshcore resource document ({exc!r}); "

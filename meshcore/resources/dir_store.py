@@ -282,6 +282,7 @@ class DirectoryStore:
                 namespace=meta["namespace"],
                 spec=doc.get("spec"),
                 labels=tuple(sorted((meta.get("labels") or {}).items())),
+                annotations=tuple(sorted((meta.get("annotations") or {}).items())),
             )
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"resource file {f} is corrupt ({type(exc).__name__}: {exc}); fix or delete it") from exc

@@ -7,8 +7,11 @@ a caller that applies the result applies all or nothing.
 
 Checked per document: ``apiVersion`` (must match the kind), ``kind`` (must be registered),
 ``metadata.name`` (DNS-1123 label), ``metadata.namespace`` (DNS-1123 label, default ``default``),
-``metadata.labels`` (string map), ``spec`` (the kind's schema); unknown fields anywhere are errors
-with a spelling suggestion. Across the whole call: a (kind, namespace, name) given twice.
+``metadata.labels`` (string map), ``metadata.annotations`` (string map; meshcore keeps only those it acts on,
+:data:`KNOWN_ANNOTATIONS`), ``spec`` (the kind's schema); unknown fields anywhere are errors with a spelling
+suggestion. Inert Kubernetes metadata (:data:`INERT_METADATA`) and a top-level ``status`` are accepted and ignored,
+and Istio's root namespace ``istio-system`` is stored as meshcore's: each with a note (``notes=``). Across the whole
+call: a (kind, namespace, name) given twice.
 """
 
 from __future__ import annotations
@@ -27,25 +30,78 @@ from ..api._wire import deeper_than
 from ._yaml import MAX_DEPTH, describe_yaml_error, iter_documents
 from .model import Resource
 from .registry import KINDS
-from .schema import INVALID, Context, DNSLabel, LabelKey, Obj, Path, Required, Str, StringMap, suggest, type_name
+from ..policies.authorization_policy.schema import DRY_RUN_ANNOTATIONS
+from .kinds._fields import ROOT_NAMESPACE
+from .schema import INVALID, Context, DNSLabel, LabelKey, Obj, Opaque, Path, Required, Str, StringMap, suggest, type_name
 
 RESOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec")
+_INERT_TOP_FIELDS = ("status",)
+"""Written by a Kubernetes API server in an exported object (``kubectl get -o yaml``): accepted, ignored, noted."""
+
+INERT_METADATA = ("creationTimestamp", "uid", "resourceVersion", "generation", "managedFields", "selfLink",
+                  "ownerReferences", "finalizers", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds")
+"""Kubernetes object metadata with no meaning outside an API server: accepted so exported files load, ignored."""
+
+ISTIO_ROOT_NAMESPACE = "istio-system"
+"""Istio's root namespace; meshcore's is ``meshcore-system``. A resource in ``istio-system`` is stored in
+meshcore's root namespace (with a note), so a ported mesh-wide policy stays mesh-wide (a mesh-wide deny-all denies)."""
+
+KNOWN_ANNOTATIONS = DRY_RUN_ANNOTATIONS
+"""The annotations meshcore acts on: an AuthorizationPolicy's dry-run (evaluated and counted, not enforced)."""
 
 METADATA = Obj(
     {
         "name": Required(DNSLabel()),
         "namespace": DNSLabel(),
         "labels": StringMap(key=LabelKey(), value=Str(max_len=63)),
+        "annotations": StringMap(key=LabelKey()),
+        **{f: Opaque() for f in INERT_METADATA},
     }
 )
 
 
-def validate_document(doc: Any, source: str, document: int | None) -> tuple[Resource | None, list[FieldError]]:
-    """Validate one parsed document; return the resource (None when invalid) and every problem found."""
+def _dry_run_problem(value: str) -> str | None:
+    if value not in ("true", "false"):
+        return f'must be "true" or "false", got {json.dumps(value)}'
+    return None
+
+
+def _metadata_notes(doc: Mapping, meta: dict, kind: str, add_note) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The namespace to store under and the annotations to keep; ``add_note(path, text)`` for what is dropped."""
+    namespace = meta.get("namespace") or DEFAULT_NAMESPACE
+    if namespace == ISTIO_ROOT_NAMESPACE:
+        namespace = ROOT_NAMESPACE
+        add_note("metadata.namespace", f"{ISTIO_ROOT_NAMESPACE!r} is Istio's root namespace: stored in meshcore's, "
+                                       f"{ROOT_NAMESPACE!r} (a policy without a selector there applies mesh-wide)")
+    for key in _INERT_TOP_FIELDS:
+        if key in doc:
+            add_note(key, "ignored: written by a Kubernetes API server, no meaning to meshcore")
+    for key in INERT_METADATA:
+        if key in meta:
+            add_note(f"metadata.{key}", "ignored: Kubernetes object metadata, no meaning to meshcore")
+    kept: list[tuple[str, str]] = []
+    for key, value in sorted((meta.get("annotations") or {}).items()):
+        if key in DRY_RUN_ANNOTATIONS and kind == "AuthorizationPolicy":
+            kept.append((key, value))
+        elif key in DRY_RUN_ANNOTATIONS:
+            add_note(f'metadata.annotations["{key}"]', f"ignored: dry-run applies to AuthorizationPolicy only, not {kind}")
+        else:
+            add_note(f'metadata.annotations["{key}"]', "ignored: meshcore acts only on the annotations "
+                                                        + ", ".join(KNOWN_ANNOTATIONS))
+    return namespace, tuple(kept)
+
+
+def validate_document(doc: Any, source: str, document: int | None,
+                      notes: list[FieldError] | None = None) -> tuple[Resource | None, list[FieldError]]:
+    """Validate one parsed document; return the resource (None when invalid) and every problem found.
+
+    ``notes`` (when given) receives what was accepted but changed or dropped: inert Kubernetes metadata and
+    ``status``, annotations meshcore does not act on, Istio's root namespace stored as meshcore's.
+    """
     ctx = Context()
     root = Path()
     if not isinstance(doc, Mapping):
@@ -53,7 +109,7 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
         return None, ctx.issues.to_field_errors(source, document)
 
     for key in doc:
-        if key not in _TOP_FIELDS:
+        if key not in _TOP_FIELDS and key not in _INERT_TOP_FIELDS:
             msg = f"unknown field {json.dumps(str(key))}"
             hint = suggest(str(key), _TOP_FIELDS)
             msg += f"; did you mean {json.dumps(hint)}?" if hint else "; known fields: " + ", ".join(_TOP_FIELDS)
@@ -92,6 +148,12 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
         ctx.add(root.field("metadata"), "required field is missing (at least metadata.name)")
     else:
         meta = METADATA.check(metadata, root.field("metadata"), ctx)
+        if meta is not INVALID:
+            for key in DRY_RUN_ANNOTATIONS:
+                value = (meta.get("annotations") or {}).get(key)
+                problem = None if value is None else _dry_run_problem(value)
+                if problem:
+                    ctx.add(root.field("metadata").field("annotations").key(key), problem)
 
     spec = INVALID
     if spec_def is not None:
@@ -102,13 +164,20 @@ def validate_document(doc: Any, source: str, document: int | None) -> tuple[Reso
 
     if ctx.issues or spec_def is None or meta is INVALID or spec is INVALID:
         return None, ctx.issues.to_field_errors(source, document)
+
+    def add_note(path: str, text: str) -> None:
+        if notes is not None:
+            notes.append(FieldError(source, document, path, text))
+
+    namespace, annotations = _metadata_notes(doc, meta, spec_def.kind, add_note)
     resource = Resource(
         api_version=spec_def.api_version,
         kind=spec_def.kind,
         name=meta["name"],
-        namespace=meta.get("namespace") or DEFAULT_NAMESPACE,
+        namespace=namespace,
         spec=spec,
         labels=tuple(sorted((meta.get("labels") or {}).items())),
+        annotations=annotations,
     )
     _ = resource.typed  # parse, don't validate: the typed spec comes out of validation, once
     return resource, []
@@ -174,13 +243,14 @@ def _check_duplicates(loaded: list[tuple[str, int | None, Resource]]) -> list[Fi
     return errors
 
 
-def _load_texts(texts: Sequence[tuple[str, str]], errors: list[FieldError]) -> list[Resource]:
+def _load_texts(texts: Sequence[tuple[str, str]], errors: list[FieldError],
+                notes: list[FieldError] | None = None) -> list[Resource]:
     loaded: list[tuple[str, int | None, Resource]] = []
     for source, text in texts:
         docs, syntax = _parse(text, source)
         errors.extend(syntax)
         for index, data in docs:
-            res, problems = validate_document(data, source, index)
+            res, problems = validate_document(data, source, index, notes)
             errors.extend(problems)
             if res is not None:
                 loaded.append((source, index, res))
@@ -188,10 +258,12 @@ def _load_texts(texts: Sequence[tuple[str, str]], errors: list[FieldError]) -> l
     return [r for _, _, r in loaded]
 
 
-def load_documents(text: str, source: str) -> list[Resource]:
-    """Parse and validate every document of ``text``; raise one ValidationError listing every problem."""
+def load_documents(text: str, source: str, notes: list[FieldError] | None = None) -> list[Resource]:
+    """Parse and validate every document of ``text``; raise one ValidationError listing every problem.
+
+    ``notes`` receives what was accepted but ignored (see :func:`validate_document`)."""
     errors: list[FieldError] = []
-    resources = _load_texts([(source, text)], errors)
+    resources = _load_texts([(source, text)], errors, notes)
     if errors:
         raise ValidationError(errors, summary=f"invalid resources in {source}")
     return resources
@@ -221,7 +293,7 @@ def expand_paths(paths: Sequence[str | FsPath]) -> tuple[list[tuple[str, FsPath 
     return out, errors
 
 
-def load_files(paths: Sequence[str | FsPath]) -> list[Resource]:
+def load_files(paths: Sequence[str | FsPath], notes: list[FieldError] | None = None) -> list[Resource]:
     """Load every resource from files, directories (``*.yaml|*.yml|*.json``, sorted) and ``-`` (stdin).
 
     All problems of all files are raised together as one ValidationError; duplicates are
@@ -234,7 +306,7 @@ def load_files(paths: Sequence[str | FsPath]) -> list[Resource]:
             texts.append((source, sys.stdin.read() if path is None else path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(FieldError(source, None, "", f"cannot read: {exc}"))
-    resources = _load_texts(texts, errors)
+    resources = _load_texts(texts, errors, notes)
     if errors:
         raise ValidationError(errors, summary="invalid resources")
     return resources
@@ -254,4 +326,4 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
 
 
-__all__ = ["validate_set", "load_documents", "load_files", "validate_document", "expand_paths", "RESOURCE_SUFFIXES"]
+__all__ = ["DRY_RUN_ANNOTATIONS", "INERT_METADATA", "ISTIO_ROOT_NAMESPACE", "KNOWN_ANNOTATIONS", "validate_set", "load_documents", "load_files", "validate_document", "expand_paths", "RESOURCE_SUFFIXES"]

@@ -36,6 +36,9 @@ class Resource:
     namespace: str
     spec: Any
     labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    """Only the annotations meshcore acts on (:data:`meshcore.resources.loader.KNOWN_ANNOTATIONS`); the loader
+    drops the others with a note."""
     _typed: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -62,7 +65,12 @@ class Resource:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if self.labels:
             meta["labels"] = dict(self.labels)
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": self.spec}
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))

@@ -179,13 +179,26 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+_NEGATED = re.compile(r"(not|Not|NOT)(?=[A-Z_])")
+
+
+def _negated(word: str) -> bool:
+    """``notPrincipals``, ``not_ports``, ``notValues``: a field that means the opposite of its stem."""
+    return bool(_NEGATED.match(word))
+
+
 def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest known spelling of ``word`` (difflib), or None when nothing is close."""
+    """The closest known spelling of ``word`` (difflib), or None when nothing is close.
+
+    Never a field of opposite meaning: ``requestPrincipals`` is not a misspelling of ``notPrincipals`` (nor
+    ``remoteIpBlocks`` of ``notIpBlocks``), so a negated choice is only offered for a negated word and back.
+    """
     choices = list(choices)
     lowered = {c.lower(): c for c in choices}
     if word.lower() in lowered:
         return lowered[word.lower()]
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
+    same_sense = [c for c in choices if _negated(c) == _negated(word)]
+    close = difflib.get_close_matches(word, same_sense, n=1, cutoff=0.7)
     return close[0] if close else None
 
 
@@ -491,7 +504,9 @@ class Obj(Schema):
     * ``null`` counts as absent (as in Kubernetes), so ``spec:`` with nothing after it is fine;
     * ``loose_keys`` matches keys ignoring case and underscores (Consul accepts ``Name``,
       ``DestinationName`` and ``destination_name`` alike); the output uses the declared names;
-    * ``rules`` are cross-field checks ``rule(cleaned: dict, path, ctx)`` run after the fields.
+    * ``rules`` are cross-field checks ``rule(cleaned: dict, path, ctx)`` run after the fields;
+    * ``refused`` names fields Istio has and meshcore refuses, each with the reason and what to use instead
+      (the error says so rather than "unknown field").
     """
 
     expected = "a mapping"
@@ -503,6 +518,7 @@ class Obj(Schema):
         rules: Sequence[Callable[[dict, Path, Context], None]] = (),
         allow_unknown: bool = False,
         loose_keys: bool = False,
+        refused: Mapping[str, str] | None = None,
     ):
         self.fields: dict[str, Field] = {
             name: f if isinstance(f, Field) else Field(f) for name, f in fields.items()
@@ -510,6 +526,7 @@ class Obj(Schema):
         self.rules = tuple(rules)
         self.allow_unknown = allow_unknown
         self.loose_keys = loose_keys
+        self.refused: dict[str, str] = dict(refused or {})
         self._loose_index = {_loose(n): n for n in self.fields}
 
     def _resolve(self, key: str) -> str | None:
@@ -534,6 +551,10 @@ class Obj(Schema):
                 ok = False
                 continue
             name = self._resolve(key)
+            if name is None and key in self.refused:
+                ctx.add(path.field(key), f"{json.dumps(key)} is not supported: {self.refused[key]}")
+                ok = False
+                continue
             if name is None:
                 if not self.allow_unknown:
                     msg = f"unknown field {json.dumps(key)}"

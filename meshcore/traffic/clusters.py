@@ -55,7 +55,11 @@ class ClusterSet:
 
     def policy(self, host: str, subset: str | None) -> TrafficPolicy:
         rule = self.rule(host)
-        return rule.effective_policy(subset) if rule is not None else TrafficPolicy()
+        return rule.effective_policy(subset, self.port(host)) if rule is not None else TrafficPolicy()
+
+    def port(self, host: str) -> int | None:
+        """The port a DestinationRule's ``portLevelSettings`` name for ``host`` (its instances' shared port)."""
+        return dr.service_port(self.snapshot.catalog, host)
 
     def existing(self, name: str) -> cluster_pb2.Cluster | None:
         return self._clusters.get(name)
@@ -74,7 +78,7 @@ class ClusterSet:
 
                 raise MissingSubset(subset_problem(self.snapshot.resources_of(dr.KIND_NAME), host, subset))
             labels = dict(found.labels)
-        policy = rule.effective_policy(subset) if rule is not None else TrafficPolicy()
+        policy = rule.effective_policy(subset, self.port(host)) if rule is not None else TrafficPolicy()
         name = (naming.subset_cluster(host, source.service, subset) if subset is not None
                 else naming.upstream_cluster(host, source.service))
         if name in self._clusters:

@@ -234,7 +234,7 @@ spec:
     route: [{destination: {host: flaky}}]
   - route: [{destination: {host: flaky}}]
 """
-VS_MARKER = re.escape("default/flaky-resilience/http[0]")
+VS_MARKER = re.escape("default/flaky-resilience/http[4]")  # the unnamed rule: named rules carry their http[].name
 
 
 @pytest.fixture(scope="module")

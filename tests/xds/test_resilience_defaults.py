@@ -98,10 +98,10 @@ spec:
 
 def test_virtual_service_retries_override_the_default_and_attempts_0_turns_them_off():
     routes = {r.name: r for _, r in _routes(_built("vm1", VS), "outbound:reviews")}
-    tuned = routes["default/reviews/http[0]"].route.retry_policy
+    tuned = routes["tuned"].route.retry_policy  # Istio names a route after its http[].name
     assert tuned.num_retries.value == 4 and tuned.retry_on == "5xx,reset" and tuned.per_try_timeout.seconds == 1
     assert [p.name for p in tuned.retry_host_predicate] == [PREVIOUS_HOSTS]  # to another host, as Istio's
-    assert not routes["default/reviews/http[1]"].route.HasField("retry_policy")
+    assert not routes["none"].route.HasField("retry_policy")
     _assert_istio_default("http[2]", routes["default/reviews/http[2]"].route.retry_policy)
 
 

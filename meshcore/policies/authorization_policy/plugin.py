@@ -27,6 +27,12 @@ Envoy drains them.
 Each Envoy RBAC policy is one rule, named ``<ns>/<name>[<index>]``; a 403 carries it in the response code
 details (``rbac_access_denied_matched_policy[default/deny-post[0]]``).
 
+Dry run (annotation ``istio.io/dry-run`` or ``mesh.io/dry-run: "true"``): the policy's rules go to its stage's
+``shadow_rules`` (HTTP: beside the enforced ``rules``; a stage with only dry-run policies has no ``rules`` at all, so
+nothing is enforced; counted per dry-run rule as ``http.<listener>.rbac.policy.<ns>/<name>[i].shadow_{allowed,denied}``
+and in sum as ``http.<listener>.rbac.shadow_{allowed,denied}``; TCP: one more network filter, prefix
+``tcp.<listener>.authz.deny.dry_run.``, with shadow rules only). Evaluated and counted, never enforced.
+
 Rules are read by :func:`meshcore.authz.policy_rules`, the same reading :func:`meshcore.authz.decide`
 evaluates, including Istio's TCP rule (ALLOW rules using HTTP-only fields are dropped, DENY and AUDIT
 rules lose those fields). ``ports`` and ``destination.port`` name the workload's own port; each
@@ -36,6 +42,7 @@ inbound listener serves one workload port, so they are resolved here, per listen
 from __future__ import annotations
 
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -66,23 +73,44 @@ def check_http_listener(listener: c.ListenerDraft) -> list[str]:
             for chain, hcm in listener.http_managers() if not pf.has_policy_filters(hcm)]
 
 
+def _per_route(stage: pf.HttpRbacStage, s: RbacStage) -> http_rbac_pb2.RBACPerRoute:
+    """``rules`` enforced (absent when only dry-run policies select the workload: nothing enforced), ``shadow_rules``
+    evaluated and counted only (dry-run policies)."""
+    if s.shadow is None and s.rules is not None:
+        return pf.rbac_per_route(stage, s.rules)
+    rbac = http_rbac_pb2.RBAC(rules_stat_prefix=stage.stat_prefix, track_per_rule_stats=True)
+    if s.rules is not None:
+        rbac.rules.CopyFrom(s.rules)
+    if s.shadow is not None:
+        # Envoy 1.40 takes the shadow stat prefix from the listener's filter, not from per-route config: the counters
+        # are http.<listener>.rbac.shadow_{allowed,denied} and, per dry-run rule, rbac.policy.<ns>/<name>[i].shadow_*.
+        rbac.shadow_rules.CopyFrom(s.shadow)
+    return http_rbac_pb2.RBACPerRoute(rbac=rbac)
+
+
 def secure_route(route: route_pb2.RouteConfiguration, stages: list[RbacStage]) -> None:
     """Put ``stages`` into an inbound route configuration as per-filter config of its virtual hosts."""
     for s in stages:
         stage = pf.STAGE_BY_LABEL.get(s.label)
         if stage is None:
             raise ValueError(f"route {route.name!r}: RBAC stage {s.label!r} has no HTTP filter (TCP only)")
-        pf.set_policy_config(route, stage.filter_name, pf.rbac_per_route(stage, s.rules))
+        pf.set_policy_config(route, stage.filter_name, _per_route(stage, s))
 
 
 # --- TCP: network RBAC filters in the listener ----------------------------------------------------
 
 
+def _network_rbac(s: RbacStage, stat_prefix: str) -> network_rbac_pb2.RBAC:
+    out = network_rbac_pb2.RBAC(stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}.")
+    if s.rules is not None:
+        out.rules.CopyFrom(s.rules)
+    if s.shadow is not None:
+        out.shadow_rules.CopyFrom(s.shadow)  # a filter of its own (``deny.dry_run``): its stat prefix says so
+    return out
+
+
 def _insert_tcp(chain: c.ChainDraft, at: int, stages: list[RbacStage], stat_prefix: str) -> None:
-    chain.filters[at:at] = [
-        c.NetworkFilter(NETWORK_RBAC, network_rbac_pb2.RBAC(rules=s.rules, stat_prefix=f"tcp.{stat_prefix}.authz.{s.label}."))
-        for s in stages
-    ]
+    chain.filters[at:at] = [c.NetworkFilter(NETWORK_RBAC, _network_rbac(s, stat_prefix)) for s in stages]
 
 
 def secure_chain(chain: c.ChainDraft, stages: list[RbacStage], listener_name: str) -> None:

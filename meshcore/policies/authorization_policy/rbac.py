@@ -29,6 +29,7 @@ from ...authz.rules import PolicyRules, policy_rules
 from ...catalog.model import ServiceInstance
 from ...naming import DEFAULT_TRUST_DOMAIN
 from ...resources.model import Resource
+from .schema import is_dry_run
 from .spec import (
     ALLOW,
     AUDIT,
@@ -59,7 +60,8 @@ class RbacStage:
     """One RBAC stage: ``label`` names it in stats (``audit``, ``deny``, ``allow``; TCP: ``deny.<ns>.<name>``)."""
 
     label: str
-    rules: rbac_pb2.RBAC
+    rules: rbac_pb2.RBAC | None  # None: nothing enforced here (only dry-run policies of this stage)
+    shadow: rbac_pb2.RBAC | None = None  # the dry-run policies: evaluated and counted, never enforced
 
 
 # --- conditions -> Envoy matchers -----------------------------------------------------------------
@@ -215,25 +217,42 @@ def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance,
 
     Labels: ``audit``, ``deny`` (HTTP: every DENY policy in one stage) or ``deny.<ns>.<name>`` (TCP: one
     filter per DENY policy, the only way to count TCP denials per policy), and ``allow``."""
-    compiled = [policy_rules(p, instance.protocol) for p in selected]
-    compiled.sort(key=lambda p: (p.namespace, p.name))
+    enforced = sorted((policy_rules(p, instance.protocol) for p in selected if not is_dry_run(p)),
+                      key=lambda p: (p.namespace, p.name))
+    dry = sorted((policy_rules(p, instance.protocol) for p in selected if is_dry_run(p)),
+                 key=lambda p: (p.namespace, p.name))
+
+    def of(policies: list[PolicyRules], action: str) -> list[PolicyRules]:
+        return [p for p in policies if p.action == action]
+
+    def shadow(action: str) -> rbac_pb2.RBAC | None:
+        """Dry-run policies of ``action``, as Envoy's shadow rules (a DENY set without rules would count nothing)."""
+        policies = of(dry, action)
+        if not policies:
+            return None
+        rules = _rbac(action, policies, instance, trust_domain)
+        return rules if rules.policies or action == ALLOW else None
+
     stages: list[RbacStage] = []
-    audits = [p for p in compiled if p.action == AUDIT]
-    if audits:
-        stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance, trust_domain)))
-    denies = [p for p in compiled if p.action == DENY]
+    audits, dry_audit = of(enforced, AUDIT), shadow(AUDIT)
+    if audits or dry_audit:
+        stages.append(RbacStage("audit", _rbac(AUDIT, audits, instance, trust_domain) if audits else None, dry_audit))
+    denies, dry_deny = of(enforced, DENY), shadow(DENY)
     if instance.protocol == "tcp":
         for p in denies:
             rules = _rbac(DENY, [p], instance, trust_domain)
             if rules.policies:  # a DENY filter without policies allows everything: leave it out
                 stages.append(RbacStage(f"deny.{p.namespace}.{p.name}", rules))
-    elif denies:
-        rules = _rbac(DENY, denies, instance, trust_domain)
-        if rules.policies:
-            stages.append(RbacStage("deny", rules))
-    allows = [p for p in compiled if p.action == ALLOW]
-    if allows:
-        stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance, trust_domain)))
+        if dry_deny is not None:
+            stages.append(RbacStage("deny.dry_run", None, dry_deny))
+    else:
+        rules = _rbac(DENY, denies, instance, trust_domain) if denies else None
+        rules = rules if rules is not None and rules.policies else None
+        if rules is not None or dry_deny is not None:
+            stages.append(RbacStage("deny", rules, dry_deny))
+    allows, dry_allow = of(enforced, ALLOW), shadow(ALLOW)
+    if allows or dry_allow:
+        stages.append(RbacStage("allow", _rbac(ALLOW, allows, instance, trust_domain) if allows else None, dry_allow))
     return stages
 
 

@@ -53,7 +53,7 @@ from meshcore.resources.schema import (
     suggest,
 )
 
-from meshcore.resources.kinds._fields import ROOT_NAMESPACE, in_scope
+from meshcore.resources.kinds._fields import ROOT_NAMESPACE, TARGET_REF, in_scope
 
 from .spec import (
     ACTIONS,
@@ -227,6 +227,14 @@ SOURCE = Obj(
         "notIpBlocks": IP_BLOCKS,
     },
     rules=[_needs_one_of(SOURCE_FIELDS, "a source")],
+    refused={
+        **{f: ("request principals come from validated JWTs (RequestAuthentication), which meshcore does not have "
+               "yet; authorize the calling workload by its mTLS identity with principals")
+           for f in ("requestPrincipals", "notRequestPrincipals")},
+        **{f: ("the original client address from X-Forwarded-For is not trusted on meshcore's inbound listeners; "
+               "use ipBlocks (the peer's address)")
+           for f in ("remoteIpBlocks", "notRemoteIpBlocks")},
+    },
 )
 
 OPERATION = Obj(
@@ -333,7 +341,10 @@ SPEC = Obj(
         "selector": LabelSelector(),
         "action": _Action(*ACTIONS),
         "rules": ListOf(RULE),
-    }
+    },
+    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF,
+             "provider": ("the external authorizer of a CUSTOM policy; CUSTOM (Envoy ext_authz) is not available in "
+                          "meshcore yet: use ALLOW, DENY or AUDIT")},
 )
 
 KIND = KindSpec.from_schema(
@@ -358,6 +369,15 @@ def selects(policy: Resource, labels: Mapping[str, str], namespace: str) -> bool
     return policy.kind == KIND_NAME and in_scope(spec_of(policy).match_labels, policy.namespace, labels, namespace)
 
 
+DRY_RUN_ANNOTATIONS = ("mesh.io/dry-run", "istio.io/dry-run")
+"""``"true"`` on either (meshcore's namespace or Istio's): the policy is evaluated and counted, never enforced."""
+
+
+def is_dry_run(policy: Resource) -> bool:
+    """Whether ``policy`` carries a dry-run annotation set to ``"true"`` (Envoy RBAC ``shadow_rules``)."""
+    return any(policy.annotation(key) == "true" for key in DRY_RUN_ANNOTATIONS)
+
+
 def policies_for(resources: Iterable[Resource], labels: Mapping[str, str], namespace: str) -> list[Resource]:
     """The AuthorizationPolicies that apply to a workload, ordered by (namespace, name).
 
@@ -369,6 +389,8 @@ def policies_for(resources: Iterable[Resource], labels: Mapping[str, str], names
 
 
 __all__ = [
+    "DRY_RUN_ANNOTATIONS",
+    "is_dry_run",
     "API_VERSION",
     "KIND",
     "KIND_NAME",

@@ -7,11 +7,12 @@ from google.protobuf import wrappers_pb2
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import hash_policy_pb2
 
 from ...xds.generate import vocab as c
 from . import schema as dr
-from .spec import TrafficPolicy
+from .spec import ConnectionPool, TrafficPolicy
 
 _SIMPLE = {
     dr.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
@@ -55,6 +56,7 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
                     getattr(thresholds, field).CopyFrom(_u32(value))
             del cluster.circuit_breakers.thresholds[:]
             cluster.circuit_breakers.thresholds.append(thresholds)
+        _connection_options(cluster, pool)
 
     od = policy.outlier_detection
     if od is not None:
@@ -74,6 +76,40 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
         if od.max_ejection_percent is not None:
             out.max_ejection_percent.CopyFrom(_u32(od.max_ejection_percent))
         cluster.outlier_detection.CopyFrom(out)
+
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _connection_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> None:
+    """``maxRequestsPerConnection``, ``http.idleTimeout``, ``tcp.maxConnectionDuration`` -> the cluster's
+    HttpProtocolOptions (``common_http_protocol_options``; mesh upstreams speak HTTP/1.1, kept explicit);
+    ``tcpKeepalive`` -> ``upstream_connection_options.tcp_keepalive``."""
+    common = {"max_requests_per_connection": pool.max_requests_per_connection, "idle_timeout": pool.idle_timeout,
+              "max_connection_duration": pool.max_connection_duration}
+    if any(v is not None for v in common.values()):
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        if HTTP_PROTOCOL_OPTIONS in cluster.typed_extension_protocol_options:
+            cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+        else:
+            options.explicit_http_config.http_protocol_options.SetInParent()
+        cho = options.common_http_protocol_options
+        if pool.max_requests_per_connection:  # 0: unlimited, Envoy's default
+            cho.max_requests_per_connection.CopyFrom(_u32(pool.max_requests_per_connection))
+        if pool.idle_timeout is not None:
+            cho.idle_timeout.CopyFrom(c.seconds(pool.idle_timeout))
+        if pool.max_connection_duration is not None:
+            cho.max_connection_duration.CopyFrom(c.seconds(pool.max_connection_duration))
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(c.pack(options))
+    if pool.keepalive:
+        ka = cluster.upstream_connection_options.tcp_keepalive
+        ka.SetInParent()
+        if pool.keepalive_probes is not None:
+            ka.keepalive_probes.CopyFrom(_u32(pool.keepalive_probes))
+        if pool.keepalive_time is not None:
+            ka.keepalive_time.CopyFrom(_u32(int(pool.keepalive_time)))
+        if pool.keepalive_interval is not None:
+            ka.keepalive_interval.CopyFrom(_u32(int(pool.keepalive_interval)))
 
 
 def route_hash_policies(policy: TrafficPolicy) -> list[rc.RouteAction.HashPolicy]:

@@ -65,7 +65,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         rule = clusters.rule(host)
         if rule is None:
             continue
-        policy = rule.effective_policy()
+        policy = rule.effective_policy(None, clusters.port(host))
         own = clusters.existing(naming.upstream_cluster(host, src.service))
         if own is not None:
             apply_policy(own, policy)

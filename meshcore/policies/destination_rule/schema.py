@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import (
+    EXPORT_TO,
     UINT32_MAX,
     Dur,
     HeaderName,
@@ -58,7 +59,6 @@ from meshcore.resources.schema import (
     Obj,
     Path,
     Required,
-    Schema,
     Str,
     StringMap,
 )
@@ -108,17 +108,6 @@ DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+",
                  pattern_hint="must be a Consul datacenter name (lowercase letters, digits, '-' and '_')")
 
 
-class _NotSupported(Schema):
-    """An Istio field meshcore does not implement: refused with what to use instead (never silently ignored)."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        ctx.add(path, self.message)
-        return INVALID
-
-
 def _failover_pair(cleaned: dict, path: Path, ctx: Context) -> None:
     if cleaned["from"] == cleaned["to"]:
         ctx.add(path.field("to"), f"fails over from {json.dumps(cleaned['from'])} to itself; "
@@ -131,10 +120,11 @@ LOCALITY_LB_SETTING = Obj(
         # Ordered: several entries with one ``from`` are tried in their order; a repeated pair is an error.
         "failover": ListOf(Obj({"from": Required(DATACENTER), "to": Required(DATACENTER)}, rules=[_failover_pair]),
                            unique=True),
-        "distribute": _NotSupported("distribute (weighted traffic across localities) is not supported; use failover "
-                                    "for ordered datacenters, or a VirtualService weight split across subsets"),
-        "failoverPriority": _NotSupported("failoverPriority is not supported; use failover "
-                                          "(from/to datacenters) and the node meta \"zone\""),
+    },
+    refused={
+        "distribute": ("weighted traffic across localities is not implemented; use failover for ordered datacenters, "
+                       "or a VirtualService weight split across subsets"),
+        "failoverPriority": "use failover (from/to datacenters) and the node meta \"zone\"",
     },
 )
 
@@ -143,19 +133,29 @@ LOAD_BALANCER = Obj(
     rules=[_not_both_lb],
 )
 
+TCP_POOL_FIELDS = ("maxConnections", "connectTimeout", "maxConnectionDuration", "tcpKeepalive")
+HTTP_POOL_FIELDS = ("http1MaxPendingRequests", "http2MaxRequests", "maxRetries", "maxRequestsPerConnection",
+                    "idleTimeout")
+
+TCP_KEEPALIVE = Obj({"probes": Int(1, UINT32_MAX), "time": Dur(min_s=1), "interval": Dur(min_s=1)})
+"""Istio's ``tcpKeepalive`` -> the cluster's ``upstream_connection_options.tcp_keepalive`` (seconds, as the kernel)."""
+
 CONNECTION_POOL = Obj(
     {
         "tcp": Obj(
-            {"maxConnections": Int(1, UINT32_MAX), "connectTimeout": Dur(min_s=0.001)},
-            rules=[at_least_one(("maxConnections", "connectTimeout"), "connectionPool.tcp")],
+            {"maxConnections": Int(1, UINT32_MAX), "connectTimeout": Dur(min_s=0.001),
+             "maxConnectionDuration": Dur(min_s=0.001), "tcpKeepalive": TCP_KEEPALIVE},
+            rules=[at_least_one(TCP_POOL_FIELDS, "connectionPool.tcp")],
         ),
         "http": Obj(
             {
                 "http1MaxPendingRequests": Int(1, UINT32_MAX),
                 "http2MaxRequests": Int(1, UINT32_MAX),
                 "maxRetries": Int(0, UINT32_MAX),
+                "maxRequestsPerConnection": Int(0, UINT32_MAX),
+                "idleTimeout": Dur(min_s=0.001),
             },
-            rules=[at_least_one(("http1MaxPendingRequests", "http2MaxRequests", "maxRetries"), "connectionPool.http")],
+            rules=[at_least_one(HTTP_POOL_FIELDS, "connectionPool.http")],
         ),
     },
     rules=[at_least_one(("tcp", "http"), "connectionPool")],
@@ -176,8 +176,67 @@ OUTLIER_DETECTION = Obj(
 
 POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection")
 
+_OUTSIDE_MESH = ("meshcore's upstreams are mesh services, always reached over the mesh's own mTLS "
+                 "(ISTIO_MUTUAL); TLS settings for a service outside the mesh need a ServiceEntry, which meshcore "
+                 "does not have yet")
+
+
+class _TlsMode(Enum):
+    """``ISTIO_MUTUAL`` is what meshcore does for every upstream anyway; the other modes are for services outside
+    the mesh (or turn the mesh's mTLS off towards a mesh service, which PeerAuthentication decides here)."""
+
+    def __init__(self) -> None:
+        super().__init__("ISTIO_MUTUAL")
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if value in ("DISABLE", "SIMPLE", "MUTUAL"):
+            ctx.add(path, f"{json.dumps(value)} is not supported: {_OUTSIDE_MESH}; write ISTIO_MUTUAL or leave tls out "
+                          "(to let a workload accept plaintext, use a PeerAuthentication with mode PERMISSIVE)")
+            return INVALID
+        return super().check(value, path, ctx)
+
+
+TLS = Obj(
+    {"mode": Required(_TlsMode())},
+    refused={f: _OUTSIDE_MESH for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName",
+                                        "subjectAltNames", "sni", "insecureSkipVerify", "caCrl")},
+)
+
+def _unique_ports(cleaned: dict, path: Path, ctx: Context) -> None:
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(cleaned.get("portLevelSettings") or ()):
+        n = entry["port"]["number"]
+        if n in seen:
+            ctx.add(path.field("portLevelSettings").index(i).field("port").field("number"),
+                    f"port {n} already has settings at portLevelSettings[{seen[n]}]; one entry per port")
+        seen.setdefault(n, i)
+
+
+_PORT_LOCALITY = ("locality failover is per host in meshcore (a host's endpoints are shared by all its ports); "
+                  "set localityLbSetting on the host's or the subset's trafficPolicy")
+
+PORT_LOAD_BALANCER = Obj(
+    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH},
+    rules=[_not_both_lb],
+    refused={"localityLbSetting": _PORT_LOCALITY},
+)
+
+PORT_TRAFFIC_POLICY = Obj(
+    {
+        "port": Required(Obj({"number": Required(Int(1, 65535))})),
+        "loadBalancer": PORT_LOAD_BALANCER,
+        "connectionPool": CONNECTION_POOL,
+        "outlierDetection": OUTLIER_DETECTION,
+        "tls": TLS,
+    }
+)
+"""``portLevelSettings[]``: the policy for one port of the host (the service's own port as registered in Consul);
+it overrides the level's fields for that port, as Istio's."""
+
 TRAFFIC_POLICY = Obj(
-    {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION}
+    {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION,
+     "tls": TLS, "portLevelSettings": ListOf(PORT_TRAFFIC_POLICY)},
+    rules=[_unique_ports],
 )
 
 SUBSET = Obj(
@@ -192,6 +251,7 @@ SUBSET = Obj(
 SPEC = Obj(
     {"host": Required(ServiceHost()), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET)},
     rules=[unique_names("subsets", "subset")],
+    refused={"exportTo": EXPORT_TO},
 )
 
 KIND = KindSpec.from_schema(
@@ -209,6 +269,13 @@ KIND = KindSpec.from_schema(
 
 def _ordered(resources: Iterable[Resource], kind: str) -> list[Resource]:
     return sorted((r for r in resources if r.kind == kind), key=lambda r: (r.namespace, r.name))
+
+
+def service_port(catalog: Any, host: str) -> int | None:
+    """The port ``portLevelSettings`` name for ``host``: its instances' own port as registered in Consul, when
+    they all share one (None otherwise: port-level settings then apply to no port)."""
+    ports = {inst.port for inst in catalog.instances_of(host)}
+    return ports.pop() if len(ports) == 1 else None
 
 
 def rule_for(resources: Iterable[Resource], host: str) -> Resource | None:
@@ -254,4 +321,5 @@ __all__ = [
     "subset_names",
     "selects",
     "validate_set",
+    "service_port",
 ]

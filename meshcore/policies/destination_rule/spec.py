@@ -50,6 +50,13 @@ class ConnectionPool:
     http1_max_pending_requests: int | None = None
     http2_max_requests: int | None = None
     max_retries: int | None = None
+    max_requests_per_connection: int | None = None  # 0: unlimited (Istio's default)
+    idle_timeout: float | None = None  # seconds, of an upstream HTTP connection without requests
+    max_connection_duration: float | None = None  # seconds
+    keepalive_probes: int | None = None
+    keepalive_time: float | None = None  # seconds
+    keepalive_interval: float | None = None  # seconds
+    keepalive: bool = False  # tcpKeepalive given (even empty: the kernel's defaults)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,22 @@ class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    port_level: tuple[tuple[int, "TrafficPolicy"], ...] = ()  # portLevelSettings by port number
+
+    def at_port(self, port: int | None) -> "TrafficPolicy":
+        """This level's policy for ``port``: its ``portLevelSettings`` entry overrides field by field (as Istio)."""
+        found = next((p for n, p in self.port_level if n == port), None) if port is not None else None
+        if found is None:
+            return replace(self, port_level=())
+        lb = self.load_balancer
+        if found.load_balancer is not None:  # the level's locality failover stays (not settable per port)
+            lb = replace(found.load_balancer, locality_lb_setting=lb.locality_lb_setting if lb is not None else None)
+        return TrafficPolicy(
+            load_balancer=lb,
+            connection_pool=found.connection_pool if found.connection_pool is not None else self.connection_pool,
+            outlier_detection=(found.outlier_detection if found.outlier_detection is not None
+                               else self.outlier_detection),
+        )
 
     def locality_failover(self) -> tuple[tuple[str, str], ...] | None:
         """Whether this policy turns on locality-aware failover, and its ``(from, to)`` datacenter pairs.
@@ -103,17 +126,18 @@ class DestinationRuleSpec:
     def subset_names(self) -> list[str]:
         return [s.name for s in self.subsets]
 
-    def effective_policy(self, subset: str | None = None) -> TrafficPolicy:
+    def effective_policy(self, subset: str | None = None, port: int | None = None) -> TrafficPolicy:
         """The traffic policy of the host (``subset`` None) or of one subset.
 
         As in Istio, a subset's ``trafficPolicy`` overrides the host's field by field: a subset that
         sets only ``loadBalancer`` keeps the host's ``connectionPool`` and ``outlierDetection``.
         Unlike Istio, a subset ``loadBalancer`` without ``localityLbSetting`` keeps the host's one
         (choosing a hash for one subset should not silently drop the host's datacenter failover).
+        ``port`` (the host's service port): each level's ``portLevelSettings`` for it first override that level.
         """
-        host = self.traffic_policy or TrafficPolicy()
+        host = (self.traffic_policy or TrafficPolicy()).at_port(port)
         found = self.subset(subset) if subset is not None else None
-        own = found.traffic_policy if found is not None else None
+        own = found.traffic_policy.at_port(port) if found is not None and found.traffic_policy is not None else None
         if own is None:
             return host
         host_locality = host.load_balancer.locality_lb_setting if host.load_balancer is not None else None
@@ -153,6 +177,11 @@ def _load_balancer(lb: Mapping[str, Any] | None) -> LoadBalancer | None:
     )
 
 
+def _port_policy(entry: Mapping[str, Any]) -> TrafficPolicy:
+    parsed = parse_policy({k: v for k, v in entry.items() if k != "port"})
+    return parsed if parsed is not None else TrafficPolicy()
+
+
 def parse_policy(policy: Mapping[str, Any] | None) -> TrafficPolicy | None:
     """A validated ``trafficPolicy`` mapping as a :class:`TrafficPolicy` (None when absent)."""
     if policy is None:
@@ -161,6 +190,7 @@ def parse_policy(policy: Mapping[str, Any] | None) -> TrafficPolicy | None:
     tcp = (pool or {}).get("tcp") or {}
     http = (pool or {}).get("http") or {}
     return TrafficPolicy(
+        port_level=tuple((p["port"]["number"], _port_policy(p)) for p in policy.get("portLevelSettings") or ()),
         load_balancer=_load_balancer(policy.get("loadBalancer")),
         connection_pool=None if pool is None else ConnectionPool(
             max_connections=tcp.get("maxConnections"),
@@ -168,6 +198,13 @@ def parse_policy(policy: Mapping[str, Any] | None) -> TrafficPolicy | None:
             http1_max_pending_requests=http.get("http1MaxPendingRequests"),
             http2_max_requests=http.get("http2MaxRequests"),
             max_retries=http.get("maxRetries"),
+            max_requests_per_connection=http.get("maxRequestsPerConnection"),
+            idle_timeout=_dur(http.get("idleTimeout")),
+            max_connection_duration=_dur(tcp.get("maxConnectionDuration")),
+            keepalive_probes=(tcp.get("tcpKeepalive") or {}).get("probes"),
+            keepalive_time=_dur((tcp.get("tcpKeepalive") or {}).get("time")),
+            keepalive_interval=_dur((tcp.get("tcpKeepalive") or {}).get("interval")),
+            keepalive="tcpKeepalive" in tcp,
         ),
         outlier_detection=None if od is None else OutlierDetection(
             consecutive_5xx_errors=od.get("consecutive5xxErrors"),

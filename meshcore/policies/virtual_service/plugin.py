@@ -82,7 +82,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
             route_config = routes.get(naming.outbound_route(host, up.local_bind_port))
             if route_config is None:
                 continue
-            compiled = http_routes(vs, cluster_for, hash_for, DEFAULT_ROUTE_TIMEOUT_S)
+            compiled = http_routes(vs, cluster_for, hash_for, DEFAULT_ROUTE_TIMEOUT_S, (src.labels, src.namespace))
             for vhost in route_config.virtual_hosts:
                 del vhost.routes[:]
                 vhost.routes.extend(compiled)

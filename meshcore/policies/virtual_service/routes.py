@@ -11,7 +11,7 @@ destination means is asked from a callback, so this module knows nothing about p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from google.protobuf import wrappers_pb2
 
@@ -20,6 +20,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
@@ -32,17 +33,22 @@ from .schema import DEFAULT_RETRY_ON, split_retry_on
 from .spec import (
     EXACT,
     PREFIX,
+    PRESENT,
+    DirectResponse,
     Fault,
     HeaderOperations,
     HttpRoute,
     Match,
+    Redirect,
     Retries,
+    Rewrite,
     RouteDestination,
     StringMatch,
     spec_of,
 )
 
 FAULT_FILTER = pf.FAULT
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 
 ClusterFor = Callable[[str, "str | None"], str]
 """``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
@@ -54,6 +60,18 @@ def fraction(percent: float) -> percent_pb2.FractionalPercent:
     """A percentage (0-100, fractions allowed) as Envoy's per-million fraction."""
     return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),
                                          denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def _header_matcher(name: str, match: StringMatch) -> rc.HeaderMatcher:
+    if match.kind == PRESENT:
+        return rc.HeaderMatcher(name=name, present_match=True)
+    return rc.HeaderMatcher(name=name, string_match=string_matcher(match))
+
+
+def _query_matcher(name: str, match: StringMatch) -> rc.QueryParameterMatcher:
+    if match.kind == PRESENT:
+        return rc.QueryParameterMatcher(name=name, present_match=True)
+    return rc.QueryParameterMatcher(name=name, string_match=string_matcher(match))
 
 
 def string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
@@ -78,10 +96,18 @@ def route_match(match: Match) -> rc.RouteMatch:
         out.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
     if match.method is not None:
         out.headers.append(rc.HeaderMatcher(name=":method", string_match=string_matcher(match.method)))
+    if match.authority is not None:
+        out.headers.append(rc.HeaderMatcher(name=":authority", string_match=string_matcher(match.authority)))
+    if match.scheme is not None:
+        out.headers.append(rc.HeaderMatcher(name=":scheme", string_match=string_matcher(match.scheme)))
     for name, m in match.headers:
-        out.headers.append(rc.HeaderMatcher(name=name, string_match=string_matcher(m)))
+        out.headers.append(_header_matcher(name, m))
+    for name, m in match.without_headers:  # Istio's withoutHeaders: the header must not match (absent for {})
+        inverted = _header_matcher(name, m)
+        inverted.invert_match = True
+        out.headers.append(inverted)
     for name, m in match.query_params:
-        out.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=string_matcher(m)))
+        out.query_parameters.append(_query_matcher(name, m))
     return out
 
 
@@ -110,7 +136,12 @@ def retry_policy(retries: Retries) -> rc.RetryPolicy | None:
         out.retry_back_off.base_interval.CopyFrom(c.seconds(retries.backoff_base_interval))
         if retries.backoff_max_interval is not None:
             out.retry_back_off.max_interval.CopyFrom(c.seconds(retries.backoff_max_interval))
-    return retry_to_other_hosts(out)
+    if retries.remote_localities:
+        # As Istio: each retry skips the priorities (meshcore: datacenters by failover rank) already tried.
+        out.retry_priority.name = PREVIOUS_PRIORITIES
+        out.retry_priority.typed_config.CopyFrom(c.pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(
+            update_frequency=2)))
+    return retry_to_other_hosts(out) if retries.ignore_previous_hosts else out
 
 
 def _header_options(ops: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
@@ -137,9 +168,16 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
     if single is not None:
         action.cluster = single
     else:
-        for name, weight in weighted:
-            action.weighted_clusters.clusters.append(
-                rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight)))
+        live = [d for d in rule.route if d.weight > 0]
+        for (name, weight), d in zip(weighted, live):
+            cw = rc.WeightedCluster.ClusterWeight(name=name, weight=wrappers_pb2.UInt32Value(value=weight))
+            if d.request_headers is not None:
+                cw.request_headers_to_add.extend(_header_options(d.request_headers))
+                cw.request_headers_to_remove.extend(d.request_headers.remove)
+            if d.response_headers is not None:
+                cw.response_headers_to_add.extend(_header_options(d.response_headers))
+                cw.response_headers_to_remove.extend(d.response_headers.remove)
+            action.weighted_clusters.clusters.append(cw)
     action.timeout.CopyFrom(c.seconds(rule.timeout if rule.timeout is not None else default_timeout))
     # No ``retries``: the mesh default (Istio's); ``retries`` replaces it (``attempts: 0``: none at all).
     policy = default_retry_policy() if rule.retries is None else retry_policy(rule.retries)
@@ -150,31 +188,96 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
         if hashes:
             action.hash_policy.extend(hashes)
             break
-    if rule.mirror is not None:
-        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=cluster_for(rule.mirror.host, rule.mirror.subset))
-        mirror.runtime_fraction.default_value.CopyFrom(fraction(rule.mirror_percentage))
+    for m in rule.mirrors:
+        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=cluster_for(m.destination.host, m.destination.subset))
+        mirror.runtime_fraction.default_value.CopyFrom(fraction(m.percentage))
         action.request_mirror_policies.append(mirror)
+    if rule.rewrite is not None:
+        _rewrite(action, rule.rewrite)
     return action
 
 
-def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float) -> list[rc.Route]:
-    """Every ``http[]`` rule of ``vs`` as Envoy routes, in order."""
+def _rewrite(action: rc.RouteAction, rw: Rewrite) -> None:
+    """Istio's rewrite: ``uri`` replaces the matched prefix (the whole path under an exact match), ``authority``
+    the Host, ``uriRegexRewrite`` substitutes by RE2."""
+    if rw.uri is not None:
+        action.prefix_rewrite = rw.uri
+    if rw.regex_match is not None:
+        action.regex_rewrite.pattern.regex = rw.regex_match
+        action.regex_rewrite.substitution = rw.regex_rewrite or ""
+    if rw.authority is not None:
+        action.host_rewrite_literal = rw.authority
+
+
+_REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND,
+                   303: rc.RedirectAction.SEE_OTHER, 307: rc.RedirectAction.TEMPORARY_REDIRECT,
+                   308: rc.RedirectAction.PERMANENT_REDIRECT}
+
+
+def redirect_action(r: Redirect) -> rc.RedirectAction:
+    out = rc.RedirectAction(response_code=_REDIRECT_CODES[r.code])
+    if r.uri is not None:
+        out.path_redirect = r.uri
+    if r.prefix_rewrite is not None:
+        out.prefix_rewrite = r.prefix_rewrite
+    if r.authority is not None:
+        out.host_redirect = r.authority
+    if r.port is not None:
+        out.port_redirect = r.port
+    if r.scheme is not None:
+        out.scheme_redirect = r.scheme
+    return out
+
+
+def direct_response(d: DirectResponse) -> rc.DirectResponseAction:
+    out = rc.DirectResponseAction(status=d.status)
+    if d.body is not None:
+        out.body.inline_string = d.body
+    elif d.body_bytes is not None:
+        out.body.inline_bytes = d.body_bytes
+    return out
+
+
+def route_name(vs: Resource, i: int, rule: HttpRoute, j: int, match: Match, alternatives: int) -> str:
+    """As Istio names it: ``http[].name``, with ``.<match name>`` when the match has one; unnamed rules keep
+    meshcore's ``<ns>/<name>/http[i]`` (``/match[j]`` when the rule has several alternatives)."""
+    base = rule.name or naming.virtual_service_route(vs.namespace, vs.name, i, j if alternatives > 1 else None)
+    return f"{base}.{match.name}" if match.name else base
+
+
+def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float,
+                caller: tuple[Mapping[str, str], str] | None = None) -> list[rc.Route]:
+    """Every ``http[]`` rule of ``vs`` as Envoy routes, in order. ``caller`` (labels, namespace) of the proxy the
+    routes are for: match alternatives whose ``sourceLabels``/``sourceNamespace`` it does not meet are left out, and a
+    rule left without any alternative with them (Istio's reading)."""
     routes: list[rc.Route] = []
     for i, rule in enumerate(spec_of(vs).http):
-        action = route_action(rule, cluster_for, hash_for, default_timeout)
         matches = rule.match or (Match(),)
         for j, match in enumerate(matches):
-            route = rc.Route(
-                name=naming.virtual_service_route(vs.namespace, vs.name, i, j if len(matches) > 1 else None),
-                match=route_match(match),
-                route=action,
-            )
+            if caller is not None and not match.from_caller(*caller):
+                continue
+            route = rc.Route(name=route_name(vs, i, rule, j, match, len(matches)), match=route_match(match))
+            if rule.redirect is not None:
+                route.redirect.CopyFrom(redirect_action(rule.redirect))
+            elif rule.direct_response is not None:
+                route.direct_response.CopyFrom(direct_response(rule.direct_response))
+            else:
+                route.route.CopyFrom(route_action(rule, cluster_for, hash_for, default_timeout))
             if rule.fault is not None:
                 pf.set_fault_config(route, http_fault(rule.fault))
             route.request_headers_to_add.extend(_header_options(rule.request_headers))
             route.request_headers_to_remove.extend(rule.request_headers.remove)
             route.response_headers_to_add.extend(_header_options(rule.response_headers))
             route.response_headers_to_remove.extend(rule.response_headers.remove)
+            live = [d for d in rule.route if d.weight > 0] if len(rule.route) > 1 else list(rule.route)
+            if len(live) == 1:  # one cluster: its destination's headers go on the route, as Istio does
+                for ops, add, remove in ((live[0].request_headers, route.request_headers_to_add,
+                                          route.request_headers_to_remove),
+                                         (live[0].response_headers, route.response_headers_to_add,
+                                          route.response_headers_to_remove)):
+                    if ops is not None:
+                        add.extend(_header_options(ops))
+                        remove.extend(ops.remove)
             routes.append(route)
     return routes
 
@@ -201,4 +304,4 @@ def weighted_tcp(proxy: tcp_proxy_pb2.TcpProxy, vs: Resource, cluster_for: Clust
 
 
 __all__ = ["FAULT_FILTER", "http_routes", "http_fault", "route_match", "route_action", "retry_policy",
-           "weighted_tcp", "has_fault", "fraction", "string_matcher"]
+           "weighted_tcp", "has_fault", "fraction", "string_matcher", "route_name"]

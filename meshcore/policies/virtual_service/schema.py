@@ -15,11 +15,11 @@ spec:
     - destination: {host: reviews, subset: v2}
   - route:                            # no match: everything else
     - destination: {host: reviews, subset: v1}
-      weight: 90                      # weights of one rule sum to 100
+      weight: 90                      # relative proportions, as Istio's (need not sum to 100)
     - destination: {host: reviews, subset: v3}
       weight: 10
     timeout: 5s
-    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,connect-failure", backoff: {baseInterval: 25ms, maxInterval: 250ms}}
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,connect-failure", backoff: 25ms}  # or {baseInterval, maxInterval}
     fault:
       delay: {fixedDelay: 2s, percentage: {value: 10}}
       abort: {httpStatus: 503, percentage: {value: 1}}
@@ -41,9 +41,10 @@ and the xDS build refuses a proxy's config while it does not hold (the proxy kee
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
@@ -60,12 +61,25 @@ from meshcore.resources.schema import (
     Obj,
     Path,
     Required,
+    LabelKey,
+    Schema,
     Str,
     StrKey,
+    StringMap,
 )
 
 from meshcore.policies.destination_rule import schema as dr
-from meshcore.resources.kinds._fields import Dur, HeaderName, Number, ServiceHost, at_least_one, exactly_one, seconds
+from meshcore.resources.kinds._fields import (
+    EXPORT_TO,
+    UINT32_MAX,
+    Dur,
+    HeaderName,
+    Number,
+    ServiceHost,
+    at_least_one,
+    exactly_one,
+    seconds,
+)
 
 from .spec import parse, spec_of
 
@@ -135,15 +149,24 @@ def _path_problem(kind: str):
     return check
 
 
-def string_match(what: str) -> Obj:
-    return Obj(
-        {"exact": Str(), "prefix": Str(min_len=1), "regex": Custom(Str(min_len=1), regex_problem)},
-        rules=[exactly_one(("exact", "prefix", "regex"), what)],
-    )
+def string_match(what: str, presence: bool = False) -> Obj:
+    """``exact | prefix | regex``; with ``presence`` (headers, query parameters) an empty ``{}`` is Istio's
+    presence match: the header or parameter is there, whatever its value."""
+    keys = ("exact", "prefix", "regex")
+
+    def one(cleaned: dict, path: Path, ctx: Context) -> None:
+        given = [k for k in keys if k in cleaned]
+        if len(given) > 1 or (not given and not presence):
+            got = f" (got {', '.join(given)})" if given else ""
+            ctx.add(path, f"{what} must set exactly one of: {', '.join(keys)}{got}")
+
+    return Obj({"exact": Str(), "prefix": Str(min_len=1), "regex": Custom(Str(min_len=1), regex_problem)},
+               rules=[one])
 
 
 URI_MATCH = Custom(string_match("uri"), _path_problem("uri"))
 STRING_MATCH = string_match("a string match")
+PRESENCE_MATCH = string_match("a string match", presence=True)
 
 
 class _HeaderKey(StrKey):
@@ -154,48 +177,61 @@ class _HeaderKey(StrKey):
         return HeaderName(min_len=1).check(key, path, ctx)
 
 
+def _mesh_gateway_only(value: str) -> str | None:
+    if value == "mesh":
+        return None
+    return (f"gateway {json.dumps(value)}: meshcore has no Gateway kind yet, a VirtualService applies to the mesh's "
+            "callers only; write [mesh] (Istio's name for them) or leave gateways out")
+
+
+GATEWAYS = ListOf(Custom(Str(min_len=1), _mesh_gateway_only), min_items=1)
+"""Istio's ``gateways``: only ``mesh`` (the sidecars, which is what meshcore configures) is accepted."""
+
 MATCH = Obj(
     {
         "name": Str(min_len=1),
         "uri": URI_MATCH,
         "method": STRING_MATCH,
-        "headers": MapOf(STRING_MATCH, key=_HeaderKey()),
-        "queryParams": MapOf(STRING_MATCH, key=StrKey(Str(min_len=1))),
+        "authority": STRING_MATCH,
+        "scheme": STRING_MATCH,
+        "headers": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
+        "withoutHeaders": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
+        "queryParams": MapOf(PRESENCE_MATCH, key=StrKey(Str(min_len=1))),
         "ignoreUriCase": Bool(),
+        "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
+        "sourceNamespace": DNSLabel(),
+        "gateways": GATEWAYS,
     }
 )
+"""One ``match[]`` alternative. ``sourceLabels`` / ``sourceNamespace`` select the calling workloads (the proxy whose
+routes are built): on other callers' proxies the alternative is left out, as Istio does."""
 
 DESTINATION = Obj({"host": Required(ServiceHost()), "subset": DNSLabel()})
 
-ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, 100)})
+MAX_WEIGHT = 2**31 - 1  # Istio's int32
+
+ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, MAX_WEIGHT)})
 
 
 def _weights(cleaned: list, path: Path, ctx: Context) -> None:
-    """Istio's rule: one destination takes everything; several need weights that sum to 100."""
-    if len(cleaned) == 1:
-        w = cleaned[0].get("weight")
-        if w is not None and w != 100:
-            ctx.add(path.index(0).field("weight"),
-                    f"a single destination receives all traffic: leave weight out or write 100 (got {w})")
+    """Istio's rule: weights are relative proportions (``1`` and ``3`` send a quarter and three quarters; they
+    need not sum to 100). A single destination takes everything whatever its weight; among several, a missing
+    weight is 0 (Istio's default) and at least one must be above 0."""
+    if len(cleaned) < 2:
         return
-    missing = [i for i, d in enumerate(cleaned) if d.get("weight") is None]
-    for i in missing:
-        ctx.add(path.index(i).field("weight"), "required when a route has several destinations (weights sum to 100)")
-    if missing:
-        return
-    total = sum(d["weight"] for d in cleaned)
-    if total != 100:
-        parts = ", ".join(f"{d['destination'].get('subset') or d['destination']['host']}={d['weight']}" for d in cleaned)
-        ctx.add(path, f"weights must sum to 100, got {total} ({parts})")
-    elif not any(d["weight"] for d in cleaned):
-        ctx.add(path, "at least one destination needs a weight above 0")
+    total = sum(d.get("weight") or 0 for d in cleaned)
+    if not total:
+        ctx.add(path, "at least one destination needs a weight above 0 (a missing weight is 0 when a route has "
+                      "several destinations)")
+    elif total > UINT32_MAX:
+        ctx.add(path, f"the weights sum to {total}, more than Envoy's limit {UINT32_MAX}; scale them down")
 
 
 class Destinations(ListOf):
     """``route[]``: destinations with weights checked together, reported at ``route`` or ``route[i].weight``."""
 
-    def __init__(self) -> None:
-        super().__init__(ROUTE_DESTINATION, min_items=1)
+    def __init__(self, item: Schema | None = None) -> None:
+        super().__init__(item or ROUTE_DESTINATION, min_items=1)
 
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         before = len(ctx.issues)
@@ -212,7 +248,26 @@ def _backoff_order(cleaned: dict, path: Path, ctx: Context) -> None:
                 f"must not be shorter than baseInterval ({cleaned['baseInterval']}), got {cleaned['maxInterval']}")
 
 
-BACKOFF = Obj({"baseInterval": Required(Dur(min_s=0.001)), "maxInterval": Dur(min_s=0.001)}, rules=[_backoff_order])
+BACKOFF_BLOCK = Obj({"baseInterval": Required(Dur(min_s=0.001)), "maxInterval": Dur(min_s=0.001)},
+                    rules=[_backoff_order])
+
+
+class _Backoff(Schema):
+    """Istio's ``backoff: 25ms`` (the base interval; Envoy's maximum is then ten times it) or meshcore's mapping
+    ``{baseInterval, maxInterval}``; the cleaned value is always the mapping."""
+
+    expected = 'a duration such as "25ms", or a mapping {baseInterval, maxInterval}'
+
+    def check(self, value: Any, path: Path, ctx: Context) -> Any:
+        if isinstance(value, str):
+            cleaned = Dur(min_s=0.001).check(value, path, ctx)
+            return INVALID if cleaned is INVALID else {"baseInterval": cleaned}
+        if isinstance(value, Mapping):
+            return BACKOFF_BLOCK.check(value, path, ctx)
+        return self._wrong_type(value, path, ctx)
+
+
+BACKOFF = _Backoff()
 
 RETRIES = Obj(
     {
@@ -220,6 +275,8 @@ RETRIES = Obj(
         "perTryTimeout": Dur(min_s=0.001),
         "retryOn": Custom(Str(min_len=1), retry_on_problem),
         "backoff": BACKOFF,
+        "retryIgnorePreviousHosts": Bool(),
+        "retryRemoteLocalities": Bool(),
     }
 )
 
@@ -227,7 +284,9 @@ PERCENTAGE = Obj({"value": Required(Number(0, 100))})
 
 FAULT = Obj(
     {
-        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE}),
+        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE},
+                     refused={"percent": "deprecated in Istio (an integer percent); write percentage: {value: N}",
+                              "exponentialDelay": "not implemented by Istio either; use fixedDelay"}),
         "abort": Obj({"httpStatus": Required(Int(200, 599)), "percentage": PERCENTAGE}),
     },
     rules=[at_least_one(("delay", "abort"), "fault")],
@@ -243,25 +302,109 @@ HEADER_OPERATIONS = Obj(
 
 HEADERS = Obj({"request": HEADER_OPERATIONS, "response": HEADER_OPERATIONS})
 
+HTTP_ROUTE_DESTINATION = Obj({"destination": Required(DESTINATION), "weight": Int(0, MAX_WEIGHT), "headers": HEADERS})
+"""An http rule's destination: Istio's per-destination ``headers`` are applied only to requests sent there."""
+
 
 def _mirror_percentage_needs_mirror(cleaned: dict, path: Path, ctx: Context) -> None:
     if "mirrorPercentage" in cleaned and "mirror" not in cleaned:
         ctx.add(path.field("mirrorPercentage"), "needs mirror (the destination that receives the copies)")
+    if "mirror" in cleaned and "mirrors" in cleaned:
+        ctx.add(path.field("mirrors"), "give mirror or mirrors, not both (mirrors: [{destination, percentage}] "
+                                       "replaces mirror and mirrorPercentage)")
+
+
+def _one_action(cleaned: dict, path: Path, ctx: Context) -> None:
+    """As Istio: a rule routes, redirects or answers directly; rewrite goes with route only."""
+    given = [k for k in ("route", "redirect", "directResponse") if k in cleaned]
+    if len(given) != 1:
+        ctx.add(path, "an http rule needs exactly one of route, redirect, directResponse"
+                      + (f" (got {', '.join(given)})" if given else ""))
+        return
+    if "rewrite" in cleaned and "route" not in cleaned:
+        ctx.add(path.field("rewrite"), f"rewrite applies to a route, not to {given[0]}")
+    for field in ("mirror", "mirrors", "retries", "timeout"):
+        if field in cleaned and "route" not in cleaned:
+            ctx.add(path.field(field), f"{field} applies to a route, not to {given[0]}")
+
+
+REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                  308: "PERMANENT_REDIRECT"}
+
+
+def _redirect_code(value: int) -> str | None:
+    return None if value in REDIRECT_CODES else f"must be one of {', '.join(map(str, REDIRECT_CODES))} (got {value})"
+
+
+def _redirect_path(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "uri" in cleaned and "prefixRewrite" in cleaned:
+        ctx.add(path, "redirect takes uri (the whole path) or prefixRewrite (the matched prefix), not both")
+
+
+REDIRECT = Obj(
+    {
+        "uri": Str(min_len=1),
+        "prefixRewrite": Str(),
+        "authority": Str(min_len=1),
+        "port": Int(1, 65535),
+        "scheme": Str(min_len=1, pattern=r"[a-z][a-z0-9+.-]*", pattern_hint="must be a URI scheme such as https"),
+        "redirectCode": Custom(Int(300, 399), _redirect_code),
+    },
+    rules=[_redirect_path],
+)
+
+def _one_rewrite(cleaned: dict, path: Path, ctx: Context) -> None:
+    if "uri" in cleaned and "uriRegexRewrite" in cleaned:
+        ctx.add(path, "rewrite takes uri or uriRegexRewrite, not both")
+
+
+REWRITE = Obj(
+    {
+        "uri": Str(min_len=1),
+        "authority": Str(min_len=1),
+        "uriRegexRewrite": Obj({"match": Required(Custom(Str(min_len=1), regex_problem)), "rewrite": Required(Str())}),
+    },
+    rules=[_one_rewrite],
+)
+
+def _base64_problem(value: str) -> str | None:
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError:
+        return "must be base64 (Istio's bytes); for text write body.string"
+    return None
+
+
+DIRECT_RESPONSE = Obj(
+    {
+        "status": Required(Int(200, 599)),
+        "body": Obj({"string": Str(), "bytes": Custom(Str(), _base64_problem)},
+                    rules=[exactly_one(("string", "bytes"), "body")]),
+    }
+)
+
+MIRROR = Obj({"destination": Required(DESTINATION), "percentage": PERCENTAGE})
 
 
 HTTP_ROUTE = Obj(
     {
         "name": Str(min_len=1),
         "match": ListOf(MATCH),
-        "route": Required(Destinations()),
+        "route": Destinations(HTTP_ROUTE_DESTINATION),
+        "redirect": REDIRECT,
+        "directResponse": DIRECT_RESPONSE,
+        "rewrite": REWRITE,
         "timeout": Dur(),
         "retries": RETRIES,
         "fault": FAULT,
         "mirror": DESTINATION,
+        "mirrors": ListOf(MIRROR, min_items=1),
         "mirrorPercentage": PERCENTAGE,
         "headers": HEADERS,
     },
-    rules=[_mirror_percentage_needs_mirror],
+    rules=[_mirror_percentage_needs_mirror, _one_action],
+    refused={f: "deprecated in Istio (an integer percent); write mirrorPercentage: {value: N}"
+             for f in ("mirrorPercent", "mirror_percent")},
 )
 
 TCP_ROUTE = Obj({"route": Required(Destinations())})
@@ -277,8 +420,10 @@ SPEC = Obj(
         "hosts": Required(ListOf(ServiceHost(), min_items=1, unique=True)),
         "http": ListOf(HTTP_ROUTE),
         "tcp": ListOf(TCP_ROUTE),
+        "gateways": GATEWAYS,
     },
     rules=[_routes_given],
+    refused={"exportTo": EXPORT_TO},
 )
 
 KIND = KindSpec.from_schema(
@@ -309,6 +454,8 @@ def destinations(spec: dict) -> Iterator[tuple[str, dict]]:
             yield f"spec.http[{i}].route[{j}].destination", d["destination"]
         if rule.get("mirror"):
             yield f"spec.http[{i}].mirror", rule["mirror"]
+        for j, m in enumerate(rule.get("mirrors") or ()):
+            yield f"spec.http[{i}].mirrors[{j}].destination", m["destination"]
     for i, rule in enumerate(spec.get("tcp") or ()):
         for j, d in enumerate(rule.get("route") or ()):
             yield f"spec.tcp[{i}].route[{j}].destination", d["destination"]

@@ -8,18 +8,19 @@ its route compiler (:mod:`.routes`) read only these types.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from meshcore.resources.kinds._fields import seconds
 from meshcore.resources.model import Resource
 
-EXACT, PREFIX, REGEX = "exact", "prefix", "regex"
+EXACT, PREFIX, REGEX, PRESENT = "exact", "prefix", "regex", "present"
 
 
 @dataclass(frozen=True)
 class StringMatch:
-    kind: str  # EXACT | PREFIX | REGEX (the schema requires exactly one)
+    kind: str  # EXACT | PREFIX | REGEX (the schema requires exactly one); PRESENT: Istio's ``{}`` (headers, params)
     value: str
 
 
@@ -32,6 +33,18 @@ class Match:
     headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name
     query_params: tuple[tuple[str, StringMatch], ...] = ()  # by parameter name
     ignore_uri_case: bool = False
+    name: str | None = None  # Istio's match name: appended to the Envoy route name (``<http name>.<match name>``)
+    authority: StringMatch | None = None
+    scheme: StringMatch | None = None
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name: must not match
+    source_labels: tuple[tuple[str, str], ...] = ()  # the caller's labels (all must hold)
+    source_namespace: str | None = None  # the caller's namespace
+
+    def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
+        """Whether this alternative applies on the proxy of a caller with ``labels`` in ``namespace``."""
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return all(labels.get(k) == v for k, v in self.source_labels)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class Destination:
 class RouteDestination:
     destination: Destination
     weight: int = 100
+    request_headers: "HeaderOperations | None" = None  # per destination (http rules only)
+    response_headers: "HeaderOperations | None" = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class Retries:
     retry_on: str | None = None  # None: DEFAULT_RETRY_ON
     backoff_base_interval: float | None = None  # seconds; None: no backoff block
     backoff_max_interval: float | None = None  # seconds
+    ignore_previous_hosts: bool = True  # Istio's retryIgnorePreviousHosts: each retry goes to another host
+    remote_localities: bool = False  # Istio's retryRemoteLocalities: retries may leave the failed priority
 
 
 @dataclass(frozen=True)
@@ -83,8 +100,39 @@ class HeaderOperations:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    uri: str | None = None  # the whole path
+    prefix_rewrite: str | None = None  # replaces the matched prefix
+    authority: str | None = None
+    port: int | None = None
+    scheme: str | None = None
+    code: int = 301  # Istio's default
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    uri: str | None = None  # replaces the matched prefix (Envoy prefix_rewrite), as Istio
+    authority: str | None = None
+    regex_match: str | None = None
+    regex_rewrite: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectResponse:
+    status: int
+    body: str | None = None  # body.string
+    body_bytes: bytes | None = None  # body.bytes, decoded from base64
+
+
+@dataclass(frozen=True)
+class Mirror:
+    destination: Destination
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
 class HttpRoute:
-    route: tuple[RouteDestination, ...]
+    route: tuple[RouteDestination, ...]  # empty with redirect or direct_response
     name: str | None = None
     match: tuple[Match, ...] = ()  # empty: every request
     timeout: float | None = None  # seconds; None: the generator's default
@@ -94,6 +142,10 @@ class HttpRoute:
     mirror_percentage: float = 100.0
     request_headers: HeaderOperations = HeaderOperations()
     response_headers: HeaderOperations = HeaderOperations()
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    direct_response: DirectResponse | None = None
+    mirrors: tuple[Mirror, ...] = ()  # mirror + mirrorPercentage come here too (one entry)
 
 
 @dataclass(frozen=True)
@@ -113,8 +165,8 @@ class VirtualServiceSpec:
 
 
 def _string_match(m: Mapping[str, Any]) -> StringMatch:
-    kind = next(k for k in (EXACT, PREFIX, REGEX) if k in m)
-    return StringMatch(kind, m[kind])
+    kind = next((k for k in (EXACT, PREFIX, REGEX) if k in m), None)
+    return StringMatch(PRESENT, "") if kind is None else StringMatch(kind, m[kind])
 
 
 def _string_matches(entries: Mapping[str, Any] | None) -> tuple[tuple[str, StringMatch], ...]:
@@ -128,6 +180,12 @@ def _match(m: Mapping[str, Any]) -> Match:
         headers=_string_matches(m.get("headers")),
         query_params=_string_matches(m.get("queryParams")),
         ignore_uri_case=bool(m.get("ignoreUriCase")),
+        name=m.get("name"),
+        authority=_string_match(m["authority"]) if m.get("authority") else None,
+        scheme=_string_match(m["scheme"]) if m.get("scheme") else None,
+        without_headers=_string_matches(m.get("withoutHeaders")),
+        source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
+        source_namespace=m.get("sourceNamespace"),
     )
 
 
@@ -136,7 +194,20 @@ def _destination(d: Mapping[str, Any]) -> Destination:
 
 
 def _route(destinations: Any) -> tuple[RouteDestination, ...]:
-    return tuple(RouteDestination(_destination(d["destination"]), d.get("weight", 100)) for d in destinations or ())
+    """A single destination takes everything (its weight, if any, is ignored, as Istio does); among several a
+    missing weight is 0; weights are relative, Envoy divides by their sum."""
+    destinations = list(destinations or ())
+
+    def one(d: Mapping[str, Any], weight: int) -> RouteDestination:
+        headers = d.get("headers")
+        if not headers:
+            return RouteDestination(_destination(d["destination"]), weight)
+        return RouteDestination(_destination(d["destination"]), weight,
+                                _header_operations(headers.get("request")), _header_operations(headers.get("response")))
+
+    if len(destinations) == 1:
+        return (one(destinations[0], 100),)
+    return tuple(one(d, d.get("weight") or 0) for d in destinations)
 
 
 def _percent(block: Mapping[str, Any] | None) -> float:
@@ -153,6 +224,8 @@ def _retries(r: Mapping[str, Any] | None) -> Retries | None:
         retry_on=r.get("retryOn") or None,
         backoff_base_interval=seconds(backoff["baseInterval"]) if backoff else None,
         backoff_max_interval=seconds(backoff["maxInterval"]) if backoff and "maxInterval" in backoff else None,
+        ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True),
+        remote_localities=r.get("retryRemoteLocalities", False),
     )
 
 
@@ -175,11 +248,45 @@ def _header_operations(ops: Mapping[str, Any] | None) -> HeaderOperations:
     )
 
 
+def _redirect(r: Mapping[str, Any] | None) -> Redirect | None:
+    if r is None:
+        return None
+    return Redirect(uri=r.get("uri"), prefix_rewrite=r.get("prefixRewrite"), authority=r.get("authority"),
+                    port=r.get("port"), scheme=r.get("scheme"), code=r.get("redirectCode", 301))
+
+
+def _rewrite(r: Mapping[str, Any] | None) -> Rewrite | None:
+    if r is None:
+        return None
+    regex = r.get("uriRegexRewrite") or {}
+    return Rewrite(uri=r.get("uri"), authority=r.get("authority"), regex_match=regex.get("match"),
+                   regex_rewrite=regex.get("rewrite"))
+
+
+def _direct(d: Mapping[str, Any] | None) -> DirectResponse | None:
+    if d is None:
+        return None
+    body = d.get("body") or {}
+    raw = body.get("bytes")
+    return DirectResponse(status=d["status"], body=body.get("string"),
+                          body_bytes=None if raw is None else base64.b64decode(raw, validate=True))
+
+
+def _mirrors(rule: Mapping[str, Any]) -> tuple[Mirror, ...]:
+    if rule.get("mirror"):
+        return (Mirror(_destination(rule["mirror"]), float((rule.get("mirrorPercentage") or {}).get("value", 100))),)
+    return tuple(Mirror(_destination(m["destination"]), _percent(m)) for m in rule.get("mirrors") or ())
+
+
 def _http_route(rule: Mapping[str, Any]) -> HttpRoute:
     headers = rule.get("headers") or {}
     mirror = rule.get("mirror")
     return HttpRoute(
-        route=_route(rule["route"]),
+        route=_route(rule.get("route")),
+        redirect=_redirect(rule.get("redirect")),
+        rewrite=_rewrite(rule.get("rewrite")),
+        direct_response=_direct(rule.get("directResponse")),
+        mirrors=_mirrors(rule),
         name=rule.get("name"),
         match=tuple(_match(m) for m in rule.get("match") or ()),
         timeout=seconds(rule["timeout"]) if "timeout" in rule else None,
@@ -209,6 +316,6 @@ def spec_of(vs: Resource) -> VirtualServiceSpec:
 
 __all__ = [
     "VirtualServiceSpec", "HttpRoute", "TcpRoute", "Match", "StringMatch", "Destination", "RouteDestination",
-    "Retries", "Fault", "FaultDelay", "FaultAbort", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "parse",
+    "Retries", "Fault", "FaultDelay", "FaultAbort", "Redirect", "Rewrite", "DirectResponse", "Mirror", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "PRESENT", "parse",
     "spec_of",
 ]

@@ -16,6 +16,14 @@ ROOT_NAMESPACE = "meshcore-system"
 """Policies without a selector in this namespace apply to the whole mesh (PeerAuthentication, AuthorizationPolicy,
 RateLimit)."""
 
+EXPORT_TO = ("Kubernetes namespace visibility: meshcore has no per-namespace config scoping, every VirtualService "
+             "and DestinationRule applies to every proxy that calls its host; leave exportTo out")
+"""Why ``exportTo`` is refused (VirtualService, DestinationRule)."""
+
+TARGET_REF = ("a Kubernetes Gateway API reference: meshcore has no Gateway API objects; select workloads with "
+              "selector.matchLabels")
+"""Why ``targetRef``/``targetRefs`` are refused (AuthorizationPolicy, PeerAuthentication)."""
+
 _SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
@@ -162,4 +170,4 @@ def at_least_one(fields: Sequence[str], what: str):
     return rule
 
 
-__all__ = ["ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]
+__all__ = ["EXPORT_TO", "TARGET_REF", "ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]

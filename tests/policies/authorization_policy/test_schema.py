@@ -162,7 +162,7 @@ def test_unknown_fields_and_custom_action():
         rules: [{from: [{source: {principal: [x]}}]}]
         """))
     assert "CUSTOM (external authorization) is not supported" in found["spec.action"]
-    assert found["spec.provider"].startswith('unknown field "provider"')
+    assert found["spec.provider"].startswith("\"provider\" is not supported: the external authorizer of a CUSTOM policy")
     assert found["spec.rules[0].from[0].source.principal"] == 'unknown field "principal"; did you mean "principals"?'
 
 

@@ -57,36 +57,50 @@ spec:
     assert res.spec["hosts"] == ["reviews"] and len(res.spec["http"]) == 2
 
 
-def test_weights_must_sum_to_100():
-    errs = _errors("""
+def test_weights_are_relative_as_istios():
+    """Istio does not require a sum of 100: weights are proportions (Envoy divides by their sum)."""
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
 spec:
   hosts: [reviews]
   http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 80}
-    - {destination: {host: reviews, subset: v2}, weight: 10}
+    - {destination: {host: reviews, subset: v1}, weight: 1}
+    - {destination: {host: reviews, subset: v2}, weight: 3}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50}
 """)
-    assert errs == {"spec.http[0].route": "weights must sum to 100, got 90 (v1=80, v2=10)"}
+    http = spec_of(res).http
+    assert [d.weight for d in http[0].route] == [1, 3]
+    assert [d.weight for d in http[1].route] == [100]  # a single destination takes everything, as in Istio
 
 
-def test_weights_required_with_several_destinations_and_single_takes_all():
-    errs = _errors("""
+def test_weights_missing_among_several_are_zero_and_all_zero_is_refused():
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
 spec:
   hosts: [reviews]
   http:
   - route:
     - {destination: {host: reviews, subset: v1}, weight: 100}
     - {destination: {host: reviews, subset: v2}}
+""")
+    assert [d.weight for d in spec_of(res).http[0].route] == [100, 0]
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
   - route:
-    - {destination: {host: reviews, subset: v1}, weight: 50}
+    - {destination: {host: reviews, subset: v1}}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
   tcp:
   - route:
-    - {destination: {host: reviews}, weight: 101}
+    - {destination: {host: reviews}, weight: -1}
 """)
-    assert errs["spec.http[0].route[1].weight"].startswith("required when a route has several destinations")
-    assert errs["spec.http[1].route[0].weight"] == \
-        "a single destination receives all traffic: leave weight out or write 100 (got 50)"
-    assert errs["spec.tcp[0].route[0].weight"] == "must be an integer 0-100 (got 101)"
+    assert errs["spec.http[0].route"].startswith("at least one destination needs a weight above 0")
+    assert errs["spec.tcp[0].route[0].weight"] == "must be an integer 0-2147483647 (got -1)"
 
 
 def test_match_errors_have_exact_paths():
@@ -173,3 +187,77 @@ def test_validate_set_one_virtual_service_per_host():
     assert vs.service_for([b, a], "ratings") is b
     errors = validate_set([a, b])
     assert [(e.source, e.path) for e in errors] == [("VirtualService/default/zz", "spec.hosts[1]")]
+
+
+def test_redirect_direct_response_rewrite_and_mirrors_reach_the_typed_spec():
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    res = _load("""
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /new, redirectCode: 302}
+  - directResponse: {status: 200, body: {bytes: aGk=}}
+  - rewrite: {uri: /, authority: other}
+    route: [{destination: {host: reviews}}]
+    mirrors: [{destination: {host: reviews}, percentage: {value: 5}}]
+""")
+    redirect, direct, routed = spec_of(res).http
+    assert (redirect.redirect.uri, redirect.redirect.code, redirect.route) == ("/new", 302, ())
+    assert (direct.direct_response.status, direct.direct_response.body_bytes) == (200, b"hi")
+    assert (routed.rewrite.uri, routed.rewrite.authority, routed.mirrors[0].percentage) == ("/", "other", 5.0)
+
+
+def test_one_action_per_rule_and_what_goes_with_a_route():
+    errs = _errors("""
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /new}
+    route: [{destination: {host: reviews}}]
+  - directResponse: {status: 503}
+    rewrite: {uri: /}
+    timeout: 1s
+  - {}
+  - redirect: {uri: /a, prefixRewrite: /b, redirectCode: 304}
+  - directResponse: {status: 200, body: {bytes: "not base64!"}}
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews}
+    mirrors: [{destination: {host: reviews}}]
+""")
+    assert errs["spec.http[0]"] == "an http rule needs exactly one of route, redirect, directResponse (got route, redirect)"
+    assert errs["spec.http[1].rewrite"] == "rewrite applies to a route, not to directResponse"
+    assert errs["spec.http[1].timeout"] == "timeout applies to a route, not to directResponse"
+    assert errs["spec.http[2]"] == "an http rule needs exactly one of route, redirect, directResponse"
+    assert errs["spec.http[3].redirect.redirectCode"] == "must be one of 301, 302, 303, 307, 308 (got 304)"
+    assert errs["spec.http[4].directResponse.body.bytes"].startswith("must be base64")
+    assert errs["spec.http[5].mirrors"].startswith("give mirror or mirrors, not both")
+
+
+def test_source_matches_select_the_callers_proxy():
+    from meshcore.policies.virtual_service.routes import http_routes
+
+    res = _load("""
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}}, {sourceNamespace: shop, withoutHeaders: {x-debug: {}}}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+""")
+
+    def names(labels, namespace):
+        routes = http_routes(res, lambda h, s: h, lambda h, s: [], 15.0, (labels, namespace))
+        return [r.name for r in routes]
+
+    assert names({"app": "productpage"}, "default") == ["default/reviews/http[0]/match[0]", "default/reviews/http[1]"]
+    assert names({"app": "ratings"}, "shop") == ["default/reviews/http[0]/match[1]", "default/reviews/http[1]"]
+    assert names({"app": "ratings"}, "default") == ["default/reviews/http[1]"]
+
+
+def test_gateways_mesh_only():
+    _load("spec:\n  hosts: [reviews]\n  gateways: [mesh]\n  http: [{route: [{destination: {host: reviews}}]}]\n")
+    errs = _errors("spec:\n  hosts: [reviews]\n  gateways: [istio-system/ingress]\n"
+                   "  http: [{route: [{destination: {host: reviews}}], match: [{gateways: [mesh, gw]}]}]\n")
+    assert errs["spec.gateways[0]"].startswith('gateway "istio-system/ingress": meshcore has no Gateway kind yet')
+    assert errs["spec.http[0].match[0].gateways[1]"].startswith('gateway "gw"')

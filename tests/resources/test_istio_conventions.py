@@ -1,0 +1,172 @@
+"""Istio's conventions where meshcore was silent or wrong (issue 17, item 3).
+
+Files exported from a cluster load (inert metadata and ``status`` noted and ignored); ``istio-system`` is the
+root namespace (a ported mesh-wide deny-all denies); relative weights, presence matches, ``ISTIO_MUTUAL``,
+``retries.backoff`` as a duration and ``http[].name`` reach the Envoy config as Istio's would; hints never
+offer a field of opposite meaning.
+"""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from meshcore.authz import Request, decide
+from meshcore.errors import ValidationError
+from meshcore.resources import load_documents
+from meshcore.resources.kinds._fields import ROOT_NAMESPACE
+from meshcore.xds.generate import ROUTE
+
+from tests.policies._catalog import build, write_catalog
+
+EXPORTED = """\
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-all
+  namespace: istio-system
+  uid: 0f8e4a2c-1111-2222-3333-444455556666
+  creationTimestamp: "2024-05-01T10:00:00Z"
+  resourceVersion: "81234"
+  generation: 3
+  managedFields: [{manager: kubectl, operation: Update}]
+  labels: {team: platform}
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"kind":"AuthorizationPolicy"}'
+spec: {}
+status: {validationMessages: []}
+"""
+
+
+def _errors(text: str) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        load_documents(text, "x.yaml")
+    return {e.path: e.message for e in info.value.errors}
+
+
+def test_exported_file_loads_with_a_note_for_each_ignored_field():
+    notes: list = []
+    [res] = load_documents(EXPORTED, "exported.yaml", notes)
+    by_path = {n.path: n.message for n in notes}
+    for path in ("status", "metadata.uid", "metadata.creationTimestamp", "metadata.resourceVersion",
+                 "metadata.generation", "metadata.managedFields",
+                 'metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"]'):
+        assert by_path[path].startswith("ignored"), path
+    assert res.annotations == () and res.labels == (("team", "platform"),)
+    assert "uid" not in res.canonical_json() and "status" not in res.canonical_json()
+
+
+def test_istio_system_is_the_root_namespace_and_a_ported_deny_all_denies():
+    notes: list = []
+    [res] = load_documents(EXPORTED, "exported.yaml", notes)
+    assert res.namespace == ROOT_NAMESPACE
+    assert any(n.path == "metadata.namespace" and "istio-system" in n.message for n in notes)
+    d = decide([res], {"app": "reviews"}, "shop", Request(method="GET", path="/", port=9080))
+    assert not d.allowed and "meshcore-system/deny-all" in d.reason
+
+
+def test_istio_system_deny_all_denies_in_the_generated_rbac(tmp_path):
+    write_catalog(tmp_path, [{"name": "web"}])
+    built = build(tmp_path, EXPORTED)
+    [route] = [r for r in built[ROUTE] if r.name == "inbound:web-v1"]
+    config = json_format.MessageToDict(route)["virtualHosts"][0]["typedPerFilterConfig"]
+    [allow] = [v for k, v in config.items() if k.endswith("allow")]
+    allow = allow.get("config", allow)  # RBACPerRoute, wrapped in a FilterConfig where the filter is optional
+    assert allow["rbac"]["rules"].get("policies") is None  # an ALLOW stage without rules: every request denied
+    assert allow["rbac"]["rules"].get("action", "ALLOW") == "ALLOW"
+
+
+def test_unknown_metadata_is_still_an_error():
+    errs = _errors(EXPORTED.replace("  uid:", "  uuid:"))
+    assert "metadata.uuid" in errs
+
+
+@pytest.mark.parametrize("field,wrong", [("requestPrincipals", "notPrincipals"), ("remoteIpBlocks", "notIpBlocks")])
+def test_hints_never_suggest_a_field_of_opposite_meaning(field, wrong):
+    doc = ("apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+           f"spec:\n  rules: [{{from: [{{source: {{{field}: [x]}}}}]}}]\n")
+    [msg] = _errors(doc).values()
+    assert wrong not in msg and f'"{field}" is not supported: ' in msg
+
+
+def test_unknown_fields_hint_only_same_sense_fields():
+    doc = ("apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+           "spec:\n  rules: [{from: [{source: {remotePrincipals: [x]}}]}]\n")
+    [msg] = _errors(doc).values()
+    assert "did you mean \"notPrincipals\"" not in msg
+
+
+def test_suggest_keeps_negated_hints_for_negated_words():
+    from meshcore.resources.schema import suggest
+
+    assert suggest("notPrincipal", ["principals", "notPrincipals"]) == "notPrincipals"
+    assert suggest("principal", ["principals", "notPrincipals"]) == "principals"
+    assert suggest("requestPrincipals", ["principals", "notPrincipals"]) != "notPrincipals"
+
+
+VS = """\
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [api]
+  http:
+  - name: canary
+    match:
+    - {name: beta-users, headers: {x-beta: {}}}
+    - queryParams: {beta: {}}
+    route:
+    - {destination: {host: api}, weight: 1}
+    - {destination: {host: web}, weight: 3}
+    retries: {attempts: 2, backoff: 25ms, retryIgnorePreviousHosts: false}
+  - route:
+    - destination: {host: api}
+      weight: 40
+"""
+
+
+def test_virtual_service_conventions_reach_the_routes():
+    from meshcore.policies.virtual_service.routes import http_routes
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    [vs] = load_documents(VS, "vs.yaml")
+    spec = spec_of(vs)
+    assert spec.http[0].retries.backoff_base_interval == 0.025 and spec.http[0].retries.backoff_max_interval is None
+    built = [json_format.MessageToDict(r) for r in http_routes(vs, lambda h, s: f"c:{h}", lambda h, s: [], 15.0)]
+    assert [r["name"] for r in built] == ["canary.beta-users", "canary", "default/web/http[1]"]
+    assert built[0]["match"]["headers"] == [{"name": "x-beta", "presentMatch": True}]
+    assert built[1]["match"]["queryParameters"] == [{"name": "beta", "presentMatch": True}]
+    weights = built[0]["route"]["weightedClusters"]["clusters"]
+    assert [(w["name"], w["weight"]) for w in weights] == [("c:api", 1), ("c:web", 3)]
+    retry = built[0]["route"]["retryPolicy"]
+    assert retry["retryBackOff"] == {"baseInterval": "0.025s"} and "retryHostPredicate" not in retry
+    assert built[2]["route"]["cluster"] == "c:api"  # a single destination takes all, whatever its weight
+
+
+def test_backoff_mapping_form_still_works():
+    from meshcore.policies.virtual_service.spec import spec_of
+
+    [vs] = load_documents(VS.replace("backoff: 25ms", "backoff: {baseInterval: 25ms, maxInterval: 1s}"), "vs.yaml")
+    r = spec_of(vs).http[0].retries
+    assert (r.backoff_base_interval, r.backoff_max_interval, r.ignore_previous_hosts) == (0.025, 1.0, False)
+    errs = _errors(VS.replace("backoff: 25ms", "backoff: 25"))
+    assert errs["spec.http[0].retries.backoff"].startswith("must be a duration")
+
+
+DR = """\
+apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy: {tls: {mode: MODE}}
+"""
+
+
+def test_istio_mutual_is_the_mesh_mtls_and_other_modes_say_why():
+    load_documents(DR.replace("MODE", "ISTIO_MUTUAL"), "dr.yaml")
+    for mode in ("DISABLE", "SIMPLE", "MUTUAL"):
+        [msg] = _errors(DR.replace("MODE", mode)).values()
+        assert "not supported" in msg and "ServiceEntry" in msg
+    msg = _errors(DR.replace("{mode: MODE}", "{mode: ISTIO_MUTUAL, sni: api.example}"))["spec.trafficPolicy.tls.sni"]
+    assert msg.startswith('"sni" is not supported: ')
