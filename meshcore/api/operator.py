@@ -98,6 +98,7 @@ class ThreadStatus(Wire):
 
 @dataclass(frozen=True)
 class ControlPlaneStatus(Wire):
+    version: str = omit_empty()  # meshcore's version (``meshctl version``)
     xds: str = ""
     api: str = ""
     http: str = ""

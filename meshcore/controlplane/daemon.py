@@ -588,7 +588,7 @@ class ControlPlane:
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         return StatusResponse(
             control_plane=ControlPlaneStatus(
-                **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
+                version=__import__("meshcore").__version__, **self.addresses, trust_domain=td, snapshot=snap.hash if snap else "",
                 catalog_error=self.engine.source_error, store_error=self.engine.store_error,
                 build_error=self.engine.build_error, last_error=self.engine.last_error,
                 sources=self._source_statuses(), threads=self._thread_statuses()),
