@@ -568,7 +568,7 @@ class ControlPlane:
                     # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
                     services[inst.node].append(ServiceStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy,
-                        inbound=f"{inst.mesh_address}:{inst.mesh_port}"))
+                        inbound=f"{inst.mesh_address}:{inst.mesh_port}", labels=inst.labels))
                 else:
                     gateways[inst.node].append(GatewayStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,

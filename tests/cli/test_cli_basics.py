@@ -15,7 +15,7 @@ from meshcore.cli import _kinds
 from meshcore.cli.main import _command_in, build_parser, main
 from meshcore.errors import MeshError
 
-from ._helpers import BOOKINFO, control_plane
+from ._helpers import BOOKINFO, control_plane, wait_for_catalog
 
 MESHCTL = [sys.executable, "-m", "meshcore.cli.main"]
 
@@ -160,13 +160,8 @@ def test_a_closed_pipe_ends_without_a_traceback():
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
-    import time
-
     with control_plane(tmp_path_factory.mktemp("cp"), BOOKINFO) as cp:
-        deadline = time.monotonic() + 60
-        while not cp.status().get("proxies"):  # the catalog's first read
-            assert time.monotonic() < deadline, "the control plane never read the bookinfo catalog"
-            time.sleep(0.1)
+        wait_for_catalog(cp)
         yield cp
 
 
