@@ -1,0 +1,88 @@
+"""meshctl against a running mesh with real Envoys (one mesh for the module, free ports, as tests/e2e does):
+`meshctl graph --window` from the control plane's collector right after bounded traffic, run by a process
+that cannot reach any Envoy admin address."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from meshcore.demo.launcher import http_get
+
+from ..e2e._topology import running_mesh
+
+BOOKINFO_EDGES = {("ingress-gateway", "productpage"), ("productpage", "details"), ("productpage", "reviews"),
+                  ("reviews", "ratings")}
+SENT = 60  # requests through the ingress gateway: each makes one productpage call, and one to details
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    with running_mesh(tmp_path_factory.mktemp("cli-mesh"), collect_interval="1s") as m:
+        yield m
+
+
+# Runs meshctl with every TCP connection refused except to the control plane's HTTP API: whatever it
+# prints was read from the control plane, not from an Envoy admin address.
+_ONLY_THE_API = """
+import socket, sys
+allowed = (sys.argv[1], int(sys.argv[2]))
+real = socket.socket.connect
+def connect(self, address):
+    if isinstance(address, tuple) and (address[0], address[1]) != allowed:
+        raise ConnectionRefusedError(f"test: {address} is not reachable from this process")
+    return real(self, address)
+socket.socket.connect = connect
+from meshcore.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _isolated_meshctl(mesh, *argv: str) -> subprocess.CompletedProcess:
+    server = mesh.cp_info["http"]
+    host, port = server.split("//", 1)[1].rsplit(":", 1)
+    return subprocess.run([sys.executable, "-c", _ONLY_THE_API, host, port, *argv, "--server", server],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+
+
+def _edges(mesh) -> dict[tuple[str, str], dict]:
+    out = _isolated_meshctl(mesh, "graph", "--window", "1m", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return {(e["source"], e["destination"]): e for e in json.loads(out.stdout)}
+
+
+def test_graph_window_from_the_collector_after_bounded_traffic(mesh):
+    # a rate needs two scrapes of a proxy: first the collector's baseline of every edge (each listed idle)
+    deadline = time.monotonic() + 60
+    while not BOOKINFO_EDGES <= set(_edges(mesh)):
+        assert time.monotonic() < deadline, "the collector never listed every declared edge"
+        time.sleep(0.5)
+    ok = sum(1 for _ in range(SENT) if http_get(mesh.url)[0] == 200)
+    assert ok == SENT
+    # the collector scrapes every second: wait until the traffic is in its history, then read a window
+    deadline = time.monotonic() + 60
+    while True:
+        edges = _edges(mesh)
+        seen = edges.get(("ingress-gateway", "productpage"), {}).get("requests", 0)
+        if seen >= SENT * 0.8 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for edge in (("ingress-gateway", "productpage"), ("productpage", "details")):
+        e = edges[edge]
+        assert SENT * 0.8 <= e["requests"] <= SENT * 1.25, (edge, e)
+        assert e["rps"] > 0 and not e["idle"] and e["error_rate"] == 0.0 and e["p99_ms"] is not None
+    table = _isolated_meshctl(mesh, "graph", "--window", "1m")
+    assert table.returncode == 0 and "ingress-gateway" in table.stdout and "productpage" in table.stdout
+    direct = _isolated_meshctl(mesh, "graph", "--direct", "--window", "1s")
+    assert "not reachable from this process" in direct.stderr  # the old way needs the admin addresses
+
+
+def test_graph_refuses_a_window_longer_than_the_collector_keeps(mesh):
+    out = _isolated_meshctl(mesh, "graph", "--window", "2h")  # it keeps an hour
+    assert out.returncode == 1 and "longer than the control plane keeps" in out.stderr
