@@ -233,47 +233,68 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_proxy_config(args) -> int:
-    client = _client(args)
-    if args.envoy:
-        from ..observe.collector import open_url
+def _proxy_config_target(args) -> tuple[set[str], str]:
+    """``[TYPE] NODE`` (istioctl's order) plus ``--type``: the wanted types and the node."""
+    from ._types import XDS_TYPES
 
-        # The control plane lists only the node's catalog address (never one its proxy announced), and a
-        # redirect is never followed: this fetch runs on the operator's machine.
-        admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
-        if not admin:
-            raise MeshError(f"no admin address known for node {args.node!r} (it is listed only for a node in the "
-                            "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
-        try:
-            status, body = open_url(f"http://{admin}/config_dump", timeout=10)
-        except (OSError, ValueError) as exc:
-            raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
-                            "proxy running and its admin address reachable from here?") from exc
-        if 300 <= status < 400:
-            raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
-        print(body.decode())
+    if len(args.target) > 2:
+        raise MeshError("proxy-config takes [TYPE] NODE, e.g. `meshctl proxy-config cluster vm1`")
+    types = set(args.type or ())
+    if len(args.target) == 2:
+        kind = args.target[0].lower()
+        if kind not in XDS_TYPES and kind not in ("all", "bootstrap"):
+            raise MeshError(f"{args.target[0]!r} is not a proxy-config type; use one of listener, route, cluster, "
+                            "endpoint, secret, bootstrap, all")
+        types.add(XDS_TYPES.get(kind, kind))
+    return (set() if "all" in types else types), args.target[-1]
+
+
+def _envoy_config_dump(client, node: str) -> tuple[int, str]:
+    from ..observe.collector import open_url
+
+    # The control plane lists only the node's catalog address (never one its proxy announced), and a
+    # redirect is never followed: this fetch runs on the operator's machine.
+    admin = next((p.admin for p in client.proxies() if p.node == node), "")
+    if not admin:
+        raise MeshError(f"no admin address known for node {node!r} (it is listed only for a node in the "
+                        "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
+    try:
+        status, body = open_url(f"http://{admin}/config_dump", timeout=10)
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
+                        "proxy running and its admin address reachable from here?") from exc
+    if 300 <= status < 400:
+        raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
+    return status, body.decode()
+
+
+def cmd_proxy_config(args) -> int:
+    from . import proxy_config as pc
+
+    types, node = _proxy_config_target(args)
+    client = _client(args)
+    if args.envoy or "bootstrap" in types:
+        if "bootstrap" in types and not args.envoy:
+            raise MeshError("the bootstrap is not served over xDS (the agent writes it on the VM); "
+                            f"read it from the Envoy: `meshctl proxy-config bootstrap {node} --envoy`")
+        status, text = _envoy_config_dump(client, node)
+        if "bootstrap" in types and status == 200:
+            _out(pc.bootstrap_of(json.loads(text)), "json" if args.output == "table" else args.output)
+        else:
+            print(text)
         return 0 if status == 200 else 1
-    config = client.proxy_config(args.node)
+    config = client.proxy_config(node)
     resources = config.resources
-    if args.type:  # already one of listener, route, cluster, endpoint, secret (_types.xds_type)
-        resources = {k: v for k, v in resources.items() if _short(k) in set(args.type)}
+    if types:
+        resources = {k: v for k, v in resources.items() if pc.short(k) in types}
     data = {**config.to_json(), "resources": resources}
 
     def table(d):
-        rows = []
-        for type_name, items in d["resources"].items():
-            for item in items:
-                rows.append([_short(type_name), item.get("name") or item.get("clusterName", "")])
         print(f"node {d['node']}  version {d.get('version') or '-'}")
-        _table(rows, ["TYPE", "NAME"])
+        pc.print_tables(d["resources"], port=args.port, fqdn=args.fqdn)
 
     _out(data, args.output, table)
     return 0
-
-
-def _short(type_name: str) -> str:
-    return {"Listener": "listener", "RouteConfiguration": "route", "Cluster": "cluster",
-            "ClusterLoadAssignment": "endpoint", "Secret": "secret"}.get(type_name, type_name.lower())
 
 
 def cmd_token_create(args) -> int:
@@ -436,9 +457,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add("status", cmd_status, "Show the control plane and every proxy with its services and sync state.")
 
     sp = add("proxy-config", cmd_proxy_config, "Show the configuration the control plane serves a node's Envoy.")
-    sp.add_argument("node")
+    sp.add_argument("target", nargs="+", metavar="[TYPE] NODE",
+                    help="the node, after an optional type: listener, route, cluster, endpoint, secret, bootstrap, "
+                         "all (default all)")
     sp.add_argument("--type", action="append", type=xds_type,
                     help="only this type (repeatable): listener, route, cluster, endpoint, secret")
+    sp.add_argument("--port", type=int, help="only listeners, clusters and endpoints on this port")
+    sp.add_argument("--fqdn", help="only routes, clusters and endpoints whose name or domains contain this")
     sp.add_argument("--envoy", action="store_true", help="ask the Envoy itself (admin /config_dump)")
 
     sp = add("token", None, "Join tokens for VMs.")

@@ -86,3 +86,34 @@ def test_graph_window_from_the_collector_after_bounded_traffic(mesh):
 def test_graph_refuses_a_window_longer_than_the_collector_keeps(mesh):
     out = _isolated_meshctl(mesh, "graph", "--window", "2h")  # it keeps an hour
     assert out.returncode == 1 and "longer than the control plane keeps" in out.stderr
+
+
+def test_proxy_config_tables_filters_and_types(mesh):
+    from ..e2e._topology import meshctl
+
+    defs = mesh.defs
+    details = defs["details-v1"]
+    out = meshctl(mesh, "proxy-config", "endpoint", "n1", "--fqdn", "details").stdout
+    assert f"{details['connect']['sidecar_service']['port']}" in out and "HEALTHY" in out  # the mesh port, healthy
+    rows = out.splitlines()[1:]
+    assert rows[0].split() == ["ENDPOINT", "STATUS", "WEIGHT", "CLUSTER"]
+    assert all("details" in r for r in rows[1:]) and len(rows) > 1
+    up = defs["productpage-v1"]["connect"]["sidecar_service"]["proxy"]["upstreams"][0]
+    out = meshctl(mesh, "proxy-config", "listener", "n1", "--port", str(up["local_bind_port"])).stdout
+    lines = out.splitlines()
+    assert lines[1].split()[:5] == ["NAME", "ADDRESS", "PORT", "MATCH", "DESTINATION"]
+    assert len(lines) >= 3 and all(str(up["local_bind_port"]) in line for line in lines[2:])
+    out = meshctl(mesh, "proxy-config", "route", "n1").stdout
+    assert "CLUSTER" in out and "outbound:reviews|productpage" in out
+    out = meshctl(mesh, "proxy-config", "cluster", "n1", "--fqdn", "ratings").stdout
+    assert "ratings" not in out.split("\n", 2)[-1] or "outbound:ratings" in out
+    assert "mTLS" in meshctl(mesh, "proxy-config", "cluster", "n1", "--fqdn", "details").stdout
+    everything = meshctl(mesh, "proxy-config", "all", "n1").stdout
+    for header in ("DESTINATION", "VIRTUAL HOST", "CONNECT TIMEOUT", "ENDPOINT", "HOLDS"):
+        assert header in everything
+    bad = meshctl(mesh, "proxy-config", "clusterz", "n1", check=False)
+    assert bad.returncode == 1 and "not a proxy-config type" in bad.stderr
+    bad = meshctl(mesh, "proxy-config", "n1", "--type", "bogus", check=False)
+    assert bad.returncode == 2
+    boot = meshctl(mesh, "proxy-config", "bootstrap", "n1", "--envoy", "-o", "json").stdout
+    assert json.loads(boot)["node"]["id"] == "n1"
