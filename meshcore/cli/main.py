@@ -21,7 +21,7 @@ from ._output import table as _table
 from ._output import validate_locally as _validate_locally
 from ._run import dispatch
 from ._state import DEMO_STATE_DIR
-from ._types import MeshctlParser, duration_text, header, http_method, http_path, ip_address, xds_type
+from ._types import MeshctlParser, duration_text, header, http_method, http_path, ip_address, seconds, xds_type
 
 
 if TYPE_CHECKING:  # the API contracts and the HTTP client load when a command runs, not for --help
@@ -383,12 +383,43 @@ DEMO_BANNER = """
 meshcore demo is up.
   productpage through the ingress gateway:  curl http://127.0.0.1:8080/productpage
   the same as JSON:                        curl http://127.0.0.1:8080/productpage?format=json
+  the dashboard:                           http://127.0.0.1:15000/  (or: meshctl dashboard)
+  meshctl on your PATH:                    export PATH="$PWD/.venv/bin:$PATH"
+  some traffic (bounded):                  meshctl demo traffic --duration 30s
   mesh status:                             meshctl status
   proxies and their config:                meshctl get proxies; meshctl proxy-config vm1
   apply a policy:                          meshctl apply -f examples/policies/permissive.yaml
-  stop it:                                 meshctl demo down
+  stop it:                                 Ctrl-C here (make demo), or meshctl demo down
 State and logs: {state}/
 """
+
+
+def cmd_demo_traffic(args) -> int:
+    """Bounded traffic: GET ``--url`` at ``--rps`` for ``--duration`` (or ``--requests`` times); a summary."""
+    from collections import Counter
+
+    from ..demo.launcher import http_get
+
+    if not args.rps > 0:
+        raise MeshError(f"--rps {args.rps:g}: give a positive rate, e.g. --rps 5")
+    interval = 1.0 / args.rps
+    deadline = time.monotonic() + args.duration
+    codes: Counter = Counter()
+    started = time.monotonic()
+    while (args.requests and sum(codes.values()) < args.requests) or (
+            not args.requests and time.monotonic() < deadline):
+        next_at = time.monotonic() + interval
+        try:
+            status, _ = http_get(args.url, timeout=5)
+            codes[str(status)] += 1
+        except OSError as exc:
+            codes[type(exc).__name__] += 1
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    sent = sum(codes.values())
+    data = {"url": args.url, "requests": sent, "seconds": round(time.monotonic() - started, 2), "results": dict(codes)}
+    _out(data, args.output, lambda d: print(f"{sent} requests to {args.url} in {d['seconds']}s: "
+                                            + ", ".join(f"{k} x{v}" for k, v in sorted(codes.items()))))
+    return 0 if codes and all(k.startswith(("2", "3", "4", "5")) for k in codes) else 1
 
 
 def cmd_demo_down(args) -> int:
@@ -502,6 +533,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     dd = dsub.add_parser("down", parents=[common], help="Stop every process the demo started.")
     dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
     dd.set_defaults(fn=cmd_demo_down)
+    dt = dsub.add_parser("traffic", parents=[common], help="Send bounded traffic through the demo's ingress gateway.")
+    dt.add_argument("--url", default="http://127.0.0.1:8080/productpage", help="what to GET (default %(default)s)")
+    dt.add_argument("--duration", default="30s", type=seconds(low=0.1, high=3600),
+                    help="for how long (default %(default)s)")
+    dt.add_argument("--requests", type=int, default=0, help="stop after this many requests instead")
+    dt.add_argument("--rps", type=float, default=5.0, help="requests per second (default %(default)s)")
+    dt.set_defaults(fn=cmd_demo_traffic)
 
     # Commands that live in their own modules, in the order `meshctl --help` lists them.
     wanted = None if argv is None else _command_in(argv)
