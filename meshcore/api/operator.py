@@ -26,6 +26,7 @@ class ServiceStatus(Wire):
     spiffe_id: str
     healthy: bool
     inbound: str = ""
+    labels: dict = field(default_factory=dict, metadata={"omit_empty": True})  # workload labels: what subsets select
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class ReplicaStatus(Wire):
 
 @dataclass(frozen=True)
 class ControlPlaneStatus(Wire):
+    version: str = omit_empty()  # meshcore's version (``meshctl version``)
     xds: str = ""
     api: str = ""
     http: str = ""

@@ -47,6 +47,7 @@ from meshcore.errors import CatalogError, FieldError, ValidationError
 
 from .definitions import DefinitionFile, NodeDefinition, build_node, definition_files, parse_definition
 from .model import Catalog, CatalogUpdate, Node, ServiceInstance
+from .source import SourceHealth
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +401,17 @@ class FileCatalogSource:
                 log.error("catalog definition invalid source=%s path=%s error=%s (%s)", e.source, e.path or "-", e.message, kept)
         else:
             log.info("catalog definitions valid again root=%s", self.root)
+
+    def health(self) -> SourceHealth:
+        """``holding`` while a definition file is invalid (the last valid catalog is kept), each such file in
+        ``rejected`` (``meshctl status`` shows them); else ``ok`` (``starting`` before the first valid read)."""
+        errors = self._errors
+        state = "holding" if errors and self._catalog is not None else (
+            "ok" if self._catalog is not None else "starting")
+        detail = f"{len(errors)} invalid definition file(s), keeping the last valid catalog" if errors else ""
+        return SourceHealth(name="catalog", kind=f"files {self.root}", state=state, detail=detail,
+                            index=self._index,
+                            rejected=tuple((e.source + (f" {e.path}" if e.path else ""), e.message) for e in errors))
 
     # --- CatalogSource -------------------------------------------------------------------
 

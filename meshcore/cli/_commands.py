@@ -41,18 +41,32 @@ MODULE_COMMANDS: tuple[tuple[str, str, str], ...] = (
 HELP: dict[str, str] = {name: text for name, _, text in MODULE_COMMANDS}
 
 
-def common_options() -> argparse.ArgumentParser:
+#: the options of :func:`common_options` that take a value (meshctl finds the command word after them).
+VALUE_OPTIONS = frozenset({"--server", "-o", "--output", "--token", "--cert", "--key", "--cacert"})
+
+
+def common_options(suppress: bool = False) -> argparse.ArgumentParser:
     """The options every meshctl command takes (a parent parser): where the control plane is, how to
-    authenticate, the output format."""
+    authenticate, the output format. meshctl takes them before the command too (``meshctl --server URL
+    status``, as the docs write it): the top-level parser holds the defaults and each command's copy is
+    built with ``suppress=True``, so a value given before the command is not reset by the command's default."""
     from ._types import http_url
 
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", type=http_url, help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
-                                         "./.meshcore-demo, then http://127.0.0.1:15000)")
-    common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
-    common.add_argument("--token", help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
-                                        "then the control plane state dir's admin.token)")
-    common.add_argument("--cert", help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
-    common.add_argument("--key", help="its private key ($MESHCORE_KEY)")
-    common.add_argument("--cacert", help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
+    common.add_argument("--server", type=http_url, default=default(None),
+                        help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
+                             "./.meshcore-demo, then http://127.0.0.1:15000)")
+    common.add_argument("-o", "--output", choices=("table", "json", "yaml"), default=default("table"),
+                        help="output format (default: table)")
+    common.add_argument("--token", default=default(None),
+                        help="operator API token (default: $MESHCORE_TOKEN, $MESHCORE_TOKEN_FILE, "
+                             "then the control plane state dir's admin.token)")
+    common.add_argument("--cert", default=default(None),
+                        help="operator client certificate (`meshctl operator cert issue`; $MESHCORE_CERT)")
+    common.add_argument("--key", default=default(None), help="its private key ($MESHCORE_KEY)")
+    common.add_argument("--cacert", default=default(None),
+                        help="trust bundle to verify the control plane with ($MESHCORE_CACERT)")
     return common

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..api._wire import encode
-from ..api.operator import ResourceFile
 from ..errors import MeshError
+
+if TYPE_CHECKING:
+    from ..api.operator import ResourceFile
 
 OUTPUTS = ("table", "json", "yaml")
 
@@ -40,6 +42,8 @@ def table(rows: list[list[str]], headers: list[str]) -> None:
 
 def read_files(paths: list[str]) -> list[ResourceFile]:
     """The files, directories (their .yaml/.yml/.json) and ``-`` (stdin) to send to the operator API."""
+    from ..api.operator import ResourceFile
+
     files = []
     for p in paths:
         if p == "-":

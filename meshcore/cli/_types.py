@@ -34,7 +34,35 @@ class MeshctlParser(argparse.ArgumentParser):
     """argparse with a one-line error (``meshctl ca rotate: argument --timeout: ...``) and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: {message}{did_you_mean(self, message)} (see `{self.prog} --help`)\n")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long option of ``parser`` and of its (already built) subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if child is not parser:
+                    found |= _all_options(child)
+    return found
+
+
+def did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """``"; did you mean 'status'?"`` for an argparse error naming an unknown command, choice or option."""
+    import difflib
+
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        wanted, options = choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
+    else:
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        if not unknown or not unknown.group(1).startswith("-"):
+            return ""
+        wanted, options = unknown.group(1).split("=")[0], sorted(_all_options(parser))
+    close = difflib.get_close_matches(wanted, options, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _typed(name: str, check: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -194,7 +194,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                         description="Start a canary in the control plane and follow it. Exits 0 when the canary "
                                     "is promoted, 1 when it is rolled back or aborted.",
                         epilog="Example: meshctl canary start reviews --from v1 --to v2 --steps 10,25,50,100 "
-                               "--interval 1m --max-error-rate 1%% --max-p99 500ms")
+                               "--interval 1m --max-error-rate 1% --max-p99 500ms")
     p.add_argument("service", help="the service (Consul service name), e.g. reviews")
     p.add_argument("--to", required=True, metavar="SUBSET", type=checked("subset", wf.check_subset_name),
                    help="the canary subset (new version), e.g. v2")

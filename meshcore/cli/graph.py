@@ -1,9 +1,12 @@
 """``meshctl graph``: which service calls which, how often, how often it fails, how slow (p99).
 
-Reads the proxies and their Envoy admin addresses from the control plane (``/v1/proxies``), scrapes
-every Envoy's ``/stats/prometheus`` twice, ``--window`` apart, and prints the edges computed by
-:mod:`meshcore.observe.graph` as a table, JSON (a list of ``source``, ``destination``, ``rps``,
-``error_rate``, ``p99_ms``) or Graphviz DOT. Wire it into meshctl with ``register(subparsers, common)``.
+By default it reads the last ``--window`` (1m) of the control plane's metrics collector
+(``/v1/dashboard/series`` and ``/v1/dashboard/summary``; :func:`meshcore.observe.graph.edges_over_window`),
+so it works from any machine that reaches the operator API and shows traffic that already happened.
+``--direct`` reads the proxies' Envoy admin addresses (``/v1/proxies``) and scrapes every Envoy's
+``/stats/prometheus`` twice, ``--window`` apart, from this machine. It prints a table, JSON or YAML (a
+list of ``source``, ``destination``, ``rps``, ``error_rate``, ``p99_ms``, ``requests``, ``idle``) or
+Graphviz DOT. Wire it into meshctl with ``register(subparsers, common)``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import MeshError
 from ..observe.collector import fetch_text
-from ..observe.graph import Edge, EnvoyStats, compute_edges, parse_envoy_prometheus
+from ..observe.graph import Edge, EnvoyStats, compute_edges, edges_over_window, parse_envoy_prometheus
 from ._client import Client, discover_server
 from ._run import dispatch
 from ._commands import HELP
 from ._types import MeshctlParser, http_url, seconds
 
-GRAPH_OUTPUTS = ("table", "json", "dot")
+GRAPH_OUTPUTS = ("table", "json", "yaml", "dot")
 SCRAPE_TIMEOUT_S = 3.0
 
 
@@ -62,7 +65,7 @@ def collect(admins: dict[str, str], window: float) -> tuple[list[Edge], dict[str
 def render_table(edges: list[Edge]) -> str:
     rows = [("SOURCE", "DESTINATION", "RPS", "ERRORS", "P99")]
     for e in edges:
-        rows.append((e.source, e.destination, f"{e.rps:.2f}", f"{e.error_rate * 100:.1f}%",
+        rows.append((e.source, e.destination, f"{e.rps:.2f}" if e.rps else "idle", f"{e.error_rate * 100:.1f}%",
                      "-" if e.p99_ms is None else f"{e.p99_ms:.1f}ms"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -79,17 +82,53 @@ def render_dot(edges: list[Edge]) -> str:
     return "\n".join(lines)
 
 
+def _history(client: Client, signal: str, window: float) -> tuple[dict[tuple[str, str], list[tuple[float, float]]],
+                                                                 set[float]]:
+    data = client.get(f"/v1/dashboard/series?signal={signal}&since={window:g}")
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    times: set[float] = set()
+    for series in data.get("series", ()):
+        labels = series.get("labels", {})
+        points = [(float(t), float(v)) for t, v in series.get("points", ())]
+        out[(labels.get("source", ""), labels.get("destination", ""))] = points
+        times.update(t for t, _ in points)
+    return out, times
+
+
+def from_collector(client: Client, window: float) -> tuple[list[Edge], dict[str, str]]:
+    """Edges over the last ``window`` seconds from the control plane's collector (``/v1/dashboard/series``):
+    works from any machine that reaches the operator API, no Envoy admin address needed. Also
+    ``{node: error}`` of the proxies the collector could not read."""
+    collector = client.get("/v1/dashboard/summary").get("collector", {})
+    interval = float(collector.get("interval_seconds") or 5.0)
+    history = float(collector.get("history_seconds") or 0.0)
+    if history and window > history:
+        raise MeshError(f"--window {window:g}s is longer than the control plane keeps ({history:g}s); "
+                        f"use at most --window {history:g}s")
+    rates, times = _history(client, "edge_request_rate", window)
+    errors, _ = _history(client, "edge_error_rate", window)
+    p99s, _ = _history(client, "edge_p99_ms", window)
+    return edges_over_window(rates, errors, p99s, sorted(times), interval), dict(collector.get("errors") or {})
+
+
 def cmd_graph(args) -> int:
     window = args.window  # seconds, checked by argparse (_types.seconds)
     client = Client(discover_server(args.server), token=getattr(args, "token", None))
-    admins = {p.node: p.admin for p in client.proxies() if p.admin and p.connected}
-    if not admins:
-        raise MeshError("no connected proxy reports an Envoy admin address; see `meshctl status`")
-    edges, errors = collect(admins, window)
+    if args.direct:
+        admins = {p.node: p.admin for p in client.proxies() if p.admin and p.connected}
+        if not admins:
+            raise MeshError("no connected proxy reports an Envoy admin address; see `meshctl status`")
+        edges, errors = collect(admins, window)
+    else:
+        edges, errors = from_collector(client, window)
     for node, err in sorted(errors.items()):
-        print(f"meshctl graph: skipped node={node}: {err}", file=sys.stderr)
+        print(f"meshctl graph: no metrics from node={node}: {err}", file=sys.stderr)
     if args.graph_output == "json":
-        print(json.dumps([e.to_dict() for e in edges], indent=2))
+        print(json.dumps([{**e.to_dict(), "idle": e.rps == 0} for e in edges], indent=2))
+    elif args.graph_output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump([{**e.to_dict(), "idle": e.rps == 0} for e in edges], sort_keys=False), end="")
     elif args.graph_output == "dot":
         print(render_dot(edges))
     else:
@@ -98,17 +137,21 @@ def cmd_graph(args) -> int:
 
 
 def register(subparsers, common: argparse.ArgumentParser | None = None) -> None:
-    """Add ``graph``. It has its own ``-o`` (table, json, dot), so it does not inherit ``common``'s."""
-    desc = ("The service graph from the proxies' stats: every edge source -> destination with its request "
-            "rate, error rate (5xx) and p99 latency over --window.")
-    sp = subparsers.add_parser("graph", help=HELP["graph"],
-                               description=desc)
+    """Add ``graph``. It has its own ``-o`` (table, json, yaml, dot), so it does not inherit ``common``'s."""
+    desc = ("The service graph from the control plane's metrics collector: every edge source -> destination "
+            "with its request rate, error ratio (5xx) and p99 latency over the last --window; declared edges "
+            "without traffic are shown idle. --direct scrapes every Envoy's admin address from this machine "
+            "twice, --window apart, instead.")
+    sp = subparsers.add_parser("graph", help=HELP["graph"], description=desc)
     sp.add_argument("--server", type=http_url, help="control plane HTTP API URL (default: $MESHCORE_SERVER, the demo in "
                                      "./.meshcore-demo, then http://127.0.0.1:15000)")
     sp.add_argument("--token", default=None, help="operator token (default: discovered as for other commands)")
     sp.add_argument("-o", "--output", dest="graph_output", choices=GRAPH_OUTPUTS, default="table",
                     help="output format")
-    sp.add_argument("--window", default="5s", type=seconds(low=0.001, high=300), help="time between the two scrapes (default %(default)s)")
+    sp.add_argument("--window", default="1m", type=seconds(low=0.001, high=7 * 86400),
+                    help="how far back to look (default %(default)s); with --direct, the time between the scrapes")
+    sp.add_argument("--direct", action="store_true",
+                    help="scrape the Envoys' admin addresses from this machine instead of asking the control plane")
     sp.set_defaults(fn=cmd_graph, output="table")
 
 

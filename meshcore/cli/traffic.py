@@ -137,10 +137,52 @@ def _print(result: dict, fmt: str) -> None:
         print(f"  note: {note}")
 
 
-def _run(args, make: Callable[[dict | None, dict | None], wf.Plan]) -> int:
+def catalog_labels(client: Client) -> dict[str, list[dict]]:
+    """Each catalog service's instances' workload labels (``app``, meta keys, ``tag:<t>``), from the status."""
+    services: dict[str, list[dict]] = {}
+    for proxy in client.status().proxies:
+        for svc in proxy.services:
+            services.setdefault(svc.name, []).append(dict(svc.labels) or {"app": svc.name})
+    return services
+
+
+def _subset_labels(plan: wf.Plan, name: str) -> dict | None:
+    for subset in ((plan.destination_rule or {}).get("spec") or {}).get("subsets") or []:
+        if subset.get("name") == name:
+            return subset.get("labels") or {}
+    return None
+
+
+def guard(plan: wf.Plan, catalog: dict[str, list[dict]], subsets: list[str], force: bool) -> list[str]:
+    """Refuse (ConfigError) a change for a service the catalog does not have, or one that sends traffic to a
+    subset no instance carries the labels of; with ``force``, the same findings come back as notes."""
+    import difflib
+
+    problems = []
+    if plan.service not in catalog:
+        close = difflib.get_close_matches(plan.service, list(catalog), n=1)
+        problems.append(f"service {plan.service!r} is not in the catalog"
+                        + (f"; did you mean {close[0]!r}?" if close else f" (it has: {', '.join(sorted(catalog))})"))
+    else:
+        for name in subsets:
+            labels = _subset_labels(plan, name)
+            if labels is None:
+                continue
+            matching = [i for i in catalog[plan.service] if all(i.get(k) == v for k, v in labels.items())]
+            if not matching:
+                selector = ",".join(f"{k}={v}" for k, v in labels.items())
+                problems.append(f"subset {name!r} of {plan.service} ({selector}) has no instances in the catalog: "
+                                "its traffic would fail with 503 (check the instances' Consul meta, or --label)")
+    if problems and not force:
+        raise ConfigError("; ".join(problems) + "; nothing applied (--force writes it anyway)")
+    return [f"forced: {p}" for p in problems]
+
+
+def _run(args, make: Callable[[dict | None, dict | None], wf.Plan], subsets: list[str] | None = None) -> int:
     client = Client(discover_server(args.server, getattr(args, "state_dir", None)))
     dr, vs, stored = current(client, args.service)
     plan = make(dr, vs)
+    plan.notes += guard(plan, catalog_labels(client), subsets or [], getattr(args, "force", False))
     check(plan, stored)
     outcome = None if args.dry_run else apply_plan(client, plan, wait=not args.no_wait)
     _print(_result(plan, outcome, args.dry_run), args.output)
@@ -163,7 +205,8 @@ def _headers(values: list[str] | None) -> dict[str, str]:
 
 def cmd_split(args) -> int:
     weights = wf.parse_weights(args.weights)
-    return _run(args, lambda dr, vs: wf.split(args.service, weights, dr, vs, label=args.label, namespace=args.namespace))
+    return _run(args, lambda dr, vs: wf.split(args.service, weights, dr, vs, label=args.label, namespace=args.namespace),
+                [k for k, w in weights.items() if w > 0])
 
 
 def cmd_route(args) -> int:
@@ -171,43 +214,99 @@ def cmd_route(args) -> int:
     if args.remove == bool(args.to):
         raise ConfigError("give either --to SUBSET (add or change the route) or --remove (take it out)")
     return _run(args, lambda dr, vs: wf.route(args.service, headers, args.to, dr, vs, label=args.label,
-                                              namespace=args.namespace, remove=args.remove))
+                                              namespace=args.namespace, remove=args.remove),
+                [args.to] if args.to else [])
 
 
 def cmd_switch(args) -> int:
-    return _run(args, lambda dr, vs: wf.switch(args.service, args.to, dr, vs, label=args.label, namespace=args.namespace))
+    return _run(args, lambda dr, vs: wf.switch(args.service, args.to, dr, vs, label=args.label, namespace=args.namespace),
+                [args.to])
 
 
 def cmd_rollback(args) -> int:
     return _run(args, lambda dr, vs: wf.rollback(args.service, dr, vs, label=args.label, namespace=args.namespace))
 
 
+_ROUTE_KEYS = ("name", "match", "route")
+
+
+def _compact(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def traffic_view(service: str, drs: list[dict], vss: list[dict]) -> dict:
+    """Everything stored that changes ``service``'s traffic: its VirtualServices' rules (matches, destinations,
+    faults, timeouts, retries, mirrors, rewrites, header edits), rules elsewhere that mirror to it, and its
+    DestinationRules' policies (load balancing, connection pools, outlier detection, TLS) and subsets."""
+    own_vs = [d for d in vss if service in ((d.get("spec") or {}).get("hosts") or ())]
+    own_dr = [d for d in drs if (d.get("spec") or {}).get("host") == service]
+    rules = []
+    for doc in own_vs:
+        for r in (doc.get("spec") or {}).get("http") or []:
+            rules.append({"virtualService": doc["metadata"]["name"], "name": r.get("name", ""),
+                          "match": r.get("match", []), "to": wf.describe(r["route"]) if r.get("route") else "-",
+                          **{k: v for k, v in r.items() if k not in _ROUTE_KEYS}})
+    mirrored_from = [f"{d['metadata']['name']}/{r.get('name') or '-'}" for d in vss
+                     for r in (d.get("spec") or {}).get("http") or []
+                     if (r.get("mirror") or {}).get("host") == service and d not in own_vs]
+    policies = []
+    for doc in own_dr:
+        spec = doc.get("spec") or {}
+        if spec.get("trafficPolicy"):
+            policies.append({"destinationRule": doc["metadata"]["name"], "subset": "", "policy": spec["trafficPolicy"]})
+        for sub in spec.get("subsets") or []:
+            if sub.get("trafficPolicy"):
+                policies.append({"destinationRule": doc["metadata"]["name"], "subset": sub["name"],
+                                 "policy": sub["trafficPolicy"]})
+    vs = own_vs[0] if own_vs else None
+    return {
+        "service": service,
+        "subsets": [{"name": s["name"], "labels": s.get("labels", {})}
+                    for d in own_dr for s in (d.get("spec") or {}).get("subsets") or []],
+        "routes": rules,
+        "policies": policies,
+        "mirroredFrom": mirrored_from,
+        "labels": ((vs or {}).get("metadata") or {}).get("labels", {}),
+        "destinationRules": own_dr,
+        "virtualServices": own_vs,
+    }
+
+
+def _print_view(out: dict) -> None:
+    service = out["service"]
+    subsets = ", ".join(f"{s['name']} ({','.join(f'{k}={v}' for k, v in s['labels'].items())})"
+                        for s in out["subsets"])
+    print(f"{service}: subsets {subsets or '-'}")
+    if len(out["virtualServices"]) > 1:
+        print(f"  warning: {len(out['virtualServices'])} VirtualServices name {service}: "
+              + ", ".join(d["metadata"]["name"] for d in out["virtualServices"]))
+    if not out["routes"]:
+        print("  no VirtualService: traffic goes to every healthy instance")
+    for r in out["routes"]:
+        cond = _compact(r["match"]) if r["match"] else "everything else"
+        print(f"  route {r['name'] or '-'}: {cond} -> {r['to']}")
+        for key in sorted(k for k in r if k not in (*_ROUTE_KEYS, "virtualService", "to")):
+            print(f"    {key}: {_compact(r[key])}")
+    for p in out["policies"]:
+        print(f"  policy {p['destinationRule']}{'/' + p['subset'] if p['subset'] else ''}: {_compact(p['policy'])}")
+    for m in out["mirroredFrom"]:
+        print(f"  mirrored from {m}")
+    for k in (wf.ACTIVE_LABEL, wf.PREVIOUS_LABEL):
+        if k in out["labels"]:
+            print(f"  {k.rsplit('/', 1)[-1]}: {out['labels'][k]}")
+
+
 def cmd_show(args) -> int:
     client = Client(discover_server(args.server, getattr(args, "state_dir", None)))
-    dr, vs, _ = current(client, args.service)
-    rules = ((vs or {}).get("spec") or {}).get("http") or []
-    out = {
-        "service": args.service,
-        "subsets": [s["name"] for s in ((dr or {}).get("spec") or {}).get("subsets") or []],
-        "routes": [{"name": r.get("name", ""), "match": r.get("match", []), "to": wf.describe(r["route"])} for r in rules],
-        "labels": ((vs or {}).get("metadata") or {}).get("labels", {}),
-        "destinationRule": dr,
-        "virtualService": vs,
-    }
+    drs = client.resources(ResourceQuery(kind=dr_kind.KIND_NAME))
+    vss = client.resources(ResourceQuery(kind=vs_kind.KIND_NAME))
+    out = traffic_view(args.service, drs, vss)
     if args.output == "json":
         print(json.dumps(out, indent=2, sort_keys=True))
     elif args.output == "yaml":
         print(yaml.safe_dump(out, sort_keys=False), end="")
     else:
-        print(f"{args.service}: subsets {', '.join(out['subsets']) or '-'}")
-        if not rules:
-            print("  no VirtualService: traffic goes to every healthy instance")
-        for r in out["routes"]:
-            cond = json.dumps(r["match"]) if r["match"] else "everything else"
-            print(f"  {r['name'] or '-'}: {cond} -> {r['to']}")
-        for k in (wf.ACTIVE_LABEL, wf.PREVIOUS_LABEL):
-            if k in out["labels"]:
-                print(f"  {k.rsplit('/', 1)[-1]}: {out['labels'][k]}")
+        _print_view(out)
     return 0
 
 
@@ -230,6 +329,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                            "labels are Consul meta keys, app, and tag:<tag>)")
     edit.add_argument("-n", "--namespace", default="default", help="namespace of new resources (default %(default)s)")
     edit.add_argument("--dry-run", action="store_true", help="show the resulting resources, apply nothing")
+    edit.add_argument("--force", action="store_true",
+                      help="apply even for a service not in the catalog or a subset without instances")
     edit.add_argument("--no-wait", action="store_true",
                       help="do not wait for proxies to ACK new subsets before routing to them")
 
@@ -256,11 +357,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentPa
             "warm and recorded on the VirtualService (label traffic.mesh.io/previous) for `meshctl traffic rollback`.")
     p.add_argument("--to", required=True, metavar="SUBSET", type=subset, help="the color (subset) to send all traffic to")
 
-    add("rollback", cmd_rollback, "Undo the last switch: restore the recorded previous destination.",
-        "Example: meshctl traffic rollback reviews. Rolling back twice returns to where the switch went.")
+    add("rollback", cmd_rollback, "Undo the last split or switch: restore the recorded previous destination.",
+        "Example: meshctl traffic rollback reviews. Rolling back twice returns to where the split or switch went.")
 
-    p = tsub.add_parser("show", parents=[common], help="Show a service's subsets, routes and blue-green state.",
-                        description="Show a service's subsets, routes and blue-green state.")
+    p = tsub.add_parser("show", parents=[common], help="Show everything that changes a service's traffic.",
+                        description="Show a service's subsets, routes (matches, destinations, faults, timeouts, "
+                                    "retries, mirrors, header edits) and DestinationRule policies.")
     p.add_argument("service")
     p.set_defaults(fn=cmd_show)
     return sp

@@ -661,7 +661,7 @@ class ControlPlane:
                     # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
                     services[inst.node].append(ServiceStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy,
-                        inbound=f"{inst.mesh_address}:{inst.mesh_port}"))
+                        inbound=f"{inst.mesh_address}:{inst.mesh_port}", labels=inst.labels))
                 else:
                     gateways[inst.node].append(GatewayStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
@@ -681,7 +681,8 @@ class ControlPlane:
                 access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
         return StatusResponse(
             control_plane=ControlPlaneStatus(
-                **self._addresses(), trust_domain=td, snapshot=snap.hash if snap else "",
+                version=__import__("meshcore").__version__, **self._addresses(), trust_domain=td,
+                snapshot=snap.hash if snap else "",
                 catalog_error=self.engine.source_error, store_error=self.engine.store_error,
                 build_error=self.engine.build_error, last_error=self.engine.last_error,
                 sources=self._source_statuses(), threads=self._thread_statuses(), **self._replica_status()),

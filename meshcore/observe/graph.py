@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Edge", "EnvoyStats", "compute_edges", "parse_envoy_prometheus", "quantile_from_buckets"]
+__all__ = ["Edge", "EnvoyStats", "compute_edges", "edges_over_window", "parse_envoy_prometheus",
+           "quantile_from_buckets"]
 
 # Envoy turns ':' in stat names into '_': cluster ``outbound:<dst>|<src>`` is reported as ``outbound_<dst>|<src>``.
 CLUSTER_PREFIXES = ("outbound:", "outbound_")
@@ -193,4 +194,34 @@ def compute_edges(scrapes: dict[str, tuple[EnvoyStats, EnvoyStats, float]], quan
         edges.append(Edge(source=src, destination=dst, rps=rates[(src, dst)],
                           error_rate=(s.errors / s.total) if s.total > 0 else 0.0,
                           p99_ms=quantile_from_buckets(quantile, s.buckets), requests=int(s.total)))
+    return edges
+
+
+#: ``{(source, destination): [(unix time, value), ...]}``: one signal's history per edge (the collector's).
+EdgeHistory = dict[tuple[str, str], list[tuple[float, float]]]
+
+
+def edges_over_window(rates: EdgeHistory, errors: EdgeHistory, p99s: EdgeHistory,
+                      times: list[float], interval: float) -> list[Edge]:
+    """Edges over a window from the control plane collector's per-interval history (``edge_request_rate``,
+    ``edge_error_rate``, ``edge_p99_ms``); ``times`` are the collections in the window (unix time), each
+    rate covering the time since the one before (``interval`` for the first).
+
+    ``requests`` is each interval's rate times its length, summed; ``rps`` is that over the window's
+    length (an interval without a point for an edge counts as idle); the error ratio is weighted by
+    requests; ``p99_ms`` is the highest interval p99 of the window (the collector keeps quantiles per
+    interval, not the histograms, so this bounds the window's p99 from above). An edge the proxies are
+    configured for but that carried nothing is listed with rps 0."""
+    ordered = sorted(set(times))
+    gaps = {t: (t - ordered[i - 1]) if i else interval for i, t in enumerate(ordered)}
+    span = sum(gaps.values())
+    edges = []
+    for edge in sorted(set(rates) | set(errors) | set(p99s)):
+        requests = {t: r * gaps.get(t, interval) for t, r in rates.get(edge, ())}
+        total = sum(requests.values())
+        failed = sum(requests.get(t, 0.0) * e for t, e in errors.get(edge, ()))
+        p99 = [v for _, v in p99s.get(edge, ())]
+        edges.append(Edge(source=edge[0], destination=edge[1], rps=total / span if span else 0.0,
+                          error_rate=failed / total if total > 0 else 0.0,
+                          p99_ms=max(p99) if p99 else None, requests=int(round(total))))
     return edges

@@ -188,9 +188,21 @@ def split(service: str, weights: dict[str, int], dr: dict | None, vs: dict | Non
           label: str = DEFAULT_SUBSET_LABEL, namespace: str = DEFAULT_NAMESPACE) -> Plan:
     """Send the default rule's traffic to subsets by weight (``{"v1": 90, "v2": 10}``); other rules stay."""
     doc, default = _vs_doc(vs, service, namespace)
+    before = describe(default["route"])
     default["route"] = _route_for(service, weights)
+    after = describe(default["route"])
     spread = ", ".join(f"{w}% {k}" for k, w in weights.items())
-    return _plan(service, dr, vs, doc, label, namespace, f"{service}: {spread}")
+    notes = []
+    if before != after:  # recorded as switch records it: `traffic rollback` undoes the split
+        if len(before) <= 63:
+            labels = _labels(doc)
+            labels[ACTIVE_LABEL], labels[PREVIOUS_LABEL] = after, before
+        else:
+            notes.append(f"the previous destinations {before!r} are too long to record (over 63 characters): "
+                         "`meshctl traffic rollback` cannot undo this split")
+    plan = _plan(service, dr, vs, doc, label, namespace, f"{service}: {spread}")
+    plan.notes += notes
+    return plan
 
 
 def _match_key(headers: dict[str, str]) -> dict:
@@ -261,13 +273,14 @@ def switch(service: str, to: str, dr: dict | None, vs: dict | None, *,
 
 def rollback(service: str, dr: dict | None, vs: dict | None, *,
              label: str = DEFAULT_SUBSET_LABEL, namespace: str = DEFAULT_NAMESPACE) -> Plan:
-    """Undo the last :func:`switch`: restore the recorded destinations and record the current ones instead."""
+    """Undo the last :func:`switch` or :func:`split`: restore the recorded destinations and record the current
+    ones instead (so a second rollback redoes it)."""
     previous = ((vs or {}).get("metadata", {}).get("labels") or {}).get(PREVIOUS_LABEL)
     if vs is None or not previous:
         where = f"VirtualService {namespace}/{service}" if vs is None else (
             f"VirtualService {vs['metadata'].get('namespace', namespace)}/{vs['metadata']['name']}")
         raise ConfigError(f"nothing to roll back: {where} records no previous destination; "
-                          f"`meshctl traffic switch {service} --to COLOR` records one")
+                          f"`meshctl traffic split {service} ...` and `meshctl traffic switch {service} --to COLOR` record one")
     doc, default = _vs_doc(vs, service, namespace)
     current = describe(default["route"])
     weights = parse_spec(previous)

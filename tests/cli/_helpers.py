@@ -89,3 +89,13 @@ def register_in_consul(address: str, nodes: Iterable[NodeDefinition]) -> None:
             for body in _catalog_bodies(node, svc):
                 r = requests.put(f"{address}/v1/catalog/register", data=json.dumps(body), timeout=10)
                 assert r.status_code == 200, r.text
+
+
+def wait_for_catalog(cp, timeout: float = 60.0) -> None:
+    """Until the control plane ``cp`` read its catalog (its status lists the nodes)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cp.status().get("proxies"):
+        assert time.monotonic() < deadline, "the control plane never read its catalog"
+        time.sleep(0.1)

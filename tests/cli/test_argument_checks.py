@@ -65,7 +65,7 @@ def _run(argv: list[str]) -> int:
     (["canary", "start", "reviews", "--to", "V 2"], "argument --to"),
     (["canary", "start", "reviews", "--to", "v2", "--min-requests", "-1"], "argument --min-requests"),
     (["traffic", "switch", "reviews", "--to", "Not A Subset"], "argument --to"),
-    (["graph", "--window", "10m"], "argument --window"),
+    (["graph", "--window", "30d"], "argument --window"),
     (["alerts", "export", "--window", "fortnight"], "argument --window"),
     (["render", "--out", "unused", "--xds-address", "nohost"], "argument --xds-address"),
     (["render", "--out", "unused", "--admin", "=1.2.3.4:19000"], "argument --admin"),

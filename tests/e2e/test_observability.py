@@ -77,7 +77,7 @@ def _graph(mesh) -> dict[tuple[str, str], dict]:
     for w in workers:
         w.start()
     try:
-        out = subprocess.run([sys.executable, "-m", "meshcore.cli.graph", "-o", "json", "--window", GRAPH_WINDOW,
+        out = subprocess.run([sys.executable, "-m", "meshcore.cli.graph", "--direct", "-o", "json", "--window", GRAPH_WINDOW,
                               "--server", mesh.cp_info["http"]], capture_output=True, text=True, env=_env(mesh),
                              timeout=60)
     finally:
