@@ -432,6 +432,7 @@ class AuthzResult(AuthzVerdict):
     port: int = 0
     protocol: str = "http"
     audit: tuple[str, ...] = ()
+    dry_run: str | None = None  # what the dry-run policies selecting these instances would decide (not enforced)
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,10 @@ class Client:
     def alert_rules(self, name: str = "") -> list[AlertRuleView]:
         path = "/v1/alerts/rules" + (f"?{urlencode({'name': name})}" if name else "")
         return self._typed_list(AlertRuleView, self.get(path), path)
+
+
+def client_for(args) -> Client:
+    """The client for a command's parsed ``args`` (``--server``, ``--token``, ``--state-dir`` when it has them)."""
+    state_dir = getattr(args, "state_dir", None)
+    return Client(discover_server(getattr(args, "server", None), state_dir), token=getattr(args, "token", None),
+                  state_dir=state_dir)

@@ -27,10 +27,10 @@ DESCRIPTION = (HELP.get("analyze", "") + " Each finding has a code (MC0101 ...),
 def _applied(args) -> list[Resource]:
     from ..api.operator import ResourceQuery
     from ..resources.loader import validate_document
-    from .main import _client
+    from ._client import client_for
 
     try:
-        docs = _client(args).resources(ResourceQuery())
+        docs = client_for(args).resources(ResourceQuery())
     except MeshError as exc:
         raise MeshError(f"cannot read the applied resources: {exc}; analyze the files alone with --offline") from exc
     out_: list[Resource] = []

@@ -29,10 +29,9 @@ if TYPE_CHECKING:  # the API contracts and the HTTP client load when a command r
 
 
 def _client(args) -> Client:
-    from ._client import Client, discover_server
+    from ._client import client_for
 
-    return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None),
-                  state_dir=getattr(args, "state_dir", None))
+    return client_for(args)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -355,6 +354,8 @@ def cmd_authz_check(args) -> int:
             print(f"  {','.join(r.instances)}: {verdict}: {r.reason}")
             if r.audit:
                 print(f"    audited by {', '.join(r.audit)}")
+            if r.dry_run:
+                print(f"    dry-run policies (not enforced): {r.dry_run}")
 
     _out(result, args.output, table)
     return 0

@@ -634,6 +634,8 @@ class ControlPlane:
         if grpc_stopped is not None:
             grpc_stopped.wait(2)
         self.ca.close()  # shared state: writes the pending issued records, stops following other replicas
+        for shared in (self.operators, self.operator_certs, self.federation, self.tokens):
+            getattr(shared, "close", lambda: None)()  # their watches of shared state end with this replica
         try:
             (self.settings.state_dir / STATE_FILE).unlink()
         except FileNotFoundError:

@@ -135,7 +135,7 @@ def _complete(script: str, *words: str) -> list[str]:
 def test_bash_completion_completes_commands_subcommands_and_options():
     out = _run("completion", "bash")
     assert out.returncode == 0
-    assert _complete(out.stdout, "sta") == ["status"]
+    assert _complete(out.stdout, "stat") == ["state", "status"]
     assert "split" in _complete(out.stdout, "traffic", "")
     assert "--weight" not in _complete(out.stdout, "traffic", "")
     assert "--dry-run" in _complete(out.stdout, "traffic", "split", "--d")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
-from meshcore.consul_entries.files import normalize_entry  # Consul's decoding of config entry keys
 
 from ._errors import DoubleError
 
@@ -64,6 +63,10 @@ class ConfigEntriesMixin:
     def _check_entry(body: Any) -> dict:
         if not isinstance(body, dict):
             raise DoubleError(400, "Request decode failed: config entry must be a JSON object")
+        # Consul's decoding of config entry keys, imported here: the double also runs standalone on the lab's
+        # hosts (stdlib only, tests/lab/consul_stand_in.py), where nothing writes config entries.
+        from meshcore.consul_entries.files import normalize_entry
+
         entry = normalize_entry(body)
         kind = str(entry.get("Kind") or "").lower()
         if not kind:

@@ -294,3 +294,25 @@ def test_bad_index_or_wait_is_a_400(consul_http):
     consul_http.require_double("checks the double's parameter validation")
     assert _get(consul_http, "/v1/catalog/services", index="abc").status_code == 400
     assert _get(consul_http, "/v1/catalog/services", index=1, wait="5").status_code == 400  # Go wants a unit
+
+
+def test_the_double_runs_standalone_with_the_standard_library_only(tmp_path):
+    """The lab runs the double on booted hosts from a copy of tests/consul_double (ansible role
+    lab_consul_double) with the system Python: no meshcore, no site-packages. An import of anything else
+    at module level leaves the lab without Consul (this happened once)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    (tmp_path / "tests" / "consul_double").mkdir(parents=True)
+    (tmp_path / "tests" / "lab").mkdir()
+    shutil.copy(here.parent / "__init__.py", tmp_path / "tests")
+    for f in [*here.glob("_*.py"), here / "server.py"]:
+        shutil.copy(f, tmp_path / "tests" / "consul_double")
+    for f in ("__init__.py", "consul_stand_in.py"):
+        shutil.copy(here.parent / "lab" / f, tmp_path / "tests" / "lab")
+    res = subprocess.run([sys.executable, "-S", "-c", "import tests.lab.consul_stand_in"], cwd=tmp_path, env={},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

@@ -79,10 +79,14 @@ def write_catalog(root: Path, datacenters: dict[str, str] | None = None, extra=(
 
 
 def meshctl(mesh, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``meshctl *args`` against ``mesh``'s control plane with its bootstrap admin token (text output)."""
-    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, check=check, timeout=timeout,
-                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+    """``meshctl *args`` against ``mesh``'s control plane with its bootstrap admin token (text output); with
+    ``check`` a non-zero exit fails with what meshctl printed."""
+    res = subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
+                         capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+    assert not check or res.returncode == 0, (
+        f"meshctl {' '.join(args)} exited {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return res
 
 
 def _dump_logs(state: Path) -> None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -31,7 +29,7 @@ from meshcore import naming
 from meshcore.ca import CertificateAuthority, key_to_pem, load_kek, make_csr, new_private_key
 from meshcore.demo.launcher import http_get, wait_until
 
-from ._topology import NODES, running_mesh
+from ._topology import NODES, meshctl, running_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "policies"
@@ -54,9 +52,7 @@ def mesh(tmp_path_factory):
 
 
 def _meshctl(mesh, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "meshcore.cli.main", *args, "--server", mesh.cp_info["http"]],
-                          capture_output=True, text=True, check=check, timeout=60,
-                          env={**os.environ, "MESHCORE_TOKEN_FILE": str(mesh.admin_token_file)})
+    return meshctl(mesh, *args, check=check, timeout=60)
 
 
 def _apply(mesh, path: Path) -> None:
