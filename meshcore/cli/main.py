@@ -598,13 +598,25 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    import os
+
     args = build_parser(argv).parse_args(argv)
-    if getattr(args, "token", None):  # subcommand modules (ca, traffic, render) build their own Client
-        __import__("os").environ["MESHCORE_TOKEN"] = args.token
-    for flag, env in (("cert", "MESHCORE_CERT"), ("key", "MESHCORE_KEY"), ("cacert", "MESHCORE_CACERT")):
-        if getattr(args, flag, None):  # as for --token: modules that build their own Client see it too
-            __import__("os").environ[env] = getattr(args, flag)
-    return dispatch(args)
+    # Subcommand modules (ca, traffic, render) build their own Client: they read --token, --cert, --key and
+    # --cacert from the environment, set for this call only (an in-process caller, e.g. a test, must not keep
+    # them: a later subprocess would inherit a token that wins over its own $MESHCORE_TOKEN_FILE).
+    given = {env: getattr(args, flag) for flag, env in (("token", "MESHCORE_TOKEN"), ("cert", "MESHCORE_CERT"),
+                                                        ("key", "MESHCORE_KEY"), ("cacert", "MESHCORE_CACERT"))
+             if getattr(args, flag, None)}
+    saved = {env: os.environ.get(env) for env in given}
+    os.environ.update(given)
+    try:
+        return dispatch(args)
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 if __name__ == "__main__":

@@ -54,25 +54,28 @@ def _libc_prctl() -> Callable[..., int] | None:
     return _prctl
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when the process starting it dies; None off Linux.
+# Run in a fresh interpreter that becomes the child: it sets the parent-death signal on itself, checks that
+# the parent it was started by still lives, and execs the real program (the signal survives exec). Not a
+# ``preexec_fn``: that runs Python between fork and exec, where the fork handlers of a parent with gRPC
+# threads (a test process, a control plane) run too and can wedge the child before it ever execs (seen:
+# a sample app that never started, its log one gRPC epoll error).
+_WRAPPER = ("import ctypes, os, signal, sys; "
+            "ctypes.CDLL(None, use_errno=True).prctl(1, int(sys.argv[1]), 0, 0, 0); "
+            "os.getppid() == int(sys.argv[2]) or os.kill(os.getpid(), int(sys.argv[1])); "
+            "os.execv(sys.argv[3], sys.argv[3:])")
 
-    The kernel sends it when the *thread* that forked the child ends, not the process: from any other
-    thread than the main one (a worker that may end while the owner lives on) this returns None, and the
-    guard alone stands for such a child. ctypes is resolved here, before the fork: the child only makes
-    the system call (no import, no allocation-heavy work between fork and exec). A parent that died
-    before the call is caught by comparing the parent pid afterwards."""
-    prctl = _libc_prctl()
-    if prctl is None or threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
 
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the owner died between the fork and the prctl
-            os.kill(os.getpid(), sig)
+def die_with_parent(argv: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """``argv`` wrapped so that the child receives ``sig`` when the process starting it dies (Linux; other
+    systems get ``argv`` back). ``argv[0]`` must be a path (it is exec'd as is).
 
-    return preexec
+    The kernel sends the signal when the *thread* that forked the child ends, not the process: from any
+    other thread than the main one (a worker that may end while the owner lives on) ``argv`` is returned
+    unwrapped, and the guard alone stands for such a child. A parent that died before the child's prctl
+    is caught by comparing the parent pid afterwards."""
+    if _libc_prctl() is None or threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [sys.executable, "-c", _WRAPPER, str(int(sig)), str(os.getpid()), *argv]
 
 
 @dataclass(frozen=True)

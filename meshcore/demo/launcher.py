@@ -111,9 +111,9 @@ class LocalMesh:
         grace = stop_grace(name)
         env = {**os.environ, **self.layout.env, _guard.STATE_VAR: str(self.state), _guard.GRACE_VAR: str(grace)}
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=self.state,
-                                preexec_fn=_guard.die_with_parent() if self.owned else None)
+        proc = subprocess.Popen(_guard.die_with_parent(argv) if self.owned else argv, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env, cwd=self.state)
         log.close()
         self.processes.append({"name": name, "pid": proc.pid, "argv": argv, "grace": grace})
         self._save()

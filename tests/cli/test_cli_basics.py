@@ -217,3 +217,16 @@ def test_help_loads_neither_the_api_contracts_nor_the_http_client():
              " 'grpc', 'cryptography') if m in sys.modules), file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_global_flags_do_not_stay_in_the_callers_environment(monkeypatch):
+    """``main(["--token", ...])`` in process (tests do it) must leave os.environ as it found it: a token left
+    there would win over a later subprocess's own $MESHCORE_TOKEN_FILE."""
+    import os
+
+    from meshcore.cli.main import main
+
+    monkeypatch.delenv("MESHCORE_TOKEN", raising=False)
+    monkeypatch.setenv("MESHCORE_CERT", "/before.crt")
+    main(["--token", "leaky", "--cert", "/c.crt", "version", "--client"])
+    assert "MESHCORE_TOKEN" not in os.environ and os.environ["MESHCORE_CERT"] == "/before.crt"

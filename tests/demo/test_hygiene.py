@@ -156,13 +156,13 @@ def test_sigkilled_pytest_leaves_nothing_running(tmp_path):
 PARENT = """
 import subprocess, sys, threading, time
 from meshcore.demo._guard import die_with_parent
-assert die_with_parent() is not None
+argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+assert die_with_parent(argv) != argv
 off_main = []
-threading.Thread(target=lambda: off_main.append(die_with_parent())).start()
+threading.Thread(target=lambda: off_main.append(die_with_parent(argv))).start()
 time.sleep(0.5)
-assert off_main == [None], off_main  # a worker thread may end before the owner: no parent-death signal there
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
-                         preexec_fn=die_with_parent())
+assert off_main == [argv], off_main  # a worker thread may end before the owner: no parent-death signal there
+child = subprocess.Popen(die_with_parent(argv), start_new_session=True)
 print(child.pid, flush=True)
 time.sleep(120)
 """
