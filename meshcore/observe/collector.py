@@ -303,9 +303,12 @@ def _golden(values: SignalValues, prefix: str, key: Labels, rate: float, series:
     values[prefix + "request_rate"][key] = rate
     if series.total > 0:
         values[prefix + "error_rate"][key] = series.errors / series.total
-        p = quantile_from_buckets(quantile, series.buckets)
-        if p is not None:
-            values[prefix + "p99_ms"][key] = p
+    # Not under the total: Envoy merges its histograms at the admin read that serves them (stats_flush_on_admin),
+    # so the buckets trail the counters by one scrape, and a burst's latencies land in the interval after its
+    # counts (for bounded traffic: an interval with no new requests).
+    p = quantile_from_buckets(quantile, series.buckets)
+    if p is not None:
+        values[prefix + "p99_ms"][key] = p
 
 
 def _epoch(value: Any) -> float:
