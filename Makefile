@@ -28,9 +28,10 @@ demo-down: $(STAMP)
 	$(BIN)/meshctl demo down
 
 # Two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures and order): the
-# lab file (booted hosts, mostly waiting on Ansible over SSH) runs beside the rest of the suite.
+# lab file (booted hosts, mostly waiting on Ansible over SSH) runs beside the rest of the suite. Every test's
+# duration goes to test-artifacts/junit.xml (`python -m tests.tooling.durations` sums them per file).
 test: $(STAMP) lab-deps lint
-	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile --junitxml=test-artifacts/junit.xml
 
 # ruff + mypy; findings older than the ratchet are listed in tests/tooling/lint-baseline.txt, which may only shrink.
 lint: $(STAMP)
@@ -41,9 +42,9 @@ clean:
 
 # bench_scale runs in short mode here (a small generated mesh, under 2 minutes); the fleet-scale run
 # (1,000 services, 200 synthetic proxies + 3 Envoys, ~10+ minutes today) is
-# `$(BIN)/python -m tests.benchmarks.bench_scale` (see docs/benchmarks.md). bench_signing comes with the
-# ca branch; until that is merged the line says so instead of failing. bench_dataplane (wrk from make lab-deps)
-# measures direct vs a minimal Envoy mTLS pair vs the meshcore pair at 500 and 1,000 requests/s (~7 minutes).
+# `$(BIN)/python -m tests.benchmarks.bench_scale` (see docs/benchmarks.md). bench_signing --quick measures
+# SVID issuance against a bare `cryptography` floor. bench_dataplane (wrk from make lab-deps) measures
+# direct vs a minimal Envoy mTLS pair vs the meshcore pair at 500 and 1,000 requests/s (~7 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_build
 	$(BIN)/python -m tests.benchmarks.bench_convergence

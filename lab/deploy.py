@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """lab/deploy.py: `make lab-up` - boot the lab (lab/up.sh) and deploy meshcore onto it with site.yml.
 
-Boots (or reuses) a control plane host `cp` and three VM hosts, builds the wheelhouse on this machine
+Boots (or reuses) two control plane hosts `cp` and `cp2` and three VM hosts, builds the wheelhouse on this machine
 (the hosts have no internet), writes the lab's Ansible inventory, runs ansible/playbooks/site.yml over
 SSH exactly as onto VMs, waits until productpage answers through the mesh, and prints as the LAST line
 of stdout one JSON object: {"hosts": {name: address}, "inventory": path, "ingress": url, ...}.
 Progress goes to stderr. Safe to run again (the second deployment changes nothing).
 ``--check-first`` runs ``site.yml --check --diff`` before deploying (it must pass on never-deployed hosts).
 
-The lab's mesh: the control plane, the Consul stand-in (tests/consul_double) and the ingress gateway
-(an agent whose Envoy listens on cp's bridge address, port 8080) on `cp`; bookinfo on vm1..vm3, every
+The lab's mesh: a control plane replica, the Consul stand-in (tests/consul_double) and the ingress gateway
+(an agent whose Envoy listens on cp's bridge address, port 8080) on `cp`; a second control plane replica on
+`cp2` (both with --store consul: one CA, one leader, every agent knows both); bookinfo on vm1..vm3, every
 service on every VM (reviews v1/v2/v3 one per VM), so any one VM can be restarted or upgraded while the
 others serve.
 """
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "lab"
 ANSIBLE = ROOT / "ansible"
 STATE = Path(os.environ.get("MESHCORE_LAB_STATE", "/var/lib/meshcore-lab"))
-HOSTS = ("cp", "vm1", "vm2", "vm3")
+HOSTS = ("cp", "cp2", "vm1", "vm2", "vm3")
+CONTROL_PLANES = ("cp", "cp2")  # two replicas on one Consul (the stand-in on cp)
 INGRESS_PORT = 8080
 REVIEWS = {"vm1": "v1", "vm2": "v2", "vm3": "v3"}
 
@@ -58,7 +60,7 @@ def vm_services(vm: str) -> list[dict]:
 def write_inventory(hosts: dict[str, str], ssh_key: str, directory: Path) -> Path:
     """The lab inventory: groups as in ansible/inventories/example, plus lab_consul (LAB ONLY)."""
     cp = hosts["cp"]
-    vms = [h for h in HOSTS if h != "cp"]
+    vms = [h for h in HOSTS if h not in CONTROL_PLANES]
     inventory = {"all": {
         "vars": {
             "ansible_user": "root",
@@ -75,9 +77,11 @@ def write_inventory(hosts: dict[str, str], ssh_key: str, directory: Path) -> Pat
         },
         "children": {
             "lab_consul": {"hosts": {"cp": None}},
-            "meshcore_control_plane": {"hosts": {"cp": None}},
-            "meshcore_vms": {"hosts": {h: None for h in HOSTS}},
+            # cp2 registers on the stand-in's default node (cp): its TTL checks expire there when it stops
+            "meshcore_control_plane": {"hosts": {h: None for h in CONTROL_PLANES}},
+            "meshcore_vms": {"hosts": {h: None for h in HOSTS if h != "cp2"}},
             "meshcore_gateways": {"hosts": {"cp": None}},
+            "meshcore_mesh_gateway": {},  # none in the one-datacenter lab (docs/multi-dc.md "In the lab")
             "bookinfo": {"hosts": {h: None for h in vms}},
         },
     }}

@@ -44,7 +44,9 @@ for hierarchy in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; d
     [ -d "$hierarchy/meshcore-lab" ] && find "$hierarchy/meshcore-lab" -depth -type d -exec rmdir {} + 2>/dev/null
 done
 
-if ip link show "$LAB_VETH" >/dev/null 2>&1; then ip link del "$LAB_VETH"; fi
+for veth in "$LAB_VETH" "$LAB_VETH_DC2"; do
+    if ip link show "$veth" >/dev/null 2>&1; then ip link del "$veth"; fi
+done
 if [ -e "/run/netns/$LAB_NETNS" ]; then ip netns del "$LAB_NETNS"; fi   # takes the bridge with it
 rm -rf "$LAB_STATE"
 [ "$purge" = yes ] && rm -rf "$LAB_CACHE"

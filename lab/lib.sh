@@ -6,6 +6,14 @@ LAB_NETNS=${MESHCORE_LAB_NETNS:-meshcore-lab}                # network namespace
 LAB_BRIDGE=${MESHCORE_LAB_BRIDGE:-mlbr0}                     # bridge inside LAB_NETNS
 LAB_VETH=${MESHCORE_LAB_VETH:-mlab0}                         # this machine's leg on the bridge
 LAB_PREFIX=${MESHCORE_LAB_PREFIX:-10.213.0}                  # a /24: .1 is this machine, hosts from .11
+# The two-datacenter lab (lab/up.sh NAME@dc2, NAME@dc1+wan): dc1 is the bridge and /24 above; dc2 a bridge of its
+# own; wan a third bridge that only the hosts given +wan are on (gateways, Consul servers). Nothing routes between
+# them and this machine does not forward, so a dc1 host reaches a dc2 host only through a host on both.
+LAB_BRIDGE_DC2=${MESHCORE_LAB_BRIDGE_DC2:-mlbr1}
+LAB_VETH_DC2=${MESHCORE_LAB_VETH_DC2:-mlab1}                 # this machine's leg on dc2 (ssh, tests)
+LAB_PREFIX_DC2=${MESHCORE_LAB_PREFIX_DC2:-10.213.1}
+LAB_BRIDGE_WAN=${MESHCORE_LAB_BRIDGE_WAN:-mlbr2}             # no leg of this machine: only hosts on it
+LAB_PREFIX_WAN=${MESHCORE_LAB_PREFIX_WAN:-10.213.2}
 LAB_SUITE=${MESHCORE_LAB_SUITE:-bookworm}
 LAB_MIRROR=${MESHCORE_LAB_MIRROR:-http://deb.debian.org/debian}
 LAB_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,python3,python3-venv,python3-apt,ca-certificates,curl,procps,sudo
@@ -37,3 +45,16 @@ lab_ssh() {
     ssh -i "$LAB_KEY" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
         -o LogLevel=ERROR -o ConnectTimeout=3 "root@$addr" "$@"
 }
+
+# bridge, /24 prefix and this machine's veth (none for wan) of a lab network: dc1, dc2 or wan
+lab_net() {
+    case $1 in
+        dc1) echo "$LAB_BRIDGE $LAB_PREFIX $LAB_VETH" ;;
+        dc2) echo "$LAB_BRIDGE_DC2 $LAB_PREFIX_DC2 $LAB_VETH_DC2" ;;
+        wan) echo "$LAB_BRIDGE_WAN $LAB_PREFIX_WAN -" ;;
+        *) return 1 ;;
+    esac
+}
+
+# the host side of a host's WAN link (veth names are at most 15 characters)
+lab_wan_veth() { echo "vw-${1:0:12}"; }

@@ -7,6 +7,13 @@ set -uo pipefail
 name=$1
 dir=$LAB_MACHINES/$name
 stop=$LAB_RUN/$name.stop
+read -r bridge _ _ <<< "$(lab_net "$(cat "$LAB_MACHINES/$name.net" 2>/dev/null || echo dc1)")"
+extra=()
+wan_veth=""
+if [ -s "$LAB_MACHINES/$name.wan" ]; then   # a second link, wan0, put on the WAN bridge once nspawn made it
+    wan_veth=$(lab_wan_veth "$name")
+    extra=(--network-veth-extra="$wan_veth:wan0")
+fi
 echo $$ > "$LAB_RUN/$name.runner.pid"
 # Each host needs a cgroup of its own: this machine's PID 1 is not systemd, so nspawn (--keep-unit)
 # would otherwise put every host's systemd into the same tree (/payload), where they fight over it
@@ -23,8 +30,14 @@ while [ ! -e "$stop" ]; do
     # --register=no --keep-unit: this machine's PID 1 is not systemd, so there is no machined to register with.
     nsenter --net="/run/netns/$LAB_NETNS" systemd-nspawn --quiet --directory="$dir" --machine="$name" --boot \
         --register=no --keep-unit --console=passive --link-journal=no --resolv-conf=off --timezone=off \
-        --network-bridge="$LAB_BRIDGE" </dev/null &
+        --network-bridge="$bridge" "${extra[@]}" </dev/null &
     echo $! > "$LAB_RUN/$name.nspawn.pid"
+    if [ -n "$wan_veth" ]; then   # made anew at every boot
+        for _ in $(seq 1 100); do
+            ip -n "$LAB_NETNS" link set "$wan_veth" master "$LAB_BRIDGE_WAN" up 2>/dev/null && break
+            sleep 0.1
+        done
+    fi
     wait $!
     rc=$?
     echo "lab: $name stopped rc=$rc $(date -Is)"

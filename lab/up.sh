@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# lab/up.sh [NAME...]: boot a lab of Debian hosts for meshcore (default: cp vm1 vm2 vm3).
+# lab/up.sh [NAME[@NET[+wan]]...]: boot a lab of Debian hosts for meshcore (default: cp cp2 vm1 vm2 vm3).
+#
+# NET is the host's datacenter network, dc1 (the default) or dc2: a bridge and /24 each; +wan gives the host a
+# second link (wan0) on the WAN bridge, which no other host and not this machine is on (mesh gateways, the
+# datacenters' Consul servers). A host keeps the network it was created with.
 #
 # Each host is a systemd-nspawn container booted with systemd as PID 1 and sshd, in its own network
 # namespace, on a bridge that lives in the network namespace $LAB_NETNS; this machine reaches the
 # bridge through one veth ($LAB_VETH, $LAB_PREFIX.1). The hosts have no route anywhere else.
 # The Debian tree (debootstrap) is built once and cached in $LAB_CACHE; hosts are copies of it.
 # Safe to run again: what exists and runs is kept. The last line of stdout is one JSON object
-# {"hosts": {name: address}, "inventory": path, "ssh_key": path, "netns": name}.
+# {"hosts": {name: address}, "inventory": path, "ssh_key": path, "netns": name, "nets": {name: dc1|dc2},
+# "wan": {name: WAN address}}.
 # lab/down.sh removes everything this made except the cached rootfs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 lab_require_root
-hosts=("$@")
-[ ${#hosts[@]} -gt 0 ] || hosts=(cp vm1 vm2 vm3)
-for name in "${hosts[@]}"; do
-    [[ $name =~ ^[a-z][a-z0-9-]{0,30}$ ]] || lab_die "host name '$name': use lowercase letters, digits and '-'" 2
+specs=("$@")
+[ ${#specs[@]} -gt 0 ] || specs=(cp cp2 vm1 vm2 vm3)
+hosts=()
+declare -A want_net want_wan
+for spec in "${specs[@]}"; do
+    [[ $spec =~ ^([a-z][a-z0-9-]{0,30})(@(dc1|dc2)(\+wan)?)?$ ]] \
+        || lab_die "host '$spec': NAME[@dc1|@dc2[+wan]], NAME of lowercase letters, digits and '-'" 2
+    name=${BASH_REMATCH[1]}
+    hosts+=("$name")
+    want_net[$name]=${BASH_REMATCH[3]:-dc1}
+    want_wan[$name]=${BASH_REMATCH[4]:+yes}
 done
 missing=()
 for cmd in debootstrap systemd-nspawn nsenter ip ssh ssh-keygen; do
@@ -57,29 +69,43 @@ if [ ! -e "/run/netns/$LAB_NETNS" ]; then
     ip netns add "$LAB_NETNS"
 fi
 ip -n "$LAB_NETNS" link set lo up
-if ! ip -n "$LAB_NETNS" link show "$LAB_BRIDGE" >/dev/null 2>&1; then
-    ip -n "$LAB_NETNS" link add "$LAB_BRIDGE" type bridge
-fi
-ip -n "$LAB_NETNS" link set "$LAB_BRIDGE" up
-if ! ip link show "$LAB_VETH" >/dev/null 2>&1; then
-    if ip -4 route show | grep -q "^$LAB_PREFIX\."; then
-        lab_die "$LAB_PREFIX.0/24 is already routed on this machine; set MESHCORE_LAB_PREFIX to a free /24" 2
+nets=(dc1)
+for name in "${hosts[@]}"; do
+    net=$(cat "$LAB_MACHINES/$name.net" 2>/dev/null || echo "${want_net[$name]}")
+    [[ " ${nets[*]} " == *" $net "* ]] || nets+=("$net")
+    if [ -n "${want_wan[$name]}" ] || [ -s "$LAB_MACHINES/$name.wan" ]; then
+        [[ " ${nets[*]} " == *" wan "* ]] || nets+=(wan)
     fi
-    ip link add "$LAB_VETH" type veth peer name "$LAB_VETH-br"
-    ip link set "$LAB_VETH-br" netns "$LAB_NETNS"
-    ip -n "$LAB_NETNS" link set "$LAB_VETH-br" master "$LAB_BRIDGE" up
-    ip addr add "$LAB_PREFIX.1/24" dev "$LAB_VETH"
-fi
-ip link set "$LAB_VETH" up
+done
+for net in "${nets[@]}"; do
+    read -r bridge prefix veth <<< "$(lab_net "$net")"
+    if ! ip -n "$LAB_NETNS" link show "$bridge" >/dev/null 2>&1; then
+        ip -n "$LAB_NETNS" link add "$bridge" type bridge
+    fi
+    ip -n "$LAB_NETNS" link set "$bridge" up
+    [ "$veth" = - ] && continue   # the WAN: only hosts are on it
+    if ! ip link show "$veth" >/dev/null 2>&1; then
+        if ip -4 route show | grep -q "^$prefix\."; then
+            lab_die "$prefix.0/24 ($net) is already routed on this machine; set MESHCORE_LAB_PREFIX (dc1), MESHCORE_LAB_PREFIX_DC2 or MESHCORE_LAB_PREFIX_WAN to a free /24" 2
+        fi
+        ip link add "$veth" type veth peer name "$veth-br"
+        ip link set "$veth-br" netns "$LAB_NETNS"
+        ip -n "$LAB_NETNS" link set "$veth-br" master "$bridge" up
+        ip addr add "$prefix.1/24" dev "$veth"
+    fi
+    ip link set "$veth" up
+done
 
 # ---- 4. one tree per host, each with its own address, keys and machine id -------------------------
 address_of() { cat "$LAB_MACHINES/$1.addr"; }
-next_address() {
-    local i
+next_address() {  # next_address NET: the first free host address of that network
+    local i prefix used
+    read -r _ prefix _ <<< "$(lab_net "$1")"
+    used=$(cat "$LAB_MACHINES"/*.addr "$LAB_MACHINES"/*.wan 2>/dev/null || true)
     for i in $(seq 11 250); do
-        grep -qx "$LAB_PREFIX.$i" "$LAB_MACHINES"/*.addr 2>/dev/null || { echo "$LAB_PREFIX.$i"; return; }
+        grep -qx "$prefix.$i" <<< "$used" || { echo "$prefix.$i"; return; }
     done
-    lab_die "no free address left in $LAB_PREFIX.0/24"
+    lab_die "no free address left in $prefix.0/24 ($1)"
 }
 for name in "${hosts[@]}"; do
     dir=$LAB_MACHINES/$name
@@ -87,14 +113,22 @@ for name in "${hosts[@]}"; do
     lab_log "creating host $name"
     rm -rf "$dir.tmp"
     cp -a --reflink=auto "$LAB_ROOTFS" "$dir.tmp"
-    addr=$(next_address)
+    addr=$(next_address "${want_net[$name]}")
     echo "$name" > "$dir.tmp/etc/hostname"
     tr -d '-' < /proc/sys/kernel/random/uuid > "$dir.tmp/etc/machine-id"
     printf '[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' "$addr" \
         > "$dir.tmp/etc/systemd/network/10-host0.network"
+    wan=""
+    if [ -n "${want_wan[$name]}" ]; then
+        wan=$(next_address wan)
+        printf '[Match]\nName=wan0\n\n[Network]\nAddress=%s/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' "$wan" \
+            > "$dir.tmp/etc/systemd/network/20-wan0.network"
+    fi
     ssh-keygen -q -A -f "$dir.tmp" >/dev/null
     install -m 600 "$LAB_KEY.pub" "$dir.tmp/root/.ssh/authorized_keys"
     mv "$dir.tmp" "$dir"
+    echo "${want_net[$name]}" > "$dir.net"
+    [ -z "$wan" ] || echo "$wan" > "$dir.wan"
     echo "$addr" > "$dir.addr"
 done
 
@@ -102,7 +136,10 @@ done
 all=()
 for f in "$LAB_MACHINES"/*.addr; do [ -e "$f" ] && all+=("$(basename "$f" .addr)"); done
 hosts_file=$(printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'
-             for n in "${all[@]}"; do printf '%s\t%s\n' "$(address_of "$n")" "$n"; done)
+             for n in "${all[@]}"; do printf '%s\t%s\n' "$(address_of "$n")" "$n"; done
+             for n in "${all[@]}"; do
+                 if [ -s "$LAB_MACHINES/$n.wan" ]; then printf '%s\t%s-wan\n' "$(cat "$LAB_MACHINES/$n.wan")" "$n"; fi
+             done)
 for n in "${all[@]}"; do
     printf '%s\n127.0.1.1\t%s\n' "$hosts_file" "$n" > "$LAB_MACHINES/$n/etc/hosts"
 done
@@ -149,7 +186,11 @@ done
     echo "ansible_ssh_private_key_file=$LAB_KEY"
     echo "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"
 } > "$LAB_INVENTORY"
-json_hosts=""
-for n in "${all[@]}"; do json_hosts+="${json_hosts:+, }\"$n\": \"$(address_of "$n")\""; done
-printf '{"hosts": {%s}, "inventory": "%s", "ssh_key": "%s", "netns": "%s"}\n' \
-    "$json_hosts" "$LAB_INVENTORY" "$LAB_KEY" "$LAB_NETNS"
+json_hosts="" json_nets="" json_wan=""
+for n in "${all[@]}"; do
+    json_hosts+="${json_hosts:+, }\"$n\": \"$(address_of "$n")\""
+    json_nets+="${json_nets:+, }\"$n\": \"$(cat "$LAB_MACHINES/$n.net" 2>/dev/null || echo dc1)\""
+    if [ -s "$LAB_MACHINES/$n.wan" ]; then json_wan+="${json_wan:+, }\"$n\": \"$(cat "$LAB_MACHINES/$n.wan")\""; fi
+done
+printf '{"hosts": {%s}, "inventory": "%s", "ssh_key": "%s", "netns": "%s", "nets": {%s}, "wan": {%s}}\n' \
+    "$json_hosts" "$LAB_INVENTORY" "$LAB_KEY" "$LAB_NETNS" "$json_nets" "$json_wan"

@@ -15,7 +15,7 @@ The tree::
     +-- CatalogError > ConsulError > ConsulAuthError
     +-- StoreError > ConflictError, StoreAuthError
     +-- CAError > JoinTokenError, SigningRefused
-    +-- XdsError > SnapshotInvalid, MissingSubset, StreamAborted
+    +-- XdsError > SnapshotInvalid, MissingSubset, StreamAborted, NoTrustStore
     +-- AgentError > AgentRequestError, OperatorActionRequired
     +-- ControlPlaneUnavailable
     +-- ApiError                    an API answered with an error status (client side)
@@ -26,6 +26,7 @@ The tree::
     |   +-- OperatorAuthError (Unauthorized): operator credentials missing, unknown or expired
     |   +-- CanaryNotFound (NotFound), CanaryConflict (Conflict)
     +-- WebhookDeliveryError        an alert notification could not be delivered (retryable)
+    +-- DiscoveryError              an issuer's OpenID Connect discovery failed (retryable)
     +-- DemoError, RemoteError, InventoryError
 
 Servers answer an error with :func:`http_status` (the :data:`HTTP_STATUS` table, nearest class
@@ -149,6 +150,31 @@ class MissingSubset(XdsError):
     """A route names a subset no DestinationRule defines (message says which and where to add it)."""
 
 
+class OutOfScope(XdsError):
+    """A route names a destination the caller's Sidecar does not let it reach."""
+
+
+class RouteProblem(XdsError):
+    """A VirtualService's routes cannot be built as declared (a missing or cyclic delegate, a destination port its
+    host lacks); the message says which and what to do."""
+
+
+class EgressProblem(XdsError):
+    """An egress listener cannot be built as declared (the message says where and why)."""
+
+
+class NoTrustStore(XdsError):
+    """A proxy has no CA bundle to verify an https JWKS server with (its host has none, the mesh config names none)."""
+
+
+class DiscoveryError(MeshError):
+    """An issuer's OpenID Connect discovery failed (unreachable, not TLS-verified, no ``jwks_uri``); retryable."""
+
+
+class StatsUnparsable(MeshError, ValueError):
+    """An Envoy stats line the focused parser does not read (the text then goes to prometheus_client's parser)."""
+
+
 class StreamAborted(XdsError):
     """End an xDS stream with gRPC status ``code`` (a ``grpc.StatusCode``) and ``details``: raised by the
     protocol code, answered by the ADS server."""
@@ -216,6 +242,10 @@ class BadRequest(RequestError):
     """The request is malformed: a missing or ill-typed field, a body that is not JSON."""
 
 
+class BodyCut(BadRequest):
+    """The client stopped sending its request body (closed, malformed, or too slow): nothing more can be read."""
+
+
 class Unauthorized(RequestError):
     """The request carries no credentials, or ones that are not valid."""
 
@@ -230,6 +260,10 @@ class NotFound(RequestError):
 
 class MethodNotAllowed(RequestError):
     """The path exists, but not with this method."""
+
+
+class MethodNotImplemented(RequestError):
+    """A method the server does not implement on any path (e.g. TRACE, CONNECT)."""
 
 
 class Conflict(RequestError):
@@ -315,6 +349,7 @@ HTTP_STATUS: Mapping[type[MeshError], int] = {
     Forbidden: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
+    MethodNotImplemented: 501,
     Conflict: 409,
     PayloadTooLarge: 413,
     LengthRequired: 411,

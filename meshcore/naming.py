@@ -154,6 +154,46 @@ def secret_file(secret_name: str) -> str:
     return secret_name.replace(":", "_").replace("/", "_") + ".yaml"
 
 
+# --- mesh gateways (meshcore.xds.generate.mesh_gateway, docs/multi-dc.md) ----------------------
+
+MESH_GATEWAY_SERVICE = "mesh-gateway"  # the service sidecars find gateways by (Consul's default name)
+
+
+def mesh_gateway_sni(service: str, datacenter: str) -> str:
+    """SNI of a connection to ``service`` in ``datacenter`` that mesh gateways route (service names have no dots)."""
+    return f"{service}.{datacenter}.internal.meshcore"
+
+
+def mesh_gateway_subset_sni(subset: str, service: str, datacenter: str) -> str:
+    """SNI of a connection to DestinationRule subset ``subset`` of ``service`` in ``datacenter`` (Consul's
+    ``<subset>.<service>...`` form: the gateway of ``datacenter`` routes it to that subset's instances only)."""
+    return f"{subset}.{mesh_gateway_sni(service, datacenter)}"
+
+
+def mesh_gateway_datacenter_sni(datacenter: str) -> str:
+    """Server-name pattern of every service of ``datacenter`` (a gateway of another one forwards these)."""
+    return f"*.{datacenter}.internal.meshcore"
+
+
+def mesh_gateway_listener(instance_id: str, wan: bool = False) -> str:
+    return f"mesh_gateway:{instance_id}" + (":wan" if wan else "")
+
+
+def mesh_gateway_service_cluster(service: str, datacenter: str) -> str:
+    """A gateway's cluster (and EDS name) of ``service``'s instances in its own datacenter."""
+    return f"mesh_gateway:service:{service}.{datacenter}"
+
+
+def mesh_gateway_subset_cluster(service: str, subset: str, datacenter: str) -> str:
+    """A gateway's cluster (and EDS name) of the instances of ``service``'s subset in its own datacenter."""
+    return f"{mesh_gateway_service_cluster(service, datacenter)}|{subset}"
+
+
+def mesh_gateway_datacenter_cluster(datacenter: str) -> str:
+    """A gateway's cluster (and EDS name) of the mesh gateways of another datacenter (their WAN addresses)."""
+    return f"mesh_gateway:datacenter:{datacenter}"
+
+
 XDS_CLUSTER = "meshcore_xds"
 OTLP_CLUSTER = "meshcore_otlp"  # the OpenTelemetry collector Envoy exports spans to (when tracing is on)
 
@@ -170,7 +210,30 @@ def subset_endpoints(upstream: str, subset: str, datacenter: str | None = None) 
     return f"{upstream_endpoints(upstream, datacenter)}|{subset}"
 
 
+def port_cluster(name: str, port: int) -> str:
+    """Cluster (or EDS name) ``name`` narrowed to its host's ``port`` (a VirtualService ``destination.port``)."""
+    return f"{name}:{port}"
+
+
 def virtual_service_route(namespace: str, name: str, rule: int, match: int | None = None) -> str:
     """Envoy route name of ``http[rule]`` (and its ``match[match]``) of VirtualService ``namespace/name``."""
     base = f"{namespace}/{name}/http[{rule}]"
     return base if match is None else f"{base}/match[{match}]"
+
+
+# --- egress (Sidecar egress listeners, ServiceEntry hosts) ---------------------------------
+
+EGRESS_PASSTHROUGH_CLUSTER = "egress:passthrough"
+"""The dynamic forward proxy cluster an ALLOW_ANY egress listener sends unregistered destinations to."""
+
+
+def egress_listener(address: str, port: int) -> str:
+    """A Sidecar's egress listener on ``address:port`` (its RouteConfiguration, for HTTP, has the same name)."""
+    return f"egress:{address}:{port}"
+
+
+def egress_cluster(host: str, port: int, subset: str | None = None) -> str:
+    """Cluster an egress listener reaches ServiceEntry host ``host`` on ``port`` with (one per DestinationRule subset)."""
+    return f"egress:{host}:{port}" + (f"|{subset}" if subset else "")
+EGRESS_BLACKHOLE_CLUSTER = "egress:blackhole"
+"""A cluster without endpoints: where a REGISTRY_ONLY TLS egress listener sends a server name nothing declares."""

@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .catalog.model import Catalog, CatalogChange, ServiceInstance
 from .naming import DEFAULT_TRUST_DOMAIN, workload_spiffe_id
 from .resources.model import Resource, ResourceKey
+
+if TYPE_CHECKING:
+    from .policies.request_authentication.trust import JwksSettings
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class MeshSettings:
     # parameters (';', %3B; else 400).
     path_normalization: str = "MERGE_SLASHES"
     allow_path_parameters: bool = False
+    # External authorizers of CUSTOM AuthorizationPolicies (meshcore.authz.providers: MeshConfig extensionProviders).
+    ext_authz_providers: tuple = ()
+    # JWKS trust and what OIDC discovery found (None: the defaults).
+    jwks: "JwksSettings | None" = None
+    # X-Forwarded-For hops an ingress gateway trusts (Istio's gatewayTopology.numTrustedProxies; remoteIpBlocks).
+    gateway_trusted_proxies: int = 0
 
 
 ResourceChange = tuple["Resource | None", "Resource | None"]  # (old, new); None = absent on that side
@@ -74,19 +83,31 @@ def _resource_hash(r: Resource) -> str:
     return hashlib.sha256(r.canonical_json().encode()).hexdigest()[:16]
 
 
-def _compose_hash(trust_domain: str, settings: MeshSettings, catalog: Catalog,
-                  resource_hashes: Mapping[ResourceKey, str]) -> str:
+_SUM_BITS = 128
+_SUM_MOD = 1 << _SUM_BITS
+
+
+def _item(part: str, name: str, value: str) -> int:
+    """One service's, node's or resource's content hash as a number (what :func:`_content_sum` adds up)."""
+    return int.from_bytes(hashlib.sha256(f"{part}\0{name}\0{value}".encode()).digest()[:_SUM_BITS // 8], "big")
+
+
+def _content_sum(catalog: Catalog, resource_hashes: Mapping[ResourceKey, str]) -> int:
+    """The sum (mod 2**128) of every service's, node's and resource's :func:`_item`: independent of order, so
+    :meth:`MeshSnapshot.update` adjusts it by what changed instead of hashing the whole mesh again."""
+    total = sum(_item("service", name, h) for name, h in catalog.service_hashes.items())
+    total += sum(_item("node", name, h) for name, h in catalog.node_hashes.items())
+    total += sum(_item("resource", str(key), h) for key, h in resource_hashes.items())
+    return total % _SUM_MOD
+
+
+def _compose_hash(trust_domain: str, settings: MeshSettings, content_sum: int) -> str:
     digest = hashlib.sha256()
     digest.update(trust_domain.encode())
     digest.update(b"\0settings\0")
     digest.update(repr(settings).encode())
-    for part, hashes in (("services", catalog.service_hashes), ("nodes", catalog.node_hashes)):
-        digest.update(f"\0{part}\0".encode())
-        for name in sorted(hashes):
-            digest.update(f"{name}={hashes[name]};".encode())
-    digest.update(b"\0resources\0")
-    for key in sorted(resource_hashes, key=lambda k: (k.kind, k.namespace, k.name)):
-        digest.update(f"{key}={resource_hashes[key]};".encode())
+    digest.update(b"\0content\0")
+    digest.update(content_sum.to_bytes(_SUM_BITS // 8, "big"))
     return digest.hexdigest()[:16]
 
 
@@ -98,6 +119,7 @@ class MeshSnapshot:
     settings: MeshSettings = field(default_factory=MeshSettings)
     hash: str = field(default="", compare=False)
     resource_hashes: Mapping[ResourceKey, str] = field(default_factory=dict, compare=False, repr=False)
+    content_sum: int = field(default=0, compare=False, repr=False)  # see _content_sum
 
     @classmethod
     def build(cls, catalog: Catalog, resources: Iterable[Resource] = (), trust_domain: str = DEFAULT_TRUST_DOMAIN,
@@ -106,8 +128,9 @@ class MeshSnapshot:
         settings = settings or MeshSettings()
         ordered = tuple(sorted(resources, key=_resource_order))
         hashes = {r.key: _resource_hash(r) for r in ordered}
+        total = _content_sum(catalog, hashes)
         return cls(catalog=catalog, resources=ordered, trust_domain=trust_domain, settings=settings,
-                   hash=_compose_hash(trust_domain, settings, catalog, hashes), resource_hashes=hashes)
+                   hash=_compose_hash(trust_domain, settings, total), resource_hashes=hashes, content_sum=total)
 
     def update(self, catalog: Catalog | None = None, resources: Iterable[Resource] | None = None,
                settings: MeshSettings | None = None, trust_domain: str | None = None, *,
@@ -152,9 +175,25 @@ class MeshSnapshot:
                 return self, change
             # Equal content in a new catalog object: keep serving the new object (its indexes are fresh).
             return MeshSnapshot(catalog=new_catalog, resources=ordered, trust_domain=new_td, settings=new_settings,
-                                hash=self.hash, resource_hashes=hashes), change
+                                hash=self.hash, resource_hashes=hashes, content_sum=self.content_sum), change
+        total = self.content_sum  # adjusted by what changed: the rest of the mesh is not hashed again
+        old_cat = self.catalog
+        for part, names, before, after in (
+                ("service", cat_change.services, old_cat.service_hashes, new_catalog.service_hashes),
+                ("node", cat_change.nodes, old_cat.node_hashes, new_catalog.node_hashes)):
+            for name in names:
+                if name in before:
+                    total -= _item(part, name, before[name])
+                if name in after:
+                    total += _item(part, name, after[name])
+        for old, new in res_changes:
+            if old is not None:
+                total -= _item("resource", str(old.key), self.resource_hashes[old.key])
+            if new is not None:
+                total += _item("resource", str(new.key), hashes[new.key])
+        total %= _SUM_MOD
         snap = MeshSnapshot(catalog=new_catalog, resources=ordered, trust_domain=new_td, settings=new_settings,
-                            hash=_compose_hash(new_td, new_settings, new_catalog, hashes), resource_hashes=hashes)
+                            hash=_compose_hash(new_td, new_settings, total), resource_hashes=hashes, content_sum=total)
         return snap, change
 
     @cached_property
@@ -169,7 +208,9 @@ class MeshSnapshot:
         return {k: tuple(v) for k, v in groups.items()}
 
     def spiffe_id(self, instance: ServiceInstance) -> str:
-        return workload_spiffe_id(self.trust_domain, instance.namespace, instance.service_account)
+        # an instance of a datacenter with a trust domain of its own (docs/multi-dc.md) has its SVID in that one
+        return workload_spiffe_id(instance.trust_domain or self.trust_domain, instance.namespace,
+                                  instance.service_account)
 
     def resources_of(self, kind: str) -> tuple[Resource, ...]:
         return self._by_kind.get(kind, ())
@@ -183,3 +224,4 @@ class ProxyInfo:
     secrets_dir: str
     admin: str = ""
     metrics: str = ""  # host:port of the VM agent's merged Prometheus endpoint ("" = not advertised)
+    system_ca_bundle: str | None = None  # the CA bundle the agent found on the VM ("": none; None: not reported)

@@ -22,7 +22,7 @@ FORBIDDEN = ("grpc", "urllib.request", "consul")
 
 POLICY_MODULES = sorted(m.name for m in pkgutil.walk_packages(meshcore.policies.__path__, "meshcore.policies."))
 """Every module of every policy (its folder's schema, spec, plugin and helpers too)."""
-PURE_MODULES = ["meshcore.xds.generate", "meshcore.xds.generate.vocab", "meshcore.compose", "meshcore.snapshot",
+PURE_MODULES = ["meshcore._addresses", "meshcore.xds.generate", "meshcore.xds.generate.vocab", "meshcore.compose", "meshcore.snapshot",
                 "meshcore.policies", *POLICY_MODULES]
 
 _PROBE = """

@@ -97,8 +97,11 @@ class ConsulSync:
                  extra_payloads: Callable[[], list[dict[str, Any]]] | None = None,
                  before_register: Callable[[frozenset[str]], None] | None = None,
                  after_register: Callable[[frozenset[str]], None] | None = None,
-                 after_deregister: Callable[[frozenset[str]], None] | None = None):
+                 after_deregister: Callable[[frozenset[str]], None] | None = None,
+                 resync_on: Callable[[], object] | None = None):
         self.services_dir = services_dir
+        self.resync_on = resync_on  # a value that, when it moves, makes the worker sync (the ACKed config version)
+        self._resync_seen: object = None
         self.extra_payloads = extra_payloads  # registrations besides the files' (the agent's own service)
         # Called with the mesh services of a sync: before registering them (their SVID files must exist
         # before the control plane can name them in a listener) and after, with those newly registered.
@@ -138,6 +141,7 @@ class ConsulSync:
         """One sync in the caller's thread; True on success."""
         assert self.services_dir is not None
         self._signature = dir_signature(self.services_dir)
+        self._resync_seen = self.resync_on() if self.resync_on is not None else None
         try:
             payloads = load_payloads(self.services_dir, self.node)
             payloads += self.extra_payloads() if self.extra_payloads else []
@@ -176,8 +180,9 @@ class ConsulSync:
             if self._stopping.is_set():
                 return
             if not triggered and (self.services_dir is None
-                                  or dir_signature(self.services_dir) == self._signature):
-                continue  # nothing changed in the definitions directory
+                                  or dir_signature(self.services_dir) == self._signature) and (
+                    self.resync_on is None or self.resync_on() == self._resync_seen):
+                continue  # nothing changed in the definitions directory (nor the ACKed config version)
             try:
                 self.sync_now()
             except Exception:  # a bug in a collaborator must not kill the worker silently

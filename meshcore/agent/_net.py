@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import ipaddress
 
 from meshcore.errors import ConfigError
 
@@ -31,12 +30,6 @@ def split_host_port(value: str, *, what: str = "address") -> tuple[str, int]:
     return host, port
 
 
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 

@@ -22,7 +22,9 @@ from typing import Any
 
 from meshcore import naming
 from meshcore._files import os_errors_as, write_if_changed
-from meshcore.agent._net import is_ip, split_host_port
+from meshcore._addresses import is_ip
+from meshcore.agent._net import split_host_port
+from meshcore.agent._unchanged import UnchangedFile
 from meshcore.errors import AgentError, ConfigError
 
 log = logging.getLogger("meshcore.agent")
@@ -59,6 +61,7 @@ class XdsEndpointsFile:
         self._clock = clock
         self._resolved: dict[str, tuple[float, list[str]]] = {}
         self.addresses: tuple[tuple[str, int], ...] = ()
+        self._file = UnchangedFile(path)
 
     def update(self, xds_addresses: Sequence[str]) -> bool:
         """Write the endpoints of ``xds_addresses`` (``host:port`` each); True when the file changed.
@@ -77,10 +80,13 @@ class XdsEndpointsFile:
             return False
         out.sort()  # the set matters, not the agent's order (which moves as replicas fail): no rewrite for that
         self.addresses = tuple(out)
+        if self._file.holds(self.addresses):  # an idle tick: no JSON rendered, no file read
+            return False
         with os_errors_as(AgentError, f"cannot write {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             changed = write_if_changed(self.path, json.dumps(render_endpoints(out), indent=2, sort_keys=True) + "\n",
                                        0o644)
+        self._file.wrote(self.addresses)
         if changed:
             log.info("envoy xds endpoints written path=%s endpoints=%s", self.path,
                      ",".join(f"{h}:{p}" for h, p in out))

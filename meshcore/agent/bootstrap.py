@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from meshcore import naming
+from meshcore import __version__, naming
 from meshcore._files import os_errors_as, write_if_changed
-from meshcore.agent._net import is_ip, split_host_port
+from meshcore._addresses import is_ip
+from meshcore.agent._net import split_host_port
 from meshcore.errors import AgentError
+from meshcore.system_ca import METADATA_KEY as SYSTEM_CA_KEY
 
 CLUSTER_NAME = "meshcore"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -49,6 +51,7 @@ def render_bootstrap(
     metrics_address: str = "",
     xds_protocol: str = "delta",
     xds_endpoints_file: Path | None = None,
+    system_ca_bundle: str | None = None,
 ) -> dict[str, Any]:
     """The bootstrap for this VM's Envoy (a JSON-ready dict, proto3 field names).
 
@@ -58,6 +61,8 @@ def render_bootstrap(
     ``xds_protocol`` is ``delta`` (incremental xDS, ``api_type: DELTA_GRPC``) or ``sotw``
     (state of the world, ``GRPC``). With ``xds_endpoints_file`` the xDS cluster is file-based EDS:
     every control plane replica, kept current by the agent (:mod:`meshcore.agent._xds_endpoints`).
+    ``system_ca_bundle``: the VM's system CA bundle the agent found (:mod:`meshcore.system_ca`; ``""``: none),
+    reported in the node metadata for the clusters that reach public TLS servers (remote JWKS).
     """
     if xds_protocol not in XDS_PROTOCOLS:
         raise AgentError(f"xds_protocol {xds_protocol!r} is not one of {', '.join(XDS_PROTOCOLS)}")
@@ -121,9 +126,12 @@ def render_bootstrap(
             "path": str(xds_endpoints_file), "watched_directory": {"path": str(xds_endpoints_file.parent)}},
             "resource_api_version": "V3"}}
 
-    metadata = {"secrets_dir": str(secrets_dir), "admin": admin_address, "trust_domain": trust_domain}
+    metadata = {"secrets_dir": str(secrets_dir), "admin": admin_address, "trust_domain": trust_domain,
+                "agent_version": __version__}  # meshctl version lists it per proxy
     if metrics_address:  # the agent's merged Prometheus endpoint; the control plane lists it per proxy
         metadata["metrics"] = metrics_address
+    if system_ca_bundle is not None:
+        metadata[SYSTEM_CA_KEY] = system_ca_bundle
     return {
         "node": {"id": node, "cluster": CLUSTER_NAME, "metadata": metadata},
         "admin": {"address": _socket_address(admin_host, admin_port)},

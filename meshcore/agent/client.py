@@ -205,8 +205,7 @@ class AgentClient:
         if conn is not None:
             conn.close()
         context = self._context(authenticated)
-        return _Conn(http.client.HTTPSConnection(self._host, self._port, context=context, timeout=self.timeout),
-                     stamp), False
+        return _Conn(_OneWriteHTTPS(self._host, self._port, context=context, timeout=self.timeout), stamp), False
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                  authenticated: bool = True, timeout: float | None = None) -> dict[str, Any]:
@@ -346,6 +345,20 @@ class FailoverClient:
             errors.append(error)
         raise ControlPlaneUnavailable(f"{what}: every control plane replica failed ({len(errors)}): "
                                       + "; ".join(errors))
+
+
+class _OneWriteHTTPS(http.client.HTTPSConnection):
+    """Sends a request's line, headers and (bytes) body in one write: one TLS record and one segment the control
+    plane reads once, where ``http.client`` writes the body separately (a second record, read and decrypted
+    apart, a second wake-up of the server's thread)."""
+
+    def _send_output(self, message_body=None, encode_chunked=False):  # type: ignore[no-untyped-def]
+        if not isinstance(message_body, bytes) or encode_chunked:
+            return super()._send_output(message_body, encode_chunked)
+        self._buffer.extend((b"", b""))  # type: ignore[attr-defined]
+        head = b"\r\n".join(self._buffer)  # type: ignore[attr-defined]
+        del self._buffer[:]  # type: ignore[attr-defined]
+        self.send(head + message_body)
 
 
 class _Conn:

@@ -21,8 +21,9 @@ to ``LocalServiceAddress``, where the app, not Envoy, listens); with a known por
 explicit: a TCP check on that address and port (passing exactly while Envoy serves the mesh listener)
 and Consul's alias of the service's own checks. Upstreams stay in ``Proxy.Upstreams`` with
 ``DestinationType: service`` (what the UI's topology view reads), and the sidecar's meta adds
-``meshcore-version`` (and ``meshcore-config-version`` when the caller knows the proxy's config version)
-to the service's own meta, which Consul's sidecar would otherwise inherit.
+``meshcore-version`` and ``meshcore-config-version`` (the config version the node's Envoy ACKed,
+:class:`meshcore.agent.config_version.AckedConfigVersion`; left out while unknown) to the service's own meta, which Consul's sidecar
+would otherwise inherit. A registration is sent again only when it changed, that version included.
 """
 
 from __future__ import annotations
@@ -158,6 +159,13 @@ class SyncResult:
     registered: list[str] = field(default_factory=list)
     deregistered: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+
+
+def registrar_syncer(config_version: Callable[[str], str], env: Any = None) -> Callable[[list[dict]], "SyncResult"]:
+    """The real Consul registrar (configured from ``CONSUL_*``) whose sidecars' meta carries ``config_version``
+    (an :class:`~meshcore.agent.config_version.AckedConfigVersion`): a registration is sent again only when
+    that version (or anything else of it) changed, as every sync compares content hashes."""
+    return ConsulRegistrar(ConsulSettings.from_env(env), config_version=config_version).sync
 
 
 class ConsulRegistrar:

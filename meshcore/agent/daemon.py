@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from meshcore.agent.config import AgentConfig, load_config
+from meshcore.agent.config_version import AckedConfigVersion
 from meshcore.agent.identity import NodeIdentityStore, next_wakeup, rfc3339
 from meshcore.agent.metrics import AgentFacts
 from meshcore.agent.notify import SystemdNotifier
@@ -92,10 +93,12 @@ class Agent:
             federated_files=FederatedBundleFiles(config.state_dir / "federated"), clock=clock,
             stopping=self._stop, keepalive=self._watchdog, status=self.notifier.status,
             issued=self.metrics.svid_issued, wake=self._wake.set)
+        self._config_version = AckedConfigVersion(lambda: self.config.admin)  # for the sidecars' Consul meta
         self.consul = ConsulReconciler(
             config.consul_services_dir, config.node, interval=lambda: self.config.refresh_interval,
             own_payloads=self.metrics.own_registrations, prepare=self.identity.prepare_services,
-            registered=self._services_registered, deregistered=self.identity.forget_pending)
+            registered=self._services_registered, deregistered=self.identity.forget_pending,
+            syncer_factory=self._consul_syncer, resync_on=self._config_version)
         self.envoy = EnvoyReconciler(
             current, secrets=self.secrets, inputs=self.identity.bootstrap_inputs, may_start=self._envoy_may_start,
             metrics_address=self.metrics.address, notify_status=self.notifier.status,
@@ -103,6 +106,12 @@ class Agent:
 
     def _current_config(self) -> AgentConfig:
         return self.config
+
+    def _consul_syncer(self) -> Any:
+        """The Consul registrar, its sidecars' meta carrying the config version this node's Envoy ACKed."""
+        from meshcore.agent.consul_registration import registrar_syncer  # py-consul loads only to register
+
+        return registrar_syncer(self._config_version)
 
     # ---------------------------------------------------------------- lifecycle
 

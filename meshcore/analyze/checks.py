@@ -13,10 +13,16 @@ MC0102 error    a route or mirror destination is no service of the catalog
 MC0103 warning  a DestinationRule subset's labels select no instance of its host (routes to it get 503)
 MC0104 warning  a selector (AuthorizationPolicy, PeerAuthentication, RateLimit) matches no workload
 MC0105 warning  PeerAuthentications compete at one level (mesh, namespace, workload): all but the first are inert
+MC0108 error    a Sidecar's ingress[] does not fit an instance it selects (no entry or two for its port, a bind
+                not of its VM, tls on a STRICT port, ...): that proxy's config is refused
 MC0201 warning  a VirtualService rule can never be reached: an earlier rule matches every request, or the
                 same requests
+MC0202 warning  a delegate VirtualService's rule fits inside no delegating rule's match: it is left out
 MC0301 warning  an AuthorizationPolicy rule can never match: its ports are none of the selected workloads'
 MC0302 warning  an ALLOW rule of a TCP workload uses HTTP-only fields: Istio's TCP rule drops it
+MC0303 error    an AuthorizationPolicy with remoteIpBlocks / remote.ip selects sidecars (honoured at ingress
+                gateways only): those proxies' config is refused
+MC0501 error    an issuer's OpenID Connect discovery fails (the control plane's status): its tokens get 401
 MC0401 warning  a VirtualService routes a host no workload declares as an upstream: no proxy uses its routes
 MC0402 warning  a workload declares an upstream that is no service of the catalog
 ====== ======== =====================================================================================
@@ -34,7 +40,7 @@ from ._finding import ERROR, WARNING, Finding
 
 Check = Callable[[Sequence[Resource], Catalog], Iterable[Finding]]
 
-_SELECTOR_KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RateLimit")
+_SELECTOR_KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RateLimit", "RequestAuthentication")
 
 
 def _of(resources: Sequence[Resource], kind: str) -> list[Resource]:
@@ -43,6 +49,11 @@ def _of(resources: Sequence[Resource], kind: str) -> list[Resource]:
 
 def _services(catalog: Catalog) -> set[str]:
     return set(catalog.service_names())
+
+
+def _entry_hosts(resources: Sequence[Resource]) -> set[str]:
+    """The hosts ServiceEntries declare: services outside the mesh, known without a catalog entry."""
+    return {h for r in _of(resources, "ServiceEntry") for h in (r.spec or {}).get("hosts") or ()}
 
 
 def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -66,11 +77,12 @@ def hosts(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
     """MC0101 / MC0102: hosts and destinations that name no service."""
     from ..policies.virtual_service.schema import destinations
 
-    services = _services(catalog)
+    services = _services(catalog) | _entry_hosts(resources)
     for r in _of(resources, "VirtualService"):
         spec = r.spec or {}
+        for_mesh = "mesh" in (spec.get("gateways") or ["mesh"])  # a Gateway's hosts are external names
         for i, host in enumerate(spec.get("hosts") or ()):
-            if host not in services:
+            if for_mesh and host not in services:
                 yield Finding("MC0101", ERROR, str(r.key), f"spec.hosts[{i}]",
                               f"host {json.dumps(host)} is no service of the catalog", _missing_host(host, catalog))
         for path, dest in destinations(spec):
@@ -185,13 +197,21 @@ def shadowed_routes(resources: Sequence[Resource], catalog: Catalog) -> Iterable
 _HTTP_FIELDS = ("methods", "notMethods", "paths", "notPaths", "hosts", "notHosts")
 
 
+def _policy_ports(inst: ServiceInstance, resources: Sequence[Resource]) -> list[int]:
+    """The ports ``ports`` / ``destination.port`` name on ``inst``: a service's own, an ingress gateway's listeners'."""
+    from ..catalog.definitions import INGRESS_GATEWAY
+    from ..policies.authorization_policy.gateway import listener_ports
+
+    return listener_ports(resources, inst) if inst.kind == INGRESS_GATEWAY else [inst.port]
+
+
 def never_matching_policies(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
     """MC0301 / MC0302: AuthorizationPolicy rules that can never match the workloads they select."""
     for r in _of(resources, "AuthorizationPolicy"):
         selected = _selected(r, catalog)
         if not selected:
             continue  # MC0104
-        ports = {str(i.port) for i in selected}
+        ports = {str(p) for i in selected for p in _policy_ports(i, resources)}
         action = (r.spec or {}).get("action") or "ALLOW"
         tcp_only = all(i.protocol == "tcp" for i in selected)
         for i, rule in enumerate((r.spec or {}).get("rules") or ()):
@@ -211,9 +231,35 @@ def never_matching_policies(resources: Sequence[Resource], catalog: Catalog) -> 
                                   "use ports, principals, namespaces or ipBlocks for TCP services")
 
 
+def remote_ip_on_sidecars(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
+    """MC0303: remoteIpBlocks on a policy that selects sidecars (their config would be refused)."""
+    from ..policies.authorization_policy.gateway import uses_remote_ip
+
+    for r in _of(resources, "AuthorizationPolicy"):
+        sidecars = sorted(i.id for i in _selected(r, catalog) if i.kind == "")
+        if sidecars and uses_remote_ip(r):
+            yield Finding("MC0303", ERROR, str(r.key), "spec.rules",
+                          f"remoteIpBlocks / remote.ip are honoured at ingress gateways only, and the policy selects "
+                          f"sidecars ({', '.join(sidecars[:5])}{', ...' if len(sidecars) > 5 else ''}): their proxies' "
+                          "config is refused", "select the ingress gateway only, or use ipBlocks (the peer's address)")
+
+
+def discovery_failures(resources: Sequence[Resource], failures: Mapping[str, str]) -> Iterable[Finding]:
+    """MC0501: issuers whose OpenID Connect discovery fails (``failures``: issuer -> error, from the control
+    plane's status source ``oidc-discovery``), at each RequestAuthentication rule naming them."""
+    for r in _of(resources, "RequestAuthentication"):
+        for i, rule in enumerate((r.spec or {}).get("jwtRules") or ()):
+            error = failures.get(rule.get("issuer"))
+            if error and not rule.get("jwksUri") and not rule.get("jwks"):
+                yield Finding("MC0501", ERROR, str(r.key), f"spec.jwtRules[{i}].issuer",
+                              f"OpenID Connect discovery of {rule['issuer']} fails: {error}",
+                              "make <issuer>/.well-known/openid-configuration reachable from the control plane "
+                              "(its CA: jwks.discovery.caCertificates in the mesh config), or write jwksUri")
+
+
 def upstreams(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
     """MC0401 / MC0402: routes no proxy uses, and upstreams that name nothing."""
-    services = _services(catalog)
+    services = _services(catalog) | _entry_hosts(resources)
     declared = {u.destination_name for inst in catalog.instances for u in inst.upstreams}
     for r in _of(resources, "VirtualService"):
         for i, host in enumerate((r.spec or {}).get("hosts") or ()):
@@ -229,8 +275,49 @@ def upstreams(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Findi
                               "the catalog: calls to it fail", "register the service or remove the upstream")
 
 
+def gateways(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
+    """MC0106 / MC0107: Gateways that select no ingress gateway, VirtualServices bound to a Gateway that is not there."""
+    from ..catalog.definitions import INGRESS_GATEWAY
+    from ..policies.gateway.schema import gateway_ref
+    from ..policies.gateway.spec import spec_of as gateway_spec
+
+    ingress = [i for i in catalog.instances if i.kind == INGRESS_GATEWAY]
+    known = {f"{r.namespace}/{r.name}" for r in _of(resources, "Gateway")}
+    for r in _of(resources, "Gateway"):
+        selector = dict((r.spec or {}).get("selector") or {})
+        if not any(gateway_spec(r).selects(i.labels) for i in ingress):
+            yield Finding("MC0106", WARNING, str(r.key), "spec.selector",
+                          f"no ingress gateway has the labels {selector}: the Gateway serves nothing",
+                          "select the gateway's labels: app (its service name, e.g. ingress-gateway), meta, tag:<tag>")
+    for r in _of(resources, "VirtualService"):
+        for i, g in enumerate((r.spec or {}).get("gateways") or ()):
+            if g != "mesh" and gateway_ref(r.namespace, g) not in known:
+                yield Finding("MC0107", WARNING, str(r.key), f"spec.gateways[{i}]",
+                              f"no Gateway {gateway_ref(r.namespace, g)}: these routes are served nowhere",
+                              "apply the Gateway, or name it as <namespace>/<name>")
+
+
+def dropped_delegate_rules(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
+    """MC0202: delegate rules whose match no root rule's match contains (Istio's merge drops them)."""
+    from ..policies.virtual_service.delegation import dropped_rules
+
+    for delegate, j, root, i in dropped_rules(resources):
+        yield Finding("MC0202", WARNING, str(delegate.key), f"spec.http[{j}].match",
+                      f"never used: it fits inside no match of {root.key} spec.http[{i}], which delegates here",
+                      "narrow the match to within the root rule's (a uri prefix under its prefix, ...), or widen the "
+                      "root's")
+
+
+def sidecar_ingress(resources: Sequence[Resource], catalog: Catalog) -> Iterable[Finding]:
+    """MC0108: what the Sidecar plugin refuses of an ingress[] entry (meshcore.policies.sidecar.ingress)."""
+    from ..policies.sidecar.ingress import ingress_findings
+
+    return ingress_findings(resources, catalog)
+
+
 CHECKS: tuple[Check, ...] = (set_checks, hosts, subsets, selectors, competing_peer_authentications, shadowed_routes,
-                             never_matching_policies, upstreams)
+                             dropped_delegate_rules, never_matching_policies, remote_ip_on_sidecars, upstreams,
+                             gateways, sidecar_ingress)
 
 
 def analyze(resources: Sequence[Resource], catalog: Catalog) -> list[Finding]:
@@ -239,4 +326,4 @@ def analyze(resources: Sequence[Resource], catalog: Catalog) -> list[Finding]:
     return sorted(found, key=lambda f: (f.severity != ERROR, f.resource, f.path, f.code))
 
 
-__all__ = ["CHECKS", "analyze"]
+__all__ = ["CHECKS", "analyze", "discovery_failures"]

@@ -27,6 +27,7 @@ class ServiceStatus(Wire):
     healthy: bool
     inbound: str = ""
     labels: dict = field(default_factory=dict, metadata={"omit_empty": True})  # workload labels: what subsets select
+    datacenter: str = omit_empty()
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class GatewayStatus(Wire):
     healthy: bool
     kind: str
     listeners: tuple[str, ...] = ()
+    datacenter: str = omit_empty()
+    addresses: tuple[str, ...] = omit_empty(())  # a mesh gateway's LAN and WAN host:port (what sidecars dial)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class ProxyStatus(Wire):
     version: str = ""
     error: str = ""  # why its last build was not published
     access_log: str = ""  # "", "stdout" or a file
+    envoy_version: str = omit_empty()  # from its ADS node (user_agent_build_version)
+    agent_version: str = omit_empty()  # the meshcore agent that started it (its bootstrap's node metadata)
 
     @property
     def entries(self) -> tuple[ServiceStatus | GatewayStatus, ...]:
@@ -345,7 +350,43 @@ class JoinTokenInfo(Wire):
     created: str
     expires: str
     used: str | None
-    state: str  # valid | used | expired
+    state: str  # valid | used | expired | revoked
+
+
+@dataclass(frozen=True)
+class OperatorTokenInfo(Wire):
+    """``GET /v1/operators/tokens`` (admin): an operator API token. Never the token: ``id`` is a prefix of its hash."""
+
+    id: str
+    name: str
+    role: str
+    created: str
+    expires: str | None
+    state: str  # valid | expired
+
+
+@dataclass(frozen=True)
+class TokenRevokeRequest(Wire):
+    """``POST /v1/tokens/revoke`` (admin): revoke the one join or operator token whose id starts with ``id``
+    (at least 4 hex digits). ``kind``: ``join``, ``operator`` or ``any``. An id that matches several tokens is
+    refused (409, naming them); so is the last valid admin operator token unless ``force``."""
+
+    id: str
+    kind: str = "any"
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RevokedToken(Wire):
+    kind: str  # join | operator
+    id: str
+    owner: str  # the join token's node, the operator token's name
+    role: str = omit_empty()  # operator tokens: admin | read-only
+
+
+@dataclass(frozen=True)
+class TokenRevokeResponse(Wire):
+    revoked: tuple[RevokedToken, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -423,6 +464,20 @@ class AuthzVerdict(Wire):
 
 
 @dataclass(frozen=True)
+class AuthzToken(Wire):
+    """What the destination's proxy does with ``--jwt`` (:mod:`meshcore.authz.token`): ``status`` 0 (passes; its
+    claims decide), 401/403 (refused before any AuthorizationPolicy); whether its signature was checked."""
+
+    status: int = 0
+    reason: str = ""
+    issuer: str | None = None
+    subject: str | None = None
+    rule: str | None = None  # ns/name[i] of the RequestAuthentication rule for its issuer
+    signature: str = "not checked"  # verified | not checked | failed
+    signature_detail: str = ""
+
+
+@dataclass(frozen=True)
 class AuthzResult(AuthzVerdict):
     """The decision on one group of the destination's instances (same labels, namespace, port, protocol);
     ``audit`` lists the AUDIT rules (``ns/name[i]``) that matched (they never change the verdict)."""
@@ -433,6 +488,24 @@ class AuthzResult(AuthzVerdict):
     protocol: str = "http"
     audit: tuple[str, ...] = ()
     dry_run: str | None = None  # what the dry-run policies selecting these instances would decide (not enforced)
+    token: AuthzToken | None = omit_none()  # with --jwt
+
+
+@dataclass(frozen=True)
+class AuthzCheckRequest(Wire):
+    """``POST /v1/authz/check``: :class:`AuthzCheckQuery` with a JWT (``token``, sent as ``Authorization: Bearer``),
+    in the body so that no access log holds it; ``jwks``: a key set to check its signature with."""
+
+    to: str
+    source: str = ""
+    method: str = "GET"
+    path: str = "/"
+    host: str = ""
+    source_ip: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    token: str = ""
+    jwks: str = ""
+    remote_ip: str = ""  # the client as X-Forwarded-For names it (an ingress gateway's remoteIpBlocks)
 
 
 @dataclass(frozen=True)
@@ -732,12 +805,13 @@ class AlertRuleView(Wire):
 
 
 __all__ = [
-    "AlertRuleView", "AlertView", "ApplyRequest", "AuthzCaller", "AuthzCheckQuery", "AuthzCheckResponse",
+    "AlertRuleView", "AlertView", "ApplyRequest", "AuthzCaller", "AuthzCheckQuery", "AuthzCheckRequest",
+    "AuthzCheckResponse", "AuthzToken",
     "AuthzDryRunRequest", "AuthzDryRunResponse", "AuthzFlip", "AuthzObservedCall", "AuthzRequestView", "AuthzResult",
     "AuthzTarget", "AuthzVerdict", "DryRunResponse", "Health", "JoinTokenInfo", "ProxyDiff", "ApplyResponse", "ApplyResult", "CaCert", "CaCertInfo", "CaLeaf", "CaRoot", "CaRotateRequest", "CaState",
     "CanaryDecision", "CanaryRequest", "CanarySpecView", "CanaryStatus", "ControlPlaneStatus", "DeleteRequest",
     "DeleteResponse", "FederatedDomain", "GatewayStatus", "IssuedCert", "OperatorCert", "OperatorCertIssued",
-    "OperatorCertRequest", "OperatorCertRevoked", "ProxyConfigResponse", "ProxyStatus", "RejectedResource", "ResourceFile",
+    "OperatorCertRequest", "OperatorCertRevoked", "OperatorTokenInfo", "ProxyConfigResponse", "ProxyStatus", "RejectedResource", "ResourceFile",
     "ReplicaStatus", "ResourceQuery", "RootInfo", "ServiceStatus", "SourceStatus", "SpiffeBundleExport", "StatusResponse", "ThreadStatus", "TokenRequest",
-    "TokenResponse", "TrustBundle", "TrustBundleImport", "TrustBundleRemoved", "resolve_kind",
+    "RevokedToken", "TokenResponse", "TokenRevokeRequest", "TokenRevokeResponse", "TrustBundle", "TrustBundleImport", "TrustBundleRemoved", "resolve_kind",
 ]

@@ -4,19 +4,27 @@ The caller is named by its service (its SPIFFE identity comes from its catalog i
 same identity its Envoy presents), by a principal (anything with a ``/``, e.g. a node identity
 ``cluster.local/meshcore/node/vm9``), or not at all (a plaintext caller). The destination's
 labels, namespace, port and protocol come from its instances; instances that would be decided
-differently (``reviews`` v1/v2/v3 under a ``version`` selector) are reported separately.
+differently (``reviews`` v1/v2/v3 under a ``version`` selector) are reported separately. An ingress gateway as the
+destination is decided on each of its listeners (AuthorizationPolicy at the gateway: ``ports`` name the listener's
+port; ``remote_ip`` the client X-Forwarded-For names).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import ConfigError
 from ..naming import principal_of
 from ..snapshot import MeshSnapshot
+from ..policies.request_authentication.payload import normalized_payload, split_claims_for
+from ..policies.request_authentication.schema import authentications_for
+from .token import check_token
+from ..catalog.definitions import INGRESS_GATEWAY
 from .evaluate import MeshContext, decide
 from .model import Request
+from ..xds.generate.sidecar_ingress import declared_instances
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,11 @@ class CheckQuery:
     host: str | None = None
     headers: Mapping[str, str] | None = None
     source_ip: str | None = None
+    jwt: Mapping[str, object] | None = None  # the verified token's payload (RequestAuthentication); None: no token
+    token: str | None = None  # a JWT as sent (Authorization: Bearer), checked as the proxy would (.token)
+    jwks: str | None = None  # a key set to check its signature with where the rule's keys are remote
+    now: float | None = None  # the time the token is checked at (None: the clock's)
+    remote_ip: str | None = None  # the client as X-Forwarded-For names it (an ingress gateway's remoteIpBlocks)
 
 
 def _source(snapshot: MeshSnapshot, source: str | None) -> dict:
@@ -51,26 +64,51 @@ def _source(snapshot: MeshSnapshot, source: str | None) -> dict:
 def check(snapshot: MeshSnapshot, query: CheckQuery) -> dict:
     """The decision for ``query`` on every distinct instance group of the destination, as JSON data."""
     src = _source(snapshot, query.source)
-    instances = [i for i in snapshot.catalog.instances_of(query.destination) if i.kind == ""]
-    if not instances:
+    instances = list(declared_instances(snapshot, tuple(i for i in snapshot.catalog.instances_of(query.destination)
+                                                        if i.kind == "")))  # inbound protocol of Sidecar ingress[]
+    gateways = [i for i in snapshot.catalog.instances_of(query.destination) if i.kind == INGRESS_GATEWAY]
+    if not instances and not gateways:
         raise ConfigError(f"no mesh service {query.destination!r} in the catalog "
                           f"(known: {', '.join(snapshot.catalog.service_names())})")
     groups: dict[tuple, list] = {}
     for inst in instances:
         key = (tuple(sorted(inst.labels.items())), inst.namespace, inst.port, inst.protocol)
         groups.setdefault(key, []).append(inst)
+    if gateways:
+        from ..policies.authorization_policy.gateway import listener_ports  # generation: loaded when asked for
+    for inst in gateways:  # an ingress gateway: decided on each of its listeners (ports name the listener's port)
+        for port in listener_ports(snapshot.resources, inst):
+            key = (tuple(sorted(inst.labels.items())), inst.namespace, port, "http")
+            groups.setdefault(key, []).append(inst)
     ip = query.source_ip or src["ip"]
     results = []
+    now = time.time() if query.now is None else query.now
     for (labels, namespace, port, protocol), members in groups.items():
+        payload: Mapping[str, object] | None = None
+        if query.jwt is not None:  # as the destination's jwt_authn puts it into metadata (space-delimited claims split)
+            payload = normalized_payload(query.jwt, split_claims_for(snapshot.resources, dict(labels), namespace,
+                                                                     query.jwt.get("iss")))
+        token = None
+        if query.token is not None:  # TCP workloads carry no requests: RequestAuthentication does not apply there
+            selected = [] if protocol == "tcp" else authentications_for(snapshot.resources, dict(labels), namespace)
+            token = check_token(query.token, selected, now, query.jwks, snapshot.settings.jwks)
+            if token.status:  # refused by jwt_authn, before any AuthorizationPolicy
+                results.append({"instances": sorted(i.id for i in members), "namespace": namespace, "port": port,
+                                "protocol": protocol, "allowed": False, "action": "RequestAuthentication",
+                                "policy": None, "rule_index": None, "reason": token.reason, "audit": [],
+                                "dry_run": None, "token": token.to_dict()})
+                continue
+            payload = token.payload
         request = Request(
             principal=src["principal"], source_ip=ip, method=query.method, path=query.path,
             host=query.host if query.host is not None else query.destination, port=port,
-            headers=dict(query.headers or {}), protocol=protocol,
+            headers=dict(query.headers or {}), protocol=protocol, jwt=payload, remote_ip=query.remote_ip,
         )
         decision = decide(snapshot.resources, dict(labels), namespace, request, workload=query.destination,
                           context=MeshContext.of(snapshot))
         results.append({"instances": sorted(i.id for i in members), "namespace": namespace, "port": port,
-                        "protocol": protocol, **decision.to_dict()})
+                        "protocol": protocol, **decision.to_dict(),
+                        **({"token": token.to_dict()} if token is not None else {})})
     results.sort(key=lambda r: r["instances"])
     verdicts = {r["allowed"] for r in results}
     return {

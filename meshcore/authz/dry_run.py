@@ -25,6 +25,7 @@ from ..resources.model import Resource
 from ..snapshot import MeshSnapshot
 from .evaluate import MeshContext, decide
 from .model import Request
+from ..xds.generate.sidecar_ingress import declared_instances
 
 HEADER_CAVEAT = ("request headers are not in the access log: `when` conditions on request.headers were "
                  "evaluated as if the header were absent")
@@ -144,7 +145,8 @@ def dry_run(snapshot: MeshSnapshot, new_resources: Iterable[Resource], calls: Ma
     unchanged = 0
     unknown: Counter = Counter()
     for call, count in sorted(calls.items(), key=lambda kv: repr(kv[0])):
-        instances = [i for i in snapshot.catalog.instances_of(call.service) if i.kind == ""]
+        instances = declared_instances(snapshot, tuple(i for i in snapshot.catalog.instances_of(call.service)
+                                                       if i.kind == ""))  # inbound protocol of Sidecar ingress[]
         local = [i for i in instances if call.node and i.node == call.node]
         pool = local or instances
         inst = pool[0] if pool else None

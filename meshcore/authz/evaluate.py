@@ -1,5 +1,7 @@
 """Istio's authorization semantics as a pure function: which policies apply, which rule decides.
 
+0. A matching CUSTOM rule sends the request to the policy's external authorizer first; the evaluator cannot know its
+   answer, so it says so in the reason and decides the rest as if it allowed.
 1. Any matching DENY rule denies (policies in (namespace, name) order, rules in index order).
 2. Otherwise, when ALLOW policies select the workload, the request is allowed only if one of their
    rules matches (an ALLOW policy without rules therefore denies everything it selects).
@@ -15,10 +17,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ..naming import DEFAULT_TRUST_DOMAIN
-from ..policies.authorization_policy.schema import ALLOW, AUDIT, DENY, is_dry_run, policies_for
+from ..policies.authorization_policy.schema import ALLOW, AUDIT, CUSTOM, DENY, is_dry_run, policies_for
 from ..resources.model import Resource
 from .model import Decision, Request
 from .patterns import (
@@ -34,11 +36,16 @@ from .patterns import (
 )
 from .rules import (
     DESTINATION_PORT,
+    REQUEST_AUDIENCES,
+    REQUEST_CLAIMS,
     REQUEST_HEADERS,
     REQUEST_HOST,
     REQUEST_METHOD,
     REQUEST_PATH,
+    REQUEST_PRESENTER,
+    REQUEST_PRINCIPAL,
     SOURCE_IP,
+    REMOTE_IP,
     SOURCE_NAMESPACE,
     SOURCE_PRINCIPAL,
     Condition,
@@ -46,6 +53,7 @@ from .rules import (
     Rule,
     policy_rules,
 )
+from ..policies.authorization_policy.spec import SOURCE_SERVICE_ACCOUNT, service_account_principal
 
 if TYPE_CHECKING:
     from ..snapshot import MeshSnapshot
@@ -79,14 +87,55 @@ class MeshContext:
 _DEFAULT_CONTEXT = MeshContext()
 
 
+def _claim(payload: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
+    node: Any = payload
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _claim_matches(payload: Mapping[str, Any] | None, path: Sequence[str], value: str) -> bool:
+    """As the RBAC compiler: ``*`` a present claim; a string claim whole; a list claim by one of its strings."""
+    got = _claim(payload, path)
+    if got is None:
+        return False
+    pattern = Pattern.parse(value)
+    if pattern.kind == ANY:
+        return True
+    if isinstance(got, str):
+        return pattern.matches(got)
+    if isinstance(got, list):
+        return any(isinstance(v, str) and pattern.matches(v) for v in got)
+    return False
+
+
+def _request_principal(payload: Mapping[str, Any] | None) -> str | None:
+    iss, sub = _claim(payload, ("iss",)), _claim(payload, ("sub",))
+    return f"{iss}/{sub}" if isinstance(iss, str) and isinstance(sub, str) else None
+
+
 def _value_matches(cond: Condition, value: str, request: Request, ctx: MeshContext, action: str) -> bool:
     a = cond.attribute
+    if a == REQUEST_PRINCIPAL:
+        return Pattern.parse(value).matches(_request_principal(request.jwt))
+    if a == REQUEST_AUDIENCES:
+        return _claim_matches(request.jwt, ("aud",), value)
+    if a == REQUEST_PRESENTER:
+        return _claim_matches(request.jwt, ("azp",), value)
+    if a == REQUEST_CLAIMS:
+        return _claim_matches(request.jwt, cond.claim, value)
     if a == SOURCE_PRINCIPAL:
         return Pattern.parse(value).matches(request.principal)
     if a == SOURCE_NAMESPACE:
         return namespace_matches(value, request.principal, request.source_namespace, ctx.trust_domain)
+    if a == SOURCE_SERVICE_ACCOUNT:  # serviceAccounts: the caller's SPIFFE ID, exactly
+        return request.principal == service_account_principal(value, ctx.trust_domain)
     if a == SOURCE_IP:
         return _ip_in(request.source_ip, value)
+    if a == REMOTE_IP:  # the client as an ingress gateway trusts X-Forwarded-For; the peer when none is given
+        return _ip_in(request.remote_ip or request.source_ip, value)
     if a == REQUEST_METHOD:
         return Pattern.parse(value).matches(request.method)
     if a == REQUEST_PATH:
@@ -175,6 +224,16 @@ def decide(
 
 
 def _decide(applicable: list[PolicyRules], name: str, request: Request, ctx: MeshContext) -> Decision:
+    custom = _first_match([p for p in applicable if p.action == CUSTOM], request, ctx)
+    verdict = _decide_enforced([p for p in applicable if p.action != CUSTOM], name, request, ctx)
+    if custom is None:
+        return verdict
+    p, r = custom
+    return replace(verdict, reason=(f"CUSTOM policy {p.key} rule {r.index} matches: the external authorizer decides "
+                                    f"first (a denial there is final); if it allows: {verdict.reason}"))
+
+
+def _decide_enforced(applicable: list[PolicyRules], name: str, request: Request, ctx: MeshContext) -> Decision:
     by_action: dict[str, list[PolicyRules]] = {ALLOW: [], DENY: [], AUDIT: []}
     for p in applicable:
         by_action[p.action].append(p)

@@ -18,7 +18,10 @@ class Request:
     defaults to the namespace inside the principal, which is what Envoy matches. ``port`` is the
     destination workload's own port (the one ``ports`` and ``destination.port`` name). ``protocol`` is
     the destination's (``http`` or ``tcp``; TCP policies ignore HTTP attributes as Istio does).
-    Header names are case-insensitive.
+    Header names are case-insensitive. ``jwt`` is the payload of the request's token *after* RequestAuthentication
+    verified it (its claims: ``iss``, ``sub``, ``aud``, ...), None when the request carried no valid token.
+    ``remote_ip`` is the original client's address as an ingress gateway reads it from X-Forwarded-For
+    (``remoteIpBlocks``); None: the peer's (``source_ip``).
     """
 
     principal: str | None = None
@@ -30,6 +33,8 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     source_namespace: str | None = None
     protocol: str = "http"
+    jwt: Mapping[str, Any] | None = None
+    remote_ip: str | None = None  # the original client (X-Forwarded-For at an ingress gateway); None: source_ip
 
     def __post_init__(self) -> None:
         if self.principal is not None:

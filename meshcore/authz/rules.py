@@ -8,8 +8,9 @@ condition matches; inside one source or operation every condition must match; a 
 when any of its values does (``not*`` fields and ``notValues``: when none does).
 
 TCP workloads see no HTTP attributes. As in Istio, an ALLOW rule using one (methods, paths, hosts,
-request headers) is dropped, and DENY and AUDIT rules lose those conditions and keep the rest: either
-way the policy fails closed, denying more rather than allowing more.
+request headers, the request's JWT: ``requestPrincipals``, ``request.auth.*``) is dropped, and DENY and AUDIT
+rules lose those conditions and keep the rest: either way the policy fails closed, denying more rather than
+allowing more.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from dataclasses import dataclass
 from ..policies.authorization_policy.spec import (
     DESTINATION_PORT,
     HTTP_ONLY,
+    REQUEST_AUDIENCES,
+    REQUEST_CLAIMS,
     REQUEST_HEADERS,
     REQUEST_HOST,
     REQUEST_METHOD,
     REQUEST_PATH,
+    REQUEST_PRESENTER,
+    REQUEST_PRINCIPAL,
     SOURCE_ATTRIBUTES,
     SOURCE_IP,
+    REMOTE_IP,
     SOURCE_NAMESPACE,
     SOURCE_PRINCIPAL,
     ALLOW,
@@ -57,14 +63,15 @@ class PolicyRules:
 
 def _for_tcp(rule: Rule, action: str) -> Rule | None:
     uses_http = any(c.http_only for c in rule.when) or any(
-        c.http_only for op in (rule.operations or ()) for c in op)
+        c.http_only for block in (rule.operations or ()) + (rule.sources or ()) for c in block)
     if not uses_http:
         return rule
     if action == ALLOW:
         return None
     return Rule(
         index=rule.index,
-        sources=rule.sources,
+        sources=None if rule.sources is None else tuple(
+            tuple(c for c in src if not c.http_only) for src in rule.sources),
         operations=None if rule.operations is None else tuple(
             tuple(c for c in op if not c.http_only) for op in rule.operations),
         when=tuple(c for c in rule.when if not c.http_only),
@@ -92,5 +99,6 @@ def policy_rules(policy: Resource, protocol: str = "http") -> PolicyRules:
 __all__ = [
     "Condition", "Rule", "PolicyRules", "parse_rule", "policy_rules", "HTTP_ONLY", "SOURCE_ATTRIBUTES",
     "SOURCE_PRINCIPAL", "SOURCE_NAMESPACE", "SOURCE_IP", "REQUEST_METHOD", "REQUEST_PATH", "REQUEST_HOST",
-    "REQUEST_HEADERS", "DESTINATION_PORT",
+    "REQUEST_HEADERS", "DESTINATION_PORT", "REQUEST_PRINCIPAL", "REQUEST_AUDIENCES", "REQUEST_PRESENTER", "REQUEST_CLAIMS",
+    "REMOTE_IP",
 ]

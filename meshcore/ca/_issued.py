@@ -47,6 +47,7 @@ from .model import IssuedCertificate
 log = logging.getLogger(__name__)
 
 COMPACT_MIN_LINES = 1024
+_line = json.JSONEncoder(separators=(",", ":")).encode  # one journal line (json.dumps with these, made once)
 SYNC_DELAY = 0.1  # seconds between an appended line and its fdatasync, at most (plus the sync itself)
 Key = tuple[str, str | None]
 
@@ -75,6 +76,7 @@ class IssuedJournal:
     _expiry: list[tuple[datetime, str, Key]] = field(default_factory=list)
     _pos: _Position = field(default_factory=_Position)
     _fd: int | None = None
+    _fd_ino: int = -1  # the inode _fd was opened on
     _dirty: bool = False
     _flusher: threading.Thread | None = None
     _sync_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,7 +163,7 @@ class IssuedJournal:
     def append(self, cert: IssuedCertificate, now: datetime) -> None:
         """Record ``cert``: one appended line; compact when the journal is mostly dead lines."""
         self.catch_up(locked=True)
-        line = json.dumps(cert.to_dict(), separators=(",", ":")).encode() + b"\n"
+        line = _line(cert.to_dict()).encode() + b"\n"
         fd = self._append_fd()
         self._write_line(fd, line)
         self._schedule_sync()
@@ -236,14 +238,16 @@ class IssuedJournal:
                 os.fdatasync(self._fd)
 
     def _append_fd(self) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_ino == self._pos.ino:
+        """The descriptor appending to the file at :attr:`path` now (catch_up found its inode): the one held while
+        it is that file's (an inode learnt when it was opened), else a new one."""
+        if self._fd is not None and self._fd_ino == self._pos.ino:
             return self._fd
         self._close()
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if created:
             fsync_dir(self.path.parent)
-        self._pos.ino = os.fstat(self._fd).st_ino
+        self._pos.ino = self._fd_ino = os.fstat(self._fd).st_ino
         return self._fd
 
     def _migrate(self) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -156,6 +157,7 @@ class CertificateAuthority:
         shared: SharedAuthority | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self._lock_path = os.fspath(state_dir / LOCK_FILE)  # taken on every signature: joined once
         self.trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
         self.node_ttl = node_ttl
@@ -500,6 +502,11 @@ class CertificateAuthority:
     def intermediate_pem(self) -> str:
         """The current intermediate certificate, PEM."""
         return self._signer()[1]
+
+    def chain_tail_pem(self) -> str:
+        """What follows the leaf in the ``chain_pem`` of a certificate signed now: the intermediate and the CA
+        certificates above it but the root (PEM)."""
+        return self._signer()[2]
 
     def signer_key_id(self) -> str:
         """Hex key identifier of the intermediate signing leaves now; a leaf whose AKI differs was
@@ -858,7 +865,7 @@ class CertificateAuthority:
             now = _now(self._clock)
             with self._lock:
                 if self._intermediate_due(now):
-                    with file_lock(self.state_dir / LOCK_FILE):
+                    with file_lock(self._lock_path):
                         self._renew_intermediate_if_due(now)
                 inter, _, chain_tail, _ = self._signer()
             # Built and signed outside the locks, so signers do not queue behind each other's
@@ -866,7 +873,7 @@ class CertificateAuthority:
             floor = self._not_before_floor(spiffe_id, node)
             issued = self._build_leaf(public_key, spiffe_id, node, ttl, now, inter, chain_tail, dns_names,
                                       ip_addresses, floor)
-            with self._lock, file_lock(self.state_dir / LOCK_FILE):
+            with self._lock, file_lock(self._lock_path):
                 if self._intermediate is inter:
                     self._record(issued, now)
                     break

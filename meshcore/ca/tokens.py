@@ -119,6 +119,8 @@ class JoinTokenStore:
                 raise JoinTokenError(
                     f"this join token is scoped to another node, not {node!r}; create one for {node!r}"
                 )
+            if entry.get("revoked"):
+                raise JoinTokenError(f"join token revoked (at {entry['revoked']}); create a new one")
             if entry["used"] is not None:
                 raise JoinTokenError(f"join token already used (at {entry['used']}); create a new one")
             if parse_rfc3339(entry["expires"]) <= now:
@@ -127,20 +129,26 @@ class JoinTokenStore:
         self._wait_durable(ticket)
         log.info("join token consumed node=%s", node, extra={"node": node})
 
+    def revoke(self, token_hash: str) -> bool:
+        """Make the token with this (full) hash unusable from now on, used or not; False when unknown or
+        already revoked. It stays listed (state ``revoked``) as long as other tokens."""
+        with self._locked():
+            now = self._now()
+            entry = self._entries.get(token_hash)
+            if entry is None or entry.get("revoked"):
+                return False
+            ticket = self._append({"op": "revoke", "hash": token_hash, "at": rfc3339(now)}, now)
+        self._wait_durable(ticket)
+        log.warning("join token revoked node=%s id=%s", entry["node"], token_hash[:12], extra={"node": entry["node"]})
+        return True
+
     def list(self) -> list[dict[str, Any]]:
         """Tokens known (including used/expired ones for a week): id (hash prefix), node, created,
         expires, used (RFC 3339 or None), state. Never the token itself."""
         with self._locked():
             now = self._now()
             entries = [dict(e) for e in self._entries.values()]
-        out = []
-        for e in entries:
-            state = "used" if e["used"] else ("expired" if parse_rfc3339(e["expires"]) <= now else "valid")
-            out.append({
-                "id": e["hash"][:12], "node": e["node"], "created": e["created"],
-                "expires": e["expires"], "used": e["used"], "state": state,
-            })
-        return sorted(out, key=lambda d: (d["created"], d["node"]))
+        return _listing(entries, now)
 
     def entries(self) -> builtins.list[dict[str, Any]]:
         """Every stored entry (hash, node, created, expires, used): what a migration copies. Never a token."""
@@ -222,7 +230,7 @@ class JoinTokenStore:
         body = unseal(self._kek, _JOURNAL_PURPOSE, blob, where=where)
         try:
             event = json.loads(body)
-            if event.get("op") not in ("create", "use"):
+            if event.get("op") not in ("create", "use", "revoke"):
                 raise ValueError(f"unknown op {event.get('op')!r}")
             return event
         except (ValueError, AttributeError) as exc:
@@ -233,6 +241,10 @@ class JoinTokenStore:
         if event["op"] == "create":
             entry = event["entry"]
             self._entries.setdefault(entry["hash"], dict(entry))
+        elif event["op"] == "revoke":
+            entry = self._entries.get(event["hash"])
+            if entry is not None and not entry.get("revoked"):
+                entry["revoked"] = event["at"]
         else:
             entry = self._entries.get(event["hash"])
             if entry is not None and entry["used"] is None:
@@ -294,6 +306,19 @@ class JoinTokenStore:
                 os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = self._sync_fd = None
+
+
+def _listing(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """What ``list()`` shows of stored entries: id (hash prefix), node, times, state; never a token."""
+    out = []
+    for e in entries:
+        if e.get("revoked"):
+            state = "revoked"
+        else:
+            state = "used" if e["used"] else ("expired" if parse_rfc3339(e["expires"]) <= now else "valid")
+        out.append({"id": e["hash"][:12], "node": e["node"], "created": e["created"],
+                    "expires": e["expires"], "used": e["used"], "state": state})
+    return sorted(out, key=lambda d: (d["created"], d["node"]))
 
 
 def _prune(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -364,6 +389,8 @@ class SharedJoinTokenStore:
         if entry["node"] != node:
             log.warning("join token presented by another node node=%s", node, extra={"node": node})
             raise JoinTokenError(f"this join token is scoped to another node, not {node!r}; create one for {node!r}")
+        if entry.get("revoked"):
+            raise JoinTokenError(f"join token revoked (at {entry['revoked']}); create a new one")
         if entry["used"] is not None:
             raise JoinTokenError(f"join token already used (at {entry['used']}); create a new one")
         if parse_rfc3339(entry["expires"]) <= now:
@@ -386,13 +413,24 @@ class SharedJoinTokenStore:
 
     def list(self) -> list[dict[str, Any]]:
         """As :meth:`JoinTokenStore.list`: never the token itself."""
-        now = self._now()
-        out = []
-        for e in self.entries():
-            state = "used" if e["used"] else ("expired" if parse_rfc3339(e["expires"]) <= now else "valid")
-            out.append({"id": e["hash"][:12], "node": e["node"], "created": e["created"],
-                        "expires": e["expires"], "used": e["used"], "state": state})
-        return sorted(out, key=lambda d: (d["created"], d["node"]))
+        return _listing(self.entries(), self._now())
+
+    def revoke(self, token_hash: str) -> bool:
+        """As :meth:`JoinTokenStore.revoke`, on every replica at once (a compare-and-set on the token's key:
+        a join that won the race used it first, and the revocation still lands on the used entry)."""
+        key = SHARED_PREFIX + token_hash
+        for _ in range(5):
+            stored = self.backend.get(key)
+            if stored is None:
+                return False
+            entry = self._unseal(key, stored.value)
+            if entry.get("revoked"):
+                return False
+            if self.backend.put(key, self._seal(dict(entry, revoked=rfc3339(self._now()))), cas=stored.index):
+                log.warning("join token revoked node=%s id=%s", entry["node"], token_hash[:12],
+                            extra={"node": entry["node"]})
+                return True
+        raise JoinTokenError("the join token kept changing while it was being revoked; try again")
 
     def prune(self) -> int:
         """Remove entries a week past their expiry (singleton cleanup work: the leader calls it); how many."""
@@ -416,6 +454,10 @@ class JoinTokens(Protocol):
     def consume(self, token: str, node: str) -> None: ...
 
     def list(self) -> builtins.list[dict[str, Any]]: ...
+
+    def entries(self) -> builtins.list[dict[str, Any]]: ...
+
+    def revoke(self, token_hash: str) -> bool: ...
 
     def close(self) -> None: ...
 

@@ -10,7 +10,11 @@ for every service, and ``/v1/health/state/any``. Rules:
   upstreams from the sidecar's ``Proxy.Upstreams``; ``local_service_address``/``port`` from
   ``Proxy.LocalServiceAddress``/``LocalServicePort`` (default 127.0.0.1 and the service port);
 * an instance without a sidecar is not in the mesh (it has no mesh port) and is left out, except
-  an ``ingress-gateway``, which is its own proxy (mesh port = its service port);
+  an ``ingress-gateway`` or ``mesh-gateway``, which is its own proxy (mesh port = its service port; a mesh
+  gateway's LAN and WAN addresses come from its tagged addresses ``lan``/``wan``, else its service address);
+* an upstream's datacenter is its ``Datacenter``, else its ``DestinationPeer`` (a peer is read as the
+  datacenter of that name, see :mod:`._consul_datacenters`); its mesh gateway mode its ``MeshGateway.Mode``,
+  else the proxy's;
 * ``healthy`` means every check of the instance, of its sidecar proxy and of its node is passing: the
   sidecar's own checks count as Consul counts them for ``/v1/health/connect/<service>`` (the connect
   endpoint answers with the proxy instances, their checks and their node's checks, so a critical sidecar,
@@ -25,22 +29,39 @@ from typing import Iterable, Mapping
 
 from ..logs import escape_control
 from ..naming import dns_label_problem
-from .model import DEFAULT_DATACENTER, Catalog, Node, ServiceInstance, Upstream
+from .model import DEFAULT_DATACENTER, MESH_GATEWAY, MESH_GATEWAY_MODES, Catalog, Node, ServiceInstance, Upstream
 
 log = logging.getLogger("meshcore.catalog.consul")
 
 IGNORED_SERVICES = frozenset({"consul"})
 PROXY_KIND = "connect-proxy"
-SELF_PROXIED_KINDS = frozenset({"ingress-gateway"})
+SELF_PROXIED_KINDS = frozenset({"ingress-gateway", MESH_GATEWAY})
 
 
 def _meta(raw: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in (raw or {}).items()))
 
 
+def mesh_gateway_mode(raw: Mapping | None, where: str) -> str:
+    """``MeshGateway.Mode`` of a proxy or upstream: "", none, local or remote (Consul's ``default`` is "")."""
+    mode = str((raw or {}).get("Mode") or "").strip().lower()
+    mode = "" if mode == "default" else mode
+    if mode not in MESH_GATEWAY_MODES:
+        raise ValueError(f"{where} MeshGateway.Mode {mode!r}: use none, local or remote")
+    return mode
+
+
+def _mode_and_scope(own: str, proxy_mode: str) -> dict[str, str]:
+    """An upstream's mode and which registration set it: its own, else its proxy's (Consul's first two rungs)."""
+    if own:
+        return {"mesh_gateway": own, "mesh_gateway_scope": "upstream"}
+    return {"mesh_gateway": proxy_mode, "mesh_gateway_scope": "proxy" if proxy_mode else ""}
+
+
 def upstreams_of(proxy: Mapping | None) -> tuple[Upstream, ...]:
     """``Proxy.Upstreams`` of a proxy registration -> sorted Upstreams (service upstreams only)."""
     out = []
+    default_mode = mesh_gateway_mode((proxy or {}).get("MeshGateway"), "proxy")
     for u in (proxy or {}).get("Upstreams") or ():
         if (u.get("DestinationType") or "service") != "service" or not u.get("DestinationName"):
             continue
@@ -48,9 +69,23 @@ def upstreams_of(proxy: Mapping | None) -> tuple[Upstream, ...]:
             destination_name=u["DestinationName"],
             local_bind_port=int(u.get("LocalBindPort") or 0),
             local_bind_address=u.get("LocalBindAddress") or "127.0.0.1",
-            datacenter=u.get("Datacenter") or None,
+            datacenter=u.get("Datacenter") or u.get("DestinationPeer") or None,
+            **_mode_and_scope(mesh_gateway_mode(u.get("MeshGateway"), f"upstream {u['DestinationName']!r}"),
+                              default_mode),
         ))
     return tuple(sorted(out))
+
+
+def tagged_address(tagged: Mapping | None, names: tuple[str, ...]) -> tuple[str, int] | None:
+    """The first of ``names`` among a service's tagged addresses as (address, port); keys in either case."""
+    for name in names:
+        entry = (tagged or {}).get(name)
+        if isinstance(entry, Mapping):
+            address = entry.get("Address") or entry.get("address") or ""
+            port = int(entry.get("Port") or entry.get("port") or 0)
+            if address and port:
+                return address, port
+    return None
 
 
 def _health(checks: Iterable[Mapping]) -> tuple[dict[tuple[str, str], bool], dict[str, bool]]:
@@ -90,7 +125,8 @@ def _sidecar_index(entries: Iterable[Mapping]) -> tuple[dict[tuple[str, str], Ma
 
 def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tuple[str, str], bool],
               per_node: Mapping[str, bool], by_id: Mapping[tuple[str, str], Mapping],
-              by_name: Mapping[tuple[str, str], list[Mapping]]) -> ServiceInstance | None:
+              by_name: Mapping[tuple[str, str], list[Mapping]],
+              datacenter: str = DEFAULT_DATACENTER) -> ServiceInstance | None:
     """One catalog entry as a mesh instance (None: not a meshcore workload, e.g. a sidecar or no sidecar)."""
     kind = e.get("ServiceKind") or ""
     name = e.get("ServiceName") or ""
@@ -106,9 +142,14 @@ def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tu
     node_address = e.get("Address") or node_objs[node].address
     address = e.get("ServiceAddress") or node_address
     sidecar_id = ""
+    wan_address, wan_port = "", 0
     if kind in SELF_PROXIED_KINDS:
         proxy = e.get("ServiceProxy") or {}
         mesh_address, mesh_port = address, int(e.get("ServicePort") or 0)
+        if kind == MESH_GATEWAY:
+            tagged = e.get("ServiceTaggedAddresses")
+            mesh_address, mesh_port = tagged_address(tagged, ("lan", "lan_ipv4")) or (mesh_address, mesh_port)
+            wan_address, wan_port = tagged_address(tagged, ("wan", "wan_ipv4")) or (mesh_address, mesh_port)
     elif kind == "":
         sidecar = by_id.get((node, e.get("ServiceID", "")))
         if sidecar is None:
@@ -123,7 +164,7 @@ def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tu
         mesh_address = sidecar.get("ServiceAddress") or node_address
         mesh_port = int(sidecar.get("ServicePort") or 0)
     else:
-        return None  # mesh/terminating/api gateways are not meshcore workloads
+        return None  # terminating/api gateways are not meshcore workloads
     healthy = per_service.get((node, e.get("ServiceID", "")), True) and per_node.get(node, True)
     if sidecar_id and healthy and not per_service.get((node, sidecar_id), True):
         healthy = False  # its sidecar proxy is not (the app may be fine, but no request reaches it)
@@ -143,7 +184,9 @@ def _instance(e: Mapping, node_objs: Mapping[str, Node], per_service: Mapping[tu
         meta=_meta(e.get("ServiceMeta")),
         healthy=healthy,
         upstreams=upstreams_of(proxy),
-        datacenter=e.get("Datacenter") or node_objs[node].datacenter,
+        datacenter=e.get("Datacenter") or node_objs[node].datacenter or datacenter,
+        wan_address=wan_address,
+        wan_port=wan_port,
     )
 
 
@@ -160,18 +203,22 @@ def assemble_catalog_reporting(
     nodes: Iterable[Mapping],
     services: Mapping[str, Iterable[Mapping]],
     checks: Iterable[Mapping],
+    *,
+    datacenter: str | None = None,
 ) -> tuple[Catalog, tuple[tuple[str, str], ...]]:
     """:func:`assemble_catalog`, plus the entries left out as ``(where, why)`` for the source's health
-    (``where`` is ``node/<node>/service/<id>``), sorted."""
+    (``where`` is ``node/<node>/service/<id>``), sorted. ``datacenter``: the one these answers come from
+    (``?dc=``), for nodes and entries that do not say (Consul's do)."""
+    default_dc = datacenter or DEFAULT_DATACENTER
     node_objs: dict[str, Node] = {}
     for n in nodes:
         node_objs[n["Node"]] = Node(name=n["Node"], address=n.get("Address") or "",
-                                    datacenter=n.get("Datacenter") or DEFAULT_DATACENTER, meta=_meta(n.get("Meta")))
+                                    datacenter=n.get("Datacenter") or default_dc, meta=_meta(n.get("Meta")))
     entries = [e for name, lst in services.items() for e in (lst or ()) if name not in IGNORED_SERVICES]
     for e in entries:  # a node registered between our reads: take it from the service entry
         if e.get("Node") and e["Node"] not in node_objs:
             node_objs[e["Node"]] = Node(name=e["Node"], address=e.get("Address") or "",
-                                        datacenter=e.get("Datacenter") or DEFAULT_DATACENTER, meta=_meta(e.get("NodeMeta")))
+                                        datacenter=e.get("Datacenter") or default_dc, meta=_meta(e.get("NodeMeta")))
     per_service, per_node = _health(checks)
     by_id, by_name = _sidecar_index(entries)
 
@@ -179,7 +226,7 @@ def assemble_catalog_reporting(
     rejected: dict[str, str] = {}
     for e in entries:
         try:
-            inst = _instance(e, node_objs, per_service, per_node, by_id, by_name)
+            inst = _instance(e, node_objs, per_service, per_node, by_id, by_name, default_dc)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # One malformed entry (a registration Consul accepted but meshcore cannot use) is skipped, not the read.
             where = f"node/{e.get('Node')}/service/{e.get('ServiceID') or e.get('ServiceName')}"

@@ -20,6 +20,12 @@ Index handling follows Consul's blocking-query rules: an index that goes backwar
 restore, ...) or is 0 means "reset": do a full read and start over from what it returned; an
 index below 1 is used as 1, so a query never turns into a non-blocking busy loop.
 
+Several datacenters (:mod:`._consul_datacenters`): given ``datacenters``, the source reads each one's
+catalog (``?dc=<name>`` on a WAN-federated Consul, or each at its own Consul address), watches all of them
+the same way (three blocking queries per datacenter) and marks every node and instance with its datacenter.
+Each datacenter has its own raft index: the index handed out is then the sum of the per-datacenter
+endpoint indexes (it grows whenever any of them does); an index that is not this source's means a full read.
+
 Last known good (:mod:`._consul_hold`): a read right after an index reset that lacks instances of the
 last good catalog, or one in which more than ``shrink_threshold`` of the instances vanished at once, is
 suspect (Consul restarted empty, agents not re-registered yet): the missing instances are held as last
@@ -34,6 +40,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import consul
@@ -41,7 +48,8 @@ import consul
 from ..errors import ConsulAuthError, ConsulError
 from ._consul_assemble import IGNORED_SERVICES, assemble_catalog, assemble_catalog_reporting
 from ._consul_calls import consul_errors
-from ._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD, CatalogHold
+from ._consul_datacenters import DatacenterTargets, merge_datacenters, split_key, watch_key
+from ._consul_hold import DEFAULT_HOLD_S, DEFAULT_SHRINK_THRESHOLD, CatalogHold, HoldMemory
 from ._consul_settings import ConsulSettings
 from .model import Catalog, CatalogUpdate
 from .source import SourceHealth
@@ -81,9 +89,15 @@ class ConsulCatalogSource:
     """A :class:`~meshcore.catalog.source.CatalogSource` reading Consul (see the module docstring)."""
 
     def __init__(self, settings: ConsulSettings, *, hold_s: float = DEFAULT_HOLD_S,
-                 shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD, clock: Callable[[], float] = time.monotonic):
+                 shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD, clock: Callable[[], float] = time.monotonic,
+                 datacenters: DatacenterTargets | None = None, hold_memory: Path | str | None = None):
         self.settings = settings
-        self._hold = CatalogHold(hold_s, shrink_threshold, clock=clock, where=settings.address)
+        # (datacenter, settings) read per poll; one unnamed target = the agent's own datacenter, as before
+        self._targets = datacenters.targets(settings) if datacenters is not None else (("", settings),)
+        self._keys = tuple(watch_key(dc, e) for dc, _ in self._targets for e in WATCHED)
+        self._trust_domains = dict(datacenters.trust_domains) if datacenters is not None else {}
+        memory = HoldMemory(hold_memory, where=settings.address) if hold_memory else None  # survives restarts
+        self._hold = CatalogHold(hold_s, shrink_threshold, clock=clock, where=settings.address, memory=memory)
         self._local = threading.local()
         self._client_generation = 0
         self._lock = threading.Lock()
@@ -96,34 +110,77 @@ class ConsulCatalogSource:
         self._reread = False  # the last poll failed: the next one reads at once (see poll)
 
     # ------------------------------------------------------------------ clients
-    def _client(self) -> consul.Consul:
-        """One py-consul client per thread (requests sessions are not shared across threads)."""
-        cached = getattr(self._local, "client", None)
+    def _client(self, datacenter: str = "") -> consul.Consul:
+        """One py-consul client per thread and datacenter (requests sessions are not shared across threads)."""
+        cached: tuple[int, dict[str, consul.Consul]] | None = getattr(self._local, "clients", None)
         if cached is None or cached[0] != self._client_generation:
-            cached = (self._client_generation, self.settings.client())
-            self._local.client = cached
-        return cached[1]
+            cached = self._local.clients = (self._client_generation, {})
+        clients = cached[1]
+        if datacenter not in clients:
+            clients[datacenter] = self._settings_of(datacenter).client()
+        return clients[datacenter]
+
+    def _settings_of(self, datacenter: str) -> ConsulSettings:
+        return next(s for dc, s in self._targets if dc == datacenter)
+
+    def _combine(self, indexes: dict[str, int]) -> int:
+        """The one index handed to callers: the largest (one raft index), or the sum over datacenters."""
+        return max(indexes.values()) if len(self._targets) == 1 else sum(indexes.values())
 
     def _forget_clients(self) -> None:
         """After a 403, build new clients so a rotated CONSUL_HTTP_TOKEN_FILE is re-read."""
         self._client_generation += 1
 
     # ------------------------------------------------------------------ reads
-    def _read(self, doing: str, fn: Callable[[consul.Consul], tuple[Any, Any]]) -> tuple[int, Any]:
+    def _read(self, doing: str, fn: Callable[[consul.Consul], tuple[Any, Any]], datacenter: str = "") -> tuple[int, Any]:
         """``fn``'s (index, data) on a client; data is Consul's decoded JSON (py-consul returns it untyped)."""
+        if datacenter:
+            doing += f" in datacenter {datacenter}"
         try:
-            with consul_errors(self.settings, doing):
-                idx, data = fn(self._client())
+            with consul_errors(self._settings_of(datacenter), doing):
+                idx, data = fn(self._client(datacenter))
         except ConsulAuthError:
             self._forget_clients()
             raise
         return int(idx), data
 
     def read_catalog(self) -> tuple[Catalog, dict[str, int]]:
-        """One full, non-blocking read of the catalog; returns it and the per-endpoint indexes."""
-        n_idx, nodes = self._read("reading the node list (/v1/catalog/nodes)", lambda c: c.catalog.nodes())
-        s_idx, names = self._read("reading the service list (/v1/catalog/services)", lambda c: c.catalog.services())
-        c_idx, checks = self._read("reading health checks (/v1/health/state/any)", lambda c: c.health.state("any"))
+        """One full, non-blocking read of the catalog (of every datacenter); returns it and the per-endpoint
+        indexes (keys ``nodes``/``services``/``checks``, prefixed ``<dc>/`` when several datacenters are read)."""
+        parts: list[tuple[str, Catalog, tuple[tuple[str, str], ...]]] = []
+        indexes: dict[str, int] = {}
+        for dc, _ in self._targets:
+            try:
+                catalog, rejected, found = self._read_datacenter(dc)
+            except ConsulError as exc:
+                if dc and "No path to datacenter" in str(exc):
+                    raise ConsulError(self._unknown_datacenter(dc)) from exc
+                raise
+            parts.append((dc, catalog, rejected))
+            indexes.update((watch_key(dc, e), i) for e, i in found.items())
+        if len(parts) == 1 and not self._trust_domains:
+            catalog, rejected = parts[0][1], parts[0][2]
+        else:
+            catalog, rejected = merge_datacenters(parts, self._trust_domains)
+        self._note_rejected(rejected)
+        return catalog, indexes
+
+    def _unknown_datacenter(self, dc: str) -> str:
+        """What to tell the operator when Consul has no path to ``dc`` (names the datacenters it knows)."""
+        settings = self._settings_of(dc)
+        try:
+            with consul_errors(settings, "listing datacenters (/v1/catalog/datacenters)"):
+                known = settings.client().catalog.datacenters()
+        except ConsulError:
+            known = []
+        return (f"Consul at {settings.address} has no path to datacenter {dc!r} (it knows "
+                f"{', '.join(known) or 'no other'}): check the datacenter names of --catalog consul:... and that "
+                "the Consul servers are WAN-joined (or give that datacenter's own address: consul:dc1,dc2=ADDR)")
+
+    def _read_datacenter(self, dc: str) -> tuple[Catalog, tuple[tuple[str, str], ...], dict[str, int]]:
+        n_idx, nodes = self._read("reading the node list (/v1/catalog/nodes)", lambda c: c.catalog.nodes(), dc)
+        s_idx, names = self._read("reading the service list (/v1/catalog/services)", lambda c: c.catalog.services(), dc)
+        c_idx, checks = self._read("reading health checks (/v1/health/state/any)", lambda c: c.health.state("any"), dc)
         services: dict[str, Any] = {}
         for name in sorted(names or {}):
             if name in IGNORED_SERVICES:
@@ -131,10 +188,9 @@ class ConsulCatalogSource:
             def read_service(c: consul.Consul, n: str = name) -> tuple[Any, Any]:
                 return c.catalog.service(n)
 
-            _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})", read_service)
-        catalog, rejected = assemble_catalog_reporting(nodes or [], services, checks or [])
-        self._note_rejected(rejected)
-        return catalog, {"nodes": n_idx, "services": s_idx, "checks": c_idx}
+            _, services[name] = self._read(f"reading service {name!r} (/v1/catalog/service/{name})", read_service, dc)
+        catalog, rejected = assemble_catalog_reporting(nodes or [], services, checks or [], datacenter=dc or None)
+        return catalog, rejected, {"nodes": n_idx, "services": s_idx, "checks": c_idx}
 
     def _note_rejected(self, rejected: tuple[tuple[str, str], ...]) -> None:
         """Keep the entries left out for :meth:`health`; log each once when it appears and when it goes."""
@@ -148,15 +204,16 @@ class ConsulCatalogSource:
             log.info("Consul catalog entry no longer skipped (fixed or deregistered): %s", where)
         self._rejected = rejected
 
-    def _blocking_index(self, endpoint: str, index: int, wait: float) -> int:
-        """One blocking query on ``endpoint``; returns the index Consul answered with."""
+    def _blocking_index(self, key: str, index: int, wait: float) -> int:
+        """One blocking query on the endpoint of ``key`` (``[<dc>/]<endpoint>``); returns Consul's index."""
+        dc, endpoint = split_key(key)
         wait_arg = f"{max(1, int(wait * 1000))}ms"
         calls = {
             "nodes": lambda c: c.catalog.nodes(index=index, wait=wait_arg),
             "services": lambda c: c.catalog.services(index=index, wait=wait_arg),
             "checks": lambda c: c.health.state("any", index=index, wait=wait_arg),
         }
-        new, _ = self._read(f"watching {endpoint} (blocking query at index {index})", calls[endpoint])
+        new, _ = self._read(f"watching {endpoint} (blocking query at index {index})", calls[endpoint], dc)
         return new
 
     # ------------------------------------------------------------------ CatalogSource
@@ -173,6 +230,9 @@ class ConsulCatalogSource:
             ours = bool(self._indexes) and index == self._combined
             known = dict(self._indexes) if ours and self._indexes else {e: index for e in WATCHED}
             reread, self._reread = self._reread, False
+        if not ours and len(self._targets) > 1:
+            # a combined index of several datacenters is no index of any one endpoint: start from a full read
+            return self._refresh(None, reason="index not this source's: full read", previous_index=index)
         if reread:
             # The last poll failed (Consul unreachable, restarted?): read at once instead of blocking at an
             # index a restarted Consul may never reach again; a reset is seen now, not after a whole wait.
@@ -206,16 +266,16 @@ class ConsulCatalogSource:
     def _refresh(self, previous: dict[str, int] | None, reason: str, previous_index: int | None = None) -> CatalogUpdate:
         """Full read. ``previous``: our per-endpoint indexes before it (None if the caller's index was not ours)."""
         catalog, indexes = self.read_catalog()
-        went_back = (any(indexes[e] < previous[e] for e in WATCHED) if previous is not None
-                     else previous_index is not None and max(indexes.values()) < previous_index)
+        went_back = (any(indexes[e] < previous[e] for e in self._keys) if previous is not None
+                     else previous_index is not None and self._combine(indexes) < previous_index)
         reset = reason == "reset" or went_back
         if reset:
             log.warning("Consul index went backwards (snapshot restore or Consul upgrade?); did a full read and "
                         "restarted blocking from the new indexes consul=%s previous=%s now=%s",
                         self.settings.address, previous or previous_index, indexes)
         indexes = {e: max(1, i) for e, i in indexes.items()}  # never block on an index < 1
-        combined = max(indexes.values())
-        before = max(previous.values()) if previous is not None else previous_index
+        combined = self._combine(indexes)
+        before = self._combine(previous) if previous is not None else previous_index
         catalog = self._hold.publish(catalog, reset=reset, index=combined, previous_index=before)
         with self._lock:
             self._indexes, self._combined, self._catalog = indexes, combined, catalog
@@ -227,7 +287,11 @@ class ConsulCatalogSource:
     def health(self) -> SourceHealth:
         """``holding`` while last good instances are held (see the module docstring), else ``ok``."""
         detail = self._hold.describe()
-        return SourceHealth(name="catalog", kind=f"consul {self.settings.address}",
+        kind = f"consul {self.settings.address}"
+        if len(self._targets) > 1:
+            kind += " datacenters " + ",".join(f"{dc}@{s.address}" if s.address != self.settings.address else dc
+                                               for dc, s in self._targets)
+        return SourceHealth(name="catalog", kind=kind,
                             state="holding" if detail else ("ok" if self._catalog is not None else "starting"),
                             detail=detail, index=self._combined or 0, rejected=self._rejected)
 

@@ -17,10 +17,13 @@ Normalization follows Consul's documented defaults: ``id`` = ``name``; ``local_s
 ``127.0.0.1``; a sidecar without ``port`` gets the lowest free port of 21000-21255 on its node
 (Consul's ``sidecar_min_port``/``sidecar_max_port``), assigned in file order.
 
-In the mesh are services with ``connect.sidecar_service`` and ``kind = "ingress-gateway"`` services
-(whose upstreams come from a ``proxy { upstreams = [...] }`` block on the service itself). Other
-kinds (``mesh-gateway``, ``terminating-gateway``, ``connect-proxy``...) are accepted, registered as
-written (without their ``proxy`` block), and are not in the mesh.
+In the mesh are services with ``connect.sidecar_service``, ``kind = "ingress-gateway"`` services
+(whose upstreams come from a ``proxy { upstreams = [...] }`` block on the service itself) and
+``kind = "mesh-gateway"`` services (their ``port`` the LAN one; ``tagged_addresses { lan {address, port}
+wan {address, port} }`` as in Consul, see docs/multi-dc.md). Other kinds (``terminating-gateway``,
+``connect-proxy``...) are accepted, registered as written (without their ``proxy`` block), and are not in
+the mesh. An upstream may name ``datacenter`` (or ``destination_peer``) and ``mesh_gateway { mode }``; a
+sidecar's ``proxy { mesh_gateway { mode } }`` is the default for its upstreams.
 
 Errors are :class:`~meshcore.errors.ValidationError`; each :class:`FieldError` names the file
 (relative to the catalog root, e.g. ``vm1/productpage.hcl``) and the field path
@@ -59,10 +62,11 @@ from meshcore.resources.schema import (
     type_name,
 )
 
-from .model import DEFAULT_DATACENTER, Node, ServiceInstance, Upstream
+from .model import DEFAULT_DATACENTER, MESH_GATEWAY, MESH_GATEWAY_MODES, Node, ServiceInstance, Upstream
 
 INGRESS_GATEWAY = "ingress-gateway"
-SERVICE_KINDS = ("", "connect-proxy", INGRESS_GATEWAY, "mesh-gateway", "terminating-gateway", "api-gateway")
+SERVICE_KINDS = ("", "connect-proxy", INGRESS_GATEWAY, MESH_GATEWAY, "terminating-gateway", "api-gateway")
+GATEWAY_KINDS = (INGRESS_GATEWAY, MESH_GATEWAY)  # their own proxy: in the mesh without a sidecar
 SIDECAR_MIN_PORT = 21000
 SIDECAR_MAX_PORT = 21255
 DEFINITION_SUFFIXES = (".json", ".hcl")
@@ -75,6 +79,9 @@ LOCALHOST = "127.0.0.1"
 SERVICE_NAME = DNSLabel()
 SERVICE_ID = Str(min_len=1, max_len=253, pattern=r"[^\s/]+", pattern_hint="must not contain whitespace or '/'")
 NODE_NAME = DNSLabel()
+UPSTREAM_DESTINATION = Str(min_len=1, max_len=253, pattern=r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*",
+                           pattern_hint="must be a service name (lowercase letters, digits and '-') or, for a host "
+                                        "outside the mesh that a ServiceEntry declares, a DNS name")
 DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+", pattern_hint="must be lowercase letters, digits, '-' and '_'")
 
 
@@ -135,13 +142,18 @@ CHECK = Obj(
 )
 _CHECK_TYPES = ("http", "tcp", "grpc", "ttl", "args")
 
+MESH_GATEWAY_CONFIG = Obj({"mode": Enum(*(m for m in MESH_GATEWAY_MODES if m), "default")}, loose_keys=True)
+TAGGED_ADDRESS = Obj({"address": Required(IPAddress()), "port": Required(Port())}, loose_keys=True)
+
 UPSTREAM = Obj(
     {
-        "destination_name": Required(SERVICE_NAME),
+        "destination_name": Required(UPSTREAM_DESTINATION),
         "destination_type": Enum("service"),
         "local_bind_port": Required(Port()),
         "local_bind_address": IPAddress(),
         "datacenter": DATACENTER,
+        "destination_peer": DATACENTER,  # read as the datacenter of that name (docs/multi-dc.md)
+        "mesh_gateway": MESH_GATEWAY_CONFIG,
     },
     loose_keys=True,
 )
@@ -152,6 +164,7 @@ PROXY = Obj(
         "local_service_port": Port(),
         "upstreams": ListOf(UPSTREAM),
         "config": Opaque(mapping=True),
+        "mesh_gateway": MESH_GATEWAY_CONFIG,
     },
     loose_keys=True,
 )
@@ -175,7 +188,7 @@ SERVICE = Obj(
         "proxy": Opaque(mapping=True),  # validated per kind in _service_from
         # accepted for compatibility with real /etc/consul.d files, not used by meshcore:
         "enable_tag_override": Bool(),
-        "tagged_addresses": Opaque(mapping=True),
+        "tagged_addresses": MapOf(TAGGED_ADDRESS),  # a mesh gateway's lan / wan (other kinds: registered as is)
         "weights": Opaque(mapping=True),
         "token": Str(),
         "namespace": Str(),
@@ -285,6 +298,7 @@ class ServiceDefinition:
     local_service_address: str = LOCALHOST
     local_service_port: int | None = None
     upstreams: tuple[Upstream, ...] = ()
+    tagged_addresses: tuple[tuple[str, str, int], ...] = ()  # (name, address, port), e.g. a mesh gateway's wan
     proxy_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     source: str = field(default="", compare=False)
     origin: str = field(default="service", compare=False)
@@ -292,12 +306,15 @@ class ServiceDefinition:
 
     @property
     def in_mesh(self) -> bool:
-        return self.sidecar or self.kind == INGRESS_GATEWAY
+        return self.sidecar or self.kind in GATEWAY_KINDS
 
     @property
     def mesh_port(self) -> int | None:
         """The port this service's Envoy listens on for the mesh (sidecar port, or the gateway's own port)."""
-        return self.port if self.kind == INGRESS_GATEWAY else self.sidecar_port
+        return self.port if self.kind in GATEWAY_KINDS else self.sidecar_port
+
+    def tagged(self, name: str) -> tuple[str, int] | None:
+        return next(((a, p) for n, a, p in self.tagged_addresses if n == name), None)
 
     def to_instance(self, node: "NodeDefinition") -> ServiceInstance | None:
         """The catalog instance on ``node``; None for a service that is not in the mesh.
@@ -306,14 +323,18 @@ class ServiceDefinition:
         the node address. Files carry no live health, so every instance is ``healthy``.
         """
         def instance(port: int, mesh_address: str, mesh_port: int,
-                     local_service_address: str = "127.0.0.1") -> ServiceInstance:
+                     local_service_address: str = "127.0.0.1", wan: tuple[str, int] = ("", 0)) -> ServiceInstance:
             return ServiceInstance(
                 service=self.name, id=self.id, node=node.name, port=port, mesh_address=mesh_address,
                 mesh_port=mesh_port, local_service_address=local_service_address, address=self.address,
                 kind=self.kind, tags=self.tags, meta=self.meta, healthy=True, upstreams=self.upstreams,
-                datacenter=node.datacenter,
+                datacenter=node.datacenter, wan_address=wan[0], wan_port=wan[1],
             )
 
+        if self.kind == MESH_GATEWAY:
+            assert self.port is not None  # enforced when parsed
+            lan = self.tagged("lan") or (self.address or node.address, self.port)
+            return instance(self.port, lan[0], lan[1], wan=self.tagged("wan") or lan)
         if self.kind == INGRESS_GATEWAY:
             assert self.port is not None  # enforced when parsed
             return instance(self.port, self.address or node.address, self.port)
@@ -338,8 +359,15 @@ class ServiceDefinition:
             }
             if u.datacenter:
                 item["Datacenter"] = u.datacenter
+            if u.mesh_gateway and u.mesh_gateway_scope != "proxy":
+                item["MeshGateway"] = {"Mode": u.mesh_gateway}
             out.append(item)
         return out
+
+    def _proxy_mesh_gateway(self) -> dict[str, Any]:
+        """The proxy-wide ``MeshGateway`` (registered as such, so config entries keep their place below it)."""
+        modes = {u.mesh_gateway for u in self.upstreams if u.mesh_gateway_scope == "proxy"}
+        return {"MeshGateway": {"Mode": modes.pop()}} if len(modes) == 1 else {}
 
     def to_agent_payload(self) -> dict[str, Any]:
         """The body for Consul's ``PUT /v1/agent/service/register`` (PascalCase, empty fields left out)."""
@@ -356,6 +384,8 @@ class ServiceDefinition:
             p["Kind"] = self.kind
         if self.checks:
             p["Checks"] = [c.to_payload() for c in self.checks]
+        if self.tagged_addresses:
+            p["TaggedAddresses"] = {n: {"Address": a, "Port": port} for n, a, port in self.tagged_addresses}
         if self.kind == INGRESS_GATEWAY and (self.upstreams or self.proxy_config):
             proxy: dict[str, Any] = {}
             if self.upstreams:
@@ -368,6 +398,7 @@ class ServiceDefinition:
                 "LocalServiceAddress": self.local_service_address,
                 "LocalServicePort": self.local_service_port,
                 "Upstreams": self._upstreams_payload(),
+                **self._proxy_mesh_gateway(),
             }
             if self.proxy_config:
                 proxy["Config"] = dict(self.proxy_config)
@@ -462,13 +493,21 @@ def _parse_json(text: str, source: str) -> Any:
         ) from exc
 
 
-def _upstream(d: Mapping[str, Any]) -> Upstream:
+def _upstream(d: Mapping[str, Any], default_mode: str = "") -> Upstream:
     return Upstream(
         destination_name=d["destination_name"],
         local_bind_port=d["local_bind_port"],
         local_bind_address=d.get("local_bind_address") or LOCALHOST,
-        datacenter=d.get("datacenter") or None,
+        datacenter=d.get("datacenter") or d.get("destination_peer") or None,
+        mesh_gateway=_mode(d) or default_mode,
+        mesh_gateway_scope="upstream" if _mode(d) else "proxy" if default_mode else "",
     )
+
+
+def _mode(d: Mapping[str, Any]) -> str:
+    """``mesh_gateway.mode`` of an upstream or proxy block ("" when unset; Consul's ``default`` is unset too)."""
+    mode = (d.get("mesh_gateway") or {}).get("mode") or ""
+    return "" if mode == "default" else mode
 
 
 def _check_binds(upstreams: Sequence[Upstream], path: Path, ctx: Context) -> None:
@@ -511,7 +550,15 @@ def _service_from(raw: Any, path: Path, ctx: Context, source: str) -> ServiceDef
     proxy_config: Mapping[str, Any] = {}
     local_port = sc_proxy.get("local_service_port") or d.get("port")
 
-    if kind == INGRESS_GATEWAY:
+    if kind == MESH_GATEWAY:
+        if has_sidecar:
+            ctx.add(path.field("connect").field("sidecar_service"), "a mesh gateway is itself a proxy; it has no sidecar")
+        if "port" not in d:
+            ctx.add(path.field("port"), 'required for kind "mesh-gateway" (the LAN port the gateway listens on)')
+        for name in d.get("tagged_addresses") or {}:
+            if name not in ("lan", "wan"):
+                ctx.add(path.field("tagged_addresses").field(name), "a mesh gateway has tagged addresses lan and wan")
+    elif kind == INGRESS_GATEWAY:
         if has_sidecar:
             ctx.add(path.field("connect").field("sidecar_service"), "an ingress gateway is itself a proxy; it has no sidecar")
         if "port" not in d:
@@ -531,7 +578,7 @@ def _service_from(raw: Any, path: Path, ctx: Context, source: str) -> ServiceDef
         if has_sidecar:
             if local_port is None:
                 ctx.add(path.field("port"), "required with connect.sidecar_service (or set connect.sidecar_service.proxy.local_service_port)")
-            upstreams = tuple(_upstream(u) for u in sc_proxy.get("upstreams") or [])
+            upstreams = tuple(_upstream(u, _mode(sc_proxy)) for u in sc_proxy.get("upstreams") or [])
             _check_binds(upstreams, path.field("connect").field("sidecar_service").field("proxy").field("upstreams"), ctx)
             proxy_config = sc_proxy.get("config") or {}
 
@@ -546,12 +593,13 @@ def _service_from(raw: Any, path: Path, ctx: Context, source: str) -> ServiceDef
         meta=tuple(sorted((d.get("meta") or {}).items())),
         kind=kind,
         checks=tuple(CheckDefinition.from_dict(c) for c in checks),
-        sidecar=has_sidecar and kind != INGRESS_GATEWAY,
+        sidecar=has_sidecar and kind not in GATEWAY_KINDS,
         sidecar_port=sidecar.get("port"),
         sidecar_address=sidecar.get("address", ""),
         local_service_address=sc_proxy.get("local_service_address") or LOCALHOST,
         local_service_port=local_port if has_sidecar else None,
         upstreams=upstreams,
+        tagged_addresses=tuple(sorted((n, t["address"], t["port"]) for n, t in (d.get("tagged_addresses") or {}).items())),
         proxy_config=dict(proxy_config),
         source=source,
         origin=str(path),
@@ -671,7 +719,7 @@ def build_node(files: Sequence[DefinitionFile], default_name: str, source: str |
         if port is not None:
             if port in listeners:
                 other = listeners[port]
-                field_path = f"{s.origin}.port" if s.kind == INGRESS_GATEWAY else f"{s.origin}.connect.sidecar_service.port"
+                field_path = f"{s.origin}.port" if s.kind in GATEWAY_KINDS else f"{s.origin}.connect.sidecar_service.port"
                 errors.append(FieldError(s.source, None, field_path, f"port {port} is already used on this node by {other.id!r} ({other.source})"))
             else:
                 listeners[port] = s
@@ -732,6 +780,7 @@ __all__ = [
     "NodeDefinition",
     "ServiceDefinition",
     "INGRESS_GATEWAY",
+    "GATEWAY_KINDS",
     "SIDECAR_MIN_PORT",
     "SIDECAR_MAX_PORT",
     "build_node",

@@ -22,6 +22,9 @@ Behaviour worth knowing:
   parsed again (:data:`SETTLE` after its first event, so one editor save is one re-read), every
   other node's parsed definition is kept. A waiting :meth:`poll` sleeps on the inotify descriptor:
   an idle source costs no CPU. The index is a counter bumped only when the parsed catalog differs.
+  Publishing is in proportion to the directories read too: their entries move in the sorted catalog and
+  nothing else is looked at, while every file is valid and node names stay unique (otherwise every
+  directory is checked, to report each problem and hold the last good catalog).
 * Safety net and fallback: every :data:`RESCAN_INTERVAL` seconds (``poll_interval`` when inotify
   is not available: another OS, a full ``max_user_watches``, an exhausted instance limit) every
   file is ``stat``-ed and directories whose files' (inode, mtime, size) moved are re-read. On a
@@ -169,12 +172,15 @@ class FileCatalogSource:
         self._lock = threading.Lock()
         self._closed = False
         self._catalog: Catalog | None = None
-        self._definitions: tuple[NodeDefinition, ...] = ()
+        self._definitions: tuple[NodeDefinition, ...] | None = ()  # None: to sort again from _published_defs
         self._index = 0
         self._errors: tuple[FieldError, ...] = ()
         self._dirs: dict[str, _NodeDir] = {}
         # the published catalog, kept sorted and updated per directory instead of rebuilt and re-sorted
         self._published: dict[str, tuple[Node, tuple[ServiceInstance, ...]]] = {}
+        self._published_defs: dict[str, NodeDefinition] = {}  # directory -> its definition in that catalog
+        self._owner: dict[str, str] = {}  # node name -> the directory that defines it, in that catalog
+        self._touched: set[str] | None = set()  # directories read or gone since the last publish; None: all
         self._nodes_sorted: list[Node] = []
         self._instances_sorted: list[ServiceInstance] = []
         self._watcher: _Watcher | None = None
@@ -194,7 +200,10 @@ class FileCatalogSource:
     @property
     def definitions(self) -> tuple[NodeDefinition, ...]:
         """The node definitions behind the last good catalog (the agent's registration payloads come from these)."""
-        return self._definitions
+        with self._lock:
+            if self._definitions is None:
+                self._definitions = tuple(sorted(self._published_defs.values(), key=lambda n: n.name))
+            return self._definitions
 
     @property
     def index(self) -> int:
@@ -230,6 +239,7 @@ class FileCatalogSource:
         """Bring the catalog up to date: the directories inotify named, or everything when due."""
         if not self.root.is_dir():
             self._dirs.clear()
+            self._touched = None
             self._set_errors([FieldError(str(self.root), None, "",
                                          "catalog directory does not exist; create it with one sub-directory per node")])
             if self._watcher is not None:  # the root went: watch it again once it is back
@@ -282,6 +292,7 @@ class FileCatalogSource:
         if not files:
             if old is not None:
                 self._dirs.pop(name)
+                self._touch(name)
                 self._note_changed(old.node, None)
             return
         if old is not None and not force and old.fingerprint == fingerprint:
@@ -327,7 +338,12 @@ class FileCatalogSource:
             except ValidationError as exc:
                 state.errors.extend(exc.errors)
         self._dirs[name] = state
+        self._touch(name)
         self._note_changed(old.node if old else None, state.node)
+
+    def _touch(self, name: str) -> None:
+        if self._touched is not None:
+            self._touched.add(name)
 
     def _note_changed(self, old: NodeDefinition | None, new: NodeDefinition | None) -> None:
         for node in (old, new):
@@ -335,7 +351,31 @@ class FileCatalogSource:
                 self._changed.update(s.name for s in node.services)
 
     def _publish(self) -> None:
+        """Publish what the directories read since the last publish changed: in proportion to those
+        directories while every file is valid and node names stay unique; else :meth:`_publish_all`."""
+        touched, self._touched = self._touched, set()
+        if touched is None or self._errors or self._catalog is None:
+            self._publish_all()
+            return
+        moved = []
+        for name in touched:
+            state = self._dirs.get(name)
+            if state is not None and (state.errors or state.node is None):
+                self._publish_all()  # it says why, and holds the last good catalog
+                return
+            if state is not None and state.node is not None and self._owner.get(state.node.name, name) != name:
+                self._publish_all()  # a node name now defined twice
+                return
+            entry = state.entry if state is not None else None
+            if entry != self._published.get(name):
+                moved.append(name)
+        changed, self._changed = frozenset(self._changed), set()
+        if moved:
+            self._apply_moved(moved, {name: self._dirs[name] for name in moved if name in self._dirs}, changed)
+
+    def _publish_all(self) -> None:
         """Assemble the catalog from every directory's definition; whole or not at all."""
+        self._touched = set()
         errors: list[FieldError] = []
         nodes: list[NodeDefinition] = []
         owner: dict[str, str] = {}
@@ -357,24 +397,36 @@ class FileCatalogSource:
             self._set_errors(errors)
             return
         self._set_errors([])
-        current = {name: state.entry for name, state in self._dirs.items() if state.entry is not None}
+        current = {name: state for name, state in self._dirs.items() if state.entry is not None}
         moved = [name for name in current.keys() | self._published.keys()
-                 if current.get(name) != self._published.get(name)]
+                 if (current[name].entry if name in current else None) != self._published.get(name)]
         changed, self._changed = frozenset(self._changed), set()
         if not moved and self._catalog is not None:
             return
-        self._definitions = tuple(sorted(nodes, key=lambda n: n.name))
+        self._apply_moved(moved, current, changed)
+
+    def _apply_moved(self, moved: list[str], current: dict[str, _NodeDir], changed: frozenset[str]) -> None:
+        """Move the ``moved`` directories' entries in the published catalog to what ``current`` holds (a
+        directory not in it is gone), then publish the catalog if it differs."""
         for name in moved:
-            old, new = self._published.pop(name, None), current.get(name)
+            old, state = self._published.pop(name, None), current.get(name)
+            new = state.entry if state is not None else None
             if old is not None:
                 _remove_sorted(self._nodes_sorted, old[0])
                 for inst in old[1]:
                     _remove_sorted(self._instances_sorted, inst)
-            if new is not None:
+                if self._owner.get(old[0].name) == name:
+                    del self._owner[old[0].name]
+                self._published_defs.pop(name, None)
+            if state is not None and new is not None:
+                assert state.node is not None
                 bisect.insort(self._nodes_sorted, new[0])
                 for inst in new[1]:
                     bisect.insort(self._instances_sorted, inst)
                 self._published[name] = new
+                self._published_defs[name] = state.node
+                self._owner[new[0].name] = name
+        self._definitions = None
         # Catalog.of would sort again what is sorted already
         catalog = Catalog(nodes=tuple(self._nodes_sorted), instances=tuple(self._instances_sorted))
         if catalog != self._catalog:

@@ -14,6 +14,16 @@ from itertools import groupby
 
 DEFAULT_DATACENTER = "dc1"
 
+MESH_GATEWAY = "mesh-gateway"
+# How a sidecar reaches an upstream's instances in another datacenter (Consul's ``MeshGateway.Mode``):
+# "none" directly at their mesh addresses, "local" through its own datacenter's mesh gateway, "remote"
+# straight to the mesh gateway of the instances' datacenter. "" = not set (the default, "none").
+MESH_GATEWAY_MODES = ("", "none", "local", "remote")
+# Where an upstream's mode was set: "upstream" (the upstream's own ``MeshGateway`` in its registration), "proxy"
+# (the sidecar's ``Proxy.MeshGateway``, the default of its upstreams), "entries" (config entries:
+# meshcore.consul_entries.gateway_modes) or "" (nowhere; a mode set without a scope counts as the upstream's own).
+MESH_GATEWAY_SCOPES = ("", "proxy", "upstream", "entries")
+
 
 @dataclass(frozen=True, order=True)
 class Upstream:
@@ -23,6 +33,8 @@ class Upstream:
     local_bind_port: int
     local_bind_address: str = "127.0.0.1"
     datacenter: str | None = None
+    mesh_gateway: str = ""  # one of MESH_GATEWAY_MODES: how instances in other datacenters are reached
+    mesh_gateway_scope: str = ""  # one of MESH_GATEWAY_SCOPES: which registration set mesh_gateway
 
 
 @dataclass(frozen=True, order=True)
@@ -40,7 +52,9 @@ class ServiceInstance:
     ``port`` is the application's own port; the app listens on ``local_service_address``.
     ``mesh_address``/``mesh_port`` are where the instance's Envoy accepts mTLS from the mesh
     (Consul: the ``<name>-sidecar-proxy`` service's address and port). ``kind`` is ``""``
-    for an ordinary service or ``"ingress-gateway"`` for a gateway proxy, as in Consul.
+    for an ordinary service, ``"ingress-gateway"`` or ``"mesh-gateway"`` for a gateway proxy, as in Consul.
+    A mesh gateway's ``mesh_address``/``mesh_port`` are its LAN address (Consul's tagged ``lan``) and
+    ``wan_address``/``wan_port`` the one other datacenters reach it at (tagged ``wan``; else the LAN one).
     """
 
     service: str
@@ -57,6 +71,16 @@ class ServiceInstance:
     healthy: bool = True
     upstreams: tuple[Upstream, ...] = ()
     datacenter: str = DEFAULT_DATACENTER
+    wan_address: str = ""
+    wan_port: int = 0
+    # The SPIFFE trust domain of the instance's SVID when its datacenter has one of its own ("" = the reading
+    # control plane's): set by the Consul source for a datacenter listed as ``<dc>@<trust domain>``.
+    trust_domain: str = ""
+    # How this sidecar reaches the other datacenters of a host that is none of its upstreams (a VirtualService
+    # route's other host), as Consul's config entries decide it (meshcore.consul_entries.gateway_modes): sorted
+    # ``(host, mode)`` pairs, ``("", mode)`` the default for every host not listed. Empty: no entry says anything
+    # (the sidecar's own proxy-wide mode applies, see meshcore.xds.generate.mesh_gateway.host_mode).
+    mesh_gateway_defaults: tuple[tuple[str, str], ...] = ()
 
     # Derived values, computed once per (immutable) instance: generation asks for them per endpoint.
     @cached_property
@@ -69,6 +93,17 @@ class ServiceInstance:
         labels.update(self._meta)
         labels["app"] = self.service
         return labels
+
+    def with_upstreams(self, upstreams: tuple["Upstream", ...],
+                       mesh_gateway_defaults: tuple[tuple[str, str], ...] | None = None) -> "ServiceInstance":
+        """This instance with other upstreams (and gateway defaults): a copy of its fields and derived values (none
+        of which reads them), several times cheaper than ``dataclasses.replace`` for a catalog-wide change."""
+        out = object.__new__(ServiceInstance)
+        out.__dict__.update(self.__dict__)
+        object.__setattr__(out, "upstreams", tuple(upstreams))
+        if mesh_gateway_defaults is not None:
+            object.__setattr__(out, "mesh_gateway_defaults", tuple(mesh_gateway_defaults))
+        return out
 
     @property
     def meta_dict(self) -> dict[str, str]:
@@ -156,6 +191,19 @@ class Catalog:
 
     def service_names(self) -> tuple[str, ...]:
         return self._service_names
+
+    def services_of_kind(self, kind: str) -> tuple[str, ...]:
+        """The services with an instance of ``kind`` (``mesh-gateway``, ...: Consul's ``ServiceKind``), sorted.
+        Consul identifies a gateway by its kind, whatever its name."""
+        return self._kinds.get(kind, ())
+
+    @cached_property
+    def _kinds(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, list[str]] = {}
+        for service, insts in self._by_service.items():
+            for kind in sorted({i.kind for i in insts if i.kind}):
+                found.setdefault(kind, []).append(service)
+        return {k: tuple(sorted(v)) for k, v in found.items()}
 
     # Summaries of one service's instances that generation reads on the caller's side. Each is its own
     # dependency (meshcore.controlplane._deps): an instance added or removed with the same protocol and

@@ -271,8 +271,8 @@ class Client:
         return self._typed_list(AlertRuleView, self.get(path), path)
 
 
-def client_for(args) -> Client:
+def client_for(args, timeout: float = 10.0) -> Client:
     """The client for a command's parsed ``args`` (``--server``, ``--token``, ``--state-dir`` when it has them)."""
     state_dir = getattr(args, "state_dir", None)
-    return Client(discover_server(getattr(args, "server", None), state_dir), token=getattr(args, "token", None),
-                  state_dir=state_dir)
+    return Client(discover_server(getattr(args, "server", None), state_dir), timeout=timeout,
+                  token=getattr(args, "token", None), state_dir=state_dir)

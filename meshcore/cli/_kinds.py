@@ -16,7 +16,11 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "AuthorizationPolicy": ("AuthorizationPolicies", ("ap",)),
     "DestinationRule": ("DestinationRules", ("dr",)),
     "VirtualService": ("VirtualServices", ("vs",)),
+    "ServiceEntry": ("ServiceEntries", ("se",)),
+    "Sidecar": ("Sidecars", ()),
     "RateLimit": ("RateLimits", ("rl",)),
+    "RequestAuthentication": ("RequestAuthentications", ("ra",)),
+    "Gateway": ("Gateways", ("gw",)),
     "AlertRule": ("AlertRules", ("alr",)),
 }
 #: what ``meshctl get`` takes besides the resource kinds.

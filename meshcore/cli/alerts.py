@@ -24,7 +24,7 @@ from ..api.operator import AlertRuleView, AlertView
 from ..errors import MeshError
 from ..observe.alerts import Rule, effective_rules
 from ..observe.prom_rules import DEFAULT_WINDOW, NO_SERIES, render_rule_file
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._run import dispatch
 from ._commands import HELP
 from ._types import MeshctlParser, duration_text
@@ -34,7 +34,7 @@ _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _client(args) -> Client:
-    return Client(discover_server(getattr(args, "server", None)), token=getattr(args, "token", None))
+    return client_for(args)
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:

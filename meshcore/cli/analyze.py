@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from ..analyze import ERROR, Finding, analyze
+from ..analyze.checks import discovery_failures
 from ..deploy.sources import CATALOG_HELP, catalog_spec, load_catalog
 from ..errors import MeshError, ValidationError
 from ..resources.model import Resource
@@ -40,6 +41,16 @@ def _applied(args) -> list[Resource]:
             raise ValidationError(problems, "an applied resource no longer validates")
         out_.append(res)
     return out_
+
+
+def _discovery_failures(args) -> dict[str, str]:
+    from ._client import client_for
+
+    try:
+        sources = client_for(args).status().control_plane.sources
+    except MeshError:
+        return {}  # the applied set was read: a status answer missing here is no finding
+    return {r.key: r.error for s in sources if s.name == "oidc-discovery" for r in s.rejected}
 
 
 def merged(applied: Sequence[Resource], given: Sequence[Resource]) -> list[Resource]:
@@ -73,6 +84,9 @@ def cmd_analyze(args) -> int:
     resources = merged([] if args.offline else _applied(args), given)
     catalog = load_catalog(catalog_spec(args.catalog)).catalog
     findings = analyze(resources, catalog)
+    if not args.offline:  # what only the control plane knows: issuers whose OIDC discovery fails (MC0501)
+        findings = sorted(findings + list(discovery_failures(resources, _discovery_failures(args))),
+                          key=lambda f: (f.severity != ERROR, f.resource, f.path, f.code))
     out([f.to_dict() for f in findings], args.output, lambda _: _table(findings))
     return 1 if any(f.severity == ERROR for f in findings) else 0
 

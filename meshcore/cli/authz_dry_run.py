@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MeshError
 from ..api.operator import AuthzDryRunRequest, AuthzDryRunResponse, AuthzFlip, AuthzObservedCall, StatusResponse
-from ._client import Client, discover_server
+from ._client import client_for
 from ._output import out, read_files, validate_locally
 
 
@@ -72,7 +72,7 @@ def _print_table(result: AuthzDryRunResponse) -> None:
 
 def cmd_authz_dry_run(args) -> int:
     validate_locally(args.filename)  # offline first: file and field paths for every mistake
-    client = Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None))
+    client = client_for(args)
     if args.access_log:
         paths = [Path(p) for p in args.access_log]
     else:

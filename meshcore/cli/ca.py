@@ -26,7 +26,7 @@ import yaml
 from ..api._wire import encode
 from ..api.operator import CaCert, CaRotateRequest, CaState, IssuedCert
 from ..errors import ApiError, MeshError
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._output import table as _table
 from ._run import dispatch
 from ._types import MeshctlParser, number, seconds
@@ -36,7 +36,7 @@ OUTPUTS = ("table", "json", "yaml")
 
 
 def _client(args) -> Client:
-    return Client(discover_server(getattr(args, "server", None), getattr(args, "state_dir", None)))
+    return client_for(args)
 
 
 def _emit(data: Any, fmt: str, table: Callable[[Any], None]) -> None:

@@ -22,7 +22,7 @@ import yaml
 from ..api._wire import encode
 from ..api.operator import CanaryDecision, CanaryRequest, CanaryStatus
 from ..errors import ControlPlaneUnavailable
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._run import dispatch
 from ._commands import HELP
 from ._types import MeshctlParser, checked, integer
@@ -38,7 +38,7 @@ DESCRIPTION = ("Automated canary analysis: shift a service's traffic to a new ve
 
 
 def _client(args) -> Client:
-    return Client(discover_server(args.server, getattr(args, "state_dir", None)), token=getattr(args, "token", None))
+    return client_for(args)
 
 
 def _when(epoch: float | None) -> str:

@@ -191,6 +191,9 @@ def cmd_version(args) -> int:
         else:
             data["control_plane"] = {"version": status.control_plane.version or "unknown (older control plane)",
                                      "server": _client(args).server}
+            # Each proxy's Envoy and agent, as its ADS node reported them ("" until it connects).
+            data["proxies"] = [{"node": p.node, "envoy": p.envoy_version, "agent": p.agent_version,
+                                "connected": p.connected} for p in status.proxies]
 
     def table(d):
         print(f"meshctl        {d['client']['meshctl']}")
@@ -198,6 +201,13 @@ def cmd_version(args) -> int:
         cp = d.get("control_plane")
         if cp:
             print(f"control plane  {cp.get('version') or '-'}" + (f"  ({cp['error']})" if cp.get("error") else ""))
+        if d.get("proxies"):
+            print()
+            cp_version = (cp or {}).get("version")
+            _table([[p["node"], p["envoy"] or "-", p["agent"] or "-",
+                     ("" if p["connected"] else "not connected") or
+                     ("agent differs from the control plane" if p["agent"] and p["agent"] != cp_version else "")]
+                    for p in d["proxies"]], ["NODE", "ENVOY", "AGENT", "NOTE"])
 
     _out(data, args.output, table)
     return 1 if failed else 0  # the client's versions are printed either way
@@ -324,7 +334,17 @@ def cmd_token_create(args) -> int:
 
 
 def cmd_token_list(args) -> int:
-    """The join tokens the control plane knows (used and expired ones for a week); never the tokens themselves."""
+    """The join tokens the control plane knows (used and expired ones for a week); never the tokens themselves.
+    ``--kind operator``: the operator API tokens (admin)."""
+    if getattr(args, "kind", "join") == "operator":
+        from ..api.operator import OperatorTokenInfo
+
+        client = _client(args)
+        ops = client._typed_list(OperatorTokenInfo, client.get("/v1/operators/tokens"), "/v1/operators/tokens")
+        _out(ops, args.output, lambda ts: _table(
+            [[t.id, t.name, t.role, t.state, t.created, t.expires or "never"] for t in ts],
+            ["ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES"]))
+        return 0
     tokens = _client(args).tokens()
     _out(tokens, args.output, lambda ts: _table(
         [[t.id, t.node, t.state, t.created, t.expires, t.used or "-"] for t in ts],
@@ -332,32 +352,18 @@ def cmd_token_list(args) -> int:
     return 0
 
 
-def cmd_authz_check(args) -> int:
-    """Which AuthorizationPolicy and rule decide a request from --from to --to (evaluated by the control plane)."""
-    from ..api.operator import AuthzCheckQuery, AuthzCheckResponse
+def cmd_token_revoke(args) -> int:
+    """Revoke the one join or operator token whose id starts with ID (ids as `token list` shows them)."""
+    from ..api.operator import TokenRevokeRequest, TokenRevokeResponse
+    from ..controlplane.token_routes import check_token_id
 
-    headers = []
-    for h in args.header or []:
-        name, sep, value = h.partition("=")
-        if not sep or not name:
-            raise MeshError(f"--header {h!r}: expected NAME=VALUE, e.g. --header x-env=prod")
-        headers.append((name, value))
-    result = _client(args).authz_check(AuthzCheckQuery(
-        to=args.to, source=args.source or "", method=args.method, path=args.path, host=args.host or "",
-        source_ip=args.source_ip or "", headers=tuple(headers)))
-
-    def table(d: AuthzCheckResponse) -> None:
-        who = d.caller.service or d.caller.principal or "a plaintext client"
-        print(f"{who} -> {d.to.service}  {d.request.method} {d.request.path}")
-        for r in d.results:
-            verdict = "ALLOWED" if r.allowed else "DENIED"
-            print(f"  {','.join(r.instances)}: {verdict}: {r.reason}")
-            if r.audit:
-                print(f"    audited by {', '.join(r.audit)}")
-            if r.dry_run:
-                print(f"    dry-run policies (not enforced): {r.dry_run}")
-
-    _out(result, args.output, table)
+    request = TokenRevokeRequest(id=check_token_id(args.id, MeshError), kind=args.kind, force=args.force)
+    client = _client(args)
+    result = client._typed(TokenRevokeResponse, client.post("/v1/tokens/revoke", request.to_json()),
+                           "/v1/tokens/revoke")
+    _out(result.to_json(), args.output, lambda d: [
+        print(f"revoked {t.kind} token {t.id} ({'node' if t.kind == 'join' else 'operator'} {t.owner})")
+        for t in result.revoked])
     return 0
 
 
@@ -501,7 +507,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                  "or services, proxies, all")
     sp.add_argument("name", nargs="?")
 
-    sp = add("version", cmd_version, "Versions of meshctl, its Envoy wheel and the control plane.")
+    sp = add("version", cmd_version, "Versions of meshctl, its Envoy wheel, the control plane and each proxy's "
+                                     "Envoy and agent.")
     sp.add_argument("--client", action="store_true", help="only this meshctl (no control plane call)")
 
     sp = add("completion", cmd_completion, "Print a shell completion script: `source <(meshctl completion bash)`.")
@@ -519,7 +526,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--fqdn", help="only routes, clusters and endpoints whose name or domains contain this")
     sp.add_argument("--envoy", action="store_true", help="ask the Envoy itself (admin /config_dump)")
 
-    sp = add("token", None, "Join tokens for VMs.")
+    sp = add("token", None, "Join tokens for VMs; revoke join and operator tokens.")
     tsub = sp.add_subparsers(dest="token_command", required=True)
     tc = tsub.add_parser("create", parents=[common], help="Create a one-time join token scoped to one node.")
     tc.add_argument("--node", required=True)
@@ -527,7 +534,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     help="how long it stays valid (default %(default)s)")
     tc.set_defaults(fn=cmd_token_create)
     tl = tsub.add_parser("list", parents=[common], help="List join tokens (id, node, state; never the token).")
+    tl.add_argument("--kind", choices=("join", "operator"), default="join",
+                    help="join tokens (default) or operator API tokens (admin)")
     tl.set_defaults(fn=cmd_token_list)
+    tr = tsub.add_parser("revoke", parents=[common], help="Revoke a join or operator token by its id or an id prefix.",
+                         description="Revoke the one token whose id (as `token list` shows it) starts with ID: "
+                                     "a join token can no longer join, an operator token is refused at once. "
+                                     "An ID that matches several tokens revokes nothing.")
+    tr.add_argument("id", help="the token's id, or at least its first 4 hex digits")
+    tr.add_argument("--kind", choices=("join", "operator", "any"), default="any",
+                    help="which tokens to search (default %(default)s)")
+    tr.add_argument("--force", action="store_true", help="also revoke the last valid admin operator token")
+    tr.set_defaults(fn=cmd_token_revoke)
 
     sp = add("authz", None, "Authorization policies: what they decide.")
     asub = sp.add_subparsers(dest="authz_command", required=True)
@@ -540,7 +558,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ac.add_argument("--host", help="the :authority the caller sends (default: the called service's name)")
     ac.add_argument("--header", action="append", type=header, help="NAME=VALUE request header (repeatable)")
     ac.add_argument("--source-ip", type=ip_address, help="caller address (default: its node's address)")
-    ac.set_defaults(fn=cmd_authz_check)
+    from .authz_check import add_token_options
+
+    add_token_options(ac)  # --jwt, --jwks, --remote-ip and the command itself (meshcore.cli.authz_check)
     if argv is None or _command_in(argv) == "authz":  # its module loads the API client: only when asked for
         from .authz_dry_run import register as register_authz_dry_run
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import yaml
 
 from ..errors import ConfigError
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._commands import HELP
 from ._run import dispatch
 
@@ -29,7 +29,7 @@ MAX_REASON = 512
 
 
 def _client(args) -> Client:
-    return Client(discover_server(getattr(args, "server", None)), token=getattr(args, "token", None))
+    return client_for(args)
 
 
 def _emit(data: Any, output: str, table) -> None:

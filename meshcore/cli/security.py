@@ -20,7 +20,7 @@ from pathlib import Path
 from .._files import atomic_write
 from ..api.operator import OperatorCertRequest, TrustBundleImport
 from ..errors import MeshError
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._output import out
 from ._output import table as _table
 from ._commands import HELP
@@ -28,8 +28,7 @@ from ._types import duration_text, trust_domain
 
 
 def _client(args) -> Client:
-    return Client(discover_server(getattr(args, "server", None), getattr(args, "state_dir", None)),
-                  token=getattr(args, "token", None))
+    return client_for(args)
 
 
 def _emit(data, fmt: str, table) -> None:

@@ -16,7 +16,7 @@ import time
 
 from ..errors import MeshError
 from ..resources.store import StoreHealth
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._commands import HELP
 from ._output import out
 
@@ -24,7 +24,7 @@ EXIT_SUSPECT = 3
 
 
 def _client(args) -> Client:
-    return Client(discover_server(getattr(args, "server", None)), timeout=120.0, token=getattr(args, "token", None))
+    return client_for(args, timeout=120.0)
 
 
 def _status(client: Client) -> StoreHealth:
@@ -47,6 +47,8 @@ def render(health: StoreHealth) -> None:
         print(f"{k.ljust(width)}  {v}")
     if health.message:
         print(f"\n{health.message}")
+    for where, why in health.unreadable:
+        print(f"\nunreadable {where}: {why}")
 
 
 def cmd_status(args) -> int:

@@ -27,7 +27,7 @@ from ..policies.virtual_service import schema as vs_kind
 from ..resources.loader import load_documents, validate_set
 from ..traffic import workflows as wf
 from ..api.operator import ApplyRequest, ResourceFile, ResourceQuery
-from ._client import Client, discover_server
+from ._client import Client, client_for
 from ._run import dispatch
 from ._types import MeshctlParser, checked, header
 from ._commands import HELP
@@ -179,7 +179,7 @@ def guard(plan: wf.Plan, catalog: dict[str, list[dict]], subsets: list[str], for
 
 
 def _run(args, make: Callable[[dict | None, dict | None], wf.Plan], subsets: list[str] | None = None) -> int:
-    client = Client(discover_server(args.server, getattr(args, "state_dir", None)))
+    client = client_for(args)
     dr, vs, stored = current(client, args.service)
     plan = make(dr, vs)
     plan.notes += guard(plan, catalog_labels(client), subsets or [], getattr(args, "force", False))
@@ -297,7 +297,7 @@ def _print_view(out: dict) -> None:
 
 
 def cmd_show(args) -> int:
-    client = Client(discover_server(args.server, getattr(args, "state_dir", None)))
+    client = client_for(args)
     drs = client.resources(ResourceQuery(kind=dr_kind.KIND_NAME))
     vss = client.resources(ResourceQuery(kind=vs_kind.KIND_NAME))
     out = traffic_view(args.service, drs, vss)

@@ -56,7 +56,11 @@ class CatalogFacts:
     """What compilation needs to know of the catalog (pure data the caller reads from it)."""
 
     identities: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # service -> (ns, sa)
-    protocols: Mapping[str, frozenset[str]] = field(default_factory=dict)  # service -> declared protocols
+    protocols: Mapping[str, frozenset[str]] = field(default_factory=dict)  # service -> its instances' protocols
+    declared: Mapping[str, frozenset[str]] = field(default_factory=dict)  # service -> meta protocol values set
+    undeclared: frozenset[str] = frozenset()  # services with an instance without meta protocol
+    # service -> ((upstream, "upstream" | "proxy"), ...): upstreams whose mesh gateway mode a registration sets
+    gateway_scopes: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -68,12 +72,39 @@ class CatalogFacts:
         if catalog is None:
             return cls()
         names = sorted({i.service for i in catalog.instances})
+        declared: dict[str, set[str]] = {}
+        for i in catalog.instances:
+            if "protocol" in dict(i.meta):
+                declared.setdefault(i.service, set()).add(i.protocol)
+        scopes: dict[str, set[tuple[str, str]]] = {}
+        for i in catalog.instances:
+            for u in i.upstreams:
+                scope = u.mesh_gateway_scope or ("upstream" if u.mesh_gateway else "")
+                if scope in ("upstream", "proxy"):
+                    scopes.setdefault(i.service, set()).add((u.destination_name, scope))
         return cls(identities={s: catalog.identities_of(s) for s in names},
-                   protocols={s: catalog.protocols_of(s) for s in names})
+                   protocols={s: catalog.protocols_of(s) for s in names},
+                   declared={s: frozenset(v) for s, v in declared.items()},
+                   undeclared=frozenset(i.service for i in catalog.instances if "protocol" not in dict(i.meta)),
+                   gateway_scopes={s: tuple(sorted(v)) for s, v in scopes.items()})
+
+    def effective_protocols(self, service: str, entry_protocol: str) -> frozenset[str] | None:
+        """``service``'s protocols once ``entry_protocol`` ("" none) applies to its instances without meta
+        ``protocol`` (None: not in the catalog)."""
+        if service not in self.protocols:
+            return None
+        if not self.declared and not self.undeclared:  # facts built by hand: the protocols as given
+            return self.protocols[service]
+        out = set(self.declared.get(service, ()))
+        if service in self.undeclared:
+            out.add(entry_protocol or "http")
+        return frozenset(out)
 
     def fingerprint(self) -> str:
         return json.dumps([sorted((k, list(v)) for k, v in self.identities.items()),
-                           sorted((k, sorted(v)) for k, v in self.protocols.items())])
+                           sorted((k, sorted(v)) for k, v in self.protocols.items()),
+                           sorted((k, sorted(v)) for k, v in self.declared.items()), sorted(self.undeclared),
+                           sorted((k, list(v)) for k, v in self.gateway_scopes.items())])
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from typing import Any, Iterable, Mapping
 from ..policies.destination_rule.schema import API_VERSION as DR_API, KIND_NAME as DR_KIND
 from ..policies.virtual_service.schema import API_VERSION as VS_API, KIND_NAME as VS_KIND, RETRY_ON
 from ._common import Out, Report, document, report_unknown, resource_name
+from .gateway_modes import check_gateway_mode, report_registrations_that_win
 from .model import CompileOptions, ConfigEntry
+from .protocols import PROTOCOLS, EntryProtocols, entry_protocols
 
 _META = re.compile(r'^Service\.Meta\.([A-Za-z0-9_.-]+)\s*==\s*"?([^"\s]+)"?$')
 _TAG_IN = re.compile(r'^"([^"]+)"\s+in\s+Service\.Tags$')
@@ -223,6 +225,20 @@ def _retries(entry: ConfigEntry, path: str, dest: dict, report: Report) -> dict 
     return {"attempts": attempts or 1, "retryOn": ",".join(dict.fromkeys(conditions))}
 
 
+def _prefix_rewrite(router: ConfigEntry, dpath: str, value: Any, match: dict, report: Report) -> str | None:
+    """``PrefixRewrite`` -> the rule's ``rewrite.uri``: it replaces the matched prefix (the whole path under
+    ``PathExact``), as Consul's Envoy route does; Consul requires a ``PathPrefix`` or ``PathExact`` match."""
+    if not value:
+        return None
+    uri = match.get("uri") or {}
+    if "prefix" not in uri and "exact" not in uri:
+        report.unsupported(router, f"{dpath}.PrefixRewrite", "a prefix rewrite needs Match.HTTP.PathPrefix or "
+                                                             "PathExact on the route (as in Consul); the route "
+                                                             "applies without it")
+        return None
+    return str(value)
+
+
 def _router_rules(chain: _Chain, router: ConfigEntry, report: Report) -> list[dict]:
     rules = []
     for i, route in enumerate(router.get("Routes") or ()):
@@ -238,10 +254,9 @@ def _router_rules(chain: _Chain, router: ConfigEntry, report: Report) -> list[di
         report_unknown(router, dest, ("Service", "ServiceSubset", "Namespace", "RequestTimeout", "NumRetries",
                                       "RetryOnConnectFailure", "RetryOnStatusCodes", "RetryOn", "RequestHeaders",
                                       "ResponseHeaders", "PrefixRewrite", "IdleTimeout"), report, f"{dpath}.")
-        for key in ("PrefixRewrite", "IdleTimeout"):
-            if dest.get(key):
-                report.unsupported(router, f"{dpath}.{key}", "meshcore's VirtualService has no equivalent; the "
-                                                             "route applies without it")
+        if dest.get("IdleTimeout"):
+            report.unsupported(router, f"{dpath}.IdleTimeout", "meshcore's VirtualService has no per-route idle "
+                                                               "timeout; the route applies without it")
         if (dest.get("Namespace") or "default") != "default":
             report.unsupported(router, f"{dpath}.Namespace", "routing to another Consul namespace is not supported; "
                                                              "the route is left out")
@@ -251,6 +266,9 @@ def _router_rules(chain: _Chain, router: ConfigEntry, report: Report) -> list[di
         rule: dict[str, Any] = {"name": f"consul-route-{i}", "route": route_to}
         if match:
             rule["match"] = [match]
+        rewrite = _prefix_rewrite(router, dpath, dest.get("PrefixRewrite"), match if isinstance(match, dict) else {}, report)
+        if rewrite is not None:
+            rule["rewrite"] = {"uri": rewrite}
         timeout = _duration(dest.get("RequestTimeout"))
         if timeout:
             rule["timeout"] = timeout
@@ -268,7 +286,8 @@ def _router_rules(chain: _Chain, router: ConfigEntry, report: Report) -> list[di
     return rules
 
 
-def _virtual_service(chain: _Chain, service: str, options: CompileOptions, report: Report) -> Out | None:
+def _virtual_service(chain: _Chain, service: str, options: CompileOptions, protocols: EntryProtocols,
+                     report: Report) -> Out | None:
     router = chain.get("service-router", service)
     splitter = chain.get("service-splitter", service)
     resolver = chain.get("service-resolver", service)
@@ -277,10 +296,10 @@ def _virtual_service(chain: _Chain, service: str, options: CompileOptions, repor
         return None
     refs = tuple(e.ref for e in (router, splitter, resolver) if e is not None)
     default_route, headers = _default_route(chain, service, "", report)
-    tcp = options.catalog.protocols.get(service) == frozenset({"tcp"})
+    tcp = options.catalog.effective_protocols(service, protocols.of(service)) == frozenset({"tcp"})
     if tcp:
         if router is not None:
-            report.unsupported(router, "Routes", f"{service} is a TCP service (meta protocol=tcp): HTTP routes do "
+            report.unsupported(router, "Routes", f"{service} is a TCP service (protocol tcp): HTTP routes do "
                                                  "not apply; only the default destination and weights do")
         spec: dict[str, Any] = {"hosts": [service], "tcp": [{"route": default_route}]}
     else:
@@ -345,12 +364,103 @@ def _merge(into: dict, extra: Mapping[str, Any]) -> None:
             into[k] = v
 
 
+def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict, options: CompileOptions,
+                      report: Report) -> tuple[list[tuple[str, str]], list[str]]:
+    """One ``Failover`` entry -> ``(service, subset)`` targets in order, and the datacenters to fail over to (the
+    same service, no subset: the DestinationRule's locality failover)."""
+    for field in ("Namespace", "SamenessGroup", "Policy"):
+        if raw.get(field):
+            report.unsupported(resolver, f"{path}.{field}", "meshcore fails over within one namespace, in order; "
+                                                            "this field is ignored")
+    wanted: list[tuple[str, str, str, str]] = []  # (field path, service, subset, datacenter)
+    if raw.get("Targets"):
+        for field in ("Service", "ServiceSubset", "Datacenters"):
+            if raw.get(field):
+                report.unsupported(resolver, f"{path}.{field}", "Consul ignores it beside Targets; so does meshcore")
+        for j, t in enumerate(raw.get("Targets") or ()):
+            t = t or {}
+            tpath = f"{path}.Targets[{j}]"
+            for field in ("Namespace", "Partition", "Peer"):
+                if t.get(field):
+                    report.unsupported(resolver, f"{tpath}.{field}", "peering, partitions and namespaces are not "
+                                                                     "part of meshcore; the target is left out")
+            if any(t.get(f) for f in ("Namespace", "Partition", "Peer")):
+                continue
+            wanted.append((tpath, str(t.get("Service") or ""), str(t.get("ServiceSubset") or ""),
+                           str(t.get("Datacenter") or "")))
+    else:
+        service, subset = str(raw.get("Service") or ""), str(raw.get("ServiceSubset") or "")
+        for dc in raw.get("Datacenters") or ():
+            wanted.append((f"{path}.Datacenters", service, subset, str(dc)))
+        if not raw.get("Datacenters") and (service or subset):
+            wanted.append((path, service, subset, ""))
+    targets: list[tuple[str, str]] = []
+    dcs: list[str] = []
+    for tpath, service, subset, dc in wanted:
+        own = not service or service == resolver.name
+        if dc and dc != options.datacenter:
+            if own and not subset:
+                dcs.append(dc)
+            else:
+                report.unsupported(resolver, tpath, f"failover to {service or resolver.name}"
+                                                    f"{'/' + subset if subset else ''} in datacenter {dc}: meshcore "
+                                                    "fails over to other datacenters for the same service only")
+            continue
+        target = chain.target(service or resolver.name, subset) if not own or not subset else (resolver.name, subset)
+        if target not in targets:
+            targets.append(target)
+    return targets, dcs
+
+
+def _failover(chain: _Chain, resolver: ConfigEntry, subsets: set[str], options: CompileOptions,
+              report: Report) -> tuple[list[str], list[dict]]:
+    """The resolver's ``Failover`` -> (datacenters for the locality failover, the DestinationRule ``failover``)."""
+    failover = resolver.get("Failover") or {}
+    to: list[str] = []
+    out: list[dict] = []
+    for key in sorted(failover):
+        raw = failover[key] or {}
+        path = f"Failover.{key}"
+        report_unknown(resolver, raw, ("Service", "ServiceSubset", "Namespace", "Datacenters", "Targets",
+                                       "SamenessGroup", "Policy"), report, f"{path}.")
+        if key != "*" and key not in subsets:
+            report.unsupported(resolver, path, f"subset {key!r} is not defined (or was left out); its failover is "
+                                               "left out")
+            continue
+        targets, dcs = _failover_targets(chain, resolver, path, raw, options, report)
+        if dcs and key != "*":
+            report.unsupported(resolver, f"{path}.Datacenters", "datacenter failover is per service in meshcore "
+                                                                "(DestinationRule localityLbSetting): use the '*' key")
+        elif dcs:
+            to.extend(d for d in dcs if d not in to)
+        entry_targets = []
+        for service, subset in targets:
+            if service == resolver.name and (subset or None) == (None if key == "*" else key):
+                continue
+            other = chain.get("service-resolver", service) if service != resolver.name else None
+            if subset and (subset not in subsets if service == resolver.name
+                           else other is None or subset not in (other.get("Subsets") or {})):
+                report.unsupported(resolver, path, f"failover target {service}/{subset}: no resolver of {service} "
+                                                   "defines that subset; the target is left out")
+                continue
+            t: dict[str, str] = {}
+            if service != resolver.name:
+                t["host"] = service
+            if subset:
+                t["subset"] = subset
+            entry_targets.append(t)
+        if entry_targets:
+            out.append({**({"subset": key} if key != "*" else {}), "targets": entry_targets})
+    return to, out
+
+
 def _destination_rule(chain: _Chain, service: str, upstream_cfg: list[tuple[ConfigEntry, str, dict]],
                       options: CompileOptions, report: Report) -> Out | None:
     resolver = chain.get("service-resolver", service)
     policy: dict[str, Any] = {}
     subsets = []
     refs: list[str] = []
+    failover_spec: list[dict] = []
     if resolver is not None:
         refs.append(resolver.ref)
         report_unknown(resolver, dict(resolver.body), ("Subsets", "DefaultSubset", "Redirect", "Failover",
@@ -399,20 +509,7 @@ def _destination_rule(chain: _Chain, service: str, upstream_cfg: list[tuple[Conf
                     report.unsupported(resolver, "LoadBalancer.HashPolicies[1]", "only the first hash policy is used")
             else:
                 report.unsupported(resolver, "LoadBalancer.Policy", f"unknown load balancer policy {pol!r}")
-        failover = resolver.get("Failover") or {}
-        to: list[str] = []
-        for key in sorted(failover):
-            raw = failover[key] or {}
-            path = f"Failover.{key}"
-            if key != "*":
-                report.unsupported(resolver, path, "failover is per service in meshcore, not per subset; use the "
-                                                   "'*' key")
-                continue
-            for field in ("Service", "ServiceSubset", "Namespace", "Targets", "SamenessGroup", "Policy"):
-                if raw.get(field):
-                    report.unsupported(resolver, f"{path}.{field}", "meshcore fails over to the same service in "
-                                                                    "other datacenters only (Datacenters)")
-            to.extend(d for d in raw.get("Datacenters") or () if d not in to)
+        to, failover_spec = _failover(chain, resolver, {s["name"] for s in subsets}, options, report)
         if to:
             policy["loadBalancer"] = {**policy.get("loadBalancer", {}),
                                       "localityLbSetting": {"enabled": True, "failover": [
@@ -420,66 +517,77 @@ def _destination_rule(chain: _Chain, service: str, upstream_cfg: list[tuple[Conf
     for entry, path, raw in upstream_cfg:
         refs.append(entry.ref)
         _merge(policy, _limits(entry, path, raw, report))
-    if not policy and not subsets:
+    if not policy and not subsets and not failover_spec:  # a Failover to other services alone is a rule too
         return None
     spec: dict[str, Any] = {"host": service}
     if policy:
         spec["trafficPolicy"] = policy
     if subsets:
         spec["subsets"] = subsets
+    if failover_spec:
+        spec["failover"] = failover_spec
     refs_t = tuple(dict.fromkeys(refs))
     doc = document(DR_API, DR_KIND, resource_name("consul", service), _namespace(service, options), spec, refs_t)
     return Out(doc, "destination", service, refs_t)
 
 
-def _protocols(chain: _Chain, options: CompileOptions, report: Report) -> None:
-    """Protocols: meshcore reads them from the instances' ``meta protocol``; a different one is reported."""
-    known = options.catalog.protocols
+def _protocols(chain: _Chain, options: CompileOptions, report: Report) -> EntryProtocols:
+    """The protocols the entries set (:mod:`.protocols`: the catalog hands them to generation); an instance's
+    own meta ``protocol`` that differs wins, and is reported as overriding the entry."""
     global_entry = chain.get("proxy-defaults", "global")
-    global_protocol = ""
     if global_entry is not None:
         config = global_entry.get("Config") or {}
-        global_protocol = str(config.get("protocol") or "").lower()
         for key in sorted(config):
             if key != "protocol":
                 report.unsupported(global_entry, f"Config.{key}", "meshcore understands only the 'protocol' key of "
                                                                   "the proxy Config")
-        report_unknown(global_entry, dict(global_entry.body), ("Config",), report)
-    explicit = {}
+        report_unknown(global_entry, dict(global_entry.body), ("Config", "MeshGateway"), report)
+        check_gateway_mode(global_entry, "MeshGateway", global_entry.get("MeshGateway"), report)
+    sources: dict[str, tuple[ConfigEntry, str]] = {}
     for name in chain.names("service-defaults"):
         entry = chain.get("service-defaults", name)
         assert entry is not None
         if entry.get("Protocol"):
-            explicit[name] = (entry, "Protocol", str(entry.get("Protocol")).lower())
-    services = sorted(set(known) | set(explicit))
-    for service in services:
-        entry_field = explicit.get(service)
-        if entry_field is None and global_entry is not None and global_protocol:
-            entry_field = (global_entry, "Config.protocol", global_protocol)
-        if entry_field is None:
+            sources[name] = (entry, "Protocol")
+    if global_entry is not None and (global_entry.get("Config") or {}).get("protocol"):
+        sources[""] = (global_entry, "Config.protocol")
+    for entry, field in sources.values():
+        value = str(entry.get("Protocol") if field == "Protocol" else (entry.get("Config") or {}).get("protocol"))
+        if value.lower() not in PROTOCOLS:
+            report.unsupported(entry, field, f"protocol {value!r} is not one of {', '.join(PROTOCOLS)}; ignored")
+    protocols = entry_protocols(chain.by_kind.get("service-defaults", {}).values()
+                                if global_entry is None else
+                                [*chain.by_kind.get("service-defaults", {}).values(), global_entry])
+    facts = options.catalog
+    for service in facts.services:
+        wanted = protocols.of(service)
+        if not wanted:
             continue
-        entry, field, wanted = entry_field
-        have = known.get(service)
-        if have is None and wanted != "http":
-            report.add(entry, field, "note", f"{service} is not in the catalog yet; meshcore will take its protocol "
-                                             f"from its instances' meta protocol (default http), not from {wanted!r}")
-        elif have is not None and have != frozenset({wanted}):
-            report.unsupported(entry, field, f"{service}: meshcore takes the protocol from the instances' meta "
-                                             f"protocol ({', '.join(sorted(have))}), not from config entries; set "
-                                             f"meta protocol = {wanted} on {service}'s registrations")
+        entry, field = sources.get(service) or sources[""]
+        others = sorted(set(facts.declared.get(service, ())) - {wanted})
+        if others:
+            report.add(entry, field, "overridden", f"{service}: instances whose meta protocol is "
+                                                   f"{', '.join(others)} keep it (an instance's own meta protocol "
+                                                   f"wins over the entry's {wanted!r})")
+    return protocols
 
 
 def compile_traffic(entries: Iterable[ConfigEntry], options: CompileOptions, report: Report) -> list[Out]:
+    entries = list(entries)
     chain = _Chain(entries)
-    _protocols(chain, options, report)
+    protocols = _protocols(chain, options, report)
+    report_registrations_that_win(entries, options.catalog, report)
     upstream_cfg: dict[str, list[tuple[ConfigEntry, str, dict]]] = {}
     for name in chain.names("service-defaults"):
         entry = chain.get("service-defaults", name)
         assert entry is not None
-        report_unknown(entry, dict(entry.body), ("Protocol", "UpstreamConfig"), report)
+        report_unknown(entry, dict(entry.body), ("Protocol", "UpstreamConfig", "MeshGateway"), report)
+        check_gateway_mode(entry, "MeshGateway", entry.get("MeshGateway"), report)
         cfg = entry.get("UpstreamConfig") or {}
         report_unknown(entry, cfg, ("Overrides", "Defaults"), report, "UpstreamConfig.")
-        if cfg.get("Defaults"):
+        defaults = cfg.get("Defaults") or {}
+        check_gateway_mode(entry, "UpstreamConfig.Defaults.MeshGateway", defaults.get("MeshGateway"), report)
+        if any(v for k, v in defaults.items() if k != "MeshGateway"):
             report.unsupported(entry, "UpstreamConfig.Defaults", "meshcore sets limits per destination service: "
                                                                  "write them as UpstreamConfig.Overrides for each "
                                                                  "upstream")
@@ -490,7 +598,10 @@ def compile_traffic(entries: Iterable[ConfigEntry], options: CompileOptions, rep
                 report.unsupported(entry, path, "an override needs the Name of the upstream service")
                 continue
             report_unknown(entry, override, ("Name", "Namespace", "Limits", "PassiveHealthCheck", "ConnectTimeoutMs",
-                                             "Protocol"), report, f"{path}.")
+                                             "Protocol", "MeshGateway"), report, f"{path}.")
+            check_gateway_mode(entry, f"{path}.MeshGateway", override.get("MeshGateway"), report)
+            if not any(v for k, v in override.items() if k not in ("Name", "Namespace", "MeshGateway")):
+                continue  # a mesh gateway mode only: the catalog carries it (gateway_modes), no DestinationRule
             report.add(entry, path, "note", f"limits on {target} apply to every caller of {target} in meshcore "
                                             f"(a DestinationRule), not only to {name}")
             upstream_cfg.setdefault(target, []).append((entry, path, override))
@@ -501,7 +612,7 @@ def compile_traffic(entries: Iterable[ConfigEntry], options: CompileOptions, rep
         dr = _destination_rule(chain, service, upstream_cfg.get(service, []), options, report)
         if dr is not None:
             out.append(dr)
-        vs = _virtual_service(chain, service, options, report)
+        vs = _virtual_service(chain, service, options, protocols, report)
         if vs is not None:
             out.append(vs)
     for name in chain.names("service-splitter"):

@@ -56,6 +56,10 @@ class SettingsHandle(Protocol):
 
     def set_settings(self, settings: MeshSettings) -> None: ...
 
+    def update_settings(self, change: Callable[[MeshSettings], MeshSettings]) -> None:
+        """``change(current)`` in force, atomically (no other writer's change lost in between)."""
+        ...
+
 
 @dataclass(frozen=True)
 class CaControl:

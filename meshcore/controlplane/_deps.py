@@ -20,6 +20,8 @@ Keys (tuples):
   neither, so it reaches the callers only through the host's shared ClusterLoadAssignment;
 * ``("on_node", n)`` - which instances run on node ``n`` (``on_node``);
 * ``("node", n)`` - node ``n`` itself (``node``: address, datacenter, meta);
+* ``("kind_services", k)`` - which services have instances of kind ``k`` (``services_of_kind``: the mesh
+  gateways); a service whose instances gain or lose that kind touches it;
 * ``("service_names",)``, ``("instances",)``, ``("nodes",)`` - the whole name set / catalog;
 * ``("kind", k)`` - the resources of kind ``k`` (``resources_of``); ``("resources",)`` - all;
 * ``("settings",)``, ``("trust_domain",)``.
@@ -113,6 +115,10 @@ class RecordingCatalog:
     def service_names(self) -> tuple[str, ...]:
         self._rec.keys.add(SERVICE_NAMES)
         return self._catalog.service_names()
+
+    def services_of_kind(self, kind: str) -> tuple[str, ...]:
+        self._rec.keys.add(("kind_services", kind))
+        return self._catalog.services_of_kind(kind)
 
     @property
     def instances(self) -> tuple[ServiceInstance, ...]:
@@ -227,8 +233,8 @@ def services_touched_by(resource: Resource, catalogs: Iterable[Catalog]) -> froz
     if resource.kind == "DestinationRule":
         host = spec.get("host")
         return frozenset({host}) if isinstance(host, str) else None
-    if resource.kind == "VirtualService":
-        return frozenset(_virtual_service_hosts(spec))
+    if resource.kind == "VirtualService":  # without hosts: a delegate, reaching whoever its roots reach
+        return frozenset(_virtual_service_hosts(spec)) if spec.get("hosts") else None
     if resource.kind in _SELECTOR_KINDS:
         return _selected(resource, catalogs)
     return None
@@ -280,6 +286,7 @@ def change_keys(change: SnapshotChange, old: MeshSnapshot | None, new: MeshSnaps
                 keys.add(("protocols", s))
             if old.catalog.identities_of(s) != new.catalog.identities_of(s):
                 keys.add(("identities", s))
+            keys.update(("kind_services", k) for k in {i.kind for i in was} ^ {i.kind for i in now} if k)
         for insts in (was, now):
             hosts.update(i.node for i in insts)
     keys.update(("on_node", n) for n in hosts if old.catalog.on_node(n) != new.catalog.on_node(n))

@@ -25,6 +25,7 @@ which is what the generators would hand the plugins again (their reads are uncha
 from __future__ import annotations
 
 import threading
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,7 +37,7 @@ from ..xds.cache import Prepared
 from ..xds.generate.shared import Keyed
 from ..xds.generate.vocab import LISTENER, ChainDraft, ListenerDraft, NetworkFilter
 from ..xds.validate import validate_snapshot
-from ._deps import ChangeKeys, Deps, RecordingSnapshot
+from ._deps import ALL_RESOURCES, ChangeKeys, Deps, Key, RecordingSnapshot
 
 _EDS_STUB = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
@@ -62,6 +63,20 @@ def _problems(prepared: Prepared) -> tuple[str, ...]:
     return tuple(validate_snapshot("shared", resources))
 
 
+def _index(index: dict[Key, set[Keyed]], keyed: Keyed, entry: Entry) -> None:
+    for key in entry.deps.keys:
+        index.setdefault(key, set()).add(keyed)
+
+
+def _unindex(index: dict[Key, set[Keyed]], keyed: Keyed, entry: Entry) -> None:
+    for key in entry.deps.keys:
+        found = index.get(key)
+        if found is not None:
+            found.discard(keyed)
+            if not found:
+                del index[key]
+
+
 def merge_deps(own: Deps, more: list[Deps]) -> Deps:
     if not more:
         return own
@@ -74,12 +89,23 @@ def merge_deps(own: Deps, more: list[Deps]) -> Deps:
 
 
 class SharedMemo:
-    """One snapshot's shared entries (thread-safe: the builder and new connections build at once)."""
+    """One snapshot's shared entries (thread-safe: the builder and new connections build at once).
 
-    def __init__(self, snapshot: MeshSnapshot, entries: dict[Keyed, Entry] | None = None):
+    The memos of successive snapshots share one index, dependency key -> the memo keys whose entries read
+    it, so :meth:`carry` finds what a change touches without looking at every entry (the memo holds an
+    entry per shared cluster and assignment in use: it grows with the mesh, a change does not)."""
+
+    def __init__(self, snapshot: MeshSnapshot, entries: dict[Keyed, Entry] | None = None, *,
+                 index: dict[Key, set[Keyed]] | None = None, lock: threading.Lock | None = None):
         self.snapshot = snapshot
         self._entries: dict[Keyed, Entry] = dict(entries or {})
-        self._lock = threading.Lock()
+        self._lock = lock or threading.Lock()  # one lock for the memos sharing the index
+        if index is None:
+            index = {}
+            for keyed, entry in self._entries.items():
+                _index(index, keyed, entry)
+        self._index = index
+        self._made: list[Keyed] = []  # keys made in this memo (not carried from the one before)
         self.made = 0  # entries made in this memo (for measurements)
 
     def entry(self, keyed: Keyed) -> Entry:
@@ -89,25 +115,38 @@ class SharedMemo:
                 view = RecordingSnapshot(self.snapshot)
                 prepared = Prepared.of(keyed.build(cast(MeshSnapshot, view)))
                 found = self._entries[keyed] = Entry(prepared, view.deps(), _problems(prepared))
+                _index(self._index, keyed, found)
+                self._made.append(keyed)
                 self.made += 1
             return found
 
-    def carry(self, snapshot: MeshSnapshot, keys: ChangeKeys,
-              in_use: frozenset[Keyed] | None = None) -> tuple["SharedMemo", frozenset[Keyed]]:
+    def carry(self, snapshot: MeshSnapshot, keys: ChangeKeys, in_use: Container[Keyed] | None = None,
+              unused: Iterable[Keyed] = ()) -> tuple["SharedMemo", frozenset[Keyed]]:
         """The memo of ``snapshot`` (the next one, ``keys`` being the change) and the keys it dropped
-        because the change touched their reads. Entries outside ``in_use`` (when given: what the proxies'
-        last builds used) are not carried either, so the memo does not grow with keys nobody uses."""
+        because the change touched their reads. With ``in_use`` (what the proxies' last builds used), an
+        entry made in this memo that no proxy uses is not carried, nor one of ``unused`` (keys no proxy
+        uses any more), so the memo does not grow with keys nobody uses. The work is in proportion to the
+        entries the change touches and those made or let go since the last carry, not to the memo."""
         with self._lock:
-            items = list(self._entries.items())
-        if keys.full:
-            return SharedMemo(snapshot), frozenset(k for k, _ in items)
-        kept, dropped = {}, set()
-        for k, e in items:
-            if keys.reaches(e.deps):
-                dropped.add(k)
-            elif in_use is None or k in in_use:
-                kept[k] = e
-        return SharedMemo(snapshot, kept), frozenset(dropped)
+            entries = dict(self._entries)
+            if keys.full:
+                for keyed, entry in entries.items():
+                    _unindex(self._index, keyed, entry)
+                return SharedMemo(snapshot, index=self._index, lock=self._lock), frozenset(entries)
+            candidates: set[Keyed] = set()
+            for key in keys.keys:
+                candidates.update(self._index.get(key, ()))
+            if keys.resource_kinds:
+                candidates.update(self._index.get(ALL_RESOURCES, ()))
+                for kind, _services in keys.resource_kinds:
+                    candidates.update(self._index.get(("kind", kind), ()))
+            dropped = {k for k in candidates if k in entries and keys.reaches(entries[k].deps)}
+            gone = set(dropped)
+            if in_use is not None:
+                gone.update(k for k in (*self._made, *unused) if k in entries and k not in in_use)
+            for keyed in gone:
+                _unindex(self._index, keyed, entries.pop(keyed))
+            return SharedMemo(snapshot, entries, index=self._index, lock=self._lock), frozenset(dropped)
 
     def session(self) -> "SharedBuild":
         return SharedBuild(self)

@@ -30,27 +30,27 @@ import hashlib
 import json
 import logging
 import random
-import ssl
 import threading
 import time
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 from cryptography import x509
 
 from .. import naming
 from ..api import agent as wire
-from ..ca import CertificateAuthority, JoinTokens, check_workload_request
+from ..ca import CertificateAuthority, IssuedCertificate, JoinTokens, check_workload_request
 from ..catalog.model import Catalog
 from ..durations import parse_duration
 from ..errors import BadRequest, CAError, Forbidden, JoinTokenError, SigningRefused, Unauthorized, Unavailable
-from ._http import Request, Router
+from ._http import EncodedJson, Request, Response, Router
 
 log = logging.getLogger("meshcore.controlplane.agent_api")
 
 MAX_WAIT_S = 600.0  # the longest a blocking /v1/agent/services call is held
 RECHECK_S = 30.0  # a held call re-checks its answer this often even when nothing woke it
 DEFAULT_MAX_WAITING = 512  # held calls at once (each holds its connection's thread; the unit's TasksMax is 1024)
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # as the router encodes answers
 
 
 def _csr_uri(csr_pem: str) -> tuple[str, x509.CertificateSigningRequest]:
@@ -93,6 +93,8 @@ class AgentApi:
         self.metrics = metrics
         self._acks: dict[str, tuple[str, float]] = {}  # node -> (bundle sha256 it holds, when reported)
         self._acks_lock = threading.Lock()
+        self._answer_parts: tuple | None = None  # see _issued
+        self._counters: dict[tuple[str, str], Any] = {}  # see _count
 
     BUNDLE_HEADER = wire.BUNDLE_HEADER
 
@@ -120,18 +122,30 @@ class AgentApi:
         return r
 
     # --- helpers ---------------------------------------------------------------------------
-    def _issued(self, cert) -> dict:
-        return wire.IssuedIdentity(
-            certificate=cert.cert_pem,
-            chain=cert.chain_pem,
-            bundle=self.ca.bundle_pem(),
-            spiffe_id=cert.spiffe_id,
-            serial=cert.serial,
-            not_after=cert.not_after.isoformat().replace("+00:00", "Z"),
-            trust_domain=self.ca.trust_domain,
-            xds_address=self.xds_address,
-            ca=self._ca_info(),
-        ).to_json()
+    def _issued(self, cert: IssuedCertificate) -> Response:
+        """The :class:`wire.IssuedIdentity` of ``cert``, encoded as the router would (compact, sorted keys).
+        What is the same for every certificate of one CA state (the bundle and CA info, the chain above the
+        leaf, trust domain, xDS address) is encoded once per state; per certificate only its own fields."""
+        bundle, bundle_sha, signer, tail = (self.ca.bundle_pem(), self.ca.bundle_sha256(), self.ca.signer_key_id(),
+                                            self.ca.chain_tail_pem())
+        state = (bundle, bundle_sha, signer, self.ca.rotation_phase, tail)
+        cached = self._answer_parts
+        if cached is None or cached[0] != state:
+            ca = json.dumps(wire.CaInfo(bundle_sha256=bundle_sha, signer_key_id=signer, phase=state[3]).to_json(),
+                            sort_keys=True, separators=(",", ":"))
+            cached = self._answer_parts = (state, _dumps(bundle), ca, _dumps(tail)[1:],
+                                           f"{_dumps(self.ca.trust_domain)},\"xds_address\":{_dumps(self.xds_address)}}}\n")
+        _, bundle_json, ca_json, tail_json, trailer = cached
+        leaf_json = _dumps(cert.cert_pem)
+        if cert.chain_pem == cert.cert_pem + tail:
+            chain_json = leaf_json[:-1] + tail_json
+        else:  # signed by an intermediate that changed since: its own chain
+            chain_json = _dumps(cert.chain_pem)
+        not_after = cert.not_after.isoformat().replace("+00:00", "Z")
+        return Response(EncodedJson(
+            f'{{"bundle":{bundle_json},"ca":{ca_json},"certificate":{leaf_json},"chain":{chain_json},'
+            f'"not_after":{_dumps(not_after)},"serial":{_dumps(cert.serial)},"spiffe_id":{_dumps(cert.spiffe_id)},'
+            f'"trust_domain":{trailer}'.encode()))
 
     def _peer_node(self, req: Request) -> str:
         """The node named by the caller's TLS-verified client certificate; from here its bodies may be up to
@@ -144,7 +158,11 @@ class AgentApi:
         raise Unauthorized("this call needs the node's client certificate (join first with a token)")
 
     def _node_of(self, req: Request) -> str:
-        node = self._peer_node(req)
+        return self._honoured(req, self._peer_node(req))
+
+    def _honoured(self, req: Request, node: str) -> str:
+        """``node`` (named by the caller's certificate) once the CA still honours that certificate; records
+        the bundle the node reports holding."""
         self._check_honoured(req, node)
         reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
         if reported:
@@ -159,14 +177,13 @@ class AgentApi:
         """For the calls with a body (renew-node, sign): the body is read once the certificate names a node
         and before the CA's verdict on it, so a refusal (revoked, root rotated away) reaches the agent on
         its kept-alive connection with the reason, instead of closing it over an unread body."""
-        self._peer_node(req)
+        node = self._peer_node(req)
         csr = wire.CsrRequest.from_json(req.json()).csr
-        return self._node_of(req), csr
+        return self._honoured(req, node), csr
 
     def _check_honoured(self, req: Request, node: str) -> None:
         """Refuse a node certificate the CA no longer honours (revoked, or its root rotated away)."""
-        conn = req.handler.connection
-        der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
+        der = req.peer_certificate_der()
         if not der:
             raise Unauthorized("this call needs the node's client certificate (join first with a token)")
         refusal = self.ca.node_certificate_refusal(node, der)
@@ -186,10 +203,13 @@ class AgentApi:
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.certs_issued.labels(kind=kind, outcome=outcome).inc()
+            counter = self._counters.get((kind, outcome))
+            if counter is None:  # the labelled child, looked up once (every signature counts)
+                counter = self._counters[(kind, outcome)] = self.metrics.certs_issued.labels(kind=kind, outcome=outcome)
+            counter.inc()
 
     # --- endpoints -------------------------------------------------------------------------
-    def join(self, req: Request) -> dict:
+    def join(self, req: Request) -> Response:
         """Unauthenticated (64 KiB bodies): everything about the request is checked before the one-time
         token is used, so a refused CSR does not burn it."""
         body = wire.JoinRequest.from_json(req.json())
@@ -226,7 +246,7 @@ class AgentApi:
             raise BadRequest(f"join refused, the token was not used: {exc}") from exc
         return expected, parsed
 
-    def renew_node(self, req: Request) -> dict:
+    def renew_node(self, req: Request) -> Response:
         node, csr = self._node_and_csr(req)
         expected = naming.node_spiffe_id(self.ca.trust_domain, node)
         uri, parsed = _csr_uri(csr)
@@ -237,7 +257,7 @@ class AgentApi:
         self._count("node", "issued")
         return self._issued(cert)
 
-    def recover(self, req: Request) -> dict:
+    def recover(self, req: Request) -> Response:
         """An agent whose node certificate expired proves it holds that certificate's key (no token)."""
         body = wire.RecoverRequest.from_json(req.json())
         node = body.node
@@ -335,7 +355,7 @@ class AgentApi:
             if current.index != held or self._closed or time.monotonic() >= deadline:
                 return current
 
-    def sign(self, req: Request) -> dict:
+    def sign(self, req: Request) -> Response:
         node, csr = self._node_and_csr(req)
         spiffe_id, parsed = _csr_uri(csr)
         catalog = self.catalog()

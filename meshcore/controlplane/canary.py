@@ -5,8 +5,10 @@ service (their admin ``/stats/prometheus``: the ``outbound:<service>|<caller>|<c
 parsed with :mod:`meshcore.observe.graph`), asks the pure state machine what to do, writes the new
 weights with the ``meshctl traffic split`` workflow (:func:`meshcore.traffic.workflows.split`) into the
 resource store, and records every decision. Running here, not in ``meshctl``, a canary survives the
-CLI exiting, any CLI can watch it, and state under ``<state-dir>/canaries/<service>.json`` lets a
-restarted control plane resume it.
+CLI exiting, any CLI can watch it, and each run's state is recorded in the control plane's state backend
+(:mod:`meshcore.state`) at ``canaries/<service>.json``: a file in the state directory with one replica, a key
+under ``meshcore/state/`` in Consul KV with ``--store consul``. A restarted control plane, or a new leader
+replica, resumes a run from there where the last leader left it.
 
 Operator API (added to the operator router by :func:`add_routes`)::
 
@@ -29,10 +31,8 @@ import re
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from .._files import atomic_write, ensure_private_dir
 from ..api.operator import CanaryDecision, CanaryRequest, CanarySpecView, CanaryStatus
 from ..errors import CanaryConflict, CanaryNotFound, ConfigError, MeshError, StoreError, ValidationError
 from ..observe.collector import catalog_address, fetch_text
@@ -41,6 +41,7 @@ from ..policies.destination_rule import schema as dr_kind
 from ..policies.virtual_service import schema as vs_kind
 from ..resources.loader import validate_document, validate_set
 from ..resources.model import Resource
+from ..state import Entry, PrefixWatcher, Put, StateBackend
 from ..traffic import canary as sm
 from ..traffic import workflows as wf
 from ._http import Request
@@ -52,15 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshcore.controlplane.canary")
 
-STATE_SUBDIR = "canaries"
+STATE_PREFIX = "canaries/"  # state key of a run: canaries/<service>.json (the file <state-dir>/canaries/<service>.json)
 SYNC_TIMEOUT_S = 5.0
 SCRAPE_TIMEOUT_S = 3.0
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,126}")
-
-
-
-
-
 
 # --- measuring -------------------------------------------------------------------------------------------
 
@@ -237,19 +233,28 @@ class StoreTrafficWriter:
 
 
 class CanaryController:
-    """Runs canaries: one thread each, state persisted in ``state_dir`` (one JSON file per service).
+    """Runs canaries: one thread each, every run's state recorded in a state backend at
+    ``<prefix><service>.json`` (default ``canaries/``: the state directory's ``canaries/`` with one replica,
+    Consul KV with several).
 
     With a ``leadership`` handle the loops run only on the leader replica: losing leadership stops every loop
-    at once (their state stays as recorded: ``running``), gaining it reloads the state and resumes them.
-    A replica that does not lead refuses to start or abort one and names the leader (the runs are local files
-    until they move into Consul KV)."""
+    at once (their state stays as recorded: ``running``), gaining it reloads the runs from the backend and
+    resumes them, so a new leader continues a run where the old one left it. Each record the leader writes
+    goes behind ``fence()`` (the leader key's ``check-session``): a deposed leader cannot overwrite the new
+    one's. A replica that does not lead follows the records (a blocking query on the prefix when the backend
+    is shared), so ``GET /v1/canaries`` answers the same everywhere; it refuses to start or abort one and names
+    the leader (the leader's loop owns a run's next step)."""
 
-    def __init__(self, state_dir: Path, writer: TrafficWriter, probe_for: Callable[[sm.CanarySpec], StatsProbe], *,
+    def __init__(self, backend: StateBackend, writer: TrafficWriter,
+                 probe_for: Callable[[sm.CanarySpec], StatsProbe], *, prefix: str = STATE_PREFIX,
                  ready: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
                  instances_with: Callable[[str, dict[str, str]], int] | None = None,
-                 check_every: float | None = None, leadership: Leadership | None = None):
-        self.state_dir = Path(state_dir)
+                 check_every: float | None = None, leadership: Leadership | None = None,
+                 fence: Callable[[], builtins.list[dict]] | None = None):
+        self.backend = backend
+        self.prefix = prefix
         self._leadership = leadership
+        self._fence = fence if fence is not None else (leadership.fence if leadership is not None else None)
         self.writer, self.probe_for, self._ready, self._clock = writer, probe_for, ready, clock
         self._instances_with = instances_with
         self._check_every = check_every
@@ -259,7 +264,16 @@ class CanaryController:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._load()
+        self._watcher: PrefixWatcher | None = None
+        self._taking_over = threading.Event()
+        try:
+            self._load()
+        except MeshError as exc:  # Consul unreachable at start: the watch below (or gaining leadership) reads them
+            log.error("canary runs at %s not readable yet (%s); reading them again in the background",
+                      self.backend.location, exc)
+        if self.backend.shared:  # follow the leader's records while this replica does not lead
+            self._watcher = PrefixWatcher(self.backend, self.prefix, self._followed, name="canaries")
+            self._watcher.start(first_read=False)
         if leadership is not None:
             leadership.subscribe(self._leadership_changed)
 
@@ -278,40 +292,80 @@ class CanaryController:
 
     def _leadership_changed(self, leading: bool) -> None:
         if not leading:  # stop every loop now; each one's state stays recorded for the next leader
+            self._taking_over.set()
             for ev in list(self._stops.values()):
                 ev.set()
             return
         if self._stopped.is_set():
             return
-        with self._lock:
-            self._load()  # the state as recorded (by this replica's last term)
-        resumed = self.resume_all()
-        if resumed:
-            log.info("leader: resumed canaries %s", ", ".join(sorted(resumed)))
+        self._taking_over.set()  # a take-over still retrying from an earlier term ends
+        self._taking_over = stop = threading.Event()  # losing leadership again (or stop()) ends its retries
+        threading.Thread(target=self._take_over, args=(stop,), name="canary-take-over", daemon=True).start()
+
+    def _take_over(self, stop: threading.Event) -> None:
+        """On gaining leadership: read the runs as the last leader recorded them (this replica or another),
+        retrying while the backend cannot be read, and resume those still progressing."""
+        delay = 0.5
+        while not stop.is_set() and not self._stopped.is_set() and self._leading():
+            try:
+                with self._lock:
+                    self._load()
+            except MeshError as exc:
+                log.error("leader: cannot read the canary runs at %s (%s); retrying in %.0fs",
+                          self.backend.location, exc, delay)
+                stop.wait(delay)
+                delay = min(10.0, delay * 2)
+                continue
+            resumed = self.resume_all()
+            if resumed:
+                log.info("leader: resumed canaries %s", ", ".join(sorted(resumed)))
+            return
 
     # --- persistence ---------------------------------------------------------------------------
-    def _path(self, service: str) -> Path:
-        return self.state_dir / f"{service}.json"
+    def _key(self, service: str) -> str:
+        return f"{self.prefix}{service}.json"
+
+    def _parse(self, entries: builtins.list[Entry]) -> dict[str, sm.CanaryState]:
+        out = {}
+        for e in entries:
+            name = e.key[len(self.prefix):]
+            if "/" in name or not name.endswith(".json"):
+                continue
+            try:
+                st = sm.CanaryState.from_dict(json.loads(e.value))
+            except (ValueError, KeyError, TypeError, MeshError) as exc:
+                log.error("canary state %s key %s unreadable, ignored (remove it to silence this): %s",
+                          self.backend.location, e.key, exc)
+                continue
+            out[st.spec.service] = st
+        return out
+
+    def _adopt(self, states: dict[str, sm.CanaryState]) -> None:
+        for service, st in states.items():
+            self._states[service] = st
+            self._locks.setdefault(service, threading.RLock())
 
     def _load(self) -> None:
-        if not self.state_dir.is_dir():
-            return
-        for f in sorted(self.state_dir.glob("*.json")):
-            try:
-                st = sm.CanaryState.from_dict(json.loads(f.read_text()))
-            except (OSError, ValueError, KeyError, TypeError, MeshError) as exc:
-                log.error("canary state %s unreadable, ignored (move it away to silence this): %s", f, exc)
-                continue
-            self._states[st.spec.service] = st
-            self._locks[st.spec.service] = threading.RLock()
+        """Read every run from the backend (a consistent read: what the last leader recorded)."""
+        self._adopt(self._parse(self.backend.list(self.prefix)))
+
+    def _followed(self, entries: builtins.list[Entry]) -> None:
+        """The runs changed in the shared state: take them, unless this replica leads (then it writes them)."""
+        with self._lock:
+            if self._leading() and self._states:
+                return  # the leader writes them; it read them all when it started leading
+            self._adopt(self._parse(entries))
 
     def _save(self, st: sm.CanaryState) -> None:
-        ensure_private_dir(self.state_dir)
-        atomic_write(self._path(st.spec.service), json.dumps(st.to_dict(), indent=2, sort_keys=True) + "\n")
+        value = (json.dumps(st.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        guard = self._fence() if self._fence is not None else []  # ConsulError when this replica does not lead
+        if not self.backend.put_all([Put(self._key(st.spec.service), value)], guard=guard):
+            raise StoreError(f"canary {st.spec.service}: {self.backend.location} refused the record (this replica "
+                             "no longer holds the leader lock); the next leader resumes from the last one")
 
     def _record(self, service: str, new: sm.CanaryState) -> None:
+        self._save(new)  # recorded first: what is in memory is what the next leader will see
         self._states[service] = new
-        self._save(new)
         d = new.decisions[-1]
         level = logging.WARNING if d.action in (sm.ROLLBACK, sm.ABORT) else logging.INFO
         log.log(level, d.log_line(service))
@@ -346,7 +400,7 @@ class CanaryController:
             st = replace(st, step_started_at=self._clock())
             with self._lock:
                 self._record(service, st)
-            self._spawn(service, resumed=False)
+                self._spawn(service, resumed=False)
         return status_of(st)
 
     def _check_instances(self, spec: sm.CanarySpec) -> None:
@@ -382,13 +436,17 @@ class CanaryController:
         """Restart the threads of canaries that were progressing (after a control plane restart)."""
         if not self._leading():
             return []
-        resumed = [s for s, st in self._states.items() if not st.finished and s not in self._threads]
-        for service in resumed:
-            self._spawn(service, resumed=True)
+        with self._lock:
+            resumed = [s for s, st in self._states.items() if not st.finished and s not in self._threads]
+            for service in resumed:
+                self._spawn(service, resumed=True)
         return resumed
 
     def stop(self) -> None:
         self._stopped.set()
+        self._taking_over.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         for ev in list(self._stops.values()):
             ev.set()
         for t in list(self._threads.values()):
@@ -430,8 +488,8 @@ class CanaryController:
                 if st.finished:
                     return
                 self._apply_retrying(st, st.weights(), stop)
-                with self._lock:
-                    self._record(service, sm.apply(st, sm.resume(st, self._clock())))
+                if stop.is_set() or not self._recorded(service, sm.apply(st, sm.resume(st, self._clock())), stop):
+                    return
         probe.reset()
         while not stop.wait(self._period(spec)):
             with lock:
@@ -457,11 +515,32 @@ class CanaryController:
                         continue
                     if not new.finished:
                         new = replace(new, step_started_at=self._clock())
-                with self._lock:
-                    self._record(service, new)
+                if not self._recorded(service, new, stop):
+                    return
                 if new.finished:
                     return
                 probe.reset()
+
+    def _recorded(self, service: str, new: sm.CanaryState, stop: threading.Event) -> bool:
+        """Record a decision of the loop, retrying while the backend fails and this replica still leads; False
+        (the loop ends) once it does not lead (the fence refused the write) or is stopping: the next leader
+        resumes the run from its last record and re-applies that record's weights."""
+        delay = 1.0
+        while True:
+            try:
+                with self._lock:
+                    self._record(service, new)
+                return True
+            except MeshError as exc:
+                if stop.is_set() or self._stopped.is_set() or not self._leading():
+                    log.warning("canary service=%s decision=%s not recorded, leadership lost: the next leader "
+                                "resumes from the last record (%s)", service, new.decisions[-1].action, exc)
+                    return False
+                log.error("canary service=%s decision=%s not recorded, retrying in %.0fs: %s", service,
+                          new.decisions[-1].action, delay, exc)
+                if stop.wait(delay):
+                    return False
+                delay = min(10.0, delay * 2)
 
     def _apply_retrying(self, st: sm.CanaryState, weights: dict[str, int], stop: threading.Event) -> None:
         while True:
@@ -572,13 +651,14 @@ def _instances_with(mesh: "MeshView", service: str, labels: dict[str, str]) -> i
     return sum(1 for i in catalog.instances_of(service) if all(i.labels.get(k) == v for k, v in labels.items()))
 
 
-def for_control_plane(state_dir: Path, store: "ResourceStore", mesh: "MeshView",
+def for_control_plane(state: StateBackend, store: "ResourceStore", mesh: "MeshView",
                       leadership: Leadership | None = None) -> CanaryController:
     """The controller of a control plane: traffic changes go to its ``store``, measurements to the admin
-    addresses of the proxies calling the service, its state under ``state_dir``; loops only while leading."""
+    addresses of the proxies calling the service, its runs in the state backend ``state`` (shared by the
+    replicas with ``--store consul``); loops only while leading, records fenced by the leader lock."""
     writer = StoreTrafficWriter(store, synced=lambda r: _synced_with(mesh, r))
     return CanaryController(
-        state_dir / STATE_SUBDIR, writer,
+        state, writer,
         probe_for=lambda spec: EnvoyProbe(spec.service, spec.canary, lambda: _callers_of(mesh, spec.service)),
         ready=mesh.ready, instances_with=lambda s, labels: _instances_with(mesh, s, labels), leadership=leadership)
 

@@ -43,20 +43,23 @@ from ..durations import parse_duration
 from ..errors import ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
-from ..resources.consul_entries import EntrySettings, add_arguments as add_entry_arguments, entry_settings, with_config_entries
+from ..resources.consul_entries import EntrySettings, add_arguments as add_entry_arguments, entry_settings, with_config_entries, with_protocol_defaults
 from ..api.operator import (ControlPlaneStatus, GatewayStatus, ProxyStatus, RejectedResource, ServiceStatus,
                             SourceStatus, StatusResponse, ThreadStatus)
 from ..authz.patterns import DEFAULT_PATH_NORMALIZATION, PATH_NORMALIZATIONS
 from ..snapshot import MeshSettings, ProxyInfo, TelemetrySettings
+from ..system_ca import METADATA_KEY
 from ..xds.cache import SnapshotCache
 from ..observe.collector import (
     ControlPlaneSignals,
     MeshCollector,
     ScrapeTarget,
+    Workload,
     fallback_urls,
     ca_signals,
     catalog_address,
     scrape_url,
+    workload_of,
 )
 from ..xds.server import (
     DEFAULT_FIRST_REQUEST_TIMEOUT_S,
@@ -69,10 +72,12 @@ from ..xds.server import (
 )
 from ._contexts import CaControl, MeshView
 from ._http import JsonServer
+from .oidc_discovery import OidcDiscovery, with_discovered
 from .agent_api import DEFAULT_MAX_WAITING, AgentApi
 from .alerting import add_routes as add_alert_routes
 from .alerting import for_control_plane as alerting_for
 from .alerting import webhook_urls as _webhook_urls
+from ._bundle_holders import BundleHolders, live_replicas
 from .canary import add_routes as add_canary_routes
 from .canary import for_control_plane as canaries_for
 from .dashboard_api import add_routes as add_dashboard_routes
@@ -92,6 +97,8 @@ from .operator_certs import OperatorCertStore, add_operator_cert_routes
 from .store_routes import add_store_routes
 from .operators import TOKENS_FILE as OPERATOR_TOKENS_FILE
 from .operators import OperatorTokenStore, ensure_bootstrap_token
+from .proxy_versions import ProxyVersionBook
+from .token_routes import add_token_routes
 
 log = logging.getLogger("meshcore.controlplane")
 
@@ -129,6 +136,9 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # access logs, tracing
     path_normalization: str = DEFAULT_PATH_NORMALIZATION  # Istio's pathNormalization (docs/security.md)
     allow_path_parameters: bool = False  # paths with ';' or %3B: 400 unless allowed
+    ext_authz_providers: tuple = ()  # CUSTOM AuthorizationPolicies' authorizers (--mesh-config, meshcore.authz.providers)
+    gateway_trusted_proxies: int = 0  # --mesh-config defaultConfig.gatewayTopology.numTrustedProxies
+    jwks: Any = None  # JWKS trust and OIDC discovery (--mesh-config jwks:, request_authentication.trust.JwksSettings)
     full_rebuild: bool = False  # engine baseline: rebuild the snapshot and every proxy on each change
     # ADS server limits (see meshcore.xds.server): streams one node identity may hold open, streams in all
     # (0: no limit but the machine's), and how long a new stream may take to send its first request.
@@ -150,6 +160,9 @@ class Settings:
     replica_check_ttl: float = DEFAULT_CHECK_TTL_S
 
 
+CATALOG_HOLD_FILE = "catalog-hold.json"  # the Consul catalog hold's memory across restarts (catalog/_consul_hold.py)
+
+
 def _split_source(spec: str, what: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     if kind not in ("files", "consul", "dir"):
@@ -157,12 +170,16 @@ def _split_source(spec: str, what: str) -> tuple[str, str]:
     return kind, arg
 
 
-def open_catalog(spec: str, hold_s: float = DEFAULT_HOLD_S, shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD):
+def open_catalog(spec: str, hold_s: float = DEFAULT_HOLD_S, shrink_threshold: float = DEFAULT_SHRINK_THRESHOLD,
+                 state_dir: Path | None = None):
     kind, arg = _split_source(spec, "catalog")
     if kind == "consul":
+        from ..catalog._consul_datacenters import DatacenterTargets
         from ..catalog.consul import ConsulCatalogSource, ConsulSettings
 
-        return ConsulCatalogSource(ConsulSettings.from_env(), hold_s=hold_s, shrink_threshold=shrink_threshold)
+        return ConsulCatalogSource(ConsulSettings.from_env(), hold_s=hold_s, shrink_threshold=shrink_threshold,
+                                   hold_memory=state_dir / CATALOG_HOLD_FILE if state_dir else None,
+                                   datacenters=DatacenterTargets.parse(arg) if arg else None)  # docs/multi-dc.md
     if kind != "files" or not arg:
         raise ConfigError(f"--catalog {spec!r}: use files:DIR (Consul service-definition files) or consul")
     from ..catalog.files import FileCatalogSource
@@ -231,25 +248,31 @@ class ControlPlane:
                                             upstream=upstream, node_ttl=settings.node_cert_ttl,
                                             recovery_grace=settings.node_recovery_grace, backend=self.state)
         self.tokens = open_join_tokens(self.state, kek)
+        self.proxy_versions = ProxyVersionBook()  # what each proxy runs, from its ADS node
         # Operator API tokens (hashed, sealed); first start writes <state>/admin.token (0600).
         self.operators = OperatorTokenStore(state / OPERATOR_TOKENS_FILE, kek, backend=self.state)
         ensure_bootstrap_token(self.operators, state)
         self._owns_source = catalog_source is None
         self.source = catalog_source or open_catalog(settings.catalog, settings.catalog_hold,
-                                                     settings.catalog_shrink_threshold)
+                                                     settings.catalog_shrink_threshold, state)
         self.store = store or open_store(settings.store, state, kek)
         self.store = with_config_entries(self.store, settings.consul_entries, catalog_spec=settings.catalog,  # + config entries
                                          trust_domain=settings.trust_domain, catalog=lambda: self.engine.catalog())
+        if self._owns_source:  # service protocols from service-defaults / proxy-defaults (docs/consul.md)
+            self.source = with_protocol_defaults(self.source, self.store)
         self.cache = SnapshotCache()
         from ..observe.tracing import ControlPlaneTracing  # spans of its own work to the OTLP collector
         self.tracing = ControlPlaneTracing.start(settings.telemetry.tracing_otlp, trust_domain=settings.trust_domain)
         self.engine = MeshEngine(self.source, self.store, self.cache, trust_domain=settings.trust_domain,
                                  settings=MeshSettings(telemetry=settings.telemetry,
                                                        path_normalization=settings.path_normalization,
-                                                       allow_path_parameters=settings.allow_path_parameters),
+                                                       allow_path_parameters=settings.allow_path_parameters,
+                                                       ext_authz_providers=settings.ext_authz_providers,
+                                                       jwks=settings.jwks,
+                                                       gateway_trusted_proxies=settings.gateway_trusted_proxies),
                                  tracing=self.tracing,
                                  on_snapshot=self._on_snapshot, metrics=self.metrics,
-                                 incremental=not settings.full_rebuild, track_streams=True)
+                                 incremental=not settings.full_rebuild, track_streams=True, collect_garbage=True)
         self.metrics.watch_ca(self.ca)
         self._servers: list = []
         self._grpc: AdsServer | None = None
@@ -265,10 +288,13 @@ class ControlPlane:
         self.serving_issuances = 0  # serving certificates issued by this process (renewals + rotations)
         self._serving_error = ""  # why the last renewal failed ("" once one succeeds)
         self.supervisor = Supervisor(self._stopped, on_restart=lambda t: self.metrics.thread_restarts.labels(thread=t).inc())
+        self.oidc = OidcDiscovery(settings.jwks, lambda found: self.engine.update_settings(  # issuers' jwks_uri
+            lambda current: with_discovered(current, found)), self._stopped, registry=self.metrics.registry)
         # The features get the narrow interfaces they use (_contexts.py), never this object.
         self.mesh = MeshView.of(self.engine, self.cache)  # the engine's and the cache's read side
         # stats -> Signals: the collector reads only its scrape targets (cheap, cached per catalog), not status
-        self._targets_of: tuple[object, dict[str, tuple[tuple[str, str], ...]]] = (None, {})
+        self._targets_of: tuple[object, dict[str, tuple[tuple[str, str], ...]], dict[str, tuple[Workload, ...]]] = (
+            None, {}, {})
         self._target_nodes: frozenset[str] = frozenset()
         interval = float(settings.collect_interval or 5.0)
         health = ControlPlaneSignals(catalog=self.source, store=self.store, rejected=lambda: self.engine.rejected,
@@ -279,6 +305,8 @@ class ControlPlane:
                                                                    self._expected_identities()), **health()})
         # Singleton work (rotation steps, canaries, alert notifications) runs on the leader only (leadership.py).
         self.replicas: ReplicaRegistry | None = None
+        self.holders = BundleHolders(self.state, lambda: self.leadership.replica_id, live_replicas(
+            lambda: self.replicas.replicas() if self.replicas is not None else ())) if self.state.shared else None
         self._token_cleanup: LeaderWork | None = None
         self._ha = _split_source(settings.store or "dir:", "store")[0] == "consul"
         self.leadership: AlwaysLeader | ConsulLeadership
@@ -302,7 +330,7 @@ class ControlPlane:
                                      webhooks=settings.alert_webhooks,
                                      external_url=lambda: self.addresses.get("http", ""), leadership=self.leadership,
                                      ledger=ledger)
-        self.canaries = canaries_for(state, self.store, self.mesh,  # progressive delivery (meshctl canary)
+        self.canaries = canaries_for(self.state, self.store, self.mesh,  # progressive delivery (meshctl canary)
                                      leadership=self.leadership)
         self.federation = open_federation(state, settings.trust_domain, self.engine, self.state)  # others' bundles
         self.operator_certs = OperatorCertStore(state / OPERATOR_CERTS_FILE, kek, backend=self.state)  # cert roles
@@ -415,11 +443,18 @@ class ControlPlane:
             log.info("control plane serving certificate renewed; next renewal in %.0fs", self._renew_at - time.time())
 
     # --- root rotation ---------------------------------------------------------------------
-    def nodes_without_bundle(self) -> list[str]:
-        """Nodes with a connected proxy whose agent has not reported holding the current trust bundle."""
+    def _bundle_view(self) -> tuple[str, list[str], dict[str, str]]:
+        """This replica's view: the current bundle's hash, nodes with an Envoy connected here, agents' reports."""
         acks = self.agent_api.bundle_acks() if self.agent_api is not None else {}
-        want = self.ca.bundle_sha256()
         connected = [n for n in list(self.engine.proxies) if self.mesh.cache_status(n).get("connected_streams")]
+        return self.ca.bundle_sha256(), connected, acks
+
+    def nodes_without_bundle(self) -> list[str]:
+        """Nodes with a connected proxy whose agent has not reported holding the current trust bundle (with
+        several replicas: on any of them, see _bundle_holders.py)."""
+        want, connected, acks = self._bundle_view()
+        if self.holders is not None:
+            return self.holders.missing(want, connected, acks)
         return sorted(n for n in connected if acks.get(n) != want)
 
     def _watch_ca(self) -> None:
@@ -434,6 +469,9 @@ class ControlPlane:
             if self._stopped.is_set():
                 return
             try:
+                if self.holders is not None:  # every replica shares its part of who holds the bundle
+                    preparing = self.ca.rotation_phase == "preparing"  # (the view is read only then: O(proxies))
+                    self.holders.share(preparing, *(self._bundle_view() if preparing else ("", [], {})))
                 if (self.ca.rotation_phase == "preparing" and self.leadership.is_leader()  # a singleton step
                         and not self.nodes_without_bundle()):
                     self.ca.activate_rotation()
@@ -504,8 +542,10 @@ class ControlPlane:
                               "node metadata lacks secrets_dir; start Envoy with the bootstrap meshcore-agent writes")
             admin = md["admin"].string_value if "admin" in md else ""
             metrics = md["metrics"].string_value if "metrics" in md else ""
+            system_ca = md[METADATA_KEY].string_value if METADATA_KEY in md else None  # meshcore.system_ca
+            self.proxy_versions.record(node)  # Envoy's and its agent's versions (meshctl version)
             self.engine.proxy_connected(ProxyInfo(node=node.id, secrets_dir=secrets_dir, admin=admin,
-                                                  metrics=metrics))
+                                                  metrics=metrics, system_ca_bundle=system_ca))
 
         def on_ack(node: str) -> None:  # convergence: observed once the node ACKed every type's version
             if self.cache.synced(node):
@@ -546,6 +586,7 @@ class ControlPlane:
         self.canaries.resume_all()
         self.supervisor.start("serving-cert", self._rotate_serving_identity)
         self.supervisor.start("ca-rotation", self._watch_ca)
+        self.supervisor.start("oidc-discovery", self.oidc.run)
         self.addresses = {"xds": xds_addr, "api": f"https://{self._api_server.address}", "http": f"http://{http.address}"}
         if self._operator_tls is not None:
             self.addresses["https"] = f"https://{self._operator_tls.address}"
@@ -584,12 +625,13 @@ class ControlPlane:
             features=(
                 partial(add_canary_routes, controller=lambda: self.canaries),  # /v1/canaries
                 partial(add_dashboard_routes, collector=self.collector, ca=self.ca,  # /, /v1/dashboard/*
-                        proxies=lambda: self.status_view().proxies),
+                        proxies=lambda: self.status_view().proxies, snapshot=self.mesh.snapshot),
                 partial(add_alert_routes, alerting=self.alerting),  # /v1/alerts, /v1/alerts/rules
                 partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
                         https_address=lambda: self.addresses.get("https", "")),
                 partial(add_node_routes, ca=self.ca),  # /v1/nodes/{name}/revoke (meshctl node revoke)
+                partial(add_token_routes, tokens=self.tokens, operators=self.operators),  # meshctl token revoke
                 partial(add_store_routes, store=self.store),  # /v1/store, /v1/store/restore (store owns these)
             ))
 
@@ -645,6 +687,7 @@ class ControlPlane:
     def _on_snapshot(self, snap) -> None:
         self.metrics.snapshots.inc()
         self.metrics.catalog_instances.set(len(snap.catalog.instances))
+        self.oidc.observe(snap)
         if self.agent_api is not None:
             self.agent_api.changed()  # agents waiting on /v1/agent/services look at their node again
 
@@ -663,11 +706,13 @@ class ControlPlane:
                     # Every mesh service has an mTLS inbound listener; gateways (no inbound) are listed apart.
                     services[inst.node].append(ServiceStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy,
-                        inbound=f"{inst.mesh_address}:{inst.mesh_port}", labels=inst.labels))
+                        inbound=f"{inst.mesh_address}:{inst.mesh_port}", labels=inst.labels,
+                        datacenter=inst.datacenter))
                 else:
                     gateways[inst.node].append(GatewayStatus(
                         name=inst.service, id=inst.id, spiffe_id=spiffe_id, healthy=inst.healthy, kind=inst.kind,
-                        listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams)))
+                        listeners=tuple(f"{u.local_bind_address}:{u.local_bind_port}" for u in inst.upstreams),
+                        datacenter=inst.datacenter, addresses=workload_of(inst).addresses))
         states = self.mesh.proxies()
         snap = self.engine.snapshot
         proxies = []
@@ -680,7 +725,8 @@ class ControlPlane:
                 admin=admin, metrics=f"http://{metrics}/metrics" if metrics else "",
                 connected=bool(cs.get("connected_streams")), synced=self._synced(node, state, snap),
                 version=cs.get("version") or "", error=state.error if state else "",  # "": none yet
-                access_log=access_log_path(self.engine.settings.telemetry, node)))  # "", "stdout" or a file
+                access_log=access_log_path(self.engine.settings.telemetry, node),  # "", "stdout" or a file
+                envoy_version=self.proxy_versions.get(node).envoy, agent_version=self.proxy_versions.get(node).agent))
         return StatusResponse(
             control_plane=ControlPlaneStatus(
                 version=__import__("meshcore").__version__, **self._addresses(), trust_domain=td,
@@ -720,7 +766,8 @@ class ControlPlane:
                 name=h.name, kind=h.kind, state=h.state, detail=h.detail, index=h.index, error=h.error,
                 error_at=_rfc3339(h.error_at) if h.error_at else "",
                 rejected=tuple(RejectedResource(key=k, error=e) for k, e in h.rejected)))
-        return tuple(out)
+        oidc = self.oidc.source_status()
+        return tuple(out) + ((oidc,) if oidc is not None else ())
 
     def _thread_statuses(self) -> tuple[ThreadStatus, ...]:
         threads = {**self.engine.supervisor.threads, **self.supervisor.threads}
@@ -753,15 +800,18 @@ class ControlPlane:
         building the status: the services per node are recomputed only when the catalog changed (it is
         immutable: a new one is a new object), the rest is one cache lookup per node."""
         catalog = self.engine.catalog()
-        seen, by_node = self._targets_of
+        seen, by_node, workloads = self._targets_of
         if catalog is not seen:
             grouped: dict[str, list[tuple[str, str]]] = {}
+            placed: dict[str, list[Workload]] = {}
             for inst in catalog.instances if catalog is not None else ():
                 entry = grouped.setdefault(inst.node, [])
                 if inst.kind == "":  # mesh services; gateways have no inbound listener to read
                     entry.append((inst.id, inst.service))
+                placed.setdefault(inst.node, []).append(workload_of(inst))
             by_node = {node: tuple(v) for node, v in grouped.items()}
-            self._targets_of = (catalog, by_node)
+            workloads = {node: tuple(sorted(v, key=lambda w: bool(w.kind))) for node, v in placed.items()}  # as /v1/proxies
+            self._targets_of = (catalog, by_node, workloads)
         states = self.engine.proxies  # replaced whole on change: safe to read without the engine's lock
         connected = set(self.cache.connected_nodes())
         targets = []
@@ -772,11 +822,25 @@ class ControlPlane:
             is_connected = node in connected
             targets.append(ScrapeTarget(
                 node=node, url=scrape_url(metrics, admin), fallback_urls=fallback_urls(metrics, admin),
-                instances=by_node.get(node, ()),
+                instances=by_node.get(node, ()), workloads=workloads.get(node, ()),
                 heard_from=bool(is_connected or admin or metrics or self.cache.get(node) is not None),
                 in_sync=is_connected and self.mesh.synced(node) and not (state.error if state else "")))
         self._target_nodes = frozenset(t.node for t in targets)
         return targets
+
+
+def _mesh_config(path: str):
+    """What ``--mesh-config`` sets (external authorizers, JWKS trust; the defaults without it)."""
+    from ..authz.providers import MeshConfig, parse_mesh_settings
+
+    if not path:
+        return MeshConfig()
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--mesh-config {path}: {exc.strerror or exc}") from exc
+    return parse_mesh_settings(text, path)
 
 
 def _check_limits(settings: Settings) -> None:
@@ -812,7 +876,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trust-domain", default=env.get("MESHCORE_TRUST_DOMAIN", naming.DEFAULT_TRUST_DOMAIN))
     p.add_argument("--catalog", default=env.get("MESHCORE_CATALOG", "files:/etc/consul.d"),
                    help="files:DIR (Consul service-definition files, one sub-directory per node) or consul "
-                        "(uses CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) (default %(default)s)")
+                        "(uses CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...); consul:dc1,dc2 reads those datacenters "
+                        "(?dc=), consul:dc1=ADDR,dc2=ADDR each at its own Consul, dc2@TRUST_DOMAIN a datacenter of "
+                        "another (federated) trust domain (docs/multi-dc.md) (default %(default)s)")
     p.add_argument("--catalog-hold", default=env.get("MESHCORE_CATALOG_HOLD", f"{DEFAULT_HOLD_S:g}s"),
                    help="Consul catalog: after an index reset (Consul restarted empty) or a drastic shrink, keep the "
                         "missing instances as last seen for this long or until they re-register; 0s: off "
@@ -885,6 +951,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=env.get("MESHCORE_ALLOW_PATH_PARAMETERS", "") == "1",
                    help="let paths carry parameters (';' or %%3B); by default inbound Envoys answer them 400, "
                         "since policies match the path with its parameters")
+    p.add_argument("--mesh-config", default=env.get("MESHCORE_MESH_CONFIG", ""), metavar="FILE",
+                   help="Istio MeshConfig subset: extensionProviders (envoyExtAuthzHttp, envoyExtAuthzGrpc), the external "
+                        "authorizers CUSTOM AuthorizationPolicies name (see docs/security.md)")
     p.add_argument("--advertise", default=env.get("MESHCORE_ADVERTISE", ""),
                    help="address agents use to reach this control plane (default: the bind host)")
     p.add_argument("--kek-file", default=env.get("MESHCORE_KEK_FILE"),
@@ -933,6 +1002,8 @@ def main(argv=None) -> int:
             collect_timeout=parse_duration(args.collect_timeout).total_seconds() if args.collect_timeout else None,
             operator_tls_bind=args.operator_tls_bind, telemetry=telemetry_settings(args),
             path_normalization=args.path_normalization, allow_path_parameters=args.allow_path_parameters,
+            ext_authz_providers=(mesh_config := _mesh_config(args.mesh_config)).ext_authz_providers,
+            jwks=mesh_config.jwks, gateway_trusted_proxies=mesh_config.gateway_trusted_proxies,
             alert_webhooks=tuple(_webhook_urls(args.alert_webhook)), full_rebuild=args.full_rebuild,
             xds_max_streams_per_identity=args.xds_max_streams_per_identity, xds_max_streams=args.xds_max_streams,
             xds_first_request_timeout=parse_duration(args.xds_first_request_timeout).total_seconds(),

@@ -19,6 +19,10 @@ reached it marks it ``missed``; when it reconnects (:meth:`proxy_connected`, cal
 authorizer before the stream is served) it is rebuilt from the current snapshot before anything is sent.
 A proxy counts as connected for :data:`CONNECT_GRACE_S` after ``proxy_connected`` even without an open
 stream, since the server records the stream only after the authorizer returns.
+
+Garbage collection (``collect_garbage=True``, as the daemon runs it): the builder runs the process's full
+cyclic collections itself when it has been quiet for a moment, and freezes the heap after them, so the
+automatic ones during a burst of changes walk only what the burst made (:mod:`._gc`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -44,6 +49,7 @@ from ..xds.cache import Prepared, ProxySnapshot, SnapshotCache
 from ..xds.validate import publish
 from ..xds.generate.shared import Keyed
 from ._deps import ChangeKeys, Deps, RecordingSnapshot, change_keys
+from ._gc import QUIET_S as GC_QUIET_S, QuietCollector, enabled_by_env as gc_enabled_by_env
 from ._shared import Generated, SharedMemo, merge_deps
 from ._supervise import Supervisor
 
@@ -94,6 +100,13 @@ class ProxyState:
     build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
+class _Collect:
+    """What the builder's wait returns at a quiet moment (see :class:`~._gc.QuietCollector`)."""
+
+
+_COLLECT = _Collect()
+
+
 @dataclass
 class _Pending:
     """Inputs that arrived since the builder last took them (guarded by the engine's lock)."""
@@ -129,7 +142,7 @@ class MeshEngine:
                  trust_domain: str, settings: MeshSettings | None = None, on_snapshot: Callable[[MeshSnapshot], None] | None = None,
                  metrics: "ControlPlaneMetrics | None" = None, tracing: ControlPlaneTracing | None = None,
                  incremental: bool = True, quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S,
-                 track_streams: bool = False):
+                 track_streams: bool = False, collect_garbage: bool = False):
         self._source = catalog_source
         self._store = store
         self.cache = cache
@@ -142,6 +155,10 @@ class MeshEngine:
         self.tracing = tracing or ControlPlaneTracing()  # spans: change -> snapshot rebuild -> per proxy
         self.incremental = incremental
         self.track_streams = track_streams  # skip proxies without an open ADS stream in ``cache``
+        # The process's full garbage collections at quiet moments of the builder (see _gc.py): the daemon's choice.
+        self.gc = QuietCollector() if collect_garbage and gc_enabled_by_env() else None
+        self._gc_owed = False  # something was built since the last quiet collection
+        self._busy_at = 0.0  # monotonic time the builder (or a new connection's build) last finished
         self.quiet_s = quiet_s if incremental else 0.0
         self.max_delay_s = max_delay_s if incremental else 0.0
         self._lock = threading.RLock()  # guards the state below; never held while building
@@ -156,6 +173,10 @@ class MeshEngine:
         self._seq = 0  # bumped with every new snapshot
         self._memo: SharedMemo | None = None  # shared entries of snapshot number ``_memo_seq``
         self._memo_seq = 0
+        # How many proxies' last builds use each shared entry (``shared | edited``), kept as they change, and
+        # the entries no proxy uses any more since the last snapshot: the memo drops those on its next carry.
+        self._in_use: Counter[Keyed] = Counter()
+        self._unused: set[Keyed] = set()
         self.proxies: dict[str, ProxyState] = {}  # replaced whole on insert (readers need no lock)
         # Health of the sources and of the builder, for ``meshctl status`` (written by the watchers).
         self.source_error = ""  # the catalog source's last read error ("" once a read succeeds)
@@ -338,7 +359,8 @@ class MeshEngine:
         file, a Consul KV key) has not been: one nonsense spec must not stop the rest of the mesh."""
         memo: dict[ResourceKey, tuple[Resource, Resource | None, str]] = {}
         kept = []
-        rejected: dict[str, str] = {}
+        unreadable = getattr(self._store, "unreadable", None)  # documents the store could not even parse
+        rejected: dict[str, str] = dict(unreadable()) if callable(unreadable) else {}
         for res in resources:
             key = res.key
             seen = self._checked.get(key)
@@ -421,11 +443,26 @@ class MeshEngine:
         return tuple(out)
 
     def set_settings(self, settings: MeshSettings) -> None:
-        """New mesh settings (telemetry, federated bundles): rebuild and push if they change the snapshot."""
+        """New mesh settings (telemetry, federated bundles): rebuild and push if they change the snapshot.
+        To change some settings and keep the others, use :meth:`update_settings` (a read of ``settings``
+        followed by this call loses another writer's change made in between)."""
         with self._wake:
             self.settings = settings
             self._pending.settings = True
             self._changed_locked("settings")
+
+    def update_settings(self, change: Callable[[MeshSettings], MeshSettings]) -> None:
+        """Replace the settings with ``change(current)``, atomically: two writers of different settings (OIDC
+        discovery, federated bundles) never lose each other's change. ``change`` runs under the engine's lock:
+        it must be quick and must not call the engine. A result equal to the current settings changes nothing
+        (no rebuild)."""
+        with self._wake:
+            current = self.settings
+            updated = change(current)
+            if updated is not current and updated != current:
+                self.settings = updated
+                self._pending.settings = True
+                self._changed_locked("settings")
 
     def _changed_locked(self, reason: str) -> None:
         pending = self._pending
@@ -438,13 +475,22 @@ class MeshEngine:
         self._wake.notify_all()
 
     # --- the builder ---------------------------------------------------------------------------
-    def _take_pending(self) -> _Pending | None:
-        """Wait for a change, then for its burst to end (quiet window, bounded); the inputs to build."""
+    def _take_pending(self) -> _Pending | _Collect | None:
+        """Wait for a change, then for its burst to end (quiet window, bounded); the inputs to build. With
+        :attr:`gc`, a quiet moment (nothing pending or built for ``GC_QUIET_S``) returns :data:`_COLLECT`."""
         with self._wake:
             while not self._stop.is_set():
                 pending = self._pending
                 if not pending or self._catalog is None or not self._resources_loaded:
-                    self._wake.wait()
+                    if self.gc is None:
+                        self._wake.wait()
+                        continue
+                    now = time.monotonic()
+                    quiet_in = self._busy_at + GC_QUIET_S - now if self._gc_owed else self.gc.due_in()
+                    if quiet_in <= 0 and not self._connecting:
+                        self._gc_owed = False
+                        return _COLLECT
+                    self._wake.wait(max(quiet_in, 0.01))
                     continue
                 now = time.monotonic()
                 due = min(pending.last_at + self.quiet_s, pending.first_at + self.max_delay_s)
@@ -471,7 +517,16 @@ class MeshEngine:
             pending = self._take_pending()
             if pending is None:
                 return
+            if isinstance(pending, _Collect):
+                assert self.gc is not None
+                self.gc.quiet()
+                continue
             self._run(pending)
+            if self.gc is not None:
+                with self._wake:
+                    self._gc_owed, self._busy_at = True, time.monotonic()
+                if self.gc.due_in() <= 0:  # never quiet for FULL_AT_MOST_S: the overdue full collection now
+                    self.gc.full()
 
     def _run(self, pending: _Pending) -> None:
         reason = "+".join(sorted(pending.reasons))
@@ -591,11 +646,11 @@ class MeshEngine:
         if self.incremental:
             with self._lock:
                 previous = self._memo
-                in_use = frozenset().union(*(s.shared | s.edited for s in self.proxies.values()))
+                unused, self._unused = self._unused, set()
             if previous is None:
                 memo = SharedMemo(snap)
             else:
-                memo, dropped = previous.carry(snap, keys, in_use)
+                memo, dropped = previous.carry(snap, keys, self._in_use, unused)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -696,7 +751,7 @@ class MeshEngine:
                     edited = [e.deps for e in session.edited.values()] if session is not None else []
                     deps = merge_deps(gen_deps, [plugin_view.deps(), *edited])
                     if session is not None:
-                        state.shared, state.edited = session.used, frozenset(session.edited)
+                        self._use_shared(state, session.used, frozenset(session.edited))
                     state.gen_seq = seq
                 state.own_seq = seq
                 published = publish(self.cache, node, resources)
@@ -732,20 +787,36 @@ class MeshEngine:
         log.debug("published node=%s version=%s in %.1f ms", node, snap.hash, (time.monotonic() - started) * 1e3)
         return ""
 
+    def _use_shared(self, state: ProxyState, shared: frozenset[Keyed], edited: frozenset[Keyed]) -> None:
+        """Record the shared entries ``state``'s proxy now uses (and its reference counts in ``_in_use``)."""
+        with self._lock:
+            before, after = state.shared | state.edited, shared | edited
+            for keyed in after - before:
+                self._in_use[keyed] += 1
+                self._unused.discard(keyed)
+            for keyed in before - after:
+                left = self._in_use[keyed] - 1
+                if left > 0:
+                    self._in_use[keyed] = left
+                else:
+                    del self._in_use[keyed]
+                    self._unused.add(keyed)
+            state.shared, state.edited = shared, edited
+
     def _reassemble(self, node: str, state: ProxyState, memo: SharedMemo, previous: ProxySnapshot, seq: int,
                     snap: MeshSnapshot, started: float) -> bool:
         """Publish ``node``'s last config with its shared entries as of ``memo`` (no per-proxy generation);
         False (a full build is needed) when an entry is missing from it or invalid. Call with its build lock."""
-        by_type: dict[str, dict[str, Prepared]] = {t: dict(previous.entries(t)) for t in previous.resources}
+        replacements: list[Prepared] = []
         for keyed in state.shared:
             entry = memo.entry(keyed)
             if entry.problems:
                 return False
-            current = by_type.get(entry.prepared.type_url)
-            if current is None or entry.prepared.name not in current:
-                return False
-            current[entry.prepared.name] = entry.prepared
-        assembled = ProxySnapshot.of({t: list(v.values()) for t, v in by_type.items()})
+            replacements.append(entry.prepared)
+        try:  # only the types whose entries changed are re-versioned (an endpoint change: EDS alone)
+            assembled = previous.replaced(replacements)
+        except KeyError:
+            return False
         pushed = assembled.version != previous.version and self.cache.set(node, assembled)
         if self.metrics is not None:
             self.metrics.proxy_reassemblies.inc()
@@ -799,6 +870,7 @@ class MeshEngine:
         finally:
             with self._wake:
                 self._connecting -= 1
+                self._gc_owed, self._busy_at = True, time.monotonic()
                 self._wake.notify_all()
 
     def build_for(self, node: str) -> dict | None:

@@ -43,8 +43,7 @@ def open_federation(state_dir: "Path", trust_domain: str, mesh: "SettingsHandle"
 def publish(mesh: "SettingsHandle", store: FederatedBundleStore) -> None:
     """Put the store's bundles into the mesh settings (keeping every other setting)."""
     bundles = store.bundles()
-    if mesh.settings.federated_bundles != bundles:
-        mesh.set_settings(replace(mesh.settings, federated_bundles=bundles))
+    mesh.update_settings(lambda s: s if s.federated_bundles == bundles else replace(s, federated_bundles=bundles))
 
 
 def export_bundle(ca: "CertificateAuthority", federation: FederatedBundleStore) -> SpiffeBundleExport:

@@ -105,6 +105,7 @@ class OperatorApi:
         r.add("GET", "/v1/trust-bundle", lambda req: TrustBundle(trust_domain=ctx.ca.trust_domain,
                                                                  bundle=ctx.ca.bundle_pem()))
         r.add("GET", "/v1/authz/check", self.authz_check)
+        r.add("POST", "/v1/authz/check", self.authz_check_token)  # with a JWT: in the body, never in a URL
         r.add("GET", "/metrics", self.metrics)
         r.add("GET", "/healthz", lambda req: Health())
         self._add_ca_routes(r)
@@ -304,6 +305,26 @@ class OperatorApi:
             answer = check(snapshot, CheckQuery(
                 destination=one("to"), source=one("from") or None, method=one("method", "GET"),
                 path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
+        except ConfigError as exc:  # the service named is not in the mesh
+            raise NotFound(str(exc)) from exc
+        return _own(AuthzCheckResponse, answer, "the authz check")
+
+    def authz_check_token(self, req: Request) -> AuthzCheckResponse:
+        """``meshctl authz check --token``: :class:`AuthzCheckRequest` in the body (meshcore.authz.token)."""
+        from ..api.operator import AuthzCheckRequest
+        from ..authz import CheckQuery, check
+        from ..errors import ConfigError
+
+        body = AuthzCheckRequest.from_json(req.json())
+        snapshot = self.ctx.mesh.snapshot()
+        if snapshot is None:
+            raise Unavailable("the control plane has no mesh snapshot yet (catalog or store not read); retry shortly")
+        try:
+            answer = check(snapshot, CheckQuery(
+                destination=body.to, source=body.source or None, method=body.method, path=body.path,
+                host=body.host or None, headers={k.lower(): v for k, v in body.headers},
+                source_ip=body.source_ip or None, token=body.token or None, jwks=body.jwks or None,
+                remote_ip=body.remote_ip or None))
         except ConfigError as exc:  # the service named is not in the mesh
             raise NotFound(str(exc)) from exc
         return _own(AuthzCheckResponse, answer, "the authz check")

@@ -143,6 +143,22 @@ class OperatorTokenStore:
         self._doc.update(drop)
         return removed[0]
 
+    def entries(self) -> builtins.list[dict[str, Any]]:
+        """Every stored entry (hash, name, role, created, expires): what revocation by id prefix searches."""
+        return [dict(e) for e in self._read()]
+
+    def revoke_hash(self, token_hash: str) -> bool:
+        """Remove the token with this (full) hash; False when there is none."""
+        removed = [False]
+
+        def drop(entries: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+            keep = [e for e in entries if e["hash"] != token_hash]
+            removed[0] = len(keep) != len(entries)
+            return keep
+
+        self._doc.update(drop)
+        return removed[0]
+
     def close(self) -> None:
         self._doc.close()
 
@@ -253,14 +269,17 @@ def cli_main(argv: list[str]) -> int:
 
         backend = open_state_backend(args.store, Path(args.state_dir))
         store = OperatorTokenStore(Path(args.state_dir) / TOKENS_FILE, load_kek(args.kek_file), backend=backend)
-        if args.action == "create":
-            print(store.create(args.name, args.role, _parse_ttl(args.ttl)))
-        elif args.action == "list":
-            print(json.dumps(store.list(), indent=2))
-        else:
-            n = store.revoke(args.name)
-            print(f"revoked {n} token(s)")
-            return 0 if n else 1
+        try:
+            if args.action == "create":
+                print(store.create(args.name, args.role, _parse_ttl(args.ttl)))
+            elif args.action == "list":
+                print(json.dumps(store.list(), indent=2))
+            else:
+                n = store.revoke(args.name)
+                print(f"revoked {n} token(s)")
+                return 0 if n else 1
+        finally:
+            store.close()  # a shared store follows its key in a thread: it ends with the command
     except (MeshError, ValueError, OSError) as exc:
         print(f"meshcore-control-plane operator-token: {exc}", file=sys.stderr)
         return 2

@@ -6,8 +6,10 @@ by the control plane's operator HTTP server; it polls ``/v1/dashboard/summary``,
 ``docs/observability.md``, "Dashboard").
 """
 
-from ._summary import build_summary, certificates_view, edges_view, health, proxies_view, series_view, services_view
+from ._summary import (build_summary, certificates_view, edges_view, gateway_view, health, proxies_view, series_view,
+                       services_view, version_edges_view)
 from ._static import STATIC_FILES, read_static
+from ._details import edge_detail, service_detail
 
-__all__ = ["STATIC_FILES", "build_summary", "certificates_view", "edges_view", "health", "proxies_view",
-           "read_static", "series_view", "services_view"]
+__all__ = ["STATIC_FILES", "build_summary", "edge_detail", "service_detail", "certificates_view", "edges_view", "gateway_view", "health", "proxies_view",
+           "read_static", "series_view", "services_view", "version_edges_view"]

@@ -6,10 +6,13 @@ import dataclasses
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..api.dashboard import (CertificateRow, CollectorState, DashboardSummary, EdgeRow, ProxyRow, Series,
-                             SeriesResponse, ServiceRow, Totals)
+from ..api.dashboard import (CertificateRow, CollectorState, DashboardSummary, EdgeRow, GatewayHopRow, ProxyRow,
+                             Series, SeriesResponse, ServiceRow, Totals, VersionEdgeRow)
 from ..api.operator import ProxyStatus
-from ..observe.signals import SIGNAL_LABELS, Labels, Signals
+from ..observe.graph import GatewayHop, GatewayView
+from ..observe.signals import GATEWAY_LABELS, SIGNAL_LABELS, VERSION_EDGE_LABELS, Labels, Signals
+
+MESH_GATEWAY = "mesh-gateway"
 
 ERROR_CRITICAL = 0.05  # edge/service error rate coloured red at or above this fraction
 ERROR_WARNING = 0.01  # ... amber at or above this one
@@ -71,16 +74,70 @@ def services_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> li
     return out
 
 
-def edges_view(signals: Signals | None) -> list[EdgeRow]:
+def _hop_row(hop: GatewayHop) -> GatewayHopRow:
+    return GatewayHopRow(node=hop.node, datacenter=hop.datacenter,
+                         connections_per_second=_round(hop.connections_per_second, 3),
+                         connection_error_rate=_round(hop.connection_error_rate, 4),
+                         bytes_per_second=_round(hop.bytes_per_second, 1))
+
+
+def gateway_view(signals: Signals | None, proxies: Sequence[ProxyStatus]) -> GatewayView:
+    """The mesh gateways of ``proxies`` (every datacenter) with their latest connection figures."""
+    where = {p.node: g.datacenter for p in proxies for g in p.gateways if g.kind == MESH_GATEWAY}
+    if signals is None:
+        return GatewayView(datacenter_of=where)
+
+    def keyed(name: str) -> dict[tuple[str, ...], float]:
+        return {tuple(dict(k).get(n, "") for n in GATEWAY_LABELS): v for k, v in signals.get(name).items()}
+
+    return GatewayView.from_rates(keyed("gateway_connection_rate"), keyed("gateway_connection_error_rate"), where,
+                                  keyed("gateway_bytes_rate"))
+
+
+def version_edges_view(signals: Signals | None, gateways: GatewayView | None = None) -> list[VersionEdgeRow]:
+    """One row per version edge of the latest interval (idle ones included, with rps 0)."""
     if signals is None:
         return []
+    view = gateways or GatewayView()
+    err, p99 = signals.get("version_edge_error_rate"), signals.get("version_edge_p99_ms")
+    out = []
+    for key, rps in sorted(signals.get("version_edge_request_rate").items()):
+        d = {n: dict(key).get(n, "") for n in VERSION_EDGE_LABELS}
+        hops = view.hops(d["destination"], d["destination_datacenter"], d["gateway"]) if d["gateway"] else ()
+        out.append(VersionEdgeRow(**d, rps=round(rps, 3), error_rate=_round(err.get(key), 4),
+                                  p99_ms=_round(p99.get(key), 2), health=health(rps, err.get(key)),
+                                  gateways=tuple(_hop_row(h) for h in hops)))
+    return out
+
+
+def _joined(values: Iterable[str]) -> str:
+    return ",".join(sorted({d for v in values for d in v.split(",") if d}))
+
+
+def edges_view(signals: Signals | None, versions: Sequence[VersionEdgeRow] = ()) -> list[EdgeRow]:
+    """One row per service edge; its datacenters and gateways from the version edges (``versions``) of the
+    same interval: those that carried requests, or every one while the edge is idle."""
+    if signals is None:
+        return []
+    parts: dict[tuple[str, str], list[VersionEdgeRow]] = {}
+    for v in versions:
+        parts.setdefault((v.source, v.destination), []).append(v)
     err, p99 = signals.get("edge_error_rate"), signals.get("edge_p99_ms")
     out = []
     for key, rps in sorted(signals.get("edge_request_rate").items()):
         d = dict(key)
+        mine = parts.get((d["source"], d["destination"]), [])
+        busy = [v for v in mine if v.rps > 0] or mine
+        hops: dict[str, GatewayHopRow] = {}
+        for v in busy:
+            for hop in v.gateways:
+                hops.setdefault(hop.node, hop)
         out.append(EdgeRow(source=d["source"], destination=d["destination"], rps=round(rps, 3),
                            error_rate=_round(err.get(key), 4), p99_ms=_round(p99.get(key), 2),
-                           health=health(rps, err.get(key))))
+                           health=health(rps, err.get(key)),
+                           source_datacenter=_joined(v.source_datacenter for v in busy),
+                           destination_datacenter=_joined(v.destination_datacenter for v in busy),
+                           gateways=tuple(hops.values())))
     return out
 
 
@@ -140,7 +197,8 @@ def build_summary(signals: Signals | None, proxies: Sequence[ProxyStatus], certs
     """Everything ``GET /v1/dashboard/summary`` answers, in one document. ``collector.signals_at`` is
     taken from ``signals``."""
     services = services_view(signals, proxies)
-    edges = edges_view(signals)
+    versions = version_edges_view(signals, gateway_view(signals, proxies))
+    edges = edges_view(signals, versions)
     proxy_rows = proxies_view(proxies, collector.errors, collector)
     cert_rows = certificates_view(certs, now)
     return DashboardSummary(
@@ -148,7 +206,7 @@ def build_summary(signals: Signals | None, proxies: Sequence[ProxyStatus], certs
         collector=dataclasses.replace(collector, signals_at=signals.at if signals else None),
         services=tuple(services), edges=tuple(edges), proxies=tuple(proxy_rows), certificates=tuple(cert_rows),
         ca_root_expires_in_seconds=None if ca_root_expiry is None else round(ca_root_expiry - now),
-        totals=totals_view(services, edges, proxy_rows, cert_rows),
+        totals=totals_view(services, edges, proxy_rows, cert_rows), version_edges=tuple(versions),
     )
 
 
@@ -167,5 +225,5 @@ def series_view(name: str, points: Sequence[tuple[float, Mapping[Labels, float]]
                           series=tuple(Series(labels=dict(k), points=tuple(pts)) for k, pts in sorted(series.items())))
 
 
-__all__ = ["build_summary", "certificates_view", "edges_view", "health", "proxies_view", "series_view",
-           "services_view", "totals_view"]
+__all__ = ["build_summary", "certificates_view", "edges_view", "gateway_view", "health", "proxies_view", "series_view",
+           "services_view", "totals_view", "version_edges_view"]

@@ -134,6 +134,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("agent.controlPlaneFromConsul", Str(r"[A-Za-z0-9][A-Za-z0-9_\-]*", "a Consul service name"),
         "Agents also find the control plane replicas in Consul: the passing instances of this service.",
         _agent("control_plane_from_consul")),
+    Key("agent.metricsBind", Str(_HOST_PORT + "|off", "HOST:PORT, or off"),
+        "Where agents serve their merged Prometheus endpoint (default: loopback port 15090, which only the VM "
+        "itself reaches); 0.0.0.0:15090 lets the control plane and Prometheus scrape it.", _agent("metrics_bind")),
     Key("agent.logLevel", Enum(*_LOG_LEVELS), "Agent log level.", _agent("log_level")),
     Key("agent.envoyLogLevel", Enum(*_ENVOY_LOG_LEVELS), "Envoy log level.", _agent("envoy_log_level")),
     Key("agent.refreshInterval", Duration(), "How often agents poll the control plane.", _agent("refresh_interval")),

@@ -17,7 +17,8 @@ How the numbers are made (see :mod:`meshcore.observe.signals` for units):
   merged before the quantile) as its callers saw them; a service no mesh caller is configured for
   falls back to its own inbound listeners (server side);
 * ``circuit_breaker_overflow`` and ``retry_exhausted`` are keyed by the called service (the cluster's
-  destination), ``policy_denied`` by the service whose inbound RBAC filters denied;
+  destination), ``policy_denied`` by the service whose inbound RBAC filters denied, ``policy_denied_by_caller``
+  from the agents' per-caller counts (``meshcore_policy_denied_total``);
 * ``proxy_out_of_sync`` comes from the control plane's own view (ACK state, last build error), and
   certificate expiry from the CA (:func:`ca_signals`, passed in as ``extra``);
 * ``metrics_unreachable`` is 1 for every proxy no source answered this round (its rates are stale, then
@@ -56,6 +57,8 @@ from ..errors import ConfigError, MeshError
 from ..resources.store import store_health
 from ._proxy_stats import INBOUND_PREFIX, ProxyStats, counter_delta, parse_proxy_stats
 from .graph import _cluster_edge, _mangle, _proxy_edges, _Series, quantile_from_buckets
+from ._versions import (Directory, EdgeKey, GatewayKey, VersionSeries, Workload, gateway_labels, gateway_routes, version_edge_labels,
+                        version_edges, workload_of)
 from .signals import SIGNAL_LABELS, Labels, Signals, labels
 
 log = logging.getLogger("meshcore.observe.collector")
@@ -95,6 +98,8 @@ class ScrapeTarget:
     #                           yet is not: it gets no proxy_out_of_sync)
     in_sync: bool = False  # ACKed its current configuration and its last build succeeded
     fallback_urls: tuple[str, ...] = ()  # tried in order when ``url`` does not answer: see fallback_urls()
+    workloads: tuple[Workload, ...] = ()  # every catalog instance on the node, gateways included (the graph's
+    #                                       versions and datacenters: see version_edges)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -231,6 +236,13 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
     ``extra`` adds signals computed elsewhere (certificate expiry); ``at`` is the unix time to stamp;
     ``unreachable`` is ``{node: whether its scrape failed}`` for every proxy scraped (``metrics_unreachable``)."""
     service_of_prefix = _services_of(proxies)
+    directory = Directory.of((p.node, p.workloads) for p in proxies)
+    version_of_prefix = {INBOUND_PREFIX + _mangle(w.id): (w.service, w.version, w.datacenter)
+                         for p in proxies for w in p.workloads if not w.kind}
+    inbound_by_version: dict[tuple[str, str, str], _Series] = {}  # (service, version, datacenter) -> received
+    versioned: dict[EdgeKey, VersionSeries] = {}
+    versioned_rate: dict[EdgeKey, float] = defaultdict(float)
+    gateways: dict[GatewayKey, tuple[float, float, float]] = {}  # connections/s, failed/s, bytes/s
     edges: dict[tuple[str, str], _Series] = {}
     edge_rate: dict[tuple[str, str], float] = defaultdict(float)
     inbound: dict[str, _Series] = {}
@@ -238,6 +250,7 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
     overflow: dict[str, float] = {}
     retries: dict[str, float] = {}
     denied: dict[str, float] = {}
+    denied_by: dict[tuple[str, str, str], float] = {}
 
     for node, cur in current.items():
         prev = previous.get(node)
@@ -248,12 +261,20 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
         for edge, delta in _proxy_edges(before.graph, after.graph).items():
             edges.setdefault(edge, _Series()).add(delta)
             edge_rate[edge] += delta.total / seconds
+        for vkey, part in version_edges(node, before, after, directory).items():
+            versioned.setdefault(vkey, VersionSeries()).add(part)
+            versioned_rate[vkey] += part.series.total / seconds
+        for route, (cx, carried) in gateway_routes(node, before, after, directory).items():
+            total, failed, rate = gateways.get(route, (0.0, 0.0, 0.0))
+            gateways[route] = (total + cx.total / seconds, failed + cx.errors / seconds, rate + carried / seconds)
         for prefix, series in after.inbound.items():
             service = service_of_prefix.get(prefix)
             if service is not None:
                 delta = series.minus(before.inbound.get(prefix, _Series()))
                 inbound.setdefault(service, _Series()).add(delta)
                 inbound_rate[service] += delta.total / seconds
+                if prefix in version_of_prefix:
+                    inbound_by_version.setdefault(version_of_prefix[prefix], _Series()).add(delta)
         for counters, earlier, out in ((after.overflow, before.overflow, overflow),
                                        (after.retry_exhausted, before.retry_exhausted, retries)):
             for cluster, value in counters.items():
@@ -264,6 +285,8 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
             service = service_of_prefix.get(prefix)
             if service is not None:
                 denied[service] = denied.get(service, 0.0) + counter_delta(value, before.denied.get(prefix)) / seconds
+        for caller, value in after.denied_by.items():
+            denied_by[caller] = denied_by.get(caller, 0.0) + counter_delta(value, before.denied_by.get(caller)) / seconds
         for prefix in after.inbound:  # a service with an inbound listener and no RBAC filter denies nothing
             if prefix in service_of_prefix:
                 denied.setdefault(service_of_prefix[prefix], 0.0)
@@ -272,6 +295,30 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
     for (src, dst), series in edges.items():
         key = labels(source=src, destination=dst)
         _golden(values, "edge_", key, edge_rate[(src, dst)], series, quantile)
+    callers: dict[tuple[str, str, str], list[EdgeKey]] = defaultdict(list)  # a version's busy incoming edges
+    for vkey, part in versioned.items():
+        if part.series.total > 0:
+            callers[vkey[3:6]].append(vkey)
+    through_gateways = {(svc, dc) for (_, _, svc, dc), (cx, _, carried) in gateways.items() if svc and (cx or carried)}
+    for vkey, part in versioned.items():
+        vlabels = labels(**version_edge_labels(vkey))
+        values["version_edge_request_rate"][vlabels] = versioned_rate[vkey]
+        if part.series.total > 0:
+            values["version_edge_error_rate"][vlabels] = part.series.errors / part.series.total
+            p99 = quantile_from_buckets(quantile, part.series.buckets) if part.exact else None
+            dest = vkey[3:6]
+            if (p99 is None and not vkey[6] and dest[1] and callers[dest] == [vkey] and dest in inbound_by_version
+                    and (dest[0], dest[2]) not in through_gateways):
+                # that version's only caller this interval, directly: its inbound listeners' histogram is this edge's
+                p99 = quantile_from_buckets(quantile, inbound_by_version[dest].buckets)
+            if p99 is not None:
+                values["version_edge_p99_ms"][vlabels] = p99
+    for route, (cx_rate, cx_failed, byte_rate) in gateways.items():
+        glabels = labels(**gateway_labels(route))
+        values["gateway_connection_rate"][glabels] = cx_rate
+        values["gateway_bytes_rate"][glabels] = byte_rate
+        if cx_rate > 0:
+            values["gateway_connection_error_rate"][glabels] = cx_failed / cx_rate
     called = {dst for _, dst in edges}
     for service in sorted(called | set(inbound)):
         if service in called:
@@ -287,6 +334,8 @@ def signals_from_scrapes(previous: Mapping[str, Scrape], current: Mapping[str, S
                               ("policy_denied", denied)):
         for service, rate in per_service.items():
             values[name][labels(service=service)] = rate
+    for (src, dst, policy), rate in denied_by.items():
+        values["policy_denied_by_caller"][labels(source=src, service=dst, policy=policy)] = rate
     for p in proxies:
         if p.heard_from:
             values["proxy_out_of_sync"][labels(node=p.node)] = 0.0 if p.in_sync else 1.0
@@ -597,6 +646,6 @@ class MeshCollector:
         return unsubscribe
 
 
-__all__ = ["ControlPlaneSignals", "DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "Freshness", "MeshCollector", "Scrape",
+__all__ = ["Workload", "workload_of", "ControlPlaneSignals", "DEFAULT_HISTORY_S", "DEFAULT_INTERVAL_S", "Freshness", "MeshCollector", "Scrape",
            "ca_signals", "catalog_address", "default_timeout", "fallback_urls", "fetch_text", "open_url", "ScrapeTarget",
            "scrape_url", "signals_from_scrapes"]

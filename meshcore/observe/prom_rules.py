@@ -18,6 +18,8 @@ retry_exhausted                ``envoy_cluster_upstream_rq_retry_limit_exceeded`
 policy_denied                  ``envoy_http_rbac_<stage>_denied{envoy_rbac_http_prefix="authz"}`` of the
                                inbound listeners ``inbound_<instance>``, joined with the control plane's
                                ``meshcore_service_instance_info{instance_id, service}`` to name the service
+policy_denied_by_caller        ``meshcore_policy_denied_total{source_service, destination_service, policy}`` of
+                               the agents (``source`` and ``service`` are those two labels renamed)
 cert_expiry_seconds            ``meshcore_certificate_expiry_timestamp_seconds - time()``
 cert_life_left_ratio           ``(expiry - time()) / meshcore_certificate_lifetime_seconds``
 ca_root_expiry_seconds         ``meshcore_ca_root_expiry_timestamp_seconds{role="current"} - time()``
@@ -137,6 +139,13 @@ def signal_expr(signal: str, match: Mapping[str, str], window: str = DEFAULT_WIN
         by_instance = f'label_replace({denied}, "instance_id", "$1", "envoy_http_conn_manager_prefix", "inbound_(.+)")'
         info = f"max by (instance_id, service) (meshcore_service_instance_info{_matchers(match)})"
         return f"sum by (service) ({by_instance} * on (instance_id) group_left (service) {info})"
+    if signal == "policy_denied_by_caller":
+        sel = ",".join(f'{key}="{_str(match[name])}"' for name, key in (("source", "source_service"),
+                       ("service", "destination_service"), ("policy", "policy")) if match.get(name))
+        renamed = f'rate(meshcore_policy_denied_total{{{sel}}}[{w}])'
+        for label, raw in (("source", "source_service"), ("service", "destination_service")):
+            renamed = f'label_replace({renamed}, "{label}", "$1", "{raw}", "(.*)")'
+        return f"sum by (source, service, policy) ({renamed})"
     if signal == "cert_expiry_seconds":
         return f"min by (spiffe_id, node) (meshcore_certificate_expiry_timestamp_seconds{_matchers(match)}) - time()"
     if signal == "cert_life_left_ratio":
@@ -228,7 +237,8 @@ def _prom_duration(seconds: float) -> str:
     return format_duration_s(ms // 1000)
 
 
-NO_SERIES: frozenset[str] = frozenset()
+NO_SERIES: frozenset[str] = frozenset({"version_edge_request_rate", "version_edge_error_rate", "version_edge_p99_ms",
+                                      "gateway_connection_rate", "gateway_connection_error_rate", "gateway_bytes_rate"})
 """Signals no exported series carries: their rules are evaluated by meshcore only, never exported."""
 
 

@@ -16,6 +16,21 @@ name                                    labels                 value
 ``edge_request_rate``                   source, destination    requests/s on the edge
 ``edge_error_rate``                     source, destination    fraction (0..1) 5xx on the edge
 ``edge_p99_ms``                         source, destination    99th percentile latency on the edge
+``version_edge_request_rate``           VERSION_EDGE_LABELS    requests/s from one version of a service
+                                                               (in one datacenter) answered by one version
+                                                               of another (in one datacenter), through one
+                                                               mesh gateway (``gateway``: its node; ""
+                                                               when direct). See "Versions and datacenters"
+``version_edge_error_rate``             VERSION_EDGE_LABELS    fraction (0..1) of those answered 5xx/reset
+``version_edge_p99_ms``                 VERSION_EDGE_LABELS    99th percentile latency, where measured
+``gateway_connection_rate``             GATEWAY_LABELS         connections/s a mesh gateway (``gateway``:
+                                                               its node; ``datacenter``: its own) opened
+                                                               towards one route: ``service`` of its own
+                                                               datacenter, or ``destination_datacenter``'s
+                                                               gateways (``service`` "")
+``gateway_connection_error_rate``       GATEWAY_LABELS         fraction (0..1) of those that failed (connect
+                                                               failure, no healthy endpoint)
+``gateway_bytes_rate``                  GATEWAY_LABELS         bytes/s it carried on that route (both ways)
 ``circuit_breaker_overflow``            service                requests/s shed by circuit breakers
                                                                (upstream_rq_pending_overflow + cx_overflow)
                                                                on clusters calling the service
@@ -23,6 +38,10 @@ name                                    labels                 value
                                                                (upstream_rq_retry_limit_exceeded)
 ``policy_denied``                       service                requests/s denied by authorization policy
                                                                at the service's inbound listener
+``policy_denied_by_caller``             source, service,       the same per caller and deciding policy,
+                                        policy                 as the agents count them (from Envoy's
+                                                               access log; ``source`` "unknown" where
+                                                               the agent does not follow it)
 ``cert_expiry_seconds``                 spiffe_id, node        seconds until the SVID's not-after
                                                                (negative once expired, until renewed)
 ``cert_life_left_ratio``                spiffe_id, node        fraction of the certificate's lifetime
@@ -48,6 +67,26 @@ name                                    labels                 value
                                                                generation is held), else 0
 ======================================  =====================  ==========================================
 
+``VERSION_EDGE_LABELS`` are ``source``, ``source_version``, ``source_datacenter``, ``destination``,
+``destination_version``, ``destination_datacenter``, ``gateway``; ``GATEWAY_LABELS`` are ``gateway``,
+``datacenter``, ``service``, ``destination_datacenter``.
+
+Versions and datacenters (``version_edge_*``, ``meshctl graph --by version``): the caller's side is the
+node's instance of the source service (its ``version`` label: the Consul meta a DestinationRule subset selects
+on, and its datacenter). The called side is the instance that answered, from the caller's own Envoy: every
+mesh upstream cluster has per-endpoint stats (``track_cluster_stats.per_endpoint_stats``), requests and
+5xx/resets per endpoint address, and the address names the catalog instance, so its version and datacenter.
+Neither the callee's inbound stats (they do not know the caller) nor subset clusters (they exist only where a
+DestinationRule routes, and a subset may hold several versions) say that for every request. When the address
+is a mesh gateway, the edge went through it (``gateway``): the destination datacenter is the gateway's when it
+is a remote one, else the other datacenter holding instances of the service; the destination version is
+known there only when all of the service's instances in that datacenter share one ("" otherwise). Envoy keeps
+no latency histogram per endpoint: ``version_edge_p99_ms`` is the cluster's p99 when every request the cluster
+carried in the interval went to that one version edge; else, when the edge was the only one into that version
+in the interval (directly, and no gateway of this collector forwarded traffic to the service), the p99 of that
+version's inbound listeners (the callee's side of the same requests); missing otherwise. Requests Envoy answered itself
+(fault aborts, no healthy upstream) reached no endpoint: they count in ``edge_*`` only.
+
 A service or edge without traffic in the interval has ``request_rate`` 0 and no ``error_rate`` /
 ``p99_ms`` entry (there is nothing to divide by), so an alert on them cannot fire on an idle service.
 """
@@ -60,6 +99,10 @@ from typing import Mapping
 Labels = tuple[tuple[str, str], ...]
 """A label set as sorted ``(name, value)`` pairs, hashable; ``labels(service="reviews")``."""
 
+VERSION_EDGE_LABELS = ("source", "source_version", "source_datacenter", "destination", "destination_version",
+                       "destination_datacenter", "gateway")
+GATEWAY_LABELS = ("gateway", "datacenter", "service", "destination_datacenter")
+
 SIGNAL_LABELS: dict[str, tuple[str, ...]] = {
     "request_rate": ("service",),
     "error_rate": ("service",),
@@ -67,9 +110,16 @@ SIGNAL_LABELS: dict[str, tuple[str, ...]] = {
     "edge_request_rate": ("source", "destination"),
     "edge_error_rate": ("source", "destination"),
     "edge_p99_ms": ("source", "destination"),
+    "version_edge_request_rate": VERSION_EDGE_LABELS,
+    "version_edge_error_rate": VERSION_EDGE_LABELS,
+    "version_edge_p99_ms": VERSION_EDGE_LABELS,
+    "gateway_connection_rate": GATEWAY_LABELS,
+    "gateway_connection_error_rate": GATEWAY_LABELS,
+    "gateway_bytes_rate": GATEWAY_LABELS,
     "circuit_breaker_overflow": ("service",),
     "retry_exhausted": ("service",),
     "policy_denied": ("service",),
+    "policy_denied_by_caller": ("source", "service", "policy"),
     "cert_expiry_seconds": ("spiffe_id", "node"),
     "cert_life_left_ratio": ("spiffe_id", "node"),
     "ca_root_expiry_seconds": (),
@@ -102,4 +152,4 @@ class Signals:
         return self.values.get(name, {})
 
 
-__all__ = ["Labels", "SIGNAL_LABELS", "Signals", "labels"]
+__all__ = ["GATEWAY_LABELS", "Labels", "SIGNAL_LABELS", "Signals", "VERSION_EDGE_LABELS", "labels"]

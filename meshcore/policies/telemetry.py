@@ -276,7 +276,7 @@ def tracing_cluster(snapshot: MeshSnapshot) -> cluster_pb2.Cluster | None:
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
     cluster = cluster_pb2.Cluster(
         name=TRACING_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
+        type=cluster_pb2.Cluster.STATIC if c.is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=c.seconds(2.0),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=TRACING_CLUSTER,
@@ -285,16 +285,6 @@ def tracing_cluster(snapshot: MeshSnapshot) -> cluster_pb2.Cluster | None:
     cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
         c.pack(options))
     return cluster
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 # --- the plugin -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -45,7 +45,8 @@ from ..consul_entries import (
     is_compiled,
     load_entry_files,
 )
-from ..errors import ConfigError, MeshError, StoreError
+from ..consul_entries.defaults import EntryDefaults, entry_defaults, with_defaults
+from ..errors import CatalogError, ConfigError, MeshError, StoreError
 from .model import Resource, ResourceKey
 
 log = logging.getLogger("meshcore.resources.consul_entries")
@@ -457,6 +458,122 @@ class ConfigEntryStore:
         self.watcher.close()
 
 
+class ProtocolDefaultsSource:
+    """A catalog source whose instances carry the protocol ``service-defaults`` / ``proxy-defaults`` set
+    (:func:`meshcore.consul_entries.protocols.with_protocols`: an instance's own meta ``protocol`` wins), and
+    whose upstreams carry the mesh gateway modes they set (:mod:`meshcore.consul_entries.gateway_modes`).
+
+    The wrapped source's blocking poll runs in a thread of its own, so a poll also returns as soon as the
+    entries change what any service's protocol is (the last catalog again, under the same index; the engine
+    compares content). Without protocol entries the wrapped source's catalog passes through unchanged.
+    """
+
+    def __init__(self, inner: Any, watcher: EntryWatcher):
+        self.inner = inner
+        self.watcher = watcher
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: builtins.list[threading.Thread] = []
+        self._request: tuple[int | None, float] | None = None  # the poll the poller runs (or will)
+        self._result: tuple[Any, BaseException | None] | None = None  # its outcome, until a poll takes it
+        self._last: Any = None  # the wrapped source's last update
+        self._protocols = entry_defaults(watcher.snapshot()[0])  # what the entries say now (protocols, gateways)
+        self._applied = EntryDefaults()  # what the last catalog handed out was given
+
+    def __getattr__(self, name: str) -> Any:  # health() and the rest of the wrapped source
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _stopped(self) -> bool:
+        stopped = getattr(self.watcher, "stopped", None)
+        return self._stop.is_set() or bool(stopped is not None and stopped.is_set())
+
+    def _start(self) -> None:
+        if not self._threads:
+            for target, name in ((self._poll_loop, "catalog-poll"), (self._entries_loop, "catalog-protocols")):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _poll_loop(self) -> None:
+        while True:
+            with self._cond:
+                while (self._request is None or self._result is not None) and not self._stopped():
+                    self._cond.wait(1.0)
+                if self._stopped():
+                    return
+                assert self._request is not None
+                request = self._request
+            update, error = None, None
+            try:
+                update = self.inner.poll(*request)
+            except Exception as exc:  # noqa: BLE001 - raised from poll() in the engine's thread
+                error = exc
+            with self._cond:
+                self._result = (update, error)
+                self._cond.notify_all()
+
+    def _entries_loop(self) -> None:
+        entries, version = self.watcher.snapshot()
+        while not self._stopped():
+            if not self.watcher.wait(version, 1.0):
+                continue
+            entries, version = self.watcher.snapshot()
+            protocols = entry_defaults(entries)
+            with self._cond:
+                if protocols != self._protocols:
+                    log.info("catalog defaults from config entries changed: %s", protocols.describe())
+                    self._protocols = protocols
+                    self._cond.notify_all()
+
+    def _handed(self, update: Any) -> Any:
+        protocols = self._protocols
+        hint = update.changed_services if protocols == self._applied else None
+        self._applied = protocols
+        return replace(update, catalog=with_defaults(update.catalog, protocols), changed_services=hint)
+
+    def poll(self, index: int | None, wait: float) -> Any:
+        self._start()
+        deadline = time.monotonic() + max(0.0, wait) * 1.1 + 1.0  # the wrapped poll's own deadline comes first
+        with self._cond:
+            if self._request is None or (self._result is not None and self._request[0] != index):
+                self._request, self._result = (index, wait), None
+                self._cond.notify_all()
+            while True:
+                if self._result is not None:
+                    update, error = self._result
+                    self._request = self._result = None
+                    if error is not None:
+                        raise error
+                    self._last = update
+                    return self._handed(update)
+                if self._last is not None and index is not None and self._protocols != self._applied:
+                    return self._handed(self._last)  # the pending poll stays: the next one takes it over
+                left = deadline - time.monotonic()
+                if self._stopped() or (left <= 0 and self._last is not None):
+                    if self._last is None:
+                        raise CatalogError("the catalog source was closed before its first read")
+                    return self._handed(self._last)
+                self._cond.wait(max(0.01, min(left, 1.0)))
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def with_protocol_defaults(source: Any, store: Any) -> Any:
+    """``source`` taking service protocols from the config entries ``store`` reads (``source`` itself when the
+    store reads no entries)."""
+    if not isinstance(store, ConfigEntryStore):
+        return source
+    return ProtocolDefaultsSource(source, store.watcher)
+
+
 def with_config_entries(store: Any, settings: EntrySettings, *, catalog_spec: str, trust_domain: str,
                         catalog: Callable[[], Any]) -> Any:
     """``store`` with Consul config entries laid over it, or ``store`` itself when they are off."""
@@ -470,4 +587,5 @@ def with_config_entries(store: Any, settings: EntrySettings, *, catalog_spec: st
 
 
 __all__ = ["ConfigEntryStore", "ConsulEntryWatcher", "EntrySettings", "EntryWatcher", "FileEntryWatcher",
-           "add_arguments", "entry_settings", "open_watcher", "with_config_entries"]
+           "ProtocolDefaultsSource", "add_arguments", "entry_settings", "open_watcher", "with_config_entries",
+           "with_protocol_defaults"]

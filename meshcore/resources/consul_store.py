@@ -26,7 +26,10 @@ ERROR, reports it in :meth:`ConsulKVStore.health`, refuses writes, and :meth:`Co
 (``meshctl store restore``) writes the held generation back.
 
 Stored documents are parsed back into :class:`Resource` as they are; validating them is the
-job of the resources validation layer, not of the store.
+job of the resources validation layer, not of the store. A value that is no resource document at all
+(unparsable JSON, no kind or name, at another key than its own) is left out of the read on its own and
+reported (:meth:`ConsulKVStore.unreadable`, ``health().unreadable``, the control plane's status); the rest
+is served, and ``meshctl delete`` removes it by its key.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from ..catalog._consul_settings import ConsulSettings
 from ..errors import ConflictError, StoreAuthError, StoreError
 from ._last_applied import Generation, LastApplied
 from .model import Resource, ResourceKey
-from .store import StoreHealth
+from .store import StoreHealth, UnreadableDocuments
 
 log = logging.getLogger("meshcore.resources.consul")
 
@@ -115,6 +118,7 @@ class ConsulKVStore:
         self._suspect_since: float | None = None
         self._suspect_message = ""
         self._seen = (0, 0)  # (generation, resources) in KV at the last read
+        self._unreadable = UnreadableDocuments(log, "document")  # of the last read (see unreadable())
         self._recovered = False
         self._reread = False  # the last watch failed: read at once, not block at an index Consul may be below
 
@@ -186,15 +190,32 @@ class ConsulKVStore:
         return _Snapshot(index=index, docs=docs, flat=flat, generation=generation,
                          generation_modify=generation_modify, journal=journal, orphans=part_ids)
 
+    def _where(self, key: str) -> str:
+        """``Kind/namespace/name (KV key)``, as the control plane names stored documents."""
+        path = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        return f"{path} ({key})" if path.count("/") == 2 else key
+
     def _decode(self, docs: dict[str, str]) -> builtins.list[Resource]:
+        """The documents as resources; one that is no resource document (unparsable, at the wrong key) is left
+        out on its own, logged once and kept in :meth:`unreadable`: it never fails the read."""
         out = []
+        unreadable: dict[str, str] = {}
         for key in sorted(docs):
-            resource = parse_document(key, docs[key])
-            if self.key_for(resource.key) != key:
-                raise StoreError(f"Consul KV key {key!r} holds {resource.key} (expected at "
-                                 f"{self.key_for(resource.key)!r}); move or remove it")
+            try:
+                resource = parse_document(key, docs[key])
+                if self.key_for(resource.key) != key:
+                    raise StoreError(f"Consul KV key {key!r} holds {resource.key} (expected at "
+                                     f"{self.key_for(resource.key)!r}); move or remove it")
+            except StoreError as exc:
+                unreadable[self._where(key)] = str(exc)
+                continue
             out.append(resource)
+        self._unreadable.note(unreadable)
         return sorted(out, key=lambda r: r.key.path)
+
+    def unreadable(self) -> dict[str, str]:
+        """Documents of the last read that are no resource document (where -> why); they are left out."""
+        return self._unreadable.get()
 
     def list(self) -> builtins.list[Resource]:
         return self.watch(None, 0)[0]
@@ -276,7 +297,8 @@ class ConsulKVStore:
                                message=self._suspect_message, generation=generation, resources=count,
                                held_generation=held.generation if held else 0,
                                held_resources=len(held.resources) if held else 0,
-                               suspect_since=self._suspect_since)
+                               suspect_since=self._suspect_since,
+                               unreadable=tuple(sorted(self._unreadable.get().items())))
 
     def restore(self, progress: ProgressFn | None = None) -> StoreHealth:
         """Write the held generation back to Consul KV (replacing what is there); the health afterwards."""

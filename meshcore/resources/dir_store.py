@@ -24,6 +24,11 @@ Layout under ``root``::
   an operator editing a file by hand is noticed too (the watcher bumps the index for it). An idle
   store costs no CPU. Where inotify cannot be used (another OS, no watches left) it polls every
   :data:`POLL_INTERVAL` seconds as before.
+* Reads and hashes touch only what changed: each file's hash and parsed document are kept with its
+  ``stat`` (inode, size, mtime, ctime), and a file is read again only when that moved, so the content hash
+  and a watch's answer cost a ``stat`` per stored file, not a read and parse of each. A file changed within
+  :data:`RACY_NS` of when it was read (a timestamp that cannot tell two writes apart, git's "racy" case)
+  is read again until that has passed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import logging
 import os
 import select
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +54,7 @@ from meshcore._files import TEMP_PREFIX, atomic_write, fsync_dir
 from meshcore.errors import StoreError
 
 from .model import Resource, ResourceKey
-from .store import StoreHealth
+from .store import StoreHealth, UnreadableDocuments
 
 try:
     import inotify_simple
@@ -58,13 +64,30 @@ except ImportError:  # pragma: no cover - non-Linux platforms
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
-CORRUPT_GRACE = 1.0  # seconds watch() waits for a half-written hand edit before raising
+CORRUPT_GRACE = 1.0  # seconds watch() waits for a half-written hand edit before leaving the file out
 INDEX_FILE = ".index"
 JOURNAL_FILE = ".journal"
 LOCK_FILE = ".lock"
 FILE_MODE = 0o644  # resources and the index are configuration, not secrets: readable like before
 _Resources = list[Resource]  # (the class's list() method shadows the builtin in its annotations)
 SETTLE = 0.02  # seconds to let a burst of events (an editor's save, a batch of renames) arrive before reading
+RACY_NS = 100_000_000  # a file's memo is trusted only once it was read this long after its last change
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One stored file as it was last read: its ``stat`` signature, when it was read, the sha256 of its bytes
+    and the resource it holds (or why it holds none)."""
+
+    signature: tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+    read_ns: int  # time.time_ns() just before the read
+    digest: bytes
+    resource: Resource | None
+    error: str  # "" when ``resource`` is set
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @dataclass(frozen=True)
@@ -154,11 +177,32 @@ class _Watcher:
         self.inotify.close()
 
 
+def _subdirs(parent: str) -> builtins.list[str]:
+    """The names of the non-hidden directories in ``parent``, sorted (none when it went away)."""
+    try:
+        entries = sorted(os.scandir(parent), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot list {parent}: {exc}") from exc
+    out = []
+    for entry in entries:
+        try:
+            if not entry.name.startswith(".") and entry.is_dir():
+                out.append(entry.name)
+        except OSError:
+            continue
+    return out
+
+
 class DirectoryStore:
     """A :class:`~meshcore.resources.store.ResourceStore` backed by a local directory (see module doc)."""
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._unreadable = UnreadableDocuments(log, "file")  # of the last read (see unreadable())
+        self._seen: dict[str, _Seen] = {}  # each stored file (path under root) as last read (see the module docstring)
+        self._seen_lock = threading.Lock()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -199,31 +243,88 @@ class DirectoryStore:
         return self.root / key.kind / key.namespace / f"{key.name}.json"
 
     def _resource_files(self) -> builtins.list[Path]:
-        files: builtins.list[Path] = []
-        for kind_dir in sorted(self.root.iterdir()):
-            if kind_dir.name.startswith(".") or not kind_dir.is_dir():
-                continue
-            for ns_dir in sorted(kind_dir.iterdir()):
-                if ns_dir.name.startswith(".") or not ns_dir.is_dir():
+        return [self.root / rel for rel, _st in self._stat_files()]
+
+    def _stat_files(self) -> builtins.list[tuple[str, os.stat_result]]:
+        """Every resource file (``Kind/namespace/name.json`` under the root), sorted, with its ``stat`` (one
+        call each; the listing itself needs none). Plain strings: pathlib costs more than the stat."""
+        files: builtins.list[tuple[str, os.stat_result]] = []
+        root = str(self.root)
+        for kind in _subdirs(root):
+            for ns in _subdirs(os.path.join(root, kind)):
+                prefix = f"{kind}/{ns}/"
+                try:
+                    entries = sorted(os.scandir(os.path.join(root, kind, ns)), key=lambda e: e.name)
+                except FileNotFoundError:  # removed while we looked; the next poll sees the new state
                     continue
-                files.extend(
-                    f for f in sorted(ns_dir.iterdir()) if f.suffix == ".json" and not f.name.startswith(".") and f.is_file()
-                )
+                except OSError as exc:
+                    raise StoreError(f"cannot list {self.root / kind / ns}: {exc}") from exc
+                for entry in entries:
+                    name = entry.name
+                    if not name.endswith(".json") or name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_file():
+                            files.append((prefix + name, entry.stat()))
+                    except FileNotFoundError:
+                        continue
         return files
+
+    def _seen_file(self, rel: str, st: os.stat_result) -> _Seen | None:
+        """The file ``rel`` as it is now: from the memo when its ``stat`` did not move, else read (and parsed)
+        again; None when it went away meanwhile."""
+        signature = _signature(st)
+        with self._seen_lock:
+            seen = self._seen.get(rel)
+        if seen is not None and seen.signature == signature and \
+                seen.read_ns - max(signature[2], signature[3]) > RACY_NS:
+            return seen
+        f = self.root / rel
+        read_ns = time.time_ns()
+        try:
+            with open(f, "rb") as fh:
+                signature = _signature(os.fstat(fh.fileno()))  # what was read is at least this new
+                data = fh.read()
+        except FileNotFoundError:
+            with self._seen_lock:
+                self._seen.pop(rel, None)
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {f}: {exc}") from exc
+        try:
+            resource, error = self._parse(f, data), ""
+        except StoreError as exc:
+            resource, error = None, str(exc)
+        seen = _Seen(signature, read_ns, hashlib.sha256(data).digest(), resource, error)
+        with self._seen_lock:
+            self._seen[rel] = seen
+        return seen
+
+    def _current_files(self) -> builtins.list[tuple[str, _Seen]]:
+        """Every resource file as it is now (see :meth:`_seen_file`); files gone are dropped from the memo."""
+        out = []
+        for rel, st in self._stat_files():
+            seen = self._seen_file(rel, st)
+            if seen is not None:
+                out.append((rel, seen))
+        with self._seen_lock:
+            if len(self._seen) > len(out):
+                present = {rel for rel, _ in out}
+                for gone in [rel for rel in self._seen if rel not in present]:
+                    del self._seen[gone]
+        return out
+
+    @staticmethod
+    def _hash_of(files: builtins.list[tuple[str, _Seen]]) -> str:
+        h = hashlib.sha256()
+        for rel, seen in files:
+            h.update(rel.encode() + b"\0" + seen.digest)
+        return h.hexdigest()
 
     # --- index ---------------------------------------------------------------------------
 
     def _content_hash(self) -> str:
-        h = hashlib.sha256()
-        for f in self._resource_files():
-            try:
-                data = f.read_bytes()
-            except FileNotFoundError:  # removed while we looked; the next poll sees the new state
-                continue
-            except OSError as exc:
-                raise StoreError(f"cannot read {f}: {exc}") from exc
-            h.update(str(f.relative_to(self.root)).encode() + b"\0" + hashlib.sha256(data).digest())
-        return h.hexdigest()
+        return self._hash_of(self._current_files())
 
     def _read_index(self) -> tuple[int, str | None]:
         try:
@@ -264,16 +365,25 @@ class DirectoryStore:
         return self._current_index()
 
     def health(self) -> StoreHealth:
-        """Always ``ok``: the directory is the store's own state (no backend that can lose it behind our back)."""
+        """Always ``ok``: the directory is the store's own state (no backend that can lose it behind our back);
+        files the last read could not use are listed in ``unreadable``."""
         with self._locked(exclusive=False):
             return StoreHealth(backend="dir", location=str(self.root), generation=self._read_index()[0],
-                               resources=len(self._resource_files()))
+                               resources=len(self._resource_files()),
+                               unreadable=tuple(sorted(self.unreadable().items())))
 
     # --- reads ---------------------------------------------------------------------------
 
     def _read_resource(self, f: Path) -> Resource:
         try:
-            doc: Any = json.loads(f.read_text(encoding="utf-8"))
+            data = f.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"resource file {f} is corrupt ({type(exc).__name__}: {exc}); fix or delete it") from exc
+        return self._parse(f, data)
+
+    def _parse(self, f: Path, data: bytes) -> Resource:
+        try:
+            doc: Any = json.loads(data.decode("utf-8"))
             meta = doc["metadata"]
             res = Resource(
                 api_version=doc["apiVersion"],
@@ -291,18 +401,37 @@ class DirectoryStore:
             raise StoreError(f"resource file {f} holds {res.key}, which belongs in {expected}; move or delete it")
         return res
 
-    def _list_unlocked(self) -> builtins.list[Resource]:
+    def _where(self, f: Path) -> str:
+        """``Kind/namespace/name (path)`` of a resource file, as the control plane names stored documents."""
+        rel = f.relative_to(self.root)
+        return f"{rel.parts[0]}/{rel.parts[1]}/{f.stem} ({f})" if len(rel.parts) == 3 else str(f)
+
+    def _read_all(self, files: builtins.list[tuple[str, _Seen]] | None = None
+                  ) -> tuple[builtins.list[Resource], dict[str, str]]:
+        """Every readable resource, sorted, and the unreadable files (where -> why), each left out on its own.
+        Only files whose ``stat`` moved since they were last read are read and parsed again (``files``: the
+        listing, when at hand)."""
         out = []
-        for f in self._resource_files():
-            try:
-                out.append(self._read_resource(f))
-            except StoreError:
-                if f.exists():
-                    raise
-        return sorted(out, key=lambda r: (r.kind, r.namespace, r.name))
+        unreadable: dict[str, str] = {}
+        for rel, seen in self._current_files() if files is None else files:
+            if seen.resource is not None:
+                out.append(seen.resource)
+            else:
+                unreadable[self._where(self.root / rel)] = seen.error
+        return sorted(out, key=lambda r: (r.kind, r.namespace, r.name)), unreadable
+
+    def _list_unlocked(self) -> builtins.list[Resource]:
+        resources, unreadable = self._read_all()
+        self._unreadable.note(unreadable)
+        return resources
+
+    def unreadable(self) -> dict[str, str]:
+        """Files of the last read that hold no usable resource document (where -> why); they are left out."""
+        return self._unreadable.get()
 
     def list(self) -> builtins.list[Resource]:
-        """Every stored resource, sorted by (kind, namespace, name). A corrupt file raises StoreError naming it."""
+        """Every readable resource, sorted by (kind, namespace, name). A file that is not a resource document
+        (unparsable, or at the wrong path) is left out, logged once and kept in :meth:`unreadable`."""
         with self._locked(exclusive=False):
             return self._list_unlocked()
 
@@ -544,14 +673,16 @@ class DirectoryStore:
             if index is None or current != index or time.monotonic() >= deadline:
                 with self._locked(exclusive=False):
                     now_index, recorded = self._read_index()
-                    if recorded == self._content_hash():
-                        try:
-                            return self._list_unlocked(), now_index
-                        except StoreError:
-                            # a hand edit in progress (editors truncate, then write): give it a moment
-                            corrupt_since = corrupt_since or time.monotonic()
-                            if time.monotonic() - corrupt_since > CORRUPT_GRACE:
-                                raise
+                    files = self._current_files()  # one listing for the check and the answer
+                    if recorded == self._hash_of(files):
+                        resources, unreadable = self._read_all(files)
+                        # a hand edit in progress (editors truncate, then write): give a new one a moment
+                        known = self.unreadable()
+                        fresh = any(known.get(where) != why for where, why in unreadable.items())
+                        corrupt_since = (corrupt_since or time.monotonic()) if fresh else None
+                        if corrupt_since is None or time.monotonic() - corrupt_since > CORRUPT_GRACE:
+                            self._unreadable.note(unreadable)
+                            return resources, now_index
                 time.sleep(POLL_INTERVAL)
                 continue  # files changed between the check and the read: record them, then read again
             left = deadline - time.monotonic()

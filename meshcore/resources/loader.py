@@ -322,8 +322,11 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     """
     from ..policies.destination_rule import schema as destination_rule
     from ..policies.virtual_service import schema as virtual_service
+    from ..policies.service_entry import schema as service_entry
+    from ..policies.sidecar import schema as sidecar
 
-    return destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
+    return (destination_rule.validate_set(resources) + virtual_service.validate_set(resources)
+            + service_entry.validate_set(resources) + sidecar.validate_set(resources))
 
 
 __all__ = ["DRY_RUN_ANNOTATIONS", "INERT_METADATA", "ISTIO_ROOT_NAMESPACE", "KNOWN_ANNOTATIONS", "validate_set", "load_documents", "load_files", "validate_document", "expand_paths", "RESOURCE_SUFFIXES"]

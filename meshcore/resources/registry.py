@@ -16,7 +16,11 @@ from ..policies.destination_rule import schema as destination_rule
 from ..policies.peer_authentication import schema as peer_authentication
 from ..policies.authorization_policy import schema as authorization_policy
 from ..policies.rate_limit import schema as rate_limit
+from ..policies.request_authentication import schema as request_authentication
+from ..policies.gateway import schema as gateway
 from ..policies.virtual_service import schema as virtual_service
+from ..policies.service_entry import schema as service_entry
+from ..policies.sidecar import schema as sidecar
 from .kinds import alert_rule
 
 _ORDER: tuple[KindSpec, ...] = (
@@ -24,7 +28,11 @@ _ORDER: tuple[KindSpec, ...] = (
     authorization_policy.KIND,
     destination_rule.KIND,
     virtual_service.KIND,
+    service_entry.KIND,
+    sidecar.KIND,
     rate_limit.KIND,
+    request_authentication.KIND,
+    gateway.KIND,
     alert_rule.KIND,
 )
 

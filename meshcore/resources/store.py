@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
@@ -19,7 +21,9 @@ class ResourceStore(Protocol):
     at any point. ``watch(index, wait)`` blocks until the contents change past ``index`` (or
     ``wait`` passes) and returns the full list with the new index; ``index=None`` returns at once.
 
-    A store may also offer ``health() -> StoreHealth`` (see :func:`store_health`).
+    A store may also offer ``health() -> StoreHealth`` (see :func:`store_health`) and ``unreadable() ->
+    dict[str, str]``: the documents its last read left out because they are no resource document at all
+    (where -> why; one bad document never fails a read).
     """
 
     def list(self) -> list[Resource]: ...
@@ -52,6 +56,9 @@ class StoreHealth:
     held_generation: int = 0  # the generation of the control plane's own (sealed) copy; 0: none kept
     held_resources: int = 0
     suspect_since: float | None = None  # epoch seconds
+    # stored documents the last read could not use (unparsable, or at the wrong key), left out of the mesh:
+    # (where: "Kind/namespace/name (file or KV key)", why)
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -60,7 +67,8 @@ class StoreHealth:
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "location": self.location, "state": self.state, "message": self.message,
                 "generation": self.generation, "resources": self.resources, "held_generation": self.held_generation,
-                "held_resources": self.held_resources, "suspect_since": self.suspect_since}
+                "held_resources": self.held_resources, "suspect_since": self.suspect_since,
+                "unreadable": [{"key": where, "error": why} for where, why in self.unreadable]}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "StoreHealth":
@@ -70,7 +78,33 @@ class StoreHealth:
                    generation=int(raw.get("generation") or 0), resources=int(raw.get("resources") or 0),
                    held_generation=int(raw.get("held_generation") or 0),
                    held_resources=int(raw.get("held_resources") or 0),
-                   suspect_since=float(raw["suspect_since"]) if raw.get("suspect_since") is not None else None)
+                   suspect_since=float(raw["suspect_since"]) if raw.get("suspect_since") is not None else None,
+                   unreadable=tuple((str(u.get("key", "")), str(u.get("error", "")))
+                                    for u in raw.get("unreadable") or () if isinstance(u, dict)))
+
+
+class UnreadableDocuments:
+    """What a store's last read could not use at all (where -> why): logged once at ERROR as each appears,
+    at INFO as it clears; thread-safe. ``what`` names the thing in the log ("file", "document")."""
+
+    def __init__(self, logger: logging.Logger, what: str):
+        self._log, self._what = logger, what
+        self._found: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def note(self, found: dict[str, str]) -> None:
+        with self._lock:
+            for where, why in sorted(found.items()):
+                if self._found.get(where) != why:
+                    self._log.error("unreadable resource %s left out of the mesh: %s: %s (`meshctl delete KIND NAME "
+                                    "-n NAMESPACE` removes it)", self._what, where, why)
+            for where in sorted(self._found.keys() - found.keys()):
+                self._log.info("resource %s readable again or removed: %s", self._what, where)
+            self._found = dict(found)
+
+    def get(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._found)
 
 
 def store_health(store: object) -> StoreHealth:
@@ -83,4 +117,4 @@ def store_health(store: object) -> StoreHealth:
     return StoreHealth(backend=type(store).__name__, location="")
 
 
-__all__ = ["ResourceStore", "StoreHealth", "StoreState", "store_health"]
+__all__ = ["ResourceStore", "StoreHealth", "StoreState", "UnreadableDocuments", "store_health"]

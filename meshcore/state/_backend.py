@@ -57,8 +57,12 @@ class StateBackend(Protocol):
         """Write ``value``; with ``cas``, only when the key's index is still ``cas`` (0: absent). False: lost."""
         ...
 
-    def put_all(self, puts: Sequence[Put]) -> bool:
-        """Several writes that all happen or none (False: a ``cas`` did not hold, nothing was written)."""
+    def put_all(self, puts: Sequence[Put], *, guard: Sequence[dict] = ()) -> bool:
+        """Several writes that all happen or none (False: a ``cas`` did not hold, nothing was written).
+
+        ``guard``: Consul transaction operations put first in the same ``/v1/txn``, e.g. the leader lock's
+        ``check-session`` from ``Leadership.fence()``; when one fails nothing is written and StoreError says
+        so. The state directory has one writer (one replica, always the leader) and ignores it."""
         ...
 
     def delete(self, key: str, *, cas: int | None = None) -> bool:

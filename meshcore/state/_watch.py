@@ -41,8 +41,11 @@ class PrefixWatcher:
         self.index = self._last = index
         self._on_change(entries)
 
-    def start(self) -> PrefixWatcher:
-        self.poll()
+    def start(self, *, first_read: bool = True) -> PrefixWatcher:
+        """Read once now (``first_read``: a failure raises), then follow in a thread; without ``first_read``
+        the thread makes the first read too (a backend unreachable at start is retried, not raised)."""
+        if first_read:
+            self.poll()
         self._thread = threading.Thread(target=self._run, name=f"state-watch-{self.name}", daemon=True)
         self._thread.start()
         return self

@@ -70,13 +70,13 @@ class ConsulStateBackend:
         with self._errors(f"writing {full!r}"):
             return bool(self._client.kv.put(full, bytes(value), cas=cas))
 
-    def put_all(self, puts: Sequence[Put]) -> bool:
+    def put_all(self, puts: Sequence[Put], *, guard: Sequence[dict] = ()) -> bool:
         if not puts:
             return True
-        if len(puts) > MAX_TXN_OPS:
+        if len(puts) + len(guard) > MAX_TXN_OPS:
             raise StoreError(f"{len(puts)} writes exceed the {MAX_TXN_OPS} one Consul transaction takes; "
                              "nothing was written (the caller batches)")
-        ops = []
+        ops: list[dict[str, Any]] = [dict(g) for g in guard]  # e.g. the leader key's check-session: first
         for p in puts:
             op: dict[str, Any] = {"Key": self.prefix + check_key(p.key), "Value": base64.b64encode(bytes(p.value)).decode("ascii")}
             op.update({"Verb": "set"} if p.cas is None else {"Verb": "cas", "Index": p.cas})

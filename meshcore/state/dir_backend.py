@@ -80,9 +80,10 @@ class DirBackend:
     def put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
         return self.put_all([Put(key, value, cas)])
 
-    def put_all(self, puts: Sequence[Put]) -> bool:
+    def put_all(self, puts: Sequence[Put], *, guard: Sequence[dict] = ()) -> bool:
         """Under the lock every ``cas`` is checked first, then the files are replaced one by one (each
-        atomically; a crash midway leaves some replaced: the stores write one key per change)."""
+        atomically; a crash midway leaves some replaced: the stores write one key per change). ``guard`` is
+        for Consul's leader lock: a state directory has a single replica, always the leader."""
         with self._locked():
             if not all(self._holds(p.key, p.cas) for p in puts):
                 return False

@@ -3,7 +3,7 @@
 What is copied, each to its key of the layout in ``docs/ha.md``: the CA (root, intermediate, a prepared
 next CA and the rotation phase, sealed with the KEK as they are), the issued-certificate record (newest per
 identity), the revocations, the join tokens (hashed and sealed, used ones stay used), the operator tokens and
-certificate roles, the imported trust bundles and the local bundle sequence.
+certificate roles, the imported trust bundles and the local bundle sequence, the canary runs.
 
 Idempotent: every write is a compare-and-set on an absent key, or a merge that adds only what is missing, so a
 second run writes nothing and says so. A key that holds something else (another CA) is a *conflict*: reported,
@@ -196,6 +196,36 @@ class _Run:
                         json.dumps(data, indent=1, sort_keys=True).encode(), same,
                         f"{len(data.get('domains', {}))} domain(s)" if name == BUNDLES_FILE else "")
 
+    def canaries(self) -> None:
+        """The canary runs (``<state-dir>/canaries/<service>.json`` -> ``canaries/<service>.json``): one step for
+        the lot; a run recorded differently in KV already is a conflict (the replicas' record wins)."""
+        from ..controlplane.canary import STATE_PREFIX
+
+        directory = self.state_dir / STATE_PREFIX.rstrip("/")
+        files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        if not files:
+            self.add("canary runs", STATE_PREFIX + "*", MISSING, f"none in {directory}")
+            return
+        present = {e.key: e.value for e in self.backend.list(STATE_PREFIX)}
+        todo, kept, differ = [], 0, []
+        for f in files:
+            key, value = STATE_PREFIX + f.name, f.read_bytes()
+            if key not in present:
+                todo.append(Put(key, value, cas=0))
+            elif json.loads(present[key]) == json.loads(value):
+                kept += 1
+            else:
+                differ.append(f.stem)
+        if todo and not self.dry_run and not self.backend.put_all(todo):
+            raise CAError(f"canary runs: a run appeared in {self.backend.location} during the migration; run it "
+                          "again (what is there stays)")
+        if differ:
+            self.add("canary runs", STATE_PREFIX + "*", CONFLICT,
+                     f"{', '.join(differ)} recorded differently in KV; left as they are ({len(todo)} written)")
+            return
+        self.add("canary runs", STATE_PREFIX + "*", WRITE if todo else UNCHANGED,
+                 f"{len(todo)} to write, {kept} already there" if todo else f"all {kept} already there")
+
 
 def migrate(state_dir: Path | str, backend: StateBackend, kek: bytes, *, dry_run: bool = False) -> Plan:
     """Copy ``state_dir`` into ``backend`` (see the module docstring); the steps taken (or planned)."""
@@ -216,6 +246,7 @@ def migrate(state_dir: Path | str, backend: StateBackend, kek: bytes, *, dry_run
     run.sealed_list("operator certificate roles", CERTS_FILE, SHARED_CERTS_KEY, CERTS_PURPOSE,
                     lambda e: (e["name"], e["serial"]))
     run.federation()
+    run.canaries()
     plan = Plan(steps=tuple(run.steps), dry_run=dry_run, source=f"state directory {state_dir}",
                 target=backend.location)
     log.info("state migration source=%s target=%s dry_run=%s written=%d conflicts=%d", state_dir,

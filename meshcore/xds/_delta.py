@@ -15,20 +15,25 @@ Flow control, ACK/NACK, the NACK resend backoff and the books are shared with st
 (:mod:`._stream`): one response per type in flight, a NACK rolls back what we believe the proxy
 holds (it keeps its last good config) and the same resources are offered again after the backoff.
 
-Cluster warming, the delta way: after the proxy ACKs *updated* clusters, their (possibly unchanged)
-ClusterLoadAssignments are sent again, and a subscription to a name the proxy already holds is
-answered again, because an updated EDS cluster warms until it receives its endpoints.
+Cluster warming, the delta way: an updated EDS cluster warms in Envoy until it receives its
+endpoints, and on a delta stream Envoy neither subscribes to them again (the name is already
+subscribed) nor ACKs the clusters before they have warmed. So the (possibly unchanged)
+ClusterLoadAssignment of every EDS cluster a CDS response carries, whose name the proxy already
+subscribes to, is sent again right behind that CDS response, never after its ACK (which would wait
+for Envoy's initial fetch timeout, 15 s). A subscription to a name the proxy already holds is
+answered again too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse as Response
 
-from meshcore.xds._stream import Protocol, TypeState, log
+from meshcore.xds._stream import Protocol, Resend, TypeState, log
 from meshcore.xds._typeurls import CLUSTER, ENDPOINT, SERVED_TYPES, WILDCARD_TYPES
 from meshcore.xds.cache import Prepared, ProxySnapshot
 
@@ -45,10 +50,19 @@ class _DeltaState(TypeState):
     inflight: dict[str, str | None] = field(default_factory=dict)
     #: A type version the proxy NACKed: not offered again until the backoff ends or the snapshot changes.
     blocked: str | None = None
+    #: Names to send again whatever the proxy holds (EDS: the endpoints of clusters it is warming).
+    resend: set[str] = field(default_factory=set)
+    #: The ``resend`` names the response in flight carries (owed again if it is NACKed).
+    inflight_resend: set[str] = field(default_factory=set)
 
 
 class DeltaProtocol(Protocol[_DeltaState]):
     """Decides what one delta stream sends; returns responses, never writes them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: EDS names of clusters sent before EDS was subscribed on this stream (owed to its first request).
+        self._warming: set[str] = set()
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[Response]:
         node_id = self.stream.node_id
@@ -63,7 +77,9 @@ class DeltaProtocol(Protocol[_DeltaState]):
         if first:
             state.known.update(initial)
             state.wildcard = type_url in WILDCARD_TYPES and not request.resource_names_subscribe
-        warming: list[str] = []
+        if first and type_url == ENDPOINT:
+            state.resend |= self._warming  # clusters sent before this type was subscribed on this stream
+            self._warming = set()
         reply = state.reply(request.response_nonce)
         if reply == "reply":
             if request.HasField("error_detail"):
@@ -72,13 +88,14 @@ class DeltaProtocol(Protocol[_DeltaState]):
                     if held == _UNKNOWN:
                         state.known.pop(name, None)
                 state.inflight = {}
+                state.resend |= state.inflight_resend
+                state.inflight_resend = set()
                 state.blocked = state.sent_version
                 self.books.nacked(self.stream, type_url, state, state.acked_version or "",
                                   request.error_detail.message)
             else:
-                if type_url == CLUSTER:
-                    warming = [n for n, held in state.inflight.items() if held not in (_UNKNOWN, None)]
                 state.inflight = {}
+                state.inflight_resend = set()
                 self.books.acked(self.stream, type_url, state, state.sent_version or "")
         elif reply == "stale":
             log.debug("stale nonce node=%s type_url=%s nonce=%s", node_id, type_url, request.response_nonce)
@@ -100,11 +117,23 @@ class DeltaProtocol(Protocol[_DeltaState]):
                 state.known.pop(name, None)
         if first or request.resource_names_subscribe or request.resource_names_unsubscribe:
             self.books.subscribed(self.stream, type_url, state)
-        snapshot = self._snapshot()
-        responses = [self._respond(type_url, snapshot)]
-        if warming and snapshot is not None:
-            responses.append(self._warm(warming, snapshot))
-        return [r for r in responses if r is not None]
+        response = self._respond(type_url, self._snapshot())
+        return self._with_endpoints([response] if response is not None else [])
+
+    def on_change(self) -> list[Response]:
+        return self._with_endpoints(super().on_change())
+
+    def on_resend(self, event: Resend) -> list[Response]:
+        return self._with_endpoints(super().on_resend(event))
+
+    def _with_endpoints(self, responses: list[Response]) -> list[Response]:
+        """``responses``, and behind them the endpoints that the clusters among them wait for."""
+        endpoints = self.types.get(ENDPOINT)
+        if endpoints is not None and endpoints.resend and endpoints.nonce is None:
+            response = self._respond(ENDPOINT, self._snapshot())
+            if response is not None:
+                responses.append(response)
+        return responses
 
     def _unblock(self, state: _DeltaState, version: str) -> bool:
         if state.blocked != version:
@@ -112,21 +141,14 @@ class DeltaProtocol(Protocol[_DeltaState]):
         state.blocked = None
         return True
 
-    def _warm(self, clusters: list[str], snapshot: ProxySnapshot) -> Response | None:
-        """The updated ``clusters`` warm until they get endpoints: send theirs again."""
+    def _warms(self, sent: list[Prepared]) -> None:
+        """The EDS clusters among ``sent`` (a CDS response) warm until they get their endpoints: owe them."""
         endpoints = self.types.get(ENDPOINT)
+        names = {name for name in map(_eds_name, sent) if name is not None}
         if endpoints is None:
-            return None
-        entries = snapshot.entries(CLUSTER)
-        for name in clusters:
-            entry = entries.get(name)
-            if entry is None:
-                continue
-            cluster = entry.message
-            assert isinstance(cluster, cluster_pb2.Cluster)
-            if cluster.type == cluster_pb2.Cluster.EDS:
-                endpoints.known.pop(cluster.eds_cluster_config.service_name or cluster.name, None)
-        return self._respond(ENDPOINT, snapshot)
+            self._warming |= names  # EDS is not subscribed yet on this stream: owed once it is
+            return
+        endpoints.resend |= {n for n in names if n in endpoints.names or endpoints.wildcard}
 
     def _respond(self, type_url: str, snapshot: ProxySnapshot | None) -> Response | None:
         """The response this type needs now, or None (in flight, nothing differs, nothing asked, no snapshot)."""
@@ -141,13 +163,14 @@ class DeltaProtocol(Protocol[_DeltaState]):
         wanted = set(state.names)
         if state.wildcard:
             wanted.update(entries)
+        resend, state.resend = state.resend, set()
         send: list[Prepared] = []
         removed: list[str] = []
         for name in sorted(wanted):
             entry = entries.get(name)
             held = state.known.get(name, _UNKNOWN)
             if entry is not None:
-                if held != entry.version:
+                if held != entry.version or name in resend:
                     send.append(entry)
             elif held is not None:  # the proxy holds it, or was never told it does not exist
                 removed.append(name)
@@ -158,6 +181,7 @@ class DeltaProtocol(Protocol[_DeltaState]):
                 self.books.acked(self.stream, type_url, state, version, counted=False)
             return None
         state.inflight = {name: state.known.get(name, _UNKNOWN) for name in [e.name for e in send] + removed}
+        state.inflight_resend = {e.name for e in send if e.name in resend}
         for entry in send:
             state.known[entry.name] = entry.version
         for name in removed:
@@ -174,4 +198,17 @@ class DeltaProtocol(Protocol[_DeltaState]):
             removed_resources=removed,
         )
         self.books.sent(self.stream, type_url, state, version, nonce, len(send))
+        if type_url == CLUSTER:
+            self._warms(send)
         return response
+
+
+def _eds_name(entry: Prepared) -> str | None:
+    """The EDS resource name of a cluster entry (None: not an EDS cluster); read once per entry."""
+    def read() -> str | None:
+        cluster = entry.message
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        if cluster.type != cluster_pb2.Cluster.EDS:
+            return None
+        return cluster.eds_cluster_config.service_name or cluster.name
+    return entry.derived("eds_name", read)

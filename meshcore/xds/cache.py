@@ -39,7 +39,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:_VERSION_CHARS]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """One resource serialized once: its name, deterministic bytes and their hash.
 
@@ -53,6 +53,10 @@ class Prepared:
     :attr:`message` parses a fresh copy on each use, :attr:`any` packs the bytes on each use.
     :meth:`derived` memoizes a value computed from the content once per entry (validation's
     cross-references), so an entry reused by many snapshots is analysed once.
+
+    A control plane holds one entry per resource of every connected proxy (~90 each), so an entry is one
+    object for the cyclic garbage collector: slots (no ``__dict__``), and the memo a tuple of pairs, which
+    the collector stops tracking when its values are strings and tuples (as validation's are).
     """
 
     name: str
@@ -60,10 +64,13 @@ class Prepared:
     version: str
     type_url: str
     cls: type[Message] = field(repr=False, compare=False)
+    _derived: tuple[tuple[str, _AnyT], ...] = field(default=(), init=False, repr=False, compare=False)
 
     @classmethod
-    def of(cls, message: Message) -> "Prepared":
-        body = message.SerializeToString(deterministic=True)
+    def of(cls, message: Message, body: bytes | None = None) -> "Prepared":
+        """``message`` serialized and hashed (``body``: its deterministic bytes, when already at hand)."""
+        if body is None:
+            body = message.SerializeToString(deterministic=True)
         return cls(
             name=resource_name(message),
             body=body,
@@ -86,13 +93,13 @@ class Prepared:
 
     def derived(self, key: str, compute: Callable[[], _AnyT]) -> _AnyT:
         """``compute()``, once per entry and ``key`` (it must depend only on this resource's content)."""
-        memo = self.__dict__.get("_derived")
-        if memo is None:
-            memo = {}
-            object.__setattr__(self, "_derived", memo)
-        if key not in memo:
-            memo[key] = compute()
-        return memo[key]
+        for known, value in self._derived:
+            if known == key:
+                return value
+        value = compute()
+        # (two threads computing at once both add theirs: harmless, the first found is used)
+        object.__setattr__(self, "_derived", (*self._derived, (key, value)))
+        return value
 
 
 class _Parsed(Mapping[str, tuple[Message, ...]]):
@@ -170,6 +177,34 @@ class ProxySnapshot:
             version=overall,
             _entries=MappingProxyType(entries),
         )
+
+    def replaced(self, entries: Iterable[Prepared]) -> "ProxySnapshot":
+        """This snapshot with each of ``entries`` in place of the entry of the same type and name: only the
+        types that hold a different object are re-versioned, the others are this snapshot's own mappings
+        (what an endpoint-only change re-assembles: a few ClusterLoadAssignments of ~90 resources).
+        Raises :class:`KeyError` for an entry whose name the snapshot does not hold (a full build is needed)."""
+        changed: dict[str, dict[str, Prepared]] = {}
+        for entry in entries:
+            current = self._entries.get(entry.type_url)
+            held = current.get(entry.name) if current is not None else None
+            if held is None:
+                raise KeyError(f"{entry.type_url} {entry.name!r}")
+            if held is entry:
+                continue
+            if not issubclass(entry.cls, MESSAGE_CLASS[entry.type_url]):
+                raise XdsError(f"snapshot resource of type {entry.cls.__name__} listed under {entry.type_url}")
+            into = changed.get(entry.type_url)
+            if into is None:
+                into = changed[entry.type_url] = dict(self._entries[entry.type_url])  # (name order kept)
+            into[entry.name] = entry
+        if not changed:
+            return self
+        versions, by_type = dict(self.versions), dict(self._entries)
+        for type_url, into in changed.items():
+            versions[type_url] = _type_version(into.values())
+            by_type[type_url] = MappingProxyType(into)
+        overall = _digest("".join(f"{t}={versions[t]}\n" for t in sorted(versions)).encode())
+        return ProxySnapshot(versions=MappingProxyType(versions), version=overall, _entries=MappingProxyType(by_type))
 
     def names(self, type_url: str) -> tuple[str, ...]:
         """Resource names of one type, sorted."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, EncodeError, Message
@@ -48,11 +49,20 @@ class _Refs:
     endpoints: list[tuple[str, str]] = field(default_factory=list)
     secrets: list[tuple[str, str]] = field(default_factory=list)
 
-    def extend(self, other: "_Refs") -> None:
-        self.routes.extend(other.routes)
-        self.clusters.extend(other.clusters)
-        self.endpoints.extend(other.endpoints)
-        self.secrets.extend(other.secrets)
+    def extend(self, other: "_FrozenRefs") -> None:
+        routes, clusters, endpoints, secrets = other
+        self.routes.extend(routes)
+        self.clusters.extend(clusters)
+        self.endpoints.extend(endpoints)
+        self.secrets.extend(secrets)
+
+    def freeze(self) -> "_FrozenRefs":
+        return tuple(self.routes), tuple(self.clusters), tuple(self.endpoints), tuple(self.secrets)
+
+
+_Ref = tuple[tuple[str, str], ...]
+_FrozenRefs = tuple[_Ref, _Ref, _Ref, _Ref]
+"""A :class:`_Refs` as plain tuples (routes, clusters, endpoints, secrets): what an analysis keeps."""
 
 
 def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Message | Prepared]]) -> list[str]:
@@ -111,14 +121,15 @@ def validate_snapshot(node_id: str, resources_by_type: Mapping[str, Iterable[Mes
     return problems
 
 
-@dataclass(frozen=True)
-class _Analysis:
-    """What validation finds in one resource on its own (a pure function of its content)."""
+class _Analysis(NamedTuple):
+    """What validation finds in one resource on its own (a pure function of its content). Entries keep it
+    as a plain tuple (:func:`_analysis_of`): the cyclic garbage collector stops tracking a tuple of strings
+    and tuples, and a control plane keeps one analysis per resource of every connected proxy."""
 
     name: str
     uninitialized: tuple[str, ...] | None  # missing required fields, None when initialized
     problems: tuple[str, ...]  # undecodable nested configs
-    refs: _Refs
+    refs: _FrozenRefs
 
 
 def _analyse(message: Message) -> _Analysis:
@@ -130,14 +141,15 @@ def _analyse(message: Message) -> _Analysis:
     elif isinstance(message, cluster_pb2.Cluster):
         _cluster_refs(message, refs, problems)
     uninitialized = None if message.IsInitialized() else tuple(message.FindInitializationErrors())
-    return _Analysis(resource_name(message), uninitialized, tuple(problems), refs)
+    return _Analysis(resource_name(message), uninitialized, tuple(problems), refs.freeze())
 
 
 def _analysis_of(item: Message | Prepared, message: Message | None = None) -> _Analysis:
-    """``item``'s analysis; for an entry, memoized on it (``message``: its message, when at hand)."""
+    """``item``'s analysis; for an entry, memoized on it as a plain tuple (``message``: its message, when at hand)."""
     if not isinstance(item, Prepared):
         return _analyse(item)
-    return item.derived("validate", lambda: _analyse(message if message is not None else item.message))
+    kept = item.derived("validate", lambda: tuple(_analyse(message if message is not None else item.message)))
+    return _Analysis._make(kept)
 
 
 # --- listeners --------------------------------------------------------------------------------
@@ -263,6 +275,65 @@ def _unpack(packed: any_pb2.Any, cls: type[Message], where: str, problems: list[
 
 # --- publishing -------------------------------------------------------------------------------
 
+def _changed_only(previous: ProxySnapshot, resources_by_type: Mapping[str, list[Message | Prepared]]) -> list[str] | None:
+    """``[]`` when ``resources_by_type`` is sound, checking only its entries that are not ``previous``'s (a snapshot
+    :func:`publish` validated); None when that does not suffice (or finds a problem): validate the whole snapshot.
+
+    Sound when every type holds the same names as in ``previous`` and each entry is either ``previous``'s own
+    (identical object: what it is and references was checked then, against the same names) or is checked here
+    alone, with its references resolved against those names."""
+    names: dict[str, Mapping[str, Prepared]] = {}
+    changed: list[tuple[str, Prepared]] = []
+    for type_url, items in resources_by_type.items():
+        before = previous.entries(type_url)
+        if type_url not in MESSAGE_CLASS or len(items) != len(before):
+            return None
+        names[type_url] = before
+        seen = set()
+        for item in items:
+            if not isinstance(item, Prepared) or item.name not in before:
+                return None
+            seen.add(item.name)
+            if before[item.name] is not item:
+                changed.append((type_url, item))
+        if len(seen) != len(items):
+            return None  # a name twice (so another missing)
+    for type_url in MESSAGE_CLASS:
+        if type_url not in names and previous.entries(type_url):
+            return None
+    problems: list[str] = []
+    refs = _Refs()
+    for type_url, entry in changed:
+        kind = _KIND[type_url]
+        if not issubclass(entry.cls, MESSAGE_CLASS[type_url]):
+            return None
+        analysis = _analysis_of(entry)
+        if analysis.uninitialized is not None:
+            problems.append(f"{kind} {entry.name!r}: missing required fields {list(analysis.uninitialized)}")
+        if type_url in (LISTENER, ROUTE, CLUSTER):
+            problems.extend(analysis.problems)
+            refs.extend(analysis.refs)
+    empty: Mapping[str, Prepared] = {}
+    for ref_list, type_url, what in (
+        (refs.routes, ROUTE, "route configuration"),
+        (refs.clusters, CLUSTER, "cluster"),
+        (refs.endpoints, ENDPOINT, "ClusterLoadAssignment"),
+        (refs.secrets, SECRET, "secret"),
+    ):
+        held = names.get(type_url, empty)
+        for name, where in ref_list:
+            if name not in held:
+                problems.append(f"{where}: {what} {name!r} is not in the snapshot")
+    return None if problems else []  # a rejection is worded by the full check
+
+
+_VALIDATED = "_validated_by_publish"
+
+
+def _mark_validated(snapshot: ProxySnapshot) -> None:
+    object.__setattr__(snapshot, _VALIDATED, True)
+
+
 def publish(
     cache: SnapshotCache, node_id: str, resources_by_type: Mapping[str, Iterable[Message | Prepared]]
 ) -> ProxySnapshot:
@@ -270,9 +341,11 @@ def publish(
 
     Resources may be messages or :class:`Prepared` entries shared with other proxies (used as they
     are). Each message is serialized once here; one whose bytes equal the entry of the same name in the
-    node's cached snapshot is replaced by that entry (already analysed, and the snapshot keeps one copy
-    of its bytes). Returns the snapshot (whose version may equal the one already cached; then nothing is
-    pushed).
+    node's cached snapshot is replaced by that entry (already analysed, not hashed again, and the snapshot
+    keeps one copy of its bytes). When the cached snapshot is one this function validated and the new one
+    holds the same names, only the entries that differ from it are checked (:func:`_changed_only`; the
+    result is what :func:`validate_snapshot` finds). Returns the snapshot (whose version may equal the one
+    already cached; then nothing is pushed).
     """
     previous = cache.get(node_id)
     prepared: dict[str, list[Message | Prepared]] = {}
@@ -282,25 +355,33 @@ def publish(
         for item in items:
             if isinstance(item, Message):
                 try:
-                    entry = Prepared.of(item)
+                    body = item.SerializeToString(deterministic=True)
                 except EncodeError:
                     out.append(item)  # validation says what is missing
                     continue
-                old = before.get(entry.name)
-                if old is not None and old.version == entry.version and old.body == entry.body:
-                    entry = old
+                old = before.get(resource_name(item))
+                if old is not None and old.body == body and old.cls is type(item):
+                    item = old
                 else:
+                    entry = Prepared.of(item, body)
                     _analysis_of(entry, item)
-                item = entry
+                    item = entry
             out.append(item)
         prepared[type_url] = out
-    problems = validate_snapshot(node_id, prepared)
+    problems = None
+    if previous is not None and previous.__dict__.get(_VALIDATED):
+        problems = _changed_only(previous, prepared)
+    if problems is None:
+        problems = validate_snapshot(node_id, prepared)
     if problems:
         log.error("snapshot rejected node=%s problems=%d: %s", node_id, len(problems), "; ".join(problems),
                   extra={"node": node_id})
         raise SnapshotInvalid(node_id, problems)
     snapshot = ProxySnapshot.of(prepared)
+    _mark_validated(snapshot)
     if cache.set(node_id, snapshot):
         log.info("snapshot published node=%s version=%s", node_id, snapshot.version,
                  extra={"node": node_id, "version": snapshot.version})
+    elif previous is not None and previous.version == snapshot.version:
+        _mark_validated(previous)  # the same content: as sound as the snapshot just validated
     return snapshot

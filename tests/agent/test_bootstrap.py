@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import meshcore
+
 import json
 import subprocess
 from pathlib import Path
@@ -49,7 +51,8 @@ def test_bootstrap_parses_into_the_proto(tmp_path, xds, kind):
 
     assert b.node.id == "vm1" and b.node.cluster == "meshcore"
     meta = json_format.MessageToDict(b.node.metadata)
-    assert meta == {"secrets_dir": str(secrets), "admin": "127.0.0.1:19000", "trust_domain": TD}
+    assert meta == {"secrets_dir": str(secrets), "admin": "127.0.0.1:19000", "trust_domain": TD,
+                    "agent_version": meshcore.__version__}  # meshctl version lists it
     assert b.admin.address.socket_address.port_value == 19000
 
     ads = b.dynamic_resources.ads_config

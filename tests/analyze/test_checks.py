@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,10 @@ def test_unknown_hosts_and_unused_routes(catalog):
         "{host: api, subset: v1}", "{host: db}").replace("{host: api}", "{host: db}")
     got = codes(analyze(load_documents(text, "x.yaml"), catalog))
     assert ("MC0401", "VirtualService/default/api", "spec.hosts[0]") in got  # nobody declares db as an upstream
+    # Bound to a Gateway only: its hosts are external names, no catalog services.
+    text = VS.replace("hosts: [api]", "hosts: [shop.example.com]\n  gateways: [front]").replace("{host: nowhere}", "{host: api}")
+    got = codes(analyze(load_documents(text, "x.yaml"), catalog))
+    assert not [c for c in got if c[0] == "MC0101"]
 
 
 def test_what_apply_refuses_is_an_error(catalog):
@@ -145,3 +150,46 @@ def test_competing_peer_authentications(catalog):
     got = codes(f for f in analyze(load_documents(text, "x.yaml"), catalog) if f.code == "MC0105")
     assert got == [("MC0105", "PeerAuthentication/default/w2", "spec.selector.matchLabels"),
                    ("MC0105", "PeerAuthentication/meshcore-system/b", "metadata.name")]
+
+
+def test_gateways_that_serve_nothing():
+    bookinfo = FileCatalogSource(Path(__file__).resolve().parents[2] / "examples" / "bookinfo" / "consul.d")
+    catalog = bookinfo.poll(None, 0).catalog
+    text = ("apiVersion: networking.mesh.io/v1beta1\nkind: Gateway\nmetadata: {name: istio-style}\n"
+            "spec: {selector: {istio: ingressgateway, app: nope}, servers: [{port: {number: 8081, protocol: HTTP}, hosts: ['*']}]}\n"
+            "---\napiVersion: networking.mesh.io/v1beta1\nkind: Gateway\nmetadata: {name: ours}\n"
+            "spec: {selector: {app: ingress-gateway}, servers: [{port: {number: 8082, protocol: HTTP}, hosts: ['*']}]}\n"
+            "---\napiVersion: networking.mesh.io/v1beta1\nkind: VirtualService\nmetadata: {name: front}\n"
+            "spec: {hosts: ['*'], gateways: [ours, other/missing], http: [{route: [{destination: {host: productpage}}]}]}\n")
+    got = codes(analyze(load_documents(text, "x.yaml"), catalog))
+    assert ("MC0106", "Gateway/default/istio-style", "spec.selector") in got
+    assert not [c for c in got if c[0] == "MC0106" and c[1] == "Gateway/default/ours"]
+    assert ("MC0107", "VirtualService/default/front", "spec.gateways[1]") in got
+    assert not [c for c in got if c[0] == "MC0107" and c[2] == "spec.gateways[0]"]
+def test_service_entry_hosts_are_known_hosts(catalog):
+    """A ServiceEntry host is a destination like a catalog service: no MC0101/MC0102 for routing to it."""
+    text = """apiVersion: networking.mesh.io/v1beta1
+kind: ServiceEntry
+metadata: {name: ext}
+spec: {hosts: [api.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {name: ext}
+spec: {hosts: [api.example.com], http: [{route: [{destination: {host: api.example.com}}]}]}
+"""
+    found = {(f.code, f.path) for f in analyze(load_documents(text, "x.yaml"), catalog)}
+    assert not {code for code, _ in found} & {"MC0001", "MC0101", "MC0102"}, found
+
+
+def test_a_delegate_rule_that_fits_no_root_match_is_reported(catalog):
+    vs = "apiVersion: networking.mesh.io/v1beta1\nkind: VirtualService\n"
+    text = (vs + "metadata: {name: api}\nspec:\n  hosts: [api]\n  http:\n"
+            "  - match: [{uri: {prefix: /v1}}]\n    delegate: {name: api-v1}\n---\n"
+            + vs + "metadata: {name: api-v1}\nspec:\n  http:\n"
+            "  - match: [{uri: {prefix: /v1/users}}]\n    route: [{destination: {host: api}}]\n"
+            "  - match: [{uri: {prefix: /v2}}]\n    route: [{destination: {host: api}}]\n"
+            "  - route: [{destination: {host: api}}]\n")
+    found = [f for f in analyze(load_documents(text, "x.yaml"), catalog) if f.code == "MC0202"]
+    assert [(f.resource, f.path) for f in found] == [("VirtualService/default/api-v1", "spec.http[1].match")]
+    assert "VirtualService/default/api spec.http[0]" in found[0].message and found[0].severity == WARNING

@@ -393,8 +393,8 @@ def print_table(summary: list[dict[str, Any]], out: Callable[[str], None] = prin
         lat = " ".join(f"{r[q]:7.3f}" for q in PERCENTILES)
         added = f"{r.get('p50_added', 0):+.3f}/{r.get('p99_added', 0):+.3f}" if "p50_added" in r else "-"
         xd = f"{r['p50_x_direct']:.2f}/{r['p99_x_direct']:.2f}" if r.get("p50_x_direct") else "-"
-        xm = (f"{r['p50_added_x_minimal']:.2f}/{r['p99_added_x_minimal']:.2f}"
-              if "p50_added_x_minimal" in r else "-")
+        xm = "/".join(f"{r[k]:.2f}" if k in r else "-" for k in ("p50_added_x_minimal", "p99_added_x_minimal"))
+        xm = "-" if xm == "-/-" else xm  # a ratio is left out when the minimal pair added nothing at that percentile
         envoys = ", ".join(f"{n} {e['vcpu_per_1000_rps']:.3f} {e['rss_mb']:.0f}" for n, e in r["envoys"].items()) or "-"
         out(f"{r['rate']:>5} {r['path']:<9} {r['achieved_rps']:>8.0f} {r['errors']:>4} {lat}   {added:<20} "
             f"{xd:<18} {xm:<25} {envoys}")

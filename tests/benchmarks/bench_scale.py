@@ -15,6 +15,9 @@ Scenarios, each timed from the change until every affected proxy has ACKed a con
   mesh-wide-authz    an AuthorizationPolicy in the root namespace (every proxy)
   nack-recover       3 proxies NACK the next CDS; until they ACK the re-offer
   sustained          a burst of instance changes: ACKed proxy updates per second
+  throughput-R       a stream of changes at R per second, R rising until the engine falls behind: changes
+                     absorbed per second, proxy updates per second, coalescing, change-to-ACK latency
+                     (_scale_throughput.py)
   reconnect-storm    the control plane restarts; until every proxy has ACKed all types again
 and the footprint: initial sync, control plane RSS per connected proxy and threads, idle CPU of the
 control plane and of an agent, config bytes per proxy against its upstreams and the mesh size, CPU per
@@ -42,7 +45,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from meshcore import naming
@@ -51,14 +54,19 @@ from meshcore.demo.launcher import MeshLayout, http_get, wait_until
 from tests.e2e._topology import free_port
 
 from . import _scale_mesh as meshgen
+from . import _scale_throughput
 from ._scale_ads import CDS, EDS, LDS, RDS, MESSAGE, SyntheticProxy
 from ._scale_procs import BenchMesh, cpu_seconds, has_full_rebuild_flag, idle_cpu, load_average, rss_bytes, spawn, stop, threads
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "bench"
 
-SHORT = dict(proxies=12, services=60, instances=240, nodes=60, samples=2, idle=4.0, burst=3, envoys=1)
-FULL = dict(proxies=200, services=1000, instances=5000, nodes=1000, samples=6, idle=20.0, burst=10, envoys=3)
+SHORT = dict(proxies=12, services=60, instances=240, nodes=60, samples=2, idle=4.0, burst=3, envoys=1,
+             rates="10,20,40", rate_seconds=2.0)
+FULL = dict(proxies=200, services=1000, instances=5000, nodes=1000, samples=6, idle=20.0, burst=10, envoys=3,
+            rates="25,50,100,200,400,800,1600", rate_seconds=4.0)
+SCENARIOS = ("leaf-instance", "popular-instance", "destination-rule", "mesh-wide-authz", "nack-recover", "sustained",
+             "throughput", "envoy-config-dump", "reconnect-storm")
 
 
 def progress(msg: str) -> None:
@@ -86,6 +94,7 @@ class Result:
             out.update(p50_ms=None, p99_ms=None, max_ms=None, samples=0)
         if self.change_ms:
             out.update(changes=len(self.change_ms), change_p50_ms=round(pct(self.change_ms, 0.5), 1),
+                       change_ms_each=[round(v) for v in self.change_ms],
                        change_max_ms=round(max(self.change_ms), 1))
         out.update(self.figures)
         out["load_average"] = load_average()
@@ -231,6 +240,7 @@ class Bench:
         futs = {n: self.proxies[n].watch(pred) for n, pred in watches.items()}
         t0 = time.monotonic()
         await asyncio.to_thread(do)
+        result.figures.setdefault("_write", []).append((time.monotonic() - t0) * 1000)
         done, pending = await asyncio.wait(futs.values(), timeout=timeout)
         if pending:
             missing = sorted(n for n, f in futs.items() if not f.done())
@@ -249,7 +259,10 @@ class Bench:
 
     @staticmethod
     def finish(result: Result) -> Result:
-        cpu, aff, pushed = (result.figures.pop(k, []) for k in ("_cpu", "_affected", "_pushed"))
+        cpu, aff, pushed, write = (result.figures.pop(k, []) for k in ("_cpu", "_affected", "_pushed", "_write"))
+        if write:  # the change's own write (a file, a Consul registration, the operator API's apply) until it returned
+            result.figures["write_ms_median"] = round(statistics.median(write), 1)
+            result.figures["write_ms_max"] = round(max(write), 1)
         if cpu:
             result.figures["cpu_s_per_change"] = round(statistics.median(cpu), 3)
             result.figures["affected_proxies_per_change"] = round(statistics.mean(aff), 1)
@@ -556,20 +569,27 @@ class Bench:
         leaf = min(leafs, key=lambda s: (len(self.connected_callers(s)), s))
         progress(f"leaf service {leaf} ({len(self.connected_callers(leaf))} callers connected), popular {popular} "
                  f"({len(self.connected_callers(popular))})")
-        scenarios: tuple[Coroutine[Any, Any, Result], ...] = (self.instance_scenario("leaf-instance", leaf, a.samples),
-                     self.instance_scenario("popular-instance", popular, a.samples),
-                     self.destination_rule(popular, a.samples),
-                     self.mesh_wide_authz(a.samples),
-                     self.nack_recover(popular),
-                     self.sustained(popular, a.burst))
-        for coro in scenarios:
-            progress(f"scenario {getattr(coro, '__qualname__', coro)}")
-            res = await coro
+        scenarios: dict[str, Callable[[], Coroutine[Any, Any, Result]]] = {
+            "leaf-instance": lambda: self.instance_scenario("leaf-instance", leaf, a.samples),
+            "popular-instance": lambda: self.instance_scenario("popular-instance", popular, a.samples),
+            "destination-rule": lambda: self.destination_rule(popular, a.samples),
+            "mesh-wide-authz": lambda: self.mesh_wide_authz(a.samples),
+            "nack-recover": lambda: self.nack_recover(popular),
+            "sustained": lambda: self.sustained(popular, a.burst)}
+        for name, make in scenarios.items():
+            if name not in a.scenarios:
+                continue
+            progress(f"scenario {name}")
+            res = await make()
             cpp = res.figures.get("cpu_ms_per_pushed_proxy")
             if cpp is not None and floor.figures["ms_per_proxy"]:
                 res.figures["x_serialization_floor"] = round(cpp / floor.figures["ms_per_proxy"], 1)
             self.results.append(res)
-        if self.envoy_nodes:
+        if "throughput" in a.scenarios:
+            progress("scenario throughput")
+            self.results.extend(await _scale_throughput.run(
+                self, [float(r) for r in a.rates.split(",")], a.rate_seconds, a.timeout, a.behind_ms, progress))
+        if self.envoy_nodes and "envoy-config-dump" in a.scenarios:
             twins = {}
             for node in self.envoy_nodes:
                 self.identities[node] = await asyncio.to_thread(self.enroll, node)
@@ -587,6 +607,8 @@ class Bench:
             self.results.append(check)
             for t in twins.values():
                 await t.stop()
+        if "reconnect-storm" not in a.scenarios:
+            return
         self.results.append(await self.reconnect_storm())
         # The streams the storm brought back are live: a change after it reaches every affected proxy.
         try:
@@ -623,9 +645,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds a change may take to reach every proxy")
     p.add_argument("--storm-timeout", type=float, default=60.0,
                    help="seconds the proxies may take to come back in sync after the control plane restarts")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated scenarios to run after the initial sync and footprint (default: all of {','.join(SCENARIOS)})")
+    p.add_argument("--rates", help="throughput: changes per second, a rising ladder (comma-separated)")
+    p.add_argument("--rate-seconds", type=float, help="throughput: seconds of changes at each rate")
+    p.add_argument("--behind-ms", type=float, default=1000.0,
+                   help="throughput: the engine falls behind when a rate's p99 (or its drain) exceeds this")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--output", type=Path, default=ARTIFACTS / "scale.json")
     args = p.parse_args(argv)
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        p.error(f"--scenarios: unknown {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    args.scenarios = set(args.scenarios.split(","))
     defaults = SHORT if args.short else FULL
     for k, v in defaults.items():
         if getattr(args, k, None) is None:

@@ -16,6 +16,11 @@ Scenarios, each reported as a rate and as a ratio to the floor measured in the s
   each, a key and CSR made on the "VM", ``POST /v1/agent/join`` with 16 concurrent joiners.
 
 Keys and CSRs are made before the clock starts (that is the VM's work, not the control plane's).
+The floor is measured again right before and right after each agent API and join scenario (:data:`FLOOR_AROUND`
+signatures each), and that scenario's ratio is to the mean of those two: on a shared machine the floor itself
+moves by a third between minutes, more than the changes this benchmark is meant to show (``floor_per_cpu_s``
+in each scenario's JSON; the ``floor`` row is the first measurement). Column ``us/sig``: the control plane's
+CPU per signature (or join), in microseconds.
 Column ``net``: the ratio with the control plane's idle CPU (measured for 2 s before the scenario,
 times the scenario's duration) taken off; on a loaded machine a slow run otherwise charges the
 control plane's own loops to signing.
@@ -41,6 +46,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,6 +63,7 @@ TD = naming.DEFAULT_TRUST_DOMAIN
 ARTIFACT = Path("test-artifacts/bench/signing.json")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 JOIN_TIMEOUT = 30.0  # seconds a joining agent waits for its answer
+FLOOR_AROUND = 400  # floor signatures right before and after each agent API and join scenario
 
 
 def _csrs(spiffe_ids: list[str]) -> list[str]:
@@ -149,21 +156,26 @@ def in_process(total: int, first: int, tmp: Path) -> list[dict]:
 
 LAYERS_FILE = "layers.json"
 LAYERS = (  # outermost first
-    "request (all)", "http: request line and headers", "dispatch (handler + routing)", "handler: AgentApi.sign",
+    "request (all)", "http: parsing (httptools, callbacks)", "http: recv and TLS decrypt",
+    "http: answer (JSON, TLS encrypt, send)", "dispatch (handler + routing)", "handler: AgentApi.sign",
     "handler: body, peer node, refusal check", "handler: node_certificate_refusal", "handler: catalog policy",
     "handler: answer", "ca: sign_csr", "ca: parse + verify CSR", "ca: build + sign leaf, PEM", "ca: journal append",
+)
+JOIN_LAYERS = (  # the join storm's run (a control plane of its own): per join
+    "tls: handshake", "request (all)", "handler: AgentApi.join", "join: token consume", "ca: sign_csr",
+    "ca: parse + verify CSR", "ca: build + sign leaf, PEM", "ca: journal append", "http: answer (JSON, TLS encrypt, send)",
 )
 
 
 def _serve_layered(cp_args: list[str]) -> None:
     """Run the control plane with thread-CPU accumulators around the layers of a sign request, and write
     them as ``{layer: [calls, cpu_seconds]}`` to ``<state-dir>/layers.json`` when it stops."""
-    import http.server
+    import ssl
 
-    from meshcore.ca import _issued, authority
+    from meshcore.ca import _issued, authority, tokens
     from meshcore.controlplane import _http, agent_api, daemon
 
-    acc: dict[str, list[float]] = {label: [0, 0.0] for label in LAYERS}
+    acc: dict[str, list[float]] = {label: [0, 0.0] for label in (*LAYERS, *JOIN_LAYERS)}
 
     def wrap(owner: object, name: str, label: str, static: bool = False) -> None:
         inner = getattr(owner, name)
@@ -178,8 +190,10 @@ def _serve_layered(cp_args: list[str]) -> None:
                 entry[1] += time.thread_time() - t
         setattr(owner, name, staticmethod(timed) if static else timed)
 
-    wrap(http.server.BaseHTTPRequestHandler, "handle_one_request", "request (all)")
-    wrap(http.server.BaseHTTPRequestHandler, "parse_request", "http: request line and headers")
+    wrap(_http._Connection, "_one_request", "request (all)")
+    wrap(_http._Connection, "_feed", "http: parsing (httptools, callbacks)")
+    wrap(ssl.SSLSocket, "recv", "http: recv and TLS decrypt")
+    wrap(_http._Connection, "_send", "http: answer (JSON, TLS encrypt, send)")
     wrap(_http.Router, "dispatch", "dispatch (handler + routing)")
     wrap(agent_api.AgentApi, "sign", "handler: AgentApi.sign")
     wrap(agent_api.AgentApi, "_node_and_csr", "handler: body, peer node, refusal check")
@@ -190,6 +204,10 @@ def _serve_layered(cp_args: list[str]) -> None:
     wrap(authority.CertificateAuthority, "_verified_csr", "ca: parse + verify CSR")
     wrap(authority.CertificateAuthority, "_build_leaf", "ca: build + sign leaf, PEM", static=True)
     wrap(_issued.IssuedJournal, "append", "ca: journal append")
+    wrap(ssl.SSLSocket, "do_handshake", "tls: handshake")
+    wrap(agent_api.AgentApi, "join", "handler: AgentApi.join")
+    wrap(tokens.JoinTokenStore, "consume", "join: token consume")
+    wrap(tokens.SharedJoinTokenStore, "consume", "join: token consume")
     state = Path(cp_args[cp_args.index("--state-dir") + 1])
     try:
         daemon.main(cp_args)
@@ -197,11 +215,12 @@ def _serve_layered(cp_args: list[str]) -> None:
         (state / LAYERS_FILE).write_text(json.dumps(acc))
 
 
-def print_layers(layers: dict[str, list[float]]) -> None:
-    signs = layers.get("handler: AgentApi.sign", [0, 0.0])[0] or 1
-    print(f"where one agent API signature goes ({signs} signatures, thread CPU per signature):")
-    for label, (_calls, cpu) in layers.items():
-        print(f"  {label:<42} {cpu / signs * 1e6:8.1f} us")
+def print_layers(layers: dict[str, list[float]], per: str = "handler: AgentApi.sign", what: str = "signature",
+                 labels: tuple[str, ...] = LAYERS) -> None:
+    count = layers.get(per, [0, 0.0])[0] or 1
+    print(f"where one agent API {what} goes ({count} {what}s, thread CPU per {what}):")
+    for label in labels:
+        print(f"  {label:<46} {layers.get(label, [0, 0.0])[1] / count * 1e6:8.1f} us")
 
 
 class ControlPlaneProcess:
@@ -365,10 +384,18 @@ def main(argv: list[str] | None = None) -> dict:
         args.floor, args.in_process, args.api_seconds, args.join_nodes = 1000, 2000, 4.0, 300
     results: list[dict] = []
 
+    def around(scenario) -> dict:
+        """``scenario()``, with the floor of the minute it ran in (the mean of one right before and one after)."""
+        before = floor(FLOOR_AROUND)["per_cpu_s"]
+        r = scenario()
+        r["floor_per_cpu_s"] = (before + floor(FLOOR_AROUND)["per_cpu_s"]) / 2
+        return r
+
     def add(*rs: dict) -> None:
         for r in rs:
-            floor_rate = results[0]["per_cpu_s"] if results else r["per_cpu_s"]
+            floor_rate = r.get("floor_per_cpu_s") or (results[0]["per_cpu_s"] if results else r["per_cpu_s"])
             r["ratio_to_floor"] = r["per_cpu_s"] / floor_rate
+            r["cp_us_per_signature"] = 1e6 / r["per_cpu_s"] if r["per_cpu_s"] else 0.0
             net = ""
             if "per_cpu_s_net" in r:
                 r["ratio_to_floor_net"] = r["per_cpu_s_net"] / floor_rate
@@ -377,10 +404,11 @@ def main(argv: list[str] | None = None) -> dict:
             p50 = f"{r['p50_ms']:8.1f}" if "p50_ms" in r else f"{'':>8}"
             p99 = f"{r['p99_ms']:8.1f}" if "p99_ms" in r else f"{'':>8}"
             print(f"{r['name']:<28} {r['count']:>6} {r['per_s']:>9.1f} {r['per_cpu_s']:>10.1f} "
-                  f"{r['ratio_to_floor']:>7.2f} {net:>7} {p50} {p99}", flush=True)
+                  f"{r['cp_us_per_signature']:>7.0f} {floor_rate:>8.0f} {r['ratio_to_floor']:>7.2f} {net:>7} {p50} "
+                  f"{p99}", flush=True)
 
-    print(f"{'scenario':<28} {'count':>6} {'per s':>9} {'per CPU-s':>10} {'/floor':>7} {'net':>7} {'p50 ms':>8} "
-          f"{'p99 ms':>8}", flush=True)
+    print(f"{'scenario':<28} {'count':>6} {'per s':>9} {'per CPU-s':>10} {'us/sig':>7} {'floor':>8} {'/floor':>7} "
+          f"{'net':>7} {'p50 ms':>8} {'p99 ms':>8}", flush=True)
     with tempfile.TemporaryDirectory(prefix="meshcore-bench-signing-") as tmp:
         base = Path(tmp)
         add(floor(args.floor))
@@ -388,12 +416,12 @@ def main(argv: list[str] | None = None) -> dict:
         cp = ControlPlaneProcess(base / "cp", sign_nodes=8)
         try:
             (base / "nodes").mkdir()
-            add(agent_api(cp, 1, args.api_seconds, base / "nodes"))
-            add(agent_api(cp, 8, args.api_seconds, base / "nodes"))
-            add(join_storm(cp, args.join_nodes, args.join_concurrency))
+            add(around(lambda: agent_api(cp, 1, args.api_seconds, base / "nodes")))
+            add(around(lambda: agent_api(cp, 8, args.api_seconds, base / "nodes")))
+            add(around(lambda: join_storm(cp, args.join_nodes, args.join_concurrency)))
         finally:
             cp.stop()
-        layers = None
+        layers = join_layers = None
         if args.layers:
             lcp = ControlPlaneProcess(base / "layered", sign_nodes=1, layered=True)
             try:
@@ -403,18 +431,28 @@ def main(argv: list[str] | None = None) -> dict:
                 lcp.stop()
             layers = json.loads((lcp.state / LAYERS_FILE).read_text())
             print_layers(layers)
+            jcp = ControlPlaneProcess(base / "layered-join", sign_nodes=1, layered=True)
+            try:
+                join_storm(jcp, min(args.join_nodes, 300), args.join_concurrency)
+            finally:
+                jcp.stop()
+            join_layers = json.loads((jcp.state / LAYERS_FILE).read_text())
+            print_layers(join_layers, per="handler: AgentApi.join", what="join", labels=JOIN_LAYERS)
     extra = [r for r in results if "tail_vs_head" in r]
     if extra:
         print(f"in-process rate, last 10% vs first 10%: {extra[0]['tail_vs_head']:.2f} (1.0 = flat)")
     storm = results[-1]
     print(f"join storm: {storm['count']} nodes in {storm['total_s']:.1f} s "
           f"(creating the tokens beforehand took {storm['token_create_s']:.1f} s)")
-    report = {"scenarios": results, "cpus": os.cpu_count(), "python": sys.version.split()[0],
-              "when": datetime.now(timezone.utc).isoformat()}
-    if layers is not None:
+    report: dict[str, Any] = {"scenarios": results, "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                              "when": datetime.now(timezone.utc).isoformat()}
+    if layers is not None and join_layers is not None:
         report["layers_us_per_signature"] = {
-            label: cpu / (layers.get("handler: AgentApi.sign", [0, 0.0])[0] or 1) * 1e6
-            for label, (_calls, cpu) in layers.items()}
+            label: layers[label][1] / (layers.get("handler: AgentApi.sign", [0, 0.0])[0] or 1) * 1e6
+            for label in LAYERS}
+        report["layers_us_per_join"] = {
+            label: join_layers[label][1] / (join_layers.get("handler: AgentApi.join", [0, 0.0])[0] or 1) * 1e6
+            for label in JOIN_LAYERS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

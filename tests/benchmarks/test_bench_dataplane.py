@@ -29,7 +29,7 @@ def test_short_run_measures_every_path(tmp_path):
         assert set(row["envoys"]) == (set() if path == "direct" else {"client", "server"}), row
         for envoy in row["envoys"].values():
             assert envoy["rss_mb"] > 0 and envoy["vcpu_per_1000_rps"] >= 0, envoy
-    assert "p99_added_x_minimal" in rows["meshcore"] and "p99_added" in rows["minimal"]
+    assert "p99_added_x_minimal_rounds" in rows["meshcore"] and "p99_added" in rows["minimal"]
     assert len(doc["runs"]) == 3
     # the meshcore pair talks HTTP/2 between the sidecars (ALPN), HTTP/1.1 to the backend
     client, server = doc["envoy_stats"]["meshcore"]["client"], doc["envoy_stats"]["meshcore"]["server"]

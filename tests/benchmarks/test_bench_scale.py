@@ -15,6 +15,7 @@ def test_short_run_writes_every_scenario(tmp_path):
     out = tmp_path / "scale.json"
     rc = bench_scale.main(["--short", "--proxies", "4", "--services", "16", "--instances", "40", "--nodes", "16",
                            "--samples", "1", "--burst", "1", "--idle", "1", "--timeout", "30", "--storm-timeout", "20",
+                           "--rates", "5,10", "--rate-seconds", "1",
                            "--output", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -31,6 +32,13 @@ def test_short_run_writes_every_scenario(tmp_path):
         assert r["samples"] > 0 and 0 <= r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], r
     assert rows["nack-recover"]["nacked"] >= 1
     assert rows["sustained"]["acked_updates"] > 0
+    throughput = [r for r in doc["scenarios"] if r["name"].startswith("throughput-")]
+    assert throughput and throughput[0]["name"] == "throughput-5", sorted(rows)  # the ladder starts at the first rate
+    for r in throughput:
+        for key in ("rate_offered", "written", "written_per_s", "absorbed_per_s", "updates_per_s", "snapshots",
+                    "changes_per_snapshot", "cp_core_fraction", "bench_core_fraction", "behind"):
+            assert key in r, f"{r['name']} lacks {key}"
+        assert r["written"] > 0 and r["absorbed"] <= r["written"], r
     assert rows["config-bytes"]["bytes_per_proxy_p50"] > 0
     assert rows["footprint"]["cp_threads"] > 0 and rows["footprint"]["cp_rss_mb"] > 0
     assert rows["envoy-config-dump"]["envoys"] == 1

@@ -123,3 +123,13 @@ def test_only_the_leader_prunes_long_expired_tokens(shared_backend, kek, clock):
         assert not job.running()
     finally:
         job.stop()
+
+
+def test_a_token_revoked_on_one_replica_is_refused_on_another(shared_backend, kek, clock):
+    a, b = SharedJoinTokenStore(shared_backend(), kek, clock), SharedJoinTokenStore(shared_backend(), kek, clock)
+    token = a.create("vm-1")
+    assert a.revoke(_hash(token)) and not b.revoke(_hash(token)), "once"
+    with pytest.raises(JoinTokenError, match="revoked"):
+        b.consume(token, "vm-1")
+    assert [t["state"] for t in b.list()] == ["revoked"]
+    assert not a.revoke("0" * 64), "unknown"

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from meshcore.catalog._consul_hold import CatalogHold
+from meshcore.catalog._consul_hold import CatalogHold, HoldMemory
 from meshcore.catalog.consul import ConsulCatalogSource, ConsulSettings
 from meshcore.catalog.model import Catalog, Node, ServiceInstance
 from meshcore.controlplane.engine import MeshEngine
@@ -190,3 +190,93 @@ def test_consul_restarted_empty_the_hold_expires(consul_http, tmp_path):
     finally:
         engine.stop()
         source.close()
+
+
+# ---------------------------------------------------------------------------- across a control plane restart
+class Wall(Clock):
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+
+def test_a_hold_restarted_while_consul_is_still_empty_does_not_publish_the_partial_catalog(tmp_path):
+    path = tmp_path / "catalog-hold.json"
+    mono, wall = Clock(), Wall()
+    first = CatalogHold(hold_s=120, clock=mono, memory=HoldMemory(path, "c:8500", clock=wall))
+    first.publish(_catalog(range(6)), index=50)
+    assert path.exists() and oct(path.stat().st_mode & 0o777) == "0o600"
+
+    # Restarted (new process: new monotonic clock) while Consul restarted empty: its first read, at a low
+    # index, is judged against the remembered catalog.
+    mono, wall.now = Clock(), wall.now + 30
+    mono.now = 5.0
+    second = CatalogHold(hold_s=120, clock=mono, memory=HoldMemory(path, "c:8500", clock=wall))
+    published = second.publish(_catalog([0]), index=3)
+    assert _ids(published) == set(range(6)) and second.state is not None
+    assert "went backwards from 50 to 3" in second.describe()
+
+    # Restarted again mid-hold: the hold continues to its original deadline, not a fresh hold_s.
+    mono.now += 100
+    wall.now += 100
+    third = CatalogHold(hold_s=120, clock=mono, memory=HoldMemory(path, "c:8500", clock=wall))
+    assert third.state is not None and abs(third.remaining() - 20) < 0.01
+    assert "since before this control plane restarted" in third.describe()
+    assert _ids(third.publish(_catalog([0, 1]), index=4)) == set(range(6))
+    mono.now += 21
+    assert _ids(third.publish(_catalog([0, 1]), index=5)) == {0, 1} and third.state is None, "expired on time"
+    # ... and the next start remembers the catalog it published then, with no hold.
+    fourth = CatalogHold(hold_s=120, clock=Clock(), memory=HoldMemory(path, "c:8500", clock=wall))
+    assert fourth.state is None and _ids(fourth.good) == {0, 1}
+
+
+def test_the_memory_is_a_reference_only_when_fresh_for_this_consul_and_readable(tmp_path, caplog):
+    path = tmp_path / "catalog-hold.json"
+    wall = Wall()
+    CatalogHold(clock=Clock(), memory=HoldMemory(path, "c:8500", clock=wall)).publish(_catalog(range(6)), index=50)
+    assert CatalogHold(memory=HoldMemory(path, "other:8500", clock=wall)).good is None, "another Consul"
+    wall.now += 3601
+    assert CatalogHold(memory=HoldMemory(path, "c:8500", clock=wall)).good is None, "older than max_age_s"
+    wall.now -= 3601
+    fresh = CatalogHold(clock=Clock(), memory=HoldMemory(path, "c:8500", clock=wall))
+    assert _ids(fresh.publish(_catalog(range(6)), index=80)) == set(range(6)) and fresh.state is None
+    path.write_text('{"version": 1, "good": ')
+    with caplog.at_level(logging.WARNING, logger="meshcore.catalog.consul"):
+        damaged = CatalogHold(clock=Clock(), memory=HoldMemory(path, "c:8500", clock=wall))
+    assert damaged.good is None and "ignoring the catalog hold's memory" in caplog.text
+    assert _ids(damaged.publish(_catalog([0]), index=3)) == {0}, "without memory, as before"
+    # Unwritable: logged, never raised (the catalog still flows).
+    readonly = CatalogHold(clock=Clock(), memory=HoldMemory(tmp_path / "missing-dir" / "f.json", "c:8500"))
+    assert _ids(readonly.publish(_catalog(range(2)), index=5)) == {0, 1}
+
+
+def test_consul_source_restarted_while_consul_is_empty_holds_from_its_memory(consul_http, tmp_path):
+    double = consul_http.require_double("restarts the double with empty state")
+    names = _register_mesh(consul_http, 3)
+    for i in range(5):
+        consul_http.put(f"/v1/kv/{consul_http.kv_prefix}{i}", {"n": i})
+    memory = tmp_path / "state" / "catalog-hold.json"
+    memory.parent.mkdir()
+    settings = ConsulSettings.from_env(consul_http.env())
+    before = ConsulCatalogSource(settings, hold_s=120, hold_memory=memory)
+    try:
+        assert set(names) <= set(before.poll(None, 0).catalog.service_names())
+    finally:
+        before.close()
+    # The control plane is down while Consul restarts empty (in place: see _restart_empty).
+    port = int(double.address.rsplit(":", 1)[1])
+    double.stop()
+    state = double.state
+    state.__init__(state.node, state.datacenter, state.node_address)  # type: ignore[misc]
+    double.port = port
+    double.start()
+    after = ConsulCatalogSource(settings, hold_s=120, hold_memory=memory)
+    try:
+        update = after.poll(None, 0)
+        assert set(names) <= set(update.catalog.service_names()), "the remembered endpoints are held"
+        health = after.health()
+        assert health.state == "holding" and "went backwards" in health.detail
+        _register_mesh(consul_http, 3)  # the agents re-register
+        _wait(lambda: after.poll(update.index, 1).catalog is not None and after._hold.state is None,
+              "the hold to end on re-registration")
+        assert set(names) <= set(after.poll(None, 0).catalog.service_names())
+    finally:
+        after.close()

@@ -371,3 +371,36 @@ def test_node_names_are_dns_labels(tmp_path, name):
     assert any("node_name: node name" in p and "is not valid" in p for p in problems), problems
     (d / "agent.hcl").write_text(agent + 'node_name = "Bad/../n2"\n')
     assert any("node_name: \"Bad/../n2\" is not a valid name" in p for p in errors(load_node_dir, d))
+
+
+def test_mesh_gateway_lan_and_wan_and_upstream_gateway_modes(tmp_path):
+    gateway = {"service": {"name": "mesh-gateway", "kind": "mesh-gateway", "port": 8443,
+                           "tagged_addresses": {"lan": {"address": "10.0.0.9", "port": 8443},
+                                                "wan": {"address": "192.0.2.9", "port": 9443}}}}
+    web = {"service": {"name": "web", "port": 80, "connect": {"sidecar_service": {"port": 21000, "proxy": {
+        "mesh_gateway": {"mode": "local"},
+        "upstreams": [{"destination_name": "store", "datacenter": "dc2", "local_bind_port": 9001},
+                      {"destination_name": "api", "destination_peer": "dc3", "local_bind_port": 9002,
+                       "mesh_gateway": {"mode": "remote"}}]}}}}}
+    node = load_node_dir(node_dir(tmp_path, "gw1", {"a.hcl": 'advertise_addr = "10.0.0.9"', "gw.json": gateway,
+                                                   "web.json": web}))
+    gw = next(i for i in node.instances() if i.kind == "mesh-gateway")
+    assert (gw.mesh_address, gw.mesh_port, gw.wan_address, gw.wan_port) == ("10.0.0.9", 8443, "192.0.2.9", 9443)
+    assert next(s for s in node.services if s.kind).to_agent_payload()["TaggedAddresses"] == {
+        "lan": {"Address": "10.0.0.9", "Port": 8443}, "wan": {"Address": "192.0.2.9", "Port": 9443}}
+    webi = next(i for i in node.instances() if i.service == "web")
+    assert webi.upstreams == (Upstream("store", 9001, datacenter="dc2", mesh_gateway="local", mesh_gateway_scope="proxy"),
+                              Upstream("api", 9002, datacenter="dc3", mesh_gateway="remote",
+                                       mesh_gateway_scope="upstream"))
+    payload = next(s for s in node.services if s.name == "web").to_agent_payload()
+    proxy = payload["Connect"]["SidecarService"]["Proxy"]
+    assert [u.get("MeshGateway") for u in proxy["Upstreams"]] == [None, {"Mode": "remote"}]
+    assert proxy["MeshGateway"] == {"Mode": "local"}  # proxy-wide, as written
+    errs = errors(parse_definition, json.dumps({"services": [
+        {"name": "mgw", "kind": "mesh-gateway", "tagged_addresses": {"lan": {"address": "10.0.0.1", "port": 1},
+                                                                    "side": {"address": "10.0.0.1", "port": 2}}},
+        {"name": "x", "port": 1, "connect": {"sidecar_service": {"proxy": {"mesh_gateway": {"mode": "sideways"}}}}},
+    ]}), "n/s.json")
+    assert any("services[0].port: required for kind \"mesh-gateway\"" in e for e in errs)
+    assert any("services[0].tagged_addresses.side" in e for e in errs)
+    assert any("services[1].connect.sidecar_service.proxy.mesh_gateway.mode" in e for e in errs)

@@ -239,3 +239,59 @@ def test_changed_services_names_what_a_change_touched(root):
     assert src.changed_services(first.index) == frozenset({"reviews"})
     assert src.changed_services(update.index) == frozenset()
     assert getattr(update, "changed_services", frozenset({"reviews"})) == frozenset({"reviews"})
+
+
+def test_the_incremental_publish_equals_a_fresh_scan_after_random_changes(tmp_path: Path):
+    """Each change is published in proportion to the directories it touched; after every one of a random
+    sequence (services added, edited, removed; a broken file and its fix; a node name used twice and
+    renamed; directories made and removed), the catalog and definitions equal a fresh source's full scan."""
+    import random
+
+    rng = random.Random(5)
+    for n in range(6):
+        (tmp_path / f"vm{n}").mkdir()
+        (tmp_path / f"vm{n}" / "agent.hcl").write_text(f'node_name = "node{n}"\nadvertise_addr = "10.0.0.{n + 1}"\n')
+    source = FileCatalogSource(tmp_path, rescan_interval=3600)
+    index = source.poll(None, 0).index
+    for step in range(60):
+        n = rng.randrange(8)
+        d = tmp_path / f"vm{n}"
+        roll = rng.random()
+        if not d.exists():
+            d.mkdir()
+            (d / "agent.hcl").write_text(f'node_name = "node{n}"\nadvertise_addr = "10.0.0.{n + 1}"\n')
+        elif roll < 0.1:
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+        elif roll < 0.2:
+            (d / "broken.json").write_text("{not json")
+        elif roll < 0.3:
+            (d / "agent.hcl").write_text(f'node_name = "node{rng.randrange(8)}"\nadvertise_addr = "10.0.0.{n + 1}"\n')
+        else:
+            (d / "broken.json").unlink(missing_ok=True)
+            name = f"svc{rng.randrange(5)}"
+            if rng.random() < 0.3 and (d / f"{name}.json").exists():
+                (d / f"{name}.json").unlink()
+            else:
+                (d / f"{name}.json").write_text(json.dumps(service(name, 9000 + rng.randrange(3), f"v{rng.randrange(3)}")))
+        deadline = time.monotonic() + 10
+        fresh = FileCatalogSource(tmp_path, use_inotify=False)
+        try:
+            want = fresh.poll(None, 0)
+        except ValidationError:
+            want = None
+        while True:
+            try:
+                got = source.poll(index, 0.05)
+            except ValidationError:
+                got = None
+            matches = (want is None and source.errors) or (
+                want is not None and got is not None and got.catalog == want.catalog and not source.errors)
+            if matches or time.monotonic() > deadline:
+                break
+        assert matches, f"step {step}: the incremental catalog differs from a full scan"
+        if want is not None:
+            assert got is not None
+            index = got.index
+            assert source.definitions == fresh.definitions

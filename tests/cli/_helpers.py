@@ -99,3 +99,13 @@ def wait_for_catalog(cp, timeout: float = 60.0) -> None:
     while not cp.status().get("proxies"):
         assert time.monotonic() < deadline, "the control plane never read its catalog"
         time.sleep(0.1)
+
+
+def run_json(capsys, *argv: str):
+    """``meshctl ARGV`` in this process; exit 0 and its stdout as JSON."""
+    import json
+
+    from meshcore.cli.main import main
+
+    assert main(list(argv)) == 0, capsys.readouterr()
+    return json.loads(capsys.readouterr().out)

@@ -4,7 +4,6 @@ plurals, "did you mean", shell completion, `get services|all`, help text, quiet 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from meshcore.cli import _kinds
 from meshcore.cli.main import _command_in, build_parser, main
 from meshcore.errors import MeshError
 
-from ._helpers import BOOKINFO, control_plane, wait_for_catalog
+from ._helpers import run_json as _json
 
 MESHCTL = [sys.executable, "-m", "meshcore.cli.main"]
 
@@ -158,22 +157,7 @@ def test_a_closed_pipe_ends_without_a_traceback():
 
 # --- version, get services, get all against a control plane -----------------------------------------
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    with control_plane(tmp_path_factory.mktemp("cp"), BOOKINFO) as cp:
-        wait_for_catalog(cp)
-        yield cp
-
-
-@pytest.fixture
-def server(plane, monkeypatch) -> str:
-    monkeypatch.setenv("MESHCORE_TOKEN_FILE", str(plane.settings.state_dir / "admin.token"))
-    return plane.addresses["http"]
-
-
-def _json(capsys, *argv: str):
-    assert main(list(argv)) == 0
-    return json.loads(capsys.readouterr().out)
+# (fixtures ``plane`` and ``server``, helper ``_json``: tests/cli/conftest.py and _helpers.py)
 
 
 def test_version(server, capsys):

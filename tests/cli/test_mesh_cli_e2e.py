@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,34 @@ def test_graph_window_from_the_collector_after_bounded_traffic(mesh):
     assert table.returncode == 0 and "ingress-gateway" in table.stdout and "productpage" in table.stdout
     direct = _isolated_meshctl(mesh, "graph", "--direct", "--window", "1s")
     assert "not reachable from this process" in direct.stderr  # the old way needs the admin addresses
+
+
+def test_graph_by_version_splits_reviews_by_the_instance_that_answered(mesh):
+    """productpage v1 calls reviews round robin over v1, v2, v3: the versioned graph (the caller's per-endpoint
+    stats, real Envoys) splits the per-service edge into the three, and they add up to it."""
+    ok = sum(1 for _ in range(SENT) if http_get(mesh.url)[0] == 200)
+    assert ok == SENT
+    deadline = time.monotonic() + 60
+    while True:
+        out = _isolated_meshctl(mesh, "graph", "--by", "version", "--window", "1m", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        split = {e["destination_version"]: e for e in json.loads(out.stdout)
+                 if (e["source"], e["destination"]) == ("productpage", "reviews")}
+        whole = _edges(mesh)[("productpage", "reviews")]
+        total = sum(e["requests"] for e in split.values())
+        if (set(split) >= {"v1", "v2", "v3"} and all(split[v]["requests"] > 0 for v in ("v1", "v2", "v3"))
+                and total >= whole["requests"] * 0.8) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {"v1", "v2", "v3"} <= set(split), split
+    for version in ("v1", "v2", "v3"):
+        e = split[version]
+        assert e["requests"] > 0 and e["source_version"] == "v1" and e["error_rate"] == 0.0, e
+        assert e["source_datacenter"] == e["destination_datacenter"] == "dc1" and e["gateways"] == [], e
+    assert whole["requests"] * 0.8 <= total <= whole["requests"] * 1.25, (total, whole)
+    assert whole["paths"] and {p["destination_datacenter"] for p in whole["paths"]} == {"dc1"}, whole
+    table = _isolated_meshctl(mesh, "graph", "--by", "version", "--window", "1m")
+    assert table.returncode == 0 and re.search(r"productpage\s+v1\s+reviews\s+v2\s", table.stdout), table.stdout
 
 
 def test_graph_refuses_a_window_longer_than_the_collector_keeps(mesh):

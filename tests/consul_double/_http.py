@@ -19,13 +19,14 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from ._config_entries import ConfigEntryRoutes
 from ._durations import parse_duration
 from ._normalize import normalize
 from ._sessions import SessionRoutes
 from ._state import CHECK_STATES, ConsulState, DoubleError
+from ._wan import WanPeers
 
 log = logging.getLogger("consul_double")
 
@@ -42,6 +43,7 @@ class Reply:
     index: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     raw: bool = False
+    content_type: str = ""  # raw replies: sent as this (default: by the body's type)
 
 
 @dataclass
@@ -87,10 +89,12 @@ class DoubleHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], state: ConsulState, acl: AclConfig, verbose: bool = False):
+    def __init__(self, address: tuple[str, int], state: ConsulState, acl: AclConfig, verbose: bool = False,
+                 wan: WanPeers | None = None):
         super().__init__(address, _Handler)
         self.state = state
         self.acl = acl
+        self.wan = wan or WanPeers()
         self.verbose = verbose
         self._open: set[Any] = set()  # accepted connections not yet closed (keep-alive ones included)
         self._open_lock = threading.Lock()
@@ -151,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
         req = Request(method, unquote(url.path), parse_qs(url.query, keep_blank_values=True), self.headers, body)
-        api = _Api(self.server.state, self.server.acl, req)
+        api = _Api(self.server.state, self.server.acl, req, self.server.wan)
         try:
             reply = api.handle()
         except DoubleError as exc:
@@ -164,7 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, reply: Reply) -> None:
         if reply.raw:
             data = reply.body if isinstance(reply.body, bytes) else str(reply.body or "").encode()
-            ctype = "application/octet-stream" if isinstance(reply.body, bytes) else "text/plain; charset=utf-8"
+            ctype = reply.content_type or (
+                "application/octet-stream" if isinstance(reply.body, bytes) else "text/plain; charset=utf-8")
         else:
             data = json.dumps(reply.body).encode()
             ctype = "application/json"
@@ -204,16 +209,17 @@ _ROUTES.extend((m, re.compile("^" + p + "$"), n) for m, p, n in SessionRoutes.RO
 class _Api(SessionRoutes, ConfigEntryRoutes):
     """One request against the state; each ``r_*`` method is one endpoint."""
 
-    def __init__(self, state: ConsulState, acl: AclConfig, req: Request):
+    def __init__(self, state: ConsulState, acl: AclConfig, req: Request, wan: WanPeers | None = None):
         self.state = state
         self.acl = acl
         self.req = req
+        self.wan = wan or WanPeers()
 
     # ------------------------------------------------------------------ plumbing
     def handle(self) -> Reply:
         dc = self.req.arg("dc")
         if dc and dc != self.state.datacenter:
-            raise DoubleError(500, "No path to datacenter")
+            return self._forward(dc)
         if self.req.arg("filter"):
             raise DoubleError(400, "the consul test double does not implement ?filter expressions")
         allowed = []
@@ -228,6 +234,14 @@ class _Api(SessionRoutes, ConfigEntryRoutes):
         if allowed:
             raise DoubleError(405, f"method {self.req.method} not allowed")
         raise DoubleError(404, f"Invalid URL path: not a recognized HTTP API endpoint: {self.req.path}")
+
+    def _forward(self, dc: str) -> Reply:
+        """A request for another datacenter: relayed to its double over the WAN (see ``_wan``)."""
+        if dc not in self.wan.peers:
+            raise DoubleError(500, "No path to datacenter")
+        target = quote(self.req.path) + ("?" + urlencode(self.req.query, doseq=True) if self.req.query else "")
+        status, body, headers, ctype = self.wan.forward(dc, self.req.method, target, self.req.headers, self.req.body)
+        return Reply(status, body, headers=headers, raw=True, content_type=ctype)
 
     def _token(self) -> str:
         token = self.req.headers.get("X-Consul-Token") or self.req.arg("token") or ""
@@ -312,7 +326,7 @@ class _Api(SessionRoutes, ConfigEntryRoutes):
 
     @_route("GET", r"/v1/catalog/datacenters")
     def r_catalog_datacenters(self) -> Reply:
-        return Reply(200, [self.state.datacenter])
+        return Reply(200, self.wan.datacenters(self.state.datacenter))
 
     @_route("GET", r"/v1/catalog/services")
     def r_catalog_services(self) -> Reply:

@@ -13,8 +13,9 @@ Deliberate differences from a real Consul (documented so nobody trips on them):
   declared ``Status`` (``passing`` when none is declared), unless ``run_tcp_checks`` is set: then TCP
   checks are dialled at their interval as Consul does (``_active_checks.py``). TTL and alias checks behave
   as in Consul (TTL expiry turns a check critical). :meth:`ConsulDouble.set_check_status` flips any check;
-* one server, one datacenter, no ``?filter`` expressions, no prepared queries; sessions (``_sessions``)
-  are invalidated ``2 x TTL`` after their last renewal (the most Consul documents it may wait).
+* one server per datacenter (WAN-join doubles of other datacenters with :meth:`ConsulDouble.join_wan`: a
+  ``?dc=`` naming one is forwarded to it, :mod:`._wan`), no ``?filter`` expressions, no prepared queries;
+  sessions (``_sessions``) are invalidated ``2 x TTL`` after their last renewal (the most Consul documents it may wait).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from types import TracebackType
 from ._active_checks import TcpCheckRunner
 from ._http import AclConfig, DoubleHTTPServer
 from ._state import ConsulState
+from ._wan import WanPeers
 
 log = logging.getLogger("consul_double")
 
@@ -65,6 +67,7 @@ class ConsulDouble:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._tcp_checks = TcpCheckRunner(lambda: self.state) if run_tcp_checks else None  # _active_checks.py
+        self.wan = WanPeers()  # other datacenters' doubles (join_wan), reached with ?dc=
 
     def _new_state(self, node_address: str) -> ConsulState:
         state = ConsulState(self.node, self.datacenter, node_address)
@@ -83,7 +86,8 @@ class ConsulDouble:
     def start(self) -> str:
         if self._server is not None:
             return self.address
-        self._server = DoubleHTTPServer((self.host, self.port), self.state, self._acl, verbose=self._verbose)
+        self._server = DoubleHTTPServer((self.host, self.port), self.state, self._acl, verbose=self._verbose,
+                                        wan=self.wan)
         self._stopping.clear()
         serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                  name=f"consul-double-{self.node}", daemon=True)
@@ -134,6 +138,14 @@ class ConsulDouble:
         if empty:
             self.state = self._new_state(self.state.node_address)
         return self.start()
+
+    def join_wan(self, other: "ConsulDouble") -> None:
+        """WAN-federate with ``other`` (both started, different datacenters): each forwards ``?dc=`` of the
+        other's datacenter to it and lists it in ``/v1/catalog/datacenters``, as joined Consul servers do."""
+        if other.datacenter == self.datacenter:
+            raise ValueError(f"both doubles serve datacenter {self.datacenter!r}: WAN peers need distinct names")
+        self.wan.add(other.datacenter, other.address)
+        other.wan.add(self.datacenter, self.address)
 
     def reset_index(self, to: int = 1) -> int:
         """Make the raft index go backwards (as after a snapshot restore); returns the new index."""

@@ -26,7 +26,7 @@ def test_import_files_prints_yaml_meshctl_apply_accepts(capsys):
     for r in resources:  # imported: meshcore's own now, with where it came from
         labels = dict(r.labels)
         assert "mesh.io/origin" not in labels and labels["mesh.io/imported-from"].startswith("service-")
-    assert "# service-router/reviews Routes[2].Destination.PrefixRewrite: unsupported" in err
+    assert "# service-router/reviews Routes[2].Destination.IdleTimeout: unsupported" in err
 
 
 def test_import_from_consul_as_json(consul_http, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.compose import build_proxy
 from meshcore.consul_entries import CatalogFacts, CompileOptions, compile_entries, load_entry_files
+from meshcore.consul_entries.defaults import entry_defaults, with_defaults
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.xds.validate import validate_snapshot
 
@@ -27,15 +28,25 @@ GOLDEN = DATA / "golden"
 CASES = {k: v for k, v in json.loads((DATA / "cases.json").read_text()).items() if k != "_"}
 
 
-def catalog():
-    return FileCatalogSource(ROOT / "examples" / "bookinfo" / "consul.d").poll(None, 0).catalog
+def catalog(case: str | None = None):
+    """The case's catalog (``catalog``: a testdata directory), else bookinfo's."""
+    where = CASES[case].get("catalog") if case else None
+    root = DATA / where if where else ROOT / "examples" / "bookinfo" / "consul.d"
+    return FileCatalogSource(root).poll(None, 0).catalog
+
+
+def entries_of(case: str):
+    return load_entry_files([DATA / f for f in CASES[case]["files"]])
 
 
 def compiled(case: str):
-    spec = CASES[case]
-    entries = load_entry_files([DATA / f for f in spec["files"]])
-    options = CompileOptions(default_intention=spec["default"], catalog=CatalogFacts.of(catalog()))
-    return compile_entries(entries, options)
+    options = CompileOptions(default_intention=CASES[case]["default"], catalog=CatalogFacts.of(catalog(case)))
+    return compile_entries(entries_of(case), options)
+
+
+def case_catalog(case: str):
+    """The catalog as the control plane hands it to generation: protocols and gateway modes from the entries."""
+    return with_defaults(catalog(case), entry_defaults(entries_of(case)))
 
 
 def _compare(path: Path, rendered: str, update: bool) -> None:
@@ -58,7 +69,7 @@ def test_compiles_to_expected_resources(case, update_golden):
 def test_generates_expected_envoy_config(case, update_golden):
     result = compiled(case)
     node = CASES[case]["node"]
-    snapshot = MeshSnapshot.build(catalog(), list(result.resources))
+    snapshot = MeshSnapshot.build(case_catalog(case), list(result.resources))
     built = build_proxy(snapshot, ProxyInfo(node=node, secrets_dir="/var/lib/meshcore-agent/secrets",
                                             admin="127.0.0.1:19000"))
     assert validate_snapshot(node, built) == []
@@ -70,9 +81,9 @@ def test_every_case_changes_the_envoy_config():
     """A case whose resources left the proxy as it was would test nothing."""
     plain = {}
     for case, spec in CASES.items():
-        node = spec["node"]
+        node = (spec["node"], spec.get("catalog"))
         if node not in plain:
-            plain[node] = build_proxy(MeshSnapshot.build(catalog(), []), ProxyInfo(node=node, secrets_dir="/s"))
-        built = build_proxy(MeshSnapshot.build(catalog(), list(compiled(case).resources)),
-                            ProxyInfo(node=node, secrets_dir="/s"))
+            plain[node] = build_proxy(MeshSnapshot.build(catalog(case), []), ProxyInfo(node=node[0], secrets_dir="/s"))
+        built = build_proxy(MeshSnapshot.build(case_catalog(case), list(compiled(case).resources)),
+                            ProxyInfo(node=node[0], secrets_dir="/s"))
         assert built != plain[node], case

@@ -67,3 +67,13 @@ def test_unsupported_kinds_and_fields_are_reported():
     assert ("service-resolver/api", "Failover.v1") in fields
     (vs,) = [r for r in result.resources if r.kind == "VirtualService"]
     assert vs.spec["http"][-1]["route"] == [{"destination": {"host": "api2"}}]
+
+
+def test_prefix_rewrite_needs_a_path_prefix_or_exact_match():
+    result = compile_entries([_e({"Kind": "service-router", "Name": "api", "Routes": [
+        {"Match": {"HTTP": {"PathExact": "/old"}}, "Destination": {"PrefixRewrite": "/new"}},
+        {"Match": {"HTTP": {"PathRegex": "/v[0-9]+/"}}, "Destination": {"PrefixRewrite": "/"}}]})])
+    (vs,) = [r for r in result.resources if r.kind == "VirtualService"]
+    assert vs.spec["http"][0]["rewrite"] == {"uri": "/new"}
+    assert "rewrite" not in vs.spec["http"][1]
+    assert [(f.field, f.severity) for f in result.findings] == [("Routes[1].Destination.PrefixRewrite", "unsupported")]

@@ -12,11 +12,14 @@ import pytest
 
 from meshcore.ca import generate_kek_file
 from meshcore.controlplane import canary as cc
+from meshcore.errors import MeshError
 from meshcore.controlplane.daemon import ControlPlane, Settings
 from meshcore.observe.graph import parse_envoy_prometheus
+from meshcore.state import DirBackend
 from meshcore.traffic import canary as sm
 
 from ..e2e._topology import write_catalog
+from ..state._wait import wait_for
 
 OK = sm.Measurement(requests=100, errors=0, p99_ms=40.0, seconds=1)
 FAILING = sm.Measurement(requests=100, errors=30, p99_ms=40.0, seconds=1)
@@ -72,7 +75,7 @@ def _call(cp, method: str, path: str, body: dict | None = None):
 
 def _controller(cp, probe: FixedProbe, subdir: str) -> cc.CanaryController:
     writer = cc.StoreTrafficWriter(cp.store, synced=lambda r: cc._synced_with(cp.mesh, r))
-    return cc.CanaryController(cp.settings.state_dir / subdir, writer, probe_for=lambda spec: probe,
+    return cc.CanaryController(DirBackend(cp.settings.state_dir), writer, prefix=f"{subdir}/", probe_for=lambda spec: probe,
                                ready=cp.engine.ready.is_set, check_every=0.05,
                                instances_with=lambda s, labels: cc._instances_with(cp.mesh, s, labels))
 
@@ -296,3 +299,86 @@ def test_canaries_run_on_the_leader_only_and_resume_on_a_new_term(cp, use):
     assert [d.action for d in c.get("reviews").decisions] == ["start", "resume"]
     status, _ = _call(cp, "POST", "/v1/canaries/reviews/abort")
     assert status == 200
+
+
+# --- runs in the shared state: a new leader continues where the old one left off ----------------------------------
+
+
+class RecordingWriter:
+    """A :class:`TrafficWriter` that records each split it is asked to put into effect (no resource store)."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict[str, int]] = []
+
+    def current_default(self, service: str) -> str:
+        return "v1"
+
+    def subset_labels(self, service: str, subset: str, label: str) -> dict[str, str]:
+        return {label: subset}
+
+    def apply(self, spec: sm.CanarySpec, weights: dict[str, int]) -> None:
+        self.applied.append(dict(weights))
+
+
+def _shared_backend(consul_http):
+    from meshcore.catalog._consul_settings import ConsulSettings
+    from meshcore.state import ConsulStateBackend
+
+    return ConsulStateBackend(ConsulSettings.from_env(consul_http.env()), prefix=consul_http.kv_prefix + "state/")
+
+
+def test_a_new_leader_continues_a_canary_where_the_old_one_left_it(consul_http):
+    """Two replicas' controllers over one Consul KV: the follower shows the leader's run as it goes; when
+    leadership moves, the new leader re-applies the recorded weights and carries the run to its end."""
+    from ._leadership import ManualLeadership
+
+    probe = FixedProbe(OK)
+    lead_a, lead_b = ManualLeadership("cp-a", leading=True), ManualLeadership("cp-b", leader="cp-a")
+    writers = {"cp-a": RecordingWriter(), "cp-b": RecordingWriter()}
+    made = {name: cc.CanaryController(_shared_backend(consul_http), writers[name], probe_for=lambda spec: probe,
+                                      check_every=0.05, leadership=lead)
+            for name, lead in (("cp-a", lead_a), ("cp-b", lead_b))}
+    a, b = made["cp-a"], made["cp-b"]
+    try:
+        a.start(sm.CanarySpec(service="reviews", canary="v2", stable="v1", steps=(10, 50, 100), interval_s=1,
+                              min_requests=5, max_holds=1000))
+        wait_for(lambda: a.get("reviews").weight == 50, 20, what="cp-a to advance to 50%")
+        probe.now = IDLE  # the step holds from here: nothing more happens until the new leader measures
+        wait_for(lambda: b.list() and b.get("reviews").weight == 50, 20, what="cp-b to show cp-a's run at 50%")
+        assert [d.action for d in b.get("reviews").decisions] == ["start", "advance"]
+        with pytest.raises(cc.CanaryConflict, match="'cp-a'"):  # the follower names the leader
+            b.abort("reviews")
+
+        lead_a.set(False, leader="")  # cp-a is gone (its loop stops at once) ...
+        wait_for(lambda: a._threads.get("reviews") is None, 20, what="cp-a's loop to stop")
+        assert writers["cp-b"].applied == []
+        probe.now = OK
+        lead_b.set(True)  # ... and cp-b leads: it reads the run from KV and resumes it at 50%
+        wait_for(lambda: b.get("reviews").phase == "promoted", 20, what="cp-b to promote the canary")
+        assert writers["cp-b"].applied[0] == {"v1": 50, "v2": 50}  # the recorded weights re-applied first
+        assert writers["cp-b"].applied[-1].get("v2") == 100
+        actions = [d.action for d in b.get("reviews").decisions]
+        assert actions[:3] == ["start", "advance", "resume"] and actions[-1] == "promote", actions
+        lead_a.set(False, leader="cp-b")
+        wait_for(lambda: a.get("reviews").phase == "promoted", 20, what="cp-a (a follower now) to show the promotion")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_deposed_leader_cannot_record_a_canary_step(consul_http):
+    """Each record goes behind the leader lock's check-session: a replica whose session no longer holds the
+    key gets its write refused (nothing recorded), so it cannot overwrite the new leader's record."""
+    from ._leadership import ManualLeadership
+
+    backend = _shared_backend(consul_http)
+    stale = [{"KV": {"Verb": "check-session", "Key": consul_http.kv_prefix + "leader",
+                     "Session": "00000000-0000-0000-0000-000000000000"}}]
+    c = cc.CanaryController(backend, RecordingWriter(), probe_for=lambda spec: FixedProbe(OK),
+                            leadership=ManualLeadership("cp-a", leading=True), fence=lambda: stale)
+    try:
+        with pytest.raises(MeshError):
+            c.start(sm.CanarySpec(service="reviews", canary="v2", stable="v1", steps=(10, 100), interval_s=1))
+        assert backend.list("canaries/") == []
+    finally:
+        c.stop()

@@ -39,7 +39,7 @@ def test_bad_limits_are_refused_naming_the_flag(tmp_path, field, value, flag):
         _check_limits(Settings(state_dir=tmp_path, **{field: value}))
 
 
-def test_catalog_hold_flags_reach_the_consul_source(monkeypatch):
+def test_catalog_hold_flags_reach_the_consul_source(monkeypatch, tmp_path):
     from meshcore.controlplane.daemon import open_catalog
 
     args = parse_args(["--catalog-hold", "90s", "--catalog-shrink-threshold", "0.3"])
@@ -48,4 +48,8 @@ def test_catalog_hold_flags_reach_the_consul_source(monkeypatch):
     assert parse_args([]).catalog_hold == "0s"
     source = open_catalog("consul", 90.0, 0.3)
     assert (source._hold.hold_s, source._hold.shrink_threshold) == (90.0, 0.3)
+    assert source._hold.memory is None, "no state directory given: no memory across restarts"
+    source.close()
+    source = open_catalog("consul", 90.0, 0.3, tmp_path)  # the control plane passes its state directory
+    assert source._hold.memory.path == tmp_path / "catalog-hold.json"
     source.close()

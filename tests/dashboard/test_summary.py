@@ -75,3 +75,48 @@ def test_every_static_file_ships():
         body, ctype = read_static(name)
         assert body and ctype
     assert b"/dashboard/app.js" in read_static("index.html")[0]
+
+
+def _version_edge(src: str, sv: str, sdc: str, dst: str, dv: str, ddc: str, gateway: str = ""):
+    return labels(source=src, source_version=sv, source_datacenter=sdc, destination=dst, destination_version=dv,
+                  destination_datacenter=ddc, gateway=gateway)
+
+
+def test_summary_has_the_graph_by_version_with_datacenters_and_gateways():
+    """The page's "Versions" view: one row per version edge (idle ones too); service edges name their
+    datacenters and, across datacenters, the gateways with their connection figures (dc2's gw2 is not
+    scraped by this control plane: listed without figures)."""
+    from meshcore.api.operator import GatewayStatus
+
+    to_store = _version_edge("web", "v1", "dc1", "store", "v3", "dc2", "gw1")
+    direct, idle = _version_edge("web", "v1", "dc1", "api", "v1", "dc1"), _version_edge("web", "v1", "dc1", "api", "v2", "dc1")
+    route = labels(gateway="gw1", datacenter="dc1", service="", destination_datacenter="dc2")
+    sig = Signals(at=10.0, values={
+        "edge_request_rate": {labels(source="web", destination="store"): 2.0, labels(source="web", destination="api"): 3.0},
+        "edge_error_rate": {labels(source="web", destination="store"): 0.5, labels(source="web", destination="api"): 0.0},
+        "version_edge_request_rate": {to_store: 2.0, direct: 3.0, idle: 0.0},
+        "version_edge_error_rate": {to_store: 0.5, direct: 0.0},
+        "version_edge_p99_ms": {direct: 12.0},
+        "gateway_connection_rate": {route: 0.5}, "gateway_connection_error_rate": {route: 0.0},
+        "gateway_bytes_rate": {route: 900.0},
+    })
+    gateways = [ProxyStatus(node=n, gateways=(GatewayStatus("mesh-gateway", f"gw-{n}", "", True, "mesh-gateway",
+                                                            datacenter=dc),)) for n, dc in (("gw1", "dc1"), ("gw2", "dc2"))]
+    s = build_summary(sig, PROXIES + gateways, [], now=11.0, trust_domain="td", collector=CollectorState())
+    rows = {(v.destination, v.destination_version): v for v in s.version_edges}
+    assert set(rows) == {("store", "v3"), ("api", "v1"), ("api", "v2")}
+    assert rows[("api", "v2")].health == "idle" and rows[("api", "v2")].rps == 0.0
+    assert rows[("api", "v1")].p99_ms == 12.0 and rows[("api", "v1")].gateways == ()
+    store = rows[("store", "v3")]
+    assert (store.health, store.source_datacenter, store.destination_datacenter) == ("critical", "dc1", "dc2")
+    assert [(h.node, h.datacenter, h.connections_per_second, h.bytes_per_second) for h in store.gateways] == [
+        ("gw1", "dc1", 0.5, 900.0), ("gw2", "dc2", None, None)]
+    edges = {e.destination: e for e in s.edges}
+    assert (edges["store"].source_datacenter, edges["store"].destination_datacenter) == ("dc1", "dc2")
+    assert [h.node for h in edges["store"].gateways] == ["gw1", "gw2"]
+    assert edges["api"].destination_datacenter == "dc1" and edges["api"].gateways == ()
+    wire = s.to_json()
+    [store_row] = [e for e in wire["edges"] if e["destination"] == "store"]
+    assert store_row["gateways"][1] == {"node": "gw2", "datacenter": "dc2", "connections_per_second": None,
+                                        "connection_error_rate": None, "bytes_per_second": None}
+    assert DashboardSummary.from_json(wire) == s

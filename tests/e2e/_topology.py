@@ -28,10 +28,19 @@ NODES = {"n1": loopback(21), "n2": loopback(22), "n3": loopback(23), "gw": loopb
 CONTROL_PLANE = loopback(10)
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on ``host`` now and never handed out before by this process: the kernel may give a released
+    port again, and two services of one topology on one port make the catalog invalid."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
 
 
 def service(name, sid, node, version, upstreams=(), kind=""):

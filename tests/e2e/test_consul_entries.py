@@ -22,6 +22,7 @@ from ._topology import free_port, loopback, serving
 
 NODE = "vm-entries"
 NODE_ADDRESS = loopback(41)
+STABLE_CHECK = "reviews-stable-ttl"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def mesh(consul, tmp_path_factory):
         "pp", "pp_mesh", "details", "details_mesh", "r1", "r1_mesh", "r2", "r2_mesh", "up_details", "up_reviews",
         "gw")}
 
-    def svc(name, sid, port, mesh_port, meta, upstreams=()):
-        body = {"name": name, "id": sid, "port": ports[port], "meta": {"version": "v1", **meta},
+    def svc(name, sid, port, mesh_port, meta, upstreams=(), checks=()):
+        body = {"name": name, "id": sid, "port": ports[port], "meta": {"version": "v1", **meta}, "checks": list(checks),
                 "connect": {"sidecar_service": {"port": ports[mesh_port], "proxy": {
                     "local_service_address": NODE_ADDRESS,
                     "upstreams": [{"destination_name": u, "local_bind_address": NODE_ADDRESS,
@@ -51,7 +52,8 @@ def mesh(consul, tmp_path_factory):
     (node_dir / "node.json").write_text(json.dumps({"node_name": NODE, "advertise_addr": NODE_ADDRESS}))
     svc("productpage", "productpage-v1", "pp", "pp_mesh", {}, [("details", "up_details"), ("reviews", "up_reviews")])
     svc("details", "details-v1", "details", "details_mesh", {})
-    svc("reviews", "reviews-stable", "r1", "r1_mesh", {"track": "stable"})
+    svc("reviews", "reviews-stable", "r1", "r1_mesh", {"track": "stable"},  # failed by the failover test
+        checks=[{"id": STABLE_CHECK, "name": "reviews stable TTL", "ttl": "1h"}])  # critical until passed
     svc("reviews", "reviews-canary", "r2", "r2_mesh", {"track": "canary"})
     (node_dir / "ingress-gateway.json").write_text(json.dumps({"service": {
         "name": "ingress-gateway", "id": "ingress-gateway", "kind": "ingress-gateway", "port": ports["gw"],
@@ -68,6 +70,10 @@ def mesh(consul, tmp_path_factory):
     m.base, m.ports, m.state = f"http://{NODE_ADDRESS}:{ports['gw']}", ports, state
     m.url = m.base + "/productpage?format=json"
     with serving(m):
+        # No initial Status in the definition: a re-registration (the sidecar meta's config version changes
+        # with every config Envoy ACKs) keeps the state this sets, as Consul's agent does.
+        wait_until(lambda: requests.put(f"{consul}/v1/agent/check/pass/{STABLE_CHECK}", timeout=5).ok, 30,
+                   "reviews-stable's TTL check to be registered and passed")
         yield m
 
 
@@ -158,6 +164,79 @@ def test_splitter_router_and_import(mesh, consul, capsys, monkeypatch):
     finally:
         for kind in ("service-router", "service-splitter", "service-resolver"):
             _delete(consul, kind, "reviews")
+
+
+def _stable_check(consul: str, verb: str) -> None:
+    assert requests.put(f"{consul}/v1/agent/check/{verb}/{STABLE_CHECK}", timeout=10).status_code == 200
+
+
+def test_resolver_failover_to_another_subset_when_the_first_has_no_healthy_instance(mesh, consul):
+    resolver = {"Kind": "service-resolver", "Name": "reviews", "DefaultSubset": "stable", "Subsets": {
+        "stable": {"Filter": "Service.Meta.track == stable"}, "canary": {"Filter": "Service.Meta.track == canary"}},
+        "Failover": {"stable": {"ServiceSubset": "canary"}}}
+
+    def all_to(instance: str) -> bool:
+        return all(_reviews_instance(mesh) == instance for _ in range(10))
+
+    _write(consul, resolver)
+    try:
+        wait_until(lambda: all_to("reviews-stable"), 10, "the default subset to take all traffic", interval=0.1)
+        _stable_check(consul, "fail")  # stable's only instance turns critical: no healthy instance left
+        started = time.monotonic()
+        wait_until(lambda: all_to("reviews-canary"), 10, "stable's traffic to fail over to canary", interval=0.05)
+        took = time.monotonic() - started
+        _stable_check(consul, "pass")
+        started = time.monotonic()
+        wait_until(lambda: all_to("reviews-stable"), 10, "traffic to fail back to stable", interval=0.05)
+        print(f"resolver failover: to canary after {took * 1000:.0f} ms, back to stable after "
+              f"{(time.monotonic() - started) * 1000:.0f} ms")
+    finally:
+        _stable_check(consul, "pass")
+        _delete(consul, "service-resolver", "reviews")
+
+
+def test_sidecar_meta_carries_the_config_version_envoy_acked(mesh, consul):
+    admin = "http://" + mesh.layout.admin[NODE]
+
+    def config_version() -> str:
+        meta = requests.get(consul + "/v1/agent/services", timeout=10).json()["productpage-v1-sidecar-proxy"]["Meta"]
+        return meta.get("meshcore-config-version", "")
+
+    def envoy_cds_version() -> str:
+        stats = requests.get(admin + "/stats?filter=cluster_manager.cds.version_text", timeout=5).text
+        return stats.partition(": ")[2].strip().strip('"')
+
+    wait_until(lambda: config_version() and config_version().split()[-1].split(":")[-1] == envoy_cds_version(), 15,
+               "the sidecar's meta to carry the config version Envoy ACKed")
+    before = config_version()
+    _write(consul, {"Kind": "service-resolver", "Name": "details", "Subsets": {  # new clusters: a new config version
+        "v1": {"Filter": "Service.Meta.version == v1"}}})
+    try:
+        started = time.monotonic()
+        wait_until(lambda: config_version() not in ("", before), 15, "the meta to follow the new config version")
+        print(f"sidecar meta meshcore-config-version followed Envoy's ACK after {time.monotonic() - started:.1f} s")
+    finally:
+        _delete(consul, "service-resolver", "details")
+
+
+def test_service_defaults_protocol_changes_the_listener_kind(mesh, consul):
+    admin = "http://" + mesh.layout.admin[NODE]
+
+    def details_filters() -> set[str]:
+        dump = requests.get(admin + "/config_dump?resource=dynamic_listeners", timeout=5).json()
+        return {f["name"] for c in dump["configs"] if c["name"].startswith("outbound:details:")
+                for chain in c["active_state"]["listener"]["filter_chains"] for f in chain["filters"]}
+
+    hcm, tcp = "envoy.filters.network.http_connection_manager", "envoy.filters.network.tcp_proxy"
+    assert hcm in details_filters()
+    _write(consul, {"Kind": "service-defaults", "Name": "details", "Protocol": "tcp"})
+    try:
+        wait_until(lambda: tcp in details_filters(), 10, "details' outbound listener to become tcp_proxy",
+                   interval=0.1)
+        assert http_get(mesh.url)[0] == 200  # productpage still reaches details, now as plain TCP
+    finally:
+        _delete(consul, "service-defaults", "details")
+    wait_until(lambda: hcm in details_filters(), 10, "details' listener to be HTTP again", interval=0.1)
 
 
 def test_sidecar_registration_shows_envoy_and_its_check_follows_it(mesh, consul):

@@ -3,7 +3,9 @@
 Own bookinfo mesh (``_topology.py``) with a 1 s collector interval. A pacer sends GETs through the
 ingress gateway at a steady rate and POSTs that ``productpage-get-only`` denies; the collector's series
 must match the rates actually sent, and the dashboard, loaded in Debian's Chromium, must show the
-bookinfo graph with those numbers. A screenshot lands in ``test-artifacts/dashboard/dashboard.png``.
+bookinfo graph with those numbers. A screenshot lands in ``test-artifacts/dashboard/dashboard.png``; the
+click-through test drives Chromium over the DevTools protocol (``_cdp.py``: real mouse clicks and keys) and keeps
+``dashboard-detail-service.png`` and ``dashboard-detail-edge.png`` there.
 Skips (saying why) when ``chromium`` is not installed: ``apt-get install -y chromium`` as root.
 """
 
@@ -202,9 +204,10 @@ class _Dom(html.parser.HTMLParser):
             self.elements.append((tag, attrs))
 
 
-def _page(mesh) -> tuple[list[tuple[str, dict]], str]:
-    """The dashboard as Chromium rendered it: the elements _Dom collects, and the whole DOM."""
-    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}"
+def _page(mesh, view: str = "") -> tuple[list[tuple[str, dict]], str]:
+    """The dashboard as Chromium rendered it (``view``: the graph's toggle, as ``#view=`` opens it): the
+    elements _Dom collects, and the whole DOM."""
+    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}" + (f"&view={view}" if view else "")
     out = _chromium(url, "--dump-dom")
     assert out.returncode == 0, out.stderr[-2000:]
     dom = _Dom()
@@ -216,11 +219,11 @@ def _dump(mesh) -> list[tuple[str, dict]]:
     return _page(mesh)[0]
 
 
-def _screenshot(mesh, name: str) -> Path:
+def _screenshot(mesh, name: str, view: str = "") -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / name
     shot.unlink(missing_ok=True)
-    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}"
+    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}" + (f"&view={view}" if view else "")
     out = _chromium(url, f"--screenshot={shot}")
     assert out.returncode == 0 and shot.exists(), out.stderr[-2000:]
     return shot
@@ -258,6 +261,126 @@ def test_dashboard_in_headless_chromium_shows_the_bookinfo_graph(mesh):
 
     shot = _screenshot(mesh, "dashboard.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium as root)")
+def test_dashboard_graph_toggle_shows_reviews_split_by_version(mesh):
+    """The graph's "Versions" toggle (#view=version): productpage v1 -> reviews v1, v2, v3 (the caller's
+    per-endpoint stats), reviews v2 and v3 -> ratings v1, each in dc1, none through a gateway.
+    Screenshot: test-artifacts/dashboard/dashboard-versions.png."""
+    elements: list[tuple[str, dict]] = []
+    wanted = {("productpage v1", f"reviews {v}") for v in ("v1", "v2", "v3")} | {
+        (f"reviews {v}", "ratings v1") for v in ("v2", "v3")}
+
+    def loaded() -> bool:
+        nonlocal elements
+        elements, _ = _page(mesh, "version")
+        graph = next(a for t, a in elements if a.get("id") == "graph")
+        edges = {(a["data-source"], a["data-destination"]): a for t, a in elements
+                 if t == "g" and "edge" in a.get("class", "").split() and "data-source" in a}
+        shown = {k: e["data-rps"] for k, e in edges.items()}
+        assert graph.get("data-by") == "version", graph
+        assert all(float(shown.get(k) or 0) > 0 for k in wanted), f"edges shown: {shown}"
+        return True
+
+    wait_until(loaded, 150, "the versioned graph in Chromium to show reviews split by version", interval=1)
+    edges = {(a["data-source"], a["data-destination"]): a for t, a in elements
+             if t == "g" and "edge" in a.get("class", "").split() and "data-source" in a}
+    assert ("reviews v1", "ratings v1") not in edges  # reviews v1 shows no stars: it never calls ratings
+    e = edges[("productpage v1", "reviews v2")]
+    assert (e["data-source-service"], e["data-source-version"], e["data-destination-version"]) == ("productpage", "v1", "v2")
+    assert e["data-source-datacenter"] == e["data-destination-datacenter"] == "dc1" and e["data-gateways"] == ""
+    assert "cross-dc" not in e["class"].split()
+    nodes = {a["data-service"]: a for t, a in elements if "node" in a.get("class", "").split()}
+    assert {"reviews v1", "reviews v2", "reviews v3", "ratings v1"} <= set(nodes) and nodes["reviews v2"]["data-version"] == "v2"
+    on = [a for t, a in elements if t == "button" and a.get("data-view")]
+    assert [b["data-view"] for b in on if "on" in b.get("class", "").split()] == ["version"]
+    shot = _screenshot(mesh, "dashboard-versions.png", "version")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+_UNTIL_JS = """const until = async (what, f, ms) => { const end = Date.now() + ms;
+  for (;;) { const v = f(); if (v) return v; if (Date.now() > end) throw new Error("timed out waiting for " + what);
+             await new Promise((r) => setTimeout(r, 250)); } };"""
+
+_PANEL_JS = """(async () => { %s
+  const panel = document.getElementById("detail");
+  await until("the panel to load", () => !panel.hidden && panel.dataset.loaded === "yes", 60000);
+  const rps = panel.querySelector(".figures[data-rps]");
+  return { title: document.getElementById("detail-title").textContent, kind: panel.dataset.kind,
+    instances: [...panel.querySelectorAll("tr[data-instance]")].map((tr) => [tr.dataset.instance, tr.textContent]),
+    resources: [...panel.querySelectorAll("[data-resource]")].map((li) => li.dataset.kind + " " + li.dataset.resource),
+    routes: [...panel.querySelectorAll("[data-route]")].map((li) => li.dataset.route),
+    denied: (panel.querySelector("[data-denied]") || {dataset: {}}).dataset.denied || null,
+    denied_callers: [...panel.querySelectorAll("[data-denied-caller]")].map((li) => li.textContent),
+    allowed: (panel.querySelector("[data-allowed]") || {dataset: {}}).dataset.allowed || null,
+    rps: rps ? Number(rps.dataset.rps) : null, text: panel.innerText }; })()"""
+
+
+def _click(browser, selector: str) -> None:
+    """A real mouse click (pressed and released) at the middle of the first element ``selector`` finds, once
+    it is there."""
+    box = browser.evaluate("(async () => { %s const e = await until(%s, () => document.querySelector(%s), 120000);"
+                           " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+                           " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+                           % (_UNTIL_JS, json.dumps(selector), json.dumps(selector)))
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", session=True, type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium as root)")
+def test_dashboard_click_through_on_a_service_and_an_edge(mesh):
+    """Issue 16 item 3: clicking productpage opens a panel with its instance (health), the AuthorizationPolicy
+    selecting it and its denials (the POSTs productpage-get-only refuses); Esc closes it; clicking the productpage ->
+    reviews edge shows its rate; in the Versions view a version's node shows that version's instance only.
+    Screenshots: test-artifacts/dashboard/dashboard-detail-service.png, dashboard-detail-edge.png."""
+    from ._cdp import Browser
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"{mesh.cp_info['http']}/#token={mesh.admin_token_file.read_text().strip()}&view=service"
+    with Browser(CHROMIUM, url, timeout=150) as browser:
+        # Wait for traffic on the edge first, so that the figures the panel shows are the pacer's.
+        browser.evaluate("(async () => { %s await until('the productpage -> reviews edge with traffic', () =>"
+                         " Number((document.querySelector('#graph g.edge[data-source=\"productpage\"]"
+                         "[data-destination=\"reviews\"]') || {dataset: {}}).dataset.rps) > 0, 120000); })()"
+                         % _UNTIL_JS)
+        _click(browser, '#graph g.node[data-service="productpage"] rect')
+        page = browser.evaluate(_PANEL_JS % _UNTIL_JS)
+        assert page["kind"] == "service" and page["title"] == "productpage", page
+        [(instance, row)] = page["instances"]
+        assert instance == "productpage-v1" and "passing" in row, page["instances"]
+        assert "AuthorizationPolicy default/productpage-get-only" in page["resources"], page["resources"]
+        assert page["denied"] is not None and float(page["denied"]) > 0, page["text"]  # ~1 POST/s denied
+        # This mesh's agents follow no access log: the agents' per-caller counts say "unknown", by the ALLOW stage.
+        assert any(c.startswith("unknown by allow/no-rule-matched") for c in page["denied_callers"]), page["text"]
+        assert "callers are unknown" in page["text"], page["text"]
+        browser.screenshot(ARTIFACTS / "dashboard-detail-service.png")
+        browser.call("Input.dispatchKeyEvent", session=True, type="keyDown", key="Escape", code="Escape",
+                     windowsVirtualKeyCode=27)
+        assert browser.evaluate("document.getElementById('detail').hidden") is True
+
+        _click(browser, '#graph g.edge-label[data-source="productpage"][data-destination="reviews"] rect')
+        edge = browser.evaluate(_PANEL_JS % _UNTIL_JS)
+        assert edge["kind"] == "edge" and edge["title"] == "productpage → reviews", edge
+        gets, _ = mesh.traffic
+        sent = gets.rate(gets.sent[0], time.time())  # the panel's mean is over the window (15 min): since traffic began
+        assert edge["rps"] is not None and 0.4 * sent < edge["rps"] < 2.0 * sent, (edge["rps"], sent, edge["text"])
+        assert edge["allowed"] == "true" and "no VirtualService routes reviews" in edge["text"], edge["text"]
+        shot = browser.screenshot(ARTIFACTS / "dashboard-detail-edge.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # Another call than GET /: typed into the panel's form, checked by the control plane's evaluator.
+        _click(browser, "#authz-path")
+        browser.call("Input.insertText", session=True, text="reviews/0")  # after the "/" already there
+        _click(browser, ".authz-form button")
+        assert browser.evaluate("(async () => { %s return await until('the verdict on GET /reviews/0', () =>"
+                                " document.getElementById('detail').innerText.includes('GET /reviews/0 from productpage'),"
+                                " 60000); })()" % _UNTIL_JS) is True
+
+        _click(browser, '#detail-close')
+        _click(browser, '.view button[data-view="version"]')
+        _click(browser, '#graph g.node[data-service="reviews v2"] rect')
+        version = browser.evaluate(_PANEL_JS % _UNTIL_JS)
+        assert version["title"] == "reviews v2" and [i for i, _ in version["instances"]] == ["reviews-v2"], version
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium as root)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -174,9 +175,16 @@ def test_consul_restarted_empty_loses_no_request_and_no_policy(consul_mesh):
     wait_until(lambda: _post_status(mesh.url) == 403, 30, "the GET-only policy to refuse a POST")
     with SteadyTraffic(mesh.url) as traffic:
         traffic.wait_for(20)
-        mesh.consul.restart(empty=True)
-        wait_until(lambda: _source(mesh, "catalog")["state"] == "holding", 30, "the catalog to show holding",
-                   interval=0.05)
+        # The agent re-registers within its 2 s refresh, which ends the hold: on a loaded machine the status
+        # polls missed that window. Paused (its Envoy serves on, in a session of its own), it re-registers
+        # only once the hold has been seen.
+        agent = next(p["pid"] for p in mesh.processes if p["name"] == f"agent-{CONSUL_NODE}")
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            mesh.consul.restart(empty=True)
+            wait_until(lambda: _source(mesh, "catalog")["state"] == "holding", 60, "the catalog to show holding")
+        finally:
+            os.kill(agent, signal.SIGCONT)
         traffic.wait_for(30)
         assert _post_status(mesh.url) == 403, "the allow-only policy was lost with Consul's KV"
         wait_until(lambda: _source(mesh, "resources")["state"] == "holding", 30, "the store to show suspect")

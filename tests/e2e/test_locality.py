@@ -11,6 +11,8 @@ DestinationRule on reviews says dc1 fails over to dc3. Every request goes throug
   dc3, the failover target, never to v2 in dc2; when it comes back, traffic returns to v1;
 * when reviews-v1's app dies while still registered, outlier detection ejects it and traffic
   fails over to v3 the same way; when the app is back, the ejection ends and traffic returns.
+* with ``distribute`` (dc1 callers: 80 to dc1, 20 to dc3), productpage's traffic splits about 80/20 over v1
+  and v3, never v2.
 
 The tests run in file order and build on each other.
 """
@@ -141,8 +143,13 @@ def test_outlier_ejection_fails_over_and_recovery_brings_traffic_back(mesh):
         assert set(sample) <= {"v3", None} and sample["v3"] >= 30, sample
     finally:
         mesh._spawn(app["name"], app["argv"])  # the same app on the same port, tracked for mesh.down()
-    _settle(mesh, "v1")
-    assert _sample(mesh, 100) == Counter({"v1": 100})
+    _settle(mesh, "v1")  # the ejection ended: 30 requests in a row answered by v1
+    # After the dead period the instance's ejection count is high, so Envoy's next ejection of it lasts
+    # baseEjectionTime times that count: on a loaded machine one slow or failed call (a single 5xx ejects)
+    # sends traffic to dc3 for tens of seconds (seen in CI: 76 of 100). What must hold is the failover
+    # order, never dc2, and that v1 serves again.
+    sample = _sample(mesh, 100)
+    assert "v2" not in sample and sample["v1"] > 0, sample
 
 
 def test_deleting_the_rule_spreads_traffic_again(mesh, tmp_path):
@@ -154,3 +161,29 @@ def test_deleting_the_rule_spreads_traffic_again(mesh, tmp_path):
     while not {"v1", "v2", "v3"} <= set(seen):
         assert time.monotonic() < deadline, f"traffic did not spread over the datacenters again: {dict(seen)}"
         seen[_version(mesh)] += 1
+
+
+DISTRIBUTE = RULE.split("      simple:")[0] + """      localityLbSetting:
+        distribute:
+        - from: dc1/*
+          to: {"dc1/*": 80, "dc3/*": 20}
+"""  # the same rule's name and host, weights instead of failover
+
+
+def test_distribute_splits_a_dc1_callers_traffic_80_20_over_dc1_and_dc3_never_dc2(mesh, tmp_path):
+    doc = tmp_path / "reviews-distribute.yaml"
+    doc.write_text(DISTRIBUTE)
+    _meshctl(mesh, "apply", "-f", str(doc))
+    try:
+        # Settled: 40 answers in a row without dc2 (v2), after the rule reached productpage's Envoy.
+        deadline = time.monotonic() + WAIT_S
+        run = 0
+        while run < 40:
+            assert time.monotonic() < deadline, "traffic still reaches dc2 after the distribute rule"
+            run = run + 1 if _version(mesh) in ("v1", "v3") else 0
+        sample = _sample(mesh, 200)
+        # Loose bounds (Envoy picks localities at random by weight; the machine is loaded): 80/20 expected.
+        assert "v2" not in sample and sample["v1"] + sample["v3"] >= 190, sample
+        assert 120 <= sample["v1"] <= 185 and sample["v3"] >= 15, sample
+    finally:
+        _meshctl(mesh, "delete", "-f", str(doc))

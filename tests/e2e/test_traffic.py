@@ -9,9 +9,11 @@ file order and build on each other, as an operator's session would.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import math
+import socket
 import subprocess
 import sys
 import threading
@@ -21,20 +23,57 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from meshcore.demo.launcher import http_get
+from meshcore.demo.launcher import http_get, wait_until
 
-from ._topology import running_mesh
+from ._topology import meshctl, running_mesh, service
 
 CONVERGE_S = 2.0
 WORKERS = 8
 JASON = {"end-user": "jason"}
 
 
+def _tcp(name, sid, node, upstreams=()):
+    """A TCP service instance (meta protocol=tcp) without a health check: the sample app serves bookinfo's names
+    only (for these it exits at once); the echo instances are served by this module (:class:`_Echo`)."""
+    node, svc = service(name, sid, node, sid.rsplit("-", 1)[1], upstreams)
+    svc["meta"]["protocol"] = "tcp"
+    svc.pop("check", None)
+    return node, svc
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = f"({self.server.instance})\n".encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    with running_mesh(tmp_path_factory.mktemp("traffic-mesh"), artifacts="e2e-traffic-logs",
-                      leaf_ttl="1h", agent_refresh="2s") as m:
-        yield m
+    # Beside bookinfo: a TCP service (echo v1 on n2, v2 on n3, each instance on its own port) and two TCP callers
+    # of it on n1. The echo servers speak HTTP (their answer names the instance); the mesh carries it as plain TCP.
+    extra = [_tcp("echo", "echo-v1", "n2"), _tcp("echo", "echo-v2", "n3"),
+             _tcp("tcpcall", "tcpcall-v1", "n1", ["echo"]), _tcp("tcpbatch", "tcpbatch-v1", "n1", ["echo"])]
+    servers = []
+    for _node, svc in extra[:2]:
+        server = http.server.ThreadingHTTPServer((svc["connect"]["sidecar_service"]["proxy"]["local_service_address"],
+                                                  svc["port"]), _Echo)
+        server.instance = svc["id"]  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        with running_mesh(tmp_path_factory.mktemp("traffic-mesh"), artifacts="e2e-traffic-logs",
+                          leaf_ttl="1h", agent_refresh="2s", extra=extra) as m:
+            yield m
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -234,3 +273,72 @@ def test_blue_green_switch_and_rollback_without_failed_requests(mesh):
     assert labels["traffic.mesh.io/active"] == "v1" and labels["traffic.mesh.io/previous"] == "v3"
     # the A/B route survived every switch
     assert _sample(mesh, 20, JASON) == Counter({"v2": 20})
+
+
+# --- tcp routes ---------------------------------------------------------------------------------------------
+
+
+def _echo_instance(mesh, caller: str) -> str:
+    """Which echo instance answers a connection to ``caller``'s echo upstream (raw TCP through both Envoys; the
+    sample app behind it speaks HTTP, whose index page names its instance)."""
+    up = mesh.defs[caller]["connect"]["sidecar_service"]["proxy"]["upstreams"][0]
+    with socket.create_connection((up["local_bind_address"], up["local_bind_port"]), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        try:
+            while chunk := conn.recv(65536):
+                data += chunk
+        except ConnectionResetError:  # the proxies may end a closed connection with a reset: the answer is in
+            pass
+    for sid in ("echo-v1", "echo-v2"):
+        if f"({sid})".encode() in data:
+            return sid
+    return data.decode(errors="replace")[:200]
+
+
+def test_tcp_rules_match_the_caller_and_route_to_a_destination_port(mesh, tmp_path):
+    """echo's instances register different ports, so a destination port picks an instance: tcpbatch's connections
+    (sourceLabels) go to v2's port, every other caller's (the rule for its listener port) to v1's."""
+    v1, v2 = mesh.defs["echo-v1"]["port"], mesh.defs["echo-v2"]["port"]
+    call_port = mesh.defs["tcpcall-v1"]["connect"]["sidecar_service"]["proxy"]["upstreams"][0]["local_bind_port"]
+    vs = tmp_path / "echo.yaml"
+    vs.write_text(f"""
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo]
+  tcp:
+  - match: [{{sourceLabels: {{app: tcpbatch}}}}]
+    route: [{{destination: {{host: echo, port: {{number: {v2}}}}}}}]
+  - match: [{{port: {call_port}}}]
+    route: [{{destination: {{host: echo, port: {{number: {v1}}}}}}}]
+""")
+    meshctl(mesh, "apply", "-f", str(vs))
+    want = {"tcpcall-v1": {"echo-v1"}, "tcpbatch-v1": {"echo-v2"}}
+    wait_until(lambda: {c: {_echo_instance(mesh, c) for _ in range(6)} for c in want} == want, 30,
+               "tcpbatch's connections to reach echo v2 and tcpcall's echo v1")
+    # and they hold: 20 new connections each
+    assert {_echo_instance(mesh, "tcpcall-v1") for _ in range(20)} == {"echo-v1"}
+    assert {_echo_instance(mesh, "tcpbatch-v1") for _ in range(20)} == {"echo-v2"}
+
+
+def test_an_http_destination_port_picks_the_instances_registered_on_it(mesh, tmp_path):
+    """reviews' instances each register their own port here: routing to v3's port sends every request to v3
+    (the cluster of the instances on that port), with no subset."""
+    result, _ = _traffic(mesh, "switch", "reviews", "--to", "v1")
+    meta = result["virtualService"]["metadata"]
+    port = mesh.defs["reviews-v3"]["port"]
+    vs = tmp_path / "reviews-port.yaml"
+    vs.write_text(f"""
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {{name: {meta['name']}, namespace: {meta.get('namespace', 'default')}}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, port: {{number: {port}}}}}}}]
+""")
+    meshctl(mesh, "apply", "-f", str(vs))
+    _converge(mesh, lambda v: v == "v3", time.monotonic(), streak=20, timeout=30)
+    assert _sample(mesh, 40) == Counter({"v3": 40})

@@ -9,7 +9,11 @@ address, anything else on ``--node``. Every other endpoint (catalog, health, KV,
 is the double's own.
 
     python -m tests.lab.consul_stand_in --bind 10.213.0.11:8500 --node cp --node-address 10.213.0.11 \\
-        --agent vm1=10.213.0.12 --agent vm2=10.213.0.13
+        --agent vm1=10.213.0.12 --agent vm2=10.213.0.13 [--datacenter dc1 --wan dc2=http://10.213.2.13:8500]
+
+With ``--wan DC=URL`` it is WAN-joined to the stand-in of another datacenter, as Consul servers are: a request with
+``?dc=DC`` is relayed there (``tests.consul_double._wan``), and ``/v1/catalog/datacenters`` lists both. That is how
+the two-datacenter lab gives each datacenter its own Consul and each control plane ``--catalog consul:dc1,dc2``.
 
 It adds one agent endpoint the double lacks, node maintenance (``PUT /v1/agent/maintenance?enable=
 true|false&reason=...``, what ``consul maint`` calls): as in Consul, a critical ``_node_maintenance``
@@ -32,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.consul_double._http import AclConfig, DoubleHTTPServer, _Handler
 from tests.consul_double._state import ConsulState
+from tests.consul_double._wan import WanPeers
 
 log = logging.getLogger("consul_stand_in")
 
@@ -111,8 +116,9 @@ class _StandInHandler(_Handler):
 class ByPeerServer(DoubleHTTPServer):
     """The double's HTTP server, choosing the agent by the client's source address."""
 
-    def __init__(self, address: tuple[str, int], state: MultiAgentState, acl: AclConfig, peers: dict[str, str]):
-        super().__init__(address, state, acl)
+    def __init__(self, address: tuple[str, int], state: MultiAgentState, acl: AclConfig, peers: dict[str, str],
+                 wan: WanPeers | None = None):
+        super().__init__(address, state, acl, wan=wan)
         self.RequestHandlerClass = _StandInHandler
         self.peers = peers  # source address -> node
 
@@ -132,6 +138,13 @@ def _agent_arg(text: str) -> tuple[str, str]:
     return node, addr
 
 
+def _wan_arg(text: str) -> tuple[str, str]:
+    dc, sep, url = text.partition("=")
+    if not sep or not dc or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"--wan wants DATACENTER=URL (e.g. dc2=http://10.213.2.13:8500), got {text!r}")
+    return dc, url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab.consul_stand_in", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", default="127.0.0.1:8500", help="HOST:PORT to listen on")
@@ -140,14 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datacenter", default="dc1")
     parser.add_argument("--agent", type=_agent_arg, action="append", default=[], metavar="NODE=ADDRESS",
                         help="a host whose requests act on its own node (repeatable)")
+    parser.add_argument("--wan", type=_wan_arg, action="append", default=[], metavar="DATACENTER=URL",
+                        help="the stand-in of another datacenter: ?dc=DATACENTER is relayed there (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, _, port = args.bind.rpartition(":")
     agents = dict(args.agent)
     state = MultiAgentState(args.node, args.datacenter, args.node_address, agents)
+    wan = WanPeers()
+    for dc, url in args.wan:
+        if dc == args.datacenter:
+            parser.error(f"--wan {dc}=...: that is this stand-in's own datacenter")
+        wan.add(dc, url)
     try:
         server = ByPeerServer((host.strip("[]"), int(port)), state, AclConfig(),
-                              {addr: node for node, addr in agents.items()})
+                              {addr: node for node, addr in agents.items()}, wan)
     except OSError as exc:
         print(f"consul stand-in: cannot listen on {args.bind}: {exc}", file=sys.stderr)
         return 1
@@ -155,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
-    print(f"consul stand-in listening on http://{args.bind} node={args.node} agents={agents}", flush=True)
+    print(f"consul stand-in listening on http://{args.bind} datacenter={args.datacenter} node={args.node} "
+          f"agents={agents} wan={wan.peers}", flush=True)
     while not done.wait(0.1):
         state.expire_ttls()
     state.close()

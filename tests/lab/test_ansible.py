@@ -65,3 +65,77 @@ def test_example_inventory_groups():
     assert sorted(data["meshcore_vms"]["hosts"]) == ["vm1", "vm2", "vm3"]
     services = data["_meta"]["hostvars"]["vm1"]["meshcore_consul_services_definitions"]
     assert {s["id"] for s in services} == {"productpage-v1", "reviews-v1"}
+
+
+# --------------------------------------------------------------- two datacenters (the two-datacenter lab's inventory)
+
+def _two_dc_inventory(tmp_path: Path) -> Path:
+    import yaml
+
+    def host(addr: str) -> dict:
+        return {"ansible_host": addr, "ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    dcs = {"dc1": {"cp": "10.213.0.11", "cp2": "10.213.0.12", "vm1": "10.213.0.13", "gw1": "10.213.0.14"},
+           "dc2": {"cp3": "10.213.1.11", "vm4": "10.213.1.12", "gw2": "10.213.1.13"}}
+    every = {name: host(addr) for dc in dcs.values() for name, addr in dc.items()}
+    inventory = {"all": {"hosts": every, "children": {
+        **{f"dc_{dc}": {"hosts": {h: None for h in members}, "vars": {"meshcore_datacenter": dc}}
+           for dc, members in dcs.items()},
+        "lab_consul": {"hosts": {"cp": None, "cp3": None}},
+        "meshcore_control_plane": {"hosts": {"cp": None, "cp2": None, "cp3": None}},
+        "meshcore_vms": {"hosts": {"vm1": None, "vm4": None}},
+        "meshcore_mesh_gateway": {"hosts": {"gw1": None, "gw2": None}}}}}
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    return path
+
+
+def test_each_datacenter_gets_its_own_control_plane_and_consul_stand_in(tmp_path):
+    """dc_<name> groups and meshcore_datacenter: agents, KEK and operator token stay within their datacenter."""
+    import json
+
+    out = tmp_path / "vars.json"
+    show = {"agent_cp": "{{ meshcore_agent_control_plane }}", "token_host": "{{ meshcore_agent_cp_host }}",
+            "kek_host": "{{ meshcore_control_plane_kek_host }}",
+            "cp_hosts": "{{ meshcore_control_plane_datacenter_hosts }}"}
+    defaults = [str(ANSIBLE / "roles" / r / "defaults" / "main.yml")
+                for r in ("meshcore_control_plane", "meshcore_agent", "lab_consul_double")]
+    play = [{"name": "What each host resolves", "hosts": "all", "gather_facts": False, "become": False,
+             "vars_files": defaults,
+             "tasks": [{"name": "Collect", "ansible.builtin.set_fact": {"resolved": show}},
+                       {"name": "Write", "run_once": True, "ansible.builtin.copy": {
+                           "dest": str(out), "mode": "0644",
+                           "content": "{{ dict(ansible_play_hosts | zip(ansible_play_hosts | map('extract', hostvars, "
+                                      "'resolved'))) | to_json }}"}},
+                       {"name": "The stand-in's unit", "when": "inventory_hostname in groups['lab_consul']",
+                        "vars": {"lab_consul_double_wan": "{{ {'dc2': 'http://10.213.2.13:8500'} if "
+                                 "meshcore_datacenter == 'dc1' else {'dc1': 'http://10.213.2.11:8500'} }}"},
+                        "ansible.builtin.template": {
+                            "src": str(ANSIBLE / "roles" / "lab_consul_double" / "templates" / "consul-double.service.j2"),
+                            "dest": str(tmp_path / "{{ inventory_hostname }}.service"), "mode": "0644"}}]}]
+    (tmp_path / "play.yml").write_text(__import__("yaml").safe_dump(play))
+    proc = subprocess.run([_tool("ansible-playbook"), "-i", str(_two_dc_inventory(tmp_path)), str(tmp_path / "play.yml")],
+                          cwd=ANSIBLE, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["vm1"]["agent_cp"] == "https://10.213.0.11:15443,https://10.213.0.12:15443"
+    assert got["vm4"]["agent_cp"] == "https://10.213.1.11:15443" and got["vm4"]["token_host"] == "cp3"
+    assert got["gw1"]["token_host"] == "cp" and got["gw2"]["token_host"] == "cp3"
+    assert got["cp2"]["kek_host"] == "cp" and got["cp3"]["kek_host"] == "cp3"
+    assert got["cp3"]["cp_hosts"] == ["cp3"] and got["cp2"]["cp_hosts"] == ["cp", "cp2"]
+    dc1 = (tmp_path / "cp.service").read_text()
+    dc2 = (tmp_path / "cp3.service").read_text()
+    assert "--datacenter dc1" in dc1 and "--wan dc2=http://10.213.2.13:8500" in dc1
+    assert "--agent vm1=10.213.0.13" in dc1 and "--agent gw1=10.213.0.14" in dc1 and "vm4" not in dc1
+    assert "--datacenter dc2" in dc2 and "--agent vm4=10.213.1.12 --agent gw2=10.213.1.13" in dc2 and "vm1" not in dc2
+
+
+def test_site_yml_gives_mesh_gateway_hosts_the_gateway_role_and_no_service_definitions():
+    import yaml
+
+    plays = yaml.safe_load((ANSIBLE / "playbooks" / "site.yml").read_text())
+    [vms] = [p for p in plays if "meshcore_agent" in [r["role"] for r in p.get("roles", [])]]
+    assert vms["hosts"] == "meshcore_vms:meshcore_mesh_gateway"
+    roles = {r["role"]: r.get("when", "") for r in vms["roles"]}
+    assert "not in groups['meshcore_mesh_gateway']" in roles["meshcore_consul_services"]
+    assert roles["meshcore_mesh_gateway"].startswith("inventory_hostname in groups['meshcore_mesh_gateway']")
+    assert all(p.get("gather_facts") is False for p in plays)

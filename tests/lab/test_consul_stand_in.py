@@ -69,3 +69,30 @@ def test_node_maintenance_makes_the_callers_node_critical(stand_in):
     _call(stand_in, "PUT", "/v1/agent/maintenance?enable=false", source="127.0.0.2")
     assert [e["Service"]["ID"] for e in _call(stand_in, "GET", "/v1/health/service/details?passing")] == [
         "details-vm1"]
+
+
+def test_wan_joined_stand_ins_relay_the_other_datacenter():
+    """Two stand-ins (the two-datacenter lab: one per datacenter) joined with --wan: ?dc= reaches the other."""
+    from tests.consul_double._wan import WanPeers
+
+    servers, addrs = [], {}
+    for dc, node in (("dc1", "cp"), ("dc2", "cp3")):
+        state = MultiAgentState(node, dc, "127.0.0.1", {})
+        wan = WanPeers()
+        server = ByPeerServer(("127.0.0.1", 0), state, AclConfig(), {}, wan)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append((state, server, wan))
+        addrs[dc] = f"127.0.0.1:{server.server_address[1]}"
+    servers[0][2].add("dc2", f"http://{addrs['dc2']}")
+    servers[1][2].add("dc1", f"http://{addrs['dc1']}")
+    try:
+        _call(addrs["dc2"], "PUT", "/v1/agent/service/register", {"Name": "store", "ID": "store-cp3", "Port": 80})
+        assert _call(addrs["dc1"], "GET", "/v1/catalog/datacenters") == ["dc1", "dc2"]
+        assert [n["Node"] for n in _call(addrs["dc1"], "GET", "/v1/catalog/nodes?dc=dc2")] == ["cp3"]
+        assert "store" in _call(addrs["dc1"], "GET", "/v1/catalog/services?dc=dc2")
+        assert "store" not in _call(addrs["dc1"], "GET", "/v1/catalog/services")
+    finally:
+        for state, server, _ in servers:
+            state.close()
+            server.shutdown()
+            server.server_close()

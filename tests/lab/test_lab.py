@@ -4,7 +4,8 @@ meshcore deployed onto them by ansible/playbooks/site.yml over SSH, exactly as o
 Needs root (network namespaces, bridges, nspawn); skips with the reason otherwise, or when nspawn
 cannot boot a host here. The lab is brought up once for the module (``lab/deploy.py``, what
 ``make lab-up`` runs) and removed at the end (``lab/down.sh``) unless MESHCORE_LAB_KEEP=1.
-The tests run in order: deploy, traffic, units, kill recovery, reboot, idempotence, upgrade.
+Two control plane hosts (cp, cp2: replicas on the Consul stand-in). The tests run in order: deploy, traffic,
+units, a control plane host stopped under traffic, kill recovery, reboot, idempotence, upgrade.
 Progress goes to stdout (``pytest -s`` to watch it).
 """
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LAB_STATE = Path(os.environ.get("MESHCORE_LAB_STATE", "/var/lib/meshcore-lab"))
 VMS = ("vm1", "vm2", "vm3")
+CONTROL_PLANES = ("cp", "cp2")
 BOOT_FAILURES = ("did not come up", "stopped while booting", "Failed to open system bus", "No medium found")
 
 pytestmark = pytest.mark.timeout(1500)
@@ -52,7 +54,7 @@ def lab():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    progress("make lab-up: boot cp vm1 vm2 vm3 and deploy with site.yml (1-3 minutes)")
+    progress("make lab-up: boot cp cp2 vm1 vm2 vm3 and deploy with site.yml (1-3 minutes)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, str(ROOT / "lab" / "deploy.py"), "--check-first"], capture_output=True,
                           text=True, timeout=1200)
@@ -132,10 +134,10 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------- tests
 
 def test_site_yml_deployed_every_host(lab):
-    assert set(lab["hosts"]) == {"cp", *VMS}
+    assert set(lab["hosts"]) == {*CONTROL_PLANES, *VMS}
     assert Path(lab["inventory"]).is_file()
     stats = recap(lab["deploy_output"])
-    assert {"cp", *VMS} <= set(stats), stats
+    assert {*CONTROL_PLANES, *VMS} <= set(stats), stats
     assert all(s["failed"] == 0 and s["unreachable"] == 0 for s in stats.values()), stats
     assert lab["ingress"].startswith(f"http://{lab['hosts']['cp']}:")
 
@@ -167,7 +169,7 @@ def test_productpage_answers_through_the_mesh(lab):
 
 
 def test_units_are_active_on_every_host(lab):
-    units = {"cp": "consul-double meshcore-control-plane meshcore-agent"}
+    units = {"cp": "consul-double meshcore-control-plane meshcore-agent", "cp2": "meshcore-control-plane"}
     for vm in VMS:
         units[vm] = ("meshcore-agent bookinfo-productpage-{vm} bookinfo-details-{vm} bookinfo-ratings-{vm} "
                      "bookinfo-reviews-v{n}").format(vm=vm, n=vm[-1])
@@ -175,6 +177,46 @@ def test_units_are_active_on_every_host(lab):
         out = ssh(lab, host, f"systemctl is-active {names}").stdout.split()
         assert out == ["active"] * len(names.split()), f"{host}: {dict(zip(names.split(), out))}"
         assert ssh(lab, host, "systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded")
+
+
+def cp_status(lab, host: str) -> dict:
+    """``GET /v1/status`` of the control plane on ``host`` (its operator API on loopback, its token file)."""
+    return json.loads(ssh(lab, host, "curl -fsS -m 5 -H \"Authorization: Bearer $(cat /var/lib/meshcore/admin.token)\" "
+                               "http://127.0.0.1:15000/v1/status").stdout)["control_plane"]
+
+
+def test_stopping_the_leading_control_plane_host_loses_no_request(lab):
+    """Two replicas, one leader: `systemctl stop` the leader's unit under traffic, the other leads at once (the
+    key is released), agents and Envoys on it fail over, no request is lost; started again, it follows."""
+    wait_for("both replicas healthy", lambda: sorted(
+        r["id"] for r in cp_status(lab, "cp")["replicas"] if r["healthy"]) == ["cp-15000", "cp2-15000"], timeout=60)
+    # meshctl works on cp2 too: the role copied the operator token the first replica wrote on cp
+    out = ssh(lab, "cp2", "meshctl status").stdout
+    assert "leader" in out, out
+    leader = cp_status(lab, "cp2")["leader"]
+    host = leader.rsplit("-", 1)[0]
+    other = next(h for h in CONTROL_PLANES if h != host)
+    client = Client(lab)
+    client.start()
+    try:
+        wait_for("traffic flowing", lambda: client.ok >= 10, timeout=30)
+        t0 = time.monotonic()
+        ssh(lab, host, "systemctl stop meshcore-control-plane")
+        wait_for(f"{other} to lead", lambda: cp_status(lab, other)["leader"] == f"{other}-15000", timeout=30)
+        progress(f"{host} (leader) stopped -> {other} leads {time.monotonic() - t0:.1f}s later")
+        seen = client.ok
+        wait_for("traffic while one control plane host is down", lambda: client.ok >= seen + 40, timeout=60)
+        ssh(lab, host, "systemctl start meshcore-control-plane")
+        wait_for(f"{host} healthy again, following {other}", lambda: cp_status(lab, host)["leader"] == f"{other}-15000"
+                 and all(r["healthy"] for r in cp_status(lab, host)["replicas"]), timeout=60)
+        seen = client.ok
+        wait_for("traffic after the restart", lambda: client.ok >= seen + 20, timeout=60)
+    finally:
+        client.stop.set()
+        client.join(15)
+    progress(f"control plane host stopped and started under traffic: {client.ok} pages, "
+             f"{len(client.failures)} failures")
+    assert client.failures == [], client.failures[:10]
 
 
 def test_systemctl_kill_of_the_agent_recovers_within_seconds(lab):
@@ -289,7 +331,7 @@ def test_upgrade_rolls_a_new_build_while_a_client_loses_nothing(lab):
     progress(f"upgrade.yml (control plane, vm1..vm3, gateway) in {time.monotonic() - t0:.0f}s; client: "
              f"{client.ok} pages, {len(client.failures)} failures")
     assert proc.returncode == 0, proc.stdout[-5000:]
-    for host in ("cp", *VMS):
+    for host in (*CONTROL_PLANES, *VMS):
         got = ssh(lab, host, "/opt/meshcore/venv/bin/python -c \"import importlib.metadata as m; "
                   "print(m.version('meshcore'))\"").stdout.strip()
         assert got == new, f"{host} runs {got}, expected {new}"
@@ -297,6 +339,9 @@ def test_upgrade_rolls_a_new_build_while_a_client_loses_nothing(lab):
         assert ssh(lab, host, "systemctl is-active meshcore-agent").stdout.strip() == "active"
     order = re.findall(r"TASK \[Drain this VM.*?\]\s*\*+\s*\n\w+: \[(\w+)\]", proc.stdout)
     assert order == list(VMS), f"VMs were not upgraded one at a time in order: {order}"
+    settled = re.findall(r"TASK \[Let agents and Envoys settle[^\]]*\][^\n]*\n(?:(?!TASK).*\n)*?\w+: \[(\w+)\]",
+                         proc.stdout)
+    assert settled == list(CONTROL_PLANES), f"the control plane hosts were not upgraded one at a time: {settled}"
     # the gateway's agent runs the new build, and its Envoy was hot-restarted rather than stopped
     assert ssh(lab, "cp", "systemctl show -p MainPID --value meshcore-agent").stdout.strip() != gateway_agent
     assert re.search(r"RUNNING HANDLER \[meshcore_agent : Hand Envoy over[^\]]*\]\s*\*+\s*\nchanged: \[cp\]", proc.stdout), \
@@ -326,7 +371,10 @@ def test_fleet_status_lists_every_host_with_active_units_and_cert_expiry(lab):
     progress(f"meshctl fleet status over {len(lab['hosts'])} hosts in {time.monotonic() - t0:.1f}s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     hosts = {h["host"]: h for h in json.loads(proc.stdout)}
-    assert set(hosts) == {"cp", *VMS}
+    assert set(hosts) == {*CONTROL_PLANES, *VMS}
+    cp2 = hosts.pop("cp2")  # a control plane replica only: no agent, no Envoy
+    assert cp2["error"] is None and cp2["units"]["control-plane"] == "active", cp2
+    assert cp2["units"]["agent"] == "not-installed"
     for name, h in hosts.items():
         assert h["error"] is None and h["address"] == lab["hosts"][name], h
         assert h["units"]["agent"] == "active" and h["units"]["envoy"] == "active", (name, h["units"])
@@ -369,6 +417,7 @@ def test_bug_report_collects_every_host_without_private_keys(lab, tmp_path):
         certs = json.loads(blobs[f"hosts/{host}/certificates.json"])
         assert any(c.get("uri_sans") for items in certs.values() for c in items), certs
     assert "hosts/cp/control-plane-status.json" in members and "hosts/cp/journal-control-plane.txt" in members
+    assert "hosts/cp2/control-plane-status.json" in members  # meshctl on cp2 found the copied operator token
     assert "roots" in json.loads(blobs["hosts/cp/control-plane-ca.json"])  # the operator API answered (token)
     assert json.loads(blobs["hosts/vm1/envoy-config_dump.json"])["configs"]
     assert [n for n, b in blobs.items() if b"PRIVATE KEY" in b] == []
@@ -495,4 +544,42 @@ def test_meshctl_install_default_deny_off_removes_it_and_nothing_else_changes(la
                        "meshcore_mesh_policy : Delete what this role applied and is no longer wanted "
                        "(never a resource without its label)"], proc.stderr[-4000:]
     stats = json.loads(proc.stdout)["hosts"]
-    assert list(stats) == ["cp"] and stats["cp"]["changed"] == 2 and stats["cp"]["failed"] == 0, stats
+    assert sorted(stats) == ["cp", "cp2"] and stats["cp"]["changed"] == 2 and stats["cp"]["failed"] == 0, stats
+    assert stats["cp2"]["changed"] == 0 and stats["cp2"]["failed"] == 0, stats  # the policy is applied once
+
+
+# ------------------------------------------------ two datacenters' networks (docs/multi-dc.md "In the lab")
+
+def _reaches(lab, host_addr: str, target: str, port: int = 22) -> bool:
+    """Whether a TCP connection from the lab host at ``host_addr`` to ``target:port`` (sshd) opens."""
+    probe = (f"python3 -c \"import socket,sys\ntry: socket.create_connection(('{target}', {port}), 3).close()\n"
+             f"except OSError as e: sys.exit(str(e))\"")
+    proc = subprocess.run(["ssh", "-i", lab["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+                           f"root@{host_addr}", probe], capture_output=True, text=True, timeout=60)
+    return proc.returncode == 0
+
+
+def test_two_datacenter_networks_meet_only_on_the_wan(lab):
+    """up.sh NAME@dc2 / NAME@dc1+wan: a dc2 bridge and a WAN bridge beside dc1's. A dc1 VM reaches no dc2 host and
+    no WAN address; the gateways' hosts reach each other over the WAN. Last in the module: the extra hosts are
+    only booted (the two-datacenter mesh on them is not deployed yet)."""
+    t0 = time.monotonic()
+    up = subprocess.run([str(ROOT / "lab" / "up.sh"), "gw1@dc1+wan", "gw2@dc2+wan", "vm4@dc2"],
+                        capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+    booted = json.loads(up.stdout.strip().splitlines()[-1])
+    progress(f"gw1, gw2, vm4 booted in {time.monotonic() - t0:.0f}s: {booted['nets']}, wan {booted['wan']}")
+    hosts, wan = booted["hosts"], booted["wan"]
+    assert booted["nets"]["vm1"] == "dc1" and booted["nets"]["vm4"] == "dc2" and set(wan) == {"gw1", "gw2"}
+    assert hosts["vm4"].rsplit(".", 1)[0] != hosts["vm1"].rsplit(".", 1)[0] != wan["gw1"].rsplit(".", 1)[0]
+    expect = {  # (from, to address): reachable
+        ("vm1", hosts["gw1"]): True, ("gw1", wan["gw2"]): True, ("gw2", hosts["vm4"]): True,
+        ("vm4", hosts["gw2"]): True,
+        ("vm1", hosts["vm4"]): False, ("vm1", hosts["gw2"]): False, ("vm1", wan["gw2"]): False,
+        ("vm4", hosts["vm1"]): False, ("vm4", wan["gw1"]): False, ("gw1", hosts["vm4"]): False,
+    }
+    got = {key: _reaches(lab, hosts[key[0]], key[1]) for key in expect}
+    assert got == expect, {k: v for k, v in got.items() if v != expect[k]}
+    # this machine reaches both datacenters (ssh, tests), never the WAN
+    assert ssh({**lab, "hosts": hosts}, "vm4", "cat /etc/hostname").stdout.strip() == "vm4"

@@ -32,12 +32,32 @@ def _hist(name: str, label: str, key: str, observations: dict[float, int]) -> li
     return lines
 
 
-def envoy_text(clusters: dict | None = None, listeners: dict | None = None, denied: dict | None = None) -> str:
+def envoy_text(clusters: dict | None = None, listeners: dict | None = None, denied: dict | None = None,
+               endpoints: dict | None = None, gateway: dict | None = None) -> str:
     """Envoy 1.40 ``/stats/prometheus`` text with the families the collector reads.
 
     ``clusters``: name -> dict(total, errors, hist, pending_overflow, cx_overflow, retry_limit);
-    ``listeners``: HCM stat prefix -> dict(total, errors, hist); ``denied``: inbound prefix -> count."""
+    ``listeners``: HCM stat prefix -> dict(total, errors, hist); ``denied``: inbound prefix -> count;
+    ``endpoints``: cluster -> {address: (total, errors)} (per-endpoint stats); ``gateway``: a mesh gateway's
+    cluster name (as its config names it) -> (connections, connect failures, refused for no healthy endpoint
+    [, bytes received, bytes sent]),
+    spelled as Envoy's tag extraction prints it (a dot in the name ends the cluster tag)."""
     out: list[str] = []
+    for name, eps in (endpoints or {}).items():
+        lab = f'envoy_cluster_name="{name.replace(":", "_")}"'
+        out += ["# TYPE envoy_cluster_endpoint_rq_total counter"] + [
+            f'envoy_cluster_endpoint_rq_total{{{lab},envoy_endpoint_address="{a}"}} {t}' for a, (t, _) in eps.items()]
+        out += ["# TYPE envoy_cluster_endpoint_rq_error counter"] + [
+            f'envoy_cluster_endpoint_rq_error{{{lab},envoy_endpoint_address="{a}"}} {e}' for a, (_, e) in eps.items()]
+        out += ["# TYPE envoy_cluster_endpoint_rq_success counter"] + [
+            f'envoy_cluster_endpoint_rq_success{{{lab},envoy_endpoint_address="{a}"}} {t - e}' for a, (t, e) in eps.items()]
+    for name, counts in (gateway or {}).items():
+        head, dot, dc = name.replace(":", "_").partition(".")
+        infix = f"{dc}_" if dot else ""
+        for counter, value in zip(("upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_none_healthy",
+                                   "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total"), counts):
+            out += [f"# TYPE envoy_cluster_{infix}{counter} counter",
+                    f'envoy_cluster_{infix}{counter}{{envoy_cluster_name="{head}"}} {value}']
     for name, c in (clusters or {}).items():
         lab = f'envoy_cluster_name="{name}"'
         out += ["# TYPE envoy_cluster_upstream_rq_total counter", f"envoy_cluster_upstream_rq_total{{{lab}}} {c['total']}",
@@ -179,9 +199,12 @@ def test_proxy_out_of_sync_and_extra_signals():
 
 def test_every_signal_name_is_produced():
     before = envoy_text(clusters={"outbound_ratings|productpage": {"total": 0}},
-                        listeners={"inbound_productpage-v1": {"total": 0}}, denied={"inbound_productpage-v1": 0})
+                        listeners={"inbound_productpage-v1": {"total": 0}}, denied={"inbound_productpage-v1": 0},
+                        gateway={"mesh_gateway:datacenter:dc2": (0, 0, 0)})
     after = envoy_text(clusters={"outbound_ratings|productpage": {"total": 4, "errors": 1, "hist": {5: 4}}},
-                       listeners={"inbound_productpage-v1": {"total": 2, "hist": {5: 2}}}, denied={"inbound_productpage-v1": 1})
+                       listeners={"inbound_productpage-v1": {"total": 2, "hist": {5: 2}}}, denied={"inbound_productpage-v1": 1},
+                       gateway={"mesh_gateway:datacenter:dc2": (3, 1, 0)}) + _denied_by_caller(
+        {("unknown", "productpage", "allow/no-rule-matched"): 1})
     extra = {"cert_expiry_seconds": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 10.0},
              "cert_life_left_ratio": {labels(spiffe_id="spiffe://x/ns/default/sa/a", node="n1"): 0.1},
              "ca_root_expiry_seconds": {(): 5.0},
@@ -395,3 +418,25 @@ def test_catalog_address_keeps_the_catalog_host_and_only_the_announced_port():
                       "10.0.0.5:99999", "10.0.0.5", "10.0.0.5:80/x", "u@10.0.0.5:80", ""):
         assert catalog_address(announced, "10.0.0.5") == "", announced
     assert catalog_address("10.0.0.5:15090", None) == ""  # a node not in the catalog: nothing
+
+
+def _denied_by_caller(counts: dict[tuple[str, str, str], int]) -> str:
+    """The agent's ``meshcore_policy_denied_total`` lines (meshcore.agent._series.policy_denied_family)."""
+    lines = ["# HELP meshcore_policy_denied_total Requests denied.", "# TYPE meshcore_policy_denied_total counter"]
+    lines += [f'meshcore_policy_denied_total{{source_service="{s}",destination_service="{d}",policy="{p}"}} {n}'
+              for (s, d, p), n in counts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_denials_per_caller_come_from_the_agents_counts():
+    key = ("ingress-gateway", "productpage", "allow/no-rule-matched")
+    other = ("reviews", "productpage", "default/deny-reviews")
+    before = envoy_text(denied={"inbound_productpage-v1": 4}) + _denied_by_caller({key: 4})
+    after = envoy_text(denied={"inbound_productpage-v1": 14}) + _denied_by_caller({key: 9, other: 5})
+    stats = parse_proxy_stats(after)
+    assert stats.denied_by == {key: 9.0, other: 5.0}
+    s = signals_from_scrapes({"n1": _scrape(before, 0.0)}, {"n1": _scrape(after, 5.0)}, PROXIES, at=5.0)
+    assert s.get("policy_denied")[labels(service="productpage")] == pytest.approx(2.0)
+    assert s.get("policy_denied_by_caller") == {
+        labels(source="ingress-gateway", service="productpage", policy="allow/no-rule-matched"): pytest.approx(1.0),
+        labels(source="reviews", service="productpage", policy="default/deny-reviews"): pytest.approx(1.0)}

@@ -42,6 +42,12 @@ spec: {signal: policy_denied, op: ">", threshold: 1.5/s, summary: "{service} {va
 ---
 apiVersion: telemetry.mesh.io/v1beta1
 kind: AlertRule
+metadata: {name: web-denied}
+spec: {signal: policy_denied_by_caller, match: {source: web}, op: ">", threshold: 30/m,
+       summary: "{source} to {service} by {policy} {value}"}
+---
+apiVersion: telemetry.mesh.io/v1beta1
+kind: AlertRule
 metadata: {name: shedding}
 spec: {signal: circuit_breaker_overflow, op: ">", threshold: 0, summary: "{service} {value}"}
 ---
@@ -86,6 +92,9 @@ SERIES = [
     ('envoy_http_rbac_deny_default_deny_details_denied{envoy_rbac_http_prefix="authz",envoy_http_conn_manager_prefix="inbound_details-v1",instance="n2"}', "0+120x20"),
     ('envoy_http_rbac_deny_default_deny_details_policy_default_deny_details_0__denied{envoy_rbac_http_prefix="authz",envoy_http_conn_manager_prefix="inbound_details-v1",instance="n2"}', "0+120x20"),
     ('envoy_http_rbac_shadow_denied{envoy_http_conn_manager_prefix="inbound_details-v1",instance="n2"}', "0+120x20"),
+    # the agents' per-caller denials: web -> details 1/s by default-deny-details, reviews -> details 0.2/s
+    ('meshcore_policy_denied_total{source_service="web",destination_service="details",policy="default-deny-details",instance="n2"}', "0+60x20"),
+    ('meshcore_policy_denied_total{source_service="reviews",destination_service="details",policy="default-deny-details",instance="n2"}', "0+12x20"),
     ('meshcore_service_instance_info{instance_id="details-v1",service="details",node="n2",instance="cp"}', "1+0x20"),
     ('meshcore_service_instance_info{instance_id="ratings-v1",service="ratings",node="n3",instance="cp"}', "1+0x20"),
     # certificates: ratings' expires 1h after the evaluation time (10m), reviews' far later
@@ -109,6 +118,8 @@ CASES = [
     expect("SlowRatings", {"service": "ratings", "severity": "warning"}, "ratings 995ms"),
     expect("EdgeErrors", {"source": "reviews", "destination": "ratings", "severity": "warning"}, "reviews to ratings 50%"),
     expect("Denials", {"service": "details", "team": "sec", "severity": "warning"}, "details 2/s"),
+    expect("WebDenied", {"source": "web", "service": "details", "policy": "default-deny-details",
+                         "severity": "warning"}, "web to details by default-deny-details 1/s"),
     expect("Shedding", {"service": "details", "severity": "warning"}, "details 0.1/s"),
     expect("Expiring", {"spiffe_id": RATINGS_SID, "node": "n3", "severity": "warning"}, f"{RATINGS_SID} on n3 in 1h 0m 0s"),
     expect("OutOfSync", {"node": "n3", "severity": "warning"}, "n3"),

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -45,7 +46,7 @@ def static_bootstrap(built: dict, admin_port: int) -> dict:
                     hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
                     f.typed_config.Pack(hcm)
         listeners.append(json_format.MessageToDict(listener))
-    clusters = [json_format.MessageToDict(c) for c in built[CLUSTER] if c.name.startswith("local_app:")]
+    clusters = [json_format.MessageToDict(c) for c in built[CLUSTER] if c.name.startswith(("local_app:", "jwks|", "ext_authz|"))]
     return {
         "node": {"id": "policy-test", "cluster": "policy-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -122,3 +123,19 @@ def wait_listening(host: str, port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+class HeadersApp(BaseHTTPRequestHandler):
+    """A workload for Envoy tests: answers GET with the request's headers as JSON (names lowercased)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass

@@ -21,6 +21,21 @@ CASES = [
     "destination_rule/testdata/vm1-reviews-connection-pool.input.yaml",
     "destination_rule/testdata/vm1-reviews-port-level.input.yaml",
     "authorization_policy/testdata/vm1-dry-run.input.yaml",
+    "request_authentication/testdata/vm2-details-jwt-fields.input.yaml",
+    "request_authentication/testdata/vm2-details-jwt-discovery-scopes.input.yaml",
+    "authorization_policy/testdata/gateway-ingress-authz.input.yaml",
+    "virtual_service/testdata/vm1-reviews-cors.input.yaml",
+    "service_entry/testdata/vm1-egress-tls-allow-any.input.yaml",
+    "sidecar/testdata/vm1-scoped-registry-only.input.yaml",
+    "destination_rule/testdata/vm1-reviews-istio-fields.input.yaml",
+    "destination_rule/testdata/vm1-hash-algorithms.input.yaml",
+    "destination_rule/testdata/vm1-external-proxy-protocol-tunnel.input.yaml",
+    "sidecar/testdata/vm1-inbound-connection-pool.input.yaml",
+    "virtual_service/testdata/vm1-reviews-ports-delegate.input.yaml",
+    "authorization_policy/testdata/vm1-service-accounts.input.yaml",
+    "destination_rule/testdata/vm1-reviews-port-locality.input.yaml",
+    "destination_rule/testdata/vm1-reviews-port-zone-aware.input.yaml",
+    "destination_rule/testdata/vm1-reviews-port-distribute.input.yaml",
 ]
 
 

@@ -23,7 +23,8 @@ import yaml
 from meshcore.resources.registry import KINDS
 from meshcore.resources.schema import Custom, Field, ListOf, MapOf, Obj
 
-KIND_NAMES = ("VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication")
+KIND_NAMES = ("VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
+              "Gateway", "ServiceEntry", "Sidecar")
 DATA = Path(__file__).resolve().parents[1] / "resources" / "data" / "istio-fields.yaml"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from meshcore.errors import ValidationError
-from meshcore.resources.kinds.alert_rule import alert_name, format_value, parse_threshold
+from meshcore.observe.signals import SIGNAL_LABELS
+from meshcore.resources.kinds.alert_rule import SIGNAL_UNITS, alert_name, format_value, parse_threshold
 from meshcore.resources.loader import load_documents
 
 HEAD = "apiVersion: telemetry.mesh.io/v1beta1\nkind: AlertRule\nmetadata: {name: ratings-errors}\n"
@@ -80,9 +81,16 @@ def test_required_fields_unless_disabled():
     ("p99_ms", "500ms", 500.0), ("p99_ms", "1s", 1000.0), ("p99_ms", 250, 250.0),
     ("cert_expiry_seconds", "2h", 7200.0), ("ca_root_expiry_seconds", "30d", 30 * 86400.0),
     ("policy_denied", "1/s", 1.0), ("policy_denied", "30/m", 0.5), ("proxy_out_of_sync", 0, 0.0),
+    ("policy_denied_by_caller", "6/m", 0.1), ("gateway_connection_error_rate", "10%", 0.1),
+    ("version_edge_p99_ms", "1s", 1000.0), ("gateway_bytes_rate", "1000/s", 1000.0),
 ])
 def test_thresholds_in_the_signals_unit(signal, written, value):
     assert parse_threshold(signal, written) == pytest.approx(value)
+
+
+def test_every_signal_a_rule_may_name_has_a_unit():
+    # the schema accepts any signal of SIGNAL_LABELS: each must have a unit, or its threshold cannot be read
+    assert set(SIGNAL_UNITS) == set(SIGNAL_LABELS)
 
 
 @pytest.mark.parametrize("signal,written", [("error_rate", 5), ("error_rate", "5ms"), ("p99_ms", "5%"),

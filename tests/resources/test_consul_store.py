@@ -165,19 +165,26 @@ def test_cas_conflict_inside_a_transaction_writes_nothing(consul_http, store):
     assert [r.name for r in store.list()] == ["a"]
 
 
-def test_unparseable_document_names_its_key(consul_http, store):
+def test_an_unparseable_document_is_left_out_on_its_own_and_named(consul_http, store):
+    store.apply([_policy("a")])
     bad_key = store.prefix + "AuthorizationPolicy/default/broken"
     requests.put(f"{consul_http.address}/v1/kv/{bad_key}", data=b"{not json", headers=consul_http._headers(), timeout=10)
-    with pytest.raises(StoreError, match="broken"):
-        store.list()
+    assert [r.name for r in store.list()] == ["a"], "the rest is served"
+    ((where, why),) = store.unreadable().items()
+    assert where == f"AuthorizationPolicy/default/broken ({bad_key})" and "broken" in why
+    assert store.health().unreadable == ((where, why),)
+    assert store.delete([ResourceKey("AuthorizationPolicy", "default", "broken")]) == [
+        ResourceKey("AuthorizationPolicy", "default", "broken")]
+    assert [r.name for r in store.list()] == ["a"] and store.unreadable() == {}
 
 
-def test_document_at_the_wrong_key_is_refused(consul_http, store):
+def test_a_document_at_the_wrong_key_is_left_out_and_named(consul_http, store):
     misplaced = store.prefix + "AuthorizationPolicy/default/other-name"
     requests.put(f"{consul_http.address}/v1/kv/{misplaced}", data=_policy("a").canonical_json().encode(),
                  headers=consul_http._headers(), timeout=10)
-    with pytest.raises(StoreError, match="other-name"):
-        store.list()
+    assert store.list() == []
+    (why,) = store.unreadable().values()
+    assert "other-name" in why and "expected at" in why
 
 
 def test_refused_token_is_a_store_error_naming_the_env_var(consul_acl):

@@ -100,7 +100,7 @@ def test_every_error_across_two_files_and_two_documents(tmp_path):
     assert msgs["metadata.name"] == "\"Bad_Name\" is not a valid name: must contain only lowercase letters, digits and '-' (found 'B', 'N', '_')"
     assert msgs["apiVersion"] == 'must be "security.mesh.io/v1beta1" for kind PeerAuthentication, got "security.mesh.io/v1"'
     assert msgs["metadata.namespce"] == 'unknown field "namespce"; did you mean "namespace"?'
-    assert msgs["kind"] == 'unknown kind "AuthPolicy" (known kinds: PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService, RateLimit, AlertRule)'
+    assert msgs["kind"] == 'unknown kind "AuthPolicy" (known kinds: PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService, ServiceEntry, Sidecar, RateLimit, RequestAuthentication, Gateway, AlertRule)'
     # the ValidationError message shows file, 1-based document number and path
     with pytest.raises(ValidationError) as exc:
         load_files([a, b])
@@ -184,7 +184,7 @@ def test_top_level_shape_errors():
 def test_missing_kind_and_api_version_list_known_kinds():
     errs = errors_of(load_documents, "metadata: {name: x}\n", "k.yaml")
     assert errs == [
-        ("k.yaml", 0, "kind", "required field is missing; known kinds: PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService, RateLimit, AlertRule"),
+        ("k.yaml", 0, "kind", "required field is missing; known kinds: PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService, ServiceEntry, Sidecar, RateLimit, RequestAuthentication, Gateway, AlertRule"),
         ("k.yaml", 0, "apiVersion", "required field is missing"),
     ]
 
@@ -197,7 +197,7 @@ def test_port_level_needs_selector():
 
 
 def test_registry():
-    assert list(KINDS) == ["PeerAuthentication", "AuthorizationPolicy", "DestinationRule", "VirtualService", "RateLimit", "AlertRule"]
+    assert list(KINDS) == ["PeerAuthentication", "AuthorizationPolicy", "DestinationRule", "VirtualService", "ServiceEntry", "Sidecar", "RateLimit", "RequestAuthentication", "Gateway", "AlertRule"]
     assert get_kind("PeerAuthentication").api_version == "security.mesh.io/v1beta1"
     with pytest.raises(ConfigError, match="known kinds: PeerAuthentication"):
         get_kind("Nope")

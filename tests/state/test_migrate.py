@@ -19,6 +19,7 @@ from meshcore.controlplane.operators import ADMIN, TOKENS_FILE, OperatorTokenSto
 from meshcore.errors import JoinTokenError
 from meshcore.federation.store import FederatedBundleStore
 from meshcore.state import ConsulStateBackend
+from meshcore.traffic import canary as sm
 
 from ._wait import wait_for
 
@@ -42,6 +43,9 @@ def single(tmp_path):
     OperatorCertStore(state / CERTS_FILE, kek).record("bob", ADMIN, "0abc", datetime.now(timezone.utc) + timedelta(days=1))
     other = CertificateAuthority.open(tmp_path / "other", trust_domain="other.example", kek=kek)
     FederatedBundleStore(state / "federation", "cluster.local").put("other.example", other.bundle_pem())
+    canary = sm.start(sm.CanarySpec(service="reviews", canary="v2", stable="v1", steps=(10, 100)), 1.0)
+    (state / "canaries").mkdir()
+    (state / "canaries" / "reviews.json").write_text(json.dumps(canary.to_dict()))
     kek_file = tmp_path / "kek"
     kek_file.write_text(base64.b64encode(kek).decode())
     kek_file.chmod(0o600)
@@ -61,12 +65,12 @@ def test_migrate_then_replicas_serve_the_same_state_and_a_second_run_changes_not
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul_http.token or "")
     prefix = consul_http.kv_prefix + "state/"
     code, dry = _migrate(consul_http, single, prefix, capsys, "--dry-run")
-    assert code == 0 and dry["dry_run"] and dry["written"] == 7
+    assert code == 0 and dry["dry_run"] and dry["written"] == 8
     backend = ConsulStateBackend(ConsulSettings.from_env(consul_http.env()), prefix=prefix)
     assert backend.list("") == []  # a dry run writes nothing
 
     code, first = _migrate(consul_http, single, prefix, capsys)
-    assert code == 0 and first["written"] == 7 and first["conflicts"] == 0, first
+    assert code == 0 and first["written"] == 8 and first["conflicts"] == 0, first
     assert {s["what"]: s["action"] for s in first["steps"]}["CA"] == "write"
 
     kek = single["kek"]
@@ -89,6 +93,8 @@ def test_migrate_then_replicas_serve_the_same_state_and_a_second_run_changes_not
         operators.close()
     assert [td for td, _ in FederatedBundleStore(tmp_path / "y", "cluster.local", backend=backend).bundles()] == \
         ["other.example"]
+    [run] = backend.list("canaries/")  # the run a new leader resumes (meshcore.controlplane.canary)
+    assert run.key == "canaries/reviews.json" and sm.CanaryState.from_dict(json.loads(run.value)).weight == 10
 
     code, second = _migrate(consul_http, single, prefix, capsys)
     assert code == 0 and second["written"] == 0 and second["conflicts"] == 0, second

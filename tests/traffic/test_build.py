@@ -244,7 +244,8 @@ spec:
 
 def _validate_with_envoy(built: dict, secrets: Path) -> subprocess.CompletedProcess:
     # File-based SDS paths must exist for Envoy to accept the config; validate mode does not need real keys.
-    for name in ("svid:productpage", "svid:reviews", "svid:details", "svid:ratings", "bundle:cluster.local"):
+    for name in ("svid:productpage", "svid:reviews", "svid:details", "svid:ratings", "svid:ingress-gateway",
+                 "bundle:cluster.local"):
         (secrets / naming.secret_file(name)).write_text("resources: []\n")
     path = secrets / "bootstrap.json"
     path.write_text(json_format.MessageToJson(_static_bootstrap(built)))

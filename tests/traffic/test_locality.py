@@ -248,15 +248,11 @@ def test_datacenter_names_unsupported_fields_and_empty_pairs_are_refused():
       localityLbSetting:
         failover:
         - {from: DC1, to: ""}
-        - {from: dc1}
-        distribute: [{from: "dc1/*", to: {"dc2/*": 100}}]
-        failoverPriority: [topology.istio.io/network]""")
+        - {from: dc1}""")
     fields = dict(_errors(text))
     base = "spec.trafficPolicy.loadBalancer.localityLbSetting"
-    assert set(fields) == {f"{base}.failover[0].from", f"{base}.failover[0].to", f"{base}.failover[1].to",
-                           f"{base}.distribute", f"{base}.failoverPriority"}
+    assert set(fields) == {f"{base}.failover[0].from", f"{base}.failover[0].to", f"{base}.failover[1].to"}
     assert "Consul datacenter name" in fields[f"{base}.failover[0].from"]
-    assert "not supported" in fields[f"{base}.distribute"]
 
 
 def test_a_datacenter_the_catalog_does_not_know_yet_is_accepted(catalog):
@@ -276,6 +272,11 @@ def test_envoy_accepts_the_prioritized_config(catalog, tmp_path):
     subsets = "  subsets:\n  - {name: v1, labels: {version: v1}}\n"
     built = _build(catalog, FAILOVER + subsets, "a1", secrets=str(tmp_path))
     assert len({g.priority for cla in built[ENDPOINT] for g in cla.endpoints}) > 1
+    envoy_validates(built, tmp_path)
+
+
+def envoy_validates(built: dict, tmp_path: Path) -> None:
+    """Envoy (``--mode validate``) accepts ``built`` (built with ``secrets=str(tmp_path)``) as a static bootstrap."""
     # File-based SDS paths must exist for Envoy to accept the config; validate mode needs no real keys.
     for name in ("svid:web", "svid:api", "bundle:cluster.local"):
         (tmp_path / naming.secret_file(name)).write_text("resources: []\n")

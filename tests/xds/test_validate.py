@@ -236,3 +236,33 @@ def test_publish_keeps_the_cached_entry_of_an_unchanged_resource():
     assert second.entries(CLUSTER)["outbound:backend"] is first.entries(CLUSTER)["outbound:backend"]
     assert second.entries(ENDPOINT) != first.entries(ENDPOINT)
     assert [e.message for e in second.entries(ENDPOINT).values()] == list(changed[ENDPOINT])
+
+
+def test_publish_checks_only_what_changed_since_the_snapshot_it_validated(monkeypatch):
+    from meshcore.xds import validate
+
+    full = []
+    real = validate.validate_snapshot
+    monkeypatch.setattr(validate, "validate_snapshot", lambda node, r: full.append(node) or real(node, r))
+    cache = SnapshotCache()
+    publish(cache, "vm1", small_snapshot())
+    assert len(full) == 1
+    publish(cache, "vm1", small_snapshot(upstream_port=18081))  # same names, new endpoints: checked alone
+    assert len(full) == 1
+    bad = small_snapshot(upstream_port=18082)
+    bad[ROUTE] = [route_config("inbound:web", "outbound:missing", "v1")]  # same names, a dangling reference
+    with pytest.raises(SnapshotInvalid) as info:
+        publish(cache, "vm1", bad)
+    assert list(info.value.problems) == real("vm1", bad) != []  # worded by the full check
+    renamed = small_snapshot(upstream_port=18083)
+    renamed[LISTENER] = [listener("other", 15001, "inbound:web")]
+    publish(cache, "vm1", renamed)  # different names: the whole snapshot is checked
+    assert len(full) == 3
+    twice = small_snapshot(upstream_port=18084)
+    twice[LISTENER] = [listener("other", 15001, "inbound:web"), listener("other", 15002, "inbound:web")]
+    with pytest.raises(SnapshotInvalid) as info:
+        publish(cache, "vm1", twice)
+    assert any("duplicate name" in p for p in info.value.problems)
+    cache.set("vm1", ProxySnapshot.of(small_snapshot(upstream_port=18085)))  # not one publish validated
+    publish(cache, "vm1", small_snapshot(upstream_port=18086))
+    assert len(full) == 5

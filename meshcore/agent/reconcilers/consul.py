@@ -32,7 +32,9 @@ class ConsulReconciler:
         registered: Callable[[frozenset[str]], None] | None = None,
         deregistered: Callable[[frozenset[str]], None] | None = None,
         syncer_factory: Callable[[], Syncer] = consul_syncer,
+        resync_on: Callable[[], object] | None = None,
     ):
+        self._resync_on = resync_on
         self._node = node
         self._interval = interval
         self._own_payloads = own_payloads
@@ -46,7 +48,8 @@ class ConsulReconciler:
     def _make(self, services_dir: Path | None) -> ConsulSync:
         return ConsulSync(services_dir, self._node, syncer_factory=self._syncer_factory,
                           extra_payloads=self._own_payloads, before_register=self._prepare,
-                          after_register=self._registered, after_deregister=self._deregistered)
+                          after_register=self._registered, after_deregister=self._deregistered,
+                          resync_on=self._resync_on)
 
     @property
     def enabled(self) -> bool:

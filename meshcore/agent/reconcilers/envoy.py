@@ -20,12 +20,14 @@ from pathlib import Path
 
 from meshcore import naming
 from meshcore.agent._net import admin_get
+from meshcore.agent._unchanged import UnchangedFile
 from meshcore.agent._xds_endpoints import XdsEndpointsFile
 from meshcore.agent.bootstrap import envoy_concurrency, render_bootstrap, write_bootstrap
 from meshcore.agent.config import AgentConfig
 from meshcore.agent.secrets import SecretsDirectory
 from meshcore.agent.status import EnvoyStatus
 from meshcore.agent.supervisor import EnvoySupervisor, HotRestart, envoy_command, stable_base_id, stop_recorded_envoy
+from meshcore.system_ca import SYSTEM_CA_BUNDLES, find_system_ca_bundle
 
 log = logging.getLogger("meshcore.agent")
 
@@ -63,6 +65,12 @@ class EnvoyReconciler:
         self._xds_addresses = xds_addresses
         self.endpoints = XdsEndpointsFile(self.bootstrap_path.parent / "xds" / "endpoints.json")
         self._upstream: tuple[float, tuple[str, ...]] = (0.0, ())
+        self._bootstrap_file = UnchangedFile(self.bootstrap_path)
+        self._system_ca_bundle = find_system_ca_bundle()  # for remote JWKS over https (meshcore.system_ca)
+        if not self._system_ca_bundle:
+            log.warning("no system CA bundle on this VM (looked at %s): proxies here cannot verify https JWKS "
+                        "servers unless the mesh config names a bundle (jwks.caCertificates)",
+                        ", ".join(SYSTEM_CA_BUNDLES))
 
     @property
     def config(self) -> AgentConfig:
@@ -98,8 +106,14 @@ class EnvoyReconciler:
             endpoints_file = self.endpoints.path if self.endpoints.addresses else None
         bootstrap = render_bootstrap(node=c.node, trust_domain=td, xds_address=xds, secrets_dir=self._secrets.path,
                                      admin_address=c.admin, metrics_address=self._metrics_address(),
-                                     xds_protocol=c.xds_protocol, xds_endpoints_file=endpoints_file)
-        changed = write_bootstrap(self.bootstrap_path, bootstrap)
+                                     xds_protocol=c.xds_protocol, xds_endpoints_file=endpoints_file,
+                                     system_ca_bundle=self._system_ca_bundle)
+        changed = False
+        if self._bootstrap_file.path != self.bootstrap_path:  # a reload moved the state directory
+            self._bootstrap_file = UnchangedFile(self.bootstrap_path)
+        if not self._bootstrap_file.holds(bootstrap):  # an idle tick: no JSON rendered, no file read
+            changed = write_bootstrap(self.bootstrap_path, bootstrap)
+            self._bootstrap_file.wrote(bootstrap)
         if changed:
             log.info("envoy bootstrap written path=%s xds=%s", self.bootstrap_path, xds)
         if self.supervisor is None:

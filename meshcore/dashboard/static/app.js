@@ -10,6 +10,7 @@
   const { drawLineChart } = window.MeshCharts;
   const { drawGraph } = window.MeshGraph;
   const TOKEN_KEY = "meshcore.dashboard.token";
+  const VIEW_KEY = "meshcore.dashboard.graph-by"; // "service" or "version" (the graph's toggle)
   const PALETTE = ["#3b5bdb", "#0ca678", "#f08c00", "#d6336c", "#7048e8", "#1098ad", "#e8590c", "#5c940d",
     "#ae3ec9", "#495057"];
   const $ = (id) => document.getElementById(id);
@@ -62,6 +63,8 @@
   function takeTokenFromUrl() {
     const params = new URLSearchParams(location.hash.replace(/^#/, ""));
     const token = params.get("token");
+    const view = params.get("view"); // #token=...&view=version opens the versioned graph
+    if (view === "service" || view === "version") sessionStorage.setItem(VIEW_KEY, view);
     if (token) {
       sessionStorage.setItem(TOKEN_KEY, token);
       history.replaceState(null, "", location.pathname + location.search);
@@ -79,7 +82,11 @@
       try { message = (await resp.json()).error || message; } catch (_) { /* not JSON */ }
       throw new AuthError(message);
     }
-    if (resp.status === 404) return { notFound: true };
+    if (resp.status === 404) {
+      let body = {};
+      try { body = await resp.json(); } catch (_) { /* not JSON */ }
+      return { notFound: true, datacenters: Array.isArray(body.datacenters) ? body.datacenters : [] };
+    }
     if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
     return { data: await resp.json() };
   }
@@ -131,11 +138,20 @@
     }
   }
 
+  function graphBy() {
+    return sessionStorage.getItem(VIEW_KEY) === "version" ? "version" : "service";
+  }
+
   function renderGraph(summary) {
     const services = summary.services;
+    const by = graphBy();
+    document.querySelectorAll(".view button").forEach((x) => x.classList.toggle("on", x.dataset.view === by));
+    $("graph").dataset.by = by;
     $("graph-empty").hidden = services.length > 0 || summary.edges.length > 0;
     $("graph").style.display = $("graph-empty").hidden ? "" : "none";
-    if ($("graph-empty").hidden) drawGraph($("graph"), services, summary.edges, fmt);
+    if (!$("graph-empty").hidden) return;
+    if (by === "version") drawGraph($("graph"), ...window.MeshGraph.byVersion(services, summary.version_edges || []), fmt);
+    else drawGraph($("graph"), services, summary.edges, fmt);
   }
 
   function renderServices(summary) {
@@ -243,6 +259,165 @@
     $("chart-legend").replaceChildren(...names.map((n) => el("span", {}, el("i", { style: `background:${colorOf(n)}` }), n)));
   }
 
+
+  // --- click-through: a graph node's or edge's details in a side panel -------------------------
+  // state.detail: what the panel shows ({kind: "service", name, version} or {kind: "edge", source, destination,
+  // source_version, destination_version, key}); refreshed on every poll while open, closed with Esc or ×.
+  const compact = (v) => JSON.stringify(v);
+
+  function section(title, ...children) {
+    return el("section", { class: "detail-section" }, el("h3", {}, title), ...children);
+  }
+
+  function figuresLine(f, since) {
+    if (!f || f.rps === null || f.rps === undefined) return el("p", { class: "muted", "data-figure": "none" }, `no traffic in the last ${fmt.duration(since)}`);
+    return el("p", { class: "figures", "data-rps": f.rps },
+      `${fmt.rps(f.rps)} rps · ${fmt.pct(f.error_rate)} errors · p99 ${fmt.ms(f.p99_ms)} over ${fmt.duration(since)}`,
+      el("br"), el("span", { class: "muted" }, `last interval: ${fmt.rps(f.latest_rps)} rps · ${fmt.pct(f.latest_error_rate)} · p99 ${fmt.ms(f.latest_p99_ms)}`));
+  }
+
+  function resourceList(items) {
+    if (!items.length) return el("p", { class: "muted" }, "No mesh resource applies.");
+    return el("ul", { class: "resources" }, ...items.map((r) => el("li", { "data-kind": r.kind, "data-resource": `${r.namespace}/${r.name}` },
+      el("span", { class: "kind" }, r.kind), " ", el("code", {}, `${r.namespace}/${r.name}`),
+      el("div", { class: "muted" }, [r.why, r.detail].filter(Boolean).join(" · ")))));
+  }
+
+  function renderServiceDetail(d) {
+    const healthy = d.instances.filter((i) => i.healthy).length;
+    const rows = d.instances.map((i) => el("tr", { "data-instance": i.id },
+      el("td", { class: "svc" }, i.id), el("td", {}, i.node), el("td", {}, el("code", {}, i.address)),
+      el("td", {}, [i.version || "—", i.datacenter].join(" · ")),
+      el("td", {}, el("span", { class: `pill ${i.healthy ? "ok" : "critical"}` }, i.healthy ? "passing" : "critical"))));
+    const den = d.denials;
+    const denials = den.per_second === null ? el("p", { class: "muted" }, "No denial counted in the window.")
+      : el("p", { class: den.per_second > 0 ? "hot" : "", "data-denied": den.per_second },
+        `${fmt.rps(den.per_second)}/s on average, ${fmt.rps(den.latest_per_second)}/s last interval, ≈${Math.round(den.estimated_total)} in the window`);
+    return [
+      section("Traffic in", figuresLine(d.figures, d.since_seconds)),
+      section(`Instances · ${healthy} of ${d.instances.length} passing`, el("div", { class: "scroll" }, el("table", { class: "table" },
+        el("thead", {}, el("tr", {}, ...["Instance", "Node", "Address", "Version · DC", "Health"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, ...rows)))),
+      section("Policies and routes that apply", resourceList(d.resources)),
+      section("Recent denials", denials, den.callers.length ? el("ul", { class: "resources" }, ...den.callers.map((c) =>
+        el("li", { "data-denied-caller": c.source }, el("b", {}, c.source), " by ", el("code", {}, c.policy),
+          el("span", { class: "muted" }, ` · ${fmt.rps(c.per_second)}/s, ≈${Math.round(c.estimated_total)}`)))) : null,
+      el("p", { class: "muted small" }, den.note)),
+    ];
+  }
+
+  function renderEdgeDetail(d) {
+    const routes = d.routes.map((r) => el("li", { "data-route": r.name || `http[${r.index}]` },
+      el("code", {}, r.name || `http[${r.index}]`), " ", r.match.length ? compact(r.match) : "everything", " → ", el("b", {}, r.to),
+      Object.keys(r.extra).length ? el("div", { class: "muted" }, Object.entries(r.extra).map(([k, v]) => `${k}: ${compact(v)}`).join(" · ")) : null));
+    const verdict = d.authz_allowed === null ? el("p", { class: "muted" }, d.authz_note)
+      : el("p", { class: d.authz_allowed ? "" : "hot", "data-allowed": String(d.authz_allowed) },
+        el("span", { class: `pill ${d.authz_allowed ? "ok" : "critical"}` }, d.authz_allowed ? "allowed" : "denied"), ` ${d.authz_note}`);
+    const groups = d.authz.map((v) => el("li", {}, el("code", {}, v.instances.join(", ")), ` ${v.allowed ? "allowed" : "denied"}`,
+      v.policy ? el("span", {}, " by ", el("code", { "data-policy": v.policy }, v.policy)) : null, el("div", { class: "muted" }, v.reason)));
+    const dr = d.destination_rule;
+    return [
+      section("Calls", figuresLine(d.figures, d.since_seconds)),
+      section("Routes for this caller", el("p", { class: "muted" }, d.route_note), routes.length ? el("ol", { class: "routes" }, ...routes) : null),
+      section("Destination policy", dr ? resourceList([dr]) : el("p", { class: "muted" }, "No DestinationRule for these calls: the mesh's default load balancing and connection settings."),
+        Object.keys(d.traffic_policy).length ? el("pre", {}, JSON.stringify(d.traffic_policy, null, 2)) : null),
+      section("Authorization", verdict, groups.length ? el("ul", { class: "resources" }, ...groups) : null, authzForm(d)),
+    ];
+  }
+
+  /** Ask about another call (method and path) than the GET / the verdict is for: meshctl authz check's question. */
+  function authzForm(d) {
+    const [method, path] = d.authz_request.split(" ");
+    const m = el("input", { id: "authz-method", value: method, size: 6, "aria-label": "method" });
+    const p = el("input", { id: "authz-path", value: path, size: 22, "aria-label": "path" });
+    const form = el("form", { class: "authz-form" }, m, p, el("button", { type: "submit" }, "Check"));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      if (!state.detail) return;
+      state.detail.method = m.value.trim().toUpperCase() || "GET";
+      state.detail.path = p.value.trim() || "/";
+      loadDetail();
+    });
+    return form;
+  }
+
+  function detailTitle(t) {
+    if (t.kind === "service") return [t.name, t.version].filter(Boolean).join(" ");
+    const end = (s, v) => [s, v].filter(Boolean).join(" ");
+    return `${end(t.source, t.source_version)} → ${end(t.destination, t.destination_version)}`;
+  }
+
+  async function loadDetail(background) {
+    const t = state.detail;
+    if (!t) return;
+    const typing = document.activeElement && document.activeElement.tagName === "INPUT" && $("detail").contains(document.activeElement);
+    if (background && typing) return; // a poll's refresh would replace what is being typed
+    const q = new URLSearchParams({ since: String(state.range) });
+    for (const k of ["name", "version", "source", "destination", "source_version", "destination_version", "method", "path"]) if (t[k]) q.set(k, t[k]);
+    const path = t.kind === "service" ? "/v1/dashboard/service" : "/v1/dashboard/edge";
+    const panel = $("detail");
+    try {
+      const resp = await api(`${path}?${q}`);
+      if (state.detail !== t) return; // another one was opened meanwhile
+      panel.dataset.loaded = resp.notFound ? "missing" : "yes";
+      const missing = resp.notFound && resp.datacenters.length
+        ? `In datacenter ${resp.datacenters.join(", ")}: not a datacenter whose catalog this control plane reads.`
+        : "Not in the catalog any more.";
+      $("detail-body").replaceChildren(...(resp.notFound ? [el("p", { class: "muted" }, missing)]
+        : t.kind === "service" ? renderServiceDetail(resp.data) : renderEdgeDetail(resp.data)));
+    } catch (err) {
+      if (state.detail !== t) return;
+      panel.dataset.loaded = "error";
+      $("detail-body").replaceChildren(el("p", { class: "error-text" }, `cannot read the details: ${err.message}`));
+    }
+  }
+
+  function openDetail(target) {
+    state.detail = target;
+    const panel = $("detail");
+    panel.hidden = false;
+    panel.dataset.kind = target.kind;
+    panel.dataset.loaded = "no";
+    $("detail-title").textContent = detailTitle(target);
+    $("detail-kind").textContent = target.kind === "service" ? (target.version ? "version" : "service") : "edge";
+    $("detail-body").replaceChildren(el("p", { class: "muted" }, "Loading…"));
+    markSelected();
+    loadDetail();
+    $("detail-close").focus();
+  }
+
+  function closeDetail() {
+    state.detail = null;
+    $("detail").hidden = true;
+    markSelected();
+  }
+
+  /** Outline what the panel shows (the graph is redrawn on every poll). */
+  function markSelected() {
+    const t = state.detail;
+    for (const g of $("graph").querySelectorAll(".selected")) g.classList.remove("selected");
+    if (!t) return;
+    const sel = t.kind === "service" ? `g.node[data-service="${CSS.escape(t.node)}"]`
+      : `g.edge[data-source="${CSS.escape(t.from)}"][data-destination="${CSS.escape(t.to)}"]`;
+    const g = $("graph").querySelector(sel);
+    if (g) g.classList.add("selected");
+  }
+
+  /** What a click on the graph (a node, an edge or an edge's label) opens, or null. */
+  function targetOf(elem) {
+    const node = elem.closest("g.node");
+    if (node) return { kind: "service", node: node.dataset.service, name: node.dataset.name || node.dataset.service, version: node.dataset.version || "" };
+    let edge = elem.closest("g.edge");
+    const label = elem.closest("g.edge-label");
+    if (label) edge = $("graph").querySelector(`g.edge[data-source="${CSS.escape(label.dataset.source)}"][data-destination="${CSS.escape(label.dataset.destination)}"]`);
+    if (!edge) return null;
+    const d = edge.dataset;
+    const versioned = d.sourceService !== undefined;
+    return { kind: "edge", from: d.source, to: d.destination, source: versioned ? d.sourceService : d.source,
+      destination: versioned ? d.destinationService : d.destination, source_version: versioned ? d.sourceVersion : "",
+      destination_version: versioned ? d.destinationVersion : "" };
+  }
+
   // --- polling ---------------------------------------------------------------------------
   async function poll() {
     try {
@@ -253,7 +428,10 @@
       $("trust-domain").textContent = summary.trust_domain;
       assignColors(summary.services);
       renderKpis(summary, alerts);
+      state.summary = summary;
       renderGraph(summary);
+      markSelected();
+      if (state.detail) loadDetail(true);
       renderServices(summary);
       renderResilience(summary);
       renderProxies(summary);
@@ -337,10 +515,29 @@
       clearTimeout(state.timer);
       showLogin("Signed out: the token is forgotten in this tab.");
     });
-    for (const b of document.querySelectorAll(".range button")) {
+    for (const b of document.querySelectorAll(".view button")) {
+      b.addEventListener("click", () => {
+        sessionStorage.setItem(VIEW_KEY, b.dataset.view);
+        if (state.summary) renderGraph(state.summary);
+        markSelected();
+      });
+    }
+    $("graph").addEventListener("click", (ev) => {
+      const target = targetOf(ev.target);
+      if (target) openDetail(target);
+    });
+    $("graph").addEventListener("keydown", (ev) => {
+      const target = ev.key === "Enter" ? targetOf(ev.target) : null;
+      if (target) openDetail(target);
+    });
+    $("detail-close").addEventListener("click", closeDetail);
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape" && state.detail) closeDetail();
+    });
+    for (const b of document.querySelectorAll(".range:not(.view) button")) {
       b.addEventListener("click", () => {
         state.range = Number(b.dataset.range);
-        document.querySelectorAll(".range button").forEach((x) => x.classList.toggle("on", x === b));
+        document.querySelectorAll(".range:not(.view) button").forEach((x) => x.classList.toggle("on", x === b));
         poll();
       });
     }

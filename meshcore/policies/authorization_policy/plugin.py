@@ -33,6 +33,10 @@ nothing is enforced; counted per dry-run rule as ``http.<listener>.rbac.policy.<
 and in sum as ``http.<listener>.rbac.shadow_{allowed,denied}``; TCP: one more network filter, prefix
 ``tcp.<listener>.authz.deny.dry_run.``, with shadow rules only). Evaluated and counted, never enforced.
 
+CUSTOM (an external authorizer, :mod:`.ext_authz`): a shadow-only RBAC filter marking requests that match the CUSTOM
+rules and an ``ext_authz`` filter enabled by that mark, both in the listener before the policy filters (a listener
+update), the provider's cluster from the mesh settings.
+
 Rules are read by :func:`meshcore.authz.policy_rules`, the same reading :func:`meshcore.authz.decide`
 evaluates, including Istio's TCP rule (ALLOW rules using HTTP-only fields are dropped, DENY and AUDIT
 rules lose those fields). ``ports`` and ``destination.port`` name the workload's own port; each
@@ -52,8 +56,14 @@ from ...snapshot import MeshSnapshot, ProxyInfo
 from ...xds.generate import policy_filters as pf
 from ...xds.generate import vocab as c
 from .._inbound import inbound_targets
+from ...authz.rules import policy_rules
+from ...xds.generate.vocab import CLUSTER
+from ._compiled import compiled_stages
+from .ext_authz import custom_rbac, ext_authz, provider_cluster
+from .gateway import sidecar_problems
 from .rbac import NETWORK_RBAC, RbacStage, rbac_stages
-from .schema import KIND_NAME, policies_for
+from .schema import KIND_NAME, action_of, is_dry_run, policies_for
+from .spec import CUSTOM, spec_of
 
 KIND = KIND_NAME
 
@@ -132,9 +142,13 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         selected = policies_for(policies, inst.labels, inst.namespace)
         if not selected:
             continue
-        stages = rbac_stages(selected, inst, snapshot.trust_domain)
+        problems += sidecar_problems(selected, inst)  # remoteIpBlocks: ingress gateways only (gateway.py)
+        stages = compiled_stages(policies, selected, inst, snapshot.trust_domain, rbac_stages)
         try:
             if inst.protocol == "tcp":
+                problems += [f"AuthorizationPolicy {p.namespace}/{p.name}: CUSTOM (external authorization) applies to "
+                             f"HTTP workloads; {inst.id} is TCP: use ALLOW or DENY rules there"
+                             for p in selected if action_of(p) == CUSTOM]
                 for chain in listener.filter_chains:
                     secure_chain(chain, stages, listener.name)
                 continue
@@ -142,11 +156,45 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
                 raise ValueError(f"no inbound route configuration {naming.inbound_route(inst.id)!r} to put the rules in")
             problems += [f"AuthorizationPolicy not enforceable: {p}" for p in check_http_listener(listener)]
             secure_route(route, stages)
+            problems += custom_authorization(snapshot, inst, listener, selected, resources)
         except ValueError as exc:
             problems.append(f"AuthorizationPolicy not enforceable: {exc}")
     if problems:
         # Fail closed: a proxy whose policies cannot be enforced keeps its last good config.
         raise SnapshotInvalid(proxy.node, problems)
+
+
+def custom_authorization(snapshot: MeshSnapshot, inst, listener: c.ListenerDraft, selected, resources: dict) -> list[str]:
+    """CUSTOM policies selecting ``inst``: the shadow RBAC and ext_authz filters in its listener, the provider's
+    cluster among ``resources``; the problems that leave them unenforceable (the proxy's config is then refused)."""
+    custom = [p for p in selected if action_of(p) == CUSTOM]
+    if not custom:
+        return []
+    where = f"CUSTOM AuthorizationPolicy on {inst.id}"
+    dry = [f"{p.namespace}/{p.name}" for p in custom if is_dry_run(p)]
+    if dry:
+        return [f"{where}: {', '.join(dry)} carry a dry-run annotation; CUSTOM policies have no dry run (Istio's "
+                "neither): remove the annotation, or try the rules as a dry-run DENY policy"]
+    names = sorted({spec_of(p).provider or "" for p in custom})
+    if len(names) > 1:
+        return [f"{where}: the policies name providers {', '.join(names)}; one workload uses one external authorizer "
+                "(as in Istio)"]
+    providers = {p.name: p for p in snapshot.settings.ext_authz_providers}
+    provider = providers.get(names[0])
+    if provider is None:
+        known = ", ".join(sorted(providers)) or "none"
+        return [f"{where}: provider {names[0]!r} is not among the mesh config's extensionProviders (known: {known}); "
+                "declare it with meshcore-control-plane --mesh-config"]
+    rules = sorted((policy_rules(p, inst.protocol) for p in custom), key=lambda p: (p.namespace, p.name))
+    try:
+        for _chain, hcm in listener.http_managers():
+            pf.insert_before_policy_filters(hcm, pf.AUTHZ_CUSTOM, custom_rbac(rules, inst, snapshot.trust_domain))
+            pf.insert_before_policy_filters(hcm, pf.EXT_AUTHZ, ext_authz(provider))
+    except ValueError as exc:
+        return [f"{where}: {exc}"]
+    if all(cl.name != provider.cluster for cl in resources[CLUSTER]):
+        resources[CLUSTER] = sorted([*resources[CLUSTER], provider_cluster(provider)], key=lambda cl: cl.name)
+    return []
 
 
 __all__ = ["apply", "secure_chain", "secure_route", "check_http_listener"]

@@ -22,28 +22,36 @@ from google.protobuf.message import Message
 from envoy.config.core.v3 import address_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
-from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from ...authz.patterns import ANY, EXACT, PREFIX, Pattern, header_element_regex, host_regex, spiffe_namespace_regex
 from ...authz.rules import PolicyRules, policy_rules
 from ...catalog.model import ServiceInstance
 from ...naming import DEFAULT_TRUST_DOMAIN
 from ...resources.model import Resource
+from ..request_authentication.jwt import JWT_METADATA_NS, PAYLOAD_KEY
 from .schema import is_dry_run
 from .spec import (
     ALLOW,
     AUDIT,
     DENY,
     DESTINATION_PORT,
+    REMOTE_IP,
+    REQUEST_AUDIENCES,
+    REQUEST_CLAIMS,
     REQUEST_HEADERS,
     REQUEST_HOST,
     REQUEST_METHOD,
     REQUEST_PATH,
+    REQUEST_PRESENTER,
+    REQUEST_PRINCIPAL,
     SOURCE_IP,
     SOURCE_NAMESPACE,
     SOURCE_PRINCIPAL,
+    SOURCE_SERVICE_ACCOUNT,
     Condition,
     Rule,
+    service_account_principal,
 )
 
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -117,14 +125,91 @@ class _Target:
         return (self.action != ALLOW) != cond.negated
 
 
+# --- the request's JWT (the payload RequestAuthentication's jwt_authn filter put into dynamic metadata) ---------
+
+def _claim(path: Sequence[str], value: value_pb2.ValueMatcher) -> Principal:
+    return Principal(metadata=metadata_pb2.MetadataMatcher(
+        filter=JWT_METADATA_NS, path=[metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in (PAYLOAD_KEY, *path)],
+        value=value))
+
+
+def _claim_string(path: Sequence[str], matcher: string_pb2.StringMatcher) -> Principal:
+    return _claim(path, value_pb2.ValueMatcher(string_match=matcher))
+
+
+def claim_matcher(path: Sequence[str], value: str) -> Principal:
+    """The claim at ``path`` matches ``value`` (Istio's exact/prefix/suffix/``*``): a string claim whole, a list
+    claim (``groups``, ``aud``) when one of its elements does; ``*``: the claim is present."""
+    pattern = Pattern.parse(value)
+    if pattern.kind == ANY:
+        return _claim(path, value_pb2.ValueMatcher(present_match=True))
+    string = value_pb2.ValueMatcher(string_match=_string(pattern))
+    return Principal(or_ids=Principal.Set(ids=[
+        _claim(path, string),
+        _claim(path, value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=string))),
+    ]))
+
+
+def _both(a: Principal, b: Principal) -> Principal:
+    return Principal(and_ids=Principal.Set(ids=[a, b]))
+
+
+def _present(claim: str) -> Principal:
+    return _claim((claim,), value_pb2.ValueMatcher(present_match=True))
+
+
+def _affix(claim: str, **kind: str) -> Principal:
+    """The claim starts (``prefix=``) or ends (``suffix=``) with a text; an empty one: the claim is present."""
+    return _claim_string((claim,), string_pb2.StringMatcher(**kind)) if next(iter(kind.values())) else _present(claim)
+
+
+def _exact(claim: str, text: str) -> Principal:
+    return _claim_string((claim,), string_pb2.StringMatcher(exact=text))
+
+
+def request_principal_matcher(value: str) -> Principal:
+    """``requestPrincipals`` values are ``<iss>/<sub>``, and both may hold ``/``: the value matches when *some*
+    split of it at a ``/`` matches the claims, which is exactly Istio's match on the joined string."""
+    pattern = Pattern.parse(value)
+    if pattern.kind == ANY:
+        return _both(_present("iss"), _present("sub"))
+    text = pattern.text
+    cuts = [i for i, ch in enumerate(text) if ch == "/"]
+    if pattern.kind == EXACT:
+        alternatives = [_both(_exact("iss", text[:i]), _exact("sub", text[i + 1:])) for i in cuts]
+    elif pattern.kind == PREFIX:
+        # "<iss>/<sub>" starts with text: iss starts with it (sub anything), or text = iss + "/" + a prefix of sub.
+        alternatives = [_both(_affix("iss", prefix=text), _present("sub"))]
+        alternatives += [_both(_exact("iss", text[:i]), _affix("sub", prefix=text[i + 1:])) for i in cuts]
+    else:  # SUFFIX: sub ends with text (iss anything), or text = a suffix of iss + "/" + sub.
+        alternatives = [_both(_present("iss"), _affix("sub", suffix=text))]
+        alternatives += [_both(_affix("iss", suffix=text[:i]), _exact("sub", text[i + 1:])) for i in cuts]
+    if not alternatives:  # an exact value without "/" names no <iss>/<sub>: never matches
+        return Principal(not_id=Principal(any=True))
+    return _any_of(alternatives, Principal)  # type: ignore[return-value]
+
+
 def _value_matcher(cond: Condition, value: str, target: _Target) -> Permission | Principal:
     a = cond.attribute
+    if a == REQUEST_PRINCIPAL:
+        return request_principal_matcher(value)
+    if a == REQUEST_AUDIENCES:
+        return claim_matcher(("aud",), value)
+    if a == REQUEST_PRESENTER:
+        return claim_matcher(("azp",), value)
+    if a == REQUEST_CLAIMS:
+        return claim_matcher(cond.claim, value)
     if a == SOURCE_PRINCIPAL:
         return _authenticated(_string(Pattern.parse(value), prefix="spiffe://"))
     if a == SOURCE_NAMESPACE:
         return _authenticated(_regex(spiffe_namespace_regex(value, target.trust_domain)))
+    if a == SOURCE_SERVICE_ACCOUNT:
+        return _authenticated(string_pb2.StringMatcher(
+            exact="spiffe://" + service_account_principal(value, target.trust_domain)))
     if a == SOURCE_IP:
         return Principal(direct_remote_ip=_cidr(value))
+    if a == REMOTE_IP:  # ingress gateways only (gateway.py): the client's address as the gateway trusts XFF
+        return Principal(remote_ip=_cidr(value))
     if a == REQUEST_METHOD:
         return _header(":method", value)
     if a == REQUEST_HOST:
@@ -256,4 +341,5 @@ def rbac_stages(selected: Sequence[Resource], instance: ServiceInstance,
     return stages
 
 
-__all__ = ["rbac_stages", "rule_policy", "condition_matcher", "RbacStage", "HTTP_RBAC", "NETWORK_RBAC"]
+__all__ = ["rbac_stages", "rule_policy", "condition_matcher", "RbacStage", "HTTP_RBAC", "NETWORK_RBAC",
+           "claim_matcher", "request_principal_matcher"]

@@ -59,6 +59,7 @@ from .spec import (
     ACTIONS,
     ALLOW,
     AUDIT,
+    CUSTOM,
     DEFAULT_ACTION,
     DENY,
     HEADER_KEY,
@@ -72,9 +73,12 @@ from .spec import (
 API_VERSION = "security.mesh.io/v1beta1"
 KIND_NAME = "AuthorizationPolicy"
 
-SOURCE_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks")
+SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
+                 "notNamespaces", "ipBlocks", "notIpBlocks", "serviceAccounts", "notServiceAccounts", "trustDomains",
+                 "notTrustDomains", "remoteIpBlocks", "notRemoteIpBlocks")
 OPERATION_FIELDS = ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts", "hosts", "notHosts")
-WHEN_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "destination.port")
+WHEN_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "remote.ip", "destination.port",
+             "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "request.auth.claims[<name>]")
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]_-]+")
 _NAMESPACE = re.compile(r"[a-z0-9-]+")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
@@ -109,6 +113,17 @@ def _principal_problem(value: str) -> str | None:
     return wildcard_problem(value)
 
 
+def _request_principal_problem(value: str) -> str | None:
+    """``<iss>/<sub>`` of a JWT RequestAuthentication validated (``*``: any valid token), Istio's wildcards."""
+    problem = wildcard_problem(value)
+    if problem:
+        return problem
+    if value != "*" and "/" not in value and "*" not in value:
+        return (f"{json.dumps(value)}: a request principal is <issuer>/<subject> of a validated JWT "
+                "(e.g. \"https://issuer.example/alice\"), or \"*\" for any valid token")
+    return None
+
+
 def _namespace_problem(value: str) -> str | None:
     """A namespace of the local trust domain (``default``, ``test-*``), or one qualified with its trust domain
     as a principal spells it (``other.example/ns/default``; ``*/ns/default``: in every trust domain)."""
@@ -125,6 +140,50 @@ def _namespace_problem(value: str) -> str | None:
     if lit and not _NAMESPACE.fullmatch(lit):
         return f"{json.dumps(value)} is not a namespace: use lowercase letters, digits and '-' (and '*' wildcards)"
     return None
+
+
+_ACCOUNT = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+MAX_SERVICE_ACCOUNTS = 16  # Istio's maxItems (and 320 characters an entry)
+
+
+def _service_account_problem(value: str) -> str | None:
+    """Istio's ``<namespace>/<service account>``, exact (no wildcards); the account as meshcore issues it (a
+    Consul service's ``service-account`` meta, else the service name)."""
+    namespace, sep, account = value.partition("/")
+    if "*" in value:
+        return (f"{json.dumps(value)}: service accounts match exactly (no '*'); for every account of a namespace "
+                "use namespaces in another source")
+    if not sep or not namespace or not account:
+        return (f"{json.dumps(value)}: write <namespace>/<service account>, e.g. \"default/productpage\" (a "
+                "principal with a trust domain goes in principals)")
+    if len(value) > 320:
+        return f"{json.dumps(value[:40])}...: at most 320 characters (Istio's limit)"
+    if not _NAMESPACE.fullmatch(namespace):
+        return f"{json.dumps(value)}: {json.dumps(namespace)} is not a namespace (lowercase letters, digits and '-')"
+    if not _ACCOUNT.fullmatch(account):
+        return (f"{json.dumps(value)}: {json.dumps(account)} is not a service account name (lowercase letters, "
+                "digits, '-' and '.')")
+    return None
+
+
+def _trust_domain_problem(value: str) -> str | None:
+    if _TRUST_DOMAIN.fullmatch(value):
+        return None
+    return (f"{json.dumps(value)} is not a trust domain: a lowercase DNS-style name such as \"cluster.local\" "
+            "(exactly, no '*' and no spiffe://)")
+
+
+def _accounts_alone(cleaned: dict, path: Path, ctx: Context) -> None:
+    """Istio's rule: serviceAccounts (or notServiceAccounts) are not set with principals or namespaces."""
+    accounts = [f for f in ("serviceAccounts", "notServiceAccounts") if cleaned.get(f)]
+    others = [f for f in ("principals", "notPrincipals", "namespaces", "notNamespaces") if cleaned.get(f)]
+    if accounts and others:
+        ctx.add(path.field(accounts[0]), f"cannot be set with {' or '.join(others)} in one source (Istio's rule): "
+                                         "write the other condition in a second source of from[]")
+    for field in accounts:
+        if len(cleaned[field]) > MAX_SERVICE_ACCOUNTS:
+            ctx.add(path.field(field), f"at most {MAX_SERVICE_ACCOUNTS} entries (Istio's limit), got "
+                                       f"{len(cleaned[field])}; split them over several sources")
 
 
 def _ip_block_problem(value: str) -> str | None:
@@ -200,8 +259,11 @@ def _values(check) -> ListOf:
 
 
 PRINCIPALS = _values(_principal_problem)
+REQUEST_PRINCIPALS = _values(_request_principal_problem)
 NAMESPACES = _values(_namespace_problem)
 IP_BLOCKS = _values(_ip_block_problem)
+SERVICE_ACCOUNTS = _values(_service_account_problem)
+TRUST_DOMAINS = _values(_trust_domain_problem)
 METHODS = _values(_method_problem)
 PATHS = _values(_path_problem)
 HOSTS = _values(_host_problem)
@@ -221,20 +283,21 @@ SOURCE = Obj(
     {
         "principals": PRINCIPALS,
         "notPrincipals": PRINCIPALS,
+        "requestPrincipals": REQUEST_PRINCIPALS,
+        "notRequestPrincipals": REQUEST_PRINCIPALS,
         "namespaces": NAMESPACES,
         "notNamespaces": NAMESPACES,
         "ipBlocks": IP_BLOCKS,
         "notIpBlocks": IP_BLOCKS,
+        "serviceAccounts": SERVICE_ACCOUNTS,
+        "notServiceAccounts": SERVICE_ACCOUNTS,
+        "trustDomains": TRUST_DOMAINS,
+        "notTrustDomains": TRUST_DOMAINS,
+        # The client's address as an ingress gateway trusts X-Forwarded-For; refused on sidecars (gateway.py).
+        "remoteIpBlocks": IP_BLOCKS,
+        "notRemoteIpBlocks": IP_BLOCKS,
     },
-    rules=[_needs_one_of(SOURCE_FIELDS, "a source")],
-    refused={
-        **{f: ("request principals come from validated JWTs (RequestAuthentication), which meshcore does not have "
-               "yet; authorize the calling workload by its mTLS identity with principals")
-           for f in ("requestPrincipals", "notRequestPrincipals")},
-        **{f: ("the original client address from X-Forwarded-For is not trusted on meshcore's inbound listeners; "
-               "use ipBlocks (the peer's address)")
-           for f in ("remoteIpBlocks", "notRemoteIpBlocks")},
-    },
+    rules=[_needs_one_of(SOURCE_FIELDS, "a source"), _accounts_alone],
 )
 
 OPERATION = Obj(
@@ -263,6 +326,10 @@ class WhenKey(Schema):
             return self._wrong_type(value, path, ctx)
         if parse_when_key(value) is not None:
             return value
+        if value.startswith("request.auth.claim"):
+            ctx.add(path, f"{json.dumps(value)}: write a claim condition as request.auth.claims[<name>] (nested: "
+                          "request.auth.claims[<name>][<name>]), e.g. request.auth.claims[groups]")
+            return INVALID
         if HEADER_KEY.fullmatch(value) or value.startswith("request.headers"):
             ctx.add(path, f"{json.dumps(value)}: write a header condition as request.headers[<name>], "
                           "e.g. request.headers[x-env]")
@@ -280,7 +347,12 @@ _WHEN_VALUE_CHECKS = {
     "source.principal": _principal_problem,
     "source.namespace": _namespace_problem,
     "source.ip": _ip_block_problem,
+    "remote.ip": _ip_block_problem,
     "destination.port": _port_problem,
+    "request.auth.principal": _request_principal_problem,
+    "request.auth.audiences": wildcard_problem,
+    "request.auth.presenter": wildcard_problem,
+    "request.auth.claims": wildcard_problem,
 }
 
 
@@ -328,23 +400,24 @@ RULE = Obj(
 )
 
 
-class _Action(Enum):
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        if value == "CUSTOM":
-            ctx.add(path, "CUSTOM (external authorization) is not supported by meshcore; use ALLOW, DENY or AUDIT")
-            return INVALID
-        return super().check(value, path, ctx)
+def _custom_needs_provider(spec: dict, path: Path, ctx: Context) -> None:
+    custom = spec.get("action") == CUSTOM
+    if custom and not spec.get("provider"):
+        ctx.add(path.field("provider"), "a CUSTOM policy names its external authorizer: provider: {name: <one of the "
+                                        "mesh config's extensionProviders>}")
+    if spec.get("provider") and not custom:
+        ctx.add(path.field("provider"), "provider belongs to action: CUSTOM (the external authorizer it delegates to)")
 
 
 SPEC = Obj(
     {
         "selector": LabelSelector(),
-        "action": _Action(*ACTIONS),
+        "action": Enum(*ACTIONS),
         "rules": ListOf(RULE),
+        "provider": Obj({"name": Required(Str(min_len=1))}),
     },
-    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF,
-             "provider": ("the external authorizer of a CUSTOM policy; CUSTOM (Envoy ext_authz) is not available in "
-                          "meshcore yet: use ALLOW, DENY or AUDIT")},
+    rules=[_custom_needs_provider],
+    refused={"targetRef": TARGET_REF, "targetRefs": TARGET_REF},
 )
 
 KIND = KindSpec.from_schema(

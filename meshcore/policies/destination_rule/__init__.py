@@ -1,6 +1,8 @@
 """DestinationRule, one folder as Kuma keeps a policy: schema and validation (:mod:`.schema`), the typed spec
 validation's output parses into (:mod:`.spec`), the plugin (:mod:`.plugin`), its Envoy helpers
-(:mod:`.clusters`: traffic policy on clusters, hash policies; :mod:`.locality`: failover priorities) and its
+(:mod:`.clusters`: traffic policy on clusters, hash policies; :mod:`.cluster_options`: hash algorithms, warmup,
+upstream protocol, retry budget, PROXY protocol; :mod:`.tcp_options`: tunnel and TCP idle timeout on tcp_proxy;
+:mod:`.locality`: failover priorities; :mod:`.fields_schema`: those blocks' schemas) and its
 golden data (``testdata/``: each case's resources, checked against ``tests/xds/golden/*/<case>.golden``).
 
 The names below load lazily: the resource registry imports :mod:`.schema`, which must not pull in the plugin.

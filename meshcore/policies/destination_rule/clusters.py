@@ -12,6 +12,14 @@ from envoy.type.v3 import hash_policy_pb2
 
 from ...xds.generate import vocab as c
 from . import schema as dr
+from .cluster_options import (
+    apply_balancer,
+    apply_outlier,
+    apply_protocol,
+    apply_proxy_protocol,
+    apply_retry_budget,
+    needs_protocol_options,
+)
 from .spec import ConnectionPool, TrafficPolicy
 
 _SIMPLE = {
@@ -31,13 +39,16 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
     * ``loadBalancer.simple`` -> ``lb_policy``; ``consistentHash`` -> ``RING_HASH`` (the hash key goes
       on the routes, see :func:`route_hash_policies`);
     * ``connectionPool`` -> ``connect_timeout`` and the DEFAULT-priority circuit breaker thresholds;
-    * ``outlierDetection`` -> ``outlier_detection``, enforced at 100% for the error kinds given (as Istio).
+    * ``outlierDetection`` -> ``outlier_detection``, enforced at 100% for the error kinds given (as Istio);
+    * the rest (hash algorithm, warmup, upstream protocol, retry budget, PROXY protocol): :mod:`.cluster_options`.
     """
     lb = policy.load_balancer
     if lb is not None and lb.simple is not None:
         cluster.lb_policy = _SIMPLE[lb.simple]
     elif lb is not None and lb.consistent_hash is not None:
         cluster.lb_policy = cluster_pb2.Cluster.RING_HASH
+    if lb is not None:
+        apply_balancer(cluster, lb)
 
     pool = policy.connection_pool
     if pool is not None:
@@ -75,7 +86,12 @@ def apply_policy(cluster: cluster_pb2.Cluster, policy: TrafficPolicy) -> None:
             out.base_ejection_time.CopyFrom(c.seconds(od.base_ejection_time))
         if od.max_ejection_percent is not None:
             out.max_ejection_percent.CopyFrom(_u32(od.max_ejection_percent))
+        apply_outlier(cluster, out, od)
         cluster.outlier_detection.CopyFrom(out)
+    if policy.retry_budget is not None:
+        apply_retry_budget(cluster, policy.retry_budget)
+    if policy.proxy_protocol is not None:
+        apply_proxy_protocol(cluster, policy.proxy_protocol)
 
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -87,7 +103,7 @@ def _connection_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> N
     ``tcpKeepalive`` -> ``upstream_connection_options.tcp_keepalive``."""
     common = {"max_requests_per_connection": pool.max_requests_per_connection, "idle_timeout": pool.idle_timeout,
               "max_connection_duration": pool.max_connection_duration}
-    if any(v is not None for v in common.values()):
+    if any(v is not None for v in common.values()) or needs_protocol_options(pool):
         options = http_protocol_options_pb2.HttpProtocolOptions()
         if HTTP_PROTOCOL_OPTIONS in cluster.typed_extension_protocol_options:
             cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
@@ -100,6 +116,7 @@ def _connection_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> N
             cho.idle_timeout.CopyFrom(c.seconds(pool.idle_timeout))
         if pool.max_connection_duration is not None:
             cho.max_connection_duration.CopyFrom(c.seconds(pool.max_connection_duration))
+        apply_protocol(cluster, options, pool)
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(c.pack(options))
     if pool.keepalive:
         ka = cluster.upstream_connection_options.tcp_keepalive
@@ -124,6 +141,8 @@ def route_hash_policies(policy: TrafficPolicy) -> list[rc.RouteAction.HashPolicy
         out = hp.Cookie(name=ch.http_cookie.name, path=ch.http_cookie.path)
         if ch.http_cookie.ttl is not None:
             out.ttl.CopyFrom(c.seconds(ch.http_cookie.ttl))
+        for name, value in ch.http_cookie.attributes:
+            out.attributes.add(name=name, value=value)
         return [hp(cookie=out)]
     if ch.http_query_parameter_name is not None:
         return [hp(query_parameter=hp.QueryParameter(name=ch.http_query_parameter_name))]

@@ -15,17 +15,26 @@ For every upstream a proxy declared whose host has a DestinationRule:
 
 from __future__ import annotations
 
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from ... import naming
+from ...errors import SnapshotInvalid
 from ...snapshot import MeshSnapshot, ProxyInfo
 from ...traffic.clusters import ClusterSet
 from ...xds.generate import vocab as c
+from ...xds.generate.mesh_gateway import routing as gateway_routing
 from ...xds.generate.vocab import LISTENER, ROUTE
 from .clusters import apply_policy, route_hash_policies, tcp_hash_policies
+from ..service_entry.plugin import upstream_family
+from ..virtual_service.schema import service_for
+from .failover import accept_failover_identities, apply_failover_named
 from .locality import apply_locality_named
-from .schema import KIND_NAME
+from .locality_weights import weight_cluster
+from . import mesh_gateway
+from .locality_ports import port_locality_problems
+from .schema import KIND_NAME, rule_for
 from .spec import TrafficPolicy
+from .tcp_options import apply_tcp, destinations, tcp_proxies, tcp_settings
+from .tls_origination import mesh_plaintext
 
 KIND = KIND_NAME
 
@@ -46,36 +55,66 @@ def _default_tcp_hash(resources: dict, listener_name: str, policy: TrafficPolicy
     hashes = tcp_hash_policies(policy)
     if not hashes:
         return
-    for listener in resources[LISTENER]:
-        if listener.name != listener_name:
-            continue
-        for chain in listener.filter_chains:
-            for f in chain.filters:
-                if isinstance(f.config, tcp_proxy_pb2.TcpProxy):
-                    del f.config.hash_policy[:]
-                    f.config.hash_policy.extend(hashes)
+    for proxy in tcp_proxies(resources[LISTENER], listener_name):
+        del proxy.hash_policy[:]
+        proxy.hash_policy.extend(hashes)
 
 
 def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
     if not snapshot.resources_of(KIND):
         return
+    mesh_gateway.apply(snapshot, proxy, resources)  # a mesh gateway's routes to its datacenter's subsets
     clusters = ClusterSet(snapshot, proxy, resources)
+    ranked: set[str] = set()
+    problems: list[str] = []
     for src, up in c.outbound_bindings(snapshot, proxy):
         host = up.destination_name
-        rule = clusters.rule(host)
+        _tcp_listener(snapshot, resources, clusters, src, up, problems)
+        rule = clusters.rule(host, src)
         if rule is None:
             continue
-        policy = rule.effective_policy(None, clusters.port(host))
+        resource = rule_for(snapshot.resources_of(KIND), host, (src.labels, src.namespace))
+        if resource is not None:
+            problems.extend(p for p in port_locality_problems(snapshot.catalog, resource, host) if p not in problems)
+        policy = rule.effective_policy(None, clusters.port(host, src))
         own = clusters.existing(naming.upstream_cluster(host, src.service))
+        routed = gateway_routing(snapshot, proxy, up)  # failover targets of other datacenters: as the upstream
         if own is not None:
             apply_policy(own, policy)
-        apply_locality_named(snapshot, proxy, resources, naming.upstream_endpoints(host, up.datacenter), policy)
+            mesh_plaintext(snapshot, proxy.node, own, host, None, clusters.port(host), (src.labels, src.namespace))
+            accept_failover_identities(snapshot, own, rule, None, routed, up.datacenter)
+            weight_cluster(snapshot, proxy, own, policy)
+        eds = naming.upstream_endpoints(host, up.datacenter)
+        if eds not in ranked:  # once per assignment: failover priorities come after the locality ones
+            ranked.add(eds)
+            apply_locality_named(snapshot, proxy, resources, eds, policy, host)
+            apply_failover_named(snapshot, resources, eds, rule, clusters.rule, up.datacenter, routed)
         for subset in rule.subset_names:
             clusters.ensure(src, host, subset, up.datacenter)
         if c.upstream_protocol(snapshot, up) == "tcp":
             _default_tcp_hash(resources, naming.outbound_listener(host, up.local_bind_port), policy)
         else:
             _default_route_hash(resources, naming.outbound_route(host, up.local_bind_port), policy)
+    if problems:
+        raise SnapshotInvalid(proxy.node, problems)
+
+
+def _tcp_listener(snapshot: MeshSnapshot, resources: dict, clusters: ClusterSet, src, up, problems: list[str]) -> None:
+    """``tcp.idleTimeout`` and ``tunnel`` of the destinations of a TCP upstream on its listener's tcp_proxy."""
+    host = up.destination_name
+    family = upstream_family(snapshot, host, up.local_bind_port)
+    if not ((family in ("tls", "tcp")) if family is not None else c.upstream_protocol(snapshot, up) == "tcp"):
+        return
+    vs = service_for(snapshot.resources_of("VirtualService"), host)
+    policies = [clusters.policy(d, s, src) for d, s in destinations(host, vs)]
+    idle, tunnel, problem = tcp_settings(host, policies)
+    if problem is not None:
+        problems.append(problem)
+        return
+    if idle is None and tunnel is None:
+        return
+    for proxy in tcp_proxies(resources[LISTENER], naming.outbound_listener(host, up.local_bind_port)):
+        apply_tcp(proxy, idle, tunnel)
 
 
 __all__ = ["apply"]

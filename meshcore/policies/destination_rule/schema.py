@@ -14,6 +14,8 @@ spec:
     outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
   # locality-aware failover (Consul datacenters): own datacenter first, then the listed one, then the rest
   # trafficPolicy.loadBalancer.localityLbSetting: {failover: [{from: dc1, to: dc2}, {from: dc2, to: dc1}]}
+  # or weights per caller locality: {distribute: [{from: "dc1/*", to: {"dc1/*": 80, "dc2/*": 20}}]}, or
+  # priorities by label: {failoverPriority: [topology.kubernetes.io/zone, version]}  (see .locality_schema)
   subsets:
   - name: v1
     labels: {version: v1}             # workload labels: app, every Consul meta key, tag:<t>
@@ -22,7 +24,15 @@ spec:
     trafficPolicy:                    # overrides the host's, field by field (loadBalancer, connectionPool, ...)
       loadBalancer:
         consistentHash: {httpHeaderName: end-user}   # or httpCookie {name, ttl, path}, useSourceIp, httpQueryParameterName
+  failover:                           # meshcore: when v1 has no healthy instance, v2, then another service
+  - {subset: v1, targets: [{subset: v2}, {host: reviews-backup}]}   # see .failover_schema
+  workloadSelector: {matchLabels: {app: productpage}}   # optional: only these callers (namespace's workloads)
 ```
+
+Also Istio's ``warmup``, ``zoneAwareLbSetting``, ``consistentHash.ringHash`` / ``maglev``, ``connectionPool.http``
+``h2UpgradePolicy`` / ``useClientProtocol`` / ``maxConcurrentStreams`` / ``http2KeepAlive``, ``tcp.idleTimeout``,
+``outlierDetection`` local-origin fields and ``minHealthPercent``, ``retryBudget``, ``proxyProtocol`` and
+``tunnel`` (:mod:`.fields_schema`).
 
 Each subset becomes its own Envoy cluster (``outbound:<host>|<source>|<subset>``) whose endpoints
 are the healthy instances carrying every label of the subset. Which rule applies when several
@@ -38,12 +48,11 @@ from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import (
     EXPORT_TO,
-    UINT32_MAX,
     Dur,
     HeaderName,
     ServiceHost,
-    at_least_one,
     exactly_one,
+    in_scope,
     unique_names,
 )
 from meshcore.resources.model import Resource
@@ -63,6 +72,23 @@ from meshcore.resources.schema import (
     StringMap,
 )
 
+from .failover_schema import FAILOVER, failover_problems, failover_rule
+from .locality_schema import DISTRIBUTE, FAILOVER_PRIORITY, locality_rule
+from .fields_schema import (
+    CONNECTION_POOL,
+    OUTLIER_DETECTION,
+    PROXY_PROTOCOL,
+    RETRY_BUDGET,
+    TUNNEL,
+    WARMUP,
+    WORKLOAD_SELECTOR,
+    ZONE_AWARE_LB_SETTING,
+    HASH_ALGORITHM_FIELDS,
+    hash_algorithm_rule,
+    outside_mesh_problems,
+    retry_budget_rule,
+    warmup_rule,
+)
 from .spec import parse, spec_of
 
 API_VERSION = "networking.mesh.io/v1beta1"
@@ -80,18 +106,38 @@ def _not_both_lb(cleaned: dict, path: Path, ctx: Context) -> None:
     if "simple" in cleaned and "consistentHash" in cleaned:
         ctx.add(path, "set either simple or consistentHash, not both")
     elif not cleaned:
-        ctx.add(path, "loadBalancer must set simple, consistentHash or localityLbSetting")
+        ctx.add(path, "loadBalancer must set simple, consistentHash, warmup or localityLbSetting")
+    if "localityLbSetting" in cleaned and "zoneAwareLbSetting" in cleaned:
+        ctx.add(path.field("zoneAwareLbSetting"), "zoneAwareLbSetting is Istio's newer name of localityLbSetting: "
+                                                  "set one of them")
 
 
 class _SimpleLb(Enum):
+    """Istio's ``simple`` values: ``UNSPECIFIED`` leaves the choice to the mesh (the cluster's ROUND_ROBIN),
+    ``LEAST_CONN`` is Istio's deprecated spelling, ``PASSTHROUGH`` needs an original destination."""
+
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         if value == "LEAST_CONN":
             ctx.add(path, 'LEAST_CONN is Istio\'s deprecated spelling: write "LEAST_REQUEST"')
             return INVALID
+        if value == "PASSTHROUGH":
+            ctx.add(path, '"PASSTHROUGH" is not supported: it forwards to the address the app dialled, which needs '
+                          "traffic capture, and meshcore's proxies see no original destination (apps connect to "
+                          "explicit local ports); choose ROUND_ROBIN, LEAST_REQUEST or RANDOM")
+            return INVALID
+        if value == "UNSPECIFIED":
+            return value
         return super().check(value, path, ctx)
 
 
-HTTP_COOKIE = Obj({"name": Required(Str(min_len=1)), "ttl": Dur(), "path": Str(min_len=1)})
+COOKIE_ATTRIBUTE = Obj({"name": Required(Str(min_len=1, max_len=16384, pattern=r"[!#$%&'*+.^_`|~0-9A-Za-z-]+",
+                                                 pattern_hint="must be a cookie attribute name such as SameSite")),
+                         "value": Str(max_len=16384, pattern=r"[^;\x00-\x1f]*",
+                                      pattern_hint="must not hold ';' or control characters")})
+"""``httpCookie.attributes[]``: extra attributes of the cookie Envoy sets (``SameSite=Strict``, ``Secure``)."""
+
+HTTP_COOKIE = Obj({"name": Required(Str(min_len=1)), "ttl": Dur(), "path": Str(min_len=1),
+                   "attributes": ListOf(COOKIE_ATTRIBUTE)})
 
 CONSISTENT_HASH = Obj(
     {
@@ -99,8 +145,9 @@ CONSISTENT_HASH = Obj(
         "httpCookie": HTTP_COOKIE,
         "useSourceIp": Bool(),
         "httpQueryParameterName": Str(min_len=1),
+        **HASH_ALGORITHM_FIELDS,
     },
-    rules=[exactly_one(HASH_KEYS, "consistentHash")],
+    rules=[exactly_one(HASH_KEYS, "consistentHash"), hash_algorithm_rule],
 )
 
 # Locality-aware failover: a locality is a Consul datacenter (Envoy region) plus the node meta ``zone``.
@@ -120,87 +167,23 @@ LOCALITY_LB_SETTING = Obj(
         # Ordered: several entries with one ``from`` are tried in their order; a repeated pair is an error.
         "failover": ListOf(Obj({"from": Required(DATACENTER), "to": Required(DATACENTER)}, rules=[_failover_pair]),
                            unique=True),
+        "distribute": DISTRIBUTE,  # weights per caller locality (.locality_schema, .locality_weights)
+        "failoverPriority": FAILOVER_PRIORITY,
     },
-    refused={
-        "distribute": ("weighted traffic across localities is not implemented; use failover for ordered datacenters, "
-                       "or a VirtualService weight split across subsets"),
-        "failoverPriority": "use failover (from/to datacenters) and the node meta \"zone\"",
-    },
+    rules=[locality_rule],
 )
 
 LOAD_BALANCER = Obj(
-    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH, "localityLbSetting": LOCALITY_LB_SETTING},
-    rules=[_not_both_lb],
-)
-
-TCP_POOL_FIELDS = ("maxConnections", "connectTimeout", "maxConnectionDuration", "tcpKeepalive")
-HTTP_POOL_FIELDS = ("http1MaxPendingRequests", "http2MaxRequests", "maxRetries", "maxRequestsPerConnection",
-                    "idleTimeout")
-
-TCP_KEEPALIVE = Obj({"probes": Int(1, UINT32_MAX), "time": Dur(min_s=1), "interval": Dur(min_s=1)})
-"""Istio's ``tcpKeepalive`` -> the cluster's ``upstream_connection_options.tcp_keepalive`` (seconds, as the kernel)."""
-
-CONNECTION_POOL = Obj(
-    {
-        "tcp": Obj(
-            {"maxConnections": Int(1, UINT32_MAX), "connectTimeout": Dur(min_s=0.001),
-             "maxConnectionDuration": Dur(min_s=0.001), "tcpKeepalive": TCP_KEEPALIVE},
-            rules=[at_least_one(TCP_POOL_FIELDS, "connectionPool.tcp")],
-        ),
-        "http": Obj(
-            {
-                "http1MaxPendingRequests": Int(1, UINT32_MAX),
-                "http2MaxRequests": Int(1, UINT32_MAX),
-                "maxRetries": Int(0, UINT32_MAX),
-                "maxRequestsPerConnection": Int(0, UINT32_MAX),
-                "idleTimeout": Dur(min_s=0.001),
-            },
-            rules=[at_least_one(HTTP_POOL_FIELDS, "connectionPool.http")],
-        ),
-    },
-    rules=[at_least_one(("tcp", "http"), "connectionPool")],
-)
-
-OUTLIER_FIELDS = ("consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime", "maxEjectionPercent")
-
-OUTLIER_DETECTION = Obj(
-    {
-        "consecutive5xxErrors": Int(0, UINT32_MAX),
-        "consecutiveGatewayErrors": Int(0, UINT32_MAX),
-        "interval": Dur(min_s=0.001),
-        "baseEjectionTime": Dur(min_s=0.001),
-        "maxEjectionPercent": Int(0, 100),
-    },
-    rules=[at_least_one(OUTLIER_FIELDS, "outlierDetection")],
+    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH, "localityLbSetting": LOCALITY_LB_SETTING,
+     "zoneAwareLbSetting": ZONE_AWARE_LB_SETTING(LOCALITY_LB_SETTING), "warmup": WARMUP,
+     "warmupDurationSecs": Dur(min_s=0.001)},
+    rules=[_not_both_lb, warmup_rule],
 )
 
 POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection")
 
-_OUTSIDE_MESH = ("meshcore's upstreams are mesh services, always reached over the mesh's own mTLS "
-                 "(ISTIO_MUTUAL); TLS settings for a service outside the mesh need a ServiceEntry, which meshcore "
-                 "does not have yet")
+from .tls_origination import TLS  # noqa: E402 (tls modes and origination: tls17)
 
-
-class _TlsMode(Enum):
-    """``ISTIO_MUTUAL`` is what meshcore does for every upstream anyway; the other modes are for services outside
-    the mesh (or turn the mesh's mTLS off towards a mesh service, which PeerAuthentication decides here)."""
-
-    def __init__(self) -> None:
-        super().__init__("ISTIO_MUTUAL")
-
-    def check(self, value: Any, path: Path, ctx: Context) -> Any:
-        if value in ("DISABLE", "SIMPLE", "MUTUAL"):
-            ctx.add(path, f"{json.dumps(value)} is not supported: {_OUTSIDE_MESH}; write ISTIO_MUTUAL or leave tls out "
-                          "(to let a workload accept plaintext, use a PeerAuthentication with mode PERMISSIVE)")
-            return INVALID
-        return super().check(value, path, ctx)
-
-
-TLS = Obj(
-    {"mode": Required(_TlsMode())},
-    refused={f: _OUTSIDE_MESH for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName",
-                                        "subjectAltNames", "sni", "insecureSkipVerify", "caCrl")},
-)
 
 def _unique_ports(cleaned: dict, path: Path, ctx: Context) -> None:
     seen: dict[int, int] = {}
@@ -212,19 +195,10 @@ def _unique_ports(cleaned: dict, path: Path, ctx: Context) -> None:
         seen.setdefault(n, i)
 
 
-_PORT_LOCALITY = ("locality failover is per host in meshcore (a host's endpoints are shared by all its ports); "
-                  "set localityLbSetting on the host's or the subset's trafficPolicy")
-
-PORT_LOAD_BALANCER = Obj(
-    {"simple": _SimpleLb(*SIMPLE_LB), "consistentHash": CONSISTENT_HASH},
-    rules=[_not_both_lb],
-    refused={"localityLbSetting": _PORT_LOCALITY},
-)
-
 PORT_TRAFFIC_POLICY = Obj(
     {
         "port": Required(Obj({"number": Required(Int(1, 65535))})),
-        "loadBalancer": PORT_LOAD_BALANCER,
+        "loadBalancer": LOAD_BALANCER,  # its locality setting too: that port's clusters (.locality_ports)
         "connectionPool": CONNECTION_POOL,
         "outlierDetection": OUTLIER_DETECTION,
         "tls": TLS,
@@ -235,8 +209,9 @@ it overrides the level's fields for that port, as Istio's."""
 
 TRAFFIC_POLICY = Obj(
     {"loadBalancer": LOAD_BALANCER, "connectionPool": CONNECTION_POOL, "outlierDetection": OUTLIER_DETECTION,
-     "tls": TLS, "portLevelSettings": ListOf(PORT_TRAFFIC_POLICY)},
-    rules=[_unique_ports],
+     "tls": TLS, "portLevelSettings": ListOf(PORT_TRAFFIC_POLICY), "proxyProtocol": PROXY_PROTOCOL,
+     "retryBudget": RETRY_BUDGET, "tunnel": TUNNEL},
+    rules=[_unique_ports, retry_budget_rule],
 )
 
 SUBSET = Obj(
@@ -249,8 +224,9 @@ SUBSET = Obj(
 
 
 SPEC = Obj(
-    {"host": Required(ServiceHost()), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET)},
-    rules=[unique_names("subsets", "subset")],
+    {"host": Required(ServiceHost(external=True)), "trafficPolicy": TRAFFIC_POLICY, "subsets": ListOf(SUBSET),
+     "failover": FAILOVER, "workloadSelector": WORKLOAD_SELECTOR},
+    rules=[unique_names("subsets", "subset"), failover_rule],
     refused={"exportTo": EXPORT_TO},
 )
 
@@ -278,12 +254,47 @@ def service_port(catalog: Any, host: str) -> int | None:
     return ports.pop() if len(ports) == 1 else None
 
 
-def rule_for(resources: Iterable[Resource], host: str) -> Resource | None:
-    """The DestinationRule for ``host``: the first by (namespace, name) whose ``spec.host`` is ``host``."""
+_BY_HOST: dict[int, tuple[tuple, dict[str, list[Resource]]]] = {}
+
+
+def _by_host(resources: Iterable[Resource]) -> dict[str, list[Resource]]:
+    """The DestinationRules of ``resources`` by host, each list by (namespace, name); computed once per snapshot's
+    resource tuple (immutable), so a proxy's many lookups do not each sort every rule."""
+    key = id(resources)
+    hit = _BY_HOST.get(key) if isinstance(resources, tuple) else None
+    if hit is not None and hit[0] is resources:
+        return hit[1]
+    index: dict[str, list[Resource]] = {}
     for r in _ordered(resources, KIND_NAME):
-        if spec_of(r).host == host:
+        index.setdefault(spec_of(r).host, []).append(r)
+    if isinstance(resources, tuple):
+        if len(_BY_HOST) >= 8:
+            _BY_HOST.clear()
+        _BY_HOST[key] = (resources, index)
+    return index
+
+
+def rule_for(resources: Iterable[Resource], host: str,
+             workload: tuple[Mapping[str, str], str] | None = None) -> Resource | None:
+    """The DestinationRule for ``host`` as the workload ``(labels, namespace)`` calling it sees it.
+
+    As Istio: a rule whose ``workloadSelector`` selects the workload (its namespace's workloads holding every
+    label) comes first, else the rule without a selector; the first by (namespace, name) of each. Without a
+    workload (validation across resources), the rule without a selector, else the first with one.
+    """
+    fallback: Resource | None = None
+    general: Resource | None = None
+    for r in _by_host(resources).get(host, ()):
+        typed = spec_of(r)
+        if not typed.selector:
+            general = general or r
+            if workload is None:
+                return r
+        elif workload is None:
+            fallback = fallback or r
+        elif in_scope(typed.selector, r.namespace, workload[0], workload[1]):
             return r
-    return None
+    return general or fallback
 
 
 def subset_names(rule: Resource | None) -> list[str]:
@@ -296,18 +307,37 @@ def selects(labels: Mapping[str, str], subset_labels: Mapping[str, str] | None) 
 
 
 def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
-    """Cross-resource checks: one DestinationRule per host (a second one would be silently ignored)."""
+    """Cross-resource checks: one DestinationRule per host and workload selector (a second one would be silently
+    ignored), every failover target subset of another host defined by that host's rule, and ``proxyProtocol`` /
+    ``tunnel`` only towards ServiceEntry hosts."""
     errors: list[FieldError] = []
     first: dict[str, Resource] = {}
+    selected: dict[tuple[str, str, tuple], Resource] = {}
     for r in _ordered(resources, KIND_NAME):
-        host = spec_of(r).host
+        typed = spec_of(r)
+        host = typed.host
+        if typed.selector:
+            key = (host, r.namespace, typed.selector)
+            if key in selected:
+                other = selected[key]
+                errors.append(FieldError(str(r.key), None, "spec.workloadSelector",
+                                         f"DestinationRule {other.namespace}/{other.name} already selects these "
+                                         f"workloads for host {json.dumps(host)}; put their policies in one rule"))
+            selected.setdefault(key, r)
+            continue
         if host in first:
             other = first[host]
             errors.append(FieldError(str(r.key), None, "spec.host",
                                      f"host {json.dumps(host)} already has DestinationRule {other.namespace}/{other.name}; "
-                                     "put every subset and policy of a host in one DestinationRule"))
+                                     "put every subset and policy of a host in one DestinationRule (or give this "
+                                     "one a workloadSelector)"))
         else:
             first[host] = r
+    errors.extend(outside_mesh_problems(resources, _ordered(resources, KIND_NAME)))
+    for r in first.values():
+        for field, message in failover_problems(spec_of(r).host, r.spec.get("failover") or (),
+                                                lambda h: spec_of(first[h]).subset_names if h in first else None):
+            errors.append(FieldError(str(r.key), None, field, message))
     return errors
 
 

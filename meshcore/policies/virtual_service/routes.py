@@ -11,7 +11,7 @@ destination means is asked from a callback, so this module knows nothing about p
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 from google.protobuf import wrappers_pb2
 
@@ -29,12 +29,18 @@ from ...resources.model import Resource
 from ...xds.generate import policy_filters as pf
 from ...xds.generate import vocab as c
 from ...xds.generate.routes import default_retry_policy, retry_to_other_hosts
+from ..gateway.schema import gateway_ref
+from ..request_authentication.claims import claim_route_matcher, is_claim_key
+from .cors import set_cors
+from .delegation import http_rules
 from .schema import DEFAULT_RETRY_ON, split_retry_on
 from .spec import (
     EXACT,
     PREFIX,
     PRESENT,
+    Destination,
     DirectResponse,
+    ListenerPorts,
     Fault,
     HeaderOperations,
     HttpRoute,
@@ -44,16 +50,19 @@ from .spec import (
     Rewrite,
     RouteDestination,
     StringMatch,
+    TcpRoute,
     spec_of,
 )
 
 FAULT_FILTER = pf.FAULT
 PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 
-ClusterFor = Callable[[str, "str | None"], str]
-"""``(host, subset) -> cluster name`` (adds the cluster when it is new)."""
-HashFor = Callable[[str, "str | None"], list]
-"""``(host, subset) -> route hash policies`` of that destination's load balancer."""
+ClusterFor = Callable[..., str]
+"""``(host, subset) -> cluster name`` (adds the cluster when it is new); called ``(host, subset, port)`` for a
+destination that names its ``port``."""
+HashFor = Callable[..., list]
+"""``(host, subset) -> route hash policies`` of that destination's load balancer; ``(host, subset, port)`` for a
+destination that names its port."""
 
 
 def fraction(percent: float) -> percent_pb2.FractionalPercent:
@@ -72,6 +81,14 @@ def _query_matcher(name: str, match: StringMatch) -> rc.QueryParameterMatcher:
     if match.kind == PRESENT:
         return rc.QueryParameterMatcher(name=name, present_match=True)
     return rc.QueryParameterMatcher(name=name, string_match=string_matcher(match))
+
+
+def destination_cluster(cluster_for: ClusterFor, d: Destination) -> str:
+    """The cluster of one destination: ``cluster_for(host, subset)``, with the port when the destination names one
+    (callbacks that never see a port keep their two-argument form)."""
+    if d.port is None:
+        return cluster_for(d.host, d.subset)
+    return cluster_for(d.host, d.subset, d.port)
 
 
 def string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
@@ -101,8 +118,16 @@ def route_match(match: Match) -> rc.RouteMatch:
     if match.scheme is not None:
         out.headers.append(rc.HeaderMatcher(name=":scheme", string_match=string_matcher(match.scheme)))
     for name, m in match.headers:
+        if is_claim_key(name):  # a verified JWT's claim (gateways): the route matches jwt_authn's metadata
+            out.dynamic_metadata.append(claim_route_matcher(name, m.kind, m.value))
+            continue
         out.headers.append(_header_matcher(name, m))
     for name, m in match.without_headers:  # Istio's withoutHeaders: the header must not match (absent for {})
+        if is_claim_key(name):
+            claim = claim_route_matcher(name, m.kind, m.value)
+            claim.invert = True
+            out.dynamic_metadata.append(claim)
+            continue
         inverted = _header_matcher(name, m)
         inverted.invert_match = True
         out.headers.append(inverted)
@@ -119,7 +144,12 @@ def http_fault(fault: Fault) -> fault_pb2.HTTPFault:
                                                        percentage=fraction(d.percentage)))
     if fault.abort is not None:
         a = fault.abort
-        out.abort.CopyFrom(fault_pb2.FaultAbort(http_status=a.http_status, percentage=fraction(a.percentage)))
+        abort = fault_pb2.FaultAbort(percentage=fraction(a.percentage))
+        if a.grpc_status is not None:
+            abort.grpc_status = a.grpc_status  # Envoy answers the gRPC status in grpc-status (HTTP 200 trailers)
+        elif a.http_status is not None:
+            abort.http_status = a.http_status
+        out.abort.CopyFrom(abort)
     return out
 
 
@@ -156,7 +186,7 @@ def _header_options(ops: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
 def _weighted(destinations: Sequence[RouteDestination], cluster_for: ClusterFor) -> tuple[str | None, list[tuple[str, int]]]:
     """Single cluster, or weighted clusters; weight-0 destinations are left out (as Istio does)."""
     live = [d for d in destinations if d.weight > 0] if len(destinations) > 1 else destinations
-    named = [(cluster_for(d.destination.host, d.destination.subset), d.weight) for d in live]
+    named = [(destination_cluster(cluster_for, d.destination), d.weight) for d in live]
     if len(named) == 1:
         return named[0][0], []
     return None, named
@@ -184,12 +214,14 @@ def route_action(rule: HttpRoute, cluster_for: ClusterFor, hash_for: HashFor, de
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
     for d in rule.route:
-        hashes = hash_for(d.destination.host, d.destination.subset)
+        dest = d.destination
+        hashes = (hash_for(dest.host, dest.subset) if dest.port is None
+                  else hash_for(dest.host, dest.subset, dest.port))
         if hashes:
             action.hash_policy.extend(hashes)
             break
     for m in rule.mirrors:
-        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=cluster_for(m.destination.host, m.destination.subset))
+        mirror = rc.RouteAction.RequestMirrorPolicy(cluster=destination_cluster(cluster_for, m.destination))
         mirror.runtime_fraction.default_value.CopyFrom(fraction(m.percentage))
         action.request_mirror_policies.append(mirror)
     if rule.rewrite is not None:
@@ -214,7 +246,10 @@ _REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAct
                    308: rc.RedirectAction.PERMANENT_REDIRECT}
 
 
-def redirect_action(r: Redirect) -> rc.RedirectAction:
+def redirect_action(r: Redirect, listener_port: int | None = None) -> rc.RedirectAction:
+    """``derivePort: FROM_REQUEST_PORT`` is the port of the listener the routes are for (Envoy cannot derive it
+    per request; each meshcore listener has one port), as Istio does; ``FROM_PROTOCOL_DEFAULT`` is Envoy's own
+    behaviour (no port in the Location: the scheme's default)."""
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[r.code])
     if r.uri is not None:
         out.path_redirect = r.uri
@@ -224,6 +259,8 @@ def redirect_action(r: Redirect) -> rc.RedirectAction:
         out.host_redirect = r.authority
     if r.port is not None:
         out.port_redirect = r.port
+    elif r.derive_port == "FROM_REQUEST_PORT" and listener_port is not None:
+        out.port_redirect = listener_port
     if r.scheme is not None:
         out.scheme_redirect = r.scheme
     return out
@@ -246,25 +283,40 @@ def route_name(vs: Resource, i: int, rule: HttpRoute, j: int, match: Match, alte
 
 
 def http_routes(vs: Resource, cluster_for: ClusterFor, hash_for: HashFor, default_timeout: float,
-                caller: tuple[Mapping[str, str], str] | None = None) -> list[rc.Route]:
+                caller: tuple[Mapping[str, str], str] | None = None, gateway: str = "mesh",
+                port: int | None = None, services: Iterable[Resource] = (),
+                host_ports: Callable[[], Collection[int]] | None = None) -> list[rc.Route]:
     """Every ``http[]`` rule of ``vs`` as Envoy routes, in order. ``caller`` (labels, namespace) of the proxy the
     routes are for: match alternatives whose ``sourceLabels``/``sourceNamespace`` it does not meet are left out, and a
-    rule left without any alternative with them (Istio's reading)."""
+    rule left without any alternative with them (Istio's reading). ``port``: the listener's port (match ``port``,
+    ``derivePort``), ``host_ports`` (sidecars) the host's port a match ``port`` may name instead (Istio's service
+    port); ``services``: the VirtualServices delegates are found among (:mod:`.delegation`)."""
+    listener = ListenerPorts(port, host_ports)
     routes: list[rc.Route] = []
-    for i, rule in enumerate(spec_of(vs).http):
+    for resolved in http_rules(vs, services):
+        owner, i, rule = resolved.vs, resolved.index, resolved.rule
         matches = rule.match or (Match(),)
         for j, match in enumerate(matches):
             if caller is not None and not match.from_caller(*caller):
                 continue
-            route = rc.Route(name=route_name(vs, i, rule, j, match, len(matches)), match=route_match(match))
+            if not match.on_listener(listener):
+                continue  # Istio's match port: this alternative is for another listener
+            if match.gateways and not any(g == gateway or gateway_ref(vs.namespace, g) == gateway
+                                          for g in match.gateways):
+                continue  # Istio's match gateways: this alternative is for other gateways (or only for the mesh)
+            route = rc.Route(name=route_name(owner, i, rule, j, match, len(matches)), match=route_match(match))
+            if match.stat_prefix:
+                route.stat_prefix = match.stat_prefix
             if rule.redirect is not None:
-                route.redirect.CopyFrom(redirect_action(rule.redirect))
+                route.redirect.CopyFrom(redirect_action(rule.redirect, port))
             elif rule.direct_response is not None:
                 route.direct_response.CopyFrom(direct_response(rule.direct_response))
             else:
                 route.route.CopyFrom(route_action(rule, cluster_for, hash_for, default_timeout))
             if rule.fault is not None:
                 pf.set_fault_config(route, http_fault(rule.fault))
+            if rule.cors is not None:
+                set_cors(route, rule.cors)
             route.request_headers_to_add.extend(_header_options(rule.request_headers))
             route.request_headers_to_remove.extend(rule.request_headers.remove)
             route.response_headers_to_add.extend(_header_options(rule.response_headers))
@@ -286,12 +338,37 @@ def has_fault(vs: Resource) -> bool:
     return spec_of(vs).has_fault
 
 
-def weighted_tcp(proxy: tcp_proxy_pb2.TcpProxy, vs: Resource, cluster_for: ClusterFor) -> bool:
-    """Point ``proxy`` at the first ``tcp[]`` rule's destinations; False when ``vs`` has no tcp rule."""
-    rules = spec_of(vs).tcp
-    if not rules:
+def tcp_rule(vs: Resource, caller: tuple[Mapping[str, str], str] | None, port: int | None,
+             gateway: str = "mesh", host_ports: Callable[[], Collection[int]] | None = None) -> TcpRoute | None:
+    """The first ``tcp[]`` rule of ``vs`` that applies to ``caller`` (labels, namespace) on a listener of ``port`` at
+    ``gateway`` ("mesh": a sidecar): one without ``match``, or with an alternative whose port, sourceLabels,
+    sourceNamespace and gateways all hold (a port: the listener's, or the host's from ``host_ports``, as for http
+    matches). Decided at build time: each listener has one port and one caller."""
+    listener = ListenerPorts(port, host_ports)
+    for rule in spec_of(vs).tcp:
+        if not rule.match:
+            return rule
+        for m in rule.match:
+            if caller is not None and not m.from_caller(*caller):
+                continue
+            if not listener.admits(m.port):
+                continue
+            gateways = m.gateways or spec_of(vs).gateways
+            if not any(g == gateway or gateway_ref(vs.namespace, g) == gateway for g in gateways):
+                continue
+            return rule
+    return None
+
+
+def weighted_tcp(proxy: tcp_proxy_pb2.TcpProxy, vs: Resource, cluster_for: ClusterFor,
+                 caller: tuple[Mapping[str, str], str] | None = None, port: int | None = None,
+                 host_ports: Callable[[], Collection[int]] | None = None) -> bool:
+    """Point ``proxy`` at the destinations of the first ``tcp[]`` rule that applies (:func:`tcp_rule`); False (the
+    proxy left as it is: the upstream itself, as Istio falls back to the service's cluster) when none does."""
+    rule = tcp_rule(vs, caller, port, host_ports=host_ports)
+    if rule is None:
         return False
-    single, weighted = _weighted(rules[0].route, cluster_for)
+    single, weighted = _weighted(rule.route, cluster_for)
     proxy.ClearField("cluster")
     proxy.ClearField("weighted_clusters")
     if single is not None:
@@ -304,4 +381,4 @@ def weighted_tcp(proxy: tcp_proxy_pb2.TcpProxy, vs: Resource, cluster_for: Clust
 
 
 __all__ = ["FAULT_FILTER", "http_routes", "http_fault", "route_match", "route_action", "retry_policy",
-           "weighted_tcp", "has_fault", "fraction", "string_matcher", "route_name"]
+           "weighted_tcp", "tcp_rule", "destination_cluster", "has_fault", "fraction", "string_matcher", "route_name"]

@@ -55,6 +55,7 @@ from meshcore.resources.schema import (
     Context,
     Custom,
     DNSLabel,
+    Enum,
     Int,
     ListOf,
     MapOf,
@@ -68,7 +69,11 @@ from meshcore.resources.schema import (
     StringMap,
 )
 
+from meshcore.naming import dns_label_problem
 from meshcore.policies.destination_rule import schema as dr
+from meshcore.policies.gateway.schema import gateway_host_problem
+from meshcore.policies.request_authentication.claims import claim_key_problem, is_claim_key
+from meshcore.policies.virtual_service.cors import cors_policy_schema
 from meshcore.resources.kinds._fields import (
     EXPORT_TO,
     UINT32_MAX,
@@ -81,7 +86,7 @@ from meshcore.resources.kinds._fields import (
     seconds,
 )
 
-from .spec import parse, spec_of
+from .spec import GRPC_STATUS_CODES, parse, spec_of
 
 API_VERSION = "networking.mesh.io/v1beta1"
 KIND_NAME = "VirtualService"
@@ -177,15 +182,31 @@ class _HeaderKey(StrKey):
         return HeaderName(min_len=1).check(key, path, ctx)
 
 
-def _mesh_gateway_only(value: str) -> str | None:
+class _MatchHeaderKey(_HeaderKey):
+    """A header name, or Istio's ``@request.auth.claims.<claim>`` (a verified JWT's claim, at gateways)."""
+
+    def check(self, key: Any, path: Path, ctx: Context) -> Any:
+        if isinstance(key, str) and is_claim_key(key):
+            problem = claim_key_problem(key)
+            if problem:
+                ctx.add(path, problem)
+                return INVALID
+            return key
+        return super().check(key, path, ctx)
+
+
+def _gateway_problem(value: str) -> str | None:
     if value == "mesh":
         return None
-    return (f"gateway {json.dumps(value)}: meshcore has no Gateway kind yet, a VirtualService applies to the mesh's "
-            "callers only; write [mesh] (Istio's name for them) or leave gateways out")
+    ns, _, name = value.rpartition("/")
+    if dns_label_problem(name) is None and (not ns or dns_label_problem(ns) is None):
+        return None
+    return (f"gateway {json.dumps(value)}: write mesh (the sidecars), a Gateway's name (in the VirtualService's "
+            "namespace) or <namespace>/<name>")
 
 
-GATEWAYS = ListOf(Custom(Str(min_len=1), _mesh_gateway_only), min_items=1)
-"""Istio's ``gateways``: only ``mesh`` (the sidecars, which is what meshcore configures) is accepted."""
+GATEWAYS = ListOf(Custom(Str(min_len=1), _gateway_problem), min_items=1)
+"""Istio's ``gateways``: ``mesh`` (the sidecars) and Gateways (``name`` or ``namespace/name``)."""
 
 MATCH = Obj(
     {
@@ -194,19 +215,28 @@ MATCH = Obj(
         "method": STRING_MATCH,
         "authority": STRING_MATCH,
         "scheme": STRING_MATCH,
-        "headers": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
-        "withoutHeaders": MapOf(PRESENCE_MATCH, key=_HeaderKey()),
+        "headers": MapOf(PRESENCE_MATCH, key=_MatchHeaderKey()),
+        "withoutHeaders": MapOf(PRESENCE_MATCH, key=_MatchHeaderKey()),
         "queryParams": MapOf(PRESENCE_MATCH, key=StrKey(Str(min_len=1))),
         "ignoreUriCase": Bool(),
         "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
         "sourceNamespace": DNSLabel(),
         "gateways": GATEWAYS,
+        "port": Int(1, 65535),
+        "statPrefix": Str(min_len=1, max_len=255),
     }
 )
 """One ``match[]`` alternative. ``sourceLabels`` / ``sourceNamespace`` select the calling workloads (the proxy whose
-routes are built): on other callers' proxies the alternative is left out, as Istio does."""
+routes are built): on other callers' proxies the alternative is left out, as Istio does. ``port`` is the port of the
+listener the request came in on (a sidecar's upstream ``local_bind_port``, a Gateway server's port, a Sidecar
+egress listener's port) or, on a sidecar, the port of the host addressed (Istio's service port): on other listeners
+the alternative is left out. ``statPrefix`` is the Envoy route's
+``stat_prefix`` (``vhost.<virtual host>.route.<statPrefix>.*`` stats)."""
 
-DESTINATION = Obj({"host": Required(ServiceHost()), "subset": DNSLabel()})
+PORT_SELECTOR = Obj({"number": Required(Int(1, 65535))})
+"""``destination.port``: which port of the host (a Consul service's instances' registered port, a ServiceEntry port)."""
+
+DESTINATION = Obj({"host": Required(ServiceHost(external=True)), "subset": DNSLabel(), "port": PORT_SELECTOR})
 
 MAX_WEIGHT = 2**31 - 1  # Istio's int32
 
@@ -282,12 +312,18 @@ RETRIES = Obj(
 
 PERCENTAGE = Obj({"value": Required(Number(0, 100))})
 
+GRPC_STATUS = tuple(GRPC_STATUS_CODES)
+"""Istio's ``abort.grpcStatus`` values: the gRPC status names (``UNAVAILABLE``)."""
+
 FAULT = Obj(
     {
         "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE},
                      refused={"percent": "deprecated in Istio (an integer percent); write percentage: {value: N}",
                               "exponentialDelay": "not implemented by Istio either; use fixedDelay"}),
-        "abort": Obj({"httpStatus": Required(Int(200, 599)), "percentage": PERCENTAGE}),
+        "abort": Obj({"httpStatus": Int(200, 599), "grpcStatus": Enum(*GRPC_STATUS), "percentage": PERCENTAGE},
+                     rules=[exactly_one(("httpStatus", "grpcStatus"), "abort")],
+                     refused={"http2Error": "not implemented by Istio either (its API marks http2Error NOT "
+                                            "IMPLEMENTED); abort with httpStatus or grpcStatus"}),
     },
     rules=[at_least_one(("delay", "abort"), "fault")],
 )
@@ -316,11 +352,13 @@ def _mirror_percentage_needs_mirror(cleaned: dict, path: Path, ctx: Context) -> 
 
 def _one_action(cleaned: dict, path: Path, ctx: Context) -> None:
     """As Istio: a rule routes, redirects or answers directly; rewrite goes with route only."""
-    given = [k for k in ("route", "redirect", "directResponse") if k in cleaned]
+    given = [k for k in ("route", "redirect", "directResponse", "delegate") if k in cleaned]
     if len(given) != 1:
-        ctx.add(path, "an http rule needs exactly one of route, redirect, directResponse"
+        ctx.add(path, "an http rule needs exactly one of route, redirect, directResponse, delegate"
                       + (f" (got {', '.join(given)})" if given else ""))
         return
+    if given[0] == "delegate":
+        return  # the delegate's routes inherit what they leave unset (rewrite, timeout, retries, ...), as Istio's
     if "rewrite" in cleaned and "route" not in cleaned:
         ctx.add(path.field("rewrite"), f"rewrite applies to a route, not to {given[0]}")
     for field in ("mirror", "mirrors", "retries", "timeout"):
@@ -339,6 +377,13 @@ def _redirect_code(value: int) -> str | None:
 def _redirect_path(cleaned: dict, path: Path, ctx: Context) -> None:
     if "uri" in cleaned and "prefixRewrite" in cleaned:
         ctx.add(path, "redirect takes uri (the whole path) or prefixRewrite (the matched prefix), not both")
+    if "port" in cleaned and "derivePort" in cleaned:
+        ctx.add(path.field("derivePort"), "redirect takes port or derivePort, not both")
+
+
+DERIVE_PORT = ("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")
+"""Istio's ``redirect.derivePort``: the scheme's default port (Envoy's own behaviour), or the port of the listener
+the request came in on."""
 
 
 REDIRECT = Obj(
@@ -347,6 +392,7 @@ REDIRECT = Obj(
         "prefixRewrite": Str(),
         "authority": Str(min_len=1),
         "port": Int(1, 65535),
+        "derivePort": Enum(*DERIVE_PORT),
         "scheme": Str(min_len=1, pattern=r"[a-z][a-z0-9+.-]*", pattern_hint="must be a URI scheme such as https"),
         "redirectCode": Custom(Int(300, 399), _redirect_code),
     },
@@ -401,28 +447,122 @@ HTTP_ROUTE = Obj(
         "mirrors": ListOf(MIRROR, min_items=1),
         "mirrorPercentage": PERCENTAGE,
         "headers": HEADERS,
+        "corsPolicy": cors_policy_schema(STRING_MATCH),
+        "delegate": Obj({"name": Required(DNSLabel()), "namespace": DNSLabel()}),
     },
     rules=[_mirror_percentage_needs_mirror, _one_action],
     refused={f: "deprecated in Istio (an integer percent); write mirrorPercentage: {value: N}"
              for f in ("mirrorPercent", "mirror_percent")},
 )
 
-TCP_ROUTE = Obj({"route": Required(Destinations())})
+TCP_MATCH = Obj(
+    {
+        "port": Int(1, 65535),
+        "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
+        "sourceNamespace": DNSLabel(),
+        "gateways": GATEWAYS,
+    },
+    refused={
+        "destinationSubnets": "matches the address the app dialled, which meshcore's proxies never see (apps "
+                              "connect to explicit local ports); route by the upstream (one listener per upstream)",
+        "sourceSubnet": "matches the caller's address, which on a sidecar's outbound listener is always the local app "
+                        "(loopback); select callers with sourceLabels or sourceNamespace",
+    },
+)
+"""One ``tcp[].match[]`` alternative: the listener port and the calling workloads, decided when the proxy's config is
+built (each outbound listener binds one port and serves one caller), so the first tcp rule that applies is the
+listener's tcp_proxy."""
+
+TCP_ROUTE = Obj({"match": ListOf(TCP_MATCH), "route": Required(Destinations())})
+
+_SNI = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def _sni_problem(value: str) -> str | None:
+    if _SNI.fullmatch(value):
+        return None
+    return f"{json.dumps(value)} is not a TLS server name (a lowercase DNS name, or *.<domain>)"
+
+
+TLS_MATCH = Obj(
+    {
+        "sniHosts": Required(ListOf(Custom(Str(min_len=1), _sni_problem), min_items=1, unique=True)),
+        "port": Int(1, 65535),
+        "sourceLabels": StringMap(key=LabelKey(), value=Str(max_len=63)),
+        "sourceNamespace": DNSLabel(),
+        "gateways": GATEWAYS,
+    },
+    refused={"destinationSubnets": "matches the address the app dialled, which meshcore's proxies never see (apps "
+                                   "connect to explicit local ports); match by sniHosts"},
+)
+
+TLS_DESTINATION = DESTINATION
+
+TLS_ROUTE = Obj({
+    "match": Required(ListOf(TLS_MATCH, min_items=1)),
+    "route": Required(Destinations(Obj({"destination": Required(TLS_DESTINATION), "weight": Int(0, MAX_WEIGHT)}))),
+})
+"""Istio's ``tls[]`` rule: passthrough TLS routed by SNI (on a TLS or TCP upstream, or a Sidecar's TLS egress
+listener)."""
+
+
+def _sni_in_hosts(cleaned: dict, path: Path, ctx: Context) -> None:
+    """As Istio: every ``sniHosts`` entry is one of the VirtualService's hosts (a wildcard covers at least one)."""
+    hosts = cleaned.get("hosts") or ()
+    for i, rule in enumerate(cleaned.get("tls") or ()):
+        for j, m in enumerate(rule.get("match") or ()):
+            for k, sni in enumerate(m.get("sniHosts") or ()):
+                covered = sni in hosts or (sni.startswith("*.") and any(h.endswith(sni[1:]) for h in hosts)) or any(
+                    h == "*" or h.startswith("*.") and sni.endswith(h[1:]) for h in hosts)  # a wildcard host covers it
+                if not covered:
+                    ctx.add(path.field("tls").index(i).field("match").index(j).field("sniHosts").index(k),
+                            f"{json.dumps(sni)} is not among spec.hosts ({', '.join(hosts)}); a tls rule routes "
+                            "the VirtualService's own hosts")
+
+
+def _mesh_hosts_are_services(cleaned: dict, path: Path, ctx: Context) -> None:
+    """Hosts of a VirtualService for the sidecars (``mesh``, the default) are Consul service names; one bound to
+    Gateways only may route external names (``bookinfo.example.com``, ``*.example.com``)."""
+    if "mesh" not in (cleaned.get("gateways") or ["mesh"]):
+        return
+    for i, rule in enumerate(cleaned.get("http") or ()):
+        for j, m in enumerate(rule.get("match") or ()):
+            for field in ("headers", "withoutHeaders"):
+                for key in m.get(field) or {}:
+                    if is_claim_key(key) and "mesh" in (m.get("gateways") or ["mesh"]):
+                        ctx.add(path.field("http").index(i).field("match").index(j).field(field).key(key),
+                                "claims are matched at ingress gateways (RequestAuthentication verifies the token "
+                                "there); bind this VirtualService (or the match) to a Gateway, or match the claim in "
+                                "an AuthorizationPolicy (request.auth.claims[...]) on the workload")
+    for i, host in enumerate(cleaned.get("hosts") or ()):
+        ServiceHost(external=True).check(host, path.field("hosts").index(i), ctx)
 
 
 def _routes_given(cleaned: dict, path: Path, ctx: Context) -> None:
-    if not cleaned.get("http") and not cleaned.get("tcp"):
-        ctx.add(path, "a VirtualService needs http or tcp routes")
+    if not cleaned.get("http") and not cleaned.get("tcp") and not cleaned.get("tls"):
+        ctx.add(path, "a VirtualService needs http, tls or tcp routes")
+
+
+def _delegate_shape(cleaned: dict, path: Path, ctx: Context) -> None:
+    """As Istio: a VirtualService without ``hosts`` is a delegate, used only through another's ``http[].delegate``:
+    it has http rules only and no ``gateways`` (the root's apply)."""
+    if cleaned.get("hosts"):
+        return
+    for field in ("tcp", "tls", "gateways"):
+        if cleaned.get(field):
+            ctx.add(path.field(field), f"a delegate VirtualService (one without hosts) has no {field}: "
+                                       "only http rules are delegated; give it hosts to route on its own")
 
 
 SPEC = Obj(
     {
-        "hosts": Required(ListOf(ServiceHost(), min_items=1, unique=True)),
+        "hosts": ListOf(Custom(Str(min_len=1), gateway_host_problem), unique=True),
         "http": ListOf(HTTP_ROUTE),
         "tcp": ListOf(TCP_ROUTE),
+        "tls": ListOf(TLS_ROUTE),
         "gateways": GATEWAYS,
     },
-    rules=[_routes_given],
+    rules=[_routes_given, _delegate_shape, _mesh_hosts_are_services, _sni_in_hosts],
     refused={"exportTo": EXPORT_TO},
 )
 
@@ -440,9 +580,10 @@ KIND = KindSpec.from_schema(
 
 
 def service_for(resources: Sequence[Resource], host: str) -> Resource | None:
-    """The VirtualService routing ``host``: the first by (namespace, name) listing it in ``spec.hosts``."""
+    """The VirtualService routing ``host`` for the sidecars: the first by (namespace, name) listing it in
+    ``spec.hosts`` whose ``gateways`` include ``mesh`` (the default)."""
     for r in sorted((r for r in resources if r.kind == KIND_NAME), key=lambda r: (r.namespace, r.name)):
-        if host in spec_of(r).hosts:
+        if host in spec_of(r).hosts and "mesh" in spec_of(r).gateways:
             return r
     return None
 
@@ -456,9 +597,10 @@ def destinations(spec: dict) -> Iterator[tuple[str, dict]]:
             yield f"spec.http[{i}].mirror", rule["mirror"]
         for j, m in enumerate(rule.get("mirrors") or ()):
             yield f"spec.http[{i}].mirrors[{j}].destination", m["destination"]
-    for i, rule in enumerate(spec.get("tcp") or ()):
-        for j, d in enumerate(rule.get("route") or ()):
-            yield f"spec.tcp[{i}].route[{j}].destination", d["destination"]
+    for proto in ("tcp", "tls"):
+        for i, rule in enumerate(spec.get(proto) or ()):
+            for j, d in enumerate(rule.get("route") or ()):
+                yield f"spec.{proto}[{i}].route[{j}].destination", d["destination"]
 
 
 def subset_problem(resources: Sequence[Resource], host: str, subset: str) -> str | None:
@@ -478,13 +620,22 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
     """Cross-resource checks over everything that will be stored together.
 
     * every ``destination.subset`` (routes and mirrors) exists in the DestinationRule of its host;
-    * a host is routed by one VirtualService only (a second one would be silently ignored).
+    * every ``destination.port`` of a ServiceEntry host is one of the entry's ports (a Consul service's ports are
+      the catalog's: checked when the proxies' config is built);
+    * a host is routed by one VirtualService only (a second one would be silently ignored);
+    * every ``http[].delegate`` names a VirtualService without hosts, and no chain of delegates is a cycle.
     """
+    from meshcore.policies.service_entry import schema as se
+    from meshcore.policies.service_entry.spec import spec_of as entry_spec
+
+    from .delegation import delegate_errors
+
     errors: list[FieldError] = []
-    owner: dict[str, Resource] = {}
+    owner: dict[str, Resource] = {}  # hosts for the sidecars only: a Gateway-bound VirtualService may share a host
     for r in sorted((r for r in resources if r.kind == KIND_NAME), key=lambda r: (r.namespace, r.name)):
         spec = r.spec or {}
-        for k, host in enumerate(spec.get("hosts") or ()):
+        mesh_hosts = (spec.get("hosts") or []) if "mesh" in (spec.get("gateways") or ["mesh"]) else []
+        for k, host in enumerate(mesh_hosts):
             if host in owner:
                 o = owner[host]
                 errors.append(FieldError(str(r.key), None, f"spec.hosts[{k}]",
@@ -493,11 +644,18 @@ def validate_set(resources: Sequence[Resource]) -> list[FieldError]:
             else:
                 owner[host] = r
         for path, dest in destinations(spec):
+            number = (dest.get("port") or {}).get("number")
+            entry = se.entry_for(resources, dest["host"]) if number is not None else None
+            if entry is not None and entry_spec(entry).port(number) is None:
+                known = ", ".join(str(p.number) for p in entry_spec(entry).ports)
+                errors.append(FieldError(str(r.key), None, f"{path}.port.number",
+                                         f"ServiceEntry {entry.namespace}/{entry.name} declares no port {number} for "
+                                         f"host {json.dumps(dest['host'])} (its ports: {known})"))
             if dest.get("subset"):
                 problem = subset_problem(resources, dest["host"], dest["subset"])
                 if problem:
                     errors.append(FieldError(str(r.key), None, f"{path}.subset", problem))
-    return errors
+    return errors + delegate_errors(resources)
 
 
 __all__ = [

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from meshcore.resources.kinds._fields import seconds
 from meshcore.resources.model import Resource
 
+from .cors import CorsPolicy, parse_cors
+
 EXACT, PREFIX, REGEX, PRESENT = "exact", "prefix", "regex", "present"
+MESH = "mesh"
+"""Istio's reserved gateway name for the sidecars."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,10 @@ class Match:
     scheme: StringMatch | None = None
     without_headers: tuple[tuple[str, StringMatch], ...] = ()  # by header name: must not match
     source_labels: tuple[tuple[str, str], ...] = ()  # the caller's labels (all must hold)
+    gateways: tuple[str, ...] = ()  # Istio's match gateways as written ("mesh", "<name>", "<ns>/<name>"); empty: all
     source_namespace: str | None = None  # the caller's namespace
+    port: int | None = None  # the port of the listener the request came in on
+    stat_prefix: str | None = None  # the Envoy route's stat_prefix
 
     def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
         """Whether this alternative applies on the proxy of a caller with ``labels`` in ``namespace``."""
@@ -46,11 +53,36 @@ class Match:
             return False
         return all(labels.get(k) == v for k, v in self.source_labels)
 
+    def on_listener(self, ports: "ListenerPorts") -> bool:
+        """Whether this alternative applies on a listener of ``ports``."""
+        return ports.admits(self.port)
+
+
+@dataclass
+class ListenerPorts:
+    """What a match ``port`` may name on one listener: the listener's own port (``port``; None: not known, any) or,
+    on a sidecar, the port of the host it serves (Istio's reading: the service port), asked of ``host_ports`` only
+    when a match names another port (it reads the catalog)."""
+
+    port: int | None = None
+    host_ports: "Callable[[], Collection[int]] | None" = None
+    _known: frozenset[int] | None = None
+
+    def admits(self, number: int | None) -> bool:
+        if number is None or self.port is None or number == self.port:
+            return True
+        if self.host_ports is None:
+            return False
+        if self._known is None:
+            self._known = frozenset(self.host_ports())
+        return number in self._known
+
 
 @dataclass(frozen=True)
 class Destination:
     host: str
     subset: str | None = None
+    port: int | None = None  # destination.port.number: which port of the host (None: the upstream's own)
 
 
 @dataclass(frozen=True)
@@ -80,8 +112,9 @@ class FaultDelay:
 
 @dataclass(frozen=True)
 class FaultAbort:
-    http_status: int
+    http_status: int | None  # exactly one of http_status and grpc_status (the schema's rule)
     percentage: float = 100.0
+    grpc_status: int | None = None  # the gRPC status code (grpcStatus: UNAVAILABLE -> 14)
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,7 @@ class Redirect:
     port: int | None = None
     scheme: str | None = None
     code: int = 301  # Istio's default
+    derive_port: str | None = None  # FROM_PROTOCOL_DEFAULT | FROM_REQUEST_PORT (the listener's port)
 
 
 @dataclass(frozen=True)
@@ -146,10 +180,64 @@ class HttpRoute:
     rewrite: Rewrite | None = None
     direct_response: DirectResponse | None = None
     mirrors: tuple[Mirror, ...] = ()  # mirror + mirrorPercentage come here too (one entry)
+    cors: CorsPolicy | None = None
+    delegate: "Delegate | None" = None  # the rule's routes are the delegate VirtualService's (:mod:`.delegation`)
+
+
+@dataclass(frozen=True)
+class Delegate:
+    """``http[].delegate``: the VirtualService whose http rules stand in for this rule (namespace None: the root's)."""
+
+    name: str
+    namespace: str | None = None
+
+    def key(self, root_namespace: str) -> tuple[str, str]:
+        return (self.namespace or root_namespace, self.name)
+
+
+@dataclass(frozen=True)
+class TcpMatch:
+    """One ``tcp[].match[]`` alternative: the listener port and the calling workloads (all must hold)."""
+
+    port: int | None = None
+    source_labels: tuple[tuple[str, str], ...] = ()
+    source_namespace: str | None = None
+    gateways: tuple[str, ...] = ()  # as written; empty: wherever the VirtualService applies
+
+    def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return all(labels.get(k) == v for k, v in self.source_labels)
 
 
 @dataclass(frozen=True)
 class TcpRoute:
+    route: tuple[RouteDestination, ...]
+    match: tuple[TcpMatch, ...] = ()  # empty: every connection
+
+
+@dataclass(frozen=True)
+class TlsMatch:
+    """One ``tls[].match[]`` alternative: the SNI names (exact or ``*.<domain>``), optionally the listener port and
+    the calling workloads."""
+
+    sni_hosts: tuple[str, ...]
+    port: int | None = None
+    source_labels: tuple[tuple[str, str], ...] = ()
+    source_namespace: str | None = None
+    gateways: tuple[str, ...] = ()  # as written; empty: wherever the VirtualService applies
+
+    def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return all(labels.get(k) == v for k, v in self.source_labels)
+
+
+@dataclass(frozen=True)
+class TlsRoute:
+    """Istio's ``tls[]`` rule: TLS passed through (never terminated), routed by the ClientHello's SNI."""
+
+    match: tuple[TlsMatch, ...]
     route: tuple[RouteDestination, ...]
 
 
@@ -158,10 +246,17 @@ class VirtualServiceSpec:
     hosts: tuple[str, ...]
     http: tuple[HttpRoute, ...] = ()
     tcp: tuple[TcpRoute, ...] = ()
+    gateways: tuple[str, ...] = (MESH,)  # where it applies: "mesh" (the sidecars) and/or Gateways, as written
+    tls: tuple[TlsRoute, ...] = ()
 
     @property
     def has_fault(self) -> bool:
         return any(rule.fault is not None for rule in self.http)
+
+    @property
+    def is_delegate(self) -> bool:
+        """Istio's reading: a VirtualService without hosts is a delegate, routed only through another's rules."""
+        return not self.hosts
 
 
 def _string_match(m: Mapping[str, Any]) -> StringMatch:
@@ -186,11 +281,14 @@ def _match(m: Mapping[str, Any]) -> Match:
         without_headers=_string_matches(m.get("withoutHeaders")),
         source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
         source_namespace=m.get("sourceNamespace"),
+        gateways=tuple(m.get("gateways") or ()),
+        port=m.get("port"),
+        stat_prefix=m.get("statPrefix"),
     )
 
 
 def _destination(d: Mapping[str, Any]) -> Destination:
-    return Destination(d["host"], d.get("subset"))
+    return Destination(d["host"], d.get("subset"), (d.get("port") or {}).get("number"))
 
 
 def _route(destinations: Any) -> tuple[RouteDestination, ...]:
@@ -235,8 +333,23 @@ def _fault(f: Mapping[str, Any] | None) -> Fault | None:
     delay, abort = f.get("delay"), f.get("abort")
     return Fault(
         delay=None if delay is None else FaultDelay(seconds(delay["fixedDelay"]), _percent(delay)),
-        abort=None if abort is None else FaultAbort(abort["httpStatus"], _percent(abort)),
+        abort=None if abort is None else FaultAbort(abort.get("httpStatus"), _percent(abort),
+                                                    _grpc_code(abort.get("grpcStatus"))),
     )
+
+
+GRPC_STATUS_CODES = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+    "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
+"""gRPC's status codes by name (the gRPC spec's table, as grpcio's ``StatusCode`` spells it; a test checks they agree).
+Written out: generation is pure and loads no network client."""
+
+
+def _grpc_code(name: str | None) -> int | None:
+    """``UNAVAILABLE`` -> 14."""
+    return None if name is None else GRPC_STATUS_CODES[name]
 
 
 def _header_operations(ops: Mapping[str, Any] | None) -> HeaderOperations:
@@ -252,7 +365,8 @@ def _redirect(r: Mapping[str, Any] | None) -> Redirect | None:
     if r is None:
         return None
     return Redirect(uri=r.get("uri"), prefix_rewrite=r.get("prefixRewrite"), authority=r.get("authority"),
-                    port=r.get("port"), scheme=r.get("scheme"), code=r.get("redirectCode", 301))
+                    port=r.get("port"), scheme=r.get("scheme"), code=r.get("redirectCode", 301),
+                    derive_port=r.get("derivePort"))
 
 
 def _rewrite(r: Mapping[str, Any] | None) -> Rewrite | None:
@@ -296,7 +410,15 @@ def _http_route(rule: Mapping[str, Any]) -> HttpRoute:
         mirror_percentage=float((rule.get("mirrorPercentage") or {}).get("value", 100)),
         request_headers=_header_operations(headers.get("request")),
         response_headers=_header_operations(headers.get("response")),
+        cors=parse_cors(rule.get("corsPolicy")),
+        delegate=None if not rule.get("delegate") else Delegate(rule["delegate"]["name"],
+                                                                rule["delegate"].get("namespace")),
     )
+
+
+def _tcp_match(m: Mapping[str, Any]) -> TcpMatch:
+    return TcpMatch(port=m.get("port"), source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
+                    source_namespace=m.get("sourceNamespace"), gateways=tuple(m.get("gateways") or ()))
 
 
 def parse(spec: Mapping[str, Any]) -> VirtualServiceSpec:
@@ -304,8 +426,18 @@ def parse(spec: Mapping[str, Any]) -> VirtualServiceSpec:
     return VirtualServiceSpec(
         hosts=tuple(spec.get("hosts") or ()),
         http=tuple(_http_route(rule) for rule in spec.get("http") or ()),
-        tcp=tuple(TcpRoute(_route(rule["route"])) for rule in spec.get("tcp") or ()),
+        tcp=tuple(TcpRoute(_route(rule["route"]), tuple(_tcp_match(m) for m in rule.get("match") or ()))
+                  for rule in spec.get("tcp") or ()),
+        gateways=tuple(spec.get("gateways") or (MESH,)),
+        tls=tuple(TlsRoute(tuple(_tls_match(m) for m in rule["match"]), _route(rule["route"]))
+                  for rule in spec.get("tls") or ()),
     )
+
+
+def _tls_match(m: Mapping[str, Any]) -> TlsMatch:
+    return TlsMatch(sni_hosts=tuple(m["sniHosts"]), port=m.get("port"),
+                    source_labels=tuple(sorted((m.get("sourceLabels") or {}).items())),
+                    source_namespace=m.get("sourceNamespace"), gateways=tuple(m.get("gateways") or ()))
 
 
 def spec_of(vs: Resource) -> VirtualServiceSpec:
@@ -315,7 +447,7 @@ def spec_of(vs: Resource) -> VirtualServiceSpec:
 
 
 __all__ = [
-    "VirtualServiceSpec", "HttpRoute", "TcpRoute", "Match", "StringMatch", "Destination", "RouteDestination",
+    "VirtualServiceSpec", "HttpRoute", "TcpRoute", "TcpMatch", "Delegate", "ListenerPorts", "GRPC_STATUS_CODES", "TlsRoute", "TlsMatch", "Match", "StringMatch", "Destination", "RouteDestination",
     "Retries", "Fault", "FaultDelay", "FaultAbort", "Redirect", "Rewrite", "DirectResponse", "Mirror", "HeaderOperations", "EXACT", "PREFIX", "REGEX", "PRESENT", "parse",
     "spec_of",
 ]

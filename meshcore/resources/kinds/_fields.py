@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meshcore.durations import parse_duration
+from meshcore.errors import FieldError
 from meshcore.resources.schema import INVALID, Context, Path, Schema, Str, type_name
 
 UINT32_MAX = 2**32 - 1
@@ -25,6 +26,8 @@ TARGET_REF = ("a Kubernetes Gateway API reference: meshcore has no Gateway API o
 """Why ``targetRef``/``targetRefs`` are refused (AuthorizationPolicy, PeerAuthentication)."""
 
 _SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
+_EXTERNAL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+_KUBERNETES = re.compile(r"\.(svc|svc\.cluster\.local|cluster\.local)$")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
@@ -33,10 +36,15 @@ class ServiceHost(Schema):
 
     expected = "a service name"
 
+    def __init__(self, external: bool = False):
+        self.external = external  # also a ServiceEntry's DNS name (checked across resources, see service_entry)
+
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         if not isinstance(value, str):
             return self._wrong_type(value, path, ctx)
         if _SERVICE.fullmatch(value):
+            return value
+        if self.external and _EXTERNAL.fullmatch(value) and not _KUBERNETES.search(value):
             return value
         if "." in value and _SERVICE.fullmatch(value.split(".", 1)[0]):
             ctx.add(path, f"{json.dumps(value)}: hosts are Consul service names in meshcore; "
@@ -170,4 +178,19 @@ def at_least_one(fields: Sequence[str], what: str):
     return rule
 
 
-__all__ = ["EXPORT_TO", "TARGET_REF", "ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]
+def first_owners(resources: Sequence[Any], kind: str, clash: Callable[[str, Any], str]
+                 ) -> tuple[dict[str, Any], list[FieldError]]:
+    """``spec.hosts`` of every ``kind`` resource, in (namespace, name) order: each host's first owner, and an error at
+    every later resource listing it again (``clash(host, first owner)`` says why and what to do)."""
+    owner: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for r in sorted((r for r in resources if r.kind == kind), key=lambda r: (r.namespace, r.name)):
+        for k, host in enumerate((r.spec or {}).get("hosts") or ()):
+            if host in owner:
+                errors.append(FieldError(str(r.key), None, f"spec.hosts[{k}]", clash(host, owner[host])))
+            else:
+                owner[host] = r
+    return owner, errors
+
+
+__all__ = ["first_owners", "EXPORT_TO", "TARGET_REF", "ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]

@@ -19,6 +19,7 @@ from ... import naming
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import vocab as c
+from .app_protocol import apply_app_protocol
 from .shared import Keyed, SharedResources, shared_or_built
 
 CONNECT_TIMEOUT_S = 5.0
@@ -69,7 +70,7 @@ def local_app_cluster(instance: ServiceInstance) -> cluster_pb2.Cluster:
             address=c.socket_address(instance.local_service_address, instance.port)
         )
     )
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=c.seconds(CONNECT_TIMEOUT_S),
@@ -78,6 +79,8 @@ def local_app_cluster(instance: ServiceInstance) -> cluster_pb2.Cluster:
             endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
         ),
     )
+    apply_app_protocol(cluster, instance)  # http2 / grpc apps: HTTP/2 to the app
+    return cluster
 
 
 def upstream_cluster(snapshot: MeshSnapshot, proxy: ProxyInfo, source: ServiceInstance, upstream: Upstream) -> cluster_pb2.Cluster:
@@ -112,6 +115,7 @@ def service_upstream_cluster(snapshot: MeshSnapshot, service: str, host: str, da
         transport_socket=c.transport_socket("envoy.transport_sockets.tls", tls),
         outlier_detection=default_outlier_detection(),
     )
+    cluster.track_cluster_stats.per_endpoint_stats = True  # which instance answered: the graph's versions (observe/_versions.py)
     if http:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(c.pack(mesh_http_protocol_options()))
     return cluster
@@ -125,12 +129,16 @@ def keyed_upstream_cluster(proxy: ProxyInfo, source: ServiceInstance, upstream: 
 
 def build_clusters(snapshot: MeshSnapshot, proxy: ProxyInfo,
                    shared: SharedResources | None = None) -> list[cluster_pb2.Cluster]:
+    from . import mesh_gateway  # it builds on this module's upstream cluster
+
     clusters = {}
     for inst in c.sidecar_instances(snapshot, proxy):
         cl = local_app_cluster(inst)
         clusters[cl.name] = cl
     for src, up in c.outbound_bindings(snapshot, proxy):
-        cl = shared_or_built(snapshot, keyed_upstream_cluster(proxy, src, up), shared)
+        keyed = mesh_gateway.keyed_cluster(snapshot, proxy, src, up) or keyed_upstream_cluster(proxy, src, up)
+        cl = shared_or_built(snapshot, keyed, shared)
         assert isinstance(cl, cluster_pb2.Cluster)
         clusters[cl.name] = cl
+    clusters.update((cl.name, cl) for cl in mesh_gateway.gateway_clusters(snapshot, proxy))
     return [clusters[k] for k in sorted(clusters)]

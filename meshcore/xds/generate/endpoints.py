@@ -135,11 +135,13 @@ def build_endpoints(snapshot: MeshSnapshot, proxy: ProxyInfo,
                     shared: SharedResources | None = None) -> list[endpoint_pb2.ClusterLoadAssignment]:
     wanted = sorted({(up.destination_name, up.datacenter or "") for _, up in c.outbound_bindings(snapshot, proxy)})
     out = []
-    for name, dc in wanted:
-        cla = shared_or_built(snapshot, keyed_load_assignment(name, dc or None), shared)
+    from . import mesh_gateway  # it builds on this module's assignments
+
+    for keyed in mesh_gateway.endpoint_keys(snapshot, proxy, wanted):
+        cla = shared_or_built(snapshot, keyed, shared)
         assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
         out.append(cla)
-    return out
+    return out + mesh_gateway.gateway_endpoints(snapshot, proxy)
 
 
 __all__ = ["Locality", "ZONE_META", "instance_locality", "proxy_locality", "load_assignment", "locality_rank",

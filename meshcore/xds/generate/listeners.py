@@ -15,6 +15,7 @@ from ... import naming
 from ...authz.patterns import BASE, DECODE_AND_MERGE_SLASHES, DEFAULT_PATH_NORMALIZATION, MERGE_SLASHES, NONE
 from ...catalog.model import ServiceInstance, Upstream
 from ...snapshot import MeshSnapshot, ProxyInfo
+from . import mesh_gateway
 from . import vocab as c
 from .policy_filters import inbound_policy_filters, outbound_policy_filters
 
@@ -134,4 +135,5 @@ def build_listeners(snapshot: MeshSnapshot, proxy: ProxyInfo) -> list[c.Listener
     """Every listener of ``proxy`` as a draft (network filter configs still messages; see :mod:`.vocab`)."""
     listeners = [inbound_listener(snapshot, proxy, i) for i in c.sidecar_instances(snapshot, proxy)]
     listeners += [outbound_listener(snapshot, src, up) for src, up in c.outbound_bindings(snapshot, proxy)]
+    listeners += mesh_gateway.gateway_listeners(snapshot, proxy)  # a mesh gateway's SNI routing (docs/multi-dc.md)
     return sorted(listeners, key=lambda l: l.name)

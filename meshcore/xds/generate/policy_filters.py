@@ -58,6 +58,9 @@ AUTHZ_DENY = "meshcore.authz.deny"
 AUTHZ_ALLOW = "meshcore.authz.allow"
 RATELIMIT = "meshcore.ratelimit"
 FAULT = "meshcore.fault"
+AUTHZ_CUSTOM = "meshcore.authz.custom"
+"""CUSTOM AuthorizationPolicies' shadow-only RBAC (marks requests for ext_authz); only where CUSTOM policies apply."""
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
 """The fault filter of every outbound HTTP connection manager (faults come per route)."""
 RBAC_METADATA_NS = "envoy.filters.http.rbac"
 """Where Envoy 1.40 writes every HTTP RBAC filter's dynamic metadata, whatever the filter is named."""
@@ -136,6 +139,31 @@ def has_policy_filters(hcm: hcm_pb2.HttpConnectionManager) -> bool:
     return ours == list(POLICY_FILTER_NAMES) and names[-1] not in POLICY_FILTER_NAMES
 
 
+def insert_before_policy_filters(hcm: hcm_pb2.HttpConnectionManager, name: str, config: Message) -> None:
+    """Put an enabled filter ``name`` right before the policy filters of an inbound ``hcm`` (in place), so the RBAC
+    stages see what it wrote (RequestAuthentication's ``jwt_authn`` and its verified payload). Replaces a filter of
+    that name already there. ValueError when ``hcm`` lacks the policy filters (its policies would not run)."""
+    names = [f.name for f in hcm.http_filters]
+    if name in names:
+        del hcm.http_filters[names.index(name)]
+        names.remove(name)
+    if AUTHZ_AUDIT not in names:
+        raise ValueError(f"the HttpConnectionManager lacks the policy filters {', '.join(POLICY_FILTER_NAMES)}")
+    # CUSTOM's filters (ext_authz) are policy filters too: anything else (jwt_authn) goes before them.
+    ahead = (AUTHZ_AUDIT,) if name in (AUTHZ_CUSTOM, EXT_AUTHZ) else (AUTHZ_CUSTOM, AUTHZ_AUDIT)
+    at = min(names.index(n) for n in ahead if n in names)
+    hcm.http_filters.insert(at, hcm_pb2.HttpFilter(name=name, typed_config=pack(config)))
+
+
+def insert_first(hcm: hcm_pb2.HttpConnectionManager, name: str, config: Message) -> None:
+    """Put an enabled filter ``name`` first in ``hcm`` (in place; replaces one of that name): an ingress gateway's
+    ``jwt_authn``, before CORS and faults, so routes and the filters after it see the verified token."""
+    names = [f.name for f in hcm.http_filters]
+    if name in names:
+        del hcm.http_filters[names.index(name)]
+    hcm.http_filters.insert(0, hcm_pb2.HttpFilter(name=name, typed_config=pack(config)))
+
+
 # --- outbound: fault injection -----------------------------------------------------------------------
 
 
@@ -160,5 +188,5 @@ __all__ = [
     "AUTHZ_AUDIT", "AUTHZ_DENY", "AUTHZ_ALLOW", "RATELIMIT", "RBAC_METADATA_NS", "RATELIMIT_OFF_STAT_PREFIX",
     "HttpRbacStage", "AUDIT_STAGE", "DENY_STAGE", "ALLOW_STAGE", "RBAC_STAGES", "STAGE_BY_LABEL",
     "POLICY_FILTER_NAMES", "inbound_policy_filters", "rbac_per_route", "set_policy_config", "has_policy_filters",
-    "enabled_config", "per_filter_config",
+    "enabled_config", "per_filter_config", "insert_before_policy_filters", "insert_first", "AUTHZ_CUSTOM", "EXT_AUTHZ",
 ]

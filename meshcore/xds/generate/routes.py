@@ -14,6 +14,7 @@ from ... import naming
 from ...authz.patterns import PATH_PARAMETER_RE2
 from ...snapshot import MeshSnapshot, ProxyInfo
 from . import vocab as c
+from ._safe_retries import with_safe_methods_route
 
 DEFAULT_ROUTE_TIMEOUT_S = 15.0
 
@@ -53,10 +54,12 @@ def _single_route(name: str, vhost: str, cluster: str, timeout: float | None, *,
         action.timeout.CopyFrom(c.seconds(timeout))
     if retries:
         action.retry_policy.CopyFrom(default_retry_policy())
-    route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)
+    routes = [rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)]
+    if retries:  # safe methods also retried after a reset mid-request (_safe_retries)
+        routes = with_safe_methods_route(routes)
     return route_pb2.RouteConfiguration(
         name=name,
-        virtual_hosts=[rc.VirtualHost(name=vhost, domains=["*"], routes=[route])],
+        virtual_hosts=[rc.VirtualHost(name=vhost, domains=["*"], routes=routes)],
         validate_clusters=wrappers_pb2.BoolValue(value=False),
     )
 

@@ -35,11 +35,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from ... import naming
+from ..._addresses import is_ip
 from ...authz.patterns import re_escape
 from ...catalog.model import ServiceInstance, Upstream
 from ...errors import SnapshotInvalid
 from ...snapshot import MeshSnapshot, ProxyInfo
 from .._typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from .sidecar_ingress import declared_instances
+from .sidecar_scope import scope_bindings
 
 TYPE_PREFIX = "type.googleapis.com/"
 
@@ -223,7 +226,8 @@ def local_instances(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[ServiceIn
 
 
 def sidecar_instances(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[ServiceInstance, ...]:
-    return tuple(i for i in local_instances(snapshot, proxy) if i.kind == "")
+    # each with the inbound protocol its Sidecar's ingress[] gives it (as its protocol meta; see sidecar_ingress)
+    return declared_instances(snapshot, tuple(i for i in local_instances(snapshot, proxy) if i.kind == ""))
 
 
 def outbound_bindings(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[tuple[ServiceInstance, Upstream], ...]:
@@ -248,7 +252,7 @@ def outbound_bindings(snapshot: MeshSnapshot, proxy: ProxyInfo) -> tuple[tuple[S
             seen[key] = (inst, up)
     if problems:
         raise SnapshotInvalid(proxy.node, problems)
-    return tuple(seen[k] for k in sorted(seen))
+    return scope_bindings(snapshot, tuple(seen[k] for k in sorted(seen)))  # a Sidecar's egress hosts
 
 
 def upstream_protocol(snapshot: MeshSnapshot, upstream: Upstream) -> str:
@@ -264,7 +268,10 @@ def upstream_spiffe_ids(snapshot: MeshSnapshot, upstream: Upstream) -> list[str]
     return ids or [naming.workload_spiffe_id(snapshot.trust_domain, naming.DEFAULT_NAMESPACE, upstream.destination_name)]
 
 
+
+
 __all__ = [
+    "is_ip",
     "LISTENER", "ROUTE", "CLUSTER", "ENDPOINT", "SECRET", "TYPE_PREFIX", "type_url", "pack", "is_type",
     "NetworkFilter", "ChainDraft", "ListenerDraft", "finish_listener",
     "seconds", "socket_address", "ads_source", "file_sds", "uri_san", "workload_san_regex", "common_tls", "downstream_mtls", "MESH_ALPN",

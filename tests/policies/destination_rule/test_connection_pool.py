@@ -110,5 +110,4 @@ def test_port_level_errors():
                                      "    - port: {number: 8080}\n      connectionPool: {tcp: {maxConnections: 1}}"),
                        "dr.yaml")
     errs = {e.path: e.message for e in info.value.errors}
-    assert errs["spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting"].startswith(
-        '"localityLbSetting" is not supported: locality failover is per host')
+    assert "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting" not in errs  # a port's own now

@@ -148,9 +148,9 @@ spec:
 def test_mirror_percentage_needs_mirror_and_routes_are_needed():
     errs = _errors("spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], mirrorPercentage: {value: 5}}]}")
     assert errs == {"spec.http[0].mirrorPercentage": "needs mirror (the destination that receives the copies)"}
-    assert _errors("spec: {hosts: [reviews]}") == {"spec": "a VirtualService needs http or tcp routes"}
-    assert _errors("spec: {hosts: [], http: [{route: []}]}") == {"spec.hosts": "must not be empty",
-                                                               "spec.http[0].route": "must not be empty"}
+    assert _errors("spec: {hosts: [reviews]}") == {"spec": "a VirtualService needs http, tls or tcp routes"}
+    # no hosts: a delegate (Istio's reading), whose http rules are still checked
+    assert _errors("spec: {hosts: [], http: [{route: []}]}") == {"spec.http[0].route": "must not be empty"}
 
 
 def test_retry_on_splits_status_codes():
@@ -225,10 +225,10 @@ spec:
     mirror: {host: reviews}
     mirrors: [{destination: {host: reviews}}]
 """)
-    assert errs["spec.http[0]"] == "an http rule needs exactly one of route, redirect, directResponse (got route, redirect)"
+    assert errs["spec.http[0]"] == "an http rule needs exactly one of route, redirect, directResponse, delegate (got route, redirect)"
     assert errs["spec.http[1].rewrite"] == "rewrite applies to a route, not to directResponse"
     assert errs["spec.http[1].timeout"] == "timeout applies to a route, not to directResponse"
-    assert errs["spec.http[2]"] == "an http rule needs exactly one of route, redirect, directResponse"
+    assert errs["spec.http[2]"] == "an http rule needs exactly one of route, redirect, directResponse, delegate"
     assert errs["spec.http[3].redirect.redirectCode"] == "must be one of 301, 302, 303, 307, 308 (got 304)"
     assert errs["spec.http[4].directResponse.body.bytes"].startswith("must be base64")
     assert errs["spec.http[5].mirrors"].startswith("give mirror or mirrors, not both")
@@ -255,9 +255,11 @@ spec:
     assert names({"app": "ratings"}, "default") == ["default/reviews/http[1]"]
 
 
-def test_gateways_mesh_only():
+def test_gateways_mesh_and_gateway_names():
     _load("spec:\n  hosts: [reviews]\n  gateways: [mesh]\n  http: [{route: [{destination: {host: reviews}}]}]\n")
-    errs = _errors("spec:\n  hosts: [reviews]\n  gateways: [istio-system/ingress]\n"
-                   "  http: [{route: [{destination: {host: reviews}}], match: [{gateways: [mesh, gw]}]}]\n")
-    assert errs["spec.gateways[0]"].startswith('gateway "istio-system/ingress": meshcore has no Gateway kind yet')
-    assert errs["spec.http[0].match[0].gateways[1]"].startswith('gateway "gw"')
+    _load("spec:\n  hosts: [reviews]\n  gateways: [istio-system/ingress, mesh]\n"
+          "  http: [{route: [{destination: {host: reviews}}], match: [{gateways: [mesh, gw]}]}]\n")
+    errs = _errors("spec:\n  hosts: [reviews]\n  gateways: [Ingress]\n"
+                   "  http: [{route: [{destination: {host: reviews}}], match: [{gateways: [a/b/c]}]}]\n")
+    assert errs["spec.gateways[0]"].startswith('gateway "Ingress": write mesh (the sidecars), a Gateway')
+    assert errs["spec.http[0].match[0].gateways[0]"].startswith('gateway "a/b/c"')
