@@ -160,7 +160,7 @@ class IssuedJournal:
 
     # --- writing (the caller holds the CA's file lock) --------------------------------------
 
-    def append(self, cert: IssuedCertificate, now: datetime) -> None:
+    def append(self, cert: IssuedCertificate, now: datetime) -> int | None:
         """Record ``cert``: one appended line; compact when the journal is mostly dead lines."""
         self.catch_up(locked=True)
         line = _line(cert.to_dict()).encode() + b"\n"
@@ -173,6 +173,7 @@ class IssuedJournal:
         self._drop_expired(now)
         if self._pos.lines >= COMPACT_MIN_LINES and self._pos.lines > 2 * len(self._newest):
             self.compact(now)
+        return None
 
     def _write_line(self, fd: int, line: bytes) -> None:
         """Append all of ``line`` or nothing: a short write (the disk filled up mid-line) is continued, and a
@@ -229,6 +230,11 @@ class IssuedJournal:
                     log.error("cannot sync the issued-certificate journal %s: %s", self.path, exc)
                 finally:
                     os.close(fd)
+
+    def wait_written(self, seq: int | None, timeout: float) -> bool:
+        """The shared journal's durability wait (see ``_shared.py``); here a record is in the file once appended
+        (a killed process loses none; the batched ``fdatasync`` covers power loss)."""
+        return True
 
     def sync(self) -> None:
         """Write every appended line to the disk now (close() does it too)."""

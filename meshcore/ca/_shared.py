@@ -15,7 +15,10 @@ compare-and-set on its ``ModifyIndex``: a replica that lost the race re-reads an
 Every replica keeps a copy of each prefix in memory, refreshed by a blocking query (:class:`PrefixWatcher`), so
 signing and the revocation check never wait on Consul. New issued records are written behind, batched every
 :data:`FLUSH_DELAY` (one transaction per 64), like the directory journal's batched ``fdatasync``: a replica
-killed inside that window loses those records (never a key); the leaves stay valid.
+killed inside that window loses those records (never a key); the leaves stay valid. While a root rotation is in
+progress a lost record matters (the CA would count a renewed leaf as still on the old root, and finishing the
+rotation would wait for a renewal that already happened), so then a signature is answered only once its record's
+batch is written (:meth:`SharedIssuedJournal.wait_written`, at most :data:`DURABLE_WAIT` seconds).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ AUTHORITY_KEY = "ca/authority"
 ISSUED_PREFIX = "ca/issued/"
 REVOKED_PREFIX = "ca/revoked/"
 FLUSH_DELAY = 0.1  # seconds between a signature and its record's write to the shared state, at most
+DURABLE_WAIT = 5.0  # seconds a signature during a root rotation waits for its record's write, at most
 COMPACT_INTERVAL = 3600.0  # seconds between two removals of records past their retention (by each replica)
 ISSUED_WATCH_INTERVAL = 1.0  # seconds between two reads of other replicas' records (each reads the prefix whole)
 ISSUED_RECORDS_PER_SECOND = 2000  # ... and at least one second per this many records
@@ -219,6 +223,9 @@ class SharedIssuedJournal(IssuedJournal):
         self._kv: dict[str, int] = {}  # key -> ModifyIndex seen
         self._pending: dict[str, IssuedCertificate] = {}
         self._pending_cv = threading.Condition()
+        self._appended = 0  # sequence number of the last record appended ...
+        self._written = 0  # ... and of the newest one whose batch is in the shared state (both under _pending_cv)
+        self._write_lock = threading.Lock()
         self._index_lock = threading.RLock()
         self._wrote: dict[str, bytes] = {}  # key -> the value this replica wrote last (not parsed again)
         self._watcher = PrefixWatcher(backend, ISSUED_PREFIX, self._changed, name="ca-issued",
@@ -262,16 +269,31 @@ class SharedIssuedJournal(IssuedJournal):
     def catch_up(self, *, locked: bool) -> None:
         """Nothing to read: the watch keeps the copy current."""
 
-    def append(self, cert: IssuedCertificate, now: datetime) -> None:
+    def append(self, cert: IssuedCertificate, now: datetime) -> int:
+        """Index ``cert`` and queue its record; returns the sequence number :meth:`wait_written` takes."""
         with self._index_lock:
             self._index(cert)
             self._drop_expired(now)
         with self._pending_cv:
             self._pending[issued_key(cert.spiffe_id, cert.node)] = cert
+            self._appended += 1
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="ca-issued-writer", daemon=True)
                 self._writer.start()
             self._pending_cv.notify_all()
+            return self._appended
+
+    def wait_written(self, seq: int | None, timeout: float) -> bool:
+        """Wait until the record appended as ``seq`` (or a newer one of the same identity) is in the shared
+        state; False when that took longer than ``timeout`` (Consul slow or unreachable: it is written later)."""
+        deadline = time.monotonic() + timeout
+        with self._pending_cv:
+            while seq is not None and self._written < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._pending_cv.wait(left)
+            return True
 
     def _write_loop(self) -> None:
         while True:
@@ -282,20 +304,32 @@ class SharedIssuedJournal(IssuedJournal):
                     self._writer = None
                     return
             time.sleep(FLUSH_DELAY)  # batch what else arrives meanwhile
-            with self._pending_cv:
-                batch, self._pending = self._pending, {}
             try:
-                self._write(batch)
+                self._write_pending()
                 if self._clock is not None and time.monotonic() - self._compacted > COMPACT_INTERVAL:
                     self._compacted = time.monotonic()
                     self.compact(self._clock())
             except MeshError as exc:
-                log.error("cannot write %d issued-certificate record(s) to %s (%s); retrying", len(batch),
-                          self.backend.location, exc)
+                log.error("cannot write issued-certificate records to %s (%s); retrying", self.backend.location, exc)
+                time.sleep(1.0)
+
+    def _write_pending(self) -> None:
+        """Write every queued record (one writer at a time: the sequence written only moves past whole batches);
+        on failure the batch is queued again (behind any newer record of the same identity) and MeshError raised."""
+        with self._write_lock:
+            with self._pending_cv:
+                batch, self._pending = self._pending, {}
+                upto = self._appended  # every record appended so far is in this batch, or superseded in it
+            try:
+                self._write(batch)
+            except MeshError:
                 with self._pending_cv:
                     for key, cert in batch.items():
                         self._pending.setdefault(key, cert)
-                time.sleep(1.0)
+                raise
+            with self._pending_cv:
+                self._written = max(self._written, upto)
+                self._pending_cv.notify_all()
 
     def recent(self, now: datetime) -> list[IssuedCertificate]:
         with self._index_lock:
@@ -334,13 +368,11 @@ class SharedIssuedJournal(IssuedJournal):
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write what is pending now; False when it could not be written within ``timeout``."""
-        with self._pending_cv:
-            batch, self._pending = self._pending, {}
         try:
-            self._write(batch)
+            self._write_pending()
             return True
         except MeshError as exc:
-            log.error("cannot write %d issued-certificate record(s) to %s: %s", len(batch), self.backend.location, exc)
+            log.error("cannot write issued-certificate records to %s: %s", self.backend.location, exc)
             return False
 
     def compact(self, now: datetime) -> None:

@@ -55,7 +55,7 @@ from meshcore.state import StateBackend
 
 from ._issued import IssuedJournal
 from ._revocations import KIND_ISSUER, KIND_NODE, Revocation, RevocationJournal
-from ._shared import CARecord, SharedAuthority, SharedIssuedJournal, SharedRevocations
+from ._shared import DURABLE_WAIT, CARecord, SharedAuthority, SharedIssuedJournal, SharedRevocations
 from ._sealed import check_kek
 from ._spiffeid import check_trust_domain, parse_workload_id
 from ._store import (
@@ -875,10 +875,15 @@ class CertificateAuthority:
                                       ip_addresses, floor)
             with self._lock, file_lock(self._lock_path):
                 if self._intermediate is inter:
-                    self._record(issued, now)
+                    seq = self._record(issued, now)
+                    rotating = self._rotation.phase != PHASE_IDLE
                     break
             # The intermediate changed meanwhile (renewed, or a rotation activated and may finish):
             # sign again with the current one, never hand out a leaf the record does not know.
+        if rotating and not self._journal.wait_written(seq, DURABLE_WAIT):
+            # answered anyway (signing must not hang on Consul); a replica killed now would lose the record
+            log.warning("the record of certificate serial=%s is not in the shared state after %.0fs; answering "
+                        "anyway", issued.serial, DURABLE_WAIT)
         log.info(
             "issued certificate spiffe_id=%s serial=%s node=%s not_after=%s",
             spiffe_id, issued.serial, node, issued.not_after.isoformat(),
@@ -997,10 +1002,10 @@ class CertificateAuthority:
                 raise SigningRefused(f"invalid IP address {ip!r} for the control plane certificate") from exc
         return dns, tuple(canonical_ips)
 
-    def _record(self, issued: IssuedCertificate, now: datetime) -> None:
-        """Append ``issued`` to the journal (O(1) amortised). Caller holds both locks."""
+    def _record(self, issued: IssuedCertificate, now: datetime) -> int | None:
+        """Append ``issued`` to the journal (O(1) amortised); what ``wait_written`` takes. Caller holds both locks."""
         try:
-            self._journal.append(issued, now)
+            return self._journal.append(issued, now)
         except OSError as exc:
             raise CAError(f"cannot record the issued certificate in {self.state_dir / ISSUED_FILE}: {exc}") from exc
 

@@ -209,6 +209,72 @@ def test_signing_and_revocation_checks_make_no_consul_call_in_the_request(shared
         ca.close()
 
 
+class _HeldRecordWrites(_CallsByThread):
+    """A backend whose writes of issued records wait until the test lets them through."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.let_through = threading.Event()
+
+    def put_all(self, puts):
+        if any(p.key.startswith(ISSUED_PREFIX) for p in puts):
+            assert self.let_through.wait(30), "the test never let the record writes through"
+        return self._inner.put_all(puts)
+
+
+def _sign_in_thread(ca, node):
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(_sign(ca, node=node)), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_during_a_rotation_a_signature_is_answered_once_its_record_is_in_kv(shared_backend, kek, clock, tmp_path):
+    """A replica killed right after answering must not lose the record of a leaf renewed for the rotation (the CA
+    would count it on the old root and finishing would wait for a renewal that happened); outside one, the
+    record is still written behind and signing never waits on Consul."""
+    backend = _HeldRecordWrites(shared_backend())
+    ca = CertificateAuthority.open(tmp_path / "r", backend=backend, kek=kek, clock=clock)
+    try:
+        idle, out = _sign_in_thread(ca, "vm-idle")
+        idle.join(10)
+        assert out and not idle.is_alive(), "outside a rotation a signature waits for nothing"
+        backend.let_through.set()
+        wait_for(lambda: any(out[0].serial in e.value.decode() for e in backend.list(ISSUED_PREFIX)),
+                 what="the idle record written behind")
+        backend.let_through.clear()
+        ca.begin_rotation()
+        ca.activate_rotation()
+        during, out = _sign_in_thread(ca, "vm-1")
+        during.join(1.0)
+        assert during.is_alive() and not out, "answered before its record reached the shared state"
+        backend.let_through.set()
+        during.join(10)
+        assert out and not during.is_alive()
+        stored = [e for e in backend.list(ISSUED_PREFIX) if out[0].serial in e.value.decode()]
+        assert len(stored) == 1, "the record is in KV when the signature is answered"
+    finally:
+        backend.let_through.set()
+        ca.close()
+
+
+def test_a_signature_during_a_rotation_is_answered_when_kv_does_not_take_the_record(shared_backend, kek, clock,
+                                                                                     tmp_path, monkeypatch):
+    import meshcore.ca.authority as authority
+
+    monkeypatch.setattr(authority, "DURABLE_WAIT", 0.5)
+    backend = _HeldRecordWrites(shared_backend())
+    ca = CertificateAuthority.open(tmp_path / "r", backend=backend, kek=kek, clock=clock)
+    try:
+        ca.begin_rotation()
+        during, out = _sign_in_thread(ca, "vm-1")
+        during.join(20)
+        assert out and not during.is_alive(), "signing must not hang on Consul"
+    finally:
+        backend.let_through.set()
+        ca.close()
+
+
 def test_after_consul_restarted_empty_the_replicas_keep_following_each_other(consul_http, replicas):
     double = consul_http.require_double("restarts Consul with an empty data directory")
     a, b = replicas("a"), replicas("b")
