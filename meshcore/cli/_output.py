@@ -43,11 +43,12 @@ def table(rows: list[list[str]], headers: list[str]) -> None:
 def read_files(paths: list[str]) -> list[ResourceFile]:
     """The files, directories (their .yaml/.yml/.json) and ``-`` (stdin) to send to the operator API."""
     from ..api.operator import ResourceFile
+    from ..resources.loader import STDIN_SOURCE, read_stdin
 
     files = []
     for p in paths:
         if p == "-":
-            files.append(ResourceFile(name="<stdin>", content=sys.stdin.read()))
+            files.append(ResourceFile(name=STDIN_SOURCE, content=read_stdin()))
             continue
         path = Path(p)
         if path.is_dir():

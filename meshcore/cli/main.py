@@ -49,7 +49,9 @@ def cmd_validate(args) -> int:
 def cmd_apply(args) -> int:
     from ..api.operator import ApplyRequest
 
-    _validate_locally(args.filename)  # fail fast, offline, with file and field paths
+    if not _validate_locally(args.filename):  # fail fast, offline, with file and field paths
+        raise MeshError(f"no resources to apply in {', '.join(args.filename)} (as kubectl apply, an empty "
+                        "input is an error)")
     if args.dry_run:  # each proxy's resulting change of routes and clusters, nothing applied
         from .dry_run import show_dry_run
 
@@ -620,6 +622,9 @@ def _main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     import os
 
+    loader = sys.modules.get("meshcore.resources.loader")  # (not imported for --help: keep start-up light)
+    if loader is not None:
+        loader.forget_stdin()  # `-f -` is read once per command (an in-process caller runs several)
     args = build_parser(argv).parse_args(argv)
     # Subcommand modules (ca, traffic, render) build their own Client: they read --token, --cert, --key and
     # --cacert from the environment, set for this call only (an in-process caller, e.g. a test, must not keep

@@ -293,6 +293,25 @@ def expand_paths(paths: Sequence[str | FsPath]) -> tuple[list[tuple[str, FsPath 
     return out, errors
 
 
+_stdin_read: tuple[object, str] | None = None  # (the sys.stdin that was read, its text)
+
+
+def read_stdin() -> str:
+    """Standard input, read once: a command that validates ``-f -`` offline and then sends the same files to the
+    control plane sees the same text both times (a second read would find nothing). Read again when
+    ``sys.stdin`` is another object, or after :func:`forget_stdin`."""
+    global _stdin_read
+    if _stdin_read is None or _stdin_read[0] is not sys.stdin:
+        _stdin_read = (sys.stdin, sys.stdin.read())
+    return _stdin_read[1]
+
+
+def forget_stdin() -> None:
+    """The next :func:`read_stdin` reads again (an in-process caller running another command)."""
+    global _stdin_read
+    _stdin_read = None
+
+
 def load_files(paths: Sequence[str | FsPath], notes: list[FieldError] | None = None) -> list[Resource]:
     """Load every resource from files, directories (``*.yaml|*.yml|*.json``, sorted) and ``-`` (stdin).
 
@@ -303,7 +322,7 @@ def load_files(paths: Sequence[str | FsPath], notes: list[FieldError] | None = N
     texts: list[tuple[str, str]] = []
     for source, path in files:
         try:
-            texts.append((source, sys.stdin.read() if path is None else path.read_text(encoding="utf-8")))
+            texts.append((source, read_stdin() if path is None else path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(FieldError(source, None, "", f"cannot read: {exc}"))
     resources = _load_texts(texts, errors, notes)

@@ -107,6 +107,24 @@ def test_rollback_undoes_a_split_and_a_second_rollback_redoes_it(server, capsys)
     assert code == 0 and "rolled back to v1=50,v3=50" in out
 
 
+def test_apply_from_stdin_applies_what_it_validated(server, capsys, monkeypatch):
+    """`meshctl apply -f -` validates the text offline and then sends that same text (stdin is read once)."""
+    import io
+
+    doc = FAULTY_VS.split("---\n")[1].replace("name: ratings}", "name: ratings-from-stdin}").replace(
+        "host: ratings", "host: details")
+    monkeypatch.setattr("sys.stdin", io.StringIO(doc))
+    code, out, err = _meshctl(capsys, "apply", "-f", "-", "--server", server)
+    assert code == 0, err
+    assert out.strip() == "DestinationRule/default/ratings-from-stdin created", out
+    code, out, _ = _meshctl(capsys, "get", "destinationrule", "ratings-from-stdin", "--server", server, "-o", "json")
+    assert code == 0 and "outlierDetection" in out
+    assert _meshctl(capsys, "delete", "destinationrule", "ratings-from-stdin", "--server", server)[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("# nothing here\n"))
+    code, out, err = _meshctl(capsys, "apply", "-f", "-", "--server", server)
+    assert code != 0 and "no resources to apply in -" in err, (out, err)
+
+
 def test_show_names_faults_timeouts_retries_mirrors_and_policies(server, capsys, tmp_path):
     (tmp_path / "ratings.yaml").write_text(FAULTY_VS)
     assert main(["apply", "-f", str(tmp_path / "ratings.yaml"), "--server", server]) == 0
