@@ -88,7 +88,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("profile", Enum(*PROFILES), "Base values: demo (a lab) or production; the default is production.",
         ("meshcore_install_profile",)),
     Key("trustDomain", Str(_DNS, "DNS name, e.g. cluster.local", allow_empty=False),
-        "SPIFFE trust domain of the mesh; fixed once the CA exists.", _cp("trust_domain")),
+        "SPIFFE trust domain of the mesh; fixed once the CA exists. Unset (no profile sets it): the "
+        "inventory's, per datacenter.", _cp("trust_domain")),
     Key("mtls.mode", Enum("STRICT", "PERMISSIVE"),
         "Mesh-wide PeerAuthentication meshcore-system/default the playbook applies.",
         ("meshcore_mesh_policy_mtls_mode",)),

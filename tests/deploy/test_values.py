@@ -190,8 +190,11 @@ def test_extra_vars_map_values_to_role_variables():
     assert ev["meshcore_control_plane_tracing_sampling"] == 5
     assert ev["meshcore_control_plane_alert_webhooks"] == ["https://hooks.example/x"]
     assert ev["meshcore_agent_tasks_max"] == 640 and ev["meshcore_agent_memory_max"] == "1G"
-    assert ev["meshcore_control_plane_trust_domain"] == "cluster.local"
     assert ev["meshcore_install_profile"] == "production"
+    # no profile sets the trust domain: an inventory's per-datacenter trust domains stay as written
+    assert "meshcore_control_plane_trust_domain" not in ev
+    assert resolve(("--set", {"trustDomain": "dc2.example"})).extra_vars()[
+        "meshcore_control_plane_trust_domain"] == "dc2.example"
     # nothing the values leave unset is passed (the inventory keeps it): no Consul address, no refresh interval
     assert "meshcore_agent_refresh_interval" not in ev and not any("consul" in k for k in ev)
 
