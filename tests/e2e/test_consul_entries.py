@@ -103,13 +103,13 @@ def test_l7_intention_written_through_consul_turns_post_into_403_and_back(mesh, 
         {"Name": "ingress-gateway", "Permissions": [{"Action": "deny", "HTTP": {"Methods": ["POST"]}}]}]})
     started = time.monotonic()
     try:
-        wait_until(lambda: _post(url) == 403, 2.0, "a POST to be denied (403) by the intention", interval=0.05)
+        wait_until(lambda: _post(url) == 403, 60, "a POST to be denied (403) by the intention", interval=0.05)
         took = time.monotonic() - started
         assert http_get(mesh.base + "/productpage?format=json")[0] == 200  # GET still allowed
     finally:
         _delete(consul, "service-intentions", "productpage")
     started = time.monotonic()
-    wait_until(lambda: _post(url) == before, 2.0, "the POST to be allowed again after the delete", interval=0.05)
+    wait_until(lambda: _post(url) == before, 60, "the POST to be allowed again after the delete", interval=0.05)
     print(f"intention -> Envoy: denied after {took * 1000:.0f} ms, allowed again after "
           f"{(time.monotonic() - started) * 1000:.0f} ms")
 
@@ -133,7 +133,7 @@ def test_splitter_router_and_import(mesh, consul, capsys, monkeypatch):
         def split_seen():
             return any(_reviews_instance(mesh) == "reviews-canary" for _ in range(30))
 
-        wait_until(split_seen, 10, "the splitter to send some traffic to canary", interval=0.1)
+        wait_until(split_seen, 60, "the splitter to send some traffic to canary", interval=0.1)
         canary = sum(_reviews_instance(mesh) == "reviews-canary" for _ in range(n))
         bound = 4.5 * math.sqrt(n * p * (1 - p))  # a false failure about once in 150000 runs
         assert abs(canary - n * p) <= bound, f"{canary}/{n} to canary, expected {n * p:.0f} +- {bound:.0f}"
@@ -180,14 +180,14 @@ def test_resolver_failover_to_another_subset_when_the_first_has_no_healthy_insta
 
     _write(consul, resolver)
     try:
-        wait_until(lambda: all_to("reviews-stable"), 10, "the default subset to take all traffic", interval=0.1)
+        wait_until(lambda: all_to("reviews-stable"), 60, "the default subset to take all traffic", interval=0.1)
         _stable_check(consul, "fail")  # stable's only instance turns critical: no healthy instance left
         started = time.monotonic()
-        wait_until(lambda: all_to("reviews-canary"), 10, "stable's traffic to fail over to canary", interval=0.05)
+        wait_until(lambda: all_to("reviews-canary"), 60, "stable's traffic to fail over to canary", interval=0.05)
         took = time.monotonic() - started
         _stable_check(consul, "pass")
         started = time.monotonic()
-        wait_until(lambda: all_to("reviews-stable"), 10, "traffic to fail back to stable", interval=0.05)
+        wait_until(lambda: all_to("reviews-stable"), 60, "traffic to fail back to stable", interval=0.05)
         print(f"resolver failover: to canary after {took * 1000:.0f} ms, back to stable after "
               f"{(time.monotonic() - started) * 1000:.0f} ms")
     finally:
@@ -213,7 +213,7 @@ def test_sidecar_meta_carries_the_config_version_envoy_acked(mesh, consul):
         "v1": {"Filter": "Service.Meta.version == v1"}}})
     try:
         started = time.monotonic()
-        wait_until(lambda: config_version() not in ("", before), 15, "the meta to follow the new config version")
+        wait_until(lambda: config_version() not in ("", before), 60, "the meta to follow the new config version")
         print(f"sidecar meta meshcore-config-version followed Envoy's ACK after {time.monotonic() - started:.1f} s")
     finally:
         _delete(consul, "service-resolver", "details")
@@ -231,12 +231,12 @@ def test_service_defaults_protocol_changes_the_listener_kind(mesh, consul):
     assert hcm in details_filters()
     _write(consul, {"Kind": "service-defaults", "Name": "details", "Protocol": "tcp"})
     try:
-        wait_until(lambda: tcp in details_filters(), 10, "details' outbound listener to become tcp_proxy",
+        wait_until(lambda: tcp in details_filters(), 60, "details' outbound listener to become tcp_proxy",
                    interval=0.1)
         assert http_get(mesh.url)[0] == 200  # productpage still reaches details, now as plain TCP
     finally:
         _delete(consul, "service-defaults", "details")
-    wait_until(lambda: hcm in details_filters(), 10, "details' listener to be HTTP again", interval=0.1)
+    wait_until(lambda: hcm in details_filters(), 60, "details' listener to be HTTP again", interval=0.1)
 
 
 def test_sidecar_registration_shows_envoy_and_its_check_follows_it(mesh, consul):
@@ -251,9 +251,9 @@ def test_sidecar_registration_shows_envoy_and_its_check_follows_it(mesh, consul)
         entries = requests.get(consul + "/v1/health/service/productpage-sidecar-proxy", timeout=10).json()
         return {c["Name"]: c["Status"] for c in entries[0]["Checks"]} if entries else {}
 
-    wait_until(lambda: checks().get("Envoy mesh listener") == "passing", 15, "the sidecar check to pass")
+    wait_until(lambda: checks().get("Envoy mesh listener") == "passing", 60, "the sidecar check to pass")
     assert all(status == "passing" for name, status in checks().items() if name != "Serf Health Status"), checks()
     mesh.stop(f"agent-{NODE}")  # SIGTERM: the agent stops its Envoy
     started = time.monotonic()
-    wait_until(lambda: checks().get("Envoy mesh listener") == "critical", 5, "the sidecar check to fail")
+    wait_until(lambda: checks().get("Envoy mesh listener") == "critical", 60, "the sidecar check to fail")
     print(f"sidecar check critical {(time.monotonic() - started) * 1000:.0f} ms after Envoy stopped (interval 1s)")

@@ -350,8 +350,8 @@
   async function loadDetail(background) {
     const t = state.detail;
     if (!t) return;
-    const typing = document.activeElement && document.activeElement.tagName === "INPUT" && $("detail").contains(document.activeElement);
-    if (background && typing) return; // a poll's refresh would replace what is being typed
+    const typing = () => document.activeElement && document.activeElement.tagName === "INPUT" && $("detail").contains(document.activeElement);
+    if (background && typing()) return; // a poll's refresh would replace what is being typed
     const q = new URLSearchParams({ since: String(state.range) });
     for (const k of ["name", "version", "source", "destination", "source_version", "destination_version", "method", "path"]) if (t[k]) q.set(k, t[k]);
     const path = t.kind === "service" ? "/v1/dashboard/service" : "/v1/dashboard/edge";
@@ -359,6 +359,7 @@
     try {
       const resp = await api(`${path}?${q}`);
       if (state.detail !== t) return; // another one was opened meanwhile
+      if (background && typing()) return; // typing began while the poll was on its way
       panel.dataset.loaded = resp.notFound ? "missing" : "yes";
       const missing = resp.notFound && resp.datacenters.length
         ? `In datacenter ${resp.datacenters.join(", ")}: not a datacenter whose catalog this control plane reads.`
