@@ -284,8 +284,9 @@ class Str(Schema):
 class Enum(Schema):
     """One of a fixed set of strings; suggests the intended value on a near miss (``strict`` -> ``STRICT``)."""
 
-    def __init__(self, *values: str):
+    def __init__(self, *values: str, any_case: bool = False):
         self.values = tuple(values)
+        self.any_case = any_case  # Istio's port protocols: "http" is "HTTP" (the canonical spelling is kept)
         self.expected = "one of " + ", ".join(json.dumps(v) for v in values)
 
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
@@ -293,8 +294,12 @@ class Enum(Schema):
             return self._wrong_type(value, path, ctx)
         if value in self.values:
             return value
+        if self.any_case:
+            for v in self.values:
+                if v.upper() == value.upper():
+                    return v
         msg = f"must be {self.expected}, got {json.dumps(value)}"
-        hint = suggest(value, [v for v in self.values if v])
+        hint = suggest(value.upper() if self.any_case else value, [v for v in self.values if v])
         if hint:
             msg += f"; did you mean {json.dumps(hint)}?"
         ctx.add(path, msg)

@@ -83,6 +83,22 @@ spec:
 # Traffic management cases: the examples in examples/traffic.
 TRAFFIC = ROOT / "examples" / "traffic"
 REVIEWS_CANARY = (TRAFFIC / "reviews-destination-rule.yaml").read_text() + "---\n" + (TRAFFIC / "reviews-canary.yaml").read_text()
+# Istio's bookinfo delay sample as Istio writes it: the deprecated integer ``percent`` (honoured, as by Istio).
+RATINGS_DELAY_PERCENT = """\
+apiVersion: networking.mesh.io/v1beta1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    fault: {delay: {percent: 30, fixedDelay: 7s}}
+    route:
+    - destination: {host: ratings}
+  - route:
+    - destination: {host: ratings}
+"""
 
 
 def _snapshot(resources_text: str = "", settings: MeshSettings | None = None) -> MeshSnapshot:
@@ -111,6 +127,7 @@ CASES = {
     "vm1-traffic-reviews-canary": (REVIEWS_CANARY, "vm1"),
     "vm2-traffic-ratings-abort": ((TRAFFIC / "ratings-abort.yaml").read_text(), "vm2"),
     "vm3-traffic-ratings-delay": ((TRAFFIC / "ratings-delay-for-jason.yaml").read_text(), "vm3"),
+    "vm3-traffic-ratings-delay-percent": (RATINGS_DELAY_PERCENT, "vm3"),
     "vm1-traffic-reviews-destination-rule": ((TRAFFIC / "reviews-destination-rule.yaml").read_text(), "vm1"),
     "vm3-ratelimit-ratings": ((TRAFFIC / "ratings-rate-limit.yaml").read_text(), "vm3"),
     "vm1-telemetry": ("", "vm1"),

@@ -112,7 +112,7 @@ def _location_problem(value: str) -> str | None:
 
 PORT = Obj({
     "number": Required(Int(1, 65535)),
-    "protocol": Required(Enum(*PROTOCOLS)),
+    "protocol": Required(Enum(*PROTOCOLS, any_case=True)),
     "name": Required(Str(min_len=1, max_len=63)),
     "targetPort": Int(1, 65535),
 })

@@ -147,7 +147,7 @@ def _capture(value: str) -> str | None:
 PORT = Obj(
     {
         "number": Required(Port()),
-        "protocol": Required(Enum(*PROTOCOLS)),
+        "protocol": Required(Enum(*PROTOCOLS, any_case=True)),
         "name": Str(min_len=1, max_len=63),
     },
     refused={"targetPort": "the app is reached where the registration says (local_service_address and the "

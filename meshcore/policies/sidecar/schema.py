@@ -90,7 +90,7 @@ def _egress_protocol(value: str) -> str | None:
 EGRESS_PORT = Obj(
     {
         "number": Required(Int(1, 65535)),
-        "protocol": Required(Custom(Enum("HTTP", "HTTPS", "TLS", "HTTP2", "GRPC", "TCP", "MONGO", "MYSQL", "REDIS"),
+        "protocol": Required(Custom(Enum("HTTP", "HTTPS", "TLS", "HTTP2", "GRPC", "TCP", "MONGO", "MYSQL", "REDIS", any_case=True),
                                     _egress_protocol)),
         "name": Str(min_len=1, max_len=63),
     },

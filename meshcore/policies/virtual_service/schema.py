@@ -317,9 +317,9 @@ GRPC_STATUS = tuple(GRPC_STATUS_CODES)
 
 FAULT = Obj(
     {
-        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE},
-                     refused={"percent": "deprecated in Istio (an integer percent); write percentage: {value: N}",
-                              "exponentialDelay": "not implemented by Istio either; use fixedDelay"}),
+        # percent: Istio's deprecated integer percentage, still honoured by Istio (its bookinfo fault samples use it)
+        "delay": Obj({"fixedDelay": Required(Dur(min_s=0.001)), "percentage": PERCENTAGE, "percent": Int(0, 100)},
+                     refused={"exponentialDelay": "not implemented by Istio either; use fixedDelay"}),
         "abort": Obj({"httpStatus": Int(200, 599), "grpcStatus": Enum(*GRPC_STATUS), "percentage": PERCENTAGE},
                      rules=[exactly_one(("httpStatus", "grpcStatus"), "abort")],
                      refused={"http2Error": "not implemented by Istio either (its API marks http2Error NOT "

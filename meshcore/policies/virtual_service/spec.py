@@ -309,7 +309,12 @@ def _route(destinations: Any) -> tuple[RouteDestination, ...]:
 
 
 def _percent(block: Mapping[str, Any] | None) -> float:
-    return float(((block or {}).get("percentage") or {}).get("value", 100))
+    """``percentage.value``; else Istio's deprecated integer ``percent`` (delay only); else 100. As Istio, the
+    percentage wins when both are written."""
+    block = block or {}
+    if block.get("percentage"):
+        return float(block["percentage"].get("value", 100))
+    return float(block.get("percent", 100))
 
 
 def _retries(r: Mapping[str, Any] | None) -> Retries | None:

@@ -34,6 +34,15 @@ def test_valid_entry_loads():
     assert r.typed.ports[0].family == "tls"
 
 
+def test_port_protocols_in_any_case_as_istio():
+    """Istio's egress sample writes protocol: http (Istio reads protocols case-insensitively)."""
+    [r] = load_documents(HEAD + "spec: {hosts: [www.googleapis.com], ports: [{number: 443, name: https, protocol: http}], "
+                                "location: MESH_EXTERNAL, resolution: DNS}\n", "se.yaml")
+    assert r.typed.ports[0].protocol == "HTTP"
+    assert "did you mean" in _errors("{hosts: [a.example.com], ports: [{number: 1, name: p, protocol: htp}], "
+                                     "resolution: DNS}")["spec.ports[0].protocol"]
+
+
 def test_errors_say_where_and_why():
     errs = _errors("{hosts: ['*.example.com', payments], ports: [{number: 80, name: http, protocol: HTTP}], "
                    "resolution: DNS}")

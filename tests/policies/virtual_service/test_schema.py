@@ -145,6 +145,21 @@ spec:
     assert errs[r + "fault.delay.fixedDelay"] == "required field is missing"
 
 
+def test_istio_deprecated_integer_delay_percent_is_honoured_and_percentage_wins():
+    """Istio's bookinfo fault samples write delay.percent (an integer); Istio honours it, and percentage beside it."""
+    def delay_of(fault: str) -> float:
+        res = _load("spec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n"
+                    f"    fault: {fault}\n")
+        return res.typed.http[0].fault.delay.percentage
+
+    assert delay_of("{delay: {percent: 30, fixedDelay: 7s}}") == 30.0
+    assert delay_of("{delay: {percent: 30, percentage: {value: 12.5}, fixedDelay: 7s}}") == 12.5
+    assert delay_of("{delay: {fixedDelay: 7s}}") == 100.0
+    errs = _errors("spec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n"
+                   "    fault: {delay: {percent: 130, fixedDelay: 7s}}\n")
+    assert errs["spec.http[0].fault.delay.percent"] == "must be an integer 0-100 (got 130)"
+
+
 def test_mirror_percentage_needs_mirror_and_routes_are_needed():
     errs = _errors("spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], mirrorPercentage: {value: 5}}]}")
     assert errs == {"spec.http[0].mirrorPercentage": "needs mirror (the destination that receives the copies)"}
