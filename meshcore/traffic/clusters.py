@@ -21,7 +21,7 @@ from ..policies.destination_rule.failover import accept_failover_identities, app
 from ..policies.destination_rule.locality import apply_locality
 from ..policies.destination_rule.locality_weights import weight_cluster
 from ..policies.destination_rule.spec import DestinationRuleSpec, TrafficPolicy, spec_of
-from ..policies.destination_rule.tls_origination import mesh_plaintext
+from ..policies.destination_rule.tls_origination import mesh_tls
 from ..policies.gateway.egress import gateway_cluster, is_gateway_service
 from ..policies.service_entry.clusters import external_upstream_cluster, source_entry_port
 from ..snapshot import MeshSnapshot, ProxyInfo
@@ -112,7 +112,7 @@ class ClusterSet:
         mesh_gateway.route_rule_cluster(self.snapshot, self.proxy, source, cluster, host, subset, datacenter)
         routed = mesh_gateway.rule_routing(self.snapshot, self.proxy, source, host, datacenter)
         apply_policy(cluster, policy)
-        mesh_plaintext(self.snapshot, self.proxy.node, cluster, host, subset, self.port(host),
+        mesh_tls(self.snapshot, self.proxy.node, cluster, host, subset, self.port(host),
                        (source.labels, source.namespace))
         accept_failover_identities(self.snapshot, cluster, rule, subset, routed, datacenter)
         weight_cluster(self.snapshot, self.proxy, cluster, policy)

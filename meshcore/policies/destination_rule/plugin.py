@@ -34,7 +34,7 @@ from .locality_ports import port_locality_problems
 from .schema import KIND_NAME, rule_for
 from .spec import TrafficPolicy
 from .tcp_options import apply_tcp, destinations, tcp_proxies, tcp_settings
-from .tls_origination import mesh_plaintext
+from .tls_origination import mesh_tls
 
 KIND = KIND_NAME
 
@@ -81,7 +81,7 @@ def apply(snapshot: MeshSnapshot, proxy: ProxyInfo, resources: dict) -> None:
         routed = gateway_routing(snapshot, proxy, up)  # failover targets of other datacenters: as the upstream
         if own is not None:
             apply_policy(own, policy)
-            mesh_plaintext(snapshot, proxy.node, own, host, None, clusters.port(host), (src.labels, src.namespace))
+            mesh_tls(snapshot, proxy.node, own, host, None, clusters.port(host), (src.labels, src.namespace))
             accept_failover_identities(snapshot, own, rule, None, routed, up.datacenter)
             weight_cluster(snapshot, proxy, own, policy)
         eds = naming.upstream_endpoints(host, up.datacenter)

@@ -3,7 +3,9 @@
 Istio's modes, per level (``trafficPolicy``, ``subsets[].trafficPolicy``) and per port (``portLevelSettings[]``):
 
 * ``ISTIO_MUTUAL``: the mesh's own mTLS, what meshcore does towards every mesh service anyway. Refused towards a
-  ServiceEntry host (an outside server does not trust the mesh CA, and the mesh's keys are not for it).
+  ServiceEntry host (an outside server does not trust the mesh CA, and the mesh's keys are not for it). Its
+  ``subjectAltNames`` (SPIFFE IDs) replace the server identities accepted, as in Istio (Istio's trust-domain
+  federation sample accepts a service's SVIDs of two trust domains that way).
 * ``SIMPLE`` (ServiceEntry hosts): the app speaks plaintext to its local listener and its sidecar originates TLS, as
   Istio's egress TLS origination task does. The server is verified against ``caCertificates`` (a PEM file on the
   calling VM), or the system trust store (:data:`SYSTEM_TRUST_STORE`) when it is left out; its certificate must carry ``subjectAltNames`` (any
@@ -83,8 +85,16 @@ def _tls_rules(cleaned: dict, path: Path, ctx: Context) -> None:
                                     "(or use SIMPLE to verify the server only)")
     if mode == SIMPLE and cleaned.get("clientCertificate"):
         ctx.add(path.field("clientCertificate"), "SIMPLE presents no client certificate: use mode MUTUAL to send it")
+    if mode == ISTIO_MUTUAL:
+        for i, san in enumerate(cleaned.get("subjectAltNames") or ()):
+            if isinstance(san, str) and not san.startswith("spiffe://"):
+                ctx.add(path.field("subjectAltNames").index(i),
+                        f"{san!r}: with ISTIO_MUTUAL the server presents a mesh SVID, whose only name is its SPIFFE ID "
+                        "(spiffe://<trust domain>/ns/<namespace>/sa/<account>); write that")
     if mode not in ORIGINATING:
         for f in (*FILE_FIELDS, "sni", "subjectAltNames", "insecureSkipVerify"):
+            if f == "subjectAltNames" and mode == ISTIO_MUTUAL:
+                continue  # the server identities the mesh's mTLS accepts instead of the host's (as in Istio)
             if f in cleaned:
                 ctx.add(path.field(f), f"{f} configures the TLS the sidecar originates, with mode SIMPLE or MUTUAL; "
                                        f"mode {mode} " + ("sends plaintext" if mode == DISABLE
@@ -380,17 +390,27 @@ def plaintext_problems(snapshot: Any, host: str, port: int | None) -> list[str]:
             "request; give them a PeerAuthentication with mode PERMISSIVE, or remove the DISABLE"]
 
 
-def mesh_plaintext(snapshot: Any, node: str, cluster: cluster_pb2.Cluster, host: str, subset: str | None,
-                   port: int | None, workload: Workload | None = None) -> None:
+def mesh_tls(snapshot: Any, node: str, cluster: cluster_pb2.Cluster, host: str, subset: str | None,
+             port: int | None, workload: Workload | None = None) -> None:
     """A mesh service's ``cluster`` (``subset``'s, or the host's) as the calling ``workload`` reaches it (its
-    DestinationRule, :func:`rule_of`): with tls mode DISABLE, plaintext to its sidecars
-    (no default transport socket; remote datacenters behind mesh gateways stay mTLS, their gateways route by SNI). Raises :class:`~meshcore.errors.SnapshotInvalid` when an instance of ``host`` accepts
-    mTLS only (see :func:`plaintext_problems`). No-op for other modes and for ServiceEntry hosts (:func:`originate`)."""
+    DestinationRule, :func:`rule_of`):
+
+    * tls mode DISABLE: plaintext to its sidecars (no default transport socket; remote datacenters behind mesh
+      gateways stay mTLS, their gateways route by SNI). Raises :class:`~meshcore.errors.SnapshotInvalid` when an
+      instance of ``host`` accepts mTLS only (see :func:`plaintext_problems`);
+    * ISTIO_MUTUAL with ``subjectAltNames``: the server identities accepted are those SPIFFE IDs instead of the
+      host's own (Istio's meaning: e.g. a service served from two federated trust domains), on every transport
+      socket of the cluster.
+
+    No-op for other modes and for ServiceEntry hosts (:func:`originate`)."""
     from ...errors import SnapshotInvalid
 
     if "." in host:
         return
     tls = tls_for(rule_of(snapshot, host, workload), subset, port)
+    if tls is not None and tls.mode == ISTIO_MUTUAL and tls.subject_alt_names:
+        _accept_only(cluster, tls.subject_alt_names)
+        return
     if tls is None or tls.mode != DISABLE:
         return
     problems = plaintext_problems(snapshot, host, port)
@@ -400,6 +420,23 @@ def mesh_plaintext(snapshot: Any, node: str, cluster: cluster_pb2.Cluster, host:
     # transport socket matches, as the gateway routes by the SNI of the mesh's mTLS.
     cluster.ClearField("transport_socket")
     _without_alpn(cluster)
+
+
+def _accept_only(cluster: cluster_pb2.Cluster, spiffe_ids: Sequence[str]) -> None:
+    """Every mTLS transport socket of ``cluster`` (the default one and those per gateway SNI) accepts exactly the
+    servers whose URI SAN is one of ``spiffe_ids``."""
+    sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
+    sockets += [m.transport_socket for m in cluster.transport_socket_matches]
+    for socket in sockets:
+        context = tls_pb2.UpstreamTlsContext()
+        if not socket.typed_config.Unpack(context):
+            continue
+        sans = context.common_tls_context.combined_validation_context.default_validation_context
+        del sans.match_typed_subject_alt_names[:]
+        sans.match_typed_subject_alt_names.extend(
+            common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI,
+                                             matcher=string_pb2.StringMatcher(exact=sid)) for sid in spiffe_ids)
+        socket.typed_config.CopyFrom(_pack(context))
 
 
 def _without_alpn(cluster: cluster_pb2.Cluster) -> None:
@@ -421,5 +458,5 @@ def _without_alpn(cluster: cluster_pb2.Cluster) -> None:
 
 
 __all__ = ["TLS", "MODES", "SYSTEM_TRUST_STORE", "DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "UpstreamTls", "parse_tls", "tls_for",
-           "set_problems", "file_secrets", "upstream_tls_context", "originate", "mesh_plaintext",
+           "set_problems", "file_secrets", "upstream_tls_context", "originate", "mesh_tls",
            "plaintext_problems", "rule_of", "cert_secret_name", "ca_secret_name", "Workload"]

@@ -349,3 +349,38 @@ spec: {selector: {matchLabels: {app: details}}, mtls: {mode: PERMISSIVE}}
     assert _tls_of(built, "outbound:details|frontend") is None
     report = next(c for c in built[CLUSTER] if c.name == "outbound:details|report")
     assert report.HasField("transport_socket")  # the mesh's mTLS
+
+
+FEDERATED = ("spiffe://west.local/ns/default/sa/default", "spiffe://east.local/ns/default/sa/default")
+
+
+def test_istio_mutual_subject_alt_names_replace_the_servers_accepted(tmp_path):
+    """Istio's trust-domain federation sample: ISTIO_MUTUAL with subjectAltNames accepts exactly those SVIDs from the
+    servers (the host's own identity is not added), on the host's cluster and its subsets' (a subset's own list wins)."""
+    _callers(tmp_path, "details", services=("frontend",))
+    rule = DR + ("spec:\n  host: details\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: [%s, %s]}}\n"
+                 "  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+                 "  - {name: v2, labels: {version: v2}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, "
+                 "subjectAltNames: [spiffe://cluster.local/ns/default/sa/details-v2]}}}\n" % FEDERATED)
+    assert validate_set(load_documents(rule, "dr.yaml")) == []
+    built = build(tmp_path, rule)
+
+    def accepted(name: str) -> list[str]:
+        tls = _tls_of(built, name)
+        assert tls is not None, name
+        sans = tls.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names
+        assert all(m.san_type == common_pb2.SubjectAltNameMatcher.URI for m in sans)
+        return [m.matcher.exact for m in sans]
+
+    assert accepted("outbound:details|frontend") == list(FEDERATED)
+    assert accepted(naming.subset_cluster("details", "frontend", "v1")) == list(FEDERATED)
+    assert accepted(naming.subset_cluster("details", "frontend", "v2")) == ["spiffe://cluster.local/ns/default/sa/details-v2"]
+    plain = build(tmp_path, DR + "spec: {host: details, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}")
+    assert _tls_of(plain, "outbound:details|frontend") == _tls_of(build(tmp_path, ""), "outbound:details|frontend")
+
+
+def test_istio_mutual_takes_spiffe_ids_only_and_no_origination_fields():
+    errs = _errors(DR + "spec: {host: details, trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: "
+                        "[details.example.com], sni: details.example.com}}}")
+    assert "the server presents a mesh SVID" in errs["spec.trafficPolicy.tls.subjectAltNames[0]"]
+    assert "uses the mesh's own certificates" in errs["spec.trafficPolicy.tls.sni"]
