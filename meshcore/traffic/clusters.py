@@ -113,7 +113,7 @@ class ClusterSet:
         routed = mesh_gateway.rule_routing(self.snapshot, self.proxy, source, host, datacenter)
         apply_policy(cluster, policy)
         mesh_tls(self.snapshot, self.proxy.node, cluster, host, subset, self.port(host),
-                       (source.labels, source.namespace))
+                 (source.labels, source.namespace))
         accept_failover_identities(self.snapshot, cluster, rule, subset, routed, datacenter)
         weight_cluster(self.snapshot, self.proxy, cluster, policy)
         self._add_cluster(cluster)

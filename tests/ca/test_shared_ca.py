@@ -229,10 +229,14 @@ def _sign_in_thread(ca, node):
     return t, out
 
 
-def test_during_a_rotation_a_signature_is_answered_once_its_record_is_in_kv(shared_backend, kek, clock, tmp_path):
+def test_during_a_rotation_a_signature_is_answered_once_its_record_is_in_kv(shared_backend, kek, clock, tmp_path,
+                                                                           monkeypatch):
     """A replica killed right after answering must not lose the record of a leaf renewed for the rotation (the CA
     would count it on the old root and finishing would wait for a renewal that happened); outside one, the
     record is still written behind and signing never waits on Consul."""
+    import meshcore.ca.authority as authority
+
+    monkeypatch.setattr(authority, "DURABLE_WAIT", 60.0)  # a stalled machine must not end the wait under test
     backend = _HeldRecordWrites(shared_backend())
     ca = CertificateAuthority.open(tmp_path / "r", backend=backend, kek=kek, clock=clock)
     try:

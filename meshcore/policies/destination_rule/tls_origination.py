@@ -425,6 +425,8 @@ def mesh_tls(snapshot: Any, node: str, cluster: cluster_pb2.Cluster, host: str, 
 def _accept_only(cluster: cluster_pb2.Cluster, spiffe_ids: Sequence[str]) -> None:
     """Every mTLS transport socket of ``cluster`` (the default one and those per gateway SNI) accepts exactly the
     servers whose URI SAN is one of ``spiffe_ids``."""
+    from ...xds.generate.vocab import uri_san
+
     sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
     sockets += [m.transport_socket for m in cluster.transport_socket_matches]
     for socket in sockets:
@@ -433,9 +435,7 @@ def _accept_only(cluster: cluster_pb2.Cluster, spiffe_ids: Sequence[str]) -> Non
             continue
         sans = context.common_tls_context.combined_validation_context.default_validation_context
         del sans.match_typed_subject_alt_names[:]
-        sans.match_typed_subject_alt_names.extend(
-            common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI,
-                                             matcher=string_pb2.StringMatcher(exact=sid)) for sid in spiffe_ids)
+        sans.match_typed_subject_alt_names.extend(uri_san(exact=sid) for sid in spiffe_ids)
         socket.typed_config.CopyFrom(_pack(context))
 
 

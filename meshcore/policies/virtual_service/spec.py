@@ -28,6 +28,15 @@ class StringMatch:
     value: str
 
 
+def _from_caller(source_labels: tuple[tuple[str, str], ...], source_namespace: str | None,
+                 labels: Mapping[str, str], namespace: str) -> bool:
+    """A match alternative's caller scope (``sourceLabels``, ``sourceNamespace``) holds for a caller with ``labels``
+    in ``namespace``."""
+    if source_namespace is not None and source_namespace != namespace:
+        return False
+    return all(labels.get(k) == v for k, v in source_labels)
+
+
 @dataclass(frozen=True)
 class Match:
     """One ``match[]`` alternative: every condition in it must hold. ``uri`` None: any path."""
@@ -49,9 +58,7 @@ class Match:
 
     def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
         """Whether this alternative applies on the proxy of a caller with ``labels`` in ``namespace``."""
-        if self.source_namespace is not None and self.source_namespace != namespace:
-            return False
-        return all(labels.get(k) == v for k, v in self.source_labels)
+        return _from_caller(self.source_labels, self.source_namespace, labels, namespace)
 
     def on_listener(self, ports: "ListenerPorts") -> bool:
         """Whether this alternative applies on a listener of ``ports``."""
@@ -205,9 +212,7 @@ class TcpMatch:
     gateways: tuple[str, ...] = ()  # as written; empty: wherever the VirtualService applies
 
     def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
-        if self.source_namespace is not None and self.source_namespace != namespace:
-            return False
-        return all(labels.get(k) == v for k, v in self.source_labels)
+        return _from_caller(self.source_labels, self.source_namespace, labels, namespace)
 
 
 @dataclass(frozen=True)
@@ -228,9 +233,7 @@ class TlsMatch:
     gateways: tuple[str, ...] = ()  # as written; empty: wherever the VirtualService applies
 
     def from_caller(self, labels: Mapping[str, str], namespace: str) -> bool:
-        if self.source_namespace is not None and self.source_namespace != namespace:
-            return False
-        return all(labels.get(k) == v for k, v in self.source_labels)
+        return _from_caller(self.source_labels, self.source_namespace, labels, namespace)
 
 
 @dataclass(frozen=True)
