@@ -267,10 +267,12 @@ class TokenResponse(Wire):
 @dataclass(frozen=True)
 class CaRotateRequest(Wire):
     """``POST /v1/ca/rotate``: ``{}`` starts a root rotation, ``finish`` retires the old root; ``force``
-    skips the safety wait."""
+    skips the safety wait; ``hold`` starts one that stays preparing until ``release`` lets it move on."""
 
     finish: bool = False
     force: bool = False
+    hold: bool = False
+    release: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,7 @@ class CaState(Wire):
     activated_at: str | None = None
     old_root_certificates: tuple[CaLeaf, ...] = ()
     nodes_without_bundle: tuple[str, ...] = ()
+    held: bool = False  # preparing until `meshctl ca rotate --resume` releases it
     forced_past: tuple[str, ...] | None = omit_none()  # finish --force: the leaves it retired the root under
 
 

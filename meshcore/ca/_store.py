@@ -108,6 +108,9 @@ class RotationState:
     previous_roots: list[x509.Certificate] = field(default_factory=list)
     reason: str = ""
     previous_issuers: list[str] = field(default_factory=list)  # hex key ids of the intermediates under them
+    # preparing, and kept there until the operator releases it (`meshctl ca rotate --hold`, then `--resume`):
+    # the new root is in the bundle, leaves still come from the old one (time to hand it to federated peers)
+    held: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +119,7 @@ class RotationState:
             "activated_at": rfc3339(self.activated_at) if self.activated_at else None,
             "previous_roots": [pem_of(c) for c in self.previous_roots],
             "previous_issuers": list(self.previous_issuers),
+            **({"held": True} if self.held else {}),
         }
 
     @classmethod
@@ -141,6 +145,7 @@ class RotationState:
                 activated_at=parse_rfc3339(data["activated_at"]) if data.get("activated_at") else None,
                 previous_roots=[x509.load_pem_x509_certificate(p.encode()) for p in data.get("previous_roots") or []],
                 previous_issuers=[str(k).lower() for k in data.get("previous_issuers") or []],
+                held=phase == PHASE_PREPARING and data.get("held") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CAError(f"{path} is damaged: {exc}; restore it from backup") from exc

@@ -17,7 +17,9 @@ State directory (mode 0700; every file 0600, written atomically):
 Root rotation (:meth:`CertificateAuthority.begin_rotation`) has three phases, each persisted:
 
 1. ``preparing``: a new root and intermediate exist; the bundle holds both roots, leaves are still
-   signed by the old intermediate, so no peer ever sees a certificate it cannot verify.
+   signed by the old intermediate, so no peer ever sees a certificate it cannot verify. A rotation
+   begun with ``hold`` stays here until :meth:`release_rotation` (time to hand the new root to the
+   trust domains that federate with this one, whose peers must trust it too).
 2. ``rotating`` (:meth:`activate_rotation`, once every proxy has the two-root bundle): leaves are
    signed by the new intermediate; the old root stays in the bundle.
 3. ``idle`` again (:meth:`finish_rotation`, once no unexpired leaf chains to the old root): the old
@@ -32,6 +34,7 @@ expiry so that :meth:`recover_node` can re-issue it to the holder of its key (se
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -526,10 +529,12 @@ class CertificateAuthority:
 
     # --- rotation --------------------------------------------------------------------------
 
-    def begin_rotation(self) -> None:
+    def begin_rotation(self, hold: bool = False) -> None:
         """Make a new root and intermediate (``key_type``) and add the root to the bundle (``preparing``).
 
-        Leaves are still signed by the current intermediate until :meth:`activate_rotation`.
+        Leaves are still signed by the current intermediate until :meth:`activate_rotation`; with ``hold``
+        the rotation also stays in ``preparing`` until :meth:`release_rotation` (the operator hands the new
+        root to federated trust domains meanwhile: their peers must trust it before leaves come from it).
         Raises :class:`CAError` when a rotation is already under way or the CA is an external one.
         """
         with self._lock, file_lock(self.state_dir / LOCK_FILE):
@@ -541,11 +546,11 @@ class CertificateAuthority:
                               "the new --ca-cert/--ca-key (meshcore then rotates to it the same way)")
             now = _now(self._clock)
             root, intermediate = _generate_ca(self.trust_domain, now, self.key_type, generation=_generation(now))
-            self._begin(root, intermediate, now, reason="rotate")
+            self._begin(root, intermediate, now, reason="rotate", hold=hold)
 
-    def _begin(self, root: KeyPair, intermediate: KeyPair, now: datetime, reason: str) -> None:
+    def _begin(self, root: KeyPair, intermediate: KeyPair, now: datetime, reason: str, hold: bool = False) -> None:
         """Write the new CA, then announce the rotation (a crash in between leaves no trace). Locks held."""
-        rotation = RotationState(phase=PHASE_PREPARING, started_at=now, reason=reason)
+        rotation = RotationState(phase=PHASE_PREPARING, started_at=now, reason=reason, held=hold)
         if self._shared is not None:
             self._commit_shared("starting a root rotation", self._root, self._intermediate, (root, intermediate),
                                 rotation)
@@ -556,6 +561,29 @@ class CertificateAuthority:
         self._rotation, self._next = rotation, (root, intermediate)
         log.info("root rotation started phase=preparing trust_domain=%s new_root=%s", self.trust_domain,
                  root.cert.subject.rfc4514_string())
+
+    @property
+    def rotation_held(self) -> bool:
+        """True while a rotation started with ``hold`` waits in ``preparing`` for :meth:`release_rotation`."""
+        return self._rotation.held
+
+    def release_rotation(self) -> bool:
+        """Let a held rotation move on (``preparing`` -> ``rotating`` once every node holds the bundle).
+        Returns False when it was not held; raises :class:`CAError` when no rotation is being prepared."""
+        with self._lock, file_lock(self.state_dir / LOCK_FILE):
+            if self._rotation.phase != PHASE_PREPARING:
+                raise CAError(f"no rotation is being prepared (phase {self._rotation.phase})")
+            if not self._rotation.held:
+                return False
+            rotation = dataclasses.replace(self._rotation, held=False)
+            if self._shared is not None:
+                self._commit_shared("releasing the held root rotation", self._root, self._intermediate,
+                                    self._next, rotation)
+            else:
+                rotation.write(self.state_dir / ROTATION_FILE)
+            self._rotation = rotation
+        log.info("held root rotation released trust_domain=%s", self.trust_domain)
+        return True
 
     def activate_rotation(self) -> None:
         """``preparing`` -> ``rotating``: sign every new leaf with the new intermediate; both roots stay trusted."""
@@ -824,6 +852,7 @@ class CertificateAuthority:
             "mode": "upstream" if self.external else "generated",
             "key_type": key_type_of(self._intermediate.key),
             "phase": rotation.phase,
+            "held": rotation.held,
             "started_at": rfc3339(rotation.started_at) if rotation.started_at else None,
             "activated_at": rfc3339(rotation.activated_at) if rotation.activated_at else None,
             "roots": [{**describe(c), "role": role} for c, role in roles],

@@ -5,7 +5,8 @@ same commands on their own.
 
 * ``meshctl ca status [-o json]``: mode, phase, roots, signing intermediate, leaves on an old root.
 * ``meshctl ca rotate [--wait] [--timeout D] [--force]``: start a root rotation; with ``--wait``
-  show progress until no unexpired leaf chains to the old root.
+  show progress until no unexpired leaf chains to the old root. ``--hold`` starts one that keeps
+  signing from the old root until ``meshctl ca rotate --resume`` (federated domains import the new root first).
 * ``meshctl ca rotate --finish [--force]``: retire the old root (drop it from the bundle).
 * ``meshctl certs list [-o json]``: every SVID with ``spiffe_id``, ``serial``, ``not_after``
   (RFC 3339), ``node``, ``renew_at``, ``root`` and ``expiring``; the table warns about expiring ones.
@@ -92,7 +93,8 @@ def cmd_certs_list(args) -> int:
 # --- ca status / rotate ------------------------------------------------------------------------
 
 def _print_state(state: CaState) -> None:
-    print(f"trust domain {state.trust_domain}  mode {state.mode}  key {state.key_type}  phase {state.phase}")
+    held = " (held: `meshctl ca rotate --resume` releases it)" if state.held else ""
+    print(f"trust domain {state.trust_domain}  mode {state.mode}  key {state.key_type}  phase {state.phase}{held}")
     for root in state.roots:
         print(f"  root ({root.role}): {root.subject}  sha256 {root.sha256[:16]}  until {root.not_after}")
     inter = state.intermediate
@@ -112,6 +114,9 @@ def cmd_ca_status(args) -> int:
 
 
 def _progress_line(state: CaState) -> str:
+    if state.phase == "preparing" and state.held:
+        return ("preparing (held): the new root is in the trust bundle, certificates still come from the old one "
+                "until `meshctl ca rotate --resume`")
     if state.phase == "preparing":
         waiting = state.nodes_without_bundle
         return (f"preparing: distributing the new trust bundle; {len(waiting)} node(s) still without it"
@@ -147,16 +152,24 @@ def cmd_ca_rotate(args) -> int:
         print(f"==> {message}", file=sys.stderr, flush=True)
 
     started = time.monotonic()
+    if args.hold and (args.wait or args.resume or args.finish or args.force):
+        raise MeshError("--hold starts a rotation that waits for `meshctl ca rotate --resume`: it goes with no "
+                        "--wait, --resume, --finish or --force")
     if args.finish:
         state = client.ca_rotate(CaRotateRequest(finish=True, force=args.force))
         progress(f"old root retired; the trust bundle now holds {len(state.roots)} root(s)")
         _emit(state, args.output, _print_state)
         return 0
     if not args.resume:
-        state = client.ca_rotate(CaRotateRequest(force=args.force))
+        state = client.ca_rotate(CaRotateRequest(force=args.force, hold=args.hold))
         wanted = "next" if state.phase == "preparing" else "current"
         new = next((r for r in state.roots if r.role == wanted), state.roots[0])
-        progress(f"rotation started ({state.phase}): new root {new.subject}")
+        progress(f"rotation started ({state.phase}{', held' if state.held else ''}): new root {new.subject}"
+                 + ("; hand the new bundle to federated trust domains, then `meshctl ca rotate --resume`"
+                    if state.held else ""))
+    elif client.ca_state().held:
+        client.ca_rotate(CaRotateRequest(release=True))
+        progress("held rotation released: signing moves to the new root once every node holds the bundle")
     if args.wait or args.resume:
         state = wait_for_rotation(client, args.timeout, args.interval, progress)  # both parsed by argparse
         progress(f"every certificate chains to the new root ({time.monotonic() - started:.1f}s); "
@@ -183,7 +196,11 @@ def register(subparsers, common: argparse.ArgumentParser, *, certs: bool = True)
                     "early. --wait shows progress until no certificate chains to the old root; then "
                     "--finish drops the old root from the bundle.")
     rot.add_argument("--wait", action="store_true", help="wait until no unexpired certificate chains to the old root")
-    rot.add_argument("--resume", action="store_true", help="do not start a rotation; wait for the one in progress")
+    rot.add_argument("--resume", action="store_true",
+                     help="do not start a rotation; release a held one and wait for the one in progress")
+    rot.add_argument("--hold", action="store_true",
+                     help="start a rotation that keeps signing from the old root (the new one already in the "
+                          "bundle) until --resume: time to import the new bundle into federated trust domains")
     rot.add_argument("--finish", action="store_true", help="retire the old root (after --wait)")
     rot.add_argument("--force", action="store_true",
                      help="start: sign from the new root at once, without waiting for every node to hold the new "

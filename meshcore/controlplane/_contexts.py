@@ -63,12 +63,13 @@ class SettingsHandle(Protocol):
 
 @dataclass(frozen=True)
 class CaControl:
-    """The CA's lifecycle as the operator API drives it: status, start and finish a root rotation.
+    """The CA's lifecycle as the operator API drives it: status, start, release (held) and finish a root rotation.
     (The daemon implements them: a rotation also moves its serving certificates and TLS roots.)"""
 
     status: Callable[[], dict]
-    rotate: Callable[[bool], dict]  # force
+    rotate: Callable[..., dict]  # (force, hold=False)
     finish: Callable[[bool], dict]  # force
+    release: Callable[[], dict] = dict  # a held rotation moves on
 
 
 class Leadership(Protocol):

@@ -40,7 +40,7 @@ from ..ca import KEY_TYPES, CertificateAuthority, load_kek, load_upstream_ca, ma
 from ..state import open_state_backend
 from ..ca.authority import DEFAULT_NODE_TTL, DEFAULT_RECOVERY_GRACE
 from ..durations import parse_duration
-from ..errors import ConfigError, MeshError
+from ..errors import CAError, ConfigError, MeshError
 from ..logs import setup_logging
 from ..observe.telemetry import access_log_path, telemetry_settings
 from ..resources.consul_entries import EntrySettings, add_arguments as add_entry_arguments, entry_settings, with_config_entries, with_protocol_defaults
@@ -473,7 +473,7 @@ class ControlPlane:
                     preparing = self.ca.rotation_phase == "preparing"  # (the view is read only then: O(proxies))
                     self.holders.share(preparing, *(self._bundle_view() if preparing else ("", [], {})))
                 if (self.ca.rotation_phase == "preparing" and self.leadership.is_leader()  # a singleton step
-                        and not self.nodes_without_bundle()):
+                        and not self.ca.rotation_held and not self.nodes_without_bundle()):
                     self.ca.activate_rotation()
                     self._apply_ca(reissue=True)
                     log.info("every connected node holds the new trust bundle; signing from the new root, "
@@ -491,14 +491,25 @@ class ControlPlane:
         state["nodes_without_bundle"] = self.nodes_without_bundle() if state["phase"] == "preparing" else []
         return state
 
-    def ca_rotate(self, force: bool = False) -> dict:
+    def ca_rotate(self, force: bool = False, hold: bool = False) -> dict:
         """Start a root rotation; ``force`` signs from the new root at once (skips waiting for the
-        bundle to reach every node: peers that lack it fail to connect until they have it)."""
-        self.ca.begin_rotation()
+        bundle to reach every node: peers that lack it fail to connect until they have it); ``hold``
+        keeps it preparing until :meth:`ca_release`."""
+        if force and hold:
+            raise CAError("--force signs from the new root at once and --hold keeps signing from the old one: "
+                          "choose one")
+        self.ca.begin_rotation(hold=hold)
         self._apply_ca(reissue=False)
         if force:
             self.ca.activate_rotation()
             self._apply_ca(reissue=True)
+        self._ca_wake.set()
+        return self.ca_status()
+
+    def ca_release(self) -> dict:
+        """Let a rotation started with ``hold`` move on (``preparing`` -> ``rotating`` once every connected
+        node holds the two-root bundle); a rotation that is not held is left as it is."""
+        self.ca.release_rotation()
         self._ca_wake.set()
         return self.ca_status()
 
@@ -620,7 +631,8 @@ class ControlPlane:
         """The operator API's parts, and each feature's routes with the narrow interfaces it uses."""
         return OperatorContext(
             store=self.store, mesh=self.mesh, ca=self.ca, tokens=self.tokens, operators=self.operators,
-            ca_control=CaControl(status=self.ca_status, rotate=self.ca_rotate, finish=self.ca_finish),
+            ca_control=CaControl(status=self.ca_status, rotate=self.ca_rotate, finish=self.ca_finish,
+                                 release=self.ca_release),
             status=self.status_view, registry=self.metrics.registry, operator_certs=self.operator_certs,
             features=(
                 partial(add_canary_routes, controller=lambda: self.canaries),  # /v1/canaries

@@ -132,13 +132,21 @@ class OperatorApi:
 
     def ca_rotate(self, req: Request) -> CaState:
         """``{}`` starts a root rotation; ``{"finish": true}`` retires the old root; ``force`` skips the
-        safety wait (start: sign from the new root at once; finish: even with leaves on the old root)."""
+        safety wait (start: sign from the new root at once; finish: even with leaves on the old root);
+        ``{"hold": true}`` starts one that stays preparing until ``{"release": true}``."""
         from ..errors import CAError
 
         body = CaRotateRequest.from_json(req.json())
+        steps = [name for name, on in (("finish", body.finish), ("hold", body.hold), ("release", body.release)) if on]
+        if len(steps) > 1:
+            raise BadRequest(f"{' and '.join(steps)} are separate steps of a rotation: ask for one at a time")
         try:
             if body.finish:
                 return self._ca_state(self.ctx.ca_control.finish(body.force))
+            if body.release:
+                return self._ca_state(self.ctx.ca_control.release())
+            if body.hold:
+                return self._ca_state(self.ctx.ca_control.rotate(body.force, hold=True))
             return self._ca_state(self.ctx.ca_control.rotate(body.force))
         except CAError as exc:  # the rotation's state does not allow that step now
             raise Conflict(str(exc)) from exc

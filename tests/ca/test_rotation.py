@@ -177,3 +177,23 @@ def test_state_lists_roots_by_role(ca: CertificateAuthority, clock: Clock) -> No
     ca.activate_rotation()
     clock.advance(timedelta(seconds=1))
     assert [r["role"] for r in ca.state()["roots"]] == ["current", "previous"]
+
+
+def test_a_held_rotation_stays_preparing_until_released_also_across_reopen(ca: CertificateAuthority,
+                                                                          state_dir: Path, kek: bytes,
+                                                                          clock: Clock) -> None:
+    with pytest.raises(CAError, match="no rotation is being prepared"):
+        ca.release_rotation()
+    ca.begin_rotation(hold=True)
+    assert ca.rotation_held and ca.state()["held"] is True and len(_roots(ca.bundle_pem())) == 2
+    reopened = CertificateAuthority.open(state_dir, kek=kek, clock=clock)
+    assert reopened.rotation_phase == "preparing" and reopened.rotation_held
+    assert reopened.release_rotation() is True
+    assert not reopened.rotation_held and reopened.rotation_phase == "preparing"
+    assert reopened.release_rotation() is False  # not held any more: nothing to release
+    again = CertificateAuthority.open(state_dir, kek=kek, clock=clock)
+    assert again.rotation_phase == "preparing" and not again.rotation_held
+    again.activate_rotation()
+    assert not again.rotation_held and again.state()["held"] is False
+    with pytest.raises(CAError, match="no rotation is being prepared"):
+        again.release_rotation()

@@ -106,6 +106,15 @@ def test_a_rotation_driven_by_one_replica_is_followed_by_the_others(replicas, cl
     assert [r.subject for r in b.revocations() if r.kind == "issuer"] == [old_signer]
 
 
+def test_a_held_rotation_released_by_one_replica_is_released_on_the_others(replicas):
+    a, b = replicas("a"), replicas("b")
+    a.begin_rotation(hold=True)
+    wait_for(lambda: b.rotation_phase == "preparing" and b.rotation_held, what="b to follow the held rotation")
+    assert b.release_rotation() is True
+    wait_for(lambda: not a.rotation_held, what="a to follow the release")
+    assert a.rotation_phase == "preparing" and a.bundle_pem() == b.bundle_pem()
+
+
 def test_a_step_on_a_stale_copy_is_refused_and_the_replica_follows(replicas, shared_backend, kek, clock, tmp_path):
     a = replicas("a")
     b = replicas("b")

@@ -2,7 +2,7 @@
 
 Its own mesh (the bookinfo topology on free ports). Leaves live an hour, so every certificate that
 moves to the new root does so because the agents renewed it early when they saw the issuer change,
-not because it expired. ``meshctl ca rotate --wait`` then ``--finish`` run while two clients call
+not because it expired. ``meshctl ca rotate --hold``, ``--resume`` then ``--finish`` run while two clients call
 the ingress gateway without pause: not one request may fail. Afterwards every inbound listener
 presents a certificate that chains to the new root alone.
 """
@@ -97,8 +97,22 @@ def test_root_rotation_under_traffic_loses_no_request(mesh, tmp_path):
     started = time.monotonic()
     with SteadyTraffic(mesh.url) as traffic:
         time.sleep(1)
-        rotate = _meshctl_ca(mesh, "ca", "rotate", "--wait", "--timeout", "60s", "-o", "json")
+        # held (as rotate-ca.yml starts it, to hand the new root to federated domains first): the new root is in
+        # the bundle, and signing stays on the old one however long every node has held the bundle
+        held = _meshctl_ca(mesh, "ca", "rotate", "--hold", "-o", "json")
+        assert held.returncode == 0, held.stderr
+        assert json.loads(held.stdout)["held"] is True and "--resume" in held.stderr
+        signer = json.loads(held.stdout)["signer_key_id"]
+        watched_until = time.monotonic() + 4  # 4 agent refresh intervals: an unheld one would have moved on
+        while time.monotonic() < watched_until:
+            now = _get(mesh, "/v1/ca")
+            assert (now["phase"], now["held"], now["signer_key_id"], len(now["roots"])) == (
+                "preparing", True, signer, 2)
+            time.sleep(0.25)
+        assert now["nodes_without_bundle"] == [], now["nodes_without_bundle"]
+        rotate = _meshctl_ca(mesh, "ca", "rotate", "--resume", "--timeout", "60s", "-o", "json")
         assert rotate.returncode == 0, rotate.stderr
+        assert "held rotation released" in rotate.stderr
         rotated_at = time.monotonic()
         print(rotate.stderr)
         state = json.loads(rotate.stdout)
@@ -112,7 +126,7 @@ def test_root_rotation_under_traffic_loses_no_request(mesh, tmp_path):
         # every agent picks up the single-root bundle within a refresh interval or two; keep calling meanwhile
         time.sleep(4)
     finished = time.monotonic()
-    print(f"root rotation: --wait {rotated_at - started - 1:.1f}s, total {finished - started:.1f}s; "
+    print(f"root rotation: --hold to the end of --resume {rotated_at - started - 1:.1f}s, total {finished - started:.1f}s; "
           f"{traffic.ok} requests ok, {len(traffic.failed)} failed")
     assert traffic.failed == []
     assert traffic.ok > 100
