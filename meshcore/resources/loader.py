@@ -5,7 +5,8 @@ all of them, across every file and document of one call, are raised together as 
 :class:`~meshcore.errors.ValidationError`. Nothing is returned unless everything is valid, so
 a caller that applies the result applies all or nothing.
 
-Checked per document: ``apiVersion`` (must match the kind), ``kind`` (must be registered),
+Checked per document: ``apiVersion`` (must match the kind; Istio's of that kind, :data:`ISTIO_API_VERSIONS`, is read
+as meshcore's with a note), ``kind`` (must be registered),
 ``metadata.name`` (DNS-1123 label), ``metadata.namespace`` (DNS-1123 label, default ``default``),
 ``metadata.labels`` (string map), ``metadata.annotations`` (string map; meshcore keeps only those it acts on,
 :data:`KNOWN_ANNOTATIONS`), ``spec`` (the kind's schema); unknown fields anywhere are errors with a spelling
@@ -45,6 +46,16 @@ _INERT_TOP_FIELDS = ("status",)
 INERT_METADATA = ("creationTimestamp", "uid", "resourceVersion", "generation", "managedFields", "selfLink",
                   "ownerReferences", "finalizers", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds")
 """Kubernetes object metadata with no meaning outside an API server: accepted so exported files load, ignored."""
+
+_ISTIO_NETWORKING = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
+_ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+ISTIO_API_VERSIONS: dict[str, tuple[str, ...]] = {
+    **{kind: _ISTIO_NETWORKING for kind in ("DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "VirtualService")},
+    **{kind: _ISTIO_SECURITY for kind in ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")},
+}
+"""The apiVersions of Istio's CRDs (istio/api ``customresourcedefinitions.gen.yaml``) for the kinds meshcore spells as
+Istio does: a document with one of them is read as meshcore's own apiVersion of that kind, with a note, so an Istio
+file loads as written."""
 
 ISTIO_ROOT_NAMESPACE = "istio-system"
 """Istio's root namespace; meshcore's is ``meshcore-system``. A resource in ``istio-system`` is stored in
@@ -136,10 +147,14 @@ def validate_document(doc: Any, source: str, document: int | None,
         ctx.add(root.field("apiVersion"), "required field is missing" + hint)
     elif not isinstance(api_version, str):
         ctx.add(root.field("apiVersion"), f"must be a string, got {type_name(api_version)}")
-    elif spec_def is not None and api_version != spec_def.api_version:
+    elif (spec_def is not None and api_version != spec_def.api_version
+          and api_version not in ISTIO_API_VERSIONS.get(spec_def.kind, ())):
+        istio = ISTIO_API_VERSIONS.get(spec_def.kind, ())
         ctx.add(
             root.field("apiVersion"),
-            f"must be {json.dumps(spec_def.api_version)} for kind {spec_def.kind}, got {json.dumps(api_version)}",
+            f"must be {json.dumps(spec_def.api_version)}"
+            + (f" (or Istio's {', '.join(istio)})" if istio else "")
+            + f" for kind {spec_def.kind}, got {json.dumps(api_version)}",
         )
 
     metadata = doc.get("metadata")
@@ -169,6 +184,8 @@ def validate_document(doc: Any, source: str, document: int | None,
         if notes is not None:
             notes.append(FieldError(source, document, path, text))
 
+    if api_version != spec_def.api_version:
+        add_note("apiVersion", f"{api_version} is Istio's: read as {spec_def.api_version}")
     namespace, annotations = _metadata_notes(doc, meta, spec_def.kind, add_note)
     resource = Resource(
         api_version=spec_def.api_version,

@@ -56,6 +56,21 @@ def test_apply_and_list_speak_the_contract_types(api):
     assert StatusResponse.from_json(body).control_plane.trust_domain == "td"
 
 
+def test_an_istio_file_applies_as_written_and_reads_back_in_meshcores_spelling(api):
+    plane, token = api
+    istio = POLICY.replace("security.mesh.io/v1beta1", "security.istio.io/v1")
+    assert "security.istio.io/v1\n" in istio
+    status, body = call_api(plane, "POST", "/v1/resources", token,
+                            ApplyRequest(files=(ResourceFile("pa.yaml", istio),)).to_json())
+    assert status == 200 and ApplyResponse.from_json(body).applied[0].result == "created", body
+    status, body = call_api(plane, "GET", "/v1/resources?kind=peerauthentications", token)
+    assert [d["apiVersion"] for d in body] == ["security.mesh.io/v1beta1"]
+    # the same resource in meshcore's spelling is no change
+    status, body = call_api(plane, "POST", "/v1/resources", token,
+                            ApplyRequest(files=(ResourceFile("pa.yaml", POLICY),)).to_json())
+    assert ApplyResponse.from_json(body).applied[0].result == "unchanged", body
+
+
 def test_refusals_come_from_the_error_map(api):
     plane, token = api
     assert call_api(plane, "GET", "/v1/resources?kind=vs", token)[0] == 400  # unknown kind: BadRequest

@@ -26,6 +26,7 @@ from meshcore.resources.schema import Custom, Field, ListOf, MapOf, Obj
 KIND_NAMES = ("VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
               "Gateway", "ServiceEntry", "Sidecar")
 DATA = Path(__file__).resolve().parents[1] / "resources" / "data" / "istio-fields.yaml"
+API_VERSIONS = DATA.with_name("istio-api-versions.yaml")
 
 
 def _leaves(schema: dict, path: str, out: list[str]) -> None:
@@ -60,6 +61,19 @@ def derive(crd_text: str) -> dict[str, list[str]]:
         _leaves(version["schema"]["openAPIV3Schema"]["properties"]["spec"], "spec", fields)
         out[kind] = fields
     return out
+
+
+def derive_api_versions(crd_text: str) -> dict[str, list[str]]:
+    """``group/version`` of every version each kind's CRD serves, sorted."""
+    out: dict[str, list[str]] = {}
+    for doc in yaml.safe_load_all(crd_text):
+        if not doc or doc.get("kind") != "CustomResourceDefinition":
+            continue
+        kind = doc["spec"]["names"]["kind"]
+        if kind in KIND_NAMES:
+            out[kind] = sorted(f"{doc['spec']['group']}/{v['name']}" for v in doc["spec"]["versions"]
+                               if v.get("served", True))
+    return dict(sorted(out.items()))
 
 
 def _unwrap(schema: Any) -> Any:
@@ -114,7 +128,10 @@ def main(argv: list[str]) -> int:
                       if "at commit" in ln), "unknown commit") + ")")
     DATA.parent.mkdir(parents=True, exist_ok=True)
     DATA.write_text(render(derive(crds.read_text()), f"{source}"))
-    print(f"wrote {DATA}")
+    API_VERSIONS.write_text(f"# The apiVersions Istio serves for each kind, derived from {source} by\n"
+                            "# tests/resources/_istio_fields.py; meshcore reads them as its own (loader.ISTIO_API_VERSIONS).\n"
+                            + yaml.safe_dump(derive_api_versions(crds.read_text()), sort_keys=False))
+    print(f"wrote {DATA} and {API_VERSIONS}")
     return 0
 
 

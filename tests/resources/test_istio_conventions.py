@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from meshcore.authz import Request, decide
 from meshcore.errors import ValidationError
 from meshcore.resources import load_documents
-from meshcore.resources.loader import validate_set
+from meshcore.resources.loader import KINDS, validate_set
 from meshcore.resources.kinds._fields import ROOT_NAMESPACE
 from meshcore.xds.generate import ROUTE
 
@@ -55,6 +55,59 @@ def test_exported_file_loads_with_a_note_for_each_ignored_field():
         assert by_path[path].startswith("ignored"), path
     assert res.annotations == () and res.labels == (("team", "platform"),)
     assert "uid" not in res.canonical_json() and "status" not in res.canonical_json()
+
+
+ISTIO_BOOKINFO_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+"""
+
+
+@pytest.mark.parametrize("api_version,kind,spec", [
+    ("networking.istio.io/v1", "DestinationRule", "{host: reviews}"),
+    ("networking.istio.io/v1beta1", "VirtualService", "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}"),
+    ("networking.istio.io/v1alpha3", "ServiceEntry", "{hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}"),
+    ("networking.istio.io/v1", "Sidecar", "{egress: [{hosts: ['./*']}]}"),
+    ("networking.istio.io/v1beta1", "Gateway", "{selector: {app: gw}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}"),
+    ("security.istio.io/v1", "AuthorizationPolicy", "{}"),
+    ("security.istio.io/v1beta1", "PeerAuthentication", "{mtls: {mode: STRICT}}"),
+    ("security.istio.io/v1", "RequestAuthentication", "{jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]}"),
+])
+def test_istio_api_versions_load_as_meshcores_with_a_note(api_version, kind, spec):
+    notes: list = []
+    [res] = load_documents(f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n",
+                           "istio.yaml", notes)
+    assert res.api_version == KINDS[kind].api_version and res.api_version.split(".")[1] == "mesh"
+    assert {n.path: n.message for n in notes}["apiVersion"] == f"{api_version} is Istio's: read as {res.api_version}"
+
+
+def test_a_wrong_api_version_is_refused_naming_both_spellings():
+    assert _errors(ISTIO_BOOKINFO_RULE.replace("networking.istio.io/v1", "networking.istio.io/v2"))["apiVersion"] == (
+        'must be "networking.mesh.io/v1beta1" (or Istio\'s networking.istio.io/v1, networking.istio.io/v1beta1, '
+        'networking.istio.io/v1alpha3) for kind DestinationRule, got "networking.istio.io/v2"')
+    # a kind of Istio's in the other group of Istio's is not read either; a meshcore-only kind has no Istio spelling
+    assert "security.istio.io/v1" in _errors(ISTIO_BOOKINFO_RULE.replace("kind: DestinationRule",
+                                                                        "kind: AuthorizationPolicy"))["apiVersion"]
+    assert _errors("apiVersion: telemetry.istio.io/v1\nkind: AlertRule\nmetadata: {name: a}\nspec: {}\n")[
+        "apiVersion"].startswith('must be "telemetry.mesh.io/v1beta1" for kind AlertRule')
+
+
+def test_the_istio_api_versions_are_those_of_istios_crds():
+    """Against the data derived from Istio's published CRDs (tests/resources/data/istio-api-versions.yaml; that it
+    is derived from them is checked by test_istio_field_coverage when the CRDs are at hand)."""
+    import yaml
+
+    from meshcore.resources.loader import ISTIO_API_VERSIONS
+
+    from tests.resources._istio_fields import API_VERSIONS
+
+    data = yaml.safe_load(API_VERSIONS.read_text())
+    assert data == {kind: sorted(v) for kind, v in sorted(ISTIO_API_VERSIONS.items())}
 
 
 def test_istio_system_is_the_root_namespace_and_a_ported_deny_all_denies():

@@ -37,6 +37,13 @@ def test_the_list_covers_the_kinds():
 
 
 @pytest.mark.skipif(not CRDS.is_file(), reason=f"Istio's CRDs not at {CRDS} (set MESHCORE_ISTIO_CRDS)")
+def test_the_api_versions_are_derived_from_istios_crds():
+    from tests.resources._istio_fields import API_VERSIONS, derive_api_versions
+
+    assert yaml.safe_load(API_VERSIONS.read_text()) == derive_api_versions(CRDS.read_text())
+
+
+@pytest.mark.skipif(not CRDS.is_file(), reason=f"Istio's CRDs not at {CRDS} (set MESHCORE_ISTIO_CRDS)")
 def test_the_list_is_derived_from_istios_schema():
     assert {k: list(v) for k, v in FIELDS.items()} == derive(CRDS.read_text()), \
         "re-derive: python -m tests.resources._istio_fields CRDS.yaml, and review the diff"

@@ -98,7 +98,8 @@ def test_every_error_across_two_files_and_two_documents(tmp_path):
     ]
     msgs = {p: m for _, _, p, m in errs}
     assert msgs["metadata.name"] == "\"Bad_Name\" is not a valid name: must contain only lowercase letters, digits and '-' (found 'B', 'N', '_')"
-    assert msgs["apiVersion"] == 'must be "security.mesh.io/v1beta1" for kind PeerAuthentication, got "security.mesh.io/v1"'
+    assert msgs["apiVersion"] == ('must be "security.mesh.io/v1beta1" (or Istio\'s security.istio.io/v1, security.istio.io/v1beta1) '
+                                  'for kind PeerAuthentication, got "security.mesh.io/v1"')
     assert msgs["metadata.namespce"] == 'unknown field "namespce"; did you mean "namespace"?'
     assert msgs["kind"] == 'unknown kind "AuthPolicy" (known kinds: PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService, ServiceEntry, Sidecar, RateLimit, RequestAuthentication, Gateway, AlertRule)'
     # the ValidationError message shows file, 1-based document number and path
