@@ -365,9 +365,10 @@ def _merge(into: dict, extra: Mapping[str, Any]) -> None:
 
 
 def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict, options: CompileOptions,
-                      report: Report) -> tuple[list[tuple[str, str]], list[str]]:
-    """One ``Failover`` entry -> ``(service, subset)`` targets in order, and the datacenters to fail over to (the
-    same service, no subset: the DestinationRule's locality failover)."""
+                      report: Report) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """One ``Failover`` entry -> ``(service, subset, datacenter)`` targets in order (datacenter "" for every one
+    the control plane reads; another one for another service or subset there only), and the datacenters to fail
+    over to for the same service without subset (the DestinationRule's locality failover)."""
     for field in ("Namespace", "SamenessGroup", "Policy"):
         if raw.get(field):
             report.unsupported(resolver, f"{path}.{field}", "meshcore fails over within one namespace, in order; "
@@ -394,21 +395,20 @@ def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict
             wanted.append((f"{path}.Datacenters", service, subset, str(dc)))
         if not raw.get("Datacenters") and (service or subset):
             wanted.append((path, service, subset, ""))
-    targets: list[tuple[str, str]] = []
+    targets: list[tuple[str, str, str]] = []
     dcs: list[str] = []
     for tpath, service, subset, dc in wanted:
         own = not service or service == resolver.name
-        if dc and dc != options.datacenter:
-            if own and not subset:
-                dcs.append(dc)
-            else:
-                report.unsupported(resolver, tpath, f"failover to {service or resolver.name}"
-                                                    f"{'/' + subset if subset else ''} in datacenter {dc}: meshcore "
-                                                    "fails over to other datacenters for the same service only")
+        if dc and own and not subset:
+            if dc != options.datacenter:
+                dcs.append(dc)  # the same service in another datacenter: the locality failover
             continue
         target = chain.target(service or resolver.name, subset) if not own or not subset else (resolver.name, subset)
-        if target not in targets:
-            targets.append(target)
+        # another service or subset in a given datacenter (Consul's Targets[].Datacenter, or Service with
+        # Datacenters): a target of that datacenter's instances only
+        placed = (*target, dc)
+        if placed not in targets:
+            targets.append(placed)
     return targets, dcs
 
 
@@ -434,8 +434,8 @@ def _failover(chain: _Chain, resolver: ConfigEntry, subsets: set[str], options: 
         elif dcs:
             to.extend(d for d in dcs if d not in to)
         entry_targets = []
-        for service, subset in targets:
-            if service == resolver.name and (subset or None) == (None if key == "*" else key):
+        for service, subset, dc in targets:
+            if service == resolver.name and (subset or None) == (None if key == "*" else key) and not dc:
                 continue
             other = chain.get("service-resolver", service) if service != resolver.name else None
             if subset and (subset not in subsets if service == resolver.name
@@ -448,6 +448,8 @@ def _failover(chain: _Chain, resolver: ConfigEntry, subsets: set[str], options: 
                 t["host"] = service
             if subset:
                 t["subset"] = subset
+            if dc:
+                t["datacenter"] = dc
             entry_targets.append(t)
         if entry_targets:
             out.append({**({"subset": key} if key != "*" else {}), "targets": entry_targets})

@@ -72,6 +72,24 @@ def test_a_resolver_with_only_a_failover_to_another_service_is_a_rule():
     assert validate_set(list(result.resources)) == [] and not result.findings
 
 
+def test_a_failover_to_another_service_in_given_datacenters_names_them_on_its_targets():
+    # Service with Datacenters: that service in each of them, in order; Targets[].Datacenter: each target there
+    result = _compile({"Kind": "service-resolver", "Name": "ratings",
+                       "Failover": {"*": {"Service": "reviews", "Datacenters": ["dc2", "dc3"]}}})
+    (dr,) = [r for r in result.resources if r.kind == "DestinationRule"]
+    assert dr.spec["failover"] == [{"targets": [{"host": "reviews", "datacenter": "dc2"},
+                                                {"host": "reviews", "datacenter": "dc3"}]}]
+    assert not [f for f in result.findings if f.severity == "unsupported"], result.findings
+    result = _compile({**RESOLVER, "Failover": {"v1": {"Targets": [
+        {"ServiceSubset": "v2", "Datacenter": "dc2"}, {"Service": "details", "Datacenter": "dc3"},
+        {"ServiceSubset": "v2"}]}}})
+    (dr,) = [r for r in result.resources if r.kind == "DestinationRule"]
+    # v2 in dc2, details in dc3, then v2 anywhere
+    assert dr.spec["failover"] == [{"subset": "v1", "targets": [
+        {"subset": "v2", "datacenter": "dc2"}, {"host": "details", "datacenter": "dc3"}, {"subset": "v2"}]}]
+    assert validate_set(list(result.resources)) == []
+
+
 def test_unsupported_failover_parts_are_reported():
     result = _compile({**RESOLVER, "Failover": {
         "v9": {"ServiceSubset": "v2"},
@@ -103,3 +121,15 @@ def test_destination_rule_failover_is_validated():
     assert {"spec.failover[0].targets[0]", "spec.failover[0].targets[1].subset", "spec.failover[1].subset"} <= paths
     docs = load_documents(DR + "  - targets: [{host: ratings, subset: blue}, {host: details}]\n", "dr.yaml")
     assert [e.path for e in validate_set(docs)] == ["spec.failover[0].targets[0].subset"]  # no rule for ratings
+
+
+def test_a_failover_target_may_name_a_datacenter():
+    # the entry's own subset in another datacenter is a target; a datacenter name is checked
+    [doc] = load_documents(DR + "  - subset: v1\n    targets: [{datacenter: dc2}, {host: details, datacenter: dc3}]\n",
+                           "dr.yaml")
+    assert doc.spec["failover"][0]["targets"][0] == {"datacenter": "dc2"}
+    for targets, path in (("[{datacenter: DC2}]", "spec.failover[0].targets[0].datacenter"),
+                          ("[{datacenter: dc2}, {subset: v1}]", "spec.failover[0].targets[1]")):
+        with pytest.raises(ValidationError) as info:
+            load_documents(DR + f"  - subset: v1\n    targets: {targets}\n", "dr.yaml")
+        assert [e.path for e in info.value.errors] == [path]

@@ -413,6 +413,25 @@ def test_failover_targets_follow_remote_and_none_modes(tmp_path):
     assert not next(c for c in direct[CLUSTER] if c.name == "outbound:ledger|web").transport_socket_matches
 
 
+def test_a_failover_target_of_one_datacenter_keeps_only_that_datacenters_instances(tmp_path):
+    # backup runs in dc1 (a2) and dc2 (b1); ledger fails over to backup in dc2 only (Consul's Targets[].Datacenter)
+    rule = LEDGER_FAILOVER.replace("targets: [{host: backup}]", "targets: [{host: backup, datacenter: dc2}]")
+    for mode, dc2_endpoint, matches in (("local", ("10.1.0.9", 8443, {"mesh-gateway-sni": SNI_BACKUP}), 1),
+                                        ("", ("10.2.0.1", 21003, {}), 0)):
+        root = tmp_path / (mode or "none")
+        _write_ledger(root, mode)
+        body = {"name": "backup", "id": "backup-a2", "port": 8004, "connect": {"sidecar_service": {"port": 21004}}}
+        (root / "a2" / "backup.json").write_text(json.dumps({"service": body}))
+        a1 = _build(_snapshot(root, rule), "a1")
+        assert _endpoints(_cla(a1, "outbound:ledger")) == [("dc1", 0, "10.1.0.2", 21002, {}),
+                                                           ("dc2", 1, *dc2_endpoint)], mode
+        cluster = next(c for c in a1[CLUSTER] if c.name == "outbound:ledger|web")
+        assert len(cluster.transport_socket_matches) == matches
+        # without the datacenter, backup's dc1 instance is a failover endpoint too
+        anywhere = _build(_snapshot(root, LEDGER_FAILOVER), "a1")
+        assert ("dc1", 1, "10.1.0.2", 21004, {}) in _endpoints(_cla(anywhere, "outbound:ledger")), mode
+
+
 def test_a_failover_target_at_an_address_an_earlier_priority_uses_is_left_out(tmp_path):
     # api (dc1 and dc2) fails over to backup (dc2): api's dc2 group already goes to gw1; one Envoy host per
     # address, so backup's group through gw1 (another SNI) is left out, never sent with api's SNI

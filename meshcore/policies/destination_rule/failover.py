@@ -46,8 +46,13 @@ RuleOf = Callable[[str], "DestinationRuleSpec | None"]
 
 def target_assignment(snapshot: MeshSnapshot, target: FailoverTarget, rule_of: RuleOf,
                       datacenter: str | None) -> endpoint_pb2.ClusterLoadAssignment | None:
-    """The healthy endpoints of one failover target (None when its subset is not defined any more)."""
+    """The healthy endpoints of one failover target (None when its subset is not defined any more); only those of
+    its ``datacenter`` when it names one."""
     full = load_assignment(snapshot, target.host, datacenter)
+    if target.datacenter is not None:
+        kept = [g for g in full.endpoints if g.locality.region == target.datacenter]
+        del full.endpoints[:]
+        full.endpoints.extend(kept)
     if target.subset is None:
         return full
     rule = rule_of(target.host)
@@ -109,8 +114,8 @@ def accept_failover_identities(snapshot: MeshSnapshot, cluster: cluster_pb2.Clus
     it fails over to: its upstream TLS context's SAN matchers get theirs beside the host's. Through gateways
     (``routed``), each target of another datacenter also gets its transport socket match (its SNI)."""
     if routed is not None and rule is not None:
-        mgw.add_failover_matches(snapshot, cluster, [(t.host, t.subset) for t in rule.failover_for(subset)],
-                                 datacenter, routed[1])
+        for t in rule.failover_for(subset):  # a target of one datacenter: only that datacenter's match
+            mgw.add_failover_matches(snapshot, cluster, [(t.host, t.subset)], t.datacenter or datacenter, routed[1])
     hosts = sorted({t.host for t in rule.failover_for(subset) if t.host != rule.host}) if rule is not None else []
     if not hosts or not cluster.HasField("transport_socket"):
         return

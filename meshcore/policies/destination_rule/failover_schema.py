@@ -11,9 +11,11 @@ compiles to it)::
         targets:                # tried in order
         - subset: canary        # another subset of the host
         - host: reviews-backup  # another service (its subset with ``subset``)
+          datacenter: dc2       # only its instances of that datacenter (Consul's Targets[].Datacenter)
 
 Distinct from ``trafficPolicy.loadBalancer.localityLbSetting.failover`` (the same service in other
-datacenters). Each target must differ from the entry itself; a subset of the rule's own host must be
+datacenters; a target with ``datacenter`` keeps only the instances of that datacenter, as a Consul
+``Failover`` target naming one). Each target must differ from the entry itself; a subset of the rule's own host must be
 defined here (a subset of another host is checked against that host's DestinationRule by
 :func:`failover_problems`, across resources).
 """
@@ -24,10 +26,13 @@ import json
 from typing import Any, Iterable
 
 from meshcore.resources.kinds._fields import ServiceHost, at_least_one
-from meshcore.resources.schema import Context, DNSLabel, ListOf, Obj, Path, Required
+from meshcore.resources.schema import Context, DNSLabel, ListOf, Obj, Path, Required, Str
 
-FAILOVER_TARGET = Obj({"host": ServiceHost(), "subset": DNSLabel()},
-                      rules=[at_least_one(("host", "subset"), "a failover target")])
+FAILOVER_TARGET = Obj({"host": ServiceHost(), "subset": DNSLabel(),
+                       "datacenter": Str(min_len=1, pattern=r"[a-z0-9_-]+",
+                                         pattern_hint="must be a Consul datacenter name (lowercase letters, digits, "
+                                                      "'-' and '_')")},
+                      rules=[at_least_one(("host", "subset", "datacenter"), "a failover target")])
 
 FAILOVER_ENTRY = Obj({"subset": DNSLabel(), "targets": Required(ListOf(FAILOVER_TARGET, min_items=1, unique=True))})
 
@@ -57,8 +62,8 @@ def failover_rule(cleaned: dict, path: Path, ctx: Context) -> None:
             t_host = target.get("host") or host
             t_subset = target.get("subset")
             tat = at.field("targets").index(j)
-            if t_host == host and t_subset == subset:
-                ctx.add(tat, "fails over to itself; name another subset or another host")
+            if t_host == host and t_subset == subset and not target.get("datacenter"):
+                ctx.add(tat, "fails over to itself; name another subset, another host or a datacenter")
             elif t_host == host and t_subset is not None and t_subset not in defined:
                 ctx.add(tat.field("subset"), f"subset {json.dumps(t_subset)} is not defined in subsets")
 

@@ -172,10 +172,12 @@ class Subset:
 
 @dataclass(frozen=True)
 class FailoverTarget:
-    """Where traffic goes when its first target has no healthy instance: a host, optionally one of its subsets."""
+    """Where traffic goes when its first target has no healthy instance: a host, optionally one of its subsets,
+    optionally only its instances of one datacenter."""
 
     host: str
     subset: str | None = None
+    datacenter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,8 @@ def parse(spec: Mapping[str, Any]) -> DestinationRuleSpec:
             for s in spec.get("subsets") or ()
         ),
         failover=tuple(
-            Failover(f.get("subset"), tuple(FailoverTarget(t.get("host") or spec["host"], t.get("subset"))
+            Failover(f.get("subset"), tuple(FailoverTarget(t.get("host") or spec["host"], t.get("subset"),
+                                                           t.get("datacenter"))
                                             for t in f.get("targets") or ()))
             for f in spec.get("failover") or ()
         ),
