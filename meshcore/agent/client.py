@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urlsplit
 from meshcore.api.agent import (
     BUNDLE,
     BUNDLE_HEADER,
+    FEDERATED_HEADER,
     JOIN,
     RECOVER,
     RENEW_NODE,
@@ -89,6 +90,7 @@ class AgentClient:
         self.extra_ca_files = extra_ca_files
         self.timeout = timeout
         self.bundle_sha256 = bundle_sha256  # reported on every call: the bundle this node has given Envoy
+        self.federated_digest = ""  # and the federated domains' roots it has given Envoy (FEDERATED_HEADER)
         self._lock = threading.Lock()
         self._conns: dict[bool, _Conn] = {}  # authenticated? -> the kept-alive connection
 
@@ -215,6 +217,8 @@ class AgentClient:
             headers["Content-Type"] = "application/json"
         if self.bundle_sha256:
             headers[BUNDLE_HEADER] = self.bundle_sha256
+        if self.federated_digest:
+            headers[FEDERATED_HEADER] = self.federated_digest
         target = f"{self.base_url}{path}"
         conn, reused = self._connection(authenticated)
         try:
@@ -275,6 +279,7 @@ class FailoverClient:
         self._factory = client_factory or AgentClient
         self._kwargs = kwargs
         self.bundle_sha256 = bundle_sha256
+        self.federated_digest = ""
         self._clients: dict[str, AgentClient] = {}
         self.last_replica: Replica | None = None  # the one that answered the last call
 
@@ -312,6 +317,7 @@ class FailoverClient:
         if client is None:
             client = self._clients[replica.url] = self._factory(replica.url, self.ca_file, **self._kwargs)
         client.bundle_sha256 = self.bundle_sha256
+        client.federated_digest = self.federated_digest
         return client
 
     def _call(self, call: Callable[[AgentClient], _T], what: str,

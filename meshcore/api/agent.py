@@ -18,7 +18,10 @@ Endpoints::
     GET  /v1/agent/bundle                   -> TrustBundle
 
 Every authenticated call may carry ``X-Meshcore-Bundle-SHA256`` (:data:`BUNDLE_HEADER`): the
-SHA-256 of the trust bundle the node has handed to Envoy (root rotation waits for it).
+SHA-256 of the trust bundle the node has handed to Envoy (root rotation waits for it); and
+``X-Meshcore-Federated-Bundles`` (:data:`FEDERATED_HEADER`): ``<trust domain>=<SHA-256 of its roots' PEM>`` for
+each federated trust domain it has handed to Envoy, comma-separated (``meshctl trust-bundle list`` shows the agents
+still without an imported domain's current roots; rotate-ca.yml waits for it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,24 @@ from meshcore.api._wire import Wire
 from meshcore.errors import AgentError
 
 BUNDLE_HEADER = "X-Meshcore-Bundle-SHA256"
+FEDERATED_HEADER = "X-Meshcore-Federated-Bundles"
+
+
+def federated_digest(bundles) -> str:
+    """The :data:`FEDERATED_HEADER` value of ``(trust domain, roots PEM)`` pairs: sorted, ``td=sha256,...``."""
+    import hashlib
+
+    return ",".join(f"{td}={hashlib.sha256(pem.encode()).hexdigest()}" for td, pem in sorted(bundles))
+
+
+def parse_federated_digest(value: str) -> dict[str, str]:
+    """:func:`federated_digest` read back (``{}`` for an empty or malformed value's unreadable parts)."""
+    out = {}
+    for part in (value or "").split(","):
+        td, sep, sha = part.strip().partition("=")
+        if sep and td and len(sha) == 64:
+            out[td] = sha.lower()
+    return out
 
 JOIN = "/v1/agent/join"
 RENEW_NODE = "/v1/agent/renew-node"
@@ -221,6 +242,9 @@ class TrustBundle:
 __all__ = [
     "BUNDLE",
     "BUNDLE_HEADER",
+    "FEDERATED_HEADER",
+    "federated_digest",
+    "parse_federated_digest",
     "JOIN",
     "RECOVER",
     "RENEW_NODE",

@@ -642,6 +642,8 @@ class FederatedDomain(Wire):
     bundle: str
     imported_at: str | None = None
     spiffe_sequence: int | None = None
+    # agents calling this replica (within a minute, or holding a call) that have not given Envoy these roots yet
+    agents_without: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,9 @@ def cmd_import(args) -> int:
 def cmd_list(args) -> int:
     entries = _client(args).trust_bundles()
     _emit(entries, args.output, lambda d: _table(
-        [[e.trust_domain, r.subject, r.sha256[:16], r.not_after, e.imported_at or ""]
-         for e in d for r in e.roots], ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED"]))
+        [[e.trust_domain, r.subject, r.sha256[:16], r.not_after, e.imported_at or "",
+          ", ".join(e.agents_without) or "-"] for e in d for r in e.roots],
+        ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED", "AGENTS WITHOUT IT"]))
     return 0
 
 

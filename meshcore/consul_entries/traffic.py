@@ -397,7 +397,7 @@ def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict
             wanted.append((path, service, subset, ""))
     targets: list[tuple[str, str, str]] = []
     dcs: list[str] = []
-    for tpath, service, subset, dc in wanted:
+    for _path, service, subset, dc in wanted:
         own = not service or service == resolver.name
         if dc and own and not subset:
             if dc != options.datacenter:

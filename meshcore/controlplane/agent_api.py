@@ -48,6 +48,7 @@ from ._http import EncodedJson, Request, Response, Router
 log = logging.getLogger("meshcore.controlplane.agent_api")
 
 MAX_WAIT_S = 600.0  # the longest a blocking /v1/agent/services call is held
+FEDERATED_ACK_WINDOW_S = 60.0  # an agent that called within this long (or holds a call) counts as connected
 RECHECK_S = 30.0  # a held call re-checks its answer this often even when nothing woke it
 DEFAULT_MAX_WAITING = 512  # held calls at once (each holds its connection's thread; the unit's TasksMax is 1024)
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # as the router encodes answers
@@ -85,6 +86,7 @@ class AgentApi:
         self._changes = threading.Condition()
         self._generation = 0  # bumped by changed(): held calls look again
         self._waiting = 0
+        self._holding: dict[str, int] = {}  # node -> its blocking calls held now
         self._closed = False
         self.federated_bundles = federated_bundles
         self.tokens = tokens
@@ -92,11 +94,23 @@ class AgentApi:
         self.xds_address = xds_address
         self.metrics = metrics
         self._acks: dict[str, tuple[str, float]] = {}  # node -> (bundle sha256 it holds, when reported)
+        self._federated_acks: dict[str, tuple[str, float]] = {}  # node -> (its FEDERATED_HEADER, when seen)
         self._acks_lock = threading.Lock()
         self._answer_parts: tuple | None = None  # see _issued
         self._counters: dict[tuple[str, str], Any] = {}  # see _count
 
     BUNDLE_HEADER = wire.BUNDLE_HEADER
+    FEDERATED_HEADER = wire.FEDERATED_HEADER
+
+    def federated_acks(self, within: float = FEDERATED_ACK_WINDOW_S) -> dict[str, dict[str, str]]:
+        """node -> {trust domain: SHA-256 of the roots it has given Envoy}, for the agents that called this replica
+        within the last ``within`` seconds (an agent that stopped calling drops out: it holds nothing up)."""
+        since = time.time() - within
+        with self._changes:
+            holding = {node for node, n in self._holding.items() if n > 0}  # a held call: alive, however long
+        with self._acks_lock:
+            return {node: wire.parse_federated_digest(value)
+                    for node, (value, at) in self._federated_acks.items() if at >= since or node in holding}
 
     def bundle_acks(self) -> dict[str, str]:
         """node -> SHA-256 of the trust bundle it last reported holding (written to Envoy's SDS file)."""
@@ -164,6 +178,9 @@ class AgentApi:
         """``node`` (named by the caller's certificate) once the CA still honours that certificate; records
         the bundle the node reports holding."""
         self._check_honoured(req, node)
+        federated = req.headers.get(self.FEDERATED_HEADER)
+        with self._acks_lock:  # every authenticated call: also "none" (an empty value) while it holds none
+            self._federated_acks[node] = ((federated or "").strip(), time.time())
         reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
         if reported:
             with self._acks_lock:
@@ -332,6 +349,7 @@ class AgentApi:
             if self._closed or self._waiting >= self.max_waiting:
                 return current.to_json()  # not held: the agent polls at its refresh interval
             self._waiting += 1
+            self._holding[node] = self._holding.get(node, 0) + 1
         try:
             answer = self._wait_for_change(node, held, wait * (1 + random.random() / 16))
             self._check_honoured(req, node)  # revoked (or its root retired) while the call was held
@@ -339,6 +357,9 @@ class AgentApi:
         finally:
             with self._changes:
                 self._waiting -= 1
+                left = self._holding.pop(node) - 1
+                if left:
+                    self._holding[node] = left
 
     def _woken(self, generation: int) -> bool:
         return self._closed or self._generation != generation

@@ -639,7 +639,8 @@ class ControlPlane:
                 partial(add_dashboard_routes, collector=self.collector, ca=self.ca,  # /, /v1/dashboard/*
                         proxies=lambda: self.status_view().proxies, snapshot=self.mesh.snapshot),
                 partial(add_alert_routes, alerting=self.alerting),  # /v1/alerts, /v1/alerts/rules
-                partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine),
+                partial(add_federation_routes, ca=self.ca, federation=self.federation, mesh=self.engine,
+                        federated_acks=lambda: self.agent_api.federated_acks() if self.agent_api else {}),
                 partial(add_operator_cert_routes, ca=self.ca, certs=self.operator_certs,  # /v1/operators/certs
                         https_address=lambda: self.addresses.get("https", "")),
                 partial(add_node_routes, ca=self.ca),  # /v1/nodes/{name}/revoke (meshctl node revoke)

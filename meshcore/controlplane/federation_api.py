@@ -1,7 +1,9 @@
 """Operator API routes for trust-domain federation, and feeding imported bundles into the mesh.
 
 * ``GET /v1/trust-bundle/spiffe``: this domain's roots in the SPIFFE bundle format (JWK Set).
-* ``GET /v1/trust-bundles``: the imported domains with their roots.
+* ``GET /v1/trust-bundles``: the imported domains with their roots, and the agents calling this replica that have
+  not given Envoy a domain's current roots yet (``agents_without``: an import is in force on a node once it is
+  not listed; with several replicas, ask each).
 * ``POST /v1/trust-bundles`` (admin) ``{"trust_domain": ..., "bundle": SPIFFE JSON or PEM}``: import/replace.
 * ``DELETE /v1/trust-bundles/{trust_domain}`` (admin): forget a domain; its peers are refused again.
 
@@ -12,7 +14,9 @@ federated bundles; each agent writes them into Envoy's validation secret).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -52,18 +56,26 @@ def export_bundle(ca: "CertificateAuthority", federation: FederatedBundleStore) 
                               spiffe_bundle=to_spiffe_bundle(pem, sequence=federation.local_sequence(pem)))
 
 
-def _domain(entry: dict[str, Any]) -> FederatedDomain:
-    """The wire form of one of :meth:`FederatedBundleStore.list`'s entries."""
-    return FederatedDomain(trust_domain=entry["trust_domain"], bundle=entry["bundle"],
+def _domain(entry: dict[str, Any], acks: Mapping[str, Mapping[str, str]] | None = None) -> FederatedDomain:
+    """The wire form of one of :meth:`FederatedBundleStore.list`'s entries; with the agents' ``acks`` (node ->
+    {trust domain: SHA-256 of the roots given to Envoy}), the nodes still without these roots."""
+    td, pem = entry["trust_domain"], entry["bundle"]
+    want = hashlib.sha256(pem.encode()).hexdigest()
+    without = tuple(sorted(n for n, held in (acks or {}).items() if held.get(td) != want))
+    return FederatedDomain(trust_domain=td, bundle=pem,
                            roots=tuple(RootInfo(**root) for root in entry["roots"]),
-                           imported_at=entry.get("imported_at"), spiffe_sequence=entry.get("spiffe_sequence"))
+                           imported_at=entry.get("imported_at"), spiffe_sequence=entry.get("spiffe_sequence"),
+                           agents_without=without)
 
 
 def add_federation_routes(r: Router, *, ca: "CertificateAuthority", federation: FederatedBundleStore,
-                          mesh: "SettingsHandle") -> None:
+                          mesh: "SettingsHandle",
+                          federated_acks: Callable[[], Mapping[str, Mapping[str, str]]] = dict) -> None:
+    """``federated_acks()``: what the agents calling this replica reported holding (AgentApi.federated_acks)."""
     def list_bundles(req: Request) -> list[FederatedDomain]:
         try:
-            return [_domain(e) for e in federation.list()]
+            acks = federated_acks()
+            return [_domain(e, acks) for e in federation.list()]
         except ConfigError as exc:  # a stored bundle no longer reads: the server's trouble, not the request's
             raise StoreError(f"cannot read the imported trust bundles: {exc}") from exc
 

@@ -154,8 +154,35 @@ def test_the_agent_follows_the_control_plane_without_polling(plane, tmp_path):
         assert rec.due(datetime.now(timezone.utc))
         rec.reconcile(datetime.now(timezone.utc))
         assert "ratings" in rec.svids
+
+        # federation: an imported domain reaches the agent at the wake of its held call, and the agent's next
+        # calls say it holds its roots (what `meshctl trust-bundle list` and rotate-ca.yml wait for); a node with
+        # a held call counts however long ago it last called
+        from meshcore.ca import CertificateAuthority
+        from meshcore.controlplane.federation_api import publish
+
+        other = CertificateAuthority.open(tmp_path / "other-ca", trust_domain="other.example",
+                                          kek=generate_kek_file(tmp_path / "other-kek"))
+        deadline = time.monotonic() + 10
+        while cp.agent_api.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "n3" in cp.agent_api.federated_acks(within=-1)  # only its held call keeps it there
+        assert cp.agent_api.federated_acks()["n3"] == {}
+        woken.clear()
+        cp.federation.put("other.example", other.bundle_pem())
+        publish(cp.engine, cp.federation)
+        assert woken.wait(15), "the watcher did not wake the loop when a trust domain was imported"
+        want = {"other.example": __import__("hashlib").sha256(other.bundle_pem().encode()).hexdigest()}
+        deadline = time.monotonic() + 20
+        while cp.agent_api.federated_acks().get("n3") != want and time.monotonic() < deadline:
+            rec.reconcile(datetime.now(timezone.utc))
+            time.sleep(0.05)
+        assert rec.federated == (("other.example", other.bundle_pem()),)
+        assert cp.agent_api.federated_acks()["n3"] == want
     finally:
         stopping.set()
+        cp.federation.remove("other.example")
+        publish(cp.engine, cp.federation)
 
 
 def test_the_collectors_targets_match_the_status_page(plane):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import hashlib
 import json
 import os
 import ssl
@@ -24,6 +25,7 @@ from meshcore import naming
 from meshcore.agent.client import AgentClient
 from meshcore.ca import CertificateAuthority, generate_kek_file, key_to_pem, make_csr, new_private_key
 from meshcore.controlplane.daemon import ControlPlane, Settings
+from meshcore.api.agent import federated_digest
 from meshcore.federation import read_bundle_text
 
 from ..policies._catalog import write_catalog
@@ -127,6 +129,16 @@ def test_export_import_list_remove_and_agents_get_the_bundles(env, tmp_path):
     assert node.bundle().federated == ((OTHER, other.bundle_pem()),)  # what each agent writes for Envoy
     listed = json.loads(meshctl(env, "trust-bundle", "list", "-o", "json").stdout)
     assert [e["trust_domain"] for e in listed] == [OTHER] and listed[0]["spiffe_sequence"] == 1
+    # n1's agent called without saying it holds other.example's roots: it is listed as without them until a call
+    # of its says so (X-Meshcore-Federated-Bundles, what the agent sends once Envoy has them)
+    assert listed[0]["agents_without"] == ["n1"]
+    assert "n1" in meshctl(env, "trust-bundle", "list").stdout
+    node.federated_digest = federated_digest([(OTHER, other.bundle_pem())])
+    node.bundle()
+    listed = json.loads(meshctl(env, "trust-bundle", "list", "-o", "json").stdout)
+    assert listed[0]["agents_without"] == []
+    assert cp.agent_api.federated_acks() == {"n1": {OTHER: hashlib.sha256(other.bundle_pem().encode()).hexdigest()}}
+    assert cp.agent_api.federated_acks(within=-1) == {}  # an agent that stopped calling drops out (held: stays)
     assert OTHER in meshctl(env, "trust-bundle", "list").stdout
 
     bad = meshctl(env, "trust-bundle", "import", "-f", str(tmp_path / "other.json"), "--trust-domain", "third.example")

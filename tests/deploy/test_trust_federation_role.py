@@ -1,6 +1,7 @@
 """The meshcore_trust_federation role, run by a real ansible-playbook (local connection) over an inventory of three
 datacenters: the first control plane host of each imports the roots of the datacenters of other trust domains
-(one import per domain), re-imports them only when they change (a rotation), and a single domain needs nothing.
+(one import per domain), waits until every control plane host of its datacenter says its agents hold them,
+re-imports them only when they change (a rotation), and a single domain needs nothing.
 
 meshctl is a stand-in here (a script keeping each host's bundle and imports in a directory): the role's part is
 which host calls what with whose bundle; meshctl's own import is tested against a real control plane in
@@ -27,12 +28,18 @@ imported = json.loads((state / "imported.json").read_text()) if (state / "import
 if args[1] == "export":
     sys.stdout.write((state / "own.pem").read_text())
 elif args[1] == "list":
-    print(json.dumps(imported))
+    # after an import the agents take two lists to hold it (a file counts them down)
+    pending = int((state / "pending").read_text()) if (state / "pending").exists() else 0
+    (state / "pending").write_text(str(max(pending - 1, 0)))
+    with open(state / "lists", "a") as lists:
+        lists.write(f"{pending}\n")
+    print(json.dumps([{**e, "agents_without": ["vm9"] if pending else []} for e in imported]))
 elif args[1] == "import":
     domain = args[args.index("--trust-domain") + 1]
     bundle = sys.stdin.read()
     imported = [e for e in imported if e["trust_domain"] != domain] + [{"trust_domain": domain, "bundle": bundle}]
     (state / "imported.json").write_text(json.dumps(imported))
+    (state / "pending").write_text("2")
     with open(state / "calls", "a") as calls:
         calls.write(domain + "\n")
     print(json.dumps({"trust_domain": domain, "roots": []}))
@@ -88,6 +95,10 @@ def test_each_datacenter_imports_the_other_trust_domains_once_and_again_only_aft
         "cp": ["dc2.example"], "cp2": [], "cp3": ["cluster.local"], "cp4": ["dc2.example"]}
     imported = json.loads((dirs["cp3"] / "imported.json").read_text())
     assert imported == [{"trust_domain": "cluster.local", "bundle": _pem("DC1ROOT")}]
+    # after its import each first host waited until its agents held it: lists answered "vm9 without" twice, then
+    # none; cp2 (dc1's other control plane host) was asked too, for the agents that call it
+    assert (dirs["cp3"] / "lists").read_text().split() == ["0", "2", "1", "0"]
+    assert (dirs["cp2"] / "lists").read_text().split() == ["0"]
 
     again = _play(tmp_path, inventory, PLAY)
     assert again.returncode == 0 and "changed=0" in again.stdout and "changed=1" not in again.stdout, \
@@ -112,4 +123,4 @@ def test_one_datacenter_or_one_trust_domain_needs_nothing(tmp_path):
     assert run.returncode == 0 and "changed=0" in run.stdout, run.stdout[-3000:]
     assert all(_calls(d) == [] for d in dirs.values())
     # not even a stat: every task is skipped (the one ok is the role's argument check)
-    assert run.stdout.count("ok=1    changed=0    unreachable=0    failed=0    skipped=5") == 4, run.stdout[-3000:]
+    assert run.stdout.count("ok=1    changed=0    unreachable=0    failed=0    skipped=6") == 4, run.stdout[-3000:]

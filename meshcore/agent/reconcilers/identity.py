@@ -73,7 +73,7 @@ from meshcore.agent.identity import (
 from meshcore.agent.replicas import ReplicaSet
 from meshcore.agent.secrets import SecretsDirectory, tls_certificate_secret
 from meshcore.agent.status import ServiceStatus
-from meshcore.api.agent import NodeServices, RecoverRequest, TrustBundle
+from meshcore.api.agent import NodeServices, RecoverRequest, TrustBundle, federated_digest
 from meshcore.ca import key_to_pem, make_csr, new_private_key
 from meshcore.ca.recovery import recovery_message, sign_recovery
 from meshcore.errors import AgentError, ControlPlaneUnavailable, MeshError, OperatorActionRequired
@@ -272,7 +272,7 @@ class IdentityReconciler:
     # ---------------------------------------------------------------- join
 
     def _client(self, authenticated: bool = True) -> FailoverClient:
-        return FailoverClient(
+        client = FailoverClient(
             self.replicas,
             self.config.ca_file,
             client_factory=self._client_factory,
@@ -281,6 +281,8 @@ class IdentityReconciler:
             extra_ca_files=(self.store.bundle_path,),
             bundle_sha256=bundle_sha256(self.bundle) if authenticated else "",
         )
+        client.federated_digest = federated_digest(self.federated) if authenticated else ""
+        return client
 
     def _join_token(self) -> str | None:
         token = self.config.join_token
@@ -702,6 +704,7 @@ class IdentityReconciler:
                 if client is None:
                     client = self._client()
                 client.bundle_sha256 = bundle_sha256(self.bundle) if self.bundle else ""
+                client.federated_digest = federated_digest(self.federated)
                 index = self._index if self._index else index
                 started = self._monotonic()
                 try:
