@@ -20,6 +20,11 @@ true|false&reason=...``, what ``consul maint`` calls): as in Consul, a critical 
 check on the caller's node takes every instance on it out of the healthy set; ``upgrade.yml`` drains
 a VM with it before restarting its Envoy.
 
+``--config FILE`` (JSON ``{"agents": {NODE: ADDRESS}, "wan": {DATACENTER: URL}}``, added to the flags) is read again
+on SIGHUP, as ``consul reload`` re-reads an agent's configuration: new agents and WAN peers take effect without a
+restart, which would lose the catalog and KV (the stand-in keeps them in memory, the control planes' shared state
+included). An agent that leaves the file keeps its node; a WAN peer that leaves it is no longer relayed to.
+
 Limits beyond the double's own: TTL checks expire only for the default agent's checks.
 """
 
@@ -62,6 +67,13 @@ class MultiAgentState(ConsulState):
 
     def _agent(self) -> _Agent:
         return getattr(self._current, "agent", None) or self._default
+
+    def add_agent(self, node: str, address: str) -> None:
+        """A host that joins later (``--config`` re-read); one already known keeps its services and checks."""
+        if node not in self._agents:
+            self._agents[node] = _Agent(node, address)
+        else:
+            self._agents[node].address = address
 
     def act_as(self, node: str | None) -> None:
         """Make the calling thread's requests act on ``node``'s agent (None: the default agent)."""
@@ -145,6 +157,29 @@ def _wan_arg(text: str) -> tuple[str, str]:
     return dc, url
 
 
+def read_config(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``--config FILE``: (agents NODE -> ADDRESS, wan DATACENTER -> URL); raises ValueError saying what is wrong."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict) or set(data) - {"agents", "wan"}:
+        raise ValueError(f'{path}: want an object with "agents" and "wan", got {str(data)[:200]}')
+    agents, wan = data.get("agents") or {}, data.get("wan") or {}
+    for key, table, check in (("agents", agents, _agent_arg), ("wan", wan, _wan_arg)):
+        if not isinstance(table, dict):
+            raise ValueError(f'{path}: "{key}" must be an object, got {table!r}')
+        for name, value in table.items():
+            try:
+                check(f"{name}={value}")
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f'{path}: "{key}": {exc}') from exc
+    return dict(agents), dict(wan)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab.consul_stand_in", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", default="127.0.0.1:8500", help="HOST:PORT to listen on")
@@ -155,15 +190,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="a host whose requests act on its own node (repeatable)")
     parser.add_argument("--wan", type=_wan_arg, action="append", default=[], metavar="DATACENTER=URL",
                         help="the stand-in of another datacenter: ?dc=DATACENTER is relayed there (repeatable)")
+    parser.add_argument("--config", metavar="FILE",
+                        help='JSON {"agents": {NODE: ADDRESS}, "wan": {DATACENTER: URL}}, read again on SIGHUP')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, _, port = args.bind.rpartition(":")
-    agents = dict(args.agent)
+
+    def configured() -> tuple[dict[str, str], dict[str, str]]:
+        agents, wan_peers = dict(args.agent), dict(args.wan)
+        if args.config:
+            more_agents, more_wan = read_config(args.config)
+            agents.update(more_agents)
+            wan_peers.update(more_wan)
+        if args.datacenter in wan_peers:
+            raise ValueError(f"wan {args.datacenter}=...: that is this stand-in's own datacenter")
+        return agents, wan_peers
+
+    try:
+        agents, wan_peers = configured()
+    except ValueError as exc:
+        parser.error(str(exc))
     state = MultiAgentState(args.node, args.datacenter, args.node_address, agents)
     wan = WanPeers()
-    for dc, url in args.wan:
-        if dc == args.datacenter:
-            parser.error(f"--wan {dc}=...: that is this stand-in's own datacenter")
+    for dc, url in wan_peers.items():
         wan.add(dc, url)
     try:
         server = ByPeerServer((host.strip("[]"), int(port)), state, AclConfig(),
@@ -171,14 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"consul stand-in: cannot listen on {args.bind}: {exc}", file=sys.stderr)
         return 1
-    done = threading.Event()
+    done, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     print(f"consul stand-in listening on http://{args.bind} datacenter={args.datacenter} node={args.node} "
           f"agents={agents} wan={wan.peers}", flush=True)
     while not done.wait(0.1):
         state.expire_ttls()
+        if reload.is_set():
+            reload.clear()
+            try:
+                agents, wan_peers = configured()
+            except ValueError as exc:  # keep running on the configuration it has, as consul reload does
+                log.error("reload refused, the configuration in use is kept: %s", exc)
+                continue
+            for node, addr in agents.items():
+                state.add_agent(node, addr)
+            server.peers = {**server.peers, **{addr: node for node, addr in agents.items()}}
+            wan.peers = {}
+            for dc, url in wan_peers.items():
+                wan.add(dc, url)
+            log.info("configuration reloaded agents=%s wan=%s", agents, wan.peers)
     state.close()
     server.shutdown()
     server.server_close()

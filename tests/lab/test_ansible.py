@@ -111,7 +111,13 @@ def test_each_datacenter_gets_its_own_control_plane_and_consul_stand_in(tmp_path
                                  "meshcore_datacenter == 'dc1' else {'dc1': 'http://10.213.2.11:8500'} }}"},
                         "ansible.builtin.template": {
                             "src": str(ANSIBLE / "roles" / "lab_consul_double" / "templates" / "consul-double.service.j2"),
-                            "dest": str(tmp_path / "{{ inventory_hostname }}.service"), "mode": "0644"}}]}]
+                            "dest": str(tmp_path / "{{ inventory_hostname }}.service"), "mode": "0644"}},
+                       {"name": "The stand-in's agents and WAN peers", "when": "inventory_hostname in groups['lab_consul']",
+                        "vars": {"lab_consul_double_wan": "{{ {'dc2': 'http://10.213.2.13:8500'} if "
+                                 "meshcore_datacenter == 'dc1' else {'dc1': 'http://10.213.2.11:8500'} }}"},
+                        "ansible.builtin.template": {
+                            "src": str(ANSIBLE / "roles" / "lab_consul_double" / "templates" / "stand-in.json.j2"),
+                            "dest": str(tmp_path / "{{ inventory_hostname }}.json"), "mode": "0644"}}]}]
     (tmp_path / "play.yml").write_text(__import__("yaml").safe_dump(play))
     proc = subprocess.run([_tool("ansible-playbook"), "-i", str(_two_dc_inventory(tmp_path)), str(tmp_path / "play.yml")],
                           cwd=ANSIBLE, env=_env(), capture_output=True, text=True, timeout=300)
@@ -122,11 +128,13 @@ def test_each_datacenter_gets_its_own_control_plane_and_consul_stand_in(tmp_path
     assert got["gw1"]["token_host"] == "cp" and got["gw2"]["token_host"] == "cp3"
     assert got["cp2"]["kek_host"] == "cp" and got["cp3"]["kek_host"] == "cp3"
     assert got["cp3"]["cp_hosts"] == ["cp3"] and got["cp2"]["cp_hosts"] == ["cp", "cp2"]
-    dc1 = (tmp_path / "cp.service").read_text()
-    dc2 = (tmp_path / "cp3.service").read_text()
-    assert "--datacenter dc1" in dc1 and "--wan dc2=http://10.213.2.13:8500" in dc1
-    assert "--agent vm1=10.213.0.13" in dc1 and "--agent gw1=10.213.0.14" in dc1 and "vm4" not in dc1
-    assert "--datacenter dc2" in dc2 and "--agent vm4=10.213.1.12 --agent gw2=10.213.1.13" in dc2 and "vm1" not in dc2
+    # the unit names the datacenter; the agents and WAN peers are in the file it re-reads on reload
+    assert "--datacenter dc1 --config /opt/meshcore-lab/stand-in.json" in (tmp_path / "cp.service").read_text()
+    assert "--datacenter dc2 --config" in (tmp_path / "cp3.service").read_text()
+    dc1 = json.loads((tmp_path / "cp.json").read_text())
+    dc2 = json.loads((tmp_path / "cp3.json").read_text())
+    assert dc1 == {"agents": {"vm1": "10.213.0.13", "gw1": "10.213.0.14"}, "wan": {"dc2": "http://10.213.2.13:8500"}}
+    assert dc2 == {"agents": {"vm4": "10.213.1.12", "gw2": "10.213.1.13"}, "wan": {"dc1": "http://10.213.2.11:8500"}}
 
 
 def test_site_yml_gives_mesh_gateway_hosts_the_gateway_role_and_no_service_definitions():

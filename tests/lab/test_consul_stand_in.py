@@ -96,3 +96,72 @@ def test_wan_joined_stand_ins_relay_the_other_datacenter():
             state.close()
             server.shutdown()
             server.server_close()
+
+
+def test_sighup_rereads_the_config_file_without_losing_the_catalog_or_kv(tmp_path):
+    """As `consul reload`: an agent and a WAN peer added to --config take effect on SIGHUP, in the same process,
+    with what it held (a registration, a KV entry) intact; a broken file is refused and the old one kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from meshcore.demo._guard import die_with_parent
+
+    from tests.policies._catalog import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "stand-in.json"
+    config.write_text(json.dumps({"agents": {"vm1": "127.0.0.2"}, "wan": {}}))
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    log = tmp_path / "stand-in.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(die_with_parent([sys.executable, "-m", "tests.lab.consul_stand_in", "--bind", addr,
+                                                 "--node", "cp", "--config", str(config)]),
+                                cwd=root, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def until(what, fn, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if fn():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{what}: not within {timeout:.0f}s")
+
+    try:
+        until("the stand-in answers", lambda: _call(addr, "GET", "/v1/status/leader") is not None)
+        _call(addr, "PUT", "/v1/agent/service/register", {"Name": "web", "ID": "web-1", "Port": 80},
+              source="127.0.0.2")
+        _call(addr, "PUT", "/v1/kv/meshcore/ca", {"held": "state"})
+        # vm2 is unknown yet: its registration lands on the default node
+        _call(addr, "PUT", "/v1/agent/service/register", {"Name": "api", "ID": "api-early", "Port": 81},
+              source="127.0.0.3")
+        assert {n["Node"] for n in _call(addr, "GET", "/v1/catalog/service/api")} == {"cp"}
+
+        config.write_text(json.dumps({"agents": {"vm1": "127.0.0.2", "vm2": "127.0.0.3"},
+                                      "wan": {"dc2": "http://127.0.0.1:9"}}))
+        os.kill(proc.pid, signal.SIGHUP)
+        until("dc2 listed after the reload", lambda: _call(addr, "GET", "/v1/catalog/datacenters") == ["dc1", "dc2"])
+        _call(addr, "PUT", "/v1/agent/service/register", {"Name": "api", "ID": "api-1", "Port": 81},
+              source="127.0.0.3")
+        assert {(n["Node"], n["ServiceID"]) for n in _call(addr, "GET", "/v1/catalog/service/api")} == {
+            ("cp", "api-early"), ("vm2", "api-1")}
+        assert [n["Node"] for n in _call(addr, "GET", "/v1/catalog/service/web")] == ["vm1"]
+        assert json.loads(__import__("base64").b64decode(_call(addr, "GET", "/v1/kv/meshcore/ca")[0]["Value"])) == {
+            "held": "state"}
+
+        config.write_text("{not json")
+        os.kill(proc.pid, signal.SIGHUP)
+        until("the broken file refused", lambda: "reload refused, the configuration in use is kept" in log.read_text())
+        assert proc.poll() is None
+        assert _call(addr, "GET", "/v1/catalog/datacenters") == ["dc1", "dc2"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "configuration reloaded" in log.read_text()

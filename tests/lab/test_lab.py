@@ -5,7 +5,8 @@ Needs root (network namespaces, bridges, nspawn); skips with the reason otherwis
 cannot boot a host here. The lab is brought up once for the module (``lab/deploy.py``, what
 ``make lab-up`` runs) and removed at the end (``lab/down.sh``) unless MESHCORE_LAB_KEEP=1.
 Two control plane hosts (cp, cp2: replicas on the Consul stand-in). The tests run in order: deploy, traffic,
-units, a control plane host stopped under traffic, kill recovery, reboot, idempotence, upgrade.
+units, a control plane host stopped under traffic, kill recovery, reboot, idempotence, upgrade, and last a second
+datacenter (``lab/deploy.py --datacenters 2``: gw1, cp3, vm4, gw2) with failover through the mesh gateways.
 Progress goes to stdout (``pytest -s`` to watch it).
 """
 
@@ -560,18 +561,126 @@ def _reaches(lab, host_addr: str, target: str, port: int = 22) -> bool:
     return proc.returncode == 0
 
 
-def test_two_datacenter_networks_meet_only_on_the_wan(lab):
-    """up.sh NAME@dc2 / NAME@dc1+wan: a dc2 bridge and a WAN bridge beside dc1's. A dc1 VM reaches no dc2 host and
-    no WAN address; the gateways' hosts reach each other over the WAN. Last in the module: the extra hosts are
-    only booted (the two-datacenter mesh on them is not deployed yet)."""
+# ---------------------------------------------------------------- two datacenters (last: they add four hosts)
+
+RATINGS_FAILOVER = """
+apiVersion: networking.mesh.io/v1beta1
+kind: DestinationRule
+metadata: {name: ratings-failover, namespace: default}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        failover: [{from: dc1, to: dc2}]
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
+"""
+DENY_REVIEWS = """
+apiVersion: security.mesh.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: ratings-deny-reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/reviews"]}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def dc2(lab):
+    """`lab/deploy.py --datacenters 2`: gw1 in dc1; cp3 (control plane, Consul stand-in, trust domain dc2.lab), vm4
+    (ratings) and gw2 in dc2; site.yml over all nine hosts adds the datacenter to the running mesh."""
     t0 = time.monotonic()
-    up = subprocess.run([str(ROOT / "lab" / "up.sh"), "gw1@dc1+wan", "gw2@dc2+wan", "vm4@dc2"],
-                        capture_output=True, text=True, timeout=600)
-    assert up.returncode == 0, up.stderr[-3000:]
-    booted = json.loads(up.stdout.strip().splitlines()[-1])
-    progress(f"gw1, gw2, vm4 booted in {time.monotonic() - t0:.0f}s: {booted['nets']}, wan {booted['wan']}")
-    hosts, wan = booted["hosts"], booted["wan"]
-    assert booted["nets"]["vm1"] == "dc1" and booted["nets"]["vm4"] == "dc2" and set(wan) == {"gw1", "gw2"}
+    proc = subprocess.run([sys.executable, str(ROOT / "lab" / "deploy.py"), "--datacenters", "2"],
+                          capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        pytest.fail(f"lab/deploy.py --datacenters 2 failed (exit {proc.returncode}):\n"
+                    + "\n".join(proc.stderr.splitlines()[-80:]))
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    progress(f"second datacenter deployed in {time.monotonic() - t0:.0f}s: {info['nets']}, wan {info['wan']}")
+    return {**lab, **info, "deploy_output": proc.stderr}
+
+
+def meshctl_on(lab, host: str, command: str, stdin: str = "") -> str:
+    body = f"MESHCORE_TOKEN_FILE=/var/lib/meshcore/admin.token meshctl {command}"
+    if stdin:
+        body += f" <<'EOF'\n{stdin.strip()}\nEOF"
+    return ssh(lab, host, body).stdout
+
+
+def ratings_seen(lab, pages: int = 12) -> list[str]:
+    """The ratings instance (or error) behind each page whose reviews called ratings (v2, v3)."""
+    seen = []
+    for _ in range(pages):
+        reviews = page(lab)["reviews"]
+        if reviews.get("version") in ("v2", "v3"):
+            ratings = reviews.get("ratings", {})
+            seen.append(ratings.get("instance") or f"error {ratings.get('status')}")
+    return seen
+
+
+class RatingsClient(threading.Thread):
+    """Pages through the ingress without pause; records (time, ratings instance or error) of every v2/v3 page."""
+
+    def __init__(self, lab):
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                reviews = page(self.lab, timeout=10)["reviews"]
+                if "error" in reviews:
+                    got = f"error reviews {reviews.get('status')}"
+                elif reviews.get("version") not in ("v2", "v3"):
+                    continue
+                else:
+                    ratings = reviews.get("ratings", {})
+                    got = ratings.get("instance") or f"error {ratings.get('status')} {ratings.get('reason', '')[:80]}"
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                got = f"error {exc!r}"
+            self.answers.append((time.monotonic(), got))
+            time.sleep(0.05)
+
+    def since(self, t: float) -> list[str]:
+        return [got for at, got in self.answers if at >= t]
+
+
+def envoy_admin(lab, host: str, path: str) -> str:
+    return ssh(lab, host, f"curl -fsS -m 5 http://127.0.0.1:19000{path}").stdout
+
+
+def test_site_yml_adds_a_second_datacenter_with_federated_trust_and_gateways(dc2):
+    deployed = recap(dc2["deploy_output"])
+    assert {"gw1", "gw2", "cp3", "vm4", "cp"} <= set(deployed) and all(r["failed"] == 0 for r in deployed.values())
+    # each control plane imported the other's trust domain (role meshcore_trust_federation)
+    dc1_trusts = json.loads(meshctl_on(dc2, "cp", "trust-bundle list -o json"))
+    dc2_trusts = json.loads(meshctl_on(dc2, "cp3", "trust-bundle list -o json"))
+    assert [d["trust_domain"] for d in dc1_trusts] == ["dc2.lab"]
+    assert [d["trust_domain"] for d in dc2_trusts] == ["cluster.local"]
+    assert json.loads(meshctl_on(dc2, "cp3", "ca status -o json"))["trust_domain"] == "dc2.lab"
+    for gw in ("gw1", "gw2"):
+        wait_for(f"{gw}'s Envoy ready", lambda gw=gw: envoy_ready(dc2, gw), timeout=120)
+    # the gateways hold no key and terminate no TLS: no listener of theirs has a transport socket
+    for gw in ("gw1", "gw2"):
+        listeners = json.loads(envoy_admin(dc2, gw, "/config_dump?resource=dynamic_listeners"))
+        text = json.dumps(listeners)
+        assert "tls_inspector" in text and "DownstreamTlsContext" not in text and "transport_socket" not in text, gw
+    # a second run over both datacenters changes nothing
+    again = run_playbook(dc2, "site.yml")
+    totals = recap(again.stdout)
+    assert again.returncode == 0 and all(r["changed"] == 0 and r["failed"] == 0 for r in totals.values()), (
+        {h: r for h, r in totals.items() if r["changed"] or r["failed"]}, again.stdout[-3000:])
+    assert {"gw1", "gw2", "cp3", "vm4"} <= set(totals)
+
+
+def test_two_datacenter_networks_meet_only_on_the_wan(dc2):
+    """A dc1 VM reaches no dc2 host and no WAN address; the gateways' hosts reach each other over the WAN."""
+    hosts, wan = dc2["hosts"], dc2["wan"]
+    assert dc2["nets"]["vm1"] == "dc1" and dc2["nets"]["vm4"] == "dc2" and set(wan) == {"cp", "gw1", "cp3", "gw2"}
     assert hosts["vm4"].rsplit(".", 1)[0] != hosts["vm1"].rsplit(".", 1)[0] != wan["gw1"].rsplit(".", 1)[0]
     expect = {  # (from, to address): reachable
         ("vm1", hosts["gw1"]): True, ("gw1", wan["gw2"]): True, ("gw2", hosts["vm4"]): True,
@@ -579,7 +688,125 @@ def test_two_datacenter_networks_meet_only_on_the_wan(lab):
         ("vm1", hosts["vm4"]): False, ("vm1", hosts["gw2"]): False, ("vm1", wan["gw2"]): False,
         ("vm4", hosts["vm1"]): False, ("vm4", wan["gw1"]): False, ("gw1", hosts["vm4"]): False,
     }
-    got = {key: _reaches(lab, hosts[key[0]], key[1]) for key in expect}
+    got = {key: _reaches(dc2, hosts[key[0]], key[1]) for key in expect}
     assert got == expect, {k: v for k, v in got.items() if v != expect[k]}
     # this machine reaches both datacenters (ssh, tests), never the WAN
-    assert ssh({**lab, "hosts": hosts}, "vm4", "cat /etc/hostname").stdout.strip() == "vm4"
+    assert ssh(dc2, "vm4", "cat /etc/hostname").stdout.strip() == "vm4"
+
+
+def test_ratings_fail_over_to_dc2_through_both_gateways_under_traffic_and_back(dc2):
+    """dc1's DestinationRule fails ratings over to dc2: with ratings stopped on vm1..vm3, reviews (dc1, SVIDs of
+    cluster.local) reach vm4's ratings (dc2.lab) through gw1 and gw2, end to end mTLS, and no request fails once
+    the outlier detection window has passed; ratings started again, traffic comes back to dc1 without a failure.
+    A dc2 AuthorizationPolicy naming reviews' principal answers 403: dc2's sidecar saw dc1's SPIFFE ID. dc1's root
+    rotation (rotate-ca.yml, held while dc2 imports the new root) fails no call into dc2."""
+    meshctl_on(dc2, "cp", "apply -f -", RATINGS_FAILOVER)
+    dc1_ratings = {f"ratings-vm{n}" for n in (1, 2, 3)}
+    wait_for("ratings answered in dc1 only", lambda: set(ratings_seen(dc2)) <= dc1_ratings, timeout=120)
+    gw2_before = gateway_cx(dc2, "gw2", "mesh_gateway_service_ratings|dc2")
+    client = RatingsClient(dc2)
+    client.start()
+    try:
+        wait_for("traffic flowing", lambda: len(client.answers) >= 10, timeout=60)
+        stopped = time.monotonic()
+        for n in (1, 2, 3):
+            ssh(dc2, f"vm{n}", f"systemctl stop bookinfo-ratings-vm{n}")
+        wait_for("a ratings answer from dc2", lambda: "ratings-vm4" in client.since(stopped), timeout=120)
+        first_dc2 = next(at for at, got in client.answers if at >= stopped and got == "ratings-vm4")
+        # outlier detection ejects a failing instance for 2 s, 4 s, ...; until its Consul check (every 5 s) says
+        # critical and the catalog change reaches the sidecars, an instance back from ejection fails once more
+        wait_until(stopped + 5)
+        report_checks(dc2, "critical")
+        wait_for("dc1's ratings critical in Consul", lambda: dc1_ratings_critical(dc2) == dc1_ratings, timeout=60)
+        critical = time.monotonic()
+        settled = max(first_dc2 + 3, critical + 2)  # the ejection window (interval 1 s + 2 s), the push after it
+        wait_for("traffic after the failover", lambda: len(client.since(settled)) >= 40, timeout=120)
+        after = client.since(settled)
+        failed = [a for a in client.since(stopped) if a.startswith("error")]
+        progress(f"ratings stopped in dc1: first dc2 answer {first_dc2 - stopped:.1f}s later, critical in Consul "
+                 f"{critical - stopped:.1f}s later; {len(client.since(stopped))} answers since ({len(failed)} failed "
+                 f"before the window), {len(after)} after the window: {sorted(set(after))}")
+        assert set(after) == {"ratings-vm4"}, [a for a in after if a != "ratings-vm4"][:10]
+        assert gateway_cx(dc2, "gw2", "mesh_gateway_service_ratings|dc2") > gw2_before
+
+        # dc2's sidecar sees dc1's reviews by its SPIFFE ID: a DENY naming it, applied in dc2, answers 403
+        meshctl_on(dc2, "cp3", "apply -f -", DENY_REVIEWS)
+        denied = time.monotonic()
+        wait_for("403 from dc2's ratings", lambda: "error 403" in " ".join(client.since(denied)), timeout=60)
+        meshctl_on(dc2, "cp3", "delete AuthorizationPolicy ratings-deny-reviews -n default")
+        allowed = time.monotonic()
+        wait_for("ratings allowed again", lambda: client.since(allowed)[-10:] == ["ratings-vm4"] * 10, timeout=60)
+
+        # dc1 rotates its root while every ratings call crosses to dc2: rotate-ca.yml holds the rotation until
+        # dc2's control plane has imported the two-root bundle, so vm4's sidecar trusts dc1's new certificates
+        # before the first one is issued; after the finish dc2 holds dc1's new root alone
+        old_roots = {r["sha256"] for r in json.loads(meshctl_on(dc2, "cp", "ca status -o json"))["roots"]}
+        rotated = time.monotonic()
+        proc = run_playbook(dc2, "rotate-ca.yml")
+        during = client.since(rotated)
+        progress(f"rotate-ca.yml over two datacenters in {time.monotonic() - rotated:.0f}s; {len(during)} answers, "
+                 f"{sorted(set(during))}")
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        totals = recap(proc.stdout)
+        assert totals["cp3"]["changed"] == 2, totals  # dc1's two-root bundle imported, then its one-root bundle
+        assert set(during) == {"ratings-vm4"}, [a for a in during if a != "ratings-vm4"][:10]
+        new_roots = {r["sha256"] for r in json.loads(meshctl_on(dc2, "cp", "ca status -o json"))["roots"]}
+        [dc1_in_dc2] = [d for d in json.loads(meshctl_on(dc2, "cp3", "trust-bundle list -o json"))
+                        if d["trust_domain"] == "cluster.local"]
+        assert {r["sha256"] for r in dc1_in_dc2["roots"]} == new_roots and not new_roots & old_roots
+
+        back = time.monotonic()
+        for n in (1, 2, 3):
+            ssh(dc2, f"vm{n}", f"systemctl start bookinfo-ratings-vm{n}")
+        wait_for("ratings answering on vm1..vm3", lambda: all(ssh(
+            dc2, f"vm{n}", "curl -fsS -m 2 http://127.0.0.1:9083/health", check=False).returncode == 0
+            for n in (1, 2, 3)), timeout=60)
+        report_checks(dc2, "passing")
+        wait_for("ratings back in dc1", lambda: set(client.since(time.monotonic() - 3)) <= dc1_ratings
+                 and len(client.since(time.monotonic() - 3)) >= 5, timeout=120)
+        failback = client.since(back)
+        progress(f"ratings started in dc1 again: {len(failback)} answers during the fail-back, "
+                 f"{sorted(set(failback))}")
+        assert all(not a.startswith("error") for a in failback), [a for a in failback if a.startswith("error")][:10]
+    finally:
+        client.stop.set()
+        client.join(15)
+        for n in (1, 2, 3):
+            ssh(dc2, f"vm{n}", f"systemctl start bookinfo-ratings-vm{n}", check=False)
+        report_checks(dc2, "passing")
+        meshctl_on(dc2, "cp3", "delete AuthorizationPolicy ratings-deny-reviews -n default --ignore-not-found")
+        meshctl_on(dc2, "cp", "delete DestinationRule ratings-failover -n default")
+
+
+def wait_until(moment: float) -> None:
+    while time.monotonic() < moment:
+        time.sleep(0.1)
+
+
+def report_checks(lab, status: str) -> None:
+    """What the Consul agents on vm1..vm3 report for their ratings checks. The stand-in does not run the VMs'
+    HTTP checks (they dial the VM's loopback, where Consul's own agent would run them): the test sets their result
+    in the catalog (PUT /v1/catalog/register with the check, Consul's API for it)."""
+    for n in (1, 2, 3):
+        body = {"Node": f"vm{n}", "Address": lab["hosts"][f"vm{n}"], "SkipNodeUpdate": True,
+                "Check": {"Node": f"vm{n}", "CheckID": f"ratings-vm{n}-check", "Name": "ratings health",
+                          "ServiceID": f"ratings-vm{n}", "Status": status,
+                          "Output": f"HTTP GET http://127.0.0.1:9083/health: {status} (reported by the lab test)"}}
+        req = urllib.request.Request(f"http://{lab['hosts']['cp']}:8500/v1/catalog/register", method="PUT",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+
+def dc1_ratings_critical(lab) -> set[str]:
+    """The ratings instances dc1's Consul (the stand-in on cp) holds with a critical check."""
+    with urllib.request.urlopen(f"http://{lab['hosts']['cp']}:8500/v1/health/service/ratings", timeout=5) as r:
+        entries = json.loads(r.read())
+    return {e["Service"]["ID"] for e in entries if any(c["Status"] == "critical" for c in e["Checks"])}
+
+
+def gateway_cx(lab, gw: str, cluster_stat: str) -> int:
+    """upstream_cx_total of a gateway cluster by its stat name (docs/multi-dc.md: alt_stat_name without dots)."""
+    stats = envoy_admin(lab, gw, "/stats?filter=upstream_cx_total")
+    return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines()
+               if line.startswith(f"cluster.{cluster_stat}.upstream_cx_total:"))
