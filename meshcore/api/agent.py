@@ -20,8 +20,9 @@ Endpoints::
 Every authenticated call may carry ``X-Meshcore-Bundle-SHA256`` (:data:`BUNDLE_HEADER`): the
 SHA-256 of the trust bundle the node has handed to Envoy (root rotation waits for it); and
 ``X-Meshcore-Federated-Bundles`` (:data:`FEDERATED_HEADER`): ``<trust domain>=<SHA-256 of its roots' PEM>`` for
-each federated trust domain it has handed to Envoy, comma-separated (``meshctl trust-bundle list`` shows the agents
-still without an imported domain's current roots; rotate-ca.yml waits for it).
+each federated trust domain it has handed to Envoy, comma-separated, or ``none`` (``meshctl trust-bundle list`` shows
+the agents still without an imported domain's current roots; rotate-ca.yml waits for it). An agent that sends no
+such header (an older release) is left out of that list rather than holding it up.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ FEDERATED_HEADER = "X-Meshcore-Federated-Bundles"
 
 
 def federated_digest(bundles) -> str:
-    """The :data:`FEDERATED_HEADER` value of ``(trust domain, roots PEM)`` pairs: sorted, ``td=sha256,...``."""
+    """The :data:`FEDERATED_HEADER` value of ``(trust domain, roots PEM)`` pairs: sorted, ``td=sha256,...``; ``none``
+    when there are none (an agent of this release always sends it; one that sends nothing is not tracked)."""
     import hashlib
 
-    return ",".join(f"{td}={hashlib.sha256(pem.encode()).hexdigest()}" for td, pem in sorted(bundles))
+    return ",".join(f"{td}={hashlib.sha256(pem.encode()).hexdigest()}" for td, pem in sorted(bundles)) or "none"
 
 
 def parse_federated_digest(value: str) -> dict[str, str]:

@@ -179,8 +179,9 @@ class AgentApi:
         the bundle the node reports holding."""
         self._check_honoured(req, node)
         federated = req.headers.get(self.FEDERATED_HEADER)
-        with self._acks_lock:  # every authenticated call: also "none" (an empty value) while it holds none
-            self._federated_acks[node] = ((federated or "").strip(), time.time())
+        if federated is not None:  # an agent of this release sends it on every call ("none" while it holds none);
+            with self._acks_lock:  # one of an older release sends nothing and is not tracked (it holds nothing up)
+                self._federated_acks[node] = (federated.strip(), time.time())
         reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
         if reported:
             with self._acks_lock:

@@ -129,8 +129,14 @@ def test_export_import_list_remove_and_agents_get_the_bundles(env, tmp_path):
     assert node.bundle().federated == ((OTHER, other.bundle_pem()),)  # what each agent writes for Envoy
     listed = json.loads(meshctl(env, "trust-bundle", "list", "-o", "json").stdout)
     assert [e["trust_domain"] for e in listed] == [OTHER] and listed[0]["spiffe_sequence"] == 1
-    # n1's agent called without saying it holds other.example's roots: it is listed as without them until a call
-    # of its says so (X-Meshcore-Federated-Bundles, what the agent sends once Envoy has them)
+    # n1 has called without X-Meshcore-Federated-Bundles (an agent of an older release): it is not tracked, it
+    # holds nothing up; once it says it holds no federated roots ("none") it is listed as without them until a
+    # call of its says it holds them (what the agent sends once Envoy has them)
+    assert listed[0]["agents_without"] == []
+    assert federated_digest([]) == "none"
+    node.federated_digest = federated_digest([])
+    node.bundle()
+    listed = json.loads(meshctl(env, "trust-bundle", "list", "-o", "json").stdout)
     assert listed[0]["agents_without"] == ["n1"]
     assert "n1" in meshctl(env, "trust-bundle", "list").stdout
     node.federated_digest = federated_digest([(OTHER, other.bundle_pem())])
