@@ -63,11 +63,18 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _some(names: tuple[str, ...], shown: int = 3) -> str:
+    """A few names for a table cell (-o json has them all)."""
+    if not names:
+        return "-"
+    return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
+
+
 def cmd_list(args) -> int:
     entries = _client(args).trust_bundles()
     _emit(entries, args.output, lambda d: _table(
-        [[e.trust_domain, r.subject, r.sha256[:16], r.not_after, e.imported_at or "",
-          ", ".join(e.agents_without) or "-"] for e in d for r in e.roots],
+        [[e.trust_domain, r.subject, r.sha256[:16], r.not_after, e.imported_at or "", _some(e.agents_without)]
+         for e in d for r in e.roots],
         ["TRUST DOMAIN", "ROOT", "SHA256", "NOT AFTER", "IMPORTED", "AGENTS WITHOUT IT"]))
     return 0
 
