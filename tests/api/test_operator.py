@@ -122,7 +122,8 @@ def test_federation_and_ca_shapes_keep_their_nulls():
     info = {"subject": "CN=x", "sha256": "ab", "not_before": "a", "not_after": "b"}
     state = {"trust_domain": "td", "mode": "generated", "key_type": "ec-p256", "phase": "idle",
              "roots": [{**info, "role": "current"}], "intermediate": info, "signer_key_id": "k", "bundle_sha256": "s",
-             "started_at": None, "activated_at": None, "old_root_certificates": [], "nodes_without_bundle": []}
+             "started_at": None, "activated_at": None, "old_root_certificates": [], "nodes_without_bundle": [],
+             "held": False}
     assert CaState.from_json(state).to_json() == state  # no forced_past unless a finish says so
     finished = {**state, "forced_past": []}
     assert CaState.from_json(finished).to_json() == finished
