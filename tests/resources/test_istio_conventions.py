@@ -130,6 +130,17 @@ def test_istio_system_deny_all_denies_in_the_generated_rbac(tmp_path):
     assert allow["rbac"]["rules"].get("action", "ALLOW") == "ALLOW"
 
 
+def test_istios_experimental_regex_prefix_is_refused_not_matched_as_text():
+    # Istio's authz test configs use "regex:" values (an istiod feature flag, off by default): accepted, they
+    # would be exact matches against the literal text and never match, so a DENY would fail open
+    doc = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n"
+           "  action: DENY\n  rules:\n  - from: [{source: {principals: ['regex:cluster.local/ns/.*/sa/a']}}]\n"
+           "    when: [{key: 'request.headers[x-id]', values: ['regex:^a.*']}]\n")
+    errors = _errors(doc)
+    assert set(errors) == {"spec.rules[0].from[0].source.principals[0]", "spec.rules[0].when[0].values[0]"}
+    assert all("'regex:' prefix" in m and "'prefix*'" in m for m in errors.values())
+
+
 def test_unknown_metadata_is_still_an_error():
     errs = _errors(EXPORTED.replace("  uid:", "  uuid:"))
     assert "metadata.uuid" in errs

@@ -88,7 +88,11 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 
 def wildcard_problem(value: str) -> str | None:
-    """Istio's rule: ``*`` alone, or one ``*`` as the first or the last character."""
+    """Istio's rule: ``*`` alone, or one ``*`` as the first or the last character. Istio's experimental ``regex:``
+    prefix (off unless istiod runs with a feature flag) is refused rather than matched as literal text."""
+    if value.startswith("regex:"):
+        return (f"{json.dumps(value)}: the 'regex:' prefix (Istio's experimental, off-by-default regular expression "
+                "match) is not supported; write an exact value, a 'prefix*' or a '*suffix'")
     if value == "*":
         return None
     stars = value.count("*")
