@@ -21,6 +21,7 @@ others serve.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -217,17 +218,16 @@ def wait_ingress(url: str, timeout: float = 120) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="lab/deploy.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--check-first", action="store_true",
+                        help="run site.yml --check --diff before deploying (it must pass on never-deployed hosts)")
+    parser.add_argument("--datacenters", type=int, choices=(1, 2), default=1,
+                        help="2: add the second datacenter (gw1; cp3, vm4, gw2 on the dc2 network)")
+    args = parser.parse_args()
+    datacenters = args.datacenters
     if os.geteuid() != 0:
         log("error: the lab needs root (network namespaces, bridges, systemd-nspawn); run it as root")
         return 2
-    args = sys.argv[1:]
-    datacenters = 1
-    if "--datacenters" in args:
-        value = args[args.index("--datacenters") + 1] if args.index("--datacenters") + 1 < len(args) else ""
-        if value not in ("1", "2"):
-            log(f"error: --datacenters {value!r}: 1 or 2")
-            return 2
-        datacenters = int(value)
     t0 = time.monotonic()
     names = HOSTS + (DC2_HOSTS if datacenters > 1 else ())
     specs = [{**SPECS, **DC2_SPECS}.get(name, name) for name in names]
@@ -238,7 +238,8 @@ def main() -> int:
     booted = json.loads(up.stdout.strip().splitlines()[-1])
     hosts = {name: booted["hosts"][name] for name in names}
     wan = {name: addr for name, addr in booted["wan"].items() if name in names}
-    missing = [n for n in ("cp", *DC2_HOSTS) if datacenters > 1 and n != "vm4" and n not in wan]
+    missing = [spec.split("@")[0] for spec in specs
+               if datacenters > 1 and spec.endswith("+wan") and spec.split("@")[0] not in wan]
     if missing:
         log(f"error: {', '.join(missing)} have no WAN link (created before it was asked for): lab/down.sh first")
         return 2
@@ -247,7 +248,7 @@ def main() -> int:
     if not list(wheelhouse.glob("meshcore-*.whl")):
         build_wheelhouse(wheelhouse)
     inventory = write_inventory(hosts, booted["ssh_key"], STATE / "inventory", wan, datacenters)
-    if "--check-first" in args:
+    if args.check_first:
         check_first(inventory, booted["ssh_key"], hosts)
     result = run_playbook(inventory, "site.yml")
     if result.returncode != 0:

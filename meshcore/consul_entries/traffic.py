@@ -366,14 +366,14 @@ def _merge(into: dict, extra: Mapping[str, Any]) -> None:
 
 def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict, options: CompileOptions,
                       report: Report) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """One ``Failover`` entry -> ``(service, subset, datacenter)`` targets in order (datacenter "" for every one
-    the control plane reads; another one for another service or subset there only), and the datacenters to fail
-    over to for the same service without subset (the DestinationRule's locality failover)."""
+    """One ``Failover`` entry -> ``(service, subset, datacenter)`` targets in order (datacenter "": every one the
+    control plane reads; a named one: that datacenter's instances only), and the other datacenters to fail over to
+    for the same service without subset (the DestinationRule's locality failover)."""
     for field in ("Namespace", "SamenessGroup", "Policy"):
         if raw.get(field):
             report.unsupported(resolver, f"{path}.{field}", "meshcore fails over within one namespace, in order; "
                                                             "this field is ignored")
-    wanted: list[tuple[str, str, str, str]] = []  # (field path, service, subset, datacenter)
+    wanted: list[tuple[str, str, str]] = []  # (service, subset, datacenter)
     if raw.get("Targets"):
         for field in ("Service", "ServiceSubset", "Datacenters"):
             if raw.get(field):
@@ -387,17 +387,17 @@ def _failover_targets(chain: _Chain, resolver: ConfigEntry, path: str, raw: dict
                                                                      "part of meshcore; the target is left out")
             if any(t.get(f) for f in ("Namespace", "Partition", "Peer")):
                 continue
-            wanted.append((tpath, str(t.get("Service") or ""), str(t.get("ServiceSubset") or ""),
+            wanted.append((str(t.get("Service") or ""), str(t.get("ServiceSubset") or ""),
                            str(t.get("Datacenter") or "")))
     else:
         service, subset = str(raw.get("Service") or ""), str(raw.get("ServiceSubset") or "")
         for dc in raw.get("Datacenters") or ():
-            wanted.append((f"{path}.Datacenters", service, subset, str(dc)))
+            wanted.append((service, subset, str(dc)))
         if not raw.get("Datacenters") and (service or subset):
-            wanted.append((path, service, subset, ""))
+            wanted.append((service, subset, ""))
     targets: list[tuple[str, str, str]] = []
     dcs: list[str] = []
-    for _path, service, subset, dc in wanted:
+    for service, subset, dc in wanted:
         own = not service or service == resolver.name
         if dc and own and not subset:
             if dc != options.datacenter:

@@ -178,17 +178,22 @@ class AgentApi:
         """``node`` (named by the caller's certificate) once the CA still honours that certificate; records
         the bundle the node reports holding."""
         self._check_honoured(req, node)
+        # an agent of this release sends the federated header on every call ("none" while it holds none); one of an
+        # older release sends nothing and is not tracked (it holds nothing up)
         federated = req.headers.get(self.FEDERATED_HEADER)
-        if federated is not None:  # an agent of this release sends it on every call ("none" while it holds none);
-            with self._acks_lock:  # one of an older release sends nothing and is not tracked (it holds nothing up)
-                self._federated_acks[node] = (federated.strip(), time.time())
         reported = (req.headers.get(self.BUNDLE_HEADER) or "").strip().lower()
-        if reported:
-            with self._acks_lock:
+        if federated is None and not reported:
+            return node
+        before = None
+        now = time.time()
+        with self._acks_lock:  # one acquisition per call for both records
+            if federated is not None:
+                self._federated_acks[node] = (federated.strip(), now)
+            if reported:
                 before = self._acks.get(node)
-                self._acks[node] = (reported, time.time())
-            if before is None or before[0] != reported:
-                self.on_bundle_ack()
+                self._acks[node] = (reported, now)
+        if reported and (before is None or before[0] != reported):
+            self.on_bundle_ack()
         return node
 
     def _node_and_csr(self, req: Request) -> tuple[str, str]:

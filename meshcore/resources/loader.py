@@ -147,9 +147,8 @@ def validate_document(doc: Any, source: str, document: int | None,
         ctx.add(root.field("apiVersion"), "required field is missing" + hint)
     elif not isinstance(api_version, str):
         ctx.add(root.field("apiVersion"), f"must be a string, got {type_name(api_version)}")
-    elif (spec_def is not None and api_version != spec_def.api_version
-          and api_version not in ISTIO_API_VERSIONS.get(spec_def.kind, ())):
-        istio = ISTIO_API_VERSIONS.get(spec_def.kind, ())
+    elif spec_def is not None and api_version != spec_def.api_version and api_version not in (
+            istio := ISTIO_API_VERSIONS.get(spec_def.kind, ())):
         ctx.add(
             root.field("apiVersion"),
             f"must be {json.dumps(spec_def.api_version)}"

@@ -25,13 +25,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from meshcore.resources.kinds._fields import ServiceHost, at_least_one
-from meshcore.resources.schema import Context, DNSLabel, ListOf, Obj, Path, Required, Str
+from meshcore.resources.kinds._fields import DATACENTER, ServiceHost, at_least_one
+from meshcore.resources.schema import Context, DNSLabel, ListOf, Obj, Path, Required
 
-FAILOVER_TARGET = Obj({"host": ServiceHost(), "subset": DNSLabel(),
-                       "datacenter": Str(min_len=1, pattern=r"[a-z0-9_-]+",
-                                         pattern_hint="must be a Consul datacenter name (lowercase letters, digits, "
-                                                      "'-' and '_')")},
+FAILOVER_TARGET = Obj({"host": ServiceHost(), "subset": DNSLabel(), "datacenter": DATACENTER},
                       rules=[at_least_one(("host", "subset", "datacenter"), "a failover target")])
 
 FAILOVER_ENTRY = Obj({"subset": DNSLabel(), "targets": Required(ListOf(FAILOVER_TARGET, min_items=1, unique=True))})

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import (
+    DATACENTER,
     EXPORT_TO,
     Dur,
     HeaderName,
@@ -151,8 +152,6 @@ CONSISTENT_HASH = Obj(
 )
 
 # Locality-aware failover: a locality is a Consul datacenter (Envoy region) plus the node meta ``zone``.
-DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+",
-                 pattern_hint="must be a Consul datacenter name (lowercase letters, digits, '-' and '_')")
 
 
 def _failover_pair(cleaned: dict, path: Path, ctx: Context) -> None:

@@ -193,4 +193,9 @@ def first_owners(resources: Sequence[Any], kind: str, clash: Callable[[str, Any]
     return owner, errors
 
 
-__all__ = ["first_owners", "EXPORT_TO", "TARGET_REF", "ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]
+DATACENTER = Str(min_len=1, pattern=r"[a-z0-9_-]+",
+                 pattern_hint="must be a Consul datacenter name (lowercase letters, digits, '-' and '_')")
+"""A Consul datacenter name (a locality's region; DestinationRule locality and failover targets)."""
+
+
+__all__ = ["DATACENTER", "first_owners", "EXPORT_TO", "TARGET_REF", "ROOT_NAMESPACE", "UINT32_MAX", "ServiceHost", "Number", "Dur", "seconds", "HeaderName", "exactly_one", "at_least_one", "in_scope", "unique_names"]
