@@ -9,8 +9,13 @@ state at ``ca/holders/<replica id>``::
     {"replica": "cp-b", "bundle": "<sha256 of the current bundle>", "at": <epoch s>,
      "connected": ["vm-1", ...], "holding": ["vm-1", ...]}
 
-and the leader takes the union over the replicas that are alive (passing in Consul): a node is still without the
-bundle when some replica has its Envoy connected and no replica heard its agent report the current bundle. A live
+and the leader takes the union over the replicas: a node is still without the bundle when some replica has its
+Envoy connected and no replica heard its agent report the current bundle. A replica that is not alive (not passing
+in Consul: killed, or stalled past its check's TTL) cannot withdraw or update its part, yet the Envoys it served
+need time to reconnect to another replica (Envoy's ADS retry backs off up to 30 s): until they do, no live part
+names them, and the rotation would move on without them. So a departed replica's nodes still count as connected
+for :data:`DEPARTED_GRACE_S` after this replica first saw it departed; after that only what its agents reported
+(``holding``) counts. A live
 replica that has not published for the current bundle yet counts as ``replica <id>`` in that list (its nodes are
 unknown) for :data:`REPORT_GRACE_S`, then it is skipped with a warning (a replica of an older release publishes
 nothing). Each replica writes its key only when its part changed (and at most every :data:`MIN_WRITE_S`), and
@@ -31,6 +36,7 @@ log = logging.getLogger("meshcore.controlplane.bundle_holders")
 
 HOLDERS_PREFIX = "ca/holders/"
 REPORT_GRACE_S = 30.0  # how long a live replica that has not published its part holds the rotation up
+DEPARTED_GRACE_S = 60.0  # how long a departed replica's connected nodes still count (time to reconnect elsewhere)
 MIN_WRITE_S = 0.5  # at most one write per this many seconds per replica (a burst of acks is one write)
 
 
@@ -50,6 +56,7 @@ class BundleHolders:
         self._written_at = float("-inf")
         self._unreported: dict[tuple[str, str], float] = {}  # (replica, bundle) -> when first seen without a part
         self._skipped: set[tuple[str, str]] = set()
+        self._departed: dict[tuple[str, str], float] = {}  # (replica, bundle) -> when first seen not alive
 
     def _key(self) -> str:
         return HOLDERS_PREFIX + self._replica_id()
@@ -91,20 +98,26 @@ class BundleHolders:
         holding = {n for n, sha in acks.items() if sha == bundle}
         live = self._live()
         reported = {me}
+        now = self._monotonic()
         for entry in self.backend.list(HOLDERS_PREFIX):
             try:
                 part = json.loads(entry.value)
                 rid = str(part["replica"])
-                if rid == me or (live is not None and rid not in live) or part.get("bundle") != bundle:
+                if rid == me or part.get("bundle") != bundle:
                     continue
+                holding.update(str(n) for n in part.get("holding") or ())  # what an agent reported stays true
+                if live is not None and rid not in live:
+                    departed = self._departed.setdefault((rid, bundle), now)
+                    if now - departed >= DEPARTED_GRACE_S:
+                        continue
+                else:
+                    self._departed.pop((rid, bundle), None)
+                    reported.add(rid)
                 wanted.update(str(n) for n in part.get("connected") or ())
-                holding.update(str(n) for n in part.get("holding") or ())
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("bundle holders entry %s unreadable, ignored: %s", entry.key, exc)
                 continue
-            reported.add(rid)
         out = sorted(wanted - holding)
-        now = self._monotonic()
         for rid in sorted((live or set()) - reported):
             first = self._unreported.setdefault((rid, bundle), now)
             if now - first < REPORT_GRACE_S:

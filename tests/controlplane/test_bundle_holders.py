@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from meshcore.controlplane._bundle_holders import HOLDERS_PREFIX, REPORT_GRACE_S, BundleHolders, live_replicas
+from meshcore.controlplane._bundle_holders import DEPARTED_GRACE_S, HOLDERS_PREFIX, REPORT_GRACE_S, BundleHolders, live_replicas
 from meshcore.errors import ConsulError
 from meshcore.state import DirBackend
 
@@ -38,13 +38,29 @@ def test_a_node_counts_as_holding_when_any_replica_heard_its_agent(tmp_path):
     assert stored["holding"] == ["vm-2"] and stored["bundle"] == NEW and stored["replica"] == "cp-c"
 
 
-def test_a_dead_replica_is_ignored_and_a_silent_live_one_holds_the_rotation_for_a_grace(tmp_path):
+def test_a_dead_replicas_nodes_count_until_they_could_reconnect_and_a_silent_live_one_holds_for_a_grace(tmp_path):
     backend, clock, live = DirBackend(tmp_path), Clock(), {"cp-a", "cp-b", "cp-c"}
     r = _replicas(backend, clock, live)
-    r["cp-b"].publish(NEW, connected=["vm-3"], acks={})
+    r["cp-b"].publish(NEW, connected=["vm-3", "vm-5"], acks={"vm-5": NEW})
     assert r["cp-a"].missing(NEW, [], {}) == ["vm-3", "replica cp-c"]  # cp-c's nodes are not known yet
-    live.discard("cp-b")  # cp-b died: its Envoys reconnect elsewhere and show up in that replica's part
-    assert r["cp-a"].missing(NEW, [], {}) == ["replica cp-c"]
+    r["cp-c"].publish(NEW, connected=[], acks={})
+    live.discard("cp-b")  # cp-b died: vm-3's Envoy has not reconnected anywhere yet, and its agent has not reported
+    assert r["cp-a"].missing(NEW, [], {}) == ["vm-3"]  # (the rotation must not move on without it)
+    clock.now += DEPARTED_GRACE_S - 1
+    r["cp-c"].publish(NEW, connected=["vm-3", "vm-5"], acks={})  # both reconnected to cp-c; vm-5 reported to cp-b
+    assert r["cp-a"].missing(NEW, [], {}) == ["vm-3"]
+    clock.now += 2
+    r["cp-c"].publish(NEW, connected=[], acks={})  # vm-3 is gone for good: after the grace cp-b's part drops out
+    assert r["cp-a"].missing(NEW, [], {}) == []
+    r["cp-c"].publish(NEW, connected=["vm-5"], acks={})  # what an agent reported to the dead replica stays true
+    assert r["cp-a"].missing(NEW, [], {}) == []
+
+
+def test_a_silent_live_replica_holds_the_rotation_for_a_grace(tmp_path):
+    backend, clock, live = DirBackend(tmp_path), Clock(), {"cp-a", "cp-b", "cp-c"}
+    r = _replicas(backend, clock, live)
+    r["cp-b"].publish(NEW, connected=["vm-3"], acks={"vm-3": NEW})
+    assert r["cp-a"].missing(NEW, [], {}) == ["replica cp-c"]  # cp-c's nodes are not known yet
     clock.now += REPORT_GRACE_S + 1  # cp-c (an older release?) never reports: the rotation goes on without it
     assert r["cp-a"].missing(NEW, [], {}) == []
     r["cp-c"].publish("sha-older", ["vm-4"], {})  # a part for another bundle says nothing about this one
