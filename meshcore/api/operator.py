@@ -509,6 +509,7 @@ class AuthzCheckRequest(Wire):
     token: str = ""
     jwks: str = ""
     remote_ip: str = ""  # the client as X-Forwarded-For names it (an ingress gateway's remoteIpBlocks)
+    sni: str = ""  # the TLS server name the caller asks for (connection.sni); "": the destination's service name
 
 
 @dataclass(frozen=True)
@@ -522,10 +523,12 @@ class AuthzCheckQuery:
     host: str = ""
     source_ip: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    sni: str = ""  # the TLS server name the caller asks for (connection.sni); "": the destination's service name
 
     def to_query(self) -> list[tuple[str, str]]:
         params = [("to", self.to), ("method", self.method), ("path", self.path)]
-        params += [(k, v) for k, v in (("from", self.source), ("host", self.host), ("source_ip", self.source_ip)) if v]
+        params += [(k, v) for k, v in (("from", self.source), ("host", self.host), ("source_ip", self.source_ip),
+                                       ("sni", self.sni)) if v]
         return params + [("header", f"{k}={v}") for k, v in self.headers]
 
 
@@ -552,6 +555,8 @@ class AuthzObservedCall(Wire):
     path: str | None = None
     host: str | None = None
     count: int = 1
+    destination_ip: str | None = None  # the address it connected to (destination.ip)
+    sni: str | None = None  # the TLS server name it asked for (connection.sni)
 
 
 @dataclass(frozen=True)

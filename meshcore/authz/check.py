@@ -43,6 +43,7 @@ class CheckQuery:
     jwks: str | None = None  # a key set to check its signature with where the rule's keys are remote
     now: float | None = None  # the time the token is checked at (None: the clock's)
     remote_ip: str | None = None  # the client as X-Forwarded-For names it (an ingress gateway's remoteIpBlocks)
+    sni: str | None = None  # the server name the caller asks for (connection.sni); None: the destination's name
 
 
 def _source(snapshot: MeshSnapshot, source: str | None) -> dict:
@@ -61,6 +62,17 @@ def _source(snapshot: MeshSnapshot, source: str | None) -> dict:
     return {"service": source, "principal": principals[0], "ip": instances[0].mesh_address or None}
 
 
+def _names_destination_ip(resources) -> bool:
+    """Whether some AuthorizationPolicy has a ``destination.ip`` condition."""
+    for r in resources:
+        if r.kind != "AuthorizationPolicy":
+            continue
+        for rule in (r.spec or {}).get("rules") or ():
+            if any(isinstance(w, dict) and w.get("key") == "destination.ip" for w in rule.get("when") or ()):
+                return True
+    return False
+
+
 def check(snapshot: MeshSnapshot, query: CheckQuery) -> dict:
     """The decision for ``query`` on every distinct instance group of the destination, as JSON data."""
     src = _source(snapshot, query.source)
@@ -70,20 +82,26 @@ def check(snapshot: MeshSnapshot, query: CheckQuery) -> dict:
     if not instances and not gateways:
         raise ConfigError(f"no mesh service {query.destination!r} in the catalog "
                           f"(known: {', '.join(snapshot.catalog.service_names())})")
+    # destination.ip is each instance's own listener address: instances are told apart by it only when a policy
+    # asks for it (else one answer per group of alike instances)
+    by_address = _names_destination_ip(snapshot.resources)
     groups: dict[tuple, list] = {}
     for inst in instances:
-        key = (tuple(sorted(inst.labels.items())), inst.namespace, inst.port, inst.protocol)
+        key = (tuple(sorted(inst.labels.items())), inst.namespace, inst.port, inst.protocol,
+               inst.mesh_address if by_address else None)
         groups.setdefault(key, []).append(inst)
     if gateways:
         from ..policies.authorization_policy.gateway import listener_ports  # generation: loaded when asked for
     for inst in gateways:  # an ingress gateway: decided on each of its listeners (ports name the listener's port)
         for port in listener_ports(snapshot.resources, inst):
-            key = (tuple(sorted(inst.labels.items())), inst.namespace, port, "http")
+            key = (tuple(sorted(inst.labels.items())), inst.namespace, port, "http",
+                   inst.mesh_address if by_address else None)
             groups.setdefault(key, []).append(inst)
     ip = query.source_ip or src["ip"]
     results = []
     now = time.time() if query.now is None else query.now
-    for (labels, namespace, port, protocol), members in groups.items():
+    sni = query.sni if query.sni is not None else query.destination  # what a mesh caller's cluster sends
+    for (labels, namespace, port, protocol, _), members in groups.items():
         payload: Mapping[str, object] | None = None
         if query.jwt is not None:  # as the destination's jwt_authn puts it into metadata (space-delimited claims split)
             payload = normalized_payload(query.jwt, split_claims_for(snapshot.resources, dict(labels), namespace,
@@ -103,6 +121,7 @@ def check(snapshot: MeshSnapshot, query: CheckQuery) -> dict:
             principal=src["principal"], source_ip=ip, method=query.method, path=query.path,
             host=query.host if query.host is not None else query.destination, port=port,
             headers=dict(query.headers or {}), protocol=protocol, jwt=payload, remote_ip=query.remote_ip,
+            destination_ip=members[0].mesh_address or None, sni=sni or None,
         )
         decision = decide(snapshot.resources, dict(labels), namespace, request, workload=query.destination,
                           context=MeshContext.of(snapshot))

@@ -42,6 +42,8 @@ class ObservedCall:
     method: str | None = None  # None: a TCP connection
     path: str | None = None  # without the query string
     host: str | None = None
+    destination_ip: str | None = None  # the address it connected to (destination.ip)
+    sni: str | None = None  # the TLS server name it asked for (connection.sni)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +58,8 @@ class ObservedCall:
         if not service:
             raise ValueError("an observed call needs its destination 'service'")
         return cls(service=service, node=opt("node"), source_principal=opt("source_principal"),
-                   source_ip=opt("source_ip"), method=opt("method"), path=opt("path"), host=opt("host"))
+                   source_ip=opt("source_ip"), method=opt("method"), path=opt("path"), host=opt("host"),
+                   destination_ip=opt("destination_ip"), sni=opt("sni"))
 
 
 def _ip_of(address: Any) -> str | None:
@@ -85,6 +88,8 @@ def call_of_entry(entry: Mapping[str, Any]) -> ObservedCall | None:
         method=method if isinstance(method, str) and method else None,
         path=path if isinstance(path, str) and method else None,
         host=str(entry["authority"]) if entry.get("authority") else None,
+        destination_ip=_ip_of(entry.get("destination_address")),
+        sni=str(entry["requested_server_name"]) if entry.get("requested_server_name") else None,
     )
 
 
@@ -155,7 +160,7 @@ def dry_run(snapshot: MeshSnapshot, new_resources: Iterable[Resource], calls: Ma
             continue
         request = Request(principal=call.source_principal, source_ip=call.source_ip, method=call.method or "GET",
                           path=call.path or "/", host=call.host or call.service, port=inst.port,
-                          protocol=inst.protocol)
+                          protocol=inst.protocol, destination_ip=call.destination_ip, sni=call.sni)
         labels, ns = dict(inst.labels), inst.namespace
         before = decide(snapshot.resources, labels, ns, request, workload=call.service, context=context)
         after = decide(proposed, labels, ns, request, workload=call.service, context=context)

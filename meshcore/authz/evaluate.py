@@ -32,6 +32,7 @@ from .patterns import (
     namespace_matches,
     normalize_host,
     normalize_path,
+    path_matches,
     path_rejection,
 )
 from .rules import (
@@ -53,7 +54,12 @@ from .rules import (
     Rule,
     policy_rules,
 )
-from ..policies.authorization_policy.spec import SOURCE_SERVICE_ACCOUNT, service_account_principal
+from ..policies.authorization_policy.spec import (
+    CONNECTION_SNI,
+    DESTINATION_IP,
+    SOURCE_SERVICE_ACCOUNT,
+    service_account_principal,
+)
 
 if TYPE_CHECKING:
     from ..snapshot import MeshSnapshot
@@ -139,7 +145,11 @@ def _value_matches(cond: Condition, value: str, request: Request, ctx: MeshConte
     if a == REQUEST_METHOD:
         return Pattern.parse(value).matches(request.method)
     if a == REQUEST_PATH:
-        return Pattern.parse(value).matches(normalize_path(request.path, ctx.path_normalization))
+        return path_matches(value, normalize_path(request.path, ctx.path_normalization))
+    if a == DESTINATION_IP:
+        return _ip_in(request.destination_ip, value)
+    if a == CONNECTION_SNI:
+        return Pattern.parse(value).matches(request.sni)
     if a == REQUEST_HOST:
         return bool(request.host) and re.fullmatch(host_regex(value), normalize_host(request.host)) is not None
     if a == DESTINATION_PORT:

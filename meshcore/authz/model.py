@@ -21,7 +21,9 @@ class Request:
     Header names are case-insensitive. ``jwt`` is the payload of the request's token *after* RequestAuthentication
     verified it (its claims: ``iss``, ``sub``, ``aud``, ...), None when the request carried no valid token.
     ``remote_ip`` is the original client's address as an ingress gateway reads it from X-Forwarded-For
-    (``remoteIpBlocks``); None: the peer's (``source_ip``).
+    (``remoteIpBlocks``); None: the peer's (``source_ip``). ``destination_ip`` is the address the caller
+    connected to (the workload's listener address, ``destination.ip``); ``sni`` the server name its TLS handshake
+    asked for (``connection.sni``: a mesh caller sends the service's name); None when unknown (never matches).
     """
 
     principal: str | None = None
@@ -35,6 +37,8 @@ class Request:
     protocol: str = "http"
     jwt: Mapping[str, Any] | None = None
     remote_ip: str | None = None  # the original client (X-Forwarded-For at an ingress gateway); None: source_ip
+    destination_ip: str | None = None
+    sni: str | None = None
 
     def __post_init__(self) -> None:
         if self.principal is not None:

@@ -201,9 +201,74 @@ def normalize_path(path: str, normalization: str = DEFAULT_PATH_NORMALIZATION) -
     return path if normalization == BASE else re.sub("/{2,}", "/", path)
 
 
+# --- path templates ---------------------------------------------------------------------------------
+# Istio (1.23+): a ``paths`` value holding ``{*}`` or ``{**}`` is an Envoy URI template
+# (envoy.path.match.uri_template.uri_template_matcher). ``{*}`` is one path segment (at least one character),
+# ``{**}`` zero or more characters across segments, and only as the last operator; an operator is a segment of
+# its own (``/a/{*}.txt`` is not a template Istio accepts), and no other ``*``, ``{`` or ``}`` may appear.
+# A literal segment is RFC 3986 pchar without ``*`` and ``=`` (what Envoy's parser accepts).
+ONE_SEGMENT, ANY_SEGMENTS = "{*}", "{**}"
+_TEMPLATE_LITERAL = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@]+")
+_ONE_SEGMENT_RE = r"[A-Za-z0-9\-._~%!$&'()+,;:@]+"  # Envoy's regex for "*"
+_ANY_SEGMENTS_RE = r"[A-Za-z0-9\-._~%!$&'()+,;:@/]*"  # and for "**"
+
+
+def is_path_template(value: str) -> bool:
+    """Whether a ``paths`` value is a URI template (holds ``{*}`` or ``{**}``) rather than Istio's plain pattern."""
+    return ONE_SEGMENT in value or ANY_SEGMENTS in value
+
+
+def _template_segments(value: str) -> list[str]:
+    return value[1:].split("/")
+
+
+def path_template_problem(value: str) -> str | None:
+    """Why ``value`` is not a path template Istio and Envoy accept, or None."""
+    if not value.startswith("/"):
+        return f"{value!r}: a path template starts with '/'"
+    segments = _template_segments(value)
+    seen_any = False
+    for i, seg in enumerate(segments):
+        if seg in (ONE_SEGMENT, ANY_SEGMENTS):
+            if seen_any:
+                return f"{value!r}: {{**}} must be the last operator of a path template"
+            seen_any = seg == ANY_SEGMENTS
+            continue
+        if seg == "" and i == len(segments) - 1 and i > 0:
+            continue  # one trailing "/"
+        if "{" in seg or "}" in seg or "*" in seg:
+            return (f"{value!r}: in a path template, {{*}} and {{**}} must each be a whole path segment, and no "
+                    "other '*', '{' or '}' may appear (e.g. /api/{*}/items, /static/{**})")
+        if not _TEMPLATE_LITERAL.fullmatch(seg):
+            what = "an empty segment ('//')" if seg == "" else f"segment {seg!r}"
+            return (f"{value!r}: {what} is not allowed in a path template (letters, digits and "
+                    "-._~%!$&'()+,;:@ only)")
+    return None
+
+
+def path_template_envoy(value: str) -> str:
+    """The template in Envoy's spelling: ``/api/{*}/x/{**}`` -> ``/api/*/x/**``."""
+    return "/" + "/".join("**" if s == ANY_SEGMENTS else "*" if s == ONE_SEGMENT else s
+                          for s in _template_segments(value))
+
+
+def path_template_regex(value: str) -> str:
+    """The regular expression Envoy matches a template with (the whole path, without its query), for Python."""
+    return "/" + "/".join(_ANY_SEGMENTS_RE if s == ANY_SEGMENTS else _ONE_SEGMENT_RE if s == ONE_SEGMENT
+                          else re.escape(s) for s in _template_segments(value))
+
+
+def path_matches(value: str, path: str) -> bool:
+    """Whether a ``paths`` value (plain pattern or template) matches an already normalized ``path``."""
+    if is_path_template(value):
+        return re.fullmatch(path_template_regex(value), path) is not None
+    return Pattern.parse(value).matches(path)
+
+
 __all__ = [
     "ANY", "EXACT", "PREFIX", "SUFFIX", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES",
     "DEFAULT_PATH_NORMALIZATION", "PATH_NORMALIZATIONS", "PATH_PARAMETER", "PATH_PARAMETER_RE2", "Pattern",
     "header_element_regex", "host_regex", "namespace_matches", "namespace_of_principal", "namespace_regex",
-    "normalize_host", "normalize_path", "path_rejection", "re_escape", "spiffe_namespace_regex", "split_namespace",
+    "normalize_host", "normalize_path", "path_matches", "path_rejection", "path_template_envoy",
+    "path_template_problem", "path_template_regex", "is_path_template", "re_escape", "spiffe_namespace_regex", "split_namespace",
 ]

@@ -49,7 +49,7 @@ def _plain_check(args) -> int:
         headers.append((name, value))
     result = client_for(args).authz_check(AuthzCheckQuery(
         to=args.to, source=args.source or "", method=args.method, path=args.path, host=args.host or "",
-        source_ip=args.source_ip or "", headers=tuple(headers)))
+        source_ip=args.source_ip or "", headers=tuple(headers), sni=args.sni or ""))
 
     def table(d: AuthzCheckResponse) -> None:
         who = d.caller.service or d.caller.principal or "a plaintext client"
@@ -83,7 +83,8 @@ def cmd_authz_check(args) -> int:
     headers = tuple((h.partition("=")[0], h.partition("=")[2]) for h in args.header or [])  # checked by its type
     request = AuthzCheckRequest(to=args.to, source=args.source or "", method=args.method, path=args.path,
                                 host=args.host or "", source_ip=args.source_ip or "", headers=headers,
-                                token=_token(args.jwt) if args.jwt else "", jwks=jwks, remote_ip=args.remote_ip or "")
+                                token=_token(args.jwt) if args.jwt else "", jwks=jwks, remote_ip=args.remote_ip or "",
+                                sni=args.sni or "")
     client = client_for(args)
     result = client._typed(AuthzCheckResponse, client.post("/v1/authz/check", request.to_json()), "/v1/authz/check")
 

@@ -560,6 +560,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ac.add_argument("--host", help="the :authority the caller sends (default: the called service's name)")
     ac.add_argument("--header", action="append", type=header, help="NAME=VALUE request header (repeatable)")
     ac.add_argument("--source-ip", type=ip_address, help="caller address (default: its node's address)")
+    ac.add_argument("--sni", help="the TLS server name the caller asks for (connection.sni; default: the --to "
+                                  "service's name, what a mesh caller sends; through mesh gateways "
+                                  "<service>.<datacenter>.internal.meshcore)")
     from .authz_check import add_token_options
 
     add_token_options(ac)  # --jwt, --jwks, --remote-ip and the command itself (meshcore.cli.authz_check)

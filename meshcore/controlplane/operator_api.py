@@ -312,7 +312,8 @@ class OperatorApi:
         try:
             answer = check(snapshot, CheckQuery(
                 destination=one("to"), source=one("from") or None, method=one("method", "GET"),
-                path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None))
+                path=one("path", "/"), host=one("host"), headers=headers, source_ip=one("source_ip") or None,
+                sni=one("sni") or None))
         except ConfigError as exc:  # the service named is not in the mesh
             raise NotFound(str(exc)) from exc
         return _own(AuthzCheckResponse, answer, "the authz check")
@@ -332,7 +333,7 @@ class OperatorApi:
                 destination=body.to, source=body.source or None, method=body.method, path=body.path,
                 host=body.host or None, headers={k.lower(): v for k, v in body.headers},
                 source_ip=body.source_ip or None, token=body.token or None, jwks=body.jwks or None,
-                remote_ip=body.remote_ip or None))
+                remote_ip=body.remote_ip or None, sni=body.sni or None))
         except ConfigError as exc:  # the service named is not in the mesh
             raise NotFound(str(exc)) from exc
         return _own(AuthzCheckResponse, answer, "the authz check")

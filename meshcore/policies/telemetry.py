@@ -65,8 +65,9 @@ NODE_PLACEHOLDER = "{node}"
 JSON_KEYS = (
     "start_time", "direction", "node", "service", "trace_id", "method", "path", "authority", "protocol",
     "response_code", "response_code_details", "response_flags", "duration_ms", "bytes_received", "bytes_sent",
-    "source_spiffe_id", "destination_spiffe_id", "source_address", "destination_port", "upstream_host",
-    "upstream_cluster", "route_name", "rbac_policy", "rbac_result", "audit_policy",
+    "source_spiffe_id", "destination_spiffe_id", "source_address", "destination_address", "destination_port",
+    "requested_server_name", "upstream_host", "upstream_cluster", "route_name", "rbac_policy", "rbac_result",
+    "audit_policy",
 )
 """Every key of a JSON access log line, in the order of the docs (docs/observability.md#access-logs)."""
 
@@ -157,7 +158,9 @@ def _fields(facts: ListenerFacts, *, tcp: bool, rbac: tuple[str, list[str], str 
         "source_spiffe_id": "%DOWNSTREAM_PEER_URI_SAN%" if inbound else (facts.source_spiffe_id or None),
         "destination_spiffe_id": "%DOWNSTREAM_LOCAL_URI_SAN%" if inbound else "%UPSTREAM_PEER_URI_SAN%",
         "source_address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "destination_address": "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
         "destination_port": facts.port,
+        "requested_server_name": "%REQUESTED_SERVER_NAME%",
         "upstream_host": "%UPSTREAM_HOST%",
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
         "route_name": None if tcp else "%ROUTE_NAME%",
@@ -196,7 +199,8 @@ def _text_format(fields: dict[str, object]) -> str:
     head = (f"[{v('start_time')}] {v('direction')} node={v('node')} service={v('service')} "
             f"\"{v('method')} {v('path')} {v('protocol')}\" {v('response_code')} {v('response_flags')} ")
     rest = ["duration_ms", "bytes_received", "bytes_sent", "source_spiffe_id", "destination_spiffe_id",
-            "source_address", "destination_port", "upstream_host", "upstream_cluster", "route_name", "trace_id",
+            "source_address", "destination_address", "destination_port", "requested_server_name", "upstream_host",
+            "upstream_cluster", "route_name", "trace_id",
             "authority", "response_code_details", "rbac_policy", "rbac_result", "audit_policy"]
     return head + " ".join(f"{k}={v(k)}" for k in rest) + "\n"
 

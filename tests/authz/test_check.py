@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshcore.authz import CheckQuery, Pattern, check, host_regex, normalize_path
+from meshcore.authz.patterns import path_matches, path_template_envoy
 from meshcore.authz.providers import parse_mesh_settings
 from meshcore.catalog.files import FileCatalogSource
 from meshcore.errors import ConfigError
@@ -92,6 +93,17 @@ def test_patterns():
     assert normalize_path("/a//b/./c/../d?x=1#f") == "/a/b/d"
 
 
+@pytest.mark.parametrize("template,path,hit", [
+    ("/foo/{*}", "/foo/bar", True), ("/foo/{*}", "/foo/bar/baz", False), ("/foo/{*}", "/foo/", False),
+    ("/foo/{**}/", "/foo/bar/", True), ("/foo/{**}/", "/foo//", True), ("/foo/{**}/", "/foo/bar", False),
+    ("/foo/{*}/bar/{**}", "/foo/buzz/bar/", True), ("/foo/{*}/bar/{**}", "/foo/buzz/bar/baz", True),
+    ("/{**}", "/", True), ("/v1/{*}", "/v1/a%20b", True), ("/v1/{*}", "/v1/a*b", False),
+])
+def test_path_templates_match_as_envoys_uri_template(template, path, hit):
+    assert path_matches(template, path) is hit
+    assert path_template_envoy(template) == template.replace("{**}", "**").replace("{*}", "*")
+
+
 def _doc_policies() -> list:
     """Every YAML example of docs/security.md, loaded (and so validated) by the real loader."""
     text = (ROOT / "docs" / "security.md").read_text()
@@ -122,3 +134,20 @@ def test_docs_examples_validate_and_do_what_the_docs_say():
     assert not allowed("productpage", "ratings", "/ratings/0")
     assert not allowed("ingress-gateway", "details", "/details/0")
     assert not allowed("productpage", "details", "/details/0", method="DELETE")
+
+
+def test_destination_ip_tells_instances_apart_and_sni_defaults_to_the_service_name():
+    catalog = FileCatalogSource(CATALOG).poll(None, 0).catalog
+    res = load_documents(
+        "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: by-address}\n"
+        "spec:\n  selector: {matchLabels: {app: reviews}}\n  action: DENY\n  rules:\n"
+        "  - when: [{key: destination.ip, values: [127.0.0.12/32]}]\n"
+        "  - when: [{key: connection.sni, values: ['*.internal.meshcore']}]\n", "x.yaml")
+    snap = MeshSnapshot.build(catalog, res)
+    out = check(snap, CheckQuery(destination="reviews", source="productpage"))
+    verdicts = {tuple(r["instances"]): r["allowed"] for r in out["results"]}
+    assert verdicts == {("reviews-v1",): True, ("reviews-v2",): False, ("reviews-v3",): True}
+    via = check(snap, CheckQuery(destination="reviews", source="productpage", sni="reviews.dc2.internal.meshcore"))
+    assert {tuple(r["instances"]): r["rule_index"] for r in via["results"]} == {
+        ("reviews-v1",): 1, ("reviews-v2",): 0, ("reviews-v3",): 1}
+    assert not any(r["allowed"] for r in via["results"])

@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -123,6 +126,24 @@ def wait_listening(host: str, port: int, timeout: float = 10) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+@contextmanager
+def envoy_before_servers(built: dict, defs: dict, servers: list, workdir: Path) -> Iterator[StaticEnvoy]:
+    """Serve ``servers`` (socketserver instances, on threads), run ``built`` in a StaticEnvoy in ``workdir`` until
+    every sidecar port of ``defs`` (write_catalog's definitions) listens; on exit stop both."""
+    for server in servers:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with StaticEnvoy(built, workdir) as envoy:
+            for d in defs.values():
+                wait_listening("127.0.0.1", d["connect"]["sidecar_service"]["port"])
+            yield envoy
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 class HeadersApp(BaseHTTPRequestHandler):

@@ -16,15 +16,26 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Sequence, TypeAlias
 
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
-from ...authz.patterns import ANY, EXACT, PREFIX, Pattern, header_element_regex, host_regex, spiffe_namespace_regex
+from ...authz.patterns import (
+    ANY,
+    EXACT,
+    PREFIX,
+    Pattern,
+    header_element_regex,
+    host_regex,
+    is_path_template,
+    path_template_envoy,
+    spiffe_namespace_regex,
+)
 from ...authz.rules import PolicyRules, policy_rules
 from ...catalog.model import ServiceInstance
 from ...naming import DEFAULT_TRUST_DOMAIN
@@ -34,7 +45,9 @@ from .schema import is_dry_run
 from .spec import (
     ALLOW,
     AUDIT,
+    CONNECTION_SNI,
     DENY,
+    DESTINATION_IP,
     DESTINATION_PORT,
     REMOTE_IP,
     REQUEST_AUDIENCES,
@@ -83,6 +96,16 @@ def _string(pattern: Pattern, prefix: str = "") -> string_pb2.StringMatcher:
     if pattern.kind == PREFIX:
         return string_pb2.StringMatcher(prefix=prefix + pattern.text)
     return string_pb2.StringMatcher(suffix=pattern.text)
+
+
+URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template.uri_template_matcher"
+
+
+def _uri_template(value: str) -> extension_pb2.TypedExtensionConfig:
+    config = uri_template_match_pb2.UriTemplateMatchConfig(path_template=path_template_envoy(value))
+    packed = any_pb2.Any()
+    packed.Pack(config)
+    return extension_pb2.TypedExtensionConfig(name=URI_TEMPLATE_MATCHER, typed_config=packed)
 
 
 def _regex(regex: str) -> string_pb2.StringMatcher:
@@ -215,7 +238,13 @@ def _value_matcher(cond: Condition, value: str, target: _Target) -> Permission |
     if a == REQUEST_HOST:
         return _header(":authority", value)
     if a == REQUEST_PATH:
+        if is_path_template(value):  # /api/{*}/items: Envoy's URI template matcher, as Istio compiles it
+            return Permission(uri_template=_uri_template(value))
         return Permission(url_path=path_pb2.PathMatcher(path=_string(Pattern.parse(value))))
+    if a == DESTINATION_IP:
+        return Permission(destination_ip=_cidr(value))
+    if a == CONNECTION_SNI:
+        return Permission(requested_server_name=_string(Pattern.parse(value)))
     if a == REQUEST_HEADERS:
         return _header(cond.header or "", value, elements=target.header_elements(cond))
     raise ValueError(f"no Envoy matcher for attribute {a!r}")

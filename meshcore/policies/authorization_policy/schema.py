@@ -78,7 +78,7 @@ SOURCE_FIELDS = ("principals", "notPrincipals", "requestPrincipals", "notRequest
                  "notTrustDomains", "remoteIpBlocks", "notRemoteIpBlocks")
 OPERATION_FIELDS = ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts", "hosts", "notHosts")
 WHEN_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "source.ip", "remote.ip", "destination.port",
-             "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "request.auth.claims[<name>]")
+             "destination.ip", "connection.sni", "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "request.auth.claims[<name>]")
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]_-]+")
 _NAMESPACE = re.compile(r"[a-z0-9-]+")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
@@ -211,6 +211,10 @@ def _method_problem(value: str) -> str | None:
 
 
 def _path_problem(value: str) -> str | None:
+    from meshcore.authz.patterns import is_path_template, path_template_problem  # (meshcore.authz imports this)
+
+    if is_path_template(value):  # /api/{*}/items, /static/{**}: an Envoy URI template, as in Istio
+        return path_template_problem(value)
     problem = wildcard_problem(value)
     if problem:
         return problem
@@ -353,6 +357,8 @@ _WHEN_VALUE_CHECKS = {
     "source.ip": _ip_block_problem,
     "remote.ip": _ip_block_problem,
     "destination.port": _port_problem,
+    "destination.ip": _ip_block_problem,
+    "connection.sni": wildcard_problem,
     "request.auth.principal": _request_principal_problem,
     "request.auth.audiences": wildcard_problem,
     "request.auth.presenter": wildcard_problem,

@@ -32,6 +32,8 @@ REQUEST_PATH = "request.path"
 REQUEST_HOST = "request.host"
 REQUEST_HEADERS = "request.headers"
 DESTINATION_PORT = "destination.port"
+DESTINATION_IP = "destination.ip"  # the address the caller connected to (the workload's listener address)
+CONNECTION_SNI = "connection.sni"  # the server name the caller's TLS handshake asked for
 # From the request's validated JWT (RequestAuthentication): "<iss>/<sub>", the "aud", "azp" and any claim.
 REQUEST_PRINCIPAL = "request.auth.principal"
 REQUEST_AUDIENCES = "request.auth.audiences"
@@ -59,8 +61,8 @@ _OPERATION_FIELDS = {
 }
 
 
-PLAIN_WHEN_KEYS = (SOURCE_PRINCIPAL, SOURCE_NAMESPACE, SOURCE_IP, DESTINATION_PORT, REQUEST_PRINCIPAL,
-                   REQUEST_AUDIENCES, REQUEST_PRESENTER, REMOTE_IP)
+PLAIN_WHEN_KEYS = (SOURCE_PRINCIPAL, SOURCE_NAMESPACE, SOURCE_IP, DESTINATION_PORT, DESTINATION_IP, CONNECTION_SNI,
+                   REQUEST_PRINCIPAL, REQUEST_AUDIENCES, REQUEST_PRESENTER, REMOTE_IP)
 HEADER_KEY = re.compile(r"request\.headers\[(?P<name>[^\]]*)\]")
 CLAIM_KEY = re.compile(r"request\.auth\.claims(?P<path>(\[[^\[\]]+\])+)")
 """``request.auth.claims[groups]``; a nested claim is one bracket per level: ``request.auth.claims[realm][role]``."""

@@ -12,7 +12,6 @@ import http.client
 import socket
 import socketserver
 import textwrap
-import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,7 +20,7 @@ import pytest
 from meshcore.authz import Request, decide
 
 from .._catalog import build, snapshot, write_catalog
-from .._envoy import StaticEnvoy, wait_listening
+from .._envoy import envoy_before_servers
 
 HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\n"
 PERMISSIVE = ("apiVersion: security.mesh.io/v1beta1\nkind: PeerAuthentication\n"
@@ -136,10 +135,6 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
-def _serve(server) -> None:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalog")
@@ -149,16 +144,8 @@ def world(tmp_path_factory):
     servers = [ThreadingHTTPServer(("127.0.0.1", defs["web"]["port"]), _App),
                ThreadingHTTPServer(("127.0.0.1", defs["api"]["port"]), _App),
                socketserver.ThreadingTCPServer(("127.0.0.1", defs["db"]["port"]), _Echo)]
-    for s in servers:
-        s.daemon_threads = True
-        _serve(s)
-    with StaticEnvoy(built, tmp_path_factory.mktemp("envoy")) as envoy:
-        for d in defs.values():
-            wait_listening("127.0.0.1", d["connect"]["sidecar_service"]["port"])
+    with envoy_before_servers(built, defs, servers, tmp_path_factory.mktemp("envoy")) as envoy:
         yield {"defs": defs, "snapshot": snapshot(root, text), "envoy": envoy}
-    for s in servers:
-        s.shutdown()
-        s.server_close()
 
 
 def _http(src: str, port: int, method: str, path: str, headers: dict) -> int:

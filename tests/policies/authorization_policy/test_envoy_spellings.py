@@ -22,8 +22,8 @@ from meshcore.compose import build_proxy
 from meshcore.snapshot import MeshSettings, MeshSnapshot, ProxyInfo
 
 from .._catalog import snapshot, write_catalog
-from .._envoy import StaticEnvoy, wait_listening
-from .test_envoy_rbac import PERMISSIVE, _App, _serve
+from .._envoy import envoy_before_servers
+from .test_envoy_rbac import PERMISSIVE, _App
 
 HEAD = "apiVersion: security.mesh.io/v1beta1\nkind: AuthorizationPolicy\n"
 
@@ -55,18 +55,8 @@ def _world(tmp_path_factory, settings: MeshSettings):
     snap = MeshSnapshot.build(base.catalog, base.resources, base.trust_domain, settings)
     built = build_proxy(snap, ProxyInfo(node="n1", secrets_dir="/s"))
     servers = [ThreadingHTTPServer(("127.0.0.1", defs[n]["port"]), _App) for n in ("web", "api")]
-    for s in servers:
-        s.daemon_threads = True
-        _serve(s)
-    try:
-        with StaticEnvoy(built, tmp_path_factory.mktemp("envoy")):
-            for d in defs.values():
-                wait_listening("127.0.0.1", d["connect"]["sidecar_service"]["port"])
-            yield {"defs": defs, "snapshot": snap}
-    finally:
-        for s in servers:
-            s.shutdown()
-            s.server_close()
+    with envoy_before_servers(built, defs, servers, tmp_path_factory.mktemp("envoy")):
+        yield {"defs": defs, "snapshot": snap}
 
 
 @pytest.fixture(scope="module")

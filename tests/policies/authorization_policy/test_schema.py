@@ -123,7 +123,7 @@ def test_errors_have_exact_paths():
           - {key: source.ip, values: ["not-an-ip"]}
           - {key: destination.port, notValues: ["99999"]}
           - {key: source.principal}
-          - {key: "connection.sni", values: [x]}
+          - {key: "source.principals", values: [x]}
         - from:
           - {}
           - source: {}
@@ -201,3 +201,30 @@ def test_scope_selector_namespace_and_mesh_wide():
     assert selects(by_name["root-selector"], {"app": "reviews"}, "meshcore-system")
     assert selects(by_name["empty-selector"], {"app": "x"}, "shop")
     assert [r.name for r in policies_for(res, v2, "default")] == ["ns-wide", "reviews-v2", "deny-all"]
+
+
+def test_path_templates_and_connection_keys():
+    ok = load_documents(ap("""\
+        rules:
+        - to: [{operation: {paths: ["/api/{*}/items", "/static/{**}", "/a/{*}/b/{**}", "/x/{**}/"],
+                            notPaths: ["/api/{*}/"]}}]
+          when:
+          - {key: destination.ip, values: ["10.0.0.0/8", "192.168.0.1"]}
+          - {key: connection.sni, values: ["*.internal.meshcore"], notValues: ["db"]}
+        """), "ok.yaml")
+    assert ok[0].spec["rules"][0]["to"][0]["operation"]["paths"][1] == "/static/{**}"
+    found = errors(ap("""\
+        rules:
+        - to: [{operation: {paths: ["/{**}/foo/{*}", "/foo/{*}.txt", "/*/baz/{*}", "/a//{*}", "api/{*}"]}}]
+          when:
+          - {key: destination.ip, values: ["10.0.0.300"]}
+          - {key: connection.sni, values: ["a*b"]}
+        """))
+    paths = "spec.rules[0].to[0].operation.paths"
+    assert "{**} must be the last operator" in found[f"{paths}[0]"]
+    assert "must each be a whole path segment" in found[f"{paths}[1]"]
+    assert "must each be a whole path segment" in found[f"{paths}[2]"]
+    assert "empty segment" in found[f"{paths}[3]"]
+    assert "starts with '/'" in found[f"{paths}[4]"]
+    assert "CIDR" in found["spec.rules[0].when[0].values[0]"]
+    assert "'*' may only be" in found["spec.rules[0].when[1].values[0]"]
