@@ -1,6 +1,7 @@
 """Istio's string patterns and the attribute spellings both the evaluator and the Envoy compiler share.
 
-A policy value is one of: exact (``GET``), prefix (``/api/*``), suffix (``*.js``) or any (``*``).
+A policy value is one of: exact (``GET``), prefix (``/api/*``), suffix (``*.js``) or any (``*``); a header value
+may also be ``*text*`` (contains; validation allows it for ``request.headers`` only).
 Host and namespace patterns become regular expressions, written in the subset that Python's ``re``
 and Envoy's RE2 read the same way, so that :mod:`meshcore.authz` and Envoy agree on every request.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-EXACT, PREFIX, SUFFIX, ANY = "exact", "prefix", "suffix", "any"
+EXACT, PREFIX, SUFFIX, ANY, CONTAINS = "exact", "prefix", "suffix", "any", "contains"
 
 _RE_SPECIAL = set("\\.^$|?*+()[]{}")
 _HOST_PORT = re.compile(r".*:[0-9]+")
@@ -30,6 +31,8 @@ class Pattern:
     def parse(cls, value: str) -> "Pattern":
         if value == "*":
             return cls(ANY, "")
+        if len(value) > 2 and value.startswith("*") and value.endswith("*"):
+            return cls(CONTAINS, value[1:-1])
         if value.endswith("*"):
             return cls(PREFIX, value[:-1])
         if value.startswith("*"):
@@ -46,6 +49,8 @@ class Pattern:
             return candidate.startswith(self.text)
         if self.kind == SUFFIX:
             return candidate.endswith(self.text)
+        if self.kind == CONTAINS:
+            return self.text in candidate
         return candidate == self.text
 
 
@@ -136,6 +141,8 @@ def header_element_regex(value: str) -> str:
         body = re_escape(p.text) + "[^,]*"
     elif p.kind == SUFFIX:
         body = "[^,]*" + re_escape(p.text)
+    elif p.kind == CONTAINS:
+        body = "[^,]*" + re_escape(p.text) + "[^,]*"
     else:
         body = re_escape(p.text)
     return "(.*,)?" + _OWS + body + _OWS + "(,.*)?"
@@ -205,8 +212,9 @@ def normalize_path(path: str, normalization: str = DEFAULT_PATH_NORMALIZATION) -
 # Istio (1.23+): a ``paths`` value holding ``{*}`` or ``{**}`` is an Envoy URI template
 # (envoy.path.match.uri_template.uri_template_matcher). ``{*}`` is one path segment (at least one character),
 # ``{**}`` zero or more characters across segments, and only as the last operator; an operator is a segment of
-# its own (``/a/{*}.txt`` is not a template Istio accepts), and no other ``*``, ``{`` or ``}`` may appear.
-# A literal segment is RFC 3986 pchar without ``*`` and ``=`` (what Envoy's parser accepts).
+# its own, except that the last segment may follow it with a literal suffix (``/logs/{**}.gz``: Envoy's suffix,
+# which Istio's own path-templating test uses); no other ``*``, ``{`` or ``}`` may appear. A literal is RFC 3986
+# pchar without ``*`` and ``=`` (what Envoy's parser accepts).
 ONE_SEGMENT, ANY_SEGMENTS = "{*}", "{**}"
 _TEMPLATE_LITERAL = re.compile(r"[A-Za-z0-9\-._~%!$&'()+,;:@]+")
 _ONE_SEGMENT_RE = r"[A-Za-z0-9\-._~%!$&'()+,;:@]+"  # Envoy's regex for "*"
@@ -222,6 +230,14 @@ def _template_segments(value: str) -> list[str]:
     return value[1:].split("/")
 
 
+def _operator_and_suffix(segment: str) -> tuple[str, str] | None:
+    """``"{**}.gz"`` -> ``("{**}", ".gz")``; ``"{*}"`` -> ``("{*}", "")``; None when the segment is no operator."""
+    for op in (ANY_SEGMENTS, ONE_SEGMENT):
+        if segment.startswith(op):
+            return op, segment[len(op):]
+    return None
+
+
 def path_template_problem(value: str) -> str | None:
     """Why ``value`` is not a path template Istio and Envoy accept, or None."""
     if not value.startswith("/"):
@@ -229,16 +245,21 @@ def path_template_problem(value: str) -> str | None:
     segments = _template_segments(value)
     seen_any = False
     for i, seg in enumerate(segments):
-        if seg in (ONE_SEGMENT, ANY_SEGMENTS):
+        op = _operator_and_suffix(seg)
+        if op is not None and (not op[1] or i == len(segments) - 1):
             if seen_any:
                 return f"{value!r}: {{**}} must be the last operator of a path template"
-            seen_any = seg == ANY_SEGMENTS
+            seen_any = op[0] == ANY_SEGMENTS
+            if op[1] and not _TEMPLATE_LITERAL.fullmatch(op[1]):
+                return (f"{value!r}: suffix {op[1]!r} is not allowed in a path template (letters, digits and "
+                        "-._~%!$&'()+,;:@ only)")
             continue
         if seg == "" and i == len(segments) - 1 and i > 0:
             continue  # one trailing "/"
         if "{" in seg or "}" in seg or "*" in seg:
-            return (f"{value!r}: in a path template, {{*}} and {{**}} must each be a whole path segment, and no "
-                    "other '*', '{' or '}' may appear (e.g. /api/{*}/items, /static/{**})")
+            return (f"{value!r}: in a path template, {{*}} and {{**}} must each be a whole path segment (the last "
+                    "segment may add a suffix: /logs/{**}.gz), and no other '*', '{' or '}' may appear (e.g. "
+                    "/api/{*}/items, /static/{**})")
         if not _TEMPLATE_LITERAL.fullmatch(seg):
             what = "an empty segment ('//')" if seg == "" else f"segment {seg!r}"
             return (f"{value!r}: {what} is not allowed in a path template (letters, digits and "
@@ -248,14 +269,18 @@ def path_template_problem(value: str) -> str | None:
 
 def path_template_envoy(value: str) -> str:
     """The template in Envoy's spelling: ``/api/{*}/x/{**}`` -> ``/api/*/x/**``."""
-    return "/" + "/".join("**" if s == ANY_SEGMENTS else "*" if s == ONE_SEGMENT else s
-                          for s in _template_segments(value))
+    return value.replace(ANY_SEGMENTS, "**").replace(ONE_SEGMENT, "*")
 
 
 def path_template_regex(value: str) -> str:
     """The regular expression Envoy matches a template with (the whole path, without its query), for Python."""
-    return "/" + "/".join(_ANY_SEGMENTS_RE if s == ANY_SEGMENTS else _ONE_SEGMENT_RE if s == ONE_SEGMENT
-                          else re.escape(s) for s in _template_segments(value))
+    def segment(seg: str) -> str:
+        op = _operator_and_suffix(seg)
+        if op is None:
+            return re.escape(seg)
+        return (_ANY_SEGMENTS_RE if op[0] == ANY_SEGMENTS else _ONE_SEGMENT_RE) + re.escape(op[1])
+
+    return "/" + "/".join(segment(s) for s in _template_segments(value))
 
 
 def path_matches(value: str, path: str) -> bool:
@@ -266,7 +291,7 @@ def path_matches(value: str, path: str) -> bool:
 
 
 __all__ = [
-    "ANY", "EXACT", "PREFIX", "SUFFIX", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES",
+    "ANY", "CONTAINS", "EXACT", "PREFIX", "SUFFIX", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES",
     "DEFAULT_PATH_NORMALIZATION", "PATH_NORMALIZATIONS", "PATH_PARAMETER", "PATH_PARAMETER_RE2", "Pattern",
     "header_element_regex", "host_regex", "namespace_matches", "namespace_of_principal", "namespace_regex",
     "normalize_host", "normalize_path", "path_matches", "path_rejection", "path_template_envoy",

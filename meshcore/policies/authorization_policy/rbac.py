@@ -27,6 +27,7 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 
 from ...authz.patterns import (
     ANY,
+    CONTAINS,
     EXACT,
     PREFIX,
     Pattern,
@@ -95,6 +96,8 @@ def _string(pattern: Pattern, prefix: str = "") -> string_pb2.StringMatcher:
         return string_pb2.StringMatcher(exact=prefix + pattern.text)
     if pattern.kind == PREFIX:
         return string_pb2.StringMatcher(prefix=prefix + pattern.text)
+    if pattern.kind == CONTAINS:  # request.headers only (validation)
+        return string_pb2.StringMatcher(contains=pattern.text)
     return string_pb2.StringMatcher(suffix=pattern.text)
 
 

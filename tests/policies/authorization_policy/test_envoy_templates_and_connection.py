@@ -1,4 +1,4 @@
-"""Agreement through a real Envoy: path templates (``{*}``, ``{**}``: Envoy's URI template matcher) and the
+"""Agreement through a real Envoy: header values that contain a text (``*text*``), path templates (``{*}``, ``{**}``: Envoy's URI template matcher) and the
 connection keys ``destination.ip`` (the listener's address) and ``connection.sni`` (the TLS server name; a
 plaintext caller sends none), each request decided by meshcore's evaluator as well.
 """
@@ -20,7 +20,7 @@ POLICIES = PERMISSIVE + ap("web-deny", """
     selector: {matchLabels: {app: web}}
     action: DENY
     rules:
-    - to: [{operation: {paths: ["/api/{*}/admin", "/private/{**}"]}}]
+    - to: [{operation: {paths: ["/api/{*}/admin", "/private/{**}", "/logs/{*}/{**}.gz", "/store/{**}/cart"]}}]
     - to: [{operation: {paths: ["/ip/here"]}}]
       when: [{key: destination.ip, values: ["127.0.0.1"]}]
     - to: [{operation: {paths: ["/ip/elsewhere"]}}]
@@ -29,6 +29,8 @@ POLICIES = PERMISSIVE + ap("web-deny", """
       when: [{key: connection.sni, notValues: ["web"]}]
     - to: [{operation: {paths: ["/sni/any"]}}]
       when: [{key: connection.sni, values: ["*"]}]
+    - to: [{operation: {paths: ["/cookie"]}}]
+      when: [{key: "request.headers[cookie]", values: ["*session=admin*"]}]
     """) + ap("web-allow", """
     selector: {matchLabels: {app: web}}
     rules:
@@ -54,6 +56,12 @@ CASES = {
     "/private/": True,
     "/private/a/b.txt": True,
     "/privates": False,
+    "/logs/web/2026/12/a.gz": True,  # a suffix after the last operator
+    "/logs/web.gz": False,
+    "/logs/web/a.gzip": False,
+    "/store/cart": False,  # {**} between two slashes: "/store/" + anything + "/cart"
+    "/store//cart": False,  # merged to /store/cart before RBAC
+    "/store/a/b/cart": True,
     "/ip/here": True,
     "/ip/elsewhere": False,
     "/sni/not-web": True,  # a plaintext caller has no SNI: not "web"
@@ -106,3 +114,27 @@ def test_tcp_connection_keys_agree_with_envoy(world):
                                sni="db.dc2.internal.meshcore")
     denied = decide(snap.resources, inst.labels, inst.namespace, through_gateways)
     assert not denied.allowed and denied.policy == "default/db-deny" and denied.rule_index == 1
+
+
+# cookie header -> denied? (a DENY matches each comma-separated element of a list on its own, and a contained text)
+COOKIES = {
+    "theme=dark; session=admin; lang=en": True,
+    "session=admin": True,
+    "session=user": False,
+    "a=1, b=session=admin2": True,  # the second element contains it
+    "": False,
+}
+
+
+def test_header_values_containing_a_text_agree_with_envoy(world):
+    port = world["defs"]["web"]["connect"]["sidecar_service"]["port"]
+    snap = world["snapshot"]
+    [inst] = snap.catalog.instances_of("web")
+    seen = {}
+    for cookie, denied in COOKIES.items():
+        headers = {"Cookie": cookie} if cookie else {}
+        request = Request(source_ip="127.0.0.1", method="GET", path="/cookie", host="web", port=inst.port,
+                          headers=headers, destination_ip=inst.mesh_address)
+        decision = decide(snap.resources, inst.labels, inst.namespace, request)
+        seen[cookie] = (_http("127.0.0.1", port, "GET", "/cookie", headers), not decision.allowed)
+    assert {k: (s == 403, d) for k, (s, d) in seen.items()} == {k: (v, v) for k, v in COOKIES.items()}, seen

@@ -206,19 +206,23 @@ def test_scope_selector_namespace_and_mesh_wide():
 def test_path_templates_and_connection_keys():
     ok = load_documents(ap("""\
         rules:
-        - to: [{operation: {paths: ["/api/{*}/items", "/static/{**}", "/a/{*}/b/{**}", "/x/{**}/"],
+        - to: [{operation: {paths: ["/api/{*}/items", "/static/{**}", "/a/{*}/b/{**}", "/x/{**}/",
+                                   "/logs/{**}.gz", "/store/{**}/cart"],
                             notPaths: ["/api/{*}/"]}}]
           when:
           - {key: destination.ip, values: ["10.0.0.0/8", "192.168.0.1"]}
           - {key: connection.sni, values: ["*.internal.meshcore"], notValues: ["db"]}
+          - {key: "request.headers[cookie]", values: ["*session=*"]}
         """), "ok.yaml")
     assert ok[0].spec["rules"][0]["to"][0]["operation"]["paths"][1] == "/static/{**}"
     found = errors(ap("""\
         rules:
-        - to: [{operation: {paths: ["/{**}/foo/{*}", "/foo/{*}.txt", "/*/baz/{*}", "/a//{*}", "api/{*}"]}}]
+        - to: [{operation: {paths: ["/{**}/foo/{*}", "/foo/{*}.txt/x", "/*/baz/{*}", "/a//{*}", "api/{*}"]}}]
           when:
           - {key: destination.ip, values: ["10.0.0.300"]}
           - {key: connection.sni, values: ["a*b"]}
+          - {key: "request.headers[cookie]", values: ["*a*b*"]}
+          - {key: source.principal, values: ["*admin*"]}
         """))
     paths = "spec.rules[0].to[0].operation.paths"
     assert "{**} must be the last operator" in found[f"{paths}[0]"]
@@ -228,3 +232,5 @@ def test_path_templates_and_connection_keys():
     assert "starts with '/'" in found[f"{paths}[4]"]
     assert "CIDR" in found["spec.rules[0].when[0].values[0]"]
     assert "'*' may only be" in found["spec.rules[0].when[1].values[0]"]
+    assert "'*' may only be" in found["spec.rules[0].when[2].values[0]"]
+    assert "'*' may only be" in found["spec.rules[0].when[3].values[0]"]  # contains: header values only
