@@ -131,7 +131,7 @@ def test_header_values_containing_a_text_agree_with_envoy(world):
     snap = world["snapshot"]
     [inst] = snap.catalog.instances_of("web")
     seen = {}
-    for cookie, denied in COOKIES.items():
+    for cookie in COOKIES:
         headers = {"Cookie": cookie} if cookie else {}
         request = Request(source_ip="127.0.0.1", method="GET", path="/cookie", host="web", port=inst.port,
                           headers=headers, destination_ip=inst.mesh_address)
