@@ -185,6 +185,8 @@ def validate_document(doc: Any, source: str, document: int | None,
 
     if api_version != spec_def.api_version:
         add_note("apiVersion", f"{api_version} is Istio's: read as {spec_def.api_version}")
+    for path, text in ctx.notes.items:  # deprecated spellings read as the current ones
+        add_note(path, text)
     namespace, annotations = _metadata_notes(doc, meta, spec_def.kind, add_note)
     resource = Resource(
         api_version=spec_def.api_version,

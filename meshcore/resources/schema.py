@@ -152,9 +152,13 @@ class Context:
 
     issues: Issues = field(default_factory=Issues)
     unwrap_blocks: bool = False
+    notes: Issues = field(default_factory=Issues)  # accepted but read differently (a deprecated spelling)
 
     def add(self, path: Path, message: str) -> None:
         self.issues.add(path, message)
+
+    def note(self, path: Path, message: str) -> None:
+        self.notes.add(path, message)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -493,6 +497,18 @@ class Field:
     default: Any = INVALID
 
 
+@dataclass(frozen=True)
+class Deprecated:
+    """A field spelling Istio still accepts but has deprecated: read as the field ``into`` (its value through
+    ``convert``), plus ``also`` (fields set with it unless the document sets them), with a note naming the
+    current spelling. Giving both spellings is an error."""
+
+    into: str
+    convert: Callable[[Any], Any] | None = None
+    also: Mapping[str, Any] = field(default_factory=dict)
+    why: str = "deprecated in Istio"
+
+
 def Required(schema: Schema) -> Field:
     return Field(schema, required=True)
 
@@ -511,7 +527,9 @@ class Obj(Schema):
       ``DestinationName`` and ``destination_name`` alike); the output uses the declared names;
     * ``rules`` are cross-field checks ``rule(cleaned: dict, path, ctx)`` run after the fields;
     * ``refused`` names fields Istio has and meshcore refuses, each with the reason and what to use instead
-      (the error says so rather than "unknown field").
+      (the error says so rather than "unknown field");
+    * ``deprecated`` names Istio's deprecated spellings of fields, read as the current ones with a note
+      (:class:`Deprecated`).
     """
 
     expected = "a mapping"
@@ -524,6 +542,7 @@ class Obj(Schema):
         allow_unknown: bool = False,
         loose_keys: bool = False,
         refused: Mapping[str, str] | None = None,
+        deprecated: Mapping[str, Deprecated] | None = None,
     ):
         self.fields: dict[str, Field] = {
             name: f if isinstance(f, Field) else Field(f) for name, f in fields.items()
@@ -532,6 +551,7 @@ class Obj(Schema):
         self.allow_unknown = allow_unknown
         self.loose_keys = loose_keys
         self.refused: dict[str, str] = dict(refused or {})
+        self.deprecated: dict[str, Deprecated] = dict(deprecated or {})
         self._loose_index = {_loose(n): n for n in self.fields}
 
     def _resolve(self, key: str) -> str | None:
@@ -540,6 +560,30 @@ class Obj(Schema):
         if self.loose_keys:
             return self._loose_index.get(_loose(key))
         return None
+
+    def _current_spelling(self, value: Mapping, path: Path, ctx: Context) -> tuple[dict, bool]:
+        """``value`` with its deprecated spellings replaced by the current ones (see :class:`Deprecated`)."""
+        out: dict[Any, Any] = {k: v for k, v in value.items() if k not in self.deprecated}
+        ok = True
+        for key, dep in self.deprecated.items():
+            if key not in value or value[key] is None:
+                continue
+            if value.get(dep.into) is not None:
+                ctx.add(path.field(key), f"{json.dumps(key)} is the deprecated spelling of {json.dumps(dep.into)}, "
+                                         "which is also set: give one")
+                ok = False
+                continue
+            try:
+                out[dep.into] = dep.convert(value[key]) if dep.convert is not None else value[key]
+            except (TypeError, ValueError) as exc:
+                ctx.add(path.field(key), f"cannot be read as {json.dumps(dep.into)}: {exc}")
+                ok = False
+                continue
+            for name, default in dep.also.items():
+                out.setdefault(name, default)
+            also = "".join(f", {n}: {json.dumps(v)}" for n, v in dep.also.items() if value.get(n) is None)
+            ctx.note(path.field(key), f"{dep.why}: read as {dep.into}: {json.dumps(out[dep.into])}{also}")
+        return out, ok
 
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         value = _unwrap_block(value, path, ctx)
@@ -550,6 +594,8 @@ class Obj(Schema):
         out: dict[str, Any] = {}
         seen: dict[str, str] = {}
         ok = True
+        if self.deprecated and any(k in self.deprecated for k in value):
+            value, ok = self._current_spelling(value, path, ctx)
         for key, item in value.items():
             if not isinstance(key, str):
                 ctx.add(path.key(key), f"field names must be strings, got {type_name(key)}")

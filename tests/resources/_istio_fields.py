@@ -91,7 +91,8 @@ def _unwrap(schema: Any) -> Any:
 
 
 def status_of(kind: str, field: str) -> tuple[str, str]:
-    """(``supported`` | ``refused`` | ``missing``, the reason when refused) from meshcore's schema of ``kind``."""
+    """(``supported`` | ``refused`` | ``deprecated`` | ``missing``, the reason when refused, the current spelling when
+    deprecated) from meshcore's schema of ``kind``."""
     schema: Any = KINDS[kind].validate.__self__  # type: ignore[attr-defined]
     for part in field.replace("[]", "").replace("{}", "").split(".")[1:]:
         schema = _unwrap(schema)
@@ -99,6 +100,8 @@ def status_of(kind: str, field: str) -> tuple[str, str]:
             return "supported", ""  # meshcore takes this value whole (e.g. retries.backoff as a duration)
         if part in schema.refused:
             return "refused", schema.refused[part]
+        if part in schema.deprecated:
+            return "deprecated", "read as " + schema.deprecated[part].into
         if part not in schema.fields:
             return "missing", ""
         schema = schema.fields[part]
@@ -110,13 +113,14 @@ def render(fields: dict[str, list[str]], source: str) -> str:
         "# Istio's fields of the kinds meshcore spells like Istio's, and what meshcore does with each.",
         f"# Derived from {source} by tests/resources/_istio_fields.py (written by this project; Istio's CRDs are",
         "# Apache-2.0, the Istio Authors). supported: validated and honoured; refused: no meaning on VMs or needs a kind",
-        "# meshcore lacks, validation says why and what to use; missing: not implemented yet (an unknown-field error).",
+        "# meshcore lacks, validation says why and what to use; deprecated: Istio's deprecated spelling, read as the",
+        "# current field with a note; missing: not implemented yet (an unknown-field error).",
     ]
     for kind in KIND_NAMES:
         lines.append(f"{kind}:")
         for f in fields.get(kind, []):
             status, reason = status_of(kind, f)
-            value = status if status != "refused" else "{refused: " + json.dumps(reason) + "}"
+            value = status if not reason else "{" + status + ": " + json.dumps(reason) + "}"
             lines.append(f"  {f}: {value}")
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ from meshcore.errors import FieldError
 from meshcore.resources.kinds._fields import UINT32_MAX, Dur, Number, at_least_one
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import (
+    Deprecated,
     Bool,
     Context,
     Custom,
@@ -103,7 +104,8 @@ OUTLIER_FIELDS = ("consecutive5xxErrors", "consecutiveGatewayErrors", "interval"
                   "maxEjectionPercent", "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors",
                   "minHealthPercent")
 
-CONSECUTIVE_ERRORS = "deprecated in Istio (it counted 502, 503 and 504 only): write consecutive5xxErrors"
+CONSECUTIVE_ERRORS = Deprecated("consecutiveGatewayErrors", also={"consecutive5xxErrors": 0},
+                                why="deprecated in Istio (it counts 502, 503 and 504 only, as Istio reads it)")
 HTTP_ERROR_CODES = ("Envoy classifies upstream errors as 5xx or gateway errors (502, 503, 504) only: the per-code "
                     "outlier detection monitors are not in the Envoy meshcore runs; use consecutive5xxErrors or "
                     "consecutiveGatewayErrors")
@@ -128,7 +130,8 @@ OUTLIER_DETECTION = Obj(
         "minHealthPercent": Int(0, 100),
     },
     rules=[at_least_one(OUTLIER_FIELDS, "outlierDetection"), _local_origin_rule],
-    refused={"consecutiveErrors": CONSECUTIVE_ERRORS, "outlierDetectionHttpErrorCodes": HTTP_ERROR_CODES},
+    refused={"outlierDetectionHttpErrorCodes": HTTP_ERROR_CODES},
+    deprecated={"consecutiveErrors": CONSECUTIVE_ERRORS},
 )
 
 

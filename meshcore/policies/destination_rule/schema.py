@@ -119,8 +119,8 @@ class _SimpleLb(Enum):
 
     def check(self, value: Any, path: Path, ctx: Context) -> Any:
         if value == "LEAST_CONN":
-            ctx.add(path, 'LEAST_CONN is Istio\'s deprecated spelling: write "LEAST_REQUEST"')
-            return INVALID
+            ctx.note(path, "LEAST_CONN is Istio's deprecated spelling of LEAST_REQUEST: read as LEAST_REQUEST")
+            return "LEAST_REQUEST"
         if value == "PASSTHROUGH":
             ctx.add(path, '"PASSTHROUGH" is not supported: it forwards to the address the app dialled, which needs '
                           "traffic capture, and meshcore's proxies see no original destination (apps connect to "

@@ -41,7 +41,7 @@ from typing import Iterable, Mapping
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.kinds._fields import ROOT_NAMESPACE, TARGET_REF, Dur, in_scope
 from meshcore.resources.model import Resource
-from meshcore.resources.schema import Bool, Context, Custom, LabelSelector, ListOf, Obj, Path, Required, Str
+from meshcore.resources.schema import Bool, Context, Custom, Deprecated, LabelSelector, ListOf, Obj, Path, Required, Str
 
 from .discovery import discovery_problem
 from .spec import parse, spec_of
@@ -168,9 +168,7 @@ JWT_RULE = Obj(
         "spaceDelimitedClaims": ListOf(Custom(Str(min_len=1), _top_level_claim_problem), max_items=64, unique=True),
     },
     rules=[_one_key_source, _unique_output_headers],
-    refused={
-        "jwks_uri": "the deprecated spelling of jwksUri; write jwksUri",
-    },
+    deprecated={"jwks_uri": Deprecated("jwksUri", why="the deprecated spelling of jwksUri")},
 )
 
 SPEC = Obj(

@@ -39,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from meshcore.resources.kinds._fields import Dur, seconds
-from meshcore.resources.schema import Bool, Custom, Enum, ListOf, Obj, Schema, Str
+from meshcore.resources.schema import Bool, Custom, Deprecated, Enum, ListOf, Obj, Schema, Str
 
 CORS_FILTER = "envoy.filters.http.cors"
 FORWARD, IGNORE = "FORWARD", "IGNORE"
@@ -66,6 +66,16 @@ def _method_problem(value: str) -> str | None:
     return None
 
 
+def _exact_origins(origins: Any) -> list[dict[str, str]]:
+    """Istio's deprecated ``allowOrigin`` (a list of exact origins) as ``allowOrigins``."""
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise TypeError("expected a list of origins (strings)")
+    if "*" in origins:
+        raise ValueError('"*" would be matched as the exact text "*"; to allow every origin write '
+                         "allowOrigins: [{regex: \".*\"}]")
+    return [{"exact": o} for o in origins]
+
+
 def cors_policy_schema(string_match: Schema) -> Obj:
     """The ``corsPolicy`` schema; ``string_match`` is VirtualService's ``exact | prefix | regex``."""
     return Obj(
@@ -78,8 +88,8 @@ def cors_policy_schema(string_match: Schema) -> Obj:
             "allowCredentials": Bool(),
             "unmatchedPreflights": Enum(*UNMATCHED_PREFLIGHTS),
         },
-        refused={"allowOrigin": ("deprecated in Istio (exact origins only); write allowOrigins: "
-                                 "[{exact: https://example.com}]")},
+        deprecated={"allowOrigin": Deprecated("allowOrigins", convert=_exact_origins,
+                                              why="deprecated in Istio (exact origins)")},
     )
 
 

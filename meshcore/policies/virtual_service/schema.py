@@ -50,6 +50,7 @@ from meshcore.errors import FieldError
 from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import (
+    Deprecated,
     INVALID,
     Bool,
     Context,
@@ -451,8 +452,9 @@ HTTP_ROUTE = Obj(
         "delegate": Obj({"name": Required(DNSLabel()), "namespace": DNSLabel()}),
     },
     rules=[_mirror_percentage_needs_mirror, _one_action],
-    refused={f: "deprecated in Istio (an integer percent); write mirrorPercentage: {value: N}"
-             for f in ("mirrorPercent", "mirror_percent")},
+    deprecated={f: Deprecated("mirrorPercentage", convert=lambda n: {"value": n},
+                              why="deprecated in Istio (an integer percent)")
+                for f in ("mirrorPercent", "mirror_percent")},
 )
 
 TCP_MATCH = Obj(

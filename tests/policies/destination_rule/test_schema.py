@@ -71,7 +71,7 @@ spec:
     trafficPolicy:
       loadBalancer: {simple: round_robin}
 """)
-    assert errs["spec.trafficPolicy.loadBalancer.simple"] == 'LEAST_CONN is Istio\'s deprecated spelling: write "LEAST_REQUEST"'
+    assert "spec.trafficPolicy.loadBalancer.simple" not in errs  # LEAST_CONN: read as LEAST_REQUEST, with a note
     assert errs["spec.subsets[0].trafficPolicy.loadBalancer"] == "set either simple or consistentHash, not both"
     assert errs["spec.subsets[1].trafficPolicy.loadBalancer.consistentHash.httpHeaderName"] == \
         'header names must be lowercase: write "x-user"'
