@@ -1,6 +1,7 @@
 """The composer: one proxy's Envoy configuration, generated then shaped by policy, in one direction.
 
-    snapshot -> xds.generate (one generator per xDS type) -> policies (PLUGINS, in their declared order) -> publish
+    snapshot -> xds.generate (one generator per xDS type) -> policies (PLUGINS, in their declared order)
+             -> one host per address (xds.generate.aggregate) -> publish
 
 :func:`build_proxy` is the only place the two halves meet (:func:`shape_proxy` is its second half alone): :mod:`meshcore.xds.generate` knows nothing of
 policies, and each plugin sees the generators' output plus whatever the plugins before it did. Pure: the
@@ -13,6 +14,7 @@ from __future__ import annotations
 from .policies.registry import apply_policies
 from .snapshot import MeshSnapshot, ProxyInfo
 from .xds.generate import BuiltResources, SharedResources, generate_proxy
+from .xds.generate.aggregate import split_shared_addresses
 from .xds.generate.vocab import LISTENER, finish_listener
 
 
@@ -39,6 +41,7 @@ def shape_proxy(snapshot: MeshSnapshot, proxy: ProxyInfo, generated: BuiltResour
     that reaches only what the plugins read (a mesh-wide policy) re-runs this half on a copy of it.
     """
     apply_policies(snapshot, proxy, generated)
+    split_shared_addresses(generated)  # Envoy keeps one host per address in a cluster (xds.generate.aggregate)
     generated[LISTENER] = [finish_listener(draft) for draft in generated[LISTENER]]
     return generated if shared is None else shared.finish(generated)
 

@@ -21,6 +21,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -218,6 +219,13 @@ def _route_action_refs(action: route_components_pb2.RouteAction, where: str, ref
 
 def _cluster_refs(cluster: cluster_pb2.Cluster, refs: _Refs, problems: list[str]) -> None:
     where = f"cluster {cluster.name!r}"
+    if cluster.WhichOneof("cluster_discovery_type") == "cluster_type" and \
+            cluster.cluster_type.name == "envoy.clusters.aggregate":
+        children = aggregate_pb2.ClusterConfig()
+        if cluster.cluster_type.typed_config.Unpack(children):
+            refs.clusters.extend((child, f"{where}: cluster_type.clusters") for child in children.clusters)
+        else:
+            problems.append(f"{where}: cluster_type.typed_config is not an aggregate ClusterConfig")
     if cluster.WhichOneof("cluster_discovery_type") == "type" and cluster.type == cluster_pb2.Cluster.EDS:
         eds = cluster.eds_cluster_config
         if not eds.HasField("eds_config") or _via_ads(eds.eds_config, unset_means_ads=True):

@@ -399,6 +399,46 @@ def test_failover_to_dc2_when_dc1_fails_and_back(sites, tmp_path):
     assert Counter(_answered_by(dc1, "api") for _ in range(100)) == Counter({"api-a2": 100})
 
 
+def _api_children(dc1: _Site) -> list[str]:
+    """The clusters web's api cluster aggregates in a1's Envoy ([] when it is a plain EDS cluster)."""
+    dump = json.loads(dc1.config_dump("a1"))
+    [cds] = [c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump")]
+    for entry in cds.get("dynamic_active_clusters", ()):
+        cluster = entry["cluster"]
+        if cluster["name"].startswith("outbound:api|") and "~" not in cluster["name"]:
+            kind = cluster.get("cluster_type", {})
+            return list(kind["typed_config"]["clusters"]) if kind.get("name") == "envoy.clusters.aggregate" else []
+    return []
+
+
+def test_failover_to_another_service_behind_the_same_gateway_follows_outlier_detection(sites, tmp_path):
+    """api fails over dc1 -> dc2 -> backup (dc2 only): api's dc2 group and backup are both gw1 (two SNIs), which
+    Envoy cannot keep as two hosts of one cluster, so the cluster is an aggregate of two. With both apis down and
+    still passing in Consul (only outlier detection knows), every answer comes from backup through the gateways."""
+    dc1, dc2 = sites
+    rule = tmp_path / "failover.yaml"
+    rule.write_text(FAILOVER + "  failover: [{targets: [{host: backup}]}]\n")
+    meshctl(dc1.mesh, "apply", "-f", str(rule))
+    wait_until(lambda: len(_api_children(dc1)) == 2, WAIT_S,
+               "web's api cluster to become an aggregate of two (api's gw1 endpoint and backup's)")
+    _settle(dc1, "api", "api-a2")
+    down = [(site, next(p for p in site.mesh.processes if p["name"] == name))
+            for site, name in ((dc1, "app-api-a2"), (dc2, "app-api-b1"))]
+    for site, app in down:
+        assert site.mesh.stop(app["name"])
+    try:
+        _settle(dc1, "api", "backup-b1", streak=20)
+        status, body = _call(dc1, "api", "/dr")
+        assert status == 200 and f"URI={WEB_ID}" in body["xfcc"], body  # mTLS end to end, web's identity
+    finally:
+        for site, app in down:
+            site.mesh._spawn(app["name"], app["argv"])
+    _settle(dc1, "api", "api-a2")  # ejections last 2 s: back on dc1's own instance
+    rule.write_text(FAILOVER)
+    meshctl(dc1.mesh, "apply", "-f", str(rule))
+    wait_until(lambda: _api_children(dc1) == [], WAIT_S, "one api cluster again")
+
+
 LEDGER_RESOLVER = {"Kind": "service-resolver", "Name": "ledger", "Failover": {"*": {"Service": "backup"}}}
 
 

@@ -432,14 +432,37 @@ def test_a_failover_target_of_one_datacenter_keeps_only_that_datacenters_instanc
         assert ("dc1", 1, "10.1.0.2", 21004, {}) in _endpoints(_cla(anywhere, "outbound:ledger")), mode
 
 
-def test_a_failover_target_at_an_address_an_earlier_priority_uses_is_left_out(tmp_path):
-    # api (dc1 and dc2) fails over to backup (dc2): api's dc2 group already goes to gw1; one Envoy host per
-    # address, so backup's group through gw1 (another SNI) is left out, never sent with api's SNI
+def test_a_failover_target_at_an_address_an_earlier_priority_uses_gets_a_child_of_an_aggregate_cluster(tmp_path):
+    # api (dc1 and dc2) fails over to backup (dc2): api's dc2 group already goes to gw1 with api's SNI, and Envoy
+    # keeps one host per address in a cluster, so backup's gw1 endpoint (backup's SNI) goes in a second cluster,
+    # after the first in an aggregate cluster of the same name: the priorities keep their order
+    from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+
     _write_ledger(tmp_path, "local")
     rule = FAILOVER + "  failover: [{targets: [{host: backup}]}]\n"
     a1 = _build(_snapshot(tmp_path, rule), "a1")
-    assert _endpoints(_cla(a1, "outbound:api")) == [
+    assert not [c for c in a1[ENDPOINT] if c.cluster_name == "outbound:api"]
+    assert _endpoints(_cla(a1, "outbound:api~0")) == [
         ("dc1", 0, "10.1.0.2", 21000, {}), ("dc2", 1, "10.1.0.9", 8443, {"mesh-gateway-dc": "dc2"})]
+    assert _endpoints(_cla(a1, "outbound:api~1")) == [
+        ("dc2", 0, "10.1.0.9", 8443, {"mesh-gateway-sni": "backup.dc2.internal.meshcore"})]
+    clusters = {c.name: c for c in a1[CLUSTER]}
+    [name] = [n for n in clusters if n.startswith("outbound:api|") and "~" not in n]
+    top = clusters[name]
+    assert top.cluster_type.name == "envoy.clusters.aggregate" and top.lb_policy == top.CLUSTER_PROVIDED
+    children = aggregate_pb2.ClusterConfig()
+    top.cluster_type.typed_config.Unpack(children)
+    assert list(children.clusters) == [f"{name}~0", f"{name}~1"]
+    for n, child in enumerate(children.clusters):
+        kid = clusters[child]
+        assert kid.eds_cluster_config.service_name == f"outbound:api~{n}" and kid.alt_stat_name == name
+        assert kid.outlier_detection.consecutive_5xx.value == 1  # the rule's policy is each child's
+        assert _match_snis(kid) == _match_snis(clusters[children.clusters[0]])  # and both SNIs' matches
+    # without the collision (mode none: direct addresses), no aggregate
+    _write_ledger(tmp_path / "none", "")
+    direct = _build(_snapshot(tmp_path / "none", rule), "a1")
+    assert not [c for c in direct[CLUSTER] if c.cluster_type.name]
+    assert {p for _, p, *_ in _endpoints(_cla(direct, "outbound:api"))} == {0, 1, 2}
 
 
 def test_a_route_to_a_host_that_is_no_upstream_goes_through_the_gateways(tmp_path):

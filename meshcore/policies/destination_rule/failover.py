@@ -16,8 +16,9 @@ context accepts the targets' identities beside the host's.
 A target's instances in other datacenters are reached as the cluster's own are (``routed``: the caller's mesh
 gateway mode for the cluster's host, :func:`meshcore.xds.generate.mesh_gateway.rule_routing`): through the
 gateways (``local``/``remote``) with the target's own SNI (``<service>.<dc>.internal.meshcore``, or its subset's),
-or directly (``none``). One Envoy host per address: a target's gateway endpoints at an address an earlier
-priority already uses (the same local gateway, for another SNI) are left out, never sent with another SNI.
+or directly (``none``). A target's gateway endpoint at an address an earlier priority already uses (the same local
+gateway, for another SNI) stays: the composer then splits the cluster into an aggregate of clusters that each
+repeat no address (:mod:`meshcore.xds.generate.aggregate`), since Envoy keeps one host per address in a cluster.
 """
 
 from __future__ import annotations
@@ -71,24 +72,17 @@ def target_assignment(snapshot: MeshSnapshot, target: FailoverTarget, rule_of: R
     return full
 
 
-def _address(ep: endpoint_components_pb2.LbEndpoint) -> tuple[str, int]:
-    sa = ep.endpoint.address.socket_address
-    return sa.address, sa.port_value
-
-
 def add_failover(cla: endpoint_pb2.ClusterLoadAssignment, targets: list[endpoint_pb2.ClusterLoadAssignment]) -> None:
     """Append each target's endpoints to ``cla`` at the next priority, in place; priorities are then compacted
     to 0, 1, ... over the non-empty groups (an empty first target makes the first failover priority 0)."""
-    seen = {_address(ep) for group in cla.endpoints for ep in group.lb_endpoints}
     level = max((g.priority for g in cla.endpoints), default=-1)
     weighted = any(g.HasField("load_balancing_weight") for g in cla.endpoints)
     for target in targets:
         level += 1
         for group in target.endpoints:
-            kept = [ep for ep in group.lb_endpoints if _address(ep) not in seen]
+            kept = list(group.lb_endpoints)  # an address met before: xds.generate.aggregate sorts it out
             if not kept:
                 continue
-            seen.update(_address(ep) for ep in kept)
             cla.endpoints.append(endpoint_components_pb2.LocalityLbEndpoints(
                 locality=group.locality, lb_endpoints=kept, priority=level))
             if weighted:  # locality-weighted balancing (distribute): a group without a weight gets no traffic
