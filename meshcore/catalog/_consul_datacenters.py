@@ -13,8 +13,10 @@ A datacenter whose control plane has a trust domain of its own is listed as ``dc
 import``), and callers reaching them through mesh gateways check their SPIFFE IDs in it.
 
 The spec comes from ``--catalog consul:<spec>`` on the control plane (see ``docs/multi-dc.md``). Node names
-are unique per datacenter only: a node name already taken by an earlier datacenter of the list is left out
-of a later one (reported like any other unusable entry, ``dc2/node/<name>``): list the own datacenter first.
+are unique per datacenter only: a node of a later datacenter of the list whose name an earlier one has is read
+as ``<name>.<datacenter>`` (list the own datacenter first: its nodes, whose proxies this control plane serves,
+keep their names; another datacenter's nodes are only where its instances run). Only when that name is taken
+too is the node left out (reported like any other unusable entry, ``dc2/node/<name>``).
 """
 
 from __future__ import annotations
@@ -97,26 +99,38 @@ def merge_datacenters(parts: Iterable[tuple[str, Catalog, tuple[tuple[str, str],
                       trust_domains: Mapping[str, str] | None = None) -> tuple[Catalog, tuple[tuple[str, str], ...]]:
     """One catalog of every datacenter's; rejected entries prefixed with their datacenter.
 
-    A node name already seen in an earlier datacenter is left out (with its instances) and reported. The
-    instances of a datacenter in ``trust_domains`` carry its trust domain."""
+    A node name already seen in an earlier datacenter is read as ``<name>.<dc>`` (its instances with it); when
+    that is taken too, the node is left out (with its instances) and reported. The instances of a datacenter in
+    ``trust_domains`` carry its trust domain."""
     nodes: list[Node] = []
     instances: list[ServiceInstance] = []
     rejected: list[tuple[str, str]] = []
     taken: dict[str, str] = {}
     for dc, catalog, dc_rejected in parts:
         rejected.extend((f"{dc}/{where}", why) for where, why in dc_rejected)
-        skipped = set()
+        skipped: set[str] = set()
+        renamed: dict[str, str] = {}
+        own = {n.name for n in catalog.nodes}
         for node in catalog.nodes:
             if node.name in taken:
-                skipped.add(node.name)
-                rejected.append((f"{dc}/node/{node.name}", f"node name already used in datacenter {taken[node.name]}; "
-                                 "node names must be unique across the datacenters one control plane reads"))
-                continue
+                alias = f"{node.name}.{dc}"
+                if alias in taken or alias in own:
+                    skipped.add(node.name)
+                    rejected.append((f"{dc}/node/{node.name}", f"node name already used in datacenter "
+                                     f"{taken[node.name]}, and {alias!r} is taken too; rename one of the nodes"))
+                    continue
+                renamed[node.name] = alias
+                node = dataclasses.replace(node, name=alias)
             taken[node.name] = dc
             nodes.append(node)
         td = (trust_domains or {}).get(dc, "")
-        instances.extend(dataclasses.replace(i, trust_domain=td) if td else i
-                         for i in catalog.instances if i.node not in skipped)
+        for i in catalog.instances:
+            if i.node in skipped:
+                continue
+            changes: dict = {"trust_domain": td} if td else {}
+            if i.node in renamed:
+                changes["node"] = renamed[i.node]
+            instances.append(dataclasses.replace(i, **changes) if changes else i)
     return Catalog.of(nodes, instances), tuple(sorted(rejected))
 
 

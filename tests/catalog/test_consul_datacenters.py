@@ -100,7 +100,7 @@ def test_reads_every_datacenter_by_dc_and_wakes_on_a_remote_change(doubles):
         source.close()
 
 
-def test_one_address_per_datacenter_and_node_names_unique_across_them():
+def test_one_address_per_datacenter_and_a_node_name_of_another_datacenter_taken_already():
     with ConsulDouble(node="s1", datacenter="dc1") as one, ConsulDouble(node="s2", datacenter="dc2") as two:
         _mesh_service(one.address, "vm-a", "10.1.0.1", "web")
         _mesh_service(two.address, "vm-b", "10.2.0.1", "store")
@@ -110,7 +110,14 @@ def test_one_address_per_datacenter_and_node_names_unique_across_them():
         try:
             cat = source.poll(None, 0).catalog
             assert [i.datacenter for i in cat.instances_of("store")] == ["dc2"]
-            assert not cat.instances_of("dup") and cat.node("vm-a").datacenter == "dc1"
+            assert cat.node("vm-a").datacenter == "dc1" and cat.node("vm-a").address == "10.1.0.1"  # the own dc's
+            [dup] = cat.instances_of("dup")  # dc2's vm-a is read as vm-a.dc2, its instances with it
+            assert (dup.node, dup.datacenter) == ("vm-a.dc2", "dc2") and cat.node("vm-a.dc2").address == "10.2.0.7"
+            assert [i.service for i in cat.on_node("vm-a")] == ["web"]
+            assert not source.health().rejected
+            _mesh_service(one.address, "vm-a.dc2", "10.1.0.9", "other")  # the alias taken in dc1: left out
+            cat = source.poll(None, 0).catalog
+            assert not cat.instances_of("dup") and cat.node("vm-a.dc2").datacenter == "dc1"
             assert any(where == "dc2/node/vm-a" for where, _ in source.health().rejected)
         finally:
             source.close()
