@@ -232,8 +232,10 @@ def egress_listener(address: str, port: int) -> str:
     return f"egress:{address}:{port}"
 
 
-def egress_cluster(host: str, port: int, subset: str | None = None) -> str:
-    """Cluster an egress listener reaches ServiceEntry host ``host`` on ``port`` with (one per DestinationRule subset)."""
-    return f"egress:{host}:{port}" + (f"|{subset}" if subset else "")
+def egress_cluster(host: str, port: int, subset: str | None = None, rule: str | None = None) -> str:
+    """Cluster an egress listener reaches ServiceEntry host ``host`` on ``port`` with (one per DestinationRule subset;
+    ``rule``, ``<namespace>/<name>``: a DestinationRule whose workloadSelector picks it for the calling workload,
+    so that two workloads of one node each get their own rule's cluster)."""
+    return f"egress:{host}:{port}" + (f"|{subset}" if subset else "") + (f"@{rule}" if rule else "")
 EGRESS_BLACKHOLE_CLUSTER = "egress:blackhole"
 """A cluster without endpoints: where a REGISTRY_ONLY TLS egress listener sends a server name nothing declares."""

@@ -15,7 +15,8 @@ destination's name in the Host header, and for TLS by connecting to it with the 
   (:mod:`.egress_proxy`).
 
 Destinations that are ServiceEntry hosts get clusters ``egress:<host>:<port>`` (``|<subset>``, endpoints by the
-DestinationRule subset's labels) with the host's DestinationRule policy; a mesh service named as a destination is
+DestinationRule subset's labels) with the host's DestinationRule policy (``@<namespace>/<name>`` when the rule is one
+whose workloadSelector picks the calling workload: each workload of a node its own rule's); a mesh service named as a destination is
 reached over mTLS like any upstream (and must be among the Sidecar's hosts).
 """
 
@@ -49,6 +50,8 @@ from ...xds.generate.sidecar_scope import ALLOW_ANY, allows, host_matches
 from ...xds.generate.vocab import CLUSTER
 from ..destination_rule.clusters import apply_policy, route_hash_policies
 from ..destination_rule.locality_weights import weight_cluster
+from ..destination_rule.schema import rule_for
+from ..destination_rule.spec import spec_of as dr_spec
 from ..service_entry.clusters import originating_cluster
 from ..service_entry.spec import spec_of as entry_spec
 from ..virtual_service.ports import destination_policy, port_cluster
@@ -123,7 +126,10 @@ class EgressBuilder:
         if chosen is None:
             raise EgressProblem(f"ServiceEntry {entry.namespace}/{entry.name} has no {family.upper()} port"
                                 + (f" {port}" if port else "") + f" for host {host!r}")
-        name = naming.egress_cluster(host, chosen.number, subset)
+        chosen_rule = rule_for(self.snapshot.resources_of("DestinationRule"), host, (source.labels, source.namespace))
+        selected = chosen_rule is not None and bool(dr_spec(chosen_rule).selector)  # a workload's own rule
+        name = naming.egress_cluster(host, chosen.number, subset,
+                                     f"{chosen_rule.namespace}/{chosen_rule.name}" if selected else None)
         if name not in self._names:
             labels = None
             if subset is not None:
