@@ -127,9 +127,9 @@ class EgressBuilder:
             raise EgressProblem(f"ServiceEntry {entry.namespace}/{entry.name} has no {family.upper()} port"
                                 + (f" {port}" if port else "") + f" for host {host!r}")
         chosen_rule = rule_for(self.snapshot.resources_of("DestinationRule"), host, (source.labels, source.namespace))
-        selected = chosen_rule is not None and bool(dr_spec(chosen_rule).selector)  # a workload's own rule
-        name = naming.egress_cluster(host, chosen.number, subset,
-                                     f"{chosen_rule.namespace}/{chosen_rule.name}" if selected else None)
+        own = (f"{chosen_rule.namespace}/{chosen_rule.name}"  # a rule whose workloadSelector picks the caller
+               if chosen_rule is not None and dr_spec(chosen_rule).selector else None)
+        name = naming.egress_cluster(host, chosen.number, subset, own)
         if name not in self._names:
             labels = None
             if subset is not None:
