@@ -145,7 +145,8 @@ def _value_matches(cond: Condition, value: str, request: Request, ctx: MeshConte
     if a == REQUEST_METHOD:
         return Pattern.parse(value).matches(request.method)
     if a == REQUEST_PATH:
-        return path_matches(value, normalize_path(request.path, ctx.path_normalization))
+        path = normalize_path(request.path, ctx.path_normalization)
+        return path_matches(value.lower(), path.lower()) if cond.ignore_case else path_matches(value, path)
     if a == DESTINATION_IP:
         return _ip_in(request.destination_ip, value)
     if a == CONNECTION_SNI:

@@ -243,7 +243,10 @@ def _value_matcher(cond: Condition, value: str, target: _Target) -> Permission |
     if a == REQUEST_PATH:
         if is_path_template(value):  # /api/{*}/items: Envoy's URI template matcher, as Istio compiles it
             return Permission(uri_template=_uri_template(value))
-        return Permission(url_path=path_pb2.PathMatcher(path=_string(Pattern.parse(value))))
+        matcher = _string(Pattern.parse(value))
+        if cond.ignore_case and matcher.WhichOneof("match_pattern") != "safe_regex":  # (ignorePathCase)
+            matcher.ignore_case = True
+        return Permission(url_path=path_pb2.PathMatcher(path=matcher))
     if a == DESTINATION_IP:
         return Permission(destination_ip=_cidr(value))
     if a == CONNECTION_SNI:

@@ -40,6 +40,7 @@ from meshcore.resources._kindspec import KindSpec
 from meshcore.resources.model import Resource
 from meshcore.resources.schema import (
     INVALID,
+    Bool,
     Context,
     Custom,
     Enum,
@@ -311,6 +312,21 @@ SOURCE = Obj(
     rules=[_needs_one_of(SOURCE_FIELDS, "a source"), _accounts_alone],
 )
 
+def _ignore_path_case_rule(cleaned: dict, path: Path, ctx: Context) -> None:
+    from meshcore.authz.patterns import is_path_template  # (meshcore.authz imports this module)
+
+    if not cleaned.get("ignorePathCase"):
+        return
+    if not cleaned.get("paths") and not cleaned.get("notPaths"):
+        ctx.add(path.field("ignorePathCase"), "applies to paths and notPaths: set one of them, or leave it out")
+    for field in ("paths", "notPaths"):
+        for i, value in enumerate(cleaned.get(field) or ()):
+            if is_path_template(value):
+                ctx.add(path.field(field).index(i), f"{json.dumps(value)}: a path template is matched as written "
+                                                    "(Envoy's URI template matcher has no case option); drop "
+                                                    "ignorePathCase or write the path without {*} / {**}")
+
+
 OPERATION = Obj(
     {
         "methods": METHODS,
@@ -321,8 +337,9 @@ OPERATION = Obj(
         "notPorts": PORTS,
         "hosts": HOSTS,
         "notHosts": HOSTS,
+        "ignorePathCase": Bool(),  # paths and notPaths matched ignoring case (Istio's newer field)
     },
-    rules=[_needs_one_of(OPERATION_FIELDS, "an operation")],
+    rules=[_needs_one_of(OPERATION_FIELDS, "an operation"), _ignore_path_case_rule],
 )
 
 

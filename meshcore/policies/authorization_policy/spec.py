@@ -101,6 +101,7 @@ class Condition:
     negated: bool = False
     header: str | None = None  # lowercased header name, for request.headers
     claim: tuple[str, ...] = ()  # the claim's path in the JWT payload, for request.auth.claims
+    ignore_case: bool = False  # request.path of an operation with ignorePathCase: true
 
     @property
     def http_only(self) -> bool:
@@ -115,7 +116,8 @@ class Condition:
         name = f"request.headers[{self.header}]" if self.attribute == REQUEST_HEADERS else self.attribute
         if self.attribute == REQUEST_CLAIMS:
             name = REQUEST_CLAIMS + "".join(f"[{part}]" for part in self.claim)
-        return f"{name} {'not in' if self.negated else 'in'} [{', '.join(self.values)}]"
+        return (f"{name} {'not in' if self.negated else 'in'} [{', '.join(self.values)}]"
+                + (" (ignoring case)" if self.ignore_case else ""))
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ def _conditions(block: Mapping[str, Any], fields: Mapping[str, tuple[str, bool]]
     for field, (attribute, negated) in fields.items():
         values = block.get(field) or ()
         if values:
-            out.append(Condition(attribute, tuple(str(v) for v in values), negated))
+            out.append(Condition(attribute, tuple(str(v) for v in values), negated,
+                                 ignore_case=attribute == REQUEST_PATH and bool(block.get("ignorePathCase"))))
     return tuple(out)
 
 

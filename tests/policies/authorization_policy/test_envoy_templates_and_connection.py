@@ -31,6 +31,7 @@ POLICIES = PERMISSIVE + ap("web-deny", """
       when: [{key: connection.sni, values: ["*"]}]
     - to: [{operation: {paths: ["/cookie"]}}]
       when: [{key: "request.headers[cookie]", values: ["*session=admin*"]}]
+    - to: [{operation: {paths: ["/Case/*", "*.PHP"], notPaths: ["/case/OPEN"], ignorePathCase: true}}]
     """) + ap("web-allow", """
     selector: {matchLabels: {app: web}}
     rules:
@@ -69,6 +70,11 @@ CASES = {
     "/closed/x": True,  # the ALLOW policy's notPaths template
     "/closed/x/y": False,
     "/open": False,
+    "/case/x": True,  # ignorePathCase: /Case/* and *.PHP whatever the case, except /case/open
+    "/CASE/Y": True,
+    "/case/Open": False,
+    "/x/index.php": True,
+    "/caseless": False,
 }
 
 

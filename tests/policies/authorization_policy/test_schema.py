@@ -213,6 +213,7 @@ def test_path_templates_and_connection_keys():
           - {key: destination.ip, values: ["10.0.0.0/8", "192.168.0.1"]}
           - {key: connection.sni, values: ["*.internal.meshcore"], notValues: ["db"]}
           - {key: "request.headers[cookie]", values: ["*session=*"]}
+        - to: [{operation: {paths: ["/Admin/*"], ignorePathCase: true}}]
         """), "ok.yaml")
     assert ok[0].spec["rules"][0]["to"][0]["operation"]["paths"][1] == "/static/{**}"
     found = errors(ap("""\
@@ -223,6 +224,7 @@ def test_path_templates_and_connection_keys():
           - {key: connection.sni, values: ["a*b"]}
           - {key: "request.headers[cookie]", values: ["*a*b*"]}
           - {key: source.principal, values: ["*admin*"]}
+        - to: [{operation: {methods: [GET], ignorePathCase: true}}, {operation: {paths: ["/a/{*}"], ignorePathCase: true}}]
         """))
     paths = "spec.rules[0].to[0].operation.paths"
     assert "{**} must be the last operator" in found[f"{paths}[0]"]
@@ -234,3 +236,5 @@ def test_path_templates_and_connection_keys():
     assert "'*' may only be" in found["spec.rules[0].when[1].values[0]"]
     assert "'*' may only be" in found["spec.rules[0].when[2].values[0]"]
     assert "'*' may only be" in found["spec.rules[0].when[3].values[0]"]  # contains: header values only
+    assert "applies to paths and notPaths" in found["spec.rules[1].to[0].operation.ignorePathCase"]
+    assert "no case option" in found["spec.rules[1].to[1].operation.paths[0]"]
