@@ -536,8 +536,11 @@ def _mesh_hosts_are_services(cleaned: dict, path: Path, ctx: Context) -> None:
                                 "claims are matched at ingress gateways (RequestAuthentication verifies the token "
                                 "there); bind this VirtualService (or the match) to a Gateway, or match the claim in "
                                 "an AuthorizationPolicy (request.auth.claims[...]) on the workload")
-    for i, host in enumerate(cleaned.get("hosts") or ()):
-        ServiceHost(external=True).check(host, path.field("hosts").index(i), ctx)
+    hosts = cleaned.get("hosts") or []
+    for i, host in enumerate(hosts):
+        read = ServiceHost(external=True).check(host, path.field("hosts").index(i), ctx)
+        if isinstance(read, str):
+            hosts[i] = read  # reviews.default.svc.cluster.local: reviews
 
 
 def _routes_given(cleaned: dict, path: Path, ctx: Context) -> None:

@@ -28,11 +28,16 @@ TARGET_REF = ("a Kubernetes Gateway API reference: meshcore has no Gateway API o
 _SERVICE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?")
 _EXTERNAL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 _KUBERNETES = re.compile(r"\.(svc|svc\.cluster\.local|cluster\.local)$")
+_KUBERNETES_SERVICE = re.compile(r"(?P<service>[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)\.(?P<namespace>[a-z0-9]"
+                                 r"([a-z0-9-]*[a-z0-9])?)\.svc(\.cluster\.local)?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 class ServiceHost(Schema):
-    """A host as meshcore names it: a Consul service name (``reviews``), never a DNS name or a wildcard."""
+    """A host as meshcore names it: a Consul service name (``reviews``), never a DNS name or a wildcard.
+
+    Istio's Kubernetes spelling of a service (``reviews.default.svc.cluster.local``, ``reviews.default.svc``) is read
+    as the service's name, with a note (the namespace part is dropped: a Consul service name is the mesh's)."""
 
     expected = "a service name"
 
@@ -44,6 +49,11 @@ class ServiceHost(Schema):
             return self._wrong_type(value, path, ctx)
         if _SERVICE.fullmatch(value):
             return value
+        k8s = _KUBERNETES_SERVICE.fullmatch(value)
+        if k8s:
+            ctx.note(path, f"{json.dumps(value)} is a Kubernetes service name: read as the Consul service "
+                           f"{json.dumps(k8s['service'])} (meshcore's hosts are Consul service names)")
+            return k8s["service"]
         if self.external and _EXTERNAL.fullmatch(value) and not _KUBERNETES.search(value):
             return value
         if "." in value and _SERVICE.fullmatch(value.split(".", 1)[0]):

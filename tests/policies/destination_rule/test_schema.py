@@ -48,10 +48,28 @@ def test_spec_and_host_are_required():
 
 
 def test_host_must_be_a_service_name():
-    errs = _errors("spec: {host: reviews.default.svc.cluster.local}")
-    assert errs == {"spec.host": '"reviews.default.svc.cluster.local": hosts are Consul service names in meshcore; '
+    errs = _errors("spec: {host: reviews.prod.cluster.local}")
+    assert errs == {"spec.host": '"reviews.prod.cluster.local": hosts are Consul service names in meshcore; '
                                  'write "reviews"'}
     assert "wildcard" in _errors('spec: {host: "*"}')["spec.host"]
+    assert "wildcard" in _errors('spec: {host: "*.default.svc.cluster.local"}')["spec.host"]
+
+
+def test_a_kubernetes_service_name_is_read_as_the_consul_service_with_a_note():
+    from meshcore.resources import load_documents
+
+    for spelling in ("reviews.default.svc.cluster.local", "reviews.default.svc"):
+        notes: list = []
+        [dr] = load_documents("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\n"
+                              f"spec: {{host: {spelling}}}\n", "r.yaml", notes)
+        assert dr.spec["host"] == "reviews"
+        assert any(n.path == "spec.host" and "read as the Consul service \"reviews\"" in n.message for n in notes)
+    notes = []
+    [vs] = load_documents("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+                          "spec: {hosts: [reviews.default.svc.cluster.local], http: [{route: [{destination: "
+                          "{host: reviews.default.svc.cluster.local, subset: v1}}]}]}\n", "r.yaml", notes)
+    assert vs.spec["hosts"] == ["reviews"] and vs.spec["http"][0]["route"][0]["destination"]["host"] == "reviews"
+    assert {n.path for n in notes} >= {"spec.hosts[0]", "spec.http[0].route[0].destination.host"}
 
 
 def test_load_balancer_errors_have_exact_paths():
