@@ -81,9 +81,38 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\[\\\"n]", lambda m: _UNESCAPE[m.group(0)], value) if "\\" in value else value
 
 
+_WANTED_FAMILIES = frozenset(n.removesuffix("_bucket").removesuffix("_sum") for n in _WANTED_NAMES)
+_TYPE = "# TYPE "
+
+
+def _wanted_blocks(text: str) -> list[str]:
+    """The samples text of the wanted metric families: Envoy writes each family as one block under its ``# TYPE``
+    line, and the blocks nobody wants (most of the text) are skipped whole, at the speed of ``str.find``; a text
+    not grouped so is one block."""
+    if not text.startswith(_TYPE):
+        return [text]
+    blocks = []
+    pos = 0
+    while pos < len(text):
+        header_end = text.find("\n", pos)
+        header_end = len(text) if header_end < 0 else header_end
+        family = text[pos + len(_TYPE):header_end].partition(" ")[0]
+        following = text.find("\n" + _TYPE, header_end)
+        block_end = len(text) if following < 0 else following
+        if family.removesuffix("_total") in _WANTED_FAMILIES:
+            blocks.append(text[header_end + 1:block_end])
+        pos = block_end + 1
+    return blocks
+
+
 def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
     """(name, labels, value) of the wanted samples (``_total`` kept on the name, as Envoy writes it)."""
-    for line in text.splitlines():
+    for block in _wanted_blocks(text):
+        yield from _wanted_lines(block.splitlines())
+
+
+def _wanted_lines(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, str], float]]:
+    for line in lines:
         if not line or line[0] == "#":
             continue
         cut = line.find("{")
@@ -97,11 +126,15 @@ def _samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
             value = float(m.group("value"))
         except ValueError:
             continue
-        labels = {k: _unescape(v) for k, v in _LABEL.findall(m.group("labels") or "")}
-        yield name, labels, value
+        text = m.group("labels") or ""
+        pairs = _LABEL.findall(text)
+        yield name, (dict(pairs) if "\\" not in text else {k: _unescape(v) for k, v in pairs}), value
 
 
-_last_parse: tuple[str, _Scrape] | None = None  # one scrape feeds usage_families and edge_families
+_last_parse: tuple[str, _Scrape, list[str]] | None = None
+"""The last scrape's text, what it parsed to and its wanted blocks: one scrape feeds usage_families and
+edge_families, and a scrape whose wanted blocks are the last one's (an idle proxy: no counter moved) is not parsed
+again."""
 
 
 def _parse(text: str) -> _Scrape:
@@ -109,14 +142,19 @@ def _parse(text: str) -> _Scrape:
     last = _last_parse
     if last is not None and last[0] is text:
         return last[1]
-    out = _parse_uncached(text)
-    _last_parse = (text, out)
+    blocks = _wanted_blocks(text)
+    out = last[1] if last is not None and last[2] == blocks else _parse_blocks(blocks)
+    _last_parse = (text, out, blocks)
     return out
 
 
 def _parse_uncached(text: str) -> _Scrape:
+    return _parse_blocks(_wanted_blocks(text))
+
+
+def _parse_blocks(blocks: list[str]) -> _Scrape:
     out = _Scrape()
-    for name, labels, value in _samples(text):
+    for name, labels, value in (sample for block in blocks for sample in _wanted_lines(block.splitlines())):
         if "envoy_cluster_name" in labels:
             cluster = labels["envoy_cluster_name"]
             if not cluster.startswith(CLUSTER_PREFIXES) or "|" not in cluster:
