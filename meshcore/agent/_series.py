@@ -148,10 +148,6 @@ def _parse(text: str) -> _Scrape:
     return out
 
 
-def _parse_uncached(text: str) -> _Scrape:
-    return _parse_blocks(_wanted_blocks(text))
-
-
 def _parse_blocks(blocks: list[str]) -> _Scrape:
     out = _Scrape()
     for name, labels, value in (sample for block in blocks for sample in _wanted_lines(block.splitlines())):

@@ -133,3 +133,15 @@ def test_the_narrow_parser_reads_what_prometheus_client_reads():
     assert ours == reference and len(ours) > 20
     assert ("envoy_cluster_upstream_rq_xx", (("envoy_cluster_name", 'outbound:a"b|c'),
                                              ("envoy_response_code_class", "5")), 2.0) in ours
+
+
+def test_unwanted_families_are_skipped_whole_and_an_unchanged_scrape_is_not_parsed_again():
+    from meshcore.agent import _series
+
+    by_line = list(_series._wanted_lines(CAPTURE.splitlines()))
+    assert list(_series._samples(CAPTURE)) == by_line and by_line  # the same samples, family blocks or lines
+    first = _series._parse(CAPTURE)
+    again = _series._parse(CAPTURE[:-1] + CAPTURE[-1])  # another scrape, the same wanted blocks (an idle proxy)
+    assert again is first
+    moved = CAPTURE.replace("envoy_cluster_upstream_rq_xx{", "envoy_cluster_upstream_rq_xx{x=\"1\",", 1)
+    assert _series._parse(moved) is not first
