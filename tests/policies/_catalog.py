@@ -19,7 +19,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_catalog(root: Path, services: list[dict], node: str = "n1", address: str = "127.0.0.1") -> dict:
-    """One node with ``services`` (``{"name", "protocol"?, "meta"?}``); ports picked free. Returns {name: def}."""
+    """One node with ``services`` (``{"name", "protocol"?, "meta"?, "upstreams"?: [names]}``); ports picked free.
+    Returns {name: definition}."""
     d = root / node
     d.mkdir(parents=True, exist_ok=True)
     (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": address, "datacenter": "dc1"}))
@@ -28,9 +29,13 @@ def write_catalog(root: Path, services: list[dict], node: str = "n1", address: s
         meta = {"version": "v1", **svc.get("meta", {})}
         if svc.get("protocol"):
             meta["protocol"] = svc["protocol"]
+        proxy: dict = {"local_service_address": address}
+        if svc.get("upstreams"):  # {"name": ...} each, on a local port picked free
+            proxy["upstreams"] = [{"destination_name": u, "local_bind_address": address,
+                                   "local_bind_port": free_port(address)} for u in svc["upstreams"]]
         definition = {
             "name": svc["name"], "id": f"{svc['name']}-v1", "port": free_port(address), "meta": meta,
-            "connect": {"sidecar_service": {"port": free_port(address), "proxy": {"local_service_address": address}}},
+            "connect": {"sidecar_service": {"port": free_port(address), "proxy": proxy}},
         }
         (d / f"{svc['name']}.json").write_text(json.dumps({"service": definition}))
         out[svc["name"]] = definition

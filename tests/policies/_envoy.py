@@ -24,15 +24,38 @@ from google.protobuf import json_format
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from meshcore.xds.generate import CLUSTER, LISTENER, ROUTE
+from meshcore.xds.generate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 from ._catalog import free_port
 
 
-def static_bootstrap(built: dict, admin_port: int) -> dict:
+def _static_cluster(cluster, assignments: dict) -> dict:
+    """An EDS cluster as a STATIC one holding its assignment (no xDS server here)."""
+    out = json_format.MessageToDict(cluster)
+    eds = out.pop("edsClusterConfig", {})
+    if out.get("type") == "EDS":
+        out["type"] = "STATIC"
+        out["loadAssignment"] = json_format.MessageToDict(assignments[eds.get("serviceName") or cluster.name])
+    return out
+
+
+def static_bootstrap(built: dict, admin_port: int, outbound: bool = False) -> dict:
+    """The built inbound listeners (their plaintext chains) as static resources; with ``outbound``, the outbound
+    listeners and clusters too (EDS clusters made STATIC with their assignments)."""
     routes = {r.name: r for r in built[ROUTE]}
     listeners = []
     for original in built[LISTENER]:
+        if outbound and original.name.startswith("outbound:"):
+            listener = type(original)()
+            listener.CopyFrom(original)
+            for chain in listener.filter_chains:
+                for f in chain.filters:
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                        hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+                        f.typed_config.Pack(hcm)
+            listeners.append(json_format.MessageToDict(listener))
+            continue
         if not original.name.startswith("inbound:"):
             continue
         listener = type(original)()
@@ -50,6 +73,9 @@ def static_bootstrap(built: dict, admin_port: int) -> dict:
                     f.typed_config.Pack(hcm)
         listeners.append(json_format.MessageToDict(listener))
     clusters = [json_format.MessageToDict(c) for c in built[CLUSTER] if c.name.startswith(("local_app:", "jwks|", "ext_authz|"))]
+    if outbound:
+        assignments = {a.cluster_name: a for a in built[ENDPOINT]}
+        clusters += [_static_cluster(c, assignments) for c in built[CLUSTER] if c.name.startswith("outbound:")]
     return {
         "node": {"id": "policy-test", "cluster": "policy-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -103,12 +129,12 @@ class EnvoyProcess:
 class StaticEnvoy(EnvoyProcess):
     """``with StaticEnvoy(built, tmp) as envoy:`` -> Envoy serving the built inbound listeners."""
 
-    def __init__(self, built: dict, workdir: Path):
+    def __init__(self, built: dict, workdir: Path, outbound: bool = False):
         admin_port = free_port()
-        super().__init__(static_bootstrap(built, admin_port), f"127.0.0.1:{admin_port}", workdir)
+        super().__init__(static_bootstrap(built, admin_port, outbound), f"127.0.0.1:{admin_port}", workdir)
 
-    def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(f"http://{self.admin}/stats?usedonly&filter=rbac", timeout=5) as resp:
+    def stats(self, pattern: str = "rbac") -> dict[str, int]:
+        with urllib.request.urlopen(f"http://{self.admin}/stats?usedonly&filter={pattern}", timeout=5) as resp:
             out = {}
             for line in resp.read().decode().splitlines():
                 name, _, value = line.rpartition(": ")
@@ -129,14 +155,16 @@ def wait_listening(host: str, port: int, timeout: float = 10) -> None:
 
 
 @contextmanager
-def envoy_before_servers(built: dict, defs: dict, servers: list, workdir: Path) -> Iterator[StaticEnvoy]:
-    """Serve ``servers`` (socketserver instances, on threads), run ``built`` in a StaticEnvoy in ``workdir`` until
-    every sidecar port of ``defs`` (write_catalog's definitions) listens; on exit stop both."""
+def envoy_before_servers(built: dict, defs: dict, servers: list, workdir: Path,
+                         outbound: bool = False) -> Iterator[StaticEnvoy]:
+    """Serve ``servers`` (socketserver instances, on threads), run ``built`` in a StaticEnvoy in ``workdir`` (with
+    ``outbound``: its outbound listeners too) until every sidecar port of ``defs`` (write_catalog's definitions)
+    listens; on exit stop both."""
     for server in servers:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with StaticEnvoy(built, workdir) as envoy:
+        with StaticEnvoy(built, workdir, outbound) as envoy:
             for d in defs.values():
                 wait_listening("127.0.0.1", d["connect"]["sidecar_service"]["port"])
             yield envoy
