@@ -42,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     double = ConsulDouble(node=args.node, datacenter=args.datacenter, acl_token=args.acl_token,
                           read_token=args.read_token, host=host, port=port, node_address=node_address,
                           verbose=args.verbose, session_ttl_min=args.session_ttl_min)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the line below: whoever reads it may stop us at once
+        signal.signal(sig, lambda *_: done.set())
     try:
         url = double.start()
     except OSError as exc:
         print(f"consul double: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     print(f"consul double listening on {url} node={args.node} dc={args.datacenter}", flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     while not done.wait(1.0):
         pass
     double.stop()

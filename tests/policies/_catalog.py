@@ -18,6 +18,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _unique_port(address: str, taken: set[int]) -> int:
+    """A free port not handed out before in this catalog (the OS may offer a port it just gave back again)."""
+    while True:
+        port = free_port(address)
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
 def write_catalog(root: Path, services: list[dict], node: str = "n1", address: str = "127.0.0.1") -> dict:
     """One node with ``services`` (``{"name", "protocol"?, "meta"?, "upstreams"?: [names]}``); ports picked free.
     Returns {name: definition}."""
@@ -25,6 +34,7 @@ def write_catalog(root: Path, services: list[dict], node: str = "n1", address: s
     d.mkdir(parents=True, exist_ok=True)
     (d / "node.json").write_text(json.dumps({"node_name": node, "advertise_addr": address, "datacenter": "dc1"}))
     out = {}
+    taken: set[int] = set()
     for svc in services:
         meta = {"version": "v1", **svc.get("meta", {})}
         if svc.get("protocol"):
@@ -32,10 +42,10 @@ def write_catalog(root: Path, services: list[dict], node: str = "n1", address: s
         proxy: dict = {"local_service_address": address}
         if svc.get("upstreams"):  # {"name": ...} each, on a local port picked free
             proxy["upstreams"] = [{"destination_name": u, "local_bind_address": address,
-                                   "local_bind_port": free_port(address)} for u in svc["upstreams"]]
+                                   "local_bind_port": _unique_port(address, taken)} for u in svc["upstreams"]]
         definition = {
-            "name": svc["name"], "id": f"{svc['name']}-v1", "port": free_port(address), "meta": meta,
-            "connect": {"sidecar_service": {"port": free_port(address), "proxy": proxy}},
+            "name": svc["name"], "id": f"{svc['name']}-v1", "port": _unique_port(address, taken), "meta": meta,
+            "connect": {"sidecar_service": {"port": _unique_port(address, taken), "proxy": proxy}},
         }
         (d / f"{svc['name']}.json").write_text(json.dumps({"service": definition}))
         out[svc["name"]] = definition
